@@ -1,0 +1,203 @@
+"""Restormer building blocks, defined once for every network of the family.
+
+All tensors are images in ``(B, C, H, W)`` layout (any memory format). Every
+convolution is bias-free unless ``bias=True`` is passed, as in the reference.
+
+LayerNorm has two numerically equivalent implementations, chosen per module by
+its ``impl`` attribute (see :func:`set_layernorm_impl`):
+
+- ``"fused"`` (default): ``torch.nn.functional.layer_norm`` on a channels-last
+  view; one pass, no copies when the activations are ``channels_last``.
+- ``"reference"``: mean and variance computed by hand on an NCHW tensor, as
+  the reference code does. Kept as the baseline of ``bench/bench_inference.py``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LAYERNORM_IMPLS = ("fused", "reference")
+_EPS = 1e-5
+
+
+class LayerNorm(nn.Module):
+    """Per-pixel LayerNorm over channels: ``(B, C, H, W) -> (B, C, H, W)``.
+
+    ``WithBias``: ``(x - mean) / sqrt(var + 1e-5) * g + b``;
+    ``BiasFree``: ``x / sqrt(var + 1e-5) * g`` (variance still about the mean).
+    Parameters live in ``self.body`` so state-dict keys are ``<name>.body.weight``
+    (and ``.body.bias``) as in reference checkpoints.
+    """
+
+    def __init__(self, dim: int, layernorm_type: str = "WithBias"):
+        super().__init__()
+        if layernorm_type not in ("WithBias", "BiasFree"):
+            raise ValueError(f"LayerNorm_type must be 'WithBias' or 'BiasFree', got {layernorm_type!r}")
+        self.body = _NormParams(dim, with_bias=layernorm_type == "WithBias")
+        self.impl = "fused"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.body.weight, self.body.bias
+        if self.impl == "reference":
+            return _layernorm_reference(x, weight, bias)
+        # (B, C, H, W) -> (B, H, W, C): a free view when x is channels_last.
+        y = x.permute(0, 2, 3, 1)
+        if bias is not None:
+            y = F.layer_norm(y, (y.shape[-1],), weight, bias, _EPS)
+        else:
+            var = y.var(dim=-1, keepdim=True, unbiased=False)
+            y = y * torch.rsqrt(var + _EPS) * weight
+        return y.permute(0, 3, 1, 2)
+
+
+class _NormParams(nn.Module):
+    """Holds the gain (and bias) under the reference's ``body`` submodule name."""
+
+    def __init__(self, dim: int, with_bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if with_bias else None
+
+
+def _layernorm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """LayerNorm over dim 1 computed by hand, as the reference does: ``(B, C, H, W)``."""
+    x = x.contiguous()
+    mu = x.mean(dim=1, keepdim=True)
+    var = ((x - mu) ** 2).mean(dim=1, keepdim=True)
+    w = weight.view(1, -1, 1, 1)
+    if bias is None:
+        return x / torch.sqrt(var + _EPS) * w
+    return (x - mu) / torch.sqrt(var + _EPS) * w + bias.view(1, -1, 1, 1)
+
+
+def set_layernorm_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Switch every :class:`LayerNorm` in ``model`` to ``impl``; returns ``model``."""
+    if impl not in LAYERNORM_IMPLS:
+        raise ValueError(f"LayerNorm impl must be one of {LAYERNORM_IMPLS}, got {impl!r}")
+    for m in model.modules():
+        if isinstance(m, LayerNorm):
+            m.impl = impl
+    return model
+
+
+class FeedForward(nn.Module):
+    """Gated-Dconv feed-forward network (GDFN): ``(B, C, H, W) -> (B, C, H, W)``."""
+
+    def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool = False):
+        super().__init__()
+        hidden = int(dim * ffn_expansion_factor)
+        self.project_in = nn.Conv2d(dim, hidden * 2, kernel_size=1, bias=bias)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, kernel_size=3, padding=1, groups=hidden * 2, bias=bias)
+        self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+        return self.project_out(F.gelu(x1) * x2)
+
+
+class Attention(nn.Module):
+    """Multi-Dconv head transposed attention (MDTA), attention across channels.
+
+    ``(B, C, H, W) -> (B, C, H, W)``; each head attends over its ``C/heads``
+    channels with an ``(C/heads) x (C/heads)`` map and a learnable temperature.
+    """
+
+    def __init__(self, dim: int, num_heads: int, bias: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"channels ({dim}) must be divisible by heads ({num_heads})")
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, kernel_size=1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, kernel_size=3, padding=1, groups=dim * 3, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        heads = self.num_heads
+        # channel index = head * (C/heads) + c, as einops' '(head c)' split.
+        qkv = self.qkv_dwconv(self.qkv(x)).reshape(b, 3, heads, c // heads, h * w)
+        q, k, v = qkv.unbind(dim=1)
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        attn = (q @ k.transpose(-2, -1)) * self.temperature
+        out = attn.softmax(dim=-1) @ v
+        out = out.reshape(b, c, h, w)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)
+        return self.project_out(out)
+
+
+class TransformerBlock(nn.Module):
+    """``x + attn(norm1(x))`` then ``x + ffn(norm2(x))``: ``(B, C, H, W) -> (B, C, H, W)``."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_expansion_factor: float, bias: bool = False,
+                 layernorm_type: str = "WithBias"):
+        super().__init__()
+        self.norm1 = LayerNorm(dim, layernorm_type)
+        self.attn = Attention(dim, num_heads, bias)
+        self.norm2 = LayerNorm(dim, layernorm_type)
+        self.ffn = FeedForward(dim, ffn_expansion_factor, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+def transformer_stage(dim: int, depth: int, heads: int, ffn_expansion_factor: float, bias: bool,
+                      layernorm_type: str) -> nn.Sequential:
+    """``depth`` TransformerBlocks in sequence (state-dict keys ``<stage>.<i>.*``)."""
+    return nn.Sequential(*[TransformerBlock(dim, heads, ffn_expansion_factor, bias, layernorm_type)
+                           for _ in range(depth)])
+
+
+class OverlapPatchEmbed(nn.Module):
+    """3x3 conv ``(B, in_c, H, W) -> (B, dim, H, W)``."""
+
+    def __init__(self, in_c: int = 3, embed_dim: int = 48, bias: bool = False):
+        super().__init__()
+        self.proj = nn.Conv2d(in_c, embed_dim, kernel_size=3, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class Downsample(nn.Module):
+    """3x3 conv n -> n/2, PixelUnshuffle(2): ``(B, n, H, W) -> (B, 2n, H/2, W/2)``."""
+
+    def __init__(self, n_feat: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(n_feat, n_feat // 2, kernel_size=3, padding=1, bias=False),
+                                  nn.PixelUnshuffle(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Upsample(nn.Module):
+    """3x3 conv n -> 2n, PixelShuffle(2): ``(B, n, H, W) -> (B, n/2, 2H, 2W)``."""
+
+    def __init__(self, n_feat: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(n_feat, n_feat * 2, kernel_size=3, padding=1, bias=False),
+                                  nn.PixelShuffle(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def conv1x1(in_ch: int, out_ch: int, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=bias)
+
+
+def check_input_size(x: torch.Tensor, multiple: int = 8) -> None:
+    """Raise a clear error unless ``x`` is ``(B, 3, H, W)`` with H, W multiples of ``multiple``."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected an image batch of shape (B, 3, H, W), got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple:
+        raise ValueError(
+            f"input height and width must be multiples of {multiple}, got {h}x{w}. Crop or pad the image "
+            f"first: tester_bary.py does this with --protocol reference (crop) or --protocol pad "
+            f"(reflect-pad and crop back), and utils.inference.restore(..., pad=True) pads for you.")

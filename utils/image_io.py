@@ -1,0 +1,102 @@
+"""Reading and writing images, with one documented rule for every kind of file.
+
+Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
+
+- 8-bit files give ``uint8``, 16-bit files (PNG/TIFF) give ``uint16``;
+- grayscale is replicated to three channels; palette images are expanded to RGB;
+- an alpha channel is dropped (restoration works on the colour planes);
+- the EXIF orientation tag is applied, so the array is upright as a viewer shows it;
+- an unreadable or corrupt file raises :class:`ImageReadError` naming the file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# EXIF orientation -> (rotations by 90 deg counter-clockwise, flip left-right after)
+_EXIF_ORIENT = {2: (0, True), 3: (2, False), 4: (2, True), 5: (3, True), 6: (3, False), 7: (1, True), 8: (1, False)}
+
+
+class ImageReadError(OSError):
+    """An image file could not be read; the message names it."""
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` sorted by name (hidden files skipped)."""
+    folder = Path(folder)
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and is_image(p) and not p.name.startswith("."))
+
+
+def _exif_orientation(path: Path) -> int:
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(0x0112, 1))
+    except Exception:
+        return 1
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """RGB ``(H, W, 3)`` ``uint8`` or ``uint16`` array of ``path`` (see the module rule)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image not found: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise ImageReadError(f"cannot decode image {path}: the file is corrupt, empty or not an image "
+                             f"(supported: {', '.join(IMAGE_EXTENSIONS)}). Replace or remove it.")
+    if img.dtype not in (np.uint8, np.uint16):
+        if img.dtype == np.float32 or img.dtype == np.float64:
+            img = (np.clip(img, 0, 1) * 65535 + 0.5).astype(np.uint16)
+        else:
+            raise ImageReadError(f"unsupported sample type {img.dtype} in {path}; save it as 8- or 16-bit")
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    rot, flip = _EXIF_ORIENT.get(_exif_orientation(path), (0, False))
+    if rot:
+        img = np.rot90(img, rot)
+    if flip:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(img)
+
+
+def to_float(img: np.ndarray) -> np.ndarray:
+    """``uint8``/``uint16`` image -> ``float32`` in [0, 1]."""
+    return img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
+
+
+def quantise(img: np.ndarray, bit_depth: int = 8) -> np.ndarray:
+    """Float image -> clamp to [0, 1], scale, round: ``uint8`` (8) or ``uint16`` (16)."""
+    peak = 65535.0 if bit_depth == 16 else 255.0
+    out = np.round(np.clip(img, 0.0, 1.0) * peak)
+    return out.astype(np.uint16 if bit_depth == 16 else np.uint8)
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:
+    """Write an RGB ``(H, W, 3)`` ``uint8``/``uint16`` array; parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"write_image expects (H, W, 3) uint8/uint16, got {img.shape} {img.dtype}")
+    ok, buf = cv2.imencode(path.suffix or ".png", cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"cannot encode image for {path}; use a .png name")
+    buf.tofile(str(path))
+    return path
