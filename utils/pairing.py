@@ -1,0 +1,76 @@
+"""Matching degraded images with their targets by file name (never by sorted position).
+
+Rule: two files pair when their *keys* are equal. The key is the file stem with the
+reference's prefixes removed: ``rain-12`` and ``norain-12`` both give ``12``; a hazy
+``0001_0.8_0.2`` gives ``0001`` (SOTS/RESIDE naming, only when the target folder holds
+``0001``). Everything else pairs by identical stem, whatever the extensions.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .image_io import list_images
+
+_RAIN = re.compile(r"^(?:no)?rain-(.+)$", re.IGNORECASE)
+_HAZE = re.compile(r"^(.+?)_[0-9.]+_[0-9.]+$")
+_LIST_LIMIT = 20
+
+
+class PairingError(ValueError):
+    """Degraded and target folders do not pair up; the message lists the files."""
+
+
+def name_key(stem: str) -> str:
+    """``rain-N``/``norain-N`` -> ``N``; other stems unchanged."""
+    m = _RAIN.match(stem)
+    return m.group(1) if m else stem
+
+
+def _listing(items) -> str:
+    items = [str(i) for i in items]
+    more = f"\n    ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
+    return "\n    " + "\n    ".join(items[:_LIST_LIMIT]) + more
+
+
+def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
+                skip_unpaired: bool = False) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """Pair every image of ``degraded_dir`` with its target in ``target_dir``.
+
+    Returns ``(pairs, unpaired)`` with pairs sorted by degraded file name. Several degraded
+    files may share one target (hazy images with different A, beta). Unpaired degraded files
+    are a :class:`PairingError` listing them unless ``skip_unpaired`` (then they are returned).
+    """
+    degraded_dir, target_dir = Path(degraded_dir), Path(target_dir)
+    for folder, flag in ((degraded_dir, "degraded"), (target_dir, "target")):
+        if not folder.is_dir():
+            raise PairingError(f"{flag} folder does not exist: {folder}")
+    degraded = list_images(degraded_dir)
+    targets = list_images(target_dir)
+    if not degraded:
+        raise PairingError(f"no images in the degraded folder {degraded_dir}")
+    if not targets:
+        raise PairingError(f"no images in the target folder {target_dir}")
+    by_key: dict[str, Path] = {}
+    for t in targets:
+        key = name_key(t.stem)
+        if key in by_key:
+            raise PairingError(f"two targets share the name {key!r} in {target_dir}: {by_key[key].name}, {t.name}")
+        by_key[key] = t
+    pairs, unpaired = [], []
+    for d in degraded:
+        key = name_key(d.stem)
+        target = by_key.get(key)
+        if target is None:
+            m = _HAZE.match(d.stem)
+            target = by_key.get(m.group(1)) if m else None
+        if target is None:
+            unpaired.append(d)
+        else:
+            pairs.append((d, target))
+    if unpaired and not skip_unpaired:
+        raise PairingError(f"{len(unpaired)} degraded image(s) in {degraded_dir} have no target of the same "
+                           f"name in {target_dir}:{_listing(p.name for p in unpaired)}\nRename them to match "
+                           f"(rain-N pairs with norain-N), or pass --skip-unpaired to leave them out.")
+    return pairs, unpaired
