@@ -1,0 +1,135 @@
+"""Loading every accepted checkpoint format, and refusing files that try to run code."""
+import os
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+
+from net import BaryNet
+from net.presets import build_model
+from utils.checkpoint import (LEGACY_UNUSED_KEYS, CheckpointError, load_model_weights, read_checkpoint,
+                              save_atomic)
+
+_CANARY = "/tmp/baryir_pickle_canary"
+
+
+class ReferenceStyleBaryNet(BaryNet):
+    """A module whose state dict has the reference's names, legacy unused tensors included."""
+
+    def __init__(self, **cfg):
+        super().__init__(**cfg)
+        d = self.config["dim"]
+        for name in sorted(LEGACY_UNUSED_KEYS):
+            setattr(self, name.rsplit(".", 1)[0], nn.Conv2d(d, d, 1, bias=False))
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {_CANARY}",))
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return build_model("BaryNet", "tiny")
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_legacy_keys_file_matches_loader(tmp_path):
+    from _conformance import CONFORMANCE
+    path = CONFORMANCE / "legacy_unused_keys.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    listed = {ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
+    assert listed == set(LEGACY_UNUSED_KEYS)
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["module", "DataParallel"])
+def test_reference_checkpoint_loads_without_its_code(tmp_path, wrap):
+    ref = ReferenceStyleBaryNet(**_tiny().config)
+    assert LEGACY_UNUSED_KEYS <= set(ref.state_dict())
+    pickled = nn.DataParallel(ref) if wrap else ref
+    path = tmp_path / "model_epoch_120.pth"
+    torch.save({"epoch": 120, "BaryIR": pickled}, path)
+
+    obj = read_checkpoint(path)
+    assert obj["epoch"] == 120
+    # The class was not imported: a placeholder stands in for it.
+    assert not isinstance(obj["BaryIR"], nn.Module)
+
+    fresh = build_model("BaryNet", "tiny")
+    load_model_weights(fresh, path)
+    expected = {k: v for k, v in ref.state_dict().items() if k not in LEGACY_UNUSED_KEYS}
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_plain_state_dict_and_project_checkpoint_load(tmp_path):
+    src = _tiny()
+    plain = tmp_path / "plain.pth"
+    torch.save({"module." + k: v for k, v in src.state_dict().items()}, plain)
+    project = tmp_path / "project.pth"
+    save_atomic({"model": src.state_dict(), "epoch": 3, "model_config": src.config}, project)
+    for path in (plain, project):
+        dst = build_model("BaryNet", "tiny", dim=16)
+        torch.nn.init.zeros_(dst.output.weight)
+        load_model_weights(dst, path)
+        assert _same_weights(src, dst)
+
+
+def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
+    if os.path.exists(_CANARY):
+        os.unlink(_CANARY)
+    for protocol in (0, 2, pickle.HIGHEST_PROTOCOL):
+        path = tmp_path / f"evil{protocol}.pth"
+        with open(path, "wb") as fh:
+            pickle.dump({"BaryIR": Exploit(), "epoch": 1}, fh, protocol=protocol)
+        with pytest.raises(CheckpointError, match=r"refusing to load .*evil.*system"):
+            read_checkpoint(path)
+    torch.save({"BaryIR": Exploit()}, tmp_path / "evil_zip.pth")
+    with pytest.raises(CheckpointError, match="tries to run code"):
+        read_checkpoint(tmp_path / "evil_zip.pth")
+    assert not os.path.exists(_CANARY)
+
+
+def test_mismatched_keys_are_listed(tmp_path):
+    path = tmp_path / "tiny.pth"
+    torch.save(_tiny().state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        load_model_weights(build_model("BaryNet", "paper"), path)
+    msg = str(err.value)
+    assert "missing from the file" in msg and "shape mismatches" in msg and "--preset" in msg
+    sd = _tiny().state_dict()
+    sd["extra.weight"] = torch.zeros(1)
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"not in the model \(1\): extra.weight"):
+        load_model_weights(_tiny(), path)
+
+
+def test_missing_and_corrupt_files_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found: .*nope.pth"):
+        read_checkpoint(tmp_path / "nope.pth")
+    bad = tmp_path / "torn.pth"
+    torch.save(_tiny().state_dict(), bad)
+    bad.write_bytes(bad.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="torn.pth"):
+        read_checkpoint(bad)
+
+
+def test_save_atomic_never_leaves_a_torn_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    save_atomic({"x": torch.ones(3)}, path)
+
+    def exploding_save(obj, fh):
+        fh.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", exploding_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_atomic({"x": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]

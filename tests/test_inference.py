@@ -1,0 +1,59 @@
+"""The fast inference path computes the same function as the plain eager model."""
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from net import BaryNet, set_layernorm_impl
+from net.presets import build_model
+from utils.inference import restore
+from utils.metrics import psnr
+
+
+def _plain(net, x):
+    set_layernorm_impl(net, "reference")
+    with torch.no_grad():
+        out = net.eval()(x)
+    set_layernorm_impl(net, "fused")
+    return out.restored
+
+
+@pytest.fixture(scope="module")
+def paper_net():
+    torch.manual_seed(0)
+    return BaryNet()
+
+
+def test_fast_fp32_matches_plain_eager(paper_net):
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 64, 64)
+    ref = _plain(paper_net, x)
+    fast = restore(paper_net, x)
+    assert fast.is_contiguous() and fast.dtype == torch.float32
+    assert (fast - ref).abs().max().item() < 1e-5
+
+
+def test_bf16_is_close_to_fp32_on_a_natural_image(paper_net):
+    img = data.astronaut()[::2, ::2][:256, :256].astype(np.float32) / 255.0   # 256x256 natural photo
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
+    fp32 = restore(paper_net, x, "fp32").clamp(0, 1).numpy()
+    bf16 = restore(paper_net, x, "bf16").clamp(0, 1).numpy()
+    assert psnr(bf16, fp32, data_range=1.0) >= 40.0
+
+
+def test_layernorm_impls_agree_for_biasfree():
+    torch.manual_seed(0)
+    net = build_model("BaryNet", "tiny", LayerNorm_type="BiasFree")
+    x = torch.rand(1, 3, 32, 32)
+    assert (restore(net, x) - _plain(net, x)).abs().max().item() < 1e-5
+
+
+def test_pad_restores_any_size_and_fp16_on_cpu_is_refused():
+    net = build_model("Restormer", "tiny")
+    torch.nn.init.zeros_(net.output.weight)          # global residual: output == input
+    x = torch.rand(1, 3, 37, 50)
+    torch.testing.assert_close(restore(net, x, pad=True), x)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        restore(net, x)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        restore(net, torch.rand(1, 3, 32, 32), "fp16")

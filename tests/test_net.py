@@ -1,0 +1,88 @@
+"""Shapes, configurability, input checks and gradients of the networks."""
+import pytest
+import torch
+
+from net import BaryNet, Potentials, Restormer
+from net.presets import build_model, model_config
+from utils.losses import contrastive, orthogonality, transport_cost
+
+
+def test_small_config_runs_forward_and_backward():
+    torch.manual_seed(0)
+    net = BaryNet(dim=16, num_blocks=[1, 1, 1, 2], num_refinement_blocks=1)
+    x = torch.rand(2, 3, 64, 64)
+    restored, z, b, r = net(x)
+    assert restored.shape == x.shape
+    assert z.shape == b.shape == r.shape == (2, 128, 8, 8)
+    torch.testing.assert_close(r, z - b)
+    (restored.abs().mean() + b.pow(2).mean()).backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum().item() for g in grads) > 0
+
+
+def test_widths_derive_from_dim():
+    sd = BaryNet(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1).state_dict()
+    assert sd["patch_embed.proj.weight"].shape == (8, 3, 3, 3)
+    assert sd["reduce_noise_level3.weight"].shape == (32, 128, 1, 1)      # 16d -> 4d
+    assert sd["resup4_3.body.0.weight"].shape == (128, 64, 3, 3)         # Upsample(8d)
+    assert sd["reduce_chan_level3.weight"].shape == (32, 48, 1, 1)       # 6d -> 4d
+    assert sd["output.weight"].shape == (3, 16, 3, 3)                    # 2d -> 3
+    assert sd["noise_level1.attn.temperature"].shape == (4, 1, 1)        # heads[2]
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 60, 64), (1, 3, 64, 36)])
+def test_sides_not_multiple_of_8_are_a_clear_error(shape):
+    net = build_model("BaryNet", "tiny")
+    with pytest.raises(ValueError, match="multiples of 8"):
+        net(torch.rand(shape))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        build_model("Restormer", "tiny")(torch.rand(shape))
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        build_model("BaryNet", "tiny")(torch.rand(1, 1, 64, 64))
+
+
+def test_restormer_baseline_returns_an_image():
+    net = build_model("Restormer", "tiny")
+    x = torch.rand(1, 3, 32, 32)
+    y = net(x)
+    assert isinstance(y, torch.Tensor) and y.shape == x.shape
+
+
+def test_presets_and_overrides():
+    assert {k: BaryNet().config[k] for k in model_config("paper")} == model_config("paper")
+    assert build_model("BaryNet", "paper").config["dim"] == 48
+    assert build_model("BaryNet", "tiny", dim=24).config["dim"] == 24
+    with pytest.raises(ValueError, match="--preset"):
+        model_config("huge")
+    with pytest.raises(ValueError, match="--backbone"):
+        build_model("UNet")
+
+
+def test_potentials_per_sample_and_per_domain_agree():
+    torch.manual_seed(0)
+    pot = Potentials(3, channels=128, size=32)
+    z = torch.randn(4, 128, 4, 4)
+    idx = torch.tensor([2, 0, 1, 2])
+    per_sample = pot(z, idx)
+    assert per_sample.shape == (4,)
+    for i, k in enumerate(idx.tolist()):
+        torch.testing.assert_close(per_sample[i], pot(z[i:i + 1], k)[0])
+    assert pot.all(z).shape == (4, 3)
+    with pytest.raises(ValueError, match="--patch_size 32"):
+        pot(torch.randn(4, 128, 8, 8), 0)
+
+
+def test_loss_terms_behave_as_defined():
+    torch.manual_seed(0)
+    z = torch.randn(4, 8, 2, 2)
+    assert torch.allclose(transport_cost(z, z), torch.zeros(4))
+    # b orthogonal to every r -> zero orthogonality term
+    b = torch.zeros(4, 8, 2, 2); b[:, 0] = 1.0
+    r = torch.zeros(4, 8, 2, 2); r[:, 1] = torch.randn(4, 2, 2)
+    assert torch.allclose(orthogonality(b, r), torch.zeros(4))
+    # all samples in one class -> contrastive is exactly 0
+    assert torch.allclose(contrastive(torch.randn(4, 8, 2, 2), torch.zeros(4, dtype=torch.long)), torch.zeros(4))

@@ -1,0 +1,60 @@
+"""What BaryNet's two latent spaces hold: embeddings, their differences and projections.
+
+The paper's claim is that the WB embedding ``b`` carries degradation-agnostic content
+(two degradations of one image give nearly the same ``b``) while the residual ``r``
+carries what is specific to each degradation. These pure functions measure that.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from net import BaryNet
+
+
+def latents(model: BaryNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """WB and residual latents of a batch: ``(B, 3, H, W) -> ((B, C, h, w), (B, C, h, w))``.
+
+    Runs only the encoder and the barycenter path; ``x`` sides must be multiples of 8.
+    """
+    if not isinstance(model, BaryNet):
+        raise TypeError(f"embeddings need a BaryNet (it has the WB/residual split), got {type(model).__name__}")
+    with torch.inference_mode():
+        z = model.encode(x.float())[3]
+        b = model.barycenter(z)
+    return b.float(), (z - b).float()
+
+
+def pooled(latent: torch.Tensor) -> torch.Tensor:
+    """Global average pooling: ``(B, C, h, w) -> (B, C)``."""
+    return latent.float().mean(dim=(2, 3))
+
+
+def difference_map(a: torch.Tensor, b: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Per-position L2 distance of two latents over channels, upsampled to ``size``.
+
+    ``(C, h, w), (C, h, w) -> (H, W)`` (bilinear upsampling, so it can be laid over the image).
+    """
+    d = (a.float() - b.float()).pow(2).sum(dim=0).sqrt()
+    return F.interpolate(d[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of the cosine between flattened ``a_i`` and ``b_i``: ``(B, ...) x2 -> ()``."""
+    return F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=1).mean()
+
+
+def pca_2d(features: torch.Tensor) -> torch.Tensor:
+    """Project rows onto their first two principal components: ``(N, D) -> (N, 2)``.
+
+    The sign of each component is fixed (largest loading positive) so plots are reproducible.
+    """
+    x = features.double() - features.double().mean(dim=0, keepdim=True)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    comps = vh[:2]
+    signs = torch.sign(comps.gather(1, comps.abs().argmax(dim=1, keepdim=True)))
+    comps = comps * signs
+    out = x @ comps.T
+    if out.shape[1] < 2:  # fewer than two samples or features
+        out = torch.cat([out, torch.zeros(out.shape[0], 2 - out.shape[1], dtype=out.dtype)], dim=1)
+    return out.float()
