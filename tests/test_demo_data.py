@@ -1,0 +1,202 @@
+"""Tests for utils/demo_data.py on a tiny build (scale 0.2, 3 photos per split)."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from utils import demo_data as dd
+
+TINY = dict(scale=0.2, max_photos=3, progress=False)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None, f"unreadable image {path}"
+    return img[:, :, ::-1]
+
+
+def all_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_tiny")
+    manifest = dd.build_demo_data(root, seed=0, **TINY)
+    return root, manifest
+
+
+def test_layout_and_manifest(tiny):
+    root, man = tiny
+    assert man["status"].startswith("built")
+    on_disk = json.loads((root / "manifest.json").read_text())
+    assert "status" not in on_disk
+    assert on_disk["content_hash"] == man["content_hash"]
+    assert on_disk["version"] == dd.VERSION and on_disk["seed"] == 0 and on_disk["scale"] == 0.2
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*.png")}
+    assert files == set(man["files"])
+    for folder in ["Train/Denoise", "Train/Derain/rainy", "Train/Derain/gt", "Train/Dehaze/synthetic/part1",
+                   "Train/Dehaze/original", "test/denoise/demo", "test/derain/demo/input",
+                   "test/derain/demo/target", "test/dehaze/input", "test/dehaze/target", "test/jpeg/input",
+                   "test/jpeg/target", "test/lowlight/low", "test/lowlight/high", "test/deblur/input",
+                   "test/deblur/target"]:
+        assert man["counts"].get(folder, 0) > 0, folder
+    assert not (root / "test/denoise_75").exists()
+    assert man["counts"]["test/denoise/demo"] == 3
+
+
+def test_rain_pairs(tiny):
+    root, _ = tiny
+    for split, rainy_dir, gt_dir in [("Train", "Train/Derain/rainy", "Train/Derain/gt"),
+                                     ("test", "test/derain/demo/input", "test/derain/demo/target")]:
+        rainy = sorted((root / rainy_dir).glob("*.png"))
+        assert rainy, split
+        gts = {p.name for p in (root / gt_dir).glob("*.png")}
+        assert len(gts) == len(rainy)
+        for p in rainy:
+            m = re.fullmatch(r"rain-(\d+)\.png", p.name)
+            assert m, p.name
+            gt = root / gt_dir / f"norain-{m.group(1)}.png"
+            assert gt.is_file(), gt
+            a, b = read_rgb(p), read_rgb(gt)
+            assert a.shape == b.shape
+            assert not np.array_equal(a, b)
+            assert (a.astype(int) - b.astype(int)).mean() > 0  # screen blend only brightens
+
+
+def test_haze_pairs(tiny):
+    root, _ = tiny
+    for hazy_dir, clean_dir in [("Train/Dehaze/synthetic/part1", "Train/Dehaze/original"),
+                                ("test/dehaze/input", "test/dehaze/target")]:
+        hazy = sorted((root / hazy_dir).glob("*.png"))
+        assert hazy
+        for p in hazy:
+            m = re.fullmatch(r"(\d{4})_([0-9.]+)_([0-9.]+)\.png", p.name)
+            assert m, p.name
+            assert float(m.group(2)) in dd.HAZE_AIRLIGHT and float(m.group(3)) in dd.HAZE_BETA
+            clean = root / clean_dir / f"{m.group(1)}.png"
+            assert clean.is_file(), clean
+            a, b = read_rgb(p), read_rgb(clean)
+            assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("deg_dir,clean_dir", [("test/jpeg/input", "test/jpeg/target"),
+                                               ("test/lowlight/low", "test/lowlight/high"),
+                                               ("test/deblur/input", "test/deblur/target")])
+def test_same_name_pairs(tiny, deg_dir, clean_dir):
+    root, _ = tiny
+    degraded = sorted((root / deg_dir).glob("*.png"))
+    assert {p.name for p in degraded} == {p.name for p in (root / clean_dir).glob("*.png")}
+    for p in degraded:
+        a, b = read_rgb(p), read_rgb(root / clean_dir / p.name)
+        assert a.shape == b.shape and not np.array_equal(a, b)
+        if "lowlight" in deg_dir:
+            assert a.mean() < 0.5 * b.mean()
+
+
+def test_sizes_multiple_of_16(tiny):
+    root, man = tiny
+    for rel, rec in man["files"].items():
+        h, w = read_rgb(root / rel).shape[:2]
+        assert [h, w] == rec["size"], rel
+        assert h % 16 == 0 and w % 16 == 0, rel
+
+
+def test_train_test_photos_disjoint(tiny):
+    _, man = tiny
+    train = {r["source"] for r in man["files"].values() if r["split"] == "train"}
+    test = {r["source"] for r in man["files"].values() if r["split"] == "test"}
+    assert train and test and not (train & test)
+    assert set(man["sources"]["train"]) == train and set(man["sources"]["test"]) == test
+    for rel, rec in man["files"].items():
+        assert rel.startswith("Train/" if rec["split"] == "train" else "test/"), rel
+    # the full photo lists are disjoint too, and the test split has >= 4 photos
+    assert not set(dd.TRAIN_PHOTOS) & set(dd.TEST_PHOTOS) and len(dd.TEST_PHOTOS) >= 4
+
+
+def test_deterministic_and_seed_dependent(tiny, tmp_path):
+    root, man = tiny
+    same = dd.build_demo_data(tmp_path / "same", seed=0, **TINY)
+    assert same["content_hash"] == man["content_hash"]
+    assert all_files(tmp_path / "same") == all_files(root)
+    other = dd.build_demo_data(tmp_path / "other", seed=1, **TINY)
+    assert other["content_hash"] != man["content_hash"]
+    rel = "Train/Derain/rainy/rain-1.png"
+    assert (tmp_path / "other" / rel).read_bytes() != (root / rel).read_bytes()
+    # clean images do not depend on the seed
+    rel = "Train/Derain/gt/norain-1.png"
+    assert (tmp_path / "other" / rel).read_bytes() == (root / rel).read_bytes()
+
+
+def test_up_to_date_does_not_rewrite(tmp_path):
+    root = tmp_path / "d"
+    dd.build_demo_data(root, seed=0, **TINY)
+    old = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    for p in old:  # push mtimes into the past so a rewrite would be visible
+        os.utime(p, ns=(1_000_000_000, 1_000_000_000))
+    again = dd.build_demo_data(root, seed=0, **TINY)
+    assert again["status"] == "up to date"
+    assert all(p.stat().st_mtime_ns == 1_000_000_000 for p in old)
+
+
+def test_missing_file_is_rebuilt(tmp_path):
+    root = tmp_path / "d"
+    man = dd.build_demo_data(root, seed=0, **TINY)
+    victim = root / "test/dehaze/target/0001.png"
+    data = victim.read_bytes()
+    victim.unlink()
+    others = [p for p in root.rglob("*.png") if p != victim]
+    for p in others:
+        os.utime(p, ns=(1_000_000_000, 1_000_000_000))
+    assert dd.stale_reason(root, dd.requested_params(0, 0.2, 3)) is not None
+    again = dd.build_demo_data(root, seed=0, **TINY)
+    assert again["status"].startswith("built") and "1 file(s) written" in again["status"]
+    assert victim.read_bytes() == data
+    assert again["content_hash"] == man["content_hash"]
+    assert all(p.stat().st_mtime_ns == 1_000_000_000 for p in others)
+
+
+def test_parameter_change_is_stale_and_removes_orphans(tmp_path):
+    root = tmp_path / "d"
+    dd.build_demo_data(root, seed=0, scale=0.2, max_photos=2, progress=False)
+    orphan = root / "Train/Denoise/motorcycle_left_1.png"
+    small = dd.build_demo_data(root, seed=0, scale=0.2, max_photos=1, progress=False)
+    assert "parameters changed" in small["status"]
+    assert {p.relative_to(root).as_posix() for p in root.rglob("*.png")} == set(small["files"])
+    assert orphan.exists()  # still produced with 1 photo (motorcycle_left has 2 crops)
+    assert not (root / "test/denoise/demo/camera.png").exists()
+
+
+def test_depth_from_disparity_handles_invalid():
+    disp = np.full((40, 60), 20.0, np.float32)
+    disp[:, 30:] = 5.0          # far half
+    disp[10:20, 10:20] = np.inf  # invalid
+    disp[0, 0] = 0.0
+    d = dd.depth_from_disparity(disp)
+    assert d.shape == disp.shape and np.isfinite(d).all()
+    assert d.min() >= 0 and d.max() <= 1
+    assert d[:, 45:].mean() > d[:, :15].mean()
+
+
+def test_line_kernel_normalised():
+    for angle in (-30.0, 0.0, 45.0, 90.0):
+        k = dd.line_kernel(11.0, angle)
+        assert k.shape[0] % 2 == 1 and k.shape[0] == k.shape[1]
+        assert abs(float(k.sum()) - 1.0) < 1e-5 and (k >= 0).all()
+    vertical = dd.line_kernel(9.0, 0.0)
+    assert vertical[:, vertical.shape[1] // 2].sum() > 0.99
+
+
+def test_bad_arguments_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="demo_data.py"):
+        dd.build_demo_data(tmp_path, seed=-1, **TINY)
+    with pytest.raises(ValueError, match="scale"):
+        dd.build_demo_data(tmp_path, seed=0, scale=0.0, progress=False)
+    with pytest.raises(RuntimeError, match="reinstall"):
+        dd.load_photo("no_such_photo")
