@@ -1,0 +1,51 @@
+"""Embedding probes and the figures drawn from them."""
+import numpy as np
+import torch
+
+from net.presets import build_model
+from utils.embeddings import difference_map, latents, mean_cosine, pca_2d, pooled
+from utils.figures import embedding_projection, pipeline_diagram, takeaway_maps
+
+
+def test_latents_match_the_forward_pass():
+    torch.manual_seed(0)
+    net = build_model("BaryNet", "tiny").eval()
+    x = torch.rand(2, 3, 32, 32)
+    b, r = latents(net, x)
+    with torch.no_grad():
+        out = net(x)
+    torch.testing.assert_close(b, out.bary_latent)
+    torch.testing.assert_close(r, out.residual)
+    assert pooled(b).shape == (2, 128)
+
+
+def test_difference_map_and_cosine():
+    a = torch.zeros(4, 2, 2)
+    b = torch.zeros(4, 2, 2)
+    b[:, 0, 0] = 1.0                              # distance 2 at one position
+    m = difference_map(a, b, (16, 16))
+    assert m.shape == (16, 16) and m.max() <= 2.0 + 1e-6 and m.min() >= 0
+    assert difference_map(a, a, (8, 8)).abs().max() == 0
+    x = torch.randn(3, 5)
+    assert abs(mean_cosine(x, x).item() - 1) < 1e-6
+    assert abs(mean_cosine(x, -x).item() + 1) < 1e-6
+
+
+def test_pca_finds_the_dominant_direction():
+    g = torch.Generator().manual_seed(0)
+    t = torch.linspace(-1, 1, 50)
+    feats = torch.stack([10 * t, 0.1 * torch.randn(50, generator=g), 0.1 * torch.randn(50, generator=g)], 1)
+    p = pca_2d(feats)
+    assert p.shape == (50, 2)
+    assert torch.corrcoef(torch.stack([p[:, 0], t]))[0, 1].abs() > 0.999
+    assert p[:, 0].var() > 100 * p[:, 1].var()
+
+
+def test_figures_are_written(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = [rng.random((32, 32, 3)) for _ in range(3)]
+    maps = [rng.random((32, 32)) for _ in range(2)]
+    assert takeaway_maps(imgs, ["a", "b", "c"], maps, maps, ["a-b", "a-c"], tmp_path / "t.png").stat().st_size > 0
+    pts = rng.random((6, 2))
+    assert embedding_projection(pts, pts, ["x", "y"] * 3, tmp_path / "p.png").stat().st_size > 0
+    assert pipeline_diagram(tmp_path / "d.png").stat().st_size > 0
