@@ -6,7 +6,9 @@ Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
 - grayscale is replicated to three channels; palette images are expanded to RGB;
 - an alpha channel is dropped (restoration works on the colour planes);
 - the EXIF orientation tag is applied, so the array is upright as a viewer shows it;
-- an unreadable or corrupt file raises :class:`ImageReadError` naming the file.
+- an unreadable or corrupt file (truncated included) raises :class:`ImageReadError` naming the file.
+
+Writing (:func:`write_image`) keeps the array's bit depth: ``uint16`` arrays become 16-bit PNGs.
 """
 from __future__ import annotations
 
@@ -75,6 +77,25 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if flip:
         img = img[:, ::-1]
     return np.ascontiguousarray(img)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of ``path`` as :func:`read_image` returns it (EXIF rotation applied).
+
+    Reads only the header when Pillow knows the format; raises :class:`ImageReadError` for a
+    missing or unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a format Pillow does not parse: decode it fully (raises if corrupt)
+        return read_image(path).shape[:2]
+    rot, _ = _EXIF_ORIENT.get(orientation, (0, False))
+    return (w, h) if rot % 2 else (h, w)
 
 
 def to_float(img: np.ndarray) -> np.ndarray:

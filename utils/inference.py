@@ -8,11 +8,14 @@ The fast path computes the same function as training-time eager code:
 - ``torch.inference_mode`` (no autograd bookkeeping);
 - optionally bf16 (CPU with AMX, or GPU) or fp16 (GPU) autocast.
 
-The tester, the demo and the benchmarks all call :func:`restore`.
+The tester, the demo and the benchmarks all call :func:`restore`. :func:`restore_tiled`
+runs it tile by tile, so the network's memory is bounded by the tile size, not the image's.
 """
 from __future__ import annotations
 
 import contextlib
+import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -77,3 +80,107 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
         inp = inp.contiguous(memory_format=torch.channels_last)
         out = _output_image(model(inp))
     return out[..., :h, :w].float().contiguous()
+
+
+# --------------------------------------------------------------------------- tiled inference
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``length`` with at least ``overlap`` shared.
+
+    Tiles step by ``tile - overlap``; the last one is aligned to the end (so it may overlap its
+    neighbour by more). A length up to ``tile`` is one tile.
+    """
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def blend_ramp(overlap: int) -> torch.Tensor:
+    """Raised-cosine ramp of ``overlap`` samples rising from ~0 to ~1 (float64).
+
+    ``ramp[i] + ramp[overlap - 1 - i] == 1``: two tiles overlapping by exactly ``overlap``
+    cross-fade with weights that already sum to one.
+    """
+    t = (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap
+    return torch.sin(0.5 * math.pi * t) ** 2
+
+
+def tile_window(start: int, size: int, length: int, overlap: int) -> torch.Tensor:
+    """1-D blending weights (float64, all > 0) of a tile at ``start`` of ``size`` on an axis of ``length``.
+
+    The weights fall towards the tile's edges that lie inside the image (where a neighbour
+    takes over) and stay 1 at the image border.
+    """
+    w = torch.ones(size, dtype=torch.float64)
+    n = min(overlap, size)
+    if n > 0:
+        ramp = blend_ramp(n)
+        if start > 0:
+            w[:n] *= ramp
+        if start + size < length:
+            w[size - n:] *= ramp.flip(0)
+    return w
+
+
+def check_tiling(tile: int, overlap: int, multiple: int = 8) -> None:
+    """Raise ``ValueError`` with the fix unless ``tile``/``overlap`` are usable."""
+    if tile <= 0 or tile % multiple:
+        raise ValueError(f"--tile must be a positive multiple of {multiple} (the network's size step), got {tile}")
+    if not 0 <= overlap < tile or (tile - overlap) < multiple:
+        raise ValueError(f"--tile-overlap must be >= 0 and leave a step of at least {multiple} pixels "
+                         f"(tile - overlap), got tile {tile}, overlap {overlap}; e.g. --tile 512 --tile-overlap 32")
+
+
+def restore_tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int = 32, precision: str = "fp32",
+                  tile_batch: int = 4, multiple: int = 8,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Restore ``x`` tile by tile and blend the tiles: ``(B, 3, H, W)`` -> ``(B, 3, H, W)`` float32 on the CPU.
+
+    Each ``tile`` x ``tile`` window (smaller only when the image is) runs through :func:`restore`
+    on the model's device, ``tile_batch`` windows per forward pass. Overlapping windows are
+    blended with separable raised-cosine weights normalised by their sum, so no seams show.
+    The output is accumulated on the CPU in float64 (so a model that returns its input gives
+    back ``x`` bit for bit); memory on the device is bounded by ``tile_batch`` tiles, on the
+    host by a few copies of the image. ``progress(done, total)`` is called after every batch of tiles.
+    """
+    check_tiling(tile, overlap, multiple)
+    device = next(model.parameters()).device
+    b, c, h, w = x.shape
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    th, tw = min(tile, h), min(tile, w)
+    win_y = {s: tile_window(s, th, h, overlap) for s in ys}
+    win_x = {s: tile_window(s, tw, w, overlap) for s in xs}
+    # The window is separable and the grid regular, so the summed weight is an outer product too.
+    norm_y = torch.zeros(h, dtype=torch.float64)
+    norm_x = torch.zeros(w, dtype=torch.float64)
+    for s, wy in win_y.items():
+        norm_y[s:s + th] += wy
+    for s, wx in win_x.items():
+        norm_x[s:s + tw] += wx
+    acc = None
+    positions = [(y0, x0) for y0 in ys for x0 in xs]
+    for i in range(0, len(positions), max(1, tile_batch)):
+        chunk = positions[i:i + max(1, tile_batch)]
+        batch = torch.cat([x[..., y0:y0 + th, x0:x0 + tw] for y0, x0 in chunk]).to(device)
+        out = restore(model, batch, precision=precision, pad=True, multiple=multiple).cpu()
+        del batch
+        if acc is None:
+            acc = torch.zeros((b, out.shape[1], h, w), dtype=torch.float64)
+        for k, (y0, x0) in enumerate(chunk):
+            weight = win_y[y0][:, None] * win_x[x0][None, :]
+            acc[..., y0:y0 + th, x0:x0 + tw] += out[k * b:(k + 1) * b].double() * weight
+        del out
+        if progress is not None:
+            progress(i + len(chunk), len(positions))
+    acc /= norm_y[:, None] * norm_x[None, :]
+    return acc.float()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a device or host allocation failure (CUDA OOM, CPU allocator, MemoryError)."""
+    if isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

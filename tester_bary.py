@@ -1,0 +1,156 @@
+"""Evaluate a BaryIR (or Restormer) checkpoint, or restore your own images.
+
+Three modes:
+
+    # the benchmark (SPEC section 4 layout under --data-root), one table for all tasks
+    python tester_bary.py --model checkpoint/model.pth --data-root data/test \\
+        --tasks denoise_15 denoise_25 denoise_50 derain dehaze deblur lowlight
+
+    # one folder of degraded images against their targets (the reference's flags)
+    python tester_bary.py --model ckpt.pth --degset data/test/derain/Rain100L/input/ \\
+        --tarset data/test/derain/Rain100L/target/ --save results/derain/OUT --savetar results/derain/TAR
+
+    # restore images without targets (no metrics)
+    python tester_bary.py --model ckpt.pth --input photos/ --save restored/
+
+Results (the protocol, a row per task or set, per-image numbers) go to
+``<save>/results.{json,csv,md}``; restored PNGs to ``<save>/<row>/`` (``--tasks``) or ``<save>/``
+(``--degset``/``--input``). All the logic lives in :mod:`utils.evaluation`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from net.presets import BACKBONES, PRESETS
+from utils.evaluation import (PAPER_TASKS, PROTOCOLS, Protocol, evaluate_sets, find_task_sets, format_report,
+                              input_files, load_model, paired_set, resolve_device, restore_files, write_results)
+from utils.inference import PRECISIONS
+from utils.metrics import METRIC_SPACES, SSIM_KINDS
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="BaryIR evaluation and restoration", add_help=add_help,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    what = parser.add_argument_group("what to evaluate (one of --tasks, --degset/--tarset, --input)")
+    what.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                      help=f"benchmark tasks under --data-root: {' '.join(PAPER_TASKS)}, denoise_<sigma> for any "
+                           f"integer sigma, any other folder NAME with NAME/{{input,target}}, or 'all' (every paper "
+                           f"task present)")
+    what.add_argument("--data-root", default="data/test", help="benchmark root (layout of SPEC section 4)")
+    what.add_argument("--degset", default=None, help="folder of degraded images (paired by name with --tarset)")
+    what.add_argument("--tarset", default=None, help="folder of target images")
+    what.add_argument("--input", default=None, metavar="FILE|DIR",
+                      help="restore these images (no targets, no metrics) into --save")
+    what.add_argument("--skip-unpaired", action="store_true",
+                      help="leave out (and count) degraded images without a same-name target or of another size, "
+                           "instead of stopping with the list")
+    what.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images of each set")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", required=True, help="checkpoint: the project's, a plain state dict, or a reference "
+                                                      "BaryIR checkpoint ({'BaryIR': module})")
+    model.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
+                       help="network (default: the checkpoint's, else BaryNet)")
+    model.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                       help="configuration for checkpoints that do not carry one (default paper)")
+    model.add_argument("--dim", type=int, default=None, help="override the width")
+    model.add_argument("--num-blocks", type=int, nargs=4, default=None, help="override blocks per level")
+    model.add_argument("--num-refinement-blocks", type=int, default=None, help="override refinement blocks")
+    model.add_argument("--heads", type=int, nargs=4, default=None, help="override attention heads per level")
+
+    proto = parser.add_argument_group("protocol")
+    proto.add_argument("--protocol", default="reference", choices=PROTOCOLS,
+                       help="reference: crop to multiples of 8 as the paper; pad: reflect-pad, crop back, score "
+                            "every pixel")
+    proto.add_argument("--metric-space", default="rgb", choices=METRIC_SPACES,
+                       help="rgb (reference) or y (BT.601 luma with offset, BasicSR)")
+    proto.add_argument("--ssim", default="skimage", choices=SSIM_KINDS,
+                       help="skimage (7x7 uniform, reference) or gaussian (11x11 sigma 1.5, BasicSR/MATLAB)")
+    proto.add_argument("--crop-border", type=int, default=0, help="pixels dropped on each side before scoring")
+    proto.add_argument("--lpips", action="store_true",
+                       help="also LPIPS (AlexNet; its ImageNet weights must be in $TORCH_HOME/hub/checkpoints)")
+    proto.add_argument("--fid", action="store_true",
+                       help="also FID per set (needs the optional pytorch-fid package and its weights)")
+    proto.add_argument("--noise-seed", type=int, default=0,
+                       help="base of the per-image noise seeds of denoise tasks (0 = the published test inputs)")
+
+    run = parser.add_argument_group("running")
+    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = CUDA if available")
+    run.add_argument("--cuda", action="store_true", help="reference flag: run on the GPU (same as --device cuda)")
+    run.add_argument("--gpus", default=None, help="reference flag: GPU ids; the first is used")
+    run.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast precision (fp16: GPU only)")
+    run.add_argument("--tile", type=int, default=None,
+                     help="tiled inference with TxT tiles (multiple of 8): bounded memory for large images")
+    run.add_argument("--tile-overlap", type=int, default=32, help="pixels shared by neighbouring tiles (blended)")
+    run.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass")
+
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--save", default="results/test",
+                     help="restored images (in <save>/<row>/ with --tasks) and results.{json,csv,md}")
+    out.add_argument("--savetar", default=None, help="also save the targets as scored (cropped, 8-bit) here")
+    out.add_argument("--no-images", action="store_true", help="do not write restored images")
+    out.add_argument("--figs", action="store_true", help="write a degraded | restored | target figure per row")
+    out.add_argument("--figs-dir", default="figs", help="where --figs writes")
+    out.add_argument("--fig-images", type=int, default=3, help="images per figure")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _protocol(args) -> Protocol:
+    return Protocol(protocol=args.protocol, metric_space=args.metric_space, ssim=args.ssim,
+                    crop_border=args.crop_border, precision=args.precision, tile=args.tile,
+                    tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, lpips=args.lpips, fid=args.fid,
+                    noise_seed=args.noise_seed).validate()
+
+
+def main(args) -> dict:
+    modes = [m for m, on in (("--tasks", args.tasks), ("--degset/--tarset", args.degset or args.tarset),
+                             ("--input", args.input)) if on]
+    if len(modes) != 1:
+        raise SystemExit(f"tester_bary.py: choose exactly one of --tasks, --degset/--tarset or --input "
+                         f"(got {', '.join(modes) or 'none'})")
+    if bool(args.degset) != bool(args.tarset):
+        raise SystemExit("tester_bary.py: --degset and --tarset go together")
+    if args.gpus and not torch.cuda.is_initialized():
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpus)  # the reference's meaning of --gpus
+        args.gpus = "0"  # ids are now relative to the visible set
+    device = resolve_device(args.device, args.cuda, args.gpus)
+    protocol = _protocol(args)
+    model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
+                             num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
+    save = Path(args.save)
+    progress = not args.no_progress
+
+    if args.input:
+        restored = restore_files(model, input_files(args.input), save, protocol, device, progress)
+        results = {"protocol": {**protocol.describe(), "device": str(device), **info}, "tasks": {},
+                   "restored": restored}
+        save.mkdir(parents=True, exist_ok=True)
+        (save / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"restored {len(restored)} image(s) into {save}")
+        return results
+
+    if args.degset:
+        sets = [paired_set(Path(args.degset).name, args.degset, args.tarset, skip_unpaired=args.skip_unpaired)]
+    else:
+        sets = find_task_sets(args.tasks, args.data_root, args.skip_unpaired)
+    if args.max_images:
+        for s in sets:
+            s.items = s.items[:args.max_images]
+    results = evaluate_sets(model, sets, protocol, device, save_dir=None if args.no_images else save,
+                            savetar_dir=args.savetar, figs_dir=args.figs_dir if args.figs else None,
+                            fig_images=args.fig_images, subfolders=not args.degset, progress=progress,
+                            model_info=info)
+    print(format_report(results))
+    paths = write_results(results, save)
+    print(f"\nresults: {paths['json']}, {paths['csv']}, {paths['md']}")
+    return results
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

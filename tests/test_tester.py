@@ -1,0 +1,295 @@
+"""tester_bary.py and utils/evaluation.py end to end, with a tiny BaryNet whose output conv is zero.
+
+Such a network returns its input exactly (global residual), so every number the tester prints
+must equal the metrics of the degraded images against their targets, computed here directly.
+"""
+import csv
+import json
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+import tester_bary
+from net.presets import build_model, model_config
+from utils import evaluation as E
+from utils.checkpoint import CheckpointError
+from utils.image_io import ImageReadError, read_image, write_image
+from utils.metrics import image_metrics
+from utils.noise import noise_seed, noisy_version
+from utils.pairing import PairingError
+
+torch.set_num_threads(1)
+H, W = 44, 61  # not multiples of 8: the two protocols differ
+
+
+def _clean_images():
+    return {"astro": data.astronaut()[60:60 + H, 200:200 + W], "cat": data.chelsea()[80:80 + H, 150:150 + W],
+            "coffee": data.coffee()[150:150 + H, 250:250 + W]}
+
+
+def _degrade(img, k):
+    rng = np.random.default_rng(k)
+    return np.clip(img * 0.85 + 20 + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A benchmark root in the SPEC layout, plus the degraded/target arrays by folder."""
+    root = tmp_path_factory.mktemp("bench")
+    clean = _clean_images()
+    for k, (name, img) in enumerate(clean.items()):
+        write_image(root / "denoise" / "setA" / f"{name}.png", img)
+        write_image(root / "dehaze" / "input" / f"{name}_0.8_0.1.png", _degrade(img, k))
+        write_image(root / "dehaze" / "target" / f"{name}.png", img)
+        write_image(root / "derain" / "Rain100L" / "input" / f"rain-{k + 1}.png", _degrade(img, 10 + k))
+        write_image(root / "derain" / "Rain100L" / "target" / f"norain-{k + 1}.png", img)
+        write_image(root / "jpeg" / "input" / f"{name}.png", _degrade(img, 20 + k))
+        write_image(root / "jpeg" / "target" / f"{name}.png", img)
+    write_image(root / "denoise" / "setB" / "cat.png", clean["cat"][:32, :40])
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A project checkpoint of the zero-output tiny BaryNet."""
+    torch.manual_seed(0)
+    model = build_model("BaryNet", "tiny")
+    torch.nn.init.zeros_(model.output.weight)
+    path = tmp_path_factory.mktemp("ckpt") / "zero.pth"
+    torch.save({"model": model.state_dict(), "model_config": model_config("tiny"), "backbone": "BaryNet",
+                "epoch": 1}, path)
+    return path
+
+
+def run(*argv):
+    args = tester_bary.get_args_parser().parse_args([*map(str, argv), "--no-progress"])
+    return tester_bary.main(args)
+
+
+def direct_metrics(deg_dir, tar_dir, protocol, space, ssim="skimage"):
+    """Metrics of each degraded image against its target, prepared as the protocol says."""
+    pairs, _ = E.match_pairs(deg_dir, tar_dir)
+    out = {}
+    for d, t in pairs:
+        a, b = read_image(d), read_image(t)
+        if protocol == "reference":
+            a, b = a[: a.shape[0] // 8 * 8, : a.shape[1] // 8 * 8], b[: b.shape[0] // 8 * 8, : b.shape[1] // 8 * 8]
+        out[d.name] = image_metrics(a, b, space, ssim)
+    return out
+
+
+@pytest.mark.parametrize("protocol,space", [("reference", "rgb"), ("reference", "y"), ("pad", "rgb"), ("pad", "y")])
+def test_zero_model_table_equals_direct_metrics(bench, checkpoint, tmp_path, protocol, space):
+    deg, tar = bench / "derain" / "Rain100L" / "input", bench / "derain" / "Rain100L" / "target"
+    ssim = "gaussian" if space == "y" else "skimage"
+    res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "out",
+              "--savetar", tmp_path / "tar", "--protocol", protocol, "--metric-space", space, "--ssim", ssim)
+    expected = direct_metrics(deg, tar, protocol, space, ssim)
+    row = res["tasks"]["input"]  # --degset mode: the row is named after the degraded folder
+    assert [im["name"] for im in row["images"]] == sorted(expected)
+    for im in row["images"]:
+        p, s = expected[im["name"]]
+        assert im["psnr"] == pytest.approx(p, abs=1e-12) and im["ssim"] == pytest.approx(s, abs=1e-12)
+    assert row["psnr"] == pytest.approx(np.mean([v[0] for v in expected.values()]), abs=1e-12)
+    assert row["ssim"] == pytest.approx(np.mean([v[1] for v in expected.values()]), abs=1e-12)
+    assert res["protocol"]["protocol"] == protocol and res["protocol"]["metric_space"] == space
+    # Restorations and targets as scored are saved under the reference's names.
+    size = (H // 8 * 8, W // 8 * 8) if protocol == "reference" else (H, W)
+    assert read_image(tmp_path / "out" / "rain-1.png").shape[:2] == size
+    assert read_image(tmp_path / "tar" / "rain-1.png").shape[:2] == size
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["tasks"]["input"]["psnr"] == pytest.approx(row["psnr"])
+
+
+def test_benchmark_tasks_table_and_files(bench, checkpoint, tmp_path, capsys):
+    res = run("--model", checkpoint, "--data-root", bench, "--tasks", "denoise_25", "derain", "dehaze", "jpeg",
+              "--save", tmp_path / "res", "--figs", "--figs-dir", tmp_path / "figs", "--fig-images", "2")
+    rows = ["denoise_25/setA", "denoise_25/setB", "derain/Rain100L", "dehaze", "jpeg"]
+    assert list(res["tasks"]) == rows
+    # Paired rows: the degraded images' own metrics (reference protocol, RGB).
+    for row, folder in (("dehaze", bench / "dehaze"), ("jpeg", bench / "jpeg")):
+        expected = direct_metrics(folder / "input", folder / "target", "reference", "rgb")
+        assert res["tasks"][row]["psnr"] == pytest.approx(np.mean([v[0] for v in expected.values()]), abs=1e-12)
+    # Denoising rows: the seeded noisy image (crop first, then noise) against the clean one.
+    clean = read_image(bench / "denoise" / "setA" / "cat.png")[: H // 8 * 8, : W // 8 * 8]
+    p, s = image_metrics(noisy_version(clean, "cat.png", 25), clean)
+    cat = next(im for im in res["tasks"]["denoise_25/setA"]["images"] if im["name"] == "cat.png")
+    assert cat["psnr"] == pytest.approx(p, abs=1e-12) and cat["ssim"] == pytest.approx(s, abs=1e-12)
+    assert 19 < p < 23  # sigma 25 noise on an 8-bit image is about 20 dB
+    # The average is the mean of the rows.
+    assert res["average"]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in res["tasks"].values()]))
+    # Files: json (shape of the issue), csv, md; restored images per row; figures.
+    saved = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert set(saved) >= {"protocol", "tasks"}
+    for name, r in saved["tasks"].items():
+        assert {"psnr", "ssim", "images"} <= set(r) and {"name", "psnr", "ssim"} <= set(r["images"][0])
+        assert {"best_psnr", "worst_psnr", "seconds_per_image"} <= set(r)
+    assert saved["protocol"]["protocol"] == "reference" and "crc32" in saved["protocol"]["noise"]
+    with open(tmp_path / "res" / "results.csv") as fh:
+        kinds = [r["kind"] for r in csv.DictReader(fh)]
+    assert kinds.count("image") == 3 + 1 + 3 + 3 + 3 and kinds.count("task") == 5 and kinds.count("average") == 1
+    md = (tmp_path / "res" / "results.md").read_text()
+    assert "## Protocol" in md and "| Average |" in md and "derain/Rain100L" in md
+    assert (tmp_path / "res" / "derain" / "Rain100L" / "rain-2.png").is_file()
+    assert (tmp_path / "res" / "denoise_25" / "setB" / "cat.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(
+        r.replace("/", "_") + ".png" for r in rows)
+    printed = capsys.readouterr().out
+    assert "Protocol:" in printed and "| Task |" in printed and "Average" in printed
+
+
+def test_denoise_inputs_are_reproducible_and_order_independent(bench, checkpoint, tmp_path, monkeypatch):
+    assert noise_seed("cat.png", 25) == zlib.crc32(b"0:cat.png:25")  # not Python's randomised hash()
+
+    def restored(out):
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "denoise_15", "--save", out)
+        return {p.name: p.read_bytes() for p in sorted((out / "denoise_15" / "setA").iterdir())}
+
+    first, second = restored(tmp_path / "a"), restored(tmp_path / "b")
+    assert first == second
+    real = E.list_images
+    monkeypatch.setattr(E, "list_images", lambda folder, recursive=False: real(folder, recursive)[::-1])
+    assert restored(tmp_path / "c") == first
+    # The zero model returns its input: the saved restoration is the noisy input itself.
+    clean = read_image(bench / "denoise" / "setA" / "astro.png")[: H // 8 * 8, : W // 8 * 8]
+    assert np.array_equal(read_image(tmp_path / "a" / "denoise_15" / "setA" / "astro.png"),
+                          noisy_version(clean, "astro.png", 15))
+
+
+def test_tiled_evaluation_matches_untiled(bench, checkpoint, tmp_path):
+    args = ["--model", checkpoint, "--data-root", bench, "--tasks", "dehaze", "--no-images", "--protocol", "pad"]
+    plain = run(*args, "--save", tmp_path / "a")
+    tiled = run(*args, "--save", tmp_path / "b", "--tile", "16", "--tile-overlap", "4")
+    assert [im["psnr"] for im in tiled["tasks"]["dehaze"]["images"]] == \
+        [im["psnr"] for im in plain["tasks"]["dehaze"]["images"]]
+    assert tiled["protocol"]["tile"] == 16
+
+
+def test_input_mode_restores_without_metrics(bench, checkpoint, tmp_path):
+    src = tmp_path / "mine"
+    img8 = read_image(bench / "jpeg" / "input" / "cat.png")
+    img16 = img8.astype(np.uint16) * 257 + 100
+    write_image(src / "a.png", img8)
+    write_image(src / "b.png", img16)
+    res = run("--model", checkpoint, "--input", src, "--save", tmp_path / "out")
+    assert [r["name"] for r in res["restored"]] == ["a.png", "b.png"] and res["tasks"] == {}
+    assert np.array_equal(read_image(tmp_path / "out" / "a.png"), img8)  # full size, any size
+    out16 = read_image(tmp_path / "out" / "b.png")
+    assert out16.dtype == np.uint16 and np.array_equal(out16, img16)
+    single = run("--model", checkpoint, "--input", src / "a.png", "--save", tmp_path / "one")
+    assert len(single["restored"]) == 1
+
+
+def test_16_bit_pairs_score_on_8_bits_and_save_16_bits(checkpoint, tmp_path):
+    clean = _clean_images()["coffee"]
+    deg16 = _degrade(clean, 5).astype(np.uint16) * 257 + 77
+    tar16 = clean.astype(np.uint16) * 257
+    write_image(tmp_path / "d" / "x.png", deg16)
+    write_image(tmp_path / "t" / "x.png", tar16)
+    res = run("--model", checkpoint, "--degset", tmp_path / "d", "--tarset", tmp_path / "t", "--save",
+              tmp_path / "o", "--protocol", "pad")
+    to8 = lambda a: np.round(a / 65535.0 * 255).astype(np.uint8)  # noqa: E731
+    p, s = image_metrics(to8(deg16), to8(tar16))
+    assert res["tasks"]["d"]["psnr"] == pytest.approx(p, abs=1e-12) and res["tasks"]["d"]["ssim"] == pytest.approx(s)
+    saved = read_image(tmp_path / "o" / "x.png")
+    assert saved.dtype == np.uint16 and np.array_equal(saved, deg16)
+
+
+def test_plain_and_reference_checkpoints(bench, tmp_path):
+    torch.manual_seed(1)
+    model = build_model("Restormer", "tiny")
+    torch.nn.init.zeros_(model.output.weight)
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    args = ["--degset", bench / "jpeg" / "input", "--tarset", bench / "jpeg" / "target", "--no-images"]
+    res = run("--model", tmp_path / "plain.pth", "--backbone", "Restormer", "--preset", "tiny", *args,
+              "--save", tmp_path / "r1")
+    assert res["protocol"]["backbone"] == "Restormer" and res["protocol"]["model_config"]["dim"] == 16
+    expected = direct_metrics(bench / "jpeg" / "input", bench / "jpeg" / "target", "reference", "rgb")
+    assert res["tasks"]["input"]["psnr"] == pytest.approx(np.mean([v[0] for v in expected.values()]), abs=1e-12)
+    # The reference's format: a whole pickled module under 'BaryIR' (read without running code).
+    bary = build_model("BaryNet", "tiny")
+    torch.nn.init.zeros_(bary.output.weight)
+    torch.save({"epoch": 3, "BaryIR": bary}, tmp_path / "ref.pth")
+    ref = run("--model", tmp_path / "ref.pth", "--preset", "tiny", *args, "--save", tmp_path / "r2")
+    assert ref["tasks"]["input"]["psnr"] == pytest.approx(res["tasks"]["input"]["psnr"], abs=1e-12)
+    # Wrong configuration: the loader's error names the fix.
+    with pytest.raises(CheckpointError, match="--preset"):
+        run("--model", tmp_path / "ref.pth", *args, "--save", tmp_path / "r3")
+
+
+# --------------------------------------------------------------------------- errors
+
+def _pair_dirs(tmp_path, names_deg, names_tar, size_of=lambda n: (H, W)):
+    deg, tar = tmp_path / "deg", tmp_path / "tar"
+    img = _clean_images()["cat"]
+    for n in names_deg:
+        h, w = size_of(n)
+        write_image(deg / n, img[:h, :w])
+    for n in names_tar:
+        write_image(tar / n, img)
+    return deg, tar
+
+
+def test_unpaired_files_are_listed_or_skipped(checkpoint, tmp_path):
+    deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png", "lonely.png"], ["a.png", "b.png"])
+    with pytest.raises(PairingError, match="lonely.png") as err:
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
+    assert "--skip-unpaired" in str(err.value)
+    res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--skip-unpaired")
+    assert res["tasks"]["deg"]["count"] == 2 and res["tasks"]["deg"]["skipped"] == 1
+
+
+def test_size_mismatch_is_listed_or_skipped(checkpoint, tmp_path):
+    deg, tar = _pair_dirs(tmp_path, ["a.png", "small.png"], ["a.png", "small.png"],
+                          size_of=lambda n: (H - 3, W) if n == "small.png" else (H, W))
+    with pytest.raises(PairingError, match=r"small.png 41x61 vs target small.png 44x61"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
+    res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--skip-unpaired")
+    assert res["tasks"]["deg"]["count"] == 1 and "size mismatch" in res["tasks"]["deg"]["skipped_files"][0]
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_corrupt_image_is_named(checkpoint, tmp_path, how):
+    deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])
+    raw = (deg / "b.png").read_bytes()
+    (deg / "b.png").write_bytes(b"\x00garbage" * 20 if how == "garbage" else raw[: len(raw) // 2])
+    with pytest.raises(ImageReadError, match="b.png"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
+
+
+def test_empty_folders_and_missing_things(bench, checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    _, tar = _pair_dirs(tmp_path, [], ["a.png"])
+    with pytest.raises(PairingError, match="no images in the degraded folder"):
+        run("--model", checkpoint, "--degset", tmp_path / "empty", "--tarset", tar, "--save", tmp_path / "o")
+    with pytest.raises(PairingError, match="deblur"):
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "deblur", "--save", tmp_path / "o")
+    (tmp_path / "root" / "denoise" / "set").mkdir(parents=True)
+    with pytest.raises(PairingError, match="no clean images"):
+        run("--model", checkpoint, "--data-root", tmp_path / "root", "--tasks", "denoise_50", "--save", tmp_path / "o")
+    with pytest.raises(ImageReadError, match="no images"):
+        run("--model", checkpoint, "--input", tmp_path / "empty", "--save", tmp_path / "o")
+    with pytest.raises(CheckpointError, match="not found"):
+        run("--model", tmp_path / "nope.pth", "--degset", bench / "jpeg" / "input", "--tarset",
+            bench / "jpeg" / "target", "--save", tmp_path / "o")
+    with pytest.raises(SystemExit):
+        run("--model", checkpoint, "--save", tmp_path / "o")  # no mode chosen
+
+
+def test_out_of_memory_suggests_tiling(bench, checkpoint, tmp_path, monkeypatch):
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(E, "restore", oom)
+    with pytest.raises(E.RestoreOutOfMemory, match="--tile 512 --tile-overlap 32"):
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", tmp_path / "o")
+
+    def cpu_oom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(E, "restore_tiled", cpu_oom)
+    with pytest.raises(E.RestoreOutOfMemory, match="smaller --tile"):
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", tmp_path / "o", "--tile", "64")
