@@ -93,7 +93,9 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(x1) * x2)
+        # Without autograd the gate can be applied in place (one fewer full-size buffer).
+        gated = F.gelu(x1).mul_(x2) if not torch.is_grad_enabled() else F.gelu(x1) * x2
+        return self.project_out(gated)
 
 
 class Attention(nn.Module):
@@ -119,9 +121,11 @@ class Attention(nn.Module):
         # channel index = head * (C/heads) + c, as einops' '(head c)' split.
         qkv = self.qkv_dwconv(self.qkv(x)).reshape(b, 3, heads, c // heads, h * w)
         q, k, v = qkv.unbind(dim=1)
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1)) * self.temperature
+        # <q/|q|, k/|k|> computed as <q, k> / (|q| |k|): the same value as normalising q and k
+        # first (norms floored at 1e-12 as F.normalize does) without two extra passes over them.
+        q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-12)
+        k_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(1e-12)
+        attn = (q @ k.transpose(-2, -1)) / (q_norm * k_norm.transpose(-2, -1)) * self.temperature
         out = attn.softmax(dim=-1) @ v
         out = out.reshape(b, c, h, w)
         if x.is_contiguous(memory_format=torch.channels_last):
