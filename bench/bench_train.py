@@ -1,0 +1,273 @@
+"""Seconds per training iteration: the engine's step vs a straightforward one, and the tiny preset.
+
+    .venv/bin/python bench/bench_train.py [--iters 3] [--batch 3] [--patch 128]          # CPU
+    .venv/bin/python bench/bench_train.py --device cuda --precision fp32,bf16            # GPU
+
+One iteration is SPEC section 2's three updates, on one fixed batch (``K`` domains, one sample
+per domain in turn), from the same initial weights in every variant:
+
+- ``straightforward``: the objective as SPEC section 2 writes it, per-sample Python loops for
+  transport, orthogonality, contrastive and potential terms; step 2 runs the whole network
+  again (decoder included) with the map frozen; NCHW activations and the hand-written
+  LayerNorm of the reference.
+- ``engine``: :func:`utils.engine.train_step` as the trainers run it: vectorised losses
+  (``utils/losses.py``), step 2 through ``BaryNet.bary_latent`` (encoder and barycenter path,
+  no decoder, no graph), fused LayerNorm and channels-last activations, and on the CPU the
+  trainer's allocator setting (:func:`utils.engine.tune_cpu_allocator`); at each ``--precision``.
+- ``straightforward_malloc`` (CPU): the straightforward step with that allocator setting, so
+  the table shows how much of the speed-up is the allocator and how much the step itself.
+
+Each variant runs in its own subprocess, so the peak memory is its own: peak RSS above the
+process's size before the networks were built (CPU), or ``torch.cuda.max_memory_allocated``
+(GPU). Times are the median of ``--iters`` iterations after ``--warmup``. The losses of the
+first iteration (identical starting weights and batch) are compared across the fp32 variants.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from net import Potentials, set_layernorm_impl  # noqa: E402
+from net.presets import build_model  # noqa: E402
+from utils.engine import Training, build_optimizer, train_step, tune_cpu_allocator  # noqa: E402
+from utils.inference import autocast_context  # noqa: E402
+
+TAU = 0.07
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------- the straightforward step
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm().clamp_min(1e-12)
+
+
+def straightforward_step(model, pots, opt_m, opt_p, x, y, de_ids, domains, lambdas, l1_weight, precision):
+    """SPEC section 2 written out sample by sample, with a full second forward for step 2."""
+    B, K = x.shape[0], len(lambdas)
+    lam = [float(v) for v in lambdas]
+    de = [int(v) for v in de_ids]
+    dom = [int(v) for v in domains]
+    device = x.device
+    # 1. map update, potentials frozen
+    for p in pots.parameters():
+        p.requires_grad_(False)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt_m.zero_grad()
+    with autocast_context(device, precision):
+        restored, z, b, r = model(x)
+        restored, z, b, r = restored.float(), z.float(), b.float(), r.float()
+        bary_loss = 0.0
+        for i in range(B):
+            cost = torch.sqrt(torch.mean((z[i] - b[i]) ** 2))
+            bi = _unit(b[i].reshape(-1))
+            orth = 0.0
+            for j in range(B):
+                orth = orth + torch.sum(bi * _unit(r[j].reshape(-1))) ** 2
+            ri = _unit(r[i].reshape(-1))
+            pos, neg = 0.0, 0.0
+            for j in range(B):
+                s = torch.exp(torch.sum(ri * _unit(r[j].reshape(-1))) / TAU)
+                if de[j] == de[i]:
+                    pos = pos + s
+                else:
+                    neg = neg + s
+            ctr = -torch.log(pos / (pos + neg))
+            pot = pots(b[i:i + 1], dom[i]).squeeze()
+            bary_loss = bary_loss + lam[dom[i]] * (cost + 0.05 * (orth + ctr) - pot)
+        l1 = torch.mean(torch.abs(restored - y))
+        map_total = bary_loss / B + l1_weight * l1
+    map_total.backward()
+    opt_m.step()
+    # 2. potentials update: the whole network again, map frozen
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in pots.parameters():
+        p.requires_grad_(True)
+    opt_p.zero_grad()
+    with autocast_context(device, precision):
+        _, _, b2, _ = model(x)
+        b2 = b2.float()
+        pot_total = 0.0
+        for i in range(B):
+            pot_total = pot_total + lam[dom[i]] * pots(b2[i:i + 1], dom[i]).squeeze()
+        pot_total = pot_total / B
+    pot_total.backward()
+    opt_p.step()
+    # 3. congruence on the last sample
+    opt_p.zero_grad()
+    with autocast_context(device, precision):
+        c = 0.0
+        for k in range(K):
+            c = c + lam[k] * pots(b2[B - 1:B], k).squeeze()
+        cong = 10 * c ** 2
+    cong.backward()
+    opt_p.step()
+    return {"map": map_total.item(), "potentials": pot_total.item(), "congruence": cong.item()}
+
+
+# --------------------------------------------------------------------------- one variant (subprocess)
+
+def run_variant(variant: str, precision: str, preset: str, batch: int, patch: int, k: int, iters: int,
+                warmup: int, device: torch.device) -> dict:
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the trainer sets it
+    elif variant != "straightforward":
+        tune_cpu_allocator()  # as trainer_bary.py does on the CPU
+    # load the kernels' libraries first, so the baseline excludes them
+    warm = torch.nn.Conv2d(3, 8, 3).to(device)
+    warm(torch.rand(1, 3, 16, 16, device=device)).sum().backward()
+    del warm
+    base_rss = _rss_mib()
+    torch.manual_seed(0)
+    model = build_model("BaryNet", preset)
+    pots = Potentials(k, model.config["dim"] * 8, patch)
+    g = torch.Generator().manual_seed(1)
+    y = torch.rand(batch, 3, patch, patch, generator=g)
+    x = (y + 0.1 * torch.randn(batch, 3, patch, patch, generator=g)).clamp(0, 1)
+    domains = torch.arange(batch) % k
+    de_ids = torch.tensor([[0, 3, 4, 5, 6, 7][int(d)] for d in domains])
+    lambdas = torch.full((k,), 1.0 / k)
+    model.to(device)
+    pots.to(device)
+    x, y, lambdas = x.to(device), y.to(device), lambdas.to(device)
+    opt_m = build_optimizer("RMSprop", model.parameters(), 1e-4)
+    opt_p = build_optimizer("RMSprop", pots.parameters(), 1e-4)
+    if variant.startswith("straightforward"):
+        set_layernorm_impl(model, "reference")
+
+        def step():
+            return straightforward_step(model, pots, opt_m, opt_p, x, y, de_ids, domains, lambdas, 10000.0,
+                                        precision)
+    else:
+        channels_last = variant == "engine"
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        from utils.distributed import DistInfo
+        training = Training(model, model, pots, opt_m, opt_p, lambdas, l1_weight=10000.0, precision=precision,
+                            info=DistInfo(device=device), channels_last=channels_last)
+        batch_cpu = (x, y, de_ids, domains)
+
+        def step():
+            losses = train_step(training, batch_cpu)
+            return {key: losses[key] for key in ("map", "potentials", "congruence")}
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    first = None
+    times = []
+    for i in range(warmup + iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        losses = step()
+        _sync(device)
+        if i == 0:
+            first = losses
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
+    return {"variant": variant, "precision": precision, "seconds": statistics.median(times), "all": times,
+            "peak_mib": peak, "first_losses": first, "threads": torch.get_num_threads()}
+
+
+def _spawn(variant: str, precision: str, a: argparse.Namespace, preset: str, iters: int, warmup: int) -> dict:
+    cmd = [sys.executable, __file__, "--_worker", variant, "--precision", precision, "--preset", preset,
+           "--batch", str(a.batch), "--patch", str(a.patch), "--K", str(a.K), "--iters", str(iters),
+           "--warmup", str(warmup), "--device", a.device]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{variant}/{precision} failed:\n{res.stdout}\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", help="comma-separated engine precisions, e.g. fp32,bf16")
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--batch", type=int, default=3)
+    p.add_argument("--patch", type=int, default=128)
+    p.add_argument("--K", type=int, default=3)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--tiny-iters", dest="tiny_iters", type=int, default=10)
+    p.add_argument("--variants", default=None,
+                   help="comma-separated: straightforward, straightforward_malloc (with the trainer's CPU "
+                        "allocator setting, to show that share of the speed-up), engine, engine_nchw (engine "
+                        "without channels-last); default: the first three on the CPU, and straightforward, "
+                        "engine, engine_nchw on a GPU")
+    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    device = torch.device(a.device)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA GPU visible")
+    if a._worker:
+        print(json.dumps(run_variant(a._worker, a.precision, a.preset, a.batch, a.patch, a.K, a.iters, a.warmup,
+                                     device)))
+        return
+
+    precisions = [s for s in a.precision.split(",") if s]
+    if a.variants is None:
+        a.variants = ("straightforward,engine,engine_nchw" if device.type == "cuda"
+                      else "straightforward,straightforward_malloc,engine")
+    rows = []
+    for variant in [v for v in a.variants.split(",") if v]:
+        for prec in (["fp32"] if variant.startswith("straightforward") else precisions):
+            print(f"... {variant} {prec}", file=sys.stderr, flush=True)
+            rows.append(_spawn(variant, prec, a, a.preset, a.iters, a.warmup))
+            print(f"    {json.dumps(rows[-1])}", file=sys.stderr, flush=True)  # partial results survive a kill
+    print("... tiny preset", file=sys.stderr, flush=True)
+    tiny = _spawn("engine", precisions[0], a, "tiny", a.tiny_iters, 2)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU, {rows[0]['threads']} torch threads ({os.cpu_count()} cores visible)"
+    mem = "peak GPU memory (MiB)" if device.type == "cuda" else "peak RSS above start (MiB)"
+    print(f"\n### Training iteration, BaryNet {a.preset}, batch {a.batch}, patch {a.patch}, K={a.K} — {name}\n")
+    print(f"median of {a.iters} iterations after {a.warmup} warm-up; torch {torch.__version__}\n")
+    base = next((r for r in rows if r["variant"] == "straightforward"), None)
+    print(f"| variant | precision | s / iteration | speed-up | {mem} | map loss (iter 1) | potentials | congruence |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        sp = f"{base['seconds'] / r['seconds']:.2f}x" if base else "-"
+        fl = r["first_losses"]
+        print(f"| {r['variant']} | {r['precision']} | {r['seconds']:.3f} | {sp} | {r['peak_mib']:.0f} | "
+              f"{fl['map']:.6g} | {fl['potentials']:.6g} | {fl['congruence']:.6g} |")
+    fp32 = [r for r in rows if r["precision"] == "fp32"]
+    if len(fp32) > 1:
+        ref = fp32[0]["first_losses"]
+        worst = max(abs(r["first_losses"][k] - ref[k]) / max(abs(ref[k]), 1e-12) for r in fp32[1:] for k in ref)
+        print(f"\nfp32 losses of iteration 1 agree across variants to a relative {worst:.1e} "
+              f"(fused vs hand-written LayerNorm and summation order).")
+    print(f"\ntiny preset (engine, {precisions[0]}): {1.0 / tiny['seconds']:.2f} it/s "
+          f"({tiny['seconds']:.3f} s / iteration, median of {a.tiny_iters})")
+
+
+if __name__ == "__main__":
+    main()

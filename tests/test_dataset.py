@@ -1,0 +1,238 @@
+"""The mixed-degradation training set (SPEC section 3) on synthetic folders made in tmp_path."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from _conformance import CONFORMANCE, needs_conformance
+from _train_data import make_train_tree, smooth_image, _write
+from utils import dataset_utils as du
+from utils.dataset_utils import DatasetError
+
+DE_3D = ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
+DE_5D = ["derain", "dehaze", "deblur", "denoise_25", "lowlight"]  # the reference README's order
+
+
+def dirs_of(tree):
+    return {fam: tree[fam] for fam in du.FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def tree3(tmp_path_factory):
+    return make_train_tree(tmp_path_factory.mktemp("d3"), id_lists=True)
+
+
+@pytest.fixture(scope="module")
+def tree5(tmp_path_factory):
+    return make_train_tree(tmp_path_factory.mktemp("d5"), five_d=True)
+
+
+def test_ids_domains_and_repeats_3d(tree3):
+    ds = du.build_train_dataset(DE_3D, dirs_of(tree3), 32, log=lambda m: None)  # folders scanned
+    assert ds.families == ["denoise", "derain", "dehaze"]
+    # 3 clean images x 5 per level; 3 rainy x 360; 6 hazy (2 per original) x 1
+    assert ds.counts_by_de == {"denoise_15": 15, "denoise_25": 15, "denoise_50": 15, "derain": 1080, "dehaze": 6}
+    assert ds.domain_counts == [45, 1080, 6]
+    inv = np.array([1 / 45, 1 / 1080, 1 / 6])
+    np.testing.assert_allclose(ds.lambdas, inv / inv.sum(), rtol=1e-12)
+    assert len(ds) == 1131
+    pairs = {(s.de_id, s.domain) for s in ds.samples}
+    assert pairs == {(0, 0), (1, 0), (2, 0), (3, 1), (4, 2)}
+    assert du.num_sources(DE_3D) == 3
+
+
+def test_id_lists_are_used_when_present(tree3):
+    ds = du.build_train_dataset(DE_3D, dirs_of(tree3), 32, data_file_dir=tree3["data_file_dir"], log=lambda m: None)
+    # the hazy list names only the A=0.8 images: 3 instead of 6
+    assert ds.counts_by_de["dehaze"] == 3
+    hazy = {s.pair.degraded.name for s in ds.samples if s.de_id == 4}
+    assert hazy == {"0000_0.8_0.2.png", "0001_0.8_0.2.png", "0002_0.8_0.2.png"}
+    rain = {(s.pair.degraded.name, s.pair.clean.name) for s in ds.samples if s.de_id == 3}
+    assert rain == {(f"rain-{i}.png", f"norain-{i}.png") for i in (1, 2, 3)}
+
+
+def test_ids_domains_and_repeats_5d(tree5):
+    ds = du.build_train_dataset(DE_5D, dirs_of(tree5), 32, log=lambda m: None)
+    assert ds.families == ["denoise", "derain", "dehaze", "deblur", "lowlight"]
+    assert du.domain_of(DE_5D) == {"denoise_25": 0, "derain": 1, "dehaze": 2, "deblur": 3, "lowlight": 4}
+    # denoise_25 without the other levels is x15; deblur x35; lowlight x150
+    assert ds.counts_by_de == {"denoise_25": 45, "derain": 1080, "dehaze": 6, "deblur": 105, "lowlight": 450}
+    assert ds.domain_counts == [45, 1080, 6, 105, 450]
+    assert {s.de_id for s in ds.samples} == {1, 3, 4, 5, 6}
+    assert sum(ds.lambdas) == pytest.approx(1.0)
+
+
+def test_domains_robust_to_missing_families():
+    assert du.domain_of(["deblur", "denoise_50"]) == {"denoise_50": 0, "deblur": 1}
+    assert du.domain_of(["lowlight", "derain"]) == {"derain": 0, "lowlight": 1}
+    assert du.repeat_factor("denoise_25", ["denoise_15", "denoise_25"]) == 15
+    assert du.repeat_factor("denoise_25", DE_3D) == 5
+    with pytest.raises(DatasetError, match="unknown --de_type"):
+        du.check_de_types(["derain", "desnow"])
+
+
+@needs_conformance
+def test_lambda_counts_match_the_reference_vector():
+    """[77160, 72000, 72135]: 5144 clean x 5 x 3 levels, 200 rainy x 360, 72135 hazy x 1 (after repetition)."""
+    case = torch.load(CONFORMANCE / "golden_3d.pt", weights_only=True)["loss_case"]
+    counts = [5144 * sum(du.repeat_factor(d, DE_3D) for d in DE_3D[:3]),
+              200 * du.repeat_factor("derain", DE_3D), 72135 * du.repeat_factor("dehaze", DE_3D)]
+    assert counts == list(case["domain_counts"])
+    np.testing.assert_allclose(du.barycenter_weights(counts), np.asarray(case["lambdas"], dtype=np.float64),
+                               rtol=1e-12)
+
+
+def test_missing_pairs_are_one_error(tmp_path):
+    tree = make_train_tree(tmp_path, five_d=True)
+    os.remove(tree["derain"] / "gt" / "norain-2.png")
+    os.remove(tree["dehaze"] / "original" / "0001.png")
+    os.remove(tree["deblur"] / "sharp" / "img_0.png")
+    with pytest.raises(DatasetError) as err:
+        du.collect_samples(DE_5D, dirs_of(tree), log=lambda m: None)
+    msg = str(err.value)
+    assert msg.startswith("4 training file(s) are missing")  # one rainy, two hazy variants, one blur
+    assert "norain-2.png (for rain-2.png)" in msg
+    assert "0001.png (for 0001_0.8_0.2.png)" in msg and "(for 0001_0.9_0.2.png)" in msg
+    assert f"--deblur_dir={tree['deblur']}" in msg and "img_0.png" in msg
+    with pytest.warns(UserWarning, match="skipping 4 sample"):
+        found = du.collect_samples(DE_5D, dirs_of(tree), skip_bad=True, log=lambda m: None)
+    assert len(found["derain"]) == 2 and len(found["dehaze"]) == 4 and len(found["deblur"]) == 2
+
+
+def test_long_missing_list_is_cut_at_20(tmp_path):
+    tree = make_train_tree(tmp_path, n=1)
+    img = smooth_image(np.random.default_rng(0), 32)
+    for i in range(2, 27):
+        _write(tree["derain"] / "rainy" / f"rain-{i}.png", img)
+    with pytest.raises(DatasetError, match=r"25 training file\(s\)[\s\S]*\.\.\. and 5 more"):
+        du.collect_samples(["derain"], dirs_of(tree), log=lambda m: None)
+
+
+def test_missing_and_empty_folders(tmp_path):
+    tree = make_train_tree(tmp_path, n=1)
+    dirs = dirs_of(tree)
+    with pytest.raises(DatasetError, match=r"--deblur_dir points at .*Deblur, which does not exist"):
+        du.collect_samples(["deblur"], dirs, log=lambda m: None)
+    (tree["deblur"] / "blur").mkdir(parents=True)
+    (tree["deblur"] / "sharp").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"no usable deblur training images under --deblur_dir"):
+        du.collect_samples(["deblur"], dirs, log=lambda m: None)
+    with pytest.raises(DatasetError, match=r"--lowlight_dir points at"):
+        du.collect_samples(["lowlight"], dirs, log=lambda m: None)
+
+
+def test_bad_images_are_named(tmp_path):
+    tree = make_train_tree(tmp_path, n=2, five_d=True)
+    dirs = dirs_of(tree)
+    (tree["denoise"] / "clean_0.png").write_bytes(b"not a png")
+    rng = np.random.default_rng(3)
+    _write(tree["lowlight"] / "low" / "0.png", smooth_image(rng, 48))  # target is 64x64
+    _write(tree["deblur"] / "blur" / "small.png", smooth_image(rng, 40))
+    _write(tree["deblur"] / "sharp" / "small.png", smooth_image(rng, 40))  # 32x32 after the crop to 16
+    found = du.collect_samples(["denoise_15", "deblur", "lowlight"], dirs, log=lambda m: None)
+    with pytest.raises(DatasetError) as err:
+        du.check_images(found, patch_size=48)
+    msg = str(err.value)
+    assert msg.startswith("3 training image(s) cannot be used")
+    assert "clean_0.png" in msg and "small.png is 40x40 (32x32 after" in msg and "0.png is 48x48 but its target" in msg
+    with pytest.warns(UserWarning, match="skipping 3 training image"):
+        kept = du.check_images(found, patch_size=48, skip_bad=True)
+    assert len(kept["denoise"]) == 1 and len(kept["deblur"]) == 2 and len(kept["lowlight"]) == 1
+    ds = du.MixedDegradationDataset(found, ["denoise_15"], 48)  # the unchecked list reads the bad file...
+    bad = next(i for i, s in enumerate(ds.samples) if s.pair.clean.name == "clean_0.png")
+    with pytest.raises(OSError, match="clean_0.png"):
+        ds[bad]
+
+
+def test_augment_modes():
+    img = np.arange(2 * 3 * 1).reshape(2, 3, 1)
+    outs = [du.augment(img, m) for m in range(8)]
+    assert np.array_equal(outs[1], np.flipud(img))
+    assert np.array_equal(outs[2], np.rot90(img))
+    assert np.array_equal(outs[7], np.flipud(np.rot90(img, 3)))
+    assert len({o.tobytes() + bytes(o.shape) for o in outs}) == 8  # all distinct
+
+
+def test_crop_and_augmentation_keep_pairs_aligned(tree5, monkeypatch):
+    modes = []
+    real = du.augment
+    monkeypatch.setattr(du, "augment", lambda img, m: (modes.append(m), real(img, m))[1])
+    ds = du.build_train_dataset(["lowlight"], dirs_of(tree5), 32, seed=7, log=lambda m: None)
+    for i in range(0, len(ds), 37):
+        deg, clean, de, dom = ds[i]
+        assert deg.shape == clean.shape == (3, 32, 32) and de == 6 and dom == 0
+        low = torch.round(deg * 255).long()
+        high = torch.round(clean * 255).long()
+        assert torch.equal(low, high // 4)  # low = high // 4 pixel by pixel: same window, same mode
+    assert modes and 0 not in modes and set(modes) <= set(range(1, 8))
+    assert len(set(modes)) > 3
+    # the clean patch is the window and mode drawn from the sample's stream
+    s, rng = ds.samples[5], ds.rng(5)
+    img = du.centre_crop(du.read_image(s.pair.clean))
+    top, left, mode = int(rng.integers(0, img.shape[0] - 31)), int(rng.integers(0, img.shape[1] - 31)), \
+        int(rng.integers(1, 8))
+    expect = real(img[top:top + 32, left:left + 32], mode)
+    assert torch.equal(ds[5][1], torch.from_numpy(expect.transpose(2, 0, 1).copy()).float() / 255)
+    # rain: the streaks (255) are the only difference, wherever the crop and rotation put them
+    rain = du.build_train_dataset(["derain"], dirs_of(tree5), 32, seed=1, log=lambda m: None)
+    for i in range(0, len(rain), 101):
+        deg, clean, de, dom = rain[i]
+        assert de == 3 and ((deg == clean) | (deg == 1.0)).all() and (deg != clean).any()
+
+
+def test_noise_is_truncated_and_reproducible(tree3):
+    ds = du.build_train_dataset(["denoise_50"], dirs_of(tree3), 32, seed=3, log=lambda m: None)
+    ds.set_epoch(2)
+    deg, clean, de, dom = ds[4]
+    assert de == 2 and dom == 0
+    # rebuild the same sample from its random stream: crop, mode, then sigma=50 noise, truncated
+    s = ds.samples[4]
+    img = du.centre_crop(du.read_image(s.pair.clean))
+    rng = ds.rng(4)
+    top, left, mode = int(rng.integers(0, img.shape[0] - 31)), int(rng.integers(0, img.shape[1] - 31)), \
+        int(rng.integers(1, 8))
+    patch = du.augment(img[top:top + 32, left:left + 32], mode)
+    noisy = np.clip(patch.astype(np.float64) + 50 * rng.standard_normal(patch.shape), 0, 255).astype(np.uint8)
+    assert torch.equal(clean, torch.from_numpy(patch.transpose(2, 0, 1).copy()).float() / 255)
+    assert torch.equal(deg, torch.from_numpy(noisy.transpose(2, 0, 1).copy()).float() / 255)
+    again = ds[4]
+    assert torch.equal(again[0], deg)
+    ds.set_epoch(3)
+    assert not torch.equal(ds[4][0], deg)
+
+
+def test_truncation_rounds_down():
+    rng = np.random.default_rng(0)
+    clean = np.full((4, 4, 3), 100, np.uint8)
+    noisy = du.add_noise(clean, 15, rng)
+    expect = np.clip(100 + 15 * np.random.default_rng(0).standard_normal((4, 4, 3)), 0, 255)
+    assert np.array_equal(noisy, np.floor(expect).astype(np.uint8))
+
+
+def test_centre_crop_to_16():
+    img = np.zeros((70, 53, 3), np.uint8)
+    img[3:67, 2:50] = 1
+    out = du.centre_crop(img)
+    assert out.shape == (64, 48, 3) and out.min() == 1
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch(tree3):
+    ds = du.build_train_dataset(DE_3D, dirs_of(tree3), 32, log=lambda m: None)
+    a = du.ResumableSampler(ds, seed=5)
+    a.set_epoch(3)
+    order = list(a)
+    b = du.ResumableSampler(ds, seed=5)
+    b.set_epoch(3)
+    b.set_start(9)
+    assert list(b) == order[9:] and len(b) == len(order) - 9
+    a.set_epoch(4)
+    assert list(a) != order
+    shards = [du.ResumableSampler(ds, num_replicas=2, rank=r, seed=5) for r in (0, 1)]
+    for s in shards:
+        s.set_epoch(3)
+    s0, s1 = list(shards[0]), list(shards[1])
+    assert len(s0) == len(s1) == (len(ds) + 1) // 2
+    assert set(s0) | set(s1) == set(range(len(ds)))
+    assert du.iterations_per_epoch(len(s0), 4) == -(-len(s0) // 4)
+    assert du.iterations_per_epoch(len(s0), 4, cap=3) == 3

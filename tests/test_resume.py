@@ -1,0 +1,169 @@
+"""Checkpoints: format, rotation, --resume (ours, the reference's, missing), SIGTERM, NaN."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from _train_data import make_train_tree, make_val_tree, train_flags
+from net.presets import build_model
+from utils import engine
+from utils.checkpoint import read_checkpoint
+from utils.train_options import get_args_parser
+from utils.train_state import list_checkpoints, read_latest
+
+REPO = Path(__file__).resolve().parents[1]
+ITERS = 3  # per epoch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():  # module scope: before the module-scoped runs, so every run uses one thread
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_train_tree(tmp_path_factory.mktemp("resume_data"))
+
+
+def run(data, out: Path, *extra: str, iters: int = ITERS) -> int:
+    flags = train_flags(data, out) + ["--iters-per-epoch", str(iters), *extra]
+    return engine.main(get_args_parser().parse_args(flags))
+
+
+def final_state(out: Path) -> dict:
+    return read_checkpoint(read_latest(out / "ckpt"))
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert (a["epoch"], a["iteration"], a["global_step"]) == (b["epoch"], b["iteration"], b["global_step"])
+    for key in ("model", "potentials"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for key in ("optimizer", "potentials_optimizer"):
+        sa, sb = a[key]["state"], b[key]["state"]
+        assert sa.keys() == sb.keys()
+        for idx in sa:
+            for field, v in sa[idx].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb[idx][field])), f"{key}[{idx}].{field}"
+        assert a[key]["param_groups"] == b[key]["param_groups"]
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """Two uninterrupted epochs; validation on, to show it does not disturb training."""
+    out = tmp_path_factory.mktemp("straight")
+    deg, tar = make_val_tree(out)
+    assert run(data, out, "--nEpochs", "2", "--degset", str(deg), "--tarset", str(tar)) == 0
+    return out
+
+
+def test_checkpoint_format_and_records(straight):
+    ckpt_dir = straight / "ckpt"
+    assert [p.name for p in list_checkpoints(ckpt_dir)] == ["epoch_001.pth", "epoch_002.pth"]
+    assert json.loads((ckpt_dir / "latest").read_text())["checkpoint"] == "epoch_002.pth"
+    ck = torch.load(ckpt_dir / "epoch_002.pth", weights_only=True)
+    assert {"format_version", "model", "potentials", "optimizer", "potentials_optimizer", "scaler", "epoch",
+            "iteration", "global_step", "rng", "model_config", "backbone", "args", "lambdas"} <= set(ck)
+    assert (ck["epoch"], ck["iteration"], ck["global_step"]) == (2, 0, 2 * ITERS)
+    assert set(ck["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert ck["args"]["seed"] == 0 and ck["backbone"] == "BaryNet"
+    build_model("BaryNet", "tiny").load_state_dict(ck["model"])  # the tester's path: weights by key 'model'
+    records = [json.loads(line) for line in (ckpt_dir / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    iters = [r for r in records if r["kind"] == "iter"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and len(iters) == 2 * ITERS
+    assert all(r["val_psnr"] > 5 for r in epochs)
+    assert {"map", "l1", "potentials", "congruence", "lr", "sec"} <= set(iters[0])
+    assert (straight / "figs" / "train_losses.png").stat().st_size > 1000
+
+
+def test_resume_between_epochs_is_exact(data, straight, tmp_path):
+    assert run(data, tmp_path, "--nEpochs", "1") == 0
+    assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto") == 0
+    assert_same_training_state(final_state(tmp_path), final_state(straight))
+
+
+def test_sigterm_mid_epoch_then_resume_is_exact(data, tmp_path):
+    iters = 24
+    ref = tmp_path / "ref"
+    assert run(data, ref, "--nEpochs", "1", iters=iters) == 0
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "trainer_bary.py"), *train_flags(data, out), "--nEpochs", "1",
+           "--iters-per-epoch", str(iters)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "ckpt" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be signalled:\n" + proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "stopped by signal" in output
+    saved = list_checkpoints(out / "ckpt")
+    assert len(saved) == 1 and saved[0].name.startswith("iter_e001_i"), output
+    done = read_checkpoint(saved[0])["iteration"]
+    assert 2 <= done < iters
+
+    assert run(data, out, "--nEpochs", "1", "--resume", "auto", iters=iters) == 0
+    assert_same_training_state(final_state(out), final_state(ref))
+    steps = [json.loads(line)["global_step"] for line in log.read_text().splitlines()
+             if json.loads(line)["kind"] == "iter"]
+    assert steps == list(range(1, iters + 1))  # every iteration once, none repeated after the resume
+
+
+def test_nan_stops_and_keeps_the_last_checkpoint(data, tmp_path, capsys):
+    with pytest.raises(engine.NonFiniteLossError, match=r"epoch 1, iteration 3 \(global step 3\).*map=nan"):
+        run(data, tmp_path, "--nEpochs", "1", "--save-every", "2", "--debug-nan-at", "3", iters=5)
+    saved = list_checkpoints(tmp_path / "ckpt")
+    assert [p.name for p in saved] == ["iter_e001_i000002.pth"]
+    ck = torch.load(saved[0], weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert run(data, tmp_path, "--nEpochs", "1", "--resume", "auto", iters=5) == 0  # and it resumes
+    args = get_args_parser().parse_args(train_flags(data, tmp_path / "cli") + [
+        "--iters-per-epoch", "2", "--debug-nan-at", "1"])
+    assert engine.run_cli(args) == 1
+    assert "non-finite map loss" in capsys.readouterr().err
+
+
+def test_rotation_keeps_a_bound(data, tmp_path):
+    assert run(data, tmp_path, "--nEpochs", "2", "--save-every", "1", "--keep", "2", iters=3) == 0
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["iter_e002_i000002.pth", "epoch_002.pth"]
+
+
+def test_missing_resume_path_warns_and_starts_fresh(data, tmp_path, capsys):
+    assert run(data, tmp_path, "--nEpochs", "1", "--resume", "checkpoint/model_allBaryNet128__58_1.0.pt",
+               iters=1) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "STARTING A FRESH RUN" in err
+    assert read_checkpoint(read_latest(tmp_path / "ckpt"))["epoch"] == 1
+
+
+def test_reference_checkpoint_resumes_weights_and_epoch(data, tmp_path, capsys):
+    torch.manual_seed(3)
+    module = build_model("BaryNet", "tiny")
+    ref_path = tmp_path / "model_allBaryNet32__2_1.0.pth"
+    torch.save({"epoch": 4, "BaryIR": module}, ref_path)  # the reference pickles whole modules
+    assert run(data, tmp_path, "--nEpochs", "5", "--resume", str(ref_path), iters=1) == 0
+    out = capsys.readouterr().out
+    assert "resumed reference checkpoint" in out and "continuing at epoch 5" in out
+    ck = final_state(tmp_path)
+    assert (ck["epoch"], ck["global_step"]) == (5, 1)
+    loaded = module.state_dict()
+    assert any(not torch.equal(v, ck["model"][k]) for k, v in loaded.items())
+    # one RMSprop step of lr 1e-4 from the loaded weights (a fresh init would be far away)
+    assert max((v - ck["model"][k]).abs().max().item() for k, v in loaded.items()) < 2e-3

@@ -1,0 +1,145 @@
+"""One iteration of the engine against utils/losses.py written out in SPEC section 2's order."""
+import copy
+
+import pytest
+import torch
+
+from net import Potentials
+from net.presets import build_model
+from utils import engine
+from utils.engine import Training, build_optimizer, lr_at, train_step
+from utils.train_setup import ConfigError, check_args
+from utils.losses import congruence_loss, map_loss, potentials_loss
+from utils.train_options import get_args_parser
+
+P = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():  # module scope: before the module-scoped runs, so every run uses one thread
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def fixed_batch():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(4, 3, P, P, generator=g)
+    degraded = (target + 0.1 * torch.randn(4, 3, P, P, generator=g)).clamp(0, 1)
+    de_ids = torch.tensor([0, 3, 1, 4])  # sigma15, derain, sigma25, dehaze
+    domains = torch.tensor([0, 1, 0, 2])
+    return degraded, target, de_ids, domains
+
+
+def tiny_nets():
+    torch.manual_seed(0)
+    model = build_model("BaryNet", "tiny")
+    pots = Potentials(3, model.config["dim"] * 8, P)
+    return model, pots
+
+
+LAMBDAS = torch.tensor([0.318, 0.341, 0.341])
+
+
+def by_hand(model, pots, batch, lr=1e-4):
+    """SPEC section 2 step by step, with the loss functions of utils/losses.py."""
+    degraded, target, de_ids, domains = batch
+    opt_m = build_optimizer("RMSprop", model.parameters(), lr)
+    opt_p = build_optimizer("RMSprop", pots.parameters(), lr)
+    for p in pots.parameters():
+        p.requires_grad_(False)
+    out = model(degraded)
+    l_map, _ = map_loss(out.restored, target, out.source_latent, out.bary_latent, out.residual, de_ids, domains,
+                        LAMBDAS, pots, l1_weight=10000.0)
+    opt_m.zero_grad()
+    l_map.backward()
+    opt_m.step()
+    for p in pots.parameters():
+        p.requires_grad_(True)
+    with torch.no_grad():
+        b = model(degraded).bary_latent  # a full forward here; the engine runs the encoder path only
+    l_pot = potentials_loss(b, domains, LAMBDAS, pots)
+    opt_p.zero_grad()
+    l_pot.backward()
+    opt_p.step()
+    opt_p.zero_grad()
+    l_cong = congruence_loss(b[-1], LAMBDAS, pots)
+    l_cong.backward()
+    opt_p.step()
+    return l_map.item(), l_pot.item(), l_cong.item()
+
+
+def test_step_matches_the_loss_functions_in_spec_order():
+    model, pots = tiny_nets()
+    ref_model, ref_pots = copy.deepcopy(model), copy.deepcopy(pots)
+    batch = fixed_batch()
+    expect = by_hand(ref_model, ref_pots, batch)
+
+    calls = {"decoder": 0, "frozen": []}
+    model.output.register_forward_hook(lambda *a: calls.__setitem__("decoder", calls["decoder"] + 1))
+    pots.potentials[0].register_forward_hook(
+        lambda *a: calls["frozen"].append(not pots.potentials[0][0].weight.requires_grad))
+    training = Training(model, model, pots, build_optimizer("RMSprop", model.parameters(), 1e-4),
+                        build_optimizer("RMSprop", pots.parameters(), 1e-4), LAMBDAS, l1_weight=10000.0)
+    losses = train_step(training, batch)
+
+    assert losses["map"] == pytest.approx(expect[0], rel=1e-6)
+    assert losses["potentials"] == pytest.approx(expect[1], rel=1e-5, abs=1e-9)
+    assert losses["congruence"] == pytest.approx(expect[2], rel=1e-5, abs=1e-9)
+    assert calls["decoder"] == 1  # step 2 recomputes b without the decoder
+    assert calls["frozen"] == [True, False, False]  # frozen in step 1 only; three potential evaluations
+    for a, b in zip(list(model.parameters()) + list(pots.parameters()),
+                    list(ref_model.parameters()) + list(ref_pots.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert all(p.requires_grad for p in pots.parameters())
+
+
+def test_restormer_baseline_is_l1_only():
+    torch.manual_seed(0)
+    model = build_model("Restormer", "tiny")
+    ref = copy.deepcopy(model)
+    degraded, target, de_ids, domains = fixed_batch()
+    training = Training(model, model, None, build_optimizer("Adam", model.parameters(), 1e-4), None, LAMBDAS,
+                        l1_weight=10000.0)
+    losses = train_step(training, (degraded, target, de_ids, domains))
+    expect = 10000.0 * (ref(degraded) - target).abs().mean()
+    assert losses["map"] == pytest.approx(expect.item(), rel=1e-6)
+    assert set(losses) == {"map", "l1"}
+
+
+def test_injected_nan_stops_before_the_update():
+    model, pots = tiny_nets()
+    before = copy.deepcopy(model.state_dict())
+    training = Training(model, model, pots, build_optimizer("RMSprop", model.parameters(), 1e-4),
+                        build_optimizer("RMSprop", pots.parameters(), 1e-4), LAMBDAS)
+    with pytest.raises(engine.NonFiniteLossError, match=r"non-finite map loss at epoch 2, iteration 7.*map=nan"):
+        train_step(training, fixed_batch(), where="epoch 2, iteration 7", inject_nan=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_lr_schedule():
+    assert lr_at(2e-4, 1, 20) == pytest.approx(1e-4)
+    assert lr_at(2e-4, 20, 20) == pytest.approx(1e-4)
+    assert lr_at(2e-4, 21, 20) == pytest.approx(1e-5)
+    assert lr_at(2e-4, 41, 20) == pytest.approx(1e-6)
+
+
+def test_flags_and_num_sources():
+    parser = get_args_parser()
+    args = parser.parse_args([])
+    assert (args.batchSize, args.nEpochs, args.lr, args.step, args.patch_size, args.Sigma, args.optimizer,
+            args.threads, args.data_file_dir, args.start_epoch, args.pairnum) == \
+        (4, 200, 2e-4, 20, 128, 10000, "RMSprop", 16, "data_dir/", 1, 10000000)
+    assert args.de_type == ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
+    assert check_args(args) == 3
+    five = parser.parse_args("--de_type derain dehaze deblur denoise_25 lowlight --num_source 5".split())
+    assert five.num_sources == 5 and check_args(five) == 5
+    assert parser.parse_args(["--workers", "2"]).threads == 2
+    bad = parser.parse_args("--de_type derain dehaze --num_sources 3".split())
+    with pytest.raises(ConfigError, match=r"--num_sources 3 does not match --de_type derain dehaze, which spans 2"):
+        check_args(bad)
+    assert engine.run_cli(bad) == 2
+    with pytest.raises(ConfigError, match="--patch_size"):
+        check_args(parser.parse_args(["--patch_size", "60"]))

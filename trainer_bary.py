@@ -1,0 +1,21 @@
+"""Train BaryIR on one device (GPU or CPU).
+
+    python trainer_bary.py --de_type denoise_15 denoise_25 denoise_50 derain dehaze --batchSize 4
+    python trainer_bary.py --preset tiny --device cpu --iters-per-epoch 50 --nEpochs 2   # a CPU smoke run
+    python trainer_bary.py ... --resume auto                                               # continue
+
+The work is done by :mod:`utils.engine`, which ``trainer_bary_ddp.py`` shares; see
+``python trainer_bary.py --help`` for every flag.
+"""
+import sys
+
+from utils.engine import run_cli
+from utils.train_options import get_args_parser
+
+
+def main(args):
+    return run_cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,29 @@
+"""Train BaryIR on several processes with ``torchrun`` (NCCL on GPUs, gloo on the CPU).
+
+One node, 3 GPUs::
+
+    torchrun --nproc_per_node=3 --master_port=9833 trainer_bary_ddp.py --batchSize=3 --nEpochs=65 \\
+        --de_type derain dehaze deblur denoise_25 lowlight --patch_size=144 --step=35 --backbone=BaryNet
+
+Two nodes of 4 GPUs (run on each node, ``--node_rank`` 0 and 1)::
+
+    torchrun --nnodes=2 --nproc_per_node=4 --node_rank=0 --rdzv_backend=c10d \\
+        --rdzv_endpoint=HOST0:29500 trainer_bary_ddp.py ... --output-dir /shared/checkpoint
+
+``--batchSize`` is per process. Rank 0 prints and writes checkpoints; ``--resume auto`` needs
+``--output-dir`` on a file system every node sees. Started without torchrun it trains as one
+process. The training engine is :mod:`utils.engine`, shared with ``trainer_bary.py``.
+"""
+import sys
+
+from utils.engine import run_cli
+from utils.train_options import get_args_parser
+
+
+def main(args):
+    return run_cli(args)
+
+
+if __name__ == "__main__":
+    # the reference's DDP trainer defaults to 4 loader workers per process
+    sys.exit(main(get_args_parser(threads_default=4).parse_args()))

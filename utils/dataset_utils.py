@@ -1,0 +1,507 @@
+"""The mixed-degradation training set of BaryIR (SPEC section 3).
+
+Degradation ids and domains
+    Every sample carries a degradation id ``de`` (:data:`DE_IDS`: denoise_15 0, denoise_25 1,
+    denoise_50 2, derain 3, dehaze 4, deblur 5, lowlight 6, single 7) and a domain ``k``: the
+    degradation *families* present, in the order of :data:`FAMILIES`, numbered 0..K-1. All noise
+    levels are one family. The numbering depends only on which families are present, so a
+    missing family in between (e.g. ``denoise_25 deblur``) still gives domains 0, 1.
+
+Repetition (:func:`repeat_factor`)
+    Each family is listed several times per epoch to balance the paper's data sizes: a noise
+    level x5, derain x360, dehaze x1, deblur x35, lowlight x150, single x5. ``denoise_25`` is x15
+    unless all three noise levels are trained ("denoise_25 alone", the 5D setting), exactly the
+    reference's rule.
+
+Barycenter weights (:func:`barycenter_weights`)
+    ``lambda_k = (1/n_k) / sum_j (1/n_j)`` with ``n_k`` the number of samples of domain ``k`` in
+    one epoch, *after repetition*, all noise levels of the denoising family together. This is
+    what the reference's conformance vector holds: ``[77160, 72000, 72135]`` for 3D is
+    5144 clean images (BSD400 + WED) x 5 x 3 levels, 200 Rain100L images x 360, and 72135
+    hazy images x 1.
+
+Sample pipeline (:meth:`MixedDegradationDataset.__getitem__`)
+    read RGB 8-bit -> centre-crop both images to multiples of 16 -> one random ``patch_size``
+    window shared by degraded and clean -> one of the seven non-identity flip/rotation modes,
+    shared -> for denoising, ``uint8(clip(clean + sigma * N(0, 1), 0, 255))`` (truncation).
+    All randomness of a sample is a pure function of ``(seed, epoch, index)``
+    (:meth:`~MixedDegradationDataset.set_epoch`), so a sample does not depend on the worker
+    that loads it, nor on what was loaded before: resuming mid-epoch reproduces the run.
+
+Where the files come from (:func:`collect_samples`)
+    The reference's id lists when present (``<data_file_dir>/noisy/denoise.txt``,
+    ``rainy/rainTrain.txt``, ``hazy/hazy_outside.txt``), else a scan of the folders. Every pair
+    is checked before training: one :class:`DatasetError` lists all missing targets (first 20,
+    then a count) with the flag and folder they were looked for in. Unreadable images, images
+    smaller than the patch and degraded/clean size mismatches are found by
+    :func:`check_images` (image headers only). ``skip_bad=True`` leaves such files out with a
+    warning and a count instead.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from .image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+
+DE_IDS = {"denoise_15": 0, "denoise_25": 1, "denoise_50": 2, "derain": 3, "dehaze": 4,
+          "deblur": 5, "lowlight": 6, "single": 7}
+DE_NAMES = {v: k for k, v in DE_IDS.items()}
+FAMILIES = ("denoise", "derain", "dehaze", "deblur", "lowlight", "single")
+NOISE_SIGMA = {0: 15, 1: 25, 2: 50}
+REPEATS = {"denoise_15": 5, "denoise_25": 5, "denoise_50": 5, "derain": 360, "dehaze": 1,
+           "deblur": 35, "lowlight": 150, "single": 5}
+DENOISE_25_ALONE_REPEAT = 15
+CROP_BASE = 16            # images are centre-cropped to multiples of this (reference crop_img)
+
+# Reference id lists, relative to --data_file_dir.
+ID_LISTS = {"denoise": "noisy/denoise.txt", "derain": "rainy/rainTrain.txt", "dehaze": "hazy/hazy_outside.txt"}
+# Family -> (flag, degraded sub-folder, target sub-folder); denoise has clean images only.
+LAYOUT = {
+    "denoise": ("--denoise_dir", None, "."),
+    "derain": ("--derain_dir", "rainy", "gt"),
+    "dehaze": ("--dehaze_dir", "synthetic", "original"),
+    "deblur": ("--deblur_dir", "blur", "sharp"),
+    "lowlight": ("--lowlight_dir", "low", "high"),
+    "single": ("--single_dir", "degraded", "target"),
+}
+_LIST_LIMIT = 20
+
+
+class DatasetError(ValueError):
+    """The training data cannot be used as given; the message names the files, the flag and the fix."""
+
+
+# --------------------------------------------------------------------------- ids, domains, weights
+
+def family(de_type: str) -> str:
+    """``'denoise_25' -> 'denoise'``; other names are their own family."""
+    return "denoise" if de_type.startswith("denoise_") else de_type
+
+
+def check_de_types(de_types: Sequence[str]) -> list[str]:
+    """Validate ``--de_type``: known names, no duplicates. Returns them as a list."""
+    unknown = [d for d in de_types if d not in DE_IDS]
+    if unknown:
+        raise DatasetError(f"unknown --de_type {unknown}; choose from {list(DE_IDS)}")
+    dup = sorted({d for d in de_types if list(de_types).count(d) > 1})
+    if dup:
+        raise DatasetError(f"--de_type lists {dup} more than once")
+    if not de_types:
+        raise DatasetError("--de_type is empty; name at least one degradation, e.g. --de_type derain dehaze")
+    return list(de_types)
+
+
+def domain_families(de_types: Sequence[str]) -> list[str]:
+    """The families present, in the canonical order: domain k is ``domain_families(...)[k]``."""
+    present = {family(d) for d in de_types}
+    return [f for f in FAMILIES if f in present]
+
+
+def domain_of(de_types: Sequence[str]) -> dict[str, int]:
+    """``{de_type: domain index}`` for the trained degradations."""
+    fams = domain_families(de_types)
+    return {d: fams.index(family(d)) for d in de_types}
+
+
+def num_sources(de_types: Sequence[str]) -> int:
+    """K: the number of domains (families) ``de_types`` spans."""
+    return len(domain_families(de_types))
+
+
+def repeat_factor(de_type: str, de_types: Sequence[str]) -> int:
+    """How many times each image of ``de_type`` is listed per epoch (see the module docstring)."""
+    if de_type == "denoise_25" and not {"denoise_15", "denoise_50"} <= set(de_types):
+        return DENOISE_25_ALONE_REPEAT
+    return REPEATS[de_type]
+
+
+def barycenter_weights(domain_counts: Sequence[int]) -> list[float]:
+    """``lambda_k`` proportional to ``1 / domain_counts[k]``, normalised to sum 1."""
+    if any(c <= 0 for c in domain_counts):
+        raise DatasetError(f"every domain needs at least one sample, got counts {list(domain_counts)}")
+    inv = [1.0 / c for c in domain_counts]
+    total = sum(inv)
+    return [v / total for v in inv]
+
+
+# --------------------------------------------------------------------------- finding the files
+
+@dataclass(frozen=True)
+class Pair:
+    """One training image: ``degraded`` is None for denoising (noise is synthesised)."""
+    degraded: Path | None
+    clean: Path
+    family: str
+
+
+def _listing(items: Iterable) -> str:
+    items = [str(i) for i in items]
+    more = f"\n    ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
+    return "\n    " + "\n    ".join(items[:_LIST_LIMIT]) + more
+
+
+def _read_id_list(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _need_dir(folder: Path, flag: str, root: Path, what: str) -> None:
+    if not folder.is_dir():
+        raise DatasetError(f"{flag} points at {root}, but {folder} does not exist ({what}). "
+                           f"Put the data there (layout: data/Train/{{Denoise, Derain/{{rainy,gt}}, "
+                           f"Dehaze/{{synthetic,original}}, Deblur/{{blur,sharp}}, lowlight/{{low,high}}, "
+                           f"single/{{degraded,target}}}}) or pass {flag} with the right folder.")
+
+
+def _find_with_stem(folder: Path, stem: str, prefer_suffix: str) -> Path | None:
+    """``folder/stem<prefer_suffix>`` if it exists, else the one image ``folder/stem.*``."""
+    first = folder / (stem + prefer_suffix)
+    if first.is_file():
+        return first
+    for ext in IMAGE_EXTENSIONS:
+        for cand in (folder / (stem + ext), folder / (stem + ext.upper())):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def _target_for(fam: str, degraded: Path, root: Path) -> Path:
+    """Where the clean image of ``degraded`` must be (it may not exist)."""
+    _, _, tar_sub = LAYOUT[fam]
+    tar_dir = root / tar_sub
+    if fam == "derain":  # rain-N.ext <-> gt/norain-N.ext
+        name = degraded.name
+        key = name[len("rain-"):] if name.startswith("rain-") else name
+        return tar_dir / ("norain-" + key)
+    if fam == "dehaze":  # synthetic/**/ID_A_B.ext <-> original/ID.ext
+        stem = degraded.stem.split("_")[0]
+        return _find_with_stem(tar_dir, stem, degraded.suffix) or tar_dir / (stem + degraded.suffix)
+    return tar_dir / degraded.name  # blur/sharp, low/high, degraded/target: same names
+
+
+def _degraded_files(fam: str, root: Path, data_file_dir: Path | None, notes: list[str]) -> list[Path]:
+    flag, deg_sub, _ = LAYOUT[fam]
+    id_list = data_file_dir / ID_LISTS[fam] if data_file_dir is not None and fam in ID_LISTS else None
+    if id_list is not None and id_list.is_file():
+        ids = _read_id_list(id_list)
+        notes.append(f"{fam}: {len(ids)} ids from {id_list}")
+        return [root / i for i in ids]  # the reference's ids are relative to the family folder
+    if fam == "denoise":
+        _need_dir(root, flag, root, "clean images for denoising")
+        files = list_images(root)
+    else:
+        folder = root / deg_sub
+        _need_dir(folder, flag, root, f"the degraded images of {fam}")
+        files = list_images(folder, recursive=(fam == "dehaze"))
+    notes.append(f"{fam}: {len(files)} images found by scanning {root}"
+                 + (f" (no id list at {id_list})" if id_list is not None else ""))
+    return files
+
+
+def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
+                    data_file_dir: str | os.PathLike | None = None, skip_bad: bool = False,
+                    log: Callable[[str], None] = print) -> dict[str, list[Pair]]:
+    """Find and pair the training images of every trained family.
+
+    Args:
+        de_types: the ``--de_type`` names.
+        dirs: ``{family: folder}`` (the ``--denoise_dir`` ... ``--single_dir`` values).
+        data_file_dir: folder of the reference's id lists (used when they exist).
+        skip_bad: leave unpaired files out with a warning instead of failing.
+    Returns:
+        ``{family: [Pair, ...]}`` in :data:`FAMILIES` order.
+    Raises:
+        DatasetError: a folder is missing or empty, or pairs are missing (all listed in one error).
+    """
+    de_types = check_de_types(de_types)
+    dfd = Path(data_file_dir) if data_file_dir else None
+    found: dict[str, list[Pair]] = {}
+    missing: list[tuple[str, Path, Path]] = []  # (family, looked-for file, needed by)
+    notes: list[str] = []
+    for fam in domain_families(de_types):
+        flag = LAYOUT[fam][0]
+        root = Path(dirs[fam])
+        if not root.is_dir():
+            raise DatasetError(f"{flag} points at {root}, which does not exist. Put the {fam} training "
+                               f"data there or pass {flag} with the right folder.")
+        pairs = []
+        for deg in _degraded_files(fam, root, dfd, notes):
+            if fam == "denoise":
+                if deg.is_file():
+                    pairs.append(Pair(None, deg, fam))
+                else:
+                    missing.append((fam, deg, deg))
+                continue
+            if not deg.is_file():
+                missing.append((fam, deg, deg))
+                continue
+            tar = _target_for(fam, deg, root)
+            if tar.is_file():
+                pairs.append(Pair(deg, tar, fam))
+            else:
+                missing.append((fam, tar, deg))
+        found[fam] = pairs
+    for note in notes:
+        log(f"  data: {note}")
+    if missing:
+        lines = [f"{LAYOUT[f][0]}={dirs[f]}: {p} (for {n.name})" if p != n else f"{LAYOUT[f][0]}={dirs[f]}: {p}"
+                 for f, p, n in missing]
+        msg = (f"{len(missing)} training file(s) are missing (a rainy image needs gt/norain-N, a hazy "
+               f"ID_A_B image needs original/ID, blur/low/degraded images need a same-named file in "
+               f"sharp/high/target, and every id listed in --data_file_dir must exist):{_listing(lines)}")
+        if not skip_bad:
+            raise DatasetError(msg + "\nAdd the files, fix the folder flags, or pass --skip-bad-files to "
+                                     "train without them.")
+        warnings.warn(f"skipping {len(missing)} sample(s) without their files (--skip-bad-files): "
+                      + msg, stacklevel=2)
+    for fam, pairs in found.items():
+        if not pairs:
+            raise DatasetError(f"no usable {fam} training images under {LAYOUT[fam][0]}={dirs[fam]}")
+    return found
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` from the header (no full decode)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as exc:  # noqa: BLE001 - any failure means the file cannot be used
+        raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    return h, w
+
+
+def _cropped(n: int) -> int:
+    return n - n % CROP_BASE
+
+
+def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool = False,
+                 progress: Callable[[Iterable, int], Iterable] | None = None) -> dict[str, list[Pair]]:
+    """Read every image header: unreadable files, images smaller than the patch (after the
+    centre-crop to multiples of 16) and degraded/clean size mismatches are one :class:`DatasetError`
+    listing them, or are left out with a warning when ``skip_bad``."""
+    bad: list[str] = []
+    out: dict[str, list[Pair]] = {}
+    total = sum(len(p) for p in found.values())
+    items = [(fam, pair) for fam, pairs in found.items() for pair in pairs]
+    it = progress(items, total) if progress else items
+    keep: dict[str, list[Pair]] = {fam: [] for fam in found}
+    for fam, pair in it:
+        try:
+            hw_clean = _image_size(pair.clean)
+            hw_deg = _image_size(pair.degraded) if pair.degraded is not None else hw_clean
+        except ImageReadError as exc:
+            bad.append(str(exc))
+            continue
+        if hw_deg != hw_clean:
+            bad.append(f"{pair.degraded} is {hw_deg[0]}x{hw_deg[1]} but its target {pair.clean} is "
+                       f"{hw_clean[0]}x{hw_clean[1]}")
+            continue
+        h, w = _cropped(hw_clean[0]), _cropped(hw_clean[1])
+        if min(h, w) < patch_size:
+            name = pair.degraded or pair.clean
+            bad.append(f"{name} is {hw_clean[0]}x{hw_clean[1]} ({h}x{w} after the centre-crop to multiples "
+                       f"of {CROP_BASE}), smaller than --patch_size {patch_size}")
+            continue
+        keep[fam].append(pair)
+    if bad:
+        msg = f"{len(bad)} training image(s) cannot be used:{_listing(bad)}"
+        if not skip_bad:
+            raise DatasetError(msg + "\nReplace or remove them, lower --patch_size, or pass --skip-bad-files.")
+        warnings.warn(f"skipping {len(bad)} training image(s) (--skip-bad-files): " + msg, stacklevel=2)
+    for fam, pairs in keep.items():
+        if not pairs:
+            raise DatasetError(f"no usable {fam} training images remain (all {len(found[fam])} were bad)")
+        out[fam] = pairs
+    return out
+
+
+# --------------------------------------------------------------------------- the sample pipeline
+
+def centre_crop(img: np.ndarray, base: int = CROP_BASE) -> np.ndarray:
+    """Centre-crop ``(H, W, C)`` to multiples of ``base`` (the extra rows/columns split, top/left floor)."""
+    h, w = img.shape[:2]
+    dh, dw = h % base, w % base
+    return img[dh // 2:h - dh + dh // 2, dw // 2:w - dw + dw // 2]
+
+
+def augment(img: np.ndarray, mode: int) -> np.ndarray:
+    """Flip/rotation ``mode`` 0..7 of ``(H, W, C)``: 0 identity, 1 flip up-down, 2 rot90,
+    3 rot90 + flip, 4 rot180, 5 rot180 + flip, 6 rot270, 7 rot270 + flip (rotations counter-clockwise)."""
+    if not 0 <= mode <= 7:
+        raise ValueError(f"augmentation mode must be 0..7, got {mode}")
+    out = np.rot90(img, k=mode // 2)
+    if mode % 2:
+        out = np.flipud(out)
+    return np.ascontiguousarray(out)
+
+
+def add_noise(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """``uint8(clip(clean + sigma * N(0, 1), 0, 255))``: truncated towards zero, as the reference does."""
+    noisy = clean.astype(np.float64) + sigma * rng.standard_normal(clean.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint16:  # the method works on 8-bit data
+        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return img
+
+
+def _to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One entry of an epoch's list: a pair and the degradation it trains."""
+    pair: Pair
+    de_id: int
+    domain: int
+
+
+class MixedDegradationDataset(Dataset):
+    """All trained degradations in one list, with repetition (see the module docstring).
+
+    ``dataset[i]`` is ``(degraded, clean, de_id, domain)``: two ``(3, P, P)`` float tensors in
+    [0, 1] and two ints. Call :meth:`set_epoch` before each epoch (the loader's workers receive
+    a copy of the dataset when an epoch's iterator is created).
+
+    Args:
+        found: ``{family: [Pair]}`` from :func:`collect_samples` (and :func:`check_images`).
+        de_types: the ``--de_type`` names.
+        patch_size: side of the training patches.
+        seed: base of every sample's random stream.
+        skip_bad: a file that fails to decode during training is replaced by the next sample
+            (with a warning) instead of stopping the run.
+    """
+
+    def __init__(self, found: dict[str, list[Pair]], de_types: Sequence[str], patch_size: int, seed: int = 0,
+                 skip_bad: bool = False):
+        self.de_types = check_de_types(de_types)
+        self.patch_size = int(patch_size)
+        self.seed = int(seed)
+        self.skip_bad = skip_bad
+        self.epoch = 0
+        self.families = domain_families(self.de_types)
+        dom = domain_of(self.de_types)
+        # Merged in de-id order (denoise_15, 25, 50, derain, ...), as the reference lists them.
+        self.samples: list[Sample] = []
+        self.counts_by_de: dict[str, int] = {}
+        for de in sorted(self.de_types, key=DE_IDS.get):
+            pairs = found[family(de)]
+            rep = repeat_factor(de, self.de_types)
+            entries = [Sample(p, DE_IDS[de], dom[de]) for p in pairs]
+            self.samples.extend(entries * rep)
+            self.counts_by_de[de] = len(pairs) * rep
+        self.domain_counts = [sum(n for de, n in self.counts_by_de.items() if family(de) == fam)
+                              for fam in self.families]
+        self.lambdas = barycenter_weights(self.domain_counts)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The random stream of sample ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        s = self.samples[index]
+        rng = self.rng(index)
+        p = self.patch_size
+        clean = centre_crop(_to_uint8(read_image(s.pair.clean)))
+        deg = centre_crop(_to_uint8(read_image(s.pair.degraded))) if s.pair.degraded is not None else None
+        if deg is not None and deg.shape != clean.shape:
+            raise DatasetError(f"{s.pair.degraded} and its target {s.pair.clean} differ in size "
+                               f"({deg.shape[:2]} vs {clean.shape[:2]})")
+        h, w = clean.shape[:2]
+        if h < p or w < p:
+            raise DatasetError(f"{s.pair.degraded or s.pair.clean} is {h}x{w} after the centre-crop to multiples "
+                               f"of {CROP_BASE}, smaller than --patch_size {p}")
+        top = int(rng.integers(0, h - p + 1))
+        left = int(rng.integers(0, w - p + 1))
+        mode = int(rng.integers(1, 8))  # never the identity (reference quirk kept)
+        clean = augment(clean[top:top + p, left:left + p], mode)
+        if deg is None:
+            deg = add_noise(clean, NOISE_SIGMA[s.de_id], rng)
+        else:
+            deg = augment(deg[top:top + p, left:left + p], mode)
+        return _to_tensor(deg), _to_tensor(clean), s.de_id, s.domain
+
+    def __getitem__(self, index: int):
+        if not self.skip_bad:
+            return self._load(index)
+        for step in range(len(self.samples)):
+            j = (index + step) % len(self.samples)
+            try:
+                return self._load(j)
+            except (ImageReadError, DatasetError) as exc:
+                warnings.warn(f"skipping a bad training sample (--skip-bad-files): {exc}", stacklevel=2)
+        raise DatasetError("no training sample could be read")
+
+    def summary(self) -> str:
+        parts = [f"{de} {n}" for de, n in self.counts_by_de.items()]
+        doms = ", ".join(f"{k}:{fam} n={n} lambda={lam:.4f}" for k, (fam, n, lam) in
+                         enumerate(zip(self.families, self.domain_counts, self.lambdas)))
+        return f"{len(self)} samples per epoch ({', '.join(parts)}); domains {doms}"
+
+
+def build_train_dataset(de_types: Sequence[str], dirs: dict[str, str | os.PathLike], patch_size: int,
+                        seed: int = 0, data_file_dir: str | os.PathLike | None = None, skip_bad: bool = False,
+                        check: bool = True, log: Callable[[str], None] = print,
+                        progress: Callable[[Iterable, int], Iterable] | None = None) -> MixedDegradationDataset:
+    """Collect, validate and wrap the training data in one call (what the trainer uses)."""
+    found = collect_samples(de_types, dirs, data_file_dir, skip_bad=skip_bad, log=log)
+    if check:
+        found = check_images(found, patch_size, skip_bad=skip_bad, progress=progress)
+    return MixedDegradationDataset(found, de_types, patch_size, seed=seed, skip_bad=skip_bad)
+
+
+# --------------------------------------------------------------------------- the epoch order
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (order a pure function of ``seed + epoch``) that can start mid-epoch.
+
+    Works without a process group (``num_replicas``/``rank`` given), so one process and many
+    share the code. ``set_start(n)`` skips this rank's first ``n`` indices of the epoch: resuming
+    after ``i`` iterations of batch ``B`` is ``set_start(i * B)``; no image is read for them.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=False)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        self.start = max(0, int(start))
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start)
+
+
+def iterations_per_epoch(num_samples: int, batch_size: int, cap: int = 0) -> int:
+    """Batches in one epoch of ``num_samples`` per rank (the last one may be partial), capped by ``cap`` if > 0."""
+    n = math.ceil(num_samples / batch_size)
+    return min(n, cap) if cap and cap > 0 else n
+
+
+def collate(batch):
+    """``[(deg, clean, de, k), ...] -> (deg (B,3,P,P), clean, de_ids (B,), domains (B,))``."""
+    deg, clean, de, dom = zip(*batch)
+    return torch.stack(deg), torch.stack(clean), torch.tensor(de, dtype=torch.long), torch.tensor(dom, dtype=torch.long)
+

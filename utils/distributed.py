@@ -1,0 +1,144 @@
+"""Process-group set-up and the few collectives training needs, for one process or many.
+
+Everything here is a no-op (or the identity) when ``world_size == 1``, so the training
+engine has one code path. Under ``torchrun`` the environment (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT) defines the group; multi-node runs use torchrun's own flags.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(flag: str, local_rank: int = 0, log=print) -> torch.device:
+    """``--device auto|cpu|cuda`` -> a device; ``auto`` takes CUDA when available and says which."""
+    if flag not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {flag!r}")
+    if flag == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but no CUDA GPU is visible (check --gpus / "
+                           "CUDA_VISIBLE_DEVICES, or use --device cpu)")
+    use_cuda = flag == "cuda" or (flag == "auto" and torch.cuda.is_available())
+    if flag == "auto" and log is not None:
+        log(f"=> --device auto: using {'CUDA' if use_cuda else 'the CPU (no CUDA GPU visible)'}")
+    if use_cuda:
+        index = local_rank % max(1, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def init_distributed_mode(device_flag: str = "auto", log=print) -> DistInfo:
+    """Join the process group torchrun describes (NCCL on GPUs, gloo on the CPU), or run alone."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_flag, local_rank, log if rank == 0 else None)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+        if rank == 0 and log is not None:
+            log(f"=> distributed: {world_size} processes, backend {backend}")
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def broadcast_int(value: int, info: DistInfo) -> int:
+    """Rank 0's ``value`` on every rank (the seed, so all ranks draw the same data and init)."""
+    if not info.distributed:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.long, device=info.device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum of ``t`` over ranks (in place; returns it)."""
+    if info.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_module(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    if not info.distributed:
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
+    """Average ``.grad`` over ranks, one flat all-reduce per dtype.
+
+    The Potentials are synchronised this way rather than by DDP: they are frozen during the map
+    update and evaluated through ``Potentials.all`` (not ``forward``) in the congruence update,
+    which DDP's forward hooks would not see.
+    """
+    if not info.distributed:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for group in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(info.world_size)
+        offset = 0
+        for g in group:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+
+def weights_digest(*modules: torch.nn.Module | None) -> int:
+    """A 63-bit digest of the exact bytes of every parameter and buffer (order-sensitive)."""
+    h = hashlib.sha256()
+    for m in modules:
+        if m is None:
+            continue
+        for name, t in list(m.named_parameters()) + list(m.named_buffers()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little") >> 1
+
+
+def gather_ints(value: int, info: DistInfo) -> list[int]:
+    """Every rank's ``value``, in rank order."""
+    if not info.distributed:
+        return [int(value)]
+    t = torch.tensor([int(value)], dtype=torch.long, device=info.device)
+    out = [torch.zeros_like(t) for _ in range(info.world_size)]
+    dist.all_gather(out, t)
+    return [int(x.item()) for x in out]

@@ -1,0 +1,538 @@
+"""The BaryIR training engine shared by ``trainer_bary.py`` and ``trainer_bary_ddp.py``.
+
+One iteration is SPEC section 2's three updates (:func:`train_step`):
+
+1. map update: the potentials frozen (``requires_grad`` off, gradients still flow through them
+   into b), BaryNet forward, :func:`~utils.losses.map_loss`, step the map's optimizer;
+2. potentials update: with the *updated* map, b recomputed by the encoder and barycenter path
+   only (``BaryNet.bary_latent``, no decoder, no graph into the map),
+   :func:`~utils.losses.potentials_loss`, step the potentials' optimizer;
+3. congruence update: :func:`~utils.losses.congruence_loss` on the last sample's recomputed b
+   (the same tensor: b does not depend on the potentials), step the potentials' optimizer again.
+
+``--backbone Restormer`` runs the same loop with the L1 term only (``Sigma * mean|y - x|``).
+
+Every update's losses are checked before its step (summed over ranks, so all ranks agree);
+a non-finite value raises :class:`NonFiniteLossError` and nothing is saved after it.
+SIGTERM/SIGINT set a flag that all ranks agree on after each iteration: they stop after the
+same iteration, rank 0 saves, and the run exits 0. One process and ``torchrun`` run the same code (``world_size`` 1 is the special case).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from net import Potentials
+from net.presets import build_model
+from .checkpoint import CheckpointError, read_checkpoint
+from .dataset_utils import LAYOUT, DatasetError, ResumableSampler, build_train_dataset, collate, iterations_per_epoch
+from .distributed import (DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_int, broadcast_module,
+                          cleanup, gather_ints, init_distributed_mode, weights_digest)
+from .image_io import ImageReadError, quantise, read_image, to_float
+from .inference import autocast_context
+from .losses import congruence_loss, map_loss, potentials_loss
+from .metrics import psnr
+from .pairing import PairingError
+from .records import Console, JsonlLog, plot_loss_curves, progress
+from .train_setup import ConfigError, check_args, load_start, start_fresh_outputs, validation_pairs
+from .train_state import (FORMAT_VERSION, LOG_NAME, LoopState, all_finite, is_training_checkpoint, plain_args,
+                          resolve_resume, rng_state, save_training_checkpoint, set_rng_state)
+
+FIG_NAME = "train_losses.png"
+MAP_PARTS = ("map", "l1", "transport", "orthogonality", "contrastive", "potential")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the message gives the epoch, the iteration and every part."""
+
+
+# --------------------------------------------------------------------------- schedule and optimizers
+
+def lr_at(base_lr: float, epoch: int, step: int) -> float:
+    """Learning rate of both optimizers at 1-based ``epoch``: ``base * 0.1**((epoch-1)//step) / 2``."""
+    return base_lr * 0.1 ** ((epoch - 1) // step) / 2
+
+
+def build_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "RMSprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    if name == "Adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ConfigError(f"--optimizer must be RMSprop or Adam, got {name!r}")
+
+
+def set_lr(optimizers, lr: float) -> None:
+    for opt in optimizers:
+        if opt is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+
+# --------------------------------------------------------------------------- one iteration
+
+@dataclass
+class Training:
+    """What an iteration updates. ``model`` may be DDP-wrapped; ``model_without_ddp`` never is."""
+    model: nn.Module
+    model_without_ddp: nn.Module
+    potentials: Potentials | None
+    optimizer: torch.optim.Optimizer
+    potentials_optimizer: torch.optim.Optimizer | None
+    lambdas: torch.Tensor
+    l1_weight: float = 10000.0
+    precision: str = "fp32"
+    info: DistInfo = field(default_factory=DistInfo)
+    scaler: torch.amp.GradScaler | None = None
+    channels_last: bool = False
+
+    def __post_init__(self):
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.info.device.type, enabled=self.precision == "fp16")
+
+    def autocast(self):
+        return autocast_context(self.info.device, self.precision)
+
+
+def _requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _agree(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str, float]:
+    """Mean over ranks of each scalar (one all-reduce): a NaN on any rank reaches every rank."""
+    names = list(values)
+    t = torch.stack([values[k].detach().float().reshape(()) for k in names])
+    all_reduce_sum(t, info)
+    t = (t / info.world_size).cpu()
+    return {k: float(t[i]) for i, k in enumerate(names)}
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when ``flag`` is True on any (so all ranks stop after the same iteration)."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([float(flag)], device=info.device)
+    return bool(all_reduce_sum(t, info).item() > 0)
+
+
+def _check_finite(values: dict[str, float], where: str, update: str) -> None:
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        parts = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+        raise NonFiniteLossError(
+            f"non-finite {update} loss at {where} ({', '.join(bad)} not finite): {parts}. Training stopped "
+            f"before this update; the last checkpoint was not overwritten. Lower --lr, try --precision fp32, "
+            f"or resume from the last checkpoint.")
+
+
+def _step(training: Training, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+          sync: Callable[[], None] | None = None) -> None:
+    scaler = training.scaler
+    scaler.scale(loss).backward()
+    if sync is not None:
+        sync()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def train_step(training: Training, batch, where: str = "iteration", inject_nan: bool = False) -> dict[str, float]:
+    """One iteration on ``batch = (degraded, target, de_ids, domains)``.
+
+    Returns rank-averaged scalars: ``map``, ``l1``, ``transport``, ``orthogonality``,
+    ``contrastive``, ``potential`` (mean f_k(b) in step 1), ``potentials``, ``congruence``.
+    ``where`` names the iteration in error messages; ``inject_nan`` is for tests.
+    """
+    info = training.info
+    degraded, target, de_ids, domains = (t.to(info.device, non_blocking=True) for t in batch)
+    if training.channels_last:
+        degraded = degraded.contiguous(memory_format=torch.channels_last)
+    lambdas = training.lambdas
+    pots = training.potentials
+
+    # 1. map update (potentials frozen; gradients reach b through them)
+    training.optimizer.zero_grad(set_to_none=True)
+    if pots is None:
+        with training.autocast():
+            restored = training.model(degraded)
+            l1 = (restored.float() - target).abs().mean()
+            loss = training.l1_weight * l1
+        local = {"map": loss, "l1": l1}
+    else:
+        _requires_grad(pots, False)
+        with training.autocast():
+            out = training.model(degraded)
+            loss, parts = map_loss(out.restored.float(), target, out.source_latent.float(), out.bary_latent.float(),
+                                   out.residual.float(), de_ids, domains, lambdas, pots, l1_weight=training.l1_weight)
+        local = {"map": loss, "l1": parts["l1"], "transport": parts["transport"].mean(),
+                 "orthogonality": parts["orthogonality"].mean(), "contrastive": parts["contrastive"].mean(),
+                 "potential": parts["potential"].mean()}
+    if inject_nan:
+        loss = loss * float("nan")
+        local["map"] = loss
+    losses = _agree(local, info)
+    _check_finite(losses, where, "map")
+    _step(training, loss, training.optimizer)
+    if pots is None:
+        return losses
+    _requires_grad(pots, True)
+
+    # 2. potentials update on b recomputed by the updated map (encoder + barycenter path only)
+    with torch.no_grad(), training.autocast():
+        bary = training.model_without_ddp.bary_latent(degraded)
+    bary = bary.float()
+    sync = (lambda: average_gradients(pots.parameters(), info)) if info.distributed else None
+    opt = training.potentials_optimizer
+    opt.zero_grad(set_to_none=True)
+    with training.autocast():
+        pot_loss = potentials_loss(bary, domains, lambdas, pots)
+    agreed = _agree({"potentials": pot_loss}, info)
+    _check_finite(agreed, where, "potentials")
+    _step(training, pot_loss, opt, sync)
+    losses.update(agreed)
+
+    # 3. congruence update on the last sample's recomputed b
+    opt.zero_grad(set_to_none=True)
+    with training.autocast():
+        cong = congruence_loss(bary[-1], lambdas, pots)
+    agreed = _agree({"congruence": cong}, info)
+    _check_finite(agreed, where, "congruence")
+    _step(training, cong, opt, sync)
+    losses.update(agreed)
+    return losses
+
+
+# --------------------------------------------------------------------------- stop requests
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag the loop reads after each iteration; a second signal aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> "StopRequest":
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # asked twice: stop now, without a checkpoint
+            self.restore()
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signum = signum
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGTERM/SIGINT to the main process, which finishes the iteration
+    (it may still need their batch), saves, and shuts them down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# --------------------------------------------------------------------------- epochs
+
+def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, iters_in_epoch: int, lr: float,
+                    *, stop: StopRequest, log: JsonlLog, console: Console, log_every: int = 10,
+                    save_every: int = 0, save: Callable[[LoopState], None] | None = None,
+                    nan_at: int = 0) -> tuple[dict[str, float], bool]:
+    """Train from ``state.iteration`` to ``iters_in_epoch``; ``state`` advances in place.
+
+    Returns ``(mean losses of the iterations run, stopped)``; ``stopped`` is True when a
+    signal asked to stop (the caller saves and exits).
+    """
+    training.model.train()
+    if training.potentials is not None:
+        training.potentials.train()
+    sums: dict[str, float] = {}
+    count = 0
+    bar = progress(loader, total=iters_in_epoch, initial=state.iteration, desc=f"epoch {state.epoch}",
+                   enabled=console.enabled)
+    stopped = False
+    tic = time.perf_counter()
+    try:
+        # zip asks range first: no batch is loaded beyond the epoch's (possibly capped) length
+        for _, batch in zip(range(iters_in_epoch - state.iteration), bar):
+            where = f"epoch {state.epoch}, iteration {state.iteration + 1} (global step {state.global_step + 1})"
+            losses = train_step(training, batch, where, inject_nan=nan_at > 0 and state.global_step + 1 == nan_at)
+            state.iteration += 1
+            state.global_step += 1
+            count += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            toc = time.perf_counter()
+            if log_every > 0 and (state.iteration % log_every == 0 or state.iteration == 1):
+                log.write({"kind": "iter", "epoch": state.epoch, "iteration": state.iteration,
+                           "global_step": state.global_step, "lr": lr, **losses, "sec": toc - tic})
+                shown = {k: f"{losses[k]:.4g}" for k in ("map", "l1", "potentials", "congruence") if k in losses}
+                bar.set_postfix(shown | {"lr": f"{lr:.2e}"}, refresh=False)
+                if bar.disable:  # no terminal: one plain line instead of the bar
+                    console(f"epoch {state.epoch} [{state.iteration}/{iters_in_epoch}] "
+                            + " ".join(f"{k} {v:.5g}" for k, v in losses.items())
+                            + f" lr {lr:.3g} {1.0 / max(toc - tic, 1e-9):.2f} it/s")
+            tic = toc
+            stopped = any_rank(stop.requested, training.info)
+            if stopped:
+                break
+            if (save is not None and save_every > 0 and state.global_step % save_every == 0
+                    and state.iteration < iters_in_epoch):
+                save(state)
+    finally:
+        bar.close()
+    return {k: v / max(count, 1) for k, v in sums.items()}, stopped
+
+
+def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo, precision: str = "fp32",
+             channels_last: bool = False) -> float | None:
+    """Mean PSNR (dB, 8-bit, SPEC section 4 protocol) over ``pairs``, shared out over the ranks."""
+    total, count = 0.0, 0
+    was_training = model.training
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False  # image sizes vary: tuning kernels for each would cost more
+    model.eval()
+    with torch.no_grad():
+        for deg_path, tar_path in pairs[info.rank::info.world_size]:
+            deg, tar = read_image(deg_path), read_image(tar_path)
+            if deg.shape != tar.shape:
+                raise DatasetError(f"validation pair differs in size: {deg_path} {deg.shape[:2]} vs "
+                                   f"{tar_path} {tar.shape[:2]}")
+            h, w = deg.shape[0] // 8 * 8, deg.shape[1] // 8 * 8
+            x = torch.from_numpy(to_float(deg[:h, :w]).transpose(2, 0, 1).copy()).unsqueeze(0).to(info.device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_context(info.device, precision):
+                out = model(x)
+            y = (out[0] if isinstance(out, tuple) else out)[0].float().cpu().numpy().transpose(1, 2, 0)
+            total += psnr(quantise(y), quantise(to_float(tar[:h, :w])))
+            count += 1
+    model.train(was_training)
+    torch.backends.cudnn.benchmark = benchmark
+    t = torch.tensor([total, float(count)], dtype=torch.float64, device=info.device)
+    all_reduce_sum(t, info)
+    return float(t[0] / t[1]) if t[1] > 0 else None
+
+
+def main(args: argparse.Namespace) -> int:
+    """Train as ``args`` say. Returns 0 (also after SIGTERM/SIGINT, with a checkpoint written)."""
+    if args.gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus  # before anything touches CUDA
+    info = init_distributed_mode(args.device)
+    try:
+        return _train(args, info)
+    finally:
+        cleanup(info)
+
+
+def _train(args: argparse.Namespace, info: DistInfo) -> int:
+    console = Console(info.is_main)
+    k = check_args(args)
+    if args.precision == "fp16" and info.device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device; use --precision bf16 or fp32 on the CPU")
+    output_dir = Path(args.output_dir)
+
+    # where to start
+    ckpt_path, note = resolve_resume(args.resume, output_dir)
+    if note:
+        (console.warn if args.resume != "auto" else console)(note)
+    obj = read_checkpoint(ckpt_path) if ckpt_path is not None else None
+    seed = args.seed
+    if obj is not None and is_training_checkpoint(obj):
+        old = (obj.get("args") or {}).get("seed", seed)
+        if old != seed:
+            console(f"=> keeping the resumed run's seed {old} (not --seed {seed}) so the data order continues")
+        seed = int(old)
+    seed = broadcast_int(seed, info)
+    args.seed = seed
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+    # data
+    dirs = {fam: getattr(args, LAYOUT[fam][0].lstrip("-")) for fam in LAYOUT}
+    dataset = build_train_dataset(
+        args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=args.data_file_dir,
+        skip_bad=args.skip_bad_files, check=args.check_images, log=console,
+        progress=lambda it, n: progress(it, n, "checking images", enabled=console.enabled))
+    console(f"=> training data: {dataset.summary()}")
+    val_pairs = validation_pairs(args, console)
+
+    # networks
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest kernels once
+    model = build_model(args.backbone, args.preset)
+    pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone == "BaryNet" else None
+    state, resumed = load_start(args, ckpt_path, obj, model, pots, console)
+    # channels-last activations: oneDNN's and cuDNN's depthwise and 1x1 convolutions prefer them
+    channels_last = True
+    model.to(info.device, memory_format=torch.channels_last)
+    if pots is not None:
+        pots.to(info.device)
+        broadcast_module(pots, info)
+    n_params = sum(p.numel() for p in model.parameters())
+    console(f"=> {args.backbone} ({args.preset}, {n_params / 1e6:.2f} M parameters), K={k} sources, "
+            f"patch {args.patch_size}, batch {args.batchSize} x {info.world_size} process(es), "
+            f"{args.optimizer}, {args.precision} on {info.device}")
+
+    lr = lr_at(args.lr, state.epoch, args.step)
+    optimizer = build_optimizer(args.optimizer, model.parameters(), lr)
+    pot_optimizer = build_optimizer(args.optimizer, pots.parameters(), lr) if pots is not None else None
+    ddp_model = model
+    if info.distributed:
+        ddp_model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda"
+                                            else None)
+    lambdas = torch.tensor(dataset.lambdas, dtype=torch.float32, device=info.device)
+    training = Training(ddp_model, model, pots, optimizer, pot_optimizer, lambdas, l1_weight=args.Sigma,
+                        precision=args.precision, info=info, channels_last=channels_last)
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        if pot_optimizer is not None:
+            pot_optimizer.load_state_dict(resumed["potentials_optimizer"])
+        if resumed.get("scaler"):
+            training.scaler.load_state_dict(resumed["scaler"])
+        if resumed.get("rng"):
+            set_rng_state(resumed["rng"])
+        was = (resumed.get("args", {}).get("batchSize"), resumed.get("world_size"))
+        if resumed["iteration"] and was != (args.batchSize, info.world_size):
+            console.warn(f"resuming mid-epoch with batch {args.batchSize} x {info.world_size} process(es) where the "
+                         f"checkpoint ran {was[0]} x {was[1]}: the rest of epoch {state.epoch} will not see the "
+                         f"samples in the order the interrupted run would have")
+
+    sampler = ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=seed, shuffle=True)
+    # Workers get a fresh copy of the dataset (with its epoch) each epoch: no persistent workers.
+    loader = DataLoader(dataset, batch_size=args.batchSize, sampler=sampler, num_workers=args.threads,
+                        collate_fn=collate, pin_memory=info.device.type == "cuda", drop_last=False,
+                        persistent_workers=False, worker_init_fn=_ignore_stop_signals)
+    iters = iterations_per_epoch(sampler.num_samples, args.batchSize, args.iters_per_epoch)
+    if state.iteration >= iters:  # resumed exactly at an epoch's end (e.g. a smaller cap now)
+        state = LoopState(state.epoch + 1, 0, state.global_step)
+
+    if resumed is None and info.is_main:
+        start_fresh_outputs(output_dir, console)
+    log = JsonlLog(output_dir / LOG_NAME, enabled=info.is_main)
+    fig_path = Path(args.figs_dir) / FIG_NAME
+    meta = {"model_config": dict(model.config), "backbone": args.backbone, "preset": args.preset,
+            "lambdas": [float(v) for v in dataset.lambdas], "domains": list(dataset.families),
+            "domain_counts": list(dataset.domain_counts), "world_size": info.world_size, "args": plain_args(args)}
+
+    def save(s: LoopState) -> None:
+        if not all_finite(model, pots):
+            raise NonFiniteLossError(f"the weights became non-finite by epoch {s.epoch}, iteration {s.iteration}; "
+                                     f"not saving (the last checkpoint stays as it was)")
+        if info.is_main:
+            done = s.iteration >= iters
+            ckpt = {"format_version": FORMAT_VERSION, "model": model.state_dict(),
+                    "potentials": pots.state_dict() if pots is not None else None,
+                    "optimizer": optimizer.state_dict(),
+                    "potentials_optimizer": pot_optimizer.state_dict() if pot_optimizer is not None else None,
+                    "scaler": training.scaler.state_dict(),
+                    "epoch": s.epoch if done else s.epoch - 1, "iteration": 0 if done else s.iteration,
+                    "global_step": s.global_step, "rng": rng_state(), **meta}
+            path = save_training_checkpoint(ckpt, output_dir, keep=args.keep)
+            console(f"=> checkpoint {path}")
+        barrier(info)
+
+    if state.epoch > args.nEpochs:
+        console(f"=> nothing to do: epoch {state.epoch} is past --nEpochs {args.nEpochs}")
+        return 0
+    stop = StopRequest().install()
+    try:
+        for epoch in range(state.epoch, args.nEpochs + 1):
+            if state.epoch != epoch:
+                state = LoopState(epoch, 0, state.global_step)
+            lr = lr_at(args.lr, epoch, args.step)
+            set_lr([optimizer, pot_optimizer], lr)
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            sampler.set_start(state.iteration * args.batchSize)
+            console(f"Epoch={epoch}, lr={lr:.3g}, {iters} iterations")
+            tic = time.perf_counter()
+            means, stopped = train_one_epoch(
+                training, loader, state, iters, lr, stop=stop, log=log, console=console, log_every=args.log_every,
+                save_every=args.save_every, save=save, nan_at=args.debug_nan_at)
+            if state.iteration < iters:  # stopped mid-epoch
+                save(state)
+                console(f"=> stopped by signal {stop.signum} at epoch {epoch}, iteration {state.iteration}; "
+                        f"continue with --resume auto (or --resume <checkpoint>)")
+                return 0
+            val = evaluate(model, val_pairs, info, args.precision, channels_last) if val_pairs else None
+            seconds = time.perf_counter() - tic
+            record = {"kind": "epoch", "epoch": epoch, "global_step": state.global_step, "lr": lr,
+                      "iterations": iters, **means, "val_psnr": val, "sec": seconds}
+            if info.distributed:  # every rank must hold the same BaryNet and Potentials, bit for bit
+                record["rank_digests"] = digests = gather_ints(weights_digest(model, pots), info)
+                if len(set(digests)) != 1:
+                    raise RuntimeError(f"the ranks' weights differ after epoch {epoch} (digests {digests}); "
+                                       f"this is a bug, please report it with the command line")
+            log.write(record)
+            console(f"=> epoch {epoch} done in {seconds:.1f}s: "
+                    + " ".join(f"{k} {v:.5g}" for k, v in means.items())
+                    + (f", validation PSNR {val:.3f} dB" if val is not None else ""))
+            save(state)
+            if info.is_main:
+                plot_loss_curves(output_dir / LOG_NAME, fig_path)
+            if stopped or any_rank(stop.requested, info):  # a signal during validation or saving
+                console(f"=> stopped by signal {stop.signum} after epoch {epoch}")
+                return 0
+            state = LoopState(epoch + 1, 0, state.global_step)
+    finally:
+        stop.restore()
+    return 0
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc's malloc keep freed memory for reuse; returns whether it applied.
+
+    An iteration allocates and frees gigabytes of activations. With glibc's defaults every large
+    block is a fresh mmap that the kernel zero-fills page by page on first touch: measured at
+    15 of 23 s of a paper-size CPU iteration (batch 3, patch 128). With the mmap and trim
+    thresholds raised, the heap keeps those pages and reuses them; the process's RSS stays at
+    its peak. Process-wide, so the command-line entry point applies it, not :func:`main`.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``main`` with the project's errors turned into a message and exit status 1 (2 for bad flags).
+
+    On the CPU it first applies :func:`tune_cpu_allocator`.
+    """
+    if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
+        tune_cpu_allocator()
+    try:
+        return main(args)
+    except (ConfigError,) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (NonFiniteLossError, DatasetError, PairingError, CheckpointError, ImageReadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,100 @@
+"""Command-line options of ``trainer_bary.py`` and ``trainer_bary_ddp.py`` (one parser for both).
+
+The reference's flags keep their names, meanings and defaults, so its README commands run
+unchanged; the rest are this project's additions.
+"""
+from __future__ import annotations
+
+import argparse
+
+from net.presets import PRESETS
+
+DEFAULT_DE_TYPE = ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
+# Reference validation defaults: used when they exist, skipped (with a note) when they do not.
+DEFAULT_DEGSET = "./data/test/derain/Rain100L/input/"
+DEFAULT_TARSET = "./data/test/derain/Rain100L/target/"
+
+
+def get_args_parser(add_help: bool = True, threads_default: int = 16) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="BaryIR training (all-in-one restoration with a Wasserstein "
+                                            "barycenter latent)", add_help=add_help,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ref = p.add_argument_group("reference flags")
+    ref.add_argument("--batchSize", type=int, default=4, help="training batch size (per process)")
+    ref.add_argument("--nEpochs", type=int, default=200, help="number of epochs to train for")
+    ref.add_argument("--lr", type=float, default=2e-4,
+                     help="base learning rate; epoch e uses lr * 0.1**((e-1)//step) / 2 for both networks")
+    ref.add_argument("--step", type=int, default=20, help="decay the learning rate by 10x every STEP epochs")
+    ref.add_argument("--resume", type=str, default=None,
+                     help="checkpoint to continue from (project or reference format), or 'auto' for the "
+                          "newest in --output-dir; a path that does not exist starts a fresh run with a warning")
+    ref.add_argument("--start-epoch", dest="start_epoch", type=int, default=1,
+                     help="first epoch number of a fresh run (a resumed run continues where it stopped)")
+    ref.add_argument("--threads", "--workers", dest="threads", type=int, default=threads_default,
+                     help="DataLoader worker processes (--workers is the same flag)")
+    ref.add_argument("--pretrained", type=str, default="",
+                     help="initialise the network (and the potentials when the file has them) from a "
+                          "checkpoint of any accepted format; training starts at --start-epoch")
+    ref.add_argument("--gpus", type=str, default=None,
+                     help="GPU ids made visible, CUDA_VISIBLE_DEVICES style (e.g. '0,1'); default: leave "
+                          "the environment as it is")
+    ref.add_argument("--pairnum", type=int, default=10000000,
+                     help="accepted for the reference's commands; its trainer does not use it, nor does this one")
+    ref.add_argument("--num_sources", "--num_source", dest="num_sources", type=int, default=None,
+                     help="number of source domains K; derived from --de_type (a different value is an error)")
+    ref.add_argument("--de_type", nargs="+", default=list(DEFAULT_DE_TYPE),
+                     help="degradations to train: denoise_15 denoise_25 denoise_50 derain dehaze deblur "
+                          "lowlight single")
+    ref.add_argument("--denoise_dir", type=str, default="data/Train/Denoise/", help="clean images for denoising")
+    ref.add_argument("--derain_dir", type=str, default="data/Train/Derain/", help="holds rainy/ and gt/")
+    ref.add_argument("--dehaze_dir", type=str, default="data/Train/Dehaze/", help="holds synthetic/ and original/")
+    ref.add_argument("--deblur_dir", type=str, default="data/Train/Deblur/", help="holds blur/ and sharp/")
+    ref.add_argument("--lowlight_dir", type=str, default="data/Train/lowlight/", help="holds low/ and high/")
+    ref.add_argument("--single_dir", type=str, default="data/Train/single/", help="holds degraded/ and target/")
+    ref.add_argument("--degset", type=str, default=None,
+                     help=f"validation inputs (paired with --tarset by file name); default {DEFAULT_DEGSET} "
+                          f"when it exists; '' turns validation off")
+    ref.add_argument("--tarset", type=str, default=None, help=f"validation targets; default {DEFAULT_TARSET}")
+    ref.add_argument("--Sigma", type=float, default=10000, help="weight of the L1 restoration loss")
+    ref.add_argument("--sigma", type=float, default=1, help="a run label only (the reference put it in file names)")
+    ref.add_argument("--optimizer", type=str, default="RMSprop", choices=["RMSprop", "Adam"],
+                     help="optimizer of both networks")
+    ref.add_argument("--backbone", type=str, default="BaryNet", choices=["BaryNet", "Restormer"],
+                     help="BaryNet (the method) or Restormer (the L1-only baseline, no potentials)")
+    ref.add_argument("--type", type=str, default="Deraining",
+                     help="a run label only (the reference put it in file names)")
+    ref.add_argument("--patch_size", type=int, default=128, help="training patch side (a multiple of 8, >= 16)")
+    ref.add_argument("--data_file_dir", type=str, default="data_dir/",
+                     help="folder of the reference's id lists (noisy/denoise.txt, rainy/rainTrain.txt, "
+                          "hazy/hazy_outside.txt); the data folders are scanned when they are absent")
+    ref.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
+                     help=argparse.SUPPRESS)  # torch.distributed.launch passes it; LOCAL_RANK is used instead
+
+    new = p.add_argument_group("project flags")
+    new.add_argument("--seed", type=int, default=0,
+                     help="seeds initialisation, data order and augmentation (a resumed run keeps its seed)")
+    new.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"],
+                     help="auto: CUDA when available, else the CPU")
+    new.add_argument("--precision", type=str, default="fp32", choices=["fp32", "bf16", "fp16"],
+                     help="autocast precision; fp16 adds a gradient scaler (CUDA only)")
+    new.add_argument("--preset", type=str, default="paper", choices=sorted(PRESETS),
+                     help="network size: paper (the published BaryNet) or tiny (narrow, for CPU runs)")
+    new.add_argument("--save-every", dest="save_every", type=int, default=2000,
+                     help="also save a checkpoint every N iterations (0: only at epoch ends)")
+    new.add_argument("--keep", type=int, default=3, help="keep the newest N checkpoints (0 keeps all)")
+    new.add_argument("--output-dir", dest="output_dir", type=str, default="checkpoint",
+                     help="checkpoints, the 'latest' pointer and log.jsonl go here")
+    new.add_argument("--figs-dir", dest="figs_dir", type=str, default="figs",
+                     help="the loss-curve figure is redrawn here at each epoch end")
+    new.add_argument("--iters-per-epoch", dest="iters_per_epoch", type=int, default=0,
+                     help="cap an epoch at N iterations (demos, tests); 0: the full repeated data set")
+    new.add_argument("--log-every", dest="log_every", type=int, default=10,
+                     help="log (and show) the losses every N iterations")
+    new.add_argument("--skip-bad-files", dest="skip_bad_files", action="store_true",
+                     help="leave out unpaired, unreadable or too-small training images with a warning "
+                          "instead of stopping")
+    new.add_argument("--check-images", dest="check_images", action=argparse.BooleanOptionalAction, default=True,
+                     help="read every training image header before training (sizes, readability)")
+    new.add_argument("--debug-nan-at", dest="debug_nan_at", type=int, default=0,
+                     help=argparse.SUPPRESS)  # tests: make the map loss NaN at this global iteration
+    return p

@@ -1,0 +1,136 @@
+"""Turning the command line into a run: flag checks, where training starts, validation pairs.
+
+Used by :mod:`utils.engine`; kept apart so the engine holds only the training loop.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from net import Potentials
+from .checkpoint import CheckpointError, load_weights, read_checkpoint
+from .dataset_utils import DatasetError, check_de_types, num_sources
+from .pairing import match_pairs
+from .records import Console
+from .train_options import DEFAULT_DEGSET, DEFAULT_TARSET
+from .train_state import (LOG_NAME, LoopState, is_reference_checkpoint, is_training_checkpoint, list_checkpoints,
+                          network_state_from, potentials_state_from)
+
+
+class ConfigError(ValueError):
+    """The command line asks for something inconsistent; the message names the flag."""
+
+
+def validation_pairs(args, console: Console) -> list[tuple[Path, Path]]:
+    """``--degset``/``--tarset`` paired by file name; [] when validation is off."""
+    deg, tar = args.degset, args.tarset
+    if deg == "" or tar == "":
+        return []
+    if deg is None and tar is None:
+        if not (Path(DEFAULT_DEGSET).is_dir() and Path(DEFAULT_TARSET).is_dir()):
+            console(f"=> validation off: the default --degset {DEFAULT_DEGSET} / --tarset {DEFAULT_TARSET} "
+                    f"do not exist (pass both to validate each epoch)")
+            return []
+        deg, tar = DEFAULT_DEGSET, DEFAULT_TARSET
+    if deg is None or tar is None:
+        raise ConfigError("pass both --degset and --tarset (or neither)")
+    pairs, _ = match_pairs(deg, tar)
+    console(f"=> validation: {len(pairs)} pairs from {deg} / {tar}, matched by file name")
+    return pairs
+
+
+def start_fresh_outputs(output_dir: Path, console: Console) -> None:
+    """A fresh run in a folder that holds another run's files: keep its log apart, warn about rotation."""
+    old_log = output_dir / LOG_NAME
+    if old_log.is_file():
+        kept = output_dir / f"log.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        old_log.rename(kept)
+        console(f"=> a fresh run: the previous {LOG_NAME} was kept as {kept.name}")
+    old = list_checkpoints(output_dir)
+    if old:
+        console.warn(f"--output-dir {output_dir} already holds {len(old)} checkpoint(s) of an earlier run (newest "
+                     f"{old[-1].name}). This fresh run writes beside them, and rotation (--keep) removes the "
+                     f"oldest by epoch/iteration, possibly this run's. Use --resume auto to continue that run, "
+                     f"or a new --output-dir.")
+
+
+def check_args(args) -> int:
+    """Validate the flags that depend on each other; returns K, the number of sources."""
+    try:
+        de_types = check_de_types(args.de_type)
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    k = num_sources(de_types)
+    if args.num_sources is not None and args.num_sources != k and args.backbone == "BaryNet":
+        raise ConfigError(f"--num_sources {args.num_sources} does not match --de_type {' '.join(de_types)}, "
+                          f"which spans {k} source domain(s) (families: noise levels count once). Drop "
+                          f"--num_sources or pass --num_sources {k}.")
+    if args.patch_size < 16 or args.patch_size % 8:
+        raise ConfigError(f"--patch_size must be a multiple of 8 and at least 16, got {args.patch_size}")
+    for flag in ("batchSize", "nEpochs", "step"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.threads < 0:
+        raise ConfigError(f"--threads/--workers must be >= 0, got {args.threads}")
+    return k
+
+
+def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: Potentials | None,
+                console: Console) -> tuple[LoopState, dict | None]:
+    """Weights from --resume or --pretrained; returns where to start and the training checkpoint (if any)."""
+    state = LoopState(epoch=args.start_epoch, iteration=0, global_step=0)
+    if obj is not None and is_training_checkpoint(obj):
+        load_weights(model, network_state_from(obj, str(ckpt_path)), str(ckpt_path))
+        if pots is not None:
+            sd = potentials_state_from(obj, str(ckpt_path))
+            if sd is None:
+                raise CheckpointError(f"{ckpt_path} has no potentials (a Restormer run?); resume it with "
+                                      f"--backbone {obj.get('backbone')}")
+            load_weights(pots, sd, f"{ckpt_path} (potentials)")
+        state = LoopState(epoch=int(obj["epoch"]) + 1, iteration=int(obj["iteration"]),
+                          global_step=int(obj.get("global_step", 0)))
+        console(f"=> resumed {ckpt_path}: {obj['epoch']} epoch(s) done, continuing at epoch {state.epoch}, "
+                f"iteration {state.iteration + 1}")
+        return state, obj
+    if obj is not None and is_reference_checkpoint(obj):
+        load_weights(model, network_state_from(obj, str(ckpt_path)), str(ckpt_path))
+        note = "fresh potentials"
+        if pots is not None:
+            sd = potentials_state_from(obj, str(ckpt_path))
+            if sd is not None:
+                try:
+                    load_weights(pots, sd, f"{ckpt_path} (Pots)")
+                    note = "its potentials"
+                except CheckpointError:
+                    note = "fresh potentials (the file's do not fit this --patch_size/--de_type)"
+        epoch = int(obj.get("epoch", 0))
+        state = LoopState(epoch=epoch + 1)
+        console(f"=> resumed reference checkpoint {ckpt_path}: weights and epoch {epoch} (continuing at epoch "
+                f"{epoch + 1}) with {note} and fresh optimizers, as the reference resumes")
+        return state, None
+    if obj is not None:  # a plain state dict or other weights-only file given to --resume
+        load_weights(model, network_state_from(obj, str(ckpt_path)), str(ckpt_path))
+        console(f"=> {ckpt_path} holds weights only: starting at epoch {state.epoch} with fresh optimizers")
+        return state, None
+    if args.pretrained:
+        path = Path(args.pretrained)
+        if not path.is_file():
+            console.warn(f"--pretrained {args.pretrained}: no file there; the network starts from random "
+                         f"initialisation (as the reference does)")
+        else:
+            pobj = read_checkpoint(path)
+            load_weights(model, network_state_from(pobj, str(path)), str(path))
+            msg = "network"
+            if pots is not None:
+                sd = potentials_state_from(pobj, str(path))
+                if sd is not None:
+                    try:
+                        load_weights(pots, sd, f"{path} (potentials)")
+                        msg += " and potentials"
+                    except CheckpointError:
+                        pass
+            console(f"=> --pretrained {path}: {msg} weights loaded")
+    return state, None
