@@ -176,6 +176,8 @@ def model_state_from(obj: Any, source: str = "checkpoint", key: str = "model") -
         _walk_module(obj, "", sd)
     elif isinstance(obj, Mapping) and "BaryIR" in obj:
         return model_state_from(obj["BaryIR"], source, key)
+    elif isinstance(obj, Mapping) and isinstance(obj.get(key), _Inert):
+        return model_state_from(obj[key], source, key)  # reference --pretrained files: {'model': module}
     elif isinstance(obj, Mapping) and key in obj and _is_state_dict(obj[key]):
         sd = dict(obj[key])
     elif isinstance(obj, Mapping) and any(_is_state_dict(obj.get(k)) for k in ("state_dict", "params")):

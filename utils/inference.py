@@ -28,12 +28,12 @@ _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """Put ``model`` on the fast path in place (eval, fused LayerNorm, channels_last); returns it.
+    """Put ``model`` on the fast path in place (fused LayerNorm, channels_last weights); returns it.
 
-    Idempotent; parameter values are unchanged (only their memory layout).
+    Idempotent; parameter values are unchanged (only their memory layout). Eval mode is set by
+    :func:`restore` for the call only, so a model that is training stays in training mode.
     """
     if not getattr(model, "_fast_inference_ready", False):
-        model.eval()
         set_layernorm_impl(model, "fused")
         model.to(memory_format=torch.channels_last)
         model._fast_inference_ready = True
@@ -72,13 +72,18 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
     prepare_for_inference(model)
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
-    with torch.inference_mode(), autocast_context(x.device, precision):
-        inp = x.float()
-        if pad and (ph or pw):
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            inp = F.pad(inp, (0, pw, 0, ph), mode=mode)
-        inp = inp.contiguous(memory_format=torch.channels_last)
-        out = _output_image(model(inp))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast_context(x.device, precision):
+            inp = x.float()
+            if pad and (ph or pw):
+                mode = "reflect" if ph < h and pw < w else "replicate"
+                inp = F.pad(inp, (0, pw, 0, ph), mode=mode)
+            inp = inp.contiguous(memory_format=torch.channels_last)
+            out = _output_image(model(inp))
+    finally:
+        model.train(was_training)
     return out[..., :h, :w].float().contiguous()
 
 
