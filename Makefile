@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) demo.py
+	$(PY) -m utils.demo
 
 bench: $(STAMP)
 	$(PY) bench/bench_inference.py

@@ -236,3 +236,15 @@ def test_sampler_order_is_a_function_of_seed_and_epoch(tree3):
     assert set(s0) | set(s1) == set(range(len(ds)))
     assert du.iterations_per_epoch(len(s0), 4) == -(-len(s0) // 4)
     assert du.iterations_per_epoch(len(s0), 4, cap=3) == 3
+
+
+def test_repeat_overrides_the_paper_factors(tmp_path):
+    from utils.dataset_utils import DatasetError, parse_repeats, repeat_factor
+    de = ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
+    assert parse_repeats(["derain=8", "dehaze=5"]) == {"derain": 8, "dehaze": 5}
+    assert repeat_factor("derain", de, {"derain": 8}) == 8
+    assert repeat_factor("derain", de) == 360
+    assert repeat_factor("denoise_25", de, {"derain": 8}) == 5
+    for bad in (["derain"], ["derain=0"], ["rain=3"], ["derain=x"]):
+        with pytest.raises(DatasetError, match="--repeat"):
+            parse_repeats(bad)

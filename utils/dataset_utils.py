@@ -117,8 +117,26 @@ def num_sources(de_types: Sequence[str]) -> int:
     return len(domain_families(de_types))
 
 
-def repeat_factor(de_type: str, de_types: Sequence[str]) -> int:
-    """How many times each image of ``de_type`` is listed per epoch (see the module docstring)."""
+def parse_repeats(items: Sequence[str] | None) -> dict[str, int]:
+    """``["derain=8", "dehaze=5"]`` -> ``{"derain": 8, "dehaze": 5}`` (the trainer's ``--repeat``)."""
+    out: dict[str, int] = {}
+    for item in items or ():
+        name, sep, value = str(item).partition("=")
+        if not sep or name not in DE_IDS or not value.isdigit() or int(value) < 1:
+            raise DatasetError(f"--repeat expects NAME=N with NAME one of {', '.join(DE_IDS)} and N >= 1, "
+                               f"got {item!r} (e.g. --repeat derain=8 dehaze=5)")
+        out[name] = int(value)
+    return out
+
+
+def repeat_factor(de_type: str, de_types: Sequence[str], overrides: dict[str, int] | None = None) -> int:
+    """How many times each image of ``de_type`` is listed per epoch (see the module docstring).
+
+    ``overrides`` (the trainer's ``--repeat``) replaces the paper's factor for the types it names,
+    for data sets whose sizes differ from the paper's.
+    """
+    if overrides and de_type in overrides:
+        return overrides[de_type]
     if de_type == "denoise_25" and not {"denoise_15", "denoise_50"} <= set(de_types):
         return DENOISE_25_ALONE_REPEAT
     return REPEATS[de_type]
@@ -385,7 +403,7 @@ class MixedDegradationDataset(Dataset):
     """
 
     def __init__(self, found: dict[str, list[Pair]], de_types: Sequence[str], patch_size: int, seed: int = 0,
-                 skip_bad: bool = False):
+                 skip_bad: bool = False, repeats: dict[str, int] | None = None):
         self.de_types = check_de_types(de_types)
         self.patch_size = int(patch_size)
         self.seed = int(seed)
@@ -398,7 +416,7 @@ class MixedDegradationDataset(Dataset):
         self.counts_by_de: dict[str, int] = {}
         for de in sorted(self.de_types, key=DE_IDS.get):
             pairs = found[family(de)]
-            rep = repeat_factor(de, self.de_types)
+            rep = repeat_factor(de, self.de_types, repeats)
             entries = [Sample(p, DE_IDS[de], dom[de]) for p in pairs]
             self.samples.extend(entries * rep)
             self.counts_by_de[de] = len(pairs) * rep
@@ -460,12 +478,13 @@ class MixedDegradationDataset(Dataset):
 def build_train_dataset(de_types: Sequence[str], dirs: dict[str, str | os.PathLike], patch_size: int,
                         seed: int = 0, data_file_dir: str | os.PathLike | None = None, skip_bad: bool = False,
                         check: bool = True, log: Callable[[str], None] = print,
-                        progress: Callable[[Iterable, int], Iterable] | None = None) -> MixedDegradationDataset:
+                        progress: Callable[[Iterable, int], Iterable] | None = None,
+                        repeats: dict[str, int] | None = None) -> MixedDegradationDataset:
     """Collect, validate and wrap the training data in one call (what the trainer uses)."""
     found = collect_samples(de_types, dirs, data_file_dir, skip_bad=skip_bad, log=log)
     if check:
         found = check_images(found, patch_size, skip_bad=skip_bad, progress=progress)
-    return MixedDegradationDataset(found, de_types, patch_size, seed=seed, skip_bad=skip_bad)
+    return MixedDegradationDataset(found, de_types, patch_size, seed=seed, skip_bad=skip_bad, repeats=repeats)
 
 
 # --------------------------------------------------------------------------- the epoch order

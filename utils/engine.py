@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader
 from net import Potentials
 from net.presets import build_model
 from .checkpoint import CheckpointError, read_checkpoint
-from .dataset_utils import LAYOUT, DatasetError, ResumableSampler, build_train_dataset, collate, iterations_per_epoch
+from .dataset_utils import (LAYOUT, DatasetError, ResumableSampler, build_train_dataset, collate, iterations_per_epoch,
+                            parse_repeats)
 from .distributed import (DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_int, broadcast_module,
                           cleanup, gather_ints, init_distributed_mode, weights_digest)
 from .image_io import ImageReadError, quantise, read_image, to_float
@@ -99,6 +100,7 @@ class Training:
     info: DistInfo = field(default_factory=DistInfo)
     scaler: torch.amp.GradScaler | None = None
     channels_last: bool = False
+    ablate: frozenset[str] = frozenset()  # terms of losses.ABLATABLE switched off (--ablate; studies only)
 
     def __post_init__(self):
         if self.scaler is None:
@@ -177,7 +179,8 @@ def train_step(training: Training, batch, where: str = "iteration", inject_nan: 
         with training.autocast():
             out = training.model(degraded)
             loss, parts = map_loss(out.restored.float(), target, out.source_latent.float(), out.bary_latent.float(),
-                                   out.residual.float(), de_ids, domains, lambdas, pots, l1_weight=training.l1_weight)
+                                   out.residual.float(), de_ids, domains, lambdas, pots, l1_weight=training.l1_weight,
+                                   without=training.ablate)
         local = {"map": loss, "l1": parts["l1"], "transport": parts["transport"].mean(),
                  "orthogonality": parts["orthogonality"].mean(), "contrastive": parts["contrastive"].mean(),
                  "potential": parts["potential"].mean()}
@@ -187,7 +190,7 @@ def train_step(training: Training, batch, where: str = "iteration", inject_nan: 
     losses = _agree(local, info)
     _check_finite(losses, where, "map")
     _step(training, loss, training.optimizer)
-    if pots is None:
+    if pots is None or "potentials" in training.ablate:  # ablated potentials: the map trains on transport cost
         return losses
     _requires_grad(pots, True)
 
@@ -349,6 +352,10 @@ def main(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, info: DistInfo) -> int:
     console = Console(info.is_main)
     k = check_args(args)
+    ablate = frozenset(getattr(args, "ablate", None) or ())
+    if ablate and args.backbone != "BaryNet":
+        raise ConfigError(f"--ablate {' '.join(sorted(ablate))} switches off BaryNet's terms; --backbone "
+                          f"{args.backbone} has none (drop --ablate)")
     if args.precision == "fp16" and info.device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA device; use --precision bf16 or fp32 on the CPU")
     output_dir = Path(args.output_dir)
@@ -375,7 +382,8 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
     dataset = build_train_dataset(
         args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=args.data_file_dir,
         skip_bad=args.skip_bad_files, check=args.check_images, log=console,
-        progress=lambda it, n: progress(it, n, "checking images", enabled=console.enabled))
+        progress=lambda it, n: progress(it, n, "checking images", enabled=console.enabled),
+        repeats=parse_repeats(args.repeat))
     console(f"=> training data: {dataset.summary()}")
     val_pairs = validation_pairs(args, console)
 
@@ -405,7 +413,9 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
                                             else None)
     lambdas = torch.tensor(dataset.lambdas, dtype=torch.float32, device=info.device)
     training = Training(ddp_model, model, pots, optimizer, pot_optimizer, lambdas, l1_weight=args.Sigma,
-                        precision=args.precision, info=info, channels_last=channels_last)
+                        precision=args.precision, info=info, channels_last=channels_last, ablate=ablate)
+    if ablate:
+        console(f"=> ablation: the map loss leaves out {', '.join(sorted(ablate))}")
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
         if pot_optimizer is not None:

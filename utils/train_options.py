@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from net.presets import PRESETS
+from .losses import ABLATABLE
 
 DEFAULT_DE_TYPE = ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
 # Reference validation defaults: used when they exist, skipped (with a note) when they do not.
@@ -90,6 +91,10 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16) -> argpars
                      help="cap an epoch at N iterations (demos, tests); 0: the full repeated data set")
     new.add_argument("--log-every", dest="log_every", type=int, default=10,
                      help="log (and show) the losses every N iterations")
+    new.add_argument("--repeat", nargs="+", default=None, metavar="NAME=N",
+                     help="per-epoch repetition of each image of a degradation type, replacing the paper's "
+                          "factors (noise x5, derain x360, dehaze x1, deblur x35, lowlight x150, single x5) for "
+                          "data sets of other sizes, e.g. --repeat derain=8 dehaze=5")
     new.add_argument("--skip-bad-files", dest="skip_bad_files", action="store_true",
                      help="leave out unpaired, unreadable or too-small training images with a warning "
                           "instead of stopping")
@@ -97,4 +102,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16) -> argpars
                      help="read every training image header before training (sizes, readability)")
     new.add_argument("--debug-nan-at", dest="debug_nan_at", type=int, default=0,
                      help=argparse.SUPPRESS)  # tests: make the map loss NaN at this global iteration
+    new.add_argument("--ablate", nargs="+", default=[], choices=list(ABLATABLE),
+                     help="ablation studies only (bench/study.py): leave these terms out of the map loss; "
+                          "'potentials' also skips the potentials and congruence updates (transport cost only)")
     return p

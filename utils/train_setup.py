@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from net import Potentials
 from .checkpoint import CheckpointError, load_weights, read_checkpoint
-from .dataset_utils import DatasetError, check_de_types, num_sources
+from .dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
 from .pairing import match_pairs
 from .records import Console
 from .train_options import DEFAULT_DEGSET, DEFAULT_TARSET
@@ -73,6 +73,13 @@ def check_args(args) -> int:
     for flag in ("batchSize", "nEpochs", "step"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    try:
+        repeats = parse_repeats(args.repeat)
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    if set(repeats) - set(de_types):
+        raise ConfigError(f"--repeat names {', '.join(sorted(set(repeats) - set(de_types)))}, which --de_type does "
+                          f"not train ({' '.join(de_types)})")
     if args.threads < 0:
         raise ConfigError(f"--threads/--workers must be >= 0, got {args.threads}")
     return k
