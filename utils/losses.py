@@ -7,10 +7,16 @@ sample's domain (degradation family), ``de_i`` its degradation id.
 """
 from __future__ import annotations
 
+from typing import Collection
+
 import torch
 import torch.nn.functional as F
 
 from net.potentials import Potentials
+
+# Terms an ablation may switch off (``map_loss(without=...)``, the trainer's ``--ablate``);
+# "potentials" also stops the potentials' own updates (the engine skips steps 2 and 3).
+ABLATABLE = ("orthogonality", "contrastive", "potentials")
 
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +50,7 @@ def contrastive(residual: torch.Tensor, de_ids: torch.Tensor, temperature: float
 def map_loss(restored: torch.Tensor, target: torch.Tensor, source: torch.Tensor, bary: torch.Tensor,
              residual: torch.Tensor, de_ids: torch.Tensor, domains: torch.Tensor, lambdas: torch.Tensor,
              potentials: Potentials, l1_weight: float = 10000.0, reg_weight: float = 0.05,
-             temperature: float = 0.07) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             temperature: float = 0.07, without: Collection[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Step 1 of an iteration: the loss the map (BaryNet) minimises.
 
     ``L = mean_i lambda_{k_i} (c_i + reg (o_i + ctr_i) - f_{k_i}(b_i)) + l1_weight * mean|y - target|``.
@@ -56,6 +62,8 @@ def map_loss(restored: torch.Tensor, target: torch.Tensor, source: torch.Tensor,
         lambdas: ``(K,)`` barycenter weights.
         potentials: the f_k; gradients flow through them into ``bary`` (their own
             parameters are frozen by the caller).
+        without: terms of :data:`ABLATABLE` left out of the total (ablation studies; the
+            trainer's ``--ablate``). Their parts are still computed and returned, for logging.
     Returns:
         ``(total, parts)``: ``parts`` has per-sample ``(B,)`` tensors ``transport``,
         ``orthogonality``, ``contrastive``, ``potential``, ``weighted`` and the scalar ``l1``.
@@ -67,8 +75,16 @@ def map_loss(restored: torch.Tensor, target: torch.Tensor, source: torch.Tensor,
         "contrastive": contrastive(residual, de_ids, temperature),
         "potential": potentials(bary, domains),
     }
-    parts["weighted"] = lam * (parts["transport"] + reg_weight * (parts["orthogonality"] + parts["contrastive"])
-                               - parts["potential"])
+    ortho, ctr, pot = parts["orthogonality"], parts["contrastive"], parts["potential"]
+    if without:
+        unknown = set(without) - set(ABLATABLE)
+        if unknown:
+            raise ValueError(f"map_loss: cannot leave out {sorted(unknown)}; ablatable terms are {ABLATABLE}")
+        zero = torch.zeros_like(ortho)
+        ortho = zero if "orthogonality" in without else ortho
+        ctr = zero if "contrastive" in without else ctr
+        pot = zero if "potentials" in without else pot
+    parts["weighted"] = lam * (parts["transport"] + reg_weight * (ortho + ctr) - pot)
     parts["l1"] = (restored - target).abs().mean()
     total = parts["weighted"].mean() + l1_weight * parts["l1"]
     return total, parts
