@@ -13,7 +13,7 @@ per domain in turn), from the same initial weights in every variant:
 - ``engine``: :func:`utils.engine.train_step` as the trainers run it: vectorised losses
   (``utils/losses.py``), step 2 through ``BaryNet.bary_latent`` (encoder and barycenter path,
   no decoder, no graph), fused LayerNorm and channels-last activations, and on the CPU the
-  trainer's allocator setting (:func:`utils.engine.tune_cpu_allocator`); at each ``--precision``.
+  trainer's allocator setting (:func:`utils.allocator.tune_cpu_allocator`); at each ``--precision``.
 - ``straightforward_malloc`` (CPU): the straightforward step with that allocator setting, so
   the table shows how much of the speed-up is the allocator and how much the step itself.
 
@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from net import Potentials, set_layernorm_impl  # noqa: E402
 from net.presets import build_model  # noqa: E402
-from utils.engine import Training, build_optimizer, train_step, tune_cpu_allocator  # noqa: E402
+from utils.allocator import tune_cpu_allocator  # noqa: E402
+from utils.engine import Training, build_optimizer, train_step  # noqa: E402
 from utils.inference import autocast_context  # noqa: E402
 
 TAU = 0.07

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.allocator import tune_cpu_allocator
 from utils.demo_data import build_demo_data
 from utils.embeddings import difference_map, latents, mean_cosine, pca_2d, pooled
 from utils.evaluation import Protocol, evaluate_tasks, load_model, resolve_device, write_results
@@ -196,4 +197,5 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
+    tune_cpu_allocator()  # as trainer_bary.py and tester_bary.py do
     main(get_args_parser().parse_args())

@@ -20,7 +20,6 @@ same iteration, rank 0 saves, and the run exits 0. One process and ``torchrun`` 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import math
 import os
 import random
@@ -39,6 +38,7 @@ from torch.utils.data import DataLoader
 
 from net import Potentials
 from net.presets import build_model
+from .allocator import tune_cpu_allocator
 from .checkpoint import CheckpointError, read_checkpoint
 from .dataset_utils import (LAYOUT, DatasetError, ResumableSampler, build_train_dataset, collate, iterations_per_epoch,
                             parse_repeats)
@@ -510,25 +510,6 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
     finally:
         stop.restore()
     return 0
-
-
-def tune_cpu_allocator() -> bool:
-    """Make glibc's malloc keep freed memory for reuse; returns whether it applied.
-
-    An iteration allocates and frees gigabytes of activations. With glibc's defaults every large
-    block is a fresh mmap that the kernel zero-fills page by page on first touch: measured at
-    15 of 23 s of a paper-size CPU iteration (batch 3, patch 128). With the mmap and trim
-    thresholds raised, the heap keeps those pages and reuses them; the process's RSS stays at
-    its peak. Process-wide, so the command-line entry point applies it, not :func:`main`.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
-    except (OSError, AttributeError):  # not glibc
-        return False
 
 
 def run_cli(args: argparse.Namespace) -> int:
