@@ -6,6 +6,7 @@ unchanged; the rest are this project's additions.
 from __future__ import annotations
 
 import argparse
+import os
 
 from net.presets import PRESETS
 from .losses import ABLATABLE
@@ -31,8 +32,10 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16) -> argpars
                           "newest in --output-dir; a path that does not exist starts a fresh run with a warning")
     ref.add_argument("--start-epoch", dest="start_epoch", type=int, default=1,
                      help="first epoch number of a fresh run (a resumed run continues where it stopped)")
-    ref.add_argument("--threads", "--workers", dest="threads", type=int, default=threads_default,
-                     help="DataLoader worker processes (--workers is the same flag)")
+    ref.add_argument("--threads", "--workers", dest="threads", type=int,
+                     default=min(threads_default, os.cpu_count() or 1),
+                     help=f"DataLoader worker processes (--workers is the same flag); default "
+                          f"{threads_default} as in the reference, capped at this machine's CPU count")
     ref.add_argument("--pretrained", type=str, default="",
                      help="initialise the network (and the potentials when the file has them) from a "
                           "checkpoint of any accepted format; training starts at --start-epoch")
