@@ -21,7 +21,7 @@ import pickle
 import tempfile
 import types
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import torch
 
@@ -246,8 +246,8 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, key: str
 
 # --------------------------------------------------------------------------- writing
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(fh)`` on a temporary file in ``path``'s folder, fsync, then rename it over ``path``.
 
     A crash at any moment leaves either the old file or the complete new one, never a torn file.
     """
@@ -256,7 +256,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -270,3 +270,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh))

@@ -85,6 +85,18 @@ def check_args(args) -> int:
     return k
 
 
+def _load_potentials_if_they_fit(pots: Potentials | None, obj: Any, source: str) -> bool | None:
+    """Load the file's potentials into ``pots``: True if loaded, False if they do not fit, None if absent."""
+    sd = potentials_state_from(obj, source) if pots is not None else None
+    if sd is None:
+        return None
+    try:
+        load_weights(pots, sd, f"{source} (potentials)")
+    except CheckpointError:
+        return False
+    return True
+
+
 def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: Potentials | None,
                 console: Console) -> tuple[LoopState, dict | None]:
     """Weights from --resume or --pretrained; returns where to start and the training checkpoint (if any)."""
@@ -104,15 +116,9 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
         return state, obj
     if obj is not None and is_reference_checkpoint(obj):
         load_weights(model, network_state_from(obj, str(ckpt_path)), str(ckpt_path))
-        note = "fresh potentials"
-        if pots is not None:
-            sd = potentials_state_from(obj, str(ckpt_path))
-            if sd is not None:
-                try:
-                    load_weights(pots, sd, f"{ckpt_path} (Pots)")
-                    note = "its potentials"
-                except CheckpointError:
-                    note = "fresh potentials (the file's do not fit this --patch_size/--de_type)"
+        loaded = _load_potentials_if_they_fit(pots, obj, str(ckpt_path))
+        note = {True: "its potentials", False: "fresh potentials (the file's do not fit this --patch_size/--de_type)",
+                None: "fresh potentials"}[loaded]
         epoch = int(obj.get("epoch", 0))
         state = LoopState(epoch=epoch + 1)
         console(f"=> resumed reference checkpoint {ckpt_path}: weights and epoch {epoch} (continuing at epoch "
@@ -130,14 +136,6 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
         else:
             pobj = read_checkpoint(path)
             load_weights(model, network_state_from(pobj, str(path)), str(path))
-            msg = "network"
-            if pots is not None:
-                sd = potentials_state_from(pobj, str(path))
-                if sd is not None:
-                    try:
-                        load_weights(pots, sd, f"{path} (potentials)")
-                        msg += " and potentials"
-                    except CheckpointError:
-                        pass
+            msg = "network and potentials" if _load_potentials_if_they_fit(pots, pobj, str(path)) else "network"
             console(f"=> --pretrained {path}: {msg} weights loaded")
     return state, None

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,7 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, model_state_from, save_atomic
+from .checkpoint import CheckpointError, atomic_write, model_state_from, save_atomic
 
 FORMAT_VERSION = 1
 LATEST = "latest"
@@ -86,17 +85,7 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def read_latest(output_dir: str | os.PathLike) -> Path | None:
