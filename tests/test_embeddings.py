@@ -49,3 +49,11 @@ def test_figures_are_written(tmp_path):
     pts = rng.random((6, 2))
     assert embedding_projection(pts, pts, ["x", "y"] * 3, tmp_path / "p.png").stat().st_size > 0
     assert pipeline_diagram(tmp_path / "d.png").stat().st_size > 0
+
+
+def test_relative_difference_map_is_scale_free():
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 3, 3), torch.randn(8, 3, 3)
+    m = difference_map(a, b, (6, 6), relative=True)
+    torch.testing.assert_close(difference_map(10 * a, 10 * b, (6, 6), relative=True), m)
+    assert not torch.allclose(difference_map(10 * a, 10 * b, (6, 6)), difference_map(a, b, (6, 6)))

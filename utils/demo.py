@@ -132,8 +132,9 @@ def embedding_figures(model: nn.Module, root: Path, manifest: dict, figs_dir: Pa
     names = list(views)
     size = _batch(views[names[0]]).shape[-2:]
     pairs = [(0, i) for i in range(1, len(names))]
-    wb_maps = [difference_map(b[i], b[j], size).numpy() for i, j in pairs]
-    res_maps = [difference_map(r[i], r[j], size).numpy() for i, j in pairs]
+    # relative distances: the WB latent is LayerNorm-ed and much larger than the residual
+    wb_maps = [difference_map(b[i], b[j], size, relative=True).numpy() for i, j in pairs]
+    res_maps = [difference_map(r[i], r[j], size, relative=True).numpy() for i, j in pairs]
     pair_names = [f"{names[i]} vs {names[j]}" for i, j in pairs]
     imgs = [to_float(views[n][:size[0], :size[1]]) for n in names]
     t_path = takeaway_maps(imgs, names, wb_maps, res_maps, pair_names, figs_dir / "demo_takeaway_maps.png")
@@ -188,7 +189,7 @@ def main(args) -> dict:
     (results_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (results_dir / "demo_table.md").write_text(table + "\n")
     print("\n" + table + "\n")
-    print(f"WB vs residual embeddings on {emb['photo']}: mean difference between degradations "
+    print(f"WB vs residual embeddings on {emb['photo']}: mean relative difference between degradations "
           f"{emb['mean_wb_difference']:.3f} (WB) vs {emb['mean_residual_difference']:.3f} (residual); "
           f"mean cosine(WB, residual) {emb['mean_cosine_wb_residual']:+.3f}")
     print(f"figures in {figs_dir}/: loss curves, demo grids, demo_takeaway_maps.png, demo_embedding_projection.png")

@@ -30,12 +30,17 @@ def pooled(latent: torch.Tensor) -> torch.Tensor:
     return latent.float().mean(dim=(2, 3))
 
 
-def difference_map(a: torch.Tensor, b: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def difference_map(a: torch.Tensor, b: torch.Tensor, size: tuple[int, int], relative: bool = False) -> torch.Tensor:
     """Per-position L2 distance of two latents over channels, upsampled to ``size``.
 
     ``(C, h, w), (C, h, w) -> (H, W)`` (bilinear upsampling, so it can be laid over the image).
+    ``relative`` divides by the mean per-position norm of ``a`` and ``b``, so spaces of different
+    scale (the LayerNorm-ed WB latent, the smaller residual) compare on one axis.
     """
     d = (a.float() - b.float()).pow(2).sum(dim=0).sqrt()
+    if relative:
+        scale = 0.5 * (a.float().pow(2).sum(dim=0).sqrt().mean() + b.float().pow(2).sum(dim=0).sqrt().mean())
+        d = d / scale.clamp_min(1e-12)
     return F.interpolate(d[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
 
 

@@ -52,7 +52,8 @@ def takeaway_maps(images: Sequence[np.ndarray], names: Sequence[str], wb_maps: S
             im = axes[row, j].imshow(m, cmap="inferno", vmin=0, vmax=vmax, alpha=0.75)
             axes[row, j].set_title(f"{kind}: {label}\nmean {float(np.mean(m)):.2f}", fontsize=8)
     if im is not None:
-        fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), shrink=0.8, label="L2 distance of embeddings")
+        fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), shrink=0.8,
+                     label="L2 distance of embeddings / their mean norm")
     fig.suptitle("Difference maps between degradations of one image: WB embeddings vs residual embeddings")
     return _save(fig, path)
 
