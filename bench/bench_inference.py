@@ -27,6 +27,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _memory import rss_mib  # noqa: E402
 
 from net import set_layernorm_impl  # noqa: E402
 from utils.allocator import tune_cpu_allocator  # noqa: E402
@@ -34,14 +37,6 @@ from net.presets import build_model  # noqa: E402
 from utils.inference import restore  # noqa: E402
 
 PATHS = ("plain", "fast_fp32", "fast_bf16", "fast_fp32_default_alloc")
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _forward_fn(path: str, preset: str, size: int):
@@ -64,7 +59,7 @@ def _child(path: str, preset: str, size: int, repeats: int) -> dict:
     if path in ("fast_fp32", "fast_bf16"):
         tune_cpu_allocator()
     forward = _forward_fn(path, preset, size)
-    base = _rss_mib()
+    base = rss_mib()
     out = forward()  # warm-up: oneDNN primitive creation, layout conversion
     times = []
     for _ in range(repeats):

@@ -37,6 +37,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _memory import rss_mib  # noqa: E402
 
 from net import Potentials, set_layernorm_impl  # noqa: E402
 from net.presets import build_model  # noqa: E402
@@ -45,14 +48,6 @@ from utils.engine import Training, build_optimizer, train_step  # noqa: E402
 from utils.inference import autocast_context  # noqa: E402
 
 TAU = 0.07
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _sync(device: torch.device) -> None:
@@ -143,7 +138,7 @@ def run_variant(variant: str, precision: str, preset: str, batch: int, patch: in
     warm = torch.nn.Conv2d(3, 8, 3).to(device)
     warm(torch.rand(1, 3, 16, 16, device=device)).sum().backward()
     del warm
-    base_rss = _rss_mib()
+    base_rss = rss_mib()
     torch.manual_seed(0)
     model = build_model("BaryNet", preset)
     pots = Potentials(k, model.config["dim"] * 8, patch)

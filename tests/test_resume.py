@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _train_data import make_train_tree, make_val_tree, train_flags
+from _train_data import make_train_tree, make_val_tree, one_torch_thread, train_flags  # noqa: F401 (autouse fixture)
 from net.presets import build_model
 from utils import engine
 from utils.checkpoint import read_checkpoint
@@ -21,12 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 ITERS = 3  # per epoch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():  # module scope: before the module-scoped runs, so every run uses one thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from _train_data import one_torch_thread  # noqa: F401 (autouse fixture: one torch thread per module)
 from net import Potentials
 from net.presets import build_model
 from utils import engine
@@ -16,12 +17,6 @@ from utils.train_options import get_args_parser
 P = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():  # module scope: before the module-scoped runs, so every run uses one thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def fixed_batch():
