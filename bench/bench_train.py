@@ -50,6 +50,14 @@ from utils.inference import autocast_context  # noqa: E402
 TAU = 0.07
 
 
+def _train_only(trained: torch.nn.Module, frozen: torch.nn.Module) -> None:
+    """Gradients for ``trained``'s parameters only."""
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    for p in trained.parameters():
+        p.requires_grad_(True)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -69,10 +77,7 @@ def straightforward_step(model, pots, opt_m, opt_p, x, y, de_ids, domains, lambd
     dom = [int(v) for v in domains]
     device = x.device
     # 1. map update, potentials frozen
-    for p in pots.parameters():
-        p.requires_grad_(False)
-    for p in model.parameters():
-        p.requires_grad_(True)
+    _train_only(model, frozen=pots)
     opt_m.zero_grad()
     with autocast_context(device, precision):
         restored, z, b, r = model(x)
@@ -100,10 +105,7 @@ def straightforward_step(model, pots, opt_m, opt_p, x, y, de_ids, domains, lambd
     map_total.backward()
     opt_m.step()
     # 2. potentials update: the whole network again, map frozen
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in pots.parameters():
-        p.requires_grad_(True)
+    _train_only(pots, frozen=model)
     opt_p.zero_grad()
     with autocast_context(device, precision):
         _, _, b2, _ = model(x)
