@@ -92,10 +92,21 @@ class FeedForward(nn.Module):
         self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _inference_channels_last(x):
+            return self._forward_split(x)
         x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
         # Without autograd the gate can be applied in place (one fewer full-size buffer).
         gated = F.gelu(x1).mul_(x2) if not torch.is_grad_enabled() else F.gelu(x1) * x2
         return self.project_out(gated)
+
+    def _forward_split(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function for channels_last inference: each half of the gate is computed by its
+        own slice of the 1x1 and depthwise weights (both act on channels independently), so the
+        halves come out contiguous instead of as strided channel slices; the gate then runs on
+        contiguous memory and the intermediate tensors are half as wide (measured 1.4-1.8x faster
+        per block on the CPU in bf16, see BENCHMARKS.md)."""
+        gate, value = (_depthwise(_pointwise(x, self.project_in, part, 2), self.dwconv, part, 2) for part in (0, 1))
+        return self.project_out(F.gelu(gate).mul_(value))
 
 
 class Attention(nn.Module):
@@ -116,6 +127,8 @@ class Attention(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _inference_channels_last(x):
+            return self._forward_split(x)
         b, c, h, w = x.shape
         heads = self.num_heads
         # channel index = head * (C/heads) + c, as einops' '(head c)' split.
@@ -131,6 +144,49 @@ class Attention(nn.Module):
         if x.is_contiguous(memory_format=torch.channels_last):
             out = out.contiguous(memory_format=torch.channels_last)
         return self.project_out(out)
+
+    def _forward_split(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function for channels_last inference, without materialising the 3C-channel qkv.
+
+        q, k and v each come from their own slice of the 1x1 and depthwise weights, as contiguous
+        channels_last tensors ``(B, H, W, C)`` in memory; the products then run on per-head row views
+        ``(B, heads, HW, C/heads)`` with no copy: the Gram matrix is ``q_rows^T k_rows`` and the output
+        ``v_rows attn^T``, which lands directly in channels_last order.
+        """
+        b, c, h, w = x.shape
+        heads = self.num_heads
+
+        def rows(part: int) -> torch.Tensor:
+            y = _depthwise(_pointwise(x, self.qkv, part, 3), self.qkv_dwconv, part, 3)
+            return y.permute(0, 2, 3, 1).reshape(b, h * w, heads, c // heads).transpose(1, 2)
+
+        q, k, v = rows(0), rows(1), rows(2)
+        q_norm = torch.linalg.vector_norm(q, dim=-2).clamp_min(1e-12)  # (B, heads, C/heads)
+        k_norm = torch.linalg.vector_norm(k, dim=-2).clamp_min(1e-12)
+        attn = (q.transpose(-2, -1) @ k) / (q_norm.unsqueeze(-1) * k_norm.unsqueeze(-2)) * self.temperature
+        out = v @ attn.softmax(dim=-1).transpose(-2, -1)  # (B, heads, HW, C/heads)
+        out = out.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)  # channels_last (B, C, H, W)
+        return self.project_out(out)
+
+
+def _inference_channels_last(x: torch.Tensor) -> bool:
+    """Whether the split forms apply: channels_last activations without autograd (the fast path)."""
+    return not torch.is_grad_enabled() and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous()
+
+
+def _pointwise(x: torch.Tensor, conv: nn.Conv2d, part: int, parts: int) -> torch.Tensor:
+    """Output channels ``[part * n, (part + 1) * n)`` of the 1x1 ``conv`` (``n = out / parts``)."""
+    n = conv.out_channels // parts
+    bias = conv.bias[part * n:(part + 1) * n] if conv.bias is not None else None
+    return F.conv2d(x, conv.weight[part * n:(part + 1) * n], bias)
+
+
+def _depthwise(x: torch.Tensor, conv: nn.Conv2d, part: int, parts: int) -> torch.Tensor:
+    """The depthwise 3x3 ``conv`` restricted to its channels ``[part * n, (part + 1) * n)``."""
+    n = conv.out_channels // parts
+    bias = conv.bias[part * n:(part + 1) * n] if conv.bias is not None else None
+    return F.conv2d(x, conv.weight[part * n:(part + 1) * n], bias, padding=1, groups=n)
 
 
 class TransformerBlock(nn.Module):
