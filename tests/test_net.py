@@ -86,3 +86,25 @@ def test_loss_terms_behave_as_defined():
     assert torch.allclose(orthogonality(b, r), torch.zeros(4))
     # all samples in one class -> contrastive is exactly 0
     assert torch.allclose(contrastive(torch.randn(4, 8, 2, 2), torch.zeros(4, dtype=torch.long)), torch.zeros(4))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_channels_last_inference_forms_compute_the_same_blocks(bias):
+    """Under no_grad, channels_last GDFN/MDTA take the split forms (weight slices); NCHW the plain ones."""
+    from net.blocks import Attention, FeedForward, _inference_channels_last
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 16, 12, dtype=torch.float64)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    for block in (FeedForward(24, 2.66, bias=bias), Attention(24, num_heads=3, bias=bias)):
+        block = block.double()
+        if bias:  # non-zero biases, so a wrong bias slice would show
+            for m in block.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    torch.nn.init.normal_(m.bias)
+        with torch.no_grad():
+            assert _inference_channels_last(xcl) and not _inference_channels_last(x)
+            plain = block(x)
+            split = block.to(memory_format=torch.channels_last)(xcl)
+        assert split.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(split, plain, rtol=1e-12, atol=1e-12)
+    assert not _inference_channels_last(xcl)  # autograd on (training): the plain forms
