@@ -89,9 +89,10 @@ def test_loss_terms_behave_as_defined():
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_channels_last_inference_forms_compute_the_same_blocks(bias):
-    """Under no_grad, channels_last GDFN/MDTA take the split forms (weight slices); NCHW the plain ones."""
-    from net.blocks import Attention, FeedForward, _inference_channels_last
+def test_channels_last_split_forms_compute_the_same_blocks(bias):
+    """channels_last GDFN/MDTA take the split forms (weight slices), NCHW the plain ones: same values,
+    and the same gradients when autograd is on (the trainer's channels_last engine)."""
+    from net.blocks import Attention, FeedForward, _split_forms_apply
     torch.manual_seed(0)
     x = torch.randn(2, 24, 16, 12, dtype=torch.float64)
     xcl = x.contiguous(memory_format=torch.channels_last)
@@ -101,10 +102,17 @@ def test_channels_last_inference_forms_compute_the_same_blocks(bias):
             for m in block.modules():
                 if isinstance(m, torch.nn.Conv2d):
                     torch.nn.init.normal_(m.bias)
+        assert _split_forms_apply(xcl) and not _split_forms_apply(x)
         with torch.no_grad():
-            assert _inference_channels_last(xcl) and not _inference_channels_last(x)
             plain = block(x)
             split = block.to(memory_format=torch.channels_last)(xcl)
         assert split.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(split, plain, rtol=1e-12, atol=1e-12)
-    assert not _inference_channels_last(xcl)  # autograd on (training): the plain forms
+        grads = []
+        for inp in (x, xcl):
+            block.zero_grad()
+            inp = inp.clone().requires_grad_()
+            (block(inp) * torch.linspace(-1, 1, inp.numel(), dtype=inp.dtype).view_as(inp)).sum().backward()
+            grads.append([inp.grad] + [p.grad.clone() for p in block.parameters()])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
