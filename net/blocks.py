@@ -171,9 +171,12 @@ class Attention(nn.Module):
 
 
 def _split_forms_apply(x: torch.Tensor) -> bool:
-    """Whether the split forms apply: channels_last activations (the inference fast path, and the
-    trainer's channels_last engine). NCHW activations, as in the reference, take the plain forms."""
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    """Whether the split forms apply: channels_last activations on the CPU (the inference fast path
+    and the trainer's channels_last engine). NCHW activations, as in the reference, and GPU tensors
+    take the plain forms: on an H100 the split forms were slower (bf16 inference 110 vs 87 ms at
+    512x512, fp32 training 0.39 vs 0.22 s per iteration; BENCHMARKS.md)."""
+    return x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous()
 
 
 def _pointwise(x: torch.Tensor, conv: nn.Conv2d, part: int, parts: int) -> torch.Tensor:
