@@ -1,25 +1,19 @@
-"""Access to the reference implementation's test vectors in ../shared/conformance.
+"""Access to the reference implementation's test vectors, shipped in ``tests/conformance/``.
 
-The folder sits beside the repository (set BARYIR_CONFORMANCE_DIR to use another place);
-tests that need it are skipped with that reason when it is absent.
+The vectors were computed by running the authors' BaryIR code in float64 (see
+``tests/conformance/README.md``); they travel with the repository, so every clone runs every
+conformance test.
 """
 import importlib.util
-import os
 from pathlib import Path
 
-import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-CONFORMANCE = Path(os.environ.get("BARYIR_CONFORMANCE_DIR", REPO.parent / "shared" / "conformance"))
-
-needs_conformance = pytest.mark.skipif(
-    not (CONFORMANCE / "golden_3d.pt").is_file(),
-    reason=f"conformance vectors not found at {CONFORMANCE} (set BARYIR_CONFORMANCE_DIR)")
+CONFORMANCE = Path(__file__).resolve().parent / "conformance"
 
 
 def weights_module():
-    """The conformance folder's deterministic_weights.py, imported from its file."""
+    """``tests/conformance/deterministic_weights.py``, imported from its file."""
     spec = importlib.util.spec_from_file_location("deterministic_weights", CONFORMANCE / "deterministic_weights.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -38,3 +32,4 @@ def golden():
 def golden_weights(keys_file, dtype=torch.float64):
     mod = weights_module()
     return mod.deterministic_state_dict(mod.read_spec(CONFORMANCE / keys_file), 0, dtype)
+

@@ -2,11 +2,10 @@
 import pytest
 import torch
 
-from _conformance import golden, golden_weights, key_spec, needs_conformance
+from _conformance import golden, golden_weights, key_spec
 from net import BaryNet, Potentials
 from utils.losses import congruence_loss, map_loss, potentials_loss
 
-pytestmark = needs_conformance
 
 
 @pytest.fixture(scope="module")
