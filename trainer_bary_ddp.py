@@ -26,4 +26,4 @@ def main(args):
 
 if __name__ == "__main__":
     # the reference's DDP trainer defaults to 4 loader workers per process
-    sys.exit(main(get_args_parser(threads_default=4).parse_args()))
+    sys.exit(main(get_args_parser(threads_default=4, objective="ddp").parse_args()))

@@ -36,8 +36,10 @@ def free_port() -> int:
 def test_two_processes_train_identically_save_once_and_resume(tmp_path):
     data = make_train_tree(tmp_path / "data")
     flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "2"]
-    first = torchrun(flags + ["--nEpochs", "1"], free_port())
+    first = torchrun(flags + ["--nEpochs", "1", "--gpus=0"], free_port())
     assert first.returncode == 0, first.stdout + first.stderr
+    # the reference DDP trainer ignores --gpus (it would put every rank on one GPU): so do we, once, aloud
+    assert (first.stdout + first.stderr).count("--gpus 0 is ignored under torchrun") == 1
     ckpt_dir = tmp_path / "ckpt"
     assert [p.name for p in list_checkpoints(ckpt_dir)] == ["epoch_001.pth"]
     assert first.stdout.count("=> checkpoint ") == 1  # rank 0 alone prints and saves
@@ -55,4 +57,7 @@ def test_two_processes_train_identically_save_once_and_resume(tmp_path):
         assert len(r["rank_digests"]) == 2 and r["rank_digests"][0] == r["rank_digests"][1]
     ck = torch.load(ckpt_dir / "epoch_002.pth", weights_only=True)
     assert (ck["epoch"], ck["global_step"]) == (2, 4)
+    # trainer_bary_ddp.py trains the reference DDP trainer's objective, and says so in every checkpoint
+    assert (ck["args"]["objective"], ck["args"]["reg_weight"], ck["args"]["potentials_steps"],
+            ck["args"]["contrastive_eps"]) == ("ddp", 0.02, 1, 1e-6)
     assert all(torch.isfinite(v).all() for v in ck["potentials"].values())

@@ -46,16 +46,17 @@ from .distributed import (DistInfo, all_reduce_sum, average_gradients, barrier, 
                           cleanup, gather_ints, init_distributed_mode, weights_digest)
 from .image_io import ImageReadError, quantise, read_image, to_float
 from .inference import autocast_context
-from .losses import congruence_loss, map_loss, potentials_loss
+from .losses import OBJECTIVES, Objective, congruence_loss, map_loss, potentials_loss
 from .metrics import psnr
 from .pairing import PairingError
 from .records import Console, JsonlLog, plot_loss_curves, progress
+from .train_options import resolve_data_file_dir, resolve_objective
 from .train_setup import ConfigError, check_args, load_start, start_fresh_outputs, validation_pairs
 from .train_state import (FORMAT_VERSION, LOG_NAME, LoopState, all_finite, is_training_checkpoint, plain_args,
                           resolve_resume, rng_state, save_training_checkpoint, set_rng_state)
 
 FIG_NAME = "train_losses.png"
-MAP_PARTS = ("map", "l1", "transport", "orthogonality", "contrastive", "potential")
+MAP_TERMS = ("transport", "orthogonality", "contrastive", "potential")  # per-sample parts logged as means
 
 
 class NonFiniteLossError(RuntimeError):
@@ -101,6 +102,7 @@ class Training:
     scaler: torch.amp.GradScaler | None = None
     channels_last: bool = False
     ablate: frozenset[str] = frozenset()  # terms of losses.ABLATABLE switched off (--ablate; studies only)
+    objective: Objective = OBJECTIVES["single"]
 
     def __post_init__(self):
         if self.scaler is None:
@@ -142,80 +144,106 @@ def _check_finite(values: dict[str, float], where: str, update: str) -> None:
             f"or resume from the last checkpoint.")
 
 
-def _step(training: Training, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-          sync: Callable[[], None] | None = None) -> None:
+def _update(training: Training, loss: torch.Tensor, logged: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+            where: str, update: str, before_step: Callable[[], None] | None = None) -> dict[str, float]:
+    """Agree on ``logged`` across ranks, refuse non-finite values, then backward ``loss`` and step.
+
+    ``before_step`` runs between backward and step (gradient averaging over ranks, dropping the
+    gradients of absent potentials). Returns the rank-averaged ``logged`` values.
+    """
+    agreed = _agree(logged, training.info)
+    _check_finite(agreed, where, update)
     scaler = training.scaler
     scaler.scale(loss).backward()
-    if sync is not None:
-        sync()
+    if before_step is not None:
+        before_step()
     scaler.step(optimizer)
     scaler.update()
+    return agreed
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision autocast outputs up to float32; float32/float64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def present_domains(domains: torch.Tensor, k: int, info: DistInfo) -> list[int]:
+    """The domains with at least one sample in this iteration's batch on any rank."""
+    counts = torch.bincount(domains.detach().cpu().long(), minlength=k)[:k].to(info.device)
+    all_reduce_sum(counts, info)
+    return [i for i in range(k) if counts[i] > 0]
+
+
+def drop_absent_gradients(pots: Potentials, present: list[int]) -> None:
+    """``.grad = None`` for the f_k of absent domains: the optimizer then leaves their
+    parameters *and* its state for them alone, as in the reference, where they get no gradient."""
+    for k, f in enumerate(pots.potentials):
+        if k not in present:
+            for p in f.parameters():
+                p.grad = None
 
 
 def train_step(training: Training, batch, where: str = "iteration", inject_nan: bool = False) -> dict[str, float]:
     """One iteration on ``batch = (degraded, target, de_ids, domains)``.
 
     Returns rank-averaged scalars: ``map``, ``l1``, ``transport``, ``orthogonality``,
-    ``contrastive``, ``potential`` (mean f_k(b) in step 1), ``potentials``, ``congruence``.
-    ``where`` names the iteration in error messages; ``inject_nan`` is for tests.
+    ``contrastive``, ``potential`` (mean f_k(b) in the map update), ``potentials``,
+    ``congruence``. ``where`` names the iteration in error messages; ``inject_nan`` is for tests.
     """
-    info = training.info
+    info, pots, obj = training.info, training.potentials, training.objective
     degraded, target, de_ids, domains = (t.to(info.device, non_blocking=True) for t in batch)
     if training.channels_last:
         degraded = degraded.contiguous(memory_format=torch.channels_last)
-    lambdas = training.lambdas
-    pots = training.potentials
 
     # 1. map update (potentials frozen; gradients reach b through them)
     training.optimizer.zero_grad(set_to_none=True)
-    if pots is None:
-        with training.autocast():
-            restored = training.model(degraded)
-            l1 = (restored.float() - target).abs().mean()
-            loss = training.l1_weight * l1
-        local = {"map": loss, "l1": l1}
-    else:
+    if pots is not None:
         _requires_grad(pots, False)
-        with training.autocast():
-            out = training.model(degraded)
-            loss, parts = map_loss(out.restored.float(), target, out.source_latent.float(), out.bary_latent.float(),
-                                   out.residual.float(), de_ids, domains, lambdas, pots, l1_weight=training.l1_weight,
-                                   without=training.ablate)
-        local = {"map": loss, "l1": parts["l1"], "transport": parts["transport"].mean(),
-                 "orthogonality": parts["orthogonality"].mean(), "contrastive": parts["contrastive"].mean(),
-                 "potential": parts["potential"].mean()}
+    with training.autocast():
+        out = training.model(degraded)
+        if pots is None:  # the L1-only baselines
+            l1 = (_full(out) - target).abs().mean()
+            loss, logged = training.l1_weight * l1, {"l1": l1}
+        else:
+            loss, parts = map_loss(_full(out.restored), target, _full(out.source_latent), _full(out.bary_latent),
+                                   _full(out.residual), de_ids, domains, training.lambdas, pots,
+                                   l1_weight=training.l1_weight, reg_weight=obj.reg_weight,
+                                   contrastive_eps=obj.contrastive_eps, without=training.ablate)
+            logged = {"l1": parts["l1"]} | {k: parts[k].mean() for k in MAP_TERMS}
     if inject_nan:
         loss = loss * float("nan")
-        local["map"] = loss
-    losses = _agree(local, info)
-    _check_finite(losses, where, "map")
-    _step(training, loss, training.optimizer)
+    losses = _update(training, loss, {"map": loss, **logged}, training.optimizer, where, "map")
     if pots is None or "potentials" in training.ablate:  # ablated potentials: the map trains on transport cost
         return losses
     _requires_grad(pots, True)
 
-    # 2. potentials update on b recomputed by the updated map (encoder + barycenter path only)
+    # 2-3. potentials and congruence on b recomputed by the updated map (encoder + barycenter path)
     with torch.no_grad(), training.autocast():
-        bary = training.model_without_ddp.bary_latent(degraded)
-    bary = bary.float()
-    sync = (lambda: average_gradients(pots.parameters(), info)) if info.distributed else None
+        bary = _full(training.model_without_ddp.bary_latent(degraded))
+    present = present_domains(batch[3], pots.num_potentials, info)
+
+    def sync(drop_absent: bool) -> Callable[[], None]:
+        def run():
+            average_gradients(pots.parameters(), info)
+            if drop_absent:
+                drop_absent_gradients(pots, present)
+        return run
+
     opt = training.potentials_optimizer
     opt.zero_grad(set_to_none=True)
     with training.autocast():
-        pot_loss = potentials_loss(bary, domains, lambdas, pots)
-    agreed = _agree({"potentials": pot_loss}, info)
-    _check_finite(agreed, where, "potentials")
-    _step(training, pot_loss, opt, sync)
-    losses.update(agreed)
-
-    # 3. congruence update on the last sample's recomputed b
-    opt.zero_grad(set_to_none=True)
-    with training.autocast():
-        cong = congruence_loss(bary[-1], lambdas, pots)
-    agreed = _agree({"congruence": cong}, info)
-    _check_finite(agreed, where, "congruence")
-    _step(training, cong, opt, sync)
-    losses.update(agreed)
+        pot_loss = potentials_loss(bary, domains, training.lambdas, pots)
+    if obj.potentials_steps == 2:  # single-process reference: two steps
+        losses |= _update(training, pot_loss, {"potentials": pot_loss}, opt, where, "potentials", sync(True))
+        opt.zero_grad(set_to_none=True)
+        with training.autocast():
+            cong = congruence_loss(bary[-1], training.lambdas, pots)
+        losses |= _update(training, cong, {"congruence": cong}, opt, where, "congruence", sync(False))
+    else:  # DDP reference: both gradients accumulated, one step (congruence reaches every f_k)
+        with training.autocast():
+            cong = congruence_loss(bary[-1], training.lambdas, pots)
+        losses |= _update(training, pot_loss + cong, {"potentials": pot_loss, "congruence": cong}, opt, where,
+                          "potentials", sync(False))
     return losses
 
 
@@ -340,9 +368,18 @@ def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo, p
 
 def main(args: argparse.Namespace) -> int:
     """Train as ``args`` say. Returns 0 (also after SIGTERM/SIGINT, with a checkpoint written)."""
-    if args.gpus:
+    if getattr(args, "cuda", False):  # the reference's --cuda
+        args.device = "cuda"
+    under_torchrun = "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.gpus and not under_torchrun:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus  # before anything touches CUDA
     info = init_distributed_mode(args.device)
+    if args.gpus and under_torchrun:
+        # every rank would see the same list and pick GPU LOCAL_RANK of it; the reference DDP trainer
+        # ignores --gpus, and so do we (CUDA_VISIBLE_DEVICES before torchrun chooses the GPUs)
+        Console(info.is_main).warn(f"--gpus {args.gpus} is ignored under torchrun (each rank uses the GPU of its "
+                                   f"LOCAL_RANK); to choose GPUs, run CUDA_VISIBLE_DEVICES={args.gpus} torchrun ...")
+        args.gpus = None
     try:
         return _train(args, info)
     finally:
@@ -352,6 +389,10 @@ def main(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, info: DistInfo) -> int:
     console = Console(info.is_main)
     k = check_args(args)
+    try:
+        objective = resolve_objective(args)
+    except ValueError as exc:
+        raise ConfigError(f"--reg-weight/--potentials-steps/--contrastive-eps: {exc}") from None
     ablate = frozenset(getattr(args, "ablate", None) or ())
     if ablate and args.backbone != "BaryNet":
         raise ConfigError(f"--ablate {' '.join(sorted(ablate))} switches off BaryNet's terms; --backbone "
@@ -380,11 +421,13 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
     # data
     dirs = {fam: getattr(args, LAYOUT[fam][0].lstrip("-")) for fam in LAYOUT}
     dataset = build_train_dataset(
-        args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=args.data_file_dir,
+        args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=resolve_data_file_dir(args.data_file_dir),
         skip_bad=args.skip_bad_files, check=args.check_images, log=console,
         progress=lambda it, n: progress(it, n, "checking images", enabled=console.enabled),
-        repeats=parse_repeats(args.repeat))
-    console(f"=> training data: {dataset.summary()}")
+        repeats=parse_repeats(args.repeat), strict_ids=args.strict_ids)
+    console("=> training data (one epoch):")
+    for line in dataset.report():
+        console("   " + line)
     val_pairs = validation_pairs(args, console)
 
     # networks
@@ -413,7 +456,11 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
                                             else None)
     lambdas = torch.tensor(dataset.lambdas, dtype=torch.float32, device=info.device)
     training = Training(ddp_model, model, pots, optimizer, pot_optimizer, lambdas, l1_weight=args.Sigma,
-                        precision=args.precision, info=info, channels_last=channels_last, ablate=ablate)
+                        precision=args.precision, info=info, channels_last=channels_last, ablate=ablate,
+                        objective=objective)
+    if pots is not None:
+        console(f"=> objective {args.objective}: reg_weight {objective.reg_weight}, contrastive_eps "
+                f"{objective.contrastive_eps:g}, potentials_steps {objective.potentials_steps}")
     if ablate:
         console(f"=> ablation: the map loss leaves out {', '.join(sorted(ablate))}")
     if resumed is not None:
@@ -446,6 +493,10 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
     meta = {"model_config": dict(model.config), "backbone": args.backbone, "preset": args.preset,
             "lambdas": [float(v) for v in dataset.lambdas], "domains": list(dataset.families),
             "domain_counts": list(dataset.domain_counts), "world_size": info.world_size, "args": plain_args(args)}
+    log.write({"kind": "run", "start_epoch": state.epoch, "start_iteration": state.iteration,
+               "resumed": resumed is not None, "objective": args.objective, "reg_weight": objective.reg_weight,
+               "contrastive_eps": objective.contrastive_eps, "potentials_steps": objective.potentials_steps,
+               "lambdas": meta["lambdas"], "samples_per_epoch": len(dataset), "world_size": info.world_size})
 
     def save(s: LoopState) -> None:
         if not all_finite(model, pots):

@@ -7,6 +7,7 @@ sample's domain (degradation family), ``de_i`` its degradation id.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Collection
 
 import torch
@@ -17,6 +18,41 @@ from net.potentials import Potentials
 # Terms an ablation may switch off (``map_loss(without=...)``, the trainer's ``--ablate``);
 # "potentials" also stops the potentials' own updates (the engine skips steps 2 and 3).
 ABLATABLE = ("orthogonality", "contrastive", "potentials")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Which of the authors' two training objectives an iteration optimises.
+
+    The authors' two trainers differ (the network and the losses are otherwise the same):
+
+    ============================  ===========  ================  ==========================
+    reference script              reg_weight   contrastive_eps   potentials_steps
+    ============================  ===========  ================  ==========================
+    ``trainer_bary.py``           0.05         0 (exact ratio)   2 (potentials, congruence)
+    ``trainer_bary_ddp.py``       0.02         1e-6              1 (both accumulated)
+    ============================  ===========  ================  ==========================
+
+    Attributes:
+        reg_weight: weight of orthogonality + contrastive in the map loss.
+        contrastive_eps: ``eps`` of ``-log((pos + eps) / (pos + neg + eps))``; 0 is the exact ratio.
+        potentials_steps: 2 steps the potentials' optimizer on the potentials loss, then on the
+            congruence loss; 1 accumulates both gradients and steps once.
+    """
+    reg_weight: float = 0.05
+    contrastive_eps: float = 0.0
+    potentials_steps: int = 2
+
+    def __post_init__(self):
+        if self.potentials_steps not in (1, 2):
+            raise ValueError(f"potentials_steps must be 1 or 2, got {self.potentials_steps}")
+        if self.reg_weight < 0 or self.contrastive_eps < 0:
+            raise ValueError(f"reg_weight and contrastive_eps must be >= 0, got {self.reg_weight}, "
+                             f"{self.contrastive_eps}")
+
+
+# The objective of each of the authors' trainers (the default of ours of the same name).
+OBJECTIVES = {"single": Objective(0.05, 0.0, 2), "ddp": Objective(0.02, 1e-6, 1)}
 
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
@@ -34,23 +70,32 @@ def orthogonality(bary: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     return (_unit_rows(bary) @ _unit_rows(residual).T).pow(2).sum(dim=1)
 
 
-def contrastive(residual: torch.Tensor, de_ids: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+def contrastive(residual: torch.Tensor, de_ids: torch.Tensor, temperature: float = 0.07,
+                eps: float = 0.0) -> torch.Tensor:
     """Supervised contrastive term on residuals, classes by degradation id: ``(B, C, h, w), (B,) -> (B,)``.
 
-    ``-log(sum_{j: de_j = de_i} s_ij / sum_j s_ij)`` with ``s_ij = exp(<r^_i, r^_j>/T)``; the
-    positives include j = i. Computed with log-sum-exp, which equals the ratio form exactly.
+    ``-log((pos_i + eps) / (pos_i + neg_i + eps))`` with ``s_ij = exp(<r^_i, r^_j>/T)``,
+    ``pos_i = sum_{j: de_j = de_i} s_ij`` (j = i included) and ``neg_i`` the rest. With
+    ``eps = 0`` (the single-process reference) it is computed with log-sum-exp, which equals the
+    ratio exactly; ``eps > 0`` (the DDP reference, 1e-6) needs the sums themselves
+    (``s_ij <= exp(1/T)``, about 1.6e6 at T = 0.07: no overflow).
     """
     r = _unit_rows(residual)
     logits = (r @ r.T) / temperature
     same = de_ids.view(-1, 1) == de_ids.view(1, -1)
-    log_pos = logits.masked_fill(~same, float("-inf")).logsumexp(dim=1)
-    return logits.logsumexp(dim=1) - log_pos
+    if eps == 0:
+        log_pos = logits.masked_fill(~same, float("-inf")).logsumexp(dim=1)
+        return logits.logsumexp(dim=1) - log_pos
+    s = logits.exp()
+    pos = (s * same).sum(dim=1)
+    return -torch.log((pos + eps) / (s.sum(dim=1) + eps))
 
 
 def map_loss(restored: torch.Tensor, target: torch.Tensor, source: torch.Tensor, bary: torch.Tensor,
              residual: torch.Tensor, de_ids: torch.Tensor, domains: torch.Tensor, lambdas: torch.Tensor,
              potentials: Potentials, l1_weight: float = 10000.0, reg_weight: float = 0.05,
-             temperature: float = 0.07, without: Collection[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             temperature: float = 0.07, contrastive_eps: float = 0.0,
+             without: Collection[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Step 1 of an iteration: the loss the map (BaryNet) minimises.
 
     ``L = mean_i lambda_{k_i} (c_i + reg (o_i + ctr_i) - f_{k_i}(b_i)) + l1_weight * mean|y - target|``.
@@ -62,6 +107,8 @@ def map_loss(restored: torch.Tensor, target: torch.Tensor, source: torch.Tensor,
         lambdas: ``(K,)`` barycenter weights.
         potentials: the f_k; gradients flow through them into ``bary`` (their own
             parameters are frozen by the caller).
+        reg_weight, contrastive_eps: see :class:`Objective` (0.05 and 0 in the single-process
+            reference, 0.02 and 1e-6 in the DDP reference).
         without: terms of :data:`ABLATABLE` left out of the total (ablation studies; the
             trainer's ``--ablate``). Their parts are still computed and returned, for logging.
     Returns:
@@ -72,7 +119,7 @@ def map_loss(restored: torch.Tensor, target: torch.Tensor, source: torch.Tensor,
     parts = {
         "transport": transport_cost(source, bary),
         "orthogonality": orthogonality(bary, residual),
-        "contrastive": contrastive(residual, de_ids, temperature),
+        "contrastive": contrastive(residual, de_ids, temperature, contrastive_eps),
         "potential": potentials(bary, domains),
     }
     ortho, ctr, pot = parts["orthogonality"], parts["contrastive"], parts["potential"]

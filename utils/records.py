@@ -31,7 +31,8 @@ class Console:
 class JsonlLog:
     """Appends one JSON object per line to ``path`` (flushed each time, so a crash loses nothing).
 
-    Records have ``"kind": "iter"`` (losses, lr, seconds per iteration) or ``"kind": "epoch"``
+    Records have ``"kind": "run"`` (one per start: objective, lambdas, where it starts), ``"kind": "iter"``
+    (losses, lr, seconds per iteration) or ``"kind": "epoch"``
     (mean losses, validation PSNR, seconds). Non-finite floats are written as null.
     """
 

@@ -7,17 +7,25 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from net.presets import PRESETS
-from .losses import ABLATABLE
+from .losses import ABLATABLE, OBJECTIVES, Objective
 
+# The authors' id lists ship in the repository's data_dir/; the flag's default names it as the
+# reference does (relative), and falls back to the repository's copy from any other directory.
+DEFAULT_DATA_FILE_DIR = "data_dir/"
+SHIPPED_DATA_FILE_DIR = Path(__file__).resolve().parents[1] / "data_dir"
 DEFAULT_DE_TYPE = ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
 # Reference validation defaults: used when they exist, skipped (with a note) when they do not.
 DEFAULT_DEGSET = "./data/test/derain/Rain100L/input/"
 DEFAULT_TARSET = "./data/test/derain/Rain100L/target/"
 
 
-def get_args_parser(add_help: bool = True, threads_default: int = 16) -> argparse.ArgumentParser:
+def get_args_parser(add_help: bool = True, threads_default: int = 16, objective: str = "single") -> argparse.ArgumentParser:
+    """The trainers' parser. ``objective`` is the default ``--objective``: ``single`` for
+    ``trainer_bary.py``, ``ddp`` for ``trainer_bary_ddp.py`` (each trains what the authors' script of
+    the same name trained); ``threads_default`` the reference script's loader workers."""
     p = argparse.ArgumentParser(description="BaryIR training (all-in-one restoration with a Wasserstein "
                                             "barycenter latent)", add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -41,7 +49,10 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16) -> argpars
                           "checkpoint of any accepted format; training starts at --start-epoch")
     ref.add_argument("--gpus", type=str, default=None,
                      help="GPU ids made visible, CUDA_VISIBLE_DEVICES style (e.g. '0,1'); default: leave "
-                          "the environment as it is")
+                          "the environment as it is. Ignored under torchrun (with a warning), as the reference "
+                          "DDP trainer does: each rank uses the GPU of its LOCAL_RANK")
+    ref.add_argument("--cuda", action="store_true",
+                     help="accepted for the reference's commands: the same as --device cuda")
     ref.add_argument("--pairnum", type=int, default=10000000,
                      help="accepted for the reference's commands; its trainer does not use it, nor does this one")
     ref.add_argument("--num_sources", "--num_source", dest="num_sources", type=int, default=None,
@@ -68,11 +79,28 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16) -> argpars
     ref.add_argument("--type", type=str, default="Deraining",
                      help="a run label only (the reference put it in file names)")
     ref.add_argument("--patch_size", type=int, default=128, help="training patch side (a multiple of 8, >= 16)")
-    ref.add_argument("--data_file_dir", type=str, default="data_dir/",
-                     help="folder of the reference's id lists (noisy/denoise.txt, rainy/rainTrain.txt, "
-                          "hazy/hazy_outside.txt); the data folders are scanned when they are absent")
+    ref.add_argument("--data_file_dir", type=str, default=DEFAULT_DATA_FILE_DIR,
+                     help="folder of the authors' id lists (noisy/denoise.txt, rainy/rainTrain.txt, "
+                          "hazy/hazy_outside.txt; shipped in data_dir/). Listed ids missing on disk are left out "
+                          "with a warning, as the reference does; a family without a list file is scanned; '' "
+                          "scans every folder")
     ref.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
                      help=argparse.SUPPRESS)  # torch.distributed.launch passes it; LOCAL_RANK is used instead
+
+    obj = p.add_argument_group(
+        "objective", "the authors' two trainers optimise slightly different objectives; each of ours defaults "
+                     "to its namesake's (--objective), and the three settings can be changed one by one")
+    obj.add_argument("--objective", choices=sorted(OBJECTIVES), default=objective,
+                     help="single: the reference trainer_bary.py (regulariser 0.05, exact contrastive ratio, two "
+                          "potentials steps); ddp: the reference trainer_bary_ddp.py (0.02, contrastive with "
+                          "+1e-6, one accumulated potentials step)")
+    obj.add_argument("--reg-weight", "--reg_weight", dest="reg_weight", type=float, default=None,
+                     help="weight of orthogonality + contrastive in the map loss (default: the --objective's)")
+    obj.add_argument("--potentials-steps", "--potentials_steps", dest="potentials_steps", type=int, default=None,
+                     choices=[1, 2], help="2: step the potentials on their loss, then on the congruence loss; "
+                                          "1: one step on both gradients (default: the --objective's)")
+    obj.add_argument("--contrastive-eps", "--contrastive_eps", dest="contrastive_eps", type=float, default=None,
+                     help="eps of -log((pos + eps) / (pos + neg + eps)) (default: the --objective's)")
 
     new = p.add_argument_group("project flags")
     new.add_argument("--seed", type=int, default=0,
@@ -101,6 +129,9 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16) -> argpars
     new.add_argument("--skip-bad-files", dest="skip_bad_files", action="store_true",
                      help="leave out unpaired, unreadable or too-small training images with a warning "
                           "instead of stopping")
+    new.add_argument("--strict-ids", dest="strict_ids", action="store_true",
+                     help="stop when ids listed in --data_file_dir are missing on disk (default: leave them out "
+                          "with a warning, as the reference does)")
     new.add_argument("--check-images", dest="check_images", action=argparse.BooleanOptionalAction, default=True,
                      help="read every training image header before training (sizes, readability)")
     new.add_argument("--debug-nan-at", dest="debug_nan_at", type=int, default=0,
@@ -109,3 +140,21 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16) -> argpars
                      help="ablation studies only (bench/study.py): leave these terms out of the map loss; "
                           "'potentials' also skips the potentials and congruence updates (transport cost only)")
     return p
+
+
+def resolve_objective(args: argparse.Namespace) -> Objective:
+    """The :class:`~utils.losses.Objective` ``args`` ask for; fills ``args.reg_weight``,
+    ``args.potentials_steps`` and ``args.contrastive_eps`` so checkpoints and the log record them."""
+    base = OBJECTIVES[getattr(args, "objective", None) or "single"]
+    for name in ("reg_weight", "potentials_steps", "contrastive_eps"):
+        if getattr(args, name, None) is None:
+            setattr(args, name, getattr(base, name))
+    return Objective(float(args.reg_weight), float(args.contrastive_eps), int(args.potentials_steps))
+
+
+def resolve_data_file_dir(value: str) -> str:
+    """``--data_file_dir`` as given, except the default, which means the shipped lists when the
+    current directory has no ``data_dir/`` of its own."""
+    if value == DEFAULT_DATA_FILE_DIR and not Path(value).is_dir():
+        return str(SHIPPED_DATA_FILE_DIR)
+    return value
