@@ -177,7 +177,8 @@ def trainer_argv(args: argparse.Namespace, arm: Arm, seed: int, root: Path, trai
     train = root / "Train"
     return ["--preset", "tiny", "--backbone", arm.backbone, *(["--ablate", *arm.ablate] if arm.ablate else []),
             "--de_type", *ID_TASKS, "--denoise_dir", str(train / "Denoise"), "--derain_dir", str(train / "Derain"),
-            "--dehaze_dir", str(train / "Dehaze"), "--repeat", *(f"{k}={v}" for k, v in repeats.items()),
+            "--dehaze_dir", str(train / "Dehaze"), "--data_file_dir", "",  # scan the synthetic folders
+            "--repeat", *(f"{k}={v}" for k, v in repeats.items()),
             "--batchSize", str(args.batch_size), "--patch_size", str(args.patch_size),
             "--nEpochs", str(args.epochs), "--iters-per-epoch", str(args.iters // args.epochs),
             "--step", str(max(1, args.epochs - 1)), "--lr", str(args.lr), "--seed", str(seed),

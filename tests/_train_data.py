@@ -75,6 +75,17 @@ def make_train_tree(root: Path, five_d: bool = False, n: int = 3, size: int = 64
     return out
 
 
+ID_LIST_FILES = {"denoise": "noisy/denoise.txt", "derain": "rainy/rainTrain.txt", "dehaze": "hazy/hazy_outside.txt"}
+
+
+def add_listed_ids(tree: dict[str, Path], fam: str, ids) -> Path:
+    """Append ``ids`` to ``fam``'s id list of a tree made with ``id_lists=True`` (e.g. ids with no file)."""
+    path = tree["data_file_dir"] / ID_LIST_FILES[fam]
+    with path.open("a") as f:
+        f.write("".join(f"{i}\n" for i in ids))
+    return path
+
+
 def make_val_tree(root: Path, n: int = 2, size: int = 48, seed: int = 1) -> tuple[Path, Path]:
     """Validation pairs named so that sorted position and name disagree (rain-N / norain-N)."""
     rng = np.random.default_rng(seed)

@@ -1,11 +1,14 @@
-"""The mixed-degradation training set (SPEC section 3) on synthetic folders made in tmp_path."""
+"""The mixed-degradation training set on synthetic folders made in tmp_path, and the shipped id lists."""
+import hashlib
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from _conformance import CONFORMANCE, needs_conformance
+from _conformance import CONFORMANCE
 from _train_data import make_train_tree, smooth_image, _write
 from utils import dataset_utils as du
 from utils.dataset_utils import DatasetError
@@ -72,7 +75,6 @@ def test_domains_robust_to_missing_families():
         du.check_de_types(["derain", "desnow"])
 
 
-@needs_conformance
 def test_lambda_counts_match_the_reference_vector():
     """[77160, 72000, 72135]: 5144 clean x 5 x 3 levels, 200 rainy x 360, 72135 hazy x 1 (after repetition)."""
     case = torch.load(CONFORMANCE / "golden_3d.pt", weights_only=True)["loss_case"]
@@ -87,14 +89,14 @@ def test_missing_pairs_are_one_error(tmp_path):
     tree = make_train_tree(tmp_path, five_d=True)
     os.remove(tree["derain"] / "gt" / "norain-2.png")
     os.remove(tree["dehaze"] / "original" / "0001.png")
-    os.remove(tree["deblur"] / "sharp" / "img_0.png")
+    os.remove(tree["deblur"] / "blur" / "img_0.png")
     with pytest.raises(DatasetError) as err:
         du.collect_samples(DE_5D, dirs_of(tree), log=lambda m: None)
     msg = str(err.value)
     assert msg.startswith("4 training file(s) are missing")  # one rainy, two hazy variants, one blur
-    assert "norain-2.png (for rain-2.png)" in msg
-    assert "0001.png (for 0001_0.8_0.2.png)" in msg and "(for 0001_0.9_0.2.png)" in msg
-    assert f"--deblur_dir={tree['deblur']}" in msg and "img_0.png" in msg
+    assert "norain-2.png (for rainy/rain-2.png)" in msg
+    assert "0001.png (for synthetic/part1/0001_0.8_0.2.png)" in msg and "0001_0.9_0.2.png)" in msg
+    assert f"--deblur_dir={tree['deblur']}: {tree['deblur'] / 'blur' / 'img_0.png'} (for sharp/img_0.png)" in msg
     with pytest.warns(UserWarning, match="skipping 4 sample"):
         found = du.collect_samples(DE_5D, dirs_of(tree), skip_bad=True, log=lambda m: None)
     assert len(found["derain"]) == 2 and len(found["dehaze"]) == 4 and len(found["deblur"]) == 2
@@ -248,3 +250,159 @@ def test_repeat_overrides_the_paper_factors(tmp_path):
     for bad in (["derain"], ["derain=0"], ["rain=3"], ["derain=x"]):
         with pytest.raises(DatasetError, match="--repeat"):
             parse_repeats(bad)
+
+
+# --------------------------------------------------------------------------- the reference's id lists
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data_dir"
+# (file, ids, first id, last id, sha256 of the file): the released BaryIR repository's lists, byte for byte
+SHIPPED_LISTS = [
+    ("noisy/denoise.txt", 5144, "03000.bmp", "a314016.jpg",
+     "703269006085cb246f8aed055593b8566a8c403f13843dbee68fc02d0804d890"),
+    ("rainy/rainTrain.txt", 200, "rainy/rain-100.png", "rainy/rain-9.png",
+     "8ca003fb5e4ea51d3041a29f833fcbb237e3f3aebfc6fc3ccaada141004e3b10"),
+    ("hazy/hazy_outside.txt", 72135, "synthetic/part1/0025_0.8_0.04.jpg", "synthetic/part4/8961_1_0.2.jpg",
+     "e01b84818789499db89662d7f212e95ba334ebbee9c5c38539f09e9ddf503ca1"),
+]
+
+
+@pytest.mark.parametrize("name, n, first, last, digest", SHIPPED_LISTS, ids=[s[0] for s in SHIPPED_LISTS])
+def test_shipped_id_lists_are_the_reference_files(name, n, first, last, digest):
+    path = DATA_DIR / name
+    assert du.ID_LISTS[{"noisy": "denoise", "rainy": "derain", "hazy": "dehaze"}[name.split("/")[0]]] == name
+    data = path.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == digest, f"{path} differs from the reference's file"
+    ids = du.read_id_list(path)
+    assert len(ids) == len(set(ids)) == n and ids[0] == first and ids[-1] == last
+    assert len(data.decode("ascii").splitlines()) == n  # one id a line, no blank lines
+    assert (DATA_DIR / "LICENSE.reference").read_text().startswith("MIT License\n\nCopyright (c) 2026 Xiaole Tang")
+
+
+def test_authors_3d_epoch_from_the_shipped_lists():
+    """The authors' 3D run: 4,744 of the 5,144 noisy ids on disk (the WED part), all rain and haze ids:
+    4744 x 3 x 5 + 200 x 360 + 72135 = 215,295 samples per epoch (no images needed: a set stands for the disk)."""
+    lists = {fam: du.read_id_list(DATA_DIR / du.ID_LISTS[fam]) for fam in ("denoise", "derain", "dehaze")}
+    wed = {i for i in lists["denoise"] if re.fullmatch(r"\d{5}\.bmp", i)}
+    present, absent = du.split_listed_ids(lists["denoise"], wed)
+    assert len(present) == 4744 and len(absent) == 400 and present == [i for i in lists["denoise"] if i in wed]
+    images = {"denoise": len(present)}
+    for fam in ("derain", "dehaze"):
+        kept, gone = du.split_listed_ids(lists[fam], set(lists[fam]))
+        images[fam] = len(kept)
+        assert not gone
+    by_de, by_domain = du.epoch_counts(DE_3D, images)
+    assert by_de == {"denoise_15": 23720, "denoise_25": 23720, "denoise_50": 23720, "derain": 72000, "dehaze": 72135}
+    assert sum(by_de.values()) == 4744 * 3 * 5 + 200 * 360 + 72135 == 215295
+    assert by_domain == [71160, 72000, 72135]
+    inv = np.array([1 / 71160, 1 / 72000, 1 / 72135])
+    np.testing.assert_allclose(du.barycenter_weights(by_domain), inv / inv.sum(), rtol=1e-12)
+    # all 5,144 present gives the reference's conformance vector
+    assert du.epoch_counts(DE_3D, {"denoise": 5144, "derain": 200, "dehaze": 72135})[1] == [77160, 72000, 72135]
+
+
+def test_missing_listed_ids_are_left_out_with_one_warning(tmp_path):
+    from _train_data import add_listed_ids
+    tree = make_train_tree(tmp_path, n=3, id_lists=True)
+    add_listed_ids(tree, "denoise", ["gone_a.png", "gone_b.png"])
+    add_listed_ids(tree, "dehaze", [f"synthetic/part2/{i:04d}_1_0.1.jpg" for i in range(7)])
+    logged = []
+    ds = du.build_train_dataset(DE_3D, dirs_of(tree), 32, data_file_dir=tree["data_file_dir"], log=logged.append)
+    warns = [m for m in logged if m.startswith("warning:")]
+    assert len(warns) == 1
+    w = warns[0]
+    assert f"2 of the 5 ids in {tree['data_file_dir'] / 'noisy' / 'denoise.txt'} are not under " \
+           f"--denoise_dir={tree['denoise']} (gone_a.png, gone_b.png)" in w
+    assert "7 of the 10 ids in" in w and "hazy_outside.txt" in w and "0004_1_0.1.jpg, ... (2 more)" in w
+    assert "0005_1_0.1.jpg" not in w and "rainTrain" not in w and "--strict-ids" in w
+    assert any("denoise: 3 of the 5 ids listed in" in m for m in logged)
+    # counts and lambdas from the ids present: 3 clean x 5 x 3, 3 rainy x 360, 3 hazy x 1
+    assert ds.images_by_de == {"denoise_15": 3, "denoise_25": 3, "denoise_50": 3, "derain": 3, "dehaze": 3}
+    assert ds.domain_counts == [45, 1080, 3] and len(ds) == 1128
+    inv = np.array([1 / 45, 1 / 1080, 1 / 3])
+    np.testing.assert_allclose(ds.lambdas, inv / inv.sum(), rtol=1e-12)
+    assert {s.pair.clean.name for s in ds.samples if s.de_id == 0} == {"clean_0.png", "clean_1.png", "clean_2.png"}
+    # and one batch loads
+    deg, clean, de, dom = ds[len(ds) - 1]
+    assert deg.shape == clean.shape == (3, 32, 32) and (de, dom) == (4, 2)
+
+
+def test_strict_ids_names_the_missing_ids(tmp_path):
+    from _train_data import add_listed_ids
+    tree = make_train_tree(tmp_path, n=2, id_lists=True)
+    listed = add_listed_ids(tree, "derain", [f"rainy/rain-{i}.png" for i in range(50, 58)])
+    with pytest.raises(DatasetError) as err:
+        du.collect_samples(DE_3D, dirs_of(tree), tree["data_file_dir"], log=lambda m: None, strict_ids=True)
+    msg = str(err.value)
+    assert f"8 of the 10 ids in {listed} are not under --derain_dir={tree['derain']}" in msg
+    assert "rainy/rain-50.png, rainy/rain-51.png, rainy/rain-52.png, rainy/rain-53.png, rainy/rain-54.png, " \
+           "... (3 more)" in msg
+    assert "Put the files there" in msg and "--data_file_dir" in msg and "drop --strict-ids" in msg
+    with pytest.raises(DatasetError, match="strict-ids"):
+        du.build_train_dataset(DE_3D, dirs_of(tree), 32, data_file_dir=tree["data_file_dir"],
+                               log=lambda m: None, strict_ids=True)
+    found = du.collect_samples(DE_3D, dirs_of(tree), tree["data_file_dir"], log=lambda m: None)
+    assert len(found["derain"]) == 2
+
+
+def test_listed_ids_none_on_disk_is_a_wrong_folder_error(tmp_path):
+    tree = make_train_tree(tmp_path, n=2, id_lists=True)
+    dirs = dirs_of(tree)
+    dirs["dehaze"] = tree["derain"]  # a folder that exists but is not the hazy one
+    with pytest.raises(DatasetError) as err:
+        du.collect_samples(["dehaze"], dirs, tree["data_file_dir"], log=lambda m: None)
+    msg = str(err.value)
+    assert f"none of the 2 ids listed in {tree['data_file_dir'] / 'hazy' / 'hazy_outside.txt'} exist under " \
+           f"--dehaze_dir={tree['derain']}" in msg and "wrong folder" in msg
+
+
+def test_listed_rainy_image_without_gt_is_a_pairing_error(tmp_path):
+    tree = make_train_tree(tmp_path, n=2, id_lists=True)
+    os.remove(tree["derain"] / "gt" / "norain-2.png")
+    with pytest.raises(DatasetError, match=r"1 training file\(s\) are missing[\s\S]*norain-2.png "
+                                           r"\(for rainy/rain-2.png\)"):
+        du.collect_samples(["derain"], dirs_of(tree), tree["data_file_dir"], log=lambda m: None)
+    with pytest.warns(UserWarning, match="skipping 1 sample"):
+        found = du.collect_samples(["derain"], dirs_of(tree), tree["data_file_dir"], skip_bad=True,
+                                   log=lambda m: None)
+    assert [p.degraded.name for p in found["derain"]] == ["rain-1.png"]
+
+
+def test_empty_data_file_dir_scans_the_folders(tmp_path):
+    tree = make_train_tree(tmp_path, n=2, id_lists=True)
+    logged = []
+    found = du.collect_samples(["dehaze"], dirs_of(tree), "", log=logged.append)
+    assert len(found["dehaze"]) == 4  # both A values, not the list's 2
+    assert any("dehaze: 4 images found by scanning" in m for m in logged)
+
+
+def test_deblur_is_driven_by_sharp(tmp_path):
+    tree = make_train_tree(tmp_path, n=2, five_d=True)
+    img = smooth_image(np.random.default_rng(5), 64)
+    _write(tree["deblur"] / "blur" / "only_blur.png", img)  # no sharp counterpart: not a sample
+    logged = []
+    found = du.collect_samples(["deblur"], dirs_of(tree), log=logged.append)
+    assert [(p.degraded.parent.name, p.degraded.name, p.clean.parent.name, p.clean.name) for p in found["deblur"]] \
+        == [("blur", f"img_{i}.png", "sharp", f"img_{i}.png") for i in range(2)]
+    assert any("deblur: 2 sharp images found by scanning" in m for m in logged)
+    _write(tree["deblur"] / "sharp" / "only_sharp.png", img)  # a sharp image needs its blur image
+    with pytest.raises(DatasetError) as err:
+        du.collect_samples(["deblur"], dirs_of(tree), log=lambda m: None)
+    assert f"{tree['deblur'] / 'blur' / 'only_sharp.png'} (for sharp/only_sharp.png)" in str(err.value)
+    with pytest.warns(UserWarning, match="skipping 1 sample"):
+        found = du.collect_samples(["deblur"], dirs_of(tree), skip_bad=True, log=lambda m: None)
+    assert len(found["deblur"]) == 2
+    os.rename(tree["deblur"] / "blur", tree["deblur"] / "blurred")
+    with pytest.raises(DatasetError, match=r"--deblur_dir points at .*, but .*blur does not exist"):
+        du.collect_samples(["deblur"], dirs_of(tree), log=lambda m: None)
+
+
+def test_report_is_an_aligned_table(tree5):
+    ds = du.build_train_dataset(["denoise_25", "derain", "deblur"], dirs_of(tree5), 32, log=lambda m: None)
+    lines = ds.report()
+    assert [ln.split()[0] for ln in lines] == ["type", "denoise_25", "derain", "deblur", "total"]
+    assert lines[1].split() == ["denoise_25", "3", "x15", "45", "0", "denoise", f"{ds.lambdas[0]:.4f}"]
+    assert lines[2].split() == ["derain", "3", "x360", "1080", "1", "derain", f"{ds.lambdas[1]:.4f}"]
+    assert lines[-1].split() == ["total", str(len(ds)), "K=3"] and len(ds) == 45 + 1080 + 105
+    ends = {ln.index(ln.split()[3]) + len(ln.split()[3]) for ln in lines[:-1]}
+    assert len(ends) == 1  # the samples column is right-aligned
+    assert ds.summary().startswith(f"{len(ds)} samples per epoch")

@@ -1,4 +1,4 @@
-"""The mixed-degradation training set of BaryIR (SPEC section 3).
+"""The mixed-degradation training set of BaryIR.
 
 Degradation ids and domains
     Every sample carries a degradation id ``de`` (:data:`DE_IDS`: denoise_15 0, denoise_25 1,
@@ -13,12 +13,13 @@ Repetition (:func:`repeat_factor`)
     unless all three noise levels are trained ("denoise_25 alone", the 5D setting), exactly the
     reference's rule.
 
-Barycenter weights (:func:`barycenter_weights`)
+Barycenter weights (:func:`epoch_counts`, :func:`barycenter_weights`)
     ``lambda_k = (1/n_k) / sum_j (1/n_j)`` with ``n_k`` the number of samples of domain ``k`` in
-    one epoch, *after repetition*, all noise levels of the denoising family together. This is
-    what the reference's conformance vector holds: ``[77160, 72000, 72135]`` for 3D is
-    5144 clean images (BSD400 + WED) x 5 x 3 levels, 200 Rain100L images x 360, and 72135
-    hazy images x 1.
+    one epoch, *after repetition*, all noise levels of the denoising family together. The
+    reference's conformance vector ``[77160, 72000, 72135]`` for 3D is all 5144 listed clean
+    images x 5 x 3 levels, 200 Rain100L images x 360 and 72135 hazy images x 1. The authors' own
+    3D run found 4744 of the 5144 clean images (the WED part): 4744 x 3 x 5 + 200 x 360 + 72135
+    = 215,295 samples per epoch, domain counts ``[71160, 72000, 72135]``.
 
 Sample pipeline (:meth:`MixedDegradationDataset.__getitem__`)
     read RGB 8-bit -> centre-crop both images to multiples of 16 -> one random ``patch_size``
@@ -29,13 +30,28 @@ Sample pipeline (:meth:`MixedDegradationDataset.__getitem__`)
     that loads it, nor on what was loaded before: resuming mid-epoch reproduces the run.
 
 Where the files come from (:func:`collect_samples`)
-    The reference's id lists when present (``<data_file_dir>/noisy/denoise.txt``,
-    ``rainy/rainTrain.txt``, ``hazy/hazy_outside.txt``), else a scan of the folders. Every pair
-    is checked before training: one :class:`DatasetError` lists all missing targets (first 20,
-    then a count) with the flag and folder they were looked for in. Unreadable images, images
-    smaller than the patch and degraded/clean size mismatches are found by
-    :func:`check_images` (image headers only). ``skip_bad=True`` leaves such files out with a
-    warning and a count instead.
+    Denoising, deraining and dehazing follow the authors' id lists when ``--data_file_dir``
+    holds them (``noisy/denoise.txt``, ``rainy/rainTrain.txt``, ``hazy/hazy_outside.txt``; the
+    project ships them in ``data_dir/``, the default), in list order, each id relative to its
+    family's folder. As in the reference, a listed id that is not on disk is left out; unlike
+    it, one ``warning:`` line (through ``log``) gives the count per list and the first names
+    (:func:`split_listed_ids` is the pure "which ids exist" step). ``strict_ids=True`` makes
+    them a :class:`DatasetError` instead. A list none of whose ids exist means a wrong folder
+    and is always an error. Without a list file (or with ``data_file_dir`` empty) the folder
+    is scanned: ``Denoise/`` for clean images, ``Derain/rainy/``, ``Dehaze/synthetic/**``.
+    Deblurring is driven by ``Deblur/sharp/``, as the reference does: every sharp image needs
+    ``Deblur/blur/`` of the same name. Low light and ``single`` scan their degraded folder.
+
+    Every pair is then checked before training: one :class:`DatasetError` lists all missing
+    targets (first 20, then a count) with the flag and folder they were looked for in (a
+    listed rainy image without its ``gt/norain-N`` is such an error, not a dropped id).
+    Unreadable images, images smaller than the patch and degraded/clean size mismatches are
+    found by :func:`check_images` (image headers only). ``skip_bad=True`` leaves such files
+    out with a warning and a count instead.
+
+Start-up report (:meth:`MixedDegradationDataset.report`)
+    Per degradation type: images found, repetition, samples per epoch, domain and its lambda,
+    and the total samples per epoch, as a small table.
 """
 from __future__ import annotations
 
@@ -44,7 +60,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Container, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +90,10 @@ LAYOUT = {
     "single": ("--single_dir", "degraded", "target"),
 }
 _LIST_LIMIT = 20
+_FEW = 5                  # names shown per id list whose ids are absent
+# Families whose list of samples comes from the target folder, as in the reference: deblur
+# lists Deblur/sharp/ and pairs each image with Deblur/blur/ of the same name.
+DRIVEN_BY_TARGET = ("deblur",)
 
 
 class DatasetError(ValueError):
@@ -142,6 +162,20 @@ def repeat_factor(de_type: str, de_types: Sequence[str], overrides: dict[str, in
     return REPEATS[de_type]
 
 
+def epoch_counts(de_types: Sequence[str], images: dict[str, int],
+                 overrides: dict[str, int] | None = None) -> tuple[dict[str, int], list[int]]:
+    """Samples per epoch for ``images[family]`` training images of each family.
+
+    Returns ``({de_type: samples}, [samples of domain k])``, de types in de-id order: each
+    type's images times its :func:`repeat_factor`, the noise levels summed into one domain.
+    """
+    de_types = check_de_types(de_types)
+    by_de = {de: images[family(de)] * repeat_factor(de, de_types, overrides)
+             for de in sorted(de_types, key=DE_IDS.get)}
+    by_domain = [sum(n for de, n in by_de.items() if family(de) == fam) for fam in domain_families(de_types)]
+    return by_de, by_domain
+
+
 def barycenter_weights(domain_counts: Sequence[int]) -> list[float]:
     """``lambda_k`` proportional to ``1 / domain_counts[k]``, normalised to sum 1."""
     if any(c <= 0 for c in domain_counts):
@@ -167,8 +201,47 @@ def _listing(items: Iterable) -> str:
     return "\n    " + "\n    ".join(items[:_LIST_LIMIT]) + more
 
 
-def _read_id_list(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+def read_id_list(path: str | os.PathLike) -> list[str]:
+    """The ids of one of the reference's list files, one a line, in file order (blank lines skipped)."""
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def split_listed_ids(ids: Sequence[str], available: Container[str]) -> tuple[list[str], list[str]]:
+    """``(present, absent)``: the listed ``ids``, in list order, split by membership in ``available``.
+
+    The pure "which listed ids exist" step: the trainer passes the files on disk
+    (:class:`_FilesUnder`); a test can pass a plain set.
+    """
+    present: list[str] = []
+    absent: list[str] = []
+    for i in ids:
+        (present if i in available else absent).append(i)
+    return present, absent
+
+
+class _FilesUnder:
+    """``id in _FilesUnder(root)``: ``root / id`` is a file (one stat per id, no folder scan)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def __contains__(self, rel: object) -> bool:
+        return isinstance(rel, str) and (self.root / rel).is_file()
+
+
+@dataclass(frozen=True)
+class _Dropped:
+    """Listed ids absent from disk for one list file."""
+    flag: str
+    root: Path
+    id_list: Path
+    listed: int
+    absent: list[str]
+
+    def describe(self) -> str:
+        more = f", ... ({len(self.absent) - _FEW} more)" if len(self.absent) > _FEW else ""
+        return (f"{len(self.absent)} of the {self.listed} ids in {self.id_list} are not under "
+                f"{self.flag}={self.root} ({', '.join(self.absent[:_FEW])}{more})")
 
 
 def _need_dir(folder: Path, flag: str, root: Path, what: str) -> None:
@@ -202,47 +275,85 @@ def _target_for(fam: str, degraded: Path, root: Path) -> Path:
     if fam == "dehaze":  # synthetic/**/ID_A_B.ext <-> original/ID.ext
         stem = degraded.stem.split("_")[0]
         return _find_with_stem(tar_dir, stem, degraded.suffix) or tar_dir / (stem + degraded.suffix)
-    return tar_dir / degraded.name  # blur/sharp, low/high, degraded/target: same names
+    return tar_dir / degraded.name  # low/high, degraded/target: same names
 
 
-def _degraded_files(fam: str, root: Path, data_file_dir: Path | None, notes: list[str]) -> list[Path]:
-    flag, deg_sub, _ = LAYOUT[fam]
-    id_list = data_file_dir / ID_LISTS[fam] if data_file_dir is not None and fam in ID_LISTS else None
-    if id_list is not None and id_list.is_file():
-        ids = _read_id_list(id_list)
-        notes.append(f"{fam}: {len(ids)} ids from {id_list}")
-        return [root / i for i in ids]  # the reference's ids are relative to the family folder
+def _listed_files(fam: str, root: Path, id_list: Path, notes: list[str]) -> tuple[list[Path], _Dropped | None]:
+    """The listed files of ``fam`` that exist (list order) and the ids left out, if any."""
+    flag = LAYOUT[fam][0]
+    ids = read_id_list(id_list)
+    present, absent = split_listed_ids(ids, _FilesUnder(root))
+    if not present:
+        example = f" (e.g. {root / ids[0]})" if ids else ""
+        raise DatasetError(f"none of the {len(ids)} ids listed in {id_list} exist under {flag}={root}{example}: "
+                           f"{flag} points at the wrong folder, or the list is not for this data. Pass {flag} "
+                           f"with the folder the ids are relative to, or --data_file_dir '' to scan {root} instead.")
+    notes.append(f"{fam}: {len(present)} of the {len(ids)} ids listed in {id_list} found under {root}")
+    dropped = _Dropped(flag, root, id_list, len(ids), absent) if absent else None
+    return [root / i for i in present], dropped
+
+
+def _scanned_files(fam: str, root: Path, notes: list[str], no_list: Path | None) -> list[Path]:
+    """The files a folder scan finds: clean images (denoise), sharp images (deblur), else degraded ones."""
+    flag, deg_sub, tar_sub = LAYOUT[fam]
     if fam == "denoise":
         _need_dir(root, flag, root, "clean images for denoising")
         files = list_images(root)
+    elif fam in DRIVEN_BY_TARGET:
+        _need_dir(root / tar_sub, flag, root, f"the {tar_sub} images of {fam}, which drive its list")
+        _need_dir(root / deg_sub, flag, root, f"the {deg_sub} images of {fam}")
+        files = list_images(root / tar_sub)
     else:
-        folder = root / deg_sub
-        _need_dir(folder, flag, root, f"the degraded images of {fam}")
-        files = list_images(folder, recursive=(fam == "dehaze"))
-    notes.append(f"{fam}: {len(files)} images found by scanning {root}"
-                 + (f" (no id list at {id_list})" if id_list is not None else ""))
+        _need_dir(root / deg_sub, flag, root, f"the degraded images of {fam}")
+        files = list_images(root / deg_sub, recursive=(fam == "dehaze"))
+    what = {"denoise": "clean images", "deblur": "sharp images"}.get(fam, "images")
+    notes.append(f"{fam}: {len(files)} {what} found by scanning {root}"
+                 + (f" (no id list at {no_list})" if no_list is not None else ""))
     return files
+
+
+def _pair(fam: str, found: Path, root: Path) -> tuple[Pair | None, tuple[Path, str] | None]:
+    """``(pair, None)``, or ``(None, (missing file, what needed it))``; ``found`` exists."""
+    if fam == "denoise":
+        return Pair(None, found, fam), None
+    if fam in DRIVEN_BY_TARGET:  # sharp/NAME drives; blur/NAME must exist
+        deg = root / LAYOUT[fam][1] / found.name
+        return (Pair(deg, found, fam), None) if deg.is_file() else (None, (deg, _rel(found, root)))
+    tar = _target_for(fam, found, root)
+    return (Pair(found, tar, fam), None) if tar.is_file() else (None, (tar, _rel(found, root)))
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
                     data_file_dir: str | os.PathLike | None = None, skip_bad: bool = False,
-                    log: Callable[[str], None] = print) -> dict[str, list[Pair]]:
-    """Find and pair the training images of every trained family.
+                    log: Callable[[str], None] = print, strict_ids: bool = False) -> dict[str, list[Pair]]:
+    """Find and pair the training images of every trained family (see the module docstring).
 
     Args:
         de_types: the ``--de_type`` names.
         dirs: ``{family: folder}`` (the ``--denoise_dir`` ... ``--single_dir`` values).
-        data_file_dir: folder of the reference's id lists (used when they exist).
+        data_file_dir: folder of the reference's id lists (used when they exist; None or ''
+            scans the folders).
         skip_bad: leave unpaired files out with a warning instead of failing.
+        log: where the notes on each family and the one ``warning:`` line on left-out ids go.
+        strict_ids: listed ids absent from disk are an error instead of being left out.
     Returns:
         ``{family: [Pair, ...]}`` in :data:`FAMILIES` order.
     Raises:
-        DatasetError: a folder is missing or empty, or pairs are missing (all listed in one error).
+        DatasetError: a folder is missing or empty, no listed id of a list exists, listed ids
+        are absent with ``strict_ids``, or pairs are missing (all listed in one error).
     """
     de_types = check_de_types(de_types)
     dfd = Path(data_file_dir) if data_file_dir else None
     found: dict[str, list[Pair]] = {}
-    missing: list[tuple[str, Path, Path]] = []  # (family, looked-for file, needed by)
+    missing: list[tuple[str, Path, str]] = []  # (family, looked-for file, what needed it)
+    dropped: list[_Dropped] = []
     notes: list[str] = []
     for fam in domain_families(de_types):
         flag = LAYOUT[fam][0]
@@ -250,31 +361,35 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
         if not root.is_dir():
             raise DatasetError(f"{flag} points at {root}, which does not exist. Put the {fam} training "
                                f"data there or pass {flag} with the right folder.")
+        id_list = dfd / ID_LISTS[fam] if dfd is not None and fam in ID_LISTS else None
+        if id_list is not None and id_list.is_file():
+            files, gone = _listed_files(fam, root, id_list, notes)
+            dropped += [gone] if gone else []
+        else:
+            files = _scanned_files(fam, root, notes, id_list)
         pairs = []
-        for deg in _degraded_files(fam, root, dfd, notes):
-            if fam == "denoise":
-                if deg.is_file():
-                    pairs.append(Pair(None, deg, fam))
-                else:
-                    missing.append((fam, deg, deg))
-                continue
-            if not deg.is_file():
-                missing.append((fam, deg, deg))
-                continue
-            tar = _target_for(fam, deg, root)
-            if tar.is_file():
-                pairs.append(Pair(deg, tar, fam))
+        for f in files:
+            pair, miss = _pair(fam, f, root)
+            if pair is not None:
+                pairs.append(pair)
             else:
-                missing.append((fam, tar, deg))
+                missing.append((fam, *miss))
         found[fam] = pairs
     for note in notes:
         log(f"  data: {note}")
+    if dropped and strict_ids:
+        raise DatasetError("listed training ids are missing (--strict-ids):\n    "
+                           + "\n    ".join(d.describe() for d in dropped)
+                           + "\nPut the files there, point --data_file_dir at lists that match your data, "
+                             "or drop --strict-ids to train without them (the reference leaves them out).")
+    if dropped:
+        log("warning: training without listed ids that are not on disk, as the reference does: "
+            + "; ".join(d.describe() for d in dropped) + ". Pass --strict-ids to stop instead.")
     if missing:
-        lines = [f"{LAYOUT[f][0]}={dirs[f]}: {p} (for {n.name})" if p != n else f"{LAYOUT[f][0]}={dirs[f]}: {p}"
-                 for f, p, n in missing]
+        lines = [f"{LAYOUT[f][0]}={dirs[f]}: {p} (for {n})" for f, p, n in missing]
         msg = (f"{len(missing)} training file(s) are missing (a rainy image needs gt/norain-N, a hazy "
-               f"ID_A_B image needs original/ID, blur/low/degraded images need a same-named file in "
-               f"sharp/high/target, and every id listed in --data_file_dir must exist):{_listing(lines)}")
+               f"ID_A_B image needs original/ID, a sharp image needs a same-named blur image, low and "
+               f"degraded images need a same-named file in high and target):{_listing(lines)}")
         if not skip_bad:
             raise DatasetError(msg + "\nAdd the files, fix the folder flags, or pass --skip-bad-files to "
                                      "train without them.")
@@ -412,16 +527,13 @@ class MixedDegradationDataset(Dataset):
         self.families = domain_families(self.de_types)
         dom = domain_of(self.de_types)
         # Merged in de-id order (denoise_15, 25, 50, derain, ...), as the reference lists them.
+        self.images_by_de = {de: len(found[family(de)]) for de in sorted(self.de_types, key=DE_IDS.get)}
+        self.repeat_by_de = {de: repeat_factor(de, self.de_types, repeats) for de in self.images_by_de}
         self.samples: list[Sample] = []
-        self.counts_by_de: dict[str, int] = {}
-        for de in sorted(self.de_types, key=DE_IDS.get):
-            pairs = found[family(de)]
-            rep = repeat_factor(de, self.de_types, repeats)
-            entries = [Sample(p, DE_IDS[de], dom[de]) for p in pairs]
-            self.samples.extend(entries * rep)
-            self.counts_by_de[de] = len(pairs) * rep
-        self.domain_counts = [sum(n for de, n in self.counts_by_de.items() if family(de) == fam)
-                              for fam in self.families]
+        for de, rep in self.repeat_by_de.items():
+            self.samples.extend([Sample(p, DE_IDS[de], dom[de]) for p in found[family(de)]] * rep)
+        self.counts_by_de, self.domain_counts = epoch_counts(
+            self.de_types, {fam: len(found[fam]) for fam in self.families}, repeats)
         self.lambdas = barycenter_weights(self.domain_counts)
 
     def set_epoch(self, epoch: int) -> None:
@@ -474,14 +586,32 @@ class MixedDegradationDataset(Dataset):
                          enumerate(zip(self.families, self.domain_counts, self.lambdas)))
         return f"{len(self)} samples per epoch ({', '.join(parts)}); domains {doms}"
 
+    def report(self) -> list[str]:
+        """The start-up table: per degradation type the images found, their repetition, the samples
+        per epoch, the domain and its lambda; then the total samples per epoch."""
+        head = ("type", "images", "repeat", "samples", "domain", "lambda")
+        rows = [(de, str(self.images_by_de[de]), f"x{self.repeat_by_de[de]}", str(self.counts_by_de[de]),
+                 f"{k} {self.families[k]}", f"{self.lambdas[k]:.4f}")
+                for de in self.counts_by_de for k in [domain_of(self.de_types)[de]]]
+        total = ("total", "", "", str(len(self)), f"K={len(self.families)}", "")
+        table = [head, *rows, total]
+        width = [max(len(r[c]) for r in table) for c in range(len(head))]
+        left = {0, 4}  # names left-aligned, numbers right-aligned
+        return ["  ".join(cell.ljust(w) if c in left else cell.rjust(w)
+                          for c, (cell, w) in enumerate(zip(r, width))).rstrip() for r in table]
+
 
 def build_train_dataset(de_types: Sequence[str], dirs: dict[str, str | os.PathLike], patch_size: int,
                         seed: int = 0, data_file_dir: str | os.PathLike | None = None, skip_bad: bool = False,
                         check: bool = True, log: Callable[[str], None] = print,
                         progress: Callable[[Iterable, int], Iterable] | None = None,
-                        repeats: dict[str, int] | None = None) -> MixedDegradationDataset:
-    """Collect, validate and wrap the training data in one call (what the trainer uses)."""
-    found = collect_samples(de_types, dirs, data_file_dir, skip_bad=skip_bad, log=log)
+                        repeats: dict[str, int] | None = None, strict_ids: bool = False) -> MixedDegradationDataset:
+    """Collect, validate and wrap the training data in one call (what the trainer uses).
+
+    The arguments are those of :func:`collect_samples`, :func:`check_images` (run when ``check``)
+    and :class:`MixedDegradationDataset`; :meth:`MixedDegradationDataset.report` is the start-up table.
+    """
+    found = collect_samples(de_types, dirs, data_file_dir, skip_bad=skip_bad, log=log, strict_ids=strict_ids)
     if check:
         found = check_images(found, patch_size, skip_bad=skip_bad, progress=progress)
     return MixedDegradationDataset(found, de_types, patch_size, seed=seed, skip_bad=skip_bad, repeats=repeats)

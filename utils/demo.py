@@ -67,6 +67,7 @@ def _trainer_argv(args, root: Path) -> list[str]:
     return ["--preset", "tiny", "--de_type", *DE_TYPES,
             "--denoise_dir", str(train / "Denoise"), "--derain_dir", str(train / "Derain"),
             "--dehaze_dir", str(train / "Dehaze"),
+            "--data_file_dir", "",  # the demo's own images: scan the folders, not the authors' id lists
             # the demo's 12 clean / 24 rainy / 36 hazy images: about 180 samples per family and epoch
             "--repeat", "derain=8", "dehaze=5",
             "--batchSize", str(args.batch_size), "--patch_size", str(args.patch_size),
