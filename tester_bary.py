@@ -1,6 +1,11 @@
 """Evaluate a BaryIR (or Restormer) checkpoint, or restore your own images.
 
-Three modes:
+Three modes, and defaults for running it with no arguments at all:
+
+    # as the reference's `python tester_bary.py`: the authors' checkpoint
+    # (checkpoint/model_allBaryNet__61_1.0_5D.pt) if present, else the newest under checkpoint/,
+    # on every paper task present under data/test; each choice is printed
+    python tester_bary.py
 
     # the benchmark (SPEC section 4 layout under --data-root), one table for all tasks
     python tester_bary.py --model checkpoint/model.pth --data-root data/test \\
@@ -15,29 +20,40 @@ Three modes:
 
 Results (the protocol, a row per task or set, per-image numbers) go to
 ``<save>/results.{json,csv,md}``; restored PNGs to ``<save>/<row>/`` (``--tasks``) or ``<save>/``
-(``--degset``/``--input``). All the logic lives in :mod:`utils.evaluation`.
+(``--degset``/``--input``). ``--input`` photos are turned upright by their EXIF orientation tag;
+benchmark images are read as stored, as the reference reads them. All the logic lives in
+:mod:`utils.evaluation`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 
 from net.presets import BACKBONES, PRESETS
 from utils.evaluation import (PAPER_TASKS, PROTOCOLS, Protocol, evaluate_sets, find_task_sets, format_report,
-                              input_files, load_model, paired_set, resolve_device, restore_files, write_results)
+                              input_files, load_model, paired_set, paper_layout, present_paper_tasks,
+                              resolve_device, restore_files, write_results)
 from utils.allocator import tune_cpu_allocator
 from utils.inference import PRECISIONS
 from utils.metrics import METRIC_SPACES, SSIM_KINDS
+from utils.pairing import PairingError
+from utils.train_state import newest_checkpoint
+
+CHECKPOINT_DIR = "checkpoint"
+# The reference tester's default --model (its 5D all-in-one checkpoint).
+REFERENCE_MODEL = f"{CHECKPOINT_DIR}/model_allBaryNet__61_1.0_5D.pt"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="BaryIR evaluation and restoration", add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    what = parser.add_argument_group("what to evaluate (one of --tasks, --degset/--tarset, --input)")
+    what = parser.add_argument_group("what to evaluate (one of --tasks, --degset/--tarset, --input; none: every "
+                                     "paper task present under --data-root)")
     what.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                       help=f"benchmark tasks under --data-root: {' '.join(PAPER_TASKS)}, denoise_<sigma> for any "
                            f"integer sigma, any other folder NAME with NAME/{{input,target}}, or 'all' (every paper "
@@ -53,8 +69,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     what.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images of each set")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", required=True, help="checkpoint: the project's, a plain state dict, or a reference "
-                                                      "BaryIR checkpoint ({'BaryIR': module})")
+    model.add_argument("--model", default=None,
+                       help=f"checkpoint: the project's, a plain state dict, or a reference BaryIR checkpoint "
+                            f"({{'BaryIR': module}}). Default: {REFERENCE_MODEL} (the reference's) if it exists, "
+                            f"else the newest checkpoint under {CHECKPOINT_DIR}/")
     model.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
                        help="network (default: the checkpoint's, else BaryNet)")
     model.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -109,14 +127,58 @@ def _protocol(args) -> Protocol:
                     noise_seed=args.noise_seed).validate()
 
 
+def _fail(message: str) -> None:
+    """A usage error the user fixes: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def default_model(checkpoint_dir: str | os.PathLike = CHECKPOINT_DIR) -> tuple[Path | None, str]:
+    """``(checkpoint, why)`` for a run without ``--model``; ``(None, "")`` when there is none.
+
+    The reference's default (:data:`REFERENCE_MODEL`, when ``checkpoint_dir`` is the default one),
+    else the newest checkpoint under ``checkpoint_dir`` (:func:`utils.train_state.newest_checkpoint`).
+    """
+    reference = Path(checkpoint_dir) / Path(REFERENCE_MODEL).name
+    if reference.is_file():
+        return reference, "the authors' checkpoint, the reference tester's default"
+    newest = newest_checkpoint(checkpoint_dir)
+    if newest is None:
+        return None, ""
+    return newest, f"newest under {Path(checkpoint_dir).as_posix()}/"
+
+
+def apply_defaults(args) -> None:
+    """Fill in ``--model`` and the tasks when not given, printing each choice and why (as the reference's
+    tester, which needs no arguments); a missing checkpoint or benchmark is a one-line error, exit 2."""
+    if not args.model:
+        path, why = default_model()
+        if path is None:
+            _fail(f"no checkpoint given and none found under {CHECKPOINT_DIR}/ — put the authors' "
+                  f"{Path(REFERENCE_MODEL).name} there, train one with trainer_bary.py, or pass --model PATH")
+        args.model = str(path)
+        print(f"=> no --model given: using {path.as_posix()} ({why})")
+    if not (args.tasks or args.degset or args.tarset or args.input):
+        present = present_paper_tasks(args.data_root)
+        if not present:
+            _fail(f"no test data found under {Path(args.data_root).as_posix()}/ (none of the paper tasks' folders) "
+                  f"— put the benchmarks there as {', '.join(paper_layout(args.data_root))}; or pass --data-root "
+                  f"DIR, --degset/--tarset or --input")
+        args.tasks = present
+        args.tasks_defaulted = True
+        print(f"=> no --tasks given: evaluating the paper tasks present under {Path(args.data_root).as_posix()}: "
+              f"{', '.join(present)}")
+
+
 def main(args) -> dict:
     modes = [m for m, on in (("--tasks", args.tasks), ("--degset/--tarset", args.degset or args.tarset),
                              ("--input", args.input)) if on]
-    if len(modes) != 1:
-        raise SystemExit(f"tester_bary.py: choose exactly one of --tasks, --degset/--tarset or --input "
-                         f"(got {', '.join(modes) or 'none'})")
+    if len(modes) > 1:
+        raise SystemExit(f"tester_bary.py: choose one of --tasks, --degset/--tarset or --input "
+                         f"(got {', '.join(modes)})")
     if bool(args.degset) != bool(args.tarset):
         raise SystemExit("tester_bary.py: --degset and --tarset go together")
+    apply_defaults(args)
     if args.gpus and not torch.cuda.is_initialized():
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpus)  # the reference's meaning of --gpus
         args.gpus = "0"  # ids are now relative to the visible set
@@ -139,7 +201,13 @@ def main(args) -> dict:
     if args.degset:
         sets = [paired_set(Path(args.degset).name, args.degset, args.tarset, skip_unpaired=args.skip_unpaired)]
     else:
-        sets = find_task_sets(args.tasks, args.data_root, args.skip_unpaired)
+        try:
+            sets = find_task_sets(args.tasks, args.data_root, args.skip_unpaired)
+        except PairingError as exc:
+            if not getattr(args, "tasks_defaulted", False):
+                raise
+            _fail(f"{exc} (found while evaluating every paper task present under {args.data_root}; pass --tasks "
+                  f"to choose)")
     if args.max_images:
         for s in sets:
             s.items = s.items[:args.max_images]

@@ -52,27 +52,67 @@ def test_16_bit_files_stay_16_bit(tmp_path):
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied(tmp_path, orientation):
+def test_exif_orientation_is_ignored_by_default_and_applied_on_request(tmp_path, orientation):
     exif = Image.Exif()
     exif[0x0112] = orientation
     path = tmp_path / f"o{orientation}.png"  # lossless, so the comparison is exact
     Image.fromarray(RGB).save(path, exif=exif)
+    # Default: as the reference reads it, PIL convert('RGB'), which does not rotate.
     with Image.open(path) as im:
-        expected = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    got = read_image(path)
-    assert np.array_equal(got, expected)
-    assert image_size(path) == got.shape[:2]
+        assert np.array_equal(read_image(path), np.asarray(im.convert("RGB")))
+        upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    assert np.array_equal(read_image(path), RGB) and image_size(path) == (48, 64)
+    # exif=True: upright, as a viewer shows it.
+    got = read_image(path, exif=True)
+    assert np.array_equal(got, upright)
+    assert image_size(path, exif=True) == got.shape[:2]
     if orientation >= 5:
         assert got.shape[:2] == (64, 48)
 
 
 def test_exif_rotated_jpeg(tmp_path):
     exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(RGB).save(tmp_path / "r.jpg", quality=95, exif=exif)
-    got = read_image(tmp_path / "r.jpg")
-    assert got.shape == (64, 48, 3) and image_size(tmp_path / "r.jpg") == (64, 48)
-    assert np.abs(got.astype(int) - np.rot90(RGB, -1)).mean() < 4
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    path = tmp_path / "r.jpg"
+    Image.fromarray(RGB).save(path, quality=95, exif=exif)
+    stored = read_image(path)
+    assert stored.shape == (48, 64, 3) and image_size(path) == (48, 64)
+    with Image.open(path) as im:
+        assert np.array_equal(stored, np.asarray(im.convert("RGB")))  # the reference's reading
+    assert np.abs(stored.astype(int) - RGB).mean() < 4
+    upright = read_image(path, exif=True)
+    assert upright.shape == (64, 48, 3) and image_size(path, exif=True) == (64, 48)
+    assert np.array_equal(upright, np.rot90(stored, -1))
+
+
+def _exact_ties(peak: int) -> np.ndarray:
+    """float32 values x with x * peak == k + 0.5 exactly in float32, for many k (even and odd)."""
+    ks = np.arange(0, peak, max(1, peak // 509), dtype=np.float64)
+    x = ((ks + 0.5) / peak).astype(np.float32)
+    x = x[x * np.float32(peak) == (ks + 0.5)]
+    assert len(x) > 100
+    return x
+
+
+def test_quantise_rounds_half_up_as_torchvision_save_image(tmp_path):
+    torch = pytest.importorskip("torch")
+    ties = _exact_ties(255)
+    img = np.concatenate([ties, np.float32([-0.2, 0.0, 1.0, 1.3, 0.25, 0.75])])
+    img = np.resize(img, (3, 4, (img.size + 11) // 12)).transpose(1, 2, 0)  # (H, W, 3), values cycled
+    t = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    expected = t.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # save_image's
+    assert not np.array_equal(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8), expected)  # ties do differ
+    got = quantise(img, 8)
+    assert got.dtype == np.uint8 and np.array_equal(got, expected)
+    torchvision = pytest.importorskip("torchvision")
+    torchvision.utils.save_image(t, tmp_path / "tv.png")
+    assert np.array_equal(read_image(tmp_path / "tv.png"), got)
+    # 16 bits: the same rule with 65535.
+    ties16 = _exact_ties(65535)
+    expected16 = np.floor(torch.from_numpy(ties16).mul(65535).add_(0.5).numpy()).astype(np.uint16)
+    assert not np.array_equal(np.round(ties16 * np.float32(65535)).astype(np.uint16), expected16)
+    assert np.array_equal(quantise(ties16, 16), expected16)
+    assert quantise(np.float32([np.nan, -1, 2]), 8).tolist() == [0, 0, 255]
 
 
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "empty"])

@@ -5,11 +5,16 @@ must equal the metrics of the degraded images against their targets, computed he
 """
 import csv
 import json
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from skimage import data
 
 import tester_bary
@@ -22,6 +27,7 @@ from utils.noise import noise_seed, noisy_version
 from utils.pairing import PairingError
 
 torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
 H, W = 44, 61  # not multiples of 8: the two protocols differ
 
 
@@ -183,6 +189,38 @@ def test_input_mode_restores_without_metrics(bench, checkpoint, tmp_path):
     assert len(single["restored"]) == 1
 
 
+def _exif_jpeg(path, img, orientation=6):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path, quality=95, exif=exif)
+
+
+def test_input_photos_are_restored_upright(checkpoint, tmp_path):
+    _exif_jpeg(tmp_path / "mine" / "phone.jpg", _clean_images()["cat"])  # stored 44x61, shown 61x44
+    stored = read_image(tmp_path / "mine" / "phone.jpg")
+    assert stored.shape[:2] == (H, W)
+    res = run("--model", checkpoint, "--input", tmp_path / "mine", "--save", tmp_path / "out")
+    assert [r["name"] for r in res["restored"]] == ["phone.jpg"]
+    assert np.array_equal(read_image(tmp_path / "out" / "phone.png"), np.rot90(stored, -1))  # zero model: identity
+
+
+def test_benchmark_pairs_ignore_exif_orientation(checkpoint, tmp_path):
+    """As the reference's PIL convert('RGB'): a tagged degraded image is scored as stored, like its target."""
+    clean = _clean_images()
+    for k, name in enumerate(("astro", "cat")):
+        _exif_jpeg(tmp_path / "d" / f"{name}.jpg", _degrade(clean[name], k))  # tagged: would turn 61x44
+        write_image(tmp_path / "t" / f"{name}.png", clean[name])  # untagged target, 44x61
+    for protocol in ("reference", "pad"):
+        res = run("--model", checkpoint, "--degset", tmp_path / "d", "--tarset", tmp_path / "t", "--save",
+                  tmp_path / protocol, "--protocol", protocol)
+        expected = direct_metrics(tmp_path / "d", tmp_path / "t", protocol, "rgb")
+        for im in res["tasks"]["d"]["images"]:
+            assert im["psnr"] == pytest.approx(expected[im["name"]][0], abs=1e-12)
+        size = (H // 8 * 8, W // 8 * 8) if protocol == "reference" else (H, W)
+        assert read_image(tmp_path / protocol / "astro.png").shape[:2] == size
+
+
 def test_16_bit_pairs_score_on_8_bits_and_save_16_bits(checkpoint, tmp_path):
     clean = _clean_images()["coffee"]
     deg16 = _degrade(clean, 5).astype(np.uint16) * 257 + 77
@@ -191,7 +229,7 @@ def test_16_bit_pairs_score_on_8_bits_and_save_16_bits(checkpoint, tmp_path):
     write_image(tmp_path / "t" / "x.png", tar16)
     res = run("--model", checkpoint, "--degset", tmp_path / "d", "--tarset", tmp_path / "t", "--save",
               tmp_path / "o", "--protocol", "pad")
-    to8 = lambda a: np.round(a / 65535.0 * 255).astype(np.uint8)  # noqa: E731
+    to8 = lambda a: np.floor(a / 65535.0 * 255 + 0.5).astype(np.uint8)  # noqa: E731  (round half up)
     p, s = image_metrics(to8(deg16), to8(tar16))
     assert res["tasks"]["d"]["psnr"] == pytest.approx(p, abs=1e-12) and res["tasks"]["d"]["ssim"] == pytest.approx(s)
     saved = read_image(tmp_path / "o" / "x.png")
@@ -275,8 +313,75 @@ def test_empty_folders_and_missing_things(bench, checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         run("--model", tmp_path / "nope.pth", "--degset", bench / "jpeg" / "input", "--tarset",
             bench / "jpeg" / "target", "--save", tmp_path / "o")
-    with pytest.raises(SystemExit):
-        run("--model", checkpoint, "--save", tmp_path / "o")  # no mode chosen
+    with pytest.raises(SystemExit):  # no mode chosen and no paper task under --data-root
+        run("--model", checkpoint, "--data-root", tmp_path / "root2", "--save", tmp_path / "o")
+    with pytest.raises(SystemExit):  # two modes
+        run("--model", checkpoint, "--tasks", "jpeg", "--input", tmp_path / "empty", "--save", tmp_path / "o")
+
+
+# --------------------------------------------------------------------------- no arguments, as the reference
+
+def _tester_in(cwd, *argv):
+    """``python tester_bary.py ARGV`` run from ``cwd`` (relative defaults resolve there)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "tester_bary.py"), *map(str, argv)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_no_arguments_uses_the_newest_checkpoint_and_the_tasks_present(bench, checkpoint, tmp_path):
+    for sub in ("input", "target"):  # data/test/derain/Rain100L/{input,target}, 2 pairs
+        for f in sorted((bench / "derain" / "Rain100L" / sub).iterdir())[:2]:
+            write_image(tmp_path / "data" / "test" / "derain" / "Rain100L" / sub / f.name, read_image(f))
+    ck = tmp_path / "checkpoint"
+    (ck / "old").mkdir(parents=True)
+    (ck / "old" / "model.pth").write_bytes(b"not a checkpoint")  # older than the newest
+    os.utime(ck / "old" / "model.pth", (1e9, 1e9))
+    (ck / "demo").mkdir()
+    (ck / "demo" / "epoch_002.pth").write_bytes(b"not a checkpoint")  # not the one `latest` names
+    (ck / "demo" / "epoch_001.pth").write_bytes(checkpoint.read_bytes())
+    (ck / "demo" / "latest").write_text(json.dumps({"checkpoint": "epoch_001.pth"}))
+    done = _tester_in(tmp_path, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "=> no --model given: using checkpoint/demo/epoch_001.pth (newest under checkpoint/)" in lines
+    assert "=> no --tasks given: evaluating the paper tasks present under data/test: derain" in lines
+    saved = json.loads((tmp_path / "results" / "test" / "results.json").read_text())
+    expected = direct_metrics(tmp_path / "data" / "test" / "derain" / "Rain100L" / "input",
+                              tmp_path / "data" / "test" / "derain" / "Rain100L" / "target", "reference", "rgb")
+    assert list(saved["tasks"]) == ["derain/Rain100L"] and saved["tasks"]["derain/Rain100L"]["count"] == 2
+    assert saved["tasks"]["derain/Rain100L"]["psnr"] == pytest.approx(np.mean([v[0] for v in expected.values()]))
+    assert saved["protocol"]["model"] == "checkpoint/demo/epoch_001.pth"
+
+
+def test_no_arguments_prefers_the_authors_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tester_bary.default_model() == (None, "")
+    (tmp_path / "checkpoint" / "run").mkdir(parents=True)
+    (tmp_path / "checkpoint" / "run" / "epoch_009.pth").write_bytes(b"x")
+    assert tester_bary.default_model()[0] == Path("checkpoint/run/epoch_009.pth")
+    (tmp_path / "checkpoint" / "model_allBaryNet__61_1.0_5D.pt").write_bytes(b"x")
+    os.utime(tmp_path / "checkpoint" / "model_allBaryNet__61_1.0_5D.pt", (1e9, 1e9))  # older, still first
+    path, why = tester_bary.default_model()
+    assert path == Path("checkpoint/model_allBaryNet__61_1.0_5D.pt") and "reference" in why
+
+
+def test_no_arguments_without_a_checkpoint_or_data_is_a_one_line_error(checkpoint, tmp_path):
+    done = _tester_in(tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: no checkpoint given and none found under checkpoint/ — put the authors' "
+        "model_allBaryNet__61_1.0_5D.pt there, train one with trainer_bary.py, or pass --model PATH"]
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "epoch_001.pth").write_bytes(checkpoint.read_bytes())
+    (tmp_path / "data" / "test").mkdir(parents=True)
+    done = _tester_in(tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "=> no --model given: using checkpoint/epoch_001.pth" in done.stdout
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: no test data found under data/test/")
+    for where in ("data/test/derain/Rain100L/{input,target}", "data/test/dehaze/{input,target}",
+                  "data/test/denoise/bsd68", "data/test/lowlight/{low,high}", "--data-root"):
+        assert where in line
 
 
 def test_out_of_memory_suggests_tiling(bench, checkpoint, tmp_path, monkeypatch):

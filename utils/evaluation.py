@@ -16,8 +16,13 @@ Tasks (SPEC section 4 layout under a benchmark root, see :data:`PAIRED_TASKS`):
 Protocols (:class:`Protocol`):
 
 - ``reference``: crop degraded and target to multiples of 8 by dropping bottom rows and right
-  columns, restore, quantise output and target to 8 bits (clamp to [0, 1], x255, round), score;
+  columns, restore, quantise output and target to 8 bits (clamp to [0, 1], x255, +0.5, truncate:
+  ``torchvision.utils.save_image``'s rule, ties round up), score;
 - ``pad``: reflect-pad the input to multiples of 8, restore, crop back; every pixel is scored.
+
+Benchmark images (pairs and the clean images of denoising sets) are read as the reference reads
+them, ignoring any EXIF orientation tag, in every protocol; only ``--input`` photos
+(:func:`restore_files`) are turned upright by their tag (:mod:`utils.image_io`).
 
 Metrics are always computed on 8-bit images: 16-bit targets are rounded to 8 bits for scoring,
 while the saved restorations of 16-bit inputs stay 16-bit.
@@ -52,9 +57,11 @@ SIZE_MULTIPLE = 8
 PAPER_TASKS = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze", "deblur", "lowlight")
 _PROTOCOL_TEXT = {
     "reference": "crop degraded and target to multiples of 8 (bottom rows and right columns dropped), restore, "
-                 "quantise output and target to 8 bits (clamp [0,1], x255, round)",
+                 "quantise output and target to 8 bits (clamp [0,1], x255, +0.5, truncate: round half up as "
+                 "torchvision save_image); EXIF orientation ignored",
     "pad": "reflect-pad the input to multiples of 8, restore, crop back to the full size, quantise output and "
-           "target to 8 bits (clamp [0,1], x255, round); every pixel is scored",
+           "target to 8 bits (clamp [0,1], x255, +0.5, truncate: round half up as torchvision save_image); "
+           "EXIF orientation ignored; every pixel is scored",
 }
 _SSIM_TEXT = {"skimage": "scikit-image default (7x7 uniform window, per channel, data range 255)",
               "gaussian": "BasicSR/MATLAB (11x11 Gaussian window sigma 1.5, valid region, per channel, data range 255)"}
@@ -87,6 +94,8 @@ PAIRED_TASKS: dict[str, PairedLayout] = {
     "lowlight": PairedLayout("lowlight", "low", "high"),
 }
 _DENOISE = re.compile(r"^denoise_(\d+)$")
+# The paper's set names inside a task folder, for messages that say where to put the data.
+EXAMPLE_SETS = {"denoise": "bsd68", "derain": "Rain100L"}
 
 
 def task_layout(task: str) -> PairedLayout | DenoiseLayout:
@@ -100,6 +109,32 @@ def task_layout(task: str) -> PairedLayout | DenoiseLayout:
         raise ValueError(f"--tasks: {task!r} is not a task name (e.g. denoise_25, derain, dehaze, deblur, lowlight, "
                          f"or a folder name under --data-root)")
     return PairedLayout(task)
+
+
+def present_paper_tasks(data_root: str | Path) -> list[str]:
+    """The paper tasks (:data:`PAPER_TASKS` order) whose folder exists under ``data_root``."""
+    root = Path(data_root)
+    return [t for t in PAPER_TASKS if (root / task_layout(t).folder).is_dir()]
+
+
+def paper_layout(data_root: str | Path) -> list[str]:
+    """Where the paper tasks' images go under ``data_root``, one entry per task folder (for messages).
+
+    E.g. ``data/test/denoise/bsd68 (clean images)``, ``data/test/derain/Rain100L/{input,target}``,
+    ``data/test/lowlight/{low,high}``.
+    """
+    entries: list[str] = []
+    for task in PAPER_TASKS:
+        layout = task_layout(task)
+        base = (Path(data_root) / layout.folder).as_posix()
+        example = EXAMPLE_SETS.get(layout.folder)
+        if isinstance(layout, DenoiseLayout):
+            entry = f"{base}/{example or '<set>'} (clean images)"
+        else:
+            entry = f"{base}/{example + '/' if example else ''}{{{layout.degraded},{layout.target}}}"
+        if entry not in entries:
+            entries.append(entry)
+    return entries
 
 
 @dataclass
@@ -195,7 +230,7 @@ def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: b
     expanded: list[str] = []
     for task in tasks:
         if task == "all":  # in place, so `--tasks all denoise_75` keeps the paper's order first
-            present = [t for t in PAPER_TASKS if (root / task_layout(t).folder).is_dir()]
+            present = present_paper_tasks(root)
             if not present:
                 raise PairingError(f"--tasks all: none of {', '.join(PAPER_TASKS)} is under {root}")
             expanded += present
@@ -369,13 +404,16 @@ def restore_array(model: nn.Module, img: np.ndarray, protocol: Protocol, device:
 
 
 def _load_item(item: EvalItem, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
-    """(degraded, target) arrays as the protocol restores and scores them."""
+    """(degraded, target) arrays as the protocol restores and scores them.
+
+    Read as stored, EXIF orientation ignored (``exif=False``), as the reference's PIL reads them.
+    """
     if item.sigma is not None:
-        clean = to_8bit(read_image(item.target))
+        clean = to_8bit(read_image(item.target, exif=False))
         if protocol.protocol == "reference":
             clean = crop_to_multiple(clean)
         return noisy_version(clean, item.target.name, item.sigma, protocol.noise_seed), clean
-    deg, tar = read_image(item.degraded), read_image(item.target)
+    deg, tar = read_image(item.degraded, exif=False), read_image(item.target, exif=False)
     if deg.shape != tar.shape:
         raise PairingError(f"{item.degraded} is {deg.shape[0]}x{deg.shape[1]} but its target {item.target} is "
                            f"{tar.shape[0]}x{tar.shape[1]}")
@@ -516,13 +554,15 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
     """Restore user images (no targets, no metrics) at their full size into ``save_dir``.
 
     Every image is reflect-padded to multiples of 8 and cropped back; 16-bit inputs give 16-bit PNGs.
+    Unlike benchmark images, these are user photos: their EXIF orientation tag is applied, so the
+    restoration is saved upright (a PNG has no tag to rotate it later).
     """
     protocol = (protocol or Protocol()).validate()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = prepare_for_inference(model.to(device))
     done = []
     for path in tqdm(inputs, desc="restore", unit="img", disable=not progress):
-        img = read_image(path)
+        img = read_image(path, exif=True)
         out, seconds = restore_array(model, img, protocol, device, name=str(path))
         dest = write_image(Path(save_dir) / f"{path.stem}.png", quantise(out, 16 if img.dtype == np.uint16 else 8))
         done.append({"name": path.name, "output": str(dest), "seconds": seconds})

@@ -5,10 +5,17 @@ Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
 - 8-bit files give ``uint8``, 16-bit files (PNG/TIFF) give ``uint16``;
 - grayscale is replicated to three channels; palette images are expanded to RGB;
 - an alpha channel is dropped (restoration works on the colour planes);
-- the EXIF orientation tag is applied, so the array is upright as a viewer shows it;
+- the EXIF orientation tag is IGNORED by default, as the reference reads every image (PIL
+  ``Image.open(p).convert('RGB')`` does not rotate): the array is the pixel grid as stored. A
+  degraded image and its target are thus always read alike, in every protocol, and training
+  crops are taken from the same grid. ``exif=True`` applies the tag instead (the array is then
+  upright as a viewer shows it); the tester uses it only for ``--input`` photos, which have no
+  target;
 - an unreadable or corrupt file (truncated included) raises :class:`ImageReadError` naming the file.
 
 Writing (:func:`write_image`) keeps the array's bit depth: ``uint16`` arrays become 16-bit PNGs.
+Float images are quantised by :func:`quantise` as ``torchvision.utils.save_image`` does (the
+reference's): clamp to [0, 1], scale, add 0.5, truncate, i.e. ties round half up.
 """
 from __future__ import annotations
 
@@ -48,19 +55,23 @@ def _exif_orientation(path: Path) -> int:
         return 1
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB ``(H, W, 3)`` ``uint8`` or ``uint16`` array of ``path`` (see the module rule)."""
+def read_image(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
+    """RGB ``(H, W, 3)`` ``uint8`` or ``uint16`` array of ``path`` (see the module rule).
+
+    ``exif``: apply the EXIF orientation tag (user photos); the default ignores it, as the
+    reference's PIL ``convert('RGB')`` does (benchmark pairs, training data).
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
     if img is None:
         raise ImageReadError(f"cannot decode image {path}: the file is corrupt, empty or not an image "
                              f"(supported: {', '.join(IMAGE_EXTENSIONS)}). Replace or remove it.")
     if img.dtype not in (np.uint8, np.uint16):
         if img.dtype == np.float32 or img.dtype == np.float64:
-            img = (np.clip(img, 0, 1) * 65535 + 0.5).astype(np.uint16)
+            img = quantise(img, 16)
         else:
             raise ImageReadError(f"unsupported sample type {img.dtype} in {path}; save it as 8- or 16-bit")
     if img.ndim == 2:
@@ -71,7 +82,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     else:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    rot, flip = _EXIF_ORIENT.get(_exif_orientation(path), (0, False))
+    rot, flip = _EXIF_ORIENT.get(_exif_orientation(path), (0, False)) if exif else (0, False)
     if rot:
         img = np.rot90(img, rot)
     if flip:
@@ -79,8 +90,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(height, width)`` of ``path`` as :func:`read_image` returns it (EXIF rotation applied).
+def image_size(path: str | os.PathLike, exif: bool = False) -> tuple[int, int]:
+    """``(height, width)`` of ``path`` as ``read_image(path, exif)`` returns it.
 
     Reads only the header when Pillow knows the format; raises :class:`ImageReadError` for a
     missing or unreadable file.
@@ -93,8 +104,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             w, h = im.size
             orientation = int(im.getexif().get(0x0112, 1))
     except Exception:  # a format Pillow does not parse: decode it fully (raises if corrupt)
-        return read_image(path).shape[:2]
-    rot, _ = _EXIF_ORIENT.get(orientation, (0, False))
+        return read_image(path, exif).shape[:2]
+    rot, _ = _EXIF_ORIENT.get(orientation, (0, False)) if exif else (0, False)
     return (w, h) if rot % 2 else (h, w)
 
 
@@ -104,9 +115,21 @@ def to_float(img: np.ndarray) -> np.ndarray:
 
 
 def quantise(img: np.ndarray, bit_depth: int = 8) -> np.ndarray:
-    """Float image -> clamp to [0, 1], scale, round: ``uint8`` (8) or ``uint16`` (16)."""
+    """Float image -> ``uint8`` (8) or ``uint16`` (16): ``floor(clip(x, 0, 1) * peak + 0.5)``.
+
+    The rule of ``torchvision.utils.save_image`` (``x.mul(255).add_(0.5).clamp_(0, 255)``, then a
+    truncating cast), which the reference saves and scores with: exact ties round half UP
+    (``np.round`` would round them to even). Computed in the input's float precision (float32
+    at least), as torch does. NaN becomes 0.
+    """
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     peak = 65535.0 if bit_depth == 16 else 255.0
-    out = np.round(np.clip(img, 0.0, 1.0) * peak)
+    x = np.asarray(img)
+    if not np.issubdtype(x.dtype, np.floating) or x.dtype.itemsize < 4:  # float16 cannot hold 65535
+        x = x.astype(np.float32)
+    out = np.floor(np.clip(x, 0.0, 1.0) * x.dtype.type(peak) + x.dtype.type(0.5))
+    out = np.nan_to_num(out, nan=0.0)
     return out.astype(np.uint16 if bit_depth == 16 else np.uint8)
 
 

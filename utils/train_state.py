@@ -103,6 +103,30 @@ def read_latest(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt")
+
+
+def newest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The newest checkpoint anywhere under ``root`` (by modification time), None if there is none.
+
+    A folder the trainer wrote stands for the checkpoint its ``latest`` names (:func:`read_latest`),
+    not for every ``epoch_NNN.pth`` in it; any other ``*.pth``/``*.pt`` file (a reference or
+    plain checkpoint) counts as itself. Hidden files and folders (temporary files) are skipped.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        return None
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        latest = read_latest(folder)
+        if latest is not None:
+            found.append(latest)
+        found += [Path(folder) / f for f in sorted(files) if not f.startswith(".") and progress_of(f) is None
+                  and Path(f).suffix.lower() in CHECKPOINT_SUFFIXES]
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
+
+
 def rotate(output_dir: str | os.PathLike, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` checkpoints (never the one ``latest`` names); returns the removed."""
     if keep <= 0:
