@@ -1,5 +1,7 @@
 """Tiled inference (utils/inference.py: restore_tiled): exact, seamless, bounded in memory."""
 import json
+import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -92,7 +94,6 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import torch
     torch.set_num_threads(2)
-    sys.path.insert(0, sys.argv[1])
     from net.presets import build_model
     from utils.inference import restore_tiled
 
@@ -124,11 +125,47 @@ def test_tiling_2048_image_has_bounded_memory(tmp_path):
     """
     script = tmp_path / "mem.py"
     script.write_text(MEMORY_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(REPO)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["shape"] == [1, 3, 2048, 2048] and report["finite"]
     increase = report["peak"] - report["before"]
     assert increase < 1024, report
     assert len(report["after_tile"]) == 81
-    assert max(report["after_tile"][1:]) < report["after_tile"][0] + 64, report
+    assert_no_growth_per_tile(report["after_tile"])
+
+
+def assert_no_growth_per_tile(rss: list[float], warmup: int = 5, slope_bound: float = 1.0,
+                              drift_bound: float = 96.0) -> None:
+    """The resident set (MiB after each tile) does not grow with the tile count.
+
+    The allocator moves the resident set by tens of MiB from tile to tile without any leak (one
+    run saw +72 MiB at one tile), so single tiles are not compared. A leak of anything a tile
+    makes (its output alone is 0.75 MiB, its activations tens of MiB) adds up over 76 tiles:
+    the least-squares slope after the first ``warmup`` tiles stays under ``slope_bound`` MiB per
+    tile, and the median of the last quarter under the median of the first quarter plus
+    ``drift_bound``.
+    """
+    ys = rss[warmup:]
+    n = len(ys)
+    xs = range(n)
+    mx, my = (n - 1) / 2, sum(ys) / n
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    quarter = max(1, n // 4)
+    first, last = statistics.median(ys[:quarter]), statistics.median(ys[-quarter:])
+    assert slope < slope_bound, f"RSS grows {slope:.2f} MiB per tile: {[round(v) for v in rss]}"
+    assert last < first + drift_bound, f"RSS median {first:.0f} -> {last:.0f} MiB: {[round(v) for v in rss]}"
+
+
+def test_growth_check_ignores_allocator_noise_and_catches_a_leak():
+    import random
+    rng = random.Random(0)
+    noisy = [800 + rng.choice([0, 0, 0, 72, -30]) + rng.random() * 8 for _ in range(81)]
+    assert_no_growth_per_tile(noisy)  # one-tile jumps like the one that failed a run
+    leak = [800 + 3.0 * i + rng.random() * 8 for i in range(81)]  # 3 MiB kept per tile
+    with pytest.raises(AssertionError, match="per tile"):
+        assert_no_growth_per_tile(leak)
+    step = [800] * 40 + [950] * 41  # a late jump that stays
+    with pytest.raises(AssertionError):
+        assert_no_growth_per_tile(step)
