@@ -7,7 +7,7 @@ Three modes, and defaults for running it with no arguments at all:
     # on every paper task present under data/test; each choice is printed
     python tester_bary.py
 
-    # the benchmark (SPEC section 4 layout under --data-root), one table for all tasks
+    # the benchmark (docs/METHOD.md §4 layout under --data-root), one table for all tasks
     python tester_bary.py --model checkpoint/model.pth --data-root data/test \\
         --tasks denoise_15 denoise_25 denoise_50 derain dehaze deblur lowlight
 
@@ -58,7 +58,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help=f"benchmark tasks under --data-root: {' '.join(PAPER_TASKS)}, denoise_<sigma> for any "
                            f"integer sigma, any other folder NAME with NAME/{{input,target}}, or 'all' (every paper "
                            f"task present)")
-    what.add_argument("--data-root", default="data/test", help="benchmark root (layout of SPEC section 4)")
+    what.add_argument("--data-root", default="data/test", help="benchmark root (layout of docs/METHOD.md §4)")
     what.add_argument("--degset", default=None, help="folder of degraded images (paired by name with --tarset)")
     what.add_argument("--tarset", default=None, help="folder of target images")
     what.add_argument("--input", default=None, metavar="FILE|DIR",

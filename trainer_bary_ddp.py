@@ -8,7 +8,7 @@ One node, 3 GPUs::
 Two nodes of 4 GPUs (run on each node, ``--node_rank`` 0 and 1)::
 
     torchrun --nnodes=2 --nproc_per_node=4 --node_rank=0 --rdzv_backend=c10d \\
-        --rdzv_endpoint=HOST0:29500 trainer_bary_ddp.py ... --output-dir /shared/checkpoint
+        --rdzv_endpoint=HOST0:29500 trainer_bary_ddp.py ... --output-dir /nfs/checkpoint
 
 ``--batchSize`` is per process. Rank 0 prints and writes checkpoints; ``--resume auto`` needs
 ``--output-dir`` on a file system every node sees. Started without torchrun it trains as one

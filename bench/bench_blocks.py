@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
 from pathlib import Path
 from unittest import mock
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from net.blocks import Attention, FeedForward  # noqa: E402
-from utils.allocator import tune_cpu_allocator  # noqa: E402
+from net.blocks import Attention, FeedForward
+from utils.allocator import tune_cpu_allocator
 
 
 def best_ms(fn, repeats: int) -> float:

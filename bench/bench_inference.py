@@ -26,15 +26,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import rss_mib
 
-from _memory import rss_mib  # noqa: E402
-
-from net import set_layernorm_impl  # noqa: E402
-from utils.allocator import tune_cpu_allocator  # noqa: E402
-from net.presets import build_model  # noqa: E402
-from utils.inference import restore  # noqa: E402
+from net import set_layernorm_impl
+from utils.allocator import tune_cpu_allocator
+from net.presets import build_model
+from utils.inference import restore
 
 PATHS = ("plain", "fast_fp32", "fast_bf16", "fast_fp32_default_alloc")
 

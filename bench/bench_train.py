@@ -3,10 +3,10 @@
     .venv/bin/python bench/bench_train.py [--iters 3] [--batch 3] [--patch 128]          # CPU
     .venv/bin/python bench/bench_train.py --device cuda --precision fp32,bf16            # GPU
 
-One iteration is SPEC section 2's three updates, on one fixed batch (``K`` domains, one sample
+One iteration is docs/METHOD.md §2's three updates, on one fixed batch (``K`` domains, one sample
 per domain in turn), from the same initial weights in every variant:
 
-- ``straightforward``: the objective as SPEC section 2 writes it, per-sample Python loops for
+- ``straightforward``: the objective as docs/METHOD.md §2 writes it, per-sample Python loops for
   transport, orthogonality, contrastive and potential terms; step 2 runs the whole network
   again (decoder included) with the map frozen; NCHW activations and the hand-written
   LayerNorm of the reference.
@@ -36,16 +36,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import rss_mib
 
-from _memory import rss_mib  # noqa: E402
-
-from net import Potentials, set_layernorm_impl  # noqa: E402
-from net.presets import build_model  # noqa: E402
-from utils.allocator import tune_cpu_allocator  # noqa: E402
-from utils.engine import Training, build_optimizer, train_step  # noqa: E402
-from utils.inference import autocast_context  # noqa: E402
+from net import Potentials, set_layernorm_impl
+from net.presets import build_model
+from utils.allocator import tune_cpu_allocator
+from utils.engine import Training, build_optimizer, train_step
+from utils.inference import autocast_context
 
 TAU = 0.07
 
@@ -70,7 +67,7 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
 
 
 def straightforward_step(model, pots, opt_m, opt_p, x, y, de_ids, domains, lambdas, l1_weight, precision):
-    """SPEC section 2 written out sample by sample, with a full second forward for step 2."""
+    """docs/METHOD.md §2 written out sample by sample, with a full second forward for step 2."""
     B, K = x.shape[0], len(lambdas)
     lam = [float(v) for v in lambdas]
     de = [int(v) for v in de_ids]

@@ -42,19 +42,18 @@ from typing import Any, Sequence
 # file is the entry point, before numpy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from utils.demo import InputAsOutput, views_of_one_photo  # noqa: E402
-from utils.demo_data import build_demo_data, darken, jpeg_degrade, motion_blur  # noqa: E402
-from utils.embeddings import latents, pooled  # noqa: E402
-from utils.evaluation import Protocol, evaluate_tasks, load_model, resolve_device  # noqa: E402
-from utils.image_io import read_image, to_float  # noqa: E402
-from utils.noise import noisy_version  # noqa: E402
+from utils.demo import InputAsOutput, views_of_one_photo
+from utils.demo_data import build_demo_data, darken, jpeg_degrade, motion_blur
+from utils.embeddings import latents, pooled
+from utils.evaluation import Protocol, evaluate_tasks, load_model, resolve_device
+from utils.image_io import read_image, to_float
+from utils.noise import noisy_version
 
 ID_TASKS = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
 OOD_TASKS = ("denoise_75", "jpeg", "lowlight", "deblur")

@@ -2,7 +2,7 @@
 (WB) embedding and a residual embedding, each driving its own decoder path.
 
 The graph and the module names follow the reference implementation exactly, so
-reference checkpoints load into it (see ``../shared/SPEC.md`` section 1); the
+reference checkpoints load into it (see ``docs/METHOD.md`` §1); the
 reference's hard-coded widths are derived from ``dim`` here.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One scalar network f_k per source domain k. The map (BaryNet) minimises
 ``sum_k lambda_k E[c(z, b) - f_k(b)]`` while the potentials maximise it, with
-``sum_k lambda_k f_k = 0`` enforced by the congruence penalty (SPEC section 2).
+``sum_k lambda_k f_k = 0`` enforced by the congruence penalty (docs/METHOD.md §2).
 """
 from __future__ import annotations
 

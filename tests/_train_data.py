@@ -11,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import pytest
 
 
 def smooth_image(rng: np.random.Generator, size: int = 64) -> np.ndarray:
@@ -111,12 +110,3 @@ def train_flags(dirs: dict[str, Path], out: Path, de_type=("denoise_15", "denois
              "--figs-dir", str(out / "figs"), "--log-every", "1", "--save-every", "0"]
     return flags
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Autouse in every module that imports it, at module scope so it comes before the module-scoped
-    training runs: bitwise-equal comparisons need every run to use the same thread count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

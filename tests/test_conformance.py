@@ -32,7 +32,7 @@ def test_barynet_state_dict_matches_reference_names_and_shapes():
     got = [(k, tuple(v.shape)) for k, v in BaryNet().state_dict().items()]
     assert got == key_spec("barynet_keys.txt")
     assert len(got) == 760
-    assert sum(p.numel() for p in BaryNet().parameters()) == 53_549_774  # SPEC: 53.55 M
+    assert sum(p.numel() for p in BaryNet().parameters()) == 53_549_774  # docs/METHOD.md §1: 53.55 M
 
 
 def test_potentials_state_dict_matches_reference():
@@ -40,6 +40,7 @@ def test_potentials_state_dict_matches_reference():
     assert got == key_spec("potentials_k3_p64_keys.txt")
 
 
+@pytest.mark.slow
 def test_forward_float64_reproduces_golden_outputs(gold, golden_net_f64):
     with torch.no_grad():
         out = golden_net_f64(gold["input"])

@@ -15,8 +15,9 @@ from utils.train_state import list_checkpoints
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 
-pytestmark = pytest.mark.skipif(TORCHRUN is None or not torch.distributed.is_available(),
-                                reason="torchrun / torch.distributed not available")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(TORCHRUN is None or not torch.distributed.is_available(),
+                                 reason="torchrun / torch.distributed not available")]
 
 
 def torchrun(flags: list[str], port: int) -> subprocess.CompletedProcess:

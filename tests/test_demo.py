@@ -2,9 +2,12 @@
 import json
 import math
 
+import pytest
+
 from utils import demo
 
 
+@pytest.mark.slow
 def test_demo_pipeline_end_to_end(tmp_path):
     args = demo.get_args_parser().parse_args([
         "--quick", "--root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "ckpt"),

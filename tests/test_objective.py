@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from _conformance import golden, golden_weights
-from _train_data import one_torch_thread  # noqa: F401 (autouse fixture: one torch thread per module)
 from net import Potentials
 from objective_case import LAMBDAS, batch_for_rank, nets
 from utils.engine import Training, build_optimizer, drop_absent_gradients, train_step
 from utils.losses import OBJECTIVES, Objective, map_loss, potentials_loss
 from utils.train_options import get_args_parser, resolve_objective
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -168,6 +169,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["ddp", "single"])
 def test_two_process_iteration_equals_the_reference_steps(tmp_path, objective):
     """gloo, 2 ranks with different batches: the ddp objective makes one potentials step on the

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from _train_data import make_train_tree, make_val_tree, one_torch_thread, train_flags  # noqa: F401 (autouse fixture)
+from _train_data import make_train_tree, make_val_tree, train_flags
 from net.presets import build_model
 from utils import engine
 from utils.checkpoint import read_checkpoint
 from utils.train_options import get_args_parser
 from utils.train_state import list_checkpoints, read_latest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 3  # per epoch
@@ -87,6 +89,7 @@ def test_resume_between_epochs_is_exact(data, straight, tmp_path):
     assert_same_training_state(final_state(tmp_path), final_state(straight))
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_is_exact(data, tmp_path):
     iters = 24
     ref = tmp_path / "ref"

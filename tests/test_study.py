@@ -1,7 +1,6 @@
 """bench/study.py end to end in a smoke setting: structure and finiteness, not who wins."""
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,18 +8,12 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
 
-import study  # noqa: E402
-from utils.losses import ABLATABLE, map_loss  # noqa: E402
+import study
+from utils.losses import ABLATABLE, map_loss
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smoke_args(tmp: Path, *extra: str):
@@ -40,6 +33,7 @@ def smoke(tmp_path_factory):
     return tmp, study.main(smoke_args(tmp))
 
 
+@pytest.mark.slow
 def test_study_end_to_end(smoke, capsys):
     tmp, res = smoke
     out = tmp / "out"

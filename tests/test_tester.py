@@ -43,7 +43,7 @@ def _degrade(img, k):
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    """A benchmark root in the SPEC layout, plus the degraded/target arrays by folder."""
+    """A benchmark root in the docs/METHOD.md §4 layout, plus the degraded/target arrays by folder."""
     root = tmp_path_factory.mktemp("bench")
     clean = _clean_images()
     for k, (name, img) in enumerate(clean.items()):

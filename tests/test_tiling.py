@@ -114,6 +114,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_tiling_2048_image_has_bounded_memory(tmp_path):
     """Peak RSS of tiled restoration of a whole 2048x2048 image with the tiny preset (81 tiles of 256).
 

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Callable, Mapping
 import torch
 
 # Tensors that reference checkpoints carry but no forward pass uses
-# (../shared/conformance/legacy_unused_keys.txt).
+# (tests/conformance/legacy_unused_keys.txt).
 LEGACY_UNUSED_KEYS = frozenset({
     "chnl_reduce1.weight", "chnl_reduce2.weight", "chnl_reduce3.weight",
     "reduce_noise_channel_1.weight", "reduce_noise_channel_2.weight", "reduce_noise_channel_3.weight",

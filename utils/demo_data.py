@@ -1,6 +1,6 @@
 """Embedded default data set: a small, deterministic 3D all-in-one benchmark.
 
-Builds training and test folders (SPEC sections 3-4 layout) from photographs that
+Builds training and test folders (docs/METHOD.md §3-4 layout) from photographs that
 ship inside installed wheels, so the project trains and tests with no download:
 
 * scikit-image (``skimage.data``, bundled in the wheel, no pooch fetch):
@@ -586,7 +586,7 @@ def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Build the embedded demo data set (SPEC sections 3-4 layout).")
+    p = argparse.ArgumentParser(description="Build the embedded demo data set (docs/METHOD.md §3-4 layout).")
     p.add_argument("--root", default=DEFAULT_ROOT, help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="image size factor (default: %(default)s)")

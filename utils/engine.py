@@ -1,6 +1,6 @@
 """The BaryIR training engine shared by ``trainer_bary.py`` and ``trainer_bary_ddp.py``.
 
-One iteration is SPEC section 2's three updates (:func:`train_step`):
+One iteration is docs/METHOD.md §2's three updates (:func:`train_step`):
 
 1. map update: the potentials frozen (``requires_grad`` off, gradients still flow through them
    into b), BaryNet forward, :func:`~utils.losses.map_loss`, step the map's optimizer;
@@ -338,7 +338,7 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
 
 def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo, precision: str = "fp32",
              channels_last: bool = False) -> float | None:
-    """Mean PSNR (dB, 8-bit, SPEC section 4 protocol) over ``pairs``, shared out over the ranks."""
+    """Mean PSNR (dB, 8-bit, docs/METHOD.md §4 protocol) over ``pairs``, shared out over the ranks."""
     total, count = 0.0, 0
     was_training = model.training
     benchmark = torch.backends.cudnn.benchmark

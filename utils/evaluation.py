@@ -4,7 +4,7 @@ the tables and result files.
 ``tester_bary.py`` is a thin command line over this module; the demo and study scripts call
 :func:`evaluate_tasks` (or :func:`find_task_sets` + :func:`evaluate_sets`) directly.
 
-Tasks (SPEC section 4 layout under a benchmark root, see :data:`PAIRED_TASKS`):
+Tasks (docs/METHOD.md §4 layout under a benchmark root, see :data:`PAIRED_TASKS`):
 
 - ``denoise_<sigma>`` for any integer sigma: every subfolder of ``denoise/`` holding images is
   a set of clean images (``bsd68``, ``kodak24``, ...); the noisy inputs are synthesised with
@@ -197,7 +197,7 @@ def _paired_sets(task: str, layout: PairedLayout, root: Path, skip: bool) -> lis
     if not subsets:
         raise PairingError(f"task {task!r}: expected {base / layout.degraded} and {base / layout.target}, or "
                            f"{base}/<set>/{{{layout.degraded},{layout.target}}}; found neither. Check --data-root "
-                           f"({root}) and the layout in SPEC section 4.")
+                           f"({root}) and the layout in docs/METHOD.md §4.")
     return [paired_set(f"{task}/{d.name}", d / layout.degraded, d / layout.target, task, skip) for d in subsets]
 
 

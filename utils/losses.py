@@ -1,4 +1,4 @@
-"""The BaryIR objective (SPEC section 2), vectorised over the batch.
+"""The BaryIR objective (docs/METHOD.md §2), vectorised over the batch.
 
 Notation, per sample i of a batch of B: ``z_i`` source latent, ``b_i`` WB latent,
 ``r_i = z_i - b_i`` residual, each ``(C, h, w)`` and flattened to one vector of

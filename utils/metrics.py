@@ -2,7 +2,7 @@
 
 Two conventions, chosen by the caller (``tester_bary.py --metric-space/--ssim``):
 
-- **reference** (the default; SPEC section 4): PSNR with data range 255 and scikit-image's
+- **reference** (the default; docs/METHOD.md §4): PSNR with data range 255 and scikit-image's
   default SSIM (7x7 uniform window, sample covariance, per RGB channel, averaged), on the
   8-bit RGB arrays.
 - **BasicSR/MATLAB**: the luma of ITU-R BT.601 with its offset,

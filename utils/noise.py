@@ -9,7 +9,7 @@ machines) evaluate the same noisy images. Here every noisy image has its own
 CRC-32 (``zlib.crc32``) is fixed by its definition, unlike Python's ``hash()`` (randomised
 per process), so the noisy input of ``bsd68/test001.png`` at sigma 25 is the same on every
 machine, in every run, whatever order the folder is listed in. The synthesis itself is the
-reference's (SPEC section 3): ``uint8(clip(clean + sigma * N(0, 1), 0, 255))`` on the 8-bit
+reference's (docs/METHOD.md §3): ``uint8(clip(clean + sigma * N(0, 1), 0, 255))`` on the 8-bit
 clean image, truncating (not rounding) to integers.
 """
 from __future__ import annotations
