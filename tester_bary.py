@@ -32,17 +32,27 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from net.presets import BACKBONES, PRESETS
-from utils.evaluation import (PAPER_TASKS, PROTOCOLS, Protocol, evaluate_sets, find_task_sets, format_report,
-                              input_files, load_model, paired_set, paper_layout, present_paper_tasks,
-                              resolve_device, restore_files, write_results)
-from utils.allocator import tune_cpu_allocator
-from utils.inference import PRECISIONS
-from utils.metrics import METRIC_SPACES, SSIM_KINDS
-from utils.pairing import PairingError
-from utils.train_state import newest_checkpoint
+from utils.checkpoints import newest_checkpoint
+from utils.data.pairing import PairingError
+from utils.eval.evaluation import (
+    PAPER_TASKS,
+    PROTOCOLS,
+    Protocol,
+    evaluate_sets,
+    find_task_sets,
+    format_report,
+    input_files,
+    load_model,
+    paired_set,
+    paper_layout,
+    present_paper_tasks,
+    restore_files,
+    write_results,
+)
+from utils.eval.inference import PRECISIONS
+from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
+from utils.runtime import apply_gpus_flag, pick_device, tune_cpu_allocator
 
 CHECKPOINT_DIR = "checkpoint"
 # The reference tester's default --model (its 5D all-in-one checkpoint).
@@ -137,7 +147,7 @@ def default_model(checkpoint_dir: str | os.PathLike = CHECKPOINT_DIR) -> tuple[P
     """``(checkpoint, why)`` for a run without ``--model``; ``(None, "")`` when there is none.
 
     The reference's default (:data:`REFERENCE_MODEL`, when ``checkpoint_dir`` is the default one),
-    else the newest checkpoint under ``checkpoint_dir`` (:func:`utils.train_state.newest_checkpoint`).
+    else the newest checkpoint under ``checkpoint_dir`` (:func:`utils.checkpoints.newest_checkpoint`).
     """
     reference = Path(checkpoint_dir) / Path(REFERENCE_MODEL).name
     if reference.is_file():
@@ -179,10 +189,10 @@ def main(args) -> dict:
     if bool(args.degset) != bool(args.tarset):
         raise SystemExit("tester_bary.py: --degset and --tarset go together")
     apply_defaults(args)
-    if args.gpus and not torch.cuda.is_initialized():
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpus)  # the reference's meaning of --gpus
-        args.gpus = "0"  # ids are now relative to the visible set
-    device = resolve_device(args.device, args.cuda, args.gpus)
+    gpus_note = apply_gpus_flag(args.gpus)  # the reference's meaning of --gpus
+    if gpus_note:
+        print(f"warning: {gpus_note}", file=sys.stderr)
+    device = pick_device(args.device, args.cuda)
     protocol = _protocol(args)
     model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
                              num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)

@@ -9,8 +9,8 @@ The work is done by :mod:`utils.engine`, which ``trainer_bary_ddp.py`` shares; s
 """
 import sys
 
-from utils.engine import run_cli
-from utils.train_options import get_args_parser
+from utils.train.engine import run_cli
+from utils.train.options import get_args_parser
 
 
 def main(args):

@@ -16,8 +16,8 @@ process. The training engine is :mod:`utils.engine`, shared with ``trainer_bary.
 """
 import sys
 
-from utils.engine import run_cli
-from utils.train_options import get_args_parser
+from utils.train.engine import run_cli
+from utils.train.options import get_args_parser
 
 
 def main(args):

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_blocks.py [--size 256] [--repeats 5]
 
 Both forms run on the same channels_last input under ``torch.inference_mode`` (fp32, and bf16
-autocast), in a process set up as the tester sets itself up (:func:`utils.allocator.tune_cpu_allocator`).
+autocast), in a process set up as the tester sets itself up (:func:`utils.runtime.tune_cpu_allocator`).
 The plain forms are forced by switching ``net.blocks._split_forms_apply`` off for the call, which
 is how the fast path ran before the split forms existed. Widths are the paper model's full-resolution
 ones: 48 channels (encoder level 1) and 96 (decoder level 1 and refinement), one head.
@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from pathlib import Path
 from unittest import mock
 
 import torch
 
-
 from net.blocks import Attention, FeedForward
-from utils.allocator import tune_cpu_allocator
+from utils.runtime import tune_cpu_allocator
 
 
 def best_ms(fn, repeats: int) -> float:

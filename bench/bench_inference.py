@@ -4,8 +4,8 @@
 
 Each path runs in its own process, as a user runs it: ``plain`` is the network with the
 reference's hand-written LayerNorm, NCHW, fp32 under ``torch.no_grad`` and glibc's default
-allocator; the ``fast_*`` paths call :func:`utils.inference.restore` in a process set up as
-``tester_bary.py`` sets itself up (:func:`utils.allocator.tune_cpu_allocator`).
+allocator; the ``fast_*`` paths call :func:`utils.eval.inference.restore` in a process set up as
+``tester_bary.py`` sets itself up (:func:`utils.runtime.tune_cpu_allocator`).
 ``fast_fp32_default_alloc`` is the fast path without that allocator setting, to show its share.
 Paths alternate over ``--rounds`` so a load change on the machine hits them alike; each
 process times ``--repeats`` forwards after a warm-up. The table gives the best seconds per
@@ -22,16 +22,14 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
-
 from _memory import rss_mib
 
 from net import set_layernorm_impl
-from utils.allocator import tune_cpu_allocator
 from net.presets import build_model
-from utils.inference import restore
+from utils.eval.inference import restore
+from utils.runtime import tune_cpu_allocator
 
 PATHS = ("plain", "fast_fp32", "fast_bf16", "fast_fp32_default_alloc")
 

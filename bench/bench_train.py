@@ -10,10 +10,10 @@ per domain in turn), from the same initial weights in every variant:
   transport, orthogonality, contrastive and potential terms; step 2 runs the whole network
   again (decoder included) with the map frozen; NCHW activations and the hand-written
   LayerNorm of the reference.
-- ``engine``: :func:`utils.engine.train_step` as the trainers run it: vectorised losses
-  (``utils/losses.py``), step 2 through ``BaryNet.bary_latent`` (encoder and barycenter path,
+- ``engine``: :func:`utils.train.engine.train_step` as the trainers run it: vectorised losses
+  (``utils/train/losses.py``), step 2 through ``BaryNet.bary_latent`` (encoder and barycenter path,
   no decoder, no graph), fused LayerNorm and channels-last activations, and on the CPU the
-  trainer's allocator setting (:func:`utils.allocator.tune_cpu_allocator`); at each ``--precision``.
+  trainer's allocator setting (:func:`utils.runtime.tune_cpu_allocator`); at each ``--precision``.
 - ``straightforward_malloc`` (CPU): the straightforward step with that allocator setting, so
   the table shows how much of the speed-up is the allocator and how much the step itself.
 
@@ -32,17 +32,15 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
-
 from _memory import rss_mib
 
 from net import Potentials, set_layernorm_impl
 from net.presets import build_model
-from utils.allocator import tune_cpu_allocator
-from utils.engine import Training, build_optimizer, train_step
-from utils.inference import autocast_context
+from utils.eval.inference import autocast_context
+from utils.runtime import tune_cpu_allocator
+from utils.train.engine import Training, build_optimizer, train_step
 
 TAU = 0.07
 
@@ -162,7 +160,7 @@ def run_variant(variant: str, precision: str, preset: str, batch: int, patch: in
         channels_last = variant == "engine"
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        from utils.distributed import DistInfo
+        from utils.train.distributed import DistInfo
         training = Training(model, model, pots, opt_m, opt_p, lambdas, l1_weight=10000.0, precision=precision,
                             info=DistInfo(device=device), channels_last=channels_last)
         batch_cpu = (x, y, de_ids, domains)

@@ -48,12 +48,13 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 
-from utils.demo import InputAsOutput, views_of_one_photo
-from utils.demo_data import build_demo_data, darken, jpeg_degrade, motion_blur
-from utils.embeddings import latents, pooled
-from utils.evaluation import Protocol, evaluate_tasks, load_model, resolve_device
-from utils.image_io import read_image, to_float
-from utils.noise import noisy_version
+from utils.analysis.embeddings import latents, pooled
+from utils.data.image_io import read_image, to_float
+from utils.data.noise import noisy_version
+from utils.demo.data import build_demo_data, darken, jpeg_degrade, motion_blur
+from utils.demo.run import InputAsOutput, views_of_one_photo
+from utils.eval.evaluation import Protocol, evaluate_tasks, load_model
+from utils.runtime import pick_device
 
 ID_TASKS = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
 OOD_TASKS = ("denoise_75", "jpeg", "lowlight", "deblur")
@@ -188,8 +189,7 @@ def trainer_argv(args: argparse.Namespace, arm: Arm, seed: int, root: Path, trai
 
 def finished_checkpoint(train_dir: Path, epochs: int) -> Path | None:
     """The run's final checkpoint, or None while it is missing or unfinished."""
-    from utils.checkpoint import read_checkpoint
-    from utils.train_state import read_latest
+    from utils.checkpoints import read_checkpoint, read_latest
     latest = read_latest(train_dir) if train_dir.is_dir() else None
     if latest is None:
         return None
@@ -288,7 +288,7 @@ def probe_views(root: Path, manifest: dict) -> list[ProbeView]:
 
 def embed(model: torch.nn.Module, views: Sequence[ProbeView], device: torch.device) -> dict[str, np.ndarray]:
     """Pooled WB, residual and source (z = b + r) embeddings of every view, and cos(b_i, r_i) of the
-    flattened latents (what ``utils.embeddings.mean_cosine`` averages). Views of one size are batched."""
+    flattened latents (what ``utils.analysis.embeddings.mean_cosine`` averages). Views of one size are batched."""
     n = len(views)
     wb, res, cos = [None] * n, [None] * n, np.zeros(n)
     by_shape: dict[tuple, list[int]] = {}
@@ -745,7 +745,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               "data_hash": manifest["content_hash"]}
     check_out_dir(out, config)
     print(plan(args, repeats), flush=True)
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     views = probe_views(root, manifest)
 
     evals, embeddings, done = {}, {}, 0

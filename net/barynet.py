@@ -12,8 +12,16 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import (LayerNorm, OverlapPatchEmbed, Downsample, Upsample, TransformerBlock,
-                     check_input_size, conv1x1, transformer_stage)
+from .blocks import (
+    Downsample,
+    LayerNorm,
+    OverlapPatchEmbed,
+    TransformerBlock,
+    Upsample,
+    check_input_size,
+    conv1x1,
+    transformer_stage,
+)
 
 
 class BaryOutput(NamedTuple):

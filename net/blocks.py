@@ -271,4 +271,4 @@ def check_input_size(x: torch.Tensor, multiple: int = 8) -> None:
         raise ValueError(
             f"input height and width must be multiples of {multiple}, got {h}x{w}. Crop or pad the image "
             f"first: tester_bary.py does this with --protocol reference (crop) or --protocol pad "
-            f"(reflect-pad and crop back), and utils.inference.restore(..., pad=True) pads for you.")
+            f"(reflect-pad and crop back), and utils.eval.inference.restore(..., pad=True) pads for you.")

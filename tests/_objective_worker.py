@@ -9,12 +9,12 @@ import sys
 
 import torch
 import torch.distributed as dist
+from objective_case import LAMBDAS, batch_for_rank, nets
 from torch.nn.parallel import DistributedDataParallel
 
-from objective_case import LAMBDAS, batch_for_rank, nets
-from utils.distributed import DistInfo
-from utils.engine import Training, build_optimizer, train_step
-from utils.losses import OBJECTIVES
+from utils.train.distributed import DistInfo
+from utils.train.engine import Training, build_optimizer, train_step
+from utils.train.losses import OBJECTIVES
 
 
 def main(rank: int, world: int, port: int, out_dir: str, objective: str) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 
 def smooth_image(rng: np.random.Generator, size: int = 64) -> np.ndarray:

@@ -8,8 +8,7 @@ import torch.nn as nn
 
 from net import BaryNet
 from net.presets import build_model
-from utils.checkpoint import (LEGACY_UNUSED_KEYS, CheckpointError, load_model_weights, read_checkpoint,
-                              save_atomic)
+from utils.checkpoints import LEGACY_UNUSED_KEYS, CheckpointError, load_model_weights, read_checkpoint, save_atomic
 
 _CANARY = "/tmp/baryir_pickle_canary"
 

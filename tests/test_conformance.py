@@ -1,11 +1,10 @@
 """BaryNet, Potentials and the objective against the reference implementation's vectors."""
 import pytest
 import torch
-
 from _conformance import golden, golden_weights, key_spec
-from net import BaryNet, Potentials
-from utils.losses import congruence_loss, map_loss, potentials_loss
 
+from net import BaryNet, Potentials
+from utils.train.losses import congruence_loss, map_loss, potentials_loss
 
 
 @pytest.fixture(scope="module")

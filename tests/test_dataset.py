@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _conformance import CONFORMANCE
-from _train_data import make_train_tree, smooth_image, _write
+from _train_data import _write, make_train_tree, smooth_image
+
 from utils import dataset_utils as du
 from utils.dataset_utils import DatasetError
 

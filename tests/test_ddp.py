@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _train_data import make_train_tree, train_flags
-from utils.train_state import list_checkpoints
+
+from utils.checkpoints import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from utils import demo
+from utils.demo import run as demo
 
 
 @pytest.mark.slow

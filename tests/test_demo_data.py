@@ -1,4 +1,4 @@
-"""Tests for utils/demo_data.py on a tiny build (scale 0.2, 3 photos per split)."""
+"""Tests for utils/demo/data.py on a tiny build (scale 0.2, 3 photos per split)."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils import demo_data as dd
+from utils.demo import data as dd
 
 TINY = dict(scale=0.2, max_photos=3, progress=False)
 
@@ -194,7 +194,7 @@ def test_line_kernel_normalised():
 
 
 def test_bad_arguments_name_the_fix(tmp_path):
-    with pytest.raises(ValueError, match="demo_data.py"):
+    with pytest.raises(ValueError, match="demo/data.py"):
         dd.build_demo_data(tmp_path, seed=-1, **TINY)
     with pytest.raises(ValueError, match="scale"):
         dd.build_demo_data(tmp_path, seed=0, scale=0.0, progress=False)

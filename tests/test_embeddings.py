@@ -3,8 +3,8 @@ import numpy as np
 import torch
 
 from net.presets import build_model
-from utils.embeddings import difference_map, latents, mean_cosine, pca_2d, pooled
-from utils.figures import embedding_projection, pipeline_diagram, takeaway_maps
+from utils.analysis.embeddings import difference_map, latents, mean_cosine, pca_2d, pooled
+from utils.analysis.figures import embedding_projection, pipeline_diagram, takeaway_maps
 
 
 def test_latents_match_the_forward_pass():

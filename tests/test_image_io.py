@@ -1,11 +1,11 @@
-"""utils/image_io.py: every kind of file reads by the one documented rule; corrupt files name themselves."""
+"""utils/data/image_io.py: every kind of file reads by the one documented rule; corrupt files name themselves."""
 import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 from skimage import data
 
-from utils.image_io import ImageReadError, image_size, quantise, read_image, to_float, write_image
+from utils.data.image_io import ImageReadError, image_size, quantise, read_image, to_float, write_image
 
 RGB = data.astronaut()[100:148, 150:214]  # 48 x 64, not square so rotations show
 

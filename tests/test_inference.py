@@ -6,8 +6,8 @@ from skimage import data
 
 from net import BaryNet, set_layernorm_impl
 from net.presets import build_model
-from utils.inference import restore
-from utils.metrics import psnr
+from utils.eval.inference import restore
+from utils.eval.metrics import psnr
 
 
 def _plain(net, x):

@@ -1,4 +1,4 @@
-"""utils/metrics.py against independent implementations, on natural images from scikit-image."""
+"""utils/eval/metrics.py against independent implementations, on natural images from scikit-image."""
 import warnings
 
 import numpy as np
@@ -8,7 +8,7 @@ from scipy.signal import correlate2d
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from utils import metrics as M
+from utils.eval import metrics as M
 
 torch.set_num_threads(1)
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from net import BaryNet, Potentials, Restormer
+from net import BaryNet, Potentials
 from net.presets import build_model, model_config
-from utils.losses import contrastive, orthogonality, transport_cost
+from utils.train.losses import contrastive, orthogonality, transport_cost
 
 
 def test_small_config_runs_forward_and_backward():

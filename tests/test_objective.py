@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _conformance import golden, golden_weights
-from net import Potentials
 from objective_case import LAMBDAS, batch_for_rank, nets
-from utils.engine import Training, build_optimizer, drop_absent_gradients, train_step
-from utils.losses import OBJECTIVES, Objective, map_loss, potentials_loss
-from utils.train_options import get_args_parser, resolve_objective
+
+from net import Potentials
+from utils.train.engine import Training, build_optimizer, drop_absent_gradients, train_step
+from utils.train.losses import OBJECTIVES, Objective, map_loss, potentials_loss
+from utils.train.options import get_args_parser, resolve_objective
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

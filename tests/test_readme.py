@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 import tester_bary
-from utils import demo, train_options
+from utils.demo import run as demo
+from utils.train import options as train_options
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PARSERS = {
@@ -56,3 +57,17 @@ def test_readme_command_parses(cmd):
     script, argv = _script_args(cmd)
     argv = [a.replace("$NODE_RANK", "0").replace("$MASTER_HOST", "localhost") for a in argv]
     PARSERS[script]().parse_args(argv)
+
+
+def test_every_path_in_the_code_map_exists():
+    """The README's code map names only files and folders that exist."""
+    text = README.read_text()
+    table = text[text.index("| where | what |"):text.index("## Real data")]
+    paths = set()
+    for row in table.splitlines():
+        first = row.split("|")[1] if row.count("|") > 2 else ""
+        paths |= {t for t in re.findall(r"`([\w./-]+)`", first) if "/" in t or "." in t or t == "Makefile"}
+    assert len(paths) > 25
+    root = README.parent
+    missing = sorted(p for p in paths if not (root / p).exists())
+    assert not missing, f"README code map names missing paths: {missing}"

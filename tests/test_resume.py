@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _train_data import make_train_tree, make_val_tree, train_flags
+
 from net.presets import build_model
-from utils import engine
-from utils.checkpoint import read_checkpoint
-from utils.train_options import get_args_parser
-from utils.train_state import list_checkpoints, read_latest
+from utils.checkpoints import list_checkpoints, read_checkpoint, read_latest
+from utils.train import engine
+from utils.train.options import get_args_parser
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,6 +79,9 @@ def test_checkpoint_format_and_records(straight):
     assert [r["epoch"] for r in epochs] == [1, 2] and len(iters) == 2 * ITERS
     assert all(r["val_psnr"] > 5 for r in epochs)
     assert {"map", "l1", "potentials", "congruence", "lr", "sec"} <= set(iters[0])
+    runs = [r for r in records if r["kind"] == "run"]  # one per start, with the objective it trains
+    assert len(runs) == 1 and (runs[0]["reg_weight"], runs[0]["potentials_steps"]) == (0.05, 2)
+    assert (ck["args"]["objective"], ck["args"]["reg_weight"], ck["args"]["potentials_steps"]) == ("single", 0.05, 2)
     assert (straight / "figs" / "train_losses.png").stat().st_size > 1000
 
 
@@ -103,7 +105,8 @@ def test_sigterm_mid_epoch_then_resume_is_exact(data, tmp_path):
     log = out / "ckpt" / "log.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+        # two iterations logged (the log also holds a "run" record per start)
+        if log.is_file() and log.read_text().count('"kind": "iter"') >= 2:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be signalled:\n" + proc.communicate()[0]

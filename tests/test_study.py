@@ -10,8 +10,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 import study
-from utils.losses import ABLATABLE, map_loss
 
+from utils.train.losses import ABLATABLE, map_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

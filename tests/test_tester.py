@@ -1,4 +1,4 @@
-"""tester_bary.py and utils/evaluation.py end to end, with a tiny BaryNet whose output conv is zero.
+"""tester_bary.py and utils/eval/evaluation.py end to end, with a tiny BaryNet whose output conv is zero.
 
 Such a network returns its input exactly (global residual), so every number the tester prints
 must equal the metrics of the degraded images against their targets, computed here directly.
@@ -19,12 +19,12 @@ from skimage import data
 
 import tester_bary
 from net.presets import build_model, model_config
-from utils import evaluation as E
-from utils.checkpoint import CheckpointError
-from utils.image_io import ImageReadError, read_image, write_image
-from utils.metrics import image_metrics
-from utils.noise import noise_seed, noisy_version
-from utils.pairing import PairingError
+from utils.checkpoints import CheckpointError
+from utils.data.image_io import ImageReadError, read_image, write_image
+from utils.data.noise import noise_seed, noisy_version
+from utils.data.pairing import PairingError
+from utils.eval import evaluation as E
+from utils.eval.metrics import image_metrics
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]

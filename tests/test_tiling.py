@@ -1,4 +1,4 @@
-"""Tiled inference (utils/inference.py: restore_tiled): exact, seamless, bounded in memory."""
+"""Tiled inference (utils/eval/inference.py: restore_tiled): exact, seamless, bounded in memory."""
 import json
 import os
 import statistics
@@ -13,7 +13,7 @@ import torch
 from skimage import data
 
 from net.presets import build_model
-from utils.inference import blend_ramp, check_tiling, restore, restore_tiled, tile_starts, tile_window
+from utils.eval.inference import blend_ramp, check_tiling, restore, restore_tiled, tile_starts, tile_window
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import torch
     torch.set_num_threads(2)
     from net.presets import build_model
-    from utils.inference import restore_tiled
+    from utils.eval.inference import restore_tiled
 
     def rss_mib():  # current resident set
         with open("/proc/self/statm") as fh:

@@ -1,4 +1,4 @@
-"""One iteration of the engine against utils/losses.py written out in docs/METHOD.md §2's order."""
+"""One iteration of the engine against utils/train/losses.py written out in docs/METHOD.md §2's order."""
 import copy
 import os
 
@@ -7,11 +7,11 @@ import torch
 
 from net import Potentials
 from net.presets import build_model
-from utils import engine
-from utils.engine import Training, build_optimizer, lr_at, train_step
-from utils.train_setup import ConfigError, check_args
-from utils.losses import congruence_loss, map_loss, potentials_loss
-from utils.train_options import get_args_parser
+from utils.train import engine
+from utils.train.engine import Training, build_optimizer, lr_at, train_step
+from utils.train.losses import congruence_loss, map_loss, potentials_loss
+from utils.train.options import get_args_parser
+from utils.train.setup import ConfigError, check_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -40,7 +40,7 @@ LAMBDAS = torch.tensor([0.318, 0.341, 0.341])
 
 
 def by_hand(model, pots, batch, lr=1e-4):
-    """docs/METHOD.md §2 step by step, with the loss functions of utils/losses.py."""
+    """docs/METHOD.md §2 step by step, with the loss functions of utils/train/losses.py."""
     degraded, target, de_ids, domains = batch
     opt_m = build_optimizer("RMSprop", model.parameters(), lr)
     opt_p = build_optimizer("RMSprop", pots.parameters(), lr)

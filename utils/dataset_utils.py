@@ -66,11 +66,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from .image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from utils.data.noise import add_noise
+from utils.errors import listing
 
 DE_IDS = {"denoise_15": 0, "denoise_25": 1, "denoise_50": 2, "derain": 3, "dehaze": 4,
           "deblur": 5, "lowlight": 6, "single": 7}
-DE_NAMES = {v: k for k, v in DE_IDS.items()}
 FAMILIES = ("denoise", "derain", "dehaze", "deblur", "lowlight", "single")
 NOISE_SIGMA = {0: 15, 1: 25, 2: 50}
 REPEATS = {"denoise_15": 5, "denoise_25": 5, "denoise_50": 5, "derain": 360, "dehaze": 1,
@@ -89,7 +90,6 @@ LAYOUT = {
     "lowlight": ("--lowlight_dir", "low", "high"),
     "single": ("--single_dir", "degraded", "target"),
 }
-_LIST_LIMIT = 20
 _FEW = 5                  # names shown per id list whose ids are absent
 # Families whose list of samples comes from the target folder, as in the reference: deblur
 # lists Deblur/sharp/ and pairs each image with Deblur/blur/ of the same name.
@@ -195,10 +195,6 @@ class Pair:
     family: str
 
 
-def _listing(items: Iterable) -> str:
-    items = [str(i) for i in items]
-    more = f"\n    ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
-    return "\n    " + "\n    ".join(items[:_LIST_LIMIT]) + more
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
@@ -389,7 +385,7 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
         lines = [f"{LAYOUT[f][0]}={dirs[f]}: {p} (for {n})" for f, p, n in missing]
         msg = (f"{len(missing)} training file(s) are missing (a rainy image needs gt/norain-N, a hazy "
                f"ID_A_B image needs original/ID, a sharp image needs a same-named blur image, low and "
-               f"degraded images need a same-named file in high and target):{_listing(lines)}")
+               f"degraded images need a same-named file in high and target):{listing(lines)}")
         if not skip_bad:
             raise DatasetError(msg + "\nAdd the files, fix the folder flags, or pass --skip-bad-files to "
                                      "train without them.")
@@ -446,7 +442,7 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
             continue
         keep[fam].append(pair)
     if bad:
-        msg = f"{len(bad)} training image(s) cannot be used:{_listing(bad)}"
+        msg = f"{len(bad)} training image(s) cannot be used:{listing(bad)}"
         if not skip_bad:
             raise DatasetError(msg + "\nReplace or remove them, lower --patch_size, or pass --skip-bad-files.")
         warnings.warn(f"skipping {len(bad)} training image(s) (--skip-bad-files): " + msg, stacklevel=2)
@@ -477,10 +473,6 @@ def augment(img: np.ndarray, mode: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def add_noise(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """``uint8(clip(clean + sigma * N(0, 1), 0, 255))``: truncated towards zero, as the reference does."""
-    noisy = clean.astype(np.float64) + sigma * rng.standard_normal(clean.shape)
-    return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:

@@ -3,11 +3,11 @@
 One iteration is docs/METHOD.md §2's three updates (:func:`train_step`):
 
 1. map update: the potentials frozen (``requires_grad`` off, gradients still flow through them
-   into b), BaryNet forward, :func:`~utils.losses.map_loss`, step the map's optimizer;
+   into b), BaryNet forward, :func:`~utils.train.losses.map_loss`, step the map's optimizer;
 2. potentials update: with the *updated* map, b recomputed by the encoder and barycenter path
    only (``BaryNet.bary_latent``, no decoder, no graph into the map),
-   :func:`~utils.losses.potentials_loss`, step the potentials' optimizer;
-3. congruence update: :func:`~utils.losses.congruence_loss` on the last sample's recomputed b
+   :func:`~utils.train.losses.potentials_loss`, step the potentials' optimizer;
+3. congruence update: :func:`~utils.train.losses.congruence_loss` on the last sample's recomputed b
    (the same tensor: b does not depend on the potentials), step the potentials' optimizer again.
 
 ``--backbone Restormer`` runs the same loop with the L1 term only (``Sigma * mean|y - x|``).
@@ -15,13 +15,13 @@ One iteration is docs/METHOD.md §2's three updates (:func:`train_step`):
 Every update's losses are checked before its step (summed over ranks, so all ranks agree);
 a non-finite value raises :class:`NonFiniteLossError` and nothing is saved after it.
 SIGTERM/SIGINT set a flag that all ranks agree on after each iteration: they stop after the
-same iteration, rank 0 saves, and the run exits 0. One process and ``torchrun`` run the same code (``world_size`` 1 is the special case).
+same iteration, rank 0 saves, and the run exits 0. One process and ``torchrun`` run the same code
+(``world_size`` 1 is the special case).
 """
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import random
 import signal
 import sys
@@ -38,22 +38,50 @@ from torch.utils.data import DataLoader
 
 from net import Potentials
 from net.presets import build_model
-from .allocator import tune_cpu_allocator
-from .checkpoint import CheckpointError, read_checkpoint
-from .dataset_utils import (LAYOUT, DatasetError, ResumableSampler, build_train_dataset, collate, iterations_per_epoch,
-                            parse_repeats)
-from .distributed import (DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_int, broadcast_module,
-                          cleanup, gather_ints, init_distributed_mode, weights_digest)
-from .image_io import ImageReadError, quantise, read_image, to_float
-from .inference import autocast_context
-from .losses import OBJECTIVES, Objective, congruence_loss, map_loss, potentials_loss
-from .metrics import psnr
-from .pairing import PairingError
-from .records import Console, JsonlLog, plot_loss_curves, progress
-from .train_options import resolve_data_file_dir, resolve_objective
-from .train_setup import ConfigError, check_args, load_start, start_fresh_outputs, validation_pairs
-from .train_state import (FORMAT_VERSION, LOG_NAME, LoopState, all_finite, is_training_checkpoint, plain_args,
-                          resolve_resume, rng_state, save_training_checkpoint, set_rng_state)
+from utils.checkpoints import (
+    LOG_NAME,
+    CheckpointError,
+    LoopState,
+    all_finite,
+    is_training_checkpoint,
+    plain_args,
+    read_checkpoint,
+    resolve_resume,
+    restore_training_state,
+    save_training_checkpoint,
+    training_checkpoint,
+)
+from utils.data.image_io import ImageReadError, quantise, read_image, to_float
+from utils.data.pairing import PairingError
+from utils.dataset_utils import (
+    LAYOUT,
+    DatasetError,
+    MixedDegradationDataset,
+    ResumableSampler,
+    build_train_dataset,
+    collate,
+    iterations_per_epoch,
+    parse_repeats,
+)
+from utils.eval.inference import autocast_context
+from utils.eval.metrics import psnr
+from utils.runtime import apply_gpus_flag, tune_cpu_allocator
+from utils.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    average_gradients,
+    barrier,
+    broadcast_int,
+    broadcast_module,
+    cleanup,
+    gather_ints,
+    init_distributed_mode,
+    weights_digest,
+)
+from utils.train.losses import OBJECTIVES, Objective, congruence_loss, map_loss, potentials_loss
+from utils.train.options import resolve_data_file_dir, resolve_objective
+from utils.train.run_log import Console, JsonlLog, plot_loss_curves, progress
+from utils.train.setup import ConfigError, check_args, load_start, start_fresh_outputs, validation_pairs
 
 FIG_NAME = "train_losses.png"
 MAP_TERMS = ("transport", "orthogonality", "contrastive", "potential")  # per-sample parts logged as means
@@ -370,150 +398,40 @@ def main(args: argparse.Namespace) -> int:
     """Train as ``args`` say. Returns 0 (also after SIGTERM/SIGINT, with a checkpoint written)."""
     if getattr(args, "cuda", False):  # the reference's --cuda
         args.device = "cuda"
-    under_torchrun = "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if args.gpus and not under_torchrun:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus  # before anything touches CUDA
+    gpus_note = apply_gpus_flag(args.gpus)  # before anything touches CUDA
     info = init_distributed_mode(args.device)
-    if args.gpus and under_torchrun:
-        # every rank would see the same list and pick GPU LOCAL_RANK of it; the reference DDP trainer
-        # ignores --gpus, and so do we (CUDA_VISIBLE_DEVICES before torchrun chooses the GPUs)
-        Console(info.is_main).warn(f"--gpus {args.gpus} is ignored under torchrun (each rank uses the GPU of its "
-                                   f"LOCAL_RANK); to choose GPUs, run CUDA_VISIBLE_DEVICES={args.gpus} torchrun ...")
+    if gpus_note:
+        Console(info.is_main).warn(gpus_note)
         args.gpus = None
     try:
-        return _train(args, info)
+        return train(args, info)
     finally:
         cleanup(info)
 
 
-def _train(args: argparse.Namespace, info: DistInfo) -> int:
+def train(args: argparse.Namespace, info: DistInfo) -> int:
+    """The whole run, top to bottom. Returns 0 (also after SIGTERM/SIGINT, with a checkpoint written)."""
     console = Console(info.is_main)
-    k = check_args(args)
-    try:
-        objective = resolve_objective(args)
-    except ValueError as exc:
-        raise ConfigError(f"--reg-weight/--potentials-steps/--contrastive-eps: {exc}") from None
-    ablate = frozenset(getattr(args, "ablate", None) or ())
-    if ablate and args.backbone != "BaryNet":
-        raise ConfigError(f"--ablate {' '.join(sorted(ablate))} switches off BaryNet's terms; --backbone "
-                          f"{args.backbone} has none (drop --ablate)")
-    if args.precision == "fp16" and info.device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA device; use --precision bf16 or fp32 on the CPU")
-    output_dir = Path(args.output_dir)
-
-    # where to start
-    ckpt_path, note = resolve_resume(args.resume, output_dir)
-    if note:
-        (console.warn if args.resume != "auto" else console)(note)
-    obj = read_checkpoint(ckpt_path) if ckpt_path is not None else None
-    seed = args.seed
-    if obj is not None and is_training_checkpoint(obj):
-        old = (obj.get("args") or {}).get("seed", seed)
-        if old != seed:
-            console(f"=> keeping the resumed run's seed {old} (not --seed {seed}) so the data order continues")
-        seed = int(old)
-    seed = broadcast_int(seed, info)
-    args.seed = seed
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-    # data
-    dirs = {fam: getattr(args, LAYOUT[fam][0].lstrip("-")) for fam in LAYOUT}
-    dataset = build_train_dataset(
-        args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=resolve_data_file_dir(args.data_file_dir),
-        skip_bad=args.skip_bad_files, check=args.check_images, log=console,
-        progress=lambda it, n: progress(it, n, "checking images", enabled=console.enabled),
-        repeats=parse_repeats(args.repeat), strict_ids=args.strict_ids)
-    console("=> training data (one epoch):")
-    for line in dataset.report():
-        console("   " + line)
+    k, objective, ablate = check_run(args, info)
+    ckpt_path, obj = where_to_start(args, console)
+    seed = agree_seed(args, obj, info, console)
+    dataset = build_dataset(args, seed, console)
     val_pairs = validation_pairs(args, console)
-
-    # networks
-    if info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest kernels once
-    model = build_model(args.backbone, args.preset)
-    pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone == "BaryNet" else None
-    state, resumed = load_start(args, ckpt_path, obj, model, pots, console)
-    # channels-last activations: oneDNN's and cuDNN's depthwise and 1x1 convolutions prefer them
-    channels_last = True
-    model.to(info.device, memory_format=torch.channels_last)
-    if pots is not None:
-        pots.to(info.device)
-        broadcast_module(pots, info)
-    n_params = sum(p.numel() for p in model.parameters())
-    console(f"=> {args.backbone} ({args.preset}, {n_params / 1e6:.2f} M parameters), K={k} sources, "
-            f"patch {args.patch_size}, batch {args.batchSize} x {info.world_size} process(es), "
-            f"{args.optimizer}, {args.precision} on {info.device}")
-
-    lr = lr_at(args.lr, state.epoch, args.step)
-    optimizer = build_optimizer(args.optimizer, model.parameters(), lr)
-    pot_optimizer = build_optimizer(args.optimizer, pots.parameters(), lr) if pots is not None else None
-    ddp_model = model
-    if info.distributed:
-        ddp_model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda"
-                                            else None)
-    lambdas = torch.tensor(dataset.lambdas, dtype=torch.float32, device=info.device)
-    training = Training(ddp_model, model, pots, optimizer, pot_optimizer, lambdas, l1_weight=args.Sigma,
-                        precision=args.precision, info=info, channels_last=channels_last, ablate=ablate,
-                        objective=objective)
-    if pots is not None:
-        console(f"=> objective {args.objective}: reg_weight {objective.reg_weight}, contrastive_eps "
-                f"{objective.contrastive_eps:g}, potentials_steps {objective.potentials_steps}")
-    if ablate:
-        console(f"=> ablation: the map loss leaves out {', '.join(sorted(ablate))}")
+    model, pots, state, resumed = build_networks(args, k, ckpt_path, obj, info, console)
+    training = build_training(args, model, pots, dataset, info, objective, ablate, state.epoch, console)
     if resumed is not None:
-        optimizer.load_state_dict(resumed["optimizer"])
-        if pot_optimizer is not None:
-            pot_optimizer.load_state_dict(resumed["potentials_optimizer"])
-        if resumed.get("scaler"):
-            training.scaler.load_state_dict(resumed["scaler"])
-        if resumed.get("rng"):
-            set_rng_state(resumed["rng"])
-        was = (resumed.get("args", {}).get("batchSize"), resumed.get("world_size"))
-        if resumed["iteration"] and was != (args.batchSize, info.world_size):
-            console.warn(f"resuming mid-epoch with batch {args.batchSize} x {info.world_size} process(es) where the "
-                         f"checkpoint ran {was[0]} x {was[1]}: the rest of epoch {state.epoch} will not see the "
-                         f"samples in the order the interrupted run would have")
-
-    sampler = ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=seed, shuffle=True)
-    # Workers get a fresh copy of the dataset (with its epoch) each epoch: no persistent workers.
-    loader = DataLoader(dataset, batch_size=args.batchSize, sampler=sampler, num_workers=args.threads,
-                        collate_fn=collate, pin_memory=info.device.type == "cuda", drop_last=False,
-                        persistent_workers=False, worker_init_fn=_ignore_stop_signals)
+        restore_training_state(resumed, training.optimizer, training.potentials_optimizer, training.scaler)
+        warn_if_batch_changed(resumed, args, info, state, console)
+    sampler, loader = build_loader(args, dataset, seed, info)
     iters = iterations_per_epoch(sampler.num_samples, args.batchSize, args.iters_per_epoch)
     if state.iteration >= iters:  # resumed exactly at an epoch's end (e.g. a smaller cap now)
         state = LoopState(state.epoch + 1, 0, state.global_step)
-
+    output_dir = Path(args.output_dir)
     if resumed is None and info.is_main:
         start_fresh_outputs(output_dir, console)
     log = JsonlLog(output_dir / LOG_NAME, enabled=info.is_main)
-    fig_path = Path(args.figs_dir) / FIG_NAME
-    meta = {"model_config": dict(model.config), "backbone": args.backbone, "preset": args.preset,
-            "lambdas": [float(v) for v in dataset.lambdas], "domains": list(dataset.families),
-            "domain_counts": list(dataset.domain_counts), "world_size": info.world_size, "args": plain_args(args)}
-    log.write({"kind": "run", "start_epoch": state.epoch, "start_iteration": state.iteration,
-               "resumed": resumed is not None, "objective": args.objective, "reg_weight": objective.reg_weight,
-               "contrastive_eps": objective.contrastive_eps, "potentials_steps": objective.potentials_steps,
-               "lambdas": meta["lambdas"], "samples_per_epoch": len(dataset), "world_size": info.world_size})
-
-    def save(s: LoopState) -> None:
-        if not all_finite(model, pots):
-            raise NonFiniteLossError(f"the weights became non-finite by epoch {s.epoch}, iteration {s.iteration}; "
-                                     f"not saving (the last checkpoint stays as it was)")
-        if info.is_main:
-            done = s.iteration >= iters
-            ckpt = {"format_version": FORMAT_VERSION, "model": model.state_dict(),
-                    "potentials": pots.state_dict() if pots is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "potentials_optimizer": pot_optimizer.state_dict() if pot_optimizer is not None else None,
-                    "scaler": training.scaler.state_dict(),
-                    "epoch": s.epoch if done else s.epoch - 1, "iteration": 0 if done else s.iteration,
-                    "global_step": s.global_step, "rng": rng_state(), **meta}
-            path = save_training_checkpoint(ckpt, output_dir, keep=args.keep)
-            console(f"=> checkpoint {path}")
-        barrier(info)
+    log.write(run_record(args, dataset, objective, state, resumed is not None, info))
+    save = Saver(training, output_dir, run_meta(args, model, dataset, info), iters, args.keep, console)
 
     if state.epoch > args.nEpochs:
         console(f"=> nothing to do: epoch {state.epoch} is past --nEpochs {args.nEpochs}")
@@ -524,9 +442,9 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
             if state.epoch != epoch:
                 state = LoopState(epoch, 0, state.global_step)
             lr = lr_at(args.lr, epoch, args.step)
-            set_lr([optimizer, pot_optimizer], lr)
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
+            set_lr([training.optimizer, training.potentials_optimizer], lr)
+            for part in (sampler, dataset):
+                part.set_epoch(epoch)
             sampler.set_start(state.iteration * args.batchSize)
             console(f"Epoch={epoch}, lr={lr:.3g}, {iters} iterations")
             tic = time.perf_counter()
@@ -538,22 +456,11 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
                 console(f"=> stopped by signal {stop.signum} at epoch {epoch}, iteration {state.iteration}; "
                         f"continue with --resume auto (or --resume <checkpoint>)")
                 return 0
-            val = evaluate(model, val_pairs, info, args.precision, channels_last) if val_pairs else None
-            seconds = time.perf_counter() - tic
-            record = {"kind": "epoch", "epoch": epoch, "global_step": state.global_step, "lr": lr,
-                      "iterations": iters, **means, "val_psnr": val, "sec": seconds}
-            if info.distributed:  # every rank must hold the same BaryNet and Potentials, bit for bit
-                record["rank_digests"] = digests = gather_ints(weights_digest(model, pots), info)
-                if len(set(digests)) != 1:
-                    raise RuntimeError(f"the ranks' weights differ after epoch {epoch} (digests {digests}); "
-                                       f"this is a bug, please report it with the command line")
-            log.write(record)
-            console(f"=> epoch {epoch} done in {seconds:.1f}s: "
-                    + " ".join(f"{k} {v:.5g}" for k, v in means.items())
-                    + (f", validation PSNR {val:.3f} dB" if val is not None else ""))
+            val = evaluate(model, val_pairs, info, args.precision, training.channels_last) if val_pairs else None
+            end_of_epoch(training, log, console, epoch, state, iters, lr, means, val, time.perf_counter() - tic)
             save(state)
             if info.is_main:
-                plot_loss_curves(output_dir / LOG_NAME, fig_path)
+                plot_loss_curves(output_dir / LOG_NAME, Path(args.figs_dir) / FIG_NAME)
             if stopped or any_rank(stop.requested, info):  # a signal during validation or saving
                 console(f"=> stopped by signal {stop.signum} after epoch {epoch}")
                 return 0
@@ -561,6 +468,179 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
     finally:
         stop.restore()
     return 0
+
+
+# --------------------------------------------------------------------------- the run's parts, in order
+
+def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective, frozenset[str]]:
+    """The flag checks that need the device too; returns K, the objective and the ablated terms."""
+    k = check_args(args)
+    try:
+        objective = resolve_objective(args)
+    except ValueError as exc:
+        raise ConfigError(f"--reg-weight/--potentials-steps/--contrastive-eps: {exc}") from None
+    ablate = frozenset(getattr(args, "ablate", None) or ())
+    if ablate and args.backbone != "BaryNet":
+        raise ConfigError(f"--ablate {' '.join(sorted(ablate))} switches off BaryNet's terms; --backbone "
+                          f"{args.backbone} has none (drop --ablate)")
+    if args.precision == "fp16" and info.device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device; use --precision bf16 or fp32 on the CPU")
+    return k, objective, ablate
+
+
+def where_to_start(args: argparse.Namespace, console: Console) -> tuple[Path | None, Any]:
+    """The checkpoint ``--resume`` names (or none) and its contents."""
+    ckpt_path, note = resolve_resume(args.resume, Path(args.output_dir))
+    if note:
+        (console.warn if args.resume != "auto" else console)(note)
+    return ckpt_path, read_checkpoint(ckpt_path) if ckpt_path is not None else None
+
+
+def agree_seed(args: argparse.Namespace, obj: Any, info: DistInfo, console: Console) -> int:
+    """The run's seed (a resumed run keeps its own), the same on every rank; seeds every generator."""
+    seed = args.seed
+    if obj is not None and is_training_checkpoint(obj):
+        old = (obj.get("args") or {}).get("seed", seed)
+        if old != seed:
+            console(f"=> keeping the resumed run's seed {old} (not --seed {seed}) so the data order continues")
+        seed = int(old)
+    seed = broadcast_int(seed, info)
+    args.seed = seed
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    return seed
+
+
+def build_dataset(args: argparse.Namespace, seed: int, console: Console) -> MixedDegradationDataset:
+    """The mixed-degradation training set the flags describe; prints its per-type table."""
+    dirs = {fam: getattr(args, LAYOUT[fam][0].lstrip("-")) for fam in LAYOUT}
+    dataset = build_train_dataset(
+        args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=resolve_data_file_dir(args.data_file_dir),
+        skip_bad=args.skip_bad_files, check=args.check_images, log=console,
+        progress=lambda it, n: progress(it, n, "checking images", enabled=console.enabled),
+        repeats=parse_repeats(args.repeat), strict_ids=args.strict_ids)
+    console("=> training data (one epoch):")
+    for line in dataset.report():
+        console("   " + line)
+    return dataset
+
+
+def build_networks(args: argparse.Namespace, k: int, ckpt_path: Path | None, obj: Any, info: DistInfo,
+                   console: Console) -> tuple[nn.Module, Potentials | None, LoopState, dict | None]:
+    """BaryNet (or a baseline) and its potentials, with their starting weights, on the device."""
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest kernels once
+    model = build_model(args.backbone, args.preset)
+    pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone == "BaryNet" else None
+    state, resumed = load_start(args, ckpt_path, obj, model, pots, console)
+    # channels-last activations: oneDNN's and cuDNN's depthwise and 1x1 convolutions prefer them
+    model.to(info.device, memory_format=torch.channels_last)
+    if pots is not None:
+        pots.to(info.device)
+        broadcast_module(pots, info)
+    n_params = sum(p.numel() for p in model.parameters())
+    console(f"=> {args.backbone} ({args.preset}, {n_params / 1e6:.2f} M parameters), K={k} sources, "
+            f"patch {args.patch_size}, batch {args.batchSize} x {info.world_size} process(es), "
+            f"{args.optimizer}, {args.precision} on {info.device}")
+    return model, pots, state, resumed
+
+
+def build_training(args: argparse.Namespace, model: nn.Module, pots: Potentials | None,
+                   dataset: MixedDegradationDataset, info: DistInfo, objective: Objective, ablate: frozenset[str],
+                   epoch: int, console: Console) -> Training:
+    """Optimizers (at ``epoch``'s learning rate), the DDP wrapper and the objective: what an iteration updates."""
+    lr = lr_at(args.lr, epoch, args.step)
+    optimizer = build_optimizer(args.optimizer, model.parameters(), lr)
+    pot_optimizer = build_optimizer(args.optimizer, pots.parameters(), lr) if pots is not None else None
+    ddp_model = model
+    if info.distributed:
+        ddp_model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda"
+                                            else None)
+    lambdas = torch.tensor(dataset.lambdas, dtype=torch.float32, device=info.device)
+    if pots is not None:
+        console(f"=> objective {args.objective}: reg_weight {objective.reg_weight}, contrastive_eps "
+                f"{objective.contrastive_eps:g}, potentials_steps {objective.potentials_steps}")
+    if ablate:
+        console(f"=> ablation: the map loss leaves out {', '.join(sorted(ablate))}")
+    return Training(ddp_model, model, pots, optimizer, pot_optimizer, lambdas, l1_weight=args.Sigma,
+                    precision=args.precision, info=info, channels_last=True, ablate=ablate, objective=objective)
+
+
+def warn_if_batch_changed(resumed: dict, args: argparse.Namespace, info: DistInfo, state: LoopState,
+                          console: Console) -> None:
+    was = (resumed.get("args", {}).get("batchSize"), resumed.get("world_size"))
+    if resumed["iteration"] and was != (args.batchSize, info.world_size):
+        console.warn(f"resuming mid-epoch with batch {args.batchSize} x {info.world_size} process(es) where the "
+                     f"checkpoint ran {was[0]} x {was[1]}: the rest of epoch {state.epoch} will not see the "
+                     f"samples in the order the interrupted run would have")
+
+
+def build_loader(args: argparse.Namespace, dataset: MixedDegradationDataset, seed: int,
+                 info: DistInfo) -> tuple[ResumableSampler, DataLoader]:
+    sampler = ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=seed, shuffle=True)
+    # Workers get a fresh copy of the dataset (with its epoch) each epoch: no persistent workers.
+    loader = DataLoader(dataset, batch_size=args.batchSize, sampler=sampler, num_workers=args.threads,
+                        collate_fn=collate, pin_memory=info.device.type == "cuda", drop_last=False,
+                        persistent_workers=False, worker_init_fn=_ignore_stop_signals)
+    return sampler, loader
+
+
+def run_meta(args: argparse.Namespace, model: nn.Module, dataset: MixedDegradationDataset,
+             info: DistInfo) -> dict[str, Any]:
+    """What every checkpoint of the run records beside the states."""
+    return {"model_config": dict(model.config), "backbone": args.backbone, "preset": args.preset,
+            "lambdas": [float(v) for v in dataset.lambdas], "domains": list(dataset.families),
+            "domain_counts": list(dataset.domain_counts), "world_size": info.world_size, "args": plain_args(args)}
+
+
+def run_record(args: argparse.Namespace, dataset: MixedDegradationDataset, objective: Objective, state: LoopState,
+               resumed: bool, info: DistInfo) -> dict[str, Any]:
+    """The log's ``run`` record: one per start."""
+    return {"kind": "run", "start_epoch": state.epoch, "start_iteration": state.iteration, "resumed": resumed,
+            "objective": args.objective, "reg_weight": objective.reg_weight,
+            "contrastive_eps": objective.contrastive_eps, "potentials_steps": objective.potentials_steps,
+            "lambdas": [float(v) for v in dataset.lambdas], "samples_per_epoch": len(dataset),
+            "world_size": info.world_size}
+
+
+@dataclass
+class Saver:
+    """``save(state)``: refuse non-finite weights, write the checkpoint on rank 0, wait for all ranks."""
+    training: Training
+    output_dir: Path
+    meta: dict[str, Any]
+    iters: int
+    keep: int
+    console: Console
+
+    def __call__(self, state: LoopState) -> None:
+        t = self.training
+        if not all_finite(t.model_without_ddp, t.potentials):
+            raise NonFiniteLossError(f"the weights became non-finite by epoch {state.epoch}, iteration "
+                                     f"{state.iteration}; not saving (the last checkpoint stays as it was)")
+        if t.info.is_main:
+            ckpt = training_checkpoint(t.model_without_ddp, t.potentials, t.optimizer, t.potentials_optimizer,
+                                       t.scaler, state, state.iteration >= self.iters, self.meta)
+            self.console(f"=> checkpoint {save_training_checkpoint(ckpt, self.output_dir, keep=self.keep)}")
+        barrier(t.info)
+
+
+def end_of_epoch(training: Training, log: JsonlLog, console: Console, epoch: int, state: LoopState, iters: int,
+                 lr: float, means: dict[str, float], val: float | None, seconds: float) -> None:
+    """Check that the ranks agree, log the epoch and say how it went."""
+    record = {"kind": "epoch", "epoch": epoch, "global_step": state.global_step, "lr": lr,
+              "iterations": iters, **means, "val_psnr": val, "sec": seconds}
+    info = training.info
+    if info.distributed:  # every rank must hold the same BaryNet and Potentials, bit for bit
+        record["rank_digests"] = digests = gather_ints(weights_digest(training.model_without_ddp,
+                                                                      training.potentials), info)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the ranks' weights differ after epoch {epoch} (digests {digests}); "
+                               f"this is a bug, please report it with the command line")
+    log.write(record)
+    console(f"=> epoch {epoch} done in {seconds:.1f}s: " + " ".join(f"{k} {v:.5g}" for k, v in means.items())
+            + (f", validation PSNR {val:.3f} dB" if val is not None else ""))
 
 
 def run_cli(args: argparse.Namespace) -> int:

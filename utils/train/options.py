@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from net.presets import PRESETS
-from .losses import ABLATABLE, OBJECTIVES, Objective
+from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
 
 # The authors' id lists ship in the repository's data_dir/; the flag's default names it as the
 # reference does (relative), and falls back to the repository's copy from any other directory.
@@ -22,7 +22,8 @@ DEFAULT_DEGSET = "./data/test/derain/Rain100L/input/"
 DEFAULT_TARSET = "./data/test/derain/Rain100L/target/"
 
 
-def get_args_parser(add_help: bool = True, threads_default: int = 16, objective: str = "single") -> argparse.ArgumentParser:
+def get_args_parser(add_help: bool = True, threads_default: int = 16,
+                    objective: str = "single") -> argparse.ArgumentParser:
     """The trainers' parser. ``objective`` is the default ``--objective``: ``single`` for
     ``trainer_bary.py``, ``ddp`` for ``trainer_bary_ddp.py`` (each trains what the authors' script of
     the same name trained); ``threads_default`` the reference script's loader workers."""
@@ -143,7 +144,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16, objective:
 
 
 def resolve_objective(args: argparse.Namespace) -> Objective:
-    """The :class:`~utils.losses.Objective` ``args`` ask for; fills ``args.reg_weight``,
+    """The :class:`~utils.train.losses.Objective` ``args`` ask for; fills ``args.reg_weight``,
     ``args.potentials_steps`` and ``args.contrastive_eps`` so checkpoints and the log record them."""
     base = OBJECTIVES[getattr(args, "objective", None) or "single"]
     for name in ("reg_weight", "potentials_steps", "contrastive_eps"):

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.allocator import tune_cpu_allocator
-from utils.demo_data import build_demo_data
-from utils.embeddings import difference_map, latents, mean_cosine, pca_2d, pooled
-from utils.evaluation import Protocol, evaluate_tasks, load_model, resolve_device, write_results
-from utils.figures import embedding_projection, takeaway_maps
-from utils.image_io import read_image, to_float
-from utils.noise import noisy_version
+from utils.analysis.embeddings import difference_map, latents, mean_cosine, pca_2d, pooled
+from utils.analysis.figures import embedding_projection, takeaway_maps
+from utils.data.image_io import read_image, to_float
+from utils.data.noise import noisy_version
+from utils.demo.data import build_demo_data
+from utils.eval.evaluation import Protocol, evaluate_tasks, load_model, write_results
+from utils.runtime import pick_device, tune_cpu_allocator
 
 IN_DISTRIBUTION = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
 OUT_OF_DISTRIBUTION = ("denoise_75", "jpeg", "lowlight")
@@ -83,7 +83,7 @@ def _trainer_argv(args, root: Path) -> list[str]:
 def train(args, root: Path) -> Path:
     """Run the real trainer; returns the newest checkpoint."""
     import trainer_bary
-    from utils.train_state import read_latest
+    from utils.checkpoints import read_latest
     targs = trainer_bary.get_args_parser().parse_args(_trainer_argv(args, root))
     rc = trainer_bary.main(targs)
     if rc:
@@ -172,7 +172,7 @@ def main(args) -> dict:
     ckpt = train(args, root)
     t_train = time.time()
     print(f"[3/4] evaluating {ckpt}")
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     model, info = load_model(ckpt)
     model.to(device)
     protocol = Protocol()

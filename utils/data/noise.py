@@ -27,18 +27,17 @@ def noise_seed(name: str, sigma: float, base_seed: int = 0) -> int:
     return zlib.crc32(f"{base_seed}:{name}:{sigma:g}".encode("utf-8"))
 
 
-def add_gaussian_noise(clean: np.ndarray, sigma: float, seed: int) -> np.ndarray:
-    """``uint8(clip(clean + sigma * N(0, 1), 0, 255))`` with a generator seeded by ``seed``.
+def add_noise(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """``uint8(clip(clean + sigma * N(0, 1), 0, 255))``, N drawn from ``rng`` (training and test noise).
 
     ``clean`` is an 8-bit image of any shape; the noise is drawn in float64, one value per sample.
     """
     if clean.dtype != np.uint8:
         raise ValueError(f"noise is synthesised on 8-bit images, got {clean.dtype}")
-    rng = np.random.default_rng(seed)
     noisy = clean.astype(np.float64) + sigma * rng.standard_normal(clean.shape)
     return np.clip(noisy, 0, 255).astype(np.uint8)  # astype truncates toward zero, as the reference
 
 
 def noisy_version(clean: np.ndarray, name: str, sigma: float, base_seed: int = 0) -> np.ndarray:
     """The seeded noisy test input of the clean 8-bit image called ``name``."""
-    return add_gaussian_noise(clean, sigma, noise_seed(name, sigma, base_seed))
+    return add_noise(clean, sigma, np.random.default_rng(noise_seed(name, sigma, base_seed)))

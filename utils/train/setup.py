@@ -11,13 +11,22 @@ from typing import Any
 import torch.nn as nn
 
 from net import Potentials
-from .checkpoint import CheckpointError, load_weights, read_checkpoint
-from .dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
-from .pairing import match_pairs
-from .records import Console
-from .train_options import DEFAULT_DEGSET, DEFAULT_TARSET
-from .train_state import (LOG_NAME, LoopState, is_reference_checkpoint, is_training_checkpoint, list_checkpoints,
-                          network_state_from, potentials_state_from)
+from utils.checkpoints import (
+    LOG_NAME,
+    CheckpointError,
+    LoopState,
+    is_reference_checkpoint,
+    is_training_checkpoint,
+    list_checkpoints,
+    load_network,
+    load_weights,
+    potentials_state_from,
+    read_checkpoint,
+)
+from utils.data.pairing import match_pairs
+from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
+from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET
+from utils.train.run_log import Console
 
 
 class ConfigError(ValueError):
@@ -102,7 +111,7 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
     """Weights from --resume or --pretrained; returns where to start and the training checkpoint (if any)."""
     state = LoopState(epoch=args.start_epoch, iteration=0, global_step=0)
     if obj is not None and is_training_checkpoint(obj):
-        load_weights(model, network_state_from(obj, str(ckpt_path)), str(ckpt_path))
+        load_network(model, obj, str(ckpt_path))
         if pots is not None:
             sd = potentials_state_from(obj, str(ckpt_path))
             if sd is None:
@@ -115,7 +124,7 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
                 f"iteration {state.iteration + 1}")
         return state, obj
     if obj is not None and is_reference_checkpoint(obj):
-        load_weights(model, network_state_from(obj, str(ckpt_path)), str(ckpt_path))
+        load_network(model, obj, str(ckpt_path))
         loaded = _load_potentials_if_they_fit(pots, obj, str(ckpt_path))
         note = {True: "its potentials", False: "fresh potentials (the file's do not fit this --patch_size/--de_type)",
                 None: "fresh potentials"}[loaded]
@@ -125,7 +134,7 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
                 f"{epoch + 1}) with {note} and fresh optimizers, as the reference resumes")
         return state, None
     if obj is not None:  # a plain state dict or other weights-only file given to --resume
-        load_weights(model, network_state_from(obj, str(ckpt_path)), str(ckpt_path))
+        load_network(model, obj, str(ckpt_path))
         console(f"=> {ckpt_path} holds weights only: starting at epoch {state.epoch} with fresh optimizers")
         return state, None
     if args.pretrained:
@@ -135,7 +144,7 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
                          f"initialisation (as the reference does)")
         else:
             pobj = read_checkpoint(path)
-            load_weights(model, network_state_from(pobj, str(path)), str(path))
+            load_network(model, pobj, str(path))
             msg = "network and potentials" if _load_potentials_if_they_fit(pots, pobj, str(path)) else "network"
             console(f"=> --pretrained {path}: {msg} weights loaded")
     return state, None

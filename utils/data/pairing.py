@@ -11,11 +11,11 @@ import os
 import re
 from pathlib import Path
 
-from .image_io import list_images
+from utils.data.image_io import list_images
+from utils.errors import listing
 
 _RAIN = re.compile(r"^(?:no)?rain-(.+)$", re.IGNORECASE)
 _HAZE = re.compile(r"^(.+?)_[0-9.]+_[0-9.]+$")
-_LIST_LIMIT = 20
 
 
 class PairingError(ValueError):
@@ -28,10 +28,6 @@ def name_key(stem: str) -> str:
     return m.group(1) if m else stem
 
 
-def _listing(items) -> str:
-    items = [str(i) for i in items]
-    more = f"\n    ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
-    return "\n    " + "\n    ".join(items[:_LIST_LIMIT]) + more
 
 
 def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
@@ -71,6 +67,6 @@ def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
             pairs.append((d, target))
     if unpaired and not skip_unpaired:
         raise PairingError(f"{len(unpaired)} degraded image(s) in {degraded_dir} have no target of the same "
-                           f"name in {target_dir}:{_listing(p.name for p in unpaired)}\nRename them to match "
+                           f"name in {target_dir}:{listing(p.name for p in unpaired)}\nRename them to match "
                            f"(rain-N pairs with norain-N), or pass --skip-unpaired to leave them out.")
     return pairs, unpaired

@@ -14,6 +14,8 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
+from utils.runtime import pick_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -31,29 +33,12 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(flag: str, local_rank: int = 0, log=print) -> torch.device:
-    """``--device auto|cpu|cuda`` -> a device; ``auto`` takes CUDA when available and says which."""
-    if flag not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {flag!r}")
-    if flag == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but no CUDA GPU is visible (check --gpus / "
-                           "CUDA_VISIBLE_DEVICES, or use --device cpu)")
-    use_cuda = flag == "cuda" or (flag == "auto" and torch.cuda.is_available())
-    if flag == "auto" and log is not None:
-        log(f"=> --device auto: using {'CUDA' if use_cuda else 'the CPU (no CUDA GPU visible)'}")
-    if use_cuda:
-        index = local_rank % max(1, torch.cuda.device_count())
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device("cpu")
-
-
 def init_distributed_mode(device_flag: str = "auto", log=print) -> DistInfo:
     """Join the process group torchrun describes (NCCL on GPUs, gloo on the CPU), or run alone."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_flag, local_rank, log if rank == 0 else None)
+    device = pick_device(device_flag, local_rank=local_rank, log=log if rank == 0 else None)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}

@@ -59,7 +59,6 @@ TRAIN_PHOTOS = (
     "immunohistochemistry", "grass", "gravel", "moon",
 )
 TEST_PHOTOS = ("chelsea", "camera", "coffee", "grace_hopper", "coins")
-GREY_PHOTOS = ("brick", "grass", "gravel", "moon", "camera", "coins")
 
 # Sizes at scale 1 (pixels; all become multiples of 16).
 TRAIN_SIDE = 384          # train crops are TRAIN_SIDE x TRAIN_SIDE windows
@@ -107,11 +106,11 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
     RGBA drops alpha."""
     img = np.asarray(img)
     if img.dtype != np.uint8:
-        raise ValueError(f"utils/demo_data.py: expected uint8 photo, got {img.dtype}")
+        raise ValueError(f"utils/demo/data.py: expected uint8 photo, got {img.dtype}")
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"utils/demo_data.py: expected (H, W[, 3|4]) photo, got {img.shape}")
+        raise ValueError(f"utils/demo/data.py: expected (H, W[, 3|4]) photo, got {img.shape}")
     return np.ascontiguousarray(img[:, :, :3])
 
 
@@ -218,7 +217,7 @@ def depth_from_disparity(disp: np.ndarray) -> np.ndarray:
     disp = np.asarray(disp, dtype=np.float32)
     valid = np.isfinite(disp) & (disp > 0)
     if not valid.any():
-        raise ValueError("utils/demo_data.py: disparity map has no valid pixel; "
+        raise ValueError("utils/demo/data.py: disparity map has no valid pixel; "
                          "reinstall scikit-image to restore motorcycle_disp.npz")
     depth = np.zeros_like(disp)
     depth[valid] = 1.0 / disp[valid]
@@ -328,7 +327,7 @@ def jpeg_degrade(img: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
     """Encode uint8 RGB (H, W, 3) as JPEG at ``quality`` and decode it again."""
     ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
-        raise RuntimeError("utils/demo_data.py: OpenCV JPEG encoding failed; "
+        raise RuntimeError("utils/demo/data.py: OpenCV JPEG encoding failed; "
                            "reinstall opencv-python-headless")
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
 
@@ -372,7 +371,7 @@ def encode_png(img: np.ndarray) -> bytes:
     """Deterministic PNG bytes of uint8 RGB (H, W, 3)."""
     ok, buf = cv2.imencode(".png", img[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
     if not ok:
-        raise RuntimeError("utils/demo_data.py: OpenCV PNG encoding failed; "
+        raise RuntimeError("utils/demo/data.py: OpenCV PNG encoding failed; "
                            "reinstall opencv-python-headless")
     return buf.tobytes()
 
@@ -539,12 +538,12 @@ def build_files(root: Path, params: dict, force: bool, progress: bool) -> tuple[
 
 def _check_args(seed: int, scale: float, max_photos: int | None) -> None:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"utils/demo_data.py: seed must be a non-negative int, got {seed!r}")
+        raise ValueError(f"utils/demo/data.py: seed must be a non-negative int, got {seed!r}")
     if not (0.05 <= float(scale) <= 4.0):
-        raise ValueError(f"utils/demo_data.py: scale must lie in [0.05, 4], got {scale!r} "
+        raise ValueError(f"utils/demo/data.py: scale must lie in [0.05, 4], got {scale!r} "
                          "(use e.g. 0.2 for a tiny test build, 1.0 for the default)")
     if max_photos is not None and (not isinstance(max_photos, int) or max_photos < 1):
-        raise ValueError(f"utils/demo_data.py: max_photos must be None or an int >= 1, got {max_photos!r}")
+        raise ValueError(f"utils/demo/data.py: max_photos must be None or an int >= 1, got {max_photos!r}")
 
 
 def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale: float = 1.0,

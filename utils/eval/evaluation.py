@@ -44,13 +44,29 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from net.presets import BACKBONES, model_config
-from .checkpoint import CheckpointError, load_weights, model_state_from, read_checkpoint
-from .image_io import (ImageReadError, image_size, is_image, list_images, quantise, read_image, to_float,
-                       write_image)
-from .inference import PRECISIONS, check_tiling, is_out_of_memory, prepare_for_inference, restore, restore_tiled
-from .metrics import FID, LPIPS, METRIC_SPACES, SSIM_KINDS, image_metrics
-from .noise import SEED_RULE, noisy_version
-from .pairing import PairingError, match_pairs
+from utils.checkpoints import CheckpointError, load_network, read_checkpoint
+from utils.data.image_io import (
+    ImageReadError,
+    image_size,
+    is_image,
+    list_images,
+    quantise,
+    read_image,
+    to_float,
+    write_image,
+)
+from utils.data.noise import SEED_RULE, noisy_version
+from utils.data.pairing import PairingError, match_pairs
+from utils.errors import listing
+from utils.eval.inference import (
+    PRECISIONS,
+    check_tiling,
+    is_out_of_memory,
+    prepare_for_inference,
+    restore,
+    restore_tiled,
+)
+from utils.eval.metrics import FID, LPIPS, METRIC_SPACES, SSIM_KINDS, image_metrics
 
 PROTOCOLS = ("reference", "pad")
 SIZE_MULTIPLE = 8
@@ -165,8 +181,8 @@ def _validate_sizes(pairs: Sequence[tuple[Path, Path]], skip: bool, where: str) 
         else:
             bad.append(f"{deg.name} {sd[0]}x{sd[1]} vs target {tar.name} {st[0]}x{st[1]}")
     if bad and not skip:
-        listing = "\n    ".join(bad[:20]) + (f"\n    ... and {len(bad) - 20} more" if len(bad) > 20 else "")
-        raise PairingError(f"{len(bad)} pair(s) in {where} differ in size (height x width):\n    {listing}\n"
+        shown = listing(bad, lead="")
+        raise PairingError(f"{len(bad)} pair(s) in {where} differ in size (height x width):\n    {shown}\n"
                            f"Fix or remove them, or pass --skip-unpaired to leave them out.")
     return good, [f"{b} (size mismatch)" for b in bad]
 
@@ -303,31 +319,6 @@ def to_8bit(img: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- model, device
 
-def resolve_device(device: str = "auto", cuda: bool = False, gpus: str | None = None) -> torch.device:
-    """``--device auto|cpu|cuda`` plus the reference's ``--cuda`` (use the GPU) and ``--gpus`` (ids).
-
-    Only the first id of ``--gpus`` is used (evaluation runs on one device).
-    """
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if cuda:
-        if device == "cpu":
-            raise ValueError("--cuda asks for the GPU but --device cpu for the CPU; pass one of them")
-        device = "cuda" if device == "auto" else device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("a CUDA device was requested (--device cuda / --cuda) but none is available; "
-                               "run with --device cpu (or --device auto)")
-        if gpus:
-            first = int(str(gpus).split(",")[0])
-            if first >= torch.cuda.device_count():
-                raise ValueError(f"--gpus {gpus}: only {torch.cuda.device_count()} CUDA device(s) visible")
-            device = f"cuda:{first}"
-    return torch.device(device)
-
-
 def load_model(path: str | Path, backbone: str | None = None, preset: str | None = None,
                **overrides) -> tuple[nn.Module, dict[str, Any]]:
     """Build the network a checkpoint needs and load it; returns ``(model, info)``.
@@ -355,7 +346,7 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
         cfg = model_config(preset or "paper", **given)
         source = f"preset {preset or 'paper'}"
     model = BACKBONES[backbone](**cfg)
-    load_weights(model, model_state_from(obj, str(path)), str(path))
+    load_network(model, obj, str(path))
     info = {"model": str(path), "backbone": backbone, "model_config": cfg, "config_from": source}
     return model, info
 
@@ -489,7 +480,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
 
 
 def _fid_of(feats_a: list[np.ndarray], feats_b: list[np.ndarray]) -> float | None:
-    from .metrics import frechet_distance
+    from utils.eval.metrics import frechet_distance
     if len(feats_a) < 2:
         return None
     fa, fb = np.concatenate(feats_a), np.concatenate(feats_b)

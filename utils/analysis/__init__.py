@@ -1,0 +1,1 @@
+"""Looking inside the model: WB/residual embeddings and their figures."""

@@ -1,0 +1,554 @@
+"""Checkpoints, all in one place: reading every format without running code, the training
+checkpoint's format, saving (atomic, rotated, with a ``latest`` pointer), and resuming.
+
+Reading. Three formats are accepted wherever weights are loaded:
+
+- a plain state dict (``{name: tensor}``), optionally under ``state_dict``/``params``;
+- the project's own checkpoint (a dict of state dicts, the network under ``model``);
+- a reference BaryIR checkpoint: a whole pickled module under the key ``BaryIR``.
+
+Plain and project files are read with ``torch.load(weights_only=True)``. A reference
+file needs its pickled classes, which ``weights_only`` refuses; it is read by
+:class:`_InertUnpickler`, which honours only an allow-list of tensor-rebuilding and
+container globals and turns every other class into an inert placeholder. Nothing named
+in the file is imported or called; calling anything that is not allow-listed (the way a
+malicious pickle runs code) is refused. Python's unrestricted unpickler is never used.
+
+Writing. The training checkpoint (what the trainers write and resume from) is a dict of state
+dicts (loadable with ``torch.load(weights_only=True)``):
+
+=====================  ==========================================================
+``format_version``     :data:`FORMAT_VERSION`
+``model``              BaryNet (or Restormer) state dict, no ``module.`` prefixes
+``potentials``         Potentials state dict (None for the Restormer baseline)
+``optimizer``          the map's optimizer state dict
+``potentials_optimizer``  the potentials' optimizer state dict (None for Restormer)
+``scaler``             GradScaler state dict ({} unless ``--precision fp16``)
+``epoch``              epochs completed (the reference's meaning: resume at epoch+1)
+``iteration``          iterations completed in epoch ``epoch+1`` (0 at an epoch's end)
+``global_step``        iterations since the run began
+``rng``                rank 0's python, numpy, torch and CUDA generator states (tensors, plain types)
+``model_config``       the network's constructor arguments
+``backbone``           ``BaryNet`` or ``Restormer``; ``preset`` the ``--preset`` it was built from
+``lambdas``            the barycenter weights; ``domains`` their family names, ``domain_counts``
+``world_size``         processes that trained it (the data order of a resumed epoch depends on it)
+``args``               the command-line arguments as a plain dict
+=====================  ==========================================================
+
+Files in ``--output-dir``: ``epoch_003.pth`` after epoch 3, ``iter_e004_i000500.pth`` after
+500 iterations of epoch 4, and ``latest`` (JSON, written atomically after the checkpoint)
+naming the newest. Only the newest ``keep`` checkpoints are kept (0 keeps all); the one
+``latest`` names is never removed.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pickle
+import random
+import re
+import tempfile
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Mapping
+
+import numpy as np
+import torch
+
+from utils.errors import LIST_LIMIT, listing
+
+# Tensors that reference checkpoints carry but no forward pass uses
+# (tests/conformance/legacy_unused_keys.txt).
+LEGACY_UNUSED_KEYS = frozenset({
+    "chnl_reduce1.weight", "chnl_reduce2.weight", "chnl_reduce3.weight",
+    "reduce_noise_channel_1.weight", "reduce_noise_channel_2.weight", "reduce_noise_channel_3.weight",
+})
+_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or does not fit the model; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- restricted unpickling
+
+class _RefusedCall(pickle.UnpicklingError):
+    pass
+
+
+class _InertMeta(type):
+    """Metaclass of placeholders: creating one by *calling* it is how pickles run code, so refuse."""
+
+    def __call__(cls, *args, **kwargs):
+        raise _RefusedCall(f"the file asks to call {cls._pickled_name}(...), which a checkpoint never needs")
+
+
+class _Inert(metaclass=_InertMeta):
+    """Stands in for any class named in a pickle; keeps the pickled state and nothing else."""
+    _pickled_name = "?"
+
+    def __new__(cls, *args, **kwargs):  # NEWOBJ: how pickle re-creates objects, no __init__ run
+        return object.__new__(cls)
+
+    def __setstate__(self, state):
+        object.__setattr__(self, "_pickled_state", state)
+
+    def __reduce__(self):
+        raise TypeError(f"inert placeholder for {self._pickled_name} cannot be pickled again")
+
+
+def _placeholder(module: str, name: str) -> type:
+    return _InertMeta(name, (_Inert,), {"_pickled_name": f"{module}.{name}", "__module__": "inert." + module})
+
+
+def _safe_reconstructor(cls, base, state):
+    """Protocol 0/1's ``copyreg._reconstructor``, limited to placeholders over ``object``."""
+    if isinstance(cls, _InertMeta) and base is object and state is None:
+        return cls.__new__(cls)
+    raise _RefusedCall(f"the file asks copyreg._reconstructor to build {cls!r} on {base!r}")
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("copyreg", "_reconstructor"): _safe_reconstructor,
+        ("torch", "Size"): torch.Size,
+        ("torch", "device"): torch.device,
+        ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    }
+    if hasattr(torch._utils, "_rebuild_parameter_with_state"):
+        allowed[("torch._utils", "_rebuild_parameter_with_state")] = torch._utils._rebuild_parameter_with_state
+    for name in dir(torch):
+        if isinstance(getattr(torch, name, None), torch.dtype):
+            allowed[("torch", name)] = getattr(torch, name)
+    return allowed
+
+
+class _InertUnpickler(pickle.Unpickler):
+    _allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str):
+        if module == "__builtin__":  # Python 2 spelling that protocol-2 pickles use
+            module = "builtins"
+        found = self._allowed.get((module, name))
+        return found if found is not None else _placeholder(module, name)
+
+
+def _inert_pickle_module() -> types.ModuleType:
+    """A stand-in for the ``pickle`` module that torch.load drives (Unpickler and load)."""
+    mod = types.ModuleType("inert_pickle")
+    mod.Unpickler = _InertUnpickler
+    mod.load = lambda f, **kw: _InertUnpickler(f, **kw).load()
+    mod.UnpicklingError = pickle.UnpicklingError
+    return mod
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """Load a checkpoint file onto the CPU without executing anything it contains.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, unreadable or
+    tries to run code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (check the path; --resume auto finds the "
+                              f"newest checkpoint in --output-dir)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # names classes that weights_only refuses: maybe a reference checkpoint
+    except Exception as exc:  # truncated zip, not a torch file, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is "
+                              f"damaged or not a PyTorch checkpoint.") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle_module())
+    except _RefusedCall as exc:
+        raise CheckpointError(f"refusing to load {path}: {exc}. Only tensors, containers and pickled "
+                              f"modules are read from checkpoints; this file tries to run code.") from exc
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- state dicts
+
+def _walk_module(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    """Collect parameters and persistent buffers of a placeholder module, as ``state_dict()`` would."""
+    state = getattr(obj, "_pickled_state", None)
+    if not isinstance(state, dict):
+        return
+    for name, tensor in (state.get("_parameters") or {}).items():
+        if tensor is not None:
+            out[prefix + name] = tensor.detach()
+    skip = state.get("_non_persistent_buffers_set") or set()
+    for name, tensor in (state.get("_buffers") or {}).items():
+        if tensor is not None and name not in skip:
+            out[prefix + name] = tensor.detach()
+    for name, child in (state.get("_modules") or {}).items():
+        if child is not None:
+            _walk_module(child, f"{prefix}{name}.", out)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+def model_state_from(obj: Any, source: str = "checkpoint", key: str = "model") -> dict[str, torch.Tensor]:
+    """The network's state dict inside any accepted checkpoint format (prefixes stripped, legacy keys dropped).
+
+    ``key`` picks the network in a project checkpoint (``model``, or ``potentials``).
+    """
+    if isinstance(obj, _Inert):
+        sd: dict[str, torch.Tensor] = {}
+        _walk_module(obj, "", sd)
+    elif isinstance(obj, Mapping) and "BaryIR" in obj:
+        return model_state_from(obj["BaryIR"], source, key)
+    elif isinstance(obj, Mapping) and isinstance(obj.get(key), _Inert):
+        return model_state_from(obj[key], source, key)  # reference --pretrained files: {'model': module}
+    elif isinstance(obj, Mapping) and key in obj and _is_state_dict(obj[key]):
+        sd = dict(obj[key])
+    elif isinstance(obj, Mapping) and any(_is_state_dict(obj.get(k)) for k in ("state_dict", "params")):
+        sd = dict(next(obj[k] for k in ("state_dict", "params") if _is_state_dict(obj.get(k))))
+    elif _is_state_dict(obj):
+        sd = dict(obj)
+    elif isinstance(obj, torch.nn.Module):
+        sd = obj.state_dict()
+    else:
+        keys = list(obj)[:LIST_LIMIT] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{source} holds no network weights under '{key}', 'BaryIR', 'state_dict' "
+                              f"or as a plain state dict (found: {keys})")
+    if not sd:
+        raise CheckpointError(f"{source} contains a module with no parameters")
+    return normalise_state_dict(sd)
+
+
+def normalise_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ``module.``/``_orig_mod.`` prefixes and drop the reference's unused legacy tensors."""
+    out = {}
+    for name, tensor in sd.items():
+        while name.startswith(_PREFIXES):
+            name = name.split(".", 1)[1]
+        if name not in LEGACY_UNUSED_KEYS:
+            out[name] = tensor
+    return out
+
+
+
+
+def load_weights(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strictly load ``sd`` into ``model``; a mismatch is a :class:`CheckpointError` listing the keys."""
+    expected = model.state_dict()
+    missing = expected.keys() - sd.keys()
+    unexpected = sd.keys() - expected.keys()
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in expected.keys() & sd.keys() if sd[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing from the file ({len(missing)}): " + listing(missing, sep=", ", lead=""))
+    if unexpected:
+        problems.append(f"not in the model ({len(unexpected)}): " + listing(unexpected, sep=", ", lead=""))
+    if shapes:
+        problems.append(f"shape mismatches ({len(shapes)}): " + listing(sorted(shapes), sep="; ", lead=""))
+    if problems:
+        cfg = getattr(model, "config", None)
+        raise CheckpointError(
+            f"{source} does not fit {type(model).__name__}"
+            + (f" (dim={cfg['dim']}, num_blocks={cfg['num_blocks']})" if cfg else "") + ":\n  "
+            + "\n  ".join(problems)
+            + "\nPick the matching --backbone and --preset (or model flags) for this checkpoint.")
+    model.load_state_dict(sd, strict=True)
+
+
+def load_network(model: torch.nn.Module, obj: Any, source: str, key: str = "model") -> None:
+    """Load the network weights found in ``obj`` (a checkpoint object of any accepted format,
+    read by :func:`read_checkpoint` from ``source``) into ``model``; mismatches are one error."""
+    load_weights(model, model_state_from(obj, str(source), key), str(source))
+
+
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, key: str = "model") -> Any:
+    """Read ``path`` (any accepted format) into ``model``; returns the raw checkpoint object."""
+    obj = read_checkpoint(path)
+    load_network(model, obj, str(path), key)
+    return obj
+
+
+# --------------------------------------------------------------------------- writing
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(fh)`` on a temporary file in ``path``'s folder, fsync, then rename it over ``path``.
+
+    A crash at any moment leaves either the old file or the complete new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+# --------------------------------------------------------------------------- training checkpoints
+# (what the trainers write and resume from; the format is in the module docstring)
+
+FORMAT_VERSION = 1
+LATEST = "latest"
+LOG_NAME = "log.jsonl"
+_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pth$")
+_ITER_RE = re.compile(r"^iter_e(\d+)_i(\d+)\.pth$")
+
+
+@dataclass
+class LoopState:
+    """Where training is: the epoch being trained (1-based), iterations done in it, and in all."""
+    epoch: int = 1
+    iteration: int = 0
+    global_step: int = 0
+
+
+# --------------------------------------------------------------------------- names and order
+
+def checkpoint_name(epoch: int, iteration: int) -> str:
+    """File name for ``epoch`` completed epochs and ``iteration`` iterations into the next."""
+    if iteration == 0:
+        return f"epoch_{epoch:03d}.pth"
+    return f"iter_e{epoch + 1:03d}_i{iteration:06d}.pth"
+
+
+def progress_of(name: str) -> tuple[int, int] | None:
+    """``(epochs completed, iterations into the next)`` of a checkpoint file name, None if not ours."""
+    m = _EPOCH_RE.match(name)
+    if m:
+        return int(m.group(1)), 0
+    m = _ITER_RE.match(name)
+    if m:
+        return int(m.group(1)) - 1, int(m.group(2))
+    return None
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The trainer's checkpoints in ``output_dir``, oldest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(progress_of(p.name), p) for p in folder.iterdir() if p.is_file()]
+    return [p for prog, p in sorted((x for x in found if x[0] is not None), key=lambda x: x[0])]
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def read_latest(output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint ``latest`` names, else the newest by file name, else None."""
+    folder = Path(output_dir)
+    pointer = folder / LATEST
+    if pointer.is_file():
+        try:
+            name = json.loads(pointer.read_text())["checkpoint"]
+            if (folder / name).is_file():
+                return folder / name
+        except (ValueError, KeyError, TypeError):
+            pass
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt")
+
+
+def newest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The newest checkpoint anywhere under ``root`` (by modification time), None if there is none.
+
+    A folder the trainer wrote stands for the checkpoint its ``latest`` names (:func:`read_latest`),
+    not for every ``epoch_NNN.pth`` in it; any other ``*.pth``/``*.pt`` file (a reference or
+    plain checkpoint) counts as itself. Hidden files and folders (temporary files) are skipped.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        return None
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        latest = read_latest(folder)
+        if latest is not None:
+            found.append(latest)
+        found += [Path(folder) / f for f in sorted(files) if not f.startswith(".") and progress_of(f) is None
+                  and Path(f).suffix.lower() in CHECKPOINT_SUFFIXES]
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
+
+
+def rotate(output_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (never the one ``latest`` names); returns the removed."""
+    if keep <= 0:
+        return []
+    found = list_checkpoints(output_dir)
+    latest = read_latest(output_dir)
+    removed = []
+    for p in found[:-keep]:
+        if latest is not None and p.resolve() == latest.resolve():
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+# --------------------------------------------------------------------------- RNG states
+
+def rng_state() -> dict[str, Any]:
+    """Every generator's state, as tensors and plain types (``weights_only``-loadable)."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# --------------------------------------------------------------------------- saving
+
+def plain_args(args: Any) -> dict[str, Any]:
+    """``argparse.Namespace`` -> a dict of str/int/float/bool/None/list only."""
+    def plain(v):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return str(v)
+    return {k: plain(v) for k, v in vars(args).items()}
+
+
+def all_finite(*modules: torch.nn.Module | None) -> bool:
+    """True when every parameter of every module is finite."""
+    for m in modules:
+        if m is None:
+            continue
+        for p in m.parameters():
+            if not torch.isfinite(p).all():
+                return False
+    return True
+
+
+def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLike, keep: int = 3) -> Path:
+    """Write ``state`` atomically under its canonical name, point ``latest`` at it, rotate old files."""
+    folder = Path(output_dir)
+    path = save_atomic(state, folder / checkpoint_name(state["epoch"], state["iteration"]))
+    _write_text_atomic(folder / LATEST, json.dumps({
+        "checkpoint": path.name, "epoch": state["epoch"], "iteration": state["iteration"],
+        "global_step": state["global_step"]}) + "\n")
+    rotate(folder, keep)
+    return path
+
+
+def training_checkpoint(model: torch.nn.Module, potentials: torch.nn.Module | None, optimizer, potentials_optimizer,
+                        scaler, state: LoopState, epoch_done: bool, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The training checkpoint (the format in the module docstring) of a run at ``state``.
+
+    ``epoch_done``: ``state`` is the end of epoch ``state.epoch`` (else mid-epoch, after
+    ``state.iteration`` iterations). ``meta`` holds ``model_config``, ``backbone``, ``preset``,
+    ``lambdas``, ``domains``, ``domain_counts``, ``world_size`` and ``args``.
+    """
+    return {"format_version": FORMAT_VERSION, "model": model.state_dict(),
+            "potentials": potentials.state_dict() if potentials is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "potentials_optimizer": potentials_optimizer.state_dict() if potentials_optimizer is not None else None,
+            "scaler": scaler.state_dict(),
+            "epoch": state.epoch if epoch_done else state.epoch - 1, "iteration": 0 if epoch_done else state.iteration,
+            "global_step": state.global_step, "rng": rng_state(), **meta}
+
+
+def restore_training_state(ckpt: Mapping[str, Any], optimizer, potentials_optimizer, scaler) -> None:
+    """Put a training checkpoint's optimizer, scaler and RNG states back (the weights are loaded
+    before the networks move to their device, by ``utils.train.setup.load_start``)."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if potentials_optimizer is not None:
+        potentials_optimizer.load_state_dict(ckpt["potentials_optimizer"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    if ckpt.get("rng"):
+        set_rng_state(ckpt["rng"])
+
+
+# --------------------------------------------------------------------------- resuming
+
+def is_training_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and "format_version" in obj and "model" in obj
+
+
+def is_reference_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and "BaryIR" in obj
+
+
+def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> tuple[Path | None, str | None]:
+    """``--resume`` -> ``(path or None, message)``.
+
+    ``auto`` is the checkpoint ``latest`` names in ``output_dir`` (None with a note when there is
+    none); a path that does not exist gives None and a warning, as the reference starts afresh.
+    """
+    if not resume:
+        return None, None
+    if resume == "auto":
+        path = read_latest(output_dir)
+        if path is None:
+            return None, f"--resume auto: no checkpoint in {output_dir}; starting a fresh run"
+        return path, None
+    path = Path(resume)
+    if not path.is_file():
+        return None, (f"--resume {resume}: no checkpoint found at that path. STARTING A FRESH RUN from "
+                      f"epoch 1 (as the reference does). Use --resume auto to continue the newest "
+                      f"checkpoint in --output-dir.")
+    return path, None
+
+
+def potentials_state_from(obj: Any, source: str) -> dict[str, torch.Tensor] | None:
+    """The Potentials' weights in a project or reference checkpoint, or None when it has none."""
+    if is_training_checkpoint(obj):
+        sd = obj.get("potentials")
+        return dict(sd) if sd else None
+    if isinstance(obj, Mapping):
+        for key in ("Pots", "discr", "potentials"):
+            if obj.get(key) is not None:
+                try:
+                    return model_state_from(obj[key], f"{source} ['{key}']")
+                except CheckpointError:
+                    return None
+    return None

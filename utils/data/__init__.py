@@ -1,0 +1,1 @@
+"""Reading images, pairing them by name, seeded test noise."""

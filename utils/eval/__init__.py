@@ -1,0 +1,1 @@
+"""Evaluation: the tester's tasks and protocol, metrics, the fast inference path."""

@@ -1,0 +1,80 @@
+"""The process's runtime, set up once by each command-line entry point: the CPU allocator, which
+GPUs are visible (``--gpus``) and which device runs (``--device``, the reference's ``--cuda``)."""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from typing import Callable
+
+import torch
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc's malloc keep freed memory for reuse; returns whether it applied.
+
+    A training iteration or a full-size forward allocates and frees gigabytes of activations.
+    With glibc's defaults every large block is a fresh mmap that the kernel zero-fills page by
+    page on first touch, a large share of a CPU iteration (``BENCHMARKS.md`` has the numbers).
+    With the mmap and trim thresholds raised, the heap keeps those pages and reuses them; the
+    process's RSS stays at its peak. Process-wide, so command-line entry points apply it
+    (``trainer_bary.py``, ``tester_bary.py``, ``make demo``), never library functions.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+def under_torchrun() -> bool:
+    """True in a process torchrun started as one of several ranks."""
+    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def apply_gpus_flag(gpus: str | None) -> str | None:
+    """The reference's ``--gpus 0,1``: make only those GPUs visible (before CUDA starts).
+
+    Under torchrun it is ignored, as the reference DDP trainer does (every rank would see the
+    same list and take GPU LOCAL_RANK of it); returns the warning to show then, else None.
+    """
+    if not gpus:
+        return None
+    if under_torchrun():
+        return (f"--gpus {gpus} is ignored under torchrun (each rank uses the GPU of its LOCAL_RANK); "
+                f"to choose GPUs, run CUDA_VISIBLE_DEVICES={gpus} torchrun ...")
+    if torch.cuda.is_initialized():
+        return f"--gpus {gpus} came after CUDA started and is ignored; set CUDA_VISIBLE_DEVICES={gpus} instead"
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus)
+    return None
+
+
+def pick_device(flag: str = "auto", cuda: bool = False, local_rank: int = 0,
+                log: Callable[[str], None] | None = None) -> torch.device:
+    """``--device auto|cpu|cuda|cuda:N`` (plus the reference's ``--cuda``) -> a device.
+
+    ``auto`` takes CUDA when a GPU is visible (and says which when ``log`` is given); a CUDA
+    device without an index is GPU ``local_rank`` of the visible ones (torchrun's rank on its node).
+    """
+    if flag not in ("auto", "cpu", "cuda") and not flag.startswith("cuda:"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {flag!r}")
+    if cuda:
+        if flag == "cpu":
+            raise ValueError("--cuda asks for the GPU but --device cpu for the CPU; pass one of them")
+        flag = "cuda" if flag == "auto" else flag
+    use_cuda = flag.startswith("cuda") or (flag == "auto" and torch.cuda.is_available())
+    if flag == "auto" and log is not None:
+        log(f"=> --device auto: using {'CUDA' if use_cuda else 'the CPU (no CUDA GPU visible)'}")
+    if not use_cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("a CUDA device was asked for (--device cuda / --cuda), but no CUDA GPU is visible "
+                           "(check --gpus / CUDA_VISIBLE_DEVICES, or use --device cpu)")
+    index = int(flag.split(":")[1]) if ":" in flag else local_rank % max(1, torch.cuda.device_count())
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {flag}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
