@@ -48,7 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="data/demo", help="demo data folder (built when missing or stale)")
     p.add_argument("--output-dir", default="checkpoint/demo", help="training checkpoints and log")
     p.add_argument("--results", default="results/demo", help="restored images and results tables")
-    p.add_argument("--figs-dir", default="figs/demo", help="where the figures go")
+    p.add_argument("--figs-dir", default="results/demo/figs",
+                   help="where the figures go (ignored by git; the README's pictures in figs/demo/ are copies "
+                        "refreshed by hand)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--iters-per-epoch", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=4)

@@ -460,7 +460,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
             end_of_epoch(training, log, console, epoch, state, iters, lr, means, val, time.perf_counter() - tic)
             save(state)
             if info.is_main:
-                plot_loss_curves(output_dir / LOG_NAME, Path(args.figs_dir) / FIG_NAME)
+                plot_loss_curves(output_dir / LOG_NAME, Path(args.figs_dir or output_dir) / FIG_NAME)
             if stopped or any_rank(stop.requested, info):  # a signal during validation or saving
                 console(f"=> stopped by signal {stop.signum} after epoch {epoch}")
                 return 0

@@ -117,8 +117,9 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     new.add_argument("--keep", type=int, default=3, help="keep the newest N checkpoints (0 keeps all)")
     new.add_argument("--output-dir", dest="output_dir", type=str, default="checkpoint",
                      help="checkpoints, the 'latest' pointer and log.jsonl go here")
-    new.add_argument("--figs-dir", dest="figs_dir", type=str, default="figs",
-                     help="the loss-curve figure is redrawn here at each epoch end")
+    new.add_argument("--figs-dir", dest="figs_dir", type=str, default=None,
+                     help="the loss-curve figure is redrawn here at each epoch end (default: --output-dir, "
+                          "beside the run's log)")
     new.add_argument("--iters-per-epoch", dest="iters_per_epoch", type=int, default=0,
                      help="cap an epoch at N iterations (demos, tests); 0: the full repeated data set")
     new.add_argument("--log-every", dest="log_every", type=int, default=10,
