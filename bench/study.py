@@ -53,7 +53,7 @@ from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
 from utils.demo.data import build_demo_data, darken, jpeg_degrade, motion_blur
 from utils.demo.run import InputAsOutput, views_of_one_photo
-from utils.eval.evaluation import Protocol, evaluate_tasks, load_model
+from utils.eval.evaluation import Protocol, crop_to_multiple, evaluate_tasks, load_model
 from utils.runtime import pick_device
 
 ID_TASKS = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
@@ -293,8 +293,7 @@ def embed(model: torch.nn.Module, views: Sequence[ProbeView], device: torch.devi
     wb, res, cos = [None] * n, [None] * n, np.zeros(n)
     by_shape: dict[tuple, list[int]] = {}
     for i, v in enumerate(views):
-        h, w = v.image.shape[0] // 8 * 8, v.image.shape[1] // 8 * 8
-        by_shape.setdefault((h, w), []).append(i)
+        by_shape.setdefault(crop_to_multiple(v.image).shape[:2], []).append(i)
     for (h, w), idx in by_shape.items():
         for start in range(0, len(idx), 16):
             chunk = idx[start:start + 16]

@@ -35,6 +35,38 @@ class BaryOutput(NamedTuple):
     residual: torch.Tensor
 
 
+def _config(inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads, ffn_expansion_factor, bias,
+            LayerNorm_type) -> dict:
+    """The constructor arguments of BaryNet and Restormer, checked, as the ``config`` checkpoints record."""
+    if len(num_blocks) != 4 or len(heads) != 4:
+        raise ValueError(f"num_blocks and heads need 4 entries each, got {list(num_blocks)} and {list(heads)}")
+    return dict(inp_channels=inp_channels, out_channels=out_channels, dim=dim, num_blocks=list(num_blocks),
+                num_refinement_blocks=num_refinement_blocks, heads=list(heads),
+                ffn_expansion_factor=ffn_expansion_factor, bias=bias, LayerNorm_type=LayerNorm_type)
+
+
+def _add_encoder(net: nn.Module, stage, inp_channels: int, d: int, num_blocks: Sequence[int],
+                 heads: Sequence[int]) -> None:
+    """Register the encoder BaryNet and Restormer share, in the reference's key order: patch
+    embedding, three levels with their downsamplings, and the latent stage (8d channels at 1/8)."""
+    net.patch_embed = OverlapPatchEmbed(inp_channels, d)
+    net.encoder_level1 = stage(d, num_blocks[0], heads[0])
+    net.down1_2 = Downsample(d)
+    net.encoder_level2 = stage(2 * d, num_blocks[1], heads[1])
+    net.down2_3 = Downsample(2 * d)
+    net.encoder_level3 = stage(4 * d, num_blocks[2], heads[2])
+    net.down3_4 = Downsample(4 * d)
+    net.latent = stage(8 * d, num_blocks[3], heads[3])
+
+
+def _run_encoder(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(B, 3, H, W) -> (e1, e2, e3, latent)``: the skips at 1, 1/2, 1/4 and the latent stage's output at 1/8."""
+    e1 = net.encoder_level1(net.patch_embed(x))
+    e2 = net.encoder_level2(net.down1_2(e1))
+    e3 = net.encoder_level3(net.down2_3(e2))
+    return e1, e2, e3, net.latent(net.down3_4(e3))
+
+
 class BaryNet(nn.Module):
     """All-in-one restoration network of BaryIR.
 
@@ -54,13 +86,9 @@ class BaryNet(nn.Module):
                  heads: Sequence[int] = (1, 2, 4, 8), ffn_expansion_factor: float = 2.66,
                  bias: bool = False, LayerNorm_type: str = "WithBias"):
         super().__init__()
-        if len(num_blocks) != 4 or len(heads) != 4:
-            raise ValueError(f"num_blocks and heads need 4 entries each, got {list(num_blocks)} and {list(heads)}")
         d = dim
-        self.config = dict(inp_channels=inp_channels, out_channels=out_channels, dim=dim,
-                           num_blocks=list(num_blocks), num_refinement_blocks=num_refinement_blocks,
-                           heads=list(heads), ffn_expansion_factor=ffn_expansion_factor, bias=bias,
-                           LayerNorm_type=LayerNorm_type)
+        self.config = _config(inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,
+                              ffn_expansion_factor, bias, LayerNorm_type)
 
         def stage(width, depth, n_heads):
             return transformer_stage(width, depth, n_heads, ffn_expansion_factor, bias, LayerNorm_type)
@@ -69,14 +97,7 @@ class BaryNet(nn.Module):
             return TransformerBlock(width, n_heads, ffn_expansion_factor, bias, LayerNorm_type)
 
         # Registration order follows the reference so state_dict() lists keys in its order.
-        self.patch_embed = OverlapPatchEmbed(inp_channels, d)
-        self.encoder_level1 = stage(d, num_blocks[0], heads[0])
-        self.down1_2 = Downsample(d)
-        self.encoder_level2 = stage(2 * d, num_blocks[1], heads[1])
-        self.down2_3 = Downsample(2 * d)
-        self.encoder_level3 = stage(4 * d, num_blocks[2], heads[2])
-        self.down3_4 = Downsample(4 * d)
-        self.latent = stage(8 * d, num_blocks[3], heads[3])
+        _add_encoder(self, stage, inp_channels, d, num_blocks, heads)
         self.barylatent = stage(8 * d, num_blocks[3], heads[3])
         self.LN = LayerNorm(8 * d, "WithBias")
 
@@ -116,10 +137,8 @@ class BaryNet(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoder: ``(B, 3, H, W) -> (e1, e2, e3, z)``, z the source latent ``(B, 8dim, H/8, W/8)``."""
         check_input_size(x)
-        e1 = self.encoder_level1(self.patch_embed(x))
-        e2 = self.encoder_level2(self.down1_2(e1))
-        e3 = self.encoder_level3(self.down2_3(e2))
-        z = self.LN(self.latent(self.down3_4(e3)))
+        e1, e2, e3, latent = _run_encoder(self, x)
+        z = self.LN(latent)
         return e1, e2, e3, z
 
     def barycenter(self, z: torch.Tensor) -> torch.Tensor:
@@ -177,22 +196,13 @@ class Restormer(nn.Module):
                  bias: bool = False, LayerNorm_type: str = "WithBias"):
         super().__init__()
         d = dim
-        self.config = dict(inp_channels=inp_channels, out_channels=out_channels, dim=dim,
-                           num_blocks=list(num_blocks), num_refinement_blocks=num_refinement_blocks,
-                           heads=list(heads), ffn_expansion_factor=ffn_expansion_factor, bias=bias,
-                           LayerNorm_type=LayerNorm_type)
+        self.config = _config(inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,
+                              ffn_expansion_factor, bias, LayerNorm_type)
 
         def stage(width, depth, n_heads):
             return transformer_stage(width, depth, n_heads, ffn_expansion_factor, bias, LayerNorm_type)
 
-        self.patch_embed = OverlapPatchEmbed(inp_channels, d)
-        self.encoder_level1 = stage(d, num_blocks[0], heads[0])
-        self.down1_2 = Downsample(d)
-        self.encoder_level2 = stage(2 * d, num_blocks[1], heads[1])
-        self.down2_3 = Downsample(2 * d)
-        self.encoder_level3 = stage(4 * d, num_blocks[2], heads[2])
-        self.down3_4 = Downsample(4 * d)
-        self.latent = stage(8 * d, num_blocks[3], heads[3])
+        _add_encoder(self, stage, inp_channels, d, num_blocks, heads)
         self.up4_3 = Upsample(8 * d)
         self.reduce_chan_level3 = conv1x1(8 * d, 4 * d, bias)
         self.decoder_level3 = stage(4 * d, num_blocks[2], heads[2])
@@ -206,10 +216,7 @@ class Restormer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x)
-        e1 = self.encoder_level1(self.patch_embed(x))
-        e2 = self.encoder_level2(self.down1_2(e1))
-        e3 = self.encoder_level3(self.down2_3(e2))
-        z = self.latent(self.down3_4(e3))
+        e1, e2, e3, z = _run_encoder(self, x)
         d3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(z), e3], dim=1)))
         d2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(d3), e2], dim=1)))
         d1 = self.decoder_level1(torch.cat([self.up2_1(d2), e1], dim=1))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from _train_data import make_train_tree, make_val_tree, train_flags
 
+import tester_bary
 from net.presets import build_model
 from utils.checkpoints import list_checkpoints, read_checkpoint, read_latest
 from utils.train import engine
@@ -83,6 +84,20 @@ def test_checkpoint_format_and_records(straight):
     assert len(runs) == 1 and (runs[0]["reg_weight"], runs[0]["potentials_steps"]) == (0.05, 2)
     assert (ck["args"]["objective"], ck["args"]["reg_weight"], ck["args"]["potentials_steps"]) == ("single", 0.05, 2)
     assert (straight / "figs" / "train_losses.png").stat().st_size > 1000
+
+
+def test_logged_validation_psnr_is_what_the_tester_prints(straight, tmp_path):
+    """One evaluation protocol: the trainer validates through the tester's own scoring."""
+    records = [json.loads(line) for line in (straight / "ckpt" / "log.jsonl").read_text().splitlines()]
+    logged = [r for r in records if r["kind"] == "epoch"][-1]["val_psnr"]
+    args = tester_bary.get_args_parser().parse_args([
+        "--model", str(straight / "ckpt" / "epoch_002.pth"), "--degset", str(straight / "val" / "input"),
+        "--tarset", str(straight / "val" / "target"), "--save", str(tmp_path / "test"), "--device", "cpu",
+        "--no-progress"])
+    results = tester_bary.main(args)
+    (row,) = results["tasks"].values()
+    assert row["count"] == 2
+    assert row["psnr"] == pytest.approx(logged, rel=0, abs=1e-9)
 
 
 def test_resume_between_epochs_is_exact(data, straight, tmp_path):

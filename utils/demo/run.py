@@ -27,7 +27,7 @@ from utils.analysis.figures import embedding_projection, takeaway_maps
 from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
 from utils.demo.data import build_demo_data
-from utils.eval.evaluation import Protocol, evaluate_tasks, load_model, write_results
+from utils.eval.evaluation import Protocol, crop_to_multiple, evaluate_tasks, load_model, write_results
 from utils.runtime import pick_device, tune_cpu_allocator
 
 IN_DISTRIBUTION = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
@@ -111,8 +111,7 @@ def views_of_one_photo(root: Path, manifest: dict, photo: str) -> dict[str, np.n
 
 
 def _batch(img: np.ndarray) -> torch.Tensor:
-    h, w = img.shape[0] // 8 * 8, img.shape[1] // 8 * 8
-    return torch.from_numpy(to_float(img[:h, :w])).permute(2, 0, 1)[None].contiguous()
+    return torch.from_numpy(to_float(crop_to_multiple(img))).permute(2, 0, 1)[None].contiguous()
 
 
 def embedding_figures(model: nn.Module, root: Path, manifest: dict, figs_dir: Path, device) -> dict:

@@ -468,7 +468,8 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
             fig_rows.append((item.name, to_8bit(deg), out8, tar8, p, s))
     result = _summary(images, lpips_metric is not None)
     if fid_metric is not None:
-        result["fid"] = _fid_of(feats_out, feats_tar)
+        enough = len(feats_out) > 1
+        result["fid"] = FID.distance(np.concatenate(feats_out), np.concatenate(feats_tar)) if enough else None
     result["skipped"] = len(eval_set.skipped)
     if eval_set.skipped:
         result["skipped_files"] = list(eval_set.skipped)
@@ -477,14 +478,6 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         result["figure"] = str(save_comparison_figure(fig_rows, figs_dir / f"{eval_set.name.replace('/', '_')}.png",
                                                       eval_set.name))
     return result
-
-
-def _fid_of(feats_a: list[np.ndarray], feats_b: list[np.ndarray]) -> float | None:
-    from utils.eval.metrics import frechet_distance
-    if len(feats_a) < 2:
-        return None
-    fa, fb = np.concatenate(feats_a), np.concatenate(feats_b)
-    return frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
 
 
 def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol | None = None,

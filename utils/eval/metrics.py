@@ -279,8 +279,13 @@ class FID:
     def __call__(self, images_a: list[np.ndarray], images_b: list[np.ndarray]) -> float:
         if len(images_a) < 2 or len(images_b) < 2:
             raise ValueError("FID needs at least two images in each set")
-        fa, fb = self.features(images_a), self.features(images_b)
-        return frechet_distance(fa.mean(0), np.cov(fa, rowvar=False), fb.mean(0), np.cov(fb, rowvar=False))
+        return self.distance(self.features(images_a), self.features(images_b))
+
+    @staticmethod
+    def distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+        """FID of two ``(N, dims)`` feature arrays (N >= 2 each)."""
+        return frechet_distance(feats_a.mean(0), np.cov(feats_a, rowvar=False), feats_b.mean(0),
+                                np.cov(feats_b, rowvar=False))
 
 
 __all__ = ["MAX_PSNR", "METRIC_SPACES", "SSIM_KINDS", "MetricUnavailable", "psnr", "ssim_skimage", "rgb_to_y",

@@ -51,7 +51,7 @@ from utils.checkpoints import (
     save_training_checkpoint,
     training_checkpoint,
 )
-from utils.data.image_io import ImageReadError, quantise, read_image, to_float
+from utils.data.image_io import ImageReadError
 from utils.data.pairing import PairingError
 from utils.dataset_utils import (
     LAYOUT,
@@ -63,8 +63,8 @@ from utils.dataset_utils import (
     iterations_per_epoch,
     parse_repeats,
 )
+from utils.eval.evaluation import EvalItem, EvalSet, Protocol, evaluate_set
 from utils.eval.inference import autocast_context
-from utils.eval.metrics import psnr
 from utils.runtime import apply_gpus_flag, tune_cpu_allocator
 from utils.train.distributed import (
     DistInfo,
@@ -366,30 +366,20 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
 
 def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo, precision: str = "fp32",
              channels_last: bool = False) -> float | None:
-    """Mean PSNR (dB, 8-bit, docs/METHOD.md §4 protocol) over ``pairs``, shared out over the ranks."""
-    total, count = 0.0, 0
-    was_training = model.training
+    """Mean PSNR over ``pairs`` by the tester's own scoring (:func:`utils.eval.evaluation.evaluate_set`,
+    ``--protocol reference``, through ``restore()``), shared out over the ranks: the number logged
+    as ``val_psnr`` is the one ``tester_bary.py --degset/--tarset`` prints for the same checkpoint.
+    ``channels_last`` is accepted for callers; ``restore()`` always runs channels-last.
+    """
+    items = [EvalItem(deg.name, tar, deg) for deg, tar in pairs][info.rank::info.world_size]
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # image sizes vary: tuning kernels for each would cost more
-    model.eval()
-    with torch.no_grad():
-        for deg_path, tar_path in pairs[info.rank::info.world_size]:
-            deg, tar = read_image(deg_path), read_image(tar_path)
-            if deg.shape != tar.shape:
-                raise DatasetError(f"validation pair differs in size: {deg_path} {deg.shape[:2]} vs "
-                                   f"{tar_path} {tar.shape[:2]}")
-            h, w = deg.shape[0] // 8 * 8, deg.shape[1] // 8 * 8
-            x = torch.from_numpy(to_float(deg[:h, :w]).transpose(2, 0, 1).copy()).unsqueeze(0).to(info.device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_context(info.device, precision):
-                out = model(x)
-            y = (out[0] if isinstance(out, tuple) else out)[0].float().cpu().numpy().transpose(1, 2, 0)
-            total += psnr(quantise(y), quantise(to_float(tar[:h, :w])))
-            count += 1
-    model.train(was_training)
-    torch.backends.cudnn.benchmark = benchmark
-    t = torch.tensor([total, float(count)], dtype=torch.float64, device=info.device)
+    try:
+        scored = evaluate_set(model, EvalSet("validation", "validation", items), Protocol(precision=precision),
+                              info.device, progress=False)["images"] if items else []
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    t = torch.tensor([sum(r["psnr"] for r in scored), float(len(scored))], dtype=torch.float64, device=info.device)
     all_reduce_sum(t, info)
     return float(t[0] / t[1]) if t[1] > 0 else None
 
