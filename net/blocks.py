@@ -101,8 +101,8 @@ class FeedForward(nn.Module):
         """The same function for channels_last activations: each half of the gate is computed by its
         own slice of the 1x1 and depthwise weights (both act on channels independently), so the
         halves come out contiguous instead of as strided channel slices; the gate then runs on
-        contiguous memory and the intermediate tensors are half as wide (measured 1.4-2x faster
-        per block on the CPU in bf16, see BENCHMARKS.md)."""
+        contiguous memory and the intermediate tensors are half as wide (faster per block on the CPU,
+        most in bf16: BENCHMARKS.md, bench/bench_blocks.py)."""
         gate, value = (_depthwise(_pointwise(x, self.project_in, part, 2), self.dwconv, part, 2) for part in (0, 1))
         return self.project_out(_gelu_gate(gate, value))
 
@@ -175,8 +175,8 @@ class Attention(nn.Module):
 def _split_forms_apply(x: torch.Tensor) -> bool:
     """Whether the split forms apply: channels_last activations on the CPU (the inference fast path
     and the trainer's channels_last engine). NCHW activations, as in the reference, and GPU tensors
-    take the plain forms: on an H100 the split forms were slower (bf16 inference 110 vs 87 ms at
-    512x512, fp32 training 0.39 vs 0.22 s per iteration; BENCHMARKS.md)."""
+    take the plain forms: on an H100 the split forms were slower, in inference and in training
+    (BENCHMARKS.md has the A/B)."""
     return x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous()
 

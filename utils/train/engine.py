@@ -244,11 +244,21 @@ def train_step(training: Training, batch, where: str = "iteration", inject_nan: 
     if pots is None or "potentials" in training.ablate:  # ablated potentials: the map trains on transport cost
         return losses
     _requires_grad(pots, True)
+    return losses | update_potentials(training, degraded, domains, batch[3], where)
 
-    # 2-3. potentials and congruence on b recomputed by the updated map (encoder + barycenter path)
+
+def update_potentials(training: Training, degraded: torch.Tensor, domains: torch.Tensor,
+                      domains_cpu: torch.Tensor, where: str) -> dict[str, float]:
+    """Steps 2-3: the potentials and congruence losses on b recomputed by the updated map (encoder
+    and barycenter path only), as two steps or one accumulated step (``training.objective``).
+
+    ``domains_cpu`` (the batch's, before the device move) says which f_k are present without a
+    device sync; absent ones get no gradient in the potentials step. Returns the logged values.
+    """
+    info, pots, opt = training.info, training.potentials, training.potentials_optimizer
     with torch.no_grad(), training.autocast():
         bary = _full(training.model_without_ddp.bary_latent(degraded))
-    present = present_domains(batch[3], pots.num_potentials, info)
+    present = present_domains(domains_cpu, pots.num_potentials, info)
 
     def sync(drop_absent: bool) -> Callable[[], None]:
         def run():
@@ -257,22 +267,20 @@ def train_step(training: Training, batch, where: str = "iteration", inject_nan: 
                 drop_absent_gradients(pots, present)
         return run
 
-    opt = training.potentials_optimizer
     opt.zero_grad(set_to_none=True)
     with training.autocast():
         pot_loss = potentials_loss(bary, domains, training.lambdas, pots)
-    if obj.potentials_steps == 2:  # single-process reference: two steps
-        losses |= _update(training, pot_loss, {"potentials": pot_loss}, opt, where, "potentials", sync(True))
+    if training.objective.potentials_steps == 2:  # single-process reference: two steps
+        losses = _update(training, pot_loss, {"potentials": pot_loss}, opt, where, "potentials", sync(True))
         opt.zero_grad(set_to_none=True)
         with training.autocast():
             cong = congruence_loss(bary[-1], training.lambdas, pots)
-        losses |= _update(training, cong, {"congruence": cong}, opt, where, "congruence", sync(False))
-    else:  # DDP reference: both gradients accumulated, one step (congruence reaches every f_k)
-        with training.autocast():
-            cong = congruence_loss(bary[-1], training.lambdas, pots)
-        losses |= _update(training, pot_loss + cong, {"potentials": pot_loss, "congruence": cong}, opt, where,
-                          "potentials", sync(False))
-    return losses
+        return losses | _update(training, cong, {"congruence": cong}, opt, where, "congruence", sync(False))
+    # DDP reference: both gradients accumulated, one step (congruence reaches every f_k)
+    with training.autocast():
+        cong = congruence_loss(bary[-1], training.lambdas, pots)
+    return _update(training, pot_loss + cong, {"potentials": pot_loss, "congruence": cong}, opt, where,
+                   "potentials", sync(False))
 
 
 # --------------------------------------------------------------------------- stop requests
