@@ -158,9 +158,10 @@ def default_model(checkpoint_dir: str | os.PathLike = CHECKPOINT_DIR) -> tuple[P
     return newest, f"newest under {Path(checkpoint_dir).as_posix()}/"
 
 
-def apply_defaults(args) -> None:
+def apply_defaults(args) -> bool:
     """Fill in ``--model`` and the tasks when not given, printing each choice and why (as the reference's
-    tester, which needs no arguments); a missing checkpoint or benchmark is a one-line error, exit 2."""
+    tester, which needs no arguments); a missing checkpoint or benchmark is a one-line error, exit 2.
+    Returns whether the tasks were chosen here."""
     if not args.model:
         path, why = default_model()
         if path is None:
@@ -175,9 +176,10 @@ def apply_defaults(args) -> None:
                   f"— put the benchmarks there as {', '.join(paper_layout(args.data_root))}; or pass --data-root "
                   f"DIR, --degset/--tarset or --input")
         args.tasks = present
-        args.tasks_defaulted = True
         print(f"=> no --tasks given: evaluating the paper tasks present under {Path(args.data_root).as_posix()}: "
               f"{', '.join(present)}")
+        return True
+    return False
 
 
 def main(args) -> dict:
@@ -188,7 +190,7 @@ def main(args) -> dict:
                          f"(got {', '.join(modes)})")
     if bool(args.degset) != bool(args.tarset):
         raise SystemExit("tester_bary.py: --degset and --tarset go together")
-    apply_defaults(args)
+    tasks_defaulted = apply_defaults(args)
     gpus_note = apply_gpus_flag(args.gpus)  # the reference's meaning of --gpus
     if gpus_note:
         print(f"warning: {gpus_note}", file=sys.stderr)
@@ -214,7 +216,7 @@ def main(args) -> dict:
         try:
             sets = find_task_sets(args.tasks, args.data_root, args.skip_unpaired)
         except PairingError as exc:
-            if not getattr(args, "tasks_defaulted", False):
+            if not tasks_defaulted:
                 raise
             _fail(f"{exc} (found while evaluating every paper task present under {args.data_root}; pass --tasks "
                   f"to choose)")

@@ -195,8 +195,6 @@ class Pair:
     family: str
 
 
-
-
 def read_id_list(path: str | os.PathLike) -> list[str]:
     """The ids of one of the reference's list files, one a line, in file order (blank lines skipped)."""
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]

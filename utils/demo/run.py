@@ -199,6 +199,11 @@ def main(args) -> dict:
     return summary
 
 
-if __name__ == "__main__":
+def cli() -> dict:
+    """``python -m utils.demo`` (``make demo``)."""
     tune_cpu_allocator()  # as trainer_bary.py and tester_bary.py do
-    main(get_args_parser().parse_args())
+    return main(get_args_parser().parse_args())
+
+
+if __name__ == "__main__":
+    cli()

@@ -197,8 +197,9 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 def present_domains(domains: torch.Tensor, k: int, info: DistInfo) -> list[int]:
     """The domains with at least one sample in this iteration's batch on any rank."""
-    counts = torch.bincount(domains.detach().cpu().long(), minlength=k)[:k].to(info.device)
-    all_reduce_sum(counts, info)
+    counts = torch.bincount(domains.detach().cpu().long(), minlength=k)[:k]
+    if info.distributed:  # NCCL reduces device tensors: one round trip, one sync
+        counts = all_reduce_sum(counts.to(info.device), info).cpu()
     return [i for i in range(k) if counts[i] > 0]
 
 
@@ -372,12 +373,10 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
     return {k: v / max(count, 1) for k, v in sums.items()}, stopped
 
 
-def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo, precision: str = "fp32",
-             channels_last: bool = False) -> float | None:
+def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo, precision: str = "fp32") -> float | None:
     """Mean PSNR over ``pairs`` by the tester's own scoring (:func:`utils.eval.evaluation.evaluate_set`,
     ``--protocol reference``, through ``restore()``), shared out over the ranks: the number logged
     as ``val_psnr`` is the one ``tester_bary.py --degset/--tarset`` prints for the same checkpoint.
-    ``channels_last`` is accepted for callers; ``restore()`` always runs channels-last.
     """
     items = [EvalItem(deg.name, tar, deg) for deg, tar in pairs][info.rank::info.world_size]
     benchmark = torch.backends.cudnn.benchmark
@@ -454,7 +453,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                 console(f"=> stopped by signal {stop.signum} at epoch {epoch}, iteration {state.iteration}; "
                         f"continue with --resume auto (or --resume <checkpoint>)")
                 return 0
-            val = evaluate(model, val_pairs, info, args.precision, training.channels_last) if val_pairs else None
+            val = evaluate(model, val_pairs, info, args.precision) if val_pairs else None
             end_of_epoch(training, log, console, epoch, state, iters, lr, means, val, time.perf_counter() - tic)
             save(state)
             if info.is_main:
