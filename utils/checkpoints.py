@@ -57,7 +57,7 @@ from typing import Any, BinaryIO, Callable, Mapping
 import numpy as np
 import torch
 
-from utils.errors import LIST_LIMIT, listing
+from utils.errors import LIST_LIMIT, UserError, listing
 
 # Tensors that reference checkpoints carry but no forward pass uses
 # (tests/conformance/legacy_unused_keys.txt).
@@ -68,7 +68,7 @@ LEGACY_UNUSED_KEYS = frozenset({
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint could not be read or does not fit the model; the message says why and what to do."""
 
 

@@ -68,7 +68,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
 from utils.data.noise import add_noise
-from utils.errors import listing
+from utils.errors import UserError, listing
 
 DE_IDS = {"denoise_15": 0, "denoise_25": 1, "denoise_50": 2, "derain": 3, "dehaze": 4,
           "deblur": 5, "lowlight": 6, "single": 7}
@@ -96,7 +96,7 @@ _FEW = 5                  # names shown per id list whose ids are absent
 DRIVEN_BY_TARGET = ("deblur",)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The training data cannot be used as given; the message names the files, the flag and the fix."""
 
 

@@ -1,9 +1,28 @@
-"""What every error message of the project shares: long lists cut to a readable length."""
+"""What every error message of the project shares.
+
+* :class:`UserError`: the base of every failure the user fixes (a bad flag, file or checkpoint); its
+  message is the whole story: what went wrong, where, and the fix.
+* :func:`failure_message`: one line for a failure the user can act on (a :class:`UserError`, a full
+  disk, a read-only folder, memory), ``None`` for a bug (which keeps its traceback).
+* :func:`run_main`: how both scripts end: one ``error:`` line and a non-zero exit status, the traceback
+  only with ``--debug``.
+* :func:`listing`: long lists cut to a readable length.
+"""
 from __future__ import annotations
 
-from typing import Iterable
+import errno
+import sys
+from typing import Any, Callable, Iterable
 
 LIST_LIMIT = 20
+
+
+class UserError(Exception):
+    """A failure the user fixes; the message names the file or flag and the fix.
+
+    ``exit_status`` is what the script exits with: 2 for a command line that cannot work, 1 otherwise.
+    """
+    exit_status = 1
 
 
 def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "\n    ", lead: str | None = None) -> str:
@@ -15,3 +34,75 @@ def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "\n    ", lead:
     items = [str(i) for i in items]
     more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
     return (sep if lead is None else lead) + sep.join(items[:limit]) + more
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, outermost first (cycles cut)."""
+    seen: list[BaseException] = []
+    while exc is not None and not any(exc is s for s in seen):
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _os_message(exc: OSError) -> str | None:
+    where = exc.filename if exc.filename is not None else "a file"
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+        return f"disk full while writing {where}: free space on that file system or choose another folder"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {where} — choose a folder you can write to, or fix its permissions"
+    if exc.errno == errno.EROFS:
+        return f"read-only file system: {where} — choose a writable folder"
+    if exc.errno == errno.ENOENT:
+        return f"no such file or folder: {where}"
+    if exc.errno == errno.EISDIR:
+        return f"{where} is a folder where a file was expected"
+    if exc.errno == errno.ENOTDIR:
+        return f"{where}: a path component is a file, not a folder"
+    return None
+
+
+def failure_message(exc: BaseException) -> tuple[str, int] | None:
+    """``(message, exit status)`` for a failure the user can act on; ``None`` for anything else (a bug).
+
+    The whole chain is searched, so a full disk reported by PyTorch as ``RuntimeError: ... unexpected
+    pos`` (raised while handling the ``OSError``) still reads as a full disk.
+    """
+    chain = _chain(exc)
+    for e in chain:
+        if isinstance(e, UserError):
+            return str(e), e.exit_status
+    for e in chain:
+        if isinstance(e, OSError) and not isinstance(e, UserError):
+            message = _os_message(e)
+            if message:
+                return message, 1
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", 130
+    if any(isinstance(e, MemoryError) for e in chain):
+        return ("out of memory: use a smaller --batchSize / --patch_size, or --tile for large images", 1)
+    if isinstance(exc, RecursionError):
+        return "a file nests structures too deeply to read (maximum recursion depth exceeded)", 1
+    for e in chain:
+        if type(e).__module__ == "cv2" and type(e).__name__ == "error":  # OpenCV, without importing it here
+            detail = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown OpenCV error"
+            return f"OpenCV failed: {detail}", 1
+    return None
+
+
+def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False) -> int:
+    """``main(args)``'s exit status (0 when it returns nothing); a failure the user can act on becomes
+    one ``error:`` line on stderr and its exit status. With ``debug`` every failure keeps its traceback;
+    a failure that is not the user's (a bug) always does."""
+    try:
+        status = main(args)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        found = None if debug else failure_message(exc)
+        if found is None:
+            raise
+        message, status = found
+        print(f"error: {message}", file=sys.stderr)
+        return status
+    return status if isinstance(status, int) else 0

@@ -26,13 +26,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from utils.errors import UserError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # EXIF orientation -> (rotations by 90 deg counter-clockwise, flip left-right after)
 _EXIF_ORIENT = {2: (0, True), 3: (2, False), 4: (2, True), 5: (3, True), 6: (3, False), 7: (1, True), 8: (1, False)}
 
 
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """An image file could not be read; the message names it."""
 
 

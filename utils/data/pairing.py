@@ -12,13 +12,13 @@ import re
 from pathlib import Path
 
 from utils.data.image_io import list_images
-from utils.errors import listing
+from utils.errors import UserError, listing
 
 _RAIN = re.compile(r"^(?:no)?rain-(.+)$", re.IGNORECASE)
 _HAZE = re.compile(r"^(.+?)_[0-9.]+_[0-9.]+$")
 
 
-class PairingError(ValueError):
+class PairingError(UserError, ValueError):
     """Degraded and target folders do not pair up; the message lists the files."""
 
 

@@ -57,7 +57,7 @@ from utils.data.image_io import (
 )
 from utils.data.noise import SEED_RULE, noisy_version
 from utils.data.pairing import PairingError, match_pairs
-from utils.errors import listing
+from utils.errors import UserError, listing
 from utils.eval.inference import (
     PRECISIONS,
     check_tiling,
@@ -353,7 +353,7 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
 
 # --------------------------------------------------------------------------- restoring
 
-class RestoreOutOfMemory(RuntimeError):
+class RestoreOutOfMemory(UserError, RuntimeError):
     """Restoring one image ran out of memory; the message says how to bound it."""
 
 

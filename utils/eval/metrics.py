@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+from utils.errors import UserError
+
 MAX_PSNR = 100.0  # reported for identical images instead of infinity
 METRIC_SPACES = ("rgb", "y")
 SSIM_KINDS = ("skimage", "gaussian")
@@ -43,7 +45,7 @@ _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
 _Y_OFFSET = 16.0
 
 
-class MetricUnavailable(RuntimeError):
+class MetricUnavailable(UserError, RuntimeError):
     """A metric's network or package is not installed; the message says what to put where."""
 
 

@@ -24,7 +24,6 @@ import argparse
 import math
 import random
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,6 @@ from net import Potentials
 from net.presets import build_model
 from utils.checkpoints import (
     LOG_NAME,
-    CheckpointError,
     LoopState,
     all_finite,
     is_training_checkpoint,
@@ -51,11 +49,8 @@ from utils.checkpoints import (
     save_training_checkpoint,
     training_checkpoint,
 )
-from utils.data.image_io import ImageReadError
-from utils.data.pairing import PairingError
 from utils.dataset_utils import (
     LAYOUT,
-    DatasetError,
     MixedDegradationDataset,
     ResumableSampler,
     build_train_dataset,
@@ -63,6 +58,7 @@ from utils.dataset_utils import (
     iterations_per_epoch,
     parse_repeats,
 )
+from utils.errors import UserError, run_main
 from utils.eval.evaluation import EvalItem, EvalSet, Protocol, evaluate_set
 from utils.eval.inference import autocast_context
 from utils.runtime import apply_gpus_flag, tune_cpu_allocator
@@ -87,7 +83,7 @@ FIG_NAME = "train_losses.png"
 MAP_TERMS = ("transport", "orthogonality", "contrastive", "potential")  # per-sample parts logged as means
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """A loss became NaN or infinite; the message gives the epoch, the iteration and every part."""
 
 
@@ -641,17 +637,9 @@ def end_of_epoch(training: Training, log: JsonlLog, console: Console, epoch: int
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """``main`` with the project's errors turned into a message and exit status 1 (2 for bad flags).
-
-    On the CPU it first applies :func:`tune_cpu_allocator`.
-    """
+    """``main`` with every failure the user can act on turned into one ``error:`` line and a non-zero
+    exit status (2 for bad flags); ``--debug`` keeps the traceback. On the CPU it first applies
+    :func:`tune_cpu_allocator`."""
     if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
         tune_cpu_allocator()
-    try:
-        return main(args)
-    except (ConfigError,) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (NonFiniteLossError, DatasetError, PairingError, CheckpointError, ImageReadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_main(main, args, debug=getattr(args, "debug", False))

@@ -136,6 +136,8 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                           "with a warning, as the reference does)")
     new.add_argument("--check-images", dest="check_images", action=argparse.BooleanOptionalAction, default=True,
                      help="read every training image header before training (sizes, readability)")
+    new.add_argument("--debug", action="store_true",
+                     help="show the full traceback of a failure instead of one error line")
     new.add_argument("--debug-nan-at", dest="debug_nan_at", type=int, default=0,
                      help=argparse.SUPPRESS)  # tests: make the map loss NaN at this global iteration
     new.add_argument("--ablate", nargs="+", default=[], choices=list(ABLATABLE),

@@ -25,12 +25,14 @@ from utils.checkpoints import (
 )
 from utils.data.pairing import match_pairs
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
+from utils.errors import UserError
 from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET
 from utils.train.run_log import Console
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The command line asks for something inconsistent; the message names the flag."""
+    exit_status = 2
 
 
 def validation_pairs(args, console: Console) -> list[tuple[Path, Path]]:
