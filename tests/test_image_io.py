@@ -135,3 +135,80 @@ def test_write_image_rejects_wrong_arrays(tmp_path):
         write_image(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError):
         write_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.float32))
+
+
+# --------------------------------------------------------------------------- images too large to read
+
+def _png(path, width, height, rows=None, colour_type=0):
+    """Write a PNG by hand: 8-bit grey (``colour_type`` 0) ``width`` x ``height``, all zero, compressed
+    row block by row block (``rows``: how many rows of data to write; fewer than ``height`` = truncated)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    comp = zlib.compressobj(1)
+    block = b"\x00" * (width + 1) * 500  # filter byte 0 + a zero row, 500 rows at a time
+    rows = height if rows is None else rows
+    idat = b"".join(comp.compress(block) for _ in range(rows // 500)) + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_header_claiming_too_many_pixels_is_refused_before_decoding(tmp_path):
+    """A header above OpenCV's 2^30 pixels used to raise a raw cv2.error; above the default limit
+    (100 Mpx, no flag needed: the trainer's dataset reads through here too) it is an ImageReadError."""
+    from utils.data import image_io
+
+    huge = _png(tmp_path / "huge.png", 40000, 40000, rows=0)  # 1.6 Gpx claimed, a few bytes of data
+    with pytest.raises(ImageReadError, match=r"huge\.png is 40000x40000 = 1600\.0 Mpx.*--max-pixels"):
+        read_image(huge)
+    assert image_size(huge) == (40000, 40000)  # the header alone, nothing decoded
+    phone = _png(tmp_path / "phone.png", 12000, 9000, rows=0)  # 108 Mpx: over the default limit
+    with pytest.raises(ImageReadError, match="phone.png is 12000x9000"):
+        read_image(phone)
+    with image_io.pixel_limit(200_000_000):  # raised: decoding is tried, and the truncated data named
+        with pytest.raises(ImageReadError, match="cannot decode image .*phone.png"):
+            read_image(phone)
+    assert image_io.max_pixels() == image_io.MAX_PIXELS
+    # JPEG headers are read the same way (start-of-frame segment after the EXIF one).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(RGB).save(tmp_path / "r.jpg", quality=90, exif=exif)
+    with pytest.raises(ImageReadError, match=r"r\.jpg is 64x48"):
+        read_image(tmp_path / "r.jpg", max_pixels=64 * 48 - 1)
+    assert read_image(tmp_path / "r.jpg", max_pixels=64 * 48).shape == (48, 64, 3)
+
+
+_BOUNDED = """
+import resource, sys
+with open("/proc/self/status") as fh:
+    base = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize"))
+limit = base + (1 << 30)  # 1 GiB over what the imports took: the old reading needed several
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from utils.data.image_io import ImageReadError, read_image
+try:
+    read_image(sys.argv[1])
+except ImageReadError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_huge_png_is_refused_within_bounded_memory(tmp_path):
+    """A 1.7 MB PNG of 20000x20000 used to take gigabytes to read; it is refused from its header. Run in a
+    child process whose address space is capped, so a regression fails instead of exhausting the machine."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    big = _png(tmp_path / "big.png", 20000, 20000)
+    assert big.stat().st_size < 4 << 20
+    repo = Path(__file__).resolve().parents[1]
+    script = "import cv2, numpy, PIL.Image, utils.errors\n" + _BOUNDED  # the imports before measuring
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script, str(big)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "refused:" in done.stdout and "20000x20000" in done.stdout, done.stderr[-2000:]

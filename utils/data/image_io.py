@@ -11,16 +11,30 @@ Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
   crops are taken from the same grid. ``exif=True`` applies the tag instead (the array is then
   upright as a viewer shows it); the tester uses it only for ``--input`` photos, which have no
   target;
-- an unreadable or corrupt file (truncated included) raises :class:`ImageReadError` naming the file.
+- an unreadable or corrupt file (truncated included) raises :class:`ImageReadError` naming the file,
+  and so does any OpenCV failure while decoding;
+- an image of more than :func:`max_pixels` pixels (default :data:`MAX_PIXELS`, 100 Mpx: an 8K photo
+  is 33 Mpx, a 108 Mpx phone photo needs the limit raised) is refused BEFORE it is decoded, from the
+  width and height in its header: a 1 MB PNG of 20000x20000 would otherwise take gigabytes. The
+  limit applies everywhere (tester, trainer data); :func:`pixel_limit` changes it for a block of
+  code (``tester_bary.py --max-pixels``).
 
 Writing (:func:`write_image`) keeps the array's bit depth: ``uint16`` arrays become 16-bit PNGs.
+A file is written next to its destination under a hidden temporary name, then renamed over it: a
+failed write (a full disk) leaves no half-written image, and a symbolic link at the destination is
+replaced, never written through (its target is left alone).
 Float images are quantised by :func:`quantise` as ``torchvision.utils.save_image`` does (the
 reference's): clamp to [0, 1], scale, add 0.5, truncate, i.e. ties round half up.
 """
 from __future__ import annotations
 
+import io
 import os
+import struct
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import cv2
 import numpy as np
@@ -34,8 +48,120 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _EXIF_ORIENT = {2: (0, True), 3: (2, False), 4: (2, True), 5: (3, True), 6: (3, False), 7: (1, True), 8: (1, False)}
 
 
+# Default most pixels (height x width) an image may have to be read (see the module rule).
+MAX_PIXELS = 100_000_000
+# OpenCV's own decoder limit (CV_IO_MAX_IMAGE_PIXELS, 2^30): no limit above it can be honoured.
+CV2_MAX_PIXELS = 1 << 30
+_max_pixels = MAX_PIXELS
+
+
 class ImageReadError(UserError, OSError):
     """An image file could not be read; the message names it."""
+
+
+def max_pixels() -> int:
+    """The pixel limit :func:`read_image` applies now (:data:`MAX_PIXELS` unless :func:`pixel_limit` says)."""
+    return _max_pixels
+
+
+@contextmanager
+def pixel_limit(limit: int | None) -> Iterator[int]:
+    """Within the block, :func:`read_image` refuses images above ``limit`` pixels (``None``: the default).
+
+    A process-wide setting (a context manager so a test or a caller cannot leak it): the tester
+    reads images deep inside the evaluation, where threading a parameter through would touch
+    every caller. DataLoader workers forked inside the block inherit it.
+    """
+    global _max_pixels
+    limit = MAX_PIXELS if limit is None else int(limit)
+    if not 1 <= limit <= CV2_MAX_PIXELS:
+        raise ValueError(f"the pixel limit must be between 1 and {CV2_MAX_PIXELS} (OpenCV's own), got {limit}")
+    previous, _max_pixels = _max_pixels, limit
+    try:
+        yield limit
+    finally:
+        _max_pixels = previous
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (they carry the height and width): C0-CF but DHT (C4), JPG (C8), DAC (CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# JPEG markers without a length field: TEM and RST0-7 (SOI and EOI are handled apart).
+_JPEG_BARE = frozenset([0x01, *range(0xD0, 0xD8)])
+
+
+def _jpeg_size(fh: BinaryIO) -> tuple[int, int] | None:
+    """``(height, width)`` from the first start-of-frame segment, ``fh`` just after the SOI marker."""
+    while True:
+        byte = fh.read(1)
+        if byte != b"\xff":
+            return None  # not at a marker: corrupt
+        marker = fh.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = fh.read(1)
+        if not marker:
+            return None
+        m = marker[0]
+        if m in _JPEG_BARE:
+            continue
+        if m in (0xD9, 0xDA):  # end of image, or image data before any frame header
+            return None
+        length = fh.read(2)
+        if len(length) < 2 or struct.unpack(">H", length)[0] < 2:
+            return None
+        seg_len = struct.unpack(">H", length)[0]
+        if m in _JPEG_SOF:
+            head = fh.read(5)
+            if len(head) < 5:
+                return None
+            _, h, w = struct.unpack(">BHH", head)
+            return (h, w) if h and w else None  # height 0: given later by a DNL marker; unknown here
+        fh.seek(seg_len - 2, io.SEEK_CUR)
+
+
+def _header_size(fh: BinaryIO) -> tuple[int, int] | None:
+    """``(height, width)`` as stored, read from the header only; ``None`` when it cannot be told.
+
+    PNG and JPEG are parsed here (no decoding library involved, so no library limit or warning
+    gets in the way); other formats ask Pillow, which also reads only the header. Pillow refusing
+    a file as a decompression bomb (over about 179 Mpx) gives ``(-1, -1)``: too large.
+    """
+    head = fh.read(24)
+    if head.startswith(_PNG_SIGNATURE):
+        if len(head) < 24 or head[12:16] != b"IHDR":
+            return None
+        w, h = struct.unpack(">II", head[16:24])
+        return h, w
+    if head.startswith(b"\xff\xd8"):
+        fh.seek(2)
+        return _jpeg_size(fh)
+    fh.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fh) as im:
+                w, h = im.size
+                return h, w
+    except Image.DecompressionBombError:
+        return -1, -1
+    except Exception:  # noqa: BLE001 - a format Pillow does not know: the decoder will tell
+        return None
+
+
+def _check_pixels(path: Path, size: tuple[int, int] | None, limit: int) -> None:
+    """Refuse an image whose header says it has more than ``limit`` pixels, before decoding it."""
+    if size is None:
+        return
+    h, w = size
+    if h < 0:
+        raise ImageReadError(f"image {path} is too large to read (Pillow refuses it as a decompression bomb, "
+                             f"over {2 * Image.MAX_IMAGE_PIXELS} pixels); downscale or split it")
+    if h * w > limit:
+        gib = h * w * 3 * 4 / 2**30  # the float32 RGB copy restoring and scoring work on
+        raise ImageReadError(f"image {path} is {w}x{h} = {h * w / 1e6:.1f} Mpx, more than the limit of "
+                             f"{limit / 1e6:.1f} Mpx ({limit} pixels): restoring it would need more than {gib:.1f} "
+                             f"GiB of memory. Downscale or split it, or raise the limit (tester_bary.py "
+                             f"--max-pixels N, at most {CV2_MAX_PIXELS})")
 
 
 def is_image(path: str | os.PathLike) -> bool:
@@ -57,33 +183,30 @@ def _exif_orientation(path: Path) -> int:
         return 1
 
 
-def read_image(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
+def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | None = None) -> np.ndarray:
     """RGB ``(H, W, 3)`` ``uint8`` or ``uint16`` array of ``path`` (see the module rule).
 
     ``exif``: apply the EXIF orientation tag (user photos); the default ignores it, as the
-    reference's PIL ``convert('RGB')`` does (benchmark pairs, training data).
+    reference's PIL ``convert('RGB')`` does (benchmark pairs, training data). ``max_pixels``:
+    refuse larger images (default: :func:`max_pixels`), checked from the header before decoding.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
+    limit = max_pixels if max_pixels is not None else _max_pixels
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
+    _check_pixels(path, _header_size(io.BytesIO(data)) if data.size else None, limit)
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
+        if img is not None:
+            _check_pixels(path, img.shape[:2], limit)  # a header that under-stated the size
+            img = _to_rgb(img, path)
+    except cv2.error as exc:  # e.g. over OpenCV's own 2^30-pixel limit, or a decoder failure
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        raise ImageReadError(f"cannot decode image {path}: OpenCV failed ({detail}). Replace or remove it.") from exc
     if img is None:
         raise ImageReadError(f"cannot decode image {path}: the file is corrupt, empty or not an image "
                              f"(supported: {', '.join(IMAGE_EXTENSIONS)}). Replace or remove it.")
-    if img.dtype not in (np.uint8, np.uint16):
-        if img.dtype == np.float32 or img.dtype == np.float64:
-            img = quantise(img, 16)
-        else:
-            raise ImageReadError(f"unsupported sample type {img.dtype} in {path}; save it as 8- or 16-bit")
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    else:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     rot, flip = _EXIF_ORIENT.get(_exif_orientation(path), (0, False)) if exif else (0, False)
     if rot:
         img = np.rot90(img, rot)
@@ -92,22 +215,39 @@ def read_image(path: str | os.PathLike, exif: bool = False) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def _to_rgb(img: np.ndarray, path: Path) -> np.ndarray:
+    """A decoded OpenCV array (BGR/BGRA/grey, any depth) as RGB ``uint8``/``uint16`` (the module rule)."""
+    if img.dtype not in (np.uint8, np.uint16):
+        if img.dtype == np.float32 or img.dtype == np.float64:
+            img = quantise(img, 16)
+        else:
+            raise ImageReadError(f"unsupported sample type {img.dtype} in {path}; save it as 8- or 16-bit")
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    if img.shape[2] == 1:
+        return np.repeat(img, 3, axis=2)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
 def image_size(path: str | os.PathLike, exif: bool = False) -> tuple[int, int]:
     """``(height, width)`` of ``path`` as ``read_image(path, exif)`` returns it.
 
-    Reads only the header when Pillow knows the format; raises :class:`ImageReadError` for a
-    missing or unreadable file.
+    Reads only the header (PNG and JPEG parsed here, other formats by Pillow); a file whose header
+    cannot be read is decoded by :func:`read_image` (so a corrupt or too large one raises
+    :class:`ImageReadError`, as does a missing one). The pixel limit is not applied: sizes are
+    only compared here, and reading the image applies it.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            orientation = int(im.getexif().get(0x0112, 1))
-    except Exception:  # a format Pillow does not parse: decode it fully (raises if corrupt)
+    with open(path, "rb") as fh:
+        size = _header_size(fh)
+    if size is None or size[0] < 0:
         return read_image(path, exif).shape[:2]
-    rot, _ = _EXIF_ORIENT.get(orientation, (0, False)) if exif else (0, False)
+    h, w = size
+    rot, _ = _EXIF_ORIENT.get(_exif_orientation(path), (0, False)) if exif else (0, False)
     return (w, h) if rot % 2 else (h, w)
 
 
@@ -136,7 +276,11 @@ def quantise(img: np.ndarray, bit_depth: int = 8) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:
-    """Write an RGB ``(H, W, 3)`` ``uint8``/``uint16`` array; parent folders are created."""
+    """Write an RGB ``(H, W, 3)`` ``uint8``/``uint16`` array; parent folders are created.
+
+    Written to a hidden temporary file beside ``path``, then renamed over it (see the module rule):
+    never half a file, never through a symbolic link.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype not in (np.uint8, np.uint16):
@@ -144,5 +288,23 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:
     ok, buf = cv2.imencode(path.suffix or ".png", cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"cannot encode image for {path}; use a .png name")
-    buf.tofile(str(path))
+    replace_file(path, buf.tobytes())
+    return path
+
+
+def replace_file(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` by renaming a finished temporary file over it.
+
+    A failure leaves ``path`` as it was (no half-written file); an existing symbolic link at
+    ``path`` is replaced by the file, so whatever it pointed to is never written.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: list_images skips it
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
