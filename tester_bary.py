@@ -20,9 +20,17 @@ Three modes, and defaults for running it with no arguments at all:
 
 Results (the protocol, a row per task or set, per-image numbers) go to
 ``<save>/results.{json,csv,md}``; restored PNGs to ``<save>/<row>/`` (``--tasks``) or ``<save>/``
-(``--degset``/``--input``). ``--input`` photos are turned upright by their EXIF orientation tag;
-benchmark images are read as stored, as the reference reads them. All the logic lives in
-:mod:`utils.evaluation`.
+(``--degset``/``--input``), named ``NAME.png`` after the input ``NAME.EXT`` (inputs sharing a name:
+``a.png`` -> ``a.png``, ``a.jpg`` -> ``a_jpg.png``). ``--input`` photos are turned upright by their
+EXIF orientation tag; benchmark images are read as stored, as the reference reads them. The logic
+lives in :mod:`utils.eval.evaluation` and :mod:`utils.eval.outputs`.
+
+Safety: the output folders are checked before the model is loaded (writable; not equal to or inside
+a folder the run reads, unless ``--overwrite``); files are written whole then renamed into place,
+so a symbolic link at an output path is replaced, never written through. An unreadable image stops
+the run after writing the results so far (marked partial), or with ``--skip-bad-files`` is left out
+and listed. Every failure the user can fix is one ``error:`` line and a non-zero exit status (2 for
+flags that cannot work); ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
@@ -34,10 +42,14 @@ from pathlib import Path
 
 from net.presets import BACKBONES, PRESETS
 from utils.checkpoints import newest_checkpoint
+from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
+from utils.errors import UserError, run_main
 from utils.eval.evaluation import (
     PAPER_TASKS,
     PROTOCOLS,
+    EvalSet,
+    EvaluationStopped,
     Protocol,
     evaluate_sets,
     find_task_sets,
@@ -48,15 +60,50 @@ from utils.eval.evaluation import (
     paper_layout,
     present_paper_tasks,
     restore_files,
+    task_layout,
     write_results,
 )
 from utils.eval.inference import PRECISIONS
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
+from utils.eval.outputs import check_outputs_outside_inputs, check_writable_folder, write_text
 from utils.runtime import apply_gpus_flag, pick_device, tune_cpu_allocator
 
 CHECKPOINT_DIR = "checkpoint"
 # The reference tester's default --model (its 5D all-in-one checkpoint).
 REFERENCE_MODEL = f"{CHECKPOINT_DIR}/model_allBaryNet__61_1.0_5D.pt"
+
+
+class UsageError(UserError):
+    """Flags that cannot work together (or a missing default checkpoint/benchmark): exit status 2."""
+    exit_status = 2
+
+
+class RunStopped(UserError):
+    """The run stopped at an image after writing the results so far; the exit status is the failure's."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def _at_least(low: int, meaning: str = ""):
+    """An argparse type: an integer >= ``low`` (``meaning`` explains the special values in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}{meaning}, got {value}")
+        return value
+    return parse
+
+
+def _pixel_count(text: str) -> int:
+    value = _at_least(1)(text)
+    if value > CV2_MAX_PIXELS:
+        raise argparse.ArgumentTypeError(f"at most {CV2_MAX_PIXELS} (OpenCV's own limit), got {value}")
+    return value
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -76,7 +123,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     what.add_argument("--skip-unpaired", action="store_true",
                       help="leave out (and count) degraded images without a same-name target or of another size, "
                            "instead of stopping with the list")
-    what.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images of each set")
+    what.add_argument("--max-images", type=_at_least(0, " (0 = all images)"), default=0, metavar="N",
+                      help="evaluate only the first N (>= 1) images of each set; 0 = all")
+    what.add_argument("--skip-bad-files", action="store_true",
+                      help="leave out (count, and name under the table) images that cannot be read: corrupt, "
+                           "larger than --max-pixels or smaller than 8x8; without it the first such image stops "
+                           "the run after writing the results so far, marked partial")
+    what.add_argument("--max-pixels", type=_pixel_count, default=MAX_PIXELS, metavar="N",
+                      help="refuse images of more than N pixels (height x width, read from the file's header "
+                           f"before decoding; at most {CV2_MAX_PIXELS})")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None,
@@ -116,31 +171,41 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--tile", type=int, default=None,
                      help="tiled inference with TxT tiles (multiple of 8): bounded memory for large images")
     run.add_argument("--tile-overlap", type=int, default=32, help="pixels shared by neighbouring tiles (blended)")
-    run.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass")
+    run.add_argument("--tile-batch", type=_at_least(1), default=4, help="tiles per forward pass")
+    run.add_argument("--debug", action="store_true",
+                     help="show the full traceback of a failure instead of one error: line")
 
     out = parser.add_argument_group("outputs")
     out.add_argument("--save", default="results/test",
-                     help="restored images (in <save>/<row>/ with --tasks) and results.{json,csv,md}")
+                     help="restored images (in <save>/<row>/ with --tasks) and results.{json,csv,md}; an input "
+                          "NAME.EXT gives NAME.png, and inputs sharing a NAME give NAME.png (the .png one) and "
+                          "NAME_EXT.png (a.jpg -> a_jpg.png); results of an earlier run there are replaced")
     out.add_argument("--savetar", default=None, help="also save the targets as scored (cropped, 8-bit) here")
+    out.add_argument("--overwrite", action="store_true",
+                     help="allow --save/--savetar to be, or be inside, a folder the images are read from (the "
+                          "files there with the output names are replaced); refused otherwise")
     out.add_argument("--no-images", action="store_true", help="do not write restored images")
     out.add_argument("--figs", action="store_true", help="write a degraded | restored | target figure per row")
     out.add_argument("--figs-dir", default="figs", help="where --figs writes")
-    out.add_argument("--fig-images", type=int, default=3, help="images per figure")
+    out.add_argument("--fig-images", type=_at_least(1), default=3, help="images per figure")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
 def _protocol(args) -> Protocol:
-    return Protocol(protocol=args.protocol, metric_space=args.metric_space, ssim=args.ssim,
-                    crop_border=args.crop_border, precision=args.precision, tile=args.tile,
-                    tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, lpips=args.lpips, fid=args.fid,
-                    noise_seed=args.noise_seed).validate()
+    try:
+        return Protocol(protocol=args.protocol, metric_space=args.metric_space, ssim=args.ssim,
+                        crop_border=args.crop_border, precision=args.precision, tile=args.tile,
+                        tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, lpips=args.lpips, fid=args.fid,
+                        noise_seed=args.noise_seed).validate()
+    except ValueError as exc:  # the message names the flag and the fix
+        raise UsageError(str(exc)) from exc
 
 
 def _fail(message: str) -> None:
-    """A usage error the user fixes: one line on stderr, exit status 2, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    """A usage error the user fixes: raised as :class:`UsageError`, which ``run_main`` prints as one
+    ``error:`` line with exit status 2 (no traceback without --debug)."""
+    raise UsageError(message)
 
 
 def default_model(checkpoint_dir: str | os.PathLike = CHECKPOINT_DIR) -> tuple[Path | None, str]:
@@ -182,40 +247,31 @@ def apply_defaults(args) -> bool:
     return False
 
 
-def main(args) -> dict:
+def _check_flags(args) -> None:
+    """Flags that cannot work together: :class:`UsageError` (exit status 2) before anything runs."""
     modes = [m for m, on in (("--tasks", args.tasks), ("--degset/--tarset", args.degset or args.tarset),
                              ("--input", args.input)) if on]
     if len(modes) > 1:
-        raise SystemExit(f"tester_bary.py: choose one of --tasks, --degset/--tarset or --input "
-                         f"(got {', '.join(modes)})")
+        _fail(f"choose one of --tasks, --degset/--tarset or --input (got {', '.join(modes)})")
     if bool(args.degset) != bool(args.tarset):
-        raise SystemExit("tester_bary.py: --degset and --tarset go together")
-    tasks_defaulted = apply_defaults(args)
-    gpus_note = apply_gpus_flag(args.gpus)  # the reference's meaning of --gpus
-    if gpus_note:
-        print(f"warning: {gpus_note}", file=sys.stderr)
-    device = pick_device(args.device, args.cuda)
-    protocol = _protocol(args)
-    model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
-                             num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
-    save = Path(args.save)
-    progress = not args.no_progress
+        _fail("--degset and --tarset go together: pass both (degraded images and their targets)")
+    if args.max_images is not None and args.max_images < 0:
+        _fail(f"--max-images must be >= 1 (or 0 for all images), got {args.max_images}")
+    if args.input and args.savetar:
+        _fail("--savetar saves targets, and --input has none: drop --savetar")
 
-    if args.input:
-        restored = restore_files(model, input_files(args.input), save, protocol, device, progress)
-        results = {"protocol": {**protocol.describe(), "device": str(device), **info}, "tasks": {},
-                   "restored": restored}
-        save.mkdir(parents=True, exist_ok=True)
-        (save / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"restored {len(restored)} image(s) into {save}")
-        return results
 
+def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
+    """The sets to evaluate (``--degset``/``--tarset`` or ``--tasks``), cut to ``--max-images``."""
     if args.degset:
-        sets = [paired_set(Path(args.degset).name, args.degset, args.tarset, skip_unpaired=args.skip_unpaired)]
+        sets = [paired_set(Path(args.degset).name, args.degset, args.tarset, skip_unpaired=args.skip_unpaired,
+                           skip_bad_files=args.skip_bad_files)]
     else:
         try:
-            sets = find_task_sets(args.tasks, args.data_root, args.skip_unpaired)
-        except PairingError as exc:
+            sets = find_task_sets(args.tasks, args.data_root, args.skip_unpaired, args.skip_bad_files)
+        except ValueError as exc:
+            if not isinstance(exc, PairingError):  # a --tasks name that cannot be a folder
+                raise UsageError(str(exc)) from exc
             if not tasks_defaulted:
                 raise
             _fail(f"{exc} (found while evaluating every paper task present under {args.data_root}; pass --tasks "
@@ -223,16 +279,111 @@ def main(args) -> dict:
     if args.max_images:
         for s in sets:
             s.items = s.items[:args.max_images]
-    results = evaluate_sets(model, sets, protocol, device, save_dir=None if args.no_images else save,
-                            savetar_dir=args.savetar, figs_dir=args.figs_dir if args.figs else None,
-                            fig_images=args.fig_images, subfolders=not args.degset, progress=progress,
-                            model_info=info)
+    return sets
+
+
+def _input_folders(args, sets: list[EvalSet]) -> list[Path]:
+    """Every folder the run reads images from; with ``--tasks``, the task folders under --data-root too."""
+    folders = [Path(args.input)] if args.input and Path(args.input).is_dir() else []
+    for s in sets:
+        for item in s.items:
+            folders += [item.target.parent] + ([item.degraded.parent] if item.degraded is not None else [])
+        if not args.degset:
+            folders.append(Path(args.data_root) / task_layout(s.task).folder)
+    return list(dict.fromkeys(folders))
+
+
+def _check_outputs(args, sets: list[EvalSet]) -> None:
+    """Before the model is loaded: no output folder inside an input folder (unless --overwrite), none
+    reached through a symbolic link out of its base, and every one creatable and writable."""
+    rows = [s.name for s in sets] if not args.degset else []
+
+    def written(base: str) -> list[Path]:
+        return [Path(base)] + [Path(base) / r for r in rows]
+
+    outputs = {"--save": (Path(args.save), written(args.save) if not args.no_images else [Path(args.save)])}
+    if args.savetar:
+        outputs["--savetar"] = (Path(args.savetar), written(args.savetar))
+    if args.figs:
+        outputs["--figs-dir"] = (Path(args.figs_dir), [Path(args.figs_dir)])
+    single = [Path(args.input).parent] if args.input and not Path(args.input).is_dir() else []
+    check_outputs_outside_inputs(outputs, _input_folders(args, sets), overwrite=args.overwrite, file_folders=single)
+    for flag, (base, _) in outputs.items():
+        check_writable_folder(base, flag)
+
+
+def _stopped(stop: EvaluationStopped, written: str) -> RunStopped:
+    """The one error line of a run stopped at an image: the failure, where the partial results are, the fix."""
+    hint = "; pass --skip-bad-files to leave unreadable images out" if isinstance(stop.__cause__, ImageReadError) \
+        else ""
+    return RunStopped(f"{stop} — the run stopped there; the results so far, marked partial, are in {written}{hint}",
+                      stop.exit_status)
+
+
+def main(args) -> dict:
+    """Run the tester as ``args`` say; returns the results (also written to ``<save>/results.*``).
+
+    Failures the user fixes raise :class:`utils.errors.UserError` subclasses (``__main__`` prints
+    them as one ``error:`` line through :func:`utils.errors.run_main`).
+    """
+    _check_flags(args)
+    tasks_defaulted = apply_defaults(args)
+    gpus_note = apply_gpus_flag(args.gpus)  # the reference's meaning of --gpus
+    if gpus_note:
+        print(f"warning: {gpus_note}", file=sys.stderr)
+    try:
+        device = pick_device(args.device, args.cuda)
+    except (ValueError, RuntimeError) as exc:  # its messages name the flag and the fix
+        raise UsageError(str(exc)) from exc
+    protocol = _protocol(args)
+    save = Path(args.save)
+    progress = not args.no_progress
+    with pixel_limit(args.max_pixels):
+        # What to read and where to write are settled before the model is loaded or anything restored.
+        inputs = input_files(args.input) if args.input else []
+        sets = [] if args.input else _find_sets(args, tasks_defaulted)
+        _check_outputs(args, sets)
+        model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
+                                 num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
+        if args.input:
+            return _restore_inputs(args, model, info, inputs, protocol, device, save, progress)
+        try:
+            results = evaluate_sets(model, sets, protocol, device, save_dir=None if args.no_images else save,
+                                    savetar_dir=args.savetar, figs_dir=args.figs_dir if args.figs else None,
+                                    fig_images=args.fig_images, subfolders=not args.degset, progress=progress,
+                                    model_info=info, skip_bad_files=args.skip_bad_files)
+        except EvaluationStopped as stop:
+            print(format_report(stop.results))
+            paths = write_results(stop.results, save)
+            raise _stopped(stop, f"{paths['json']} (.csv, .md)") from stop
     print(format_report(results))
     paths = write_results(results, save)
     print(f"\nresults: {paths['json']}, {paths['csv']}, {paths['md']}")
     return results
 
 
+def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, progress: bool) -> dict:
+    """``--input``: restore the images into ``--save`` and write ``results.json`` (also when stopped)."""
+    results = {"protocol": {**protocol.describe(), "device": str(device), **info}, "tasks": {}}
+    try:
+        entries = restore_files(model, inputs, save, protocol, device, progress, skip_bad_files=args.skip_bad_files)
+    except EvaluationStopped as stop:
+        results["restored"] = stop.row["restored"]
+        results["partial"] = {"row": "input", "file": stop.file, "error": str(stop)}
+        path = write_text(save / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+        raise _stopped(stop, str(path)) from stop
+    results["restored"] = [e for e in entries if "output" in e]
+    skipped = [f"{e['name']} (unreadable: {e['skipped']})" for e in entries if "skipped" in e]
+    if skipped:
+        results["skipped_files"] = skipped
+    write_text(save / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    print(f"restored {len(results['restored'])} image(s) into {save}")
+    for line in skipped:
+        print(f"skipped: {line}")
+    return results
+
+
 if __name__ == "__main__":
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it in again
-    main(get_args_parser().parse_args())
+    cli_args = get_args_parser().parse_args()
+    sys.exit(run_main(main, cli_args, debug=cli_args.debug))

@@ -23,6 +23,7 @@ from utils.checkpoints import CheckpointError
 from utils.data.image_io import ImageReadError, read_image, write_image
 from utils.data.noise import noise_seed, noisy_version
 from utils.data.pairing import PairingError
+from utils.errors import UserError
 from utils.eval import evaluation as E
 from utils.eval.metrics import image_metrics
 
@@ -294,8 +295,12 @@ def test_corrupt_image_is_named(checkpoint, tmp_path, how):
     deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])
     raw = (deg / "b.png").read_bytes()
     (deg / "b.png").write_bytes(b"\x00garbage" * 20 if how == "garbage" else raw[: len(raw) // 2])
-    with pytest.raises(ImageReadError, match="b.png"):
+    # Garbage has no header: found while pairing, before anything runs; a truncated file stops the run.
+    stops = ImageReadError if how == "garbage" else tester_bary.RunStopped
+    with pytest.raises(stops, match="b.png") as err:
         run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
+    if how == "truncated":
+        assert isinstance(err.value.__cause__.__cause__, ImageReadError)  # RunStopped <- EvaluationStopped <- read
 
 
 def test_empty_folders_and_missing_things(bench, checkpoint, tmp_path):
@@ -313,9 +318,9 @@ def test_empty_folders_and_missing_things(bench, checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         run("--model", tmp_path / "nope.pth", "--degset", bench / "jpeg" / "input", "--tarset",
             bench / "jpeg" / "target", "--save", tmp_path / "o")
-    with pytest.raises(SystemExit):  # no mode chosen and no paper task under --data-root
+    with pytest.raises(tester_bary.UsageError):  # no mode chosen and no paper task under --data-root
         run("--model", checkpoint, "--data-root", tmp_path / "root2", "--save", tmp_path / "o")
-    with pytest.raises(SystemExit):  # two modes
+    with pytest.raises(tester_bary.UsageError):  # two modes
         run("--model", checkpoint, "--tasks", "jpeg", "--input", tmp_path / "empty", "--save", tmp_path / "o")
 
 
@@ -389,12 +394,130 @@ def test_out_of_memory_suggests_tiling(bench, checkpoint, tmp_path, monkeypatch)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(E, "restore", oom)
-    with pytest.raises(E.RestoreOutOfMemory, match="--tile 512 --tile-overlap 32"):
+    with pytest.raises(tester_bary.RunStopped, match="--tile 512 --tile-overlap 32"):
         run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", tmp_path / "o")
 
     def cpu_oom(*a, **k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
     monkeypatch.setattr(E, "restore_tiled", cpu_oom)
-    with pytest.raises(E.RestoreOutOfMemory, match="smaller --tile"):
+    with pytest.raises(tester_bary.RunStopped, match="smaller --tile") as err:
         run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", tmp_path / "o", "--tile", "64")
+    assert isinstance(err.value.__cause__.__cause__, E.RestoreOutOfMemory)
+
+
+# --------------------------------------------------------------------------- safety with users' files
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _photos(folder, names):
+    """Images ``names`` in ``folder``, each a different crop; returns every file's bytes by name."""
+    img = data.astronaut()
+    for k, n in enumerate(names):
+        Image.fromarray(img[8 * k: 8 * k + H, 0:W]).save(folder / n, quality=95)
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_outputs_never_overwrite_inputs(bench, checkpoint, tmp_path):
+    """Failure 1: --save/--savetar in an input folder are refused (unless --overwrite); same-stem inputs get
+    distinct outputs; a symbolic link at an output path is replaced, its target never written."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    before = _photos(src, ["a.png", "a.jpg", "b.png"])
+    for save in (src, src / "restored"):  # the input folder itself, or a folder inside it
+        with pytest.raises(UserError, match="--overwrite") as err:
+            run("--model", checkpoint, "--input", src, "--save", save)
+        assert str(src.resolve()) in str(err.value) and str(save) in str(err.value)
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # nothing written
+    deg, tar = bench / "jpeg" / "input", bench / "jpeg" / "target"
+    with pytest.raises(UserError, match="--savetar"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--savetar", tar)
+    with pytest.raises(UserError, match="input folder"):  # --tasks: inside a task folder
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", bench / "jpeg" / "out")
+    # Same stem: a.png -> a.png, a.jpg -> a_jpg.png (the zero model returns its input exactly).
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    (out / "b.png").symlink_to(victim)  # a link at an output path
+    res = run("--model", checkpoint, "--input", src, "--save", out)
+    assert sorted(r["output"] for r in res["restored"]) == sorted(str(out / n) for n in ("a.png", "a_jpg.png", "b.png"))
+    assert np.array_equal(read_image(out / "a.png"), read_image(src / "a.png"))
+    assert np.array_equal(read_image(out / "a_jpg.png"), read_image(src / "a.jpg"))
+    assert victim.read_bytes() == b"precious" and not (out / "b.png").is_symlink()
+    assert np.array_equal(read_image(out / "b.png"), read_image(src / "b.png"))
+    # --overwrite: the user asked to write into the input folder.
+    res = run("--model", checkpoint, "--input", src, "--save", src / "restored", "--overwrite")
+    assert len(res["restored"]) == 3 and E.output_names(["a.png", "a.jpg"]) == ["a.png", "a_jpg.png"]
+
+
+def test_output_folders_are_checked_before_the_model_is_loaded(bench, checkpoint, tmp_path, monkeypatch):
+    """Failure 2: an output folder that cannot be created fails at once, naming the flag and folder."""
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the output folders were checked")
+
+    monkeypatch.setattr(tester_bary, "load_model", no_model)
+    (tmp_path / "file").write_text("a file, not a folder")
+    args = ["--model", checkpoint, "--degset", bench / "jpeg" / "input", "--tarset", bench / "jpeg" / "target"]
+    for flag in ("--save", "--savetar", "--figs-dir"):
+        extra = ["--figs"] if flag == "--figs-dir" else []
+        where = {"--save": tmp_path / "ok"} | {flag: tmp_path / "file" / "sub"}
+        with pytest.raises(UserError, match=f"{flag} {tmp_path / 'file' / 'sub'}"):
+            run(*args, *extra, *[x for k, v in where.items() for x in (k, v)])
+
+
+def test_a_bad_image_writes_partial_results_or_is_skipped(checkpoint, tmp_path):
+    """Failure 3: a corrupt image stops the run with the results so far written (marked partial) and the file
+    named; --skip-bad-files leaves it out, counted and named, and goes on."""
+    deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png", "c.png"], ["a.png", "b.png", "c.png"])
+    raw = (deg / "b.png").read_bytes()
+    (deg / "b.png").write_bytes(raw[: len(raw) // 2])  # a valid header: found only when decoded
+    with pytest.raises(UserError, match=r"b\.png.*partial.*--skip-bad-files"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["partial"]["file"] == str(deg / "b.png") and saved["tasks"]["deg"]["count"] == 1
+    assert "PARTIAL" in (tmp_path / "o" / "results.md").read_text()
+    with open(tmp_path / "o" / "results.csv") as fh:
+        assert [r["kind"] for r in csv.DictReader(fh)].count("partial") == 1
+    res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "s", "--skip-bad-files")
+    row = res["tasks"]["deg"]
+    assert row["count"] == 2 and row["skipped"] == 1 and [b["name"] for b in row["bad_files"]] == ["b.png"]
+    assert "partial" not in res and "b.png" in E.summary_table(res)
+    assert "b.png (unreadable" in (tmp_path / "s" / "results.md").read_text()
+
+
+def test_failures_are_one_error_line_and_debug_shows_the_traceback(checkpoint, tmp_path, capsys):
+    """Failure 4: through run_main, a missing checkpoint is one error line (exit 1), a flag conflict exit 2."""
+    _photos(tmp_path, ["in.png"])
+    done = _tester_in(tmp_path, "--model", tmp_path / "nope.pth", "--input", tmp_path / "in.png")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: ") and "nope.pth" in line
+    debug = _tester_in(tmp_path, "--model", tmp_path / "nope.pth", "--input", tmp_path / "in.png", "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    parser = tester_bary.get_args_parser()
+    for argv in (["--tasks", "jpeg", "--input", "x"], ["--degset", "x"], ["--tile", "12", "--input", "x"]):
+        status = tester_bary.run_main(tester_bary.main, parser.parse_args(["--model", str(checkpoint), *argv]))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(err) == 1 and err[0].startswith("error: "), (argv, err)
+
+
+def test_max_images_must_be_positive_or_zero(bench, checkpoint, tmp_path, capsys):
+    """Failure 5: --max-images -1 used to drop the last image; it is a usage error now (0 = all)."""
+    with pytest.raises(SystemExit) as err:
+        tester_bary.get_args_parser().parse_args(["--max-images", "-1"])
+    assert err.value.code == 2 and "--max-images" in capsys.readouterr().err
+    args = ["--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--no-images"]
+    assert run(*args, "--save", tmp_path / "a", "--max-images", "1")["tasks"]["jpeg"]["count"] == 1
+    assert run(*args, "--save", tmp_path / "b", "--max-images", "0")["tasks"]["jpeg"]["count"] == 3
+
+
+def test_max_pixels_flag_refuses_large_images(checkpoint, tmp_path):
+    """Failure 6 (tester side): --max-pixels sets the limit; an image above it is an unreadable image."""
+    deg, tar = _pair_dirs(tmp_path, ["a.png"], ["a.png"])
+    with pytest.raises(UserError, match="--max-pixels"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--max-pixels", "1000")
+    res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o",
+              "--max-pixels", str(H * W))
+    assert res["tasks"]["deg"]["count"] == 1

@@ -26,10 +26,18 @@ them, ignoring any EXIF orientation tag, in every protocol; only ``--input`` pho
 
 Metrics are always computed on 8-bit images: 16-bit targets are rounded to 8 bits for scoring,
 while the saved restorations of 16-bit inputs stay 16-bit.
+
+Outputs are named by :func:`utils.eval.outputs.output_names`: ``NAME.png`` for an input ``NAME.EXT``;
+inputs of one set sharing a name (``a.png``, ``a.jpg``) give ``a.png`` and ``a_jpg.png``.
+
+A file that cannot be read (corrupt, too large, too small) stops the evaluation with
+:class:`EvaluationStopped`, which carries the results so far marked ``partial``; with
+``skip_bad_files`` it is left out instead, counted in the row's ``skipped`` and listed with why.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -52,6 +60,7 @@ from utils.data.image_io import (
     list_images,
     quantise,
     read_image,
+    replace_file,
     to_float,
     write_image,
 )
@@ -67,6 +76,7 @@ from utils.eval.inference import (
     restore_tiled,
 )
 from utils.eval.metrics import FID, LPIPS, METRIC_SPACES, SSIM_KINDS, image_metrics
+from utils.eval.outputs import output_names, write_text
 
 PROTOCOLS = ("reference", "pad")
 SIZE_MULTIPLE = 8
@@ -164,18 +174,28 @@ class EvalItem:
 
 @dataclass
 class EvalSet:
-    """One row of the table: a named list of items, and what was left out (``--skip-unpaired``)."""
+    """One row of the table: a named list of items, and what was left out: ``skipped`` (``--skip-unpaired``,
+    ``"NAME (why)"``) and ``bad_files`` (``--skip-bad-files``, ``{"name", "error"}``: unreadable when paired)."""
     name: str
     task: str
     items: list[EvalItem]
     skipped: list[str] = field(default_factory=list)
+    bad_files: list[dict[str, str]] = field(default_factory=list)
 
 
-def _validate_sizes(pairs: Sequence[tuple[Path, Path]], skip: bool, where: str) -> tuple[list, list[str]]:
-    """Keep pairs whose degraded and target sizes agree; mismatches are an error unless ``skip``."""
-    good, bad = [], []
+def _validate_sizes(pairs: Sequence[tuple[Path, Path]], skip: bool, where: str,
+                    skip_bad: bool = False) -> tuple[list, list[str], list[dict[str, str]]]:
+    """Keep pairs whose degraded and target sizes agree; mismatches are an error unless ``skip``.
+    A file whose size cannot be read is an :class:`ImageReadError` unless ``skip_bad`` (then listed)."""
+    good, bad, unreadable = [], [], []
     for deg, tar in pairs:
-        sd, st = image_size(deg), image_size(tar)
+        try:
+            sd, st = image_size(deg), image_size(tar)
+        except ImageReadError as exc:
+            if not skip_bad:
+                raise
+            unreadable.append({"name": deg.name, "error": str(exc)})
+            continue
         if sd == st:
             good.append((deg, tar))
         else:
@@ -184,37 +204,41 @@ def _validate_sizes(pairs: Sequence[tuple[Path, Path]], skip: bool, where: str) 
         shown = listing(bad, lead="")
         raise PairingError(f"{len(bad)} pair(s) in {where} differ in size (height x width):\n    {shown}\n"
                            f"Fix or remove them, or pass --skip-unpaired to leave them out.")
-    return good, [f"{b} (size mismatch)" for b in bad]
+    return good, [f"{b} (size mismatch)" for b in bad], unreadable
 
 
 def paired_set(name: str, degraded_dir: str | Path, target_dir: str | Path, task: str | None = None,
-               skip_unpaired: bool = False) -> EvalSet:
+               skip_unpaired: bool = False, skip_bad_files: bool = False) -> EvalSet:
     """An :class:`EvalSet` of the images of ``degraded_dir`` matched by name with ``target_dir``.
 
     Unpaired files and size mismatches raise :class:`PairingError` listing them, or are left
-    out and listed in ``skipped`` when ``skip_unpaired``.
+    out and listed in ``skipped`` when ``skip_unpaired``. A file whose header cannot be read
+    raises :class:`ImageReadError`, or is left out into ``bad_files`` when ``skip_bad_files``.
     """
     pairs, unpaired = match_pairs(degraded_dir, target_dir, skip_unpaired=skip_unpaired)
-    pairs, mismatched = _validate_sizes(pairs, skip_unpaired, f"{degraded_dir} / {target_dir}")
+    pairs, mismatched, unreadable = _validate_sizes(pairs, skip_unpaired, f"{degraded_dir} / {target_dir}",
+                                                    skip_bad_files)
     items = [EvalItem(name=d.name, target=t, degraded=d) for d, t in pairs]
     skipped = [f"{p.name} (no target)" for p in unpaired] + mismatched
     if not items:
+        left_out = skipped + [f"{b['name']} (unreadable)" for b in unreadable]
         raise PairingError(f"nothing left to evaluate in {degraded_dir}: every image was skipped "
-                           f"({len(skipped)}: {', '.join(skipped[:5])})")
-    return EvalSet(name=name, task=task or name, items=items, skipped=skipped)
+                           f"({len(left_out)}: {', '.join(left_out[:5])})")
+    return EvalSet(name=name, task=task or name, items=items, skipped=skipped, bad_files=unreadable)
 
 
-def _paired_sets(task: str, layout: PairedLayout, root: Path, skip: bool) -> list[EvalSet]:
+def _paired_sets(task: str, layout: PairedLayout, root: Path, skip: bool, skip_bad: bool = False) -> list[EvalSet]:
     base = root / layout.folder
     if (base / layout.degraded).is_dir() or (base / layout.target).is_dir():
-        return [paired_set(task, base / layout.degraded, base / layout.target, task, skip)]
+        return [paired_set(task, base / layout.degraded, base / layout.target, task, skip, skip_bad)]
     subsets = sorted(d for d in base.iterdir() if d.is_dir() and (d / layout.degraded).is_dir()) \
         if base.is_dir() else []
     if not subsets:
         raise PairingError(f"task {task!r}: expected {base / layout.degraded} and {base / layout.target}, or "
                            f"{base}/<set>/{{{layout.degraded},{layout.target}}}; found neither. Check --data-root "
                            f"({root}) and the layout in docs/METHOD.md §4.")
-    return [paired_set(f"{task}/{d.name}", d / layout.degraded, d / layout.target, task, skip) for d in subsets]
+    return [paired_set(f"{task}/{d.name}", d / layout.degraded, d / layout.target, task, skip, skip_bad)
+            for d in subsets]
 
 
 def _denoise_sets(task: str, layout: DenoiseLayout, root: Path) -> list[EvalSet]:
@@ -238,8 +262,10 @@ def _denoise_sets(task: str, layout: DenoiseLayout, root: Path) -> list[EvalSet]
     return sets
 
 
-def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: bool = False) -> list[EvalSet]:
-    """The sets (table rows) of ``tasks`` under ``data_root``; ``"all"`` means every paper task present."""
+def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: bool = False,
+                   skip_bad_files: bool = False) -> list[EvalSet]:
+    """The sets (table rows) of ``tasks`` under ``data_root``; ``"all"`` means every paper task present.
+    ``skip_unpaired``, ``skip_bad_files``: as in :func:`paired_set`."""
     root = Path(data_root)
     if not root.is_dir():
         raise PairingError(f"--data-root {root} does not exist (it should hold denoise/, derain/, dehaze/, ...)")
@@ -258,7 +284,7 @@ def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: b
         if isinstance(layout, DenoiseLayout):
             sets += _denoise_sets(task, layout, root)
         else:
-            sets += _paired_sets(task, layout, root, skip_unpaired)
+            sets += _paired_sets(task, layout, root, skip_unpaired, skip_bad_files)
     return sets
 
 
@@ -413,13 +439,38 @@ def _load_item(item: EvalItem, protocol: Protocol) -> tuple[np.ndarray, np.ndarr
     return deg, tar
 
 
+class ImageTooSmall(ImageReadError, ValueError):
+    """An image smaller than the network's size step: a bad file for evaluation, like a corrupt one."""
+
+
+class EvaluationStopped(UserError):
+    """An image stopped the evaluation; the message is its failure (naming the file).
+
+    ``file``: the image; ``set_name``: its row; ``row``: that row's entry of ``results["tasks"]`` for
+    the images scored before it; ``results``: the whole results so far (filled in by
+    :func:`evaluate_sets`, marked ``partial``), ready for :func:`write_results`. The exit status is
+    the failure's own.
+    """
+
+    def __init__(self, message: str, file: str, set_name: str, row: dict[str, Any] | None, exit_status: int = 1):
+        super().__init__(message)
+        self.file, self.set_name, self.row, self.exit_status = file, set_name, row, exit_status
+        self.results: dict[str, Any] | None = None
+
+
 def _check_size(img: np.ndarray, item: EvalItem) -> None:
     if min(img.shape[:2]) < SIZE_MULTIPLE:
-        raise ValueError(f"{item.degraded or item.target}: {img.shape[0]}x{img.shape[1]} is too small to evaluate "
-                         f"(at least {SIZE_MULTIPLE}x{SIZE_MULTIPLE} after the protocol's crop)")
+        raise ImageTooSmall(f"{item.degraded or item.target}: {img.shape[0]}x{img.shape[1]} is too small to evaluate "
+                            f"(at least {SIZE_MULTIPLE}x{SIZE_MULTIPLE} after the protocol's crop)")
 
 
 def _summary(images: list[dict], has_lpips: bool) -> dict[str, Any]:
+    """A row's numbers; a row without any scored image (all skipped, or stopped at its first) has
+    ``count`` 0 and ``None`` for the rest."""
+    if not images:
+        return {"psnr": None, "ssim": None, **({"lpips": None} if has_lpips else {}), "count": 0,
+                "best_psnr": None, "worst_psnr": None, "best_ssim": None, "worst_ssim": None,
+                "seconds_per_image": None}
     p = np.array([r["psnr"] for r in images])
     s = np.array([r["ssim"] for r in images])
     out: dict[str, Any] = {"psnr": float(p.mean()), "ssim": float(s.mean())}
@@ -439,13 +490,44 @@ def _summary(images: list[dict], has_lpips: bool) -> dict[str, Any]:
 def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device: torch.device,
                  save_dir: Path | None = None, savetar_dir: Path | None = None, lpips_metric: LPIPS | None = None,
                  fid_metric: FID | None = None, figs_dir: Path | None = None, fig_images: int = 3,
-                 progress: bool = True) -> dict[str, Any]:
-    """Restore and score every image of one set; returns its entry of ``results["tasks"]``."""
+                 progress: bool = True, skip_bad_files: bool = False) -> dict[str, Any]:
+    """Restore and score every image of one set; returns its entry of ``results["tasks"]``.
+
+    An image that cannot be read (:class:`ImageReadError`: corrupt, too large, too small) is left
+    out when ``skip_bad_files`` (counted in ``skipped``, listed in ``skipped_files`` and
+    ``bad_files``); otherwise it, like any other failure the user fixes, raises
+    :class:`EvaluationStopped` carrying the row so far.
+    """
     images, fig_rows, feats_out, feats_tar = [], [], [], []
-    for item in tqdm(eval_set.items, desc=eval_set.name, unit="img", disable=not progress, leave=True):
-        deg, tar = _load_item(item, protocol)
-        _check_size(deg, item)
-        out, seconds = restore_array(model, deg, protocol, device, name=str(item.degraded or item.target))
+    bad = list(eval_set.bad_files)  # unreadable already when paired (skip_bad_files)
+    names = output_names([item.name for item in eval_set.items])
+
+    def row_so_far() -> dict[str, Any]:
+        result = _summary(images, lpips_metric is not None)
+        if fid_metric is not None:
+            enough = len(feats_out) > 1
+            result["fid"] = FID.distance(np.concatenate(feats_out), np.concatenate(feats_tar)) if enough else None
+        result["skipped"] = len(eval_set.skipped) + len(bad)
+        skipped_files = list(eval_set.skipped) + [f"{b['name']} (unreadable: {b['error']})" for b in bad]
+        if skipped_files:
+            result["skipped_files"] = skipped_files
+        if bad:
+            result["bad_files"] = bad
+        result["images"] = images
+        return result
+
+    for item, out_name in tqdm(list(zip(eval_set.items, names)), desc=eval_set.name, unit="img",
+                               disable=not progress, leave=True):
+        try:
+            deg, tar = _load_item(item, protocol)
+            _check_size(deg, item)
+            out, seconds = restore_array(model, deg, protocol, device, name=str(item.degraded or item.target))
+        except UserError as exc:
+            if skip_bad_files and isinstance(exc, ImageReadError):
+                bad.append({"name": item.name, "error": str(exc)})
+                continue
+            raise EvaluationStopped(str(exc), str(item.degraded or item.target), eval_set.name, row_so_far(),
+                                    exc.exit_status) from exc
         out8, tar8 = quantise(out, 8), to_8bit(tar)
         try:
             p, s = image_metrics(out8, tar8, protocol.metric_space, protocol.ssim, protocol.crop_border)
@@ -456,24 +538,16 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
             row["lpips"] = lpips_metric(out8, tar8)
         row["seconds"] = seconds
         images.append(row)
-        stem = Path(item.name).stem
         if save_dir is not None:
-            write_image(save_dir / f"{stem}.png", quantise(out, 16 if deg.dtype == np.uint16 else 8))
+            write_image(save_dir / out_name, quantise(out, 16 if deg.dtype == np.uint16 else 8))
         if savetar_dir is not None:
-            write_image(savetar_dir / f"{Path(item.target.name).stem if item.degraded is None else stem}.png", tar8)
+            write_image(savetar_dir / out_name, tar8)
         if fid_metric is not None:
             feats_out.append(fid_metric.features([out8]))
             feats_tar.append(fid_metric.features([tar8]))
         if figs_dir is not None and len(fig_rows) < fig_images:
             fig_rows.append((item.name, to_8bit(deg), out8, tar8, p, s))
-    result = _summary(images, lpips_metric is not None)
-    if fid_metric is not None:
-        enough = len(feats_out) > 1
-        result["fid"] = FID.distance(np.concatenate(feats_out), np.concatenate(feats_tar)) if enough else None
-    result["skipped"] = len(eval_set.skipped)
-    if eval_set.skipped:
-        result["skipped_files"] = list(eval_set.skipped)
-    result["images"] = images
+    result = row_so_far()
     if figs_dir is not None and fig_rows:
         result["figure"] = str(save_comparison_figure(fig_rows, figs_dir / f"{eval_set.name.replace('/', '_')}.png",
                                                       eval_set.name))
@@ -484,11 +558,14 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
                   device: torch.device | str | None = None, save_dir: str | Path | None = None,
                   savetar_dir: str | Path | None = None, figs_dir: str | Path | None = None,
                   fig_images: int = 3, subfolders: bool = True, progress: bool = True,
-                  model_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  model_info: Mapping[str, Any] | None = None, skip_bad_files: bool = False) -> dict[str, Any]:
     """Evaluate every set; returns ``{"protocol": {...}, "tasks": {row: {...}}, "average": {...}}``.
 
     Restorations go to ``save_dir/<row>/`` (``save_dir`` itself when ``subfolders`` is False),
     the targets as scored to ``savetar_dir`` likewise, figures to ``figs_dir/<row>.png``.
+    An image that stops the run raises :class:`EvaluationStopped` whose ``results`` hold the rows
+    done, the stopped row so far, and ``"partial": {"row", "file", "error"}``; ``skip_bad_files``
+    as in :func:`evaluate_set`.
     """
     protocol = (protocol or Protocol()).validate()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -506,10 +583,18 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
             return None
         return Path(base) / name if subfolders else Path(base)
 
-    for s in sets:
-        results["tasks"][s.name] = evaluate_set(
-            model, s, protocol, device, where(save_dir, s.name), where(savetar_dir, s.name), lpips_metric,
-            fid_metric, Path(figs_dir) if figs_dir is not None else None, fig_images, progress)
+    for k, s in enumerate(sets):
+        try:
+            results["tasks"][s.name] = evaluate_set(
+                model, s, protocol, device, where(save_dir, s.name), where(savetar_dir, s.name), lpips_metric,
+                fid_metric, Path(figs_dir) if figs_dir is not None else None, fig_images, progress, skip_bad_files)
+        except EvaluationStopped as stop:
+            results["tasks"][s.name] = {**(stop.row or _summary([], protocol.lpips)), "partial": True}
+            results["average"] = average_row(results["tasks"])
+            results["partial"] = {"row": s.name, "file": stop.file, "error": str(stop),
+                                  "rows_not_evaluated": [t.name for t in sets[k + 1:]]}
+            stop.results = results
+            raise
     results["average"] = average_row(results["tasks"])
     return results
 
@@ -523,9 +608,9 @@ def evaluate_tasks(model: nn.Module, tasks: Iterable[str], data_root: str | Path
 
 def average_row(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Mean over the rows (as the paper's 'Average' column)."""
-    if not tasks:
+    rows = [r for r in tasks.values() if r.get("count")]  # rows with no scored image have no numbers
+    if not rows:
         return {}
-    rows = list(tasks.values())
     avg = {"psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows]))}
     if all("lpips" in r for r in rows):
         avg["lpips"] = float(np.mean([r["lpips"] for r in rows]))
@@ -534,21 +619,32 @@ def average_row(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path, protocol: Protocol | None = None,
-                  device: torch.device | str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+                  device: torch.device | str | None = None, progress: bool = True,
+                  skip_bad_files: bool = False) -> list[dict[str, Any]]:
     """Restore user images (no targets, no metrics) at their full size into ``save_dir``.
 
-    Every image is reflect-padded to multiples of 8 and cropped back; 16-bit inputs give 16-bit PNGs.
-    Unlike benchmark images, these are user photos: their EXIF orientation tag is applied, so the
-    restoration is saved upright (a PNG has no tag to rotate it later).
+    Every image is reflect-padded to multiples of 8 and cropped back; 16-bit inputs give 16-bit PNGs,
+    named by :func:`utils.eval.outputs.output_names`. Unlike benchmark images, these are user photos:
+    their EXIF orientation tag is applied, so the restoration is saved upright (a PNG has no tag to
+    rotate it later). Returns ``{"name", "output", "seconds"}`` per image; an unreadable image gets
+    ``{"name", "skipped": why}`` with ``skip_bad_files``, else raises :class:`EvaluationStopped`
+    whose ``row`` is ``{"restored": [the entries so far]}``.
     """
     protocol = (protocol or Protocol()).validate()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = prepare_for_inference(model.to(device))
     done = []
-    for path in tqdm(inputs, desc="restore", unit="img", disable=not progress):
-        img = read_image(path, exif=True)
-        out, seconds = restore_array(model, img, protocol, device, name=str(path))
-        dest = write_image(Path(save_dir) / f"{path.stem}.png", quantise(out, 16 if img.dtype == np.uint16 else 8))
+    for path, out_name in tqdm(list(zip(inputs, output_names([p.name for p in inputs]))), desc="restore",
+                               unit="img", disable=not progress):
+        try:
+            img = read_image(path, exif=True)
+            out, seconds = restore_array(model, img, protocol, device, name=str(path))
+        except UserError as exc:
+            if skip_bad_files and isinstance(exc, ImageReadError):
+                done.append({"name": path.name, "skipped": str(exc)})
+                continue
+            raise EvaluationStopped(str(exc), str(path), "input", {"restored": done}, exc.exit_status) from exc
+        dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
         done.append({"name": path.name, "output": str(dest), "seconds": seconds})
     return done
 
@@ -582,19 +678,41 @@ def summary_table(results: Mapping[str, Any]) -> str:
         ["Best PSNR", "Worst PSNR", "Best SSIM", "Worst SSIM", "s/image", "Skipped"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in tasks.items():
-        cells = [name, str(r["count"]), _fmt(r["psnr"], 2), _fmt(r["ssim"], 4)]
+        cells = [name + (" (partial)" if r.get("partial") else ""), str(r["count"]), _fmt(r["psnr"], 2),
+                 _fmt(r["ssim"], 4)]
         cells += [_fmt(r.get("lpips"), 4)] if has_lpips else []
-        cells += [_fmt(r["best_psnr"]["psnr"], 2), _fmt(r["worst_psnr"]["psnr"], 2), _fmt(r["best_ssim"]["ssim"], 4),
-                  _fmt(r["worst_ssim"]["ssim"], 4), _fmt(r["seconds_per_image"], 3), str(r.get("skipped", 0))]
+        cells += [_fmt(_extreme(r, "best_psnr"), 2), _fmt(_extreme(r, "worst_psnr"), 2),
+                  _fmt(_extreme(r, "best_ssim"), 4), _fmt(_extreme(r, "worst_ssim"), 4),
+                  _fmt(r["seconds_per_image"], 3), str(r.get("skipped", 0))]
         lines.append("| " + " | ".join(cells) + " |")
     avg = results.get("average") or {}
     if avg:
         cells = ["Average", "", _fmt(avg["psnr"], 2), _fmt(avg["ssim"], 4)]
         cells += [_fmt(avg.get("lpips"), 4)] if has_lpips else []
         lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
-        paper = "  ".join(f"{n} {r['psnr']:.2f}/{r['ssim']:.3f}" for n, r in tasks.items())
+        paper = "  ".join(f"{n} {r['psnr']:.2f}/{r['ssim']:.3f}" for n, r in tasks.items() if r.get("count"))
         lines += ["", f"PSNR/SSIM: {paper}  Average {avg['psnr']:.2f}/{avg['ssim']:.3f}"]
-    return "\n".join(lines)
+    return "\n".join(lines + _notes(results))
+
+
+def _extreme(row: Mapping[str, Any], key: str) -> float | None:
+    """The value of ``row[key]`` (``best_psnr`` ... ``worst_ssim``), ``None`` for a row without images."""
+    entry = row.get(key)
+    return entry[key.split("_")[1]] if entry else None
+
+
+def _notes(results: Mapping[str, Any]) -> list[str]:
+    """Lines under the table: images left out as unreadable, and where a stopped run stopped."""
+    lines = []
+    for name, r in results.get("tasks", {}).items():
+        for b in r.get("bad_files", []):
+            lines.append(f"Skipped unreadable image ({name}): {b['name']}: {b['error']}")
+    stop = results.get("partial")
+    if stop:
+        lines.append(f"PARTIAL RESULTS: stopped in {stop['row']} at {stop['file']}: {stop['error']}")
+        if stop.get("rows_not_evaluated"):
+            lines.append(f"Not evaluated: {', '.join(stop['rows_not_evaluated'])}")
+    return [""] + lines if lines else []
 
 
 def protocol_lines(protocol: Mapping[str, Any]) -> list[str]:
@@ -615,41 +733,53 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
 
     CSV columns: ``kind,task,name,psnr,ssim,lpips,seconds,count,best_psnr,worst_psnr,best_ssim,
     worst_ssim``; ``kind`` is ``protocol`` (``task`` holds the key, ``name`` the value),
-    ``image``, ``task`` or ``average``.
+    ``image``, ``skipped`` (``name``: the file and why), ``task``, ``average`` or ``partial`` (the
+    run stopped: ``task`` is the row, ``name`` the file and its error). Results marked partial
+    (``results["partial"]``, see :func:`evaluate_sets`) say so in all three files. Each file is
+    written whole then renamed into place (:func:`utils.eval.outputs.write_text`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "md": out_dir / "results.md"}
-    paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_text(paths["json"], json.dumps(results, indent=2, default=str) + "\n")
 
     cols = ["kind", "task", "name", "psnr", "ssim", "lpips", "seconds", "count", "best_psnr", "worst_psnr",
             "best_ssim", "worst_ssim"]
-    with open(paths["csv"], "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        for k, v in results["protocol"].items():
-            w.writerow({"kind": "protocol", "task": k, "name": json.dumps(v, default=str) if not isinstance(v, str)
-                        else v})
-        for task, r in results.get("tasks", {}).items():
-            for im in r["images"]:
-                w.writerow({"kind": "image", "task": task, **{c: im.get(c) for c in
-                                                              ("name", "psnr", "ssim", "lpips", "seconds")}})
-            w.writerow({"kind": "task", "task": task, "psnr": r["psnr"], "ssim": r["ssim"], "lpips": r.get("lpips"),
-                        "seconds": r["seconds_per_image"], "count": r["count"],
-                        "best_psnr": r["best_psnr"]["psnr"], "worst_psnr": r["worst_psnr"]["psnr"],
-                        "best_ssim": r["best_ssim"]["ssim"], "worst_ssim": r["worst_ssim"]["ssim"]})
-        avg = results.get("average") or {}
-        if avg:
-            w.writerow({"kind": "average", "task": "Average", "psnr": avg["psnr"], "ssim": avg["ssim"],
-                        "lpips": avg.get("lpips"), "count": avg.get("rows")})
+    fh = io.StringIO(newline="")
+    w = csv.DictWriter(fh, fieldnames=cols)
+    w.writeheader()
+    for k, v in results["protocol"].items():
+        w.writerow({"kind": "protocol", "task": k, "name": json.dumps(v, default=str) if not isinstance(v, str)
+                    else v})
+    for task, r in results.get("tasks", {}).items():
+        for im in r["images"]:
+            w.writerow({"kind": "image", "task": task, **{c: im.get(c) for c in
+                                                          ("name", "psnr", "ssim", "lpips", "seconds")}})
+        for name in r.get("skipped_files", []):
+            w.writerow({"kind": "skipped", "task": task, "name": name})
+        w.writerow({"kind": "task", "task": task, "psnr": r["psnr"], "ssim": r["ssim"], "lpips": r.get("lpips"),
+                    "seconds": r["seconds_per_image"], "count": r["count"],
+                    **{k: _extreme(r, k) for k in ("best_psnr", "worst_psnr", "best_ssim", "worst_ssim")}})
+    avg = results.get("average") or {}
+    if avg:
+        w.writerow({"kind": "average", "task": "Average", "psnr": avg["psnr"], "ssim": avg["ssim"],
+                    "lpips": avg.get("lpips"), "count": avg.get("rows")})
+    stop = results.get("partial")
+    if stop:
+        w.writerow({"kind": "partial", "task": stop["row"], "name": f"{stop['file']}: {stop['error']}"})
+    write_text(paths["csv"], fh.getvalue())
 
-    md = ["# Evaluation results", "", "## Protocol", "", *protocol_lines(results["protocol"]), "",
+    title = "# Evaluation results" + (" (PARTIAL: the run stopped, see the end of the summary)" if stop else "")
+    md = [title, "", "## Protocol", "", *protocol_lines(results["protocol"]), "",
           "## Summary", "", summary_table(results), ""]
     for task, r in results.get("tasks", {}).items():
         has_lpips = "lpips" in r
-        md += [f"## {task}", "", f"Best PSNR {r['best_psnr']['psnr']:.2f} ({r['best_psnr']['name']}), worst "
-               f"{r['worst_psnr']['psnr']:.2f} ({r['worst_psnr']['name']}); best SSIM {r['best_ssim']['ssim']:.4f} "
-               f"({r['best_ssim']['name']}), worst {r['worst_ssim']['ssim']:.4f} ({r['worst_ssim']['name']}).", ""]
+        md += [f"## {task}", ""]
+        if r.get("count"):
+            md += [f"Best PSNR {r['best_psnr']['psnr']:.2f} ({r['best_psnr']['name']}), worst "
+                   f"{r['worst_psnr']['psnr']:.2f} ({r['worst_psnr']['name']}); best SSIM "
+                   f"{r['best_ssim']['ssim']:.4f} ({r['best_ssim']['name']}), worst {r['worst_ssim']['ssim']:.4f} "
+                   f"({r['worst_ssim']['name']}).", ""]
         if r.get("skipped_files"):
             md += [f"Skipped ({len(r['skipped_files'])}): " + "; ".join(r["skipped_files"]), ""]
         md += ["| Image | PSNR | SSIM |" + (" LPIPS |" if has_lpips else "") + " s |",
@@ -658,7 +788,7 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
             md.append(f"| {im['name']} | {im['psnr']:.2f} | {im['ssim']:.4f} |"
                       + (f" {im['lpips']:.4f} |" if has_lpips else "") + f" {im['seconds']:.3f} |")
         md.append("")
-    paths["md"].write_text("\n".join(md))
+    write_text(paths["md"], "\n".join(md))
     return paths
 
 
@@ -679,6 +809,7 @@ def save_comparison_figure(rows: Sequence[tuple], path: str | Path, title: str) 
             axes[r, c].axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    return path
+    return replace_file(path, buf.getvalue())  # a link at ``path`` is replaced, not written through

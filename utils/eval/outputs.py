@@ -1,0 +1,117 @@
+"""Where the tester writes, and the rules that keep it from harming the user's files.
+
+* :func:`output_names`: one output name per input, never two alike. An input ``NAME.EXT`` gives
+  ``NAME.png``; when inputs of one folder share a name (``a.png``, ``a.jpg``), the ``.png`` one
+  keeps ``a.png`` and the others carry their extension: ``a_jpg.png``.
+* :func:`check_writable_folder`: an output folder is created and probed before any work starts,
+  so a read-only or mistyped folder fails at once, not after a whole evaluation.
+* :func:`check_outputs_outside_inputs`: an output folder equal to or inside a folder the run reads
+  (or reached through a symbolic link into one) is refused unless the user says ``--overwrite``;
+  an output folder that a symbolic link leads out of its base (``--save``) is refused always.
+* :func:`write_text`: result files are written as images are (:func:`utils.data.image_io.replace_file`):
+  a finished temporary file renamed over the old one, so a link in their place is replaced, not
+  followed.
+
+Results of an earlier run in the same folder (the same names) are replaced: that is how a rerun
+updates them. Anything else in the folder is left alone.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from utils.data.image_io import replace_file
+from utils.errors import UserError
+
+
+class OutputFolderError(UserError):
+    """An output folder cannot be used (not writable, or it would overwrite inputs); exit status 2."""
+    exit_status = 2
+
+
+def output_names(names: Sequence[str], suffix: str = ".png") -> list[str]:
+    """The output file name of each input file name, in order (see the module rule).
+
+    ``a.png``, ``a.jpg``, ``b.tif`` -> ``a.png``, ``a_jpg.png``, ``b.png``. Names are compared
+    case-blind (``A.png`` and ``a.jpg`` clash on macOS and Windows); if a renamed output still
+    meets another (an input really called ``a_jpg.png``), ``_2``, ``_3``, ... follow the stem.
+    """
+    stems = [Path(n).stem for n in names]
+    count: dict[str, int] = {}
+    for stem in stems:
+        count[stem.casefold()] = count.get(stem.casefold(), 0) + 1
+    wanted = []
+    for name, stem in zip(names, stems):
+        ext = Path(name).suffix
+        keeps = count[stem.casefold()] == 1 or ext == suffix or not ext
+        wanted.append(stem if keeps else f"{stem}_{ext.lstrip('.')}")
+    taken: set[str] = set()
+    out = []
+    for stem in wanted:
+        candidate, k = stem, 1
+        while (candidate + suffix).casefold() in taken:
+            k += 1
+            candidate = f"{stem}_{k}"
+        taken.add((candidate + suffix).casefold())
+        out.append(candidate + suffix)
+    return out
+
+
+def check_writable_folder(folder: str | os.PathLike, flag: str) -> Path:
+    """Create ``folder`` (with its parents) and write a probe file in it; one :class:`OutputFolderError`
+    naming the flag and the folder when that fails. Returns the folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"{flag} {folder}: this is a file, not a folder — choose a folder for the outputs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise OutputFolderError(f"{flag} {folder}: cannot create or write this folder ({why}) — choose a folder "
+                                f"you can write to") from exc
+    return folder
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_outputs_outside_inputs(outputs: Mapping[str, tuple[Path, Iterable[Path]]], inputs: Iterable[Path],
+                                 overwrite: bool = False, file_folders: Iterable[Path] = ()) -> None:
+    """Refuse output folders that would write over what the run reads (see the module rule).
+
+    ``outputs``: per flag (``--save``), its base folder and the folders written under it (the base
+    itself, ``<save>/<row>``, ...). ``inputs``: the folders the run reads images from; an output
+    folder equal to or inside one is refused. ``file_folders``: the folders of single input files
+    (``--input photo.jpg``), of which only the folder itself is refused (``--save .`` next to the
+    photo in the current folder; ``results/`` below it is fine). Paths are compared after resolving
+    symbolic links, so a link to an input folder is caught too.
+    """
+    resolved_inputs = [(p, True) for p in dict.fromkeys(Path(p).resolve() for p in inputs)]
+    resolved_inputs += [(p, False) for p in dict.fromkeys(Path(p).resolve() for p in file_folders)]
+    for flag, (base, folders) in outputs.items():
+        real_base = Path(base).resolve()
+        for folder in folders:
+            real = Path(folder).resolve()
+            if not _inside(real, real_base):
+                raise OutputFolderError(f"{flag} {base}: {folder} leads out of it through a symbolic link (to "
+                                        f"{real}) — remove the link or choose another {flag}")
+            if overwrite:
+                continue
+            for src, whole in resolved_inputs:
+                if real == src or (whole and _inside(real, src)):
+                    same = "is" if real == src else "is inside"
+                    raise OutputFolderError(
+                        f"{flag} {folder} {same} the input folder {src}: the outputs could overwrite the images "
+                        f"read — choose another {flag} (e.g. results/...), or pass --overwrite to write there anyway")
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` by renaming a finished temporary file over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return replace_file(path, text.encode("utf-8"))
