@@ -1,9 +1,20 @@
-"""Named model configurations and one constructor for every backbone."""
+"""Named model configurations, one check of any configuration, and one constructor for every backbone.
+
+Every configuration goes through :func:`check_model_config` before a network is built from it: the
+presets, command-line overrides and the ``model_config`` stored in a checkpoint (which
+``utils.eval.evaluation.load_model`` passes through :func:`model_config`). A configuration from a file
+is data, not trusted code: a width of 2048 would build a network of tens of gigabytes, and ``heads=0``
+would fail deep inside the constructor with a ``ZeroDivisionError``.
+"""
 from __future__ import annotations
 
 import copy
+import numbers
+from typing import Any, Mapping
 
 import torch.nn as nn
+
+from utils.errors import UserError
 
 from .barynet import BaryNet, Restormer
 
@@ -17,18 +28,115 @@ PRESETS: dict[str, dict] = {
 }
 BACKBONES = {"BaryNet": BaryNet, "Restormer": Restormer}
 
+# The constructor arguments a configuration may name (BaryNet and Restormer take the same ones).
+CONFIG_KEYS = frozenset({"inp_channels", "out_channels", "dim", "num_blocks", "num_refinement_blocks", "heads",
+                         "ffn_expansion_factor", "bias", "LayerNorm_type"})
+# Bounds, generous around the paper's configuration (dim 48, at most 8 blocks a stage, 53.5 M parameters).
+MAX_DIM = 1024
+MAX_BLOCKS = 64
+MAX_CHANNELS = 64
+MAX_FFN_EXPANSION = 16.0
+# A bound on parameter_lower_bound (the paper's is 21.7 M of its 53.5 M): 400 M there means about 1 G
+# parameters (4 GB of float32 weights) in all, ~19x the paper's network; beyond it a configuration is
+# refused before anything is allocated.
+MAX_BLOCK_PARAMETERS = 400_000_000
 
-def model_config(preset: str = "paper", **overrides) -> dict:
-    """The configuration of ``preset`` with ``overrides`` applied (a fresh dict)."""
+
+class ModelConfigError(UserError, ValueError):
+    """A model configuration (a preset, flags, or a checkpoint's ``model_config``) cannot describe a network."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _head_widths(dim: int) -> list[list[int]]:
+    """The channel widths each ``heads[i]`` splits, in either backbone (BaryNet's noise blocks use ``heads[2]``
+    at 16, 4 and 2 times ``dim``)."""
+    return [[dim, 2 * dim], [2 * dim], [2 * dim, 4 * dim, 16 * dim], [8 * dim]]
+
+
+def parameter_lower_bound(cfg: Mapping[str, Any]) -> int:
+    """Parameters the transformer blocks of a (checked) configuration need at least, without building it.
+
+    Counts only the stages both backbones share (encoder, latent, the three decoder levels and the
+    refinement) and only each block's dominant weights: the attention's ``qkv`` and output projections
+    (``4 C^2``) and the feed-forward's projections (``3 h C``, ``h = int(C * ffn_expansion_factor)``).
+    """
+    d, nb, f = cfg["dim"], cfg["num_blocks"], cfg["ffn_expansion_factor"]
+    stages = [(d, nb[0]), (2 * d, nb[1]), (4 * d, nb[2]), (8 * d, nb[3]),  # encoder and latent
+              (4 * d, nb[2]), (2 * d, nb[1]), (2 * d, nb[0]), (2 * d, cfg["num_refinement_blocks"])]
+    return sum(depth * (4 * c * c + 3 * int(c * f) * c) for c, depth in stages)
+
+
+def check_model_config(cfg: Mapping[str, Any], source: str = "the model configuration") -> dict:
+    """``cfg`` checked against every bound a buildable, sane network needs; returns it as a plain dict.
+
+    ``source`` names where the configuration came from (a checkpoint path, ``--preset tiny``, ...) in
+    the :class:`ModelConfigError`, which says which value is wrong and what is allowed. Nothing is built.
+    """
+    def refuse(what: str) -> ModelConfigError:
+        return ModelConfigError(f"{source}: {what}; fix the configuration (or pick a --preset) so it describes "
+                                f"a BaryNet/Restormer network")
+
+    if not isinstance(cfg, Mapping):
+        raise refuse(f"the configuration must be a dict of constructor arguments, got {type(cfg).__name__}")
+    unknown = sorted(str(k) for k in cfg if k not in CONFIG_KEYS)
+    if unknown:
+        raise refuse(f"unknown key(s) {', '.join(unknown[:10])} (known: {', '.join(sorted(CONFIG_KEYS))})")
+    out = dict(cfg)
+    for key, low, high in (("inp_channels", 1, MAX_CHANNELS), ("out_channels", 1, MAX_CHANNELS),
+                           ("dim", 2, MAX_DIM), ("num_refinement_blocks", 0, MAX_BLOCKS)):
+        if key in out and not (_is_int(out[key]) and low <= out[key] <= high):
+            raise refuse(f"{key} must be an integer from {low} to {high}, got {out[key]!r}")
+    if out.get("dim", 2) % 2:
+        raise refuse(f"dim must be even (each level halves and doubles it), got {out['dim']}")
+    for key in ("num_blocks", "heads"):
+        if key in out:
+            v = out[key]
+            if not (isinstance(v, (list, tuple)) and len(v) == 4 and all(_is_int(x) for x in v)):
+                raise refuse(f"{key} must be a list of 4 integers, got {v!r}")
+            out[key] = [int(x) for x in v]
+    if "num_blocks" in out and not all(1 <= n <= MAX_BLOCKS for n in out["num_blocks"]):
+        raise refuse(f"num_blocks entries must be from 1 to {MAX_BLOCKS}, got {out['num_blocks']}")
+    f = out.get("ffn_expansion_factor", 1.0)
+    if not (isinstance(f, numbers.Real) and not isinstance(f, bool) and 0 < f <= MAX_FFN_EXPANSION):
+        raise refuse(f"ffn_expansion_factor must be a number above 0 and at most {MAX_FFN_EXPANSION:g}, got {f!r}")
+    if "bias" in out and not isinstance(out["bias"], bool):
+        raise refuse(f"bias must be true or false, got {out['bias']!r}")
+    if "LayerNorm_type" in out and out["LayerNorm_type"] not in ("WithBias", "BiasFree"):
+        raise refuse(f"LayerNorm_type must be 'WithBias' or 'BiasFree', got {out['LayerNorm_type']!r}")
+    if "heads" in out and "dim" in out:
+        for i, (n, widths) in enumerate(zip(out["heads"], _head_widths(out["dim"]))):
+            if n < 1 or any(w % n for w in widths):
+                raise refuse(f"heads[{i}] = {n} must be at least 1 and divide the channel widths it splits "
+                             f"({', '.join(map(str, widths))} for dim {out['dim']})")
+    if all(k in out for k in ("dim", "num_blocks", "num_refinement_blocks", "ffn_expansion_factor")):
+        if int(out["dim"] * f) < 1:
+            raise refuse(f"dim * ffn_expansion_factor must be at least 1, got {out['dim']} * {f!r}")
+        need = parameter_lower_bound(out)
+        if need > MAX_BLOCK_PARAMETERS:
+            raise refuse(f"it describes a network of more than {need / 1e6:,.0f} M parameters (at least "
+                         f"{4 * need / 2**30:.1f} GiB of float32 weights), above the limit of "
+                         f"{MAX_BLOCK_PARAMETERS / 1e6:,.0f} M in its transformer blocks")
+    return out
+
+
+def model_config(preset: str = "paper", source: str | None = None, **overrides) -> dict:
+    """The configuration of ``preset`` with ``overrides`` applied (a fresh dict), checked by
+    :func:`check_model_config`; ``source`` names where the overrides came from in its error."""
     if preset not in PRESETS:
         raise ValueError(f"unknown --preset {preset!r}; choose one of {sorted(PRESETS)}")
     cfg = copy.deepcopy(PRESETS[preset])
     cfg.update({k: v for k, v in overrides.items() if v is not None})
-    return cfg
+    if source is None:
+        changed = sorted(k for k, v in overrides.items() if v is not None)
+        source = f"--preset {preset}" + (f" with {', '.join(changed)} changed" if changed else "")
+    return check_model_config(cfg, source)
 
 
 def build_model(backbone: str = "BaryNet", preset: str = "paper", **overrides) -> nn.Module:
-    """``BaryNet`` or ``Restormer`` with the preset's configuration (``overrides`` win)."""
+    """``BaryNet`` or ``Restormer`` with the preset's configuration (``overrides`` win), checked first."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown --backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[backbone](**model_config(preset, **overrides))

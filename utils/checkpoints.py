@@ -39,16 +39,29 @@ Files in ``--output-dir``: ``epoch_003.pth`` after epoch 3, ``iter_e004_i000500.
 500 iterations of epoch 4, and ``latest`` (JSON, written atomically after the checkpoint)
 naming the newest. Only the newest ``keep`` checkpoints are kept (0 keeps all); the one
 ``latest`` names is never removed.
+
+Limits. A checkpoint is untrusted input: before ``torch.load`` sees a file,
+:func:`utils.checkpoint_guard.inspect_checkpoint` refuses archives that unpack hugely, pickles
+that import or build too much or nest too deeply, and tensors whose shape does not fit their
+storage; after loading, every tensor is checked again, a project checkpoint's ``model_config``
+must describe its weights, a training checkpoint's RNG and optimizer states must have their
+expected shapes, and :func:`load_weights` refuses non-finite weights. Saving serializes in
+memory first, so a full disk is refused (or reported) with the bytes needed, and stale
+temporaries of killed writers are removed.
 """
 from __future__ import annotations
 
 import collections
+import errno
+import io
 import json
 import os
 import pickle
 import random
 import re
+import shutil
 import tempfile
+import time
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +70,8 @@ from typing import Any, BinaryIO, Callable, Mapping
 import numpy as np
 import torch
 
-from utils.errors import LIST_LIMIT, UserError, listing
+from utils.checkpoint_guard import MAX_NESTING, CheckpointError, check_loaded, human_bytes, inspect_checkpoint
+from utils.errors import LIST_LIMIT, listing
 
 # Tensors that reference checkpoints carry but no forward pass uses
 # (tests/conformance/legacy_unused_keys.txt).
@@ -68,8 +82,7 @@ LEGACY_UNUSED_KEYS = frozenset({
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
 
 
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint could not be read or does not fit the model; the message says why and what to do."""
+__all__ = ["CheckpointError"]  # defined in utils.checkpoint_guard, imported from here everywhere
 
 
 # --------------------------------------------------------------------------- restricted unpickling
@@ -130,14 +143,32 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
+# Names one pickle may import (inspect_checkpoint's dry run enforces the same limit before loading).
+MAX_PICKLE_GLOBALS = 10_000
+
+
 class _InertUnpickler(pickle.Unpickler):
+    """Allow-listed globals as themselves, every other name as one cached placeholder class per name;
+    past :data:`MAX_PICKLE_GLOBALS` imports the file is refused (each import used to make a new class)."""
     _allowed = _allowed_globals()
 
     def find_class(self, module: str, name: str):
+        self._imports = getattr(self, "_imports", 0) + 1
+        if self._imports > MAX_PICKLE_GLOBALS:
+            raise _TooLarge(f"its pickle imports more than {MAX_PICKLE_GLOBALS:,} names")
         if module == "__builtin__":  # Python 2 spelling that protocol-2 pickles use
             module = "builtins"
         found = self._allowed.get((module, name))
-        return found if found is not None else _placeholder(module, name)
+        if found is not None:
+            return found
+        cache = self.__dict__.setdefault("_placeholders", {})
+        if (module, name) not in cache:
+            cache[(module, name)] = _placeholder(module, name)
+        return cache[(module, name)]
+
+
+class _TooLarge(pickle.UnpicklingError):
+    pass
 
 
 def _inert_pickle_module() -> types.ModuleType:
@@ -149,16 +180,31 @@ def _inert_pickle_module() -> types.ModuleType:
     return mod
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
+def read_checkpoint(path: str | os.PathLike, *, max_unpacked_bytes: int | None = None) -> Any:
     """Load a checkpoint file onto the CPU without executing anything it contains.
 
-    Raises :class:`CheckpointError` naming the file when it is missing, unreadable or
-    tries to run code.
+    Raises :class:`CheckpointError` naming the file when it is missing, unreadable, tries to run
+    code, or would cost more to read than the limits of :mod:`utils.checkpoint_guard` allow
+    (``max_unpacked_bytes`` overrides its cap on a zip archive's uncompressed size). What was
+    loaded is checked too: tensors against their storages, a project checkpoint's
+    ``model_config`` against its weights, a training checkpoint's RNG states.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (check the path; --resume auto finds the "
                               f"newest checkpoint in --output-dir)")
+    inspect_checkpoint(path, max_unpacked_bytes)
+    obj = _load(path)
+    check_loaded(obj, str(path))
+    if isinstance(obj, Mapping) and obj.get("model_config") is not None:
+        check_config_matches_weights(obj, str(path))
+    if is_training_checkpoint(obj) and obj.get("rng"):
+        check_rng_state(obj["rng"], str(path))
+    return obj
+
+
+def _load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only``, else (a reference checkpoint) with :class:`_InertUnpickler`."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -171,27 +217,70 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     except _RefusedCall as exc:
         raise CheckpointError(f"refusing to load {path}: {exc}. Only tensors, containers and pickled "
                               f"modules are read from checkpoints; this file tries to run code.") from exc
+    except _TooLarge as exc:
+        raise CheckpointError(f"refusing to read checkpoint {path}: {exc}; the file is damaged or crafted, "
+                              f"use another checkpoint") from exc
+    except RecursionError:
+        raise CheckpointError(f"refusing to read checkpoint {path}: it nests objects too deeply to read; the "
+                              f"file is damaged or crafted, use another checkpoint") from None
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
 
 
+def check_config_matches_weights(obj: Mapping[str, Any], source: str) -> None:
+    """Refuse a project checkpoint whose ``model_config`` is not a sane configuration, or whose network
+    would have a parameter count far from the weights the file holds, before anything is built from it.
+
+    The network is laid out on the ``meta`` device (no memory) to count its parameters exactly.
+    """
+    from net.presets import BACKBONES, ModelConfigError, check_model_config, model_config
+
+    stored = obj["model_config"]
+    try:
+        cfg = model_config("paper", source=f"checkpoint {source}: its model_config",
+                           **check_model_config(stored, f"checkpoint {source}: its model_config"))
+    except ModelConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        weights = model_state_from(obj, source)
+    except CheckpointError:
+        return  # no weights to compare with; loading them reports it
+    backbone = obj.get("backbone") if obj.get("backbone") in BACKBONES else "BaryNet"
+    with torch.device("meta"):
+        implied = sum(p.numel() for p in BACKBONES[backbone](**cfg).state_dict().values())
+    present = sum(t.numel() for t in weights.values())
+    if implied > 1.1 * present + 1000 or present > 1.1 * implied + 1000:
+        raise CheckpointError(f"refusing to use checkpoint {source}: its model_config describes a {backbone} of "
+                              f"{implied:,} weights but the file holds {present:,}; the file is damaged, or pass "
+                              f"--preset and the model flags that describe it")
+
+
 # --------------------------------------------------------------------------- state dicts
 
-def _walk_module(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    """Collect parameters and persistent buffers of a placeholder module, as ``state_dict()`` would."""
-    state = getattr(obj, "_pickled_state", None)
-    if not isinstance(state, dict):
-        return
-    for name, tensor in (state.get("_parameters") or {}).items():
-        if tensor is not None:
-            out[prefix + name] = tensor.detach()
-    skip = state.get("_non_persistent_buffers_set") or set()
-    for name, tensor in (state.get("_buffers") or {}).items():
-        if tensor is not None and name not in skip:
-            out[prefix + name] = tensor.detach()
-    for name, child in (state.get("_modules") or {}).items():
-        if child is not None:
-            _walk_module(child, f"{prefix}{name}.", out)
+def _walk_module(obj: Any, prefix: str, out: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Collect parameters and persistent buffers of a placeholder module, as ``state_dict()`` would.
+
+    Iterative, in ``state_dict()`` order; a chain of modules deeper than :data:`MAX_NESTING` is a
+    :class:`CheckpointError` (no real network nests more than a dozen levels).
+    """
+    stack = [(obj, prefix, 0)]
+    while stack:
+        module, where, depth = stack.pop()
+        state = getattr(module, "_pickled_state", None)
+        if not isinstance(state, dict):
+            continue
+        if depth > MAX_NESTING:
+            raise CheckpointError(f"refusing to use checkpoint {source}: its modules nest more than {MAX_NESTING} "
+                                  f"levels deep; the file is damaged or crafted, use another checkpoint")
+        for name, tensor in (state.get("_parameters") or {}).items():
+            if tensor is not None:
+                out[where + name] = tensor.detach()
+        skip = state.get("_non_persistent_buffers_set") or set()
+        for name, tensor in (state.get("_buffers") or {}).items():
+            if tensor is not None and name not in skip:
+                out[where + name] = tensor.detach()
+        children = [(c, f"{where}{n}.", depth + 1) for n, c in (state.get("_modules") or {}).items() if c is not None]
+        stack.extend(reversed(children))
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -206,7 +295,7 @@ def model_state_from(obj: Any, source: str = "checkpoint", key: str = "model") -
     """
     if isinstance(obj, _Inert):
         sd: dict[str, torch.Tensor] = {}
-        _walk_module(obj, "", sd)
+        _walk_module(obj, "", sd, source)
     elif isinstance(obj, Mapping) and "BaryIR" in obj:
         return model_state_from(obj["BaryIR"], source, key)
     elif isinstance(obj, Mapping) and isinstance(obj.get(key), _Inert):
@@ -262,6 +351,11 @@ def load_weights(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source:
             + (f" (dim={cfg['dim']}, num_blocks={cfg['num_blocks']})" if cfg else "") + ":\n  "
             + "\n  ".join(problems)
             + "\nPick the matching --backbone and --preset (or model flags) for this checkpoint.")
+    bad = [k for k, v in sd.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"refusing to load {source}: {len(bad)} weight tensor(s) hold NaN or Inf ("
+                              + listing(bad, sep=", ", lead="") + "); the training that wrote it diverged, "
+                              "use an earlier checkpoint")
     model.load_state_dict(sd, strict=True)
 
 
@@ -280,23 +374,53 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, key: str
 
 # --------------------------------------------------------------------------- writing
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+# Free space left beyond a file's own size before it is written (file system metadata, the log).
+FREE_SPACE_MARGIN = 2**20
+
+
+def _disk_full(path: Path, needed: int | None) -> CheckpointError:
+    free = shutil.disk_usage(path.parent).free
+    need = f"{human_bytes(needed)} ({needed:,} bytes)" if needed is not None else "more space"
+    return CheckpointError(f"disk full: writing {path.name} to {path.parent} needs {need} and "
+                           f"{human_bytes(free)} are free; free space there or choose another folder "
+                           f"(an existing {path.name} was left as it was)")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` or an exception it was raised from or during is ENOSPC/EDQUOT."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], size: int | None = None) -> Path:
     """Call ``write(fh)`` on a temporary file in ``path``'s folder, fsync, then rename it over ``path``.
 
     A crash at any moment leaves either the old file or the complete new one, never a torn file.
+    With ``size`` (the bytes ``write`` will write) a folder without that much free space is refused
+    before anything is written; a full disk during the write is a :class:`CheckpointError` naming the
+    folder and the bytes needed. The temporary, ``.<name>.<pid>.<random>.tmp``, names its writer's
+    process so that :func:`remove_stale_temporaries` can tell an orphan from a file being written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if size is not None and shutil.disk_usage(path.parent).free < size + FREE_SPACE_MARGIN:
+        raise _disk_full(path, size)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_disk_full(exc):
+            raise _disk_full(path, size) from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -307,8 +431,68 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda fh: torch.save(obj, fh))
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`atomic_write`).
+
+    The checkpoint is serialized in memory first (it is 100-400 MB for the paper's network), so its size
+    is known before the disk is touched and a full disk is refused with the bytes needed.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    return atomic_write(path, lambda fh: fh.write(data), size=data.nbytes)
+
+
+# A temporary of atomic_write: '.<name>.<pid>.<8 random characters>.tmp' (older versions: no pid).
+_TEMP_RE = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
+# A temporary not modified for this long is an orphan even if its process id is in use (it may be
+# another process now, or a writer on another machine that died): no write pauses for 15 minutes.
+STALE_TEMP_SECONDS = 15 * 60
+# A temporary whose writer is no longer running here is removed once it is this old (a live writer on
+# another machine sharing the folder keeps its file fresh).
+DEAD_WRITER_GRACE_SECONDS = 60
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or not a pid we can ask about: assume alive
+    return True
+
+
+def remove_stale_temporaries(output_dir: str | os.PathLike, now: float | None = None) -> list[Path]:
+    """Delete temporaries :func:`atomic_write` left behind in ``output_dir`` when its writer was killed
+    (``kill -9`` during a save); returns the removed files.
+
+    Only files named exactly as :func:`atomic_write` names them, for a checkpoint name or ``latest``,
+    are considered; one is removed when its writing process is gone and it is over
+    :data:`DEAD_WRITER_GRACE_SECONDS` old, or when it has not changed for :data:`STALE_TEMP_SECONDS`.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for p in folder.iterdir():
+        m = _TEMP_RE.match(p.name)
+        if m is None or not (progress_of(m["name"]) is not None or m["name"] == LATEST):
+            continue
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if not p.is_file() or p.is_symlink():
+            continue
+        age = now - st.st_mtime
+        dead = m["pid"] is not None and not _process_alive(int(m["pid"]))
+        if age > STALE_TEMP_SECONDS or (dead and age > DEAD_WRITER_GRACE_SECONDS):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 # --------------------------------------------------------------------------- training checkpoints
@@ -432,7 +616,46 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
+def _rng_problem(state: Any) -> str | None:
+    """Why ``state`` is not an RNG state as :func:`rng_state` writes it (None when it is)."""
+    def vector(t: Any, dtype: torch.dtype, n: int | None, what: str) -> str | None:
+        if not (isinstance(t, torch.Tensor) and t.dim() == 1 and t.dtype == dtype and (n is None or t.numel() == n)
+                and t.numel() <= 2**16 and t.is_contiguous()):
+            found = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            return f"{what} must be a 1-D {dtype} tensor" + (f" of {n} elements" if n else "") + f", found {found}"
+        return None
+
+    if not isinstance(state, Mapping):
+        return f"it is a {type(state).__name__}, not a dict"
+    py, npy = state.get("python"), state.get("numpy")
+    if not (isinstance(py, Mapping) and isinstance(npy, Mapping)):
+        return "its python or numpy state is missing"
+    problem = (vector(py.get("state"), torch.int64, 625, "the python state")
+               or vector(npy.get("keys"), torch.int64, 624, "the numpy keys")
+               or vector(state.get("torch"), torch.uint8, torch.get_rng_state().numel(), "the torch state"))
+    if problem:
+        return problem
+    if not (isinstance(npy.get("pos"), int) and 0 <= npy["pos"] <= 624 and npy.get("name") == "MT19937"):
+        return f"the numpy state's name/pos ({npy.get('name')!r}, {npy.get('pos')!r}) are not MT19937's"
+    cuda = state.get("cuda") or []
+    if not isinstance(cuda, (list, tuple)) or len(cuda) > 1024:
+        return "the CUDA states are not a list of at most 1024 tensors"
+    n = torch.cuda.get_rng_state(0).numel() if cuda and torch.cuda.is_available() else None
+    return next((p for i, t in enumerate(cuda) if (p := vector(t, torch.uint8, n, f"CUDA state {i}"))), None)
+
+
+def check_rng_state(state: Any, source: str = "the checkpoint") -> None:
+    """Refuse an RNG state of the wrong shape or size before any of it is converted or set (a crafted
+    stride-0 tensor would otherwise expand into billions of list elements)."""
+    problem = _rng_problem(state)
+    if problem:
+        raise CheckpointError(f"refusing to restore the random state of {source}: {problem}; the file is "
+                              f"damaged, resume from another checkpoint")
+
+
+def set_rng_state(state: Mapping[str, Any], source: str = "the checkpoint") -> None:
+    """Put back every generator's state saved by :func:`rng_state`, checked first (:func:`check_rng_state`)."""
+    check_rng_state(state, source)
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
@@ -469,8 +692,12 @@ def all_finite(*modules: torch.nn.Module | None) -> bool:
 
 
 def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLike, keep: int = 3) -> Path:
-    """Write ``state`` atomically under its canonical name, point ``latest`` at it, rotate old files."""
+    """Write ``state`` atomically under its canonical name, point ``latest`` at it, rotate old files.
+
+    Temporaries of earlier saves that were killed are removed first (:func:`remove_stale_temporaries`).
+    """
     folder = Path(output_dir)
+    remove_stale_temporaries(folder)
     path = save_atomic(state, folder / checkpoint_name(state["epoch"], state["iteration"]))
     _write_text_atomic(folder / LATEST, json.dumps({
         "checkpoint": path.name, "epoch": state["epoch"], "iteration": state["iteration"],
@@ -496,16 +723,57 @@ def training_checkpoint(model: torch.nn.Module, potentials: torch.nn.Module | No
             "global_step": state.global_step, "rng": rng_state(), **meta}
 
 
-def restore_training_state(ckpt: Mapping[str, Any], optimizer, potentials_optimizer, scaler) -> None:
+def check_optimizer_state(optimizer, saved: Any, source: str = "the checkpoint", what: str = "optimizer") -> None:
+    """Refuse a saved optimizer state that does not fit ``optimizer``: other parameter groups, or a
+    per-parameter tensor (``exp_avg``, ...) whose shape is not its parameter's (a scalar, like ``step``,
+    is fine). ``optimizer.load_state_dict`` checks neither shapes nor sizes before converting the tensors."""
+    def refuse(problem: str) -> CheckpointError:
+        return CheckpointError(f"refusing to restore the {what} state of {source}: {problem}; resume with the "
+                               f"--backbone/--preset it was trained with, or from another checkpoint")
+
+    if not (isinstance(saved, Mapping) and isinstance(saved.get("state"), Mapping)
+            and isinstance(saved.get("param_groups"), (list, tuple))):
+        raise refuse("it is not an optimizer state dict")
+    groups = saved["param_groups"]
+    sizes = [len(g.get("params", ())) if isinstance(g, Mapping) else -1 for g in groups]
+    wanted = [len(g["params"]) for g in optimizer.param_groups]
+    if sizes != wanted:
+        raise refuse(f"it has parameter groups of {sizes} parameters, this run's optimizer {wanted}")
+    params = {}
+    for g_saved, g_now in zip(groups, optimizer.param_groups):
+        params.update(zip(g_saved["params"], g_now["params"]))
+    bad = []
+    for key, entry in saved["state"].items():
+        if key not in params or not isinstance(entry, Mapping):
+            bad.append(f"{key}: not a parameter of the saved groups")
+            continue
+        for name, v in entry.items():
+            if isinstance(v, torch.Tensor) and v.numel() > 1 and v.shape != params[key].shape:
+                bad.append(f"{key}.{name}: {tuple(v.shape)} vs parameter {tuple(params[key].shape)}")
+    if bad:
+        raise refuse(f"{len(bad)} saved tensor(s) do not fit this run's parameters ("
+                     + listing(bad, sep="; ", lead="") + ")")
+
+
+def restore_training_state(ckpt: Mapping[str, Any], optimizer, potentials_optimizer, scaler,
+                           source: str = "the checkpoint") -> None:
     """Put a training checkpoint's optimizer, scaler and RNG states back (the weights are loaded
-    before the networks move to their device, by ``utils.train.setup.load_start``)."""
+    before the networks move to their device, by ``utils.train.setup.load_start``).
+
+    Every state is checked first (:func:`check_optimizer_state`, :func:`check_rng_state`);
+    ``source`` (the file) is named in the refusal."""
+    check_optimizer_state(optimizer, ckpt["optimizer"], source)
+    if potentials_optimizer is not None:
+        check_optimizer_state(potentials_optimizer, ckpt["potentials_optimizer"], source, "potentials optimizer")
+    if ckpt.get("rng"):
+        check_rng_state(ckpt["rng"], source)
     optimizer.load_state_dict(ckpt["optimizer"])
     if potentials_optimizer is not None:
         potentials_optimizer.load_state_dict(ckpt["potentials_optimizer"])
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     if ckpt.get("rng"):
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], source)
 
 
 # --------------------------------------------------------------------------- resuming

@@ -1,0 +1,339 @@
+"""Hostile checkpoints: each file here is small and crafted at test time, and must be refused with one
+clear CheckpointError instead of exhausting memory, time or the stack (one test per failure the audit
+found). A load that could exhaust the machine if the guard regressed runs in a subprocess whose address
+space is capped (resource.RLIMIT_AS) at what it already uses plus 1.5 GiB."""
+import collections
+import errno
+import os
+import pickle
+import re
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from net.presets import build_model, model_config
+from utils.checkpoints import (
+    CheckpointError,
+    load_model_weights,
+    read_checkpoint,
+    restore_training_state,
+    save_atomic,
+    save_training_checkpoint,
+    set_rng_state,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADROOM = 3 * 2**29  # 1.5 GiB above what the subprocess uses once torch is imported
+
+# With the address space capped at its size after the imports plus `argv[1]` bytes, loads each file named
+# after it (then restores its RNG state when the next argument is 'rng'); prints one line per file: REFUSED
+# and the message on a CheckpointError, ACCEPTED when everything was taken.
+_CAPPED = r"""
+import resource, sys
+import torch
+torch.set_num_threads(1)
+from utils.checkpoints import CheckpointError, read_checkpoint, set_rng_state
+import net.presets
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]), size + int(sys.argv[1])))
+for path, then in zip(sys.argv[2::2], sys.argv[3::2]):
+    try:
+        obj = read_checkpoint(path)
+        if then == "rng":
+            set_rng_state(obj["rng"])
+    except CheckpointError as exc:
+        print("REFUSED", exc)
+    else:
+        print("ACCEPTED")
+"""
+
+
+def _capped_loads(*loads: tuple[Path, str]) -> list[str]:
+    """Run :data:`_CAPPED` on ``(path, then)`` pairs in one subprocess (importing torch takes seconds)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = [str(x) for path, then in loads for x in (path, then or "-")]
+    run = subprocess.run([sys.executable, "-c", _CAPPED, str(HEADROOM), *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    out = run.stdout.strip().splitlines()
+    assert run.returncode == 0 and len(out) == len(loads), f"the capped load failed: {run.stderr[-2000:]}"
+    return out
+
+
+# --------------------------------------------------------------------------- crafting files
+
+def _zip(path: Path, entries: list[tuple[str, bytes, int, int, int]]) -> None:
+    """A zip archive written by hand, so an entry's payload can be raw deflate data of any declared size:
+    each entry is ``(name, payload, uncompressed size, crc32, method)`` (0 stored, 8 deflated)."""
+    local, central = bytearray(), bytearray()
+    for name, payload, usize, crc, method in entries:
+        raw = name.encode()
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, crc, len(payload), usize,
+                               len(raw), 0, 0, 0, 0, 0, len(local)) + raw
+        local += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(payload), usize,
+                             len(raw), 0) + raw + payload
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(local), 0)
+    path.write_bytes(bytes(local + central + end))
+
+
+def _stored(name: str, data: bytes) -> tuple[str, bytes, int, int, int]:
+    return name, data, len(data), zlib.crc32(data), 0
+
+
+def _torch_zip(path: Path, pickled: bytes, storages: dict[str, bytes] | None = None, extra=()) -> None:
+    """A torch.save-style archive holding ``pickled`` as its data.pkl and ``storages`` as data/<key>."""
+    entries = [_stored("archive/data.pkl", pickled), _stored("archive/byteorder", b"little"),
+               *[_stored(f"archive/data/{k}", v) for k, v in (storages or {}).items()], *extra,
+               _stored("archive/version", b"3\n")]
+    _zip(path, entries)
+
+
+class _Storage:
+    def __init__(self, key: str, numel: int, kind=torch.FloatStorage):
+        self.key, self.numel, self.kind = key, numel, kind
+
+
+class _View:
+    """Pickles as torch pickles a tensor, with whatever size and stride it is given."""
+
+    def __init__(self, storage: _Storage, size: tuple, stride: tuple):
+        self.storage, self.size, self.stride = storage, size, stride
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2,
+                (self.storage, 0, self.size, self.stride, False, collections.OrderedDict()))
+
+
+class _TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return "storage", obj.kind, obj.key, "cpu", obj.numel
+        return None
+
+
+def _pickled(obj) -> bytes:
+    import io
+    buf = io.BytesIO()
+    _TorchPickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def _tiny():
+    torch.manual_seed(0)
+    return build_model("BaryNet", "tiny")
+
+
+# --------------------------------------------------------------------------- 1. zip bomb
+
+def test_zip_bomb_is_refused_before_it_is_inflated(tmp_path):
+    # 2 GiB of zeros deflated to ~2 MB: 1 MiB blocks flushed independently, so one compressed block repeats.
+    block = bytes(2**20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    piece = packer.compress(block) + packer.flush(zlib.Z_FULL_FLUSH)
+    n_blocks = 2048
+    crc = 0
+    for _ in range(n_blocks):
+        crc = zlib.crc32(block, crc)
+    payload = piece * n_blocks + zlib.compressobj(9, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)
+    path = tmp_path / "bomb.pth"
+    _torch_zip(path, _pickled({"x": _View(_Storage("0", n_blocks * 2**18), (n_blocks * 2**18,), (1,))}),
+               extra=[("archive/data/0", payload, n_blocks * 2**20, crc, 8)])
+    assert path.stat().st_size < 5 * 2**20
+    [out] = _capped_loads((path, ""))
+    assert out.startswith("REFUSED") and "bomb.pth" in out and "zip bomb" in out, out
+    # A legitimate checkpoint (stored, not compressed) passes the same checks.
+    save_atomic({"model": _tiny().state_dict()}, tmp_path / "fine.pth")
+    assert "model" in read_checkpoint(tmp_path / "fine.pth")
+
+
+# --------------------------------------------------------------------------- 2. tensors larger than their storage
+
+def test_tensor_views_beyond_their_storage_and_bad_rng_states_are_refused(tmp_path):
+    # A 16-byte storage viewed as 3e9 floats: torch would grow the storage to 12 GB while loading.
+    over = tmp_path / "overshoot.pth"
+    _torch_zip(over, _pickled({"x": _View(_Storage("0", 4), (3_000_000_000,), (1,))}), {"0": bytes(16)})
+
+    # A stride-0 RNG state: 8 stored bytes that tolist() would expand into 2e9 Python ints.
+    rng = {"python": {"version": 3, "state": torch.zeros(1, dtype=torch.int64).expand(2_000_000_000),
+                      "gauss": None},
+           "numpy": {"name": "MT19937", "keys": torch.zeros(624, dtype=torch.int64), "pos": 0, "has_gauss": 0,
+                     "cached": 0.0},
+           "torch": torch.get_rng_state(), "cuda": []}
+    expanded = tmp_path / "expanded_rng.pth"
+    torch.save({"format_version": 1, "model": {"w": torch.ones(1)}, "rng": rng}, expanded)
+    out, out_rng = _capped_loads((over, ""), (expanded, "rng"))
+    assert out.startswith("REFUSED") and "overshoot.pth" in out and "addresses element" in out, out
+    assert out_rng.startswith("REFUSED") and "expanded_rng.pth" in out_rng and "2,000,000,000" in out_rng, out_rng
+
+    # Small but malformed states are refused with their shapes, before torch or numpy see them.
+    good = {"python": {"version": 3, "state": torch.zeros(625, dtype=torch.int64), "gauss": None},
+            "numpy": rng["numpy"], "torch": torch.get_rng_state()[:100], "cuda": []}
+    with pytest.raises(CheckpointError, match=r"random state of .*torch state must be a 1-D torch.uint8 tensor"):
+        set_rng_state(good)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    saved = opt.state_dict()
+    saved["state"] = {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(7, 7), "exp_avg_sq": torch.zeros(2, 3)}}
+    with pytest.raises(CheckpointError, match=r"optimizer state of run.pth: 1 saved tensor\(s\) do not fit "
+                                              r".*\(7, 7\) vs parameter \(2, 3\)"):
+        restore_training_state({"optimizer": saved}, opt, None, None, source="run.pth")
+
+
+# --------------------------------------------------------------------------- 3. model configurations
+
+def test_model_config_is_checked_before_any_network_is_built(tmp_path):
+    from net.presets import ModelConfigError
+    from utils.eval.evaluation import load_model
+
+    for bad, word in ((dict(dim=2048), "dim must be an integer from 2 to 1024"), (dict(heads=[0, 2, 4, 8]), "heads"),
+                      (dict(heads=[1, 2, 5, 8]), "divide"), (dict(colour="red"), "unknown key"),
+                      (dict(dim=512, num_blocks=[8, 8, 8, 8]), "parameters")):
+        with pytest.raises(ModelConfigError, match=word):
+            model_config("paper", **bad)
+    sd = _tiny().state_dict()
+    path = tmp_path / "heads0.pth"
+    torch.save({"model": sd, "model_config": {**model_config("tiny"), "heads": [0, 2, 4, 8]}, "backbone": "BaryNet"},
+               path)
+    with pytest.raises(CheckpointError, match=r"heads0.pth: its model_config: heads\[0\] = 0"):
+        load_model(path)
+    # A sane configuration that does not describe the file's weights (paper, 53.5 M, over tiny's 2.6 M) is
+    # refused from the weights' sizes, before the paper network is built.
+    path = tmp_path / "paper_config_tiny_weights.pth"
+    torch.save({"model": sd, "model_config": model_config("paper"), "backbone": "BaryNet"}, path)
+    with pytest.raises(CheckpointError, match=r"describes a BaryNet of 53,549,774 weights but the file holds "
+                                              r"2,573,617"):
+        load_model(path)
+
+
+# --------------------------------------------------------------------------- 4. GLOBAL opcodes
+
+def test_pickle_importing_too_many_names_is_refused(tmp_path):
+    # 20,000 imports (memoising nothing); the inert unpickler made one class per import.
+    ops = bytearray(b"\x80\x02]q\x00(")
+    for i in range(20_000):
+        ops += f"cmod{i % 7}\nName{i}\n".encode()
+    ops += b"e."
+    path = tmp_path / "globals.pth"
+    _torch_zip(path, bytes(ops))
+    with pytest.raises(CheckpointError, match=r"globals.pth: its pickle imports more than 10,000 names"):
+        read_checkpoint(path)
+    # A reference checkpoint (a whole pickled module) needs far fewer.
+    from utils.checkpoint_guard import _DryUnpickler
+    ref = tmp_path / "reference.pth"
+    torch.save({"epoch": 1, "BaryIR": _tiny()}, ref)
+    import zipfile
+    with zipfile.ZipFile(ref) as z:
+        records = {e.filename.split("/data/", 1)[1]: e.file_size for e in z.infolist() if "/data/" in e.filename}
+        unpickler = _DryUnpickler(z.open("reference/data.pkl"), records=records)
+        unpickler.load()
+    assert unpickler.globals < 100
+    assert read_checkpoint(ref)["epoch"] == 1
+
+
+# --------------------------------------------------------------------------- 5. deep module chains
+
+def test_module_chain_too_deep_is_refused_not_a_recursion_error(tmp_path):
+    depth = 5000
+    ops = bytearray(b"\x80\x02}q\x00U\x06BaryIR")  # {'BaryIR': module0}
+    ops += b"ctorch.nn.modules.container\nSequential\nq\x010"  # memoised, then popped
+    for _ in range(depth):  # module_i, its state dict, '_modules', {'c': module_i+1 ...
+        ops += b"h\x01)\x81}U\x08_modules}U\x01c"
+    ops += b"h\x01)\x81}b"  # the innermost module, built with an empty state
+    ops += b"ssb" * depth  # close each level: modules['c'] = child, state['_modules'] = ..., BUILD
+    ops += b"s."
+    path = tmp_path / "deep.pth"
+    _torch_zip(path, bytes(ops))
+    with pytest.raises(CheckpointError, match=r"deep.pth: it nests objects more than 200 levels deep"):
+        load_model_weights(_tiny(), path)
+
+
+# --------------------------------------------------------------------------- 6. non-finite weights
+
+def test_non_finite_weights_are_refused_with_their_names(tmp_path):
+    sd = _tiny().state_dict()
+    sd["output.weight"][0, 0, 0, 0] = float("nan")
+    sd["patch_embed.proj.weight"][0, 0, 0, 0] = float("inf")
+    path = tmp_path / "diverged.pth"
+    torch.save({"model": sd, "epoch": 3}, path)
+    model = _tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"diverged.pth: 2 weight tensor\(s\) hold NaN or Inf \("
+                                              r"(output.weight, patch_embed.proj.weight|patch_embed.proj.weight, "
+                                              r"output.weight)\)"):
+        load_model_weights(model, path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --------------------------------------------------------------------------- 7. disk full
+
+def test_disk_full_is_one_clear_error_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    import shutil
+
+    path = tmp_path / "epoch_001.pth"
+    save_atomic({"x": torch.ones(3)}, path)
+    real_usage = shutil.disk_usage
+
+    # Not enough free space: refused before anything is written.
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=1000))
+    where = re.escape(str(tmp_path))
+    with pytest.raises(CheckpointError, match=rf"disk full: writing epoch_001.pth to {where} needs .*bytes\)"):
+        save_atomic({"x": torch.zeros(1000)}, path)
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+
+    # The disk fills up during the write (the free space was already taken by someone else).
+    real_fdopen = os.fdopen
+
+    class Filling:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            self.fh.write(bytes(data)[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Filling(real_fdopen(fd, *a, **k)))
+    with pytest.raises(CheckpointError, match=rf"disk full: writing epoch_001.pth to {where} needs [\d.]+ KiB"):
+        save_atomic({"x": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_001.pth"]
+
+
+# --------------------------------------------------------------------------- 8. orphaned temporaries
+
+def test_stale_temporaries_of_killed_saves_are_removed_and_nothing_else(tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", ""])
+    finished.wait()
+    hour_ago, two_minutes_ago = time.time() - 3600, time.time() - 120
+    files = {
+        ".epoch_003.pth.k2j8x_0a.tmp": (hour_ago, False),  # old naming, an hour old: an orphan
+        f".epoch_004.pth.{finished.pid}.ab12cd34.tmp": (two_minutes_ago, False),  # its writer is gone
+        f".latest.{finished.pid}.zz99zz99.tmp": (two_minutes_ago, False),
+        f".epoch_005.pth.{os.getpid()}.ab12cd34.tmp": (two_minutes_ago, True),  # being written
+        f".epoch_006.pth.{finished.pid}.ab12cd34.tmp": (time.time(), True),  # too fresh to judge
+        ".notes.txt.k2j8x_0a.tmp": (hour_ago, True),  # not a checkpoint's temporary
+        ".epoch_003.pth.notes": (hour_ago, True),
+        "scratch.tmp": (hour_ago, True),
+    }
+    for name, (mtime, _) in files.items():
+        (tmp_path / name).write_bytes(b"partial")
+        os.utime(tmp_path / name, (mtime, mtime))
+    save_training_checkpoint({"epoch": 7, "iteration": 0, "global_step": 70, "model": {}}, tmp_path, keep=0)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {n for n, (_, kept) in files.items() if kept} | {"epoch_007.pth", "latest"}
