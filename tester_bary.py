@@ -106,9 +106,17 @@ def _pixel_count(text: str) -> int:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``error:`` line (exit status 2), as every other failure
+    of the tester, instead of the usage block followed by ``tester_bary.py: error: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="BaryIR evaluation and restoration", add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _OneLineParser(description="BaryIR evaluation and restoration", add_help=add_help,
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     what = parser.add_argument_group("what to evaluate (one of --tasks, --degset/--tarset, --input; none: every "
                                      "paper task present under --data-root)")
     what.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
