@@ -373,17 +373,22 @@ def main(args) -> dict:
 def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, progress: bool) -> dict:
     """``--input``: restore the images into ``--save`` and write ``results.json`` (also when stopped)."""
     results = {"protocol": {**protocol.describe(), "device": str(device), **info}, "tasks": {}}
+
+    def record(entries: list[dict]) -> list[str]:
+        results["restored"] = [e for e in entries if "output" in e]
+        skipped = [f"{e['name']} (unreadable: {e['skipped']})" for e in entries if "skipped" in e]
+        if skipped:
+            results["skipped_files"] = skipped
+        return skipped
+
     try:
-        entries = restore_files(model, inputs, save, protocol, device, progress, skip_bad_files=args.skip_bad_files)
+        skipped = record(restore_files(model, inputs, save, protocol, device, progress,
+                                       skip_bad_files=args.skip_bad_files))
     except EvaluationStopped as stop:
-        results["restored"] = stop.row["restored"]
+        record(stop.row["restored"])
         results["partial"] = {"row": "input", "file": stop.file, "error": str(stop)}
         path = write_text(save / "results.json", json.dumps(results, indent=2, default=str) + "\n")
         raise _stopped(stop, str(path)) from stop
-    results["restored"] = [e for e in entries if "output" in e]
-    skipped = [f"{e['name']} (unreadable: {e['skipped']})" for e in entries if "skipped" in e]
-    if skipped:
-        results["skipped_files"] = skipped
     write_text(save / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     print(f"restored {len(results['restored'])} image(s) into {save}")
     for line in skipped:

@@ -28,6 +28,7 @@ from utils.eval import evaluation as E
 from utils.eval.metrics import image_metrics
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parents[1]
 H, W = 44, 61  # not multiples of 8: the two protocols differ
 
@@ -408,9 +409,6 @@ def test_out_of_memory_suggests_tiling(bench, checkpoint, tmp_path, monkeypatch)
 
 # --------------------------------------------------------------------------- safety with users' files
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 def _photos(folder, names):
     """Images ``names`` in ``folder``, each a different crop; returns every file's bytes by name."""
     img = data.astronaut()
@@ -485,6 +483,13 @@ def test_a_bad_image_writes_partial_results_or_is_skipped(checkpoint, tmp_path):
     assert row["count"] == 2 and row["skipped"] == 1 and [b["name"] for b in row["bad_files"]] == ["b.png"]
     assert "partial" not in res and "b.png" in E.summary_table(res)
     assert "b.png (unreadable" in (tmp_path / "s" / "results.md").read_text()
+    # --input: the same two ways.
+    with pytest.raises(UserError, match=r"b\.png.*partial"):
+        run("--model", checkpoint, "--input", deg, "--save", tmp_path / "i")
+    saved = json.loads((tmp_path / "i" / "results.json").read_text())
+    assert [r["name"] for r in saved["restored"]] == ["a.png"] and saved["partial"]["file"] == str(deg / "b.png")
+    res = run("--model", checkpoint, "--input", deg, "--save", tmp_path / "j", "--skip-bad-files")
+    assert [r["name"] for r in res["restored"]] == ["a.png", "c.png"] and "b.png" in res["skipped_files"][0]
 
 
 def test_failures_are_one_error_line_and_debug_shows_the_traceback(checkpoint, tmp_path, capsys):
