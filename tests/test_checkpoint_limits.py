@@ -4,6 +4,7 @@ found). A load that could exhaust the machine if the guard regressed runs in a s
 space is capped (resource.RLIMIT_AS) at what it already uses plus 1.5 GiB."""
 import collections
 import errno
+import io
 import os
 import pickle
 import re
@@ -112,17 +113,28 @@ class _View:
 
 
 class _TorchPickler(pickle.Pickler):
+    legacy = False  # the pre-1.6 format's storage ids carry view metadata
+
     def persistent_id(self, obj):
         if isinstance(obj, _Storage):
-            return "storage", obj.kind, obj.key, "cpu", obj.numel
+            return ("storage", obj.kind, obj.key, "cpu", obj.numel) + ((None,) if self.legacy else ())
         return None
 
 
-def _pickled(obj) -> bytes:
-    import io
+def _pickled(obj, legacy: bool = False) -> bytes:
     buf = io.BytesIO()
-    _TorchPickler(buf, protocol=2).dump(obj)
+    pickler = _TorchPickler(buf, protocol=2)
+    pickler.legacy = legacy
+    pickler.dump(obj)
     return buf.getvalue()
+
+
+def _legacy_file(path: Path, obj, storages: list[str]) -> None:
+    """The pre-1.6 torch.save format: magic number, protocol, system info, the object, storage keys."""
+    head = b"".join(pickle.dumps(x, protocol=2) for x in (
+        0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                       "type_sizes": {"short": 2, "int": 4, "long": 4}}))
+    path.write_bytes(head + _pickled(obj, legacy=True) + pickle.dumps(storages, protocol=2))
 
 
 def _tiny():
@@ -168,7 +180,11 @@ def test_tensor_views_beyond_their_storage_and_bad_rng_states_are_refused(tmp_pa
            "torch": torch.get_rng_state(), "cuda": []}
     expanded = tmp_path / "expanded_rng.pth"
     torch.save({"format_version": 1, "model": {"w": torch.ones(1)}, "rng": rng}, expanded)
-    out, out_rng = _capped_loads((over, ""), (expanded, "rng"))
+    # The legacy format allocates every declared storage before reading it: 12 GB declared in 300 bytes.
+    legacy = tmp_path / "legacy_declares_12GB.pth"
+    _legacy_file(legacy, {"x": _View(_Storage("0", 3_000_000_000), (3_000_000_000,), (1,))}, ["0"])
+    out, out_rng, out_legacy = _capped_loads((over, ""), (expanded, "rng"), (legacy, ""))
+    assert out_legacy.startswith("REFUSED") and "declares 11.2 GiB of tensor storage" in out_legacy, out_legacy
     assert out.startswith("REFUSED") and "overshoot.pth" in out and "addresses element" in out, out
     assert out_rng.startswith("REFUSED") and "expanded_rng.pth" in out_rng and "2,000,000,000" in out_rng, out_rng
 
