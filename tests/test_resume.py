@@ -13,9 +13,10 @@ from _train_data import make_train_tree, make_val_tree, train_flags
 
 import tester_bary
 from net.presets import build_model
-from utils.checkpoints import list_checkpoints, read_checkpoint, read_latest
+from utils.checkpoints import CheckpointError, list_checkpoints, read_checkpoint, read_latest
 from utils.train import engine
 from utils.train.options import get_args_parser
+from utils.train.setup import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -160,12 +161,72 @@ def test_rotation_keeps_a_bound(data, tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["iter_e002_i000002.pth", "epoch_002.pth"]
 
 
-def test_missing_resume_path_warns_and_starts_fresh(data, tmp_path, capsys):
-    assert run(data, tmp_path, "--nEpochs", "1", "--resume", "checkpoint/model_allBaryNet128__58_1.0.pt",
-               iters=1) == 0
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_mistyped_resume_path_is_an_error_and_writes_nothing(data, tmp_path):
+    assert run(data, tmp_path, "--nEpochs", "1", iters=1) == 0
+    before = snapshot(tmp_path / "ckpt")
+    for wrong in ("checkpoint/model_allBaryNet128__58_1.0.pt", str(tmp_path / "ckpt" / "epoch_01.pth")):
+        with pytest.raises(CheckpointError, match="no such file or folder; nothing was written"):
+            run(data, tmp_path, "--nEpochs", "2", "--resume", wrong, iters=1)
+        assert snapshot(tmp_path / "ckpt") == before
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="that folder holds no checkpoint"):
+        run(data, tmp_path, "--nEpochs", "2", "--resume", str(tmp_path / "empty"), iters=1)
+    assert snapshot(tmp_path / "ckpt") == before
+
+
+def test_a_missing_pretrained_file_is_an_error(data, tmp_path):
+    with pytest.raises(ConfigError, match="--pretrained .*no such file"):
+        run(data, tmp_path, "--nEpochs", "1", "--pretrained", str(tmp_path / "nope.pth"), iters=1)
+    assert not (tmp_path / "ckpt" / "log.jsonl").exists()
+
+
+def test_resume_from_a_folder_continues_its_newest_checkpoint(data, straight, tmp_path, capsys):
+    assert run(data, tmp_path / "a", "--nEpochs", "1") == 0
+    capsys.readouterr()
+    # the folder of run "a", trained on into its own folder by a second command
+    assert run(data, tmp_path / "a", "--nEpochs", "2", "--resume", str(tmp_path / "a" / "ckpt")) == 0
+    assert "is a folder: continuing its newest checkpoint, epoch_001.pth" in capsys.readouterr().out
+    assert_same_training_state(final_state(tmp_path / "a"), final_state(straight))
+
+
+def test_resume_auto_passes_over_a_damaged_newest_checkpoint(data, straight, tmp_path, capsys):
+    assert run(data, tmp_path, "--nEpochs", "2", "--keep", "0") == 0
+    newest = tmp_path / "ckpt" / "epoch_002.pth"
+    newest.write_bytes(newest.read_bytes()[:1000])  # torn, as by a disk that filled up outside our writer
+    capsys.readouterr()
+    assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", "--keep", "0") == 0
     err = capsys.readouterr().err
-    assert "WARNING" in err and "STARTING A FRESH RUN" in err
-    assert read_checkpoint(read_latest(tmp_path / "ckpt"))["epoch"] == 1
+    assert "epoch_002.pth" in err and "Falling back to the checkpoint before it, epoch_001.pth" in err
+    assert_same_training_state(final_state(tmp_path), final_state(straight))
+    newest.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="epoch_002.pth"):  # named explicitly: no fallback
+        run(data, tmp_path, "--nEpochs", "3", "--resume", str(newest))
+
+
+def test_log_has_each_iteration_once_after_a_resume_past_lost_work(data, tmp_path):
+    """As after kill -9: the log holds iterations 1-5, the newest checkpoint is from iteration 2."""
+    assert run(data, tmp_path, "--nEpochs", "1", "--save-every", "2", "--keep", "0", iters=5) == 0
+    ckpt = tmp_path / "ckpt"
+    for name in ("epoch_001.pth", "iter_e001_i000004.pth", "latest"):
+        (ckpt / name).unlink()
+    assert run(data, tmp_path, "--nEpochs", "1", "--resume", "auto", iters=5) == 0
+    records = [json.loads(line) for line in (ckpt / "log.jsonl").read_text().splitlines()]
+    steps = [r["global_step"] for r in records if r["kind"] == "iter"]
+    assert steps == [1, 2, 3, 4, 5]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1]
+    discarded = [json.loads(line) for line in (ckpt / "log.discarded.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in discarded if r["kind"] == "iter"] == [3, 4, 5]  # kept, not deleted
+
+
+@pytest.mark.parametrize("flag, value, message", [("--start-epoch", "0", "--start-epoch counts from 1"),
+                                                   ("--seed", "-1", "--seed must be in")])
+def test_out_of_range_start_epoch_and_seed_are_refused(data, tmp_path, flag, value, message):
+    with pytest.raises(ConfigError, match=message):
+        run(data, tmp_path, "--nEpochs", "1", flag, value, iters=1)
 
 
 def test_reference_checkpoint_resumes_weights_and_epoch(data, tmp_path, capsys):

@@ -786,25 +786,46 @@ def is_reference_checkpoint(obj: Any) -> bool:
     return isinstance(obj, Mapping) and "BaryIR" in obj
 
 
-def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> tuple[Path | None, str | None]:
-    """``--resume`` -> ``(path or None, message)``.
+def resume_candidates(resume: str | None, output_dir: str | os.PathLike) -> tuple[list[Path], str | None]:
+    """``--resume`` -> ``(checkpoints to try, newest first; a note for the console)``.
 
-    ``auto`` is the checkpoint ``latest`` names in ``output_dir`` (None with a note when there is
-    none); a path that does not exist gives None and a warning, as the reference starts afresh.
+    * ``auto``: the checkpoint ``latest`` names in ``output_dir``, then the others newest first (so a
+      damaged newest file falls back to the one before); none at all is a fresh run, with a note.
+    * a folder: that run's checkpoints the same way (the note says which folder was meant).
+    * a file: that file alone.
+
+    A path that does not exist, or a folder without checkpoints, raises :class:`CheckpointError`
+    before anything is written: a mistyped path must not start a fresh run over the old one.
     """
     if not resume:
-        return None, None
+        return [], None
     if resume == "auto":
-        path = read_latest(output_dir)
-        if path is None:
-            return None, f"--resume auto: no checkpoint in {output_dir}; starting a fresh run"
-        return path, None
+        found = _newest_first(output_dir)
+        if not found:
+            return [], f"--resume auto: no checkpoint in {output_dir}; starting a fresh run"
+        return found, None
     path = Path(resume)
+    if path.is_dir():
+        found = _newest_first(path)
+        if not found:
+            raise CheckpointError(f"--resume {resume}: that folder holds no checkpoint (epoch_NNN.pth or "
+                                  f"iter_eNNN_iNNNNNN.pth); pass a checkpoint file, or --resume auto to continue "
+                                  f"the run in --output-dir")
+        return found, f"--resume {resume} is a folder: continuing its newest checkpoint, {found[0].name}"
     if not path.is_file():
-        return None, (f"--resume {resume}: no checkpoint found at that path. STARTING A FRESH RUN from "
-                      f"epoch 1 (as the reference does). Use --resume auto to continue the newest "
-                      f"checkpoint in --output-dir.")
-    return path, None
+        raise CheckpointError(f"--resume {resume}: no such file or folder; nothing was written. Check the path, "
+                              f"use --resume auto to continue the newest checkpoint in --output-dir, or leave "
+                              f"--resume out to start a fresh run")
+    return [path], None
+
+
+def _newest_first(output_dir: str | os.PathLike) -> list[Path]:
+    """The trainer's checkpoints in ``output_dir``: the one ``latest`` names, then the rest newest first."""
+    found = list(reversed(list_checkpoints(output_dir)))
+    latest = read_latest(output_dir)
+    if latest is not None:
+        found = [latest] + [p for p in found if p.resolve() != latest.resolve()]
+    return found
 
 
 def potentials_state_from(obj: Any, source: str) -> dict[str, torch.Tensor] | None:

@@ -62,6 +62,16 @@ def _os_message(exc: OSError) -> str | None:
     return None
 
 
+def _worker_message(message: str) -> str:
+    """The original message of an error re-raised by a DataLoader ("Caught X in DataLoader worker process
+    0. Original Traceback ...", whose last line is ``module.X: message``); other messages unchanged."""
+    if not (message.startswith("Caught ") and "Original Traceback" in message):
+        return message
+    last = [line for line in message.strip().splitlines() if line.strip()][-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and " " not in head else last
+
+
 def failure_message(exc: BaseException) -> tuple[str, int] | None:
     """``(message, exit status)`` for a failure the user can act on; ``None`` for anything else (a bug).
 
@@ -71,7 +81,7 @@ def failure_message(exc: BaseException) -> tuple[str, int] | None:
     chain = _chain(exc)
     for e in chain:
         if isinstance(e, UserError):
-            return str(e), e.exit_status
+            return _worker_message(str(e)), e.exit_status
     for e in chain:
         if isinstance(e, OSError) and not isinstance(e, UserError):
             message = _os_message(e)

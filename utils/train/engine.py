@@ -21,13 +21,16 @@ same iteration, rank 0 saves, and the run exits 0. One process and ``torchrun`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import multiprocessing
 import random
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,13 +42,14 @@ from net import Potentials
 from net.presets import build_model
 from utils.checkpoints import (
     LOG_NAME,
+    CheckpointError,
     LoopState,
     all_finite,
     is_training_checkpoint,
     plain_args,
     read_checkpoint,
-    resolve_resume,
     restore_training_state,
+    resume_candidates,
     save_training_checkpoint,
     training_checkpoint,
 )
@@ -76,7 +80,8 @@ from utils.train.distributed import (
 )
 from utils.train.losses import OBJECTIVES, Objective, congruence_loss, map_loss, potentials_loss
 from utils.train.options import resolve_data_file_dir, resolve_objective
-from utils.train.run_log import Console, JsonlLog, plot_loss_curves, progress
+from utils.train.output_lock import OutputFolderBusy, OutputLock
+from utils.train.run_log import Console, JsonlLog, plot_loss_curves, progress, rewind_log
 from utils.train.setup import ConfigError, check_args, load_start, start_fresh_outputs, validation_pairs
 
 FIG_NAME = "train_losses.png"
@@ -291,7 +296,6 @@ class StopRequest:
         self._old: dict[int, Any] = {}
 
     def install(self) -> "StopRequest":
-        import threading
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGTERM, signal.SIGINT):
                 self._old[s] = signal.signal(s, self._handle)
@@ -315,6 +319,29 @@ def _ignore_stop_signals(worker_id: int) -> None:
     (it may still need their batch), saves, and shuts them down."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_loader_workers(timeout: float = 5.0) -> None:
+    """Kill this process's loader workers (daemonic children).
+
+    After a failure the loader that owns them may stay referenced by the traceback, and the exit
+    handler's polite SIGTERM, which the workers ignore (:func:`_ignore_stop_signals`), would leave the
+    exit waiting for them forever. The loader's SIGCHLD handler, which raises when a worker dies, is
+    set aside meanwhile so every worker is reached.
+    """
+    workers = [c for c in multiprocessing.active_children() if c.daemon]
+    if not workers:
+        return
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGCHLD, signal.SIG_DFL) if main_thread else None
+    try:
+        for child in workers:
+            child.kill()
+        for child in workers:
+            child.join(timeout)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGCHLD, old)
 
 
 # --------------------------------------------------------------------------- epochs
@@ -398,6 +425,9 @@ def main(args: argparse.Namespace) -> int:
         args.gpus = None
     try:
         return train(args, info)
+    except BaseException:
+        stop_loader_workers()
+        raise
     finally:
         cleanup(info)
 
@@ -406,64 +436,82 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
     """The whole run, top to bottom. Returns 0 (also after SIGTERM/SIGINT, with a checkpoint written)."""
     console = Console(info.is_main)
     k, objective, ablate = check_run(args, info)
-    ckpt_path, obj = where_to_start(args, console)
-    seed = agree_seed(args, obj, info, console)
-    dataset = build_dataset(args, seed, console)
-    val_pairs = validation_pairs(args, console)
-    model, pots, state, resumed = build_networks(args, k, ckpt_path, obj, info, console)
-    training = build_training(args, model, pots, dataset, info, objective, ablate, state.epoch, console)
-    if resumed is not None:
-        restore_training_state(resumed, training.optimizer, training.potentials_optimizer, training.scaler)
-        warn_if_batch_changed(resumed, args, info, state, console)
-    sampler, loader = build_loader(args, dataset, seed, info)
-    iters = iterations_per_epoch(sampler.num_samples, args.batchSize, args.iters_per_epoch)
-    if state.iteration >= iters:  # resumed exactly at an epoch's end (e.g. a smaller cap now)
-        state = LoopState(state.epoch + 1, 0, state.global_step)
-    output_dir = Path(args.output_dir)
-    if resumed is None and info.is_main:
-        start_fresh_outputs(output_dir, console)
-    log = JsonlLog(output_dir / LOG_NAME, enabled=info.is_main)
-    log.write(run_record(args, dataset, objective, state, resumed is not None, info))
-    save = Saver(training, output_dir, run_meta(args, model, dataset, info), iters, args.keep, console)
+    with hold_output_folder(Path(args.output_dir), info):
+        ckpt_path, obj = where_to_start(args, console)
+        seed = agree_seed(args, obj, info, console)
+        dataset = build_dataset(args, seed, console)
+        val_pairs = validation_pairs(args, console)
+        model, pots, state, resumed = build_networks(args, k, ckpt_path, obj, info, console)
+        training = build_training(args, model, pots, dataset, info, objective, ablate, state.epoch, console)
+        if resumed is not None:
+            restore_training_state(resumed, training.optimizer, training.potentials_optimizer, training.scaler)
+            warn_if_batch_changed(resumed, args, info, state, console)
+        sampler, loader = build_loader(args, dataset, seed, info)
+        iters = iterations_per_epoch(sampler.num_samples, args.batchSize, args.iters_per_epoch)
+        if state.iteration >= iters:  # resumed exactly at an epoch's end (e.g. a smaller cap now)
+            state = LoopState(state.epoch + 1, 0, state.global_step)
+        output_dir = Path(args.output_dir)
+        log = open_log(output_dir, resumed is not None, state, info, console)
+        log.write(run_record(args, dataset, objective, state, resumed is not None, info))
+        save = Saver(training, output_dir, run_meta(args, model, dataset, info), iters, args.keep, console)
 
-    if state.epoch > args.nEpochs:
-        console(f"=> nothing to do: epoch {state.epoch} is past --nEpochs {args.nEpochs}")
-        return 0
-    stop = StopRequest().install()
-    try:
-        for epoch in range(state.epoch, args.nEpochs + 1):
-            if state.epoch != epoch:
-                state = LoopState(epoch, 0, state.global_step)
-            lr = lr_at(args.lr, epoch, args.step)
-            set_lr([training.optimizer, training.potentials_optimizer], lr)
-            for part in (sampler, dataset):
-                part.set_epoch(epoch)
-            sampler.set_start(state.iteration * args.batchSize)
-            console(f"Epoch={epoch}, lr={lr:.3g}, {iters} iterations")
-            tic = time.perf_counter()
-            means, stopped = train_one_epoch(
-                training, loader, state, iters, lr, stop=stop, log=log, console=console, log_every=args.log_every,
-                save_every=args.save_every, save=save, nan_at=args.debug_nan_at)
-            if state.iteration < iters:  # stopped mid-epoch
+        if state.epoch > args.nEpochs:
+            console(f"=> nothing to do: epoch {state.epoch} is past --nEpochs {args.nEpochs}")
+            return 0
+        stop = StopRequest().install()
+        try:
+            for epoch in range(state.epoch, args.nEpochs + 1):
+                if state.epoch != epoch:
+                    state = LoopState(epoch, 0, state.global_step)
+                lr = lr_at(args.lr, epoch, args.step)
+                set_lr([training.optimizer, training.potentials_optimizer], lr)
+                for part in (sampler, dataset):
+                    part.set_epoch(epoch)
+                sampler.set_start(state.iteration * args.batchSize)
+                console(f"Epoch={epoch}, lr={lr:.3g}, {iters} iterations")
+                tic = time.perf_counter()
+                means, stopped = train_one_epoch(
+                    training, loader, state, iters, lr, stop=stop, log=log, console=console, log_every=args.log_every,
+                    save_every=args.save_every, save=save, nan_at=args.debug_nan_at)
+                if state.iteration < iters:  # stopped mid-epoch
+                    save(state)
+                    console(f"=> stopped by signal {stop.signum} at epoch {epoch}, iteration {state.iteration}; "
+                            f"continue with --resume auto (or --resume <checkpoint>)")
+                    return 0
+                val = evaluate(model, val_pairs, info, args.precision) if val_pairs else None
+                end_of_epoch(training, log, console, epoch, state, iters, lr, means, val, time.perf_counter() - tic)
                 save(state)
-                console(f"=> stopped by signal {stop.signum} at epoch {epoch}, iteration {state.iteration}; "
-                        f"continue with --resume auto (or --resume <checkpoint>)")
-                return 0
-            val = evaluate(model, val_pairs, info, args.precision) if val_pairs else None
-            end_of_epoch(training, log, console, epoch, state, iters, lr, means, val, time.perf_counter() - tic)
-            save(state)
-            if info.is_main:
-                plot_loss_curves(output_dir / LOG_NAME, Path(args.figs_dir or output_dir) / FIG_NAME)
-            if stopped or any_rank(stop.requested, info):  # a signal during validation or saving
-                console(f"=> stopped by signal {stop.signum} after epoch {epoch}")
-                return 0
-            state = LoopState(epoch + 1, 0, state.global_step)
-    finally:
-        stop.restore()
-    return 0
+                if info.is_main:
+                    plot_loss_curves(output_dir / LOG_NAME, Path(args.figs_dir or output_dir) / FIG_NAME)
+                if stopped or any_rank(stop.requested, info):  # a signal during validation or saving
+                    console(f"=> stopped by signal {stop.signum} after epoch {epoch}")
+                    return 0
+                state = LoopState(epoch + 1, 0, state.global_step)
+        finally:
+            stop.restore()
+        return 0
 
 
 # --------------------------------------------------------------------------- the run's parts, in order
+
+@contextlib.contextmanager
+def hold_output_folder(folder: Path, info: DistInfo) -> Iterator[None]:
+    """Rank 0 holds ``folder``'s :class:`~utils.train.output_lock.OutputLock` for the run; when another
+    trainer holds it, every rank stops with :class:`~utils.train.output_lock.OutputFolderBusy`."""
+    lock, busy = OutputLock(folder), None
+    if info.is_main:
+        try:
+            lock.acquire()
+        except OutputFolderBusy as exc:
+            busy = exc
+    if broadcast_int(busy is not None, info):
+        raise busy or OutputFolderBusy(f"--output-dir {folder} is in use by another trainer (see rank 0's error)")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 
 def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective, frozenset[str]]:
     """The flag checks that need the device too; returns K, the objective and the ablated terms."""
@@ -482,11 +530,23 @@ def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective,
 
 
 def where_to_start(args: argparse.Namespace, console: Console) -> tuple[Path | None, Any]:
-    """The checkpoint ``--resume`` names (or none) and its contents."""
-    ckpt_path, note = resolve_resume(args.resume, Path(args.output_dir))
+    """The checkpoint ``--resume`` names (or none) and its contents.
+
+    With ``auto`` or a folder, a newest checkpoint that cannot be read (damaged, truncated) is passed
+    over with a warning for the one before it; an explicit file that cannot be read is an error.
+    """
+    candidates, note = resume_candidates(args.resume, Path(args.output_dir))
     if note:
-        (console.warn if args.resume != "auto" else console)(note)
-    return ckpt_path, read_checkpoint(ckpt_path) if ckpt_path is not None else None
+        console(note)
+    for i, path in enumerate(candidates):
+        try:
+            return path, read_checkpoint(path)
+        except CheckpointError as exc:
+            if i + 1 == len(candidates):
+                raise
+            console.warn(f"{exc}\n!! Falling back to the checkpoint before it, {candidates[i + 1].name}; "
+                         f"the iterations since then are trained again")
+    return None, None
 
 
 def agree_seed(args: argparse.Namespace, obj: Any, info: DistInfo, console: Console) -> int:
@@ -577,6 +637,20 @@ def build_loader(args: argparse.Namespace, dataset: MixedDegradationDataset, see
                         collate_fn=collate, pin_memory=info.device.type == "cuda", drop_last=False,
                         persistent_workers=False, worker_init_fn=_ignore_stop_signals)
     return sampler, loader
+
+
+def open_log(output_dir: Path, resumed: bool, state: LoopState, info: DistInfo, console: Console) -> JsonlLog:
+    """The run's log. A fresh run keeps an earlier run's log apart (:func:`start_fresh_outputs`); a resumed
+    one moves the records past its checkpoint (training lost when the run stopped, about to be redone)
+    aside (:func:`~utils.train.run_log.rewind_log`), so every iteration is logged once."""
+    if info.is_main and not resumed:
+        start_fresh_outputs(output_dir, console)
+    elif info.is_main:
+        moved = rewind_log(output_dir / LOG_NAME, state.global_step)
+        if moved:
+            console(f"=> {moved} log record(s) past global step {state.global_step} (training after the "
+                    f"checkpoint, lost when the run stopped) moved to {Path(LOG_NAME).stem}.discarded.jsonl")
+    return JsonlLog(output_dir / LOG_NAME, enabled=info.is_main)
 
 
 def run_meta(args: argparse.Namespace, model: nn.Module, dataset: MixedDegradationDataset,

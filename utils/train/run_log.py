@@ -51,6 +51,40 @@ class JsonlLog:
             fh.flush()
 
 
+def rewind_log(path: str | os.PathLike, global_step: int) -> int:
+    """Move the ``iter`` and ``epoch`` records past ``global_step`` out of the log at ``path``, into
+    ``<stem>.discarded.jsonl`` beside it; returns how many moved.
+
+    A run killed after its last checkpoint logged iterations whose training is lost; the resumed run
+    trains (and logs) them again. Rewinding keeps one record per iteration in the log, and the moved
+    records are kept, not deleted. The discarded file is appended first and the log then replaced
+    atomically, so a crash in between can duplicate a record but never lose one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, moved = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            kept.append(line)  # a line torn by a crash: left for read_log to skip
+            continue
+        past = (isinstance(record, dict) and record.get("kind") in ("iter", "epoch")
+                and isinstance(record.get("global_step"), int) and record["global_step"] > global_step)
+        (moved if past else kept).append(line if line.endswith("\n") else line + "\n")
+    if not moved:
+        return 0
+    with open(path.with_name(f"{path.stem}.discarded.jsonl"), "a") as fh:
+        fh.writelines(moved)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+    return len(moved)
+
+
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():

@@ -81,6 +81,10 @@ def check_args(args) -> int:
                           f"--num_sources or pass --num_sources {k}.")
     if args.patch_size < 16 or args.patch_size % 8:
         raise ConfigError(f"--patch_size must be a multiple of 8 and at least 16, got {args.patch_size}")
+    if args.start_epoch < 1:  # epoch 0 would train at 10x the learning rate (lr halves every --step epochs)
+        raise ConfigError(f"--start-epoch counts from 1, got {args.start_epoch}")
+    if not 0 <= args.seed < 2**63:
+        raise ConfigError(f"--seed must be in 0..2**63-1, got {args.seed}")
     for flag in ("batchSize", "nEpochs", "step"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
@@ -141,12 +145,11 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
         return state, None
     if args.pretrained:
         path = Path(args.pretrained)
-        if not path.is_file():
-            console.warn(f"--pretrained {args.pretrained}: no file there; the network starts from random "
-                         f"initialisation (as the reference does)")
-        else:
-            pobj = read_checkpoint(path)
-            load_network(model, pobj, str(path))
-            msg = "network and potentials" if _load_potentials_if_they_fit(pots, pobj, str(path)) else "network"
-            console(f"=> --pretrained {path}: {msg} weights loaded")
+        if not path.is_file():  # the reference trains from random weights here: an hour lost to a typo
+            raise ConfigError(f"--pretrained {args.pretrained}: no such file; check the path, or leave "
+                              f"--pretrained out to start from random weights")
+        pobj = read_checkpoint(path)
+        load_network(model, pobj, str(path))
+        msg = "network and potentials" if _load_potentials_if_they_fit(pots, pobj, str(path)) else "network"
+        console(f"=> --pretrained {path}: {msg} weights loaded")
     return state, None
