@@ -1,14 +1,15 @@
 """Train BaryIR on several processes with ``torchrun`` (NCCL on GPUs, gloo on the CPU).
 
-One node, 3 GPUs::
+One node, 3 GPUs; a rank that dies is restarted and the run continues from its newest checkpoint::
 
-    torchrun --nproc_per_node=3 --master_port=9833 trainer_bary_ddp.py --batchSize=3 --nEpochs=65 \\
-        --de_type derain dehaze deblur denoise_25 lowlight --patch_size=144 --step=35 --backbone=BaryNet
+    torchrun --nproc_per_node=3 --rdzv-backend=c10d --rdzv-endpoint=localhost:9833 --max-restarts=3 \\
+        trainer_bary_ddp.py --batchSize=3 --nEpochs=65 --de_type derain dehaze deblur denoise_25 lowlight \\
+        --patch_size=144 --step=35 --backbone=BaryNet --resume auto
 
-Two nodes of 4 GPUs (run on each node, ``--node_rank`` 0 and 1)::
+Two nodes of 4 GPUs (the same command on each node)::
 
-    torchrun --nnodes=2 --nproc_per_node=4 --node_rank=0 --rdzv_backend=c10d \\
-        --rdzv_endpoint=HOST0:29500 trainer_bary_ddp.py ... --output-dir /nfs/checkpoint
+    torchrun --nnodes=2 --nproc_per_node=4 --rdzv-id=bary --rdzv-backend=c10d --rdzv-endpoint=HOST0:29500 \\
+        --max-restarts=3 trainer_bary_ddp.py ... --resume auto --output-dir /nfs/checkpoint
 
 ``--batchSize`` is per process. Rank 0 prints and writes checkpoints; ``--resume auto`` needs
 ``--output-dir`` on a file system every node sees. Started without torchrun it trains as one

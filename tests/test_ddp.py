@@ -1,19 +1,21 @@
 """trainer_bary_ddp.py under torchrun: 2 CPU processes (gloo) train, agree, save once, resume."""
 import json
 import os
-import shutil
+import re
+import shlex
+import signal
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from _processes import TORCHRUN, descendants, free_port, kill_tree, run_script
 from _train_data import make_train_tree, train_flags
 
 from utils.checkpoints import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
-TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(TORCHRUN is None or not torch.distributed.is_available(),
@@ -21,17 +23,8 @@ pytestmark = [pytest.mark.slow,
 
 
 def torchrun(flags: list[str], port: int) -> subprocess.CompletedProcess:
-    cmd = [TORCHRUN, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
-           str(REPO / "trainer_bary_ddp.py"), *flags]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return run_script([TORCHRUN, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
+                       str(REPO / "trainer_bary_ddp.py"), *flags], timeout=300)
 
 
 def test_two_processes_train_identically_save_once_and_resume(tmp_path):
@@ -62,3 +55,66 @@ def test_two_processes_train_identically_save_once_and_resume(tmp_path):
     assert (ck["args"]["objective"], ck["args"]["reg_weight"], ck["args"]["potentials_steps"],
             ck["args"]["contrastive_eps"]) == ("ddp", 0.02, 1, 1e-6)
     assert all(torch.isfinite(v).all() for v in ck["potentials"].values())
+
+
+def readme_rendezvous(port: int) -> list[str]:
+    """The torchrun flags of the README's 2-GPU DDP command (rendezvous, restarts), on ``port``."""
+    from test_readme import COMMANDS
+    cmd = next(c for c in COMMANDS if c.startswith("CUDA_VISIBLE_DEVICES=0,1 torchrun"))
+    words = shlex.split(cmd)
+    flags = words[words.index("torchrun") + 1:words.index("trainer_bary_ddp.py")]
+    return [re.sub(r"(localhost)?([:=])9833$", rf"127.0.0.1\g<2>{port}" if "localhost" in f else rf"\g<2>{port}", f)
+            for f in flags if not f.startswith("--nproc_per_node")]
+
+
+def rank_pid(launcher: subprocess.Popen, local_rank: int, deadline: float) -> int:
+    """The PID of the first attempt's rank ``local_rank`` under ``launcher`` (torchrun)."""
+    want = {f"LOCAL_RANK={local_rank}".encode(), b"TORCHELASTIC_RESTART_COUNT=0"}
+    while time.monotonic() < deadline:
+        for pid in descendants(launcher.pid):
+            try:
+                env = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+            except OSError:
+                continue
+            if want <= env:
+                return pid
+        time.sleep(0.05)
+    raise AssertionError("rank not found")
+
+
+def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_path):
+    """The README's elastic command: SIGKILL one rank after the first checkpoint; torchrun restarts both,
+    they resume from the newest checkpoint, and the final weights equal an uninterrupted run's, which
+    here runs as two one-process "nodes" meeting through c10d on this machine."""
+    data = make_train_tree(tmp_path / "data")
+    common = ["--iters-per-epoch", "6", "--nEpochs", "2", "--save-every", "2", "--resume", "auto"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    port = free_port()
+    nodes = [subprocess.Popen([TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv-id=nodes", "--rdzv-backend=c10d",
+                               f"--rdzv-endpoint=127.0.0.1:{port}", "trainer_bary_ddp.py",
+                               *train_flags(data, tmp_path / "nodes"), *common],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [n.communicate(timeout=300)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(outputs)
+    assert "2 processes, backend gloo" in "".join(outputs)
+
+    killed = subprocess.Popen([TORCHRUN, "--nproc_per_node=2", *readme_rendezvous(free_port()), "trainer_bary_ddp.py",
+                               *train_flags(data, tmp_path / "killed"), *common],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 200
+        while not (tmp_path / "killed" / "ckpt" / "iter_e001_i000002.pth").exists():
+            assert time.monotonic() < deadline and killed.poll() is None, "no first checkpoint"
+            time.sleep(0.02)
+        os.kill(rank_pid(killed, 1, deadline), signal.SIGKILL)
+        output = killed.communicate(timeout=300)[0]
+    finally:
+        kill_tree(killed.pid)
+    assert killed.returncode == 0, output
+    assert "=> resumed " in output and "continuing at epoch" in output
+    done = torch.load(tmp_path / "killed" / "ckpt" / "epoch_002.pth", weights_only=True)
+    ref = torch.load(tmp_path / "nodes" / "ckpt" / "epoch_002.pth", weights_only=True)
+    assert done["global_step"] == ref["global_step"] == 12
+    for part in ("model", "potentials"):
+        assert all(torch.equal(done[part][k], ref[part][k]) for k in ref[part]), part

@@ -1,54 +1,14 @@
 """The trainer fails promptly and keeps what the user has: loader-worker errors end the run (no hang),
 with one ``error:`` line naming the file, and the last good checkpoint untouched."""
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from _processes import HANG, REPO, TORCHRUN, free_port, run_script
 from _train_data import make_train_tree, train_flags
-from test_ddp import TORCHRUN, free_port
-
-REPO = Path(__file__).resolve().parents[1]
-HANG = 90  # seconds: far beyond the few seconds these runs take, short of a CI job's patience
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (from /proc), children before grandchildren."""
-    parent_of = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent_of[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        children = [p for p, pp in parent_of.items() if pp in frontier]
-        found += children
-        frontier = children
-    return found
-
-
-def run_script(cmd: list[str], timeout: float = HANG) -> subprocess.CompletedProcess:
-    """``cmd`` in its own session, killed with everything it started when it outlives ``timeout``
-    (so a hang fails the test instead of leaving loader workers behind)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun starts its ranks in sessions of their own
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        out, err = proc.communicate(timeout=30)
-        pytest.fail(f"still running after {timeout} s (hung):\n{out[-2000:]}\n{err[-2000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def truncate_rainy(data: dict[str, Path]) -> list[Path]:
