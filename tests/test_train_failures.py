@@ -10,6 +10,12 @@ import pytest
 from _processes import HANG, REPO, TORCHRUN, free_port, run_script
 from _train_data import make_train_tree, train_flags
 
+from utils.train import engine
+from utils.train.options import get_args_parser
+from utils.train.output_lock import OutputFolderBusy
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def truncate_rainy(data: dict[str, Path]) -> list[Path]:
     """Cut every rainy image after its header: the start-up check (which reads headers) passes and
@@ -27,8 +33,7 @@ def data(tmp_path):
 
 def test_a_failing_loader_worker_ends_the_run_and_keeps_the_last_checkpoint(data, tmp_path):
     flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "3"]
-    first = run_script([sys.executable, "trainer_bary.py", *flags, "--nEpochs", "1"])
-    assert first.returncode == 0, first.stderr
+    assert engine.main(get_args_parser().parse_args([*flags, "--nEpochs", "1"])) == 0
     ckpt = tmp_path / "ckpt" / "epoch_001.pth"
     kept, latest = ckpt.read_bytes(), (tmp_path / "ckpt" / "latest").read_bytes()
 
@@ -68,15 +73,13 @@ def test_a_second_trainer_in_a_busy_output_folder_is_refused_until_the_holder_di
             assert first.poll() is None, "the first trainer ended early"
             time.sleep(0.05)
         before = log.read_bytes()
-        second = run_script([sys.executable, "trainer_bary.py", *flags, "--iters-per-epoch", "1"])
-        assert second.returncode == 1
-        assert f"error: --output-dir {tmp_path / 'ckpt'} is in use by another trainer (PID {first.pid} " \
-            in second.stderr, second.stderr
+        with pytest.raises(OutputFolderBusy) as refused:
+            engine.main(get_args_parser().parse_args([*flags, "--iters-per-epoch", "1"]))
+        assert f"--output-dir {tmp_path / 'ckpt'} is in use by another trainer (PID {first.pid} " in str(refused.value)
         assert log.read_bytes().startswith(before)  # the first run's log is still its own
         assert not list((tmp_path / "ckpt").glob("log.before-*"))
     finally:
         first.kill()  # as kill -9: the lock file stays behind, the lock itself goes with the process
         first.wait()
-    third = run_script([sys.executable, "trainer_bary.py", *flags, "--iters-per-epoch", "1"])
-    assert third.returncode == 0, third.stderr
+    assert engine.main(get_args_parser().parse_args([*flags, "--iters-per-epoch", "1"])) == 0
     assert (tmp_path / "ckpt" / "epoch_001.pth").is_file()
