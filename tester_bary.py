@@ -44,7 +44,7 @@ from net.presets import BACKBONES, PRESETS
 from utils.checkpoints import newest_checkpoint
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
-from utils.errors import UserError, run_main
+from utils.errors import OneLineArgumentParser, UserError, run_main
 from utils.eval.evaluation import (
     PAPER_TASKS,
     PROTOCOLS,
@@ -106,16 +106,8 @@ def _pixel_count(text: str) -> int:
     return value
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one ``error:`` line (exit status 2), as every other failure
-    of the tester, instead of the usage block followed by ``tester_bary.py: error: ...``."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = _OneLineParser(description="BaryIR evaluation and restoration", add_help=add_help,
+    parser = OneLineArgumentParser(description="BaryIR evaluation and restoration", add_help=add_help,
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     what = parser.add_argument_group("what to evaluate (one of --tasks, --degset/--tarset, --input; none: every "
                                      "paper task present under --data-root)")

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, image_size, list_images, read_image
 from utils.data.noise import add_noise
 from utils.errors import UserError, listing
 
@@ -395,17 +395,6 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
     return found
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` from the header (no full decode)."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception as exc:  # noqa: BLE001 - any failure means the file cannot be used
-        raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
-    return h, w
-
-
 def _cropped(n: int) -> int:
     return n - n % CROP_BASE
 
@@ -423,8 +412,8 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
     keep: dict[str, list[Pair]] = {fam: [] for fam in found}
     for fam, pair in it:
         try:
-            hw_clean = _image_size(pair.clean)
-            hw_deg = _image_size(pair.degraded) if pair.degraded is not None else hw_clean
+            hw_clean = image_size(pair.clean)
+            hw_deg = image_size(pair.degraded) if pair.degraded is not None else hw_clean
         except ImageReadError as exc:
             bad.append(str(exc))
             continue

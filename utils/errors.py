@@ -6,10 +6,12 @@
   disk, a read-only folder, memory), ``None`` for a bug (which keeps its traceback).
 * :func:`run_main`: how both scripts end: one ``error:`` line and a non-zero exit status, the traceback
   only with ``--debug``.
+* :class:`OneLineArgumentParser`: a bad flag is one ``error:`` line too.
 * :func:`listing`: long lists cut to a readable length.
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 from typing import Any, Callable, Iterable
@@ -23,6 +25,14 @@ class UserError(Exception):
     ``exit_status`` is what the script exits with: 2 for a command line that cannot work, 1 otherwise.
     """
     exit_status = 1
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``error:`` line (exit status 2), like every other failure
+    of the scripts, instead of the usage block followed by ``<prog>: error: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "\n    ", lead: str | None = None) -> str:
@@ -90,7 +100,8 @@ def failure_message(exc: BaseException) -> tuple[str, int] | None:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", 130
     if any(isinstance(e, MemoryError) for e in chain):
-        return ("out of memory: use a smaller --batchSize / --patch_size, or --tile for large images", 1)
+        return ("out of memory: train with a smaller --batchSize or --patch_size; restore large images with "
+                "--tile", 1)
     if isinstance(exc, RecursionError):
         return "a file nests structures too deeply to read (maximum recursion depth exceeded)", 1
     for e in chain:

@@ -363,10 +363,11 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
     stored_backbone = obj.get("backbone") if isinstance(obj, Mapping) else None
     backbone = backbone or (stored_backbone if isinstance(stored_backbone, str) else None) or "BaryNet"
     if backbone not in BACKBONES:
-        raise ValueError(f"--backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+        raise CheckpointError(f"{path} names backbone {backbone!r}, which is none of {sorted(BACKBONES)}; pass "
+                              f"--backbone to say which network the weights are for")
     given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(stored_cfg, Mapping) and preset is None:
-        cfg = model_config("paper", **{**dict(stored_cfg), **given})
+        cfg = model_config("paper", source=f"{path}'s model_config", **{**dict(stored_cfg), **given})
         source = "checkpoint"
     else:
         cfg = model_config(preset or "paper", **given)

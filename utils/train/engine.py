@@ -444,7 +444,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         model, pots, state, resumed = build_networks(args, k, ckpt_path, obj, info, console)
         training = build_training(args, model, pots, dataset, info, objective, ablate, state.epoch, console)
         if resumed is not None:
-            restore_training_state(resumed, training.optimizer, training.potentials_optimizer, training.scaler)
+            restore_training_state(resumed, training.optimizer, training.potentials_optimizer, training.scaler,
+                                   source=str(ckpt_path))
             warn_if_batch_changed(resumed, args, info, state, console)
         sampler, loader = build_loader(args, dataset, seed, info)
         iters = iterations_per_epoch(sampler.num_samples, args.batchSize, args.iters_per_epoch)

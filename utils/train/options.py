@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from net.presets import PRESETS
+from utils.errors import OneLineArgumentParser
 from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
 
 # The authors' id lists ship in the repository's data_dir/; the flag's default names it as the
@@ -27,7 +28,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     """The trainers' parser. ``objective`` is the default ``--objective``: ``single`` for
     ``trainer_bary.py``, ``ddp`` for ``trainer_bary_ddp.py`` (each trains what the authors' script of
     the same name trained); ``threads_default`` the reference script's loader workers."""
-    p = argparse.ArgumentParser(description="BaryIR training (all-in-one restoration with a Wasserstein "
+    p = OneLineArgumentParser(description="BaryIR training (all-in-one restoration with a Wasserstein "
                                             "barycenter latent)", add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ref = p.add_argument_group("reference flags")
