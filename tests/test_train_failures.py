@@ -83,3 +83,26 @@ def test_a_second_trainer_in_a_busy_output_folder_is_refused_until_the_holder_di
         first.wait()
     assert engine.main(get_args_parser().parse_args([*flags, "--iters-per-epoch", "1"])) == 0
     assert (tmp_path / "ckpt" / "epoch_001.pth").is_file()
+
+
+def test_trainer_failures_are_one_error_line_and_debug_shows_the_traceback(data, tmp_path, capsys, monkeypatch):
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--nEpochs", "1"]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    not_a_folder = [*flags, "--output-dir", str(blocker / "ckpt")]
+    assert engine.run_cli(get_args_parser().parse_args(not_a_folder)) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "a path component is a file, not a folder" in err and str(blocker) in err
+    assert "Traceback" not in err
+    with pytest.raises(NotADirectoryError):
+        engine.run_cli(get_args_parser().parse_args([*not_a_folder, "--debug"]))
+
+    import shutil
+
+    from utils import checkpoints
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(2**40, 2**40, 4096))
+    assert engine.run_cli(get_args_parser().parse_args(flags)) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "error: disk full: writing epoch_001.pth to " in err, err
+    assert "needs" in err and "bytes" in err and "Traceback" not in err
+    assert not list((tmp_path / "ckpt").glob("*.pth")) and not list((tmp_path / "ckpt").glob(".*.tmp"))
