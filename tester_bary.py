@@ -23,7 +23,7 @@ Results (the protocol, a row per task or set, per-image numbers) go to
 (``--degset``/``--input``), named ``NAME.png`` after the input ``NAME.EXT`` (inputs sharing a name:
 ``a.png`` -> ``a.png``, ``a.jpg`` -> ``a_jpg.png``). ``--input`` photos are turned upright by their
 EXIF orientation tag; benchmark images are read as stored, as the reference reads them. The logic
-lives in :mod:`utils.eval.evaluation` and :mod:`utils.eval.outputs`.
+lives in :mod:`utils.eval` (tasks, protocol, evaluation, report, outputs).
 
 Safety: the output folders are checked before the model is loaded (writable; not equal to or inside
 a folder the run reads, unless ``--overwrite``); files are written whole then renamed into place,
@@ -45,27 +45,22 @@ from utils.checkpoints import newest_checkpoint
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
 from utils.errors import OneLineArgumentParser, UserError, run_main
-from utils.eval.evaluation import (
-    PAPER_TASKS,
-    PROTOCOLS,
-    EvalSet,
-    EvaluationStopped,
-    Protocol,
-    evaluate_sets,
-    find_task_sets,
-    format_report,
-    input_files,
-    load_model,
-    paired_set,
-    paper_layout,
-    present_paper_tasks,
-    restore_files,
-    task_layout,
-    write_results,
-)
+from utils.eval.evaluation import EvaluationStopped, evaluate_sets, restore_files
 from utils.eval.inference import PRECISIONS
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
 from utils.eval.outputs import check_outputs_outside_inputs, check_writable_folder, write_text
+from utils.eval.protocol import PROTOCOLS, Protocol, load_model
+from utils.eval.report import format_report, write_results
+from utils.eval.tasks import (
+    PAPER_TASKS,
+    EvalSet,
+    find_task_sets,
+    input_files,
+    paired_set,
+    paper_layout,
+    present_paper_tasks,
+    task_layout,
+)
 from utils.runtime import apply_gpus_flag, pick_device, tune_cpu_allocator
 
 CHECKPOINT_DIR = "checkpoint"

@@ -1,5 +1,5 @@
 """BaryIR's claims at small scale: five arms x seeds on the embedded demo data, with the real
-trainer (``trainer_bary.main``) and the real tester engine (``utils.evaluation``).
+trainer (``trainer_bary.main``) and the real tester engine (``utils.eval.evaluation``).
 
     .venv/bin/python bench/study.py            # the full study: 5 arms x 3 seeds (about an hour on 2 CPU cores)
     .venv/bin/python bench/study.py --quick    # one seed, 60 iterations (under 10 minutes): a pipeline check
@@ -53,7 +53,8 @@ from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
 from utils.demo.data import build_demo_data, darken, jpeg_degrade, motion_blur
 from utils.demo.run import InputAsOutput, views_of_one_photo
-from utils.eval.evaluation import Protocol, crop_to_multiple, evaluate_tasks, load_model
+from utils.eval.evaluation import evaluate_tasks
+from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.runtime import pick_device
 
 ID_TASKS = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")

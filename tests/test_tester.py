@@ -1,4 +1,4 @@
-"""tester_bary.py and utils/eval/evaluation.py end to end, with a tiny BaryNet whose output conv is zero.
+"""tester_bary.py and utils/eval/ end to end, with a tiny BaryNet whose output conv is zero.
 
 Such a network returns its input exactly (global residual), so every number the tester prints
 must equal the metrics of the degraded images against their targets, computed here directly.
@@ -20,12 +20,16 @@ from skimage import data
 import tester_bary
 from net.presets import build_model, model_config
 from utils.checkpoints import CheckpointError
-from utils.data.image_io import ImageReadError, read_image, write_image
+from utils.data.image_io import ImageReadError, list_images, read_image, write_image
 from utils.data.noise import noise_seed, noisy_version
-from utils.data.pairing import PairingError
+from utils.data.pairing import PairingError, match_pairs
 from utils.errors import UserError
-from utils.eval import evaluation as E
+from utils.eval import protocol as protocol_module
+from utils.eval import tasks as tasks_module
 from utils.eval.metrics import image_metrics
+from utils.eval.outputs import output_names
+from utils.eval.protocol import RestoreOutOfMemory
+from utils.eval.report import summary_table
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,7 +83,7 @@ def run(*argv):
 
 def direct_metrics(deg_dir, tar_dir, protocol, space, ssim="skimage"):
     """Metrics of each degraded image against its target, prepared as the protocol says."""
-    pairs, _ = E.match_pairs(deg_dir, tar_dir)
+    pairs, _ = match_pairs(deg_dir, tar_dir)
     out = {}
     for d, t in pairs:
         a, b = read_image(d), read_image(t)
@@ -158,8 +162,8 @@ def test_denoise_inputs_are_reproducible_and_order_independent(bench, checkpoint
 
     first, second = restored(tmp_path / "a"), restored(tmp_path / "b")
     assert first == second
-    real = E.list_images
-    monkeypatch.setattr(E, "list_images", lambda folder, recursive=False: real(folder, recursive)[::-1])
+    real = list_images
+    monkeypatch.setattr(tasks_module, "list_images", lambda folder, recursive=False: real(folder, recursive)[::-1])
     assert restored(tmp_path / "c") == first
     # The zero model returns its input: the saved restoration is the noisy input itself.
     clean = read_image(bench / "denoise" / "setA" / "astro.png")[: H // 8 * 8, : W // 8 * 8]
@@ -394,17 +398,17 @@ def test_out_of_memory_suggests_tiling(bench, checkpoint, tmp_path, monkeypatch)
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(E, "restore", oom)
+    monkeypatch.setattr(protocol_module, "restore", oom)
     with pytest.raises(tester_bary.RunStopped, match="--tile 512 --tile-overlap 32"):
         run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", tmp_path / "o")
 
     def cpu_oom(*a, **k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(E, "restore_tiled", cpu_oom)
+    monkeypatch.setattr(protocol_module, "restore_tiled", cpu_oom)
     with pytest.raises(tester_bary.RunStopped, match="smaller --tile") as err:
         run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", tmp_path / "o", "--tile", "64")
-    assert isinstance(err.value.__cause__.__cause__, E.RestoreOutOfMemory)
+    assert isinstance(err.value.__cause__.__cause__, RestoreOutOfMemory)
 
 
 # --------------------------------------------------------------------------- safety with users' files
@@ -447,7 +451,7 @@ def test_outputs_never_overwrite_inputs(bench, checkpoint, tmp_path):
     assert np.array_equal(read_image(out / "b.png"), read_image(src / "b.png"))
     # --overwrite: the user asked to write into the input folder.
     res = run("--model", checkpoint, "--input", src, "--save", src / "restored", "--overwrite")
-    assert len(res["restored"]) == 3 and E.output_names(["a.png", "a.jpg"]) == ["a.png", "a_jpg.png"]
+    assert len(res["restored"]) == 3 and output_names(["a.png", "a.jpg"]) == ["a.png", "a_jpg.png"]
 
 
 def test_output_folders_are_checked_before_the_model_is_loaded(bench, checkpoint, tmp_path, monkeypatch):
@@ -481,7 +485,7 @@ def test_a_bad_image_writes_partial_results_or_is_skipped(checkpoint, tmp_path):
     res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "s", "--skip-bad-files")
     row = res["tasks"]["deg"]
     assert row["count"] == 2 and row["skipped"] == 1 and [b["name"] for b in row["bad_files"]] == ["b.png"]
-    assert "partial" not in res and "b.png" in E.summary_table(res)
+    assert "partial" not in res and "b.png" in summary_table(res)
     assert "b.png (unreadable" in (tmp_path / "s" / "results.md").read_text()
     # --input: the same two ways.
     with pytest.raises(UserError, match=r"b\.png.*partial"):

@@ -27,7 +27,9 @@ from utils.analysis.figures import embedding_projection, takeaway_maps
 from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
 from utils.demo.data import build_demo_data
-from utils.eval.evaluation import Protocol, crop_to_multiple, evaluate_tasks, load_model, write_results
+from utils.eval.evaluation import evaluate_tasks
+from utils.eval.protocol import Protocol, crop_to_multiple, load_model
+from utils.eval.report import write_results
 from utils.runtime import pick_device, tune_cpu_allocator
 
 IN_DISTRIBUTION = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")

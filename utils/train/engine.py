@@ -63,8 +63,10 @@ from utils.dataset_utils import (
     parse_repeats,
 )
 from utils.errors import UserError, run_main
-from utils.eval.evaluation import EvalItem, EvalSet, Protocol, evaluate_set
+from utils.eval.evaluation import evaluate_set
 from utils.eval.inference import autocast_context
+from utils.eval.protocol import Protocol
+from utils.eval.tasks import EvalItem, EvalSet
 from utils.runtime import apply_gpus_flag, tune_cpu_allocator
 from utils.train.distributed import (
     DistInfo,

@@ -1,0 +1,178 @@
+"""How one image is restored and scored: the :class:`Protocol`, loading the model to test, and
+:func:`restore_array`.
+
+Protocols:
+
+- ``reference``: crop degraded and target to multiples of 8 by dropping bottom rows and right
+  columns, restore, quantise output and target to 8 bits (clamp to [0, 1], x255, +0.5, truncate:
+  ``torchvision.utils.save_image``'s rule, ties round up), score;
+- ``pad``: reflect-pad the input to multiples of 8, restore, crop back; every pixel is scored.
+
+Metrics are always computed on 8-bit images: 16-bit targets are rounded to 8 bits for scoring,
+while the saved restorations of 16-bit inputs stay 16-bit.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from net.presets import BACKBONES, model_config
+from utils.checkpoints import CheckpointError, load_network, read_checkpoint
+from utils.data.image_io import quantise, to_float
+from utils.data.noise import SEED_RULE
+from utils.errors import UserError
+from utils.eval.inference import PRECISIONS, check_tiling, is_out_of_memory, restore, restore_tiled
+from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
+
+PROTOCOLS = ("reference", "pad")
+SIZE_MULTIPLE = 8
+_PROTOCOL_TEXT = {
+    "reference": "crop degraded and target to multiples of 8 (bottom rows and right columns dropped), restore, "
+                 "quantise output and target to 8 bits (clamp [0,1], x255, +0.5, truncate: round half up as "
+                 "torchvision save_image); EXIF orientation ignored",
+    "pad": "reflect-pad the input to multiples of 8, restore, crop back to the full size, quantise output and "
+           "target to 8 bits (clamp [0,1], x255, +0.5, truncate: round half up as torchvision save_image); "
+           "EXIF orientation ignored; every pixel is scored",
+}
+_SSIM_TEXT = {"skimage": "scikit-image default (7x7 uniform window, per channel, data range 255)",
+              "gaussian": "BasicSR/MATLAB (11x11 Gaussian window sigma 1.5, valid region, per channel, data range 255)"}
+_SPACE_TEXT = {"rgb": "8-bit RGB", "y": "BT.601 Y with offset, 16 + (65.481 R + 128.553 G + 24.966 B)/255"}
+
+
+# --------------------------------------------------------------------------- protocol
+
+@dataclass
+class Protocol:
+    """How images are prepared, restored and scored (printed with the table and saved with the results)."""
+    protocol: str = "reference"
+    metric_space: str = "rgb"
+    ssim: str = "skimage"
+    crop_border: int = 0
+    precision: str = "fp32"
+    tile: int | None = None
+    tile_overlap: int = 32
+    tile_batch: int = 4
+    lpips: bool = False
+    lpips_net: str = "alex"
+    fid: bool = False
+    noise_seed: int = 0
+
+    def validate(self) -> "Protocol":
+        for value, allowed, flag in ((self.protocol, PROTOCOLS, "--protocol"), (self.metric_space, METRIC_SPACES,
+                                     "--metric-space"), (self.ssim, SSIM_KINDS, "--ssim"),
+                                     (self.precision, PRECISIONS, "--precision")):
+            if value not in allowed:
+                raise ValueError(f"{flag} must be one of {allowed}, got {value!r}")
+        if self.crop_border < 0:
+            raise ValueError(f"--crop-border must be >= 0, got {self.crop_border}")
+        if self.tile is not None:
+            check_tiling(self.tile, self.tile_overlap, SIZE_MULTIPLE)
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """The protocol as written to results.json (values plus what they mean)."""
+        d = asdict(self)
+        d["protocol_rule"] = _PROTOCOL_TEXT[self.protocol]
+        d["metric_space_rule"] = _SPACE_TEXT[self.metric_space]
+        d["ssim_rule"] = _SSIM_TEXT[self.ssim]
+        d["bit_depth"] = ("metrics on 8-bit images: outputs and 16-bit targets are rounded to 8 bits for "
+                          "scoring; saved restorations of 16-bit inputs are 16-bit PNGs")
+        d["noise"] = SEED_RULE.replace("<noise_seed>", str(self.noise_seed))
+        d["lpips_input"] = "[-1, 1]" if self.lpips else None
+        d["average"] = "mean of the rows' mean PSNR/SSIM (each row averages its images)"
+        return d
+
+
+def crop_to_multiple(img: np.ndarray, multiple: int = SIZE_MULTIPLE) -> np.ndarray:
+    """Drop bottom rows and right columns so H and W are multiples of ``multiple`` (the reference's crop)."""
+    h, w = img.shape[:2]
+    return img[: h - h % multiple, : w - w % multiple]
+
+
+def to_8bit(img: np.ndarray) -> np.ndarray:
+    """``uint8`` unchanged; ``uint16`` rounded to 8 bits (x / 65535 x 255)."""
+    return img if img.dtype == np.uint8 else quantise(to_float(img), 8)
+
+
+# --------------------------------------------------------------------------- model, device
+
+def load_model(path: str | Path, backbone: str | None = None, preset: str | None = None,
+               **overrides) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the network a checkpoint needs and load it; returns ``(model, info)``.
+
+    A project checkpoint names its ``backbone`` and ``model_config``: they are used, and
+    ``backbone``/``preset``/``overrides`` replace them only when given. A plain state dict or
+    a reference checkpoint (``{'BaryIR': module}``) carries no configuration: ``backbone``
+    (default BaryNet) and ``preset`` (default paper) plus ``overrides`` describe it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--model {path}: checkpoint not found. Pass the .pth written by the trainer "
+                              f"(checkpoint/...), a plain state dict, or a reference BaryIR checkpoint.")
+    obj = read_checkpoint(path)
+    stored_cfg = obj.get("model_config") if isinstance(obj, Mapping) else None
+    stored_backbone = obj.get("backbone") if isinstance(obj, Mapping) else None
+    backbone = backbone or (stored_backbone if isinstance(stored_backbone, str) else None) or "BaryNet"
+    if backbone not in BACKBONES:
+        raise CheckpointError(f"{path} names backbone {backbone!r}, which is none of {sorted(BACKBONES)}; pass "
+                              f"--backbone to say which network the weights are for")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(stored_cfg, Mapping) and preset is None:
+        cfg = model_config("paper", source=f"{path}'s model_config", **{**dict(stored_cfg), **given})
+        source = "checkpoint"
+    else:
+        cfg = model_config(preset or "paper", **given)
+        source = f"preset {preset or 'paper'}"
+    model = BACKBONES[backbone](**cfg)
+    load_network(model, obj, str(path))
+    info = {"model": str(path), "backbone": backbone, "model_config": cfg, "config_from": source}
+    return model, info
+
+
+# --------------------------------------------------------------------------- restoring
+
+class RestoreOutOfMemory(UserError, RuntimeError):
+    """Restoring one image ran out of memory; the message says how to bound it."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def restore_array(model: nn.Module, img: np.ndarray, protocol: Protocol, device: torch.device,
+                  name: str = "image") -> tuple[np.ndarray, float]:
+    """Restore one ``(H, W, 3)`` uint8/uint16 image: ``(float32 (H, W, 3) unclamped, seconds)``.
+
+    Pads to multiples of 8 when needed (the reference protocol crops beforehand); tiles when
+    ``protocol.tile``. Out-of-memory becomes :class:`RestoreOutOfMemory` naming the fix.
+    """
+    x = torch.from_numpy(to_float(img)).permute(2, 0, 1)[None]
+    _sync(device)
+    start = time.perf_counter()
+    try:
+        if protocol.tile:
+            out = restore_tiled(model, x, protocol.tile, protocol.tile_overlap, protocol.precision,
+                                tile_batch=protocol.tile_batch, multiple=SIZE_MULTIPLE)
+        else:
+            out = restore(model, x.to(device), protocol.precision, pad=True, multiple=SIZE_MULTIPLE).cpu()
+        _sync(device)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        h, w = img.shape[:2]
+        hint = (f"use a smaller --tile or --tile-batch 1 (now --tile {protocol.tile}, --tile-batch "
+                f"{protocol.tile_batch})" if protocol.tile else
+                "use tiled inference: --tile 512 --tile-overlap 32 (memory then depends on the tile size, "
+                "not the image's)")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise RestoreOutOfMemory(f"out of memory restoring {name} ({h}x{w}) on {device}: {hint}") from exc
+    seconds = time.perf_counter() - start
+    return out[0].permute(1, 2, 0).numpy(), seconds

@@ -1,0 +1,163 @@
+"""The tester's output: the per-task table, the protocol lines, ``results.{json,csv,md}`` and the
+side-by-side comparison figure."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from utils.data.image_io import replace_file
+from utils.eval.outputs import write_text
+
+# --------------------------------------------------------------------------- tables and files
+
+def _fmt(v: Any, digits: int) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def summary_table(results: Mapping[str, Any]) -> str:
+    """The per-row table (markdown) with the average, plus the paper's one-line PSNR/SSIM layout."""
+    tasks = results.get("tasks", {})
+    has_lpips = any("lpips" in r for r in tasks.values())
+    head = ["Task", "Images", "PSNR", "SSIM"] + (["LPIPS"] if has_lpips else []) + \
+        ["Best PSNR", "Worst PSNR", "Best SSIM", "Worst SSIM", "s/image", "Skipped"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in tasks.items():
+        cells = [name + (" (partial)" if r.get("partial") else ""), str(r["count"]), _fmt(r["psnr"], 2),
+                 _fmt(r["ssim"], 4)]
+        cells += [_fmt(r.get("lpips"), 4)] if has_lpips else []
+        cells += [_fmt(_extreme(r, "best_psnr"), 2), _fmt(_extreme(r, "worst_psnr"), 2),
+                  _fmt(_extreme(r, "best_ssim"), 4), _fmt(_extreme(r, "worst_ssim"), 4),
+                  _fmt(r["seconds_per_image"], 3), str(r.get("skipped", 0))]
+        lines.append("| " + " | ".join(cells) + " |")
+    avg = results.get("average") or {}
+    if avg:
+        cells = ["Average", "", _fmt(avg["psnr"], 2), _fmt(avg["ssim"], 4)]
+        cells += [_fmt(avg.get("lpips"), 4)] if has_lpips else []
+        lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
+        paper = "  ".join(f"{n} {r['psnr']:.2f}/{r['ssim']:.3f}" for n, r in tasks.items() if r.get("count"))
+        lines += ["", f"PSNR/SSIM: {paper}  Average {avg['psnr']:.2f}/{avg['ssim']:.3f}"]
+    return "\n".join(lines + _notes(results))
+
+
+def _extreme(row: Mapping[str, Any], key: str) -> float | None:
+    """The value of ``row[key]`` (``best_psnr`` ... ``worst_ssim``), ``None`` for a row without images."""
+    entry = row.get(key)
+    return entry[key.split("_")[1]] if entry else None
+
+
+def _notes(results: Mapping[str, Any]) -> list[str]:
+    """Lines under the table: images left out as unreadable, and where a stopped run stopped."""
+    lines = []
+    for name, r in results.get("tasks", {}).items():
+        for b in r.get("bad_files", []):
+            lines.append(f"Skipped unreadable image ({name}): {b['name']}: {b['error']}")
+    stop = results.get("partial")
+    if stop:
+        lines.append(f"PARTIAL RESULTS: stopped in {stop['row']} at {stop['file']}: {stop['error']}")
+        if stop.get("rows_not_evaluated"):
+            lines.append(f"Not evaluated: {', '.join(stop['rows_not_evaluated'])}")
+    return [""] + lines if lines else []
+
+
+def protocol_lines(protocol: Mapping[str, Any]) -> list[str]:
+    keys = ("protocol", "protocol_rule", "metric_space", "metric_space_rule", "ssim", "ssim_rule", "crop_border",
+            "bit_depth", "precision", "tile", "tile_overlap", "tile_batch", "lpips", "fid", "noise", "device",
+            "model", "backbone", "config_from", "model_config", "average")
+    return [f"- {k}: {protocol[k]}" for k in keys if k in protocol] + \
+        [f"- {k}: {v}" for k, v in protocol.items() if k not in keys and k != "lpips_input"]
+
+
+def format_report(results: Mapping[str, Any]) -> str:
+    """What the tester prints: the protocol, then the table."""
+    return "Protocol:\n" + "\n".join(protocol_lines(results["protocol"])) + "\n\n" + summary_table(results)
+
+
+def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``results.json``, ``results.csv`` and ``results.md`` into ``out_dir``; returns their paths.
+
+    CSV columns: ``kind,task,name,psnr,ssim,lpips,seconds,count,best_psnr,worst_psnr,best_ssim,
+    worst_ssim``; ``kind`` is ``protocol`` (``task`` holds the key, ``name`` the value),
+    ``image``, ``skipped`` (``name``: the file and why), ``task``, ``average`` or ``partial`` (the
+    run stopped: ``task`` is the row, ``name`` the file and its error). Results marked partial
+    (``results["partial"]``, see :func:`evaluate_sets`) say so in all three files. Each file is
+    written whole then renamed into place (:func:`utils.eval.outputs.write_text`).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "md": out_dir / "results.md"}
+    write_text(paths["json"], json.dumps(results, indent=2, default=str) + "\n")
+
+    cols = ["kind", "task", "name", "psnr", "ssim", "lpips", "seconds", "count", "best_psnr", "worst_psnr",
+            "best_ssim", "worst_ssim"]
+    fh = io.StringIO(newline="")
+    w = csv.DictWriter(fh, fieldnames=cols)
+    w.writeheader()
+    for k, v in results["protocol"].items():
+        w.writerow({"kind": "protocol", "task": k, "name": json.dumps(v, default=str) if not isinstance(v, str)
+                    else v})
+    for task, r in results.get("tasks", {}).items():
+        for im in r["images"]:
+            w.writerow({"kind": "image", "task": task, **{c: im.get(c) for c in
+                                                          ("name", "psnr", "ssim", "lpips", "seconds")}})
+        for name in r.get("skipped_files", []):
+            w.writerow({"kind": "skipped", "task": task, "name": name})
+        w.writerow({"kind": "task", "task": task, "psnr": r["psnr"], "ssim": r["ssim"], "lpips": r.get("lpips"),
+                    "seconds": r["seconds_per_image"], "count": r["count"],
+                    **{k: _extreme(r, k) for k in ("best_psnr", "worst_psnr", "best_ssim", "worst_ssim")}})
+    avg = results.get("average") or {}
+    if avg:
+        w.writerow({"kind": "average", "task": "Average", "psnr": avg["psnr"], "ssim": avg["ssim"],
+                    "lpips": avg.get("lpips"), "count": avg.get("rows")})
+    stop = results.get("partial")
+    if stop:
+        w.writerow({"kind": "partial", "task": stop["row"], "name": f"{stop['file']}: {stop['error']}"})
+    write_text(paths["csv"], fh.getvalue())
+
+    title = "# Evaluation results" + (" (PARTIAL: the run stopped, see the end of the summary)" if stop else "")
+    md = [title, "", "## Protocol", "", *protocol_lines(results["protocol"]), "",
+          "## Summary", "", summary_table(results), ""]
+    for task, r in results.get("tasks", {}).items():
+        has_lpips = "lpips" in r
+        md += [f"## {task}", ""]
+        if r.get("count"):
+            md += [f"Best PSNR {r['best_psnr']['psnr']:.2f} ({r['best_psnr']['name']}), worst "
+                   f"{r['worst_psnr']['psnr']:.2f} ({r['worst_psnr']['name']}); best SSIM "
+                   f"{r['best_ssim']['ssim']:.4f} ({r['best_ssim']['name']}), worst {r['worst_ssim']['ssim']:.4f} "
+                   f"({r['worst_ssim']['name']}).", ""]
+        if r.get("skipped_files"):
+            md += [f"Skipped ({len(r['skipped_files'])}): " + "; ".join(r["skipped_files"]), ""]
+        md += ["| Image | PSNR | SSIM |" + (" LPIPS |" if has_lpips else "") + " s |",
+               "|---|---|---|" + ("---|" if has_lpips else "") + "---|"]
+        for im in r["images"]:
+            md.append(f"| {im['name']} | {im['psnr']:.2f} | {im['ssim']:.4f} |"
+                      + (f" {im['lpips']:.4f} |" if has_lpips else "") + f" {im['seconds']:.3f} |")
+        md.append("")
+    write_text(paths["md"], "\n".join(md))
+    return paths
+
+
+def save_comparison_figure(rows: Sequence[tuple], path: str | Path, title: str) -> Path:
+    """degraded | restored | target, one line per image; ``rows`` of (name, deg, out, tar, psnr, ssim)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    for r, (name, deg, out, tar, p, s) in enumerate(rows):
+        for c, (img, label) in enumerate(((deg, f"degraded: {name}"), (out, f"restored {p:.2f} dB / {s:.3f}"),
+                                          (tar, "target"))):
+            axes[r, c].imshow(img)
+            axes[r, c].set_title(label, fontsize=8)
+            axes[r, c].axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return replace_file(path, buf.getvalue())  # a link at ``path`` is replaced, not written through

@@ -1,0 +1,236 @@
+"""What a task means: which image sets, from which folders, under a benchmark root.
+
+Tasks (docs/METHOD.md §4 layout under a benchmark root, see :func:`task_layout`):
+
+- ``denoise_<sigma>`` for any integer sigma: every subfolder of ``denoise/`` holding images is
+  a set of clean images (``bsd68``, ``kodak24``, ...); the noisy inputs are synthesised with
+  seeds from (file name, sigma) (:mod:`utils.data.noise`), rows ``denoise_25/bsd68``;
+- ``derain``, ``dehaze``, ``deblur``, ``lowlight`` and any other NAME: ``NAME/{input,target}``
+  (``lowlight/{low,high}``), or one level deeper, ``NAME/<set>/{input,target}``, one row per set
+  (``derain/Rain100L``).
+
+:func:`find_task_sets` turns task names into :class:`EvalSet` s of :class:`EvalItem` s;
+:func:`paired_set` makes one from two folders (``--degset``/``--tarset``); :func:`input_files` lists
+``--input``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from utils.data.image_io import ImageReadError, image_size, is_image, list_images
+from utils.data.pairing import PairingError, match_pairs
+from utils.errors import listing
+
+PAPER_TASKS = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze", "deblur", "lowlight")
+
+
+# --------------------------------------------------------------------------- task registry
+
+@dataclass(frozen=True)
+class PairedLayout:
+    """A task whose degraded and target images are both on disk: ``<root>/<folder>/{degraded,target}``."""
+    folder: str
+    degraded: str = "input"
+    target: str = "target"
+
+
+@dataclass(frozen=True)
+class DenoiseLayout:
+    """A task whose inputs are synthesised from clean images: ``<root>/<folder>/<set>/*``."""
+    sigma: int
+    folder: str = "denoise"
+
+
+# The paper's tasks. Any other ``denoise_<sigma>`` is a DenoiseLayout and any other name a
+# PairedLayout(name) (see task_layout), so new benchmarks need no code.
+PAIRED_TASKS: dict[str, PairedLayout] = {
+    "derain": PairedLayout("derain"),
+    "dehaze": PairedLayout("dehaze"),
+    "deblur": PairedLayout("deblur"),
+    "lowlight": PairedLayout("lowlight", "low", "high"),
+}
+_DENOISE = re.compile(r"^denoise_(\d+)$")
+# The paper's set names inside a task folder, for messages that say where to put the data.
+EXAMPLE_SETS = {"denoise": "bsd68", "derain": "Rain100L"}
+
+
+def task_layout(task: str) -> PairedLayout | DenoiseLayout:
+    """How to find the images of ``task`` under a benchmark root."""
+    m = _DENOISE.match(task)
+    if m:
+        return DenoiseLayout(int(m.group(1)))
+    if task in PAIRED_TASKS:
+        return PAIRED_TASKS[task]
+    if not re.match(r"^[A-Za-z0-9][\w.-]*$", task):
+        raise ValueError(f"--tasks: {task!r} is not a task name (e.g. denoise_25, derain, dehaze, deblur, lowlight, "
+                         f"or a folder name under --data-root)")
+    return PairedLayout(task)
+
+
+def present_paper_tasks(data_root: str | Path) -> list[str]:
+    """The paper tasks (:data:`PAPER_TASKS` order) whose folder exists under ``data_root``."""
+    root = Path(data_root)
+    return [t for t in PAPER_TASKS if (root / task_layout(t).folder).is_dir()]
+
+
+def paper_layout(data_root: str | Path) -> list[str]:
+    """Where the paper tasks' images go under ``data_root``, one entry per task folder (for messages).
+
+    E.g. ``data/test/denoise/bsd68 (clean images)``, ``data/test/derain/Rain100L/{input,target}``,
+    ``data/test/lowlight/{low,high}``.
+    """
+    entries: list[str] = []
+    for task in PAPER_TASKS:
+        layout = task_layout(task)
+        base = (Path(data_root) / layout.folder).as_posix()
+        example = EXAMPLE_SETS.get(layout.folder)
+        if isinstance(layout, DenoiseLayout):
+            entry = f"{base}/{example or '<set>'} (clean images)"
+        else:
+            entry = f"{base}/{example + '/' if example else ''}{{{layout.degraded},{layout.target}}}"
+        if entry not in entries:
+            entries.append(entry)
+    return entries
+
+
+@dataclass
+class EvalItem:
+    """One image to restore and score. ``degraded`` is None when it is synthesised (``sigma``)."""
+    name: str
+    target: Path
+    degraded: Path | None = None
+    sigma: int | None = None
+
+
+@dataclass
+class EvalSet:
+    """One row of the table: a named list of items, and what was left out: ``skipped`` (``--skip-unpaired``,
+    ``"NAME (why)"``) and ``bad_files`` (``--skip-bad-files``, ``{"name", "error"}``: unreadable when paired)."""
+    name: str
+    task: str
+    items: list[EvalItem]
+    skipped: list[str] = field(default_factory=list)
+    bad_files: list[dict[str, str]] = field(default_factory=list)
+
+
+def _validate_sizes(pairs: Sequence[tuple[Path, Path]], skip: bool, where: str,
+                    skip_bad: bool = False) -> tuple[list, list[str], list[dict[str, str]]]:
+    """Keep pairs whose degraded and target sizes agree; mismatches are an error unless ``skip``.
+    A file whose size cannot be read is an :class:`ImageReadError` unless ``skip_bad`` (then listed)."""
+    good, bad, unreadable = [], [], []
+    for deg, tar in pairs:
+        try:
+            sd, st = image_size(deg), image_size(tar)
+        except ImageReadError as exc:
+            if not skip_bad:
+                raise
+            unreadable.append({"name": deg.name, "error": str(exc)})
+            continue
+        if sd == st:
+            good.append((deg, tar))
+        else:
+            bad.append(f"{deg.name} {sd[0]}x{sd[1]} vs target {tar.name} {st[0]}x{st[1]}")
+    if bad and not skip:
+        shown = listing(bad, lead="")
+        raise PairingError(f"{len(bad)} pair(s) in {where} differ in size (height x width):\n    {shown}\n"
+                           f"Fix or remove them, or pass --skip-unpaired to leave them out.")
+    return good, [f"{b} (size mismatch)" for b in bad], unreadable
+
+
+def paired_set(name: str, degraded_dir: str | Path, target_dir: str | Path, task: str | None = None,
+               skip_unpaired: bool = False, skip_bad_files: bool = False) -> EvalSet:
+    """An :class:`EvalSet` of the images of ``degraded_dir`` matched by name with ``target_dir``.
+
+    Unpaired files and size mismatches raise :class:`PairingError` listing them, or are left
+    out and listed in ``skipped`` when ``skip_unpaired``. A file whose header cannot be read
+    raises :class:`ImageReadError`, or is left out into ``bad_files`` when ``skip_bad_files``.
+    """
+    pairs, unpaired = match_pairs(degraded_dir, target_dir, skip_unpaired=skip_unpaired)
+    pairs, mismatched, unreadable = _validate_sizes(pairs, skip_unpaired, f"{degraded_dir} / {target_dir}",
+                                                    skip_bad_files)
+    items = [EvalItem(name=d.name, target=t, degraded=d) for d, t in pairs]
+    skipped = [f"{p.name} (no target)" for p in unpaired] + mismatched
+    if not items:
+        left_out = skipped + [f"{b['name']} (unreadable)" for b in unreadable]
+        raise PairingError(f"nothing left to evaluate in {degraded_dir}: every image was skipped "
+                           f"({len(left_out)}: {', '.join(left_out[:5])})")
+    return EvalSet(name=name, task=task or name, items=items, skipped=skipped, bad_files=unreadable)
+
+
+def _paired_sets(task: str, layout: PairedLayout, root: Path, skip: bool, skip_bad: bool = False) -> list[EvalSet]:
+    base = root / layout.folder
+    if (base / layout.degraded).is_dir() or (base / layout.target).is_dir():
+        return [paired_set(task, base / layout.degraded, base / layout.target, task, skip, skip_bad)]
+    subsets = sorted(d for d in base.iterdir() if d.is_dir() and (d / layout.degraded).is_dir()) \
+        if base.is_dir() else []
+    if not subsets:
+        raise PairingError(f"task {task!r}: expected {base / layout.degraded} and {base / layout.target}, or "
+                           f"{base}/<set>/{{{layout.degraded},{layout.target}}}; found neither. Check --data-root "
+                           f"({root}) and the layout in docs/METHOD.md §4.")
+    return [paired_set(f"{task}/{d.name}", d / layout.degraded, d / layout.target, task, skip, skip_bad)
+            for d in subsets]
+
+
+def _denoise_sets(task: str, layout: DenoiseLayout, root: Path) -> list[EvalSet]:
+    base = root / layout.folder
+    if not base.is_dir():
+        raise PairingError(f"task {task!r}: clean images expected in {base}/<set>/ (e.g. bsd68, kodak24); "
+                           f"the folder does not exist. Check --data-root ({root}).")
+    folders = [d for d in sorted(base.iterdir()) if d.is_dir()]
+    if list_images(base):  # clean images directly in denoise/: one unnamed set
+        folders = [base] + folders
+    sets = []
+    for d in folders:
+        images = list_images(d)
+        if not images:
+            continue
+        name = task if d == base else f"{task}/{d.name}"
+        sets.append(EvalSet(name=name, task=task,
+                            items=[EvalItem(name=p.name, target=p, sigma=layout.sigma) for p in images]))
+    if not sets:
+        raise PairingError(f"task {task!r}: no clean images in {base} or its subfolders")
+    return sets
+
+
+def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: bool = False,
+                   skip_bad_files: bool = False) -> list[EvalSet]:
+    """The sets (table rows) of ``tasks`` under ``data_root``; ``"all"`` means every paper task present.
+    ``skip_unpaired``, ``skip_bad_files``: as in :func:`paired_set`."""
+    root = Path(data_root)
+    if not root.is_dir():
+        raise PairingError(f"--data-root {root} does not exist (it should hold denoise/, derain/, dehaze/, ...)")
+    expanded: list[str] = []
+    for task in tasks:
+        if task == "all":  # in place, so `--tasks all denoise_75` keeps the paper's order first
+            present = present_paper_tasks(root)
+            if not present:
+                raise PairingError(f"--tasks all: none of {', '.join(PAPER_TASKS)} is under {root}")
+            expanded += present
+        else:
+            expanded.append(task)
+    sets: list[EvalSet] = []
+    for task in dict.fromkeys(expanded):  # de-duplicated, order kept
+        layout = task_layout(task)
+        if isinstance(layout, DenoiseLayout):
+            sets += _denoise_sets(task, layout, root)
+        else:
+            sets += _paired_sets(task, layout, root, skip_unpaired, skip_bad_files)
+    return sets
+
+
+def input_files(path: str | Path) -> list[Path]:
+    """``--input``: one image file, or the images of a folder (sorted)."""
+    path = Path(path)
+    if path.is_file():
+        if not is_image(path):
+            raise ImageReadError(f"--input {path} is not an image file")
+        return [path]
+    if path.is_dir():
+        files = list_images(path)
+        if not files:
+            raise ImageReadError(f"--input {path}: the folder holds no images")
+        return files
+    raise ImageReadError(f"--input {path} does not exist")
