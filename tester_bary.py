@@ -49,6 +49,7 @@ from utils.eval.evaluation import EvaluationStopped, evaluate_sets, restore_file
 from utils.eval.inference import PRECISIONS
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
 from utils.eval.outputs import check_outputs_outside_inputs, check_writable_folder, write_text
+from utils.eval.paper import SETTINGS
 from utils.eval.protocol import PROTOCOLS, Protocol, load_model
 from utils.eval.report import format_report, write_results
 from utils.eval.tasks import (
@@ -120,6 +121,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                            "instead of stopping with the list")
     what.add_argument("--max-images", type=_at_least(0, " (0 = all images)"), default=0, metavar="N",
                       help="evaluate only the first N (>= 1) images of each set; 0 = all")
+    what.add_argument("--compare-paper", choices=sorted(SETTINGS), default=None,
+                      help="under the table, each of the paper's 3D or 5D columns beside the published BaryIR "
+                           "PSNR/SSIM and the difference")
     what.add_argument("--skip-bad-files", action="store_true",
                       help="leave out (count, and name under the table) images that cannot be read: corrupt, "
                            "larger than --max-pixels or smaller than 8x8; without it the first such image stops "
@@ -131,12 +135,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None,
                        help=f"checkpoint: the project's, a plain state dict, or a reference BaryIR checkpoint "
-                            f"({{'BaryIR': module}}). Default: {REFERENCE_MODEL} (the reference's) if it exists, "
+                            f"({{'BaryIR': module}}); also a run's output folder or its 'latest' pointer (the "
+                            f"newest checkpoint). Default: {REFERENCE_MODEL} (the reference's) if it exists, "
                             f"else the newest checkpoint under {CHECKPOINT_DIR}/")
     model.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
                        help="network (default: the checkpoint's, else BaryNet)")
     model.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                       help="configuration for checkpoints that do not carry one (default paper)")
+                       help="configuration for checkpoints that do not carry one (default paper); ignored, with a "
+                            "note, for the trainer's checkpoints, which carry their own")
     model.add_argument("--dim", type=int, default=None, help="override the width")
     model.add_argument("--num-blocks", type=int, nargs=4, default=None, help="override blocks per level")
     model.add_argument("--num-refinement-blocks", type=int, default=None, help="override refinement blocks")
@@ -340,6 +346,8 @@ def main(args) -> dict:
         _check_outputs(args, sets)
         model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
                                  num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
+        if "note" in info:
+            print(f"=> {info.pop('note')}")
         if args.input:
             return _restore_inputs(args, model, info, inputs, protocol, device, save, progress)
         try:
@@ -347,7 +355,11 @@ def main(args) -> dict:
                                     savetar_dir=args.savetar, figs_dir=args.figs_dir if args.figs else None,
                                     fig_images=args.fig_images, subfolders=not args.degset, progress=progress,
                                     model_info=info, skip_bad_files=args.skip_bad_files)
+            if args.compare_paper:
+                results["compare_paper"] = args.compare_paper
         except EvaluationStopped as stop:
+            if args.compare_paper:
+                stop.results["compare_paper"] = args.compare_paper
             print(format_report(stop.results))
             paths = write_results(stop.results, save)
             raise _stopped(stop, f"{paths['json']} (.csv, .md)") from stop

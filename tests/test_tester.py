@@ -6,6 +6,7 @@ must equal the metrics of the degraded images against their targets, computed he
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zlib
@@ -143,6 +144,7 @@ def test_benchmark_tasks_table_and_files(bench, checkpoint, tmp_path, capsys):
     with open(tmp_path / "res" / "results.csv") as fh:
         kinds = [r["kind"] for r in csv.DictReader(fh)]
     assert kinds.count("image") == 3 + 1 + 3 + 3 + 3 and kinds.count("task") == 5 and kinds.count("average") == 1
+    assert set(kinds) == {"image", "task", "average"}  # one table of results: the protocol is in the JSON
     md = (tmp_path / "res" / "results.md").read_text()
     assert "## Protocol" in md and "| Average |" in md and "derain/Rain100L" in md
     assert (tmp_path / "res" / "derain" / "Rain100L" / "rain-2.png").is_file()
@@ -262,6 +264,39 @@ def test_plain_and_reference_checkpoints(bench, tmp_path):
     # Wrong configuration: the loader's error names the fix.
     with pytest.raises(CheckpointError, match="--preset"):
         run("--model", tmp_path / "ref.pth", *args, "--save", tmp_path / "r3")
+
+
+def test_model_may_be_a_run_folder_or_its_latest_pointer(bench, checkpoint, tmp_path, capsys):
+    """--model names what the trainer writes: a file, the run's folder, or its 'latest' pointer; a
+    checkpoint's own configuration wins over --preset (which would otherwise fail on every shape)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(checkpoint, run_dir / "epoch_002.pth")
+    (run_dir / "latest").write_text('{"checkpoint": "epoch_002.pth"}')
+    args = ["--degset", bench / "jpeg" / "input", "--tarset", bench / "jpeg" / "target", "--no-images"]
+    direct = run("--model", checkpoint, *args, "--save", tmp_path / "a")["tasks"]["input"]["psnr"]
+    for given, said in ((run_dir, "is a folder: using its newest checkpoint"), (run_dir / "latest", "points to")):
+        res = run("--model", given, *args, "--save", tmp_path / "b")
+        assert res["protocol"]["model"] == str(run_dir / "epoch_002.pth") and said in capsys.readouterr().out
+        assert res["tasks"]["input"]["psnr"] == direct
+    res = run("--model", checkpoint, "--preset", "paper", *args, "--save", tmp_path / "c")
+    assert res["protocol"]["model_config"]["dim"] == 16 and res["tasks"]["input"]["psnr"] == direct
+    assert "--preset paper ignored" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        run("--model", tmp_path / "empty", *args, "--save", tmp_path / "d")
+
+
+def test_compare_paper_prints_the_published_columns(bench, checkpoint, tmp_path, capsys):
+    res = run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", "dehaze", "--no-images",
+              "--save", tmp_path / "res", "--compare-paper", "3d")
+    printed = capsys.readouterr().out
+    assert "Against the published BaryIR 3D results:" in printed
+    rain = res["tasks"]["derain/Rain100L"]
+    assert f"| Rain100L | derain/Rain100L | {rain['psnr']:.2f}/{rain['ssim']:.3f} | 39.02/0.985 | " \
+           f"{rain['psnr'] - 39.02:+.2f} |" in printed
+    assert "| BSD68 σ15 | (not evaluated) |" in printed and res["paper_average"] == {}
+    assert "Against the published" in (tmp_path / "res" / "results.md").read_text()
 
 
 # --------------------------------------------------------------------------- errors

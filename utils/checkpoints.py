@@ -585,6 +585,32 @@ def newest_checkpoint(root: str | os.PathLike) -> Path | None:
     return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
 
 
+def resolve_checkpoint(path: str | os.PathLike, flag: str = "--model") -> tuple[Path, str | None]:
+    """What a user may name as a checkpoint -> ``(the file, a note when it was not the file itself)``.
+
+    A checkpoint file is itself; a run's ``latest`` pointer is the checkpoint it names; a folder is its
+    run's newest checkpoint (``latest``, else by name), else the newest checkpoint anywhere under it
+    (:func:`newest_checkpoint`). Nothing there is a :class:`CheckpointError` naming ``flag``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = read_latest(path) or newest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{flag} {path}: that folder holds no checkpoint (.pth/.pt); pass a checkpoint "
+                                  f"file or the output folder of a training run")
+        return found, f"{flag} {path} is a folder: using its newest checkpoint, {found}"
+    if path.name == LATEST and path.is_file():
+        found = read_latest(path.parent)
+        if found is None:
+            raise CheckpointError(f"{flag} {path}: the pointer names no checkpoint that exists in {path.parent}")
+        return found, f"{flag} {path} points to {found}"
+    if not path.is_file():
+        raise CheckpointError(f"{flag} {path}: no such file or folder. Pass a checkpoint file (the trainer's "
+                              f"epoch_NNN.pth, a plain state dict, or a reference BaryIR checkpoint), a run's "
+                              f"output folder, or its 'latest' pointer")
+    return path, None
+
+
 def rotate(output_dir: str | os.PathLike, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` checkpoints (never the one ``latest`` names); returns the removed."""
     if keep <= 0:

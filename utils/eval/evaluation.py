@@ -34,6 +34,7 @@ from utils.errors import UserError
 from utils.eval.inference import prepare_for_inference
 from utils.eval.metrics import FID, LPIPS, image_metrics
 from utils.eval.outputs import output_names
+from utils.eval.paper import paper_averages
 from utils.eval.protocol import SIZE_MULTIPLE, Protocol, crop_to_multiple, restore_array, to_8bit
 from utils.eval.report import save_comparison_figure
 from utils.eval.tasks import EvalItem, EvalSet, find_task_sets
@@ -215,6 +216,7 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
             stop.results = results
             raise
     results["average"] = average_row(results["tasks"])
+    results["paper_average"] = paper_averages(results["tasks"])
     return results
 
 

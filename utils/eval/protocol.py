@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from net.presets import BACKBONES, model_config
-from utils.checkpoints import CheckpointError, load_network, read_checkpoint
+from utils.checkpoints import CheckpointError, load_network, read_checkpoint, resolve_checkpoint
 from utils.data.image_io import quantise, to_float
 from utils.data.noise import SEED_RULE
 from utils.errors import UserError
@@ -106,15 +106,15 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
                **overrides) -> tuple[nn.Module, dict[str, Any]]:
     """Build the network a checkpoint needs and load it; returns ``(model, info)``.
 
-    A project checkpoint names its ``backbone`` and ``model_config``: they are used, and
-    ``backbone``/``preset``/``overrides`` replace them only when given. A plain state dict or
-    a reference checkpoint (``{'BaryIR': module}``) carries no configuration: ``backbone``
-    (default BaryNet) and ``preset`` (default paper) plus ``overrides`` describe it.
+    ``path`` may be a checkpoint file, a run's ``latest`` pointer or a run folder
+    (:func:`~utils.checkpoints.resolve_checkpoint`; ``info["note"]`` says what it became). A project
+    checkpoint names its ``backbone`` and ``model_config``: they are used; ``backbone`` and
+    ``overrides`` replace them only when given, and ``preset`` is ignored (``info["note"]`` says so).
+    A plain state dict or a reference checkpoint (``{'BaryIR': module}``) carries no configuration:
+    ``backbone`` (default BaryNet) and ``preset`` (default paper) plus ``overrides`` describe it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"--model {path}: checkpoint not found. Pass the .pth written by the trainer "
-                              f"(checkpoint/...), a plain state dict, or a reference BaryIR checkpoint.")
+    path, note = resolve_checkpoint(path)
+    notes = [note] if note else []
     obj = read_checkpoint(path)
     stored_cfg = obj.get("model_config") if isinstance(obj, Mapping) else None
     stored_backbone = obj.get("backbone") if isinstance(obj, Mapping) else None
@@ -123,15 +123,19 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
         raise CheckpointError(f"{path} names backbone {backbone!r}, which is none of {sorted(BACKBONES)}; pass "
                               f"--backbone to say which network the weights are for")
     given = {k: v for k, v in overrides.items() if v is not None}
-    if isinstance(stored_cfg, Mapping) and preset is None:
+    if isinstance(stored_cfg, Mapping):
         cfg = model_config("paper", source=f"{path}'s model_config", **{**dict(stored_cfg), **given})
         source = "checkpoint"
+        if preset is not None:
+            notes.append(f"--preset {preset} ignored: {path.name} carries its own configuration")
     else:
         cfg = model_config(preset or "paper", **given)
         source = f"preset {preset or 'paper'}"
     model = BACKBONES[backbone](**cfg)
     load_network(model, obj, str(path))
     info = {"model": str(path), "backbone": backbone, "model_config": cfg, "config_from": source}
+    if notes:
+        info["note"] = "; ".join(notes)
     return model, info
 
 

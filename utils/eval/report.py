@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from utils.data.image_io import replace_file
 from utils.eval.outputs import write_text
+from utils.eval.paper import comparison_lines, paper_averages
 
 # --------------------------------------------------------------------------- tables and files
 
@@ -39,7 +40,13 @@ def summary_table(results: Mapping[str, Any]) -> str:
         cells += [_fmt(avg.get("lpips"), 4)] if has_lpips else []
         lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
         paper = "  ".join(f"{n} {r['psnr']:.2f}/{r['ssim']:.3f}" for n, r in tasks.items() if r.get("count"))
-        lines += ["", f"PSNR/SSIM: {paper}  Average {avg['psnr']:.2f}/{avg['ssim']:.3f}"]
+        lines += ["", f"PSNR/SSIM: {paper}  Average {avg['psnr']:.2f}/{avg['ssim']:.3f}",
+                  f"Average: the mean over all {avg['rows']} rows above (each set counts once)."]
+        for setting, pa in paper_averages(tasks).items():
+            lines.append(f"Paper {setting.upper()} average over its columns ({', '.join(pa['rows'])}): "
+                         f"{pa['psnr']:.2f}/{pa['ssim']:.3f}")
+    if results.get("compare_paper"):
+        lines += [""] + comparison_lines(tasks, results["compare_paper"])
     return "\n".join(lines + _notes(results))
 
 
@@ -79,10 +86,10 @@ def format_report(results: Mapping[str, Any]) -> str:
 def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv`` and ``results.md`` into ``out_dir``; returns their paths.
 
-    CSV columns: ``kind,task,name,psnr,ssim,lpips,seconds,count,best_psnr,worst_psnr,best_ssim,
-    worst_ssim``; ``kind`` is ``protocol`` (``task`` holds the key, ``name`` the value),
-    ``image``, ``skipped`` (``name``: the file and why), ``task``, ``average`` or ``partial`` (the
-    run stopped: ``task`` is the row, ``name`` the file and its error). Results marked partial
+    The CSV is one table of results (the protocol is in the JSON and Markdown files), columns
+    ``kind,task,name,psnr,ssim,lpips,seconds,count,best_psnr,worst_psnr,best_ssim,worst_ssim``;
+    ``kind`` is ``image``, ``skipped`` (``name``: the file and why), ``task``, ``average`` or
+    ``partial`` (the run stopped: ``task`` is the row, ``name`` the file and its error). Results marked partial
     (``results["partial"]``, see :func:`evaluate_sets`) say so in all three files. Each file is
     written whole then renamed into place (:func:`utils.eval.outputs.write_text`).
     """
@@ -96,9 +103,6 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
     fh = io.StringIO(newline="")
     w = csv.DictWriter(fh, fieldnames=cols)
     w.writeheader()
-    for k, v in results["protocol"].items():
-        w.writerow({"kind": "protocol", "task": k, "name": json.dumps(v, default=str) if not isinstance(v, str)
-                    else v})
     for task, r in results.get("tasks", {}).items():
         for im in r["images"]:
             w.writerow({"kind": "image", "task": task, **{c: im.get(c) for c in

@@ -1,0 +1,54 @@
+"""The paper's columns, its average over exactly them, and the comparison with the published numbers."""
+import pytest
+
+from utils.eval.paper import PUBLISHED, SETTINGS, comparison_lines, paper_averages, paper_column
+from utils.eval.report import summary_table
+
+
+def row(psnr, ssim):
+    return {"count": 3, "psnr": psnr, "ssim": ssim, "images": [], "seconds_per_image": 0.1}
+
+
+def three_d(extra=True):
+    tasks = {"denoise_15/bsd68": row(34.0, 0.93), "denoise_15/kodak24": row(35.0, 0.92),
+             "denoise_25/bsd68": row(31.5, 0.89), "denoise_25/kodak24": row(32.5, 0.88),
+             "denoise_50/bsd68": row(28.0, 0.80), "denoise_50/kodak24": row(29.0, 0.79),
+             "derain/Rain100L": row(39.0, 0.98), "dehaze": row(31.0, 0.97)}
+    if not extra:
+        tasks = {k: v for k, v in tasks.items() if "kodak" not in k}
+    return tasks
+
+
+@pytest.mark.parametrize("name, column", [("dehaze", "SOTS"), ("dehaze/SOTS-outdoor", "SOTS"), ("dehaze/ITS", None),
+                                          ("derain", "Rain100L"), ("derain/Rain100L", "Rain100L"),
+                                          ("derain/Rain100H", None), ("denoise_25/bsd68", "BSD68 σ25"),
+                                          ("denoise_25/BSD68", "BSD68 σ25"), ("denoise_25/kodak24", None),
+                                          ("deblur", "GoPro"), ("lowlight/LOL", "LOL"), ("jpeg", None)])
+def test_rows_fill_the_paper_columns(name, column):
+    assert paper_column(name) == column
+
+
+def test_paper_average_is_over_exactly_its_five_columns():
+    tasks = three_d()
+    averages = paper_averages(tasks)
+    assert list(averages) == ["3d"]  # 5D lacks GoPro and LOL
+    assert averages["3d"]["psnr"] == pytest.approx((34.0 + 31.5 + 28.0 + 39.0 + 31.0) / 5)
+    assert averages["3d"]["ssim"] == pytest.approx((0.93 + 0.89 + 0.80 + 0.98 + 0.97) / 5)
+    assert set(averages["3d"]["rows"]) == set(SETTINGS["3d"])
+    # The tester's own average counts every row (Kodak24 too); the table says which is which.
+    table = summary_table({"tasks": tasks, "average": {"psnr": 33.0, "ssim": 0.9, "rows": 8}})
+    assert "Average: the mean over all 8 rows above" in table
+    assert f"Paper 3D average over its columns (SOTS, Rain100L, BSD68 σ15, BSD68 σ25, BSD68 σ50): " \
+           f"{averages['3d']['psnr']:.2f}/{averages['3d']['ssim']:.3f}" in table
+
+
+def test_comparison_with_the_published_numbers():
+    lines = comparison_lines(three_d(extra=False), "3d")
+    sots = next(line for line in lines if line.startswith("| SOTS |"))
+    assert sots == "| SOTS | dehaze | 31.00/0.970 | 31.40/0.980 | -0.40 | -0.010 |"
+    published = PUBLISHED["3d"]
+    mean = sum(p for p, _ in published.values()) / 5
+    assert lines[-1].startswith("| Average | |") and f"{mean:.2f}" in lines[-1]
+    five = comparison_lines(three_d(), "5d")  # GoPro, LOL absent: said, and left out of the average
+    assert "| GoPro | (not evaluated) | | 29.51/0.889 | | |" in five
+    assert five[-1].startswith("| Average of the 3 columns present |")

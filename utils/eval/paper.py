@@ -1,0 +1,96 @@
+"""The paper's tables: which rows of a run are the paper's columns, the paper's average over exactly
+those columns, and the published BaryIR numbers to compare with (docs/METHOD.md §4).
+
+The tester's own "Average" is over every row it evaluated (BSD68 and Kodak24 count separately, extra
+sets count too); the paper averages its five columns:
+
+- 3D: SOTS, Rain100L, BSD68 σ15, σ25, σ50;
+- 5D: SOTS, Rain100L, BSD68 σ25, GoPro, LOL.
+
+A row fills a column when its task and set say so: ``dehaze`` (or ``dehaze/<set with 'sots' in its
+name>``) is SOTS, ``derain`` (or ``derain/Rain100L``) is Rain100L, ``denoise_<σ>/bsd68`` is BSD68 σ,
+``deblur`` (or ``deblur/GoPro``) is GoPro, ``lowlight`` (or ``lowlight/LOL``) is LOL.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+SETTINGS = {
+    "3d": ("SOTS", "Rain100L", "BSD68 σ15", "BSD68 σ25", "BSD68 σ50"),
+    "5d": ("SOTS", "Rain100L", "BSD68 σ25", "GoPro", "LOL"),
+}
+# Published BaryIR (PSNR, SSIM), TPAMI 2026, the tables reproduced in docs/METHOD.md §4.
+PUBLISHED = {
+    "3d": {"SOTS": (31.40, 0.980), "Rain100L": (39.02, 0.985), "BSD68 σ15": (34.16, 0.935),
+           "BSD68 σ25": (31.54, 0.892), "BSD68 σ50": (28.25, 0.802)},
+    "5d": {"SOTS": (31.20, 0.979), "Rain100L": (38.10, 0.982), "BSD68 σ25": (31.43, 0.891),
+           "GoPro": (29.51, 0.889), "LOL": (23.37, 0.854)},
+}
+_SET_OF = {"dehaze": ("SOTS", "sots"), "derain": ("Rain100L", "rain100l"), "deblur": ("GoPro", "gopro"),
+           "lowlight": ("LOL", "lol")}
+
+
+def paper_column(row: str) -> str | None:
+    """The paper column a result row fills (``'denoise_25/bsd68'`` -> ``'BSD68 σ25'``), None if none."""
+    task, _, subset = row.partition("/")
+    if task.startswith("denoise_") and task[8:].isdigit():
+        return f"BSD68 σ{int(task[8:])}" if subset.lower() == "bsd68" else None
+    if task in _SET_OF:
+        column, key = _SET_OF[task]
+        return column if not subset or key in subset.lower() else None
+    return None
+
+
+def paper_columns(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """``{column: row}`` for the rows of ``tasks`` (the tester's per-row results) that hold scores and fill
+    a paper column; a column two rows could fill (``derain`` and ``derain/Rain100L``) takes the first."""
+    found: dict[str, str] = {}
+    for row, r in tasks.items():
+        column = paper_column(row)
+        if column and r.get("count") and column not in found:
+            found[column] = row
+    return found
+
+
+def paper_averages(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{setting: {"psnr", "ssim", "rows"}}`` for each paper setting whose five columns are all present:
+    the mean over exactly those columns, as the paper's "Average"."""
+    columns = paper_columns(tasks)
+    out = {}
+    for setting, needed in SETTINGS.items():
+        if all(c in columns for c in needed):
+            rows = [tasks[columns[c]] for c in needed]
+            out[setting] = {"psnr": sum(r["psnr"] for r in rows) / len(rows),
+                            "ssim": sum(r["ssim"] for r in rows) / len(rows),
+                            "rows": {c: columns[c] for c in needed}}
+    return out
+
+
+def comparison_lines(tasks: Mapping[str, Mapping[str, Any]], setting: str) -> list[str]:
+    """A markdown table: each of ``setting``'s columns, this run's PSNR/SSIM, the published BaryIR
+    numbers and the difference (missing columns say so), then the averages over the columns present
+    in both."""
+    columns = paper_columns(tasks)
+    published = PUBLISHED[setting]
+    lines = [f"Against the published BaryIR {setting.upper()} results:", "",
+             "| Column | Row | This run PSNR/SSIM | Published | Δ PSNR | Δ SSIM |", "|---|---|---|---|---|---|"]
+    ours, theirs = [], []
+    for column in SETTINGS[setting]:
+        p_psnr, p_ssim = published[column]
+        row = columns.get(column)
+        if row is None:
+            lines.append(f"| {column} | (not evaluated) | | {p_psnr:.2f}/{p_ssim:.3f} | | |")
+            continue
+        r = tasks[row]
+        ours.append((r["psnr"], r["ssim"]))
+        theirs.append((p_psnr, p_ssim))
+        lines.append(f"| {column} | {row} | {r['psnr']:.2f}/{r['ssim']:.3f} | {p_psnr:.2f}/{p_ssim:.3f} | "
+                     f"{r['psnr'] - p_psnr:+.2f} | {r['ssim'] - p_ssim:+.3f} |")
+    if ours:
+        n = len(ours)
+        o = (sum(v[0] for v in ours) / n, sum(v[1] for v in ours) / n)
+        t = (sum(v[0] for v in theirs) / n, sum(v[1] for v in theirs) / n)
+        label = "Average" if n == len(SETTINGS[setting]) else f"Average of the {n} columns present"
+        lines.append(f"| {label} | | {o[0]:.2f}/{o[1]:.3f} | {t[0]:.2f}/{t[1]:.3f} | {o[0] - t[0]:+.2f} | "
+                     f"{o[1] - t[1]:+.3f} |")
+    return lines
