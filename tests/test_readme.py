@@ -71,3 +71,11 @@ def test_every_path_in_the_code_map_exists():
     root = README.parent
     missing = sorted(p for p in paths if not (root / p).exists())
     assert not missing, f"README code map names missing paths: {missing}"
+
+
+def test_trainer_accepts_snake_case_spellings_of_the_reference_flags():
+    parse = train_options.get_args_parser().parse_args
+    reference = parse(["--batchSize", "6", "--nEpochs", "3"])
+    for argv in (["--batch_size", "6", "--n_epochs", "3"], ["--batch-size", "6", "--epochs", "3"]):
+        args = parse(argv)
+        assert (args.batchSize, args.nEpochs) == (reference.batchSize, reference.nEpochs) == (6, 3)

@@ -243,3 +243,30 @@ def test_reference_checkpoint_resumes_weights_and_epoch(data, tmp_path, capsys):
     assert any(not torch.equal(v, ck["model"][k]) for k, v in loaded.items())
     # one RMSprop step of lr 1e-4 from the loaded weights (a fresh init would be far away)
     assert max((v - ck["model"][k]).abs().max().item() for k, v in loaded.items()) < 2e-3
+
+
+def test_resume_auto_refuses_a_run_of_other_settings_and_names_them(data, tmp_path):
+    assert run(data, tmp_path, "--nEpochs", "1", iters=1) == 0
+    before = snapshot(tmp_path / "ckpt")
+    with pytest.raises(ConfigError, match=r"--de_type denoise_15 denoise_25 denoise_50 derain dehaze there, "
+                                          r"derain dehaze here.*--patch_size 32 there, 48 here.*own --output-dir"):
+        flags = train_flags(data, tmp_path, de_type=("derain", "dehaze")) + ["--iters-per-epoch", "1"]
+        flags[flags.index("--patch_size") + 1] = "48"
+        engine.main(get_args_parser().parse_args([*flags, "--nEpochs", "2", "--resume", "auto"]))
+    assert snapshot(tmp_path / "ckpt") == before
+    # the order of --de_type is not a setting (domains follow a fixed family order)
+    assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", "--de_type", "dehaze", "derain", "denoise_50",
+               "denoise_25", "denoise_15", iters=1) == 0
+
+
+def test_runs_of_other_settings_get_their_own_folder_by_default(data, tmp_path):
+    from utils.train.options import run_dir
+    flags = [f for f in train_flags(data, tmp_path)]
+    i = flags.index("--output-dir")
+    del flags[i:i + 2]
+    args = get_args_parser().parse_args(flags)
+    assert run_dir(args, 3) == str(Path("checkpoint") / "BaryNet_tiny_3D_p32")
+    assert run_dir(get_args_parser().parse_args([*flags, "--name", "mine"]), 3) == str(Path("checkpoint") / "mine")
+    assert run_dir(get_args_parser().parse_args([*flags, "--output-dir", "elsewhere"]), 3) == "elsewhere"
+    with pytest.raises(ConfigError, match="--name '../up' must be a plain folder name"):
+        engine.main(get_args_parser().parse_args([*flags, "--name", "../up", "--iters-per-epoch", "1"]))

@@ -9,7 +9,7 @@
    loss curves, degraded | restored | target grids, WB/residual takeaway maps, and a
    2-D projection of WB and residual embeddings.
 
-    python -m utils.demo [--iters-per-epoch 150 --epochs 4] [--quick]
+    python -m utils.demo [--iters-per-epoch 150 --epochs 6] [--quick]
 """
 from __future__ import annotations
 
@@ -171,7 +171,8 @@ def main(args) -> dict:
     manifest = build_demo_data(root, seed=args.seed, scale=0.25 if args.quick else 1.0,
                                max_photos=2 if args.quick else None)
     print(f"      {manifest['status']}")
-    print(f"[2/4] training the tiny preset: {args.epochs} epochs x {args.iters_per_epoch} iterations")
+    print(f"[2/4] training the tiny preset: {args.epochs} epochs of at most {args.iters_per_epoch} iterations "
+          f"(fewer when the demo's data is exhausted first; the trainer prints each epoch's count)")
     ckpt = train(args, root)
     t_train = time.time()
     print(f"[3/4] evaluating {ckpt}")

@@ -81,9 +81,18 @@ from utils.train.distributed import (
     weights_digest,
 )
 from utils.train.losses import OBJECTIVES, Objective, congruence_loss, map_loss, potentials_loss
-from utils.train.options import resolve_data_file_dir, resolve_objective
+from utils.train.options import resolve_data_file_dir, resolve_objective, run_dir
 from utils.train.output_lock import OutputFolderBusy, OutputLock
-from utils.train.run_log import Console, JsonlLog, plot_loss_curves, progress, rewind_log
+from utils.train.run_log import (
+    LOSS_LABELS,
+    Console,
+    JsonlLog,
+    Rate,
+    plot_loss_curves,
+    progress,
+    progress_line,
+    rewind_log,
+)
 from utils.train.setup import ConfigError, check_args, load_start, start_fresh_outputs, validation_pairs
 
 FIG_NAME = "train_losses.png"
@@ -365,6 +374,7 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
     bar = progress(loader, total=iters_in_epoch, initial=state.iteration, desc=f"epoch {state.epoch}",
                    enabled=console.enabled)
     stopped = False
+    rate = Rate()
     tic = time.perf_counter()
     try:
         # zip asks range first: no batch is loaded beyond the epoch's (possibly capped) length
@@ -377,15 +387,15 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             toc = time.perf_counter()
+            rate.update(toc - tic)
             if log_every > 0 and (state.iteration % log_every == 0 or state.iteration == 1):
                 log.write({"kind": "iter", "epoch": state.epoch, "iteration": state.iteration,
                            "global_step": state.global_step, "lr": lr, **losses, "sec": toc - tic})
-                shown = {k: f"{losses[k]:.4g}" for k in ("map", "l1", "potentials", "congruence") if k in losses}
+                shown = {label: f"{losses[k]:.4g}" for k, label in LOSS_LABELS
+                         if k in ("l1", "transport", "potentials", "congruence") and k in losses}
                 bar.set_postfix(shown | {"lr": f"{lr:.2e}"}, refresh=False)
                 if bar.disable:  # no terminal: one plain line instead of the bar
-                    console(f"epoch {state.epoch} [{state.iteration}/{iters_in_epoch}] "
-                            + " ".join(f"{k} {v:.5g}" for k, v in losses.items())
-                            + f" lr {lr:.3g} {1.0 / max(toc - tic, 1e-9):.2f} it/s")
+                    console(progress_line(state.epoch, state.iteration, iters_in_epoch, losses, lr, rate))
             tic = toc
             stopped = any_rank(stop.requested, training.info)
             if stopped:
@@ -519,6 +529,10 @@ def hold_output_folder(folder: Path, info: DistInfo) -> Iterator[None]:
 def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective, frozenset[str]]:
     """The flag checks that need the device too; returns K, the objective and the ablated terms."""
     k = check_args(args)
+    try:
+        args.output_dir = run_dir(args, k)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         objective = resolve_objective(args)
     except ValueError as exc:
@@ -709,8 +723,9 @@ def end_of_epoch(training: Training, log: JsonlLog, console: Console, epoch: int
             raise RuntimeError(f"the ranks' weights differ after epoch {epoch} (digests {digests}); "
                                f"this is a bug, please report it with the command line")
     log.write(record)
-    console(f"=> epoch {epoch} done in {seconds:.1f}s: " + " ".join(f"{k} {v:.5g}" for k, v in means.items())
-            + (f", validation PSNR {val:.3f} dB" if val is not None else ""))
+    console(f"=> epoch {epoch} done in {seconds:.1f}s, means: "
+            + ", ".join(f"{label} {means[k]:.4g}" for k, label in LOSS_LABELS if k in means)
+            + (f"; validation PSNR {val:.3f} dB" if val is not None else ""))
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -32,14 +32,17 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                                             "barycenter latent)", add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ref = p.add_argument_group("reference flags")
-    ref.add_argument("--batchSize", type=int, default=4, help="training batch size (per process)")
-    ref.add_argument("--nEpochs", type=int, default=200, help="number of epochs to train for")
+    ref.add_argument("--batchSize", "--batch_size", "--batch-size", dest="batchSize", type=int, default=4,
+                     help="training batch size (per process)")
+    ref.add_argument("--nEpochs", "--n_epochs", "--epochs", dest="nEpochs", type=int, default=200,
+                     help="number of epochs to train for")
     ref.add_argument("--lr", type=float, default=2e-4,
                      help="base learning rate; epoch e uses lr * 0.1**((e-1)//step) / 2 for both networks")
     ref.add_argument("--step", type=int, default=20, help="decay the learning rate by 10x every STEP epochs")
     ref.add_argument("--resume", type=str, default=None,
-                     help="checkpoint to continue from (project or reference format), or 'auto' for the "
-                          "newest in --output-dir; a path that does not exist starts a fresh run with a warning")
+                     help="checkpoint to continue from (project or reference format), a run's folder (its newest "
+                          "checkpoint), or 'auto' for the newest in --output-dir (none there: a fresh run; a "
+                          "damaged newest: the one before). A path that does not exist is an error")
     ref.add_argument("--start-epoch", dest="start_epoch", type=int, default=1,
                      help="first epoch number of a fresh run (a resumed run continues where it stopped)")
     ref.add_argument("--threads", "--workers", dest="threads", type=int,
@@ -116,8 +119,12 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     new.add_argument("--save-every", dest="save_every", type=int, default=2000,
                      help="also save a checkpoint every N iterations (0: only at epoch ends)")
     new.add_argument("--keep", type=int, default=3, help="keep the newest N checkpoints (0 keeps all)")
-    new.add_argument("--output-dir", dest="output_dir", type=str, default="checkpoint",
-                     help="checkpoints, the 'latest' pointer and log.jsonl go here")
+    new.add_argument("--output-dir", dest="output_dir", type=str, default=None,
+                     help="checkpoints, the 'latest' pointer and log.jsonl go here (default: a folder of the "
+                          "run's own under checkpoint/, named by --name or by the run's settings, e.g. "
+                          "checkpoint/BaryNet_paper_3D_p128)")
+    new.add_argument("--name", type=str, default=None,
+                     help="the run's folder name under checkpoint/ when --output-dir is not given")
     new.add_argument("--figs-dir", dest="figs_dir", type=str, default=None,
                      help="the loss-curve figure is redrawn here at each epoch end (default: --output-dir, "
                           "beside the run's log)")
@@ -145,6 +152,17 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="ablation studies only (bench/study.py): leave these terms out of the map loss; "
                           "'potentials' also skips the potentials and congruence updates (transport cost only)")
     return p
+
+
+def run_dir(args: argparse.Namespace, k: int) -> str:
+    """``--output-dir``, else ``checkpoint/<--name>``, else ``checkpoint/<backbone>_<preset>_<K>D_p<patch>``:
+    runs of other settings never share a folder (nor each other's ``--resume auto``) by default."""
+    if args.output_dir:
+        return args.output_dir
+    name = args.name or f"{args.backbone}_{args.preset}_{k}D_p{args.patch_size}"
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"--name {name!r} must be a plain folder name")
+    return str(Path("checkpoint") / name)
 
 
 def resolve_objective(args: argparse.Namespace) -> Objective:

@@ -2,9 +2,11 @@
 figure, progress bars and console messages. Only rank 0 writes (``enabled=False`` elsewhere)."""
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -100,9 +102,25 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
+def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average with TensorBoard's bias correction (the start is not pulled to 0)."""
+    out, acc = [], 0.0
+    for i, v in enumerate(values, 1):
+        acc = weight * acc + (1 - weight) * v
+        out.append(acc / (1 - weight ** i))
+    return out
+
+
+def plotted_parts(iters: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(key, label)`` of each part of the objective the ``iter`` records hold, in :data:`LOSS_LABELS`
+    order (not ``map``, the weighted total of the same parts)."""
+    return [(k, label) for k, label in LOSS_LABELS if any(r.get(k) is not None for r in iters)]
+
+
 def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike) -> Path | None:
-    """Draw the map/potential/congruence losses per logged iteration and the validation PSNR per
-    epoch from the JSON-lines log into ``fig_path`` (PNG). Returns the path, None if nothing to draw."""
+    """Draw every logged part of the objective (:data:`LOSS_LABELS`, one panel each: the raw curve faint,
+    smoothed on top) against the global step, and the validation PSNR per epoch, from the JSON-lines
+    log into ``fig_path`` (PNG). Returns the path, None if nothing to draw."""
     records = read_log(log_path)
     iters = [r for r in records if r.get("kind") == "iter"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -111,23 +129,33 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike) -
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    keys = [k for k in ("map", "l1", "potentials", "congruence") if any(r.get(k) is not None for r in iters)]
+    parts = plotted_parts(iters)
     psnr = [(r["epoch"], r["val_psnr"]) for r in epochs if r.get("val_psnr") is not None]
-    ncols = len(keys) + (1 if psnr else 0)
-    fig, axes = plt.subplots(1, max(ncols, 1), figsize=(4 * max(ncols, 1), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    panels = len(parts) + (1 if psnr else 0)
+    ncols = min(4, max(panels, 1))
+    nrows = max(1, -(-panels // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax, (key, label) in zip(flat, parts):
         pts = [(r["global_step"], r[key]) for r in iters if r.get(key) is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.8)
-        ax.set_title(f"{key} loss")
-        ax.set_xlabel("iteration")
-        if key in ("map", "l1") and all(p[1] > 0 for p in pts):
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(xs, ys, lw=0.6, alpha=0.3, color="C0")
+        ax.plot(xs, smoothed(ys), lw=1.2, color="C0")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("iteration", fontsize=8)
+        if key == "l1" and all(v > 0 for v in ys):
             ax.set_yscale("log")
     if psnr:
-        ax = axes[0][len(keys)]
+        ax = flat[len(parts)]
         ax.plot([p[0] for p in psnr], [p[1] for p in psnr], "o-")
-        ax.set_title("validation PSNR (dB)")
-        ax.set_xlabel("epoch")
+        ax.set_title("validation PSNR (dB)", fontsize=10)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    for ax in flat[panels:]:
+        ax.axis("off")
+    fig.suptitle("training log: each part of the objective (faint: logged values; solid: smoothed)", fontsize=10)
     fig.tight_layout()
     fig_path = Path(fig_path)
     fig_path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +164,47 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike) -
     plt.close(fig)
     os.replace(tmp, fig_path)
     return fig_path
+
+
+# The logged parts of an iteration, in the order of the objective, with readable names. The map loss
+# itself (``map``, the total the network minimises: L1 x --Sigma plus the barycenter terms) stays in
+# the log; the console shows its parts. ``potential`` is the potential term inside the map loss,
+# ``potentials`` the potentials' own (adversarial) loss.
+LOSS_LABELS = (("l1", "l1"), ("transport", "transport"), ("orthogonality", "orthogonality"),
+               ("contrastive", "contrastive"), ("potential", "potential term"), ("potentials", "potentials step"),
+               ("congruence", "congruence"))
+
+
+class Rate:
+    """Seconds per iteration as the median of the last ``window`` iterations (a slow batch or a page-in
+    does not swing it, as it would a mean), as iterations per second and the time left."""
+
+    def __init__(self, window: int = 50):
+        self.times: collections.deque[float] = collections.deque(maxlen=window)
+
+    def update(self, seconds: float) -> None:
+        self.times.append(seconds)
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(self.times) if self.times else 0.0
+
+    @property
+    def per_second(self) -> float:
+        return 1.0 / self.seconds if self.seconds > 0 else 0.0
+
+    def eta(self, remaining: int) -> str:
+        """``H:MM:SS`` for ``remaining`` iterations at the median rate."""
+        total = int(round(remaining * self.seconds))
+        return f"{total // 3600}:{total // 60 % 60:02d}:{total % 60:02d}"
+
+
+def progress_line(epoch: int, iteration: int, total: int, losses: dict[str, float], lr: float, rate: Rate) -> str:
+    """One console line of training progress: the loss parts by name, the learning rate, the rate
+    (median of recent iterations) and the time left in the epoch."""
+    parts = ", ".join(f"{label} {losses[k]:.4g}" for k, label in LOSS_LABELS if k in losses)
+    return (f"epoch {epoch} [{iteration}/{total}] {parts} | lr {lr:.3g} | {rate.per_second:.2f} it/s, "
+            f"epoch ETA {rate.eta(total - iteration)}")
 
 
 def progress(iterable: Iterable, total: int, desc: str, enabled: bool = True, initial: int = 0) -> tqdm:

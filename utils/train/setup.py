@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch.nn as nn
 
@@ -112,11 +112,36 @@ def _load_potentials_if_they_fit(pots: Potentials | None, obj: Any, source: str)
     return True
 
 
+# The settings that make a run what it is: the networks' shapes (backbone, preset, K sources, patch
+# size for the potentials) and the data (the degradation types). A checkpoint resumes only into them.
+RUN_SETTINGS = ("backbone", "preset", "de_type", "patch_size")
+
+
+def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> None:
+    """Refuse to resume a training checkpoint into a run of other settings (:data:`RUN_SETTINGS`), naming
+    each difference: otherwise a 3D command finds a 5D run's checkpoint in a shared folder and fails on
+    weight shapes, or, worse, trains on with other data."""
+    saved = ckpt.get("args") or {}
+    differ = []
+    for name in RUN_SETTINGS:
+        if name not in saved:
+            continue
+        now, then = getattr(args, name), saved[name]
+        same = sorted(now) == sorted(then) if name == "de_type" else now == then  # de_type's order is no setting
+        if not same:
+            shown = (lambda v: " ".join(v) if isinstance(v, (list, tuple)) else str(v))
+            differ.append(f"--{name} {shown(then)} there, {shown(now)} here")
+    if differ:
+        raise ConfigError(f"--resume: {ckpt_path} belongs to a run with other settings ({'; '.join(differ)}). "
+                          f"Resume it with its own settings, or give this run its own --output-dir")
+
+
 def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: Potentials | None,
                 console: Console) -> tuple[LoopState, dict | None]:
     """Weights from --resume or --pretrained; returns where to start and the training checkpoint (if any)."""
     state = LoopState(epoch=args.start_epoch, iteration=0, global_step=0)
     if obj is not None and is_training_checkpoint(obj):
+        check_same_run(args, obj, ckpt_path)
         load_network(model, obj, str(ckpt_path))
         if pots is not None:
             sd = potentials_state_from(obj, str(ckpt_path))
