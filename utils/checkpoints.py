@@ -605,9 +605,9 @@ def resolve_checkpoint(path: str | os.PathLike, flag: str = "--model") -> tuple[
             raise CheckpointError(f"{flag} {path}: the pointer names no checkpoint that exists in {path.parent}")
         return found, f"{flag} {path} points to {found}"
     if not path.is_file():
-        raise CheckpointError(f"{flag} {path}: no such file or folder. Pass a checkpoint file (the trainer's "
-                              f"epoch_NNN.pth, a plain state dict, or a reference BaryIR checkpoint), a run's "
-                              f"output folder, or its 'latest' pointer")
+        raise CheckpointError(f"{flag} {path}: checkpoint not found (no such file or folder). Pass a checkpoint "
+                              f"file (the trainer's epoch_NNN.pth, a plain state dict, or a reference BaryIR "
+                              f"checkpoint), a run's output folder, or its 'latest' pointer")
     return path, None
 
 
