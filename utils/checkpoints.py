@@ -71,7 +71,7 @@ import numpy as np
 import torch
 
 from utils.checkpoint_guard import MAX_NESTING, CheckpointError, check_loaded, human_bytes, inspect_checkpoint
-from utils.errors import LIST_LIMIT, listing
+from utils.errors import LIST_LIMIT, exception_chain, listing
 
 # Tensors that reference checkpoints carry but no forward pass uses
 # (tests/conformance/legacy_unused_keys.txt).
@@ -388,12 +388,7 @@ def _disk_full(path: Path, needed: int | None) -> CheckpointError:
 
 def _is_disk_full(exc: BaseException) -> bool:
     """True when ``exc`` or an exception it was raised from or during is ENOSPC/EDQUOT."""
-    seen = 0
-    while exc is not None and seen < 20:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
+    return any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in exception_chain(exc))
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], size: int | None = None) -> Path:

@@ -46,7 +46,7 @@ def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "\n    ", lead:
     return (sep if lead is None else lead) + sep.join(items[:limit]) + more
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and the exceptions it was raised from or during, outermost first (cycles cut)."""
     seen: list[BaseException] = []
     while exc is not None and not any(exc is s for s in seen):
@@ -88,7 +88,7 @@ def failure_message(exc: BaseException) -> tuple[str, int] | None:
     The whole chain is searched, so a full disk reported by PyTorch as ``RuntimeError: ... unexpected
     pos`` (raised while handling the ``OSError``) still reads as a full disk.
     """
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     for e in chain:
         if isinstance(e, UserError):
             return _worker_message(str(e)), e.exit_status

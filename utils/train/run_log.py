@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
+from utils.checkpoints import atomic_write
+
 
 class Console:
     """Prints on rank 0 only; ``warn`` frames the message so it is not missed in a long log."""
@@ -81,9 +83,7 @@ def rewind_log(path: str | os.PathLike, global_step: int) -> int:
         fh.writelines(moved)
         fh.flush()
         os.fsync(fh.fileno())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write("".join(kept).encode()))
     return len(moved)
 
 
