@@ -370,8 +370,15 @@ def main(args) -> dict:
 
 
 def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, progress: bool) -> dict:
-    """``--input``: restore the images into ``--save`` and write ``results.json`` (also when stopped)."""
-    results = {"protocol": {**protocol.describe(), "device": str(device), **info}, "tasks": {}}
+    """``--input``: restore the images into ``--save`` and write ``results.json`` (also when stopped).
+
+    Nothing is scored, so the record says only what was done: the model, how it ran, and each
+    image's output file and time (no metrics protocol, no tasks).
+    """
+    how = {"device": str(device), "precision": protocol.precision, "tile": protocol.tile}
+    if protocol.tile:
+        how.update(tile_overlap=protocol.tile_overlap, tile_batch=protocol.tile_batch)
+    results = {"model": {k: info[k] for k in ("model", "backbone", "config_from") if k in info}, "run": how}
 
     def record(entries: list[dict]) -> list[str]:
         results["restored"] = [e for e in entries if "output" in e]

@@ -126,6 +126,9 @@ def test_benchmark_tasks_table_and_files(bench, checkpoint, tmp_path, capsys):
     for row, folder in (("dehaze", bench / "dehaze"), ("jpeg", bench / "jpeg")):
         expected = direct_metrics(folder / "input", folder / "target", "reference", "rgb")
         assert res["tasks"][row]["psnr"] == pytest.approx(np.mean([v[0] for v in expected.values()]), abs=1e-12)
+        # the degraded-input column scores the input itself (the zero model returns it, so both agree here)
+        assert res["tasks"][row]["input_psnr"] == pytest.approx(np.mean([v[0] for v in expected.values()]), abs=1e-12)
+        assert res["tasks"][row]["input_ssim"] == pytest.approx(np.mean([v[1] for v in expected.values()]), abs=1e-12)
     # Denoising rows: the seeded noisy image (crop first, then noise) against the clean one.
     clean = read_image(bench / "denoise" / "setA" / "cat.png")[: H // 8 * 8, : W // 8 * 8]
     p, s = image_metrics(noisy_version(clean, "cat.png", 25), clean)
@@ -142,7 +145,9 @@ def test_benchmark_tasks_table_and_files(bench, checkpoint, tmp_path, capsys):
         assert {"best_psnr", "worst_psnr", "seconds_per_image"} <= set(r)
     assert saved["protocol"]["protocol"] == "reference" and "crc32" in saved["protocol"]["noise"]
     with open(tmp_path / "res" / "results.csv") as fh:
-        kinds = [r["kind"] for r in csv.DictReader(fh)]
+        table = list(csv.DictReader(fh))
+    kinds = [r["kind"] for r in table]
+    assert all(float(r["input_psnr"]) > 0 for r in table if r["kind"] in ("image", "task", "average"))
     assert kinds.count("image") == 3 + 1 + 3 + 3 + 3 and kinds.count("task") == 5 and kinds.count("average") == 1
     assert set(kinds) == {"image", "task", "average"}  # one table of results: the protocol is in the JSON
     md = (tmp_path / "res" / "results.md").read_text()
@@ -153,6 +158,8 @@ def test_benchmark_tasks_table_and_files(bench, checkpoint, tmp_path, capsys):
         r.replace("/", "_") + ".png" for r in rows)
     printed = capsys.readouterr().out
     assert "Protocol:" in printed and "| Task |" in printed and "Average" in printed
+    assert "| Degraded PSNR | Degraded SSIM | PSNR | SSIM |" in printed
+    assert len(printed.split("| Task |")[0].strip().splitlines()) <= 4  # a short protocol line, not a dump
 
 
 def test_denoise_inputs_are_reproducible_and_order_independent(bench, checkpoint, tmp_path, monkeypatch):
@@ -189,7 +196,10 @@ def test_input_mode_restores_without_metrics(bench, checkpoint, tmp_path):
     write_image(src / "a.png", img8)
     write_image(src / "b.png", img16)
     res = run("--model", checkpoint, "--input", src, "--save", tmp_path / "out")
-    assert [r["name"] for r in res["restored"]] == ["a.png", "b.png"] and res["tasks"] == {}
+    assert [r["name"] for r in res["restored"]] == ["a.png", "b.png"]
+    on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(on_disk) == {"model", "run", "restored"}  # what was done; nothing scored, no metrics protocol
+    assert on_disk["run"]["precision"] == "fp32" and on_disk["model"]["model"] == str(checkpoint)
     assert np.array_equal(read_image(tmp_path / "out" / "a.png"), img8)  # full size, any size
     out16 = read_image(tmp_path / "out" / "b.png")
     assert out16.dtype == np.uint16 and np.array_equal(out16, img16)

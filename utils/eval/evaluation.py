@@ -88,12 +88,15 @@ def _summary(images: list[dict], has_lpips: bool) -> dict[str, Any]:
     """A row's numbers; a row without any scored image (all skipped, or stopped at its first) has
     ``count`` 0 and ``None`` for the rest."""
     if not images:
-        return {"psnr": None, "ssim": None, **({"lpips": None} if has_lpips else {}), "count": 0,
+        return {"psnr": None, "ssim": None, "input_psnr": None, "input_ssim": None,
+                **({"lpips": None} if has_lpips else {}), "count": 0,
                 "best_psnr": None, "worst_psnr": None, "best_ssim": None, "worst_ssim": None,
                 "seconds_per_image": None}
     p = np.array([r["psnr"] for r in images])
     s = np.array([r["ssim"] for r in images])
-    out: dict[str, Any] = {"psnr": float(p.mean()), "ssim": float(s.mean())}
+    out: dict[str, Any] = {"psnr": float(p.mean()), "ssim": float(s.mean()),
+                           "input_psnr": float(np.mean([r["input_psnr"] for r in images])),
+                           "input_ssim": float(np.mean([r["input_ssim"] for r in images]))}
     if has_lpips:
         out["lpips"] = float(np.mean([r["lpips"] for r in images]))
     out.update({
@@ -148,12 +151,13 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
                 continue
             raise EvaluationStopped(str(exc), str(item.degraded or item.target), eval_set.name, row_so_far(),
                                     exc.exit_status) from exc
-        out8, tar8 = quantise(out, 8), to_8bit(tar)
+        out8, tar8, deg8 = quantise(out, 8), to_8bit(tar), to_8bit(deg)
         try:
             p, s = image_metrics(out8, tar8, protocol.metric_space, protocol.ssim, protocol.crop_border)
+            p_in, s_in = image_metrics(deg8, tar8, protocol.metric_space, protocol.ssim, protocol.crop_border)
         except ValueError as exc:
             raise ValueError(f"{eval_set.name}: {item.name}: {exc}") from exc
-        row: dict[str, Any] = {"name": item.name, "psnr": p, "ssim": s}
+        row: dict[str, Any] = {"name": item.name, "psnr": p, "ssim": s, "input_psnr": p_in, "input_ssim": s_in}
         if lpips_metric is not None:
             row["lpips"] = lpips_metric(out8, tar8)
         row["seconds"] = seconds
@@ -166,7 +170,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
             feats_out.append(fid_metric.features([out8]))
             feats_tar.append(fid_metric.features([tar8]))
         if figs_dir is not None and len(fig_rows) < fig_images:
-            fig_rows.append((item.name, to_8bit(deg), out8, tar8, p, s))
+            fig_rows.append((item.name, deg8, out8, tar8, p, s, p_in, s_in))
     result = row_so_far()
     if figs_dir is not None and fig_rows:
         result["figure"] = str(save_comparison_figure(fig_rows, figs_dir / f"{eval_set.name.replace('/', '_')}.png",
@@ -233,8 +237,9 @@ def average_row(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     if not rows:
         return {}
     avg = {"psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows]))}
-    if all("lpips" in r for r in rows):
-        avg["lpips"] = float(np.mean([r["lpips"] for r in rows]))
+    for key in ("input_psnr", "input_ssim", "lpips"):
+        if all(r.get(key) is not None for r in rows):
+            avg[key] = float(np.mean([r[key] for r in rows]))
     avg["rows"] = len(rows)
     return avg
 

@@ -23,12 +23,12 @@ def summary_table(results: Mapping[str, Any]) -> str:
     """The per-row table (markdown) with the average, plus the paper's one-line PSNR/SSIM layout."""
     tasks = results.get("tasks", {})
     has_lpips = any("lpips" in r for r in tasks.values())
-    head = ["Task", "Images", "PSNR", "SSIM"] + (["LPIPS"] if has_lpips else []) + \
+    head = ["Task", "Images", "Degraded PSNR", "Degraded SSIM", "PSNR", "SSIM"] + (["LPIPS"] if has_lpips else []) + \
         ["Best PSNR", "Worst PSNR", "Best SSIM", "Worst SSIM", "s/image", "Skipped"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in tasks.items():
-        cells = [name + (" (partial)" if r.get("partial") else ""), str(r["count"]), _fmt(r["psnr"], 2),
-                 _fmt(r["ssim"], 4)]
+        cells = [name + (" (partial)" if r.get("partial") else ""), str(r["count"]), _fmt(r.get("input_psnr"), 2),
+                 _fmt(r.get("input_ssim"), 4), _fmt(r["psnr"], 2), _fmt(r["ssim"], 4)]
         cells += [_fmt(r.get("lpips"), 4)] if has_lpips else []
         cells += [_fmt(_extreme(r, "best_psnr"), 2), _fmt(_extreme(r, "worst_psnr"), 2),
                   _fmt(_extreme(r, "best_ssim"), 4), _fmt(_extreme(r, "worst_ssim"), 4),
@@ -36,12 +36,14 @@ def summary_table(results: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     avg = results.get("average") or {}
     if avg:
-        cells = ["Average", "", _fmt(avg["psnr"], 2), _fmt(avg["ssim"], 4)]
+        cells = ["Average", "", _fmt(avg.get("input_psnr"), 2), _fmt(avg.get("input_ssim"), 4), _fmt(avg["psnr"], 2),
+                 _fmt(avg["ssim"], 4)]
         cells += [_fmt(avg.get("lpips"), 4)] if has_lpips else []
         lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
         paper = "  ".join(f"{n} {r['psnr']:.2f}/{r['ssim']:.3f}" for n, r in tasks.items() if r.get("count"))
         lines += ["", f"PSNR/SSIM: {paper}  Average {avg['psnr']:.2f}/{avg['ssim']:.3f}",
-                  f"Average: the mean over all {avg['rows']} rows above (each set counts once)."]
+                  f"Average: the mean over all {avg['rows']} rows above (each set counts once). Degraded: the "
+                  f"input as given to the network, scored against the target like the restoration."]
         for setting, pa in paper_averages(tasks).items():
             lines.append(f"Paper {setting.upper()} average over its columns ({', '.join(pa['rows'])}): "
                          f"{pa['psnr']:.2f}/{pa['ssim']:.3f}")
@@ -78,16 +80,30 @@ def protocol_lines(protocol: Mapping[str, Any]) -> list[str]:
         [f"- {k}: {v}" for k, v in protocol.items() if k not in keys and k != "lpips_input"]
 
 
+def protocol_summary(protocol: Mapping[str, Any]) -> str:
+    """The protocol in two lines (the console's); every rule is spelt out in ``results.md``/``.json``."""
+    p = protocol
+    tiles = f", {p['tile']}x{p['tile']} tiles" if p.get("tile") else ""
+    extra = "".join(f", {m.upper()}" for m in ("lpips", "fid") if p.get(m))
+    line = (f"Protocol: {p.get('protocol')} ({p.get('metric_space')} PSNR, {p.get('ssim')} SSIM, crop border "
+            f"{p.get('crop_border')}{extra}), {p.get('precision')}{tiles} on {p.get('device')}")
+    if "model" in p:
+        line += (f"\nModel: {p['model']} ({p.get('backbone')}, configuration from {p.get('config_from')}); "
+                 f"every rule in results.md")
+    return line
+
+
 def format_report(results: Mapping[str, Any]) -> str:
-    """What the tester prints: the protocol, then the table."""
-    return "Protocol:\n" + "\n".join(protocol_lines(results["protocol"])) + "\n\n" + summary_table(results)
+    """What the tester prints: the protocol in two lines, then the table."""
+    return protocol_summary(results["protocol"]) + "\n\n" + summary_table(results)
 
 
 def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv`` and ``results.md`` into ``out_dir``; returns their paths.
 
     The CSV is one table of results (the protocol is in the JSON and Markdown files), columns
-    ``kind,task,name,psnr,ssim,lpips,seconds,count,best_psnr,worst_psnr,best_ssim,worst_ssim``;
+    ``kind,task,name,psnr,ssim,input_psnr,input_ssim,lpips,seconds,count,best_psnr,worst_psnr,best_ssim,
+    worst_ssim`` (``input_*``: the degraded input scored against the target);
     ``kind`` is ``image``, ``skipped`` (``name``: the file and why), ``task``, ``average`` or
     ``partial`` (the run stopped: ``task`` is the row, ``name`` the file and its error). Results marked partial
     (``results["partial"]``, see :func:`evaluate_sets`) say so in all three files. Each file is
@@ -98,24 +114,27 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
     paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "md": out_dir / "results.md"}
     write_text(paths["json"], json.dumps(results, indent=2, default=str) + "\n")
 
-    cols = ["kind", "task", "name", "psnr", "ssim", "lpips", "seconds", "count", "best_psnr", "worst_psnr",
-            "best_ssim", "worst_ssim"]
+    cols = ["kind", "task", "name", "psnr", "ssim", "input_psnr", "input_ssim", "lpips", "seconds", "count",
+            "best_psnr", "worst_psnr", "best_ssim", "worst_ssim"]
     fh = io.StringIO(newline="")
     w = csv.DictWriter(fh, fieldnames=cols)
     w.writeheader()
     for task, r in results.get("tasks", {}).items():
         for im in r["images"]:
             w.writerow({"kind": "image", "task": task, **{c: im.get(c) for c in
-                                                          ("name", "psnr", "ssim", "lpips", "seconds")}})
+                                                          ("name", "psnr", "ssim", "input_psnr", "input_ssim",
+                                                           "lpips", "seconds")}})
         for name in r.get("skipped_files", []):
             w.writerow({"kind": "skipped", "task": task, "name": name})
-        w.writerow({"kind": "task", "task": task, "psnr": r["psnr"], "ssim": r["ssim"], "lpips": r.get("lpips"),
+        w.writerow({"kind": "task", "task": task, "psnr": r["psnr"], "ssim": r["ssim"],
+                    "input_psnr": r.get("input_psnr"), "input_ssim": r.get("input_ssim"), "lpips": r.get("lpips"),
                     "seconds": r["seconds_per_image"], "count": r["count"],
                     **{k: _extreme(r, k) for k in ("best_psnr", "worst_psnr", "best_ssim", "worst_ssim")}})
     avg = results.get("average") or {}
     if avg:
         w.writerow({"kind": "average", "task": "Average", "psnr": avg["psnr"], "ssim": avg["ssim"],
-                    "lpips": avg.get("lpips"), "count": avg.get("rows")})
+                    "input_psnr": avg.get("input_psnr"), "input_ssim": avg.get("input_ssim"), "lpips": avg.get("lpips"),
+                    "count": avg.get("rows")})
     stop = results.get("partial")
     if stop:
         w.writerow({"kind": "partial", "task": stop["row"], "name": f"{stop['file']}: {stop['error']}"})
@@ -134,10 +153,11 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
                    f"({r['worst_ssim']['name']}).", ""]
         if r.get("skipped_files"):
             md += [f"Skipped ({len(r['skipped_files'])}): " + "; ".join(r["skipped_files"]), ""]
-        md += ["| Image | PSNR | SSIM |" + (" LPIPS |" if has_lpips else "") + " s |",
-               "|---|---|---|" + ("---|" if has_lpips else "") + "---|"]
+        md += ["| Image | Degraded PSNR | Degraded SSIM | PSNR | SSIM |" + (" LPIPS |" if has_lpips else "") + " s |",
+               "|---|---|---|---|---|" + ("---|" if has_lpips else "") + "---|"]
         for im in r["images"]:
-            md.append(f"| {im['name']} | {im['psnr']:.2f} | {im['ssim']:.4f} |"
+            md.append(f"| {im['name']} | {_fmt(im.get('input_psnr'), 2)} | {_fmt(im.get('input_ssim'), 4)} | "
+                      f"{im['psnr']:.2f} | {im['ssim']:.4f} |"
                       + (f" {im['lpips']:.4f} |" if has_lpips else "") + f" {im['seconds']:.3f} |")
         md.append("")
     write_text(paths["md"], "\n".join(md))
@@ -145,7 +165,8 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
 
 
 def save_comparison_figure(rows: Sequence[tuple], path: str | Path, title: str) -> Path:
-    """degraded | restored | target, one line per image; ``rows`` of (name, deg, out, tar, psnr, ssim)."""
+    """degraded | restored | target, one line per image; ``rows`` of ``(name, deg, out, tar, psnr, ssim,
+    input_psnr, input_ssim)``: the restoration's and the degraded input's scores against the target."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -153,8 +174,9 @@ def save_comparison_figure(rows: Sequence[tuple], path: str | Path, title: str) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
-    for r, (name, deg, out, tar, p, s) in enumerate(rows):
-        for c, (img, label) in enumerate(((deg, f"degraded: {name}"), (out, f"restored {p:.2f} dB / {s:.3f}"),
+    for r, (name, deg, out, tar, p, s, p_in, s_in) in enumerate(rows):
+        for c, (img, label) in enumerate(((deg, f"degraded {p_in:.2f} dB / {s_in:.3f}\n{name}"),
+                                          (out, f"restored {p:.2f} dB / {s:.3f}"),
                                           (tar, "target"))):
             axes[r, c].imshow(img)
             axes[r, c].set_title(label, fontsize=8)
