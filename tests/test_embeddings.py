@@ -1,9 +1,19 @@
 """Embedding probes and the figures drawn from them."""
 import numpy as np
+import pytest
 import torch
 
 from net.presets import build_model
-from utils.analysis.embeddings import difference_map, latents, mean_cosine, pca_2d, pooled
+from utils.analysis.embeddings import (
+    difference_map,
+    explained_variance,
+    latents,
+    mean_cosine,
+    nearest_neighbour_accuracy,
+    nearest_neighbour_chance,
+    pca_2d,
+    pooled,
+)
 from utils.analysis.figures import embedding_projection, pipeline_diagram, takeaway_maps
 
 
@@ -41,13 +51,34 @@ def test_pca_finds_the_dominant_direction():
     assert p[:, 0].var() > 100 * p[:, 1].var()
 
 
+def test_nearest_neighbour_accuracy_and_chance():
+    x = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
+    assert nearest_neighbour_accuracy(x, ["a", "a", "b", "b"]) == 1.0
+    assert nearest_neighbour_accuracy(x, ["a", "b", "a", "b"]) == 0.0
+    assert nearest_neighbour_accuracy(x, ["a", "a", "a", "b"]) == 0.5   # 5.1's neighbour 5.0 says a, so does 5.0's
+    assert nearest_neighbour_chance(["a", "a", "b", "b"]) == pytest.approx(4 / 12)   # 2 x (2 x 1) of 4 x 3 pairs
+    assert nearest_neighbour_chance(["a", "b", "c"]) == 0.0
+    with pytest.raises(ValueError, match="labels"):
+        nearest_neighbour_accuracy(x, ["a", "b"])
+
+
+def test_explained_variance():
+    t = torch.linspace(-1, 1, 20)
+    feats = torch.stack([3 * t, 0.3 * torch.cos(7 * t), torch.zeros(20)], 1)
+    var = explained_variance(feats)
+    assert var.shape == (2,) and var.sum() == pytest.approx(1.0, abs=1e-5) and var[0] > 0.9
+    assert explained_variance(torch.ones(4, 3)).tolist() == [0.0, 0.0]
+
+
 def test_figures_are_written(tmp_path):
     rng = np.random.default_rng(0)
     imgs = [rng.random((32, 32, 3)) for _ in range(3)]
     maps = [rng.random((32, 32)) for _ in range(2)]
-    assert takeaway_maps(imgs, ["a", "b", "c"], maps, maps, ["a-b", "a-c"], tmp_path / "t.png").stat().st_size > 0
-    pts = rng.random((6, 2))
-    assert embedding_projection(pts, pts, ["x", "y"] * 3, tmp_path / "p.png").stat().st_size > 0
+    assert takeaway_maps(imgs, ["a", "b", "c"], maps, maps, tmp_path / "t.png").stat().st_size > 0
+    feats = rng.random((6, 5))
+    assert embedding_projection(feats, feats, ["x", "y"] * 3, tmp_path / "p.png").stat().st_size > 0
+    assert embedding_projection(feats, feats, ["x", "y"] * 3, tmp_path / "q.png", photos=["u"] * 3 + ["v"] * 3) \
+        .stat().st_size > 0
     assert pipeline_diagram(tmp_path / "d.png").stat().st_size > 0
 
 

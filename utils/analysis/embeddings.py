@@ -6,6 +6,9 @@ carries what is specific to each degradation. These pure functions measure that.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -63,3 +66,50 @@ def pca_2d(features: torch.Tensor) -> torch.Tensor:
     if out.shape[1] < 2:  # fewer than two samples or features
         out = torch.cat([out, torch.zeros(out.shape[0], 2 - out.shape[1], dtype=out.dtype)], dim=1)
     return out.float()
+
+
+def explained_variance(features: torch.Tensor, n: int = 2) -> torch.Tensor:
+    """Share of the total variance along each of the first ``n`` principal components: ``(N, D) -> (n,)``.
+
+    The components are those :func:`pca_2d` projects onto; entries missing (fewer than ``n``
+    samples or features, or no variance at all) are 0.
+    """
+    x = features.double() - features.double().mean(dim=0, keepdim=True)
+    s2 = torch.linalg.svdvals(x).pow(2)
+    total = s2.sum()
+    share = s2 / total if total > 0 else torch.zeros_like(s2)
+    out = torch.zeros(n, dtype=torch.float64)
+    out[: min(n, share.numel())] = share[:n]
+    return out.float()
+
+
+def nearest_neighbour_accuracy(features: torch.Tensor, labels: Sequence[str]) -> float:
+    """Leave-one-out 1-nearest-neighbour accuracy of ``labels`` from ``features``: ``(N, D), N labels -> [0, 1]``.
+
+    Each row is given the label of its nearest other row (Euclidean; the first such row on a tie);
+    the score is the share of rows labelled correctly. It reads how well the space separates the
+    labels: 1 when every point's nearest neighbour shares its label. Compare it with
+    :func:`nearest_neighbour_chance`.
+    """
+    x = features.double().flatten(1)
+    if x.shape[0] != len(labels):
+        raise ValueError(f"{x.shape[0]} feature rows but {len(labels)} labels")
+    if x.shape[0] < 2:
+        raise ValueError("nearest-neighbour accuracy needs at least two rows")
+    d = torch.cdist(x, x)
+    d.fill_diagonal_(float("inf"))
+    lab = np.asarray(labels)
+    return float(np.mean(lab[d.argmin(dim=1).numpy()] == lab))
+
+
+def nearest_neighbour_chance(labels: Sequence[str]) -> float:
+    """Expected :func:`nearest_neighbour_accuracy` when each row's neighbour is a random other row.
+
+    ``sum_k n_k (n_k - 1) / (N (N - 1))`` for ``n_k`` rows of label ``k`` among ``N``: the score of
+    features that carry nothing about the labels (1/K minus a little for K balanced labels).
+    """
+    n = len(labels)
+    if n < 2:
+        raise ValueError("nearest-neighbour chance needs at least two rows")
+    counts = np.unique(np.asarray(labels), return_counts=True)[1].astype(np.float64)
+    return float(np.sum(counts * (counts - 1)) / (n * (n - 1)))

@@ -1,11 +1,14 @@
 """Figures of the WB and residual spaces, and the pipeline diagram of the README.
 
-All functions take plain arrays/tensors, write one PNG and return its path; matplotlib
-runs headless (Agg).
+Each ``*_figure`` function takes plain arrays/tensors and returns a matplotlib figure whose
+titles and caption say what its data shows (measured numbers, not the paper's prediction);
+the function of the same name without ``_figure`` writes it to one PNG and returns its path.
+matplotlib runs headless (Agg).
 """
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +17,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+
+from utils.analysis.embeddings import (  # noqa: E402
+    explained_variance,
+    nearest_neighbour_accuracy,
+    nearest_neighbour_chance,
+    pca_2d,
+)
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -25,56 +36,142 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
-def takeaway_maps(images: Sequence[np.ndarray], names: Sequence[str], wb_maps: Sequence[np.ndarray],
-                  res_maps: Sequence[np.ndarray], pair_names: Sequence[str], path: str | os.PathLike) -> Path:
-    """The paper's takeaway figure: how much each embedding changes between degradations.
+def _caption(fig, text: str) -> None:
+    """``text`` under the figure (its ``supxlabel``), wrapped to the figure's width."""
+    fig.supxlabel(textwrap.fill(text, width=int(15 * fig.get_figwidth())), fontsize=8)
 
-    Row 1: the degraded versions of one photo. Row 2: per-position distance of WB
-    embeddings between pairs of them; row 3: the same for residual embeddings; both rows
-    share one colour scale and are laid over the photo, so "WB barely changes, the residual
-    does" reads at a glance.
 
-    images: ``(H, W, 3)`` floats in [0, 1]; wb_maps/res_maps: ``(H, W)``, one per pair.
+def _panel_axes(ax) -> None:
+    """An image axis with no ticks or spines, but whose y label (a row's name) still shows."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def takeaway_maps_figure(images: Sequence[np.ndarray], names: Sequence[str], wb_maps: Sequence[np.ndarray],
+                         res_maps: Sequence[np.ndarray],
+                         scale_label: str = "L2 distance of embeddings / their mean norm"):
+    """The paper's takeaway figure: how far each embedding moves between degradations of one photo.
+
+    ``images``: ``n`` views ``(H, W, 3)`` in [0, 1], the first the reference; ``wb_maps[i]`` and
+    ``res_maps[i]``: ``(H, W)`` distance of the WB / residual embedding of view ``i + 1`` from the
+    reference's (so ``n - 1`` of each). Row 1 shows the views; rows 2 and 3 the WB and residual map
+    of each view under it, laid over the reference photo on one colour scale shared by both rows
+    (clipped at the 99th percentile of all map values). The title and caption give the measured
+    means. Returns the matplotlib figure (``1 + 2 (n - 1)`` image axes and a colour bar).
     """
-    n = max(len(images), len(wb_maps))
-    fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 7.8), squeeze=False)
-    vmax = float(max(np.max(m) for m in list(wb_maps) + list(res_maps))) or 1.0
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, (img, name) in enumerate(zip(images, names)):
-        axes[0, i].imshow(np.clip(img, 0, 1))
-        axes[0, i].set_title(name, fontsize=9)
+    n = len(images)
+    if n < 2 or len(names) != n or len(wb_maps) != n - 1 or len(res_maps) != n - 1:
+        raise ValueError(f"takeaway maps need n >= 2 images and names and n - 1 maps of each kind, got "
+                         f"{n} images, {len(names)} names, {len(wb_maps)} WB and {len(res_maps)} residual maps")
+    values = np.concatenate([np.ravel(m) for m in list(wb_maps) + list(res_maps)])
+    vmax = float(np.percentile(values, 99)) or float(values.max()) or 1.0
+    fig = plt.figure(figsize=(2.1 * n + 1.2, 6.4), layout="constrained")
+    grid = fig.add_gridspec(3, n + 1, width_ratios=[1.0] * n + [0.06])  # the last column: the colour bar
     base = np.clip(images[0], 0, 1).mean(axis=2)
     im = None
-    for j, (wb, res, label) in enumerate(zip(wb_maps, res_maps, pair_names)):
-        for row, m, kind in ((1, wb, "WB"), (2, res, "residual")):
-            axes[row, j].imshow(base, cmap="gray")
-            im = axes[row, j].imshow(m, cmap="inferno", vmin=0, vmax=vmax, alpha=0.75)
-            axes[row, j].set_title(f"{kind}: {label}\nmean {float(np.mean(m)):.2f}", fontsize=8)
-    if im is not None:
-        fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), shrink=0.8,
-                     label="L2 distance of embeddings / their mean norm")
-    fig.suptitle("Difference maps between degradations of one image: WB embeddings vs residual embeddings")
-    return _save(fig, path)
+    for i, (img, name) in enumerate(zip(images, names)):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(np.clip(img, 0, 1))
+        ax.set_title(f"{name} (reference)" if i == 0 else name, fontsize=9)
+        _panel_axes(ax)
+        if i == 0:
+            continue
+        for row, m, kind in ((1, wb_maps[i - 1], "WB"), (2, res_maps[i - 1], "residual")):
+            ax = fig.add_subplot(grid[row, i])
+            ax.imshow(base, cmap="gray")
+            im = ax.imshow(m, cmap="inferno", vmin=0, vmax=vmax, alpha=0.75)
+            ax.set_title(f"mean {float(np.mean(m)):.3f}", fontsize=8)
+            _panel_axes(ax)
+            if i == 1:
+                ax.set_ylabel(f"{kind} embedding:\ndistance from\n{names[0]}", fontsize=9)
+    fig.colorbar(im, cax=fig.add_subplot(grid[1:, n]), extend="max", label=scale_label)
+    wb_mean = float(np.mean([np.mean(m) for m in wb_maps]))
+    res_mean = float(np.mean([np.mean(m) for m in res_maps]))
+    ratio = f"{res_mean / wb_mean:.1f}x" if wb_mean > 0 else "undefined"
+    fig.suptitle(f"How far each embedding moves from {names[0]}: mean WB {wb_mean:.3f}, "
+                 f"mean residual {res_mean:.3f} (residual / WB {ratio})")
+    _caption(fig, f"Maps: per-position distance between the embedding of the view above and that of {names[0]}, "
+             f"laid over {names[0]}; one colour scale for both rows, clipped at the 99th percentile "
+             f"({vmax:.3f}) of all map values. Means over the {n - 1} views.")
+    return fig
 
 
-def embedding_projection(wb_2d: np.ndarray, res_2d: np.ndarray, labels: Sequence[str],
-                         path: str | os.PathLike) -> Path:
-    """Side-by-side 2-D projections (``(N, 2)`` each) of pooled WB and residual embeddings by degradation."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
-    kinds = sorted(set(labels))
+def takeaway_maps(images: Sequence[np.ndarray], names: Sequence[str], wb_maps: Sequence[np.ndarray],
+                  res_maps: Sequence[np.ndarray], path: str | os.PathLike,
+                  scale_label: str = "L2 distance of embeddings / their mean norm") -> Path:
+    """:func:`takeaway_maps_figure` written to ``path`` (PNG); returns the path."""
+    return _save(takeaway_maps_figure(images, names, wb_maps, res_maps, scale_label), path)
+
+
+def _rms_radius(points: np.ndarray) -> float:
+    """Root-mean-square distance of ``(N, 2)`` points from their mean (1 when they all coincide)."""
+    centred = points - points.mean(axis=0, keepdims=True)
+    return float(np.sqrt(np.mean(np.sum(centred ** 2, axis=1)))) or 1.0
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], photos: Sequence[str] | None = None):
+    """2-D PCA of pooled WB and residual embeddings, coloured by degradation, titled with what separates them.
+
+    ``wb_feats``, ``res_feats``: ``(N, D)`` arrays or tensors (one row per degraded view);
+    ``labels``: the ``N`` degradations; ``photos``: the ``N`` source photos (optional; drawn as
+    marker shapes and scored too). Each panel's title gives the leave-one-out 1-nearest-neighbour
+    accuracy of the degradation (and the photo) in the full ``D``-dimensional space, beside its
+    chance level (:func:`~utils.analysis.embeddings.nearest_neighbour_chance`). Each panel's PCA
+    coordinates are divided by their RMS radius so both panels share one axis range (the caption
+    gives the radii). Returns the matplotlib figure (two panel axes).
+    """
+    labels = [str(x) for x in labels]
+    kinds = list(dict.fromkeys(labels))
+    photo_kinds = list(dict.fromkeys(photos)) if photos is not None else []
+    markers = "osD^vP*Xph"
     colours = plt.get_cmap("tab10")
-    labels = np.asarray(labels)
-    for ax, pts, title in ((axes[0], wb_2d, "WB embeddings"), (axes[1], res_2d, "residual embeddings")):
-        for c, kind in enumerate(kinds):
-            sel = labels == kind
-            ax.scatter(pts[sel, 0], pts[sel, 1], s=28, color=colours(c % 10), label=kind, alpha=0.85)
-        ax.set_title(title)
-        ax.set_xlabel("PC 1")
-        ax.set_ylabel("PC 2")
-    axes[1].legend(fontsize=8, loc="best")
-    fig.suptitle("PCA of pooled embeddings, coloured by degradation (WB should mix, residuals separate)")
-    return _save(fig, path)
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.4), sharex=True, sharey=True, layout="constrained")
+    radii = []
+    for ax, feats, space in ((axes[0], wb_feats, "WB"), (axes[1], res_feats, "residual")):
+        feats = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
+        pts = pca_2d(feats).numpy().astype(np.float64)
+        radius = _rms_radius(pts)
+        radii.append(radius)
+        pts = (pts - pts.mean(axis=0, keepdims=True)) / radius
+        for i, (x, y) in enumerate(pts):
+            marker = markers[photo_kinds.index(photos[i]) % len(markers)] if photos is not None else "o"
+            ax.scatter(x, y, s=34, marker=marker, color=colours(kinds.index(labels[i]) % 10), alpha=0.85,
+                       edgecolors="none")
+        var = explained_variance(feats).numpy()
+        ax.set_xlabel(f"PC 1 ({_percent(var[0])} of variance)")
+        ax.set_ylabel(f"PC 2 ({_percent(var[1])} of variance)")
+        ax.yaxis.set_tick_params(labelleft=True)
+        title = (f"{space} codes: degradation 1-NN {_percent(nearest_neighbour_accuracy(feats, labels))} "
+                 f"(chance {_percent(nearest_neighbour_chance(labels))})")
+        if photos is not None:
+            title += (f"\nphoto 1-NN {_percent(nearest_neighbour_accuracy(feats, photos))} "
+                      f"(chance {_percent(nearest_neighbour_chance(photos))})")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colours(c % 10), label=k) for c, k in enumerate(kinds)]
+    handles += [plt.Line2D([], [], ls="", marker=markers[c % len(markers)], color="0.4", label=f"photo {p}")
+                for c, p in enumerate(photo_kinds)]
+    axes[1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    what = f"{len(labels)} views" + (f" ({len(photo_kinds)} photos x {len(kinds)} degradations)" if photo_kinds else "")
+    fig.suptitle(f"PCA of pooled embeddings of {what}, coloured by degradation")
+    dim = int(np.asarray(wb_feats).shape[1])
+    _caption(fig, f"1-NN: each view labelled as its nearest other view in the full {dim}-D pooled space "
+             f"(leave one out); chance: the score of a random neighbour. Coordinates: each panel's PCA "
+             f"projection divided by its RMS radius (WB {radii[0]:.3g}, residual {radii[1]:.3g}), so both "
+             f"panels share one axis range.")
+    return fig
+
+
+def embedding_projection(wb_feats, res_feats, labels: Sequence[str], path: str | os.PathLike,
+                         photos: Sequence[str] | None = None) -> Path:
+    """:func:`embedding_projection_figure` written to ``path`` (PNG); returns the path."""
+    return _save(embedding_projection_figure(wb_feats, res_feats, labels, photos), path)
 
 
 def pipeline_diagram(path: str | os.PathLike) -> Path:

@@ -7,7 +7,8 @@
    degradations) and out-of-distribution ones (an unseen noise level, unseen types);
 4. print one table (degraded input vs restoration, per task) and draw the figures:
    loss curves, degraded | restored | target grids, WB/residual takeaway maps, and a
-   2-D projection of WB and residual embeddings.
+   2-D projection of WB and residual embeddings titled with how well each predicts the
+   degradation and the photo.
 
     python -m utils.demo [--iters-per-epoch 150 --epochs 6] [--quick]
 """
@@ -22,7 +23,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.analysis.embeddings import difference_map, latents, mean_cosine, pca_2d, pooled
+from utils.analysis.embeddings import (
+    difference_map,
+    latents,
+    mean_cosine,
+    nearest_neighbour_accuracy,
+    nearest_neighbour_chance,
+    pooled,
+)
 from utils.analysis.figures import embedding_projection, takeaway_maps
 from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
@@ -117,11 +125,16 @@ def _batch(img: np.ndarray) -> torch.Tensor:
 
 
 def embedding_figures(model: nn.Module, root: Path, manifest: dict, figs_dir: Path, device) -> dict:
-    """Takeaway maps for the first test photo, and a PCA of pooled embeddings of every test photo."""
-    photos = manifest["sources"]["test"]
-    wb_feats, res_feats, labels, cosines = [], [], [], []
+    """Takeaway maps for the first test photo, and a PCA of pooled embeddings of every test photo.
+
+    Returns the figures' paths and what they measured: the mean relative WB / residual distance
+    from the first view (the takeaway maps), and the leave-one-out 1-NN accuracy of the
+    degradation and of the photo from the pooled WB and residual embeddings, with chance levels.
+    """
+    test_photos = manifest["sources"]["test"]
+    wb_feats, res_feats, labels, photos, cosines = [], [], [], [], []
     first = None
-    for photo in photos:
+    for photo in test_photos:
         views = views_of_one_photo(root, manifest, photo)
         x = torch.cat([_batch(v) for v in views.values()]).to(device)
         b, r = latents(model, x)
@@ -129,25 +142,30 @@ def embedding_figures(model: nn.Module, root: Path, manifest: dict, figs_dir: Pa
         wb_feats.append(pooled(b))
         res_feats.append(pooled(r))
         labels += list(views)
+        photos += [photo] * len(views)
         cosines.append(mean_cosine(b, r).item())
         if first is None:
             first = (photo, views, b, r)
     photo, views, b, r = first
     names = list(views)
     size = _batch(views[names[0]]).shape[-2:]
-    pairs = [(0, i) for i in range(1, len(names))]
+    # distance of every other view from the first (noise 15), each map drawn under its view;
     # relative distances: the WB latent is LayerNorm-ed and much larger than the residual
-    wb_maps = [difference_map(b[i], b[j], size, relative=True).numpy() for i, j in pairs]
-    res_maps = [difference_map(r[i], r[j], size, relative=True).numpy() for i, j in pairs]
-    pair_names = [f"{names[i]} vs {names[j]}" for i, j in pairs]
+    wb_maps = [difference_map(b[0], b[i], size, relative=True).numpy() for i in range(1, len(names))]
+    res_maps = [difference_map(r[0], r[i], size, relative=True).numpy() for i in range(1, len(names))]
     imgs = [to_float(views[n][:size[0], :size[1]]) for n in names]
-    t_path = takeaway_maps(imgs, names, wb_maps, res_maps, pair_names, figs_dir / "demo_takeaway_maps.png")
-    p_path = embedding_projection(pca_2d(torch.cat(wb_feats)).numpy(), pca_2d(torch.cat(res_feats)).numpy(),
-                                  labels, figs_dir / "demo_embedding_projection.png")
-    return {"takeaway": str(t_path), "projection": str(p_path), "photo": photo,
+    t_path = takeaway_maps(imgs, names, wb_maps, res_maps, figs_dir / "demo_takeaway_maps.png")
+    wb, res = torch.cat(wb_feats), torch.cat(res_feats)
+    p_path = embedding_projection(wb, res, labels, figs_dir / "demo_embedding_projection.png", photos=photos)
+    separability = {f"{space}_{key}_1nn": nearest_neighbour_accuracy(feats, keys)
+                    for space, feats in (("wb", wb), ("residual", res))
+                    for key, keys in (("degradation", labels), ("photo", photos))}
+    separability.update(degradation_1nn_chance=nearest_neighbour_chance(labels),
+                        photo_1nn_chance=nearest_neighbour_chance(photos))
+    return {"takeaway": str(t_path), "projection": str(p_path), "photo": photo, "reference": names[0],
             "mean_wb_difference": float(np.mean([m.mean() for m in wb_maps])),
             "mean_residual_difference": float(np.mean([m.mean() for m in res_maps])),
-            "mean_cosine_wb_residual": float(np.mean(cosines))}
+            "mean_cosine_wb_residual": float(np.mean(cosines)), **separability}
 
 
 def demo_table(restored: dict, degraded: dict) -> str:
@@ -194,9 +212,13 @@ def main(args) -> dict:
     (results_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (results_dir / "demo_table.md").write_text(table + "\n")
     print("\n" + table + "\n")
-    print(f"WB vs residual embeddings on {emb['photo']}: mean relative difference between degradations "
+    print(f"WB vs residual embeddings on {emb['photo']}: mean relative distance from its {emb['reference']} view "
           f"{emb['mean_wb_difference']:.3f} (WB) vs {emb['mean_residual_difference']:.3f} (residual); "
           f"mean cosine(WB, residual) {emb['mean_cosine_wb_residual']:+.3f}")
+    print(f"degradation read from the nearest other view (1-NN, leave one out): WB {emb['wb_degradation_1nn']:.0%}, "
+          f"residual {emb['residual_degradation_1nn']:.0%} (chance {emb['degradation_1nn_chance']:.0%}); "
+          f"photo: WB {emb['wb_photo_1nn']:.0%}, residual {emb['residual_photo_1nn']:.0%} "
+          f"(chance {emb['photo_1nn_chance']:.0%})")
     print(f"figures in {figs_dir}/: loss curves, demo grids, demo_takeaway_maps.png, demo_embedding_projection.png")
     print(f"tables in {results_dir}/ (results.md, demo_table.md); total {time.time() - t0:.0f} s")
     return summary
