@@ -130,3 +130,15 @@ def test_save_atomic_never_leaves_a_torn_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+def test_latest_says_where_the_run_is_in_the_consoles_words():
+    """A save 500 iterations into the first epoch is "epoch 1, iteration 500" (the console's epoch),
+    not the checkpoint's internal count of completed epochs (0)."""
+    from utils.checkpoints import checkpoint_name, latest_record
+
+    mid = latest_record(checkpoint_name(0, 500), {"epoch": 0, "iteration": 500, "global_step": 500})
+    assert mid == {"checkpoint": "iter_e001_i000500.pth", "at": "epoch 1, iteration 500", "epochs_done": 0,
+                   "global_step": 500}
+    end = latest_record(checkpoint_name(1, 0), {"epoch": 1, "iteration": 0, "global_step": 900})
+    assert (end["checkpoint"], end["at"], end["epochs_done"]) == ("epoch_001.pth", "end of epoch 1", 1)

@@ -67,7 +67,8 @@ def straight(data, tmp_path_factory):
 def test_checkpoint_format_and_records(straight):
     ckpt_dir = straight / "ckpt"
     assert [p.name for p in list_checkpoints(ckpt_dir)] == ["epoch_001.pth", "epoch_002.pth"]
-    assert json.loads((ckpt_dir / "latest").read_text())["checkpoint"] == "epoch_002.pth"
+    latest = json.loads((ckpt_dir / "latest").read_text())
+    assert (latest["checkpoint"], latest["at"], latest["epochs_done"]) == ("epoch_002.pth", "end of epoch 2", 2)
     ck = torch.load(ckpt_dir / "epoch_002.pth", weights_only=True)
     assert {"format_version", "model", "potentials", "optimizer", "potentials_optimizer", "scaler", "epoch",
             "iteration", "global_step", "rng", "model_config", "backbone", "args", "lambdas"} <= set(ck)

@@ -712,6 +712,14 @@ def all_finite(*modules: torch.nn.Module | None) -> bool:
     return True
 
 
+def latest_record(name: str, state: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``latest`` says of checkpoint ``name``, in the console's words: ``at`` is "end of epoch 3" or
+    "epoch 4, iteration 500" (epochs count from 1), ``epochs_done`` the completed epochs."""
+    done, it = state["epoch"], state["iteration"]
+    at = f"end of epoch {done}" if it == 0 else f"epoch {done + 1}, iteration {it}"
+    return {"checkpoint": name, "at": at, "epochs_done": done, "global_step": state["global_step"]}
+
+
 def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLike, keep: int = 3) -> Path:
     """Write ``state`` atomically under its canonical name, point ``latest`` at it, rotate old files.
 
@@ -720,9 +728,7 @@ def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLik
     folder = Path(output_dir)
     remove_stale_temporaries(folder)
     path = save_atomic(state, folder / checkpoint_name(state["epoch"], state["iteration"]))
-    _write_text_atomic(folder / LATEST, json.dumps({
-        "checkpoint": path.name, "epoch": state["epoch"], "iteration": state["iteration"],
-        "global_step": state["global_step"]}) + "\n")
+    _write_text_atomic(folder / LATEST, json.dumps(latest_record(path.name, state)) + "\n")
     rotate(folder, keep)
     return path
 
