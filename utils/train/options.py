@@ -16,7 +16,7 @@ from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
 # The authors' id lists ship in the repository's data_dir/; the flag's default names it as the
 # reference does (relative), and falls back to the repository's copy from any other directory.
 DEFAULT_DATA_FILE_DIR = "data_dir/"
-SHIPPED_DATA_FILE_DIR = Path(__file__).resolve().parents[1] / "data_dir"
+SHIPPED_DATA_FILE_DIR = Path(__file__).resolve().parents[2] / "data_dir"  # <repo>/utils/train/options.py
 DEFAULT_DE_TYPE = ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
 # Reference validation defaults: used when they exist, skipped (with a note) when they do not.
 DEFAULT_DEGSET = "./data/test/derain/Rain100L/input/"
