@@ -17,6 +17,7 @@ import torch.nn as nn
 from utils.errors import UserError
 
 from .barynet import BaryNet, Restormer
+from .promptir import PromptIR
 
 # 'paper' is the published configuration; 'tiny' the same graph, narrow and shallow,
 # for CPU runs, the demo and the tests.
@@ -26,16 +27,26 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(dim=16, num_blocks=[1, 1, 1, 2], num_refinement_blocks=1, heads=[1, 2, 4, 8],
                  ffn_expansion_factor=2.66, bias=False, LayerNorm_type="WithBias"),
 }
-BACKBONES = {"BaryNet": BaryNet, "Restormer": Restormer}
+# PromptIR's prompt settings, added to the preset of the same name ('paper': the reference's
+# PromptIR(decoder=True); 'tiny': prompts narrowed with the network, about 2.0 M parameters in all).
+PROMPT_PRESETS: dict[str, dict] = {
+    "paper": dict(prompt_dims=[64, 128, 320], prompt_len=5, prompt_sizes=[64, 32, 16]),
+    "tiny": dict(prompt_dims=[16, 32, 64], prompt_len=5, prompt_sizes=[64, 32, 16]),
+}
+BACKBONES = {"BaryNet": BaryNet, "Restormer": Restormer, "PromptIR": PromptIR}
 
-# The constructor arguments a configuration may name (BaryNet and Restormer take the same ones).
+# The constructor arguments a configuration may name (BaryNet and Restormer take the same ones;
+# PromptIR takes PROMPT_KEYS too).
 CONFIG_KEYS = frozenset({"inp_channels", "out_channels", "dim", "num_blocks", "num_refinement_blocks", "heads",
                          "ffn_expansion_factor", "bias", "LayerNorm_type"})
+PROMPT_KEYS = frozenset({"prompt_dims", "prompt_len", "prompt_sizes"})
 # Bounds, generous around the paper's configuration (dim 48, at most 8 blocks a stage, 53.5 M parameters).
 MAX_DIM = 1024
 MAX_BLOCKS = 64
 MAX_CHANNELS = 64
 MAX_FFN_EXPANSION = 16.0
+MAX_PROMPT_LEN = 64
+MAX_PROMPT_SIZE = 256
 # A bound on parameter_lower_bound (the paper's is 21.7 M of its 53.5 M): 400 M there means about 1 G
 # parameters (4 GB of float32 weights) in all, ~19x the paper's network; beyond it a configuration is
 # refused before anything is allocated.
@@ -50,9 +61,12 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _head_widths(dim: int) -> list[list[int]]:
-    """The channel widths each ``heads[i]`` splits, in either backbone (BaryNet's noise blocks use ``heads[2]``
-    at 16, 4 and 2 times ``dim``)."""
+def _head_widths(dim: int, prompt_dims: list[int] | None = None) -> list[list[int]]:
+    """The channel widths each ``heads[i]`` splits. BaryNet's noise blocks use ``heads[2]`` at 16, 4 and 2
+    times ``dim``; PromptIR's (``prompt_dims`` given) at its decoder widths plus each level's prompt."""
+    if prompt_dims is not None:
+        p1, p2, p3 = prompt_dims
+        return [[dim, 2 * dim], [2 * dim], [4 * dim, 2 * dim + p1, 4 * dim + p2, 8 * dim + p3], [8 * dim]]
     return [[dim, 2 * dim], [2 * dim], [2 * dim, 4 * dim, 16 * dim], [8 * dim]]
 
 
@@ -61,29 +75,39 @@ def parameter_lower_bound(cfg: Mapping[str, Any]) -> int:
 
     Counts only the stages both backbones share (encoder, latent, the three decoder levels and the
     refinement) and only each block's dominant weights: the attention's ``qkv`` and output projections
-    (``4 C^2``) and the feed-forward's projections (``3 h C``, ``h = int(C * ffn_expansion_factor)``).
+    (``4 C^2``) and the feed-forward's projections (``3 h C``, ``h = int(C * ffn_expansion_factor)``);
+    with PromptIR's keys, also its learned prompt components (``prompt_len * P * S^2`` a level).
     """
     d, nb, f = cfg["dim"], cfg["num_blocks"], cfg["ffn_expansion_factor"]
     stages = [(d, nb[0]), (2 * d, nb[1]), (4 * d, nb[2]), (8 * d, nb[3]),  # encoder and latent
               (4 * d, nb[2]), (2 * d, nb[1]), (2 * d, nb[0]), (2 * d, cfg["num_refinement_blocks"])]
-    return sum(depth * (4 * c * c + 3 * int(c * f) * c) for c, depth in stages)
+    blocks = sum(depth * (4 * c * c + 3 * int(c * f) * c) for c, depth in stages)
+    if not PROMPT_KEYS & cfg.keys():
+        return blocks
+    prompts = {**PROMPT_PRESETS["paper"], **{k: cfg[k] for k in PROMPT_KEYS & cfg.keys()}}
+    return blocks + prompts["prompt_len"] * sum(p * s * s for p, s in zip(prompts["prompt_dims"],
+                                                                         prompts["prompt_sizes"]))
 
 
-def check_model_config(cfg: Mapping[str, Any], source: str = "the model configuration") -> dict:
-    """``cfg`` checked against every bound a buildable, sane network needs; returns it as a plain dict.
+def check_model_config(cfg: Mapping[str, Any], source: str = "the model configuration",
+                       backbone: str = "BaryNet") -> dict:
+    """``cfg`` checked against every bound a buildable, sane ``backbone`` needs; returns it as a plain dict.
 
     ``source`` names where the configuration came from (a checkpoint path, ``--preset tiny``, ...) in
     the :class:`ModelConfigError`, which says which value is wrong and what is allowed. Nothing is built.
     """
     def refuse(what: str) -> ModelConfigError:
         return ModelConfigError(f"{source}: {what}; fix the configuration (or pick a --preset) so it describes "
-                                f"a BaryNet/Restormer network")
+                                f"a {'PromptIR' if backbone == 'PromptIR' else 'BaryNet/Restormer'} network")
 
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown --backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     if not isinstance(cfg, Mapping):
         raise refuse(f"the configuration must be a dict of constructor arguments, got {type(cfg).__name__}")
-    unknown = sorted(str(k) for k in cfg if k not in CONFIG_KEYS)
+    known = CONFIG_KEYS | PROMPT_KEYS if backbone == "PromptIR" else CONFIG_KEYS
+    unknown = sorted(str(k) for k in cfg if k not in known)
     if unknown:
-        raise refuse(f"unknown key(s) {', '.join(unknown[:10])} (known: {', '.join(sorted(CONFIG_KEYS))})")
+        raise refuse(f"unknown key(s) {', '.join(unknown[:10])} (known: {', '.join(sorted(known))})")
     out = dict(cfg)
     for key, low, high in (("inp_channels", 1, MAX_CHANNELS), ("out_channels", 1, MAX_CHANNELS),
                            ("dim", 2, MAX_DIM), ("num_refinement_blocks", 0, MAX_BLOCKS)):
@@ -97,6 +121,14 @@ def check_model_config(cfg: Mapping[str, Any], source: str = "the model configur
             if not (isinstance(v, (list, tuple)) and len(v) == 4 and all(_is_int(x) for x in v)):
                 raise refuse(f"{key} must be a list of 4 integers, got {v!r}")
             out[key] = [int(x) for x in v]
+    for key, high in (("prompt_dims", MAX_DIM), ("prompt_sizes", MAX_PROMPT_SIZE)):
+        if key in out:
+            v = out[key]
+            if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_int(x) and 1 <= x <= high for x in v)):
+                raise refuse(f"{key} must be a list of 3 integers from 1 to {high}, got {v!r}")
+            out[key] = [int(x) for x in v]
+    if "prompt_len" in out and not (_is_int(out["prompt_len"]) and 1 <= out["prompt_len"] <= MAX_PROMPT_LEN):
+        raise refuse(f"prompt_len must be an integer from 1 to {MAX_PROMPT_LEN}, got {out['prompt_len']!r}")
     if "num_blocks" in out and not all(1 <= n <= MAX_BLOCKS for n in out["num_blocks"]):
         raise refuse(f"num_blocks entries must be from 1 to {MAX_BLOCKS}, got {out['num_blocks']}")
     f = out.get("ffn_expansion_factor", 1.0)
@@ -107,7 +139,9 @@ def check_model_config(cfg: Mapping[str, Any], source: str = "the model configur
     if "LayerNorm_type" in out and out["LayerNorm_type"] not in ("WithBias", "BiasFree"):
         raise refuse(f"LayerNorm_type must be 'WithBias' or 'BiasFree', got {out['LayerNorm_type']!r}")
     if "heads" in out and "dim" in out:
-        for i, (n, widths) in enumerate(zip(out["heads"], _head_widths(out["dim"]))):
+        prompt_dims = out.get("prompt_dims", PROMPT_PRESETS["paper"]["prompt_dims"]) if backbone == "PromptIR" \
+            else None
+        for i, (n, widths) in enumerate(zip(out["heads"], _head_widths(out["dim"], prompt_dims))):
             if n < 1 or any(w % n for w in widths):
                 raise refuse(f"heads[{i}] = {n} must be at least 1 and divide the channel widths it splits "
                              f"({', '.join(map(str, widths))} for dim {out['dim']})")
@@ -122,21 +156,27 @@ def check_model_config(cfg: Mapping[str, Any], source: str = "the model configur
     return out
 
 
-def model_config(preset: str = "paper", source: str | None = None, **overrides) -> dict:
-    """The configuration of ``preset`` with ``overrides`` applied (a fresh dict), checked by
-    :func:`check_model_config`; ``source`` names where the overrides came from in its error."""
+def model_config(preset: str = "paper", source: str | None = None, *, backbone: str = "BaryNet", **overrides) -> dict:
+    """The configuration of ``preset`` for ``backbone`` with ``overrides`` applied (a fresh dict), checked by
+    :func:`check_model_config`; ``source`` names where the overrides came from in its error. PromptIR's
+    configurations add :data:`PROMPT_PRESETS` to the shared preset."""
     if preset not in PRESETS:
         raise ValueError(f"unknown --preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown --backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     cfg = copy.deepcopy(PRESETS[preset])
+    if backbone == "PromptIR":
+        cfg.update(copy.deepcopy(PROMPT_PRESETS[preset]))
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if source is None:
         changed = sorted(k for k, v in overrides.items() if v is not None)
         source = f"--preset {preset}" + (f" with {', '.join(changed)} changed" if changed else "")
-    return check_model_config(cfg, source)
+    return check_model_config(cfg, source, backbone)
 
 
 def build_model(backbone: str = "BaryNet", preset: str = "paper", **overrides) -> nn.Module:
-    """``BaryNet`` or ``Restormer`` with the preset's configuration (``overrides`` win), checked first."""
+    """``BaryNet``, ``Restormer`` or ``PromptIR`` with the preset's configuration (``overrides`` win), checked
+    first."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown --backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[backbone](**model_config(preset, **overrides))
+    return BACKBONES[backbone](**model_config(preset, backbone=backbone, **overrides))
