@@ -3,7 +3,8 @@ checkpoint's format, saving (atomic, rotated, with a ``latest`` pointer), and re
 
 Reading. Three formats are accepted wherever weights are loaded:
 
-- a plain state dict (``{name: tensor}``), optionally under ``state_dict``/``params``;
+- a plain state dict (``{name: tensor}``), optionally under ``state_dict``/``params`` (PyTorch-Lightning
+  files, as PromptIR's released weights: ``state_dict`` with every key under ``net.``, which is stripped);
 - the project's own checkpoint (a dict of state dicts, the network under ``model``);
 - a reference BaryIR checkpoint: a whole pickled module under the key ``BaryIR``.
 
@@ -236,16 +237,16 @@ def check_config_matches_weights(obj: Mapping[str, Any], source: str) -> None:
     from net.presets import BACKBONES, ModelConfigError, check_model_config, model_config
 
     stored = obj["model_config"]
+    backbone = obj.get("backbone") if obj.get("backbone") in BACKBONES else "BaryNet"
+    where = f"checkpoint {source}: its model_config"
     try:
-        cfg = model_config("paper", source=f"checkpoint {source}: its model_config",
-                           **check_model_config(stored, f"checkpoint {source}: its model_config"))
+        cfg = model_config("paper", source=where, backbone=backbone, **check_model_config(stored, where, backbone))
     except ModelConfigError as exc:
         raise CheckpointError(str(exc)) from None
     try:
         weights = model_state_from(obj, source)
     except CheckpointError:
         return  # no weights to compare with; loading them reports it
-    backbone = obj.get("backbone") if obj.get("backbone") in BACKBONES else "BaryNet"
     with torch.device("meta"):
         implied = sum(p.numel() for p in BACKBONES[backbone](**cfg).state_dict().values())
     present = sum(t.numel() for t in weights.values())
@@ -318,7 +319,13 @@ def model_state_from(obj: Any, source: str = "checkpoint", key: str = "model") -
 
 
 def normalise_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip ``module.``/``_orig_mod.`` prefixes and drop the reference's unused legacy tensors."""
+    """Strip ``module.``/``_orig_mod.`` prefixes and drop the reference's unused legacy tensors.
+
+    A PyTorch-Lightning state dict (PromptIR's released ``.ckpt`` files: the network is the Lightning
+    module's ``net``) has every key under ``net.``; that prefix goes first.
+    """
+    if sd and all(name.startswith("net.") for name in sd):
+        sd = {name[len("net."):]: tensor for name, tensor in sd.items()}
     out = {}
     for name, tensor in sd.items():
         while name.startswith(_PREFIXES):
