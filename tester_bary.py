@@ -42,6 +42,7 @@ from pathlib import Path
 
 from net.presets import BACKBONES, PRESETS
 from utils.checkpoints import newest_checkpoint
+from utils.data.doctor import tester_check
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
 from utils.errors import OneLineArgumentParser, UserError, run_main
@@ -131,6 +132,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     what.add_argument("--max-pixels", type=_pixel_count, default=MAX_PIXELS, metavar="N",
                       help="refuse images of more than N pixels (height x width, read from the file's header "
                            f"before decoding; at most {CV2_MAX_PIXELS})")
+    what.add_argument("--check-data", action="store_true",
+                      help="only check the images the other flags would read (counts against the paper's sets, "
+                           "pairs, sizes, truncated files), print the report and exit: 0 when all is well, else 1; "
+                           "no model is needed or loaded")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None,
@@ -328,6 +333,8 @@ def main(args) -> dict:
     them as one ``error:`` line through :func:`utils.errors.run_main`).
     """
     _check_flags(args)
+    if getattr(args, "check_data", False):  # the data doctor: no model, nothing written
+        return tester_check(args)
     tasks_defaulted = apply_defaults(args)
     gpus_note = apply_gpus_flag(args.gpus)  # the reference's meaning of --gpus
     if gpus_note:

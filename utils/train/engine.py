@@ -53,6 +53,7 @@ from utils.checkpoints import (
     save_training_checkpoint,
     training_checkpoint,
 )
+from utils.data.doctor import trainer_check
 from utils.dataset_utils import (
     LAYOUT,
     MixedDegradationDataset,
@@ -732,6 +733,8 @@ def run_cli(args: argparse.Namespace) -> int:
     """``main`` with every failure the user can act on turned into one ``error:`` line and a non-zero
     exit status (2 for bad flags); ``--debug`` keeps the traceback. On the CPU it first applies
     :func:`tune_cpu_allocator`."""
+    if getattr(args, "check_data", False):  # the data doctor, before any device or process group is set up
+        return run_main(trainer_check, args, debug=getattr(args, "debug", False))
     if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
         tune_cpu_allocator()
     return run_main(main, args, debug=getattr(args, "debug", False))

@@ -144,6 +144,10 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                           "with a warning, as the reference does)")
     new.add_argument("--check-images", dest="check_images", action=argparse.BooleanOptionalAction, default=True,
                      help="read every training image header before training (sizes, readability)")
+    new.add_argument("--check-data", "--check_data", dest="check_data", action="store_true",
+                     help="only check the training sets of --de_type under the --*_dir flags and --data_file_dir "
+                          "(and the validation set): counts, pairs, sizes, truncated files; print the report and "
+                          "exit, 0 when all is well, else 1. Nothing is trained; no torchrun needed")
     new.add_argument("--debug", action="store_true",
                      help="show the full traceback of a failure instead of one error line")
     new.add_argument("--debug-nan-at", dest="debug_nan_at", type=int, default=0,

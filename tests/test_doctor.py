@@ -1,0 +1,266 @@
+"""The data doctor (utils/data/doctor.py) and --check-data of the tester and both trainers, on tiny layouts."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _train_data import _write, add_listed_ids, make_train_tree, smooth_image, train_flags
+
+import tester_bary
+import trainer_bary
+from utils.data import doctor
+from utils.eval.tasks import find_task_sets
+from utils.train.options import get_args_parser as train_parser
+from utils.train.options import resolve_data_file_dir
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"denoise/bsd68": 3, "derain/rain100l": 3, "dehaze": 3, "deblur": 3, "lowlight": 3}
+DE_5D = ["derain", "dehaze", "deblur", "denoise_25", "lowlight"]
+
+
+def make_test_tree(root: Path, n: int = 3, size: int = 40) -> Path:
+    """A benchmark root in the README's layout with ``n`` images per set (names as the real sets have them)."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        clean = smooth_image(rng, size)
+        dim = (clean // 2).astype(np.uint8)
+        _write(root / "denoise" / "bsd68" / f"test{i:03d}.png", clean)
+        _write(root / "derain" / "Rain100L" / "input" / f"rain-{i + 1}.png", dim)
+        _write(root / "derain" / "Rain100L" / "target" / f"norain-{i + 1}.png", clean)
+        _write(root / "dehaze" / "input" / f"{i:04d}_0.8_0.2.png", dim)
+        _write(root / "dehaze" / "target" / f"{i:04d}.png", clean)
+        _write(root / "deblur" / "input" / f"GOPR{i}.png", dim)
+        _write(root / "deblur" / "target" / f"GOPR{i}.png", clean)
+        _write(root / "lowlight" / "low" / f"{i}.png", dim)
+        _write(root / "lowlight" / "high" / f"{i}.png", clean)
+    return root
+
+
+@pytest.fixture
+def tiny_counts(monkeypatch):
+    """The paper's test-set counts replaced by the tiny layout's 3 (the same dict the scripts use)."""
+    for key, n in TINY.items():
+        monkeypatch.setitem(doctor.TEST_EXPECTED, key, n)
+
+
+def check_tester(*argv) -> int:
+    return tester_bary.main(tester_bary.get_args_parser().parse_args([*map(str, argv), "--check-data"]))
+
+
+def check_trainer(tree: dict, out: Path, *extra, de_type=DE_5D) -> int:
+    flags = train_flags(tree, out, de_type=de_type)
+    flags[flags.index("--data_file_dir") + 1] = str(tree["data_file_dir"])
+    return trainer_bary.main(train_parser().parse_args([*flags, *map(str, extra), "--check-data"]))
+
+
+def truncate(path: Path) -> Path:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return path
+
+
+# --------------------------------------------------------------------------- a complete layout
+
+def test_complete_test_layout_passes_without_a_model(tmp_path, tiny_counts, capsys):
+    root = make_test_tree(tmp_path / "test")
+    # no --model (and one that does not exist): --check-data never loads one, and writes nothing
+    assert check_tester("--data-root", root, "--save", tmp_path / "out") == 0
+    assert check_tester("--data-root", root, "--model", tmp_path / "none.pth", "--tasks", "denoise_15", "denoise_50",
+                  "derain") == 0
+    assert not (tmp_path / "out").exists()
+    out = capsys.readouterr().out
+    assert "everything needed is present and well-formed" in out and "FAIL" not in out
+    report = doctor.check_test_data(root)
+    assert [(s.name, s.found, s.expected, s.status) for s in report.sets] == [
+        ("denoise/bsd68", 3, 3, "ok"), ("derain/Rain100L", 3, 3, "ok"), ("dehaze", 3, 3, "ok"),
+        ("deblur", 3, 3, "ok"), ("lowlight", 3, 3, "ok")]
+    assert report.files_read == 3 + 4 * 6 and report.exit_status == 0
+    # the rows are the tester's own sets (one denoise row serves every sigma)
+    names = {s.name.replace("denoise_15/", "denoise/") for s in find_task_sets(
+        ["denoise_15", "derain", "dehaze", "deblur", "lowlight"], root)}
+    assert names == {s.name for s in report.sets}
+    sigmas = doctor.check_test_data(root, ["denoise_15", "denoise_50"]).sets
+    assert len(sigmas) == 1 and sigmas[0].used_by == ("denoise_15", "denoise_50")
+
+
+def test_complete_training_layout_passes_both_trainers(tmp_path, capsys):
+    tree = make_train_tree(tmp_path, five_d=True, n=3, id_lists=True)
+    assert check_trainer(tree, tmp_path / "run") == 0
+    out = capsys.readouterr().out
+    assert "everything needed is present and well-formed" in out
+    for fam in ("denoise", "derain", "dehaze", "deblur", "lowlight"):
+        assert any(line.startswith(fam) and " ok " in line for line in out.splitlines()), fam
+    assert not (tmp_path / "run").exists()  # no output folder, lock, log or checkpoint
+    # the DDP trainer, started without torchrun (no process group is set up)
+    flags = train_flags(tree, tmp_path / "run", de_type=DE_5D)
+    flags[flags.index("--data_file_dir") + 1] = str(tree["data_file_dir"])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "trainer_bary_ddp.py"), *flags, "--check-data"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "training data for --de_type derain dehaze deblur denoise_25 lowlight" in done.stdout
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- each problem, named with a fix
+
+def test_test_set_problems_are_named_with_a_fix(tmp_path, tiny_counts, capsys):
+    root = make_test_tree(tmp_path / "test")
+    rain = root / "derain" / "Rain100L"
+    (rain / "target" / "norain-2.png").unlink()                                    # a missing target
+    _write(rain / "target" / "norain-9.png", smooth_image(np.random.default_rng(1), 40))  # an unpaired extra
+    _write(root / "dehaze" / "input" / "0001_0.8_0.2.png", np.zeros((32, 40, 3), np.uint8))  # size mismatch
+    truncate(root / "lowlight" / "high" / "1.png")                                # a truncated PNG
+    for f in (root / "deblur" / "input").iterdir():                               # an empty set
+        f.unlink()
+    assert check_tester("--data-root", root) == 1
+    out = capsys.readouterr().out
+    expected_lines = [
+        f"{rain / 'input' / 'rain-2.png'} has no target: expected at {rain / 'target' / 'norain-2.png'}. Fix: add "
+        f"that file",
+        f"target {rain / 'target' / 'norain-9.png'} has no degraded image: expected at "
+        f"{rain / 'input' / 'rain-9.png'}. Fix: add that file, or move",
+        f"{root / 'dehaze' / 'input' / '0001_0.8_0.2.png'} is 32x40 (height x width) but its target "
+        f"{root / 'dehaze' / 'target' / '0001.png'} is 40x40. Fix: replace one",
+        f"{root / 'lowlight' / 'high' / '1.png'} is cut short: it ends before its image data, and does not decode. "
+        f"Fix: re-download",
+        f"no images in {root / 'deblur' / 'input'}/. Fix: put the degraded images of deblur there",
+    ]
+    for line in expected_lines:
+        assert line in out, line
+    report = doctor.check_test_data(root)
+    status = {s.name: s.status for s in report.sets}
+    assert status == {"denoise/bsd68": "ok", "derain/Rain100L": "FAIL", "dehaze": "FAIL", "deblur": "FAIL",
+                      "lowlight": "FAIL"}
+    kinds = {(p.kind, Path(p.file).name) for p in report.all_problems()}
+    assert {("no target", "rain-2.png"), ("no input", "norain-9.png"), ("size mismatch", "0001_0.8_0.2.png"),
+            ("truncated", "1.png"), ("empty", "input")} <= kinds
+    assert all(p.fix for p in report.all_problems())
+    assert "=> 5 error(s) in 4 place(s)" in out
+
+
+def test_download_layouts_get_a_move_or_rename_fix(tmp_path):
+    root = tmp_path / "test"
+    rng = np.random.default_rng(2)
+    for i in (1, 2):  # Rain100L as downloaded: rain-N and norain-N side by side
+        _write(root / "derain" / "Rain100L" / f"rain-{i}.png", smooth_image(rng, 32))
+        _write(root / "derain" / "Rain100L" / f"norain-{i}.png", smooth_image(rng, 32))
+    _write(root / "dehaze" / "hazy" / "0001_0.8_0.2.png", smooth_image(rng, 32))  # SOTS: hazy/ and gt/
+    _write(root / "dehaze" / "gt" / "0001.png", smooth_image(rng, 32))
+    report = doctor.check_test_data(root, ["derain", "dehaze"])
+    fixes = [p.fix for p in report.all_problems()]
+    rain = root / "derain" / "Rain100L"
+    assert f"move it into {rain / 'input'}/" in fixes and f"move it into {rain / 'target'}/" in fixes
+    dehaze = root / "dehaze"
+    assert (f"rename {dehaze / 'hazy'}/ to {dehaze / 'input'}/; rename {dehaze / 'gt'}/ to {dehaze / 'target'}/"
+            in fixes)
+    assert report.exit_status == 1
+
+
+def test_training_problems_are_named_with_a_fix(tmp_path, capsys):
+    tree = make_train_tree(tmp_path, five_d=True, n=3, id_lists=True)
+    (tree["derain"] / "gt" / "norain-2.png").unlink()                           # a missing target
+    truncate(tree["dehaze"] / "original" / "0001.png")                           # a truncated PNG
+    _write(tree["lowlight"] / "low" / "1.png", np.zeros((48, 64, 3), np.uint8))  # size mismatch
+    _write(tree["lowlight"] / "high" / "extra.png", np.zeros((64, 64, 3), np.uint8))  # an unpaired extra
+    for f in (tree["deblur"] / "sharp").iterdir():                               # an empty set
+        f.unlink()
+    assert check_trainer(tree, tmp_path / "run") == 1
+    out = capsys.readouterr().out
+    for text in (f"{tree['derain'] / 'rainy' / 'rain-2.png'} has no target: expected at "
+                 f"{tree['derain'] / 'gt' / 'norain-2.png'}. Fix: add that file, or remove",
+                 f"{tree['dehaze'] / 'original' / '0001.png'} is cut short",
+                 f"{tree['lowlight'] / 'low' / '1.png'} is 48x64 (height x width) but its target "
+                 f"{tree['lowlight'] / 'high' / '1.png'} is 64x64",
+                 f"{tree['lowlight'] / 'high' / 'extra.png'} pairs with no degraded image, so --lowlight_dir "
+                 f"training does not use it. Fix: add its pair at {tree['lowlight'] / 'low' / 'extra.png'}",
+                 f"no images in {tree['deblur'] / 'sharp'}/. Fix: put the deblur training images there"):
+        assert text in out, text
+    assert not (tmp_path / "run").exists()
+
+
+def test_listed_ids_absent_are_warnings_unless_strict(tmp_path, capsys):
+    tree = make_train_tree(tmp_path, n=3, id_lists=True)
+    add_listed_ids(tree, "denoise", [f"gone_{i}.png" for i in range(5)])
+    de3 = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
+    assert check_trainer(tree, tmp_path / "run", de_type=de3) == 0
+    out = capsys.readouterr().out
+    assert "listed id absent (warning, 5):" in out and "... and 2 more" in out
+    assert f"{tree['denoise'] / 'gone_0.png'} is listed in" in out
+    assert ["denoise", "3", "8", "warn"] in [line.split()[:4] for line in out.splitlines()]  # 3 of 8 listed
+    assert check_trainer(tree, tmp_path / "run", "--strict-ids", de_type=de3) == 1
+    assert "listed id absent (error, 5):" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- counts, files, the table
+
+def test_counts_are_compared_with_the_expected_numbers(tmp_path):
+    root = make_test_tree(tmp_path / "test")
+    report = doctor.check_test_data(root, ["denoise_25", "derain"], expected={"denoise/bsd68": 3,
+                                                                              "derain/rain100l": 5})
+    rain = report.sets[1]
+    assert (rain.found, rain.expected, rain.status) == (3, 5, "FAIL")
+    assert [p.line() for p in rain.problems] == [
+        f"found 3 degraded images, expected 5. Fix: 2 degraded images missing: complete the download into "
+        f"{root / 'derain' / 'Rain100L'}"]
+    assert doctor.check_test_data(root, ["derain"], expected={}).sets[0].expected is None  # no expectation: ok
+    assert doctor.check_test_data(root, ["derain"], expected={}).exit_status == 0
+    # training: a count other than the paper's is a warning (the trainer goes on), with a fix
+    tree = make_train_tree(tmp_path / "train", n=3)
+    dirs = {k: str(v) for k, v in tree.items()}
+    expected = {"derain": doctor.Expected(4, note="Rain100L training set"), "denoise": doctor.Expected(5, (3,))}
+    train = doctor.check_training_data(["denoise_25", "derain"], dirs, None, 32, expected=expected)
+    assert [(s.name, s.found, s.status) for s in train.sets] == [("denoise", 3, "ok"), ("derain", 3, "warn")]
+    assert train.exit_status == 0 and str(train.sets[0].expected) == "5 (3)"
+    assert train.sets[1].problems[0].detail == "found 3 images, expected 4 (Rain100L training set)"
+
+
+def test_file_checks_read_headers_and_ends(tmp_path):
+    img = smooth_image(np.random.default_rng(3), 48)[:40]
+    for ext in (".png", ".jpg", ".bmp", ".webp"):
+        good = _write(tmp_path / f"good{ext}", img)
+        assert doctor.check_file(good) == doctor.FileCheck((40, 48)), ext
+        cut = truncate(_write(tmp_path / f"cut{ext}", img))  # a cut WebP has no header Pillow reads: unreadable
+        assert doctor.check_file(cut).kind == ("unreadable" if ext == ".webp" else "truncated"), ext
+    extra = tmp_path / "extra.jpg"  # bytes after the end marker: decodes, so it is fine
+    extra.write_bytes((tmp_path / "good.jpg").read_bytes() + b"\0" * 200)
+    assert doctor.check_file(extra).size == (40, 48)
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    assert doctor.check_file(tmp_path / "junk.png").kind == "unreadable"
+    many = [_write(tmp_path / "many" / f"{i}.png", img) for i in range(70)]  # the threaded path
+    assert {c.size for c in doctor.check_files(many).values()} == {(40, 48)}
+
+
+def test_table_caps_examples(tmp_path):
+    report = doctor.DataReport("t", [doctor.SetReport("s", "f", found=7, expected=9)], files_read=7)
+    for i in range(5):
+        report.sets[0].add("no target", f"x{i}.png", f"x{i}.png has no target", "add it")
+    text = doctor.format_report(report, examples=2)
+    assert text.splitlines()[1:] == [
+        "set  found  expected  status  folder",
+        "s        7         9  FAIL    f",
+        "    no target (error, 5):",
+        "      - x0.png has no target. Fix: add it",
+        "      - x1.png has no target. Fix: add it",
+        "      ... and 3 more",
+        "=> 5 error(s) in 1 place(s): fix them and run --check-data again",
+    ]
+
+
+def test_shipped_id_lists_are_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert (Path(resolve_data_file_dir("data_dir/")) / "noisy" / "denoise.txt").is_file()
+
+
+def test_bad_task_name_is_a_usage_error(tmp_path):
+    with pytest.raises(doctor.CheckDataUsage):
+        check_tester("--data-root", make_test_tree(tmp_path / "t", n=1), "--tasks", "../up")
+
+
+def test_no_test_data_says_where_to_put_it(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert check_tester("--data-root", tmp_path / "empty") == 1
+    out = capsys.readouterr().out
+    assert "none of the paper tasks' folders is under" in out and "derain/Rain100L/{input,target}" in out

@@ -1,0 +1,723 @@
+"""The data doctor: are the benchmark and training folders what the tester and the trainers will read?
+
+Run it right after downloading the data (``tester_bary.py --check-data``, ``trainer_bary.py
+--check-data``). Per set it reports the images found against the paper's counts, unpaired files,
+degraded/target size mismatches, unreadable or truncated files and files in the wrong folder, each
+with one concrete fix, and nothing is decoded unless a file looks damaged:
+
+- which sets exist follows the tester's rules (:mod:`utils.eval.tasks`) and the trainer's
+  (:mod:`utils.dataset_utils`: id lists, scanned folders, the ``--*_dir`` layout);
+- pairing is the loaders' own: :func:`utils.data.pairing.match_pairs` for test sets, the trainer's
+  ``_pair`` for training sets (``rain-N`` <-> ``norain-N``, ``ID_A_B`` <-> ``ID``, same names);
+- sizes come from the image headers (:func:`utils.data.image_io.image_size`);
+- readability: the header must parse, and the file must end where its format says it ends (PNG
+  ``IEND``, JPEG ``EOI``, BMP/WebP sizes from the header). Only a file failing that is decoded, by
+  :func:`utils.data.image_io.read_image` (the loaders' reader): a truncated file is an error, a file
+  with extra bytes after its end is fine. Damage in the middle of a complete file is not looked for
+  (that would mean decoding every image).
+
+Problems are errors (the run would stop, or score a set other than the paper's) or warnings (the
+trainer goes on, as the reference does: listed training ids absent from disk, targets nothing uses,
+training-set counts other than the paper's). :func:`format_report` prints the report as a table;
+:func:`tester_check` and :func:`trainer_check` are the two scripts' ``--check-data`` (exit status 0
+when there is no error, 1 otherwise).
+"""
+from __future__ import annotations
+
+import os
+import re
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import cv2
+
+from utils import dataset_utils as du
+from utils.data.image_io import ImageReadError, _header_size, image_size, list_images, max_pixels, read_image
+from utils.data.pairing import PairingError, match_pairs
+from utils.errors import UserError
+from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
+
+# The paper's test sets, by folder under the benchmark root (lower case): images found must equal these.
+TEST_EXPECTED: dict[str, int] = {
+    "denoise/bsd68": 68,
+    "denoise/kodak24": 24,
+    "derain/rain100l": 100,
+    "dehaze": 500,        # SOTS outdoor
+    "deblur": 1111,       # GoPro test
+    "lowlight": 15,       # LOL v1 eval15
+}
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A training family's expected image count; ``also`` are other counts that are right too."""
+    count: int
+    also: tuple[int, ...] = ()
+    note: str = ""
+
+    def matches(self, n: int) -> bool:
+        return n == self.count or n in self.also
+
+    def __str__(self) -> str:
+        return f"{self.count:,}" + "".join(f" ({a:,})" for a in self.also)
+
+
+# The authors' training sets (their id lists; data_dir/README.md). Deblur (GoPro), low light (LOL) and
+# single have no count the code or the paper's lists know: their rows show what was found only.
+TRAIN_EXPECTED: dict[str, Expected] = {
+    "denoise": Expected(5144, (4744,), "5,144 listed (BSD400 + WED); the authors' run used the 4,744 WED images"),
+    "derain": Expected(200, note="Rain100L training set"),
+    "dehaze": Expected(72135, note="the RESIDE OTS images of hazy/hazy_outside.txt"),
+}
+
+ERROR, WARNING = "error", "warning"
+EXAMPLES = 3            # problems shown per kind and set before "... and N more"
+_THREADS = 8            # header reads in flight (hides disk latency; the page cache needs no threads)
+
+# Folder names people download data with, for "rename X to Y" fixes.
+_DEGRADED_NAMES = {"input", "inputs", "hazy", "rainy", "rain", "low", "blur", "blurred", "degraded", "lq", "noisy"}
+_TARGET_NAMES = {"target", "targets", "gt", "groundtruth", "ground_truth", "clear", "clean", "norain", "high",
+                 "sharp", "hq", "original"}
+
+
+class CheckDataUsage(UserError):
+    """``--check-data`` with flags that cannot name a data set (a bad ``--tasks`` name): exit status 2."""
+    exit_status = 2
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a set: ``file`` is the file or folder it is about, ``fix`` what to do."""
+    kind: str
+    file: str
+    detail: str
+    fix: str
+    severity: str = ERROR
+
+    def line(self) -> str:
+        return f"{self.detail}. Fix: {self.fix}" if self.fix else self.detail
+
+
+@dataclass
+class SetReport:
+    """One row: a set's name, its folder, the images found, the count expected (None: no expectation)."""
+    name: str
+    folder: str
+    found: int = 0
+    expected: int | Expected | None = None
+    used_by: tuple[str, ...] = ()
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == WARNING]
+
+    @property
+    def status(self) -> str:
+        return "FAIL" if self.errors else "warn" if self.warnings else "ok"
+
+    def add(self, kind: str, file: object, detail: str, fix: str, severity: str = ERROR) -> None:
+        self.problems.append(Problem(kind, str(file), detail, fix, severity))
+
+
+@dataclass
+class DataReport:
+    """What ``--check-data`` found: the sets (rows), problems that belong to no set, files read, time taken."""
+    title: str
+    sets: list[SetReport] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    files_read: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity == ERROR for p in self.problems) and not any(s.errors for s in self.sets)
+
+    @property
+    def exit_status(self) -> int:
+        return 0 if self.ok else 1
+
+    def all_problems(self) -> list[Problem]:
+        return [*self.problems, *(p for s in self.sets for p in s.problems)]
+
+
+# --------------------------------------------------------------------------- one file
+
+@dataclass(frozen=True)
+class FileCheck:
+    """A file's ``(height, width)`` from its header, or why it cannot be used (``kind``: unreadable/truncated)."""
+    size: tuple[int, int] | None
+    kind: str = ""
+    error: str = ""
+
+
+def _complete(head: bytes, tail: bytes, file_size: int) -> bool:
+    """Whether a file is as long as its format says, from its first bytes, its last 64 and its size: PNG ends
+    with IEND, JPEG with EOI, BMP and WebP hold their sizes in the header; True for other formats."""
+    if head.startswith(b"\x89PNG"):
+        return b"IEND\xaeB`\x82" in tail
+    if head.startswith(b"\xff\xd8"):
+        return b"\xff\xd9" in tail
+    if head.startswith(b"BM") and len(head) >= 34:
+        offset, = struct.unpack("<I", head[10:14])
+        width, height = struct.unpack("<ii", head[18:26])
+        bits, compression = struct.unpack("<HI", head[28:34])
+        if compression in (0, 3):  # uncompressed rows, each padded to 4 bytes
+            return file_size >= offset + ((width * bits + 31) // 32) * 4 * abs(height)
+        return True
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        riff, = struct.unpack("<I", head[4:8])
+        return file_size >= riff + 8
+    return True
+
+
+def _decode_error(path: Path) -> str | None:
+    """The loaders' reader on ``path``: None if it decodes, else its message."""
+    try:
+        read_image(path, max_pixels=1 << 30)
+        return None
+    except ImageReadError as exc:
+        return str(exc)
+
+
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own warnings off (a truncated file makes it log to stderr beside the report)."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:
+        yield
+        return
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        log.setLogLevel(level)
+
+
+def check_file(path: str | os.PathLike) -> FileCheck:
+    """The size of ``path`` from its header and whether it ends where its format says, in one open: the header
+    is read by :func:`utils.data.image_io.image_size`'s own reader (a file it cannot tell is handed to
+    ``image_size``, which decodes it); a file that ends early is decoded by
+    :func:`~utils.data.image_io.read_image`, to tell a truncated file from one with extra bytes at its end."""
+    try:
+        with open(path, "rb") as fh:
+            size = _header_size(fh)
+            fh.seek(0)
+            head = fh.read(34)
+            end = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, end - 64))
+            complete = _complete(head, fh.read(), end)
+        if size is None or size[0] < 0:
+            size = image_size(path)
+    except ImageReadError as exc:
+        return FileCheck(None, "unreadable", str(exc))
+    except OSError as exc:
+        return FileCheck(None, "unreadable", f"cannot read {path}: {exc.strerror or exc}")
+    if not complete and _decode_error(path) is not None:
+        return FileCheck(None, "truncated", f"{path} is cut short: it ends before its image data, and does not "
+                                            f"decode")
+    return FileCheck(size)
+
+
+def check_files(paths: Iterable[Path], threads: int = _THREADS) -> dict[Path, FileCheck]:
+    """:func:`check_file` of each distinct path (several threads for many files)."""
+    unique = list(dict.fromkeys(paths))
+    with _quiet_opencv():
+        if threads > 1 and len(unique) > 64:
+            with ThreadPoolExecutor(threads) as pool:
+                return dict(zip(unique, pool.map(check_file, unique, chunksize=32)))
+        return {p: check_file(p) for p in unique}
+
+
+# --------------------------------------------------------------------------- shared checks
+
+_FIX_BAD = "re-download or replace it (or remove it, and its pair)"
+_TESTER_LIMIT = "downscale it, or raise the limit (tester_bary.py --max-pixels N)"
+
+
+def _report_files(row: SetReport, checks: Mapping[Path, FileCheck], files: Iterable[Path],
+                  pixel_limit: int | None, limit_fix: str) -> None:
+    for f in dict.fromkeys(files):
+        c = checks[f]
+        if c.size is None:
+            row.add(c.kind, f, c.error, _FIX_BAD)
+        elif pixel_limit and c.size[0] * c.size[1] > pixel_limit:
+            h, w = c.size
+            row.add("too large", f, f"{f} is {w}x{h} = {h * w / 1e6:.1f} Mpx, over the {pixel_limit / 1e6:.1f} Mpx "
+                                    f"limit", limit_fix)
+
+
+def _size_mismatches(row: SetReport, checks: Mapping[Path, FileCheck], pairs: Iterable[tuple[Path, Path]]) -> None:
+    for deg, tar in pairs:
+        sd, st = checks[deg].size, checks[tar].size
+        if sd is not None and st is not None and sd != st:
+            row.add("size mismatch", deg, f"{deg} is {sd[0]}x{sd[1]} (height x width) but its target {tar} is "
+                                          f"{st[0]}x{st[1]}",
+                    "replace one of the two with the matching version, or remove both")
+
+
+def _count(row: SetReport, what: str, severity: str = ERROR, fix: str | None = None) -> None:
+    exp = row.expected
+    if exp is None or row.found == 0:
+        return
+    ok = exp.matches(row.found) if isinstance(exp, Expected) else row.found == exp
+    if ok:
+        return
+    n = exp.count if isinstance(exp, Expected) else exp
+    note = f" ({exp.note})" if isinstance(exp, Expected) and exp.note else ""
+    if not fix and row.found < n:
+        fix = f"{n - row.found:,} {what} missing: complete the download into {row.folder}"
+    elif not fix:
+        fix = f"{row.found - n:,} {what} more than the paper's set: remove what is not part of it from {row.folder}"
+    row.add("count", row.folder, f"found {row.found:,} {what}, expected {n:,}{note}", fix, severity)
+
+
+def _image_folders(folder: Path) -> list[Path]:
+    """Sub-folders of ``folder`` that hold images directly (sorted)."""
+    if not folder.is_dir():
+        return []
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and list_images(d))
+
+
+def _rename_fix(parent: Path, wanted: str, degraded: bool, what: str) -> str:
+    """How to make ``parent/wanted`` exist: rename a folder with a download's usual name, else create it."""
+    names = _DEGRADED_NAMES if degraded else _TARGET_NAMES
+    alias = [d for d in _image_folders(parent) if d.name.lower() in names and d.name != wanted]
+    if alias:
+        return f"rename {alias[0]}/ to {parent / wanted}/"
+    return f"put the {what} in {parent / wanted}/"
+
+
+def _target_name(degraded: Path) -> str:
+    """The name a degraded image's target would have (for messages; pairing is match_pairs')."""
+    m = re.match(r"^rain-(.+)$", degraded.stem, re.IGNORECASE)
+    if m:
+        return f"norain-{m.group(1)}{degraded.suffix}"
+    m = re.match(r"^(.+?)_[0-9.]+_[0-9.]+$", degraded.stem)
+    return f"{m.group(1) if m else degraded.stem}{degraded.suffix}"
+
+
+def _degraded_name(target: Path) -> str:
+    m = re.match(r"^norain-(.+)$", target.stem, re.IGNORECASE)
+    return f"rain-{m.group(1)}{target.suffix}" if m else target.name
+
+
+# --------------------------------------------------------------------------- test sets
+
+def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
+                     expected: int | None = None, used_by: Sequence[str] = (), pixel_limit: int | None = None,
+                     threads: int = _THREADS, look_beside: bool = True) -> tuple[SetReport, int]:
+    """One test set of degraded images and their targets, paired by :func:`match_pairs`; returns the row
+    and the number of files read. ``look_beside``: images in the folder holding both (a benchmark layout's
+    set folder) are reported as misplaced."""
+    deg_dir, tar_dir = Path(degraded_dir), Path(target_dir)
+    base = deg_dir.parent if deg_dir.parent == tar_dir.parent else deg_dir
+    row = SetReport(name, str(base), expected=expected, used_by=tuple(used_by))
+    for folder, is_deg in ((deg_dir, True), (tar_dir, False)):
+        what = "degraded images" if is_deg else "target images"
+        if not folder.is_dir():
+            row.add("missing folder", folder, f"{folder}/ does not exist ({what})",
+                    _rename_fix(folder.parent, folder.name, is_deg, what))
+    missing = bool(row.errors)
+    if look_beside:  # an error when they stand in for the missing folders, else a warning
+        _misplaced(row, base, deg_dir, tar_dir, ERROR if missing else WARNING)
+    if missing:
+        return row, 0
+    degraded, targets = list_images(deg_dir), list_images(tar_dir)
+    row.found = len(degraded)
+    for folder, files, what in ((deg_dir, degraded, "degraded images"), (tar_dir, targets, "target images")):
+        if not files:
+            row.add("empty", folder, f"no images in {folder}/", f"put the {what} of {name} there")
+    if not (degraded and targets):
+        return row, 0
+    try:
+        pairs, unpaired = match_pairs(deg_dir, tar_dir, skip_unpaired=True)
+    except PairingError as exc:  # two targets with one name
+        row.add("duplicate target", tar_dir, str(exc), "remove or rename one of the two")
+        return row, 0
+    for d in unpaired:
+        row.add("no target", d, f"{d} has no target: expected at {tar_dir / _target_name(d)}",
+                f"add that file, or remove {d}")
+    used = {t for _, t in pairs}
+    for t in targets:
+        if t not in used:
+            row.add("no input", t, f"target {t} has no degraded image: expected at {deg_dir / _degraded_name(t)}",
+                    f"add that file, or move {t} out of {tar_dir}/")
+    checks = check_files([f for pair in pairs for f in pair] + list(unpaired), threads)
+    _report_files(row, checks, checks, pixel_limit, _TESTER_LIMIT)
+    _size_mismatches(row, checks, pairs)
+    _count(row, "degraded images")
+    return row, len(checks)
+
+
+def _misplaced(row: SetReport, base: Path, deg_dir: Path, tar_dir: Path, severity: str) -> None:
+    """Images lying in the set's folder itself, beside (or instead of) its degraded/target folders."""
+    if not base.is_dir() or base == deg_dir:
+        return
+    for f in list_images(base):
+        where = tar_dir if re.match(r"^(norain-|gt[_-]?)", f.stem, re.IGNORECASE) else deg_dir
+        row.add("misplaced", f, f"{f} is outside {deg_dir.name}/ and {tar_dir.name}/, where it is not read",
+                f"move it into {where}/" + ("" if where == tar_dir or f.stem.lower().startswith("rain-")
+                                           else f" (or {tar_dir}/ if it is a target)"), severity)
+
+
+def check_denoise_set(name: str, folder: str | os.PathLike, expected: int | None = None,
+                      used_by: Sequence[str] = (), pixel_limit: int | None = None,
+                      threads: int = _THREADS) -> tuple[SetReport, int]:
+    """A denoising test set: the clean images of one folder (the noisy inputs are synthesised)."""
+    folder = Path(folder)
+    row = SetReport(name, str(folder), expected=expected, used_by=tuple(used_by))
+    files = list_images(folder)
+    row.found = len(files)
+    if not files:
+        row.add("empty", folder, f"no images in {folder}/", f"put the clean images of {name} there, or remove "
+                f"the folder", ERROR if expected is not None else WARNING)
+        return row, 0
+    checks = check_files(files, threads)
+    _report_files(row, checks, files, pixel_limit, _TESTER_LIMIT)
+    _count(row, "clean images")
+    return row, len(checks)
+
+
+def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: int | None,
+               threads: int) -> list[tuple[str, Callable[[], tuple[SetReport, int]]] | SetReport]:
+    """The sets ``task`` reads under ``root``, as the tester finds them (:mod:`utils.eval.tasks`): a key
+    (the folder under ``root``) and how to check it, or a row that says why there is none."""
+    layout = task_layout(task)
+    base = root / layout.folder
+
+    def exp(folder: Path) -> int | None:
+        return expected.get(folder.relative_to(root).as_posix().lower())
+
+    if isinstance(layout, DenoiseLayout):
+        folders = ([base] if list_images(base) else []) + ([d for d in sorted(base.iterdir()) if d.is_dir()
+                                                              and not d.name.startswith(".")] if base.is_dir() else [])
+        if not folders:
+            row = SetReport(layout.folder, str(base), used_by=(task,))
+            example = EXAMPLE_SETS.get(layout.folder, "<set>")
+            row.add("missing folder", base, f"{base}/ holds no test set ({task} needs clean images)",
+                    f"put each set's clean images in {base}/<set>/, e.g. {base / example}/")
+            return [row]
+        return [(d.relative_to(root).as_posix(),
+                 lambda d=d: check_denoise_set(d.relative_to(root).as_posix(), d, exp(d), (task,), pixel_limit,
+                                               threads)) for d in folders]
+    assert isinstance(layout, PairedLayout)
+    if (base / layout.degraded).is_dir() or (base / layout.target).is_dir():
+        folders = [base]
+    else:
+        folders = [d for d in _subfolders(base) if (d / layout.degraded).is_dir() or (d / layout.target).is_dir()]
+    if not folders and not any(d.name.lower() in _DEGRADED_NAMES | _TARGET_NAMES for d in _image_folders(base)):
+        # images, but no degraded/target folders (e.g. Rain100L's rain-N and norain-N side by side): each
+        # folder holding them is a set whose files are to be moved
+        folders = ([base] if list_images(base) else []) + _image_folders(base)
+    if not folders:
+        example = EXAMPLE_SETS.get(layout.folder)
+        where = base / example if example else base
+        row = SetReport(layout.folder, str(base), expected=exp(base), used_by=(task,))
+        if not base.is_dir():
+            row.add("missing folder", base, f"{base}/ does not exist ({task})",
+                    f"put the degraded images in {where / layout.degraded}/ and the targets in "
+                    f"{where / layout.target}/")
+        else:
+            row.add("missing folder", base, f"{base}/ has neither {layout.degraded}/ and {layout.target}/ nor "
+                    f"<set>/{{{layout.degraded},{layout.target}}}",
+                    _rename_fix(base, layout.degraded, True, "degraded images") + "; "
+                    + _rename_fix(base, layout.target, False, "target images"))
+        return [row]
+    return [(d.relative_to(root).as_posix(),
+             lambda d=d: check_paired_set(d.relative_to(root).as_posix(), d / layout.degraded, d / layout.target,
+                                          exp(d), (task,), pixel_limit, threads)) for d in folders]
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
+
+
+def check_test_data(data_root: str | os.PathLike, tasks: Sequence[str] | None = None,
+                    expected: Mapping[str, int] = TEST_EXPECTED, pixel_limit: int | None = None,
+                    threads: int = _THREADS) -> DataReport:
+    """The test sets ``tasks`` read under ``data_root`` (None or ``all``: every paper task present), one row
+    per folder (``denoise/bsd68`` serves every ``denoise_<sigma>``). ``expected``: images per set, keyed by
+    the set's folder under the root in lower case (:data:`TEST_EXPECTED`)."""
+    tic = time.perf_counter()
+    root = Path(data_root)
+    report = DataReport(f"test data under {root}")
+    if not root.is_dir():
+        report.problems.append(Problem("missing folder", str(root), f"--data-root {root} does not exist",
+                                       f"put the benchmarks there as {', '.join(paper_layout(root))}, or pass "
+                                       f"--data-root DIR"))
+        return report
+    wanted: list[str] = []
+    for t in tasks or ["all"]:
+        wanted += present_paper_tasks(root) if t == "all" else [t]
+    if not wanted:
+        report.problems.append(Problem("no data", str(root), f"none of the paper tasks' folders is under {root}",
+                                       f"put the benchmarks there as {', '.join(paper_layout(root))}"))
+        return report
+    rows: dict[str, SetReport] = {}
+    jobs: dict[str, Callable[[], tuple[SetReport, int]]] = {}
+    used: dict[str, list[str]] = {}
+    for task in dict.fromkeys(wanted):
+        try:
+            found = _test_rows(task, root, expected, pixel_limit, threads)
+        except ValueError as exc:  # a --tasks name that cannot be a folder
+            raise CheckDataUsage(str(exc)) from None
+        for entry in found:
+            key = entry.name if isinstance(entry, SetReport) else entry[0]
+            used.setdefault(key, []).append(task)
+            if isinstance(entry, SetReport):
+                rows.setdefault(key, entry)
+            else:
+                jobs.setdefault(key, entry[1])
+    for key in used:
+        if key in jobs:
+            rows[key], n = jobs[key]()
+            report.files_read += n
+        rows[key].used_by = tuple(used[key])
+        report.sets.append(rows[key])
+    report.seconds = time.perf_counter() - tic
+    return report
+
+
+def check_input_files(files: Sequence[Path], name: str = "input", threads: int = _THREADS) -> DataReport:
+    """``--input``: every image must be readable (no targets, no counts)."""
+    tic = time.perf_counter()
+    folder = str(files[0].parent) if files else ""
+    row = SetReport(name, folder, found=len(files))
+    checks = check_files(files, threads)
+    _report_files(row, checks, files, None, "")
+    return DataReport(f"images to restore ({name})", [row], files_read=len(checks),
+                      seconds=time.perf_counter() - tic)
+
+
+# --------------------------------------------------------------------------- training sets
+
+def check_training_data(de_types: Sequence[str], dirs: Mapping[str, str | os.PathLike],
+                        data_file_dir: str | os.PathLike | None, patch_size: int = 128, strict_ids: bool = False,
+                        expected: Mapping[str, Expected] = TRAIN_EXPECTED, pixel_limit: int | None = None,
+                        threads: int = _THREADS) -> DataReport:
+    """The training sets ``de_types`` read, found and paired as :func:`utils.dataset_utils.collect_samples`
+    finds them (id lists in ``data_file_dir`` when present, else a folder scan), one row per family."""
+    tic = time.perf_counter()
+    de_types = du.check_de_types(de_types)
+    dfd = Path(data_file_dir) if data_file_dir else None
+    report = DataReport("training data for --de_type " + " ".join(de_types)
+                        + (f" (id lists: {dfd})" if dfd is not None else " (folders scanned)"))
+    limit = pixel_limit or max_pixels()
+    for fam in du.domain_families(de_types):
+        row = SetReport(fam, str(dirs[fam]), expected=expected.get(fam),
+                        used_by=tuple(d for d in de_types if du.family(d) == fam))
+        report.sets.append(row)
+        id_list = dfd / du.ID_LISTS[fam] if dfd is not None and fam in du.ID_LISTS else None
+        id_list = id_list if id_list is not None and id_list.is_file() else None
+        files, listed = _training_files(row, fam, Path(dirs[fam]), id_list, strict_ids)
+        if listed is not None and (row.expected is None or listed != row.expected.count):
+            row.expected = Expected(listed, note=f"the ids listed in {id_list}")  # the user's own list
+        if files is None:
+            continue
+        row.found = len(files)
+        pairs = _training_pairs(row, fam, Path(dirs[fam]), files, scanned=id_list is None)
+        checks = check_files([f for p in pairs for f in (p.degraded, p.clean) if f is not None], threads)
+        report.files_read += len(checks)
+        _report_files(row, checks, checks, limit, f"downscale it: the trainer reads at most {limit / 1e6:.0f} Mpx "
+                                                  f"per image")
+        _size_mismatches(row, checks, [(p.degraded, p.clean) for p in pairs if p.degraded is not None])
+        for p in pairs:
+            size = checks[p.clean].size
+            if size is not None and min(du._cropped(size[0]), du._cropped(size[1])) < patch_size:
+                row.add("too small", p.degraded or p.clean,
+                        f"{p.degraded or p.clean} is {size[0]}x{size[1]}, smaller than --patch_size {patch_size} "
+                        f"after the centre-crop to multiples of {du.CROP_BASE}",
+                        "remove it, or train with a smaller --patch_size")
+        if id_list is None:  # with a list, each absent id is named already
+            _count(row, "images", WARNING, _scan_hint(fam, row))
+    report.seconds = time.perf_counter() - tic
+    return report
+
+
+def _scan_hint(fam: str, row: SetReport) -> str | None:
+    """The fix of a scanned family whose count is not the paper's: the authors' id list, when there is one."""
+    if fam not in du.ID_LISTS or row.expected is None or row.found < row.expected.count:
+        return None
+    return (f"{row.found - row.expected.count:,} more images than the authors' list picks: pass --data_file_dir "
+            f"with their lists (data_dir/, the default) to train on exactly theirs")
+
+
+def _training_files(row: SetReport, fam: str, root: Path, id_list: Path | None,
+                    strict_ids: bool) -> tuple[list[Path] | None, int | None]:
+    """The files the trainer takes for ``fam`` (listed ids on disk, else a scan; None when it cannot start)
+    and how many ids the list has (None: scanned)."""
+    flag, deg_sub, tar_sub = du.LAYOUT[fam]
+    if not root.is_dir():
+        holds = "clean images" if deg_sub is None else f"{deg_sub}/ and {tar_sub}/"
+        row.add("missing folder", root, f"{flag} {root} does not exist",
+                f"put the {fam} training data there ({holds}), or pass {flag} with the right folder")
+        return None, None
+    if id_list is not None:
+        ids = du.read_id_list(id_list)
+        present, absent = du.split_listed_ids(ids, du._FilesUnder(root))
+        if not present:
+            row.add("wrong folder", root, f"none of the {len(ids):,} ids listed in {id_list} exist under {flag} "
+                    f"{root} (e.g. {root / ids[0] if ids else '-'})",
+                    f"pass {flag} with the folder the ids are relative to, or --data_file_dir '' to scan {root}")
+            return None, len(ids)
+        for i in absent:
+            row.add("listed id absent", root / i, f"{root / i} is listed in {id_list} but not on disk",
+                    f"put it there, or leave it out as the reference does (the trainer warns"
+                    f"{'; --strict-ids stops' if not strict_ids else ''})", ERROR if strict_ids else WARNING)
+        return [root / i for i in present], len(ids)
+    needed = [(root, "clean images", False)] if deg_sub is None else \
+        [(root / deg_sub, "degraded images", True), (root / tar_sub, "target images", False)]
+    for folder, what, is_deg in needed:
+        if not folder.is_dir():
+            row.add("missing folder", folder, f"{folder}/ does not exist ({what} of {fam})",
+                    _rename_fix(folder.parent, folder.name, is_deg, what))
+    if row.errors:
+        return None, None
+    drive = root if deg_sub is None else root / (tar_sub if fam in du.DRIVEN_BY_TARGET else deg_sub)
+    files = list_images(drive, recursive=(fam == "dehaze"))
+    if not files:
+        row.add("empty", drive, f"no images in {drive}/", f"put the {fam} training images there")
+        return None, None
+    return files, None
+
+
+def _training_pairs(row: SetReport, fam: str, root: Path, files: list[Path], scanned: bool) -> list[du.Pair]:
+    """The trainer's pairing of ``files`` (:func:`utils.dataset_utils._pair`); unpaired files are errors, and
+    in a scanned family a target nothing pairs with is a warning (the trainer ignores it)."""
+    pairs: list[du.Pair] = []
+    flag = du.LAYOUT[fam][0]
+    for f in files:
+        pair, miss = du._pair(fam, f, root)
+        if pair is not None:
+            pairs.append(pair)
+        else:
+            needed, by = miss
+            row.add("no target" if fam not in du.DRIVEN_BY_TARGET else "no input", f,
+                    f"{f} has no {'target' if fam not in du.DRIVEN_BY_TARGET else 'blurred image'}: expected at "
+                    f"{needed}", f"add that file, or remove {f}" + ("" if scanned else " and its id from the list"))
+    _, deg_sub, tar_sub = du.LAYOUT[fam]
+    if scanned and deg_sub is not None:
+        other = root / (deg_sub if fam in du.DRIVEN_BY_TARGET else tar_sub)
+        used = {(p.degraded if fam in du.DRIVEN_BY_TARGET else p.clean) for p in pairs}
+        mate = root / (tar_sub if fam in du.DRIVEN_BY_TARGET else deg_sub)
+        for f in list_images(other):
+            if f not in used:
+                where = mate / ("**/" + f.stem + "_A_B" + f.suffix if fam == "dehaze" else _degraded_name(f))
+                row.add("unused", f, f"{f} pairs with no {'sharp' if fam in du.DRIVEN_BY_TARGET else 'degraded'} "
+                        f"image, so {flag} training does not use it", f"add its pair at {where}, or remove it",
+                        WARNING)
+    return pairs
+
+
+# --------------------------------------------------------------------------- the table
+
+def _cell(expected: int | Expected | None) -> str:
+    return "-" if expected is None else str(expected) if isinstance(expected, Expected) else f"{expected:,}"
+
+
+def format_report(report: DataReport, examples: int = EXAMPLES) -> str:
+    """The report as text: a title, one row per set (set, found, expected, status, folder), under each row
+    its problems grouped by kind (the first ``examples`` of each, then "... and N more"), and a verdict."""
+    lines = [f"{report.title}: {len(report.sets)} set(s), {report.files_read:,} files read in "
+             f"{report.seconds:.2f} s"]
+    head = ("set", "found", "expected", "status", "folder")
+    rows = [(s.name, f"{s.found:,}", _cell(s.expected), s.status, s.folder) for s in report.sets]
+    width = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    right = {1, 2}
+
+    def fmt(r: Sequence[str]) -> str:
+        return "  ".join(cell.rjust(w) if c in right else cell.ljust(w)
+                         for c, (cell, w) in enumerate(zip(r, width))).rstrip()
+
+    if rows:
+        lines.append(fmt(head))
+    for s, r in zip(report.sets, rows):
+        lines.append(fmt(r))
+        lines += _problem_lines(s.problems, examples)
+    lines += _problem_lines(report.problems, examples)
+    errors = [p for p in report.all_problems() if p.severity == ERROR]
+    warns = [p for p in report.all_problems() if p.severity == WARNING]
+    if not report.sets and not report.problems:
+        lines.append("nothing to check")
+    if errors:
+        failing = sum(1 for s in report.sets if s.errors) + (1 if any(p.severity == ERROR for p in report.problems)
+                                                               else 0)
+        lines.append(f"=> {len(errors):,} error(s) in {failing} place(s): fix them and run --check-data again"
+                     + (f"; {len(warns):,} warning(s)" if warns else ""))
+    else:
+        lines.append("=> everything needed is present and well-formed"
+                     + (f" ({len(warns):,} warning(s): the run goes on, see above)" if warns else ""))
+    return "\n".join(lines)
+
+
+def _problem_lines(problems: Sequence[Problem], examples: int) -> list[str]:
+    by_kind: dict[tuple[str, str], list[Problem]] = {}
+    for p in problems:
+        by_kind.setdefault((p.severity, p.kind), []).append(p)
+    out = []
+    for (severity, kind), items in by_kind.items():
+        out.append(f"    {kind} ({severity}, {len(items):,}):")
+        out += [f"      - {p.line()}" for p in items[:examples]]
+        if len(items) > examples:
+            out.append(f"      ... and {len(items) - examples:,} more")
+    return out
+
+
+# --------------------------------------------------------------------------- the scripts' --check-data
+
+def tester_check(args, out: Callable[[str], None] = print) -> int:
+    """``tester_bary.py --check-data``: check what the other flags would read (``--tasks`` under
+    ``--data-root``, ``--degset``/``--tarset``, or ``--input``; none: every paper task present), print the
+    report; 0 when there is no error, else 1. No model is loaded."""
+    limit = getattr(args, "max_pixels", None)
+    if args.input:
+        from utils.eval.tasks import input_files
+        report = check_input_files(input_files(args.input))
+    elif args.degset or args.tarset:
+        if not (args.degset and args.tarset):
+            raise CheckDataUsage("--degset and --tarset go together: pass both (degraded images and their targets)")
+        tic = time.perf_counter()
+        row, n = check_paired_set(Path(args.degset).name, args.degset, args.tarset, pixel_limit=limit,
+                                  look_beside=False)
+        report = DataReport(f"test data in {args.degset} / {args.tarset}", [row], files_read=n,
+                            seconds=time.perf_counter() - tic)
+    else:
+        report = check_test_data(args.data_root, args.tasks, pixel_limit=limit)
+    out(format_report(report))
+    return report.exit_status
+
+
+def trainer_check(args, out: Callable[[str], None] = print) -> int:
+    """``trainer_bary.py --check-data`` (and the DDP trainer's): check the training sets of ``--de_type`` under
+    the ``--*_dir`` flags and ``--data_file_dir``, and the validation set the run would read; print the
+    report; 0 when there is no error, else 1. Nothing else is set up (no device, process group or model)."""
+    from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, resolve_data_file_dir
+    from utils.train.setup import check_args
+    check_args(args)  # the flags' own consistency first (exit status 2)
+    dirs = {fam: getattr(args, du.LAYOUT[fam][0].lstrip("-")) for fam in du.LAYOUT}
+    report = check_training_data(args.de_type, dirs, resolve_data_file_dir(args.data_file_dir), args.patch_size,
+                                 strict_ids=args.strict_ids)
+    deg, tar = args.degset, args.tarset
+    if (deg is None) != (tar is None) and "" not in (deg, tar):
+        raise CheckDataUsage("pass both --degset and --tarset (or neither)")
+    if deg is None and tar is None and Path(DEFAULT_DEGSET).is_dir() and Path(DEFAULT_TARSET).is_dir():
+        deg, tar = DEFAULT_DEGSET, DEFAULT_TARSET
+    if deg and tar:
+        tic = time.perf_counter()
+        row, n = check_paired_set("validation", deg, tar, look_beside=False)
+        report.sets.append(row)
+        report.files_read += n
+        report.seconds += time.perf_counter() - tic
+    out(format_report(report))
+    return report.exit_status
