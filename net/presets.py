@@ -17,6 +17,7 @@ import torch.nn as nn
 from utils.errors import UserError
 
 from .barynet import BaryNet, Restormer
+from .barypromptir import BaryPromptIR
 from .promptir import PromptIR
 
 # 'paper' is the published configuration; 'tiny' the same graph, narrow and shallow,
@@ -27,16 +28,22 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(dim=16, num_blocks=[1, 1, 1, 2], num_refinement_blocks=1, heads=[1, 2, 4, 8],
                  ffn_expansion_factor=2.66, bias=False, LayerNorm_type="WithBias"),
 }
-# PromptIR's prompt settings, added to the preset of the same name ('paper': the reference's
-# PromptIR(decoder=True); 'tiny': prompts narrowed with the network, about 2.0 M parameters in all).
+# PromptIR's prompt settings, added to the preset of the same name for every backbone with prompts
+# ('paper': the reference's PromptIR(decoder=True); 'tiny': prompts narrowed with the network, about
+# 2.0 M parameters in all for PromptIR).
 PROMPT_PRESETS: dict[str, dict] = {
     "paper": dict(prompt_dims=[64, 128, 320], prompt_len=5, prompt_sizes=[64, 32, 16]),
     "tiny": dict(prompt_dims=[16, 32, 64], prompt_len=5, prompt_sizes=[64, 32, 16]),
 }
-BACKBONES = {"BaryNet": BaryNet, "Restormer": Restormer, "PromptIR": PromptIR}
+BACKBONES = {"BaryNet": BaryNet, "Restormer": Restormer, "PromptIR": PromptIR, "BaryPromptIR": BaryPromptIR}
+# The backbones that return a BaryOutput and train with the full BaryIR objective and its potentials;
+# the others return the restored image and train on the L1 term alone.
+WB_BACKBONES = frozenset({"BaryNet", "BaryPromptIR"})
+# The backbones whose configuration carries PROMPT_KEYS (from PROMPT_PRESETS).
+PROMPT_BACKBONES = frozenset({"PromptIR", "BaryPromptIR"})
 
 # The constructor arguments a configuration may name (BaryNet and Restormer take the same ones;
-# PromptIR takes PROMPT_KEYS too).
+# the PROMPT_BACKBONES take PROMPT_KEYS too).
 CONFIG_KEYS = frozenset({"inp_channels", "out_channels", "dim", "num_blocks", "num_refinement_blocks", "heads",
                          "ffn_expansion_factor", "bias", "LayerNorm_type"})
 PROMPT_KEYS = frozenset({"prompt_dims", "prompt_len", "prompt_sizes"})
@@ -61,13 +68,14 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _head_widths(dim: int, prompt_dims: list[int] | None = None) -> list[list[int]]:
-    """The channel widths each ``heads[i]`` splits. BaryNet's noise blocks use ``heads[2]`` at 16, 4 and 2
-    times ``dim``; PromptIR's (``prompt_dims`` given) at its decoder widths plus each level's prompt."""
-    if prompt_dims is not None:
-        p1, p2, p3 = prompt_dims
-        return [[dim, 2 * dim], [2 * dim], [4 * dim, 2 * dim + p1, 4 * dim + p2, 8 * dim + p3], [8 * dim]]
-    return [[dim, 2 * dim], [2 * dim], [2 * dim, 4 * dim, 16 * dim], [8 * dim]]
+def _head_widths(dim: int, backbone: str, prompt_dims: list[int]) -> list[list[int]]:
+    """The channel widths each ``heads[i]`` splits. The noise blocks use ``heads[2]``: BaryNet's at 16, 4
+    and 2 times ``dim``; PromptIR's at 8, 4 and 2 times ``dim`` plus each level's prompt; BaryPromptIR's
+    at BaryNet's widths plus the prompts. ``prompt_dims`` is ignored by the backbones without prompts."""
+    p1, p2, p3 = prompt_dims if backbone in PROMPT_BACKBONES else (0, 0, 0)
+    latent = 8 * dim if backbone == "PromptIR" else 16 * dim  # the latent, or BaryNet's cat[b, r]
+    noise = [2 * dim + p1, 4 * dim + p2, latent + p3]
+    return [[dim, 2 * dim], [2 * dim], sorted({4 * dim, *noise}), [8 * dim]]
 
 
 def parameter_lower_bound(cfg: Mapping[str, Any]) -> int:
@@ -76,7 +84,7 @@ def parameter_lower_bound(cfg: Mapping[str, Any]) -> int:
     Counts only the stages both backbones share (encoder, latent, the three decoder levels and the
     refinement) and only each block's dominant weights: the attention's ``qkv`` and output projections
     (``4 C^2``) and the feed-forward's projections (``3 h C``, ``h = int(C * ffn_expansion_factor)``);
-    with PromptIR's keys, also its learned prompt components (``prompt_len * P * S^2`` a level).
+    with the prompt keys, also the learned prompt components (``prompt_len * P * S^2`` a level).
     """
     d, nb, f = cfg["dim"], cfg["num_blocks"], cfg["ffn_expansion_factor"]
     stages = [(d, nb[0]), (2 * d, nb[1]), (4 * d, nb[2]), (8 * d, nb[3]),  # encoder and latent
@@ -98,13 +106,13 @@ def check_model_config(cfg: Mapping[str, Any], source: str = "the model configur
     """
     def refuse(what: str) -> ModelConfigError:
         return ModelConfigError(f"{source}: {what}; fix the configuration (or pick a --preset) so it describes "
-                                f"a {'PromptIR' if backbone == 'PromptIR' else 'BaryNet/Restormer'} network")
+                                f"a {backbone if backbone in PROMPT_BACKBONES else 'BaryNet/Restormer'} network")
 
     if backbone not in BACKBONES:
         raise ValueError(f"unknown --backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     if not isinstance(cfg, Mapping):
         raise refuse(f"the configuration must be a dict of constructor arguments, got {type(cfg).__name__}")
-    known = CONFIG_KEYS | PROMPT_KEYS if backbone == "PromptIR" else CONFIG_KEYS
+    known = CONFIG_KEYS | PROMPT_KEYS if backbone in PROMPT_BACKBONES else CONFIG_KEYS
     unknown = sorted(str(k) for k in cfg if k not in known)
     if unknown:
         raise refuse(f"unknown key(s) {', '.join(unknown[:10])} (known: {', '.join(sorted(known))})")
@@ -139,9 +147,8 @@ def check_model_config(cfg: Mapping[str, Any], source: str = "the model configur
     if "LayerNorm_type" in out and out["LayerNorm_type"] not in ("WithBias", "BiasFree"):
         raise refuse(f"LayerNorm_type must be 'WithBias' or 'BiasFree', got {out['LayerNorm_type']!r}")
     if "heads" in out and "dim" in out:
-        prompt_dims = out.get("prompt_dims", PROMPT_PRESETS["paper"]["prompt_dims"]) if backbone == "PromptIR" \
-            else None
-        for i, (n, widths) in enumerate(zip(out["heads"], _head_widths(out["dim"], prompt_dims))):
+        prompt_dims = out.get("prompt_dims", PROMPT_PRESETS["paper"]["prompt_dims"])
+        for i, (n, widths) in enumerate(zip(out["heads"], _head_widths(out["dim"], backbone, prompt_dims))):
             if n < 1 or any(w % n for w in widths):
                 raise refuse(f"heads[{i}] = {n} must be at least 1 and divide the channel widths it splits "
                              f"({', '.join(map(str, widths))} for dim {out['dim']})")
@@ -158,14 +165,14 @@ def check_model_config(cfg: Mapping[str, Any], source: str = "the model configur
 
 def model_config(preset: str = "paper", source: str | None = None, *, backbone: str = "BaryNet", **overrides) -> dict:
     """The configuration of ``preset`` for ``backbone`` with ``overrides`` applied (a fresh dict), checked by
-    :func:`check_model_config`; ``source`` names where the overrides came from in its error. PromptIR's
-    configurations add :data:`PROMPT_PRESETS` to the shared preset."""
+    :func:`check_model_config`; ``source`` names where the overrides came from in its error. The
+    configurations of the :data:`PROMPT_BACKBONES` add :data:`PROMPT_PRESETS` to the shared preset."""
     if preset not in PRESETS:
         raise ValueError(f"unknown --preset {preset!r}; choose one of {sorted(PRESETS)}")
     if backbone not in BACKBONES:
         raise ValueError(f"unknown --backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     cfg = copy.deepcopy(PRESETS[preset])
-    if backbone == "PromptIR":
+    if backbone in PROMPT_BACKBONES:
         cfg.update(copy.deepcopy(PROMPT_PRESETS[preset]))
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if source is None:
@@ -175,8 +182,8 @@ def model_config(preset: str = "paper", source: str | None = None, *, backbone: 
 
 
 def build_model(backbone: str = "BaryNet", preset: str = "paper", **overrides) -> nn.Module:
-    """``BaryNet``, ``Restormer`` or ``PromptIR`` with the preset's configuration (``overrides`` win), checked
-    first."""
+    """``BaryNet``, ``Restormer``, ``PromptIR`` or ``BaryPromptIR`` with the preset's configuration
+    (``overrides`` win), checked first."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown --backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[backbone](**model_config(preset, backbone=backbone, **overrides))
