@@ -175,7 +175,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--gpus", default=None, help="reference flag: GPU ids; the first is used")
     run.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast precision (fp16: GPU only)")
     run.add_argument("--tile", type=int, default=None,
-                     help="tiled inference with TxT tiles (multiple of 8): bounded memory for large images")
+                     help="tiled inference with TxT tiles (multiple of 8): bounded memory for large images; by "
+                          "default an image that would not fit the free memory is tiled automatically (said on "
+                          "one line); 0: never tile")
     run.add_argument("--tile-overlap", type=int, default=32, help="pixels shared by neighbouring tiles (blended)")
     run.add_argument("--tile-batch", type=_at_least(1), default=4, help="tiles per forward pass")
     run.add_argument("--debug", action="store_true",

@@ -122,6 +122,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
     :class:`EvaluationStopped` carrying the row so far.
     """
     images, fig_rows, feats_out, feats_tar = [], [], [], []
+    notes: list[str] = []  # automatic tiling, said once per image (console and results)
     bad = list(eval_set.bad_files)  # unreadable already when paired (skip_bad_files)
     names = output_names([item.name for item in eval_set.items])
 
@@ -137,6 +138,8 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         if bad:
             result["bad_files"] = bad
         result["images"] = images
+        if notes:
+            result["notes"] = list(notes)
         return result
 
     for item, out_name in tqdm(list(zip(eval_set.items, names)), desc=eval_set.name, unit="img",
@@ -144,7 +147,8 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         try:
             deg, tar = _load_item(item, protocol)
             _check_size(deg, item)
-            out, seconds = restore_array(model, deg, protocol, device, name=str(item.degraded or item.target))
+            out, seconds = restore_array(model, deg, protocol, device, name=str(item.degraded or item.target),
+                                         note=lambda msg: (notes.append(msg), tqdm.write(msg)))
         except UserError as exc:
             if skip_bad_files and isinstance(exc, ImageReadError):
                 bad.append({"name": item.name, "error": str(exc)})
@@ -194,6 +198,7 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
     protocol = (protocol or Protocol()).validate()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = prepare_for_inference(model.to(device))
+    protocol = protocol.with_budget(device)  # automatic tiling measures free memory once, with the model loaded
     # Perceptual metrics are built first: a missing weights file fails before anything runs.
     lpips_metric = LPIPS(protocol.lpips_net, device) if protocol.lpips else None
     fid_metric = FID(device) if protocol.fid else None
@@ -259,17 +264,21 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
     protocol = (protocol or Protocol()).validate()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = prepare_for_inference(model.to(device))
+    protocol = protocol.with_budget(device)  # automatic tiling measures free memory once, with the model loaded
     done = []
     for path, out_name in tqdm(list(zip(inputs, output_names([p.name for p in inputs]))), desc="restore",
                                unit="img", disable=not progress):
         try:
             img = read_image(path, exif=True)
-            out, seconds = restore_array(model, img, protocol, device, name=str(path))
+            said: list[str] = []
+            out, seconds = restore_array(model, img, protocol, device, name=str(path), note=said.append)
         except UserError as exc:
             if skip_bad_files and isinstance(exc, ImageReadError):
                 done.append({"name": path.name, "skipped": str(exc)})
                 continue
             raise EvaluationStopped(str(exc), str(path), "input", {"restored": done}, exc.exit_status) from exc
         dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
-        done.append({"name": path.name, "output": str(dest), "seconds": seconds})
+        for msg in said:
+            tqdm.write(msg)
+        done.append({"name": path.name, "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {})})
     return done

@@ -14,9 +14,9 @@ while the saved restorations of 16-bit inputs stay 16-bit.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from utils.data.noise import SEED_RULE
 from utils.errors import UserError
 from utils.eval.inference import PRECISIONS, check_tiling, is_out_of_memory, restore, restore_tiled
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
+from utils.memory import available_bytes, choose_tile, gib, restore_need
 
 PROTOCOLS = ("reference", "pad")
 SIZE_MULTIPLE = 8
@@ -55,9 +56,10 @@ class Protocol:
     ssim: str = "skimage"
     crop_border: int = 0
     precision: str = "fp32"
-    tile: int | None = None
+    tile: int | None = None  # None: tile only an image that would not fit memory_budget; 0: never tile
     tile_overlap: int = 32
     tile_batch: int = 4
+    memory_budget: int | None = None  # bytes a restore may add (set from the device's free memory when None)
     lpips: bool = False
     lpips_net: str = "alex"
     fid: bool = False
@@ -71,13 +73,27 @@ class Protocol:
                 raise ValueError(f"{flag} must be one of {allowed}, got {value!r}")
         if self.crop_border < 0:
             raise ValueError(f"--crop-border must be >= 0, got {self.crop_border}")
-        if self.tile is not None:
+        if self.tile:
             check_tiling(self.tile, self.tile_overlap, SIZE_MULTIPLE)
+        elif self.tile is not None and self.tile < 0:
+            raise ValueError(f"--tile must be a positive multiple of {SIZE_MULTIPLE}, or 0 never to tile, "
+                             f"got {self.tile}")
         return self
+
+    def with_budget(self, device: torch.device) -> "Protocol":
+        """This protocol with ``memory_budget`` set from ``device``'s free memory now (90 % of it), when
+        tiling is automatic and no budget was given; unchanged otherwise."""
+        if self.tile is not None or self.memory_budget is not None:
+            return self
+        free = available_bytes(device)
+        return self if free is None else replace(self, memory_budget=int(0.9 * free))
 
     def describe(self) -> dict[str, Any]:
         """The protocol as written to results.json (values plus what they mean)."""
         d = asdict(self)
+        d.pop("memory_budget")
+        if self.tile is None:
+            d["tile"] = "automatic: an image that would not fit the free memory is restored in tiles"
         d["protocol_rule"] = _PROTOCOL_TEXT[self.protocol]
         d["metric_space_rule"] = _SPACE_TEXT[self.metric_space]
         d["ssim_rule"] = _SSIM_TEXT[self.ssim]
@@ -150,20 +166,46 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def automatic_tile(model: nn.Module, shape: tuple[int, int], protocol: Protocol, device: torch.device,
+                   name: str) -> tuple[tuple[int, int] | None, str | None]:
+    """``((tile, tile_batch), note)`` when an image of ``shape`` (H, W) would not fit ``protocol.memory_budget``
+    whole, else ``(None, None)``. Raises :class:`RestoreOutOfMemory` when not even the smallest tile fits."""
+    budget = protocol.memory_budget
+    if protocol.tile is not None or budget is None or not hasattr(model, "config"):
+        return None, None
+    h, w = shape
+    need = restore_need(model, protocol.precision, h, w)
+    if need <= budget:
+        return None, None
+    chosen = choose_tile(model, protocol.precision, h, w, budget, protocol.tile_batch)
+    if chosen is None:
+        raise RestoreOutOfMemory(f"{name} ({h}x{w}) needs about {gib(need)} to restore and even small tiles need "
+                                 f"more than the {gib(budget)} free on {device}: free memory, or use a smaller "
+                                 f"--preset / --precision bf16")
+    note = (f"note: {name} ({h}x{w}) would need about {gib(need)} on {device}, {gib(budget)} free: restoring it "
+            f"in {chosen[0]}x{chosen[0]} tiles, {chosen[1]} a pass (--tile N to choose, --tile 0 never to tile)")
+    return chosen, note
+
+
 def restore_array(model: nn.Module, img: np.ndarray, protocol: Protocol, device: torch.device,
-                  name: str = "image") -> tuple[np.ndarray, float]:
+                  name: str = "image", note: Callable[[str], None] | None = None) -> tuple[np.ndarray, float]:
     """Restore one ``(H, W, 3)`` uint8/uint16 image: ``(float32 (H, W, 3) unclamped, seconds)``.
 
     Pads to multiples of 8 when needed (the reference protocol crops beforehand); tiles when
-    ``protocol.tile``. Out-of-memory becomes :class:`RestoreOutOfMemory` naming the fix.
+    ``protocol.tile``, or when the image would not fit ``protocol.memory_budget`` (:func:`automatic_tile`;
+    ``note`` is told the tile it chose). Out-of-memory becomes :class:`RestoreOutOfMemory` naming the fix.
     """
     x = torch.from_numpy(to_float(img)).permute(2, 0, 1)[None]
+    tiling, message = automatic_tile(model, img.shape[:2], protocol, device, name)
+    if message and note is not None:
+        note(message)
+    tile, tile_batch = tiling or (protocol.tile, protocol.tile_batch)
     _sync(device)
     start = time.perf_counter()
     try:
-        if protocol.tile:
-            out = restore_tiled(model, x, protocol.tile, protocol.tile_overlap, protocol.precision,
-                                tile_batch=protocol.tile_batch, multiple=SIZE_MULTIPLE)
+        if tile:
+            out = restore_tiled(model, x, tile, protocol.tile_overlap, protocol.precision,
+                                tile_batch=tile_batch, multiple=SIZE_MULTIPLE)
         else:
             out = restore(model, x.to(device), protocol.precision, pad=True, multiple=SIZE_MULTIPLE).cpu()
         _sync(device)
@@ -171,8 +213,8 @@ def restore_array(model: nn.Module, img: np.ndarray, protocol: Protocol, device:
         if not is_out_of_memory(exc):
             raise
         h, w = img.shape[:2]
-        hint = (f"use a smaller --tile or --tile-batch 1 (now --tile {protocol.tile}, --tile-batch "
-                f"{protocol.tile_batch})" if protocol.tile else
+        hint = (f"use a smaller --tile or --tile-batch 1 (now --tile {tile}, --tile-batch "
+                f"{tile_batch})" if tile else
                 "use tiled inference: --tile 512 --tile-overlap 32 (memory then depends on the tile size, "
                 "not the image's)")
         if device.type == "cuda":

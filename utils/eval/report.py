@@ -62,6 +62,7 @@ def _notes(results: Mapping[str, Any]) -> list[str]:
     """Lines under the table: images left out as unreadable, and where a stopped run stopped."""
     lines = []
     for name, r in results.get("tasks", {}).items():
+        lines += [f"Tiled ({name}): {n.removeprefix('note: ')}" for n in r.get("notes", [])]
         for b in r.get("bad_files", []):
             lines.append(f"Skipped unreadable image ({name}): {b['name']}: {b['error']}")
     stop = results.get("partial")

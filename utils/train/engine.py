@@ -94,7 +94,14 @@ from utils.train.run_log import (
     progress_line,
     rewind_log,
 )
-from utils.train.setup import ConfigError, check_args, load_start, start_fresh_outputs, validation_pairs
+from utils.train.setup import (
+    ConfigError,
+    check_args,
+    check_memory,
+    load_start,
+    start_fresh_outputs,
+    validation_pairs,
+)
 
 FIG_NAME = "train_losses.png"
 MAP_TERMS = ("transport", "orthogonality", "contrastive", "potential")  # per-sample parts logged as means
@@ -449,6 +456,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
     """The whole run, top to bottom. Returns 0 (also after SIGTERM/SIGINT, with a checkpoint written)."""
     console = Console(info.is_main)
     k, objective, ablate = check_run(args, info)
+    check_memory(args, k, info, console)
     with hold_output_folder(Path(args.output_dir), info):
         ckpt_path, obj = where_to_start(args, console)
         seed = agree_seed(args, obj, info, console)

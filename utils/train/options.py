@@ -148,6 +148,9 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="only check the training sets of --de_type under the --*_dir flags and --data_file_dir "
                           "(and the validation set): counts, pairs, sizes, truncated files; print the report and "
                           "exit, 0 when all is well, else 1. Nothing is trained; no torchrun needed")
+    new.add_argument("--no-memory-check", "--no_memory_check", dest="no_memory_check", action="store_true",
+                     help="start even when the memory estimate says the run cannot fit (the estimate and what "
+                          "it compares with are printed at start)")
     new.add_argument("--debug", action="store_true",
                      help="show the full traceback of a failure instead of one error line")
     new.add_argument("--debug-nan-at", dest="debug_nan_at", type=int, default=0,

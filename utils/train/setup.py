@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 import torch.nn as nn
 
 from net import Potentials
+from net.presets import build_model
 from utils.checkpoints import (
     LOG_NAME,
     CheckpointError,
@@ -26,6 +28,8 @@ from utils.checkpoints import (
 from utils.data.pairing import match_pairs
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
 from utils.errors import UserError
+from utils.memory import TrainingNeed, available_bytes, gib, processes_on_this_node, resident_bytes, training_need
+from utils.train.distributed import DistInfo, broadcast_int
 from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET
 from utils.train.run_log import Console
 
@@ -178,3 +182,45 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
         msg = "network and potentials" if _load_potentials_if_they_fit(pots, pobj, str(path)) else "network"
         console(f"=> --pretrained {path}: {msg} weights loaded")
     return state, None
+
+
+def memory_need(args, k: int, info: DistInfo, batch: int | None = None) -> TrainingNeed:
+    """The memory one process of this run needs (:func:`utils.memory.training_need`), from networks built
+    on the meta device: parameter counts without allocating them."""
+    with torch.device("meta"):
+        model = build_model(args.backbone, args.preset)
+        pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone == "BaryNet" else None
+    return training_need(model, pots, args.optimizer, args.precision, batch or args.batchSize, args.patch_size,
+                         processes_on_this_node(info.device), info.distributed, info.device.type == "cuda")
+
+
+def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
+    """Refuse, before anything is built, a run whose estimated peak exceeds the memory its processes
+    share (the GPU's, or this machine's for CPU ranks), with the estimate and what to change; print the
+    estimate either way. Rank 0 decides for all ranks. ``--no-memory-check`` only warns."""
+    need = memory_need(args, k, info)
+    free = available_bytes(info.device)
+    if free is None:
+        return
+    # The processes exist already: their present size is in use, not still to come.
+    extra = need.total - (0 if info.device.type == "cuda" else need.processes_here * resident_bytes())
+    where = "the GPU" if info.device.type == "cuda" else "this machine"
+    many = f" x {need.processes_here} processes on this machine" if need.processes_here > 1 else ""
+    parts = ", ".join(f"{name} {gib(v)}" for name, v in need.parts.items() if v)
+    console(f"=> memory: about {gib(need.per_process)} per process ({parts}){many}; {gib(free)} free on {where}")
+    fits = broadcast_int(int(extra <= free), info)
+    if fits:
+        return
+    smaller = next((b for b in range(args.batchSize - 1, 0, -1)
+                    if memory_need(args, k, info, batch=b).total - need.total + extra <= free), None)
+    advice = [f"--batchSize {smaller}" if smaller else None, "--preset tiny" if args.preset != "tiny" else None,
+              "a smaller --patch_size", "fewer processes (--nproc_per_node)" if need.processes_here > 1 else None,
+              "--precision bf16" if args.precision == "fp32" else None]
+    message = (f"{args.backbone} {args.preset} ({args.precision}, {args.optimizer}) at --batchSize {args.batchSize} "
+               f"--patch_size {args.patch_size} needs about {gib(need.per_process)} per process{many} ({parts}; "
+               f"activations from {need.basis}), but {gib(free)} are free on {where}: use "
+               f"{', '.join(a for a in advice if a)}; --no-memory-check starts anyway")
+    if args.no_memory_check:
+        console.warn(message)
+        return
+    raise ConfigError(message)

@@ -1,0 +1,127 @@
+"""Measure the activation memory per pixel that ``utils/memory.py`` keeps in code.
+
+Each case runs in a fresh process and reports its peak resident memory (``VmHWM``) after the work.
+The slope between two sizes is the activation memory per pixel; what does not grow with the image
+(the interpreter, torch, weights, optimizer state) cancels out:
+
+- restoring: ``utils.eval.inference.restore`` on one image at two sizes -> bytes per input pixel;
+- training: two iterations of ``utils.train.engine.train_step`` (K=3 potentials, RMSprop, channels_last)
+  at batch 1 and batch 4 of the same patch -> bytes per pixel of ``batch x patch^2``.
+
+It also reports the peak of a process that has only imported torch and the project, the constant
+the estimates add. Run it alone (other processes do not change the peaks, but they slow it down):
+
+    python bench/memory_coefficients.py            # prints the table and the dict for utils/memory.py
+
+CPU peaks; a CUDA caching allocator rounds up differently, so GPU estimates carry a margin. bf16 is
+measured only with ``--precisions fp32 bf16`` on a CPU with native bf16 (AVX-512 BF16/AMX): an AVX2 CPU
+emulates it ~30x slower; without a bf16 row the estimates use fp32's, an upper bound (autocast keeps
+fp32 weights and adds bf16 copies of activations that are smaller than the fp32 ones they replace).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# (backbone, preset) -> (small, large) side for restoring, patch side for training
+RESTORE_SIDES = {"tiny": (256, 512), "paper": (128, 256)}
+TRAIN_PATCH = {"tiny": 128, "paper": 64}
+TRAIN_BATCHES = (1, 4)
+
+
+def peak_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def one_case(kind: str, backbone: str, preset: str, precision: str, size: int, batch: int) -> float:
+    """Run one case in this process; returns its peak resident memory in MiB."""
+    import torch
+
+    from net import Potentials
+    from net.presets import build_model
+    from utils.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as every entry point does
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    if kind == "base":
+        return peak_mib()
+    model = build_model(backbone, preset)
+    if kind == "restore":
+        from utils.eval.inference import restore
+        x = torch.rand(1, 3, size, size)
+        restore(model, x, precision=precision)
+        return peak_mib()
+    from utils.train.engine import Training, build_optimizer, train_step
+    model.to(memory_format=torch.channels_last)
+    pots = Potentials(3, model.config["dim"] * 8, size) if backbone == "BaryNet" else None
+    training = Training(model, model, pots, build_optimizer("RMSprop", model.parameters(), 1e-4),
+                        build_optimizer("RMSprop", pots.parameters(), 1e-4) if pots is not None else None,
+                        torch.tensor([0.34, 0.33, 0.33]), precision=precision, channels_last=True)
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(batch, 3, size, size, generator=g)
+    degraded = (target + 0.1 * torch.randn(batch, 3, size, size, generator=g)).clamp(0, 1)
+    de_ids = torch.arange(batch) % 5
+    domains = torch.tensor([0, 0, 0, 1, 2])[de_ids]
+    for _ in range(2):  # the second iteration has the optimizer's state allocated
+        train_step(training, (degraded, target, de_ids, domains))
+    return peak_mib()
+
+
+def run_case(*case) -> float:
+    cmd = [sys.executable, __file__, "--one", *map(str, case)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def measure(precisions: tuple[str, ...] = ("fp32",)) -> dict:
+    base = run_case("base", "BaryNet", "tiny", "fp32", 0, 0)
+    rows = {"base_mib": round(base), "restore": {}, "train": {}}
+    for backbone in ("BaryNet", "Restormer"):
+        for preset in ("tiny", "paper"):
+            for precision in precisions:
+                key = f"{backbone}/{preset}/{precision}"
+                small, large = RESTORE_SIDES[preset]
+                a = run_case("restore", backbone, preset, precision, small, 1)
+                b = run_case("restore", backbone, preset, precision, large, 1)
+                per_px = (b - a) * 2**20 / (large**2 - small**2)
+                rows["restore"][key] = round(per_px)
+                print(f"restore {key:28s} peak {a:7.0f} MiB at {small}^2, {b:7.0f} MiB at {large}^2: "
+                      f"{per_px:8.0f} B/px", flush=True)
+                p = TRAIN_PATCH[preset]
+                a = run_case("train", backbone, preset, precision, p, TRAIN_BATCHES[0])
+                b = run_case("train", backbone, preset, precision, p, TRAIN_BATCHES[1])
+                per_px = (b - a) * 2**20 / ((TRAIN_BATCHES[1] - TRAIN_BATCHES[0]) * p * p)
+                rows["train"][key] = round(per_px)
+                print(f"train   {key:28s} peak {a:7.0f} MiB at batch {TRAIN_BATCHES[0]}, {b:7.0f} MiB at batch "
+                      f"{TRAIN_BATCHES[1]} (patch {p}): {per_px:8.0f} B/px", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--one", nargs=6, metavar=("KIND", "BACKBONE", "PRESET", "PRECISION", "SIZE", "BATCH"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    args = parser.parse_args()
+    if args.one:
+        kind, backbone, preset, precision, size, batch = args.one
+        print(one_case(kind, backbone, preset, precision, int(size), int(batch)))
+        return
+    import torch
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; peaks are VmHWM of fresh processes")
+    rows = measure(tuple(args.precisions))
+    print("base (import torch and the project):", rows["base_mib"], "MiB")
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Memory estimates before work starts: automatic tiling in the tester, refused training configurations."""
+import numpy as np
+import pytest
+import torch
+
+from net.presets import PRESETS, build_model
+from utils import memory
+from utils.eval.inference import restore, restore_tiled
+from utils.eval.protocol import Protocol, RestoreOutOfMemory, restore_array
+from utils.train import setup
+from utils.train.distributed import DistInfo
+from utils.train.options import get_args_parser
+from utils.train.setup import ConfigError
+
+H, W = 200, 168
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("BaryNet", "tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return (np.random.default_rng(0).random((H, W, 3)) * 255).astype(np.uint8)
+
+
+def test_the_estimate_grows_with_pixels_batch_and_width(tiny):
+    one = memory.restore_need(tiny, "fp32", 256, 256)
+    assert memory.restore_need(tiny, "fp32", 512, 512) == pytest.approx(4 * one, rel=1e-6)
+    assert memory.restore_need(tiny, "fp32", 256, 256, batch=3) == pytest.approx(3 * one, rel=1e-6)
+    assert memory.restore_need(tiny, "fp32", 250, 250) == one  # sides round up to multiples of 8
+    paper = build_model("BaryNet", "paper")
+    assert memory.restore_need(paper, "fp32", 256, 256) > 2 * one
+    # a configuration that is no preset is scaled from the nearest one by its activation measure
+    wider = dict(PRESETS["tiny"], dim=24)
+    ratio = memory.activation_measure(wider) / memory.activation_measure(PRESETS["tiny"])
+    assert memory.restore_need(build_model("BaryNet", "tiny", dim=24), "fp32", 256, 256) == \
+        pytest.approx(ratio * one, rel=1e-6)
+
+
+def test_an_image_that_would_not_fit_is_tiled_and_said_so(tiny, photo):
+    budget = memory.restore_need(tiny, "fp32", 128, 128, batch=2) + 1  # two 128-pixel tiles fit, the image not
+    assert memory.restore_need(tiny, "fp32", H, W) > budget
+    notes = []
+    out, _ = restore_array(tiny, photo, Protocol(memory_budget=budget, tile_batch=4), torch.device("cpu"),
+                           "big.png", note=notes.append)
+    assert len(notes) == 1 and "big.png (200x168)" in notes[0] and "128x128 tiles, 1 a pass" in notes[0]
+    x = torch.from_numpy(photo.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    expected = restore_tiled(tiny, x, 128, 32, tile_batch=1)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(out, expected)
+    assert "--tile 0" in notes[0]
+
+
+def test_a_fitting_image_or_tile_0_is_restored_whole(tiny, photo):
+    x = torch.from_numpy(photo.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    whole = restore(tiny, x, pad=True)[0].permute(1, 2, 0).numpy()
+    fits = memory.restore_need(tiny, "fp32", H, W)
+    for protocol in (Protocol(memory_budget=fits), Protocol(tile=0, memory_budget=1)):
+        notes = []
+        out, _ = restore_array(tiny, photo, protocol.validate(), torch.device("cpu"), note=notes.append)
+        np.testing.assert_array_equal(out, whole)
+        assert notes == []
+
+
+def test_when_not_even_a_tile_fits_one_error_names_the_image(tiny, photo):
+    with pytest.raises(RestoreOutOfMemory, match=r"big.png \(200x168\) needs about .* GiB .* even small tiles"):
+        restore_array(tiny, photo, Protocol(memory_budget=1), torch.device("cpu"), "big.png")
+
+
+def _args(*argv):
+    return get_args_parser().parse_args(list(argv))
+
+
+def _check(args, free, monkeypatch, ranks=1, lines=None):
+    monkeypatch.setattr(setup, "available_bytes", lambda device: free)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+    setup.check_memory(args, 3, DistInfo(), _Recorder([] if lines is None else lines))
+
+
+class _Recorder:
+    def __init__(self, lines):
+        self.lines = lines
+
+    def __call__(self, text):
+        self.lines.append(text)
+
+    def warn(self, text):
+        self.lines.append("warning: " + text)
+
+
+def test_a_training_run_that_cannot_fit_is_refused_with_the_estimate_and_the_fix(monkeypatch):
+    # the issue's run: three paper-size CPU ranks at patch 144, batch 8 each
+    args = _args("--preset", "paper", "--patch_size", "144", "--batchSize", "8")
+    need = setup.memory_need(args, 3, DistInfo())
+    with pytest.raises(ConfigError) as err:
+        _check(args, 8 * 2**30, monkeypatch, ranks=3)
+    text = str(err.value)
+    assert f"needs about {memory.gib(need.per_process)} per process x 3 processes" in text
+    assert "8.0 GiB are free on this machine" in text
+    assert "--preset tiny" in text and "--patch_size" in text and "--nproc_per_node" in text
+    assert "--no-memory-check" in text
+    assert need.parts["activations"] > need.parts["weights, gradients, optimizer"] > 0
+
+
+def test_the_refusal_names_a_batch_that_fits(monkeypatch):
+    args = _args("--preset", "tiny", "--patch_size", "128", "--batchSize", "8")
+    one = setup.memory_need(args, 3, DistInfo(), batch=1)
+    three = setup.memory_need(args, 3, DistInfo(), batch=3)
+    free = three.total - memory.resident_bytes() + 1  # batch 3 fits, batch 4 would not
+    with pytest.raises(ConfigError, match=r"--batchSize 3\b"):
+        _check(args, free, monkeypatch)
+    assert one.total < three.total
+
+
+def test_a_run_that_fits_starts_and_prints_its_estimate(monkeypatch):
+    lines = []
+    _check(_args("--preset", "tiny", "--patch_size", "32", "--batchSize", "2"), 64 * 2**30, monkeypatch, lines=lines)
+    assert len(lines) == 1 and lines[0].startswith("=> memory: about ") and "64.0 GiB free on this machine" in lines[0]
+
+
+def test_no_memory_check_warns_and_goes_on(monkeypatch):
+    lines = []
+    _check(_args("--preset", "paper", "--no-memory-check"), 2**30, monkeypatch, lines=lines)
+    assert lines[-1].startswith("warning: BaryNet paper (fp32, RMSprop) at --batchSize 4 --patch_size 128 needs")
