@@ -45,6 +45,7 @@ from utils.checkpoints import newest_checkpoint
 from utils.data.doctor import tester_check
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
+from utils.cli import one_spelling
 from utils.errors import OneLineArgumentParser, UserError, run_main
 from utils.eval.evaluation import EvaluationStopped, evaluate_sets, restore_files
 from utils.eval.inference import PRECISIONS
@@ -197,7 +198,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     out.add_argument("--figs-dir", default="figs", help="where --figs writes")
     out.add_argument("--fig-images", type=_at_least(1), default=3, help="images per figure")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
+    return one_spelling(parser)
 
 
 def _protocol(args) -> Protocol:

@@ -32,6 +32,7 @@ from utils.analysis.embeddings import (
     pooled,
 )
 from utils.analysis.figures import embedding_projection, takeaway_maps
+from utils.cli import one_spelling
 from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
 from utils.demo.data import build_demo_data
@@ -61,17 +62,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--figs-dir", default="results/demo/figs",
                    help="where the figures go (ignored by git; the README's pictures in figs/demo/ are copies "
                         "refreshed by hand)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--iters-per-epoch", type=int, default=150)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--patch-size", type=int, default=64)
+    p.add_argument("--epochs", "--nEpochs", type=int, default=6, help="training epochs")
+    p.add_argument("--iters-per-epoch", type=int, default=150, help="at most this many iterations an epoch")
+    p.add_argument("--batch-size", "--batchSize", type=int, default=4, help="training batch")
+    p.add_argument("--patch-size", type=int, default=64, help="training patch side")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="base lr (the schedule halves it); above the paper's 2e-4 so the short demo budget suffices")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--quick", action="store_true",
                    help="smallest setting (tiny images, a few iterations): checks the pipeline, not the quality")
-    return p
+    return one_spelling(p)
 
 
 def _trainer_argv(args, root: Path) -> list[str]:

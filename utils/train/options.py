@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from net.presets import PRESETS
+from utils.cli import one_spelling
 from utils.errors import OneLineArgumentParser
 from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
 
@@ -158,7 +159,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     new.add_argument("--ablate", nargs="+", default=[], choices=list(ABLATABLE),
                      help="ablation studies only (bench/study.py): leave these terms out of the map loss; "
                           "'potentials' also skips the potentials and congruence updates (transport cost only)")
-    return p
+    return one_spelling(p)
 
 
 def run_dir(args: argparse.Namespace, k: int) -> str:

@@ -1,0 +1,53 @@
+"""One spelling style: every command accepts kebab-case and snake_case (and the reference's own
+spelling), and its help shows each flag once, in kebab-case."""
+import argparse
+import re
+
+import pytest
+
+import tester_bary
+from utils.cli import kebab
+from utils.demo import run as demo
+from utils.train import options as train_options
+
+PARSERS = {"trainer": train_options.get_args_parser, "tester": tester_bary.get_args_parser,
+           "demo": demo.get_args_parser}
+# Case-sensitive pairs of the reference, two flags whose kebab-case spellings would coincide.
+KEPT_AS_DECLARED = {"--Sigma"}
+
+
+@pytest.mark.parametrize("name", PARSERS)
+def test_help_shows_each_flag_once_in_kebab_case(name):
+    text = PARSERS[name]().format_help()
+    shown = re.findall(r"^  (-\S+)", text.split("options:", 1)[1], flags=re.M)
+    longs = [s.split(", ")[-1].rstrip(",") for s in shown]
+    assert len(longs) > 10
+    bad = [f for f in longs if f.startswith("--") and f != kebab(f) and f not in KEPT_AS_DECLARED]
+    assert not bad, f"{name} --help shows flags not in kebab-case: {bad}"
+    assert len(set(longs)) == len(longs)
+
+
+@pytest.mark.parametrize("name", PARSERS)
+def test_every_flag_takes_kebab_and_snake_case(name):
+    parser = PARSERS[name]()
+    by_string = parser._option_string_actions
+    for action in parser._actions:
+        if isinstance(action, argparse.BooleanOptionalAction):  # --x / --no-x: spelt as declared
+            continue
+        for flag in (o for o in action.option_strings if o.startswith("--") and o not in KEPT_AS_DECLARED):
+            if flag.startswith("--no-") or flag == "--help":
+                continue
+            for spelling in (kebab(flag), "--" + kebab(flag)[2:].replace("-", "_")):
+                assert by_string.get(spelling) is action, f"{name}: {spelling} is not {flag}"
+
+
+def test_spellings_parse_to_the_same_values():
+    trainer = train_options.get_args_parser().parse_args
+    for argv in (["--patch_size", "64", "--de_type", "derain"], ["--patch-size", "64", "--de-type", "derain"]):
+        args = trainer(argv)
+        assert (args.patch_size, args.de_type) == (64, ["derain"])
+    assert trainer(["--Sigma", "5", "--sigma", "2"]).Sigma == 5.0  # two reference flags, kept apart
+    tester = tester_bary.get_args_parser().parse_args
+    assert tester(["--data_root", "x"]).data_root == tester(["--data-root", "x"]).data_root == "x"
+    d = demo.get_args_parser().parse_args(["--batchSize", "2", "--nEpochs", "3"])
+    assert (d.batch_size, d.epochs) == (2, 3)

@@ -1,0 +1,65 @@
+"""One spelling style for every command's flags.
+
+The reference scripts spell flags three ways (``--batchSize``, ``--patch_size``, ``--de_type``), the
+project's own are kebab-case (``--output-dir``), and PromptIR's scripts use snake_case
+(``--batch_size``). :func:`one_spelling` makes a parser accept every multi-word flag in kebab-case
+and in snake_case beside the spelling it was declared with, and shows each flag once in the help,
+in kebab-case, naming the reference's own spelling where it differs (``--batch-size`` "also
+--batchSize"). The reference's commands run unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+
+def kebab(flag: str) -> str:
+    """``--batchSize`` / ``--patch_size`` -> ``--batch-size`` / ``--patch-size`` (short flags unchanged)."""
+    if not flag.startswith("--"):
+        return flag
+    name = re.sub(r"(?<=[a-z0-9])([A-Z])", r"-\1", flag[2:])
+    return "--" + name.replace("_", "-").lower()
+
+
+def _snake(flag: str) -> str:
+    return "--" + kebab(flag)[2:].replace("-", "_")
+
+
+class OneSpellingHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each flag by its first option string only (:func:`one_spelling` puts the
+    kebab-case one first and names the others in the help text)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or isinstance(action, argparse.BooleanOptionalAction):
+            return super()._format_action_invocation(action)
+        first = action.option_strings[0]
+        shown = first if first.startswith("--") else ", ".join(
+            [first] + [o for o in action.option_strings if o.startswith("--")][:1])  # -h, --help
+        if action.nargs == 0:
+            return shown
+        return f"{shown} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+
+
+def one_spelling(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add kebab-case and snake_case spellings to every flag of ``parser`` (where they name no other
+    flag: ``--Sigma`` and ``--sigma`` stay two flags), show the kebab-case one in the help, and name the
+    declared spelling there when it is another (a reference flag); returns ``parser``."""
+    taken = parser._option_string_actions
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if not longs or isinstance(action, argparse.BooleanOptionalAction):  # --x/--no-x: spelt as declared
+            continue
+        for spelling in dict.fromkeys(s for flag in longs for s in (kebab(flag), _snake(flag))):
+            if spelling not in taken:
+                taken[spelling] = action
+                action.option_strings.append(spelling)
+        shown = next((o for o in action.option_strings if o.startswith("--") and o == kebab(o)
+                      and taken.get(o) is action), longs[0])
+        others = [o for o in longs if o != shown and o != _snake(shown)]
+        if action.option_strings[0].startswith("--"):  # a short flag (-h) stays first
+            action.option_strings.remove(shown)
+            action.option_strings.insert(0, shown)
+        if others and action.help not in (None, argparse.SUPPRESS):
+            action.help = f"{action.help} (also {', '.join(others)})"
+    parser.formatter_class = OneSpellingHelpFormatter
+    return parser
