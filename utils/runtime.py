@@ -78,3 +78,17 @@ def pick_device(flag: str = "auto", cuda: bool = False, local_rank: int = 0,
         raise ValueError(f"--device {flag}: only {torch.cuda.device_count()} CUDA device(s) visible")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def to_channels_last(model: torch.nn.Module, device: torch.device | str | None = None) -> torch.nn.Module:
+    """Move ``model`` to ``device`` (when given) with its 4-D weights in ``channels_last``, in place; returns it.
+
+    ``Module.to(memory_format=...)`` refuses a model with parameters of other ranks (PromptIR's 5-D
+    prompts); those keep their layout here. Values are unchanged, only their memory layout.
+    """
+    if device is not None:
+        model.to(device)
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return model

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.blocks import set_layernorm_impl
+from utils.runtime import to_channels_last
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -35,7 +36,7 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     """
     if not getattr(model, "_fast_inference_ready", False):
         set_layernorm_impl(model, "fused")
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
         model._fast_inference_ready = True
     return model
 

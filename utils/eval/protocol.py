@@ -140,12 +140,13 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
                               f"--backbone to say which network the weights are for")
     given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(stored_cfg, Mapping):
-        cfg = model_config("paper", source=f"{path}'s model_config", **{**dict(stored_cfg), **given})
+        cfg = model_config("paper", source=f"{path}'s model_config", backbone=backbone,
+                           **{**dict(stored_cfg), **given})
         source = "checkpoint"
         if preset is not None:
             notes.append(f"--preset {preset} ignored: {path.name} carries its own configuration")
     else:
-        cfg = model_config(preset or "paper", **given)
+        cfg = model_config(preset or "paper", backbone=backbone, **given)
         source = f"preset {preset or 'paper'}"
     model = BACKBONES[backbone](**cfg)
     load_network(model, obj, str(path))

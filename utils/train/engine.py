@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from net import Potentials
-from net.presets import build_model
+from net.presets import WB_BACKBONES, build_model
 from utils.checkpoints import (
     LOG_NAME,
     CheckpointError,
@@ -68,7 +68,7 @@ from utils.eval.evaluation import evaluate_set
 from utils.eval.inference import autocast_context
 from utils.eval.protocol import Protocol
 from utils.eval.tasks import EvalItem, EvalSet
-from utils.runtime import apply_gpus_flag, tune_cpu_allocator
+from utils.runtime import apply_gpus_flag, to_channels_last, tune_cpu_allocator
 from utils.train.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -547,7 +547,7 @@ def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective,
     except ValueError as exc:
         raise ConfigError(f"--reg-weight/--potentials-steps/--contrastive-eps: {exc}") from None
     ablate = frozenset(getattr(args, "ablate", None) or ())
-    if ablate and args.backbone != "BaryNet":
+    if ablate and args.backbone not in WB_BACKBONES:
         raise ConfigError(f"--ablate {' '.join(sorted(ablate))} switches off BaryNet's terms; --backbone "
                           f"{args.backbone} has none (drop --ablate)")
     if args.precision == "fp16" and info.device.type != "cuda":
@@ -611,10 +611,10 @@ def build_networks(args: argparse.Namespace, k: int, ckpt_path: Path | None, obj
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest kernels once
     model = build_model(args.backbone, args.preset)
-    pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone == "BaryNet" else None
+    pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone in WB_BACKBONES else None
     state, resumed = load_start(args, ckpt_path, obj, model, pots, console)
     # channels-last activations: oneDNN's and cuDNN's depthwise and 1x1 convolutions prefer them
-    model.to(info.device, memory_format=torch.channels_last)
+    to_channels_last(model, info.device)
     if pots is not None:
         pots.to(info.device)
         broadcast_module(pots, info)

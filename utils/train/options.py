@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from net.presets import PRESETS
+from net.presets import BACKBONES, PRESETS
 from utils.cli import one_spelling
 from utils.errors import OneLineArgumentParser
 from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
@@ -80,8 +80,9 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     ref.add_argument("--sigma", type=float, default=1, help="a run label only (the reference put it in file names)")
     ref.add_argument("--optimizer", type=str, default="RMSprop", choices=["RMSprop", "Adam"],
                      help="optimizer of both networks")
-    ref.add_argument("--backbone", type=str, default="BaryNet", choices=["BaryNet", "Restormer"],
-                     help="BaryNet (the method) or Restormer (the L1-only baseline, no potentials)")
+    ref.add_argument("--backbone", type=str, default="BaryNet", choices=sorted(BACKBONES),
+                     help="BaryNet (the method), BaryPromptIR (the method on PromptIR's decoder; this project's "
+                          "reconstruction), or the L1-only baselines Restormer and PromptIR (no potentials)")
     ref.add_argument("--type", type=str, default="Deraining",
                      help="a run label only (the reference put it in file names)")
     ref.add_argument("--patch_size", type=int, default=128, help="training patch side (a multiple of 8, >= 16)")

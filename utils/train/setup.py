@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from net import Potentials
-from net.presets import build_model
+from net.presets import WB_BACKBONES, build_model
 from utils.checkpoints import (
     LOG_NAME,
     CheckpointError,
@@ -79,7 +79,7 @@ def check_args(args) -> int:
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
     k = num_sources(de_types)
-    if args.num_sources is not None and args.num_sources != k and args.backbone == "BaryNet":
+    if args.num_sources is not None and args.num_sources != k and args.backbone in WB_BACKBONES:
         raise ConfigError(f"--num_sources {args.num_sources} does not match --de_type {' '.join(de_types)}, "
                           f"which spans {k} source domain(s) (families: noise levels count once). Drop "
                           f"--num_sources or pass --num_sources {k}.")
@@ -189,7 +189,7 @@ def memory_need(args, k: int, info: DistInfo, batch: int | None = None) -> Train
     on the meta device: parameter counts without allocating them."""
     with torch.device("meta"):
         model = build_model(args.backbone, args.preset)
-        pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone == "BaryNet" else None
+        pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone in WB_BACKBONES else None
     return training_need(model, pots, args.optimizer, args.precision, batch or args.batchSize, args.patch_size,
                          processes_on_this_node(info.device), info.distributed, info.device.type == "cuda")
 

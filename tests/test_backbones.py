@@ -1,0 +1,69 @@
+"""--backbone PromptIR (the L1 baseline) and BaryPromptIR (the full objective) in the same harness:
+two tiny epochs train and save, a resumed run ends bit-identical to an uninterrupted one, and the
+tester evaluates the run's folder."""
+import json
+
+import pytest
+import torch
+from _train_data import make_train_tree, make_val_tree, train_flags
+
+import tester_bary
+from net.presets import build_model
+from utils.checkpoints import read_checkpoint, read_latest
+from utils.train import engine
+from utils.train.options import get_args_parser
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ITERS = 2
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_train_tree(tmp_path_factory.mktemp("backbone_data"))
+
+
+def train(data, out, backbone, *extra):
+    flags = train_flags(data, out) + ["--iters-per-epoch", str(ITERS), "--backbone", backbone, *extra]
+    assert engine.main(get_args_parser().parse_args(flags)) == 0
+    return read_checkpoint(read_latest(out / "ckpt"))
+
+
+def tensors_equal(a, b, what):
+    assert a.keys() == b.keys(), what
+    for k in a:
+        if isinstance(a[k], dict):
+            tensors_equal(a[k], b[k], f"{what}.{k}")
+        elif isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), f"{what}.{k} differs"
+        else:
+            assert a[k] == b[k], f"{what}.{k} differs"
+
+
+@pytest.mark.parametrize("backbone, wb", [("PromptIR", False), ("BaryPromptIR", True)])
+def test_train_resume_exactly_and_evaluate(data, tmp_path, backbone, wb):
+    straight = train(data, tmp_path / "straight", backbone, "--nEpochs", "2")
+    train(data, tmp_path / "resumed", backbone, "--nEpochs", "1")
+    resumed = train(data, tmp_path / "resumed", backbone, "--nEpochs", "2", "--resume", "auto")
+
+    assert (resumed["epoch"], resumed["global_step"], resumed["backbone"]) == (2, 2 * ITERS, backbone)
+    for key in ("model", "optimizer", "potentials", "potentials_optimizer"):
+        if straight[key] is None:
+            assert resumed[key] is None and not wb
+        else:
+            tensors_equal(straight[key], resumed[key], key)
+    assert (straight["potentials"] is not None) == wb  # the full objective trains potentials, the baseline not
+    build_model(backbone, "tiny").load_state_dict(straight["model"])
+
+    log = [json.loads(line) for line in (tmp_path / "straight" / "ckpt" / "log.jsonl").read_text().splitlines()]
+    parts = set().union(*(r.keys() for r in log if r["kind"] == "iter"))
+    assert ({"transport", "orthogonality", "contrastive", "potentials", "congruence"} <= parts) == wb
+    assert {"map", "l1"} <= parts
+
+    deg, tar = make_val_tree(tmp_path / "val")
+    args = tester_bary.get_args_parser().parse_args([
+        "--model", str(tmp_path / "resumed" / "ckpt"), "--degset", str(deg), "--tarset", str(tar),
+        "--save", str(tmp_path / "test"), "--device", "cpu", "--no-progress"])
+    results = tester_bary.main(args)
+    (row,) = results["tasks"].values()
+    assert row["count"] == 2 and 0 < row["psnr"] < 100
+    assert results["protocol"]["backbone"] == backbone and results["protocol"]["config_from"] == "checkpoint"
