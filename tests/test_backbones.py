@@ -67,3 +67,17 @@ def test_train_resume_exactly_and_evaluate(data, tmp_path, backbone, wb):
     (row,) = results["tasks"].values()
     assert row["count"] == 2 and 0 < row["psnr"] < 100
     assert results["protocol"]["backbone"] == backbone and results["protocol"]["config_from"] == "checkpoint"
+
+
+def test_width_overrides_train_and_resume_only_into_the_same_widths(data, tmp_path):
+    """--dim (e.g. a capacity-matched baseline) builds, is recorded, names the default run folder, and a
+    checkpoint resumes only into the same widths."""
+    from utils.train.options import run_dir
+    from utils.train.setup import ConfigError
+
+    args = get_args_parser().parse_args(["--backbone", "Restormer", "--preset", "tiny", "--dim", "24"])
+    assert run_dir(args, 3) == "checkpoint/Restormer_tiny_d24_3D_p128"
+    ck = train(data, tmp_path, "Restormer", "--nEpochs", "1", "--dim", "24")
+    assert ck["model_config"]["dim"] == 24 and ck["args"]["dim"] == 24
+    with pytest.raises(ConfigError, match=r"--dim 24 there, 26 here"):
+        train(data, tmp_path, "Restormer", "--nEpochs", "2", "--dim", "26", "--resume", "auto")

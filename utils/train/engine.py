@@ -82,7 +82,7 @@ from utils.train.distributed import (
     weights_digest,
 )
 from utils.train.losses import OBJECTIVES, Objective, congruence_loss, map_loss, potentials_loss
-from utils.train.options import resolve_data_file_dir, resolve_objective, run_dir
+from utils.train.options import model_overrides, resolve_data_file_dir, resolve_objective, run_dir
 from utils.train.output_lock import OutputFolderBusy, OutputLock
 from utils.train.run_log import (
     LOSS_LABELS,
@@ -610,7 +610,7 @@ def build_networks(args: argparse.Namespace, k: int, ckpt_path: Path | None, obj
     """BaryNet (or a baseline) and its potentials, with their starting weights, on the device."""
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest kernels once
-    model = build_model(args.backbone, args.preset)
+    model = build_model(args.backbone, args.preset, **model_overrides(args))
     pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone in WB_BACKBONES else None
     state, resumed = load_start(args, ckpt_path, obj, model, pots, console)
     # channels-last activations: oneDNN's and cuDNN's depthwise and 1x1 convolutions prefer them

@@ -118,6 +118,14 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="autocast precision; fp16 adds a gradient scaler (CUDA only)")
     new.add_argument("--preset", type=str, default="paper", choices=sorted(PRESETS),
                      help="network size: paper (the published BaryNet) or tiny (narrow, for CPU runs)")
+    new.add_argument("--dim", type=int, default=None,
+                     help="override the preset's width (e.g. a capacity-matched baseline); recorded in checkpoints")
+    new.add_argument("--num-blocks", dest="num_blocks", type=int, nargs=4, default=None, metavar="N",
+                     help="override the preset's transformer blocks per level")
+    new.add_argument("--num-refinement-blocks", dest="num_refinement_blocks", type=int, default=None,
+                     help="override the preset's refinement blocks")
+    new.add_argument("--heads", type=int, nargs=4, default=None, metavar="N",
+                     help="override the preset's attention heads per level")
     new.add_argument("--save-every", dest="save_every", type=int, default=2000,
                      help="also save a checkpoint every N iterations (0: only at epoch ends)")
     new.add_argument("--keep", type=int, default=3, help="keep the newest N checkpoints (0 keeps all)")
@@ -163,12 +171,19 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     return one_spelling(p)
 
 
+def model_overrides(args: argparse.Namespace) -> dict:
+    """The width/depth flags that change the preset (None: the preset's value), as ``build_model`` takes them."""
+    return {name: getattr(args, name, None) for name in ("dim", "num_blocks", "num_refinement_blocks", "heads")}
+
+
 def run_dir(args: argparse.Namespace, k: int) -> str:
     """``--output-dir``, else ``checkpoint/<--name>``, else ``checkpoint/<backbone>_<preset>_<K>D_p<patch>``:
     runs of other settings never share a folder (nor each other's ``--resume auto``) by default."""
     if args.output_dir:
         return args.output_dir
-    name = args.name or f"{args.backbone}_{args.preset}_{k}D_p{args.patch_size}"
+    tag = "".join(f"_{short}{'-'.join(map(str, v)) if isinstance(v, list) else v}"
+                  for short, v in zip(("d", "b", "r", "h"), model_overrides(args).values()) if v is not None)
+    name = args.name or f"{args.backbone}_{args.preset}{tag}_{k}D_p{args.patch_size}"
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"--name {name!r} must be a plain folder name")
     return str(Path("checkpoint") / name)

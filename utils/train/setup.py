@@ -30,7 +30,7 @@ from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse
 from utils.errors import UserError
 from utils.memory import TrainingNeed, available_bytes, gib, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int
-from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET
+from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, model_overrides
 from utils.train.run_log import Console
 
 
@@ -118,7 +118,7 @@ def _load_potentials_if_they_fit(pots: Potentials | None, obj: Any, source: str)
 
 # The settings that make a run what it is: the networks' shapes (backbone, preset, K sources, patch
 # size for the potentials) and the data (the degradation types). A checkpoint resumes only into them.
-RUN_SETTINGS = ("backbone", "preset", "de_type", "patch_size")
+RUN_SETTINGS = ("backbone", "preset", "dim", "num_blocks", "num_refinement_blocks", "heads", "de_type", "patch_size")
 
 
 def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> None:
@@ -188,7 +188,7 @@ def memory_need(args, k: int, info: DistInfo, batch: int | None = None) -> Train
     """The memory one process of this run needs (:func:`utils.memory.training_need`), from networks built
     on the meta device: parameter counts without allocating them."""
     with torch.device("meta"):
-        model = build_model(args.backbone, args.preset)
+        model = build_model(args.backbone, args.preset, **model_overrides(args))
         pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone in WB_BACKBONES else None
     return training_need(model, pots, args.optimizer, args.precision, batch or args.batchSize, args.patch_size,
                          processes_on_this_node(info.device), info.distributed, info.device.type == "cuda")
