@@ -42,10 +42,10 @@ from pathlib import Path
 
 from net.presets import BACKBONES, PRESETS
 from utils.checkpoints import newest_checkpoint
+from utils.cli import one_spelling
 from utils.data.doctor import tester_check
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
-from utils.cli import one_spelling
 from utils.errors import OneLineArgumentParser, UserError, run_main
 from utils.eval.evaluation import EvaluationStopped, evaluate_sets, restore_files
 from utils.eval.inference import PRECISIONS
@@ -137,6 +137,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help="only check the images the other flags would read (counts against the paper's sets, "
                            "pairs, sizes, truncated files), print the report and exit: 0 when all is well, else 1; "
                            "no model is needed or loaded")
+    what.add_argument("--dry-run", action="store_true",
+                      help="find the images, check the outputs and load the model, then stop: nothing is restored "
+                           "or written")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None,
@@ -302,9 +305,10 @@ def _input_folders(args, sets: list[EvalSet]) -> list[Path]:
     return list(dict.fromkeys(folders))
 
 
-def _check_outputs(args, sets: list[EvalSet]) -> None:
+def _check_outputs(args, sets: list[EvalSet], create: bool = True) -> None:
     """Before the model is loaded: no output folder inside an input folder (unless --overwrite), none
-    reached through a symbolic link out of its base, and every one creatable and writable."""
+    reached through a symbolic link out of its base, and every one creatable and writable (created and
+    probed, or with ``create=False`` judged from the nearest existing folder, writing nothing)."""
     rows = [s.name for s in sets] if not args.degset else []
 
     def written(base: str) -> list[Path]:
@@ -318,7 +322,7 @@ def _check_outputs(args, sets: list[EvalSet]) -> None:
     single = [Path(args.input).parent] if args.input and not Path(args.input).is_dir() else []
     check_outputs_outside_inputs(outputs, _input_folders(args, sets), overwrite=args.overwrite, file_folders=single)
     for flag, (base, _) in outputs.items():
-        check_writable_folder(base, flag)
+        check_writable_folder(base, flag, create=create)
 
 
 def _stopped(stop: EvaluationStopped, written: str) -> RunStopped:
@@ -353,11 +357,17 @@ def main(args) -> dict:
         # What to read and where to write are settled before the model is loaded or anything restored.
         inputs = input_files(args.input) if args.input else []
         sets = [] if args.input else _find_sets(args, tasks_defaulted)
-        _check_outputs(args, sets)
+        _check_outputs(args, sets, create=not args.dry_run)
         model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
                                  num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
         if "note" in info:
             print(f"=> {info.pop('note')}")
+        if args.dry_run:
+            count = len(inputs) if args.input else sum(len(s.items) for s in sets)
+            rows = "" if args.input else f" in {len(sets)} row(s) ({', '.join(s.name for s in sets)})"
+            print(f"=> dry run: {info['model']} ({info['backbone']}) loads and {count} image(s){rows} are found; "
+                  f"outputs would go to {save}. Nothing was restored or written; drop --dry-run to run")
+            return {"dry_run": True, "model": info, "images": count, "rows": [s.name for s in sets]}
         if args.input:
             return _restore_inputs(args, model, info, inputs, protocol, device, save, progress)
         try:

@@ -109,3 +109,20 @@ def train_flags(dirs: dict[str, Path], out: Path, de_type=("denoise_15", "denois
              "--figs-dir", str(out / "figs"), "--log-every", "1", "--save-every", "0"]
     return flags
 
+
+def make_test_tree(root: Path, n: int = 3, size: int = 40) -> Path:
+    """A benchmark root in the README's layout with ``n`` images per set (names as the real sets have them)."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        clean = smooth_image(rng, size)
+        dim = (clean // 2).astype(np.uint8)
+        _write(root / "denoise" / "bsd68" / f"test{i:03d}.png", clean)
+        _write(root / "derain" / "Rain100L" / "input" / f"rain-{i + 1}.png", dim)
+        _write(root / "derain" / "Rain100L" / "target" / f"norain-{i + 1}.png", clean)
+        _write(root / "dehaze" / "input" / f"{i:04d}_0.8_0.2.png", dim)
+        _write(root / "dehaze" / "target" / f"{i:04d}.png", clean)
+        _write(root / "deblur" / "input" / f"GOPR{i}.png", dim)
+        _write(root / "deblur" / "target" / f"GOPR{i}.png", clean)
+        _write(root / "lowlight" / "low" / f"{i}.png", dim)
+        _write(root / "lowlight" / "high" / f"{i}.png", clean)
+    return root

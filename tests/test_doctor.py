@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _train_data import _write, add_listed_ids, make_train_tree, smooth_image, train_flags
+from _train_data import _write, add_listed_ids, make_test_tree, make_train_tree, smooth_image, train_flags
 
 import tester_bary
 import trainer_bary
@@ -18,24 +18,6 @@ from utils.train.options import resolve_data_file_dir
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"denoise/bsd68": 3, "derain/rain100l": 3, "dehaze": 3, "deblur": 3, "lowlight": 3}
 DE_5D = ["derain", "dehaze", "deblur", "denoise_25", "lowlight"]
-
-
-def make_test_tree(root: Path, n: int = 3, size: int = 40) -> Path:
-    """A benchmark root in the README's layout with ``n`` images per set (names as the real sets have them)."""
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        clean = smooth_image(rng, size)
-        dim = (clean // 2).astype(np.uint8)
-        _write(root / "denoise" / "bsd68" / f"test{i:03d}.png", clean)
-        _write(root / "derain" / "Rain100L" / "input" / f"rain-{i + 1}.png", dim)
-        _write(root / "derain" / "Rain100L" / "target" / f"norain-{i + 1}.png", clean)
-        _write(root / "dehaze" / "input" / f"{i:04d}_0.8_0.2.png", dim)
-        _write(root / "dehaze" / "target" / f"{i:04d}.png", clean)
-        _write(root / "deblur" / "input" / f"GOPR{i}.png", dim)
-        _write(root / "deblur" / "target" / f"GOPR{i}.png", clean)
-        _write(root / "lowlight" / "low" / f"{i}.png", dim)
-        _write(root / "lowlight" / "high" / f"{i}.png", clean)
-    return root
 
 
 @pytest.fixture

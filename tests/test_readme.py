@@ -1,13 +1,23 @@
-"""Every command the README shows parses with the argument parser of the script it runs."""
+"""Every command the README shows parses with the argument parser of the script it runs, and runs its first
+lines (everything up to the work) on a tiny layout."""
+import os
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+import torch
+from _train_data import make_test_tree, make_train_tree
 
 import tester_bary
+from net.presets import build_model
+from utils.data import doctor
+from utils.data.image_io import read_image, write_image
 from utils.demo import run as demo
+from utils.errors import UserError
+from utils.train import engine
 from utils.train import options as train_options
+from utils.train import setup as train_setup
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PARSERS = {
@@ -79,3 +89,82 @@ def test_trainer_accepts_snake_case_spellings_of_the_reference_flags():
     for argv in (["--batch_size", "6", "--n_epochs", "3"], ["--batch-size", "6", "--epochs", "3"]):
         args = parse(argv)
         assert (args.batchSize, args.nEpochs) == (reference.batchSize, reference.nEpochs) == (6, 3)
+
+
+# --------------------------------------------------------------------------- the commands run
+
+def _tree_snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if "__pycache__" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def readme_layout(tmp_path_factory):
+    """Tiny copies of the layout the README's commands expect, relative to the repository root, one for the
+    trainers (training sets with the reference's id lists in ``data_dir/``, the test sets for validation, no
+    runs yet) and one for the tester (the five test sets under ``data/test``, the checkpoints its commands name
+    as tiny BaryNet weights carrying their configuration, the user's photos)."""
+    roots = {"train": tmp_path_factory.mktemp("readme_train"), "test": tmp_path_factory.mktemp("readme_test")}
+    train = make_train_tree(roots["train"] / "data", five_d=True, size=160, id_lists=True)
+    train["data_file_dir"].rename(roots["train"] / "data_dir")
+    for root in roots.values():
+        make_test_tree(root / "data" / "test", size=40)
+    root = roots["test"]
+    torch.manual_seed(0)
+    model = build_model("BaryNet", "tiny")
+    ckpt = {"model": model.state_dict(), "model_config": model.config, "backbone": "BaryNet", "epoch": 1}
+    for path in ("checkpoint/BaryNet_paper_3D_p128/epoch_001.pth", "checkpoint/BaryNet_paper_5D_p144/epoch_001.pth",
+                 "ckpt.pth"):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(ckpt, root / path)
+    photo = read_image(root / "data" / "test" / "denoise" / "bsd68" / "test000.png")
+    write_image(root / "my_photos" / "a.png", photo)
+    write_image(root / "huge_4k.png", photo)
+    return roots
+
+
+def _run(script: str, argv: list[str]):
+    """Run a script's ``main`` in this process as its command line would: ``(exit status, returned value)``."""
+    if script == "tester_bary.py":
+        try:
+            return 0, tester_bary.main(tester_bary.get_args_parser().parse_args(argv))
+        except UserError as exc:
+            return exc.exit_status, str(exc)
+    parser = train_options.get_args_parser(**({"threads_default": 4, "objective": "ddp"}
+                                              if script == "trainer_bary_ddp.py" else {}))
+    return engine.run_cli(parser.parse_args(argv)), None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd", COMMANDS, ids=range(len(COMMANDS)))
+def test_readme_command_runs_its_first_lines(cmd, readme_layout, monkeypatch, capsys):
+    """Each command runs as written (flags as shown, paths relative to the repository root) on a tiny layout,
+    through every start-up step — flags, data, checkpoint, networks, memory — and stops before the work with
+    --dry-run (--check-data commands run whole); nothing is written. A command naming the authors' own
+    --resume file fails as the README says until that file exists, and runs without it."""
+    script, argv = _script_args(cmd)
+    if script == "utils.demo":
+        pytest.skip("make demo runs in tests/test_demo.py")
+    argv = [a.replace("$NODE_RANK", "0").replace("$MASTER_HOST", "localhost") for a in argv]
+    root = readme_layout["test" if script == "tester_bary.py" else "train"]
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))  # --gpus sets it
+    monkeypatch.setattr(train_setup, "available_bytes", lambda device: 2**40)  # memory is tested in test_memory
+    for key, n in {"denoise/bsd68": 3, "derain/rain100l": 3, "dehaze": 3, "deblur": 3, "lowlight": 3}.items():
+        monkeypatch.setitem(doctor.TEST_EXPECTED, key, n)  # the tiny layout's counts
+    if "--check-data" not in argv:
+        argv = argv + ["--dry-run"]
+    before = _tree_snapshot(root)
+    own = next((a for a in argv if a.startswith("--resume=") and a != "--resume=auto"), None)
+    if own is not None:
+        status, _ = _run(script, argv)
+        assert status == 1 and f"{own.split('=', 1)[1]}" in capsys.readouterr().err
+        argv = [a for a in argv if a != own]
+    status, value = _run(script, argv)
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert "error:" not in out.err
+    if "--check-data" not in argv:
+        assert "=> dry run:" in out.out
+    if script == "tester_bary.py" and "--check-data" not in argv:
+        assert value["images"] > 0
+    assert _tree_snapshot(root) == before

@@ -59,12 +59,19 @@ def output_names(names: Sequence[str], suffix: str = ".png") -> list[str]:
     return out
 
 
-def check_writable_folder(folder: str | os.PathLike, flag: str) -> Path:
+def check_writable_folder(folder: str | os.PathLike, flag: str, create: bool = True) -> Path:
     """Create ``folder`` (with its parents) and write a probe file in it; one :class:`OutputFolderError`
-    naming the flag and the folder when that fails. Returns the folder."""
+    naming the flag and the folder when that fails. Returns the folder. With ``create=False`` nothing is
+    written: the nearest existing folder on the way must be one this process may write into."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(f"{flag} {folder}: this is a file, not a folder — choose a folder for the outputs")
+    if not create:
+        existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+        if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+            raise OutputFolderError(f"{flag} {folder}: cannot create or write this folder ({existing} is not a "
+                                    f"folder you can write to) — choose a folder you can write to")
+        return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder, prefix=".write-probe-"):

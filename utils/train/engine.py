@@ -457,7 +457,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
     console = Console(info.is_main)
     k, objective, ablate = check_run(args, info)
     check_memory(args, k, info, console)
-    with hold_output_folder(Path(args.output_dir), info):
+    dry = getattr(args, "dry_run", False)
+    with contextlib.nullcontext() if dry else hold_output_folder(Path(args.output_dir), info):
         ckpt_path, obj = where_to_start(args, console)
         seed = agree_seed(args, obj, info, console)
         dataset = build_dataset(args, seed, console)
@@ -472,6 +473,11 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         iters = iterations_per_epoch(sampler.num_samples, args.batchSize, args.iters_per_epoch)
         if state.iteration >= iters:  # resumed exactly at an epoch's end (e.g. a smaller cap now)
             state = LoopState(state.epoch + 1, 0, state.global_step)
+        if dry:
+            console(f"=> dry run: the data, the networks{', the checkpoint' if ckpt_path else ''} and the memory "
+                    f"check out; it would train epochs {state.epoch}..{args.nEpochs} of {iters} iterations into "
+                    f"{args.output_dir}. Nothing was written; drop --dry-run to train")
+            return 0
         output_dir = Path(args.output_dir)
         log = open_log(output_dir, resumed is not None, state, info, console)
         log.write(run_record(args, dataset, objective, state, resumed is not None, info))
