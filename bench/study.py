@@ -1,25 +1,34 @@
-"""BaryIR's claims at small scale: five arms x seeds on the embedded demo data, with the real
+"""BaryIR's claims at small scale: eight arms x seeds on the embedded demo data, with the real
 trainer (``trainer_bary.main``) and the real tester engine (``utils.eval.evaluation``).
 
-    .venv/bin/python bench/study.py            # the full study: 5 arms x 3 seeds (about an hour on 2 CPU cores)
-    .venv/bin/python bench/study.py --quick    # one seed, 60 iterations (under 10 minutes): a pipeline check
+    .venv/bin/python bench/study.py            # the full study: 8 arms x 3 seeds (up to 2 hours on 2 CPU cores)
+    .venv/bin/python bench/study.py --quick    # one seed, 60 iterations (up to 12 minutes): a pipeline check
     .venv/bin/python bench/study.py            # again: continues where it stopped; finished runs are skipped
+
+The time estimates (``plan``, printed first) are measured for the first five arms and guessed from the
+networks' sizes for the last three (UNMEASURED) until a run records them.
 
 What it does (``STUDY.md`` explains the setup and how to read the tables):
 
-1. arms, all with the ``tiny`` preset, the same data, iterations and seeds: BaryIR; the
-   ``Restormer`` baseline with the L1 loss only; BaryIR without the orthogonality term, without
-   the contrastive term, and without the potentials (transport cost only) (trainer ``--ablate``);
+1. arms, all with the ``tiny`` preset, the same data, iterations, batch, patch and seeds: BaryIR
+   (BaryNet); the ``Restormer`` baseline with the L1 loss only; BaryIR without the orthogonality
+   term, without the contrastive term, and without the potentials (transport cost only) (trainer
+   ``--ablate``); a capacity-matched Restormer (L1 only; ``--dim 26``: within 10% of BaryNet's
+   parameters); PromptIR (L1 only); BaryPromptIR (BaryIR on PromptIR's decoder, the full objective);
 2. each run is evaluated in distribution (sigma 15/25/50, rain, haze) and out of distribution
    (sigma 75, JPEG q10, low light, motion blur): mean +- std over seeds per arm and task, and the
-   difference BaryIR - baseline, paired over (seed, image) and over seeds, with a plain verdict;
-3. a linear probe of degradation type on pooled WB and residual embeddings, evaluated on held-out
-   photos (leave one test photo out), against chance; the mean cosine between WB and residual;
+   differences BaryIR - Restormer, BaryIR - capacity-matched Restormer and BaryPromptIR - PromptIR
+   (COMPARISONS), paired over (seed, image) and over seeds, with a plain verdict and each pair's
+   parameter counts (whether capacity confounds it);
+3. a linear probe of degradation type on pooled WB and residual embeddings (the WB backbones'
+   arms), evaluated on held-out photos (leave one test photo out), against chance; the mean cosine
+   between WB and residual;
 4. tables to ``<out>/study.md`` (and the console), everything to ``<out>/study.json``, figures
    to ``--figs-dir``.
 
 Every (arm, seed) run trains into ``<out>/runs/<arm>/seed<k>/train`` with ``--resume auto``;
-its evaluation and embeddings are cached next to it (``eval.json``, ``embeddings.npz``).
+its evaluation and embeddings are cached next to it (``eval.json``, ``embeddings.npz``, with the
+network it evaluated: a run of another configuration than its arm's is refused, not reused).
 """
 from __future__ import annotations
 
@@ -48,6 +57,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 
+from net.presets import WB_BACKBONES, build_model, model_config
 from utils.analysis.embeddings import latents, pooled
 from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
@@ -66,13 +76,23 @@ OOD_VIEWS = ("jpeg q10", "low light", "blur")
 PROBE_SETS = {"ID": ID_VIEWS, "all": ID_VIEWS + OOD_VIEWS}
 SPACES = ("wb", "residual", "source")
 
+# The capacity-matched baseline: the tiny Restormer widened (dim only) to within 10% of tiny BaryNet's
+# 2,573,617 parameters: dim 26 has 2,615,261 (+1.6%); dim 24 has 2,232,625 (-13.2%).
+MATCHED_DIM = 26
+CAPACITY_TOLERANCE = 0.10
+
 # Measured on this project's 2-core CPU with one torch thread while another process used the other
 # core (so on the safe side): seconds per training iteration of the tiny preset at batch 4, patch 64
 # (scaled by batch x patch^2), and seconds to evaluate one model on the nine tasks at demo scale 1
-# (about 0.9 s per 224x288 image for BaryNet) plus, for BaryNet, the probe's 136 embeddings.
+# (about 0.9 s per 224x288 image for BaryNet) plus, for the WB backbones, the probe's 136 embeddings.
 # With both cores free (two threads) BaryNet trains at about 0.35 s per iteration (the demo's log).
-SEC_PER_ITER = {"BaryNet": 0.6, "Restormer": 0.35}
-EVAL_SECONDS = {"BaryNet": 60.0, "Restormer": 30.0}
+# Keyed by Arm.cost_key (the backbone, and its width overrides). The entries in UNMEASURED are guesses
+# from the networks' sizes, not measurements: replace them (and drop them from UNMEASURED) once a run
+# has recorded its train_seconds and eval_seconds (eval.json).
+MATCHED = f"Restormer dim={MATCHED_DIM}"
+SEC_PER_ITER = {"BaryNet": 0.6, "Restormer": 0.35, MATCHED: 0.75, "PromptIR": 0.6, "BaryPromptIR": 0.8}
+EVAL_SECONDS = {"BaryNet": 60.0, "Restormer": 30.0, MATCHED: 45.0, "PromptIR": 40.0, "BaryPromptIR": 70.0}
+UNMEASURED = frozenset({MATCHED, "PromptIR", "BaryPromptIR"})
 FREE_CORES_FACTOR = 0.6
 
 
@@ -81,6 +101,23 @@ class Arm:
     label: str
     backbone: str
     ablate: tuple[str, ...] = ()
+    # Width/depth changes to the tiny preset, as build_model takes them and the trainer's flags of the same
+    # names (--dim, --num-blocks, --num-refinement-blocks, --heads) pass them.
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.overrides)
+
+    @property
+    def cost_key(self) -> str:
+        """The key of SEC_PER_ITER and EVAL_SECONDS: the backbone, and its overrides."""
+        return " ".join([self.backbone, *(f"{k}={v}" for k, v in self.overrides)])
+
+    @property
+    def wb(self) -> bool:
+        """A WB backbone: the full BaryIR objective and its potentials, WB/residual latents for the probe."""
+        return self.backbone in WB_BACKBONES
 
 
 ARMS = {
@@ -89,11 +126,22 @@ ARMS = {
     "no_orthogonality": Arm("BaryIR w/o orthogonality", "BaryNet", ("orthogonality",)),
     "no_contrastive": Arm("BaryIR w/o contrastive", "BaryNet", ("contrastive",)),
     "no_potentials": Arm("BaryIR w/o potentials (transport only)", "BaryNet", ("potentials",)),
+    "restormer_matched": Arm(f"Restormer dim {MATCHED_DIM}, capacity-matched (L1 only)", "Restormer",
+                             overrides=(("dim", MATCHED_DIM),)),
+    "promptir": Arm("PromptIR (L1 only)", "PromptIR"),
+    "barypromptir": Arm("BaryPromptIR", "BaryPromptIR"),
 }
 METHOD, BASELINE = "baryir", "restormer"
+# (method, baseline): PSNR of the method minus the baseline's, paired, in the tables and the difference figure.
+COMPARISONS = ((METHOD, BASELINE), (METHOD, "restormer_matched"), ("barypromptir", "promptir"))
+
+# One colour per arm in the figures (the difference figure draws each comparison in its method's colour).
+COLOURS = {"baryir": "tab:red", "restormer": "tab:grey", "no_orthogonality": "tab:blue",
+           "no_contrastive": "tab:green", "no_potentials": "tab:orange", "restormer_matched": "tab:brown",
+           "promptir": "tab:cyan", "barypromptir": "tab:purple"}
 
 FULL = dict(iters=400, epochs=4, seeds=[0, 1, 2])
-QUICK = dict(iters=60, epochs=2, seeds=[0])  # evaluation dominates: one seed keeps it under 10 minutes
+QUICK = dict(iters=60, epochs=2, seeds=[0])  # evaluation dominates: one seed keeps it near 10 minutes
 
 
 class StudyError(RuntimeError):
@@ -101,12 +149,14 @@ class StudyError(RuntimeError):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="BaryIR vs an L1 Restormer baseline and three ablations on the demo "
-                                            "data: PSNR/SSIM over seeds, paired tests, a linear probe of the "
-                                            "WB and residual spaces",
+    p = argparse.ArgumentParser(description="BaryIR vs L1 baselines (Restormer, a capacity-matched Restormer, "
+                                            "PromptIR), three ablations and BaryPromptIR on the demo data: "
+                                            "PSNR/SSIM over seeds, paired tests, a linear probe of the WB and "
+                                            "residual spaces",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help=f"{len(QUICK['seeds'])} seed x {QUICK['iters']} iterations per arm (under 10 minutes): "
+                   help=f"{len(QUICK['seeds'])} seed x {QUICK['iters']} iterations per arm (up to 12 minutes for "
+                        f"all arms): "
                         f"checks the pipeline; the study's setting is the default")
     p.add_argument("--out", default=None, help="runs, caches and tables (default results/study, "
                                                "results/study-quick with --quick)")
@@ -173,10 +223,41 @@ def balanced_repeats(manifest: dict, min_samples: int) -> dict[str, int]:
         share += max(1, share // 10)
 
 
+def override_flags(arm: Arm) -> list[str]:
+    """The trainer's flags for ``arm``'s overrides of the tiny preset: ``dim`` -> ``--dim 26``,
+    ``num_blocks`` -> ``--num-blocks 1 1 1 2`` (lists as several values)."""
+    out: list[str] = []
+    for key, value in arm.overrides:
+        out += [f"--{key.replace('_', '-')}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return out
+
+
+def arm_model_config(arm: Arm) -> dict[str, Any]:
+    """The network configuration ``arm`` trains: the tiny preset with its overrides, checked."""
+    return model_config("tiny", backbone=arm.backbone, **arm.config)
+
+
+def parameter_counts(arms: Sequence[str], patch_size: int) -> dict[str, dict[str, int]]:
+    """Per arm, the restoration network's parameters (what is trained and tested) and, for the WB backbones,
+    the potentials' (trained beside it, not used at test time), built on the meta device: nothing allocated."""
+    from net import Potentials
+    from utils.dataset_utils import num_sources
+    out = {}
+    for name in arms:
+        arm = ARMS[name]
+        with torch.device("meta"):
+            model = build_model(arm.backbone, "tiny", **arm.config)
+            pots = Potentials(num_sources(ID_TASKS), model.config["dim"] * 8, patch_size) if arm.wb else None
+        out[name] = {"network": sum(p.numel() for p in model.parameters()),
+                     "potentials": sum(p.numel() for p in pots.parameters()) if pots is not None else 0}
+    return out
+
+
 def trainer_argv(args: argparse.Namespace, arm: Arm, seed: int, root: Path, train_dir: Path,
                  repeats: dict[str, int]) -> list[str]:
     train = root / "Train"
-    return ["--preset", "tiny", "--backbone", arm.backbone, *(["--ablate", *arm.ablate] if arm.ablate else []),
+    return ["--preset", "tiny", "--backbone", arm.backbone, *override_flags(arm),
+            *(["--ablate", *arm.ablate] if arm.ablate else []),
             "--de_type", *ID_TASKS, "--denoise_dir", str(train / "Denoise"), "--derain_dir", str(train / "Derain"),
             "--dehaze_dir", str(train / "Dehaze"), "--data_file_dir", "",  # scan the synthetic folders
             "--repeat", *(f"{k}={v}" for k, v in repeats.items()),
@@ -428,6 +509,10 @@ def compare(evals: dict, a: str, b: str, seeds: Sequence[int], tasks: Sequence[s
     return {"images": images, "seeds": seed_level}
 
 
+def comparison_key(method: str, baseline: str) -> str:
+    return f"{method}_vs_{baseline}"
+
+
 def summarise(evals: dict, arms: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
     """Mean +- std over seeds of PSNR/SSIM per arm and task (and per group), and the comparisons."""
     table: dict[str, dict[str, Any]] = {}
@@ -440,12 +525,16 @@ def summarise(evals: dict, arms: Sequence[str], seeds: Sequence[int]) -> dict[st
                           "ssim": [float(vals[:, 1].mean()), float(vals[:, 1].std(ddof=1)) if len(seeds) > 1 else None],
                           "per_seed_psnr": vals[:, 0].tolist()}
         table[arm] = rows
-    out: dict[str, Any] = {"table": table, "vs_baseline": {}, "ablations": {}}
-    if METHOD in arms and BASELINE in arms:
-        for name in list(ID_TASKS + OOD_TASKS) + list(GROUPS):
-            c = compare(evals, METHOD, BASELINE, seeds, GROUPS.get(name, (name,)))
-            c["verdict"] = verdict(c["images"], c["seeds"], "BaryIR better", "baseline better")
-            out["vs_baseline"][name] = c
+    out: dict[str, Any] = {"table": table, "comparisons": {}, "ablations": {}}
+    for method, baseline in COMPARISONS:
+        if method in arms and baseline in arms:
+            rows = {}
+            for name in list(ID_TASKS + OOD_TASKS) + list(GROUPS):
+                c = compare(evals, method, baseline, seeds, GROUPS.get(name, (name,)))
+                c["verdict"] = verdict(c["images"], c["seeds"], f"{ARMS[method].label} better", "baseline better")
+                rows[name] = c
+            out["comparisons"][comparison_key(method, baseline)] = {"method": method, "baseline": baseline,
+                                                                     "tasks": rows}
     if METHOD in arms:
         for arm in arms:
             if ARMS[arm].ablate:
@@ -463,7 +552,7 @@ def probe_summary(embeddings: dict, labels: list[str], photos: list[str], test: 
     """Probe accuracy per space and class set, and cos(WB, residual) on held-out views, over seeds."""
     out: dict[str, Any] = {}
     for arm in arms:
-        if ARMS[arm].backbone != "BaryNet":
+        if not ARMS[arm].wb:
             continue
         per: dict[str, Any] = {}
         for set_name, classes in PROBE_SETS.items():
@@ -497,14 +586,57 @@ def _ci(s: dict[str, Any]) -> str:
     return f"{s['mean']:+.2f}" + (f" [{s['ci95'][0]:+.2f}, {s['ci95'][1]:+.2f}]" if s["ci95"] else "")
 
 
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f} M"
+
+
+def capacity_note(method: str, baseline: str, params: dict[str, dict[str, int]]) -> str:
+    """One sentence: the two networks' parameter counts and whether capacity confounds their difference."""
+    a, b = params[method]["network"], params[baseline]["network"]
+    ratio = a / b
+    counts = (f"{ARMS[method].label} has {_millions(a)} parameters, {ARMS[baseline].label} {_millions(b)} "
+              f"(ratio {ratio:.2f})")
+    if abs(ratio - 1) <= CAPACITY_TOLERANCE:
+        return (f"Capacity: {counts}, within {CAPACITY_TOLERANCE:.0%}: matched in parameter count (not in "
+                f"shape: where the parameters sit differs), so the number of parameters does not explain a "
+                f"difference.")
+    return (f"Capacity: {counts}: NOT capacity-matched; a difference may come from the "
+            f"{'extra' if ratio > 1 else 'missing'} capacity as well as from the method.")
+
+
+def arms_table(arms: Sequence[str], params: dict[str, dict[str, int]]) -> list[str]:
+    """What each arm trains: flags, objective, parameter counts (network; potentials, training only)."""
+    ref = params[METHOD]["network"]
+    md = ["### Arms", "",
+          f"All with --preset tiny, the same data, iterations and seeds. Parameters: the restoration network "
+          f"(trained and tested), its ratio to tiny BaryNet's {ref:,}, and the potentials the WB backbones "
+          f"train beside it (not used at test time).", "",
+          "| arm | trainer flags | objective | parameters | / BaryNet | potentials (training only) |",
+          "|---|---|---|---|---|---|"]
+    for name in arms:
+        arm, n = ARMS[name], params[name]
+        flags = " ".join(["--backbone", arm.backbone, *override_flags(arm),
+                          *(["--ablate", *arm.ablate] if arm.ablate else [])])
+        objective = ("BaryIR" + (f" w/o {', '.join(arm.ablate)}" if arm.ablate else "")) if arm.wb else "L1 only"
+        pots = "–" if not n["potentials"] else (f"{n['potentials']:,} (not updated)" if "potentials" in arm.ablate
+                                                else f"{n['potentials']:,}")
+        md.append(f"| {arm.label} | `{flags}` | {objective} | {n['network']:,} | {n['network'] / ref:.2f} | "
+                  f"{pots} |")
+    return md + [""]
+
+
 def tables(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seeds: Sequence[int],
-           n_probe: dict[str, int]) -> str:
+           n_probe: dict[str, int], params: dict[str, dict[str, int]] | None = None) -> str:
+    """The markdown tables. ``params``: :func:`parameter_counts` of ``arms`` and METHOD (default: at patch 64)."""
+    if params is None:
+        params = parameter_counts(list(dict.fromkeys([*arms, METHOD])), 64)
     names = list(ID_TASKS + OOD_TASKS) + list(GROUPS)
     split = {**{t: "ID" for t in ID_TASKS}, **{t: "OOD" for t in OOD_TASKS}, "ID": "ID avg", "OOD": "OOD avg"}
-    md = []
+    md = arms_table(arms, params)
     for metric, digits in (("psnr", 2), ("ssim", 4)):
         md += [f"### {metric.upper()} (mean ± std over {len(seeds)} seed(s))", "",
-               "| task | split | degraded input | " + " | ".join(ARMS[a].label for a in arms) + " |",
+               "| task | split | degraded input | "
+               + " | ".join(f"{ARMS[a].label} ({_millions(params[a]['network'])})" for a in arms) + " |",
                "|---|---|---|" + "---|" * len(arms)]
         for name in names:
             tasks = GROUPS.get(name, (name,))
@@ -513,15 +645,18 @@ def tables(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seed
             md.append(f"| {name if name not in GROUPS else '**average**'} | {split[name]} | {deg:.{digits}f} | "
                       + " | ".join(cells) + " |")
         md.append("")
-    if summary["vs_baseline"]:
-        md += ["### BaryIR − Restormer baseline, PSNR (dB)", "",
-               "Image level: the differences of every (seed, image) pair; seed level: one difference per seed "
-               "(the task's, or the group's, mean). 95% t intervals; p from the paired t-test and the Wilcoxon "
-               "signed-rank test.", "",
+    for k, comparison in enumerate(summary["comparisons"].values()):
+        method, baseline = comparison["method"], comparison["baseline"]
+        md += [f"### {ARMS[method].label} − {ARMS[baseline].label}, PSNR (dB)", ""]
+        if k == 0:
+            md += ["Image level: the differences of every (seed, image) pair; seed level: one difference per seed "
+                   "(the task's, or the group's, mean). 95% t intervals; p from the paired t-test and the Wilcoxon "
+                   "signed-rank test.", ""]
+        md += [capacity_note(method, baseline, params), "",
                "| task | image level: mean [95% CI] | p (t) | p (Wilcoxon) | pairs | seed level: mean [95% CI] "
                "| p (t) | seeds | verdict |", "|---|---|---|---|---|---|---|---|---|"]
         for name in names:
-            c = summary["vs_baseline"][name]
+            c = comparison["tasks"][name]
             i, s = c["images"], c["seeds"]
             md.append(f"| {name if name not in GROUPS else f'**{name}**'} | {_ci(i)} | {_p(i['p_t'])} | "
                       f"{_p(i['p_wilcoxon'])} | {i['n']} | {_ci(s)} | {_p(s['p_t'])} | {s['n']} | {c['verdict']} |")
@@ -553,16 +688,16 @@ def tables(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seed
 
 
 def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seeds: Sequence[int],
-            figs_dir: Path) -> list[Path]:
+            figs_dir: Path, params: dict[str, dict[str, int]] | None = None) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figs_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    colours = dict(zip(ARMS, ("tab:red", "tab:grey", "tab:blue", "tab:green", "tab:orange")))
+    colours = COLOURS
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [len(ID_TASKS), len(OOD_TASKS)]})
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [len(ID_TASKS), len(OOD_TASKS)]})
     width = 0.8 / len(arms)
     for ax, (g, tasks) in zip(axes, GROUPS.items()):
         x = np.arange(len(tasks))
@@ -578,33 +713,42 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
         ax.set_title(f"{'in' if g == 'ID' else 'out of'} distribution")
         ax.set_ylabel("PSNR (dB)")
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    ncol = min(len(names), 5)
+    fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(f"PSNR by arm, mean ± std over {len(seeds)} seed(s)")
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.02 + 0.045 * math.ceil(len(names) / ncol), 1, 1))
     paths.append(figs_dir / "psnr_by_arm.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
-    if summary["vs_baseline"]:
+    if summary["comparisons"]:
         names = list(ID_TASKS + OOD_TASKS) + list(GROUPS)
-        fig, ax = plt.subplots(figsize=(10, 3.8))
-        for k, name in enumerate(names):
-            c = summary["vs_baseline"][name]
-            i = c["images"]
-            err = None if i["ci95"] is None else [[i["mean"] - i["ci95"][0]], [i["ci95"][1] - i["mean"]]]
-            ax.errorbar(k, i["mean"], yerr=err, fmt="o", color="tab:red", capsize=3,
-                        label="(seed, image) pairs, 95% CI" if k == 0 else None)
-            ax.plot([k + 0.15] * len(seeds), c["seeds"]["values"], "x", color="k",
-                    label="per-seed difference" if k == 0 else None)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.axvline(len(ID_TASKS) - 0.5, color="grey", ls=":")
-        ax.axvline(len(ID_TASKS + OOD_TASKS) - 0.5, color="grey", ls=":")
-        ax.set_xticks(range(len(names)), names, rotation=20)
-        ax.set_ylabel("PSNR difference (dB)")
-        ax.set_title("BaryIR − Restormer baseline (positive: BaryIR better)")
-        ax.legend(fontsize=8)
+        comparisons = list(summary["comparisons"].values())
+        fig, axs = plt.subplots(len(comparisons), 1, figsize=(10, 0.6 + 3.2 * len(comparisons)), squeeze=False)
+        for ax, comparison in zip(axs[:, 0], comparisons):
+            method, baseline = comparison["method"], comparison["baseline"]
+            for k, name in enumerate(names):
+                c = comparison["tasks"][name]
+                i = c["images"]
+                err = None if i["ci95"] is None else [[i["mean"] - i["ci95"][0]], [i["ci95"][1] - i["mean"]]]
+                ax.errorbar(k, i["mean"], yerr=err, fmt="o", color=colours[method], capsize=3,
+                            label="(seed, image) pairs, 95% CI" if k == 0 else None)
+                ax.plot([k + 0.15] * len(seeds), c["seeds"]["values"], "x", color="k",
+                        label="per-seed difference" if k == 0 else None)
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.axvline(len(ID_TASKS) - 0.5, color="grey", ls=":")
+            ax.axvline(len(ID_TASKS + OOD_TASKS) - 0.5, color="grey", ls=":")
+            ax.set_xticks(range(len(names)), names, rotation=20)
+            ax.set_ylabel("PSNR difference (dB)")
+            counts = ""
+            if params is not None:
+                counts = (f"; {_millions(params[method]['network'])} vs "
+                          f"{_millions(params[baseline]['network'])} parameters")
+            ax.set_title(f"{ARMS[method].label} − {ARMS[baseline].label} (positive: {ARMS[method].label} "
+                         f"better{counts})", fontsize=9)
+            ax.legend(fontsize=8)
         fig.tight_layout()
-        paths.append(figs_dir / "baryir_minus_baseline.png")
+        paths.append(figs_dir / "baryir_minus_baseline.png")  # the name of the figure when it had one comparison
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
 
@@ -671,7 +815,7 @@ def check_out_dir(out: Path, config: dict) -> None:
 def estimated_seconds(args: argparse.Namespace) -> dict[str, float]:
     """Planned seconds of one run of each arm (training and evaluation) on this project's CPU."""
     scale = args.batch_size * args.patch_size ** 2 / (4 * 64 ** 2)
-    return {a: args.iters * SEC_PER_ITER[ARMS[a].backbone] * scale + EVAL_SECONDS[ARMS[a].backbone] * args.scale ** 2
+    return {a: args.iters * SEC_PER_ITER[ARMS[a].cost_key] * scale + EVAL_SECONDS[ARMS[a].cost_key] * args.scale ** 2
             for a in args.arms}
 
 
@@ -682,6 +826,8 @@ def _minutes(seconds: float) -> str:
 def plan(args: argparse.Namespace, repeats: dict[str, int]) -> str:
     per_run = estimated_seconds(args)
     total = sum(per_run.values()) * len(args.seeds)
+    guessed = {a for a in per_run if ARMS[a].cost_key in UNMEASURED}
+    per_run = {(f"{a}*" if a in guessed else a): s for a, s in per_run.items()}
     decay = ", the last at lr/10" if args.epochs > 1 else ""
     quick = (f" (QUICK: {len(args.seeds)} seed(s) x {args.iters} iterations, not the study's {len(FULL['seeds'])} x "
              f"{FULL['iters']}; it checks the pipeline, not the claims)") if args.quick else ""
@@ -694,10 +840,28 @@ def plan(args: argparse.Namespace, repeats: dict[str, int]) -> str:
              + " ".join(f"{k}={v}" for k, v in repeats.items()),
              f"  estimate: up to {_minutes(total)} on this project's 2-core CPU when another process holds a core, "
              f"about {_minutes(FREE_CORES_FACTOR * total)} with both free "
-             f"({', '.join(f'{a} {_minutes(s)}' for a, s in per_run.items())} per seed, on the safe side); "
-             f"finished runs are skipped",
+             f"({', '.join(f'{a} {_minutes(s)}' for a, s in per_run.items())} per seed, on the safe side"
+             + ("; * guessed from the network's size, not measured yet" if guessed else "")
+             + "); finished runs are skipped",
              f"  out:    {args.out}   figures: {args.figs_dir}"]
     return "\n".join(lines)
+
+
+def check_network(arm_name: str, network: dict | None, source: Path) -> None:
+    """Refuse a run (a checkpoint, or a cached evaluation) of another network than the arm's today, e.g.
+    after MATCHED_DIM changed: its results would be reported under the arm's name. Caches written before
+    the check existed carry no ``network`` and pass."""
+    if network is None:
+        return
+    arm = ARMS[arm_name]
+    want, have = arm_model_config(arm), network.get("model_config") or {}
+    differ = [f"{k} {have.get(k)!r} there, {v!r} now" for k, v in want.items() if have.get(k) != v]
+    if network.get("backbone") != arm.backbone:
+        differ.insert(0, f"backbone {network.get('backbone')!r} there, {arm.backbone!r} now")
+    if differ:
+        raise StudyError(f"{source} holds a run of another network than arm {arm_name} ({'; '.join(differ)}). "
+                         f"Delete {source.parent if source.name == 'eval.json' else source.parents[1]} to "
+                         f"retrain it, or pass another --out")
 
 
 def run_one(args, arm_name: str, seed: int, root: Path, repeats: dict, views: list[ProbeView],
@@ -706,9 +870,10 @@ def run_one(args, arm_name: str, seed: int, root: Path, repeats: dict, views: li
     arm = ARMS[arm_name]
     run_dir = Path(args.out) / "runs" / arm_name / f"seed{seed}"
     eval_path, emb_path = run_dir / "eval.json", run_dir / "embeddings.npz"
-    want_emb = arm.backbone == "BaryNet"
+    want_emb = arm.wb
     if eval_path.is_file() and (emb_path.is_file() or not want_emb):
         cached = json.loads(eval_path.read_text())
+        check_network(arm_name, cached.get("network"), eval_path)
         emb = None
         if want_emb:
             with np.load(emb_path) as z:
@@ -719,13 +884,15 @@ def run_one(args, arm_name: str, seed: int, root: Path, repeats: dict, views: li
     ckpt = finished_checkpoint(train_dir, args.epochs) or train_run(
         trainer_argv(args, arm, seed, root, train_dir, repeats), train_dir, args.epochs, args.progress)
     t_train = time.time() - tic
-    model, _ = load_model(ckpt)
+    model, info = load_model(ckpt)
+    network = {"backbone": info["backbone"], "model_config": info["model_config"]}
+    check_network(arm_name, network, ckpt)
     model.to(device).eval()
     tasks = evaluate_model(model, root, device)
     emb = embed(model, views, device) if want_emb else None
     if emb is not None:
         np.savez(emb_path, **emb)
-    eval_path.write_text(json.dumps({"checkpoint": str(ckpt), "train_seconds": t_train,
+    eval_path.write_text(json.dumps({"checkpoint": str(ckpt), "network": network, "train_seconds": t_train,
                                      "eval_seconds": time.time() - tic - t_train, "tasks": tasks}, indent=1) + "\n")
     return tasks, emb, time.time() - tic
 
@@ -783,8 +950,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     machine = machine_info(args)
     recorded = [json.loads((out / "runs" / a / f"seed{s}" / "eval.json").read_text()) for a, s in runs]
     compute = sum(r["train_seconds"] + r["eval_seconds"] for r in recorded)
-    md = tables(summary, probe, degraded, args.arms, args.seeds, n_probe)
-    fig_paths = figures(summary, probe, degraded, args.arms, args.seeds, figs_dir)
+    params = parameter_counts(list(dict.fromkeys([*args.arms, METHOD])), args.patch_size)
+    md = tables(summary, probe, degraded, args.arms, args.seeds, n_probe, params)
+    fig_paths = figures(summary, probe, degraded, args.arms, args.seeds, figs_dir, params)
     header = [f"# BaryIR study{' (QUICK setting: not the study)' if args.quick else ''}", "",
               f"- command: `{machine['command']}`",
               f"- machine: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']} "
@@ -799,7 +967,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     text = "\n".join(header) + "\n" + md
     (out / "study.md").write_text(text + "\n")
     result = {"settings": {**config, "seeds": args.seeds, "arms": args.arms, "quick": args.quick},
-              "machine": machine, "summary": summary, "probe": probe, "probe_counts": n_probe,
+              "machine": machine, "parameters": params,
+              "networks": {a: {"backbone": ARMS[a].backbone, "model_config": arm_model_config(ARMS[a])}
+                           for a in args.arms},
+              "summary": summary, "probe": probe, "probe_counts": n_probe,
               "degraded": {t: {"psnr": v["psnr"], "ssim": v["ssim"]} for t, v in degraded.items()},
               "figures": [str(p) for p in fig_paths], "seconds": time.time() - t0, "run_seconds": compute}
     (out / "study.json").write_text(json.dumps(result, indent=1, default=str) + "\n")

@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 import study
 
+from net.presets import WB_BACKBONES, build_model
 from utils.train.losses import ABLATABLE, map_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,17 +49,22 @@ def test_study_end_to_end(smoke, capsys):
             assert math.isfinite(mean) and 0 < mean < 100 and std is None  # one seed: no std
             assert 0 < table[arm][name]["ssim"][0] <= 1
 
-    vs = res["summary"]["vs_baseline"]
-    assert set(vs) == set(study.ID_TASKS + study.OOD_TASKS + ("ID", "OOD"))
-    for c in vs.values():
-        assert c["images"]["n"] >= 2  # two test photos (one seed) per task, more per group
-        assert math.isfinite(c["images"]["mean"]) and all(_finite(c["images"][k]) for k in ("p_t", "p_wilcoxon"))
-        assert c["seeds"]["n"] == 1 and c["seeds"]["ci95"] is None
-        assert isinstance(c["verdict"], str) and c["verdict"]
+    comparisons = res["summary"]["comparisons"]
+    assert [(c["method"], c["baseline"]) for c in comparisons.values()] == list(study.COMPARISONS)
+    for comparison in comparisons.values():
+        assert set(comparison["tasks"]) == set(study.ID_TASKS + study.OOD_TASKS + ("ID", "OOD"))
+        for c in comparison["tasks"].values():
+            assert c["images"]["n"] >= 2  # two test photos (one seed) per task, more per group
+            assert math.isfinite(c["images"]["mean"])
+            assert all(_finite(c["images"][k]) for k in ("p_t", "p_wilcoxon"))
+            assert c["seeds"]["n"] == 1 and c["seeds"]["ci95"] is None
+            assert isinstance(c["verdict"], str) and c["verdict"]
     assert set(res["summary"]["ablations"]) == {"no_orthogonality", "no_contrastive", "no_potentials"}
+    assert set(res["parameters"]) == set(arms)
+    assert res["parameters"]["barypromptir"]["potentials"] > 0 and res["parameters"]["promptir"]["potentials"] == 0
 
     probe = res["probe"]
-    assert set(probe) == {a for a in arms if study.ARMS[a].backbone == "BaryNet"}
+    assert set(probe) == {a for a in arms if study.ARMS[a].backbone in WB_BACKBONES} >= {"baryir", "barypromptir"}
     for per in probe.values():
         for set_name in study.PROBE_SETS:
             for space in study.SPACES:
@@ -70,16 +76,22 @@ def test_study_end_to_end(smoke, capsys):
     for name in ("psnr_by_arm.png", "baryir_minus_baseline.png", "probe_accuracy.png"):
         assert (tmp / "figs" / name).stat().st_size > 0
     md = (out / "study.md").read_text()
-    assert "BaryIR − Restormer baseline" in md and "Linear probe" in md and "command:" in md
+    for method, baseline in study.COMPARISONS:
+        assert f"### {study.ARMS[method].label} − {study.ARMS[baseline].label}, PSNR (dB)" in md
+    assert "Linear probe" in md and "command:" in md and "### Arms" in md and "--dim 26" in md
+    assert md.count("NOT capacity-matched") == 2 and md.count("matched in parameter count") == 1
     saved = json.loads((out / "study.json").read_text())
-    assert saved["summary"]["vs_baseline"].keys() == vs.keys()
+    assert saved["summary"]["comparisons"].keys() == comparisons.keys()
     for arm in arms:
-        assert (out / "runs" / arm / "seed0" / "eval.json").is_file()
+        cached = json.loads((out / "runs" / arm / "seed0" / "eval.json").read_text())
+        assert cached["network"]["backbone"] == study.ARMS[arm].backbone
+        assert cached["network"]["model_config"]["dim"] == study.ARMS[arm].config.get("dim", 16)
 
     def logged(arm):
         lines = (out / "runs" / arm / "seed0" / "train" / "log.jsonl").read_text().splitlines()
         return [r for r in map(json.loads, lines) if r["kind"] == "iter"]
-    assert all("congruence" in r for r in logged("baryir"))
+    assert all("congruence" in r for r in logged("baryir")) and all("congruence" in r for r in logged("barypromptir"))
+    assert not any("congruence" in r for a in ("restormer", "restormer_matched", "promptir") for r in logged(a))
     assert logged("no_potentials") and not any("potentials" in r or "congruence" in r for r in logged("no_potentials"))
 
 
@@ -165,12 +177,20 @@ def test_summary_tables_and_figures_over_several_seeds(tmp_path):
     def fake_eval(offset):
         return {t: {"psnr": 0.0, "ssim": 0.0, "images": {n: [25 + offset + rng.normal(0, 0.3), 0.8] for n in images}}
                 for t in study.ID_TASKS + study.OOD_TASKS}
-    evals = {(a, s): fake_eval(2.0 if a == "baryir" else 0.0) for a in arms for s in seeds}
+    evals = {(a, s): fake_eval(2.0 if a == "baryir" else -2.0 if a == "barypromptir" else 0.0)
+             for a in arms for s in seeds}
     summary = study.summarise(evals, arms, seeds)
     assert summary["table"]["baryir"]["ID"]["psnr"][1] is not None
-    c = summary["vs_baseline"]["ID"]
-    assert c["seeds"]["n"] == 3 and c["images"]["n"] == 3 * 3 * len(study.ID_TASKS)
-    assert c["verdict"] == "larger than the seed-to-seed noise: BaryIR better"
+    comparisons = summary["comparisons"]
+    assert list(comparisons) == ["baryir_vs_restormer", "baryir_vs_restormer_matched", "barypromptir_vs_promptir"]
+    for key in ("baryir_vs_restormer", "baryir_vs_restormer_matched"):
+        c = comparisons[key]["tasks"]["ID"]
+        assert c["seeds"]["n"] == 3 and c["images"]["n"] == 3 * 3 * len(study.ID_TASKS)
+        assert c["verdict"] == "larger than the seed-to-seed noise: BaryIR better"
+    assert comparisons["barypromptir_vs_promptir"]["tasks"]["OOD"]["verdict"] == \
+        "larger than the seed-to-seed noise: baseline better"
+    assert list(study.summarise(evals, ["baryir", "restormer_matched"], seeds)["comparisons"]) == \
+        ["baryir_vs_restormer_matched"]
     assert summary["ablations"]["no_potentials"]["OOD"]["verdict"].endswith("full BaryIR better")
 
     classes = study.PROBE_SETS["all"]
@@ -183,11 +203,79 @@ def test_summary_tables_and_figures_over_several_seeds(tmp_path):
     def fake_embeddings():  # residual separates the types, WB and source carry nothing
         return {"wb": rng.normal(size=(n, 8)), "residual": 3 * onehot + rng.normal(0, 0.2, onehot.shape),
                 "source": rng.normal(size=(n, 8)), "cos": rng.uniform(-0.1, 0.1, n)}
-    emb = {(a, s): fake_embeddings() for a in arms if study.ARMS[a].backbone == "BaryNet" for s in seeds}
+    emb = {(a, s): fake_embeddings() for a in arms if study.ARMS[a].wb for s in seeds}
     probe = study.probe_summary(emb, labels, photos, test, arms, seeds)
+    assert list(probe) == ["baryir", "no_orthogonality", "no_contrastive", "no_potentials", "barypromptir"]
     assert np.mean(probe["baryir"]["all/residual"]) == 1.0 and np.mean(probe["baryir"]["all/wb"]) < 0.6
     degraded = fake_eval(-5.0)
-    md = study.tables(summary, probe, degraded, arms, seeds, {"test_photos": 3, "train_crops": 4})
+    params = study.parameter_counts(arms, 64)
+    md = study.tables(summary, probe, degraded, arms, seeds, {"test_photos": 3, "train_crops": 4}, params)
     assert md.count("±") > 50 and "larger than the seed-to-seed noise" in md
-    paths = study.figures(summary, probe, degraded, arms, seeds, tmp_path)
+    assert "| BaryIR (2.57 M) |" in md and "Restormer (L1 only) (1.01 M)" in md
+    assert f"dim {study.MATCHED_DIM}, capacity-matched (L1 only) (2.62 M)" in md
+    paths = study.figures(summary, probe, degraded, arms, seeds, tmp_path, params)
     assert [p.name for p in paths] == ["psnr_by_arm.png", "baryir_minus_baseline.png", "probe_accuracy.png"]
+
+
+TINY_BARYNET = 2_573_617
+
+
+def test_matched_restormer_is_within_ten_percent_of_tiny_barynet():
+    counts = study.parameter_counts(["baryir", "restormer", "restormer_matched", "promptir", "barypromptir"], 64)
+    assert counts["baryir"]["network"] == TINY_BARYNET and counts["baryir"]["potentials"] > 0
+    matched = counts["restormer_matched"]["network"]
+    assert abs(matched / TINY_BARYNET - 1) <= study.CAPACITY_TOLERANCE, matched
+    arm = study.ARMS["restormer_matched"]
+    assert arm.backbone == "Restormer" and arm.config == {"dim": study.MATCHED_DIM} and not arm.wb
+    # the narrowest dim that matches: two less (dim must be even) is outside the tolerance
+    narrower = sum(p.numel() for p in build_model("Restormer", "tiny", dim=study.MATCHED_DIM - 2).parameters())
+    assert narrower / TINY_BARYNET - 1 < -study.CAPACITY_TOLERANCE
+    # the other pairs are not matched, and the tables say so
+    for method, baseline in (("baryir", "restormer"), ("barypromptir", "promptir")):
+        assert "NOT capacity-matched" in study.capacity_note(method, baseline, counts)
+    assert "matched in parameter count" in study.capacity_note("baryir", "restormer_matched", counts)
+
+
+def test_every_arm_trains_with_the_same_budget_through_the_trainers_parser(tmp_path):
+    import trainer_bary
+    args = study.resolve_settings(study.get_args_parser().parse_args(["--out", str(tmp_path)]))
+    parser = trainer_bary.get_args_parser()
+    overridable = ("dim", "num_blocks", "num_refinement_blocks", "heads")
+    counts = study.parameter_counts(list(study.ARMS), args.patch_size)
+    shared = None
+    for name, arm in study.ARMS.items():
+        argv = study.trainer_argv(args, arm, 1, tmp_path / "demo", tmp_path / name, {"denoise_15": 2, "derain": 3})
+        targs = parser.parse_args(argv)
+        assert (targs.backbone, targs.preset, set(targs.ablate)) == (arm.backbone, "tiny", set(arm.ablate))
+        assert {k: getattr(targs, k) for k in overridable if getattr(targs, k) is not None} == arm.config
+        with torch.device("meta"):
+            model = build_model(targs.backbone, targs.preset, **{k: getattr(targs, k) for k in overridable})
+        assert sum(p.numel() for p in model.parameters()) == counts[name]["network"]
+        budget = {k: v for k, v in vars(targs).items()
+                  if k not in ("backbone", "ablate", "output_dir", "figs_dir", *overridable)}
+        assert shared is None or budget == shared, name  # the same data, iterations, batch, patch, seed
+        shared = budget
+    assert (shared["batchSize"], shared["patch_size"], shared["seed"]) == (4, 64, 1)
+
+
+def test_every_arm_has_an_estimate_a_colour_and_a_label():
+    for arm in study.ARMS.values():
+        assert arm.cost_key in study.SEC_PER_ITER and arm.cost_key in study.EVAL_SECONDS
+    assert study.UNMEASURED <= study.SEC_PER_ITER.keys()
+    assert set(study.COLOURS) == set(study.ARMS) and len(set(study.COLOURS.values())) == len(study.ARMS)
+    assert len({a.label for a in study.ARMS.values()}) == len(study.ARMS)
+    assert all(m in study.ARMS and b in study.ARMS for m, b in study.COMPARISONS)
+    args = study.resolve_settings(study.get_args_parser().parse_args([]))
+    text = study.plan(args, {"denoise_15": 4})
+    assert "restormer_matched*" in text and "baryir*" not in text and "not measured" in text
+
+
+def test_a_run_of_another_network_is_refused(tmp_path):
+    right = {"backbone": "Restormer", "model_config": study.arm_model_config(study.ARMS["restormer_matched"])}
+    study.check_network("restormer_matched", right, tmp_path / "eval.json")
+    study.check_network("restormer_matched", None, tmp_path / "eval.json")  # a cache from before the check
+    narrow = {"backbone": "Restormer", "model_config": study.arm_model_config(study.ARMS["restormer"])}
+    with pytest.raises(study.StudyError, match="dim 16 there, 26 now"):
+        study.check_network("restormer_matched", narrow, tmp_path / "eval.json")
+    with pytest.raises(study.StudyError, match="backbone 'BaryNet' there, 'PromptIR' now"):
+        study.check_network("promptir", {"backbone": "BaryNet", "model_config": {}}, tmp_path / "eval.json")
