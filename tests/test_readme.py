@@ -3,6 +3,7 @@ lines (everything up to the work) on a tiny layout."""
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,7 @@ def readme_layout(tmp_path_factory):
     """Tiny copies of the layout the README's commands expect, relative to the repository root, one for the
     trainers (training sets with the reference's id lists in ``data_dir/``, the test sets for validation, no
     runs yet) and one for the tester (the five test sets under ``data/test``, the checkpoints its commands name
-    as tiny BaryNet weights carrying their configuration, the user's photos)."""
+    as tiny BaryNet weights carrying their configuration, PromptIR's official format, the user's photos)."""
     roots = {"train": tmp_path_factory.mktemp("readme_train"), "test": tmp_path_factory.mktemp("readme_test")}
     train = make_train_tree(roots["train"] / "data", five_d=True, size=160, id_lists=True)
     train["data_file_dir"].rename(roots["train"] / "data_dir")
@@ -116,6 +117,9 @@ def readme_layout(tmp_path_factory):
                  "ckpt.pth"):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         torch.save(ckpt, root / path)
+    promptir = build_model("PromptIR", "paper")  # the official release's configuration, as a Lightning file
+    torch.save({"state_dict": {f"net.{k}": v for k, v in promptir.state_dict().items()}, "epoch": 1},
+               root / "promptir.ckpt")
     photo = read_image(root / "data" / "test" / "denoise" / "bsd68" / "test000.png")
     write_image(root / "my_photos" / "a.png", photo)
     write_image(root / "huge_4k.png", photo)
@@ -128,6 +132,7 @@ def _run(script: str, argv: list[str]):
         try:
             return 0, tester_bary.main(tester_bary.get_args_parser().parse_args(argv))
         except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return exc.exit_status, str(exc)
     parser = train_options.get_args_parser(**({"threads_default": 4, "objective": "ddp"}
                                               if script == "trainer_bary_ddp.py" else {}))
