@@ -1,5 +1,5 @@
 """BaryIR's claims at small scale: eight arms x seeds on the embedded demo data, with the real
-trainer (``trainer_bary.main``) and the real tester engine (``utils.eval.evaluation``).
+trainer (``trainer_bary.py``'s engine and parser) and the real tester engine (``utils.eval.evaluation``).
 
     .venv/bin/python bench/study.py            # the full study: 8 arms x 3 seeds (up to 2 hours on 2 CPU cores)
     .venv/bin/python bench/study.py --quick    # one seed, 60 iterations (up to 12 minutes): a pipeline check
@@ -66,6 +66,8 @@ from utils.demo.run import InputAsOutput, views_of_one_photo
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.runtime import pick_device
+from utils.train.engine import run_cli
+from utils.train.options import get_args_parser as trainer_parser
 
 ID_TASKS = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
 OOD_TASKS = ("denoise_75", "jpeg", "lowlight", "deblur")
@@ -280,13 +282,16 @@ def finished_checkpoint(train_dir: Path, epochs: int) -> Path | None:
 
 
 def train_run(argv: list[str], train_dir: Path, epochs: int, progress: bool) -> Path:
-    """Train (or continue) one run with the real trainer; its console output goes to ``train/stdout.txt``."""
-    import trainer_bary
-    targs = trainer_bary.get_args_parser().parse_args(argv)
+    """Train (or continue) one run with the real trainer; its console output goes to ``train/stdout.txt``.
+
+    ``run_cli`` and its parser are what ``trainer_bary.py``'s ``main`` runs; the script itself is not importable
+    here (``python bench/study.py`` puts bench/, not the repository root, on sys.path, and the package
+    installs only ``net`` and ``utils``)."""
+    targs = trainer_parser().parse_args(argv)
     train_dir.mkdir(parents=True, exist_ok=True)
     with open(train_dir / "stdout.txt", "a") as fh, contextlib.redirect_stdout(fh), \
             (contextlib.redirect_stderr(fh) if not progress else contextlib.nullcontext()):
-        rc = trainer_bary.main(targs)
+        rc = run_cli(targs)
     if rc:
         raise StudyError(f"training failed (exit code {rc}); see {train_dir}/stdout.txt. Fix it, then rerun the "
                          f"same command: finished runs are kept")

@@ -238,6 +238,8 @@ def test_matched_restormer_is_within_ten_percent_of_tiny_barynet():
 
 def test_every_arm_trains_with_the_same_budget_through_the_trainers_parser(tmp_path):
     import trainer_bary
+    from utils.train import options
+    assert trainer_bary.get_args_parser is options.get_args_parser  # what study.train_run parses with
     args = study.resolve_settings(study.get_args_parser().parse_args(["--out", str(tmp_path)]))
     parser = trainer_bary.get_args_parser()
     overridable = ("dim", "num_blocks", "num_refinement_blocks", "heads")
@@ -268,6 +270,17 @@ def test_every_arm_has_an_estimate_a_colour_and_a_label():
     args = study.resolve_settings(study.get_args_parser().parse_args([]))
     text = study.plan(args, {"denoise_15": 4})
     assert "restormer_matched*" in text and "baryir*" not in text and "not measured" in text
+
+
+def test_the_script_starts_as_a_script(tmp_path):
+    """`python bench/study.py` puts bench/, not the repository root, on sys.path: everything it imports must
+    come from the installed packages (the trainer through utils.train, not trainer_bary.py)."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "study.py"), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "restormer_matched" in done.stdout and "barypromptir" in done.stdout
 
 
 def test_a_run_of_another_network_is_refused(tmp_path):
