@@ -28,9 +28,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # (backbone, preset) -> (small, large) side for restoring, patch side for training
-RESTORE_SIDES = {"tiny": (256, 512), "paper": (128, 256)}
+# Large sides: at small ones fixed-size buffers inflate the slope (tiny: 3128 B/px from 256-512, 2164 from
+# 1024-2048), and automatic tiling matters for large images.
+RESTORE_SIDES = {"tiny": (1024, 2048), "paper": (512, 1024)}
 TRAIN_PATCH = {"tiny": 128, "paper": 64}
 TRAIN_BATCHES = (1, 4)
+BACKBONE_NAMES = ("BaryNet", "Restormer", "PromptIR", "BaryPromptIR")
 
 
 def peak_mib() -> float:
@@ -46,8 +49,8 @@ def one_case(kind: str, backbone: str, preset: str, precision: str, size: int, b
     import torch
 
     from net import Potentials
-    from net.presets import build_model
-    from utils.runtime import tune_cpu_allocator
+    from net.presets import WB_BACKBONES, build_model
+    from utils.runtime import to_channels_last, tune_cpu_allocator
 
     tune_cpu_allocator()  # as every entry point does
     torch.set_num_threads(2)
@@ -61,8 +64,8 @@ def one_case(kind: str, backbone: str, preset: str, precision: str, size: int, b
         restore(model, x, precision=precision)
         return peak_mib()
     from utils.train.engine import Training, build_optimizer, train_step
-    model.to(memory_format=torch.channels_last)
-    pots = Potentials(3, model.config["dim"] * 8, size) if backbone == "BaryNet" else None
+    to_channels_last(model)
+    pots = Potentials(3, model.config["dim"] * 8, size) if backbone in WB_BACKBONES else None
     training = Training(model, model, pots, build_optimizer("RMSprop", model.parameters(), 1e-4),
                         build_optimizer("RMSprop", pots.parameters(), 1e-4) if pots is not None else None,
                         torch.tensor([0.34, 0.33, 0.33]), precision=precision, channels_last=True)
@@ -82,27 +85,30 @@ def run_case(*case) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def measure(precisions: tuple[str, ...] = ("fp32",)) -> dict:
+def measure(precisions: tuple[str, ...] = ("fp32",), backbones: tuple[str, ...] = BACKBONE_NAMES,
+            kinds: tuple[str, ...] = ("restore", "train")) -> dict:
     base = run_case("base", "BaryNet", "tiny", "fp32", 0, 0)
     rows = {"base_mib": round(base), "restore": {}, "train": {}}
-    for backbone in ("BaryNet", "Restormer"):
+    for backbone in backbones:
         for preset in ("tiny", "paper"):
             for precision in precisions:
                 key = f"{backbone}/{preset}/{precision}"
-                small, large = RESTORE_SIDES[preset]
-                a = run_case("restore", backbone, preset, precision, small, 1)
-                b = run_case("restore", backbone, preset, precision, large, 1)
-                per_px = (b - a) * 2**20 / (large**2 - small**2)
-                rows["restore"][key] = round(per_px)
-                print(f"restore {key:28s} peak {a:7.0f} MiB at {small}^2, {b:7.0f} MiB at {large}^2: "
-                      f"{per_px:8.0f} B/px", flush=True)
-                p = TRAIN_PATCH[preset]
-                a = run_case("train", backbone, preset, precision, p, TRAIN_BATCHES[0])
-                b = run_case("train", backbone, preset, precision, p, TRAIN_BATCHES[1])
-                per_px = (b - a) * 2**20 / ((TRAIN_BATCHES[1] - TRAIN_BATCHES[0]) * p * p)
-                rows["train"][key] = round(per_px)
-                print(f"train   {key:28s} peak {a:7.0f} MiB at batch {TRAIN_BATCHES[0]}, {b:7.0f} MiB at batch "
-                      f"{TRAIN_BATCHES[1]} (patch {p}): {per_px:8.0f} B/px", flush=True)
+                if "restore" in kinds:
+                    small, large = RESTORE_SIDES[preset]
+                    a = run_case("restore", backbone, preset, precision, small, 1)
+                    b = run_case("restore", backbone, preset, precision, large, 1)
+                    per_px = (b - a) * 2**20 / (large**2 - small**2)
+                    rows["restore"][key] = round(per_px)
+                    print(f"restore {key:28s} peak {a:7.0f} MiB at {small}^2, {b:7.0f} MiB at {large}^2: "
+                          f"{per_px:8.0f} B/px", flush=True)
+                if "train" in kinds:
+                    p = TRAIN_PATCH[preset]
+                    a = run_case("train", backbone, preset, precision, p, TRAIN_BATCHES[0])
+                    b = run_case("train", backbone, preset, precision, p, TRAIN_BATCHES[1])
+                    per_px = (b - a) * 2**20 / ((TRAIN_BATCHES[1] - TRAIN_BATCHES[0]) * p * p)
+                    rows["train"][key] = round(per_px)
+                    print(f"train   {key:28s} peak {a:7.0f} MiB at batch {TRAIN_BATCHES[0]}, {b:7.0f} MiB at "
+                          f"batch {TRAIN_BATCHES[1]} (patch {p}): {per_px:8.0f} B/px", flush=True)
     return rows
 
 
@@ -111,6 +117,8 @@ def main() -> None:
     parser.add_argument("--one", nargs=6, metavar=("KIND", "BACKBONE", "PRESET", "PRECISION", "SIZE", "BATCH"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONE_NAMES), choices=list(BACKBONE_NAMES))
+    parser.add_argument("--kinds", nargs="+", default=["restore", "train"], choices=["restore", "train"])
     args = parser.parse_args()
     if args.one:
         kind, backbone, preset, precision, size, batch = args.one
@@ -118,7 +126,7 @@ def main() -> None:
         return
     import torch
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; peaks are VmHWM of fresh processes")
-    rows = measure(tuple(args.precisions))
+    rows = measure(tuple(args.precisions), tuple(args.backbones), tuple(args.kinds))
     print("base (import torch and the project):", rows["base_mib"], "MiB")
     print(json.dumps(rows, indent=1))
 

@@ -20,7 +20,7 @@ import torch
 
 from .barynet import BaryNet
 from .blocks import TransformerBlock, conv1x1
-from .promptir import PromptGenBlock, PromptIR
+from .promptir import PromptGenBlock, PromptIR, check_prompt_settings
 
 
 class BaryPromptIR(BaryNet):
@@ -44,9 +44,7 @@ class BaryPromptIR(BaryNet):
                  bias: bool = False, LayerNorm_type: str = "WithBias",
                  prompt_dims: Sequence[int] = (64, 128, 320), prompt_len: int = 5,
                  prompt_sizes: Sequence[int] = (64, 32, 16)):
-        if len(prompt_dims) != 3 or len(prompt_sizes) != 3:
-            raise ValueError(f"prompt_dims and prompt_sizes need 3 entries each (decoder levels 1, 2, 3), "
-                             f"got {list(prompt_dims)} and {list(prompt_sizes)}")
+        check_prompt_settings(prompt_dims, prompt_sizes)
         super().__init__(inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,
                          ffn_expansion_factor, bias, LayerNorm_type)
         d = dim

@@ -26,6 +26,13 @@ from .blocks import (
 )
 
 
+def check_prompt_settings(prompt_dims: Sequence[int], prompt_sizes: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless there is one prompt width and one prompt size per decoder level (1, 2, 3)."""
+    if len(prompt_dims) != 3 or len(prompt_sizes) != 3:
+        raise ValueError(f"prompt_dims and prompt_sizes need 3 entries each (decoder levels 1, 2, 3), "
+                         f"got {list(prompt_dims)} and {list(prompt_sizes)}")
+
+
 class PromptGenBlock(nn.Module):
     """The prompt of one decoder level: ``(B, lin_dim, H, W) -> (B, prompt_dim, H, W)``.
 
@@ -70,9 +77,7 @@ class PromptIR(nn.Module):
                  prompt_dims: Sequence[int] = (64, 128, 320), prompt_len: int = 5,
                  prompt_sizes: Sequence[int] = (64, 32, 16)):
         super().__init__()
-        if len(prompt_dims) != 3 or len(prompt_sizes) != 3:
-            raise ValueError(f"prompt_dims and prompt_sizes need 3 entries each (decoder levels 1, 2, 3), "
-                             f"got {list(prompt_dims)} and {list(prompt_sizes)}")
+        check_prompt_settings(prompt_dims, prompt_sizes)
         d = dim
         p1, p2, p3 = prompt_dims
         self.config = {**_config(inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,

@@ -20,31 +20,37 @@ from typing import Any, Mapping
 import torch
 
 # Measured on the CPU (AMD EPYC, AVX2, torch 2.14.1, 2 threads) by bench/memory_coefficients.py; BENCHMARKS.md
-# has the run. Bytes per input pixel of one image through ``utils.eval.inference.restore``. bf16/fp16 use
-# the fp32 rows (an upper bound): this CPU emulates bf16 too slowly to measure it.
+# has the runs. Bytes per input pixel of one image through ``utils.eval.inference.restore``, from sides 1024 and
+# 2048 (tiny) or 512 and 1024 (paper). bf16/fp16 use the fp32 rows (an upper bound): this CPU emulates bf16 too
+# slowly to measure it.
 RESTORE_BYTES_PER_PIXEL: dict[tuple[str, str, str], int] = {
-    ("BaryNet", "tiny", "fp32"): 3128, ("BaryNet", "paper", "fp32"): 11361,
-    ("Restormer", "tiny", "fp32"): 2759, ("Restormer", "paper", "fp32"): 11360,
+    ("BaryNet", "tiny", "fp32"): 2969, ("BaryNet", "paper", "fp32"): 6880,
+    ("Restormer", "tiny", "fp32"): 2492, ("Restormer", "paper", "fp32"): 6672,
+    ("PromptIR", "tiny", "fp32"): 2975, ("PromptIR", "paper", "fp32"): 6475,
+    ("BaryPromptIR", "tiny", "fp32"): 2433, ("BaryPromptIR", "paper", "fp32"): 7188,
 }
 # Bytes per pixel of ``batch x patch^2`` for one training iteration (map update, potentials, congruence).
 TRAIN_BYTES_PER_PIXEL: dict[tuple[str, str, str], int] = {
     ("BaryNet", "tiny", "fp32"): 19366, ("BaryNet", "paper", "fp32"): 222611,
     ("Restormer", "tiny", "fp32"): 15794, ("Restormer", "paper", "fp32"): 179938,
+    ("PromptIR", "tiny", "fp32"): 18545, ("PromptIR", "paper", "fp32"): 188972,
+    ("BaryPromptIR", "tiny", "fp32"): 22300, ("BaryPromptIR", "paper", "fp32"): 224914,
 }
 # Peak of a process that imported torch and the project, before any network.
 PROCESS_BYTES = 509 * 2**20
-# Peaks of repeated measurements differed by up to ~20 % (the allocator's rounding): estimates carry
-# this factor so that a run that is refused would really not have fitted.
+# Slopes of repeated measurements of one case differed by up to ~35 % (BaryNet tiny restore, 1024-2048: 2164
+# and 2969 B/px; 256-512: 3128, 3200, 3859): the tables keep the higher value and estimates carry this factor,
+# so that a refused run would really not have fitted; automatic tiling may start a little early.
 MARGIN = 1.25
-# Backbones without their own measurement use the one whose graph they extend.
+# A backbone added later without its own measurement uses the one whose graph it extends.
 SIMILAR_BACKBONE = {"PromptIR": "Restormer", "BaryPromptIR": "BaryNet"}
 # Bytes of state per parameter beside its float32 value: the gradient, and the optimizer's buffers.
 OPTIMIZER_STATE_BYTES = {"RMSprop": 4, "Adam": 8}
 
 
 def gib(n: float) -> str:
-    """``n`` bytes as ``"1.3 GiB"``."""
-    return f"{n / 2**30:.1f} GiB"
+    """``n`` bytes as ``"1.3 GiB"``, or ``"31 MiB"`` under a gibibyte."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _cgroup_limit() -> int | None:
