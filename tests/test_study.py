@@ -281,6 +281,13 @@ def test_the_script_starts_as_a_script(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "restormer_matched" in done.stdout and "barypromptir" in done.stdout
+    # and reaches the trainer from there (it once imported trainer_bary.py, not importable from bench/)
+    code = ("import sys, pathlib; sys.path.insert(0, sys.argv[1]); import study; "
+            "study.train_run(['--help'], pathlib.Path(sys.argv[2]), 1, False)")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO / "bench"), str(tmp_path / "run")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--batch-size" in done.stdout
 
 
 def test_a_run_of_another_network_is_refused(tmp_path):

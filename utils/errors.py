@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import sys
 from typing import Any, Callable, Iterable
 
@@ -32,6 +33,8 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     of the scripts, instead of the usage block followed by ``<prog>: error: ...``."""
 
     def error(self, message: str):
+        # A flag with several spellings (utils/cli.py) is named by the first, the one --help shows.
+        message = re.sub(r"argument (-[\w-]+)(?:/-[\w-]+)+", r"argument \1", message)
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
