@@ -1,6 +1,7 @@
 """Forward time and peak memory of BaryNet: plain eager vs the fast fp32 and bf16 paths.
 
     .venv/bin/python bench/bench_inference.py [--size 256] [--repeats 2] [--rounds 2] [--preset paper]
+    python bench/bench_inference.py --device cuda --size 512          # the GPU rows (one process)
 
 Each path runs in its own process, as a user runs it: ``plain`` is the network with the
 reference's hand-written LayerNorm, NCHW, fp32 under ``torch.no_grad`` and glibc's default
@@ -24,11 +25,11 @@ import sys
 import time
 
 import torch
-from _memory import rss_mib
 
 from net import set_layernorm_impl
 from net.presets import build_model
 from utils.eval.inference import restore
+from utils.memory import resident_bytes
 from utils.runtime import tune_cpu_allocator
 
 PATHS = ("plain", "fast_fp32", "fast_bf16", "fast_fp32_default_alloc")
@@ -54,7 +55,7 @@ def _child(path: str, preset: str, size: int, repeats: int) -> dict:
     if path in ("fast_fp32", "fast_bf16"):
         tune_cpu_allocator()
     forward = _forward_fn(path, preset, size)
-    base = rss_mib()
+    base = resident_bytes() / 2**20
     out = forward()  # warm-up: oneDNN primitive creation, layout conversion
     times = []
     for _ in range(repeats):
@@ -82,14 +83,65 @@ def _matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
+def gpu_rows(preset: str, size: int, repeats: int) -> None:
+    """The CUDA paths in one process: plain fp32, ``restore()`` fp32 and bf16 (best of ``repeats`` after 3
+    warm-ups, synchronised), peak memory, and the bf16 output's PSNR against fp32 on a natural image."""
+    import math
+
+    import numpy as np
+    from skimage import data as skdata
+
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    model = build_model("BaryNet", preset).eval().to(device)
+    photo = np.asarray(skdata.astronaut(), dtype=np.float32) / 255  # 512x512 RGB
+    x = torch.from_numpy(photo).permute(2, 0, 1)[None]
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).to(device)
+
+    def plain():
+        with torch.no_grad():
+            return model(x).restored
+
+    paths = {"plain_fp32": plain, "restore_fp32": lambda: restore(model, x, "fp32"),
+             "restore_bf16": lambda: restore(model, x, "bf16")}
+    outs, rows = {}, []
+    for name, forward in paths.items():
+        for _ in range(3):
+            forward()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            outs[name] = forward()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        rows.append((name, min(times), torch.cuda.max_memory_allocated() / 2**20))
+    ref = outs["restore_fp32"].float().clamp(0, 1)
+    print(f"BaryNet ({preset}) forward on {torch.cuda.get_device_name()}, 1x3x{size}x{size}, torch "
+          f"{torch.__version__}; best of {repeats} after 3 warm-ups\n")
+    print("| path | ms / forward | speed-up vs plain | peak GPU memory (MiB) | PSNR vs restore_fp32 (dB) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, seconds, peak in rows:
+        mse = float(((outs[name].float().clamp(0, 1) - ref) ** 2).mean())
+        psnr = "identical" if mse == 0 else f"{10 * math.log10(1 / mse):.1f}"
+        print(f"| {name} | {1000 * seconds:.1f} | {rows[0][1] / seconds:.2f}x | {peak:.0f} | {psnr} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--preset", default="paper")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: the GPU rows (plain, restore fp32, restore bf16) in one process; use --size 512")
     parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "cuda":
+        gpu_rows(args.preset, args.size, max(args.repeats, 10))
+        return
     if args.child:
         print(json.dumps(_child(args.child, args.preset, args.size, args.repeats)))
         return

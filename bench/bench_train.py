@@ -34,11 +34,11 @@ import sys
 import time
 
 import torch
-from _memory import rss_mib
 
 from net import Potentials, set_layernorm_impl
 from net.presets import build_model
 from utils.eval.inference import autocast_context
+from utils.memory import resident_bytes
 from utils.runtime import tune_cpu_allocator
 from utils.train.engine import Training, build_optimizer, train_step
 
@@ -125,17 +125,12 @@ def straightforward_step(model, pots, opt_m, opt_p, x, y, de_ids, domains, lambd
 
 # --------------------------------------------------------------------------- one variant (subprocess)
 
-def run_variant(variant: str, precision: str, preset: str, batch: int, patch: int, k: int, iters: int,
-                warmup: int, device: torch.device) -> dict:
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the trainer sets it
-    elif variant != "straightforward":
-        tune_cpu_allocator()  # as trainer_bary.py does on the CPU
-    # load the kernels' libraries first, so the baseline excludes them
-    warm = torch.nn.Conv2d(3, 8, 3).to(device)
-    warm(torch.rand(1, 3, 16, 16, device=device)).sum().backward()
-    del warm
-    base_rss = rss_mib()
+def build_case(preset: str, batch: int, patch: int, k: int, device: torch.device):
+    """The benchmark's fixed case: BaryNet ``preset`` and ``k`` potentials from seed 0, RMSprop at 1e-4, and
+    one batch ``x, y`` of shape ``(batch, 3, patch, patch)`` (one sample per domain in turn), on ``device``.
+
+    Returns ``model, pots, opt_m, opt_p, x, y, de_ids, domains, lambdas`` (``de_ids``/``domains`` on the CPU).
+    """
     torch.manual_seed(0)
     model = build_model("BaryNet", preset)
     pots = Potentials(k, model.config["dim"] * 8, patch)
@@ -150,6 +145,21 @@ def run_variant(variant: str, precision: str, preset: str, batch: int, patch: in
     x, y, lambdas = x.to(device), y.to(device), lambdas.to(device)
     opt_m = build_optimizer("RMSprop", model.parameters(), 1e-4)
     opt_p = build_optimizer("RMSprop", pots.parameters(), 1e-4)
+    return model, pots, opt_m, opt_p, x, y, de_ids, domains, lambdas
+
+
+def run_variant(variant: str, precision: str, preset: str, batch: int, patch: int, k: int, iters: int,
+                warmup: int, device: torch.device) -> dict:
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the trainer sets it
+    elif variant != "straightforward":
+        tune_cpu_allocator()  # as trainer_bary.py does on the CPU
+    # load the kernels' libraries first, so the baseline excludes them
+    warm = torch.nn.Conv2d(3, 8, 3).to(device)
+    warm(torch.rand(1, 3, 16, 16, device=device)).sum().backward()
+    del warm
+    base_rss = resident_bytes() / 2**20
+    model, pots, opt_m, opt_p, x, y, de_ids, domains, lambdas = build_case(preset, batch, patch, k, device)
     if variant.startswith("straightforward"):
         set_layernorm_impl(model, "reference")
 

@@ -1,0 +1,153 @@
+"""Where a training iteration's time goes: FLOPs, achieved rate, kernel launches, host syncs, top ops.
+
+    .venv/bin/python bench/profile_train.py --device cuda --precision bf16        # the GPU question
+    .venv/bin/python bench/profile_train.py --preset tiny --iters 2                # a CPU smoke run
+
+One iteration is the engine's :func:`utils.train.engine.train_step` (docs/METHOD.md §2's three updates)
+on :func:`bench_train.build_case`'s fixed batch, as the trainers run it (channels-last, the trainer's
+cudnn/allocator settings). The script prints
+
+- FLOPs per iteration (``torch.utils.flop_counter``: convolutions and matrix products, forward and
+  backward) and the achieved rate against the device's dense peak for the precision (known GPUs, or
+  ``--peak-tflops``); for the CPU, against a 2048³ matmul measured in the same run;
+- per iteration: ops dispatched, GPU kernels launched and host synchronisations (``.item()``, device to
+  host copies, stream/device synchronises), the usual suspects when a GPU runs at a few % of its peak;
+- the ``--rows`` most expensive ops by self time (device time on a GPU), as ``torch.profiler`` reports them.
+
+``--trace FILE`` also writes the Chrome trace (open in https://ui.perfetto.dev).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import Counter
+
+import torch
+from bench_train import build_case
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from utils.runtime import tune_cpu_allocator
+from utils.train.distributed import DistInfo
+from utils.train.engine import Training, train_step
+
+# Dense peak TFLOP/s by GPU name substring (vendor data sheets, SXM parts; no sparsity).
+PEAK_TFLOPS = {
+    "H200": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},
+    "H100": {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},
+    "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
+}
+HOST_SYNCS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_tflops(device: torch.device, precision: str, given: float | None) -> tuple[float | None, str]:
+    """The dense peak to compare with, and where it came from."""
+    if given:
+        return given, "--peak-tflops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        key = "tf32" if precision == "fp32" and torch.backends.cuda.matmul.allow_tf32 else precision
+        for gpu, peaks in PEAK_TFLOPS.items():
+            if gpu in name:
+                return peaks[key], f"{name} data sheet, {key} dense"
+        return None, f"{name}: unknown peak (give --peak-tflops)"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(2048, 2048, dtype=dtype)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    rate = 3 * 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e12
+    return rate, f"a 2048^3 {precision} matmul in this run"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--batch", type=int, default=3)
+    p.add_argument("--patch", type=int, default=128)
+    p.add_argument("--K", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=5, help="timed, then profiled, iterations")
+    p.add_argument("--rows", type=int, default=20)
+    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--trace", default=None, help="write the Chrome trace of the profiled iterations here")
+    a = p.parse_args(argv)
+
+    device = torch.device(a.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    else:
+        tune_cpu_allocator()
+    model, pots, opt_m, opt_p, x, y, de_ids, domains, lambdas = build_case(a.preset, a.batch, a.patch, a.K, device)
+    model.to(memory_format=torch.channels_last)
+    training = Training(model, model, pots, opt_m, opt_p, lambdas, l1_weight=10000.0, precision=a.precision,
+                        info=DistInfo(device=device), channels_last=True)
+    batch = (x, y, de_ids, domains)
+
+    for _ in range(a.warmup):
+        train_step(training, batch)
+    with FlopCounterMode(display=False) as counter:
+        train_step(training, batch)
+    flops = counter.get_total_flops()
+    times = []
+    for _ in range(a.iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        train_step(training, batch)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(a.iters):
+            train_step(training, batch)
+        _sync(device)
+    if a.trace:
+        prof.export_chrome_trace(a.trace)
+    events = prof.events()
+    per_iter = Counter()
+    for e in events:
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per_iter["GPU kernels"] += 1
+        elif e.name.startswith("aten::"):
+            per_iter["aten ops"] += 1
+        if any(e.name.startswith(s) for s in HOST_SYNCS):
+            per_iter[e.name] += 1
+
+    peak, source = peak_tflops(device, a.precision, a.peak_tflops)
+    rate = flops / seconds / 1e12
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"## Training iteration profile: BaryNet {a.preset}, batch {a.batch}, patch {a.patch}, K={a.K}, "
+          f"{a.precision}, {name}, torch {torch.__version__}\n")
+    print("| quantity | value |\n|---|---:|")
+    print(f"| FLOPs per iteration (conv + matmul, fwd + bwd) | {flops / 1e12:.3f} TFLOP |")
+    print(f"| seconds per iteration (median of {a.iters}) | {seconds:.4f} |")
+    print(f"| achieved rate | {rate:.2f} TFLOP/s |")
+    if peak:
+        print(f"| peak ({source}) | {peak:.1f} TFLOP/s |")
+        print(f"| share of peak | {100 * rate / peak:.1f} % |")
+    if device.type == "cuda":
+        print(f"| peak GPU memory | {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB |")
+    for key in sorted(per_iter):
+        print(f"| {key} per iteration | {per_iter[key] / a.iters:.1f} |")
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nTop {a.rows} ops by {sort.replace('_', ' ')} over {a.iters} iterations:\n")
+    print("```")
+    print(prof.key_averages().table(sort_by=sort, row_limit=a.rows, max_name_column_width=48))
+    print("```")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
