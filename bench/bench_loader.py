@@ -157,8 +157,8 @@ def main(argv=None) -> int:
               f"{'5D' if args.five_d else '3D'}, batch {args.batch}, patch {args.patch}, {os.cpu_count()} CPUs, "
               f"device {device}, torch {torch.__version__}")
         need = 2 * args.batch / (args.consume_ms / 1000)
-        print(f"\n| workers | first batch (s) | images/s | median batch (ms) | vs 2x a GPU at {args.consume_ms:g} ms "
-              f"per iteration ({need:.0f} images/s) |")
+        print(f"\n| workers | first batch (s) | images/s | median batch (ms) | / {need:.0f} images/s needed (2x what "
+              f"a GPU at {args.consume_ms:g} ms per iteration takes) |")
         print("|---:|---:|---:|---:|---|")
         for workers in args.workers:
             r = time_loader(dirs, de_types, repeats, workers, args.batch, args.patch, args.batches, device)

@@ -40,6 +40,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 import time
 import zlib
 from dataclasses import dataclass
@@ -758,7 +759,7 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
         plt.close(fig)
 
     if probe:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
         space_colours = {"wb": "tab:blue", "residual": "tab:orange", "source": "tab:grey"}
         for ax, (set_name, classes) in zip(axes, PROBE_SETS.items()):
             x = np.arange(len(probe))
@@ -768,7 +769,7 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
                        yerr=[v.std(ddof=1) if len(v) > 1 else 0 for v in vals], capsize=2,
                        color=space_colours[space], label={"wb": "WB", "source": "source z"}.get(space, space))
             ax.axhline(100 / len(classes), color="k", ls="--", lw=1, label="chance")
-            ax.set_xticks(x, [ARMS[a].label.replace(" w/o ", "\nw/o ") for a in probe], fontsize=7)
+            ax.set_xticks(x, [textwrap.fill(ARMS[a].label, 16) for a in probe], fontsize=7)
             ax.set_title(f"{len(classes)} classes ({set_name})")
             ax.set_ylim(0, 105)
         axes[0].set_ylabel("probe accuracy on held-out photos (%)")

@@ -211,8 +211,9 @@ def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
     fits = broadcast_int(int(extra <= free), info)
     if fits:
         return
+    per_sample = need.parts["activations"] / args.batchSize  # the only part that grows with the batch
     smaller = next((b for b in range(args.batchSize - 1, 0, -1)
-                    if memory_need(args, k, info, batch=b).total - need.total + extra <= free), None)
+                    if extra - (args.batchSize - b) * per_sample <= free), None)
     advice = [f"--batchSize {smaller}" if smaller else None, "--preset tiny" if args.preset != "tiny" else None,
               "a smaller --patch_size", "fewer processes (--nproc_per_node)" if need.processes_here > 1 else None,
               "--precision bf16" if args.precision == "fp32" else None]
