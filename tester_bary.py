@@ -279,8 +279,9 @@ def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
         sets = [paired_set(Path(args.degset).name, args.degset, args.tarset, skip_unpaired=args.skip_unpaired,
                            skip_bad_files=args.skip_bad_files)]
     else:
+        notes: list[str] = []
         try:
-            sets = find_task_sets(args.tasks, args.data_root, args.skip_unpaired, args.skip_bad_files)
+            sets = find_task_sets(args.tasks, args.data_root, args.skip_unpaired, args.skip_bad_files, notes)
         except ValueError as exc:
             if not isinstance(exc, PairingError):  # a --tasks name that cannot be a folder
                 raise UsageError(str(exc)) from exc
@@ -288,6 +289,8 @@ def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
                 raise
             _fail(f"{exc} (found while evaluating every paper task present under {args.data_root}; pass --tasks "
                   f"to choose)")
+        for note in dict.fromkeys(notes):  # once per folder, not once per noise level
+            print(f"warning: {note}", file=sys.stderr)
     if args.max_images:
         for s in sets:
             s.items = s.items[:args.max_images]

@@ -31,6 +31,7 @@ from utils.eval.metrics import image_metrics
 from utils.eval.outputs import output_names
 from utils.eval.protocol import RestoreOutOfMemory
 from utils.eval.report import summary_table
+from utils.eval.tasks import find_task_sets
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -576,3 +577,18 @@ def test_max_pixels_flag_refuses_large_images(checkpoint, tmp_path):
     res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o",
               "--max-pixels", str(H * W))
     assert res["tasks"]["deg"]["count"] == 1
+
+
+def test_an_empty_denoising_set_folder_is_named_not_silently_dropped(checkpoint, tmp_path, capsys):
+    root = tmp_path / "root"
+    write_image(root / "denoise" / "bsd68" / "cat.png", data.chelsea()[:48, :64])
+    (root / "denoise" / "urban100").mkdir()  # an unfinished download
+    notes = []
+    sets = find_task_sets(["denoise_15", "denoise_25"], root, notes=notes)
+    assert [s.name for s in sets] == ["denoise_15/bsd68", "denoise_25/bsd68"]
+    assert notes and all("urban100" in n for n in notes)
+    results = run("--model", checkpoint, "--data-root", root, "--tasks", "denoise_15", "denoise_25",
+                  "--save", tmp_path / "o")
+    assert set(results["tasks"]) == {"denoise_15/bsd68", "denoise_25/bsd68"}
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "urban100" in warnings[0] and "holds no images" in warnings[0]

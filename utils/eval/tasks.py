@@ -174,7 +174,7 @@ def _paired_sets(task: str, layout: PairedLayout, root: Path, skip: bool, skip_b
             for d in subsets]
 
 
-def _denoise_sets(task: str, layout: DenoiseLayout, root: Path) -> list[EvalSet]:
+def _denoise_sets(task: str, layout: DenoiseLayout, root: Path, notes: list[str] | None = None) -> list[EvalSet]:
     base = root / layout.folder
     if not base.is_dir():
         raise PairingError(f"task {task!r}: clean images expected in {base}/<set>/ (e.g. bsd68, kodak24); "
@@ -186,6 +186,9 @@ def _denoise_sets(task: str, layout: DenoiseLayout, root: Path) -> list[EvalSet]
     for d in folders:
         images = list_images(d)
         if not images:
+            if notes is not None:
+                notes.append(f"{d} holds no images, so it gives no denoising row; add its images, or remove "
+                             f"the folder")
             continue
         name = task if d == base else f"{task}/{d.name}"
         sets.append(EvalSet(name=name, task=task,
@@ -196,9 +199,10 @@ def _denoise_sets(task: str, layout: DenoiseLayout, root: Path) -> list[EvalSet]
 
 
 def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: bool = False,
-                   skip_bad_files: bool = False) -> list[EvalSet]:
+                   skip_bad_files: bool = False, notes: list[str] | None = None) -> list[EvalSet]:
     """The sets (table rows) of ``tasks`` under ``data_root``; ``"all"`` means every paper task present.
-    ``skip_unpaired``, ``skip_bad_files``: as in :func:`paired_set`."""
+    ``skip_unpaired``, ``skip_bad_files``: as in :func:`paired_set`. A denoising set folder without images
+    gives no row; ``notes`` (when given) receives one line naming it, for the caller to show."""
     root = Path(data_root)
     if not root.is_dir():
         raise PairingError(f"--data-root {root} does not exist (it should hold denoise/, derain/, dehaze/, ...)")
@@ -215,7 +219,7 @@ def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: b
     for task in dict.fromkeys(expanded):  # de-duplicated, order kept
         layout = task_layout(task)
         if isinstance(layout, DenoiseLayout):
-            sets += _denoise_sets(task, layout, root)
+            sets += _denoise_sets(task, layout, root, notes)
         else:
             sets += _paired_sets(task, layout, root, skip_unpaired, skip_bad_files)
     return sets
