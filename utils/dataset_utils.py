@@ -410,10 +410,23 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
     items = [(fam, pair) for fam, pairs in found.items() for pair in pairs]
     it = progress(items, total) if progress else items
     keep: dict[str, list[Pair]] = {fam: [] for fam in found}
+    sizes: dict[Path, tuple[int, int] | ImageReadError] = {}
+
+    def size_of(path: Path) -> tuple[int, int]:
+        """Each file's header is read once: OTS's 72,135 hazy images share about 2,000 clean targets."""
+        if path not in sizes:
+            try:
+                sizes[path] = image_size(path)
+            except ImageReadError as exc:
+                sizes[path] = exc
+        if isinstance(sizes[path], ImageReadError):
+            raise sizes[path]
+        return sizes[path]
+
     for fam, pair in it:
         try:
-            hw_clean = image_size(pair.clean)
-            hw_deg = image_size(pair.degraded) if pair.degraded is not None else hw_clean
+            hw_clean = size_of(pair.clean)
+            hw_deg = size_of(pair.degraded) if pair.degraded is not None else hw_clean
         except ImageReadError as exc:
             bad.append(str(exc))
             continue
