@@ -102,6 +102,7 @@ from utils.train.setup import (
     start_fresh_outputs,
     validation_pairs,
 )
+from utils.train.tensorboard_log import RecordLogs, TensorBoardLog, open_tensorboard, require_tensorboard
 
 FIG_NAME = "train_losses.png"
 MAP_TERMS = ("transport", "orthogonality", "contrastive", "potential")  # per-sample parts logged as means
@@ -366,7 +367,7 @@ def stop_loader_workers(timeout: float = 5.0) -> None:
 # --------------------------------------------------------------------------- epochs
 
 def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, iters_in_epoch: int, lr: float,
-                    *, stop: StopRequest, log: JsonlLog, console: Console, log_every: int = 10,
+                    *, stop: StopRequest, log: JsonlLog | RecordLogs, console: Console, log_every: int = 10,
                     save_every: int = 0, save: Callable[[LoopState], None] | None = None,
                     nan_at: int = 0) -> tuple[dict[str, float], bool]:
     """Train from ``state.iteration`` to ``iters_in_epoch``; ``state`` advances in place.
@@ -416,10 +417,12 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
     return {k: v / max(count, 1) for k, v in sums.items()}, stopped
 
 
-def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo, precision: str = "fp32") -> float | None:
-    """Mean PSNR over ``pairs`` by the tester's own scoring (:func:`utils.eval.evaluation.evaluate_set`,
-    ``--protocol reference``, through ``restore()``), shared out over the ranks: the number logged
-    as ``val_psnr`` is the one ``tester_bary.py --degset/--tarset`` prints for the same checkpoint.
+def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo,
+             precision: str = "fp32") -> dict[str, float] | None:
+    """Mean PSNR and SSIM over ``pairs`` (``{"psnr", "ssim"}``, None without pairs) by the tester's own
+    scoring (:func:`utils.eval.evaluation.evaluate_set`, ``--protocol reference``, through ``restore()``),
+    shared out over the ranks: the numbers logged as ``val_psnr``/``val_ssim`` are the ones
+    ``tester_bary.py --degset/--tarset`` prints for the same checkpoint.
     """
     items = [EvalItem(deg.name, tar, deg) for deg, tar in pairs][info.rank::info.world_size]
     benchmark = torch.backends.cudnn.benchmark
@@ -429,9 +432,10 @@ def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo, p
                               info.device, progress=False)["images"] if items else []
     finally:
         torch.backends.cudnn.benchmark = benchmark
-    t = torch.tensor([sum(r["psnr"] for r in scored), float(len(scored))], dtype=torch.float64, device=info.device)
+    t = torch.tensor([sum(r["psnr"] for r in scored), sum(r["ssim"] for r in scored), float(len(scored))],
+                     dtype=torch.float64, device=info.device)
     all_reduce_sum(t, info)
-    return float(t[0] / t[1]) if t[1] > 0 else None
+    return {"psnr": float(t[0] / t[2]), "ssim": float(t[1] / t[2])} if t[2] > 0 else None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -481,11 +485,13 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         output_dir = Path(args.output_dir)
         log = open_log(output_dir, resumed is not None, state, info, console)
         log.write(run_record(args, dataset, objective, state, resumed is not None, info))
-        save = Saver(training, output_dir, run_meta(args, model, dataset, info), iters, args.keep, console)
-
         if state.epoch > args.nEpochs:
             console(f"=> nothing to do: epoch {state.epoch} is past --nEpochs {args.nEpochs}")
             return 0
+        board = open_tensorboard(args, output_dir, resumed is not None, state.global_step, dataset, val_pairs,
+                                 info.is_main, console)
+        log = RecordLogs(log, board)  # the log's records go to TensorBoard too
+        save = Saver(training, output_dir, run_meta(args, model, dataset, info), iters, args.keep, console, board)
         stop = StopRequest().install()
         try:
             for epoch in range(state.epoch, args.nEpochs + 1):
@@ -508,6 +514,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                     return 0
                 val = evaluate(model, val_pairs, info, args.precision) if val_pairs else None
                 end_of_epoch(training, log, console, epoch, state, iters, lr, means, val, time.perf_counter() - tic)
+                board.preview(model, state.global_step, info.device, args.precision)
                 save(state)
                 if info.is_main:
                     plot_loss_curves(output_dir / LOG_NAME, Path(args.figs_dir or output_dir) / FIG_NAME)
@@ -517,6 +524,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                 state = LoopState(epoch + 1, 0, state.global_step)
         finally:
             stop.restore()
+            board.close()
         return 0
 
 
@@ -558,6 +566,8 @@ def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective,
                           f"{args.backbone} has none (drop --ablate)")
     if args.precision == "fp16" and info.device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA device; use --precision bf16 or fp32 on the CPU")
+    if getattr(args, "tensorboard", False):  # every rank: all stop alike
+        require_tensorboard()
     return k, objective, ablate
 
 
@@ -712,6 +722,7 @@ class Saver:
     iters: int
     keep: int
     console: Console
+    board: TensorBoardLog | None = None  # flushed before each checkpoint: what it holds is on disk
 
     def __call__(self, state: LoopState) -> None:
         t = self.training
@@ -719,17 +730,21 @@ class Saver:
             raise NonFiniteLossError(f"the weights became non-finite by epoch {state.epoch}, iteration "
                                      f"{state.iteration}; not saving (the last checkpoint stays as it was)")
         if t.info.is_main:
+            if self.board is not None:
+                self.board.flush()
             ckpt = training_checkpoint(t.model_without_ddp, t.potentials, t.optimizer, t.potentials_optimizer,
                                        t.scaler, state, state.iteration >= self.iters, self.meta)
             self.console(f"=> checkpoint {save_training_checkpoint(ckpt, self.output_dir, keep=self.keep)}")
         barrier(t.info)
 
 
-def end_of_epoch(training: Training, log: JsonlLog, console: Console, epoch: int, state: LoopState, iters: int,
-                 lr: float, means: dict[str, float], val: float | None, seconds: float) -> None:
-    """Check that the ranks agree, log the epoch and say how it went."""
+def end_of_epoch(training: Training, log: JsonlLog | RecordLogs, console: Console, epoch: int, state: LoopState,
+                 iters: int, lr: float, means: dict[str, float], val: dict[str, float] | None, seconds: float) -> None:
+    """Check that the ranks agree, log the epoch (``val``: :func:`evaluate`'s scores) and say how it went."""
+    val = val or {}
     record = {"kind": "epoch", "epoch": epoch, "global_step": state.global_step, "lr": lr,
-              "iterations": iters, **means, "val_psnr": val, "sec": seconds}
+              "iterations": iters, **means, "val_psnr": val.get("psnr"), "val_ssim": val.get("ssim"),
+              "sec": seconds}
     info = training.info
     if info.distributed:  # every rank must hold the same BaryNet and Potentials, bit for bit
         record["rank_digests"] = digests = gather_ints(weights_digest(training.model_without_ddp,
@@ -740,7 +755,7 @@ def end_of_epoch(training: Training, log: JsonlLog, console: Console, epoch: int
     log.write(record)
     console(f"=> epoch {epoch} done in {seconds:.1f}s, means: "
             + ", ".join(f"{label} {means[k]:.4g}" for k, label in LOSS_LABELS if k in means)
-            + (f"; validation PSNR {val:.3f} dB" if val is not None else ""))
+            + (f"; validation PSNR {val['psnr']:.3f} dB, SSIM {val['ssim']:.4f}" if val else ""))
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -138,6 +138,15 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     new.add_argument("--figs-dir", dest="figs_dir", type=str, default=None,
                      help="the loss-curve figure is redrawn here at each epoch end (default: --output-dir, "
                           "beside the run's log)")
+    new.add_argument("--tensorboard", action="store_true",
+                     help="also write TensorBoard event files into <output-dir>/tensorboard/ (rank 0; open them with "
+                          "tensorboard --logdir <output-dir>/tensorboard): every loss part, the lr and the "
+                          "barycenter weights lambda at each --log-every iteration; the epoch's mean losses and "
+                          "validation PSNR/SSIM at each epoch end; and once per epoch a degraded | restored | "
+                          "target grid, with the WB and residual latent maps for BaryNet/BaryPromptIR, of one fixed "
+                          "image: the first validation pair, or without validation the first training sample as "
+                          "epoch 1 crops it (a centre crop of at most 256x256). A resumed run continues the same "
+                          "curves; a fresh one moves an earlier run's folder aside. Needs pip install tensorboard")
     new.add_argument("--iters-per-epoch", dest="iters_per_epoch", type=int, default=0,
                      help="cap an epoch at N iterations (demos, tests); 0: the full repeated data set")
     new.add_argument("--log-every", dest="log_every", type=int, default=10,

@@ -1,0 +1,169 @@
+"""--tensorboard: read back with TensorBoard's own reader, the event files hold every scalar at every
+logged step (the JSON-lines log's steps and values), the preview images, and a run resumed after a
+crash continues the curves without a duplicated step; a failing writer only warns; --dry-run and a
+missing package write nothing."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _train_data import make_train_tree, make_val_tree, train_flags
+from tensorboard.backend.event_processing import event_accumulator
+
+from net.presets import build_model
+from utils.checkpoints import list_checkpoints
+from utils.dataset_utils import build_train_dataset
+from utils.train import engine
+from utils.train.options import get_args_parser
+from utils.train.run_log import Console, read_log
+from utils.train.tensorboard_log import TB_DIR, TensorBoardLog, preview_images, preview_sample
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ITERS = 3  # per epoch
+DE_TYPE = ("denoise_15", "derain", "dehaze")
+ITER_TAGS = {"loss/map", "loss/l1", "loss/transport", "loss/orthogonality", "loss/contrastive", "loss/potential",
+             "loss/potentials", "loss/congruence", "train/lr", "lambda/denoise", "lambda/derain", "lambda/dehaze"}
+EPOCH_TAGS = {"epoch/map", "epoch/l1", "epoch/transport", "epoch/orthogonality", "epoch/contrastive",
+              "epoch/potential", "epoch/potentials", "epoch/congruence", "val/psnr", "val/ssim"}
+IMAGE_TAGS = {"preview/degraded_restored_target", "preview/wb_residual_maps"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_train_tree(tmp_path_factory.mktemp("tb_data"), n=2, size=40)
+
+
+def args_for(data, out: Path, *extra: str):
+    flags = train_flags(data, out, de_type=DE_TYPE) + ["--iters-per-epoch", str(ITERS), "--batchSize", "2",
+                                                       "--no-check-images", *extra]
+    return get_args_parser().parse_args(flags)
+
+
+def read_events(folder: Path) -> event_accumulator.EventAccumulator:
+    everything = {kind: 0 for kind in event_accumulator.DEFAULT_SIZE_GUIDANCE}
+    return event_accumulator.EventAccumulator(str(folder), size_guidance=everything).Reload()
+
+
+def steps(acc, tag: str, kind: str = "scalars") -> list[int]:
+    return [e.step for e in getattr(acc, kind.capitalize())(tag)]
+
+
+@pytest.fixture(scope="module")
+def crashed_and_resumed(data, tmp_path_factory):
+    """Two epochs of 3 iterations with validation: the first start dies at global step 5 (a NaN, after its
+    epoch-1 checkpoint at step 3 and step 4 logged), the second resumes from step 3 and finishes."""
+    out = tmp_path_factory.mktemp("tb_run")
+    deg, tar = make_val_tree(out, n=1, size=40)
+    val = ["--degset", str(deg), "--tarset", str(tar), "--tensorboard", "--nEpochs", "2"]
+    with pytest.raises(engine.NonFiniteLossError):
+        engine.main(args_for(data, out, *val, "--debug-nan-at", "5"))
+    first = read_events(out / "ckpt" / TB_DIR)
+    assert steps(first, "loss/map") == [1, 2, 3, 4]  # step 4 was written before the crash
+    assert engine.main(args_for(data, out, *val, "--resume", "auto")) == 0
+    return out
+
+
+def test_every_scalar_at_every_logged_step_once_with_the_logs_values(crashed_and_resumed):
+    run = crashed_and_resumed / "ckpt"
+    acc = read_events(run / TB_DIR)
+    records = read_log(run / "log.jsonl")
+    iters = {r["global_step"]: r for r in records if r["kind"] == "iter"}
+    epochs = {r["global_step"]: r for r in records if r["kind"] == "epoch"}
+    assert sorted(iters) == list(range(1, 2 * ITERS + 1)) and sorted(epochs) == [ITERS, 2 * ITERS]
+
+    tags = acc.Tags()
+    assert set(tags["scalars"]) == ITER_TAGS | EPOCH_TAGS
+    for tag in ITER_TAGS:  # resumed: the crashed start's step 4 is hidden, not doubled
+        assert steps(acc, tag) == sorted(iters), tag
+    for tag in EPOCH_TAGS:
+        assert steps(acc, tag) == sorted(epochs), tag
+    for tag, key, source in (("loss/l1", "l1", iters), ("loss/congruence", "congruence", iters),
+                             ("train/lr", "lr", iters), ("epoch/transport", "transport", epochs),
+                             ("val/psnr", "val_psnr", epochs), ("val/ssim", "val_ssim", epochs)):
+        for e in acc.Scalars(tag):  # the resumed run's values, float32 in the event file
+            assert e.value == pytest.approx(source[e.step][key], rel=1e-6, abs=1e-12), (tag, e.step)
+    lambdas = dict(zip(("denoise", "derain", "dehaze"), next(r for r in records if r["kind"] == "run")["lambdas"]))
+    for fam, lam in lambdas.items():
+        values = [e.value for e in acc.Scalars(f"lambda/{fam}")]
+        assert values == pytest.approx([lam] * len(iters), rel=1e-6), fam
+    assert 0 < acc.Scalars("val/ssim")[-1].value <= 1 and acc.Scalars("val/psnr")[-1].value > 5
+
+
+def test_previews_once_per_epoch(crashed_and_resumed):
+    acc = read_events(crashed_and_resumed / "ckpt" / TB_DIR)
+    assert IMAGE_TAGS <= set(acc.Tags()["images"])
+    for tag in IMAGE_TAGS:
+        assert steps(acc, tag, "images") == [ITERS, 2 * ITERS], tag
+    grid = acc.Images("preview/degraded_restored_target")[-1]
+    assert (grid.height, grid.width) == (40, 3 * 40 + 2 * 2)  # degraded | restored | target, 2-pixel gaps
+    maps = acc.Images("preview/wb_residual_maps")[-1]
+    assert (maps.height, maps.width) == (40, 2 * 40 + 2)
+    for tag in ("preview/wb_pooled", "preview/residual_pooled"):
+        assert steps(acc, tag, "histograms") == [ITERS, 2 * ITERS]
+
+
+def test_fixed_training_sample_without_validation(data):
+    dataset = build_train_dataset(list(DE_TYPE), {k: str(v) for k, v in data.items()}, 32, seed=3,
+                                  data_file_dir="", check=False, log=lambda msg: None)
+    dataset.set_epoch(7)
+    deg, tar, what = preview_sample([], dataset)
+    assert dataset.epoch == 7 and "training sample 0" in what
+    again = preview_sample([], dataset)[0]
+    assert deg.shape == tar.shape == (3, 32, 32) and torch.equal(deg, again)  # fixed, whatever the epoch
+    torch.manual_seed(0)
+    model = build_model("Restormer", "tiny").train()
+    images, hists = preview_images(model, deg, tar, torch.device("cpu"), "fp32", wb=False)
+    assert set(images) == {"preview/degraded_restored_target"} and not hists
+    assert images["preview/degraded_restored_target"].shape == (3, 32, 3 * 32 + 4) and model.training
+
+
+class FailingWriter:
+    def __init__(self):
+        self.calls = 0
+
+    def add_scalar(self, *args):
+        self.calls += 1
+        raise OSError(28, "No space left on device")
+
+    def close(self):
+        pass
+
+
+def test_a_failing_writer_warns_once_and_stops_writing(capsys):
+    writer = FailingWriter()
+    board = TensorBoardLog(Path("tb"), Console(), writer_factory=lambda folder, purge: writer)
+    record = {"kind": "iter", "global_step": 1, "lr": 1e-4, "map": 1.0, "l1": 0.1}
+    board.write(record)
+    board.write(record | {"global_step": 2})
+    board.flush()
+    board.close()
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1 and "No space left on device" in err and "training goes on" in err
+    assert writer.calls == 1 and not board.enabled
+
+
+def test_dry_run_and_a_missing_package_write_nothing(data, tmp_path, monkeypatch, capsys):
+    assert engine.run_cli(args_for(data, tmp_path, "--tensorboard", "--dry-run")) == 0
+    assert not (tmp_path / "ckpt").exists()
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    capsys.readouterr()
+    assert engine.run_cli(args_for(data, tmp_path, "--tensorboard")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --tensorboard") and "pip install tensorboard" in err[0]
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_checkpoints_do_not_depend_on_tensorboard(data, crashed_and_resumed, tmp_path):
+    """The previews leave training alone: the same run without --tensorboard ends with the same weights."""
+    out = crashed_and_resumed
+    assert engine.main(args_for(data, tmp_path, "--degset", str(out / "val" / "input"), "--tarset",
+                                str(out / "val" / "target"), "--nEpochs", "2")) == 0
+    assert not (tmp_path / "ckpt" / TB_DIR).exists()
+    a = torch.load(list_checkpoints(out / "ckpt")[-1], weights_only=True)
+    b = torch.load(list_checkpoints(tmp_path / "ckpt")[-1], weights_only=True)
+    for key in ("model", "potentials"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name}"
+    assert json.loads((tmp_path / "ckpt" / "latest").read_text())["epochs_done"] == 2
