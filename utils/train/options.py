@@ -163,14 +163,14 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                           "with a warning, as the reference does)")
     new.add_argument("--check-images", dest="check_images", action=argparse.BooleanOptionalAction, default=True,
                      help="read every training image header before training (sizes, readability)")
-    new.add_argument("--check-data", "--check_data", dest="check_data", action="store_true",
+    new.add_argument("--check-data", dest="check_data", action="store_true",
                      help="only check the training sets of --de_type under the --*_dir flags and --data_file_dir "
                           "(and the validation set): counts, pairs, sizes, truncated files; print the report and "
                           "exit, 0 when all is well, else 1. Nothing is trained; no torchrun needed")
     new.add_argument("--dry-run", dest="dry_run", action="store_true",
                      help="do every start-up step (flags, memory, data, checkpoint, networks, optimizers) and stop "
                           "before the first iteration, writing nothing")
-    new.add_argument("--no-memory-check", "--no_memory_check", dest="no_memory_check", action="store_true",
+    new.add_argument("--no-memory-check", dest="no_memory_check", action="store_true",
                      help="start even when the memory estimate says the run cannot fit (the estimate and what "
                           "it compares with are printed at start)")
     new.add_argument("--debug", action="store_true",
