@@ -2,20 +2,27 @@
 #   make demo   build the embedded demo data, train, evaluate, draw the figures
 #   make test   run the test suite
 #   make test-quick   the suite without the slow end-to-end tests (while editing)
+#   make app    the local web app: restore an image in the browser (ARGS="--model PATH --port N")
 # Each creates .venv, installs requirements.txt and the project itself (pip install -e .) when
-# missing or stale.
+# missing or stale. `make app` also installs requirements-app.txt (Gradio, Selenium).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
+APP_STAMP := $(VENV)/.requirements-app-installed
+ARGS   ?=
 
-.PHONY: test test-quick demo bench clean-demo
+.PHONY: test test-quick demo bench clean-demo app
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
+
+$(APP_STAMP): $(STAMP) requirements-app.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-app.txt
+	@touch $(APP_STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -25,6 +32,9 @@ test-quick: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m utils.demo
+
+app: $(APP_STAMP)
+	$(PY) -m utils.app $(ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/bench_inference.py

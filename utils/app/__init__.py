@@ -1,0 +1,10 @@
+"""A local web app over the tester: drop an image, get it restored (``make app``, ``python -m utils.app``).
+
+- :mod:`utils.app.restore`: pure functions, no web framework: one upload restored exactly as
+  ``tester_bary.py --input`` restores it, and the maps the page shows (residual, WB and residual embeddings);
+- :mod:`utils.app.page`: the Gradio page built on them (its elements' ids in :mod:`utils.app.elements`);
+- :mod:`utils.app.main`: the command line (``--model``, ``--port``, ...), which loads the model and serves the
+  page on 127.0.0.1 only, with Gradio's analytics and version checks off.
+
+Gradio and Selenium are optional (``requirements-app.txt``); nothing else in the project imports this package.
+"""

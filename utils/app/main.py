@@ -1,0 +1,179 @@
+"""``python -m utils.app`` (``make app``): serve the restoration page for one checkpoint, on this machine only.
+
+    python -m utils.app                                  # the newest checkpoint under checkpoint/
+    python -m utils.app --model checkpoint/demo --port 7861
+    make app ARGS="--model checkpoint/demo/epoch_006.pth"
+
+``--model`` takes what ``tester_bary.py --model`` takes (a checkpoint file, a run's output folder or its
+``latest`` pointer) and is loaded by the tester's :func:`utils.eval.protocol.load_model`; without it, the newest
+checkpoint under ``checkpoint/`` (:func:`utils.checkpoints.newest_checkpoint`). The page is served on
+127.0.0.1 only, never shared, with Gradio's analytics, telemetry and version checks off (the machine may have
+no internet). The flags, the port and the checkpoint are checked before Gradio starts; every failure the user
+fixes is one ``error:`` line (exit status 2 for flags), the traceback only with ``--debug``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from net.presets import BACKBONES, PRESETS
+from utils.checkpoints import newest_checkpoint
+from utils.cli import one_spelling
+from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, pixel_limit
+from utils.errors import OneLineArgumentParser, UserError, run_main
+from utils.runtime import pick_device, tune_cpu_allocator
+
+CHECKPOINT_DIR = "checkpoint"
+DEMO_EXAMPLES = "data/demo/test"
+HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+MAX_UPLOAD = "1gb"  # an upload's bytes; its pixels are bounded by --max-pixels
+# Set before Gradio is imported: no analytics, telemetry or version checks (nothing may leave the machine).
+OFFLINE_ENVIRONMENT = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                       "DO_NOT_TRACK": "1"}
+INSTALL_HINT = "run `make app` (installs requirements-app.txt into .venv) or `pip install -r requirements-app.txt`"
+
+
+class UsageError(UserError):
+    """Flags that cannot work (a taken port, no checkpoint to serve): exit status 2."""
+    exit_status = 2
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number between 1 and 65535, got {value}")
+    return value
+
+
+def _pixel_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= value <= CV2_MAX_PIXELS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {CV2_MAX_PIXELS} (OpenCV's own limit), got {value}")
+    return value
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog="python -m utils.app", description="BaryIR restoration page (local web app)",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default=None,
+                        help=f"checkpoint, as tester_bary.py --model: a file, a run's output folder or its 'latest' "
+                             f"pointer. Default: the newest checkpoint under {CHECKPOINT_DIR}/ (make demo trains "
+                             f"{CHECKPOINT_DIR}/demo/)")
+    parser.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
+                        help="network, for checkpoints that do not name one (default: the checkpoint's, else BaryNet)")
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="configuration for checkpoints that do not carry one (default paper)")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"serve on http://{HOST}:PORT")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = CUDA if available")
+    parser.add_argument("--examples", default=None, metavar="DIR",
+                        help=f"benchmark folder whose degraded images the page offers as examples (default: "
+                             f"{DEMO_EXAMPLES} when it exists)")
+    parser.add_argument("--max-pixels", type=_pixel_count, default=MAX_PIXELS, metavar="N",
+                        help="refuse uploads of more than N pixels (as tester_bary.py --max-pixels)")
+    parser.add_argument("--work-dir", default=None, metavar="DIR",
+                        help="where restored images are written (default: a temporary folder removed on exit)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
+    return one_spelling(parser)
+
+
+def check_port(port: int, host: str = HOST) -> None:
+    """Refuse a port another program listens on, before anything is loaded (:class:`UsageError` with the fix)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"--port {port}: {host}:{port} is in use ({exc.strerror or exc}) — stop what serves "
+                             f"there or pass another port, e.g. --port {port + 1}") from exc
+
+
+def check_gradio() -> None:
+    """Gradio must be installed (it is optional): :class:`UserError` saying how otherwise."""
+    if importlib.util.find_spec("gradio") is None:
+        raise UserError(f"the app needs Gradio, which is not installed in {sys.prefix}: {INSTALL_HINT}")
+
+
+def checkpoint_to_serve(model: str | None, checkpoint_dir: str = CHECKPOINT_DIR) -> str:
+    """``--model`` as given, else the newest checkpoint under ``checkpoint_dir``; :class:`UsageError` when none."""
+    if model:
+        return model
+    newest = newest_checkpoint(checkpoint_dir)
+    if newest is None:
+        raise UsageError(f"no --model given and no checkpoint under {checkpoint_dir}/ — train one (`make demo` "
+                         f"trains {checkpoint_dir}/demo/), or pass --model PATH (a checkpoint file or a run folder)")
+    print(f"=> no --model given: using {newest.as_posix()} (newest under {checkpoint_dir}/)")
+    return str(newest)
+
+
+def examples_folder(examples: str | None) -> Path | None:
+    """``--examples`` (which must exist), else the demo's test images when present, else None."""
+    if examples is None:
+        return Path(DEMO_EXAMPLES) if Path(DEMO_EXAMPLES).is_dir() else None
+    if not Path(examples).is_dir():
+        raise UsageError(f"--examples {examples}: no such folder — pass a benchmark folder such as {DEMO_EXAMPLES} "
+                         f"(built by make demo), or leave the flag out")
+    return Path(examples)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the server as Ctrl-C does (Gradio closes cleanly, temporary files are removed)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def main(args) -> int:
+    """Check the flags, load the model, serve the page until interrupted; returns the exit status."""
+    check_port(args.port)
+    check_gradio()
+    examples_root = examples_folder(args.examples)
+    path = checkpoint_to_serve(args.model)
+    try:
+        device = pick_device(args.device)
+    except (ValueError, RuntimeError) as exc:  # the message names the flag and the fix
+        raise UsageError(str(exc)) from exc
+    from utils.eval.protocol import load_model
+    model, info = load_model(path, args.backbone, args.preset)
+    if "note" in info:
+        print(f"=> {info.pop('note')}")
+    model.to(device).eval()
+    os.environ.update(OFFLINE_ENVIRONMENT)
+    from utils.app.page import build_page  # imports Gradio, after its analytics are off
+    from utils.app.restore import Session, example_images
+    examples = example_images(examples_root) if examples_root is not None else []
+    with tempfile.TemporaryDirectory(prefix="baryir-app-") as scratch:
+        work_dir = Path(args.work_dir) if args.work_dir else Path(scratch)
+        page = build_page(Session(model=model, info=info, device=device, work_dir=work_dir), examples)
+        print(f"=> {info['model']} ({info['backbone']}) on {device}; {len(examples)} example image(s); serving "
+              f"http://{HOST}:{args.port} (Ctrl-C to stop)", flush=True)
+        _stop_on_sigterm()
+        allowed = [str(examples_root.resolve())] if examples_root is not None else []
+        with pixel_limit(args.max_pixels):
+            try:
+                page.queue(default_concurrency_limit=1).launch(
+                    server_name=HOST, server_port=args.port, share=False, inbrowser=False, show_error=True,
+                    ssr_mode=False, pwa=False, mcp_server=False, run_history=False, allowed_paths=allowed,
+                    max_file_size=MAX_UPLOAD, footer_links=["gradio"], quiet=True)
+            except OSError as exc:  # the port was taken between the check and the launch
+                raise UsageError(f"--port {args.port}: cannot serve there ({exc}) — pass another port") from exc
+    return 0
+
+
+def cli() -> int:
+    """``python -m utils.app``."""
+    tune_cpu_allocator()  # as tester_bary.py: reuse freed activation memory
+    args = get_args_parser().parse_args()
+    return run_main(main, args, debug=args.debug)

@@ -1,0 +1,82 @@
+"""The app's Gradio page: an upload, the precision and tiling choices, and what :mod:`utils.app.restore` returns.
+
+Every element a test or a script reads has an ``elem_id`` (:data:`utils.app.elements.IDS`). The page computes
+nothing itself: one button press is one :func:`utils.app.restore.restore_for_page` call, whose ``status`` line
+also carries any failure (an unreadable file, a bad tiling choice), so errors show in the page, never as a server
+traceback.
+Gradio must be importable (``requirements-app.txt``); :mod:`utils.app.main` imports this module only after it
+has turned off Gradio's analytics.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from utils.app.elements import IDS
+from utils.app.restore import TILE_CHOICES, PageResult, Session, has_embeddings, precisions_for, restore_for_page
+from utils.data.image_io import IMAGE_EXTENSIONS
+
+TITLE = "BaryIR: restore an image"
+
+
+def model_line(session: Session) -> str:
+    """The page's line about the model: its file, backbone, width and where it runs."""
+    info = session.info
+    cfg = info.get("model_config", {})
+    width = f", dim {cfg['dim']}, blocks {cfg.get('num_blocks')}" if "dim" in cfg else ""
+    return (f"Model: `{info['model']}` ({info['backbone']}{width}; configuration from "
+            f"{info.get('config_from', 'the checkpoint')}) on {session.device}. The restoration is the tester's "
+            f"(`tester_bary.py --input FILE --precision P --tile T` writes the same PNG).")
+
+
+def _outputs(result: PageResult) -> tuple:
+    """A :class:`PageResult` as the values of the page's outputs, in :func:`build_page`'s order."""
+    pair = (str(result.before), str(result.after)) if result.after is not None else None
+    return (result.status, pair, str(result.after) if result.after is not None else None, result.residual,
+            result.wb, result.wb_residual, result.maps)
+
+
+def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
+    """The page for ``session``'s model; ``examples``: ``[(image, label)]`` offered under the upload."""
+    maps_shown = has_embeddings(session.info["backbone"])
+
+    def on_restore(upload: str | None, precision: str, tile: str) -> tuple:
+        result = restore_for_page(session, upload, precision, tile)
+        if result.after is None and upload is not None:
+            gr.Warning(result.status.replace("**", "").replace("`", ""), title="Cannot restore")
+        return _outputs(result)
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as page:
+        gr.Markdown(f"# {TITLE}\n{model_line(session)}")
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Image (drop it here, or click to choose one)", file_count="single",
+                                 file_types=list(IMAGE_EXTENSIONS), type="filepath", elem_id=IDS["upload"])
+                precision = gr.Radio(list(precisions_for(session.device)), value="fp32", label="Precision",
+                                     info="as tester_bary.py --precision (bf16 is fast only on CPUs with AMX or "
+                                          "on GPUs)", elem_id=IDS["precision"])
+                tiling = gr.Dropdown(list(TILE_CHOICES), value="auto", allow_custom_value=True, label="Tiling",
+                                     info="as tester_bary.py --tile: auto tiles only an image that would not fit "
+                                          "the free memory; off never; a size (a multiple of 8) always",
+                                     elem_id=IDS["tiling"])
+                button = gr.Button("Restore", variant="primary", elem_id=IDS["restore"])
+                if examples:
+                    gr.Examples(examples=[[str(p)] for p, _ in examples], example_labels=[lab for _, lab in examples],
+                                inputs=[upload], label="Demo test images (click one, then Restore)")
+            with gr.Column(scale=2):
+                status = gr.Markdown("Drop an image and press **Restore**.", elem_id=IDS["status"])
+                comparison = gr.ImageSlider(label="Input | restored (drag the divider)", type="filepath",
+                                            format="png", interactive=False, elem_id=IDS["comparison"])
+                download = gr.File(label="Restored PNG", interactive=False, elem_id=IDS["download"])
+        with gr.Row():
+            residual = gr.Image(label="Residual: restored - input", format="png", interactive=False,
+                                elem_id=IDS["residual"])
+            wb = gr.Image(label="WB embedding (norm over channels)", format="png", interactive=False,
+                          visible=maps_shown, elem_id=IDS["wb"])
+            wb_residual = gr.Image(label="Residual embedding (norm over channels)", format="png",
+                                   interactive=False, visible=maps_shown, elem_id=IDS["wb_residual"])
+        maps = gr.Markdown(elem_id=IDS["maps"])
+        button.click(on_restore, inputs=[upload, precision, tiling],
+                     outputs=[status, comparison, download, residual, wb, wb_residual, maps])
+    return page
