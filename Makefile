@@ -4,7 +4,8 @@
 #   make test-quick   the suite without the slow end-to-end tests (while editing)
 #   make app    the local web app: restore an image in the browser (ARGS="--model PATH --port N")
 # Each creates .venv, installs requirements.txt and the project itself (pip install -e .) when
-# missing or stale. `make app` also installs requirements-app.txt (Gradio, Selenium).
+# missing or stale. `make app` and `make test` also install requirements-app.txt (Gradio, Selenium);
+# `make test` also installs headless Chromium for the browser test when it can (utils/app/ensure_browser.sh).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.requirements-installed
 APP_STAMP := $(VENV)/.requirements-app-installed
 ARGS   ?=
 
-.PHONY: test test-quick demo bench clean-demo app
+.PHONY: test test-quick demo bench clean-demo app browser
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +25,10 @@ $(APP_STAMP): $(STAMP) requirements-app.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-app.txt
 	@touch $(APP_STAMP)
 
-test: $(STAMP)
+browser:
+	@sh utils/app/ensure_browser.sh
+
+test: $(STAMP) $(APP_STAMP) browser
 	$(PY) -m pytest -q tests
 
 test-quick: $(STAMP)

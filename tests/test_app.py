@@ -1,0 +1,240 @@
+"""The web app (utils/app/): its pure functions, its command line, and the page in a real browser.
+
+The browser cases start ``python -m utils.app`` on a free port with a tiny BaryNet checkpoint and drive the page
+in headless Chromium (the system's browser and chromedriver, through Selenium): an uploaded image comes back
+pixel for pixel as ``tester_bary.py --input`` writes it for the same checkpoint and precision, and a corrupt
+upload gets its reason in the page's status line (no traceback in the server's output). They skip, saying
+why, only when Chromium, chromedriver, Gradio or Selenium is missing (``make test`` installs them).
+"""
+import base64
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+import tester_bary
+from net.presets import build_model, model_config
+from utils.app import main as app_main
+from utils.app import restore as app_restore
+from utils.app.browser import missing_for_browser_test
+from utils.app.restore import (
+    PageResult,
+    Session,
+    example_images,
+    page_protocol,
+    parse_tile,
+    residual_map,
+    restore_for_page,
+)
+from utils.data.image_io import read_image, write_image
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the app runs with one thread too: equal bits
+REPO = Path(__file__).resolve().parents[1]
+H, W = 52, 75  # not multiples of 8: the restore pads and crops back
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A trainer-style run folder holding one tiny BaryNet checkpoint (random weights, so the restoration
+    differs from the input) and the ``latest`` pointer; ``--model`` gets the folder, as a user may pass it."""
+    torch.manual_seed(0)
+    model = build_model("BaryNet", "tiny")
+    folder = tmp_path_factory.mktemp("run")
+    torch.save({"model": model.state_dict(), "model_config": model_config("tiny"), "backbone": "BaryNet",
+                "epoch": 1}, folder / "epoch_001.pth")
+    (folder / "latest").write_text(json.dumps({"checkpoint": "epoch_001.pth"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    """A small photo crop, degraded a little, saved as PNG."""
+    rng = np.random.default_rng(0)
+    img = data.chelsea()[60:60 + H, 120:120 + W].astype(np.float64)
+    noisy = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+    return write_image(tmp_path_factory.mktemp("photos") / "cat.png", noisy)
+
+
+@pytest.fixture(scope="module")
+def corrupt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bad") / "broken.png"
+    path.write_bytes(b"this is not an image at all\n" * 20)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tester_output(run_dir, photo, tmp_path_factory):
+    """What ``tester_bary.py --input`` writes for the photo (fp32, automatic tiling: the page's defaults)."""
+    save = tmp_path_factory.mktemp("tester")
+    args = tester_bary.get_args_parser().parse_args(["--model", str(run_dir), "--input", str(photo), "--save",
+                                                     str(save), "--precision", "fp32", "--no-progress"])
+    tester_bary.main(args)
+    return save / "cat.png"
+
+
+@pytest.fixture(scope="module")
+def session(run_dir, tmp_path_factory):
+    from utils.eval.protocol import load_model
+    model, info = load_model(run_dir)
+    return Session(model=model.eval(), info=info, device=torch.device("cpu"),
+                   work_dir=tmp_path_factory.mktemp("work"))
+
+
+# --------------------------------------------------------------------------- without a browser
+
+def test_page_choices_map_to_the_tester_flags():
+    assert parse_tile("auto") is None and parse_tile("off") == 0 and parse_tile(" 512 ") == 512
+    for bad in ("12", "33", "abc", "-8"):
+        with pytest.raises(ValueError, match="choose 'auto', 'off' or a tile size"):
+            parse_tile(bad)
+    protocol = page_protocol("bf16", "256")
+    assert (protocol.precision, protocol.tile, protocol.tile_overlap, protocol.tile_batch) == ("bf16", 256, 32, 4)
+    with pytest.raises(ValueError, match="precision 'fp64'"):
+        page_protocol("fp64", "auto")
+
+
+def test_restore_for_page_writes_the_tester_png_and_the_maps(session, photo, tester_output):
+    result = restore_for_page(session, photo, "fp32", "auto")
+    assert result.status.startswith("**Restored** `cat.png`"), result.status
+    expected = read_image(tester_output)
+    assert result.after.name == "cat.png"
+    assert np.array_equal(read_image(result.after), expected)
+    assert np.array_equal(read_image(result.before), read_image(photo))
+    assert result.residual.shape == (H, W, 3) and result.residual.dtype == np.uint8
+    assert not np.allclose(residual_map(read_image(photo), expected), 0)  # random weights change the image
+    crop = (H // 8 * 8, W // 8 * 8, 3)  # the embedding maps are of the input cropped to multiples of 8
+    assert result.wb.shape == crop and result.wb_residual.shape == crop
+    assert "WB / residual embedding" in result.maps
+    tiled = restore_for_page(session, photo, "fp32", "48")
+    assert "48x48 tiles" in tiled.status
+    assert tiled.after.is_file()
+
+
+def test_large_images_give_scaled_maps(session, photo, monkeypatch):
+    monkeypatch.setattr(app_restore, "DISPLAY_SIDE", 40)
+    monkeypatch.setattr(app_restore, "MAP_SIDE", 40)
+    result = restore_for_page(session, photo, "fp32", "auto")
+    assert read_image(result.after).shape == (H, W, 3), "only the maps are scaled, never the restoration"
+    assert result.residual.shape == (28, 40, 3) and "shown at 40x28" in result.maps
+    assert result.wb.shape == (24, 40, 3) and "scaled down to 40x24" in result.maps
+
+
+def test_failures_are_a_status_line(session, corrupt, tmp_path):
+    bad = restore_for_page(session, corrupt, "fp32", "auto")
+    assert bad == PageResult(status=bad.status) and bad.status.startswith("**Cannot restore** `broken.png`")
+    assert "corrupt, empty or not an image" in bad.status and str(corrupt.parent) not in bad.status
+    assert "tile size" in restore_for_page(session, corrupt, "fp32", "100").status
+    assert restore_for_page(session, None, "fp32", "auto").status.startswith("**Nothing to restore**")
+
+
+def test_networks_without_embeddings_say_so(photo, tmp_path):
+    model = build_model("Restormer", "tiny").eval()
+    session = Session(model=model, info={"model": "x.pth", "backbone": "Restormer"}, device=torch.device("cpu"),
+                      work_dir=tmp_path)
+    result = restore_for_page(session, photo, "fp32", "off")
+    assert result.after.is_file() and result.wb is None and result.wb_residual is None
+    assert "Restormer has no WB/residual embeddings" in result.maps
+
+
+def test_examples_are_the_degraded_test_images(tmp_path):
+    img = np.zeros((16, 16, 3), np.uint8)
+    for rel in ("derain/Rain100L/input/rain-1.png", "derain/Rain100L/target/rain-1.png", "lowlight/low/a.png",
+                "lowlight/high/a.png", "denoise/bsd68/clean.png", "notes/readme.png"):
+        write_image(tmp_path / rel, img)
+    found = example_images(tmp_path)
+    assert [(p.relative_to(tmp_path).as_posix(), label) for p, label in found] == [
+        ("derain/Rain100L/input/rain-1.png", "derain/Rain100L: rain-1.png"), ("lowlight/low/a.png", "lowlight: a.png")]
+    assert example_images(tmp_path / "missing") == []
+
+
+def _app(argv, capsys):
+    """``python -m utils.app ARGV`` in this process: (exit status, stderr)."""
+    try:
+        args = app_main.get_args_parser().parse_args(argv)
+        status = app_main.run_main(app_main.main, args)
+    except SystemExit as exc:
+        status = exc.code
+    return status, capsys.readouterr().err
+
+
+def test_bad_flags_are_one_error_line(tmp_path, monkeypatch, capsys):
+    if importlib.util.find_spec("gradio") is None:
+        pytest.skip("the app checks its flags after finding Gradio: make app installs it")
+    monkeypatch.chdir(tmp_path)  # no checkpoint/ here
+    for argv, words in ((["--port", "http"], "argument --port: expected a port number"),
+                        (["--port", "70000"], "between 1 and 65535"),
+                        ([], "no --model given and no checkpoint under checkpoint/"),
+                        (["--model", "nope.pth"], "--model nope.pth: checkpoint not found"),
+                        (["--model", "x.pth", "--examples", "nowhere"], "--examples nowhere: no such folder")):
+        status, err = _app(argv, capsys)
+        assert status in (1, 2) and err.startswith("error: ") and words in err and err.count("\n") == 1, (argv, err)
+
+
+# --------------------------------------------------------------------------- in the browser
+
+@pytest.fixture(scope="module")
+def browser_page(run_dir, tmp_path_factory):
+    """``(driver, url, log)``: the app serving the run's checkpoint, and headless Chromium."""
+    missing = missing_for_browser_test()
+    if missing:
+        pytest.skip(f"browser test skipped: {missing}")
+    from utils.app import browser
+    tmp = tmp_path_factory.mktemp("app")
+    log = tmp / "app.log"
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
+    argv = ["--model", str(run_dir), "--device", "cpu", "--work-dir", str(tmp / "work")]
+    with browser.serve(argv, log, cwd=tmp, env=env) as url, browser.headless_chromium() as driver:
+        yield driver, url, log
+
+
+def _decode(png: bytes, tmp_path: Path, name: str) -> np.ndarray:
+    path = tmp_path / name
+    path.write_bytes(png)
+    return read_image(path)
+
+
+def _fetch_in_page(driver, url: str) -> bytes:
+    """What the browser gets for ``url`` (an http or a blob: URL alike), fetched by the page itself."""
+    text = driver.execute_async_script(
+        "const [url, done] = arguments;"
+        "fetch(url).then(r => r.blob()).then(b => { const f = new FileReader();"
+        " f.onload = () => done(f.result); f.readAsDataURL(b); }).catch(e => done('error: ' + e));", url)
+    assert text.startswith("data:"), text
+    return base64.b64decode(text.split(",", 1)[1])
+
+
+@pytest.mark.slow
+def test_the_page_shows_what_the_tester_writes(browser_page, photo, tester_output, tmp_path):
+    from utils.app import browser
+    driver, url, log = browser_page
+    browser.open_page(driver, url)
+    status = browser.restore_in_page(driver, photo)
+    assert status.startswith("Restored cat.png"), status
+    expected = read_image(tester_output)
+    assert list(browser.file_links(driver, "download")) == ["cat.png"], "the tester's output name"
+    downloaded = _decode(browser.fetch(browser.download_link(driver)), tmp_path, "download.png")
+    assert downloaded.dtype == expected.dtype and np.array_equal(downloaded, expected)
+    shown = [_decode(_fetch_in_page(driver, src), tmp_path, f"shown{i}.png")
+             for i, src in enumerate(browser.shown_images(driver, "comparison"))]
+    assert len(shown) == 2, "the slider shows the input and the restoration"
+    assert any(np.array_equal(s, expected) for s in shown), "the restoration in the slider is the tester's"
+    assert any(np.array_equal(s, read_image(photo)) for s in shown), "the input in the slider is the upload"
+    for role in ("residual", "wb", "wb_residual"):
+        assert browser.shown_images(driver, role), f"no {role} map shown"
+    assert "WB / residual embedding" in browser.element(driver, "maps").text
+
+
+@pytest.mark.slow
+def test_a_corrupt_upload_is_a_message_in_the_page(browser_page, corrupt):
+    from utils.app import browser
+    driver, url, log = browser_page
+    browser.open_page(driver, url)
+    status = browser.restore_in_page(driver, corrupt)
+    assert status.startswith("Cannot restore broken.png"), status
+    assert "corrupt, empty or not an image" in status
+    assert not browser.shown_images(driver, "comparison")
+    assert "Traceback" not in log.read_text(errors="replace")
