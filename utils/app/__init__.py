@@ -5,7 +5,8 @@
 - :mod:`utils.app.page`: the Gradio page built on them (its elements' ids in :mod:`utils.app.elements`);
 - :mod:`utils.app.main`: the command line (``--model``, ``--port``, ...), which loads the model and serves the
   page on 127.0.0.1 only, with Gradio's analytics and version checks off;
-- :mod:`utils.app.browser`: headless Chromium driving the page (the browser test uses it).
+- :mod:`utils.app.browser`: headless Chromium driving the page (the browser test and the screenshot use it);
+- :mod:`utils.app.screenshot`: ``figs/app.png``, the page after a restore.
 
 Gradio and Selenium are optional (``requirements-app.txt``); nothing else in the project imports this package.
 """
