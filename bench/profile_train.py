@@ -26,7 +26,8 @@ import time
 from collections import Counter
 
 import torch
-from bench_train import build_case
+from bench_inference import _matmul_gflops
+from bench_train import _sync, build_case
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -55,11 +56,6 @@ def conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding,
     return one * (int(output_mask[0]) + int(output_mask[1]))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def peak_tflops(device: torch.device, precision: str, given: float | None) -> tuple[float | None, str]:
     """The dense peak to compare with, and where it came from."""
     if given:
@@ -71,14 +67,7 @@ def peak_tflops(device: torch.device, precision: str, given: float | None) -> tu
             if gpu in name:
                 return peaks[key], f"{name} data sheet, {key} dense"
         return None, f"{name}: unknown peak (give --peak-tflops)"
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a = torch.randn(2048, 2048, dtype=dtype)
-    for _ in range(2):
-        a @ a
-    t0 = time.perf_counter()
-    for _ in range(5):
-        a @ a
-    rate = 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e12
+    rate = _matmul_gflops(torch.bfloat16 if precision == "bf16" else torch.float32) / 1000
     return rate, f"a 2048^3 {precision} matmul in this run"
 
 
