@@ -143,6 +143,24 @@ def test_sigterm_mid_epoch_then_resume_is_exact(data, tmp_path):
     assert steps == list(range(1, iters + 1))  # every iteration once, none repeated after the resume
 
 
+FAST = ("--compile", "default", "--compile-backend", "eager")  # the fast path's wiring, traced without kernels
+
+
+def test_the_fast_path_resumes_and_trains_what_the_eager_engine_trains(data, straight, tmp_path):
+    assert run(data, tmp_path, "--nEpochs", "1", *FAST) == 0
+    assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", *FAST) == 0
+    assert_same_training_state(final_state(tmp_path), final_state(straight))
+
+
+def test_a_nan_on_the_fast_path_keeps_the_last_checkpoint(data, tmp_path):
+    with pytest.raises(engine.NonFiniteLossError, match=r"global step 3\).*map=nan.*checked once per iteration"):
+        run(data, tmp_path, "--nEpochs", "1", "--save-every", "2", "--debug-nan-at", "3", *FAST, iters=4)
+    saved = list_checkpoints(tmp_path / "ckpt")
+    assert [p.name for p in saved] == ["iter_e001_i000002.pth"]
+    ck = torch.load(saved[0], weights_only=True)
+    assert ck["global_step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
 def test_nan_stops_and_keeps_the_last_checkpoint(data, tmp_path, capsys):
     with pytest.raises(engine.NonFiniteLossError, match=r"epoch 1, iteration 3 \(global step 3\).*map=nan"):
         run(data, tmp_path, "--nEpochs", "1", "--save-every", "2", "--debug-nan-at", "3", iters=5)

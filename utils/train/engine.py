@@ -13,7 +13,9 @@ One iteration is docs/METHOD.md §2's three updates (:func:`train_step`):
 ``--backbone Restormer`` runs the same loop with the L1 term only (``Sigma * mean|y - x|``).
 
 Every update's losses are checked before its step (summed over ranks, so all ranks agree);
-a non-finite value raises :class:`NonFiniteLossError` and nothing is saved after it.
+a non-finite value raises :class:`NonFiniteLossError` and nothing is saved after it. On the fast
+path (``--compile``, utils/compiled.py) the loss computations run compiled and the checks
+are made once per iteration, after its updates (:class:`LossChecks`): still before any save.
 SIGTERM/SIGINT set a flag that all ranks agree on after each iteration: they stop after the
 same iteration, rank 0 saves, and the run exits 0. One process and ``torchrun`` run the same code
 (``world_size`` 1 is the special case).
@@ -53,6 +55,7 @@ from utils.checkpoints import (
     save_training_checkpoint,
     training_checkpoint,
 )
+from utils.compiled import CompileError, begin_iteration, check_compile, compile_cache_dir, compile_fn
 from utils.data.doctor import trainer_check
 from utils.dataset_utils import (
     LAYOUT,
@@ -138,7 +141,11 @@ def set_lr(optimizers, lr: float) -> None:
 
 @dataclass
 class Training:
-    """What an iteration updates. ``model`` may be DDP-wrapped; ``model_without_ddp`` never is."""
+    """What an iteration updates. ``model`` may be DDP-wrapped; ``model_without_ddp`` never is.
+
+    ``compile_mode`` other than ``"off"`` is the fast path (``--compile``, utils/compiled.py): the
+    loss computations run compiled and the losses are checked once per iteration (:class:`LossChecks`).
+    """
     model: nn.Module
     model_without_ddp: nn.Module
     potentials: Potentials | None
@@ -152,13 +159,61 @@ class Training:
     channels_last: bool = False
     ablate: frozenset[str] = frozenset()  # terms of losses.ABLATABLE switched off (--ablate; studies only)
     objective: Objective = OBJECTIVES["single"]
+    compile_mode: str = "off"
+    compile_backend: str = "inductor"  # eager / aot_eager: tracing only (tests)
 
     def __post_init__(self):
         if self.scaler is None:
             self.scaler = torch.amp.GradScaler(self.info.device.type, enabled=self.precision == "fp16")
+        self.steps = IterationLosses(self)
 
     def autocast(self):
         return autocast_context(self.info.device, self.precision)
+
+
+class IterationLosses:
+    """The loss computations of an iteration, eager or compiled (``training.compile_mode``).
+
+    Each is a function of tensors only, so a compiled one is traced once per shape:
+    ``map(degraded, target, de_ids, domains) -> (loss, logged)``, ``bary(degraded) -> b``,
+    ``potentials(b, domains) -> loss`` and ``congruence(b_last) -> loss``.
+    """
+
+    def __init__(self, training: Training):
+        self.training = training
+        mode, backend = training.compile_mode, training.compile_backend
+        self.map = compile_fn(self._map, mode, backend)
+        self.bary = compile_fn(self._bary, mode, backend)
+        self.potentials = compile_fn(self._potentials, mode, backend)
+        self.congruence = compile_fn(self._congruence, mode, backend)
+
+    def _map(self, degraded: torch.Tensor, target: torch.Tensor, de_ids: torch.Tensor,
+             domains: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Step 1's loss and its logged parts (scalars); ``(B, 3, H, W)`` images, ``(B,)`` ids."""
+        training, pots, obj = self.training, self.training.potentials, self.training.objective
+        with training.autocast():
+            out = training.model(degraded)
+            if pots is None:  # the L1-only baselines
+                l1 = (_full(out) - target).abs().mean()
+                return training.l1_weight * l1, {"l1": l1}
+            loss, parts = map_loss(_full(out.restored), target, _full(out.source_latent), _full(out.bary_latent),
+                                   _full(out.residual), de_ids, domains, training.lambdas, pots,
+                                   l1_weight=training.l1_weight, reg_weight=obj.reg_weight,
+                                   contrastive_eps=obj.contrastive_eps, without=training.ablate)
+        return loss, {"l1": parts["l1"]} | {k: parts[k].mean() for k in MAP_TERMS}
+
+    def _bary(self, degraded: torch.Tensor) -> torch.Tensor:
+        """The WB latents recomputed by the (updated) map, without a graph: ``(B, 3, H, W) -> (B, C, h, w)``."""
+        with torch.no_grad(), self.training.autocast():
+            return _full(self.training.model_without_ddp.bary_latent(degraded))
+
+    def _potentials(self, bary: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
+        with self.training.autocast():
+            return potentials_loss(bary, domains, self.training.lambdas, self.training.potentials)
+
+    def _congruence(self, bary_last: torch.Tensor) -> torch.Tensor:
+        with self.training.autocast():
+            return congruence_loss(bary_last, self.training.lambdas, self.training.potentials)
 
 
 def _requires_grad(module: nn.Module, flag: bool) -> None:
@@ -167,7 +222,7 @@ def _requires_grad(module: nn.Module, flag: bool) -> None:
 
 
 def _agree(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str, float]:
-    """Mean over ranks of each scalar (one all-reduce): a NaN on any rank reaches every rank."""
+    """Mean over ranks of each scalar (one all-reduce, one read-back): a NaN on any rank reaches every rank."""
     names = list(values)
     t = torch.stack([values[k].detach().float().reshape(()) for k in names])
     all_reduce_sum(t, info)
@@ -183,32 +238,73 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     return bool(all_reduce_sum(t, info).item() > 0)
 
 
-def _check_finite(values: dict[str, float], where: str, update: str) -> None:
-    bad = [k for k, v in values.items() if not math.isfinite(v)]
-    if bad:
+class LossChecks:
+    """An iteration's logged losses: averaged over ranks and refused when not finite.
+
+    Eager (``deferred=False``): each update's values are read back and checked *before* the
+    update is applied, one host synchronisation per update. Deferred (the compiled path): they stay
+    on the device until :meth:`settle`, after the iteration's updates, one synchronisation per
+    iteration; a non-finite value then stops the run after weights in memory took the bad update,
+    but before anything is saved, so no checkpoint ever holds it.
+    """
+
+    def __init__(self, info: DistInfo, where: str, deferred: bool):
+        self.info, self.where, self.deferred = info, where, deferred
+        self.values: dict[str, float] = {}
+        self._pending: list[tuple[str, list[str], torch.Tensor]] = []
+
+    def before_update(self, update: str, logged: dict[str, torch.Tensor]) -> None:
+        if not self.deferred:
+            agreed = _agree(logged, self.info)
+            self._refuse(agreed, update, applied=False)
+            self.values |= agreed
+            return
+        # a fresh tensor: a compiled graph's outputs may be overwritten when it replays
+        stacked = torch.stack([v.detach().float().reshape(()) for v in logged.values()])
+        self._pending.append((update, list(logged), stacked))
+
+    def settle(self) -> dict[str, float]:
+        """Every value of the iteration as floats (reading back the deferred ones, in one go)."""
+        if self._pending:
+            t = torch.cat([stacked for _, _, stacked in self._pending])
+            all_reduce_sum(t, self.info)
+            t = (t / self.info.world_size).cpu().tolist()
+            pos = 0
+            for update, names, _ in self._pending:
+                agreed = dict(zip(names, t[pos:pos + len(names)]))
+                pos += len(names)
+                self._refuse(agreed, update, applied=True)
+                self.values |= agreed
+            self._pending.clear()
+        return self.values
+
+    def _refuse(self, values: dict[str, float], update: str, applied: bool) -> None:
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if not bad:
+            return
         parts = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+        when = ("Training stopped after this iteration (with --compile the losses are checked once per "
+                "iteration), before anything was saved" if applied else "Training stopped before this update")
         raise NonFiniteLossError(
-            f"non-finite {update} loss at {where} ({', '.join(bad)} not finite): {parts}. Training stopped "
-            f"before this update; the last checkpoint was not overwritten. Lower --lr, try --precision fp32, "
-            f"or resume from the last checkpoint.")
+            f"non-finite {update} loss at {self.where} ({', '.join(bad)} not finite): {parts}. {when}; the last "
+            f"checkpoint was not overwritten. Lower --lr, try --precision fp32, or resume from the last checkpoint.")
 
 
-def _update(training: Training, loss: torch.Tensor, logged: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-            where: str, update: str, before_step: Callable[[], None] | None = None) -> dict[str, float]:
-    """Agree on ``logged`` across ranks, refuse non-finite values, then backward ``loss`` and step.
+def _update(training: Training, checks: LossChecks, update: str, loss: torch.Tensor,
+            logged: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+            before_step: Callable[[], None] | None = None) -> None:
+    """Check ``logged`` (:class:`LossChecks`), then backward ``loss`` and step ``optimizer``.
 
     ``before_step`` runs between backward and step (gradient averaging over ranks, dropping the
-    gradients of absent potentials). Returns the rank-averaged ``logged`` values.
+    gradients of absent potentials).
     """
-    agreed = _agree(logged, training.info)
-    _check_finite(agreed, where, update)
+    checks.before_update(update, logged)
     scaler = training.scaler
     scaler.scale(loss).backward()
     if before_step is not None:
         before_step()
     scaler.step(optimizer)
     scaler.update()
-    return agreed
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -240,7 +336,9 @@ def train_step(training: Training, batch, where: str = "iteration", inject_nan: 
     ``contrastive``, ``potential`` (mean f_k(b) in the map update), ``potentials``,
     ``congruence``. ``where`` names the iteration in error messages; ``inject_nan`` is for tests.
     """
-    info, pots, obj = training.info, training.potentials, training.objective
+    info, pots = training.info, training.potentials
+    begin_iteration(training.compile_mode)
+    checks = LossChecks(info, where, deferred=training.compile_mode != "off")
     degraded, target, de_ids, domains = (t.to(info.device, non_blocking=True) for t in batch)
     if training.channels_last:
         degraded = degraded.contiguous(memory_format=torch.channels_last)
@@ -249,37 +347,26 @@ def train_step(training: Training, batch, where: str = "iteration", inject_nan: 
     training.optimizer.zero_grad(set_to_none=True)
     if pots is not None:
         _requires_grad(pots, False)
-    with training.autocast():
-        out = training.model(degraded)
-        if pots is None:  # the L1-only baselines
-            l1 = (_full(out) - target).abs().mean()
-            loss, logged = training.l1_weight * l1, {"l1": l1}
-        else:
-            loss, parts = map_loss(_full(out.restored), target, _full(out.source_latent), _full(out.bary_latent),
-                                   _full(out.residual), de_ids, domains, training.lambdas, pots,
-                                   l1_weight=training.l1_weight, reg_weight=obj.reg_weight,
-                                   contrastive_eps=obj.contrastive_eps, without=training.ablate)
-            logged = {"l1": parts["l1"]} | {k: parts[k].mean() for k in MAP_TERMS}
+    loss, logged = training.steps.map(degraded, target, de_ids, domains)
     if inject_nan:
         loss = loss * float("nan")
-    losses = _update(training, loss, {"map": loss, **logged}, training.optimizer, where, "map")
-    if pots is None or "potentials" in training.ablate:  # ablated potentials: the map trains on transport cost
-        return losses
-    _requires_grad(pots, True)
-    return losses | update_potentials(training, degraded, domains, batch[3], where)
+    _update(training, checks, "map", loss, {"map": loss, **logged}, training.optimizer)
+    if pots is not None and "potentials" not in training.ablate:  # ablated: the map trains on transport cost
+        _requires_grad(pots, True)
+        update_potentials(training, checks, degraded, domains, batch[3])
+    return checks.settle()
 
 
-def update_potentials(training: Training, degraded: torch.Tensor, domains: torch.Tensor,
-                      domains_cpu: torch.Tensor, where: str) -> dict[str, float]:
+def update_potentials(training: Training, checks: LossChecks, degraded: torch.Tensor, domains: torch.Tensor,
+                      domains_cpu: torch.Tensor) -> None:
     """Steps 2-3: the potentials and congruence losses on b recomputed by the updated map (encoder
     and barycenter path only), as two steps or one accumulated step (``training.objective``).
 
     ``domains_cpu`` (the batch's, before the device move) says which f_k are present without a
-    device sync; absent ones get no gradient in the potentials step. Returns the logged values.
+    device sync; absent ones get no gradient in the potentials step.
     """
-    info, pots, opt = training.info, training.potentials, training.potentials_optimizer
-    with torch.no_grad(), training.autocast():
-        bary = _full(training.model_without_ddp.bary_latent(degraded))
+    info, pots, opt, steps = training.info, training.potentials, training.potentials_optimizer, training.steps
+    bary = steps.bary(degraded)
     present = present_domains(domains_cpu, pots.num_potentials, info)
 
     def sync(drop_absent: bool) -> Callable[[], None]:
@@ -290,19 +377,17 @@ def update_potentials(training: Training, degraded: torch.Tensor, domains: torch
         return run
 
     opt.zero_grad(set_to_none=True)
-    with training.autocast():
-        pot_loss = potentials_loss(bary, domains, training.lambdas, pots)
+    pot_loss = steps.potentials(bary, domains)
     if training.objective.potentials_steps == 2:  # single-process reference: two steps
-        losses = _update(training, pot_loss, {"potentials": pot_loss}, opt, where, "potentials", sync(True))
+        _update(training, checks, "potentials", pot_loss, {"potentials": pot_loss}, opt, sync(True))
         opt.zero_grad(set_to_none=True)
-        with training.autocast():
-            cong = congruence_loss(bary[-1], training.lambdas, pots)
-        return losses | _update(training, cong, {"congruence": cong}, opt, where, "congruence", sync(False))
+        cong = steps.congruence(bary[-1])
+        _update(training, checks, "congruence", cong, {"congruence": cong}, opt, sync(False))
+        return
     # DDP reference: both gradients accumulated, one step (congruence reaches every f_k)
-    with training.autocast():
-        cong = congruence_loss(bary[-1], training.lambdas, pots)
-    return _update(training, pot_loss + cong, {"potentials": pot_loss, "congruence": cong}, opt, where,
-                   "potentials", sync(False))
+    cong = steps.congruence(bary[-1])
+    _update(training, checks, "potentials", pot_loss + cong, {"potentials": pot_loss, "congruence": cong}, opt,
+            sync(False))
 
 
 # --------------------------------------------------------------------------- stop requests
@@ -568,6 +653,10 @@ def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective,
         raise ConfigError("--precision fp16 needs a CUDA device; use --precision bf16 or fp32 on the CPU")
     if getattr(args, "tensorboard", False):  # every rank: all stop alike
         require_tensorboard()
+    try:
+        check_compile(getattr(args, "compile", "off"), info.device, getattr(args, "compile_backend", "inductor"))
+    except CompileError as exc:
+        raise ConfigError(str(exc)) from None
     return k, objective, ablate
 
 
@@ -658,8 +747,13 @@ def build_training(args: argparse.Namespace, model: nn.Module, pots: Potentials 
                 f"{objective.contrastive_eps:g}, potentials_steps {objective.potentials_steps}")
     if ablate:
         console(f"=> ablation: the map loss leaves out {', '.join(sorted(ablate))}")
+    mode = getattr(args, "compile", "off")
+    if mode != "off":
+        console(f"=> --compile {mode}: the first iteration compiles the losses' graphs (minutes; cached under "
+                f"{compile_cache_dir()} for later runs); losses are checked once per iteration")
     return Training(ddp_model, model, pots, optimizer, pot_optimizer, lambdas, l1_weight=args.Sigma,
-                    precision=args.precision, info=info, channels_last=True, ablate=ablate, objective=objective)
+                    precision=args.precision, info=info, channels_last=True, ablate=ablate, objective=objective,
+                    compile_mode=mode, compile_backend=getattr(args, "compile_backend", "inductor"))
 
 
 def warn_if_batch_changed(resumed: dict, args: argparse.Namespace, info: DistInfo, state: LoopState,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from net.presets import BACKBONES, PRESETS
 from utils.cli import one_spelling
+from utils.compiled import BACKENDS, COMPILE_MODES
 from utils.errors import OneLineArgumentParser
 from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
 
@@ -147,6 +148,14 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                           "image: the first validation pair, or without validation the first training sample as "
                           "epoch 1 crops it (a centre crop of at most 256x256). A resumed run continues the same "
                           "curves; a fresh one moves an earlier run's folder aside. Needs pip install tensorboard")
+    new.add_argument("--compile", choices=list(COMPILE_MODES), default="off",
+                     help="the fast path: torch.compile the iteration's loss computations (forward and backward) with "
+                          "this mode; reduce-overhead also replays them as CUDA graphs (GPU only). The losses are "
+                          "then checked once per iteration instead of before each update (a NaN still stops the run "
+                          "before anything is saved). The first iteration compiles (minutes, cached for later runs); "
+                          "off: the eager engine. See BENCHMARKS.md for when it is faster")
+    new.add_argument("--compile-backend", dest="compile_backend", choices=list(BACKENDS), default="inductor",
+                     help=argparse.SUPPRESS)  # tests and debugging: eager/aot_eager trace without inductor
     new.add_argument("--iters-per-epoch", dest="iters_per_epoch", type=int, default=0,
                      help="cap an epoch at N iterations (demos, tests); 0: the full repeated data set")
     new.add_argument("--log-every", dest="log_every", type=int, default=10,

@@ -1,0 +1,88 @@
+"""``torch.compile`` for the trainers' fast path (``--compile``) and for ``restore()`` (the tester's ``--compile``).
+
+Training compiles the iteration's loss computations (``utils.train.engine.IterationLosses``):
+
+- step 1's loss: the map's forward (``BaryNet`` or a baseline, DDP-wrapped or not) and the map loss,
+  whose backward AOTAutograd compiles with it;
+- steps 2-3's losses: the recomputed WB latents (encoder and barycenter path, no graph), the
+  potentials loss and the congruence loss, each its own graph (each traces as one graph, no breaks);
+- not the optimizers: on CUDA their default ``foreach`` kernels already update all tensors of a
+  kind in a few launches, and the potentials' optimizer sees a different set of gradients whenever
+  a domain is absent from a batch, which would recompile a compiled step for every pattern.
+
+Under ``reduce-overhead`` the compiled graphs replay as CUDA graphs (static shapes: the batch and the
+patch are fixed; an epoch's shorter last batch compiles once more). The losses of a compiled
+iteration are read back to the host once, after its three updates (``utils.train.engine.LossChecks``),
+instead of before each update.
+
+Inference compiles the network's forward (``utils.eval.inference.prepare_for_inference``); every new
+input size compiles again (then dynamo switches to shapes it treats as dynamic), so it pays off for
+many inputs of one size: tiles, or a folder of same-sized images.
+
+Compiling takes minutes the first time; torch keeps the result in its on-disk caches (FX graph
+and AOTAutograd caches, under :func:`compile_cache_dir`), so a second run with the same
+configuration, torch version and device starts much faster.
+"""
+from __future__ import annotations
+
+import shutil
+from typing import Callable
+
+import torch
+
+from utils.errors import UserError
+
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+BACKENDS = ("inductor", "aot_eager", "eager")  # eager/aot_eager: tracing only (tests, debugging)
+
+
+class CompileError(UserError, ValueError):
+    """``--compile`` cannot run as asked here; the message says what to change."""
+
+
+def check_compile(mode: str, device: torch.device, backend: str = "inductor") -> None:
+    """Raise :class:`CompileError` with the fix when ``mode`` cannot run on ``device``.
+
+    ``reduce-overhead`` needs CUDA (CUDA graphs); the inductor backend needs Triton on a GPU
+    and a C++ compiler on the CPU.
+    """
+    if mode not in COMPILE_MODES:
+        raise CompileError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if backend not in BACKENDS:
+        raise CompileError(f"--compile-backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if mode == "off" or backend != "inductor":
+        return
+    if mode == "reduce-overhead" and device.type != "cuda":
+        raise CompileError("--compile reduce-overhead replays CUDA graphs and needs --device cuda; on the CPU use "
+                           "--compile default (or leave --compile off: on the CPU it was not faster)")
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+        if not has_triton():
+            raise CompileError("--compile on CUDA needs Triton, which this torch install lacks: pip install triton "
+                               "(the version your torch names), or leave --compile off")
+    elif shutil.which("c++") is None and shutil.which("g++") is None:
+        raise CompileError("--compile on the CPU needs a C++ compiler (inductor builds its kernels with it): "
+                           "install g++ (apt install g++), or leave --compile off")
+
+
+def compile_fn(fn: Callable, mode: str, backend: str = "inductor", dynamic: bool | None = False) -> Callable:
+    """``fn`` compiled for ``mode`` (``"off"``: ``fn`` itself); static shapes unless ``dynamic`` is None
+    (dynamo's default: static first, dynamic once a second shape is seen)."""
+    if mode == "off":
+        return fn
+    return torch.compile(fn, mode=None if mode == "default" else mode, backend=backend, dynamic=dynamic)
+
+
+def begin_iteration(mode: str) -> None:
+    """Tell the CUDA-graph trees a new iteration (or forward) starts: the last one's outputs may be reused."""
+    if mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+def compile_cache_dir() -> str:
+    """Where inductor keeps compiled kernels between runs (``TORCHINDUCTOR_CACHE_DIR`` moves it)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        return cache_dir()
+    except (ImportError, AttributeError):  # a torch that keeps it elsewhere
+        return "torch's inductor cache folder"
