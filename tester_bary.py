@@ -43,6 +43,7 @@ from pathlib import Path
 from net.presets import BACKBONES, PRESETS
 from utils.checkpoints import newest_checkpoint
 from utils.cli import one_spelling
+from utils.compiled import COMPILE_MODES, CompileError, check_compile
 from utils.data.doctor import tester_check
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
@@ -184,6 +185,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                           "one line); 0: never tile")
     run.add_argument("--tile-overlap", type=int, default=32, help="pixels shared by neighbouring tiles (blended)")
     run.add_argument("--tile-batch", type=_at_least(1), default=4, help="tiles per forward pass")
+    run.add_argument("--compile", default="off", choices=COMPILE_MODES,
+                     help="torch.compile the network's forward with this mode (reduce-overhead: CUDA graphs, GPU "
+                          "only). Each new input size compiles again (minutes the first time, cached for later "
+                          "runs): worth it for tiles or many same-sized images; see BENCHMARKS.md")
     run.add_argument("--debug", action="store_true",
                      help="show the full traceback of a failure instead of one error: line")
 
@@ -209,7 +214,7 @@ def _protocol(args) -> Protocol:
         return Protocol(protocol=args.protocol, metric_space=args.metric_space, ssim=args.ssim,
                         crop_border=args.crop_border, precision=args.precision, tile=args.tile,
                         tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, lpips=args.lpips, fid=args.fid,
-                        noise_seed=args.noise_seed).validate()
+                        noise_seed=args.noise_seed, compile=args.compile).validate()
     except ValueError as exc:  # the message names the flag and the fix
         raise UsageError(str(exc)) from exc
 
@@ -354,6 +359,10 @@ def main(args) -> dict:
     except (ValueError, RuntimeError) as exc:  # its messages name the flag and the fix
         raise UsageError(str(exc)) from exc
     protocol = _protocol(args)
+    try:
+        check_compile(protocol.compile, device)
+    except CompileError as exc:
+        raise UsageError(str(exc)) from exc
     save = Path(args.save)
     progress = not args.no_progress
     with pixel_limit(args.max_pixels):

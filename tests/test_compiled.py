@@ -90,3 +90,21 @@ def test_compile_settings_that_cannot_run_are_refused_with_the_fix(monkeypatch):
     with pytest.raises(CompileError, match=r"--compile must be one of off, default"):
         check_compile("fast", cpu)
 
+
+def test_compiled_restore_equals_the_eager_one_and_bad_modes_are_refused(tmp_path, capsys):
+    from net.presets import build_model
+    from utils.eval.inference import prepare_for_inference, restore
+    torch.manual_seed(0)
+    model = build_model("BaryNet", "tiny")
+    x = torch.rand(1, 3, 20, 28)
+    want = restore(model, x, pad=True)
+    prepare_for_inference(model, "default", backend="eager")
+    got = restore(model, x, pad=True, compile_mode="default")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert model.training  # restore() leaves the mode as it found it
+
+    import tester_bary
+    args = tester_bary.get_args_parser().parse_args(["--input", str(tmp_path / "none.png"), "--device", "cpu",
+                                                     "--compile", "reduce-overhead", "--save", str(tmp_path / "o")])
+    with pytest.raises(tester_bary.UsageError, match=r"--compile reduce-overhead .* needs --device cuda"):
+        tester_bary.main(args)

@@ -6,7 +6,8 @@ The fast path computes the same function as training-time eager code:
 - weights and activations in ``channels_last`` (depthwise and 1x1 convolutions run
   much faster in that layout on CPUs with oneDNN, and on tensor cores);
 - ``torch.inference_mode`` (no autograd bookkeeping);
-- optionally bf16 (CPU with AMX, or GPU) or fp16 (GPU) autocast.
+- optionally bf16 (CPU with AMX, or GPU) or fp16 (GPU) autocast;
+- optionally ``torch.compile`` (``compile_mode``, :mod:`utils.compiled`).
 
 The tester, the demo and the benchmarks all call :func:`restore`. :func:`restore_tiled`
 runs it tile by tile, so the network's memory is bounded by the tile size, not the image's.
@@ -22,22 +23,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.blocks import set_layernorm_impl
+from utils.compiled import begin_iteration, compile_fn
 from utils.runtime import to_channels_last
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def prepare_for_inference(model: nn.Module) -> nn.Module:
+def prepare_for_inference(model: nn.Module, compile_mode: str = "off", backend: str = "inductor") -> nn.Module:
     """Put ``model`` on the fast path in place (fused LayerNorm, channels_last weights); returns it.
 
     Idempotent; parameter values are unchanged (only their memory layout). Eval mode is set by
     :func:`restore` for the call only, so a model that is training stays in training mode.
+    ``compile_mode`` (:data:`utils.compiled.COMPILE_MODES`) also keeps a ``torch.compile``'d forward for
+    :func:`restore` calls with that mode (built once per mode; ``backend`` eager/aot_eager for tests).
     """
     if not getattr(model, "_fast_inference_ready", False):
         set_layernorm_impl(model, "fused")
         to_channels_last(model)
         model._fast_inference_ready = True
+    if compile_mode != "off":
+        forwards = model.__dict__.setdefault("_compiled_forwards", {})
+        if compile_mode not in forwards:
+            forwards[compile_mode] = compile_fn(model.forward, compile_mode, backend, dynamic=None)
     return model
 
 
@@ -60,7 +68,7 @@ def _output_image(out) -> torch.Tensor:
 
 
 def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: bool = False,
-            multiple: int = 8) -> torch.Tensor:
+            multiple: int = 8, compile_mode: str = "off") -> torch.Tensor:
     """Restore a batch: ``(B, 3, H, W)`` float in [0, 1] -> ``(B, 3, H, W)`` float32, not clamped.
 
     Args:
@@ -69,8 +77,11 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 on GPU only).
         pad: reflect-pad H and W up to multiples of ``multiple`` and crop the result back,
             so inputs of any size work; without it such inputs are an error.
+        compile_mode: run the forward ``torch.compile``'d with this mode (:mod:`utils.compiled`; the first
+            call of each input size compiles); ``"off"``: eager.
     """
-    prepare_for_inference(model)
+    prepare_for_inference(model, compile_mode)
+    forward = model._compiled_forwards[compile_mode] if compile_mode != "off" else model
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     was_training = model.training
@@ -82,10 +93,13 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
                 mode = "reflect" if ph < h and pw < w else "replicate"
                 inp = F.pad(inp, (0, pw, 0, ph), mode=mode)
             inp = inp.contiguous(memory_format=torch.channels_last)
-            out = _output_image(model(inp))
+            begin_iteration(compile_mode)
+            out = _output_image(forward(inp))
     finally:
         model.train(was_training)
-    return out[..., :h, :w].float().contiguous()
+    out = out[..., :h, :w].float().contiguous()
+    # a CUDA graph's output is overwritten by its next replay: hand back memory of our own
+    return out.clone() if compile_mode == "reduce-overhead" else out
 
 
 # --------------------------------------------------------------------------- tiled inference
@@ -141,7 +155,7 @@ def check_tiling(tile: int, overlap: int, multiple: int = 8) -> None:
 
 def restore_tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int = 32, precision: str = "fp32",
                   tile_batch: int = 4, multiple: int = 8,
-                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                  progress: Callable[[int, int], None] | None = None, compile_mode: str = "off") -> torch.Tensor:
     """Restore ``x`` tile by tile and blend the tiles: ``(B, 3, H, W)`` -> ``(B, 3, H, W)`` float32 on the CPU.
 
     Each ``tile`` x ``tile`` window (smaller only when the image is) runs through :func:`restore`
@@ -149,7 +163,8 @@ def restore_tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int = 3
     blended with separable raised-cosine weights normalised by their sum, so no seams show.
     The output is accumulated on the CPU in float64 (so a model that returns its input gives
     back ``x`` bit for bit); memory on the device is bounded by ``tile_batch`` tiles, on the
-    host by a few copies of the image. ``progress(done, total)`` is called after every batch of tiles.
+    host by a few copies of the image. ``progress(done, total)`` is called after every batch of tiles;
+    ``compile_mode`` as in :func:`restore` (every tile has one size: one compile, plus one for a short last batch).
     """
     check_tiling(tile, overlap, multiple)
     device = next(model.parameters()).device
@@ -170,7 +185,7 @@ def restore_tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int = 3
     for i in range(0, len(positions), max(1, tile_batch)):
         chunk = positions[i:i + max(1, tile_batch)]
         batch = torch.cat([x[..., y0:y0 + th, x0:x0 + tw] for y0, x0 in chunk]).to(device)
-        out = restore(model, batch, precision=precision, pad=True, multiple=multiple).cpu()
+        out = restore(model, batch, precision=precision, pad=True, multiple=multiple, compile_mode=compile_mode).cpu()
         del batch
         if acc is None:
             acc = torch.zeros((b, out.shape[1], h, w), dtype=torch.float64)

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from net.presets import BACKBONES, model_config
 from utils.checkpoints import CheckpointError, load_network, read_checkpoint, resolve_checkpoint
+from utils.compiled import COMPILE_MODES
 from utils.data.image_io import quantise, to_float
 from utils.data.noise import SEED_RULE
 from utils.errors import UserError
@@ -64,11 +65,13 @@ class Protocol:
     lpips_net: str = "alex"
     fid: bool = False
     noise_seed: int = 0
+    compile: str = "off"  # torch.compile mode of the forward (utils.compiled.COMPILE_MODES)
 
     def validate(self) -> "Protocol":
         for value, allowed, flag in ((self.protocol, PROTOCOLS, "--protocol"), (self.metric_space, METRIC_SPACES,
                                      "--metric-space"), (self.ssim, SSIM_KINDS, "--ssim"),
-                                     (self.precision, PRECISIONS, "--precision")):
+                                     (self.precision, PRECISIONS, "--precision"),
+                                     (self.compile, COMPILE_MODES, "--compile")):
             if value not in allowed:
                 raise ValueError(f"{flag} must be one of {allowed}, got {value!r}")
         if self.crop_border < 0:
@@ -206,9 +209,10 @@ def restore_array(model: nn.Module, img: np.ndarray, protocol: Protocol, device:
     try:
         if tile:
             out = restore_tiled(model, x, tile, protocol.tile_overlap, protocol.precision,
-                                tile_batch=tile_batch, multiple=SIZE_MULTIPLE)
+                                tile_batch=tile_batch, multiple=SIZE_MULTIPLE, compile_mode=protocol.compile)
         else:
-            out = restore(model, x.to(device), protocol.precision, pad=True, multiple=SIZE_MULTIPLE).cpu()
+            out = restore(model, x.to(device), protocol.precision, pad=True, multiple=SIZE_MULTIPLE,
+                          compile_mode=protocol.compile).cpu()
         _sync(device)
     except Exception as exc:
         if not is_out_of_memory(exc):
