@@ -33,6 +33,8 @@ from utils.memory import resident_bytes
 from utils.runtime import tune_cpu_allocator
 
 PATHS = ("plain", "fast_fp32", "fast_bf16", "fast_fp32_default_alloc")
+# Opt-in (--paths): the fast fp32 path through torch.compile (default mode; the first forward compiles).
+EXTRA_PATHS = ("fast_fp32_compiled",)
 
 
 def _forward_fn(path: str, preset: str, size: int):
@@ -48,22 +50,26 @@ def _forward_fn(path: str, preset: str, size: int):
                 return model(x).restored
         return forward
     precision = "bf16" if path == "fast_bf16" else "fp32"
-    return lambda: restore(model, x, precision)
+    mode = "default" if path.endswith("_compiled") else "off"
+    return lambda: restore(model, x, precision, compile_mode=mode)
 
 
 def _child(path: str, preset: str, size: int, repeats: int) -> dict:
-    if path in ("fast_fp32", "fast_bf16"):
+    if path in ("fast_fp32", "fast_bf16", "fast_fp32_compiled"):
         tune_cpu_allocator()
     forward = _forward_fn(path, preset, size)
     base = resident_bytes() / 2**20
-    out = forward()  # warm-up: oneDNN primitive creation, layout conversion
+    t0 = time.perf_counter()
+    out = forward()  # warm-up: oneDNN primitive creation, layout conversion (and compiling)
+    first = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         forward()
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"path": path, "seconds": min(times), "peak_mib": peak - base, "checksum": float(out.double().sum())}
+    return {"path": path, "seconds": min(times), "first_seconds": first, "peak_mib": peak - base,
+            "checksum": float(out.double().sum())}
 
 
 def _forward_flops(preset: str, size: int) -> int:
@@ -83,9 +89,10 @@ def _matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def gpu_rows(preset: str, size: int, repeats: int) -> None:
-    """The CUDA paths in one process: plain fp32, ``restore()`` fp32 and bf16 (best of ``repeats`` after 3
-    warm-ups, synchronised), peak memory, and the bf16 output's PSNR against fp32 on a natural image."""
+def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...] = ()) -> None:
+    """The CUDA paths in one process: plain fp32, ``restore()`` fp32 and bf16, and bf16 compiled with each of
+    ``compile_modes`` (best of ``repeats`` after 3 warm-ups, synchronised; the first call, compiling included,
+    apart), peak memory, and each output's PSNR against fp32 on a natural image."""
     import math
 
     import numpy as np
@@ -105,9 +112,15 @@ def gpu_rows(preset: str, size: int, repeats: int) -> None:
 
     paths = {"plain_fp32": plain, "restore_fp32": lambda: restore(model, x, "fp32"),
              "restore_bf16": lambda: restore(model, x, "bf16")}
-    outs, rows = {}, []
+    for mode in compile_modes:
+        paths[f"restore_bf16_compiled_{mode}"] = lambda mode=mode: restore(model, x, "bf16", compile_mode=mode)
+    outs, rows, first = {}, [], {}
     for name, forward in paths.items():
-        for _ in range(3):
+        t0 = time.perf_counter()
+        forward()
+        torch.cuda.synchronize()
+        first[name] = time.perf_counter() - t0
+        for _ in range(2):
             forward()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -121,12 +134,14 @@ def gpu_rows(preset: str, size: int, repeats: int) -> None:
     ref = outs["restore_fp32"].float().clamp(0, 1)
     print(f"BaryNet ({preset}) forward on {torch.cuda.get_device_name()}, 1x3x{size}x{size}, torch "
           f"{torch.__version__}; best of {repeats} after 3 warm-ups\n")
-    print("| path | ms / forward | speed-up vs plain | peak GPU memory (MiB) | PSNR vs restore_fp32 (dB) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| path | ms / forward | speed-up vs plain | first call (s) | peak GPU memory (MiB) | "
+          "PSNR vs restore_fp32 (dB) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, seconds, peak in rows:
         mse = float(((outs[name].float().clamp(0, 1) - ref) ** 2).mean())
         psnr = "identical" if mse == 0 else f"{10 * math.log10(1 / mse):.1f}"
-        print(f"| {name} | {1000 * seconds:.1f} | {rows[0][1] / seconds:.2f}x | {peak:.0f} | {psnr} |")
+        print(f"| {name} | {1000 * seconds:.1f} | {rows[0][1] / seconds:.2f}x | {first[name]:.1f} | {peak:.0f} | "
+              f"{psnr} |")
 
 
 def main() -> None:
@@ -137,10 +152,14 @@ def main() -> None:
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: the GPU rows (plain, restore fp32, restore bf16) in one process; use --size 512")
-    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS + EXTRA_PATHS,
+                        help="CPU paths to compare (plain first: the others' speed-ups are against it)")
+    parser.add_argument("--compile", nargs="*", default=[], metavar="MODE",
+                        help="cuda: also restore() bf16 torch.compile'd with each MODE (e.g. reduce-overhead)")
+    parser.add_argument("--child", choices=PATHS + EXTRA_PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "cuda":
-        gpu_rows(args.preset, args.size, max(args.repeats, 10))
+        gpu_rows(args.preset, args.size, max(args.repeats, 10), tuple(args.compile))
         return
     if args.child:
         print(json.dumps(_child(args.child, args.preset, args.size, args.repeats)))
@@ -148,28 +167,30 @@ def main() -> None:
 
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
-        for path in PATHS:
+        for path in args.paths:
             cmd = [sys.executable, __file__, "--child", path, "--size", str(args.size),
                    "--repeats", str(args.repeats), "--preset", args.preset]
             res = subprocess.run(cmd, check=True, capture_output=True, text=True)
             row = json.loads(res.stdout.strip().splitlines()[-1])
             if path not in best or row["seconds"] < best[path]["seconds"]:
                 best[path] = row
-    rows = [best[p] for p in PATHS]
+    rows = [best[p] for p in args.paths]
     flops = _forward_flops(args.preset, args.size)
-    mm32, mm16 = _matmul_gflops(torch.float32), _matmul_gflops(torch.bfloat16)
+    mm32 = _matmul_gflops(torch.float32)  # bf16 only when a bf16 path ran: CPUs without bf16 units take minutes
+    mm16 = _matmul_gflops(torch.bfloat16) if any("bf16" in p for p in args.paths) else float("nan")
 
     print(f"BaryNet ({args.preset}) forward, 1x3x{args.size}x{args.size}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; {flops / 1e9:.1f} GFLOP per forward")
     print(f"plain matmul 2048^3 in this run: fp32 {mm32:.0f} GFLOP/s, bf16 {mm16:.0f} GFLOP/s\n")
-    print("| path | s / forward | speed-up vs plain | peak RSS above model (MiB) | GFLOP/s | % of matmul rate |")
-    print("|---|---|---|---|---|---|")
+    print("| path | s / forward | speed-up vs plain | first forward (s) | peak RSS above model (MiB) | GFLOP/s | "
+          "% of matmul rate |")
+    print("|---|---|---|---|---|---|---|")
     plain = rows[0]["seconds"]
     for r in rows:
         rate = flops / r["seconds"] / 1e9
         ref = mm16 if "bf16" in r["path"] else mm32
-        print(f"| {r['path']} | {r['seconds']:.3f} | {plain / r['seconds']:.2f}x | {r['peak_mib']:.0f} | "
-              f"{rate:.0f} | {100 * rate / ref:.0f}% |")
+        print(f"| {r['path']} | {r['seconds']:.3f} | {plain / r['seconds']:.2f}x | {r['first_seconds']:.1f} | "
+              f"{r['peak_mib']:.0f} | {rate:.0f} | {100 * rate / ref:.0f}% |")
 
 
 if __name__ == "__main__":

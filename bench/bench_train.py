@@ -16,6 +16,8 @@ per domain in turn), from the same initial weights in every variant:
   trainer's allocator setting (:func:`utils.runtime.tune_cpu_allocator`); at each ``--precision``.
 - ``straightforward_malloc`` (CPU): the straightforward step with that allocator setting, so
   the table shows how much of the speed-up is the allocator and how much the step itself.
+- ``compiled``: the engine with ``Training(compile_mode=--compile-mode)``, the trainers' ``--compile``
+  fast path (utils/compiled.py); its first iteration, which compiles, is reported in its own column.
 
 Each variant runs in its own subprocess, so the peak memory is its own: peak RSS above the
 process's size before the networks were built (CPU), or ``torch.cuda.max_memory_allocated``
@@ -149,7 +151,7 @@ def build_case(preset: str, batch: int, patch: int, k: int, device: torch.device
 
 
 def run_variant(variant: str, precision: str, preset: str, batch: int, patch: int, k: int, iters: int,
-                warmup: int, device: torch.device) -> dict:
+                warmup: int, device: torch.device, compile_mode: str = "default") -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the trainer sets it
     elif variant != "straightforward":
@@ -167,12 +169,13 @@ def run_variant(variant: str, precision: str, preset: str, batch: int, patch: in
             return straightforward_step(model, pots, opt_m, opt_p, x, y, de_ids, domains, lambdas, 10000.0,
                                         precision)
     else:
-        channels_last = variant == "engine"
+        channels_last = variant in ("engine", "compiled")
         if channels_last:
             model.to(memory_format=torch.channels_last)
         from utils.train.distributed import DistInfo
         training = Training(model, model, pots, opt_m, opt_p, lambdas, l1_weight=10000.0, precision=precision,
-                            info=DistInfo(device=device), channels_last=channels_last)
+                            info=DistInfo(device=device), channels_last=channels_last,
+                            compile_mode=compile_mode if variant == "compiled" else "off")
         batch_cpu = (x, y, de_ids, domains)
 
         def step():
@@ -182,28 +185,30 @@ def run_variant(variant: str, precision: str, preset: str, batch: int, patch: in
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     first = None
-    times = []
+    times, first_seconds = [], 0.0
     for i in range(warmup + iters):
         _sync(device)
         t0 = time.perf_counter()
         losses = step()
         _sync(device)
         if i == 0:
-            first = losses
+            first, first_seconds = losses, time.perf_counter() - t0
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
-    return {"variant": variant, "precision": precision, "seconds": statistics.median(times), "all": times,
-            "peak_mib": peak, "first_losses": first, "threads": torch.get_num_threads()}
+    label = f"compiled ({compile_mode})" if variant == "compiled" else variant
+    return {"variant": label, "precision": precision, "seconds": statistics.median(times), "all": times,
+            "first_seconds": first_seconds, "peak_mib": peak, "first_losses": first,
+            "threads": torch.get_num_threads()}
 
 
 def _spawn(variant: str, precision: str, a: argparse.Namespace, preset: str, iters: int, warmup: int) -> dict:
     cmd = [sys.executable, __file__, "--_worker", variant, "--precision", precision, "--preset", preset,
            "--batch", str(a.batch), "--patch", str(a.patch), "--K", str(a.K), "--iters", str(iters),
-           "--warmup", str(warmup), "--device", a.device]
+           "--warmup", str(warmup), "--device", a.device, "--compile-mode", a.compile_mode]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{variant}/{precision} failed:\n{res.stdout}\n{res.stderr}")
@@ -224,8 +229,12 @@ def main() -> None:
     p.add_argument("--variants", default=None,
                    help="comma-separated: straightforward, straightforward_malloc (with the trainer's CPU "
                         "allocator setting, to show that share of the speed-up), engine, engine_nchw (engine "
-                        "without channels-last); default: the first three on the CPU, and straightforward, "
-                        "engine, engine_nchw on a GPU")
+                        "without channels-last), compiled (the engine with --compile-mode: the trainers' fast "
+                        "path; its first iteration, compile included, is reported apart); default: the first "
+                        "three on the CPU, and straightforward, engine, engine_nchw on a GPU")
+    p.add_argument("--compile-mode", dest="compile_mode", default="default",
+                   help="torch.compile mode of the 'compiled' variant (the trainers' --compile): default, "
+                        "reduce-overhead (CUDA graphs), max-autotune")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     device = torch.device(a.device)
@@ -233,7 +242,7 @@ def main() -> None:
         sys.exit("--device cuda: no CUDA GPU visible")
     if a._worker:
         print(json.dumps(run_variant(a._worker, a.precision, a.preset, a.batch, a.patch, a.K, a.iters, a.warmup,
-                                     device)))
+                                     device, a.compile_mode)))
         return
 
     precisions = [s for s in a.precision.split(",") if s]
@@ -255,13 +264,21 @@ def main() -> None:
     print(f"\n### Training iteration, BaryNet {a.preset}, batch {a.batch}, patch {a.patch}, K={a.K} — {name}\n")
     print(f"median of {a.iters} iterations after {a.warmup} warm-up; torch {torch.__version__}\n")
     base = next((r for r in rows if r["variant"] == "straightforward"), None)
-    print(f"| variant | precision | s / iteration | speed-up | {mem} | map loss (iter 1) | potentials | congruence |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| variant | precision | s / iteration | speed-up | first iteration (s) | {mem} | map loss (iter 1) | "
+          f"potentials | congruence |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         sp = f"{base['seconds'] / r['seconds']:.2f}x" if base else "-"
         fl = r["first_losses"]
-        print(f"| {r['variant']} | {r['precision']} | {r['seconds']:.3f} | {sp} | {r['peak_mib']:.0f} | "
-              f"{fl['map']:.6g} | {fl['potentials']:.6g} | {fl['congruence']:.6g} |")
+        print(f"| {r['variant']} | {r['precision']} | {r['seconds']:.3f} | {sp} | {r['first_seconds']:.1f} | "
+              f"{r['peak_mib']:.0f} | {fl['map']:.6g} | {fl['potentials']:.6g} | {fl['congruence']:.6g} |")
+    for prec in precisions:  # the fast path against the eager engine, same precision, same first batch
+        eager = next((r for r in rows if r["variant"] == "engine" and r["precision"] == prec), None)
+        for r in (r for r in rows if r["variant"].startswith("compiled") and r["precision"] == prec and eager):
+            ref = eager["first_losses"]
+            gap = max(abs(r["first_losses"][k] - ref[k]) / max(abs(ref[k]), 1e-12) for k in ref)
+            print(f"\n{r['variant']} {prec}: {eager['seconds'] / r['seconds']:.2f}x the eager engine; first-iteration "
+                  f"losses within a relative {gap:.1e} of the engine's (target 1e-3)")
     fp32 = [r for r in rows if r["precision"] == "fp32"]
     if len(fp32) > 1:
         ref = fp32[0]["first_losses"]

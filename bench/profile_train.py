@@ -15,6 +15,7 @@ cudnn/allocator settings). The script prints
   host copies, stream/device synchronises), the usual suspects when a GPU runs at a few % of its peak;
 - the ``--rows`` most expensive ops by self time (device time on a GPU), as ``torch.profiler`` reports them.
 
+``--compile MODE`` profiles the trainers' fast path instead (the first, compiling, iteration timed apart).
 ``--trace FILE`` also writes the Chrome trace (open in https://ui.perfetto.dev).
 """
 from __future__ import annotations
@@ -85,6 +86,9 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=20)
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--trace", default=None, help="write the Chrome trace of the profiled iterations here")
+    p.add_argument("--compile", default="off",
+                   help="profile the trainers' --compile fast path with this torch.compile mode (FLOPs are "
+                        "counted on the eager iteration: the same arithmetic)")
     a = p.parse_args(argv)
 
     device = torch.device(a.device)
@@ -98,12 +102,21 @@ def main(argv=None) -> int:
                         info=DistInfo(device=device), channels_last=True)
     batch = (x, y, de_ids, domains)
 
-    for _ in range(a.warmup):
-        train_step(training, batch)
     with FlopCounterMode(display=False,
                          custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops}) as counter:
         train_step(training, batch)
     flops = counter.get_total_flops()
+    compile_seconds = None
+    if a.compile != "off":
+        training = Training(model, model, pots, opt_m, opt_p, lambdas, l1_weight=10000.0, precision=a.precision,
+                            info=DistInfo(device=device), channels_last=True, compile_mode=a.compile)
+        _sync(device)
+        t0 = time.perf_counter()
+        train_step(training, batch)
+        _sync(device)
+        compile_seconds = time.perf_counter() - t0
+    for _ in range(a.warmup):
+        train_step(training, batch)
     times = []
     for _ in range(a.iters):
         _sync(device)
@@ -133,9 +146,12 @@ def main(argv=None) -> int:
     peak, source = peak_tflops(device, a.precision, a.peak_tflops)
     rate = flops / seconds / 1e12
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    path = "eager engine" if a.compile == "off" else f"--compile {a.compile}"
     print(f"## Training iteration profile: BaryNet {a.preset}, batch {a.batch}, patch {a.patch}, K={a.K}, "
-          f"{a.precision}, {name}, torch {torch.__version__}\n")
+          f"{a.precision}, {path}, {name}, torch {torch.__version__}\n")
     print("| quantity | value |\n|---|---:|")
+    if compile_seconds is not None:
+        print(f"| first compiled iteration (compiling included) | {compile_seconds:.1f} s |")
     print(f"| FLOPs per iteration (conv + matmul, fwd + bwd) | {flops / 1e12:.3f} TFLOP |")
     print(f"| seconds per iteration (median of {a.iters}) | {seconds:.4f} |")
     print(f"| achieved rate | {rate:.2f} TFLOP/s |")
