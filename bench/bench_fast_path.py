@@ -1,0 +1,184 @@
+"""Does the fast path (``--compile``) train what the eager engine trains, and how fast?
+
+Runs the real trainer (``trainer_bary.py``'s engine) twice from the same seed on the embedded demo
+data, once eager and once with ``--compile MODE``, every iteration logged, and compares:
+
+- the first iteration's losses (same weights, same batch): the largest relative difference over
+  every logged part (target: within 1e-3);
+- the loss curves over the whole run, overlaid in one figure (one panel per part of the objective),
+  with a control: eager again with another thread count, which changes nothing but the summation
+  order. The max-min objective amplifies rounding differences, so curves drift apart after some
+  iterations even then; the fast path is as faithful as eager arithmetic when its curves depart from
+  the eager ones no more than the control's do. A second control, eager from another seed, gives the
+  scale: how far two independent runs lie apart (in the table only);
+- seconds per iteration (median after the first ``--skip`` iterations), and the first iteration's
+  extra time: what compiling cost this run (a second run with torch's caches warm costs less).
+
+Each run is its own process (its own compile caches in memory, its own peak memory).
+
+    .venv/bin/python bench/bench_fast_path.py --iters 300                       # CPU: tiny, patch 64
+    python bench/bench_fast_path.py --device cuda --patch 128 --mode reduce-overhead
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from utils.demo.data import build_demo_data  # noqa: E402
+from utils.train.run_log import LOSS_LABELS, read_log  # noqa: E402
+
+PARTS = ("map",) + tuple(k for k, _ in LOSS_LABELS)
+
+
+def trainer_flags(root: Path, out: Path, a: argparse.Namespace, seed: int = 0) -> list[str]:
+    train = root / "Train"
+    return ["--preset", a.preset, "--de_type", "denoise_15", "denoise_25", "denoise_50", "derain", "dehaze",
+            "--denoise_dir", str(train / "Denoise"), "--derain_dir", str(train / "Derain"),
+            "--dehaze_dir", str(train / "Dehaze"), "--data_file_dir", "", "--repeat", "derain=40", "dehaze=8",
+            "--batchSize", str(a.batch), "--patch_size", str(a.patch), "--nEpochs", "1",
+            "--iters-per-epoch", str(a.iters), "--lr", str(a.lr), "--seed", str(seed), "--device", a.device,
+            "--precision", a.precision, "--output-dir", str(out), "--save-every", "0", "--log-every", "1",
+            "--degset", ""]
+
+
+def run(name: str, mode: str, root: Path, work: Path, a: argparse.Namespace, threads: int | None = None,
+        seed: int = 0) -> list[dict]:
+    out = work / name
+    cmd = [sys.executable, str(REPO / "trainer_bary.py"), *trainer_flags(root, out, a, seed), "--compile", mode]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    print(f"-- {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    tic = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        sys.exit(f"error: the {name} run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    print(f"   {time.perf_counter() - tic:.0f} s", file=sys.stderr, flush=True)
+    return [r for r in read_log(out / "log.jsonl") if r.get("kind") == "iter"]
+
+
+def first_iteration_gap(eager: dict, fast: dict) -> tuple[float, str]:
+    """The largest relative difference over the parts both first records hold, and which part."""
+    worst, name = 0.0, ""
+    for k in PARTS:
+        if k in eager and k in fast:
+            rel = abs(fast[k] - eager[k]) / max(abs(eager[k]), 1e-12)
+            if rel >= worst:
+                worst, name = rel, k
+    return worst, name
+
+
+def departure(run: list[dict], eager: list[dict], key: str) -> float:
+    """Mean |EMA(run) - EMA(eager)| over the run, relative to the mean |EMA(eager)|, for one logged part."""
+    from utils.train.run_log import smoothed
+    a, b = smoothed([r[key] for r in run]), smoothed([r[key] for r in eager])
+    n = min(len(a), len(b))
+    return sum(abs(x - y) for x, y in zip(a[:n], b[:n])) / max(sum(abs(y) for y in b[:n]), 1e-12)
+
+
+def draw(curves: dict[str, list[dict]], labels: dict[str, str], fig_path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.train.run_log import smoothed
+    parts = [(k, label) for k, label in LOSS_LABELS if k in curves["eager"][0]]
+    cols = 4
+    rows = -(-len(parts) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, (k, label) in zip(axes.flat, parts):
+        for name, (style, colour) in zip(curves, (("-", "C0"), ("--", "C1"), (":", "0.45"))):
+            steps = [r["global_step"] for r in curves[name]]
+            values = [r[k] for r in curves[name]]
+            ax.plot(steps, smoothed(values), style, color=colour, lw=1.4, label=labels[name])
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("iteration")
+    for ax in list(axes.flat)[len(parts):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(fig_path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--mode", default="default", help="--compile mode of the fast run")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--batch", type=int, default=3)
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--skip", type=int, default=10, help="iterations left out of the median time")
+    p.add_argument("--control-threads", dest="control_threads", type=int, default=1,
+                   help="also run eager with this many OpenMP threads: the same training with another summation "
+                        "order, to show how far curves of this adversarial objective drift from rounding alone "
+                        "(0: no control run)")
+    p.add_argument("--seed-control", dest="seed_control", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run eager from seed 1 (other initial weights and data order): how far two independent "
+                        "runs' curves lie apart, the scale for the other departures (table only, not drawn)")
+    p.add_argument("--data", default="data/demo", help="demo data folder (built when missing or stale)")
+    p.add_argument("--fig", default="figs/bench/fast_path_losses.png")
+    p.add_argument("--json", default=None, help="also write the curves and the summary here")
+    a = p.parse_args()
+    root = Path(a.data)
+    build_demo_data(root, progress=False)
+    labels = {"eager": "eager", "fast": f"--compile {a.mode}"}
+    with tempfile.TemporaryDirectory(prefix="fast_path_") as tmp:
+        curves = {"eager": run("eager", "off", root, Path(tmp), a), "fast": run("fast", a.mode, root, Path(tmp), a)}
+        if a.control_threads:
+            labels["control"] = f"eager, {a.control_threads} thread(s) (control)"
+            curves["control"] = run("control", "off", root, Path(tmp), a, threads=a.control_threads)
+        if a.seed_control:
+            labels["seed"] = "eager, seed 1 (another run)"
+            curves["seed"] = run("seed", "off", root, Path(tmp), a, seed=1)
+    eager, fast = curves["eager"], curves["fast"]
+    if len(eager) < a.iters:
+        print(f"warning: the demo data's epoch held {len(eager)} iterations, fewer than --iters {a.iters}",
+              file=sys.stderr)
+    gap, part = first_iteration_gap(eager[0], fast[0])
+    times = {m: statistics.median(r["sec"] for r in c[a.skip:]) for m, c in curves.items()}
+    parts = [k for k, _ in LOSS_LABELS if k in eager[0]]
+    tail = max(1, len(eager) // 6)
+    title = (f"{a.preset} preset, batch {a.batch}, patch {a.patch}, {a.precision}, {a.device}: eager vs --compile "
+             f"{a.mode}, {len(eager)} iterations from the same seed (EMA-smoothed)")
+    draw({k: v for k, v in curves.items() if k != "seed"}, labels, Path(a.fig), title)
+    import torch
+    print(f"Fast path vs eager: {title}; torch {torch.__version__}\n")
+    print("| run | first iteration (s) | s / iteration (median) | speed-up | "
+          f"map loss, mean of the last {tail} |")
+    print("|---|---:|---:|---:|---:|")
+    for m, c in curves.items():
+        print(f"| {labels[m]} | {c[0]['sec']:.2f} | {times[m]:.4f} | {times['eager'] / times[m]:.2f}x | "
+              f"{statistics.mean(r['map'] for r in c[-tail:]):.2f} |")
+    others = [m for m in curves if m != "eager"]
+    print("\nHow far each run's curve departs from the eager one (mean |EMA difference| / mean |EMA of eager|):\n")
+    print("| part | " + " | ".join(labels[m] for m in others) + " |")
+    print("|---|" + "---:|" * len(others))
+    for k in parts:
+        print(f"| {k} | " + " | ".join(f"{departure(curves[m], eager, k):.3f}" for m in others) + " |")
+    print(f"\nfirst iteration: largest relative difference {gap:.2e} ({part}); target 1e-3: "
+          f"{'met' if gap <= 1e-3 else 'NOT met'}")
+    print(f"compiling cost about {fast[0]['sec'] - eager[0]['sec']:.0f} s in the first iteration")
+    print(f"figure: {a.fig}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"curves": curves, "first_gap": gap, "seconds": times}))
+
+
+if __name__ == "__main__":
+    main()
