@@ -108,3 +108,16 @@ def test_compiled_restore_equals_the_eager_one_and_bad_modes_are_refused(tmp_pat
                                                      "--compile", "reduce-overhead", "--save", str(tmp_path / "o")])
     with pytest.raises(tester_bary.UsageError, match=r"--compile reduce-overhead .* needs --device cuda"):
         tester_bary.main(args)
+
+
+def test_compiled_inference_freezes_the_weights_only_while_inductor_runs_it():
+    import torch._inductor.config as inductor_config
+
+    from utils.compiled import frozen_weights
+    assert not inductor_config.freezing
+    with frozen_weights("default"):
+        assert inductor_config.freezing  # read when inductor compiles (at the first call)
+    assert not inductor_config.freezing  # scoped: training compiles never freeze
+    for mode, backend in (("off", "inductor"), ("default", "eager")):
+        with frozen_weights(mode, backend):
+            assert not inductor_config.freezing

@@ -25,6 +25,7 @@ configuration, torch version and device starts much faster.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 from typing import Callable
 
@@ -71,6 +72,21 @@ def compile_fn(fn: Callable, mode: str, backend: str = "inductor", dynamic: bool
     if mode == "off":
         return fn
     return torch.compile(fn, mode=None if mode == "default" else mode, backend=backend, dynamic=dynamic)
+
+
+def frozen_weights(mode: str, backend: str = "inductor"):
+    """Context for the calls of an inference-only compiled forward: inductor's freezing (weights as constants,
+    pre-packed for oneDNN on the CPU) while it compiles; a no-op for ``off`` and the tracing backends.
+
+    Measured on the AVX2 CPU (BaryNet paper, 256x256, fp32): the frozen compiled forward 4.56 s against
+    7.40 s without freezing and 5.5-6.2 s for the eager fast path. Passing ``options={"freezing": True}``
+    to ``torch.compile`` instead did not freeze here (7.40 s); the config patch does. Weights changed after
+    the first call are not seen by the compiled code.
+    """
+    if mode == "off" or backend != "inductor":
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+    return inductor_config.patch(freezing=True)
 
 
 def begin_iteration(mode: str) -> None:

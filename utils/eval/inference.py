@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.blocks import set_layernorm_impl
-from utils.compiled import begin_iteration, compile_fn
+from utils.compiled import begin_iteration, compile_fn, frozen_weights
 from utils.runtime import to_channels_last
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -36,7 +36,8 @@ def prepare_for_inference(model: nn.Module, compile_mode: str = "off", backend: 
     Idempotent; parameter values are unchanged (only their memory layout). Eval mode is set by
     :func:`restore` for the call only, so a model that is training stays in training mode.
     ``compile_mode`` (:data:`utils.compiled.COMPILE_MODES`) also keeps a ``torch.compile``'d forward for
-    :func:`restore` calls with that mode (built once per mode; ``backend`` eager/aot_eager for tests).
+    :func:`restore` calls with that mode (built once per mode, with frozen weights: for trained models,
+    as the tester and the app run them; ``backend`` eager/aot_eager for tests).
     """
     if not getattr(model, "_fast_inference_ready", False):
         set_layernorm_impl(model, "fused")
@@ -44,8 +45,9 @@ def prepare_for_inference(model: nn.Module, compile_mode: str = "off", backend: 
         model._fast_inference_ready = True
     if compile_mode != "off":
         forwards = model.__dict__.setdefault("_compiled_forwards", {})
-        if compile_mode not in forwards:
-            forwards[compile_mode] = compile_fn(model.forward, compile_mode, backend, dynamic=None)
+        if compile_mode not in forwards:  # (forward, the context its calls run in: frozen weights)
+            forwards[compile_mode] = (compile_fn(model.forward, compile_mode, backend, dynamic=None),
+                                      lambda: frozen_weights(compile_mode, backend))
     return model
 
 
@@ -81,7 +83,7 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
             call of each input size compiles); ``"off"``: eager.
     """
     prepare_for_inference(model, compile_mode)
-    forward = model._compiled_forwards[compile_mode] if compile_mode != "off" else model
+    forward, context = model._compiled_forwards[compile_mode] if compile_mode != "off" else (model, None)
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     was_training = model.training
@@ -94,7 +96,8 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
                 inp = F.pad(inp, (0, pw, 0, ph), mode=mode)
             inp = inp.contiguous(memory_format=torch.channels_last)
             begin_iteration(compile_mode)
-            out = _output_image(forward(inp))
+            with context() if context is not None else contextlib.nullcontext():
+                out = _output_image(forward(inp))
     finally:
         model.train(was_training)
     out = out[..., :h, :w].float().contiguous()
