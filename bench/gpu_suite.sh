@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 RESULTS=${OUT:-results/gpu_suite}  # figures and data; the device tool brings $OUT back
 mkdir -p "$RESULTS"
+exec > >(tee "$RESULTS/suite.md") 2>&1  # the whole log, also when the console keeps only its tail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 step() {  # step SECONDS TITLE COMMAND...: run one row with a wall-clock cap
