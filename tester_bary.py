@@ -350,7 +350,7 @@ def main(args) -> dict:
     _check_flags(args)
     if getattr(args, "check_data", False):  # the data doctor: no model, nothing written
         return tester_check(args)
-    tasks_defaulted = apply_defaults(args)
+    # the flags first (device, protocol, compile mode), then the files they name
     gpus_note = apply_gpus_flag(args.gpus)  # the reference's meaning of --gpus
     if gpus_note:
         print(f"warning: {gpus_note}", file=sys.stderr)
@@ -363,6 +363,7 @@ def main(args) -> dict:
         check_compile(protocol.compile, device)
     except CompileError as exc:
         raise UsageError(str(exc)) from exc
+    tasks_defaulted = apply_defaults(args)
     save = Path(args.save)
     progress = not args.no_progress
     with pixel_limit(args.max_pixels):
