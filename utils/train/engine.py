@@ -221,13 +221,17 @@ def _requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def _agree(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str, float]:
-    """Mean over ranks of each scalar (one all-reduce, one read-back): a NaN on any rank reaches every rank."""
-    names = list(values)
-    t = torch.stack([values[k].detach().float().reshape(()) for k in names])
+def _rank_mean(t: torch.Tensor, info: DistInfo) -> list[float]:
+    """``(N,)`` -> its mean over ranks as N floats (one all-reduce, one read-back): a NaN on any rank reaches
+    every rank."""
     all_reduce_sum(t, info)
-    t = (t / info.world_size).cpu()
-    return {k: float(t[i]) for i, k in enumerate(names)}
+    return (t / info.world_size).cpu().tolist()
+
+
+def _agree(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str, float]:
+    """Mean over ranks of each scalar (:func:`_rank_mean`)."""
+    t = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+    return dict(zip(values, _rank_mean(t, info)))
 
 
 def any_rank(flag: bool, info: DistInfo) -> bool:
@@ -266,9 +270,7 @@ class LossChecks:
     def settle(self) -> dict[str, float]:
         """Every value of the iteration as floats (reading back the deferred ones, in one go)."""
         if self._pending:
-            t = torch.cat([stacked for _, _, stacked in self._pending])
-            all_reduce_sum(t, self.info)
-            t = (t / self.info.world_size).cpu().tolist()
+            t = _rank_mean(torch.cat([stacked for _, _, stacked in self._pending]), self.info)
             pos = 0
             for update, names, _ in self._pending:
                 agreed = dict(zip(names, t[pos:pos + len(names)]))
