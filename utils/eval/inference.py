@@ -45,9 +45,8 @@ def prepare_for_inference(model: nn.Module, compile_mode: str = "off", backend: 
         model._fast_inference_ready = True
     if compile_mode != "off":
         forwards = model.__dict__.setdefault("_compiled_forwards", {})
-        if compile_mode not in forwards:  # (forward, the context its calls run in: frozen weights)
-            forwards[compile_mode] = (compile_fn(model.forward, compile_mode, backend, dynamic=None),
-                                      lambda: frozen_weights(compile_mode, backend))
+        if compile_mode not in forwards:  # (forward, its backend: frozen_weights needs it at each call)
+            forwards[compile_mode] = (compile_fn(model.forward, compile_mode, backend, dynamic=None), backend)
     return model
 
 
@@ -83,7 +82,7 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
             call of each input size compiles); ``"off"``: eager.
     """
     prepare_for_inference(model, compile_mode)
-    forward, context = model._compiled_forwards[compile_mode] if compile_mode != "off" else (model, None)
+    forward, backend = model._compiled_forwards[compile_mode] if compile_mode != "off" else (model, "inductor")
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     was_training = model.training
@@ -96,7 +95,7 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
                 inp = F.pad(inp, (0, pw, 0, ph), mode=mode)
             inp = inp.contiguous(memory_format=torch.channels_last)
             begin_iteration(compile_mode)
-            with context() if context is not None else contextlib.nullcontext():
+            with frozen_weights(compile_mode, backend):  # a no-op for "off"
                 out = _output_image(forward(inp))
     finally:
         model.train(was_training)
