@@ -205,6 +205,11 @@ def run_variant(variant: str, precision: str, preset: str, batch: int, patch: in
             "threads": torch.get_num_threads()}
 
 
+def _relative_gap(losses: dict[str, float], ref: dict[str, float]) -> float:
+    """The largest relative difference between two runs' first-iteration losses."""
+    return max(abs(losses[k] - ref[k]) / max(abs(ref[k]), 1e-12) for k in ref)
+
+
 def _spawn(variant: str, precision: str, a: argparse.Namespace, preset: str, iters: int, warmup: int) -> dict:
     cmd = [sys.executable, __file__, "--_worker", variant, "--precision", precision, "--preset", preset,
            "--batch", str(a.batch), "--patch", str(a.patch), "--K", str(a.K), "--iters", str(iters),
@@ -275,14 +280,13 @@ def main() -> None:
     for prec in precisions:  # the fast path against the eager engine, same precision, same first batch
         eager = next((r for r in rows if r["variant"] == "engine" and r["precision"] == prec), None)
         for r in (r for r in rows if r["variant"].startswith("compiled") and r["precision"] == prec and eager):
-            ref = eager["first_losses"]
-            gap = max(abs(r["first_losses"][k] - ref[k]) / max(abs(ref[k]), 1e-12) for k in ref)
+            gap = _relative_gap(r["first_losses"], eager["first_losses"])
             print(f"\n{r['variant']} {prec}: {eager['seconds'] / r['seconds']:.2f}x the eager engine; first-iteration "
                   f"losses within a relative {gap:.1e} of the engine's (target 1e-3)")
     fp32 = [r for r in rows if r["precision"] == "fp32"]
     if len(fp32) > 1:
         ref = fp32[0]["first_losses"]
-        worst = max(abs(r["first_losses"][k] - ref[k]) / max(abs(ref[k]), 1e-12) for r in fp32[1:] for k in ref)
+        worst = max(_relative_gap(r["first_losses"], ref) for r in fp32[1:])
         print(f"\nfp32 losses of iteration 1 agree across variants to a relative {worst:.1e} "
               f"(fused vs hand-written LayerNorm and summation order).")
     print(f"\ntiny preset (engine, {precisions[0]}): {1.0 / tiny['seconds']:.2f} it/s "
