@@ -28,6 +28,7 @@ from utils.checkpoints import (
     save_training_checkpoint,
     set_rng_state,
 )
+from utils.files import DiskFullError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -299,7 +300,7 @@ def test_disk_full_is_one_clear_error_and_keeps_the_old_checkpoint(tmp_path, mon
     # Not enough free space: refused before anything is written.
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=1000))
     where = re.escape(str(tmp_path))
-    with pytest.raises(CheckpointError, match=rf"disk full: writing epoch_001.pth to {where} needs .*bytes\)"):
+    with pytest.raises(DiskFullError, match=rf"disk full: writing epoch_001.pth to {where} needs .*bytes\)"):
         save_atomic({"x": torch.zeros(1000)}, path)
     monkeypatch.setattr(shutil, "disk_usage", real_usage)
 
@@ -324,7 +325,7 @@ def test_disk_full_is_one_clear_error_and_keeps_the_old_checkpoint(tmp_path, mon
             self.fh.close()
 
     monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Filling(real_fdopen(fd, *a, **k)))
-    with pytest.raises(CheckpointError, match=rf"disk full: writing epoch_001.pth to {where} needs [\d.]+ KiB"):
+    with pytest.raises(DiskFullError, match=rf"disk full: writing epoch_001.pth to {where} needs [\d.]+ KiB"):
         save_atomic({"x": torch.zeros(1000)}, path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))

@@ -184,6 +184,20 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def test_a_fresh_run_moves_an_earlier_runs_files_aside_and_overwrites_none(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261129-120000")  # three runs within one second
+    ckpt, runs = tmp_path / "ckpt", []
+    for seed in (1, 2, 3):
+        assert run(data, tmp_path, "--nEpochs", "1", "--seed", str(seed), iters=1) == 0
+        runs.append({name: data for name, data in snapshot(ckpt).items() if not name.startswith(".")})  # no lock
+    assert {"epoch_001.pth", "latest", "log.jsonl"} <= runs[0].keys()
+    assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["run.before-20261129-120000",
+                                                                    "run.before-20261129-120000-2"]
+    assert snapshot(ckpt / "run.before-20261129-120000") == runs[0]  # every file of run 1, none overwritten
+    assert snapshot(ckpt / "run.before-20261129-120000-2") == runs[1]
+    assert "(1 checkpoint(s), newest epoch_001.pth) were moved to run.before-20261129-120000-2/" in capsys.readouterr().out
+
+
 def test_a_mistyped_resume_path_is_an_error_and_writes_nothing(data, tmp_path):
     assert run(data, tmp_path, "--nEpochs", "1", iters=1) == 0
     before = snapshot(tmp_path / "ckpt")

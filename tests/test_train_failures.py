@@ -99,8 +99,8 @@ def test_trainer_failures_are_one_error_line_and_debug_shows_the_traceback(data,
 
     import shutil
 
-    from utils import checkpoints
-    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(2**40, 2**40, 4096))
+    from utils import files
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(2**40, 2**40, 4096))
     assert engine.run_cli(get_args_parser().parse_args(flags)) == 1
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "error: disk full: writing epoch_001.pth to " in err, err

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import UserError, human_bytes
 
 # --- limits (module defaults; read_checkpoint takes the archive cap as a keyword argument) -------------
 # The uncompressed size of an archive may be at most max(MAX_UNPACKED_BYTES, UNPACKED_SIZE_FACTOR x its
@@ -54,15 +54,6 @@ class CheckpointError(UserError, RuntimeError):
 
 class _Refused(Exception):
     """A limit was crossed inside the dry run; :func:`inspect_checkpoint` words it with the file name."""
-
-
-def human_bytes(n: float) -> str:
-    """``n`` bytes as ``'1.5 GiB'``."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n} bytes"
 
 
 # --------------------------------------------------------------------------- tensor geometry

@@ -53,26 +53,24 @@ temporaries of killed writers are removed.
 from __future__ import annotations
 
 import collections
-import errno
 import io
 import json
 import os
 import pickle
 import random
 import re
-import shutil
-import tempfile
 import time
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from utils.checkpoint_guard import MAX_NESTING, CheckpointError, check_loaded, human_bytes, inspect_checkpoint
-from utils.errors import LIST_LIMIT, exception_chain, listing
+from utils.checkpoint_guard import MAX_NESTING, CheckpointError, check_loaded, inspect_checkpoint
+from utils.errors import LIST_LIMIT, listing
+from utils.files import atomic_write
 
 # Tensors that reference checkpoints carry but no forward pass uses
 # (tests/conformance/legacy_unused_keys.txt).
@@ -381,59 +379,8 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, key: str
 
 # --------------------------------------------------------------------------- writing
 
-# Free space left beyond a file's own size before it is written (file system metadata, the log).
-FREE_SPACE_MARGIN = 2**20
-
-
-def _disk_full(path: Path, needed: int | None) -> CheckpointError:
-    free = shutil.disk_usage(path.parent).free
-    need = f"{human_bytes(needed)} ({needed:,} bytes)" if needed is not None else "more space"
-    return CheckpointError(f"disk full: writing {path.name} to {path.parent} needs {need} and "
-                           f"{human_bytes(free)} are free; free space there or choose another folder "
-                           f"(an existing {path.name} was left as it was)")
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    """True when ``exc`` or an exception it was raised from or during is ENOSPC/EDQUOT."""
-    return any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in exception_chain(exc))
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], size: int | None = None) -> Path:
-    """Call ``write(fh)`` on a temporary file in ``path``'s folder, fsync, then rename it over ``path``.
-
-    A crash at any moment leaves either the old file or the complete new one, never a torn file.
-    With ``size`` (the bytes ``write`` will write) a folder without that much free space is refused
-    before anything is written; a full disk during the write is a :class:`CheckpointError` naming the
-    folder and the bytes needed. The temporary, ``.<name>.<pid>.<random>.tmp``, names its writer's
-    process so that :func:`remove_stale_temporaries` can tell an orphan from a file being written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if size is not None and shutil.disk_usage(path.parent).free < size + FREE_SPACE_MARGIN:
-        raise _disk_full(path, size)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if _is_disk_full(exc):
-            raise _disk_full(path, size) from exc
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
-
-
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`atomic_write`).
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`utils.files.atomic_write`).
 
     The checkpoint is serialized in memory first (it is 100-400 MB for the paper's network), so its size
     is known before the disk is touched and a full disk is refused with the bytes needed.
@@ -444,7 +391,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda fh: fh.write(data), size=data.nbytes)
 
 
-# A temporary of atomic_write: '.<name>.<pid>.<8 random characters>.tmp' (older versions: no pid).
+# A temporary of utils.files.atomic_write: '.<name>.<pid>.<8 random characters>.tmp' (older versions: no pid).
 _TEMP_RE = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
 # A temporary not modified for this long is an orphan even if its process id is in use (it may be
 # another process now, or a writer on another machine that died): no write pauses for 15 minutes.
@@ -467,10 +414,10 @@ def _process_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(output_dir: str | os.PathLike, now: float | None = None) -> list[Path]:
-    """Delete temporaries :func:`atomic_write` left behind in ``output_dir`` when its writer was killed
+    """Delete temporaries :func:`~utils.files.atomic_write` left behind in ``output_dir`` when its writer was killed
     (``kill -9`` during a save); returns the removed files.
 
-    Only files named exactly as :func:`atomic_write` names them, for a checkpoint name or ``latest``,
+    Only files named exactly as :func:`~utils.files.atomic_write` names them, for a checkpoint name or ``latest``,
     are considered; one is removed when its writing process is gone and it is over
     :data:`DEAD_WRITER_GRACE_SECONDS` old, or when it has not changed for :data:`STALE_TEMP_SECONDS`.
     """

@@ -7,7 +7,7 @@
 * :func:`run_main`: how both scripts end: one ``error:`` line and a non-zero exit status, the traceback
   only with ``--debug``.
 * :class:`OneLineArgumentParser`: a bad flag is one ``error:`` line too.
-* :func:`listing`: long lists cut to a readable length.
+* :func:`listing`: long lists cut to a readable length; :func:`human_bytes`: sizes as people read them.
 """
 from __future__ import annotations
 
@@ -47,6 +47,15 @@ def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "\n    ", lead:
     items = [str(i) for i in items]
     more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
     return (sep if lead is None else lead) + sep.join(items[:limit]) + more
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes as ``'1.5 GiB'``."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:

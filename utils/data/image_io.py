@@ -20,9 +20,10 @@ Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
   code (``tester_bary.py --max-pixels``).
 
 Writing (:func:`write_image`) keeps the array's bit depth: ``uint16`` arrays become 16-bit PNGs.
-A file is written next to its destination under a hidden temporary name, then renamed over it: a
-failed write (a full disk) leaves no half-written image, and a symbolic link at the destination is
-replaced, never written through (its target is left alone).
+A file is written as every file of the project is (:func:`utils.files.atomic_write`): next to its
+destination under a hidden temporary name, then renamed over it. A failed write (a full disk) leaves
+no half-written image, and a symbolic link at the destination is replaced, never written through (its
+target is left alone).
 Float images are quantised by :func:`quantise` as ``torchvision.utils.save_image`` does (the
 reference's): clamp to [0, 1], scale, add 0.5, truncate, i.e. ties round half up.
 """
@@ -41,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from utils.errors import UserError
+from utils.files import replace_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -289,22 +291,4 @@ def write_image(path: str | os.PathLike, img: np.ndarray) -> Path:
     if not ok:
         raise OSError(f"cannot encode image for {path}; use a .png name")
     replace_file(path, buf.tobytes())
-    return path
-
-
-def replace_file(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` by renaming a finished temporary file over it.
-
-    A failure leaves ``path`` as it was (no half-written file); an existing symbolic link at
-    ``path`` is replaced by the file, so whatever it pointed to is never written.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: list_images skips it
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -8,7 +8,7 @@
 * :func:`check_outputs_outside_inputs`: an output folder equal to or inside a folder the run reads
   (or reached through a symbolic link into one) is refused unless the user says ``--overwrite``;
   an output folder that a symbolic link leads out of its base (``--save``) is refused always.
-* :func:`write_text`: result files are written as images are (:func:`utils.data.image_io.replace_file`):
+* :func:`write_text`: result files are written as images are (:func:`utils.files.replace_file`):
   a finished temporary file renamed over the old one, so a link in their place is replaced, not
   followed.
 
@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from utils.data.image_io import replace_file
 from utils.errors import UserError
+from utils.files import replace_file
 
 
 class OutputFolderError(UserError):

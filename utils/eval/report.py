@@ -9,9 +9,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from utils.data.image_io import replace_file
 from utils.eval.outputs import write_text
 from utils.eval.paper import comparison_lines, paper_averages
+from utils.files import replace_file
 
 # --------------------------------------------------------------------------- tables and files
 

@@ -98,6 +98,7 @@ from utils.train.run_log import (
     rewind_log,
 )
 from utils.train.setup import (
+    FIG_NAME,
     ConfigError,
     check_args,
     check_memory,
@@ -107,7 +108,6 @@ from utils.train.setup import (
 )
 from utils.train.tensorboard_log import RecordLogs, TensorBoardLog, open_tensorboard, require_tensorboard
 
-FIG_NAME = "train_losses.png"
 MAP_TERMS = ("transport", "orthogonality", "contrastive", "potential")  # per-sample parts logged as means
 
 

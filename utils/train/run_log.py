@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from utils.checkpoints import atomic_write
+from utils.files import atomic_write
 
 
 class Console:

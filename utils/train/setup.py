@@ -4,7 +4,6 @@ Used by :mod:`utils.engine`; kept apart so the engine holds only the training lo
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,6 +13,7 @@ import torch.nn as nn
 from net import Potentials
 from net.presets import WB_BACKBONES, build_model
 from utils.checkpoints import (
+    LATEST,
     LOG_NAME,
     CheckpointError,
     LoopState,
@@ -28,10 +28,16 @@ from utils.checkpoints import (
 from utils.data.pairing import match_pairs
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
 from utils.errors import UserError
+from utils.files import keep_aside
 from utils.memory import TrainingNeed, available_bytes, gib, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int
 from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, model_overrides
 from utils.train.run_log import Console
+
+FIG_NAME = "train_losses.png"  # the loss curves, drawn into --figs-dir (default: --output-dir)
+TB_DIR = "tensorboard"  # --tensorboard's event files
+# What a run writes into --output-dir beside its checkpoints (and the lock, utils/train/output_lock.py).
+RUN_FILES = (LATEST, LOG_NAME, f"{Path(LOG_NAME).stem}.discarded.jsonl", FIG_NAME, TB_DIR)
 
 
 class ConfigError(UserError, ValueError):
@@ -57,19 +63,32 @@ def validation_pairs(args, console: Console) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def start_fresh_outputs(output_dir: Path, console: Console) -> None:
-    """A fresh run in a folder that holds another run's files: keep its log apart, warn about rotation."""
-    old_log = output_dir / LOG_NAME
-    if old_log.is_file():
-        kept = output_dir / f"log.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-        old_log.rename(kept)
-        console(f"=> a fresh run: the previous {LOG_NAME} was kept as {kept.name}")
-    old = list_checkpoints(output_dir)
-    if old:
-        console.warn(f"--output-dir {output_dir} already holds {len(old)} checkpoint(s) of an earlier run (newest "
-                     f"{old[-1].name}). This fresh run writes beside them, and rotation (--keep) removes the "
-                     f"oldest by epoch/iteration, possibly this run's. Use --resume auto to continue that run, "
-                     f"or a new --output-dir.")
+def earlier_run_files(output_dir: Path) -> list[Path]:
+    """What an earlier run left in ``output_dir`` that a fresh run would write over or mix with: its
+    checkpoints (oldest first), then whichever of :data:`RUN_FILES` exist."""
+    return list_checkpoints(output_dir) + [p for p in (output_dir / n for n in RUN_FILES)
+                                           if p.exists() or p.is_symlink()]
+
+
+def start_fresh_outputs(output_dir: Path, console: Console) -> Path | None:
+    """A fresh run in a folder that holds an earlier run's files moves them all into
+    ``<output-dir>/run.before-<time>/`` first, so none is overwritten (its ``epoch_001.pth`` by this run's,
+    its log by this log) or removed by this run's rotation. Returns that folder (None: nothing to move)."""
+    earlier = earlier_run_files(output_dir)
+    if not earlier:
+        return None
+    try:
+        kept = keep_aside(earlier, output_dir / "run")
+    except OSError as exc:
+        raise ConfigError(f"--output-dir {output_dir} holds an earlier run's files and they could not be moved "
+                          f"aside ({exc}); continue that run with --resume auto, or train into another "
+                          f"--output-dir") from exc
+    saved = [p.name for p in earlier if p.name not in RUN_FILES]
+    what = f"{len(saved)} checkpoint(s), newest {saved[-1]}" if saved else "no checkpoint"
+    console(f"=> a fresh run: the earlier run's files in {output_dir} ({what}) were moved to {kept.name}/; "
+            f"to continue that run instead, pass --resume {kept}")
+    return kept
+
 
 
 def check_args(args) -> int:

@@ -18,15 +18,14 @@ a centre crop of at most :data:`PREVIEW_SIDE` pixels a side keeps the event file
 
 A resumed run opens its writer with ``purge_step`` one past the checkpoint's global step: TensorBoard
 then hides the events the stopped run wrote after its checkpoint, as
-:func:`~utils.train.run_log.rewind_log` moves those log records aside. A fresh run moves an earlier
-run's folder aside (``tensorboard.before-<time>``), as it does the log. Any failure to write warns
-once and turns TensorBoard off for the run; training goes on.
+:func:`~utils.train.run_log.rewind_log` moves those log records aside. A fresh run finds an
+earlier run's folder moved aside with the rest of that run (``run.before-<time>/tensorboard``). Any
+failure to write warns once and turns TensorBoard off for the run; training goes on.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,9 +40,8 @@ from utils.data.image_io import read_image, to_float
 from utils.eval.inference import autocast_context
 from utils.eval.protocol import crop_to_multiple, to_8bit
 from utils.train.run_log import LOSS_LABELS, Console
-from utils.train.setup import ConfigError
+from utils.train.setup import TB_DIR, ConfigError
 
-TB_DIR = "tensorboard"
 PREVIEW_SIDE = 256  # largest side of the preview crop (a multiple of 8)
 FLUSH_SECS = 30
 # The loss parts of a log record: the map loss's total, then its parts in the objective's order.
@@ -283,37 +281,17 @@ class RecordLogs:
             log.write(record)
 
 
-def move_aside(folder: Path) -> Path | None:
-    """Rename a non-empty ``folder`` to ``<name>.before-<time>`` beside it (an earlier run's events,
-    kept apart from a fresh run's); returns the new path, None when there was nothing to move."""
-    if not folder.is_dir() or not any(folder.iterdir()):
-        return None
-    kept = folder.with_name(f"{folder.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
-    n = 1
-    while kept.exists():
-        n += 1
-        kept = folder.with_name(f"{folder.name}.before-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-    folder.rename(kept)
-    return kept
-
-
 def open_tensorboard(args: argparse.Namespace, output_dir: Path, resumed: bool, global_step: int, dataset: Any,
                      val_pairs: Sequence[tuple[Path, Path]], is_main: bool, console: Console) -> TensorBoardLog:
     """The run's :class:`TensorBoardLog` in ``output_dir/tensorboard``: enabled on rank 0 with
-    ``--tensorboard``. A resumed run (at ``global_step``) continues its curves; a fresh one moves an
-    earlier run's folder aside. ``dataset`` gives the lambdas (``.families``, ``.lambdas``) and,
-    without ``val_pairs``, the preview's training sample."""
+    ``--tensorboard``. A resumed run (at ``global_step``) continues its curves; a fresh one starts an
+    empty folder (:func:`~utils.train.setup.start_fresh_outputs` has moved an earlier run's aside).
+    ``dataset`` gives the lambdas (``.families``, ``.lambdas``) and, without ``val_pairs``, the preview's
+    training sample."""
     if not (getattr(args, "tensorboard", False) and is_main):
         return TensorBoardLog(None, console, enabled=False)
     folder = output_dir / TB_DIR
     wb = args.backbone in WB_BACKBONES
-    try:
-        kept = None if resumed else move_aside(folder)
-        if kept is not None:
-            console(f"=> a fresh run: the previous {TB_DIR}/ was kept as {kept.name}")
-    except OSError as exc:
-        console.warn(f"--tensorboard: could not move the earlier run's {folder} aside ({exc}); this run writes "
-                     f"beside its event files")
     try:
         sample = preview_sample(val_pairs, dataset)
     except Exception as exc:

@@ -1,0 +1,102 @@
+"""Writing files so that nothing a user has is torn, overwritten or lost: the one home of that rule.
+
+* :func:`atomic_write`: every file the project writes (checkpoints, ``latest``, the run log, result
+  images and tables) is written to a hidden temporary beside its destination, synced to the disk,
+  then renamed over it. A crash or a full disk at any moment leaves the old file or the complete new
+  one, never half a file; a symbolic link at the destination is replaced, never written through.
+* :class:`DiskFullError`: a full disk, named with the folder and the bytes needed.
+* :func:`keep_aside`: an earlier run's files that a fresh run would write over (its checkpoints, its log,
+  its TensorBoard events) are moved together into a new ``<name>.before-<time>`` folder, never replaced.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable, Sequence
+
+from utils.errors import UserError, exception_chain, human_bytes
+
+FREE_SPACE_MARGIN = 2**20  # bytes left free beyond a write's own size before it is refused
+
+
+class DiskFullError(UserError):
+    """A write did not fit on its disk; the message names the file, its folder and the bytes needed."""
+
+
+def disk_full(path: Path, needed: int | None) -> DiskFullError:
+    """The error for ``path`` not fitting its folder (``needed`` bytes, when known)."""
+    free = shutil.disk_usage(path.parent).free
+    need = f"{human_bytes(needed)} ({needed:,} bytes)" if needed is not None else "more space"
+    return DiskFullError(f"disk full: writing {path.name} to {path.parent} needs {need} and "
+                         f"{human_bytes(free)} are free; free space there or choose another folder "
+                         f"(an existing {path.name} was left as it was)")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` or an exception it was raised from or during is ENOSPC/EDQUOT."""
+    return any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in exception_chain(exc))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], size: int | None = None) -> Path:
+    """Call ``write(fh)`` on a temporary file in ``path``'s folder, fsync, then rename it over ``path``.
+
+    A crash at any moment leaves either the old file or the complete new one, never a torn file.
+    With ``size`` (the bytes ``write`` will write) a folder without that much free space is refused
+    before anything is written; a full disk during the write is a :class:`DiskFullError` naming the
+    folder and the bytes needed. The temporary, ``.<name>.<pid>.<random>.tmp``, is hidden (image
+    listings skip it) and names its writer's process, so that
+    :func:`utils.checkpoints.remove_stale_temporaries` can tell an orphan from a file being written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if size is not None and shutil.disk_usage(path.parent).free < size + FREE_SPACE_MARGIN:
+        raise disk_full(path, size)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if is_disk_full(exc):
+            raise disk_full(path, size) from exc
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def replace_file(path: str | os.PathLike, data: bytes) -> Path:
+    """Write the bytes ``data`` to ``path`` with :func:`atomic_write`."""
+    return atomic_write(path, lambda fh: fh.write(data), size=len(data))
+
+
+def keep_aside(paths: Sequence[Path], name: Path) -> Path:
+    """Move ``paths`` (files or folders, all in ``name``'s folder) into a new folder
+    ``<name>.before-<time>`` beside them, and return that folder.
+
+    ``-2``, ``-3``, ... follow the time when the name is taken (two runs in one second), so an earlier
+    kept folder is never merged into or replaced. Renames within one file system: nothing is copied.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while True:
+        folder = name.with_name(f"{name.name}.before-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+    for p in paths:
+        p.rename(folder / p.name)
+    return folder
