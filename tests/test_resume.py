@@ -195,7 +195,8 @@ def test_a_fresh_run_moves_an_earlier_runs_files_aside_and_overwrites_none(data,
                                                                     "run.before-20261129-120000-2"]
     assert snapshot(ckpt / "run.before-20261129-120000") == runs[0]  # every file of run 1, none overwritten
     assert snapshot(ckpt / "run.before-20261129-120000-2") == runs[1]
-    assert "(1 checkpoint(s), newest epoch_001.pth) were moved to run.before-20261129-120000-2/" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "(1 checkpoint(s), newest epoch_001.pth) were moved to run.before-20261129-120000-2/" in said
 
 
 def test_a_mistyped_resume_path_is_an_error_and_writes_nothing(data, tmp_path):

@@ -33,6 +33,16 @@ def pooled(latent: torch.Tensor) -> torch.Tensor:
     return latent.float().mean(dim=(2, 3))
 
 
+def channel_norm(latent: torch.Tensor) -> torch.Tensor:
+    """Per-position L2 norm over channels: ``(C, h, w) -> (h, w)`` (float32)."""
+    return latent.float().pow(2).sum(dim=0).sqrt()
+
+
+def upsampled(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A map brought to an image's size, bilinear, to lay over it: ``(h, w) -> (H, W)``."""
+    return F.interpolate(values[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
 def difference_map(a: torch.Tensor, b: torch.Tensor, size: tuple[int, int], relative: bool = False) -> torch.Tensor:
     """Per-position L2 distance of two latents over channels, upsampled to ``size``.
 
@@ -40,11 +50,10 @@ def difference_map(a: torch.Tensor, b: torch.Tensor, size: tuple[int, int], rela
     ``relative`` divides by the mean per-position norm of ``a`` and ``b``, so spaces of different
     scale (the LayerNorm-ed WB latent, the smaller residual) compare on one axis.
     """
-    d = (a.float() - b.float()).pow(2).sum(dim=0).sqrt()
+    d = channel_norm(a.float() - b.float())
     if relative:
-        scale = 0.5 * (a.float().pow(2).sum(dim=0).sqrt().mean() + b.float().pow(2).sum(dim=0).sqrt().mean())
-        d = d / scale.clamp_min(1e-12)
-    return F.interpolate(d[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        d = d / (0.5 * (channel_norm(a).mean() + channel_norm(b).mean())).clamp_min(1e-12)
+    return upsampled(d, size)
 
 
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -32,10 +32,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from net.presets import WB_BACKBONES
-from utils.analysis.embeddings import latents, pooled
+from utils.analysis.embeddings import channel_norm, latents, pooled, upsampled
 from utils.data.image_io import read_image, to_float
 from utils.eval.inference import autocast_context
 from utils.eval.protocol import crop_to_multiple, to_8bit
@@ -105,10 +104,9 @@ def norm_map(latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     (bilinear) to ``size`` and coloured with viridis: ``(C, h, w) -> (3, H, W)``."""
     import matplotlib
 
-    norm = latent.float().pow(2).sum(dim=0).sqrt()
+    norm = channel_norm(latent)
     lo, hi = norm.min(), norm.max()
-    norm = (norm - lo) / (hi - lo).clamp_min(1e-12)
-    up = F.interpolate(norm[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+    up = upsampled((norm - lo) / (hi - lo).clamp_min(1e-12), size).clamp(0, 1)
     rgb = matplotlib.colormaps["viridis"](up.cpu().numpy())[..., :3]  # (H, W, 4) RGBA -> RGB
     return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
 
