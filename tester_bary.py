@@ -36,12 +36,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from net.presets import BACKBONES, PRESETS
-from utils.checkpoints import newest_checkpoint
+from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_model
 from utils.cli import one_spelling
 from utils.compiled import COMPILE_MODES, CompileError, check_compile
 from utils.data.doctor import tester_check
@@ -67,9 +66,7 @@ from utils.eval.tasks import (
 )
 from utils.runtime import apply_gpus_flag, pick_device, tune_cpu_allocator
 
-CHECKPOINT_DIR = "checkpoint"
-# The reference tester's default --model (its 5D all-in-one checkpoint).
-REFERENCE_MODEL = f"{CHECKPOINT_DIR}/model_allBaryNet__61_1.0_5D.pt"
+REFERENCE_MODEL = f"{CHECKPOINT_DIR}/{REFERENCE_MODEL_NAME}"
 
 
 class UsageError(UserError):
@@ -223,21 +220,6 @@ def _fail(message: str) -> None:
     """A usage error the user fixes: raised as :class:`UsageError`, which ``run_main`` prints as one
     ``error:`` line with exit status 2 (no traceback without --debug)."""
     raise UsageError(message)
-
-
-def default_model(checkpoint_dir: str | os.PathLike = CHECKPOINT_DIR) -> tuple[Path | None, str]:
-    """``(checkpoint, why)`` for a run without ``--model``; ``(None, "")`` when there is none.
-
-    The reference's default (:data:`REFERENCE_MODEL`, when ``checkpoint_dir`` is the default one),
-    else the newest checkpoint under ``checkpoint_dir`` (:func:`utils.checkpoints.newest_checkpoint`).
-    """
-    reference = Path(checkpoint_dir) / Path(REFERENCE_MODEL).name
-    if reference.is_file():
-        return reference, "the authors' checkpoint, the reference tester's default"
-    newest = newest_checkpoint(checkpoint_dir)
-    if newest is None:
-        return None, ""
-    return newest, f"newest under {Path(checkpoint_dir).as_posix()}/"
 
 
 def apply_defaults(args) -> bool:

@@ -9,6 +9,7 @@ why, only when Chromium, chromedriver, Gradio or Selenium is missing (``make tes
 import base64
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,22 @@ def _app(argv, capsys):
     except SystemExit as exc:
         status = exc.code
     return status, capsys.readouterr().err
+
+
+def test_without_model_the_app_serves_the_testers_default_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(app_main.UsageError, match=r"no --model given and no checkpoint under checkpoint/"):
+        app_main.checkpoint_to_serve(None)
+    (tmp_path / "checkpoint" / "run").mkdir(parents=True)
+    (tmp_path / "checkpoint" / "run" / "epoch_009.pth").write_bytes(b"x")
+    served = app_main.checkpoint_to_serve(None)
+    assert served == "checkpoint/run/epoch_009.pth" == tester_bary.default_model()[0].as_posix()
+    authors = tmp_path / "checkpoint" / "model_allBaryNet__61_1.0_5D.pt"
+    authors.write_bytes(b"x")
+    os.utime(authors, (1e9, 1e9))  # older than the trained one, and still the default, as in the tester
+    assert app_main.checkpoint_to_serve(None) == "checkpoint/model_allBaryNet__61_1.0_5D.pt"
+    assert "(the authors' checkpoint, the reference tester's default)" in capsys.readouterr().out
+    assert app_main.checkpoint_to_serve("mine.pth") == "mine.pth"
 
 
 def test_bad_flags_are_one_error_line(tmp_path, monkeypatch, capsys):

@@ -450,6 +450,9 @@ def remove_stale_temporaries(output_dir: str | os.PathLike, now: float | None = 
 FORMAT_VERSION = 1
 LATEST = "latest"
 LOG_NAME = "log.jsonl"
+CHECKPOINT_DIR = "checkpoint"  # where the trainers write by default, and the tester and the app look
+# The reference tester's default --model, its 5D all-in-one checkpoint, in CHECKPOINT_DIR.
+REFERENCE_MODEL_NAME = "model_allBaryNet__61_1.0_5D.pt"
 _EPOCH_RE = re.compile(r"^epoch_(\d+)\.pth$")
 _ITER_RE = re.compile(r"^iter_e(\d+)_i(\d+)\.pth$")
 
@@ -532,6 +535,22 @@ def newest_checkpoint(root: str | os.PathLike) -> Path | None:
         found += [Path(folder) / f for f in sorted(files) if not f.startswith(".") and progress_of(f) is None
                   and Path(f).suffix.lower() in CHECKPOINT_SUFFIXES]
     return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
+
+
+def default_model(checkpoint_dir: str | os.PathLike = CHECKPOINT_DIR) -> tuple[Path | None, str]:
+    """The checkpoint the tester and the app use without ``--model``: ``(checkpoint, why)``, ``(None, "")``
+    when there is none.
+
+    The reference tester's default, :data:`REFERENCE_MODEL_NAME` in ``checkpoint_dir``, when it is there,
+    else the newest checkpoint under ``checkpoint_dir`` (:func:`newest_checkpoint`).
+    """
+    reference = Path(checkpoint_dir) / REFERENCE_MODEL_NAME
+    if reference.is_file():
+        return reference, "the authors' checkpoint, the reference tester's default"
+    newest = newest_checkpoint(checkpoint_dir)
+    if newest is None:
+        return None, ""
+    return newest, f"newest under {Path(checkpoint_dir).as_posix()}/"
 
 
 def resolve_checkpoint(path: str | os.PathLike, flag: str = "--model") -> tuple[Path, str | None]:

@@ -1,12 +1,13 @@
 """``python -m utils.app`` (``make app``): serve the restoration page for one checkpoint, on this machine only.
 
-    python -m utils.app                                  # the newest checkpoint under checkpoint/
+    python -m utils.app                                  # the tester's default checkpoint
     python -m utils.app --model checkpoint/demo --port 7861
     make app ARGS="--model checkpoint/demo/epoch_006.pth"
 
 ``--model`` takes what ``tester_bary.py --model`` takes (a checkpoint file, a run's output folder or its
-``latest`` pointer) and is loaded by the tester's :func:`utils.eval.protocol.load_model`; without it, the newest
-checkpoint under ``checkpoint/`` (:func:`utils.checkpoints.newest_checkpoint`). The page is served on
+``latest`` pointer) and is loaded by the tester's :func:`utils.eval.protocol.load_model`; without it, the
+tester's default (:func:`utils.checkpoints.default_model`: the authors' checkpoint, else the newest under
+``checkpoint/``). The page is served on
 127.0.0.1 only, never shared, with Gradio's analytics, telemetry and version checks off (the machine may have
 no internet). The flags, the port and the checkpoint are checked before Gradio starts; every failure the user
 fixes is one ``error:`` line (exit status 2 for flags), the traceback only with ``--debug``.
@@ -23,13 +24,12 @@ import tempfile
 from pathlib import Path
 
 from net.presets import BACKBONES, PRESETS
-from utils.checkpoints import newest_checkpoint
+from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_model
 from utils.cli import one_spelling
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, pixel_limit
 from utils.errors import OneLineArgumentParser, UserError, run_main
 from utils.runtime import pick_device, tune_cpu_allocator
 
-CHECKPOINT_DIR = "checkpoint"
 DEMO_EXAMPLES = "data/demo/test"
 HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -70,8 +70,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=None,
                         help=f"checkpoint, as tester_bary.py --model: a file, a run's output folder or its 'latest' "
-                             f"pointer. Default: the newest checkpoint under {CHECKPOINT_DIR}/ (make demo trains "
-                             f"{CHECKPOINT_DIR}/demo/)")
+                             f"pointer. Default, as the tester's: {CHECKPOINT_DIR}/{REFERENCE_MODEL_NAME} (the "
+                             f"authors') if it exists, else the newest checkpoint under {CHECKPOINT_DIR}/ (make demo "
+                             f"trains {CHECKPOINT_DIR}/demo/)")
     parser.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
                         help="network, for checkpoints that do not name one (default: the checkpoint's, else BaryNet)")
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -107,15 +108,16 @@ def check_gradio() -> None:
 
 
 def checkpoint_to_serve(model: str | None, checkpoint_dir: str = CHECKPOINT_DIR) -> str:
-    """``--model`` as given, else the newest checkpoint under ``checkpoint_dir``; :class:`UsageError` when none."""
+    """``--model`` as given, else the tester's default (:func:`utils.checkpoints.default_model`: the authors'
+    checkpoint, else the newest under ``checkpoint_dir``); :class:`UsageError` when there is none."""
     if model:
         return model
-    newest = newest_checkpoint(checkpoint_dir)
-    if newest is None:
+    path, why = default_model(checkpoint_dir)
+    if path is None:
         raise UsageError(f"no --model given and no checkpoint under {checkpoint_dir}/ — train one (`make demo` "
                          f"trains {checkpoint_dir}/demo/), or pass --model PATH (a checkpoint file or a run folder)")
-    print(f"=> no --model given: using {newest.as_posix()} (newest under {checkpoint_dir}/)")
-    return str(newest)
+    print(f"=> no --model given: using {path.as_posix()} ({why})")
+    return str(path)
 
 
 def examples_folder(examples: str | None) -> Path | None:
