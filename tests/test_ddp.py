@@ -29,7 +29,7 @@ def torchrun(flags: list[str], port: int) -> subprocess.CompletedProcess:
 
 def test_two_processes_train_identically_save_once_and_resume(tmp_path):
     data = make_train_tree(tmp_path / "data")
-    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "2"]
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "2", "--tensorboard"]
     first = torchrun(flags + ["--nEpochs", "1", "--gpus=0"], free_port())
     assert first.returncode == 0, first.stdout + first.stderr
     # the reference DDP trainer ignores --gpus (it would put every rank on one GPU): so do we, once, aloud
@@ -55,6 +55,13 @@ def test_two_processes_train_identically_save_once_and_resume(tmp_path):
     assert (ck["args"]["objective"], ck["args"]["reg_weight"], ck["args"]["potentials_steps"],
             ck["args"]["contrastive_eps"]) == ("ddp", 0.02, 1, 1e-6)
     assert all(torch.isfinite(v).all() for v in ck["potentials"].values())
+
+    # TensorBoard: rank 0 alone writes (one event file per run), and the resumed run continues the curves
+    from test_tensorboard import read_events, steps
+    assert len(list((ckpt_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    board = read_events(ckpt_dir / "tensorboard")
+    assert steps(board, "loss/map") == [1, 2, 3, 4] and steps(board, "train/lr") == [1, 2, 3, 4]
+    assert steps(board, "epoch/map") == [2, 4]  # one point per epoch, at its last global step
 
 
 def readme_rendezvous(port: int) -> list[str]:
