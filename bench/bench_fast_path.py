@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from utils.compiled import COMPILE_MODES  # noqa: E402
 from utils.demo.data import build_demo_data  # noqa: E402
 from utils.train.run_log import LOSS_LABELS, read_log  # noqa: E402
 
@@ -113,10 +114,10 @@ def draw(curves: dict[str, list[dict]], labels: dict[str, str], fig_path: Path, 
     plt.close(fig)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--mode", default="default", help="--compile mode of the fast run")
+    p.add_argument("--mode", default="default", choices=COMPILE_MODES[1:], help="--compile mode of the fast run")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--preset", default="tiny")
@@ -135,7 +136,11 @@ def main() -> None:
     p.add_argument("--data", default="data/demo", help="demo data folder (built when missing or stale)")
     p.add_argument("--fig", default="figs/bench/fast_path_losses.png")
     p.add_argument("--json", default=None, help="also write the curves and the summary here")
-    a = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
     root = Path(a.data)
     build_demo_data(root, progress=False)
     labels = {"eager": "eager", "fast": f"--compile {a.mode}"}

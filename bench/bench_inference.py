@@ -28,6 +28,7 @@ import torch
 
 from net import set_layernorm_impl
 from net.presets import build_model
+from utils.compiled import COMPILE_MODES
 from utils.eval.inference import restore
 from utils.memory import resident_bytes
 from utils.runtime import tune_cpu_allocator
@@ -144,7 +145,7 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
               f"{psnr} |")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
@@ -154,10 +155,14 @@ def main() -> None:
                         help="cuda: the GPU rows (plain, restore fp32, restore bf16) in one process; use --size 512")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS + EXTRA_PATHS,
                         help="CPU paths to compare (plain first: the others' speed-ups are against it)")
-    parser.add_argument("--compile", nargs="*", default=[], metavar="MODE",
+    parser.add_argument("--compile", nargs="*", default=[], metavar="MODE", choices=COMPILE_MODES[1:],
                         help="cuda: also restore() bf16 torch.compile'd with each MODE (e.g. reduce-overhead)")
     parser.add_argument("--child", choices=PATHS + EXTRA_PATHS, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.device == "cuda":
         gpu_rows(args.preset, args.size, max(args.repeats, 10), tuple(args.compile))
         return

@@ -127,7 +127,7 @@ def time_loader(dirs: dict[str, Path], de_types: list[str], repeats: list[str], 
             "median_batch_ms": 1000 * statistics.median(times) if times else float("nan"), "batches": len(times)}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     default_workers = get_args_parser().get_default("threads")
@@ -141,7 +141,11 @@ def main(argv=None) -> int:
     p.add_argument("--consume-ms", type=float, default=50.0,
                    help="the GPU's time per iteration to compare with (the speed target)")
     p.add_argument("--device", default="auto", help="copy batches to this device as the trainer does")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     de_types = ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
     repeats = ["denoise_15=1", "denoise_25=1", "denoise_50=1", "derain=3", "dehaze=3"]

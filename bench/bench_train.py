@@ -39,6 +39,7 @@ import torch
 
 from net import Potentials, set_layernorm_impl
 from net.presets import build_model
+from utils.compiled import COMPILE_MODES
 from utils.eval.inference import autocast_context
 from utils.memory import resident_bytes
 from utils.runtime import tune_cpu_allocator
@@ -220,7 +221,18 @@ def _spawn(variant: str, precision: str, a: argparse.Namespace, preset: str, ite
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+VARIANTS = ("straightforward", "straightforward_malloc", "engine", "engine_nchw", "compiled")
+
+
+def variant_list(text: str) -> str:
+    """``--variants``: comma-separated names from :data:`VARIANTS` (a misspelt one would run as another)."""
+    unknown = [v for v in text.split(",") if v and v not in VARIANTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", help="comma-separated engine precisions, e.g. fp32,bf16")
@@ -231,17 +243,21 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--tiny-iters", dest="tiny_iters", type=int, default=10)
-    p.add_argument("--variants", default=None,
+    p.add_argument("--variants", default=None, type=variant_list,
                    help="comma-separated: straightforward, straightforward_malloc (with the trainer's CPU "
                         "allocator setting, to show that share of the speed-up), engine, engine_nchw (engine "
                         "without channels-last), compiled (the engine with --compile-mode: the trainers' fast "
                         "path; its first iteration, compile included, is reported apart); default: the first "
                         "three on the CPU, and straightforward, engine, engine_nchw on a GPU")
-    p.add_argument("--compile-mode", dest="compile_mode", default="default",
+    p.add_argument("--compile-mode", dest="compile_mode", default="default", choices=COMPILE_MODES[1:],
                    help="torch.compile mode of the 'compiled' variant (the trainers' --compile): default, "
                         "reduce-overhead (CUDA graphs), max-autotune")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
-    a = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
     device = torch.device(a.device)
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA GPU visible")

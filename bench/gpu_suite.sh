@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU row of BENCHMARKS.md in one run: at most about 9 minutes on one H100/H200 (each step is capped;
+# Every GPU row of BENCHMARKS.md in one run: under 8 minutes on one H100/H200 (the steps' caps add up to 470 s;
 # most of the time is torch.compile building the fast path's kernels, cached for the later steps).
 #
 #   bash bench/gpu_suite.sh            # on the GPU machine, from the repository root
@@ -41,13 +41,13 @@ $PY -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cu
 '| fp32 convolutions may use TF32:', torch.backends.cudnn.allow_tf32, '| fp32 matmuls:', torch.backends.cuda.matmul.allow_tf32)"
 
 # Most important first: a step cut by its cap loses only itself (and later steps still run).
-step 230 "training iteration: straightforward loop, eager engine, --compile reduce-overhead (fp32, bf16)" \
+step 200 "training iteration: straightforward loop, eager engine, --compile reduce-overhead (fp32, bf16)" \
     $PY bench/bench_train.py --device cuda --precision fp32,bf16 --iters 5 --warmup 2 \
     --variants straightforward,engine,compiled --compile-mode reduce-overhead
-step 150 "fast path vs eager: 300 tiny iterations from one seed (loss curves, first-iteration losses)" \
+step 120 "fast path vs eager: 300 tiny iterations from one seed (loss curves, first-iteration losses)" \
     $PY bench/bench_fast_path.py --device cuda --patch 128 --mode reduce-overhead --iters 300 \
     --no-seed-control --data /tmp/baryir_demo_data --fig "$RESULTS/fast_path_losses_gpu.png"
-step 90 "restore() 1x3x512x512, eager and compiled" \
+step 75 "restore() 1x3x512x512, eager and compiled" \
     $PY bench/bench_inference.py --device cuda --size 512 --repeats 10 --compile reduce-overhead
 step 45 "profile, bf16 autocast, eager engine" $PY bench/profile_train.py --device cuda --precision bf16 --iters 3
 step 30 "data loader alone (default workers), 3D layout" $PY bench/bench_loader.py --batches 200

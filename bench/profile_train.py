@@ -32,6 +32,7 @@ from bench_train import _sync, build_case
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from utils.compiled import COMPILE_MODES
 from utils.runtime import tune_cpu_allocator
 from utils.train.distributed import DistInfo
 from utils.train.engine import Training, train_step
@@ -72,7 +73,7 @@ def peak_tflops(device: torch.device, precision: str, given: float | None) -> tu
     return rate, f"a 2048^3 {precision} matmul in this run"
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -86,10 +87,14 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=20)
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--trace", default=None, help="write the Chrome trace of the profiled iterations here")
-    p.add_argument("--compile", default="off",
+    p.add_argument("--compile", default="off", choices=COMPILE_MODES,
                    help="profile the trainers' --compile fast path with this torch.compile mode (FLOPs are "
                         "counted on the eager iteration: the same arithmetic)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
 
     device = torch.device(a.device)
     if device.type == "cuda":
