@@ -12,7 +12,7 @@ import torch.distributed as dist
 from objective_case import LAMBDAS, batch_for_rank, nets
 from torch.nn.parallel import DistributedDataParallel
 
-from utils.train.distributed import DistInfo
+from utils.train.distributed import DistInfo, cleanup
 from utils.train.engine import Training, build_optimizer, train_step
 from utils.train.losses import OBJECTIVES
 
@@ -31,7 +31,11 @@ def main(rank: int, world: int, port: int, out_dir: str, objective: str) -> None
     if rank == 0:
         torch.save({"model": model.state_dict(), "potentials": pots.state_dict()}, os.path.join(out_dir, "rank0.pt"))
     dist.barrier()
-    dist.destroy_process_group()
+    # The engine's teardown: nothing may hold the group when it is destroyed. A DDP wrapper left alive
+    # (here it was a local while destroy_process_group ran) is freed at interpreter exit, and its gloo
+    # threads' destruction there once aborted a rank: "terminate called without an active exception".
+    del training, ddp, model, pots
+    cleanup(info)
 
 
 if __name__ == "__main__":

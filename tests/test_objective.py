@@ -187,7 +187,8 @@ def test_two_process_iteration_equals_the_reference_steps(tmp_path, objective):
             for q in procs:
                 q.kill()
             pytest.fail("the 2-process iteration did not finish in 240 s")
-    assert all(p.returncode == 0 for p in procs), "\n".join(outputs)
+    assert all(p.returncode == 0 for p in procs), "\n".join(
+        f"rank {r} exited {p.returncode}:\n{out}" for r, (p, out) in enumerate(zip(procs, outputs)))
     got = torch.load(tmp_path / "rank0.pt", weights_only=True)
 
     model, pots = nets()
