@@ -230,7 +230,7 @@ def apply_defaults(args) -> bool:
         path, why = default_model()
         if path is None:
             _fail(f"no checkpoint given and none found under {CHECKPOINT_DIR}/ — put the authors' "
-                  f"{Path(REFERENCE_MODEL).name} there, train one with trainer_bary.py, or pass --model PATH")
+                  f"{REFERENCE_MODEL_NAME} there, train one with trainer_bary.py, or pass --model PATH")
         args.model = str(path)
         print(f"=> no --model given: using {path.as_posix()} ({why})")
     if not (args.tasks or args.degset or args.tarset or args.input):

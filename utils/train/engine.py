@@ -92,6 +92,7 @@ from utils.train.run_log import (
     Console,
     JsonlLog,
     Rate,
+    discarded_log,
     plot_loss_curves,
     progress,
     progress_line,
@@ -787,7 +788,7 @@ def open_log(output_dir: Path, resumed: bool, state: LoopState, info: DistInfo, 
         moved = rewind_log(output_dir / LOG_NAME, state.global_step)
         if moved:
             console(f"=> {moved} log record(s) past global step {state.global_step} (training after the "
-                    f"checkpoint, lost when the run stopped) moved to {Path(LOG_NAME).stem}.discarded.jsonl")
+                    f"checkpoint, lost when the run stopped) moved to {discarded_log(output_dir / LOG_NAME).name}")
     return JsonlLog(output_dir / LOG_NAME, enabled=info.is_main)
 
 

@@ -55,6 +55,11 @@ class JsonlLog:
             fh.flush()
 
 
+def discarded_log(path: Path) -> Path:
+    """Where :func:`rewind_log` keeps the records it moves out of the log ``path``: ``<stem>.discarded.jsonl``."""
+    return path.with_name(f"{path.stem}.discarded.jsonl")
+
+
 def rewind_log(path: str | os.PathLike, global_step: int) -> int:
     """Move the ``iter`` and ``epoch`` records past ``global_step`` out of the log at ``path``, into
     ``<stem>.discarded.jsonl`` beside it; returns how many moved.
@@ -79,7 +84,7 @@ def rewind_log(path: str | os.PathLike, global_step: int) -> int:
         (moved if past else kept).append(line if line.endswith("\n") else line + "\n")
     if not moved:
         return 0
-    with open(path.with_name(f"{path.stem}.discarded.jsonl"), "a") as fh:
+    with open(discarded_log(path), "a") as fh:
         fh.writelines(moved)
         fh.flush()
         os.fsync(fh.fileno())

@@ -32,12 +32,12 @@ from utils.files import keep_aside
 from utils.memory import TrainingNeed, available_bytes, gib, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int
 from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, model_overrides
-from utils.train.run_log import Console
+from utils.train.run_log import Console, discarded_log
 
 FIG_NAME = "train_losses.png"  # the loss curves, drawn into --figs-dir (default: --output-dir)
 TB_DIR = "tensorboard"  # --tensorboard's event files
 # What a run writes into --output-dir beside its checkpoints (and the lock, utils/train/output_lock.py).
-RUN_FILES = (LATEST, LOG_NAME, f"{Path(LOG_NAME).stem}.discarded.jsonl", FIG_NAME, TB_DIR)
+RUN_FILES = (LATEST, LOG_NAME, discarded_log(Path(LOG_NAME)).name, FIG_NAME, TB_DIR)
 
 
 class ConfigError(UserError, ValueError):
@@ -63,18 +63,13 @@ def validation_pairs(args, console: Console) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def earlier_run_files(output_dir: Path) -> list[Path]:
-    """What an earlier run left in ``output_dir`` that a fresh run would write over or mix with: its
-    checkpoints (oldest first), then whichever of :data:`RUN_FILES` exist."""
-    return list_checkpoints(output_dir) + [p for p in (output_dir / n for n in RUN_FILES)
-                                           if p.exists() or p.is_symlink()]
-
-
 def start_fresh_outputs(output_dir: Path, console: Console) -> Path | None:
-    """A fresh run in a folder that holds an earlier run's files moves them all into
-    ``<output-dir>/run.before-<time>/`` first, so none is overwritten (its ``epoch_001.pth`` by this run's,
-    its log by this log) or removed by this run's rotation. Returns that folder (None: nothing to move)."""
-    earlier = earlier_run_files(output_dir)
+    """A fresh run in a folder that holds an earlier run's files (its checkpoints and whichever of
+    :data:`RUN_FILES` exist) moves them all into ``<output-dir>/run.before-<time>/`` first, so none is
+    overwritten (its ``epoch_001.pth`` by this run's, its log by this log) or removed by this run's
+    rotation. Returns that folder (None: nothing to move)."""
+    checkpoints = list_checkpoints(output_dir)
+    earlier = checkpoints + [p for p in (output_dir / n for n in RUN_FILES) if p.exists() or p.is_symlink()]
     if not earlier:
         return None
     try:
@@ -83,12 +78,10 @@ def start_fresh_outputs(output_dir: Path, console: Console) -> Path | None:
         raise ConfigError(f"--output-dir {output_dir} holds an earlier run's files and they could not be moved "
                           f"aside ({exc}); continue that run with --resume auto, or train into another "
                           f"--output-dir") from exc
-    saved = [p.name for p in earlier if p.name not in RUN_FILES]
-    what = f"{len(saved)} checkpoint(s), newest {saved[-1]}" if saved else "no checkpoint"
+    what = f"{len(checkpoints)} checkpoint(s), newest {checkpoints[-1].name}" if checkpoints else "no checkpoint"
     console(f"=> a fresh run: the earlier run's files in {output_dir} ({what}) were moved to {kept.name}/; "
             f"to continue that run instead, pass --resume {kept}")
     return kept
-
 
 
 def check_args(args) -> int:
