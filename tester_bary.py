@@ -50,7 +50,7 @@ from utils.errors import OneLineArgumentParser, UserError, run_main
 from utils.eval.evaluation import EvaluationStopped, evaluate_sets, restore_files
 from utils.eval.inference import PRECISIONS
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
-from utils.eval.outputs import check_outputs_outside_inputs, check_writable_folder, write_text
+from utils.eval.outputs import check_outputs_apart, check_outputs_outside_inputs, check_writable_folder, write_text
 from utils.eval.paper import SETTINGS
 from utils.eval.protocol import PROTOCOLS, Protocol, load_model
 from utils.eval.report import format_report, write_results
@@ -169,7 +169,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     proto.add_argument("--fid", action="store_true",
                        help="also FID per set (needs the optional pytorch-fid package and its weights)")
     proto.add_argument("--noise-seed", type=int, default=0,
-                       help="base of the per-image noise seeds of denoise tasks (0 = the published test inputs)")
+                       help="base of the per-image noise seeds of denoise tasks (0 = this project's fixed inputs; "
+                            "the reference draws unseeded noise, so no published noisy inputs exist)")
 
     run = parser.add_argument_group("running")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = CUDA if available")
@@ -304,13 +305,20 @@ def _check_outputs(args, sets: list[EvalSet], create: bool = True) -> None:
     def written(base: str) -> list[Path]:
         return [Path(base)] + [Path(base) / r for r in rows]
 
+    def image_folders(base: str) -> list[Path]:  # where the image files go: <base>/<row>, or <base> itself
+        return [Path(base) / r for r in rows] or [Path(base)]
+
     outputs = {"--save": (Path(args.save), written(args.save) if not args.no_images else [Path(args.save)])}
+    images = {"--save": image_folders(args.save) if not args.no_images else []}
     if args.savetar:
         outputs["--savetar"] = (Path(args.savetar), written(args.savetar))
+        images["--savetar"] = image_folders(args.savetar)
     if args.figs:
         outputs["--figs-dir"] = (Path(args.figs_dir), [Path(args.figs_dir)])
+        images["--figs-dir"] = [Path(args.figs_dir)]
     single = [Path(args.input).parent] if args.input and not Path(args.input).is_dir() else []
     check_outputs_outside_inputs(outputs, _input_folders(args, sets), overwrite=args.overwrite, file_folders=single)
+    check_outputs_apart(images)
     for flag, (base, _) in outputs.items():
         check_writable_folder(base, flag, create=create)
 

@@ -21,6 +21,7 @@ from skimage import data
 import tester_bary
 from net.presets import build_model, model_config
 from utils.checkpoints import CheckpointError
+from utils.data import image_io
 from utils.data.image_io import ImageReadError, list_images, read_image, write_image
 from utils.data.noise import noise_seed, noisy_version
 from utils.data.pairing import PairingError, match_pairs
@@ -592,3 +593,119 @@ def test_an_empty_denoising_set_folder_is_named_not_silently_dropped(checkpoint,
     assert set(results["tasks"]) == {"denoise_15/bsd68", "denoise_25/bsd68"}
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "urban100" in warnings[0] and "holds no images" in warnings[0]
+
+
+def test_save_and_savetar_may_not_share_a_folder(bench, checkpoint, tmp_path):
+    """Failure 7: --save and --savetar naming one folder used to end with every restoration replaced by its
+    target (same names); it is refused before anything is written, as is --figs-dir among the images."""
+    deg, tar = bench / "jpeg" / "input", bench / "jpeg" / "target"
+    same = tmp_path / "same"
+    with pytest.raises(UserError, match=r"--save .* and --savetar .* same folder"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", same, "--savetar", same)
+    assert not same.exists() or not list(same.iterdir())
+    link = tmp_path / "link"
+    link.symlink_to(same, target_is_directory=True)
+    with pytest.raises(UserError, match="same folder"):  # the same folder through a symbolic link
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", same, "--savetar", link)
+    with pytest.raises(UserError, match="--figs-dir"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", same, "--figs",
+            "--figs-dir", same)
+    # --tasks writes <save>/<row>/ and <savetar>/<row>/: one base for both is refused, nesting is not.
+    res = run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", tmp_path / "o",
+              "--savetar", tmp_path / "o" / "targets")
+    assert res["tasks"]["jpeg"]["count"] == 3
+    restored = read_image(tmp_path / "o" / "jpeg" / "cat.png")
+    target = read_image(tmp_path / "o" / "targets" / "jpeg" / "cat.png")
+    assert np.array_equal(restored, read_image(deg / "cat.png")[:40, :56])  # the zero model: its input, cropped
+    assert np.array_equal(target, read_image(tar / "cat.png")[:40, :56])
+
+
+def test_ctrl_c_keeps_the_results_so_far(bench, checkpoint, tmp_path, monkeypatch):
+    """Failure 8: Ctrl-C used to end the run with no results written (an earlier run's results.json stayed
+    beside the new images); now the images finished so far are written as partial results, exit status 130."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.json").write_text('{"stale": true}')
+    real, calls = protocol_module.restore_array, []
+
+    def interrupted_at_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    from utils.eval import evaluation
+    monkeypatch.setattr(evaluation, "restore_array", interrupted_at_the_second)
+    with pytest.raises(UserError, match="interrupted.*partial") as err:
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", out)
+    assert err.value.exit_status == 130
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["partial"]["error"] == "interrupted" and saved["tasks"]["jpeg"]["count"] == 1
+    assert [p.name for p in (out / "jpeg").iterdir()] == [saved["tasks"]["jpeg"]["images"][0]["name"]]
+    calls.clear()  # --input: the record of the images restored so far
+    with pytest.raises(UserError, match="interrupted") as err:
+        run("--model", checkpoint, "--input", bench / "jpeg" / "input", "--save", tmp_path / "i")
+    saved = json.loads((tmp_path / "i" / "results.json").read_text())
+    assert err.value.exit_status == 130 and len(saved["restored"]) == 1 and saved["partial"]["error"] == "interrupted"
+
+
+def test_an_image_without_read_permission_is_a_bad_file(checkpoint, tmp_path, monkeypatch):
+    """Failure 9: a file that cannot be read (permission denied) escaped as an OSError: not skipped by
+    --skip-bad-files, no partial results, and a message about writing. It is an unreadable image now."""
+    deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png", "c.png"], ["a.png", "b.png", "c.png"])
+    real_fromfile = np.fromfile
+
+    def denied(path, *a, **k):  # chmod does not stop root, who runs the suite in CI
+        if Path(path).name == "b.png" and Path(path).parent == deg:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_fromfile(path, *a, **k)
+
+    monkeypatch.setattr(np, "fromfile", denied)
+    with pytest.raises(UserError, match=r"cannot read image .*b\.png: Permission denied.*partial"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["tasks"]["deg"]["count"] == 1
+    res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "s", "--skip-bad-files")
+    assert res["tasks"]["deg"]["count"] == 2 and [b["name"] for b in res["tasks"]["deg"]["bad_files"]] == ["b.png"]
+    real_open = open
+
+    def header_denied(path, *a, **k):
+        if Path(path).name == "b.png" and Path(path).parent == deg:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    import builtins
+    monkeypatch.setattr(builtins, "open", header_denied)
+    with pytest.raises(ImageReadError, match="Permission denied"):
+        image_io.image_size(deg / "b.png")
+
+
+@pytest.mark.parametrize("flags,side", [(["--ssim", "gaussian"], 11), (["--crop-border", "5"], 17),
+                                        (["--lpips"], 31)])
+def test_images_too_small_to_score_are_bad_files(checkpoint, tmp_path, monkeypatch, flags, side):
+    """Failure 10: an image large enough to restore but too small for the metric (Gaussian SSIM's 11x11 window,
+    --crop-border, LPIPS's AlexNet) ended in a traceback with nothing written; it is a bad file now."""
+    from utils.eval import evaluation, metrics
+    monkeypatch.setattr(evaluation, "LPIPS", lambda net, device: (lambda a, b: 0.0))  # no weights needed
+    deg, tar = tmp_path / "deg", tmp_path / "tar"
+    img = _clean_images()["cat"]
+    for name, (h, w) in (("big.png", (H, W)), ("small.png", (side - 1, side + 7))):
+        write_image(deg / name, _degrade(img[:h, :w], 0))
+        write_image(tar / name, img[:h, :w])
+    assert metrics.smallest_scorable_side(*{11: ("gaussian", 0, None), 17: ("skimage", 5, None),
+                                            31: ("skimage", 0, "alex")}[side]) == side
+    with pytest.raises(UserError, match=rf"small\.png.* too small .*at least {side}x{side}.*partial"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--protocol", "pad",
+            *flags)
+    res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "s", "--protocol", "pad",
+              "--skip-bad-files", *flags)
+    assert res["tasks"]["deg"]["count"] == 1 and res["tasks"]["deg"]["bad_files"][0]["name"] == "small.png"
+
+
+def test_the_console_protocol_line_says_how_images_are_tiled():
+    """Failure 11: with automatic tiling (the default) the console's protocol line printed the rule's text
+    twice around an 'x' ("...restored in tilesxautomatic: ... tiles tiles on cpu")."""
+    from utils.eval.protocol import Protocol
+    from utils.eval.report import protocol_summary
+    lines = {tile: protocol_summary({**Protocol(tile=tile).describe(), "device": "cpu"}) for tile in (None, 0, 512)}
+    assert lines[None].endswith("fp32, tiled only where an image would not fit the free memory on cpu")
+    assert lines[512].endswith("fp32, 512x512 tiles on cpu") and lines[0].endswith("fp32 on cpu")

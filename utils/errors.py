@@ -18,6 +18,7 @@ import sys
 from typing import Any, Callable, Iterable
 
 LIST_LIMIT = 20
+INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
 
 
 class UserError(Exception):
@@ -110,7 +111,7 @@ def failure_message(exc: BaseException) -> tuple[str, int] | None:
             if message:
                 return message, 1
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted", 130
+        return "interrupted", INTERRUPTED_STATUS
     if any(isinstance(e, MemoryError) for e in chain):
         return ("out of memory: train with a smaller --batchSize or --patch_size; restore large images with "
                 "--tile", 1)

@@ -185,6 +185,18 @@ def _exif_orientation(path: Path) -> int:
         return 1
 
 
+@contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Reading ``path``'s bytes: an ``OSError`` (no read permission, an I/O error) is an :class:`ImageReadError`
+    naming the file, a bad file like a corrupt one (``--skip-bad-files`` leaves it out)."""
+    try:
+        yield
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ImageReadError(f"cannot read image {path}: {why} — fix its permissions, or replace or remove it") \
+            from exc
+
+
 def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | None = None) -> np.ndarray:
     """RGB ``(H, W, 3)`` ``uint8`` or ``uint16`` array of ``path`` (see the module rule).
 
@@ -196,7 +208,8 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
     limit = max_pixels if max_pixels is not None else _max_pixels
-    data = np.fromfile(str(path), dtype=np.uint8)
+    with _readable(path):
+        data = np.fromfile(str(path), dtype=np.uint8)
     _check_pixels(path, _header_size(io.BytesIO(data)) if data.size else None, limit)
     try:
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
@@ -244,7 +257,7 @@ def image_size(path: str | os.PathLike, exif: bool = False) -> tuple[int, int]:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
-    with open(path, "rb") as fh:
+    with _readable(path), open(path, "rb") as fh:
         size = _header_size(fh)
     if size is None or size[0] < 0:
         return read_image(path, exif).shape[:2]

@@ -30,9 +30,9 @@ from tqdm import tqdm
 from utils.data.image_io import ImageReadError, quantise, read_image, write_image
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
-from utils.errors import UserError
+from utils.errors import INTERRUPTED_STATUS, UserError
 from utils.eval.inference import prepare_for_inference
-from utils.eval.metrics import FID, LPIPS, image_metrics
+from utils.eval.metrics import FID, LPIPS, image_metrics, smallest_scorable_side
 from utils.eval.outputs import output_names
 from utils.eval.paper import paper_averages
 from utils.eval.protocol import SIZE_MULTIPLE, Protocol, crop_to_multiple, restore_array, to_8bit
@@ -78,10 +78,18 @@ class EvaluationStopped(UserError):
         self.results: dict[str, Any] | None = None
 
 
-def _check_size(img: np.ndarray, item: EvalItem) -> None:
-    if min(img.shape[:2]) < SIZE_MULTIPLE:
+def _check_size(img: np.ndarray, item: EvalItem, protocol: Protocol) -> None:
+    """Refuse an image too small to restore (the network's size step) or to score under ``protocol`` (the
+    SSIM window after ``crop_border``, LPIPS's trunk): :class:`ImageTooSmall`, a bad file like a corrupt one."""
+    scorable = smallest_scorable_side(protocol.ssim, protocol.crop_border,
+                                      protocol.lpips_net if protocol.lpips else None)
+    side = max(SIZE_MULTIPLE, scorable)
+    if min(img.shape[:2]) < side:
+        why = "after the protocol's crop" if side == SIZE_MULTIPLE else \
+            f"to score with --ssim {protocol.ssim}, --crop-border {protocol.crop_border}" + \
+            (f" and LPIPS ({protocol.lpips_net})" if protocol.lpips else "")
         raise ImageTooSmall(f"{item.degraded or item.target}: {img.shape[0]}x{img.shape[1]} is too small to evaluate "
-                            f"(at least {SIZE_MULTIPLE}x{SIZE_MULTIPLE} after the protocol's crop)")
+                            f"(at least {side}x{side} {why})")
 
 
 def _summary(images: list[dict], has_lpips: bool) -> dict[str, Any]:
@@ -142,17 +150,17 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
             result["notes"] = list(notes)
         return result
 
-    for item, out_name in tqdm(list(zip(eval_set.items, names)), desc=eval_set.name, unit="img",
-                               disable=not progress, leave=True):
+    def evaluate_item(item: EvalItem, out_name: str) -> None:
+        """Restore, score and save one image (or note it as bad); its row is added once all is written."""
         try:
             deg, tar = _load_item(item, protocol)
-            _check_size(deg, item)
+            _check_size(deg, item, protocol)
             out, seconds = restore_array(model, deg, protocol, device, name=str(item.degraded or item.target),
                                          note=lambda msg: (notes.append(msg), tqdm.write(msg)))
         except UserError as exc:
             if skip_bad_files and isinstance(exc, ImageReadError):
                 bad.append({"name": item.name, "error": str(exc)})
-                continue
+                return
             raise EvaluationStopped(str(exc), str(item.degraded or item.target), eval_set.name, row_so_far(),
                                     exc.exit_status) from exc
         out8, tar8, deg8 = quantise(out, 8), to_8bit(tar), to_8bit(deg)
@@ -165,16 +173,25 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         if lpips_metric is not None:
             row["lpips"] = lpips_metric(out8, tar8)
         row["seconds"] = seconds
-        images.append(row)
         if save_dir is not None:
             write_image(save_dir / out_name, quantise(out, 16 if deg.dtype == np.uint16 else 8))
         if savetar_dir is not None:
             write_image(savetar_dir / out_name, tar8)
         if fid_metric is not None:
-            feats_out.append(fid_metric.features([out8]))
-            feats_tar.append(fid_metric.features([tar8]))
+            out_feats, tar_feats = fid_metric.features([out8]), fid_metric.features([tar8])
+            feats_out.append(out_feats)
+            feats_tar.append(tar_feats)
+        images.append(row)
         if figs_dir is not None and len(fig_rows) < fig_images:
             fig_rows.append((item.name, deg8, out8, tar8, p, s, p_in, s_in))
+
+    for item, out_name in tqdm(list(zip(eval_set.items, names)), desc=eval_set.name, unit="img",
+                               disable=not progress, leave=True):
+        try:
+            evaluate_item(item, out_name)
+        except KeyboardInterrupt as exc:  # Ctrl-C: the images finished so far are kept, as for a bad file
+            raise EvaluationStopped("interrupted", str(item.degraded or item.target), eval_set.name, row_so_far(),
+                                    INTERRUPTED_STATUS) from exc
     result = row_so_far()
     if figs_dir is not None and fig_rows:
         result["figure"] = str(save_comparison_figure(fig_rows, figs_dir / f"{eval_set.name.replace('/', '_')}.png",
@@ -277,7 +294,12 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
                 done.append({"name": path.name, "skipped": str(exc)})
                 continue
             raise EvaluationStopped(str(exc), str(path), "input", {"restored": done}, exc.exit_status) from exc
-        dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
+        except KeyboardInterrupt as exc:  # Ctrl-C: the record of the images restored so far is kept
+            raise EvaluationStopped("interrupted", str(path), "input", {"restored": done}, INTERRUPTED_STATUS) from exc
+        try:
+            dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
+        except KeyboardInterrupt as exc:
+            raise EvaluationStopped("interrupted", str(path), "input", {"restored": done}, INTERRUPTED_STATUS) from exc
         for msg in said:
             tqdm.write(msg)
         done.append({"name": path.name, "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {})})

@@ -39,6 +39,11 @@ from utils.errors import UserError
 MAX_PSNR = 100.0  # reported for identical images instead of infinity
 METRIC_SPACES = ("rgb", "y")
 SSIM_KINDS = ("skimage", "gaussian")
+# The smallest side each SSIM's window needs (skimage's default 7x7 window, the 11x11 Gaussian one), and the
+# smallest side LPIPS's trunk keeps a feature map at its last layer (AlexNet's stride-4 11x11 convolution and
+# two 3x3 stride-2 poolings: 31 px; VGG16's four 2x2 poolings: 16 px; found by trying every side on both).
+SSIM_MIN_SIDE = {"skimage": 7, "gaussian": 11}
+LPIPS_MIN_SIDE = {"alex": 31, "vgg": 16}
 
 # BT.601 luma with offset (16..235) for R, G, B in 0..255 (BasicSR's rgb2ycbcr, y_only).
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
@@ -116,6 +121,13 @@ def ssim_gaussian(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, size:
     if a.ndim == 2:
         return _ssim_gaussian_2d(a, b, data_range, k)
     return float(np.mean([_ssim_gaussian_2d(a[..., c], b[..., c], data_range, k) for c in range(a.shape[2])]))
+
+
+def smallest_scorable_side(ssim: str = "skimage", crop_border: int = 0, lpips_net: str | None = None) -> int:
+    """The smallest height and width an image pair can be scored at: the SSIM window after ``crop_border``
+    pixels are shaved from every side, and LPIPS's trunk (on the unshaved images) when ``lpips_net``."""
+    side = 2 * crop_border + SSIM_MIN_SIDE[ssim]
+    return max(side, LPIPS_MIN_SIDE[lpips_net]) if lpips_net else side
 
 
 def shave(img: np.ndarray, border: int) -> np.ndarray:

@@ -8,6 +8,8 @@
 * :func:`check_outputs_outside_inputs`: an output folder equal to or inside a folder the run reads
   (or reached through a symbolic link into one) is refused unless the user says ``--overwrite``;
   an output folder that a symbolic link leads out of its base (``--save``) is refused always.
+* :func:`check_outputs_apart`: two flags never write images into one folder (``--save`` equal to
+  ``--savetar`` would replace every restoration by its target).
 * :func:`write_text`: result files are written as images are (:func:`utils.files.replace_file`):
   a finished temporary file renamed over the old one, so a link in their place is replaced, not
   followed.
@@ -115,6 +117,21 @@ def check_outputs_outside_inputs(outputs: Mapping[str, tuple[Path, Iterable[Path
                     raise OutputFolderError(
                         f"{flag} {folder} {same} the input folder {src}: the outputs could overwrite the images "
                         f"read — choose another {flag} (e.g. results/...), or pass --overwrite to write there anyway")
+
+
+def check_outputs_apart(image_folders: Mapping[str, Iterable[Path]]) -> None:
+    """Refuse two flags that would write images into the same folder (``--save`` and ``--savetar`` alike:
+    each restoration would be replaced by its target, under the same name). ``image_folders``: per flag,
+    the folders it writes image files into; compared after resolving symbolic links."""
+    owner: dict[Path, tuple[str, Path]] = {}
+    for flag, folders in image_folders.items():
+        for folder in folders:
+            real = Path(folder).resolve()
+            if real in owner and owner[real][0] != flag:
+                other, shown = owner[real]
+                raise OutputFolderError(f"{other} {shown} and {flag} {folder} are the same folder: the images of one "
+                                        f"would replace the other's under the same names — choose separate folders")
+            owner.setdefault(real, (flag, Path(folder)))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -84,7 +84,9 @@ def protocol_lines(protocol: Mapping[str, Any]) -> list[str]:
 def protocol_summary(protocol: Mapping[str, Any]) -> str:
     """The protocol in two lines (the console's); every rule is spelt out in ``results.md``/``.json``."""
     p = protocol
-    tiles = f", {p['tile']}x{p['tile']} tiles" if p.get("tile") else ""
+    tile = p.get("tile")  # a size, 0 (never tiled) or the text of automatic tiling
+    tiles = f", {tile}x{tile} tiles" if isinstance(tile, int) and tile else \
+        ", tiled only where an image would not fit the free memory" if tile else ""
     extra = "".join(f", {m.upper()}" for m in ("lpips", "fid") if p.get(m))
     line = (f"Protocol: {p.get('protocol')} ({p.get('metric_space')} PSNR, {p.get('ssim')} SSIM, crop border "
             f"{p.get('crop_border')}{extra}), {p.get('precision')}{tiles} on {p.get('device')}")
