@@ -199,6 +199,37 @@ def test_a_fresh_run_moves_an_earlier_runs_files_aside_and_overwrites_none(data,
     assert "(1 checkpoint(s), newest epoch_001.pth) were moved to run.before-20261129-120000-2/" in said
 
 
+def test_resuming_another_folders_checkpoint_moves_this_folders_run_aside(data, straight, tmp_path, capsys):
+    """Resuming run A's checkpoint into run B's folder used to write A's continuation over B's checkpoints
+    and rewind B's log; B's files are moved aside now, as a fresh run moves them, and A's log comes along."""
+    assert run(data, tmp_path / "a", "--nEpochs", "1") == 0
+    assert run(data, tmp_path / "b", "--nEpochs", "3", "--seed", "2", "--keep", "0") == 0
+    b_before = {n: d for n, d in snapshot(tmp_path / "b" / "ckpt").items() if not n.startswith(".")}
+    capsys.readouterr()
+    assert run(data, tmp_path / "b", "--nEpochs", "2", "--resume", str(tmp_path / "a" / "ckpt" / "epoch_001.pth")) == 0
+    assert "resuming" in capsys.readouterr().out
+    [kept] = [p for p in (tmp_path / "b" / "ckpt").iterdir() if p.is_dir() and p.name.startswith("run.before-")]
+    assert snapshot(kept) == b_before  # every file of run B, byte for byte
+    assert [p.name for p in list_checkpoints(tmp_path / "b" / "ckpt")] == ["epoch_002.pth"]
+    assert_same_training_state(final_state(tmp_path / "b"), final_state(straight))
+    records = [json.loads(line) for line in (tmp_path / "b" / "ckpt" / "log.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in records if r["kind"] == "iter"] == list(range(1, 2 * ITERS + 1))
+
+
+def test_resuming_an_older_checkpoint_moves_the_later_ones_aside(data, straight, tmp_path):
+    """Resuming epoch_001 of a 3-epoch run used to leave the abandoned epoch_003 outranking the new
+    checkpoints, and rotation then deleted epoch_001, the checkpoint resumed; the later ones move aside now."""
+    assert run(data, tmp_path, "--nEpochs", "3", "--keep", "0") == 0
+    ckpt = tmp_path / "ckpt"
+    later = {n: (ckpt / n).read_bytes() for n in ("epoch_002.pth", "epoch_003.pth")}
+    assert run(data, tmp_path, "--nEpochs", "2", "--keep", "2", "--resume", str(ckpt / "epoch_001.pth")) == 0
+    assert [p.name for p in list_checkpoints(ckpt)] == ["epoch_001.pth", "epoch_002.pth"]
+    assert read_latest(ckpt).name == "epoch_002.pth"
+    [kept] = [p for p in ckpt.iterdir() if p.is_dir() and p.name.startswith("abandoned.before-")]
+    assert {n: d for n, d in snapshot(kept).items() if n != "latest"} == later
+    assert_same_training_state(final_state(tmp_path), final_state(straight))
+
+
 def test_a_mistyped_resume_path_is_an_error_and_writes_nothing(data, tmp_path):
     assert run(data, tmp_path, "--nEpochs", "1", iters=1) == 0
     before = snapshot(tmp_path / "ckpt")

@@ -104,6 +104,7 @@ from utils.train.setup import (
     check_args,
     check_memory,
     load_start,
+    resume_outputs,
     start_fresh_outputs,
     validation_pairs,
 )
@@ -571,7 +572,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                     f"{args.output_dir}. Nothing was written; drop --dry-run to train")
             return 0
         output_dir = Path(args.output_dir)
-        log = open_log(output_dir, resumed is not None, state, info, console)
+        log = open_log(output_dir, resumed, ckpt_path, state, info, console)
         log.write(run_record(args, dataset, objective, state, resumed is not None, info))
         if state.epoch > args.nEpochs:
             console(f"=> nothing to do: epoch {state.epoch} is past --nEpochs {args.nEpochs}")
@@ -778,13 +779,16 @@ def build_loader(args: argparse.Namespace, dataset: MixedDegradationDataset, see
     return sampler, loader
 
 
-def open_log(output_dir: Path, resumed: bool, state: LoopState, info: DistInfo, console: Console) -> JsonlLog:
-    """The run's log. A fresh run keeps an earlier run's log apart (:func:`start_fresh_outputs`); a resumed
-    one moves the records past its checkpoint (training lost when the run stopped, about to be redone)
-    aside (:func:`~utils.train.run_log.rewind_log`), so every iteration is logged once."""
-    if info.is_main and not resumed:
+def open_log(output_dir: Path, resumed: dict | None, ckpt_path: Path | None, state: LoopState, info: DistInfo,
+             console: Console) -> JsonlLog:
+    """The run's log, once the folder holds no other run's files. A fresh run moves an earlier run's files
+    apart (:func:`start_fresh_outputs`), a resumed one any other timeline's (:func:`resume_outputs`); a
+    resumed run then moves the records past its checkpoint (training lost when the run stopped, about to be
+    redone) aside (:func:`~utils.train.run_log.rewind_log`), so every iteration is logged once."""
+    if info.is_main and resumed is None:
         start_fresh_outputs(output_dir, console)
     elif info.is_main:
+        resume_outputs(output_dir, ckpt_path, (int(resumed["epoch"]), int(resumed["iteration"])), console)
         moved = rewind_log(output_dir / LOG_NAME, state.global_step)
         if moved:
             console(f"=> {moved} log record(s) past global step {state.global_step} (training after the "

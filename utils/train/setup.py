@@ -4,6 +4,7 @@ Used by :mod:`utils.engine`; kept apart so the engine holds only the training lo
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,7 +24,9 @@ from utils.checkpoints import (
     load_network,
     load_weights,
     potentials_state_from,
+    progress_of,
     read_checkpoint,
+    read_latest,
 )
 from utils.data.pairing import match_pairs
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
@@ -63,25 +66,59 @@ def validation_pairs(args, console: Console) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def start_fresh_outputs(output_dir: Path, console: Console) -> Path | None:
+def start_fresh_outputs(output_dir: Path, console: Console, why: str = "a fresh run") -> Path | None:
     """A fresh run in a folder that holds an earlier run's files (its checkpoints and whichever of
     :data:`RUN_FILES` exist) moves them all into ``<output-dir>/run.before-<time>/`` first, so none is
     overwritten (its ``epoch_001.pth`` by this run's, its log by this log) or removed by this run's
-    rotation. Returns that folder (None: nothing to move)."""
+    rotation. Returns that folder (None: nothing to move). ``why`` starts the console's line."""
     checkpoints = list_checkpoints(output_dir)
     earlier = checkpoints + [p for p in (output_dir / n for n in RUN_FILES) if p.exists() or p.is_symlink()]
     if not earlier:
         return None
-    try:
-        kept = keep_aside(earlier, output_dir / "run")
-    except OSError as exc:
-        raise ConfigError(f"--output-dir {output_dir} holds an earlier run's files and they could not be moved "
-                          f"aside ({exc}); continue that run with --resume auto, or train into another "
-                          f"--output-dir") from exc
+    kept = _move_aside(earlier, output_dir, "run", "an earlier run's files")
     what = f"{len(checkpoints)} checkpoint(s), newest {checkpoints[-1].name}" if checkpoints else "no checkpoint"
-    console(f"=> a fresh run: the earlier run's files in {output_dir} ({what}) were moved to {kept.name}/; "
+    console(f"=> {why}: the earlier run's files in {output_dir} ({what}) were moved to {kept.name}/; "
             f"to continue that run instead, pass --resume {kept}")
     return kept
+
+
+def _move_aside(paths: list[Path], output_dir: Path, name: str, what: str) -> Path:
+    try:
+        return keep_aside(paths, output_dir / name)
+    except OSError as exc:
+        raise ConfigError(f"--output-dir {output_dir} holds {what} and they could not be moved aside ({exc}); "
+                          f"continue that run with --resume auto, or train into another --output-dir") from exc
+
+
+def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int], console: Console) -> None:
+    """A resumed run writes over no other timeline's files and lets its rotation delete none of them.
+
+    * Resuming a checkpoint of another folder (another run's, or one a fresh run kept aside) into
+      ``output_dir``: the run already there is moved aside as a fresh run moves it
+      (:func:`start_fresh_outputs`), and the resumed run's log is carried over up to its checkpoint.
+    * Resuming an older checkpoint of ``output_dir`` itself: the checkpoints past it (``progress``,
+      ``(epochs done, iterations into the next)``), a timeline about to be trained again, move into
+      ``<output-dir>/abandoned.before-<time>/`` (with ``latest`` when it names one of them): otherwise
+      they would outrank the new ones, ``--resume auto`` would return to them, and rotation would delete
+      the resumed checkpoint first. Their log records are set aside by
+      :func:`~utils.train.run_log.rewind_log`.
+    """
+    source = ckpt_path.resolve().parent
+    if source != output_dir.resolve():
+        start_fresh_outputs(output_dir, console, why=f"resuming {ckpt_path} into another folder")
+        if (source / LOG_NAME).is_file():
+            shutil.copyfile(source / LOG_NAME, output_dir / LOG_NAME)  # rewound to the checkpoint next
+            console(f"=> the log of {source} was carried over into {output_dir / LOG_NAME}")
+        return
+    later = [p for p in list_checkpoints(output_dir) if progress_of(p.name) > progress]
+    if not later:
+        return
+    newest, latest = later[-1].name, read_latest(output_dir)
+    pointer = [output_dir / LATEST] if latest is not None and latest.resolve() in {p.resolve() for p in later} else []
+    kept = _move_aside(later + pointer, output_dir, "abandoned", "checkpoints past the one resumed")
+    console(f"=> resuming {ckpt_path.name}, an earlier checkpoint of this run: the {len(later)} checkpoint(s) past "
+            f"it (newest {newest}) were moved to {kept.name}/, so that none is overwritten, returned to by --resume "
+            f"auto or kept by rotation before this run's own")
 
 
 def check_args(args) -> int:
