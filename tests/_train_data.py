@@ -103,7 +103,7 @@ def train_flags(dirs: dict[str, Path], out: Path, de_type=("denoise_15", "denois
     flags = ["--de_type", *de_type,
              "--denoise_dir", str(dirs["denoise"]) + "/", "--derain_dir", str(dirs["derain"]) + "/",
              "--dehaze_dir", str(dirs["dehaze"]) + "/", "--deblur_dir", str(dirs["deblur"]) + "/",
-             "--lowlight_dir", str(dirs["lowlight"]) + "/", "--data_file_dir", str(out / "no_lists"),
+             "--lowlight_dir", str(dirs["lowlight"]) + "/", "--data_file_dir", "",
              "--preset", "tiny", "--device", "cpu", "--patch_size", "32", "--batchSize", "3",
              "--workers", "0", "--degset", "", "--tarset", "", "--output-dir", str(out / "ckpt"),
              "--figs-dir", str(out / "figs"), "--log-every", "1", "--save-every", "0"]

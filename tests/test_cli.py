@@ -51,3 +51,23 @@ def test_spellings_parse_to_the_same_values():
     assert tester(["--data_root", "x"]).data_root == tester(["--data-root", "x"]).data_root == "x"
     d = demo.get_args_parser().parse_args(["--batchSize", "2", "--nEpochs", "3"])
     assert (d.batch_size, d.epochs) == (2, 3)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="asks for a GPU this machine must lack")
+def test_a_device_this_machine_lacks_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """--cuda / --device cuda without a GPU used to end the trainer and the demo in a traceback (the tester
+    already said it in one line); bad demo flags printed argparse's usage block."""
+    from utils.train import engine
+    monkeypatch.chdir(tmp_path)  # nothing may be written, anywhere
+    status = engine.run_cli(train_options.get_args_parser().parse_args(["--cuda", "--dry-run"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and err[0].startswith("error: a CUDA device was asked for"), err
+    assert demo.cli(["--device", "cuda", "--root", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA GPU is visible" in err[0] and not (tmp_path / "d").exists()
+    with pytest.raises(SystemExit) as stop:
+        demo.cli(["--epochs", "x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err == ["error: argument --epochs: invalid int value: 'x' "
+                                            "(see python -m utils.demo --help)"]
+    assert list(tmp_path.iterdir()) == []

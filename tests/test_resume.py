@@ -14,6 +14,7 @@ from _train_data import make_train_tree, make_val_tree, train_flags
 import tester_bary
 from net.presets import build_model
 from utils.checkpoints import CheckpointError, list_checkpoints, read_checkpoint, read_latest
+from utils.errors import UserError
 from utils.train import engine
 from utils.train.options import get_args_parser
 from utils.train.setup import ConfigError
@@ -324,6 +325,24 @@ def test_resume_auto_refuses_a_run_of_other_settings_and_names_them(data, tmp_pa
                "denoise_25", "denoise_15", iters=1) == 0
 
 
+def test_resume_refuses_another_objective_optimizer_or_data_mix(data, tmp_path):
+    """Resuming with the other trainer script silently switched the objective mid-run (its settings came from
+    the script's defaults), another --optimizer crashed at the first step (KeyError 'betas'), and another
+    --repeat silently changed lambda; each is refused now, naming the difference, with nothing written."""
+    assert run(data, tmp_path, "--nEpochs", "1", iters=1) == 0
+    before = snapshot(tmp_path / "ckpt")
+    for flags, message in (
+            (["--objective", "ddp"], r"--objective single there, ddp here; --reg_weight 0.05 there, 0.02 here.*"
+                                     r"--potentials_steps 2 there, 1 here.*trained by trainer_bary.py"),
+            (["--optimizer", "Adam"], r"--optimizer RMSprop there, Adam here"),
+            (["--reg_weight", "0.1"], r"--reg_weight 0.05 there, 0.1 here"),
+            (["--repeat", "derain=2"], r"--repeat \(default\) there, derain=2 here")):
+        with pytest.raises(ConfigError, match=message):
+            run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", *flags, iters=1)
+        assert snapshot(tmp_path / "ckpt") == before
+    assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", "--objective", "single", iters=1) == 0
+
+
 def test_runs_of_other_settings_get_their_own_folder_by_default(data, tmp_path):
     from utils.train.options import run_dir
     flags = [f for f in train_flags(data, tmp_path)]
@@ -335,3 +354,37 @@ def test_runs_of_other_settings_get_their_own_folder_by_default(data, tmp_path):
     assert run_dir(get_args_parser().parse_args([*flags, "--output-dir", "elsewhere"]), 3) == "elsewhere"
     with pytest.raises(ConfigError, match="--name '../up' must be a plain folder name"):
         engine.main(get_args_parser().parse_args([*flags, "--name", "../up", "--iters-per-epoch", "1"]))
+
+
+def test_bad_lr_data_file_dir_and_output_dir_are_one_line_errors(data, tmp_path):
+    """A negative or NaN --lr ended in torch's traceback after the data was scanned; a mistyped
+    --data_file_dir silently trained on every image found by scanning (another lambda, another epoch
+    length); an --output-dir that is a file ended in FileExistsError. Each is one error now."""
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--nEpochs", "1"]
+    for lr in ("-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match=f"--lr must be a finite number >= 0, got {lr}"):
+            engine.main(get_args_parser().parse_args([*flags, "--lr", lr]))
+    lists = tmp_path / "no_such_lists"
+    with pytest.raises(UserError, match=f"--data_file_dir {lists}: no such folder.*--data_file_dir ''"):
+        engine.main(get_args_parser().parse_args([*flags, "--data_file_dir", str(lists)]))
+    (tmp_path / "afile").write_text("not a folder")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        with pytest.raises(UserError, match=f"--output-dir {out}: a file, not a folder, is in the way"):
+            engine.main(get_args_parser().parse_args([*flags, "--output-dir", str(out)]))
+    assert not (tmp_path / "ckpt").exists() and (tmp_path / "afile").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("was, now, iteration, expected", [((4, 1), (8, 1), 100, 50), ((3, 1), (8, 1), 100, 37),
+                                                           ((4, 2), (4, 1), 100, 200), ((8, 1), (8, 1), 7, 7)])
+def test_a_mid_epoch_resume_with_another_batch_continues_after_the_samples_used(was, now, iteration, expected):
+    """The sampler skipped ``iteration x new batch`` samples (800 where 400 were used, 400 never seen that
+    epoch); the iteration is now counted in the new batch from the samples used, rounded down."""
+    from types import SimpleNamespace
+
+    from utils.checkpoints import LoopState
+    from utils.train.run_log import Console
+    resumed = {"iteration": iteration, "args": {"batchSize": was[0]}, "world_size": was[1]}
+    args, info = SimpleNamespace(batchSize=now[0]), SimpleNamespace(world_size=now[1])
+    state = engine.continue_with_batch(resumed, args, info, LoopState(3, iteration, 999), Console(False))
+    assert state == LoopState(3, expected, 999)
+    assert state.iteration * now[0] * now[1] <= iteration * was[0] * was[1] < (state.iteration + 1) * now[0] * now[1]

@@ -9,6 +9,13 @@ from typing import Callable
 
 import torch
 
+from utils.errors import UserError
+
+
+class DeviceError(UserError, ValueError):
+    """``--device``/``--cuda``/``--gpus`` ask for a device this machine does not have; exit status 2."""
+    exit_status = 2
+
 
 def tune_cpu_allocator() -> bool:
     """Make glibc's malloc keep freed memory for reuse; returns whether it applied.
@@ -60,10 +67,10 @@ def pick_device(flag: str = "auto", cuda: bool = False, local_rank: int = 0,
     device without an index is GPU ``local_rank`` of the visible ones (torchrun's rank on its node).
     """
     if flag not in ("auto", "cpu", "cuda") and not flag.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {flag!r}")
+        raise DeviceError(f"--device must be auto, cpu or cuda, got {flag!r}")
     if cuda:
         if flag == "cpu":
-            raise ValueError("--cuda asks for the GPU but --device cpu for the CPU; pass one of them")
+            raise DeviceError("--cuda asks for the GPU but --device cpu for the CPU; pass one of them")
         flag = "cuda" if flag == "auto" else flag
     use_cuda = flag.startswith("cuda") or (flag == "auto" and torch.cuda.is_available())
     if flag == "auto" and log is not None:
@@ -71,11 +78,11 @@ def pick_device(flag: str = "auto", cuda: bool = False, local_rank: int = 0,
     if not use_cuda:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("a CUDA device was asked for (--device cuda / --cuda), but no CUDA GPU is visible "
+        raise DeviceError("a CUDA device was asked for (--device cuda / --cuda), but no CUDA GPU is visible "
                            "(check --gpus / CUDA_VISIBLE_DEVICES, or use --device cpu)")
     index = int(flag.split(":")[1]) if ":" in flag else local_rank % max(1, torch.cuda.device_count())
     if index >= torch.cuda.device_count():
-        raise ValueError(f"--device {flag}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        raise DeviceError(f"--device {flag}: only {torch.cuda.device_count()} CUDA device(s) visible")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from utils.cli import one_spelling
 from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
 from utils.demo.data import build_demo_data
+from utils.errors import OneLineArgumentParser, run_main
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.eval.report import write_results
@@ -54,8 +56,8 @@ class InputAsOutput(nn.Module):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="BaryIR end to end on the embedded demo data",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineArgumentParser(prog="python -m utils.demo", description="BaryIR end to end on the embedded demo data",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--root", default="data/demo", help="demo data folder (built when missing or stale)")
     p.add_argument("--output-dir", default="checkpoint/demo", help="training checkpoints and log")
     p.add_argument("--results", default="results/demo", help="restored images and results tables")
@@ -72,6 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--quick", action="store_true",
                    help="smallest setting (tiny images, a few iterations): checks the pipeline, not the quality")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of a failure instead of one error line")
     return one_spelling(p)
 
 
@@ -182,7 +186,9 @@ def demo_table(restored: dict, degraded: dict) -> str:
 
 
 def main(args) -> dict:
+    """The whole demo as ``args`` say; returns its summary (also written to ``<results>/demo_summary.json``)."""
     t0 = time.time()
+    device = pick_device(args.device)  # a --device this machine lacks fails before anything is built
     root, figs_dir, results_dir = Path(args.root), Path(args.figs_dir), Path(args.results)
     if args.quick:
         args.epochs, args.iters_per_epoch, args.batch_size, args.patch_size = 1, 2, 2, 32
@@ -195,7 +201,6 @@ def main(args) -> dict:
     ckpt = train(args, root)
     t_train = time.time()
     print(f"[3/4] evaluating {ckpt}")
-    device = pick_device(args.device)
     model, info = load_model(ckpt)
     model.to(device)
     protocol = Protocol()
@@ -225,11 +230,13 @@ def main(args) -> dict:
     return summary
 
 
-def cli() -> dict:
-    """``python -m utils.demo`` (``make demo``)."""
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m utils.demo`` (``make demo``): its exit status; a failure the user can act on is one
+    ``error:`` line (:func:`utils.errors.run_main`), its traceback only with ``--debug``."""
     tune_cpu_allocator()  # as trainer_bary.py and tester_bary.py do
-    return main(get_args_parser().parse_args())
+    args = get_args_parser().parse_args(argv)
+    return run_main(main, args, debug=args.debug)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

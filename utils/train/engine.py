@@ -561,7 +561,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         if resumed is not None:
             restore_training_state(resumed, training.optimizer, training.potentials_optimizer, training.scaler,
                                    source=str(ckpt_path))
-            warn_if_batch_changed(resumed, args, info, state, console)
+            state = continue_with_batch(resumed, args, info, state, console)
         sampler, loader = build_loader(args, dataset, seed, info)
         iters = iterations_per_epoch(sampler.num_samples, args.batchSize, args.iters_per_epoch)
         if state.iteration >= iters:  # resumed exactly at an epoch's end (e.g. a smaller cap now)
@@ -760,13 +760,23 @@ def build_training(args: argparse.Namespace, model: nn.Module, pots: Potentials 
                     compile_mode=mode, compile_backend=getattr(args, "compile_backend", "inductor"))
 
 
-def warn_if_batch_changed(resumed: dict, args: argparse.Namespace, info: DistInfo, state: LoopState,
-                          console: Console) -> None:
+def continue_with_batch(resumed: dict, args: argparse.Namespace, info: DistInfo, state: LoopState,
+                        console: Console) -> LoopState:
+    """Where a run resumed mid-epoch continues when its batch (``--batchSize`` x processes) changed: the
+    samples the checkpoint had used, ``iteration x batch x processes`` of the epoch's order, counted in
+    iterations of the new batch (rounded down: at most one new batch is seen twice, none is skipped).
+    Unchanged otherwise."""
     was = (resumed.get("args", {}).get("batchSize"), resumed.get("world_size"))
-    if resumed["iteration"] and was != (args.batchSize, info.world_size):
-        console.warn(f"resuming mid-epoch with batch {args.batchSize} x {info.world_size} process(es) where the "
-                     f"checkpoint ran {was[0]} x {was[1]}: the rest of epoch {state.epoch} will not see the "
-                     f"samples in the order the interrupted run would have")
+    now = (args.batchSize, info.world_size)
+    if not resumed["iteration"] or was == now or None in was:
+        return state
+    used = int(resumed["iteration"]) * was[0] * was[1]
+    iteration = used // (now[0] * now[1])
+    console.warn(f"resuming mid-epoch with batch {now[0]} x {now[1]} process(es) where the checkpoint ran "
+                 f"{was[0]} x {was[1]}: epoch {state.epoch} continues after the {used} samples used, at iteration "
+                 f"{iteration + 1} of the new batch ({used - iteration * now[0] * now[1]} sample(s) seen again); its "
+                 f"batches are not those the interrupted run would have drawn")
+    return LoopState(state.epoch, iteration, state.global_step)
 
 
 def build_loader(args: argparse.Namespace, dataset: MixedDegradationDataset, seed: int,

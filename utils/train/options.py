@@ -12,6 +12,7 @@ from pathlib import Path
 from net.presets import BACKBONES, PRESETS
 from utils.cli import one_spelling
 from utils.compiled import BACKENDS, COMPILE_MODES
+from utils.dataset_utils import DatasetError
 from utils.errors import OneLineArgumentParser
 from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
 
@@ -222,7 +223,13 @@ def resolve_objective(args: argparse.Namespace) -> Objective:
 
 def resolve_data_file_dir(value: str) -> str:
     """``--data_file_dir`` as given, except the default, which means the shipped lists when the
-    current directory has no ``data_dir/`` of its own."""
+    current directory has no ``data_dir/`` of its own. A folder given explicitly must exist: a mistyped
+    one would otherwise find the images by scanning, other ones than the lists name (a different
+    lambda and epoch length), where the reference stops."""
     if value == DEFAULT_DATA_FILE_DIR and not Path(value).is_dir():
         return str(SHIPPED_DATA_FILE_DIR)
+    if value and not Path(value).is_dir():
+        raise DatasetError(f"--data_file_dir {value}: no such folder. Pass the folder that holds the id lists "
+                           f"(noisy/denoise.txt, rainy/rainTrain.txt, hazy/hazy_outside.txt), leave the flag out for "
+                           f"the shipped lists, or pass --data_file_dir '' to train on every image found by scanning")
     return value

@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.eval.outputs import OutputFolderError
 
 LOCK_NAME = ".lock"
 
@@ -30,6 +31,9 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
+        if self.folder.exists() and not self.folder.is_dir() or any(p.is_file() for p in self.folder.parents):
+            raise OutputFolderError(f"--output-dir {self.folder}: a file, not a folder, is in the way — choose "
+                                    f"another --output-dir (or --name)")
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -4,6 +4,7 @@ Used by :mod:`utils.engine`; kept apart so the engine holds only the training lo
 """
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,7 +35,7 @@ from utils.errors import UserError
 from utils.files import keep_aside
 from utils.memory import TrainingNeed, available_bytes, gib, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int
-from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, model_overrides
+from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, model_overrides, resolve_data_file_dir
 from utils.train.run_log import Console, discarded_log
 
 FIG_NAME = "train_losses.png"  # the loss curves, drawn into --figs-dir (default: --output-dir)
@@ -150,6 +151,12 @@ def check_args(args) -> int:
                           f"not train ({' '.join(de_types)})")
     if args.threads < 0:
         raise ConfigError(f"--threads/--workers must be >= 0, got {args.threads}")
+    try:
+        resolve_data_file_dir(args.data_file_dir)  # a mistyped folder stops here, before the output folder is made
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    if not math.isfinite(args.lr) or args.lr < 0:
+        raise ConfigError(f"--lr must be a finite number >= 0, got {args.lr} (the paper's is 2e-4)")
     return k
 
 
@@ -166,8 +173,13 @@ def _load_potentials_if_they_fit(pots: Potentials | None, obj: Any, source: str)
 
 
 # The settings that make a run what it is: the networks' shapes (backbone, preset, K sources, patch
-# size for the potentials) and the data (the degradation types). A checkpoint resumes only into them.
-RUN_SETTINGS = ("backbone", "preset", "dim", "num_blocks", "num_refinement_blocks", "heads", "de_type", "patch_size")
+# size for the potentials), the data (the degradation types and their repetition, hence lambda), the
+# objective (the two reference trainers' differ) and the optimiser (its saved state fits only itself).
+# A checkpoint resumes only into them.
+RUN_SETTINGS = ("backbone", "preset", "dim", "num_blocks", "num_refinement_blocks", "heads", "de_type", "patch_size",
+                "repeat", "objective", "reg_weight", "contrastive_eps", "potentials_steps", "optimizer")
+# Which script trains each --objective by default: named when a run is resumed with the other one.
+OBJECTIVE_SCRIPTS = {"single": "trainer_bary.py", "ddp": "trainer_bary_ddp.py"}
 
 
 def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> None:
@@ -179,13 +191,18 @@ def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> Non
     for name in RUN_SETTINGS:
         if name not in saved:
             continue
-        now, then = getattr(args, name), saved[name]
-        same = sorted(now) == sorted(then) if name == "de_type" else now == then  # de_type's order is no setting
+        now, then = getattr(args, name, None), saved[name]
+        unordered = name in ("de_type", "repeat") and now is not None and then is not None  # order is no setting
+        same = sorted(now) == sorted(then) if unordered else now == then
         if not same:
-            shown = (lambda v: " ".join(v) if isinstance(v, (list, tuple)) else str(v))
+            shown = (lambda v: "(default)" if v is None else " ".join(map(str, v)) if isinstance(v, (list, tuple))
+                     else str(v))
             differ.append(f"--{name} {shown(then)} there, {shown(now)} here")
     if differ:
-        raise ConfigError(f"--resume: {ckpt_path} belongs to a run with other settings ({'; '.join(differ)}). "
+        then = saved.get("objective")
+        script = f" (it was trained by {OBJECTIVE_SCRIPTS[then]}: resume it with that script)" \
+            if then in OBJECTIVE_SCRIPTS and then != args.objective else ""
+        raise ConfigError(f"--resume: {ckpt_path} belongs to a run with other settings ({'; '.join(differ)}){script}. "
                           f"Resume it with its own settings, or give this run its own --output-dir")
 
 
