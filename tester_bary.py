@@ -259,6 +259,9 @@ def _check_flags(args) -> None:
         _fail(f"--max-images must be >= 1 (or 0 for all images), got {args.max_images}")
     if args.input and args.savetar:
         _fail("--savetar saves targets, and --input has none: drop --savetar")
+    if args.input and args.max_images:
+        _fail("--max-images cuts benchmark sets, and --input restores every image given: drop --max-images, or "
+              "pass fewer images")
 
 
 def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
@@ -378,11 +381,9 @@ def main(args) -> dict:
                                     savetar_dir=args.savetar, figs_dir=args.figs_dir if args.figs else None,
                                     fig_images=args.fig_images, subfolders=not args.degset, progress=progress,
                                     model_info=info, skip_bad_files=args.skip_bad_files)
-            if args.compare_paper:
-                results["compare_paper"] = args.compare_paper
+            _record_flags(results, args)
         except EvaluationStopped as stop:
-            if args.compare_paper:
-                stop.results["compare_paper"] = args.compare_paper
+            _record_flags(stop.results, args)
             print(format_report(stop.results))
             paths = write_results(stop.results, save)
             raise _stopped(stop, f"{paths['json']} (.csv, .md)") from stop
@@ -390,6 +391,15 @@ def main(args) -> dict:
     paths = write_results(results, save)
     print(f"\nresults: {paths['json']}, {paths['csv']}, {paths['md']}")
     return results
+
+
+def _record_flags(results: dict, args) -> None:
+    """What the results must say beside the protocol: the paper table asked for, and a cut to --max-images
+    (each set's first N images: its numbers are not the whole set's)."""
+    if args.compare_paper:
+        results["compare_paper"] = args.compare_paper
+    if args.max_images:
+        results["protocol"]["max_images"] = args.max_images
 
 
 def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, progress: bool) -> dict:

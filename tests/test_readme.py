@@ -113,7 +113,7 @@ def readme_layout(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("BaryNet", "tiny")
     ckpt = {"model": model.state_dict(), "model_config": model.config, "backbone": "BaryNet", "epoch": 1}
-    for path in ("checkpoint/BaryNet_paper_3D_p128/epoch_001.pth", "checkpoint/BaryNet_paper_5D_p144/epoch_001.pth",
+    for path in ("checkpoint/BaryNet_paper_3D_p128/epoch_001.pth", "checkpoint/BaryNet_paper_5D_p128/epoch_001.pth",
                  "ckpt.pth"):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         torch.save(ckpt, root / path)
@@ -173,3 +173,21 @@ def test_readme_command_runs_its_first_lines(cmd, readme_layout, monkeypatch, ca
     if script == "tester_bary.py" and "--check-data" not in argv:
         assert value["images"] > 0
     assert _tree_snapshot(root) == before
+
+
+def test_the_readmes_test_commands_name_folders_its_training_commands_write():
+    """The 5D test command named checkpoint/BaryNet_paper_5D_p144, a folder only the authors' earlier example
+    writes, while the README points at the patch-128 commands as the ones behind the released weights."""
+    from utils.dataset_utils import check_de_types, num_sources
+    written = {}
+    for cmd in COMMANDS:
+        script, argv = _script_args(cmd)
+        if script.startswith("trainer_bary"):
+            args = train_options.get_args_parser().parse_args(argv)
+            written[cmd] = train_options.run_dir(args, num_sources(check_de_types(args.de_type)))
+    named = {a for cmd in COMMANDS if _script_args(cmd)[0] == "tester_bary.py"
+             for a in _script_args(cmd)[1] if a.startswith("checkpoint/BaryNet_")}
+    assert named and named <= set(written.values()), named - set(written.values())
+    # the 5D run tested is the one the README calls the likeliest source of the released weights
+    [released] = [folder for cmd, folder in written.items() if "--nEpochs=61" in cmd]
+    assert released in named

@@ -566,7 +566,10 @@ def test_max_images_must_be_positive_or_zero(bench, checkpoint, tmp_path, capsys
     [line] = capsys.readouterr().err.splitlines()
     assert err.value.code == 2 and line.startswith("error: argument --max-images: must be >= 0")
     args = ["--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--no-images"]
-    assert run(*args, "--save", tmp_path / "a", "--max-images", "1")["tasks"]["jpeg"]["count"] == 1
+    cut = run(*args, "--save", tmp_path / "a", "--max-images", "1")
+    assert cut["tasks"]["jpeg"]["count"] == 1 and cut["protocol"]["max_images"] == 1  # recorded with the numbers
+    with pytest.raises(UserError, match="--max-images cuts benchmark sets"):  # --input used to ignore it
+        run("--model", checkpoint, "--input", bench / "jpeg" / "input", "--save", tmp_path / "i", "--max-images", "1")
     assert run(*args, "--save", tmp_path / "b", "--max-images", "0")["tasks"]["jpeg"]["count"] == 3
 
 

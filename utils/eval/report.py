@@ -45,8 +45,10 @@ def summary_table(results: Mapping[str, Any]) -> str:
                   f"Average: the mean over all {avg['rows']} rows above (each set counts once). Degraded: the "
                   f"input as given to the network, scored against the target like the restoration."]
         for setting, pa in paper_averages(tasks).items():
+            caveats = "; ".join(f"{c}: {why}" for c, why in pa.get("caveats", {}).items())
             lines.append(f"Paper {setting.upper()} average over its columns ({', '.join(pa['rows'])}): "
-                         f"{pa['psnr']:.2f}/{pa['ssim']:.3f}")
+                         f"{pa['psnr']:.2f}/{pa['ssim']:.3f}" + (f" — not comparable with the paper's ({caveats})"
+                                                                 if caveats else ""))
     if results.get("compare_paper"):
         lines += [""] + comparison_lines(tasks, results["compare_paper"])
     return "\n".join(lines + _notes(results))
