@@ -4,7 +4,7 @@
     python trainer_bary.py --preset tiny --device cpu --iters-per-epoch 50 --nEpochs 2   # a CPU smoke run
     python trainer_bary.py ... --resume auto                                               # continue
 
-The work is done by :mod:`utils.engine`, which ``trainer_bary_ddp.py`` shares; see
+The work is done by :mod:`utils.train.engine`, which ``trainer_bary_ddp.py`` shares; see
 ``python trainer_bary.py --help`` for every flag.
 """
 import sys

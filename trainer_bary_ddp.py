@@ -13,7 +13,7 @@ Two nodes of 4 GPUs (the same command on each node)::
 
 ``--batchSize`` is per process. Rank 0 prints and writes checkpoints; ``--resume auto`` needs
 ``--output-dir`` on a file system every node sees. Started without torchrun it trains as one
-process. The training engine is :mod:`utils.engine`, shared with ``trainer_bary.py``.
+process. The training engine is :mod:`utils.train.engine`, shared with ``trainer_bary.py``.
 """
 import sys
 

@@ -337,7 +337,7 @@ def probe_views(root: Path, manifest: dict) -> list[ProbeView]:
 
     Test photos: the evaluation's own inputs (noise synthesised as the tester does). Training
     crops (probe training data only): noise synthesised likewise, rain and haze from the training
-    files whose target is that crop, JPEG/low light/blur synthesised by ``utils.demo_data``; all
+    files whose target is that crop, JPEG/low light/blur synthesised by ``utils.demo.data``; all
     centre-cropped to the test images' short side.
     """
     files = manifest["files"]

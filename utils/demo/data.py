@@ -30,7 +30,7 @@ Layout under ``root`` (default ``data/demo``)::
     test/deblur/{input,target}/<photo>.png           linear motion blur
     manifest.json                                    what was built
 
-Run ``python -m utils.demo_data --root data/demo --seed 0 [--force]``.
+Run ``python -m utils.demo.data --root data/demo --seed 0 [--force]``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``make demo``: BaryIR end to end on the embedded demo data.
 
-1. build ``data/demo`` from photos that installed packages ship (:mod:`utils.demo_data`);
+1. build ``data/demo`` from photos that installed packages ship (:mod:`utils.demo.data`);
 2. train the ``tiny`` preset with the real ``trainer_bary.py`` engine for a fixed budget
    (``--resume auto``: a second run continues, a finished run is not repeated);
 3. evaluate with the real tester engine on in-distribution tasks (the training

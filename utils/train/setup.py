@@ -1,6 +1,6 @@
 """Turning the command line into a run: flag checks, where training starts, validation pairs.
 
-Used by :mod:`utils.engine`; kept apart so the engine holds only the training loop.
+Used by :mod:`utils.train.engine`; kept apart so the engine holds only the training loop.
 """
 from __future__ import annotations
 
