@@ -712,3 +712,9 @@ def test_the_console_protocol_line_says_how_images_are_tiled():
     lines = {tile: protocol_summary({**Protocol(tile=tile).describe(), "device": "cpu"}) for tile in (None, 0, 512)}
     assert lines[None].endswith("fp32, tiled only where an image would not fit the free memory on cpu")
     assert lines[512].endswith("fp32, 512x512 tiles on cpu") and lines[0].endswith("fp32 on cpu")
+
+
+def test_the_png_input_keeps_its_name_whatever_the_case_of_its_extension():
+    """Failure 12: a.PNG beside a.jpg gave a_PNG.png and a_jpg.png; the .png one keeps a.png, as documented."""
+    assert output_names(["a.PNG", "a.jpg"]) == ["a.png", "a_jpg.png"]
+    assert output_names(["a.Png", "a.JPG", "b.TIF"]) == ["a.png", "a_JPG.png", "b.png"]

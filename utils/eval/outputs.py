@@ -47,7 +47,7 @@ def output_names(names: Sequence[str], suffix: str = ".png") -> list[str]:
     wanted = []
     for name, stem in zip(names, stems):
         ext = Path(name).suffix
-        keeps = count[stem.casefold()] == 1 or ext == suffix or not ext
+        keeps = count[stem.casefold()] == 1 or ext.lower() == suffix.lower() or not ext
         wanted.append(stem if keeps else f"{stem}_{ext.lstrip('.')}")
     taken: set[str] = set()
     out = []
