@@ -56,6 +56,12 @@ def test_two_processes_train_identically_save_once_and_resume(tmp_path):
             ck["args"]["contrastive_eps"]) == ("ddp", 0.02, 1, 1e-6)
     assert all(torch.isfinite(v).all() for v in ck["potentials"].values())
 
+    # Rank 0 alone chooses the checkpoint to start from; when it cannot, the other rank stops with it.
+    wrong = torchrun(flags + ["--nEpochs", "3", "--resume", str(tmp_path / "nope.pth")], free_port())
+    said = wrong.stdout + wrong.stderr
+    assert wrong.returncode != 0 and said.count("no such file or folder; nothing was written") == 1, said
+    assert "rank 0 could not choose the checkpoint to start from" in said
+
     # TensorBoard: rank 0 alone writes (one event file per run), and the resumed run continues the curves
     from test_tensorboard import read_events, steps
     assert len(list((ckpt_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2

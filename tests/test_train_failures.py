@@ -10,6 +10,7 @@ import pytest
 from _processes import HANG, REPO, TORCHRUN, free_port, run_script
 from _train_data import make_train_tree, train_flags
 
+from utils.eval.outputs import OutputFolderError
 from utils.train import engine
 from utils.train.options import get_args_parser
 from utils.train.output_lock import OutputFolderBusy
@@ -90,11 +91,11 @@ def test_trainer_failures_are_one_error_line_and_debug_shows_the_traceback(data,
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     not_a_folder = [*flags, "--output-dir", str(blocker / "ckpt")]
-    assert engine.run_cli(get_args_parser().parse_args(not_a_folder)) == 1
+    assert engine.run_cli(get_args_parser().parse_args(not_a_folder)) == 2  # a flag to change: exit status 2
     err = capsys.readouterr().err
-    assert err.count("error:") == 1 and "a path component is a file, not a folder" in err and str(blocker) in err
+    assert err.count("error:") == 1 and "a file, not a folder, is in the way" in err and str(blocker) in err
     assert "Traceback" not in err
-    with pytest.raises(NotADirectoryError):
+    with pytest.raises(OutputFolderError):
         engine.run_cli(get_args_parser().parse_args([*not_a_folder, "--debug"]))
 
     import shutil

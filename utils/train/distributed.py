@@ -94,6 +94,15 @@ def broadcast_int(value: int, info: DistInfo) -> int:
     return int(t.item())
 
 
+def broadcast_text(text: str, info: DistInfo) -> str:
+    """Rank 0's ``text`` on every rank (the checkpoint it resumes, so that all ranks start from one state)."""
+    if not info.distributed:
+        return text
+    box = [text if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return str(box[0])
+
+
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum of ``t`` over ranks (in place; returns it)."""
     if info.distributed:

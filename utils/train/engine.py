@@ -79,6 +79,7 @@ from utils.train.distributed import (
     barrier,
     broadcast_int,
     broadcast_module,
+    broadcast_text,
     cleanup,
     gather_ints,
     init_distributed_mode,
@@ -552,7 +553,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
     check_memory(args, k, info, console)
     dry = getattr(args, "dry_run", False)
     with contextlib.nullcontext() if dry else hold_output_folder(Path(args.output_dir), info):
-        ckpt_path, obj = where_to_start(args, console)
+        ckpt_path, obj = where_to_start(args, console, info)
         seed = agree_seed(args, obj, info, console)
         dataset = build_dataset(args, seed, console)
         val_pairs = validation_pairs(args, console)
@@ -664,12 +665,37 @@ def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective,
     return k, objective, ablate
 
 
-def where_to_start(args: argparse.Namespace, console: Console) -> tuple[Path | None, Any]:
+def where_to_start(args: argparse.Namespace, console: Console, info: DistInfo = DistInfo()) -> tuple[Path | None, Any]:
     """The checkpoint ``--resume`` names (or none) and its contents.
 
     With ``auto`` or a folder, a newest checkpoint that cannot be read (damaged, truncated) is passed
     over with a warning for the one before it; an explicit file that cannot be read is an error.
+    Rank 0 chooses and every other rank reads the file it chose: ranks that judged the folder on their
+    own (another node's view of it, a file damaged for one reader) could start from different states.
     """
+    if info.distributed and not info.is_main:
+        chosen = broadcast_text("", info)
+        if chosen == _NO_START:
+            raise CheckpointError("rank 0 could not choose the checkpoint to start from (its error says why)")
+        if not chosen:
+            return None, None
+        if not Path(chosen).is_file():
+            raise CheckpointError(f"rank {info.rank} cannot see {chosen}, the checkpoint rank 0 resumes: keep "
+                                  f"--output-dir (and --resume) on a file system every node shares")
+        return Path(chosen), read_checkpoint(chosen)
+    try:
+        path, obj = _choose_start(args, console)
+    except BaseException:
+        broadcast_text(_NO_START, info)  # the other ranks stop too, instead of waiting for a path
+        raise
+    broadcast_text(str(path) if path is not None else "", info)
+    return path, obj
+
+
+_NO_START = "\0"  # what rank 0 broadcasts when choosing the checkpoint failed (no path is a NUL byte)
+
+
+def _choose_start(args: argparse.Namespace, console: Console) -> tuple[Path | None, Any]:
     candidates, note = resume_candidates(args.resume, Path(args.output_dir))
     if note:
         console(note)
