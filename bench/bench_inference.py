@@ -90,7 +90,7 @@ def _matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...] = ()) -> None:
+def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...] = (), device: str = "cuda") -> None:
     """The CUDA paths in one process: plain fp32, ``restore()`` fp32 and bf16, and bf16 compiled with each of
     ``compile_modes`` (best of ``repeats`` after 3 warm-ups, synchronised; the first call, compiling included,
     apart), peak memory, and each output's PSNR against fp32 on a natural image."""
@@ -99,7 +99,7 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
     import numpy as np
     from skimage import data as skdata
 
-    device = torch.device("cuda")
+    device = torch.device(device)  # cuda (tests run the same code on the CPU, with torch.cuda's calls stubbed)
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     model = build_model("BaryNet", preset).eval().to(device)
@@ -115,34 +115,53 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
              "restore_bf16": lambda: restore(model, x, "bf16")}
     for mode in compile_modes:
         paths[f"restore_bf16_compiled_{mode}"] = lambda mode=mode: restore(model, x, "bf16", compile_mode=mode)
-    outs, rows, first = {}, [], {}
-    for name, forward in paths.items():
-        t0 = time.perf_counter()
-        forward()
-        torch.cuda.synchronize()
-        first[name] = time.perf_counter() - t0
-        for _ in range(2):
-            forward()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            outs[name] = forward()
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        rows.append((name, min(times), torch.cuda.max_memory_allocated() / 2**20))
-    ref = outs["restore_fp32"].float().clamp(0, 1)
     print(f"BaryNet ({preset}) forward on {torch.cuda.get_device_name()}, 1x3x{size}x{size}, torch "
           f"{torch.__version__}; best of {repeats} after 3 warm-ups\n")
     print("| path | ms / forward | speed-up vs plain | first call (s) | peak GPU memory (MiB) | "
           "PSNR vs restore_fp32 (dB) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, seconds, peak in rows:
-        mse = float(((outs[name].float().clamp(0, 1) - ref) ** 2).mean())
+    print("|---|---:|---:|---:|---:|---:|", flush=True)
+    outs: dict[str, torch.Tensor] = {}
+    rows: dict[str, tuple[float, float, float]] = {}
+    waiting: list[str] = []
+
+    def show(name: str) -> None:  # a row needs plain's time and restore_fp32's output
+        if name not in rows:
+            print(f"| {name} | failed: {waiting_failures[name]} | | | | |", flush=True)
+            return
+        seconds, first, peak = rows[name]
+        mse = float(((outs[name].float().clamp(0, 1) - outs["restore_fp32"].float().clamp(0, 1)) ** 2).mean())
         psnr = "identical" if mse == 0 else f"{10 * math.log10(1 / mse):.1f}"
-        print(f"| {name} | {1000 * seconds:.1f} | {rows[0][1] / seconds:.2f}x | {first[name]:.1f} | {peak:.0f} | "
-              f"{psnr} |")
+        print(f"| {name} | {1000 * seconds:.1f} | {rows['plain_fp32'][0] / seconds:.2f}x | {first:.1f} | {peak:.0f} | "
+              f"{psnr} |", flush=True)
+
+    waiting_failures: dict[str, str] = {}
+    for name, forward in paths.items():
+        try:  # one path failing (a compiled one, never run on this GPU before) keeps the others' rows
+            t0 = time.perf_counter()
+            forward()
+            torch.cuda.synchronize()
+            first = time.perf_counter() - t0
+            for _ in range(2):
+                forward()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                outs[name] = forward()
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            rows[name] = (min(times), first, torch.cuda.max_memory_allocated() / 2**20)
+        except Exception as exc:  # noqa: BLE001 - reported as the row, with its type
+            if name in ("plain_fp32", "restore_fp32"):
+                raise  # every other row is relative to these two
+            first_line = (str(exc).strip().splitlines() or [""])[0][:160]
+            waiting_failures[name] = f"{type(exc).__name__}: {first_line}"
+        waiting.append(name)
+        if "plain_fp32" in rows and "restore_fp32" in rows:
+            for ready in waiting:
+                show(ready)
+            waiting.clear()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -186,8 +186,12 @@ def run_variant(variant: str, precision: str, preset: str, batch: int, patch: in
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     first = None
-    times, first_seconds = [], 0.0
+    times, first_seconds, first_peak = [], 0.0, None
     for i in range(warmup + iters):
+        if i == warmup and device.type == "cuda":  # the steady state's peak: not cuDNN's trials, compiling
+            _sync(device)                           # or recording CUDA graphs in the warm-up
+            first_peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+            torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
         t0 = time.perf_counter()
         losses = step()
@@ -201,9 +205,17 @@ def run_variant(variant: str, precision: str, preset: str, batch: int, patch: in
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
     label = f"compiled ({compile_mode})" if variant == "compiled" else variant
-    return {"variant": label, "precision": precision, "seconds": statistics.median(times), "all": times,
-            "first_seconds": first_seconds, "peak_mib": peak, "first_losses": first,
-            "threads": torch.get_num_threads()}
+    row = {"variant": label, "precision": precision, "seconds": statistics.median(times), "all": times,
+           "first_seconds": first_seconds, "peak_mib": peak, "first_losses": first,
+           "threads": torch.get_num_threads()}
+    if first_peak is not None:
+        row["warmup_peak_mib"] = first_peak
+    if variant == "compiled":  # whether the graphs really replay as compiled: skips, breaks, recompiles
+        from torch._dynamo.utils import counters
+        row["compile_counters"] = {"cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0)),
+                                   "graph_breaks": int(sum(counters["graph_break"].values())),
+                                   "unique_graphs": int(counters["stats"].get("unique_graphs", 0))}
+    return row
 
 
 def _relative_gap(losses: dict[str, float], ref: dict[str, float]) -> float:
@@ -212,12 +224,21 @@ def _relative_gap(losses: dict[str, float], ref: dict[str, float]) -> float:
 
 
 def _spawn(variant: str, precision: str, a: argparse.Namespace, preset: str, iters: int, warmup: int) -> dict:
+    """One variant in its own process: its row, or ``{"variant", "precision", "failed": why}`` when it fails or
+    runs past ``--variant-timeout`` (the other variants' rows are kept either way)."""
     cmd = [sys.executable, __file__, "--_worker", variant, "--precision", precision, "--preset", preset,
            "--batch", str(a.batch), "--patch", str(a.patch), "--K", str(a.K), "--iters", str(iters),
            "--warmup", str(warmup), "--device", a.device, "--compile-mode", a.compile_mode]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    label = f"compiled ({a.compile_mode})" if variant == "compiled" else variant
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.variant_timeout or None)
+    except subprocess.TimeoutExpired:
+        return {"variant": label, "precision": precision, "failed": f"ran past {a.variant_timeout} s"}
     if res.returncode != 0:
-        raise RuntimeError(f"{variant}/{precision} failed:\n{res.stdout}\n{res.stderr}")
+        tail = [line for line in (res.stderr or res.stdout).strip().splitlines() if line.strip()][-1:]
+        print(res.stderr[-4000:], file=sys.stderr, flush=True)
+        return {"variant": label, "precision": precision,
+                "failed": f"exit {res.returncode}: {tail[0][:200] if tail else 'no output'}"}
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -242,7 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--K", type=int, default=3)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--tiny-iters", dest="tiny_iters", type=int, default=10)
+    p.add_argument("--tiny-iters", dest="tiny_iters", type=int, default=10,
+                   help="iterations of the tiny preset's engine, reported last (0: skip it)")
+    p.add_argument("--variant-timeout", dest="variant_timeout", type=int, default=0,
+                   help="seconds one variant may take (its process is killed past them and its row says so; "
+                        "0: no limit)")
     p.add_argument("--variants", default=None, type=variant_list,
                    help="comma-separated: straightforward, straightforward_malloc (with the trainer's CPU "
                         "allocator setting, to show that share of the speed-up), engine, engine_nchw (engine "
@@ -270,44 +295,55 @@ def main(argv: list[str] | None = None) -> None:
     if a.variants is None:
         a.variants = ("straightforward,engine,engine_nchw" if device.type == "cuda"
                       else "straightforward,straightforward_malloc,engine")
-    rows = []
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU, {torch.get_num_threads()} torch threads ({os.cpu_count()} cores visible)"
+    mem = "peak GPU memory (MiB)" if device.type == "cuda" else "peak RSS above start (MiB)"
+    # The table's head first and each row as soon as its variant ends: a run cut short keeps its rows.
+    print(f"\n### Training iteration, BaryNet {a.preset}, batch {a.batch}, patch {a.patch}, K={a.K} — {name}\n")
+    print(f"median of {a.iters} iterations after {a.warmup} warm-up; torch {torch.__version__}\n")
+    print(f"| variant | precision | s / iteration | speed-up | first iteration (s) | {mem} | map loss (iter 1) | "
+          f"potentials | congruence |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    rows, base = [], None
     for variant in [v for v in a.variants.split(",") if v]:
         for prec in (["fp32"] if variant.startswith("straightforward") else precisions):
             print(f"... {variant} {prec}", file=sys.stderr, flush=True)
-            rows.append(_spawn(variant, prec, a, a.preset, a.iters, a.warmup))
-            print(f"    {json.dumps(rows[-1])}", file=sys.stderr, flush=True)  # partial results survive a kill
-    print("... tiny preset", file=sys.stderr, flush=True)
-    tiny = _spawn("engine", precisions[0], a, "tiny", a.tiny_iters, 2)
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU, {rows[0]['threads']} torch threads ({os.cpu_count()} cores visible)"
-    mem = "peak GPU memory (MiB)" if device.type == "cuda" else "peak RSS above start (MiB)"
-    print(f"\n### Training iteration, BaryNet {a.preset}, batch {a.batch}, patch {a.patch}, K={a.K} — {name}\n")
-    print(f"median of {a.iters} iterations after {a.warmup} warm-up; torch {torch.__version__}\n")
-    base = next((r for r in rows if r["variant"] == "straightforward"), None)
-    print(f"| variant | precision | s / iteration | speed-up | first iteration (s) | {mem} | map loss (iter 1) | "
-          f"potentials | congruence |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        sp = f"{base['seconds'] / r['seconds']:.2f}x" if base else "-"
-        fl = r["first_losses"]
-        print(f"| {r['variant']} | {r['precision']} | {r['seconds']:.3f} | {sp} | {r['first_seconds']:.1f} | "
-              f"{r['peak_mib']:.0f} | {fl['map']:.6g} | {fl['potentials']:.6g} | {fl['congruence']:.6g} |")
+            r = _spawn(variant, prec, a, a.preset, a.iters, a.warmup)
+            print(f"    {json.dumps(r)}", file=sys.stderr, flush=True)
+            if "failed" in r:
+                print(f"| {r['variant']} | {r['precision']} | failed: {r['failed']} | | | | | | |", flush=True)
+                continue
+            rows.append(r)
+            base = base or (r if r["variant"] == "straightforward" else None)
+            sp = f"{base['seconds'] / r['seconds']:.2f}x" if base else "-"
+            fl = r["first_losses"]
+            print(f"| {r['variant']} | {r['precision']} | {r['seconds']:.3f} | {sp} | {r['first_seconds']:.1f} | "
+                  f"{r['peak_mib']:.0f} | {fl['map']:.6g} | {fl['potentials']:.6g} | {fl['congruence']:.6g} |",
+                  flush=True)
     for prec in precisions:  # the fast path against the eager engine, same precision, same first batch
         eager = next((r for r in rows if r["variant"] == "engine" and r["precision"] == prec), None)
         for r in (r for r in rows if r["variant"].startswith("compiled") and r["precision"] == prec and eager):
             gap = _relative_gap(r["first_losses"], eager["first_losses"])
             print(f"\n{r['variant']} {prec}: {eager['seconds'] / r['seconds']:.2f}x the eager engine; first-iteration "
-                  f"losses within a relative {gap:.1e} of the engine's (target 1e-3)")
+                  f"losses within a relative {gap:.1e} of the engine's (target 1e-3); {r.get('compile_counters')}")
     fp32 = [r for r in rows if r["precision"] == "fp32"]
     if len(fp32) > 1:
         ref = fp32[0]["first_losses"]
         worst = max(_relative_gap(r["first_losses"], ref) for r in fp32[1:])
         print(f"\nfp32 losses of iteration 1 agree across variants to a relative {worst:.1e} "
               f"(fused vs hand-written LayerNorm and summation order).")
-    print(f"\ntiny preset (engine, {precisions[0]}): {1.0 / tiny['seconds']:.2f} it/s "
-          f"({tiny['seconds']:.3f} s / iteration, median of {a.tiny_iters})")
-
+    if device.type == "cuda" and rows:
+        print("\npeak GPU memory: after the warm-up (steady state); during the warm-up (cuDNN's trials, compiling, "
+              "recording CUDA graphs): " + ", ".join(f"{r['variant']} {r['precision']} {r['warmup_peak_mib']:.0f} MiB"
+                                                      for r in rows if "warmup_peak_mib" in r))
+    if a.tiny_iters > 0:
+        print("... tiny preset", file=sys.stderr, flush=True)
+        tiny = _spawn("engine", precisions[0], a, "tiny", a.tiny_iters, 2)
+        if "failed" in tiny:
+            print(f"\ntiny preset (engine, {precisions[0]}): failed: {tiny['failed']}")
+        else:
+            print(f"\ntiny preset (engine, {precisions[0]}): {1.0 / tiny['seconds']:.2f} it/s "
+                  f"({tiny['seconds']:.3f} s / iteration, median of {a.tiny_iters})")
 
 if __name__ == "__main__":
     main()

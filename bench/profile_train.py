@@ -64,7 +64,9 @@ def peak_tflops(device: torch.device, precision: str, given: float | None) -> tu
         return given, "--peak-tflops"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        key = "tf32" if precision == "fp32" and torch.backends.cuda.matmul.allow_tf32 else precision
+        # fp32 convolutions (most of the FLOPs) run in TF32 when cuDNN may use it, as it may by default
+        tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
+        key = "tf32" if precision == "fp32" and tf32 else precision
         for gpu, peaks in PEAK_TFLOPS.items():
             if gpu in name:
                 return peaks[key], f"{name} data sheet, {key} dense"
@@ -122,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         compile_seconds = time.perf_counter() - t0
     for _ in range(a.warmup):
         train_step(training, batch)
+    if device.type == "cuda":  # the steady state's peak, not the FLOP count's or the warm-up's
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(a.iters):
         _sync(device)
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| peak ({source}) | {peak:.1f} TFLOP/s |")
         print(f"| share of peak | {100 * rate / peak:.1f} % |")
     if device.type == "cuda":
-        print(f"| peak GPU memory | {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB |")
+        print(f"| peak GPU memory after the warm-up | {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB |")
     for key in sorted(per_iter):
         print(f"| {key} per iteration | {per_iter[key] / a.iters:.1f} |")
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"

@@ -2,9 +2,13 @@
 by its script's parser (a misspelt flag, variant or compile mode would cost a step of the few minutes a
 GPU is lent), and the caps keep the whole suite under 8 minutes."""
 import importlib.util
+import json
+import os
 import re
 import shlex
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,16 +45,64 @@ def suite_steps() -> list[tuple[int, str, list[str]]]:
 
 def test_every_step_parses_with_its_scripts_parser_and_the_caps_fit_eight_minutes():
     steps = suite_steps()
-    assert [name for _, name, _ in steps] == ["bench_train", "bench_fast_path", "bench_inference", "profile_train",
-                                              "bench_loader"]
+    assert [name for _, name, _ in steps] == ["bench_train", "bench_inference", "profile_train", "bench_loader",
+                                              "bench_train", "bench_fast_path"]
     assert sum(cap for cap, _, _ in steps) <= CAP_BUDGET
     for _, name, argv in steps:
         args = bench_module(name).build_parser().parse_args(argv)
         if hasattr(args, "device") and name != "bench_loader":
             assert args.device == "cuda", name  # every row is a GPU row
-    train = bench_module("bench_train").build_parser().parse_args(steps[0][2])
-    assert train.variants.split(",") == ["straightforward", "engine", "compiled"]
-    assert train.compile_mode == "reduce-overhead"
+    parse = bench_module("bench_train").build_parser().parse_args
+    bf16, fp32 = parse(steps[0][2]), parse(steps[4][2])
+    assert (bf16.precision, bf16.variants.split(",")) == ("bf16", ["straightforward", "engine", "compiled"])
+    assert (fp32.precision, fp32.variants.split(",")) == ("fp32", ["engine", "compiled"])
+    for step, args in ((steps[0], bf16), (steps[4], fp32)):  # a compile that hangs leaves time for the step
+        assert args.compile_mode == "reduce-overhead" and 0 < args.variant_timeout < step[0]
+        assert args.tiny_iters == 0  # the tiny preset's row would compile nothing new and cost a process
+    fast = bench_module("bench_fast_path").build_parser().parse_args(steps[5][2])
+    assert fast.control_threads == 0 and not fast.seed_control  # thread count does not reorder GPU sums
+
+
+def test_a_step_past_its_cap_is_killed_with_everything_it_started(tmp_path):
+    """timeout's default SIGTERM reached the script but not a trainer it had started, which caught it and
+    trained on into the next step; the suite's steps are killed with their whole process group."""
+    text = SUITE.read_text()
+    assert 'timeout -s KILL "$cap"' in text
+    script = tmp_path / "step.sh"
+    marker = f"suite-test-{os.getpid()}-{time.monotonic_ns()}"  # names this run's child in the process list
+    child = f"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)  # {marker}"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    script.write_text(text[text.index("step() {"):text.index("echo \"## GPU suite")] +
+                      f'step 1 "a row" python3 -c "{parent}" {marker}\n')
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
+    assert "(exit status 137; 137 = killed at its 1 s cap)" in done.stdout
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes left running: {left}"
+
+
+def test_a_failed_variant_keeps_the_rows_measured_before_and_after_it(monkeypatch, capsys):
+    """One failing variant (a compiled one, never run on that GPU before) used to raise and lose the table."""
+    bench = bench_module("bench_train")
+    row = {"seconds": 0.5, "all": [0.5], "first_seconds": 1.0, "peak_mib": 10.0, "threads": 1,
+           "first_losses": {"map": 2.0, "potentials": 0.1, "congruence": 0.01}}
+
+    def fake_run(cmd, **kw):
+        variant = cmd[cmd.index("--_worker") + 1]
+        if variant == "compiled":
+            raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+        if variant == "engine_nchw":
+            return subprocess.CompletedProcess(cmd, 1, "", "Traceback ...\nRuntimeError: CUDA error: boom\n")
+        return subprocess.CompletedProcess(cmd, 0, json.dumps({**row, "variant": variant,
+                                                               "precision": cmd[cmd.index("--precision") + 1]}), "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    bench.main(["--variants", "straightforward,compiled,engine_nchw,engine", "--tiny-iters", "0",
+                "--variant-timeout", "7"])
+    out = capsys.readouterr().out
+    assert "| straightforward | fp32 | 0.500 | 1.00x |" in out and "| engine | fp32 | 0.500 | 1.00x |" in out
+    assert "| compiled (default) | fp32 | failed: ran past 7 s |" in out
+    assert "| engine_nchw | fp32 | failed: exit 1: RuntimeError: CUDA error: boom |" in out
 
 
 def test_a_misspelt_variant_or_mode_is_refused_not_run_as_another(capsys):
@@ -64,3 +116,26 @@ def test_a_misspelt_variant_or_mode_is_refused_not_run_as_another(capsys):
                        ("profile_train", ["--compile", "on"])):
         with pytest.raises(SystemExit):
             bench_module(name).build_parser().parse_args(argv)
+
+
+def test_a_failed_inference_path_keeps_the_other_rows(monkeypatch, capsys):
+    """An exception in the compiled path (never run on that GPU before) used to lose the eager rows too."""
+    import torch
+    bench = bench_module("bench_inference")
+    for name, stub in (("synchronize", lambda *a: None), ("reset_peak_memory_stats", lambda *a: None),
+                       ("max_memory_allocated", lambda *a: 2**20), ("get_device_name", lambda *a: "stub GPU")):
+        monkeypatch.setattr(torch.cuda, name, stub)
+    real = bench.restore
+
+    def restore(model, x, precision="fp32", compile_mode="off", **kw):
+        if compile_mode != "off":
+            raise RuntimeError("Triton compilation failed\nmore lines")
+        return real(model, x, precision, **kw)
+
+    monkeypatch.setattr(bench, "restore", restore)
+    bench.gpu_rows("tiny", 32, 1, ("reduce-overhead",), device="cpu")
+    out = capsys.readouterr().out
+    for row in ("| plain_fp32 |", "| restore_fp32 |", "| restore_bf16 |"):
+        assert row in out
+    assert "| restore_bf16_compiled_reduce-overhead | failed: RuntimeError: Triton compilation failed |" in out
+    assert out.index("| plain_fp32 |") < out.index("| restore_fp32 |") < out.index("| restore_bf16 |")
