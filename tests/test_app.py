@@ -141,6 +141,22 @@ def test_networks_without_embeddings_say_so(photo, tmp_path):
     assert "Restormer has no WB/residual embeddings" in result.maps
 
 
+def test_the_work_dir_loses_only_the_apps_own_request_folders(tmp_path):
+    """--work-dir used to be pruned of every folder but the 8 newest: --work-dir ~/Pictures (or .) deleted the
+    user's folders, .git included, at the first Restore. Only the app's request-* folders go now."""
+    from utils.app.restore import KEEP_REQUESTS, request_folder
+    mine = [tmp_path / name for name in [".git", "photos", *(f"album_{i}" for i in range(12))]]
+    for folder in mine:
+        folder.mkdir()
+        (folder / "keep.txt").write_text("mine")
+    (tmp_path / "notes.txt").write_text("mine")
+    made = [request_folder(tmp_path) for _ in range(KEEP_REQUESTS + 4)]
+    assert all((folder / "keep.txt").read_text() == "mine" for folder in mine)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    requests = sorted(p for p in tmp_path.iterdir() if p.name.startswith("request-"))
+    assert len(requests) == KEEP_REQUESTS and set(made[-KEEP_REQUESTS:]) == set(requests)
+
+
 def test_examples_are_the_degraded_test_images(tmp_path):
     img = np.zeros((16, 16, 3), np.uint8)
     for rel in ("derain/Rain100L/input/rain-1.png", "derain/Rain100L/target/rain-1.png", "lowlight/low/a.png",
@@ -176,17 +192,22 @@ def test_without_model_the_app_serves_the_testers_default_checkpoint(tmp_path, m
     assert app_main.checkpoint_to_serve(None) == "checkpoint/model_allBaryNet__61_1.0_5D.pt"
     assert "(the authors' checkpoint, the reference tester's default)" in capsys.readouterr().out
     assert app_main.checkpoint_to_serve("mine.pth") == "mine.pth"
+    authors.unlink()
+    (tmp_path / "checkpoint" / "stale.pth").symlink_to(tmp_path / "gone.pth")  # a dead link beside real weights
+    assert app_main.checkpoint_to_serve(None) == "checkpoint/run/epoch_009.pth"  # it stopped the search before
 
 
 def test_bad_flags_are_one_error_line(tmp_path, monkeypatch, capsys):
     if importlib.util.find_spec("gradio") is None:
         pytest.skip("the app checks its flags after finding Gradio: make app installs it")
     monkeypatch.chdir(tmp_path)  # no checkpoint/ here
+    (tmp_path / "a_file").write_text("mine")
     for argv, words in ((["--port", "http"], "argument --port: expected a port number"),
                         (["--port", "70000"], "between 1 and 65535"),
                         ([], "no --model given and no checkpoint under checkpoint/"),
                         (["--model", "nope.pth"], "--model nope.pth: checkpoint not found"),
-                        (["--model", "x.pth", "--examples", "nowhere"], "--examples nowhere: no such folder")):
+                        (["--model", "x.pth", "--examples", "nowhere"], "--examples nowhere: no such folder"),
+                        (["--model", "x.pth", "--work-dir", "a_file"], "--work-dir a_file: this is a file")):
         status, err = _app(argv, capsys)
         assert status in (1, 2) and err.startswith("error: ") and words in err and err.count("\n") == 1, (argv, err)
 

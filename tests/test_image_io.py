@@ -212,3 +212,31 @@ def test_huge_png_is_refused_within_bounded_memory(tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(big)], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "refused:" in done.stdout and "20000x20000" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_tiff_is_turned_by_its_orientation_tag_once(tmp_path, orientation):
+    """OpenCV's TIFF decoder (like PIL, which the reference reads with) applies the orientation tag itself;
+    read_image(exif=True), the app's and --input's reading, turned such a TIFF a second time."""
+    stored = np.zeros((4, 6, 3), np.uint8)
+    stored[0, 0], stored[0, 1], stored[1, 0] = 255, 100, 50  # asymmetric: every turn and flip shows
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(tmp_path / "o.tif", exif=exif.tobytes())
+    pil = np.asarray(Image.open(tmp_path / "o.tif").convert("RGB"))
+    for exif_flag in (False, True):
+        assert np.array_equal(read_image(tmp_path / "o.tif", exif=exif_flag), pil)
+        assert image_size(tmp_path / "o.tif", exif=exif_flag) == pil.shape[:2]
+
+
+def test_a_file_without_a_known_header_is_refused_before_decoding(tmp_path, monkeypatch):
+    """OpenCV decodes Radiance HDR whatever the file's extension, and a header the size check could not read
+    skipped the pixel limit: a small RLE upload decoded to gigabytes of float32 before being refused."""
+    cv2.imwrite(str(tmp_path / "x.hdr"), np.random.default_rng(0).random((64, 80, 3), dtype=np.float32))
+    (tmp_path / "x.png").write_bytes((tmp_path / "x.hdr").read_bytes())
+    decoded = []
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decoded.append(a) or None)
+    with pytest.raises(ImageReadError, match=r"x\.png: the file is corrupt, empty or not an image"):
+        read_image(tmp_path / "x.png", max_pixels=10)
+    assert decoded == []

@@ -533,7 +533,7 @@ def newest_checkpoint(root: str | os.PathLike) -> Path | None:
         if latest is not None:
             found.append(latest)
         found += [Path(folder) / f for f in sorted(files) if not f.startswith(".") and progress_of(f) is None
-                  and Path(f).suffix.lower() in CHECKPOINT_SUFFIXES]
+                  and Path(f).suffix.lower() in CHECKPOINT_SUFFIXES and (Path(folder) / f).is_file()]  # no dead link
     return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
 
 

@@ -28,6 +28,7 @@ from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_mode
 from utils.cli import one_spelling
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, pixel_limit
 from utils.errors import OneLineArgumentParser, UserError, run_main
+from utils.eval.outputs import check_writable_folder
 from utils.runtime import pick_device, tune_cpu_allocator
 
 DEMO_EXAMPLES = "data/demo/test"
@@ -85,7 +86,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=_pixel_count, default=MAX_PIXELS, metavar="N",
                         help="refuse uploads of more than N pixels (as tester_bary.py --max-pixels)")
     parser.add_argument("--work-dir", default=None, metavar="DIR",
-                        help="where restored images are written (default: a temporary folder removed on exit)")
+                        help="where restored images are written, one request-* folder per Restore, the 8 newest kept "
+                             "(default: a temporary folder removed on exit); nothing else in DIR is touched")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     return one_spelling(parser)
 
@@ -142,6 +144,8 @@ def main(args) -> int:
     check_port(args.port)
     check_gradio()
     examples_root = examples_folder(args.examples)
+    if args.work_dir:  # a file in the way, or no permission: said now, not at the first Restore
+        check_writable_folder(args.work_dir, "--work-dir")
     path = checkpoint_to_serve(args.model)
     try:
         device = pick_device(args.device)
@@ -162,7 +166,9 @@ def main(args) -> int:
         print(f"=> {info['model']} ({info['backbone']}) on {device}; {len(examples)} example image(s); serving "
               f"http://{HOST}:{args.port} (Ctrl-C to stop)", flush=True)
         _stop_on_sigterm()
-        allowed = [str(examples_root.resolve())] if examples_root is not None else []
+        # Gradio serves files only from the current and temporary folders and these: the examples, and the
+        # restorations written under --work-dir wherever it is
+        allowed = [str(p.resolve()) for p in (examples_root, work_dir) if p is not None]
         with pixel_limit(args.max_pixels):
             try:
                 page.queue(default_concurrency_limit=1).launch(

@@ -268,14 +268,20 @@ class PageResult:
     maps: str = ""                       # Markdown: what the maps show and their scales
 
 
+REQUEST_PREFIX = "request-"  # the app's own folders under --work-dir; nothing else there is ever touched
+
+
 def request_folder(work_dir: Path, keep: int = KEEP_REQUESTS) -> Path:
-    """A new folder for one request's files under ``work_dir``; all but the newest ``keep`` older ones are removed
-    (the page has already been sent their files: Gradio serves copies from its own cache)."""
+    """A new folder ``request-*`` for one request's files under ``work_dir``; all but the newest ``keep`` older
+    ``request-*`` folders are removed (the page has already been sent their files: Gradio serves copies from its
+    own cache). Any other file or folder in ``work_dir`` is the user's and is left alone."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    old = sorted((p for p in work_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    # oldest first by name: each carries its creation time in nanoseconds (file times may tie on coarse clocks)
+    old = sorted(p for p in work_dir.iterdir() if p.is_dir() and not p.is_symlink()
+                 and p.name.startswith(REQUEST_PREFIX))
     for folder in old[:max(0, len(old) - keep + 1)]:
         shutil.rmtree(folder, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix="request-", dir=work_dir))
+    return Path(tempfile.mkdtemp(prefix=f"{REQUEST_PREFIX}{time.time_ns():020d}-", dir=work_dir))
 
 
 def _tiling_text(protocol: Protocol, note: str | None) -> str:

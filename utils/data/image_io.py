@@ -210,7 +210,10 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
     limit = max_pixels if max_pixels is not None else _max_pixels
     with _readable(path):
         data = np.fromfile(str(path), dtype=np.uint8)
-    _check_pixels(path, _header_size(io.BytesIO(data)) if data.size else None, limit)
+    size = _header_size(io.BytesIO(data)) if data.size else None
+    if size is None:  # no PNG/JPEG/BMP/TIFF/WebP header: the decoder would not be bounded by the pixel limit
+        raise ImageReadError(_NOT_AN_IMAGE.format(path=path))  # (OpenCV reads HDR and others, of any size)
+    _check_pixels(path, size, limit)
     try:
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
         if img is not None:
@@ -220,14 +223,24 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
         raise ImageReadError(f"cannot decode image {path}: OpenCV failed ({detail}). Replace or remove it.") from exc
     if img is None:
-        raise ImageReadError(f"cannot decode image {path}: the file is corrupt, empty or not an image "
-                             f"(supported: {', '.join(IMAGE_EXTENSIONS)}). Replace or remove it.")
-    rot, flip = _EXIF_ORIENT.get(_exif_orientation(path), (0, False)) if exif else (0, False)
+        raise ImageReadError(_NOT_AN_IMAGE.format(path=path))
+    # A TIFF comes out of OpenCV's decoder (as out of PIL's, which the reference reads with) already turned
+    # by its orientation tag: turning it again would undo or double that.
+    rot, flip = _EXIF_ORIENT.get(_exif_orientation(path), (0, False)) if exif and not _is_tiff(data) else (0, False)
     if rot:
         img = np.rot90(img, rot)
     if flip:
         img = img[:, ::-1]
     return np.ascontiguousarray(img)
+
+
+def _is_tiff(data: np.ndarray) -> bool:
+    """Whether the file's bytes start as a TIFF does (little- or big-endian)."""
+    return bytes(data[:4]) in (b"II*\x00", b"MM\x00*")
+
+
+_NOT_AN_IMAGE = ("cannot decode image {path}: the file is corrupt, empty or not an image (supported: "
+                 + ", ".join(IMAGE_EXTENSIONS) + "). Replace or remove it.")
 
 
 def _to_rgb(img: np.ndarray, path: Path) -> np.ndarray:
@@ -259,10 +272,12 @@ def image_size(path: str | os.PathLike, exif: bool = False) -> tuple[int, int]:
         raise ImageReadError(f"image not found: {path}")
     with _readable(path), open(path, "rb") as fh:
         size = _header_size(fh)
+        fh.seek(0)
+        tiff = _is_tiff(np.frombuffer(fh.read(4), dtype=np.uint8))
     if size is None or size[0] < 0:
         return read_image(path, exif).shape[:2]
     h, w = size
-    rot, _ = _EXIF_ORIENT.get(_exif_orientation(path), (0, False)) if exif else (0, False)
+    rot, _ = _EXIF_ORIENT.get(_exif_orientation(path), (0, False)) if exif and not tiff else (0, False)
     return (w, h) if rot % 2 else (h, w)
 
 
