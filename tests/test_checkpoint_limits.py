@@ -354,3 +354,33 @@ def test_stale_temporaries_of_killed_saves_are_removed_and_nothing_else(tmp_path
     save_training_checkpoint({"epoch": 7, "iteration": 0, "global_step": 70, "model": {}}, tmp_path, keep=0)
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {n for n, (_, kept) in files.items() if kept} | {"epoch_007.pth", "latest"}
+
+
+# --------------------------------------------------------------------------- 8. malformed, not only large
+
+def test_an_archive_with_two_pickles_of_one_name_is_refused(tmp_path):
+    """torch.load reads the last of two archive/data.pkl entries; the size and dry-run checks looked at none
+    (a 4 GiB pickle could hide behind a small decoy)."""
+    path = tmp_path / "twice.pth"
+    _torch_zip(path, _pickled({"epoch": 1}), extra=[_stored("archive/data.pkl", _pickled({"epoch": 2}))])
+    with pytest.raises(CheckpointError, match=r"twice.pth: its archive holds two entries of one name"):
+        read_checkpoint(path)
+
+
+def test_tensors_with_attributes_and_malformed_modules_are_refused_not_tracebacks(tmp_path):
+    """A saved tensor may carry instance attributes (torch.save keeps them) that shadow its methods:
+    untyped_storage = 0 crashed the view check with a TypeError, is_floating_point = ... let NaN weights
+    through; a pickled module whose _parameters is not a mapping crashed with an AttributeError."""
+    weights = _tiny().state_dict()
+    weights["output.weight"][0, 0, 0, 0] = float("nan")
+    weights["output.weight"].is_floating_point = torch.Size  # () is falsy: "not a float tensor, skip the check"
+    torch.save({"model": weights, "epoch": 1}, tmp_path / "attrs.pth")
+    with pytest.raises(CheckpointError, match=r"attrs.pth.*tensor model/output.weight carries attributes "
+                                              r"\(is_floating_point\)"):
+        load_model_weights(_tiny(), tmp_path / "attrs.pth")
+    for bad in ({"w": 5}, [1, 2], "text"):
+        module = torch.nn.Linear(2, 2)
+        module.__dict__["_parameters"] = bad
+        torch.save({"epoch": 1, "BaryIR": module}, tmp_path / "module.pth")  # the reference's format
+        with pytest.raises(CheckpointError, match=r"module.pth.*(not a tensor|not a mapping)"):
+            load_model_weights(_tiny(), tmp_path / "module.pth")

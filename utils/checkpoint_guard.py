@@ -303,8 +303,12 @@ def _check_archive(path: Path, size: int, max_unpacked_bytes: int | None) -> Non
                 if e.file_size > MIN_RATIO_CHECKED_BYTES and e.file_size > MAX_COMPRESSION_RATIO * e.compress_size:
                     raise _Refused(f"its entry {e.filename} inflates {e.compress_size:,} bytes to "
                                    f"{human_bytes(e.file_size)} (torch.save never compresses: a zip bomb?)")
+            if len({e.filename for e in entries}) != len(entries):  # torch.load reads the last of equal names,
+                raise _Refused("its archive holds two entries of one name (torch.save never writes such a file)")
             pickles = [e for e in entries if e.filename.endswith("data.pkl") and e.filename.count("/") == 1]
-            if len(pickles) != 1:
+            if len(pickles) > 1:  # ... and this check would otherwise look at another pickle than torch.load reads
+                raise _Refused(f"its archive holds {len(pickles)} pickles (torch.save writes one)")
+            if not pickles:
                 return  # not a torch archive: torch.load says so
             prefix = pickles[0].filename[: -len("data.pkl")]
             if pickles[0].file_size > MAX_PICKLE_BYTES:
@@ -361,6 +365,9 @@ def check_loaded(obj: Any, source: str) -> None:
     try:
         for where, item in walk(obj):
             if isinstance(item, torch.Tensor):
+                if vars(item):  # torch.save never gives a tensor instance attributes: these would shadow its
+                    raise _Refused(f"tensor {where or '(top)'} carries attributes ({', '.join(map(str, vars(item)))})"
+                                   f" that override its methods")  # methods (untyped_storage, is_floating_point)
                 problem = tensor_problem(item)
                 if problem:
                     raise _Refused(f"tensor {where or '(top)'}: {problem}")

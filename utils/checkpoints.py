@@ -271,15 +271,29 @@ def _walk_module(obj: Any, prefix: str, out: dict[str, torch.Tensor], source: st
         if depth > MAX_NESTING:
             raise CheckpointError(f"refusing to use checkpoint {source}: its modules nest more than {MAX_NESTING} "
                                   f"levels deep; the file is damaged or crafted, use another checkpoint")
-        for name, tensor in (state.get("_parameters") or {}).items():
-            if tensor is not None:
-                out[where + name] = tensor.detach()
+        parameters, buffers, modules = (_mapping(state.get(key) or {}, where + key, source)
+                                        for key in ("_parameters", "_buffers", "_modules"))
         skip = state.get("_non_persistent_buffers_set") or set()
-        for name, tensor in (state.get("_buffers") or {}).items():
-            if tensor is not None and name not in skip:
-                out[where + name] = tensor.detach()
-        children = [(c, f"{where}{n}.", depth + 1) for n, c in (state.get("_modules") or {}).items() if c is not None]
+        skip = skip if isinstance(skip, (set, frozenset, list, tuple)) else set()
+        for name, tensor in [*parameters.items(), *((n, t) for n, t in buffers.items() if n not in skip)]:
+            if tensor is None:
+                continue
+            if not isinstance(tensor, torch.Tensor):
+                raise CheckpointError(f"refusing to use checkpoint {source}: its module entry {where}{name} is a "
+                                      f"{type(tensor).__name__}, not a tensor; the file is damaged or crafted, use "
+                                      f"another checkpoint")
+            out[where + name] = tensor.detach()
+        children = [(c, f"{where}{n}.", depth + 1) for n, c in modules.items() if c is not None]
         stack.extend(reversed(children))
+
+
+def _mapping(value: Any, where: str, source: str) -> Mapping:
+    """A pickled module's ``_parameters``/``_buffers``/``_modules``, which must be a mapping."""
+    if not isinstance(value, Mapping):
+        raise CheckpointError(f"refusing to use checkpoint {source}: {where} of a pickled module is a "
+                              f"{type(value).__name__}, not a mapping; the file is damaged or crafted, use another "
+                              f"checkpoint")
+    return value
 
 
 def _is_state_dict(obj: Any) -> bool:
