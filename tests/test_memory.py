@@ -70,6 +70,20 @@ def test_when_not_even_a_tile_fits_one_error_names_the_image(tiny, photo):
         restore_array(tiny, photo, Protocol(memory_budget=1), torch.device("cpu"), "big.png")
 
 
+def test_on_the_cpu_tiles_leave_room_for_the_whole_images_buffers(tiny):
+    """Automatic tiling compared only the tiles' activations with the free memory; on the CPU the whole image's
+    input, blend accumulator, weights and result (about 56 B/px) come out of the same memory."""
+    from utils.eval.protocol import automatic_tile
+    h = w = 2000
+    budget = memory.restore_need(tiny, "fp32", 128, 128) + 1000  # one 128-pixel tile's activations, just
+    protocol = Protocol(memory_budget=budget, tile_batch=1)
+    assert automatic_tile(tiny, (h, w), protocol, torch.device("cuda"), "x.png")[0] == (128, 1)  # GPU: host apart
+    with pytest.raises(RestoreOutOfMemory, match="x.png"):
+        automatic_tile(tiny, (h, w), protocol, torch.device("cpu"), "x.png")
+    roomy = Protocol(memory_budget=budget + memory.TILED_IMAGE_BYTES_PER_PIXEL * h * w, tile_batch=1)
+    assert automatic_tile(tiny, (h, w), roomy, torch.device("cpu"), "x.png")[0] == (128, 1)
+
+
 def _args(*argv):
     return get_args_parser().parse_args(list(argv))
 

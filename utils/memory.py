@@ -42,6 +42,11 @@ PROCESS_BYTES = 509 * 2**20
 # and 2969 B/px; 256-512: 3128, 3200, 3859): the tables keep the higher value and estimates carry this factor,
 # so that a refused run would really not have fitted; automatic tiling may start a little early.
 MARGIN = 1.25
+# What tiled restoring holds for the whole image beside the tiles' activations, in host memory: the float32
+# input (12 B/px), the float64 blend accumulator (24) and its normalising weights (8), the float32 result (12);
+# on the CPU it comes out of the same memory as the activations. (A pointwise stand-in network on 3000x3000
+# in 512-pixel tiles measured 51.7 B/px of peak growth.)
+TILED_IMAGE_BYTES_PER_PIXEL = 56
 # A backbone added later without its own measurement uses the one whose graph it extends.
 SIMILAR_BACKBONE = {"PromptIR": "Restormer", "BaryPromptIR": "BaryNet"}
 # Bytes of state per parameter beside its float32 value: the gradient, and the optimizer's buffers.

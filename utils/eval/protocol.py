@@ -30,7 +30,7 @@ from utils.data.noise import SEED_RULE
 from utils.errors import UserError
 from utils.eval.inference import PRECISIONS, check_tiling, is_out_of_memory, restore, restore_tiled
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
-from utils.memory import available_bytes, choose_tile, gib, restore_need
+from utils.memory import TILED_IMAGE_BYTES_PER_PIXEL, available_bytes, choose_tile, gib, restore_need
 
 PROTOCOLS = ("reference", "pad")
 SIZE_MULTIPLE = 8
@@ -181,7 +181,9 @@ def automatic_tile(model: nn.Module, shape: tuple[int, int], protocol: Protocol,
     need = restore_need(model, protocol.precision, h, w)
     if need <= budget:
         return None, None
-    chosen = choose_tile(model, protocol.precision, h, w, budget, protocol.tile_batch)
+    # on the CPU, the whole image's buffers of tiled restoring share the budget with the tiles' activations
+    whole = TILED_IMAGE_BYTES_PER_PIXEL * h * w if device.type == "cpu" else 0
+    chosen = choose_tile(model, protocol.precision, h, w, budget - whole, protocol.tile_batch)
     if chosen is None:
         raise RestoreOutOfMemory(f"{name} ({h}x{w}) needs about {gib(need)} to restore and even small tiles need "
                                  f"more than the {gib(budget)} free on {device}: free memory, or use a smaller "
