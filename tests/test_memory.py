@@ -139,3 +139,27 @@ def test_no_memory_check_warns_and_goes_on(monkeypatch):
     lines = []
     _check(_args("--preset", "paper", "--no-memory-check"), 2**30, monkeypatch, lines=lines)
     assert lines[-1].startswith("warning: BaryNet paper (fp32, RMSprop) at --batchSize 4 --patch_size 128 needs")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_cgroup_limit_does_not_count_reclaimable_file_cache_as_used(tmp_path, version):
+    """memory.current (and v1's usage) include the page cache of files read, a checkpoint or a data set, which
+    the kernel drops before refusing memory; counting it made automatic tiling (and the trainer's memory check)
+    think a container was full."""
+    gib_ = 2 ** 30
+    stat = f"anon {gib_}\ninactive_file {3 * gib_}\nactive_file 0\n" if version == 2 else \
+        f"total_rss {gib_}\ntotal_inactive_file {3 * gib_}\n"
+    files = {2: {"memory.max": f"{8 * gib_}\n", "memory.current": f"{4 * gib_}\n", "memory.stat": stat},
+             1: {"memory/memory.limit_in_bytes": f"{8 * gib_}\n", "memory/memory.usage_in_bytes": f"{4 * gib_}\n",
+                 "memory/memory.stat": stat}}[version]
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert memory._cgroup_limit(tmp_path) == 7 * gib_  # 8 GiB limit, 1 GiB really used
+    (tmp_path / files_stat(version)).unlink()
+    assert memory._cgroup_limit(tmp_path) == 4 * gib_  # no memory.stat: usage as it is
+    assert memory._cgroup_limit(tmp_path / "none") is None
+
+
+def files_stat(version: int) -> str:
+    return "memory.stat" if version == 2 else "memory/memory.stat"

@@ -58,19 +58,35 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def _cgroup_limit() -> int | None:
-    """Bytes this process's cgroup may still use (v2 ``memory.max`` minus ``memory.current``, or v1), else None."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+def _cgroup_limit(root: str | Path = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process's cgroup may still use (v2 ``memory.max``, or v1's limit, minus the working set), else
+    None. The working set is the usage less the inactive file cache (``memory.stat``), which the kernel reclaims
+    before it fails an allocation: a checkpoint or data set just read does not count as used."""
+    root = Path(root)
+    for limit_file, usage_file, stat_file, inactive in (
+            ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+            ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat",
+             "total_inactive_file")):
         try:
-            limit = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
+            limit = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text().strip())
         except (OSError, ValueError):
             continue
         if limit.isdigit() and int(limit) < 2**60:
-            return max(0, int(limit) - usage)
+            return max(0, int(limit) - max(0, usage - _stat_value(root / stat_file, inactive)))
     return None
+
+
+def _stat_value(path: Path, key: str) -> int:
+    """``key``'s value in a cgroup ``memory.stat`` file; 0 when absent or unreadable."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0
 
 
 def host_available() -> int | None:
