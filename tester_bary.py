@@ -35,7 +35,6 @@ flags that cannot work); ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -64,6 +63,7 @@ from utils.eval.tasks import (
     present_paper_tasks,
     task_layout,
 )
+from utils.files import json_text
 from utils.runtime import apply_gpus_flag, pick_device, tune_cpu_allocator
 
 REFERENCE_MODEL = f"{CHECKPOINT_DIR}/{REFERENCE_MODEL_NAME}"
@@ -426,9 +426,9 @@ def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, pro
     except EvaluationStopped as stop:
         record(stop.row["restored"])
         results["partial"] = {"row": "input", "file": stop.file, "error": str(stop)}
-        path = write_text(save / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+        path = write_text(save / "results.json", json_text(results))
         raise _stopped(stop, str(path)) from stop
-    write_text(save / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    write_text(save / "results.json", json_text(results))
     print(f"restored {len(results['restored'])} image(s) into {save}")
     for line in skipped:
         print(f"skipped: {line}")

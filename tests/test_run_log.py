@@ -37,3 +37,43 @@ def test_loss_figure_has_a_panel_per_part_and_is_drawn(tmp_path):
                    + json.dumps({"kind": "epoch", "epoch": 1, "global_step": 30, "val_psnr": 27.5}) + "\n")
     assert plot_loss_curves(log, tmp_path / "fig.png").stat().st_size > 10_000
     assert smoothed([2.0, 2.0, 2.0]) == [2.0, 2.0, 2.0]  # bias-corrected: a constant stays constant
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path):
+    """After a crash mid-write, the resumed run's first record was appended to the torn fragment and the
+    reader skipped both; the log now ends the torn line first (and rewinding keeps it a line of its own)."""
+    import json
+
+    from utils.train.run_log import JsonlLog, read_log, rewind_log
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"kind": "iter", "global_step": 1}\n{"kind": "iter", "global_st')
+    assert rewind_log(path, 5) == 0
+    log = JsonlLog(path)
+    log.write({"kind": "run", "resumed": True, "loss": float("nan"), "nested": {"x": [1.0, float("inf")]}})
+    log.write({"kind": "iter", "global_step": 2})
+    records = read_log(path)
+    assert [r["kind"] for r in records] == ["iter", "run", "iter"]
+    assert records[1]["loss"] is None and records[1]["nested"] == {"x": [1.0, None]}  # strict JSON: no NaN
+    for line in path.read_text().splitlines()[2:]:
+        json.loads(line, parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
+
+
+def test_results_json_is_strict_json_and_fid_is_in_the_tables(tmp_path):
+    """A NaN (an FID from a failed square root) was written as NaN, which strict parsers refuse; the FID the
+    tester computes per set appeared in results.json only, not in the printed table or the CSV."""
+    import csv
+    import json
+
+    from utils.eval.report import summary_table, write_results
+    row = {"count": 2, "psnr": 30.0, "ssim": 0.9, "input_psnr": 20.0, "input_ssim": 0.5, "seconds_per_image": 0.1,
+           "images": [], "fid": float("nan"), **{f"{k}_{m}": {"name": "x.png", m: 1.0} for k in ("best", "worst")
+                                                  for m in ("psnr", "ssim")}}
+    results = {"protocol": {"fid": True}, "tasks": {"a": row, "b": {**row, "fid": 12.345}},
+               "average": {"psnr": 30.0, "ssim": 0.9, "rows": 2}}
+    paths = write_results(results, tmp_path)
+    saved = json.loads(paths["json"].read_text(), parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
+    assert saved["tasks"]["a"]["fid"] is None and saved["tasks"]["b"]["fid"] == 12.345
+    table = summary_table(results)
+    assert "| FID |" in table and "| 12.35 |" in table
+    with open(paths["csv"]) as fh:
+        assert [r["fid"] for r in csv.DictReader(fh) if r["kind"] == "task"] == ["nan", "12.345"]

@@ -6,10 +6,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _processes import HANG, REPO, TORCHRUN, free_port, run_script
 from _train_data import make_train_tree, train_flags
 
+from utils.errors import UserError
 from utils.eval.outputs import OutputFolderError
 from utils.train import engine
 from utils.train.options import get_args_parser
@@ -107,3 +109,27 @@ def test_trainer_failures_are_one_error_line_and_debug_shows_the_traceback(data,
     assert err.count("error:") == 1 and "error: disk full: writing epoch_001.pth to " in err, err
     assert "needs" in err and "bytes" in err and "Traceback" not in err
     assert not list((tmp_path / "ckpt").glob("*.pth")) and not list((tmp_path / "ckpt").glob(".*.tmp"))
+
+
+def test_a_validation_failure_keeps_the_epochs_checkpoint(data, tmp_path):
+    """Validation ran before the epoch's checkpoint was written, so a bad validation pair (found only when read,
+    after a whole epoch) or an out-of-memory there lost the epoch's training."""
+    from utils.data.image_io import write_image
+    deg, tar = tmp_path / "val" / "input", tmp_path / "val" / "target"
+    write_image(deg / "a.png", np.zeros((40, 40, 3), np.uint8))
+    write_image(tar / "a.png", np.zeros((48, 40, 3), np.uint8))  # paired by name, sizes disagree
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--nEpochs", "1", "--degset", str(deg),
+                                           "--tarset", str(tar)]
+    with pytest.raises(UserError, match="a.png is 40x40 but its target"):
+        engine.main(get_args_parser().parse_args(flags))
+    assert (tmp_path / "ckpt" / "epoch_001.pth").is_file()
+
+
+def test_a_figs_dir_that_cannot_be_a_folder_is_refused_before_training(data, tmp_path):
+    """--figs-dir naming a file ended the run with a FileExistsError traceback after its first epoch."""
+    (tmp_path / "a_file").write_text("mine")
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--nEpochs", "1"]
+    flags[flags.index("--figs-dir") + 1] = str(tmp_path / "a_file")
+    with pytest.raises(UserError, match="--figs-dir .*a_file: this is a file"):
+        engine.main(get_args_parser().parse_args(flags))
+    assert not (tmp_path / "ckpt").exists() and (tmp_path / "a_file").read_text() == "mine"

@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 from utils.errors import UserError, exception_chain, human_bytes
 
@@ -100,3 +102,21 @@ def keep_aside(paths: Sequence[Path], name: Path) -> Path:
     for p in paths:
         p.rename(folder / p.name)
     return folder
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every non-finite float, however deeply nested, replaced by None: JSON has no NaN or
+    Infinity, and strict parsers refuse Python's ``NaN``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """``value`` as strict, indented JSON text ending in a newline (non-finite floats as null, other objects
+    as their ``str``)."""
+    return json.dumps(finite_or_null(value), indent=2, default=str, allow_nan=False) + "\n"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from utils.eval.outputs import write_text
 from utils.eval.paper import comparison_lines, paper_averages
-from utils.files import replace_file
+from utils.files import json_text, replace_file
 
 # --------------------------------------------------------------------------- tables and files
 
@@ -23,13 +22,15 @@ def summary_table(results: Mapping[str, Any]) -> str:
     """The per-row table (markdown) with the average, plus the paper's one-line PSNR/SSIM layout."""
     tasks = results.get("tasks", {})
     has_lpips = any("lpips" in r for r in tasks.values())
+    has_fid = any("fid" in r for r in tasks.values())  # one value per set, not per image
     head = ["Task", "Images", "Degraded PSNR", "Degraded SSIM", "PSNR", "SSIM"] + (["LPIPS"] if has_lpips else []) + \
-        ["Best PSNR", "Worst PSNR", "Best SSIM", "Worst SSIM", "s/image", "Skipped"]
+        (["FID"] if has_fid else []) + ["Best PSNR", "Worst PSNR", "Best SSIM", "Worst SSIM", "s/image", "Skipped"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in tasks.items():
         cells = [name + (" (partial)" if r.get("partial") else ""), str(r["count"]), _fmt(r.get("input_psnr"), 2),
                  _fmt(r.get("input_ssim"), 4), _fmt(r["psnr"], 2), _fmt(r["ssim"], 4)]
         cells += [_fmt(r.get("lpips"), 4)] if has_lpips else []
+        cells += [_fmt(r.get("fid"), 2)] if has_fid else []
         cells += [_fmt(_extreme(r, "best_psnr"), 2), _fmt(_extreme(r, "worst_psnr"), 2),
                   _fmt(_extreme(r, "best_ssim"), 4), _fmt(_extreme(r, "worst_ssim"), 4),
                   _fmt(r["seconds_per_image"], 3), str(r.get("skipped", 0))]
@@ -42,8 +43,9 @@ def summary_table(results: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
         paper = "  ".join(f"{n} {r['psnr']:.2f}/{r['ssim']:.3f}" for n, r in tasks.items() if r.get("count"))
         lines += ["", f"PSNR/SSIM: {paper}  Average {avg['psnr']:.2f}/{avg['ssim']:.3f}",
-                  f"Average: the mean over all {avg['rows']} rows above (each set counts once). Degraded: the "
-                  f"input as given to the network, scored against the target like the restoration."]
+                  f"Average: the mean over the {avg['rows']} row(s) above with scored images (each set counts "
+                  f"once). Degraded: the input as given to the network, scored against the target like the "
+                  f"restoration."]
         for setting, pa in paper_averages(tasks).items():
             caveats = "; ".join(f"{c}: {why}" for c, why in pa.get("caveats", {}).items())
             lines.append(f"Paper {setting.upper()} average over its columns ({', '.join(pa['rows'])}): "
@@ -117,9 +119,9 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "md": out_dir / "results.md"}
-    write_text(paths["json"], json.dumps(results, indent=2, default=str) + "\n")
+    write_text(paths["json"], json_text(results))
 
-    cols = ["kind", "task", "name", "psnr", "ssim", "input_psnr", "input_ssim", "lpips", "seconds", "count",
+    cols = ["kind", "task", "name", "psnr", "ssim", "input_psnr", "input_ssim", "lpips", "fid", "seconds", "count",
             "best_psnr", "worst_psnr", "best_ssim", "worst_ssim"]
     fh = io.StringIO(newline="")
     w = csv.DictWriter(fh, fieldnames=cols)
@@ -133,7 +135,7 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
             w.writerow({"kind": "skipped", "task": task, "name": name})
         w.writerow({"kind": "task", "task": task, "psnr": r["psnr"], "ssim": r["ssim"],
                     "input_psnr": r.get("input_psnr"), "input_ssim": r.get("input_ssim"), "lpips": r.get("lpips"),
-                    "seconds": r["seconds_per_image"], "count": r["count"],
+                    "fid": r.get("fid"), "seconds": r["seconds_per_image"], "count": r["count"],
                     **{k: _extreme(r, k) for k in ("best_psnr", "worst_psnr", "best_ssim", "worst_ssim")}})
     avg = results.get("average") or {}
     if avg:

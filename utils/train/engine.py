@@ -602,12 +602,12 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                     console(f"=> stopped by signal {stop.signum} at epoch {epoch}, iteration {state.iteration}; "
                             f"continue with --resume auto (or --resume <checkpoint>)")
                     return 0
+                save(state)  # first: validation reads the user's images and may fail, the epoch's training must not
                 val = evaluate(model, val_pairs, info, args.precision) if val_pairs else None
                 end_of_epoch(training, log, console, epoch, state, iters, lr, means, val, time.perf_counter() - tic)
                 board.preview(model, state.global_step, info.device, args.precision)
-                save(state)
                 if info.is_main:
-                    plot_loss_curves(output_dir / LOG_NAME, Path(args.figs_dir or output_dir) / FIG_NAME)
+                    draw_loss_figure(output_dir / LOG_NAME, Path(args.figs_dir or output_dir) / FIG_NAME, console)
                 if stopped or any_rank(stop.requested, info):  # a signal during validation or saving
                     console(f"=> stopped by signal {stop.signum} after epoch {epoch}")
                     return 0
@@ -873,6 +873,15 @@ class Saver:
                                        t.scaler, state, state.iteration >= self.iters, self.meta)
             self.console(f"=> checkpoint {save_training_checkpoint(ckpt, self.output_dir, keep=self.keep)}")
         barrier(t.info)
+
+
+def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> None:
+    """The loss curves of the log so far; a figure that cannot be written (the disk, its folder) is a warning:
+    the epoch is saved already, and training goes on."""
+    try:
+        plot_loss_curves(log_path, fig_path)
+    except OSError as exc:
+        console.warn(f"the loss figure {fig_path} could not be written ({exc.strerror or exc}); training goes on")
 
 
 def end_of_epoch(training: Training, log: JsonlLog | RecordLogs, console: Console, epoch: int, state: LoopState,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import os
 import statistics
 import sys
@@ -13,7 +12,7 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from utils.files import atomic_write
+from utils.files import atomic_write, finite_or_null
 
 
 class Console:
@@ -43,15 +42,22 @@ class JsonlLog:
     def __init__(self, path: str | os.PathLike, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
+        self._line_checked = False
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(clean) + "\n")
+        clean = finite_or_null(record)
+        with open(self.path, "a+b") as fh:
+            if not self._line_checked:  # a crash may have torn the last line: end it, or this record joins it
+                self._line_checked = True
+                if fh.seek(0, os.SEEK_END) > 0:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        fh.write(b"\n")
+            fh.write((json.dumps(clean, allow_nan=False) + "\n").encode())
             fh.flush()
 
 
@@ -77,7 +83,7 @@ def rewind_log(path: str | os.PathLike, global_step: int) -> int:
         try:
             record = json.loads(line)
         except ValueError:
-            kept.append(line)  # a line torn by a crash: left for read_log to skip
+            kept.append(line if line.endswith("\n") else line + "\n")  # torn by a crash: read_log skips it
             continue
         past = (isinstance(record, dict) and record.get("kind") in ("iter", "epoch")
                 and isinstance(record.get("global_step"), int) and record["global_step"] > global_step)

@@ -32,6 +32,7 @@ from utils.checkpoints import (
 from utils.data.pairing import match_pairs
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
 from utils.errors import UserError
+from utils.eval.outputs import check_writable_folder
 from utils.files import keep_aside
 from utils.memory import TrainingNeed, available_bytes, gib, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int
@@ -155,6 +156,11 @@ def check_args(args) -> int:
         resolve_data_file_dir(args.data_file_dir)  # a mistyped folder stops here, before the output folder is made
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
+    if args.figs_dir:  # the loss figure is drawn after each epoch: a file in the way must not end a run there
+        try:
+            check_writable_folder(args.figs_dir, "--figs-dir", create=False)
+        except UserError as exc:
+            raise ConfigError(str(exc)) from None
     if not math.isfinite(args.lr) or args.lr < 0:
         raise ConfigError(f"--lr must be a finite number >= 0, got {args.lr} (the paper's is 2e-4)")
     return k
