@@ -418,3 +418,45 @@ def test_report_is_an_aligned_table(tree5):
     ends = {ln.index(ln.split()[3]) + len(ln.split()[3]) for ln in lines[:-1]}
     assert len(ends) == 1  # the samples column is right-aligned
     assert ds.summary().startswith(f"{len(ds)} samples per epoch")
+
+
+def test_scanning_goes_into_linked_subfolders_once(tmp_path):
+    """A scan (rglob) did not enter symbolic links to folders: an OTS download split over disks
+    (synthetic/part2 -> /bigdisk/...) trained on part1 alone, and the data doctor called it well-formed."""
+    tree = make_train_tree(tmp_path / "t", n=2, id_lists=True)
+    synthetic = tree["dehaze"] / "synthetic"
+    before = len(du.collect_samples(["dehaze"], dirs_of(tree), "", log=lambda m: None)["dehaze"])
+    elsewhere = tmp_path / "bigdisk" / "part9"
+    for f in sorted(synthetic.rglob("*.png")):  # the same images again, under a linked folder
+        target = elsewhere / f.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.read_bytes())
+    (synthetic / "part9").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(synthetic, target_is_directory=True)  # a cycle is walked once
+    found = du.collect_samples(["dehaze"], dirs_of(tree), "", log=lambda m: None)["dehaze"]
+    assert len(found) == 2 * before and sum("part9" in str(p.degraded) for p in found) == before
+
+
+def test_an_id_list_in_another_encoding_is_one_error_and_a_bom_is_read(tmp_path):
+    """A UTF-16 list (PowerShell's >) ended in a UnicodeDecodeError traceback; a UTF-8 byte-order mark made the
+    first id 'absent'."""
+    path = tmp_path / "denoise.txt"
+    path.write_text("a.png\nb.png\n", encoding="utf-16")
+    with pytest.raises(DatasetError, match=r"denoise.txt is not UTF-8 text.*save it as UTF-8"):
+        du.read_id_list(path)
+    path.write_bytes(b"\xef\xbb\xbfa.png\nb.png\n")
+    assert du.read_id_list(path) == ["a.png", "b.png"]
+
+
+def test_an_image_over_the_pixel_limit_is_found_at_start_not_in_a_worker(tmp_path):
+    """The start-up check read sizes without the pixel limit, so an over-limit image stopped training when a
+    loader worker first read it (or was skipped with a warning each time)."""
+    from utils.data.image_io import image_size, pixel_limit
+    tree = make_train_tree(tmp_path / "t", n=2)
+    found = du.collect_samples(["derain"], dirs_of(tree), "", log=lambda m: None)
+    h, w = image_size(found["derain"][0].clean)
+    with pixel_limit(h * w - 1):
+        with pytest.raises(DatasetError, match=rf"more than the limit of {h * w - 1:,} pixels an image may have; "
+                                               rf"downscale it"):
+            du.check_images(found, 32)
+    assert du.check_images(found, 32) == found  # under the default limit, nothing is left out

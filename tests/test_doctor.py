@@ -246,3 +246,17 @@ def test_no_test_data_says_where_to_put_it(tmp_path, capsys):
     assert check_tester("--data-root", tmp_path / "empty") == 1
     out = capsys.readouterr().out
     assert "none of the paper tasks' folders is under" in out and "derain/Rain100L/{input,target}" in out
+
+
+def test_a_missing_task_folder_is_a_row_with_its_fix_not_a_crash(tmp_path):
+    """--check-data --tasks derain deblur without deblur/ ended in 'no such file or folder' and lost the whole
+    report; the missing-folder rows with their fixes were unreachable."""
+    img = smooth_image(np.random.default_rng(0), 16)
+    _write(tmp_path / "derain" / "Rain100L" / "input" / "rain-1.png", img)
+    _write(tmp_path / "derain" / "Rain100L" / "target" / "norain-1.png", img)
+    report = doctor.check_test_data(tmp_path, ["derain", "deblur", "denoise_25", "lowlight"], expected={})
+    text = doctor.format_report(report)
+    for folder in ("deblur", "denoise", "lowlight"):
+        assert f"{tmp_path / folder}/ does not exist" in text or f"{tmp_path / folder}/ holds no test set" in text, \
+            folder
+    assert "derain/Rain100L" in text

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, image_size, list_images, read_image
+from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, image_size, list_images, max_pixels, read_image
 from utils.data.noise import add_noise
 from utils.errors import UserError, listing
 
@@ -196,8 +196,14 @@ class Pair:
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
-    """The ids of one of the reference's list files, one a line, in file order (blank lines skipped)."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    """The ids of one of the reference's list files, one a line, in file order (blank lines skipped). UTF-8,
+    with or without a byte-order mark; any other encoding is a :class:`DatasetError` naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"id list {path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as "
+                           f"UTF-8 (Windows PowerShell's > writes UTF-16), one file name a line") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def split_listed_ids(ids: Sequence[str], available: Container[str]) -> tuple[list[str], list[str]]:
@@ -433,6 +439,11 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
         if hw_deg != hw_clean:
             bad.append(f"{pair.degraded} is {hw_deg[0]}x{hw_deg[1]} but its target {pair.clean} is "
                        f"{hw_clean[0]}x{hw_clean[1]}")
+            continue
+        if hw_clean[0] * hw_clean[1] > max_pixels():  # a loader worker would refuse it mid-epoch
+            bad.append(f"{pair.degraded or pair.clean} is {hw_clean[0]}x{hw_clean[1]}, more than the limit of "
+                       f"{max_pixels():,} pixels an image may have; downscale it (training crops {patch_size}-pixel "
+                       f"patches)")
             continue
         h, w = _cropped(hw_clean[0]), _cropped(hw_clean[1])
         if min(h, w) < patch_size:

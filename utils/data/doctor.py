@@ -400,8 +400,8 @@ def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: 
         return expected.get(folder.relative_to(root).as_posix().lower())
 
     if isinstance(layout, DenoiseLayout):
-        folders = ([base] if list_images(base) else []) + ([d for d in sorted(base.iterdir()) if d.is_dir()
-                                                              and not d.name.startswith(".")] if base.is_dir() else [])
+        folders = ([base] if base.is_dir() and list_images(base) else []) + (
+            [d for d in sorted(base.iterdir()) if d.is_dir() and not d.name.startswith(".")] if base.is_dir() else [])
         if not folders:
             row = SetReport(layout.folder, str(base), used_by=(task,))
             example = EXAMPLE_SETS.get(layout.folder, "<set>")
@@ -419,7 +419,7 @@ def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: 
     if not folders and not any(d.name.lower() in _DEGRADED_NAMES | _TARGET_NAMES for d in _image_folders(base)):
         # images, but no degraded/target folders (e.g. Rain100L's rain-N and norain-N side by side): each
         # folder holding them is a set whose files are to be moved
-        folders = ([base] if list_images(base) else []) + _image_folders(base)
+        folders = ([base] if base.is_dir() and list_images(base) else []) + _image_folders(base)
     if not folders:
         example = EXAMPLE_SETS.get(layout.folder)
         where = base / example if example else base

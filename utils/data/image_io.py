@@ -171,10 +171,25 @@ def is_image(path: str | os.PathLike) -> bool:
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` sorted by name (hidden files skipped)."""
+    """Image files in ``folder`` sorted by name (hidden files skipped). ``recursive`` also goes into subfolders,
+    symbolic links to folders included (a data set split over disks, ``part2 -> /bigdisk/OTS/part2``), each real
+    folder once."""
     folder = Path(folder)
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and is_image(p) and not p.name.startswith("."))
+    return sorted(p for p in (_walk_files(folder) if recursive else folder.iterdir())
+                  if p.is_file() and is_image(p) and not p.name.startswith("."))
+
+
+def _walk_files(folder: Path) -> Iterator[Path]:
+    """Every file under ``folder``, following links to folders; a folder reached twice (a link cycle) once."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield from (Path(root) / f for f in files)
 
 
 def _exif_orientation(path: Path) -> int:
