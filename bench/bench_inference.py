@@ -122,47 +122,44 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
     print("|---|---:|---:|---:|---:|---:|", flush=True)
     outs: dict[str, torch.Tensor] = {}
     rows: dict[str, tuple[float, float, float]] = {}
-    waiting: list[str] = []
+
+    def measure(name: str, forward) -> None:
+        """``rows[name]``: best time, first call (compiling included) and peak memory; ``outs[name]``: the output."""
+        t0 = time.perf_counter()
+        forward()
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        for _ in range(2):
+            forward()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            outs[name] = forward()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        rows[name] = (min(times), first, torch.cuda.max_memory_allocated() / 2**20)
 
     def show(name: str) -> None:  # a row needs plain's time and restore_fp32's output
-        if name not in rows:
-            print(f"| {name} | failed: {waiting_failures[name]} | | | | |", flush=True)
-            return
         seconds, first, peak = rows[name]
         mse = float(((outs[name].float().clamp(0, 1) - outs["restore_fp32"].float().clamp(0, 1)) ** 2).mean())
         psnr = "identical" if mse == 0 else f"{10 * math.log10(1 / mse):.1f}"
         print(f"| {name} | {1000 * seconds:.1f} | {rows['plain_fp32'][0] / seconds:.2f}x | {first:.1f} | {peak:.0f} | "
               f"{psnr} |", flush=True)
 
-    waiting_failures: dict[str, str] = {}
+    for name in ("plain_fp32", "restore_fp32"):  # every other row is relative to these two: no row without them
+        measure(name, paths.pop(name))
+    show("plain_fp32")
+    show("restore_fp32")
     for name, forward in paths.items():
         try:  # one path failing (a compiled one, never run on this GPU before) keeps the others' rows
-            t0 = time.perf_counter()
-            forward()
-            torch.cuda.synchronize()
-            first = time.perf_counter() - t0
-            for _ in range(2):
-                forward()
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                outs[name] = forward()
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            rows[name] = (min(times), first, torch.cuda.max_memory_allocated() / 2**20)
+            measure(name, forward)
         except Exception as exc:  # noqa: BLE001 - reported as the row, with its type
-            if name in ("plain_fp32", "restore_fp32"):
-                raise  # every other row is relative to these two
             first_line = (str(exc).strip().splitlines() or [""])[0][:160]
-            waiting_failures[name] = f"{type(exc).__name__}: {first_line}"
-        waiting.append(name)
-        if "plain_fp32" in rows and "restore_fp32" in rows:
-            for ready in waiting:
-                show(ready)
-            waiting.clear()
-
+            print(f"| {name} | failed: {type(exc).__name__}: {first_line} | | | | |", flush=True)
+            continue
+        show(name)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -283,8 +283,9 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
     model = prepare_for_inference(model.to(device))
     protocol = protocol.with_budget(device)  # automatic tiling measures free memory once, with the model loaded
     done = []
-    for path, out_name in tqdm(list(zip(inputs, output_names([p.name for p in inputs]))), desc="restore",
-                               unit="img", disable=not progress):
+
+    def restore_one(path: Path, out_name: str) -> None:
+        """Restore and save one image (or note it as unreadable); its entry is added once the file is written."""
         try:
             img = read_image(path, exif=True)
             said: list[str] = []
@@ -292,15 +293,17 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
         except UserError as exc:
             if skip_bad_files and isinstance(exc, ImageReadError):
                 done.append({"name": path.name, "skipped": str(exc)})
-                continue
+                return
             raise EvaluationStopped(str(exc), str(path), "input", {"restored": done}, exc.exit_status) from exc
-        except KeyboardInterrupt as exc:  # Ctrl-C: the record of the images restored so far is kept
-            raise EvaluationStopped("interrupted", str(path), "input", {"restored": done}, INTERRUPTED_STATUS) from exc
-        try:
-            dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
-        except KeyboardInterrupt as exc:
-            raise EvaluationStopped("interrupted", str(path), "input", {"restored": done}, INTERRUPTED_STATUS) from exc
+        dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
         for msg in said:
             tqdm.write(msg)
         done.append({"name": path.name, "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {})})
+
+    for path, out_name in tqdm(list(zip(inputs, output_names([p.name for p in inputs]))), desc="restore",
+                               unit="img", disable=not progress):
+        try:
+            restore_one(path, out_name)
+        except KeyboardInterrupt as exc:  # Ctrl-C: the record of the images restored so far is kept
+            raise EvaluationStopped("interrupted", str(path), "input", {"restored": done}, INTERRUPTED_STATUS) from exc
     return done

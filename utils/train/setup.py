@@ -205,9 +205,9 @@ def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> Non
                      else str(v))
             differ.append(f"--{name} {shown(then)} there, {shown(now)} here")
     if differ:
-        then = saved.get("objective")
-        script = f" (it was trained by {OBJECTIVE_SCRIPTS[then]}: resume it with that script)" \
-            if then in OBJECTIVE_SCRIPTS and then != args.objective else ""
+        trained = saved.get("objective")
+        script = f" (it was trained by {OBJECTIVE_SCRIPTS[trained]}: resume it with that script)" \
+            if trained in OBJECTIVE_SCRIPTS and trained != args.objective else ""
         raise ConfigError(f"--resume: {ckpt_path} belongs to a run with other settings ({'; '.join(differ)}){script}. "
                           f"Resume it with its own settings, or give this run its own --output-dir")
 
