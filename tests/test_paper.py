@@ -26,7 +26,9 @@ def three_d(extra=True):
                                           ("denoise_25/BSD68", "BSD68 σ25"), ("denoise_25/kodak24", None),
                                           ("deblur", "GoPro"), ("lowlight/LOL", "LOL"), ("jpeg", None),
                                           ("lowlight/eval15", "LOL"), ("denoise_25/CBSD68", "BSD68 σ25"),
-                                          ("dehaze/outdoor", "SOTS"), ("lowlight/our485", None)])
+                                          ("dehaze/outdoor", "SOTS"), ("lowlight/our485", None),
+                                          ("dehaze/SOTS_indoor", None), ("lowlight/LOLv2_real", None),
+                                          ("lowlight/LOL-v2", None)])
 def test_rows_fill_the_paper_columns(name, column):
     assert paper_column(name) == column
 
@@ -72,3 +74,34 @@ def test_rows_not_scored_as_the_papers_are_flagged_wherever_compared():
     assert "— not comparable with the paper's (SOTS: 5 of the paper's 500 images, stopped partway; Rain100L: " \
            "restored in tiles)" in table
     assert "not comparable" not in "\n".join(comparison_lines(three_d(), "3d"))  # full sets: no flag
+
+
+@pytest.mark.parametrize("flags, why", [({"metric_space": "y"}, "y-channel PSNR/SSIM"),
+                                        ({"protocol": "pad"}, "--protocol pad"),
+                                        ({"ssim": "gaussian"}, "gaussian SSIM"),
+                                        ({"crop_border": 4}, "--crop-border 4"),
+                                        ({"precision": "bf16"}, "bf16 inference"),
+                                        ({"tile": 256}, "restored in 256x256 tiles (--tile 256)")])
+def test_a_run_scored_by_other_rules_is_flagged_in_every_column(flags, why):
+    """Y-channel scores run 1-2 dB above RGB ones; they were compared with the paper's RGB numbers unflagged."""
+    protocol = {"protocol": "reference", "metric_space": "rgb", "ssim": "skimage", "crop_border": 0,
+                "precision": "fp32", "tile": "automatic: ..."}
+    assert "not comparable" not in "\n".join(comparison_lines(three_d(), "3d", protocol))
+    assert "caveats" not in paper_averages(three_d(), protocol)["3d"]
+    for lenient in ({"tile": 0}, {"compile": "default"}):
+        assert "not comparable" not in "\n".join(comparison_lines(three_d(), "3d", protocol | lenient))
+    other = protocol | flags
+    lines = comparison_lines(three_d(), "3d", other)
+    flagged = [line for line in lines if line.startswith("| ") and "(not comparable: " + why + ")" in line]
+    assert len(flagged) == 5, lines
+    caveats = paper_averages(three_d(), other)["3d"]["caveats"]
+    assert set(caveats) == set(SETTINGS["3d"]) and all(why in c for c in caveats.values())
+    table = summary_table({"tasks": three_d(), "protocol": other, "average": {"psnr": 33.0, "ssim": 0.9, "rows": 8}})
+    assert "— not comparable with the paper's (SOTS: " + why in table
+
+
+def test_a_set_larger_than_the_papers_is_flagged():
+    """SOTS indoor+outdoor (1000 images) under dehaze/ passed as the paper's 500-image SOTS outdoor."""
+    tasks = three_d(extra=False) | {"dehaze": row(31.0, 0.97, 1000)}
+    assert "| SOTS | dehaze (not comparable: 1000 images where the paper's set has 500) |" in \
+        "\n".join(comparison_lines(tasks, "3d"))

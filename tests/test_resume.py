@@ -288,6 +288,26 @@ def test_log_has_each_iteration_once_after_a_resume_past_lost_work(data, tmp_pat
     assert [r["global_step"] for r in discarded if r["kind"] == "iter"] == [3, 4, 5]  # kept, not deleted
 
 
+def test_a_resumed_epochs_means_cover_the_whole_epoch_and_a_lost_start_is_set_aside(data, tmp_path):
+    """The epoch record after a mid-epoch resume equals the uninterrupted run's; the run record of a start
+    from a checkpoint past the one resumed goes aside with the training it began."""
+    assert run(data, tmp_path, "--nEpochs", "1", "--save-every", "2", "--keep", "0", iters=5) == 0
+    ckpt = tmp_path / "ckpt"
+    records = lambda name: [json.loads(line) for line in (ckpt / name).read_text().splitlines()]  # noqa: E731
+    whole = next(r for r in records("log.jsonl") if r["kind"] == "epoch")
+    (ckpt / "epoch_001.pth").unlink()
+    (ckpt / "latest").unlink()
+    assert run(data, tmp_path, "--nEpochs", "1", "--resume", str(ckpt / "iter_e001_i000004.pth"), iters=5) == 0
+    assert run(data, tmp_path, "--nEpochs", "1", "--resume", str(ckpt / "iter_e001_i000002.pth"), iters=5) == 0
+    log = records("log.jsonl")
+    assert [(r["start_iteration"], r["global_step"]) for r in log if r["kind"] == "run"] == [(0, 0), (2, 2)]
+    assert [r["global_step"] for r in log if r["kind"] == "iter"] == [1, 2, 3, 4, 5]
+    (resumed,) = [r for r in log if r["kind"] == "epoch"]
+    for key in ("l1", "transport", "potentials"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
+    assert [r["start_iteration"] for r in records("log.discarded.jsonl") if r["kind"] == "run"] == [4]
+
+
 @pytest.mark.parametrize("flag, value, message", [("--start-epoch", "0", "--start-epoch counts from 1"),
                                                    ("--seed", "-1", "--seed must be in")])
 def test_out_of_range_start_epoch_and_seed_are_refused(data, tmp_path, flag, value, message):

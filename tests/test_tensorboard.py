@@ -167,3 +167,20 @@ def test_checkpoints_do_not_depend_on_tensorboard(data, crashed_and_resumed, tmp
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), f"{key}.{name}"
     assert json.loads((tmp_path / "ckpt" / "latest").read_text())["epochs_done"] == 2
+
+
+def test_resuming_another_folders_checkpoint_carries_its_curves_over(data, crashed_and_resumed, tmp_path):
+    """Resumed into another --output-dir, a run's curves start at step 1, not at the checkpoint's step."""
+    source = crashed_and_resumed / "ckpt"
+    out = tmp_path / "elsewhere"
+    val = ["--degset", str(crashed_and_resumed / "val" / "input"), "--tarset", str(crashed_and_resumed / "val" /
+                                                                                     "target")]
+    assert engine.main(args_for(data, out, *val, "--tensorboard", "--nEpochs", "2", "--resume",
+                                str(source / "epoch_001.pth"))) == 0
+    acc = read_events(out / "ckpt" / TB_DIR)
+    assert steps(acc, "loss/map") == list(range(1, 2 * ITERS + 1))
+    assert steps(acc, "epoch/map") == [ITERS, 2 * ITERS]
+    before = {r["global_step"]: r["l1"] for r in read_log(source / "log.jsonl") if r["kind"] == "iter"}
+    for e in acc.Scalars("loss/l1")[:ITERS]:  # the source run's first epoch, carried over
+        assert e.value == pytest.approx(before[e.step], rel=1e-6)
+    assert steps(read_events(source / TB_DIR), "loss/map") == list(range(1, 2 * ITERS + 1))  # left as it was

@@ -28,6 +28,8 @@ dicts (loadable with ``torch.load(weights_only=True)``):
 ``epoch``              epochs completed (the reference's meaning: resume at epoch+1)
 ``iteration``          iterations completed in epoch ``epoch+1`` (0 at an epoch's end)
 ``global_step``        iterations since the run began
+``epoch_losses``       mid-epoch: ``{"count": n, "sums": {loss: sum}}`` over the epoch's iterations so far
+                       (the epoch record's means continue from them on resume); None at an epoch's end
 ``rng``                rank 0's python, numpy, torch and CUDA generator states (tensors, plain types)
 ``model_config``       the network's constructor arguments
 ``backbone``           ``BaryNet`` or ``Restormer``; ``preset`` the ``--preset`` it was built from
@@ -61,7 +63,7 @@ import random
 import re
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -473,10 +475,14 @@ _ITER_RE = re.compile(r"^iter_e(\d+)_i(\d+)\.pth$")
 
 @dataclass
 class LoopState:
-    """Where training is: the epoch being trained (1-based), iterations done in it, and in all."""
+    """Where training is: the epoch being trained (1-based), iterations done in it, and in all; and the
+    losses summed over the epoch's iterations so far (``loss_count`` of them), whose means the epoch's
+    record gives: a mid-epoch checkpoint keeps them, so a resumed epoch's means cover the whole epoch."""
     epoch: int = 1
     iteration: int = 0
     global_step: int = 0
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    loss_count: int = 0
 
 
 # --------------------------------------------------------------------------- names and order
@@ -734,7 +740,22 @@ def training_checkpoint(model: torch.nn.Module, potentials: torch.nn.Module | No
             "potentials_optimizer": potentials_optimizer.state_dict() if potentials_optimizer is not None else None,
             "scaler": scaler.state_dict(),
             "epoch": state.epoch if epoch_done else state.epoch - 1, "iteration": 0 if epoch_done else state.iteration,
-            "global_step": state.global_step, "rng": rng_state(), **meta}
+            "global_step": state.global_step, "rng": rng_state(),
+            "epoch_losses": None if epoch_done else {"count": state.loss_count, "sums": dict(state.loss_sums)},
+            **meta}
+
+
+def epoch_losses_from(obj: Mapping[str, Any]) -> tuple[dict[str, float], int] | None:
+    """A mid-epoch checkpoint's ``epoch_losses`` as ``(sums, count)``; None when absent (a checkpoint of an
+    epoch's end, or one written before they were kept) or not of that shape."""
+    saved = obj.get("epoch_losses")
+    if not isinstance(saved, Mapping):
+        return None
+    count, sums = saved.get("count"), saved.get("sums")
+    if (type(count) is not int or count < 0 or not isinstance(sums, Mapping)
+            or not all(isinstance(k, str) and type(v) in (int, float) for k, v in sums.items())):
+        return None
+    return {k: float(v) for k, v in sums.items()}, count
 
 
 def check_optimizer_state(optimizer, saved: Any, source: str = "the checkpoint", what: str = "optimizer") -> None:

@@ -242,7 +242,7 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
             stop.results = results
             raise
     results["average"] = average_row(results["tasks"])
-    results["paper_average"] = paper_averages(results["tasks"])
+    results["paper_average"] = paper_averages(results["tasks"], results["protocol"])
     return results
 
 

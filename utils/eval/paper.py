@@ -12,9 +12,15 @@ name>``, or ``dehaze/outdoor``) is SOTS, ``derain`` (or ``derain/Rain100L``) is 
 ``denoise_<σ>/bsd68`` (or ``/cbsd68``) is BSD68 σ, ``deblur`` (or ``deblur/GoPro``) is GoPro, ``lowlight``
 (or ``lowlight/LOL``, or ``lowlight/eval15``, LOL's own folder name) is LOL.
 
+Names of other splits do not fill a column: a ``dehaze`` set named ``*indoor*`` (SOTS indoor) is not the
+paper's SOTS outdoor, nor a ``lowlight`` set named ``*v2*`` (LOL-v2) its LOL.
+
 A row that fills a column but is not scored as the paper's is flagged wherever it is compared
-(:func:`caveat`): fewer images than the paper's set (``--max-images``, a partial download or run), or
-images restored in tiles (MDTA attends over the whole image, so a tiled restoration is another function).
+(:func:`caveat`): another number of images than the paper's set (``--max-images``, a partial download or
+run, another split under the task's folder), images restored in tiles (MDTA attends over the whole image,
+so a tiled restoration is another function), or a run scored by other rules than the paper's
+(:func:`protocol_caveat`: ``--protocol pad``, ``--metric-space y``, ``--ssim gaussian``, ``--crop-border``,
+``--precision`` other than fp32, ``--tile N``).
 """
 from __future__ import annotations
 
@@ -31,9 +37,10 @@ PUBLISHED = {
     "5d": {"SOTS": (31.20, 0.979), "Rain100L": (38.10, 0.982), "BSD68 σ25": (31.43, 0.891),
            "GoPro": (29.51, 0.889), "LOL": (23.37, 0.854)},
 }
-# Each task's column and the set names (lower case, contained in the row's set name) that mean it.
-_SET_OF = {"dehaze": ("SOTS", ("sots", "outdoor")), "derain": ("Rain100L", ("rain100l",)),
-           "deblur": ("GoPro", ("gopro",)), "lowlight": ("LOL", ("lol", "eval15"))}
+# Each task's column, the set names (lower case, contained in the row's set name) that mean it, and those
+# that mean another split of the same data set.
+_SET_OF = {"dehaze": ("SOTS", ("sots", "outdoor"), ("indoor",)), "derain": ("Rain100L", ("rain100l",), ()),
+           "deblur": ("GoPro", ("gopro",), ()), "lowlight": ("LOL", ("lol", "eval15"), ("v2",))}
 _BSD68_NAMES = ("bsd68", "cbsd68")
 # Images in each of the paper's test sets (docs/METHOD.md §4).
 SET_SIZES = {"SOTS": 500, "Rain100L": 100, "BSD68": 68, "GoPro": 1111, "LOL": 15}
@@ -45,22 +52,48 @@ def paper_column(row: str) -> str | None:
     if task.startswith("denoise_") and task[8:].isdigit():
         return f"BSD68 σ{int(task[8:])}" if subset.lower() in _BSD68_NAMES else None
     if task in _SET_OF:
-        column, keys = _SET_OF[task]
-        return column if not subset or any(k in subset.lower() for k in keys) else None
+        column, keys, others = _SET_OF[task]
+        name = subset.lower()
+        if any(k in name for k in others):
+            return None
+        return column if not subset or any(k in name for k in keys) else None
     return None
 
 
-def caveat(column: str, result: Mapping[str, Any]) -> str | None:
-    """Why a row filling ``column`` is not scored as the paper's (None when it is): fewer images than the
-    paper's set, a run stopped in it, or tiled restorations."""
+# The paper's scoring (docs/METHOD.md §4): each protocol field, its value there, and how another reads.
+_PAPER_RULES = (("protocol", "reference", "--protocol {}"), ("metric_space", "rgb", "{}-channel PSNR/SSIM"),
+                ("ssim", "skimage", "{} SSIM"), ("crop_border", 0, "--crop-border {}"),
+                ("precision", "fp32", "{} inference"))
+
+
+def protocol_caveat(protocol: Mapping[str, Any] | None) -> str | None:
+    """Why a run scored under ``protocol`` (results.json's ``"protocol"``) is not scored as the paper's, None
+    when it is: its rules in :data:`_PAPER_RULES`, or every image restored in tiles (``--tile N``)."""
+    if not protocol:
+        return None
+    why = [text.format(protocol[key]) for key, paper, text in _PAPER_RULES
+           if key in protocol and protocol[key] != paper]
+    tile = protocol.get("tile")
+    if type(tile) is int and tile > 0:
+        why.append(f"restored in {tile}x{tile} tiles (--tile {tile})")
+    return ", ".join(why) or None
+
+
+def caveat(column: str, result: Mapping[str, Any], protocol: Mapping[str, Any] | None = None) -> str | None:
+    """Why a row filling ``column`` is not scored as the paper's (None when it is): another number of images
+    than the paper's set, a run stopped in it, tiled restorations, or the run's rules (:func:`protocol_caveat`)."""
     why = []
     size = SET_SIZES[column.split(" ")[0]]
-    if result.get("count", 0) < size:
-        why.append(f"{result.get('count', 0)} of the paper's {size} images")
+    count = result.get("count", 0)
+    if count != size:
+        why.append(f"{count} of the paper's {size} images" if count < size
+                   else f"{count} images where the paper's set has {size}")
     if result.get("partial"):
         why.append("stopped partway")
     if result.get("notes"):
         why.append("restored in tiles")
+    if rules := protocol_caveat(protocol):
+        why.append(rules)
     return ", ".join(why) or None
 
 
@@ -75,25 +108,28 @@ def paper_columns(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     return found
 
 
-def paper_averages(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def paper_averages(tasks: Mapping[str, Mapping[str, Any]],
+                   protocol: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """``{setting: {"psnr", "ssim", "rows"}}`` for each paper setting whose five columns are all present:
-    the mean over exactly those columns, as the paper's "Average"."""
+    the mean over exactly those columns, as the paper's "Average"; ``"caveats"`` (:func:`caveat`, under the
+    run's ``protocol``) names the columns not scored as the paper's."""
     columns = paper_columns(tasks)
     out = {}
     for setting, needed in SETTINGS.items():
         if all(c in columns for c in needed):
             rows = [tasks[columns[c]] for c in needed]
-            caveats = {c: why for c in needed if (why := caveat(c, tasks[columns[c]]))}
+            caveats = {c: why for c in needed if (why := caveat(c, tasks[columns[c]], protocol))}
             out[setting] = {"psnr": sum(r["psnr"] for r in rows) / len(rows),
                             "ssim": sum(r["ssim"] for r in rows) / len(rows),
                             "rows": {c: columns[c] for c in needed}, **({"caveats": caveats} if caveats else {})}
     return out
 
 
-def comparison_lines(tasks: Mapping[str, Mapping[str, Any]], setting: str) -> list[str]:
+def comparison_lines(tasks: Mapping[str, Mapping[str, Any]], setting: str,
+                     protocol: Mapping[str, Any] | None = None) -> list[str]:
     """A markdown table: each of ``setting``'s columns, this run's PSNR/SSIM, the published BaryIR
     numbers and the difference (missing columns say so), then the averages over the columns present
-    in both."""
+    in both; rows not scored as the paper's (:func:`caveat`, under the run's ``protocol``) say why."""
     columns = paper_columns(tasks)
     published = PUBLISHED[setting]
     lines = [f"Against the published BaryIR {setting.upper()} results:", "",
@@ -108,7 +144,7 @@ def comparison_lines(tasks: Mapping[str, Mapping[str, Any]], setting: str) -> li
         r = tasks[row]
         ours.append((r["psnr"], r["ssim"]))
         theirs.append((p_psnr, p_ssim))
-        why = caveat(column, r)
+        why = caveat(column, r, protocol)
         flagged += [column] if why else []
         lines.append(f"| {column} | {row}{f' (not comparable: {why})' if why else ''} | {r['psnr']:.2f}/"
                      f"{r['ssim']:.3f} | {p_psnr:.2f}/{p_ssim:.3f} | {r['psnr'] - p_psnr:+.2f} | "

@@ -46,13 +46,13 @@ def summary_table(results: Mapping[str, Any]) -> str:
                   f"Average: the mean over the {avg['rows']} row(s) above with scored images (each set counts "
                   f"once). Degraded: the input as given to the network, scored against the target like the "
                   f"restoration."]
-        for setting, pa in paper_averages(tasks).items():
+        for setting, pa in paper_averages(tasks, results.get("protocol")).items():
             caveats = "; ".join(f"{c}: {why}" for c, why in pa.get("caveats", {}).items())
             lines.append(f"Paper {setting.upper()} average over its columns ({', '.join(pa['rows'])}): "
                          f"{pa['psnr']:.2f}/{pa['ssim']:.3f}" + (f" — not comparable with the paper's ({caveats})"
                                                                  if caveats else ""))
     if results.get("compare_paper"):
-        lines += [""] + comparison_lines(tasks, results["compare_paper"])
+        lines += [""] + comparison_lines(tasks, results["compare_paper"], results.get("protocol"))
     return "\n".join(lines + _notes(results))
 
 

@@ -30,7 +30,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -462,14 +462,14 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
                     nan_at: int = 0) -> tuple[dict[str, float], bool]:
     """Train from ``state.iteration`` to ``iters_in_epoch``; ``state`` advances in place.
 
-    Returns ``(mean losses of the iterations run, stopped)``; ``stopped`` is True when a
-    signal asked to stop (the caller saves and exits).
+    Returns ``(mean losses of the epoch's iterations so far, stopped)``: the means include those run before
+    a mid-epoch resume (``state.loss_sums``); ``stopped`` is True when a signal asked to stop (the caller
+    saves and exits).
     """
     training.model.train()
     if training.potentials is not None:
         training.potentials.train()
-    sums: dict[str, float] = {}
-    count = 0
+    sums = state.loss_sums  # the epoch's so far: carried by a mid-epoch checkpoint across a resume
     bar = progress(loader, total=iters_in_epoch, initial=state.iteration, desc=f"epoch {state.epoch}",
                    enabled=console.enabled)
     stopped = False
@@ -482,7 +482,7 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
             losses = train_step(training, batch, where, inject_nan=nan_at > 0 and state.global_step + 1 == nan_at)
             state.iteration += 1
             state.global_step += 1
-            count += 1
+            state.loss_count += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             toc = time.perf_counter()
@@ -504,7 +504,7 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
                 save(state)
     finally:
         bar.close()
-    return {k: v / max(count, 1) for k, v in sums.items()}, stopped
+    return {k: v / max(state.loss_count, 1) for k, v in sums.items()}, stopped
 
 
 def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo,
@@ -802,7 +802,7 @@ def continue_with_batch(resumed: dict, args: argparse.Namespace, info: DistInfo,
                  f"{was[0]} x {was[1]}: epoch {state.epoch} continues after the {used} samples used, at iteration "
                  f"{iteration + 1} of the new batch ({used - iteration * now[0] * now[1]} sample(s) seen again); its "
                  f"batches are not those the interrupted run would have drawn")
-    return LoopState(state.epoch, iteration, state.global_step)
+    return replace(state, iteration=iteration)  # the losses summed so far stay the epoch's
 
 
 def build_loader(args: argparse.Namespace, dataset: MixedDegradationDataset, seed: int,
@@ -843,7 +843,8 @@ def run_meta(args: argparse.Namespace, model: nn.Module, dataset: MixedDegradati
 def run_record(args: argparse.Namespace, dataset: MixedDegradationDataset, objective: Objective, state: LoopState,
                resumed: bool, info: DistInfo) -> dict[str, Any]:
     """The log's ``run`` record: one per start."""
-    return {"kind": "run", "start_epoch": state.epoch, "start_iteration": state.iteration, "resumed": resumed,
+    return {"kind": "run", "start_epoch": state.epoch, "start_iteration": state.iteration,
+            "global_step": state.global_step, "resumed": resumed,
             "objective": args.objective, "reg_weight": objective.reg_weight,
             "contrastive_eps": objective.contrastive_eps, "potentials_steps": objective.potentials_steps,
             "lambdas": [float(v) for v in dataset.lambdas], "samples_per_epoch": len(dataset),

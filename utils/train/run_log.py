@@ -68,11 +68,12 @@ def discarded_log(path: Path) -> Path:
 
 def rewind_log(path: str | os.PathLike, global_step: int) -> int:
     """Move the ``iter`` and ``epoch`` records past ``global_step`` out of the log at ``path``, into
-    ``<stem>.discarded.jsonl`` beside it; returns how many moved.
+    ``<stem>.discarded.jsonl`` beside it, with the ``run`` records of starts past it; returns how many moved.
 
     A run killed after its last checkpoint logged iterations whose training is lost; the resumed run
-    trains (and logs) them again. Rewinding keeps one record per iteration in the log, and the moved
-    records are kept, not deleted. The discarded file is appended first and the log then replaced
+    trains (and logs) them again. Rewinding keeps one record per iteration in the log, and one ``run``
+    record per start of the timeline the log now tells (a start from a later checkpoint, resumed past
+    now, belongs to the lost one), and the moved records are kept, not deleted. The discarded file is appended first and the log then replaced
     atomically, so a crash in between can duplicate a record but never lose one.
     """
     path = Path(path)
@@ -85,7 +86,7 @@ def rewind_log(path: str | os.PathLike, global_step: int) -> int:
         except ValueError:
             kept.append(line if line.endswith("\n") else line + "\n")  # torn by a crash: read_log skips it
             continue
-        past = (isinstance(record, dict) and record.get("kind") in ("iter", "epoch")
+        past = (isinstance(record, dict) and record.get("kind") in ("iter", "epoch", "run")
                 and isinstance(record.get("global_step"), int) and record["global_step"] > global_step)
         (moved if past else kept).append(line if line.endswith("\n") else line + "\n")
     if not moved:

@@ -19,6 +19,7 @@ from utils.checkpoints import (
     LOG_NAME,
     CheckpointError,
     LoopState,
+    epoch_losses_from,
     is_reference_checkpoint,
     is_training_checkpoint,
     list_checkpoints,
@@ -92,12 +93,39 @@ def _move_aside(paths: list[Path], output_dir: Path, name: str, what: str) -> Pa
                           f"continue that run with --resume auto, or train into another --output-dir") from exc
 
 
+def _carry_history(source: Path, output_dir: Path, console: Console) -> None:
+    """Copy the resumed run's log and TensorBoard events from ``source`` into ``output_dir`` (both are
+    rewound to the checkpoint afterwards: :func:`~utils.train.run_log.rewind_log`, TensorBoard's
+    ``purge_step``). The log must come; events that cannot be copied are left behind with a warning."""
+    if (source / LOG_NAME).is_file():
+        try:
+            shutil.copyfile(source / LOG_NAME, output_dir / LOG_NAME)
+        except OSError as exc:
+            raise ConfigError(f"could not carry the log {source / LOG_NAME} over into --output-dir {output_dir} "
+                              f"({exc}); free space there, or resume into {source} itself") from exc
+        console(f"=> the log of {source} was carried over into {output_dir / LOG_NAME}")
+    if (source / TB_DIR).is_dir():
+        part = output_dir / f"{TB_DIR}.part"
+        try:
+            shutil.rmtree(part, ignore_errors=True)
+            shutil.copytree(source / TB_DIR, part, symlinks=True)
+            part.rename(output_dir / TB_DIR)
+        except OSError as exc:
+            shutil.rmtree(part, ignore_errors=True)
+            console.warn(f"the TensorBoard events of {source / TB_DIR} could not be copied into {output_dir} "
+                         f"({exc}); the curves there start at this run's first step, the earlier ones stay in "
+                         f"{source / TB_DIR}")
+            return
+        console(f"=> the TensorBoard events of {source} were carried over into {output_dir / TB_DIR}")
+
+
 def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int], console: Console) -> None:
     """A resumed run writes over no other timeline's files and lets its rotation delete none of them.
 
     * Resuming a checkpoint of another folder (another run's, or one a fresh run kept aside) into
       ``output_dir``: the run already there is moved aside as a fresh run moves it
-      (:func:`start_fresh_outputs`), and the resumed run's log is carried over up to its checkpoint.
+      (:func:`start_fresh_outputs`), and the resumed run's log and TensorBoard events are carried over
+      up to its checkpoint (:func:`_carry_history`).
     * Resuming an older checkpoint of ``output_dir`` itself: the checkpoints past it (``progress``,
       ``(epochs done, iterations into the next)``), a timeline about to be trained again, move into
       ``<output-dir>/abandoned.before-<time>/`` (with ``latest`` when it names one of them): otherwise
@@ -108,9 +136,7 @@ def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int],
     source = ckpt_path.resolve().parent
     if source != output_dir.resolve():
         start_fresh_outputs(output_dir, console, why=f"resuming {ckpt_path} into another folder")
-        if (source / LOG_NAME).is_file():
-            shutil.copyfile(source / LOG_NAME, output_dir / LOG_NAME)  # rewound to the checkpoint next
-            console(f"=> the log of {source} was carried over into {output_dir / LOG_NAME}")
+        _carry_history(source, output_dir, console)
         return
     later = [p for p in list_checkpoints(output_dir) if progress_of(p.name) > progress]
     if not later:
@@ -229,6 +255,13 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
                           global_step=int(obj.get("global_step", 0)))
         console(f"=> resumed {ckpt_path}: {obj['epoch']} epoch(s) done, continuing at epoch {state.epoch}, "
                 f"iteration {state.iteration + 1}")
+        if state.iteration:
+            losses = epoch_losses_from(obj)
+            if losses is None:
+                console.warn(f"{ckpt_path} does not keep its epoch's losses so far: epoch {state.epoch}'s record "
+                             f"will give the means of the iterations after iteration {state.iteration} only")
+            else:
+                state.loss_sums, state.loss_count = losses
         return state, obj
     if obj is not None and is_reference_checkpoint(obj):
         load_network(model, obj, str(ckpt_path))
