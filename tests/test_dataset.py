@@ -224,6 +224,18 @@ def test_truncation_rounds_down():
     assert np.array_equal(noisy, np.floor(expect).astype(np.uint8))
 
 
+def test_16_bit_training_images_keep_their_high_byte_as_pil_reads_them(tmp_path):
+    """The reference reads with PIL convert('RGB'), which keeps a 16-bit RGB PNG's high byte; rounding
+    (x + 128) // 257 gave 1 level more on about a quarter of the values."""
+    from PIL import Image
+
+    from utils.data.image_io import read_image, write_image
+    img = (np.arange(3 * 40 * 40, dtype=np.uint32) * 7 % 65536).astype(np.uint16).reshape(40, 40, 3)
+    write_image(tmp_path / "x16.png", img)
+    pil = np.asarray(Image.open(tmp_path / "x16.png").convert("RGB"))
+    assert np.array_equal(du._to_uint8(read_image(tmp_path / "x16.png")), pil)
+
+
 def test_centre_crop_to_16():
     img = np.zeros((70, 53, 3), np.uint8)
     img[3:67, 2:50] = 1

@@ -487,8 +487,10 @@ def augment(img: np.ndarray, mode: int) -> np.ndarray:
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint16:  # the method works on 8-bit data
-        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    """8-bit data, as the reference's PIL ``convert('RGB')`` gives it: a 16-bit RGB image keeps its high
+    byte (PIL's rule; 16-bit greyscale, which PIL clips at 255, is read the same way instead)."""
+    if img.dtype == np.uint16:
+        return (img >> 8).astype(np.uint8)
     return img
 
 

@@ -1,7 +1,13 @@
 """Command-line options of ``trainer_bary.py`` and ``trainer_bary_ddp.py`` (one parser for both).
 
-The reference's flags keep their names, meanings and defaults, so its README commands run
-unchanged; the rest are this project's additions.
+The reference's flags keep their names and meanings, so its README commands run unchanged; the rest are
+this project's additions. Four defaults differ on purpose, none of which the authors' commands rely on
+(they pass ``--backbone=BaryNet`` and their GPUs):
+
+- ``--backbone`` is ``BaryNet`` (the reference's ``RCNet``, which it builds as PromptIR with a decoder);
+- ``--gpus`` leaves ``CUDA_VISIBLE_DEVICES`` alone (the reference always set it to ``0``);
+- ``--cuda`` is off, and ``--device auto`` picks the GPU when there is one (the reference's was on);
+- ``--num_sources`` follows from ``--de_type`` (the reference's was 3 whatever it trained).
 """
 from __future__ import annotations
 
@@ -83,8 +89,9 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     ref.add_argument("--optimizer", type=str, default="RMSprop", choices=["RMSprop", "Adam"],
                      help="optimizer of both networks")
     ref.add_argument("--backbone", type=str, default="BaryNet", choices=sorted(BACKBONES),
-                     help="BaryNet (the method), BaryPromptIR (the method on PromptIR's decoder; this project's "
-                          "reconstruction), or the L1-only baselines Restormer and PromptIR (no potentials)")
+                     help="BaryNet (the method; the reference's default was RCNet, its PromptIR), BaryPromptIR (the "
+                          "method on PromptIR's decoder; this project's reconstruction), or the L1-only baselines "
+                          "Restormer and PromptIR (no potentials)")
     ref.add_argument("--type", type=str, default="Deraining",
                      help="a run label only (the reference put it in file names)")
     ref.add_argument("--patch_size", type=int, default=128, help="training patch side (a multiple of 8, >= 16)")
@@ -163,7 +170,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="log (and show) the losses every N iterations")
     new.add_argument("--repeat", nargs="+", default=None, metavar="NAME=N",
                      help="per-epoch repetition of each image of a degradation type, replacing the paper's "
-                          "factors (each noise level x5, or x15 for denoise_25 trained as the only level, as in 5D; "
+                          "factors (each noise level x5, but denoise_25 x15 unless denoise_15 and denoise_50 are trained too, as in 5D; "
                           "derain x360, dehaze x1, deblur x35, lowlight x150, single x5) for "
                           "data sets of other sizes, e.g. --repeat derain=8 dehaze=5")
     new.add_argument("--skip-bad-files", dest="skip_bad_files", action="store_true",
