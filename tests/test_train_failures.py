@@ -130,6 +130,6 @@ def test_a_figs_dir_that_cannot_be_a_folder_is_refused_before_training(data, tmp
     (tmp_path / "a_file").write_text("mine")
     flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--nEpochs", "1"]
     flags[flags.index("--figs-dir") + 1] = str(tmp_path / "a_file")
-    with pytest.raises(UserError, match="--figs-dir .*a_file: this is a file"):
+    with pytest.raises(UserError, match="--figs-dir .*a_file: a file, not a folder, is in the way"):
         engine.main(get_args_parser().parse_args(flags))
     assert not (tmp_path / "ckpt").exists() and (tmp_path / "a_file").read_text() == "mine"

@@ -61,18 +61,21 @@ def output_names(names: Sequence[str], suffix: str = ".png") -> list[str]:
     return out
 
 
-def check_writable_folder(folder: str | os.PathLike, flag: str, create: bool = True) -> Path:
+def check_writable_folder(folder: str | os.PathLike, flag: str, create: bool = True, fix: str = "") -> Path:
     """Create ``folder`` (with its parents) and write a probe file in it; one :class:`OutputFolderError`
-    naming the flag and the folder when that fails. Returns the folder. With ``create=False`` nothing is
-    written: the nearest existing folder on the way must be one this process may write into."""
+    naming the flag and the folder when that fails (``fix``: what to do, default "choose another <flag>").
+    Returns the folder. With ``create=False`` nothing is written: the nearest existing folder on the way
+    must be one this process may write into."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputFolderError(f"{flag} {folder}: this is a file, not a folder — choose a folder for the outputs")
+    fix = fix or f"choose another {flag}"
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        where = "" if existing.absolute() == folder.absolute() else f" ({existing})"
+        raise OutputFolderError(f"{flag} {folder}: a file, not a folder, is in the way{where} — {fix}")
     if not create:
-        existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
-        if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        if not os.access(existing, os.W_OK | os.X_OK):
             raise OutputFolderError(f"{flag} {folder}: cannot create or write this folder ({existing} is not a "
-                                    f"folder you can write to) — choose a folder you can write to")
+                                    f"folder you can write to) — {fix}")
         return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -80,8 +83,7 @@ def check_writable_folder(folder: str | os.PathLike, flag: str, create: bool = T
             pass
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
-        raise OutputFolderError(f"{flag} {folder}: cannot create or write this folder ({why}) — choose a folder "
-                                f"you can write to") from exc
+        raise OutputFolderError(f"{flag} {folder}: cannot create or write this folder ({why}) — {fix}") from exc
     return folder
 
 

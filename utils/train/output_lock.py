@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.eval.outputs import OutputFolderError
+from utils.eval.outputs import check_writable_folder
 
 LOCK_NAME = ".lock"
 
@@ -31,10 +31,7 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
-        if self.folder.exists() and not self.folder.is_dir() or any(p.is_file() for p in self.folder.parents):
-            raise OutputFolderError(f"--output-dir {self.folder}: a file, not a folder, is in the way — choose "
-                                    f"another --output-dir (or --name)")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        check_writable_folder(self.folder, "--output-dir", fix="choose another --output-dir (or --name)")
         path = self.folder / LOCK_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
