@@ -3,6 +3,8 @@
 #   make test   run the test suite
 #   make test-quick   the suite without the slow end-to-end tests (while editing)
 #   make app    the local web app: restore an image in the browser (ARGS="--model PATH --port N")
+#   make bench  the CPU inference benchmark (bench/bench_inference.py; about 5 min, run it alone)
+#   make clean-demo   delete the demo's data, checkpoints and results (the next make demo starts afresh)
 # Each creates .venv, installs requirements.txt and the project itself (pip install -e .) when
 # missing or stale. `make app` and `make test` also install requirements-app.txt (Gradio, Selenium);
 # `make test` also installs headless Chromium for the browser test when it can (utils/app/ensure_browser.sh).
@@ -16,7 +18,7 @@ ARGS   ?=
 .PHONY: test test-quick demo bench clean-demo app browser
 
 $(STAMP): requirements.txt pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # none yet, or one a failed start left without pip
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
@@ -44,4 +46,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_inference.py
 
 clean-demo:
-	rm -rf data/demo checkpoint/demo results/demo
+	rm -rf data/demo checkpoint/demo results/demo data/demo-quick checkpoint/demo-quick results/demo-quick

@@ -201,7 +201,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                           "files there with the output names are replaced); refused otherwise")
     out.add_argument("--no-images", action="store_true", help="do not write restored images")
     out.add_argument("--figs", action="store_true", help="write a degraded | restored | target figure per row")
-    out.add_argument("--figs-dir", default="figs", help="where --figs writes")
+    out.add_argument("--figs-dir", default="results/figs",
+                     help="where --figs writes (default results/figs; the repository's figs/ holds its documentation)")
     out.add_argument("--fig-images", type=_at_least(1), default=3, help="images per figure")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
     return one_spelling(parser)

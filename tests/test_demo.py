@@ -38,3 +38,18 @@ def test_demo_pipeline_end_to_end(tmp_path):
     for name, row in summary["restored"].items():
         assert again["restored"][name]["psnr"] == row["psnr"]
         assert [i["psnr"] for i in again["restored"][name]["images"]] == [i["psnr"] for i in row["images"]]
+
+
+def test_the_quick_demo_keeps_out_of_the_full_demos_folders():
+    """`python -m utils.demo --quick` trained at patch 32 into checkpoint/demo, so the next `make demo` (patch 64,
+    --resume auto) was refused as a run of other settings until the folder was cleaned by hand."""
+    full, quick = (demo.get_args_parser().parse_args(argv) for argv in ([], ["--quick"]))
+    for args in (full, quick):
+        demo.resolve_folders(args)
+    for flag in ("root", "output_dir", "results", "figs_dir"):
+        a, b = getattr(full, flag), getattr(quick, flag)
+        assert a != b and not b.startswith(a + "/") and not a.startswith(b + "/"), flag
+    assert (full.root, full.output_dir, full.results) == ("data/demo", "checkpoint/demo", "results/demo")
+    chosen = demo.get_args_parser().parse_args(["--quick", "--output-dir", "mine"])
+    demo.resolve_folders(chosen)
+    assert chosen.output_dir == "mine"

@@ -58,12 +58,16 @@ class InputAsOutput(nn.Module):
 def get_args_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(prog="python -m utils.demo", description="BaryIR end to end on the embedded demo data",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--root", default="data/demo", help="demo data folder (built when missing or stale)")
-    p.add_argument("--output-dir", default="checkpoint/demo", help="training checkpoints and log")
-    p.add_argument("--results", default="results/demo", help="restored images and results tables")
-    p.add_argument("--figs-dir", default="results/demo/figs",
-                   help="where the figures go (ignored by git; the README's pictures in figs/demo/ are copies "
-                        "refreshed by hand)")
+    p.add_argument("--root", default=None,
+                   help="demo data folder, built when missing or stale (default data/demo; data/demo-quick with "
+                        "--quick)")
+    p.add_argument("--output-dir", default=None,
+                   help="training checkpoints and log (default checkpoint/demo; checkpoint/demo-quick with --quick)")
+    p.add_argument("--results", default=None,
+                   help="restored images and results tables (default results/demo; results/demo-quick with --quick)")
+    p.add_argument("--figs-dir", default=None,
+                   help="where the figures go (default <results>/figs, ignored by git; the README's pictures in "
+                        "figs/demo/ are copies refreshed by hand)")
     p.add_argument("--epochs", "--nEpochs", type=int, default=6, help="training epochs")
     p.add_argument("--iters-per-epoch", type=int, default=150, help="at most this many iterations an epoch")
     p.add_argument("--batch-size", "--batchSize", type=int, default=4, help="training batch")
@@ -73,7 +77,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--quick", action="store_true",
-                   help="smallest setting (tiny images, a few iterations): checks the pipeline, not the quality")
+                   help="smallest setting (tiny images, a few iterations): checks the pipeline, not the quality; "
+                        "in its own folders, so that it never meets the full demo's run")
     p.add_argument("--debug", action="store_true",
                    help="show the full traceback of a failure instead of one error line")
     return one_spelling(p)
@@ -185,10 +190,22 @@ def demo_table(restored: dict, degraded: dict) -> str:
     return "\n".join(lines)
 
 
+def resolve_folders(args) -> None:
+    """Fill the folder flags left unset: ``data/demo``, ``checkpoint/demo``, ``results/demo`` (``demo-quick``
+    with ``--quick``: its patch size would make the full demo's ``--resume auto`` refuse a shared run), and
+    the figures under the results."""
+    name = "demo-quick" if args.quick else "demo"
+    args.root = args.root or f"data/{name}"
+    args.output_dir = args.output_dir or f"checkpoint/{name}"
+    args.results = args.results or f"results/{name}"
+    args.figs_dir = args.figs_dir or str(Path(args.results) / "figs")
+
+
 def main(args) -> dict:
     """The whole demo as ``args`` say; returns its summary (also written to ``<results>/demo_summary.json``)."""
     t0 = time.time()
     device = pick_device(args.device)  # a --device this machine lacks fails before anything is built
+    resolve_folders(args)
     root, figs_dir, results_dir = Path(args.root), Path(args.figs_dir), Path(args.results)
     if args.quick:
         args.epochs, args.iters_per_epoch, args.batch_size, args.patch_size = 1, 2, 2, 32
