@@ -53,3 +53,30 @@ def test_the_quick_demo_keeps_out_of_the_full_demos_folders():
     chosen = demo.get_args_parser().parse_args(["--quick", "--output-dir", "mine"])
     demo.resolve_folders(chosen)
     assert chosen.output_dir == "mine"
+
+
+def test_every_default_output_folder_is_ignored_by_git():
+    """What the demo, the quick demo, the tester and the quick study write by default leaves `git status` clean
+    (the tester's --figs used to write into the repository's own figs/)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import tester_bary
+    from bench import study
+
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    folders = []
+    for argv in ([], ["--quick"]):
+        args = demo.get_args_parser().parse_args(argv)
+        demo.resolve_folders(args)
+        folders += [args.root, args.output_dir, args.results, args.figs_dir]
+    tester = tester_bary.get_args_parser().parse_args([])
+    folders += [tester.save, tester.figs_dir]
+    quick = study.resolve_settings(study.get_args_parser().parse_args(["--quick"]))
+    folders += [quick.out, quick.figs_dir]
+    probes = [f"{folder}/probe.png" for folder in folders]
+    done = subprocess.run(["git", "check-ignore", "--no-index", *probes], cwd=repo, capture_output=True, text=True)
+    assert sorted(done.stdout.split()) == sorted(probes), f"not ignored: {set(probes) - set(done.stdout.split())}"
