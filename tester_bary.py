@@ -46,7 +46,7 @@ from utils.data.doctor import tester_check
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
 from utils.errors import OneLineArgumentParser, UserError, run_main
-from utils.eval.evaluation import EvaluationStopped, evaluate_sets, restore_files
+from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, restore_files
 from utils.eval.inference import PRECISIONS
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
 from utils.eval.outputs import check_outputs_apart, check_outputs_outside_inputs, check_writable_folder, write_text
@@ -63,7 +63,7 @@ from utils.eval.tasks import (
     present_paper_tasks,
     task_layout,
 )
-from utils.files import json_text
+from utils.files import json_text, keep_aside
 from utils.runtime import apply_gpus_flag, pick_device, tune_cpu_allocator
 
 REFERENCE_MODEL = f"{CHECKPOINT_DIR}/{REFERENCE_MODEL_NAME}"
@@ -95,6 +95,14 @@ def _at_least(low: int, meaning: str = ""):
     return parse
 
 
+def _path(text: str) -> str:
+    """An argparse type: a non-empty path (``--save "$UNSET"`` would otherwise write into the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: name a file or folder (or leave the flag out for its "
+                                         "default)")
+    return text
+
+
 def _pixel_count(text: str) -> int:
     value = _at_least(1)(text)
     if value > CV2_MAX_PIXELS:
@@ -111,10 +119,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help=f"benchmark tasks under --data-root: {' '.join(PAPER_TASKS)}, denoise_<sigma> for any "
                            f"integer sigma, any other folder NAME with NAME/{{input,target}}, or 'all' (every paper "
                            f"task present)")
-    what.add_argument("--data-root", default="data/test", help="benchmark root (layout of docs/METHOD.md §4)")
-    what.add_argument("--degset", default=None, help="folder of degraded images (paired by name with --tarset)")
-    what.add_argument("--tarset", default=None, help="folder of target images")
-    what.add_argument("--input", default=None, metavar="FILE|DIR",
+    what.add_argument("--data-root", type=_path, default="data/test", help="benchmark root (layout of docs/METHOD.md §4)")
+    what.add_argument("--degset", type=_path, default=None, help="folder of degraded images (paired by name with --tarset)")
+    what.add_argument("--tarset", type=_path, default=None, help="folder of target images")
+    what.add_argument("--input", type=_path, default=None, metavar="FILE|DIR",
                       help="restore these images (no targets, no metrics) into --save")
     what.add_argument("--skip-unpaired", action="store_true",
                       help="leave out (and count) degraded images without a same-name target or of another size, "
@@ -140,7 +148,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                            "or written")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default=None,
+    model.add_argument("--model", type=_path, default=None,
                        help=f"checkpoint: the project's, a plain state dict, or a reference BaryIR checkpoint "
                             f"({{'BaryIR': module}}); also a run's output folder or its 'latest' pointer (the "
                             f"newest checkpoint). Default: {REFERENCE_MODEL} (the reference's) if it exists, "
@@ -191,17 +199,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="show the full traceback of a failure instead of one error: line")
 
     out = parser.add_argument_group("outputs")
-    out.add_argument("--save", default="results/test",
+    out.add_argument("--save", type=_path, default="results/test",
                      help="restored images (in <save>/<row>/ with --tasks) and results.{json,csv,md}; an input "
                           "NAME.EXT gives NAME.png, and inputs sharing a NAME give NAME.png (the .png one) and "
                           "NAME_EXT.png (a.jpg -> a_jpg.png); results of an earlier run there are replaced")
-    out.add_argument("--savetar", default=None, help="also save the targets as scored (cropped, 8-bit) here")
+    out.add_argument("--savetar", type=_path, default=None, help="also save the targets as scored (cropped, 8-bit) here")
     out.add_argument("--overwrite", action="store_true",
                      help="allow --save/--savetar to be, or be inside, a folder the images are read from (the "
                           "files there with the output names are replaced); refused otherwise")
     out.add_argument("--no-images", action="store_true", help="do not write restored images")
     out.add_argument("--figs", action="store_true", help="write a degraded | restored | target figure per row")
-    out.add_argument("--figs-dir", default="results/figs",
+    out.add_argument("--figs-dir", type=_path, default="results/figs",
                      help="where --figs writes (default results/figs; the repository's figs/ holds its documentation)")
     out.add_argument("--fig-images", type=_at_least(1), default=3, help="images per figure")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -327,12 +335,31 @@ def _check_outputs(args, sets: list[EvalSet], create: bool = True) -> None:
         check_writable_folder(base, flag, create=create)
 
 
-def _stopped(stop: EvaluationStopped, written: str) -> RunStopped:
-    """The one error line of a run stopped at an image: the failure, where the partial results are, the fix."""
-    hint = "; pass --skip-bad-files to leave unreadable images out" if isinstance(stop.__cause__, ImageReadError) \
-        else ""
-    return RunStopped(f"{stop} — the run stopped there; the results so far, marked partial, are in {written}{hint}",
-                      stop.exit_status)
+def _stopped(stop: EvaluationStopped, written: str, kept: Path | None = None) -> RunStopped:
+    """The one error line of a run stopped at an image: the failure, where the partial results are (and where
+    the earlier complete ones went, ``kept``), the fix."""
+    if isinstance(stop.__cause__, ImageTooSmall):
+        hint = "; pass --skip-bad-files to leave images too small for these flags out, or score with other flags"
+    elif isinstance(stop.__cause__, ImageReadError):
+        hint = "; pass --skip-bad-files to leave unreadable images out"
+    else:
+        hint = ""
+    earlier = f" (the earlier results there were moved to {kept})" if kept else ""
+    return RunStopped(f"{stop} — the run stopped there; the results so far, marked partial, are in {written}"
+                      f"{earlier}{hint}", stop.exit_status)
+
+
+def _keep_earlier_results(save: Path) -> Path | None:
+    """Before a stopped run writes its partial record: move the results.* an earlier run left in ``save`` into
+    ``<save>/results.before-<time>/``, so a run that stopped after a few images (or none) does not replace the
+    only record of the images an earlier run restored there. None when there were none."""
+    earlier = [save / f"results.{ext}" for ext in ("json", "csv", "md") if (save / f"results.{ext}").is_file()]
+    return keep_aside(earlier, save / "results") if earlier else None
+
+
+def _nothing_scored(what: str, skipped: int, written: str) -> UserError:
+    return UserError(f"{what}: none of the {skipped} image(s) could be used (each is listed with its reason in "
+                     f"{written}); fix or replace them")
 
 
 def main(args) -> dict:
@@ -352,6 +379,9 @@ def main(args) -> dict:
         device = pick_device(args.device, args.cuda)
     except (ValueError, RuntimeError) as exc:  # its messages name the flag and the fix
         raise UsageError(str(exc)) from exc
+    if args.precision == "fp16" and device.type != "cuda":
+        raise UsageError(f"--precision fp16 needs a CUDA device and this run is on {device}: use --precision bf16 "
+                         f"(or fp32) on the CPU")
     protocol = _protocol(args)
     try:
         check_compile(protocol.compile, device)
@@ -386,11 +416,15 @@ def main(args) -> dict:
         except EvaluationStopped as stop:
             _record_flags(stop.results, args)
             print(format_report(stop.results))
+            kept = _keep_earlier_results(save)
             paths = write_results(stop.results, save)
-            raise _stopped(stop, f"{paths['json']} (.csv, .md)") from stop
+            raise _stopped(stop, f"{paths['json']} (.csv, .md)", kept) from stop
     print(format_report(results))
     paths = write_results(results, save)
     print(f"\nresults: {paths['json']}, {paths['csv']}, {paths['md']}")
+    if sets and not any(r["count"] for r in results["tasks"].values()):
+        raise _nothing_scored(", ".join(results["tasks"]), sum(r.get("skipped", 0) for r in results["tasks"].values()),
+                              str(paths["md"]))
     return results
 
 
@@ -427,12 +461,15 @@ def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, pro
     except EvaluationStopped as stop:
         record(stop.row["restored"])
         results["partial"] = {"row": "input", "file": stop.file, "error": str(stop)}
+        kept = _keep_earlier_results(save)
         path = write_text(save / "results.json", json_text(results))
-        raise _stopped(stop, str(path)) from stop
-    write_text(save / "results.json", json_text(results))
+        raise _stopped(stop, str(path), kept) from stop
+    path = write_text(save / "results.json", json_text(results))
     print(f"restored {len(results['restored'])} image(s) into {save}")
     for line in skipped:
         print(f"skipped: {line}")
+    if not results["restored"]:
+        raise _nothing_scored(f"--input {args.input}", len(skipped), str(path))
     return results
 
 

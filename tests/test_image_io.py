@@ -214,6 +214,26 @@ def test_huge_png_is_refused_within_bounded_memory(tmp_path):
     assert done.returncode == 0 and "refused:" in done.stdout and "20000x20000" in done.stdout, done.stderr[-2000:]
 
 
+def test_a_large_file_with_a_huge_header_is_refused_without_reading_it(tmp_path):
+    """The whole file used to be read (and copied) before its header was checked: a 3 GB file claiming
+    100000x100000 took 6.9 GB of memory to refuse. A sparse file, in a child whose address space is capped."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    big = _png(tmp_path / "sparse.png", 100000, 100000, rows=0)
+    with open(big, "r+b") as fh:
+        fh.truncate(3 << 30)  # 3 GiB of holes after the header: no disk used
+    repo = Path(__file__).resolve().parents[1]
+    script = "import cv2, numpy, PIL.Image, utils.errors\n" + _BOUNDED
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script, str(big)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "refused:" in done.stdout and "100000x100000" in done.stdout, \
+        done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_a_tiff_is_turned_by_its_orientation_tag_once(tmp_path, orientation):
     """OpenCV's TIFF decoder (like PIL, which the reference reads with) applies the orientation tag itself;

@@ -655,28 +655,44 @@ def test_ctrl_c_keeps_the_results_so_far(bench, checkpoint, tmp_path, monkeypatc
 def test_an_image_without_read_permission_is_a_bad_file(checkpoint, tmp_path, monkeypatch):
     """Failure 9: a file that cannot be read (permission denied) escaped as an OSError: not skipped by
     --skip-bad-files, no partial results, and a message about writing. It is an unreadable image now."""
+    import builtins
     deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png", "c.png"], ["a.png", "b.png", "c.png"])
-    real_fromfile = np.fromfile
+    real_open = open
 
-    def denied(path, *a, **k):  # chmod does not stop root, who runs the suite in CI
-        if Path(path).name == "b.png" and Path(path).parent == deg:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_fromfile(path, *a, **k)
+    class BodyDenied:  # the header reads; the body does not (chmod does not stop root, who runs the suite in CI)
+        def __init__(self, fh):
+            self.fh = fh
 
-    monkeypatch.setattr(np, "fromfile", denied)
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def read(self, size=-1):
+            if size is None or size < 0:
+                raise PermissionError(13, "Permission denied", str(deg / "b.png"))
+            return self.fh.read(size)
+
+    def body_denied(path, *a, **k):
+        fh = real_open(path, *a, **k)
+        return BodyDenied(fh) if Path(path).name == "b.png" and Path(path).parent == deg else fh
+
+    monkeypatch.setattr(builtins, "open", body_denied)
     with pytest.raises(UserError, match=r"cannot read image .*b\.png: Permission denied.*partial"):
         run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
     assert json.loads((tmp_path / "o" / "results.json").read_text())["tasks"]["deg"]["count"] == 1
     res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "s", "--skip-bad-files")
     assert res["tasks"]["deg"]["count"] == 2 and [b["name"] for b in res["tasks"]["deg"]["bad_files"]] == ["b.png"]
-    real_open = open
 
     def header_denied(path, *a, **k):
         if Path(path).name == "b.png" and Path(path).parent == deg:
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *a, **k)
 
-    import builtins
     monkeypatch.setattr(builtins, "open", header_denied)
     with pytest.raises(ImageReadError, match="Permission denied"):
         image_io.image_size(deg / "b.png")
@@ -718,3 +734,75 @@ def test_the_png_input_keeps_its_name_whatever_the_case_of_its_extension():
     """Failure 12: a.PNG beside a.jpg gave a_PNG.png and a_jpg.png; the .png one keeps a.png, as documented."""
     assert output_names(["a.PNG", "a.jpg"]) == ["a.png", "a_jpg.png"]
     assert output_names(["a.Png", "a.JPG", "b.TIF"]) == ["a.png", "a_JPG.png", "b.png"]
+
+
+def test_fp16_on_the_cpu_and_empty_paths_are_flag_errors_before_anything_is_written(checkpoint, tmp_path, capsys):
+    """--precision fp16 on the CPU ended in a traceback after --save was made (and --dry-run called it fine);
+    --save "" (an unset variable) restored into the current folder over same-named files."""
+    _photos(tmp_path, ["in.png"])
+    parser = tester_bary.get_args_parser()
+    for argv in (["--precision", "fp16"], ["--precision", "fp16", "--dry-run"]):
+        args = parser.parse_args(["--model", str(checkpoint), "--input", str(tmp_path / "in.png"), "--save",
+                                  str(tmp_path / "out"), "--device", "cpu", *argv])
+        assert tester_bary.run_main(tester_bary.main, args) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("error: --precision fp16 needs a CUDA device") and "bf16" in line
+        assert not (tmp_path / "out").exists()
+    for flag in ("--save", "--input", "--model", "--degset", "--figs-dir"):
+        done = _tester_in(tmp_path, "--input", tmp_path / "in.png", flag, "")
+        assert done.returncode == 2 and f"{flag}: an empty path" in done.stderr, (flag, done.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_a_run_that_scores_nothing_is_an_error(checkpoint, tmp_path):
+    """Every image skipped (--skip-bad-files) printed 'restored 0 image(s)' and exited 0."""
+    deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])
+    for name in ("a.png", "b.png"):
+        (deg / name).write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"--input .*none of the 2 image\(s\) could be used"):
+        run("--model", checkpoint, "--input", deg, "--save", tmp_path / "i", "--skip-bad-files")
+    assert len(json.loads((tmp_path / "i" / "results.json").read_text())["skipped_files"]) == 2
+    deg, tar = _pair_dirs(tmp_path / "small", ["a.png", "b.png"], ["a.png", "b.png"])  # readable, 44x61
+    with pytest.raises(UserError, match=r"deg: none of the 2 image\(s\) could be used"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "d", "--skip-bad-files",
+            "--crop-border", "30")
+    assert "too small to evaluate" in (tmp_path / "d" / "results.md").read_text()
+
+
+def test_a_stopped_run_keeps_the_earlier_complete_results(checkpoint, tmp_path):
+    """A run stopped at its first image replaced results.json, the only record of an earlier complete run's
+    restorations still in --save, with an empty partial one."""
+    deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])
+    first = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
+    before = {ext: (tmp_path / "o" / f"results.{ext}").read_bytes() for ext in ("json", "csv", "md")}
+    with pytest.raises(UserError, match=r"marked partial.*the earlier results there were moved to .*results\.before-"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--crop-border", "30")
+    [kept] = (tmp_path / "o").glob("results.before-*")
+    assert {ext: (kept / f"results.{ext}").read_bytes() for ext in before} == before
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["partial"]["row"] == "deg"
+    assert first["tasks"]["deg"]["count"] == 2
+
+
+def test_names_that_are_not_utf8_and_the_files_permissions(checkpoint, tmp_path):
+    """A file name that is not UTF-8 ended the run in a UnicodeEncodeError after scoring, with no .csv or .md
+    written; every result file was mode 0600 (mkstemp's), whatever the umask, and an overwritten one became so."""
+    deg, tar = tmp_path / b"deg".decode(), tmp_path / "tar"
+    img = _clean_images()["cat"]
+    odd = os.fsdecode(b"\xff\xfe.png")
+    for folder in (deg, tar):
+        write_image(folder / odd, img)
+        write_image(folder / "plain.png", img)
+    save = tmp_path / "o"
+    save.mkdir()
+    (save / "results.md").write_text("an earlier run's")
+    os.chmod(save / "results.md", 0o640)
+    old = os.umask(0o022)
+    try:
+        res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", save)
+    finally:
+        os.umask(old)
+    assert res["tasks"]["deg"]["count"] == 2
+    assert "\\udcff\\udcfe.png" in (save / "results.md").read_text() and (save / "results.csv").is_file()
+    assert (save / "results.md").stat().st_mode & 0o777 == 0o640  # the replaced file's permissions are kept
+    for path in (save / "results.json", save / "results.csv", save / "plain.png", save / odd):
+        assert path.stat().st_mode & 0o777 == 0o644, path

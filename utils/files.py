@@ -43,6 +43,29 @@ def is_disk_full(exc: BaseException) -> bool:
     return any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in exception_chain(exc))
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: Path) -> int:
+    """The permissions ``path`` gets when replaced: those of the file it replaces, else what ``open()``
+    would give a new file (0666 less the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], size: int | None = None) -> Path:
     """Call ``write(fh)`` on a temporary file in ``path``'s folder, fsync, then rename it over ``path``.
 
@@ -59,6 +82,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], s
         raise disk_full(path, size)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode(path))  # mkstemp's 0600 would hide the result from everyone else
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -206,6 +206,8 @@ def _readable(path: Path) -> Iterator[None]:
     naming the file, a bad file like a corrupt one (``--skip-bad-files`` leaves it out)."""
     try:
         yield
+    except ImageReadError:
+        raise
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise ImageReadError(f"cannot read image {path}: {why} — fix its permissions, or replace or remove it") \
@@ -223,12 +225,13 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
     limit = max_pixels if max_pixels is not None else _max_pixels
-    with _readable(path):
-        data = np.fromfile(str(path), dtype=np.uint8)
-    size = _header_size(io.BytesIO(data)) if data.size else None
-    if size is None:  # no PNG/JPEG/BMP/TIFF/WebP header: the decoder would not be bounded by the pixel limit
-        raise ImageReadError(_NOT_AN_IMAGE.format(path=path))  # (OpenCV reads HDR and others, of any size)
-    _check_pixels(path, size, limit)
+    with _readable(path), open(path, "rb") as fh:  # the header first: a file too large is not read at all
+        size = _header_size(fh)
+        if size is None:  # no PNG/JPEG/BMP/TIFF/WebP header: the decoder would not be bounded by the limit
+            raise ImageReadError(_NOT_AN_IMAGE.format(path=path))  # (OpenCV reads HDR and others, of any size)
+        _check_pixels(path, size, limit)
+        fh.seek(0)
+        data = np.frombuffer(fh.read(), dtype=np.uint8)
     try:
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
         if img is not None:

@@ -23,8 +23,9 @@ SEED_RULE = ("numpy default_rng(crc32('<noise_seed>:<file name>:<sigma>')), "
 
 
 def noise_seed(name: str, sigma: float, base_seed: int = 0) -> int:
-    """The generator seed of the noisy version of the file called ``name`` (a base name, no folder)."""
-    return zlib.crc32(f"{base_seed}:{name}:{sigma:g}".encode("utf-8"))
+    """The generator seed of the noisy version of the file called ``name`` (a base name, no folder); a name
+    that is not UTF-8 counts by its bytes as stored."""
+    return zlib.crc32(f"{base_seed}:{name}:{sigma:g}".encode("utf-8", "surrogateescape"))
 
 
 def add_noise(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:

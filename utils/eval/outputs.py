@@ -137,7 +137,8 @@ def check_outputs_apart(image_folders: Mapping[str, Iterable[Path]]) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` by renaming a finished temporary file over it."""
+    """Write ``text`` (UTF-8) to ``path`` by renaming a finished temporary file over it. A file name that is
+    not UTF-8 (held by Python as surrogates) is written with backslash escapes, as JSON writes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return replace_file(path, text.encode("utf-8"))
+    return replace_file(path, text.encode("utf-8", "backslashreplace"))
