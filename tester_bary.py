@@ -119,8 +119,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help=f"benchmark tasks under --data-root: {' '.join(PAPER_TASKS)}, denoise_<sigma> for any "
                            f"integer sigma, any other folder NAME with NAME/{{input,target}}, or 'all' (every paper "
                            f"task present)")
-    what.add_argument("--data-root", type=_path, default="data/test", help="benchmark root (layout of docs/METHOD.md §4)")
-    what.add_argument("--degset", type=_path, default=None, help="folder of degraded images (paired by name with --tarset)")
+    what.add_argument("--data-root", type=_path, default="data/test",
+                      help="benchmark root (layout of docs/METHOD.md §4)")
+    what.add_argument("--degset", type=_path, default=None,
+                      help="folder of degraded images (paired by name with --tarset)")
     what.add_argument("--tarset", type=_path, default=None, help="folder of target images")
     what.add_argument("--input", type=_path, default=None, metavar="FILE|DIR",
                       help="restore these images (no targets, no metrics) into --save")
@@ -203,7 +205,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="restored images (in <save>/<row>/ with --tasks) and results.{json,csv,md}; an input "
                           "NAME.EXT gives NAME.png, and inputs sharing a NAME give NAME.png (the .png one) and "
                           "NAME_EXT.png (a.jpg -> a_jpg.png); results of an earlier run there are replaced")
-    out.add_argument("--savetar", type=_path, default=None, help="also save the targets as scored (cropped, 8-bit) here")
+    out.add_argument("--savetar", type=_path, default=None,
+                     help="also save the targets as scored (cropped, 8-bit) here")
     out.add_argument("--overwrite", action="store_true",
                      help="allow --save/--savetar to be, or be inside, a folder the images are read from (the "
                           "files there with the output names are replaced); refused otherwise")

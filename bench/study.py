@@ -192,7 +192,8 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     base = QUICK if args.quick else FULL
     suffix = "study-quick" if args.quick else "study"
     args.out = args.out or f"results/{suffix}"
-    args.figs_dir = args.figs_dir or ("results/study-quick/figs" if args.quick else "figs/study")  # the full run's are committed
+    # the full run's figures are the committed ones; a quick run's go with its results
+    args.figs_dir = args.figs_dir or ("results/study-quick/figs" if args.quick else "figs/study")
     args.seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else base["seeds"]))
     args.iters = args.iters if args.iters is not None else base["iters"]
     args.epochs = args.epochs if args.epochs is not None else base["epochs"]

@@ -207,7 +207,8 @@ def test_bad_flags_are_one_error_line(tmp_path, monkeypatch, capsys):
                         ([], "no --model given and no checkpoint under checkpoint/"),
                         (["--model", "nope.pth"], "--model nope.pth: checkpoint not found"),
                         (["--model", "x.pth", "--examples", "nowhere"], "--examples nowhere: no such folder"),
-                        (["--model", "x.pth", "--work-dir", "a_file"], "--work-dir a_file: a file, not a folder, is in the way")):
+                        (["--model", "x.pth", "--work-dir", "a_file"],
+                         "--work-dir a_file: a file, not a folder, is in the way")):
         status, err = _app(argv, capsys)
         assert status in (1, 2) and err.startswith("error: ") and words in err and err.count("\n") == 1, (argv, err)
 

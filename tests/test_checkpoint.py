@@ -142,3 +142,13 @@ def test_latest_says_where_the_run_is_in_the_consoles_words():
                    "global_step": 500}
     end = latest_record(checkpoint_name(1, 0), {"epoch": 1, "iteration": 0, "global_step": 900})
     assert (end["checkpoint"], end["at"], end["epochs_done"]) == ("epoch_001.pth", "end of epoch 1", 1)
+
+
+@pytest.mark.parametrize("content, why", [(b"", "the file is empty"), (b"hello\n", "KeyError"),
+                                          (b"print('a script')\n", "UnpicklingError")])
+def test_a_file_that_is_not_a_checkpoint_says_what_to_do(tmp_path, content, why):
+    """A text file given as a checkpoint gave 'UnpicklingError: could not find MARK' and no fix."""
+    path = tmp_path / "not_a_checkpoint.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"{why}.*not a PyTorch checkpoint: copy or download it again"):
+        read_checkpoint(path)

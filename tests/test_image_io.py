@@ -130,6 +130,18 @@ def test_corrupt_file_names_itself(tmp_path, kind):
         read_image(tmp_path / "missing.png")
 
 
+def test_a_truncated_file_is_one_error_without_opencvs_own_warning(tmp_path, capfd):
+    """OpenCV logged '[ WARN:0@0.5] global grfmt_png.cpp:793 ... PNG input buffer is incomplete' on stderr
+    beside the tester's one error line."""
+    write_image(tmp_path / "t.png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    raw = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(raw[: len(raw) // 2])
+    capfd.readouterr()
+    with pytest.raises(ImageReadError, match="corrupt"):
+        read_image(tmp_path / "t.png")
+    assert "WARN" not in capfd.readouterr().err
+
+
 def test_write_image_rejects_wrong_arrays(tmp_path):
     with pytest.raises(ValueError):
         write_image(tmp_path / "x.png", np.zeros((4, 4), np.uint8))

@@ -211,8 +211,7 @@ def _load(path: Path) -> Any:
     except pickle.UnpicklingError:
         pass  # names classes that weights_only refuses: maybe a reference checkpoint
     except Exception as exc:  # truncated zip, not a torch file, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is "
-                              f"damaged or not a PyTorch checkpoint.") from exc
+        raise _unreadable(path, exc) from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle_module())
     except _RefusedCall as exc:
@@ -224,8 +223,19 @@ def _load(path: Path) -> Any:
     except RecursionError:
         raise CheckpointError(f"refusing to read checkpoint {path}: it nests objects too deeply to read; the "
                               f"file is damaged or crafted, use another checkpoint") from None
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # not a pickle at all (a text file), a torn one, ...
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """The error for a file ``torch.load`` could not read, with what to do about it."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        empty = False
+    why = "the file is empty" if empty else f"{type(exc).__name__}: {exc}".rstrip(": .")
+    return CheckpointError(f"cannot read checkpoint {path}: {why}. The file is damaged or not a PyTorch checkpoint: "
+                           f"copy or download it again, or use another checkpoint")
 
 
 def check_config_matches_weights(obj: Mapping[str, Any], source: str) -> None:

@@ -29,15 +29,20 @@ import re
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
-
-import cv2
+from typing import Callable, Iterable, Mapping, Sequence
 
 from utils import dataset_utils as du
-from utils.data.image_io import ImageReadError, _header_size, image_size, list_images, max_pixels, read_image
+from utils.data.image_io import (
+    ImageReadError,
+    _header_size,
+    image_size,
+    list_images,
+    max_pixels,
+    quiet_opencv,
+    read_image,
+)
 from utils.data.pairing import PairingError, match_pairs
 from utils.errors import UserError
 from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
@@ -189,21 +194,6 @@ def _decode_error(path: Path) -> str | None:
         return str(exc)
 
 
-@contextmanager
-def _quiet_opencv() -> Iterator[None]:
-    """OpenCV's own warnings off (a truncated file makes it log to stderr beside the report)."""
-    log = getattr(getattr(cv2, "utils", None), "logging", None)
-    if log is None:
-        yield
-        return
-    level = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        log.setLogLevel(level)
-
-
 def check_file(path: str | os.PathLike) -> FileCheck:
     """The size of ``path`` from its header and whether it ends where its format says, in one open: the header
     is read by :func:`utils.data.image_io.image_size`'s own reader (a file it cannot tell is handed to
@@ -232,7 +222,7 @@ def check_file(path: str | os.PathLike) -> FileCheck:
 def check_files(paths: Iterable[Path], threads: int = _THREADS) -> dict[Path, FileCheck]:
     """:func:`check_file` of each distinct path (several threads for many files)."""
     unique = list(dict.fromkeys(paths))
-    with _quiet_opencv():
+    with quiet_opencv():
         if threads > 1 and len(unique) > 64:
             with ThreadPoolExecutor(threads) as pool:
                 return dict(zip(unique, pool.map(check_file, unique, chunksize=32)))

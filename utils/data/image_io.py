@@ -201,6 +201,22 @@ def _exif_orientation(path: Path) -> int:
 
 
 @contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """OpenCV's own log lines off (a truncated file makes it warn on stderr beside the one error line this
+    module raises about it)."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:
+        yield
+        return
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        log.setLogLevel(level)
+
+
+@contextmanager
 def _readable(path: Path) -> Iterator[None]:
     """Reading ``path``'s bytes: an ``OSError`` (no read permission, an I/O error) is an :class:`ImageReadError`
     naming the file, a bad file like a corrupt one (``--skip-bad-files`` leaves it out)."""
@@ -233,7 +249,8 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
         fh.seek(0)
         data = np.frombuffer(fh.read(), dtype=np.uint8)
     try:
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
+        with quiet_opencv():
+            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
         if img is not None:
             _check_pixels(path, img.shape[:2], limit)  # a header that under-stated the size
             img = _to_rgb(img, path)

@@ -73,8 +73,9 @@ def rewind_log(path: str | os.PathLike, global_step: int) -> int:
     A run killed after its last checkpoint logged iterations whose training is lost; the resumed run
     trains (and logs) them again. Rewinding keeps one record per iteration in the log, and one ``run``
     record per start of the timeline the log now tells (a start from a later checkpoint, resumed past
-    now, belongs to the lost one), and the moved records are kept, not deleted. The discarded file is appended first and the log then replaced
-    atomically, so a crash in between can duplicate a record but never lose one.
+    now, belongs to the lost one), and the moved records are kept, not deleted. The discarded file is
+    appended first and the log then replaced atomically, so a crash in between can duplicate a record but
+    never lose one.
     """
     path = Path(path)
     if not path.is_file():
