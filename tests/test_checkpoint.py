@@ -8,7 +8,14 @@ import torch.nn as nn
 
 from net import BaryNet
 from net.presets import build_model
-from utils.checkpoints import LEGACY_UNUSED_KEYS, CheckpointError, load_model_weights, read_checkpoint, save_atomic
+from utils.checkpoints import (
+    LEGACY_UNUSED_KEYS,
+    CheckpointError,
+    load_model_weights,
+    load_weights,
+    read_checkpoint,
+    save_atomic,
+)
 
 _CANARY = "/tmp/baryir_pickle_canary"
 
@@ -152,3 +159,14 @@ def test_a_file_that_is_not_a_checkpoint_says_what_to_do(tmp_path, content, why)
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=rf"{why}.*not a PyTorch checkpoint: copy or download it again"):
         read_checkpoint(path)
+
+
+def test_weights_of_another_network_are_one_line_naming_a_few_keys():
+    """The mismatch listed up to 20 keys per kind on lines of their own, over 1000 characters each."""
+    torch.manual_seed(0)
+    small = build_model("BaryNet", "tiny")
+    other = build_model("Restormer", "tiny")
+    with pytest.raises(CheckpointError, match="does not fit") as err:
+        load_weights(small, other.state_dict(), "other.pth")
+    message = str(err.value)
+    assert "\n" not in message and "... and" in message and len(message) < 1500, message

@@ -107,7 +107,7 @@ def test_long_missing_list_is_cut_at_20(tmp_path):
     img = smooth_image(np.random.default_rng(0), 32)
     for i in range(2, 27):
         _write(tree["derain"] / "rainy" / f"rain-{i}.png", img)
-    with pytest.raises(DatasetError, match=r"25 training file\(s\)[\s\S]*\.\.\. and 5 more"):
+    with pytest.raises(DatasetError, match=r"25 training file\(s\).*\.\.\. and 15 more"):
         du.collect_samples(["derain"], dirs_of(tree), log=lambda m: None)
 
 

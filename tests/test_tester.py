@@ -328,7 +328,7 @@ def test_unpaired_files_are_listed_or_skipped(checkpoint, tmp_path):
     deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png", "lonely.png"], ["a.png", "b.png"])
     with pytest.raises(PairingError, match="lonely.png") as err:
         run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
-    assert "--skip-unpaired" in str(err.value)
+    assert "--skip-unpaired" in str(err.value) and "\n" not in str(err.value)  # one error line
     res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--skip-unpaired")
     assert res["tasks"]["deg"]["count"] == 2 and res["tasks"]["deg"]["skipped"] == 1
 
@@ -336,8 +336,9 @@ def test_unpaired_files_are_listed_or_skipped(checkpoint, tmp_path):
 def test_size_mismatch_is_listed_or_skipped(checkpoint, tmp_path):
     deg, tar = _pair_dirs(tmp_path, ["a.png", "small.png"], ["a.png", "small.png"],
                           size_of=lambda n: (H - 3, W) if n == "small.png" else (H, W))
-    with pytest.raises(PairingError, match=r"small.png 41x61 vs target small.png 44x61"):
+    with pytest.raises(PairingError, match=r"small.png 41x61 vs target small.png 44x61") as err:
         run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
+    assert "\n" not in str(err.value)  # one error line
     res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--skip-unpaired")
     assert res["tasks"]["deg"]["count"] == 1 and "size mismatch" in res["tasks"]["deg"]["skipped_files"][0]
 

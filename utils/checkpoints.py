@@ -368,20 +368,17 @@ def load_weights(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source:
     unexpected = sd.keys() - expected.keys()
     shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
               for k in expected.keys() & sd.keys() if sd[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing from the file ({len(missing)}): " + listing(missing, sep=", ", lead=""))
-    if unexpected:
-        problems.append(f"not in the model ({len(unexpected)}): " + listing(unexpected, sep=", ", lead=""))
-    if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): " + listing(sorted(shapes), sep="; ", lead=""))
+    problems = [f"{what} ({len(keys)}): " + listing(sorted(keys), limit=5, sep=sep, lead="")
+                for what, keys, sep in (("missing from the file", missing, ", "),
+                                        ("not in the model", unexpected, ", "), ("shape mismatches", shapes, "; "))
+                if keys]
     if problems:
         cfg = getattr(model, "config", None)
         raise CheckpointError(
             f"{source} does not fit {type(model).__name__}"
-            + (f" (dim={cfg['dim']}, num_blocks={cfg['num_blocks']})" if cfg else "") + ":\n  "
-            + "\n  ".join(problems)
-            + "\nPick the matching --backbone and --preset (or model flags) for this checkpoint.")
+            + (f" (dim={cfg['dim']}, num_blocks={cfg['num_blocks']})" if cfg else "") + ": "
+            + " — ".join(problems)
+            + ". Pick the matching --backbone and --preset (or model flags) for this checkpoint.")
     bad = [k for k, v in sd.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"refusing to load {source}: {len(bad)} weight tensor(s) hold NaN or Inf ("

@@ -378,9 +378,9 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
     for note in notes:
         log(f"  data: {note}")
     if dropped and strict_ids:
-        raise DatasetError("listed training ids are missing (--strict-ids):\n    "
-                           + "\n    ".join(d.describe() for d in dropped)
-                           + "\nPut the files there, point --data_file_dir at lists that match your data, "
+        raise DatasetError("listed training ids are missing (--strict-ids):"
+                           + listing(d.describe() for d in dropped)
+                           + ". Put the files there, point --data_file_dir at lists that match your data, "
                              "or drop --strict-ids to train without them (the reference leaves them out).")
     if dropped:
         log("warning: training without listed ids that are not on disk, as the reference does: "
@@ -391,7 +391,7 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
                f"ID_A_B image needs original/ID, a sharp image needs a same-named blur image, low and "
                f"degraded images need a same-named file in high and target):{listing(lines)}")
         if not skip_bad:
-            raise DatasetError(msg + "\nAdd the files, fix the folder flags, or pass --skip-bad-files to "
+            raise DatasetError(msg + ". Add the files, fix the folder flags, or pass --skip-bad-files to "
                                      "train without them.")
         warnings.warn(f"skipping {len(missing)} sample(s) without their files (--skip-bad-files): "
                       + msg, stacklevel=2)
@@ -455,7 +455,7 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
     if bad:
         msg = f"{len(bad)} training image(s) cannot be used:{listing(bad)}"
         if not skip_bad:
-            raise DatasetError(msg + "\nReplace or remove them, lower --patch_size, or pass --skip-bad-files.")
+            raise DatasetError(msg + ". Replace or remove them, lower --patch_size, or pass --skip-bad-files.")
         warnings.warn(f"skipping {len(bad)} training image(s) (--skip-bad-files): " + msg, stacklevel=2)
     for fam, pairs in keep.items():
         if not pairs:

@@ -17,7 +17,7 @@ import re
 import sys
 from typing import Any, Callable, Iterable
 
-LIST_LIMIT = 20
+LIST_LIMIT = 10
 INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
 
 
@@ -39,15 +39,15 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "\n    ", lead: str | None = None) -> str:
-    """``items`` as text for an error message: the first ``limit``, then '... and N more'.
+def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "; ", lead: str = " ") -> str:
+    """``items`` as text for an error message, on its one line: the first ``limit``, then '... and N more'.
 
-    Each item follows ``sep``; the whole starts with ``lead`` (default ``sep``, so a message can
-    end with ``:`` and the list continues one item per indented line).
+    Items are joined by ``sep``; the whole starts with ``lead`` (a message ending in ``:`` continues
+    with the list).
     """
     items = [str(i) for i in items]
     more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
-    return (sep if lead is None else lead) + sep.join(items[:limit]) + more
+    return lead + sep.join(items[:limit]) + more
 
 
 def human_bytes(n: float) -> str:

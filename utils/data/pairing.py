@@ -67,6 +67,6 @@ def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
             pairs.append((d, target))
     if unpaired and not skip_unpaired:
         raise PairingError(f"{len(unpaired)} degraded image(s) in {degraded_dir} have no target of the same "
-                           f"name in {target_dir}:{listing(p.name for p in unpaired)}\nRename them to match "
+                           f"name in {target_dir}:{listing(p.name for p in unpaired)}. Rename them to match "
                            f"(rain-N pairs with norain-N), or pass --skip-unpaired to leave them out.")
     return pairs, unpaired

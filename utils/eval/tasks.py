@@ -134,8 +134,7 @@ def _validate_sizes(pairs: Sequence[tuple[Path, Path]], skip: bool, where: str,
         else:
             bad.append(f"{deg.name} {sd[0]}x{sd[1]} vs target {tar.name} {st[0]}x{st[1]}")
     if bad and not skip:
-        shown = listing(bad, lead="")
-        raise PairingError(f"{len(bad)} pair(s) in {where} differ in size (height x width):\n    {shown}\n"
+        raise PairingError(f"{len(bad)} pair(s) in {where} differ in size (height x width):{listing(bad)}. "
                            f"Fix or remove them, or pass --skip-unpaired to leave them out.")
     return good, [f"{b} (size mismatch)" for b in bad], unreadable
 
