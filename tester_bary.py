@@ -160,7 +160,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     model.add_argument("--preset", default=None, choices=sorted(PRESETS),
                        help="configuration for checkpoints that do not carry one (default paper); ignored, with a "
                             "note, for the trainer's checkpoints, which carry their own")
-    model.add_argument("--dim", type=int, default=None, help="override the width")
+    model.add_argument("--dim", type=_at_least(1), default=None, help="override the width")
     model.add_argument("--num-blocks", type=int, nargs=4, default=None, help="override blocks per level")
     model.add_argument("--num-refinement-blocks", type=int, default=None, help="override refinement blocks")
     model.add_argument("--heads", type=int, nargs=4, default=None, help="override attention heads per level")
@@ -279,7 +279,7 @@ def _check_flags(args) -> None:
 def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
     """The sets to evaluate (``--degset``/``--tarset`` or ``--tasks``), cut to ``--max-images``."""
     if args.degset:
-        sets = [paired_set(Path(args.degset).name, args.degset, args.tarset, skip_unpaired=args.skip_unpaired,
+        sets = [paired_set(Path(args.degset).resolve().name, args.degset, args.tarset, skip_unpaired=args.skip_unpaired,
                            skip_bad_files=args.skip_bad_files)]
     else:
         notes: list[str] = []

@@ -807,3 +807,18 @@ def test_names_that_are_not_utf8_and_the_files_permissions(checkpoint, tmp_path)
     assert (save / "results.md").stat().st_mode & 0o777 == 0o640  # the replaced file's permissions are kept
     for path in (save / "results.json", save / "results.csv", save / "plain.png", save / odd):
         assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_a_model_flag_that_breaks_the_configuration_is_named_and_degset_dot_names_its_row(checkpoint, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """--dim 0 was blamed on the checkpoint's model_config; --degset . gave a row with an empty name."""
+    parser = tester_bary.get_args_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dim", "0"])
+    assert "argument --dim: must be >= 1" in capsys.readouterr().err
+    deg, tar = _pair_dirs(tmp_path, ["a.png"], ["a.png"])
+    with pytest.raises(UserError, match=r"zero\.pth's model_config with --heads 1 2 4 5: heads\[3\] = 5"):
+        run("--model", checkpoint, "--input", deg, "--save", tmp_path / "o", "--heads", "1", "2", "4", "5")
+    monkeypatch.chdir(deg)
+    res = run("--model", checkpoint, "--degset", ".", "--tarset", tar, "--save", tmp_path / "o")
+    assert list(res["tasks"]) == ["deg"]

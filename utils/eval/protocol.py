@@ -143,8 +143,10 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
                               f"--backbone to say which network the weights are for")
     given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(stored_cfg, Mapping):
-        cfg = model_config("paper", source=f"{path}'s model_config", backbone=backbone,
-                           **{**dict(stored_cfg), **given})
+        flags = " ".join(f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, (list, tuple))
+                                                          else str(v)) for k, v in given.items())
+        where = f"{path}'s model_config" + (f" with {flags}" if flags else "")
+        cfg = model_config("paper", source=where, backbone=backbone, **{**dict(stored_cfg), **given})
         source = "checkpoint"
         if preset is not None:
             notes.append(f"--preset {preset} ignored: {path.name} carries its own configuration")
