@@ -64,6 +64,7 @@ from utils.eval.tasks import (
     task_layout,
 )
 from utils.files import json_text, keep_aside
+from utils.output_lock import OutputLock
 from utils.runtime import apply_gpus_flag, pick_device, tune_cpu_allocator
 
 REFERENCE_MODEL = f"{CHECKPOINT_DIR}/{REFERENCE_MODEL_NAME}"
@@ -408,24 +409,32 @@ def main(args) -> dict:
             print(f"=> dry run: {info['model']} ({info['backbone']}) loads and {count} image(s){rows} are found; "
                   f"outputs would go to {save}. Nothing was restored or written; drop --dry-run to run")
             return {"dry_run": True, "model": info, "images": count, "rows": [s.name for s in sets]}
-        if args.input:
-            return _restore_inputs(args, model, info, inputs, protocol, device, save, progress)
-        try:
-            results = evaluate_sets(model, sets, protocol, device, save_dir=None if args.no_images else save,
-                                    savetar_dir=args.savetar, figs_dir=args.figs_dir if args.figs else None,
-                                    fig_images=args.fig_images, subfolders=not args.degset, progress=progress,
-                                    model_info=info, skip_bad_files=args.skip_bad_files)
-            _record_flags(results, args)
-        except EvaluationStopped as stop:
-            _record_flags(stop.results, args)
-            print(format_report(stop.results))
-            kept = _keep_earlier_results(save)
-            paths = write_results(stop.results, save)
-            raise _stopped(stop, f"{paths['json']} (.csv, .md)", kept) from stop
+        # one tester at a time writes a --save: two would mix their images under one record
+        with OutputLock(save, "--save", "tester", fix="choose another --save"):
+            if args.input:
+                return _restore_inputs(args, model, info, inputs, protocol, device, save, progress)
+            return _evaluate(args, model, info, sets, protocol, device, save, progress)
+
+
+def _evaluate(args, model, info, sets: list[EvalSet], protocol: Protocol, device, save: Path, progress: bool) -> dict:
+    """``--tasks``/``--degset``: restore and score every set, print the table and write ``results.*`` into
+    ``--save`` (also when stopped, marked partial)."""
+    try:
+        results = evaluate_sets(model, sets, protocol, device, save_dir=None if args.no_images else save,
+                                savetar_dir=args.savetar, figs_dir=args.figs_dir if args.figs else None,
+                                fig_images=args.fig_images, subfolders=not args.degset, progress=progress,
+                                model_info=info, skip_bad_files=args.skip_bad_files)
+        _record_flags(results, args)
+    except EvaluationStopped as stop:
+        _record_flags(stop.results, args)
+        print(format_report(stop.results))
+        kept = _keep_earlier_results(save)
+        paths = write_results(stop.results, save)
+        raise _stopped(stop, f"{paths['json']} (.csv, .md)", kept) from stop
     print(format_report(results))
     paths = write_results(results, save)
     print(f"\nresults: {paths['json']}, {paths['csv']}, {paths['md']}")
-    if sets and not any(r["count"] for r in results["tasks"].values()):
+    if not any(r["count"] for r in results["tasks"].values()):
         raise _nothing_scored(", ".join(results["tasks"]), sum(r.get("skipped", 0) for r in results["tasks"].values()),
                               str(paths["md"]))
     return results

@@ -822,3 +822,16 @@ def test_a_model_flag_that_breaks_the_configuration_is_named_and_degset_dot_name
     monkeypatch.chdir(deg)
     res = run("--model", checkpoint, "--degset", ".", "--tarset", tar, "--save", tmp_path / "o")
     assert list(res["tasks"]) == ["deg"]
+
+
+def test_two_testers_may_not_write_one_save_folder(checkpoint, tmp_path):
+    """Two runs into one --save interleaved: the second's results.json listed its 6 images, the first's other
+    24 restorations sat beside them in no record."""
+    from utils.output_lock import OutputFolderBusy, OutputLock
+    deg, tar = _pair_dirs(tmp_path, ["a.png"], ["a.png"])
+    with OutputLock(tmp_path / "o", "--save", "tester"):  # as another tester running there holds it
+        for flags in (["--degset", deg, "--tarset", tar], ["--input", deg]):
+            with pytest.raises(OutputFolderBusy, match=r"--save .*/o is in use by another tester \(PID "):
+                run("--model", checkpoint, *flags, "--save", tmp_path / "o")
+        assert not (tmp_path / "o" / "results.json").exists() and not (tmp_path / "o" / "a.png").exists()
+    assert run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")["tasks"]["deg"]

@@ -13,9 +13,9 @@ from _train_data import make_train_tree, train_flags
 
 from utils.errors import UserError
 from utils.eval.outputs import OutputFolderError
+from utils.output_lock import OutputFolderBusy
 from utils.train import engine
 from utils.train.options import get_args_parser
-from utils.train.output_lock import OutputFolderBusy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -71,6 +71,7 @@ from utils.eval.evaluation import evaluate_set
 from utils.eval.inference import autocast_context
 from utils.eval.protocol import Protocol
 from utils.eval.tasks import EvalItem, EvalSet
+from utils.output_lock import OutputFolderBusy, OutputLock
 from utils.runtime import apply_gpus_flag, to_channels_last, tune_cpu_allocator
 from utils.train.distributed import (
     DistInfo,
@@ -87,7 +88,6 @@ from utils.train.distributed import (
 )
 from utils.train.losses import OBJECTIVES, Objective, congruence_loss, map_loss, potentials_loss
 from utils.train.options import model_overrides, resolve_data_file_dir, resolve_objective, run_dir
-from utils.train.output_lock import OutputFolderBusy, OutputLock
 from utils.train.run_log import (
     LOSS_LABELS,
     Console,
@@ -622,8 +622,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
 
 @contextlib.contextmanager
 def hold_output_folder(folder: Path, info: DistInfo) -> Iterator[None]:
-    """Rank 0 holds ``folder``'s :class:`~utils.train.output_lock.OutputLock` for the run; when another
-    trainer holds it, every rank stops with :class:`~utils.train.output_lock.OutputFolderBusy`."""
+    """Rank 0 holds ``folder``'s :class:`~utils.output_lock.OutputLock` for the run; when another
+    trainer holds it, every rank stops with :class:`~utils.output_lock.OutputFolderBusy`."""
     lock, busy = OutputLock(folder), None
     if info.is_main:
         try:

@@ -42,7 +42,7 @@ from utils.train.run_log import Console, discarded_log
 
 FIG_NAME = "train_losses.png"  # the loss curves, drawn into --figs-dir (default: --output-dir)
 TB_DIR = "tensorboard"  # --tensorboard's event files
-# What a run writes into --output-dir beside its checkpoints (and the lock, utils/train/output_lock.py).
+# What a run writes into --output-dir beside its checkpoints (and the lock, utils/output_lock.py).
 RUN_FILES = (LATEST, LOG_NAME, discarded_log(Path(LOG_NAME)).name, FIG_NAME, TB_DIR)
 
 

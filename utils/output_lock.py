@@ -1,0 +1,68 @@
+"""One writer per output folder: an exclusive lock that the kernel releases when its holder dies.
+
+Two trainers writing one ``--output-dir`` replace each other's checkpoints and log; two testers writing
+one ``--save`` mix their restorations under one record. The first run takes an ``flock`` on
+``<folder>/.lock`` (and writes its PID and host there); a second one is refused with the holder's PID.
+The kernel drops the lock when the holding process exits in any way (even kill -9), so a lock file left
+by a dead run never blocks the next one. On NFS, Linux maps ``flock`` to byte-range locks, which the
+server arbitrates across nodes.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from utils.errors import UserError
+from utils.eval.outputs import check_writable_folder
+
+LOCK_NAME = ".lock"
+
+
+class OutputFolderBusy(UserError):
+    """Another live run holds the output folder."""
+
+
+class OutputLock:
+    """``with OutputLock(folder):`` holds ``folder`` for this process (created if missing). ``flag`` names
+    the folder in messages, ``role`` what holds it, ``fix`` what to do when a file is in the way."""
+
+    def __init__(self, folder: str | os.PathLike, flag: str = "--output-dir", role: str = "trainer",
+                 fix: str = "choose another --output-dir (or --name)"):
+        self.folder = Path(folder)
+        self.flag, self.role, self.fix = flag, role, fix
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        check_writable_folder(self.folder, self.flag, fix=self.fix)
+        path = self.folder / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            after = ", resume it later with --resume auto," if self.role == "trainer" else ""
+            raise OutputFolderBusy(f"{self.flag} {self.folder} is in use by another {self.role} ({holder}); wait "
+                                   f"for it to finish{after} or choose another {self.flag}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
