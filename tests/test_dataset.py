@@ -97,8 +97,9 @@ def test_missing_pairs_are_one_error(tmp_path):
     assert "norain-2.png (for rainy/rain-2.png)" in msg
     assert "0001.png (for synthetic/part1/0001_0.8_0.2.png)" in msg and "0001_0.9_0.2.png)" in msg
     assert f"--deblur_dir={tree['deblur']}: {tree['deblur'] / 'blur' / 'img_0.png'} (for sharp/img_0.png)" in msg
-    with pytest.warns(UserWarning, match="skipping 4 sample"):
-        found = du.collect_samples(DE_5D, dirs_of(tree), skip_bad=True, log=lambda m: None)
+    logged = []
+    found = du.collect_samples(DE_5D, dirs_of(tree), skip_bad=True, log=logged.append)
+    assert any(m.startswith("warning: skipping 4 sample") for m in logged)
     assert len(found["derain"]) == 2 and len(found["dehaze"]) == 4 and len(found["deblur"]) == 2
 
 
@@ -138,8 +139,9 @@ def test_bad_images_are_named(tmp_path):
     msg = str(err.value)
     assert msg.startswith("3 training image(s) cannot be used")
     assert "clean_0.png" in msg and "small.png is 40x40 (32x32 after" in msg and "0.png is 48x48 but its target" in msg
-    with pytest.warns(UserWarning, match="skipping 3 training image"):
-        kept = du.check_images(found, patch_size=48, skip_bad=True)
+    logged = []
+    kept = du.check_images(found, patch_size=48, skip_bad=True, log=logged.append)
+    assert len(logged) == 1 and logged[0].startswith("warning: skipping 3 training image")
     assert len(kept["denoise"]) == 1 and len(kept["deblur"]) == 2 and len(kept["lowlight"]) == 1
     ds = du.MixedDegradationDataset(found, ["denoise_15"], 48)  # the unchecked list reads the bad file...
     bad = next(i for i, s in enumerate(ds.samples) if s.pair.clean.name == "clean_0.png")
@@ -385,9 +387,9 @@ def test_listed_rainy_image_without_gt_is_a_pairing_error(tmp_path):
     with pytest.raises(DatasetError, match=r"1 training file\(s\) are missing[\s\S]*norain-2.png "
                                            r"\(for rainy/rain-2.png\)"):
         du.collect_samples(["derain"], dirs_of(tree), tree["data_file_dir"], log=lambda m: None)
-    with pytest.warns(UserWarning, match="skipping 1 sample"):
-        found = du.collect_samples(["derain"], dirs_of(tree), tree["data_file_dir"], skip_bad=True,
-                                   log=lambda m: None)
+    logged = []
+    found = du.collect_samples(["derain"], dirs_of(tree), tree["data_file_dir"], skip_bad=True, log=logged.append)
+    assert any(m.startswith("warning: skipping 1 sample") for m in logged)
     assert [p.degraded.name for p in found["derain"]] == ["rain-1.png"]
 
 
@@ -412,8 +414,9 @@ def test_deblur_is_driven_by_sharp(tmp_path):
     with pytest.raises(DatasetError) as err:
         du.collect_samples(["deblur"], dirs_of(tree), log=lambda m: None)
     assert f"{tree['deblur'] / 'blur' / 'only_sharp.png'} (for sharp/only_sharp.png)" in str(err.value)
-    with pytest.warns(UserWarning, match="skipping 1 sample"):
-        found = du.collect_samples(["deblur"], dirs_of(tree), skip_bad=True, log=lambda m: None)
+    logged = []
+    found = du.collect_samples(["deblur"], dirs_of(tree), skip_bad=True, log=logged.append)
+    assert any(m.startswith("warning: skipping 1 sample") for m in logged)
     assert len(found["deblur"]) == 2
     os.rename(tree["deblur"] / "blur", tree["deblur"] / "blurred")
     with pytest.raises(DatasetError, match=r"--deblur_dir points at .*, but .*blur does not exist"):
@@ -472,3 +475,11 @@ def test_an_image_over_the_pixel_limit_is_found_at_start_not_in_a_worker(tmp_pat
                                                rf"downscale it"):
             du.check_images(found, 32)
     assert du.check_images(found, 32) == found  # under the default limit, nothing is left out
+
+
+def test_an_empty_id_list_says_it_is_empty(tmp_path):
+    """An empty list was reported as 'none of the 0 ids listed ... exist', blaming the folder."""
+    tree = make_train_tree(tmp_path, n=2, id_lists=True)
+    (tree["data_file_dir"] / "rainy" / "rainTrain.txt").write_text("")
+    with pytest.raises(DatasetError, match=r"rainTrain.txt for --derain_dir lists no ids \(an empty file\)"):
+        du.collect_samples(["derain"], dirs_of(tree), tree["data_file_dir"], log=lambda m: None)

@@ -242,6 +242,10 @@ def test_a_mistyped_resume_path_is_an_error_and_writes_nothing(data, tmp_path):
     with pytest.raises(CheckpointError, match="that folder holds no checkpoint"):
         run(data, tmp_path, "--nEpochs", "2", "--resume", str(tmp_path / "empty"), iters=1)
     assert snapshot(tmp_path / "ckpt") == before
+    # into a new folder: the failed start leaves no folder behind (it used to leave one holding its lock)
+    with pytest.raises(CheckpointError, match="no such file or folder; nothing was written"):
+        run(data, tmp_path / "new", "--nEpochs", "2", "--resume", str(tmp_path / "nope.pth"), iters=1)
+    assert not (tmp_path / "new" / "ckpt").exists()
 
 
 def test_a_missing_pretrained_file_is_an_error(data, tmp_path):
@@ -356,7 +360,9 @@ def test_resume_refuses_another_objective_optimizer_or_data_mix(data, tmp_path):
                                      r"--potentials_steps 2 there, 1 here.*trained by trainer_bary.py"),
             (["--optimizer", "Adam"], r"--optimizer RMSprop there, Adam here"),
             (["--reg_weight", "0.1"], r"--reg_weight 0.05 there, 0.1 here"),
-            (["--repeat", "derain=2"], r"--repeat \(default\) there, derain=2 here")):
+            (["--repeat", "derain=2"], r"--repeat \(default\) there, derain=2 here"),
+            (["--Sigma", "5"], r"--Sigma 10000 there, 5.0 here"),
+            (["--ablate", "potentials"], r"--ablate \(none\) there, potentials here")):
         with pytest.raises(ConfigError, match=message):
             run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", *flags, iters=1)
         assert snapshot(tmp_path / "ckpt") == before
@@ -381,6 +387,11 @@ def test_bad_lr_data_file_dir_and_output_dir_are_one_line_errors(data, tmp_path)
     --data_file_dir silently trained on every image found by scanning (another lambda, another epoch
     length); an --output-dir that is a file ended in FileExistsError. Each is one error now."""
     flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--nEpochs", "1"]
+    for flag, value in (("--Sigma", "nan"), ("--Sigma", "-100"), ("--iters-per-epoch", "-1"), ("--keep", "-1"),
+                        ("--save-every", "-5"), ("--log-every", "-1"), ("--reg-weight", "nan"),
+                        ("--contrastive-eps", "nan")):
+        with pytest.raises(ConfigError, match=f"{flag}.*(must be|finite)"):
+            engine.main(get_args_parser().parse_args([*flags, flag, value]))
     for lr in ("-1", "nan", "inf"):
         with pytest.raises(ConfigError, match=f"--lr must be a finite number >= 0, got {lr}"):
             engine.main(get_args_parser().parse_args([*flags, "--lr", lr]))
@@ -408,3 +419,49 @@ def test_a_mid_epoch_resume_with_another_batch_continues_after_the_samples_used(
     state = engine.continue_with_batch(resumed, args, info, LoopState(3, iteration, 999), Console(False))
     assert state == LoopState(3, expected, 999)
     assert state.iteration * now[0] * now[1] <= iteration * was[0] * was[1] < (state.iteration + 1) * now[0] * now[1]
+
+
+def test_a_run_with_nothing_to_do_moves_and_writes_nothing(data, tmp_path, capsys):
+    """Resuming epoch 1 of a 3-epoch run with --nEpochs 1 moved epochs 2 and 3 aside and rewound the log,
+    then said 'nothing to do'."""
+    assert run(data, tmp_path, "--nEpochs", "3", iters=1) == 0
+    before = snapshot(tmp_path / "ckpt")
+    capsys.readouterr()
+    assert run(data, tmp_path, "--nEpochs", "1", "--resume", str(tmp_path / "ckpt" / "epoch_001.pth"), iters=1) == 0
+    assert "nothing to do: epoch 2 is past --nEpochs 1; nothing was written" in capsys.readouterr().out
+    assert snapshot(tmp_path / "ckpt") == before
+    # --resume <run>/latest continues that run (it was called a damaged checkpoint)
+    assert run(data, tmp_path, "--nEpochs", "4", "--resume", str(tmp_path / "ckpt" / "latest"), iters=1) == 0
+    assert "is a run's pointer: continuing its newest checkpoint, epoch_003.pth" in capsys.readouterr().out
+    assert read_checkpoint(read_latest(tmp_path / "ckpt"))["epoch"] == 4
+
+
+def test_a_mid_epoch_checkpoint_past_a_smaller_cap_ends_its_epoch(data, tmp_path, capsys):
+    """Resumed at iteration 2 of 4 with --iters-per-epoch 2, epoch 1 was skipped: no epoch_001.pth, no epoch
+    record, no validation; now the epoch ends there, with its checkpoint and its record."""
+    assert run(data, tmp_path, "--nEpochs", "1", "--save-every", "2", "--keep", "0", iters=4) == 0
+    ckpt = tmp_path / "ckpt"
+    records = [json.loads(line) for line in (ckpt / "log.jsonl").read_text().splitlines()]
+    first_two = [r for r in records if r["kind"] == "iter" and r["global_step"] <= 2]
+    for name in ("epoch_001.pth", "latest"):
+        (ckpt / name).unlink()
+    capsys.readouterr()
+    assert run(data, tmp_path, "--nEpochs", "1", "--resume", str(ckpt / "iter_e001_i000002.pth"), iters=2) == 0
+    assert "epoch 1 ends there, without more training" in capsys.readouterr().err
+    done = read_checkpoint(ckpt / "epoch_001.pth")
+    assert (done["epoch"], done["iteration"], done["global_step"]) == (1, 0, 2)
+    records = [json.loads(line) for line in (ckpt / "log.jsonl").read_text().splitlines()]
+    (epoch,) = [r for r in records if r["kind"] == "epoch"]
+    assert epoch["global_step"] == 2 and epoch["l1"] == pytest.approx(sum(r["l1"] for r in first_two) / 2)
+
+
+def test_resuming_after_the_data_changed_says_so(tmp_path, capsys):
+    """Images added since the checkpoint changed lambda and the resumed epoch's order without a word."""
+    import shutil
+    mine = make_train_tree(tmp_path / "data")
+    assert run(mine, tmp_path, "--nEpochs", "1", iters=1) == 0
+    shutil.copy(mine["derain"] / "rainy" / "rain-1.png", mine["derain"] / "rainy" / "rain-99.png")
+    shutil.copy(mine["derain"] / "gt" / "norain-1.png", mine["derain"] / "gt" / "norain-99.png")
+    capsys.readouterr()
+    assert run(mine, tmp_path, "--nEpochs", "2", "--resume", "auto", iters=1) == 0
+    assert "the training data changed since the checkpoint" in capsys.readouterr().err

@@ -833,7 +833,8 @@ def resume_candidates(resume: str | None, output_dir: str | os.PathLike) -> tupl
 
     * ``auto``: the checkpoint ``latest`` names in ``output_dir``, then the others newest first (so a
       damaged newest file falls back to the one before); none at all is a fresh run, with a note.
-    * a folder: that run's checkpoints the same way (the note says which folder was meant).
+    * a folder, or its ``latest`` pointer: that run's checkpoints the same way (the note says which folder
+      was meant).
     * a file: that file alone.
 
     A path that does not exist, or a folder without checkpoints, raises :class:`CheckpointError`
@@ -847,13 +848,16 @@ def resume_candidates(resume: str | None, output_dir: str | os.PathLike) -> tupl
             return [], f"--resume auto: no checkpoint in {output_dir}; starting a fresh run"
         return found, None
     path = Path(resume)
+    if path.name == LATEST and path.is_file():  # a run's pointer: that run, from the checkpoint it names
+        path = path.parent
     if path.is_dir():
         found = _newest_first(path)
         if not found:
             raise CheckpointError(f"--resume {resume}: that folder holds no checkpoint (epoch_NNN.pth or "
                                   f"iter_eNNN_iNNNNNN.pth); pass a checkpoint file, or --resume auto to continue "
                                   f"the run in --output-dir")
-        return found, f"--resume {resume} is a folder: continuing its newest checkpoint, {found[0].name}"
+        what = "a run's pointer" if Path(resume).name == LATEST else "a folder"
+        return found, f"--resume {resume} is {what}: continuing its newest checkpoint, {found[0].name}"
     if not path.is_file():
         raise CheckpointError(f"--resume {resume}: no such file or folder; nothing was written. Check the path, "
                               f"use --resume auto to continue the newest checkpoint in --output-dir, or leave "

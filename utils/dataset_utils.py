@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Container, Iterable, Sequence
@@ -283,8 +283,11 @@ def _listed_files(fam: str, root: Path, id_list: Path, notes: list[str]) -> tupl
     flag = LAYOUT[fam][0]
     ids = read_id_list(id_list)
     present, absent = split_listed_ids(ids, _FilesUnder(root))
+    if not ids:
+        raise DatasetError(f"the id list {id_list} for {flag} lists no ids (an empty file): restore it, point "
+                           f"--data_file_dir at the authors' lists, or pass --data_file_dir '' to scan {root}")
     if not present:
-        example = f" (e.g. {root / ids[0]})" if ids else ""
+        example = f" (e.g. {root / ids[0]})"
         raise DatasetError(f"none of the {len(ids)} ids listed in {id_list} exist under {flag}={root}{example}: "
                            f"{flag} points at the wrong folder, or the list is not for this data. Pass {flag} "
                            f"with the folder the ids are relative to, or --data_file_dir '' to scan {root} instead.")
@@ -393,8 +396,7 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
         if not skip_bad:
             raise DatasetError(msg + ". Add the files, fix the folder flags, or pass --skip-bad-files to "
                                      "train without them.")
-        warnings.warn(f"skipping {len(missing)} sample(s) without their files (--skip-bad-files): "
-                      + msg, stacklevel=2)
+        log(f"warning: skipping {len(missing)} sample(s) without their files (--skip-bad-files): {msg}")
     for fam, pairs in found.items():
         if not pairs:
             raise DatasetError(f"no usable {fam} training images under {LAYOUT[fam][0]}={dirs[fam]}")
@@ -406,10 +408,11 @@ def _cropped(n: int) -> int:
 
 
 def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool = False,
-                 progress: Callable[[Iterable, int], Iterable] | None = None) -> dict[str, list[Pair]]:
+                 progress: Callable[[Iterable, int], Iterable] | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, list[Pair]]:
     """Read every image header: unreadable files, images smaller than the patch (after the
     centre-crop to multiples of 16) and degraded/clean size mismatches are one :class:`DatasetError`
-    listing them, or are left out with a warning when ``skip_bad``."""
+    listing them, or are left out with a ``warning:`` line to ``log`` when ``skip_bad``."""
     bad: list[str] = []
     out: dict[str, list[Pair]] = {}
     total = sum(len(p) for p in found.values())
@@ -456,7 +459,7 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
         msg = f"{len(bad)} training image(s) cannot be used:{listing(bad)}"
         if not skip_bad:
             raise DatasetError(msg + ". Replace or remove them, lower --patch_size, or pass --skip-bad-files.")
-        warnings.warn(f"skipping {len(bad)} training image(s) (--skip-bad-files): " + msg, stacklevel=2)
+        log(f"warning: skipping {len(bad)} training image(s) (--skip-bad-files): {msg}")
     for fam, pairs in keep.items():
         if not pairs:
             raise DatasetError(f"no usable {fam} training images remain (all {len(found[fam])} were bad)")
@@ -582,7 +585,7 @@ class MixedDegradationDataset(Dataset):
             try:
                 return self._load(j)
             except (ImageReadError, DatasetError) as exc:
-                warnings.warn(f"skipping a bad training sample (--skip-bad-files): {exc}", stacklevel=2)
+                print(f"warning: skipping a bad training sample (--skip-bad-files): {exc}", file=sys.stderr)
         raise DatasetError("no training sample could be read")
 
     def summary(self) -> str:
@@ -618,7 +621,7 @@ def build_train_dataset(de_types: Sequence[str], dirs: dict[str, str | os.PathLi
     """
     found = collect_samples(de_types, dirs, data_file_dir, skip_bad=skip_bad, log=log, strict_ids=strict_ids)
     if check:
-        found = check_images(found, patch_size, skip_bad=skip_bad, progress=progress)
+        found = check_images(found, patch_size, skip_bad=skip_bad, progress=progress, log=log)
     return MixedDegradationDataset(found, de_types, patch_size, seed=seed, skip_bad=skip_bad, repeats=repeats)
 
 

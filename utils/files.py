@@ -33,9 +33,9 @@ def disk_full(path: Path, needed: int | None) -> DiskFullError:
     """The error for ``path`` not fitting its folder (``needed`` bytes, when known)."""
     free = shutil.disk_usage(path.parent).free
     need = f"{human_bytes(needed)} ({needed:,} bytes)" if needed is not None else "more space"
+    kept = f" (the existing {path.name} was left as it was)" if path.exists() else ""
     return DiskFullError(f"disk full: writing {path.name} to {path.parent} needs {need} and "
-                         f"{human_bytes(free)} are free; free space there or choose another folder "
-                         f"(an existing {path.name} was left as it was)")
+                         f"{human_bytes(free)} are free; free space there or choose another folder{kept}")
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -33,8 +33,10 @@ class OutputLock:
         self.folder = Path(folder)
         self.flag, self.role, self.fix = flag, role, fix
         self._fd: int | None = None
+        self._made = False  # this lock created the folder: a run that wrote nothing leaves no folder behind
 
     def acquire(self) -> "OutputLock":
+        self._made = not self.folder.exists()
         check_writable_folder(self.folder, self.flag, fix=self.fix)
         path = self.folder / LOCK_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -55,8 +57,16 @@ class OutputLock:
         return self
 
     def release(self) -> None:
+        """Unlock; a folder this lock created and nothing else wrote into (a run that failed at its start)
+        is removed, still under the lock, so that "nothing was written" holds."""
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
+            if self._made and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+                try:
+                    (self.folder / LOCK_NAME).unlink()
+                    self.folder.rmdir()
+                except OSError:
+                    pass  # something arrived meanwhile: the folder stays
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -563,10 +563,16 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
             restore_training_state(resumed, training.optimizer, training.potentials_optimizer, training.scaler,
                                    source=str(ckpt_path))
             state = continue_with_batch(resumed, args, info, state, console)
+            warn_if_the_data_changed(resumed, dataset, state, console)
         sampler, loader = build_loader(args, dataset, seed, info)
         iters = iterations_per_epoch(sampler.num_samples, args.batchSize, args.iters_per_epoch)
-        if state.iteration >= iters:  # resumed exactly at an epoch's end (e.g. a smaller cap now)
-            state = LoopState(state.epoch + 1, 0, state.global_step)
+        if state.iteration >= iters:  # a mid-epoch checkpoint at or past this run's smaller --iters-per-epoch
+            console.warn(f"the checkpoint is {state.iteration} iterations into epoch {state.epoch}, and this run's "
+                         f"epochs have {iters}: epoch {state.epoch} ends there, without more training (its "
+                         f"checkpoint, record and validation come next)")
+        if state.epoch > args.nEpochs:  # before anything is moved or written: a no-op changes nothing
+            console(f"=> nothing to do: epoch {state.epoch} is past --nEpochs {args.nEpochs}; nothing was written")
+            return 0
         if dry:
             console(f"=> dry run: the data, the networks{', the checkpoint' if ckpt_path else ''} and the memory "
                     f"check out; it would train epochs {state.epoch}..{args.nEpochs} of {iters} iterations into "
@@ -575,9 +581,6 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         output_dir = Path(args.output_dir)
         log = open_log(output_dir, resumed, ckpt_path, state, info, console)
         log.write(run_record(args, dataset, objective, state, resumed is not None, info))
-        if state.epoch > args.nEpochs:
-            console(f"=> nothing to do: epoch {state.epoch} is past --nEpochs {args.nEpochs}")
-            return 0
         board = open_tensorboard(args, output_dir, resumed is not None, state.global_step, dataset, val_pairs,
                                  info.is_main, console)
         log = RecordLogs(log, board)  # the log's records go to TensorBoard too
@@ -803,6 +806,21 @@ def continue_with_batch(resumed: dict, args: argparse.Namespace, info: DistInfo,
                  f"{iteration + 1} of the new batch ({used - iteration * now[0] * now[1]} sample(s) seen again); its "
                  f"batches are not those the interrupted run would have drawn")
     return replace(state, iteration=iteration)  # the losses summed so far stay the epoch's
+
+
+def warn_if_the_data_changed(resumed: dict, dataset: MixedDegradationDataset, state: LoopState,
+                             console: Console) -> None:
+    """Say so when the training images per domain differ from the checkpoint's (images added or removed
+    since): the barycenter weights lambda follow the counts, and a resumed epoch's order is not the one the
+    interrupted run was drawing from, so the run is no longer the one an uninterrupted run would train."""
+    saved = resumed.get("domain_counts")
+    if not isinstance(saved, (list, tuple)) or list(saved) == list(dataset.domain_counts):
+        return
+    where = (f"the rest of epoch {state.epoch} draws from a new order (some samples may be seen twice or not at "
+             f"all), and " if state.iteration else "")
+    console.warn(f"the training data changed since the checkpoint: samples per epoch and domain "
+                 f"{list(saved)} there, {list(dataset.domain_counts)} now ({', '.join(dataset.families)}); {where}"
+                 f"lambda is now {', '.join(f'{v:.4g}' for v in dataset.lambdas)}")
 
 
 def build_loader(args: argparse.Namespace, dataset: MixedDegradationDataset, seed: int,

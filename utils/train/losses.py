@@ -7,6 +7,7 @@ sample's domain (degradation family), ``de_i`` its degradation id.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Collection
 
@@ -46,8 +47,9 @@ class Objective:
     def __post_init__(self):
         if self.potentials_steps not in (1, 2):
             raise ValueError(f"potentials_steps must be 1 or 2, got {self.potentials_steps}")
-        if self.reg_weight < 0 or self.contrastive_eps < 0:
-            raise ValueError(f"reg_weight and contrastive_eps must be >= 0, got {self.reg_weight}, "
+        if not (math.isfinite(self.reg_weight) and self.reg_weight >= 0
+                and math.isfinite(self.contrastive_eps) and self.contrastive_eps >= 0):
+            raise ValueError(f"reg_weight and contrastive_eps must be finite and >= 0, got {self.reg_weight}, "
                              f"{self.contrastive_eps}")
 
 

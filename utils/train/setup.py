@@ -189,6 +189,12 @@ def check_args(args) -> int:
             raise ConfigError(str(exc)) from None
     if not math.isfinite(args.lr) or args.lr < 0:
         raise ConfigError(f"--lr must be a finite number >= 0, got {args.lr} (the paper's is 2e-4)")
+    if not math.isfinite(args.Sigma) or args.Sigma < 0:
+        raise ConfigError(f"--Sigma must be a finite number >= 0, got {args.Sigma} (the paper's is 10000)")
+    for flag, meaning in (("iters_per_epoch", "0: the whole data set"), ("keep", "0 keeps all"),
+                          ("save_every", "0: at epochs' ends only"), ("log_every", "0: no iteration records")):
+        if getattr(args, flag, 0) < 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0 ({meaning}), got {getattr(args, flag)}")
     return k
 
 
@@ -209,7 +215,8 @@ def _load_potentials_if_they_fit(pots: Potentials | None, obj: Any, source: str)
 # objective (the two reference trainers' differ) and the optimiser (its saved state fits only itself).
 # A checkpoint resumes only into them.
 RUN_SETTINGS = ("backbone", "preset", "dim", "num_blocks", "num_refinement_blocks", "heads", "de_type", "patch_size",
-                "repeat", "objective", "reg_weight", "contrastive_eps", "potentials_steps", "optimizer")
+                "repeat", "objective", "reg_weight", "contrastive_eps", "potentials_steps", "optimizer", "Sigma",
+                "ablate")
 # Which script trains each --objective by default: named when a run is resumed with the other one.
 OBJECTIVE_SCRIPTS = {"single": "trainer_bary.py", "ddp": "trainer_bary_ddp.py"}
 
@@ -224,11 +231,11 @@ def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> Non
         if name not in saved:
             continue
         now, then = getattr(args, name, None), saved[name]
-        unordered = name in ("de_type", "repeat") and now is not None and then is not None  # order is no setting
+        unordered = name in ("de_type", "repeat", "ablate") and now is not None and then is not None  # no order
         same = sorted(now) == sorted(then) if unordered else now == then
         if not same:
-            shown = (lambda v: "(default)" if v is None else " ".join(map(str, v)) if isinstance(v, (list, tuple))
-                     else str(v))
+            shown = (lambda v: "(default)" if v is None else " ".join(map(str, v)) or "(none)"
+                     if isinstance(v, (list, tuple)) else str(v))
             differ.append(f"--{name} {shown(then)} there, {shown(now)} here")
     if differ:
         trained = saved.get("objective")
@@ -284,8 +291,11 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
                               f"--pretrained out to start from random weights")
         pobj = read_checkpoint(path)
         load_network(model, pobj, str(path))
-        msg = "network and potentials" if _load_potentials_if_they_fit(pots, pobj, str(path)) else "network"
-        console(f"=> --pretrained {path}: {msg} weights loaded")
+        loaded = _load_potentials_if_they_fit(pots, pobj, str(path))
+        msg = {True: "network and potentials weights loaded", None: "network weights loaded",
+               False: "network weights loaded; its potentials do not fit this run (another --patch_size or "
+                      "number of --de_type domains) and start fresh"}[loaded]
+        console(f"=> --pretrained {path}: {msg}")
     return state, None
 
 
