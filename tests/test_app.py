@@ -132,6 +132,18 @@ def test_failures_are_a_status_line(session, corrupt, tmp_path):
     assert restore_for_page(session, None, "fp32", "auto").status.startswith("**Nothing to restore**")
 
 
+def test_out_of_memory_in_the_page_names_the_pages_own_control(session, photo, monkeypatch):
+    """The page told its user to pass --tile 512 --tile-overlap 32, flags the page does not have."""
+    from utils.app import restore as app_restore
+    from utils.eval.protocol import RestoreOutOfMemory
+
+    def oom(*args, **kwargs):
+        raise RestoreOutOfMemory("out of memory restoring photo.png (64x64) on cpu: use tiled inference: --tile 512")
+    monkeypatch.setattr(app_restore, "restore_upload", oom)
+    status = restore_for_page(session, photo, "fp32", "auto").status
+    assert status.startswith("**Cannot restore**") and status.endswith("choose a smaller size under Tiling.")
+
+
 def test_networks_without_embeddings_say_so(photo, tmp_path):
     model = build_model("Restormer", "tiny").eval()
     session = Session(model=model, info={"model": "x.pth", "backbone": "Restormer"}, device=torch.device("cpu"),
@@ -145,7 +157,9 @@ def test_the_work_dir_loses_only_the_apps_own_request_folders(tmp_path):
     """--work-dir used to be pruned of every folder but the 8 newest: --work-dir ~/Pictures (or .) deleted the
     user's folders, .git included, at the first Restore. Only the app's request-* folders go now."""
     from utils.app.restore import KEEP_REQUESTS, request_folder
-    mine = [tmp_path / name for name in [".git", "photos", *(f"album_{i}" for i in range(12))]]
+    # "request-0..." folders of the user's own sorted before the app's and were deleted as its oldest
+    mine = [tmp_path / name for name in [".git", "photos", "request-01", "request-0-old", "request-notes",
+                                         *(f"album_{i}" for i in range(12))]]
     for folder in mine:
         folder.mkdir()
         (folder / "keep.txt").write_text("mine")
@@ -153,7 +167,7 @@ def test_the_work_dir_loses_only_the_apps_own_request_folders(tmp_path):
     made = [request_folder(tmp_path) for _ in range(KEEP_REQUESTS + 4)]
     assert all((folder / "keep.txt").read_text() == "mine" for folder in mine)
     assert (tmp_path / "notes.txt").read_text() == "mine"
-    requests = sorted(p for p in tmp_path.iterdir() if p.name.startswith("request-"))
+    requests = sorted(p for p in tmp_path.iterdir() if p.name.startswith("request-") and p not in mine)
     assert len(requests) == KEEP_REQUESTS and set(made[-KEEP_REQUESTS:]) == set(requests)
 
 
@@ -211,6 +225,18 @@ def test_bad_flags_are_one_error_line(tmp_path, monkeypatch, capsys):
                          "--work-dir a_file: a file, not a folder, is in the way")):
         status, err = _app(argv, capsys)
         assert status in (1, 2) and err.startswith("error: ") and words in err and err.count("\n") == 1, (argv, err)
+    # torch's own two-line text came out as two lines; a failed start made --work-dir; plain images under
+    # --examples silently gave none
+    torch.save({"model": build_model("BaryNet", "tiny").state_dict(), "model_config": model_config("tiny")},
+               tmp_path / "tiny.pth")
+    write_image(tmp_path / "photos" / "a.png", np.zeros((16, 16, 3), np.uint8))
+    for argv, words in ((["--model", "photos/a.png"], "cannot read checkpoint photos/a.png"),
+                        (["--model", "nope.pth", "--work-dir", "new/sub"], "--model nope.pth: checkpoint not found"),
+                        (["--model", "tiny.pth", "--examples", "photos"],
+                         "--examples photos: no degraded images in the benchmark layout")):
+        status, err = _app(argv, capsys)
+        assert status in (1, 2) and err.startswith("error: ") and words in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "new").exists()
 
 
 # --------------------------------------------------------------------------- in the browser

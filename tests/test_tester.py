@@ -835,3 +835,12 @@ def test_two_testers_may_not_write_one_save_folder(checkpoint, tmp_path):
                 run("--model", checkpoint, *flags, "--save", tmp_path / "o")
         assert not (tmp_path / "o" / "results.json").exists() and not (tmp_path / "o" / "a.png").exists()
     assert run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")["tasks"]["deg"]
+
+
+def test_a_name_near_the_file_systems_limit_is_restored(checkpoint, tmp_path):
+    """A 255-byte file name ended in a traceback (ENAMETOOLONG): the temporary beside it was longer still."""
+    name = "a" * 251 + ".png"
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / name, _clean_images()["cat"])
+    res = run("--model", checkpoint, "--input", tmp_path / "in", "--save", tmp_path / "o")
+    assert [r["name"] for r in res["restored"]] == [name] and (tmp_path / "o" / name).is_file()

@@ -82,6 +82,8 @@ def _os_message(exc: OSError) -> str | None:
         return f"{where} is a folder where a file was expected"
     if exc.errno == errno.ENOTDIR:
         return f"{where}: a path component is a file, not a folder"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"file name too long: {where} — shorten it (most file systems allow 255 bytes a name)"
     return None
 
 
@@ -137,6 +139,7 @@ def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False) -> int:
         if found is None:
             raise
         message, status = found
-        print(f"error: {message}", file=sys.stderr)
+        one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())  # a library's text too
+        print(f"error: {one_line}", file=sys.stderr)
         return status
     return status if isinstance(status, int) else 0

@@ -43,6 +43,14 @@ def is_disk_full(exc: BaseException) -> bool:
     return any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in exception_chain(exc))
 
 
+def _short(name: str, limit: int = 100) -> str:
+    """``name`` cut to at most ``limit`` bytes: a temporary's name adds about 30 to its target's, and a target
+    near the file system's 255-byte limit would otherwise fail to get one."""
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
+
+
 def _umask() -> int:
     """This process's umask, read without changing it (Linux), else by setting and restoring it."""
     try:
@@ -80,7 +88,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], s
     path.parent.mkdir(parents=True, exist_ok=True)
     if size is not None and shutil.disk_usage(path.parent).free < size + FREE_SPACE_MARGIN:
         raise disk_full(path, size)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _new_file_mode(path))  # mkstemp's 0600 would hide the result from everyone else
         with os.fdopen(fd, "wb") as fh:

@@ -144,8 +144,8 @@ def main(args) -> int:
     check_port(args.port)
     check_gradio()
     examples_root = examples_folder(args.examples)
-    if args.work_dir:  # a file in the way, or no permission: said now, not at the first Restore
-        check_writable_folder(args.work_dir, "--work-dir")
+    if args.work_dir:  # a file in the way, or no permission: said now (made at the first Restore)
+        check_writable_folder(args.work_dir, "--work-dir", create=False)
     path = checkpoint_to_serve(args.model)
     try:
         device = pick_device(args.device)
@@ -160,6 +160,10 @@ def main(args) -> int:
     from utils.app.page import build_page  # imports Gradio, after its analytics are off
     from utils.app.restore import Session, example_images
     examples = example_images(examples_root) if examples_root is not None else []
+    if args.examples and not examples:
+        raise UsageError(f"--examples {args.examples}: no degraded images in the benchmark layout there "
+                         f"(<task>/input/, <task>/<set>/input/ or lowlight/low/) — pass a test root such as "
+                         f"{DEMO_EXAMPLES}, or leave the flag out")
     with tempfile.TemporaryDirectory(prefix="baryir-app-") as scratch:
         work_dir = Path(args.work_dir) if args.work_dir else Path(scratch)
         page = build_page(Session(model=model, info=info, device=device, work_dir=work_dir), examples)

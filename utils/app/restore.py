@@ -39,7 +39,7 @@ from utils.data.image_io import quantise, read_image, to_float, write_image
 from utils.errors import UserError, failure_message
 from utils.eval.evaluation import EvaluationStopped, restore_files
 from utils.eval.inference import PRECISIONS
-from utils.eval.protocol import SIZE_MULTIPLE, Protocol, crop_to_multiple
+from utils.eval.protocol import SIZE_MULTIPLE, Protocol, RestoreOutOfMemory, crop_to_multiple
 from utils.eval.tasks import DenoiseLayout, find_task_sets
 
 # The tiling choices the page lists ('auto': tile only an image that would not fit the free memory, as the
@@ -269,6 +269,9 @@ class PageResult:
 
 
 REQUEST_PREFIX = "request-"  # the app's own folders under --work-dir; nothing else there is ever touched
+# Exactly the names request_folder makes (prefix, 20-digit time in ns, mkdtemp's 8 characters): a user's own
+# "request-01" or "request-notes" never matches, so it is neither removed nor counted.
+_REQUEST_NAME = re.compile(rf"{REQUEST_PREFIX}\d{{20}}-[A-Za-z0-9_]{{8}}")
 
 
 def request_folder(work_dir: Path, keep: int = KEEP_REQUESTS) -> Path:
@@ -278,7 +281,7 @@ def request_folder(work_dir: Path, keep: int = KEEP_REQUESTS) -> Path:
     work_dir.mkdir(parents=True, exist_ok=True)
     # oldest first by name: each carries its creation time in nanoseconds (file times may tie on coarse clocks)
     old = sorted(p for p in work_dir.iterdir() if p.is_dir() and not p.is_symlink()
-                 and p.name.startswith(REQUEST_PREFIX))
+                 and _REQUEST_NAME.fullmatch(p.name))
     for folder in old[:max(0, len(old) - keep + 1)]:
         shutil.rmtree(folder, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{REQUEST_PREFIX}{time.time_ns():020d}-", dir=work_dir))
@@ -286,7 +289,7 @@ def request_folder(work_dir: Path, keep: int = KEEP_REQUESTS) -> Path:
 
 def _tiling_text(protocol: Protocol, note: str | None) -> str:
     if note:
-        return f"tiled automatically ({note.removeprefix('note: ')})"
+        return f"tiled automatically ({note.removeprefix('note: ').split(' (--tile N')[0]}; Tiling chooses)"
     if protocol.tile is None:
         return "tiling auto (the whole image fitted)"
     return "tiling off" if protocol.tile == 0 else f"{protocol.tile}x{protocol.tile} tiles"
@@ -343,7 +346,8 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
         found = failure_message(exc)
         if found is None:
             raise
-        return PageResult(status=f"**Cannot restore** `{name}`: {_named(found[0], upload, name)}")
+        page_hint = " In this page: choose a smaller size under Tiling." if isinstance(exc, RestoreOutOfMemory) else ""
+        return PageResult(status=f"**Cannot restore** `{name}`: {_named(found[0], upload, name)}{page_hint}")
     scales = (display_range(maps.wb), display_range(maps.residual)) if maps is not None else None
     h, w = restored.before.shape[:2]
     bits = 16 if restored.before.dtype == np.uint16 else 8

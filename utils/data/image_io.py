@@ -162,8 +162,8 @@ def _check_pixels(path: Path, size: tuple[int, int] | None, limit: int) -> None:
         gib = h * w * 3 * 4 / 2**30  # the float32 RGB copy restoring and scoring work on
         raise ImageReadError(f"image {path} is {w}x{h} = {h * w / 1e6:.1f} Mpx, more than the limit of "
                              f"{limit / 1e6:.1f} Mpx ({limit} pixels): restoring it would need more than {gib:.1f} "
-                             f"GiB of memory. Downscale or split it, or raise the limit (tester_bary.py "
-                             f"--max-pixels N, at most {CV2_MAX_PIXELS})")
+                             f"GiB of memory. Downscale or split it, or raise the limit (--max-pixels N of "
+                             f"tester_bary.py or python -m utils.app, at most {CV2_MAX_PIXELS})")
 
 
 def is_image(path: str | os.PathLike) -> bool:
