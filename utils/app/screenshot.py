@@ -70,6 +70,8 @@ def main(args) -> int:
         raise UserError(f"--model {args.model}: not found — run `make demo` (it trains {DEMO_MODEL}) or pass "
                         f"--model PATH")
     image = Path(args.image) if args.image else default_image()
+    if not image.is_file():  # before a server and a browser are started for nothing
+        raise UserError(f"--image {image}: no such file — pass an image file, or leave the flag out for the demo's")
     with tempfile.TemporaryDirectory(prefix="baryir-screenshot-") as tmp:
         log = Path(tmp) / "app.log"
         argv = ["--model", args.model, "--work-dir", str(Path(tmp) / "work")]
