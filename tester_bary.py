@@ -45,7 +45,7 @@ from utils.compiled import COMPILE_MODES, CompileError, check_compile
 from utils.data.doctor import tester_check
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
-from utils.errors import OneLineArgumentParser, UserError, run_main
+from utils.errors import OneLineArgumentParser, UsageError, UserError, run_main
 from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, restore_files
 from utils.eval.inference import PRECISIONS
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
@@ -68,11 +68,6 @@ from utils.output_lock import OutputLock
 from utils.runtime import apply_gpus_flag, pick_device, tune_cpu_allocator
 
 REFERENCE_MODEL = f"{CHECKPOINT_DIR}/{REFERENCE_MODEL_NAME}"
-
-
-class UsageError(UserError):
-    """Flags that cannot work together (or a missing default checkpoint/benchmark): exit status 2."""
-    exit_status = 2
 
 
 class RunStopped(UserError):

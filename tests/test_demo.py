@@ -30,11 +30,14 @@ def test_demo_pipeline_end_to_end(tmp_path):
     assert math.isfinite(saved["embeddings"]["mean_cosine_wb_residual"])
     assert (tmp_path / "results" / "results.json").is_file()
 
-    # a second run reuses the finished training (resume auto) and the built data
+    # a second run reuses the finished training (resume auto) and the built data, and still draws the loss
+    # curves (the trainer, with nothing to do, draws none)
+    (tmp_path / "figs" / "train_losses.png").unlink()
     again = demo.main(demo.get_args_parser().parse_args([
         "--quick", "--root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "ckpt"),
         "--results", str(tmp_path / "results"), "--figs-dir", str(tmp_path / "figs"), "--device", "cpu"]))
     assert again["checkpoint"] == summary["checkpoint"]
+    assert (tmp_path / "figs" / "train_losses.png").stat().st_size > 0
     for name, row in summary["restored"].items():
         assert again["restored"][name]["psnr"] == row["psnr"]
         assert [i["psnr"] for i in again["restored"][name]["images"]] == [i["psnr"] for i in row["images"]]
@@ -80,3 +83,46 @@ def test_every_default_output_folder_is_ignored_by_git():
     probes = [f"{folder}/probe.png" for folder in folders]
     done = subprocess.run(["git", "check-ignore", "--no-index", *probes], cwd=repo, capture_output=True, text=True)
     assert sorted(done.stdout.split()) == sorted(probes), f"not ignored: {set(probes) - set(done.stdout.split())}"
+
+
+def test_a_stopped_or_failed_training_stops_the_demo(tmp_path, monkeypatch):
+    """Ctrl-C during training made the trainer save and return 0, and the demo went on to evaluate the
+    mid-epoch checkpoint and print its table; a failed start printed a second 'demo: training failed' line."""
+    import torch
+
+    import trainer_bary
+    from net.presets import build_model
+
+    args = demo.get_args_parser().parse_args(["--quick", "--output-dir", str(tmp_path / "ckpt")])
+    demo.resolve_budget(args)
+    demo.resolve_folders(args)
+    (tmp_path / "ckpt").mkdir()
+
+    def saved_mid_epoch(targs):
+        path = tmp_path / "ckpt" / "iter_e001_i000001.pth"
+        torch.save({"model": build_model("BaryNet", "tiny").state_dict(), "epoch": 0, "iteration": 1}, path)
+        (tmp_path / "ckpt" / "latest").write_text(json.dumps({"checkpoint": path.name}))
+        return 0
+    for trainer, raised in ((saved_mid_epoch, KeyboardInterrupt), (lambda targs: 130, KeyboardInterrupt)):
+        monkeypatch.setattr(trainer_bary, "main", trainer)
+        with pytest.raises(raised):
+            demo.train(args, tmp_path)
+    monkeypatch.setattr(trainer_bary, "main", lambda targs: 2)
+    with pytest.raises(SystemExit) as stop:
+        demo.train(args, tmp_path)
+    assert stop.value.code == 2  # the trainer's own status; its error line is the only one
+
+
+def test_training_flags_are_checked_by_the_demos_names_and_quick_keeps_the_ones_given():
+    from utils.errors import UsageError
+    for argv, words in ((["--epochs", "0"], "--epochs must be at least 1"),
+                        (["--iters-per-epoch", "-1"], "--iters-per-epoch must be at least 1"),
+                        (["--patch-size", "30"], "--patch-size must be a multiple of 8"),
+                        (["--seed", "-1"], "--seed must be >= 0")):
+        with pytest.raises(UsageError, match=words):
+            demo.resolve_budget(demo.get_args_parser().parse_args(argv))
+    with pytest.raises(UsageError, match="--epochs must be at least 1"):  # --quick used to override it silently
+        demo.resolve_budget(demo.get_args_parser().parse_args(["--quick", "--epochs", "0"]))
+    quick = demo.get_args_parser().parse_args(["--quick", "--iters-per-epoch", "5"])
+    demo.resolve_budget(quick)
+    assert (quick.epochs, quick.iters_per_epoch, quick.batch_size, quick.patch_size) == (1, 5, 2, 32)

@@ -200,3 +200,39 @@ def test_bad_arguments_name_the_fix(tmp_path):
         dd.build_demo_data(tmp_path, seed=0, scale=0.0, progress=False)
     with pytest.raises(RuntimeError, match="reinstall"):
         dd.load_photo("no_such_photo")
+
+
+def test_a_changed_file_is_rebuilt(tmp_path):
+    """A target overwritten by its input was 'up to date' (only presence was checked), and the demo then
+    printed 62.6 dB as the degraded image's score."""
+    root = tmp_path / "d"
+    dd.build_demo_data(root, seed=0, **TINY)
+    target = next((root / "test/dehaze/target").iterdir())
+    data = target.read_bytes()
+    target.write_bytes(next((root / "test/dehaze/input").iterdir()).read_bytes())
+    assert "1 file(s) changed since the build" in dd.stale_reason(root, dd.requested_params(0, 0.2, 3))
+    again = dd.build_demo_data(root, seed=0, **TINY)
+    assert "1 file(s) written" in again["status"] and target.read_bytes() == data
+
+
+def test_a_folder_that_is_not_the_demos_is_never_built_into(tmp_path):
+    """--root on a real data folder wrote the demo's rain-1.png over the user's and trained on the user's other
+    files; a user's manifest.json listing their files got them deleted."""
+    user = tmp_path / "data"
+    (user / "Train" / "Derain" / "rainy").mkdir(parents=True)
+    (user / "Train" / "Derain" / "rainy" / "rain-1.png").write_text("USERDATA")
+    (user / "manifest.json").write_text(json.dumps({"files": ["Train/Derain/rainy/rain-1.png"]}))
+    before = all_files(user)
+    with pytest.raises(dd.DemoDataError, match="holds files that are not the demo's"):
+        dd.build_demo_data(user, seed=0, **TINY)
+    assert all_files(user) == before
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(dd.DemoDataError, match="a file, not a folder"):
+        dd.build_demo_data(tmp_path / "afile", seed=0, **TINY)
+    # an interrupted build of the demo's own is recognised by its mark and finished
+    mine = tmp_path / "demo"
+    mine.mkdir()
+    (mine / dd.BUILDING_MARK).touch()
+    (mine / "half.png").write_bytes(b"")
+    assert dd.build_demo_data(mine, seed=0, **TINY)["status"].startswith("built")
+    assert not (mine / dd.BUILDING_MARK).exists()

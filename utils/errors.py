@@ -29,6 +29,11 @@ class UserError(Exception):
     exit_status = 1
 
 
+class UsageError(UserError):
+    """Flags that cannot work (alone, together, or on this machine): exit status 2, as argparse's errors."""
+    exit_status = 2
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """An argument parser whose errors are one ``error:`` line (exit status 2), like every other failure
     of the scripts, instead of the usage block followed by ``<prog>: error: ...``."""

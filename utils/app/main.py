@@ -27,7 +27,7 @@ from net.presets import BACKBONES, PRESETS
 from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_model
 from utils.cli import one_spelling
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, pixel_limit
-from utils.errors import OneLineArgumentParser, UserError, run_main
+from utils.errors import OneLineArgumentParser, UsageError, UserError, run_main
 from utils.eval.outputs import check_writable_folder
 from utils.runtime import pick_device, tune_cpu_allocator
 
@@ -39,11 +39,6 @@ MAX_UPLOAD = "1gb"  # an upload's bytes; its pixels are bounded by --max-pixels
 OFFLINE_ENVIRONMENT = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                        "DO_NOT_TRACK": "1"}
 INSTALL_HINT = "run `make app` (installs requirements-app.txt into .venv) or `pip install -r requirements-app.txt`"
-
-
-class UsageError(UserError):
-    """Flags that cannot work (a taken port, no checkpoint to serve): exit status 2."""
-    exit_status = 2
 
 
 def _port(text: str) -> int:

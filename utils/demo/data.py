@@ -48,7 +48,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.errors import UserError
+
 VERSION = 1
+BUILDING_MARK = ".demo-building"  # written before a build's first file, removed with its manifest's writing
+
+
+class DemoDataError(UserError, ValueError):
+    """The demo's data folder cannot be built where or as asked; the message says why and what to do."""
 DEFAULT_ROOT = "data/demo"
 MANIFEST_NAME = "manifest.json"
 
@@ -411,11 +418,27 @@ def requested_params(seed: int, scale: float, max_photos: int | None) -> dict:
 
 
 def read_manifest(root: Path) -> dict | None:
-    """The manifest under ``root`` or None when missing or unreadable."""
+    """The demo's manifest under ``root`` or None when missing, unreadable or not the demo's."""
     try:
-        return json.loads((root / MANIFEST_NAME).read_text())
+        man = json.loads((root / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         return None
+    ours = isinstance(man, dict) and man.get("version") == VERSION and isinstance(man.get("params"), dict) \
+        and isinstance(man.get("files"), dict)
+    return man if ours else None
+
+
+def check_root(root: Path) -> None:
+    """Refuse to build into ``root`` when it is a file, or a folder holding files that are not the demo's (no
+    manifest of its own, no mark of a build of it that was interrupted): the demo's file names are the
+    benchmarks' (``Train/Derain/rainy/rain-1.png``, ...), so a user's data folder would be overwritten."""
+    if root.exists() and not root.is_dir():
+        raise DemoDataError(f"--root {root}: a file, not a folder — choose a new folder for the demo's data")
+    if not root.is_dir() or read_manifest(root) is not None or (root / BUILDING_MARK).exists():
+        return
+    if any(root.iterdir()):
+        raise DemoDataError(f"--root {root} holds files that are not the demo's (no demo manifest.json there): "
+                            f"the demo would write over them — choose a new or empty folder for its data")
 
 
 def stale_reason(root: Path, params: dict) -> str | None:
@@ -430,6 +453,11 @@ def stale_reason(root: Path, params: dict) -> str | None:
     missing = [rel for rel in man.get("files", {}) if not (root / rel).is_file()]
     if missing:
         return f"{len(missing)} file(s) missing, e.g. {missing[0]}"
+    changed = [rel for rel, info in man["files"].items()
+               if not isinstance(info, dict)
+               or hashlib.sha256((root / rel).read_bytes()).hexdigest() != info.get("sha256")]
+    if changed:  # a file edited or replaced since the build: its scores would not be the demo's
+        return f"{len(changed)} file(s) changed since the build, e.g. {changed[0]}"
     return None
 
 
@@ -538,12 +566,12 @@ def build_files(root: Path, params: dict, force: bool, progress: bool) -> tuple[
 
 def _check_args(seed: int, scale: float, max_photos: int | None) -> None:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"utils/demo/data.py: seed must be a non-negative int, got {seed!r}")
+        raise DemoDataError(f"utils/demo/data.py: seed must be a non-negative int, got {seed!r}")
     if not (0.05 <= float(scale) <= 4.0):
-        raise ValueError(f"utils/demo/data.py: scale must lie in [0.05, 4], got {scale!r} "
+        raise DemoDataError(f"utils/demo/data.py: scale must lie in [0.05, 4], got {scale!r} "
                          "(use e.g. 0.2 for a tiny test build, 1.0 for the default)")
     if max_photos is not None and (not isinstance(max_photos, int) or max_photos < 1):
-        raise ValueError(f"utils/demo/data.py: max_photos must be None or an int >= 1, got {max_photos!r}")
+        raise DemoDataError(f"utils/demo/data.py: max_photos must be None or an int >= 1, got {max_photos!r}")
 
 
 def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale: float = 1.0,
@@ -564,11 +592,13 @@ def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale
     """
     _check_args(seed, scale, max_photos)
     root = Path(root)
+    check_root(root)
     params = requested_params(seed, scale, max_photos)
     reason = "forced" if force else stale_reason(root, params)
     if reason is None:
         return {**read_manifest(root), "status": "up to date"}
     root.mkdir(parents=True, exist_ok=True)
+    (root / BUILDING_MARK).touch()  # an interrupted build is still known as the demo's own
     old = read_manifest(root) or {}
     files, written = build_files(root, params, force, progress)
     for rel in old.get("files", {}):
@@ -581,6 +611,7 @@ def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale
         "content_hash": content_hash(files),
     }
     write_if_changed(root / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode(), force=True)
+    (root / BUILDING_MARK).unlink(missing_ok=True)
     return {**manifest, "status": f"built ({reason}; {written} file(s) written)"}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,15 +34,19 @@ from utils.analysis.embeddings import (
     pooled,
 )
 from utils.analysis.figures import embedding_projection, takeaway_maps
+from utils.checkpoints import LOG_NAME
 from utils.cli import one_spelling
 from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
 from utils.demo.data import build_demo_data
-from utils.errors import OneLineArgumentParser, run_main
+from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, run_main
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.eval.report import write_results
 from utils.runtime import pick_device, tune_cpu_allocator
+from utils.train.engine import draw_loss_figure
+from utils.train.run_log import Console
+from utils.train.setup import FIG_NAME
 
 IN_DISTRIBUTION = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
 OUT_OF_DISTRIBUTION = ("denoise_75", "jpeg", "lowlight")
@@ -68,10 +73,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--figs-dir", default=None,
                    help="where the figures go (default <results>/figs, ignored by git; the README's pictures in "
                         "figs/demo/ are copies refreshed by hand)")
-    p.add_argument("--epochs", "--nEpochs", type=int, default=6, help="training epochs")
-    p.add_argument("--iters-per-epoch", type=int, default=150, help="at most this many iterations an epoch")
-    p.add_argument("--batch-size", "--batchSize", type=int, default=4, help="training batch")
-    p.add_argument("--patch-size", type=int, default=64, help="training patch side")
+    p.add_argument("--epochs", "--nEpochs", type=int, default=None, help="training epochs (default 6; 1 with --quick)")
+    p.add_argument("--iters-per-epoch", type=int, default=None,
+                   help="at most this many iterations an epoch (default 150; 2 with --quick)")
+    p.add_argument("--batch-size", "--batchSize", type=int, default=None,
+                   help="training batch (default 4; 2 with --quick)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="training patch side, a multiple of 8 (default 64; 32 with --quick)")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="base lr (the schedule halves it); above the paper's 2e-4 so the short demo budget suffices")
     p.add_argument("--seed", type=int, default=0)
@@ -103,16 +111,20 @@ def _trainer_argv(args, root: Path) -> list[str]:
 
 
 def train(args, root: Path) -> Path:
-    """Run the real trainer; returns the newest checkpoint."""
+    """Run the real trainer (its failure is its own one error line, and its exit status the demo's); returns
+    the checkpoint of the last epoch. Stopped by a signal, the trainer saves and returns: the demo stops too
+    (status 130), and the next run continues the training."""
     import trainer_bary
-    from utils.checkpoints import read_latest
-    targs = trainer_bary.get_args_parser().parse_args(_trainer_argv(args, root))
+    from utils.checkpoints import read_checkpoint, read_latest
+    targs = trainer_bary.get_args_parser().parse_args(_trainer_argv(args, root) + (["--debug"] if args.debug else []))
     rc = trainer_bary.main(targs)
+    if rc == INTERRUPTED_STATUS:
+        raise KeyboardInterrupt
     if rc:
-        raise SystemExit(f"demo: training failed (exit code {rc}); see {args.output_dir}/log.jsonl")
+        raise SystemExit(rc)  # the trainer has printed why
     latest = read_latest(args.output_dir)
-    if latest is None:
-        raise SystemExit(f"demo: training wrote no checkpoint into {args.output_dir}")
+    if latest is None or read_checkpoint(latest).get("epoch", 0) < args.epochs:
+        raise KeyboardInterrupt  # stopped by a signal mid-run: the trainer saved where it was
     return latest
 
 
@@ -190,6 +202,27 @@ def demo_table(restored: dict, degraded: dict) -> str:
     return "\n".join(lines)
 
 
+FULL = {"epochs": 6, "iters_per_epoch": 150, "batch_size": 4, "patch_size": 64}
+QUICK = {"epochs": 1, "iters_per_epoch": 2, "batch_size": 2, "patch_size": 32}
+
+
+def resolve_budget(args) -> None:
+    """Fill the training flags left unset (``--quick``'s or the full demo's values) and check them all, by the
+    demo's own flag names: a bad one fails before anything is built."""
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in ("epochs", "iters_per_epoch", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.patch_size < 16 or args.patch_size % 8:
+        raise UsageError(f"--patch-size must be a multiple of 8 and at least 16, got {args.patch_size}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+
+
 def resolve_folders(args) -> None:
     """Fill the folder flags left unset: ``data/demo``, ``checkpoint/demo``, ``results/demo`` (``demo-quick``
     with ``--quick``: its patch size would make the full demo's ``--resume auto`` refuse a shared run), and
@@ -204,18 +237,22 @@ def resolve_folders(args) -> None:
 def main(args) -> dict:
     """The whole demo as ``args`` say; returns its summary (also written to ``<results>/demo_summary.json``)."""
     t0 = time.time()
-    device = pick_device(args.device)  # a --device this machine lacks fails before anything is built
+    try:
+        device = pick_device(args.device)  # a --device this machine lacks fails before anything is built
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from exc
+    resolve_budget(args)
     resolve_folders(args)
     root, figs_dir, results_dir = Path(args.root), Path(args.figs_dir), Path(args.results)
-    if args.quick:
-        args.epochs, args.iters_per_epoch, args.batch_size, args.patch_size = 1, 2, 2, 32
     print(f"[1/4] demo data in {root}")
     manifest = build_demo_data(root, seed=args.seed, scale=0.25 if args.quick else 1.0,
                                max_photos=2 if args.quick else None)
     print(f"      {manifest['status']}")
     print(f"[2/4] training the tiny preset: {args.epochs} epochs of at most {args.iters_per_epoch} iterations "
           f"(fewer when the demo's data is exhausted first; the trainer prints each epoch's count)")
+    t_data = time.time()
     ckpt = train(args, root)
+    draw_loss_figure(Path(args.output_dir) / LOG_NAME, figs_dir / FIG_NAME, Console())  # also when nothing trained
     t_train = time.time()
     print(f"[3/4] evaluating {ckpt}")
     model, info = load_model(ckpt)
@@ -230,14 +267,14 @@ def main(args) -> dict:
     emb = embedding_figures(model, root, manifest, figs_dir, device)
     table = demo_table(restored, degraded)
     summary = {"table": table, "embeddings": emb, "checkpoint": str(ckpt), "seconds": time.time() - t0,
-               "train_seconds": t_train - t0, "restored": restored["tasks"], "degraded": degraded["tasks"]}
+               "train_seconds": t_train - t_data, "restored": restored["tasks"], "degraded": degraded["tasks"]}
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (results_dir / "demo_table.md").write_text(table + "\n")
     print("\n" + table + "\n")
     print(f"WB vs residual embeddings on {emb['photo']}: mean relative distance from its {emb['reference']} view "
           f"{emb['mean_wb_difference']:.3f} (WB) vs {emb['mean_residual_difference']:.3f} (residual); "
-          f"mean cosine(WB, residual) {emb['mean_cosine_wb_residual']:+.3f}")
+          f"mean cosine(WB, residual) over every test photo's views {emb['mean_cosine_wb_residual']:+.3f}")
     print(f"degradation read from the nearest other view (1-NN, leave one out): WB {emb['wb_degradation_1nn']:.0%}, "
           f"residual {emb['residual_degradation_1nn']:.0%} (chance {emb['degradation_1nn_chance']:.0%}); "
           f"photo: WB {emb['wb_photo_1nn']:.0%}, residual {emb['residual_photo_1nn']:.0%} "
