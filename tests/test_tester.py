@@ -844,3 +844,21 @@ def test_a_name_near_the_file_systems_limit_is_restored(checkpoint, tmp_path):
     write_image(tmp_path / "in" / name, _clean_images()["cat"])
     res = run("--model", checkpoint, "--input", tmp_path / "in", "--save", tmp_path / "o")
     assert [r["name"] for r in res["restored"]] == [name] and (tmp_path / "o" / name).is_file()
+
+
+def test_a_non_finite_output_stops_the_run_instead_of_being_scored(checkpoint, tmp_path, monkeypatch):
+    """NaN became black and inf white in the quantised output, which was scored (9 dB) and saved silently."""
+    deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])
+    real = protocol_module.restore
+
+    def overflowing(model, x, *args, **kwargs):
+        out = real(model, x, *args, **kwargs)
+        out[..., :4, :] = float("nan")
+        return out
+    monkeypatch.setattr(protocol_module, "restore", overflowing)
+    with pytest.raises(UserError, match=r"a\.png: the network's output has \d+ non-finite value.*--precision fp32"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
+    assert not (tmp_path / "o" / "a.png").exists()
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["tasks"]["deg"]["count"] == 0
+    with pytest.raises(ValueError, match="--tile-overlap 125 leaves no step"):  # automatic tiling's smallest tile
+        protocol_module.Protocol(tile_overlap=125).validate()

@@ -57,13 +57,13 @@ class MetricUnavailable(UserError, RuntimeError):
 # --------------------------------------------------------------------------- pixel metrics
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
-    """PSNR in dB of two same-shape arrays; identical images give :data:`MAX_PSNR`."""
+    """PSNR in dB of two same-shape arrays; identical images give :data:`MAX_PSNR`, and no pair more."""
     if a.shape != b.shape:
         raise ValueError(f"PSNR needs equal shapes, got {a.shape} and {b.shape}")
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     if mse == 0:
         return MAX_PSNR
-    return float(10.0 * np.log10(data_range ** 2 / mse))
+    return min(float(10.0 * np.log10(data_range ** 2 / mse)), MAX_PSNR)  # a near-copy never outranks a copy
 
 
 def ssim_skimage(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:

@@ -30,7 +30,7 @@ from utils.data.noise import SEED_RULE
 from utils.errors import UserError
 from utils.eval.inference import PRECISIONS, check_tiling, is_out_of_memory, restore, restore_tiled
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
-from utils.memory import TILED_IMAGE_BYTES_PER_PIXEL, available_bytes, choose_tile, gib, restore_need
+from utils.memory import TILE_SIDES, TILED_IMAGE_BYTES_PER_PIXEL, available_bytes, choose_tile, gib, restore_need
 
 PROTOCOLS = ("reference", "pad")
 SIZE_MULTIPLE = 8
@@ -81,6 +81,13 @@ class Protocol:
         elif self.tile is not None and self.tile < 0:
             raise ValueError(f"--tile must be a positive multiple of {SIZE_MULTIPLE}, or 0 never to tile, "
                              f"got {self.tile}")
+        elif self.tile is None:  # automatic: the smallest tile it may choose must take the overlap too
+            try:
+                check_tiling(min(TILE_SIDES), self.tile_overlap, SIZE_MULTIPLE)
+            except ValueError:
+                raise ValueError(f"--tile-overlap {self.tile_overlap} leaves no step in the {min(TILE_SIDES)}-pixel "
+                                 f"tiles automatic tiling may choose: use an overlap below "
+                                 f"{min(TILE_SIDES) - SIZE_MULTIPLE + 1}, or choose --tile") from None
         return self
 
     def with_budget(self, device: torch.device) -> "Protocol":
@@ -167,6 +174,10 @@ class RestoreOutOfMemory(UserError, RuntimeError):
     """Restoring one image ran out of memory; the message says how to bound it."""
 
 
+class NonFiniteOutput(UserError, ValueError):
+    """The network returned NaN or inf for an image (an overflow in half precision, diverged weights)."""
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -230,4 +241,9 @@ def restore_array(model: nn.Module, img: np.ndarray, protocol: Protocol, device:
             torch.cuda.empty_cache()
         raise RestoreOutOfMemory(f"out of memory restoring {name} ({h}x{w}) on {device}: {hint}") from exc
     seconds = time.perf_counter() - start
-    return out[0].permute(1, 2, 0).numpy(), seconds
+    out = out[0].permute(1, 2, 0).numpy()
+    bad = int(out.size - np.isfinite(out).sum())
+    if bad:  # quantising would make NaN black and inf white, and score and save that without a word
+        raise NonFiniteOutput(f"{name}: the network's output has {bad} non-finite value(s) (NaN or inf) of {out.size}"
+                              f" ({protocol.precision}); use --precision fp32, or check the checkpoint")
+    return out, seconds
