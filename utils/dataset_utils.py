@@ -10,7 +10,7 @@ Degradation ids and domains
 Repetition (:func:`repeat_factor`)
     Each family is listed several times per epoch to balance the paper's data sizes: a noise
     level x5, derain x360, dehaze x1, deblur x35, lowlight x150, single x5. ``denoise_25`` is x15
-    unless all three noise levels are trained ("denoise_25 alone", the 5D setting), exactly the
+    when it is trained without both other levels (the 5D setting trains it alone), exactly the
     reference's rule.
 
 Barycenter weights (:func:`epoch_counts`, :func:`barycenter_weights`)

@@ -170,8 +170,8 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="log (and show) the losses every N iterations")
     new.add_argument("--repeat", nargs="+", default=None, metavar="NAME=N",
                      help="per-epoch repetition of each image of a degradation type, replacing the paper's "
-                          "factors (each noise level x5, but denoise_25 x15 unless denoise_15 and denoise_50 "
-                          "are trained too, as in 5D; derain x360, dehaze x1, deblur x35, lowlight x150, single "
+                          "factors (each noise level x5, but denoise_25 x15 when trained without both denoise_15 "
+                          "and denoise_50, as in 5D; derain x360, dehaze x1, deblur x35, lowlight x150, single "
                           "x5) for data sets of other sizes, e.g. --repeat derain=8 dehaze=5")
     new.add_argument("--skip-bad-files", dest="skip_bad_files", action="store_true",
                      help="leave out unpaired, unreadable or too-small training images with a warning "
