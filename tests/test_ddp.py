@@ -108,7 +108,12 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_pat
                                *train_flags(data, tmp_path / "nodes"), *common],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
-    outputs = [n.communicate(timeout=150)[0] for n in nodes]
+    try:
+        outputs = [n.communicate(timeout=150)[0] for n in nodes]
+    finally:  # a timeout must not leave both agents and their ranks running into the next tests
+        for n in nodes:
+            if n.poll() is None:
+                kill_tree(n.pid)
     assert [n.returncode for n in nodes] == [0, 0], "\n".join(outputs)
     assert "2 processes, backend gloo" in "".join(outputs)
 
@@ -123,7 +128,8 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_pat
         os.kill(rank_pid(killed, 1, deadline), signal.SIGKILL)
         output = killed.communicate(timeout=150)[0]
     finally:
-        kill_tree(killed.pid)
+        if killed.poll() is None:  # only a live process: a reaped one's pid may belong to another by now
+            kill_tree(killed.pid)
     assert killed.returncode == 0, output
     assert "=> resumed " in output and "continuing at epoch" in output
     done = torch.load(tmp_path / "killed" / "ckpt" / "epoch_002.pth", weights_only=True)

@@ -81,7 +81,10 @@ def test_every_default_output_folder_is_ignored_by_git():
     quick = study.resolve_settings(study.get_args_parser().parse_args(["--quick"]))
     folders += [quick.out, quick.figs_dir]
     probes = [f"{folder}/probe.png" for folder in folders]
-    done = subprocess.run(["git", "check-ignore", "--no-index", *probes], cwd=repo, capture_output=True, text=True)
+    done = subprocess.run(["git", "-c", "safe.directory=*", "check-ignore", "--no-index", *probes], cwd=repo,
+                          capture_output=True, text=True)
+    if done.returncode not in (0, 1):  # 0: some ignored, 1: none; anything else is git failing, not the rule
+        pytest.skip(f"git check-ignore failed here: {done.stderr.strip()}")
     assert sorted(done.stdout.split()) == sorted(probes), f"not ignored: {set(probes) - set(done.stdout.split())}"
 
 

@@ -76,9 +76,25 @@ def test_a_step_past_its_cap_is_killed_with_everything_it_started(tmp_path):
                       f'step 1 "a row" python3 -c "{parent}" {marker}\n')
     done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
     assert "(exit status 137; 137 = killed at its 1 s cap)" in done.stdout
-    time.sleep(0.5)
-    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    deadline = time.monotonic() + 10  # the kernel reaps killed children soon, not at once
+    while (left := _running_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not left, f"processes left running: {left}"
+
+
+def _running_with(marker: str) -> list[int]:
+    """Pids of live processes whose command line holds ``marker`` (read from /proc: no pgrep needed)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "cmdline").read_bytes() and \
+                    (entry / "stat").read_text().split(")")[-1].split()[0] != "Z":
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_a_failed_variant_keeps_the_rows_measured_before_and_after_it(monkeypatch, capsys):

@@ -121,15 +121,20 @@ def test_sigterm_mid_epoch_then_resume_is_exact(data, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = out / "ckpt" / "log.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        # two iterations logged (the log also holds a "run" record per start)
-        if log.is_file() and log.read_text().count('"kind": "iter"') >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be signalled:\n" + proc.communicate()[0]
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            # two iterations logged (the log also holds a "run" record per start)
+            if log.is_file() and log.read_text().count('"kind": "iter"') >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be signalled:\n" + proc.communicate()[0]
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:  # a failed wait must not leave the trainer running into the next tests
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, output
     assert "stopped by signal" in output
     saved = list_checkpoints(out / "ckpt")
