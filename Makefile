@@ -18,7 +18,8 @@ ARGS   ?=
 .PHONY: test test-quick demo bench clean-demo app browser
 
 $(STAMP): requirements.txt pyproject.toml
-	@$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # none yet, or one a failed start left without pip
+	@# none yet, or one left without pip (a failed start, another tool): pip is added, the venv made only if need be
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip -q >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	@touch $(STAMP)

@@ -35,6 +35,7 @@ flags that cannot work); ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def _at_least(low: int, meaning: str = ""):
 
 
 def _path(text: str) -> str:
-    """An argparse type: a non-empty path (``--save "$UNSET"`` would otherwise write into the current folder)."""
+    """An argparse type for the folders written into or read as a whole: a non-empty path (``--save "$UNSET"``
+    would otherwise write into the current folder). Flags whose empty value means "not given" keep it."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path: name a file or folder (or leave the flag out for its "
                                          "default)")
@@ -117,10 +119,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                            f"task present)")
     what.add_argument("--data-root", type=_path, default="data/test",
                       help="benchmark root (layout of docs/METHOD.md §4)")
-    what.add_argument("--degset", type=_path, default=None,
+    what.add_argument("--degset", default=None,
                       help="folder of degraded images (paired by name with --tarset)")
-    what.add_argument("--tarset", type=_path, default=None, help="folder of target images")
-    what.add_argument("--input", type=_path, default=None, metavar="FILE|DIR",
+    what.add_argument("--tarset", default=None, help="folder of target images")
+    what.add_argument("--input", default=None, metavar="FILE|DIR",
                       help="restore these images (no targets, no metrics) into --save")
     what.add_argument("--skip-unpaired", action="store_true",
                       help="leave out (and count) degraded images without a same-name target or of another size, "
@@ -146,7 +148,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                            "or written")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", type=_path, default=None,
+    model.add_argument("--model", default=None,
                        help=f"checkpoint: the project's, a plain state dict, or a reference BaryIR checkpoint "
                             f"({{'BaryIR': module}}); also a run's output folder or its 'latest' pointer (the "
                             f"newest checkpoint). Default: {REFERENCE_MODEL} (the reference's) if it exists, "
@@ -201,7 +203,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="restored images (in <save>/<row>/ with --tasks) and results.{json,csv,md}; an input "
                           "NAME.EXT gives NAME.png, and inputs sharing a NAME give NAME.png (the .png one) and "
                           "NAME_EXT.png (a.jpg -> a_jpg.png); results of an earlier run there are replaced")
-    out.add_argument("--savetar", type=_path, default=None,
+    out.add_argument("--savetar", default=None,
                      help="also save the targets as scored (cropped, 8-bit) here")
     out.add_argument("--overwrite", action="store_true",
                      help="allow --save/--savetar to be, or be inside, a folder the images are read from (the "
@@ -275,7 +277,8 @@ def _check_flags(args) -> None:
 def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
     """The sets to evaluate (``--degset``/``--tarset`` or ``--tasks``), cut to ``--max-images``."""
     if args.degset:
-        sets = [paired_set(Path(args.degset).resolve().name, args.degset, args.tarset, skip_unpaired=args.skip_unpaired,
+        row = Path(os.path.abspath(args.degset)).name  # the folder's own name, even for --degset .
+        sets = [paired_set(row, args.degset, args.tarset, skip_unpaired=args.skip_unpaired,
                            skip_bad_files=args.skip_bad_files)]
     else:
         notes: list[str] = []

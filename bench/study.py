@@ -164,7 +164,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="runs, caches and tables (default results/study, "
                                                "results/study-quick with --quick)")
     p.add_argument("--figs-dir", dest="figs_dir", default=None,
-                   help="figures (default figs/study, the committed ones; results/study-quick/figs with --quick)")
+                   help="figures (default figs/study, the committed ones; <out>/figs with --quick)")
     p.add_argument("--root", default="data/demo", help="demo data folder (built when missing or stale)")
     p.add_argument("--scale", type=float, default=1.0, help="demo data size factor (tests use 0.25)")
     p.add_argument("--max-photos", dest="max_photos", type=int, default=None,
@@ -193,7 +193,7 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     suffix = "study-quick" if args.quick else "study"
     args.out = args.out or f"results/{suffix}"
     # the full run's figures are the committed ones; a quick run's go with its results
-    args.figs_dir = args.figs_dir or ("results/study-quick/figs" if args.quick else "figs/study")
+    args.figs_dir = args.figs_dir or (str(Path(args.out) / "figs") if args.quick else "figs/study")
     args.seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else base["seeds"]))
     args.iters = args.iters if args.iters is not None else base["iters"]
     args.epochs = args.epochs if args.epochs is not None else base["epochs"]

@@ -134,12 +134,11 @@ def test_failures_are_a_status_line(session, corrupt, tmp_path):
 
 def test_out_of_memory_in_the_page_names_the_pages_own_control(session, photo, monkeypatch):
     """The page told its user to pass --tile 512 --tile-overlap 32, flags the page does not have."""
-    from utils.app import restore as app_restore
-    from utils.eval.protocol import RestoreOutOfMemory
+    from utils.eval import protocol
 
-    def oom(*args, **kwargs):
-        raise RestoreOutOfMemory("out of memory restoring photo.png (64x64) on cpu: use tiled inference: --tile 512")
-    monkeypatch.setattr(app_restore, "restore_upload", oom)
+    def oom(*args, **kwargs):  # deep inside, as the network would: the app's layers wrap what comes out
+        raise MemoryError("out of memory")
+    monkeypatch.setattr(protocol, "restore", oom)
     status = restore_for_page(session, photo, "fp32", "auto").status
     assert status.startswith("**Cannot restore**") and status.endswith("choose a smaller size under Tiling.")
 

@@ -80,6 +80,8 @@ def test_every_default_output_folder_is_ignored_by_git():
     folders += [tester.save, tester.figs_dir]
     quick = study.resolve_settings(study.get_args_parser().parse_args(["--quick"]))
     folders += [quick.out, quick.figs_dir]
+    elsewhere = study.resolve_settings(study.get_args_parser().parse_args(["--quick", "--out", "mine"]))
+    assert elsewhere.figs_dir == str(Path("mine") / "figs")  # a quick study's figures go with its --out
     probes = [f"{folder}/probe.png" for folder in folders]
     done = subprocess.run(["git", "-c", "safe.directory=*", "check-ignore", "--no-index", *probes], cwd=repo,
                           capture_output=True, text=True)
@@ -119,7 +121,7 @@ def test_a_stopped_or_failed_training_stops_the_demo(tmp_path, monkeypatch):
 def test_training_flags_are_checked_by_the_demos_names_and_quick_keeps_the_ones_given():
     from utils.errors import UsageError
     for argv, words in ((["--epochs", "0"], "--epochs must be at least 1"),
-                        (["--iters-per-epoch", "-1"], "--iters-per-epoch must be at least 1"),
+                        (["--iters-per-epoch", "-1"], "--iters-per-epoch must be >= 0"),
                         (["--patch-size", "30"], "--patch-size must be a multiple of 8"),
                         (["--seed", "-1"], "--seed must be >= 0")):
         with pytest.raises(UsageError, match=words):

@@ -236,3 +236,12 @@ def test_a_folder_that_is_not_the_demos_is_never_built_into(tmp_path):
     (mine / "half.png").write_bytes(b"")
     assert dd.build_demo_data(mine, seed=0, **TINY)["status"].startswith("built")
     assert not (mine / dd.BUILDING_MARK).exists()
+
+
+def test_a_build_of_another_version_is_rebuilt_not_refused(tmp_path):
+    root = tmp_path / "d"
+    dd.build_demo_data(root, seed=0, **TINY)
+    man = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps(man | {"version": dd.VERSION - 1}))
+    assert "version" in dd.stale_reason(root, dd.requested_params(0, 0.2, 3))
+    assert dd.build_demo_data(root, seed=0, **TINY)["status"].startswith("built")

@@ -272,3 +272,17 @@ def test_a_file_without_a_known_header_is_refused_before_decoding(tmp_path, monk
     with pytest.raises(ImageReadError, match=r"x\.png: the file is corrupt, empty or not an image"):
         read_image(tmp_path / "x.png", max_pixels=10)
     assert decoded == []
+
+
+def test_overlapping_quiet_reads_restore_opencvs_log_level_after_the_last():
+    """Two threads' silencing, ended out of order, left OpenCV silent for good (each restored what it saw)."""
+    from utils.data.image_io import quiet_opencv
+    log = cv2.utils.logging
+    before = log.getLogLevel()
+    first, second = quiet_opencv(), quiet_opencv()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert log.getLogLevel() == log.LOG_LEVEL_SILENT  # the second read is still going
+    second.__exit__(None, None, None)
+    assert log.getLogLevel() == before

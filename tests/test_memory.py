@@ -163,3 +163,15 @@ def test_a_cgroup_limit_does_not_count_reclaimable_file_cache_as_used(tmp_path, 
 
 def files_stat(version: int) -> str:
     return "memory.stat" if version == 2 else "memory/memory.stat"
+
+
+def test_automatic_tiling_never_chooses_a_tile_its_overlap_leaves_no_step_in():
+    """A 128-pixel tile with --tile-overlap 128 failed partway through a run; such tiles are passed over."""
+    from net.presets import build_model
+    from utils.memory import TILE_SIDES, choose_tile, restore_need
+    model = build_model("BaryNet", "tiny")
+    budget = restore_need(model, "fp32", 128, 128, 1)  # only the smallest tile fits
+    assert choose_tile(model, "fp32", 4000, 4000, budget, 1) == (128, 1)
+    assert choose_tile(model, "fp32", 4000, 4000, budget, 1, overlap=128) is None
+    roomy = restore_need(model, "fp32", max(TILE_SIDES), max(TILE_SIDES), 1)
+    assert choose_tile(model, "fp32", 4000, 4000, roomy, 1, overlap=500)[0] == max(TILE_SIDES)

@@ -750,7 +750,7 @@ def test_fp16_on_the_cpu_and_empty_paths_are_flag_errors_before_anything_is_writ
         [line] = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("error: --precision fp16 needs a CUDA device") and "bf16" in line
         assert not (tmp_path / "out").exists()
-    for flag in ("--save", "--input", "--model", "--degset", "--figs-dir"):
+    for flag in ("--save", "--figs-dir", "--data-root"):
         done = _tester_in(tmp_path, "--input", tmp_path / "in.png", flag, "")
         assert done.returncode == 2 and f"{flag}: an empty path" in done.stderr, (flag, done.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
@@ -861,5 +861,6 @@ def test_a_non_finite_output_stops_the_run_instead_of_being_scored(checkpoint, t
         run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
     assert not (tmp_path / "o" / "a.png").exists()
     assert json.loads((tmp_path / "o" / "results.json").read_text())["tasks"]["deg"]["count"] == 0
-    with pytest.raises(ValueError, match="--tile-overlap 125 leaves no step"):  # automatic tiling's smallest tile
-        protocol_module.Protocol(tile_overlap=125).validate()
+    protocol_module.Protocol(tile_overlap=128).validate()  # automatic tiling passes over tiles it cannot take
+    with pytest.raises(ValueError, match="--tile-overlap 1020 leaves no step in any tile"):
+        protocol_module.Protocol(tile_overlap=1020).validate()

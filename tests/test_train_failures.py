@@ -133,3 +133,58 @@ def test_a_figs_dir_that_cannot_be_a_folder_is_refused_before_training(data, tmp
     with pytest.raises(UserError, match="--figs-dir .*a_file: a file, not a folder, is in the way"):
         engine.main(get_args_parser().parse_args(flags))
     assert not (tmp_path / "ckpt").exists() and (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_a_lock_file_removed_by_its_releasing_holder_is_never_held_twice(tmp_path, monkeypatch):
+    """A run that made the folder removes it (and its .lock) when it wrote nothing; a second run that had
+    opened that .lock before got its lock on the removed file, and a third then locked the new one too."""
+    from utils import output_lock
+    folder = tmp_path / "run"
+    first = output_lock.OutputLock(folder).acquire()
+    stale = os.open(folder / output_lock.LOCK_NAME, os.O_RDWR)  # the second run opened it in the meantime
+    first.release()
+    assert not folder.exists()
+    real_open, handed = os.open, []
+
+    def open_stale_first(path, flags, mode=0o777, **kw):
+        if str(path).endswith(output_lock.LOCK_NAME) and not handed:
+            handed.append(path)
+            return stale
+        return real_open(path, flags, mode, **kw)
+    monkeypatch.setattr(output_lock.os, "open", open_stale_first)
+    second = output_lock.OutputLock(folder).acquire()
+    monkeypatch.undo()
+    assert handed and (folder / output_lock.LOCK_NAME).is_file()
+    with pytest.raises(OutputFolderBusy):
+        output_lock.OutputLock(folder).acquire()  # the third run: the second holds the file that is there
+    second.release()
+    folder.mkdir(exist_ok=True)
+    lock = output_lock.OutputLock(tmp_path / "gone").acquire()
+    import shutil
+    shutil.rmtree(tmp_path / "gone")  # the folder removed during the run: release still unlocks, raises nothing
+    lock.release()
+
+
+def test_a_non_finite_validation_output_skips_the_score_and_training_goes_on(data, tmp_path, monkeypatch, capsys):
+    """The tester's new refusal of NaN/inf outputs, met in the trainer's validation, would have ended a run that
+    trains fine (a half-precision overflow on a full-size image); it skips that epoch's score instead."""
+    from utils.data.image_io import write_image
+    from utils.eval import protocol
+    deg, tar = tmp_path / "val" / "input", tmp_path / "val" / "target"
+    write_image(deg / "a.png", np.full((40, 40, 3), 90, np.uint8))
+    write_image(tar / "a.png", np.full((40, 40, 3), 100, np.uint8))
+    real = protocol.restore
+    monkeypatch.setattr(protocol, "restore", lambda *a, **k: real(*a, **k) * float("nan"))
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--nEpochs", "2", "--degset", str(deg),
+                                           "--tarset", str(tar)]
+    assert engine.main(get_args_parser().parse_args(flags)) == 0
+    assert capsys.readouterr().err.count("validation skipped this epoch") == 2
+    assert (tmp_path / "ckpt" / "epoch_002.pth").is_file()
+
+
+def test_a_broken_link_as_an_output_folder_says_so(tmp_path):
+    """A link to an unmounted disk was called 'a file, not a folder, is in the way', inviting its deletion."""
+    from utils.eval.outputs import check_writable_folder
+    (tmp_path / "results").symlink_to(tmp_path / "unmounted" / "disk")
+    with pytest.raises(OutputFolderError, match=r"the link .*results points to .*disk, which does not exist"):
+        check_writable_folder(tmp_path / "results" / "run", "--save")

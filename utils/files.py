@@ -90,7 +90,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], s
         raise disk_full(path, size)
     fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, _new_file_mode(path))  # mkstemp's 0600 would hide the result from everyone else
+        try:
+            os.fchmod(fd, _new_file_mode(path))  # mkstemp's 0600 would hide the result from everyone else
+        except OSError:
+            pass  # a file system without permissions (vfat, some network mounts) keeps its own
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -172,11 +172,14 @@ TILE_SIDES = (1024, 768, 512, 384, 256, 128)
 
 
 def choose_tile(model: torch.nn.Module, precision: str, height: int, width: int, budget: int,
-                tile_batch: int) -> tuple[int, int] | None:
+                tile_batch: int, overlap: int = 0, step: int = 8) -> tuple[int, int] | None:
     """``(tile, tile_batch)`` for an image of ``height x width`` that does not fit ``budget`` bytes whole:
-    the largest of :data:`TILE_SIDES` whose batch fits (one tile at a time if need be); None if none fits."""
+    the largest of :data:`TILE_SIDES` whose batch fits (one tile at a time if need be) and that leaves a step
+    of at least ``step`` pixels after ``overlap``; None if none fits."""
     for batch in dict.fromkeys((tile_batch, 1)):
         for side in TILE_SIDES:
+            if side - overlap < step:
+                continue
             if side < max(height, width) and restore_need(model, precision, side, side, batch) <= budget:
                 return side, batch
     return None

@@ -39,34 +39,53 @@ class OutputLock:
         self._made = not self.folder.exists()
         check_writable_folder(self.folder, self.flag, fix=self.fix)
         path = self.folder / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            after = ", resume it later with --resume auto," if self.role == "trainer" else ""
-            raise OutputFolderBusy(f"{self.flag} {self.folder} is in use by another {self.role} ({holder}); wait "
-                                   f"for it to finish{after} or choose another {self.flag}") from None
-        except BaseException:
-            os.close(fd)
-            raise
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if self._same_file(fd, path):
+                    break
+                os.close(fd)  # a holder that made the folder removed this lock file on release: take the new one
+                self._made = not self.folder.exists()
+                self.folder.mkdir(parents=True, exist_ok=True)
+            except BlockingIOError:
+                holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                after = ", resume it later with --resume auto," if self.role == "trainer" else ""
+                raise OutputFolderBusy(f"{self.flag} {self.folder} is in use by another {self.role} ({holder}); "
+                                       f"wait for it to finish{after} or choose another {self.flag}") from None
+            except BaseException:
+                os.close(fd)
+                raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
         return self
 
+    @staticmethod
+    def _same_file(fd: int, path: Path) -> bool:
+        """The locked descriptor is still the file at ``path`` (not one unlinked by a releasing holder)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino)
+
     def release(self) -> None:
         """Unlock; a folder this lock created and nothing else wrote into (a run that failed at its start)
-        is removed, still under the lock, so that "nothing was written" holds."""
-        if self._fd is not None:
+        is removed, still under the lock, so that "nothing was written" holds. A run that waits on the old
+        lock file notices it was unlinked (:meth:`_same_file`) and locks the new one."""
+        if self._fd is None:
+            return
+        try:
             os.ftruncate(self._fd, 0)
             if self._made and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
-                try:
-                    (self.folder / LOCK_NAME).unlink()
-                    self.folder.rmdir()
-                except OSError:
-                    pass  # something arrived meanwhile: the folder stays
+                (self.folder / LOCK_NAME).unlink()
+                self.folder.rmdir()
+        except OSError:
+            pass  # the folder went away, or something arrived in it meanwhile: nothing to tidy, or it stays
+        finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

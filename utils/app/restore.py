@@ -36,7 +36,7 @@ import torch.nn as nn
 from net.presets import WB_BACKBONES
 from utils.analysis.embeddings import difference_map, latents
 from utils.data.image_io import quantise, read_image, to_float, write_image
-from utils.errors import UserError, failure_message
+from utils.errors import UserError, exception_chain, failure_message
 from utils.eval.evaluation import EvaluationStopped, restore_files
 from utils.eval.inference import PRECISIONS
 from utils.eval.protocol import SIZE_MULTIPLE, Protocol, RestoreOutOfMemory, crop_to_multiple
@@ -346,7 +346,8 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
         found = failure_message(exc)
         if found is None:
             raise
-        page_hint = " In this page: choose a smaller size under Tiling." if isinstance(exc, RestoreOutOfMemory) else ""
+        oom = any(isinstance(e, RestoreOutOfMemory) for e in exception_chain(exc))
+        page_hint = " In this page: choose a smaller size under Tiling." if oom else ""
         return PageResult(status=f"**Cannot restore** `{name}`: {_named(found[0], upload, name)}{page_hint}")
     scales = (display_range(maps.wb), display_range(maps.residual)) if maps is not None else None
     h, w = restored.before.shape[:2]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -200,20 +201,38 @@ def _exif_orientation(path: Path) -> int:
         return 1
 
 
-@contextmanager
-def quiet_opencv() -> Iterator[None]:
-    """OpenCV's own log lines off (a truncated file makes it warn on stderr beside the one error line this
-    module raises about it)."""
-    log = getattr(getattr(cv2, "utils", None), "logging", None)
-    if log is None:
-        yield
-        return
-    level = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        log.setLogLevel(level)
+class _QuietOpenCV:
+    """OpenCV's log level is one setting for the process: threads reading at once (the doctor's pool, the app's
+    requests) share one silencing, and the level before the first is restored after the last."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.active = 0
+        self.saved: int | None = None
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        log = getattr(getattr(cv2, "utils", None), "logging", None)
+        if log is None:
+            yield
+            return
+        with self.lock:
+            if self.active == 0:
+                self.saved = log.getLogLevel()
+                log.setLogLevel(log.LOG_LEVEL_SILENT)
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.active -= 1
+                if self.active == 0:
+                    log.setLogLevel(self.saved)
+
+
+# OpenCV's own log lines off while images are read (a truncated file makes it warn on stderr beside the one
+# error line this module raises about it).
+quiet_opencv = _QuietOpenCV()
 
 
 @contextmanager

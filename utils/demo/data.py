@@ -418,12 +418,13 @@ def requested_params(seed: int, scale: float, max_photos: int | None) -> dict:
 
 
 def read_manifest(root: Path) -> dict | None:
-    """The demo's manifest under ``root`` or None when missing, unreadable or not the demo's."""
+    """The demo's manifest under ``root`` (of any version: an older build is rebuilt, not refused) or None
+    when missing, unreadable or not the demo's."""
     try:
         man = json.loads((root / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         return None
-    ours = isinstance(man, dict) and man.get("version") == VERSION and isinstance(man.get("params"), dict) \
+    ours = isinstance(man, dict) and type(man.get("version")) is int and isinstance(man.get("params"), dict) \
         and isinstance(man.get("files"), dict)
     return man if ours else None
 
@@ -438,7 +439,8 @@ def check_root(root: Path) -> None:
         return
     if any(root.iterdir()):
         raise DemoDataError(f"--root {root} holds files that are not the demo's (no demo manifest.json there): "
-                            f"the demo would write over them — choose a new or empty folder for its data")
+                            f"the demo would write over them — choose a new or empty folder for its data (an "
+                            f"interrupted demo build there can be deleted: make clean-demo for the default folders)")
 
 
 def stale_reason(root: Path, params: dict) -> str | None:
@@ -446,6 +448,8 @@ def stale_reason(root: Path, params: dict) -> str | None:
     man = read_manifest(root)
     if man is None:
         return "no manifest"
+    if man["version"] != VERSION:
+        return f"built by version {man['version']} of the demo's data, this is {VERSION}"
     if man.get("params") != params:
         changed = sorted(k for k in set(params) | set(man.get("params") or {})
                          if (man.get("params") or {}).get(k) != params.get(k))

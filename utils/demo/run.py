@@ -212,9 +212,11 @@ def resolve_budget(args) -> None:
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("epochs", "iters_per_epoch", "batch_size"):
+    for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.iters_per_epoch < 0:
+        raise UsageError(f"--iters-per-epoch must be >= 0 (0: the whole demo data set), got {args.iters_per_epoch}")
     if args.patch_size < 16 or args.patch_size % 8:
         raise UsageError(f"--patch-size must be a multiple of 8 and at least 16, got {args.patch_size}")
     if args.seed < 0:

@@ -69,6 +69,9 @@ def check_writable_folder(folder: str | os.PathLike, flag: str, create: bool = T
     folder = Path(folder)
     fix = fix or f"choose another {flag}"
     existing = next(p for p in [folder, *folder.absolute().parents] if p.exists() or p.is_symlink())
+    if existing.is_symlink() and not existing.exists():
+        raise OutputFolderError(f"{flag} {folder}: the link {existing} points to {os.readlink(existing)}, which does "
+                                f"not exist (an unmounted disk?) — mount it or fix the link, or {fix}")
     if not existing.is_dir():
         where = "" if existing.absolute() == folder.absolute() else f" ({existing})"
         raise OutputFolderError(f"{flag} {folder}: a file, not a folder, is in the way{where} — {fix}")

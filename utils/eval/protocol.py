@@ -81,13 +81,13 @@ class Protocol:
         elif self.tile is not None and self.tile < 0:
             raise ValueError(f"--tile must be a positive multiple of {SIZE_MULTIPLE}, or 0 never to tile, "
                              f"got {self.tile}")
-        elif self.tile is None:  # automatic: the smallest tile it may choose must take the overlap too
+        elif self.tile is None:  # automatic: some tile it may choose must take the overlap (the others are passed)
             try:
-                check_tiling(min(TILE_SIDES), self.tile_overlap, SIZE_MULTIPLE)
+                check_tiling(max(TILE_SIDES), self.tile_overlap, SIZE_MULTIPLE)
             except ValueError:
-                raise ValueError(f"--tile-overlap {self.tile_overlap} leaves no step in the {min(TILE_SIDES)}-pixel "
-                                 f"tiles automatic tiling may choose: use an overlap below "
-                                 f"{min(TILE_SIDES) - SIZE_MULTIPLE + 1}, or choose --tile") from None
+                raise ValueError(f"--tile-overlap {self.tile_overlap} leaves no step in any tile automatic tiling "
+                                 f"may choose (at most {max(TILE_SIDES)} pixels): use an overlap below "
+                                 f"{max(TILE_SIDES) - SIZE_MULTIPLE + 1}, or choose --tile") from None
         return self
 
     def with_budget(self, device: torch.device) -> "Protocol":
@@ -196,7 +196,8 @@ def automatic_tile(model: nn.Module, shape: tuple[int, int], protocol: Protocol,
         return None, None
     # on the CPU, the whole image's buffers of tiled restoring share the budget with the tiles' activations
     whole = TILED_IMAGE_BYTES_PER_PIXEL * h * w if device.type == "cpu" else 0
-    chosen = choose_tile(model, protocol.precision, h, w, budget - whole, protocol.tile_batch)
+    chosen = choose_tile(model, protocol.precision, h, w, budget - whole, protocol.tile_batch, protocol.tile_overlap,
+                         SIZE_MULTIPLE)
     if chosen is None:
         raise RestoreOutOfMemory(f"{name} ({h}x{w}) needs about {gib(need)} to restore and even small tiles need "
                                  f"more than the {gib(budget)} free on {device}: free memory, or use a smaller "

@@ -67,9 +67,9 @@ from utils.dataset_utils import (
     parse_repeats,
 )
 from utils.errors import UserError, run_main
-from utils.eval.evaluation import evaluate_set
+from utils.eval.evaluation import EvaluationStopped, evaluate_set
 from utils.eval.inference import autocast_context
-from utils.eval.protocol import Protocol
+from utils.eval.protocol import NonFiniteOutput, Protocol
 from utils.eval.tasks import EvalItem, EvalSet
 from utils.output_lock import OutputFolderBusy, OutputLock
 from utils.runtime import apply_gpus_flag, to_channels_last, tune_cpu_allocator
@@ -517,14 +517,23 @@ def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo,
     items = [EvalItem(deg.name, tar, deg) for deg, tar in pairs][info.rank::info.world_size]
     benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # image sizes vary: tuning kernels for each would cost more
+    non_finite = ""
     try:
         scored = evaluate_set(model, EvalSet("validation", "validation", items), Protocol(precision=precision),
                               info.device, progress=False)["images"] if items else []
+    except EvaluationStopped as stop:
+        if not isinstance(stop.__cause__, NonFiniteOutput):
+            raise
+        scored, non_finite = [], str(stop)  # every rank still meets the all-reduce below
     finally:
         torch.backends.cudnn.benchmark = benchmark
-    t = torch.tensor([sum(r["psnr"] for r in scored), sum(r["ssim"] for r in scored), float(len(scored))],
-                     dtype=torch.float64, device=info.device)
+    t = torch.tensor([sum(r["psnr"] for r in scored), sum(r["ssim"] for r in scored), float(len(scored)),
+                      float(bool(non_finite))], dtype=torch.float64, device=info.device)
     all_reduce_sum(t, info)
+    if t[3] > 0:  # a NaN or inf output: no score this epoch, said; the checkpoint is written already
+        Console(info.is_main).warn(f"validation skipped this epoch: {non_finite or 'a rank restored a non-finite'}"
+                                   f" output; training goes on (the weights are finite: checked at each save)")
+        return None
     return {"psnr": float(t[0] / t[2]), "ssim": float(t[1] / t[2])} if t[2] > 0 else None
 
 
