@@ -48,7 +48,7 @@ from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, ImageReadError, pixe
 from utils.data.pairing import PairingError
 from utils.errors import OneLineArgumentParser, UsageError, UserError, run_main
 from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, restore_files
-from utils.eval.inference import PRECISIONS
+from utils.eval.inference import PRECISIONS, check_precision
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
 from utils.eval.outputs import check_outputs_apart, check_outputs_outside_inputs, check_writable_folder, write_text
 from utils.eval.paper import SETTINGS
@@ -381,9 +381,10 @@ def main(args) -> dict:
         device = pick_device(args.device, args.cuda)
     except (ValueError, RuntimeError) as exc:  # its messages name the flag and the fix
         raise UsageError(str(exc)) from exc
-    if args.precision == "fp16" and device.type != "cuda":
-        raise UsageError(f"--precision fp16 needs a CUDA device and this run is on {device}: use --precision bf16 "
-                         f"(or fp32) on the CPU")
+    try:
+        check_precision(device, args.precision)
+    except ValueError as exc:  # fp16 on the CPU: said before anything is written
+        raise UsageError(str(exc)) from None
     protocol = _protocol(args)
     try:
         check_compile(protocol.compile, device)

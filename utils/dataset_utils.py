@@ -416,6 +416,7 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
     bad: list[str] = []
     out: dict[str, list[Pair]] = {}
     total = sum(len(p) for p in found.values())
+    limit = max_pixels()
     items = [(fam, pair) for fam, pairs in found.items() for pair in pairs]
     it = progress(items, total) if progress else items
     keep: dict[str, list[Pair]] = {fam: [] for fam in found}
@@ -443,9 +444,9 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
             bad.append(f"{pair.degraded} is {hw_deg[0]}x{hw_deg[1]} but its target {pair.clean} is "
                        f"{hw_clean[0]}x{hw_clean[1]}")
             continue
-        if hw_clean[0] * hw_clean[1] > max_pixels():  # a loader worker would refuse it mid-epoch
+        if hw_clean[0] * hw_clean[1] > limit:  # a loader worker would refuse it mid-epoch
             bad.append(f"{pair.degraded or pair.clean} is {hw_clean[0]}x{hw_clean[1]}, more than the limit of "
-                       f"{max_pixels():,} pixels an image may have; downscale it (training crops {patch_size}-pixel "
+                       f"{limit:,} pixels an image may have; downscale it (training crops {patch_size}-pixel "
                        f"patches)")
             continue
         h, w = _cropped(hw_clean[0]), _cropped(hw_clean[1])

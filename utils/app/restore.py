@@ -39,7 +39,7 @@ from utils.data.image_io import quantise, read_image, to_float, write_image
 from utils.errors import UserError, exception_chain, failure_message
 from utils.eval.evaluation import EvaluationStopped, restore_files
 from utils.eval.inference import PRECISIONS
-from utils.eval.protocol import SIZE_MULTIPLE, Protocol, RestoreOutOfMemory, crop_to_multiple
+from utils.eval.protocol import AUTO_TILE_FLAGS, SIZE_MULTIPLE, Protocol, RestoreOutOfMemory, crop_to_multiple
 from utils.eval.tasks import DenoiseLayout, find_task_sets
 
 # The tiling choices the page lists ('auto': tile only an image that would not fit the free memory, as the
@@ -289,7 +289,7 @@ def request_folder(work_dir: Path, keep: int = KEEP_REQUESTS) -> Path:
 
 def _tiling_text(protocol: Protocol, note: str | None) -> str:
     if note:
-        return f"tiled automatically ({note.removeprefix('note: ').split(' (--tile N')[0]}; Tiling chooses)"
+        return f"tiled automatically ({note.removeprefix('note: ').removesuffix(AUTO_TILE_FLAGS)}; Tiling chooses)"
     if protocol.tile is None:
         return "tiling auto (the whole image fitted)"
     return "tiling off" if protocol.tile == 0 else f"{protocol.tile}x{protocol.tile} tiles"

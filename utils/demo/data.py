@@ -52,12 +52,13 @@ from utils.errors import UserError
 
 VERSION = 1
 BUILDING_MARK = ".demo-building"  # written before a build's first file, removed with its manifest's writing
+DEFAULT_ROOT = "data/demo"
+MANIFEST_NAME = "manifest.json"
 
 
 class DemoDataError(UserError, ValueError):
     """The demo's data folder cannot be built where or as asked; the message says why and what to do."""
-DEFAULT_ROOT = "data/demo"
-MANIFEST_NAME = "manifest.json"
+
 
 # Source photographs. Order matters: ``max_photos`` keeps a prefix, so the first
 # entries exercise every code path (disparity depth, colour, grey).

@@ -115,7 +115,7 @@ def train(args, root: Path) -> Path:
     the checkpoint of the last epoch. Stopped by a signal, the trainer saves and returns: the demo stops too
     (status 130), and the next run continues the training."""
     import trainer_bary
-    from utils.checkpoints import read_checkpoint, read_latest
+    from utils.checkpoints import progress_of, read_latest
     targs = trainer_bary.get_args_parser().parse_args(_trainer_argv(args, root) + (["--debug"] if args.debug else []))
     rc = trainer_bary.main(targs)
     if rc == INTERRUPTED_STATUS:
@@ -123,7 +123,7 @@ def train(args, root: Path) -> Path:
     if rc:
         raise SystemExit(rc)  # the trainer has printed why
     latest = read_latest(args.output_dir)
-    if latest is None or read_checkpoint(latest).get("epoch", 0) < args.epochs:
+    if latest is None or (progress_of(latest.name) or (0, 0)) < (args.epochs, 0):  # its name says how far
         raise KeyboardInterrupt  # stopped by a signal mid-run: the trainer saved where it was
     return latest
 

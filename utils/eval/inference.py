@@ -50,17 +50,22 @@ def prepare_for_inference(model: nn.Module, compile_mode: str = "off", backend: 
     return model
 
 
-def autocast_context(device: torch.device | str, precision: str):
-    """Autocast for ``precision`` on ``device`` (a no-op for fp32); fp16 needs a GPU."""
+def check_precision(device: torch.device | str, precision: str) -> None:
+    """``ValueError`` naming the fix unless ``precision`` is one of :data:`PRECISIONS` that ``device`` runs:
+    fp16 (with its gradient scaler) needs a GPU. The trainers and the tester call it before anything is built."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
-    device_type = torch.device(device).type
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device_type == "cpu":
+    if precision == "fp16" and torch.device(device).type != "cuda":
         raise ValueError("--precision fp16 needs a CUDA device; on the CPU use --precision bf16 "
                          "(fast on CPUs with AVX-512 BF16/AMX) or fp32")
-    return torch.autocast(device_type=device_type, dtype=_AUTOCAST_DTYPE[precision])
+
+
+def autocast_context(device: torch.device | str, precision: str):
+    """Autocast for ``precision`` on ``device`` (a no-op for fp32; :func:`check_precision` first)."""
+    check_precision(device, precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=_AUTOCAST_DTYPE[precision])
 
 
 def _output_image(out) -> torch.Tensor:

@@ -33,6 +33,8 @@ from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
 from utils.memory import TILE_SIDES, TILED_IMAGE_BYTES_PER_PIXEL, available_bytes, choose_tile, gib, restore_need
 
 PROTOCOLS = ("reference", "pad")
+# How the command line overrides automatic tiling, at the end of its note (the app, with its own control, drops it).
+AUTO_TILE_FLAGS = " (--tile N to choose, --tile 0 never to tile)"
 SIZE_MULTIPLE = 8
 _PROTOCOL_TEXT = {
     "reference": "crop degraded and target to multiples of 8 (bottom rows and right columns dropped), restore, "
@@ -203,7 +205,7 @@ def automatic_tile(model: nn.Module, shape: tuple[int, int], protocol: Protocol,
                                  f"more than the {gib(budget)} free on {device}: free memory, or use a smaller "
                                  f"--preset / --precision bf16")
     note = (f"note: {name} ({h}x{w}) would need about {gib(need)} on {device}, {gib(budget)} free: restoring it "
-            f"in {chosen[0]}x{chosen[0]} tiles, {chosen[1]} a pass (--tile N to choose, --tile 0 never to tile)")
+            f"in {chosen[0]}x{chosen[0]} tiles, {chosen[1]} a pass{AUTO_TILE_FLAGS}")
     return chosen, note
 
 

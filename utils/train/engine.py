@@ -68,7 +68,7 @@ from utils.dataset_utils import (
 )
 from utils.errors import UserError, run_main
 from utils.eval.evaluation import EvaluationStopped, evaluate_set
-from utils.eval.inference import autocast_context
+from utils.eval.inference import autocast_context, check_precision
 from utils.eval.protocol import NonFiniteOutput, Protocol
 from utils.eval.tasks import EvalItem, EvalSet
 from utils.output_lock import OutputFolderBusy, OutputLock
@@ -666,8 +666,10 @@ def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective,
     if ablate and args.backbone not in WB_BACKBONES:
         raise ConfigError(f"--ablate {' '.join(sorted(ablate))} switches off BaryNet's terms; --backbone "
                           f"{args.backbone} has none (drop --ablate)")
-    if args.precision == "fp16" and info.device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA device; use --precision bf16 or fp32 on the CPU")
+    try:
+        check_precision(info.device, args.precision)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if getattr(args, "tensorboard", False):  # every rank: all stop alike
         require_tensorboard()
     try:
