@@ -47,4 +47,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_inference.py
 
 clean-demo:
-	rm -rf data/demo checkpoint/demo results/demo data/demo-quick checkpoint/demo-quick results/demo-quick
+	rm -rf data/demo data/demo-* checkpoint/demo checkpoint/demo-* results/demo results/demo-*

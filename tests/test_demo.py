@@ -58,6 +58,20 @@ def test_the_quick_demo_keeps_out_of_the_full_demos_folders():
     assert chosen.output_dir == "mine"
 
 
+def test_another_seed_gets_folders_of_its_own():
+    """`python -m utils.demo --seed 1` after a finished seed-0 demo rebuilt data/demo with seed 1 and found the
+    seed-0 run finished in checkpoint/demo: it evaluated the seed-0 model and called it seed 1's."""
+    made = {}
+    for argv in ([], ["--seed", "1"], ["--seed", "2"], ["--quick", "--seed", "1"], ["--seed", "1", "--root", "d"]):
+        args = demo.get_args_parser().parse_args(argv)
+        demo.resolve_folders(args)
+        made[" ".join(argv)] = args
+    folders = [(a.root, a.output_dir, a.results) for key, a in made.items() if "--root" not in key]
+    assert all(len(set(column)) == len(column) for column in zip(*folders)), folders
+    assert made["--seed 1"].output_dir == "checkpoint/demo-seed1"
+    assert made["--seed 1 --root d"].root == "d"  # a folder given is used as given
+
+
 def test_every_default_output_folder_is_ignored_by_git():
     """What the demo, the quick demo, the tester and the quick study write by default leaves `git status` clean
     (the tester's --figs used to write into the repository's own figs/)."""
@@ -72,7 +86,7 @@ def test_every_default_output_folder_is_ignored_by_git():
     if shutil.which("git") is None or not (repo / ".git").exists():
         pytest.skip("not a git checkout")
     folders = []
-    for argv in ([], ["--quick"]):
+    for argv in ([], ["--quick"], ["--seed", "3"], ["--quick", "--seed", "3"]):
         args = demo.get_args_parser().parse_args(argv)
         demo.resolve_folders(args)
         folders += [args.root, args.output_dir, args.results, args.figs_dir]

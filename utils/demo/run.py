@@ -227,9 +227,10 @@ def resolve_budget(args) -> None:
 
 def resolve_folders(args) -> None:
     """Fill the folder flags left unset: ``data/demo``, ``checkpoint/demo``, ``results/demo`` (``demo-quick``
-    with ``--quick``: its patch size would make the full demo's ``--resume auto`` refuse a shared run), and
-    the figures under the results."""
-    name = "demo-quick" if args.quick else "demo"
+    with ``--quick``: its patch size would make the full demo's ``--resume auto`` refuse a shared run;
+    ``-seed<N>`` added for a seed other than 0: another seed's finished run would otherwise be taken for this
+    one's, and its data rebuilt under it), and the figures under the results."""
+    name = ("demo-quick" if args.quick else "demo") + (f"-seed{args.seed}" if args.seed else "")
     args.root = args.root or f"data/{name}"
     args.output_dir = args.output_dir or f"checkpoint/{name}"
     args.results = args.results or f"results/{name}"
