@@ -7,7 +7,6 @@ they take, in one process and in two (gloo).
 import copy
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from _conformance import golden, golden_weights
+from _processes import free_port
 from objective_case import LAMBDAS, batch_for_rank, nets
 
 from net import Potentials
@@ -161,12 +161,6 @@ def test_potentials_update_leaves_absent_potentials_bit_identical(optimizer):
             assert torch.equal(value, before[name]) == absent, name
         for k in (2, 3, 4):
             assert all(p not in opt.state for p in pots.potentials[k].parameters())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
