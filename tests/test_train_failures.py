@@ -188,3 +188,17 @@ def test_a_broken_link_as_an_output_folder_says_so(tmp_path):
     (tmp_path / "results").symlink_to(tmp_path / "unmounted" / "disk")
     with pytest.raises(OutputFolderError, match=r"the link .*results points to .*disk, which does not exist"):
         check_writable_folder(tmp_path / "results" / "run", "--save")
+
+
+def test_a_busy_folder_names_what_holds_it(tmp_path):
+    """A trainer refused an --output-dir that a tester's --save held said it was "in use by another trainer"."""
+    from utils.output_lock import LOCK_NAME, OutputLock
+    with OutputLock(tmp_path / "o", "--save", "tester"):
+        with pytest.raises(OutputFolderBusy, match=r"--output-dir .*/o is in use by a tester \(PID \d+ on "):
+            OutputLock(tmp_path / "o").acquire()
+        with pytest.raises(OutputFolderBusy, match=r"--save .*/o is in use by another tester \(PID \d+ on "):
+            OutputLock(tmp_path / "o", "--save", "tester").acquire()
+    with OutputLock(tmp_path / "old"):
+        (tmp_path / "old" / LOCK_NAME).write_text("PID 7 on elsewhere\n")  # as a lock written before roles
+        with pytest.raises(OutputFolderBusy, match=r"is in use by another run \(PID 7 on elsewhere\)"):
+            OutputLock(tmp_path / "old").acquire()

@@ -2,7 +2,7 @@
 
 Two trainers writing one ``--output-dir`` replace each other's checkpoints and log; two testers writing
 one ``--save`` mix their restorations under one record. The first run takes an ``flock`` on
-``<folder>/.lock`` (and writes its PID and host there); a second one is refused with the holder's PID.
+``<folder>/.lock`` (and writes its role, PID and host there); a second one is refused with the holder's PID.
 The kernel drops the lock when the holding process exits in any way (even kill -9), so a lock file left
 by a dead run never blocks the next one. On NFS, Linux maps ``flock`` to byte-range locks, which the
 server arbitrates across nodes.
@@ -49,18 +49,25 @@ class OutputLock:
                 self._made = not self.folder.exists()
                 self.folder.mkdir(parents=True, exist_ok=True)
             except BlockingIOError:
-                holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
+                role, holder = self._holder(os.pread(fd, 256, 0).decode(errors="replace"))
                 os.close(fd)
+                who = f"another {role}" if role == self.role else f"a {role}" if role else "another run"
                 after = ", resume it later with --resume auto," if self.role == "trainer" else ""
-                raise OutputFolderBusy(f"{self.flag} {self.folder} is in use by another {self.role} ({holder}); "
+                raise OutputFolderBusy(f"{self.flag} {self.folder} is in use by {who} ({holder}); "
                                        f"wait for it to finish{after} or choose another {self.flag}") from None
             except BaseException:
                 os.close(fd)
                 raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        os.pwrite(fd, f"{self.role}: PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
         return self
+
+    @staticmethod
+    def _holder(text: str) -> tuple[str, str]:
+        """``(role, "PID n on host")`` from a lock file's text (role ``""`` in files written without one)."""
+        role, sep, where = text.strip().partition(": ")
+        return (role, where) if sep and where.startswith("PID ") else ("", text.strip() or "unknown")
 
     @staticmethod
     def _same_file(fd: int, path: Path) -> bool:
