@@ -245,3 +245,24 @@ def test_a_build_of_another_version_is_rebuilt_not_refused(tmp_path):
     (root / "manifest.json").write_text(json.dumps(man | {"version": dd.VERSION - 1}))
     assert "version" in dd.stale_reason(root, dd.requested_params(0, 0.2, 3))
     assert dd.build_demo_data(root, seed=0, **TINY)["status"].startswith("built")
+
+
+def test_an_interrupted_build_leaves_no_stray_files_for_the_next_one(tmp_path, monkeypatch):
+    """A build stopped midway, then one of fewer photos: the first one's extra images (and the temporary of the
+    write it was stopped in) stayed in the training folders, which the trainer scans, listed in no manifest."""
+    root = tmp_path / "demo"
+    real, calls = dd.write_if_changed, []
+
+    def stop_on_the_40th(path, data, force=False):
+        calls.append(path)
+        if len(calls) == 40:
+            path.with_name(f".{path.name}.999.tmp").write_bytes(data[:10])  # as a write cut short
+            raise KeyboardInterrupt
+        return real(path, data, force)
+    monkeypatch.setattr(dd, "write_if_changed", stop_on_the_40th)
+    with pytest.raises(KeyboardInterrupt):
+        dd.build_demo_data(root, seed=0, **(TINY | {"max_photos": 4}))
+    monkeypatch.undo()
+    man = dd.build_demo_data(root, seed=0, **(TINY | {"max_photos": 1}))
+    on_disk = set(all_files(root)) - {"manifest.json"}
+    assert on_disk == set(man["files"]), sorted(on_disk ^ set(man["files"]))[:5]

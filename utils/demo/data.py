@@ -36,6 +36,7 @@ Run ``python -m utils.demo.data --root data/demo --seed 0 [--force]``.
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import math
@@ -51,7 +52,7 @@ from tqdm import tqdm
 from utils.errors import UserError
 
 VERSION = 1
-BUILDING_MARK = ".demo-building"  # written before a build's first file, removed with its manifest's writing
+BUILDING_MARK = ".demo-building"  # lists a build's files as it writes them, removed with its manifest's writing
 DEFAULT_ROOT = "data/demo"
 MANIFEST_NAME = "manifest.json"
 
@@ -514,11 +515,35 @@ def make_test_image(name: str, short: int, long_max: int) -> tuple[np.ndarray, n
 
 def _emit(root: Path, files: dict, rel: str, img: np.ndarray, source: str, split: str,
           force: bool) -> int:
-    """Write one image (if changed) and record it in ``files``; returns 1 if written."""
+    """Write one image (if changed) and record it in ``files``, and first in the build's mark (so that a build
+    stopped before its manifest still knows the file as its own); returns 1 if written."""
     data = encode_png(img)
     files[rel] = {"source": source, "split": split, "size": [int(img.shape[0]), int(img.shape[1])],
                   "sha256": hashlib.sha256(data).hexdigest()}
+    with open(root / BUILDING_MARK, "a") as mark:
+        mark.write(rel + "\n")
     return int(write_if_changed(root / rel, data, force))
+
+
+def interrupted_files(root: Path) -> set[str]:
+    """The files an interrupted build under ``root`` had begun to write (listed in its mark)."""
+    try:
+        return {rel for rel in (root / BUILDING_MARK).read_text().splitlines() if rel}
+    except OSError:
+        return set()
+
+
+def remove_leftovers(root: Path, files: dict, earlier: set[str]) -> None:
+    """Remove what an earlier build wrote that this one did not produce (``earlier``: the previous manifest's
+    files and an interrupted build's), and the temporaries an interrupted write left beside any of them:
+    otherwise the training folders, which are scanned, hold images the manifest does not list."""
+    for rel in earlier - set(files):
+        if (root / rel).is_file():
+            (root / rel).unlink()
+    for rel in earlier | set(files):
+        path = root / rel
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def build_files(root: Path, params: dict, force: bool, progress: bool) -> tuple[dict, int]:
@@ -603,12 +628,10 @@ def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale
     if reason is None:
         return {**read_manifest(root), "status": "up to date"}
     root.mkdir(parents=True, exist_ok=True)
-    (root / BUILDING_MARK).touch()  # an interrupted build is still known as the demo's own
-    old = read_manifest(root) or {}
+    earlier = set((read_manifest(root) or {}).get("files", {})) | interrupted_files(root)
+    (root / BUILDING_MARK).touch()  # an interrupted build is still known as the demo's own (its list kept)
     files, written = build_files(root, params, force, progress)
-    for rel in old.get("files", {}):
-        if rel not in files and (root / rel).is_file():
-            (root / rel).unlink()
+    remove_leftovers(root, files, earlier)
     manifest = {
         "version": VERSION, "seed": params["seed"], "scale": params["scale"], "params": params,
         "sources": {"train": params["train_photos"], "test": params["test_photos"]},
