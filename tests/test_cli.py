@@ -71,3 +71,14 @@ def test_a_device_this_machine_lacks_is_one_error_line(tmp_path, monkeypatch, ca
     assert stop.value.code == 2 and err == ["error: argument --epochs: invalid int value: 'x' "
                                             "(see python -m utils.demo --help)"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_references_cuda_flag_and_device_cpu_are_refused_together_by_the_trainer(tmp_path, monkeypatch, capsys):
+    """`trainer_bary.py --device cpu --cuda` trained on the GPU (--cuda overwrote --device); the tester
+    refused the pair. Both now ask for one of them."""
+    from utils.train import engine
+    monkeypatch.chdir(tmp_path)
+    status = engine.run_cli(train_options.get_args_parser().parse_args(["--cuda", "--device", "cpu", "--dry-run"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err == ["error: --cuda asks for the GPU but --device cpu for the CPU; pass one of them"]
+    assert list(tmp_path.iterdir()) == []

@@ -35,12 +35,13 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed_mode(device_flag: str = "auto", log=print) -> DistInfo:
-    """Join the process group torchrun describes (NCCL on GPUs, gloo on the CPU), or run alone."""
+def init_distributed_mode(device_flag: str = "auto", log=print, cuda: bool = False) -> DistInfo:
+    """Join the process group torchrun describes (NCCL on GPUs, gloo on the CPU), or run alone, on the
+    device ``--device`` (and the reference's ``--cuda``) choose: :func:`utils.runtime.pick_device`."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_flag, local_rank=local_rank, log=log if rank == 0 else None)
+    device = pick_device(device_flag, cuda=cuda, local_rank=local_rank, log=log if rank == 0 else None)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}

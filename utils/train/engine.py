@@ -539,10 +539,8 @@ def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo,
 
 def main(args: argparse.Namespace) -> int:
     """Train as ``args`` say. Returns 0 (also after SIGTERM/SIGINT, with a checkpoint written)."""
-    if getattr(args, "cuda", False):  # the reference's --cuda
-        args.device = "cuda"
     gpus_note = apply_gpus_flag(args.gpus)  # before anything touches CUDA
-    info = init_distributed_mode(args.device)
+    info = init_distributed_mode(args.device, cuda=getattr(args, "cuda", False))  # the reference's --cuda
     if gpus_note:
         Console(info.is_main).warn(gpus_note)
         args.gpus = None
