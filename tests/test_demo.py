@@ -109,8 +109,8 @@ def test_a_stopped_or_failed_training_stops_the_demo(tmp_path, monkeypatch):
     mid-epoch checkpoint and print its table; a failed start printed a second 'demo: training failed' line."""
     import torch
 
-    import trainer_bary
     from net.presets import build_model
+    from utils.train import engine
 
     args = demo.get_args_parser().parse_args(["--quick", "--output-dir", str(tmp_path / "ckpt")])
     demo.resolve_budget(args)
@@ -123,10 +123,10 @@ def test_a_stopped_or_failed_training_stops_the_demo(tmp_path, monkeypatch):
         (tmp_path / "ckpt" / "latest").write_text(json.dumps({"checkpoint": path.name}))
         return 0
     for trainer, raised in ((saved_mid_epoch, KeyboardInterrupt), (lambda targs: 130, KeyboardInterrupt)):
-        monkeypatch.setattr(trainer_bary, "main", trainer)
+        monkeypatch.setattr(engine, "run_cli", trainer)
         with pytest.raises(raised):
             demo.train(args, tmp_path)
-    monkeypatch.setattr(trainer_bary, "main", lambda targs: 2)
+    monkeypatch.setattr(engine, "run_cli", lambda targs: 2)
     with pytest.raises(SystemExit) as stop:
         demo.train(args, tmp_path)
     assert stop.value.code == 2  # the trainer's own status; its error line is the only one
@@ -145,3 +145,21 @@ def test_training_flags_are_checked_by_the_demos_names_and_quick_keeps_the_ones_
     quick = demo.get_args_parser().parse_args(["--quick", "--iters-per-epoch", "5"])
     demo.resolve_budget(quick)
     assert (quick.epochs, quick.iters_per_epoch, quick.batch_size, quick.patch_size) == (1, 5, 2, 32)
+
+
+
+def test_the_package_imports_no_top_level_script():
+    """`python -m utils.demo` imported trainer_bary.py, a script the package (net, utils) does not install:
+    run from another folder with the project pip-installed, it failed with ModuleNotFoundError."""
+    import ast
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    scripts = {p.stem for p in repo.glob("*.py")} | {"bench", "tests"}
+    found = []
+    for path in sorted((repo / "utils").rglob("*.py")) + sorted((repo / "net").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{path.relative_to(repo)}:{node.lineno} imports {n}" for n in names
+                      if n.split(".")[0] in scripts]
+    assert found == []

@@ -114,10 +114,11 @@ def train(args, root: Path) -> Path:
     """Run the real trainer (its failure is its own one error line, and its exit status the demo's); returns
     the checkpoint of the last epoch. Stopped by a signal, the trainer saves and returns: the demo stops too
     (status 130), and the next run continues the training."""
-    import trainer_bary
     from utils.checkpoints import progress_of, read_latest
-    targs = trainer_bary.get_args_parser().parse_args(_trainer_argv(args, root) + (["--debug"] if args.debug else []))
-    rc = trainer_bary.main(targs)
+    from utils.train.engine import run_cli  # what trainer_bary.py runs; the script is not in the package
+    from utils.train.options import get_args_parser as trainer_parser
+    targs = trainer_parser().parse_args(_trainer_argv(args, root) + (["--debug"] if args.debug else []))
+    rc = run_cli(targs)
     if rc == INTERRUPTED_STATUS:
         raise KeyboardInterrupt
     if rc:
