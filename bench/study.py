@@ -49,8 +49,9 @@ from typing import Any, Sequence
 
 # The probe's small L-BFGS fits (scipy) run ~30x slower through OpenBLAS's thread pool when another
 # process holds a core; numpy/scipy only (torch uses MKL and its own threads). Effective when this
-# file is the entry point, before numpy loads.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# file is the entry point, before numpy loads (and only then: importing it changes nothing).
+if __name__ == "__main__":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import torch

@@ -1,6 +1,7 @@
 """The demo's embedding figures: layout (no empty axes, maps under their images, no overlapping
 text) and titles that carry numbers measured from the data, checked against values computed here."""
 import itertools
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -137,3 +138,14 @@ def test_projection_panels_share_one_scale(projection):
 def test_projection_text_does_not_overlap(projection):
     fig, *_ = projection
     _assert_no_overlap(fig)
+
+
+def test_importing_the_figures_leaves_the_callers_backend_alone():
+    """utils/analysis/figures.py switched matplotlib to Agg on import: a notebook's inline backend was lost."""
+    import subprocess
+    import sys
+    code = ("import matplotlib; matplotlib.use('pdf'); import utils.analysis.figures; "
+            "print(matplotlib.get_backend())")
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
+    assert done.stdout.strip() == "pdf", done.stderr

@@ -3,7 +3,8 @@
 Each ``*_figure`` function takes plain arrays/tensors and returns a matplotlib figure whose
 titles and caption say what its data shows (measured numbers, not the paper's prediction);
 the function of the same name without ``_figure`` writes it to one PNG and returns its path.
-matplotlib runs headless (Agg).
+Figures are built without pyplot (``matplotlib.figure.Figure`` on an Agg canvas), so they draw headless and importing
+this module leaves the caller's backend alone (a notebook's inline one, say).
 """
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
-
-from utils.analysis.embeddings import (  # noqa: E402
+from utils.analysis.embeddings import (
     explained_variance,
     nearest_neighbour_accuracy,
     nearest_neighbour_chance,
@@ -28,11 +29,17 @@ from utils.analysis.embeddings import (  # noqa: E402
 )
 
 
+def new_figure(**kwargs) -> Figure:
+    """A figure drawn by Agg (headless) whatever pyplot's backend is."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -67,7 +74,7 @@ def takeaway_maps_figure(images: Sequence[np.ndarray], names: Sequence[str], wb_
                          f"{n} images, {len(names)} names, {len(wb_maps)} WB and {len(res_maps)} residual maps")
     values = np.concatenate([np.ravel(m) for m in list(wb_maps) + list(res_maps)])
     vmax = float(np.percentile(values, 99)) or float(values.max()) or 1.0
-    fig = plt.figure(figsize=(2.1 * n + 1.2, 6.4), layout="constrained")
+    fig = new_figure(figsize=(2.1 * n + 1.2, 6.4), layout="constrained")
     grid = fig.add_gridspec(3, n + 1, width_ratios=[1.0] * n + [0.06])  # the last column: the colour bar
     base = np.clip(images[0], 0, 1).mean(axis=2)
     im = None
@@ -130,8 +137,9 @@ def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], phot
     kinds = list(dict.fromkeys(labels))
     photo_kinds = list(dict.fromkeys(photos)) if photos is not None else []
     markers = "osD^vP*Xph"
-    colours = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.4), sharex=True, sharey=True, layout="constrained")
+    colours = matplotlib.colormaps["tab10"]
+    fig = new_figure(figsize=(11.5, 5.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
     radii = []
     for ax, feats, space in ((axes[0], wb_feats, "WB"), (axes[1], res_feats, "residual")):
         feats = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
@@ -154,8 +162,8 @@ def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], phot
                       f"(chance {_percent(nearest_neighbour_chance(photos))})")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], ls="", marker="o", color=colours(c % 10), label=k) for c, k in enumerate(kinds)]
-    handles += [plt.Line2D([], [], ls="", marker=markers[c % len(markers)], color="0.4", label=f"photo {p}")
+    handles = [Line2D([], [], ls="", marker="o", color=colours(c % 10), label=k) for c, k in enumerate(kinds)]
+    handles += [Line2D([], [], ls="", marker=markers[c % len(markers)], color="0.4", label=f"photo {p}")
                 for c, p in enumerate(photo_kinds)]
     axes[1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     what = f"{len(labels)} views" + (f" ({len(photo_kinds)} photos x {len(kinds)} degradations)" if photo_kinds else "")
@@ -176,7 +184,8 @@ def embedding_projection(wb_feats, res_feats, labels: Sequence[str], path: str |
 
 def pipeline_diagram(path: str | os.PathLike) -> Path:
     """The BaryIR pipeline, drawn from scratch for the README."""
-    fig, ax = plt.subplots(figsize=(12, 5.0))
+    fig = new_figure(figsize=(12, 5.0))
+    ax = fig.subplots()
     ax.set_xlim(0, 12)
     ax.set_ylim(0, 5.0)
     ax.axis("off")

@@ -1,6 +1,6 @@
 """Turning the command line into a run: flag checks, where training starts, validation pairs.
 
-Used by :mod:`utils.train.engine`; kept apart so the engine holds only the training loop.
+The rules, used by :mod:`utils.train.engine`, whose ``check_run`` and ``where_to_start`` apply them to a run.
 """
 from __future__ import annotations
 
