@@ -10,7 +10,7 @@ from _train_data import _write, add_listed_ids, make_test_tree, make_train_tree,
 
 import tester_bary
 import trainer_bary
-from utils.data import doctor
+from utils.data import doctor, integrity
 from utils.eval.tasks import find_task_sets
 from utils.train.options import get_args_parser as train_parser
 from utils.train.options import resolve_data_file_dir
@@ -203,16 +203,16 @@ def test_file_checks_read_headers_and_ends(tmp_path):
     img = smooth_image(np.random.default_rng(3), 48)[:40]
     for ext in (".png", ".jpg", ".bmp", ".webp"):
         good = _write(tmp_path / f"good{ext}", img)
-        assert doctor.check_file(good) == doctor.FileCheck((40, 48)), ext
+        assert integrity.check_file(good) == integrity.FileCheck((40, 48)), ext
         cut = truncate(_write(tmp_path / f"cut{ext}", img))  # a cut WebP has no header Pillow reads: unreadable
-        assert doctor.check_file(cut).kind == ("unreadable" if ext == ".webp" else "truncated"), ext
+        assert integrity.check_file(cut).kind == ("unreadable" if ext == ".webp" else "truncated"), ext
     extra = tmp_path / "extra.jpg"  # bytes after the end marker: decodes, so it is fine
     extra.write_bytes((tmp_path / "good.jpg").read_bytes() + b"\0" * 200)
-    assert doctor.check_file(extra).size == (40, 48)
+    assert integrity.check_file(extra).size == (40, 48)
     (tmp_path / "junk.png").write_bytes(b"not an image")
-    assert doctor.check_file(tmp_path / "junk.png").kind == "unreadable"
+    assert integrity.check_file(tmp_path / "junk.png").kind == "unreadable"
     many = [_write(tmp_path / "many" / f"{i}.png", img) for i in range(70)]  # the threaded path
-    assert {c.size for c in doctor.check_files(many).values()} == {(40, 48)}
+    assert {c.size for c in integrity.check_files(many).values()} == {(40, 48)}
 
 
 def test_table_caps_examples(tmp_path):

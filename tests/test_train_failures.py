@@ -20,12 +20,13 @@ from utils.train.options import get_args_parser
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def truncate_rainy(data: dict[str, Path]) -> list[Path]:
-    """Cut every rainy image after its header: the start-up check (which reads headers) passes and
-    decoding fails inside a loader worker."""
+def corrupt_rainy(data: dict[str, Path]) -> list[Path]:
+    """Overwrite every rainy image's pixel data, keeping its header and its ending: the start-up check (which
+    reads headers and endings) passes and decoding fails inside a loader worker."""
     files = sorted((data["derain"] / "rainy").glob("*.png"))
     for f in files:
-        f.write_bytes(f.read_bytes()[:60])
+        b = f.read_bytes()
+        f.write_bytes(b[:60] + bytes(len(b) - 72) + b[-12:])
     return files
 
 
@@ -40,7 +41,7 @@ def test_a_failing_loader_worker_ends_the_run_and_keeps_the_last_checkpoint(data
     ckpt = tmp_path / "ckpt" / "epoch_001.pth"
     kept, latest = ckpt.read_bytes(), (tmp_path / "ckpt" / "latest").read_bytes()
 
-    bad = truncate_rainy(data)
+    bad = corrupt_rainy(data)
     second = run_script([sys.executable, "trainer_bary.py", *flags, "--nEpochs", "2", "--resume", "auto",
                          "--workers", "2"])
     assert second.returncode == 1
@@ -51,10 +52,23 @@ def test_a_failing_loader_worker_ends_the_run_and_keeps_the_last_checkpoint(data
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.pth")) == ["epoch_001.pth"]
 
 
+def test_a_truncated_training_image_is_refused_at_the_start_not_mid_epoch(data, tmp_path, capsys):
+    """A file cut short keeps a valid header: the start-up check, which read headers only, passed it, and the
+    run ended mid-epoch when a loader worker met it, losing the iterations since the last checkpoint."""
+    cut = sorted((data["derain"] / "rainy").glob("*.png"))[1]
+    cut.write_bytes(cut.read_bytes()[:-40])
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "2", "--nEpochs", "1"]
+    with pytest.raises(UserError, match=rf"{cut}.* is cut short.*--skip-bad-files"):
+        engine.main(get_args_parser().parse_args(flags))
+    assert not (tmp_path / "ckpt").exists()
+    assert engine.main(get_args_parser().parse_args([*flags, "--skip-bad-files"])) == 0
+    assert f"{cut} is cut short" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not available")
 def test_a_failing_loader_worker_ends_a_ddp_run(data, tmp_path):
-    truncate_rainy(data)
+    corrupt_rainy(data)
     flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "3", "--nEpochs", "1", "--workers", "2"]
     done = run_script([TORCHRUN, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
                        "trainer_bary_ddp.py", *flags])

@@ -66,7 +66,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, image_size, list_images, max_pixels, read_image
+from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, max_pixels, quiet_opencv, read_image
+from utils.data.integrity import FileCheck, check_file
 from utils.data.noise import add_noise
 from utils.errors import UserError, listing
 
@@ -410,9 +411,11 @@ def _cropped(n: int) -> int:
 def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool = False,
                  progress: Callable[[Iterable, int], Iterable] | None = None,
                  log: Callable[[str], None] = print) -> dict[str, list[Pair]]:
-    """Read every image header: unreadable files, images smaller than the patch (after the
-    centre-crop to multiples of 16) and degraded/clean size mismatches are one :class:`DatasetError`
-    listing them, or are left out with a ``warning:`` line to ``log`` when ``skip_bad``."""
+    """Read every image header and ending (:func:`utils.data.integrity.check_file`): unreadable or truncated
+    files, images smaller than the patch (after the centre-crop to multiples of 16) and degraded/clean size
+    mismatches are one :class:`DatasetError` listing them, or are left out with a ``warning:`` line to ``log``
+    when ``skip_bad``. A file cut short keeps a valid header: found only by a loader worker, it ended the run
+    mid-epoch with the iterations since the last checkpoint lost."""
     bad: list[str] = []
     out: dict[str, list[Pair]] = {}
     total = sum(len(p) for p in found.values())
@@ -420,18 +423,16 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
     items = [(fam, pair) for fam, pairs in found.items() for pair in pairs]
     it = progress(items, total) if progress else items
     keep: dict[str, list[Pair]] = {fam: [] for fam in found}
-    sizes: dict[Path, tuple[int, int] | ImageReadError] = {}
+    checks: dict[Path, FileCheck] = {}
 
     def size_of(path: Path) -> tuple[int, int]:
-        """Each file's header is read once: OTS's 72,135 hazy images share about 2,000 clean targets."""
-        if path not in sizes:
-            try:
-                sizes[path] = image_size(path)
-            except ImageReadError as exc:
-                sizes[path] = exc
-        if isinstance(sizes[path], ImageReadError):
-            raise sizes[path]
-        return sizes[path]
+        """Each file is checked once: OTS's 72,135 hazy images share about 2,000 clean targets."""
+        if path not in checks:
+            with quiet_opencv():  # a truncated file is decoded once to tell it from one with extra bytes
+                checks[path] = check_file(path)
+        if checks[path].size is None:
+            raise ImageReadError(checks[path].error)
+        return checks[path].size
 
     for fam, pair in it:
         try:

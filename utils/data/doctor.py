@@ -26,23 +26,14 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from utils import dataset_utils as du
-from utils.data.image_io import (
-    ImageReadError,
-    _header_size,
-    image_size,
-    list_images,
-    max_pixels,
-    quiet_opencv,
-    read_image,
-)
+from utils.data.image_io import list_images, max_pixels
+from utils.data.integrity import HEADER_THREADS, FileCheck, check_files
 from utils.data.pairing import PairingError, match_pairs
 from utils.errors import UserError
 from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
@@ -82,7 +73,6 @@ TRAIN_EXPECTED: dict[str, Expected] = {
 
 ERROR, WARNING = "error", "warning"
 EXAMPLES = 3            # problems shown per kind and set before "... and N more"
-_THREADS = 8            # header reads in flight (hides disk latency; the page cache needs no threads)
 
 # Folder names people download data with, for "rename X to Y" fixes.
 _DEGRADED_NAMES = {"input", "inputs", "hazy", "rainy", "rain", "low", "blur", "blurred", "degraded", "lq", "noisy"}
@@ -153,80 +143,6 @@ class DataReport:
 
     def all_problems(self) -> list[Problem]:
         return [*self.problems, *(p for s in self.sets for p in s.problems)]
-
-
-# --------------------------------------------------------------------------- one file
-
-@dataclass(frozen=True)
-class FileCheck:
-    """A file's ``(height, width)`` from its header, or why it cannot be used (``kind``: unreadable/truncated)."""
-    size: tuple[int, int] | None
-    kind: str = ""
-    error: str = ""
-
-
-def _complete(head: bytes, tail: bytes, file_size: int) -> bool:
-    """Whether a file is as long as its format says, from its first bytes, its last 64 and its size: PNG ends
-    with IEND, JPEG with EOI, BMP and WebP hold their sizes in the header; True for other formats."""
-    if head.startswith(b"\x89PNG"):
-        return b"IEND\xaeB`\x82" in tail
-    if head.startswith(b"\xff\xd8"):
-        return b"\xff\xd9" in tail
-    if head.startswith(b"BM") and len(head) >= 34:
-        offset, = struct.unpack("<I", head[10:14])
-        width, height = struct.unpack("<ii", head[18:26])
-        bits, compression = struct.unpack("<HI", head[28:34])
-        if compression in (0, 3):  # uncompressed rows, each padded to 4 bytes
-            return file_size >= offset + ((width * bits + 31) // 32) * 4 * abs(height)
-        return True
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        riff, = struct.unpack("<I", head[4:8])
-        return file_size >= riff + 8
-    return True
-
-
-def _decode_error(path: Path) -> str | None:
-    """The loaders' reader on ``path``: None if it decodes, else its message."""
-    try:
-        read_image(path, max_pixels=1 << 30)
-        return None
-    except ImageReadError as exc:
-        return str(exc)
-
-
-def check_file(path: str | os.PathLike) -> FileCheck:
-    """The size of ``path`` from its header and whether it ends where its format says, in one open: the header
-    is read by :func:`utils.data.image_io.image_size`'s own reader (a file it cannot tell is handed to
-    ``image_size``, which decodes it); a file that ends early is decoded by
-    :func:`~utils.data.image_io.read_image`, to tell a truncated file from one with extra bytes at its end."""
-    try:
-        with open(path, "rb") as fh:
-            size = _header_size(fh)
-            fh.seek(0)
-            head = fh.read(34)
-            end = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, end - 64))
-            complete = _complete(head, fh.read(), end)
-        if size is None or size[0] < 0:
-            size = image_size(path)
-    except ImageReadError as exc:
-        return FileCheck(None, "unreadable", str(exc))
-    except OSError as exc:
-        return FileCheck(None, "unreadable", f"cannot read {path}: {exc.strerror or exc}")
-    if not complete and _decode_error(path) is not None:
-        return FileCheck(None, "truncated", f"{path} is cut short: it ends before its image data, and does not "
-                                            f"decode")
-    return FileCheck(size)
-
-
-def check_files(paths: Iterable[Path], threads: int = _THREADS) -> dict[Path, FileCheck]:
-    """:func:`check_file` of each distinct path (several threads for many files)."""
-    unique = list(dict.fromkeys(paths))
-    with quiet_opencv():
-        if threads > 1 and len(unique) > 64:
-            with ThreadPoolExecutor(threads) as pool:
-                return dict(zip(unique, pool.map(check_file, unique, chunksize=32)))
-        return {p: check_file(p) for p in unique}
 
 
 # --------------------------------------------------------------------------- shared checks
@@ -306,7 +222,7 @@ def _degraded_name(target: Path) -> str:
 
 def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
                      expected: int | None = None, used_by: Sequence[str] = (), pixel_limit: int | None = None,
-                     threads: int = _THREADS, look_beside: bool = True) -> tuple[SetReport, int]:
+                     threads: int = HEADER_THREADS, look_beside: bool = True) -> tuple[SetReport, int]:
     """One test set of degraded images and their targets, paired by :func:`match_pairs`; returns the row
     and the number of files read. ``look_beside``: images in the folder holding both (a benchmark layout's
     set folder) are reported as misplaced."""
@@ -363,7 +279,7 @@ def _misplaced(row: SetReport, base: Path, deg_dir: Path, tar_dir: Path, severit
 
 def check_denoise_set(name: str, folder: str | os.PathLike, expected: int | None = None,
                       used_by: Sequence[str] = (), pixel_limit: int | None = None,
-                      threads: int = _THREADS) -> tuple[SetReport, int]:
+                      threads: int = HEADER_THREADS) -> tuple[SetReport, int]:
     """A denoising test set: the clean images of one folder (the noisy inputs are synthesised)."""
     folder = Path(folder)
     row = SetReport(name, str(folder), expected=expected, used_by=tuple(used_by))
@@ -435,7 +351,7 @@ def _subfolders(folder: Path) -> list[Path]:
 
 def check_test_data(data_root: str | os.PathLike, tasks: Sequence[str] | None = None,
                     expected: Mapping[str, int] = TEST_EXPECTED, pixel_limit: int | None = None,
-                    threads: int = _THREADS) -> DataReport:
+                    threads: int = HEADER_THREADS) -> DataReport:
     """The test sets ``tasks`` read under ``data_root`` (None or ``all``: every paper task present), one row
     per folder (``denoise/bsd68`` serves every ``denoise_<sigma>``). ``expected``: images per set, keyed by
     the set's folder under the root in lower case (:data:`TEST_EXPECTED`)."""
@@ -479,7 +395,7 @@ def check_test_data(data_root: str | os.PathLike, tasks: Sequence[str] | None = 
     return report
 
 
-def check_input_files(files: Sequence[Path], name: str = "input", threads: int = _THREADS) -> DataReport:
+def check_input_files(files: Sequence[Path], name: str = "input", threads: int = HEADER_THREADS) -> DataReport:
     """``--input``: every image must be readable (no targets, no counts)."""
     tic = time.perf_counter()
     folder = str(files[0].parent) if files else ""
@@ -495,7 +411,7 @@ def check_input_files(files: Sequence[Path], name: str = "input", threads: int =
 def check_training_data(de_types: Sequence[str], dirs: Mapping[str, str | os.PathLike],
                         data_file_dir: str | os.PathLike | None, patch_size: int = 128, strict_ids: bool = False,
                         expected: Mapping[str, Expected] = TRAIN_EXPECTED, pixel_limit: int | None = None,
-                        threads: int = _THREADS) -> DataReport:
+                        threads: int = HEADER_THREADS) -> DataReport:
     """The training sets ``de_types`` read, found and paired as :func:`utils.dataset_utils.collect_samples`
     finds them (id lists in ``data_file_dir`` when present, else a folder scan), one row per family."""
     tic = time.perf_counter()
