@@ -508,7 +508,8 @@ def test_output_folders_are_checked_before_the_model_is_loaded(bench, checkpoint
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before the output folders were checked")
 
-    monkeypatch.setattr(tester_bary, "load_model", no_model)
+    from utils.eval import tester
+    monkeypatch.setattr(tester, "load_model", no_model)
     (tmp_path / "file").write_text("a file, not a folder")
     args = ["--model", checkpoint, "--degset", bench / "jpeg" / "input", "--tarset", bench / "jpeg" / "target"]
     for flag in ("--save", "--savetar", "--figs-dir"):

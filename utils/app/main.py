@@ -26,8 +26,9 @@ from pathlib import Path
 from net.presets import BACKBONES, PRESETS
 from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_model
 from utils.cli import one_spelling
-from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS, pixel_limit
+from utils.data.image_io import MAX_PIXELS, pixel_limit
 from utils.errors import OneLineArgumentParser, UsageError, UserError, run_main
+from utils.eval.options import pixel_count
 from utils.eval.outputs import check_writable_folder
 from utils.runtime import pick_device, tune_cpu_allocator
 
@@ -51,16 +52,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _pixel_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 1 <= value <= CV2_MAX_PIXELS:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {CV2_MAX_PIXELS} (OpenCV's own limit), got {value}")
-    return value
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="python -m utils.app", description="BaryIR restoration page (local web app)",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -78,7 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--examples", default=None, metavar="DIR",
                         help=f"benchmark folder whose degraded images the page offers as examples (default: "
                              f"{DEMO_EXAMPLES} when it exists)")
-    parser.add_argument("--max-pixels", type=_pixel_count, default=MAX_PIXELS, metavar="N",
+    parser.add_argument("--max-pixels", type=pixel_count, default=MAX_PIXELS, metavar="N",
                         help="refuse uploads of more than N pixels (as tester_bary.py --max-pixels)")
     parser.add_argument("--work-dir", default=None, metavar="DIR",
                         help="where restored images are written, one request-* folder per Restore, the 8 newest kept "

@@ -1,0 +1,309 @@
+"""The tester's engine: what ``tester_bary.py`` does with its flags (:mod:`utils.eval.options`).
+
+:func:`main` checks the flags, chooses the model and the images, checks every output folder before the model
+loads, then evaluates (``--tasks``, ``--degset/--tarset``: :func:`utils.eval.evaluation.evaluate_sets`) or
+restores (``--input``: :func:`utils.eval.evaluation.restore_files`) under the ``--save`` folder's lock, and
+writes ``results.*`` (also when stopped, marked partial).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_model
+from utils.compiled import CompileError, check_compile
+from utils.data.doctor import tester_check
+from utils.data.image_io import ImageReadError, pixel_limit
+from utils.data.pairing import PairingError
+from utils.errors import UsageError, UserError
+from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, restore_files
+from utils.eval.inference import check_precision
+from utils.eval.outputs import check_outputs_apart, check_outputs_outside_inputs, check_writable_folder, write_text
+from utils.eval.protocol import Protocol, load_model
+from utils.eval.report import format_report, write_results
+from utils.eval.tasks import (
+    EvalSet,
+    find_task_sets,
+    input_files,
+    paired_set,
+    paper_layout,
+    present_paper_tasks,
+    task_layout,
+)
+from utils.files import json_text, keep_aside
+from utils.output_lock import OutputLock
+from utils.runtime import apply_gpus_flag, pick_device
+
+
+class RunStopped(UserError):
+    """The run stopped at an image after writing the results so far; the exit status is the failure's."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def _protocol(args) -> Protocol:
+    try:
+        return Protocol(protocol=args.protocol, metric_space=args.metric_space, ssim=args.ssim,
+                        crop_border=args.crop_border, precision=args.precision, tile=args.tile,
+                        tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, lpips=args.lpips, fid=args.fid,
+                        noise_seed=args.noise_seed, compile=args.compile).validate()
+    except ValueError as exc:  # the message names the flag and the fix
+        raise UsageError(str(exc)) from exc
+
+
+def _fail(message: str) -> None:
+    """A usage error the user fixes: raised as :class:`UsageError`, which ``run_main`` prints as one
+    ``error:`` line with exit status 2 (no traceback without --debug)."""
+    raise UsageError(message)
+
+
+def apply_defaults(args) -> bool:
+    """Fill in ``--model`` and the tasks when not given, printing each choice and why (as the reference's
+    tester, which needs no arguments); a missing checkpoint or benchmark is a one-line error, exit 2.
+    Returns whether the tasks were chosen here."""
+    if not args.model:
+        path, why = default_model()
+        if path is None:
+            _fail(f"no checkpoint given and none found under {CHECKPOINT_DIR}/ — put the authors' "
+                  f"{REFERENCE_MODEL_NAME} there, train one with trainer_bary.py, or pass --model PATH")
+        args.model = str(path)
+        print(f"=> no --model given: using {path.as_posix()} ({why})")
+    if not (args.tasks or args.degset or args.tarset or args.input):
+        present = present_paper_tasks(args.data_root)
+        if not present:
+            _fail(f"no test data found under {Path(args.data_root).as_posix()}/ (none of the paper tasks' folders) "
+                  f"— put the benchmarks there as {', '.join(paper_layout(args.data_root))}; or pass --data-root "
+                  f"DIR, --degset/--tarset or --input")
+        args.tasks = present
+        print(f"=> no --tasks given: evaluating the paper tasks present under {Path(args.data_root).as_posix()}: "
+              f"{', '.join(present)}")
+        return True
+    return False
+
+
+def _check_flags(args) -> None:
+    """Flags that cannot work together: :class:`UsageError` (exit status 2) before anything runs."""
+    modes = [m for m, on in (("--tasks", args.tasks), ("--degset/--tarset", args.degset or args.tarset),
+                             ("--input", args.input)) if on]
+    if len(modes) > 1:
+        _fail(f"choose one of --tasks, --degset/--tarset or --input (got {', '.join(modes)})")
+    if bool(args.degset) != bool(args.tarset):
+        _fail("--degset and --tarset go together: pass both (degraded images and their targets)")
+    if args.input and args.savetar:
+        _fail("--savetar saves targets, and --input has none: drop --savetar")
+    if args.input and args.max_images:
+        _fail("--max-images cuts benchmark sets, and --input restores every image given: drop --max-images, or "
+              "pass fewer images")
+
+
+def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
+    """The sets to evaluate (``--degset``/``--tarset`` or ``--tasks``), cut to ``--max-images``."""
+    if args.degset:
+        row = Path(os.path.abspath(args.degset)).name  # the folder's own name, even for --degset .
+        sets = [paired_set(row, args.degset, args.tarset, skip_unpaired=args.skip_unpaired,
+                           skip_bad_files=args.skip_bad_files)]
+    else:
+        notes: list[str] = []
+        try:
+            sets = find_task_sets(args.tasks, args.data_root, args.skip_unpaired, args.skip_bad_files, notes)
+        except ValueError as exc:
+            if not isinstance(exc, PairingError):  # a --tasks name that cannot be a folder
+                raise UsageError(str(exc)) from exc
+            if not tasks_defaulted:
+                raise
+            _fail(f"{exc} (found while evaluating every paper task present under {args.data_root}; pass --tasks "
+                  f"to choose)")
+        for note in dict.fromkeys(notes):  # once per folder, not once per noise level
+            print(f"warning: {note}", file=sys.stderr)
+    if args.max_images:
+        for s in sets:
+            s.items = s.items[:args.max_images]
+    return sets
+
+
+def _input_folders(args, sets: list[EvalSet]) -> list[Path]:
+    """Every folder the run reads images from; with ``--tasks``, the task folders under --data-root too."""
+    folders = [Path(args.input)] if args.input and Path(args.input).is_dir() else []
+    for s in sets:
+        for item in s.items:
+            folders += [item.target.parent] + ([item.degraded.parent] if item.degraded is not None else [])
+        if not args.degset:
+            folders.append(Path(args.data_root) / task_layout(s.task).folder)
+    return list(dict.fromkeys(folders))
+
+
+def _check_outputs(args, sets: list[EvalSet], create: bool = True) -> None:
+    """Before the model is loaded: no output folder inside an input folder (unless --overwrite), none
+    reached through a symbolic link out of its base, and every one creatable and writable (created and
+    probed, or with ``create=False`` judged from the nearest existing folder, writing nothing)."""
+    rows = [s.name for s in sets] if not args.degset else []
+
+    def written(base: str) -> list[Path]:
+        return [Path(base)] + [Path(base) / r for r in rows]
+
+    def image_folders(base: str) -> list[Path]:  # where the image files go: <base>/<row>, or <base> itself
+        return [Path(base) / r for r in rows] or [Path(base)]
+
+    outputs = {"--save": (Path(args.save), written(args.save) if not args.no_images else [Path(args.save)])}
+    images = {"--save": image_folders(args.save) if not args.no_images else []}
+    if args.savetar:
+        outputs["--savetar"] = (Path(args.savetar), written(args.savetar))
+        images["--savetar"] = image_folders(args.savetar)
+    if args.figs:
+        outputs["--figs-dir"] = (Path(args.figs_dir), [Path(args.figs_dir)])
+        images["--figs-dir"] = [Path(args.figs_dir)]
+    single = [Path(args.input).parent] if args.input and not Path(args.input).is_dir() else []
+    check_outputs_outside_inputs(outputs, _input_folders(args, sets), overwrite=args.overwrite, file_folders=single)
+    check_outputs_apart(images)
+    for flag, (base, _) in outputs.items():
+        check_writable_folder(base, flag, create=create)
+
+
+def _stopped(stop: EvaluationStopped, written: str, kept: Path | None = None) -> RunStopped:
+    """The one error line of a run stopped at an image: the failure, where the partial results are (and where
+    the earlier complete ones went, ``kept``), the fix."""
+    if isinstance(stop.__cause__, ImageTooSmall):
+        hint = "; pass --skip-bad-files to leave images too small for these flags out, or score with other flags"
+    elif isinstance(stop.__cause__, ImageReadError):
+        hint = "; pass --skip-bad-files to leave unreadable images out"
+    else:
+        hint = ""
+    earlier = f" (the earlier results there were moved to {kept})" if kept else ""
+    return RunStopped(f"{stop} — the run stopped there; the results so far, marked partial, are in {written}"
+                      f"{earlier}{hint}", stop.exit_status)
+
+
+def _keep_earlier_results(save: Path) -> Path | None:
+    """Before a stopped run writes its partial record: move the results.* an earlier run left in ``save`` into
+    ``<save>/results.before-<time>/``, so a run that stopped after a few images (or none) does not replace the
+    only record of the images an earlier run restored there. None when there were none."""
+    earlier = [save / f"results.{ext}" for ext in ("json", "csv", "md") if (save / f"results.{ext}").is_file()]
+    return keep_aside(earlier, save / "results") if earlier else None
+
+
+def _nothing_scored(what: str, skipped: int, written: str) -> UserError:
+    return UserError(f"{what}: none of the {skipped} image(s) could be used (each is listed with its reason in "
+                     f"{written}); fix or replace them")
+
+
+def main(args) -> dict:
+    """Run the tester as ``args`` say; returns the results (also written to ``<save>/results.*``).
+
+    Failures the user fixes raise :class:`utils.errors.UserError` subclasses (``__main__`` prints
+    them as one ``error:`` line through :func:`utils.errors.run_main`).
+    """
+    _check_flags(args)
+    if getattr(args, "check_data", False):  # the data doctor: no model, nothing written
+        return tester_check(args)
+    # the flags first (device, protocol, compile mode), then the files they name
+    gpus_note = apply_gpus_flag(args.gpus)  # the reference's meaning of --gpus
+    if gpus_note:
+        print(f"warning: {gpus_note}", file=sys.stderr)
+    try:
+        device = pick_device(args.device, args.cuda)
+    except (ValueError, RuntimeError) as exc:  # its messages name the flag and the fix
+        raise UsageError(str(exc)) from exc
+    try:
+        check_precision(device, args.precision)
+    except ValueError as exc:  # fp16 on the CPU: said before anything is written
+        raise UsageError(str(exc)) from None
+    protocol = _protocol(args)
+    try:
+        check_compile(protocol.compile, device)
+    except CompileError as exc:
+        raise UsageError(str(exc)) from exc
+    tasks_defaulted = apply_defaults(args)
+    save = Path(args.save)
+    progress = not args.no_progress
+    with pixel_limit(args.max_pixels):
+        # What to read and where to write are settled before the model is loaded or anything restored.
+        inputs = input_files(args.input) if args.input else []
+        sets = [] if args.input else _find_sets(args, tasks_defaulted)
+        _check_outputs(args, sets, create=not args.dry_run)
+        model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
+                                 num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
+        if "note" in info:
+            print(f"=> {info.pop('note')}")
+        if args.dry_run:
+            count = len(inputs) if args.input else sum(len(s.items) for s in sets)
+            rows = "" if args.input else f" in {len(sets)} row(s) ({', '.join(s.name for s in sets)})"
+            print(f"=> dry run: {info['model']} ({info['backbone']}) loads and {count} image(s){rows} are found; "
+                  f"outputs would go to {save}. Nothing was restored or written; drop --dry-run to run")
+            return {"dry_run": True, "model": info, "images": count, "rows": [s.name for s in sets]}
+        # one tester at a time writes a --save: two would mix their images under one record
+        with OutputLock(save, "--save", "tester", fix="choose another --save"):
+            if args.input:
+                return _restore_inputs(args, model, info, inputs, protocol, device, save, progress)
+            return _evaluate(args, model, info, sets, protocol, device, save, progress)
+
+
+def _evaluate(args, model, info, sets: list[EvalSet], protocol: Protocol, device, save: Path, progress: bool) -> dict:
+    """``--tasks``/``--degset``: restore and score every set, print the table and write ``results.*`` into
+    ``--save`` (also when stopped, marked partial)."""
+    try:
+        results = evaluate_sets(model, sets, protocol, device, save_dir=None if args.no_images else save,
+                                savetar_dir=args.savetar, figs_dir=args.figs_dir if args.figs else None,
+                                fig_images=args.fig_images, subfolders=not args.degset, progress=progress,
+                                model_info=info, skip_bad_files=args.skip_bad_files)
+        _record_flags(results, args)
+    except EvaluationStopped as stop:
+        _record_flags(stop.results, args)
+        print(format_report(stop.results))
+        kept = _keep_earlier_results(save)
+        paths = write_results(stop.results, save)
+        raise _stopped(stop, f"{paths['json']} (.csv, .md)", kept) from stop
+    print(format_report(results))
+    paths = write_results(results, save)
+    print(f"\nresults: {paths['json']}, {paths['csv']}, {paths['md']}")
+    if not any(r["count"] for r in results["tasks"].values()):
+        raise _nothing_scored(", ".join(results["tasks"]), sum(r.get("skipped", 0) for r in results["tasks"].values()),
+                              str(paths["md"]))
+    return results
+
+
+def _record_flags(results: dict, args) -> None:
+    """What the results must say beside the protocol: the paper table asked for, and a cut to --max-images
+    (each set's first N images: its numbers are not the whole set's)."""
+    if args.compare_paper:
+        results["compare_paper"] = args.compare_paper
+    if args.max_images:
+        results["protocol"]["max_images"] = args.max_images
+
+
+def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, progress: bool) -> dict:
+    """``--input``: restore the images into ``--save`` and write ``results.json`` (also when stopped).
+
+    Nothing is scored, so the record says only what was done: the model, how it ran, and each
+    image's output file and time (no metrics protocol, no tasks).
+    """
+    how = {"device": str(device), "precision": protocol.precision, "tile": protocol.tile}
+    if protocol.tile:
+        how.update(tile_overlap=protocol.tile_overlap, tile_batch=protocol.tile_batch)
+    results = {"model": {k: info[k] for k in ("model", "backbone", "config_from") if k in info}, "run": how}
+
+    def record(entries: list[dict]) -> list[str]:
+        results["restored"] = [e for e in entries if "output" in e]
+        skipped = [f"{e['name']} (unreadable: {e['skipped']})" for e in entries if "skipped" in e]
+        if skipped:
+            results["skipped_files"] = skipped
+        return skipped
+
+    try:
+        skipped = record(restore_files(model, inputs, save, protocol, device, progress,
+                                       skip_bad_files=args.skip_bad_files))
+    except EvaluationStopped as stop:
+        record(stop.row["restored"])
+        results["partial"] = {"row": "input", "file": stop.file, "error": str(stop)}
+        kept = _keep_earlier_results(save)
+        path = write_text(save / "results.json", json_text(results))
+        raise _stopped(stop, str(path), kept) from stop
+    path = write_text(save / "results.json", json_text(results))
+    print(f"restored {len(results['restored'])} image(s) into {save}")
+    for line in skipped:
+        print(f"skipped: {line}")
+    if not results["restored"]:
+        raise _nothing_scored(f"--input {args.input}", len(skipped), str(path))
+    return results
