@@ -865,3 +865,34 @@ def test_a_non_finite_output_stops_the_run_instead_of_being_scored(checkpoint, t
     protocol_module.Protocol(tile_overlap=128).validate()  # automatic tiling passes over tiles it cannot take
     with pytest.raises(ValueError, match="--tile-overlap 1020 leaves no step in any tile"):
         protocol_module.Protocol(tile_overlap=1020).validate()
+
+
+def test_sigterm_keeps_the_results_so_far_as_ctrl_c_does(checkpoint, tmp_path):
+    """`timeout`, `kill` and job schedulers send SIGTERM: the tester died at once and left only its lock in
+    --save (no results.json, no error line); it now stops as on Ctrl-C, the results so far written."""
+    import signal
+    import time
+    (tmp_path / "in").mkdir()
+    img = _clean_images()["cat"][:32, :32]
+    for i in range(400):
+        write_image(tmp_path / "in" / f"{i:03d}.png", img)
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "tester_bary.py", "--model", str(checkpoint), "--input",
+                             str(tmp_path / "in"), "--save", str(out), "--no-progress"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.png")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    saved = json.loads((out / "results.json").read_text())
+    assert proc.returncode == 130 and saved["partial"]["error"] == "interrupted", err
+    assert 1 <= len(saved["restored"]) < 400
+    assert [line for line in err.splitlines() if line.startswith("error:")] == err.strip().splitlines()[-1:]

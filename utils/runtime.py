@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -99,3 +100,13 @@ def to_channels_last(model: torch.nn.Module, device: torch.device | str | None =
         if tensor.dim() == 4:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
     return model
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (``kill``, ``timeout``, a job scheduler) stops the process as Ctrl-C does: what handles
+    ``KeyboardInterrupt`` (the tester's partial results, the app's clean exit) handles it too. For entry
+    points only: the handler is process-wide. The trainers install their own
+    (:class:`utils.train.engine.StopRequest`)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)

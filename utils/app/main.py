@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from utils.data.image_io import MAX_PIXELS, pixel_limit
 from utils.errors import OneLineArgumentParser, UsageError, UserError, run_main
 from utils.eval.options import pixel_count
 from utils.eval.outputs import check_writable_folder
-from utils.runtime import pick_device, tune_cpu_allocator
+from utils.runtime import pick_device, sigterm_as_interrupt, tune_cpu_allocator
 
 DEMO_EXAMPLES = "data/demo/test"
 HOST = "127.0.0.1"
@@ -118,13 +117,6 @@ def examples_folder(examples: str | None) -> Path | None:
     return Path(examples)
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops the server as Ctrl-C does (Gradio closes cleanly, temporary files are removed)."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def main(args) -> int:
     """Check the flags, load the model, serve the page until interrupted; returns the exit status."""
     check_port(args.port)
@@ -155,7 +147,7 @@ def main(args) -> int:
         page = build_page(Session(model=model, info=info, device=device, work_dir=work_dir), examples)
         print(f"=> {info['model']} ({info['backbone']}) on {device}; {len(examples)} example image(s); serving "
               f"http://{HOST}:{args.port} (Ctrl-C to stop)", flush=True)
-        _stop_on_sigterm()
+        sigterm_as_interrupt()
         # Gradio serves files only from the current and temporary folders and these: the examples, and the
         # restorations written under --work-dir wherever it is
         allowed = [str(p.resolve()) for p in (examples_root, work_dir) if p is not None]

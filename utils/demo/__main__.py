@@ -2,5 +2,7 @@
 import sys
 
 from utils.demo.run import cli
+from utils.runtime import sigterm_as_interrupt
 
+sigterm_as_interrupt()  # kill / timeout stop it as Ctrl-C does (the training is saved either way)
 sys.exit(cli())
