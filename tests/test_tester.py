@@ -778,12 +778,49 @@ def test_a_stopped_run_keeps_the_earlier_complete_results(checkpoint, tmp_path):
     deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])
     first = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
     before = {ext: (tmp_path / "o" / f"results.{ext}").read_bytes() for ext in ("json", "csv", "md")}
-    with pytest.raises(UserError, match=r"marked partial.*the earlier results there were moved to .*results\.before-"):
+    with pytest.raises(UserError, match=r"marked partial.*the earlier files of those names were moved to .*"
+                                        r"results\.before-"):
         run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--crop-border", "30")
     [kept] = (tmp_path / "o").glob("results.before-*")
     assert {ext: (kept / f"results.{ext}").read_bytes() for ext in before} == before
     assert json.loads((tmp_path / "o" / "results.json").read_text())["partial"]["row"] == "deg"
     assert first["tasks"]["deg"]["count"] == 2
+
+
+def test_files_a_run_would_replace_are_kept_aside_first(checkpoint, tmp_path, capsys):
+    """A finished run replaced, without a word, an earlier run's results.json and any file in --save of a name
+    it writes (the default --save is one folder for every run: two folders' IMG_0001.jpg replaced each other)."""
+    deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])
+    save = tmp_path / "o"
+    save.mkdir()
+    (save / "a.png").write_bytes(b"the user's own a.png")
+    (save / "results.json").write_text('{"an earlier run": 1}')
+    (save / "other.png").write_bytes(b"not a name this run writes")
+    run("--model", checkpoint, "--input", deg, "--save", save)
+    [kept] = save.glob("results.before-*")
+    assert (kept / "a.png").read_bytes() == b"the user's own a.png"
+    assert (kept / "results.json").read_text() == '{"an earlier run": 1}'
+    assert (save / "other.png").read_bytes() == b"not a name this run writes" and not (kept / "other.png").exists()
+    said = f"2 file(s) of the names this run writes were already in {save}: moved to {kept}/"
+    assert said in capsys.readouterr().out
+    first = {name: (save / name).read_bytes() for name in ("a.png", "b.png", "results.json")}
+    run("--model", checkpoint, "--input", deg, "--save", save)  # the same run again: the first one's files kept
+    kept_twice = sorted(set(save.glob("results.before-*")) - {kept})
+    assert len(kept_twice) == 1 and {n: (kept_twice[0] / n).read_bytes() for n in first} == first
+    # benchmark rows: the restorations in <save>/<row>/ keep their places, and the targets of --savetar too
+    _pair_dirs(tmp_path / "bench" / "mine", ["a.png", "b.png"], ["a.png", "b.png"])
+    mine = tmp_path / "bench" / "mine"
+    (mine / "deg").rename(mine / "input")
+    (mine / "tar").rename(mine / "target")
+    for _ in range(2):
+        run("--model", checkpoint, "--data-root", tmp_path / "bench", "--tasks", "mine", "--save", tmp_path / "t",
+            "--savetar", tmp_path / "tt")
+    [kept_rows] = (tmp_path / "t").glob("results.before-*")
+    [kept_targets] = (tmp_path / "tt").glob("results.before-*")
+    assert sorted(p.relative_to(kept_rows).as_posix() for p in kept_rows.rglob("*.png")) == \
+        ["mine/a.png", "mine/b.png"]
+    assert sorted(p.relative_to(kept_targets).as_posix() for p in kept_targets.rglob("*")) == \
+        ["mine", "mine/a.png", "mine/b.png"]
 
 
 def test_names_that_are_not_utf8_and_the_files_permissions(checkpoint, tmp_path):
@@ -806,8 +843,10 @@ def test_names_that_are_not_utf8_and_the_files_permissions(checkpoint, tmp_path)
         os.umask(old)
     assert res["tasks"]["deg"]["count"] == 2
     assert "\\udcff\\udcfe.png" in (save / "results.md").read_text() and (save / "results.csv").is_file()
-    assert (save / "results.md").stat().st_mode & 0o777 == 0o640  # the replaced file's permissions are kept
-    for path in (save / "results.json", save / "results.csv", save / "plain.png", save / odd):
+    [kept] = save.glob("results.before-*")  # the earlier file, kept aside whole, mode and all
+    assert (kept / "results.md").read_text() == "an earlier run's"
+    assert (kept / "results.md").stat().st_mode & 0o777 == 0o640
+    for path in (save / "results.json", save / "results.md", save / "results.csv", save / "plain.png", save / odd):
         assert path.stat().st_mode & 0o777 == 0o644, path
 
 

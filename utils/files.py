@@ -119,8 +119,9 @@ def replace_file(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def keep_aside(paths: Sequence[Path], name: Path) -> Path:
-    """Move ``paths`` (files or folders, all in ``name``'s folder) into a new folder
-    ``<name>.before-<time>`` beside them, and return that folder.
+    """Move ``paths`` (files or folders in ``name``'s folder, or in folders below it) into a new folder
+    ``<name>.before-<time>`` beside ``name``, each at its place relative to ``name``'s folder, and return
+    that folder.
 
     ``-2``, ``-3``, ... follow the time when the name is taken (two runs in one second), so an earlier
     kept folder is never merged into or replaced. Renames within one file system: nothing is copied.
@@ -135,7 +136,9 @@ def keep_aside(paths: Sequence[Path], name: Path) -> Path:
         except FileExistsError:
             n += 1
     for p in paths:
-        p.rename(folder / p.name)
+        dest = folder / Path(p).relative_to(name.parent)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        p.rename(dest)
     return folder
 
 

@@ -144,12 +144,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     out.add_argument("--save", type=non_empty_path, default="results/test",
                      help="restored images (in <save>/<row>/ with --tasks) and results.{json,csv,md}; an input "
                           "NAME.EXT gives NAME.png, and inputs sharing a NAME give NAME.png (the .png one) and "
-                          "NAME_EXT.png (a.jpg -> a_jpg.png); results of an earlier run there are replaced")
+                          "NAME_EXT.png (a.jpg -> a_jpg.png); files of those names already there (an earlier "
+                          "run's) are first moved to <save>/results.before-<time>/, never replaced")
     out.add_argument("--savetar", default=None,
                      help="also save the targets as scored (cropped, 8-bit) here")
     out.add_argument("--overwrite", action="store_true",
                      help="allow --save/--savetar to be, or be inside, a folder the images are read from (the "
-                          "files there with the output names are replaced); refused otherwise")
+                          "files there with the output names are replaced, not kept aside); refused otherwise")
     out.add_argument("--no-images", action="store_true", help="do not write restored images")
     out.add_argument("--figs", action="store_true", help="write a degraded | restored | target figure per row")
     out.add_argument("--figs-dir", type=non_empty_path, default="results/figs",

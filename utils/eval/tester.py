@@ -19,7 +19,13 @@ from utils.data.pairing import PairingError
 from utils.errors import UsageError, UserError
 from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, restore_files
 from utils.eval.inference import check_precision
-from utils.eval.outputs import check_outputs_apart, check_outputs_outside_inputs, check_writable_folder, write_text
+from utils.eval.outputs import (
+    check_outputs_apart,
+    check_outputs_outside_inputs,
+    check_writable_folder,
+    output_names,
+    write_text,
+)
 from utils.eval.protocol import Protocol, load_model
 from utils.eval.report import format_report, write_results
 from utils.eval.tasks import (
@@ -171,17 +177,46 @@ def _stopped(stop: EvaluationStopped, written: str, kept: Path | None = None) ->
         hint = "; pass --skip-bad-files to leave unreadable images out"
     else:
         hint = ""
-    earlier = f" (the earlier results there were moved to {kept})" if kept else ""
+    earlier = f" (the earlier files of those names were moved to {kept})" if kept else ""
     return RunStopped(f"{stop} — the run stopped there; the results so far, marked partial, are in {written}"
                       f"{earlier}{hint}", stop.exit_status)
 
 
-def _keep_earlier_results(save: Path) -> Path | None:
-    """Before a stopped run writes its partial record: move the results.* an earlier run left in ``save`` into
-    ``<save>/results.before-<time>/``, so a run that stopped after a few images (or none) does not replace the
-    only record of the images an earlier run restored there. None when there were none."""
-    earlier = [save / f"results.{ext}" for ext in ("json", "csv", "md") if (save / f"results.{ext}").is_file()]
-    return keep_aside(earlier, save / "results") if earlier else None
+def _planned_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> dict[Path, list[Path]]:
+    """Every file this run will write, by the folder it is kept aside in (``--save``, ``--savetar``,
+    ``--figs-dir``): the results.*, each restored image (and target) under its output name, each figure."""
+    planned: dict[Path, list[Path]] = {save: [save / f"results.{ext}" for ext in ("json", "csv", "md")]}
+
+    def images(base: Path) -> list[Path]:
+        if args.input:
+            return [base / n for n in output_names([p.name for p in inputs])]
+        return [(base / s.name if not args.degset else base) / n
+                for s in sets for n in output_names([item.name for item in s.items])]
+    if not args.no_images:
+        planned[save] += images(save)
+    if args.savetar:
+        planned.setdefault(Path(args.savetar), []).extend(images(Path(args.savetar)))
+    if args.figs:
+        figs = Path(args.figs_dir)
+        planned.setdefault(figs, []).extend(figs / f"{s.name.replace('/', '_')}.png" for s in sets)
+    return planned
+
+
+def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> Path | None:
+    """Before anything is written: move the files this run would replace (an earlier run's results and
+    restorations, or a user's own files of those names) into ``<folder>/results.before-<time>/``, kept at
+    their places, and say so. Returns the folder the ``--save`` files went to (None: nothing was there).
+    ``--overwrite`` (outputs among the inputs) replaces them as it says."""
+    if args.overwrite:
+        return None
+    kept_save = None
+    for base, paths in _planned_outputs(args, sets, inputs, save).items():
+        there = [p for p in dict.fromkeys(paths) if p.is_file() or p.is_symlink()]
+        if there:
+            kept = keep_aside(there, base / "results")
+            print(f"=> {len(there)} file(s) of the names this run writes were already in {base}: moved to {kept}/")
+            kept_save = kept if base == save else kept_save
+    return kept_save
 
 
 def _nothing_scored(what: str, skipped: int, written: str) -> UserError:
@@ -235,12 +270,14 @@ def main(args) -> dict:
             return {"dry_run": True, "model": info, "images": count, "rows": [s.name for s in sets]}
         # one tester at a time writes a --save: two would mix their images under one record
         with OutputLock(save, "--save", "tester", fix="choose another --save"):
+            kept = _keep_earlier_outputs(args, sets, inputs, save)
             if args.input:
-                return _restore_inputs(args, model, info, inputs, protocol, device, save, progress)
-            return _evaluate(args, model, info, sets, protocol, device, save, progress)
+                return _restore_inputs(args, model, info, inputs, protocol, device, save, progress, kept)
+            return _evaluate(args, model, info, sets, protocol, device, save, progress, kept)
 
 
-def _evaluate(args, model, info, sets: list[EvalSet], protocol: Protocol, device, save: Path, progress: bool) -> dict:
+def _evaluate(args, model, info, sets: list[EvalSet], protocol: Protocol, device, save: Path, progress: bool,
+              kept: Path | None = None) -> dict:
     """``--tasks``/``--degset``: restore and score every set, print the table and write ``results.*`` into
     ``--save`` (also when stopped, marked partial)."""
     try:
@@ -252,7 +289,6 @@ def _evaluate(args, model, info, sets: list[EvalSet], protocol: Protocol, device
     except EvaluationStopped as stop:
         _record_flags(stop.results, args)
         print(format_report(stop.results))
-        kept = _keep_earlier_results(save)
         paths = write_results(stop.results, save)
         raise _stopped(stop, f"{paths['json']} (.csv, .md)", kept) from stop
     print(format_report(results))
@@ -273,7 +309,8 @@ def _record_flags(results: dict, args) -> None:
         results["protocol"]["max_images"] = args.max_images
 
 
-def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, progress: bool) -> dict:
+def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, progress: bool,
+                    kept: Path | None = None) -> dict:
     """``--input``: restore the images into ``--save`` and write ``results.json`` (also when stopped).
 
     Nothing is scored, so the record says only what was done: the model, how it ran, and each
@@ -297,7 +334,6 @@ def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, pro
     except EvaluationStopped as stop:
         record(stop.row["restored"])
         results["partial"] = {"row": "input", "file": stop.file, "error": str(stop)}
-        kept = _keep_earlier_results(save)
         path = write_text(save / "results.json", json_text(results))
         raise _stopped(stop, str(path), kept) from stop
     path = write_text(save / "results.json", json_text(results))
