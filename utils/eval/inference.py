@@ -60,6 +60,17 @@ def check_precision(device: torch.device | str, precision: str) -> None:
                          "(fast on CPUs with AVX-512 BF16/AMX) or fp32")
 
 
+def slow_precision_note(device: torch.device | str, precision: str) -> str | None:
+    """What to tell the user when ``precision`` is bf16 on a CPU without bf16 arithmetic (no AVX-512 BF16,
+    no AMX): oneDNN emulates it there, many times slower than fp32. None otherwise."""
+    if precision != "bf16" or torch.device(device).type != "cpu":
+        return None
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return None
+    return (f"--precision bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, without AVX-512 BF16 or "
+            f"AMX) is emulated and many times slower than fp32; pass --precision fp32 unless memory is the limit")
+
+
 def autocast_context(device: torch.device | str, precision: str):
     """Autocast for ``precision`` on ``device`` (a no-op for fp32; :func:`check_precision` first)."""
     check_precision(device, precision)

@@ -18,7 +18,7 @@ from utils.data.image_io import ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
 from utils.errors import UsageError, UserError
 from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, restore_files
-from utils.eval.inference import check_precision
+from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.outputs import (
     check_outputs_apart,
     check_outputs_outside_inputs,
@@ -245,6 +245,9 @@ def main(args) -> dict:
         check_precision(device, args.precision)
     except ValueError as exc:  # fp16 on the CPU: said before anything is written
         raise UsageError(str(exc)) from None
+    slow = slow_precision_note(device, args.precision)
+    if slow:
+        print(f"warning: {slow}", file=sys.stderr)
     protocol = _protocol(args)
     try:
         check_compile(protocol.compile, device)

@@ -68,7 +68,7 @@ from utils.dataset_utils import (
 )
 from utils.errors import UserError, run_main
 from utils.eval.evaluation import EvaluationStopped, evaluate_set
-from utils.eval.inference import autocast_context, check_precision
+from utils.eval.inference import autocast_context, check_precision, slow_precision_note
 from utils.eval.protocol import NonFiniteOutput, Protocol
 from utils.eval.tasks import EvalItem, EvalSet
 from utils.output_lock import OutputFolderBusy, OutputLock
@@ -668,6 +668,9 @@ def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective,
         check_precision(info.device, args.precision)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    slow = slow_precision_note(info.device, args.precision)
+    if slow:
+        Console(info.is_main).warn(slow)
     if getattr(args, "tensorboard", False):  # every rank: all stop alike
         require_tensorboard()
     try:
