@@ -476,11 +476,16 @@ def test_outputs_never_overwrite_inputs(bench, checkpoint, tmp_path):
     src = tmp_path / "photos"
     src.mkdir()
     before = _photos(src, ["a.png", "a.jpg", "b.png"])
-    for save in (src, src / "restored"):  # the input folder itself, or a folder inside it
+    for save in (src, src / "."):  # the input folder itself
         with pytest.raises(UserError, match="--overwrite") as err:
             run("--model", checkpoint, "--input", src, "--save", save)
         assert str(src.resolve()) in str(err.value) and str(save) in str(err.value)
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # nothing written
+    # a folder below it: --input DIR reads DIR's own files only, so photos/restored/ overwrites nothing (it
+    # was refused too, and the fix offered, --overwrite, would have switched the whole check off)
+    assert len(run("--model", checkpoint, "--input", src, "--save", src / "restored")["restored"]) == 3
+    assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
+    shutil.rmtree(src / "restored")
     deg, tar = bench / "jpeg" / "input", bench / "jpeg" / "target"
     with pytest.raises(UserError, match="--savetar"):
         run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--savetar", tar)

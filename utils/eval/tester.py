@@ -130,15 +130,16 @@ def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
     return sets
 
 
-def _input_folders(args, sets: list[EvalSet]) -> list[Path]:
-    """Every folder the run reads images from; with ``--tasks``, the task folders under --data-root too."""
-    folders = [Path(args.input)] if args.input and Path(args.input).is_dir() else []
+def _input_folders(args, sets: list[EvalSet]) -> tuple[list[Path], list[Path]]:
+    """The folders the run reads images from: ``(trees, flat)``. ``trees`` are read with their subfolders (a
+    ``--tasks`` task folder under --data-root): no output may be in one. ``flat`` are listed without their
+    subfolders (``--input DIR``, the folders of the images and targets): an output may be below one, not in it."""
+    trees = [Path(args.data_root) / task_layout(s.task).folder for s in sets] if not args.degset else []
+    flat = [Path(args.input) if Path(args.input).is_dir() else Path(args.input).parent] if args.input else []
     for s in sets:
         for item in s.items:
-            folders += [item.target.parent] + ([item.degraded.parent] if item.degraded is not None else [])
-        if not args.degset:
-            folders.append(Path(args.data_root) / task_layout(s.task).folder)
-    return list(dict.fromkeys(folders))
+            flat += [item.target.parent] + ([item.degraded.parent] if item.degraded is not None else [])
+    return list(dict.fromkeys(trees)), list(dict.fromkeys(flat))
 
 
 def _check_outputs(args, sets: list[EvalSet], create: bool = True) -> None:
@@ -161,8 +162,8 @@ def _check_outputs(args, sets: list[EvalSet], create: bool = True) -> None:
     if args.figs:
         outputs["--figs-dir"] = (Path(args.figs_dir), [Path(args.figs_dir)])
         images["--figs-dir"] = [Path(args.figs_dir)]
-    single = [Path(args.input).parent] if args.input and not Path(args.input).is_dir() else []
-    check_outputs_outside_inputs(outputs, _input_folders(args, sets), overwrite=args.overwrite, file_folders=single)
+    trees, flat = _input_folders(args, sets)
+    check_outputs_outside_inputs(outputs, trees, overwrite=args.overwrite, file_folders=flat)
     check_outputs_apart(images)
     for flag, (base, _) in outputs.items():
         check_writable_folder(base, flag, create=create)
