@@ -940,3 +940,26 @@ def test_sigterm_keeps_the_results_so_far_as_ctrl_c_does(checkpoint, tmp_path):
     assert proc.returncode == 130 and saved["partial"]["error"] == "interrupted", err
     assert 1 <= len(saved["restored"]) < 400
     assert [line for line in err.splitlines() if line.startswith("error:")] == err.strip().splitlines()[-1:]
+
+
+def test_input_takes_several_paths_and_says_what_it_leaves_out(checkpoint, tmp_path, capsys):
+    """`--input photos/*.png` (a shell glob) was "unrecognized arguments: <every file>"; files of other kinds in
+    an --input folder (x.gif, notes.txt) were left out without a word."""
+    deg, _ = _pair_dirs(tmp_path, ["a.png", "b.png", "c.png"], [])
+    (deg / "x.gif").write_bytes(b"GIF89a")
+    (deg / "notes.txt").write_text("mine")
+    other = tmp_path / "more"
+    write_image(other / "a.png", _clean_images()["cat"][:H, :W])
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--input", str(deg / "a.png"),
+                                                     str(deg / "b.png"), str(other), "--save", str(tmp_path / "o")])
+    res = tester_bary.main(args)
+    assert sorted(Path(r["output"]).name for r in res["restored"]) == ["a.png", "a_2.png", "b.png"]
+    assert "left out" not in capsys.readouterr().err  # single files and a folder of images only
+    res = tester_bary.main(tester_bary.get_args_parser().parse_args(
+        ["--model", str(checkpoint), "--input", str(deg), "--save", str(tmp_path / "o2")]))
+    assert len(res["restored"]) == 3
+    err = capsys.readouterr().err
+    assert "note: 2 file(s) of the --input folders are not images of a kind read here" in err
+    assert "notes.txt" in err and "x.gif" in err
+    with pytest.raises(ImageReadError, match=r"x\.gif is not an image file of a kind this project reads \(\.png"):
+        run("--model", checkpoint, "--input", deg / "x.gif", "--save", tmp_path / "o3")

@@ -64,8 +64,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     what.add_argument("--degset", default=None,
                       help="folder of degraded images (paired by name with --tarset)")
     what.add_argument("--tarset", default=None, help="folder of target images")
-    what.add_argument("--input", default=None, metavar="FILE|DIR",
-                      help="restore these images (no targets, no metrics) into --save")
+    what.add_argument("--input", nargs="+", default=None, metavar="FILE|DIR",
+                      help="restore these images (no targets, no metrics) into --save: image files and folders of "
+                           "them (a shell glob such as photos/*.jpg works)")
     what.add_argument("--skip-unpaired", action="store_true",
                       help="leave out (and count) degraded images without a same-name target or of another size, "
                            "instead of stopping with the list")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from utils.data.image_io import ImageReadError, image_size, is_image, list_images
+from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, image_size, is_image, list_images
 from utils.data.pairing import PairingError, match_pairs
 from utils.errors import listing
 
@@ -224,12 +224,19 @@ def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: b
     return sets
 
 
-def input_files(path: str | Path) -> list[Path]:
-    """``--input``: one image file, or the images of a folder (sorted)."""
-    path = Path(path)
+def input_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """``--input``: image files and the images of folders (each folder's sorted), in the order given, each once."""
+    files: list[Path] = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        files += _input_files(Path(path))
+    return list(dict.fromkeys(files))
+
+
+def _input_files(path: Path) -> list[Path]:
     if path.is_file():
         if not is_image(path):
-            raise ImageReadError(f"--input {path} is not an image file")
+            raise ImageReadError(f"--input {path} is not an image file of a kind this project reads "
+                                 f"({' '.join(IMAGE_EXTENSIONS)}): convert it, e.g. to PNG")
         return [path]
     if path.is_dir():
         files = list_images(path)
@@ -237,3 +244,14 @@ def input_files(path: str | Path) -> list[Path]:
             raise ImageReadError(f"--input {path}: the folder holds no images")
         return files
     raise ImageReadError(f"--input {path} does not exist")
+
+
+def ignored_inputs(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The visible files of the ``--input`` folders that are not images of a kind read here (``x.gif``,
+    ``notes.txt``): none for single files."""
+    ignored: list[Path] = []
+    for path in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
+        if path.is_dir():
+            ignored += sorted(p for p in path.iterdir()
+                              if p.is_file() and not is_image(p) and not p.name.startswith("."))
+    return ignored

@@ -14,9 +14,9 @@ from pathlib import Path
 from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_model
 from utils.compiled import CompileError, check_compile
 from utils.data.doctor import tester_check
-from utils.data.image_io import ImageReadError, pixel_limit
+from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
-from utils.errors import UsageError, UserError
+from utils.errors import UsageError, UserError, listing
 from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, restore_files
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.outputs import (
@@ -31,6 +31,7 @@ from utils.eval.report import format_report, write_results
 from utils.eval.tasks import (
     EvalSet,
     find_task_sets,
+    ignored_inputs,
     input_files,
     paired_set,
     paper_layout,
@@ -130,12 +131,19 @@ def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
     return sets
 
 
+def _input_paths(args) -> list[Path]:
+    """``--input``'s files and folders (one path, as callers of :func:`main` may pass, or several)."""
+    if not args.input:
+        return []
+    return [Path(args.input)] if isinstance(args.input, (str, Path)) else [Path(p) for p in args.input]
+
+
 def _input_folders(args, sets: list[EvalSet]) -> tuple[list[Path], list[Path]]:
     """The folders the run reads images from: ``(trees, flat)``. ``trees`` are read with their subfolders (a
     ``--tasks`` task folder under --data-root): no output may be in one. ``flat`` are listed without their
     subfolders (``--input DIR``, the folders of the images and targets): an output may be below one, not in it."""
     trees = [Path(args.data_root) / task_layout(s.task).folder for s in sets] if not args.degset else []
-    flat = [Path(args.input) if Path(args.input).is_dir() else Path(args.input).parent] if args.input else []
+    flat = [p if p.is_dir() else p.parent for p in _input_paths(args)]
     for s in sets:
         for item in s.items:
             flat += [item.target.parent] + ([item.degraded.parent] if item.degraded is not None else [])
@@ -231,6 +239,8 @@ def main(args) -> dict:
     Failures the user fixes raise :class:`utils.errors.UserError` subclasses (``__main__`` prints
     them as one ``error:`` line through :func:`utils.errors.run_main`).
     """
+    if isinstance(args.input, list):  # --input "" (an unset variable) means not given, as for --degset
+        args.input = [p for p in args.input if p] or None
     _check_flags(args)
     if getattr(args, "check_data", False):  # the data doctor: no model, nothing written
         return tester_check(args)
@@ -260,6 +270,10 @@ def main(args) -> dict:
     with pixel_limit(args.max_pixels):
         # What to read and where to write are settled before the model is loaded or anything restored.
         inputs = input_files(args.input) if args.input else []
+        ignored = ignored_inputs(args.input) if args.input else []
+        if ignored:
+            print(f"note: {len(ignored)} file(s) of the --input folders are not images of a kind read here "
+                  f"({' '.join(IMAGE_EXTENSIONS)}) and are left out:{listing(ignored)}", file=sys.stderr)
         sets = [] if args.input else _find_sets(args, tasks_defaulted)
         _check_outputs(args, sets, create=not args.dry_run)
         model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
@@ -345,5 +359,5 @@ def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, pro
     for line in skipped:
         print(f"skipped: {line}")
     if not results["restored"]:
-        raise _nothing_scored(f"--input {args.input}", len(skipped), str(path))
+        raise _nothing_scored(f"--input {' '.join(map(str, _input_paths(args)))}", len(skipped), str(path))
     return results
