@@ -204,6 +204,26 @@ def test_a_broken_link_as_an_output_folder_says_so(tmp_path):
         check_writable_folder(tmp_path / "results" / "run", "--save")
 
 
+def test_a_finished_run_leaves_no_lock_file(tmp_path):
+    """Every --save and --output-dir kept a hidden .lock after its run, the user's own folders included."""
+    from utils.output_lock import LOCK_NAME, OutputLock
+    (tmp_path / "mine").mkdir()
+    with OutputLock(tmp_path / "mine", "--save", "tester"):
+        (tmp_path / "mine" / "restored.png").write_bytes(b"png")
+        assert (tmp_path / "mine" / LOCK_NAME).is_file()
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["restored.png"]
+    with OutputLock(tmp_path / "new"):
+        pass  # a run that wrote nothing in a folder it made: no folder left
+    assert not (tmp_path / "new").exists()
+    lock = OutputLock(tmp_path / "mine").acquire()
+    (tmp_path / "mine" / LOCK_NAME).unlink()  # removed by hand, and another run locked a new file there
+    other = OutputLock(tmp_path / "mine").acquire()
+    lock.release()
+    assert (tmp_path / "mine" / LOCK_NAME).is_file()  # the other holder's file is not ours to remove
+    other.release()
+    assert not (tmp_path / "mine" / LOCK_NAME).exists()
+
+
 def test_a_busy_folder_names_what_holds_it(tmp_path):
     """A trainer refused an --output-dir that a tester's --save held said it was "in use by another trainer"."""
     from utils.output_lock import LOCK_NAME, OutputLock

@@ -4,7 +4,7 @@ Two trainers writing one ``--output-dir`` replace each other's checkpoints and l
 one ``--save`` mix their restorations under one record. The first run takes an ``flock`` on
 ``<folder>/.lock`` (and writes its role, PID and host there); a second one is refused with the holder's PID.
 The kernel drops the lock when the holding process exits in any way (even kill -9), so a lock file left
-by a dead run never blocks the next one. On NFS, Linux maps ``flock`` to byte-range locks, which the
+by a dead run never blocks the next one; a run that ends removes its lock file. On NFS, Linux maps ``flock`` to byte-range locks, which the
 server arbitrates across nodes.
 """
 from __future__ import annotations
@@ -80,15 +80,18 @@ class OutputLock:
         return (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino)
 
     def release(self) -> None:
-        """Unlock; a folder this lock created and nothing else wrote into (a run that failed at its start)
-        is removed, still under the lock, so that "nothing was written" holds. A run that waits on the old
-        lock file notices it was unlinked (:meth:`_same_file`) and locks the new one."""
+        """Unlock, removing the lock file (still under the lock) so that a finished run leaves no ``.lock``
+        in a user's folder; a folder this lock created and nothing else wrote into (a run that failed at its
+        start) is removed too, so that "nothing was written" holds. A run that opened the old lock file in
+        the meantime notices it was unlinked (:meth:`_same_file`) and locks a new one."""
         if self._fd is None:
             return
         try:
             os.ftruncate(self._fd, 0)
-            if self._made and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
-                (self.folder / LOCK_NAME).unlink()
+            path = self.folder / LOCK_NAME
+            if self._same_file(self._fd, path):  # never another holder's file (ours removed by hand meanwhile)
+                path.unlink()
+            if self._made and not any(self.folder.iterdir()):
                 self.folder.rmdir()
         except OSError:
             pass  # the folder went away, or something arrived in it meanwhile: nothing to tidy, or it stays
