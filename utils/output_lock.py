@@ -2,10 +2,10 @@
 
 Two trainers writing one ``--output-dir`` replace each other's checkpoints and log; two testers writing
 one ``--save`` mix their restorations under one record. The first run takes an ``flock`` on
-``<folder>/.lock`` (and writes its role, PID and host there); a second one is refused with the holder's PID.
-The kernel drops the lock when the holding process exits in any way (even kill -9), so a lock file left
-by a dead run never blocks the next one; a run that ends removes its lock file. On NFS, Linux maps ``flock`` to byte-range locks, which the
-server arbitrates across nodes.
+``<folder>/.lock`` (and writes its role, PID and host there); a second one is refused with the holder's
+PID. The kernel drops the lock when the holding process exits in any way (even kill -9), so a lock file left
+by a dead run never blocks the next one; a run that ends removes its lock file. On NFS, Linux maps ``flock``
+to byte-range locks, which the server arbitrates across nodes.
 """
 from __future__ import annotations
 
