@@ -286,3 +286,20 @@ def test_overlapping_quiet_reads_restore_opencvs_log_level_after_the_last():
     assert log.getLogLevel() == log.LOG_LEVEL_SILENT  # the second read is still going
     second.__exit__(None, None, None)
     assert log.getLogLevel() == before
+
+
+def test_a_jpeg_with_stray_bytes_before_a_marker_reads_as_pil_reads_it(tmp_path):
+    """Two zero bytes after the APP0 segment: Pillow and OpenCV decode the file (libjpeg passes over
+    "extraneous bytes before marker"), the header reader called it corrupt and training stopped on it."""
+    rng = np.random.default_rng(0)
+    ok, buf = cv2.imencode(".jpg", rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+    data = buf.tobytes()
+    app0_end = 4 + int.from_bytes(data[4:6], "big")  # SOI (2) + the APP0 marker (2) + its length
+    odd = tmp_path / "odd.jpg"
+    odd.write_bytes(data[:app0_end] + b"\x00\x00" + data[app0_end:])
+    assert image_size(odd) == (64, 80)
+    with Image.open(odd) as im:
+        assert np.array_equal(read_image(odd), np.asarray(im.convert("RGB")))
+    (tmp_path / "junk.jpg").write_bytes(data[:app0_end] + bytes(70000))
+    with pytest.raises(ImageReadError):
+        image_size(tmp_path / "junk.jpg")

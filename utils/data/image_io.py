@@ -91,14 +91,20 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # JPEG markers without a length field: TEM and RST0-7 (SOI and EOI are handled apart).
 _JPEG_BARE = frozenset([0x01, *range(0xD0, 0xD8)])
+_JPEG_MAX_STRAY = 1 << 16  # bytes passed over looking for the next marker before the file is called corrupt
 
 
 def _jpeg_size(fh: BinaryIO) -> tuple[int, int] | None:
-    """``(height, width)`` from the first start-of-frame segment, ``fh`` just after the SOI marker."""
+    """``(height, width)`` from the first start-of-frame segment, ``fh`` just after the SOI marker.
+
+    Stray bytes before a marker are passed over, as libjpeg and Pillow do ("extraneous bytes before
+    marker"), up to :data:`_JPEG_MAX_STRAY` of them."""
     while True:
-        byte = fh.read(1)
+        byte, stray = fh.read(1), 0
+        while byte and byte != b"\xff" and stray < _JPEG_MAX_STRAY:
+            byte, stray = fh.read(1), stray + 1
         if byte != b"\xff":
-            return None  # not at a marker: corrupt
+            return None  # no marker where one must be: corrupt
         marker = fh.read(1)
         while marker == b"\xff":  # fill bytes
             marker = fh.read(1)
