@@ -236,3 +236,16 @@ def test_a_busy_folder_names_what_holds_it(tmp_path):
         (tmp_path / "old" / LOCK_NAME).write_text("PID 7 on elsewhere\n")  # as a lock written before roles
         with pytest.raises(OutputFolderBusy, match=r"is in use by another run \(PID 7 on elsewhere\)"):
             OutputLock(tmp_path / "old").acquire()
+
+
+def test_unpaired_validation_images_name_the_trainers_own_fixes(data, tmp_path):
+    """The trainer's validation pairing error ended "pass --skip-unpaired", a flag only the tester has."""
+    val = tmp_path / "val"
+    for folder, name in (("in", "rain-1.png"), ("in", "rain-2.png"), ("gt", "norain-1.png")):
+        (val / folder).mkdir(parents=True, exist_ok=True)
+        (val / folder / name).write_bytes(sorted((data["derain"] / "gt").glob("*.png"))[0].read_bytes())
+    flags = train_flags(data, tmp_path) + ["--degset", str(val / "in"), "--tarset", str(val / "gt"), "--dry-run"]
+    with pytest.raises(UserError) as err:
+        engine.main(get_args_parser().parse_args(flags))
+    assert "rain-2.png" in str(err.value) and "--skip-unpaired" not in str(err.value)
+    assert "--degset '' --tarset ''" in str(err.value)

@@ -31,12 +31,14 @@ def name_key(stem: str) -> str:
 
 
 def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
-                skip_unpaired: bool = False) -> tuple[list[tuple[Path, Path]], list[Path]]:
+                skip_unpaired: bool = False,
+                fix: str = "pass --skip-unpaired to leave them out") -> tuple[list[tuple[Path, Path]], list[Path]]:
     """Pair every image of ``degraded_dir`` with its target in ``target_dir``.
 
     Returns ``(pairs, unpaired)`` with pairs sorted by degraded file name. Several degraded
     files may share one target (hazy images with different A, beta). Unpaired degraded files
-    are a :class:`PairingError` listing them unless ``skip_unpaired`` (then they are returned).
+    are a :class:`PairingError` listing them (and ending with the caller's other ``fix``) unless
+    ``skip_unpaired`` (then they are returned).
     """
     degraded_dir, target_dir = Path(degraded_dir), Path(target_dir)
     for folder, flag in ((degraded_dir, "degraded"), (target_dir, "target")):
@@ -68,5 +70,5 @@ def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
     if unpaired and not skip_unpaired:
         raise PairingError(f"{len(unpaired)} degraded image(s) in {degraded_dir} have no target of the same "
                            f"name in {target_dir}:{listing(p.name for p in unpaired)}. Rename them to match "
-                           f"(rain-N pairs with norain-N), or pass --skip-unpaired to leave them out.")
+                           f"(rain-N pairs with norain-N), or {fix}.")
     return pairs, unpaired

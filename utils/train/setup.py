@@ -64,7 +64,8 @@ def validation_pairs(args, console: Console) -> list[tuple[Path, Path]]:
         deg, tar = DEFAULT_DEGSET, DEFAULT_TARSET
     if deg is None or tar is None:
         raise ConfigError("pass both --degset and --tarset (or neither)")
-    pairs, _ = match_pairs(deg, tar)
+    pairs, _ = match_pairs(deg, tar, fix="validate on other folders (--degset/--tarset), or train without "
+                                        "validation (--degset '' --tarset '')")
     console(f"=> validation: {len(pairs)} pairs from {deg} / {tar}, matched by file name")
     return pairs
 
