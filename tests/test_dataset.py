@@ -483,3 +483,19 @@ def test_an_empty_id_list_says_it_is_empty(tmp_path):
     (tree["data_file_dir"] / "rainy" / "rainTrain.txt").write_text("")
     with pytest.raises(DatasetError, match=r"rainTrain.txt for --derain_dir lists no ids \(an empty file\)"):
         du.collect_samples(["derain"], dirs_of(tree), tree["data_file_dir"], log=lambda m: None)
+
+
+def test_a_bad_file_met_in_training_is_named_once_and_replaced_by_a_new_crop(tmp_path, capsys):
+    """--skip-bad-files printed a warning each time a bad file was drawn (360 times an epoch for a rainy image),
+    and its replacement, the next sample with that sample's own random stream, was the same crop twice."""
+    tree = make_train_tree(tmp_path, n=3)
+    found = du.collect_samples(["denoise_25"], dirs_of(tree), log=lambda m: None)
+    bad = found["denoise"][1].clean
+    bad.write_bytes(bad.read_bytes()[:80])
+    ds = du.MixedDegradationDataset(found, ["denoise_25"], 32, skip_bad=True)
+    assert len(ds) == 45 and [ds.samples[i].pair.clean for i in (1, 2)] == [bad, found["denoise"][2].clean]
+    got = [ds[i] for i in range(len(ds))]
+    said = [line for line in capsys.readouterr().err.splitlines() if "skipping a bad training sample" in line]
+    assert len(said) == 1 and str(bad) in said[0]
+    assert not torch.equal(got[1][1], got[2][1])  # sample 1 (bad) -> sample 2's image, another crop
+    assert torch.equal(got[2][1], ds._load(2)[1])  # good samples are unchanged

@@ -523,8 +523,9 @@ class MixedDegradationDataset(Dataset):
         de_types: the ``--de_type`` names.
         patch_size: side of the training patches.
         seed: base of every sample's random stream.
-        skip_bad: a file that fails to decode during training is replaced by the next sample
-            (with a warning) instead of stopping the run.
+        skip_bad: a file that fails to decode during training is replaced by the next sample, drawn with
+            the failed sample's own random stream (another crop than that sample's), instead of stopping the
+            run; each such file is named once per loader process.
     """
 
     def __init__(self, found: dict[str, list[Pair]], de_types: Sequence[str], patch_size: int, seed: int = 0,
@@ -533,6 +534,7 @@ class MixedDegradationDataset(Dataset):
         self.patch_size = int(patch_size)
         self.seed = int(seed)
         self.skip_bad = skip_bad
+        self._warned: set[str] = set()  # bad files already named (by this process: each loader worker its own)
         self.epoch = 0
         self.families = domain_families(self.de_types)
         dom = domain_of(self.de_types)
@@ -556,9 +558,10 @@ class MixedDegradationDataset(Dataset):
         """The random stream of sample ``index`` in the current epoch."""
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
-    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    def _load(self, index: int, stream: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Sample ``index``, its crop, flip and noise drawn from random stream ``stream`` (its own by default)."""
         s = self.samples[index]
-        rng = self.rng(index)
+        rng = self.rng(index if stream is None else stream)
         p = self.patch_size
         clean = centre_crop(_to_uint8(read_image(s.pair.clean)))
         deg = centre_crop(_to_uint8(read_image(s.pair.degraded))) if s.pair.degraded is not None else None
@@ -585,9 +588,12 @@ class MixedDegradationDataset(Dataset):
         for step in range(len(self.samples)):
             j = (index + step) % len(self.samples)
             try:
-                return self._load(j)
+                return self._load(j, stream=index)
             except (ImageReadError, DatasetError) as exc:
-                print(f"warning: skipping a bad training sample (--skip-bad-files): {exc}", file=sys.stderr)
+                if str(exc) not in self._warned:
+                    self._warned.add(str(exc))
+                    print(f"warning: skipping a bad training sample (--skip-bad-files; said once per file): {exc}",
+                          file=sys.stderr)
         raise DatasetError("no training sample could be read")
 
     def summary(self) -> str:
