@@ -439,7 +439,7 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
             hw_clean = size_of(pair.clean)
             hw_deg = size_of(pair.degraded) if pair.degraded is not None else hw_clean
         except ImageReadError as exc:
-            bad.append(str(exc))
+            bad.append(str(exc).rstrip("."))  # the list ends with its own sentence
             continue
         if hw_deg != hw_clean:
             bad.append(f"{pair.degraded} is {hw_deg[0]}x{hw_deg[1]} but its target {pair.clean} is "
