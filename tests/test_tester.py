@@ -963,3 +963,27 @@ def test_input_takes_several_paths_and_says_what_it_leaves_out(checkpoint, tmp_p
     assert "notes.txt" in err and "x.gif" in err
     with pytest.raises(ImageReadError, match=r"x\.gif is not an image file of a kind this project reads \(\.png"):
         run("--model", checkpoint, "--input", deg / "x.gif", "--save", tmp_path / "o3")
+
+
+def test_a_tiled_image_shows_its_tiles_progress(checkpoint, tmp_path, capsys, monkeypatch):
+    """A 2000x1500 image in 256-pixel tiles sat at "0/1 [00:00<?]" for 34 s: the images' bar moves once an
+    image is done, and nothing showed the tiles, nor how long the rest would take."""
+    from utils.eval import evaluation
+    from utils.eval import protocol as protocol_module
+    write_image(tmp_path / "in" / "big.png", np.tile(_clean_images()["cat"], (3, 3, 1)))
+    seen = []
+    real = protocol_module.restore_tiled
+
+    def spy(*a, progress=None, **k):
+        return real(*a, progress=lambda d, t: (seen.append((d, t)), progress(d, t)), **k)
+    monkeypatch.setattr(protocol_module, "restore_tiled", spy)
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--input", str(tmp_path / "in"),
+                                                     "--save", str(tmp_path / "o"), "--tile", "32", "--tile-overlap",
+                                                     "8", "--tile-batch", "2"])
+    tester_bary.main(args)
+    total = seen[0][1]
+    assert seen[0] == (0, total) and seen[-1] == (total, total) and total > 2
+    assert "tiles: 100%|" in capsys.readouterr().err  # the tiles' bar, on the console, to its end
+    bar = evaluation.TileBar(enabled=False)
+    bar(0, 10)
+    assert bar.bar is None  # --no-progress: no bar

@@ -107,7 +107,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     after_tile = []
     out = restore_tiled(model, x, tile=128, overlap=16, tile_batch=1,
-                        progress=lambda done, total: after_tile.append(rss_mib()))
+                        progress=lambda done, total: done and after_tile.append(rss_mib()))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"before": before, "peak": peak, "after_tile": after_tile, "shape": list(out.shape),
                       "finite": bool(torch.isfinite(out).all())}))

@@ -118,6 +118,27 @@ def _summary(images: list[dict], has_lpips: bool) -> dict[str, Any]:
     return out
 
 
+class TileBar:
+    """A progress bar (with ETA) over one image's tiles, below the images' bar: a large image restored in tiles
+    takes minutes. Pass it as ``tile_progress``; :meth:`close` after the image. Nothing when not ``enabled``."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total < 2:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc="tiles", unit="tile", leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device: torch.device,
                  save_dir: Path | None = None, savetar_dir: Path | None = None, lpips_metric: LPIPS | None = None,
                  fid_metric: FID | None = None, figs_dir: Path | None = None, fig_images: int = 3,
@@ -152,17 +173,20 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
 
     def evaluate_item(item: EvalItem, out_name: str) -> None:
         """Restore, score and save one image (or note it as bad); its row is added once all is written."""
+        tiles = TileBar(progress)
         try:
             deg, tar = _load_item(item, protocol)
             _check_size(deg, item, protocol)
             out, seconds = restore_array(model, deg, protocol, device, name=str(item.degraded or item.target),
-                                         note=lambda msg: (notes.append(msg), tqdm.write(msg)))
+                                         note=lambda msg: (notes.append(msg), tqdm.write(msg)), tile_progress=tiles)
         except UserError as exc:
             if skip_bad_files and isinstance(exc, ImageReadError):
                 bad.append({"name": item.name, "error": str(exc)})
                 return
             raise EvaluationStopped(str(exc), str(item.degraded or item.target), eval_set.name, row_so_far(),
                                     exc.exit_status) from exc
+        finally:
+            tiles.close()
         out8, tar8, deg8 = quantise(out, 8), to_8bit(tar), to_8bit(deg)
         try:
             p, s = image_metrics(out8, tar8, protocol.metric_space, protocol.ssim, protocol.crop_border)
@@ -286,18 +310,20 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
 
     def restore_one(path: Path, out_name: str) -> None:
         """Restore and save one image (or note it as unreadable); its entry is added once the file is written."""
+        said: list[str] = []
+        tiles = TileBar(progress)
         try:
             img = read_image(path, exif=True)
-            said: list[str] = []
-            out, seconds = restore_array(model, img, protocol, device, name=str(path), note=said.append)
+            out, seconds = restore_array(model, img, protocol, device, name=str(path),
+                                         note=lambda msg: (said.append(msg), tqdm.write(msg)), tile_progress=tiles)
         except UserError as exc:
             if skip_bad_files and isinstance(exc, ImageReadError):
                 done.append({"name": path.name, "skipped": str(exc)})
                 return
             raise EvaluationStopped(str(exc), str(path), "input", {"restored": done}, exc.exit_status) from exc
+        finally:
+            tiles.close()
         dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
-        for msg in said:
-            tqdm.write(msg)
         done.append({"name": path.name, "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {})})
 
     for path, out_name in tqdm(list(zip(inputs, output_names([p.name for p in inputs]))), desc="restore",

@@ -181,7 +181,8 @@ def restore_tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int = 3
     blended with separable raised-cosine weights normalised by their sum, so no seams show.
     The output is accumulated on the CPU in float64 (so a model that returns its input gives
     back ``x`` bit for bit); memory on the device is bounded by ``tile_batch`` tiles, on the
-    host by a few copies of the image. ``progress(done, total)`` is called after every batch of tiles;
+    host by a few copies of the image. ``progress(done, total)`` is called before the first batch of tiles
+    and after every batch;
     ``compile_mode`` as in :func:`restore` (every tile has one size: one compile, plus one for a short last batch).
     """
     check_tiling(tile, overlap, multiple)
@@ -200,6 +201,8 @@ def restore_tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int = 3
         norm_x[s:s + tw] += wx
     acc = None
     positions = [(y0, x0) for y0 in ys for x0 in xs]
+    if progress is not None:
+        progress(0, len(positions))
     for i in range(0, len(positions), max(1, tile_batch)):
         chunk = positions[i:i + max(1, tile_batch)]
         batch = torch.cat([x[..., y0:y0 + th, x0:x0 + tw] for y0, x0 in chunk]).to(device)

@@ -210,12 +210,14 @@ def automatic_tile(model: nn.Module, shape: tuple[int, int], protocol: Protocol,
 
 
 def restore_array(model: nn.Module, img: np.ndarray, protocol: Protocol, device: torch.device,
-                  name: str = "image", note: Callable[[str], None] | None = None) -> tuple[np.ndarray, float]:
+                  name: str = "image", note: Callable[[str], None] | None = None,
+                  tile_progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, float]:
     """Restore one ``(H, W, 3)`` uint8/uint16 image: ``(float32 (H, W, 3) unclamped, seconds)``.
 
     Pads to multiples of 8 when needed (the reference protocol crops beforehand); tiles when
     ``protocol.tile``, or when the image would not fit ``protocol.memory_budget`` (:func:`automatic_tile`;
-    ``note`` is told the tile it chose). Out-of-memory becomes :class:`RestoreOutOfMemory` naming the fix.
+    ``note`` is told the tile it chose, before restoring; ``tile_progress(done, total)`` follows the tiles).
+    Out-of-memory becomes :class:`RestoreOutOfMemory` naming the fix.
     """
     x = torch.from_numpy(to_float(img)).permute(2, 0, 1)[None]
     tiling, message = automatic_tile(model, img.shape[:2], protocol, device, name)
@@ -227,7 +229,8 @@ def restore_array(model: nn.Module, img: np.ndarray, protocol: Protocol, device:
     try:
         if tile:
             out = restore_tiled(model, x, tile, protocol.tile_overlap, protocol.precision,
-                                tile_batch=tile_batch, multiple=SIZE_MULTIPLE, compile_mode=protocol.compile)
+                                tile_batch=tile_batch, multiple=SIZE_MULTIPLE, compile_mode=protocol.compile,
+                                progress=tile_progress)
         else:
             out = restore(model, x.to(device), protocol.precision, pad=True, multiple=SIZE_MULTIPLE,
                           compile_mode=protocol.compile).cpu()
