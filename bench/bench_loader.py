@@ -3,7 +3,7 @@
 The GPU must never wait for data: at the speed target of 50 ms per iteration (batch 3) a GPU
 consumes 60 images/s, so the loader must deliver at least twice that. This script builds a
 synthetic layout with the real benchmarks' file formats and sizes, wraps it in the trainer's own
-dataset, sampler and ``DataLoader`` settings (:func:`utils.train.engine.build_loader`), and times
+dataset, sampler and ``DataLoader`` settings (:func:`utils.train.start.build_loader`), and times
 whole batches with nothing else running:
 
 =========  ========================  ====================  ==========
@@ -40,8 +40,8 @@ import torch
 from utils.dataset_utils import build_train_dataset, parse_repeats
 from utils.runtime import pick_device
 from utils.train.distributed import DistInfo
-from utils.train.engine import build_loader
 from utils.train.options import get_args_parser
+from utils.train.start import build_loader
 
 SIZES = {"denoise": (481, 321), "derain": (481, 321), "dehaze": (550, 413), "deblur": (1280, 720),
          "lowlight": (600, 400)}

@@ -43,7 +43,8 @@ from utils.compiled import COMPILE_MODES
 from utils.eval.inference import autocast_context
 from utils.memory import resident_bytes
 from utils.runtime import tune_cpu_allocator
-from utils.train.engine import Training, build_optimizer, train_step
+from utils.train.engine import Training, train_step
+from utils.train.optim import build_optimizer
 
 TAU = 0.07
 

@@ -63,7 +63,8 @@ def one_case(kind: str, backbone: str, preset: str, precision: str, size: int, b
         x = torch.rand(1, 3, size, size)
         restore(model, x, precision=precision)
         return peak_mib()
-    from utils.train.engine import Training, build_optimizer, train_step
+    from utils.train.engine import Training, train_step
+    from utils.train.optim import build_optimizer
     to_channels_last(model)
     pots = Potentials(3, model.config["dim"] * 8, size) if backbone in WB_BACKBONES else None
     training = Training(model, model, pots, build_optimizer("RMSprop", model.parameters(), 1e-4),

@@ -15,7 +15,7 @@ import tester_bary
 from net.presets import build_model
 from utils.checkpoints import CheckpointError, list_checkpoints, read_checkpoint, read_latest
 from utils.errors import UserError
-from utils.train import engine
+from utils.train import engine, start
 from utils.train.options import get_args_parser
 from utils.train.setup import ConfigError
 
@@ -421,7 +421,7 @@ def test_a_mid_epoch_resume_with_another_batch_continues_after_the_samples_used(
     from utils.train.run_log import Console
     resumed = {"iteration": iteration, "args": {"batchSize": was[0]}, "world_size": was[1]}
     args, info = SimpleNamespace(batchSize=now[0]), SimpleNamespace(world_size=now[1])
-    state = engine.continue_with_batch(resumed, args, info, LoopState(3, iteration, 999), Console(False))
+    state = start.continue_with_batch(resumed, args, info, LoopState(3, iteration, 999), Console(False))
     assert state == LoopState(3, expected, 999)
     assert state.iteration * now[0] * now[1] <= iteration * was[0] * was[1] < (state.iteration + 1) * now[0] * now[1]
 

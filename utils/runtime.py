@@ -106,7 +106,7 @@ def sigterm_as_interrupt() -> None:
     """SIGTERM (``kill``, ``timeout``, a job scheduler) stops the process as Ctrl-C does: what handles
     ``KeyboardInterrupt`` (the tester's partial results, the app's clean exit) handles it too. For entry
     points only: the handler is process-wide. The trainers install their own
-    (:class:`utils.train.engine.StopRequest`)."""
+    (:class:`utils.train.signals.StopRequest`)."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, interrupt)

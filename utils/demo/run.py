@@ -44,8 +44,7 @@ from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.eval.report import write_results
 from utils.runtime import pick_device, tune_cpu_allocator
-from utils.train.engine import draw_loss_figure
-from utils.train.run_log import Console
+from utils.train.run_log import Console, draw_loss_figure
 from utils.train.setup import FIG_NAME
 
 IN_DISTRIBUTION = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")

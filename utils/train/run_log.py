@@ -212,6 +212,15 @@ class Rate:
         return f"{total // 3600}:{total // 60 % 60:02d}:{total % 60:02d}"
 
 
+def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> None:
+    """The loss curves of the log so far; a figure that cannot be written (the disk, its folder) is a warning:
+    the epoch is saved already, and training goes on."""
+    try:
+        plot_loss_curves(log_path, fig_path)
+    except OSError as exc:
+        console.warn(f"the loss figure {fig_path} could not be written ({exc.strerror or exc}); training goes on")
+
+
 def progress_line(epoch: int, iteration: int, total: int, losses: dict[str, float], lr: float, rate: Rate) -> str:
     """One console line of training progress: the loss parts by name, the learning rate, the rate
     (median of recent iterations) and the time left in the epoch."""

@@ -1,6 +1,6 @@
 """Turning the command line into a run: flag checks, where training starts, validation pairs.
 
-The rules, used by :mod:`utils.train.engine`, whose ``check_run`` and ``where_to_start`` apply them to a run.
+The rules; :mod:`utils.train.start` (``check_run``, ``where_to_start``) applies them to a run.
 """
 from __future__ import annotations
 

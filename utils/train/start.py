@@ -1,0 +1,291 @@
+"""Setting a training run up, in the order :func:`utils.train.engine.train` calls these: hold the output
+folder, check the flags against the device, choose where to start (fresh or a checkpoint; rank 0 chooses),
+agree on the seed, build the data set, the networks and the loader, open the log, and describe the run.
+
+The rules these apply (flag checks, memory, the run's settings) are :mod:`utils.train.setup`'s.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from net import Potentials
+from net.presets import WB_BACKBONES, build_model
+from utils.checkpoints import (
+    LOG_NAME,
+    CheckpointError,
+    LoopState,
+    is_training_checkpoint,
+    plain_args,
+    read_checkpoint,
+    resume_candidates,
+)
+from utils.compiled import CompileError, check_compile
+from utils.dataset_utils import (
+    LAYOUT,
+    MixedDegradationDataset,
+    ResumableSampler,
+    build_train_dataset,
+    collate,
+    parse_repeats,
+)
+from utils.eval.inference import check_precision, slow_precision_note
+from utils.output_lock import OutputFolderBusy, OutputLock
+from utils.runtime import to_channels_last
+from utils.train.distributed import (
+    DistInfo,
+    broadcast_int,
+    broadcast_module,
+    broadcast_text,
+)
+from utils.train.losses import Objective
+from utils.train.options import model_overrides, resolve_data_file_dir, resolve_objective, run_dir
+from utils.train.run_log import (
+    Console,
+    JsonlLog,
+    discarded_log,
+    progress,
+    rewind_log,
+)
+from utils.train.setup import (
+    ConfigError,
+    check_args,
+    load_start,
+    resume_outputs,
+    start_fresh_outputs,
+)
+from utils.train.signals import ignore_stop_signals
+from utils.train.tensorboard_log import require_tensorboard
+
+
+@contextlib.contextmanager
+def hold_output_folder(folder: Path, info: DistInfo) -> Iterator[None]:
+    """Rank 0 holds ``folder``'s :class:`~utils.output_lock.OutputLock` for the run; when another
+    trainer holds it, every rank stops with :class:`~utils.output_lock.OutputFolderBusy`."""
+    lock, busy = OutputLock(folder), None
+    if info.is_main:
+        try:
+            lock.acquire()
+        except OutputFolderBusy as exc:
+            busy = exc
+    if broadcast_int(busy is not None, info):
+        raise busy or OutputFolderBusy(f"--output-dir {folder} is in use by another trainer (see rank 0's error)")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective, frozenset[str]]:
+    """The flag checks that need the device too; returns K, the objective and the ablated terms."""
+    k = check_args(args)
+    try:
+        args.output_dir = run_dir(args, k)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        objective = resolve_objective(args)
+    except ValueError as exc:
+        raise ConfigError(f"--reg-weight/--potentials-steps/--contrastive-eps: {exc}") from None
+    ablate = frozenset(getattr(args, "ablate", None) or ())
+    if ablate and args.backbone not in WB_BACKBONES:
+        raise ConfigError(f"--ablate {' '.join(sorted(ablate))} switches off BaryNet's terms; --backbone "
+                          f"{args.backbone} has none (drop --ablate)")
+    try:
+        check_precision(info.device, args.precision)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    slow = slow_precision_note(info.device, args.precision)
+    if slow:
+        Console(info.is_main).warn(slow)
+    if getattr(args, "tensorboard", False):  # every rank: all stop alike
+        require_tensorboard()
+    try:
+        check_compile(getattr(args, "compile", "off"), info.device, getattr(args, "compile_backend", "inductor"))
+    except CompileError as exc:
+        raise ConfigError(str(exc)) from None
+    return k, objective, ablate
+
+
+def where_to_start(args: argparse.Namespace, console: Console, info: DistInfo = DistInfo()) -> tuple[Path | None, Any]:
+    """The checkpoint ``--resume`` names (or none) and its contents.
+
+    With ``auto`` or a folder, a newest checkpoint that cannot be read (damaged, truncated) is passed
+    over with a warning for the one before it; an explicit file that cannot be read is an error.
+    Rank 0 chooses and every other rank reads the file it chose: ranks that judged the folder on their
+    own (another node's view of it, a file damaged for one reader) could start from different states.
+    """
+    if info.distributed and not info.is_main:
+        chosen = broadcast_text("", info)
+        if chosen == _NO_START:
+            raise CheckpointError("rank 0 could not choose the checkpoint to start from (its error says why)")
+        if not chosen:
+            return None, None
+        if not Path(chosen).is_file():
+            raise CheckpointError(f"rank {info.rank} cannot see {chosen}, the checkpoint rank 0 resumes: keep "
+                                  f"--output-dir (and --resume) on a file system every node shares")
+        return Path(chosen), read_checkpoint(chosen)
+    try:
+        path, obj = _choose_start(args, console)
+    except BaseException:
+        broadcast_text(_NO_START, info)  # the other ranks stop too, instead of waiting for a path
+        raise
+    broadcast_text(str(path) if path is not None else "", info)
+    return path, obj
+
+
+_NO_START = "\0"  # what rank 0 broadcasts when choosing the checkpoint failed (no path is a NUL byte)
+
+
+def _choose_start(args: argparse.Namespace, console: Console) -> tuple[Path | None, Any]:
+    candidates, note = resume_candidates(args.resume, Path(args.output_dir))
+    if note:
+        console(note)
+    for i, path in enumerate(candidates):
+        try:
+            return path, read_checkpoint(path)
+        except CheckpointError as exc:
+            if i + 1 == len(candidates):
+                raise
+            console.warn(f"{exc}\n!! Falling back to the checkpoint before it, {candidates[i + 1].name}; "
+                         f"the iterations since then are trained again")
+    return None, None
+
+
+def agree_seed(args: argparse.Namespace, obj: Any, info: DistInfo, console: Console) -> int:
+    """The run's seed (a resumed run keeps its own), the same on every rank; seeds every generator."""
+    seed = args.seed
+    if obj is not None and is_training_checkpoint(obj):
+        old = (obj.get("args") or {}).get("seed", seed)
+        if old != seed:
+            console(f"=> keeping the resumed run's seed {old} (not --seed {seed}) so the data order continues")
+        seed = int(old)
+    seed = broadcast_int(seed, info)
+    args.seed = seed
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    return seed
+
+
+def build_dataset(args: argparse.Namespace, seed: int, console: Console) -> MixedDegradationDataset:
+    """The mixed-degradation training set the flags describe; prints its per-type table."""
+    dirs = {fam: getattr(args, LAYOUT[fam][0].lstrip("-")) for fam in LAYOUT}
+    dataset = build_train_dataset(
+        args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=resolve_data_file_dir(args.data_file_dir),
+        skip_bad=args.skip_bad_files, check=args.check_images, log=console,
+        progress=lambda it, n: progress(it, n, "checking images", enabled=console.enabled),
+        repeats=parse_repeats(args.repeat), strict_ids=args.strict_ids)
+    console("=> training data (one epoch):")
+    for line in dataset.report():
+        console("   " + line)
+    return dataset
+
+
+def build_networks(args: argparse.Namespace, k: int, ckpt_path: Path | None, obj: Any, info: DistInfo,
+                   console: Console) -> tuple[nn.Module, Potentials | None, LoopState, dict | None]:
+    """BaryNet (or a baseline) and its potentials, with their starting weights, on the device."""
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest kernels once
+    model = build_model(args.backbone, args.preset, **model_overrides(args))
+    pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone in WB_BACKBONES else None
+    state, resumed = load_start(args, ckpt_path, obj, model, pots, console)
+    # channels-last activations: oneDNN's and cuDNN's depthwise and 1x1 convolutions prefer them
+    to_channels_last(model, info.device)
+    if pots is not None:
+        pots.to(info.device)
+        broadcast_module(pots, info)
+    n_params = sum(p.numel() for p in model.parameters())
+    console(f"=> {args.backbone} ({args.preset}, {n_params / 1e6:.2f} M parameters), K={k} sources, "
+            f"patch {args.patch_size}, batch {args.batchSize} x {info.world_size} process(es), "
+            f"{args.optimizer}, {args.precision} on {info.device}")
+    return model, pots, state, resumed
+
+
+def continue_with_batch(resumed: dict, args: argparse.Namespace, info: DistInfo, state: LoopState,
+                        console: Console) -> LoopState:
+    """Where a run resumed mid-epoch continues when its batch (``--batchSize`` x processes) changed: the
+    samples the checkpoint had used, ``iteration x batch x processes`` of the epoch's order, counted in
+    iterations of the new batch (rounded down: at most one new batch is seen twice, none is skipped).
+    Unchanged otherwise."""
+    was = (resumed.get("args", {}).get("batchSize"), resumed.get("world_size"))
+    now = (args.batchSize, info.world_size)
+    if not resumed["iteration"] or was == now or None in was:
+        return state
+    used = int(resumed["iteration"]) * was[0] * was[1]
+    iteration = used // (now[0] * now[1])
+    console.warn(f"resuming mid-epoch with batch {now[0]} x {now[1]} process(es) where the checkpoint ran "
+                 f"{was[0]} x {was[1]}: epoch {state.epoch} continues after the {used} samples used, at iteration "
+                 f"{iteration + 1} of the new batch ({used - iteration * now[0] * now[1]} sample(s) seen again); its "
+                 f"batches are not those the interrupted run would have drawn")
+    return replace(state, iteration=iteration)  # the losses summed so far stay the epoch's
+
+
+def warn_if_the_data_changed(resumed: dict, dataset: MixedDegradationDataset, state: LoopState,
+                             console: Console) -> None:
+    """Say so when the training images per domain differ from the checkpoint's (images added or removed
+    since): the barycenter weights lambda follow the counts, and a resumed epoch's order is not the one the
+    interrupted run was drawing from, so the run is no longer the one an uninterrupted run would train."""
+    saved = resumed.get("domain_counts")
+    if not isinstance(saved, (list, tuple)) or list(saved) == list(dataset.domain_counts):
+        return
+    where = (f"the rest of epoch {state.epoch} draws from a new order (some samples may be seen twice or not at "
+             f"all), and " if state.iteration else "")
+    console.warn(f"the training data changed since the checkpoint: samples per epoch and domain "
+                 f"{list(saved)} there, {list(dataset.domain_counts)} now ({', '.join(dataset.families)}); {where}"
+                 f"lambda is now {', '.join(f'{v:.4g}' for v in dataset.lambdas)}")
+
+
+def build_loader(args: argparse.Namespace, dataset: MixedDegradationDataset, seed: int,
+                 info: DistInfo) -> tuple[ResumableSampler, DataLoader]:
+    sampler = ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=seed, shuffle=True)
+    # Workers get a fresh copy of the dataset (with its epoch) each epoch: no persistent workers.
+    loader = DataLoader(dataset, batch_size=args.batchSize, sampler=sampler, num_workers=args.threads,
+                        collate_fn=collate, pin_memory=info.device.type == "cuda", drop_last=False,
+                        persistent_workers=False, worker_init_fn=ignore_stop_signals)
+    return sampler, loader
+
+
+def open_log(output_dir: Path, resumed: dict | None, ckpt_path: Path | None, state: LoopState, info: DistInfo,
+             console: Console) -> JsonlLog:
+    """The run's log, once the folder holds no other run's files. A fresh run moves an earlier run's files
+    apart (:func:`start_fresh_outputs`), a resumed one any other timeline's (:func:`resume_outputs`); a
+    resumed run then moves the records past its checkpoint (training lost when the run stopped, about to be
+    redone) aside (:func:`~utils.train.run_log.rewind_log`), so every iteration is logged once."""
+    if info.is_main and resumed is None:
+        start_fresh_outputs(output_dir, console)
+    elif info.is_main:
+        resume_outputs(output_dir, ckpt_path, (int(resumed["epoch"]), int(resumed["iteration"])), console)
+        moved = rewind_log(output_dir / LOG_NAME, state.global_step)
+        if moved:
+            console(f"=> {moved} log record(s) past global step {state.global_step} (training after the "
+                    f"checkpoint, lost when the run stopped) moved to {discarded_log(output_dir / LOG_NAME).name}")
+    return JsonlLog(output_dir / LOG_NAME, enabled=info.is_main)
+
+
+def run_meta(args: argparse.Namespace, model: nn.Module, dataset: MixedDegradationDataset,
+             info: DistInfo) -> dict[str, Any]:
+    """What every checkpoint of the run records beside the states."""
+    return {"model_config": dict(model.config), "backbone": args.backbone, "preset": args.preset,
+            "lambdas": [float(v) for v in dataset.lambdas], "domains": list(dataset.families),
+            "domain_counts": list(dataset.domain_counts), "world_size": info.world_size, "args": plain_args(args)}
+
+
+def run_record(args: argparse.Namespace, dataset: MixedDegradationDataset, objective: Objective, state: LoopState,
+               resumed: bool, info: DistInfo) -> dict[str, Any]:
+    """The log's ``run`` record: one per start."""
+    return {"kind": "run", "start_epoch": state.epoch, "start_iteration": state.iteration,
+            "global_step": state.global_step, "resumed": resumed,
+            "objective": args.objective, "reg_weight": objective.reg_weight,
+            "contrastive_eps": objective.contrastive_eps, "potentials_steps": objective.potentials_steps,
+            "lambdas": [float(v) for v in dataset.lambdas], "samples_per_epoch": len(dataset),
+            "world_size": info.world_size}
