@@ -987,3 +987,22 @@ def test_a_tiled_image_shows_its_tiles_progress(checkpoint, tmp_path, capsys, mo
     bar = evaluation.TileBar(enabled=False)
     bar(0, 10)
     assert bar.bar is None  # --no-progress: no bar
+
+
+def test_transparency_and_colour_profiles_the_png_does_not_keep_are_said(checkpoint, tmp_path, capsys):
+    """An RGBA PNG came out RGB (the colour under transparent pixels showing) and a photo's ICC profile was
+    dropped (a Display P3 photo shifts colour), with no word on the console or in results.json."""
+    cat = _clean_images()["cat"]
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.dstack([cat, np.full(cat.shape[:2], 128, np.uint8)])).save(tmp_path / "in" / "alpha.png")
+    Image.fromarray(cat).save(tmp_path / "in" / "profiled.png", icc_profile=b"\0" * 128)
+    Image.fromarray(cat).save(tmp_path / "in" / "plain.png")
+    res = run("--model", checkpoint, "--input", tmp_path / "in", "--save", tmp_path / "o")
+    kept = {r["name"]: r.get("not_kept", []) for r in res["restored"]}
+    assert kept == {"alpha.png": ["transparency"], "profiled.png": ["colour profile"], "plain.png": []}
+    out = capsys.readouterr()
+    said = out.out + out.err
+    assert "the transparency of 1 image(s) is not kept in the restored PNG" in said and "alpha.png" in said
+    assert "the colour profile of 1 image(s) is not kept" in said
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert {r["name"]: r.get("not_kept", []) for r in saved["restored"]} == kept

@@ -207,6 +207,19 @@ def _exif_orientation(path: Path) -> int:
         return 1
 
 
+def lost_on_restoring(path: str | os.PathLike) -> list[str]:
+    """What of ``path`` its restoration (an RGB PNG) does not keep, from the header: ``"transparency"`` (an
+    alpha channel, or a palette's transparent colour), ``"colour profile"`` (an embedded ICC profile, e.g. a
+    phone's Display P3: the restored pixels are read as sRGB). Empty when nothing is lost or it cannot tell."""
+    try:
+        with Image.open(path) as im:
+            lost = ["transparency"] if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info \
+                else []
+            return lost + (["colour profile"] if im.info.get("icc_profile") else [])
+    except Exception:
+        return []
+
+
 class _QuietOpenCV:
     """OpenCV's log level is one setting for the process: threads reading at once (the doctor's pool, the app's
     requests) share one silencing, and the level before the first is restored after the last."""

@@ -27,10 +27,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from utils.data.image_io import ImageReadError, quantise, read_image, write_image
+from utils.data.image_io import ImageReadError, lost_on_restoring, quantise, read_image, write_image
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
-from utils.errors import INTERRUPTED_STATUS, UserError
+from utils.errors import INTERRUPTED_STATUS, UserError, listing
 from utils.eval.inference import prepare_for_inference
 from utils.eval.metrics import FID, LPIPS, image_metrics, smallest_scorable_side
 from utils.eval.outputs import output_names
@@ -324,7 +324,9 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
         finally:
             tiles.close()
         dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
-        done.append({"name": path.name, "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {})})
+        lost = lost_on_restoring(path)
+        done.append({"name": path.name, "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {}),
+                     **({"not_kept": lost} if lost else {})})
 
     for path, out_name in tqdm(list(zip(inputs, output_names([p.name for p in inputs]))), desc="restore",
                                unit="img", disable=not progress):
@@ -332,4 +334,9 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
             restore_one(path, out_name)
         except KeyboardInterrupt as exc:  # Ctrl-C: the record of the images restored so far is kept
             raise EvaluationStopped("interrupted", str(path), "input", {"restored": done}, INTERRUPTED_STATUS) from exc
+    for what in ("transparency", "colour profile"):
+        names = [e["name"] for e in done if what in e.get("not_kept", ())]
+        if names:
+            tqdm.write(f"note: the {what} of {len(names)} image(s) is not kept in the restored PNG (the network "
+                       f"restores RGB):{listing(names)}")
     return done
