@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.dataset_utils import build_train_dataset, parse_repeats
+from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
 from utils.runtime import pick_device
 from utils.train.distributed import DistInfo
 from utils.train.options import get_args_parser
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    de_types = ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
+    de_types = list(ALL_IN_ONE_3D)
     # one epoch long enough for the batches timed and those skipped (24 files: 792 samples, 264 batches of 3)
     repeats = ["denoise_15=3", "denoise_25=3", "denoise_50=3", "derain=12", "dehaze=12"]
     if args.five_d:

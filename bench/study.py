@@ -63,6 +63,7 @@ from net.presets import WB_BACKBONES, build_model, model_config
 from utils.analysis.embeddings import latents, pooled
 from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
+from utils.dataset_utils import ALL_IN_ONE_3D
 from utils.demo.data import build_demo_data, darken, jpeg_degrade, motion_blur
 from utils.demo.run import InputAsOutput, views_of_one_photo
 from utils.eval.evaluation import evaluate_tasks
@@ -71,7 +72,7 @@ from utils.runtime import pick_device
 from utils.train.engine import run_cli
 from utils.train.options import get_args_parser as trainer_parser
 
-ID_TASKS = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
+ID_TASKS = ALL_IN_ONE_3D
 OOD_TASKS = ("denoise_75", "jpeg", "lowlight", "deblur")
 GROUPS = {"ID": ID_TASKS, "OOD": OOD_TASKS}
 # Probe classes: the five training degradations, then the three unseen types.

@@ -13,8 +13,8 @@ from _train_data import _write, make_train_tree, smooth_image
 from utils import dataset_utils as du
 from utils.dataset_utils import DatasetError
 
-DE_3D = ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
-DE_5D = ["derain", "dehaze", "deblur", "denoise_25", "lowlight"]  # the reference README's order
+DE_3D = list(du.ALL_IN_ONE_3D)
+DE_5D = list(du.ALL_IN_ONE_5D)  # the reference README's order
 
 
 def dirs_of(tree):

@@ -5,6 +5,7 @@ import torch
 
 from net.presets import PRESETS, build_model
 from utils import memory
+from utils.errors import human_bytes
 from utils.eval.inference import restore, restore_tiled
 from utils.eval.protocol import Protocol, RestoreOutOfMemory, restore_array
 from utils.train import setup
@@ -112,7 +113,7 @@ def test_a_training_run_that_cannot_fit_is_refused_with_the_estimate_and_the_fix
     with pytest.raises(ConfigError) as err:
         _check(args, 8 * 2**30, monkeypatch, ranks=3)
     text = str(err.value)
-    assert f"needs about {memory.gib(need.per_process)} per process x 3 processes" in text
+    assert f"needs about {human_bytes(need.per_process)} per process x 3 processes" in text
     assert "8.0 GiB are free on this machine" in text
     assert "--preset tiny" in text and "--patch_size" in text and "--nproc_per_node" in text
     assert "--no-memory-check" in text

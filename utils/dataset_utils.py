@@ -74,6 +74,9 @@ from utils.errors import UserError, listing
 DE_IDS = {"denoise_15": 0, "denoise_25": 1, "denoise_50": 2, "derain": 3, "dehaze": 4,
           "deblur": 5, "lowlight": 6, "single": 7}
 FAMILIES = ("denoise", "derain", "dehaze", "deblur", "lowlight", "single")
+# The paper's two all-in-one settings (--de_type): 3D, and 5D in the reference README's order.
+ALL_IN_ONE_3D = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
+ALL_IN_ONE_5D = ("derain", "dehaze", "deblur", "denoise_25", "lowlight")
 NOISE_SIGMA = {0: 15, 1: 25, 2: 50}
 REPEATS = {"denoise_15": 5, "denoise_25": 5, "denoise_50": 5, "derain": 360, "dehaze": 1,
            "deblur": 35, "lowlight": 150, "single": 5}

@@ -53,11 +53,6 @@ SIMILAR_BACKBONE = {"PromptIR": "Restormer", "BaryPromptIR": "BaryNet"}
 OPTIMIZER_STATE_BYTES = {"RMSprop": 4, "Adam": 8}
 
 
-def gib(n: float) -> str:
-    """``n`` bytes as ``"1.3 GiB"``, or ``"31 MiB"`` under a gibibyte."""
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
 def _cgroup_limit(root: str | Path = "/sys/fs/cgroup") -> int | None:
     """Bytes this process's cgroup may still use (v2 ``memory.max``, or v1's limit, minus the working set), else
     None. The working set is the usage less the inactive file cache (``memory.stat``), which the kernel reclaims

@@ -38,6 +38,7 @@ from utils.checkpoints import LOG_NAME
 from utils.cli import one_spelling
 from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
+from utils.dataset_utils import ALL_IN_ONE_3D
 from utils.demo.data import build_demo_data
 from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, run_main
 from utils.eval.evaluation import evaluate_tasks
@@ -47,9 +48,8 @@ from utils.runtime import pick_device, tune_cpu_allocator
 from utils.train.run_log import Console, draw_loss_figure
 from utils.train.setup import FIG_NAME
 
-IN_DISTRIBUTION = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
+IN_DISTRIBUTION = ALL_IN_ONE_3D  # the training degradations
 OUT_OF_DISTRIBUTION = ("denoise_75", "jpeg", "lowlight")
-DE_TYPES = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
 
 
 class InputAsOutput(nn.Module):
@@ -93,7 +93,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def _trainer_argv(args, root: Path) -> list[str]:
     train = root / "Train"
-    return ["--preset", "tiny", "--de_type", *DE_TYPES,
+    return ["--preset", "tiny", "--de_type", *ALL_IN_ONE_3D,
             "--denoise_dir", str(train / "Denoise"), "--derain_dir", str(train / "Derain"),
             "--dehaze_dir", str(train / "Dehaze"),
             "--data_file_dir", "",  # the demo's own images: scan the folders, not the authors' id lists

@@ -27,10 +27,10 @@ from utils.checkpoints import CheckpointError, load_network, read_checkpoint, re
 from utils.compiled import COMPILE_MODES
 from utils.data.image_io import quantise, to_float
 from utils.data.noise import SEED_RULE
-from utils.errors import UserError
+from utils.errors import UserError, human_bytes
 from utils.eval.inference import PRECISIONS, check_tiling, is_out_of_memory, restore, restore_tiled
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
-from utils.memory import TILE_SIDES, TILED_IMAGE_BYTES_PER_PIXEL, available_bytes, choose_tile, gib, restore_need
+from utils.memory import TILE_SIDES, TILED_IMAGE_BYTES_PER_PIXEL, available_bytes, choose_tile, restore_need
 
 PROTOCOLS = ("reference", "pad")
 # How the command line overrides automatic tiling, at the end of its note (the app, with its own control, drops it).
@@ -201,11 +201,11 @@ def automatic_tile(model: nn.Module, shape: tuple[int, int], protocol: Protocol,
     chosen = choose_tile(model, protocol.precision, h, w, budget - whole, protocol.tile_batch, protocol.tile_overlap,
                          SIZE_MULTIPLE)
     if chosen is None:
-        raise RestoreOutOfMemory(f"{name} ({h}x{w}) needs about {gib(need)} to restore and even small tiles need "
-                                 f"more than the {gib(budget)} free on {device}: free memory, or use a smaller "
-                                 f"--preset / --precision bf16")
-    note = (f"note: {name} ({h}x{w}) would need about {gib(need)} on {device}, {gib(budget)} free: restoring it "
-            f"in {chosen[0]}x{chosen[0]} tiles, {chosen[1]} a pass{AUTO_TILE_FLAGS}")
+        raise RestoreOutOfMemory(f"{name} ({h}x{w}) needs about {human_bytes(need)} to restore and even small tiles "
+                                 f"need more than the {human_bytes(budget)} free on {device}: free memory, or use a "
+                                 f"smaller --preset / --precision bf16")
+    note = (f"note: {name} ({h}x{w}) would need about {human_bytes(need)} on {device}, {human_bytes(budget)} free: "
+            f"restoring it in {chosen[0]}x{chosen[0]} tiles, {chosen[1]} a pass{AUTO_TILE_FLAGS}")
     return chosen, note
 
 

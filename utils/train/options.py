@@ -18,7 +18,7 @@ from pathlib import Path
 from net.presets import BACKBONES, PRESETS
 from utils.cli import one_spelling
 from utils.compiled import BACKENDS, COMPILE_MODES
-from utils.dataset_utils import DatasetError
+from utils.dataset_utils import ALL_IN_ONE_3D, DatasetError
 from utils.errors import OneLineArgumentParser
 from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
 
@@ -26,7 +26,7 @@ from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
 # reference does (relative), and falls back to the repository's copy from any other directory.
 DEFAULT_DATA_FILE_DIR = "data_dir/"
 SHIPPED_DATA_FILE_DIR = Path(__file__).resolve().parents[2] / "data_dir"  # <repo>/utils/train/options.py
-DEFAULT_DE_TYPE = ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
+DEFAULT_DE_TYPE = list(ALL_IN_ONE_3D)
 # Reference validation defaults: used when they exist, skipped (with a note) when they do not.
 DEFAULT_DEGSET = "./data/test/derain/Rain100L/input/"
 DEFAULT_TARSET = "./data/test/derain/Rain100L/target/"

@@ -32,10 +32,10 @@ from utils.checkpoints import (
 )
 from utils.data.pairing import match_pairs
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
-from utils.errors import UserError
+from utils.errors import UserError, human_bytes
 from utils.eval.outputs import check_writable_folder
 from utils.files import keep_aside
-from utils.memory import TrainingNeed, available_bytes, gib, processes_on_this_node, resident_bytes, training_need
+from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int
 from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, model_overrides, resolve_data_file_dir
 from utils.train.run_log import Console, discarded_log
@@ -322,8 +322,9 @@ def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
     extra = need.total - (0 if info.device.type == "cuda" else need.processes_here * resident_bytes())
     where = "the GPU" if info.device.type == "cuda" else "this machine"
     many = f" x {need.processes_here} processes on this machine" if need.processes_here > 1 else ""
-    parts = ", ".join(f"{name} {gib(v)}" for name, v in need.parts.items() if v)
-    console(f"=> memory: about {gib(need.per_process)} per process ({parts}){many}; {gib(free)} free on {where}")
+    parts = ", ".join(f"{name} {human_bytes(v)}" for name, v in need.parts.items() if v)
+    console(f"=> memory: about {human_bytes(need.per_process)} per process ({parts}){many}; {human_bytes(free)} free "
+            f"on {where}")
     fits = broadcast_int(int(extra <= free), info)
     if fits:
         return
@@ -334,8 +335,9 @@ def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
               "a smaller --patch_size", "fewer processes (--nproc_per_node)" if need.processes_here > 1 else None,
               "--precision bf16" if args.precision == "fp32" else None]
     message = (f"{args.backbone} {args.preset} ({args.precision}, {args.optimizer}) at --batchSize {args.batchSize} "
-               f"--patch_size {args.patch_size} needs about {gib(need.per_process)} per process{many} ({parts}; "
-               f"activations from {need.basis}), but {gib(free)} are free on {where}: use "
+               f"--patch_size {args.patch_size} needs about {human_bytes(need.per_process)} per process{many} "
+               f"({parts}; "
+               f"activations from {need.basis}), but {human_bytes(free)} are free on {where}: use "
                f"{', '.join(a for a in advice if a)}; --no-memory-check starts anyway")
     if args.no_memory_check:
         console.warn(message)
