@@ -141,11 +141,17 @@ def test_projection_text_does_not_overlap(projection):
 
 
 def test_importing_the_figures_leaves_the_callers_backend_alone():
-    """utils/analysis/figures.py switched matplotlib to Agg on import: a notebook's inline backend was lost."""
+    """utils/analysis/figures.py switched matplotlib to Agg on import, and the tester's comparison figure and the
+    loss curves when drawn: a notebook's inline backend was lost."""
     import subprocess
     import sys
-    code = ("import matplotlib; matplotlib.use('pdf'); import utils.analysis.figures; "
-            "print(matplotlib.get_backend())")
+    code = ("import json, tempfile, numpy as np, matplotlib; matplotlib.use('pdf'); "
+            "import utils.analysis.figures; from utils.eval.report import save_comparison_figure; "
+            "from utils.train.run_log import plot_loss_curves; "
+            "d = tempfile.mkdtemp(); img = np.zeros((8, 8, 3)); "
+            "save_comparison_figure([('a', img, img, img, 30.0, 0.9, 20.0, 0.5)], d + '/c.png', 't'); "
+            "open(d + '/log.jsonl', 'w').write(json.dumps({'kind': 'iter', 'global_step': 1, 'l1': 0.5}) + '\\n'); "
+            "plot_loss_curves(d + '/log.jsonl', d + '/l.png'); print(matplotlib.get_backend())")
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
     assert done.stdout.strip() == "pdf", done.stderr

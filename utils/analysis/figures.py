@@ -3,8 +3,7 @@
 Each ``*_figure`` function takes plain arrays/tensors and returns a matplotlib figure whose
 titles and caption say what its data shows (measured numbers, not the paper's prediction);
 the function of the same name without ``_figure`` writes it to one PNG and returns its path.
-Figures are built without pyplot (``matplotlib.figure.Figure`` on an Agg canvas), so they draw headless and importing
-this module leaves the caller's backend alone (a notebook's inline one, say).
+Figures are built by :mod:`utils.plotting` (headless, the caller's backend left alone) and written whole.
 """
 from __future__ import annotations
 
@@ -16,8 +15,6 @@ from typing import Sequence
 import matplotlib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
@@ -27,20 +24,11 @@ from utils.analysis.embeddings import (
     nearest_neighbour_chance,
     pca_2d,
 )
-
-
-def new_figure(**kwargs) -> Figure:
-    """A figure drawn by Agg (headless) whatever pyplot's backend is."""
-    fig = Figure(**kwargs)
-    FigureCanvasAgg(fig)
-    return fig
+from utils.plotting import new_figure, save_figure
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _caption(fig, text: str) -> None:

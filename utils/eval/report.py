@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from utils.eval.outputs import write_text
 from utils.eval.paper import comparison_lines, paper_averages
-from utils.files import json_text, replace_file
+from utils.files import json_text
 
 # --------------------------------------------------------------------------- tables and files
 
@@ -174,13 +174,10 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
 def save_comparison_figure(rows: Sequence[tuple], path: str | Path, title: str) -> Path:
     """degraded | restored | target, one line per image; ``rows`` of ``(name, deg, out, tar, psnr, ssim,
     input_psnr, input_ssim)``: the restoration's and the degraded input's scores against the target."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from utils.plotting import new_figure, save_figure
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    fig = new_figure(figsize=(9, 3 * len(rows)))
+    axes = fig.subplots(len(rows), 3, squeeze=False)
     for r, (name, deg, out, tar, p, s, p_in, s_in) in enumerate(rows):
         for c, (img, label) in enumerate(((deg, f"degraded {p_in:.2f} dB / {s_in:.3f}\n{name}"),
                                           (out, f"restored {p:.2f} dB / {s:.3f}"),
@@ -190,7 +187,4 @@ def save_comparison_figure(rows: Sequence[tuple], path: str | Path, title: str) 
             axes[r, c].axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return replace_file(path, buf.getvalue())  # a link at ``path`` is replaced, not written through
+    return save_figure(fig, path, dpi=100)  # a link at ``path`` is replaced, not written through

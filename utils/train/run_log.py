@@ -139,17 +139,17 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike) -
     epochs = [r for r in records if r.get("kind") == "epoch"]
     if not iters and not epochs:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    from utils.plotting import new_figure, save_figure
 
     parts = plotted_parts(iters)
     psnr = [(r["epoch"], r["val_psnr"]) for r in epochs if r.get("val_psnr") is not None]
     panels = len(parts) + (1 if psnr else 0)
     ncols = min(4, max(panels, 1))
     nrows = max(1, -(-panels // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+    fig = new_figure(figsize=(3.6 * ncols, 2.8 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     flat = list(axes.flat)
     for ax, (key, label) in zip(flat, parts):
         pts = [(r["global_step"], r[key]) for r in iters if r.get(key) is not None]
@@ -170,13 +170,7 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike) -
         ax.axis("off")
     fig.suptitle("training log: each part of the objective (faint: logged values; solid: smoothed)", fontsize=10)
     fig.tight_layout()
-    fig_path = Path(fig_path)
-    fig_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fig_path.with_name(f".{fig_path.stem}.tmp{fig_path.suffix}")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, fig_path)
-    return fig_path
+    return save_figure(fig, fig_path, dpi=100)
 
 
 # The logged parts of an iteration, in the order of the objective, with readable names. The map loss

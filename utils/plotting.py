@@ -1,0 +1,33 @@
+"""Figures drawn headless and written whole, whatever pyplot's backend is.
+
+:func:`new_figure` gives a matplotlib figure on its own Agg canvas (no pyplot: importing or calling this
+never switches the caller's backend, a notebook's inline one, say, and nothing is left open);
+:func:`save_figure` writes it as a PNG through :func:`utils.files.replace_file` (a temporary, then a rename:
+an interrupted save leaves no half figure, and a link at the path is replaced, not written through).
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from utils.files import replace_file
+
+
+def new_figure(**kwargs) -> Figure:
+    """``matplotlib.figure.Figure(**kwargs)`` drawn by Agg."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, whole (its folder made if missing); returns the path."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig_kwargs)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return replace_file(path, buf.getvalue())
