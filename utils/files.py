@@ -118,6 +118,14 @@ def replace_file(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda fh: fh.write(data), size=len(data))
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` by renaming a finished temporary file over it. A file name that is
+    not UTF-8 (held by Python as surrogates) is written with backslash escapes, as JSON writes it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return replace_file(path, text.encode("utf-8", "backslashreplace"))
+
+
 def keep_aside(paths: Sequence[Path], name: Path) -> Path:
     """Move ``paths`` (files or folders in ``name``'s folder, or in folders below it) into a new folder
     ``<name>.before-<time>`` beside ``name``, each at its place relative to ``name``'s folder, and return

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -44,6 +43,7 @@ from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, 
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.eval.report import write_results
+from utils.files import json_text, write_text
 from utils.runtime import pick_device, tune_cpu_allocator
 from utils.train.run_log import Console, draw_loss_figure
 from utils.train.setup import FIG_NAME
@@ -272,8 +272,8 @@ def main(args) -> dict:
     summary = {"table": table, "embeddings": emb, "checkpoint": str(ckpt), "seconds": time.time() - t0,
                "train_seconds": t_train - t_data, "restored": restored["tasks"], "degraded": degraded["tasks"]}
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    (results_dir / "demo_table.md").write_text(table + "\n")
+    write_text(results_dir / "demo_summary.json", json_text(summary))  # strict JSON: a NaN score is null
+    write_text(results_dir / "demo_table.md", table + "\n")
     print("\n" + table + "\n")
     print(f"WB vs residual embeddings on {emb['photo']}: mean relative distance from its {emb['reference']} view "
           f"{emb['mean_wb_difference']:.3f} (WB) vs {emb['mean_residual_difference']:.3f} (residual); "

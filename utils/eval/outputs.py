@@ -10,7 +10,7 @@
   an output folder that a symbolic link leads out of its base (``--save``) is refused always.
 * :func:`check_outputs_apart`: two flags never write images into one folder (``--save`` equal to
   ``--savetar`` would replace every restoration by its target).
-* :func:`write_text`: result files are written as images are (:func:`utils.files.replace_file`):
+* result files are written as images are (:func:`utils.files.write_text`, :func:`utils.files.replace_file`):
   a finished temporary file renamed over the old one, so a link in their place is replaced, not
   followed.
 
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from utils.errors import UserError
-from utils.files import replace_file
 
 
 class OutputFolderError(UserError):
@@ -137,11 +136,3 @@ def check_outputs_apart(image_folders: Mapping[str, Iterable[Path]]) -> None:
                 raise OutputFolderError(f"{other} {shown} and {flag} {folder} are the same folder: the images of one "
                                         f"would replace the other's under the same names — choose separate folders")
             owner.setdefault(real, (flag, Path(folder)))
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` by renaming a finished temporary file over it. A file name that is
-    not UTF-8 (held by Python as surrogates) is written with backslash escapes, as JSON writes it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return replace_file(path, text.encode("utf-8", "backslashreplace"))

@@ -8,9 +8,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from utils.eval.outputs import write_text
 from utils.eval.paper import comparison_lines, paper_averages
-from utils.files import json_text
+from utils.files import json_text, write_text
 
 # --------------------------------------------------------------------------- tables and files
 
@@ -114,7 +113,7 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
     ``kind`` is ``image``, ``skipped`` (``name``: the file and why), ``task``, ``average`` or
     ``partial`` (the run stopped: ``task`` is the row, ``name`` the file and its error). Results marked partial
     (``results["partial"]``, see :func:`evaluate_sets`) say so in all three files. Each file is
-    written whole then renamed into place (:func:`utils.eval.outputs.write_text`).
+    written whole then renamed into place (:func:`utils.files.write_text`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ from utils.eval.outputs import (
     check_outputs_outside_inputs,
     check_writable_folder,
     output_names,
-    write_text,
 )
 from utils.eval.protocol import Protocol, load_model
 from utils.eval.report import format_report, write_results
@@ -38,7 +37,7 @@ from utils.eval.tasks import (
     present_paper_tasks,
     task_layout,
 )
-from utils.files import json_text, keep_aside
+from utils.files import json_text, keep_aside, write_text
 from utils.output_lock import OutputLock
 from utils.runtime import apply_gpus_flag, pick_device
 
