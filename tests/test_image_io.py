@@ -303,3 +303,14 @@ def test_a_jpeg_with_stray_bytes_before_a_marker_reads_as_pil_reads_it(tmp_path)
     (tmp_path / "junk.jpg").write_bytes(data[:app0_end] + bytes(70000))
     with pytest.raises(ImageReadError):
         image_size(tmp_path / "junk.jpg")
+
+
+def test_a_float_tiff_opencv_writes_is_read_not_called_corrupt(tmp_path):
+    """A 3-channel float32 TIFF (as OpenCV writes it): Pillow cannot open it, so the header reader called it
+    "corrupt, empty or not an image", although OpenCV decodes it and the reader maps floats to 16 bits."""
+    rgb = np.linspace(0, 1, 40 * 56 * 3, dtype=np.float32).reshape(40, 56, 3)
+    assert cv2.imwrite(str(tmp_path / "f.tif"), rgb[:, :, ::-1].copy())
+    assert image_size(tmp_path / "f.tif") == (40, 56)
+    got = read_image(tmp_path / "f.tif")
+    assert got.dtype == np.uint16 and got.shape == (40, 56, 3)
+    assert np.abs(got / 65535.0 - rgb).max() < 1e-4

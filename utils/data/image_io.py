@@ -154,6 +154,26 @@ def _header_size(fh: BinaryIO) -> tuple[int, int] | None:
     except Image.DecompressionBombError:
         return -1, -1
     except Exception:  # noqa: BLE001 - a format Pillow does not know: the decoder will tell
+        return _tiff_size(fh) if head[:4] in (b"II*\x00", b"MM\x00*") else None
+
+
+def _tiff_size(fh: BinaryIO) -> tuple[int, int] | None:
+    """``(height, width)`` from a TIFF's first directory (tags 256 and 257), for the TIFFs Pillow does not
+    open (3-channel float32, as OpenCV writes them; OpenCV decodes them). None when it cannot be told."""
+    try:
+        fh.seek(0)
+        order = "<" if fh.read(2) == b"II" else ">"
+        fh.seek(4)
+        offset, = struct.unpack(order + "I", fh.read(4))
+        fh.seek(offset)
+        count, = struct.unpack(order + "H", fh.read(2))
+        size = {}
+        for _ in range(min(count, 4096)):
+            tag, kind, _, value = struct.unpack(order + "HHI4s", fh.read(12))
+            if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+                size[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[:2 if kind == 3 else 4])[0]
+        return (size[257], size[256]) if 256 in size and 257 in size else None
+    except (struct.error, OSError, KeyError):
         return None
 
 
