@@ -10,12 +10,11 @@ from typing import Callable
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import UsageError
 
 
-class DeviceError(UserError, ValueError):
+class DeviceError(UsageError, ValueError):
     """``--device``/``--cuda``/``--gpus`` ask for a device this machine does not have; exit status 2."""
-    exit_status = 2
 
 
 def tune_cpu_allocator() -> bool:

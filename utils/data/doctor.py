@@ -35,7 +35,7 @@ from utils import dataset_utils as du
 from utils.data.image_io import list_images, max_pixels
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files
 from utils.data.pairing import PairingError, match_pairs
-from utils.errors import UserError
+from utils.errors import UsageError
 from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
 
 # The paper's test sets, by folder under the benchmark root (lower case): images found must equal these.
@@ -80,9 +80,8 @@ _TARGET_NAMES = {"target", "targets", "gt", "groundtruth", "ground_truth", "clea
                  "sharp", "hq", "original"}
 
 
-class CheckDataUsage(UserError):
+class CheckDataUsage(UsageError):
     """``--check-data`` with flags that cannot name a data set (a bad ``--tasks`` name): exit status 2."""
-    exit_status = 2
 
 
 @dataclass

@@ -24,12 +24,11 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from utils.errors import UserError
+from utils.errors import UsageError
 
 
-class OutputFolderError(UserError):
+class OutputFolderError(UsageError):
     """An output folder cannot be used (not writable, or it would overwrite inputs); exit status 2."""
-    exit_status = 2
 
 
 def output_names(names: Sequence[str], suffix: str = ".png") -> list[str]:

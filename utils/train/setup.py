@@ -32,7 +32,7 @@ from utils.checkpoints import (
 )
 from utils.data.pairing import match_pairs
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
-from utils.errors import UserError, human_bytes
+from utils.errors import UsageError, UserError, human_bytes
 from utils.eval.outputs import check_writable_folder
 from utils.files import keep_aside
 from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
@@ -46,9 +46,8 @@ TB_DIR = "tensorboard"  # --tensorboard's event files
 RUN_FILES = (LATEST, LOG_NAME, discarded_log(Path(LOG_NAME)).name, FIG_NAME, TB_DIR)
 
 
-class ConfigError(UserError, ValueError):
+class ConfigError(UsageError, ValueError):
     """The command line asks for something inconsistent; the message names the flag."""
-    exit_status = 2
 
 
 def validation_pairs(args, console: Console) -> list[tuple[Path, Path]]:
