@@ -47,4 +47,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_inference.py
 
 clean-demo:
-	rm -rf data/demo data/demo-* checkpoint/demo checkpoint/demo-* results/demo results/demo-*
+	rm -rf $(foreach d,data checkpoint results,$(d)/demo $(d)/demo-quick $(d)/demo-seed* $(d)/demo-quick-seed*)

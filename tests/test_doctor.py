@@ -201,11 +201,18 @@ def test_counts_are_compared_with_the_expected_numbers(tmp_path):
 
 def test_file_checks_read_headers_and_ends(tmp_path):
     img = smooth_image(np.random.default_rng(3), 48)[:40]
-    for ext in (".png", ".jpg", ".bmp", ".webp"):
+    for ext in (".png", ".jpg", ".bmp", ".webp", ".tif"):  # a cut TIFF's end says nothing: it is decoded to tell
         good = _write(tmp_path / f"good{ext}", img)
         assert integrity.check_file(good) == integrity.FileCheck((40, 48)), ext
         cut = truncate(_write(tmp_path / f"cut{ext}", img))  # a cut WebP has no header Pillow reads: unreadable
-        assert integrity.check_file(cut).kind == ("unreadable" if ext == ".webp" else "truncated"), ext
+        kinds = {".webp": ("unreadable",), ".tif": ("unreadable", "truncated")}.get(ext, ("truncated",))
+        assert integrity.check_file(cut).size is None and integrity.check_file(cut).kind in kinds, ext
+    from PIL import Image
+    Image.fromarray(img).save(tmp_path / "tail.tif")  # Pillow writes the directory first, at byte 8
+    raw = (tmp_path / "tail.tif").read_bytes()
+    assert int.from_bytes(raw[4:8], "little") == 8
+    (tmp_path / "tail.tif").write_bytes(raw[:len(raw) * 2 // 3])  # its header reads; only decoding tells
+    assert integrity.check_file(tmp_path / "tail.tif").kind == "truncated"
     extra = tmp_path / "extra.jpg"  # bytes after the end marker: decodes, so it is fine
     extra.write_bytes((tmp_path / "good.jpg").read_bytes() + b"\0" * 200)
     assert integrity.check_file(extra).size == (40, 48)

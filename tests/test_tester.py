@@ -829,6 +829,39 @@ def test_files_a_run_would_replace_are_kept_aside_first(checkpoint, tmp_path, ca
         ["mine", "mine/a.png", "mine/b.png"]
 
 
+def test_keeping_aside_never_moves_an_input_nor_empties_save_for_a_run_that_cannot_start(checkpoint, tmp_path,
+                                                                                        monkeypatch):
+    """Review of the keep-aside: an --input image linked from --save was moved away before it was read; a run
+    whose LPIPS weights were missing emptied --save before failing; --input --no-images replaced the user's
+    a.png in --save unseen; and --input moved results.csv/.md it never writes."""
+    from utils.eval import evaluation
+    from utils.eval.metrics import MetricUnavailable
+    save = tmp_path / "o"
+    save.mkdir()
+    write_image(save / "a.png", _clean_images()["cat"][:H, :W])
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "a.png").symlink_to(save / "a.png")
+    with pytest.raises(UserError, match=r"a\.png is where this run writes, and it is \(or links to\) .*--overwrite"):
+        run("--model", checkpoint, "--input", tmp_path / "links", "--save", save)
+    assert (save / "a.png").is_file() and not list(save.glob("results.before-*"))
+    with pytest.raises(UserError, match="--no-images leaves --input nothing to do"):
+        run("--model", checkpoint, "--input", tmp_path / "links", "--save", tmp_path / "n", "--no-images")
+    deg, tar = _pair_dirs(tmp_path / "pairs", ["a.png"], ["a.png"])
+    run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "d")
+    before = sorted(p.name for p in (tmp_path / "d").iterdir())
+
+    def no_weights(*a, **k):
+        raise MetricUnavailable("LPIPS needs its weights")
+    monkeypatch.setattr(evaluation, "LPIPS", no_weights)
+    with pytest.raises(MetricUnavailable):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "d", "--lpips")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == before  # nothing moved aside
+    (save / "results.csv").write_text("mine")
+    run("--model", checkpoint, "--input", deg, "--save", save)
+    [kept] = save.glob("results.before-*")
+    assert (save / "results.csv").read_text() == "mine" and sorted(p.name for p in kept.iterdir()) == ["a.png"]
+
+
 def test_names_that_are_not_utf8_and_the_files_permissions(checkpoint, tmp_path):
     """A file name that is not UTF-8 ended the run in a UnicodeEncodeError after scoring, with no .csv or .md
     written; every result file was mode 0600 (mkstemp's), whatever the umask, and an overwritten one became so."""
@@ -928,7 +961,7 @@ def test_sigterm_keeps_the_results_so_far_as_ctrl_c_does(checkpoint, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not list(out.glob("*.png")):
+        while len(list(out.glob("*.png"))) < 2:  # the first image recorded once the second is on disk
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
@@ -999,12 +1032,24 @@ def test_transparency_and_colour_profiles_the_png_does_not_keep_are_said(checkpo
     Image.fromarray(np.dstack([cat, np.full(cat.shape[:2], 128, np.uint8)])).save(tmp_path / "in" / "alpha.png")
     Image.fromarray(cat).save(tmp_path / "in" / "profiled.png", icc_profile=b"\0" * 128)
     Image.fromarray(cat).save(tmp_path / "in" / "plain.png")
+    from PIL import ImageCms
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(cat).save(tmp_path / "in" / "srgb.png", icc_profile=srgb)  # what the PNG is read as anyway
     res = run("--model", checkpoint, "--input", tmp_path / "in", "--save", tmp_path / "o")
     kept = {r["name"]: r.get("not_kept", []) for r in res["restored"]}
-    assert kept == {"alpha.png": ["transparency"], "profiled.png": ["colour profile"], "plain.png": []}
+    assert kept == {"alpha.png": ["transparency"], "profiled.png": ["colour profile"], "plain.png": [],
+                    "srgb.png": []}
     out = capsys.readouterr()
     said = out.out + out.err
     assert "the transparency of 1 image(s) is not kept in the restored PNG" in said and "alpha.png" in said
     assert "the colour profile of 1 image(s) is not kept" in said
     saved = json.loads((tmp_path / "o" / "results.json").read_text())
     assert {r["name"]: r.get("not_kept", []) for r in saved["restored"]} == kept
+
+
+def test_one_folder_named_twice_is_restored_once(checkpoint, tmp_path, monkeypatch):
+    """`--input /abs/photos photos` restored every image twice (a.png and a_2.png): paths were compared as text."""
+    deg, _ = _pair_dirs(tmp_path, ["a.png", "b.png"], [])
+    monkeypatch.chdir(tmp_path)
+    res = run("--model", checkpoint, "--input", deg, "deg", "deg/a.png", "--save", tmp_path / "o")
+    assert sorted(Path(r["output"]).name for r in res["restored"]) == ["a.png", "b.png"]

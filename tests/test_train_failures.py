@@ -249,3 +249,39 @@ def test_unpaired_validation_images_name_the_trainers_own_fixes(data, tmp_path):
         engine.main(get_args_parser().parse_args(flags))
     assert "rain-2.png" in str(err.value) and "--skip-unpaired" not in str(err.value)
     assert "--degset '' --tarset ''" in str(err.value)
+
+
+def test_a_full_disk_at_the_loss_figure_is_a_warning_and_a_vanished_folder_is_made_again(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """The loss figure now goes through atomic_write, whose full-disk error is a DiskFullError, not an OSError:
+    it ended the training run where it used to be a warning. And a folder removed by a releasing lock holder
+    between a newcomer's check and its open was a raw FileNotFoundError."""
+    import json as json_module
+
+    from utils import output_lock, plotting
+    from utils.files import DiskFullError
+    from utils.train.run_log import Console, draw_loss_figure
+    log = tmp_path / "log.jsonl"
+    log.write_text(json_module.dumps({"kind": "iter", "global_step": 1, "l1": 0.5}) + "\n")
+
+    def full(*a, **k):
+        raise DiskFullError("the disk is full")
+    monkeypatch.setattr(plotting, "replace_file", full)
+    draw_loss_figure(log, tmp_path / "figs" / "loss.png", Console())
+    assert "could not be written (the disk is full); training goes on" in capsys.readouterr().err
+    real_open, calls = os.open, []
+
+    def vanished_once(path, flags, mode=0o777, **kw):
+        if str(path).endswith(output_lock.LOCK_NAME):
+            calls.append(path)
+        if len(calls) == 1 and str(path).endswith(output_lock.LOCK_NAME):
+            import shutil
+            shutil.rmtree(tmp_path / "run")  # as the releasing holder that made it
+            raise FileNotFoundError(path)
+        return real_open(path, flags, mode, **kw)
+    monkeypatch.setattr(output_lock.os, "open", vanished_once)
+    lock = output_lock.OutputLock(tmp_path / "run").acquire()
+    monkeypatch.undo()
+    assert (tmp_path / "run" / output_lock.LOCK_NAME).is_file()
+    lock.release()
+    assert not (tmp_path / "run").exists()

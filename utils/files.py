@@ -146,7 +146,10 @@ def keep_aside(paths: Sequence[Path], name: Path) -> Path:
     for p in paths:
         dest = folder / Path(p).relative_to(name.parent)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        p.rename(dest)
+        try:
+            p.rename(dest)
+        except FileNotFoundError:  # moved away meanwhile (another run keeping the same shared folder's files)
+            continue
     return folder
 
 

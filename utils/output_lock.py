@@ -40,7 +40,12 @@ class OutputLock:
         check_writable_folder(self.folder, self.flag, fix=self.fix)
         path = self.folder / LOCK_NAME
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # a holder that made the folder removed it on release, just now: make it again
+                self._made = True
+                self.folder.mkdir(parents=True, exist_ok=True)
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if self._same_file(fd, path):

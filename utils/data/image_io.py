@@ -146,8 +146,8 @@ def _header_size(fh: BinaryIO) -> tuple[int, int] | None:
         return _jpeg_size(fh)
     fh.seek(0)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # a bomb is told by the size; a corrupt file by its decoding, in words
+            warnings.simplefilter("ignore")
             with Image.open(fh) as im:
                 w, h = im.size
                 return h, w
@@ -229,15 +229,26 @@ def _exif_orientation(path: Path) -> int:
 
 def lost_on_restoring(path: str | os.PathLike) -> list[str]:
     """What of ``path`` its restoration (an RGB PNG) does not keep, from the header: ``"transparency"`` (an
-    alpha channel, or a palette's transparent colour), ``"colour profile"`` (an embedded ICC profile, e.g. a
-    phone's Display P3: the restored pixels are read as sRGB). Empty when nothing is lost or it cannot tell."""
+    alpha channel, or a palette's transparent colour), ``"colour profile"`` (an embedded ICC profile other than
+    sRGB, e.g. a phone's Display P3: the restored pixels are read as sRGB). Empty when nothing is lost or it
+    cannot tell."""
     try:
         with Image.open(path) as im:
             lost = ["transparency"] if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info \
                 else []
-            return lost + (["colour profile"] if im.info.get("icc_profile") else [])
+            icc = im.info.get("icc_profile")
+            return lost + (["colour profile"] if icc and not _is_srgb(icc) else [])
     except Exception:
         return []
+
+
+def _is_srgb(icc: bytes) -> bool:
+    """Whether an embedded ICC profile is sRGB's (what the restored PNG's pixels are read as anyway)."""
+    try:
+        from PIL import ImageCms
+        return "srgb" in ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.profile_description.lower()
+    except Exception:  # no colour management in this Pillow, or a profile it cannot read: not known to be sRGB
+        return False
 
 
 class _QuietOpenCV:

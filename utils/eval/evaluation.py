@@ -223,26 +223,33 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
     return result
 
 
+def perceptual_metrics(protocol: Protocol, device: torch.device) -> tuple[LPIPS | None, FID | None]:
+    """``(LPIPS, FID)`` as ``protocol`` asks (None for each not asked); a missing weights file is
+    :class:`utils.eval.metrics.MetricUnavailable`, before anything runs."""
+    return (LPIPS(protocol.lpips_net, device) if protocol.lpips else None,
+            FID(device) if protocol.fid else None)
+
+
 def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol | None = None,
                   device: torch.device | str | None = None, save_dir: str | Path | None = None,
                   savetar_dir: str | Path | None = None, figs_dir: str | Path | None = None,
                   fig_images: int = 3, subfolders: bool = True, progress: bool = True,
-                  model_info: Mapping[str, Any] | None = None, skip_bad_files: bool = False) -> dict[str, Any]:
+                  model_info: Mapping[str, Any] | None = None, skip_bad_files: bool = False,
+                  metrics: tuple[LPIPS | None, FID | None] | None = None) -> dict[str, Any]:
     """Evaluate every set; returns ``{"protocol": {...}, "tasks": {row: {...}}, "average": {...}}``.
 
     Restorations go to ``save_dir/<row>/`` (``save_dir`` itself when ``subfolders`` is False),
     the targets as scored to ``savetar_dir`` likewise, figures to ``figs_dir/<row>.png``.
     An image that stops the run raises :class:`EvaluationStopped` whose ``results`` hold the rows
     done, the stopped row so far, and ``"partial": {"row", "file", "error"}``; ``skip_bad_files``
-    as in :func:`evaluate_set`.
+    as in :func:`evaluate_set`. ``metrics``: the LPIPS and FID :func:`perceptual_metrics` built already.
     """
     protocol = (protocol or Protocol()).validate()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = prepare_for_inference(model.to(device))
     protocol = protocol.with_budget(device)  # automatic tiling measures free memory once, with the model loaded
     # Perceptual metrics are built first: a missing weights file fails before anything runs.
-    lpips_metric = LPIPS(protocol.lpips_net, device) if protocol.lpips else None
-    fid_metric = FID(device) if protocol.fid else None
+    lpips_metric, fid_metric = metrics if metrics is not None else perceptual_metrics(protocol, device)
     desc = protocol.describe()
     desc["device"] = str(device)
     desc.update(dict(model_info or {}))

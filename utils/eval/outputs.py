@@ -14,8 +14,9 @@
   a finished temporary file renamed over the old one, so a link in their place is replaced, not
   followed.
 
-Results of an earlier run in the same folder (the same names) are replaced: that is how a rerun
-updates them. Anything else in the folder is left alone.
+Files of an earlier run in the same folder under the names a run writes are moved aside first, by the
+tester (``results.before-<time>/``, :func:`utils.eval.tester._keep_earlier_outputs`); anything else in
+the folder is left alone.
 """
 from __future__ import annotations
 

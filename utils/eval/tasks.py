@@ -226,10 +226,11 @@ def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: b
 
 def input_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     """``--input``: image files and the images of folders (each folder's sorted), in the order given, each once."""
-    files: list[Path] = []
+    files: dict[Path, Path] = {}  # by the file itself: photos/ and /abs/photos/ name the same images
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
-        files += _input_files(Path(path))
-    return list(dict.fromkeys(files))
+        for f in _input_files(Path(path)):
+            files.setdefault(f.resolve(), f)
+    return list(files.values())
 
 
 def _input_files(path: Path) -> list[Path]:

@@ -17,9 +17,10 @@ from utils.data.doctor import tester_check
 from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
 from utils.errors import UsageError, UserError, listing
-from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, restore_files
+from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, perceptual_metrics, restore_files
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.outputs import (
+    OutputFolderError,
     check_outputs_apart,
     check_outputs_outside_inputs,
     check_writable_folder,
@@ -100,6 +101,8 @@ def _check_flags(args) -> None:
         _fail("--degset and --tarset go together: pass both (degraded images and their targets)")
     if args.input and args.savetar:
         _fail("--savetar saves targets, and --input has none: drop --savetar")
+    if args.input and args.no_images:
+        _fail("--no-images leaves --input nothing to do (its restorations are its only output): drop --no-images")
     if args.input and args.max_images:
         _fail("--max-images cuts benchmark sets, and --input restores every image given: drop --max-images, or "
               "pass fewer images")
@@ -193,7 +196,8 @@ def _stopped(stop: EvaluationStopped, written: str, kept: Path | None = None) ->
 def _planned_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> dict[Path, list[Path]]:
     """Every file this run will write, by the folder it is kept aside in (``--save``, ``--savetar``,
     ``--figs-dir``): the results.*, each restored image (and target) under its output name, each figure."""
-    planned: dict[Path, list[Path]] = {save: [save / f"results.{ext}" for ext in ("json", "csv", "md")]}
+    planned: dict[Path, list[Path]] = {save: [save / f"results.{ext}"
+                                             for ext in (("json",) if args.input else ("json", "csv", "md"))]}
 
     def images(base: Path) -> list[Path]:
         if args.input:
@@ -210,6 +214,12 @@ def _planned_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) 
     return planned
 
 
+def _flag_of(args, base: Path) -> str:
+    """The flag that named the output folder ``base``."""
+    return "--savetar" if args.savetar and base == Path(args.savetar) else \
+        "--figs-dir" if args.figs and base == Path(args.figs_dir) else "--save"
+
+
 def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> Path | None:
     """Before anything is written: move the files this run would replace (an earlier run's results and
     restorations, or a user's own files of those names) into ``<folder>/results.before-<time>/``, kept at
@@ -217,9 +227,16 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
     ``--overwrite`` (outputs among the inputs) replaces them as it says."""
     if args.overwrite:
         return None
+    read = {p.resolve() for p in inputs}
+    read |= {f.resolve() for s in sets for item in s.items for f in (item.degraded, item.target) if f is not None}
     kept_save = None
     for base, paths in _planned_outputs(args, sets, inputs, save).items():
         there = [p for p in dict.fromkeys(paths) if p.is_file() or p.is_symlink()]
+        for p in there:
+            if p.resolve() in read:  # an input reached through a link, or a folder of links to earlier outputs
+                raise OutputFolderError(f"{p} is where this run writes, and it is (or links to) {p.resolve()}, an "
+                                        f"image the run reads — choose another {_flag_of(args, base)}, or pass "
+                                        f"--overwrite to write there anyway")
         if there:
             kept = keep_aside(there, base / "results")
             print(f"=> {len(there)} file(s) of the names this run writes were already in {base}: moved to {kept}/")
@@ -286,22 +303,24 @@ def main(args) -> dict:
                   f"outputs would go to {save}. Nothing was restored or written; drop --dry-run to run")
             return {"dry_run": True, "model": info, "images": count, "rows": [s.name for s in sets]}
         # one tester at a time writes a --save: two would mix their images under one record
+        # LPIPS/FID weights load now: a run that fails on them moves nothing aside
+        metrics = None if args.input else perceptual_metrics(protocol, device)
         with OutputLock(save, "--save", "tester", fix="choose another --save"):
             kept = _keep_earlier_outputs(args, sets, inputs, save)
             if args.input:
                 return _restore_inputs(args, model, info, inputs, protocol, device, save, progress, kept)
-            return _evaluate(args, model, info, sets, protocol, device, save, progress, kept)
+            return _evaluate(args, model, info, sets, protocol, device, save, progress, kept, metrics)
 
 
 def _evaluate(args, model, info, sets: list[EvalSet], protocol: Protocol, device, save: Path, progress: bool,
-              kept: Path | None = None) -> dict:
+              kept: Path | None = None, metrics: tuple | None = None) -> dict:
     """``--tasks``/``--degset``: restore and score every set, print the table and write ``results.*`` into
     ``--save`` (also when stopped, marked partial)."""
     try:
         results = evaluate_sets(model, sets, protocol, device, save_dir=None if args.no_images else save,
                                 savetar_dir=args.savetar, figs_dir=args.figs_dir if args.figs else None,
                                 fig_images=args.fig_images, subfolders=not args.degset, progress=progress,
-                                model_info=info, skip_bad_files=args.skip_bad_files)
+                                model_info=info, skip_bad_files=args.skip_bad_files, metrics=metrics)
         _record_flags(results, args)
     except EvaluationStopped as stop:
         _record_flags(stop.results, args)

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from utils.files import atomic_write, finite_or_null
+from utils.files import DiskFullError, atomic_write, finite_or_null
 
 
 class Console:
@@ -211,8 +211,9 @@ def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> None:
     the epoch is saved already, and training goes on."""
     try:
         plot_loss_curves(log_path, fig_path)
-    except OSError as exc:
-        console.warn(f"the loss figure {fig_path} could not be written ({exc.strerror or exc}); training goes on")
+    except (OSError, DiskFullError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        console.warn(f"the loss figure {fig_path} could not be written ({why}); training goes on")
 
 
 def progress_line(epoch: int, iteration: int, total: int, losses: dict[str, float], lr: float, rate: Rate) -> str:
