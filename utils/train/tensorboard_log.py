@@ -76,7 +76,7 @@ def epoch_scalars(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def centre_crop(img: torch.Tensor, side: int = PREVIEW_SIDE, multiple: int = 8) -> torch.Tensor:
+def preview_crop(img: torch.Tensor, side: int = PREVIEW_SIDE, multiple: int = 8) -> torch.Tensor:
     """The centre of ``img``: ``(C, H, W) -> (C, h, w)``, ``h = min(H, side)`` rounded down to a multiple
     of ``multiple`` (likewise ``w``). ``H`` and ``W`` must be at least ``multiple``."""
     h, w = img.shape[-2:]
@@ -117,7 +117,7 @@ def preview_sample(val_pairs: Sequence[tuple[Path, Path]], dataset: Any,
 
     The first validation pair (read as validation reads it, cropped to multiples of 8), else
     ``dataset[0]`` as epoch 1 draws it (its crop, flip and noise are fixed by the seed and the epoch);
-    then the centre crop of at most ``side`` pixels a side (:func:`centre_crop`).
+    then the centre crop of at most ``side`` pixels a side (:func:`preview_crop`).
     """
     if val_pairs:
         deg_path, tar_path = val_pairs[0]
@@ -131,7 +131,7 @@ def preview_sample(val_pairs: Sequence[tuple[Path, Path]], dataset: Any,
         first.set_epoch(1)
         degraded, target = first[0][:2]
         what = "training sample 0 (epoch 1's crop)"
-    return centre_crop(degraded, side), centre_crop(target, side), what
+    return preview_crop(degraded, side), preview_crop(target, side), what
 
 
 def preview_images(model: nn.Module, degraded: torch.Tensor, target: torch.Tensor, device: torch.device,
