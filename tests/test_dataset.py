@@ -154,8 +154,9 @@ def test_shared_targets_are_read_once(tmp_path, monkeypatch):
     tree = make_train_tree(tmp_path, n=3)  # 6 hazy images over 3 clean targets
     found = du.collect_samples(DE_3D, dirs_of(tree), log=lambda m: None)
     reads = []
-    real = du.check_file
-    monkeypatch.setattr(du, "check_file", lambda path: reads.append(Path(path)) or real(path))
+    from utils.data import integrity
+    real = integrity.check_file
+    monkeypatch.setattr(integrity, "check_file", lambda path: reads.append(Path(path)) or real(path))
     kept = du.check_images(found, patch_size=32)
     assert len(kept["dehaze"]) == 6
     assert len(reads) == len(set(reads)) == 3 + 2 * 3 + 6 + 3  # clean; rain pairs; hazy + their 3 targets

@@ -66,8 +66,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, max_pixels, quiet_opencv, read_image
-from utils.data.integrity import FileCheck, check_file
+from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, max_pixels, read_image
+from utils.data.integrity import check_files
 from utils.data.noise import add_noise
 from utils.errors import UserError, listing
 
@@ -421,23 +421,19 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
     mid-epoch with the iterations since the last checkpoint lost."""
     bad: list[str] = []
     out: dict[str, list[Pair]] = {}
-    total = sum(len(p) for p in found.values())
     limit = max_pixels()
     items = [(fam, pair) for fam, pairs in found.items() for pair in pairs]
-    it = progress(items, total) if progress else items
     keep: dict[str, list[Pair]] = {fam: [] for fam in found}
-    checks: dict[Path, FileCheck] = {}
+    # Each file once (OTS's 72,135 hazy images share about 2,000 clean targets), several at a time
+    checks = check_files([p for _, pair in items for p in (pair.clean, pair.degraded) if p is not None],
+                         progress=progress)
 
     def size_of(path: Path) -> tuple[int, int]:
-        """Each file is checked once: OTS's 72,135 hazy images share about 2,000 clean targets."""
-        if path not in checks:
-            with quiet_opencv():  # a truncated file is decoded once to tell it from one with extra bytes
-                checks[path] = check_file(path)
         if checks[path].size is None:
             raise ImageReadError(checks[path].error)
         return checks[path].size
 
-    for fam, pair in it:
+    for fam, pair in items:
         try:
             hw_clean = size_of(pair.clean)
             hw_deg = size_of(pair.degraded) if pair.degraded is not None else hw_clean

@@ -13,7 +13,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from utils.data.image_io import ImageReadError, _header_size, image_size, quiet_opencv, read_image
 
@@ -83,11 +83,11 @@ def check_file(path: str | os.PathLike) -> FileCheck:
     return FileCheck(size)
 
 
-def check_files(paths: Iterable[Path], threads: int = HEADER_THREADS) -> dict[Path, FileCheck]:
-    """:func:`check_file` of each distinct path (several threads for many files)."""
+def check_files(paths: Iterable[Path], threads: int = HEADER_THREADS,
+                progress: Callable[[Iterable, int], Iterable] | None = None) -> dict[Path, FileCheck]:
+    """:func:`check_file` of each distinct path, in order (several threads for many files: the reads' latency
+    on a network file system overlaps); ``progress(results, total)`` wraps the results as they come."""
     unique = list(dict.fromkeys(paths))
-    with quiet_opencv():
-        if threads > 1 and len(unique) > 64:
-            with ThreadPoolExecutor(threads) as pool:
-                return dict(zip(unique, pool.map(check_file, unique, chunksize=32)))
-        return {p: check_file(p) for p in unique}
+    with quiet_opencv(), ThreadPoolExecutor(threads if len(unique) > 64 else 1) as pool:
+        results = pool.map(check_file, unique, chunksize=32)
+        return dict(zip(unique, progress(results, len(unique)) if progress else results))
