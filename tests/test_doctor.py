@@ -205,14 +205,14 @@ def test_file_checks_read_headers_and_ends(tmp_path):
         good = _write(tmp_path / f"good{ext}", img)
         assert integrity.check_file(good) == integrity.FileCheck((40, 48)), ext
         cut = truncate(_write(tmp_path / f"cut{ext}", img))  # a cut WebP has no header Pillow reads: unreadable
-        kinds = {".webp": ("unreadable",), ".tif": ("unreadable", "truncated")}.get(ext, ("truncated",))
+        kinds = {".webp": ("unreadable",), ".tif": ("unreadable",)}.get(ext, ("truncated",))
         assert integrity.check_file(cut).size is None and integrity.check_file(cut).kind in kinds, ext
     from PIL import Image
     Image.fromarray(img).save(tmp_path / "tail.tif")  # Pillow writes the directory first, at byte 8
     raw = (tmp_path / "tail.tif").read_bytes()
     assert int.from_bytes(raw[4:8], "little") == 8
     (tmp_path / "tail.tif").write_bytes(raw[:len(raw) * 2 // 3])  # its header reads; only decoding tells
-    assert integrity.check_file(tmp_path / "tail.tif").kind == "truncated"
+    assert integrity.check_file(tmp_path / "tail.tif").kind == "unreadable"  # in the decoder's own words
     extra = tmp_path / "extra.jpg"  # bytes after the end marker: decodes, so it is fine
     extra.write_bytes((tmp_path / "good.jpg").read_bytes() + b"\0" * 200)
     assert integrity.check_file(extra).size == (40, 48)
@@ -267,3 +267,22 @@ def test_a_missing_task_folder_is_a_row_with_its_fix_not_a_crash(tmp_path):
         assert f"{tmp_path / folder}/ does not exist" in text or f"{tmp_path / folder}/ holds no test set" in text, \
             folder
     assert "derain/Rain100L" in text
+
+
+def test_checking_files_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
+    """Threads each saved and restored the process's one list of warning filters around Pillow's header read;
+    finishing out of order they left "ignore every warning" behind, for the rest of a training run."""
+    import warnings
+    img = smooth_image(np.random.default_rng(4), 48)[:40]
+    files = [_write(tmp_path / f"{i}.bmp", img) for i in range(200)]  # BMP: the header goes through Pillow
+    before = list(warnings.filters)
+    assert {c.size for c in integrity.check_files(files).values()} == {(40, 48)}
+    assert warnings.filters == before
+
+
+def test_a_whole_tiff_the_decoder_refuses_says_why(tmp_path):
+    """Every TIFF that did not decode was called "cut short", hiding the decoder's reason and its fix."""
+    from PIL import Image
+    Image.fromarray(np.arange(40 * 48, dtype=np.int32).reshape(40, 48)).save(tmp_path / "i32.tif")
+    check = integrity.check_file(tmp_path / "i32.tif")
+    assert check.kind == "unreadable" and "cut short" not in check.error and "i32.tif" in check.error

@@ -841,7 +841,8 @@ def test_keeping_aside_never_moves_an_input_nor_empties_save_for_a_run_that_cann
     write_image(save / "a.png", _clean_images()["cat"][:H, :W])
     (tmp_path / "links").mkdir()
     (tmp_path / "links" / "a.png").symlink_to(save / "a.png")
-    with pytest.raises(UserError, match=r"a\.png is where this run writes, and it is \(or links to\) .*--overwrite"):
+    said = r"o/a\.png is where this run writes, and it is the image .*links/a\.png the run reads \(through a link\)"
+    with pytest.raises(UserError, match=said + " — choose another --save, or pass --overwrite"):
         run("--model", checkpoint, "--input", tmp_path / "links", "--save", save)
     assert (save / "a.png").is_file() and not list(save.glob("results.before-*"))
     with pytest.raises(UserError, match="--no-images leaves --input nothing to do"):
@@ -1053,3 +1054,30 @@ def test_one_folder_named_twice_is_restored_once(checkpoint, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     res = run("--model", checkpoint, "--input", deg, "deg", "deg/a.png", "--save", tmp_path / "o")
     assert sorted(Path(r["output"]).name for r in res["restored"]) == ["a.png", "b.png"]
+
+
+def test_a_refused_run_moves_nothing_and_links_are_inputs_of_their_own(checkpoint, tmp_path):
+    """Second review of the keep-aside: --save's files were moved before --savetar's collision with an input
+    was found (a refused run had moved files); two links to one image in --input became one input; a link
+    that loops among the outputs was a RuntimeError traceback."""
+    deg, tar = tmp_path / "deg", tmp_path / "tar"
+    for folder in (deg, tar):  # multiples of 8: the target saved as scored is the target's own size
+        write_image(folder / "a.png", _clean_images()["cat"][:40, :56])
+    run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "r", "--savetar",
+        tmp_path / "st")
+    (tar / "a.png").unlink()
+    (tar / "a.png").symlink_to(tmp_path / "st" / "a.png")  # the target read is the --savetar file
+    before = sorted(p.name for p in (tmp_path / "r").iterdir())
+    with pytest.raises(UserError, match=r"--savetar"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "r", "--savetar",
+            tmp_path / "st")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == before  # nothing moved aside
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "2024-01-01.png", _clean_images()["cat"][:H, :W])
+    (tmp_path / "in" / "latest.png").symlink_to("2024-01-01.png")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "latest.png").symlink_to("latest.png")  # a link to itself
+    res = run("--model", checkpoint, "--input", tmp_path / "in", "--save", tmp_path / "o")
+    assert sorted(Path(r["output"]).name for r in res["restored"]) == ["2024-01-01.png", "latest.png"]
+    [kept] = (tmp_path / "o").glob("results.before-*")
+    assert (kept / "latest.png").is_symlink()

@@ -285,3 +285,21 @@ def test_a_full_disk_at_the_loss_figure_is_a_warning_and_a_vanished_folder_is_ma
     assert (tmp_path / "run" / output_lock.LOCK_NAME).is_file()
     lock.release()
     assert not (tmp_path / "run").exists()
+
+
+def test_a_lock_path_that_is_a_dangling_link_is_an_error_not_a_spin(tmp_path, monkeypatch):
+    """With .lock a link to a missing place, every open failed with ENOENT and the retry (meant for a folder a
+    releasing holder removed) spun forever at full CPU."""
+    from utils import output_lock
+    from utils.eval.outputs import OutputFolderError
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / output_lock.LOCK_NAME).symlink_to(tmp_path / "missing" / "x")
+    real_open, calls = os.open, []
+
+    def counted(path, *a, **k):
+        calls.append(path)
+        assert len(calls) < 100, "spinning"
+        return real_open(path, *a, **k)
+    monkeypatch.setattr(output_lock.os, "open", counted)
+    with pytest.raises(OutputFolderError, match=r"cannot create its lock file .*a link to a missing place"):
+        output_lock.OutputLock(tmp_path / "o", "--save", "tester").acquire()

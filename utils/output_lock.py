@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.eval.outputs import check_writable_folder
+from utils.eval.outputs import OutputFolderError, check_writable_folder
 
 LOCK_NAME = ".lock"
 
@@ -42,8 +42,12 @@ class OutputLock:
         while True:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except FileNotFoundError:  # a holder that made the folder removed it on release, just now: make it again
-                self._made = True
+            except FileNotFoundError as exc:
+                if self.folder.is_dir():  # not a folder that went away: a dangling link at the lock's path
+                    raise OutputFolderError(f"{self.flag} {self.folder}: cannot create its lock file {path} "
+                                            f"({exc.strerror}; a link to a missing place?) — remove it, or "
+                                            f"{self.fix}") from None
+                self._made = True  # a holder that made the folder removed it on release, just now: make it again
                 self.folder.mkdir(parents=True, exist_ok=True)
                 continue
             try:

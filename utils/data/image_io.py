@@ -128,6 +128,9 @@ def _jpeg_size(fh: BinaryIO) -> tuple[int, int] | None:
         fh.seek(seg_len - 2, io.SEEK_CUR)
 
 
+_PIL_WARNINGS = threading.Lock()  # held while Pillow reads a header with its warnings silenced
+
+
 def _header_size(fh: BinaryIO) -> tuple[int, int] | None:
     """``(height, width)`` as stored, read from the header only; ``None`` when it cannot be told.
 
@@ -146,7 +149,9 @@ def _header_size(fh: BinaryIO) -> tuple[int, int] | None:
         return _jpeg_size(fh)
     fh.seek(0)
     try:
-        with warnings.catch_warnings():  # a bomb is told by the size; a corrupt file by its decoding, in words
+        # A bomb is told by the size, a corrupt file by its decoding, in words. The warning filters are one list
+        # for the process: threads (the start-up check's pool) take turns, so that each restores what it found.
+        with _PIL_WARNINGS, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(fh) as im:
                 w, h = im.size

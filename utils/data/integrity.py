@@ -28,9 +28,9 @@ class FileCheck:
     error: str = ""
 
 
-def _complete(head: bytes, tail: bytes, file_size: int) -> bool:
+def _complete(head: bytes, tail: bytes, file_size: int) -> bool | None:
     """Whether a file is as long as its format says, from its first bytes, its last 64 and its size: PNG ends
-    with IEND, JPEG with EOI, BMP and WebP hold their sizes in the header. False for TIFF, whose end says
+    with IEND, JPEG with EOI, BMP and WebP hold their sizes in the header. None for TIFF, whose end says
     nothing (its strips may lie anywhere): :func:`check_file` decodes it to tell."""
     if head.startswith(b"\x89PNG"):
         return b"IEND\xaeB`\x82" in tail
@@ -46,7 +46,7 @@ def _complete(head: bytes, tail: bytes, file_size: int) -> bool:
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         riff, = struct.unpack("<I", head[4:8])
         return file_size >= riff + 8
-    return not head.startswith((b"II*\x00", b"MM\x00*"))
+    return None if head.startswith((b"II*\x00", b"MM\x00*")) else True
 
 
 def _decode_error(path: Path) -> str | None:
@@ -77,6 +77,9 @@ def check_file(path: str | os.PathLike) -> FileCheck:
         return FileCheck(None, "unreadable", str(exc))
     except OSError as exc:
         return FileCheck(None, "unreadable", f"cannot read {path}: {exc.strerror or exc}")
+    if complete is None:  # a TIFF: only decoding tells, and the decoder says why in its words
+        error = _decode_error(path)
+        return FileCheck(None, "unreadable", error) if error else FileCheck(size)
     if not complete and _decode_error(path) is not None:
         return FileCheck(None, "truncated", f"{path} is cut short: it ends before its image data, and does not "
                                             f"decode")

@@ -226,10 +226,10 @@ def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: b
 
 def input_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     """``--input``: image files and the images of folders (each folder's sorted), in the order given, each once."""
-    files: dict[Path, Path] = {}  # by the file itself: photos/ and /abs/photos/ name the same images
-    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+    files: dict[Path, Path] = {}  # by folder and name: photos/ and /abs/photos/ name the same images (two links
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:  # to one image stay two inputs)
         for f in _input_files(Path(path)):
-            files.setdefault(f.resolve(), f)
+            files.setdefault(f.parent.resolve() / f.name, f)
     return list(files.values())
 
 

@@ -216,8 +216,8 @@ def _planned_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) 
 
 def _flag_of(args, base: Path) -> str:
     """The flag that named the output folder ``base``."""
-    return "--savetar" if args.savetar and base == Path(args.savetar) else \
-        "--figs-dir" if args.figs and base == Path(args.figs_dir) else "--save"
+    return "--save" if base == Path(args.save) else "--savetar" if args.savetar and base == Path(args.savetar) \
+        else "--figs-dir"
 
 
 def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> Path | None:
@@ -227,21 +227,31 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
     ``--overwrite`` (outputs among the inputs) replaces them as it says."""
     if args.overwrite:
         return None
-    read = {p.resolve() for p in inputs}
-    read |= {f.resolve() for s in sets for item in s.items for f in (item.degraded, item.target) if f is not None}
-    kept_save = None
-    for base, paths in _planned_outputs(args, sets, inputs, save).items():
-        there = [p for p in dict.fromkeys(paths) if p.is_file() or p.is_symlink()]
+    read = {_real(f): f for f in [*inputs, *(f for s in sets for item in s.items
+                                             for f in (item.degraded, item.target) if f is not None)]}
+    found = {base: [p for p in dict.fromkeys(paths) if p.is_file() or p.is_symlink()]
+             for base, paths in _planned_outputs(args, sets, inputs, save).items()}
+    for base, there in found.items():  # every folder checked before anything moves
         for p in there:
-            if p.resolve() in read:  # an input reached through a link, or a folder of links to earlier outputs
-                raise OutputFolderError(f"{p} is where this run writes, and it is (or links to) {p.resolve()}, an "
-                                        f"image the run reads — choose another {_flag_of(args, base)}, or pass "
-                                        f"--overwrite to write there anyway")
+            if _real(p) in read:  # an input reached through a link, or a folder of links to earlier outputs
+                raise OutputFolderError(f"{p} is where this run writes, and it is the image {read[_real(p)]} the "
+                                        f"run reads (through a link) — choose another {_flag_of(args, base)}, or "
+                                        f"pass --overwrite to write there anyway")
+    kept_save = None
+    for base, there in found.items():
         if there:
             kept = keep_aside(there, base / "results")
             print(f"=> {len(there)} file(s) of the names this run writes were already in {base}: moved to {kept}/")
             kept_save = kept if base == save else kept_save
     return kept_save
+
+
+def _real(path: Path) -> Path | None:
+    """``path`` with its links followed; None for a link that loops (no input can be one)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
 
 
 def _nothing_scored(what: str, skipped: int, written: str) -> UserError:
