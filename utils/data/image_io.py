@@ -87,6 +87,7 @@ def pixel_limit(limit: int | None) -> Iterator[int]:
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")  # little- and big-endian
 # JPEG start-of-frame markers (they carry the height and width): C0-CF but DHT (C4), JPG (C8), DAC (CC).
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # JPEG markers without a length field: TEM and RST0-7 (SOI and EOI are handled apart).
@@ -159,7 +160,7 @@ def _header_size(fh: BinaryIO) -> tuple[int, int] | None:
     except Image.DecompressionBombError:
         return -1, -1
     except Exception:  # noqa: BLE001 - a format Pillow does not know: the decoder will tell
-        return _tiff_size(fh) if head[:4] in (b"II*\x00", b"MM\x00*") else None
+        return _tiff_size(fh) if head.startswith(TIFF_SIGNATURES) else None
 
 
 def _tiff_size(fh: BinaryIO) -> tuple[int, int] | None:
@@ -345,7 +346,7 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
 
 def _is_tiff(data: np.ndarray) -> bool:
     """Whether the file's bytes start as a TIFF does (little- or big-endian)."""
-    return bytes(data[:4]) in (b"II*\x00", b"MM\x00*")
+    return bytes(data[:4]).startswith(TIFF_SIGNATURES)
 
 
 _NOT_AN_IMAGE = ("cannot decode image {path}: the file is corrupt, empty or not an image (supported: "

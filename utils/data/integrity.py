@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from utils.data.image_io import ImageReadError, _header_size, image_size, quiet_opencv, read_image
+from utils.data.image_io import TIFF_SIGNATURES, ImageReadError, _header_size, image_size, quiet_opencv, read_image
 
 HEADER_THREADS = 8  # header reads in flight (hides disk latency; the page cache needs no threads)
 
@@ -46,7 +46,7 @@ def _complete(head: bytes, tail: bytes, file_size: int) -> bool | None:
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         riff, = struct.unpack("<I", head[4:8])
         return file_size >= riff + 8
-    return None if head.startswith((b"II*\x00", b"MM\x00*")) else True
+    return None if head.startswith(TIFF_SIGNATURES) else True
 
 
 def _decode_error(path: Path) -> str | None:

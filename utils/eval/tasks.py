@@ -224,11 +224,19 @@ def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: b
     return sets
 
 
+def input_paths(paths: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """``--input``'s files and folders as paths: one path (as callers of the tester's ``main`` may pass), several,
+    or none."""
+    if not paths:
+        return []
+    return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+
+
 def input_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     """``--input``: image files and the images of folders (each folder's sorted), in the order given, each once."""
     files: dict[Path, Path] = {}  # by folder and name: photos/ and /abs/photos/ name the same images (two links
-    for path in [paths] if isinstance(paths, (str, Path)) else paths:  # to one image stay two inputs)
-        for f in _input_files(Path(path)):
+    for path in input_paths(paths):  # to one image stay two inputs)
+        for f in _input_files(path):
             files.setdefault(f.parent.resolve() / f.name, f)
     return list(files.values())
 
@@ -251,7 +259,7 @@ def ignored_inputs(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     """The visible files of the ``--input`` folders that are not images of a kind read here (``x.gif``,
     ``notes.txt``): none for single files."""
     ignored: list[Path] = []
-    for path in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
+    for path in input_paths(paths):
         if path.is_dir():
             ignored += sorted(p for p in path.iterdir()
                               if p.is_file() and not is_image(p) and not p.name.startswith("."))

@@ -33,6 +33,7 @@ from utils.eval.tasks import (
     find_task_sets,
     ignored_inputs,
     input_files,
+    input_paths,
     paired_set,
     paper_layout,
     present_paper_tasks,
@@ -133,19 +134,12 @@ def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
     return sets
 
 
-def _input_paths(args) -> list[Path]:
-    """``--input``'s files and folders (one path, as callers of :func:`main` may pass, or several)."""
-    if not args.input:
-        return []
-    return [Path(args.input)] if isinstance(args.input, (str, Path)) else [Path(p) for p in args.input]
-
-
 def _input_folders(args, sets: list[EvalSet]) -> tuple[list[Path], list[Path]]:
     """The folders the run reads images from: ``(trees, flat)``. ``trees`` are read with their subfolders (a
     ``--tasks`` task folder under --data-root): no output may be in one. ``flat`` are listed without their
     subfolders (``--input DIR``, the folders of the images and targets): an output may be below one, not in it."""
     trees = [Path(args.data_root) / task_layout(s.task).folder for s in sets] if not args.degset else []
-    flat = [p if p.is_dir() else p.parent for p in _input_paths(args)]
+    flat = [p if p.is_dir() else p.parent for p in input_paths(args.input)]
     for s in sets:
         for item in s.items:
             flat += [item.target.parent] + ([item.degraded.parent] if item.degraded is not None else [])
@@ -387,5 +381,5 @@ def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, pro
     for line in skipped:
         print(f"skipped: {line}")
     if not results["restored"]:
-        raise _nothing_scored(f"--input {' '.join(map(str, _input_paths(args)))}", len(skipped), str(path))
+        raise _nothing_scored(f"--input {' '.join(map(str, input_paths(args.input)))}", len(skipped), str(path))
     return results
