@@ -863,6 +863,19 @@ def test_keeping_aside_never_moves_an_input_nor_empties_save_for_a_run_that_cann
     assert (save / "results.csv").read_text() == "mine" and sorted(p.name for p in kept.iterdir()) == ["a.png"]
 
 
+def test_an_earlier_runs_results_csv_and_md_go_aside_with_its_results_json(checkpoint, tmp_path):
+    """An --input run into the --save of a scored run moved its results.json aside but left its results.csv and
+    results.md beside the new results.json: two runs' results in one folder, the tables describing the old one."""
+    deg, tar = _pair_dirs(tmp_path / "pairs", ["a.png"], ["a.png"])
+    save = tmp_path / "o"
+    run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", save)
+    scored = {n: (save / n).read_bytes() for n in ("results.json", "results.csv", "results.md")}
+    run("--model", checkpoint, "--input", deg, "--save", save)
+    [kept] = save.glob("results.before-*")
+    assert {n: (kept / n).read_bytes() for n in scored} == scored
+    assert sorted(p.name for p in save.glob("results.*") if p.is_file()) == ["results.json"]
+
+
 def test_names_that_are_not_utf8_and_the_files_permissions(checkpoint, tmp_path):
     """A file name that is not UTF-8 ended the run in a UnicodeEncodeError after scoring, with no .csv or .md
     written; every result file was mode 0600 (mkstemp's), whatever the umask, and an overwritten one became so."""

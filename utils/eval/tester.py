@@ -225,6 +225,9 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
                                              for f in (item.degraded, item.target) if f is not None)]}
     found = {base: [p for p in dict.fromkeys(paths) if p.is_file() or p.is_symlink()]
              for base, paths in _planned_outputs(args, sets, inputs, save).items()}
+    if save / "results.json" in found.get(save, []):  # an earlier run's results.csv/.md go with its results.json,
+        found[save] += [p for p in (save / "results.csv", save / "results.md")  # which --input alone replaces
+                        if p not in found[save] and (p.is_file() or p.is_symlink())]
     for base, there in found.items():  # every folder checked before anything moves
         for p in there:
             if _real(p) in read:  # an input reached through a link, or a folder of links to earlier outputs
