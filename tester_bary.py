@@ -35,10 +35,12 @@ flags that cannot work); ``--debug`` shows the traceback.
 """
 import sys
 
-from utils.errors import UsageError, run_main  # noqa: F401  (the script's names, as callers use them)
-from utils.eval.options import REFERENCE_MODEL, get_args_parser  # noqa: F401
-from utils.eval.tester import RunStopped, default_model, main  # noqa: F401
-from utils.runtime import sigterm_as_interrupt, tune_cpu_allocator
+from utils.errors import UsageError, run_main, stopped_while_starting  # noqa: F401  (the script's names)
+
+with stopped_while_starting():
+    from utils.eval.options import REFERENCE_MODEL, get_args_parser  # noqa: F401  (as callers use them)
+    from utils.eval.tester import RunStopped, default_model, main  # noqa: F401
+    from utils.runtime import sigterm_as_interrupt, tune_cpu_allocator
 
 if __name__ == "__main__":
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it in again

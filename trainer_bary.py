@@ -9,8 +9,11 @@ The work is done by :mod:`utils.train.engine`, which ``trainer_bary_ddp.py`` sha
 """
 import sys
 
-from utils.train.engine import run_cli
-from utils.train.options import get_args_parser
+from utils.errors import stopped_while_starting
+
+with stopped_while_starting():
+    from utils.train.engine import run_cli
+    from utils.train.options import get_args_parser
 
 
 def main(args):

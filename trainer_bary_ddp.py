@@ -17,8 +17,11 @@ process. The training engine is :mod:`utils.train.engine`, shared with ``trainer
 """
 import sys
 
-from utils.train.engine import run_cli
-from utils.train.options import get_args_parser
+from utils.errors import stopped_while_starting
+
+with stopped_while_starting():
+    from utils.train.engine import run_cli
+    from utils.train.options import get_args_parser
 
 
 def main(args):

@@ -1,7 +1,11 @@
 """One spelling style: every command accepts kebab-case and snake_case (and the reference's own
 spelling), and its help shows each flag once, in kebab-case."""
 import argparse
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +14,7 @@ from utils.cli import kebab
 from utils.demo import run as demo
 from utils.train import options as train_options
 
+REPO = Path(__file__).resolve().parents[1]
 PARSERS = {"trainer": train_options.get_args_parser, "tester": tester_bary.get_args_parser,
            "demo": demo.get_args_parser}
 # Case-sensitive pairs of the reference, two flags whose kebab-case spellings would coincide.
@@ -82,3 +87,15 @@ def test_the_references_cuda_flag_and_device_cpu_are_refused_together_by_the_tra
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and err == ["error: --cuda asks for the GPU but --device cpu for the CPU; pass one of them"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["trainer_bary.py"], ["trainer_bary_ddp.py"], ["tester_bary.py"],
+                                     ["-m", "utils.demo"], ["-m", "utils.app"]])
+def test_ctrl_c_while_torch_loads_is_one_line(command, tmp_path):
+    """Ctrl-C in the seconds a script spends importing torch printed a traceback through the import
+    machinery. A stand-in torch that raises KeyboardInterrupt on import puts the Ctrl-C exactly there."""
+    (tmp_path / "torch.py").write_text("raise KeyboardInterrupt\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    done = subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "error: interrupted while starting; nothing was written\n" and done.stdout == ""

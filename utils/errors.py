@@ -4,6 +4,7 @@
   message is the whole story: what went wrong, where, and the fix.
 * :func:`failure_message`: one line for a failure the user can act on (a :class:`UserError`, a full
   disk, a read-only folder, memory), ``None`` for a bug (which keeps its traceback).
+* :func:`stopped_while_starting`: Ctrl-C while a script imports torch is one line too.
 * :func:`run_main`: how both scripts end: one ``error:`` line and a non-zero exit status, the traceback
   only with ``--debug``.
 * :class:`OneLineArgumentParser`: a bad flag is one ``error:`` line too.
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import re
 import sys
@@ -129,6 +131,18 @@ def failure_message(exc: BaseException) -> tuple[str, int] | None:
             detail = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown OpenCV error"
             return f"OpenCV failed: {detail}", 1
     return None
+
+
+@contextlib.contextmanager
+def stopped_while_starting():
+    """Around a script's imports (torch takes seconds to load): Ctrl-C there ends the script with one line
+    and the shell's status 130 instead of a traceback through the import machinery. Nothing has started
+    yet, so nothing is lost."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("error: interrupted while starting; nothing was written", file=sys.stderr)
+        sys.exit(INTERRUPTED_STATUS)
 
 
 def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False) -> int:

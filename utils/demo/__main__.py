@@ -1,8 +1,11 @@
 """``python -m utils.demo`` (what ``make demo`` runs): see :mod:`utils.demo.run`."""
 import sys
 
-from utils.demo.run import cli
-from utils.runtime import sigterm_as_interrupt
+from utils.errors import stopped_while_starting
+
+with stopped_while_starting():
+    from utils.demo.run import cli
+    from utils.runtime import sigterm_as_interrupt
 
 sigterm_as_interrupt()  # kill / timeout stop it as Ctrl-C does (the training is saved either way)
 sys.exit(cli())
