@@ -1,4 +1,6 @@
 """utils/data/image_io.py: every kind of file reads by the one documented rule; corrupt files name themselves."""
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -314,3 +316,51 @@ def test_a_float_tiff_opencv_writes_is_read_not_called_corrupt(tmp_path):
     got = read_image(tmp_path / "f.tif")
     assert got.dtype == np.uint16 and got.shape == (40, 56, 3)
     assert np.abs(got / 65535.0 - rgb).max() < 1e-4
+
+
+def _damaged_files(tmp_path):
+    """A PNG with a damaged pixel data chunk (libpng: error), and a JPEG whose scan data hits a marker early
+    (libjpeg: "Corrupt JPEG data: premature end of data segment", a warning: it decodes, filled with grey)."""
+    png = tmp_path / "crc.png"
+    Image.fromarray(RGB).save(png)
+    b = bytearray(png.read_bytes())
+    b[b.find(b"IDAT") + 20] ^= 0xFF
+    png.write_bytes(bytes(b))
+    ok, buf = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    b = bytearray(buf.tobytes())
+    scan = b.find(b"\xff\xda")
+    b[scan + 40:scan + 44] = b"\xff\xd0\xff\xd5"  # two restart markers where there are none
+    jpg = tmp_path / "grey.jpg"
+    jpg.write_bytes(bytes(b))
+    return png, jpg
+
+
+def test_a_damaged_file_is_refused_in_one_message_with_its_decoders_words(tmp_path, capfd):
+    """libpng printed "libpng error: IDAT: CRC error" on the C stderr beside (in loader workers: inside) the
+    error line, which said only "corrupt, empty or not an image"; a JPEG libjpeg called corrupt was decoded
+    with grey where the damage was, and trained on or scored without a word."""
+    png, jpg = _damaged_files(tmp_path)
+    with pytest.raises(ImageReadError, match=r"crc\.png: the file is damaged \(libpng error: IDAT: "):
+        read_image(png)
+    with pytest.raises(ImageReadError, match=r"grey\.jpg: the file is damaged \(Corrupt JPEG data: premature end"):
+        read_image(jpg)
+    assert capfd.readouterr().err == ""
+
+
+def test_decoder_warnings_that_harm_nothing_are_dropped_and_other_stderr_text_is_kept(tmp_path, capfd, monkeypatch):
+    from utils.data import image_io
+    from utils.data.decoder_messages import sort_lines
+    damage, other = sort_lines("libpng warning: iCCP: known incorrect sRGB profile\n"
+                               "Corrupt JPEG data: 2 extraneous bytes before marker 0xd9\n"
+                               "a progress bar\rof another thread\n"
+                               "libpng error: Read Error\n")
+    assert damage == ["libpng error: Read Error"] and other == "a progress bar\rof another thread\n"
+    Image.fromarray(RGB).save(tmp_path / "a.png")
+    decode = cv2.imdecode
+
+    def chatty(*args):  # another thread's stderr text, and a harmless libpng warning, while the file decodes
+        os.write(2, b"libpng warning: iCCP: known incorrect sRGB profile\nanother thread's line\n")
+        return decode(*args)
+    monkeypatch.setattr(image_io.cv2, "imdecode", chatty)
+    assert np.array_equal(read_image(tmp_path / "a.png"), RGB)
+    assert capfd.readouterr().err == "another thread's line\n"

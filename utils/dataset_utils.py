@@ -583,7 +583,11 @@ class MixedDegradationDataset(Dataset):
 
     def __getitem__(self, index: int):
         if not self.skip_bad:
-            return self._load(index)
+            try:
+                return self._load(index)
+            except ImageReadError as exc:  # met mid-epoch: the way on, beside the file's own fix
+                raise ImageReadError(f"{exc} Or leave such files out: --skip-bad-files (with --resume auto to go on "
+                                     f"from the newest checkpoint)") from exc
         for step in range(len(self.samples)):
             j = (index + step) % len(self.samples)
             try:
