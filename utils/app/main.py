@@ -22,12 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from net.presets import BACKBONES, PRESETS
-from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_model
+from utils.checkpoints import CHECKPOINT_DIR, default_model
 from utils.cli import one_spelling
 from utils.data.image_io import MAX_PIXELS, pixel_limit
 from utils.errors import OneLineArgumentParser, UsageError, UserError, run_main
-from utils.eval.options import pixel_count
+from utils.eval.options import add_checkpoint_flags, pixel_count
 from utils.eval.outputs import check_writable_folder
 from utils.runtime import pick_device, sigterm_as_interrupt, tune_cpu_allocator
 
@@ -54,15 +53,7 @@ def _port(text: str) -> int:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="python -m utils.app", description="BaryIR restoration page (local web app)",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default=None,
-                        help=f"checkpoint, as tester_bary.py --model: a file, a run's output folder or its 'latest' "
-                             f"pointer. Default, as the tester's: {CHECKPOINT_DIR}/{REFERENCE_MODEL_NAME} (the "
-                             f"authors') if it exists, else the newest checkpoint under {CHECKPOINT_DIR}/ (make demo "
-                             f"trains {CHECKPOINT_DIR}/demo/)")
-    parser.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
-                        help="network, for checkpoints that do not name one (default: the checkpoint's, else BaryNet)")
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="configuration for checkpoints that do not carry one (default paper)")
+    add_checkpoint_flags(parser)  # as the tester's
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"serve on http://{HOST}:PORT")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = CUDA if available")
     parser.add_argument("--examples", default=None, metavar="DIR",

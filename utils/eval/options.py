@@ -34,6 +34,23 @@ def at_least(low: int, meaning: str = ""):
     return parse
 
 
+def add_checkpoint_flags(group):
+    """``--model``, ``--backbone`` and ``--preset``: which checkpoint to run, and how to build a network for one
+    that does not say (the tester's flags, which the web app takes too). Returns ``group``."""
+    group.add_argument("--model", default=None,
+                       help=f"checkpoint: the project's, a plain state dict, or a reference BaryIR checkpoint "
+                            f"({{'BaryIR': module}}); also a run's output folder or its 'latest' pointer (the "
+                            f"newest checkpoint). Default: {REFERENCE_MODEL} (the reference's) if it exists, "
+                            f"else the newest checkpoint under {CHECKPOINT_DIR}/ (make demo trains "
+                            f"{CHECKPOINT_DIR}/demo/)")
+    group.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
+                       help="network, for checkpoints that do not name one (default: the checkpoint's, else BaryNet)")
+    group.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                       help="configuration for checkpoints that do not carry one (default paper); ignored, with a "
+                            "note, for the trainer's checkpoints, which carry their own")
+    return group
+
+
 def non_empty_path(text: str) -> str:
     """An argparse type for the folders written into or read as a whole: a non-empty path (``--save "$UNSET"``
     would otherwise write into the current folder). Flags whose empty value means "not given" keep it."""
@@ -90,17 +107,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help="find the images, check the outputs and load the model, then stop: nothing is restored "
                            "or written")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", default=None,
-                       help=f"checkpoint: the project's, a plain state dict, or a reference BaryIR checkpoint "
-                            f"({{'BaryIR': module}}); also a run's output folder or its 'latest' pointer (the "
-                            f"newest checkpoint). Default: {REFERENCE_MODEL} (the reference's) if it exists, "
-                            f"else the newest checkpoint under {CHECKPOINT_DIR}/")
-    model.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
-                       help="network (default: the checkpoint's, else BaryNet)")
-    model.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                       help="configuration for checkpoints that do not carry one (default paper); ignored, with a "
-                            "note, for the trainer's checkpoints, which carry their own")
+    model = add_checkpoint_flags(parser.add_argument_group("model"))
     model.add_argument("--dim", type=at_least(1), default=None, help="override the width")
     model.add_argument("--num-blocks", type=int, nargs=4, default=None, help="override blocks per level")
     model.add_argument("--num-refinement-blocks", type=int, default=None, help="override refinement blocks")
