@@ -68,7 +68,7 @@ from utils.demo.data import build_demo_data, darken, jpeg_degrade, motion_blur
 from utils.demo.run import InputAsOutput, views_of_one_photo
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
-from utils.runtime import pick_device
+from utils.runtime import DEVICES, pick_device
 from utils.train.engine import run_cli
 from utils.train.options import get_args_parser as trainer_parser
 
@@ -183,7 +183,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", dest="patch_size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3,
                    help="base lr (the trainer halves it), the demo's: the paper's 2e-4 is too slow for a short budget")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no training progress bars")
     return p

@@ -59,6 +59,9 @@ def apply_gpus_flag(gpus: str | None) -> str | None:
     return None
 
 
+DEVICES = ("auto", "cpu", "cuda")  # the --device choices of every command (a GPU by index: --gpus)
+
+
 def pick_device(flag: str = "auto", cuda: bool = False, local_rank: int = 0,
                 log: Callable[[str], None] | None = None) -> torch.device:
     """``--device auto|cpu|cuda|cuda:N`` (plus the reference's ``--cuda``) -> a device.
@@ -66,7 +69,7 @@ def pick_device(flag: str = "auto", cuda: bool = False, local_rank: int = 0,
     ``auto`` takes CUDA when a GPU is visible (and says which when ``log`` is given); a CUDA
     device without an index is GPU ``local_rank`` of the visible ones (torchrun's rank on its node).
     """
-    if flag not in ("auto", "cpu", "cuda") and not flag.startswith("cuda:"):
+    if flag not in DEVICES and not flag.startswith("cuda:"):
         raise DeviceError(f"--device must be auto, cpu or cuda, got {flag!r}")
     if cuda:
         if flag == "cpu":

@@ -44,7 +44,7 @@ from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.eval.report import write_results
 from utils.files import json_text, write_text
-from utils.runtime import pick_device, tune_cpu_allocator
+from utils.runtime import DEVICES, pick_device, tune_cpu_allocator
 from utils.train.run_log import Console, draw_loss_figure
 from utils.train.setup import FIG_NAME
 
@@ -82,7 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3,
                    help="base lr (the schedule halves it); above the paper's 2e-4 so the short demo budget suffices")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--quick", action="store_true",
                    help="smallest setting (tiny images, a few iterations): checks the pipeline, not the quality; "
                         "in its own folders, so that it never meets the full demo's run")

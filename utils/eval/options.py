@@ -17,6 +17,7 @@ from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
 from utils.eval.paper import SETTINGS
 from utils.eval.protocol import PROTOCOLS
 from utils.eval.tasks import PAPER_TASKS
+from utils.runtime import DEVICES
 
 REFERENCE_MODEL = f"{CHECKPOINT_DIR}/{REFERENCE_MODEL_NAME}"
 
@@ -131,7 +132,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                             "the reference draws unseeded noise, so no published noisy inputs exist)")
 
     run = parser.add_argument_group("running")
-    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = CUDA if available")
+    run.add_argument("--device", default="auto", choices=DEVICES, help="auto = CUDA if available")
     run.add_argument("--cuda", action="store_true", help="reference flag: run on the GPU (same as --device cuda)")
     run.add_argument("--gpus", default=None, help="reference flag: GPU ids; the first is used")
     run.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast precision (fp16: GPU only)")

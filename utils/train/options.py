@@ -20,6 +20,7 @@ from utils.cli import one_spelling
 from utils.compiled import BACKENDS, COMPILE_MODES
 from utils.dataset_utils import ALL_IN_ONE_3D, DatasetError
 from utils.errors import OneLineArgumentParser
+from utils.runtime import DEVICES
 from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
 
 # The authors' id lists ship in the repository's data_dir/; the flag's default names it as the
@@ -121,7 +122,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     new = p.add_argument_group("project flags")
     new.add_argument("--seed", type=int, default=0,
                      help="seeds initialisation, data order and augmentation (a resumed run keeps its seed)")
-    new.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"],
+    new.add_argument("--device", type=str, default="auto", choices=DEVICES,
                      help="auto: CUDA when available, else the CPU")
     new.add_argument("--precision", type=str, default="fp32", choices=["fp32", "bf16", "fp16"],
                      help="autocast precision; fp16 adds a gradient scaler (CUDA only)")
