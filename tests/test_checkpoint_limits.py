@@ -242,7 +242,7 @@ def test_pickle_importing_too_many_names_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"globals.pth: its pickle imports more than 10,000 names"):
         read_checkpoint(path)
     # A reference checkpoint (a whole pickled module) needs far fewer.
-    from utils.checkpoint_guard import _DryUnpickler
+    from utils.checkpoints.guard import _DryUnpickler
     ref = tmp_path / "reference.pth"
     torch.save({"epoch": 1, "BaryIR": _tiny()}, ref)
     import zipfile

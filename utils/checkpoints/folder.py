@@ -1,0 +1,230 @@
+"""A run's output folder: writing a checkpoint whole, the files' names and order, the ``latest`` pointer,
+rotation, stale temporaries of killed writers, the newest checkpoint under a folder, and what a ``--model``
+path names."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.checkpoints.guard import CheckpointError
+from utils.files import atomic_write
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`utils.files.atomic_write`).
+
+    The checkpoint is serialized in memory first (it is 100-400 MB for the paper's network), so its size
+    is known before the disk is touched and a full disk is refused with the bytes needed.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    return atomic_write(path, lambda fh: fh.write(data), size=data.nbytes)
+
+
+# A temporary of utils.files.atomic_write: '.<name>.<pid>.<8 random characters>.tmp' (older versions: no pid).
+_TEMP_RE = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
+
+
+# A temporary not modified for this long is an orphan even if its process id is in use (it may be
+# another process now, or a writer on another machine that died): no write pauses for 15 minutes.
+STALE_TEMP_SECONDS = 15 * 60
+
+
+# A temporary whose writer is no longer running here is removed once it is this old (a live writer on
+# another machine sharing the folder keeps its file fresh).
+DEAD_WRITER_GRACE_SECONDS = 60
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or not a pid we can ask about: assume alive
+    return True
+
+
+def remove_stale_temporaries(output_dir: str | os.PathLike, now: float | None = None) -> list[Path]:
+    """Delete temporaries :func:`~utils.files.atomic_write` left behind in ``output_dir`` when its writer was killed
+    (``kill -9`` during a save); returns the removed files.
+
+    Only files named exactly as :func:`~utils.files.atomic_write` names them, for a checkpoint name or ``latest``,
+    are considered; one is removed when its writing process is gone and it is over
+    :data:`DEAD_WRITER_GRACE_SECONDS` old, or when it has not changed for :data:`STALE_TEMP_SECONDS`.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for p in folder.iterdir():
+        m = _TEMP_RE.match(p.name)
+        if m is None or not (progress_of(m["name"]) is not None or m["name"] == LATEST):
+            continue
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if not p.is_file() or p.is_symlink():
+            continue
+        age = now - st.st_mtime
+        dead = m["pid"] is not None and not _process_alive(int(m["pid"]))
+        if age > STALE_TEMP_SECONDS or (dead and age > DEAD_WRITER_GRACE_SECONDS):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+LATEST = "latest"
+
+
+LOG_NAME = "log.jsonl"
+
+
+CHECKPOINT_DIR = "checkpoint"  # where the trainers write by default, and the tester and the app look
+
+
+# The reference tester's default --model, its 5D all-in-one checkpoint, in CHECKPOINT_DIR.
+REFERENCE_MODEL_NAME = "model_allBaryNet__61_1.0_5D.pt"
+
+
+_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pth$")
+
+
+_ITER_RE = re.compile(r"^iter_e(\d+)_i(\d+)\.pth$")
+
+
+def checkpoint_name(epoch: int, iteration: int) -> str:
+    """File name for ``epoch`` completed epochs and ``iteration`` iterations into the next."""
+    if iteration == 0:
+        return f"epoch_{epoch:03d}.pth"
+    return f"iter_e{epoch + 1:03d}_i{iteration:06d}.pth"
+
+
+def progress_of(name: str) -> tuple[int, int] | None:
+    """``(epochs completed, iterations into the next)`` of a checkpoint file name, None if not ours."""
+    m = _EPOCH_RE.match(name)
+    if m:
+        return int(m.group(1)), 0
+    m = _ITER_RE.match(name)
+    if m:
+        return int(m.group(1)) - 1, int(m.group(2))
+    return None
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The trainer's checkpoints in ``output_dir``, oldest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(progress_of(p.name), p) for p in folder.iterdir() if p.is_file()]
+    return [p for prog, p in sorted((x for x in found if x[0] is not None), key=lambda x: x[0])]
+
+
+
+
+def read_latest(output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint ``latest`` names, else the newest by file name, else None."""
+    folder = Path(output_dir)
+    pointer = folder / LATEST
+    if pointer.is_file():
+        try:
+            name = json.loads(pointer.read_text())["checkpoint"]
+            if (folder / name).is_file():
+                return folder / name
+        except (ValueError, KeyError, TypeError):
+            pass
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt")
+
+
+def newest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The newest checkpoint anywhere under ``root`` (by modification time), None if there is none.
+
+    A folder the trainer wrote stands for the checkpoint its ``latest`` names (:func:`read_latest`),
+    not for every ``epoch_NNN.pth`` in it; any other ``*.pth``/``*.pt`` file (a reference or
+    plain checkpoint) counts as itself. Hidden files and folders (temporary files) are skipped.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        return None
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        latest = read_latest(folder)
+        if latest is not None:
+            found.append(latest)
+        found += [Path(folder) / f for f in sorted(files) if not f.startswith(".") and progress_of(f) is None
+                  and Path(f).suffix.lower() in CHECKPOINT_SUFFIXES and (Path(folder) / f).is_file()]  # no dead link
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
+
+
+def default_model(checkpoint_dir: str | os.PathLike = CHECKPOINT_DIR) -> tuple[Path | None, str]:
+    """The checkpoint the tester and the app use without ``--model``: ``(checkpoint, why)``, ``(None, "")``
+    when there is none.
+
+    The reference tester's default, :data:`REFERENCE_MODEL_NAME` in ``checkpoint_dir``, when it is there,
+    else the newest checkpoint under ``checkpoint_dir`` (:func:`newest_checkpoint`).
+    """
+    reference = Path(checkpoint_dir) / REFERENCE_MODEL_NAME
+    if reference.is_file():
+        return reference, "the authors' checkpoint, the reference tester's default"
+    newest = newest_checkpoint(checkpoint_dir)
+    if newest is None:
+        return None, ""
+    return newest, f"newest under {Path(checkpoint_dir).as_posix()}/"
+
+
+def resolve_checkpoint(path: str | os.PathLike, flag: str = "--model") -> tuple[Path, str | None]:
+    """What a user may name as a checkpoint -> ``(the file, a note when it was not the file itself)``.
+
+    A checkpoint file is itself; a run's ``latest`` pointer is the checkpoint it names; a folder is its
+    run's newest checkpoint (``latest``, else by name), else the newest checkpoint anywhere under it
+    (:func:`newest_checkpoint`). Nothing there is a :class:`CheckpointError` naming ``flag``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = read_latest(path) or newest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{flag} {path}: that folder holds no checkpoint (.pth/.pt); pass a checkpoint "
+                                  f"file or the output folder of a training run")
+        return found, f"{flag} {path} is a folder: using its newest checkpoint, {found}"
+    if path.name == LATEST and path.is_file():
+        found = read_latest(path.parent)
+        if found is None:
+            raise CheckpointError(f"{flag} {path}: the pointer names no checkpoint that exists in {path.parent}")
+        return found, f"{flag} {path} points to {found}"
+    if not path.is_file():
+        raise CheckpointError(f"{flag} {path}: checkpoint not found (no such file or folder). Pass a checkpoint "
+                              f"file (the trainer's epoch_NNN.pth, a plain state dict, or a reference BaryIR "
+                              f"checkpoint), a run's output folder, or its 'latest' pointer")
+    return path, None
+
+
+def rotate(output_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (never the one ``latest`` names); returns the removed."""
+    if keep <= 0:
+        return []
+    found = list_checkpoints(output_dir)
+    latest = read_latest(output_dir)
+    removed = []
+    for p in found[:-keep]:
+        if latest is not None and p.resolve() == latest.resolve():
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed

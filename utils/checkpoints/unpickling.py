@@ -1,0 +1,145 @@
+"""Loading a checkpoint file's Python objects without running any code it names (see :mod:`utils.checkpoints`).
+
+Plain and project files load with ``torch.load(weights_only=True)``. A reference BaryIR file is a whole pickled
+module, which ``weights_only`` refuses: :class:`_InertUnpickler` honours only an allow-list of tensor-rebuilding
+and container globals and turns every other class into an inert placeholder. Nothing named in the file is
+imported or called; calling anything not allow-listed (the way a malicious pickle runs code) is refused.
+"""
+from __future__ import annotations
+
+import collections
+import pickle
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.checkpoints.guard import CheckpointError
+
+
+class _RefusedCall(pickle.UnpicklingError):
+    pass
+
+
+class _InertMeta(type):
+    """Metaclass of placeholders: creating one by *calling* it is how pickles run code, so refuse."""
+
+    def __call__(cls, *args, **kwargs):
+        raise _RefusedCall(f"the file asks to call {cls._pickled_name}(...), which a checkpoint never needs")
+
+
+class _Inert(metaclass=_InertMeta):
+    """Stands in for any class named in a pickle; keeps the pickled state and nothing else."""
+    _pickled_name = "?"
+
+    def __new__(cls, *args, **kwargs):  # NEWOBJ: how pickle re-creates objects, no __init__ run
+        return object.__new__(cls)
+
+    def __setstate__(self, state):
+        object.__setattr__(self, "_pickled_state", state)
+
+    def __reduce__(self):
+        raise TypeError(f"inert placeholder for {self._pickled_name} cannot be pickled again")
+
+
+def _placeholder(module: str, name: str) -> type:
+    return _InertMeta(name, (_Inert,), {"_pickled_name": f"{module}.{name}", "__module__": "inert." + module})
+
+
+def _safe_reconstructor(cls, base, state):
+    """Protocol 0/1's ``copyreg._reconstructor``, limited to placeholders over ``object``."""
+    if isinstance(cls, _InertMeta) and base is object and state is None:
+        return cls.__new__(cls)
+    raise _RefusedCall(f"the file asks copyreg._reconstructor to build {cls!r} on {base!r}")
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("copyreg", "_reconstructor"): _safe_reconstructor,
+        ("torch", "Size"): torch.Size,
+        ("torch", "device"): torch.device,
+        ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    }
+    if hasattr(torch._utils, "_rebuild_parameter_with_state"):
+        allowed[("torch._utils", "_rebuild_parameter_with_state")] = torch._utils._rebuild_parameter_with_state
+    for name in dir(torch):
+        if isinstance(getattr(torch, name, None), torch.dtype):
+            allowed[("torch", name)] = getattr(torch, name)
+    return allowed
+
+
+# Names one pickle may import (inspect_checkpoint's dry run enforces the same limit before loading).
+MAX_PICKLE_GLOBALS = 10_000
+
+
+class _InertUnpickler(pickle.Unpickler):
+    """Allow-listed globals as themselves, every other name as one cached placeholder class per name;
+    past :data:`MAX_PICKLE_GLOBALS` imports the file is refused (each import used to make a new class)."""
+    _allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str):
+        self._imports = getattr(self, "_imports", 0) + 1
+        if self._imports > MAX_PICKLE_GLOBALS:
+            raise _TooLarge(f"its pickle imports more than {MAX_PICKLE_GLOBALS:,} names")
+        if module == "__builtin__":  # Python 2 spelling that protocol-2 pickles use
+            module = "builtins"
+        found = self._allowed.get((module, name))
+        if found is not None:
+            return found
+        cache = self.__dict__.setdefault("_placeholders", {})
+        if (module, name) not in cache:
+            cache[(module, name)] = _placeholder(module, name)
+        return cache[(module, name)]
+
+
+class _TooLarge(pickle.UnpicklingError):
+    pass
+
+
+def _inert_pickle_module() -> types.ModuleType:
+    """A stand-in for the ``pickle`` module that torch.load drives (Unpickler and load)."""
+    mod = types.ModuleType("inert_pickle")
+    mod.Unpickler = _InertUnpickler
+    mod.load = lambda f, **kw: _InertUnpickler(f, **kw).load()
+    mod.UnpicklingError = pickle.UnpicklingError
+    return mod
+
+
+def _load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only``, else (a reference checkpoint) with :class:`_InertUnpickler`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # names classes that weights_only refuses: maybe a reference checkpoint
+    except Exception as exc:  # truncated zip, not a torch file, ...
+        raise _unreadable(path, exc) from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle_module())
+    except _RefusedCall as exc:
+        raise CheckpointError(f"refusing to load {path}: {exc}. Only tensors, containers and pickled "
+                              f"modules are read from checkpoints; this file tries to run code.") from exc
+    except _TooLarge as exc:
+        raise CheckpointError(f"refusing to read checkpoint {path}: {exc}; the file is damaged or crafted, "
+                              f"use another checkpoint") from exc
+    except RecursionError:
+        raise CheckpointError(f"refusing to read checkpoint {path}: it nests objects too deeply to read; the "
+                              f"file is damaged or crafted, use another checkpoint") from None
+    except Exception as exc:  # not a pickle at all (a text file), a torn one, ...
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """The error for a file ``torch.load`` could not read, with what to do about it."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        empty = False
+    why = "the file is empty" if empty else f"{type(exc).__name__}: {exc}".rstrip(": .")
+    return CheckpointError(f"cannot read checkpoint {path}: {why}. The file is damaged or not a PyTorch checkpoint: "
+                           f"copy or download it again, or use another checkpoint")
