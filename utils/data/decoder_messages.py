@@ -1,48 +1,80 @@
 """What libpng and libjpeg write to the process's C ``stderr`` while OpenCV decodes, taken out of it.
 
-OpenCV leaves both libraries' default message handlers in place, so a damaged file makes them print
-lines of their own ("libpng error: IDAT: CRC error", "Corrupt JPEG data: premature end of data
-segment") beside the one ``error:`` line the project prints about the file; in a data loader worker
-those lines land in the middle of the trainer's output. And libjpeg only *warns* of damaged data: the
-image decodes, its damaged part filled with grey, and would be trained on or scored in silence.
+OpenCV leaves both libraries' default message handlers in place, so they print lines of their own
+("libpng error: IDAT: CRC error", "Corrupt JPEG data: premature end of data segment") that name no
+file, beside the one ``error:`` line the project prints about it; in a data loader worker those lines
+land in the middle of the trainer's output.
 
 :func:`decoder_messages` sends file descriptor 2 to a scratch file for the length of one decode and
-sorts what arrived there:
+sorts what arrived there (:func:`sort_text`):
 
-- a libpng or libjpeg line that says the data is damaged is returned, to become the detail of the
+- **libpng errors**: the decode failed; they become the detail of the
   :class:`~utils.data.image_io.ImageReadError` about the file;
-- libpng's warnings (an sRGB profile it knows to be wrong, extra data after the image) and libjpeg's
-  "extraneous bytes before marker" (stray bytes that it, and Pillow, pass over) are harmless and dropped;
-- anything else (another thread writing to stderr meanwhile, a message of another kind) is written on
-  to the real stderr, so nothing is lost.
+- **libpng warnings** (an sRGB profile it knows to be wrong, a bad CRC in a text chunk, extra data after
+  the image) leave the pixels as they are: dropped;
+- **libjpeg warnings**: libjpeg decodes on through damage ("premature end of data segment", "bad
+  Huffman code", "N extraneous bytes before marker"), filling what it lost with grey, and Pillow, which
+  the reference reads with, does the same in silence. Such an image is read, as the reference reads
+  it, and the caller says so once per file, with the file's name and libjpeg's words. libjpeg prints
+  only the first warning of an image, so the words may be a harmless one that hides damage further on;
+- anything else (another thread writing to stderr meanwhile) is written on to the real stderr, so
+  nothing is lost; a decoder's words glued to the end of another thread's unfinished line are found
+  there too.
 
 Decodes that capture take turns (one file descriptor 2 per process); loader workers are processes of
-their own and do not wait for each other.
+their own and do not wait for each other. A process forked while another thread decodes starts with
+the turn free and a scratch file of its own.
 """
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Iterator
 
-_DAMAGED = ("libpng error:", "Corrupt JPEG data:", "Premature end of JPEG file")
-_HARMLESS = ("libpng warning:",)
-_HARMLESS_JPEG = "extraneous bytes before marker"
+_LIBPNG_ERROR = "libpng error: "
+_LIBPNG_WARNING = "libpng warning: "
+_LIBJPEG = ("Corrupt JPEG data", "Premature end of JPEG file", "Warning: unknown JFIF revision number",
+            "Invalid SOS parameters for sequential JPEG", "Inconsistent progression sequence",
+            "Unknown Adobe color transform code", "Application transferred too many scanlines")
+_DECODER = re.compile("|".join(re.escape(p) for p in (_LIBPNG_ERROR, _LIBPNG_WARNING, *_LIBJPEG)))
 
 
-def sort_lines(text: str) -> tuple[list[str], str]:
-    """``(damage, other)`` of the text a decode wrote: the lines saying the data is damaged (stripped), and
-    the text to pass on to stderr (harmless decoder warnings taken out)."""
-    damage, other = [], []
+@dataclass
+class DecoderSaid:
+    """What the decoders said during one decode: libpng's errors (the decode failed) and libjpeg's warnings
+    (the image decoded, perhaps over damage), each a stripped line."""
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def sort_text(text: str, said: DecoderSaid) -> str:
+    """Add the decoders' lines in ``text`` to ``said``; returns the rest, to pass on to stderr."""
+    other = []
     for line in text.splitlines(keepends=True):
-        said = line.strip()
-        if said.startswith(_DAMAGED) and _HARMLESS_JPEG not in said:
-            damage.append(said)
-        elif not (said.startswith(_HARMLESS) or (said.startswith("Corrupt JPEG data:") and _HARMLESS_JPEG in said)):
+        found = _DECODER.search(line)
+        if found is None:
             other.append(line)
-    return damage, "".join(other)
+            continue
+        other.append(line[:found.start()])  # another thread's unfinished line, the decoder's words after it
+        words = line[found.start():].strip()
+        if words.startswith(_LIBPNG_ERROR):
+            said.errors.append(words)
+        elif not words.startswith(_LIBPNG_WARNING):
+            said.warnings.append(words)
+    return "".join(other)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to ``fd`` whole; a stderr nobody reads any more (a closed pipe) is not an error here."""
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
 
 
 class _Capture:
@@ -50,31 +82,47 @@ class _Capture:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.owner: int | None = None  # the process the scratch file belongs to: a forked worker makes its own
+        self.owner: int | None = None  # the process the scratch file belongs to
         self.scratch: int | None = None
+        self.warned: set[str] = set()  # files whose libjpeg warning was said, in this process
+        if hasattr(os, "register_at_fork"):  # a child forked mid-decode must not inherit the turn as taken
+            os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.lock = threading.Lock()
+        self.owner = self.scratch = None  # the parent's scratch file and its offset are the parent's
 
     def _scratch(self) -> int:
-        if self.owner != os.getpid():  # after a fork the parent's file (and its offset) would be shared
+        if self.owner != os.getpid():
             fd, name = tempfile.mkstemp(prefix="decoder-messages-")
             os.unlink(name)
             self.owner, self.scratch = os.getpid(), fd
         return self.scratch
 
+    def first_time(self, path: str) -> bool:
+        """True the first time ``path``'s warning is to be said in this process."""
+        with self.lock:
+            if path in self.warned:
+                return False
+            if len(self.warned) < 100_000:
+                self.warned.add(path)
+            return True
+
     @contextmanager
-    def __call__(self) -> Iterator[list[str]]:
+    def __call__(self) -> Iterator[DecoderSaid]:
+        said = DecoderSaid()
         with self.lock:
             try:
                 scratch = self._scratch()
                 saved = os.dup(2)
             except OSError:  # no stderr to take over (a closed descriptor), or no temporary folder
-                yield []
+                yield said
                 return
-            damage: list[str] = []
-            os.ftruncate(scratch, 0)
-            os.lseek(scratch, 0, os.SEEK_SET)
-            os.dup2(scratch, 2)
             try:
-                yield damage
+                os.ftruncate(scratch, 0)
+                os.lseek(scratch, 0, os.SEEK_SET)
+                os.dup2(scratch, 2)
+                yield said
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
@@ -85,12 +133,12 @@ class _Capture:
                     while left > 0 and (chunk := os.read(scratch, left)):
                         chunks.append(chunk)
                         left -= len(chunk)
-                    found, other = sort_lines(b"".join(chunks).decode("utf-8", "replace"))
-                    damage += found
+                    other = sort_text(b"".join(chunks).decode("utf-8", "surrogateescape"), said)
                     if other:
-                        os.write(2, other.encode())
+                        _write_all(2, other.encode("utf-8", "surrogateescape"))
 
 
 decoder_messages = _Capture()
-"""``with decoder_messages() as damage:`` around a decode; afterwards ``damage`` holds the decoders' lines
-saying the data is damaged (empty for a sound file)."""
+"""``with decoder_messages() as said:`` around a decode; afterwards ``said`` (:class:`DecoderSaid`) holds what
+the decoders said (empty lists for a sound file); ``decoder_messages.first_time(path)`` tells whether a
+file's warning is still to be said in this process."""

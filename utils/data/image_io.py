@@ -12,9 +12,10 @@ Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
   upright as a viewer shows it); the tester uses it only for ``--input`` photos, which have no
   target;
 - an unreadable or corrupt file (truncated included) raises :class:`ImageReadError` naming the file,
-  and so does any OpenCV failure while decoding, and a file whose decoder (libpng, libjpeg) reports
-  damaged data even where it would fill the damage in and go on (:mod:`utils.data.decoder_messages`,
-  which also keeps those libraries' own lines off stderr);
+  and so does any OpenCV failure while decoding (with libpng's words when it said why); a JPEG that
+  libjpeg decodes over damage (grey where the data is lost) is read, as the reference's Pillow reads
+  it, with one warning naming the file and libjpeg's words (:mod:`utils.data.decoder_messages`, which
+  also keeps those libraries' own lines off stderr);
 - an image of more than :func:`max_pixels` pixels (default :data:`MAX_PIXELS`, 100 Mpx: an 8K photo
   is 33 Mpx, a 108 Mpx phone photo needs the limit raised) is refused BEFORE it is decoded, from the
   width and height in its header: a 1 MB PNG of 20000x20000 would otherwise take gigabytes. The
@@ -34,6 +35,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import sys
 import threading
 import warnings
 from contextlib import contextmanager
@@ -327,11 +329,15 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
         fh.seek(0)
         data = np.frombuffer(fh.read(), dtype=np.uint8)
     try:
-        with quiet_opencv(), decoder_messages() as damage:  # libpng's and libjpeg's own lines taken out of stderr
+        with quiet_opencv(), decoder_messages() as said:  # libpng's and libjpeg's own lines taken out of stderr
             img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
-        if damage:  # libjpeg decodes damaged data into grey and only warns: never trained on or scored
-            raise ImageReadError(f"cannot decode image {path}: the file is damaged ({'; '.join(damage)}). "
+        if img is None and said.errors:
+            raise ImageReadError(f"cannot decode image {path}: the file is damaged ({'; '.join(said.errors)}). "
                                  f"Replace or remove it.")
+        if img is not None and said.warnings and decoder_messages.first_time(str(path)):
+            print(f"warning: {path}: the JPEG decoder says {'; '.join(said.warnings)!r}; the image is read as it "
+                  f"decodes, as the reference's Pillow reads it, and damaged parts come out grey or smeared: look "
+                  f"at it, and replace the file if it is damaged", file=sys.stderr)
         if img is not None:
             _check_pixels(path, img.shape[:2], limit)  # a header that under-stated the size
             img = _to_rgb(img, path)
