@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from utils import dataset_utils as du
+from utils.data import training_files as tf
 from utils.data.image_io import list_images, max_pixels
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files
 from utils.data.pairing import PairingError, match_pairs
@@ -439,7 +440,7 @@ def check_training_data(de_types: Sequence[str], dirs: Mapping[str, str | os.Pat
         _size_mismatches(row, checks, [(p.degraded, p.clean) for p in pairs if p.degraded is not None])
         for p in pairs:
             size = checks[p.clean].size
-            if size is not None and min(du._cropped(size[0]), du._cropped(size[1])) < patch_size:
+            if size is not None and min(tf.cropped_length(size[0]), tf.cropped_length(size[1])) < patch_size:
                 row.add("too small", p.degraded or p.clean,
                         f"{p.degraded or p.clean} is {size[0]}x{size[1]}, smaller than --patch_size {patch_size} "
                         f"after the centre-crop to multiples of {du.CROP_BASE}",
@@ -470,7 +471,7 @@ def _training_files(row: SetReport, fam: str, root: Path, id_list: Path | None,
         return None, None
     if id_list is not None:
         ids = du.read_id_list(id_list)
-        present, absent = du.split_listed_ids(ids, du._FilesUnder(root))
+        present, absent = du.split_listed_ids(ids, tf.FilesUnder(root))
         if not present:
             row.add("wrong folder", root, f"none of the {len(ids):,} ids listed in {id_list} exist under {flag} "
                     f"{root} (e.g. {root / ids[0] if ids else '-'})",
@@ -498,12 +499,12 @@ def _training_files(row: SetReport, fam: str, root: Path, id_list: Path | None,
 
 
 def _training_pairs(row: SetReport, fam: str, root: Path, files: list[Path], scanned: bool) -> list[du.Pair]:
-    """The trainer's pairing of ``files`` (:func:`utils.dataset_utils._pair`); unpaired files are errors, and
+    """The trainer's pairing of ``files`` (:func:`utils.data.training_files.pair_of`); unpaired files are errors, and
     in a scanned family a target nothing pairs with is a warning (the trainer ignores it)."""
     pairs: list[du.Pair] = []
     flag = du.LAYOUT[fam][0]
     for f in files:
-        pair, miss = du._pair(fam, f, root)
+        pair, miss = tf.pair_of(fam, f, root)
         if pair is not None:
             pairs.append(pair)
         else:
