@@ -318,7 +318,6 @@ def test_a_float_tiff_opencv_writes_is_read_not_called_corrupt(tmp_path):
     assert np.abs(got / 65535.0 - rgb).max() < 1e-4
 
 
-
 def _damaged_files(tmp_path):
     """A PNG with a damaged pixel data chunk (libpng: error, no image), and a JPEG whose scan data hits a marker
     early (libjpeg: "Corrupt JPEG data: premature end of data segment", a warning: it decodes, partly grey)."""
@@ -367,6 +366,8 @@ def test_decoder_warnings_that_harm_nothing_are_dropped_and_other_stderr_text_is
     assert said.errors == ["libpng error: Read Error"]
     assert said.warnings == ["Corrupt JPEG data: 2 extraneous bytes before marker 0xd9"]
     assert other == "\r 40%|####a progress bar\rof another thread\n"
+    truncated = DecoderSaid()
+    assert sort_text("Premature end of JPEG file\n", truncated) == "" and truncated.errors  # Pillow refuses one too
     Image.fromarray(RGB).save(tmp_path / "a.png")
     decode = cv2.imdecode
 
@@ -380,7 +381,8 @@ def test_decoder_warnings_that_harm_nothing_are_dropped_and_other_stderr_text_is
 
 def test_a_stderr_nobody_reads_and_a_fork_mid_decode_do_not_break_reading(tmp_path):
     """Passing another thread's text on to a closed pipe raised BrokenPipeError out of reading a sound image;
-    a process forked while another thread decoded inherited the decoders' turn as taken and hung."""
+    a process forked while another thread decoded inherited the decoders' turn as taken and hung, and its
+    stderr stayed on the parent's scratch file, where what it wrote was lost."""
     import subprocess
     import sys
     Image.fromarray(RGB).save(tmp_path / "a.png")
@@ -399,19 +401,24 @@ image_io.cv2.imdecode = slow
 reader = threading.Thread(target=image_io.read_image, args=({str(tmp_path / "a.png")!r},))
 reader.start()
 started.wait(10)
+go_on, told = os.pipe()
 pid = os.fork()
 if pid == 0:
     image_io.cv2.imdecode = decode
-    signal_ok = image_io.read_image({str(tmp_path / "a.png")!r}).shape == (48, 64, 3)
-    os._exit(0 if signal_ok else 3)
+    read_ok = image_io.read_image({str(tmp_path / "a.png")!r}).shape == (48, 64, 3)
+    os.read(go_on, 1)  # the parent's decode has ended: what the child writes now is its own
+    os.write(2, b"the child's own line\\n")
+    os._exit(0 if read_ok else 3)
 forked.set()
 reader.join()
+os.write(told, b"x")
 _, status = os.waitpid(pid, 0)
 print("child", os.waitstatus_to_exitcode(status))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.stdout.strip() == "child 0", done.stderr
+    assert "another thread's line" in done.stderr and "the child's own line" in done.stderr, done.stderr
     closed = subprocess.Popen([sys.executable, "-c", f"""
 import os, sys, time, cv2
 from utils.data import image_io

@@ -81,8 +81,6 @@ def augment(img: np.ndarray, mode: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-
-
 def _to_uint8(img: np.ndarray) -> np.ndarray:
     """8-bit data, as the reference's PIL ``convert('RGB')`` gives it: a 16-bit RGB image keeps its high
     byte (PIL's rule; 16-bit greyscale, which PIL clips at 255, is read the same way instead)."""
@@ -227,7 +225,6 @@ def build_train_dataset(de_types: Sequence[str], dirs: dict[str, str | os.PathLi
     if check:
         found = check_images(found, patch_size, skip_bad=skip_bad, progress=progress, log=log)
     return MixedDegradationDataset(found, de_types, patch_size, seed=seed, skip_bad=skip_bad, repeats=repeats)
-
 
 
 class ResumableSampler(DistributedSampler):

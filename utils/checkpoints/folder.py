@@ -132,8 +132,6 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [p for prog, p in sorted((x for x in found if x[0] is not None), key=lambda x: x[0])]
 
 
-
-
 def read_latest(output_dir: str | os.PathLike) -> Path | None:
     """The checkpoint ``latest`` names, else the newest by file name, else None."""
     folder = Path(output_dir)

@@ -45,7 +45,7 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike, key: str
 
 
 def _rng_problem(state: Any) -> str | None:
-    """Why ``state`` is not an RNG state as :func:`rng_state` writes it (None when it is)."""
+    """Why ``state`` is not an RNG state as :func:`utils.checkpoints.training.rng_state` writes it (None when it is)."""
     def vector(t: Any, dtype: torch.dtype, n: int | None, what: str) -> str | None:
         if not (isinstance(t, torch.Tensor) and t.dim() == 1 and t.dtype == dtype and (n is None or t.numel() == n)
                 and t.numel() <= 2**16 and t.is_contiguous()):
@@ -79,6 +79,3 @@ def check_rng_state(state: Any, source: str = "the checkpoint") -> None:
     if problem:
         raise CheckpointError(f"refusing to restore the random state of {source}: {problem}; the file is "
                               f"damaged, resume from another checkpoint")
-
-
-

@@ -118,7 +118,7 @@ def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLik
 
 def training_checkpoint(model: torch.nn.Module, potentials: torch.nn.Module | None, optimizer, potentials_optimizer,
                         scaler, state: LoopState, epoch_done: bool, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The training checkpoint (the format in the module docstring) of a run at ``state``.
+    """The training checkpoint (its format is in :mod:`utils.checkpoints`) of a run at ``state``.
 
     ``epoch_done``: ``state`` is the end of epoch ``state.epoch`` (else mid-epoch, after
     ``state.iteration`` iterations). ``meta`` holds ``model_config``, ``backbone``, ``preset``,

@@ -167,8 +167,8 @@ def load_weights(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source:
 
 
 def load_network(model: torch.nn.Module, obj: Any, source: str, key: str = "model") -> None:
-    """Load the network weights found in ``obj`` (a checkpoint object of any accepted format,
-    read by :func:`read_checkpoint` from ``source``) into ``model``; mismatches are one error."""
+    """Load the network weights found in ``obj`` (a checkpoint object of any accepted format, read by
+    :func:`utils.checkpoints.reading.read_checkpoint` from ``source``) into ``model``; mismatches are one error."""
     load_weights(model, model_state_from(obj, str(source), key), str(source))
 
 
@@ -193,4 +193,3 @@ def is_training_checkpoint(obj: Any) -> bool:
 
 def is_reference_checkpoint(obj: Any) -> bool:
     return isinstance(obj, Mapping) and "BaryIR" in obj
-

@@ -59,7 +59,6 @@ class DatasetError(UserError, ValueError):
     """The training data cannot be used as given; the message names the files, the flag and the fix."""
 
 
-
 def family(de_type: str) -> str:
     """``'denoise_25' -> 'denoise'``; other names are their own family."""
     return "denoise" if de_type.startswith("denoise_") else de_type

@@ -6,9 +6,11 @@ degraded/target size mismatches, unreadable or truncated files and files in the 
 with one concrete fix, and nothing is decoded unless a file looks damaged:
 
 - which sets exist follows the tester's rules (:mod:`utils.eval.tasks`) and the trainer's
-  (:mod:`utils.dataset_utils`: id lists, scanned folders, the ``--*_dir`` layout);
+  (:mod:`utils.data.training_files`: id lists, scanned folders; :mod:`utils.data.degradations`: the
+  ``--*_dir`` layout);
 - pairing is the loaders' own: :func:`utils.data.pairing.match_pairs` for test sets, the trainer's
-  ``_pair`` for training sets (``rain-N`` <-> ``norain-N``, ``ID_A_B`` <-> ``ID``, same names);
+  :func:`~utils.data.training_files.pair_of` for training sets (``rain-N`` <-> ``norain-N``,
+  ``ID_A_B`` <-> ``ID``, same names);
 - sizes come from the image headers (:func:`utils.data.image_io.image_size`);
 - readability: the header must parse, and the file must end where its format says it ends (PNG
   ``IEND``, JPEG ``EOI``, BMP/WebP sizes from the header). Only a file failing that is decoded, by
@@ -412,7 +414,7 @@ def check_training_data(de_types: Sequence[str], dirs: Mapping[str, str | os.Pat
                         data_file_dir: str | os.PathLike | None, patch_size: int = 128, strict_ids: bool = False,
                         expected: Mapping[str, Expected] = TRAIN_EXPECTED, pixel_limit: int | None = None,
                         threads: int = HEADER_THREADS) -> DataReport:
-    """The training sets ``de_types`` read, found and paired as :func:`utils.dataset_utils.collect_samples`
+    """The training sets ``de_types`` read, found and paired as :func:`utils.data.training_files.collect_samples`
     finds them (id lists in ``data_file_dir`` when present, else a folder scan), one row per family."""
     tic = time.perf_counter()
     de_types = du.check_de_types(de_types)

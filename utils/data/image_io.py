@@ -35,7 +35,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import sys
 import threading
 import warnings
 from contextlib import contextmanager
@@ -331,13 +330,14 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
     try:
         with quiet_opencv(), decoder_messages() as said:  # libpng's and libjpeg's own lines taken out of stderr
             img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
-        if img is None and said.errors:
-            raise ImageReadError(f"cannot decode image {path}: the file is damaged ({'; '.join(said.errors)}). "
-                                 f"Replace or remove it.")
-        if img is not None and said.warnings and decoder_messages.first_time(str(path)):
-            print(f"warning: {path}: the JPEG decoder says {'; '.join(said.warnings)!r}; the image is read as it "
-                  f"decodes, as the reference's Pillow reads it, and damaged parts come out grey or smeared: look "
-                  f"at it, and replace the file if it is damaged", file=sys.stderr)
+        if said.errors or (img is None and said.warnings):
+            raise ImageReadError(f"cannot decode image {path}: the file is damaged "
+                                 f"({'; '.join(said.errors + said.warnings)}). Replace or remove it.")
+        if said.warnings:
+            words = "; ".join(said.warnings)
+            decoder_messages.warn_once(str(path), f"warning: {path}: the JPEG decoder says {words!r}; the image is "
+                                       f"read as it decodes, as the reference's Pillow reads it, and damaged parts "
+                                       f"come out grey or smeared: look at it, and replace the file if it is damaged")
         if img is not None:
             _check_pixels(path, img.shape[:2], limit)  # a header that under-stated the size
             img = _to_rgb(img, path)

@@ -4,7 +4,7 @@ A file cut short (an interrupted download or copy) usually keeps a valid header:
 calls it fine, and the loader then fails on it mid-epoch. :func:`check_file` also reads the file's last
 bytes (PNG ends with IEND, JPEG with EOI; BMP and WebP state their length) and decodes only a file that ends
 early, to tell a truncated file from one with extra bytes at its end. Used by the trainers' start-up check
-(:func:`utils.dataset_utils.check_images`) and by ``--check-data`` (:mod:`utils.data.doctor`).
+(:func:`utils.data.training_files.check_images`) and by ``--check-data`` (:mod:`utils.data.doctor`).
 """
 from __future__ import annotations
 

@@ -203,7 +203,7 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
         log: where the notes on each family and the one ``warning:`` line on left-out ids go.
         strict_ids: listed ids absent from disk are an error instead of being left out.
     Returns:
-        ``{family: [Pair, ...]}`` in :data:`FAMILIES` order.
+        ``{family: [Pair, ...]}`` in :data:`utils.data.degradations.FAMILIES` order.
     Raises:
         DatasetError: a folder is missing or empty, no listed id of a list exists, listed ids
         are absent with ``strict_ids``, or pairs are missing (all listed in one error).
