@@ -1094,3 +1094,24 @@ def test_a_refused_run_moves_nothing_and_links_are_inputs_of_their_own(checkpoin
     assert sorted(Path(r["output"]).name for r in res["restored"]) == ["2024-01-01.png", "latest.png"]
     [kept] = (tmp_path / "o").glob("results.before-*")
     assert (kept / "latest.png").is_symlink()
+
+
+def test_a_jpeg_decoded_over_damage_is_scored_as_pillow_reads_it_and_the_results_say_so(checkpoint, tmp_path,
+                                                                                        capsys):
+    """libjpeg decodes a JPEG over damaged data (grey where it lost it), as the reference's Pillow does in
+    silence: the tester scored and restored it with no word in its results."""
+    import cv2
+    ok, buf = cv2.imencode(".jpg", _clean_images()["cat"][:, :, ::-1].copy())
+    b = bytearray(buf.tobytes())
+    scan = b.find(b"\xff\xda")
+    b[scan + 40:scan + 44] = b"\xff\xd0\xff\xd5"  # two restart markers where there are none
+    deg, tar = _pair_dirs(tmp_path, [], ["a.png"])
+    deg.mkdir()
+    (deg / "a.jpg").write_bytes(bytes(b))
+    results = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
+    [row] = next(iter(results["tasks"].values()))["images"]
+    said = "a.jpg: the JPEG decoder says 'Corrupt JPEG data: premature end of data segment'"
+    assert row["decoder_warnings"] == [said] and row["psnr"] > 0
+    assert f"warning: {deg / 'a.jpg'}: the JPEG decoder says" in capsys.readouterr().err
+    restored = run("--model", checkpoint, "--input", deg, "--save", tmp_path / "i")
+    assert restored["restored"][0]["decoder_warnings"] == [said]

@@ -309,12 +309,15 @@ def _readable(path: Path) -> Iterator[None]:
             from exc
 
 
-def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | None = None) -> np.ndarray:
+def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | None = None,
+               decoder_warnings: list[str] | None = None) -> np.ndarray:
     """RGB ``(H, W, 3)`` ``uint8`` or ``uint16`` array of ``path`` (see the module rule).
 
     ``exif``: apply the EXIF orientation tag (user photos); the default ignores it, as the
     reference's PIL ``convert('RGB')`` does (benchmark pairs, training data). ``max_pixels``:
     refuse larger images (default: :func:`max_pixels`), checked from the header before decoding.
+    ``decoder_warnings``: a list that gets libjpeg's words about a file it decoded over damage (the
+    warning on stderr is printed either way, once per file), for a caller that records them.
     """
     path = Path(path)
     if not path.is_file():
@@ -335,6 +338,8 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
                                  f"({'; '.join(said.errors + said.warnings)}). Replace or remove it.")
         if said.warnings:
             words = "; ".join(said.warnings)
+            if decoder_warnings is not None:
+                decoder_warnings.append(f"{path.name}: the JPEG decoder says {words!r}")
             decoder_messages.warn_once(str(path), f"warning: {path}: the JPEG decoder says {words!r}; the image is "
                                        f"read as it decodes, as the reference's Pillow reads it, and damaged parts "
                                        f"come out grey or smeared: look at it, and replace the file if it is damaged")

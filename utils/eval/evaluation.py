@@ -40,17 +40,20 @@ from utils.eval.report import save_comparison_figure
 from utils.eval.tasks import EvalItem, EvalSet, find_task_sets
 
 
-def _load_item(item: EvalItem, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
+def _load_item(item: EvalItem, protocol: Protocol, decoder_warnings: list[str] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """(degraded, target) arrays as the protocol restores and scores them.
 
-    Read as stored, EXIF orientation ignored (``exif=False``), as the reference's PIL reads them.
+    Read as stored, EXIF orientation ignored (``exif=False``), as the reference's PIL reads them;
+    ``decoder_warnings`` gets what libjpeg said of a file it decoded over damage.
     """
     if item.sigma is not None:
-        clean = to_8bit(read_image(item.target, exif=False))
+        clean = to_8bit(read_image(item.target, exif=False, decoder_warnings=decoder_warnings))
         if protocol.protocol == "reference":
             clean = crop_to_multiple(clean)
         return noisy_version(clean, item.target.name, item.sigma, protocol.noise_seed), clean
-    deg, tar = read_image(item.degraded, exif=False), read_image(item.target, exif=False)
+    deg = read_image(item.degraded, exif=False, decoder_warnings=decoder_warnings)
+    tar = read_image(item.target, exif=False, decoder_warnings=decoder_warnings)
     if deg.shape != tar.shape:
         raise PairingError(f"{item.degraded} is {deg.shape[0]}x{deg.shape[1]} but its target {item.target} is "
                            f"{tar.shape[0]}x{tar.shape[1]}")
@@ -173,9 +176,9 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
 
     def evaluate_item(item: EvalItem, out_name: str) -> None:
         """Restore, score and save one image (or note it as bad); its row is added once all is written."""
-        tiles = TileBar(progress)
+        tiles, warned = TileBar(progress), []
         try:
-            deg, tar = _load_item(item, protocol)
+            deg, tar = _load_item(item, protocol, warned)
             _check_size(deg, item, protocol)
             out, seconds = restore_array(model, deg, protocol, device, name=str(item.degraded or item.target),
                                          note=lambda msg: (notes.append(msg), tqdm.write(msg)), tile_progress=tiles)
@@ -197,6 +200,8 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         if lpips_metric is not None:
             row["lpips"] = lpips_metric(out8, tar8)
         row["seconds"] = seconds
+        if warned:  # scored as decoded, as the reference's Pillow reads it; the results say so
+            row["decoder_warnings"] = warned
         if save_dir is not None:
             write_image(save_dir / out_name, quantise(out, 16 if deg.dtype == np.uint16 else 8))
         if savetar_dir is not None:
@@ -318,9 +323,9 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
     def restore_one(path: Path, out_name: str) -> None:
         """Restore and save one image (or note it as unreadable); its entry is added once the file is written."""
         said: list[str] = []
-        tiles = TileBar(progress)
+        tiles, warned = TileBar(progress), []
         try:
-            img = read_image(path, exif=True)
+            img = read_image(path, exif=True, decoder_warnings=warned)
             out, seconds = restore_array(model, img, protocol, device, name=str(path),
                                          note=lambda msg: (said.append(msg), tqdm.write(msg)), tile_progress=tiles)
         except UserError as exc:
@@ -333,7 +338,7 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
         dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
         lost = lost_on_restoring(path)
         done.append({"name": path.name, "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {}),
-                     **({"not_kept": lost} if lost else {})})
+                     **({"not_kept": lost} if lost else {}), **({"decoder_warnings": warned} if warned else {})})
 
     for path, out_name in tqdm(list(zip(inputs, output_names([p.name for p in inputs]))), desc="restore",
                                unit="img", disable=not progress):
