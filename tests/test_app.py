@@ -115,6 +115,27 @@ def test_restore_for_page_writes_the_tester_png_and_the_maps(session, photo, tes
     assert tiled.after.is_file()
 
 
+def test_the_page_says_what_the_tester_says_of_an_upload(session, tmp_path):
+    """The tester names an input whose transparency the RGB PNG does not keep, and a JPEG libjpeg decoded over
+    damage; the page restored both and said nothing."""
+    import cv2
+    from PIL import Image
+    rgba = np.dstack([data.chelsea()[:H, :W], np.full((H, W), 200, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "clear.png")
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(data.chelsea()[:H, :W, ::-1]))
+    b = bytearray(buf.tobytes())
+    scan = b.find(b"\xff\xda")
+    b[scan + 40:scan + 44] = b"\xff\xd0\xff\xd5"  # two restart markers where there are none
+    (tmp_path / "grey.jpg").write_bytes(bytes(b))
+    clear = restore_for_page(session, tmp_path / "clear.png", "fp32", "auto").status
+    assert clear.startswith("**Restored**") and clear.endswith(
+        ". **Note**: its transparency is not kept in the restored PNG (the network restores RGB)"), clear
+    grey = restore_for_page(session, tmp_path / "grey.jpg", "fp32", "auto").status
+    assert grey.startswith("**Restored**") and grey.endswith(
+        ". **Note**: the JPEG decoder says 'Corrupt JPEG data: premature end of data segment': the image was read "
+        "as it decodes, and damaged parts come out grey or smeared"), grey
+
+
 def test_large_images_give_scaled_maps(session, photo, monkeypatch):
     monkeypatch.setattr(app_restore, "DISPLAY_SIDE", 40)
     monkeypatch.setattr(app_restore, "MAP_SIDE", 40)

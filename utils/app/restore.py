@@ -104,6 +104,21 @@ class Restored:
     after: np.ndarray    # (H, W, 3), the same dtype: the restored PNG read back
     seconds: float       # the network's time (reading and writing not included)
     note: str | None     # what automatic tiling chose, when it tiled
+    not_kept: tuple[str, ...] = ()          # what the RGB PNG does not keep ("transparency", "colour profile")
+    decoder_warnings: tuple[str, ...] = ()  # libjpeg's words, when it decoded the upload over damaged data
+
+
+def _caveats(restored: Restored) -> str:
+    """What the tester says of this upload beside its restoration: what the PNG does not keep, and a JPEG
+    decoded over damage (an empty string when neither)."""
+    said = []
+    if restored.not_kept:
+        said.append(f"its {' and '.join(restored.not_kept)} is not kept in the restored PNG (the network restores "
+                    f"RGB)")
+    for words in restored.decoder_warnings:
+        said.append(f"{words.split(': ', 1)[-1]}: the image was read as it decodes, and damaged parts come out grey "
+                    f"or smeared")
+    return "".join(f". **Note**: {s}" for s in said)
 
 
 def _named(message: str, path: Path, name: str) -> str:
@@ -127,7 +142,8 @@ def restore_upload(model: nn.Module, path: str | os.PathLike, save_dir: str | os
         raise UploadError(_named(str(stop), path, name)) from stop
     after = read_image(entry["output"])
     return Restored(name=name, output=Path(entry["output"]), before=before, after=after,
-                    seconds=float(entry["seconds"]), note=entry.get("note"))
+                    seconds=float(entry["seconds"]), note=entry.get("note"), not_kept=tuple(entry.get("not_kept", ())),
+                    decoder_warnings=tuple(_named(w, path, name) for w in entry.get("decoder_warnings", ())))
 
 
 # --------------------------------------------------------------------------- maps
@@ -354,7 +370,8 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
     bits = 16 if restored.before.dtype == np.uint16 else 8
     status = (f"**Restored** `{name}` ({w}x{h}, {bits}-bit) in {restored.seconds:.2f} s (the network; "
               f"{time.perf_counter() - start:.2f} s in all) on {session.device}: {precision}, "
-              f"{_named(_tiling_text(protocol, restored.note), upload, name)}; download it as `{restored.output.name}`")
+              f"{_named(_tiling_text(protocol, restored.note), upload, name)}; download it as `{restored.output.name}`"
+              f"{_caveats(restored)}")
     return PageResult(status=status, before=before, after=restored.output,
                       residual=signed_colours(residual, r_limit),
                       wb=heat_overlay(maps.image, maps.wb, scales[0]) if maps is not None else None,
