@@ -874,6 +874,12 @@ def test_an_earlier_runs_results_csv_and_md_go_aside_with_its_results_json(check
     [kept] = save.glob("results.before-*")
     assert {n: (kept / n).read_bytes() for n in scored} == scored
     assert sorted(p.name for p in save.glob("results.*") if p.is_file()) == ["results.json"]
+    # --overwrite replaces what the run writes, and the tables it does not write still go aside
+    run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "w")
+    run("--model", checkpoint, "--input", deg, "--save", tmp_path / "w", "--overwrite")
+    [kept] = (tmp_path / "w").glob("results.before-*")
+    assert sorted(p.name for p in kept.iterdir()) == ["results.csv", "results.md"]
+    assert sorted(p.name for p in (tmp_path / "w").glob("results.*") if p.is_file()) == ["results.json"]
 
 
 def test_names_that_are_not_utf8_and_the_files_permissions(checkpoint, tmp_path):

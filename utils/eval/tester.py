@@ -218,8 +218,14 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
     """Before anything is written: move the files this run would replace (an earlier run's results and
     restorations, or a user's own files of those names) into ``<folder>/results.before-<time>/``, kept at
     their places, and say so. Returns the folder the ``--save`` files went to (None: nothing was there).
-    ``--overwrite`` (outputs among the inputs) replaces them as it says."""
+    ``--overwrite`` (outputs among the inputs) replaces them as it says; an earlier run's results.csv/.md,
+    which an ``--input`` run does not write, still go aside, so that no table describes another run's json."""
     if args.overwrite:
+        stale = [p for p in (save / "results.csv", save / "results.md") if args.input and p.is_file()]
+        if stale:
+            kept = keep_aside(stale, save / "results")
+            print(f"=> {len(stale)} table(s) of an earlier run, which this run does not write, were in {save}: moved "
+                  f"to {kept}/")
         return None
     read = {_real(f): f for f in [*inputs, *(f for s in sets for item in s.items
                                              for f in (item.degraded, item.target) if f is not None)]}
