@@ -387,7 +387,7 @@ def test_a_stderr_nobody_reads_and_a_fork_mid_decode_do_not_break_reading(tmp_pa
     import sys
     Image.fromarray(RGB).save(tmp_path / "a.png")
     script = f"""
-import os, threading, cv2, numpy as np
+import os, signal, threading, cv2, numpy as np
 from utils.data import image_io
 from utils.data.decoder_messages import decoder_messages
 decode = cv2.imdecode
@@ -404,6 +404,7 @@ started.wait(10)
 go_on, told = os.pipe()
 pid = os.fork()
 if pid == 0:
+    signal.alarm(30)  # a child that hangs ends by itself, not as an orphan outliving the test
     image_io.cv2.imdecode = decode
     read_ok = image_io.read_image({str(tmp_path / "a.png")!r}).shape == (48, 64, 3)
     os.read(go_on, 1)  # the parent's decode has ended: what the child writes now is its own

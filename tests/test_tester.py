@@ -874,12 +874,18 @@ def test_an_earlier_runs_results_csv_and_md_go_aside_with_its_results_json(check
     [kept] = save.glob("results.before-*")
     assert {n: (kept / n).read_bytes() for n in scored} == scored
     assert sorted(p.name for p in save.glob("results.*") if p.is_file()) == ["results.json"]
-    # --overwrite replaces what the run writes, and the tables it does not write still go aside
+    # --overwrite replaces what the run writes; the earlier run's json still goes aside with its tables,
     run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "w")
     run("--model", checkpoint, "--input", deg, "--save", tmp_path / "w", "--overwrite")
     [kept] = (tmp_path / "w").glob("results.before-*")
-    assert sorted(p.name for p in kept.iterdir()) == ["results.csv", "results.md"]
+    assert sorted(p.name for p in kept.iterdir()) == ["results.csv", "results.json", "results.md"]
     assert sorted(p.name for p in (tmp_path / "w").glob("results.*") if p.is_file()) == ["results.json"]
+    # and a user's own results.md, without an earlier run's json beside it, stays where it is
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "results.md").write_text("my notes")
+    run("--model", checkpoint, "--input", deg, "--save", tmp_path / "mine", "--overwrite")
+    assert (tmp_path / "mine" / "results.md").read_text() == "my notes"
+    assert not list((tmp_path / "mine").glob("results.before-*"))
 
 
 def test_names_that_are_not_utf8_and_the_files_permissions(checkpoint, tmp_path):
@@ -1117,7 +1123,7 @@ def test_a_jpeg_decoded_over_damage_is_scored_as_pillow_reads_it_and_the_results
     results = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
     [row] = next(iter(results["tasks"].values()))["images"]
     said = "a.jpg: the JPEG decoder says 'Corrupt JPEG data: premature end of data segment'"
-    assert row["decoder_warnings"] == [said] and row["psnr"] > 0
+    assert row["decoder_warnings"] == ["degraded " + said] and row["psnr"] > 0  # not the target, of the same name
     assert f"warning: {deg / 'a.jpg'}: the JPEG decoder says" in capsys.readouterr().err
     restored = run("--model", checkpoint, "--input", deg, "--save", tmp_path / "i")
     assert restored["restored"][0]["decoder_warnings"] == [said]

@@ -105,7 +105,7 @@ class Restored:
     seconds: float       # the network's time (reading and writing not included)
     note: str | None     # what automatic tiling chose, when it tiled
     not_kept: tuple[str, ...] = ()          # what the RGB PNG does not keep ("transparency", "colour profile")
-    decoder_warnings: tuple[str, ...] = ()  # libjpeg's words, when it decoded the upload over damaged data
+    decoder_warnings: tuple[str, ...] = ()  # what libjpeg said, when it decoded the upload over damaged data
 
 
 def _caveats(restored: Restored) -> str:
@@ -113,11 +113,11 @@ def _caveats(restored: Restored) -> str:
     decoded over damage (an empty string when neither)."""
     said = []
     if restored.not_kept:
-        said.append(f"its {' and '.join(restored.not_kept)} is not kept in the restored PNG (the network restores "
-                    f"RGB)")
+        verb = "are" if len(restored.not_kept) > 1 else "is"
+        said.append(f"its {' and '.join(restored.not_kept)} {verb} not kept in the restored PNG (the network "
+                    f"restores RGB)")
     for words in restored.decoder_warnings:
-        said.append(f"{words.split(': ', 1)[-1]}: the image was read as it decodes, and damaged parts come out grey "
-                    f"or smeared")
+        said.append(f"{words}: the image was read as it decodes, and damaged parts come out grey or smeared")
     return "".join(f". **Note**: {s}" for s in said)
 
 
@@ -143,7 +143,7 @@ def restore_upload(model: nn.Module, path: str | os.PathLike, save_dir: str | os
     after = read_image(entry["output"])
     return Restored(name=name, output=Path(entry["output"]), before=before, after=after,
                     seconds=float(entry["seconds"]), note=entry.get("note"), not_kept=tuple(entry.get("not_kept", ())),
-                    decoder_warnings=tuple(_named(w, path, name) for w in entry.get("decoder_warnings", ())))
+                    decoder_warnings=tuple(w.removeprefix(f"{path.name}: ") for w in entry.get("decoder_warnings", ())))
 
 
 # --------------------------------------------------------------------------- maps

@@ -45,15 +45,25 @@ def _load_item(item: EvalItem, protocol: Protocol, decoder_warnings: list[str] |
     """(degraded, target) arrays as the protocol restores and scores them.
 
     Read as stored, EXIF orientation ignored (``exif=False``), as the reference's PIL reads them;
-    ``decoder_warnings`` gets what libjpeg said of a file it decoded over damage.
+    ``decoder_warnings`` gets what libjpeg said of a file it decoded over damage, as ``"degraded NAME: ..."``
+    or ``"target NAME: ..."``.
     """
+    said: dict[str, list[str]] = {"degraded": [], "target": []}
+    try:
+        return _read_item(item, protocol, said)
+    finally:  # which file of the pair the decoder spoke of (they share a name)
+        if decoder_warnings is not None:
+            decoder_warnings += [f"{role} {words}" for role, found in said.items() for words in found]
+
+
+def _read_item(item: EvalItem, protocol: Protocol, said: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
     if item.sigma is not None:
-        clean = to_8bit(read_image(item.target, exif=False, decoder_warnings=decoder_warnings))
+        clean = to_8bit(read_image(item.target, exif=False, decoder_warnings=said["target"]))
         if protocol.protocol == "reference":
             clean = crop_to_multiple(clean)
         return noisy_version(clean, item.target.name, item.sigma, protocol.noise_seed), clean
-    deg = read_image(item.degraded, exif=False, decoder_warnings=decoder_warnings)
-    tar = read_image(item.target, exif=False, decoder_warnings=decoder_warnings)
+    deg = read_image(item.degraded, exif=False, decoder_warnings=said["degraded"])
+    tar = read_image(item.target, exif=False, decoder_warnings=said["target"])
     if deg.shape != tar.shape:
         raise PairingError(f"{item.degraded} is {deg.shape[0]}x{deg.shape[1]} but its target {item.target} is "
                            f"{tar.shape[0]}x{tar.shape[1]}")

@@ -218,15 +218,18 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
     """Before anything is written: move the files this run would replace (an earlier run's results and
     restorations, or a user's own files of those names) into ``<folder>/results.before-<time>/``, kept at
     their places, and say so. Returns the folder the ``--save`` files went to (None: nothing was there).
-    ``--overwrite`` (outputs among the inputs) replaces them as it says; an earlier run's results.csv/.md,
-    which an ``--input`` run does not write, still go aside, so that no table describes another run's json."""
+    ``--overwrite`` (outputs among the inputs) replaces them as it says; but an ``--input`` run writes only
+    results.json, so an earlier run's results.json goes aside with its results.csv/.md (no table is left
+    describing another run than the json beside it)."""
     if args.overwrite:
-        stale = [p for p in (save / "results.csv", save / "results.md") if args.input and p.is_file()]
-        if stale:
-            kept = keep_aside(stale, save / "results")
-            print(f"=> {len(stale)} table(s) of an earlier run, which this run does not write, were in {save}: moved "
-                  f"to {kept}/")
-        return None
+        earlier = [save / f"results.{ext}" for ext in ("json", "csv", "md")]
+        there = [p for p in earlier if p.is_file() or p.is_symlink()]
+        if not (args.input and earlier[0] in there and len(there) > 1):
+            return None
+        kept = keep_aside(there, save / "results")
+        print(f"=> an earlier run's {', '.join(p.name for p in there)} were in {save}: moved to {kept}/ (this run "
+              f"writes results.json alone)")
+        return kept
     read = {_real(f): f for f in [*inputs, *(f for s in sets for item in s.items
                                              for f in (item.degraded, item.target) if f is not None)]}
     found = {base: [p for p in dict.fromkeys(paths) if p.is_file() or p.is_symlink()]
