@@ -1124,6 +1124,8 @@ def test_a_jpeg_decoded_over_damage_is_scored_as_pillow_reads_it_and_the_results
     [row] = next(iter(results["tasks"].values()))["images"]
     said = "a.jpg: the JPEG decoder says 'Corrupt JPEG data: premature end of data segment'"
     assert row["decoder_warnings"] == ["degraded " + said] and row["psnr"] > 0  # not the target, of the same name
+    assert f"Decoded over damaged data (1; scored as decoded, as the reference reads them): degraded {said}" in \
+        (tmp_path / "o" / "results.md").read_text()
     assert f"warning: {deg / 'a.jpg'}: the JPEG decoder says" in capsys.readouterr().err
     restored = run("--model", checkpoint, "--input", deg, "--save", tmp_path / "i")
     assert restored["restored"][0]["decoder_warnings"] == [said]

@@ -159,6 +159,10 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
                    f"({r['worst_ssim']['name']}).", ""]
         if r.get("skipped_files"):
             md += [f"Skipped ({len(r['skipped_files'])}): " + "; ".join(r["skipped_files"]), ""]
+        warned = [w for im in r["images"] for w in im.get("decoder_warnings", ())]
+        if warned:  # scored as decoded over damage, as the reference's Pillow reads them
+            md += [f"Decoded over damaged data ({len(warned)}; scored as decoded, as the reference reads them): "
+                   + "; ".join(warned), ""]
         md += ["| Image | Degraded PSNR | Degraded SSIM | PSNR | SSIM |" + (" LPIPS |" if has_lpips else "") + " s |",
                "|---|---|---|---|---|" + ("---|" if has_lpips else "") + "---|"]
         for im in r["images"]:
