@@ -48,22 +48,19 @@ def _load_item(item: EvalItem, protocol: Protocol, decoder_warnings: list[str] |
     ``decoder_warnings`` gets what libjpeg said of a file it decoded over damage, as ``"degraded NAME: ..."``
     or ``"target NAME: ..."``.
     """
-    said: dict[str, list[str]] = {"degraded": [], "target": []}
-    try:
-        return _read_item(item, protocol, said)
-    finally:  # which file of the pair the decoder spoke of (they share a name)
+    def read(path: Path, role: str) -> np.ndarray:  # the role says which file of the pair (they share a name)
+        said: list[str] = []
+        img = read_image(path, exif=False, decoder_warnings=said)
         if decoder_warnings is not None:
-            decoder_warnings += [f"{role} {words}" for role, found in said.items() for words in found]
+            decoder_warnings.extend(f"{role} {words}" for words in said)
+        return img
 
-
-def _read_item(item: EvalItem, protocol: Protocol, said: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
     if item.sigma is not None:
-        clean = to_8bit(read_image(item.target, exif=False, decoder_warnings=said["target"]))
+        clean = to_8bit(read(item.target, "target"))
         if protocol.protocol == "reference":
             clean = crop_to_multiple(clean)
         return noisy_version(clean, item.target.name, item.sigma, protocol.noise_seed), clean
-    deg = read_image(item.degraded, exif=False, decoder_warnings=said["degraded"])
-    tar = read_image(item.target, exif=False, decoder_warnings=said["target"])
+    deg, tar = read(item.degraded, "degraded"), read(item.target, "target")
     if deg.shape != tar.shape:
         raise PairingError(f"{item.degraded} is {deg.shape[0]}x{deg.shape[1]} but its target {item.target} is "
                            f"{tar.shape[0]}x{tar.shape[1]}")
