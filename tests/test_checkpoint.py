@@ -1,6 +1,7 @@
 """Loading every accepted checkpoint format, and refusing files that try to run code."""
 import os
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -159,6 +160,18 @@ def test_a_file_that_is_not_a_checkpoint_says_what_to_do(tmp_path, content, why)
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=rf"{why}.*not a PyTorch checkpoint: copy or download it again"):
         read_checkpoint(path)
+
+
+def test_a_pickle_of_a_newer_protocol_is_one_error_and_no_torch_warning(tmp_path):
+    """A plain pickle (protocol 5) given as a checkpoint printed torch's 'Detected pickle protocol 5 ...
+    please file an issue' UserWarning, two lines of it, above the one error line."""
+    path = tmp_path / "pickled.pth"
+    path.write_bytes(pickle.dumps({"epoch": 1, "steps": [1, 2]}, protocol=5))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+            read_checkpoint(path)
+    assert not [w for w in seen if "pickle" in str(w.message)], [str(w.message) for w in seen]
 
 
 def test_weights_of_another_network_are_one_line_naming_a_few_keys():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import pickle
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,9 @@ def _inert_pickle_module() -> types.ModuleType:
 def _load(path: Path) -> Any:
     """``torch.load`` with ``weights_only``, else (a reference checkpoint) with :class:`_InertUnpickler`."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # its note on a pickle's protocol would land above our one error line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass  # names classes that weights_only refuses: maybe a reference checkpoint
     except Exception as exc:  # truncated zip, not a torch file, ...
