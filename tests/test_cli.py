@@ -32,6 +32,22 @@ def test_help_shows_each_flag_once_in_kebab_case(name):
     assert len(set(longs)) == len(longs)
 
 
+@pytest.mark.parametrize("name", [*PARSERS, "app"])
+def test_help_says_each_default_once(name):
+    """argparse added "(default: None)" after help that already said "(default: the checkpoint's, else
+    BaryNet)", and "(default: False)" to switches."""
+    if name == "app":
+        from utils.app.main import get_args_parser
+    else:
+        get_args_parser = PARSERS[name]
+    text = " ".join(get_args_parser().format_help().split())
+    helps = re.split(r" (?=--?[a-z][\w-]* )", text.split("options:", 1)[1])
+    assert len(helps) > 10
+    twice = [h for h in helps if h.lower().count("(default") > 1]
+    assert not twice, f"{name} --help says a default twice: {twice}"
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
 @pytest.mark.parametrize("name", PARSERS)
 def test_every_flag_takes_kebab_and_snake_case(name):
     parser = PARSERS[name]()

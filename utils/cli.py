@@ -27,7 +27,15 @@ def _snake(flag: str) -> str:
 
 class OneSpellingHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Help that shows each flag by its first option string only (:func:`one_spelling` puts the
-    kebab-case one first and names the others in the help text)."""
+    kebab-case one first and names the others in the help text), and a flag's default once: argparse's
+    "(default: ...)" is left off where the help already says its default, where it is None (not given),
+    and for on/off switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if re.search(r"(^|[(;,] ?)default\b", text, flags=re.I) or action.default is None or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if not action.option_strings or isinstance(action, argparse.BooleanOptionalAction):
