@@ -221,22 +221,20 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
     ``--overwrite`` (outputs among the inputs) replaces them as it says; but an ``--input`` run writes only
     results.json, so an earlier run's results.json goes aside with its results.csv/.md (no table is left
     describing another run than the json beside it)."""
+    tables = _tables_beside_results_json(save) if args.input else []
     if args.overwrite:
-        earlier = [save / f"results.{ext}" for ext in ("json", "csv", "md")]
-        there = [p for p in earlier if p.is_file() or p.is_symlink()]
-        if not (args.input and earlier[0] in there and len(there) > 1):
+        if not tables:
             return None
+        there = [save / "results.json", *tables]
         kept = keep_aside(there, save / "results")
         print(f"=> an earlier run's {', '.join(p.name for p in there)} were in {save}: moved to {kept}/ (this run "
               f"writes results.json alone)")
         return kept
     read = {_real(f): f for f in [*inputs, *(f for s in sets for item in s.items
                                              for f in (item.degraded, item.target) if f is not None)]}
-    found = {base: [p for p in dict.fromkeys(paths) if p.is_file() or p.is_symlink()]
+    found = {base: [p for p in dict.fromkeys(paths) if _there(p)]
              for base, paths in _planned_outputs(args, sets, inputs, save).items()}
-    if save / "results.json" in found.get(save, []):  # an earlier run's results.csv/.md go with its results.json,
-        found[save] += [p for p in (save / "results.csv", save / "results.md")  # which --input alone replaces
-                        if p not in found[save] and (p.is_file() or p.is_symlink())]
+    found[save] += [p for p in tables if p not in found[save]]
     for base, there in found.items():  # every folder checked before anything moves
         for p in there:
             if _real(p) in read:  # an input reached through a link, or a folder of links to earlier outputs
@@ -250,6 +248,19 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
             print(f"=> {len(there)} file(s) of the names this run writes were already in {base}: moved to {kept}/")
             kept_save = kept if base == save else kept_save
     return kept_save
+
+
+def _there(path: Path) -> bool:
+    """A file or a link (a dangling one too) is at ``path``: writing there would replace it."""
+    return path.is_file() or path.is_symlink()
+
+
+def _tables_beside_results_json(save: Path) -> list[Path]:
+    """The results.csv/.md of an earlier run in ``save``, when its results.json is there too: an ``--input``
+    run writes results.json alone, so these go aside with the json they describe."""
+    if not _there(save / "results.json"):
+        return []
+    return [p for p in (save / "results.csv", save / "results.md") if _there(p)]
 
 
 def _real(path: Path) -> Path | None:
