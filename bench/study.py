@@ -64,7 +64,8 @@ from utils.analysis.embeddings import latents, pooled
 from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
 from utils.dataset_utils import ALL_IN_ONE_3D
-from utils.demo.data import build_demo_data, darken, jpeg_degrade, motion_blur
+from utils.demo.data import build_demo_data
+from utils.demo.degrade import darken, jpeg_degrade, motion_blur
 from utils.demo.run import InputAsOutput, views_of_one_photo
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model

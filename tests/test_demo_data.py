@@ -1,4 +1,5 @@
-"""Tests for utils/demo/data.py on a tiny build (scale 0.2, 3 photos per split)."""
+"""Tests for the embedded demo data (utils/demo/data.py, photos.py, degrade.py) on a tiny build (scale 0.2,
+3 photos per split)."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from utils.demo import data as dd
+from utils.demo import degrade, photos
 
 TINY = dict(scale=0.2, max_photos=3, progress=False)
 
@@ -79,7 +81,7 @@ def test_haze_pairs(tiny):
         for p in hazy:
             m = re.fullmatch(r"(\d{4})_([0-9.]+)_([0-9.]+)\.png", p.name)
             assert m, p.name
-            assert float(m.group(2)) in dd.HAZE_AIRLIGHT and float(m.group(3)) in dd.HAZE_BETA
+            assert float(m.group(2)) in degrade.HAZE_AIRLIGHT and float(m.group(3)) in degrade.HAZE_BETA
             clean = root / clean_dir / f"{m.group(1)}.png"
             assert clean.is_file(), clean
             a, b = read_rgb(p), read_rgb(clean)
@@ -117,7 +119,7 @@ def test_train_test_photos_disjoint(tiny):
     for rel, rec in man["files"].items():
         assert rel.startswith("Train/" if rec["split"] == "train" else "test/"), rel
     # the full photo lists are disjoint too, and the test split has >= 4 photos
-    assert not set(dd.TRAIN_PHOTOS) & set(dd.TEST_PHOTOS) and len(dd.TEST_PHOTOS) >= 4
+    assert not set(photos.TRAIN_PHOTOS) & set(photos.TEST_PHOTOS) and len(photos.TEST_PHOTOS) >= 4
 
 
 def test_deterministic_and_seed_dependent(tiny, tmp_path):
@@ -178,7 +180,7 @@ def test_depth_from_disparity_handles_invalid():
     disp[:, 30:] = 5.0          # far half
     disp[10:20, 10:20] = np.inf  # invalid
     disp[0, 0] = 0.0
-    d = dd.depth_from_disparity(disp)
+    d = degrade.depth_from_disparity(disp)
     assert d.shape == disp.shape and np.isfinite(d).all()
     assert d.min() >= 0 and d.max() <= 1
     assert d[:, 45:].mean() > d[:, :15].mean()
@@ -186,10 +188,10 @@ def test_depth_from_disparity_handles_invalid():
 
 def test_line_kernel_normalised():
     for angle in (-30.0, 0.0, 45.0, 90.0):
-        k = dd.line_kernel(11.0, angle)
+        k = degrade.line_kernel(11.0, angle)
         assert k.shape[0] % 2 == 1 and k.shape[0] == k.shape[1]
         assert abs(float(k.sum()) - 1.0) < 1e-5 and (k >= 0).all()
-    vertical = dd.line_kernel(9.0, 0.0)
+    vertical = degrade.line_kernel(9.0, 0.0)
     assert vertical[:, vertical.shape[1] // 2].sum() > 0.99
 
 
@@ -199,7 +201,7 @@ def test_bad_arguments_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="scale"):
         dd.build_demo_data(tmp_path, seed=0, scale=0.0, progress=False)
     with pytest.raises(RuntimeError, match="reinstall"):
-        dd.load_photo("no_such_photo")
+        photos.load_photo("no_such_photo")
 
 
 def test_a_changed_file_is_rebuilt(tmp_path):

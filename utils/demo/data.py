@@ -1,7 +1,8 @@
 """Embedded default data set: a small, deterministic 3D all-in-one benchmark.
 
 Builds training and test folders (docs/METHOD.md §3-4 layout) from photographs that
-ship inside installed wheels, so the project trains and tests with no download:
+ship inside installed wheels (:mod:`utils.demo.photos`), so the project trains and tests
+with no download:
 
 * scikit-image (``skimage.data``, bundled in the wheel, no pooch fetch):
   ``astronaut``, ``rocket``, ``stereo_motorcycle`` (left and right views and the
@@ -11,9 +12,9 @@ ship inside installed wheels, so the project trains and tests with no download:
 * matplotlib sample data: ``grace_hopper.jpg`` (colour).
 
 Train and test use different photographs (``TRAIN_PHOTOS`` / ``TEST_PHOTOS``).
-Degradations are synthesised deterministically from ``seed``: every image draws
-from its own ``numpy.random.Generator`` seeded by (seed, degradation tag, image
-index, variant); the global RNG is never used.
+Degradations (:mod:`utils.demo.degrade`) are synthesised deterministically from ``seed``:
+every image draws from its own ``numpy.random.Generator`` seeded by (seed, degradation
+tag, image index, variant); the global RNG is never used.
 
 Layout under ``root`` (default ``data/demo``)::
 
@@ -39,16 +40,51 @@ import argparse
 import glob
 import hashlib
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.demo.degrade import (
+    BLUR_LENGTH,
+    DEPTH_FAR,
+    DEPTH_NEAR,
+    HAZE_AIRLIGHT,
+    HAZE_BETA,
+    JPEG_QUALITY,
+    LOWLIGHT_GAIN,
+    LOWLIGHT_GAMMA,
+    LOWLIGHT_NOISE,
+    RAIN_ANGLE_DEG,
+    RAIN_BRIGHTNESS,
+    RAIN_DENSITY,
+    RAIN_LENGTH,
+    RAIN_WIDTH_SIGMA,
+    add_haze,
+    add_rain,
+    darken,
+    depth_from_disparity,
+    depth_proxy,
+    haze_pairs,
+    image_rng,
+    jpeg_degrade,
+    motion_blur,
+    normalise01,
+)
+from utils.demo.photos import (
+    TEST_PHOTOS,
+    TRAIN_PHOTOS,
+    load_photo,
+    plan_test_window,
+    plan_train_windows,
+    resize,
+    round_to_multiple,
+)
 from utils.errors import UserError
 
 VERSION = 1
@@ -61,310 +97,17 @@ class DemoDataError(UserError, ValueError):
     """The demo's data folder cannot be built where or as asked; the message says why and what to do."""
 
 
-# Source photographs. Order matters: ``max_photos`` keeps a prefix, so the first
-# entries exercise every code path (disparity depth, colour, grey).
-TRAIN_PHOTOS = (
-    "motorcycle_left", "astronaut", "brick", "rocket", "motorcycle_right",
-    "immunohistochemistry", "grass", "gravel", "moon",
-)
-TEST_PHOTOS = ("chelsea", "camera", "coffee", "grace_hopper", "coins")
-
 # Sizes at scale 1 (pixels; all become multiples of 16).
 TRAIN_SIDE = 384          # train crops are TRAIN_SIDE x TRAIN_SIDE windows
 TEST_SHORT = 224          # test images: short side ...
 TEST_LONG_MAX = 288       # ... and long side at most this
-SIZE_MULTIPLE = 16
 
 RAIN_VARIANTS_TRAIN = 2   # rainy versions per training crop
 HAZE_VARIANTS_TRAIN = 3   # (A, beta) pairs per training crop
-HAZE_AIRLIGHT = (0.8, 0.85, 0.9, 0.95, 1.0)          # RESIDE-like A
-HAZE_BETA = (0.04, 0.06, 0.08, 0.1, 0.12, 0.16, 0.2)  # RESIDE-like beta
-DEPTH_NEAR, DEPTH_FAR = 1.0, 12.0   # scene depth range the [0,1] proxy is mapped to
-
-RAIN_DENSITY = (0.002, 0.008)       # fraction of pixels seeding a drop
-RAIN_ANGLE_DEG = (-30.0, 30.0)      # streak direction from vertical
-RAIN_LENGTH = (14.0, 40.0)          # streak length in pixels at scale 1
-RAIN_WIDTH_SIGMA = (0.3, 0.8)       # drop thickness (Gaussian sigma, pixels)
-RAIN_BRIGHTNESS = (0.55, 0.9)       # peak streak opacity for the screen blend
-
-JPEG_QUALITY = 10
-LOWLIGHT_GAMMA = (1.4, 2.2)
-LOWLIGHT_GAIN = (0.15, 0.3)
-LOWLIGHT_NOISE = (0.002, 0.006)     # read-noise std on [0,1] images (shot noise alike)
-BLUR_LENGTH = (7.0, 17.0)           # motion-blur length in pixels at scale 1
-
 PNG_COMPRESSION = 3
 
 # Tags that separate the random streams of the different degradations.
 _TAG_RAIN, _TAG_HAZE, _TAG_LOWLIGHT, _TAG_BLUR = 1, 2, 3, 4
-
-
-# ----------------------------------------------------------------------------
-# Source photographs
-# ----------------------------------------------------------------------------
-
-def _fix_hint(name: str) -> str:
-    return (f"demo photo '{name}' could not be loaded from the installed wheels; "
-            "it must ship with scikit-image (skimage.data, bundled files only) or "
-            "matplotlib (sample_data). Fix: reinstall them, e.g. "
-            "`.venv/bin/pip install --force-reinstall scikit-image matplotlib`.")
-
-
-def to_rgb(img: np.ndarray) -> np.ndarray:
-    """Return ``img`` as uint8 (H, W, 3); grey (H, W) is copied to 3 channels,
-    RGBA drops alpha."""
-    img = np.asarray(img)
-    if img.dtype != np.uint8:
-        raise ValueError(f"utils/demo/data.py: expected uint8 photo, got {img.dtype}")
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"utils/demo/data.py: expected (H, W[, 3|4]) photo, got {img.shape}")
-    return np.ascontiguousarray(img[:, :, :3])
-
-
-def load_photo(name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Load a bundled photo by its demo name.
-
-    Returns ``(rgb, disparity)``: rgb uint8 (H, W, 3); disparity float32 (H, W)
-    (inf / <= 0 where invalid) for ``motorcycle_left``, else None.
-    """
-    try:
-        if name == "grace_hopper":
-            from matplotlib import cbook
-            path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise FileNotFoundError(path)
-            return np.ascontiguousarray(bgr[:, :, ::-1]), None
-        import skimage.data as skdata
-        if name in ("motorcycle_left", "motorcycle_right"):
-            left, right, disp = skdata.stereo_motorcycle()
-            if name == "motorcycle_left":
-                return to_rgb(left), np.asarray(disp, dtype=np.float32)
-            return to_rgb(right), None
-        return to_rgb(getattr(skdata, name)()), None
-    except Exception as exc:  # network fetch attempts, missing files, bad names
-        raise RuntimeError(_fix_hint(name) + f" ({type(exc).__name__}: {exc})") from exc
-
-
-# ----------------------------------------------------------------------------
-# Geometry
-# ----------------------------------------------------------------------------
-
-def round_to_multiple(x: float, m: int = SIZE_MULTIPLE) -> int:
-    """Nearest multiple of ``m`` to ``x``, at least ``m``."""
-    return max(m, int(round(x / m)) * m)
-
-
-def resize(arr: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Resize (H, W[, C]) uint8 or float32 to (h, w[, C]); area filter when
-    shrinking, bicubic when enlarging (uint8 results are clipped by OpenCV)."""
-    if arr.shape[:2] == (h, w):
-        return arr.copy()
-    shrink = h * w < arr.shape[0] * arr.shape[1]
-    return cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-
-
-def scaled_shape(h: int, w: int, short: int) -> tuple[int, int]:
-    """(h', w') with the short side equal to ``short`` and the aspect ratio kept."""
-    f = short / min(h, w)
-    return (short, max(short, int(round(w * f)))) if h <= w else (max(short, int(round(h * f))), short)
-
-
-def window_starts(length: int, win: int, n: int) -> list[int]:
-    """``n`` evenly spaced starts of windows of size ``win`` covering [0, length)."""
-    if n <= 1 or length <= win:
-        return [max(0, (length - win) // 2)]
-    return [int(round(i * (length - win) / (n - 1))) for i in range(n)]
-
-
-def plan_train_windows(h: int, w: int, side: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-    """Resize a (h, w) photo to short side ``side`` and tile the long side with
-    square ``side`` windows (one more window per extra ~3/4 side).
-
-    Returns ``((rh, rw), [(y0, x0), ...])``.
-    """
-    rh, rw = scaled_shape(h, w, side)
-    n = max(1, math.ceil(max(rh, rw) / side - 0.25))
-    if rh <= rw:
-        return (rh, rw), [(0, x) for x in window_starts(rw, side, n)]
-    return (rh, rw), [(y, 0) for y in window_starts(rh, side, n)]
-
-
-def plan_test_window(h: int, w: int, short: int, long_max: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
-    """Resize to short side ``short`` and centre-crop the long side to at most
-    ``long_max``, both multiples of SIZE_MULTIPLE.
-
-    Returns ``((rh, rw), (y0, x0, ch, cw))``.
-    """
-    rh, rw = scaled_shape(h, w, short)
-    ch = min(rh, long_max) // SIZE_MULTIPLE * SIZE_MULTIPLE
-    cw = min(rw, long_max) // SIZE_MULTIPLE * SIZE_MULTIPLE
-    return (rh, rw), ((rh - ch) // 2, (rw - cw) // 2, ch, cw)
-
-
-# ----------------------------------------------------------------------------
-# Depth for haze
-# ----------------------------------------------------------------------------
-
-def normalise01(x: np.ndarray) -> np.ndarray:
-    """Affine map of float array ``x`` to [0, 1] (zeros when constant); float32."""
-    x = x.astype(np.float32)
-    lo, hi = float(x.min()), float(x.max())
-    return np.zeros_like(x) if hi - lo < 1e-12 else (x - lo) / (hi - lo)
-
-
-def depth_from_disparity(disp: np.ndarray) -> np.ndarray:
-    """Depth proxy in [0, 1] (0 near, 1 far) from a disparity map (H, W).
-
-    depth = 1 / disparity on valid pixels (finite, > 0); invalid pixels are filled
-    by normalised Gaussian convolution of the valid ones (far where no valid
-    neighbour exists); the range is clipped to the 1st-99th percentiles.
-    Returns float32 (H, W).
-    """
-    disp = np.asarray(disp, dtype=np.float32)
-    valid = np.isfinite(disp) & (disp > 0)
-    if not valid.any():
-        raise ValueError("utils/demo/data.py: disparity map has no valid pixel; "
-                         "reinstall scikit-image to restore motorcycle_disp.npz")
-    depth = np.zeros_like(disp)
-    depth[valid] = 1.0 / disp[valid]
-    sigma = 0.02 * max(disp.shape)
-    num = cv2.GaussianBlur(depth, (0, 0), sigma)
-    den = cv2.GaussianBlur(valid.astype(np.float32), (0, 0), sigma)
-    far = float(depth[valid].max())
-    filled = np.where(valid, depth, np.where(den > 1e-3, num / np.maximum(den, 1e-3), far))
-    lo, hi = np.percentile(depth[valid], [1, 99])
-    filled = np.clip(filled, lo, hi)
-    return normalise01(cv2.GaussianBlur(filled.astype(np.float32), (0, 0), 1.5))
-
-
-def depth_proxy(img: np.ndarray) -> np.ndarray:
-    """Smooth depth proxy in [0, 1] for a photo without depth, uint8 (H, W, 3).
-
-    Mixes a vertical ramp (top far, bottom near) with heavily blurred luminance
-    (bright regions, e.g. sky, far), as outdoor scenes tend to be.
-    Returns float32 (H, W).
-    """
-    h, w = img.shape[:2]
-    lum = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
-    lum = cv2.GaussianBlur(lum, (0, 0), 0.15 * max(h, w))
-    ramp = np.repeat(np.linspace(1.0, 0.0, h, dtype=np.float32)[:, None], w, axis=1)
-    return normalise01(0.55 * ramp + 0.45 * normalise01(lum))
-
-
-# ----------------------------------------------------------------------------
-# Degradations (uint8 (H, W, 3) in, uint8 (H, W, 3) out)
-# ----------------------------------------------------------------------------
-
-def image_rng(seed: int, tag: int, index: int, variant: int = 0) -> np.random.Generator:
-    """Independent generator for one (degradation tag, image index, variant)."""
-    return np.random.default_rng(np.random.SeedSequence([seed, tag, index, variant]))
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[0, 1] float -> uint8 with rounding and clipping."""
-    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
-
-
-def line_kernel(length: float, angle_deg: float) -> np.ndarray:
-    """Anti-aliased linear motion kernel, float32 (k, k), k odd, sum 1.
-
-    ``angle_deg`` is measured from the vertical (0 = vertical, positive leans
-    the top to the right).
-    """
-    length = max(1.0, float(length))
-    k = int(math.ceil(length)) | 1
-    c = (k - 1) / 2.0
-    a = math.radians(angle_deg)
-    t = np.linspace(-(length - 1) / 2.0, (length - 1) / 2.0, max(2, int(length * 4)))
-    xs, ys = c + t * math.sin(a), c - t * math.cos(a)
-    ker = np.zeros((k + 1, k + 1), np.float64)
-    x0, y0 = np.floor(xs).astype(int), np.floor(ys).astype(int)
-    fx, fy = xs - x0, ys - y0
-    for dy, dx, wgt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
-                        (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
-        np.add.at(ker, (y0 + dy, x0 + dx), wgt)
-    ker = ker[:k, :k]
-    return (ker / ker.sum()).astype(np.float32)
-
-
-def rain_layer(h: int, w: int, rng: np.random.Generator, size_scale: float) -> np.ndarray:
-    """Rain-streak opacity map float32 (h, w) in [0, 1].
-
-    Sparse random drops (random brightness, slight thickness) on a canvas padded
-    by one streak length, smeared by a linear motion kernel with a random angle
-    and length, normalised by their 99.9th percentile, scaled by a random peak.
-    """
-    density = rng.uniform(*RAIN_DENSITY)
-    angle = rng.uniform(*RAIN_ANGLE_DEG)
-    length = max(3.0, rng.uniform(*RAIN_LENGTH) * size_scale)
-    sigma = rng.uniform(*RAIN_WIDTH_SIGMA)
-    peak = rng.uniform(*RAIN_BRIGHTNESS)
-    pad = int(math.ceil(length))
-    ph, pw = h + 2 * pad, w + 2 * pad
-    drops = (rng.random((ph, pw)) < density) * rng.uniform(0.4, 1.0, (ph, pw))
-    drops = cv2.GaussianBlur(drops.astype(np.float32), (0, 0), sigma)
-    streaks = cv2.filter2D(drops, -1, line_kernel(length, angle), borderType=cv2.BORDER_CONSTANT)
-    streaks = streaks[pad:pad + h, pad:pad + w]
-    ref = float(np.quantile(streaks, 0.999))
-    if ref <= 1e-8:
-        ref = max(float(streaks.max()), 1e-8)
-    return np.clip(streaks / ref, 0.0, 1.0) * peak
-
-
-def add_rain(img: np.ndarray, rng: np.random.Generator, size_scale: float = 1.0) -> np.ndarray:
-    """Screen-blend synthetic rain streaks onto uint8 (H, W, 3): 1-(1-I)(1-R)."""
-    r = rain_layer(img.shape[0], img.shape[1], rng, size_scale)[:, :, None]
-    x = img.astype(np.float32) / 255.0
-    return to_uint8(1.0 - (1.0 - x) * (1.0 - r))
-
-
-def add_haze(img: np.ndarray, depth01: np.ndarray, airlight: float, beta: float) -> np.ndarray:
-    """Atmospheric scattering I = J t + A (1 - t), t = exp(-beta d).
-
-    ``depth01`` float (H, W) in [0, 1] is mapped to d in [DEPTH_NEAR, DEPTH_FAR].
-    """
-    d = DEPTH_NEAR + (DEPTH_FAR - DEPTH_NEAR) * depth01.astype(np.float32)
-    t = np.exp(-beta * d)[:, :, None]
-    j = img.astype(np.float32) / 255.0
-    return to_uint8(j * t + airlight * (1.0 - t))
-
-
-def jpeg_degrade(img: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
-    """Encode uint8 RGB (H, W, 3) as JPEG at ``quality`` and decode it again."""
-    ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise RuntimeError("utils/demo/data.py: OpenCV JPEG encoding failed; "
-                           "reinstall opencv-python-headless")
-    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
-
-
-def darken(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Synthetic low light in sRGB: gain * I^gamma plus mild read + shot noise."""
-    gamma = rng.uniform(*LOWLIGHT_GAMMA)
-    gain = rng.uniform(*LOWLIGHT_GAIN)
-    read = rng.uniform(*LOWLIGHT_NOISE)
-    shot = rng.uniform(*LOWLIGHT_NOISE)
-    y = gain * (img.astype(np.float32) / 255.0) ** gamma
-    std = read + shot * np.sqrt(y)
-    return to_uint8(y + std * rng.standard_normal(y.shape).astype(np.float32))
-
-
-def motion_blur(img: np.ndarray, rng: np.random.Generator, size_scale: float = 1.0) -> np.ndarray:
-    """Blur uint8 RGB (H, W, 3) with a random linear motion kernel (reflect border)."""
-    length = max(3.0, rng.uniform(*BLUR_LENGTH) * size_scale)
-    ker = line_kernel(length, rng.uniform(0.0, 180.0))
-    out = cv2.filter2D(img.astype(np.float32), -1, ker, borderType=cv2.BORDER_REFLECT)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-def haze_pairs(rng: np.random.Generator, n: int) -> list[tuple[float, float]]:
-    """``n`` distinct (A, beta) pairs from HAZE_AIRLIGHT x HAZE_BETA."""
-    grid = [(a, b) for a in HAZE_AIRLIGHT for b in HAZE_BETA]
-    idx = rng.choice(len(grid), size=min(n, len(grid)), replace=False)
-    return [grid[i] for i in sorted(idx)]
 
 
 def haze_name(image_id: str, airlight: float, beta: float) -> str:
@@ -513,15 +256,15 @@ def make_test_image(name: str, short: int, long_max: int) -> tuple[np.ndarray, n
     return crop, depth_proxy(crop)
 
 
-def _emit(root: Path, files: dict, rel: str, img: np.ndarray, source: str, split: str,
+def _emit(root: Path, mark: TextIO, files: dict, rel: str, img: np.ndarray, source: str, split: str,
           force: bool) -> int:
-    """Write one image (if changed) and record it in ``files``, and first in the build's mark (so that a build
-    stopped before its manifest still knows the file as its own); returns 1 if written."""
+    """Write one image (if changed) and record it in ``files``, and first in the build's ``mark`` (a
+    line-buffered file: the name is on disk before the image, so a build stopped before its manifest still
+    knows the file as its own); returns 1 if written."""
     data = encode_png(img)
     files[rel] = {"source": source, "split": split, "size": [int(img.shape[0]), int(img.shape[1])],
                   "sha256": hashlib.sha256(data).hexdigest()}
-    with open(root / BUILDING_MARK, "a") as mark:
-        mark.write(rel + "\n")
+    mark.write(rel + "\n")
     return int(write_if_changed(root / rel, data, force))
 
 
@@ -546,11 +289,15 @@ def remove_leftovers(root: Path, files: dict, earlier: set[str]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def build_files(root: Path, params: dict, force: bool, progress: bool) -> tuple[dict, int]:
-    """Synthesise and write every file. Returns (files record, number written)."""
+def build_files(root: Path, mark: TextIO, params: dict, force: bool, progress: bool) -> tuple[dict, int]:
+    """Synthesise and write every file, each listed in ``mark`` first. Returns (files record, number written)."""
     seed, scale = params["seed"], params["scale"]
     side, short, long_max = params["train_side"], params["test_short"], params["test_long_max"]
     files: dict = {}
+
+    def emit(rel: str, img: np.ndarray, source: str, split: str) -> int:
+        return _emit(root, mark, files, rel, img, source, split, force)
+
     written = 0
     jobs = [("train", n) for n in params["train_photos"]] + [("test", n) for n in params["test_photos"]]
     n_crop = n_rain = 0
@@ -559,17 +306,17 @@ def build_files(root: Path, params: dict, force: bool, progress: bool) -> tuple[
         if split == "train":
             for k, (clean, depth) in enumerate(make_train_crops(name, side)):
                 n_crop += 1
-                written += _emit(root, files, f"Train/Denoise/{name}_{k}.png", clean, name, split, force)
+                written += emit(f"Train/Denoise/{name}_{k}.png", clean, name, split)
                 for v in range(params["rain_variants_train"]):
                     n_rain += 1
                     rainy = add_rain(clean, image_rng(seed, _TAG_RAIN, n_crop, v), scale)
-                    written += _emit(root, files, f"Train/Derain/rainy/rain-{n_rain}.png", rainy, name, split, force)
-                    written += _emit(root, files, f"Train/Derain/gt/norain-{n_rain}.png", clean, name, split, force)
+                    written += emit(f"Train/Derain/rainy/rain-{n_rain}.png", rainy, name, split)
+                    written += emit(f"Train/Derain/gt/norain-{n_rain}.png", clean, name, split)
                 image_id = f"{n_crop:04d}"
-                written += _emit(root, files, f"Train/Dehaze/original/{image_id}.png", clean, name, split, force)
+                written += emit(f"Train/Dehaze/original/{image_id}.png", clean, name, split)
                 for a, b in haze_pairs(image_rng(seed, _TAG_HAZE, n_crop), params["haze_variants_train"]):
-                    written += _emit(root, files, f"Train/Dehaze/synthetic/part1/{haze_name(image_id, a, b)}",
-                                     add_haze(clean, depth, a, b), name, split, force)
+                    written += emit(f"Train/Dehaze/synthetic/part1/{haze_name(image_id, a, b)}",
+                                    add_haze(clean, depth, a, b), name, split)
             continue
         n_test += 1
         idx = 10_000 + n_test  # disjoint random streams from the training images
@@ -587,10 +334,10 @@ def build_files(root: Path, params: dict, force: bool, progress: bool) -> tuple[
         image_id = f"{n_test:04d}"
         pairs.append((f"test/dehaze/input/{haze_name(image_id, a, b)}", f"test/dehaze/target/{image_id}.png",
                       add_haze(clean, depth, a, b)))
-        written += _emit(root, files, f"test/denoise/demo/{name}.png", clean, name, split, force)
+        written += emit(f"test/denoise/demo/{name}.png", clean, name, split)
         for rel_in, rel_gt, degraded in pairs:
-            written += _emit(root, files, rel_in, degraded, name, split, force)
-            written += _emit(root, files, rel_gt, clean, name, split, force)
+            written += emit(rel_in, degraded, name, split)
+            written += emit(rel_gt, clean, name, split)
     return files, written
 
 
@@ -629,8 +376,8 @@ def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale
         return {**read_manifest(root), "status": "up to date"}
     root.mkdir(parents=True, exist_ok=True)
     earlier = set((read_manifest(root) or {}).get("files", {})) | interrupted_files(root)
-    (root / BUILDING_MARK).touch()  # an interrupted build is still known as the demo's own (its list kept)
-    files, written = build_files(root, params, force, progress)
+    with open(root / BUILDING_MARK, "a", buffering=1) as mark:  # an interrupted build is still known as the demo's
+        files, written = build_files(root, mark, params, force, progress)  # own (its list kept)
     remove_leftovers(root, files, earlier)
     manifest = {
         "version": VERSION, "seed": params["seed"], "scale": params["scale"], "params": params,
