@@ -10,7 +10,7 @@ per domain in turn), from the same initial weights in every variant:
   transport, orthogonality, contrastive and potential terms; step 2 runs the whole network
   again (decoder included) with the map frozen; NCHW activations and the hand-written
   LayerNorm of the reference.
-- ``engine``: :func:`utils.train.engine.train_step` as the trainers run it: vectorised losses
+- ``engine``: :func:`utils.train.iteration.train_step` as the trainers run it: vectorised losses
   (``utils/train/losses.py``), step 2 through ``BaryNet.bary_latent`` (encoder and barycenter path,
   no decoder, no graph), fused LayerNorm and channels-last activations, and on the CPU the
   trainer's allocator setting (:func:`utils.runtime.tune_cpu_allocator`); at each ``--precision``.
@@ -43,7 +43,7 @@ from utils.compiled import COMPILE_MODES
 from utils.eval.inference import autocast_context
 from utils.memory import resident_bytes
 from utils.runtime import tune_cpu_allocator
-from utils.train.engine import Training, train_step
+from utils.train.iteration import Training, train_step
 from utils.train.optim import build_optimizer
 
 TAU = 0.07

@@ -5,7 +5,7 @@ The slope between two sizes is the activation memory per pixel; what does not gr
 (the interpreter, torch, weights, optimizer state) cancels out:
 
 - restoring: ``utils.eval.inference.restore`` on one image at two sizes -> bytes per input pixel;
-- training: two iterations of ``utils.train.engine.train_step`` (K=3 potentials, RMSprop, channels_last)
+- training: two iterations of ``utils.train.iteration.train_step`` (K=3 potentials, RMSprop, channels_last)
   at batch 1 and batch 4 of the same patch -> bytes per pixel of ``batch x patch^2``.
 
 It also reports the peak of a process that has only imported torch and the project, the constant
@@ -63,7 +63,7 @@ def one_case(kind: str, backbone: str, preset: str, precision: str, size: int, b
         x = torch.rand(1, 3, size, size)
         restore(model, x, precision=precision)
         return peak_mib()
-    from utils.train.engine import Training, train_step
+    from utils.train.iteration import Training, train_step
     from utils.train.optim import build_optimizer
     to_channels_last(model)
     pots = Potentials(3, model.config["dim"] * 8, size) if backbone in WB_BACKBONES else None

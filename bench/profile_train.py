@@ -3,7 +3,7 @@
     .venv/bin/python bench/profile_train.py --device cuda --precision bf16        # the GPU question
     .venv/bin/python bench/profile_train.py --preset tiny --iters 2                # a CPU smoke run
 
-One iteration is the engine's :func:`utils.train.engine.train_step` (docs/METHOD.md §2's three updates)
+One iteration is the engine's :func:`utils.train.iteration.train_step` (docs/METHOD.md §2's three updates)
 on :func:`bench_train.build_case`'s fixed batch, as the trainers run it (channels-last, the trainer's
 cudnn/allocator settings). The script prints
 
@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from utils.compiled import COMPILE_MODES
 from utils.runtime import tune_cpu_allocator
 from utils.train.distributed import DistInfo
-from utils.train.engine import Training, train_step
+from utils.train.iteration import Training, train_step
 
 # Dense peak TFLOP/s by GPU name substring (vendor data sheets, SXM parts; no sparsity).
 PEAK_TFLOPS = {

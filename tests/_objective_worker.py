@@ -13,7 +13,7 @@ from objective_case import LAMBDAS, batch_for_rank, nets
 from torch.nn.parallel import DistributedDataParallel
 
 from utils.train.distributed import DistInfo, cleanup
-from utils.train.engine import Training, train_step
+from utils.train.iteration import Training, train_step
 from utils.train.losses import OBJECTIVES
 from utils.train.optim import build_optimizer
 

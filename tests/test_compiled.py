@@ -15,7 +15,7 @@ from test_train_step import LAMBDAS, fixed_batch, tiny_nets
 from utils.compiled import CompileError, check_compile
 from utils.train import engine
 from utils.train.distributed import DistInfo
-from utils.train.engine import LossChecks, Training, train_step
+from utils.train.iteration import LossChecks, Training, train_step
 from utils.train.optim import build_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -18,7 +18,7 @@ from _processes import free_port
 from objective_case import LAMBDAS, batch_for_rank, nets
 
 from net import Potentials
-from utils.train.engine import Training, drop_absent_gradients, train_step
+from utils.train.iteration import Training, drop_absent_gradients, train_step
 from utils.train.losses import OBJECTIVES, Objective, map_loss, potentials_loss
 from utils.train.optim import build_optimizer
 from utils.train.options import get_args_parser, resolve_objective

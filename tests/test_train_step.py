@@ -8,7 +8,7 @@ import torch
 from net import Potentials
 from net.presets import build_model
 from utils.train import engine
-from utils.train.engine import Training, train_step
+from utils.train.iteration import Training, train_step
 from utils.train.losses import congruence_loss, map_loss, potentials_loss
 from utils.train.optim import build_optimizer, lr_at
 from utils.train.options import get_args_parser

@@ -1,6 +1,6 @@
 """``torch.compile`` for the trainers' fast path (``--compile``) and for ``restore()`` (the tester's ``--compile``).
 
-Training compiles the iteration's loss computations (``utils.train.engine.IterationLosses``):
+Training compiles the iteration's loss computations (``utils.train.iteration.IterationLosses``):
 
 - step 1's loss: the map's forward (``BaryNet`` or a baseline, DDP-wrapped or not) and the map loss,
   whose backward AOTAutograd compiles with it;
@@ -12,7 +12,7 @@ Training compiles the iteration's loss computations (``utils.train.engine.Iterat
 
 Under ``reduce-overhead`` the compiled graphs replay as CUDA graphs (static shapes: the batch and the
 patch are fixed; an epoch's shorter last batch compiles once more). The losses of a compiled
-iteration are read back to the host once, after its three updates (``utils.train.engine.LossChecks``),
+iteration are read back to the host once, after its three updates (``utils.train.iteration.LossChecks``),
 instead of before each update.
 
 Inference compiles the network's forward (``utils.eval.inference.prepare_for_inference``); every new
