@@ -42,7 +42,7 @@ PUBLISHED = {
 _SET_OF = {"dehaze": ("SOTS", ("sots", "outdoor"), ("indoor",)), "derain": ("Rain100L", ("rain100l",), ()),
            "deblur": ("GoPro", ("gopro",), ()), "lowlight": ("LOL", ("lol", "eval15"), ("v2",))}
 _BSD68_NAMES = ("bsd68", "cbsd68")
-# Images in each of the paper's test sets (docs/METHOD.md §4).
+# Images in each of the paper's test sets (their standard sizes: SOTS outdoor, Rain100L, BSD68, GoPro test, LOL eval15).
 SET_SIZES = {"SOTS": 500, "Rain100L": 100, "BSD68": 68, "GoPro": 1111, "LOL": 15}
 
 
