@@ -405,8 +405,9 @@ def test_bad_lr_data_file_dir_and_output_dir_are_one_line_errors(data, tmp_path)
         engine.main(get_args_parser().parse_args([*flags, "--data_file_dir", str(lists)]))
     (tmp_path / "afile").write_text("not a folder")
     for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
-        with pytest.raises(UserError, match=f"--output-dir {out}: a file, not a folder, is in the way"):
-            engine.main(get_args_parser().parse_args([*flags, "--output-dir", str(out)]))
+        for dry in ([], ["--dry-run"]):  # --dry-run said the run "checks out" and would train into the file
+            with pytest.raises(UserError, match=f"--output-dir {out}: a file, not a folder, is in the way"):
+                engine.main(get_args_parser().parse_args([*flags, "--output-dir", str(out), *dry]))
     assert not (tmp_path / "ckpt").exists() and (tmp_path / "afile").read_text() == "not a folder"
 
 
@@ -424,6 +425,25 @@ def test_a_mid_epoch_resume_with_another_batch_continues_after_the_samples_used(
     state = start.continue_with_batch(resumed, args, info, LoopState(3, iteration, 999), Console(False))
     assert state == LoopState(3, expected, 999)
     assert state.iteration * now[0] * now[1] <= iteration * was[0] * was[1] < (state.iteration + 1) * now[0] * now[1]
+
+
+def test_a_mid_epoch_resume_with_another_batch_replaces_no_checkpoint(data, tmp_path, capsys):
+    """Resumed from iter_e001_i000004.pth (batch 3) with --batchSize 6, the run continued at iteration 3 of
+    the new batch, and its save at iteration 4 replaced the very checkpoint it had resumed from."""
+    assert run(data, tmp_path, "--nEpochs", "1", "--save-every", "2", "--keep", "0", iters=6) == 0
+    ckpt = tmp_path / "ckpt"
+    before = {p.name: p.read_bytes() for p in list_checkpoints(ckpt)}
+    assert {"iter_e001_i000002.pth", "iter_e001_i000004.pth", "epoch_001.pth"} <= set(before)
+    capsys.readouterr()
+    assert run(data, tmp_path, "--nEpochs", "1", "--save-every", "1", "--keep", "0", "--batchSize", "6", "--resume",
+               str(ckpt / "iter_e001_i000004.pth"), iters=6) == 0
+    out = capsys.readouterr().out
+    assert "with another batch" in out and "abandoned.before-" in out, out
+    kept = {p.name: p.read_bytes() for p in ckpt.glob("abandoned.before-*/*.pth")}
+    assert kept == before  # every checkpoint of the batch-3 timeline, byte for byte
+    assert [p.name for p in list_checkpoints(ckpt)] == ["iter_e001_i000003.pth", "iter_e001_i000004.pth",
+                                                        "iter_e001_i000005.pth", "epoch_001.pth"]
+    assert read_checkpoint(ckpt / "iter_e001_i000004.pth")["args"]["batchSize"] == 6
 
 
 def test_a_run_with_nothing_to_do_moves_and_writes_nothing(data, tmp_path, capsys):

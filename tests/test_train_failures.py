@@ -309,3 +309,64 @@ def test_a_lock_path_that_is_a_dangling_link_is_an_error_not_a_spin(tmp_path, mo
     monkeypatch.setattr(output_lock.os, "open", counted)
     with pytest.raises(OutputFolderError, match=r"cannot create its lock file .*a link to a missing place"):
         output_lock.OutputLock(tmp_path / "o", "--save", "tester").acquire()
+
+
+def test_the_loss_figure_never_replaces_a_file_it_did_not_draw(tmp_path, capsys):
+    """A user's own train_losses.png in --figs-dir (or another run's, in a shared one) was replaced without a
+    word: the tester's --figs-dir moves such a file aside, the trainer's did not."""
+    import json as json_module
+
+    from utils.train.run_log import Console, draw_loss_figure
+    run = tmp_path / "run"
+    run.mkdir()
+    log = run / "log.jsonl"
+
+    def start(started: str) -> None:  # a fresh run's log: its run record, then its iterations
+        log.write_text(json_module.dumps({"kind": "run", "started": started}) + "\n" + "".join(
+            json_module.dumps({"kind": "iter", "global_step": i, "l1": 1.0 / i}) + "\n" for i in range(1, 5)))
+    start("2026-11-30T10:00:00.000001+00:00")
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "train_losses.png").write_bytes(b"the user's own picture")
+    draw_loss_figure(log, figs / "train_losses.png", Console())
+    kept = list(figs.glob("figure.before-*/train_losses.png"))
+    assert [p.read_bytes() for p in kept] == [b"the user's own picture"]
+    assert f"moved to {kept[0].parent}/" in capsys.readouterr().out
+    drawn = (figs / "train_losses.png").read_bytes()
+    assert drawn.startswith(b"\x89PNG")
+    draw_loss_figure(log, figs / "train_losses.png", Console())  # the run's own figure: redrawn in place
+    assert len(list(figs.glob("figure.before-*"))) == 1 and "moved" not in capsys.readouterr().out
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "log.jsonl").write_text(log.read_text())
+    draw_loss_figure(other / "log.jsonl", figs / "train_losses.png", Console())  # another folder's run: aside
+    assert sorted(p.read_bytes() == drawn for p in figs.glob("figure.before-*/train_losses.png")) == [False, True]
+    start("2026-11-30T11:00:00.000001+00:00")  # a fresh run in the first folder: the other's figure goes aside
+    draw_loss_figure(log, figs / "train_losses.png", Console())
+    assert len(list(figs.glob("figure.before-*/train_losses.png"))) == 3
+
+
+@pytest.mark.parametrize("where", ["figs in denoise", "output in dehaze", "figs in degset"])
+def test_a_figure_folder_the_data_is_read_from_is_refused(tmp_path, where, capsys):
+    """--figs-dir (or --output-dir) in a scanned training folder put train_losses.png among the clean images:
+    the next run found 4 clean images instead of 3 and trained on the plot."""
+    data = make_train_tree(tmp_path / "data")
+    flags = train_flags(data, tmp_path) + ["--dry-run"]
+    if where == "figs in denoise":
+        flags += ["--figs-dir", str(data["denoise"])]
+        said = "--figs-dir .*: it is where --denoise_dir reads images from"
+    elif where == "output in dehaze":  # dehaze scans its synthetic/ folder with subfolders
+        at = flags.index("--figs-dir")
+        del flags[at:at + 2]  # the figure goes beside the log
+        flags += ["--output-dir", str(data["dehaze"] / "synthetic" / "runs" / "a")]
+        said = "--output-dir .*: its subfolders are where --dehaze_dir reads images from"
+    else:
+        (tmp_path / "val").mkdir()
+        flags += ["--degset", str(tmp_path / "val"), "--tarset", str(tmp_path / "val"), "--figs-dir",
+                  str(tmp_path / "val")]
+        said = "--figs-dir .*: it is where --degset reads images from"
+    assert engine.run_cli(get_args_parser().parse_args(flags)) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"^error: {said} .*train_losses.png.*choose a --", err, flags=re.M), err
+    assert not (tmp_path / "ckpt").exists()
+    assert sorted(p.name for p in data["denoise"].iterdir()) == ["clean_0.png", "clean_1.png", "clean_2.png"]

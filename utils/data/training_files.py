@@ -152,19 +152,29 @@ def _listed_files(fam: str, root: Path, id_list: Path, notes: list[str]) -> tupl
     return [root / i for i in present], dropped
 
 
+def scanned_folder(fam: str, root: Path) -> tuple[Path, bool]:
+    """The folder a scan of ``fam``'s training files under ``root`` lists, and whether it goes into its
+    subfolders: the clean images (denoise), the sharp ones (deblur), else the degraded ones."""
+    _, deg_sub, tar_sub = LAYOUT[fam]
+    if fam == "denoise":
+        return root, False
+    if fam in DRIVEN_BY_TARGET:
+        return root / tar_sub, False
+    return root / deg_sub, fam == "dehaze"
+
+
 def _scanned_files(fam: str, root: Path, notes: list[str], no_list: Path | None) -> list[Path]:
-    """The files a folder scan finds: clean images (denoise), sharp images (deblur), else degraded ones."""
+    """The files a folder scan finds (:func:`scanned_folder`)."""
     flag, deg_sub, tar_sub = LAYOUT[fam]
+    folder, recursive = scanned_folder(fam, root)
     if fam == "denoise":
         _need_dir(root, flag, root, "clean images for denoising")
-        files = list_images(root)
     elif fam in DRIVEN_BY_TARGET:
         _need_dir(root / tar_sub, flag, root, f"the {tar_sub} images of {fam}, which drive its list")
         _need_dir(root / deg_sub, flag, root, f"the {deg_sub} images of {fam}")
-        files = list_images(root / tar_sub)
     else:
         _need_dir(root / deg_sub, flag, root, f"the degraded images of {fam}")
-        files = list_images(root / deg_sub, recursive=(fam == "dehaze"))
+    files = list_images(folder, recursive=recursive)
     what = {"denoise": "clean images", "deblur": "sharp images"}.get(fam, "images")
     notes.append(f"{fam}: {len(files)} {what} found by scanning {root}"
                  + (f" (no id list at {no_list})" if no_list is not None else ""))

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from utils.files import DiskFullError, atomic_write, finite_or_null
+from utils.files import DiskFullError, atomic_write, finite_or_null, keep_aside
 
 
 class Console:
@@ -130,10 +130,12 @@ def plotted_parts(iters: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(k, label) for k, label in LOSS_LABELS if any(r.get(k) is not None for r in iters)]
 
 
-def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike) -> Path | None:
+def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
+                     source: str | None = None) -> Path | None:
     """Draw every logged part of the objective (:data:`LOSS_LABELS`, one panel each: the raw curve faint,
     smoothed on top) against the global step, and the validation PSNR per epoch, from the JSON-lines
-    log into ``fig_path`` (PNG). Returns the path, None if nothing to draw."""
+    log into ``fig_path`` (PNG; ``source``, when given, goes into its ``Source`` text chunk). Returns the
+    path, None if nothing to draw."""
     records = read_log(log_path)
     iters = [r for r in records if r.get("kind") == "iter"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -170,7 +172,7 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike) -
         ax.axis("off")
     fig.suptitle("training log: each part of the objective (faint: logged values; solid: smoothed)", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, fig_path, dpi=100)
+    return save_figure(fig, fig_path, dpi=100, metadata={"Source": source} if source else None)
 
 
 # The logged parts of an iteration, in the order of the objective, with readable names. The map loss
@@ -208,12 +210,42 @@ class Rate:
 
 def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> None:
     """The loss curves of the log so far; a figure that cannot be written (the disk, its folder) is a warning:
-    the epoch is saved already, and training goes on."""
+    the epoch is saved already, and training goes on.
+
+    The figure names its run (the log's folder, and when its first start began) in its PNG metadata: a
+    file at ``fig_path`` that does not (a user's own image, an earlier or another run's figure in a
+    ``--figs-dir``) is moved into ``<its folder>/figure.before-<time>/`` first, and said, instead of
+    being replaced."""
+    source = f"BaryIR training run in {Path(log_path).resolve().parent}, started {_first_start(log_path)}"
     try:
-        plot_loss_curves(log_path, fig_path)
+        if (fig_path.exists() or fig_path.is_symlink()) and _figure_source(fig_path) != source:
+            kept = keep_aside([fig_path], fig_path.parent / "figure")
+            console(f"=> {fig_path} was not this run's loss figure: it was moved to {kept}/")
+        plot_loss_curves(log_path, fig_path, source)
     except (OSError, DiskFullError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         console.warn(f"the loss figure {fig_path} could not be written ({why}); training goes on")
+
+
+def _first_start(log_path: Path) -> str | None:
+    """When the run of the log at ``log_path`` first started: its first record's ``started`` (a resumed run
+    keeps its log, a fresh one begins a new one)."""
+    try:
+        with open(log_path) as fh:
+            return json.loads(fh.readline()).get("started")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _figure_source(path: Path) -> str | None:
+    """The ``Source`` text of the PNG at ``path`` (:func:`plot_loss_curves` writes it); None for any other file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return getattr(img, "text", {}).get("Source")
+    except Exception:  # not an image, unreadable, a folder, a dangling link: not this run's figure
+        return None
 
 
 def progress_line(epoch: int, iteration: int, total: int, losses: dict[str, float], lr: float, rate: Rate) -> str:

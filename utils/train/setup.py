@@ -30,7 +30,9 @@ from utils.checkpoints import (
     read_checkpoint,
     read_latest,
 )
+from utils.data.degradations import LAYOUT, family
 from utils.data.pairing import match_pairs
+from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
 from utils.errors import UsageError, UserError, human_bytes
 from utils.eval.outputs import check_writable_folder
@@ -119,7 +121,8 @@ def _carry_history(source: Path, output_dir: Path, console: Console) -> None:
         console(f"=> the TensorBoard events of {source} were carried over into {output_dir / TB_DIR}")
 
 
-def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int], console: Console) -> None:
+def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int], console: Console,
+                   renumbered: bool = False) -> None:
     """A resumed run writes over no other timeline's files and lets its rotation delete none of them.
 
     * Resuming a checkpoint of another folder (another run's, or one a fresh run kept aside) into
@@ -132,18 +135,27 @@ def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int],
       they would outrank the new ones, ``--resume auto`` would return to them, and rotation would delete
       the resumed checkpoint first. Their log records are set aside by
       :func:`~utils.train.run_log.rewind_log`.
+    * ``renumbered``: the run continues mid-epoch with another batch (:func:`~utils.train.start.continue_with_batch`),
+      so its iterations are counted in other units than the names of this epoch's mid-epoch checkpoints: all of
+      them, the resumed one too, go aside with those past it, or this run's saves would replace them.
     """
     source = ckpt_path.resolve().parent
     if source != output_dir.resolve():
         start_fresh_outputs(output_dir, console, why=f"resuming {ckpt_path} into another folder")
         _carry_history(source, output_dir, console)
         return
-    later = [p for p in list_checkpoints(output_dir) if progress_of(p.name) > progress]
+    past = (progress[0], 0) if renumbered and progress[1] else progress
+    later = [p for p in list_checkpoints(output_dir) if progress_of(p.name) > past]
     if not later:
         return
     newest, latest = later[-1].name, read_latest(output_dir)
     pointer = [output_dir / LATEST] if latest is not None and latest.resolve() in {p.resolve() for p in later} else []
     kept = _move_aside(later + pointer, output_dir, "abandoned", "checkpoints past the one resumed")
+    if past != progress:
+        console(f"=> resuming {ckpt_path.name} with another batch: epoch {progress[0] + 1}'s {len(later)} mid-epoch "
+                f"and later checkpoint(s) (newest {newest}), named in the old batch's iterations, were moved to "
+                f"{kept.name}/, so that this run's checkpoints of the same names replace none of them")
+        return
     console(f"=> resuming {ckpt_path.name}, an earlier checkpoint of this run: the {len(later)} checkpoint(s) past "
             f"it (newest {newest}) were moved to {kept.name}/, so that none is overwritten, returned to by --resume "
             f"auto or kept by rotation before this run's own")
@@ -196,6 +208,28 @@ def check_args(args) -> int:
         if getattr(args, flag, 0) < 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0 ({meaning}), got {getattr(args, flag)}")
     return k
+
+
+def check_figure_outside_data(args) -> None:
+    """Refuse a folder for the loss figure (``--figs-dir``, else ``--output-dir``) that a training scan or the
+    validation pairing reads images from: the figure, a PNG drawn after each epoch, would be read back as
+    a training or validation image by the next run."""
+    flag, value = ("--figs-dir", args.figs_dir) if args.figs_dir else ("--output-dir", args.output_dir)
+    where = Path(value).resolve()
+    read: list[tuple[str, Path, bool]] = []
+    for fam in sorted({family(d) for d in args.de_type}):
+        data_flag = LAYOUT[fam][0]
+        read.append((data_flag, *scanned_folder(fam, Path(getattr(args, data_flag[2:])))))
+    degset = DEFAULT_DEGSET if args.degset is None else args.degset
+    if degset:
+        read.append(("--degset", Path(degset), False))
+    for data_flag, folder, recursive in read:
+        folder = folder.resolve()
+        if where == folder or (recursive and folder in where.parents):
+            what = "its subfolders are" if where != folder else "it is"
+            raise ConfigError(f"{flag} {value}: {what} where {data_flag} reads images from ({folder}), so the loss "
+                              f"figure drawn there after each epoch ({FIG_NAME}) would be read as an image by the "
+                              f"next run; choose a {flag} outside the data")
 
 
 def _load_potentials_if_they_fit(pots: Potentials | None, obj: Any, source: str) -> bool | None:

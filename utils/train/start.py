@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import random
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,6 +40,7 @@ from utils.dataset_utils import (
     parse_repeats,
 )
 from utils.eval.inference import check_precision, slow_precision_note
+from utils.eval.outputs import check_writable_folder
 from utils.output_lock import OutputFolderBusy, OutputLock
 from utils.runtime import to_channels_last
 from utils.train.distributed import (
@@ -59,6 +61,7 @@ from utils.train.run_log import (
 from utils.train.setup import (
     ConfigError,
     check_args,
+    check_figure_outside_data,
     load_start,
     resume_outputs,
     start_fresh_outputs,
@@ -92,6 +95,9 @@ def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective,
         args.output_dir = run_dir(args, k)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    # the folder as the run's lock will need it, checked here too so that --dry-run says what the run would
+    check_writable_folder(args.output_dir, "--output-dir", create=False, fix="choose another --output-dir (or --name)")
+    check_figure_outside_data(args)
     try:
         objective = resolve_objective(args)
     except ValueError as exc:
@@ -264,7 +270,9 @@ def open_log(output_dir: Path, resumed: dict | None, ckpt_path: Path | None, sta
     if info.is_main and resumed is None:
         start_fresh_outputs(output_dir, console)
     elif info.is_main:
-        resume_outputs(output_dir, ckpt_path, (int(resumed["epoch"]), int(resumed["iteration"])), console)
+        renumbered = state.iteration != int(resumed["iteration"])  # another batch: continue_with_batch
+        resume_outputs(output_dir, ckpt_path, (int(resumed["epoch"]), int(resumed["iteration"])), console,
+                       renumbered)
         moved = rewind_log(output_dir / LOG_NAME, state.global_step)
         if moved:
             console(f"=> {moved} log record(s) past global step {state.global_step} (training after the "
@@ -283,7 +291,8 @@ def run_meta(args: argparse.Namespace, model: nn.Module, dataset: MixedDegradati
 def run_record(args: argparse.Namespace, dataset: MixedDegradationDataset, objective: Objective, state: LoopState,
                resumed: bool, info: DistInfo) -> dict[str, Any]:
     """The log's ``run`` record: one per start."""
-    return {"kind": "run", "start_epoch": state.epoch, "start_iteration": state.iteration,
+    return {"kind": "run", "started": datetime.now().astimezone().isoformat(timespec="microseconds"),
+            "start_epoch": state.epoch, "start_iteration": state.iteration,
             "global_step": state.global_step, "resumed": resumed,
             "objective": args.objective, "reg_weight": objective.reg_weight,
             "contrastive_eps": objective.contrastive_eps, "potentials_steps": objective.potentials_steps,
