@@ -446,6 +446,28 @@ def test_a_mid_epoch_resume_with_another_batch_replaces_no_checkpoint(data, tmp_
     assert read_checkpoint(ckpt / "iter_e001_i000004.pth")["args"]["batchSize"] == 6
 
 
+@pytest.mark.parametrize("epochs_after", [2, 1])
+def test_an_epoch_record_lost_between_its_checkpoint_and_the_log_is_written_on_resume(data, tmp_path, capsys,
+                                                                                     epochs_after):
+    """A run killed between epoch_001.pth and its log record (during validation, minutes at the paper's scale)
+    lost the record for good: the resumed run never wrote epoch 1's means and validation PSNR, and after the
+    last epoch a resume had 'nothing to do'."""
+    deg, tar = make_val_tree(tmp_path)
+    val = ["--degset", str(deg), "--tarset", str(tar)]
+    assert run(data, tmp_path, "--nEpochs", "1", *val) == 0
+    log = tmp_path / "ckpt" / "log.jsonl"
+    lines = log.read_text().splitlines()
+    lost = json.loads(lines[-1])
+    assert lost["kind"] == "epoch" and lost["val_psnr"] is not None
+    log.write_text("\n".join(lines[:-1]) + "\n")  # as a kill during validation leaves it
+    capsys.readouterr()
+    assert run(data, tmp_path, "--nEpochs", str(epochs_after), "--resume", "auto", *val) == 0
+    assert "the log has no record of epoch 1" in capsys.readouterr().out
+    epochs = [r for r in map(json.loads, log.read_text().splitlines()) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == list(range(1, epochs_after + 1))
+    assert epochs[0] == {**lost, "sec": None}  # the same means and scores, bit for bit
+
+
 def test_a_run_with_nothing_to_do_moves_and_writes_nothing(data, tmp_path, capsys):
     """Resuming epoch 1 of a 3-epoch run with --nEpochs 1 moved epochs 2 and 3 aside and rewound the log,
     then said 'nothing to do'."""

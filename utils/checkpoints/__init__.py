@@ -37,8 +37,9 @@ dicts (loadable with ``torch.load(weights_only=True)``):
 ``epoch``              epochs completed (the reference's meaning: resume at epoch+1)
 ``iteration``          iterations completed in epoch ``epoch+1`` (0 at an epoch's end)
 ``global_step``        iterations since the run began
-``epoch_losses``       mid-epoch: ``{"count": n, "sums": {loss: sum}}`` over the epoch's iterations so far
-                       (the epoch record's means continue from them on resume); None at an epoch's end
+``epoch_losses``       ``{"count": n, "sums": {loss: sum}}`` over the epoch's iterations so far: mid-epoch,
+                       the epoch record's means continue from them on resume; at an epoch's end, the epoch
+                       record is written from them when the run stopped before writing it
 ``rng``                rank 0's python, numpy, torch and CUDA generator states (tensors, plain types)
 ``model_config``       the network's constructor arguments
 ``backbone``           ``BaryNet`` or ``Restormer``; ``preset`` the ``--preset`` it was built from

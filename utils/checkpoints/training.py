@@ -131,13 +131,13 @@ def training_checkpoint(model: torch.nn.Module, potentials: torch.nn.Module | No
             "scaler": scaler.state_dict(),
             "epoch": state.epoch if epoch_done else state.epoch - 1, "iteration": 0 if epoch_done else state.iteration,
             "global_step": state.global_step, "rng": rng_state(),
-            "epoch_losses": None if epoch_done else {"count": state.loss_count, "sums": dict(state.loss_sums)},
+            "epoch_losses": {"count": state.loss_count, "sums": dict(state.loss_sums)},
             **meta}
 
 
 def epoch_losses_from(obj: Mapping[str, Any]) -> tuple[dict[str, float], int] | None:
-    """A mid-epoch checkpoint's ``epoch_losses`` as ``(sums, count)``; None when absent (a checkpoint of an
-    epoch's end, or one written before they were kept) or not of that shape."""
+    """A checkpoint's ``epoch_losses`` as ``(sums, count)``; None when absent (a checkpoint written before
+    they were kept: mid-epoch ones before session 10, epoch ends before session 13) or not of that shape."""
     saved = obj.get("epoch_losses")
     if not isinstance(saved, Mapping):
         return None

@@ -28,6 +28,7 @@ from utils.checkpoints import (
     LOG_NAME,
     LoopState,
     all_finite,
+    epoch_losses_from,
     restore_training_state,
     save_training_checkpoint,
     training_checkpoint,
@@ -47,6 +48,7 @@ from utils.train.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
+    broadcast_int,
     cleanup,
     gather_ints,
     init_distributed_mode,
@@ -61,6 +63,7 @@ from utils.train.run_log import (
     JsonlLog,
     Rate,
     draw_loss_figure,
+    epoch_logged,
     progress,
     progress_line,
 )
@@ -209,7 +212,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
             console.warn(f"the checkpoint is {state.iteration} iterations into epoch {state.epoch}, and this run's "
                          f"epochs have {iters}: epoch {state.epoch} ends there, without more training (its "
                          f"checkpoint, record and validation come next)")
-        if state.epoch > args.nEpochs:  # before anything is moved or written: a no-op changes nothing
+        unlogged = resumed is not None and not state.iteration and epoch_unlogged(resumed, ckpt_path, info)
+        if state.epoch > args.nEpochs and not unlogged:  # before anything is moved or written: a no-op changes nothing
             console(f"=> nothing to do: epoch {state.epoch} is past --nEpochs {args.nEpochs}; nothing was written")
             return 0
         if dry:
@@ -226,6 +230,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         save = Saver(training, output_dir, run_meta(args, model, dataset, info), iters, args.keep, console, board)
         stop = StopRequest().install()
         try:
+            if unlogged:
+                log_the_resumed_epoch(training, resumed, args, output_dir, val_pairs, log, console)
             for epoch in range(state.epoch, args.nEpochs + 1):
                 if state.epoch != epoch:
                     state = LoopState(epoch, 0, state.global_step)
@@ -313,9 +319,39 @@ class Saver:
         barrier(t.info)
 
 
+def epoch_unlogged(resumed: dict, ckpt_path: Path, info: DistInfo) -> bool:
+    """Whether the log of the end-of-epoch checkpoint ``resumed`` (its folder's, which a resume into another
+    folder carries over) lacks that epoch's record, which the checkpoint's losses can give (rank 0 reads it,
+    every rank gets its answer)."""
+    epoch = int(resumed["epoch"])
+    if epoch < 1 or epoch_losses_from(resumed) is None:  # a checkpoint written before they were kept
+        return False
+    return bool(broadcast_int(info.is_main and not epoch_logged(Path(ckpt_path).parent / LOG_NAME, epoch), info))
+
+
+def log_the_resumed_epoch(training: Training, resumed: dict, args: argparse.Namespace, output_dir: Path,
+                          val_pairs: list[tuple[Path, Path]], log: JsonlLog | RecordLogs, console: Console) -> None:
+    """The record of the epoch whose end-of-epoch checkpoint was resumed, when the log lacks it
+    (:func:`epoch_unlogged`, also when no epoch is left to train): a run stopped
+    between that checkpoint and its record (validation, which comes in between, lasts minutes at the paper's
+    scale) lost it for good. It is written now from the losses the checkpoint keeps, after the epoch's
+    validation, as the interrupted run would have written it (``sec``: null)."""
+    info, epoch = training.info, int(resumed["epoch"])
+    sums, count = epoch_losses_from(resumed)
+    console(f"=> the log has no record of epoch {epoch} (the run stopped between its checkpoint and its record): "
+            f"writing it now from the checkpoint's losses" + (", after its validation" if val_pairs else ""))
+    val = evaluate(training.model_without_ddp, val_pairs, info, args.precision) if val_pairs else None
+    end_of_epoch(training, log, console, epoch, LoopState(epoch + 1, 0, int(resumed["global_step"])), count,
+                 lr_at(args.lr, epoch, args.step), {k: v / max(count, 1) for k, v in sums.items()}, val, None)
+    if info.is_main:
+        draw_loss_figure(output_dir / LOG_NAME, Path(args.figs_dir or output_dir) / FIG_NAME, console)
+
+
 def end_of_epoch(training: Training, log: JsonlLog | RecordLogs, console: Console, epoch: int, state: LoopState,
-                 iters: int, lr: float, means: dict[str, float], val: dict[str, float] | None, seconds: float) -> None:
-    """Check that the ranks agree, log the epoch (``val``: :func:`evaluate`'s scores) and say how it went."""
+                 iters: int, lr: float, means: dict[str, float], val: dict[str, float] | None,
+                 seconds: float | None) -> None:
+    """Check that the ranks agree, log the epoch (``val``: :func:`evaluate`'s scores) and say how it went
+    (``seconds``: None when not known)."""
     val = val or {}
     record = {"kind": "epoch", "epoch": epoch, "global_step": state.global_step, "lr": lr,
               "iterations": iters, **means, "val_psnr": val.get("psnr"), "val_ssim": val.get("ssim"),
@@ -328,7 +364,7 @@ def end_of_epoch(training: Training, log: JsonlLog | RecordLogs, console: Consol
             raise RuntimeError(f"the ranks' weights differ after epoch {epoch} (digests {digests}); "
                                f"this is a bug, please report it with the command line")
     log.write(record)
-    console(f"=> epoch {epoch} done in {seconds:.1f}s, means: "
+    console(f"=> epoch {epoch} done{'' if seconds is None else f' in {seconds:.1f}s'}, means: "
             + ", ".join(f"{label} {means[k]:.4g}" for k, label in LOSS_LABELS if k in means)
             + (f"; validation PSNR {val['psnr']:.3f} dB, SSIM {val['ssim']:.4f}" if val else ""))
 

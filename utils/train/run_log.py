@@ -124,6 +124,11 @@ def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+def epoch_logged(path: str | os.PathLike, epoch: int) -> bool:
+    """Whether the log at ``path`` holds epoch ``epoch``'s record."""
+    return any(r.get("kind") == "epoch" and r.get("epoch") == epoch for r in read_log(path))
+
+
 def plotted_parts(iters: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """``(key, label)`` of each part of the objective the ``iter`` records hold, in :data:`LOSS_LABELS`
     order (not ``map``, the weighted total of the same parts)."""
