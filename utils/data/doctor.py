@@ -440,13 +440,14 @@ def check_training_data(de_types: Sequence[str], dirs: Mapping[str, str | os.Pat
         _report_files(row, checks, checks, limit, f"downscale it: the trainer reads at most {limit / 1e6:.0f} Mpx "
                                                   f"per image")
         _size_mismatches(row, checks, [(p.degraded, p.clean) for p in pairs if p.degraded is not None])
-        for p in pairs:
-            size = checks[p.clean].size
-            if size is not None and min(tf.cropped_length(size[0]), tf.cropped_length(size[1])) < patch_size:
-                row.add("too small", p.degraded or p.clean,
-                        f"{p.degraded or p.clean} is {size[0]}x{size[1]}, smaller than --patch_size {patch_size} "
-                        f"after the centre-crop to multiples of {du.CROP_BASE}",
-                        "remove it, or train with a smaller --patch_size")
+        for p in pairs:  # the first file of the pair that is too small is named (with its own size)
+            for f in (p.degraded, p.clean):
+                size = checks[f].size if f is not None else None
+                if size is not None and min(tf.cropped_length(size[0]), tf.cropped_length(size[1])) < patch_size:
+                    row.add("too small", f, f"{f} is {size[0]}x{size[1]}, smaller than --patch_size {patch_size} "
+                                            f"after the centre-crop to multiples of {du.CROP_BASE}",
+                            "remove it, or train with a smaller --patch_size")
+                    break
         if id_list is None:  # with a list, each absent id is named already
             _count(row, "images", WARNING, _scan_hint(fam, row))
     report.seconds = time.perf_counter() - tic
