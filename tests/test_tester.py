@@ -763,6 +763,21 @@ def test_fp16_on_the_cpu_and_empty_paths_are_flag_errors_before_anything_is_writ
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
 
+@pytest.mark.parametrize("flags, said", [(["--figs"], "--figs draws"), (["--savetar", "t"], "--savetar saves"),
+                                         (["--no-images"], "--no-images leaves"), (["--max-images", "1"],
+                                                                                  "--max-images cuts")])
+def test_flags_that_do_nothing_with_input_are_refused(checkpoint, tmp_path, capsys, flags, said):
+    """--input with --figs printed 'restored 1 image(s)', drew nothing and left an empty results/figs/."""
+    _photos(tmp_path, ["in.png"])
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--input", str(tmp_path / "in.png"),
+                                                     "--save", str(tmp_path / "out"), "--figs-dir",
+                                                     str(tmp_path / "figs"), *flags])
+    assert tester_bary.run_main(tester_bary.main, args) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {said}") and "drop" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
 def test_a_run_that_scores_nothing_is_an_error(checkpoint, tmp_path):
     """Every image skipped (--skip-bad-files) printed 'restored 0 image(s)' and exited 0."""
     deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])

@@ -104,6 +104,9 @@ def _check_flags(args) -> None:
         _fail("--savetar saves targets, and --input has none: drop --savetar")
     if args.input and args.no_images:
         _fail("--no-images leaves --input nothing to do (its restorations are its only output): drop --no-images")
+    if args.input and args.figs:
+        _fail("--figs draws degraded | restored | target rows of benchmark sets, and --input has no targets: drop "
+              "--figs (the restorations are saved under --save)")
     if args.input and args.max_images:
         _fail("--max-images cuts benchmark sets, and --input restores every image given: drop --max-images, or "
               "pass fewer images")
