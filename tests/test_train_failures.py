@@ -257,6 +257,18 @@ def test_unpaired_validation_images_name_the_trainers_own_fixes(data, tmp_path):
     assert "--degset '' --tarset ''" in str(err.value)
 
 
+def test_a_validation_folder_without_its_partner_is_refused(data, tmp_path, capsys):
+    """--degset DIR --tarset "" (an unset variable) switched validation off without a word; with --tarset left
+    out the same command was refused."""
+    flags = train_flags(data, tmp_path) + ["--dry-run"]
+    for pair in (["--degset", str(tmp_path), "--tarset", ""], ["--degset", "", "--tarset", str(tmp_path)]):
+        assert engine.run_cli(get_args_parser().parse_args(flags + pair)) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("error: --degset") and "pass both folders" in line, line
+    assert engine.run_cli(get_args_parser().parse_args(flags + ["--degset", ""])) == 0  # off, as the README says
+    assert "dry run" in capsys.readouterr().out
+
+
 def test_a_full_disk_at_the_loss_figure_is_a_warning_and_a_vanished_folder_is_made_again(tmp_path, monkeypatch,
                                                                                         capsys):
     """The loss figure now goes through atomic_write, whose full-disk error is a DiskFullError, not an OSError:

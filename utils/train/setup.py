@@ -55,7 +55,11 @@ class ConfigError(UsageError, ValueError):
 def validation_pairs(args, console: Console) -> list[tuple[Path, Path]]:
     """``--degset``/``--tarset`` paired by file name; [] when validation is off."""
     deg, tar = args.degset, args.tarset
-    if deg == "" or tar == "":
+    if deg or tar:  # a folder given: its partner must be too (an unset variable must not switch validation off)
+        if not (deg and tar):
+            raise ConfigError(f"--degset {deg!r} --tarset {tar!r}: pass both folders to validate each epoch, or "
+                              f"--degset '' --tarset '' to train without validation")
+    elif deg == "" or tar == "":
         return []
     if deg is None and tar is None:
         if not (Path(DEFAULT_DEGSET).is_dir() and Path(DEFAULT_TARSET).is_dir()):
@@ -63,8 +67,6 @@ def validation_pairs(args, console: Console) -> list[tuple[Path, Path]]:
                     f"do not exist (pass both to validate each epoch)")
             return []
         deg, tar = DEFAULT_DEGSET, DEFAULT_TARSET
-    if deg is None or tar is None:
-        raise ConfigError("pass both --degset and --tarset (or neither)")
     pairs, _ = match_pairs(deg, tar, fix="validate on other folders (--degset/--tarset), or train without "
                                         "validation (--degset '' --tarset '')")
     console(f"=> validation: {len(pairs)} pairs from {deg} / {tar}, matched by file name")
