@@ -369,6 +369,14 @@ def test_empty_folders_and_missing_things(bench, checkpoint, tmp_path):
         run("--model", checkpoint, "--data-root", tmp_path / "root", "--tasks", "denoise_50", "--save", tmp_path / "o")
     with pytest.raises(ImageReadError, match="no images"):
         run("--model", checkpoint, "--input", tmp_path / "empty", "--save", tmp_path / "o")
+    # a file where a folder belongs was "degraded folder does not exist", a pipe "--input ... does not exist"
+    with pytest.raises(PairingError, match=r"the degraded folder .*a.png is a file, not a folder: pass the folder"):
+        run("--model", checkpoint, "--degset", tar / "a.png", "--tarset", tar, "--save", tmp_path / "o")
+    with pytest.raises(PairingError, match=r"--data-root .*a.png is a file, not a folder"):
+        run("--model", checkpoint, "--data-root", tar / "a.png", "--tasks", "derain", "--save", tmp_path / "o")
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ImageReadError, match=r"--input .*pipe.png is neither an image file nor a folder"):
+        run("--model", checkpoint, "--input", tmp_path / "pipe.png", "--save", tmp_path / "o")
     with pytest.raises(CheckpointError, match="not found"):
         run("--model", tmp_path / "nope.pth", "--degset", bench / "jpeg" / "input", "--tarset",
             bench / "jpeg" / "target", "--save", tmp_path / "o")

@@ -43,6 +43,9 @@ def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
     degraded_dir, target_dir = Path(degraded_dir), Path(target_dir)
     for folder, flag in ((degraded_dir, "degraded"), (target_dir, "target")):
         if not folder.is_dir():
+            if folder.exists():
+                raise PairingError(f"the {flag} folder {folder} is a file, not a folder: pass the folder that holds "
+                                   f"the {flag} images")
             raise PairingError(f"{flag} folder does not exist: {folder}")
     degraded = list_images(degraded_dir)
     targets = list_images(target_dir)

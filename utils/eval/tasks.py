@@ -204,7 +204,8 @@ def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: b
     gives no row; ``notes`` (when given) receives one line naming it, for the caller to show."""
     root = Path(data_root)
     if not root.is_dir():
-        raise PairingError(f"--data-root {root} does not exist (it should hold denoise/, derain/, dehaze/, ...)")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise PairingError(f"--data-root {root} {what} (it should hold denoise/, derain/, dehaze/, ...)")
     expanded: list[str] = []
     for task in tasks:
         if task == "all":  # in place, so `--tasks all denoise_75` keeps the paper's order first
@@ -252,6 +253,8 @@ def _input_files(path: Path) -> list[Path]:
         if not files:
             raise ImageReadError(f"--input {path}: the folder holds no images")
         return files
+    if path.exists():  # a pipe, a socket, a device: nothing to read an image from
+        raise ImageReadError(f"--input {path} is neither an image file nor a folder: pass image files or folders")
     raise ImageReadError(f"--input {path} does not exist")
 
 
