@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 from utils.data.decoder_messages import decoder_messages
-from utils.errors import UserError
+from utils.errors import UserError, human_bytes
 from utils.files import replace_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -196,11 +196,17 @@ def _check_pixels(path: Path, size: tuple[int, int] | None, limit: int) -> None:
         raise ImageReadError(f"image {path} is too large to read (Pillow refuses it as a decompression bomb, "
                              f"over {2 * Image.MAX_IMAGE_PIXELS} pixels); downscale or split it")
     if h * w > limit:
-        gib = h * w * 3 * 4 / 2**30  # the float32 RGB copy restoring and scoring work on
-        raise ImageReadError(f"image {path} is {w}x{h} = {h * w / 1e6:.1f} Mpx, more than the limit of "
-                             f"{limit / 1e6:.1f} Mpx ({limit} pixels): restoring it would need more than {gib:.1f} "
-                             f"GiB of memory. Downscale or split it, or raise the limit (--max-pixels N of "
-                             f"tester_bary.py or python -m utils.app, at most {CV2_MAX_PIXELS})")
+        need = human_bytes(h * w * 3 * 4)  # the float32 RGB copy restoring and scoring work on
+        exact = f" ({limit:,} pixels)" if _pixels(limit).endswith("Mpx") else ""
+        raise ImageReadError(f"image {path} is {w}x{h} = {_pixels(h * w)}, more than the limit of {_pixels(limit)}"
+                             f"{exact}: restoring it would need more than {need} of memory. Downscale or "
+                             f"split it, or raise the limit (--max-pixels N of tester_bary.py or python -m "
+                             f"utils.app, at most {CV2_MAX_PIXELS})")
+
+
+def _pixels(n: int) -> str:
+    """``n`` pixels in words: '12.3 Mpx', or '600 pixels' below a tenth of a megapixel."""
+    return f"{n / 1e6:.1f} Mpx" if n >= 100_000 else f"{n:,} pixels"
 
 
 def is_image(path: str | os.PathLike) -> bool:
