@@ -139,6 +139,12 @@ def test_bad_images_are_named(tmp_path):
     msg = str(err.value)
     assert msg.startswith("3 training image(s) cannot be used")
     assert "clean_0.png" in msg and "small.png is 40x40 (32x32 after" in msg and "0.png is 48x48 but its target" in msg
+    # each file's problem once, then one fix (it read "... Replace or remove it. Replace or remove them, ...")
+    assert msg.count("Replace or remove") == 1 and msg.endswith(
+        "Replace or remove them, lower --patch_size, or pass --skip-bad-files.")
+    with pytest.raises(DatasetError) as err:  # no image too small: no --patch_size in the fix
+        du.check_images(found, patch_size=32)
+    assert str(err.value).endswith(". Replace or remove them, or pass --skip-bad-files."), str(err.value)
     logged = []
     kept = du.check_images(found, patch_size=48, skip_bad=True, log=logged.append)
     assert len(logged) == 1 and logged[0].startswith("warning: skipping 3 training image")

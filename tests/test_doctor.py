@@ -67,6 +67,16 @@ def test_complete_test_layout_passes_without_a_model(tmp_path, tiny_counts, caps
     assert len(sigmas) == 1 and sigmas[0].used_by == ("denoise_15", "denoise_50")
 
 
+def test_a_bad_input_file_gets_one_full_stop_and_no_pair_to_remove(tmp_path, capsys):
+    """--check-data on --input read "... Replace or remove it.. Fix: re-download or replace it (or remove it,
+    and its pair)": --input images have no pair."""
+    (tmp_path / "bad.png").write_bytes(b"not a png at all")
+    assert check_tester("--input", tmp_path / "bad.png") == 1
+    out = capsys.readouterr().out
+    assert ".." not in out and "its pair" not in out and "Replace or remove it" not in out, out
+    assert "Fix: replace it, or leave it out of --input" in out, out
+
+
 def test_complete_training_layout_passes_both_trainers(tmp_path, capsys):
     tree = make_train_tree(tmp_path, five_d=True, n=3, id_lists=True)
     assert check_trainer(tree, tmp_path / "run") == 0

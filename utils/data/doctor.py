@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from utils import dataset_utils as du
 from utils.data import training_files as tf
-from utils.data.image_io import list_images, max_pixels
+from utils.data.image_io import list_images, max_pixels, read_problem
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files
 from utils.data.pairing import PairingError, match_pairs
 from utils.errors import UsageError
@@ -97,7 +97,7 @@ class Problem:
     severity: str = ERROR
 
     def line(self) -> str:
-        return f"{self.detail}. Fix: {self.fix}" if self.fix else self.detail
+        return f"{self.detail.rstrip('.')}. Fix: {self.fix}" if self.fix else self.detail
 
 
 @dataclass
@@ -154,11 +154,11 @@ _TESTER_LIMIT = "downscale it, or raise the limit (tester_bary.py --max-pixels N
 
 
 def _report_files(row: SetReport, checks: Mapping[Path, FileCheck], files: Iterable[Path],
-                  pixel_limit: int | None, limit_fix: str) -> None:
+                  pixel_limit: int | None, limit_fix: str, bad_fix: str = _FIX_BAD) -> None:
     for f in dict.fromkeys(files):
         c = checks[f]
         if c.size is None:
-            row.add(c.kind, f, c.error, _FIX_BAD)
+            row.add(c.kind, f, read_problem(c.error), bad_fix)
         elif pixel_limit and c.size[0] * c.size[1] > pixel_limit:
             h, w = c.size
             row.add("too large", f, f"{f} is {w}x{h} = {h * w / 1e6:.1f} Mpx, over the {pixel_limit / 1e6:.1f} Mpx "
@@ -403,7 +403,7 @@ def check_input_files(files: Sequence[Path], name: str = "input", threads: int =
     folder = str(files[0].parent) if files else ""
     row = SetReport(name, folder, found=len(files))
     checks = check_files(files, threads)
-    _report_files(row, checks, files, None, "")
+    _report_files(row, checks, files, None, "", "replace it, or leave it out of --input")
     return DataReport(f"images to restore ({name})", [row], files_read=len(checks),
                       seconds=time.perf_counter() - tic)
 

@@ -187,6 +187,15 @@ def _tiff_size(fh: BinaryIO) -> tuple[int, int] | None:
         return None
 
 
+REPLACE_IT = "Replace or remove it."  # how an unreadable image's error ends
+
+
+def read_problem(message: str) -> str:
+    """An image-reading error's message without its closing advice and full stop, for a list of problems that
+    gives its own fix."""
+    return message.removesuffix(REPLACE_IT).rstrip(" .")
+
+
 def _check_pixels(path: Path, size: tuple[int, int] | None, limit: int) -> None:
     """Refuse an image whose header says it has more than ``limit`` pixels, before decoding it."""
     if size is None:
@@ -341,7 +350,7 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
             img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
         if said.errors or (img is None and said.warnings):
             raise ImageReadError(f"cannot decode image {path}: the file is damaged "
-                                 f"({'; '.join(said.errors + said.warnings)}). Replace or remove it.")
+                                 f"({'; '.join(said.errors + said.warnings)}). {REPLACE_IT}")
         if said.warnings:
             words = "; ".join(said.warnings)
             if decoder_warnings is not None:
@@ -354,7 +363,7 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
             img = _to_rgb(img, path)
     except cv2.error as exc:  # e.g. over OpenCV's own 2^30-pixel limit, or a decoder failure
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise ImageReadError(f"cannot decode image {path}: OpenCV failed ({detail}). Replace or remove it.") from exc
+        raise ImageReadError(f"cannot decode image {path}: OpenCV failed ({detail}). {REPLACE_IT}") from exc
     if img is None:
         raise ImageReadError(_NOT_AN_IMAGE.format(path=path))
     # A TIFF comes out of OpenCV's decoder (as out of PIL's, which the reference reads with) already turned
@@ -373,7 +382,7 @@ def _is_tiff(data: np.ndarray) -> bool:
 
 
 _NOT_AN_IMAGE = ("cannot decode image {path}: the file is corrupt, empty or not an image (supported: "
-                 + ", ".join(IMAGE_EXTENSIONS) + "). Replace or remove it.")
+                 + ", ".join(IMAGE_EXTENSIONS) + "). " + REPLACE_IT)
 
 
 def _to_rgb(img: np.ndarray, path: Path) -> np.ndarray:

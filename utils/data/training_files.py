@@ -36,7 +36,7 @@ from utils.data.degradations import (
     check_de_types,
     domain_families,
 )
-from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, max_pixels
+from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, max_pixels, read_problem
 from utils.data.integrity import check_files
 from utils.errors import listing
 
@@ -301,7 +301,7 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
             hw_clean = size_of(pair.clean)
             hw_deg = size_of(pair.degraded) if pair.degraded is not None else hw_clean
         except ImageReadError as exc:
-            bad.append(str(exc).rstrip("."))  # the list ends with its own sentence
+            bad.append(read_problem(str(exc)))  # the list ends with its own fix
             continue
         if hw_deg != hw_clean:
             bad.append(f"{pair.degraded} is {hw_deg[0]}x{hw_deg[1]} but its target {pair.clean} is "
@@ -322,7 +322,8 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
     if bad:
         msg = f"{len(bad)} training image(s) cannot be used:{listing(bad)}"
         if not skip_bad:
-            raise DatasetError(msg + ". Replace or remove them, lower --patch_size, or pass --skip-bad-files.")
+            smaller = ", lower --patch_size" if any("smaller than --patch_size" in b for b in bad) else ""
+            raise DatasetError(f"{msg}. Replace or remove them{smaller}, or pass --skip-bad-files.")
         log(f"warning: skipping {len(bad)} training image(s) (--skip-bad-files): {msg}")
     for fam, pairs in keep.items():
         if not pairs:
