@@ -74,6 +74,25 @@ def test_spellings_parse_to_the_same_values():
     assert (d.batch_size, d.epochs) == (2, 3)
 
 
+@pytest.mark.parametrize("command", ["trainer", "tester"])
+def test_gpus_that_name_no_gpu_are_one_error_line(command, tmp_path, monkeypatch, capsys):
+    """--gpus abc (or 0;1) set CUDA_VISIBLE_DEVICES=abc: CUDA saw no GPU, and --device auto went on on the CPU
+    without a word."""
+    from utils.train import engine
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))  # restored after
+    for gpus in ("abc", "0;1"):
+        if command == "trainer":
+            status = engine.run_cli(train_options.get_args_parser().parse_args(["--gpus", gpus, "--dry-run"]))
+        else:
+            args = tester_bary.get_args_parser().parse_args(["--gpus", gpus, "--input", str(tmp_path)])
+            status = tester_bary.run_main(tester_bary.main, args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(err) == 1 and err[0].startswith(f"error: --gpus '{gpus}': give GPU indices"), err
+        assert os.environ["CUDA_VISIBLE_DEVICES"] != gpus
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="asks for a GPU this machine must lack")
 def test_a_device_this_machine_lacks_is_one_error_line(tmp_path, monkeypatch, capsys):
     """--cuda / --device cuda without a GPU used to end the trainer and the demo in a traceback (the tester

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import sys
 from typing import Callable
@@ -42,6 +43,10 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+# What CUDA_VISIBLE_DEVICES understands: indices or GPU/MIG UUIDs, separated by commas.
+_GPU_LIST = re.compile(r"\s*(\d+|GPU-[0-9A-Fa-f-]+|MIG-[\w/-]+)(\s*,\s*(\d+|GPU-[0-9A-Fa-f-]+|MIG-[\w/-]+))*\s*")
+
+
 def apply_gpus_flag(gpus: str | None) -> str | None:
     """The reference's ``--gpus 0,1``: make only those GPUs visible (before CUDA starts).
 
@@ -50,6 +55,9 @@ def apply_gpus_flag(gpus: str | None) -> str | None:
     """
     if not gpus:
         return None
+    if not _GPU_LIST.fullmatch(str(gpus)):  # CUDA would see no GPU at all, and auto would train on the CPU
+        raise DeviceError(f"--gpus {gpus!r}: give GPU indices separated by commas, e.g. --gpus 0 or --gpus 0,1 "
+                          f"(or GPU UUIDs, as CUDA_VISIBLE_DEVICES takes them)")
     if under_torchrun():
         return (f"--gpus {gpus} is ignored under torchrun (each rank uses the GPU of its LOCAL_RANK); "
                 f"to choose GPUs, run CUDA_VISIBLE_DEVICES={gpus} torchrun ...")
