@@ -168,7 +168,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     new.add_argument("--iters-per-epoch", dest="iters_per_epoch", type=int, default=0,
                      help="cap an epoch at N iterations (demos, tests); 0: the full repeated data set")
     new.add_argument("--log-every", dest="log_every", type=int, default=10,
-                     help="log (and show) the losses every N iterations (and the first); 0: no iteration "
+                     help="log (and show) the losses every N iterations (and each epoch's first); 0: no iteration "
                           "records, the epochs' means only")
     new.add_argument("--repeat", nargs="+", default=None, metavar="NAME=N",
                      help="per-epoch repetition of each image of a degradation type, replacing the paper's "
