@@ -1043,7 +1043,15 @@ def test_input_takes_several_paths_and_says_what_it_leaves_out(checkpoint, tmp_p
     assert len(res["restored"]) == 3
     err = capsys.readouterr().err
     assert "note: 2 file(s) of the --input folders are not images of a kind read here" in err
-    assert "notes.txt" in err and "x.gif" in err
+    assert "notes.txt" in err and "x.gif" in err and "neither a file nor a folder" not in err
+    (deg / "gone.png").symlink_to(tmp_path / "moved-away.png")  # were left out without a word
+    os.mkfifo(deg / "pipe.png")
+    res = tester_bary.main(tester_bary.get_args_parser().parse_args(
+        ["--model", str(checkpoint), "--input", str(deg), "--save", str(tmp_path / "o4")]))
+    assert len(res["restored"]) == 3
+    err = capsys.readouterr().err
+    assert "note: 2 entries of the --input folders are neither a file nor a folder" in err
+    assert "gone.png" in err and "pipe.png" in err
     with pytest.raises(ImageReadError, match=r"x\.gif is not an image file of a kind this project reads \(\.png"):
         run("--model", checkpoint, "--input", deg / "x.gif", "--save", tmp_path / "o3")
 

@@ -258,12 +258,19 @@ def _input_files(path: Path) -> list[Path]:
     raise ImageReadError(f"--input {path} does not exist")
 
 
-def ignored_inputs(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The visible files of the ``--input`` folders that are not images of a kind read here (``x.gif``,
-    ``notes.txt``): none for single files."""
-    ignored: list[Path] = []
+def ignored_inputs(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """What the ``--input`` folders hold and the tester leaves out (hidden entries aside; none for single files):
+    ``(files that are not images of a kind read here (x.gif, notes.txt), entries that are neither a file nor a
+    folder (a link to nothing, a pipe))``."""
+    not_images: list[Path] = []
+    not_files: list[Path] = []
     for path in input_paths(paths):
         if path.is_dir():
-            ignored += sorted(p for p in path.iterdir()
-                              if p.is_file() and not is_image(p) and not p.name.startswith("."))
-    return ignored
+            for p in sorted(path.iterdir()):
+                if p.name.startswith(".") or p.is_dir():
+                    continue
+                if not p.is_file():
+                    not_files.append(p)
+                elif not is_image(p):
+                    not_images.append(p)
+    return not_images, not_files
