@@ -77,6 +77,14 @@ def test_a_bad_input_file_gets_one_full_stop_and_no_pair_to_remove(tmp_path, cap
     assert "Fix: replace it, or leave it out of --input" in out, out
 
 
+def test_a_small_pixel_limit_is_said_in_pixels(tmp_path, tiny_counts, capsys):
+    """--max-pixels 1000 gave rows "40x40 = 0.0 Mpx, over the 0.0 Mpx limit"."""
+    root = make_test_tree(tmp_path / "test")
+    assert check_tester("--data-root", root, "--tasks", "deblur", "--max-pixels", "1000") == 1
+    out = capsys.readouterr().out
+    assert "GOPR0.png is 40x40 = 1,600 pixels, over the 1,000 pixels limit" in out and "0.0 Mpx" not in out, out
+
+
 def test_complete_training_layout_passes_both_trainers(tmp_path, capsys):
     tree = make_train_tree(tmp_path, five_d=True, n=3, id_lists=True)
     assert check_trainer(tree, tmp_path / "run") == 0

@@ -444,6 +444,15 @@ def test_a_mid_epoch_resume_with_another_batch_replaces_no_checkpoint(data, tmp_
     assert [p.name for p in list_checkpoints(ckpt)] == ["iter_e001_i000003.pth", "iter_e001_i000004.pth",
                                                         "iter_e001_i000005.pth", "epoch_001.pth"]
     assert read_checkpoint(ckpt / "iter_e001_i000004.pth")["args"]["batchSize"] == 6
+    # a run with another batch that fails before its first save leaves the checkpoint it resumed where it was
+    again = tmp_path / "again"
+    assert run(data, again, "--nEpochs", "1", "--save-every", "2", "--keep", "0", iters=6) == 0
+    resumed = again / "ckpt" / "iter_e001_i000004.pth"
+    mine = resumed.read_bytes()
+    with pytest.raises(engine.NonFiniteLossError):
+        run(data, again, "--nEpochs", "1", "--batchSize", "6", "--resume", str(resumed), "--debug-nan-at", "5",
+            iters=6)
+    assert resumed.read_bytes() == mine and read_latest(again / "ckpt") == resumed
 
 
 @pytest.mark.parametrize("epochs_after", [2, 1])
@@ -466,6 +475,13 @@ def test_an_epoch_record_lost_between_its_checkpoint_and_the_log_is_written_on_r
     epochs = [r for r in map(json.loads, log.read_text().splitlines()) if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == list(range(1, epochs_after + 1))
     assert epochs[0] == {**lost, "sec": None}  # the same means and scores, bit for bit
+    # a checkpoint whose folder has no log (kept aside, copied) has lost no record: nothing to do, nothing written
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "epoch_001.pth").write_bytes((tmp_path / "ckpt" / "epoch_001.pth").read_bytes())
+    fresh = tmp_path / "fresh"
+    assert run(data, fresh, "--nEpochs", "1", "--resume", str(elsewhere / "epoch_001.pth"), *val) == 0
+    assert "nothing to do" in capsys.readouterr().out and not (fresh / "ckpt").exists()
 
 
 def test_a_run_with_nothing_to_do_moves_and_writes_nothing(data, tmp_path, capsys):

@@ -371,7 +371,7 @@ def test_a_figure_folder_the_data_is_read_from_is_refused(tmp_path, where, capsy
         at = flags.index("--figs-dir")
         del flags[at:at + 2]  # the figure goes beside the log
         flags += ["--output-dir", str(data["dehaze"] / "synthetic" / "runs" / "a")]
-        said = "--output-dir .*: its subfolders are where --dehaze_dir reads images from"
+        said = "--output-dir .*: it is inside .*synthetic, which --dehaze_dir reads images from with its subfolders,"
     else:
         (tmp_path / "val").mkdir()
         flags += ["--degset", str(tmp_path / "val"), "--tarset", str(tmp_path / "val"), "--figs-dir",

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from utils import dataset_utils as du
 from utils.data import training_files as tf
-from utils.data.image_io import list_images, max_pixels, read_problem
+from utils.data.image_io import list_images, max_pixels, pixels_in_words, read_problem
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files
 from utils.data.pairing import PairingError, match_pairs
 from utils.errors import UsageError
@@ -161,8 +161,8 @@ def _report_files(row: SetReport, checks: Mapping[Path, FileCheck], files: Itera
             row.add(c.kind, f, read_problem(c.error), bad_fix)
         elif pixel_limit and c.size[0] * c.size[1] > pixel_limit:
             h, w = c.size
-            row.add("too large", f, f"{f} is {w}x{h} = {h * w / 1e6:.1f} Mpx, over the {pixel_limit / 1e6:.1f} Mpx "
-                                    f"limit", limit_fix)
+            row.add("too large", f, f"{f} is {w}x{h} = {pixels_in_words(h * w)}, over the "
+                                    f"{pixels_in_words(pixel_limit)} limit", limit_fix)
 
 
 def _size_mismatches(row: SetReport, checks: Mapping[Path, FileCheck], pairs: Iterable[tuple[Path, Path]]) -> None:
@@ -440,13 +440,15 @@ def check_training_data(de_types: Sequence[str], dirs: Mapping[str, str | os.Pat
         _report_files(row, checks, checks, limit, f"downscale it: the trainer reads at most {limit / 1e6:.0f} Mpx "
                                                   f"per image")
         _size_mismatches(row, checks, [(p.degraded, p.clean) for p in pairs if p.degraded is not None])
+        small: set[Path] = set()  # a target many hazy images share is named once
         for p in pairs:  # the first file of the pair that is too small is named (with its own size)
             for f in (p.degraded, p.clean):
-                size = checks[f].size if f is not None else None
+                size = checks[f].size if f is not None and f not in small else None
                 if size is not None and min(tf.cropped_length(size[0]), tf.cropped_length(size[1])) < patch_size:
                     row.add("too small", f, f"{f} is {size[0]}x{size[1]}, smaller than --patch_size {patch_size} "
                                             f"after the centre-crop to multiples of {du.CROP_BASE}",
                             "remove it, or train with a smaller --patch_size")
+                    small.add(f)
                     break
         if id_list is None:  # with a list, each absent id is named already
             _count(row, "images", WARNING, _scan_hint(fam, row))

@@ -206,14 +206,14 @@ def _check_pixels(path: Path, size: tuple[int, int] | None, limit: int) -> None:
                              f"over {2 * Image.MAX_IMAGE_PIXELS} pixels); downscale or split it")
     if h * w > limit:
         need = human_bytes(h * w * 3 * 4)  # the float32 RGB copy restoring and scoring work on
-        exact = f" ({limit:,} pixels)" if _pixels(limit).endswith("Mpx") else ""
-        raise ImageReadError(f"image {path} is {w}x{h} = {_pixels(h * w)}, more than the limit of {_pixels(limit)}"
-                             f"{exact}: restoring it would need more than {need} of memory. Downscale or "
-                             f"split it, or raise the limit (--max-pixels N of tester_bary.py or python -m "
-                             f"utils.app, at most {CV2_MAX_PIXELS})")
+        exact = f" ({limit:,} pixels)" if pixels_in_words(limit).endswith("Mpx") else ""
+        raise ImageReadError(f"image {path} is {w}x{h} = {pixels_in_words(h * w)}, more than the limit of "
+                             f"{pixels_in_words(limit)}{exact}: restoring it would need more than {need} of memory. "
+                             f"Downscale or split it, or raise the limit (--max-pixels N of tester_bary.py or python "
+                             f"-m utils.app, at most {CV2_MAX_PIXELS})")
 
 
-def _pixels(n: int) -> str:
+def pixels_in_words(n: int) -> str:
     """``n`` pixels in words: '12.3 Mpx', or '600 pixels' below a tenth of a megapixel."""
     return f"{n / 1e6:.1f} Mpx" if n >= 100_000 else f"{n:,} pixels"
 

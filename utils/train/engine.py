@@ -63,9 +63,9 @@ from utils.train.run_log import (
     JsonlLog,
     Rate,
     draw_loss_figure,
-    epoch_logged,
     progress,
     progress_line,
+    record_lost,
 )
 from utils.train.setup import (
     FIG_NAME,
@@ -212,14 +212,18 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
             console.warn(f"the checkpoint is {state.iteration} iterations into epoch {state.epoch}, and this run's "
                          f"epochs have {iters}: epoch {state.epoch} ends there, without more training (its "
                          f"checkpoint, record and validation come next)")
-        unlogged = resumed is not None and not state.iteration and epoch_unlogged(resumed, ckpt_path, info)
+        unlogged = resumed is not None and not int(resumed["iteration"]) and epoch_unlogged(resumed, ckpt_path, info)
         if state.epoch > args.nEpochs and not unlogged:  # before anything is moved or written: a no-op changes nothing
             console(f"=> nothing to do: epoch {state.epoch} is past --nEpochs {args.nEpochs}; nothing was written")
             return 0
         if dry:
+            record = (f"write epoch {int(resumed['epoch'])}'s missing log record (after its validation)"
+                      if unlogged else "")
+            train = (f"train epochs {state.epoch}..{args.nEpochs} of {iters} iterations"
+                     if state.epoch <= args.nEpochs else "")
             console(f"=> dry run: the data, the networks{', the checkpoint' if ckpt_path else ''} and the memory "
-                    f"check out; it would train epochs {state.epoch}..{args.nEpochs} of {iters} iterations into "
-                    f"{args.output_dir}. Nothing was written; drop --dry-run to train")
+                    f"check out; it would {' and '.join(filter(None, (record, train)))} into {args.output_dir}. "
+                    f"Nothing was written; drop --dry-run to train")
             return 0
         output_dir = Path(args.output_dir)
         log = open_log(output_dir, resumed, ckpt_path, state, info, console)
@@ -321,12 +325,19 @@ class Saver:
 
 def epoch_unlogged(resumed: dict, ckpt_path: Path, info: DistInfo) -> bool:
     """Whether the log of the end-of-epoch checkpoint ``resumed`` (its folder's, which a resume into another
-    folder carries over) lacks that epoch's record, which the checkpoint's losses can give (rank 0 reads it,
-    every rank gets its answer)."""
-    epoch = int(resumed["epoch"])
-    if epoch < 1 or epoch_losses_from(resumed) is None:  # a checkpoint written before they were kept
+    folder carries over) tells the run up to that epoch but lacks the epoch's own record, which the checkpoint's
+    losses can give. A folder without such a log (checkpoints kept aside in ``abandoned.before-*``, a copied
+    file) is not a lost record. Rank 0 reads the log, every rank gets its answer."""
+    epoch, losses = int(resumed["epoch"]), epoch_losses_from(resumed)
+    if epoch < 1 or losses is None:  # a checkpoint written before they were kept
         return False
-    return bool(broadcast_int(info.is_main and not epoch_logged(Path(ckpt_path).parent / LOG_NAME, epoch), info))
+    lost = False
+    if info.is_main:
+        try:
+            lost = record_lost(Path(ckpt_path).parent / LOG_NAME, epoch, int(resumed["global_step"]) - losses[1])
+        except (OSError, ValueError, TypeError):  # a log that cannot be read: nothing is rewritten into it
+            lost = False
+    return bool(broadcast_int(lost, info))
 
 
 def log_the_resumed_epoch(training: Training, resumed: dict, args: argparse.Namespace, output_dir: Path,
@@ -335,7 +346,7 @@ def log_the_resumed_epoch(training: Training, resumed: dict, args: argparse.Name
     (:func:`epoch_unlogged`, also when no epoch is left to train): a run stopped
     between that checkpoint and its record (validation, which comes in between, lasts minutes at the paper's
     scale) lost it for good. It is written now from the losses the checkpoint keeps, after the epoch's
-    validation, as the interrupted run would have written it (``sec``: null)."""
+    validation (``iterations``: those its means cover; ``sec``: null)."""
     info, epoch = training.info, int(resumed["epoch"])
     sums, count = epoch_losses_from(resumed)
     console(f"=> the log has no record of epoch {epoch} (the run stopped between its checkpoint and its record): "

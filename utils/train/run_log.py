@@ -124,9 +124,12 @@ def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def epoch_logged(path: str | os.PathLike, epoch: int) -> bool:
-    """Whether the log at ``path`` holds epoch ``epoch``'s record."""
-    return any(r.get("kind") == "epoch" and r.get("epoch") == epoch for r in read_log(path))
+def record_lost(path: str | os.PathLike, epoch: int, epoch_start: int) -> bool:
+    """Whether the log at ``path`` tells a run up to epoch ``epoch`` (a record at or past ``epoch_start``, the
+    global step the epoch began after) but holds no record of that epoch."""
+    records = [r for r in read_log(path) if isinstance(r, dict)]
+    told = any(isinstance(r.get("global_step"), int) and r["global_step"] >= epoch_start for r in records)
+    return told and not any(r.get("kind") == "epoch" and r.get("epoch") == epoch for r in records)
 
 
 def plotted_parts(iters: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -5,6 +5,7 @@ The rules; :mod:`utils.train.start` (``check_run``, ``where_to_start``) applies 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -89,6 +90,15 @@ def start_fresh_outputs(output_dir: Path, console: Console, why: str = "a fresh 
     return kept
 
 
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """A second name for ``source`` at ``dest`` (a hard link, else a copy): replacing ``source`` later, as an
+    atomic save does, leaves ``dest`` with the old bytes."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
+
+
 def _move_aside(paths: list[Path], output_dir: Path, name: str, what: str) -> Path:
     try:
         return keep_aside(paths, output_dir / name)
@@ -150,13 +160,20 @@ def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int],
     later = [p for p in list_checkpoints(output_dir) if progress_of(p.name) > past]
     if not later:
         return
+    # Renumbered, the resumed checkpoint itself may be replaced by a save of this run: it stays in place (a run
+    # that fails before its first save still resumes it) and a link to it goes aside, keeping its bytes.
+    resumed = [p for p in later if renumbered and p.resolve() == ckpt_path.resolve()]
+    moved = [p for p in later if p not in resumed]
     newest, latest = later[-1].name, read_latest(output_dir)
-    pointer = [output_dir / LATEST] if latest is not None and latest.resolve() in {p.resolve() for p in later} else []
-    kept = _move_aside(later + pointer, output_dir, "abandoned", "checkpoints past the one resumed")
+    pointer = [output_dir / LATEST] if latest is not None and latest.resolve() in {p.resolve() for p in moved} else []
+    kept = _move_aside(moved + pointer, output_dir, "abandoned", "checkpoints past the one resumed")
+    for p in resumed:
+        _link_or_copy(p, kept / p.name)
     if past != progress:
         console(f"=> resuming {ckpt_path.name} with another batch: epoch {progress[0] + 1}'s {len(later)} mid-epoch "
-                f"and later checkpoint(s) (newest {newest}), named in the old batch's iterations, were moved to "
-                f"{kept.name}/, so that this run's checkpoints of the same names replace none of them")
+                f"and later checkpoint(s) (newest {newest}), named in the old batch's iterations, were kept in "
+                f"{kept.name}/ (the resumed one also stays here until this run saves), so that this run's "
+                f"checkpoints of the same names replace none of them")
         return
     console(f"=> resuming {ckpt_path.name}, an earlier checkpoint of this run: the {len(later)} checkpoint(s) past "
             f"it (newest {newest}) were moved to {kept.name}/, so that none is overwritten, returned to by --resume "
@@ -228,10 +245,12 @@ def check_figure_outside_data(args) -> None:
     for data_flag, folder, recursive in read:
         folder = folder.resolve()
         if where == folder or (recursive and folder in where.parents):
-            what = "its subfolders are" if where != folder else "it is"
-            raise ConfigError(f"{flag} {value}: {what} where {data_flag} reads images from ({folder}), so the loss "
-                              f"figure drawn there after each epoch ({FIG_NAME}) would be read as an image by the "
-                              f"next run; choose a {flag} outside the data")
+            what = ("it is where" if where == folder else
+                    f"it is inside {folder}, which") + f" {data_flag} reads images from"
+            where_read = f" ({folder})" if where == folder else " with its subfolders"
+            raise ConfigError(f"{flag} {value}: {what}{where_read}, so the loss figure drawn there after each epoch "
+                              f"({FIG_NAME}) would be read as an image by the next run; choose a {flag} outside "
+                              f"the data")
 
 
 def _load_potentials_if_they_fit(pots: Potentials | None, obj: Any, source: str) -> bool | None:
