@@ -433,6 +433,20 @@ def test_no_arguments_prefers_the_authors_checkpoint(tmp_path, monkeypatch):
     assert path == Path("checkpoint/model_allBaryNet__61_1.0_5D.pt") and "reference" in why
 
 
+def test_no_arguments_never_takes_a_run_set_aside(tmp_path, monkeypatch):
+    """The newest checkpoint by time under checkpoint/ could be one the trainer had set aside (abandoned.before-*
+    holds the checkpoints past a resumed one, newer than it until the resumed run saves)."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "checkpoint" / "run"
+    (run / "abandoned.before-20261130-101010").mkdir(parents=True)
+    (run / "epoch_001.pth").write_bytes(b"x")
+    (run / "latest").write_text(json.dumps({"checkpoint": "epoch_001.pth"}))
+    os.utime(run / "epoch_001.pth", (1e9, 1e9))
+    (run / "abandoned.before-20261130-101010" / "epoch_002.pth").write_bytes(b"x")  # newer
+    (run / "abandoned.before-20261130-101010" / "latest").write_text(json.dumps({"checkpoint": "epoch_002.pth"}))
+    assert tester_bary.default_model()[0] == Path("checkpoint/run/epoch_001.pth")
+
+
 def test_no_arguments_without_a_checkpoint_or_data_is_a_one_line_error(checkpoint, tmp_path):
     done = _tester_in(tmp_path)
     assert done.returncode == 2 and done.stdout == ""

@@ -155,14 +155,16 @@ def newest_checkpoint(root: str | os.PathLike) -> Path | None:
 
     A folder the trainer wrote stands for the checkpoint its ``latest`` names (:func:`read_latest`),
     not for every ``epoch_NNN.pth`` in it; any other ``*.pth``/``*.pt`` file (a reference or
-    plain checkpoint) counts as itself. Hidden files and folders (temporary files) are skipped.
+    plain checkpoint) counts as itself. Hidden files and folders (temporary files) are skipped, and so are the
+    folders the trainer keeps earlier files in (``run.before-*``, ``abandoned.before-*``): a run set aside is
+    not the one to evaluate by default, even when its files are newer.
     """
     base = Path(root)
     if not base.is_dir():
         return None
     found: list[Path] = []
     for folder, dirs, files in os.walk(base):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and ".before-" not in d)
         latest = read_latest(folder)
         if latest is not None:
             found.append(latest)
