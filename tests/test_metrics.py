@@ -135,6 +135,18 @@ def test_lpips_missing_weights_names_the_path(tmp_path, monkeypatch):
     assert not expected.exists()
 
 
+@pytest.mark.parametrize("content", [b"", b"junk"])
+def test_damaged_lpips_weights_are_one_error_naming_the_file(tmp_path, monkeypatch, content):
+    """An empty or damaged weights file ended the tester in a traceback (EOFError / UnpicklingError)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = M.lpips_backbone_path("alex")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(M.MetricUnavailable, match=rf"{path} cannot be loaded \(.*\); the file is damaged.*download"):
+        M.LPIPS("alex")
+    assert path.read_bytes() == content  # the user's file is left as it is
+
+
 def test_lpips_scales_inputs_to_minus_one_one():
     img = np.array([[[0, 255, 51]]], dtype=np.uint8)
     t = M.LPIPS.to_input(img)

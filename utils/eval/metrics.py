@@ -26,6 +26,7 @@ Either raises :class:`MetricUnavailable` naming the missing piece and where to p
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import warnings
 from pathlib import Path
 
@@ -187,6 +188,14 @@ def _missing(path: Path, what: str, url: str, extra: str = "") -> MetricUnavaila
         f"set TORCH_HOME to a folder whose hub/checkpoints/ holds it){extra}.")
 
 
+def _damaged(path: Path, what: str, url: str, exc: Exception) -> MetricUnavailable:
+    """The weights file at ``path`` is there but cannot be loaded (cut short, not a checkpoint)."""
+    why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}"
+    return MetricUnavailable(f"{what}: the pretrained weights at {path} cannot be loaded ({why}); the file is damaged "
+                             f"or not those weights. Replace it with a fresh download of {url} (copied from a "
+                             f"machine with internet access)")
+
+
 class LPIPS:
     """LPIPS distance of 8-bit RGB images (lower is better); the trunk's weights must be on disk.
 
@@ -198,10 +207,10 @@ class LPIPS:
         if importlib.util.find_spec("lpips") is None:
             raise MetricUnavailable("--lpips needs the 'lpips' package: .venv/bin/pip install 'lpips>=0.1.4'")
         if pretrained_trunk:
+            from torchvision.models import AlexNet_Weights, VGG16_Weights
             path = lpips_backbone_path(net)
+            url = (AlexNet_Weights if net == "alex" else VGG16_Weights).IMAGENET1K_V1.url
             if not path.is_file():
-                from torchvision.models import AlexNet_Weights, VGG16_Weights
-                url = (AlexNet_Weights if net == "alex" else VGG16_Weights).IMAGENET1K_V1.url
                 raise _missing(path, f"LPIPS ({net})", url)
         import lpips  # imported late: it is slow to import and optional for every other metric
         self.net = net
@@ -209,8 +218,13 @@ class LPIPS:
         # The trunk is built from the file found above: torchvision reads the cached checkpoint.
         with warnings.catch_warnings():  # lpips uses torchvision's deprecated `pretrained=` argument
             warnings.simplefilter("ignore", UserWarning)
-            self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained_trunk,
-                                     verbose=False).to(self.device).eval()
+            try:
+                self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained_trunk,
+                                         verbose=False).to(self.device).eval()
+            except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError) as exc:
+                if not pretrained_trunk:
+                    raise
+                raise _damaged(path, f"LPIPS ({net})", url, exc) from exc
 
     @staticmethod
     def to_input(img: np.ndarray) -> torch.Tensor:
@@ -276,7 +290,10 @@ class FID:
         from pytorch_fid.inception import InceptionV3
         self.device = torch.device(device)
         block = InceptionV3.BLOCK_INDEX_BY_DIM[dims]
-        self.model = InceptionV3([block]).to(self.device).eval()
+        try:
+            self.model = InceptionV3([block]).to(self.device).eval()
+        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError) as exc:
+            raise _damaged(path, "FID", FID_WEIGHTS_URL, exc) from exc
 
     def features(self, images: list[np.ndarray]) -> np.ndarray:
         """``(N, dims)`` Inception features of 8-bit RGB images (resized to 299 inside the network).
