@@ -195,9 +195,24 @@ def test_line_kernel_normalised():
     assert vertical[:, vertical.shape[1] // 2].sum() > 0.99
 
 
-def test_bad_arguments_name_the_fix(tmp_path):
-    with pytest.raises(ValueError, match="demo/data.py"):
+def test_bad_arguments_name_the_fix(tmp_path, capsys):
+    with pytest.raises(ValueError, match="--seed must be a non-negative integer"):
         dd.build_demo_data(tmp_path, seed=-1, **TINY)
+    # python -m utils.demo.data: bad values and a file in the way were tracebacks, not one error line
+    (tmp_path / "afile").write_text("mine")
+    root = ["--root", str(tmp_path / "d")]
+    for argv, said in (([*root, "--scale", "0"], "--scale must lie in [0.05, 4]"),
+                       ([*root, "--max-photos", "0"], "--max-photos must be an integer >= 1"),
+                       (["--root", str(tmp_path / "afile")], "a file, not a folder")):
+        assert dd.main(argv) == 1
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("error: ") and said in line, line
+    with pytest.raises(SystemExit) as stop:
+        dd.main([*root, "--seed", "x"])
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and line.startswith("error: argument --seed: invalid int value"), line
+    assert not (tmp_path / "d").exists()
+    assert (tmp_path / "afile").read_text() == "mine"
     with pytest.raises(ValueError, match="scale"):
         dd.build_demo_data(tmp_path, seed=0, scale=0.0, progress=False)
     with pytest.raises(RuntimeError, match="reinstall"):

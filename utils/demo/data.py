@@ -85,7 +85,7 @@ from utils.demo.photos import (
     resize,
     round_to_multiple,
 )
-from utils.errors import UserError
+from utils.errors import OneLineArgumentParser, UserError, run_main
 
 VERSION = 1
 BUILDING_MARK = ".demo-building"  # lists a build's files as it writes them, removed with its manifest's writing
@@ -343,12 +343,12 @@ def build_files(root: Path, mark: TextIO, params: dict, force: bool, progress: b
 
 def _check_args(seed: int, scale: float, max_photos: int | None) -> None:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DemoDataError(f"utils/demo/data.py: seed must be a non-negative int, got {seed!r}")
+        raise DemoDataError(f"--seed must be a non-negative integer, got {seed!r}")
     if not (0.05 <= float(scale) <= 4.0):
-        raise DemoDataError(f"utils/demo/data.py: scale must lie in [0.05, 4], got {scale!r} "
-                         "(use e.g. 0.2 for a tiny test build, 1.0 for the default)")
+        raise DemoDataError(f"--scale must lie in [0.05, 4], got {scale!r} (e.g. 0.2 for a tiny build, 1.0 for "
+                            f"the default)")
     if max_photos is not None and (not isinstance(max_photos, int) or max_photos < 1):
-        raise DemoDataError(f"utils/demo/data.py: max_photos must be None or an int >= 1, got {max_photos!r}")
+        raise DemoDataError(f"--max-photos must be an integer >= 1 (or left out for all), got {max_photos!r}")
 
 
 def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale: float = 1.0,
@@ -391,13 +391,20 @@ def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Build the embedded demo data set (docs/METHOD.md §3-4 layout).")
+    """``python -m utils.demo.data``: build (or confirm) the demo data; a failure is one ``error:`` line."""
+    p = OneLineArgumentParser(prog="python -m utils.demo.data",
+                              description="Build the embedded demo data set (docs/METHOD.md §3-4 layout).")
     p.add_argument("--root", default=DEFAULT_ROOT, help="output folder (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=float, default=1.0, help="image size factor (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic degradations (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=1.0, help="image size factor, 0.05 to 4 (default: %(default)s)")
     p.add_argument("--max-photos", type=int, default=None, help="keep only the first N train and test photos")
     p.add_argument("--force", action="store_true", help="rebuild and rewrite every file")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     args = p.parse_args(argv)
+    return run_main(_build_and_report, args, debug=args.debug)
+
+
+def _build_and_report(args: argparse.Namespace) -> int:
     t0 = time.time()
     man = build_demo_data(args.root, args.seed, args.scale, args.force, args.max_photos)
     print(f"{args.root}: {man['status']} in {time.time() - t0:.1f}s "
