@@ -241,6 +241,7 @@ def test_bad_flags_are_one_error_line(tmp_path, monkeypatch, capsys):
                         ([], "no --model given and no checkpoint under checkpoint/"),
                         (["--model", "nope.pth"], "--model nope.pth: checkpoint not found"),
                         (["--model", "x.pth", "--examples", "nowhere"], "--examples nowhere: no such folder"),
+                        (["--model", "x.pth", "--examples", "a_file"], "--examples a_file: a file, not a folder"),
                         (["--model", "x.pth", "--work-dir", "a_file"],
                          "--work-dir a_file: a file, not a folder, is in the way")):
         status, err = _app(argv, capsys)

@@ -380,6 +380,10 @@ def test_empty_folders_and_missing_things(bench, checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         run("--model", tmp_path / "nope.pth", "--degset", bench / "jpeg" / "input", "--tarset",
             bench / "jpeg" / "target", "--save", tmp_path / "o")
+    (tmp_path / "root3").mkdir()  # --tasks all with nothing there named no fix
+    with pytest.raises(PairingError, match=r"--tasks all: none of .* is under .*root3: put the benchmarks there.*"
+                                           r"or point --data-root at them"):
+        run("--model", checkpoint, "--data-root", tmp_path / "root3", "--tasks", "all", "--save", tmp_path / "o")
     with pytest.raises(tester_bary.UsageError):  # no mode chosen and no paper task under --data-root
         run("--model", checkpoint, "--data-root", tmp_path / "root2", "--save", tmp_path / "o")
     with pytest.raises(tester_bary.UsageError):  # two modes
@@ -798,6 +802,16 @@ def test_flags_that_do_nothing_with_input_are_refused(checkpoint, tmp_path, caps
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: {said}") and "drop" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_an_image_too_small_says_the_size_the_file_needs(checkpoint, tmp_path):
+    """A 207x207 image with --crop-border 100 was '200x200 is too small (at least 207x207 ...)': the file was
+    207x207 already; the reference protocol's crop to multiples of 8 makes it 208."""
+    deg, tar = _pair_dirs(tmp_path, ["a.png"], ["a.png"])  # 44x61
+    with pytest.raises(UserError, match=r"a.png: 40x56 after the crop to multiples of 8 is too small to evaluate "
+                                        r"\(at least 67x67 to score with --ssim skimage, --crop-border 30, so a file "
+                                        r"of at least 72x72\)"):
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--crop-border", "30")
 
 
 def test_a_run_that_scores_nothing_is_an_error(checkpoint, tmp_path):

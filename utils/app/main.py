@@ -103,7 +103,8 @@ def examples_folder(examples: str | None) -> Path | None:
     if examples is None:
         return Path(DEMO_EXAMPLES) if Path(DEMO_EXAMPLES).is_dir() else None
     if not Path(examples).is_dir():
-        raise UsageError(f"--examples {examples}: no such folder — pass a benchmark folder such as {DEMO_EXAMPLES} "
+        what = "a file, not a folder" if Path(examples).exists() else "no such folder"
+        raise UsageError(f"--examples {examples}: {what} — pass a benchmark folder such as {DEMO_EXAMPLES} "
                          f"(built by make demo), or leave the flag out")
     return Path(examples)
 

@@ -98,8 +98,13 @@ def _check_size(img: np.ndarray, item: EvalItem, protocol: Protocol) -> None:
         why = "after the protocol's crop" if side == SIZE_MULTIPLE else \
             f"to score with --ssim {protocol.ssim}, --crop-border {protocol.crop_border}" + \
             (f" and LPIPS ({protocol.lpips_net})" if protocol.lpips else "")
-        raise ImageTooSmall(f"{item.degraded or item.target}: {img.shape[0]}x{img.shape[1]} is too small to evaluate "
-                            f"(at least {side}x{side} {why})")
+        if protocol.protocol == "reference":  # ``img`` is cropped to multiples of 8: say what the file needs
+            file_side = -(-side // SIZE_MULTIPLE) * SIZE_MULTIPLE
+            shape = f"{img.shape[0]}x{img.shape[1]} after the crop to multiples of {SIZE_MULTIPLE}"
+            need = f"at least {side}x{side} {why}, so a file of at least {file_side}x{file_side}"
+        else:
+            shape, need = f"{img.shape[0]}x{img.shape[1]}", f"at least {side}x{side} {why}"
+        raise ImageTooSmall(f"{item.degraded or item.target}: {shape} is too small to evaluate ({need})")
 
 
 def _summary(images: list[dict], has_lpips: bool) -> dict[str, Any]:

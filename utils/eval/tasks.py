@@ -211,7 +211,9 @@ def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: b
         if task == "all":  # in place, so `--tasks all denoise_75` keeps the paper's order first
             present = present_paper_tasks(root)
             if not present:
-                raise PairingError(f"--tasks all: none of {', '.join(PAPER_TASKS)} is under {root}")
+                raise PairingError(f"--tasks all: none of {', '.join(PAPER_TASKS)} is under {root}: put the "
+                                   f"benchmarks there in the layout of docs/METHOD.md §4 (e.g. "
+                                   f"{root / 'derain' / 'Rain100L' / 'input'}), or point --data-root at them")
             expanded += present
         else:
             expanded.append(task)
