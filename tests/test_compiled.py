@@ -122,3 +122,20 @@ def test_compiled_inference_freezes_the_weights_only_while_inductor_runs_it():
     for mode, backend in (("off", "inductor"), ("default", "eager")):
         with frozen_weights(mode, backend):
             assert not inductor_config.freezing
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the note is logged only where no CUDA runtime is found")
+def test_a_cpu_compile_prints_no_note_about_cuda(tmp_path):
+    """--compile on the CPU printed torch's 'W... No CUDA runtime is found, using CUDA_HOME=...' among the tester's
+    lines: inductor imports torch.utils.cpp_extension, which logs it once, at import."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    code = ("from utils.compiled import compile_fn; compile_fn(lambda x: x, 'default'); "
+            "import torch.utils.cpp_extension")  # the import inductor makes when it builds a CPU kernel
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, CUDA_HOME=str(tmp_path), PYTHONPATH=str(repo)))
+    assert done.returncode == 0, done.stderr
+    assert "No CUDA runtime" not in done.stderr, done.stderr

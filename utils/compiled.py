@@ -26,6 +26,7 @@ configuration, torch version and device starts much faster.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 from typing import Callable
 
@@ -71,7 +72,21 @@ def compile_fn(fn: Callable, mode: str, backend: str = "inductor", dynamic: bool
     (dynamo's default: static first, dynamic once a second shape is seen)."""
     if mode == "off":
         return fn
+    _import_cpp_extension_quietly()
     return torch.compile(fn, mode=None if mode == "default" else mode, backend=backend, dynamic=dynamic)
+
+
+def _import_cpp_extension_quietly() -> None:
+    """Import ``torch.utils.cpp_extension`` (inductor does, to build CPU kernels) with its logger at ERROR: on a
+    machine without a CUDA runtime its import logs "No CUDA runtime is found, using CUDA_HOME=...", a line that
+    says nothing about a CPU compile and landed among the tester's output."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        log.setLevel(level)
 
 
 def frozen_weights(mode: str, backend: str = "inductor"):
