@@ -44,7 +44,8 @@ def under_torchrun() -> bool:
 
 
 # What CUDA_VISIBLE_DEVICES understands: indices or GPU/MIG UUIDs, separated by commas.
-_GPU_LIST = re.compile(r"\s*(\d+|GPU-[0-9A-Fa-f-]+|MIG-[\w/-]+)(\s*,\s*(\d+|GPU-[0-9A-Fa-f-]+|MIG-[\w/-]+))*\s*")
+_ONE_GPU = r"(\d+|GPU-[0-9A-Fa-f-]+|MIG-[\w/-]+)"
+_GPU_LIST = re.compile(rf"\s*{_ONE_GPU}(\s*,\s*{_ONE_GPU})*\s*")
 
 
 def apply_gpus_flag(gpus: str | None) -> str | None:

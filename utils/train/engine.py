@@ -68,8 +68,8 @@ from utils.train.run_log import (
     record_lost,
 )
 from utils.train.setup import (
-    FIG_NAME,
     check_memory,
+    loss_figure,
     validation_pairs,
 )
 from utils.train.signals import StopRequest, stop_loader_workers
@@ -259,7 +259,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                 end_of_epoch(training, log, console, epoch, state, iters, lr, means, val, time.perf_counter() - tic)
                 board.preview(model, state.global_step, info.device, args.precision)
                 if info.is_main:
-                    draw_loss_figure(output_dir / LOG_NAME, Path(args.figs_dir or output_dir) / FIG_NAME, console)
+                    draw_loss_figure(output_dir / LOG_NAME, loss_figure(args), console)
                 if stopped or any_rank(stop.requested, info):  # a signal during validation or saving
                     console(f"=> stopped by signal {stop.signum} after epoch {epoch}")
                     return 0
@@ -355,7 +355,7 @@ def log_the_resumed_epoch(training: Training, resumed: dict, args: argparse.Name
     end_of_epoch(training, log, console, epoch, LoopState(epoch + 1, 0, int(resumed["global_step"])), count,
                  lr_at(args.lr, epoch, args.step), {k: v / max(count, 1) for k, v in sums.items()}, val, None)
     if info.is_main:
-        draw_loss_figure(output_dir / LOG_NAME, Path(args.figs_dir or output_dir) / FIG_NAME, console)
+        draw_loss_figure(output_dir / LOG_NAME, loss_figure(args), console)
 
 
 def end_of_epoch(training: Training, log: JsonlLog | RecordLogs, console: Console, epoch: int, state: LoopState,

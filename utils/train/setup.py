@@ -149,7 +149,8 @@ def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int],
       :func:`~utils.train.run_log.rewind_log`.
     * ``renumbered``: the run continues mid-epoch with another batch (:func:`~utils.train.start.continue_with_batch`),
       so its iterations are counted in other units than the names of this epoch's mid-epoch checkpoints: all of
-      them, the resumed one too, go aside with those past it, or this run's saves would replace them.
+      them go aside with those past it, or this run's saves would replace them. The resumed one stays in place
+      (a run that fails before its first save still resumes it) and a hard link to it goes aside instead.
     """
     source = ckpt_path.resolve().parent
     if source != output_dir.resolve():
@@ -229,12 +230,17 @@ def check_args(args) -> int:
     return k
 
 
+def loss_figure(args) -> Path:
+    """Where the trainer draws its loss curves after each epoch: in ``--figs-dir``, else beside the log."""
+    return Path(args.figs_dir or args.output_dir) / FIG_NAME
+
+
 def check_figure_outside_data(args) -> None:
     """Refuse a folder for the loss figure (``--figs-dir``, else ``--output-dir``) that a training scan or the
     validation pairing reads images from: the figure, a PNG drawn after each epoch, would be read back as
     a training or validation image by the next run."""
     flag, value = ("--figs-dir", args.figs_dir) if args.figs_dir else ("--output-dir", args.output_dir)
-    where = Path(value).resolve()
+    where = loss_figure(args).parent.resolve()
     read: list[tuple[str, Path, bool]] = []
     for fam in sorted({family(d) for d in args.de_type}):
         data_flag = LAYOUT[fam][0]
