@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import tester_bary
 from utils.cli import kebab
@@ -134,3 +135,15 @@ def test_ctrl_c_while_torch_loads_is_one_line(command, tmp_path):
     done = subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, done.stderr
     assert done.stderr == "error: interrupted while starting; nothing was written\n" and done.stdout == ""
+
+
+def test_a_gpu_index_this_machine_lacks_is_named_when_auto_falls_back_to_the_cpu(monkeypatch):
+    """--gpus 5 on a machine with 2 GPUs hides both: --device auto then trained on the CPU saying only "no CUDA GPU
+    visible", which did not point at the flag."""
+    from utils.runtime import apply_gpus_flag, pick_device
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))  # restored after
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # what CUDA says of a hidden index
+    assert apply_gpus_flag("5") is None
+    said = []
+    assert pick_device("auto", log=said.append) == torch.device("cpu")
+    assert said == ["=> --device auto: using the CPU (no CUDA GPU visible with CUDA_VISIBLE_DEVICES=5)"]

@@ -1188,3 +1188,14 @@ def test_a_jpeg_decoded_over_damage_is_scored_as_pillow_reads_it_and_the_results
     assert f"warning: {deg / 'a.jpg'}: the JPEG decoder says" in capsys.readouterr().err
     restored = run("--model", checkpoint, "--input", deg, "--save", tmp_path / "i")
     assert restored["restored"][0]["decoder_warnings"] == [said]
+
+
+@pytest.mark.parametrize("task", ["denoise_-5", "denoise_2.5", "denoise"])
+def test_a_mistyped_noise_level_is_named_before_anything_is_looked_for(task, tmp_path, monkeypatch):
+    """--tasks denoise_-5 was taken for a benchmark folder of that name, and said so only once a checkpoint had
+    been found and loaded (without one, the error was the missing checkpoint)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        tester_bary.main(tester_bary.get_args_parser().parse_args(["--tasks", "derain", task]))
+    assert str(err.value).startswith(f"--tasks: {task!r} is not a denoising task") and "denoise_25" in str(err.value)
+    assert list(tmp_path.iterdir()) == []

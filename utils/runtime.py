@@ -86,7 +86,9 @@ def pick_device(flag: str = "auto", cuda: bool = False, local_rank: int = 0,
         flag = "cuda" if flag == "auto" else flag
     use_cuda = flag.startswith("cuda") or (flag == "auto" and torch.cuda.is_available())
     if flag == "auto" and log is not None:
-        log(f"=> --device auto: using {'CUDA' if use_cuda else 'the CPU (no CUDA GPU visible)'}")
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")  # --gpus 5 on a machine with 2 GPUs hides both
+        why = f"no CUDA GPU visible with CUDA_VISIBLE_DEVICES={hidden}" if hidden is not None else "no CUDA GPU visible"
+        log(f"=> --device auto: using {'CUDA' if use_cuda else f'the CPU ({why})'}")
     if not use_cuda:
         return torch.device("cpu")
     if not torch.cuda.is_available():

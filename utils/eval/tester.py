@@ -290,6 +290,11 @@ def main(args) -> dict:
     _check_flags(args)
     if getattr(args, "check_data", False):  # the data doctor: no model, nothing written
         return tester_check(args)
+    for task in args.tasks or ():
+        try:
+            task_layout(task)
+        except ValueError as exc:  # a name that cannot be a task: said before a checkpoint is looked for
+            _fail(str(exc))
     # the flags first (device, protocol, compile mode), then the files they name
     gpus_note = apply_gpus_flag(args.gpus)  # the reference's meaning of --gpus
     if gpus_note:
