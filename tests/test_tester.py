@@ -908,6 +908,9 @@ def test_keeping_aside_never_moves_an_input_nor_empties_save_for_a_run_that_cann
     with pytest.raises(MetricUnavailable):
         run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "d", "--lpips")
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == before  # nothing moved aside
+    with pytest.raises(MetricUnavailable):  # nor an empty --save left where there was none
+        run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "e" / "f", "--lpips")
+    assert not (tmp_path / "e").exists()
     (save / "results.csv").write_text("mine")
     run("--model", checkpoint, "--input", deg, "--save", save)
     [kept] = save.glob("results.before-*")

@@ -330,7 +330,7 @@ def main(args) -> dict:
                   f"{'is' if len(not_files) == 1 else 'are'} neither a file nor a folder (a link to nothing, a pipe) "
                   f"and left out:{listing(not_files)}", file=sys.stderr)
         sets = [] if args.input else _find_sets(args, tasks_defaulted)
-        _check_outputs(args, sets, create=not args.dry_run)
+        _check_outputs(args, sets, create=False)  # created below, once the model and the metrics have loaded
         model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
                                  num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
         if "note" in info:
@@ -344,6 +344,7 @@ def main(args) -> dict:
         # one tester at a time writes a --save: two would mix their images under one record
         # LPIPS/FID weights load now: a run that fails on them moves nothing aside
         metrics = None if args.input else perceptual_metrics(protocol, device)
+        _check_outputs(args, sets)  # a run that could not start leaves no empty output folder behind
         with OutputLock(save, "--save", "tester", fix="choose another --save"):
             kept = _keep_earlier_outputs(args, sets, inputs, save)
             if args.input:
