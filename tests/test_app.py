@@ -324,3 +324,18 @@ def test_a_corrupt_upload_is_a_message_in_the_page(browser_page, corrupt):
     assert "corrupt, empty or not an image" in status
     assert not browser.shown_images(driver, "comparison")
     assert "Traceback" not in log.read_text(errors="replace")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="gradio is not installed: make app")
+def test_stopping_the_server_is_a_clean_exit_not_an_error(run_dir, tmp_path):
+    """Ctrl-C or SIGTERM is how this server stops, and it ended as a failure: Gradio's "Keyboard interruption in
+    main thread... closing server." and then "error: interrupted" with status 130."""
+    from utils.app import browser
+    log = tmp_path / "app.log"
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    with browser.serve(["--model", str(run_dir), "--device", "cpu"], log, cwd=tmp_path, env=env) as url:
+        pass  # leaving stops the server with SIGTERM
+    lines = log.read_text().splitlines()
+    assert lines[-1] == f"=> stopped: {url.rstrip('/')} no longer serves the page", lines
+    assert not any(line.startswith("error:") or "Keyboard" in line or "Closing server" in line for line in lines)
