@@ -325,7 +325,8 @@ def test_a_lock_path_that_is_a_dangling_link_is_an_error_not_a_spin(tmp_path, mo
 
 def test_the_loss_figure_never_replaces_a_file_it_did_not_draw(tmp_path, capsys):
     """A user's own train_losses.png in --figs-dir (or another run's, in a shared one) was replaced without a
-    word: the tester's --figs-dir moves such a file aside, the trainer's did not."""
+    word: the tester's --figs-dir moves such a file aside, the trainer's did not. Two runs sharing a --figs-dir
+    then moved each other's figure aside at every epoch, a figure.before-* folder each time."""
     import json as json_module
 
     from utils.train.run_log import Console, draw_loss_figure
@@ -351,11 +352,17 @@ def test_the_loss_figure_never_replaces_a_file_it_did_not_draw(tmp_path, capsys)
     other = tmp_path / "other"
     other.mkdir()
     (other / "log.jsonl").write_text(log.read_text())
-    draw_loss_figure(other / "log.jsonl", figs / "train_losses.png", Console())  # another folder's run: aside
-    assert sorted(p.read_bytes() == drawn for p in figs.glob("figure.before-*/train_losses.png")) == [False, True]
-    start("2026-11-30T11:00:00.000001+00:00")  # a fresh run in the first folder: the other's figure goes aside
+    for _ in range(3):  # another folder's run, epoch after epoch: each run keeps its own figure, said once
+        assert draw_loss_figure(other / "log.jsonl", figs / "train_losses.png", Console()) == \
+            figs / "train_losses_other.png"
+        assert draw_loss_figure(log, figs / "train_losses.png", Console()) == figs / "train_losses.png"
+    assert (figs / "train_losses.png").read_bytes() == drawn and len(list(figs.glob("figure.before-*"))) == 1
+    said = capsys.readouterr().out
+    assert said.count(f"is the loss figure of the run in {run}: this run's is {figs / 'train_losses_other.png'}") == 1
+    assert "moved" not in said
+    start("2026-11-30T11:00:00.000001+00:00")  # a fresh run in the first folder: the earlier run's figure goes aside
     draw_loss_figure(log, figs / "train_losses.png", Console())
-    assert len(list(figs.glob("figure.before-*/train_losses.png"))) == 3
+    assert sorted(p.read_bytes() == drawn for p in figs.glob("figure.before-*/train_losses.png")) == [False, True]
 
 
 @pytest.mark.parametrize("where", ["figs in denoise", "output in dehaze", "figs in degset"])

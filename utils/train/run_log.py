@@ -216,16 +216,28 @@ class Rate:
         return f"{total // 3600}:{total // 60 % 60:02d}:{total % 60:02d}"
 
 
-def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> None:
-    """The loss curves of the log so far; a figure that cannot be written (the disk, its folder) is a warning:
-    the epoch is saved already, and training goes on.
+_SOURCE = "BaryIR training run in {folder}, started {started}"  # a loss figure's PNG "Source" text
 
-    The figure names its run (the log's folder, and when its first start began) in its PNG metadata: a
-    file at ``fig_path`` that does not (a user's own image, an earlier or another run's figure in a
-    ``--figs-dir``) is moved into ``<its folder>/figure.before-<time>/`` first, and said, instead of
-    being replaced."""
-    source = f"BaryIR training run in {Path(log_path).resolve().parent}, started {_first_start(log_path)}"
+
+def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> Path:
+    """The loss curves of the log so far, drawn at ``fig_path`` (or beside it, see below); returns where. A figure
+    that cannot be written (the disk, its folder) is a warning: the epoch is saved already, and training goes on.
+
+    The figure names its run (the log's folder, and when its first start began) in its PNG metadata. Where
+    ``fig_path`` holds the figure of a run in another folder (two runs sharing a ``--figs-dir``), this run
+    draws beside it, ``<stem>_<its folder's name>.png``, and both keep theirs. Any other file there that is
+    not this run's figure (a user's own image, an earlier run's figure) is moved into
+    ``<its folder>/figure.before-<time>/`` first, and said, instead of being replaced."""
+    folder = Path(log_path).resolve().parent
+    source = _SOURCE.format(folder=folder, started=_first_start(log_path))
     try:
+        other = _figure_source(fig_path) if fig_path.exists() or fig_path.is_symlink() else source
+        other_folder = _source_folder(other)
+        if other != source and other_folder is not None and other_folder != folder:
+            own = fig_path.with_name(f"{fig_path.stem}_{folder.name}{fig_path.suffix}")
+            if not own.exists() and not own.is_symlink():
+                console(f"=> {fig_path} is the loss figure of the run in {other_folder}: this run's is {own}")
+            fig_path = own
         if (fig_path.exists() or fig_path.is_symlink()) and _figure_source(fig_path) != source:
             kept = keep_aside([fig_path], fig_path.parent / "figure")
             console(f"=> {fig_path} was not this run's loss figure: it was moved to {kept}/")
@@ -233,6 +245,16 @@ def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> None:
     except (OSError, DiskFullError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         console.warn(f"the loss figure {fig_path} could not be written ({why}); training goes on")
+    return fig_path
+
+
+def _source_folder(source: str | None) -> Path | None:
+    """The run folder a loss figure's ``Source`` text names (None for a file no run of this project drew)."""
+    head, tail = _SOURCE.split("{folder}")
+    tail = tail.split("{started}")[0]
+    if not source or not source.startswith(head) or tail not in source:
+        return None
+    return Path(source[len(head):source.rindex(tail)])
 
 
 def _first_start(log_path: Path) -> str | None:
