@@ -89,8 +89,12 @@ def _args(*argv):
     return get_args_parser().parse_args(list(argv))
 
 
+RESIDENT = 300 * 2**20  # this process's size as check_memory sees it: fixed, so that a test's margins are exact
+
+
 def _check(args, free, monkeypatch, ranks=1, lines=None):
     monkeypatch.setattr(setup, "available_bytes", lambda device: free)
+    monkeypatch.setattr(setup, "resident_bytes", lambda: RESIDENT)  # the real one moves between two reads
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
     setup.check_memory(args, 3, DistInfo(), _Recorder([] if lines is None else lines))
 
@@ -121,13 +125,53 @@ def test_a_training_run_that_cannot_fit_is_refused_with_the_estimate_and_the_fix
 
 
 def test_the_refusal_names_a_batch_that_fits(monkeypatch):
+    """It named batch 2 instead of 3 when this process grew by a byte between the test's and check_memory's
+    reads of its size (the margin is 1 byte): the size is fixed now."""
     args = _args("--preset", "tiny", "--patch_size", "128", "--batchSize", "8")
     one = setup.memory_need(args, 3, DistInfo(), batch=1)
     three = setup.memory_need(args, 3, DistInfo(), batch=3)
-    free = three.total - memory.resident_bytes() + 1  # batch 3 fits, batch 4 would not
+    free = three.total - RESIDENT + 1  # batch 3 fits, batch 4 would not
     with pytest.raises(ConfigError, match=r"--batchSize 3\b"):
         _check(args, free, monkeypatch)
     assert one.total < three.total
+
+
+def test_a_huge_batch_is_refused_at_once_naming_a_batch_that_fits(monkeypatch):
+    """--batchSize 1099511627776 hung at start-up: the advice searched for a fitting batch one value at a time
+    down from the given one (days at 2**40). The SIGALRM only guards the suite against that hang."""
+    import signal
+
+    def hung(signum, frame):
+        raise TimeoutError("check_memory still searching after 20 s")
+    args = _args("--preset", "tiny", "--patch_size", "128", "--batchSize", str(2**40))
+    three = setup.memory_need(args, 3, DistInfo(), batch=3)
+    per_sample = three.parts["activations"] / 3
+    free = three.total - RESIDENT + per_sample / 2  # batch 3 fits, batch 4 would not (a margin float64 keeps at 2**40)
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        with pytest.raises(ConfigError, match=r"--batchSize 3\b"):
+            _check(args, free, monkeypatch)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("batch", [2, 7, 1000, 2**40])
+def test_the_batch_that_fits_is_the_one_a_search_finds(batch):
+    rng = np.random.default_rng(batch)
+    for _ in range(200):
+        per_sample, free = float(rng.uniform(1, 1e6)), float(rng.uniform(0, 1e9))
+        need = free + float(rng.uniform(1e-3, min(batch, 5000) * per_sample))  # does not fit at ``batch``
+        fits = [b for b in range(batch - 1, max(batch - 6000, 0), -1) if need - (batch - b) * per_sample <= free]
+        assert setup.largest_batch_that_fits(batch, need, free, per_sample) == (fits[0] if fits else None)
+    assert setup.largest_batch_that_fits(batch, 10.0, 1.0, 0.0) is None
+
+
+def test_a_patch_too_large_to_size_its_potentials_is_one_error_line():
+    """--patch_size 1000000 ended in a traceback: "Storage size calculation overflowed" building the potentials."""
+    with pytest.raises(ConfigError, match=r"^--patch_size 1000000: the potentials' first linear layer .* 128$"):
+        setup.memory_need(_args("--preset", "tiny", "--patch_size", "1000000"), 3, DistInfo())
 
 
 def test_a_run_that_fits_starts_and_prints_its_estimate(monkeypatch):

@@ -365,9 +365,26 @@ def memory_need(args, k: int, info: DistInfo, batch: int | None = None) -> Train
     on the meta device: parameter counts without allocating them."""
     with torch.device("meta"):
         model = build_model(args.backbone, args.preset, **model_overrides(args))
-        pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone in WB_BACKBONES else None
+        try:
+            pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone in WB_BACKBONES else None
+        except (RuntimeError, OverflowError) as exc:  # "Storage size calculation overflowed"
+            raise ConfigError(f"--patch_size {args.patch_size}: the potentials' first linear layer grows with the "
+                              f"patch side to the fourth power, and at this size it cannot even be sized ({exc}); "
+                              f"the paper trains 128") from None
     return training_need(model, pots, args.optimizer, args.precision, batch or args.batchSize, args.patch_size,
                          processes_on_this_node(info.device), info.distributed, info.device.type == "cuda")
+
+
+def largest_batch_that_fits(batch: int, need: float, free: float, per_sample: float) -> int | None:
+    """The largest batch below ``batch`` whose need, ``need - (batch - b) * per_sample`` bytes, is within
+    ``free``; None when not even a batch of 1 fits. Solved, not searched: a search from a batch of 2**40
+    down took days."""
+    if per_sample <= 0:
+        return None
+    b = min(batch - 1, math.floor(batch - (need - free) / per_sample))
+    while b >= 1 and need - (batch - b) * per_sample > free:  # float rounding at the boundary
+        b -= 1
+    return b if b >= 1 else None
 
 
 def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
@@ -389,8 +406,7 @@ def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
     if fits:
         return
     per_sample = need.parts["activations"] / args.batchSize  # the only part that grows with the batch
-    smaller = next((b for b in range(args.batchSize - 1, 0, -1)
-                    if extra - (args.batchSize - b) * per_sample <= free), None)
+    smaller = largest_batch_that_fits(args.batchSize, extra, free, per_sample)
     advice = [f"--batchSize {smaller}" if smaller else None, "--preset tiny" if args.preset != "tiny" else None,
               "a smaller --patch_size", "fewer processes (--nproc_per_node)" if need.processes_here > 1 else None,
               "--precision bf16" if args.precision == "fp32" else None]
