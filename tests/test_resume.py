@@ -205,6 +205,17 @@ def test_a_fresh_run_moves_an_earlier_runs_files_aside_and_overwrites_none(data,
     assert "(1 checkpoint(s), newest epoch_001.pth) were moved to run.before-20261129-120000-2/" in said
 
 
+def test_an_earlier_run_without_a_checkpoint_is_not_offered_for_resuming(tmp_path):
+    """A run that stopped before its first checkpoint left a log; the next fresh run moved it aside and said "to
+    continue that run instead, pass --resume <that folder>", which then failed: the folder holds no checkpoint."""
+    from utils.train.setup import start_fresh_outputs
+    (tmp_path / "log.jsonl").write_text('{"kind": "run"}\n')
+    said = []
+    kept = start_fresh_outputs(tmp_path, said.append)
+    assert (kept / "log.jsonl").is_file()
+    assert said == [f"=> a fresh run: the earlier run's files in {tmp_path} (no checkpoint) were moved to {kept.name}/"]
+
+
 def test_resuming_another_folders_checkpoint_moves_this_folders_run_aside(data, straight, tmp_path, capsys):
     """Resuming run A's checkpoint into run B's folder used to write A's continuation over B's checkpoints
     and rewind B's log; B's files are moved aside now, as a fresh run moves them, and A's log comes along."""

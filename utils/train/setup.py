@@ -84,9 +84,12 @@ def start_fresh_outputs(output_dir: Path, console: Console, why: str = "a fresh 
     if not earlier:
         return None
     kept = _move_aside(earlier, output_dir, "run", "an earlier run's files")
-    what = f"{len(checkpoints)} checkpoint(s), newest {checkpoints[-1].name}" if checkpoints else "no checkpoint"
-    console(f"=> {why}: the earlier run's files in {output_dir} ({what}) were moved to {kept.name}/; "
-            f"to continue that run instead, pass --resume {kept}")
+    if checkpoints:
+        what = f"{len(checkpoints)} checkpoint(s), newest {checkpoints[-1].name}"
+        then = f"; to continue that run instead, pass --resume {kept}"
+    else:  # nothing to resume: its log and figure are kept, and --resume there would find no checkpoint
+        what, then = "no checkpoint", ""
+    console(f"=> {why}: the earlier run's files in {output_dir} ({what}) were moved to {kept.name}/{then}")
     return kept
 
 
