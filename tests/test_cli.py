@@ -147,3 +147,30 @@ def test_a_gpu_index_this_machine_lacks_is_named_when_auto_falls_back_to_the_cpu
     said = []
     assert pick_device("auto", log=said.append) == torch.device("cpu")
     assert said == ["=> --device auto: using the CPU (no CUDA GPU visible with CUDA_VISIBLE_DEVICES=5)"]
+
+
+def test_under_torchrun_only_rank_0_says_what_every_rank_meets_alike(tmp_path, monkeypatch, capsys):
+    """Every rank printed the same error line: N copies for a bad flag, a missing folder, --check-data's report."""
+    from utils.errors import UsageError, run_main
+    from utils.train import engine
+
+    def fails(exc):
+        def main(args):
+            raise exc
+        return main
+    parser = train_options.get_args_parser()
+    for rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(["--batchSize", "abc"])
+        assert stop.value.code == 2 and bool(capsys.readouterr().err) == said
+        quiet = None if engine.said_by_this_rank() else engine.met_by_every_rank
+        assert run_main(fails(UsageError("--lr must be ...")), None, quiet=quiet) == 2
+        assert bool(capsys.readouterr().err) == said
+        monkeypatch.chdir(tmp_path)  # the data doctor on a layout with nothing in it: a report, status 1
+        assert engine.run_cli(parser.parse_args(["--check-data", "--data_file_dir", ""])) == 1
+        out = capsys.readouterr()
+        assert bool(out.out) == said and ("" if said else out.err) == ""
+    from utils.data.image_io import ImageReadError
+    assert not engine.met_by_every_rank(ImageReadError("one rank's loader could not read x.png"))

@@ -61,6 +61,12 @@ def test_two_processes_train_identically_save_once_and_resume(tmp_path):
     said = wrong.stdout + wrong.stderr
     assert wrong.returncode != 0 and said.count("no such file or folder; nothing was written") == 1, said
     assert "rank 0 could not choose the checkpoint to start from" in said
+    # A failure every rank meets alike is one error line (rank 0's), not one per rank: a bad flag found by argparse
+    # or by the checks after the process group formed, and data missing.
+    for bad in (["--batchSize", "abc"], ["--lr", "-1"], ["--derain_dir", str(tmp_path / "nowhere")]):
+        done = torchrun(flags + ["--nEpochs", "3"] + bad, free_port())
+        errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
+        assert done.returncode != 0 and len(errors) == 1, (bad, done.stdout + done.stderr)
 
     # TensorBoard: rank 0 alone writes (one event file per run), and the resumed run continues the curves
     from test_tensorboard import read_events, steps

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import os
 import re
 import sys
 from typing import Any, Callable, Iterable
@@ -43,7 +44,14 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         # A flag with several spellings (utils/cli.py) is named by the first, the one --help shows.
         message = re.sub(r"argument (-[\w-]+)(?:/-[\w-]+)+", r"argument \1", message)
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n" if said_by_this_rank() else None)
+
+
+def said_by_this_rank() -> bool:
+    """Whether this process prints what every process of a torchrun group would print alike (a bad flag, the
+    same missing folder): a process on its own, or rank 0. Read from torchrun's environment, so it holds
+    before the process group exists too."""
+    return os.environ.get("RANK", "0") == "0" or int(os.environ.get("WORLD_SIZE", "1")) <= 1
 
 
 def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "; ", lead: str = " ") -> str:
@@ -145,10 +153,12 @@ def stopped_while_starting():
         sys.exit(INTERRUPTED_STATUS)
 
 
-def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False) -> int:
+def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,
+             quiet: Callable[[BaseException], bool] | None = None) -> int:
     """``main(args)``'s exit status (0 when it returns nothing); a failure the user can act on becomes
     one ``error:`` line on stderr and its exit status. With ``debug`` every failure keeps its traceback;
-    a failure that is not the user's (a bug) always does."""
+    a failure that is not the user's (a bug) always does. A failure ``quiet`` holds true for only sets the
+    exit status: another process says it (torchrun's rank 0, of a failure every rank meets alike)."""
     try:
         status = main(args)
     except SystemExit:
@@ -158,6 +168,8 @@ def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False) -> int:
         if found is None:
             raise
         message, status = found
+        if quiet is not None and quiet(exc):
+            return status
         one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())  # a library's text too
         print(f"error: {one_line}", file=sys.stderr)
         return status

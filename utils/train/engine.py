@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader
 from net import Potentials
 from utils.checkpoints import (
     LOG_NAME,
+    CheckpointError,
     LoopState,
     all_finite,
     epoch_losses_from,
@@ -39,10 +41,11 @@ from utils.dataset_utils import (
     MixedDegradationDataset,
     iterations_per_epoch,
 )
-from utils.errors import run_main
+from utils.errors import UsageError, run_main, said_by_this_rank
 from utils.eval.evaluation import EvaluationStopped, evaluate_set
 from utils.eval.protocol import NonFiniteOutput, Protocol
 from utils.eval.tasks import EvalItem, EvalSet
+from utils.output_lock import OutputFolderBusy
 from utils.runtime import apply_gpus_flag, tune_cpu_allocator
 from utils.train.distributed import (
     DistInfo,
@@ -384,8 +387,25 @@ def run_cli(args: argparse.Namespace) -> int:
     """``main`` with every failure the user can act on turned into one ``error:`` line and a non-zero
     exit status (2 for bad flags); ``--debug`` keeps the traceback. On the CPU it first applies
     :func:`tune_cpu_allocator`."""
+    debug = getattr(args, "debug", False)
     if getattr(args, "check_data", False):  # the data doctor, before any device or process group is set up
-        return run_main(trainer_check, args, debug=getattr(args, "debug", False))
+        if not said_by_this_rank():  # every rank would print the same report
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                return run_main(trainer_check, args, debug=debug)
+        return run_main(trainer_check, args, debug=debug)
     if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
         tune_cpu_allocator()
-    return run_main(main, args, debug=getattr(args, "debug", False))
+    return run_main(main, args, debug=debug, quiet=None if said_by_this_rank() else met_by_every_rank)
+
+
+# Failures every torchrun rank meets alike: the flags, the checkpoint chosen, the output folder's lock, a
+# non-finite loss (the ranks check their mean). The data found at the start is marked so by build_dataset.
+SAME_ON_EVERY_RANK = (UsageError, CheckpointError, OutputFolderBusy, NonFiniteLossError)
+
+
+def met_by_every_rank(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure every rank meets alike, which rank 0's error line says for all (the other
+    ranks exit with the same status and print nothing). Any other failure (an image one rank's loader could
+    not read, a rank's own device) is said by the rank that met it."""
+    return isinstance(exc, SAME_ON_EVERY_RANK) or getattr(exc, "met_by_every_rank", False)
+

@@ -39,6 +39,7 @@ from utils.dataset_utils import (
     collate,
     parse_repeats,
 )
+from utils.errors import UserError
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.outputs import check_writable_folder
 from utils.output_lock import OutputFolderBusy, OutputLock
@@ -186,11 +187,15 @@ def agree_seed(args: argparse.Namespace, obj: Any, info: DistInfo, console: Cons
 def build_dataset(args: argparse.Namespace, seed: int, console: Console) -> MixedDegradationDataset:
     """The mixed-degradation training set the flags describe; prints its per-type table."""
     dirs = {fam: getattr(args, LAYOUT[fam][0].lstrip("-")) for fam in LAYOUT}
-    dataset = build_train_dataset(
-        args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=resolve_data_file_dir(args.data_file_dir),
-        skip_bad=args.skip_bad_files, check=args.check_images, log=console,
-        progress=lambda it, n: progress(it, n, "checking images", enabled=console.enabled),
-        repeats=parse_repeats(args.repeat), strict_ids=args.strict_ids)
+    try:
+        dataset = build_train_dataset(
+            args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=resolve_data_file_dir(args.data_file_dir),
+            skip_bad=args.skip_bad_files, check=args.check_images, log=console,
+            progress=lambda it, n: progress(it, n, "checking images", enabled=console.enabled),
+            repeats=parse_repeats(args.repeat), strict_ids=args.strict_ids)
+    except UserError as exc:  # every rank scans the same folders: rank 0's error line says it for all
+        exc.met_by_every_rank = True
+        raise
     console("=> training data (one epoch):")
     for line in dataset.report():
         console("   " + line)
