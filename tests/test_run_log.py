@@ -1,4 +1,7 @@
 """The training console: one readable progress line, a steady rate and the time left."""
+import pytest
+from _disks import FillingDisk
+
 from utils.train.run_log import Rate, progress_line
 
 LOSSES = {"map": 2130.5, "l1": 0.21306, "transport": 0.0717, "orthogonality": 0.0062, "contrastive": 0.0,
@@ -77,3 +80,39 @@ def test_results_json_is_strict_json_and_fid_is_in_the_tables(tmp_path):
     assert "| FID |" in table and "| 12.35 |" in table
     with open(paths["csv"]) as fh:
         assert [r["fid"] for r in csv.DictReader(fh) if r["kind"] == "task"] == ["nan", "12.345"]
+
+
+def test_a_full_disk_while_logging_names_the_log_and_leaves_no_part_of_the_record(tmp_path, monkeypatch):
+    """A full disk in the middle of a record ended the run with 'disk full while writing a file' (no file, no
+    folder, unlike a checkpoint's) and left the log ending in part of the record, which stayed in the log."""
+    import json
+
+    from utils.errors import failure_message
+    from utils.files import DiskFullError
+    from utils.train import run_log
+    path = tmp_path / "run" / "log.jsonl"
+    log = run_log.JsonlLog(path)
+    log.write({"kind": "run", "global_step": 0})
+    log.write({"kind": "iter", "global_step": 1, "l1": 0.5})
+    before = path.read_bytes()
+    FillingDisk(monkeypatch, run_log, b'"global_step": 2')
+    with pytest.raises(DiskFullError) as full:
+        log.write({"kind": "iter", "global_step": 2, "l1": 0.25})
+    message, status = failure_message(full.value)
+    assert status == 1 and message.startswith(f"disk full: writing log.jsonl to {tmp_path / 'run'} needs ")
+    assert "free space there or choose another folder (log.jsonl ends at its last complete record)" in message
+    assert path.read_bytes() == before  # no part of the record
+    assert [json.loads(line)["global_step"] for line in path.read_text().splitlines()] == [0, 1]
+
+
+def test_a_quota_while_logging_is_a_full_disk_too(tmp_path, monkeypatch):
+    import errno
+
+    from utils.files import DiskFullError
+    from utils.train import run_log
+    path = tmp_path / "log.jsonl"
+    disk = FillingDisk(monkeypatch, run_log, b'"iter"', room=0)
+    disk.error = OSError(errno.EDQUOT, "Disk quota exceeded")
+    with pytest.raises(DiskFullError, match=r"disk full: writing log.jsonl to .* needs \d+ bytes and "):
+        run_log.JsonlLog(path).write({"kind": "iter", "global_step": 1})
+    assert path.read_bytes() == b""

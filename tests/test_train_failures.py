@@ -389,3 +389,23 @@ def test_a_figure_folder_the_data_is_read_from_is_refused(tmp_path, where, capsy
     assert re.search(rf"^error: {said} .*train_losses.png.*choose a --", err, flags=re.M), err
     assert not (tmp_path / "ckpt").exists()
     assert sorted(p.name for p in data["denoise"].iterdir()) == ["clean_0.png", "clean_1.png", "clean_2.png"]
+
+
+def test_a_full_disk_while_logging_is_one_error_line_naming_the_log(data, tmp_path, capsys, monkeypatch):
+    """It said 'disk full while writing a file' (no file, no folder) and left part of the record in log.jsonl."""
+    import json
+
+    from _disks import FillingDisk
+
+    from utils.train import run_log
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "3", "--nEpochs", "1"]
+    FillingDisk(monkeypatch, run_log, b'"kind": "iter", "epoch": 1, "iteration": 2,')
+    assert engine.run_cli(get_args_parser().parse_args(flags)) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err, err
+    assert f"error: disk full: writing log.jsonl to {tmp_path / 'ckpt'} needs " in err, err
+    assert err.rstrip().endswith("free space there or choose another folder (log.jsonl ends at its last complete "
+                                 "record)"), err
+    log = (tmp_path / "ckpt" / "log.jsonl").read_text()
+    assert log.endswith("\n")
+    assert [(r["kind"], r.get("iteration")) for r in map(json.loads, log.splitlines())] == [("run", None), ("iter", 1)]

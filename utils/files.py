@@ -29,11 +29,17 @@ class DiskFullError(UserError):
     """A write did not fit on its disk; the message names the file, its folder and the bytes needed."""
 
 
-def disk_full(path: Path, needed: int | None) -> DiskFullError:
-    """The error for ``path`` not fitting its folder (``needed`` bytes, when known)."""
+def disk_full(path: Path, needed: int | None, kept: str | None = None) -> DiskFullError:
+    """The error for ``path`` not fitting its folder (``needed`` bytes, when known); ``kept`` says what became
+    of the file there (by default: an existing one was left as it was)."""
     free = shutil.disk_usage(path.parent).free
-    need = f"{human_bytes(needed)} ({needed:,} bytes)" if needed is not None else "more space"
-    kept = f" (the existing {path.name} was left as it was)" if path.exists() else ""
+    if needed is None:
+        need = "more space"
+    else:
+        need = human_bytes(needed) + (f" ({needed:,} bytes)" if needed >= 1024 else "")  # "312 bytes" once
+    if kept is None:
+        kept = f"the existing {path.name} was left as it was" if path.exists() else ""
+    kept = f" ({kept})" if kept else ""
     return DiskFullError(f"disk full: writing {path.name} to {path.parent} needs {need} and "
                          f"{human_bytes(free)} are free; free space there or choose another folder{kept}")
 

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from utils.files import DiskFullError, atomic_write, finite_or_null, keep_aside
+from utils.files import DiskFullError, atomic_write, disk_full, finite_or_null, is_disk_full, keep_aside
 
 
 class Console:
@@ -32,11 +32,17 @@ class Console:
 
 
 class JsonlLog:
-    """Appends one JSON object per line to ``path`` (flushed each time, so a crash loses nothing).
+    """Appends one JSON object per line to ``path``, each record one unbuffered write (a crash of the process
+    loses nothing written before it).
 
     Records have ``"kind": "run"`` (one per start: objective, lambdas, where it starts), ``"kind": "iter"``
     (losses, lr, seconds per iteration) or ``"kind": "epoch"``
     (mean losses, validation PSNR, seconds). Non-finite floats are written as null.
+
+    A write that fails part-way (a full disk, a quota) is cut back off, so the log still ends at its last
+    complete record, and a full disk is a :class:`~utils.files.DiskFullError` naming the log and its folder.
+    Only a kill or a power cut in the middle of a write can leave part of a record behind: a resumed run
+    removes it first (:func:`mend_log`).
     """
 
     def __init__(self, path: str | os.PathLike, enabled: bool = True):
@@ -49,16 +55,31 @@ class JsonlLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        clean = finite_or_null(record)
-        with open(self.path, "a+b") as fh:
-            if not self._line_checked:  # a crash may have torn the last line: end it, or this record joins it
+        line = (json.dumps(finite_or_null(record), allow_nan=False) + "\n").encode()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if not self._line_checked:  # a line not ended (not mended first): end it, or this record joins it
                 self._line_checked = True
-                if fh.seek(0, os.SEEK_END) > 0:
-                    fh.seek(-1, os.SEEK_END)
-                    if fh.read(1) != b"\n":
-                        fh.write(b"\n")
-            fh.write((json.dumps(clean, allow_nan=False) + "\n").encode())
-            fh.flush()
+                if end > 0 and os.pread(fd, 1, end - 1) != b"\n":
+                    line = b"\n" + line
+            try:
+                left = memoryview(line)
+                while left:  # a regular file takes it in one write; a short one is followed by the error
+                    left = left[os.write(fd, left):]
+            except BaseException as exc:
+                try:
+                    os.ftruncate(fd, end)  # no part of the record stays behind
+                    mended = True
+                except OSError:
+                    mended = False
+                if is_disk_full(exc):
+                    kept = (f"{self.path.name} ends at its last complete record" if mended else
+                            f"{self.path.name} ends in part of a record, which --resume removes")
+                    raise disk_full(self.path, len(line), kept) from exc
+                raise
+        finally:
+            os.close(fd)
 
 
 def discarded_log(path: Path) -> Path:
