@@ -539,3 +539,22 @@ def test_resuming_after_the_data_changed_says_so(tmp_path, capsys):
     capsys.readouterr()
     assert run(mine, tmp_path, "--nEpochs", "2", "--resume", "auto", iters=1) == 0
     assert "the training data changed since the checkpoint" in capsys.readouterr().err
+
+
+def test_a_record_cut_short_is_removed_from_the_log_on_resume(data, tmp_path, capsys):
+    """A run killed (or out of disk) while writing a record left part of it at the log's end; the resumed run
+    ended that line and wrote after it, so the log kept an invalid JSON line that jq and pandas refuse."""
+    assert run(data, tmp_path, "--nEpochs", "1") == 0
+    log = tmp_path / "ckpt" / "log.jsonl"
+    cut = '{"kind": "iter", "epoch": 2, "iteration": 1, "global_step": 4, "lr": 0.0001, "l1": 0.1'
+    with open(log, "a") as fh:
+        fh.write(cut)
+    capsys.readouterr()
+    assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto") == 0
+    strict = lambda line: json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))  # noqa: E731
+    records = [strict(line) for line in log.read_text().splitlines()]
+    assert [r["global_step"] for r in records if r["kind"] == "iter"] == list(range(1, 2 * ITERS + 1))
+    out = capsys.readouterr().out
+    assert (f"=> removed 1 line(s), {len(cut)} bytes, from {log}: record(s) cut short when a run stopped while "
+            f"writing them (a full disk, or a kill); every complete record stays") in out, out
+    assert [r["kind"] for r in records].count("run") == 2 and cut not in log.read_text()

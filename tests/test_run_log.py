@@ -116,3 +116,24 @@ def test_a_quota_while_logging_is_a_full_disk_too(tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match=r"disk full: writing log.jsonl to .* needs \d+ bytes and "):
         run_log.JsonlLog(path).write({"kind": "iter", "global_step": 1})
     assert path.read_bytes() == b""
+
+
+def test_mending_a_log_removes_the_records_cut_short_and_keeps_every_complete_one(tmp_path):
+    """A record cut short (a kill mid-write) stayed in the log, ended with a newline by the resumed run, and jq or
+    pandas refused the whole log at that line."""
+    import json
+
+    from utils.train.run_log import mend_log
+    path = tmp_path / "log.jsonl"
+    whole = ['{"kind": "run", "global_step": 0}\n', '{"kind": "iter", "global_step": 1}\n',
+             '{"kind": "iter", "global_step": 2}\n', '{"kind": "iter", "global_step": 3}']
+    mid, last = '{"kind": "iter", "global_st\n', '{"kind": "epoch", "epoch": 1, "global_step": 3, "l1": 0.'
+    path.write_text(whole[0] + mid + whole[1] + whole[2] + last)
+    assert mend_log(path) == (2, len(mid) + len(last))
+    assert path.read_text() == "".join(whole[:3])
+    path.write_text("".join(whole))  # complete, only its newline missing: kept, and ended
+    assert mend_log(path) == (0, 0) and path.read_text() == "".join(whole) + "\n"
+    assert mend_log(path) == (0, 0) and mend_log(tmp_path / "none.jsonl") == (0, 0)
+    path.write_bytes(path.read_bytes() + b"\0" * 4096)  # a power cut: the file's end is zeros
+    assert mend_log(path) == (1, 4096)
+    assert [json.loads(line)["global_step"] for line in path.read_text().splitlines()] == [0, 1, 2, 3]

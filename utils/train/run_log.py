@@ -82,6 +82,42 @@ class JsonlLog:
             os.close(fd)
 
 
+def mend_log(path: str | os.PathLike) -> tuple[int, int]:
+    """Remove from the log at ``path`` its lines that are not JSON, records cut short when a run stopped while
+    writing them, and return how many lines and bytes went; a resumed run calls it before it writes.
+
+    Such a line is the log's last (a kill or a power cut in the middle of a write; a full disk under versions
+    that left the part written), or one that such a version ended with a newline on resume and wrote after. It
+    is removed, not kept aside: it holds no complete value, and what it began to record comes back, since
+    iteration records are written before the checkpoint of their step (a cut one's iteration, past the
+    checkpoint resumed, is trained and logged again), an epoch's record after its checkpoint (a cut one is
+    written again from that checkpoint: :func:`record_lost`), and a run's record at each start. So the log
+    stays valid JSON lines, which ``jq`` and ``pandas.read_json(lines=True)`` refuse to read past one bad line.
+    A last record without its newline keeps it. The log is replaced atomically: a crash meanwhile leaves it as
+    it was.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0, 0
+    data = path.read_bytes()
+    kept, torn = [], []
+    for line in data.splitlines(keepends=True):
+        (kept if _is_json(line) else torn).append(line)
+    if not torn and (not data or data.endswith(b"\n")):
+        return 0, 0
+    text = b"".join(line if line.endswith(b"\n") else line + b"\n" for line in kept)
+    atomic_write(path, lambda fh: fh.write(text), size=len(text))
+    return len(torn), sum(len(line) for line in torn)
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:  # also a byte that is not UTF-8
+        return False
+    return True
+
+
 def discarded_log(path: Path) -> Path:
     """Where :func:`rewind_log` keeps the records it moves out of the log ``path``: ``<stem>.discarded.jsonl``."""
     return path.with_name(f"{path.stem}.discarded.jsonl")

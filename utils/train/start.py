@@ -39,7 +39,7 @@ from utils.dataset_utils import (
     collate,
     parse_repeats,
 )
-from utils.errors import UserError
+from utils.errors import UserError, human_bytes
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.outputs import check_writable_folder
 from utils.output_lock import OutputFolderBusy, OutputLock
@@ -56,6 +56,7 @@ from utils.train.run_log import (
     Console,
     JsonlLog,
     discarded_log,
+    mend_log,
     progress,
     rewind_log,
 )
@@ -270,14 +271,20 @@ def open_log(output_dir: Path, resumed: dict | None, ckpt_path: Path | None, sta
              console: Console) -> JsonlLog:
     """The run's log, once the folder holds no other run's files. A fresh run moves an earlier run's files
     apart (:func:`start_fresh_outputs`), a resumed one any other timeline's (:func:`resume_outputs`); a
-    resumed run then moves the records past its checkpoint (training lost when the run stopped, about to be
-    redone) aside (:func:`~utils.train.run_log.rewind_log`), so every iteration is logged once."""
+    resumed run then removes a record cut short when the run stopped (:func:`~utils.train.run_log.mend_log`)
+    and moves the records past its checkpoint (training lost when the run stopped, about to be redone) aside
+    (:func:`~utils.train.run_log.rewind_log`), so every iteration is logged once."""
     if info.is_main and resumed is None:
         start_fresh_outputs(output_dir, console)
     elif info.is_main:
         renumbered = state.iteration != int(resumed["iteration"])  # another batch: continue_with_batch
         resume_outputs(output_dir, ckpt_path, (int(resumed["epoch"]), int(resumed["iteration"])), console,
                        renumbered)
+        torn, size = mend_log(output_dir / LOG_NAME)
+        if torn:
+            console(f"=> removed {torn} line(s), {human_bytes(size)}, from {output_dir / LOG_NAME}: record(s) cut "
+                    f"short when a run stopped while writing them (a full disk, or a kill); every complete record "
+                    f"stays")
         moved = rewind_log(output_dir / LOG_NAME, state.global_step)
         if moved:
             console(f"=> {moved} log record(s) past global step {state.global_step} (training after the "
