@@ -142,7 +142,7 @@ def rewind_log(path: str | os.PathLike, global_step: int) -> int:
         try:
             record = json.loads(line)
         except ValueError:
-            kept.append(line if line.endswith("\n") else line + "\n")  # torn by a crash: read_log skips it
+            kept.append(line if line.endswith("\n") else line + "\n")  # torn: a resume runs mend_log first
             continue
         past = (isinstance(record, dict) and record.get("kind") in ("iter", "epoch", "run")
                 and isinstance(record.get("global_step"), int) and record["global_step"] > global_step)
