@@ -990,7 +990,7 @@ def test_two_testers_may_not_write_one_save_folder(checkpoint, tmp_path):
     from utils.output_lock import OutputFolderBusy, OutputLock
     deg, tar = _pair_dirs(tmp_path, ["a.png"], ["a.png"])
     with OutputLock(tmp_path / "o", "--save", "tester"):  # as another tester running there holds it
-        for flags in (["--degset", deg, "--tarset", tar], ["--input", deg]):
+        for flags in (["--degset", deg, "--tarset", tar], ["--input", deg], ["--input", deg, "--dry-run"]):
             with pytest.raises(OutputFolderBusy, match=r"--save .*/o is in use by another tester \(PID "):
                 run("--model", checkpoint, *flags, "--save", tmp_path / "o")
         assert not (tmp_path / "o" / "results.json").exists() and not (tmp_path / "o" / "a.png").exists()

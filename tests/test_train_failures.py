@@ -85,6 +85,7 @@ def test_a_failing_loader_worker_ends_a_ddp_run(data, tmp_path):
 
 
 def test_a_second_trainer_in_a_busy_output_folder_is_refused_until_the_holder_dies(data, tmp_path):
+    """Also with --dry-run, which said the run "would train" into the folder the real run was then refused."""
     flags = train_flags(data, tmp_path) + ["--nEpochs", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     first = subprocess.Popen([sys.executable, "trainer_bary.py", *flags, "--iters-per-epoch", "100000"], cwd=REPO,
@@ -99,6 +100,8 @@ def test_a_second_trainer_in_a_busy_output_folder_is_refused_until_the_holder_di
         with pytest.raises(OutputFolderBusy) as refused:
             engine.main(get_args_parser().parse_args([*flags, "--iters-per-epoch", "1"]))
         assert f"--output-dir {tmp_path / 'ckpt'} is in use by another trainer (PID {first.pid} " in str(refused.value)
+        with pytest.raises(OutputFolderBusy, match=f"PID {first.pid} "):  # --dry-run said the run "would train"
+            engine.main(get_args_parser().parse_args([*flags, "--iters-per-epoch", "1", "--dry-run"]))
         assert log.read_bytes().startswith(before)  # the first run's log is still its own
         assert not list((tmp_path / "ckpt").glob("log.before-*"))
     finally:

@@ -58,12 +58,9 @@ class OutputLock:
                 self._made = not self.folder.exists()
                 self.folder.mkdir(parents=True, exist_ok=True)
             except BlockingIOError:
-                role, holder = self._holder(os.pread(fd, 256, 0).decode(errors="replace"))
+                busy = self._busy(fd)
                 os.close(fd)
-                who = f"another {role}" if role == self.role else f"a {role}" if role else "another run"
-                after = ", resume it later with --resume auto," if self.role == "trainer" else ""
-                raise OutputFolderBusy(f"{self.flag} {self.folder} is in use by {who} ({holder}); "
-                                       f"wait for it to finish{after} or choose another {self.flag}") from None
+                raise busy from None
             except BaseException:
                 os.close(fd)
                 raise
@@ -71,6 +68,29 @@ class OutputLock:
         os.pwrite(fd, f"{self.role}: PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
         return self
+
+    def check_free(self) -> None:
+        """Raise :class:`OutputFolderBusy` when another live run holds the folder now; creates and writes nothing
+        (for ``--dry-run``, which must not say a run "would train" where the real one is refused)."""
+        try:
+            fd = os.open(self.folder / LOCK_NAME, os.O_RDONLY)
+        except OSError:  # no lock file (or no folder): nobody holds it
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            raise self._busy(fd) from None
+        finally:
+            os.close(fd)
+
+    def _busy(self, fd: int) -> OutputFolderBusy:
+        """The refusal naming the holder whose text the lock file ``fd`` holds."""
+        role, holder = self._holder(os.pread(fd, 256, 0).decode(errors="replace"))
+        who = f"another {role}" if role == self.role else f"a {role}" if role else "another run"
+        after = ", resume it later with --resume auto," if self.role == "trainer" else ""
+        return OutputFolderBusy(f"{self.flag} {self.folder} is in use by {who} ({holder}); "
+                                f"wait for it to finish{after} or choose another {self.flag}")
 
     @staticmethod
     def _holder(text: str) -> tuple[str, str]:

@@ -336,6 +336,7 @@ def main(args) -> dict:
         if "note" in info:
             print(f"=> {info.pop('note')}")
         if args.dry_run:
+            OutputLock(save, "--save", "tester").check_free()  # the real run would be refused: so is the dry one
             count = len(inputs) if args.input else sum(len(s.items) for s in sets)
             rows = "" if args.input else f" in {len(sets)} row(s) ({', '.join(s.name for s in sets)})"
             print(f"=> dry run: {info['model']} ({info['backbone']}) loads and {count} image(s){rows} are found; "

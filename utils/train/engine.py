@@ -45,7 +45,7 @@ from utils.errors import UsageError, run_main, said_by_this_rank
 from utils.eval.evaluation import EvaluationStopped, evaluate_set
 from utils.eval.protocol import NonFiniteOutput, Protocol
 from utils.eval.tasks import EvalItem, EvalSet
-from utils.output_lock import OutputFolderBusy
+from utils.output_lock import OutputFolderBusy, OutputLock
 from utils.runtime import apply_gpus_flag, tune_cpu_allocator
 from utils.train.distributed import (
     DistInfo,
@@ -197,6 +197,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
     k, objective, ablate = check_run(args, info)
     check_memory(args, k, info, console)
     dry = getattr(args, "dry_run", False)
+    if dry:  # the real run would be refused: so is the dry one
+        OutputLock(args.output_dir).check_free()
     with contextlib.nullcontext() if dry else hold_output_folder(Path(args.output_dir), info):
         ckpt_path, obj = where_to_start(args, console, info)
         seed = agree_seed(args, obj, info, console)
