@@ -506,3 +506,15 @@ def test_a_bad_file_met_in_training_is_named_once_and_replaced_by_a_new_crop(tmp
     assert len(said) == 1 and str(bad) in said[0]
     assert not torch.equal(got[1][1], got[2][1])  # sample 1 (bad) -> sample 2's image, another crop
     assert torch.equal(got[2][1], ds._load(2)[1])  # good samples are unchanged
+
+
+def test_an_image_gone_mid_epoch_is_named_with_both_ways_on(tmp_path):
+    """"image not found: .../norain-1.png Or leave such files out": no full stop, and no word of putting it back."""
+    from utils.data.image_io import ImageReadError
+    ds = du.build_train_dataset(DE_3D, dirs_of(make_train_tree(tmp_path)), 32, log=lambda m: None)
+    gone = ds.samples[0].pair.clean
+    gone.unlink()
+    with pytest.raises(ImageReadError) as err:
+        ds[0]
+    assert str(err.value) == (f"image not found: {gone}: put it back, or leave such files out: --skip-bad-files "
+                              f"(with --resume auto to go on from the newest checkpoint)")

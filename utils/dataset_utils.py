@@ -176,8 +176,10 @@ class MixedDegradationDataset(Dataset):
         if not self.skip_bad:
             try:
                 return self._load(index)
-            except ImageReadError as exc:  # met mid-epoch: the way on, beside the file's own fix
-                raise ImageReadError(f"{exc} Or leave such files out: --skip-bad-files (with --resume auto to go on "
+            except ImageReadError as exc:  # met mid-epoch: the way on, beside the file's own fix (if it gives one)
+                text = str(exc)
+                lead = f"{text} Or" if text.endswith(".") else f"{text}: put it back, or"  # "image not found: x"
+                raise ImageReadError(f"{lead} leave such files out: --skip-bad-files (with --resume auto to go on "
                                      f"from the newest checkpoint)") from exc
         for step in range(len(self.samples)):
             j = (index + step) % len(self.samples)
@@ -186,7 +188,7 @@ class MixedDegradationDataset(Dataset):
             except (ImageReadError, DatasetError) as exc:
                 if str(exc) not in self._warned:
                     self._warned.add(str(exc))
-                    print(f"warning: skipping a bad training sample (--skip-bad-files; said once per file): {exc}",
+                    print(f"warning: skipping a bad training sample (--skip-bad-files; said once per file by each loader process): {exc}",
                           file=sys.stderr)
         raise DatasetError("no training sample could be read")
 
