@@ -181,6 +181,21 @@ def model_config(preset: str = "paper", source: str | None = None, *, backbone: 
     return check_model_config(cfg, source, backbone)
 
 
+def flags_for(cfg: Mapping[str, Any], backbone: str) -> str:
+    """The command-line flags that build ``backbone`` with ``cfg`` (a checkpoint's ``model_config``): its
+    ``--preset`` where one matches, else the paper preset with the model flags that differ."""
+    def as_lists(c: Mapping[str, Any]) -> dict:
+        return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in c.items()}
+    have = as_lists(cfg)
+    for name in PRESETS:
+        if as_lists(model_config(name, backbone=backbone)) == have:
+            return f"--backbone {backbone} --preset {name}"
+    paper = as_lists(model_config("paper", backbone=backbone))
+    flags = [f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
+             for k, v in have.items() if k in paper and paper[k] != v]
+    return " ".join([f"--backbone {backbone} --preset paper", *flags])
+
+
 def build_model(backbone: str = "BaryNet", preset: str = "paper", **overrides) -> nn.Module:
     """``BaryNet``, ``Restormer``, ``PromptIR`` or ``BaryPromptIR`` with the preset's configuration
     (``overrides`` win), checked first."""

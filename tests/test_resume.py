@@ -270,6 +270,19 @@ def test_a_missing_pretrained_file_is_an_error(data, tmp_path):
     assert not (tmp_path / "ckpt" / "log.jsonl").exists()
 
 
+def test_a_pretrained_file_of_another_network_names_the_flags_it_records(data, tmp_path):
+    """A paper-size checkpoint given to a tiny run said "Pick the matching --preset", though the file records it."""
+    from net.presets import build_model, flags_for, model_config
+    path = tmp_path / "wide.pth"
+    torch.save({"model": build_model("BaryNet", "tiny", dim=24).state_dict(), "backbone": "BaryNet",
+                "model_config": model_config("tiny", dim=24)}, path)
+    with pytest.raises(CheckpointError, match=r"does not fit BaryNet .* The file records its network: --backbone "
+                                              r"BaryNet --preset paper --dim 24 --num-blocks 1 1 1 2 "):
+        run(data, tmp_path, "--nEpochs", "1", "--pretrained", str(path), iters=1)
+    assert flags_for(model_config("paper"), "BaryNet") == "--backbone BaryNet --preset paper"
+    assert flags_for(model_config("tiny", backbone="PromptIR"), "PromptIR") == "--backbone PromptIR --preset tiny"
+
+
 def test_resume_from_a_folder_continues_its_newest_checkpoint(data, straight, tmp_path, capsys):
     assert run(data, tmp_path / "a", "--nEpochs", "1") == 0
     capsys.readouterr()

@@ -188,8 +188,8 @@ class MixedDegradationDataset(Dataset):
             except (ImageReadError, DatasetError) as exc:
                 if str(exc) not in self._warned:
                     self._warned.add(str(exc))
-                    print(f"warning: skipping a bad training sample (--skip-bad-files; said once per file by each loader process): {exc}",
-                          file=sys.stderr)
+                    print(f"warning: skipping a bad training sample (--skip-bad-files; said once per file by each "
+                          f"loader process): {exc}", file=sys.stderr)
         raise DatasetError("no training sample could be read")
 
     def summary(self) -> str:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from net import Potentials
-from net.presets import WB_BACKBONES, build_model
+from net.presets import BACKBONES, WB_BACKBONES, build_model, flags_for
 from utils.checkpoints import (
     LATEST,
     LOG_NAME,
@@ -354,13 +354,28 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
             raise ConfigError(f"--pretrained {args.pretrained}: no such file; check the path, or leave "
                               f"--pretrained out to start from random weights")
         pobj = read_checkpoint(path)
-        load_network(model, pobj, str(path))
+        try:
+            load_network(model, pobj, str(path))
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}{recorded_network(pobj)}") from None
         loaded = _load_potentials_if_they_fit(pots, pobj, str(path))
         msg = {True: "network and potentials weights loaded", None: "network weights loaded",
                False: "network weights loaded; its potentials do not fit this run (another --patch_size or "
                       "number of --de_type domains) and start fresh"}[loaded]
         console(f"=> --pretrained {path}: {msg}")
     return state, None
+
+
+def recorded_network(obj: Any) -> str:
+    """The text " The file records its network: <flags>" for a project checkpoint that names its backbone and
+    configuration (what a mismatch's fix needs), else ""."""
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("model_config"), Mapping) or \
+            obj.get("backbone") not in BACKBONES:
+        return ""
+    try:
+        return f" The file records its network: {flags_for(obj['model_config'], obj['backbone'])}"
+    except (ValueError, TypeError):  # a configuration this version cannot build: nothing to name
+        return ""
 
 
 def memory_need(args, k: int, info: DistInfo, batch: int | None = None) -> TrainingNeed:
