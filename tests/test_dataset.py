@@ -518,3 +518,13 @@ def test_an_image_gone_mid_epoch_is_named_with_both_ways_on(tmp_path):
         ds[0]
     assert str(err.value) == (f"image not found: {gone}: put it back, or leave such files out: --skip-bad-files "
                               f"(with --resume auto to go on from the newest checkpoint)")
+
+
+def test_an_epoch_too_large_to_list_is_refused_naming_repeat():
+    """--repeat derain=100000000 built an epoch list of 3e8 samples until memory ran out, and the error then advised
+    a smaller --batchSize or --patch_size and the tester's --tile."""
+    du.check_epoch_fits(215_295, None, free=2**30)  # the paper's epoch in 1 GiB
+    with pytest.raises(du.DatasetError, match=r"^an epoch of 300,000,051 samples is listed in memory, about 13.4 GiB, "
+                                              r"more than half of the 16.0 GiB free on this machine: lower --repeat "
+                                              r"derain=100000000 \(the paper's 3D epoch is 215,295 samples\)$"):
+        du.check_epoch_fits(300_000_051, {"derain": 100_000_000}, free=16 * 2**30)

@@ -71,7 +71,7 @@ class Expected:
 TRAIN_EXPECTED: dict[str, Expected] = {
     "denoise": Expected(5144, (4744,), "5,144 listed (BSD400 + WED); the authors' run used the 4,744 WED images"),
     "derain": Expected(200, note="Rain100L training set"),
-    "dehaze": Expected(72135, note="the RESIDE OTS images of hazy/hazy_outside.txt"),
+    "dehaze": Expected(72135, note="the authors' RESIDE OTS subset, listed in their hazy/hazy_outside.txt"),
 }
 
 ERROR, WARNING = "error", "warning"
