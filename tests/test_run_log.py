@@ -100,7 +100,7 @@ def test_a_full_disk_while_logging_names_the_log_and_leaves_no_part_of_the_recor
         log.write({"kind": "iter", "global_step": 2, "l1": 0.25})
     message, status = failure_message(full.value)
     assert status == 1 and message.startswith(f"disk full: writing log.jsonl to {tmp_path / 'run'} needs ")
-    assert "free space there or choose another folder (log.jsonl ends at its last complete record)" in message
+    assert "free space there or choose another folder (log.jsonl ends at its last complete line)" in message
     assert path.read_bytes() == before  # no part of the record
     assert [json.loads(line)["global_step"] for line in path.read_text().splitlines()] == [0, 1]
 
@@ -137,3 +137,31 @@ def test_mending_a_log_removes_the_records_cut_short_and_keeps_every_complete_on
     path.write_bytes(path.read_bytes() + b"\0" * 4096)  # a power cut: the file's end is zeros
     assert mend_log(path) == (1, 4096)
     assert [json.loads(line)["global_step"] for line in path.read_text().splitlines()] == [0, 1, 2, 3]
+
+
+def test_a_full_disk_while_rewinding_names_the_discarded_file_and_changes_neither(tmp_path, monkeypatch):
+    """Rewinding appended the discarded records with a buffered write: a full disk there said 'disk full while
+    writing a file' and could leave part of a record in log.discarded.jsonl."""
+    import json
+
+    from utils.files import DiskFullError
+    from utils.train import run_log
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps({"kind": "iter", "global_step": i}) + "\n" for i in range(1, 5)))
+    discarded = run_log.discarded_log(path)
+    discarded.write_text(json.dumps({"kind": "iter", "global_step": 9}) + "\n")
+    before = path.read_bytes(), discarded.read_bytes()
+    FillingDisk(monkeypatch, run_log, b'"global_step": 4')
+    with pytest.raises(DiskFullError, match=rf"^disk full: writing log.discarded.jsonl to {tmp_path} needs .*"
+                                            r"\(log.discarded.jsonl ends at its last complete line\)$"):
+        run_log.rewind_log(path, 2)
+    assert (path.read_bytes(), discarded.read_bytes()) == before
+
+
+def test_reading_a_log_skips_what_is_not_a_record(tmp_path):
+    """A stray byte that is not UTF-8 ended the loss figure in a traceback, and a JSON line that is not an object
+    (``[1]``) in an AttributeError."""
+    from utils.train.run_log import read_log
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"kind": "iter", "global_step": 1}\n[1]\n\xff\xfe\n{"kind": "iter", "global_step": 2}\n')
+    assert [r["global_step"] for r in read_log(path)] == [1, 2]

@@ -56,30 +56,38 @@ class JsonlLog:
         if not self.enabled:
             return
         line = (json.dumps(finite_or_null(record), allow_nan=False) + "\n").encode()
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        end_open_line = not self._line_checked  # a line not ended (not mended first): end it, or this record joins it
+        self._line_checked = True
+        append_lines(self.path, line, end_open_line, "ends in part of a record, which --resume removes")
+
+
+def append_lines(path: Path, data: bytes, end_open_line: bool = False,
+                 left_torn: str = "ends in part of a line") -> None:
+    """Append ``data`` (whole lines) to ``path`` in unbuffered writes; a write that fails part-way is cut back off,
+    so the file still ends at its last complete line, and a full disk (or quota) is a
+    :class:`~utils.files.DiskFullError` naming the file and its folder. ``end_open_line``: first end a last line
+    that has no newline. ``left_torn``: what the error says of the file when not even the cut-back worked."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        if end_open_line and end > 0 and os.pread(fd, 1, end - 1) != b"\n":
+            data = b"\n" + data
         try:
-            end = os.lseek(fd, 0, os.SEEK_END)
-            if not self._line_checked:  # a line not ended (not mended first): end it, or this record joins it
-                self._line_checked = True
-                if end > 0 and os.pread(fd, 1, end - 1) != b"\n":
-                    line = b"\n" + line
+            left = memoryview(data)
+            while left:  # a regular file takes it in one write; a short one is followed by the error
+                left = left[os.write(fd, left):]
+        except BaseException as exc:
             try:
-                left = memoryview(line)
-                while left:  # a regular file takes it in one write; a short one is followed by the error
-                    left = left[os.write(fd, left):]
-            except BaseException as exc:
-                try:
-                    os.ftruncate(fd, end)  # no part of the record stays behind
-                    mended = True
-                except OSError:
-                    mended = False
-                if is_disk_full(exc):
-                    kept = (f"{self.path.name} ends at its last complete record" if mended else
-                            f"{self.path.name} ends in part of a record, which --resume removes")
-                    raise disk_full(self.path, len(line), kept) from exc
-                raise
-        finally:
-            os.close(fd)
+                os.ftruncate(fd, end)  # no part of what was being written stays behind
+                mended = True
+            except OSError:
+                mended = False
+            if is_disk_full(exc):
+                kept = f"{path.name} ends at its last complete line" if mended else f"{path.name} {left_torn}"
+                raise disk_full(path, len(data), kept) from exc
+            raise
+    finally:
+        os.close(fd)
 
 
 def mend_log(path: str | os.PathLike) -> tuple[int, int]:
@@ -149,9 +157,8 @@ def rewind_log(path: str | os.PathLike, global_step: int) -> int:
         (moved if past else kept).append(line if line.endswith("\n") else line + "\n")
     if not moved:
         return 0
-    with open(discarded_log(path), "a") as fh:
-        fh.writelines(moved)
-        fh.flush()
+    append_lines(discarded_log(path), "".join(moved).encode(), end_open_line=True)
+    with open(discarded_log(path), "rb") as fh:
         os.fsync(fh.fileno())
     atomic_write(path, lambda fh: fh.write("".join(kept).encode()))
     return len(moved)
@@ -162,13 +169,15 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # a stray byte must not hide the whole log
         line = line.strip()
         if line:
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 continue  # a line torn by a crash
+            if isinstance(record, dict):  # every record is an object: anything else is not this log's
+                out.append(record)
     return out
 
 
