@@ -100,7 +100,7 @@ def test_a_full_disk_while_logging_names_the_log_and_leaves_no_part_of_the_recor
         log.write({"kind": "iter", "global_step": 2, "l1": 0.25})
     message, status = failure_message(full.value)
     assert status == 1 and message.startswith(f"disk full: writing log.jsonl to {tmp_path / 'run'} needs ")
-    assert "free space there or choose another folder (log.jsonl ends at its last complete line)" in message
+    assert "free space there or choose another folder (log.jsonl ends at its last complete record)" in message
     assert path.read_bytes() == before  # no part of the record
     assert [json.loads(line)["global_step"] for line in path.read_text().splitlines()] == [0, 1]
 

@@ -58,15 +58,16 @@ class JsonlLog:
         line = (json.dumps(finite_or_null(record), allow_nan=False) + "\n").encode()
         end_open_line = not self._line_checked  # a line not ended (not mended first): end it, or this record joins it
         self._line_checked = True
-        append_lines(self.path, line, end_open_line, "ends in part of a record, which --resume removes")
+        append_lines(self.path, line, end_open_line, "record", ", which --resume removes")
 
 
-def append_lines(path: Path, data: bytes, end_open_line: bool = False,
-                 left_torn: str = "ends in part of a line") -> None:
+def append_lines(path: Path, data: bytes, end_open_line: bool = False, unit: str = "line",
+                 left_torn: str = "") -> None:
     """Append ``data`` (whole lines) to ``path`` in unbuffered writes; a write that fails part-way is cut back off,
     so the file still ends at its last complete line, and a full disk (or quota) is a
     :class:`~utils.files.DiskFullError` naming the file and its folder. ``end_open_line``: first end a last line
-    that has no newline. ``left_torn``: what the error says of the file when not even the cut-back worked."""
+    that has no newline. ``unit``: what the file's lines are, in the error; ``left_torn``: what the error adds
+    when not even the cut-back worked."""
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         end = os.lseek(fd, 0, os.SEEK_END)
@@ -83,7 +84,8 @@ def append_lines(path: Path, data: bytes, end_open_line: bool = False,
             except OSError:
                 mended = False
             if is_disk_full(exc):
-                kept = f"{path.name} ends at its last complete line" if mended else f"{path.name} {left_torn}"
+                kept = (f"{path.name} ends at its last complete {unit}" if mended else
+                        f"{path.name} ends in part of a {unit}{left_torn}")
                 raise disk_full(path, len(data), kept) from exc
             raise
     finally:
