@@ -146,27 +146,27 @@ def main(args) -> int:
         allowed = [str(p.resolve()) for p in (examples_root, work_dir) if p is not None]
         with pixel_limit(args.max_pixels):
             try:
-                page.queue(default_concurrency_limit=1).launch(
-                    server_name=HOST, server_port=args.port, share=False, inbrowser=False, show_error=True,
-                    ssr_mode=False, pwa=False, mcp_server=False, run_history=False, allowed_paths=allowed,
-                    max_file_size=MAX_UPLOAD, footer_links=["gradio"], quiet=True, prevent_thread_lock=True)
-            except OSError as exc:  # the port was taken between the check and the launch
-                raise UsageError(f"--port {args.port}: cannot serve there ({exc}) — pass another port") from exc
-            serve_until_interrupted()
+                try:
+                    page.queue(default_concurrency_limit=1).launch(
+                        server_name=HOST, server_port=args.port, share=False, inbrowser=False, show_error=True,
+                        ssr_mode=False, pwa=False, mcp_server=False, run_history=False, allowed_paths=allowed,
+                        max_file_size=MAX_UPLOAD, footer_links=["gradio"], quiet=True, prevent_thread_lock=True)
+                except OSError as exc:  # the port was taken between the check and the launch
+                    raise UsageError(f"--port {args.port}: cannot serve there ({exc}) — pass another port") from exc
+                serve_until_interrupted()
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM while the server was starting (it may answer already)
+                pass
             page.close(verbose=False)
     print(f"=> stopped: http://{HOST}:{args.port} no longer serves the page", flush=True)
     return 0
 
 
 def serve_until_interrupted() -> None:
-    """Wait (the server runs in Gradio's threads) until Ctrl-C or SIGTERM, the way this server is meant to
-    stop: that ends the app with status 0, not as an error (Gradio's own wait printed "Keyboard interruption in
-    main thread" and the app then said "error: interrupted")."""
-    try:
-        while True:
-            signal.pause()  # any signal wakes it; only Ctrl-C and SIGTERM (raised as KeyboardInterrupt) stop it
-    except KeyboardInterrupt:
-        pass
+    """Wait (the server runs in Gradio's threads) until Ctrl-C or SIGTERM, the way this server is meant to stop:
+    their KeyboardInterrupt ends the app with status 0 in :func:`main`, not as an error (Gradio's own wait
+    printed "Keyboard interruption in main thread" and the app then said "error: interrupted")."""
+    while True:
+        signal.pause()  # any signal wakes it; only Ctrl-C and SIGTERM (raised as KeyboardInterrupt) stop it
 
 
 def cli() -> int:
