@@ -10,6 +10,9 @@ The work is done by :mod:`utils.train.engine`, which ``trainer_bary_ddp.py`` sha
 import sys
 
 from utils.errors import stopped_while_starting
+from utils.train.signals import stop_with_the_launcher
+
+stop_with_the_launcher()  # before torch loads: a rank whose torchrun dies stops as SIGTERM stops it
 
 with stopped_while_starting():
     from utils.train.engine import run_cli

@@ -18,6 +18,9 @@ process. The training engine is :mod:`utils.train.engine`, shared with ``trainer
 import sys
 
 from utils.errors import stopped_while_starting
+from utils.train.signals import stop_with_the_launcher
+
+stop_with_the_launcher()  # before torch loads: a rank whose torchrun dies stops as SIGTERM stops it
 
 with stopped_while_starting():
     from utils.train.engine import run_cli

@@ -144,3 +144,61 @@ def test_a_killed_rank_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_pat
     assert done["global_step"] == ref["global_step"] == 12
     for part in ("model", "potentials"):
         assert all(torch.equal(done[part][k], ref[part][k]) for k in ref[part]), part
+
+
+def start_time(pid: int) -> str | None:
+    """``pid``'s start time (from /proc) while it runs; None once it has ended (gone, or a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def test_ranks_whose_torchrun_is_killed_save_stop_and_the_run_resumes(tmp_path):
+    """torchrun killed outright (kill -9, the OOM killer): its ranks went on training with no parent, holding
+    the output folder (a resume was refused as in use) and, on GPUs, the devices. Now each stops as SIGTERM
+    stops it: a checkpoint, the folder released, exit; ``--resume auto`` continues from there."""
+    data = make_train_tree(tmp_path / "data")
+    flags = train_flags(data, tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    said = tmp_path / "output.txt"  # a file, not a pipe: the ranks go on writing after torchrun is gone
+    with said.open("w") as out:
+        launcher = subprocess.Popen([TORCHRUN, "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                                     f"--master_port={free_port()}", str(REPO / "trainer_bary_ddp.py"), *flags,
+                                     "--nEpochs", "5"],  # minutes: far longer than the wait below
+                                    cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    ranks: dict[int, str | None] = {}
+    try:
+        log = tmp_path / "ckpt" / "log.jsonl"
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and log.read_text().count('"kind": "iter"') >= 2):
+            assert time.monotonic() < deadline and launcher.poll() is None, said.read_text()
+            time.sleep(0.05)
+        ranks = {pid: start_time(pid) for pid in (rank_pid(launcher, r, deadline) for r in (0, 1))}
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 30  # the save takes a second or two
+        while any(start_time(pid) == started for pid, started in ranks.items()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid, started in ranks.items() if start_time(pid) == started]
+    finally:  # neither torchrun nor its ranks may run into the next tests
+        for pid, started in ranks.items():
+            if started is not None and start_time(pid) == started:
+                os.kill(pid, signal.SIGKILL)
+        if launcher.poll() is None:
+            kill_tree(launcher.pid)
+    output = said.read_text()
+    assert not left, f"ranks {left} outlived torchrun by 30 s:\n{output[-3000:]}"
+    stop = re.search(r"=> stopped by .* at epoch 1, iteration (\d+); continue with --resume auto", output)
+    assert stop, output[-3000:]
+    done = int(stop.group(1))
+    assert 2 <= done < 10
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == [f"iter_e001_i{done:06d}.pth"]
+
+    resumed = torchrun(flags + ["--nEpochs", "1", "--iters-per-epoch", "20", "--resume", "auto"], free_port())
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr  # not "in use by another trainer"
+    assert f"continuing at epoch 1, iteration {done + 1}" in resumed.stdout
+    steps = [json.loads(line)["global_step"] for line in log.read_text().splitlines()
+             if json.loads(line)["kind"] == "iter"]
+    assert steps == list(range(1, 21))  # every iteration once

@@ -1,17 +1,28 @@
 """Stopping a training run politely: SIGTERM/SIGINT set a flag the loop reads after each iteration
-(:class:`StopRequest`; a second signal aborts), loader workers leave both signals to the main process, and
-their processes are ended when a run fails.
+(:class:`StopRequest`; a second signal aborts), and so does the death of the torchrun that started the
+process (:func:`stop_with_the_launcher`); loader workers leave the signals to the main process, and their
+processes are ended when a run fails. Standard library only: the scripts call
+:func:`stop_with_the_launcher` before they import torch.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import signal
+import sys
 import threading
 from typing import Any
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# The signal the kernel sends a rank when its torchrun dies (Linux); its default action ends the process
+# as SIGTERM's does. A real-time signal of its own rather than SIGTERM: see stop_with_the_launcher.
+LAUNCHER_DIED: int | None = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else None
+
 
 class StopRequest:
-    """SIGTERM/SIGINT set a flag the loop reads after each iteration; a second signal aborts."""
+    """SIGTERM/SIGINT set a flag the loop reads after each iteration; a second signal aborts. The death of
+    torchrun (:data:`LAUNCHER_DIED`) sets it too, however often it comes, and never aborts."""
 
     def __init__(self):
         self.requested = False
@@ -20,21 +31,64 @@ class StopRequest:
 
     def install(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT):
-                self._old[s] = signal.signal(s, self._handle)
+            for s in (signal.SIGTERM, signal.SIGINT, LAUNCHER_DIED):
+                if s is not None:
+                    self._old[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # asked twice: stop now, without a checkpoint
+        if self.requested and signum != LAUNCHER_DIED:  # asked twice: stop now, without a checkpoint
             self.restore()
             raise KeyboardInterrupt
-        self.requested = True
-        self.signum = signum
+        if not self.requested:
+            self.requested = True
+            self.signum = signum
 
     def restore(self) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old.clear()
+
+
+def stop_with_the_launcher() -> bool:
+    """Under torchrun, ask the kernel to signal this process when torchrun dies; returns whether it was
+    set. Linux only: elsewhere, and outside torchrun, it does nothing and returns False.
+
+    torchrun passes SIGTERM/SIGINT on to its ranks, but a torchrun killed outright (``kill -9``, the OOM
+    killer, a job step torn down) left them training with no parent, holding the output folder's lock (a
+    resume was refused as "in use by another trainer") and their GPUs. With the parent-death signal
+    (``prctl(PR_SET_PDEATHSIG)``) each rank stops as SIGTERM stops it (:class:`StopRequest`: the ranks
+    agree, rank 0 writes a checkpoint, exit 0, the lock is released); one still starting (importing,
+    loading data, waiting in the rendezvous for a store that died with torchrun) ends at once, with
+    nothing trained to lose.
+
+    The kernel's signal rather than a check of ``os.getppid()`` in the loop: it comes wherever the rank is
+    (starting, validating, saving), not only between iterations. It comes when the *thread* that started
+    the process ends, not the process; torchrun's elastic agent starts, and restarts, its workers from
+    the thread that runs it (``_invoke_run`` in torch/distributed/elastic/agent/server/api.py, torchrun's
+    main thread), which waits on them until they end, so it comes only when torchrun is gone. The orphan
+    then passes to another of torchrun's threads, and the kernel signals it again when that one ends (seen
+    here: each rank's handler ran twice, up to a second apart): with SIGTERM as the signal,
+    :class:`StopRequest` took the repeat for a second request and aborted without a checkpoint. Hence a
+    signal of its own, :data:`LAUNCHER_DIED`, whose repeats ask once. The process sets it on itself
+    (torchrun takes no ``preexec_fn``), so call this first thing in a script: a torchrun that died before
+    the call is seen by the parent having changed, and the process then stops as the signal would have
+    stopped it. Only a death in the instant between the process's start and the call goes unseen (that
+    rank then fails when its rendezvous times out).
+    """
+    if LAUNCHER_DIED is None or "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return False  # torchrun's agent names its run in every rank's environment
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(LAUNCHER_DIED), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                      ctypes.c_ulong(0)) != 0:
+            return False
+    except (OSError, AttributeError):  # no prctl in this C library
+        return False
+    if os.getppid() != parent:  # torchrun died before the kernel was asked
+        os.kill(os.getpid(), LAUNCHER_DIED)
+    return True
 
 
 def ignore_stop_signals(worker_id: int) -> None:

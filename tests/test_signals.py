@@ -1,0 +1,114 @@
+"""utils/train/signals.py: stop requests, and a rank's stop when the torchrun that started it dies."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from _processes import REPO, kill_tree
+
+from utils.train import signals
+from utils.train.signals import LAUNCHER_DIED, StopRequest, stop_with_the_launcher
+
+linux_only = pytest.mark.skipif(LAUNCHER_DIED is None or not sys.platform.startswith("linux"),
+                                reason="the parent-death signal is Linux's")
+
+# A "rank": asks for the launcher's death signal, then waits for a stop request and keeps handling
+# signals a while (the kernel sends the death signal again as each of the launcher's threads ends).
+RANK = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from utils.train.signals import StopRequest, stop_with_the_launcher
+    said = Path(sys.argv[1])
+    set_ = stop_with_the_launcher()
+    stop = StopRequest().install()
+    said.with_suffix(".ready").write_text(str(set_))
+    try:
+        while not stop.requested:
+            time.sleep(0.01)
+        time.sleep(1.0)
+        said.write_text(f"stopped by {stop.signum}")
+    except KeyboardInterrupt:
+        said.write_text("aborted")
+""")
+
+# A "torchrun": a few threads besides the main one, which starts the rank and sleeps until killed.
+LAUNCHER = textwrap.dedent("""
+    import subprocess, sys, threading, time
+    for _ in range(4):
+        threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+    subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+    time.sleep(600)
+""")
+
+
+@linux_only
+def test_a_rank_stops_once_when_its_launcher_is_killed(tmp_path):
+    said = tmp_path / "rank.txt"
+    env = dict(os.environ, PYTHONPATH=str(REPO), TORCHELASTIC_RUN_ID="test")
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, RANK, str(said)], cwd=REPO, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not said.with_suffix(".ready").exists():
+            assert time.monotonic() < deadline and launcher.poll() is None, "the rank did not start"
+            time.sleep(0.02)
+        assert said.with_suffix(".ready").read_text() == "True"
+        launcher.kill()
+        launcher.wait()
+        while not said.exists():
+            assert time.monotonic() < deadline, "the rank outlived its launcher"
+            time.sleep(0.02)
+    finally:
+        if launcher.poll() is None:
+            kill_tree(launcher.pid)
+    time.sleep(0.2)  # the rank writes its word once, then exits
+    assert said.read_text() == f"stopped by {LAUNCHER_DIED}"  # the repeats asked once, and aborted nothing
+
+
+@linux_only
+def test_a_rank_whose_launcher_died_before_it_asked_stops_at_once(tmp_path):
+    """torchrun gone between the rank's start and its prctl: the parent has changed, and the rank ends as the
+    signal would have ended it."""
+    code = textwrap.dedent("""
+        import itertools, os, time
+        parents = itertools.chain([os.getppid()], itertools.repeat(1))
+        os.getppid = lambda: next(parents)  # the launcher dies between the two looks
+        from utils.train.signals import stop_with_the_launcher
+        stop_with_the_launcher()
+        time.sleep(30)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO), TORCHELASTIC_RUN_ID="test")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, timeout=60)
+    assert done.returncode == -LAUNCHER_DIED
+
+
+def test_outside_torchrun_or_linux_nothing_is_asked(monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert stop_with_the_launcher() is False
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert stop_with_the_launcher() is False
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(signals, "LAUNCHER_DIED", None)  # no real-time signals
+    assert stop_with_the_launcher() is False
+
+
+def test_a_second_signal_aborts_but_the_launchers_repeats_do_not():
+    stop = StopRequest()
+    stop._handle(signal.SIGTERM, None)
+    assert (stop.requested, stop.signum) == (True, signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
+
+    if LAUNCHER_DIED is not None:
+        stop = StopRequest()
+        for _ in range(3):  # once per thread of torchrun as they end
+            stop._handle(LAUNCHER_DIED, None)
+        assert (stop.requested, stop.signum) == (True, LAUNCHER_DIED)
+        stop = StopRequest()
+        stop._handle(signal.SIGTERM, None)
+        stop._handle(LAUNCHER_DIED, None)  # torchrun killed after it passed SIGTERM on: no abort
+        assert (stop.requested, stop.signum) == (True, signal.SIGTERM)
