@@ -190,7 +190,8 @@ def test_ranks_whose_torchrun_is_killed_save_stop_and_the_run_resumes(tmp_path):
             kill_tree(launcher.pid)
     output = said.read_text()
     assert not left, f"ranks {left} outlived torchrun by 30 s:\n{output[-3000:]}"
-    stop = re.search(r"=> stopped by .* at epoch 1, iteration (\d+); continue with --resume auto", output)
+    stop = re.search(r"=> stopped by torchrun's death at epoch 1, iteration (\d+); continue with --resume auto",
+                     output)
     assert stop, output[-3000:]
     done = int(stop.group(1))
     assert 2 <= done < 10
@@ -202,3 +203,29 @@ def test_ranks_whose_torchrun_is_killed_save_stop_and_the_run_resumes(tmp_path):
     steps = [json.loads(line)["global_step"] for line in log.read_text().splitlines()
              if json.loads(line)["kind"] == "iter"]
     assert steps == list(range(1, 21))  # every iteration once
+
+
+def test_a_signal_to_one_rank_is_named_with_its_rank(tmp_path):
+    """SIGTERM to rank 1 alone stops every rank after the same iteration; rank 0, which prints, said
+    "stopped by signal None" (its own signal: none)."""
+    data = make_train_tree(tmp_path / "data")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    launcher = subprocess.Popen([TORCHRUN, "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                                 f"--master_port={free_port()}", str(REPO / "trainer_bary_ddp.py"),
+                                 *train_flags(data, tmp_path), "--nEpochs", "5"],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    try:
+        log = tmp_path / "ckpt" / "log.jsonl"
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and log.read_text().count('"kind": "iter"') >= 2):
+            assert time.monotonic() < deadline and launcher.poll() is None, launcher.communicate()[0]
+            time.sleep(0.05)
+        os.kill(rank_pid(launcher, 1, deadline), signal.SIGTERM)
+        output = launcher.communicate(timeout=120)[0]
+    finally:
+        if launcher.poll() is None:
+            kill_tree(launcher.pid)
+    assert launcher.returncode == 0, output
+    assert re.search(r"=> stopped by SIGTERM to rank 1 at epoch 1, iteration \d+; continue with --resume auto",
+                     output), output[-3000:]

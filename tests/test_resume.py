@@ -136,7 +136,7 @@ def test_sigterm_mid_epoch_then_resume_is_exact(data, tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, output
-    assert "stopped by signal" in output
+    assert "=> stopped by SIGTERM at epoch 1, iteration " in output
     saved = list_checkpoints(out / "ckpt")
     assert len(saved) == 1 and saved[0].name.startswith("iter_e001_i"), output
     done = read_checkpoint(saved[0])["iteration"]

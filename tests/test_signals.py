@@ -10,7 +10,7 @@ import pytest
 from _processes import REPO, kill_tree
 
 from utils.train import signals
-from utils.train.signals import LAUNCHER_DIED, StopRequest, stop_with_the_launcher
+from utils.train.signals import LAUNCHER_DIED, StopRequest, signal_names, stop_with_the_launcher
 
 linux_only = pytest.mark.skipif(LAUNCHER_DIED is None or not sys.platform.startswith("linux"),
                                 reason="the parent-death signal is Linux's")
@@ -112,3 +112,14 @@ def test_a_second_signal_aborts_but_the_launchers_repeats_do_not():
         stop._handle(signal.SIGTERM, None)
         stop._handle(LAUNCHER_DIED, None)  # torchrun killed after it passed SIGTERM on: no abort
         assert (stop.requested, stop.signum) == (True, signal.SIGTERM)
+
+
+def test_what_stopped_a_run_is_named_from_every_ranks_signal():
+    term, intr = int(signal.SIGTERM), int(signal.SIGINT)
+    assert signal_names([term]) == "SIGTERM"  # one process
+    assert signal_names([term, term]) == "SIGTERM"  # torchrun passed its own on
+    assert signal_names([0, term]) == "SIGTERM to rank 1"  # rank 0, which prints, got none
+    assert signal_names([0, term, 0, term]) == "SIGTERM to ranks 1, 3"
+    assert signal_names([intr, term]) == "SIGINT to rank 0 and SIGTERM to rank 1"
+    if LAUNCHER_DIED is not None:  # every rank gets it, not all by the time they agree to stop
+        assert signal_names([LAUNCHER_DIED, 0]) == signal_names([LAUNCHER_DIED] * 2) == "torchrun's death"

@@ -75,7 +75,7 @@ from utils.train.setup import (
     loss_figure,
     validation_pairs,
 )
-from utils.train.signals import StopRequest, stop_loader_workers
+from utils.train.signals import StopRequest, signal_names, stop_loader_workers
 from utils.train.start import (
     agree_seed,
     build_dataset,
@@ -256,7 +256,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                     save_every=args.save_every, save=save, nan_at=args.debug_nan_at)
                 if state.iteration < iters:  # stopped mid-epoch
                     save(state)
-                    console(f"=> stopped by signal {stop.signum} at epoch {epoch}, iteration {state.iteration}; "
+                    console(f"=> stopped by {stop_cause(stop, info)} at epoch {epoch}, iteration {state.iteration}; "
                             f"continue with --resume auto (or --resume <checkpoint>)")
                     return 0
                 save(state)  # first: validation reads the user's images and may fail, the epoch's training must not
@@ -266,7 +266,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                 if info.is_main:
                     draw_loss_figure(output_dir / LOG_NAME, loss_figure(args), console)
                 if stopped or any_rank(stop.requested, info):  # a signal during validation or saving
-                    console(f"=> stopped by signal {stop.signum} after epoch {epoch}")
+                    console(f"=> stopped by {stop_cause(stop, info)} after epoch {epoch}")
                     return 0
                 state = LoopState(epoch + 1, 0, state.global_step)
         finally:
@@ -326,6 +326,13 @@ class Saver:
                                        t.scaler, state, state.iteration >= self.iters, self.meta)
             self.console(f"=> checkpoint {save_training_checkpoint(ckpt, self.output_dir, keep=self.keep)}")
         barrier(t.info)
+
+
+def stop_cause(stop: StopRequest, info: DistInfo) -> str:
+    """What stopped the run ("SIGTERM", "SIGTERM to rank 1", "torchrun's death"), from every rank's signal:
+    rank 0's alone said "signal None" when another rank was the one signalled. Every rank calls it once all
+    have agreed to stop, after the save, by when a rank signalled during a collective has seen its signal."""
+    return signal_names(gather_ints(stop.signum or 0, info))
 
 
 def epoch_unlogged(resumed: dict, ckpt_path: Path, info: DistInfo) -> bool:

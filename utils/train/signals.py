@@ -50,6 +50,26 @@ class StopRequest:
         self._old.clear()
 
 
+def signal_names(signums: list[int]) -> str:
+    """What stopped a run, from each rank's signal number in rank order (0: none): a signal every rank got
+    by its name (one process; torchrun passing its own on), one some ranks got with their numbers
+    ("SIGTERM to rank 1"), several joined ("SIGINT to rank 0 and SIGTERM to rank 1"); the death of torchrun,
+    which every rank gets but not all at once, is "torchrun's death"."""
+    parts = []
+    for signum in sorted({s for s in signums if s}):
+        ranks = [rank for rank, s in enumerate(signums) if s == signum]
+        if signum == LAUNCHER_DIED:
+            parts.append("torchrun's death")
+            continue
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        parts.append(name if len(ranks) == len(signums) else
+                     f"{name} to rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}")
+    return " and ".join(parts) or "a signal"
+
+
 def stop_with_the_launcher() -> bool:
     """Under torchrun, ask the kernel to signal this process when torchrun dies; returns whether it was
     set. Linux only: elsewhere, and outside torchrun, it does nothing and returns False.
