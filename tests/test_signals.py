@@ -96,10 +96,17 @@ def test_outside_torchrun_or_linux_nothing_is_asked(monkeypatch):
     assert stop_with_the_launcher() is False
 
 
-def test_a_second_signal_aborts_but_the_launchers_repeats_do_not():
+def test_a_second_ctrl_c_aborts_but_repeated_sigterms_and_the_launchers_repeats_do_not():
+    """A scheduler that signals every process of a job step (Slurm, systemd) reached each rank twice, directly and
+    through torchrun: the second SIGTERM aborted the rank without a checkpoint (1 run in 2 lost its work)."""
     stop = StopRequest()
-    stop._handle(signal.SIGTERM, None)
+    for _ in range(3):
+        stop._handle(signal.SIGTERM, None)
     assert (stop.requested, stop.signum) == (True, signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
+    stop = StopRequest()
+    stop._handle(signal.SIGINT, None)
     with pytest.raises(KeyboardInterrupt):
         stop._handle(signal.SIGINT, None)
 

@@ -1,5 +1,5 @@
 """Stopping a training run politely: SIGTERM/SIGINT set a flag the loop reads after each iteration
-(:class:`StopRequest`; a second signal aborts), and so does the death of the torchrun that started the
+(:class:`StopRequest`; a second Ctrl-C aborts), and so does the death of the torchrun that started the
 process (:func:`stop_with_the_launcher`); loader workers leave the signals to the main process, and their
 processes are ended when a run fails. Standard library only: the scripts call
 :func:`stop_with_the_launcher` before they import torch.
@@ -21,8 +21,10 @@ LAUNCHER_DIED: int | None = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") e
 
 
 class StopRequest:
-    """SIGTERM/SIGINT set a flag the loop reads after each iteration; a second signal aborts. The death of
-    torchrun (:data:`LAUNCHER_DIED`) sets it too, however often it comes, and never aborts."""
+    """SIGTERM/SIGINT set a flag the loop reads after each iteration; a second Ctrl-C (SIGINT) aborts. SIGTERM
+    and the death of torchrun (:data:`LAUNCHER_DIED`) set it however often they come and never abort: a
+    scheduler that signals every process of a job (Slurm's scancel, systemd's cgroup stop) reaches a rank twice,
+    directly and through torchrun, which passes its own on, and that must not lose the checkpoint."""
 
     def __init__(self):
         self.requested = False
@@ -37,7 +39,7 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum != LAUNCHER_DIED:  # asked twice: stop now, without a checkpoint
+        if self.requested and signum == signal.SIGINT:  # Ctrl-C again: stop now, without a checkpoint
             self.restore()
             raise KeyboardInterrupt
         if not self.requested:
