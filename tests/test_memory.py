@@ -157,15 +157,19 @@ def test_a_huge_batch_is_refused_at_once_naming_a_batch_that_fits(monkeypatch):
         signal.signal(signal.SIGALRM, old)
 
 
-@pytest.mark.parametrize("batch", [2, 7, 1000, 2**40])
+@pytest.mark.parametrize("batch", [2, 7, 1000, 2**40, 10**22])
 def test_the_batch_that_fits_is_the_one_a_search_finds(batch):
-    rng = np.random.default_rng(batch)
+    """Also for absurd batches: subtracting from a need of 1e25 bytes lost the fixed part (10**18 advised 576 where
+    554 fit, 10**22 advised nothing)."""
+    rng = np.random.default_rng(batch % 2**32)
     for _ in range(200):
-        per_sample, free = float(rng.uniform(1, 1e6)), float(rng.uniform(0, 1e9))
-        need = free + float(rng.uniform(1e-3, min(batch, 5000) * per_sample))  # does not fit at ``batch``
-        fits = [b for b in range(batch - 1, max(batch - 6000, 0), -1) if need - (batch - b) * per_sample <= free]
-        assert setup.largest_batch_that_fits(batch, need, free, per_sample) == (fits[0] if fits else None)
-    assert setup.largest_batch_that_fits(batch, 10.0, 1.0, 0.0) is None
+        per_sample, fixed = float(rng.uniform(1, 1e8)), float(rng.uniform(0, 1e9))
+        free = fixed + float(rng.uniform(-1e8, 5000 * per_sample))
+        top = min(batch - 1, 6000)
+        fits = [b for b in range(top, 0, -1) if fixed + b * per_sample <= free]
+        assert setup.largest_batch_that_fits(batch, fixed, per_sample, free) == (fits[0] if fits else None)
+    assert setup.largest_batch_that_fits(10**18, 6e8, 3.5e7, 2e10) == 554
+    assert setup.largest_batch_that_fits(batch, 10.0, 0.0, 1.0) is None
 
 
 def test_a_patch_too_large_to_size_its_potentials_is_one_error_line():

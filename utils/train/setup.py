@@ -393,14 +393,14 @@ def memory_need(args, k: int, info: DistInfo, batch: int | None = None) -> Train
                          processes_on_this_node(info.device), info.distributed, info.device.type == "cuda")
 
 
-def largest_batch_that_fits(batch: int, need: float, free: float, per_sample: float) -> int | None:
-    """The largest batch below ``batch`` whose need, ``need - (batch - b) * per_sample`` bytes, is within
-    ``free``; None when not even a batch of 1 fits. Solved, not searched: a search from a batch of 2**40
-    down took days."""
+def largest_batch_that_fits(batch: int, fixed: float, per_sample: float, free: float) -> int | None:
+    """The largest batch ``b`` below ``batch`` whose need, ``fixed + b * per_sample`` bytes, is within ``free``;
+    None when not even a batch of 1 fits. Solved, not searched (a search from a batch of 2**40 down took days),
+    from the part that does not grow with the batch, so that a huge batch's need does not swamp it."""
     if per_sample <= 0:
         return None
-    b = min(batch - 1, math.floor(batch - (need - free) / per_sample))
-    while b >= 1 and need - (batch - b) * per_sample > free:  # float rounding at the boundary
+    b = min(batch - 1, math.floor((free - fixed) / per_sample))
+    while b >= 1 and fixed + b * per_sample > free:  # float rounding at the boundary
         b -= 1
     return b if b >= 1 else None
 
@@ -423,8 +423,10 @@ def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
     fits = broadcast_int(int(extra <= free), info)
     if fits:
         return
-    per_sample = need.parts["activations"] / args.batchSize  # the only part that grows with the batch
-    smaller = largest_batch_that_fits(args.batchSize, extra, free, per_sample)
+    # activations are the only part that grows with the batch, in each of the processes here
+    per_sample = need.parts["activations"] / args.batchSize * need.processes_here
+    fixed = (need.per_process - need.parts["activations"]) * need.processes_here - (need.total - extra)
+    smaller = largest_batch_that_fits(args.batchSize, fixed, per_sample, free)
     advice = [f"--batchSize {smaller}" if smaller else None, "--preset tiny" if args.preset != "tiny" else None,
               "a smaller --patch_size", "fewer processes (--nproc_per_node)" if need.processes_here > 1 else None,
               "--precision bf16" if args.precision == "fp32" else None]
