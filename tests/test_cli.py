@@ -150,27 +150,41 @@ def test_a_gpu_index_this_machine_lacks_is_named_when_auto_falls_back_to_the_cpu
 
 
 def test_under_torchrun_only_rank_0_says_what_every_rank_meets_alike(tmp_path, monkeypatch, capsys):
-    """Every rank printed the same error line: N copies for a bad flag, a missing folder, --check-data's report."""
-    from utils.errors import UsageError, run_main
+    """Every rank printed the same error line: N copies for a bad flag, a missing folder, --check-data's report.
+    A failure one rank meets alone (a checkpoint another node cannot see) is still said by that rank, and so is
+    every failure of a rank on another machine than rank 0's."""
+    from utils.checkpoints import CheckpointError
+    from utils.errors import UsageError
     from utils.train import engine
 
-    def fails(exc):
+    def failing(exc):
         def main(args):
             raise exc
         return main
     parser = train_options.get_args_parser()
-    for rank, said in (("1", False), ("0", True)):
+    args = parser.parse_args([])
+    only_here = CheckpointError("rank 1 cannot see epoch_001.pth, the checkpoint rank 0 resumes")
+    only_here.met_by_every_rank = False
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, node, said in (("1", "0", False), ("0", "0", True), ("1", "1", True)):
         monkeypatch.setenv("RANK", rank)
-        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("GROUP_RANK", node)
         with pytest.raises(SystemExit) as stop:
             parser.parse_args(["--batchSize", "abc"])
         assert stop.value.code == 2 and bool(capsys.readouterr().err) == said
-        quiet = None if engine.said_by_this_rank() else engine.met_by_every_rank
-        assert run_main(fails(UsageError("--lr must be ...")), None, quiet=quiet) == 2
-        assert bool(capsys.readouterr().err) == said
+        monkeypatch.setattr(engine, "main", failing(UsageError("--lr must be ...")))
+        assert engine.run_cli(args) == 2 and bool(capsys.readouterr().err) == said
+        monkeypatch.setattr(engine, "main", failing(only_here))
+        assert engine.run_cli(args) == 1 and capsys.readouterr().err == f"error: {only_here}\n"  # every rank says it
         monkeypatch.chdir(tmp_path)  # the data doctor on a layout with nothing in it: a report, status 1
         assert engine.run_cli(parser.parse_args(["--check-data", "--data_file_dir", ""])) == 1
         out = capsys.readouterr()
         assert bool(out.out) == said and ("" if said else out.err) == ""
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # RANK exported by a job script for another tool silences nothing
+    monkeypatch.setenv("GROUP_RANK", "0")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--batchSize", "abc"])
+    assert capsys.readouterr().err
     from utils.data.image_io import ImageReadError
     assert not engine.met_by_every_rank(ImageReadError("one rank's loader could not read x.png"))

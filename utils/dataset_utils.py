@@ -110,9 +110,11 @@ def check_epoch_fits(samples: int, repeats: dict[str, int] | None, free: int | N
         return
     flags = f"lower --repeat {' '.join(f'{k}={v}' for k, v in (repeats or {}).items())}" if repeats else \
         "train fewer images"
-    raise DatasetError(f"an epoch of {samples:,} samples is listed in memory, about {human_bytes(need)}, more than "
-                       f"half of the {human_bytes(free)} free on this machine: {flags} (the paper's 3D epoch is "
-                       f"215,295 samples)")
+    too_large = DatasetError(f"an epoch of {samples:,} samples is listed in memory, about {human_bytes(need)}, more "
+                             f"than half of the {human_bytes(free)} free on this machine: {flags} (the paper's 3D "
+                             f"epoch is 215,295 samples)")
+    too_large.met_by_every_rank = False  # judged from this process's view of free memory (torchrun's ranks)
+    raise too_large
 
 
 @dataclass(frozen=True)

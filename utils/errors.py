@@ -48,10 +48,14 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 
 def said_by_this_rank() -> bool:
-    """Whether this process prints what every process of a torchrun group would print alike (a bad flag, the
-    same missing folder): a process on its own, or rank 0. Read from torchrun's environment, so it holds
-    before the process group exists too."""
-    return os.environ.get("RANK", "0") == "0" or int(os.environ.get("WORLD_SIZE", "1")) <= 1
+    """Whether this process prints what every process of a torchrun group on one machine would print alike (a
+    bad flag, the same missing folder): a process on its own, rank 0, or a rank on another node than rank 0's
+    (its files, devices and command line are its own, so its failure may be too). Read from torchrun's
+    environment (``TORCHELASTIC_RUN_ID``, ``RANK``, ``GROUP_RANK``: the node's rank), so it holds before the
+    process group exists too, and a job script that exports RANK for another tool silences nothing."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    return os.environ.get("RANK", "0") == "0" or os.environ.get("GROUP_RANK", "0") != "0"
 
 
 def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "; ", lead: str = " ") -> str:

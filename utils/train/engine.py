@@ -407,14 +407,16 @@ def run_cli(args: argparse.Namespace) -> int:
     return run_main(main, args, debug=debug, quiet=None if said_by_this_rank() else met_by_every_rank)
 
 
-# Failures every torchrun rank meets alike: the flags, the checkpoint chosen, the output folder's lock, a
-# non-finite loss (the ranks check their mean). The data found at the start is marked so by build_dataset.
+# Failures every torchrun rank of one machine meets alike: the flags, the checkpoint chosen, the output folder's
+# lock, a non-finite loss (the ranks check their mean). The data found at the start is marked so by
+# build_dataset; a failure of one rank alone sets ``met_by_every_rank = False`` where it is raised.
 SAME_ON_EVERY_RANK = (UsageError, CheckpointError, OutputFolderBusy, NonFiniteLossError)
 
 
 def met_by_every_rank(exc: BaseException) -> bool:
-    """Whether ``exc`` is a failure every rank meets alike, which rank 0's error line says for all (the other
-    ranks exit with the same status and print nothing). Any other failure (an image one rank's loader could
-    not read, a rank's own device) is said by the rank that met it."""
-    return isinstance(exc, SAME_ON_EVERY_RANK) or getattr(exc, "met_by_every_rank", False)
+    """Whether ``exc`` is a failure every rank on rank 0's machine meets alike, which rank 0's error line says
+    for all (those ranks exit with the same status and print nothing; :func:`utils.errors.said_by_this_rank`
+    picks them). Any other failure (an image one rank's loader could not read, a checkpoint one rank cannot
+    see, a rank's own memory) is said by the rank that met it."""
+    return bool(getattr(exc, "met_by_every_rank", isinstance(exc, SAME_ON_EVERY_RANK)))
 

@@ -138,10 +138,14 @@ def where_to_start(args: argparse.Namespace, console: Console, info: DistInfo = 
             raise CheckpointError("rank 0 could not choose the checkpoint to start from (its error says why)")
         if not chosen:
             return None, None
-        if not Path(chosen).is_file():
-            raise CheckpointError(f"rank {info.rank} cannot see {chosen}, the checkpoint rank 0 resumes: keep "
-                                  f"--output-dir (and --resume) on a file system every node shares")
-        return Path(chosen), read_checkpoint(chosen)
+        try:
+            if not Path(chosen).is_file():
+                raise CheckpointError(f"rank {info.rank} cannot see {chosen}, the checkpoint rank 0 resumes: keep "
+                                      f"--output-dir (and --resume) on a file system every node shares")
+            return Path(chosen), read_checkpoint(chosen)
+        except CheckpointError as exc:  # this rank's view of the file, not rank 0's: it says so itself
+            exc.met_by_every_rank = False
+            raise
     try:
         path, obj = _choose_start(args, console)
     except BaseException:
@@ -194,8 +198,9 @@ def build_dataset(args: argparse.Namespace, seed: int, console: Console) -> Mixe
             skip_bad=args.skip_bad_files, check=args.check_images, log=console,
             progress=lambda it, n: progress(it, n, "checking images", enabled=console.enabled),
             repeats=parse_repeats(args.repeat), strict_ids=args.strict_ids)
-    except UserError as exc:  # every rank scans the same folders: rank 0's error line says it for all
-        exc.met_by_every_rank = True
+    except UserError as exc:  # the ranks of one machine scan the same folders: rank 0's error line says it for all
+        if not hasattr(exc, "met_by_every_rank"):  # but an epoch too large for this rank's memory is its own
+            exc.met_by_every_rank = True
         raise
     console("=> training data (one epoch):")
     for line in dataset.report():
