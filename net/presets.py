@@ -181,19 +181,27 @@ def model_config(preset: str = "paper", source: str | None = None, *, backbone: 
     return check_model_config(cfg, source, backbone)
 
 
-def flags_for(cfg: Mapping[str, Any], backbone: str) -> str:
-    """The command-line flags that build ``backbone`` with ``cfg`` (a checkpoint's ``model_config``): its
-    ``--preset`` where one matches, else the paper preset with the model flags that differ."""
+MODEL_FLAGS = ("dim", "num_blocks", "num_refinement_blocks", "heads")  # the configuration keys flags change
+
+
+def flags_for(cfg: Mapping[str, Any], backbone: str) -> str | None:
+    """The command-line flags that build ``backbone`` with ``cfg`` (a checkpoint's ``model_config``): the
+    ``--preset`` that needs fewest of the model flags (:data:`MODEL_FLAGS`) besides; None when no preset and
+    flags build it (another prompt width, FFN factor or bias)."""
     def as_lists(c: Mapping[str, Any]) -> dict:
         return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in c.items()}
-    have = as_lists(cfg)
+    have, best = as_lists(cfg), None
     for name in PRESETS:
-        if as_lists(model_config(name, backbone=backbone)) == have:
-            return f"--backbone {backbone} --preset {name}"
-    paper = as_lists(model_config("paper", backbone=backbone))
-    flags = [f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
-             for k, v in have.items() if k in paper and paper[k] != v]
-    return " ".join([f"--backbone {backbone} --preset paper", *flags])
+        preset = as_lists(model_config(name, backbone=backbone))
+        differ = [k for k in preset.keys() | have.keys() if preset.get(k) != have.get(k)]
+        if all(k in MODEL_FLAGS for k in differ) and (best is None or len(differ) < len(best[1])):
+            best = (name, sorted(differ, key=MODEL_FLAGS.index))
+    if best is None:
+        return None
+    name, differ = best
+    flags = [f"--{k.replace('_', '-')} " + (" ".join(map(str, have[k])) if isinstance(have[k], list) else str(have[k]))
+             for k in differ]
+    return " ".join([f"--backbone {backbone} --preset {name}", *flags])
 
 
 def build_model(backbone: str = "BaryNet", preset: str = "paper", **overrides) -> nn.Module:

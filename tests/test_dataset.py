@@ -518,6 +518,9 @@ def test_an_image_gone_mid_epoch_is_named_with_both_ways_on(tmp_path):
         ds[0]
     assert str(err.value) == (f"image not found: {gone}: put it back, or leave such files out: --skip-bad-files "
                               f"(with --resume auto to go on from the newest checkpoint)")
+    gone.write_bytes(b"not an image")  # any other problem keeps its own fix, then the way on
+    with pytest.raises(ImageReadError, match=r"Replace or remove it\. Or leave such files out: --skip-bad-files"):
+        ds[0]
 
 
 def test_an_epoch_too_large_to_list_is_refused_naming_repeat():

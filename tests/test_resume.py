@@ -277,10 +277,12 @@ def test_a_pretrained_file_of_another_network_names_the_flags_it_records(data, t
     torch.save({"model": build_model("BaryNet", "tiny", dim=24).state_dict(), "backbone": "BaryNet",
                 "model_config": model_config("tiny", dim=24)}, path)
     with pytest.raises(CheckpointError, match=r"does not fit BaryNet .* The file records its network: --backbone "
-                                              r"BaryNet --preset paper --dim 24 --num-blocks 1 1 1 2 "):
+                                              r"BaryNet --preset tiny --dim 24$"):
         run(data, tmp_path, "--nEpochs", "1", "--pretrained", str(path), iters=1)
     assert flags_for(model_config("paper"), "BaryNet") == "--backbone BaryNet --preset paper"
-    assert flags_for(model_config("tiny", backbone="PromptIR"), "PromptIR") == "--backbone PromptIR --preset tiny"
+    assert flags_for(model_config("tiny", backbone="PromptIR", dim=24), "PromptIR") == \
+        "--backbone PromptIR --preset tiny --dim 24"  # not --preset paper with a --prompt-dims flag there is none of
+    assert flags_for(model_config("tiny", ffn_expansion_factor=2.0), "BaryNet") is None  # no flag sets it
 
 
 def test_resume_from_a_folder_continues_its_newest_checkpoint(data, straight, tmp_path, capsys):

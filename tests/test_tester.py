@@ -1202,3 +1202,4 @@ def test_a_mistyped_noise_level_is_named_before_anything_is_looked_for(task, tmp
         tester_bary.main(tester_bary.get_args_parser().parse_args(["--tasks", "derain", task]))
     assert str(err.value).startswith(f"--tasks: {task!r} is not a denoising task") and "denoise_25" in str(err.value)
     assert list(tmp_path.iterdir()) == []
+    assert tasks_module.task_layout("denoise_15_real").folder == "denoise_15_real"  # a folder of the user's own

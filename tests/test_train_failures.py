@@ -363,6 +363,15 @@ def test_the_loss_figure_never_replaces_a_file_it_did_not_draw(tmp_path, capsys)
     said = capsys.readouterr().out
     assert said.count(f"is the loss figure of the run in {run}: this run's is {figs / 'train_losses_other.png'}") == 1
     assert "moved" not in said
+    twin = tmp_path / "x" / "other"  # another folder of that name (the default --name): a name of its own too
+    twin.mkdir(parents=True)
+    (twin / "log.jsonl").write_text(log.read_text())
+    for _ in range(2):
+        drawn_at = draw_loss_figure(twin / "log.jsonl", figs / "train_losses.png", Console())
+        assert draw_loss_figure(other / "log.jsonl", figs / "train_losses.png", Console()) == \
+            figs / "train_losses_other.png"
+    assert drawn_at.name.startswith("train_losses_other_") and drawn_at.suffix == ".png"
+    assert len(list(figs.glob("figure.before-*"))) == 1 and "moved" not in capsys.readouterr().out
     start("2026-11-30T11:00:00.000001+00:00")  # a fresh run in the first folder: the earlier run's figure goes aside
     draw_loss_figure(log, figs / "train_losses.png", Console())
     assert sorted(p.read_bytes() == drawn for p in figs.glob("figure.before-*/train_losses.png")) == [False, True]

@@ -202,8 +202,8 @@ class MixedDegradationDataset(Dataset):
             try:
                 return self._load(index)
             except ImageReadError as exc:  # met mid-epoch: the way on, beside the file's own fix (if it gives one)
-                text = str(exc)
-                lead = f"{text} Or" if text.endswith(".") else f"{text}: put it back, or"  # "image not found: x"
+                text = str(exc).rstrip(".")
+                lead = f"{text}: put it back, or" if text.startswith("image not found:") else f"{text}. Or"
                 raise ImageReadError(f"{lead} leave such files out: --skip-bad-files (with --resume auto to go on "
                                      f"from the newest checkpoint)") from exc
         for step in range(len(self.samples)):

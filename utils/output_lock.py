@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import time
 from pathlib import Path
 
 from utils.errors import UserError
@@ -39,6 +40,7 @@ class OutputLock:
         self._made = not self.folder.exists()
         check_writable_folder(self.folder, self.flag, fix=self.fix)
         path = self.folder / LOCK_NAME
+        attempts_left = 5
         while True:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -58,6 +60,10 @@ class OutputLock:
                 self._made = not self.folder.exists()
                 self.folder.mkdir(parents=True, exist_ok=True)
             except BlockingIOError:
+                if attempts_left := attempts_left - 1:  # a --dry-run's look at the lock holds it an instant
+                    os.close(fd)
+                    time.sleep(0.05)
+                    continue
                 busy = self._busy(fd)
                 os.close(fd)
                 raise busy from None

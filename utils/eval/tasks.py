@@ -64,7 +64,7 @@ def task_layout(task: str) -> PairedLayout | DenoiseLayout:
         return DenoiseLayout(int(m.group(1)))
     if task in PAIRED_TASKS:
         return PAIRED_TASKS[task]
-    if task == "denoise" or re.match(r"^denoise_[-+.\d]", task):  # a mistyped noise level, not a folder name
+    if re.fullmatch(r"denoise(_[-+]?[\d.]*)?", task):  # a mistyped noise level (denoise_15_real is a folder name)
         raise ValueError(f"--tasks: {task!r} is not a denoising task: denoising is denoise_<sigma> with a whole "
                          f"sigma >= 0 on the 0-255 scale, e.g. denoise_15, denoise_25 or denoise_50")
     if not re.match(r"^[A-Za-z0-9][\w.-]*$", task):

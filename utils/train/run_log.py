@@ -3,6 +3,7 @@ figure, progress bars and console messages. Only rank 0 writes (``enabled=False`
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import statistics
@@ -303,6 +304,10 @@ def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> Path:
         other_folder = _source_folder(other)
         if other != source and other_folder is not None and other_folder != folder:
             own = fig_path.with_name(f"{fig_path.stem}_{folder.name}{fig_path.suffix}")
+            there = _source_folder(_figure_source(own)) if own.exists() or own.is_symlink() else None
+            if there is not None and there != folder:  # run folders of one name (the default --name) elsewhere
+                tag = hashlib.sha256(str(folder).encode()).hexdigest()[:8]
+                own = fig_path.with_name(f"{fig_path.stem}_{folder.name}_{tag}{fig_path.suffix}")
             if not own.exists() and not own.is_symlink():
                 console(f"=> {fig_path} is the loss figure of the run in {other_folder}: this run's is {own}")
             fig_path = own

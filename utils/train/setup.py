@@ -373,9 +373,10 @@ def recorded_network(obj: Any) -> str:
             obj.get("backbone") not in BACKBONES:
         return ""
     try:
-        return f" The file records its network: {flags_for(obj['model_config'], obj['backbone'])}"
+        flags = flags_for(obj["model_config"], obj["backbone"])
     except (ValueError, TypeError):  # a configuration this version cannot build: nothing to name
         return ""
+    return f" The file records its network: {flags}" if flags else ""
 
 
 def memory_need(args, k: int, info: DistInfo, batch: int | None = None) -> TrainingNeed:

@@ -93,10 +93,11 @@ def stop_with_the_launcher() -> bool:
     here: each rank's handler ran twice, up to a second apart): with SIGTERM as the signal,
     :class:`StopRequest` took the repeat for a second request and aborted without a checkpoint. Hence a
     signal of its own, :data:`LAUNCHER_DIED`, whose repeats ask once. The process sets it on itself
-    (torchrun takes no ``preexec_fn``), so call this first thing in a script: a torchrun that died before
+    (torchrun takes no ``preexec_fn``), so call this first thing in a script: a torchrun that dies during
     the call is seen by the parent having changed, and the process then stops as the signal would have
-    stopped it. Only a death in the instant between the process's start and the call goes unseen (that
-    rank then fails when its rendezvous times out).
+    stopped it. One that died earlier, while the interpreter started, goes unseen (the parent is then init
+    or a subreaper, which a torchrun that is a container's first process also is): that rank fails when its
+    rendezvous times out.
     """
     if LAUNCHER_DIED is None or "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
         return False  # torchrun's agent names its run in every rank's environment
@@ -108,8 +109,8 @@ def stop_with_the_launcher() -> bool:
             return False
     except (OSError, AttributeError):  # no prctl in this C library
         return False
-    if os.getppid() != parent:  # torchrun died before the kernel was asked
-        os.kill(os.getpid(), LAUNCHER_DIED)
+    if os.getppid() != parent:  # torchrun died between the two looks (parent 1 alone proves nothing: torchrun
+        os.kill(os.getpid(), LAUNCHER_DIED)  # may be a container's first process)
     return True
 
 
