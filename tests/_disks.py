@@ -3,6 +3,22 @@ import builtins
 import errno
 
 
+class FileWrapper:
+    """A file object that stands in for ``fh``: what a subclass does not override goes to ``fh``."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
 class FillingDisk:
     """A disk that fills up in the middle of a record: writing one that holds ``marker`` lands its first ``room``
     bytes and then fails with ENOSPC, through ``os.write`` and through a file object alike."""
@@ -21,25 +37,13 @@ class FillingDisk:
                 raise disk.error
             return real_write(fd, data)
 
-        class Filling:
-            def __init__(self, fh):
-                self.fh = fh
-
+        class Filling(FileWrapper):
             def write(self, data):
                 if holds(data):
                     self.fh.write(data[:disk.room])
                     self.fh.flush()
                     raise disk.error
                 return self.fh.write(data)
-
-            def __getattr__(self, name):
-                return getattr(self.fh, name)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                self.fh.close()
 
         monkeypatch.setattr(module.os, "write", write)
         monkeypatch.setattr(module, "open", lambda *a, **k: Filling(real_open(*a, **k)), raising=False)

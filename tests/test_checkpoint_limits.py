@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _disks import FileWrapper
 
 from net.presets import build_model, model_config
 from utils.checkpoints import (
@@ -307,22 +308,10 @@ def test_disk_full_is_one_clear_error_and_keeps_the_old_checkpoint(tmp_path, mon
     # The disk fills up during the write (the free space was already taken by someone else).
     real_fdopen = os.fdopen
 
-    class Filling:
-        def __init__(self, fh):
-            self.fh = fh
-
+    class Filling(FileWrapper):
         def write(self, data):
             self.fh.write(bytes(data)[:10])
             raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
 
     monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Filling(real_fdopen(fd, *a, **k)))
     with pytest.raises(DiskFullError, match=rf"disk full: writing epoch_001.pth to {where} needs [\d.]+ KiB"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _disks import FileWrapper
 from PIL import Image
 from skimage import data
 
@@ -694,19 +695,7 @@ def test_an_image_without_read_permission_is_a_bad_file(checkpoint, tmp_path, mo
     deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png", "c.png"], ["a.png", "b.png", "c.png"])
     real_open = open
 
-    class BodyDenied:  # the header reads; the body does not (chmod does not stop root, who runs the suite in CI)
-        def __init__(self, fh):
-            self.fh = fh
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
+    class BodyDenied(FileWrapper):  # the header reads; the body does not (chmod does not stop root, who runs CI)
         def read(self, size=-1):
             if size is None or size < 0:
                 raise PermissionError(13, "Permission denied", str(deg / "b.png"))
