@@ -149,6 +149,50 @@ def test_sigterm_mid_epoch_then_resume_is_exact(data, tmp_path):
     assert steps == list(range(1, iters + 1))  # every iteration once, none repeated after the resume
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP is POSIX's")
+def test_a_closed_terminal_stops_the_run_with_a_checkpoint(data, tmp_path):
+    """An ssh session that dropped (SIGHUP to the trainer and its loader workers, and a terminal that fails every
+    write) ended the run at once: the iterations since the last checkpoint were lost."""
+    import pty
+    import threading
+    out = tmp_path / "hup"
+    cmd = [sys.executable, str(REPO / "trainer_bary.py"), *train_flags(data, out), "--nEpochs", "1",
+           "--iters-per-epoch", "400", "--workers", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    terminal, its_end = pty.openpty()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=its_end, stderr=its_end,
+                            start_new_session=True)
+    os.close(its_end)
+
+    def drain():  # what a terminal shows; it stops when the terminal closes
+        try:
+            while os.read(terminal, 4096):
+                pass
+        except OSError:
+            pass
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    log = out / "ckpt" / "log.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if log.is_file() and log.read_text().count('"kind": "iter"') >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before its terminal closed"
+        os.close(terminal)  # the terminal hangs up: writes to it fail from now on
+        os.killpg(proc.pid, signal.SIGHUP)  # what the kernel sends the session's processes then
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0
+    [saved] = list_checkpoints(out / "ckpt")
+    assert saved.name.startswith("iter_e001_i") and read_checkpoint(saved)["iteration"] >= 2
+
+
 FAST = ("--compile", "default", "--compile-backend", "eager")  # the fast path's wiring, traced without kernels
 
 

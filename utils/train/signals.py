@@ -1,4 +1,4 @@
-"""Stopping a training run politely: SIGTERM/SIGINT set a flag the loop reads after each iteration
+"""Stopping a training run politely: SIGTERM/SIGINT/SIGHUP set a flag the loop reads after each iteration
 (:class:`StopRequest`; a second Ctrl-C aborts), and so does the death of the torchrun that started the
 process (:func:`stop_with_the_launcher`); loader workers leave the signals to the main process, and their
 processes are ended when a run fails. Standard library only: the scripts call
@@ -20,8 +20,27 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LAUNCHER_DIED: int | None = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") else None
 
 
+HANGUP: int | None = getattr(signal, "SIGHUP", None)  # a closed terminal (POSIX)
+
+
+def leave_the_hung_up_terminal() -> None:
+    """Point standard output and error, where they are a terminal, at /dev/null: after a hang-up every write to
+    the terminal fails (EIO), and the first progress line would end the run before its checkpoint."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            try:
+                if os.isatty(fd):
+                    os.dup2(devnull, fd)
+            except OSError:  # a descriptor already closed: nothing to write to either
+                continue
+    finally:
+        os.close(devnull)
+
+
 class StopRequest:
-    """SIGTERM/SIGINT set a flag the loop reads after each iteration; a second Ctrl-C (SIGINT) aborts. SIGTERM
+    """SIGTERM/SIGINT/SIGHUP set a flag the loop reads after each iteration; a second Ctrl-C (SIGINT) aborts.
+    SIGHUP (the terminal closed) first points output that went to the terminal at /dev/null. SIGTERM, SIGHUP
     and the death of torchrun (:data:`LAUNCHER_DIED`) set it however often they come and never abort: a
     scheduler that signals every process of a job (Slurm's scancel, systemd's cgroup stop) reaches a rank twice,
     directly and through torchrun, which passes its own on, and that must not lose the checkpoint."""
@@ -33,12 +52,14 @@ class StopRequest:
 
     def install(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT, LAUNCHER_DIED):
+            for s in (signal.SIGTERM, signal.SIGINT, HANGUP, LAUNCHER_DIED):
                 if s is not None:
                     self._old[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
+        if signum == HANGUP:  # the terminal is gone (an ssh session dropped): writing to it would now fail
+            leave_the_hung_up_terminal()
         if self.requested and signum == signal.SIGINT:  # Ctrl-C again: stop now, without a checkpoint
             self.restore()
             raise KeyboardInterrupt
@@ -115,10 +136,11 @@ def stop_with_the_launcher() -> bool:
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave SIGTERM/SIGINT to the main process, which finishes the iteration
+    """Loader workers leave SIGTERM/SIGINT/SIGHUP to the main process, which finishes the iteration
     (it may still need their batch), saves, and shuts them down."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in (signal.SIGTERM, signal.SIGINT, HANGUP):
+        if s is not None:
+            signal.signal(s, signal.SIG_IGN)
 
 
 def stop_loader_workers(timeout: float = 5.0) -> None:
