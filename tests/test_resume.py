@@ -109,6 +109,16 @@ def test_resume_between_epochs_is_exact(data, straight, tmp_path):
     assert_same_training_state(final_state(tmp_path), final_state(straight))
 
 
+def wait_for_iterations(proc: subprocess.Popen, log: Path, count: int = 2, timeout: float = 120) -> None:
+    """Wait until the trainer ``proc`` has logged ``count`` iterations in ``log`` (which also holds a "run" record
+    per start), it has ended, or ``timeout`` s have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and log.read_text().count('"kind": "iter"') >= count:
+            return
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_is_exact(data, tmp_path):
     iters = 24
@@ -122,12 +132,7 @@ def test_sigterm_mid_epoch_then_resume_is_exact(data, tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = out / "ckpt" / "log.jsonl"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            # two iterations logged (the log also holds a "run" record per start)
-            if log.is_file() and log.read_text().count('"kind": "iter"') >= 2:
-                break
-            time.sleep(0.02)
+        wait_for_iterations(proc, log)
         assert proc.poll() is None, "the run ended before it could be signalled:\n" + proc.communicate()[0]
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
@@ -175,11 +180,7 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint(data, tmp_path):
     reader.start()
     log = out / "ckpt" / "log.jsonl"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if log.is_file() and log.read_text().count('"kind": "iter"') >= 2:
-                break
-            time.sleep(0.02)
+        wait_for_iterations(proc, log)
         assert proc.poll() is None, "the run ended before its terminal closed"
         os.close(terminal)  # the terminal hangs up: writes to it fail from now on
         os.killpg(proc.pid, signal.SIGHUP)  # what the kernel sends the session's processes then

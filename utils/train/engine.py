@@ -398,10 +398,11 @@ def run_cli(args: argparse.Namespace) -> int:
     :func:`tune_cpu_allocator`."""
     debug = getattr(args, "debug", False)
     if getattr(args, "check_data", False):  # the data doctor, before any device or process group is set up
-        if not said_by_this_rank():  # every rank would print the same report
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                return run_main(trainer_check, args, debug=debug)
-        return run_main(trainer_check, args, debug=debug)
+        with contextlib.ExitStack() as quiet:
+            if not said_by_this_rank():  # every rank would print the same report
+                quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+                quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+            return run_main(trainer_check, args, debug=debug)
     if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
         tune_cpu_allocator()
     return run_main(main, args, debug=debug, quiet=None if said_by_this_rank() else met_by_every_rank)

@@ -63,12 +63,12 @@ class JsonlLog:
 
 
 def append_lines(path: Path, data: bytes, end_open_line: bool = False, unit: str = "line",
-                 left_torn: str = "") -> None:
+                 left_torn: str = "", durable: bool = False) -> None:
     """Append ``data`` (whole lines) to ``path`` in unbuffered writes; a write that fails part-way is cut back off,
     so the file still ends at its last complete line, and a full disk (or quota) is a
     :class:`~utils.files.DiskFullError` naming the file and its folder. ``end_open_line``: first end a last line
     that has no newline. ``unit``: what the file's lines are, in the error; ``left_torn``: what the error adds
-    when not even the cut-back worked."""
+    when not even the cut-back worked. ``durable``: on the disk (fsync) before it returns."""
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         end = os.lseek(fd, 0, os.SEEK_END)
@@ -89,6 +89,8 @@ def append_lines(path: Path, data: bytes, end_open_line: bool = False, unit: str
                         f"{path.name} ends in part of a {unit}{left_torn}")
                 raise disk_full(path, len(data), kept) from exc
             raise
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -160,9 +162,7 @@ def rewind_log(path: str | os.PathLike, global_step: int) -> int:
         (moved if past else kept).append(line if line.endswith("\n") else line + "\n")
     if not moved:
         return 0
-    append_lines(discarded_log(path), "".join(moved).encode(), end_open_line=True)
-    with open(discarded_log(path), "rb") as fh:
-        os.fsync(fh.fileno())
+    append_lines(discarded_log(path), "".join(moved).encode(), end_open_line=True, durable=True)
     atomic_write(path, lambda fh: fh.write("".join(kept).encode()))
     return len(moved)
 
@@ -304,7 +304,7 @@ def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> Path:
         other_folder = _source_folder(other)
         if other != source and other_folder is not None and other_folder != folder:
             own = fig_path.with_name(f"{fig_path.stem}_{folder.name}{fig_path.suffix}")
-            there = _source_folder(_figure_source(own)) if own.exists() or own.is_symlink() else None
+            there = _source_folder(_figure_source(own))  # None: no file there, or none a run drew
             if there is not None and there != folder:  # run folders of one name (the default --name) elsewhere
                 tag = hashlib.sha256(str(folder).encode()).hexdigest()[:8]
                 own = fig_path.with_name(f"{fig_path.stem}_{folder.name}_{tag}{fig_path.suffix}")
