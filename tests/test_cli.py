@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 import tester_bary
 from utils.cli import kebab
 from utils.demo import run as demo
+from utils.errors import PIPE_CLOSED_STATUS
 from utils.train import options as train_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,3 +190,25 @@ def test_under_torchrun_only_rank_0_says_what_every_rank_meets_alike(tmp_path, m
     assert capsys.readouterr().err
     from utils.data.image_io import ImageReadError
     assert not engine.met_by_every_rank(ImageReadError("one rank's loader could not read x.png"))
+
+
+def test_output_to_a_pipe_whose_reader_went_ends_quietly(tmp_path):
+    """``tester_bary.py ... | head``: the first write after head has gone raised BrokenPipeError, a traceback
+    (and Python's "Exception ignored" at exit). A script now ends at once, quietly, with the shell's status
+    for a write to a closed pipe."""
+    code = textwrap.dedent("""
+        import sys
+        from utils.errors import run_main
+        def main(_):
+            sys.stdin.read()  # until the test has closed the pipe's far end
+            for i in range(3):
+                print("line", i, flush=True)
+            raise AssertionError("the output went nowhere and the script went on")
+        sys.exit(run_main(main, None))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == PIPE_CLOSED_STATUS
+    assert proc.stderr.read() == ""

@@ -194,6 +194,34 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint(data, tmp_path):
     assert saved.name.startswith("iter_e001_i") and read_checkpoint(saved)["iteration"] >= 2
 
 
+@pytest.mark.slow
+def test_an_output_pipe_whose_reader_went_stops_the_run_with_a_checkpoint(data, tmp_path):
+    """``trainer_bary.py ... | tee run.txt`` and Ctrl-C: tee ends at once, the trainer finishes its iteration, and
+    its next line to the pipe raised BrokenPipeError: a traceback, and no checkpoint of the iterations done."""
+    out = tmp_path / "piped"
+    cmd = [sys.executable, str(REPO / "trainer_bary.py"), *train_flags(data, out), "--nEpochs", "1",
+           "--iters-per-epoch", "400"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=stderr)
+    log = out / "ckpt" / "log.jsonl"
+    try:
+        wait_for_iterations(proc, log)
+        assert proc.poll() is None, "the run ended before its reader went"
+        proc.stdout.close()  # tee is gone: the trainer's next flush to the pipe fails
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, errors.read_text()
+    assert errors.read_text() == ""  # no traceback, and nothing about the pipe on a terminal that may be gone
+    [saved] = list_checkpoints(out / "ckpt")
+    assert saved.name.startswith("iter_e001_i") and read_checkpoint(saved)["iteration"] >= 2
+
+
 FAST = ("--compile", "default", "--compile-backend", "eager")  # the fast path's wiring, traced without kernels
 
 

@@ -7,6 +7,7 @@
 * :func:`stopped_while_starting`: Ctrl-C while a script imports torch is one line too.
 * :func:`run_main`: how both scripts end: one ``error:`` line and a non-zero exit status, the traceback
   only with ``--debug``.
+* :class:`OutputGuard`: standard output or error whose pipe's reader has gone ends the script quietly.
 * :class:`OneLineArgumentParser`: a bad flag is one ``error:`` line too.
 * :func:`listing`: long lists cut to a readable length; :func:`human_bytes`: sizes as people read them.
 """
@@ -18,10 +19,11 @@ import errno
 import os
 import re
 import sys
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TextIO
 
 LIST_LIMIT = 10
 INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
+PIPE_CLOSED_STATUS = 141  # the shell's status for a process ended by writing to a pipe nobody reads (128 + SIGPIPE)
 
 
 class UserError(Exception):
@@ -35,6 +37,60 @@ class UserError(Exception):
 class UsageError(UserError):
     """Flags that cannot work (alone, together, or on this machine): exit status 2, as argparse's errors."""
     exit_status = 2
+
+
+class OutputClosed(BrokenPipeError):
+    """Standard output or error went to a pipe whose reader has gone: nothing more can be said, and the script
+    ends quietly with :data:`PIPE_CLOSED_STATUS`, as a program that writes to a closed pipe does."""
+
+
+def point_at_devnull(fd: int) -> None:
+    """Make ``fd`` write to /dev/null from now on; a descriptor already closed is left so."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
+
+
+class OutputGuard:
+    """``stream`` (``sys.stdout``, ``sys.stderr``), whose reader may go away (``| head``; ``| tee run.txt``,
+    whose ``tee`` Ctrl-C ends at once while a trainer finishes its iteration). On a broken pipe the stream's
+    descriptor is pointed at /dev/null (the text still buffered goes there too) and ``gone()`` is called, once:
+    :func:`run_main`'s raises :class:`OutputClosed`, a trainer's asks for a stop with a checkpoint
+    (:class:`utils.train.signals.StopRequest`). Every other attribute is the stream's."""
+
+    def __init__(self, stream: TextIO, gone: Callable[[], None]):
+        self.stream = stream
+        self._gone = gone
+        self._broken = False
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self._lost()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._lost()
+
+    def _lost(self) -> None:
+        try:
+            point_at_devnull(self.stream.fileno())
+        except (OSError, ValueError):  # no descriptor (a stream in memory): nothing to point elsewhere
+            pass
+        if not self._broken:
+            self._broken = True
+            self._gone()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -162,12 +218,18 @@ def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,
     """``main(args)``'s exit status (0 when it returns nothing); a failure the user can act on becomes
     one ``error:`` line on stderr and its exit status. With ``debug`` every failure keeps its traceback;
     a failure that is not the user's (a bug) always does. A failure ``quiet`` holds true for only sets the
-    exit status: another process says it (torchrun's rank 0, of a failure every rank meets alike)."""
+    exit status: another process says it (torchrun's rank 0, of a failure every rank meets alike). Output
+    whose pipe's reader has gone (:class:`OutputGuard`) ends it quietly, with :data:`PIPE_CLOSED_STATUS`."""
+    streams = {name: getattr(sys, name) for name in ("stdout", "stderr") if getattr(sys, name) is not None}
+    for name, stream in streams.items():
+        setattr(sys, name, OutputGuard(stream, _output_closed))
     try:
         status = main(args)
     except SystemExit:
         raise
     except BaseException as exc:
+        if any(isinstance(e, OutputClosed) for e in exception_chain(exc)):
+            return PIPE_CLOSED_STATUS
         found = None if debug else failure_message(exc)
         if found is None:
             raise
@@ -175,6 +237,16 @@ def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,
         if quiet is not None and quiet(exc):
             return status
         one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())  # a library's text too
-        print(f"error: {one_line}", file=sys.stderr)
+        try:
+            print(f"error: {one_line}", file=sys.stderr)
+        except OutputClosed:
+            return PIPE_CLOSED_STATUS
         return status
+    finally:
+        for name, stream in streams.items():
+            setattr(sys, name, stream)
     return status if isinstance(status, int) else 0
+
+
+def _output_closed() -> None:
+    raise OutputClosed("the output's reader has gone")

@@ -1,6 +1,7 @@
 """Stopping a training run politely: SIGTERM/SIGINT/SIGHUP set a flag the loop reads after each iteration
-(:class:`StopRequest`; a second Ctrl-C aborts), and so does the death of the torchrun that started the
-process (:func:`stop_with_the_launcher`); loader workers leave the signals to the main process, and their
+(:class:`StopRequest`; a second Ctrl-C aborts), and so do an output pipe whose reader has gone
+(:class:`utils.errors.OutputGuard`) and the death of the torchrun that started the process
+(:func:`stop_with_the_launcher`); loader workers leave the signals to the main process, and their
 processes are ended when a run fails. Standard library only: the scripts call
 :func:`stop_with_the_launcher` before they import torch.
 """
@@ -12,7 +13,9 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, TextIO
+
+from utils.errors import OutputGuard, point_at_devnull
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # The signal the kernel sends a rank when its torchrun dies (Linux); its default action ends the process
@@ -26,36 +29,45 @@ HANGUP: int | None = getattr(signal, "SIGHUP", None)  # a closed terminal (POSIX
 def leave_the_hung_up_terminal() -> None:
     """Point standard output and error, where they are a terminal, at /dev/null: after a hang-up every write to
     the terminal fails (EIO), and the first progress line would end the run before its checkpoint."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in (1, 2):
-            try:
-                if os.isatty(fd):
-                    os.dup2(devnull, fd)
-            except OSError:  # a descriptor already closed: nothing to write to either
-                continue
-    finally:
-        os.close(devnull)
+    for fd in (1, 2):
+        try:
+            if os.isatty(fd):
+                point_at_devnull(fd)
+        except OSError:  # a descriptor already closed: nothing to write to either
+            continue
 
 
 class StopRequest:
     """SIGTERM/SIGINT/SIGHUP set a flag the loop reads after each iteration; a second Ctrl-C (SIGINT) aborts.
-    SIGHUP (the terminal closed) first points output that went to the terminal at /dev/null. SIGTERM, SIGHUP
-    and the death of torchrun (:data:`LAUNCHER_DIED`) set it however often they come and never abort: a
-    scheduler that signals every process of a job (Slurm's scancel, systemd's cgroup stop) reaches a rank twice,
-    directly and through torchrun, which passes its own on, and that must not lose the checkpoint."""
+    SIGHUP (the terminal closed) first points output that went to the terminal at /dev/null; standard output
+    and error whose pipe breaks (:class:`utils.errors.OutputGuard`) go there too, and ask as ``SIGPIPE``.
+    SIGTERM, SIGHUP, a pipe and the death of torchrun (:data:`LAUNCHER_DIED`) set it however often they come
+    and never abort: a scheduler that signals every process of a job (Slurm's scancel, systemd's cgroup stop)
+    reaches a rank twice, directly and through torchrun, which passes its own on, and that must not lose the
+    checkpoint."""
 
     def __init__(self):
         self.requested = False
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
+        self._streams: dict[str, TextIO] = {}
 
     def install(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGTERM, signal.SIGINT, HANGUP, LAUNCHER_DIED):
                 if s is not None:
                     self._old[s] = signal.signal(s, self._handle)
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if stream is not None:
+                self._streams[name] = stream
+                setattr(sys, name, OutputGuard(stream, self._pipe_broke))  # over run_main's, which would end the run
         return self
+
+    def _pipe_broke(self) -> None:
+        if not self.requested:
+            self.requested = True
+            self.signum = getattr(signal, "SIGPIPE", None)
 
     def _handle(self, signum, frame) -> None:
         if signum == HANGUP:  # the terminal is gone (an ssh session dropped): writing to it would now fail
@@ -71,6 +83,10 @@ class StopRequest:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old.clear()
+        for name, stream in self._streams.items():
+            if isinstance(getattr(sys, name), OutputGuard):  # the guard this installed, unless replaced since
+                setattr(sys, name, stream)
+        self._streams.clear()
 
 
 def signal_names(signums: list[int]) -> str:
