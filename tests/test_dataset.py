@@ -530,4 +530,14 @@ def test_an_epoch_too_large_to_list_is_refused_naming_repeat():
     with pytest.raises(du.DatasetError, match=r"^an epoch of 300,000,051 samples is listed in memory, about 13.4 GiB, "
                                               r"more than half of the 16.0 GiB free on this machine: lower --repeat "
                                               r"derain=100000000 \(the paper's 3D epoch is 215,295 samples\)$"):
-        du.check_epoch_fits(300_000_051, {"derain": 100_000_000}, free=16 * 2**30)
+        du.check_epoch_fits(300_000_051, {"derain": 100_000_000}, free=16 * 2**30, copies=1)
+
+
+def test_an_epoch_list_is_counted_once_per_rank_on_the_machine(monkeypatch):
+    """Each of torchrun's ranks lists the epoch: 8 ranks each allowed half of the free memory ran out of it."""
+    du.check_epoch_fits(50_000_000, None, free=16 * 2**30, copies=1)  # 2.2 GiB: fits one process
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    with pytest.raises(du.DatasetError, match=r"^an epoch of 50,000,000 samples is listed in memory by each of the 8 "
+                                              r"ranks on this machine, about 17.9 GiB in all, more than half of the "
+                                              r"16.0 GiB free on this machine: train fewer images"):
+        du.check_epoch_fits(50_000_000, None, free=16 * 2**30)

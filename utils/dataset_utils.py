@@ -99,20 +99,25 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
 LISTED_SAMPLE_BYTES = 48
 
 
-def check_epoch_fits(samples: int, repeats: dict[str, int] | None, free: int | None = None) -> None:
+def check_epoch_fits(samples: int, repeats: dict[str, int] | None, free: int | None = None,
+                     copies: int | None = None) -> None:
     """Refuse an epoch whose list of samples would not fit in half of this machine's free memory (``free``,
     default :func:`utils.memory.host_available`): a huge ``--repeat`` otherwise ended in "out of memory" with
-    advice for other flags."""
+    advice for other flags. Each of torchrun's ranks on this machine lists the epoch (``copies``, default its
+    ``LOCAL_WORLD_SIZE``); loader workers share their rank's list."""
     from utils.memory import host_available
     free = host_available() if free is None else free
-    need = samples * LISTED_SAMPLE_BYTES
+    copies = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if copies is None else copies
+    need = samples * LISTED_SAMPLE_BYTES * copies
     if free is None or need <= free / 2:
         return
     flags = f"lower --repeat {' '.join(f'{k}={v}' for k, v in (repeats or {}).items())}" if repeats else \
         "train fewer images"
-    too_large = DatasetError(f"an epoch of {samples:,} samples is listed in memory, about {human_bytes(need)}, more "
-                             f"than half of the {human_bytes(free)} free on this machine: {flags} (the paper's 3D "
-                             f"epoch is 215,295 samples)")
+    held = f" by each of the {copies} ranks on this machine, about {human_bytes(need)} in all" if copies > 1 else \
+        f", about {human_bytes(need)}"
+    too_large = DatasetError(f"an epoch of {samples:,} samples is listed in memory{held}, more than half of the "
+                             f"{human_bytes(free)} free on this machine: {flags} (the paper's 3D epoch is 215,295 "
+                             f"samples)")
     too_large.met_by_every_rank = False  # judged from this process's view of free memory (torchrun's ranks)
     raise too_large
 
