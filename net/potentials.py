@@ -58,7 +58,7 @@ class Potentials(nn.Module):
         if z.dim() != 4 or z.shape[1] != self.channels or z.shape[-2:] != (side, side):
             raise ValueError(
                 f"Potentials were built for latents of shape (B, {self.channels}, {side}, {side}) "
-                f"(patch size {self.size}); got {tuple(z.shape)}. Train with --patch_size {self.size} "
+                f"(patch size {self.size}); got {tuple(z.shape)}. Train with --patch-size {self.size} "
                 f"or rebuild the Potentials for your patch size.")
 
     def all(self, z: torch.Tensor) -> torch.Tensor:

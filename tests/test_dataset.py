@@ -71,7 +71,7 @@ def test_domains_robust_to_missing_families():
     assert du.domain_of(["lowlight", "derain"]) == {"derain": 0, "lowlight": 1}
     assert du.repeat_factor("denoise_25", ["denoise_15", "denoise_25"]) == 15
     assert du.repeat_factor("denoise_25", DE_3D) == 5
-    with pytest.raises(DatasetError, match="unknown --de_type"):
+    with pytest.raises(DatasetError, match="unknown --de-type"):
         du.check_de_types(["derain", "desnow"])
 
 
@@ -96,7 +96,7 @@ def test_missing_pairs_are_one_error(tmp_path):
     assert msg.startswith("4 training file(s) are missing")  # one rainy, two hazy variants, one blur
     assert "norain-2.png (for rainy/rain-2.png)" in msg
     assert "0001.png (for synthetic/part1/0001_0.8_0.2.png)" in msg and "0001_0.9_0.2.png)" in msg
-    assert f"--deblur_dir={tree['deblur']}: {tree['deblur'] / 'blur' / 'img_0.png'} (for sharp/img_0.png)" in msg
+    assert f"--deblur-dir={tree['deblur']}: {tree['deblur'] / 'blur' / 'img_0.png'} (for sharp/img_0.png)" in msg
     logged = []
     found = du.collect_samples(DE_5D, dirs_of(tree), skip_bad=True, log=logged.append)
     assert any(m.startswith("warning: skipping 4 sample") for m in logged)
@@ -115,13 +115,13 @@ def test_long_missing_list_is_cut_at_20(tmp_path):
 def test_missing_and_empty_folders(tmp_path):
     tree = make_train_tree(tmp_path, n=1)
     dirs = dirs_of(tree)
-    with pytest.raises(DatasetError, match=r"--deblur_dir points at .*Deblur, which does not exist"):
+    with pytest.raises(DatasetError, match=r"--deblur-dir points at .*Deblur, which does not exist"):
         du.collect_samples(["deblur"], dirs, log=lambda m: None)
     (tree["deblur"] / "blur").mkdir(parents=True)
     (tree["deblur"] / "sharp").mkdir(parents=True)
-    with pytest.raises(DatasetError, match=r"no usable deblur training images under --deblur_dir"):
+    with pytest.raises(DatasetError, match=r"no usable deblur training images under --deblur-dir"):
         du.collect_samples(["deblur"], dirs, log=lambda m: None)
-    with pytest.raises(DatasetError, match=r"--lowlight_dir points at"):
+    with pytest.raises(DatasetError, match=r"--lowlight-dir points at"):
         du.collect_samples(["lowlight"], dirs, log=lambda m: None)
 
 
@@ -141,8 +141,8 @@ def test_bad_images_are_named(tmp_path):
     assert "clean_0.png" in msg and "small.png is 40x40 (32x32 after" in msg and "0.png is 48x48 but its target" in msg
     # each file's problem once, then one fix (it read "... Replace or remove it. Replace or remove them, ...")
     assert msg.count("Replace or remove") == 1 and msg.endswith(
-        "Replace or remove them, lower --patch_size, or pass --skip-bad-files.")
-    with pytest.raises(DatasetError) as err:  # no image too small: no --patch_size in the fix
+        "Replace or remove them, lower --patch-size, or pass --skip-bad-files.")
+    with pytest.raises(DatasetError) as err:  # no image too small: no --patch-size in the fix
         du.check_images(found, patch_size=32)
     assert str(err.value).endswith(". Replace or remove them, or pass --skip-bad-files."), str(err.value)
     logged = []
@@ -344,7 +344,7 @@ def test_missing_listed_ids_are_left_out_with_one_warning(tmp_path):
     assert len(warns) == 1
     w = warns[0]
     assert f"2 of the 5 ids in {tree['data_file_dir'] / 'noisy' / 'denoise.txt'} are not under " \
-           f"--denoise_dir={tree['denoise']} (gone_a.png, gone_b.png)" in w
+           f"--denoise-dir={tree['denoise']} (gone_a.png, gone_b.png)" in w
     assert "7 of the 10 ids in" in w and "hazy_outside.txt" in w and "0004_1_0.1.jpg, ... (2 more)" in w
     assert "0005_1_0.1.jpg" not in w and "rainTrain" not in w and "--strict-ids" in w
     assert any("denoise: 3 of the 5 ids listed in" in m for m in logged)
@@ -366,10 +366,10 @@ def test_strict_ids_names_the_missing_ids(tmp_path):
     with pytest.raises(DatasetError) as err:
         du.collect_samples(DE_3D, dirs_of(tree), tree["data_file_dir"], log=lambda m: None, strict_ids=True)
     msg = str(err.value)
-    assert f"8 of the 10 ids in {listed} are not under --derain_dir={tree['derain']}" in msg
+    assert f"8 of the 10 ids in {listed} are not under --derain-dir={tree['derain']}" in msg
     assert "rainy/rain-50.png, rainy/rain-51.png, rainy/rain-52.png, rainy/rain-53.png, rainy/rain-54.png, " \
            "... (3 more)" in msg
-    assert "Put the files there" in msg and "--data_file_dir" in msg and "drop --strict-ids" in msg
+    assert "Put the files there" in msg and "--data-file-dir" in msg and "drop --strict-ids" in msg
     with pytest.raises(DatasetError, match="strict-ids"):
         du.build_train_dataset(DE_3D, dirs_of(tree), 32, data_file_dir=tree["data_file_dir"],
                                log=lambda m: None, strict_ids=True)
@@ -385,7 +385,7 @@ def test_listed_ids_none_on_disk_is_a_wrong_folder_error(tmp_path):
         du.collect_samples(["dehaze"], dirs, tree["data_file_dir"], log=lambda m: None)
     msg = str(err.value)
     assert f"none of the 2 ids listed in {tree['data_file_dir'] / 'hazy' / 'hazy_outside.txt'} exist under " \
-           f"--dehaze_dir={tree['derain']}" in msg and "wrong folder" in msg
+           f"--dehaze-dir={tree['derain']}" in msg and "wrong folder" in msg
 
 
 def test_listed_rainy_image_without_gt_is_a_pairing_error(tmp_path):
@@ -426,7 +426,7 @@ def test_deblur_is_driven_by_sharp(tmp_path):
     assert any(m.startswith("warning: skipping 1 sample") for m in logged)
     assert len(found["deblur"]) == 2
     os.rename(tree["deblur"] / "blur", tree["deblur"] / "blurred")
-    with pytest.raises(DatasetError, match=r"--deblur_dir points at .*, but .*blur does not exist"):
+    with pytest.raises(DatasetError, match=r"--deblur-dir points at .*, but .*blur does not exist"):
         du.collect_samples(["deblur"], dirs_of(tree), log=lambda m: None)
 
 
@@ -488,7 +488,7 @@ def test_an_empty_id_list_says_it_is_empty(tmp_path):
     """An empty list was reported as 'none of the 0 ids listed ... exist', blaming the folder."""
     tree = make_train_tree(tmp_path, n=2, id_lists=True)
     (tree["data_file_dir"] / "rainy" / "rainTrain.txt").write_text("")
-    with pytest.raises(DatasetError, match=r"rainTrain.txt for --derain_dir lists no ids \(an empty file\)"):
+    with pytest.raises(DatasetError, match=r"rainTrain.txt for --derain-dir lists no ids \(an empty file\)"):
         du.collect_samples(["derain"], dirs_of(tree), tree["data_file_dir"], log=lambda m: None)
 
 

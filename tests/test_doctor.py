@@ -100,7 +100,7 @@ def test_complete_training_layout_passes_both_trainers(tmp_path, capsys):
     done = subprocess.run([sys.executable, str(REPO / "trainer_bary_ddp.py"), *flags, "--check-data"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "training data for --de_type derain dehaze deblur denoise_25 lowlight" in done.stdout
+    assert "training data for --de-type derain dehaze deblur denoise_25 lowlight" in done.stdout
     assert not (tmp_path / "run").exists()
 
 
@@ -175,10 +175,10 @@ def test_training_problems_are_named_with_a_fix(tmp_path, capsys):
                  f"{tree['dehaze'] / 'original' / '0001.png'} is cut short",
                  f"{tree['lowlight'] / 'low' / '1.png'} is 48x64 (height x width) but its target "
                  f"{tree['lowlight'] / 'high' / '1.png'} is 64x64",
-                 f"{tree['lowlight'] / 'high' / 'extra.png'} pairs with no degraded image, so --lowlight_dir "
+                 f"{tree['lowlight'] / 'high' / 'extra.png'} pairs with no degraded image, so --lowlight-dir "
                  f"training does not use it. Fix: add its pair at {tree['lowlight'] / 'low' / 'extra.png'}",
                  f"no images in {tree['deblur'] / 'sharp'}/. Fix: put the deblur training images there",
-                 f"{tree['derain'] / 'gt' / 'norain-3.png'} is 20x30, smaller than --patch_size 32"):
+                 f"{tree['derain'] / 'gt' / 'norain-3.png'} is 20x30, smaller than --patch-size 32"):
         assert text in out, text
     assert "rain-3.png is 20x30" not in out.replace("norain-3.png is 20x30", "")  # the degraded one is 64x64
     assert not (tmp_path / "run").exists()

@@ -119,7 +119,7 @@ def test_a_training_run_that_cannot_fit_is_refused_with_the_estimate_and_the_fix
     text = str(err.value)
     assert f"needs about {human_bytes(need.per_process)} per process x 3 processes" in text
     assert "8.0 GiB are free on this machine" in text
-    assert "--preset tiny" in text and "--patch_size" in text and "--nproc_per_node" in text
+    assert "--preset tiny" in text and "--patch-size" in text and "--nproc_per_node" in text
     assert "--no-memory-check" in text
     assert need.parts["activations"] > need.parts["weights, gradients, optimizer"] > 0
 
@@ -131,7 +131,7 @@ def test_the_refusal_names_a_batch_that_fits(monkeypatch):
     one = setup.memory_need(args, 3, DistInfo(), batch=1)
     three = setup.memory_need(args, 3, DistInfo(), batch=3)
     free = three.total - RESIDENT + 1  # batch 3 fits, batch 4 would not
-    with pytest.raises(ConfigError, match=r"--batchSize 3\b"):
+    with pytest.raises(ConfigError, match=r"--batch-size 3\b"):
         _check(args, free, monkeypatch)
     assert one.total < three.total
 
@@ -150,7 +150,7 @@ def test_a_huge_batch_is_refused_at_once_naming_a_batch_that_fits(monkeypatch):
     old = signal.signal(signal.SIGALRM, hung)
     signal.alarm(20)
     try:
-        with pytest.raises(ConfigError, match=r"--batchSize 3\b"):
+        with pytest.raises(ConfigError, match=r"--batch-size 3\b"):
             _check(args, free, monkeypatch)
     finally:
         signal.alarm(0)
@@ -174,7 +174,7 @@ def test_the_batch_that_fits_is_the_one_a_search_finds(batch):
 
 def test_a_patch_too_large_to_size_its_potentials_is_one_error_line():
     """--patch_size 1000000 ended in a traceback: "Storage size calculation overflowed" building the potentials."""
-    with pytest.raises(ConfigError, match=r"^--patch_size 1000000: the potentials' first linear layer .* 128$"):
+    with pytest.raises(ConfigError, match=r"^--patch-size 1000000: the potentials' first linear layer .* 128$"):
         setup.memory_need(_args("--preset", "tiny", "--patch_size", "1000000"), 3, DistInfo())
 
 
@@ -187,7 +187,7 @@ def test_a_run_that_fits_starts_and_prints_its_estimate(monkeypatch):
 def test_no_memory_check_warns_and_goes_on(monkeypatch):
     lines = []
     _check(_args("--preset", "paper", "--no-memory-check"), 2**30, monkeypatch, lines=lines)
-    assert lines[-1].startswith("warning: BaryNet paper (fp32, RMSprop) at --batchSize 4 --patch_size 128 needs")
+    assert lines[-1].startswith("warning: BaryNet paper (fp32, RMSprop) at --batch-size 4 --patch-size 128 needs")
 
 
 @pytest.mark.parametrize("version", [1, 2])

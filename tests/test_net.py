@@ -72,7 +72,7 @@ def test_potentials_per_sample_and_per_domain_agree():
     for i, k in enumerate(idx.tolist()):
         torch.testing.assert_close(per_sample[i], pot(z[i:i + 1], k)[0])
     assert pot.all(z).shape == (4, 3)
-    with pytest.raises(ValueError, match="--patch_size 32"):
+    with pytest.raises(ValueError, match="--patch-size 32"):
         pot(torch.randn(4, 128, 8, 8), 0)
 
 

@@ -442,8 +442,8 @@ def test_reference_checkpoint_resumes_weights_and_epoch(data, tmp_path, capsys):
 def test_resume_auto_refuses_a_run_of_other_settings_and_names_them(data, tmp_path):
     assert run(data, tmp_path, "--nEpochs", "1", iters=1) == 0
     before = snapshot(tmp_path / "ckpt")
-    with pytest.raises(ConfigError, match=r"--de_type denoise_15 denoise_25 denoise_50 derain dehaze there, "
-                                          r"derain dehaze here.*--patch_size 32 there, 48 here.*own --output-dir"):
+    with pytest.raises(ConfigError, match=r"--de-type denoise_15 denoise_25 denoise_50 derain dehaze there, "
+                                          r"derain dehaze here.*--patch-size 32 there, 48 here.*own --output-dir"):
         flags = train_flags(data, tmp_path, de_type=("derain", "dehaze")) + ["--iters-per-epoch", "1"]
         flags[flags.index("--patch_size") + 1] = "48"
         engine.main(get_args_parser().parse_args([*flags, "--nEpochs", "2", "--resume", "auto"]))
@@ -460,10 +460,10 @@ def test_resume_refuses_another_objective_optimizer_or_data_mix(data, tmp_path):
     assert run(data, tmp_path, "--nEpochs", "1", iters=1) == 0
     before = snapshot(tmp_path / "ckpt")
     for flags, message in (
-            (["--objective", "ddp"], r"--objective single there, ddp here; --reg_weight 0.05 there, 0.02 here.*"
-                                     r"--potentials_steps 2 there, 1 here.*trained by trainer_bary.py"),
+            (["--objective", "ddp"], r"--objective single there, ddp here; --reg-weight 0.05 there, 0.02 here.*"
+                                     r"--potentials-steps 2 there, 1 here.*trained by trainer_bary.py"),
             (["--optimizer", "Adam"], r"--optimizer RMSprop there, Adam here"),
-            (["--reg_weight", "0.1"], r"--reg_weight 0.05 there, 0.1 here"),
+            (["--reg_weight", "0.1"], r"--reg-weight 0.05 there, 0.1 here"),
             (["--repeat", "derain=2"], r"--repeat \(default\) there, derain=2 here"),
             (["--Sigma", "5"], r"--Sigma 10000 there, 5.0 here"),
             (["--ablate", "potentials"], r"--ablate \(none\) there, potentials here")):
@@ -500,7 +500,7 @@ def test_bad_lr_data_file_dir_and_output_dir_are_one_line_errors(data, tmp_path)
         with pytest.raises(ConfigError, match=f"--lr must be a finite number >= 0, got {lr}"):
             engine.main(get_args_parser().parse_args([*flags, "--lr", lr]))
     lists = tmp_path / "no_such_lists"
-    with pytest.raises(UserError, match=f"--data_file_dir {lists}: no such folder.*--data_file_dir ''"):
+    with pytest.raises(UserError, match=f"--data-file-dir {lists}: no such folder.*--data-file-dir ''"):
         engine.main(get_args_parser().parse_args([*flags, "--data_file_dir", str(lists)]))
     (tmp_path / "afile").write_text("not a folder")
     for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
@@ -590,7 +590,7 @@ def test_a_run_with_nothing_to_do_moves_and_writes_nothing(data, tmp_path, capsy
     before = snapshot(tmp_path / "ckpt")
     capsys.readouterr()
     assert run(data, tmp_path, "--nEpochs", "1", "--resume", str(tmp_path / "ckpt" / "epoch_001.pth"), iters=1) == 0
-    assert "nothing to do: epoch 2 is past --nEpochs 1; nothing was written" in capsys.readouterr().out
+    assert "nothing to do: epoch 2 is past --epochs 1; nothing was written" in capsys.readouterr().out
     assert snapshot(tmp_path / "ckpt") == before
     # --resume <run>/latest continues that run (it was called a damaged checkpoint)
     assert run(data, tmp_path, "--nEpochs", "4", "--resume", str(tmp_path / "ckpt" / "latest"), iters=1) == 0

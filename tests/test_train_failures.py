@@ -385,12 +385,12 @@ def test_a_figure_folder_the_data_is_read_from_is_refused(tmp_path, where, capsy
     flags = train_flags(data, tmp_path) + ["--dry-run"]
     if where == "figs in denoise":
         flags += ["--figs-dir", str(data["denoise"])]
-        said = "--figs-dir .*: it is where --denoise_dir reads images from"
+        said = "--figs-dir .*: it is where --denoise-dir reads images from"
     elif where == "output in dehaze":  # dehaze scans its synthetic/ folder with subfolders
         at = flags.index("--figs-dir")
         del flags[at:at + 2]  # the figure goes beside the log
         flags += ["--output-dir", str(data["dehaze"] / "synthetic" / "runs" / "a")]
-        said = "--output-dir .*: it is inside .*synthetic, which --dehaze_dir reads images from with its subfolders,"
+        said = "--output-dir .*: it is inside .*synthetic, which --dehaze-dir reads images from with its subfolders,"
     else:
         (tmp_path / "val").mkdir()
         flags += ["--degset", str(tmp_path / "val"), "--tarset", str(tmp_path / "val"), "--figs-dir",

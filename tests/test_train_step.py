@@ -136,8 +136,8 @@ def test_flags_and_num_sources():
     assert five.num_sources == 5 and check_args(five) == 5
     assert parser.parse_args(["--workers", "2"]).threads == 2
     bad = parser.parse_args("--de_type derain dehaze --num_sources 3".split())
-    with pytest.raises(ConfigError, match=r"--num_sources 3 does not match --de_type derain dehaze, which spans 2"):
+    with pytest.raises(ConfigError, match=r"--num-sources 3 does not match --de-type derain dehaze, which spans 2"):
         check_args(bad)
     assert engine.run_cli(bad) == 2
-    with pytest.raises(ConfigError, match="--patch_size"):
+    with pytest.raises(ConfigError, match="--patch-size"):
         check_args(parser.parse_args(["--patch_size", "60"]))

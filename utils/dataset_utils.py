@@ -44,6 +44,7 @@ from utils.data.degradations import (
     DatasetError,
     barycenter_weights,
     check_de_types,
+    dir_dest,
     domain_families,
     domain_of,
     epoch_counts,
@@ -191,7 +192,7 @@ class MixedDegradationDataset(Dataset):
         h, w = clean.shape[:2]
         if h < p or w < p:
             raise DatasetError(f"{s.pair.degraded or s.pair.clean} is {h}x{w} after the centre-crop to multiples "
-                               f"of {CROP_BASE}, smaller than --patch_size {p}")
+                               f"of {CROP_BASE}, smaller than --patch-size {p}")
         top = int(rng.integers(0, h - p + 1))
         left = int(rng.integers(0, w - p + 1))
         mode = int(rng.integers(1, 8))  # never the identity (reference quirk kept)
@@ -300,7 +301,7 @@ __all__ = [
     "ALL_IN_ONE_3D", "ALL_IN_ONE_5D", "CROP_BASE", "DENOISE_25_ALONE_REPEAT", "DE_IDS", "DRIVEN_BY_TARGET",
     "DatasetError", "FAMILIES", "ID_LISTS", "LAYOUT", "MixedDegradationDataset", "NOISE_SIGMA", "Pair", "REPEATS",
     "ResumableSampler", "Sample", "augment", "barycenter_weights", "build_train_dataset", "centre_crop",
-    "check_de_types", "check_images", "collate", "collect_samples", "domain_families", "domain_of", "epoch_counts",
-    "family", "iterations_per_epoch", "num_sources", "parse_repeats", "read_id_list", "repeat_factor",
+    "check_de_types", "check_images", "collate", "collect_samples", "dir_dest", "domain_families", "domain_of",
+    "epoch_counts", "family", "iterations_per_epoch", "num_sources", "parse_repeats", "read_id_list", "repeat_factor",
     "split_listed_ids",
 ]

@@ -190,7 +190,7 @@ def failure_message(exc: BaseException) -> tuple[str, int] | None:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", INTERRUPTED_STATUS
     if any(isinstance(e, MemoryError) for e in chain):
-        return ("out of memory: train with a smaller --batchSize or --patch_size; restore large images with "
+        return ("out of memory: train with a smaller --batch-size or --patch-size; restore large images with "
                 "--tile", 1)
     if isinstance(exc, RecursionError):
         return "a file nests structures too deeply to read (maximum recursion depth exceeded)", 1

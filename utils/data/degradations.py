@@ -43,12 +43,12 @@ CROP_BASE = 16            # images are centre-cropped to multiples of this (refe
 ID_LISTS = {"denoise": "noisy/denoise.txt", "derain": "rainy/rainTrain.txt", "dehaze": "hazy/hazy_outside.txt"}
 # Family -> (flag, degraded sub-folder, target sub-folder); denoise has clean images only.
 LAYOUT = {
-    "denoise": ("--denoise_dir", None, "."),
-    "derain": ("--derain_dir", "rainy", "gt"),
-    "dehaze": ("--dehaze_dir", "synthetic", "original"),
-    "deblur": ("--deblur_dir", "blur", "sharp"),
-    "lowlight": ("--lowlight_dir", "low", "high"),
-    "single": ("--single_dir", "degraded", "target"),
+    "denoise": ("--denoise-dir", None, "."),
+    "derain": ("--derain-dir", "rainy", "gt"),
+    "dehaze": ("--dehaze-dir", "synthetic", "original"),
+    "deblur": ("--deblur-dir", "blur", "sharp"),
+    "lowlight": ("--lowlight-dir", "low", "high"),
+    "single": ("--single-dir", "degraded", "target"),
 }
 # Families whose list of samples comes from the target folder, as in the reference: deblur
 # lists Deblur/sharp/ and pairs each image with Deblur/blur/ of the same name.
@@ -57,6 +57,11 @@ DRIVEN_BY_TARGET = ("deblur",)
 
 class DatasetError(UserError, ValueError):
     """The training data cannot be used as given; the message names the files, the flag and the fix."""
+
+
+def dir_dest(fam: str) -> str:
+    """The attribute of the parsed flags that holds ``fam``'s folder: ``'derain' -> 'derain_dir'``."""
+    return LAYOUT[fam][0][2:].replace("-", "_")
 
 
 def family(de_type: str) -> str:
@@ -68,12 +73,12 @@ def check_de_types(de_types: Sequence[str]) -> list[str]:
     """Validate ``--de_type``: known names, no duplicates. Returns them as a list."""
     unknown = [d for d in de_types if d not in DE_IDS]
     if unknown:
-        raise DatasetError(f"unknown --de_type {unknown}; choose from {list(DE_IDS)}")
+        raise DatasetError(f"unknown --de-type {unknown}; choose from {list(DE_IDS)}")
     dup = sorted({d for d in de_types if list(de_types).count(d) > 1})
     if dup:
-        raise DatasetError(f"--de_type lists {dup} more than once")
+        raise DatasetError(f"--de-type lists {dup} more than once")
     if not de_types:
-        raise DatasetError("--de_type is empty; name at least one degradation, e.g. --de_type derain dehaze")
+        raise DatasetError("--de-type is empty; name at least one degradation, e.g. --de-type derain dehaze")
     return list(de_types)
 
 

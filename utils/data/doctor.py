@@ -419,7 +419,7 @@ def check_training_data(de_types: Sequence[str], dirs: Mapping[str, str | os.Pat
     tic = time.perf_counter()
     de_types = du.check_de_types(de_types)
     dfd = Path(data_file_dir) if data_file_dir else None
-    report = DataReport("training data for --de_type " + " ".join(de_types)
+    report = DataReport("training data for --de-type " + " ".join(de_types)
                         + (f" (id lists: {dfd})" if dfd is not None else " (folders scanned)"))
     limit = pixel_limit or max_pixels()
     for fam in du.domain_families(de_types):
@@ -445,9 +445,9 @@ def check_training_data(de_types: Sequence[str], dirs: Mapping[str, str | os.Pat
             for f in (p.degraded, p.clean):
                 size = checks[f].size if f is not None and f not in small else None
                 if size is not None and min(tf.cropped_length(size[0]), tf.cropped_length(size[1])) < patch_size:
-                    row.add("too small", f, f"{f} is {size[0]}x{size[1]}, smaller than --patch_size {patch_size} "
+                    row.add("too small", f, f"{f} is {size[0]}x{size[1]}, smaller than --patch-size {patch_size} "
                                             f"after the centre-crop to multiples of {du.CROP_BASE}",
-                            "remove it, or train with a smaller --patch_size")
+                            "remove it, or train with a smaller --patch-size")
                     small.add(f)
                     break
         if id_list is None:  # with a list, each absent id is named already
@@ -460,7 +460,7 @@ def _scan_hint(fam: str, row: SetReport) -> str | None:
     """The fix of a scanned family whose count is not the paper's: the authors' id list, when there is one."""
     if fam not in du.ID_LISTS or row.expected is None or row.found < row.expected.count:
         return None
-    return (f"{row.found - row.expected.count:,} more images than the authors' list picks: pass --data_file_dir "
+    return (f"{row.found - row.expected.count:,} more images than the authors' list picks: pass --data-file-dir "
             f"with their lists (data_dir/, the default) to train on exactly theirs")
 
 
@@ -480,7 +480,7 @@ def _training_files(row: SetReport, fam: str, root: Path, id_list: Path | None,
         if not present:
             row.add("wrong folder", root, f"none of the {len(ids):,} ids listed in {id_list} exist under {flag} "
                     f"{root} (e.g. {root / ids[0] if ids else '-'})",
-                    f"pass {flag} with the folder the ids are relative to, or --data_file_dir '' to scan {root}")
+                    f"pass {flag} with the folder the ids are relative to, or --data-file-dir '' to scan {root}")
             return None, len(ids)
         for i in absent:
             row.add("listed id absent", root / i, f"{root / i} is listed in {id_list} but not on disk",
@@ -616,7 +616,7 @@ def trainer_check(args, out: Callable[[str], None] = print) -> int:
     from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, resolve_data_file_dir
     from utils.train.setup import check_args
     check_args(args)  # the flags' own consistency first (exit status 2)
-    dirs = {fam: getattr(args, du.LAYOUT[fam][0].lstrip("-")) for fam in du.LAYOUT}
+    dirs = {fam: getattr(args, du.dir_dest(fam)) for fam in du.LAYOUT}
     report = check_training_data(args.de_type, dirs, resolve_data_file_dir(args.data_file_dir), args.patch_size,
                                  strict_ids=args.strict_ids)
     deg, tar = args.degset, args.tarset

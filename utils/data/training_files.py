@@ -141,12 +141,12 @@ def _listed_files(fam: str, root: Path, id_list: Path, notes: list[str]) -> tupl
     present, absent = split_listed_ids(ids, FilesUnder(root))
     if not ids:
         raise DatasetError(f"the id list {id_list} for {flag} lists no ids (an empty file): restore it, point "
-                           f"--data_file_dir at the authors' lists, or pass --data_file_dir '' to scan {root}")
+                           f"--data-file-dir at the authors' lists, or pass --data-file-dir '' to scan {root}")
     if not present:
         example = f" (e.g. {root / ids[0]})"
         raise DatasetError(f"none of the {len(ids)} ids listed in {id_list} exist under {flag}={root}{example}: "
                            f"{flag} points at the wrong folder, or the list is not for this data. Pass {flag} "
-                           f"with the folder the ids are relative to, or --data_file_dir '' to scan {root} instead.")
+                           f"with the folder the ids are relative to, or --data-file-dir '' to scan {root} instead.")
     notes.append(f"{fam}: {len(present)} of the {len(ids)} ids listed in {id_list} found under {root}")
     dropped = _Dropped(flag, root, id_list, len(ids), absent) if absent else None
     return [root / i for i in present], dropped
@@ -249,7 +249,7 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
     if dropped and strict_ids:
         raise DatasetError("listed training ids are missing (--strict-ids):"
                            + listing(d.describe() for d in dropped)
-                           + ". Put the files there, point --data_file_dir at lists that match your data, "
+                           + ". Put the files there, point --data-file-dir at lists that match your data, "
                              "or drop --strict-ids to train without them (the reference leaves them out).")
     if dropped:
         log("warning: training without listed ids that are not on disk, as the reference does: "
@@ -316,13 +316,13 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
         if min(h, w) < patch_size:
             name = pair.degraded or pair.clean
             bad.append(f"{name} is {hw_clean[0]}x{hw_clean[1]} ({h}x{w} after the centre-crop to multiples "
-                       f"of {CROP_BASE}), smaller than --patch_size {patch_size}")
+                       f"of {CROP_BASE}), smaller than --patch-size {patch_size}")
             continue
         keep[fam].append(pair)
     if bad:
         msg = f"{len(bad)} training image(s) cannot be used:{listing(bad)}"
         if not skip_bad:
-            smaller = ", lower --patch_size" if any("smaller than --patch_size" in b for b in bad) else ""
+            smaller = ", lower --patch-size" if any("smaller than --patch-size" in b for b in bad) else ""
             raise DatasetError(f"{msg}. Replace or remove them{smaller}, or pass --skip-bad-files.")
         log(f"warning: skipping {len(bad)} training image(s) (--skip-bad-files): {msg}")
     for fam, pairs in keep.items():

@@ -93,14 +93,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def _trainer_argv(args, root: Path) -> list[str]:
     train = root / "Train"
-    return ["--preset", "tiny", "--de_type", *ALL_IN_ONE_3D,
-            "--denoise_dir", str(train / "Denoise"), "--derain_dir", str(train / "Derain"),
-            "--dehaze_dir", str(train / "Dehaze"),
-            "--data_file_dir", "",  # the demo's own images: scan the folders, not the authors' id lists
+    return ["--preset", "tiny", "--de-type", *ALL_IN_ONE_3D,
+            "--denoise-dir", str(train / "Denoise"), "--derain-dir", str(train / "Derain"),
+            "--dehaze-dir", str(train / "Dehaze"),
+            "--data-file-dir", "",  # the demo's own images: scan the folders, not the authors' id lists
             # the demo's 12 clean / 24 rainy / 36 hazy images: about 180 samples per family and epoch
             "--repeat", "derain=8", "dehaze=5",
-            "--batchSize", str(args.batch_size), "--patch_size", str(args.patch_size),
-            "--nEpochs", str(args.epochs), "--iters-per-epoch", str(args.iters_per_epoch),
+            "--batch-size", str(args.batch_size), "--patch-size", str(args.patch_size),
+            "--epochs", str(args.epochs), "--iters-per-epoch", str(args.iters_per_epoch),
             "--step", str(max(1, args.epochs - 1)),  # the last epoch runs at lr / 10
             "--lr", str(args.lr), "--seed", str(args.seed),
             "--device", args.device, "--threads", "0", "--output-dir", str(args.output_dir),

@@ -219,7 +219,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                          f"checkpoint, record and validation come next)")
         unlogged = resumed is not None and not int(resumed["iteration"]) and epoch_unlogged(resumed, ckpt_path, info)
         if state.epoch > args.nEpochs and not unlogged:  # before anything is moved or written: a no-op changes nothing
-            console(f"=> nothing to do: epoch {state.epoch} is past --nEpochs {args.nEpochs}; nothing was written")
+            console(f"=> nothing to do: epoch {state.epoch} is past --epochs {args.nEpochs}; nothing was written")
             return 0
         if dry:
             record = (f"write epoch {int(resumed['epoch'])}'s missing log record (after its validation)"

@@ -12,6 +12,7 @@ this project's additions. Four defaults differ on purpose, none of which the aut
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="first epoch number of a fresh run (a resumed run continues where it stopped)")
     ref.add_argument("--threads", "--workers", dest="threads", type=int,
                      default=min(threads_default, os.cpu_count() or 1),
-                     help=f"DataLoader worker processes (--workers is the same flag); default "
+                     help=f"DataLoader worker processes; default "
                           f"{threads_default} as in the reference, capped at this machine's CPU count")
     ref.add_argument("--pretrained", type=str, default="",
                      help="initialise the network (and the potentials when the file has them) from a "
@@ -71,7 +72,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     ref.add_argument("--pairnum", type=int, default=10000000,
                      help="accepted for the reference's commands; its trainer does not use it, nor does this one")
     ref.add_argument("--num_sources", "--num_source", dest="num_sources", type=int, default=None,
-                     help="number of source domains K; derived from --de_type (a different value is an error)")
+                     help="number of source domains K; derived from --de-type (a different value is an error)")
     ref.add_argument("--de_type", nargs="+", default=list(DEFAULT_DE_TYPE),
                      help="degradations to train: denoise_15 denoise_25 denoise_50 derain dehaze deblur "
                           "lowlight single")
@@ -179,12 +180,12 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="leave out unpaired, unreadable or too-small training images with a warning "
                           "instead of stopping")
     new.add_argument("--strict-ids", dest="strict_ids", action="store_true",
-                     help="stop when ids listed in --data_file_dir are missing on disk (default: leave them out "
+                     help="stop when ids listed in --data-file-dir are missing on disk (default: leave them out "
                           "with a warning, as the reference does)")
     new.add_argument("--check-images", dest="check_images", action=argparse.BooleanOptionalAction, default=True,
                      help="read every training image header before training (sizes, readability)")
     new.add_argument("--check-data", dest="check_data", action="store_true",
-                     help="only check the training sets of --de_type under the --*_dir flags and --data_file_dir "
+                     help="only check the training sets of --de-type under the --*-dir flags and --data-file-dir "
                           "(and the validation set): counts, pairs, sizes, truncated files; print the report and "
                           "exit, 0 when all is well, else 1. Nothing is trained; no torchrun needed")
     new.add_argument("--dry-run", dest="dry_run", action="store_true",
@@ -201,6 +202,17 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="ablation studies only (bench/study.py): leave these terms out of the map loss; "
                           "'potentials' also skips the potentials and congruence updates (transport cost only)")
     return one_spelling(p)
+
+
+@functools.cache
+def _flags_by_dest() -> dict[str, str]:
+    return {a.dest: a.option_strings[0] for a in get_args_parser()._actions if a.option_strings}
+
+
+def flag_of(dest: str) -> str:
+    """The spelling ``--help`` shows for the trainer flag stored as ``dest`` (``batchSize`` -> ``--batch-size``,
+    ``Sigma`` -> ``--Sigma``): the one messages name."""
+    return _flags_by_dest()[dest]
 
 
 def model_overrides(args: argparse.Namespace) -> dict:
@@ -239,7 +251,7 @@ def resolve_data_file_dir(value: str) -> str:
     if value == DEFAULT_DATA_FILE_DIR and not Path(value).is_dir():
         return str(SHIPPED_DATA_FILE_DIR)
     if value and not Path(value).is_dir():
-        raise DatasetError(f"--data_file_dir {value}: no such folder. Pass the folder that holds the id lists "
+        raise DatasetError(f"--data-file-dir {value}: no such folder. Pass the folder that holds the id lists "
                            f"(noisy/denoise.txt, rainy/rainTrain.txt, hazy/hazy_outside.txt), leave the flag out for "
-                           f"the shipped lists, or pass --data_file_dir '' to train on every image found by scanning")
+                           f"the shipped lists, or pass --data-file-dir '' to train on every image found by scanning")
     return value

@@ -31,7 +31,7 @@ from utils.checkpoints import (
     read_checkpoint,
     read_latest,
 )
-from utils.data.degradations import LAYOUT, family
+from utils.data.degradations import LAYOUT, dir_dest, family
 from utils.data.pairing import match_pairs
 from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
@@ -40,7 +40,7 @@ from utils.eval.outputs import check_writable_folder
 from utils.files import keep_aside
 from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int
-from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, model_overrides, resolve_data_file_dir
+from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, flag_of, model_overrides, resolve_data_file_dir
 from utils.train.run_log import Console, discarded_log
 
 FIG_NAME = "train_losses.png"  # the loss curves, drawn into --figs-dir (default: --output-dir)
@@ -192,27 +192,27 @@ def check_args(args) -> int:
         raise ConfigError(str(exc)) from None
     k = num_sources(de_types)
     if args.num_sources is not None and args.num_sources != k and args.backbone in WB_BACKBONES:
-        raise ConfigError(f"--num_sources {args.num_sources} does not match --de_type {' '.join(de_types)}, "
+        raise ConfigError(f"--num-sources {args.num_sources} does not match --de-type {' '.join(de_types)}, "
                           f"which spans {k} source domain(s) (families: noise levels count once). Drop "
-                          f"--num_sources or pass --num_sources {k}.")
+                          f"--num-sources or pass --num-sources {k}.")
     if args.patch_size < 16 or args.patch_size % 8:
-        raise ConfigError(f"--patch_size must be a multiple of 8 and at least 16, got {args.patch_size}")
+        raise ConfigError(f"--patch-size must be a multiple of 8 and at least 16, got {args.patch_size}")
     if args.start_epoch < 1:  # epoch 0 would train at 10x the learning rate (lr halves every --step epochs)
         raise ConfigError(f"--start-epoch counts from 1, got {args.start_epoch}")
     if not 0 <= args.seed < 2**63:
         raise ConfigError(f"--seed must be in 0..2**63-1, got {args.seed}")
-    for flag in ("batchSize", "nEpochs", "step"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    for name in ("batchSize", "nEpochs", "step"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"{flag_of(name)} must be at least 1, got {getattr(args, name)}")
     try:
         repeats = parse_repeats(args.repeat)
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
     if set(repeats) - set(de_types):
-        raise ConfigError(f"--repeat names {', '.join(sorted(set(repeats) - set(de_types)))}, which --de_type does "
+        raise ConfigError(f"--repeat names {', '.join(sorted(set(repeats) - set(de_types)))}, which --de-type does "
                           f"not train ({' '.join(de_types)})")
     if args.threads < 0:
-        raise ConfigError(f"--threads/--workers must be >= 0, got {args.threads}")
+        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
     try:
         resolve_data_file_dir(args.data_file_dir)  # a mistyped folder stops here, before the output folder is made
     except DatasetError as exc:
@@ -247,7 +247,7 @@ def check_figure_outside_data(args) -> None:
     read: list[tuple[str, Path, bool]] = []
     for fam in sorted({family(d) for d in args.de_type}):
         data_flag = LAYOUT[fam][0]
-        read.append((data_flag, *scanned_folder(fam, Path(getattr(args, data_flag[2:])))))
+        read.append((data_flag, *scanned_folder(fam, Path(getattr(args, dir_dest(fam))))))
     degset = DEFAULT_DEGSET if args.degset is None else args.degset
     if degset:
         read.append(("--degset", Path(degset), False))
@@ -300,7 +300,7 @@ def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> Non
         if not same:
             shown = (lambda v: "(default)" if v is None else " ".join(map(str, v)) or "(none)"
                      if isinstance(v, (list, tuple)) else str(v))
-            differ.append(f"--{name} {shown(then)} there, {shown(now)} here")
+            differ.append(f"{flag_of(name)} {shown(then)} there, {shown(now)} here")
     if differ:
         trained = saved.get("objective")
         script = f" (it was trained by {OBJECTIVE_SCRIPTS[trained]}: resume it with that script)" \
@@ -337,7 +337,7 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
     if obj is not None and is_reference_checkpoint(obj):
         load_network(model, obj, str(ckpt_path))
         loaded = _load_potentials_if_they_fit(pots, obj, str(ckpt_path))
-        note = {True: "its potentials", False: "fresh potentials (the file's do not fit this --patch_size/--de_type)",
+        note = {True: "its potentials", False: "fresh potentials (the file's do not fit this --patch-size/--de-type)",
                 None: "fresh potentials"}[loaded]
         epoch = int(obj.get("epoch", 0))
         state = LoopState(epoch=epoch + 1)
@@ -360,8 +360,8 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
             raise CheckpointError(f"{exc}{recorded_network(pobj)}") from None
         loaded = _load_potentials_if_they_fit(pots, pobj, str(path))
         msg = {True: "network and potentials weights loaded", None: "network weights loaded",
-               False: "network weights loaded; its potentials do not fit this run (another --patch_size or "
-                      "number of --de_type domains) and start fresh"}[loaded]
+               False: "network weights loaded; its potentials do not fit this run (another --patch-size or "
+                      "number of --de-type domains) and start fresh"}[loaded]
         console(f"=> --pretrained {path}: {msg}")
     return state, None
 
@@ -387,7 +387,7 @@ def memory_need(args, k: int, info: DistInfo, batch: int | None = None) -> Train
         try:
             pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone in WB_BACKBONES else None
         except (RuntimeError, OverflowError) as exc:  # "Storage size calculation overflowed"
-            raise ConfigError(f"--patch_size {args.patch_size}: the potentials' first linear layer grows with the "
+            raise ConfigError(f"--patch-size {args.patch_size}: the potentials' first linear layer grows with the "
                               f"patch side to the fourth power, and at this size it cannot even be sized ({exc}); "
                               f"the paper trains 128") from None
     return training_need(model, pots, args.optimizer, args.precision, batch or args.batchSize, args.patch_size,
@@ -428,11 +428,11 @@ def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
     per_sample = need.parts["activations"] / args.batchSize * need.processes_here
     fixed = (need.per_process - need.parts["activations"]) * need.processes_here - (need.total - extra)
     smaller = largest_batch_that_fits(args.batchSize, fixed, per_sample, free)
-    advice = [f"--batchSize {smaller}" if smaller else None, "--preset tiny" if args.preset != "tiny" else None,
-              "a smaller --patch_size", "fewer processes (--nproc_per_node)" if need.processes_here > 1 else None,
+    advice = [f"--batch-size {smaller}" if smaller else None, "--preset tiny" if args.preset != "tiny" else None,
+              "a smaller --patch-size", "fewer processes (--nproc_per_node)" if need.processes_here > 1 else None,
               "--precision bf16" if args.precision == "fp32" else None]
-    message = (f"{args.backbone} {args.preset} ({args.precision}, {args.optimizer}) at --batchSize {args.batchSize} "
-               f"--patch_size {args.patch_size} needs about {human_bytes(need.per_process)} per process{many} "
+    message = (f"{args.backbone} {args.preset} ({args.precision}, {args.optimizer}) at --batch-size {args.batchSize} "
+               f"--patch-size {args.patch_size} needs about {human_bytes(need.per_process)} per process{many} "
                f"({parts}; "
                f"activations from {need.basis}), but {human_bytes(free)} are free on {where}: use "
                f"{', '.join(a for a in advice if a)}; --no-memory-check starts anyway")

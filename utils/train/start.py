@@ -37,6 +37,7 @@ from utils.dataset_utils import (
     ResumableSampler,
     build_train_dataset,
     collate,
+    dir_dest,
     parse_repeats,
 )
 from utils.errors import UserError, human_bytes
@@ -191,7 +192,7 @@ def agree_seed(args: argparse.Namespace, obj: Any, info: DistInfo, console: Cons
 
 def build_dataset(args: argparse.Namespace, seed: int, console: Console) -> MixedDegradationDataset:
     """The mixed-degradation training set the flags describe; prints its per-type table."""
-    dirs = {fam: getattr(args, LAYOUT[fam][0].lstrip("-")) for fam in LAYOUT}
+    dirs = {fam: getattr(args, dir_dest(fam)) for fam in LAYOUT}
     try:
         dataset = build_train_dataset(
             args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=resolve_data_file_dir(args.data_file_dir),
