@@ -1,6 +1,7 @@
 """One spelling style: every command accepts kebab-case and snake_case (and the reference's own
 spelling), and its help shows each flag once, in kebab-case."""
 import argparse
+import ast
 import os
 import re
 import subprocess
@@ -75,6 +76,87 @@ def test_spellings_parse_to_the_same_values():
     assert tester(["--data_root", "x"]).data_root == tester(["--data-root", "x"]).data_root == "x"
     d = demo.get_args_parser().parse_args(["--batchSize", "2", "--nEpochs", "3"])
     assert (d.batch_size, d.epochs) == (2, 3)
+
+
+FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
+# The programs' own messages and help: every Python file of these scripts and packages.
+MESSAGE_SOURCES = ["trainer_bary.py", "trainer_bary_ddp.py", "tester_bary.py",
+                   *sorted(str(p.relative_to(REPO)) for d in ("utils", "net") for p in (REPO / d).rglob("*.py"))]
+# Strings outside docstrings that name a flag by another spelling on purpose ("path:line": why); none now.
+VERBATIM: dict[str, str] = {}
+
+
+def _spellings() -> tuple[set[str], set[str]]:
+    """The flag spellings every command's --help shows, and those it accepts without showing them."""
+    from utils.app.main import get_args_parser as app_parser
+    shown, hidden = set(), set()
+    for make in (*PARSERS.values(), app_parser):
+        parser = make()
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            said = set(FLAG.findall(formatter._format_action_invocation(action)))
+            shown |= said
+            hidden |= set(action.option_strings) - said
+    return shown, hidden - shown
+
+
+def _message_strings(path: Path):
+    """``(line, text)`` of the string literals of ``path`` (f-strings' literal parts included) but its
+    docstrings (which may quote the reference's commands) and the option strings given to add_argument."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body \
+                and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant):
+            skip.add(id(node.body[0].value))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
+            skip.update(id(a) for a in node.args)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            yield node.lineno, node.value
+
+
+def test_messages_and_help_name_flags_as_help_shows_them():
+    """Errors, warnings and advice named flags by the reference's spellings ("a smaller --batchSize or
+    --patch_size", "--de_type is empty"), which --help does not show (it lists --batch-size, --patch-size,
+    --de-type): every flag a message or help text names is spelt as some command's --help shows it."""
+    shown, hidden = _spellings()
+    assert {"--batch-size", "--patch-size", "--de-type", "--Sigma", "--sigma"} <= shown
+    assert {"--batchSize", "--patch_size", "--de_type", "--nEpochs", "--workers", "--num_sources"} <= hidden
+    assert len(MESSAGE_SOURCES) > 50
+    bad = [f"{name}:{line}: {flag} ({text.strip()[:70]!r})" for name in MESSAGE_SOURCES
+           for line, text in _message_strings(REPO / name) for flag in FLAG.findall(text)
+           if flag in hidden and f"{name}:{line}" not in VERBATIM]
+    assert not bad, "messages that name a flag by a spelling --help does not show:\n" + "\n".join(bad)
+
+
+def test_errors_built_at_run_time_name_flags_as_help_shows_them(tmp_path):
+    """The same for messages whose flag names are built from the parsed names (``f"--{name}"``), which a
+    look at the source cannot check: a batch or epoch count of 0, a bad patch size, a K that --de-type
+    contradicts, a missing training folder, a checkpoint of other settings, running out of memory."""
+    from utils.dataset_utils import DatasetError, collect_samples
+    from utils.errors import failure_message
+    from utils.train.setup import ConfigError, check_args, check_same_run
+    parse = train_options.get_args_parser().parse_args
+    shown, _ = _spellings()
+    messages = []
+    for argv in (["--batchSize", "0"], ["--nEpochs", "0"], ["--patch_size", "20"], ["--de_type", "derain", "fog"],
+                 ["--de_type", "derain", "dehaze", "--num_sources", "3"], ["--repeat", "deblur=2"]):
+        with pytest.raises(ConfigError) as err:
+            check_args(parse(argv))
+        messages.append(str(err.value))
+    with pytest.raises(DatasetError) as err:
+        collect_samples(["derain"], {"derain": tmp_path / "none"}, log=lambda line: None)
+    messages.append(str(err.value))
+    with pytest.raises(ConfigError) as err:
+        check_same_run(parse([]), {"args": {"patch_size": 32, "Sigma": 1.0, "reg_weight": 0.5}}, tmp_path / "x.pth")
+    messages.append(str(err.value))
+    messages.append(failure_message(MemoryError())[0])
+    for message in messages:
+        named = set(FLAG.findall(message))
+        assert named and named <= shown, message
+    assert {"--batch-size", "--epochs", "--patch-size", "--de-type", "--num-sources", "--derain-dir",
+            "--Sigma", "--reg-weight"} <= {f for m in messages for f in FLAG.findall(m)}
 
 
 @pytest.mark.parametrize("command", ["trainer", "tester"])
