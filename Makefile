@@ -14,6 +14,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 APP_STAMP := $(VENV)/.requirements-app-installed
 ARGS   ?=
+# pytest-xdist workers: two halve the suite's time on 2 cores (each test uses tiny configurations and
+# most of its time starts processes); WORKERS=0 runs it in one process
+WORKERS ?= 2
 
 .PHONY: test test-quick demo bench clean-demo app browser
 
@@ -32,10 +35,10 @@ browser:
 	@sh utils/app/ensure_browser.sh
 
 test: $(STAMP) $(APP_STAMP) browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(WORKERS) tests
 
 test-quick: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n $(WORKERS) -m "not slow" tests
 
 demo: $(STAMP)
 	$(PY) -m utils.demo
