@@ -274,21 +274,25 @@ def test_under_torchrun_only_rank_0_says_what_every_rank_meets_alike(tmp_path, m
     assert not engine.met_by_every_rank(ImageReadError("one rank's loader could not read x.png"))
 
 
-def test_output_to_a_pipe_whose_reader_went_ends_quietly(tmp_path):
+@pytest.mark.parametrize("flush", [True, False])
+def test_output_to_a_pipe_whose_reader_went_ends_quietly(flush):
     """``tester_bary.py ... | head``: the first write after head has gone raised BrokenPipeError, a traceback
     (and Python's "Exception ignored" at exit). A script now ends at once, quietly, with the shell's status
-    for a write to a closed pipe."""
-    code = textwrap.dedent("""
+    for a write to a closed pipe; so does one whose last lines, still buffered, met the closed pipe only when
+    Python flushed them at exit (status 120 and "Exception ignored ... BrokenPipeError")."""
+    code = textwrap.dedent(f"""
         import sys
         from utils.errors import run_main
         def main(_):
             sys.stdin.read()  # until the test has closed the pipe's far end
             for i in range(3):
-                print("line", i, flush=True)
-            raise AssertionError("the output went nowhere and the script went on")
+                print("line", i, flush={flush})
+            if {flush}:
+                raise AssertionError("the output went nowhere and the script went on")
         sys.exit(run_main(main, None))
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # standard output buffered, as usual
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(env, PYTHONPATH=str(REPO)),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()
     proc.stdin.close()

@@ -225,6 +225,8 @@ def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,
         setattr(sys, name, OutputGuard(stream, _output_closed))
     try:
         status = main(args)
+        for name in streams:  # what is still buffered meets a closed pipe here, not in Python's exit ("Exception
+            getattr(sys, name).flush()  # ignored ... BrokenPipeError", status 120)
     except SystemExit:
         raise
     except BaseException as exc:
