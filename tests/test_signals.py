@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -130,3 +131,24 @@ def test_what_stopped_a_run_is_named_from_every_ranks_signal():
     assert signal_names([intr, term]) == "SIGINT to rank 0 and SIGTERM to rank 1"
     if LAUNCHER_DIED is not None:  # every rank gets it, not all by the time they agree to stop
         assert signal_names([LAUNCHER_DIED, 0]) == signal_names([LAUNCHER_DIED] * 2) == "torchrun's death"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP is POSIX's")
+def test_a_signal_the_process_was_told_to_ignore_stays_ignored():
+    """`nohup python trainer_bary.py ... &`: nohup starts the trainer with SIGHUP ignored so that it outlives the
+    terminal, but the stop request took SIGHUP over and stopped the run when the user logged out."""
+    if threading.current_thread() is not threading.main_thread():  # no handlers there: the SIGTERM would end pytest
+        pytest.skip("signal handlers are the main thread's")
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stop = StopRequest().install()
+    try:
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGTERM)  # the signals it was not told to ignore still stop it
+        deadline = time.monotonic() + 10
+        while not stop.requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stop.signum == signal.SIGTERM
+    finally:
+        stop.restore()
+        signal.signal(signal.SIGHUP, old)

@@ -44,7 +44,8 @@ class StopRequest:
     SIGTERM, SIGHUP, a pipe and the death of torchrun (:data:`LAUNCHER_DIED`) set it however often they come
     and never abort: a scheduler that signals every process of a job (Slurm's scancel, systemd's cgroup stop)
     reaches a rank twice, directly and through torchrun, which passes its own on, and that must not lose the
-    checkpoint."""
+    checkpoint. A signal the process was started to ignore (``nohup``'s SIGHUP, a background job's SIGINT) stays
+    ignored."""
 
     def __init__(self):
         self.requested = False
@@ -55,7 +56,8 @@ class StopRequest:
     def install(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGTERM, signal.SIGINT, HANGUP, LAUNCHER_DIED):
-                if s is not None:
+                # one the process was started to ignore stays ignored: `nohup` keeps a run going after a hang-up
+                if s is not None and signal.getsignal(s) is not signal.SIG_IGN:
                     self._old[s] = signal.signal(s, self._handle)
         for name in ("stdout", "stderr"):
             stream = getattr(sys, name)
