@@ -4,6 +4,7 @@ Such a network returns its input exactly (global residual), so every number the 
 must equal the metrics of the degraded images against their targets, computed here directly.
 """
 import csv
+import io
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from utils.data import image_io
 from utils.data.image_io import ImageReadError, list_images, read_image, write_image
 from utils.data.noise import noise_seed, noisy_version
 from utils.data.pairing import PairingError, match_pairs
-from utils.errors import UserError
+from utils.errors import PIPE_CLOSED_STATUS, UserError
 from utils.eval import protocol as protocol_module
 from utils.eval import tasks as tasks_module
 from utils.eval.metrics import image_metrics
@@ -1192,3 +1193,68 @@ def test_a_mistyped_noise_level_is_named_before_anything_is_looked_for(task, tmp
     assert str(err.value).startswith(f"--tasks: {task!r} is not a denoising task") and "denoise_25" in str(err.value)
     assert list(tmp_path.iterdir()) == []
     assert tasks_module.task_layout("denoise_15_real").folder == "denoise_15_real"  # a folder of the user's own
+
+
+class ClosedPipe:
+    """Standard output or error into a pipe whose reader goes away at the first text ``gone_at`` holds true for
+    (``tester_bary.py ... | head``): that write and every later one fail as the closed pipe's do."""
+
+    def __init__(self, gone_at):
+        self.gone_at, self.gone, self.said = gone_at, False, []
+
+    def write(self, text):
+        if self.gone or self.gone_at(text):
+            self.gone = True
+            raise BrokenPipeError(32, "Broken pipe")
+        self.said.append(text)
+        return len(text)
+
+    def flush(self):
+        if self.gone:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self):
+        return False
+
+    def fileno(self):  # no descriptor to point at /dev/null: the guard passes over it
+        raise io.UnsupportedOperation("fileno")
+
+
+def test_a_table_printed_into_a_closed_pipe_loses_no_results(bench, checkpoint, tmp_path, monkeypatch):
+    """`tester_bary.py ... | head -3`: the table was printed before results.* were written, so the broken pipe
+    (a BrokenPipeError traceback) lost every score of the run."""
+    monkeypatch.setattr(sys, "stdout", ClosedPipe(lambda text: "PSNR" in text))
+    deg, tar = bench / "derain" / "Rain100L" / "input", bench / "derain" / "Rain100L" / "target"
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--degset", str(deg), "--tarset",
+                                                     str(tar), "--save", str(tmp_path / "out"), "--no-progress"])
+    assert tester_bary.run_main(tester_bary.main, args) == PIPE_CLOSED_STATUS
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "partial" not in saved and saved["tasks"]["input"]["count"] == len(list_images(deg))
+
+
+def test_a_progress_bar_into_a_closed_pipe_stops_as_ctrl_c_does(checkpoint, tmp_path, monkeypatch):
+    """`tester_bary.py ... 2>&1 | head`: the progress bar's write into the closed pipe ended the run with a
+    traceback and no record; the run now stops as on Ctrl-C, its record written (here the bar's first write,
+    before the first image: a bar redraws when time has passed, so a later one is not a test's to choose)."""
+    (tmp_path / "in").mkdir()
+    _photos(tmp_path / "in", [f"{i}.png" for i in range(4)])
+    monkeypatch.setattr(sys, "stderr", ClosedPipe(lambda text: "restore:" in text))
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--input", str(tmp_path / "in"),
+                                                     "--save", str(tmp_path / "out")])
+    assert tester_bary.run_main(tester_bary.main, args) == PIPE_CLOSED_STATUS
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["partial"] == {"row": "input", "file": str(tmp_path / "in" / "0.png"),
+                                "error": "the output's reader has gone (a closed pipe)"}
+    assert saved["restored"] == []
+
+
+def test_a_closed_pipe_between_tasks_keeps_the_tasks_done(bench, checkpoint, tmp_path, monkeypatch):
+    """The second task's progress bar meets the closed pipe: the first task's scores are written whole, the run
+    marked partial at the second."""
+    monkeypatch.setattr(sys, "stderr", ClosedPipe(lambda text: text.lstrip("\r").startswith("dehaze")))
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--data-root", str(bench), "--tasks",
+                                                     "derain", "dehaze", "--no-images", "--save", str(tmp_path / "o")])
+    assert tester_bary.run_main(tester_bary.main, args) == PIPE_CLOSED_STATUS
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["partial"]["row"] == "dehaze" and "partial" not in saved["tasks"]["derain/Rain100L"]
+    assert saved["tasks"]["derain/Rain100L"]["count"] == len(list_images(bench / "derain" / "Rain100L" / "input"))

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from utils.data.image_io import ImageReadError, lost_on_restoring, quantise, read_image, write_image
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
-from utils.errors import INTERRUPTED_STATUS, UserError, listing
+from utils.errors import INTERRUPTED_STATUS, PIPE_CLOSED_STATUS, OutputClosed, UserError, listing
 from utils.eval.inference import prepare_for_inference
 from utils.eval.metrics import FID, LPIPS, image_metrics, smallest_scorable_side
 from utils.eval.outputs import output_names
@@ -86,6 +86,14 @@ class EvaluationStopped(UserError):
         super().__init__(message)
         self.file, self.set_name, self.row, self.exit_status = file, set_name, row, exit_status
         self.results: dict[str, Any] | None = None
+
+
+def why_stopped(exc: KeyboardInterrupt | OutputClosed) -> tuple[str, int]:
+    """The message and exit status of a run stopped from outside: Ctrl-C or SIGTERM, or output to a pipe whose
+    reader has gone (``| head``), which ends the run as quietly as any program's write to a closed pipe."""
+    if isinstance(exc, OutputClosed):
+        return "the output's reader has gone (a closed pipe)", PIPE_CLOSED_STATUS
+    return "interrupted", INTERRUPTED_STATUS
 
 
 def _check_size(img: np.ndarray, item: EvalItem, protocol: Protocol) -> None:
@@ -226,13 +234,15 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         if figs_dir is not None and len(fig_rows) < fig_images:
             fig_rows.append((item.name, deg8, out8, tar8, p, s, p_in, s_in))
 
-    for item, out_name in tqdm(list(zip(eval_set.items, names)), desc=eval_set.name, unit="img",
-                               disable=not progress, leave=True):
-        try:
-            evaluate_item(item, out_name)
-        except KeyboardInterrupt as exc:  # Ctrl-C: the images finished so far are kept, as for a bad file
-            raise EvaluationStopped("interrupted", str(item.degraded or item.target), eval_set.name, row_so_far(),
-                                    INTERRUPTED_STATUS) from exc
+    current = eval_set.items[0] if eval_set.items else None  # the image at work (the progress bar writes too)
+    try:
+        for current, out_name in tqdm(list(zip(eval_set.items, names)), desc=eval_set.name, unit="img",
+                                      disable=not progress, leave=True):
+            evaluate_item(current, out_name)
+    except (KeyboardInterrupt, OutputClosed) as exc:  # Ctrl-C, | head: the images finished so far are kept
+        message, status = why_stopped(exc)
+        where = str(current.degraded or current.target) if current is not None else eval_set.name
+        raise EvaluationStopped(message, where, eval_set.name, row_so_far(), status) from exc
     result = row_so_far()
     if figs_dir is not None and fig_rows:
         result["figure"] = str(save_comparison_figure(fig_rows, figs_dir / f"{eval_set.name.replace('/', '_')}.png",
@@ -352,15 +362,20 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
         done.append({"name": path.name, "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {}),
                      **({"not_kept": lost} if lost else {}), **({"decoder_warnings": warned} if warned else {})})
 
-    for path, out_name in tqdm(list(zip(inputs, output_names([p.name for p in inputs]))), desc="restore",
-                               unit="img", disable=not progress):
-        try:
-            restore_one(path, out_name)
-        except KeyboardInterrupt as exc:  # Ctrl-C: the record of the images restored so far is kept
-            raise EvaluationStopped("interrupted", str(path), "input", {"restored": done}, INTERRUPTED_STATUS) from exc
+    current = inputs[0] if inputs else None  # the image at work (the progress bar writes too)
+    try:
+        for current, out_name in tqdm(list(zip(inputs, output_names([p.name for p in inputs]))), desc="restore",
+                                      unit="img", disable=not progress):
+            restore_one(current, out_name)
+    except (KeyboardInterrupt, OutputClosed) as exc:  # Ctrl-C, | head: the record so far is kept
+        message, status = why_stopped(exc)
+        raise EvaluationStopped(message, str(current), "input", {"restored": done}, status) from exc
     for what in ("transparency", "colour profile"):
         names = [e["name"] for e in done if what in e.get("not_kept", ())]
         if names:
-            tqdm.write(f"note: the {what} of {len(names)} image(s) is not kept in the restored PNG (the network "
-                       f"restores RGB):{listing(names)}")
+            try:
+                tqdm.write(f"note: the {what} of {len(names)} image(s) is not kept in the restored PNG (the network "
+                           f"restores RGB):{listing(names)}")
+            except OutputClosed:  # nobody reads on: the caller still records every image restored
+                break
     return done

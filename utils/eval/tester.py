@@ -365,11 +365,11 @@ def _evaluate(args, model, info, sets: list[EvalSet], protocol: Protocol, device
         _record_flags(results, args)
     except EvaluationStopped as stop:
         _record_flags(stop.results, args)
+        paths = write_results(stop.results, save)  # first: the table may go to a pipe whose reader has gone
         print(format_report(stop.results))
-        paths = write_results(stop.results, save)
         raise _stopped(stop, f"{paths['json']} (.csv, .md)", kept) from stop
-    print(format_report(results))
     paths = write_results(results, save)
+    print(format_report(results))
     print(f"\nresults: {paths['json']}, {paths['csv']}, {paths['md']}")
     if not any(r["count"] for r in results["tasks"].values()):
         raise _nothing_scored(", ".join(results["tasks"]), sum(r.get("skipped", 0) for r in results["tasks"].values()),
