@@ -15,7 +15,7 @@ import torch
 import tester_bary
 from utils.cli import kebab
 from utils.demo import run as demo
-from utils.errors import PIPE_CLOSED_STATUS
+from utils.streams import PIPE_CLOSED_STATUS
 from utils.train import options as train_options
 
 REPO = Path(__file__).resolve().parents[1]

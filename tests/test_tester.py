@@ -28,7 +28,7 @@ from utils.data import image_io
 from utils.data.image_io import ImageReadError, list_images, read_image, write_image
 from utils.data.noise import noise_seed, noisy_version
 from utils.data.pairing import PairingError, match_pairs
-from utils.errors import PIPE_CLOSED_STATUS, UserError
+from utils.errors import UserError
 from utils.eval import protocol as protocol_module
 from utils.eval import tasks as tasks_module
 from utils.eval.metrics import image_metrics
@@ -36,6 +36,7 @@ from utils.eval.outputs import output_names
 from utils.eval.protocol import RestoreOutOfMemory
 from utils.eval.report import summary_table
 from utils.eval.tasks import find_task_sets
+from utils.streams import PIPE_CLOSED_STATUS
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,7 +7,6 @@
 * :func:`stopped_while_starting`: Ctrl-C while a script imports torch is one line too.
 * :func:`run_main`: how both scripts end: one ``error:`` line and a non-zero exit status, the traceback
   only with ``--debug``.
-* :class:`OutputGuard`: standard output or error whose pipe's reader has gone ends the script quietly.
 * :class:`OneLineArgumentParser`: a bad flag is one ``error:`` line too.
 * :func:`listing`: long lists cut to a readable length; :func:`human_bytes`: sizes as people read them.
 """
@@ -19,11 +18,12 @@ import errno
 import os
 import re
 import sys
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable
+
+from utils.streams import PIPE_CLOSED_STATUS, OutputClosed, OutputGuard
 
 LIST_LIMIT = 10
 INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
-PIPE_CLOSED_STATUS = 141  # the shell's status for a process ended by writing to a pipe nobody reads (128 + SIGPIPE)
 
 
 class UserError(Exception):
@@ -37,60 +37,6 @@ class UserError(Exception):
 class UsageError(UserError):
     """Flags that cannot work (alone, together, or on this machine): exit status 2, as argparse's errors."""
     exit_status = 2
-
-
-class OutputClosed(BrokenPipeError):
-    """Standard output or error went to a pipe whose reader has gone: nothing more can be said, and the script
-    ends quietly with :data:`PIPE_CLOSED_STATUS`, as a program that writes to a closed pipe does."""
-
-
-def point_at_devnull(fd: int) -> None:
-    """Make ``fd`` write to /dev/null from now on; a descriptor already closed is left so."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-    except OSError:
-        pass
-    finally:
-        os.close(devnull)
-
-
-class OutputGuard:
-    """``stream`` (``sys.stdout``, ``sys.stderr``), whose reader may go away (``| head``; ``| tee run.txt``,
-    whose ``tee`` Ctrl-C ends at once while a trainer finishes its iteration). On a broken pipe the stream's
-    descriptor is pointed at /dev/null (the text still buffered goes there too) and ``gone()`` is called, once:
-    :func:`run_main`'s raises :class:`OutputClosed`, a trainer's asks for a stop with a checkpoint
-    (:class:`utils.train.signals.StopRequest`). Every other attribute is the stream's."""
-
-    def __init__(self, stream: TextIO, gone: Callable[[], None]):
-        self.stream = stream
-        self._gone = gone
-        self._broken = False
-
-    def write(self, text: str) -> int:
-        try:
-            return self.stream.write(text)
-        except BrokenPipeError:
-            self._lost()
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except BrokenPipeError:
-            self._lost()
-
-    def _lost(self) -> None:
-        try:
-            point_at_devnull(self.stream.fileno())
-        except (OSError, ValueError):  # no descriptor (a stream in memory): nothing to point elsewhere
-            pass
-        if not self._broken:
-            self._broken = True
-            self._gone()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

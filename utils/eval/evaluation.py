@@ -30,7 +30,7 @@ from tqdm import tqdm
 from utils.data.image_io import ImageReadError, lost_on_restoring, quantise, read_image, write_image
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
-from utils.errors import INTERRUPTED_STATUS, PIPE_CLOSED_STATUS, OutputClosed, UserError, listing
+from utils.errors import INTERRUPTED_STATUS, UserError, listing
 from utils.eval.inference import prepare_for_inference
 from utils.eval.metrics import FID, LPIPS, image_metrics, smallest_scorable_side
 from utils.eval.outputs import output_names
@@ -38,6 +38,7 @@ from utils.eval.paper import paper_averages
 from utils.eval.protocol import SIZE_MULTIPLE, Protocol, crop_to_multiple, restore_array, to_8bit
 from utils.eval.report import save_comparison_figure
 from utils.eval.tasks import EvalItem, EvalSet, find_task_sets
+from utils.streams import PIPE_CLOSED_STATUS, OutputClosed
 
 
 def _load_item(item: EvalItem, protocol: Protocol, decoder_warnings: list[str] | None = None

@@ -1,6 +1,6 @@
 """Stopping a training run politely: SIGTERM/SIGINT/SIGHUP set a flag the loop reads after each iteration
 (:class:`StopRequest`; a second Ctrl-C aborts), and so do an output pipe whose reader has gone
-(:class:`utils.errors.OutputGuard`) and the death of the torchrun that started the process
+(:class:`utils.streams.OutputGuard`) and the death of the torchrun that started the process
 (:func:`stop_with_the_launcher`); loader workers leave the signals to the main process, and their
 processes are ended when a run fails. Standard library only: the scripts call
 :func:`stop_with_the_launcher` before they import torch.
@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from utils.errors import OutputGuard, point_at_devnull
+from utils.streams import OutputGuard, leave_the_hung_up_terminal
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # The signal the kernel sends a rank when its torchrun dies (Linux); its default action ends the process
@@ -26,21 +26,10 @@ LAUNCHER_DIED: int | None = signal.SIGRTMIN + 1 if hasattr(signal, "SIGRTMIN") e
 HANGUP: int | None = getattr(signal, "SIGHUP", None)  # a closed terminal (POSIX)
 
 
-def leave_the_hung_up_terminal() -> None:
-    """Point standard output and error, where they are a terminal, at /dev/null: after a hang-up every write to
-    the terminal fails (EIO), and the first progress line would end the run before its checkpoint."""
-    for fd in (1, 2):
-        try:
-            if os.isatty(fd):
-                point_at_devnull(fd)
-        except OSError:  # a descriptor already closed: nothing to write to either
-            continue
-
-
 class StopRequest:
     """SIGTERM/SIGINT/SIGHUP set a flag the loop reads after each iteration; a second Ctrl-C (SIGINT) aborts.
     SIGHUP (the terminal closed) first points output that went to the terminal at /dev/null; standard output
-    and error whose pipe breaks (:class:`utils.errors.OutputGuard`) go there too, and ask as ``SIGPIPE``.
+    and error whose pipe breaks (:class:`utils.streams.OutputGuard`) go there too, and ask as ``SIGPIPE``.
     SIGTERM, SIGHUP, a pipe and the death of torchrun (:data:`LAUNCHER_DIED`) set it however often they come
     and never abort: a scheduler that signals every process of a job (Slurm's scancel, systemd's cgroup stop)
     reaches a rank twice, directly and through torchrun, which passes its own on, and that must not lose the
