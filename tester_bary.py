@@ -40,10 +40,10 @@ from utils.errors import UsageError, run_main, stopped_while_starting  # noqa: F
 with stopped_while_starting():
     from utils.eval.options import REFERENCE_MODEL, get_args_parser  # noqa: F401  (as callers use them)
     from utils.eval.tester import RunStopped, default_model, main  # noqa: F401
-    from utils.runtime import sigterm_as_interrupt, tune_cpu_allocator
+    from utils.runtime import stop_signals_as_interrupt, tune_cpu_allocator
 
 if __name__ == "__main__":
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it in again
-    sigterm_as_interrupt()  # kill / timeout: the results so far are written, as on Ctrl-C
+    stop_signals_as_interrupt()  # kill / timeout / a closed terminal: the results so far are written, as on Ctrl-C
     cli_args = get_args_parser().parse_args()
     sys.exit(run_main(main, cli_args, debug=cli_args.debug))

@@ -1016,11 +1016,15 @@ def test_a_non_finite_output_stops_the_run_instead_of_being_scored(checkpoint, t
         protocol_module.Protocol(tile_overlap=1020).validate()
 
 
-def test_sigterm_keeps_the_results_so_far_as_ctrl_c_does(checkpoint, tmp_path):
-    """`timeout`, `kill` and job schedulers send SIGTERM: the tester died at once and left only its lock in
-    --save (no results.json, no error line); it now stops as on Ctrl-C, the results so far written."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_keeps_the_results_so_far_as_ctrl_c_does(checkpoint, tmp_path, signame):
+    """`timeout`, `kill` and job schedulers send SIGTERM, a closed terminal (an ssh session that dropped) SIGHUP:
+    the tester died at once and left only its lock in --save (no results.json, no error line); it now stops as on
+    Ctrl-C, the results so far written."""
     import signal
     import time
+    if not hasattr(signal, signame):
+        pytest.skip(f"{signame} is POSIX's")
     (tmp_path / "in").mkdir()
     img = _clean_images()["cat"][:32, :32]
     for i in range(400):
@@ -1035,7 +1039,7 @@ def test_sigterm_keeps_the_results_so_far_as_ctrl_c_does(checkpoint, tmp_path):
         while len(list(out.glob("*.png"))) < 2:  # the first image recorded once the second is on disk
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, signame))
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from utils.errors import UsageError
+from utils.streams import leave_the_hung_up_terminal
 
 
 class DeviceError(UsageError, ValueError):
@@ -115,11 +116,19 @@ def to_channels_last(model: torch.nn.Module, device: torch.device | str | None =
     return model
 
 
-def sigterm_as_interrupt() -> None:
-    """SIGTERM (``kill``, ``timeout``, a job scheduler) stops the process as Ctrl-C does: what handles
-    ``KeyboardInterrupt`` (the tester's partial results, the app's clean exit) handles it too. For entry
-    points only: the handler is process-wide. The trainers install their own
+def stop_signals_as_interrupt() -> None:
+    """SIGTERM (``kill``, ``timeout``, a job scheduler) and SIGHUP (the terminal closed: an ssh session that
+    dropped) stop the process as Ctrl-C does: what handles ``KeyboardInterrupt`` (the tester's partial results,
+    the app's clean exit) handles them too. After a hang-up, output that went to the terminal goes to /dev/null
+    first (every write to it would fail). A signal the process was started to ignore stays ignored (``nohup``'s
+    SIGHUP). For entry points only: the handlers are process-wide. The trainers install their own
     (:class:`utils.train.signals.StopRequest`)."""
+    hangup = getattr(signal, "SIGHUP", None)  # POSIX
+
     def interrupt(signum, frame):
+        if signum == hangup:
+            leave_the_hung_up_terminal()
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, interrupt)
+    for s in (signal.SIGTERM, hangup):
+        if s is not None and signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, interrupt)

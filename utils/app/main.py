@@ -29,7 +29,7 @@ from utils.data.image_io import MAX_PIXELS, pixel_limit
 from utils.errors import OneLineArgumentParser, UsageError, UserError, run_main
 from utils.eval.options import add_checkpoint_flags, pixel_count
 from utils.eval.outputs import check_writable_folder
-from utils.runtime import DEVICES, pick_device, sigterm_as_interrupt, tune_cpu_allocator
+from utils.runtime import DEVICES, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
 
 DEMO_EXAMPLES = "data/demo/test"
 HOST = "127.0.0.1"
@@ -140,7 +140,7 @@ def main(args) -> int:
         page = build_page(Session(model=model, info=info, device=device, work_dir=work_dir), examples)
         print(f"=> {info['model']} ({info['backbone']}) on {device}; {len(examples)} example image(s); serving "
               f"http://{HOST}:{args.port} (Ctrl-C to stop)", flush=True)
-        sigterm_as_interrupt()
+        stop_signals_as_interrupt()
         # Gradio serves files only from the current and temporary folders and these: the examples, and the
         # restorations written under --work-dir wherever it is
         allowed = [str(p.resolve()) for p in (examples_root, work_dir) if p is not None]

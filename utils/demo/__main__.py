@@ -5,7 +5,7 @@ from utils.errors import stopped_while_starting
 
 with stopped_while_starting():
     from utils.demo.run import cli
-    from utils.runtime import sigterm_as_interrupt
+    from utils.runtime import stop_signals_as_interrupt
 
-sigterm_as_interrupt()  # kill / timeout stop it as Ctrl-C does (the training is saved either way)
+stop_signals_as_interrupt()  # kill / timeout / a closed terminal stop it as Ctrl-C does (the training is saved)
 sys.exit(cli())
