@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 from unittest import mock
 
 import torch
 
 from net.blocks import Attention, FeedForward
+from utils.errors import OneLineArgumentParser, run_main
 from utils.runtime import tune_cpu_allocator
 
 
@@ -34,11 +36,22 @@ def best_ms(fn, repeats: int) -> float:
     return best * 1e3
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
-    a = p.parse_args()
+    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
+                                                         "line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark; a failure the user can fix (or Ctrl-C) is one ``error:`` line (:func:`utils.errors.run_main`)."""
+    a = build_parser().parse_args(argv)
+    return run_main(bench, a, debug=a.debug)
+
+
+def bench(a: argparse.Namespace) -> None:
     tune_cpu_allocator()
     torch.manual_seed(0)
     print(f"GDFN and MDTA, 1 x C x {a.size} x {a.size}, channels_last, torch {torch.__version__}, "
@@ -65,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from utils.compiled import COMPILE_MODES  # noqa: E402
 from utils.demo.data import build_demo_data  # noqa: E402
+from utils.errors import OneLineArgumentParser, run_main  # noqa: E402
 from utils.train.run_log import LOSS_LABELS, read_log  # noqa: E402
 
 PARTS = ("map",) + tuple(k for k, _ in LOSS_LABELS)
@@ -115,8 +116,8 @@ def draw(curves: dict[str, list[dict]], labels: dict[str, str], fig_path: Path, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", default="default", choices=COMPILE_MODES[1:], help="--compile mode of the fast run")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -136,11 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/demo", help="demo data folder (built when missing or stale)")
     p.add_argument("--fig", default="figs/bench/fast_path_losses.png")
     p.add_argument("--json", default=None, help="also write the curves and the summary here")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
+                                                         "line")
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark; a failure the user can fix (or Ctrl-C) is one ``error:`` line (:func:`utils.errors.run_main`)."""
     a = build_parser().parse_args(argv)
+    return run_main(bench, a, debug=a.debug)
+
+
+def bench(a: argparse.Namespace) -> None:
     root = Path(a.data)
     build_demo_data(root, progress=False)
     labels = {"eager": "eager", "fast": f"--compile {a.mode}"}
@@ -186,4 +194,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,6 +29,7 @@ import torch
 from net import set_layernorm_impl
 from net.presets import build_model
 from utils.compiled import COMPILE_MODES
+from utils.errors import OneLineArgumentParser, run_main
 from utils.eval.inference import restore
 from utils.memory import resident_bytes
 from utils.runtime import tune_cpu_allocator
@@ -162,7 +163,7 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
         show(name)
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
@@ -173,12 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU paths to compare (plain first: the others' speed-ups are against it)")
     parser.add_argument("--compile", nargs="*", default=[], metavar="MODE", choices=COMPILE_MODES[1:],
                         help="cuda: also restore() bf16 torch.compile'd with each MODE (e.g. reduce-overhead)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one "
+                                                              "error: line")
     parser.add_argument("--child", choices=PATHS + EXTRA_PATHS, help=argparse.SUPPRESS)
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark; a failure the user can fix (or Ctrl-C) is one ``error:`` line (:func:`utils.errors.run_main`)."""
     args = build_parser().parse_args(argv)
+    return run_main(bench, args, debug=args.debug)
+
+
+def bench(args: argparse.Namespace) -> None:
     if args.device == "cuda":
         gpu_rows(args.preset, args.size, max(args.repeats, 10), tuple(args.compile))
         return
@@ -215,4 +223,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
+from utils.errors import OneLineArgumentParser, run_main
 from utils.runtime import pick_device
 from utils.train.distributed import DistInfo
 from utils.train.options import get_args_parser
@@ -130,8 +131,8 @@ def time_loader(dirs: dict[str, Path], de_types: list[str], repeats: list[str], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     default_workers = get_args_parser().get_default("threads")
     p.add_argument("--workers", type=int, nargs="+", default=[default_workers],
                    help="DataLoader worker counts to time (the trainer's default --threads on this machine first)")
@@ -143,11 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consume-ms", type=float, default=50.0,
                    help="the GPU's time per iteration to compare with (the speed target)")
     p.add_argument("--device", default="auto", help="copy batches to this device as the trainer does")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
+                                                         "line")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The benchmark; a failure the user can fix (or Ctrl-C) is one ``error:`` line (:func:`utils.errors.run_main`)."""
     args = build_parser().parse_args(argv)
+    return run_main(bench, args, debug=args.debug)
+
+
+def bench(args: argparse.Namespace) -> int:
 
     de_types = list(ALL_IN_ONE_3D)
     # one epoch long enough for the batches timed and those skipped (24 files: 792 samples, 264 batches of 3)

@@ -40,6 +40,7 @@ import torch
 from net import Potentials, set_layernorm_impl
 from net.presets import build_model
 from utils.compiled import COMPILE_MODES
+from utils.errors import OneLineArgumentParser, run_main
 from utils.eval.inference import autocast_context
 from utils.memory import resident_bytes
 from utils.runtime import tune_cpu_allocator
@@ -229,7 +230,8 @@ def _spawn(variant: str, precision: str, a: argparse.Namespace, preset: str, ite
     runs past ``--variant-timeout`` (the other variants' rows are kept either way)."""
     cmd = [sys.executable, __file__, "--_worker", variant, "--precision", precision, "--preset", preset,
            "--batch", str(a.batch), "--patch", str(a.patch), "--K", str(a.K), "--iters", str(iters),
-           "--warmup", str(warmup), "--device", a.device, "--compile-mode", a.compile_mode]
+           "--warmup", str(warmup), "--device", a.device, "--compile-mode", a.compile_mode,
+           *(["--debug"] if a.debug else [])]
     label = f"compiled ({a.compile_mode})" if variant == "compiled" else variant
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.variant_timeout or None)
@@ -255,7 +257,7 @@ def variant_list(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", help="comma-separated engine precisions, e.g. fp32,bf16")
     p.add_argument("--preset", default="paper")
@@ -278,12 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-mode", dest="compile_mode", default="default", choices=COMPILE_MODES[1:],
                    help="torch.compile mode of the 'compiled' variant (the trainers' --compile): default, "
                         "reduce-overhead (CUDA graphs), max-autotune")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
+                                                         "line")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark; a failure the user can fix (or Ctrl-C) is one ``error:`` line (:func:`utils.errors.run_main`)."""
     a = build_parser().parse_args(argv)
+    return run_main(bench, a, debug=a.debug)
+
+
+def bench(a: argparse.Namespace) -> None:
     device = torch.device(a.device)
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA GPU visible")
@@ -347,4 +356,4 @@ def main(argv: list[str] | None = None) -> None:
                   f"({tiny['seconds']:.3f} s / iteration, median of {a.tiny_iters})")
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from utils.errors import OneLineArgumentParser, run_main
+
 ROOT = Path(__file__).resolve().parents[1]
 # (backbone, preset) -> (small, large) side for restoring, patch side for training
 # Large sides: at small ones fixed-size buffers inflate the slope (tiny: 3128 B/px from 256-512, 2164 from
@@ -113,14 +115,26 @@ def measure(precisions: tuple[str, ...] = ("fp32",), backbones: tuple[str, ...] 
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--one", nargs=6, metavar=("KIND", "BACKBONE", "PRESET", "PRECISION", "SIZE", "BATCH"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONE_NAMES), choices=list(BACKBONE_NAMES))
     parser.add_argument("--kinds", nargs="+", default=["restore", "train"], choices=["restore", "train"])
-    args = parser.parse_args()
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one "
+                                                              "error: line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The measurement; a failure the user can fix (or Ctrl-C) is one ``error:`` line
+    (:func:`utils.errors.run_main`)."""
+    args = build_parser().parse_args(argv)
+    return run_main(measure_and_print, args, debug=args.debug)
+
+
+def measure_and_print(args: argparse.Namespace) -> None:
     if args.one:
         kind, backbone, preset, precision, size, batch = args.one
         print(one_case(kind, backbone, preset, precision, int(size), int(batch)))
@@ -133,4 +147,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,6 +33,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from utils.compiled import COMPILE_MODES
+from utils.errors import OneLineArgumentParser, run_main
 from utils.runtime import tune_cpu_allocator
 from utils.train.distributed import DistInfo
 from utils.train.iteration import Training, train_step
@@ -76,8 +77,8 @@ def peak_tflops(device: torch.device, precision: str, given: float | None) -> tu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--preset", default="paper")
@@ -92,11 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default="off", choices=COMPILE_MODES,
                    help="profile the trainers' --compile fast path with this torch.compile mode (FLOPs are "
                         "counted on the eager iteration: the same arithmetic)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
+                                                         "line")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The profile; a failure the user can fix (or Ctrl-C) is one ``error:`` line (:func:`utils.errors.run_main`)."""
     a = build_parser().parse_args(argv)
+    return run_main(profile_run, a, debug=a.debug)
+
+
+def profile_run(a: argparse.Namespace) -> int:
 
     device = torch.device(a.device)
     if device.type == "cuda":

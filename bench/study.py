@@ -67,6 +67,7 @@ from utils.dataset_utils import ALL_IN_ONE_3D
 from utils.demo.data import build_demo_data
 from utils.demo.degrade import darken, jpeg_degrade, motion_blur
 from utils.demo.run import InputAsOutput, views_of_one_photo
+from utils.errors import OneLineArgumentParser, UsageError, UserError, run_main
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.runtime import DEVICES, pick_device
@@ -150,16 +151,20 @@ FULL = dict(iters=400, epochs=4, seeds=[0, 1, 2])
 QUICK = dict(iters=60, epochs=2, seeds=[0])  # evaluation dominates: one seed keeps it near 10 minutes
 
 
-class StudyError(RuntimeError):
+class StudyError(UserError):
     """A setting conflicts with what ``--out`` already holds, or a run failed; the message says what to do."""
 
 
+class StudySettingError(StudyError, UsageError):
+    """Flags that cannot work together (exit status 2)."""
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="BaryIR vs L1 baselines (Restormer, a capacity-matched Restormer, "
-                                            "PromptIR), three ablations and BaryPromptIR on the demo data: "
-                                            "PSNR/SSIM over seeds, paired tests, a linear probe of the WB and "
-                                            "residual spaces",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineArgumentParser(description="BaryIR vs L1 baselines (Restormer, a capacity-matched Restormer, "
+                                          "PromptIR), three ablations and BaryPromptIR on the demo data: "
+                                          "PSNR/SSIM over seeds, paired tests, a linear probe of the WB and "
+                                          "residual spaces",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help=f"{len(QUICK['seeds'])} seed x {QUICK['iters']} iterations per arm (up to 12 minutes for "
                         f"all arms): "
@@ -187,6 +192,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no training progress bars")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
+                                                         "line")
     return p
 
 
@@ -201,9 +208,9 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     args.iters = args.iters if args.iters is not None else base["iters"]
     args.epochs = args.epochs if args.epochs is not None else base["epochs"]
     if args.epochs < 1 or args.iters < args.epochs:
-        raise StudyError(f"--iters ({args.iters}) must be at least --epochs ({args.epochs}) >= 1")
+        raise StudySettingError(f"--iters ({args.iters}) must be at least --epochs ({args.epochs}) >= 1")
     if args.iters % args.epochs:
-        raise StudyError(f"--iters {args.iters} must be a multiple of --epochs {args.epochs} (equal epochs)")
+        raise StudySettingError(f"--iters {args.iters} must be a multiple of --epochs {args.epochs} (equal epochs)")
     return args
 
 
@@ -989,8 +996,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python bench/study.py``: a failure the user can fix (a flag, a folder, a failed run, Ctrl-C outside a
+    run) is one ``error:`` line (:func:`utils.errors.run_main`), its traceback only with ``--debug``."""
+    args = get_args_parser().parse_args(argv)
+    return run_main(main, args, debug=args.debug)
+
+
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except StudyError as exc:
-        sys.exit(f"error: {exc}")
+    sys.exit(cli())

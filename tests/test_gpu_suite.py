@@ -155,3 +155,28 @@ def test_a_failed_inference_path_keeps_the_other_rows(monkeypatch, capsys):
         assert row in out
     assert "| restore_bf16_compiled_reduce-overhead | failed: RuntimeError: Triton compilation failed |" in out
     assert out.index("| plain_fp32 |") < out.index("| restore_fp32 |") < out.index("| restore_bf16 |")
+
+
+def test_a_bench_failure_a_bad_flag_or_ctrl_c_is_one_error_line(monkeypatch, capsys):
+    """The benchmark scripts ended a failure the user can fix (--device cuda without a GPU), a bad flag and Ctrl-C
+    with a traceback or argparse's usage block; they end as the other scripts do (utils.errors.run_main): one
+    error: line, status 2 for flags, 130 for Ctrl-C."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench_module("bench_loader").main(["--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--device" in err, err
+    for name in ("bench_blocks", "bench_inference", "bench_train", "bench_fast_path", "profile_train",
+                 "bench_loader", "memory_coefficients"):
+        with pytest.raises(SystemExit) as stop:
+            bench_module(name).build_parser().parse_args(["--no-such-flag"])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, (name, err)
+    bench = bench_module("bench_train")
+
+    def interrupted(cmd, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench.subprocess, "run", interrupted)
+    assert bench.main(["--variants", "engine", "--tiny-iters", "0"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "error: interrupted"

@@ -299,3 +299,16 @@ def test_a_run_of_another_network_is_refused(tmp_path):
         study.check_network("restormer_matched", narrow, tmp_path / "eval.json")
     with pytest.raises(study.StudyError, match="backbone 'BaryNet' there, 'PromptIR' now"):
         study.check_network("promptir", {"backbone": "BaryNet", "model_config": {}}, tmp_path / "eval.json")
+
+
+def test_flags_that_cannot_work_are_one_error_line_and_nothing_is_written(tmp_path, capsys):
+    """`python bench/study.py --iters 3 --epochs 2` printed its error with exit status 1, and any other failure the
+    user fixes (a folder, --device cuda without a GPU, Ctrl-C outside a run) as a traceback: run_main says it."""
+    argv = ["--iters", "3", "--epochs", "2", "--out", str(tmp_path / "out"), "--root", str(tmp_path / "demo")]
+    assert study.cli(argv) == 2
+    assert capsys.readouterr().err == "error: --iters 3 must be a multiple of --epochs 2 (equal epochs)\n"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()
+    (tmp_path / "file").write_text("mine")  # a file where the demo data's folder goes: a UserError, one line
+    assert study.cli(["--root", str(tmp_path / "file"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --root") and err.count("\n") == 1 and (tmp_path / "file").read_text() == "mine"
