@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from utils.compiled import COMPILE_MODES  # noqa: E402
 from utils.demo.data import build_demo_data  # noqa: E402
 from utils.errors import OneLineArgumentParser, run_main  # noqa: E402
+from utils.runtime import pick_device  # noqa: E402
 from utils.train.run_log import LOSS_LABELS, read_log  # noqa: E402
 
 PARTS = ("map",) + tuple(k for k, _ in LOSS_LABELS)
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(a: argparse.Namespace) -> None:
+    pick_device(a.device)  # no GPU visible for --device cuda: said now, not after building the data
     root = Path(a.data)
     build_demo_data(root, progress=False)
     labels = {"eager": "eager", "fast": f"--compile {a.mode}"}

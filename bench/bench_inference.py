@@ -32,7 +32,7 @@ from utils.compiled import COMPILE_MODES
 from utils.errors import OneLineArgumentParser, run_main
 from utils.eval.inference import restore
 from utils.memory import resident_bytes
-from utils.runtime import tune_cpu_allocator
+from utils.runtime import pick_device, tune_cpu_allocator
 
 PATHS = ("plain", "fast_fp32", "fast_bf16", "fast_fp32_default_alloc")
 # Opt-in (--paths): the fast fp32 path through torch.compile (default mode; the first forward compiles).
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(args: argparse.Namespace) -> None:
     if args.device == "cuda":
+        pick_device("cuda")  # no GPU visible: one error: line naming --device, not CUDA's own failure
         gpu_rows(args.preset, args.size, max(args.repeats, 10), tuple(args.compile))
         return
     if args.child:

@@ -43,7 +43,7 @@ from utils.compiled import COMPILE_MODES
 from utils.errors import OneLineArgumentParser, run_main
 from utils.eval.inference import autocast_context
 from utils.memory import resident_bytes
-from utils.runtime import tune_cpu_allocator
+from utils.runtime import pick_device, tune_cpu_allocator
 from utils.train.iteration import Training, train_step
 from utils.train.optim import build_optimizer
 
@@ -293,9 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(a: argparse.Namespace) -> None:
-    device = torch.device(a.device)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA GPU visible")
+    device = pick_device(a.device)  # no GPU visible for --device cuda: one error: line, exit status 2
     if a._worker:
         print(json.dumps(run_variant(a._worker, a.precision, a.preset, a.batch, a.patch, a.K, a.iters, a.warmup,
                                      device, a.compile_mode)))

@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from utils.compiled import COMPILE_MODES
 from utils.errors import OneLineArgumentParser, run_main
-from utils.runtime import tune_cpu_allocator
+from utils.runtime import pick_device, tune_cpu_allocator
 from utils.train.distributed import DistInfo
 from utils.train.iteration import Training, train_step
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def profile_run(a: argparse.Namespace) -> int:
 
-    device = torch.device(a.device)
+    device = pick_device(a.device)  # no GPU visible for --device cuda: one error: line naming the flag
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:

@@ -180,3 +180,19 @@ def test_a_bench_failure_a_bad_flag_or_ctrl_c_is_one_error_line(monkeypatch, cap
     monkeypatch.setattr(bench.subprocess, "run", interrupted)
     assert bench.main(["--variants", "engine", "--tiny-iters", "0"]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == "error: interrupted"
+
+
+def test_device_cuda_without_a_gpu_is_one_error_line(monkeypatch, capsys, tmp_path):
+    """--device cuda on a machine without a GPU: bench_inference and profile_train ended in CUDA's traceback ("Found
+    no NVIDIA driver"), bench_train with a line without error: and status 1, bench_fast_path after building the
+    demo data; now each says pick_device's line first, status 2."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "file").write_text("not a folder")  # bench_fast_path's --data: refused at once, when it gets there
+    for name, argv in (("bench_inference", ["--preset", "tiny", "--size", "32"]),
+                       ("profile_train", ["--preset", "tiny", "--patch", "16", "--iters", "1", "--warmup", "0"]),
+                       ("bench_train", ["--preset", "tiny", "--tiny-iters", "0"]),
+                       ("bench_fast_path", ["--data", str(tmp_path / "file")])):
+        assert bench_module(name).main([*argv, "--device", "cuda"]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: a CUDA device was asked for") and err.count("\n") == 1, (name, err)
