@@ -22,6 +22,7 @@ import torch
 
 from net.blocks import Attention, FeedForward
 from utils.errors import OneLineArgumentParser, run_main
+from utils.eval.options import at_least
 from utils.runtime import tune_cpu_allocator
 
 
@@ -38,8 +39,8 @@ def best_ms(fn, repeats: int) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--size", type=at_least(1), default=256)
+    p.add_argument("--repeats", type=at_least(1), default=5)
     p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
                                                          "line")
     return p

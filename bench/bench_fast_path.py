@@ -34,9 +34,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from net.presets import PRESETS  # noqa: E402
 from utils.compiled import COMPILE_MODES  # noqa: E402
 from utils.demo.data import build_demo_data  # noqa: E402
-from utils.errors import OneLineArgumentParser, run_main  # noqa: E402
+from utils.errors import OneLineArgumentParser, UsageError, run_main  # noqa: E402
+from utils.eval.options import at_least  # noqa: E402
 from utils.runtime import pick_device  # noqa: E402
 from utils.train.run_log import LOSS_LABELS, read_log  # noqa: E402
 
@@ -122,13 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="default", choices=COMPILE_MODES[1:], help="--compile mode of the fast run")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--iters", type=int, default=300)
-    p.add_argument("--batch", type=int, default=3)
-    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    p.add_argument("--iters", type=at_least(1), default=300)
+    p.add_argument("--batch", type=at_least(1), default=3)
+    p.add_argument("--patch", type=at_least(16), default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--skip", type=int, default=10, help="iterations left out of the median time")
-    p.add_argument("--control-threads", dest="control_threads", type=int, default=1,
+    p.add_argument("--skip", type=at_least(0), default=10,
+                   help="iterations left out of the median time (fewer than --iters)")
+    p.add_argument("--control-threads", dest="control_threads", type=at_least(0), default=1,
                    help="also run eager with this many OpenMP threads: the same training with another summation "
                         "order, to show how far curves of this adversarial objective drift from rounding alone "
                         "(0: no control run)")
@@ -151,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(a: argparse.Namespace) -> None:
     pick_device(a.device)  # no GPU visible for --device cuda: said now, not after building the data
+    if a.skip >= a.iters:  # every run would end in an empty median, after all of them
+        raise UsageError(f"--skip {a.skip} leaves none of --iters {a.iters} to time: pass a smaller --skip "
+                         f"(default 10) or more --iters")
     root = Path(a.data)
     build_demo_data(root, progress=False)
     labels = {"eager": "eager", "fast": f"--compile {a.mode}"}
@@ -167,7 +173,7 @@ def bench(a: argparse.Namespace) -> None:
         print(f"warning: the demo data's epoch held {len(eager)} iterations, fewer than --iters {a.iters}",
               file=sys.stderr)
     gap, part = first_iteration_gap(eager[0], fast[0])
-    times = {m: statistics.median(r["sec"] for r in c[a.skip:]) for m, c in curves.items()}
+    times = {m: statistics.median(r["sec"] for r in c[min(a.skip, len(c) - 1):]) for m, c in curves.items()}
     parts = [k for k, _ in LOSS_LABELS if k in eager[0]]
     tail = max(1, len(eager) // 6)
     title = (f"{a.preset} preset, batch {a.batch}, patch {a.patch}, {a.precision}, {a.device}: eager vs --compile "

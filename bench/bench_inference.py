@@ -27,10 +27,11 @@ import time
 import torch
 
 from net import set_layernorm_impl
-from net.presets import build_model
+from net.presets import PRESETS, build_model
 from utils.compiled import COMPILE_MODES
 from utils.errors import OneLineArgumentParser, run_main
 from utils.eval.inference import restore
+from utils.eval.options import at_least
 from utils.memory import resident_bytes
 from utils.runtime import pick_device, tune_cpu_allocator
 
@@ -162,12 +163,21 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
             continue
         show(name)
 
+def image_side(text: str) -> int:
+    """``--size``: a multiple of 8 (the plain path runs the network on the image as it is; a side of 12 failed
+    in its process)."""
+    value = at_least(8)(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 8, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--size", type=image_side, default=256, help="image side, a multiple of 8")
+    parser.add_argument("--repeats", type=at_least(1), default=2)
+    parser.add_argument("--rounds", type=at_least(1), default=2)
+    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: the GPU rows (plain, restore fp32, restore bf16) in one process; use --size 512")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS + EXTRA_PATHS,

@@ -39,6 +39,7 @@ import torch
 
 from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
 from utils.errors import OneLineArgumentParser, run_main
+from utils.eval.options import at_least
 from utils.runtime import pick_device
 from utils.train.distributed import DistInfo
 from utils.train.options import get_args_parser
@@ -134,12 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     default_workers = get_args_parser().get_default("threads")
-    p.add_argument("--workers", type=int, nargs="+", default=[default_workers],
+    p.add_argument("--workers", type=at_least(0), nargs="+", default=[default_workers],
                    help="DataLoader worker counts to time (the trainer's default --threads on this machine first)")
-    p.add_argument("--files", type=int, default=24, help="files (pairs) per family")
-    p.add_argument("--batch", type=int, default=3)
-    p.add_argument("--patch", type=int, default=128)
-    p.add_argument("--batches", type=int, default=200, help="batches timed after the first")
+    p.add_argument("--files", type=at_least(1), default=24, help="files (pairs) per family")
+    p.add_argument("--batch", type=at_least(1), default=3)
+    p.add_argument("--patch", type=at_least(16), default=128)
+    p.add_argument("--batches", type=at_least(1), default=200, help="batches timed after the first")
     p.add_argument("--5d", dest="five_d", action="store_true", help="add deblur (1280x720) and low light")
     p.add_argument("--consume-ms", type=float, default=50.0,
                    help="the GPU's time per iteration to compare with (the speed target)")

@@ -38,10 +38,11 @@ import time
 import torch
 
 from net import Potentials, set_layernorm_impl
-from net.presets import build_model
+from net.presets import PRESETS, build_model
 from utils.compiled import COMPILE_MODES
 from utils.errors import OneLineArgumentParser, run_main
-from utils.eval.inference import autocast_context
+from utils.eval.inference import PRECISIONS, autocast_context
+from utils.eval.options import at_least
 from utils.memory import resident_bytes
 from utils.runtime import pick_device, tune_cpu_allocator
 from utils.train.iteration import Training, train_step
@@ -256,19 +257,29 @@ def variant_list(text: str) -> str:
     return text
 
 
+def precision_list(text: str) -> str:
+    """``--precision``: comma-separated names from :data:`PRECISIONS` (a misspelt one failed in every variant)."""
+    unknown = [v for v in text.split(",") if v and v not in PRECISIONS]
+    if unknown or not text.strip(","):
+        raise argparse.ArgumentTypeError(f"unknown precision(s) {', '.join(unknown) or repr(text)}; choose from "
+                                         f"{', '.join(PRECISIONS)}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", help="comma-separated engine precisions, e.g. fp32,bf16")
-    p.add_argument("--preset", default="paper")
-    p.add_argument("--batch", type=int, default=3)
-    p.add_argument("--patch", type=int, default=128)
-    p.add_argument("--K", type=int, default=3)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--tiny-iters", dest="tiny_iters", type=int, default=10,
+    p.add_argument("--precision", default="fp32", type=precision_list,
+                   help="comma-separated engine precisions, e.g. fp32,bf16")
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    p.add_argument("--batch", type=at_least(1), default=3)
+    p.add_argument("--patch", type=at_least(16), default=128)
+    p.add_argument("--K", type=at_least(1), default=3)
+    p.add_argument("--iters", type=at_least(1), default=3)
+    p.add_argument("--warmup", type=at_least(0), default=1)
+    p.add_argument("--tiny-iters", dest="tiny_iters", type=at_least(0), default=10,
                    help="iterations of the tiny preset's engine, reported last (0: skip it)")
-    p.add_argument("--variant-timeout", dest="variant_timeout", type=int, default=0,
+    p.add_argument("--variant-timeout", dest="variant_timeout", type=at_least(0), default=0,
                    help="seconds one variant may take (its process is killed past them and its row says so; "
                         "0: no limit)")
     p.add_argument("--variants", default=None, type=variant_list,

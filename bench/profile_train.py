@@ -32,8 +32,10 @@ from bench_train import _sync, build_case
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from net.presets import PRESETS
 from utils.compiled import COMPILE_MODES
 from utils.errors import OneLineArgumentParser, run_main
+from utils.eval.options import at_least
 from utils.runtime import pick_device, tune_cpu_allocator
 from utils.train.distributed import DistInfo
 from utils.train.iteration import Training, train_step
@@ -81,13 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--preset", default="paper")
-    p.add_argument("--batch", type=int, default=3)
-    p.add_argument("--patch", type=int, default=128)
-    p.add_argument("--K", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=5, help="timed, then profiled, iterations")
-    p.add_argument("--rows", type=int, default=20)
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    p.add_argument("--batch", type=at_least(1), default=3)
+    p.add_argument("--patch", type=at_least(16), default=128)
+    p.add_argument("--K", type=at_least(1), default=3)
+    p.add_argument("--warmup", type=at_least(0), default=3)
+    p.add_argument("--iters", type=at_least(1), default=5, help="timed, then profiled, iterations")
+    p.add_argument("--rows", type=at_least(1), default=20)
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--trace", default=None, help="write the Chrome trace of the profiled iterations here")
     p.add_argument("--compile", default="off", choices=COMPILE_MODES,

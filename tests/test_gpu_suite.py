@@ -196,3 +196,24 @@ def test_device_cuda_without_a_gpu_is_one_error_line(monkeypatch, capsys, tmp_pa
         assert bench_module(name).main([*argv, "--device", "cuda"]) == 2, name
         err = capsys.readouterr().err
         assert err.startswith("error: a CUDA device was asked for") and err.count("\n") == 1, (name, err)
+
+
+def test_sizes_counts_and_presets_are_checked_by_the_parsers(capsys, tmp_path):
+    """--repeats 0 ended in a child's ValueError under a CalledProcessError traceback, --iters 0 in an empty median,
+    --preset paperr in build_model's ValueError, --precision fp33 in every variant's failure; now the parser says
+    which flag, status 2. bench_fast_path's default --skip 10 with --iters 5 ended in an empty median after all
+    four training runs; now it is refused before them."""
+    for name, argv in (("bench_inference", ["--repeats", "0"]), ("bench_inference", ["--preset", "paperr"]),
+                       ("bench_inference", ["--size", "12"]), ("bench_train", ["--iters", "0"]),
+                       ("bench_train", ["--precision", "fp33"]), ("profile_train", ["--batch", "0"]),
+                       ("profile_train", ["--preset", "small"]), ("bench_fast_path", ["--skip", "-1"]),
+                       ("bench_loader", ["--files", "0"]), ("bench_blocks", ["--size", "0"])):
+        with pytest.raises(SystemExit) as stop:
+            bench_module(name).build_parser().parse_args(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith(f"error: argument {argv[0]}: ") and err.count("\n") == 1, \
+            (name, err)
+    (tmp_path / "file").write_text("not a folder")  # --data: refused at once, were the runs started
+    assert bench_module("bench_fast_path").main(["--iters", "5", "--data", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == ("error: --skip 10 leaves none of --iters 5 to time: pass a smaller --skip "
+                                       "(default 10) or more --iters\n")
