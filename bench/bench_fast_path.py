@@ -39,6 +39,8 @@ from utils.compiled import COMPILE_MODES  # noqa: E402
 from utils.demo.data import build_demo_data  # noqa: E402
 from utils.errors import OneLineArgumentParser, UsageError, run_main  # noqa: E402
 from utils.eval.options import at_least  # noqa: E402
+from utils.eval.outputs import check_writable_folder  # noqa: E402
+from utils.files import keep_aside, write_text  # noqa: E402
 from utils.runtime import pick_device  # noqa: E402
 from utils.train.run_log import LOSS_LABELS, read_log  # noqa: E402
 
@@ -113,8 +115,8 @@ def draw(curves: dict[str, list[dict]], labels: dict[str, str], fig_path: Path, 
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(fig_path, dpi=110)
+    from utils.plotting import save_figure
+    save_figure(fig, fig_path, dpi=110)  # whole or not at all: Ctrl-C while saving leaves the earlier figure
     plt.close(fig)
 
 
@@ -157,6 +159,9 @@ def bench(a: argparse.Namespace) -> None:
     if a.skip >= a.iters:  # every run would end in an empty median, after all of them
         raise UsageError(f"--skip {a.skip} leaves none of --iters {a.iters} to time: pass a smaller --skip "
                          f"(default 10) or more --iters")
+    for flag, path in (("--fig", a.fig), ("--json", a.json)):  # before the runs, not after them
+        if path:
+            check_writable_folder(Path(path).parent, flag, create=False)
     root = Path(a.data)
     build_demo_data(root, progress=False)
     labels = {"eager": "eager", "fast": f"--compile {a.mode}"}
@@ -198,7 +203,10 @@ def bench(a: argparse.Namespace) -> None:
     print(f"compiling cost about {fast[0]['sec'] - eager[0]['sec']:.0f} s in the first iteration")
     print(f"figure: {a.fig}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"curves": curves, "first_gap": gap, "seconds": times}))
+        if Path(a.json).exists():  # a file of the user's, or an earlier run's: kept, not replaced
+            print(f"(an earlier {a.json} was moved to {keep_aside([Path(a.json)], Path(a.json))}/)")
+        write_text(a.json, json.dumps({"curves": curves, "first_gap": gap, "seconds": times}))
+        print(f"curves: {a.json}")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 from bench_inference import _matmul_gflops
@@ -36,6 +38,8 @@ from net.presets import PRESETS
 from utils.compiled import COMPILE_MODES
 from utils.errors import OneLineArgumentParser, run_main
 from utils.eval.options import at_least
+from utils.eval.outputs import check_writable_folder
+from utils.files import keep_aside, replace_file
 from utils.runtime import pick_device, tune_cpu_allocator
 from utils.train.distributed import DistInfo
 from utils.train.iteration import Training, train_step
@@ -109,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 def profile_run(a: argparse.Namespace) -> int:
 
     device = pick_device(a.device)  # no GPU visible for --device cuda: one error: line naming the flag
+    if a.trace:  # before the profile, not after it
+        check_writable_folder(Path(a.trace).parent, "--trace", create=False)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
@@ -152,7 +158,12 @@ def profile_run(a: argparse.Namespace) -> int:
             train_step(training, batch)
         _sync(device)
     if a.trace:
-        prof.export_chrome_trace(a.trace)
+        trace = Path(a.trace)
+        if trace.exists():  # a file of the user's, or an earlier profile: kept, not replaced
+            print(f"(an earlier {trace} was moved to {keep_aside([trace], trace)}/)")
+        with tempfile.TemporaryDirectory(prefix="profile_trace_") as tmp:  # written whole, then renamed into place
+            prof.export_chrome_trace(str(Path(tmp) / trace.name))
+            replace_file(trace, (Path(tmp) / trace.name).read_bytes())
     events = prof.events()
     per_iter = Counter()
     for e in events:

@@ -1,6 +1,8 @@
 """bench/bench_fast_path.py's two measures: the first iteration's largest relative loss difference, and how
 far one run's smoothed curve departs from another's (0 for the same curve, scale-free)."""
 import importlib.util
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,53 @@ def test_departure_is_zero_for_the_same_curve_and_scale_free(bench):
     assert d == pytest.approx(0.1, rel=1e-9)  # a 10 % larger curve departs by 0.1 ...
     scaled = bench.departure(records([1000 * v for v in shifted]), records([1000 * v for v in base]), "transport")
     assert scaled == pytest.approx(d, rel=1e-9)  # ... in any unit
+
+
+def _fake_runs(bench, monkeypatch, calls: list):
+    """bench_fast_path without training: each run returns three logged iterations (and is recorded in ``calls``)."""
+    def run(name, mode, root, work, a, threads=None, seed=0):
+        calls.append(name)
+        return [{"global_step": i + 1, "sec": 0.1, **{k: 1.0 + i for k in bench.PARTS}} for i in range(3)]
+    monkeypatch.setattr(bench, "run", run)
+    monkeypatch.setattr(bench, "build_demo_data", lambda *a, **kw: {})
+
+
+def test_outputs_are_checked_before_the_runs_and_an_earlier_file_is_kept(bench, monkeypatch, tmp_path, capsys):
+    """--json in a folder that cannot be written failed after every training run (the results lost); an existing
+    --json file (the user's, an earlier run's) was replaced without a word: now the folder is checked first and the
+    file moved to <name>.before-<time>/."""
+    calls: list = []
+    _fake_runs(bench, monkeypatch, calls)
+    (tmp_path / "file").write_text("not a folder")
+    flags = ["--iters", "3", "--skip", "1", "--control-threads", "0", "--no-seed-control", "--fig",
+             str(tmp_path / "fig.png")]
+    assert bench.main([*flags, "--json", str(tmp_path / "file" / "out.json")]) == 2
+    assert calls == [] and capsys.readouterr().err.startswith("error: --json ")
+    mine = tmp_path / "out.json"
+    mine.write_text("my notes")
+    assert bench.main([*flags, "--json", str(mine)]) == 0
+    assert json.loads(mine.read_text())["first_gap"] == 0.0
+    kept = list(tmp_path.glob("out.json.before-*/out.json"))
+    assert [p.read_text() for p in kept] == ["my notes"]
+
+
+def test_ctrl_c_while_the_figure_is_saved_leaves_the_earlier_figure(bench, monkeypatch, tmp_path, capsys):
+    """The figure was written in place by savefig: Ctrl-C (or a full disk) there left half a PNG over the earlier
+    (committed) figure; now it is written whole, then renamed into place."""
+    import matplotlib.figure
+    _fake_runs(bench, monkeypatch, [])
+    fig = tmp_path / "fig.png"
+    fig.write_bytes(b"the earlier figure")
+
+    def torn_savefig(self, fname, **kw):
+        if isinstance(fname, (str, os.PathLike)):
+            Path(fname).write_bytes(b"half a PNG")
+        else:
+            fname.write(b"half a PNG")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", torn_savefig)
+    assert bench.main(["--iters", "3", "--skip", "1", "--control-threads", "0", "--no-seed-control", "--fig",
+                       str(fig)]) == 130
+    assert fig.read_bytes() == b"the earlier figure"
+    assert capsys.readouterr().err.splitlines()[-1] == "error: interrupted"

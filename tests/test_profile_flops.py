@@ -29,3 +29,13 @@ def test_convolution_backward_costs_two_forwards(monkeypatch, groups):
     forward = 2 * 2 * 16 * 16 * 32 * (32 // groups) * 9
     assert counts[torch.ops.aten.convolution] == forward
     assert counts[torch.ops.aten.convolution_backward] == 2 * forward
+
+
+def test_a_trace_that_cannot_be_written_is_refused_before_the_profile(monkeypatch, tmp_path, capsys):
+    """--trace in a folder that cannot be written failed after the whole profile, with a traceback."""
+    module = _profile_module(monkeypatch)
+    monkeypatch.setattr(module, "build_case", lambda *a: pytest.fail("profiled before checking --trace"))
+    (tmp_path / "file").write_text("not a folder")
+    assert module.main(["--device", "cpu", "--trace", str(tmp_path / "file" / "trace.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --trace ") and err.count("\n") == 1, err
