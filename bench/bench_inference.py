@@ -29,7 +29,7 @@ import torch
 from net import set_layernorm_impl
 from net.presets import PRESETS, build_model
 from utils.compiled import COMPILE_MODES
-from utils.errors import OneLineArgumentParser, run_main
+from utils.errors import OneLineArgumentParser, UserError, child_failure, run_main
 from utils.eval.inference import restore
 from utils.eval.options import at_least
 from utils.memory import resident_bytes
@@ -210,7 +210,9 @@ def bench(args: argparse.Namespace) -> None:
         for path in args.paths:
             cmd = [sys.executable, __file__, "--child", path, "--size", str(args.size),
                    "--repeats", str(args.repeats), "--preset", args.preset]
-            res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode:
+                raise UserError(f"the {path} path failed: {child_failure(res.stderr, res.returncode)}")
             row = json.loads(res.stdout.strip().splitlines()[-1])
             if path not in best or row["seconds"] < best[path]["seconds"]:
                 best[path] = row

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from utils.errors import OneLineArgumentParser, run_main
+from utils.errors import OneLineArgumentParser, UserError, child_failure, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 # (backbone, preset) -> (small, large) side for restoring, patch side for training
@@ -84,7 +84,9 @@ def one_case(kind: str, backbone: str, preset: str, precision: str, size: int, b
 
 def run_case(*case) -> float:
     cmd = [sys.executable, __file__, "--one", *map(str, case)]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        raise UserError(f"the case {' '.join(map(str, case))} failed: {child_failure(out.stderr, out.returncode)}")
     return float(out.stdout.strip().splitlines()[-1])
 
 

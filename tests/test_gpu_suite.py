@@ -217,3 +217,15 @@ def test_sizes_counts_and_presets_are_checked_by_the_parsers(capsys, tmp_path):
     assert bench_module("bench_fast_path").main(["--iters", "5", "--data", str(tmp_path / "file")]) == 2
     assert capsys.readouterr().err == ("error: --skip 10 leaves none of --iters 5 to time: pass a smaller --skip "
                                        "(default 10) or more --iters\n")
+
+
+def test_a_failed_measurement_process_is_one_error_line(monkeypatch, capsys):
+    """A path's process that failed ended bench_inference in a CalledProcessError traceback that hid what the
+    process said; now its error (a bug's traceback shown first) is the parent's one error: line."""
+    bench = bench_module("bench_inference")
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+        cmd, 1, "", "Traceback (most recent call last):\n  File ...\nRuntimeError: boom\n"))
+    assert bench.main(["--preset", "tiny", "--size", "32", "--rounds", "1", "--paths", "plain"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.splitlines()[-1] == "error: the plain path failed: RuntimeError: boom (exit status 1)"

@@ -9,6 +9,7 @@
   only with ``--debug``.
 * :class:`OneLineArgumentParser`: a bad flag is one ``error:`` line too.
 * :func:`listing`: long lists cut to a readable length; :func:`human_bytes`: sizes as people read them.
+* :func:`child_failure`: what a failed child process (a benchmark's measurement) said, for its parent's line.
 """
 from __future__ import annotations
 
@@ -78,6 +79,17 @@ def human_bytes(n: float) -> str:
             return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
         n /= 1024
     return f"{n} bytes"
+
+
+def child_failure(stderr: str, status: int) -> str:
+    """What a child process that exited with ``status`` said on ``stderr``: its ``error:`` line without the
+    prefix, or a bug's last traceback line (the traceback itself is printed to this process's stderr first, so
+    that it is not lost), then the exit status: for the parent's own :class:`UserError`."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    if len(lines) > 1:
+        print(stderr[-4000:], file=sys.stderr, end="" if stderr.endswith("\n") else "\n", flush=True)
+    detail = lines[-1].removeprefix("error: ") if lines else "no output"
+    return f"{detail} (exit status {status})"
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:
