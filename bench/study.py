@@ -70,6 +70,8 @@ from utils.demo.run import InputAsOutput, views_of_one_photo
 from utils.errors import OneLineArgumentParser, UsageError, UserError, run_main
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
+from utils.files import atomic_write, write_text
+from utils.plotting import save_figure
 from utils.runtime import DEVICES, pick_device
 from utils.train.engine import run_cli
 from utils.train.options import get_args_parser as trainer_parser
@@ -735,7 +737,7 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
     fig.suptitle(f"PSNR by arm, mean ± std over {len(seeds)} seed(s)")
     fig.tight_layout(rect=(0, 0.02 + 0.045 * math.ceil(len(names) / ncol), 1, 1))
     paths.append(figs_dir / "psnr_by_arm.png")
-    fig.savefig(paths[-1], dpi=110)
+    save_figure(fig, paths[-1], dpi=110)
     plt.close(fig)
 
     if summary["comparisons"]:
@@ -766,7 +768,7 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
             ax.legend(fontsize=8)
         fig.tight_layout()
         paths.append(figs_dir / "baryir_minus_baseline.png")  # the name of the figure when it had one comparison
-        fig.savefig(paths[-1], dpi=110)
+        save_figure(fig, paths[-1], dpi=110)
         plt.close(fig)
 
     if probe:
@@ -788,7 +790,7 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
         fig.suptitle("Linear probe of degradation type")
         fig.tight_layout()
         paths.append(figs_dir / "probe_accuracy.png")
-        fig.savefig(paths[-1], dpi=110)
+        save_figure(fig, paths[-1], dpi=110)
         plt.close(fig)
     return paths
 
@@ -826,7 +828,7 @@ def check_out_dir(out: Path, config: dict) -> None:
             raise StudyError(f"{out} holds runs of another setting ({listing}). Pass another --out (and "
                              f"--figs-dir), or delete {out} to start over.")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=1) + "\n")
+    write_text(path, json.dumps(config, indent=1) + "\n")
 
 
 def estimated_seconds(args: argparse.Namespace) -> dict[str, float]:
@@ -908,9 +910,9 @@ def run_one(args, arm_name: str, seed: int, root: Path, repeats: dict, views: li
     tasks = evaluate_model(model, root, device)
     emb = embed(model, views, device) if want_emb else None
     if emb is not None:
-        np.savez(emb_path, **emb)
-    eval_path.write_text(json.dumps({"checkpoint": str(ckpt), "network": network, "train_seconds": t_train,
-                                     "eval_seconds": time.time() - tic - t_train, "tasks": tasks}, indent=1) + "\n")
+        atomic_write(emb_path, lambda fh: np.savez(fh, **emb))
+    write_text(eval_path, json.dumps({"checkpoint": str(ckpt), "network": network, "train_seconds": t_train,
+                                      "eval_seconds": time.time() - tic - t_train, "tasks": tasks}, indent=1) + "\n")
     return tasks, emb, time.time() - tic
 
 
@@ -955,7 +957,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          f"Run the same command again to continue.") from None
     degraded_path = out / "degraded_input.json"
     if not degraded_path.is_file():
-        degraded_path.write_text(json.dumps(evaluate_model(InputAsOutput(), root, device), indent=1) + "\n")
+        write_text(degraded_path, json.dumps(evaluate_model(InputAsOutput(), root, device), indent=1) + "\n")
     degraded = json.loads(degraded_path.read_text())
 
     summary = summarise(evals, args.arms, args.seeds)
@@ -982,7 +984,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               f"--repeat {' '.join(f'{k}={v}' for k, v in repeats.items())}",
               f"- figures: {', '.join(str(p) for p in fig_paths)}", ""]
     text = "\n".join(header) + "\n" + md
-    (out / "study.md").write_text(text + "\n")
+    write_text(out / "study.md", text + "\n")
     result = {"settings": {**config, "seeds": args.seeds, "arms": args.arms, "quick": args.quick},
               "machine": machine, "parameters": params,
               "networks": {a: {"backbone": ARMS[a].backbone, "model_config": arm_model_config(ARMS[a])}
@@ -990,7 +992,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               "summary": summary, "probe": probe, "probe_counts": n_probe,
               "degraded": {t: {"psnr": v["psnr"], "ssim": v["ssim"]} for t, v in degraded.items()},
               "figures": [str(p) for p in fig_paths], "seconds": time.time() - t0, "run_seconds": compute}
-    (out / "study.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_text(out / "study.json", json.dumps(result, indent=1, default=str) + "\n")
     print("\n" + text)
     print(f"tables: {out / 'study.md'}; everything: {out / 'study.json'}; total {(time.time() - t0) / 60:.1f} min")
     return result
