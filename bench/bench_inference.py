@@ -29,7 +29,7 @@ import torch
 from net import set_layernorm_impl
 from net.presets import PRESETS, build_model
 from utils.compiled import COMPILE_MODES
-from utils.errors import OneLineArgumentParser, UserError, child_failure, run_main
+from utils.errors import OneLineArgumentParser, UsageError, UserError, child_failure, run_main
 from utils.eval.inference import restore
 from utils.eval.options import at_least
 from utils.memory import resident_bytes
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: the GPU rows (plain, restore fp32, restore bf16) in one process; use --size 512")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS + EXTRA_PATHS,
-                        help="CPU paths to compare (plain first: the others' speed-ups are against it)")
+                        help="CPU paths to compare; the speed-ups are against the first (plain by default)")
     parser.add_argument("--compile", nargs="*", default=[], metavar="MODE", choices=COMPILE_MODES[1:],
                         help="cuda: also restore() bf16 torch.compile'd with each MODE (e.g. reduce-overhead)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one "
@@ -201,6 +201,9 @@ def bench(args: argparse.Namespace) -> None:
         pick_device("cuda")  # no GPU visible: one error: line naming --device, not CUDA's own failure
         gpu_rows(args.preset, args.size, max(args.repeats, 10), tuple(args.compile))
         return
+    if args.compile:  # the CPU rows have no compiled path of that flag's: it was ignored without a word
+        raise UsageError("--compile applies to --device cuda (the GPU rows); on the CPU add fast_fp32_compiled to "
+                         "--paths")
     if args.child:
         print(json.dumps(_child(args.child, args.preset, args.size, args.repeats)))
         return
@@ -224,8 +227,8 @@ def bench(args: argparse.Namespace) -> None:
     print(f"BaryNet ({args.preset}) forward, 1x3x{args.size}x{args.size}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; {flops / 1e9:.1f} GFLOP per forward")
     print(f"plain matmul 2048^3 in this run: fp32 {mm32:.0f} GFLOP/s, bf16 {mm16:.0f} GFLOP/s\n")
-    print("| path | s / forward | speed-up vs plain | first forward (s) | peak RSS above model (MiB) | GFLOP/s | "
-          "% of matmul rate |")
+    print(f"| path | s / forward | speed-up vs {args.paths[0]} | first forward (s) | peak RSS above model (MiB) | "
+          "GFLOP/s | % of matmul rate |")
     print("|---|---|---|---|---|---|---|")
     plain = rows[0]["seconds"]
     for r in rows:

@@ -229,3 +229,19 @@ def test_a_failed_measurement_process_is_one_error_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err
     assert err.splitlines()[-1] == "error: the plain path failed: RuntimeError: boom (exit status 1)"
+
+
+def test_the_inference_table_names_its_reference_and_compile_on_the_cpu_is_refused(monkeypatch, capsys):
+    """--paths fast_fp32 fast_bf16 headed its speed-ups "vs plain" though plain never ran (they were against
+    fast_fp32); --compile without --device cuda was ignored without a word."""
+    bench = bench_module("bench_inference")
+    row = {"seconds": 0.5, "first_seconds": 1.0, "peak_mib": 10.0, "checksum": 0.0}
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+        cmd, 0, json.dumps({**row, "path": cmd[cmd.index("--child") + 1]}), ""))
+    monkeypatch.setattr(bench, "_forward_flops", lambda preset, size: 10**9)
+    monkeypatch.setattr(bench, "_matmul_gflops", lambda dtype: 100.0)
+    assert bench.main(["--preset", "tiny", "--size", "32", "--rounds", "1", "--paths", "fast_fp32", "fast_bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "| speed-up vs fast_fp32 |" in out and "vs plain" not in out
+    assert bench.main(["--compile", "reduce-overhead"]) == 2
+    assert capsys.readouterr().err.startswith("error: --compile applies to --device cuda")
