@@ -163,18 +163,20 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
             continue
         show(name)
 
-def image_side(text: str) -> int:
-    """``--size``: a multiple of 8 (the plain path runs the network on the image as it is; a side of 12 failed
-    in its process)."""
-    value = at_least(8)(text)
-    if value % 8:
-        raise argparse.ArgumentTypeError(f"must be a multiple of 8, got {value}")
-    return value
+def image_side(low: int):
+    """An argparse type for the side of the network's input (``--size``, ``--patch``): a multiple of 8, at least
+    ``low`` (the network runs on it as it is; a side of 12 or 20 failed in its forward)."""
+    def parse(text: str) -> int:
+        value = at_least(low)(text)
+        if value % 8:
+            raise argparse.ArgumentTypeError(f"must be a multiple of 8, got {value}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=image_side, default=256, help="image side, a multiple of 8")
+    parser.add_argument("--size", type=image_side(8), default=256, help="image side, a multiple of 8")
     parser.add_argument("--repeats", type=at_least(1), default=2)
     parser.add_argument("--rounds", type=at_least(1), default=2)
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))

@@ -36,6 +36,7 @@ import sys
 import time
 
 import torch
+from bench_inference import image_side
 
 from net import Potentials, set_layernorm_impl
 from net.presets import PRESETS, build_model
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated engine precisions, e.g. fp32,bf16")
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     p.add_argument("--batch", type=at_least(1), default=3)
-    p.add_argument("--patch", type=at_least(16), default=128)
+    p.add_argument("--patch", type=image_side(16), default=128)
     p.add_argument("--K", type=at_least(1), default=3)
     p.add_argument("--iters", type=at_least(1), default=3)
     p.add_argument("--warmup", type=at_least(0), default=1)

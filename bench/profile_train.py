@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from bench_inference import _matmul_gflops
+from bench_inference import _matmul_gflops, image_side
 from bench_train import _sync, build_case
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     p.add_argument("--batch", type=at_least(1), default=3)
-    p.add_argument("--patch", type=at_least(16), default=128)
+    p.add_argument("--patch", type=image_side(16), default=128)
     p.add_argument("--K", type=at_least(1), default=3)
     p.add_argument("--warmup", type=at_least(0), default=3)
     p.add_argument("--iters", type=at_least(1), default=5, help="timed, then profiled, iterations")

@@ -207,6 +207,7 @@ def test_sizes_counts_and_presets_are_checked_by_the_parsers(capsys, tmp_path):
                        ("bench_inference", ["--size", "12"]), ("bench_train", ["--iters", "0"]),
                        ("bench_train", ["--precision", "fp33"]), ("profile_train", ["--batch", "0"]),
                        ("profile_train", ["--preset", "small"]), ("bench_fast_path", ["--skip", "-1"]),
+                       ("profile_train", ["--patch", "20"]), ("bench_train", ["--patch", "20"]),
                        ("bench_loader", ["--files", "0"]), ("bench_blocks", ["--size", "0"])):
         with pytest.raises(SystemExit) as stop:
             bench_module(name).build_parser().parse_args(argv)
