@@ -21,6 +21,11 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 RESULTS=${OUT:-results/gpu_suite}  # figures and data; the device tool brings $OUT back
 mkdir -p "$RESULTS"
+if [ -e "$RESULTS/suite.md" ]; then  # an earlier run's log and figure: kept aside, as utils.files.keep_aside keeps them
+    KEPT="$RESULTS/suite.md.before-$(date +%Y%m%d-%H%M%S)-$$"
+    mkdir -p "$KEPT" && mv "$RESULTS/suite.md" "$KEPT/" && echo "(an earlier $RESULTS/suite.md was moved to $KEPT/)"
+    [ ! -e "$RESULTS/fast_path_losses_gpu.png" ] || mv "$RESULTS/fast_path_losses_gpu.png" "$KEPT/"
+fi
 exec > >(tee "$RESULTS/suite.md") 2>&1  # the whole log, also when the console keeps only its tail
 TEE=$!
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

@@ -246,3 +246,22 @@ def test_the_inference_table_names_its_reference_and_compile_on_the_cpu_is_refus
     assert "| speed-up vs fast_fp32 |" in out and "vs plain" not in out
     assert bench.main(["--compile", "reduce-overhead"]) == 2
     assert capsys.readouterr().err.startswith("error: --compile applies to --device cuda")
+
+
+def test_an_earlier_suite_log_is_kept_not_replaced(tmp_path):
+    """A second `bash bench/gpu_suite.sh` replaced results/gpu_suite/suite.md (and its figure), the earlier run's
+    numbers, without a word: they are moved to suite.md.before-<time>-<pid>/ first."""
+    text = SUITE.read_text()
+    script = tmp_path / "bench" / "suite_head.sh"
+    script.parent.mkdir()
+    script.write_text(text[:text.index("TEE=$!")] + 'echo "the new run"\nexec >&- 2>&-\nwait $! 2>/dev/null || true\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "suite.md").write_text("the earlier run\n")
+    (out / "fast_path_losses_gpu.png").write_bytes(b"the earlier figure")
+    subprocess.run(["bash", str(script)], env={**os.environ, "OUT": str(out)}, capture_output=True, timeout=30,
+                   check=True)
+    kept = list(out.glob("suite.md.before-*"))
+    assert len(kept) == 1 and (kept[0] / "suite.md").read_text() == "the earlier run\n"
+    assert (kept[0] / "fast_path_losses_gpu.png").read_bytes() == b"the earlier figure"
+    assert "the new run" in (out / "suite.md").read_text()
