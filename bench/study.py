@@ -67,7 +67,7 @@ from utils.dataset_utils import ALL_IN_ONE_3D
 from utils.demo.data import build_demo_data
 from utils.demo.degrade import darken, jpeg_degrade, motion_blur
 from utils.demo.run import InputAsOutput, views_of_one_photo
-from utils.errors import OneLineArgumentParser, UsageError, UserError, run_main
+from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, UserError, run_main
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.files import atomic_write, write_text
@@ -159,6 +159,11 @@ class StudyError(UserError):
 
 class StudySettingError(StudyError, UsageError):
     """Flags that cannot work together (exit status 2)."""
+
+
+class StudyInterrupted(StudyError):
+    """Ctrl-C (or a signal) during the runs: the shell's status for it, and how to continue."""
+    exit_status = INTERRUPTED_STATUS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -953,8 +958,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                   f"OOD {group_mean(e, OOD_TASKS, 0):.2f} dB" + (f"; about {_minutes(left)} left" if left else ""),
                   flush=True)
     except KeyboardInterrupt:
-        raise SystemExit(f"\nstudy interrupted; the finished runs and the last checkpoint are kept in {out}/runs. "
-                         f"Run the same command again to continue.") from None
+        print(file=sys.stderr)  # off the line the run's progress was on
+        raise StudyInterrupted(f"study interrupted; the finished runs and the last checkpoint are kept in {out}/runs. "
+                               f"Run the same command again to continue.") from None
     degraded_path = out / "degraded_input.json"
     if not degraded_path.is_file():
         write_text(degraded_path, json.dumps(evaluate_model(InputAsOutput(), root, device), indent=1) + "\n")

@@ -336,3 +336,20 @@ def test_ctrl_c_while_a_figure_is_saved_leaves_the_earlier_figure(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         study.figures(summary, {}, fake, arms, seeds, tmp_path)
     assert earlier.read_bytes() == b"the earlier figure"
+
+
+def test_ctrl_c_during_the_runs_is_one_error_line_with_the_interrupted_status(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a run ended the study through SystemExit: its line without error: and status 1, not the
+    shell's 130 for Ctrl-C that every other script gives."""
+    monkeypatch.setattr(study, "build_demo_data", lambda *a, **kw: {"files": {}, "content_hash": "x"})
+    monkeypatch.setattr(study, "balanced_repeats", lambda manifest, n: {"denoise_15": 1})
+    monkeypatch.setattr(study, "probe_views", lambda root, manifest: [])
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "run_one", interrupted)
+    assert study.cli(["--out", str(tmp_path / "out"), "--root", str(tmp_path / "demo"), "--device", "cpu",
+                      "--iters", "2", "--epochs", "1", "--arms", "baryir", "--seeds", "0", "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: study interrupted; the finished runs") and "\n" not in err, err
