@@ -324,8 +324,13 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
             load_weights(pots, sd, f"{ckpt_path} (potentials)")
         state = LoopState(epoch=int(obj["epoch"]) + 1, iteration=int(obj["iteration"]),
                           global_step=int(obj.get("global_step", 0)))
-        console(f"=> resumed {ckpt_path}: {obj['epoch']} epoch(s) done, continuing at epoch {state.epoch}, "
-                f"iteration {state.iteration + 1}")
+        if state.iteration:  # in the checkpoint's iterations: another batch continues elsewhere (continue_with_batch)
+            batch, processes = (obj.get("args") or {}).get("batchSize"), obj.get("world_size")
+            of = f" of batch {batch} x {processes} process(es)" if batch and processes else ""
+            console(f"=> resumed {ckpt_path}: {obj['epoch']} epoch(s) done and {state.iteration} iteration(s){of} of "
+                    f"epoch {state.epoch}; continuing after them")
+        else:
+            console(f"=> resumed {ckpt_path}: {obj['epoch']} epoch(s) done, continuing at epoch {state.epoch}")
         if state.iteration:
             losses = epoch_losses_from(obj)
             if losses is None:
