@@ -1,6 +1,9 @@
-"""A disk that fills up in the middle of a write, for the tests of what a full disk leaves behind."""
+"""A disk that fills up in the middle of a write, and a figure whose save is cut short, for the tests of what
+a failed write leaves behind."""
 import builtins
 import errno
+import os
+from pathlib import Path
 
 
 class FileWrapper:
@@ -47,3 +50,17 @@ class FillingDisk:
 
         monkeypatch.setattr(module.os, "write", write)
         monkeypatch.setattr(module, "open", lambda *a, **k: Filling(real_open(*a, **k)), raising=False)
+
+
+def tear_figure_saves(monkeypatch) -> None:
+    """Every matplotlib ``savefig`` from now on writes half a PNG to its file, then Ctrl-C stops it."""
+    import matplotlib.figure
+
+    def torn_savefig(self, fname, **kw):
+        if isinstance(fname, (str, os.PathLike)):
+            Path(fname).write_bytes(b"half a PNG")
+        else:
+            fname.write(b"half a PNG")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", torn_savefig)

@@ -2,10 +2,10 @@
 far one run's smoothed curve departs from another's (0 for the same curve, scale-free)."""
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
+from _disks import tear_figure_saves
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -70,19 +70,10 @@ def test_outputs_are_checked_before_the_runs_and_an_earlier_file_is_kept(bench, 
 def test_ctrl_c_while_the_figure_is_saved_leaves_the_earlier_figure(bench, monkeypatch, tmp_path, capsys):
     """The figure was written in place by savefig: Ctrl-C (or a full disk) there left half a PNG over the earlier
     (committed) figure; now it is written whole, then renamed into place."""
-    import matplotlib.figure
     _fake_runs(bench, monkeypatch, [])
     fig = tmp_path / "fig.png"
     fig.write_bytes(b"the earlier figure")
-
-    def torn_savefig(self, fname, **kw):
-        if isinstance(fname, (str, os.PathLike)):
-            Path(fname).write_bytes(b"half a PNG")
-        else:
-            fname.write(b"half a PNG")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", torn_savefig)
+    tear_figure_saves(monkeypatch)
     assert bench.main(["--iters", "3", "--skip", "1", "--control-threads", "0", "--no-seed-control", "--fig",
                        str(fig)]) == 130
     assert fig.read_bytes() == b"the earlier figure"

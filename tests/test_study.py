@@ -1,12 +1,12 @@
 """bench/study.py end to end in a smoke setting: structure and finiteness, not who wins."""
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _disks import tear_figure_saves
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -318,21 +318,12 @@ def test_flags_that_cannot_work_are_one_error_line_and_nothing_is_written(tmp_pa
 def test_ctrl_c_while_a_figure_is_saved_leaves_the_earlier_figure(tmp_path, monkeypatch):
     """The figures (the committed ones by default) and the caches (eval.json: a torn one stopped every later run)
     were written in place: Ctrl-C or a full disk there left half a file. Now a temporary, then a rename."""
-    import matplotlib.figure
     arms, seeds = ["baryir", "restormer"], [0]
     fake = {t: {"psnr": 30.0, "ssim": 0.9, "images": {"a.png": [30.0, 0.9]}} for t in study.ID_TASKS + study.OOD_TASKS}
     summary = study.summarise({(a, s): fake for a in arms for s in seeds}, arms, seeds)
     earlier = tmp_path / "psnr_by_arm.png"
     earlier.write_bytes(b"the earlier figure")
-
-    def torn_savefig(self, fname, **kw):
-        if isinstance(fname, (str, os.PathLike)):
-            Path(fname).write_bytes(b"half a PNG")
-        else:
-            fname.write(b"half a PNG")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", torn_savefig)
+    tear_figure_saves(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         study.figures(summary, {}, fake, arms, seeds, tmp_path)
     assert earlier.read_bytes() == b"the earlier figure"
