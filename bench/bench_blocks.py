@@ -21,7 +21,7 @@ from unittest import mock
 import torch
 
 from net.blocks import Attention, FeedForward
-from utils.errors import OneLineArgumentParser, run_main
+from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
 from utils.eval.options import at_least
 from utils.runtime import tune_cpu_allocator
 
@@ -41,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=at_least(1), default=256)
     p.add_argument("--repeats", type=at_least(1), default=5)
-    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
-                                                         "line")
+    add_debug_flag(p)
     return p
 
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from net.presets import PRESETS  # noqa: E402
 from utils.compiled import COMPILE_MODES  # noqa: E402
 from utils.demo.data import build_demo_data  # noqa: E402
-from utils.errors import OneLineArgumentParser, UsageError, run_main  # noqa: E402
+from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag, run_main  # noqa: E402
 from utils.eval.options import at_least  # noqa: E402
 from utils.eval.outputs import check_writable_folder  # noqa: E402
 from utils.files import keep_aside, write_text  # noqa: E402
@@ -143,8 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/demo", help="demo data folder (built when missing or stale)")
     p.add_argument("--fig", default="figs/bench/fast_path_losses.png")
     p.add_argument("--json", default=None, help="also write the curves and the summary here")
-    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
-                                                         "line")
+    add_debug_flag(p)
     return p
 
 

@@ -29,7 +29,7 @@ import torch
 from net import set_layernorm_impl
 from net.presets import PRESETS, build_model
 from utils.compiled import COMPILE_MODES
-from utils.errors import OneLineArgumentParser, UsageError, UserError, child_failure, run_main
+from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, child_failure, run_main
 from utils.eval.inference import restore
 from utils.eval.options import at_least
 from utils.memory import resident_bytes
@@ -186,8 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU paths to compare; the speed-ups are against the first (plain by default)")
     parser.add_argument("--compile", nargs="*", default=[], metavar="MODE", choices=COMPILE_MODES[1:],
                         help="cuda: also restore() bf16 torch.compile'd with each MODE (e.g. reduce-overhead)")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one "
-                                                              "error: line")
+    add_debug_flag(parser)
     parser.add_argument("--child", choices=PATHS + EXTRA_PATHS, help=argparse.SUPPRESS)
     return parser
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
-from utils.errors import OneLineArgumentParser, run_main
+from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
 from utils.eval.options import at_least
 from utils.runtime import pick_device
 from utils.train.distributed import DistInfo
@@ -145,8 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consume-ms", type=float, default=50.0,
                    help="the GPU's time per iteration to compare with (the speed target)")
     p.add_argument("--device", default="auto", help="copy batches to this device as the trainer does")
-    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
-                                                         "line")
+    add_debug_flag(p)
     return p
 
 

@@ -41,7 +41,7 @@ from bench_inference import image_side
 from net import Potentials, set_layernorm_impl
 from net.presets import PRESETS, build_model
 from utils.compiled import COMPILE_MODES
-from utils.errors import OneLineArgumentParser, run_main
+from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
 from utils.eval.inference import PRECISIONS, autocast_context
 from utils.eval.options import at_least
 from utils.memory import resident_bytes
@@ -292,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-mode", dest="compile_mode", default="default", choices=COMPILE_MODES[1:],
                    help="torch.compile mode of the 'compiled' variant (the trainers' --compile): default, "
                         "reduce-overhead (CUDA graphs), max-autotune")
-    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
-                                                         "line")
+    add_debug_flag(p)
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return p
 

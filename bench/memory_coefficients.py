@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from utils.errors import OneLineArgumentParser, UserError, child_failure, run_main
+from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, child_failure, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 # (backbone, preset) -> (small, large) side for restoring, patch side for training
@@ -124,8 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONE_NAMES), choices=list(BACKBONE_NAMES))
     parser.add_argument("--kinds", nargs="+", default=["restore", "train"], choices=["restore", "train"])
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one "
-                                                              "error: line")
+    add_debug_flag(parser)
     return parser
 
 

@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from net.presets import PRESETS
 from utils.compiled import COMPILE_MODES
-from utils.errors import OneLineArgumentParser, run_main
+from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
 from utils.eval.options import at_least
 from utils.eval.outputs import check_writable_folder
 from utils.files import keep_aside, replace_file
@@ -99,8 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default="off", choices=COMPILE_MODES,
                    help="profile the trainers' --compile fast path with this torch.compile mode (FLOPs are "
                         "counted on the eager iteration: the same arithmetic)")
-    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
-                                                         "line")
+    add_debug_flag(p)
     return p
 
 

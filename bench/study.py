@@ -67,7 +67,7 @@ from utils.dataset_utils import ALL_IN_ONE_3D
 from utils.demo.data import build_demo_data
 from utils.demo.degrade import darken, jpeg_degrade, motion_blur
 from utils.demo.run import InputAsOutput, views_of_one_photo
-from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, UserError, run_main
+from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.files import atomic_write, write_text
@@ -199,8 +199,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no training progress bars")
-    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure instead of one error: "
-                                                         "line")
+    add_debug_flag(p)
     return p
 
 

@@ -7,7 +7,8 @@
 * :func:`stopped_while_starting`: Ctrl-C while a script imports torch is one line too.
 * :func:`run_main`: how both scripts end: one ``error:`` line and a non-zero exit status, the traceback
   only with ``--debug``.
-* :class:`OneLineArgumentParser`: a bad flag is one ``error:`` line too.
+* :class:`OneLineArgumentParser`: a bad flag is one ``error:`` line too; :func:`add_debug_flag`: the way back
+  to the traceback.
 * :func:`listing`: long lists cut to a readable length; :func:`human_bytes`: sizes as people read them.
 * :func:`child_failure`: what a failed child process (a benchmark's measurement) said, for its parent's line.
 """
@@ -38,6 +39,12 @@ class UserError(Exception):
 class UsageError(UserError):
     """Flags that cannot work (alone, together, or on this machine): exit status 2, as argparse's errors."""
     exit_status = 2
+
+
+def add_debug_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--debug``: a failure keeps its whole traceback instead of becoming one ``error:`` line (:func:`run_main`)."""
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of a failure instead of one error: line")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

@@ -26,7 +26,7 @@ from pathlib import Path
 from utils.checkpoints import CHECKPOINT_DIR, default_model
 from utils.cli import one_spelling
 from utils.data.image_io import MAX_PIXELS, pixel_limit
-from utils.errors import OneLineArgumentParser, UsageError, UserError, run_main
+from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
 from utils.eval.options import add_checkpoint_flags, pixel_count
 from utils.eval.outputs import check_writable_folder
 from utils.runtime import DEVICES, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
@@ -65,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", default=None, metavar="DIR",
                         help="where restored images are written, one request-* folder per Restore, the 8 newest kept "
                              "(default: a temporary folder removed on exit); nothing else in DIR is touched")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
+    add_debug_flag(parser)
     return one_spelling(parser)
 
 

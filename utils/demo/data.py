@@ -85,7 +85,7 @@ from utils.demo.photos import (
     resize,
     round_to_multiple,
 )
-from utils.errors import OneLineArgumentParser, UserError, run_main
+from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, run_main
 
 VERSION = 1
 BUILDING_MARK = ".demo-building"  # lists a build's files as it writes them, removed with its manifest's writing
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="image size factor, 0.05 to 4 (default: %(default)s)")
     p.add_argument("--max-photos", type=int, default=None, help="keep only the first N train and test photos")
     p.add_argument("--force", action="store_true", help="rebuild and rewrite every file")
-    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     return run_main(_build_and_report, args, debug=args.debug)
 

@@ -39,7 +39,7 @@ from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
 from utils.dataset_utils import ALL_IN_ONE_3D
 from utils.demo.data import build_demo_data
-from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, run_main
+from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, add_debug_flag, run_main
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.eval.report import write_results
@@ -86,8 +86,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="smallest setting (tiny images, a few iterations): checks the pipeline, not the quality; "
                         "in its own folders, so that it never meets the full demo's run")
-    p.add_argument("--debug", action="store_true",
-                   help="show the full traceback of a failure instead of one error line")
+    add_debug_flag(p)
     return one_spelling(p)
 
 

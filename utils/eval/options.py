@@ -11,7 +11,7 @@ from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME
 from utils.cli import one_spelling
 from utils.compiled import COMPILE_MODES
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS
-from utils.errors import OneLineArgumentParser
+from utils.errors import OneLineArgumentParser, add_debug_flag
 from utils.eval.inference import PRECISIONS
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
 from utils.eval.paper import SETTINGS
@@ -146,8 +146,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="torch.compile the network's forward with this mode (reduce-overhead: CUDA graphs, GPU "
                           "only). Each new input size compiles again (minutes the first time, cached for later "
                           "runs): worth it for tiles or many same-sized images; see BENCHMARKS.md")
-    run.add_argument("--debug", action="store_true",
-                     help="show the full traceback of a failure instead of one error: line")
+    add_debug_flag(run)
 
     out = parser.add_argument_group("outputs")
     out.add_argument("--save", type=non_empty_path, default="results/test",

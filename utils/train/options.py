@@ -20,7 +20,7 @@ from net.presets import BACKBONES, PRESETS
 from utils.cli import one_spelling
 from utils.compiled import BACKENDS, COMPILE_MODES
 from utils.dataset_utils import ALL_IN_ONE_3D, DatasetError
-from utils.errors import OneLineArgumentParser
+from utils.errors import OneLineArgumentParser, add_debug_flag
 from utils.runtime import DEVICES
 from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
 
@@ -194,8 +194,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     new.add_argument("--no-memory-check", dest="no_memory_check", action="store_true",
                      help="start even when the memory estimate says the run cannot fit (the estimate and what "
                           "it compares with are printed at start)")
-    new.add_argument("--debug", action="store_true",
-                     help="show the full traceback of a failure instead of one error line")
+    add_debug_flag(new)
     new.add_argument("--debug-nan-at", dest="debug_nan_at", type=int, default=0,
                      help=argparse.SUPPRESS)  # tests: make the map loss NaN at this global iteration
     new.add_argument("--ablate", nargs="+", default=[], choices=list(ABLATABLE),
