@@ -7,7 +7,15 @@ import pytest
 from PIL import Image, ImageOps
 from skimage import data
 
-from utils.data.image_io import ImageReadError, image_size, quantise, read_image, to_float, write_image
+from utils.data.image_io import (
+    ImageReadError,
+    image_size,
+    lost_on_restoring,
+    quantise,
+    read_image,
+    to_float,
+    write_image,
+)
 
 RGB = data.astronaut()[100:148, 150:214]  # 48 x 64, not square so rotations show
 
@@ -39,6 +47,19 @@ def test_alpha_is_dropped_and_palette_expanded(tmp_path):
     assert np.array_equal(read_image(tmp_path / "p.png"), np.asarray(pal.convert("RGB")))
     pal.save(tmp_path / "pt.png", transparency=0)  # palette with a transparent entry
     assert np.array_equal(read_image(tmp_path / "pt.png"), np.asarray(pal.convert("RGB")))
+
+
+@pytest.mark.parametrize("name", ["anim.webp", "anim.png", "pages.tif"])
+def test_an_animation_reads_its_first_frame_and_says_the_rest_is_lost(tmp_path, name):
+    """An animated WebP/PNG (or a multi-page TIFF) was restored as its first frame with no word that the other
+    frames were dropped: lost_on_restoring said nothing of them."""
+    frames = [Image.fromarray(RGB), Image.fromarray(255 - RGB)]
+    frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], **({} if name.endswith("tif") else
+                   {"duration": 100, **({"lossless": True} if name.endswith("webp") else {})}))
+    assert np.array_equal(read_image(tmp_path / name), RGB)
+    assert lost_on_restoring(tmp_path / name) == ["animation"]
+    frames[0].save(tmp_path / ("still" + name[name.index("."):]))
+    assert lost_on_restoring(tmp_path / ("still" + name[name.index("."):])) == []
 
 
 def test_16_bit_files_stay_16_bit(tmp_path):

@@ -1130,6 +1130,17 @@ def test_transparency_and_colour_profiles_the_png_does_not_keep_are_said(checkpo
     assert {r["name"]: r.get("not_kept", []) for r in saved["restored"]} == kept
 
 
+def test_an_animation_restored_as_its_first_frame_is_said(checkpoint, tmp_path, capsys):
+    """An animated WebP came back as a one-frame PNG of its first frame, the other frames dropped with no word."""
+    cat = _clean_images()["cat"]
+    frames = [Image.fromarray(cat), Image.fromarray(255 - cat)]
+    frames[0].save(tmp_path / "clip.webp", save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    res = run("--model", checkpoint, "--input", tmp_path / "clip.webp", "--save", tmp_path / "o")
+    assert res["restored"][0]["not_kept"] == ["animation"]
+    out = capsys.readouterr()
+    assert "the animation of 1 image(s) is not kept in the restored PNG (only the first frame" in out.out + out.err
+
+
 def test_one_folder_named_twice_is_restored_once(checkpoint, tmp_path, monkeypatch):
     """`--input /abs/photos photos` restored every image twice (a.png and a_2.png): paths were compared as text."""
     deg, _ = _pair_dirs(tmp_path, ["a.png", "b.png"], [])

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from net.presets import WB_BACKBONES
 from utils.analysis.embeddings import difference_map, latents
-from utils.data.image_io import quantise, read_image, to_float, write_image
+from utils.data.image_io import NOT_KEPT_WHY, quantise, read_image, to_float, write_image
 from utils.errors import UserError, exception_chain, failure_message
 from utils.eval.evaluation import EvaluationStopped, restore_files
 from utils.eval.inference import PRECISIONS
@@ -104,7 +104,7 @@ class Restored:
     after: np.ndarray    # (H, W, 3), the same dtype: the restored PNG read back
     seconds: float       # the network's time (reading and writing not included)
     note: str | None     # what automatic tiling chose, when it tiled
-    not_kept: tuple[str, ...] = ()          # what the RGB PNG does not keep ("transparency", "colour profile")
+    not_kept: tuple[str, ...] = ()          # what the RGB PNG does not keep (image_io.NOT_KEPT_WHY's keys)
     decoder_warnings: tuple[str, ...] = ()  # what libjpeg said, when it decoded the upload over damaged data
 
 
@@ -114,8 +114,8 @@ def _caveats(restored: Restored) -> str:
     said = []
     if restored.not_kept:
         verb = "are" if len(restored.not_kept) > 1 else "is"
-        said.append(f"its {' and '.join(restored.not_kept)} {verb} not kept in the restored PNG (the network "
-                    f"restores RGB)")
+        why = "; ".join(dict.fromkeys(NOT_KEPT_WHY.get(what, "") for what in restored.not_kept))
+        said.append(f"its {' and '.join(restored.not_kept)} {verb} not kept in the restored PNG ({why})")
     for words in restored.decoder_warnings:
         said.append(f"{words}: the image was read as it decodes, and damaged parts come out grey or smeared")
     return "".join(f". **Note**: {s}" for s in said)

@@ -4,7 +4,8 @@ Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
 
 - 8-bit files give ``uint8``, 16-bit files (PNG/TIFF) give ``uint16``;
 - grayscale is replicated to three channels; palette images are expanded to RGB;
-- an alpha channel is dropped (restoration works on the colour planes);
+- an alpha channel is dropped (restoration works on the colour planes); an animated WebP/PNG or a
+  multi-page TIFF gives its first frame (:func:`lost_on_restoring` says what a restoration loses);
 - the EXIF orientation tag is IGNORED by default, as the reference reads every image (PIL
   ``Image.open(p).convert('RGB')`` does not rotate): the array is the pixel grid as stored. A
   degraded image and its target are thus always read alike, in every protocol, and training
@@ -252,17 +253,24 @@ def _exif_orientation(path: Path) -> int:
         return 1
 
 
+# What the restored RGB PNG may not keep of an input (:func:`lost_on_restoring`), and why, as the tester says it.
+NOT_KEPT_WHY = {"transparency": "the network restores RGB", "colour profile": "the network restores RGB",
+                "animation": "only the first frame or page is read and restored"}
+
+
 def lost_on_restoring(path: str | os.PathLike) -> list[str]:
     """What of ``path`` its restoration (an RGB PNG) does not keep, from the header: ``"transparency"`` (an
     alpha channel, or a palette's transparent colour), ``"colour profile"`` (an embedded ICC profile other than
-    sRGB, e.g. a phone's Display P3: the restored pixels are read as sRGB). Empty when nothing is lost or it
+    sRGB, e.g. a phone's Display P3: the restored pixels are read as sRGB), ``"animation"`` (an animated WebP or
+    PNG, a multi-page TIFF: :func:`read_image` reads the first frame only). Empty when nothing is lost or it
     cannot tell."""
     try:
         with Image.open(path) as im:
             lost = ["transparency"] if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info \
                 else []
             icc = im.info.get("icc_profile")
-            return lost + (["colour profile"] if icc and not _is_srgb(icc) else [])
+            lost += ["colour profile"] if icc and not _is_srgb(icc) else []
+            return lost + (["animation"] if getattr(im, "n_frames", 1) > 1 else [])
     except Exception:
         return []
 

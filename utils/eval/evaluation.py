@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from utils.data.image_io import ImageReadError, lost_on_restoring, quantise, read_image, write_image
+from utils.data.image_io import NOT_KEPT_WHY, ImageReadError, lost_on_restoring, quantise, read_image, write_image
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
 from utils.errors import INTERRUPTED_STATUS, UserError, listing
@@ -371,12 +371,12 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
     except (KeyboardInterrupt, OutputClosed) as exc:  # Ctrl-C, | head: the record so far is kept
         message, status = why_stopped(exc)
         raise EvaluationStopped(message, str(current), "input", {"restored": done}, status) from exc
-    for what in ("transparency", "colour profile"):
+    for what, why in NOT_KEPT_WHY.items():
         names = [e["name"] for e in done if what in e.get("not_kept", ())]
         if names:
             try:
-                tqdm.write(f"note: the {what} of {len(names)} image(s) is not kept in the restored PNG (the network "
-                           f"restores RGB):{listing(names)}")
+                tqdm.write(f"note: the {what} of {len(names)} image(s) is not kept in the restored PNG ({why}):"
+                           f"{listing(names)}")
             except OutputClosed:  # nobody reads on: the caller still records every image restored
                 break
     return done
