@@ -1141,6 +1141,21 @@ def test_an_animation_restored_as_its_first_frame_is_said(checkpoint, tmp_path, 
     assert "the animation of 1 image(s) is not kept in the restored PNG (only the first frame" in out.out + out.err
 
 
+def test_an_input_folder_without_images_says_what_it_holds_and_the_fix(checkpoint, tmp_path):
+    """`--input photos/` with the photos in photos/2023/ and photos/2024/, or only .gif/.heic files, was
+    'the folder holds no images': untrue for the latter, and no fix for either."""
+    (tmp_path / "photos" / "2023").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photos" / "2023" / "a.png")
+    with pytest.raises(ImageReadError, match=r"holds no images \(its 1 subfolder\(s\) are not read: pass them, e\.g\. "
+                                             r"--input .*photos/\*/\)$"):
+        run("--model", checkpoint, "--input", tmp_path / "photos", "--save", tmp_path / "o")
+    (tmp_path / "gifs").mkdir()
+    (tmp_path / "gifs" / "x.gif").write_bytes(b"GIF89a")
+    with pytest.raises(ImageReadError, match=r"holds no images \(its 1 file\(s\) are not of a kind read here "
+                                             r"\(\.png .*\), e\.g\. x\.gif: convert them, e\.g\. to PNG\)$"):
+        run("--model", checkpoint, "--input", tmp_path / "gifs", "--save", tmp_path / "o")
+
+
 def test_one_folder_named_twice_is_restored_once(checkpoint, tmp_path, monkeypatch):
     """`--input /abs/photos photos` restored every image twice (a.png and a_2.png): paths were compared as text."""
     deg, _ = _pair_dirs(tmp_path, ["a.png", "b.png"], [])

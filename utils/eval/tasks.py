@@ -256,11 +256,22 @@ def _input_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = list_images(path)
         if not files:
-            raise ImageReadError(f"--input {path}: the folder holds no images")
+            raise ImageReadError(f"--input {path}: the folder holds no images{_why_no_images(path)}")
         return files
     if path.exists():  # a pipe, a socket, a device: nothing to read an image from
         raise ImageReadError(f"--input {path} is neither an image file nor a folder: pass image files or folders")
     raise ImageReadError(f"--input {path} does not exist")
+
+
+def _why_no_images(folder: Path) -> str:
+    """What an ``--input`` folder without images holds instead, and the fix, as `` (...)`` ('' when it is empty)."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    others, subfolders = [p for p in entries if p.is_file()], [p for p in entries if p.is_dir()]
+    why = [f"its {len(others)} file(s) are not of a kind read here ({' '.join(IMAGE_EXTENSIONS)}), e.g. "
+           f"{others[0].name}: convert them, e.g. to PNG"] if others else []
+    why += [f"its {len(subfolders)} subfolder(s) are not read: pass them, e.g. --input {folder / '*'}/"] \
+        if subfolders else []
+    return f" ({'; '.join(why)})" if why else ""
 
 
 def ignored_inputs(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
