@@ -298,3 +298,41 @@ def test_output_to_a_pipe_whose_reader_went_ends_quietly(flush):
     proc.stdin.close()
     assert proc.wait(timeout=60) == PIPE_CLOSED_STATUS
     assert proc.stderr.read() == ""
+
+
+class _ClosedStdout:
+    """Standard output into a pipe whose reader has gone (``| head``); standard error is still read."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+    def fileno(self):  # nothing to point at /dev/null
+        raise ValueError("no descriptor")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_failure_met_while_a_closed_pipe_is_handled_is_still_said(debug, monkeypatch, capsys):
+    """``tester_bary.py ... | head``: stdout's reader gone, stderr still on the terminal. A failure raised while
+    the closed pipe was being handled (the partial results.json could not be written, or a bug there) has the
+    OutputClosed only as its context; run_main took it for the closed pipe itself: status 141, nothing said on
+    the terminal, the traceback hidden even under --debug."""
+    from utils.errors import UserError, run_main
+
+    def main(_):
+        try:
+            print("the table")  # OutputClosed
+        except OSError:
+            if debug:
+                raise RuntimeError("a bug in the handler")
+            raise UserError("cannot write results.json: disk full")
+
+    monkeypatch.setattr(sys, "stdout", _ClosedStdout())
+    if debug:
+        with pytest.raises(RuntimeError, match="a bug in the handler"):
+            run_main(main, None, debug=True)
+    else:
+        assert run_main(main, None) == 1
+        assert capsys.readouterr().err == "error: cannot write results.json: disk full\n"

@@ -195,7 +195,7 @@ def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,
     except SystemExit:
         raise
     except BaseException as exc:
-        if any(isinstance(e, OutputClosed) for e in exception_chain(exc)):
+        if _from_closed_output(exc):
             return PIPE_CLOSED_STATUS
         found = None if debug else failure_message(exc)
         if found is None:
@@ -213,6 +213,19 @@ def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,
         for name, stream in streams.items():
             setattr(sys, name, stream)
     return status if isinstance(status, int) else 0
+
+
+def _from_closed_output(exc: BaseException) -> bool:
+    """Whether ``exc`` is :class:`OutputClosed` or was raised from one (``raise ... from``: the tester's
+    partial-results stop). A failure met while one was being handled has it only as its context: that failure is
+    the script's own (a results file it could not write, a bug), and is said like any other."""
+    seen: list[BaseException] = []
+    while exc is not None and not any(exc is s for s in seen):
+        if isinstance(exc, OutputClosed):
+            return True
+        seen.append(exc)
+        exc = exc.__cause__
+    return False
 
 
 def _output_closed() -> None:
