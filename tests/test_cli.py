@@ -336,3 +336,25 @@ def test_a_failure_met_while_a_closed_pipe_is_handled_is_still_said(debug, monke
     else:
         assert run_main(main, None) == 1
         assert capsys.readouterr().err == "error: cannot write results.json: disk full\n"
+
+
+def test_a_failure_after_output_into_a_closed_pipe_keeps_its_status_and_line():
+    """``tester_bary.py ... | head``, a run that ends in an error after printing (a bad image after the partial
+    table, "none of the images could be used"): the printed lines, still buffered, met the closed pipe only in
+    Python's exit: "Exception ignored ... BrokenPipeError" under the error line, and status 120 instead of 1."""
+    code = textwrap.dedent("""
+        import sys
+        from utils.errors import UserError, run_main
+        def main(_):
+            sys.stdin.read()  # until the test has closed the pipe's far end
+            print("the table")  # buffered: standard output is a pipe
+            raise UserError("none of the 3 image(s) could be used")
+        sys.exit(run_main(main, None))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(env, PYTHONPATH=str(REPO)),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 1
+    assert proc.stderr.read() == "error: none of the 3 image(s) could be used\n"

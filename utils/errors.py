@@ -186,8 +186,9 @@ def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,
     exit status: another process says it (torchrun's rank 0, of a failure every rank meets alike). Output
     whose pipe's reader has gone (:class:`OutputGuard`) ends it quietly, with :data:`PIPE_CLOSED_STATUS`."""
     streams = {name: getattr(sys, name) for name in ("stdout", "stderr") if getattr(sys, name) is not None}
-    for name, stream in streams.items():
-        setattr(sys, name, OutputGuard(stream, _output_closed))
+    guards = {name: OutputGuard(stream, _output_closed) for name, stream in streams.items()}
+    for name, guard in guards.items():
+        setattr(sys, name, guard)
     try:
         status = main(args)
         for name in streams:  # what is still buffered meets a closed pipe here, not in Python's exit ("Exception
@@ -211,6 +212,10 @@ def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,
         return status
     finally:
         for name, stream in streams.items():
+            try:  # a failure's end too: what is still buffered goes now (to /dev/null if the reader has gone), not
+                guards[name].flush()  # in Python's exit ("Exception ignored ... BrokenPipeError", status 120)
+            except (OSError, ValueError):  # the failure's own status and line stand
+                pass
             setattr(sys, name, stream)
     return status if isinstance(status, int) else 0
 
