@@ -358,3 +358,21 @@ def test_a_failure_after_output_into_a_closed_pipe_keeps_its_status_and_line():
     proc.stdin.close()
     assert proc.wait(timeout=60) == 1
     assert proc.stderr.read() == "error: none of the 3 image(s) could be used\n"
+
+
+def test_a_run_that_went_on_past_a_closed_pipe_does_not_end_with_0(monkeypatch):
+    """Python's warnings, logging and tqdm swallow an OSError from their own writes, and the tester's closing note
+    and the trainer's stop go on past the closed pipe on purpose: the run ended with status 0, as if everything it
+    said had been read."""
+    from utils.errors import run_main
+
+    def main(_):
+        try:
+            print("a warning")  # OutputClosed, swallowed as a library does
+        except OSError:
+            pass
+        print("the rest")  # to /dev/null now
+    monkeypatch.setattr(sys, "stdout", _ClosedStdout())
+    assert run_main(main, None) == PIPE_CLOSED_STATUS
+    monkeypatch.setattr(sys, "stdout", _ClosedStdout())
+    assert run_main(lambda _: 3, None) == 3  # a status of the run's own stands

@@ -184,7 +184,8 @@ def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,
     one ``error:`` line on stderr and its exit status. With ``debug`` every failure keeps its traceback;
     a failure that is not the user's (a bug) always does. A failure ``quiet`` holds true for only sets the
     exit status: another process says it (torchrun's rank 0, of a failure every rank meets alike). Output
-    whose pipe's reader has gone (:class:`OutputGuard`) ends it quietly, with :data:`PIPE_CLOSED_STATUS`."""
+    whose pipe's reader has gone (:class:`OutputGuard`) ends it quietly, with :data:`PIPE_CLOSED_STATUS`; so
+    does a run that went on past it (the trainer stops with a checkpoint) and would otherwise end with 0."""
     streams = {name: getattr(sys, name) for name in ("stdout", "stderr") if getattr(sys, name) is not None}
     guards = {name: OutputGuard(stream, _output_closed) for name, stream in streams.items()}
     for name, guard in guards.items():
@@ -193,6 +194,8 @@ def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,
         status = main(args)
         for name in streams:  # what is still buffered meets a closed pipe here, not in Python's exit ("Exception
             getattr(sys, name).flush()  # ignored ... BrokenPipeError", status 120)
+        if any(guard.broken for guard in guards.values()) and not status:  # a closed pipe the run went on past (a
+            return PIPE_CLOSED_STATUS  # trainer's stop with a checkpoint; a library that swallowed the error)
     except SystemExit:
         raise
     except BaseException as exc:

@@ -37,7 +37,7 @@ class OutputGuard:
     def __init__(self, stream: TextIO, gone: Callable[[], None]):
         self.stream = stream
         self._gone = gone
-        self._broken = False
+        self.broken = False  # the reader went: what was written since went to /dev/null
 
     def write(self, text: str) -> int:
         try:
@@ -57,8 +57,8 @@ class OutputGuard:
             point_at_devnull(self.stream.fileno())
         except (OSError, ValueError):  # no descriptor (a stream in memory): nothing to point elsewhere
             pass
-        if not self._broken:
-            self._broken = True
+        if not self.broken:
+            self.broken = True
             self._gone()
 
     def __getattr__(self, name: str) -> Any:
