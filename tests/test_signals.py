@@ -152,3 +152,22 @@ def test_a_signal_the_process_was_told_to_ignore_stays_ignored():
     finally:
         stop.restore()
         signal.signal(signal.SIGHUP, old)
+
+
+def test_the_scripts_stop_signals_interrupt_once():
+    """The tester, the app and the demo: SIGTERM is Ctrl-C; a scheduler that signals every process of a job reached
+    the tester twice, and the second KeyboardInterrupt cut short the partial results the first was writing."""
+    if threading.current_thread() is not threading.main_thread():  # no handlers there: the SIGTERM would end pytest
+        pytest.skip("signal handlers are the main thread's")
+    from utils.runtime import stop_signals_as_interrupt
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM))}
+    try:
+        stop_signals_as_interrupt()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs here
+        os.kill(os.getpid(), signal.SIGTERM)  # the results so far are being written: not cut short
+        time.sleep(0.2)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

@@ -121,14 +121,17 @@ def stop_signals_as_interrupt() -> None:
     dropped) stop the process as Ctrl-C does: what handles ``KeyboardInterrupt`` (the tester's partial results,
     the app's clean exit) handles them too. After a hang-up, output that went to the terminal goes to /dev/null
     first (every write to it would fail). A signal the process was started to ignore stays ignored (``nohup``'s
-    SIGHUP). For entry points only: the handlers are process-wide. The trainers install their own
-    (:class:`utils.train.signals.StopRequest`)."""
+    SIGHUP), and a repeat of either asks nothing more. For entry points only: the handlers are process-wide.
+    The trainers install their own (:class:`utils.train.signals.StopRequest`)."""
     hangup = getattr(signal, "SIGHUP", None)  # POSIX
+    asked = []
 
     def interrupt(signum, frame):
         if signum == hangup:
             leave_the_hung_up_terminal()
-        raise KeyboardInterrupt
+        if not asked:  # once: a scheduler that signals every process of a job may reach this one twice, and the
+            asked.append(signum)  # second would cut short the results being written (a second Ctrl-C still does)
+            raise KeyboardInterrupt
     for s in (signal.SIGTERM, hangup):
         if s is not None and signal.getsignal(s) is not signal.SIG_IGN:
             signal.signal(s, interrupt)
