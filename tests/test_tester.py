@@ -1289,3 +1289,21 @@ def test_a_closed_pipe_between_tasks_keeps_the_tasks_done(bench, checkpoint, tmp
     saved = json.loads((tmp_path / "o" / "results.json").read_text())
     assert saved["partial"]["row"] == "dehaze" and "partial" not in saved["tasks"]["derain/Rain100L"]
     assert saved["tasks"]["derain/Rain100L"]["count"] == len(list_images(bench / "derain" / "Rain100L" / "input"))
+
+
+def test_results_that_cannot_be_written_are_still_shown(bench, checkpoint, tmp_path, monkeypatch, capsys):
+    """results.* are written before the table is printed (a closed pipe must not lose them); a full disk there
+    must not lose the scores from the screen as well."""
+    import errno
+
+    from utils.eval import tester as tester_module
+
+    def full_disk(results, save):
+        raise OSError(errno.ENOSPC, "No space left on device", str(save / "results.json"))
+    monkeypatch.setattr(tester_module, "write_results", full_disk)
+    deg, tar = bench / "derain" / "Rain100L" / "input", bench / "derain" / "Rain100L" / "target"
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--degset", str(deg), "--tarset",
+                                                     str(tar), "--save", str(tmp_path / "out"), "--no-progress"])
+    assert tester_bary.run_main(tester_bary.main, args) == 1
+    said = capsys.readouterr()
+    assert "PSNR" in said.out and said.err.strip().splitlines()[-1].startswith("error: disk full while writing ")

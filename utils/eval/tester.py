@@ -7,6 +7,7 @@ writes ``results.*`` (also when stopped, marked partial).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ from utils.eval.tasks import (
 from utils.files import json_text, keep_aside, write_text
 from utils.output_lock import OutputLock
 from utils.runtime import apply_gpus_flag, pick_device
+from utils.streams import OutputClosed
 
 
 class RunStopped(UserError):
@@ -365,16 +367,28 @@ def _evaluate(args, model, info, sets: list[EvalSet], protocol: Protocol, device
         _record_flags(results, args)
     except EvaluationStopped as stop:
         _record_flags(stop.results, args)
-        paths = write_results(stop.results, save)  # first: the table may go to a pipe whose reader has gone
-        print(format_report(stop.results))
+        paths = _write_and_show(stop.results, save)
         raise _stopped(stop, f"{paths['json']} (.csv, .md)", kept) from stop
-    paths = write_results(results, save)
-    print(format_report(results))
+    paths = _write_and_show(results, save)
     print(f"\nresults: {paths['json']}, {paths['csv']}, {paths['md']}")
     if not any(r["count"] for r in results["tasks"].values()):
         raise _nothing_scored(", ".join(results["tasks"]), sum(r.get("skipped", 0) for r in results["tasks"].values()),
                               str(paths["md"]))
     return results
+
+
+def _write_and_show(results: dict, save: Path) -> dict[str, Path]:
+    """Write ``results.*`` into ``save``, then print the table, also when the writing failed (a full disk: the
+    scores are on the screen at least). Written first: the table may go to a pipe whose reader has gone (``|
+    head``), which then ends the run (:class:`~utils.streams.OutputClosed`) with the results kept."""
+    try:
+        paths = write_results(results, save)
+    except BaseException:
+        with contextlib.suppress(OutputClosed):  # the writing's own failure is the one to tell
+            print(format_report(results))
+        raise
+    print(format_report(results))
+    return paths
 
 
 def _record_flags(results: dict, args) -> None:
