@@ -1070,6 +1070,14 @@ def test_input_takes_several_paths_and_says_what_it_leaves_out(checkpoint, tmp_p
     err = capsys.readouterr().err
     assert "note: 2 file(s) of the --input folders are not images of a kind read here" in err
     assert "notes.txt" in err and "x.gif" in err and "neither a file nor a folder" not in err
+    assert "subfolder" not in err
+    write_image(deg / "2024" / "d.png", _clean_images()["cat"][:H, :W])  # was left out without a word
+    res = tester_bary.main(tester_bary.get_args_parser().parse_args(
+        ["--model", str(checkpoint), "--input", str(deg), "--save", str(tmp_path / "o3")]))
+    assert len(res["restored"]) == 3
+    err = capsys.readouterr().err
+    assert f"note: 1 subfolder(s) of the --input folders are not read (pass them too, e.g. --input {deg}/*/)" in err
+    assert str(deg / "2024") in err
     (deg / "gone.png").symlink_to(tmp_path / "moved-away.png")  # were left out without a word
     os.mkfifo(deg / "pipe.png")
     res = tester_bary.main(tester_bary.get_args_parser().parse_args(

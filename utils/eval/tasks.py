@@ -274,19 +274,22 @@ def _why_no_images(folder: Path) -> str:
     return f" ({'; '.join(why)})" if why else ""
 
 
-def ignored_inputs(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+def ignored_inputs(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Path], list[Path]]:
     """What the ``--input`` folders hold and the tester leaves out (hidden entries aside; none for single files):
     ``(files that are not images of a kind read here (x.gif, notes.txt), entries that are neither a file nor a
-    folder (a link to nothing, a pipe))``."""
+    folder (a link to nothing, a pipe), subfolders (not read: only the images a folder holds itself are))``."""
     not_images: list[Path] = []
     not_files: list[Path] = []
+    folders: list[Path] = []
     for path in input_paths(paths):
         if path.is_dir():
             for p in sorted(path.iterdir()):
-                if p.name.startswith(".") or p.is_dir():
+                if p.name.startswith("."):
                     continue
-                if not p.is_file():
+                if p.is_dir():
+                    folders.append(p)
+                elif not p.is_file():
                     not_files.append(p)
                 elif not is_image(p):
                     not_images.append(p)
-    return not_images, not_files
+    return not_images, not_files, folders

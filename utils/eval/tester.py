@@ -323,7 +323,7 @@ def main(args) -> dict:
     with pixel_limit(args.max_pixels):
         # What to read and where to write are settled before the model is loaded or anything restored.
         inputs = input_files(args.input) if args.input else []
-        ignored, not_files = ignored_inputs(args.input) if args.input else ([], [])
+        ignored, not_files, folders = ignored_inputs(args.input) if args.input else ([], [], [])
         if ignored:
             print(f"note: {len(ignored)} file(s) of the --input folders are not images of a kind read here "
                   f"({' '.join(IMAGE_EXTENSIONS)}) and are left out:{listing(ignored)}", file=sys.stderr)
@@ -331,6 +331,9 @@ def main(args) -> dict:
             print(f"note: {len(not_files)} entr{'y' if len(not_files) == 1 else 'ies'} of the --input folders "
                   f"{'is' if len(not_files) == 1 else 'are'} neither a file nor a folder (a link to nothing, a pipe) "
                   f"and left out:{listing(not_files)}", file=sys.stderr)
+        if folders and inputs:  # a folder of subfolders alone is an error that names them (input_files)
+            print(f"note: {len(folders)} subfolder(s) of the --input folders are not read (pass them too, e.g. "
+                  f"--input {folders[0].parent}/*/):{listing(folders)}", file=sys.stderr)
         sets = [] if args.input else _find_sets(args, tasks_defaulted)
         _check_outputs(args, sets, create=False)  # created below, once the model and the metrics have loaded
         model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
