@@ -152,6 +152,23 @@ def test_latest_says_where_the_run_is_in_the_consoles_words():
     assert (end["checkpoint"], end["at"], end["epochs_done"]) == ("epoch_001.pth", "end of epoch 1", 1)
 
 
+def test_a_save_whose_pointer_a_kill_cut_off_is_still_the_newest(tmp_path):
+    """A save writes its checkpoint, then ``latest``: killed between the two, ``--resume auto`` (and the tester's
+    newest checkpoint) went back to the save before, and a whole save interval was trained again."""
+    from utils.checkpoints import read_latest
+
+    def at(name: str, when: float):
+        (tmp_path / name).write_bytes(b"a checkpoint")
+        os.utime(tmp_path / name, (when, when))
+    at("epoch_001.pth", 1000)
+    at("iter_e002_i000004.pth", 1100)  # a renumbered resume's own, in another batch's units: before the pointer
+    (tmp_path / "latest").write_text('{"checkpoint": "epoch_001.pth"}\n')
+    os.utime(tmp_path / "latest", (1200, 1200))
+    assert read_latest(tmp_path).name == "epoch_001.pth"
+    at("iter_e002_i000008.pth", 1300)  # saved, then killed before latest was rewritten
+    assert read_latest(tmp_path).name == "iter_e002_i000008.pth"
+
+
 @pytest.mark.parametrize("content, why", [(b"", "the file is empty"), (b"hello\n", "KeyError"),
                                           (b"print('a script')\n", "UnpicklingError")])
 def test_a_file_that_is_not_a_checkpoint_says_what_to_do(tmp_path, content, why):

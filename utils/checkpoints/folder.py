@@ -133,18 +133,32 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def read_latest(output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint ``latest`` names, else the newest by file name, else None."""
+    """The checkpoint ``latest`` names, else the newest by file name, else None.
+
+    A save writes its checkpoint, then ``latest``: a checkpoint further on than the one ``latest`` names and
+    written after it (by modification time) is a save whose pointer a kill cut off, and is the newest.
+    """
     folder = Path(output_dir)
     pointer = folder / LATEST
     if pointer.is_file():
         try:
             name = json.loads(pointer.read_text())["checkpoint"]
             if (folder / name).is_file():
-                return folder / name
-        except (ValueError, KeyError, TypeError):
+                return _saved_after(folder / name, pointer) or folder / name
+        except (ValueError, KeyError, TypeError, OSError):
             pass
     found = list_checkpoints(folder)
     return found[-1] if found else None
+
+
+def _saved_after(named: Path, pointer: Path) -> Path | None:
+    """The newest checkpoint beside ``named`` that is further on than it and newer than ``pointer``, else None."""
+    past = progress_of(named.name)
+    if past is None:
+        return None
+    since = pointer.stat().st_mtime
+    later = [p for p in list_checkpoints(named.parent) if progress_of(p.name) > past and p.stat().st_mtime > since]
+    return later[-1] if later else None
 
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
