@@ -317,8 +317,27 @@ def test_resuming_an_older_checkpoint_moves_the_later_ones_aside(data, straight,
     assert [p.name for p in list_checkpoints(ckpt)] == ["epoch_001.pth", "epoch_002.pth"]
     assert read_latest(ckpt).name == "epoch_002.pth"
     [kept] = [p for p in ckpt.iterdir() if p.is_dir() and p.name.startswith("abandoned.before-")]
-    assert {n: d for n, d in snapshot(kept).items() if n != "latest"} == later
+    assert {n: d for n, d in snapshot(kept).items() if n.endswith(".pth")} == later
     assert_same_training_state(final_state(tmp_path), final_state(straight))
+
+
+def test_resuming_a_checkpoint_set_aside_as_abandoned_brings_its_log(data, tmp_path, capsys):
+    """Resuming epoch_001 sets epoch_002 and epoch_003 aside in abandoned.before-*; resuming epoch_003 from there
+    (the user changed their mind) used to start a log without that timeline's iterations, which the folder set
+    aside did not hold: the log of the run as it was when its checkpoints were set aside is kept beside them."""
+    assert run(data, tmp_path, "--nEpochs", "3", "--keep", "0") == 0
+    ckpt = tmp_path / "ckpt"
+    first = [json.loads(line) for line in (ckpt / "log.jsonl").read_text().splitlines()]
+    assert run(data, tmp_path, "--nEpochs", "2", "--keep", "0", "--resume", str(ckpt / "epoch_001.pth")) == 0
+    [kept] = [p for p in ckpt.iterdir() if p.is_dir() and p.name.startswith("abandoned.before-")]
+    said = capsys.readouterr().out
+    assert run(data, tmp_path, "--nEpochs", "4", "--keep", "0", "--resume", str(kept / "epoch_003.pth")) == 0
+    records = [json.loads(line) for line in (ckpt / "log.jsonl").read_text().splitlines()]
+    steps = [r["global_step"] for r in records if r["kind"] == "iter"]
+    assert steps == list(range(1, 4 * ITERS + 1))
+    assert ([r for r in records if r["kind"] == "iter"][:3 * ITERS]
+            == [r for r in first if r["kind"] == "iter"])  # the abandoned timeline's own records
+    assert f"{kept.name}/log.jsonl" in said, said
 
 
 def test_a_mistyped_resume_path_is_an_error_and_writes_nothing(data, tmp_path):

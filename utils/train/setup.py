@@ -136,6 +136,25 @@ def _carry_history(source: Path, output_dir: Path, console: Console) -> None:
         console(f"=> the TensorBoard events of {source} were carried over into {output_dir / TB_DIR}")
 
 
+def _keep_history(output_dir: Path, kept: Path, console: Console) -> str:
+    """Copy the run's log and TensorBoard events, as they are before the resume rewinds them, into ``kept`` (the
+    folder the checkpoints past the resumed one were set aside in): resuming one of those later carries that
+    timeline's history over (:func:`_carry_history`). Returns the words that say so (empty if there is no log).
+    A copy that fails is a warning: the checkpoints are kept, and the records the rewind moves stay in
+    ``<log stem>.discarded.jsonl``."""
+    copied = []
+    for name, copy in ((LOG_NAME, shutil.copyfile), (TB_DIR, lambda a, b: shutil.copytree(a, b, symlinks=True))):
+        if not (output_dir / name).exists():
+            continue
+        try:
+            copy(output_dir / name, kept / name)
+            copied.append(name)
+        except OSError as exc:
+            console.warn(f"could not keep a copy of {output_dir / name} in {kept} ({exc}); resuming a checkpoint "
+                         f"of {kept.name}/ later will not carry its history over")
+    return f" with the log as it was ({kept.name}/{LOG_NAME})" if LOG_NAME in copied else ""
+
+
 def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int], console: Console,
                    renumbered: bool = False) -> None:
     """A resumed run writes over no other timeline's files and lets its rotation delete none of them.
@@ -149,7 +168,8 @@ def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int],
       ``<output-dir>/abandoned.before-<time>/`` (with ``latest`` when it names one of them): otherwise
       they would outrank the new ones, ``--resume auto`` would return to them, and rotation would delete
       the resumed checkpoint first. Their log records are set aside by
-      :func:`~utils.train.run_log.rewind_log`.
+      :func:`~utils.train.run_log.rewind_log`, and a copy of the log and events as they were goes with them
+      (:func:`_keep_history`): resuming one of them later carries that timeline's history over.
     * ``renumbered``: the run continues mid-epoch with another batch (:func:`~utils.train.start.continue_with_batch`),
       so its iterations are counted in other units than the names of this epoch's mid-epoch checkpoints: all of
       them go aside with those past it, or this run's saves would replace them. The resumed one stays in place
@@ -173,15 +193,16 @@ def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int],
     kept = _move_aside(moved + pointer, output_dir, "abandoned", "checkpoints past the one resumed")
     for p in resumed:
         _link_or_copy(p, kept / p.name)
+    history = _keep_history(output_dir, kept, console)
     if past != progress:
         console(f"=> resuming {ckpt_path.name} with another batch: epoch {progress[0] + 1}'s {len(later)} mid-epoch "
                 f"and later checkpoint(s) (newest {newest}), named in the old batch's iterations, were kept in "
-                f"{kept.name}/ (the resumed one also stays here until this run saves), so that this run's "
-                f"checkpoints of the same names replace none of them")
+                f"{kept.name}/{history} (the resumed one also stays here until this run saves), so that this "
+                f"run's checkpoints of the same names replace none of them")
         return
     console(f"=> resuming {ckpt_path.name}, an earlier checkpoint of this run: the {len(later)} checkpoint(s) past "
-            f"it (newest {newest}) were moved to {kept.name}/, so that none is overwritten, returned to by --resume "
-            f"auto or kept by rotation before this run's own")
+            f"it (newest {newest}) were moved to {kept.name}/{history}, so that none is overwritten, returned to by "
+            f"--resume auto or kept by rotation before this run's own")
 
 
 def check_args(args) -> int:
