@@ -283,3 +283,22 @@ def test_an_interrupted_build_leaves_no_stray_files_for_the_next_one(tmp_path, m
     man = dd.build_demo_data(root, seed=0, **(TINY | {"max_photos": 1}))
     on_disk = set(all_files(root)) - {"manifest.json"}
     assert on_disk == set(man["files"]), sorted(on_disk ^ set(man["files"]))[:5]
+
+
+def test_an_image_the_demo_did_not_write_is_refused_not_called_up_to_date(tmp_path):
+    """An image of the user's dropped into the demo's folders was "up to date": the trainer and the tester, which
+    read every image of those folders, then trained and scored on it. It is named now, and left where it is."""
+    root = tmp_path / "d"
+    dd.build_demo_data(root, seed=0, **TINY)
+    mine = root / "Train" / "Derain" / "rainy" / "my-rain.png"
+    mine.write_bytes(next((root / "Train" / "Derain" / "rainy").iterdir()).read_bytes())
+    (root / "Train" / "notes.txt").write_text("not an image: neither reader looks at it")
+    before = all_files(root)
+    with pytest.raises(dd.DemoDataError, match=r"1 image the demo did not write \(Train/Derain/rainy/my-rain.png\)"):
+        dd.build_demo_data(root, seed=0, **TINY)
+    assert all_files(root) == before  # nothing written, nothing deleted
+    with pytest.raises(dd.DemoDataError, match="did not write"):  # a rebuild, which would keep it, too
+        dd.build_demo_data(root, seed=0, force=True, **TINY)
+    assert all_files(root) == before
+    mine.unlink()
+    assert dd.build_demo_data(root, seed=0, **TINY)["status"] == "up to date"

@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.data.image_io import list_images
 from utils.demo.degrade import (
     BLUR_LENGTH,
     DEPTH_FAR,
@@ -186,6 +187,24 @@ def check_root(root: Path) -> None:
         raise DemoDataError(f"--root {root} holds files that are not the demo's (no demo manifest.json there): "
                             f"the demo would write over them — choose a new or empty folder for its data (an "
                             f"interrupted demo build there can be deleted: make clean-demo for the default folders)")
+
+
+def check_no_foreign_images(root: Path) -> None:
+    """Refuse a demo folder holding images its builds did not write (a user's photo dropped into
+    ``Train/Derain/rainy/``): the trainer and the tester read every image of the demo's folders, so the demo would
+    train and score on them. They are not the demo's to delete, and a rebuild would keep them: the user moves them."""
+    manifest = read_manifest(root) if root.is_dir() else None
+    if manifest is None:  # none yet, or a first build interrupted: check_root has looked
+        return
+    ours = set(manifest["files"]) | interrupted_files(root)
+    foreign = [p.relative_to(root).as_posix() for p in list_images(root, recursive=True)]
+    foreign = [rel for rel in foreign if rel not in ours]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f", ... ({len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        raise DemoDataError(f"--root {root} holds {len(foreign)} image{'s' if len(foreign) > 1 else ''} the demo did "
+                            f"not write ({shown}): the demo's trainer and tester read every image in its folders, so "
+                            f"its scores would not be the demo's — move {'them' if len(foreign) > 1 else 'it'} out of "
+                            f"{root}, or build the demo into another --root")
 
 
 def stale_reason(root: Path, params: dict) -> str | None:
@@ -371,6 +390,7 @@ def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale
     root = Path(root)
     check_root(root)
     params = requested_params(seed, scale, max_photos)
+    check_no_foreign_images(root)
     reason = "forced" if force else stale_reason(root, params)
     if reason is None:
         return {**read_manifest(root), "status": "up to date"}
