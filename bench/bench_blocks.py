@@ -18,12 +18,15 @@ import sys
 import time
 from unittest import mock
 
-import torch
+from utils.errors import stopped_while_starting
 
-from net.blocks import Attention, FeedForward
-from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
-from utils.eval.options import at_least
-from utils.runtime import tune_cpu_allocator
+with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
+    import torch
+
+    from net.blocks import Attention, FeedForward
+    from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
+    from utils.eval.options import at_least
+    from utils.runtime import tune_cpu_allocator
 
 
 def best_ms(fn, repeats: int) -> float:

@@ -24,16 +24,19 @@ import subprocess
 import sys
 import time
 
-import torch
+from utils.errors import stopped_while_starting
 
-from net import set_layernorm_impl
-from net.presets import PRESETS, build_model
-from utils.compiled import COMPILE_MODES
-from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, child_failure, run_main
-from utils.eval.inference import restore
-from utils.eval.options import at_least
-from utils.memory import resident_bytes
-from utils.runtime import pick_device, tune_cpu_allocator
+with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
+    import torch
+
+    from net import set_layernorm_impl
+    from net.presets import PRESETS, build_model
+    from utils.compiled import COMPILE_MODES
+    from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, child_failure, run_main
+    from utils.eval.inference import restore
+    from utils.eval.options import at_least
+    from utils.memory import resident_bytes
+    from utils.runtime import pick_device, tune_cpu_allocator
 
 PATHS = ("plain", "fast_fp32", "fast_bf16", "fast_fp32_default_alloc")
 # Opt-in (--paths): the fast fp32 path through torch.compile (default mode; the first forward compiles).

@@ -33,17 +33,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
+from utils.errors import stopped_while_starting
 
-from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
-from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
-from utils.eval.options import at_least
-from utils.runtime import pick_device
-from utils.train.distributed import DistInfo
-from utils.train.options import get_args_parser
-from utils.train.start import build_loader
+with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
+    import cv2
+    import numpy as np
+    import torch
+
+    from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
+    from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
+    from utils.eval.options import at_least
+    from utils.runtime import pick_device
+    from utils.train.distributed import DistInfo
+    from utils.train.options import get_args_parser
+    from utils.train.start import build_loader
 
 SIZES = {"denoise": (481, 321), "derain": (481, 321), "dehaze": (550, 413), "deblur": (1280, 720),
          "lowlight": (600, 400)}

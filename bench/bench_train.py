@@ -35,19 +35,22 @@ import subprocess
 import sys
 import time
 
-import torch
-from bench_inference import image_side
+from utils.errors import stopped_while_starting
 
-from net import Potentials, set_layernorm_impl
-from net.presets import PRESETS, build_model
-from utils.compiled import COMPILE_MODES
-from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
-from utils.eval.inference import PRECISIONS, autocast_context
-from utils.eval.options import at_least
-from utils.memory import resident_bytes
-from utils.runtime import pick_device, tune_cpu_allocator
-from utils.train.iteration import Training, train_step
-from utils.train.optim import build_optimizer
+with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
+    import torch
+    from bench_inference import image_side
+
+    from net import Potentials, set_layernorm_impl
+    from net.presets import PRESETS, build_model
+    from utils.compiled import COMPILE_MODES
+    from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
+    from utils.eval.inference import PRECISIONS, autocast_context
+    from utils.eval.options import at_least
+    from utils.memory import resident_bytes
+    from utils.runtime import pick_device, tune_cpu_allocator
+    from utils.train.iteration import Training, train_step
+    from utils.train.optim import build_optimizer
 
 TAU = 0.07
 

@@ -28,21 +28,24 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
-from bench_inference import _matmul_gflops, image_side
-from bench_train import _sync, build_case
-from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
+from utils.errors import stopped_while_starting
 
-from net.presets import PRESETS
-from utils.compiled import COMPILE_MODES
-from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
-from utils.eval.options import at_least
-from utils.eval.outputs import check_writable_folder
-from utils.files import keep_aside, replace_file
-from utils.runtime import pick_device, tune_cpu_allocator
-from utils.train.distributed import DistInfo
-from utils.train.iteration import Training, train_step
+with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
+    import torch
+    from bench_inference import _matmul_gflops, image_side
+    from bench_train import _sync, build_case
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from net.presets import PRESETS
+    from utils.compiled import COMPILE_MODES
+    from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
+    from utils.eval.options import at_least
+    from utils.eval.outputs import check_writable_folder
+    from utils.files import keep_aside, replace_file
+    from utils.runtime import pick_device, tune_cpu_allocator
+    from utils.train.distributed import DistInfo
+    from utils.train.iteration import Training, train_step
 
 # Dense peak TFLOP/s by GPU name substring (vendor data sheets, SXM parts; no sparsity).
 PEAK_TFLOPS = {
