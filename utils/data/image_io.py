@@ -11,7 +11,8 @@ Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
   degraded image and its target are thus always read alike, in every protocol, and training
   crops are taken from the same grid. ``exif=True`` applies the tag instead (the array is then
   upright as a viewer shows it); the tester uses it only for ``--input`` photos, which have no
-  target;
+  target. A TIFF is the exception: its own orientation tag is applied either way, as both OpenCV's
+  decoder and the reference's Pillow apply it when they decode;
 - an unreadable or corrupt file (truncated included) raises :class:`ImageReadError` naming the file,
   and so does any OpenCV failure while decoding (with libpng's words when it said why); a JPEG that
   libjpeg decodes over damage (grey where the data is lost) is read, as the reference's Pillow reads
