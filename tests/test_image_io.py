@@ -458,3 +458,142 @@ print(image_io.read_image({str(tmp_path / "a.png")!r}).shape, flush=True)
     closed.stderr.close()  # the reader of its stderr is gone before it writes there
     out = closed.communicate(timeout=60)[0]
     assert closed.returncode == 0 and out.strip() == "(48, 64, 3)"
+
+
+# --------------------------------------------------------------------------- TIFFs with alpha, float TIFFs
+
+def _tiff(path, arr, extra=None, photometric=None):
+    """Write an uncompressed one-strip little-endian TIFF of ``arr`` (H, W[, C]) by hand, with ExtraSamples
+    (tag 338) ``extra`` when given: Pillow writes neither 16-bit RGBA nor associated alpha."""
+    import struct
+    arr = np.ascontiguousarray(arr)
+    h, w = arr.shape[:2]
+    c = 1 if arr.ndim == 2 else arr.shape[2]
+    data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    tags = {256: (4, [w]), 257: (4, [h]), 258: (3, [arr.dtype.itemsize * 8] * c), 259: (3, [1]),
+            262: (3, [photometric or (1 if c <= 2 else 2)]), 273: (4, [0]), 277: (3, [c]), 278: (4, [h]),
+            279: (4, [len(data)]), 284: (3, [1])}
+    if extra is not None:
+        tags[338] = (3, list(extra))
+    ifd_end = 8 + 2 + 12 * len(tags) + 4
+    entries, blobs = b"", b""
+    for tag, (kind, values) in sorted(tags.items()):
+        raw = struct.pack("<" + ("H" if kind == 3 else "I") * len(values), *values)
+        if len(raw) > 4:  # stored after the directory, the entry holding its offset
+            raw, blobs = struct.pack("<I", ifd_end + len(blobs)), blobs + raw
+        entries += struct.pack("<HHI", tag, kind, len(values)) + raw.ljust(4, b"\0")
+    head = b"II*\0" + struct.pack("<IH", 8, len(tags)) + entries + b"\0" * 4 + blobs
+    at = 8 + 2 + 12 * sorted(tags).index(273) + 8  # StripOffsets' value: the pixel data after everything else
+    head = head[:at] + struct.pack("<I", len(head)) + head[at + 4:]
+    path.write_bytes(head + data)
+    return path
+
+
+def _rgba(dtype=np.uint8):
+    """8x8 RGBA: colour (200, 100, 50) at alpha 128 (half), a pixel of alpha 0 with its own colour, an opaque
+    pixel, and some noise, so that a colour multiplied by the alpha or black for transparent shows."""
+    peak = np.iinfo(dtype).max
+    rgba = np.zeros((8, 8, 4), np.float64)
+    rgba[..., :3] = np.array([200, 100, 50]) / 255
+    rgba[..., :3] += np.random.default_rng(0).uniform(-0.1, 0.1, (8, 8, 3))
+    rgba[..., 3] = 128 / 255
+    rgba[0, 0] = [0.04, 0.08, 0.12, 0]  # fully transparent, its colour stored all the same
+    rgba[0, 1, 3] = 1
+    return np.round(rgba * peak).astype(dtype)
+
+
+@pytest.mark.parametrize("compression", [None, "tiff_lzw", "tiff_adobe_deflate"])
+def test_an_rgba_tiff_with_unassociated_alpha_reads_its_colour_as_stored(tmp_path, compression):
+    """What Pillow and GIMP write (ExtraSamples=2): OpenCV's decoder multiplied the colour by the alpha, so
+    (200, 100, 50) at alpha 128 read as (100, 50, 25) and a transparent pixel as black; Pillow, the reference's
+    reader, gives the colour as stored."""
+    rgba = _rgba()
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.tif", compression=compression)
+    got = read_image(tmp_path / "a.tif")
+    assert got.dtype == np.uint8 and np.array_equal(got, rgba[..., :3])
+    assert got.flags.writeable and got.flags.c_contiguous  # as every array read_image returns
+    with Image.open(tmp_path / "a.tif") as im:
+        assert np.array_equal(got, np.asarray(im.convert("RGB")))
+    extra = _tiff(tmp_path / "five.tif", np.dstack([rgba, rgba[..., :1]]), extra=[2, 0])  # alpha + unspecified
+    assert np.array_equal(read_image(extra), rgba[..., :3])  # OpenCV called it corrupt
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_an_rgba_tiff_is_turned_by_its_orientation_tag_as_any_tiff(tmp_path, orientation):
+    """An RGBA TIFF, now decoded by Pillow, is turned by its orientation tag exactly as OpenCV turns the same
+    TIFF without alpha, with exif=False and exif=True alike (see test_a_tiff_is_turned_by_its_orientation_tag_once)."""
+    rgba = np.dstack([RGB[:6, :10], np.full((6, 10), 128, np.uint8)])
+    rgba[0, 0, 3] = 0
+    for name, img in (("rgba.tif", Image.fromarray(rgba, "RGBA")), ("rgb.tif", Image.fromarray(rgba[..., :3]))):
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        img.save(tmp_path / name, exif=exif.tobytes())
+    for exif_flag in (False, True):
+        got = read_image(tmp_path / "rgba.tif", exif=exif_flag)
+        assert np.array_equal(got, read_image(tmp_path / "rgb.tif", exif=exif_flag))
+        assert got.shape[:2] == image_size(tmp_path / "rgba.tif", exif=exif_flag) == ((10, 6) if orientation >= 5
+                                                                                         else (6, 10))
+
+
+def test_an_rgba_tiff_is_read_by_the_module_rules_first_page_limit_errors(tmp_path):
+    """The Pillow path keeps the other rules: the first page of several (said lost), the pixel limit before
+    decoding, a damaged file an ImageReadError naming it."""
+    rgba = _rgba()
+    pages = [Image.fromarray(rgba, "RGBA"), Image.fromarray(255 - rgba, "RGBA")]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    assert np.array_equal(read_image(tmp_path / "pages.tif"), rgba[..., :3])
+    assert lost_on_restoring(tmp_path / "pages.tif") == ["transparency", "animation"]
+    with pytest.raises(ImageReadError, match=r"pages\.tif is 8x8 = 64 pixels, more than the limit of 63"):
+        read_image(tmp_path / "pages.tif", max_pixels=63)
+    big = np.random.default_rng(0).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    Image.fromarray(big, "RGBA").save(tmp_path / "cut.tif")
+    raw = (tmp_path / "cut.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ImageReadError, match=r"cannot decode image .*cut\.tif: .*truncated"):
+        read_image(tmp_path / "cut.tif")
+
+
+def test_16_bit_rgba_tiffs_stay_16_bit_with_their_colour(tmp_path):
+    """16-bit RGBA TIFFs are decoded by OpenCV, which keeps unassociated colour as stored; associated
+    (premultiplied) colour is divided by the alpha, as for 8 bits (it was read as stored, darker)."""
+    rgba = _rgba(np.uint16)
+    got = read_image(_tiff(tmp_path / "u.tif", rgba, extra=[2]))
+    assert got.dtype == np.uint16 and np.array_equal(got, rgba[..., :3])
+    premultiplied = rgba.copy()
+    premultiplied[..., :3] = (rgba[..., :3].astype(np.uint64) * rgba[..., 3:] // 65535).astype(np.uint16)
+    got = read_image(_tiff(tmp_path / "a.tif", premultiplied, extra=[1]))
+    a = premultiplied[..., 3:].astype(np.uint64)
+    expected = np.where(a > 0, np.minimum(premultiplied[..., :3] * a.dtype.type(65535) // np.maximum(a, 1), 65535), 0)
+    assert got.dtype == np.uint16 and np.array_equal(got, expected)
+    assert np.abs(got[1:].astype(int) - rgba[1:, :, :3]).max() <= 2  # the colour back (one stored step is two)
+    assert np.array_equal(got[0, 0], [0, 0, 0])  # alpha 0: no colour stored
+
+
+def test_an_8_bit_rgb_tiff_with_associated_alpha_reads_its_colour_divided_by_the_alpha(tmp_path):
+    """Associated alpha (ExtraSamples=1): the stored colour is premultiplied. It is divided out, as the
+    reference's Pillow does (OpenCV read it as stored: darker where semi-transparent)."""
+    rgba = _rgba()
+    premultiplied = rgba.copy()
+    premultiplied[..., :3] = (rgba[..., :3].astype(np.uint32) * rgba[..., 3:] // 255).astype(np.uint8)
+    path = _tiff(tmp_path / "a.tif", premultiplied, extra=[1])
+    got = read_image(path)
+    with Image.open(path) as im:
+        assert np.array_equal(got, np.asarray(im.convert("RGB")))
+    a = premultiplied[..., 3:].astype(np.uint32)
+    expected = np.where(a > 0, np.minimum(premultiplied[..., :3] * a.dtype.type(255) // np.maximum(a, 1), 255), 0)
+    assert got.dtype == np.uint8 and np.array_equal(got, expected)
+    assert np.abs(got[1:].astype(int) - rgba[1:, :, :3]).max() <= 2  # 128 of 255: one stored step is two
+
+
+def test_grey_tiffs_with_alpha_read_as_documented(tmp_path):
+    """Grey + alpha TIFFs: OpenCV drops the alpha (no multiplying); 8-bit reads exactly, associated alpha as
+    stored (no alpha to divide by), and 16-bit at 8 bits, the one exception to "16-bit gives uint16" (the
+    module rule says so: neither OpenCV nor Pillow decodes it at 16)."""
+    grey = _rgba()[..., [0, 3]]
+    for extra in (1, 2):
+        got = read_image(_tiff(tmp_path / f"la{extra}.tif", grey, extra=[extra]))
+        assert got.dtype == np.uint8 and all(np.array_equal(got[..., c], grey[..., 0]) for c in range(3))
+    grey16 = _rgba(np.uint16)[..., [0, 3]]
+    got = read_image(_tiff(tmp_path / "la16.tif", grey16, extra=[2]))
+    assert got.dtype == np.uint8 and np.array_equal(got[..., 0], (grey16[..., 0] >> 8).astype(np.uint8))
+

@@ -2,10 +2,19 @@
 
 Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
 
-- 8-bit files give ``uint8``, 16-bit files (PNG/TIFF) give ``uint16``;
+- 8-bit files give ``uint8``, 16-bit files (PNG/TIFF) give ``uint16`` (but a 16-bit grey-with-alpha TIFF,
+  which OpenCV decodes at 8 bits only and Pillow not at all, gives ``uint8``);
 - grayscale is replicated to three channels; palette images are expanded to RGB;
-- an alpha channel is dropped (restoration works on the colour planes); an animated WebP/PNG or a
-  multi-page TIFF gives its first frame (:func:`lost_on_restoring` says what a restoration loses);
+- an alpha channel is dropped (restoration works on the colour planes). Unassociated alpha (PNG, WebP, BMP;
+  TIFF ExtraSamples=2, as Pillow and GIMP write it) leaves the colour as stored, transparent pixels
+  included: an 8-bit RGB TIFF with alpha is decoded by Pillow (the reference's reader), as OpenCV's decoder
+  multiplies its colour by the alpha. ASSOCIATED (premultiplied, TIFF ExtraSamples=1) alpha is divided out of
+  an RGB TIFF's colour, as the reference's Pillow does at 8 bits and by the same rule at 16:
+  ``min(floor(c * peak / alpha), peak)``, the pixel's own colour rather than its darker product with the
+  alpha; a pixel of alpha 0 is black (no colour is stored for it). Grey with associated alpha is read as
+  stored (OpenCV drops its alpha, Pillow does not read it);
+- an animated WebP/PNG or a multi-page TIFF gives its first frame (:func:`lost_on_restoring` says what a
+  restoration loses);
 - the EXIF orientation tag is IGNORED by default, as the reference reads every image (PIL
   ``Image.open(p).convert('RGB')`` does not rotate): the array is the pixel grid as stored. A
   degraded image and its target are thus always read alike, in every protocol, and training
@@ -172,6 +181,21 @@ def _header_size(fh: BinaryIO) -> tuple[int, int] | None:
 def _tiff_size(fh: BinaryIO) -> tuple[int, int] | None:
     """``(height, width)`` from a TIFF's first directory (tags 256 and 257), for the TIFFs Pillow does not
     open (3-channel float32, as OpenCV writes them; OpenCV decodes them). None when it cannot be told."""
+    tags = _tiff_tags(fh)
+    return (tags[257][0], tags[256][0]) if tags.get(256) and tags.get(257) else None
+
+
+# TIFF tags read from the first directory: ImageWidth, ImageLength, BitsPerSample, PhotometricInterpretation,
+# ExtraSamples (what the samples after the colour ones are: 0 unspecified, 1 associated alpha, 2 unassociated).
+_TIFF_TAGS = (256, 257, 258, 262, 338)
+_TIFF_TYPES = {1: "B", 3: "H", 4: "I"}  # BYTE, SHORT, LONG: the types these tags are written with
+_PHOTOMETRIC_RGB, _ASSOCIATED_ALPHA, _UNASSOCIATED_ALPHA = 2, 1, 2
+
+
+def _tiff_tags(fh: BinaryIO) -> dict[int, tuple[int, ...]]:
+    """The values of :data:`_TIFF_TAGS` in a classic TIFF's first directory, as far as they can be read (a
+    tag missing or unreadable is left out)."""
+    tags: dict[int, tuple[int, ...]] = {}
     try:
         fh.seek(0)
         order = "<" if fh.read(2) == b"II" else ">"
@@ -179,14 +203,33 @@ def _tiff_size(fh: BinaryIO) -> tuple[int, int] | None:
         offset, = struct.unpack(order + "I", fh.read(4))
         fh.seek(offset)
         count, = struct.unpack(order + "H", fh.read(2))
-        size = {}
-        for _ in range(min(count, 4096)):
-            tag, kind, _, value = struct.unpack(order + "HHI4s", fh.read(12))
-            if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
-                size[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[:2 if kind == 3 else 4])[0]
-        return (size[257], size[256]) if 256 in size and 257 in size else None
-    except (struct.error, OSError, KeyError):
+        entries = [struct.unpack(order + "HHI4s", fh.read(12)) for _ in range(min(count, 4096))]
+        for tag, kind, n, value in entries:
+            if tag not in _TIFF_TAGS or kind not in _TIFF_TYPES or not 1 <= n <= 64:
+                continue
+            fmt = order + _TIFF_TYPES[kind] * n
+            raw = value[:struct.calcsize(fmt)]
+            if struct.calcsize(fmt) > 4:  # the values lie elsewhere, at the offset the entry holds
+                fh.seek(struct.unpack(order + "I", value)[0])
+                raw = fh.read(struct.calcsize(fmt))
+            try:
+                tags[tag] = struct.unpack(fmt, raw)
+            except struct.error:  # values past the end of the file: this tag is left out
+                continue
+    except (struct.error, OSError):
+        pass
+    return tags
+
+
+def _tiff_alpha(fh: BinaryIO) -> tuple[int, int] | None:
+    """``(bits per sample, alpha kind)`` of an RGB TIFF whose first extra sample is alpha (kind
+    :data:`_ASSOCIATED_ALPHA` or :data:`_UNASSOCIATED_ALPHA`, tag 338), from its first directory; None for any
+    other file."""
+    tags = _tiff_tags(fh)
+    extra, bits = tags.get(338, ()), tags.get(258, (1,))
+    if tags.get(262) != (_PHOTOMETRIC_RGB,) or not extra or extra[0] not in (_ASSOCIATED_ALPHA, _UNASSOCIATED_ALPHA):
         return None
+    return max(bits), extra[0]
 
 
 REPLACE_IT = "Replace or remove it."  # how an unreadable image's error ends
@@ -353,7 +396,13 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
             raise ImageReadError(_NOT_AN_IMAGE.format(path=path))  # (OpenCV reads HDR and others, of any size)
         _check_pixels(path, size, limit)
         fh.seek(0)
-        data = np.frombuffer(fh.read(), dtype=np.uint8)
+        raw = fh.read()
+        alpha = _tiff_alpha(fh) if raw.startswith(TIFF_SIGNATURES) else None
+    data = np.frombuffer(raw, dtype=np.uint8)
+    if alpha is not None and alpha[0] == 8:  # OpenCV would multiply the colour by the alpha: Pillow reads it
+        img = _read_with_pillow(path, raw)
+        _check_pixels(path, img.shape[:2], limit)
+        return img  # already turned by its orientation tag, as OpenCV turns a TIFF (see below)
     try:
         with quiet_opencv(), decoder_messages() as said:  # libpng's and libjpeg's own lines taken out of stderr
             img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # UNCHANGED: no EXIF rotation
@@ -369,6 +418,8 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
                                        f"come out grey or smeared: look at it, and replace the file if it is damaged")
         if img is not None:
             _check_pixels(path, img.shape[:2], limit)  # a header that under-stated the size
+            if alpha == (16, _ASSOCIATED_ALPHA) and img.ndim == 3 and img.shape[2] == 4:
+                img = _unpremultiply(img)
             img = _to_rgb(img, path)
     except cv2.error as exc:  # e.g. over OpenCV's own 2^30-pixel limit, or a decoder failure
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
@@ -383,6 +434,37 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
     if flip:
         img = img[:, ::-1]
     return np.ascontiguousarray(img)
+
+
+def _read_with_pillow(path: Path, raw: bytes) -> np.ndarray:
+    """An 8-bit RGB TIFF with an alpha channel as Pillow (the reference's reader) decodes it, RGB ``uint8``:
+    its first page, turned by its orientation tag (as OpenCV's decoder turns every TIFF), colour as stored
+    (unassociated alpha) or divided by the alpha (associated alpha, a pixel of alpha 0 black), alpha dropped.
+
+    OpenCV's decoder reads such a file through libtiff's RGBA interface, which multiplies unassociated colour by
+    its alpha: semi-transparent parts came out darker and transparent ones black."""
+    try:
+        with _PIL_WARNINGS, warnings.catch_warnings():  # the header: a decompression bomb warning comes from here
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(raw))
+        with im:
+            im.load()
+            return np.array(im.convert("RGB"))  # a copy: writable, as OpenCV's arrays are (asarray's is not)
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise OSError, ValueError, SyntaxError...
+        raise ImageReadError(f"cannot decode image {path}: the file is damaged or of a kind Pillow (which reads "
+                             f"TIFFs with an alpha channel here) does not read ({exc}). {REPLACE_IT}") from exc
+
+
+def _unpremultiply(bgra: np.ndarray) -> np.ndarray:
+    """A BGRA array with associated (premultiplied) alpha, its colour divided by the alpha in place as Pillow
+    divides an 8-bit one: ``min(floor(c * peak / a), peak)``, 0 where ``a`` is 0."""
+    peak = np.iinfo(bgra.dtype).max  # peak * peak < 2^32 for 16 bits
+    alpha = bgra[..., 3].astype(np.uint32)
+    divisor = np.maximum(alpha, 1)
+    for ch in range(3):
+        colour = bgra[..., ch].astype(np.uint32) * peak // divisor
+        bgra[..., ch] = np.where(alpha > 0, np.minimum(colour, peak), 0)
+    return bgra
 
 
 def _is_tiff(data: np.ndarray) -> bool:
