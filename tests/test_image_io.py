@@ -597,3 +597,21 @@ def test_grey_tiffs_with_alpha_read_as_documented(tmp_path):
     got = read_image(_tiff(tmp_path / "la16.tif", grey16, extra=[2]))
     assert got.dtype == np.uint8 and np.array_equal(got[..., 0], (grey16[..., 0] >> 8).astype(np.uint8))
 
+
+def test_a_float_tiff_on_another_scale_is_refused_not_clamped(tmp_path):
+    """Float samples are read on the scale 0 to 1: values of 0-255 were clamped to white, NaN read as black,
+    without a word. Overshoot within FLOAT_SLACK is clamped."""
+    ramp = np.linspace(0, 1, 6 * 8, dtype=np.float32).reshape(6, 8)
+    Image.fromarray(ramp * 255, "F").save(tmp_path / "f255.tif")
+    with pytest.raises(ImageReadError, match=r"f255\.tif: it holds floating-point samples from 0 to 255, .*scale 0 "
+                                             r"to 1"):
+        read_image(tmp_path / "f255.tif")
+    nan = ramp.copy()
+    nan[2, 3] = np.nan
+    Image.fromarray(nan, "F").save(tmp_path / "nan.tif")
+    with pytest.raises(ImageReadError, match=r"nan\.tif: .*not numbers \(NaN\)"):
+        read_image(tmp_path / "nan.tif")
+    Image.fromarray(ramp * 1.005 - 0.002, "F").save(tmp_path / "near.tif")
+    got = read_image(tmp_path / "near.tif")
+    assert got.dtype == np.uint16 and got.min() == 0 and got.max() == 65535
+    assert np.array_equal(got[..., 0], quantise(ramp * 1.005 - 0.002, 16))

@@ -3,7 +3,9 @@
 Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
 
 - 8-bit files give ``uint8``, 16-bit files (PNG/TIFF) give ``uint16`` (but a 16-bit grey-with-alpha TIFF,
-  which OpenCV decodes at 8 bits only and Pillow not at all, gives ``uint8``);
+  which OpenCV decodes at 8 bits only and Pillow not at all, gives ``uint8``). A floating-point TIFF is read
+  on the scale 0 to 1, as ``uint16`` (:func:`quantise`); one with a sample beyond [-0.01, 1.01]
+  (:data:`FLOAT_SLACK`; 0-255 values, linear light) or NaN is refused, as is any other sample type;
 - grayscale is replicated to three channels; palette images are expanded to RGB;
 - an alpha channel is dropped (restoration works on the colour planes). Unassociated alpha (PNG, WebP, BMP;
   TIFF ExtraSamples=2, as Pillow and GIMP write it) leaves the colour as stored, transparent pixels
@@ -480,7 +482,7 @@ def _to_rgb(img: np.ndarray, path: Path) -> np.ndarray:
     """A decoded OpenCV array (BGR/BGRA/grey, any depth) as RGB ``uint8``/``uint16`` (the module rule)."""
     if img.dtype not in (np.uint8, np.uint16):
         if img.dtype == np.float32 or img.dtype == np.float64:
-            img = quantise(img, 16)
+            img = quantise(_float_in_range(img, path), 16)
         else:
             raise ImageReadError(f"unsupported sample type {img.dtype} in {path}; save it as 8- or 16-bit")
     if img.ndim == 2:
@@ -490,6 +492,26 @@ def _to_rgb(img: np.ndarray, path: Path) -> np.ndarray:
     if img.shape[2] == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+# How far outside [0, 1] the samples of a floating-point image may reach and still be read (clamped): the overshoot
+# resampling leaves. Beyond it the values are on another scale (0-255, linear light with highlights above 1).
+FLOAT_SLACK = 0.01
+
+
+def _float_in_range(img: np.ndarray, path: Path) -> np.ndarray:
+    """``img`` if its floating-point samples are all finite and within [0, 1] give or take :data:`FLOAT_SLACK`;
+    else an :class:`ImageReadError`: clamping 0-255 values to [0, 1] read nearly white, NaN read as black."""
+    if not np.isfinite(img).all():
+        found = "samples that are not numbers (NaN) or infinite"
+    else:
+        lo, hi = float(img.min()), float(img.max())
+        if -FLOAT_SLACK <= lo and hi <= 1 + FLOAT_SLACK:
+            return img
+        found = f"samples from {lo:g} to {hi:g}"
+    raise ImageReadError(f"cannot read image {path}: it holds floating-point {found}, and such images are read only "
+                         f"on the scale 0 to 1 (16 bits). Save it as an 8- or 16-bit image, or with its values "
+                         f"scaled to 0-1")
 
 
 def image_size(path: str | os.PathLike, exif: bool = False) -> tuple[int, int]:
