@@ -615,3 +615,24 @@ def test_a_float_tiff_on_another_scale_is_refused_not_clamped(tmp_path):
     got = read_image(tmp_path / "near.tif")
     assert got.dtype == np.uint16 and got.min() == 0 and got.max() == 65535
     assert np.array_equal(got[..., 0], quantise(ramp * 1.005 - 0.002, 16))
+
+
+def test_a_bigtiff_is_read_as_a_tiff(tmp_path):
+    """A BigTIFF ('II+'): not told as a TIFF, so exif=True turned it a second time after OpenCV's decoder had
+    applied its orientation tag, and its 8-bit RGBA colour came out multiplied by the alpha."""
+    stored = np.zeros((4, 6, 3), np.uint8)
+    stored[0, 0], stored[0, 1], stored[1, 0] = 255, 100, 50
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "o.tif", exif=exif.tobytes(), big_tiff=True)
+    if not (tmp_path / "o.tif").read_bytes().startswith(b"II+\0"):
+        pytest.skip("this Pillow writes no BigTIFF")
+    pil = np.asarray(Image.open(tmp_path / "o.tif").convert("RGB"))
+    assert pil.shape == (6, 4, 3)
+    for exif_flag in (False, True):
+        assert np.array_equal(read_image(tmp_path / "o.tif", exif=exif_flag), pil)
+        assert image_size(tmp_path / "o.tif", exif=exif_flag) == (6, 4)
+    rgba = _rgba()
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.tif", big_tiff=True)
+    assert np.array_equal(read_image(tmp_path / "a.tif"), rgba[..., :3])

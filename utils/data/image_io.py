@@ -104,7 +104,7 @@ def pixel_limit(limit: int | None) -> Iterator[int]:
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")  # little- and big-endian
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # little-, big-endian; classic, BigTIFF
 # JPEG start-of-frame markers (they carry the height and width): C0-CF but DHT (C4), JPG (C8), DAC (CC).
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # JPEG markers without a length field: TEM and RST0-7 (SOI and EOI are handled apart).
@@ -190,29 +190,33 @@ def _tiff_size(fh: BinaryIO) -> tuple[int, int] | None:
 # TIFF tags read from the first directory: ImageWidth, ImageLength, BitsPerSample, PhotometricInterpretation,
 # ExtraSamples (what the samples after the colour ones are: 0 unspecified, 1 associated alpha, 2 unassociated).
 _TIFF_TAGS = (256, 257, 258, 262, 338)
-_TIFF_TYPES = {1: "B", 3: "H", 4: "I"}  # BYTE, SHORT, LONG: the types these tags are written with
+_TIFF_TYPES = {1: "B", 3: "H", 4: "I", 16: "Q"}  # BYTE, SHORT, LONG, LONG8: the types these tags are written with
 _PHOTOMETRIC_RGB, _ASSOCIATED_ALPHA, _UNASSOCIATED_ALPHA = 2, 1, 2
 
 
 def _tiff_tags(fh: BinaryIO) -> dict[int, tuple[int, ...]]:
-    """The values of :data:`_TIFF_TAGS` in a classic TIFF's first directory, as far as they can be read (a
-    tag missing or unreadable is left out)."""
+    """The values of :data:`_TIFF_TAGS` in a TIFF's first directory (classic or BigTIFF), as far as they can be
+    read (a tag missing or unreadable is left out)."""
     tags: dict[int, tuple[int, ...]] = {}
     try:
         fh.seek(0)
-        order = "<" if fh.read(2) == b"II" else ">"
-        fh.seek(4)
-        offset, = struct.unpack(order + "I", fh.read(4))
+        head = fh.read(4)
+        order = "<" if head[:2] == b"II" else ">"
+        big = head[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte offsets and counts, 20-byte entries
+        offset_fmt, slot = (order + "Q", 8) if big else (order + "I", 4)
+        fh.seek(8 if big else 4)
+        offset, = struct.unpack(offset_fmt, fh.read(slot))
         fh.seek(offset)
-        count, = struct.unpack(order + "H", fh.read(2))
-        entries = [struct.unpack(order + "HHI4s", fh.read(12)) for _ in range(min(count, 4096))]
+        count, = struct.unpack(order + ("Q" if big else "H"), fh.read(slot if big else 2))
+        entry = order + ("HHQ8s" if big else "HHI4s")
+        entries = [struct.unpack(entry, fh.read(struct.calcsize(entry))) for _ in range(min(count, 4096))]
         for tag, kind, n, value in entries:
             if tag not in _TIFF_TAGS or kind not in _TIFF_TYPES or not 1 <= n <= 64:
                 continue
             fmt = order + _TIFF_TYPES[kind] * n
             raw = value[:struct.calcsize(fmt)]
-            if struct.calcsize(fmt) > 4:  # the values lie elsewhere, at the offset the entry holds
-                fh.seek(struct.unpack(order + "I", value)[0])
+            if struct.calcsize(fmt) > slot:  # the values lie elsewhere, at the offset the entry holds
+                fh.seek(struct.unpack(offset_fmt, value)[0])
                 raw = fh.read(struct.calcsize(fmt))
             try:
                 tags[tag] = struct.unpack(fmt, raw)
