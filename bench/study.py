@@ -278,11 +278,11 @@ def trainer_argv(args: argparse.Namespace, arm: Arm, seed: int, root: Path, trai
     train = root / "Train"
     return ["--preset", "tiny", "--backbone", arm.backbone, *override_flags(arm),
             *(["--ablate", *arm.ablate] if arm.ablate else []),
-            "--de_type", *ID_TASKS, "--denoise_dir", str(train / "Denoise"), "--derain_dir", str(train / "Derain"),
-            "--dehaze_dir", str(train / "Dehaze"), "--data_file_dir", "",  # scan the synthetic folders
+            "--de-type", *ID_TASKS, "--denoise-dir", str(train / "Denoise"), "--derain-dir", str(train / "Derain"),
+            "--dehaze-dir", str(train / "Dehaze"), "--data-file-dir", "",  # scan the synthetic folders
             "--repeat", *(f"{k}={v}" for k, v in repeats.items()),
-            "--batchSize", str(args.batch_size), "--patch_size", str(args.patch_size),
-            "--nEpochs", str(args.epochs), "--iters-per-epoch", str(args.iters // args.epochs),
+            "--batch-size", str(args.batch_size), "--patch-size", str(args.patch_size),
+            "--epochs", str(args.epochs), "--iters-per-epoch", str(args.iters // args.epochs),
             "--step", str(max(1, args.epochs - 1)), "--lr", str(args.lr), "--seed", str(seed),
             "--device", args.device, "--threads", "0", "--output-dir", str(train_dir),
             "--figs-dir", str(train_dir), "--save-every", "50", "--keep", "2", "--log-every", "10",
