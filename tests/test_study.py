@@ -1,4 +1,5 @@
-"""bench/study.py end to end in a smoke setting: structure and finiteness, not who wins."""
+"""bench/study.py end to end in a smoke setting (structure and finiteness, not who wins), and its parts
+(utils/study/) one by one."""
 import json
 import math
 from pathlib import Path
@@ -13,6 +14,22 @@ REPO = Path(__file__).resolve().parents[1]
 import study
 
 from net.presets import WB_BACKBONES, build_model
+from utils.study.arms import (
+    ARMS,
+    CAPACITY_TOLERANCE,
+    COMPARISONS,
+    ID_TASKS,
+    MATCHED_DIM,
+    OOD_TASKS,
+    arm_model_config,
+    parameter_counts,
+)
+from utils.study.budget import EVAL_SECONDS, SEC_PER_ITER, UNMEASURED, plan
+from utils.study.errors import StudyError
+from utils.study.probe import PROBE_SETS, SPACES, logistic_loss, probe_accuracy, probe_summary
+from utils.study.report import COLOURS, capacity_note, figures, tables
+from utils.study.runs import balanced_repeats, check_network, trainer_argv
+from utils.study.stats import paired_stats, summarise, verdict
 from utils.train.losses import ABLATABLE, map_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,21 +56,21 @@ def smoke(tmp_path_factory):
 def test_study_end_to_end(smoke, capsys):
     tmp, res = smoke
     out = tmp / "out"
-    arms = list(study.ARMS)
+    arms = list(ARMS)
     assert res["settings"]["arms"] == arms and res["settings"]["seeds"] == [0]
 
     table = res["summary"]["table"]
     assert set(table) == set(arms)
     for arm in arms:
-        for name in study.ID_TASKS + study.OOD_TASKS + ("ID", "OOD"):
+        for name in ID_TASKS + OOD_TASKS + ("ID", "OOD"):
             mean, std = table[arm][name]["psnr"]
             assert math.isfinite(mean) and 0 < mean < 100 and std is None  # one seed: no std
             assert 0 < table[arm][name]["ssim"][0] <= 1
 
     comparisons = res["summary"]["comparisons"]
-    assert [(c["method"], c["baseline"]) for c in comparisons.values()] == list(study.COMPARISONS)
+    assert [(c["method"], c["baseline"]) for c in comparisons.values()] == list(COMPARISONS)
     for comparison in comparisons.values():
-        assert set(comparison["tasks"]) == set(study.ID_TASKS + study.OOD_TASKS + ("ID", "OOD"))
+        assert set(comparison["tasks"]) == set(ID_TASKS + OOD_TASKS + ("ID", "OOD"))
         for c in comparison["tasks"].values():
             assert c["images"]["n"] >= 2  # two test photos (one seed) per task, more per group
             assert math.isfinite(c["images"]["mean"])
@@ -65,10 +82,10 @@ def test_study_end_to_end(smoke, capsys):
     assert res["parameters"]["barypromptir"]["potentials"] > 0 and res["parameters"]["promptir"]["potentials"] == 0
 
     probe = res["probe"]
-    assert set(probe) == {a for a in arms if study.ARMS[a].backbone in WB_BACKBONES} >= {"baryir", "barypromptir"}
+    assert set(probe) == {a for a in arms if ARMS[a].backbone in WB_BACKBONES} >= {"baryir", "barypromptir"}
     for per in probe.values():
-        for set_name in study.PROBE_SETS:
-            for space in study.SPACES:
+        for set_name in PROBE_SETS:
+            for space in SPACES:
                 (acc,) = per[f"{set_name}/{space}"]
                 assert 0.0 <= acc <= 1.0
         assert -1.0 <= per["cos"][0] <= 1.0 and 0.0 <= per["abs_cos"][0] <= 1.0
@@ -77,16 +94,16 @@ def test_study_end_to_end(smoke, capsys):
     for name in ("psnr_by_arm.png", "baryir_minus_baseline.png", "probe_accuracy.png"):
         assert (tmp / "figs" / name).stat().st_size > 0
     md = (out / "study.md").read_text()
-    for method, baseline in study.COMPARISONS:
-        assert f"### {study.ARMS[method].label} − {study.ARMS[baseline].label}, PSNR (dB)" in md
+    for method, baseline in COMPARISONS:
+        assert f"### {ARMS[method].label} − {ARMS[baseline].label}, PSNR (dB)" in md
     assert "Linear probe" in md and "command:" in md and "### Arms" in md and "--dim 26" in md
     assert md.count("NOT capacity-matched") == 2 and md.count("matched in parameter count") == 1
     saved = json.loads((out / "study.json").read_text())
     assert saved["summary"]["comparisons"].keys() == comparisons.keys()
     for arm in arms:
         cached = json.loads((out / "runs" / arm / "seed0" / "eval.json").read_text())
-        assert cached["network"]["backbone"] == study.ARMS[arm].backbone
-        assert cached["network"]["model_config"]["dim"] == study.ARMS[arm].config.get("dim", 16)
+        assert cached["network"]["backbone"] == ARMS[arm].backbone
+        assert cached["network"]["model_config"]["dim"] == ARMS[arm].config.get("dim", 16)
 
     def logged(arm):
         lines = (out / "runs" / arm / "seed0" / "train" / "log.jsonl").read_text().splitlines()
@@ -100,9 +117,9 @@ def test_rerun_uses_the_caches_and_refuses_another_setting(smoke, capsys):
     tmp, res = smoke
     capsys.readouterr()
     again = study.main(smoke_args(tmp))
-    assert capsys.readouterr().out.count("cached") == len(study.ARMS)
+    assert capsys.readouterr().out.count("cached") == len(ARMS)
     assert again["summary"]["table"] == res["summary"]["table"]
-    with pytest.raises(study.StudyError, match="another setting"):
+    with pytest.raises(StudyError, match="another setting"):
         study.main(smoke_args(tmp, "--iters", "4"))
 
 
@@ -130,20 +147,20 @@ def test_balanced_repeats_give_each_family_a_similar_share():
     files = {f"Train/Denoise/c{i}.png": {} for i in range(12)}
     files |= {f"Train/Derain/rainy/rain-{i}.png": {} for i in range(24)}
     files |= {f"Train/Dehaze/synthetic/part1/{i:04d}_0.8_0.1.png": {} for i in range(36)}
-    reps = study.balanced_repeats({"files": files}, min_samples=400)
+    reps = balanced_repeats({"files": files}, min_samples=400)
     shares = [3 * 12 * reps["denoise_15"], 24 * reps["derain"], 36 * reps["dehaze"]]
     assert reps["denoise_15"] == reps["denoise_25"] == reps["denoise_50"]
     assert sum(shares) >= 400 and max(shares) / min(shares) < 1.3
 
 
 def test_paired_stats_and_verdict():
-    s = study.paired_stats([1.0, 1.2, 0.9, 1.1])
+    s = paired_stats([1.0, 1.2, 0.9, 1.1])
     assert s["ci95"][0] > 0 and s["p_t"] < 0.01
-    noise = study.paired_stats([1.0, -1.0, 0.5])
-    assert study.verdict(s, noise, "A", "B").startswith("consistent over images (A)")
-    assert study.verdict(s, s, "A", "B") == "larger than the seed-to-seed noise: A"
-    assert study.verdict(noise, noise, "A", "B") == "not distinguishable from noise"
-    assert study.paired_stats([0.0, 0.0])["p_wilcoxon"] is None
+    noise = paired_stats([1.0, -1.0, 0.5])
+    assert verdict(s, noise, "A", "B").startswith("consistent over images (A)")
+    assert verdict(s, s, "A", "B") == "larger than the seed-to-seed noise: A"
+    assert verdict(noise, noise, "A", "B") == "not distinguishable from noise"
+    assert paired_stats([0.0, 0.0])["p_wilcoxon"] is None
 
 
 def test_probe_separates_separable_classes():
@@ -153,9 +170,9 @@ def test_probe_separates_separable_classes():
     photos = [f"p{i}" for i in range(6) for _ in classes]
     feats = np.stack([np.eye(4)[classes.index(c)] * 3 + rng.normal(0, 0.3, 4) for c in labels])
     test = np.array([int(p[1:]) >= 3 for p in photos])
-    assert study.probe_accuracy(feats, labels, photos, test, classes) == 1.0
+    assert probe_accuracy(feats, labels, photos, test, classes) == 1.0
     shuffled = rng.normal(0, 1, feats.shape)
-    assert study.probe_accuracy(shuffled, labels, photos, test, classes) < 1.0
+    assert probe_accuracy(shuffled, labels, photos, test, classes) < 1.0
 
 
 def test_logistic_gradient_matches_finite_differences():
@@ -164,37 +181,37 @@ def test_logistic_gradient_matches_finite_differences():
     x = np.hstack([rng.normal(size=(12, 5)), np.ones((12, 1))])
     onehot = np.eye(3)[rng.integers(0, 3, 12)]
     w = rng.normal(size=6 * 3)
-    err = check_grad(lambda v: study.logistic_loss(v, x, onehot, 0.1)[0],
-                     lambda v: study.logistic_loss(v, x, onehot, 0.1)[1], w)
+    err = check_grad(lambda v: logistic_loss(v, x, onehot, 0.1)[0],
+                     lambda v: logistic_loss(v, x, onehot, 0.1)[1], w)
     assert err < 1e-5
 
 
 def test_summary_tables_and_figures_over_several_seeds(tmp_path):
     """The multi-seed paths (std, seed-level tests, probe over seeds) on synthetic results: no training."""
     rng = np.random.default_rng(0)
-    seeds, arms = [0, 1, 2], list(study.ARMS)
+    seeds, arms = [0, 1, 2], list(ARMS)
     images = ["a.png", "b.png", "c.png"]
 
     def fake_eval(offset):
         return {t: {"psnr": 0.0, "ssim": 0.0, "images": {n: [25 + offset + rng.normal(0, 0.3), 0.8] for n in images}}
-                for t in study.ID_TASKS + study.OOD_TASKS}
+                for t in ID_TASKS + OOD_TASKS}
     evals = {(a, s): fake_eval(2.0 if a == "baryir" else -2.0 if a == "barypromptir" else 0.0)
              for a in arms for s in seeds}
-    summary = study.summarise(evals, arms, seeds)
+    summary = summarise(evals, arms, seeds)
     assert summary["table"]["baryir"]["ID"]["psnr"][1] is not None
     comparisons = summary["comparisons"]
     assert list(comparisons) == ["baryir_vs_restormer", "baryir_vs_restormer_matched", "barypromptir_vs_promptir"]
     for key in ("baryir_vs_restormer", "baryir_vs_restormer_matched"):
         c = comparisons[key]["tasks"]["ID"]
-        assert c["seeds"]["n"] == 3 and c["images"]["n"] == 3 * 3 * len(study.ID_TASKS)
+        assert c["seeds"]["n"] == 3 and c["images"]["n"] == 3 * 3 * len(ID_TASKS)
         assert c["verdict"] == "larger than the seed-to-seed noise: BaryIR better"
     assert comparisons["barypromptir_vs_promptir"]["tasks"]["OOD"]["verdict"] == \
         "larger than the seed-to-seed noise: baseline better"
-    assert list(study.summarise(evals, ["baryir", "restormer_matched"], seeds)["comparisons"]) == \
+    assert list(summarise(evals, ["baryir", "restormer_matched"], seeds)["comparisons"]) == \
         ["baryir_vs_restormer_matched"]
     assert summary["ablations"]["no_potentials"]["OOD"]["verdict"].endswith("full BaryIR better")
 
-    classes = study.PROBE_SETS["all"]
+    classes = PROBE_SETS["all"]
     labels = [c for _ in range(7) for c in classes]
     photos = [f"p{i}" for i in range(7) for _ in classes]
     test = np.array([i < 3 for i in range(7) for _ in classes])
@@ -204,17 +221,17 @@ def test_summary_tables_and_figures_over_several_seeds(tmp_path):
     def fake_embeddings():  # residual separates the types, WB and source carry nothing
         return {"wb": rng.normal(size=(n, 8)), "residual": 3 * onehot + rng.normal(0, 0.2, onehot.shape),
                 "source": rng.normal(size=(n, 8)), "cos": rng.uniform(-0.1, 0.1, n)}
-    emb = {(a, s): fake_embeddings() for a in arms if study.ARMS[a].wb for s in seeds}
-    probe = study.probe_summary(emb, labels, photos, test, arms, seeds)
+    emb = {(a, s): fake_embeddings() for a in arms if ARMS[a].wb for s in seeds}
+    probe = probe_summary(emb, labels, photos, test, arms, seeds)
     assert list(probe) == ["baryir", "no_orthogonality", "no_contrastive", "no_potentials", "barypromptir"]
     assert np.mean(probe["baryir"]["all/residual"]) == 1.0 and np.mean(probe["baryir"]["all/wb"]) < 0.6
     degraded = fake_eval(-5.0)
-    params = study.parameter_counts(arms, 64)
-    md = study.tables(summary, probe, degraded, arms, seeds, {"test_photos": 3, "train_crops": 4}, params)
+    params = parameter_counts(arms, 64)
+    md = tables(summary, probe, degraded, arms, seeds, {"test_photos": 3, "train_crops": 4}, params)
     assert md.count("±") > 50 and "larger than the seed-to-seed noise" in md
     assert "| BaryIR (2.57 M) |" in md and "Restormer (L1 only) (1.01 M)" in md
-    assert f"dim {study.MATCHED_DIM}, capacity-matched (L1 only) (2.62 M)" in md
-    paths = study.figures(summary, probe, degraded, arms, seeds, tmp_path, params)
+    assert f"dim {MATCHED_DIM}, capacity-matched (L1 only) (2.62 M)" in md
+    paths = figures(summary, probe, degraded, arms, seeds, tmp_path, params)
     assert [p.name for p in paths] == ["psnr_by_arm.png", "baryir_minus_baseline.png", "probe_accuracy.png"]
 
 
@@ -222,32 +239,32 @@ TINY_BARYNET = 2_573_617
 
 
 def test_matched_restormer_is_within_ten_percent_of_tiny_barynet():
-    counts = study.parameter_counts(["baryir", "restormer", "restormer_matched", "promptir", "barypromptir"], 64)
+    counts = parameter_counts(["baryir", "restormer", "restormer_matched", "promptir", "barypromptir"], 64)
     assert counts["baryir"]["network"] == TINY_BARYNET and counts["baryir"]["potentials"] > 0
     matched = counts["restormer_matched"]["network"]
-    assert abs(matched / TINY_BARYNET - 1) <= study.CAPACITY_TOLERANCE, matched
-    arm = study.ARMS["restormer_matched"]
-    assert arm.backbone == "Restormer" and arm.config == {"dim": study.MATCHED_DIM} and not arm.wb
+    assert abs(matched / TINY_BARYNET - 1) <= CAPACITY_TOLERANCE, matched
+    arm = ARMS["restormer_matched"]
+    assert arm.backbone == "Restormer" and arm.config == {"dim": MATCHED_DIM} and not arm.wb
     # the narrowest dim that matches: two less (dim must be even) is outside the tolerance
-    narrower = sum(p.numel() for p in build_model("Restormer", "tiny", dim=study.MATCHED_DIM - 2).parameters())
-    assert narrower / TINY_BARYNET - 1 < -study.CAPACITY_TOLERANCE
+    narrower = sum(p.numel() for p in build_model("Restormer", "tiny", dim=MATCHED_DIM - 2).parameters())
+    assert narrower / TINY_BARYNET - 1 < -CAPACITY_TOLERANCE
     # the other pairs are not matched, and the tables say so
     for method, baseline in (("baryir", "restormer"), ("barypromptir", "promptir")):
-        assert "NOT capacity-matched" in study.capacity_note(method, baseline, counts)
-    assert "matched in parameter count" in study.capacity_note("baryir", "restormer_matched", counts)
+        assert "NOT capacity-matched" in capacity_note(method, baseline, counts)
+    assert "matched in parameter count" in capacity_note("baryir", "restormer_matched", counts)
 
 
 def test_every_arm_trains_with_the_same_budget_through_the_trainers_parser(tmp_path):
     import trainer_bary
     from utils.train import options
-    assert trainer_bary.get_args_parser is options.get_args_parser  # what study.train_run parses with
+    assert trainer_bary.get_args_parser is options.get_args_parser  # what utils.study.runs.train_run parses with
     args = study.resolve_settings(study.get_args_parser().parse_args(["--out", str(tmp_path)]))
     parser = trainer_bary.get_args_parser()
     overridable = ("dim", "num_blocks", "num_refinement_blocks", "heads")
-    counts = study.parameter_counts(list(study.ARMS), args.patch_size)
+    counts = parameter_counts(list(ARMS), args.patch_size)
     shared = None
-    for name, arm in study.ARMS.items():
-        argv = study.trainer_argv(args, arm, 1, tmp_path / "demo", tmp_path / name, {"denoise_15": 2, "derain": 3})
+    for name, arm in ARMS.items():
+        argv = trainer_argv(args, arm, 1, tmp_path / "demo", tmp_path / name, {"denoise_15": 2, "derain": 3})
         targs = parser.parse_args(argv)
         assert (targs.backbone, targs.preset, set(targs.ablate)) == (arm.backbone, "tiny", set(arm.ablate))
         assert {k: getattr(targs, k) for k in overridable if getattr(targs, k) is not None} == arm.config
@@ -262,14 +279,14 @@ def test_every_arm_trains_with_the_same_budget_through_the_trainers_parser(tmp_p
 
 
 def test_every_arm_has_an_estimate_a_colour_and_a_label():
-    for arm in study.ARMS.values():
-        assert arm.cost_key in study.SEC_PER_ITER and arm.cost_key in study.EVAL_SECONDS
-    assert study.UNMEASURED <= study.SEC_PER_ITER.keys()
-    assert set(study.COLOURS) == set(study.ARMS) and len(set(study.COLOURS.values())) == len(study.ARMS)
-    assert len({a.label for a in study.ARMS.values()}) == len(study.ARMS)
-    assert all(m in study.ARMS and b in study.ARMS for m, b in study.COMPARISONS)
+    for arm in ARMS.values():
+        assert arm.cost_key in SEC_PER_ITER and arm.cost_key in EVAL_SECONDS
+    assert UNMEASURED <= SEC_PER_ITER.keys()
+    assert set(COLOURS) == set(ARMS) and len(set(COLOURS.values())) == len(ARMS)
+    assert len({a.label for a in ARMS.values()}) == len(ARMS)
+    assert all(m in ARMS and b in ARMS for m, b in COMPARISONS)
     args = study.resolve_settings(study.get_args_parser().parse_args([]))
-    text = study.plan(args, {"denoise_15": 4})
+    text = plan(args, {"denoise_15": 4})
     assert "restormer_matched*" in text and "baryir*" not in text and "not measured" in text
 
 
@@ -284,7 +301,7 @@ def test_the_script_starts_as_a_script(tmp_path):
     assert "restormer_matched" in done.stdout and "barypromptir" in done.stdout
     # and reaches the trainer from there (it once imported trainer_bary.py, not importable from bench/)
     code = ("import sys, pathlib; sys.path.insert(0, sys.argv[1]); import study; "
-            "study.train_run(['--help'], pathlib.Path(sys.argv[2]), 1, False)")
+            "from utils.study.runs import train_run; train_run(['--help'], pathlib.Path(sys.argv[2]), 1, False)")
     done = subprocess.run([sys.executable, "-c", code, str(REPO / "bench"), str(tmp_path / "run")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -292,14 +309,14 @@ def test_the_script_starts_as_a_script(tmp_path):
 
 
 def test_a_run_of_another_network_is_refused(tmp_path):
-    right = {"backbone": "Restormer", "model_config": study.arm_model_config(study.ARMS["restormer_matched"])}
-    study.check_network("restormer_matched", right, tmp_path / "eval.json")
-    study.check_network("restormer_matched", None, tmp_path / "eval.json")  # a cache from before the check
-    narrow = {"backbone": "Restormer", "model_config": study.arm_model_config(study.ARMS["restormer"])}
-    with pytest.raises(study.StudyError, match="dim 16 there, 26 now"):
-        study.check_network("restormer_matched", narrow, tmp_path / "eval.json")
-    with pytest.raises(study.StudyError, match="backbone 'BaryNet' there, 'PromptIR' now"):
-        study.check_network("promptir", {"backbone": "BaryNet", "model_config": {}}, tmp_path / "eval.json")
+    right = {"backbone": "Restormer", "model_config": arm_model_config(ARMS["restormer_matched"])}
+    check_network("restormer_matched", right, tmp_path / "eval.json")
+    check_network("restormer_matched", None, tmp_path / "eval.json")  # a cache from before the check
+    narrow = {"backbone": "Restormer", "model_config": arm_model_config(ARMS["restormer"])}
+    with pytest.raises(StudyError, match="dim 16 there, 26 now"):
+        check_network("restormer_matched", narrow, tmp_path / "eval.json")
+    with pytest.raises(StudyError, match="backbone 'BaryNet' there, 'PromptIR' now"):
+        check_network("promptir", {"backbone": "BaryNet", "model_config": {}}, tmp_path / "eval.json")
 
 
 def test_flags_that_cannot_work_are_one_error_line_and_nothing_is_written(tmp_path, capsys):
@@ -319,13 +336,13 @@ def test_ctrl_c_while_a_figure_is_saved_leaves_the_earlier_figure(tmp_path, monk
     """The figures (the committed ones by default) and the caches (eval.json: a torn one stopped every later run)
     were written in place: Ctrl-C or a full disk there left half a file. Now a temporary, then a rename."""
     arms, seeds = ["baryir", "restormer"], [0]
-    fake = {t: {"psnr": 30.0, "ssim": 0.9, "images": {"a.png": [30.0, 0.9]}} for t in study.ID_TASKS + study.OOD_TASKS}
-    summary = study.summarise({(a, s): fake for a in arms for s in seeds}, arms, seeds)
+    fake = {t: {"psnr": 30.0, "ssim": 0.9, "images": {"a.png": [30.0, 0.9]}} for t in ID_TASKS + OOD_TASKS}
+    summary = summarise({(a, s): fake for a in arms for s in seeds}, arms, seeds)
     earlier = tmp_path / "psnr_by_arm.png"
     earlier.write_bytes(b"the earlier figure")
     tear_figure_saves(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        study.figures(summary, {}, fake, arms, seeds, tmp_path)
+        figures(summary, {}, fake, arms, seeds, tmp_path)
     assert earlier.read_bytes() == b"the earlier figure"
 
 

@@ -1,0 +1,59 @@
+"""The study's budget: iterations and seeds per setting (:data:`FULL`, :data:`QUICK`), the measured
+cost of a run of each arm, and the plan printed before the runs (:func:`plan`)."""
+from __future__ import annotations
+
+import argparse
+
+from utils.study.arms import ARMS, MATCHED_DIM
+
+FULL = dict(iters=400, epochs=4, seeds=[0, 1, 2])
+QUICK = dict(iters=60, epochs=2, seeds=[0])  # evaluation dominates: one seed keeps it near 10 minutes
+
+# Measured on this project's 2-core CPU with one torch thread while another process used the other
+# core (so on the safe side): seconds per training iteration of the tiny preset at batch 4, patch 64
+# (scaled by batch x patch^2), and seconds to evaluate one model on the nine tasks at demo scale 1
+# (about 0.9 s per 224x288 image for BaryNet) plus, for the WB backbones, the probe's 136 embeddings.
+# With both cores free (two threads) BaryNet trains at about 0.35 s per iteration (the demo's log).
+# Keyed by Arm.cost_key (the backbone, and its width overrides). The entries in UNMEASURED are guesses
+# from the networks' sizes, not measurements: replace them (and drop them from UNMEASURED) once a run
+# has recorded its train_seconds and eval_seconds (eval.json).
+MATCHED = f"Restormer dim={MATCHED_DIM}"
+SEC_PER_ITER = {"BaryNet": 0.6, "Restormer": 0.35, MATCHED: 0.75, "PromptIR": 0.6, "BaryPromptIR": 0.8}
+EVAL_SECONDS = {"BaryNet": 60.0, "Restormer": 30.0, MATCHED: 45.0, "PromptIR": 40.0, "BaryPromptIR": 70.0}
+UNMEASURED = frozenset({MATCHED, "PromptIR", "BaryPromptIR"})
+FREE_CORES_FACTOR = 0.6
+
+
+def estimated_seconds(args: argparse.Namespace) -> dict[str, float]:
+    """Planned seconds of one run of each arm (training and evaluation) on this project's CPU."""
+    scale = args.batch_size * args.patch_size ** 2 / (4 * 64 ** 2)
+    return {a: args.iters * SEC_PER_ITER[ARMS[a].cost_key] * scale + EVAL_SECONDS[ARMS[a].cost_key] * args.scale ** 2
+            for a in args.arms}
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def plan(args: argparse.Namespace, repeats: dict[str, int]) -> str:
+    per_run = estimated_seconds(args)
+    total = sum(per_run.values()) * len(args.seeds)
+    guessed = {a for a in per_run if ARMS[a].cost_key in UNMEASURED}
+    per_run = {(f"{a}*" if a in guessed else a): s for a, s in per_run.items()}
+    decay = ", the last at lr/10" if args.epochs > 1 else ""
+    quick = (f" (QUICK: {len(args.seeds)} seed(s) x {args.iters} iterations, not the study's {len(FULL['seeds'])} x "
+             f"{FULL['iters']}; it checks the pipeline, not the claims)") if args.quick else ""
+    lines = [f"BaryIR study{quick}",
+             f"  arms:   {', '.join(args.arms)}",
+             f"  seeds:  {' '.join(map(str, args.seeds))}   ({len(args.arms) * len(args.seeds)} trainings)",
+             f"  per run: {args.iters} iterations ({args.epochs} epoch(s) of {args.iters // args.epochs}{decay}), "
+             f"batch {args.batch_size}, patch {args.patch_size}, tiny preset, lr {args.lr:g}",
+             f"  data:   {args.root} (scale {args.scale:g}), --repeat "
+             + " ".join(f"{k}={v}" for k, v in repeats.items()),
+             f"  estimate: up to {minutes(total)} on this project's 2-core CPU when another process holds a core, "
+             f"about {minutes(FREE_CORES_FACTOR * total)} with both free "
+             f"({', '.join(f'{a} {minutes(s)}' for a, s in per_run.items())} per seed, on the safe side"
+             + ("; * guessed from the network's size, not measured yet" if guessed else "")
+             + "); finished runs are skipped",
+             f"  out:    {args.out}   figures: {args.figs_dir}"]
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""One (arm, seed) run of the study: trained by the real trainer (``utils.train.engine``), evaluated by the
+tester's engine (``utils.eval.evaluation``), embedded for the probe, and cached in its folder
+(``<out>/runs/<arm>/seed<k>/``: ``train/``, ``eval.json``, ``embeddings.npz``); the study's folder
+(``study_config.json``) and the machine it ran on."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.eval.evaluation import evaluate_tasks
+from utils.eval.protocol import Protocol, load_model
+from utils.files import atomic_write, write_text
+from utils.study.arms import ARMS, ID_TASKS, OOD_TASKS, Arm, arm_model_config, override_flags
+from utils.study.errors import StudyError
+from utils.study.probe import ProbeView, embed
+from utils.train.engine import run_cli
+from utils.train.options import get_args_parser as trainer_parser
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- data and training
+
+def balanced_repeats(manifest: dict, min_samples: int) -> dict[str, int]:
+    """``--repeat`` factors giving each family (noise, rain, haze) about the same share of an epoch.
+
+    The paper's factors balance the paper's data sizes (derain x360 for 200 images); on the demo
+    data they would make an epoch 97% rain. Noise levels split the noise family's share equally.
+    The epoch holds at least ``min_samples`` samples, so capped epochs never run short.
+    """
+    files = manifest["files"]
+    n_clean = sum(rel.startswith("Train/Denoise/") for rel in files)
+    n_rain = sum(rel.startswith("Train/Derain/rainy/") for rel in files)
+    n_haze = sum(rel.startswith("Train/Dehaze/synthetic/") for rel in files)
+    per_type = {"denoise_15": (n_clean, 3), "denoise_25": (n_clean, 3), "denoise_50": (n_clean, 3),
+                "derain": (n_rain, 1), "dehaze": (n_haze, 1)}
+    share = max(max(n * k for n, k in per_type.values()), math.ceil(min_samples / 3))
+    while True:
+        reps = {de: max(1, round(share / (n * k))) for de, (n, k) in per_type.items()}
+        if sum(reps[de] * n for de, (n, _) in per_type.items()) >= min_samples:
+            return reps
+        share += max(1, share // 10)
+
+
+def trainer_argv(args: argparse.Namespace, arm: Arm, seed: int, root: Path, train_dir: Path,
+                 repeats: dict[str, int]) -> list[str]:
+    train = root / "Train"
+    return ["--preset", "tiny", "--backbone", arm.backbone, *override_flags(arm),
+            *(["--ablate", *arm.ablate] if arm.ablate else []),
+            "--de-type", *ID_TASKS, "--denoise-dir", str(train / "Denoise"), "--derain-dir", str(train / "Derain"),
+            "--dehaze-dir", str(train / "Dehaze"), "--data-file-dir", "",  # scan the synthetic folders
+            "--repeat", *(f"{k}={v}" for k, v in repeats.items()),
+            "--batch-size", str(args.batch_size), "--patch-size", str(args.patch_size),
+            "--epochs", str(args.epochs), "--iters-per-epoch", str(args.iters // args.epochs),
+            "--step", str(max(1, args.epochs - 1)), "--lr", str(args.lr), "--seed", str(seed),
+            "--device", args.device, "--threads", "0", "--output-dir", str(train_dir),
+            "--figs-dir", str(train_dir), "--save-every", "50", "--keep", "2", "--log-every", "10",
+            "--resume", "auto", "--degset", ""]
+
+
+def finished_checkpoint(train_dir: Path, epochs: int) -> Path | None:
+    """The run's final checkpoint, or None while it is missing or unfinished."""
+    from utils.checkpoints import read_checkpoint, read_latest
+    latest = read_latest(train_dir) if train_dir.is_dir() else None
+    if latest is None:
+        return None
+    obj = read_checkpoint(latest)
+    return latest if int(obj.get("epoch", 0)) >= epochs and int(obj.get("iteration", 0)) == 0 else None
+
+
+def train_run(argv: list[str], train_dir: Path, epochs: int, progress: bool) -> Path:
+    """Train (or continue) one run with the real trainer; its console output goes to ``train/stdout.txt``.
+
+    ``run_cli`` and its parser are what ``trainer_bary.py``'s ``main`` runs; the script itself is not importable
+    here (``python bench/study.py`` puts bench/, not the repository root, on sys.path, and the package
+    installs only ``net`` and ``utils``)."""
+    targs = trainer_parser().parse_args(argv)
+    train_dir.mkdir(parents=True, exist_ok=True)
+    with open(train_dir / "stdout.txt", "a") as fh, contextlib.redirect_stdout(fh), \
+            (contextlib.redirect_stderr(fh) if not progress else contextlib.nullcontext()):
+        rc = run_cli(targs)
+    if rc:
+        raise StudyError(f"training failed (exit code {rc}); see {train_dir}/stdout.txt. Fix it, then rerun the "
+                         f"same command: finished runs are kept")
+    ckpt = finished_checkpoint(train_dir, epochs)
+    if ckpt is None:  # stopped by a signal: the trainer saved a checkpoint and returned 0
+        raise KeyboardInterrupt
+    return ckpt
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def evaluate_model(model: torch.nn.Module, root: Path, device: torch.device) -> dict[str, Any]:
+    """Per-task mean and per-image PSNR/SSIM on the nine tasks (the reference protocol)."""
+    res = evaluate_tasks(model, ID_TASKS + OOD_TASKS, root / "test", Protocol(), device, progress=False)
+    out = {}
+    for row, r in res["tasks"].items():
+        if row.split("/")[0] in out:
+            raise StudyError(f"{root / 'test'}: task {row.split('/')[0]} has several sets; the study expects the "
+                             f"demo layout (one set per task)")
+        out[row.split("/")[0]] = {"row": row, "psnr": r["psnr"], "ssim": r["ssim"],
+                                  "images": {im["name"]: [im["psnr"], im["ssim"]] for im in r["images"]}}
+    return out
+
+
+# --------------------------------------------------------------------------- one run, its folder, the machine
+
+def check_network(arm_name: str, network: dict | None, source: Path) -> None:
+    """Refuse a run (a checkpoint, or a cached evaluation) of another network than the arm's today, e.g.
+    after MATCHED_DIM changed: its results would be reported under the arm's name. Caches written before
+    the check existed carry no ``network`` and pass."""
+    if network is None:
+        return
+    arm = ARMS[arm_name]
+    want, have = arm_model_config(arm), network.get("model_config") or {}
+    differ = [f"{k} {have.get(k)!r} there, {v!r} now" for k, v in want.items() if have.get(k) != v]
+    if network.get("backbone") != arm.backbone:
+        differ.insert(0, f"backbone {network.get('backbone')!r} there, {arm.backbone!r} now")
+    if differ:
+        raise StudyError(f"{source} holds a run of another network than arm {arm_name} ({'; '.join(differ)}). "
+                         f"Delete {source.parent if source.name == 'eval.json' else source.parents[1]} to "
+                         f"retrain it, or pass another --out")
+
+
+def run_one(args, arm_name: str, seed: int, root: Path, repeats: dict, views: list[ProbeView],
+            device: torch.device) -> tuple[dict, dict | None, float]:
+    """Train, evaluate and embed one (arm, seed) run, or read its caches; returns (eval, embeddings, seconds)."""
+    arm = ARMS[arm_name]
+    run_dir = Path(args.out) / "runs" / arm_name / f"seed{seed}"
+    eval_path, emb_path = run_dir / "eval.json", run_dir / "embeddings.npz"
+    want_emb = arm.wb
+    if eval_path.is_file() and (emb_path.is_file() or not want_emb):
+        cached = json.loads(eval_path.read_text())
+        check_network(arm_name, cached.get("network"), eval_path)
+        emb = None
+        if want_emb:
+            with np.load(emb_path) as z:
+                emb = dict(z)
+        return cached["tasks"], emb, 0.0
+    tic = time.time()
+    train_dir = run_dir / "train"
+    ckpt = finished_checkpoint(train_dir, args.epochs) or train_run(
+        trainer_argv(args, arm, seed, root, train_dir, repeats), train_dir, args.epochs, args.progress)
+    t_train = time.time() - tic
+    model, info = load_model(ckpt)
+    network = {"backbone": info["backbone"], "model_config": info["model_config"]}
+    check_network(arm_name, network, ckpt)
+    model.to(device).eval()
+    tasks = evaluate_model(model, root, device)
+    emb = embed(model, views, device) if want_emb else None
+    if emb is not None:
+        atomic_write(emb_path, lambda fh: np.savez(fh, **emb))
+    write_text(eval_path, json.dumps({"checkpoint": str(ckpt), "network": network, "train_seconds": t_train,
+                                      "eval_seconds": time.time() - tic - t_train, "tasks": tasks}, indent=1) + "\n")
+    return tasks, emb, time.time() - tic
+
+
+def check_out_dir(out: Path, config: dict) -> None:
+    """``--out`` keeps one setting: a different one would mix runs. Seeds and arms may be added."""
+    path = out / "study_config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+        if diff:
+            listing = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise StudyError(f"{out} holds runs of another setting ({listing}). Pass another --out (and "
+                             f"--figs-dir), or delete {out} to start over.")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(config, indent=1) + "\n")
+
+
+def machine_info(args: argparse.Namespace) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                          text=True, timeout=10).stdout.strip():
+            commit += " (with uncommitted changes)"
+    return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "commit": commit,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
