@@ -6,7 +6,7 @@ trainer (``trainer_bary.py``'s engine and parser) and the real tester engine (``
     .venv/bin/python bench/study.py            # again: continues where it stopped; finished runs are skipped
 
 The time estimates (``plan``, printed first) are measured for the first five arms and guessed from the
-networks' sizes for the last three (UNMEASURED) until a run records them.
+networks' sizes for the last three (``UNMEASURED``, :mod:`utils.study.budget`) until a run records them.
 
 What it does (``STUDY.md`` explains the setup and how to read the tables):
 
@@ -14,21 +14,25 @@ What it does (``STUDY.md`` explains the setup and how to read the tables):
    (BaryNet); the ``Restormer`` baseline with the L1 loss only; BaryIR without the orthogonality
    term, without the contrastive term, and without the potentials (transport cost only) (trainer
    ``--ablate``); a capacity-matched Restormer (L1 only; ``--dim 26``: within 10% of BaryNet's
-   parameters); PromptIR (L1 only); BaryPromptIR (BaryIR on PromptIR's decoder, the full objective);
+   parameters); PromptIR (L1 only); BaryPromptIR (BaryIR on PromptIR's decoder, the full objective)
+   (:mod:`utils.study.arms`);
 2. each run is evaluated in distribution (sigma 15/25/50, rain, haze) and out of distribution
    (sigma 75, JPEG q10, low light, motion blur): mean +- std over seeds per arm and task, and the
    differences BaryIR - Restormer, BaryIR - capacity-matched Restormer and BaryPromptIR - PromptIR
-   (COMPARISONS), paired over (seed, image) and over seeds, with a plain verdict and each pair's
-   parameter counts (whether capacity confounds it);
+   (``COMPARISONS``), paired over (seed, image) and over seeds, with a plain verdict and each pair's
+   parameter counts (whether capacity confounds it) (:mod:`utils.study.runs`, :mod:`utils.study.stats`);
 3. a linear probe of degradation type on pooled WB and residual embeddings (the WB backbones'
    arms), evaluated on held-out photos (leave one test photo out), against chance; the mean cosine
-   between WB and residual;
+   between WB and residual (:mod:`utils.study.probe`);
 4. tables to ``<out>/study.md`` (and the console), everything to ``<out>/study.json``, figures
-   to ``--figs-dir``.
+   to ``--figs-dir`` (:mod:`utils.study.report`).
 
 Every (arm, seed) run trains into ``<out>/runs/<arm>/seed<k>/train`` with ``--resume auto``;
 its evaluation and embeddings are cached next to it (``eval.json``, ``embeddings.npz``, with the
 network it evaluated: a run of another configuration than its arm's is refused, not reused).
+
+This script holds the flags (:func:`get_args_parser`, :func:`resolve_settings`) and :func:`main`, which runs
+the parts in order; the parts are the modules of :mod:`utils.study`.
 """
 from __future__ import annotations
 
