@@ -26,6 +26,8 @@ CAPACITY_TOLERANCE = 0.10
 
 @dataclass(frozen=True)
 class Arm:
+    """One arm: its name in the tables, a backbone (the ``tiny`` preset), the objective's terms it leaves out
+    (``--ablate``; none: the full objective on a WB backbone, L1 only on the others), width overrides."""
     label: str
     backbone: str
     ablate: tuple[str, ...] = ()

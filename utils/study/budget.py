@@ -32,10 +32,13 @@ def estimated_seconds(args: argparse.Namespace) -> dict[str, float]:
 
 
 def minutes(seconds: float) -> str:
+    """``seconds`` as the plan prints them: ``"12 min"`` from a minute on, ``"45 s"`` below."""
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def plan(args: argparse.Namespace, repeats: dict[str, int]) -> str:
+    """The lines printed before the runs: arms, seeds, the budget per run, the data, the time estimate
+    (:func:`estimated_seconds`; ``*``: an arm whose cost is in :data:`UNMEASURED`), the output folders."""
     per_run = estimated_seconds(args)
     total = sum(per_run.values()) * len(args.seeds)
     guessed = {a for a in per_run if ARMS[a].cost_key in UNMEASURED}

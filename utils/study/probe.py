@@ -89,7 +89,9 @@ def probe_views(root: Path, manifest: dict) -> list[ProbeView]:
 
 def embed(model: torch.nn.Module, views: Sequence[ProbeView], device: torch.device) -> dict[str, np.ndarray]:
     """Pooled WB, residual and source (z = b + r) embeddings of every view, and cos(b_i, r_i) of the
-    flattened latents (what ``utils.analysis.embeddings.mean_cosine`` averages). Views of one size are batched."""
+    flattened latents (what ``utils.analysis.embeddings.mean_cosine`` averages). Views of one size are batched.
+
+    Returns ``wb``, ``residual``, ``source``: ``(N, C)`` float64 for ``N`` views; ``cos``: ``(N,)``."""
     n = len(views)
     wb, res, cos = [None] * n, [None] * n, np.zeros(n)
     by_shape: dict[tuple, list[int]] = {}
@@ -142,7 +144,10 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2)
 def probe_accuracy(feats: np.ndarray, labels: Sequence[str], photos: Sequence[str], test: np.ndarray,
                    classes: Sequence[str]) -> float:
     """Leave one test photo out: train on the training crops and the other test photos, predict the
-    held-out photo's views; features standardised on the training fold. Accuracy over all folds."""
+    held-out photo's views; features standardised on the training fold. Accuracy over all folds.
+
+    ``feats``: ``(N, D)``; ``labels``, ``photos``: ``N`` each; ``test``: ``(N,)`` bool, the test photos' views;
+    views whose label is not in ``classes`` are left out."""
     keep = np.array([lab in classes for lab in labels])
     y = np.array([classes.index(lab) if lab in classes else -1 for lab in labels])
     photos = np.asarray(photos)

@@ -150,6 +150,9 @@ def tables(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seed
 
 def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seeds: Sequence[int],
             figs_dir: Path, params: dict[str, dict[str, int]] | None = None) -> list[Path]:
+    """``psnr_by_arm.png``, ``baryir_minus_baseline.png`` (with any comparison) and ``probe_accuracy.png`` (with a
+    probe) in ``figs_dir``; returns their paths. ``summary``: :func:`utils.study.stats.summarise`; ``probe``:
+    :func:`utils.study.probe.probe_summary`; ``degraded``: the degraded inputs' evaluation, as a run's."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

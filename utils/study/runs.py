@@ -56,6 +56,8 @@ def balanced_repeats(manifest: dict, min_samples: int) -> dict[str, int]:
 
 def trainer_argv(args: argparse.Namespace, arm: Arm, seed: int, root: Path, train_dir: Path,
                  repeats: dict[str, int]) -> list[str]:
+    """The trainer's command line for ``arm`` with ``seed``: the demo data under ``root`` (``repeats``: its
+    ``--repeat`` factors), the budget of ``args``, outputs in ``train_dir``, ``--resume auto``."""
     train = root / "Train"
     return ["--preset", "tiny", "--backbone", arm.backbone, *override_flags(arm),
             *(["--ablate", *arm.ablate] if arm.ablate else []),
@@ -182,6 +184,8 @@ def check_out_dir(out: Path, config: dict) -> None:
 
 
 def machine_info(args: argparse.Namespace) -> dict[str, Any]:
+    """What ran the study, for its header and ``study.json``: the command, the CPU, cores and torch threads,
+    versions, the commit (marked when the checkout has uncommitted changes), the date."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():

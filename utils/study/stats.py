@@ -35,6 +35,7 @@ def paired_stats(d: Sequence[float]) -> dict[str, Any]:
 
 
 def excludes_zero(s: dict[str, Any]) -> bool:
+    """Whether a :func:`paired_stats` result's 95% interval excludes 0 (False without one: a single value)."""
     return s["ci95"] is not None and (s["ci95"][0] > 0 or s["ci95"][1] < 0)
 
 
@@ -84,6 +85,7 @@ def compare(evals: dict, a: str, b: str, seeds: Sequence[int], tasks: Sequence[s
 
 
 def comparison_key(method: str, baseline: str) -> str:
+    """A comparison's key in ``summary["comparisons"]`` (and ``study.json``): ``"baryir_vs_restormer"``."""
     return f"{method}_vs_{baseline}"
 
 
