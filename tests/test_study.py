@@ -231,7 +231,14 @@ def test_summary_tables_and_figures_over_several_seeds(tmp_path):
     assert md.count("±") > 50 and "larger than the seed-to-seed noise" in md
     assert "| BaryIR (2.57 M) |" in md and "Restormer (L1 only) (1.01 M)" in md
     assert f"dim {MATCHED_DIM}, capacity-matched (L1 only) (2.62 M)" in md
-    paths = figures(summary, probe, degraded, arms, seeds, tmp_path, params)
+    import matplotlib
+    backend = matplotlib.get_backend()
+    matplotlib.use("pdf")  # the caller's (a notebook's inline one, say): the figures switched it to Agg
+    try:
+        paths = figures(summary, probe, degraded, arms, seeds, tmp_path, params)
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(backend)
     assert [p.name for p in paths] == ["psnr_by_arm.png", "baryir_minus_baseline.png", "probe_accuracy.png"]
 
 

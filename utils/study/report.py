@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from utils.plotting import save_figure
+from utils.plotting import new_figure, save_figure
 from utils.study.arms import (
     ARMS,
     CAPACITY_TOLERANCE,
@@ -153,15 +153,12 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
     """``psnr_by_arm.png``, ``baryir_minus_baseline.png`` (with any comparison) and ``probe_accuracy.png`` (with a
     probe) in ``figs_dir``; returns their paths. ``summary``: :func:`utils.study.stats.summarise`; ``probe``:
     :func:`utils.study.probe.probe_summary`; ``degraded``: the degraded inputs' evaluation, as a run's."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figs_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     colours = COLOURS
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [len(ID_TASKS), len(OOD_TASKS)]})
+    fig = new_figure(figsize=(13, 4.8))
+    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [len(ID_TASKS), len(OOD_TASKS)]})
     width = 0.8 / len(arms)
     for ax, (g, tasks) in zip(axes, GROUPS.items()):
         x = np.arange(len(tasks))
@@ -183,12 +180,12 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
     fig.tight_layout(rect=(0, 0.02 + 0.045 * math.ceil(len(names) / ncol), 1, 1))
     paths.append(figs_dir / "psnr_by_arm.png")
     save_figure(fig, paths[-1], dpi=110)
-    plt.close(fig)
 
     if summary["comparisons"]:
         names = list(ID_TASKS + OOD_TASKS) + list(GROUPS)
         comparisons = list(summary["comparisons"].values())
-        fig, axs = plt.subplots(len(comparisons), 1, figsize=(10, 0.6 + 3.2 * len(comparisons)), squeeze=False)
+        fig = new_figure(figsize=(10, 0.6 + 3.2 * len(comparisons)))
+        axs = fig.subplots(len(comparisons), 1, squeeze=False)
         for ax, comparison in zip(axs[:, 0], comparisons):
             method, baseline = comparison["method"], comparison["baseline"]
             for k, name in enumerate(names):
@@ -214,10 +211,10 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
         fig.tight_layout()
         paths.append(figs_dir / "baryir_minus_baseline.png")  # the name of the figure when it had one comparison
         save_figure(fig, paths[-1], dpi=110)
-        plt.close(fig)
-
+    
     if probe:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+        fig = new_figure(figsize=(12, 4.6))
+        axes = fig.subplots(1, 2, sharey=True)
         space_colours = {"wb": "tab:blue", "residual": "tab:orange", "source": "tab:grey"}
         for ax, (set_name, classes) in zip(axes, PROBE_SETS.items()):
             x = np.arange(len(probe))
@@ -236,5 +233,4 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
         fig.tight_layout()
         paths.append(figs_dir / "probe_accuracy.png")
         save_figure(fig, paths[-1], dpi=110)
-        plt.close(fig)
-    return paths
+        return paths
