@@ -50,21 +50,24 @@ from typing import Any, Sequence
 if __name__ == "__main__":
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np
-import torch
+from utils.errors import stopped_while_starting  # noqa: E402
 
-from utils.demo.data import build_demo_data
-from utils.demo.run import InputAsOutput
-from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
-from utils.files import write_text
-from utils.runtime import DEVICES, pick_device
-from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
-from utils.study.budget import FULL, QUICK, estimated_seconds, minutes, plan
-from utils.study.errors import StudyInterrupted, StudySettingError
-from utils.study.probe import probe_summary, probe_views
-from utils.study.report import figures, tables
-from utils.study.runs import balanced_repeats, check_out_dir, evaluate_model, machine_info, run_one
-from utils.study.stats import group_mean, summarise
+with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
+    import numpy as np
+    import torch
+
+    from utils.demo.data import build_demo_data
+    from utils.demo.run import InputAsOutput
+    from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
+    from utils.files import write_text
+    from utils.runtime import DEVICES, pick_device
+    from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
+    from utils.study.budget import FULL, QUICK, estimated_seconds, minutes, plan
+    from utils.study.errors import StudyInterrupted, StudySettingError
+    from utils.study.probe import probe_summary, probe_views
+    from utils.study.report import figures, tables
+    from utils.study.runs import balanced_repeats, check_out_dir, evaluate_model, machine_info, run_one
+    from utils.study.stats import group_mean, summarise
 
 
 def get_args_parser() -> argparse.ArgumentParser:

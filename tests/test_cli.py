@@ -212,7 +212,7 @@ def test_the_references_cuda_flag_and_device_cpu_are_refused_together_by_the_tra
 @pytest.mark.parametrize("command", [["trainer_bary.py"], ["trainer_bary_ddp.py"], ["tester_bary.py"],
                                      ["-m", "utils.demo"], ["-m", "utils.app"],
                                      *([f"bench/{name}.py"] for name in ("bench_blocks", "bench_fast_path",
-                                       "bench_inference", "bench_loader", "bench_train", "profile_train"))])
+                                       "bench_inference", "bench_loader", "bench_train", "profile_train", "study"))])
 def test_ctrl_c_while_torch_loads_is_one_line(command, tmp_path):
     """Ctrl-C in the seconds a script spends importing torch printed a traceback through the import
     machinery. A stand-in torch that raises KeyboardInterrupt on import puts the Ctrl-C exactly there."""
