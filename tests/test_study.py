@@ -368,3 +368,14 @@ def test_ctrl_c_during_the_runs_is_one_error_line_with_the_interrupted_status(tm
                       "--iters", "2", "--epochs", "1", "--arms", "baryir", "--seeds", "0", "--no-progress"]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: study interrupted; the finished runs") and "\n" not in err, err
+
+
+def test_a_training_stopped_by_a_closed_console_is_not_called_a_failure(tmp_path, monkeypatch):
+    """``bench/study.py --progress 2>&1 | head``: the trainer stops with a checkpoint when its progress meets the
+    closed pipe and returns the closed pipe's status; the study called that "training failed (exit code 141)".
+    It now ends as every script ends on a closed pipe."""
+    from utils.streams import PIPE_CLOSED_STATUS, OutputClosed
+    from utils.study import runs
+    monkeypatch.setattr(runs, "run_cli", lambda args: PIPE_CLOSED_STATUS)
+    with pytest.raises(OutputClosed):
+        runs.train_run(["--epochs", "1"], tmp_path / "train", 1, progress=True)

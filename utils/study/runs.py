@@ -22,6 +22,7 @@ import torch
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, load_model
 from utils.files import atomic_write, write_text
+from utils.streams import PIPE_CLOSED_STATUS, OutputClosed
 from utils.study.arms import ARMS, ID_TASKS, OOD_TASKS, Arm, arm_model_config, override_flags
 from utils.study.errors import StudyError
 from utils.study.probe import ProbeView, embed
@@ -93,6 +94,8 @@ def train_run(argv: list[str], train_dir: Path, epochs: int, progress: bool) -> 
     with open(train_dir / "stdout.txt", "a") as fh, contextlib.redirect_stdout(fh), \
             (contextlib.redirect_stderr(fh) if not progress else contextlib.nullcontext()):
         rc = run_cli(targs)
+    if rc == PIPE_CLOSED_STATUS:  # --progress: the console's reader went away; the trainer saved and stopped
+        raise OutputClosed("the output's reader has gone")  # the study ends as every script does (status 141)
     if rc:
         raise StudyError(f"training failed (exit code {rc}); see {train_dir}/stdout.txt. Fix it, then rerun the "
                          f"same command: finished runs are kept")
