@@ -756,6 +756,18 @@ def test_the_console_protocol_line_says_how_images_are_tiled():
     assert lines[512].endswith("fp32, 512x512 tiles on cpu") and lines[0].endswith("fp32 on cpu")
 
 
+@pytest.mark.parametrize("tile, fix", [(-8, "--tile 512"), (100, "--tile 96 or 104"), (4, "--tile 512")])
+def test_a_tile_the_network_cannot_take_names_0_and_a_usable_tile(tile, fix):
+    """--tile -8 and --tile 100 said only "must be a positive multiple of 8", leaving out the documented 0 (never
+    tile) and a side that works; the branch that named 0 was never reached."""
+    from utils.eval.protocol import Protocol
+    with pytest.raises(ValueError) as err:
+        Protocol(tile=tile).validate()
+    message = str(err.value)
+    assert "or 0 never to tile" in message and f"got {tile}" in message and fix in message
+    Protocol(tile=0).validate(), Protocol(tile=96).validate()
+
+
 def test_the_png_input_keeps_its_name_whatever_the_case_of_its_extension():
     """Failure 12: a.PNG beside a.jpg gave a_PNG.png and a_jpg.png; the .png one keeps a.png, as documented."""
     assert output_names(["a.PNG", "a.jpg"]) == ["a.png", "a_jpg.png"]

@@ -78,11 +78,14 @@ class Protocol:
                 raise ValueError(f"{flag} must be one of {allowed}, got {value!r}")
         if self.crop_border < 0:
             raise ValueError(f"--crop-border must be >= 0, got {self.crop_border}")
+        if self.tile is not None and (self.tile < 0 or self.tile % SIZE_MULTIPLE):
+            below = max(SIZE_MULTIPLE, self.tile // SIZE_MULTIPLE * SIZE_MULTIPLE)
+            nearest = f"--tile {below} or {below + SIZE_MULTIPLE}" if self.tile > SIZE_MULTIPLE else \
+                f"--tile {SIZE_MULTIPLE * 64}"
+            raise ValueError(f"--tile must be a positive multiple of {SIZE_MULTIPLE} (the network's size step), or 0 "
+                             f"never to tile, got {self.tile}: e.g. {nearest}")
         if self.tile:
             check_tiling(self.tile, self.tile_overlap, SIZE_MULTIPLE)
-        elif self.tile is not None and self.tile < 0:
-            raise ValueError(f"--tile must be a positive multiple of {SIZE_MULTIPLE}, or 0 never to tile, "
-                             f"got {self.tile}")
         elif self.tile is None:  # automatic: some tile it may choose must take the overlap (the others are passed)
             try:
                 check_tiling(max(TILE_SIDES), self.tile_overlap, SIZE_MULTIPLE)
