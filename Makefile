@@ -5,6 +5,7 @@
 #   make app    the local web app: restore an image in the browser (ARGS="--model PATH --port N")
 #   make bench  the CPU inference benchmark (bench/bench_inference.py; about 5 min, run it alone)
 #   make clean-demo   delete the demo's data, checkpoints and results (the next make demo starts afresh)
+#   demo, app and bench pass ARGS on to their script: make demo ARGS=--quick, make bench ARGS="--rounds 1"
 # Each creates .venv, installs requirements.txt and the project itself (pip install -e .) when
 # missing or stale. `make app` and `make test` also install requirements-app.txt (Gradio, Selenium);
 # `make test` also installs headless Chromium for the browser test when it can (utils/app/ensure_browser.sh).
@@ -41,13 +42,13 @@ test-quick: $(STAMP)
 	$(PY) -m pytest -q -n $(WORKERS) -m "not slow" tests
 
 demo: $(STAMP)
-	$(PY) -m utils.demo
+	$(PY) -m utils.demo $(ARGS)
 
 app: $(APP_STAMP)
 	$(PY) -m utils.app $(ARGS)
 
 bench: $(STAMP)
-	$(PY) bench/bench_inference.py
+	$(PY) bench/bench_inference.py $(ARGS)
 
 clean-demo:
 	rm -rf $(foreach d,data checkpoint results,$(d)/demo $(d)/demo-quick $(d)/demo-seed* $(d)/demo-quick-seed*)

@@ -3,6 +3,8 @@ lines (everything up to the work) on a tiny layout."""
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -191,3 +193,15 @@ def test_the_readmes_test_commands_name_folders_its_training_commands_write():
     # the 5D run tested is the one the README calls the likeliest source of the released weights
     [released] = [folder for cmd, folder in written.items() if "--nEpochs=61" in cmd]
     assert released in named
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("target, script", [("demo", "-m utils.demo"), ("app", "-m utils.app"),
+                                            ("bench", "bench/bench_inference.py")])
+def test_make_targets_that_run_a_script_pass_args_on(target, script):
+    """`make demo ARGS=--quick` ran the full demo (about 8 minutes) without a word: only `make app` passed
+    ARGS on, though the three targets run one script each with flags of its own."""
+    shown = subprocess.run(["make", "-n", "-C", str(README.parent), target, "ARGS=--flag-passed-on"],
+                           capture_output=True, text=True, check=True).stdout
+    [line] = [ln for ln in shown.splitlines() if script in ln]
+    assert line.endswith(f"{script} --flag-passed-on"), line
