@@ -38,6 +38,7 @@ from utils.errors import stopped_while_starting  # noqa: E402
 
 with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
     from net.presets import PRESETS  # noqa: E402
+    from utils.cli import OneSpellingHelpFormatter  # noqa: E402
     from utils.compiled import COMPILE_MODES  # noqa: E402
     from utils.demo.data import build_demo_data  # noqa: E402
     from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag, run_main  # noqa: E402
@@ -125,7 +126,7 @@ def draw(curves: dict[str, list[dict]], labels: dict[str, str], fig_path: Path, 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=OneSpellingHelpFormatter)
     p.add_argument("--mode", default="default", choices=COMPILE_MODES[1:], help="--compile mode of the fast run")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])

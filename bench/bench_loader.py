@@ -40,6 +40,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import numpy as np
     import torch
 
+    from utils.cli import OneSpellingHelpFormatter
     from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.options import at_least
@@ -136,7 +137,7 @@ def time_loader(dirs: dict[str, Path], de_types: list[str], repeats: list[str], 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=OneSpellingHelpFormatter)
     default_workers = get_args_parser().get_default("threads")
     p.add_argument("--workers", type=at_least(0), nargs="+", default=[default_workers],
                    help="DataLoader worker counts to time (the trainer's default --threads on this machine first)")

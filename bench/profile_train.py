@@ -38,6 +38,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from torch.utils.flop_counter import FlopCounterMode
 
     from net.presets import PRESETS
+    from utils.cli import OneSpellingHelpFormatter
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.options import at_least
@@ -87,7 +88,7 @@ def peak_tflops(device: torch.device, precision: str, given: float | None) -> tu
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=OneSpellingHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS))

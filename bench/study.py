@@ -56,6 +56,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import numpy as np
     import torch
 
+    from utils.cli import OneSpellingHelpFormatter
     from utils.demo.data import build_demo_data
     from utils.demo.run import InputAsOutput
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
@@ -75,7 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                           "PromptIR), three ablations and BaryPromptIR on the demo data: "
                                           "PSNR/SSIM over seeds, paired tests, a linear probe of the WB and "
                                           "residual spaces",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=OneSpellingHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help=f"{len(QUICK['seeds'])} seed x {QUICK['iters']} iterations per arm (up to 12 minutes for "
                         f"all arms): "

@@ -379,3 +379,14 @@ def test_a_training_stopped_by_a_closed_console_is_not_called_a_failure(tmp_path
     monkeypatch.setattr(runs, "run_cli", lambda args: PIPE_CLOSED_STATUS)
     with pytest.raises(OutputClosed):
         runs.train_run(["--epochs", "1"], tmp_path / "train", 1, progress=True)
+
+
+@pytest.mark.parametrize("module, parser", [("study", "get_args_parser"), ("bench_fast_path", "build_parser"),
+                                            ("bench_loader", "build_parser"), ("profile_train", "build_parser")])
+def test_the_help_shows_no_default_it_does_not_mean(module, parser):
+    """`bench/study.py --help` (STUDY.md: "every flag") said "(default: None)" after flags whose help gives the
+    real default, "--no-progress  no training progress bars (default: True)" (progress bars are on), and
+    "--quick ... (default: False)"; the trainers' and the tester's help leave those out."""
+    import importlib
+    text = getattr(importlib.import_module(module), parser)().format_help()
+    assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text, text
