@@ -39,7 +39,7 @@ from utils.data.image_io import read_image, to_float
 from utils.data.noise import noisy_version
 from utils.dataset_utils import ALL_IN_ONE_3D
 from utils.demo.data import build_demo_data
-from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, add_debug_flag, run_main
+from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.eval.report import write_results
@@ -108,22 +108,30 @@ def _trainer_argv(args, root: Path) -> list[str]:
             "--tarset", str(root / "test" / "derain" / "demo" / "target")]
 
 
+class DemoStopped(UserError):
+    """The training stopped by a signal, saved: the demo stops with the shell's status for Ctrl-C, and says how to
+    go on (the trainer's own line names --resume auto, a flag the demo does not have: it always resumes)."""
+    exit_status = INTERRUPTED_STATUS
+
+
 def train(args, root: Path) -> Path:
     """Run the real trainer (its failure is its own one error line, and its exit status the demo's); returns
     the checkpoint of the last epoch. Stopped by a signal, the trainer saves and returns: the demo stops too
-    (status 130), and the next run continues the training."""
+    (status 130, :class:`DemoStopped`), and the next run continues the training."""
     from utils.checkpoints import progress_of, read_latest
     from utils.train.engine import run_cli  # what trainer_bary.py runs; the script is not in the package
     from utils.train.options import get_args_parser as trainer_parser
     targs = trainer_parser().parse_args(_trainer_argv(args, root) + (["--debug"] if args.debug else []))
+    stopped = DemoStopped(f"the demo stopped; its training so far is saved in {args.output_dir}: run the same "
+                          f"command again (make demo, or python -m utils.demo with the same flags) to continue it")
     rc = run_cli(targs)
     if rc == INTERRUPTED_STATUS:
-        raise KeyboardInterrupt
+        raise stopped
     if rc:
         raise SystemExit(rc)  # the trainer has printed why
     latest = read_latest(args.output_dir)
     if latest is None or (progress_of(latest.name) or (0, 0)) < (args.epochs, 0):  # its name says how far
-        raise KeyboardInterrupt  # stopped by a signal mid-run: the trainer saved where it was
+        raise stopped  # stopped by a signal mid-run: the trainer saved where it was
     return latest
 
 
