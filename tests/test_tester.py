@@ -328,6 +328,29 @@ def _pair_dirs(tmp_path, names_deg, names_tar, size_of=lambda n: (H, W)):
     return deg, tar
 
 
+def test_swapped_rain_folders_are_refused_not_scored(checkpoint, tmp_path):
+    """--degset and --tarset the wrong way round (norain-N degraded, rain-N targets) paired, since the name rule is
+    symmetric, and the tester scored the restoration of the clean images against the rainy ones without a word."""
+    from utils.data import doctor
+    photo = data.astronaut()[:64, :64]
+    for folder, prefix in (("input", "rain"), ("target", "norain")):
+        for n in (1, 2):
+            write_image(tmp_path / folder / f"{prefix}-{n}.png", photo)
+    assert len(match_pairs(tmp_path / "input", tmp_path / "target")[0]) == 2
+    with pytest.raises(PairingError, match="look swapped"):
+        match_pairs(tmp_path / "target", tmp_path / "input")
+    with pytest.raises(UserError, match=r"degraded folder \S*target holds norain-N images .* look swapped"):
+        run("--model", checkpoint, "--degset", tmp_path / "target", "--tarset", tmp_path / "input",
+            "--save", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    row, _ = doctor.check_paired_set("t", tmp_path / "target", tmp_path / "input")  # --check-data: said as such
+    assert [(p.kind, p.fix) for p in row.problems] == [
+        ("swapped folders", f"swap {tmp_path / 'target'} and {tmp_path / 'input'}")]
+    write_image(tmp_path / "target" / "rain-3.png", photo)  # one degraded file of the degraded kind: no guess made
+    write_image(tmp_path / "input" / "norain-3.png", photo)
+    assert len(match_pairs(tmp_path / "target", tmp_path / "input")[0]) == 3
+
+
 def test_unpaired_files_are_listed_or_skipped(checkpoint, tmp_path):
     deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png", "lonely.png"], ["a.png", "b.png"])
     with pytest.raises(PairingError, match="lonely.png") as err:

@@ -37,7 +37,7 @@ from utils import dataset_utils as du
 from utils.data import training_files as tf
 from utils.data.image_io import list_images, max_pixels, pixels_in_words, read_problem
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files
-from utils.data.pairing import PairingError, match_pairs
+from utils.data.pairing import PairingError, SwappedFolders, match_pairs
 from utils.errors import UsageError
 from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
 
@@ -250,6 +250,9 @@ def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str
         return row, 0
     try:
         pairs, unpaired = match_pairs(deg_dir, tar_dir, skip_unpaired=True)
+    except SwappedFolders as exc:
+        row.add("swapped folders", deg_dir, str(exc).removesuffix("; swap them"), f"swap {deg_dir} and {tar_dir}")
+        return row, 0
     except PairingError as exc:  # two targets with one name
         row.add("duplicate target", tar_dir, str(exc), "remove or rename one of the two")
         return row, 0

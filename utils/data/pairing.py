@@ -22,6 +22,11 @@ class PairingError(UserError, ValueError):
     """Degraded and target folders do not pair up; the message lists the files."""
 
 
+class SwappedFolders(PairingError):
+    """Every degraded image is named as a target (``norain-N``) and every target as a degraded image (``rain-N``):
+    the two folders were given the wrong way round, which pairs (the rule is symmetric) and scores clean images."""
+
+
 def name_key(stem: str) -> str:
     """``rain-N``/``norain-N`` -> ``N``; other stems unchanged."""
     m = _RAIN.match(stem)
@@ -70,6 +75,10 @@ def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
             unpaired.append(d)
         else:
             pairs.append((d, target))
+    if pairs and all(d.stem.lower().startswith("norain-") and t.stem.lower().startswith("rain-") for d, t in pairs):
+        raise SwappedFolders(f"the degraded folder {degraded_dir} holds norain-N images and the target folder "
+                             f"{target_dir} rain-N ones: the two look swapped (the degraded folder holds rain-N, "
+                             f"the target folder norain-N); swap them")
     if unpaired and not skip_unpaired:
         raise PairingError(f"{len(unpaired)} degraded image(s) in {degraded_dir} have no target of the same "
                            f"name in {target_dir}:{listing(p.name for p in unpaired)}. Rename them to match "
