@@ -1350,3 +1350,60 @@ def test_results_that_cannot_be_written_are_still_shown(bench, checkpoint, tmp_p
     assert tester_bary.run_main(tester_bary.main, args) == 1
     said = capsys.readouterr()
     assert "PSNR" in said.out and said.err.strip().splitlines()[-1].startswith("error: disk full while writing ")
+
+
+def _disk_fails_after(monkeypatch, images: int, error_number: int) -> None:
+    """Image files from now on: the first ``images`` are written, then each write fails with ``error_number``
+    (ENOSPC: a full disk; EFBIG: a file-size limit) inside :func:`utils.files.atomic_write`, as a real one does."""
+    import errno
+
+    from utils import files
+
+    written = []
+
+    def replace_file(path, data):
+        def write(fh):
+            if len(written) >= images:
+                fh.write(data[:10])
+                raise OSError(error_number, os.strerror(error_number))
+            fh.write(data)
+        files.atomic_write(path, write, size=len(data))
+        written.append(path)
+        return Path(path)
+    assert error_number in (errno.ENOSPC, errno.EFBIG)
+    monkeypatch.setattr(image_io, "replace_file", replace_file)
+
+
+def test_a_disk_that_fills_midway_keeps_the_scores_so_far(bench, checkpoint, tmp_path, monkeypatch, capsys):
+    """A full disk at the second restored image stopped the run with the disk's error alone: the first image's
+    scores were neither shown nor written (hours of a benchmark lost). Now it stops as a bad image does: the
+    table and results.*, marked partial, hold the images done, and the error line names the file."""
+    import errno
+    _disk_fails_after(monkeypatch, 1, errno.ENOSPC)
+    deg, tar = bench / "derain" / "Rain100L" / "input", bench / "derain" / "Rain100L" / "target"
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--degset", str(deg), "--tarset",
+                                                     str(tar), "--save", str(tmp_path / "out"), "--no-progress"])
+    assert tester_bary.run_main(tester_bary.main, args) == 1
+    said = capsys.readouterr()
+    assert "| input (partial) | 1 |" in said.out  # the table of the images done is shown
+    error = said.err.strip().splitlines()[-1]
+    assert error.startswith("error: disk full: writing rain-2.png to ") and "results so far" in error
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["tasks"]["input"]["count"] == 1 and saved["partial"]["file"].endswith("rain-2.png")
+    assert [p.name for p in (tmp_path / "out").glob("*.png")] == ["rain-1.png"]  # no torn or hidden file
+
+
+def test_a_file_size_limit_midway_is_one_line_and_keeps_the_record(checkpoint, tmp_path, monkeypatch, capsys):
+    """EFBIG (ulimit -f, FAT32's 4 GiB) was a traceback and lost results.json of the images restored before it."""
+    import errno
+    src = tmp_path / "in"
+    src.mkdir()
+    _photos(src, ["a.png", "b.png"])
+    _disk_fails_after(monkeypatch, 1, errno.EFBIG)
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--input", str(src), "--save",
+                                                     str(tmp_path / "out"), "--no-progress"])
+    assert tester_bary.run_main(tester_bary.main, args) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(f"error: file too large: writing b.png to {tmp_path / 'out'} ") and "ulimit" in lines[-1]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [e["name"] for e in saved["restored"]] == ["a.png"] and saved["partial"]["file"].endswith("b.png")

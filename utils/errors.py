@@ -122,6 +122,9 @@ def _os_message(exc: OSError) -> str | None:
         return f"{where} is a folder where a file was expected"
     if exc.errno == errno.ENOTDIR:
         return f"{where}: a path component is a file, not a folder"
+    if exc.errno == errno.EFBIG:
+        return (f"file too large: {where} passes the largest file allowed there (the file system's limit, e.g. 4 GiB "
+                f"on FAT32, or this process's, ulimit -f) — choose another folder or raise the limit")
     if exc.errno == errno.ENAMETOOLONG:
         return f"file name too long: {where} — shorten it (most file systems allow 255 bytes a name)"
     return None

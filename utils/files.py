@@ -5,6 +5,7 @@
   then renamed over it. A crash or a full disk at any moment leaves the old file or the complete new
   one, never half a file; a symbolic link at the destination is replaced, never written through.
 * :class:`DiskFullError`: a full disk, named with the folder and the bytes needed.
+* :class:`FileTooLargeError`: a file past its file system's or the process's size limit (EFBIG), named.
 * :func:`keep_aside`: an earlier run's files that a fresh run would write over (its checkpoints, its log,
   its TensorBoard events) are moved together into a new ``<name>.before-<time>`` folder, never replaced.
 """
@@ -27,6 +28,10 @@ FREE_SPACE_MARGIN = 2**20  # bytes left free beyond a write's own size before it
 
 class DiskFullError(UserError):
     """A write did not fit on its disk; the message names the file, its folder and the bytes needed."""
+
+
+class FileTooLargeError(UserError):
+    """A write passed the largest file its file system or this process allows (EFBIG); names the file and folder."""
 
 
 def disk_full(path: Path, needed: int | None, kept: str | None = None) -> DiskFullError:
@@ -110,6 +115,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], s
             os.unlink(tmp)
         if is_disk_full(exc):
             raise disk_full(path, size) from exc
+        if any(isinstance(e, OSError) and e.errno == errno.EFBIG for e in exception_chain(exc)):
+            raise FileTooLargeError(f"file too large: writing {path.name} to {path.parent} exceeds the largest file "
+                                    f"allowed there (the file system's limit, e.g. 4 GiB on FAT32, or this "
+                                    f"process's, ulimit -f); choose another folder or raise the limit") from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

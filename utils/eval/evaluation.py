@@ -16,6 +16,7 @@ inputs of one set sharing a name (``a.png``, ``a.jpg``) give ``a.png`` and ``a_j
 A file that cannot be read (corrupt, too large, too small) stops the evaluation with
 :class:`EvaluationStopped`, which carries the results so far marked ``partial``; with
 ``skip_bad_files`` it is left out instead, counted in the row's ``skipped`` and listed with why.
+An output that cannot be written (a full disk, a file-size limit) stops it the same way.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from utils.data.image_io import NOT_KEPT_WHY, ImageReadError, lost_on_restoring, quantise, read_image, write_image
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
-from utils.errors import INTERRUPTED_STATUS, UserError, listing
+from utils.errors import INTERRUPTED_STATUS, UserError, failure_message, listing
 from utils.eval.inference import prepare_for_inference
 from utils.eval.metrics import FID, LPIPS, image_metrics, smallest_scorable_side
 from utils.eval.outputs import output_names
@@ -95,6 +96,14 @@ def why_stopped(exc: KeyboardInterrupt | OutputClosed) -> tuple[str, int]:
     if isinstance(exc, OutputClosed):
         return "the output's reader has gone (a closed pipe)", PIPE_CLOSED_STATUS
     return "interrupted", INTERRUPTED_STATUS
+
+
+def _write_stopped(exc: BaseException, file: str, set_name: str, row: dict[str, Any] | None) -> EvaluationStopped:
+    """An output that could not be written (a full disk, a file too large, a folder made read-only meanwhile)
+    stops the run as a bad image does: the results so far are written and shown, not lost with a traceback."""
+    said = failure_message(exc)
+    message, status = said if said is not None else (f"cannot write {file}: {exc}", 1)
+    return EvaluationStopped(message, file, set_name, row, status)
 
 
 def _check_size(img: np.ndarray, item: EvalItem, protocol: Protocol) -> None:
@@ -223,10 +232,13 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         row["seconds"] = seconds
         if warned:  # scored as decoded, as the reference's Pillow reads it; the results say so
             row["decoder_warnings"] = warned
-        if save_dir is not None:
-            write_image(save_dir / out_name, quantise(out, 16 if deg.dtype == np.uint16 else 8))
-        if savetar_dir is not None:
-            write_image(savetar_dir / out_name, tar8)
+        try:
+            if save_dir is not None:
+                write_image(save_dir / out_name, quantise(out, 16 if deg.dtype == np.uint16 else 8))
+            if savetar_dir is not None:
+                write_image(savetar_dir / out_name, tar8)
+        except (UserError, OSError) as exc:  # a full disk: the scores so far are kept, not lost with a traceback
+            raise _write_stopped(exc, str(item.degraded or item.target), eval_set.name, row_so_far()) from exc
         if fid_metric is not None:
             out_feats, tar_feats = fid_metric.features([out8]), fid_metric.features([tar8])
             feats_out.append(out_feats)
@@ -246,8 +258,11 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         raise EvaluationStopped(message, where, eval_set.name, row_so_far(), status) from exc
     result = row_so_far()
     if figs_dir is not None and fig_rows:
-        result["figure"] = str(save_comparison_figure(fig_rows, figs_dir / f"{eval_set.name.replace('/', '_')}.png",
-                                                      eval_set.name))
+        figure = figs_dir / f"{eval_set.name.replace('/', '_')}.png"
+        try:
+            result["figure"] = str(save_comparison_figure(fig_rows, figure, eval_set.name))
+        except (UserError, OSError) as exc:  # the row's scores are kept though its figure is not
+            raise _write_stopped(exc, str(figure), eval_set.name, result) from exc
     return result
 
 
@@ -358,7 +373,10 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
             raise EvaluationStopped(str(exc), str(path), "input", {"restored": done}, exc.exit_status) from exc
         finally:
             tiles.close()
-        dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
+        try:
+            dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
+        except (UserError, OSError) as exc:  # a full disk: the record of the images restored so far is kept
+            raise _write_stopped(exc, str(path), "input", {"restored": done}) from exc
         lost = lost_on_restoring(path)
         done.append({"name": path.name, "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {}),
                      **({"not_kept": lost} if lost else {}), **({"decoder_warnings": warned} if warned else {})})
