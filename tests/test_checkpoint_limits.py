@@ -373,3 +373,17 @@ def test_tensors_with_attributes_and_malformed_modules_are_refused_not_traceback
         torch.save({"epoch": 1, "BaryIR": module}, tmp_path / "module.pth")  # the reference's format
         with pytest.raises(CheckpointError, match=r"module.pth.*(not a tensor|not a mapping)"):
             load_model_weights(_tiny(), tmp_path / "module.pth")
+
+
+def test_a_write_refused_to_keep_space_free_says_so(tmp_path, monkeypatch):
+    """A 27 KiB image refused on a disk with 76 KiB free said "needs 27.2 KiB ... and 76.0 KiB are free", which
+    reads as no reason at all: the 1 MiB a write leaves free beside its own size is said too."""
+    import shutil
+
+    from utils.files import replace_file
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=76 * 1024))
+    with pytest.raises(DiskFullError, match=r"needs 4.9 KiB \(5,000 bytes\) plus 1.0 MiB left free and 76.0 KiB are "
+                                            r"free"):
+        replace_file(tmp_path / "a.png", b"x" * 5000)
+    assert list(tmp_path.iterdir()) == []

@@ -34,14 +34,18 @@ class FileTooLargeError(UserError):
     """A write passed the largest file its file system or this process allows (EFBIG); names the file and folder."""
 
 
-def disk_full(path: Path, needed: int | None, kept: str | None = None) -> DiskFullError:
+def disk_full(path: Path, needed: int | None, kept: str | None = None, margin: int = 0) -> DiskFullError:
     """The error for ``path`` not fitting its folder (``needed`` bytes, when known); ``kept`` says what became
-    of the file there (by default: an existing one was left as it was)."""
+    of the file there (by default: an existing one was left as it was). ``margin``: the bytes a write refused
+    before it started must leave free beside its own (said, or "needs 27 KiB and 76 KiB are free" reads as
+    no reason at all)."""
     free = shutil.disk_usage(path.parent).free
     if needed is None:
         need = "more space"
     else:
         need = human_bytes(needed) + (f" ({needed:,} bytes)" if needed >= 1024 else "")  # "312 bytes" once
+        if margin:
+            need += f" plus {human_bytes(margin)} left free"
     if kept is None:
         kept = f"the existing {path.name} was left as it was" if path.exists() else ""
     kept = f" ({kept})" if kept else ""
@@ -98,7 +102,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], s
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if size is not None and shutil.disk_usage(path.parent).free < size + FREE_SPACE_MARGIN:
-        raise disk_full(path, size)
+        raise disk_full(path, size, margin=FREE_SPACE_MARGIN)
     fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         try:
