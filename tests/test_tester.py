@@ -1407,3 +1407,22 @@ def test_a_file_size_limit_midway_is_one_line_and_keeps_the_record(checkpoint, t
     assert lines[-1].startswith(f"error: file too large: writing b.png to {tmp_path / 'out'} ") and "ulimit" in lines[-1]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [e["name"] for e in saved["restored"]] == ["a.png"] and saved["partial"]["file"].endswith("b.png")
+
+
+def test_an_input_already_called_its_output_name_keeps_it(checkpoint, tmp_path):
+    """b.PNG and b.png (a case-sensitive disk) gave b.PNG -> b.png and b.png -> b_2.png: the restoration called
+    b.png was another image's. An input already called its output's name keeps it, whatever sorts first."""
+    assert output_names(["b.PNG", "b.png"]) == ["b_2.png", "b.png"]
+    assert output_names(["a.jpg", "a.png", "a_jpg.png"]) == ["a_jpg_2.png", "a.png", "a_jpg.png"]  # an earlier
+    # run's output read again keeps its name
+    assert output_names(["a.PNG", "a.jpg"]) == ["a.png", "a_jpg.png"]  # no input called a.png: as before
+    src = tmp_path / "in"
+    src.mkdir()
+    _photos(src, ["b.png", "b.PNG"])
+    if len(list(src.iterdir())) < 2:
+        pytest.skip("a case-blind file system holds one of b.png and b.PNG")
+    res = run("--model", checkpoint, "--input", src, "--save", tmp_path / "out")
+    assert {Path(r["output"]).name for r in res["restored"]} == {"b.png", "b_2.png"}
+    for name in ("b.png", "b.PNG"):  # the zero model returns its input: each output is its own image's
+        out = tmp_path / "out" / ("b.png" if name == "b.png" else "b_2.png")
+        assert np.array_equal(read_image(out), read_image(src / name))

@@ -36,8 +36,9 @@ def output_names(names: Sequence[str], suffix: str = ".png") -> list[str]:
     """The output file name of each input file name, in order (see the module rule).
 
     ``a.png``, ``a.jpg``, ``b.tif`` -> ``a.png``, ``a_jpg.png``, ``b.png``. Names are compared
-    case-blind (``A.png`` and ``a.jpg`` clash on macOS and Windows); if a renamed output still
-    meets another (an input really called ``a_jpg.png``), ``_2``, ``_3``, ... follow the stem.
+    case-blind (``A.png`` and ``a.jpg`` clash on macOS and Windows); if an output still meets another,
+    the input already called that name keeps it (``a.png`` beside ``a.PNG``; ``a_jpg.png``, an earlier
+    output read again, beside ``a.jpg``) and ``_2``, ``_3``, ... follow the other's stem.
     """
     stems = [Path(n).stem for n in names]
     count: dict[str, int] = {}
@@ -49,14 +50,16 @@ def output_names(names: Sequence[str], suffix: str = ".png") -> list[str]:
         keeps = count[stem.casefold()] == 1 or ext.lower() == suffix.lower() or not ext
         wanted.append(stem if keeps else f"{stem}_{ext.lstrip('.')}")
     taken: set[str] = set()
-    out = []
-    for stem in wanted:
-        candidate, k = stem, 1
+    out = [""] * len(names)
+    # an input already called what its output is called keeps the name: b.png gives b.png, and b.PNG beside it
+    # b_2.png (not the other way round, which would pair b.png with another image's restoration)
+    for i in sorted(range(len(names)), key=lambda i: names[i] != wanted[i] + suffix):
+        candidate, k = wanted[i], 1
         while (candidate + suffix).casefold() in taken:
             k += 1
-            candidate = f"{stem}_{k}"
+            candidate = f"{wanted[i]}_{k}"
         taken.add((candidate + suffix).casefold())
-        out.append(candidate + suffix)
+        out[i] = candidate + suffix
     return out
 
 
