@@ -1426,3 +1426,18 @@ def test_an_input_already_called_its_output_name_keeps_it(checkpoint, tmp_path):
     for name in ("b.png", "b.PNG"):  # the zero model returns its input: each output is its own image's
         out = tmp_path / "out" / ("b.png" if name == "b.png" else "b_2.png")
         assert np.array_equal(read_image(out), read_image(src / name))
+
+
+def test_results_json_says_which_input_each_restoration_is_of(checkpoint, tmp_path):
+    """--input d1 d2 with an a.png in each recorded two entries {"name": "a.png"} for a.png and a_2.png: which
+    photo a_2.png restored was not said anywhere. Each entry now names its input as given."""
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        _photos(tmp_path / d, ["a.png"] if d == "d1" else ["b.png", "a.png"])
+    run("--model", checkpoint, "--input", tmp_path / "d1", tmp_path / "d2", "--save", tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    pairs = {Path(e["output"]).name: e["input"] for e in saved["restored"]}
+    assert pairs == {"a.png": str(tmp_path / "d1" / "a.png"), "a_2.png": str(tmp_path / "d2" / "a.png"),
+                     "b.png": str(tmp_path / "d2" / "b.png")}
+    for out, src in pairs.items():  # the zero model returns its input
+        assert np.array_equal(read_image(tmp_path / "out" / out), read_image(src))

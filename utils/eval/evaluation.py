@@ -348,8 +348,9 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
     Every image is reflect-padded to multiples of 8 and cropped back; 16-bit inputs give 16-bit PNGs,
     named by :func:`utils.eval.outputs.output_names`. Unlike benchmark images, these are user photos:
     their EXIF orientation tag is applied, so the restoration is saved upright (a PNG has no tag to
-    rotate it later). Returns ``{"name", "output", "seconds"}`` per image; an unreadable image gets
-    ``{"name", "skipped": why}`` with ``skip_bad_files``, else raises :class:`EvaluationStopped`
+    rotate it later). Returns ``{"name", "input", "output", "seconds"}`` per image (``input``: the path as given,
+    which tells apart two inputs of one name from two folders); an unreadable image gets
+    ``{"name", "input", "skipped": why}`` with ``skip_bad_files``, else raises :class:`EvaluationStopped`
     whose ``row`` is ``{"restored": [the entries so far]}``.
     """
     protocol = (protocol or Protocol()).validate()
@@ -368,7 +369,7 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
                                          note=lambda msg: (said.append(msg), tqdm.write(msg)), tile_progress=tiles)
         except UserError as exc:
             if skip_bad_files and isinstance(exc, ImageReadError):
-                done.append({"name": path.name, "skipped": str(exc)})
+                done.append({"name": path.name, "input": str(path), "skipped": str(exc)})
                 return
             raise EvaluationStopped(str(exc), str(path), "input", {"restored": done}, exc.exit_status) from exc
         finally:
@@ -378,7 +379,7 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
         except (UserError, OSError) as exc:  # a full disk: the record of the images restored so far is kept
             raise _write_stopped(exc, str(path), "input", {"restored": done}) from exc
         lost = lost_on_restoring(path)
-        done.append({"name": path.name, "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {}),
+        done.append({"name": path.name, "input": str(path), "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {}),
                      **({"not_kept": lost} if lost else {}), **({"decoder_warnings": warned} if warned else {})})
 
     current = inputs[0] if inputs else None  # the image at work (the progress bar writes too)
