@@ -713,6 +713,27 @@ def test_ctrl_c_keeps_the_results_so_far(bench, checkpoint, tmp_path, monkeypatc
     assert err.value.exit_status == 130 and len(saved["restored"]) == 1 and saved["partial"]["error"] == "interrupted"
 
 
+def test_a_stopped_input_run_says_how_many_images_it_restored(bench, checkpoint, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in --input's 1000 photos said "interrupted — the run stopped there" and nothing of how far it got
+    (a benchmark run shows its table): now "restored 1 of 3 image(s) into OUT before the run stopped at FILE"."""
+    real, calls = protocol_module.restore_array, []
+
+    def interrupted_at_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    from utils.eval import evaluation
+    monkeypatch.setattr(evaluation, "restore_array", interrupted_at_the_second)
+    src = bench / "jpeg" / "input"
+    with pytest.raises(UserError, match="interrupted"):
+        run("--model", checkpoint, "--input", src, "--save", tmp_path / "i")
+    second = sorted(p.name for p in src.iterdir())[1]
+    assert f"restored 1 of 3 image(s) into {tmp_path / 'i'} before the run stopped at {src / second}" in \
+        capsys.readouterr().out
+
+
 def test_an_image_without_read_permission_is_a_bad_file(checkpoint, tmp_path, monkeypatch):
     """Failure 9: a file that cannot be read (permission denied) escaped as an OSError: not skipped by
     --skip-bad-files, no partial results, and a message about writing. It is an unreadable image now."""

@@ -429,6 +429,9 @@ def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, pro
         record(stop.row["restored"])
         results["partial"] = {"row": "input", "file": stop.file, "error": str(stop)}
         path = write_text(save / "results.json", json_text(results))
+        with contextlib.suppress(OutputClosed):  # as the table of a benchmark run: how far it got (| head: gone)
+            print(f"restored {len(results['restored'])} of {len(inputs)} image(s) into {save} before the run "
+                  f"stopped at {stop.file}")
         raise _stopped(stop, str(path), kept) from stop
     path = write_text(save / "results.json", json_text(results))
     print(f"restored {len(results['restored'])} image(s) into {save}")
