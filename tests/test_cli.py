@@ -378,3 +378,19 @@ def test_a_run_that_went_on_past_a_closed_pipe_does_not_end_with_0(monkeypatch):
     assert run_main(main, None) == PIPE_CLOSED_STATUS
     monkeypatch.setattr(sys, "stdout", _ClosedStdout())
     assert run_main(lambda _: 3, None) == 3  # a status of the run's own stands
+
+
+@pytest.mark.parametrize("argv, value", [(["--input", "-photos", "--save", "out"], "-photos"),
+                                         (["--input", "a.png", "--save", "-out"], "-out"),
+                                         (["--input", "a.png", "--save_dir", "-out"], None)])
+def test_a_path_starting_with_a_dash_is_said_with_the_fix(argv, value, capsys):
+    """`--save -out` (a folder called -out) said only "argument --save: expected one argument": the value read as
+    a flag, and the fix (./-out), were left for the user to guess."""
+    with pytest.raises(SystemExit) as end:
+        tester_bary.get_args_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert end.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    if value is None:  # another failure: no hint
+        assert "starts with '-'" not in err
+    else:
+        assert f"{value} starts with '-' and is read as a flag: for a path write ./{value}" in err

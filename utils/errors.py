@@ -7,8 +7,8 @@
 * :func:`stopped_while_starting`: Ctrl-C while a script imports torch is one line too.
 * :func:`run_main`: how both scripts end: one ``error:`` line and a non-zero exit status, the traceback
   only with ``--debug``.
-* :class:`OneLineArgumentParser`: a bad flag is one ``error:`` line too; :func:`add_debug_flag`: the way back
-  to the traceback.
+* :class:`OneLineArgumentParser`: a bad flag is one ``error:`` line too (a path starting with '-' read as a
+  flag says so, and ``./-name``); :func:`add_debug_flag`: the way back to the traceback.
 * :func:`listing`: long lists cut to a readable length; :func:`human_bytes`: sizes as people read them.
 * :func:`child_failure`: what a failed child process (a benchmark's measurement) said, for its parent's line.
 """
@@ -51,10 +51,30 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     """An argument parser whose errors are one ``error:`` line (exit status 2), like every other failure
     of the scripts, instead of the usage block followed by ``<prog>: error: ...``."""
 
+    _argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]  # for error()'s hint
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
         # A flag with several spellings (utils/cli.py) is named by the first, the one --help shows.
-        message = re.sub(r"argument (-[\w-]+)(?:/-[\w-]+)+", r"argument \1", message)
+        message = re.sub(r"argument (-[\w-]+)(?:/-[\w-]+)+", r"argument \1", message) + self._dash_hint(message)
         self.exit(2, f"error: {message} (see {self.prog} --help)\n" if said_by_this_rank() else None)
+
+    def _dash_hint(self, message: str) -> str:
+        """For "--save: expected one argument" where the value given starts with '-' (``--save -out``, a folder
+        called ``-out``): that it was read as a flag, and how to write it."""
+        m = re.match(r"argument (-[\w-]+)(?:/-[\w-]+)*: expected (?:one|at least one) argument", message)
+        action = self._option_string_actions.get(m.group(1)) if m else None
+        if action is None:
+            return ""
+        for k, token in enumerate(self._argv[:-1]):
+            value = self._argv[k + 1]
+            if token in action.option_strings and value.startswith("-") and \
+                    value.split("=", 1)[0] not in self._option_string_actions:
+                return f"; {value} starts with '-' and is read as a flag: for a path write ./{value}"
+        return ""
 
 
 def said_by_this_rank() -> bool:
