@@ -30,8 +30,9 @@ Safety: the output folders are checked before the model is loaded (writable; not
 a folder the run reads, unless ``--overwrite``); files are written whole then renamed into place,
 so a symbolic link at an output path is replaced, never written through. An unreadable image stops
 the run after writing the results so far (marked partial), or with ``--skip-bad-files`` is left out
-and listed; an output that cannot be written (a full disk) stops it so too. Every failure the user can fix is one ``error:`` line and a non-zero exit status (2 for
-flags that cannot work); ``--debug`` shows the traceback.
+and listed; an output that cannot be written (a full disk) stops it so too. Every failure the user
+can fix is one ``error:`` line and a non-zero exit status (2 for flags that cannot work); ``--debug``
+shows the traceback.
 """
 import sys
 

@@ -1425,7 +1425,8 @@ def test_a_file_size_limit_midway_is_one_line_and_keeps_the_record(checkpoint, t
                                                      str(tmp_path / "out"), "--no-progress"])
     assert tester_bary.run_main(tester_bary.main, args) == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1].startswith(f"error: file too large: writing b.png to {tmp_path / 'out'} ") and "ulimit" in lines[-1]
+    assert lines[-1].startswith(f"error: file too large: writing b.png to {tmp_path / 'out'} ")
+    assert "ulimit" in lines[-1]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [e["name"] for e in saved["restored"]] == ["a.png"] and saved["partial"]["file"].endswith("b.png")
 

@@ -379,8 +379,9 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
         except (UserError, OSError) as exc:  # a full disk: the record of the images restored so far is kept
             raise _write_stopped(exc, str(path), "input", {"restored": done}) from exc
         lost = lost_on_restoring(path)
-        done.append({"name": path.name, "input": str(path), "output": str(dest), "seconds": seconds, **({"note": said[0]} if said else {}),
-                     **({"not_kept": lost} if lost else {}), **({"decoder_warnings": warned} if warned else {})})
+        done.append({"name": path.name, "input": str(path), "output": str(dest), "seconds": seconds,
+                     **({"note": said[0]} if said else {}), **({"not_kept": lost} if lost else {}),
+                     **({"decoder_warnings": warned} if warned else {})})
 
     current = inputs[0] if inputs else None  # the image at work (the progress bar writes too)
     try:
