@@ -242,6 +242,17 @@ def test_summary_tables_and_figures_over_several_seeds(tmp_path):
     assert [p.name for p in paths] == ["psnr_by_arm.png", "baryir_minus_baseline.png", "probe_accuracy.png"]
 
 
+def test_figures_without_a_probe_are_listed(tmp_path):
+    """Arms without a WB backbone (--arms restormer restormer_matched) have no probe: figures returned None
+    (its return had slid under ``if probe:``), and the study ended in a TypeError after every run had trained."""
+    arms, seeds = ["baryir", "restormer"], [0]
+    fake = {t: {"psnr": 30.0, "ssim": 0.9, "images": {"a.png": [30.0, 0.9]}} for t in ID_TASKS + OOD_TASKS}
+    summary = summarise({(a, s): fake for a in arms for s in seeds}, arms, seeds)
+    paths = figures(summary, {}, fake, arms, seeds, tmp_path)
+    assert [p.name for p in paths] == ["psnr_by_arm.png", "baryir_minus_baseline.png"]
+    assert all(p.is_file() for p in paths)
+
+
 TINY_BARYNET = 2_573_617
 
 

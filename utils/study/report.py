@@ -211,7 +211,6 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
         fig.tight_layout()
         paths.append(figs_dir / "baryir_minus_baseline.png")  # the name of the figure when it had one comparison
         save_figure(fig, paths[-1], dpi=110)
-    
     if probe:
         fig = new_figure(figsize=(12, 4.6))
         axes = fig.subplots(1, 2, sharey=True)
@@ -233,4 +232,4 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
         fig.tight_layout()
         paths.append(figs_dir / "probe_accuracy.png")
         save_figure(fig, paths[-1], dpi=110)
-        return paths
+    return paths
