@@ -617,6 +617,22 @@ def test_a_float_tiff_on_another_scale_is_refused_not_clamped(tmp_path):
     assert np.array_equal(got[..., 0], quantise(ramp * 1.005 - 0.002, 16))
 
 
+def test_a_float_tiff_resampled_bicubically_is_read_clamped(tmp_path):
+    """Bicubic and Lanczos resampling overshoot [0, 1] by 0.1-0.3 at sharp edges: such a float TIFF (a 0-1 image,
+    resized) read before the scale check, clamped; the check's slack of 0.01 refused it as 'another scale'."""
+    step = np.zeros((16, 16, 3), np.float32)
+    step[:, 8:] = 1
+    for interpolation in (cv2.INTER_CUBIC, cv2.INTER_LANCZOS4):
+        resized = cv2.resize(step, (24, 24), interpolation=interpolation)
+        assert resized.min() < -0.05 and resized.max() > 1.05  # the overshoot is there
+        cv2.imwrite(str(tmp_path / "resized.tif"), resized)
+        got = read_image(tmp_path / "resized.tif")
+        assert got.dtype == np.uint16 and np.array_equal(got, quantise(resized[..., ::-1], 16))
+    Image.fromarray(np.full((4, 4), 2.0, np.float32), "F").save(tmp_path / "twice.tif")  # past the slack: refused
+    with pytest.raises(ImageReadError, match=r"twice\.tif: it holds floating-point samples from 2 to 2"):
+        read_image(tmp_path / "twice.tif")
+
+
 def test_a_bigtiff_is_read_as_a_tiff(tmp_path):
     """A BigTIFF ('II+'): not told as a TIFF, so exif=True turned it a second time after OpenCV's decoder had
     applied its orientation tag, and its 8-bit RGBA colour came out multiplied by the alpha."""

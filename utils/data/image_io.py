@@ -4,8 +4,9 @@ Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
 
 - 8-bit files give ``uint8``, 16-bit files (PNG/TIFF) give ``uint16`` (but a 16-bit grey-with-alpha TIFF,
   which OpenCV decodes at 8 bits only and Pillow not at all, gives ``uint8``). A floating-point TIFF is read
-  on the scale 0 to 1, as ``uint16`` (:func:`quantise`); one with a sample beyond [-0.01, 1.01]
-  (:data:`FLOAT_SLACK`; 0-255 values, linear light) or NaN is refused, as is any other sample type;
+  on the scale 0 to 1, as ``uint16`` (:func:`quantise`; the overshoot bicubic or Lanczos resampling leaves
+  clamped); one with a sample beyond [-0.5, 1.5] (:data:`FLOAT_SLACK`; 0-255 values, linear light with bright
+  highlights) or NaN is refused, as is any other sample type;
 - grayscale is replicated to three channels; palette images are expanded to RGB;
 - an alpha channel is dropped (restoration works on the colour planes). Unassociated alpha (PNG, WebP, BMP;
   TIFF ExtraSamples=2, as Pillow and GIMP write it) leaves the colour as stored, transparent pixels
@@ -499,8 +500,9 @@ def _to_rgb(img: np.ndarray, path: Path) -> np.ndarray:
 
 
 # How far outside [0, 1] the samples of a floating-point image may reach and still be read (clamped): the overshoot
-# resampling leaves. Beyond it the values are on another scale (0-255, linear light with highlights above 1).
-FLOAT_SLACK = 0.01
+# resampling leaves at sharp edges (bicubic about 0.2, Lanczos about 0.3: cv2.resize of a 0/1 step edge reaches
+# -0.15 and 1.28). Beyond it the values are on another scale (0-255, linear light with bright highlights).
+FLOAT_SLACK = 0.5
 
 
 def _float_in_range(img: np.ndarray, path: Path) -> np.ndarray:
