@@ -86,7 +86,7 @@ from utils.demo.photos import (
     resize,
     round_to_multiple,
 )
-from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, run_main
+from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, listing, run_main
 
 VERSION = 1
 BUILDING_MARK = ".demo-building"  # lists a build's files as it writes them, removed with its manifest's writing
@@ -200,9 +200,8 @@ def check_no_foreign_images(root: Path) -> None:
     foreign = [p.relative_to(root).as_posix() for p in list_images(root, recursive=True)]
     foreign = [rel for rel in foreign if rel not in ours]
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f", ... ({len(foreign) - 3} more)" if len(foreign) > 3 else "")
         raise DemoDataError(f"--root {root} holds {len(foreign)} image{'s' if len(foreign) > 1 else ''} the demo did "
-                            f"not write ({shown}): the demo's trainer and tester read every image in its folders, so "
+                            f"not write ({listing(foreign, 3, ', ', '')}): the demo's trainer and tester read every image in its folders, so "
                             f"its scores would not be the demo's — move {'them' if len(foreign) > 1 else 'it'} out of "
                             f"{root}, or build the demo into another --root")
 
