@@ -200,10 +200,12 @@ def check_no_foreign_images(root: Path) -> None:
     foreign = [p.relative_to(root).as_posix() for p in list_images(root, recursive=True)]
     foreign = [rel for rel in foreign if rel not in ours]
     if foreign:
-        raise DemoDataError(f"--root {root} holds {len(foreign)} image{'s' if len(foreign) > 1 else ''} the demo did "
-                            f"not write ({listing(foreign, 3, ', ', '')}): the demo's trainer and tester read every image in its folders, so "
-                            f"its scores would not be the demo's — move {'them' if len(foreign) > 1 else 'it'} out of "
-                            f"{root}, or build the demo into another --root")
+        n = len(foreign)
+        raise DemoDataError(f"--root {root} holds {n} image{'s' if n > 1 else ''} its manifest does not list "
+                            f"({listing(foreign, 3, ', ', '')}): the demo's trainer and tester read every image in "
+                            f"its folders, so its scores would not be the demo's — move {'them' if n > 1 else 'it'} "
+                            f"out of {root} or build the demo into another --root (leftovers of a build by an older "
+                            f"version: make clean-demo starts the default folders afresh)")
 
 
 def stale_reason(root: Path, params: dict) -> str | None:
