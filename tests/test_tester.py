@@ -838,9 +838,18 @@ def test_fp16_on_the_cpu_and_empty_paths_are_flag_errors_before_anything_is_writ
 
 @pytest.mark.parametrize("flags, said", [(["--figs"], "--figs draws"), (["--savetar", "t"], "--savetar saves"),
                                          (["--no-images"], "--no-images leaves"), (["--max-images", "1"],
-                                                                                  "--max-images cuts")])
+                                                                                  "--max-images cuts"),
+                                         (["--lpips"], "--lpips sets how"), (["--compare-paper", "3d"],
+                                                                             "--compare-paper 3d sets how"),
+                                         (["--crop-border", "4", "--metric-space", "y"],
+                                          "--metric-space y --crop-border 4 set how"),
+                                         (["--protocol", "pad"], "--protocol pad sets how"),
+                                         (["--noise-seed", "3"], "--noise-seed 3 sets how"),
+                                         (["--ssim", "gaussian"], "--ssim gaussian sets how"),
+                                         (["--skip-unpaired"], "--skip-unpaired sets how")])
 def test_flags_that_do_nothing_with_input_are_refused(checkpoint, tmp_path, capsys, flags, said):
-    """--input with --figs printed 'restored 1 image(s)', drew nothing and left an empty results/figs/."""
+    """--input with --figs printed 'restored 1 image(s)', drew nothing and left an empty results/figs/; the scoring
+    flags (--lpips, --compare-paper, --crop-border, ...) were accepted and did nothing, as --input scores nothing."""
     _photos(tmp_path, ["in.png"])
     args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--input", str(tmp_path / "in.png"),
                                                      "--save", str(tmp_path / "out"), "--figs-dir",

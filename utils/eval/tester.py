@@ -112,6 +112,30 @@ def _check_flags(args) -> None:
     if args.input and args.max_images:
         _fail("--max-images cuts benchmark sets, and --input restores every image given: drop --max-images, or "
               "pass fewer images")
+    if args.input:  # nothing is scored: the scoring protocol's flags would be accepted and do nothing
+        scoring = _scoring_flags_given(args)
+        if scoring:
+            _fail(f"{' '.join(scoring)} {'sets' if len(scoring) == 1 else 'set'} how benchmark images are scored, "
+                  f"and --input scores nothing (it restores every image whole, padded to multiples of 8): drop "
+                  f"{' '.join(f.split()[0] for f in scoring)}, or pass --tasks or --degset/--tarset to score")
+
+
+# The flags that only change how restorations are scored against targets (or which targets): with --input they
+# would do nothing. Each is named when its value differs from the parser's default.
+SCORING_FLAGS = ("protocol", "metric_space", "ssim", "crop_border", "lpips", "fid", "noise_seed", "compare_paper",
+                 "skip_unpaired")
+
+
+def _scoring_flags_given(args) -> list[str]:
+    from utils.eval.options import get_args_parser  # the defaults, read from the one parser
+    parser = get_args_parser(add_help=False)
+    given = []
+    for dest in SCORING_FLAGS:
+        value, default = getattr(args, dest, None), parser.get_default(dest)
+        if value != default:
+            flag = "--" + dest.replace("_", "-")
+            given.append(flag if isinstance(value, bool) else f"{flag} {value}")
+    return given
 
 
 def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
