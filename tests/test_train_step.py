@@ -141,3 +141,30 @@ def test_flags_and_num_sources():
     assert engine.run_cli(bad) == 2
     with pytest.raises(ConfigError, match="--patch-size"):
         check_args(parser.parse_args(["--patch_size", "60"]))
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--backbone", "Restormer", "--reg-weight", "0.1", "--num-sources", "7"],
+     "--reg-weight 0.1 --num-sources 7 have no effect: --backbone Restormer trains with the L1 loss alone"),
+    (["--backbone", "PromptIR", "--potentials-steps", "1"], "--potentials-steps 1 has no effect: --backbone PromptIR"),
+    (["--ablate", "potentials", "--potentials-steps", "1"],
+     "--potentials-steps 1 has no effect: --ablate potentials skips"),
+    (["--ablate", "contrastive", "--contrastive-eps", "1e-6"], "--contrastive-eps 1e-06 has no effect: --ablate contr"),
+    (["--ablate", "orthogonality", "contrastive", "--reg-weight", "0.1"],
+     "--reg-weight 0.1 has no effect: --ablate orthogonality contrastive leaves out both"),
+    (["--ablate", "orthogonality", "--reg-weight", "0.1"], None),  # the contrastive term still weighs it
+    (["--reg-weight", "0.1", "--potentials-steps", "1", "--num-sources", "3"], None),
+])
+def test_objective_flags_the_run_cannot_use_are_said(tmp_path, capsys, flags, said):
+    """--backbone Restormer --reg-weight 0.1 (or --ablate potentials --potentials-steps 1) trained without a word
+    that the flag did nothing."""
+    from utils.train.distributed import DistInfo
+    from utils.train.start import check_run
+    args = get_args_parser().parse_args(["--device", "cpu", "--output-dir", str(tmp_path / "run"), *flags])
+    check_run(args, DistInfo())
+    err = capsys.readouterr().err
+    if said is None:
+        assert "no effect" not in err, err
+    else:
+        assert said in err, err
+

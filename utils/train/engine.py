@@ -292,6 +292,9 @@ def build_training(args: argparse.Namespace, model: nn.Module, pots: Potentials 
     if pots is not None:
         console(f"=> objective {args.objective}: reg_weight {objective.reg_weight}, contrastive_eps "
                 f"{objective.contrastive_eps:g}, potentials_steps {objective.potentials_steps}")
+    else:  # --objective and its settings are recorded, but an L1-only backbone uses none of them
+        console(f"=> objective: the L1 loss alone (--backbone {args.backbone} has no potentials; --objective "
+                f"{args.objective} does not apply)")
     if ablate:
         console(f"=> ablation: the map loss leaves out {', '.join(sorted(ablate))}")
     mode = getattr(args, "compile", "off")

@@ -254,6 +254,40 @@ def check_args(args) -> int:
     return k
 
 
+# The objective's settings (--objective and the three it sets): the L1-only backbones use none of them.
+OBJECTIVE_SETTINGS = ("objective", "reg_weight", "contrastive_eps", "potentials_steps")
+
+
+def inert_objective_flags(args, ablate: frozenset[str]) -> str | None:
+    """A warning naming the objective flags given on the command line that this run cannot use, and why; None
+    when there are none. Call it before :func:`~utils.train.options.resolve_objective` fills in the settings
+    not given. An L1-only backbone (Restormer, PromptIR) has no potentials and no barycenter terms: --reg-weight,
+    --potentials-steps, --contrastive-eps and --num-sources do nothing; an ablated term's setting does nothing."""
+    given = {name: getattr(args, name, None) for name in ("reg_weight", "potentials_steps", "contrastive_eps",
+                                                            "num_sources")}
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.backbone not in WB_BACKBONES:
+        inert = list(given)
+        why = (f"--backbone {args.backbone} trains with the L1 loss alone (no potentials, no source domains, no "
+               f"orthogonality or contrastive term)")
+    else:
+        reasons = {"potentials_steps": ("potentials", "--ablate potentials skips the potentials' updates"),
+                   "contrastive_eps": ("contrastive", "--ablate contrastive leaves the contrastive term out")}
+        inert, whys = [], []
+        for name, (term, reason) in reasons.items():
+            if name in given and term in ablate:
+                inert.append(name)
+                whys.append(reason)
+        if "reg_weight" in given and {"orthogonality", "contrastive"} <= ablate:
+            inert.append("reg_weight")
+            whys.append("--ablate orthogonality contrastive leaves out both terms it weighs")
+        why = "; ".join(whys)
+    if not inert:
+        return None
+    named = " ".join(f"{flag_of(name)} {given[name]}" for name in inert)
+    return f"{named} {'has' if len(inert) == 1 else 'have'} no effect: {why} (drop {'it' if len(inert) == 1 else 'them'})"
+
+
 def loss_figure(args) -> Path:
     """Where the trainer draws its loss curves after each epoch: in ``--figs-dir``, else beside the log."""
     return Path(args.figs_dir or args.output_dir) / FIG_NAME

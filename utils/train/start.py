@@ -65,6 +65,7 @@ from utils.train.setup import (
     ConfigError,
     check_args,
     check_figure_outside_data,
+    inert_objective_flags,
     load_start,
     resume_outputs,
     start_fresh_outputs,
@@ -101,14 +102,17 @@ def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective,
     # the folder as the run's lock will need it, checked here too so that --dry-run says what the run would
     check_writable_folder(args.output_dir, "--output-dir", create=False, fix="choose another --output-dir (or --name)")
     check_figure_outside_data(args)
-    try:
-        objective = resolve_objective(args)
-    except ValueError as exc:
-        raise ConfigError(f"--reg-weight/--potentials-steps/--contrastive-eps: {exc}") from None
     ablate = frozenset(getattr(args, "ablate", None) or ())
     if ablate and args.backbone not in WB_BACKBONES:
         raise ConfigError(f"--ablate {' '.join(sorted(ablate))} switches off BaryNet's terms; --backbone "
                           f"{args.backbone} has none (drop --ablate)")
+    inert = inert_objective_flags(args, ablate)  # before resolve_objective fills in the settings not given
+    try:
+        objective = resolve_objective(args)
+    except ValueError as exc:
+        raise ConfigError(f"--reg-weight/--potentials-steps/--contrastive-eps: {exc}") from None
+    if inert:
+        Console(info.is_main).warn(inert)
     try:
         check_precision(info.device, args.precision)
     except ValueError as exc:
