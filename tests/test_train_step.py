@@ -168,3 +168,22 @@ def test_objective_flags_the_run_cannot_use_are_said(tmp_path, capsys, flags, sa
     else:
         assert said in err, err
 
+
+def test_an_l1_only_run_resumes_under_either_trainers_objective(tmp_path):
+    """trainer_bary_ddp.py refused to continue trainer_bary.py's Restormer run ('--objective single there, ddp
+    here; --reg-weight 0.05 there, 0.02 here ...'), settings the L1 loss does not use."""
+    from utils.train.options import resolve_objective
+    from utils.train.setup import check_same_run
+    saved = get_args_parser().parse_args(["--backbone", "Restormer"])
+    resolve_objective(saved)
+    ddp = get_args_parser(objective="ddp").parse_args(["--backbone", "Restormer"])
+    resolve_objective(ddp)
+    check_same_run(ddp, {"args": vars(saved)}, tmp_path / "epoch_001.pth")
+    ddp.patch_size = 64  # another setting is still refused, without sending it to the other script
+    with pytest.raises(ConfigError, match="--patch-size 128 there, 64 here") as err:
+        check_same_run(ddp, {"args": vars(saved)}, tmp_path / "epoch_001.pth")
+    assert "--objective" not in str(err.value) and "trained by" not in str(err.value)
+    wb_saved, wb_ddp = (get_args_parser(objective=o).parse_args([]) for o in ("single", "ddp"))
+    resolve_objective(wb_saved), resolve_objective(wb_ddp)
+    with pytest.raises(ConfigError, match="--objective single there, ddp here"):  # BaryNet's objective matters
+        check_same_run(wb_ddp, {"args": vars(wb_saved)}, tmp_path / "epoch_001.pth")

@@ -345,9 +345,11 @@ def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> Non
     each difference: otherwise a 3D command finds a 5D run's checkpoint in a shared folder and fails on
     weight shapes, or, worse, trains on with other data."""
     saved = ckpt.get("args") or {}
+    # an L1-only run trains the same whatever its objective settings (trainer_bary.py's or trainer_bary_ddp.py's)
+    l1_only = args.backbone not in WB_BACKBONES and saved.get("backbone", args.backbone) not in WB_BACKBONES
     differ = []
     for name in RUN_SETTINGS:
-        if name not in saved:
+        if name not in saved or (l1_only and name in OBJECTIVE_SETTINGS):
             continue
         now, then = getattr(args, name, None), saved[name]
         unordered = name in ("de_type", "repeat", "ablate") and now is not None and then is not None  # no order
@@ -359,7 +361,7 @@ def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> Non
     if differ:
         trained = saved.get("objective")
         script = f" (it was trained by {OBJECTIVE_SCRIPTS[trained]}: resume it with that script)" \
-            if trained in OBJECTIVE_SCRIPTS and trained != args.objective else ""
+            if trained in OBJECTIVE_SCRIPTS and trained != args.objective and not l1_only else ""
         raise ConfigError(f"--resume: {ckpt_path} belongs to a run with other settings ({'; '.join(differ)}){script}. "
                           f"Resume it with its own settings, or give this run its own --output-dir")
 
