@@ -836,6 +836,23 @@ def test_fp16_on_the_cpu_and_empty_paths_are_flag_errors_before_anything_is_writ
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--figs-dir", "f"], "--figs-dir f: it chooses the figures --figs draws, and --figs is not given"),
+    (["--fig-images", "2", "--figs-dir", "f"], "--figs-dir f --fig-images 2: they choose"),
+    (["--tile", "0", "--tile-overlap", "8"], "--tile 0 never tiles, so --tile-overlap 8 would do nothing"),
+    (["--tile", "0", "--tile-batch", "2"], "--tile 0 never tiles, so --tile-batch 2 would do nothing")])
+def test_flags_that_do_nothing_without_their_partner_are_refused(bench, checkpoint, tmp_path, capsys, flags, said):
+    """--figs-dir/--fig-images without --figs, and --tile-overlap/--tile-batch with --tile 0, were accepted and did
+    nothing."""
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--data-root", str(bench), "--tasks",
+                                                     "jpeg", "--save", str(tmp_path / "out"), "--no-progress",
+                                                     *(str(tmp_path / f) if f == "f" else f for f in flags)])
+    assert tester_bary.run_main(tester_bary.main, args) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {said}".replace(" f", f" {tmp_path / 'f'}", 1)) and "drop" in line, line
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("flags, said", [(["--figs"], "--figs draws"), (["--savetar", "t"], "--savetar saves"),
                                          (["--no-images"], "--no-images leaves"), (["--max-images", "1"],
                                                                                   "--max-images cuts"),

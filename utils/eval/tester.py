@@ -113,24 +113,34 @@ def _check_flags(args) -> None:
         _fail("--max-images cuts benchmark sets, and --input restores every image given: drop --max-images, or "
               "pass fewer images")
     if args.input:  # nothing is scored: the scoring protocol's flags would be accepted and do nothing
-        scoring = _scoring_flags_given(args)
+        scoring = _flags_given(args, SCORING_FLAGS)
         if scoring:
             _fail(f"{' '.join(scoring)} {'sets' if len(scoring) == 1 else 'set'} how benchmark images are scored, "
                   f"and --input scores nothing (it restores every image whole, padded to multiples of 8): drop "
                   f"{' '.join(f.split()[0] for f in scoring)}, or pass --tasks or --degset/--tarset to score")
+    figures = [] if args.figs else _flags_given(args, ("figs_dir", "fig_images"))
+    if figures:
+        _fail(f"{' '.join(figures)}: {'it chooses' if len(figures) == 1 else 'they choose'} the figures --figs draws, "
+              f"and --figs is not given: add --figs, or drop {' '.join(f.split()[0] for f in figures)}")
+    tiling = _flags_given(args, ("tile_overlap", "tile_batch")) if args.tile == 0 else []
+    if tiling:
+        _fail(f"--tile 0 never tiles, so {' '.join(tiling)} would do nothing: drop "
+              f"{' '.join(f.split()[0] for f in tiling)}, or pass --tile N (or leave --tile out: tiles only where an "
+              f"image would not fit)")
 
 
 # The flags that only change how restorations are scored against targets (or which targets): with --input they
-# would do nothing. Each is named when its value differs from the parser's default.
+# would do nothing.
 SCORING_FLAGS = ("protocol", "metric_space", "ssim", "crop_border", "lpips", "fid", "noise_seed", "compare_paper",
                  "skip_unpaired")
 
 
-def _scoring_flags_given(args) -> list[str]:
+def _flags_given(args, dests) -> list[str]:
+    """Each of ``dests`` whose value differs from the parser's default, as its flag (and value)."""
     from utils.eval.options import get_args_parser  # the defaults, read from the one parser
     parser = get_args_parser(add_help=False)
     given = []
-    for dest in SCORING_FLAGS:
+    for dest in dests:
         value, default = getattr(args, dest, None), parser.get_default(dest)
         if value != default:
             flag = "--" + dest.replace("_", "-")
