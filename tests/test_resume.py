@@ -666,3 +666,32 @@ def test_a_record_cut_short_is_removed_from_the_log_on_resume(data, tmp_path, ca
     assert (f"=> removed 1 line(s), {len(cut)} bytes, from {log}: record(s) cut short when a run stopped while "
             f"writing them (a full disk, or a kill); every complete record stays") in out, out
     assert [r["kind"] for r in records].count("run") == 2 and cut not in log.read_text()
+
+
+@pytest.mark.parametrize("kind", ["training", "reference", "weights"])
+def test_pretrained_and_start_epoch_a_resume_does_not_use_are_said(tmp_path, capsys, kind):
+    """--resume auto (or a file) with --pretrained FILE --start-epoch 59, as the README's requeue command has them,
+    resumed the checkpoint and said nothing of the two flags it passed over."""
+    from utils.train.run_log import Console
+    from utils.train.setup import load_start
+    model = build_model("Restormer", "tiny")
+    if kind == "training":
+        obj = {"format_version": 1, "model": model.state_dict(), "epoch": 2, "iteration": 0,
+               "args": {"backbone": "Restormer"}}
+    elif kind == "reference":
+        obj = {"epoch": 2, "BaryIR": model.state_dict()}
+    else:
+        obj = model.state_dict()
+    args = get_args_parser().parse_args(["--backbone", "Restormer", "--preset", "tiny", "--pretrained",
+                                         str(tmp_path / "authors.pt"), "--start-epoch", "59"])
+    state, _ = load_start(args, tmp_path / "epoch_002.pth", obj, model, None, Console())
+    out = capsys.readouterr().out
+    if kind == "weights":  # weights only: the run starts at --start-epoch, and --pretrained is passed over
+        assert state.epoch == 59
+        assert f"--pretrained {tmp_path / 'authors.pt'} not used: the run resumes" in out, out
+    else:
+        assert state.epoch == 3
+        assert f"--pretrained {tmp_path / 'authors.pt'} and --start-epoch 59 not used: the run resumes" in out, out
+    args = get_args_parser().parse_args(["--backbone", "Restormer", "--preset", "tiny"])
+    load_start(args, tmp_path / "epoch_002.pth", obj, model, None, Console())
+    assert "not used" not in capsys.readouterr().out

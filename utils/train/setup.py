@@ -370,6 +370,13 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
                 console: Console) -> tuple[LoopState, dict | None]:
     """Weights from --resume or --pretrained; returns where to start and the training checkpoint (if any)."""
     state = LoopState(epoch=args.start_epoch, iteration=0, global_step=0)
+    if obj is not None:  # resuming: --pretrained (and --start-epoch, but for weights only) start runs without one
+        unused = [f"--pretrained {args.pretrained}"] if args.pretrained else []
+        if args.start_epoch != 1 and (is_training_checkpoint(obj) or is_reference_checkpoint(obj)):
+            unused.append(f"--start-epoch {args.start_epoch}")
+        if unused:
+            console(f"=> {' and '.join(unused)} not used: the run resumes {ckpt_path} and continues from its "
+                    f"epoch ({'they start' if len(unused) > 1 else 'it starts'} a run that has no checkpoint yet)")
     if obj is not None and is_training_checkpoint(obj):
         check_same_run(args, obj, ckpt_path)
         load_network(model, obj, str(ckpt_path))
