@@ -282,6 +282,25 @@ def test_plain_and_reference_checkpoints(bench, tmp_path):
         run("--model", tmp_path / "ref.pth", *args, "--save", tmp_path / "r3")
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--backbone", "Restormer"], r"--backbone Restormer: .*zero.pth names its own network and configuration "
+                                  r"\(BaryNet\), and is built from them: drop --backbone$"),
+    (["--dim", "32", "--heads", "1", "2", "4", "8"], r"--dim 32: .* \(BaryNet, dim 16\), .*: drop --dim$"),
+    (["--backbone", "PromptIR", "--num-blocks", "2", "2", "2", "2"],
+     r"--backbone PromptIR --num-blocks 2 2 2 2: .* \(BaryNet, num blocks 1 1 1 2\).*: drop --backbone --num-blocks$")])
+def test_model_flags_a_trainer_checkpoint_contradicts_are_named_to_drop(checkpoint, tmp_path, flags, said):
+    """--backbone Restormer on a BaryNet run's checkpoint failed on the weights' shapes with 'Pick the matching
+    --backbone and --preset': the file names its network, so the fix is to drop the flag."""
+    (tmp_path / "in").mkdir()
+    _photos(tmp_path / "in", ["a.png"])
+    with pytest.raises(CheckpointError, match=said):
+        run("--model", checkpoint, "--input", tmp_path / "in", "--save", tmp_path / "o", *flags)
+    assert not (tmp_path / "o").exists()
+    # flags that agree with the file are fine
+    run("--model", checkpoint, "--backbone", "BaryNet", "--dim", "16", "--input", tmp_path / "in", "--save",
+        tmp_path / "o", "--dry-run")
+
+
 def test_model_may_be_a_run_folder_or_its_latest_pointer(bench, checkpoint, tmp_path, capsys):
     """--model names what the trainer writes: a file, the run's folder, or its 'latest' pointer; a
     checkpoint's own configuration wins over --preset (which would otherwise fail on every shape)."""

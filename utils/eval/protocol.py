@@ -149,6 +149,7 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
     obj = read_checkpoint(path)
     stored_cfg = obj.get("model_config") if isinstance(obj, Mapping) else None
     stored_backbone = obj.get("backbone") if isinstance(obj, Mapping) else None
+    asked_backbone = backbone
     backbone = backbone or (stored_backbone if isinstance(stored_backbone, str) else None) or "BaryNet"
     if backbone not in BACKBONES:
         raise CheckpointError(f"{path} names backbone {backbone!r}, which is none of {sorted(BACKBONES)}; pass "
@@ -160,6 +161,8 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
         where = f"{path}'s model_config" + (f" with {flags}" if flags else "")
         cfg = model_config("paper", source=where, backbone=backbone, **{**dict(stored_cfg), **given})
         source = "checkpoint"
+        if isinstance(stored_backbone, str):  # a valid configuration, but is it the file's?
+            _check_flags_fit(path, stored_backbone, stored_cfg, asked_backbone, overrides)
         if preset is not None:
             notes.append(f"--preset {preset} ignored: {path.name} carries its own configuration")
     else:
@@ -171,6 +174,26 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
     if notes:
         info["note"] = "; ".join(notes)
     return model, info
+
+
+def _check_flags_fit(path: Path, stored_backbone: str, stored_cfg: Mapping[str, Any], backbone: str | None,
+                     overrides: Mapping[str, Any]) -> None:
+    """A checkpoint that names its network and configuration is built as it says: a --backbone or model flag
+    (--dim, --num-blocks, ...) that says otherwise cannot load it, and the fix is to drop the flag, not to pick
+    another (the message of the weights' mismatch). Flags that agree with the file are fine."""
+    def same(a: Any, b: Any) -> bool:
+        return (list(a) if isinstance(a, (list, tuple)) else a) == (list(b) if isinstance(b, (list, tuple)) else b)
+
+    def shown(v: Any) -> str:
+        return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    wrong = [f"--backbone {backbone}"] if backbone is not None and backbone != stored_backbone else []
+    wrong += [f"--{k.replace('_', '-')} {shown(v)}" for k, v in overrides.items()
+              if v is not None and k in stored_cfg and not same(v, stored_cfg[k])]
+    if wrong:
+        has = ", ".join([stored_backbone] + [f"{k.replace('_', ' ')} {shown(stored_cfg[k])}" for k, v in overrides.items()
+                                             if v is not None and k in stored_cfg and not same(v, stored_cfg[k])])
+        raise CheckpointError(f"{' '.join(wrong)}: {path} names its own network and configuration ({has}), and is "
+                              f"built from them: drop {' '.join(w.split()[0] for w in wrong)}")
 
 
 # --------------------------------------------------------------------------- restoring
