@@ -502,6 +502,13 @@ def test_runs_of_other_settings_get_their_own_folder_by_default(data, tmp_path):
     assert run_dir(args, 3) == str(Path("checkpoint") / "BaryNet_tiny_3D_p32")
     assert run_dir(get_args_parser().parse_args([*flags, "--name", "mine"]), 3) == str(Path("checkpoint") / "mine")
     assert run_dir(get_args_parser().parse_args([*flags, "--output-dir", "elsewhere"]), 3) == "elsewhere"
+    # --name with --output-dir named no folder and was passed over in silence
+    with pytest.raises(ValueError, match="--name mine names the run's folder under checkpoint/ when --output-dir is "
+                                         "not given, and --output-dir elsewhere is: drop one of them"):
+        run_dir(get_args_parser().parse_args([*flags, "--output-dir", "elsewhere", "--name", "mine"]), 3)
+    named = get_args_parser().parse_args([*flags, "--name", "mine"])
+    named.output_dir = run_dir(named, 3)  # as check_run sets it: a second start with these args agrees
+    assert run_dir(named, 3) == str(Path("checkpoint") / "mine")
     with pytest.raises(ConfigError, match="--name '../up' must be a plain folder name"):
         engine.main(get_args_parser().parse_args([*flags, "--name", "../up", "--iters-per-epoch", "1"]))
 

@@ -223,6 +223,9 @@ def run_dir(args: argparse.Namespace, k: int) -> str:
     """``--output-dir``, else ``checkpoint/<--name>``, else ``checkpoint/<backbone>_<preset>_<K>D_p<patch>``:
     runs of other settings never share a folder (nor each other's ``--resume auto``) by default."""
     if args.output_dir:
+        if getattr(args, "name", None) and Path(args.output_dir) != Path("checkpoint") / args.name:
+            raise ValueError(f"--name {args.name} names the run's folder under checkpoint/ when --output-dir is not "
+                             f"given, and --output-dir {args.output_dir} is: drop one of them")
         return args.output_dir
     tag = "".join(f"_{short}{'-'.join(map(str, v)) if isinstance(v, list) else v}"
                   for short, v in zip(("d", "b", "r", "h"), model_overrides(args).values()) if v is not None)
