@@ -859,12 +859,16 @@ def test_fp16_on_the_cpu_and_empty_paths_are_flag_errors_before_anything_is_writ
     (["--figs-dir", "f"], "--figs-dir f: it chooses the figures --figs draws, and --figs is not given"),
     (["--fig-images", "2", "--figs-dir", "f"], "--figs-dir f --fig-images 2: they choose"),
     (["--tile", "0", "--tile-overlap", "8"], "--tile 0 never tiles, so --tile-overlap 8 would do nothing"),
-    (["--tile", "0", "--tile-batch", "2"], "--tile 0 never tiles, so --tile-batch 2 would do nothing")])
+    (["--tile", "0", "--tile-batch", "2"], "--tile 0 never tiles, so --tile-batch 2 would do nothing"),
+    (["--input", "f"], "--data-root BENCH: it holds the --tasks sets, and --input reads no task"),
+    (["--degset", "f", "--tarset", "f"], "--data-root BENCH: it holds the --tasks sets, and --degset/--tarset")])
 def test_flags_that_do_nothing_without_their_partner_are_refused(bench, checkpoint, tmp_path, capsys, flags, said):
-    """--figs-dir/--fig-images without --figs, and --tile-overlap/--tile-batch with --tile 0, were accepted and did
-    nothing."""
-    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--data-root", str(bench), "--tasks",
-                                                     "jpeg", "--save", str(tmp_path / "out"), "--no-progress",
+    """--figs-dir/--fig-images without --figs, --tile-overlap/--tile-batch with --tile 0, and --data-root with
+    --input or --degset/--tarset were accepted and did nothing."""
+    task = [] if "--input" in flags or "--degset" in flags else ["--tasks", "jpeg"]
+    said = said.replace("BENCH", str(bench))
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--data-root", str(bench), *task,
+                                                     "--save", str(tmp_path / "out"), "--no-progress",
                                                      *(str(tmp_path / f) if f == "f" else f for f in flags)])
     assert tester_bary.run_main(tester_bary.main, args) == 2
     [line] = capsys.readouterr().err.strip().splitlines()

@@ -118,6 +118,10 @@ def _check_flags(args) -> None:
             _fail(f"{' '.join(scoring)} {'sets' if len(scoring) == 1 else 'set'} how benchmark images are scored, "
                   f"and --input scores nothing (it restores every image whole, padded to multiples of 8): drop "
                   f"{' '.join(f.split()[0] for f in scoring)}, or pass --tasks or --degset/--tarset to score")
+    root = _flags_given(args, ("data_root",)) if (args.input or args.degset) else []
+    if root:
+        _fail(f"{root[0]}: it holds the --tasks sets, and {'--input' if args.input else '--degset/--tarset'} reads "
+              f"no task: drop --data-root, or pass --tasks")
     figures = [] if args.figs else _flags_given(args, ("figs_dir", "fig_images"))
     if figures:
         _fail(f"{' '.join(figures)}: {'it chooses' if len(figures) == 1 else 'they choose'} the figures --figs draws, "
