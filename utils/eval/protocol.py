@@ -186,12 +186,11 @@ def _check_flags_fit(path: Path, stored_backbone: str, stored_cfg: Mapping[str, 
 
     def shown(v: Any) -> str:
         return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    differ = [k for k, v in overrides.items() if v is not None and k in stored_cfg and not same(v, stored_cfg[k])]
     wrong = [f"--backbone {backbone}"] if backbone is not None and backbone != stored_backbone else []
-    wrong += [f"--{k.replace('_', '-')} {shown(v)}" for k, v in overrides.items()
-              if v is not None and k in stored_cfg and not same(v, stored_cfg[k])]
+    wrong += [f"--{k.replace('_', '-')} {shown(overrides[k])}" for k in differ]
     if wrong:
-        has = ", ".join([stored_backbone] + [f"{k.replace('_', ' ')} {shown(stored_cfg[k])}" for k, v in overrides.items()
-                                             if v is not None and k in stored_cfg and not same(v, stored_cfg[k])])
+        has = ", ".join([stored_backbone] + [f"{k.replace('_', ' ')} {shown(stored_cfg[k])}" for k in differ])
         raise CheckpointError(f"{' '.join(wrong)}: {path} names its own network and configuration ({has}), and is "
                               f"built from them: drop {' '.join(w.split()[0] for w in wrong)}")
 

@@ -285,7 +285,8 @@ def inert_objective_flags(args, ablate: frozenset[str]) -> str | None:
     if not inert:
         return None
     named = " ".join(f"{flag_of(name)} {given[name]}" for name in inert)
-    return f"{named} {'has' if len(inert) == 1 else 'have'} no effect: {why} (drop {'it' if len(inert) == 1 else 'them'})"
+    one = len(inert) == 1
+    return f"{named} {'has' if one else 'have'} no effect: {why} (drop {'it' if one else 'them'})"
 
 
 def loss_figure(args) -> Path:
