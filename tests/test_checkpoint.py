@@ -124,6 +124,18 @@ def test_missing_and_corrupt_files_are_clear_errors(tmp_path):
         read_checkpoint(bad)
 
 
+def test_a_pipe_given_as_checkpoint_is_named_as_one_not_missing(tmp_path):
+    """``--model`` or ``--resume`` naming a FIFO said "checkpoint not found (no such file or folder)" of a path that
+    exists, sending the user to look for a typo."""
+    from utils.checkpoints.folder import resolve_checkpoint
+    fifo = tmp_path / "fifo.pth"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="--model .*fifo.pth: not a regular file"):
+        resolve_checkpoint(fifo)
+    with pytest.raises(CheckpointError, match="fifo.pth is not a regular file"):
+        read_checkpoint(fifo)
+
+
 def test_save_atomic_never_leaves_a_torn_file(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pth"
     save_atomic({"x": torch.ones(3)}, path)

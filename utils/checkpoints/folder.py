@@ -222,6 +222,9 @@ def resolve_checkpoint(path: str | os.PathLike, flag: str = "--model") -> tuple[
         if found is None:
             raise CheckpointError(f"{flag} {path}: the pointer names no checkpoint that exists in {path.parent}")
         return found, f"{flag} {path} points to {found}"
+    if path.exists() and not path.is_file():  # a FIFO, a device: reading it would hang or read garbage
+        raise CheckpointError(f"{flag} {path}: not a regular file (a pipe or a device). Pass a checkpoint file, a "
+                              f"run's output folder, or its 'latest' pointer")
     if not path.is_file():
         raise CheckpointError(f"{flag} {path}: checkpoint not found (no such file or folder). Pass a checkpoint "
                               f"file (the trainer's epoch_NNN.pth, a plain state dict, or a reference BaryIR "

@@ -24,6 +24,8 @@ def read_checkpoint(path: str | os.PathLike, *, max_unpacked_bytes: int | None =
     ``model_config`` against its weights, a training checkpoint's RNG states.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (a pipe or a device): pass a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (check the path; --resume auto finds the "
                               f"newest checkpoint in --output-dir)")
