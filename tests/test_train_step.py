@@ -187,3 +187,34 @@ def test_an_l1_only_run_resumes_under_either_trainers_objective(tmp_path):
     resolve_objective(wb_saved), resolve_objective(wb_ddp)
     with pytest.raises(ConfigError, match="--objective single there, ddp here"):  # BaryNet's objective matters
         check_same_run(wb_ddp, {"args": vars(wb_saved)}, tmp_path / "epoch_001.pth")
+
+
+def test_the_trainer_weights_domains_by_the_datasets_lambdas_and_l1_by_sigma():
+    """engine.build_training wires the data set's barycenter weights and --Sigma into every iteration: the
+    map loss the trainer steps on is map_loss with those lambdas and that L1 weight (uniform lambdas, or
+    the default 1e4 in place of --Sigma, trained another objective without a word)."""
+    from types import SimpleNamespace
+
+    from utils.train.distributed import DistInfo
+    from utils.train.losses import OBJECTIVES
+    from utils.train.run_log import Console
+    lambdas = [0.7, 0.2, 0.1]
+    args = get_args_parser().parse_args(["--Sigma", "5", "--preset", "tiny"])
+    model, pots = tiny_nets()
+    ref_model, ref_pots = copy.deepcopy(model), copy.deepcopy(pots)
+    training = engine.build_training(args, model, pots, SimpleNamespace(lambdas=lambdas), DistInfo(),
+                                     OBJECTIVES["single"], frozenset(), 1, Console(False))
+    batch = fixed_batch()
+    got = train_step(training, batch)["map"]
+
+    degraded, target, de_ids, domains = batch
+    with torch.no_grad():
+        out = ref_model(degraded)
+
+        def expect(lam, sigma):
+            return map_loss(out.restored, target, out.source_latent, out.bary_latent, out.residual, de_ids, domains,
+                            torch.tensor(lam), ref_pots, l1_weight=sigma)[0].item()
+        want = expect(lambdas, 5.0)
+        assert abs(want - expect([1 / 3] * 3, 5.0)) > 1e-3 * abs(want)  # the test can tell the lambdas apart
+        assert abs(want - expect(lambdas, 10000.0)) > 1e-3 * abs(want)
+    assert got == pytest.approx(want, rel=1e-5)
