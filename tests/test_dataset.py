@@ -541,3 +541,18 @@ def test_an_epoch_list_is_counted_once_per_rank_on_the_machine(monkeypatch):
                                               r"ranks on this machine, about 17.9 GiB in all, more than half of the "
                                               r"16.0 GiB free on this machine: train fewer images"):
         du.check_epoch_fits(50_000_000, None, free=16 * 2**30)
+
+
+@pytest.mark.parametrize("de_type,sigma", [("denoise_15", 15), ("denoise_25", 25), ("denoise_50", 50)])
+def test_each_noise_level_trains_on_its_own_sigma(tree3, de_type, sigma):
+    """denoise_N samples carry noise of sigma N (0-255 scale), the N of the name: swapping two levels' sigmas
+    kept every other test green."""
+    ds = du.build_train_dataset([de_type], dirs_of(tree3), 32, seed=11, log=lambda m: None)
+    deg, clean, de, dom = ds[1]
+    assert de == du.DE_IDS[de_type] and dom == 0
+    h, w = du.centre_crop(du.read_image(ds.samples[1].pair.clean)).shape[:2]
+    rng = ds.rng(1)
+    rng.integers(0, h - 31), rng.integers(0, w - 31), rng.integers(1, 8)  # the crop and the mode come first
+    patch = (clean.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    noisy = np.clip(patch.astype(np.float64) + sigma * rng.standard_normal(patch.shape), 0, 255).astype(np.uint8)
+    assert torch.equal(deg, torch.from_numpy(noisy.transpose(2, 0, 1).copy()).float() / 255)
