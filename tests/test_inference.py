@@ -82,3 +82,22 @@ def test_bf16_on_a_cpu_without_bf16_arithmetic_is_said_to_be_slow(monkeypatch, c
     with pytest.raises(UserError, match="nope"):
         tester_bary.main(args)  # stops at the missing files, after the flag checks
     assert "warning: --precision bf16 on this CPU" in capsys.readouterr().err
+
+
+def test_pad_reflects_the_input_bottom_right_and_crops_back():
+    """--protocol pad and --input restore reflect-pad to multiples of 8 (bottom and right) and crop the result
+    back: with a network that is not the identity (a zero output conv hides how the border was filled), the
+    restoration is the network on the reflect-padded image, cropped; another padding gives other pixels."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    net = build_model("BaryNet", "tiny").eval()
+    x = torch.rand(1, 3, 37, 50)
+
+    def padded_by(mode):
+        with torch.no_grad():
+            return net(F.pad(x, (0, 6, 0, 3), mode=mode)).restored[..., :37, :50]
+
+    got = restore(net, x, pad=True)
+    torch.testing.assert_close(got, padded_by("reflect"), rtol=0, atol=1e-5)
+    for other in ("replicate", "constant"):
+        assert (got - padded_by(other)).abs().max() > 1e-3, other
