@@ -556,3 +556,25 @@ def test_each_noise_level_trains_on_its_own_sigma(tree3, de_type, sigma):
     patch = (clean.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
     noisy = np.clip(patch.astype(np.float64) + sigma * rng.standard_normal(patch.shape), 0, 255).astype(np.uint8)
     assert torch.equal(deg, torch.from_numpy(noisy.transpose(2, 0, 1).copy()).float() / 255)
+
+
+def test_the_trainers_loader_shares_each_epoch_out_over_the_ranks_at_the_per_process_batch(tree3):
+    """build_loader, as each torchrun rank calls it: every rank draws --batchSize samples per iteration, and
+    the ranks' shares of an epoch are one permutation split (disjoint, covering it), whatever the rank. A
+    seed that differed per rank made the shares overlap (samples trained twice, others never) and passed
+    the DDP end-to-end test: DDP keeps the ranks' weights equal whatever data each sees."""
+    from types import SimpleNamespace
+
+    from utils.train.distributed import DistInfo
+    from utils.train.start import build_loader
+    ds = du.build_train_dataset(DE_3D, dirs_of(tree3), 32, log=lambda m: None)
+    shares = []
+    for rank in (0, 1):
+        args = SimpleNamespace(batchSize=3, threads=0)
+        sampler, loader = build_loader(args, ds, 5, DistInfo(rank=rank, world_size=2))
+        assert loader.sampler is sampler and loader.batch_size == 3
+        sampler.set_epoch(2)
+        shares.append(list(sampler))
+    assert len(shares[0]) == len(shares[1]) == (len(ds) + 1) // 2
+    assert set(shares[0]) | set(shares[1]) == set(range(len(ds)))
+    assert len(set(shares[0]) & set(shares[1])) == 2 * len(shares[0]) - len(ds)  # only the padding repeats
