@@ -702,3 +702,15 @@ def test_pretrained_and_start_epoch_a_resume_does_not_use_are_said(tmp_path, cap
     args = get_args_parser().parse_args(["--backbone", "Restormer", "--preset", "tiny"])
     load_start(args, tmp_path / "epoch_002.pth", obj, model, None, Console())
     assert "not used" not in capsys.readouterr().out
+
+
+def test_both_optimizers_follow_the_step_schedule(data, tmp_path):
+    """Each epoch sets the learning rate of the map's *and* the potentials' optimizer (lr_at): a potentials
+    optimizer left at its first rate trained on at 10x after --step epochs, and a run resumed there (whose
+    optimizers are built at the epoch's rate) differed from the uninterrupted one."""
+    from utils.train.optim import lr_at
+    assert run(data, tmp_path, "--nEpochs", "2", "--step", "1", iters=1) == 0
+    for epoch in (1, 2):
+        ck = read_checkpoint(tmp_path / "ckpt" / f"epoch_{epoch:03d}.pth")
+        for key in ("optimizer", "potentials_optimizer"):
+            assert [g["lr"] for g in ck[key]["param_groups"]] == [pytest.approx(lr_at(2e-4, epoch, 1))], (key, epoch)
