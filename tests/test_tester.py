@@ -260,6 +260,17 @@ def test_16_bit_pairs_score_on_8_bits_and_save_16_bits(checkpoint, tmp_path):
     assert saved.dtype == np.uint16 and np.array_equal(saved, deg16)
 
 
+def test_16_bit_targets_are_rounded_to_8_bits_not_cut_to_their_high_byte():
+    """docs/METHOD.md §4: a 16-bit target is scored as round(v * 255 / 65535) (training's high byte, v >> 8,
+    differs by a level on many values). The end-to-end 16-bit test's targets are k * 257, where both agree."""
+    v = np.arange(65536, dtype=np.uint16).reshape(256, 256, 1).repeat(3, axis=2)
+    want = np.floor(v / 65535.0 * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(protocol_module.to_8bit(v), want)
+    assert (want != (v >> 8)).mean() > 0.2  # the two rules differ on about a quarter of the values
+    u8 = want.copy()
+    assert protocol_module.to_8bit(u8) is u8  # 8-bit images as they are
+
+
 def test_plain_and_reference_checkpoints(bench, tmp_path):
     torch.manual_seed(1)
     model = build_model("Restormer", "tiny")
