@@ -218,3 +218,24 @@ def test_the_trainer_weights_domains_by_the_datasets_lambdas_and_l1_by_sigma():
         assert abs(want - expect([1 / 3] * 3, 5.0)) > 1e-3 * abs(want)  # the test can tell the lambdas apart
         assert abs(want - expect(lambdas, 10000.0)) > 1e-3 * abs(want)
     assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_an_iteration_does_not_depend_on_the_gradients_the_previous_one_left():
+    """Every update starts from zeroed gradients: a second iteration after the first trains exactly as one after
+    the first with every .grad cleared by hand (a missing zero_grad on either optimizer accumulated the previous
+    iteration's gradients; one iteration alone, as above, cannot show it)."""
+    first = fixed_batch()
+    second = tuple(t.flip(-1) if t.dim() == 4 else t for t in first)
+    runs = []
+    for clear in (False, True):
+        model, pots = tiny_nets()
+        training = Training(model, model, pots, build_optimizer("RMSprop", model.parameters(), 1e-4),
+                            build_optimizer("RMSprop", pots.parameters(), 1e-4), LAMBDAS, l1_weight=10000.0)
+        train_step(training, first)
+        if clear:
+            for p in list(model.parameters()) + list(pots.parameters()):
+                p.grad = None
+        train_step(training, second)
+        runs.append([p.detach().clone() for p in list(model.parameters()) + list(pots.parameters())])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
