@@ -44,6 +44,16 @@ def kill_tree(pid: int) -> None:
             pass
 
 
+def as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child that stands for a script started in a terminal: the signals a terminal's
+    process starts with at their defaults. A suite run under ``nohup`` (SIGHUP ignored) or as a background job
+    of a non-interactive shell (SIGINT ignored) passes those on to every child, and the scripts rightly keep a
+    signal they were started to ignore: a test of what SIGHUP or Ctrl-C does would then test nothing of it."""
+    for name in ("SIGHUP", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 def run_script(cmd: list[str], timeout: float = HANG) -> subprocess.CompletedProcess:
     """``cmd`` in its own session, killed with everything it started when it outlives ``timeout``
     (so a hang fails the test instead of leaving loader workers behind)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _processes import as_in_a_terminal
 from _train_data import make_train_tree, make_val_tree, train_flags
 
 import tester_bary
@@ -168,7 +169,7 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint(data, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     terminal, its_end = pty.openpty()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=its_end, stderr=its_end,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=as_in_a_terminal)
     os.close(its_end)
 
     def drain():  # what a terminal shows; it stops when the terminal closes

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from _disks import FileWrapper
+from _processes import as_in_a_terminal
 from PIL import Image
 from skimage import data
 
@@ -1135,7 +1136,7 @@ def test_sigterm_keeps_the_results_so_far_as_ctrl_c_does(checkpoint, tmp_path, s
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.Popen([sys.executable, "tester_bary.py", "--model", str(checkpoint), "--input",
                              str(tmp_path / "in"), "--save", str(out), "--no-progress"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
     try:
         deadline = time.monotonic() + 120
         while len(list(out.glob("*.png"))) < 2:  # the first image recorded once the second is on disk
