@@ -7,6 +7,7 @@ writes ``results.*`` (also when stopped, marked partial).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -20,6 +21,7 @@ from utils.data.pairing import PairingError
 from utils.errors import UsageError, UserError, listing
 from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, perceptual_metrics, restore_files
 from utils.eval.inference import check_precision, slow_precision_note
+from utils.eval.options import get_args_parser
 from utils.eval.outputs import (
     OutputFolderError,
     check_outputs_apart,
@@ -112,21 +114,22 @@ def _check_flags(args) -> None:
     if args.input and args.max_images:
         _fail("--max-images cuts benchmark sets, and --input restores every image given: drop --max-images, or "
               "pass fewer images")
+    defaults = get_args_parser(add_help=False)  # what each flag is when not given
     if args.input:  # nothing is scored: the scoring protocol's flags would be accepted and do nothing
-        scoring = _flags_given(args, SCORING_FLAGS)
+        scoring = _flags_given(args, SCORING_FLAGS, defaults)
         if scoring:
             _fail(f"{' '.join(scoring)} {'sets' if len(scoring) == 1 else 'set'} how benchmark images are scored, "
                   f"and --input scores nothing (it restores every image whole, padded to multiples of 8): drop "
                   f"{' '.join(f.split()[0] for f in scoring)}, or pass --tasks or --degset/--tarset to score")
-    root = _flags_given(args, ("data_root",)) if (args.input or args.degset) else []
+    root = _flags_given(args, ("data_root",), defaults) if (args.input or args.degset) else []
     if root:
         _fail(f"{root[0]}: it holds the --tasks sets, and {'--input' if args.input else '--degset/--tarset'} reads "
               f"no task: drop --data-root, or pass --tasks")
-    figures = [] if args.figs else _flags_given(args, ("figs_dir", "fig_images"))
+    figures = [] if args.figs else _flags_given(args, ("figs_dir", "fig_images"), defaults)
     if figures:
         _fail(f"{' '.join(figures)}: {'it chooses' if len(figures) == 1 else 'they choose'} the figures --figs draws, "
               f"and --figs is not given: add --figs, or drop {' '.join(f.split()[0] for f in figures)}")
-    tiling = _flags_given(args, ("tile_overlap", "tile_batch")) if args.tile == 0 else []
+    tiling = _flags_given(args, ("tile_overlap", "tile_batch"), defaults) if args.tile == 0 else []
     if tiling:
         _fail(f"--tile 0 never tiles, so {' '.join(tiling)} would do nothing: drop "
               f"{' '.join(f.split()[0] for f in tiling)}, or pass --tile N (or leave --tile out: tiles only where an "
@@ -139,10 +142,8 @@ SCORING_FLAGS = ("protocol", "metric_space", "ssim", "crop_border", "lpips", "fi
                  "skip_unpaired")
 
 
-def _flags_given(args, dests) -> list[str]:
-    """Each of ``dests`` whose value differs from the parser's default, as its flag (and value)."""
-    from utils.eval.options import get_args_parser  # the defaults, read from the one parser
-    parser = get_args_parser(add_help=False)
+def _flags_given(args, dests, parser: argparse.ArgumentParser) -> list[str]:
+    """Each of ``dests`` whose value differs from ``parser``'s default (the tester's), as its flag (and value)."""
     given = []
     for dest in dests:
         value, default = getattr(args, dest, None), parser.get_default(dest)
