@@ -156,13 +156,12 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
                               f"--backbone to say which network the weights are for")
     given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(stored_cfg, Mapping):
-        flags = " ".join(f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, (list, tuple))
-                                                          else str(v)) for k, v in given.items())
+        flags = " ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in given.items())
         where = f"{path}'s model_config" + (f" with {flags}" if flags else "")
         cfg = model_config("paper", source=where, backbone=backbone, **{**dict(stored_cfg), **given})
         source = "checkpoint"
         if isinstance(stored_backbone, str):  # a valid configuration, but is it the file's?
-            _check_flags_fit(path, stored_backbone, stored_cfg, asked_backbone, overrides)
+            _check_flags_fit(path, stored_backbone, stored_cfg, asked_backbone, given)
         if preset is not None:
             notes.append(f"--preset {preset} ignored: {path.name} carries its own configuration")
     else:
@@ -176,21 +175,23 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
     return model, info
 
 
+def _shown(v: Any) -> str:
+    """A model flag's value as it is typed: ``[2, 3, 3, 4]`` as ``2 3 3 4``."""
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
 def _check_flags_fit(path: Path, stored_backbone: str, stored_cfg: Mapping[str, Any], backbone: str | None,
-                     overrides: Mapping[str, Any]) -> None:
+                     given: Mapping[str, Any]) -> None:
     """A checkpoint that names its network and configuration is built as it says: a --backbone or model flag
-    (--dim, --num-blocks, ...) that says otherwise cannot load it, and the fix is to drop the flag, not to pick
-    another (the message of the weights' mismatch). Flags that agree with the file are fine."""
+    (--dim, --num-blocks, ...; ``given``: those passed) that says otherwise cannot load it, and the fix is to drop
+    the flag, not to pick another (the message of the weights' mismatch). Flags that agree with the file are fine."""
     def same(a: Any, b: Any) -> bool:
         return (list(a) if isinstance(a, (list, tuple)) else a) == (list(b) if isinstance(b, (list, tuple)) else b)
-
-    def shown(v: Any) -> str:
-        return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-    differ = [k for k, v in overrides.items() if v is not None and k in stored_cfg and not same(v, stored_cfg[k])]
+    differ = [k for k, v in given.items() if k in stored_cfg and not same(v, stored_cfg[k])]
     wrong = [f"--backbone {backbone}"] if backbone is not None and backbone != stored_backbone else []
-    wrong += [f"--{k.replace('_', '-')} {shown(overrides[k])}" for k in differ]
+    wrong += [f"--{k.replace('_', '-')} {_shown(given[k])}" for k in differ]
     if wrong:
-        has = ", ".join([stored_backbone] + [f"{k.replace('_', ' ')} {shown(stored_cfg[k])}" for k in differ])
+        has = ", ".join([stored_backbone] + [f"{k.replace('_', ' ')} {_shown(stored_cfg[k])}" for k in differ])
         raise CheckpointError(f"{' '.join(wrong)}: {path} names its own network and configuration ({has}), and is "
                               f"built from them: drop {' '.join(w.split()[0] for w in wrong)}")
 
