@@ -128,6 +128,12 @@ def exception_chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def file_too_large(what: str) -> str:
+    """The words for EFBIG: ``what`` (a file, or ``writing NAME to FOLDER``) passed the largest file allowed."""
+    return (f"file too large: {what} exceeds the largest file allowed there (the file system's limit, e.g. 4 GiB on "
+            f"FAT32, or this process's, ulimit -f); choose another folder or raise the limit")
+
+
 def _os_message(exc: OSError) -> str | None:
     where = exc.filename if exc.filename is not None else "a file"
     if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
@@ -143,8 +149,7 @@ def _os_message(exc: OSError) -> str | None:
     if exc.errno == errno.ENOTDIR:
         return f"{where}: a path component is a file, not a folder"
     if exc.errno == errno.EFBIG:
-        return (f"file too large: {where} passes the largest file allowed there (the file system's limit, e.g. 4 GiB "
-                f"on FAT32, or this process's, ulimit -f) — choose another folder or raise the limit")
+        return file_too_large(where)
     if exc.errno == errno.ENAMETOOLONG:
         return f"file name too long: {where} — shorten it (most file systems allow 255 bytes a name)"
     return None

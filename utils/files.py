@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
-from utils.errors import UserError, exception_chain, human_bytes
+from utils.errors import UserError, exception_chain, file_too_large, human_bytes
 
 FREE_SPACE_MARGIN = 2**20  # bytes left free beyond a write's own size before it is refused
 
@@ -120,9 +120,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], s
         if is_disk_full(exc):
             raise disk_full(path, size) from exc
         if any(isinstance(e, OSError) and e.errno == errno.EFBIG for e in exception_chain(exc)):
-            raise FileTooLargeError(f"file too large: writing {path.name} to {path.parent} exceeds the largest file "
-                                    f"allowed there (the file system's limit, e.g. 4 GiB on FAT32, or this "
-                                    f"process's, ulimit -f); choose another folder or raise the limit") from exc
+            raise FileTooLargeError(file_too_large(f"writing {path.name} to {path.parent}")) from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
