@@ -178,7 +178,7 @@ def _header_size(fh: BinaryIO) -> tuple[int, int] | None:
     except Image.DecompressionBombError:
         return -1, -1
     except Exception:  # noqa: BLE001 - a format Pillow does not know: the decoder will tell
-        return _tiff_size(fh) if head.startswith(TIFF_SIGNATURES) else None
+        return _tiff_size(fh) if _is_tiff(head) else None
 
 
 def _tiff_size(fh: BinaryIO) -> tuple[int, int] | None:
@@ -404,7 +404,7 @@ def read_image(path: str | os.PathLike, exif: bool = False, max_pixels: int | No
         _check_pixels(path, size, limit)
         fh.seek(0)
         raw = fh.read()
-        alpha = _tiff_alpha(fh) if raw.startswith(TIFF_SIGNATURES) else None
+        alpha = _tiff_alpha(fh) if _is_tiff(raw) else None
     data = np.frombuffer(raw, dtype=np.uint8)
     if alpha is not None and alpha[0] == 8:  # OpenCV would multiply the colour by the alpha: Pillow reads it
         img = _read_with_pillow(path, raw)
@@ -474,8 +474,9 @@ def _unpremultiply(bgra: np.ndarray) -> np.ndarray:
     return bgra
 
 
-def _is_tiff(data: np.ndarray) -> bool:
-    """Whether the file's bytes start as a TIFF does (little- or big-endian)."""
+def _is_tiff(data: bytes | np.ndarray) -> bool:
+    """Whether the file's bytes (its first 4 at least) start as a TIFF does (little- or big-endian, classic or
+    BigTIFF)."""
     return bytes(data[:4]).startswith(TIFF_SIGNATURES)
 
 
@@ -534,7 +535,7 @@ def image_size(path: str | os.PathLike, exif: bool = False) -> tuple[int, int]:
     with _readable(path), open(path, "rb") as fh:
         size = _header_size(fh)
         fh.seek(0)
-        tiff = _is_tiff(np.frombuffer(fh.read(4), dtype=np.uint8))
+        tiff = _is_tiff(fh.read(4))
     if size is None or size[0] < 0:
         return read_image(path, exif).shape[:2]
     h, w = size
