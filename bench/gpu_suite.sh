@@ -1,27 +1,41 @@
 #!/usr/bin/env bash
-# Every GPU row of BENCHMARKS.md in one run: under 8 minutes on one H100/H200 (the steps' caps add up to 470 s).
-# Most of the time is torch.compile building the fast path's kernels: each compiled graph (paper network in
-# bf16, in fp32, the inference forward, the tiny preset) is compiled cold, once, in its own step.
+# Every GPU row of BENCHMARKS.md, step by step, on one H100/H200; or only the steps named:
 #
-#   COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_suite.sh   # the device gets no .git: name the commit
-#   PY=.venv/bin/python bash bench/gpu_suite.sh
+#   COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_suite.sh                     # every step, in the order below
+#   COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_suite.sh train-fp32 restore  # these steps only
+#   PY=.venv/bin/python bash bench/gpu_suite.sh ...                                   # another Python
 #
-# Prints Markdown tables for BENCHMARKS.md, each row as soon as it is measured: the GPU and torch version; the
-# straightforward loop, the eager engine and the --compile fast path per iteration (bf16, then fp32; compile
-# time, peak memory, first-iteration losses against the engine's); restore() on 1x3x512x512, eager and
-# compiled; the eager iteration's profile (FLOPs, achieved TFLOP/s against the data-sheet peak, kernels and
-# host syncs per iteration, the top ops); what the data loader delivers alone with the default workers; the
-# fast path's loss curves against eager ones over 150 tiny iterations (figure in $OUT or results/gpu_suite).
-# Most important first. A step that fails or runs past its cap is killed with everything it started (SIGKILL
-# to its process group: no trainer lingers into the next step), prints its exit status, and the suite goes
-# on; inside a step, one variant failing keeps the others' rows. No internet, no pretrained weights needed;
-# the project's own code runs from this checkout (PYTHONPATH), not an install.
+# (the device gets no .git: name the commit). Steps, most important first, with what they took on one H200
+# (torch 2.11, 16 CPU cores) on 2026-11-30; most of it is torch.compile building a graph cold, about 260 s for
+# the paper network's training iteration, and cuDNN trying its algorithms in the first iteration (25-40 s):
+#   train-bf16   the straightforward loop (fp32), the eager engine and --compile reduce-overhead, bf16   ~350 s
+#   restore      restore() on 1x3x512x512: plain fp32, fp32, bf16, bf16 compiled                   eager ~25 s
+#   profile      the eager iteration's profile: FLOPs, TFLOP/s against the data-sheet peak, kernels  ~40 s
+#   loader       what the data loader delivers alone with the default workers, 3D layout            ~10 s
+#   train-fp32   the eager engine and --compile reduce-overhead, fp32 (TF32 convolutions)           ~300 s
+#   curves       the fast path's loss curves against eager ones, 150 tiny iterations (figure)   eager ~40 s
+# All six take about 20 minutes, more than one device call allows (10 minutes): on a lent GPU run them as two or
+# three calls of steps whose caps add up to less than the call's limit (each step prints its cap).
+#
+# Prints Markdown tables for BENCHMARKS.md, each row as soon as it is measured. A step that fails or runs past
+# its cap is killed with everything it started (SIGKILL to its process group: no trainer lingers into the next
+# step), prints its exit status, and the suite goes on; inside a step, one variant failing keeps the others'
+# rows. No internet, no pretrained weights needed; the project's own code runs from this checkout (PYTHONPATH),
+# not an install. The log (and the curves' figure) go to $OUT or results/gpu_suite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+ALL_STEPS="train-bf16 restore profile loader train-fp32 curves"
+for name in "$@"; do  # a misspelt step would cost a device call: refused before anything runs
+    case " $ALL_STEPS " in
+        *" $name "*) ;;
+        *) echo "error: unknown step '$name'; choose from: $ALL_STEPS (none: all of them)" >&2; exit 2 ;;
+    esac
+done
+STEPS=${*:-$ALL_STEPS}
 PY=${PY:-python3}
 RESULTS=${OUT:-results/gpu_suite}  # figures and data; the device tool brings $OUT back
 mkdir -p "$RESULTS"
-if [ -e "$RESULTS/suite.md" ]; then  # an earlier run's log and figure: kept aside, as utils.files.keep_aside keeps them
+if [ -e "$RESULTS/suite.md" ]; then  # an earlier run's log and figure: kept aside, as utils.files.keep_aside does
     KEPT="$RESULTS/suite.md.before-$(date +%Y%m%d-%H%M%S)-$$"
     mkdir -p "$KEPT" && mv "$RESULTS/suite.md" "$KEPT/" && echo "(an earlier $RESULTS/suite.md was moved to $KEPT/)"
     [ ! -e "$RESULTS/fast_path_losses_gpu.png" ] || mv "$RESULTS/fast_path_losses_gpu.png" "$KEPT/"
@@ -35,7 +49,7 @@ step() {  # step SECONDS TITLE COMMAND...: run one row with a wall-clock cap
     shift 2
     echo
     echo "### $title"
-    echo "\`$*\`"
+    echo "\`$*\` (cap ${cap} s)"
     echo
     local t0=$SECONDS
     timeout -s KILL "$cap" "$@"
@@ -44,25 +58,40 @@ step() {  # step SECONDS TITLE COMMAND...: run one row with a wall-clock cap
     echo "(${title}: $((SECONDS - t0)) s)"
 }
 
-echo "## GPU suite, $(date -u '+%Y-%m-%d %H:%M UTC'), commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+run_step() {  # run_step NAME: one of ALL_STEPS
+    case $1 in
+    train-bf16)
+        step 420 "training iteration, bf16: straightforward loop (fp32), eager engine, --compile reduce-overhead" \
+            $PY bench/bench_train.py --device cuda --precision bf16 --iters 5 --warmup 2 --tiny-iters 0 \
+            --variants straightforward,engine,compiled --compile-mode reduce-overhead --variant-timeout 330 ;;
+    restore)
+        step 200 "restore() 1x3x512x512, eager and compiled" \
+            $PY bench/bench_inference.py --device cuda --size 512 --repeats 10 --compile reduce-overhead ;;
+    profile)
+        step 60 "profile, bf16 autocast, eager engine" \
+            $PY bench/profile_train.py --device cuda --precision bf16 --iters 2 ;;
+    loader)
+        step 30 "data loader alone (default workers), 3D layout" $PY bench/bench_loader.py --batches 200 ;;
+    train-fp32)
+        step 360 "training iteration, fp32 (TF32 convolutions): eager engine, --compile reduce-overhead" \
+            $PY bench/bench_train.py --device cuda --precision fp32 --iters 5 --warmup 2 --tiny-iters 0 \
+            --variants engine,compiled --compile-mode reduce-overhead --variant-timeout 310 ;;
+    curves)
+        step 240 "fast path vs eager: 150 tiny iterations from one seed (loss curves, first-iteration losses)" \
+            $PY bench/bench_fast_path.py --device cuda --patch 128 --mode reduce-overhead --iters 150 \
+            --control-threads 0 --no-seed-control --data /tmp/baryir_demo_data \
+            --fig "$RESULTS/fast_path_losses_gpu.png" ;;
+    esac
+}
+
+COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+echo "## GPU suite, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $COMMIT: $STEPS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(),
 '| fp32 convolutions may use TF32:', torch.backends.cudnn.allow_tf32, '| fp32 matmuls:', torch.backends.cuda.matmul.allow_tf32)"
-
-# Most important first: a step cut by its cap loses only its unfinished rows (and later steps still run).
-step 150 "training iteration, bf16: straightforward loop (fp32), eager engine, --compile reduce-overhead" \
-    $PY bench/bench_train.py --device cuda --precision bf16 --iters 5 --warmup 2 --tiny-iters 0 \
-    --variants straightforward,engine,compiled --compile-mode reduce-overhead --variant-timeout 120
-step 75 "restore() 1x3x512x512, eager and compiled" \
-    $PY bench/bench_inference.py --device cuda --size 512 --repeats 10 --compile reduce-overhead
-step 45 "profile, bf16 autocast, eager engine" $PY bench/profile_train.py --device cuda --precision bf16 --iters 2
-step 25 "data loader alone (default workers), 3D layout" $PY bench/bench_loader.py --batches 200
-step 90 "training iteration, fp32 (TF32 convolutions): eager engine, --compile reduce-overhead" \
-    $PY bench/bench_train.py --device cuda --precision fp32 --iters 5 --warmup 2 --tiny-iters 0 \
-    --variants engine,compiled --compile-mode reduce-overhead --variant-timeout 85
-step 85 "fast path vs eager: 150 tiny iterations from one seed (loss curves, first-iteration losses)" \
-    $PY bench/bench_fast_path.py --device cuda --patch 128 --mode reduce-overhead --iters 150 \
-    --control-threads 0 --no-seed-control --data /tmp/baryir_demo_data --fig "$RESULTS/fast_path_losses_gpu.png"
+for name in $STEPS; do
+    run_step "$name"
+done
 echo
 echo "(suite: $SECONDS s)"
 exec >&- 2>&-  # end of the log: let tee write its last lines before the suite exits
