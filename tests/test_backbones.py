@@ -40,8 +40,11 @@ def tensors_equal(a, b, what):
 
 
 @pytest.mark.parametrize("backbone, wb", [("PromptIR", False), ("BaryPromptIR", True)])
-def test_train_resume_exactly_and_evaluate(data, tmp_path, backbone, wb):
+def test_train_resume_exactly_and_evaluate(data, tmp_path, backbone, wb, capsys):
     straight = train(data, tmp_path / "straight", backbone, "--nEpochs", "2")
+    # the start line named "K=3 sources" for the L1 baseline too, which has no barycenter and no sources
+    start = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"=> {backbone} "))
+    assert ("K=3 sources" in start) == wb and ("3 degradation types, L1 loss" in start) == (not wb), start
     train(data, tmp_path / "resumed", backbone, "--nEpochs", "1")
     resumed = train(data, tmp_path / "resumed", backbone, "--nEpochs", "2", "--resume", "auto")
 

@@ -227,7 +227,9 @@ def build_networks(args: argparse.Namespace, k: int, ckpt_path: Path | None, obj
         pots.to(info.device)
         broadcast_module(pots, info)
     n_params = sum(p.numel() for p in model.parameters())
-    console(f"=> {args.backbone} ({args.preset}, {n_params / 1e6:.2f} M parameters), K={k} sources, "
+    # K is the barycenter's number of sources; an L1 backbone only mixes the K degradation types
+    sources = f"K={k} sources" if pots is not None else f"{k} degradation types, L1 loss"
+    console(f"=> {args.backbone} ({args.preset}, {n_params / 1e6:.2f} M parameters), {sources}, "
             f"patch {args.patch_size}, batch {args.batchSize} x {info.world_size} process(es), "
             f"{args.optimizer}, {args.precision} on {info.device}")
     return model, pots, state, resumed
