@@ -14,7 +14,8 @@
 #   loader       what the data loader delivers alone with the default workers, 3D layout            ~10 s
 #   train-fp32   the eager engine and --compile reduce-overhead, fp32 (TF32 convolutions)           ~300 s
 #   curves       the fast path's loss curves against eager ones, 150 tiny iterations (figure)   eager ~40 s
-# All six take about 20 minutes, more than one device call allows (10 minutes): on a lent GPU run them as two or
+#   guarantees   resume, the NaN stop and SIGTERM, eager and compiled, tiny preset                  not yet run
+# All seven take about 25 minutes, more than one device call allows (10 minutes): on a lent GPU run them as two or
 # three calls of steps whose caps add up to less than the call's limit (each step prints its cap).
 #
 # Prints Markdown tables for BENCHMARKS.md, each row as soon as it is measured. A step that fails or runs past
@@ -24,7 +25,7 @@
 # not an install. The log (and the curves' figure) go to $OUT or results/gpu_suite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-ALL_STEPS="train-bf16 restore profile loader train-fp32 curves"
+ALL_STEPS="train-bf16 restore profile loader train-fp32 curves guarantees"
 for name in "$@"; do  # a misspelt step would cost a device call: refused before anything runs
     case " $ALL_STEPS " in
         *" $name "*) ;;
@@ -81,6 +82,9 @@ run_step() {  # run_step NAME: one of ALL_STEPS
             $PY bench/bench_fast_path.py --device cuda --patch 128 --mode reduce-overhead --iters 150 \
             --control-threads 0 --no-seed-control --data /tmp/baryir_demo_data \
             --fig "$RESULTS/fast_path_losses_gpu.png" ;;
+    guarantees)
+        step 300 "resume, NaN stop and SIGTERM on the GPU, eager and --compile reduce-overhead (tiny preset)" \
+            $PY bench/gpu_guarantees.py --device cuda --mode reduce-overhead --iters 24 --run-timeout 200 ;;
     esac
 }
 

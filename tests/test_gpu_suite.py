@@ -48,9 +48,11 @@ def suite_steps() -> dict[str, tuple[int, str, list[str]]]:
 def test_every_step_parses_with_its_scripts_parser_and_fits_one_device_call():
     steps = suite_steps()
     all_steps = re.search(r'^ALL_STEPS="([^"]+)"', SUITE.read_text(), re.M).group(1).split()
-    assert list(steps) == all_steps == ["train-bf16", "restore", "profile", "loader", "train-fp32", "curves"]
+    assert list(steps) == all_steps == ["train-bf16", "restore", "profile", "loader", "train-fp32", "curves",
+                                        "guarantees"]
     assert [script for _, script, _ in steps.values()] == ["bench_train", "bench_inference", "profile_train",
-                                                          "bench_loader", "bench_train", "bench_fast_path"]
+                                                          "bench_loader", "bench_train", "bench_fast_path",
+                                                          "gpu_guarantees"]
     for name, (cap, script, argv) in steps.items():
         assert cap <= CALL_BUDGET, name
         args = bench_module(script).build_parser().parse_args(argv)
@@ -67,6 +69,9 @@ def test_every_step_parses_with_its_scripts_parser_and_fits_one_device_call():
         assert args.tiny_iters == 0  # the tiny preset's row would compile nothing new and cost a process
     fast = bench_module("bench_fast_path").build_parser().parse_args(steps["curves"][2])
     assert fast.control_threads == 0 and not fast.seed_control  # thread count does not reorder GPU sums
+    checks = bench_module("gpu_guarantees").build_parser().parse_args(steps["guarantees"][2])
+    assert (checks.mode, checks.compile_backend) == ("reduce-overhead", "inductor")  # the fast path's real kernels
+    assert checks.checks == list(bench_module("gpu_guarantees").CHECKS)
 
 
 def test_only_the_named_steps_run_and_a_misspelt_one_runs_nothing(tmp_path):
@@ -84,7 +89,7 @@ def test_only_the_named_steps_run_and_a_misspelt_one_runs_nothing(tmp_path):
                           timeout=60)
     assert done.returncode == 2 and not (tmp_path / "suite.md").exists()
     assert done.stderr == ("error: unknown step 'train-bf17'; choose from: train-bf16 restore profile loader "
-                           "train-fp32 curves (none: all of them)\n")
+                           "train-fp32 curves guarantees (none: all of them)\n")
 
 
 def test_a_step_past_its_cap_is_killed_with_everything_it_started(tmp_path):
@@ -191,7 +196,7 @@ def test_a_bench_failure_a_bad_flag_or_ctrl_c_is_one_error_line(monkeypatch, cap
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--device" in err, err
     for name in ("bench_blocks", "bench_inference", "bench_train", "bench_fast_path", "profile_train",
-                 "bench_loader", "memory_coefficients"):
+                 "bench_loader", "memory_coefficients", "gpu_guarantees"):
         with pytest.raises(SystemExit) as stop:
             bench_module(name).build_parser().parse_args(["--no-such-flag"])
         err = capsys.readouterr().err
@@ -216,7 +221,8 @@ def test_device_cuda_without_a_gpu_is_one_error_line(monkeypatch, capsys, tmp_pa
     for name, argv in (("bench_inference", ["--preset", "tiny", "--size", "32"]),
                        ("profile_train", ["--preset", "tiny", "--patch", "16", "--iters", "1", "--warmup", "0"]),
                        ("bench_train", ["--preset", "tiny", "--tiny-iters", "0"]),
-                       ("bench_fast_path", ["--data", str(tmp_path / "file")])):
+                       ("bench_fast_path", ["--data", str(tmp_path / "file")]),
+                       ("gpu_guarantees", ["--data", str(tmp_path / "file")])):
         assert bench_module(name).main([*argv, "--device", "cuda"]) == 2, name
         err = capsys.readouterr().err
         assert err.startswith("error: a CUDA device was asked for") and err.count("\n") == 1, (name, err)

@@ -1,0 +1,253 @@
+"""Do resume, the NaN stop and SIGTERM keep their guarantees on this device, eager and on the fast path?
+
+The CPU tests check these guarantees with the fast path traced without kernels (``--compile-backend eager``);
+this script checks them where the fast path is meant to run: the real trainer (tiny preset, the embedded
+demo data, every run its own process), on a GPU with ``--compile reduce-overhead``. One row per check:
+
+- **resume, eager:** 2 epochs straight against 1 epoch then ``--resume auto``: the weights, potentials and
+  optimizer states equal bit for bit. A second straight run is the control: when GPU kernels are not
+  deterministic from run to run (cuDNN's algorithm trials), the resumed run can differ from the straight one
+  by no more than the two straight runs differ from each other;
+- **resume, fast:** the same with ``--compile MODE``: it resumes, ends at epoch 2 with finite weights
+  (their distance to the eager run is shown, not judged: compiled kernels round differently);
+- **NaN, eager / fast:** a NaN injected at iteration 3 (``--debug-nan-at 3``, a checkpoint every 2
+  iterations) stops the run with exit status 1 and an error line naming the non-finite loss, and the newest
+  checkpoint is iteration 2's, with finite weights;
+- **SIGTERM, eager / fast:** signalled after 3 logged iterations, the run saves where it stopped, says so
+  and exits 0; ``--resume auto`` finishes it, every iteration logged once. Eager, the result then equals
+  the straight run as the resume row's does.
+
+    python bench/gpu_guarantees.py --device cuda                   # the GPU check (bench/gpu_suite.sh)
+    .venv/bin/python bench/gpu_guarantees.py --device cpu --mode default --compile-backend eager --patch 32
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # bench_fast_path's trainer flags: one spelling of the demo run
+
+from utils.errors import stopped_while_starting  # noqa: E402
+
+with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
+    import torch  # noqa: E402
+    from bench_fast_path import trainer_flags  # noqa: E402
+
+    from utils.checkpoints import list_checkpoints, read_checkpoint, read_latest  # noqa: E402
+    from utils.cli import OneSpellingHelpFormatter  # noqa: E402
+    from utils.compiled import BACKENDS, COMPILE_MODES  # noqa: E402
+    from utils.demo.data import build_demo_data  # noqa: E402
+    from utils.errors import OneLineArgumentParser, add_debug_flag, run_main  # noqa: E402
+    from utils.eval.options import at_least  # noqa: E402
+    from utils.runtime import pick_device  # noqa: E402
+    from utils.train.run_log import read_log  # noqa: E402
+
+STATE_KEYS = ("model", "potentials", "optimizer", "potentials_optimizer")
+
+
+def state_tensors(ck: dict) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint's model, potentials and optimizer states, by a dotted name."""
+    found = {}
+
+    def walk(value, name: str) -> None:
+        if isinstance(value, torch.Tensor):
+            found[name] = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{name}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{name}.{i}")
+    for key in STATE_KEYS:
+        walk(ck.get(key), key)
+    return found
+
+
+def max_difference(a: dict, b: dict) -> float:
+    """The largest |a - b| over two checkpoints' state tensors (inf when their names or shapes differ)."""
+    ta, tb = state_tensors(a), state_tensors(b)
+    if ta.keys() != tb.keys() or any(ta[k].shape != tb[k].shape for k in ta):
+        return float("inf")
+    return max((float((ta[k].double() - tb[k].double()).abs().max()) for k in ta if ta[k].numel()), default=0.0)
+
+
+def all_finite(ck: dict) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state_tensors(ck).values() if t.is_floating_point())
+
+
+class Runs:
+    """Starts the trainer on the demo data in folders under ``work``; each run its own process."""
+
+    def __init__(self, a: argparse.Namespace, data: Path, work: Path):
+        self.a, self.data, self.work = a, data, work
+
+    def command(self, name: str, fast: bool, *extra: str) -> list[str]:
+        flags = trainer_flags(self.data, self.work / name, self.a)  # one epoch of --iters; two asked for below
+        mode = ["--compile", self.a.mode, "--compile-backend", self.a.compile_backend] if fast else []
+        return [sys.executable, str(REPO / "trainer_bary.py"), *flags, "--nEpochs", "2", *mode, *extra]
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONPATH=str(REPO))
+
+    def run(self, name: str, fast: bool = False, *extra: str) -> subprocess.CompletedProcess:
+        print(f"-- {name}", file=sys.stderr, flush=True)
+        return subprocess.run(self.command(name, fast, *extra), cwd=REPO, env=self.env(), capture_output=True,
+                              text=True, timeout=self.a.run_timeout)
+
+    def final(self, name: str) -> dict:
+        return read_checkpoint(read_latest(self.work / name))
+
+
+def _failed(done: subprocess.CompletedProcess) -> str:
+    last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return f"exit {done.returncode}: {last[:200]}"
+
+
+def check_resume(runs: Runs, name: str, fast: bool, straight: dict, control: float) -> tuple[bool, str]:
+    first = runs.run(name, fast, "--nEpochs", "1")
+    if first.returncode:
+        return False, f"first epoch: {_failed(first)}"
+    second = runs.run(name, fast, "--resume", "auto")
+    if second.returncode:
+        return False, f"resume: {_failed(second)}"
+    ck = runs.final(name)
+    diff = max_difference(ck, straight)
+    where = f"ended at epoch {ck['epoch']}, global step {ck['global_step']}"
+    if fast:
+        ok = ck["epoch"] == 2 and all_finite(ck)
+        return ok, f"{where}, weights finite: {all_finite(ck)}; max |difference| to the eager run {diff:.3g}"
+    if diff == 0:
+        return True, f"{where}; equal to the straight run bit for bit"
+    return diff <= control, (f"{where}; max |difference| to the straight run {diff:.3g}, two straight runs "
+                             f"differ by {control:.3g}")
+
+
+def check_nan(runs: Runs, name: str, fast: bool) -> tuple[bool, str]:
+    done = runs.run(name, fast, "--nEpochs", "1", "--save-every", "2", "--debug-nan-at", "3")
+    error = (done.stderr.strip().splitlines() or [""])[-1]
+    saved = list_checkpoints(runs.work / name)
+    newest = read_checkpoint(saved[-1]) if saved else None
+    ok = (done.returncode == 1 and error.startswith("error: ") and "non-finite" in error and newest is not None
+          and newest["global_step"] == 2 and all_finite(newest))
+    kept = f"newest checkpoint {saved[-1].name}, finite: {all_finite(newest)}" if newest else "no checkpoint"
+    return ok, f"exit {done.returncode}; {kept}; said: {error[:160]}"
+
+
+def check_sigterm(runs: Runs, name: str, fast: bool, straight: dict | None) -> tuple[bool, str]:
+    log = runs.work / name / "log.jsonl"
+    print(f"-- {name}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(runs.command(name, fast), cwd=REPO, env=runs.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + runs.a.run_timeout  # the fast path compiles before its first iteration
+        while time.monotonic() < deadline and proc.poll() is None:
+            if log.is_file() and log.read_text().count('"kind": "iter"') >= 3:
+                break
+            time.sleep(0.02)
+        if proc.poll() is not None:
+            return False, f"the run ended (exit {proc.returncode}) before it was signalled: raise --iters"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=runs.a.run_timeout)
+    finally:  # never leave a trainer running into the next check
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stopped = next((line for line in output.splitlines() if line.startswith("=> stopped by SIGTERM")), None)
+    saved = list_checkpoints(runs.work / name)
+    if proc.returncode != 0 or stopped is None or not saved:
+        return False, f"exit {proc.returncode}, {len(saved)} checkpoint(s); said: {output.strip()[-200:]}"
+    resumed = runs.run(name, fast, "--resume", "auto")
+    if resumed.returncode:
+        return False, f"{stopped[3:]}; resume: {_failed(resumed)}"
+    steps = [r["global_step"] for r in read_log(log) if r.get("kind") == "iter"]
+    once = steps == list(range(1, 2 * runs.a.iters + 1))
+    detail = f"{stopped[3:].split(';')[0]}; resumed to the end, every iteration logged once: {once}"
+    if straight is None:
+        return once, detail
+    diff = max_difference(runs.final(name), straight)
+    return once and diff == 0, f"{detail}; max |difference| to the straight run {diff:.3g}"
+
+
+CHECKS = ("resume-eager", "resume-fast", "nan-eager", "nan-fast", "sigterm-eager", "sigterm-fast")
+
+
+def guarantees(a: argparse.Namespace) -> int:
+    device = pick_device(a.device)  # --device cuda without a GPU: one error: line naming the flag
+    a.device = device.type
+    data = Path(a.data)
+    build_demo_data(data, progress=False)
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="gpu_guarantees_") as tmp:
+        runs = Runs(a, data, Path(tmp))
+        print(f"## Guarantees on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'the CPU'}: "
+              f"tiny preset, batch {a.batch}, patch {a.patch}, 2 epochs of {a.iters} iterations, fast path "
+              f"--compile {a.mode} ({a.compile_backend}), torch {torch.__version__}\n")
+        print("| check | result | detail |\n|---|---|---|", flush=True)
+        straight, control = None, 0.0
+        wanted = [name for name, needed in (("straight", {"resume-eager", "resume-fast", "sigterm-eager"}),
+                                            ("straight_again", {"resume-eager"})) if needed & set(a.checks)]
+        for name in wanted:  # the eager run to compare with, and its control
+            done = runs.run(name)
+            if done.returncode:
+                print(f"| {name} | FAILED | {_failed(done)} |", flush=True)
+                return 1
+        if wanted:
+            straight = runs.final("straight")
+        if "straight_again" in wanted:
+            control = max_difference(runs.final("straight_again"), straight)
+        for check in a.checks:
+            kind, path = check.split("-")
+            fast = path == "fast"
+            tic = time.perf_counter()
+            try:
+                if kind == "resume":
+                    ok, detail = check_resume(runs, check, fast, straight, control)
+                elif kind == "nan":
+                    ok, detail = check_nan(runs, check, fast)
+                else:
+                    ok, detail = check_sigterm(runs, check, fast, None if fast else straight)
+            except subprocess.TimeoutExpired:
+                ok, detail = False, f"a run took longer than --run-timeout {a.run_timeout} s"
+            failed += not ok
+            print(f"| {check} | {'ok' if ok else 'FAILED'} | {detail} ({time.perf_counter() - tic:.0f} s) |",
+                  flush=True)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=OneSpellingHelpFormatter)
+    p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    p.add_argument("--mode", default="reduce-overhead", choices=COMPILE_MODES[1:],
+                   help="--compile mode of the fast path")
+    p.add_argument("--compile-backend", dest="compile_backend", default="inductor", choices=BACKENDS,
+                   help="eager/aot_eager: the fast path's wiring traced without kernels (a quick CPU check)")
+    p.add_argument("--checks", nargs="+", default=list(CHECKS), choices=CHECKS, metavar="CHECK",
+                   help=f"which checks (default all: {' '.join(CHECKS)})")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--preset", default="tiny", choices=["tiny"], help="the tiny preset: the checks are of wiring")
+    p.add_argument("--iters", type=at_least(4), default=12, help="iterations per epoch (2 epochs)")
+    p.add_argument("--batch", type=at_least(1), default=3)
+    p.add_argument("--patch", type=at_least(16), default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--run-timeout", dest="run_timeout", type=at_least(1), default=300,
+                   help="seconds one trainer process may take (compiling included)")
+    p.add_argument("--data", default="/tmp/baryir_demo_data", help="demo data folder (built when missing or stale)")
+    add_debug_flag(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    return run_main(guarantees, a, debug=a.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

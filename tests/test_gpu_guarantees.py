@@ -1,0 +1,84 @@
+"""bench/gpu_guarantees.py, checked on the CPU before a lent GPU runs it: its checks pass where the guarantees
+hold (the real trainer, the fast path traced without kernels) and fail where they do not."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def guarantees():
+    sys.path.insert(0, str(REPO / "bench"))  # it imports bench_fast_path by name
+    try:
+        spec = importlib.util.spec_from_file_location("gpu_guarantees", REPO / "bench" / "gpu_guarantees.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def checkpoint(weight: float, step: float = 1.0) -> dict:
+    return {"model": {"w": torch.full((2, 2), weight)}, "potentials": None,
+            "optimizer": {"state": {0: {"step": torch.tensor(step), "square_avg": torch.ones(2, 2)}},
+                          "param_groups": [{"lr": 1e-3}]}, "potentials_optimizer": None}
+
+
+def test_max_difference_reaches_the_optimizer_state_and_tells_other_layouts(guarantees):
+    a = checkpoint(1.0)
+    assert guarantees.max_difference(a, checkpoint(1.0)) == 0.0
+    assert guarantees.max_difference(a, checkpoint(1.25)) == 0.25
+    assert guarantees.max_difference(a, checkpoint(1.0, step=3.0)) == 2.0  # a resumed optimizer's step count
+    other = checkpoint(1.0)
+    other["model"]["w"] = torch.ones(3)
+    assert guarantees.max_difference(a, other) == float("inf")
+    bad = checkpoint(float("nan"))
+    assert not guarantees.all_finite(bad) and guarantees.all_finite(a)
+
+
+class FakeRuns:
+    """A Runs whose trainer 'ran' with the given exit status and error line, leaving ``saved`` checkpoints."""
+
+    def __init__(self, work: Path, returncode: int, error: str, saved: dict[str, dict]):
+        self.work, self.returncode, self.error = work, returncode, error
+        (work / "nan-eager").mkdir(parents=True)
+        for name, ck in saved.items():
+            torch.save(ck, work / "nan-eager" / name)
+
+    def run(self, name, fast=False, *extra):
+        return subprocess.CompletedProcess([], self.returncode, "", f"training...\n{self.error}\n")
+
+
+@pytest.mark.parametrize("returncode, error, saved, ok", [
+    (1, "error: non-finite map loss at epoch 1, iteration 3", {"iter_e001_i000002.pth": 2}, True),
+    (0, "=> done", {"iter_e001_i000002.pth": 2}, False),  # the NaN went unnoticed
+    (1, "error: non-finite map loss at epoch 1, iteration 3", {}, False),  # nothing kept
+    (1, "error: non-finite map loss at epoch 1, iteration 3", {"iter_e001_i000004.pth": 4}, False),  # saved after it
+])
+def test_the_nan_check_fails_when_a_guarantee_does_not_hold(guarantees, tmp_path, returncode, error, saved, ok):
+    cks = {name: {**checkpoint(1.0), "global_step": step} for name, step in saved.items()}
+    runs = FakeRuns(tmp_path, returncode, error, cks)
+    assert guarantees.check_nan(runs, "nan-eager", False)[0] is ok
+
+
+@pytest.mark.slow
+def test_the_checks_pass_on_the_real_trainer(guarantees, tmp_path, monkeypatch, capsys):
+    """The NaN stop eager and SIGTERM on the fast path's wiring (traced without kernels), end to end."""
+    from utils.demo import data as demo
+
+    monkeypatch.setattr(guarantees, "build_demo_data", lambda root, **kw: demo.build_demo_data(
+        root, seed=0, scale=0.2, max_photos=3, progress=False))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    status = guarantees.main(["--device", "cpu", "--mode", "default", "--compile-backend", "eager", "--patch", "16",
+                              "--iters", "8", "--checks", "nan-eager", "sigterm-fast", "--data", str(tmp_path / "demo"),
+                              "--run-timeout", "120"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "| nan-eager | ok | exit 1; newest checkpoint iter_e001_i000002.pth, finite: True;" in out
+    assert "| sigterm-fast | ok | stopped by SIGTERM at epoch 1, iteration " in out
+    assert "every iteration logged once: True" in out
