@@ -4,18 +4,19 @@ The CPU tests check these guarantees with the fast path traced without kernels (
 this script checks them where the fast path is meant to run: the real trainer (tiny preset, the embedded
 demo data, every run its own process), on a GPU with ``--compile reduce-overhead``. One row per check:
 
-- **resume, eager:** 2 epochs straight against 1 epoch then ``--resume auto``: the weights, potentials and
-  optimizer states equal bit for bit. A second straight run is the control: when GPU kernels are not
-  deterministic from run to run (cuDNN's algorithm trials), the resumed run can differ from the straight one
-  by no more than the two straight runs differ from each other;
+- **resume, eager:** 2 epochs straight against 1 epoch then ``--resume auto`` (which must say that it
+  resumed): the weights, potentials and optimizer states equal bit for bit. Eager runs pass the trainer's
+  ``--deterministic`` (no cuDNN autotuning, deterministic kernels). A second straight run is the control:
+  should two straight runs still differ (an op without a deterministic kernel), the resumed run may differ
+  from the straight one by no more than 10 times as much, and the row says so;
 - **resume, fast:** the same with ``--compile MODE``: it resumes, ends at epoch 2 with finite weights
   (their distance to the eager run is shown, not judged: compiled kernels round differently);
 - **NaN, eager / fast:** a NaN injected at iteration 3 (``--debug-nan-at 3``, a checkpoint every 2
   iterations) stops the run with exit status 1 and an error line naming the non-finite loss, and the newest
   checkpoint is iteration 2's, with finite weights;
 - **SIGTERM, eager / fast:** signalled after 3 logged iterations, the run saves where it stopped, says so
-  and exits 0; ``--resume auto`` finishes it, every iteration logged once. Eager, the result then equals
-  the straight run as the resume row's does.
+  and exits 0; ``--resume auto`` resumes and finishes it, every iteration logged once. Eager, the result is
+  judged against the straight run as the resume row's is.
 
     python bench/gpu_guarantees.py --device cuda                   # the GPU check (bench/gpu_suite.sh)
     .venv/bin/python bench/gpu_guarantees.py --device cpu --mode default --compile-backend eager --patch 32
@@ -76,7 +77,8 @@ def max_difference(a: dict, b: dict) -> float:
     ta, tb = state_tensors(a), state_tensors(b)
     if ta.keys() != tb.keys() or any(ta[k].shape != tb[k].shape for k in ta):
         return float("inf")
-    return max((float((ta[k].double() - tb[k].double()).abs().max()) for k in ta if ta[k].numel()), default=0.0)
+    gaps = [(ta[k].double() - tb[k].double()).abs().max() for k in ta if ta[k].numel()]
+    return max((float(torch.nan_to_num(g, nan=float("inf"))) for g in gaps), default=0.0)  # a NaN: inf
 
 
 def all_finite(ck: dict) -> bool:
@@ -91,7 +93,7 @@ class Runs:
 
     def command(self, name: str, fast: bool, *extra: str) -> list[str]:
         flags = trainer_flags(self.data, self.work / name, self.a)  # one epoch of --iters; two asked for below
-        mode = ["--compile", self.a.mode, "--compile-backend", self.a.compile_backend] if fast else []
+        mode = ["--compile", self.a.mode, "--compile-backend", self.a.compile_backend] if fast else ["--deterministic"]
         return [sys.executable, str(REPO / "trainer_bary.py"), *flags, "--nEpochs", "2", *mode, *extra]
 
     def env(self) -> dict[str, str]:
@@ -111,28 +113,43 @@ def _failed(done: subprocess.CompletedProcess) -> str:
     return f"exit {done.returncode}: {last[:200]}"
 
 
+def judged(diff: float, control: float, where: str) -> tuple[bool, str]:
+    """An eager run against the straight one: equal bit for bit, or (when two straight runs differ too: an op
+    without a deterministic kernel) within 10 times their difference."""
+    if diff == 0:
+        return True, f"{where}; equal to the straight run bit for bit"
+    return diff <= 10 * control, (f"{where}; max abs difference to the straight run {diff:.3g}, two straight "
+                                  f"runs differ by {control:.3g}")
+
+
+def _not_resumed(done: subprocess.CompletedProcess) -> str | None:
+    """Why a ``--resume auto`` run did not continue the earlier one (a fresh run ends like a straight one)."""
+    if done.returncode:
+        return f"resume: {_failed(done)}"
+    if "=> resumed " not in done.stdout:
+        return "the --resume auto run did not say '=> resumed': it trained from the start"
+    return None
+
+
 def check_resume(runs: Runs, name: str, fast: bool, straight: dict, control: float) -> tuple[bool, str]:
     first = runs.run(name, fast, "--nEpochs", "1")
     if first.returncode:
         return False, f"first epoch: {_failed(first)}"
-    second = runs.run(name, fast, "--resume", "auto")
-    if second.returncode:
-        return False, f"resume: {_failed(second)}"
+    if why := _not_resumed(runs.run(name, fast, "--resume", "auto")):
+        return False, why
     ck = runs.final(name)
     diff = max_difference(ck, straight)
     where = f"ended at epoch {ck['epoch']}, global step {ck['global_step']}"
     if fast:
         ok = ck["epoch"] == 2 and all_finite(ck)
-        return ok, f"{where}, weights finite: {all_finite(ck)}; max |difference| to the eager run {diff:.3g}"
-    if diff == 0:
-        return True, f"{where}; equal to the straight run bit for bit"
-    return diff <= control, (f"{where}; max |difference| to the straight run {diff:.3g}, two straight runs "
-                             f"differ by {control:.3g}")
+        return ok, f"{where}, weights finite: {all_finite(ck)}; max abs difference to the eager run {diff:.3g}"
+    return judged(diff, control, where)
 
 
 def check_nan(runs: Runs, name: str, fast: bool) -> tuple[bool, str]:
     done = runs.run(name, fast, "--nEpochs", "1", "--save-every", "2", "--debug-nan-at", "3")
-    error = (done.stderr.strip().splitlines() or [""])[-1]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]  # warnings may follow
+    error = errors[-1] if errors else (done.stderr.strip().splitlines() or [""])[-1]
     saved = list_checkpoints(runs.work / name)
     newest = read_checkpoint(saved[-1]) if saved else None
     ok = (done.returncode == 1 and error.startswith("error: ") and "non-finite" in error and newest is not None
@@ -141,39 +158,45 @@ def check_nan(runs: Runs, name: str, fast: bool) -> tuple[bool, str]:
     return ok, f"exit {done.returncode}; {kept}; said: {error[:160]}"
 
 
-def check_sigterm(runs: Runs, name: str, fast: bool, straight: dict | None) -> tuple[bool, str]:
+def check_sigterm(runs: Runs, name: str, fast: bool, straight: dict | None, control: float) -> tuple[bool, str]:
     log = runs.work / name / "log.jsonl"
     print(f"-- {name}", file=sys.stderr, flush=True)
-    proc = subprocess.Popen(runs.command(name, fast), cwd=REPO, env=runs.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + runs.a.run_timeout  # the fast path compiles before its first iteration
-        while time.monotonic() < deadline and proc.poll() is None:
-            if log.is_file() and log.read_text().count('"kind": "iter"') >= 3:
-                break
-            time.sleep(0.02)
-        if proc.poll() is not None:
-            return False, f"the run ended (exit {proc.returncode}) before it was signalled: raise --iters"
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=runs.a.run_timeout)
-    finally:  # never leave a trainer running into the next check
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    said = runs.work / f"{name}.out"  # a file, not a pipe: a trainer that prints much never blocks on it
+    with open(said, "w") as out:
+        proc = subprocess.Popen(runs.command(name, fast), cwd=REPO, env=runs.env(), stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + runs.a.run_timeout  # the fast path compiles before its first iteration
+            logged = 0
+            while time.monotonic() < deadline and proc.poll() is None and logged < 3:
+                time.sleep(0.02)
+                logged = log.read_text().count('"kind": "iter"') if log.is_file() else 0
+            if proc.poll() is not None:
+                return False, f"the run ended (exit {proc.returncode}) before it was signalled: raise --iters"
+            if logged < 3:
+                return False, f"fewer than 3 iterations within --run-timeout {runs.a.run_timeout} s"
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=runs.a.run_timeout)
+        except subprocess.TimeoutExpired:
+            return False, f"still running {runs.a.run_timeout} s after SIGTERM"
+        finally:  # never leave a trainer running into the next check
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    output = said.read_text()
     stopped = next((line for line in output.splitlines() if line.startswith("=> stopped by SIGTERM")), None)
     saved = list_checkpoints(runs.work / name)
     if proc.returncode != 0 or stopped is None or not saved:
         return False, f"exit {proc.returncode}, {len(saved)} checkpoint(s); said: {output.strip()[-200:]}"
-    resumed = runs.run(name, fast, "--resume", "auto")
-    if resumed.returncode:
-        return False, f"{stopped[3:]}; resume: {_failed(resumed)}"
+    if why := _not_resumed(runs.run(name, fast, "--resume", "auto")):
+        return False, f"{stopped[3:]}; {why}"
     steps = [r["global_step"] for r in read_log(log) if r.get("kind") == "iter"]
     once = steps == list(range(1, 2 * runs.a.iters + 1))
     detail = f"{stopped[3:].split(';')[0]}; resumed to the end, every iteration logged once: {once}"
     if straight is None:
         return once, detail
-    diff = max_difference(runs.final(name), straight)
-    return once and diff == 0, f"{detail}; max |difference| to the straight run {diff:.3g}"
+    ok, judgement = judged(max_difference(runs.final(name), straight), control, detail)
+    return once and ok, judgement
 
 
 CHECKS = ("resume-eager", "resume-fast", "nan-eager", "nan-fast", "sigterm-eager", "sigterm-fast")
@@ -192,8 +215,9 @@ def guarantees(a: argparse.Namespace) -> int:
               f"--compile {a.mode} ({a.compile_backend}), torch {torch.__version__}\n")
         print("| check | result | detail |\n|---|---|---|", flush=True)
         straight, control = None, 0.0
-        wanted = [name for name, needed in (("straight", {"resume-eager", "resume-fast", "sigterm-eager"}),
-                                            ("straight_again", {"resume-eager"})) if needed & set(a.checks)]
+        eager_judged = {"resume-eager", "sigterm-eager"}
+        wanted = [name for name, needed in (("straight", eager_judged | {"resume-fast"}),
+                                            ("straight_again", eager_judged)) if needed & set(a.checks)]
         for name in wanted:  # the eager run to compare with, and its control
             done = runs.run(name)
             if done.returncode:
@@ -213,7 +237,7 @@ def guarantees(a: argparse.Namespace) -> int:
                 elif kind == "nan":
                     ok, detail = check_nan(runs, check, fast)
                 else:
-                    ok, detail = check_sigterm(runs, check, fast, None if fast else straight)
+                    ok, detail = check_sigterm(runs, check, fast, None if fast else straight, control)
             except subprocess.TimeoutExpired:
                 ok, detail = False, f"a run took longer than --run-timeout {a.run_timeout} s"
             failed += not ok

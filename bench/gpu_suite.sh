@@ -16,7 +16,8 @@
 #   curves       the fast path's loss curves against eager ones, 150 tiny iterations (figure)   eager ~40 s
 #   guarantees   resume, the NaN stop and SIGTERM, eager and compiled, tiny preset                  not yet run
 # All seven take about 25 minutes, more than one device call allows (10 minutes): on a lent GPU run them as two or
-# three calls of steps whose caps add up to less than the call's limit (each step prints its cap).
+# three calls of steps whose caps add up to less than the call's limit (each step prints its cap). The exit
+# status is 1 when a step failed or ran past its cap; the other steps still run.
 #
 # Prints Markdown tables for BENCHMARKS.md, each row as soon as it is measured. A step that fails or runs past
 # its cap is killed with everything it started (SIGKILL to its process group: no trainer lingers into the next
@@ -34,7 +35,7 @@ for name in "$@"; do  # a misspelt step would cost a device call: refused before
 done
 STEPS=${*:-$ALL_STEPS}
 PY=${PY:-python3}
-RESULTS=${OUT:-results/gpu_suite}  # figures and data; the device tool brings $OUT back
+RESULTS=${OUT:-results/gpu_suite}  # figures and data; the device tool brings $OUT back (relative: to the repo root)
 mkdir -p "$RESULTS"
 if [ -e "$RESULTS/suite.md" ]; then  # an earlier run's log and figure: kept aside, as utils.files.keep_aside does
     KEPT="$RESULTS/suite.md.before-$(date +%Y%m%d-%H%M%S)-$$"
@@ -57,12 +58,13 @@ step() {  # step SECONDS TITLE COMMAND...: run one row with a wall-clock cap
     local rc=$?
     [ $rc -eq 0 ] || echo "(exit status $rc; 137 = killed at its ${cap} s cap)"
     echo "(${title}: $((SECONDS - t0)) s)"
+    return $rc
 }
 
 run_step() {  # run_step NAME: one of ALL_STEPS
     case $1 in
     train-bf16)
-        step 420 "training iteration, bf16: straightforward loop (fp32), eager engine, --compile reduce-overhead" \
+        step 450 "training iteration, bf16: straightforward loop (fp32), eager engine, --compile reduce-overhead" \
             $PY bench/bench_train.py --device cuda --precision bf16 --iters 5 --warmup 2 --tiny-iters 0 \
             --variants straightforward,engine,compiled --compile-mode reduce-overhead --variant-timeout 330 ;;
     restore)
@@ -83,8 +85,8 @@ run_step() {  # run_step NAME: one of ALL_STEPS
             --control-threads 0 --no-seed-control --data /tmp/baryir_demo_data \
             --fig "$RESULTS/fast_path_losses_gpu.png" ;;
     guarantees)
-        step 300 "resume, NaN stop and SIGTERM on the GPU, eager and --compile reduce-overhead (tiny preset)" \
-            $PY bench/gpu_guarantees.py --device cuda --mode reduce-overhead --iters 24 --run-timeout 200 ;;
+        step 480 "resume, NaN stop and SIGTERM on the GPU, eager and --compile reduce-overhead (tiny preset)" \
+            $PY bench/gpu_guarantees.py --device cuda --mode reduce-overhead --iters 24 --run-timeout 240 ;;
     esac
 }
 
@@ -93,10 +95,12 @@ echo "## GPU suite, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $COMMIT: $STEPS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(),
 '| fp32 convolutions may use TF32:', torch.backends.cudnn.allow_tf32, '| fp32 matmuls:', torch.backends.cuda.matmul.allow_tf32)"
+FAILED=""  # the steps that failed or ran past their caps: the suite's exit status is 1 if any did
 for name in $STEPS; do
-    run_step "$name"
+    run_step "$name" || FAILED="$FAILED $name"
 done
 echo
-echo "(suite: $SECONDS s)"
+echo "(suite: $SECONDS s${FAILED:+; failed:$FAILED})"
 exec >&- 2>&-  # end of the log: let tee write its last lines before the suite exits
 wait "$TEE" 2>/dev/null || true
+[ -z "$FAILED" ]

@@ -394,3 +394,24 @@ def test_a_path_starting_with_a_dash_is_said_with_the_fix(argv, value, capsys):
         assert "starts with '-'" not in err
     else:
         assert f"{value} starts with '-' and is read as a flag: for a path write ./{value}" in err
+
+
+def test_deterministic_chooses_reproducible_kernels_before_cuda_starts(monkeypatch):
+    """--deterministic: bench/gpu_guarantees.py compares an eager resumed run with a straight one bit for bit,
+    which cuDNN's autotuning (the trainer's default on GPUs) and non-deterministic kernels would not allow."""
+    from utils.train import engine
+    calls = []
+    monkeypatch.setattr(engine, "use_deterministic_kernels", lambda: calls.append(torch.cuda.is_initialized()))
+    monkeypatch.setattr(engine, "train", lambda args, info: 0)
+    for flags, expected in ((["--device", "cpu"], []), (["--device", "cpu", "--deterministic"], [False])):
+        calls.clear()
+        assert engine.main(train_options.get_args_parser().parse_args(flags)) == 0
+        assert calls == expected  # once, before CUDA started
+    probe = ("import os, torch; from utils.runtime import use_deterministic_kernels; use_deterministic_kernels(); "
+             "print(os.environ['CUBLAS_WORKSPACE_CONFIG'], torch.are_deterministic_algorithms_enabled(), "
+             "torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark, "
+             "torch.backends.cudnn.deterministic)")
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == [":4096:8", "True", "True", "False", "True"], done.stderr

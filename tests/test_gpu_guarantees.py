@@ -66,19 +66,49 @@ def test_the_nan_check_fails_when_a_guarantee_does_not_hold(guarantees, tmp_path
     assert guarantees.check_nan(runs, "nan-eager", False)[0] is ok
 
 
+class ResumeRuns:
+    """A Runs whose '--resume auto' run printed ``said`` and ended at the straight run's state."""
+
+    def __init__(self, said: str, final: dict):
+        self.said, self.state = said, final
+
+    def run(self, name, fast=False, *extra):
+        return subprocess.CompletedProcess([], 0, self.said if "--resume" in extra else "=> epoch 1", "")
+
+    def final(self, name):
+        return self.state
+
+
+def test_a_resume_that_trained_from_the_start_fails(guarantees):
+    """A --resume auto that started afresh ends bit for bit where the straight run ends (same seed, same
+    epochs): the check passed it. It must have said that it resumed."""
+    straight = {**checkpoint(1.0), "epoch": 2, "global_step": 8}
+    fresh = ResumeRuns("=> moved the earlier run aside; training from the start\n", straight)
+    ok, detail = guarantees.check_resume(fresh, "resume-eager", False, straight, 0.0)
+    assert not ok and "did not say '=> resumed'" in detail
+    resumed = ResumeRuns("=> resumed ckpt/epoch_001.pth: 1 epoch(s) done, continuing at epoch 2\n", straight)
+    assert guarantees.check_resume(resumed, "resume-eager", False, straight, 0.0) == (
+        True, "ended at epoch 2, global step 8; equal to the straight run bit for bit")
+    drifted = ResumeRuns(resumed.said, {**checkpoint(1.5), "epoch": 2, "global_step": 8})
+    assert not guarantees.check_resume(drifted, "resume-eager", False, straight, 0.0)[0]  # deterministic: exact
+    assert guarantees.check_resume(drifted, "resume-eager", False, straight, 0.1)[0]  # within 10x two runs' gap
+
+
 @pytest.mark.slow
 def test_the_checks_pass_on_the_real_trainer(guarantees, tmp_path, monkeypatch, capsys):
-    """The NaN stop eager and SIGTERM on the fast path's wiring (traced without kernels), end to end."""
+    """The NaN stop eager, SIGTERM eager (judged against two straight --deterministic runs) and on the fast path's
+    wiring (traced without kernels), end to end."""
     from utils.demo import data as demo
 
     monkeypatch.setattr(guarantees, "build_demo_data", lambda root, **kw: demo.build_demo_data(
         root, seed=0, scale=0.2, max_photos=3, progress=False))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     status = guarantees.main(["--device", "cpu", "--mode", "default", "--compile-backend", "eager", "--patch", "16",
-                              "--iters", "8", "--checks", "nan-eager", "sigterm-fast", "--data", str(tmp_path / "demo"),
-                              "--run-timeout", "120"])
+                              "--iters", "8", "--checks", "nan-eager", "sigterm-eager", "sigterm-fast",
+                              "--data", str(tmp_path / "demo"), "--run-timeout", "120"])
     out = capsys.readouterr().out
     assert status == 0, out
     assert "| nan-eager | ok | exit 1; newest checkpoint iter_e001_i000002.pth, finite: True;" in out
     assert "| sigterm-fast | ok | stopped by SIGTERM at epoch 1, iteration " in out
-    assert "every iteration logged once: True" in out
+    assert "| sigterm-eager | ok | stopped by SIGTERM at epoch 1, iteration " in out
+    assert out.count("every iteration logged once: True") == 2 and "equal to the straight run bit for bit" in out

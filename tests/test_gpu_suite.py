@@ -66,6 +66,8 @@ def test_every_step_parses_with_its_scripts_parser_and_fits_one_device_call():
         # compiling the paper network's iteration took about 260 s on an H200: the compiled variant gets that
         # and a margin, and a compile that hangs still leaves the step time to print its table
         assert args.compile_mode == "reduce-overhead" and 300 <= args.variant_timeout < steps[name][0]
+        eager = len(args.variants.split(",")) - 1  # each eager variant took 25-50 s on the H200 (process, cuDNN)
+        assert steps[name][0] - args.variant_timeout >= 45 * eager, name
         assert args.tiny_iters == 0  # the tiny preset's row would compile nothing new and cost a process
     fast = bench_module("bench_fast_path").build_parser().parse_args(steps["curves"][2])
     assert fast.control_threads == 0 and not fast.seed_control  # thread count does not reorder GPU sums
@@ -84,6 +86,14 @@ def test_only_the_named_steps_run_and_a_misspelt_one_runs_nothing(tmp_path):
     assert "commit abc1234: loader profile" in log
     assert log.index("bench/bench_loader.py --batches 200") < log.index("bench/profile_train.py")
     assert "bench_train.py" not in log and "bench_inference.py" not in log and "bench_fast_path" not in log
+    (tmp_path / "suite.md").unlink()
+    # a step that fails: the others still run, and the suite's exit status says so (a device call whose every
+    # step failed looked like a success)
+    done = subprocess.run(["bash", str(SUITE), "loader", "profile"], env={**env, "PY": "false"},
+                          capture_output=True, text=True, timeout=60)
+    log = (tmp_path / "suite.md").read_text()
+    assert done.returncode == 1 and log.count("(exit status 1;") == 2, log
+    assert log.rstrip().endswith("; failed: loader profile)"), log
     (tmp_path / "suite.md").unlink()
     done = subprocess.run(["bash", str(SUITE), "loader", "train-bf17"], env=env, capture_output=True, text=True,
                           timeout=60)

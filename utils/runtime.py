@@ -69,6 +69,19 @@ def apply_gpus_flag(gpus: str | None) -> str | None:
     return None
 
 
+def use_deterministic_kernels() -> None:
+    """``--deterministic``: kernels chosen for reproducibility, for the whole process (call before CUDA starts).
+
+    cuBLAS gets the fixed workspace its deterministic mode needs (``CUBLAS_WORKSPACE_CONFIG``, unless the user
+    set one), cuDNN neither autotunes nor picks non-deterministic algorithms, and torch's deterministic
+    implementations are used where they exist; an op that has none warns (once per place) instead of failing.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 DEVICES = ("auto", "cpu", "cuda")  # the --device choices of every command (a GPU by index: --gpus)
 
 

@@ -46,7 +46,7 @@ from utils.eval.evaluation import EvaluationStopped, evaluate_set
 from utils.eval.protocol import NonFiniteOutput, Protocol
 from utils.eval.tasks import EvalItem, EvalSet
 from utils.output_lock import OutputFolderBusy, OutputLock
-from utils.runtime import apply_gpus_flag, tune_cpu_allocator
+from utils.runtime import apply_gpus_flag, tune_cpu_allocator, use_deterministic_kernels
 from utils.train.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -178,6 +178,8 @@ def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo,
 def main(args: argparse.Namespace) -> int:
     """Train as ``args`` say. Returns 0 (also after SIGTERM/SIGINT, with a checkpoint written)."""
     gpus_note = apply_gpus_flag(args.gpus)  # before anything touches CUDA
+    if getattr(args, "deterministic", False):
+        use_deterministic_kernels()
     info = init_distributed_mode(args.device, cuda=getattr(args, "cuda", False))  # the reference's --cuda
     if gpus_note:
         Console(info.is_main).warn(gpus_note)

@@ -125,6 +125,10 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="seeds initialisation, data order and augmentation (a resumed run keeps its seed)")
     new.add_argument("--device", type=str, default="auto", choices=DEVICES,
                      help="auto: CUDA when available, else the CPU")
+    new.add_argument("--deterministic", action="store_true",
+                     help="GPU kernels chosen for reproducibility, not speed: no cuDNN autotuning, deterministic "
+                          "algorithms where torch has them (two runs from one seed then match bit for bit; "
+                          "slower)")
     new.add_argument("--precision", type=str, default="fp32", choices=["fp32", "bf16", "fp16"],
                      help="autocast precision; fp16 adds a gradient scaler (CUDA only)")
     new.add_argument("--preset", type=str, default="paper", choices=sorted(PRESETS),

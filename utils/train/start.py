@@ -216,7 +216,7 @@ def build_dataset(args: argparse.Namespace, seed: int, console: Console) -> Mixe
 def build_networks(args: argparse.Namespace, k: int, ckpt_path: Path | None, obj: Any, info: DistInfo,
                    console: Console) -> tuple[nn.Module, Potentials | None, LoopState, dict | None]:
     """BaryNet (or a baseline) and its potentials, with their starting weights, on the device."""
-    if info.device.type == "cuda":
+    if info.device.type == "cuda" and not getattr(args, "deterministic", False):
         torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest kernels once
     model = build_model(args.backbone, args.preset, **model_overrides(args))
     pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone in WB_BACKBONES else None
@@ -228,7 +228,7 @@ def build_networks(args: argparse.Namespace, k: int, ckpt_path: Path | None, obj
         broadcast_module(pots, info)
     n_params = sum(p.numel() for p in model.parameters())
     # K is the barycenter's number of sources; an L1 backbone only mixes the K degradation types
-    sources = f"K={k} sources" if pots is not None else f"{k} degradation types, L1 loss"
+    sources = f"K={k} sources" if pots is not None else f"{k} degradation type{'s' * (k != 1)}, L1 loss"
     console(f"=> {args.backbone} ({args.preset}, {n_params / 1e6:.2f} M parameters), {sources}, "
             f"patch {args.patch_size}, batch {args.batchSize} x {info.world_size} process(es), "
             f"{args.optimizer}, {args.precision} on {info.device}")
