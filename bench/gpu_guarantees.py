@@ -10,7 +10,8 @@ demo data, every run its own process), on a GPU with ``--compile reduce-overhead
   should two straight runs still differ (an op without a deterministic kernel), the resumed run may differ
   from the straight one by no more than 10 times as much, and the row says so;
 - **resume, fast:** the same with ``--compile MODE``: it resumes, ends at epoch 2 with finite weights
-  (their distance to the eager run is shown, not judged: compiled kernels round differently);
+  (its distance to the eager run is shown, not judged: compiled kernels round differently; the model's
+  weights relative to each tensor's largest value, and every state tensor's largest absolute gap);
 - **NaN, eager / fast:** a NaN injected at iteration 3 (``--debug-nan-at 3``, a checkpoint every 2
   iterations) stops the run with exit status 1 and an error line naming the non-finite loss, and the newest
   checkpoint is iteration 2's, with finite weights;
@@ -81,6 +82,27 @@ def max_difference(a: dict, b: dict) -> float:
     return max((float(torch.nan_to_num(g, nan=float("inf"))) for g in gaps), default=0.0)  # a NaN: inf
 
 
+def relative_gap(a: dict, b: dict, key: str = "model") -> tuple[float, str]:
+    """The largest ``max|a - b| / max|b|`` over the tensors of one state (``key``: the model's weights by
+    default) and the tensor it is in: a scale-free distance for runs that round differently (optimizer states
+    hold squared gradients of the 1e4-weighted loss, whose absolute gaps say little). ``(inf, "")`` when the
+    layouts differ; a tensor that is zero in ``b`` counts its absolute gap."""
+    ta = {k: t for k, t in state_tensors(a).items() if k.startswith(f"{key}.")}
+    tb = {k: t for k, t in state_tensors(b).items() if k.startswith(f"{key}.")}
+    if ta.keys() != tb.keys() or any(ta[k].shape != tb[k].shape for k in ta):
+        return float("inf"), ""
+    worst, where = 0.0, ""
+    for k in ta:
+        if not ta[k].numel() or not ta[k].is_floating_point():
+            continue
+        x, y = ta[k].double(), tb[k].double()
+        scale = float(y.abs().max()) or 1.0
+        gap = float(torch.nan_to_num((x - y).abs().max(), nan=float("inf"))) / scale
+        if gap > worst:
+            worst, where = gap, k[len(key) + 1:]
+    return worst, where
+
+
 def all_finite(ck: dict) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in state_tensors(ck).values() if t.is_floating_point())
 
@@ -142,7 +164,10 @@ def check_resume(runs: Runs, name: str, fast: bool, straight: dict, control: flo
     where = f"ended at epoch {ck['epoch']}, global step {ck['global_step']}"
     if fast:
         ok = ck["epoch"] == 2 and all_finite(ck)
-        return ok, f"{where}, weights finite: {all_finite(ck)}; max abs difference to the eager run {diff:.3g}"
+        rel, tensor = relative_gap(ck, straight)
+        return ok, (f"{where}, weights finite: {all_finite(ck)}; the model's weights within {rel:.2g} of the eager "
+                    f"run's (relative to each tensor's largest value; largest in {tensor or '-'}); every state "
+                    f"tensor, optimizers' included, within {diff:.3g} absolute")
     return judged(diff, control, where)
 
 
