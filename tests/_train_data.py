@@ -99,11 +99,12 @@ def make_val_tree(root: Path, n: int = 2, size: int = 48, seed: int = 1) -> tupl
 
 def train_flags(dirs: dict[str, Path], out: Path, de_type=("denoise_15", "denoise_25", "denoise_50", "derain",
                                                            "dehaze")) -> list[str]:
-    """Command-line flags for a tiny CPU run on these folders (outputs under ``out``)."""
-    flags = ["--de_type", *de_type,
-             "--denoise_dir", str(dirs["denoise"]) + "/", "--derain_dir", str(dirs["derain"]) + "/",
-             "--dehaze_dir", str(dirs["dehaze"]) + "/", "--deblur_dir", str(dirs["deblur"]) + "/",
-             "--lowlight_dir", str(dirs["lowlight"]) + "/", "--data_file_dir", "",
+    """Command-line flags for a tiny CPU run on these folders (outputs under ``out``). Only the folders of the
+    families ``de_type`` trains are passed: the trainer warns about the others."""
+    trained = {"denoise" if d.startswith("denoise_") else d for d in de_type}
+    folders = [flag for fam in ("denoise", "derain", "dehaze", "deblur", "lowlight") if fam in trained
+               for flag in (f"--{fam}_dir", str(dirs[fam]) + "/")]
+    flags = ["--de_type", *de_type, *folders, "--data_file_dir", "",
              "--preset", "tiny", "--device", "cpu", "--patch_size", "32", "--batchSize", "3",
              "--workers", "0", "--degset", "", "--tarset", "", "--output-dir", str(out / "ckpt"),
              "--figs-dir", str(out / "figs"), "--log-every", "1", "--save-every", "0"]

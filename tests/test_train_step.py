@@ -169,6 +169,70 @@ def test_objective_flags_the_run_cannot_use_are_said(tmp_path, capsys, flags, sa
         assert said in err, err
 
 
+def _start_warnings(tmp_path, capsys, flags: list[str]) -> list[str]:
+    """The warnings check_run prints for ``flags`` (on the CPU), one string each."""
+    from utils.train.distributed import DistInfo
+    from utils.train.start import check_run
+    check_run(get_args_parser().parse_args(["--device", "cpu", "--output-dir", str(tmp_path / "run"), *flags]),
+              DistInfo())
+    return [line[len("!! WARNING: "):] for line in capsys.readouterr().err.splitlines()
+            if line.startswith("!! WARNING: ")]
+
+
+def test_data_folders_of_families_the_run_does_not_train_are_said(tmp_path, capsys):
+    """--de-type denoise_15 denoise_25 denoise_50 --derain_dir data/rain/ trained the three noise levels and
+    never read the rain folder, without a word (a --de-type missing its derain looked like a full 3D run)."""
+    three = ["--de-type", "denoise_15", "denoise_25", "denoise_50"]
+    assert _start_warnings(tmp_path, capsys, [*three, "--derain_dir", "rain/"])[-1] == (
+        "--derain-dir rain/ has no effect: --de-type denoise_15 denoise_25 denoise_50 does not train derain (drop "
+        "it, or add derain to --de-type)")
+    said = _start_warnings(tmp_path, capsys, ["--de-type", "derain", "dehaze", "--lowlight-dir", "l/",
+                                              "--denoise_dir", "n/"])
+    assert said == ["--denoise-dir n/ --lowlight-dir l/ have no effect: --de-type derain dehaze does not train denoise "
+                    "or lowlight (drop them, or add denoise_15/denoise_25/denoise_50 or lowlight to --de-type)"]
+    # a folder of a family trained, or a flag left at its default, is no news
+    assert _start_warnings(tmp_path, capsys, ["--de-type", "derain", "dehaze", "--derain-dir", "r/"]) == []
+    assert _start_warnings(tmp_path, capsys, ["--de-type", "derain", "dehaze"]) == []
+
+
+def test_gpus_on_the_cpu_is_said(tmp_path, capsys):
+    """trainer_bary.py --device cpu --gpus 0 trained on the CPU and never said that --gpus did nothing."""
+    assert _start_warnings(tmp_path, capsys, ["--gpus", "0"]) == [
+        "--gpus 0 has no effect: --device cpu runs on the CPU (drop --gpus, or pass --device cuda)"]
+    assert _start_warnings(tmp_path, capsys, []) == []
+
+
+def test_one_source_domain_is_said_for_the_barycenter_backbones(tmp_path, capsys):
+    """--de-type denoise_15 denoise_25 denoise_50 (one family) or --de-type derain trained BaryNet with K=1, whose
+    barycenter is its one domain, without a word; the L1-only backbones have no barycenter to speak of."""
+    said = _start_warnings(tmp_path, capsys, ["--de-type", "denoise_15", "denoise_25", "denoise_50"])
+    assert said == ["--de-type denoise_15 denoise_25 denoise_50 spans one source domain (K=1; noise levels count "
+                    "once): the barycenter of one distribution is that distribution itself, so --backbone BaryNet's "
+                    "barycenter terms have nothing to align across domains; the paper trains 3D with K=3 and 5D with "
+                    "K=5 (add another degradation family to --de-type to train across domains)"]
+    [line] = _start_warnings(tmp_path, capsys, ["--de-type", "derain", "--backbone", "BaryPromptIR"])
+    assert line.startswith("--de-type derain spans one source domain (K=1): the barycenter of one distribution is "
+                           "that distribution itself, so --backbone BaryPromptIR's barycenter terms"), line
+    for l1_only in ("Restormer", "PromptIR"):
+        assert _start_warnings(tmp_path, capsys, ["--de-type", "derain", "--backbone", l1_only]) == []
+    assert _start_warnings(tmp_path, capsys, ["--de-type", "derain", "dehaze"]) == []
+
+
+def test_the_start_warnings_are_said_once_by_a_dry_run(tmp_path, capsys, monkeypatch):
+    """The new warnings come from the flag checks every run makes first, --dry-run included, once each."""
+    from _train_data import make_train_tree, train_flags
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))  # --gpus sets it
+    data = make_train_tree(tmp_path / "data")
+    flags = train_flags(data, tmp_path, de_type=("derain",)) + ["--deblur_dir", str(data["deblur"]),
+                                                                 "--lowlight_dir", str(data["lowlight"])]
+    assert engine.run_cli(get_args_parser().parse_args([*flags, "--gpus", "0", "--dry-run"])) == 0
+    out, err = capsys.readouterr()
+    assert "=> dry run:" in out
+    for words in ("--de-type derain spans one source domain (K=1)", "--gpus 0 has no effect",
+                  "--deblur-dir", "--lowlight-dir"):
+        assert err.count(words) == 1, (words, err)
+
+
 def test_an_l1_only_run_resumes_under_either_trainers_objective(tmp_path):
     """trainer_bary_ddp.py refused to continue trainer_bary.py's Restormer run ('--objective single there, ddp
     here; --reg-weight 0.05 there, 0.02 here ...'), settings the L1 loss does not use."""

@@ -69,6 +69,14 @@ def apply_gpus_flag(gpus: str | None) -> str | None:
     return None
 
 
+def gpus_on_cpu_note(gpus: str | None, device: str) -> str | None:
+    """The warning for ``--gpus`` given with ``--device cpu``: the GPUs it makes visible are never used. None
+    otherwise."""
+    if not gpus or device != "cpu":
+        return None
+    return f"--gpus {gpus} has no effect: --device cpu runs on the CPU (drop --gpus, or pass --device cuda)"
+
+
 def use_deterministic_kernels() -> None:
     """``--deterministic``: kernels chosen for reproducibility, for the whole process (call before CUDA starts).
 

@@ -212,6 +212,13 @@ def _flags_by_dest() -> dict[str, str]:
     return {a.dest: a.option_strings[0] for a in get_args_parser()._actions if a.option_strings}
 
 
+@functools.cache
+def default_of(dest: str):
+    """The trainers' default for the flag stored as ``dest``: a value that differs was given on the command
+    line. (``--threads`` and ``--objective`` differ by script; the flags asked about do not.)"""
+    return get_args_parser(add_help=False).get_default(dest)
+
+
 def flag_of(dest: str) -> str:
     """The spelling ``--help`` shows for the trainer flag stored as ``dest`` (``batchSize`` -> ``--batch-size``,
     ``Sigma`` -> ``--Sigma``): the one messages name."""

@@ -31,7 +31,7 @@ from utils.checkpoints import (
     read_checkpoint,
     read_latest,
 )
-from utils.data.degradations import LAYOUT, dir_dest, family
+from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family
 from utils.data.pairing import match_pairs
 from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
@@ -40,7 +40,14 @@ from utils.eval.outputs import check_writable_folder
 from utils.files import keep_aside
 from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int
-from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, flag_of, model_overrides, resolve_data_file_dir
+from utils.train.options import (
+    DEFAULT_DEGSET,
+    DEFAULT_TARSET,
+    default_of,
+    flag_of,
+    model_overrides,
+    resolve_data_file_dir,
+)
 from utils.train.run_log import Console, discarded_log
 
 FIG_NAME = "train_losses.png"  # the loss curves, drawn into --figs-dir (default: --output-dir)
@@ -287,6 +294,34 @@ def inert_objective_flags(args, ablate: frozenset[str]) -> str | None:
     named = " ".join(f"{flag_of(name)} {given[name]}" for name in inert)
     one = len(inert) == 1
     return f"{named} {'has' if one else 'have'} no effect: {why} (drop {'it' if one else 'them'})"
+
+
+def unused_data_dirs(args) -> str | None:
+    """A warning naming the data-folder flags (``--derain-dir`` ...) given on the command line for a family that
+    ``--de-type`` does not train (the run never reads them: a mistyped ``--de-type`` looks like this); None when
+    there are none. Given means other than the parser's default."""
+    trained = {family(d) for d in args.de_type}
+    unused = [fam for fam in LAYOUT if fam not in trained
+              and getattr(args, dir_dest(fam), None) not in (None, default_of(dir_dest(fam)))]
+    if not unused:
+        return None
+    named = " ".join(f"{LAYOUT[fam][0]} {getattr(args, dir_dest(fam))}" for fam in unused)
+    one = len(unused) == 1
+    add = " or ".join("/".join(d for d in DE_IDS if family(d) == fam) for fam in unused)
+    return (f"{named} {'has' if one else 'have'} no effect: --de-type {' '.join(args.de_type)} does not train "
+            f"{' or '.join(unused)} (drop {'it' if one else 'them'}, or add {add} to --de-type)")
+
+
+def single_domain_note(args, k: int) -> str | None:
+    """A warning for a BaryNet/BaryPromptIR run of one source domain (``k`` = 1): its barycenter terms have no
+    other domain to align with; None otherwise (K > 1, or an L1-only backbone, which has no such terms)."""
+    if k != 1 or args.backbone not in WB_BACKBONES:
+        return None
+    levels = "; noise levels count once" if len(args.de_type) > 1 else ""
+    return (f"--de-type {' '.join(args.de_type)} spans one source domain (K=1{levels}): the barycenter of one "
+            f"distribution is that distribution itself, so --backbone {args.backbone}'s barycenter terms have "
+            f"nothing to align across domains; the paper trains 3D with K=3 and 5D with K=5 (add another "
+            f"degradation family to --de-type to train across domains)")
 
 
 def loss_figure(args) -> Path:

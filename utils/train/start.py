@@ -44,7 +44,7 @@ from utils.errors import UserError, human_bytes
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.outputs import check_writable_folder
 from utils.output_lock import OutputFolderBusy, OutputLock
-from utils.runtime import to_channels_last
+from utils.runtime import gpus_on_cpu_note, to_channels_last
 from utils.train.distributed import (
     DistInfo,
     broadcast_int,
@@ -68,7 +68,9 @@ from utils.train.setup import (
     inert_objective_flags,
     load_start,
     resume_outputs,
+    single_domain_note,
     start_fresh_outputs,
+    unused_data_dirs,
 )
 from utils.train.signals import ignore_stop_signals
 from utils.train.tensorboard_log import require_tensorboard
@@ -111,8 +113,10 @@ def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective,
         objective = resolve_objective(args)
     except ValueError as exc:
         raise ConfigError(f"--reg-weight/--potentials-steps/--contrastive-eps: {exc}") from None
-    if inert:
-        Console(info.is_main).warn(inert)
+    unused = (inert, single_domain_note(args, k), unused_data_dirs(args),
+              gpus_on_cpu_note(getattr(args, "gpus", None), getattr(args, "device", "auto")))
+    for note in filter(None, unused):
+        Console(info.is_main).warn(note)
     try:
         check_precision(info.device, args.precision)
     except ValueError as exc:
