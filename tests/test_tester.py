@@ -898,6 +898,32 @@ def test_flags_that_do_nothing_with_input_are_refused(checkpoint, tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
 
+def test_a_noise_seed_without_a_denoise_task_is_said(bench, checkpoint, tmp_path, capsys):
+    """--noise-seed 3 --tasks derain (or --degset/--tarset) ran as if the flag were not there: only denoise tasks
+    synthesise noise to seed."""
+    base = ["--model", checkpoint, "--data-root", bench, "--save", tmp_path / "o", "--noise-seed", "3", "--dry-run"]
+    run(*base, "--tasks", "derain", "dehaze")
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    assert line == ("warning: --noise-seed 3 has no effect: it only seeds the synthetic noise of denoise tasks, and "
+                    "the sets evaluated (derain/Rain100L, dehaze) have none (drop --noise-seed, or evaluate a denoise "
+                    "task, e.g. --tasks denoise_25)"), line
+    run("--model", checkpoint, "--degset", bench / "jpeg" / "input", "--tarset", bench / "jpeg" / "target", "--save",
+        tmp_path / "o", "--noise-seed", "3", "--dry-run")
+    assert "--noise-seed 3 has no effect" in capsys.readouterr().err
+    run(*base, "--tasks", "derain", "denoise_25")  # a denoise task: the seed is used
+    run(*base[:-3], "--tasks", "derain", "--dry-run")  # the default seed is no news
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_gpus_on_the_cpu_is_said_by_the_tester(bench, checkpoint, tmp_path, capsys, monkeypatch):
+    """tester_bary.py --device cpu --gpus 0 ran on the CPU without a word that --gpus did nothing."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))  # --gpus sets it
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o", "--device", "cpu",
+        "--gpus", "0", "--dry-run")
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    assert line == "warning: --gpus 0 has no effect: --device cpu runs on the CPU (drop --gpus, or pass --device cuda)"
+
+
 def test_an_image_too_small_says_the_size_the_file_needs(checkpoint, tmp_path):
     """A 207x207 image with --crop-border 100 was '200x200 is too small (at least 207x207 ...)': the file was
     207x207 already; the reference protocol's crop to multiples of 8 makes it 208."""

@@ -44,7 +44,7 @@ from utils.eval.tasks import (
 )
 from utils.files import json_text, keep_aside, write_text
 from utils.output_lock import OutputLock
-from utils.runtime import apply_gpus_flag, pick_device
+from utils.runtime import apply_gpus_flag, gpus_on_cpu_note, pick_device
 from utils.streams import OutputClosed
 
 
@@ -151,6 +151,17 @@ def _flags_given(args, dests, parser: argparse.ArgumentParser) -> list[str]:
             flag = "--" + dest.replace("_", "-")
             given.append(flag if isinstance(value, bool) else f"{flag} {value}")
     return given
+
+
+def unused_noise_seed(args, sets: list[EvalSet]) -> str | None:
+    """A warning for ``--noise-seed`` given when none of ``sets`` has synthetic noise to seed (no denoise task is
+    evaluated); None otherwise."""
+    given = _flags_given(args, ("noise_seed",), get_args_parser(add_help=False))
+    if not given or any(item.sigma is not None for s in sets for item in s.items):
+        return None
+    evaluated = f"the sets evaluated ({', '.join(s.name for s in sets)}) have none" if sets else "no set is evaluated"
+    return (f"{given[0]} has no effect: it only seeds the synthetic noise of denoise tasks, and {evaluated} (drop "
+            f"--noise-seed, or evaluate a denoise task, e.g. --tasks denoise_25)")
 
 
 def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
@@ -337,7 +348,7 @@ def main(args) -> dict:
         except ValueError as exc:  # a name that cannot be a task: said before a checkpoint is looked for
             _fail(str(exc))
     # the flags first (device, protocol, compile mode), then the files they name
-    gpus_note = apply_gpus_flag(args.gpus)  # the reference's meaning of --gpus
+    gpus_note = apply_gpus_flag(args.gpus) or gpus_on_cpu_note(args.gpus, args.device)  # the reference's --gpus
     if gpus_note:
         print(f"warning: {gpus_note}", file=sys.stderr)
     try:
@@ -374,6 +385,9 @@ def main(args) -> dict:
             print(f"note: {len(folders)} subfolder(s) of the --input folders are not read (pass them too, e.g. "
                   f"--input {folders[0].parent}/*/):{listing(folders)}", file=sys.stderr)
         sets = [] if args.input else _find_sets(args, tasks_defaulted)
+        unseeded = unused_noise_seed(args, sets)
+        if unseeded:
+            print(f"warning: {unseeded}", file=sys.stderr)
         _check_outputs(args, sets, create=False)  # created below, once the model and the metrics have loaded
         model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
                                  num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
