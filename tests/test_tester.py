@@ -1536,3 +1536,39 @@ def test_results_json_says_which_input_each_restoration_is_of(checkpoint, tmp_pa
                      "b.png": str(tmp_path / "d2" / "b.png")}
     for out, src in pairs.items():  # the zero model returns its input
         assert np.array_equal(read_image(tmp_path / "out" / out), read_image(src))
+
+
+def test_temporaries_a_killed_run_left_are_removed_and_nothing_else(bench, checkpoint, tmp_path, capsys):
+    """kill -9 while an image or results.json was being written left its hidden temporary in --save for good;
+    the next run into the folder removes those of writers that are gone, and nothing else."""
+    import time
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    two_minutes_ago = time.time() - 120
+    save = tmp_path / "t"
+    files = {  # name: removed
+        f"jpeg/.cat.png.{gone.pid}.ab12cd34.tmp": True,  # its writer is gone
+        f".results.json.{gone.pid}.zz99z_9z.tmp": True,
+        f"jpeg/.astro.png.{os.getpid()}.ab12cd34.tmp": False,  # being written
+        f".notes.txt.{gone.pid}.ab12cd34.tmp": False,  # not a name the tester writes
+        f".cat.png.{gone.pid}.tmp": False,  # not atomic_write's naming
+        f".cat.png.{gone.pid}.ab12cd3.tmp": False,
+        f"cat.png.{gone.pid}.ab12cd34.tmp": False,
+        "scratch.tmp": False,
+        f"other/.cat.png.{gone.pid}.ab12cd34.tmp": False,  # in no folder this run writes
+    }
+    for name, _ in files.items():
+        (save / name).parent.mkdir(parents=True, exist_ok=True)
+        (save / name).write_bytes(b"partial")
+        os.utime(save / name, (two_minutes_ago, two_minutes_ago))
+    fresh = save / f".coffee.png.{gone.pid}.ab12cd34.tmp"  # too fresh to judge: a writer on another machine
+    fresh.write_bytes(b"partial")
+    link = save / f".link.png.{gone.pid}.ab12cd34.tmp"
+    link.symlink_to(save / "scratch.tmp")
+    os.utime(link, (two_minutes_ago, two_minutes_ago), follow_symlinks=False)
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", save)
+    assert all((save / name).exists() != removed for name, removed in files.items())
+    assert fresh.exists() and link.is_symlink()
+    said = [line for line in capsys.readouterr().out.splitlines() if "temporary" in line]
+    removed = [save / n for n in (f".results.json.{gone.pid}.zz99z_9z.tmp", f"jpeg/.cat.png.{gone.pid}.ab12cd34.tmp")]
+    assert said == [f"=> removed 2 unfinished temporary file(s) that a killed run left: {removed[0]}, {removed[1]}"]

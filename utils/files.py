@@ -8,6 +8,9 @@
 * :class:`FileTooLargeError`: a file past its file system's or the process's size limit (EFBIG), named.
 * :func:`keep_aside`: an earlier run's files that a fresh run would write over (its checkpoints, its log,
   its TensorBoard events) are moved together into a new ``<name>.before-<time>`` folder, never replaced.
+* :func:`remove_stale_temporaries`: the temporaries of :func:`atomic_write` that a killed writer (``kill -9``)
+  left behind, removed by the next run into the folder; only files named exactly as :func:`atomic_write`
+  names them (:func:`temporary_target`), whose writer is gone.
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -96,8 +101,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], s
     With ``size`` (the bytes ``write`` will write) a folder without that much free space is refused
     before anything is written; a full disk during the write is a :class:`DiskFullError` naming the
     folder and the bytes needed. The temporary, ``.<name>.<pid>.<random>.tmp``, is hidden (image
-    listings skip it) and names its writer's process, so that
-    :func:`utils.checkpoints.remove_stale_temporaries` can tell an orphan from a file being written.
+    listings skip it) and names its writer's process, so that :func:`remove_stale_temporaries` can tell an
+    orphan from a file being written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +133,88 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], s
     finally:
         os.close(dir_fd)
     return path
+
+
+# A temporary of atomic_write: '.<name>.<pid>.<8 random characters>.tmp' (older versions: no pid).
+# The random characters are tempfile's (a-z, 0-9, _); <name> is the target's name, cut to 100 bytes (_short).
+_TEMP_RE = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
+
+
+# A temporary not modified for this long is an orphan even if its process id is in use (it may be
+# another process now, or a writer on another machine that died): no write pauses for 15 minutes.
+STALE_TEMP_SECONDS = 15 * 60
+
+
+# A temporary whose writer is no longer running here is removed once it is this old (a live writer on
+# another machine sharing the folder keeps its file fresh).
+DEAD_WRITER_GRACE_SECONDS = 60
+
+
+def temporary_target(name: str) -> tuple[str, int | None] | None:
+    """``(target name, writer's pid)`` when the file name ``name`` is one :func:`atomic_write` gives its
+    temporaries (the pid None in the older naming without one), else None.
+
+    ``.a.png.4242.k2j8x_0a.tmp`` -> ``("a.png", 4242)``; ``a.png``, ``.a.png.tmp``, ``.a.png.4242.tmp`` -> None.
+    """
+    m = _TEMP_RE.match(name)
+    if m is None:
+        return None
+    return m["name"], int(m["pid"]) if m["pid"] is not None else None
+
+
+def writer_alive(pid: int) -> bool:
+    """Whether the process ``pid`` runs on this machine (this process always does; one this user may not
+    signal, or a number that is no pid, counts as alive: nothing of it is removed)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def is_stale_temporary(pid: int | None, age: float, alive: Callable[[int], bool] = writer_alive) -> bool:
+    """Whether a temporary of :func:`atomic_write` written by ``pid`` (None: not named), last modified ``age``
+    seconds ago, is an orphan: its writer is gone (``alive(pid)`` false) and it is over
+    :data:`DEAD_WRITER_GRACE_SECONDS` old, or it has not changed for :data:`STALE_TEMP_SECONDS`."""
+    if age > STALE_TEMP_SECONDS:
+        return True
+    return pid is not None and age > DEAD_WRITER_GRACE_SECONDS and not alive(pid)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, targets: Callable[[str], bool],
+                             now: float | None = None) -> list[Path]:
+    """Delete the temporaries :func:`atomic_write` left in ``folder`` (not its subfolders) when their writer was
+    killed (``kill -9`` during a write); returns the removed files.
+
+    Only plain files named exactly as :func:`atomic_write` names its temporaries (:func:`temporary_target`)
+    for a target name that ``targets`` accepts (the names the caller writes) are considered, and only orphans
+    (:func:`is_stale_temporary`) are removed: a live writer's file, anything else and links stay.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for p in folder.iterdir():
+        parsed = temporary_target(p.name)
+        if parsed is None or not targets(parsed[0]):
+            continue
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or not is_stale_temporary(parsed[1], now - st.st_mtime):
+            continue
+        try:
+            p.unlink()
+        except FileNotFoundError:  # removed meanwhile (another run tidying the same folder)
+            continue
+        removed.append(p)
+    return removed
 
 
 def replace_file(path: str | os.PathLike, data: bytes) -> Path:

@@ -7,14 +7,14 @@ import io
 import json
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from utils.checkpoints.guard import CheckpointError
-from utils.files import atomic_write
+from utils import files
+from utils.files import DEAD_WRITER_GRACE_SECONDS, STALE_TEMP_SECONDS, atomic_write  # noqa: F401 (exported)
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -29,61 +29,14 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda fh: fh.write(data), size=data.nbytes)
 
 
-# A temporary of utils.files.atomic_write: '.<name>.<pid>.<8 random characters>.tmp' (older versions: no pid).
-_TEMP_RE = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
-
-
-# A temporary not modified for this long is an orphan even if its process id is in use (it may be
-# another process now, or a writer on another machine that died): no write pauses for 15 minutes.
-STALE_TEMP_SECONDS = 15 * 60
-
-
-# A temporary whose writer is no longer running here is removed once it is this old (a live writer on
-# another machine sharing the folder keeps its file fresh).
-DEAD_WRITER_GRACE_SECONDS = 60
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True  # someone else's process, or not a pid we can ask about: assume alive
-    return True
-
-
 def remove_stale_temporaries(output_dir: str | os.PathLike, now: float | None = None) -> list[Path]:
     """Delete temporaries :func:`~utils.files.atomic_write` left behind in ``output_dir`` when its writer was killed
     (``kill -9`` during a save); returns the removed files.
 
-    Only files named exactly as :func:`~utils.files.atomic_write` names them, for a checkpoint name or ``latest``,
-    are considered; one is removed when its writing process is gone and it is over
-    :data:`DEAD_WRITER_GRACE_SECONDS` old, or when it has not changed for :data:`STALE_TEMP_SECONDS`.
+    :func:`utils.files.remove_stale_temporaries` for the temporaries of a checkpoint name or ``latest`` alone.
     """
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    now = time.time() if now is None else now
-    removed = []
-    for p in folder.iterdir():
-        m = _TEMP_RE.match(p.name)
-        if m is None or not (progress_of(m["name"]) is not None or m["name"] == LATEST):
-            continue
-        try:
-            st = p.lstat()
-        except OSError:
-            continue
-        if not p.is_file() or p.is_symlink():
-            continue
-        age = now - st.st_mtime
-        dead = m["pid"] is not None and not _process_alive(int(m["pid"]))
-        if age > STALE_TEMP_SECONDS or (dead and age > DEAD_WRITER_GRACE_SECONDS):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
+    return files.remove_stale_temporaries(output_dir, lambda name: progress_of(name) is not None or name == LATEST,
+                                          now)
 
 
 LATEST = "latest"

@@ -16,7 +16,7 @@
 
 Files of an earlier run in the same folder under the names a run writes are moved aside first, by the
 tester (``results.before-<time>/``, :func:`utils.eval.tester._keep_earlier_outputs`); anything else in
-the folder is left alone.
+the folder is left alone. Temporaries a killed tester left there are removed (:func:`tester_writes`).
 """
 from __future__ import annotations
 
@@ -61,6 +61,14 @@ def output_names(names: Sequence[str], suffix: str = ".png") -> list[str]:
         taken.add((candidate + suffix).casefold())
         out[i] = candidate + suffix
     return out
+
+
+RESULT_NAMES = ("results.json", "results.csv", "results.md")  # the record the tester writes into --save
+
+
+def tester_writes(name: str) -> bool:
+    """Whether the tester writes files named ``name``: its result files, and images and figures (``.png``)."""
+    return name in RESULT_NAMES or name.endswith(".png")
 
 
 def check_writable_folder(folder: str | os.PathLike, flag: str, create: bool = True, fix: str = "") -> Path:

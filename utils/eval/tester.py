@@ -28,6 +28,7 @@ from utils.eval.outputs import (
     check_outputs_outside_inputs,
     check_writable_folder,
     output_names,
+    tester_writes,
 )
 from utils.eval.protocol import Protocol, load_model
 from utils.eval.report import format_report, write_results
@@ -42,7 +43,7 @@ from utils.eval.tasks import (
     present_paper_tasks,
     task_layout,
 )
-from utils.files import json_text, keep_aside, write_text
+from utils.files import json_text, keep_aside, remove_stale_temporaries, write_text
 from utils.output_lock import OutputLock
 from utils.runtime import apply_gpus_flag, gpus_on_cpu_note, pick_device
 from utils.streams import OutputClosed
@@ -305,6 +306,21 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
     return kept_save
 
 
+def _remove_stale_temporaries(args, sets: list[EvalSet], save: Path) -> None:
+    """Remove the temporaries a tester killed while writing (``kill -9``) left in the folders this run writes
+    (:func:`utils.files.remove_stale_temporaries`: only its own file names, only of writers that are gone),
+    and say so in one line."""
+    rows = [s.name for s in sets] if not args.degset else []
+    bases = [save] + ([Path(args.savetar)] if args.savetar else [])
+    folders = [folder for base in bases for folder in [base, *(base / r for r in rows)]]
+    folders += [Path(args.figs_dir)] if args.figs else []
+    removed = [p for folder in dict.fromkeys(folders) for p in remove_stale_temporaries(folder, tester_writes)]
+    if removed:
+        print(f"=> removed {len(removed)} unfinished temporary file(s) that a killed run left: "
+              f"{', '.join(str(p) for p in removed[:5])}" + (f" and {len(removed) - 5} more" if len(removed) > 5
+                                                             else ""))
+
+
 def _there(path: Path) -> bool:
     """A file or a link (a dangling one too) is at ``path``: writing there would replace it."""
     return path.is_file() or path.is_symlink()
@@ -405,6 +421,7 @@ def main(args) -> dict:
         metrics = None if args.input else perceptual_metrics(protocol, device)
         _check_outputs(args, sets)  # a run that could not start leaves no empty output folder behind
         with OutputLock(save, "--save", "tester", fix="choose another --save"):
+            _remove_stale_temporaries(args, sets, save)
             kept = _keep_earlier_outputs(args, sets, inputs, save)
             if args.input:
                 return _restore_inputs(args, model, info, inputs, protocol, device, save, progress, kept)
