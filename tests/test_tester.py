@@ -955,7 +955,7 @@ def test_a_stopped_run_keeps_the_earlier_complete_results(checkpoint, tmp_path):
     deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png"], ["a.png", "b.png"])
     first = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")
     before = {ext: (tmp_path / "o" / f"results.{ext}").read_bytes() for ext in ("json", "csv", "md")}
-    with pytest.raises(UserError, match=r"marked partial.*the earlier files of those names were moved to .*"
+    with pytest.raises(UserError, match=r"marked partial.*the files there before it started were moved to .*"
                                         r"results\.before-"):
         run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o", "--crop-border", "30")
     [kept] = (tmp_path / "o").glob("results.before-*")
@@ -1536,6 +1536,72 @@ def test_results_json_says_which_input_each_restoration_is_of(checkpoint, tmp_pa
                      "b.png": str(tmp_path / "d2" / "b.png")}
     for out, src in pairs.items():  # the zero model returns its input
         assert np.array_equal(read_image(tmp_path / "out" / out), read_image(src))
+
+
+def _tree(folder):
+    """Every file under ``folder`` but the kept-aside runs', as paths relative to it."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and not p.relative_to(folder).parts[0].startswith("results.before-"))
+
+
+def test_an_earlier_runs_restorations_this_run_does_not_write_go_aside_with_its_results(bench, checkpoint, tmp_path,
+                                                                                        capsys):
+    """A run scoring other tasks (or fewer images, or none saved) into the --save of an earlier run moved aside
+    the earlier results.* and the files of its own names, but left the earlier run's other restorations beside
+    the new results.json, which does not describe them: one folder, images and scores of two runs."""
+    save = tmp_path / "t"
+    first = run("--model", checkpoint, "--data-root", bench, "--tasks", "dehaze", "jpeg", "--save", save)
+    assert [im["output"] for im in first["tasks"]["jpeg"]["images"]] == \
+        ["jpeg/astro.png", "jpeg/cat.png", "jpeg/coffee.png"]  # the record says which files the run wrote
+    (save / "dehaze" / "notes.txt").write_text("the user's own")  # never written by the tester: stays
+    earlier = {p: (save / p).read_bytes() for p in _tree(save) if p != "dehaze/notes.txt"}
+    capsys.readouterr()
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--max-images", "2", "--save", save)
+    [kept] = save.glob("results.before-*")
+    assert {p: (kept / p).read_bytes() for p in _tree(kept)} == earlier  # the earlier run whole, at its places
+    assert _tree(save) == ["dehaze/notes.txt", "jpeg/astro.png", "jpeg/cat.png", "results.csv", "results.json",
+                           "results.md"]
+    said = (f"=> 5 file(s) of the names this run writes were already in {save}, and 4 more that the earlier "
+            f"results.json there records (this run does not write them): moved to {kept}/")
+    assert said in capsys.readouterr().out
+    # --no-images: the earlier restorations go with their record; folders left empty go too
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", save, "--no-images")
+    assert _tree(save) == ["dehaze/notes.txt", "results.csv", "results.json", "results.md"]
+    assert not (save / "jpeg").exists()
+    # --input: the earlier run's restorations of photos not given again go aside too
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photos(photos, ["a.png", "b.png"])
+    run("--model", checkpoint, "--input", photos, "--save", tmp_path / "i")
+    (photos / "b.png").unlink()
+    run("--model", checkpoint, "--input", photos, "--save", tmp_path / "i")
+    [kept] = (tmp_path / "i").glob("results.before-*")
+    assert _tree(tmp_path / "i") == ["a.png", "results.json"] and _tree(kept) == ["a.png", "b.png", "results.json"]
+    # --overwrite (--save among the inputs): what this run writes is replaced, as it says, but the earlier record
+    # goes aside with the restorations it records that this run does not write; the images read stay
+    shutil.copytree(photos, tmp_path / "o")
+    _photos(tmp_path / "o", ["c.jpg", "d.jpg"])
+    run("--model", checkpoint, "--input", tmp_path / "o" / "c.jpg", tmp_path / "o" / "d.jpg", "--save", tmp_path / "o",
+        "--overwrite")
+    capsys.readouterr()
+    run("--model", checkpoint, "--input", tmp_path / "o" / "c.jpg", tmp_path / "o" / "a.png", "--save",
+        tmp_path / "o", "--overwrite")
+    [kept] = (tmp_path / "o").glob("results.before-*")
+    assert _tree(kept) == ["d.png", "results.json"]
+    assert _tree(tmp_path / "o") == ["a.png", "c.jpg", "c.png", "d.jpg", "results.json"]
+    said = f"=> an earlier run's results.json and 1 file(s) it records that this run does not write were in "
+    assert said + f"{tmp_path / 'o'}: moved to {kept}/\n" in capsys.readouterr().out
+
+
+def test_a_record_names_no_file_outside_its_folder(tmp_path):
+    """The earlier results.json decides what is moved aside: no entry of it may name a file elsewhere."""
+    from utils.eval.outputs import recorded_outputs
+    record = {"restored": [{"output": "/elsewhere/a.png"}, {"output": ".."}, {"output": 3}, "b.png"],
+              "tasks": {"r": {"images": [{"output": "r/x.png"}, {"output": "../x.png"}, {"output": "/etc/x.png"},
+                                         {"output": "r/../../x.png"}, {"output": ""}, {"name": "y.png"}]},
+                        "s": "not a row"}}
+    assert recorded_outputs(record, tmp_path) == [tmp_path / "a.png", tmp_path / "r" / "x.png"]
+    assert recorded_outputs(["not", "a", "record"], tmp_path) == [] == recorded_outputs({"an earlier run": 1}, tmp_path)
 
 
 def test_temporaries_a_killed_run_left_are_removed_and_nothing_else(bench, checkpoint, tmp_path, capsys):

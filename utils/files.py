@@ -236,7 +236,9 @@ def keep_aside(paths: Sequence[Path], name: Path) -> Path:
     that folder.
 
     ``-2``, ``-3``, ... follow the time when the name is taken (two runs in one second), so an earlier
-    kept folder is never merged into or replaced. Renames within one file system: nothing is copied.
+    kept folder is never merged into or replaced. Renames within one file system: nothing is copied. A folder
+    below ``name``'s folder that the move leaves empty (it held only what moved) is removed, and so is its
+    parent when that is left empty in turn, up to ``name``'s folder (never removed).
     """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     n = 1
@@ -253,6 +255,12 @@ def keep_aside(paths: Sequence[Path], name: Path) -> Path:
         try:
             p.rename(dest)
         except FileNotFoundError:  # moved away meanwhile (another run keeping the same shared folder's files)
+            continue
+    top = name.parent
+    for emptied in sorted({q for p in paths for q in Path(p).parents if top in q.parents}, key=lambda q: -len(q.parts)):
+        try:
+            emptied.rmdir()  # fails unless empty: a folder holding anything else stays
+        except OSError:
             continue
     return folder
 

@@ -175,8 +175,12 @@ class TileBar:
 def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device: torch.device,
                  save_dir: Path | None = None, savetar_dir: Path | None = None, lpips_metric: LPIPS | None = None,
                  fid_metric: FID | None = None, figs_dir: Path | None = None, fig_images: int = 3,
-                 progress: bool = True, skip_bad_files: bool = False) -> dict[str, Any]:
+                 progress: bool = True, skip_bad_files: bool = False, output_prefix: str = "") -> dict[str, Any]:
     """Restore and score every image of one set; returns its entry of ``results["tasks"]``.
+
+    Each image saved into ``save_dir`` records where as ``"output"``: ``output_prefix`` (``save_dir``'s place
+    under the results' folder, ``"<row>/"`` or ``""``) and its file name, so that a later run into the folder
+    knows the files this one wrote.
 
     An image that cannot be read (:class:`ImageReadError`: corrupt, too large, too small) is left
     out when ``skip_bad_files`` (counted in ``skipped``, listed in ``skipped_files`` and
@@ -235,6 +239,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         try:
             if save_dir is not None:
                 write_image(save_dir / out_name, quantise(out, 16 if deg.dtype == np.uint16 else 8))
+                row["output"] = output_prefix + out_name
             if savetar_dir is not None:
                 write_image(savetar_dir / out_name, tar8)
         except (UserError, OSError) as exc:  # a full disk: the scores so far are kept, not lost with a traceback
@@ -281,7 +286,8 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
                   metrics: tuple[LPIPS | None, FID | None] | None = None) -> dict[str, Any]:
     """Evaluate every set; returns ``{"protocol": {...}, "tasks": {row: {...}}, "average": {...}}``.
 
-    Restorations go to ``save_dir/<row>/`` (``save_dir`` itself when ``subfolders`` is False),
+    Restorations go to ``save_dir/<row>/`` (``save_dir`` itself when ``subfolders`` is False), each image's
+    ``"output"`` saying which file under ``save_dir`` (``<row>/<name>.png``),
     the targets as scored to ``savetar_dir`` likewise, figures to ``figs_dir/<row>.png``.
     An image that stops the run raises :class:`EvaluationStopped` whose ``results`` hold the rows
     done, the stopped row so far, and ``"partial": {"row", "file", "error"}``; ``skip_bad_files``
@@ -307,7 +313,8 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
         try:
             results["tasks"][s.name] = evaluate_set(
                 model, s, protocol, device, where(save_dir, s.name), where(savetar_dir, s.name), lpips_metric,
-                fid_metric, Path(figs_dir) if figs_dir is not None else None, fig_images, progress, skip_bad_files)
+                fid_metric, Path(figs_dir) if figs_dir is not None else None, fig_images, progress, skip_bad_files,
+                output_prefix=f"{s.name}/" if subfolders else "")
         except EvaluationStopped as stop:
             results["tasks"][s.name] = {**(stop.row or _summary([], protocol.lpips)), "partial": True}
             results["average"] = average_row(results["tasks"])

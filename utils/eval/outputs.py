@@ -14,16 +14,17 @@
   a finished temporary file renamed over the old one, so a link in their place is replaced, not
   followed.
 
-Files of an earlier run in the same folder under the names a run writes are moved aside first, by the
-tester (``results.before-<time>/``, :func:`utils.eval.tester._keep_earlier_outputs`); anything else in
-the folder is left alone. Temporaries a killed tester left there are removed (:func:`tester_writes`).
+Files of an earlier run in the same folder under the names a run writes, and the restorations its
+``results.json`` records (:func:`recorded_outputs`) that this run does not write, are moved aside first, by the
+tester (``results.before-<time>/``, :func:`utils.eval.tester._keep_earlier_outputs`); anything else in the
+folder is left alone. Temporaries a killed tester left there are removed (:func:`tester_writes`).
 """
 from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Mapping, Sequence
 
 from utils.errors import UsageError
 
@@ -69,6 +70,34 @@ RESULT_NAMES = ("results.json", "results.csv", "results.md")  # the record the t
 def tester_writes(name: str) -> bool:
     """Whether the tester writes files named ``name``: its result files, and images and figures (``.png``)."""
     return name in RESULT_NAMES or name.endswith(".png")
+
+
+def recorded_outputs(results: Any, save: Path) -> list[Path]:
+    """The files the run that wrote ``results`` (its parsed ``results.json``, which lies in ``save``) recorded
+    writing into ``save``: each ``--input`` restoration (``"restored"``: ``"output"``, a file of ``save``) and each
+    benchmark restoration (``"tasks"``: every image's ``"output"``, a path under ``save``). Nothing outside
+    ``save`` is ever named: an absolute path, ``..`` or an entry that is not text is left out, as is all of a
+    record that is not the tester's. Whether the files are there is not looked at."""
+    if not isinstance(results, dict):
+        return []
+    found: list[Path] = []
+    restored = results.get("restored")
+    for entry in restored if isinstance(restored, list) else []:
+        output = entry.get("output") if isinstance(entry, dict) else None
+        name = Path(output).name if isinstance(output, str) else ""
+        if name not in ("", ".", ".."):
+            found.append(save / name)
+    tasks = results.get("tasks")
+    for row in tasks.values() if isinstance(tasks, dict) else []:
+        images = row.get("images") if isinstance(row, dict) else None
+        for image in images if isinstance(images, list) else []:
+            output = image.get("output") if isinstance(image, dict) else None
+            if not isinstance(output, str) or not output:
+                continue
+            rel = PurePosixPath(output)
+            if rel.parts and not rel.is_absolute() and ".." not in rel.parts:
+                found.append(save.joinpath(*rel.parts))
+    return list(dict.fromkeys(found))
 
 
 def check_writable_folder(folder: str | os.PathLike, flag: str, create: bool = True, fix: str = "") -> Path:

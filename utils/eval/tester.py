@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from utils.eval.outputs import (
     check_outputs_outside_inputs,
     check_writable_folder,
     output_names,
+    recorded_outputs,
     tester_writes,
 )
 from utils.eval.protocol import Protocol, load_model
@@ -238,7 +240,7 @@ def _stopped(stop: EvaluationStopped, written: str, kept: Path | None = None) ->
         hint = "; pass --skip-bad-files to leave unreadable images out"
     else:
         hint = ""
-    earlier = f" (the earlier files of those names were moved to {kept})" if kept else ""
+    earlier = f" (the files there before it started were moved to {kept})" if kept else ""
     return RunStopped(f"{stop} — the run stopped there; the results so far, marked partial, are in {written}"
                       f"{earlier}{hint}", stop.exit_status)
 
@@ -273,23 +275,30 @@ def _flag_of(args, base: Path) -> str:
 def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> Path | None:
     """Before anything is written: move the files this run would replace (an earlier run's results and
     restorations, or a user's own files of those names) into ``<folder>/results.before-<time>/``, kept at
-    their places, and say so. Returns the folder the ``--save`` files went to (None: nothing was there).
-    ``--overwrite`` (outputs among the inputs) replaces them as it says; but an ``--input`` run writes only
-    results.json, so an earlier run's results.json goes aside with its results.csv/.md (no table is left
-    describing another run than the json beside it)."""
-    tables = _tables_beside_results_json(save) if args.input else []
-    if args.overwrite:
-        if not tables:
-            return None
-        there = [save / "results.json", *tables]
-        kept = keep_aside(there, save / "results")
-        print(f"=> an earlier run's {', '.join(p.name for p in there)} were in {save}: moved to {kept}/ (this run "
-              f"writes results.json alone)")
-        return kept
+    their places, and say so in one line per folder. With them go the restorations the earlier
+    ``results.json`` in ``--save`` records (:func:`utils.eval.outputs.recorded_outputs`) that this run does not
+    write (other tasks, images past a --max-images, any with --no-images): the new results.json would not
+    describe them, and they stay with the record that does. Files this run reads stay. Returns the folder the
+    ``--save`` files went to (None: nothing was there).
+    ``--overwrite`` (outputs among the inputs) replaces what this run writes, as it says; but an earlier
+    results.json whose run left other files (its restorations this run does not write, or, under ``--input``,
+    which writes results.json alone, its results.csv/.md) goes aside with them, so that no record is left
+    describing another run than the files beside it."""
     read = {_real(f): f for f in [*inputs, *(f for s in sets for item in s.items
                                              for f in (item.degraded, item.target) if f is not None)]}
-    found = {base: [p for p in dict.fromkeys(paths) if _there(p)]
-             for base, paths in _planned_outputs(args, sets, inputs, save).items()}
+    planned = _planned_outputs(args, sets, inputs, save)
+    earlier = [p for p in _recorded_earlier(save) if p not in planned[save] and _real(p) not in read]
+    tables = _tables_beside_results_json(save) if args.input else []
+    if args.overwrite:
+        if not tables and not earlier:
+            return None
+        record = [save / "results.json", *tables]
+        kept = keep_aside(record + earlier, save / "results")
+        more = f" and {len(earlier)} file(s) it records that this run does not write" if earlier else ""
+        why = " (this run writes results.json alone)" if tables else ""
+        print(f"=> an earlier run's {', '.join(p.name for p in record)}{more} were in {save}: moved to {kept}/{why}")
+        return kept
+    found = {base: [p for p in dict.fromkeys(paths) if _there(p)] for base, paths in planned.items()}
     found[save] += [p for p in tables if p not in found[save]]
     for base, there in found.items():  # every folder checked before anything moves
         for p in there:
@@ -299,11 +308,29 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
                                         f"pass --overwrite to write there anyway")
     kept_save = None
     for base, there in found.items():
-        if there:
-            kept = keep_aside(there, base / "results")
-            print(f"=> {len(there)} file(s) of the names this run writes were already in {base}: moved to {kept}/")
+        more = earlier if base == save else []
+        if there or more:
+            kept = keep_aside(there + more, base / "results")
+            also = f", and {len(more)} more that the earlier results.json there records (this run does not " \
+                   f"write them)" if more else ""
+            print(f"=> {len(there)} file(s) of the names this run writes were already in {base}{also}: moved to "
+                  f"{kept}/")
             kept_save = kept if base == save else kept_save
     return kept_save
+
+
+def _recorded_earlier(save: Path) -> list[Path]:
+    """The files the earlier ``results.json`` in ``save`` records writing there that are there still (as
+    themselves: in no folder a link leads to out of ``save``); none when there is no such record, or it cannot
+    be read as one."""
+    try:
+        record = json.loads((save / "results.json").read_bytes())
+    except (OSError, ValueError):
+        return []
+    real_save = _real(save)
+    return [p for p in recorded_outputs(record, save)
+            if _there(p) and real_save is not None and _real(p.parent) is not None
+            and (_real(p.parent) == real_save or real_save in _real(p.parent).parents)]
 
 
 def _remove_stale_temporaries(args, sets: list[EvalSet], save: Path) -> None:
