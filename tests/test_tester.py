@@ -1589,7 +1589,7 @@ def test_an_earlier_runs_restorations_this_run_does_not_write_go_aside_with_its_
     [kept] = (tmp_path / "o").glob("results.before-*")
     assert _tree(kept) == ["d.png", "results.json"]
     assert _tree(tmp_path / "o") == ["a.png", "c.jpg", "c.png", "d.jpg", "results.json"]
-    said = f"=> an earlier run's results.json and 1 file(s) it records that this run does not write were in "
+    said = "=> an earlier run's results.json and 1 file(s) it records that this run does not write were in "
     assert said + f"{tmp_path / 'o'}: moved to {kept}/\n" in capsys.readouterr().out
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from utils.checkpoints.guard import CheckpointError
-from utils import files
 from utils.files import DEAD_WRITER_GRACE_SECONDS, STALE_TEMP_SECONDS, atomic_write  # noqa: F401 (exported)
+from utils.files import remove_stale_temporaries as remove_stale_files
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -35,8 +35,7 @@ def remove_stale_temporaries(output_dir: str | os.PathLike, now: float | None = 
 
     :func:`utils.files.remove_stale_temporaries` for the temporaries of a checkpoint name or ``latest`` alone.
     """
-    return files.remove_stale_temporaries(output_dir, lambda name: progress_of(name) is not None or name == LATEST,
-                                          now)
+    return remove_stale_files(output_dir, lambda name: progress_of(name) is not None or name == LATEST, now)
 
 
 LATEST = "latest"
