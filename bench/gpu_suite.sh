@@ -85,8 +85,9 @@ run_step() {  # run_step NAME: one of ALL_STEPS
             --control-threads 0 --no-seed-control --data /tmp/baryir_demo_data \
             --fig "$RESULTS/fast_path_losses_gpu.png" ;;
     guarantees)
+        # the curves' trainer flags (tiny, batch 3, patch 128): run after curves, its graphs come from the cache
         step 480 "resume, NaN stop and SIGTERM on the GPU, eager and --compile reduce-overhead (tiny preset)" \
-            $PY bench/gpu_guarantees.py --device cuda --mode reduce-overhead --iters 24 --run-timeout 240 ;;
+            $PY bench/gpu_guarantees.py --device cuda --mode reduce-overhead --iters 24 --patch 128 --run-timeout 240 ;;
     esac
 }
 

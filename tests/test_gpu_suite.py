@@ -74,6 +74,8 @@ def test_every_step_parses_with_its_scripts_parser_and_fits_one_device_call():
     checks = bench_module("gpu_guarantees").build_parser().parse_args(steps["guarantees"][2])
     assert (checks.mode, checks.compile_backend) == ("reduce-overhead", "inductor")  # the fast path's real kernels
     assert checks.checks == list(bench_module("gpu_guarantees").CHECKS)
+    # the same trainer flags as the curves' runs, so that their compiled graphs serve the guarantees' from the cache
+    assert (checks.preset, checks.batch, checks.patch) == (fast.preset, fast.batch, fast.patch)
 
 
 def test_only_the_named_steps_run_and_a_misspelt_one_runs_nothing(tmp_path):
