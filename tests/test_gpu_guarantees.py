@@ -41,16 +41,18 @@ def test_max_difference_reaches_the_optimizer_state_and_tells_other_layouts(guar
     assert not guarantees.all_finite(bad) and guarantees.all_finite(a)
 
 
-def test_relative_gap_is_scale_free_names_its_tensor_and_tells_other_layouts(guarantees):
-    a = {"model": {"small": torch.full((2,), 0.01), "big": torch.full((2,), 100.0)}}
-    b = {"model": {"small": torch.full((2,), 0.011), "big": torch.full((2,), 101.0)}}
-    gap, where = guarantees.relative_gap(a, b)
-    assert where == "small" and gap == pytest.approx(0.001 / 0.011)  # 1 in 101 is the smaller gap
-    assert guarantees.relative_gap(a, a) == (0.0, "")
-    b["model"]["big"] = torch.ones(3)
-    assert guarantees.relative_gap(a, b) == (float("inf"), "")
-    nan = {"model": {"small": torch.full((2,), float("nan")), "big": torch.full((2,), 100.0)}}
-    assert guarantees.relative_gap(nan, a)[0] == float("inf")
+def test_relative_distance_is_scale_free_and_tells_other_layouts(guarantees):
+    a = {"model": {"w": torch.tensor([3.0, 0.0]), "b": torch.tensor([0.0, 4.0])}, "optimizer": {"s": torch.ones(1)}}
+    b = {"model": {"w": torch.tensor([3.0, 0.5]), "b": torch.tensor([0.0, 4.0])}, "optimizer": {"s": torch.zeros(1)}}
+    assert guarantees.relative_distance(b, a) == pytest.approx(0.5 / 5.0)  # ‖(0, .5, 0, 0)‖ / ‖(3, 0, 0, 4)‖
+    assert guarantees.relative_distance(a, a) == 0.0  # the optimizer's state is not the model's
+    scaled = {"model": {k: 10 * v for k, v in b["model"].items()}}
+    assert guarantees.relative_distance(scaled, {"model": {k: 10 * v for k, v in a["model"].items()}}) == \
+        pytest.approx(0.1)
+    b["model"]["b"] = torch.ones(3)
+    assert guarantees.relative_distance(a, b) == float("inf")
+    nan = {"model": {"w": torch.tensor([float("nan"), 0.0]), "b": torch.tensor([0.0, 4.0])}}
+    assert guarantees.relative_distance(nan, a) == float("inf")
 
 
 class FakeRuns:
