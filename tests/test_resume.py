@@ -1,6 +1,7 @@
 """Checkpoints: format, rotation, --resume (ours, the reference's, missing), SIGTERM, NaN."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -227,9 +228,12 @@ def test_an_output_pipe_whose_reader_went_stops_the_run_with_a_checkpoint(data, 
 FAST = ("--compile", "default", "--compile-backend", "eager")  # the fast path's wiring, traced without kernels
 
 
-def test_the_fast_path_resumes_and_trains_what_the_eager_engine_trains(data, straight, tmp_path):
+def test_the_fast_path_resumes_and_trains_what_the_eager_engine_trains(data, straight, tmp_path, capsys):
+    said = r"=> the first compiled iteration took \d+\.\d s, compiling included"
     assert run(data, tmp_path, "--nEpochs", "1", *FAST) == 0
+    assert len(re.findall(said, capsys.readouterr().out)) == 1  # compiling time is reported, once per process
     assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", *FAST) == 0
+    assert len(re.findall(said, capsys.readouterr().out)) == 1
     assert_same_training_state(final_state(tmp_path), final_state(straight))
 
 

@@ -125,6 +125,10 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
                 sums[k] = sums.get(k, 0.0) + v
             toc = time.perf_counter()
             rate.update(toc - tic)
+            if training.compile_mode != "off" and not training.steps.compiled:
+                training.steps.compiled = True
+                console(f"=> the first compiled iteration took {toc - tic:.1f} s, compiling included (a later run "
+                        f"with the same settings loads the graphs from the cache)")
             if log_every > 0 and (state.iteration % log_every == 0 or state.iteration == 1):
                 log.write({"kind": "iter", "epoch": state.epoch, "iteration": state.iteration,
                            "global_step": state.global_step, "lr": lr, **losses, "sec": toc - tic})

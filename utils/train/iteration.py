@@ -85,6 +85,7 @@ class IterationLosses:
         self.bary = compile_fn(self._bary, mode, backend)
         self.potentials = compile_fn(self._potentials, mode, backend)
         self.congruence = compile_fn(self._congruence, mode, backend)
+        self.compiled = False  # whether a compiled iteration has run in this process (its first one compiles)
 
     def _map(self, degraded: torch.Tensor, target: torch.Tensor, de_ids: torch.Tensor,
              domains: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
