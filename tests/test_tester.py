@@ -915,6 +915,17 @@ def test_a_noise_seed_without_a_denoise_task_is_said(bench, checkpoint, tmp_path
     assert "warning:" not in capsys.readouterr().err
 
 
+def test_a_compiled_run_says_that_its_first_image_compiles(bench, checkpoint, tmp_path, capsys):
+    """--compile default left the first image's progress at 0 for minutes without a word of why."""
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o", "--device", "cpu",
+        "--compile", "default", "--dry-run")
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("=> --compile")]
+    assert line.startswith("=> --compile default: the first image of each size compiles the network's forward "
+                           "(minutes; cached under "), line
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o", "--dry-run")
+    assert "--compile" not in capsys.readouterr().out
+
+
 def test_gpus_on_the_cpu_is_said_by_the_tester(bench, checkpoint, tmp_path, capsys, monkeypatch):
     """tester_bary.py --device cpu --gpus 0 ran on the CPU without a word that --gpus did nothing."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))  # --gpus sets it

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_model
-from utils.compiled import CompileError, check_compile
+from utils.compiled import CompileError, check_compile, compile_cache_dir
 from utils.data.doctor import tester_check
 from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, pixel_limit
 from utils.data.pairing import PairingError
@@ -436,6 +436,9 @@ def main(args) -> dict:
                                  num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
         if "note" in info:
             print(f"=> {info.pop('note')}")
+        if protocol.compile != "off":
+            print(f"=> --compile {protocol.compile}: the first image of each size compiles the network's forward "
+                  f"(minutes; cached under {compile_cache_dir()} for later runs)")
         if args.dry_run:
             OutputLock(save, "--save", "tester").check_free()  # the real run would be refused: so is the dry one
             count = len(inputs) if args.input else sum(len(s.items) for s in sets)
