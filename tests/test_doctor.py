@@ -104,6 +104,15 @@ def test_complete_training_layout_passes_both_trainers(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_data_folder_the_check_would_not_read_is_said(tmp_path, capsys):
+    """--check-data --de_type derain --deblur_dir X checked derain alone and said nothing of X."""
+    tree = make_train_tree(tmp_path, five_d=True, n=3, id_lists=True)
+    assert check_trainer(tree, tmp_path / "run", "--deblur_dir", tree["deblur"], de_type=["derain"]) == 0
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    assert line.startswith(f"warning: --deblur-dir {tree['deblur']} has no effect: --de-type derain does "
+                           "not train deblur"), line
+
+
 # --------------------------------------------------------------------------- each problem, named with a fix
 
 def test_test_set_problems_are_named_with_a_fix(tmp_path, tiny_counts, capsys):

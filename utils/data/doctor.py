@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -617,8 +618,11 @@ def trainer_check(args, out: Callable[[str], None] = print) -> int:
     the ``--*_dir`` flags and ``--data_file_dir``, and the validation set the run would read; print the
     report; 0 when there is no error, else 1. Nothing else is set up (no device, process group or model)."""
     from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, resolve_data_file_dir
-    from utils.train.setup import check_args
+    from utils.train.setup import check_args, unused_data_dirs
     check_args(args)  # the flags' own consistency first (exit status 2)
+    unused = unused_data_dirs(args)  # a folder the check (and the run) would not read: said, not checked
+    if unused:
+        print(f"warning: {unused}", file=sys.stderr)
     dirs = {fam: getattr(args, du.dir_dest(fam)) for fam in du.LAYOUT}
     report = check_training_data(args.de_type, dirs, resolve_data_file_dir(args.data_file_dir), args.patch_size,
                                  strict_ids=args.strict_ids)
