@@ -1613,6 +1613,32 @@ def test_a_record_names_no_file_outside_its_folder(tmp_path):
                         "s": "not a row"}}
     assert recorded_outputs(record, tmp_path) == [tmp_path / "a.png", tmp_path / "r" / "x.png"]
     assert recorded_outputs(["not", "a", "record"], tmp_path) == [] == recorded_outputs({"an earlier run": 1}, tmp_path)
+    # names the tester never gives a restoration: its lock, its record, a checkpoint, a user's notes, a hidden
+    # file, another row's folder
+    foreign = {"restored": [{"output": n} for n in (".lock", "results.json", "zero.pth", "notes.md", ".x.png")],
+               "tasks": {"r": {"images": [{"output": n} for n in ("s/x.png", "r/.lock", "r/a.pth", "r/s/x.png")]}}}
+    assert recorded_outputs(foreign, tmp_path) == []
+
+
+def test_a_record_moves_nothing_the_run_reads_or_holds(bench, checkpoint, tmp_path):
+    """An earlier results.json decided what moved aside: one naming .lock and the --model checkpoint moved both
+    (a second tester could then take the lock), and restorations scored in their own folder (--degset there,
+    --max-images 2) left that folder with 2 of its 3 images."""
+    save = tmp_path / "res"
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", save)
+    shutil.copytree(save / "jpeg", tmp_path / "tar")  # targets of the restorations' sizes and names
+    run("--model", checkpoint, "--degset", save / "jpeg", "--tarset", tmp_path / "tar", "--save", save,
+        "--max-images", "2")
+    assert sorted(p.name for p in (save / "jpeg").iterdir()) == ["astro.png", "cat.png", "coffee.png"]
+    model = save / "zero.pth"
+    shutil.copy(checkpoint, model)
+    (save / "notes.md").write_text("mine")
+    record = json.loads((save / "results.json").read_text())
+    record["restored"] = [{"output": n} for n in (".lock", "zero.pth", "notes.md")]
+    (save / "results.json").write_text(json.dumps(record))
+    run("--model", model, "--data-root", bench, "--tasks", "jpeg", "--save", save, "--no-images")
+    assert model.is_file() and (save / "notes.md").read_text() == "mine"
+    assert not any(p.name in (".lock", "zero.pth", "notes.md") for p in save.glob("results.before-*/*"))
 
 
 def test_temporaries_a_killed_run_left_are_removed_and_nothing_else(bench, checkpoint, tmp_path, capsys):
@@ -1633,19 +1659,27 @@ def test_temporaries_a_killed_run_left_are_removed_and_nothing_else(bench, check
         f"cat.png.{gone.pid}.ab12cd34.tmp": False,
         "scratch.tmp": False,
         f"other/.cat.png.{gone.pid}.ab12cd34.tmp": False,  # in no folder this run writes
+        ".holiday.png.original.tmp": False,  # a user's file named like the older, pid-less temporaries
     }
     for name, _ in files.items():
         (save / name).parent.mkdir(parents=True, exist_ok=True)
         (save / name).write_bytes(b"partial")
         os.utime(save / name, (two_minutes_ago, two_minutes_ago))
+    an_hour_ago = time.time() - 3600  # past the 15 minutes after which a pid-less temporary counts as stale
+    os.utime(save / ".holiday.png.original.tmp", (an_hour_ago, an_hour_ago))
     fresh = save / f".coffee.png.{gone.pid}.ab12cd34.tmp"  # too fresh to judge: a writer on another machine
     fresh.write_bytes(b"partial")
     link = save / f".link.png.{gone.pid}.ab12cd34.tmp"
     link.symlink_to(save / "scratch.tmp")
     os.utime(link, (two_minutes_ago, two_minutes_ago), follow_symlinks=False)
-    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", save)
+    unlocked = tmp_path / "targets" / f".cat.png.{gone.pid}.ab12cd34.tmp"  # --savetar has no lock: another
+    unlocked.parent.mkdir()                                                # tester may be writing it
+    unlocked.write_bytes(b"partial")
+    os.utime(unlocked, (two_minutes_ago, two_minutes_ago))
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", save, "--savetar",
+        tmp_path / "targets")
     assert all((save / name).exists() != removed for name, removed in files.items())
-    assert fresh.exists() and link.is_symlink()
+    assert fresh.exists() and link.is_symlink() and unlocked.exists()
     said = [line for line in capsys.readouterr().out.splitlines() if "temporary" in line]
     removed = [save / n for n in (f".results.json.{gone.pid}.zz99z_9z.tmp", f"jpeg/.cat.png.{gone.pid}.ab12cd34.tmp")]
     assert said == [f"=> removed 2 unfinished temporary file(s) that a killed run left: {removed[0]}, {removed[1]}"]

@@ -10,7 +10,8 @@
   its TensorBoard events) are moved together into a new ``<name>.before-<time>`` folder, never replaced.
 * :func:`remove_stale_temporaries`: the temporaries of :func:`atomic_write` that a killed writer (``kill -9``)
   left behind, removed by the next run into the folder; only files named exactly as :func:`atomic_write`
-  names them (:func:`temporary_target`), whose writer is gone.
+  names them (:func:`temporary_target`), once their writer has been gone a minute or the file has not
+  changed for 15 minutes (:func:`is_stale_temporary`).
 """
 from __future__ import annotations
 
@@ -186,13 +187,15 @@ def is_stale_temporary(pid: int | None, age: float, alive: Callable[[int], bool]
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, targets: Callable[[str], bool],
-                             now: float | None = None) -> list[Path]:
+                             now: float | None = None, named_writer: bool = False) -> list[Path]:
     """Delete the temporaries :func:`atomic_write` left in ``folder`` (not its subfolders) when their writer was
     killed (``kill -9`` during a write); returns the removed files.
 
     Only plain files named exactly as :func:`atomic_write` names its temporaries (:func:`temporary_target`)
     for a target name that ``targets`` accepts (the names the caller writes) are considered, and only orphans
-    (:func:`is_stale_temporary`) are removed: a live writer's file, anything else and links stay.
+    (:func:`is_stale_temporary`) are removed: a live writer's file, anything else and links stay. With
+    ``named_writer`` only temporaries that name their writer's process count (the older naming without a pid,
+    which a user's own hidden ``.<name>.<8 letters>.tmp`` could match, is left alone).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -201,7 +204,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, targets: Callable[[str],
     removed = []
     for p in folder.iterdir():
         parsed = temporary_target(p.name)
-        if parsed is None or not targets(parsed[0]):
+        if parsed is None or not targets(parsed[0]) or (named_writer and parsed[1] is None):
             continue
         try:
             st = p.lstat()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from utils.errors import UsageError
@@ -72,31 +72,38 @@ def tester_writes(name: str) -> bool:
     return name in RESULT_NAMES or name.endswith(".png")
 
 
+def _restoration_name(name: str) -> bool:
+    """Whether ``name`` is a file name the tester gives a restoration: ``<stem>.png``, not hidden."""
+    return name.endswith(".png") and not name.startswith(".") and "/" not in name and name != ".png"
+
+
 def recorded_outputs(results: Any, save: Path) -> list[Path]:
-    """The files the run that wrote ``results`` (its parsed ``results.json``, which lies in ``save``) recorded
-    writing into ``save``: each ``--input`` restoration (``"restored"``: ``"output"``, a file of ``save``) and each
-    benchmark restoration (``"tasks"``: every image's ``"output"``, a path under ``save``). Nothing outside
-    ``save`` is ever named: an absolute path, ``..`` or an entry that is not text is left out, as is all of a
-    record that is not the tester's. Whether the files are there is not looked at."""
+    """The restorations the run that wrote ``results`` (its parsed ``results.json``, which lies in ``save``)
+    recorded writing into ``save``: each ``--input`` restoration (``"restored"``: the name of ``"output"``,
+    ``<name>.png``, in ``save``) and each benchmark restoration (``"tasks"``: every image's ``"output"``,
+    ``<row>/<name>.png`` with ``<row>`` that task's own key, or ``<name>.png`` for a ``--degset`` run). Only
+    names the tester gives its restorations are taken (:func:`_restoration_name`: ``.png``, not hidden), so a
+    record that is not the tester's, or was edited, never names its lock, its ``results.*``, a checkpoint or
+    anything outside ``save``. Whether the files are there is not looked at."""
     if not isinstance(results, dict):
         return []
     found: list[Path] = []
     restored = results.get("restored")
     for entry in restored if isinstance(restored, list) else []:
-        output = entry.get("output") if isinstance(entry, dict) else None
+        output = entry.get("output") if isinstance(entry, dict) else None  # the path as written: its name counts
         name = Path(output).name if isinstance(output, str) else ""
-        if name not in ("", ".", ".."):
+        if _restoration_name(name):
             found.append(save / name)
     tasks = results.get("tasks")
-    for row in tasks.values() if isinstance(tasks, dict) else []:
-        images = row.get("images") if isinstance(row, dict) else None
+    for row, summary in tasks.items() if isinstance(tasks, dict) else []:
+        images = summary.get("images") if isinstance(summary, dict) else None
         for image in images if isinstance(images, list) else []:
             output = image.get("output") if isinstance(image, dict) else None
-            if not isinstance(output, str) or not output:
-                continue
-            rel = PurePosixPath(output)
-            if rel.parts and not rel.is_absolute() and ".." not in rel.parts:
-                found.append(save.joinpath(*rel.parts))
+            parts = output.split("/") if isinstance(output, str) else []
+            if len(parts) == 2 and parts[0] == row and row not in ("", ".", "..") and _restoration_name(parts[1]):
+                found.append(save / row / parts[1])
+            elif len(parts) == 1 and _restoration_name(parts[0]):
+                found.append(save / parts[0])
     return list(dict.fromkeys(found))
 
 

@@ -287,7 +287,11 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
     read = {_real(f): f for f in [*inputs, *(f for s in sets for item in s.items
                                              for f in (item.degraded, item.target) if f is not None)]}
     planned = _planned_outputs(args, sets, inputs, save)
-    earlier = [p for p in _recorded_earlier(save) if p not in planned[save] and _real(p) not in read]
+    trees = _input_folders(args, sets)[0]
+    whole = [p for p in input_paths(args.input) if p.is_dir()] + [  # folders read as a whole, not file by file
+        f.parent for s in sets for item in s.items for f in (item.degraded, item.target) if f is not None]
+    earlier = [p for p in _recorded_earlier(save) if p not in planned[save] and _real(p) not in read
+               and not _in_input_folder(p, trees, list(dict.fromkeys(whole)))]
     tables = _tables_beside_results_json(save) if args.input else []
     if args.overwrite:
         if not tables and not earlier:
@@ -319,6 +323,18 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
     return kept_save
 
 
+def _in_input_folder(path: Path, trees: list[Path], flat: list[Path]) -> bool:
+    """Whether ``path`` lies in a folder this run reads images from as a whole: below a tree (a ``--tasks``
+    task folder), or directly in a flat folder (an ``--input`` folder, the folders of a set's images and
+    targets). Such a file belongs to the run's data, whoever wrote it: it is not moved. (The folder of an
+    ``--input`` file given by name is not read as a whole: only the file itself is spared.)"""
+    folder = _real(path.parent)
+    if folder is None:
+        return True
+    return (any(folder == f for f in map(_real, flat))
+            or any(t is not None and (folder == t or t in folder.parents) for t in map(_real, trees)))
+
+
 def _recorded_earlier(save: Path) -> list[Path]:
     """The files the earlier ``results.json`` in ``save`` records writing there that are there still (as
     themselves: in no folder a link leads to out of ``save``); none when there is no such record, or it cannot
@@ -334,14 +350,15 @@ def _recorded_earlier(save: Path) -> list[Path]:
 
 
 def _remove_stale_temporaries(args, sets: list[EvalSet], save: Path) -> None:
-    """Remove the temporaries a tester killed while writing (``kill -9``) left in the folders this run writes
-    (:func:`utils.files.remove_stale_temporaries`: only its own file names, only of writers that are gone),
-    and say so in one line."""
+    """Remove the temporaries a tester killed while writing (``kill -9``) left in ``--save`` and its row folders,
+    which no other tester writes while this one holds their lock, and say so in one line:
+    :func:`utils.files.remove_stale_temporaries` for the names the tester writes, and only temporaries that name
+    their writer's process (the tester's always have), once that process is gone (or the file has not changed
+    for 15 minutes). ``--savetar`` and ``--figs-dir`` have no lock of their own, so nothing is removed there."""
     rows = [s.name for s in sets] if not args.degset else []
-    bases = [save] + ([Path(args.savetar)] if args.savetar else [])
-    folders = [folder for base in bases for folder in [base, *(base / r for r in rows)]]
-    folders += [Path(args.figs_dir)] if args.figs else []
-    removed = [p for folder in dict.fromkeys(folders) for p in remove_stale_temporaries(folder, tester_writes)]
+    folders = [save, *(save / r for r in rows)]
+    removed = [p for folder in dict.fromkeys(folders)
+               for p in remove_stale_temporaries(folder, tester_writes, named_writer=True)]
     if removed:
         print(f"=> removed {len(removed)} unfinished temporary file(s) that a killed run left: "
               f"{', '.join(str(p) for p in removed[:5])}" + (f" and {len(removed) - 5} more" if len(removed) > 5

@@ -127,8 +127,9 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
             rate.update(toc - tic)
             if training.compile_mode != "off" and not training.steps.compiled:
                 training.steps.compiled = True
-                console(f"=> the first compiled iteration took {toc - tic:.1f} s, compiling included (a later run "
-                        f"with the same settings loads the graphs from the cache)")
+                cached = (" (a later run with the same settings loads the graphs from the cache)"
+                          if training.compile_backend == "inductor" else "")
+                console(f"=> the first compiled iteration took {toc - tic:.1f} s, compiling included{cached}")
             if log_every > 0 and (state.iteration % log_every == 0 or state.iteration == 1):
                 log.write({"kind": "iter", "epoch": state.epoch, "iteration": state.iteration,
                            "global_step": state.global_step, "lr": lr, **losses, "sec": toc - tic})
