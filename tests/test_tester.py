@@ -1128,6 +1128,59 @@ def test_two_testers_may_not_write_one_save_folder(checkpoint, tmp_path):
     assert run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")["tasks"]["deg"]
 
 
+@pytest.mark.parametrize("flag", ["--savetar", "--figs-dir"])
+def test_two_testers_may_not_write_one_savetar_or_figs_folder(checkpoint, tmp_path, flag):
+    """Only --save was held: two testers given one --savetar (or one --figs-dir, whose default every run shares)
+    replaced each other's targets or figures without a word. A refused run leaves no folder behind, also those
+    it made before reaching the busy one (the locks go in the order of the paths: o, o/targets, shared)."""
+    from utils.output_lock import OutputFolderBusy, OutputLock
+    deg, tar = _pair_dirs(tmp_path, ["a.png"], ["a.png"])
+    shared, save = tmp_path / "shared", tmp_path / "o"
+    outputs = ["--save", save, flag, shared] + (["--figs", "--savetar", save / "targets"] if flag == "--figs-dir"
+                                                else [])
+    busy = (rf"^{flag} {re.escape(str(shared))} is in use by another tester \(PID {os.getpid()} on [^)]*\); wait "
+            rf"for it to finish or choose another {flag}$")
+    with OutputLock(shared, flag, "tester"):  # as another tester running there holds it
+        for dry in ([], ["--dry-run"]):
+            with pytest.raises(OutputFolderBusy, match=busy):
+                run("--model", checkpoint, "--degset", deg, "--tarset", tar, *outputs, *dry)
+            assert not save.exists()
+        assert os.listdir(shared) == [".lock"]
+    run("--model", checkpoint, "--degset", deg, "--tarset", tar, *outputs)
+    assert (shared / ("a.png" if flag == "--savetar" else "deg.png")).is_file()
+    assert not (shared / ".lock").exists() and not (save / ".lock").exists()
+
+
+@pytest.mark.parametrize("same", ["--figs-dir is --save", "--figs-dir links to --save", "--savetar is --save"])
+def test_an_output_folder_named_twice_is_held_once_and_one_inside_another_has_its_own_lock(checkpoint, tmp_path,
+                                                                                          monkeypatch, same):
+    """A folder two flags name is locked once (a second flock from this process would refuse the first), and a
+    folder inside another (--figs-dir o/figs) has a lock of its own: each is held while the run writes."""
+    from utils.eval import tester as tester_module
+    from utils.output_lock import OutputFolderBusy, OutputLock
+    deg, tar = _pair_dirs(tmp_path, ["a.png"], ["a.png"])
+    save = tmp_path / "o"
+    save.mkdir()
+    (tmp_path / "link").symlink_to(save, target_is_directory=True)
+    if same == "--savetar is --save":  # with --no-images: the targets alone are written there
+        outputs, held = ["--no-images", "--savetar", save, "--figs", "--figs-dir", save / "figs"], [save / "figs"]
+    else:
+        twin = save if same == "--figs-dir is --save" else tmp_path / "link"
+        outputs, held = ["--no-images", "--figs", "--figs-dir", twin, "--savetar", save / "targets"], [twin]
+        held.append(save / "targets")
+    real = tester_module.evaluate_sets
+
+    def checking(*args, **kwargs):  # the other folders are held by this run while it writes
+        for folder in [save, *held]:
+            with pytest.raises(OutputFolderBusy, match="in use by another tester"):
+                OutputLock(folder, "--save", "tester").check_free()
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tester_module, "evaluate_sets", checking)
+    res = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", save, *outputs)
+    assert res["tasks"]["deg"]["count"] == 1
+    assert not list(save.rglob(".lock"))
+
+
 def test_a_name_near_the_file_systems_limit_is_restored(checkpoint, tmp_path):
     """A 255-byte file name ended in a traceback (ENAMETOOLONG): the temporary beside it was longer still."""
     name = "a" * 251 + ".png"

@@ -2,8 +2,8 @@
 
 :func:`main` checks the flags, chooses the model and the images, checks every output folder before the model
 loads, then evaluates (``--tasks``, ``--degset/--tarset``: :func:`utils.eval.evaluation.evaluate_sets`) or
-restores (``--input``: :func:`utils.eval.evaluation.restore_files`) under the ``--save`` folder's lock, and
-writes ``results.*`` (also when stopped, marked partial).
+restores (``--input``: :func:`utils.eval.evaluation.restore_files`) under the locks of its output folders
+(``--save``, ``--savetar``, ``--figs-dir``), and writes ``results.*`` (also when stopped, marked partial).
 """
 from __future__ import annotations
 
@@ -204,10 +204,10 @@ def _input_folders(args, sets: list[EvalSet]) -> tuple[list[Path], list[Path]]:
     return list(dict.fromkeys(trees)), list(dict.fromkeys(flat))
 
 
-def _check_outputs(args, sets: list[EvalSet], create: bool = True) -> None:
+def _check_outputs(args, sets: list[EvalSet]) -> None:
     """Before the model is loaded: no output folder inside an input folder (unless --overwrite), none
-    reached through a symbolic link out of its base, and every one creatable and writable (created and
-    probed, or with ``create=False`` judged from the nearest existing folder, writing nothing)."""
+    reached through a symbolic link out of its base, and every one creatable and writable (judged from the
+    nearest existing folder, writing nothing: each is created and probed by its lock, :func:`_output_locks`)."""
     rows = [s.name for s in sets] if not args.degset else []
 
     def written(base: str) -> list[Path]:
@@ -228,7 +228,7 @@ def _check_outputs(args, sets: list[EvalSet], create: bool = True) -> None:
     check_outputs_outside_inputs(outputs, trees, overwrite=args.overwrite, file_folders=flat)
     check_outputs_apart(images)
     for flag, (base, _) in outputs.items():
-        check_writable_folder(base, flag, create=create)
+        check_writable_folder(base, flag, create=False)
 
 
 def _stopped(stop: EvaluationStopped, written: str, kept: Path | None = None) -> RunStopped:
@@ -349,12 +349,30 @@ def _recorded_earlier(save: Path) -> list[Path]:
             and (_real(p.parent) == real_save or real_save in _real(p.parent).parents)]
 
 
+def _output_locks(args, save: Path) -> list[OutputLock]:
+    """The locks of the folders this run writes into: ``--save``, ``--savetar`` and, with ``--figs``,
+    ``--figs-dir``. A folder named by two flags (``--figs-dir`` equal to ``--save``) gets one lock, under the
+    first flag: a second lock on it from this process would refuse the first. They are taken in the order of
+    the folders' resolved paths, the same in every run, and a folder before the folders inside it (so that
+    a run refused at a later lock removes the folders it made, inner ones first)."""
+    folders = {"--save": save}
+    if args.savetar:
+        folders["--savetar"] = Path(args.savetar)
+    if args.figs:
+        folders["--figs-dir"] = Path(args.figs_dir)
+    locks: dict[Path, OutputLock] = {}
+    for flag, folder in folders.items():
+        locks.setdefault(_real(folder) or folder.absolute(),
+                         OutputLock(folder, flag, "tester", fix=f"choose another {flag}"))
+    return [locks[real] for real in sorted(locks)]
+
+
 def _remove_stale_temporaries(args, sets: list[EvalSet], save: Path) -> None:
     """Remove the temporaries a tester killed while writing (``kill -9``) left in ``--save`` and its row folders,
     which no other tester writes while this one holds their lock, and say so in one line:
     :func:`utils.files.remove_stale_temporaries` for the names the tester writes, and only temporaries that name
     their writer's process (the tester's always have), once that process is gone (or the file has not changed
-    for 15 minutes). ``--savetar`` and ``--figs-dir`` have no lock of their own, so nothing is removed there."""
+    for 15 minutes). Nothing is removed in ``--savetar`` or ``--figs-dir`` (held too, but not tidied)."""
     rows = [s.name for s in sets] if not args.degset else []
     folders = [save, *(save / r for r in rows)]
     removed = [p for folder in dict.fromkeys(folders)
@@ -448,7 +466,7 @@ def main(args) -> dict:
         unseeded = unused_noise_seed(args, sets)
         if unseeded:
             print(f"warning: {unseeded}", file=sys.stderr)
-        _check_outputs(args, sets, create=False)  # created below, once the model and the metrics have loaded
+        _check_outputs(args, sets)  # created below, by their locks, once the model and the metrics have loaded
         model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
                                  num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
         if "note" in info:
@@ -456,18 +474,23 @@ def main(args) -> dict:
         if protocol.compile != "off":
             print(f"=> --compile {protocol.compile}: the first image of each size compiles the network's forward "
                   f"(minutes; cached under {compile_cache_dir()} for later runs)")
+        locks = _output_locks(args, save)
         if args.dry_run:
-            OutputLock(save, "--save", "tester").check_free()  # the real run would be refused: so is the dry one
+            for lock in locks:  # the real run would be refused: so is the dry one
+                lock.check_free()
             count = len(inputs) if args.input else sum(len(s.items) for s in sets)
             rows = "" if args.input else f" in {len(sets)} row(s) ({', '.join(s.name for s in sets)})"
             print(f"=> dry run: {info['model']} ({info['backbone']}) loads and {count} image(s){rows} are found; "
                   f"outputs would go to {save}. Nothing was restored or written; drop --dry-run to run")
             return {"dry_run": True, "model": info, "images": count, "rows": [s.name for s in sets]}
-        # one tester at a time writes a --save: two would mix their images under one record
         # LPIPS/FID weights load now: a run that fails on them moves nothing aside
         metrics = None if args.input else perceptual_metrics(protocol, device)
-        _check_outputs(args, sets)  # a run that could not start leaves no empty output folder behind
-        with OutputLock(save, "--save", "tester", fix="choose another --save"):
+        # one tester at a time writes each output folder: two would mix their images under one record, or replace
+        # each other's targets and figures. The locks create the folders, and a run refused at one of them
+        # removes those it made (still empty): a run that could not start leaves no empty output folder behind
+        with contextlib.ExitStack() as held:
+            for lock in locks:
+                held.enter_context(lock)
             _remove_stale_temporaries(args, sets, save)
             kept = _keep_earlier_outputs(args, sets, inputs, save)
             if args.input:
