@@ -345,6 +345,41 @@ def test_stale_temporaries_of_killed_saves_are_removed_and_nothing_else(tmp_path
     assert left == {n for n, (_, kept) in files.items() if kept} | {"epoch_007.pth", "latest"}
 
 
+
+def test_a_temporary_of_a_process_in_use_is_removed_only_once_unchanged_for_15_minutes(tmp_path):
+    """A temporary whose pid is running now (its writer, or another process that took the number after the
+    writer died, or the writer on another machine sharing the folder is gone) is an orphan once unchanged for
+    STALE_TEMP_SECONDS: left for good, each killed save's partial file stayed beside the checkpoints."""
+    from utils.checkpoints import STALE_TEMP_SECONDS, remove_stale_temporaries
+    now = time.time()
+    old = tmp_path / f".epoch_003.pth.{os.getpid()}.ab12cd34.tmp"  # this process's number: alive
+    recent = tmp_path / f".epoch_004.pth.{os.getpid()}.ab12cd34.tmp"
+    for path, age in ((old, STALE_TEMP_SECONDS + 60), (recent, STALE_TEMP_SECONDS - 60)):
+        path.write_bytes(b"partial")
+        os.utime(path, (now - age, now - age))
+    assert remove_stale_temporaries(tmp_path, now=now) == [old]
+    assert recent.exists()
+
+
+def test_a_temporary_of_another_users_process_is_not_removed_as_orphaned(tmp_path, monkeypatch):
+    """A writer this user may not signal (os.kill: PermissionError; another user's trainer writing into a shared
+    folder) counts as alive: its temporary, two minutes old, was removed as if that process were gone, and the
+    writer's rename then failed."""
+    from utils import files
+    from utils.checkpoints import remove_stale_temporaries
+
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(files.os, "kill", kill)
+    assert files.writer_alive(4242)
+    now = time.time()
+    path = tmp_path / ".epoch_003.pth.4242.ab12cd34.tmp"
+    path.write_bytes(b"partial")
+    os.utime(path, (now - 120, now - 120))
+    assert remove_stale_temporaries(tmp_path, now=now) == []
+    assert path.exists()
+
+
 # --------------------------------------------------------------------------- 8. malformed, not only large
 
 def test_an_archive_with_two_pickles_of_one_name_is_refused(tmp_path):

@@ -246,6 +246,17 @@ def test_a_nan_on_the_fast_path_keeps_the_last_checkpoint(data, tmp_path):
     assert ck["global_step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
 
 
+def test_the_compile_time_is_said_by_compiled_runs_alone_and_the_cache_by_inductor_alone(data, tmp_path, capsys):
+    """An eager run has nothing compiled: no "first compiled iteration" line (it would time an ordinary
+    iteration as if it compiled); a compiled run on a backend that caches nothing (eager, aot_eager) says
+    nothing of a cache a later run loads from."""
+    assert run(data, tmp_path / "eager", "--nEpochs", "1", iters=2) == 0
+    assert "compiled iteration" not in capsys.readouterr().out
+    assert run(data, tmp_path / "fast", "--nEpochs", "1", *FAST, iters=2) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if "first compiled iteration" in x]
+    assert re.fullmatch(r"=> the first compiled iteration took \d+\.\d s, compiling included", line), line
+
+
 def test_nan_stops_and_keeps_the_last_checkpoint(data, tmp_path, capsys):
     with pytest.raises(engine.NonFiniteLossError, match=r"epoch 1, iteration 3 \(global step 3\).*map=nan"):
         run(data, tmp_path, "--nEpochs", "1", "--save-every", "2", "--debug-nan-at", "3", iters=5)

@@ -1736,3 +1736,124 @@ def test_temporaries_a_killed_run_left_are_removed_and_nothing_else(bench, check
     said = [line for line in capsys.readouterr().out.splitlines() if "temporary" in line]
     removed = [save / n for n in (f".results.json.{gone.pid}.zz99z_9z.tmp", f"jpeg/.cat.png.{gone.pid}.ab12cd34.tmp")]
     assert said == [f"=> removed 2 unfinished temporary file(s) that a killed run left: {removed[0]}, {removed[1]}"]
+
+
+def test_an_earlier_degset_runs_restorations_this_run_does_not_write_go_aside(checkpoint, tmp_path, capsys):
+    """A --degset run records its restorations as <name>.png, in --save itself: those a later run into the folder
+    does not write (--max-images) go aside with the record, counted as they are (one the user deleted is not
+    said to have moved)."""
+    deg, tar = _pair_dirs(tmp_path, ["a.png", "b.png", "c.png"], ["a.png", "b.png", "c.png"])
+    save = tmp_path / "o"
+    first = run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", save)
+    assert [im["output"] for im in first["tasks"]["deg"]["images"]] == ["a.png", "b.png", "c.png"]
+    (save / "c.png").unlink()
+    capsys.readouterr()
+    run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", save, "--max-images", "1")
+    [kept] = save.glob("results.before-*")
+    assert _tree(kept) == ["a.png", "b.png", "results.csv", "results.json", "results.md"]
+    assert _tree(save) == ["a.png", "results.csv", "results.json", "results.md"]
+    said = (f"=> 4 file(s) of the names this run writes were already in {save}, and 1 more that the earlier "
+            f"results.json there records (this run does not write them): moved to {kept}/")
+    assert said in capsys.readouterr().out
+
+
+def test_a_recorded_row_folder_that_links_out_of_save_is_not_emptied(bench, checkpoint, tmp_path):
+    """The earlier record names dehaze/<name>.png; the user moved that row's restorations to a folder of their own
+    and left a link to it in --save: the next run kept aside what the record names through the link, taking
+    the user's files out of their folder."""
+    save = tmp_path / "t"
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "dehaze", "jpeg", "--save", save, "--max-images", "1")
+    mine = tmp_path / "mine"
+    (save / "dehaze").rename(mine)
+    (save / "dehaze").symlink_to(mine, target_is_directory=True)
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", save, "--max-images", "1")
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+    assert (save / "dehaze").is_symlink()
+    assert not any(p.match("*/dehaze/*") for p in save.glob("results.before-*/**/*"))
+
+
+def test_an_earlier_record_with_savetar_keeps_aside_in_save_alone(bench, checkpoint, tmp_path):
+    """The restorations an earlier record names lie in --save: kept aside there, not again under --savetar (whose
+    folder they are not in: a traceback) or --figs-dir."""
+    save, targets, figs = tmp_path / "t", tmp_path / "tt", tmp_path / "figs"
+    outputs = ["--save", save, "--savetar", targets, "--figs", "--figs-dir", figs, "--max-images", "1"]
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "dehaze", "jpeg", *outputs)
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", *outputs)
+    [kept] = save.glob("results.before-*")
+    assert "dehaze/astro_0.8_0.1.png" in _tree(kept) and not (save / "dehaze").exists()
+    [kept_targets] = targets.glob("results.before-*")
+    assert _tree(kept_targets) == ["jpeg/astro.png"]  # the target of this run's name; the dehaze one stays
+    assert _tree(targets) == ["dehaze/astro_0.8_0.1.png", "jpeg/astro.png"]
+    [kept_figs] = figs.glob("results.before-*")
+    assert _tree(kept_figs) == ["jpeg.png"]
+
+
+def test_a_run_without_figs_holds_no_figs_folder(bench, checkpoint, tmp_path, monkeypatch):
+    """Without --figs nothing is drawn: the default --figs-dir (results/figs, shared by every run started here)
+    is neither created nor locked, so a tester drawing figures there does not refuse this one."""
+    from utils.output_lock import OutputLock
+    monkeypatch.chdir(tmp_path)
+    args = ["--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--max-images", "1"]
+    run(*args, "--save", tmp_path / "a")
+    assert not (tmp_path / "results").exists()
+    with OutputLock(tmp_path / "results" / "figs", "--figs-dir", "tester"):  # another tester drawing figures
+        assert run(*args, "--save", tmp_path / "b")["tasks"]["jpeg"]["count"] == 1
+        assert run(*args, "--save", tmp_path / "c", "--dry-run")["dry_run"]
+
+
+def test_a_run_refused_at_a_later_lock_removes_a_folder_it_made_that_holds_another(checkpoint, tmp_path):
+    """--savetar t with --save t/o (neither there yet) and a busy --figs-dir: the locks went --save, --savetar,
+    so t/o made t, whose own lock found it there; refused, t/o went but t was left behind, empty. In the order
+    of the paths t comes first and both go."""
+    from utils.output_lock import OutputFolderBusy, OutputLock
+    deg, tar = _pair_dirs(tmp_path, ["a.png"], ["a.png"])
+    shared, t = tmp_path / "shared", tmp_path / "t"
+    with OutputLock(shared, "--figs-dir", "tester"):
+        with pytest.raises(OutputFolderBusy, match="in use by another tester"):
+            run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", t / "o", "--savetar", t, "--figs",
+                "--figs-dir", shared)
+    assert not t.exists()
+
+
+def test_keeping_aside_removes_each_folder_it_empties_inner_ones_first(tmp_path):
+    """keep_aside removes the folders below the kept folder's place that the move left empty, and their parents
+    left empty in turn: a parent tried before its emptied child (or the child alone) stayed, empty; a folder
+    holding anything else, and the place itself, stay."""
+    from utils.files import keep_aside
+    save = tmp_path / "o"
+    for rel in ("derain/Rain100L/a.png", "derain/Rain100L/b.png", "jpeg/c.png", "jpeg/notes.txt", "x/y/z/d.png"):
+        (save / rel).parent.mkdir(parents=True, exist_ok=True)
+        (save / rel).write_text(rel)
+    moved = [save / "derain" / "Rain100L" / "a.png", save / "derain" / "Rain100L" / "b.png", save / "jpeg" / "c.png",
+             save / "x" / "y" / "z" / "d.png"]
+    kept = keep_aside(moved, save / "results")
+    assert sorted(p.relative_to(save).as_posix() for p in save.rglob("*") if kept not in (p, *p.parents)) == \
+        ["jpeg", "jpeg/notes.txt"]
+    assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()) == \
+        ["derain/Rain100L/a.png", "derain/Rain100L/b.png", "jpeg/c.png", "x/y/z/d.png"]
+
+
+def test_a_record_whose_row_is_a_dot_folder_names_nothing(tmp_path):
+    """A task key "..", "." or "" in an edited results.json made "../x.png" (or "/x.png") a restoration of that
+    row: a file of --save's parent, or of the root, to be moved aside."""
+    from utils.eval.outputs import recorded_outputs
+    record = {"tasks": {row: {"images": [{"output": f"{row}/x.png"}]} for row in ("..", ".", "")}}
+    assert recorded_outputs(record, tmp_path / "save") == []
+
+
+def test_an_earlier_restoration_read_through_a_link_stays_for_the_run(checkpoint, tmp_path):
+    """--input links/again.png, a link to b.png that the earlier run in --save restored and records: the record's
+    files this run does not write went aside, this run's own input with them, and the run stopped at it ("image
+    not found")."""
+    photos, save = tmp_path / "photos", tmp_path / "s"
+    photos.mkdir()
+    _photos(photos, ["a.png", "b.png"])
+    run("--model", checkpoint, "--input", photos, "--save", save)
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "again.png").symlink_to(save / "b.png")
+    res = run("--model", checkpoint, "--input", tmp_path / "links" / "again.png", "--save", save)
+    assert [r["output"] for r in res["restored"]] == [str(save / "again.png")]
+    [kept] = save.glob("results.before-*")
+    assert _tree(kept) == ["a.png", "results.json"]
+    assert _tree(save) == ["again.png", "b.png", "results.json"]

@@ -202,6 +202,13 @@ def test_gpus_on_the_cpu_is_said(tmp_path, capsys):
     assert _start_warnings(tmp_path, capsys, []) == []
 
 
+def test_gpus_with_a_device_that_may_use_them_is_no_news(tmp_path, capsys):
+    """--gpus 0 with --device auto (the default, a GPU when there is one) or cuda uses the GPUs it names: saying
+    "--device cpu runs on the CPU" there would be false."""
+    for device in ("auto", "cuda"):
+        assert _start_warnings(tmp_path, capsys, ["--gpus", "0", "--device", device]) == []
+
+
 def test_one_source_domain_is_said_for_the_barycenter_backbones(tmp_path, capsys):
     """--de-type denoise_15 denoise_25 denoise_50 (one family) or --de-type derain trained BaryNet with K=1, whose
     barycenter is its one domain, without a word; the L1-only backbones have no barycenter to speak of."""
