@@ -1857,3 +1857,21 @@ def test_an_earlier_restoration_read_through_a_link_stays_for_the_run(checkpoint
     [kept] = save.glob("results.before-*")
     assert _tree(kept) == ["a.png", "results.json"]
     assert _tree(save) == ["again.png", "b.png", "results.json"]
+
+
+@pytest.mark.xfail(strict=True, reason="recorded_outputs takes <row>/<name>.png of one folder level only: a row "
+                                      "key with a slash (derain/Rain100L, denoise_25/setA) records 3 parts and is "
+                                      "never kept aside")
+def test_an_earlier_two_level_rows_restorations_go_aside_with_its_parent_folder(bench, checkpoint, tmp_path):
+    """A row of two levels (derain/Rain100L) an earlier run wrote and this one does not: its restorations go aside
+    with the record, and both folders they leave empty go too, the inner one first (not left beside the new
+    results.json, which does not describe them)."""
+    save = tmp_path / "t"
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", "jpeg", "--save", save, "--max-images", "1")
+    assert (save / "derain" / "Rain100L").is_dir()
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", save, "--max-images", "1")
+    [kept] = save.glob("results.before-*")
+    assert _tree(kept) == ["derain/Rain100L/rain-1.png", "jpeg/astro.png", "results.csv", "results.json",
+                           "results.md"]
+    assert not (save / "derain").exists()
+    assert _tree(save) == ["jpeg/astro.png", "results.csv", "results.json", "results.md"]
