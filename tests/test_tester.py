@@ -1859,9 +1859,6 @@ def test_an_earlier_restoration_read_through_a_link_stays_for_the_run(checkpoint
     assert _tree(save) == ["again.png", "b.png", "results.json"]
 
 
-@pytest.mark.xfail(strict=True, reason="recorded_outputs takes <row>/<name>.png of one folder level only: a row "
-                                      "key with a slash (derain/Rain100L, denoise_25/setA) records 3 parts and is "
-                                      "never kept aside")
 def test_an_earlier_two_level_rows_restorations_go_aside_with_its_parent_folder(bench, checkpoint, tmp_path):
     """A row of two levels (derain/Rain100L) an earlier run wrote and this one does not: its restorations go aside
     with the record, and both folders they leave empty go too, the inner one first (not left beside the new

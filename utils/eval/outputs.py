@@ -81,10 +81,11 @@ def recorded_outputs(results: Any, save: Path) -> list[Path]:
     """The restorations the run that wrote ``results`` (its parsed ``results.json``, which lies in ``save``)
     recorded writing into ``save``: each ``--input`` restoration (``"restored"``: the name of ``"output"``,
     ``<name>.png``, in ``save``) and each benchmark restoration (``"tasks"``: every image's ``"output"``,
-    ``<row>/<name>.png`` with ``<row>`` that task's own key, or ``<name>.png`` for a ``--degset`` run). Only
-    names the tester gives its restorations are taken (:func:`_restoration_name`: ``.png``, not hidden), so a
-    record that is not the tester's, or was edited, never names its lock, its ``results.*``, a checkpoint or
-    anything outside ``save``. Whether the files are there is not looked at."""
+    ``<row>/<name>.png`` with ``<row>`` that task's own key (one folder, or two: ``derain/Rain100L``), or
+    ``<name>.png`` for a ``--degset`` run). Only names the tester gives its restorations are taken
+    (:func:`_restoration_name`: ``.png``, not hidden), so a record that is not the tester's, or was edited,
+    never names its lock, its ``results.*``, a checkpoint or anything outside ``save``. Whether the files are
+    there is not looked at."""
     if not isinstance(results, dict):
         return []
     found: list[Path] = []
@@ -97,11 +98,13 @@ def recorded_outputs(results: Any, save: Path) -> list[Path]:
     tasks = results.get("tasks")
     for row, summary in tasks.items() if isinstance(tasks, dict) else []:
         images = summary.get("images") if isinstance(summary, dict) else None
+        folders = row.split("/") if isinstance(row, str) else [""]  # a row may be two levels: derain/Rain100L
+        row_ok = all(f not in ("", ".", "..") for f in folders)
         for image in images if isinstance(images, list) else []:
             output = image.get("output") if isinstance(image, dict) else None
             parts = output.split("/") if isinstance(output, str) else []
-            if len(parts) == 2 and parts[0] == row and row not in ("", ".", "..") and _restoration_name(parts[1]):
-                found.append(save / row / parts[1])
+            if row_ok and parts[:-1] == folders and _restoration_name(parts[-1]):
+                found.append(save.joinpath(*folders, parts[-1]))
             elif len(parts) == 1 and _restoration_name(parts[0]):
                 found.append(save / parts[0])
     return list(dict.fromkeys(found))
