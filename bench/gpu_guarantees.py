@@ -73,10 +73,15 @@ def state_tensors(ck: dict) -> dict[str, torch.Tensor]:
     return found
 
 
+def same_layout(ta: dict[str, torch.Tensor], tb: dict[str, torch.Tensor]) -> bool:
+    """Whether two sets of named tensors have the same names and, name by name, the same shapes."""
+    return ta.keys() == tb.keys() and all(ta[k].shape == tb[k].shape for k in ta)
+
+
 def max_difference(a: dict, b: dict) -> float:
     """The largest |a - b| over two checkpoints' state tensors (inf when their names or shapes differ)."""
     ta, tb = state_tensors(a), state_tensors(b)
-    if ta.keys() != tb.keys() or any(ta[k].shape != tb[k].shape for k in ta):
+    if not same_layout(ta, tb):
         return float("inf")
     gaps = [(ta[k].double() - tb[k].double()).abs().max() for k in ta if ta[k].numel()]
     return max((float(torch.nan_to_num(g, nan=float("inf"))) for g in gaps), default=0.0)  # a NaN: inf
@@ -90,7 +95,7 @@ def relative_distance(a: dict, b: dict, key: str = "model") -> float:
     not finite."""
     ta = {k: t for k, t in state_tensors(a).items() if k.startswith(f"{key}.") and t.is_floating_point()}
     tb = {k: t for k, t in state_tensors(b).items() if k.startswith(f"{key}.") and t.is_floating_point()}
-    if ta.keys() != tb.keys() or any(ta[k].shape != tb[k].shape for k in ta):
+    if not same_layout(ta, tb):
         return float("inf")
     gap = sum(float(((ta[k].double() - tb[k].double()) ** 2).sum()) for k in ta)
     size = sum(float((tb[k].double() ** 2).sum()) for k in tb)

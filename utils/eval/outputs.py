@@ -139,7 +139,8 @@ def check_writable_folder(folder: str | os.PathLike, flag: str, create: bool = T
     return folder
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def inside(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or lies below it (both as given: resolve them first to follow links)."""
     return path == folder or folder in path.parents
 
 
@@ -160,13 +161,13 @@ def check_outputs_outside_inputs(outputs: Mapping[str, tuple[Path, Iterable[Path
         real_base = Path(base).resolve()
         for folder in folders:
             real = Path(folder).resolve()
-            if not _inside(real, real_base):
+            if not inside(real, real_base):
                 raise OutputFolderError(f"{flag} {base}: {folder} leads out of it through a symbolic link (to "
                                         f"{real}) — remove the link or choose another {flag}")
             if overwrite:
                 continue
             for src, whole in resolved_inputs:
-                if real == src or (whole and _inside(real, src)):
+                if real == src or (whole and inside(real, src)):
                     same = "is" if real == src else "is inside"
                     raise OutputFolderError(
                         f"{flag} {folder} {same} the input folder {src}: the outputs could overwrite the images "

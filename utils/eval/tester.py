@@ -28,6 +28,7 @@ from utils.eval.outputs import (
     check_outputs_apart,
     check_outputs_outside_inputs,
     check_writable_folder,
+    inside,
     output_names,
     recorded_outputs,
     tester_writes,
@@ -284,14 +285,13 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
     results.json whose run left other files (its restorations this run does not write, or, under ``--input``,
     which writes results.json alone, its results.csv/.md) goes aside with them, so that no record is left
     describing another run than the files beside it."""
-    read = {_real(f): f for f in [*inputs, *(f for s in sets for item in s.items
-                                             for f in (item.degraded, item.target) if f is not None)]}
+    data = [f for s in sets for item in s.items for f in (item.degraded, item.target) if f is not None]
+    read = {_real(f): f for f in [*inputs, *data]}
     planned = _planned_outputs(args, sets, inputs, save)
-    trees = _input_folders(args, sets)[0]
-    whole = [p for p in input_paths(args.input) if p.is_dir()] + [  # folders read as a whole, not file by file
-        f.parent for s in sets for item in s.items for f in (item.degraded, item.target) if f is not None]
+    trees = {_real(t) for t in _input_folders(args, sets)[0]} - {None}
+    whole = {_real(f) for f in [*(p for p in input_paths(args.input) if p.is_dir()), *(f.parent for f in data)]}
     earlier = [p for p in _recorded_earlier(save) if p not in planned[save] and _real(p) not in read
-               and not _in_input_folder(p, trees, list(dict.fromkeys(whole)))]
+               and not _in_input_folder(p, trees, whole - {None})]
     tables = _tables_beside_results_json(save) if args.input else []
     if args.overwrite:
         if not tables and not earlier:
@@ -323,16 +323,13 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
     return kept_save
 
 
-def _in_input_folder(path: Path, trees: list[Path], flat: list[Path]) -> bool:
+def _in_input_folder(path: Path, trees: set[Path], flat: set[Path]) -> bool:
     """Whether ``path`` lies in a folder this run reads images from as a whole: below a tree (a ``--tasks``
     task folder), or directly in a flat folder (an ``--input`` folder, the folders of a set's images and
-    targets). Such a file belongs to the run's data, whoever wrote it: it is not moved. (The folder of an
-    ``--input`` file given by name is not read as a whole: only the file itself is spared.)"""
+    targets); both given resolved. Such a file belongs to the run's data, whoever wrote it: it is not moved.
+    (The folder of an ``--input`` file given by name is not read as a whole: only the file itself is spared.)"""
     folder = _real(path.parent)
-    if folder is None:
-        return True
-    return (any(folder == f for f in map(_real, flat))
-            or any(t is not None and (folder == t or t in folder.parents) for t in map(_real, trees)))
+    return folder is None or folder in flat or any(inside(folder, t) for t in trees)
 
 
 def _recorded_earlier(save: Path) -> list[Path]:
@@ -344,9 +341,11 @@ def _recorded_earlier(save: Path) -> list[Path]:
     except (OSError, ValueError):
         return []
     real_save = _real(save)
-    return [p for p in recorded_outputs(record, save)
-            if _there(p) and real_save is not None and _real(p.parent) is not None
-            and (_real(p.parent) == real_save or real_save in _real(p.parent).parents)]
+    if real_save is None:
+        return []
+    recorded = recorded_outputs(record, save)
+    folders = {p.parent: _real(p.parent) for p in recorded}  # each folder resolved once
+    return [p for p in recorded if _there(p) and folders[p.parent] is not None and inside(folders[p.parent], real_save)]
 
 
 def _output_locks(args, save: Path) -> list[OutputLock]:
