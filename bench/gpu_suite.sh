@@ -19,6 +19,13 @@
 # three calls of steps whose caps add up to less than the call's limit (each step prints its cap). The exit
 # status is 1 when a step failed or ran past its cap; the other steps still run.
 #
+# Compiling is most of that time, and a device machine starts with empty caches. So the suite keeps inductor's
+# cache (TORCHINDUCTOR_CACHE_DIR, default /tmp/baryir_gpu_suite_inductor) across machines: at the end it packs the
+# cache into $RESULTS/compile_cache.tar.xz.part-NN (at most 3 parts of 15 MB, what a device call brings back), and
+# at the start it unpacks the parts it finds in CACHE_IN (default .gpu_cache, git-ignored: copy an earlier call's
+# parts there and carry it). Graphs of the same code, torch, Triton and GPU then load instead of compiling; any
+# other graph misses the cache and compiles as before. CACHE_OUT= (empty) packs nothing.
+#
 # Prints Markdown tables for BENCHMARKS.md, each row as soon as it is measured. A step that fails or runs past
 # its cap is killed with everything it started (SIGKILL to its process group: no trainer lingers into the next
 # step), prints its exit status, and the suite goes on; inside a step, one variant failing keeps the others'
@@ -41,10 +48,16 @@ if [ -e "$RESULTS/suite.md" ]; then  # an earlier run's log and figure: kept asi
     KEPT="$RESULTS/suite.md.before-$(date +%Y%m%d-%H%M%S)-$$"
     mkdir -p "$KEPT" && mv "$RESULTS/suite.md" "$KEPT/" && echo "(an earlier $RESULTS/suite.md was moved to $KEPT/)"
     [ ! -e "$RESULTS/fast_path_losses_gpu.png" ] || mv "$RESULTS/fast_path_losses_gpu.png" "$KEPT/"
+    for part in "$RESULTS"/compile_cache.tar.xz.part-*; do [ ! -e "$part" ] || mv "$part" "$KEPT/"; done
 fi
 exec > >(tee "$RESULTS/suite.md") 2>&1  # the whole log, also when the console keeps only its tail
 TEE=$!
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/baryir_gpu_suite_inductor}
+CACHE_IN=${CACHE_IN:-.gpu_cache}
+CACHE_OUT=${CACHE_OUT-$RESULTS}
+CACHE_PART_BYTES=${CACHE_PART_BYTES:-15000000}  # a device call brings back files of up to 16 MiB, 64 MiB in all
+CACHE_MAX_PARTS=${CACHE_MAX_PARTS:-3}           # and carries 64 MiB of working tree, a third of it the repository
 
 step() {  # step SECONDS TITLE COMMAND...: run one row with a wall-clock cap
     local cap=$1 title=$2
@@ -59,6 +72,58 @@ step() {  # step SECONDS TITLE COMMAND...: run one row with a wall-clock cap
     [ $rc -eq 0 ] || echo "(exit status $rc; 137 = killed at its ${cap} s cap)"
     echo "(${title}: $((SECONDS - t0)) s)"
     return $rc
+}
+
+xz_stream() {  # xz_stream -z|-d: stdin to stdout through xz, or Python's lzma where the machine has no xz
+    if command -v xz >/dev/null; then
+        if [ "$1" = -z ]; then XZ_OPT=-T0 xz -6; else xz -dc; fi
+    else
+        python3 -c "import lzma, shutil, sys
+if sys.argv[1] == '-z':
+    with lzma.open(sys.stdout.buffer, 'wb', preset=6) as out: shutil.copyfileobj(sys.stdin.buffer, out)
+else:
+    with lzma.open(sys.stdin.buffer, 'rb') as src: shutil.copyfileobj(src, sys.stdout.buffer)" "$1"
+    fi
+}
+
+unpack_cache() {  # an earlier run's compile cache, from the parts in CACHE_IN, into TORCHINDUCTOR_CACHE_DIR
+    local parts=("$CACHE_IN"/compile_cache.tar.xz.part-*)
+    [ -e "${parts[0]}" ] || { echo "(compile cache: none in $CACHE_IN/; every graph compiles)"; return 0; }
+    mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
+    local whole  # unpacked beside the cache first: a part cut short must leave no half-written entry in it
+    whole=$(mktemp -d "$TORCHINDUCTOR_CACHE_DIR.unpack.XXXXXX") || return 0
+    if cat "${parts[@]}" | xz_stream -d | tar -x -C "$whole" && cp -a "$whole/." "$TORCHINDUCTOR_CACHE_DIR/"; then
+        rm -rf "$whole"
+        echo "(compile cache: ${#parts[@]} part(s) from $CACHE_IN/ unpacked into $TORCHINDUCTOR_CACHE_DIR:" \
+             "$(find "$TORCHINDUCTOR_CACHE_DIR" -type f | wc -l) files; graphs it holds load instead of compiling)"
+    else
+        rm -rf "$whole"
+        echo "(compile cache: the parts in $CACHE_IN/ did not unpack, a part missing or cut short;" \
+             "every graph compiles)"
+    fi
+}
+
+pack_cache() {  # TORCHINDUCTOR_CACHE_DIR into CACHE_OUT/compile_cache.tar.xz.part-N, or nothing if too large
+    [ -n "$CACHE_OUT" ] && [ -d "$TORCHINDUCTOR_CACHE_DIR" ] || return 0
+    mkdir -p "$CACHE_OUT"
+    local prefix="$CACHE_OUT/compile_cache.tar.xz.part-" t0=$SECONDS
+    rm -f "$prefix"*
+    if ! tar -C "$TORCHINDUCTOR_CACHE_DIR" --exclude=./locks -cf - . | xz_stream -z |
+            split -b "$CACHE_PART_BYTES" -d -a 2 - "$prefix"; then
+        rm -f "$prefix"*
+        echo "(compile cache: packing failed; nothing kept)"
+        return 0
+    fi
+    local parts=("$prefix"*) bytes
+    bytes=$(cat "${parts[@]}" | wc -c)
+    if [ "${#parts[@]}" -gt "$CACHE_MAX_PARTS" ]; then
+        rm -f "$prefix"*
+        echo "(compile cache: $bytes bytes packed, more than $CACHE_MAX_PARTS parts of $CACHE_PART_BYTES bytes:" \
+             "too large to bring back, not kept)"
+    else
+        echo "(compile cache: $bytes bytes in ${#parts[@]} part(s) ${prefix}*, packed in $((SECONDS - t0)) s;" \
+             "copy them into $CACHE_IN/ and carry it, and the next run loads these graphs)"
+    fi
 }
 
 run_step() {  # run_step NAME: one of ALL_STEPS
@@ -96,11 +161,13 @@ echo "## GPU suite, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $COMMIT: $STEPS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(),
 '| fp32 convolutions may use TF32:', torch.backends.cudnn.allow_tf32, '| fp32 matmuls:', torch.backends.cuda.matmul.allow_tf32)"
+unpack_cache
 FAILED=""  # the steps that failed or ran past their caps: the suite's exit status is 1 if any did
 for name in $STEPS; do
     run_step "$name" || FAILED="$FAILED $name"
 done
 echo
+pack_cache
 echo "(suite: $SECONDS s${FAILED:+; failed:$FAILED})"
 exec >&- 2>&-  # end of the log: let tee write its last lines before the suite exits
 wait "$TEE" 2>/dev/null || true

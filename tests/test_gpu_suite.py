@@ -307,3 +307,43 @@ def test_an_earlier_suite_log_is_kept_not_replaced(tmp_path):
     assert len(kept) == 1 and (kept[0] / "suite.md").read_text() == "the earlier run\n"
     assert (kept[0] / "fast_path_losses_gpu.png").read_bytes() == b"the earlier figure"
     assert "the new run" in (out / "suite.md").read_text()
+
+
+def test_the_compile_cache_travels_to_the_next_machine_in_parts_a_device_call_brings_back(tmp_path):
+    """A device machine starts with empty caches, and compiling took most of the suite's 25 minutes: the suite
+    packs inductor's cache into parts of at most CACHE_PART_BYTES under $OUT and unpacks carried parts first.
+    A cache too large to bring back leaves no part; damaged parts are said and compiled around."""
+    cache = tmp_path / "cache"
+    payload = os.urandom(50_000)  # incompressible: three parts of 20,000 bytes
+    (cache / "fxgraph" / "ab").mkdir(parents=True)
+    (cache / "fxgraph" / "ab" / "entry").write_bytes(payload)
+    (cache / "locks").mkdir()
+    (cache / "locks" / "held.lock").write_text("")
+
+    def suite(out: Path, cache_dir: Path, **env: str) -> str:
+        done = subprocess.run(["bash", str(SUITE), "loader"], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "OUT": str(out), "PY": "echo", "COMMIT": "abc1234",
+                                   "TORCHINDUCTOR_CACHE_DIR": str(cache_dir), "CACHE_IN": str(tmp_path / "none"),
+                                   "CACHE_PART_BYTES": "20000", **env})
+        assert done.returncode == 0, done.stdout + done.stderr
+        return (out / "suite.md").read_text()
+
+    log = suite(tmp_path / "out", cache)
+    parts = sorted((tmp_path / "out").glob("compile_cache.tar.xz.part-*"))
+    assert [p.name[-2:] for p in parts] == ["00", "01", "02"]
+    assert all(p.stat().st_size <= 20_000 for p in parts)
+    assert "in 3 part(s)" in log and f"none in {tmp_path / 'none'}/" in log
+
+    log = suite(tmp_path / "out2", tmp_path / "cache2", CACHE_IN=str(tmp_path / "out"))
+    assert (tmp_path / "cache2" / "fxgraph" / "ab" / "entry").read_bytes() == payload
+    assert not (tmp_path / "cache2" / "locks").exists()  # another machine's lock files: left behind
+    assert "3 part(s) from" in log and log.index("unpacked") < log.index("### data loader")
+
+    log = suite(tmp_path / "out3", cache, CACHE_MAX_PARTS="2")
+    assert not list((tmp_path / "out3").glob("compile_cache*")) and "too large to bring back, not kept" in log
+
+    parts[1].write_bytes(parts[1].read_bytes()[:5000])  # a part cut short on its way
+    log = suite(tmp_path / "out4", tmp_path / "cache4", CACHE_IN=str(tmp_path / "out"), CACHE_OUT="")
+    assert "did not unpack" in log and "### data loader" in log
+    assert not [p for p in tmp_path.glob("cache4*/**/*") if p.is_file()]  # no half-unpacked entry left behind
+    assert not list((tmp_path / "out4").glob("compile_cache*"))  # CACHE_OUT= (empty): nothing packed
