@@ -307,7 +307,8 @@ def build_training(args: argparse.Namespace, model: nn.Module, pots: Potentials 
     mode = getattr(args, "compile", "off")
     if mode != "off":
         console(f"=> --compile {mode}: the first iteration compiles the losses' graphs (minutes; cached under "
-                f"{compile_cache_dir()} for later runs); losses are checked once per iteration")
+                f"{compile_cache_dir()} for later runs, which TORCHINDUCTOR_CACHE_DIR moves: on a cluster, to shared "
+                f"storage, so a job resumed on another node finds it); losses are checked once per iteration")
     return Training(ddp_model, model, pots, optimizer, pot_optimizer, lambdas, l1_weight=args.Sigma,
                     precision=args.precision, info=info, channels_last=True, ablate=ablate, objective=objective,
                     compile_mode=mode, compile_backend=getattr(args, "compile_backend", "inductor"))
