@@ -58,6 +58,7 @@ CACHE_IN=${CACHE_IN:-.gpu_cache}
 CACHE_OUT=${CACHE_OUT-$RESULTS}
 CACHE_PART_BYTES=${CACHE_PART_BYTES:-15000000}  # a device call brings back files of up to 16 MiB, 64 MiB in all
 CACHE_MAX_PARTS=${CACHE_MAX_PARTS:-3}           # and carries 64 MiB of working tree, a third of it the repository
+CACHE_PACK_CAP=${CACHE_PACK_CAP:-60}            # seconds
 
 step() {  # step SECONDS TITLE COMMAND...: run one row with a wall-clock cap
     local cap=$1 title=$2
@@ -80,7 +81,7 @@ xz_stream() {  # xz_stream -z|-d: stdin to stdout through xz, or Python's lzma w
     else
         python3 -c "import lzma, shutil, sys
 if sys.argv[1] == '-z':
-    with lzma.open(sys.stdout.buffer, 'wb', preset=6) as out: shutil.copyfileobj(sys.stdin.buffer, out)
+    with lzma.open(sys.stdout.buffer, 'wb', preset=3) as out: shutil.copyfileobj(sys.stdin.buffer, out)
 else:
     with lzma.open(sys.stdin.buffer, 'rb') as src: shutil.copyfileobj(src, sys.stdout.buffer)" "$1"
     fi
@@ -108,10 +109,12 @@ pack_cache() {  # TORCHINDUCTOR_CACHE_DIR into CACHE_OUT/compile_cache.tar.xz.pa
     mkdir -p "$CACHE_OUT"
     local prefix="$CACHE_OUT/compile_cache.tar.xz.part-" t0=$SECONDS
     rm -f "$prefix"*
-    if ! tar -C "$TORCHINDUCTOR_CACHE_DIR" --exclude=./locks -cf - . | xz_stream -z |
-            split -b "$CACHE_PART_BYTES" -d -a 2 - "$prefix"; then
+    export -f xz_stream  # packed with a cap of its own: a slow pack must not take the device call's last seconds
+    if ! timeout -s KILL "$CACHE_PACK_CAP" bash -c 'set -o pipefail
+            tar -C "$1" --exclude=./locks -cf - . | xz_stream -z | split -b "$2" -d -a 2 - "$3"' \
+            _ "$TORCHINDUCTOR_CACHE_DIR" "$CACHE_PART_BYTES" "$prefix"; then
         rm -f "$prefix"*
-        echo "(compile cache: packing failed; nothing kept)"
+        echo "(compile cache: packing failed or ran past its ${CACHE_PACK_CAP} s cap; nothing kept)"
         return 0
     fi
     local parts=("$prefix"*) bytes

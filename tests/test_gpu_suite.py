@@ -341,6 +341,14 @@ def test_the_compile_cache_travels_to_the_next_machine_in_parts_a_device_call_br
 
     log = suite(tmp_path / "out3", cache, CACHE_MAX_PARTS="2")
     assert not list((tmp_path / "out3").glob("compile_cache*")) and "too large to bring back, not kept" in log
+    slow = tmp_path / "slow_bin"  # an xz that hangs: the pack is killed at its cap and keeps no part
+    slow.mkdir()
+    (slow / "xz").write_text("#!/bin/sh\nsleep 30\n")
+    (slow / "xz").chmod(0o755)
+    tic = time.monotonic()
+    log = suite(tmp_path / "out5", cache, CACHE_PACK_CAP="1", PATH=f"{slow}:{os.environ['PATH']}")
+    assert not list((tmp_path / "out5").glob("compile_cache*")) and "ran past its 1 s cap; nothing kept" in log
+    assert time.monotonic() - tic < 20
 
     parts[1].write_bytes(parts[1].read_bytes()[:5000])  # a part cut short on its way
     log = suite(tmp_path / "out4", tmp_path / "cache4", CACHE_IN=str(tmp_path / "out"), CACHE_OUT="")
