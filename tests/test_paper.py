@@ -1,4 +1,6 @@
 """The paper's columns, its average over exactly them, and the comparison with the published numbers."""
+from pathlib import Path
+
 import pytest
 
 from utils.eval.paper import PUBLISHED, SETTINGS, comparison_lines, paper_averages, paper_column
@@ -105,3 +107,43 @@ def test_a_set_larger_than_the_papers_is_flagged():
     tasks = three_d(extra=False) | {"dehaze": row(31.0, 0.97, 1000)}
     assert "| SOTS | dehaze (not comparable: 1000 images where the paper's set has 500) |" in \
         "\n".join(comparison_lines(tasks, "3d"))
+
+
+def test_published_numbers_are_the_docs_table():
+    """PUBLISHED is what every comparison subtracts from; it must be docs/METHOD.md §4's table, cell for cell
+    (a mistyped LOL 23.73 or σ50 SSIM 0.820 passed every test)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "METHOD.md").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.startswith("| setting |") or line.startswith("| 3D |")
+             or line.startswith("| 5D |")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")][1:]
+    table = {}
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        table[cells[0].lower()] = {col: tuple(float(v) for v in cell.split("/"))
+                                   for col, cell in zip(header, cells[1:]) if cell}
+    assert table == PUBLISHED
+    assert {s: set(v) for s, v in table.items()} == {s: set(c) for s, c in SETTINGS.items()}
+
+
+def test_full_paper_sets_are_not_flagged_and_one_image_short_is():
+    """The paper's set sizes (SOTS outdoor 500, Rain100L 100, BSD68 68, GoPro test 1111, LOL eval15 15): a row of
+    exactly that many images compares unflagged, one image fewer is flagged."""
+    sizes = {"dehaze": 500, "derain": 100, "denoise_25/bsd68": 68, "deblur": 1111, "lowlight": 15}
+    full = {name: row(30.0, 0.9, n) for name, n in sizes.items()}
+    assert "caveats" not in paper_averages(full)["5d"]
+    for name, n in sizes.items():
+        short = full | {name: row(30.0, 0.9, n - 1)}
+        caveats = paper_averages(short)["5d"]["caveats"]
+        assert list(caveats.values()) == [f"{n - 1} of the paper's {n} images"], name
+
+
+def test_a_row_without_scores_fills_no_column_and_the_first_row_of_a_column_wins():
+    """A row that scored nothing (count 0, psnr None) left out of the paper's columns, not averaged as None; of two
+    rows for one column (derain and derain/Rain100L) the first fills it, as documented."""
+    tasks = three_d(extra=False)
+    tasks["dehaze"] = {"count": 0, "psnr": None, "ssim": None, "images": []}
+    assert paper_averages(tasks) == {}
+    assert "| SOTS | (not evaluated) | | 31.40/0.980 | | |" in comparison_lines(tasks, "3d")
+    two = {"derain": row(38.0, 0.97, 100), **three_d(extra=False)}
+    assert paper_averages(two)["3d"]["rows"]["Rain100L"] == "derain"
+    assert paper_averages(two)["3d"]["psnr"] == pytest.approx((34.0 + 31.5 + 28.0 + 38.0 + 31.0) / 5)

@@ -21,6 +21,7 @@ from _disks import FileWrapper
 from _processes import as_in_a_terminal
 from PIL import Image
 from skimage import data
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import tester_bary
 from net.presets import build_model, model_config
@@ -32,11 +33,12 @@ from utils.data.pairing import PairingError, match_pairs
 from utils.errors import UserError
 from utils.eval import protocol as protocol_module
 from utils.eval import tasks as tasks_module
+from utils.eval.evaluation import evaluate_set, evaluate_sets
 from utils.eval.metrics import image_metrics
 from utils.eval.outputs import output_names
 from utils.eval.protocol import RestoreOutOfMemory
 from utils.eval.report import summary_table
-from utils.eval.tasks import find_task_sets
+from utils.eval.tasks import find_task_sets, paired_set
 from utils.streams import PIPE_CLOSED_STATUS
 
 torch.set_num_threads(1)
@@ -1872,3 +1874,112 @@ def test_an_earlier_two_level_rows_restorations_go_aside_with_its_parent_folder(
                            "results.md"]
     assert not (save / "derain").exists()
     assert _tree(save) == ["jpeg/astro.png", "results.csv", "results.json", "results.md"]
+
+
+# --------------------------------------------------------------------------- scoring of non-identity outputs
+
+class _FixedOutput(torch.nn.Module):
+    """A 'network' that returns a fixed float image whatever its input (one parameter, so it has a device)."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.out = torch.as_tensor(out).permute(2, 0, 1)[None]
+
+    def forward(self, x):
+        return self.out.expand(x.shape[0], -1, -1, -1) + 0 * self.anchor
+
+
+def _skimage_scores(a, b):
+    return (peak_signal_noise_ratio(b, a, data_range=255), structural_similarity(b, a, data_range=255, channel_axis=2))
+
+
+def test_an_output_is_scored_as_save_image_quantises_it_and_the_input_column_scores_the_input(tmp_path):
+    """The zero model returns its input exactly, so no test saw how a real output is quantised before scoring: as
+    torchvision's save_image (x*255 + 0.5, clamped, truncated: exact ties round up, values out of [0, 1] clamp,
+    not wrap). The degraded column must score the degraded image, not the output."""
+    rng = np.random.default_rng(3)
+    tar = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    deg = np.clip(tar.astype(int) + rng.integers(-30, 31, tar.shape), 0, 255).astype(np.uint8)
+    out = rng.uniform(-0.3, 1.3, tar.shape).astype(np.float32)  # a fifth of it outside [0, 1]
+    ties = [np.float32(np.float32(k + 0.5) / np.float32(255)) for k in range(0, 255, 2)]  # even k: half-to-even differs
+    ties = [t if np.float32(t * np.float32(255)) == k + 0.5 else np.nextafter(t, np.float32(1))
+            for k, t in zip(range(0, 255, 2), ties)]
+    out.reshape(-1)[:len(ties)] = ties
+    assert all(np.float32(t * np.float32(255)) % 1 == 0.5 for t in ties)
+    write_image(tmp_path / "d" / "x.png", deg)
+    write_image(tmp_path / "t" / "x.png", tar)
+    row = evaluate_set(_FixedOutput(out), paired_set("x", tmp_path / "d", tmp_path / "t"), protocol_module.Protocol(),
+                       torch.device("cpu"), progress=False)
+    # torchvision.utils.save_image's rule, written out with torch
+    out8 = torch.from_numpy(out).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
+    assert out8.reshape(-1)[0] == 1 and out8.min() == 0 and out8.max() == 255
+    p, s = _skimage_scores(out8, tar)
+    assert row["psnr"] == pytest.approx(p, abs=1e-12) and row["ssim"] == pytest.approx(s, abs=1e-12)
+    p_in, s_in = _skimage_scores(deg, tar)
+    assert row["input_psnr"] == pytest.approx(p_in, abs=1e-12) and row["input_ssim"] == pytest.approx(s_in, abs=1e-12)
+
+
+class _Identity(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x + 0 * self.anchor
+
+
+def test_the_default_protocol_is_the_papers_and_the_noise_seed_reaches_the_noisy_inputs(tmp_path):
+    """Protocol() (training's validation, the study, the demo; not the tester's flags) must score as the paper:
+    crop to multiples of 8, RGB, skimage SSIM, no border crop, noise seeded by crc32('0:<name>:<sigma>'); and
+    --noise-seed N must change those seeds to crc32('N:<name>:<sigma>') (a run said it used seed N, and did not)."""
+    clean = data.astronaut()[100:121, 200:219]  # 21x19: cropped to 16x16
+    write_image(tmp_path / "denoise" / "s" / "a.png", clean)
+    sets = find_task_sets(["denoise_25"], tmp_path)
+    for protocol, seed in ((None, 0), (protocol_module.Protocol(noise_seed=7), 7)):
+        res = evaluate_sets(_Identity(), sets, protocol, "cpu", progress=False)
+        c = clean[:16, :16]
+        rng = np.random.default_rng(zlib.crc32(f"{seed}:a.png:25".encode()))
+        noisy = np.clip(c + 25 * rng.standard_normal(c.shape), 0, 255).astype(np.uint8)
+        p, s = _skimage_scores(noisy, c)
+        row = res["tasks"]["denoise_25/s"]
+        assert row["psnr"] == pytest.approx(p, abs=1e-12) and row["ssim"] == pytest.approx(s, abs=1e-12), seed
+
+
+def test_lowlight_degraded_images_are_low_and_targets_high(tmp_path):
+    """LOL's layout is lowlight/{low,high}: swapping the two scores the network on restoring the bright image."""
+    for folder in ("low", "high"):
+        write_image(tmp_path / "lowlight" / folder / "1.png", np.zeros((8, 8, 3), np.uint8))
+    (s,) = find_task_sets(["lowlight"], tmp_path)
+    assert s.items[0].degraded == tmp_path / "lowlight" / "low" / "1.png"
+    assert s.items[0].target == tmp_path / "lowlight" / "high" / "1.png"
+
+
+def test_best_and_worst_images_are_named_by_their_own_scores(tmp_path):
+    """The row's best/worst PSNR and SSIM (printed like the reference's 'best'/'worst') name the image they score."""
+    clean = data.astronaut()[100:124, 200:224]
+    rng = np.random.default_rng(0)
+    for name, sd in (("a.png", 20), ("b.png", 2), ("c.png", 8)):
+        write_image(tmp_path / "d" / name, np.clip(clean + rng.normal(0, sd, clean.shape), 0, 255).astype(np.uint8))
+        write_image(tmp_path / "t" / name, clean)
+    row = evaluate_set(_Identity(), paired_set("x", tmp_path / "d", tmp_path / "t"), protocol_module.Protocol(),
+                       torch.device("cpu"), progress=False)
+    scores = {n: _skimage_scores(read_image(tmp_path / "d" / n), clean) for n in ("a.png", "b.png", "c.png")}
+    assert row["best_psnr"] == {"name": "b.png", "psnr": pytest.approx(scores["b.png"][0], abs=1e-12)}
+    assert row["worst_psnr"] == {"name": "a.png", "psnr": pytest.approx(scores["a.png"][0], abs=1e-12)}
+    assert row["best_ssim"]["name"] == max(scores, key=lambda n: scores[n][1])
+    assert row["worst_ssim"]["name"] == min(scores, key=lambda n: scores[n][1])
+
+
+def test_tasks_all_finds_every_paper_task_present_in_the_papers_order(tmp_path):
+    """--tasks all (the tester without arguments, the study) must find deblur (GoPro) and lowlight (LOL): a task
+    missing from the list silently drops a 5D column."""
+    img = np.zeros((8, 8, 3), np.uint8)
+    for deg, tar in (("deblur/input", "deblur/target"), ("lowlight/low", "lowlight/high"),
+                     ("derain/Rain100L/input", "derain/Rain100L/target"), ("dehaze/input", "dehaze/target")):
+        write_image(tmp_path / deg / "1.png", img)
+        write_image(tmp_path / tar / "1.png", img)
+    write_image(tmp_path / "denoise" / "bsd68" / "1.png", img)
+    names = [s.name for s in find_task_sets(["all"], tmp_path)]
+    assert names == ["denoise_15/bsd68", "denoise_25/bsd68", "denoise_50/bsd68", "derain/Rain100L", "dehaze",
+                     "deblur", "lowlight"]

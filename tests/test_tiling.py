@@ -170,3 +170,29 @@ def test_growth_check_ignores_allocator_noise_and_catches_a_leak():
     step = [800] * 40 + [950] * 41  # a late jump that stays
     with pytest.raises(AssertionError):
         assert_no_growth_per_tile(step)
+
+
+class _TileMean(torch.nn.Module):
+    """Returns each tile's mean everywhere in the tile: the blend of the tiles is then a weighted mean of constants."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x) + 0 * self.anchor
+
+
+def test_overlapping_tiles_cross_fade_with_raised_cosine_weights_on_both_axes():
+    """Where two tiles overlap by exactly ``overlap``, the output is (1 - r) * first + r * second with the raised
+    cosine r_i = sin^2(pi/2 (i + 0.5) / overlap), along rows and columns alike (a window of another width on one
+    axis still blended without visible seams)."""
+    x = torch.zeros(1, 3, 56, 56)
+    x[..., :28, :28], x[..., :28, 28:], x[..., 28:, :28], x[..., 28:, 28:] = 0.1, 0.4, 0.6, 0.9
+    got = restore_tiled(_TileMean(), x, tile=32, overlap=8)[0, 0].double().numpy()  # tiles at 0 and 24 on each axis
+    means = {(y0, x0): float(x[..., y0:y0 + 32, x0:x0 + 32].mean()) for y0 in (0, 24) for x0 in (0, 24)}
+    r = np.sin(0.5 * np.pi * (np.arange(8) + 0.5) / 8) ** 2
+    second = np.concatenate([np.zeros(24), r, np.ones(24)])  # the weight of the tile at 24 along an axis
+    want = sum(means[(y0, x0)] * (second if y0 else 1 - second)[:, None] * (second if x0 else 1 - second)[None, :]
+               for y0, x0 in means)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
