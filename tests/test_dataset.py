@@ -578,3 +578,107 @@ def test_the_trainers_loader_shares_each_epoch_out_over_the_ranks_at_the_per_pro
     assert len(shares[0]) == len(shares[1]) == (len(ds) + 1) // 2
     assert set(shares[0]) | set(shares[1]) == set(range(len(ds)))
     assert len(set(shares[0]) & set(shares[1])) == 2 * len(shares[0]) - len(ds)  # only the padding repeats
+
+
+def test_repeat_overrides_reach_the_epoch_list_and_the_lambdas(tree3):
+    """--repeat NAME=N changes how often NAME's images are listed per epoch and, with the same counts, the lambdas:
+    a list that ignored it while the lambdas used it (or the reverse) trained another mix than the report said."""
+    ds = du.build_train_dataset(DE_3D, dirs_of(tree3), 32, log=lambda m: None,
+                                repeats={"derain": 2, "denoise_25": 4})
+    listed = {de: sum(s.de_id == i for s in ds.samples) for de, i in du.DE_IDS.items() if de in DE_3D}
+    # 3 clean images x 5, x 4, x 5; 3 rainy x 2; 6 hazy x 1
+    assert listed == ds.counts_by_de == {"denoise_15": 15, "denoise_25": 12, "denoise_50": 15, "derain": 6,
+                                         "dehaze": 6}
+    assert ds.domain_counts == [42, 6, 6] and len(ds) == 54
+    inv = np.array([1 / 42, 1 / 6, 1 / 6])
+    np.testing.assert_allclose(ds.lambdas, inv / inv.sum(), rtol=1e-12)
+
+
+def test_the_epoch_list_is_in_de_id_order_whatever_the_de_type_order(tree5):
+    """Sample i is the same whatever order --de_type names the types in (de-id order, as the reference lists
+    them): the sampler shuffles indices, so a list in flag order trained other samples at each step."""
+    a = du.build_train_dataset(DE_5D, dirs_of(tree5), 32, log=lambda m: None)
+    b = du.build_train_dataset(DE_5D[::-1], dirs_of(tree5), 32, log=lambda m: None)
+    assert a.samples == b.samples
+    # denoise_25 x15, derain x360, dehaze x1 (6 hazy), deblur x35, lowlight x150, each block its images in turn
+    assert [s.de_id for s in a.samples] == [1] * 45 + [3] * 1080 + [4] * 6 + [5] * 105 + [6] * 450
+    assert [s.pair.degraded.name for s in a.samples[45:48]] == ["rain-1.png", "rain-2.png", "rain-3.png"]
+
+
+def test_id_list_lines_are_stripped_blank_lines_skipped_and_list_order_kept(tmp_path):
+    """The reference strips each id (id_.strip()): an id with spaces or a CR around it, or a blank line, was an id
+    'not on disk'; and the samples follow the list's order, not the sorted names."""
+    tree = make_train_tree(tmp_path, n=3, id_lists=True)
+    (tree["data_file_dir"] / "noisy" / "denoise.txt").write_bytes(
+        b" clean_2.png\r\n\r\nclean_0.png \t\n\n\tclean_1.png\n\n")
+    assert du.read_id_list(tree["data_file_dir"] / "noisy" / "denoise.txt") == \
+        ["clean_2.png", "clean_0.png", "clean_1.png"]
+    logged = []
+    found = du.collect_samples(["denoise_15"], dirs_of(tree), tree["data_file_dir"], log=logged.append,
+                               strict_ids=True)
+    assert [p.clean.name for p in found["denoise"]] == ["clean_2.png", "clean_0.png", "clean_1.png"]
+    assert not [m for m in logged if m.startswith("warning:")]
+
+
+def test_a_pair_not_a_multiple_of_16_is_centre_cropped_alike_before_the_shared_window(tmp_path):
+    """Degraded and clean are both centre-cropped to multiples of 16 (70x53 -> rows 3..66, columns 2..49) before
+    the one window is cut from them."""
+    rng = np.random.default_rng(4)
+    high = np.ascontiguousarray(smooth_image(rng, 80)[:70, :53])
+    _write(tmp_path / "lowlight" / "high" / "a.png", high)
+    _write(tmp_path / "lowlight" / "low" / "a.png", high // 4)
+    ds = du.build_train_dataset(["lowlight"], {"lowlight": tmp_path / "lowlight"}, 32, seed=2, log=lambda m: None)
+    for i in (0, 7, 99):
+        deg, clean, de, dom = ds[i]
+        r = ds.rng(i)
+        top, left, mode = int(r.integers(0, 64 - 31)), int(r.integers(0, 48 - 31)), int(r.integers(1, 8))
+        assert (de, dom) == (6, 0)
+        window = high[3 + top:3 + top + 32, 2 + left:2 + left + 32]
+        expect = np.rot90(window, mode // 2)
+        expect = np.flipud(expect) if mode % 2 else expect
+        assert torch.equal(clean, torch.from_numpy(expect.transpose(2, 0, 1).copy()).float() / 255)
+        assert torch.equal(deg, torch.from_numpy((expect // 4).transpose(2, 0, 1).copy()).float() / 255)
+
+
+@pytest.mark.parametrize("shape", [(32, 64), (64, 32)])
+def test_an_image_with_one_side_under_the_patch_is_refused_at_start(tmp_path, shape):
+    """An image is too small when either side (after the crop to 16) is under --patch-size: one long side let it
+    through the start-up check, and a loader worker stopped the run on it mid-epoch."""
+    img = np.zeros((*shape, 3), np.uint8)
+    _write(tmp_path / "lowlight" / "high" / "a.png", img)
+    _write(tmp_path / "lowlight" / "low" / "a.png", img)
+    _write(tmp_path / "lowlight" / "high" / "b.png", np.zeros((48, 48, 3), np.uint8))
+    _write(tmp_path / "lowlight" / "low" / "b.png", np.zeros((48, 48, 3), np.uint8))
+    found = du.collect_samples(["lowlight"], {"lowlight": tmp_path / "lowlight"}, log=lambda m: None)
+    with pytest.raises(DatasetError, match=rf"low.a\.png is {shape[0]}x{shape[1]} .*smaller than --patch-size 48"):
+        du.check_images(found, 48)
+    kept = du.check_images(found, 48, skip_bad=True, log=lambda m: None)
+    assert [p.clean.name for p in kept["lowlight"]] == ["b.png"]
+
+
+def test_collate_keeps_each_samples_degradation_id_and_domain_apart():
+    """The batch's de ids (the contrastive term's classes) and domains (which potential f_k) stay in their places."""
+    a, b = torch.zeros(3, 4, 4), torch.ones(3, 4, 4)
+    deg, clean, de, dom = du.collate([(a, b, 3, 1), (b, a, 4, 2)])
+    assert torch.equal(deg, torch.stack([a, b])) and torch.equal(clean, torch.stack([b, a]))
+    assert de.tolist() == [3, 4] and dom.tolist() == [1, 2] and de.dtype == dom.dtype == torch.long
+
+
+def test_the_seed_reaches_the_sampler_order_and_each_samples_crop(tree3):
+    """--seed changes both the epoch's order and each sample's window, flip and noise; the same seed repeats them.
+    A seed dropped on the way left every run, whatever its --seed, on one order or one set of crops."""
+    orders, samples = {}, {}
+    for seed in (0, 1):
+        ds = du.build_train_dataset(["denoise_50"], dirs_of(tree3), 32, seed=seed, log=lambda m: None)
+        ds.set_epoch(1)
+        sampler = du.ResumableSampler(ds, seed=seed)
+        sampler.set_epoch(1)
+        orders[seed], samples[seed] = list(sampler), ds[3][0]
+        again = du.ResumableSampler(ds, seed=seed)
+        again.set_epoch(1)
+        assert list(again) == orders[seed] and torch.equal(ds[3][0], samples[seed])
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1]) == list(range(15))
+    assert not torch.equal(samples[0], samples[1])
+    g = torch.Generator()
+    g.manual_seed(1 + 1)  # DistributedSampler's rule: randperm seeded with seed + epoch
+    assert orders[1] == torch.randperm(15, generator=g).tolist()
