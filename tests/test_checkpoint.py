@@ -1,4 +1,5 @@
-"""Loading every accepted checkpoint format, and refusing files that try to run code."""
+"""Loading every accepted checkpoint format, and refusing files that try to run code; saving, rotation, choosing
+the checkpoint to resume, and what a resume restores (unit level: no training run)."""
 import os
 import pickle
 import warnings
@@ -212,3 +213,268 @@ def test_weights_of_another_network_are_one_line_naming_a_few_keys():
         load_weights(small, other.state_dict(), "other.pth")
     message = str(err.value)
     assert "\n" not in message and "... and" in message and len(message) < 1500, message
+
+
+# --------------------------------------------------------------------------- saving, rotation, choosing the newest
+
+def _save(folder, epoch: int, iteration: int, keep: int = 0, **extra):
+    from utils.checkpoints import save_training_checkpoint
+
+    state = {"epoch": epoch, "iteration": iteration, "global_step": 10 * epoch + iteration, "model": {}, **extra}
+    return save_training_checkpoint(state, folder, keep=keep).name
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_rotation_keeps_the_newest_and_never_the_checkpoint_latest_names(tmp_path):
+    """keep=0 keeps every checkpoint, keep=1 the newest alone; a checkpoint ``latest`` names is never deleted, even
+    when one further on sorts after it (a resume with another batch saves iter_e002_i000002 beside the
+    i000004 it resumed): deleting it would leave ``latest`` naming nothing, the save just made lost."""
+    import json
+
+    for epoch in (1, 2, 3):
+        _save(tmp_path, epoch, 0)
+    assert _names(tmp_path) == ["epoch_001.pth", "epoch_002.pth", "epoch_003.pth", "latest"]
+    _save(tmp_path, 3, 4, keep=1)
+    assert _names(tmp_path) == ["iter_e004_i000004.pth", "latest"]
+    assert _save(tmp_path, 3, 2, keep=1) == "iter_e004_i000002.pth"  # renumbered: before the one resumed
+    assert _names(tmp_path) == ["iter_e004_i000002.pth", "iter_e004_i000004.pth", "latest"]
+    assert json.loads((tmp_path / "latest").read_text())["checkpoint"] == "iter_e004_i000002.pth"
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_and_latest_as_they_were(tmp_path, monkeypatch):
+    """A save that fails mid-write (a full disk, a kill) leaves no torn checkpoint under its name, which the
+    tester's newest-checkpoint and ``--resume auto`` would otherwise pick, and ``latest`` still naming the last
+    whole one (it is written after the checkpoint)."""
+    import json
+
+    from utils.checkpoints import newest_checkpoint, read_latest, resume_candidates
+
+    _save(tmp_path, 1, 0)
+    pointer = (tmp_path / "latest").read_text()
+
+    def failing_save(obj, fh):
+        fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        _save(tmp_path, 1, 5)
+    monkeypatch.undo()
+    assert _names(tmp_path) == ["epoch_001.pth", "latest"]
+    assert (tmp_path / "latest").read_text() == pointer and json.loads(pointer)["checkpoint"] == "epoch_001.pth"
+    assert read_latest(tmp_path).name == newest_checkpoint(tmp_path).name == "epoch_001.pth"
+    assert [p.name for p in resume_candidates("auto", tmp_path)[0]] == ["epoch_001.pth"]
+
+
+@pytest.mark.parametrize("pointer", [None, "{not json", '{"checkpoint": "epoch_009.pth"}'])
+def test_without_a_usable_latest_the_furthest_checkpoint_is_resumed_then_the_ones_before(tmp_path, pointer):
+    """``latest`` missing, damaged or naming a deleted file: ``--resume auto`` continues the checkpoint furthest
+    on (by progress, not by name or age) and falls back newest first; resuming the oldest would train whole
+    epochs again."""
+    from utils.checkpoints import read_latest, resume_candidates
+
+    for i, name in enumerate(["iter_e002_i000002.pth", "epoch_002.pth", "epoch_001.pth", "iter_e003_i000001.pth"]):
+        (tmp_path / name).write_bytes(b"a checkpoint")
+        os.utime(tmp_path / name, (1000 - i, 1000 - i))  # the oldest file is the furthest on
+    if pointer is not None:
+        (tmp_path / "latest").write_text(pointer)
+    assert read_latest(tmp_path).name == "iter_e003_i000001.pth"
+    assert [p.name for p in resume_candidates("auto", tmp_path)[0]] == [
+        "iter_e003_i000001.pth", "epoch_002.pth", "iter_e002_i000002.pth", "epoch_001.pth"]
+
+
+def test_of_the_saves_a_pointer_missed_the_furthest_is_the_newest(tmp_path):
+    """Two saves written after ``latest`` (its rewrite failed, then a kill): the further one is resumed."""
+    from utils.checkpoints import read_latest
+
+    for name, when in (("epoch_001.pth", 1000), ("iter_e002_i000004.pth", 1300), ("iter_e002_i000008.pth", 1400)):
+        (tmp_path / name).write_bytes(b"a checkpoint")
+        os.utime(tmp_path / name, (when, when))
+    (tmp_path / "latest").write_text('{"checkpoint": "epoch_001.pth"}\n')
+    os.utime(tmp_path / "latest", (1200, 1200))
+    assert read_latest(tmp_path).name == "iter_e002_i000008.pth"
+
+
+# --------------------------------------------------------------------------- what a resume restores
+
+def _trained_pair():
+    """A tiny network, its potentials and both Adam optimizers after one step each."""
+    from net import Potentials
+
+    torch.manual_seed(0)
+    model, pots = nn.Linear(3, 2), Potentials(2, 8, 16)
+    opt, pot_opt = torch.optim.Adam(model.parameters(), lr=1e-3), torch.optim.Adam(pots.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).square().sum().backward()
+    pots.all(torch.randn(1, 8, 2, 2)).square().sum().backward()
+    opt.step()
+    pot_opt.step()
+    return model, pots, opt, pot_opt
+
+
+def test_a_mid_epoch_checkpoint_restores_both_optimizers_rng_and_the_epochs_progress(tmp_path):
+    """What a resumed run continues from is what the interrupted one had: both optimizers' states (the
+    potentials' too), every generator's next draws, and where it was in the epoch with the losses summed so far
+    (a resumed epoch's record must give the whole epoch's means)."""
+    import random
+    from argparse import Namespace
+
+    import numpy as np
+
+    from utils.checkpoints import LoopState, restore_training_state, save_training_checkpoint, training_checkpoint
+    from utils.train.run_log import Console
+    from utils.train.setup import load_start
+
+    model, pots, opt, pot_opt = _trained_pair()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    state = LoopState(epoch=3, iteration=7, global_step=27, loss_sums={"l1": 1.5, "map": -0.25}, loss_count=7)
+    ckpt = training_checkpoint(model, pots, opt, pot_opt, scaler, state, False, {"args": {}})
+    draws = lambda: (random.random(), float(np.random.rand()), torch.rand(3))  # noqa: E731
+    expected = draws()  # what the interrupted run would have drawn next
+    path = save_training_checkpoint(ckpt, tmp_path, keep=0)
+    assert path.name == "iter_e003_i000007.pth" and (ckpt["epoch"], ckpt["iteration"]) == (2, 7)
+
+    obj = read_checkpoint(path)
+    model2, pots2, opt2, pot_opt2 = _trained_pair()
+    for opt_new in (opt2, pot_opt2):
+        opt_new.state.clear()  # fresh optimizers, as a resumed run builds them
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)  # a new process's generators are elsewhere
+    args = Namespace(start_epoch=1, pretrained=None, backbone="BaryNet")
+    resumed, _ = load_start(args, path, obj, model2, pots2, Console(False))
+    assert resumed == state  # epoch, iteration, global step, loss sums and count
+    restore_training_state(obj, opt2, pot_opt2, scaler, source=str(path))
+    for a, b in ((opt, opt2), (pot_opt, pot_opt2)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa["param_groups"] == sb["param_groups"] and sa["state"].keys() == sb["state"].keys()
+        for i in sa["state"]:
+            for k, v in sa["state"][i].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb["state"][i][k])), (i, k)
+    got = draws()
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_just_before(tmp_path, capsys):
+    """``--resume auto`` passes over a torn newest checkpoint to the one saved just before it, not to an older
+    one: each step further back is a save interval trained again."""
+    from argparse import Namespace
+
+    from utils.train.run_log import Console
+    from utils.train.start import where_to_start
+
+    for epoch, iteration in ((1, 0), (1, 3), (2, 0), (2, 3)):
+        _save(tmp_path, epoch, iteration, format_version=1, model={"w": torch.full((2,), float(epoch))})
+    newest = tmp_path / "iter_e003_i000003.pth"
+    newest.write_bytes(newest.read_bytes()[:500])
+    path, obj = where_to_start(Namespace(resume="auto", output_dir=str(tmp_path)), Console())
+    assert path.name == "epoch_002.pth" and (obj["epoch"], obj["iteration"], obj["global_step"]) == (2, 0, 20)
+    assert "Falling back to the checkpoint before it, epoch_002.pth" in capsys.readouterr().err
+
+
+def test_the_output_folders_lock_is_released_when_the_run_ends_or_fails(tmp_path):
+    """The trainer's hold on --output-dir ends with the run, also when it fails: a lock left behind keeps a
+    hidden file in the user's folder (and reads as a busy folder to tools that check it)."""
+    from utils.output_lock import LOCK_NAME
+    from utils.train.distributed import DistInfo
+    from utils.train.start import hold_output_folder
+
+    with hold_output_folder(tmp_path, DistInfo()):
+        assert (tmp_path / LOCK_NAME).is_file()
+    assert not (tmp_path / LOCK_NAME).exists()
+    with pytest.raises(RuntimeError, match="diverged"), hold_output_folder(tmp_path, DistInfo()):
+        raise RuntimeError("diverged")
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_weights_are_finite_only_when_the_potentials_are_too():
+    """The save guard: non-finite potentials (as well as a non-finite network) refuse the save that would
+    otherwise replace the last good checkpoint with one no resume can load."""
+    from net import Potentials
+    from utils.checkpoints import all_finite
+
+    model, pots = nn.Linear(3, 2), Potentials(2, 8, 16)
+    assert all_finite(model, pots) and all_finite(model, None)
+    with torch.no_grad():
+        next(pots.parameters()).view(-1)[0] = float("inf")
+    assert not all_finite(model, pots) and all_finite(model, None)
+    with torch.no_grad():
+        model.bias[1] = float("nan")
+    assert not all_finite(model, None)
+
+
+def test_a_resumed_run_keeps_its_own_seed_and_seeds_every_generator(capsys):
+    """The data order of a resumed epoch follows the seed: a resume given another --seed (or none, the default)
+    keeps the checkpoint's, or its epochs would not be the interrupted run's."""
+    import random
+    from argparse import Namespace
+
+    import numpy as np
+
+    from utils.train.distributed import DistInfo
+    from utils.train.run_log import Console
+    from utils.train.start import agree_seed
+
+    args = Namespace(seed=0)
+    ckpt = {"format_version": 1, "model": {}, "args": {"seed": 7}}
+    assert agree_seed(args, ckpt, DistInfo(), Console()) == 7 and args.seed == 7
+    assert "keeping the resumed run's seed 7 (not --seed 0)" in capsys.readouterr().out
+    drawn = (random.random(), float(np.random.rand()), torch.rand(2))
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    assert drawn[:2] == (random.random(), float(np.random.rand())) and torch.equal(drawn[2], torch.rand(2))
+    assert agree_seed(Namespace(seed=3), None, DistInfo(), Console()) == 3  # a fresh run: its own --seed
+
+
+def test_a_view_one_element_past_its_storage_is_refused():
+    """The guard's bound is exact: the last element a view addresses must lie inside its storage."""
+    from utils.checkpoints.guard import view_problem
+
+    assert view_problem(4, 0, (4,), (1,)) is None and view_problem(6, 0, (2, 3), (3, 1)) is None
+    assert "addresses element 4 of a storage holding 4" in view_problem(4, 1, (4,), (1,))
+    assert "addresses element 6 of a storage holding 6" in view_problem(6, 1, (2, 3), (3, 1))
+
+
+def test_the_unpacked_size_cap_is_exact(tmp_path):
+    """``max_unpacked_bytes`` caps an archive's uncompressed size at that many bytes, not some multiple."""
+    import zipfile
+
+    path = tmp_path / "small.pth"
+    torch.save({"x": torch.zeros(1000)}, path)
+    with zipfile.ZipFile(path) as archive:
+        total = sum(e.file_size for e in archive.infolist())
+    assert torch.equal(read_checkpoint(path, max_unpacked_bytes=total)["x"], torch.zeros(1000))
+    with pytest.raises(CheckpointError, match="small.pth: its archive unpacks to .*above the limit"):
+        read_checkpoint(path, max_unpacked_bytes=total - 1)
+
+
+def test_resume_given_a_runs_latest_pointer_continues_the_checkpoint_it_names(tmp_path):
+    """``--resume <run>/latest`` means that run, from the checkpoint ``latest`` names (the JSON pointer itself is
+    no checkpoint to load)."""
+    from utils.checkpoints import resume_candidates
+
+    for epoch in (1, 2):
+        _save(tmp_path, epoch, 0)
+    found, note = resume_candidates(str(tmp_path / "latest"), tmp_path / "elsewhere")
+    assert [p.name for p in found] == ["epoch_002.pth", "epoch_001.pth"] and "a run's pointer" in note
+
+
+def test_a_save_of_non_finite_weights_is_refused_and_the_last_checkpoint_stays(tmp_path):
+    """The saver's own guard: weights that became NaN (whatever the losses said) are never written over the
+    last good checkpoint, which ``--resume auto`` would then pass over to an older one."""
+    from types import SimpleNamespace
+
+    from net import Potentials
+    from utils.checkpoints import LoopState
+    from utils.train.distributed import DistInfo
+    from utils.train.engine import NonFiniteLossError, Saver
+    from utils.train.run_log import Console
+
+    _save(tmp_path, 1, 0)
+    model, pots = nn.Linear(3, 2), Potentials(2, 8, 16)
+    with torch.no_grad():
+        next(pots.parameters()).view(-1)[0] = float("nan")
+    training = SimpleNamespace(model_without_ddp=model, potentials=pots, info=DistInfo())
+    save = Saver(training, tmp_path, {}, iters=5, keep=0, console=Console(False))
+    with pytest.raises(NonFiniteLossError, match="epoch 2, iteration 3; not saving"):
+        save(LoopState(epoch=2, iteration=3, global_step=8))
+    assert _names(tmp_path) == ["epoch_001.pth", "latest"]
