@@ -58,7 +58,7 @@ CACHE_IN=${CACHE_IN:-.gpu_cache}
 CACHE_OUT=${CACHE_OUT-$RESULTS}
 CACHE_PART_BYTES=${CACHE_PART_BYTES:-15000000}  # a device call brings back files of up to 16 MiB, 64 MiB in all
 CACHE_MAX_PARTS=${CACHE_MAX_PARTS:-3}           # and carries 64 MiB of working tree, a third of it the repository
-CACHE_PACK_CAP=${CACHE_PACK_CAP:-60}            # seconds
+CACHE_PACK_CAP=${CACHE_PACK_CAP:-30}            # seconds: with caps of 560 s, a call of 600 s
 
 step() {  # step SECONDS TITLE COMMAND...: run one row with a wall-clock cap
     local cap=$1 title=$2
@@ -77,7 +77,7 @@ step() {  # step SECONDS TITLE COMMAND...: run one row with a wall-clock cap
 
 xz_stream() {  # xz_stream -z|-d: stdin to stdout through xz, or Python's lzma where the machine has no xz
     if command -v xz >/dev/null; then
-        if [ "$1" = -z ]; then XZ_OPT=-T0 xz -6; else xz -dc; fi
+        if [ "$1" = -z ]; then XZ_OPT=-T0 xz -3; else xz -dc; fi
     else
         python3 -c "import lzma, shutil, sys
 if sys.argv[1] == '-z':
