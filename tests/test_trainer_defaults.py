@@ -96,16 +96,17 @@ def test_the_optimizers_are_torchs_with_its_defaults_as_in_the_reference(name):
 
 def test_model_flags_reach_the_network_and_the_potentials():
     """--dim, --num-blocks, --num-refinement-blocks and --heads each change the network the trainer builds (a flag
-    dropped on the way would build the preset's silently), and the potentials follow the network's width and
-    --patch-size (docs/METHOD.md §1.4: K networks on 8·dim channels, tied to the patch size)."""
+    dropped on the way would build the preset's silently), and the potentials follow K, the network's width and
+    --patch-size (docs/METHOD.md §1.4: K networks on 8·dim channels, tied to the patch size; the reference's K
+    defaulted to 3 whatever --de-type trained)."""
     args = get_args_parser().parse_args("--preset tiny --dim 24 --num-blocks 1 1 2 1 --num-refinement-blocks 2 "
                                         "--heads 1 2 4 4 --patch_size 64 --device cpu".split())
-    model, pots, _, _ = build_networks(args, 3, None, None, DistInfo(), Console(False))
+    model, pots, _, _ = build_networks(args, 5, None, None, DistInfo(), Console(False))
     assert {k: model.config[k] for k in ("dim", "num_blocks", "num_refinement_blocks", "heads")} == \
         {"dim": 24, "num_blocks": [1, 1, 2, 1], "num_refinement_blocks": 2, "heads": [1, 2, 4, 4]}
     assert len(model.encoder_level3) == 2 and len(model.refinement) == 2
     assert model.latent[0].attn.temperature.shape[0] == 4
-    assert (pots.num_potentials, pots.channels, pots.size) == (3, 8 * 24, 64)
+    assert (pots.num_potentials, len(pots.potentials), pots.channels, pots.size) == (5, 5, 8 * 24, 64)
 
 
 def test_the_run_takes_its_optimizer_learning_rate_and_l1_weight_from_the_flags():
