@@ -28,8 +28,18 @@ from utils.train.start import build_loader, build_networks
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD = (REPO / "docs" / "METHOD.md").read_text(encoding="utf-8")
+
+
+def method_defaults() -> dict[str, dict[str, str]]:
+    """docs/METHOD.md §2's table of the trainers' defaults: script -> {flag: value as written}."""
+    table = METHOD[METHOD.index("**The trainers' defaults**"):].split("\n\n")[1].splitlines()
+    scripts = re.findall(r"`(trainer_bary\w*\.py)`", table[0])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    return {script: {re.match(r"`(--\w+)`", r[0]).group(1): r[1 + i] for r in rows} for i, script in enumerate(scripts)}
+
+
 # The reference scripts' DataLoader workers (`--threads`): 16 in trainer_bary.py, 4 in trainer_bary_ddp.py.
-REFERENCE_THREADS = {"trainer_bary.py": 16, "trainer_bary_ddp.py": 4}
+REFERENCE_THREADS = {script: int(d["--threads"]) for script, d in method_defaults().items()}
 
 
 def method_objectives() -> dict[str, tuple[str, Objective]]:
@@ -180,3 +190,22 @@ def test_the_epoch_loop_decays_the_rate_every_step_epochs(tmp_path, monkeypatch)
     assert engine.main(get_args_parser().parse_args(flags)) == 0
     assert seen == [(e, pytest.approx(r), pytest.approx(r), pytest.approx(r))
                     for e, r in ((1, 5e-4), (2, 5e-4), (3, 5e-5))]
+
+
+@pytest.mark.parametrize("script", sorted(REFERENCE_THREADS))
+def test_each_trainer_scripts_defaults_are_method_mds_table(script, monkeypatch):
+    """docs/METHOD.md §2 lists what each script trains when a flag is left out (the authors' scripts'
+    defaults); the script's own parser must give exactly those, so code and document cannot drift apart."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    args = script_args(script, monkeypatch)
+    table = method_defaults()[script]
+    assert sorted(table) == ["--Sigma", "--batchSize", "--de_type", "--lr", "--nEpochs", "--optimizer",
+                             "--patch_size", "--step", "--threads"]
+    got = {"--batchSize": args.batchSize, "--nEpochs": args.nEpochs, "--lr": args.lr, "--step": args.step,
+           "--patch_size": args.patch_size, "--Sigma": args.Sigma, "--optimizer": args.optimizer,
+           "--de_type": args.de_type, "--threads": args.threads}
+    want = {"--batchSize": int(table["--batchSize"]), "--nEpochs": int(table["--nEpochs"]),
+            "--lr": float(table["--lr"]), "--step": int(table["--step"]), "--patch_size": int(table["--patch_size"]),
+            "--Sigma": float(table["--Sigma"]), "--optimizer": table["--optimizer"],
+            "--de_type": table["--de_type"].split(), "--threads": int(table["--threads"])}
+    assert got == want
