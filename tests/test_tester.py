@@ -33,11 +33,11 @@ from utils.data.pairing import PairingError, match_pairs
 from utils.errors import UserError
 from utils.eval import protocol as protocol_module
 from utils.eval import tasks as tasks_module
-from utils.eval.evaluation import evaluate_set, evaluate_sets
+from utils.eval.evaluation import average_row, evaluate_set, evaluate_sets
 from utils.eval.metrics import image_metrics
 from utils.eval.outputs import output_names
 from utils.eval.protocol import RestoreOutOfMemory
-from utils.eval.report import summary_table
+from utils.eval.report import summary_table, write_results
 from utils.eval.tasks import find_task_sets, paired_set
 from utils.streams import PIPE_CLOSED_STATUS
 
@@ -1983,3 +1983,154 @@ def test_tasks_all_finds_every_paper_task_present_in_the_papers_order(tmp_path):
     names = [s.name for s in find_task_sets(["all"], tmp_path)]
     assert names == ["denoise_15/bsd68", "denoise_25/bsd68", "denoise_50/bsd68", "derain/Rain100L", "dehaze",
                      "deblur", "lowlight"]
+
+
+def test_the_testers_scoring_flags_left_out_are_the_protocols_defaults():
+    """tester_bary.py without scoring or tiling flags scores as Protocol() does (the trainer's validation, the demo,
+    the study): a flag default drifting from it (--tile-overlap 16) changed tiled numbers with nothing said."""
+    from utils.eval.tester import _protocol
+    assert _protocol(tester_bary.get_args_parser().parse_args([])) == protocol_module.Protocol()
+
+
+def test_the_table_cells_sit_under_their_headings_rounded_as_the_paper():
+    """Each value of a row is printed under its own heading, PSNR to 2 and SSIM to 4 decimals: best and worst
+    swapped, or a PSNR of 31.2 for 31.23, would have misreported every run."""
+    row = {"count": 2, "psnr": 31.23456, "ssim": 0.912345, "input_psnr": 25.5, "input_ssim": 0.80001,
+           "best_psnr": {"name": "a.png", "psnr": 32.0}, "worst_psnr": {"name": "b.png", "psnr": 30.46912},
+           "best_ssim": {"name": "b.png", "ssim": 0.93}, "worst_ssim": {"name": "a.png", "ssim": 0.89469},
+           "seconds_per_image": 0.25, "skipped": 1, "images": []}
+    lines = summary_table({"tasks": {"myset": row}, "average": average_row({"myset": row})}).splitlines()
+
+    def cells(line):
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+    assert dict(zip(cells(lines[0]), cells(lines[2]))) == {
+        "Task": "myset", "Images": "2", "Degraded PSNR": "25.50", "Degraded SSIM": "0.8000", "PSNR": "31.23",
+        "SSIM": "0.9123", "Best PSNR": "32.00", "Worst PSNR": "30.47", "Best SSIM": "0.9300", "Worst SSIM": "0.8947",
+        "s/image": "0.250", "Skipped": "1"}
+    assert cells(lines[3])[:6] == ["Average", "", "25.50", "0.8000", "31.23", "0.9123"]
+
+
+def test_fig_images_sets_the_rows_of_each_figure(bench, checkpoint, tmp_path):
+    """--fig-images N draws the set's first N images (one 300-pixel row each at 100 dpi), at most the set's; the
+    flag was parsed and then not passed on (3 rows whatever N), which a figure's existence alone cannot tell."""
+    for n, rows in ((1, 1), (2, 2), (5, 3)):
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--no-images", "--save", tmp_path / f"o{n}",
+            "--figs", "--figs-dir", tmp_path / f"f{n}", "--fig-images", n)
+        with Image.open(tmp_path / f"f{n}" / "jpeg.png") as figure:
+            assert figure.size == (900, 300 * rows)
+
+
+def test_device_flag_reaches_the_run(checkpoint, tmp_path, monkeypatch, capsys):
+    """--device is obeyed, not replaced by 'auto': --device cuda where no GPU is visible is one error line (status 2)
+    with nothing written, and --device cpu stays on the CPU where CUDA is visible."""
+    deg, tar = _pair_dirs(tmp_path, ["a.png"], ["a.png"])
+    base = ["--model", str(checkpoint), "--degset", str(deg), "--tarset", str(tar), "--no-progress", "--save"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = tester_bary.get_args_parser().parse_args([*base, str(tmp_path / "o"), "--device", "cuda"])
+    assert tester_bary.run_main(tester_bary.main, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: a CUDA device was asked for") and not (tmp_path / "o").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    res = tester_bary.main(tester_bary.get_args_parser().parse_args([*base, str(tmp_path / "c"), "--device", "cpu"]))
+    assert res["protocol"]["device"] == "cpu" and res["tasks"]["deg"]["count"] == 1
+
+
+def _stopped_results():
+    """The results of a run stopped in its one row "myset" after two images, one file skipped."""
+    images = [{"name": "a.png", "psnr": 30.5, "ssim": 0.9, "input_psnr": 20.25, "input_ssim": 0.7, "seconds": 0.5},
+              {"name": "b.png", "psnr": 28.5, "ssim": 0.8, "input_psnr": 21.75, "input_ssim": 0.6, "seconds": 1.5}]
+    row = {"count": 2, "psnr": 29.5, "ssim": 0.85, "input_psnr": 21.0, "input_ssim": 0.65,
+           "best_psnr": {"name": "a.png", "psnr": 30.5}, "worst_psnr": {"name": "b.png", "psnr": 28.5},
+           "best_ssim": {"name": "a.png", "ssim": 0.9}, "worst_ssim": {"name": "b.png", "ssim": 0.8},
+           "seconds_per_image": 1.0, "skipped": 1, "skipped_files": ["c.png (no target)"], "images": images,
+           "partial": True}
+    return {"protocol": {"protocol": "reference"}, "tasks": {"myset": row}, "average": average_row({"myset": row}),
+            "partial": {"row": "myset", "file": "d.png", "error": "interrupted"}}
+
+
+def test_results_csv_rows_carry_every_value_under_its_column(tmp_path):
+    """results.csv: each image row its name, PSNR, SSIM, degraded PSNR/SSIM and seconds; the task row the row's means,
+    count and extremes; the average row its means and the number of rows; a stopped run its partial row. A column
+    left empty or a value under another's heading went unnoticed by the counts of each kind of row."""
+    results = _stopped_results()
+    write_results(results, tmp_path)
+    with open(tmp_path / "results.csv", newline="") as fh:
+        table = [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(fh)]
+    assert table == [
+        {"kind": "image", "task": "myset", "name": "a.png", "psnr": "30.5", "ssim": "0.9", "input_psnr": "20.25",
+         "input_ssim": "0.7", "seconds": "0.5"},
+        {"kind": "image", "task": "myset", "name": "b.png", "psnr": "28.5", "ssim": "0.8", "input_psnr": "21.75",
+         "input_ssim": "0.6", "seconds": "1.5"},
+        {"kind": "skipped", "task": "myset", "name": "c.png (no target)"},
+        {"kind": "task", "task": "myset", "psnr": "29.5", "ssim": "0.85", "input_psnr": "21.0", "input_ssim": "0.65",
+         "seconds": "1.0", "count": "2", "best_psnr": "30.5", "worst_psnr": "28.5", "best_ssim": "0.9",
+         "worst_ssim": "0.8"},
+        {"kind": "average", "task": "Average", "psnr": "29.5", "ssim": "0.85", "input_psnr": "21.0",
+         "input_ssim": "0.65", "count": "1"},
+        {"kind": "partial", "task": "myset", "name": "d.png: interrupted"}]
+
+
+def test_results_md_of_a_stopped_run_says_partial_and_each_image_under_its_headings(tmp_path):
+    """results.md of a stopped run says so in its title, on its row and under the table, and lists each image's
+    numbers under their headings: a reader opening the file must not take a partial row for the whole set."""
+    write_results(_stopped_results(), tmp_path)
+    md = (tmp_path / "results.md").read_text().splitlines()
+    assert md[0] == "# Evaluation results (PARTIAL: the run stopped, see the end of the summary)"
+    assert any(line.startswith("| myset (partial) | 2 | 21.00 | 0.6500 | 29.50 | 0.8500 |") for line in md)
+    assert "PARTIAL RESULTS: stopped in myset at d.png: interrupted" in md
+    assert md[md.index("| Image | Degraded PSNR | Degraded SSIM | PSNR | SSIM | s |") + 2:][:2] == [
+        "| a.png | 20.25 | 0.7000 | 30.50 | 0.9000 | 0.500 |", "| b.png | 21.75 | 0.6000 | 28.50 | 0.8000 | 1.500 |"]
+
+
+def test_the_average_of_a_stopped_run_counts_its_partial_row(bench, checkpoint, tmp_path, monkeypatch):
+    """A run stopped in its second row averages both rows, the partial one over its images so far, as its table
+    says ("the mean over the rows above with scored images"), in results.json and results.csv alike."""
+    real, calls = protocol_module.restore_array, []
+
+    def interrupted_at_the_fifth(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    from utils.eval import evaluation
+    monkeypatch.setattr(evaluation, "restore_array", interrupted_at_the_fifth)
+    with pytest.raises(UserError, match="interrupted.*partial"):
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "dehaze", "jpeg", "--no-images", "--save",
+            tmp_path / "o")
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    done, cut = saved["tasks"]["dehaze"], saved["tasks"]["jpeg"]
+    assert done["count"] == 3 and cut["count"] == 1 and cut["partial"] and saved["average"]["rows"] == 2
+    assert saved["average"]["psnr"] == pytest.approx((done["psnr"] + cut["psnr"]) / 2, abs=1e-12)
+    assert saved["average"]["ssim"] == pytest.approx((done["ssim"] + cut["ssim"]) / 2, abs=1e-12)
+    with open(tmp_path / "o" / "results.csv") as fh:
+        [average] = [r for r in csv.DictReader(fh) if r["kind"] == "average"]
+    assert average["count"] == "2" and float(average["psnr"]) == pytest.approx(saved["average"]["psnr"])
+
+
+def test_save_as_the_input_folder_is_refused_even_where_no_output_name_is_an_inputs(checkpoint, tmp_path):
+    """--save naming the --input or --degset folder itself is refused when no output would replace an input too
+    (a.jpg gives a.png): a.png would join the images the next run reads. Only a folder below it is fine."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    before = _photos(src, ["a.jpg"])
+    deg, tar = _pair_dirs(tmp_path, ["b.jpg"], ["b.jpg"])
+    for argv in (["--input", src, "--save", src], ["--degset", deg, "--tarset", tar, "--save", deg]):
+        with pytest.raises(UserError, match=r"--save \S+ is the input folder .*--overwrite"):
+            run("--model", checkpoint, *argv)
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before and [p.name for p in deg.iterdir()] == ["b.jpg"]
+
+
+def test_each_scoring_and_tiling_flag_given_is_the_protocol_run_and_recorded(bench, checkpoint, tmp_path):
+    """Every scoring and tiling flag reaches the protocol the run scores by, and results.json records it: a flag
+    parsed and not passed on ran (and recorded) its default instead, with nothing said."""
+    res = run("--model", checkpoint, "--data-root", bench, "--tasks", "denoise_25", "--max-images", "1", "--no-images",
+              "--save", tmp_path / "o", "--protocol", "pad", "--metric-space", "y", "--ssim", "gaussian",
+              "--crop-border", "2", "--tile", "16", "--tile-overlap", "8", "--tile-batch", "2", "--noise-seed", "7",
+              "--precision", "bf16")
+    recorded = json.loads((tmp_path / "o" / "results.json").read_text())["protocol"]
+    assert {k: recorded[k] for k in ("protocol", "metric_space", "ssim", "crop_border", "tile", "tile_overlap",
+                                     "tile_batch", "noise_seed", "precision")} == {
+        "protocol": "pad", "metric_space": "y", "ssim": "gaussian", "crop_border": 2, "tile": 16, "tile_overlap": 8,
+        "tile_batch": 2, "noise_seed": 7, "precision": "bf16"}
+    assert res["tasks"]["denoise_25/setA"]["count"] == 1 and recorded["max_images"] == 1
