@@ -717,6 +717,22 @@ def test_save_and_savetar_may_not_share_a_folder(bench, checkpoint, tmp_path):
     assert np.array_equal(target, read_image(tar / "cat.png")[:40, :56])
 
 
+def _interrupt_restoring_at(n: int, monkeypatch) -> list:
+    """Make the tester's n-th restoration raise KeyboardInterrupt, as Ctrl-C there would; the others restore as
+    usual. Returns the list that counts the restorations: clear it to stop at the n-th of a next run."""
+    from utils.eval import evaluation
+    real, calls = protocol_module.restore_array, []
+
+    def restore(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluation, "restore_array", restore)
+    return calls
+
+
 def test_ctrl_c_keeps_the_results_so_far(bench, checkpoint, tmp_path, monkeypatch, capsys):
     """Failure 8: Ctrl-C used to end the run with no results written (an earlier run's results.json stayed
     beside the new images); now the images finished so far are written as partial results, exit status 130.
@@ -725,16 +741,7 @@ def test_ctrl_c_keeps_the_results_so_far(bench, checkpoint, tmp_path, monkeypatc
     out = tmp_path / "o"
     out.mkdir()
     (out / "results.json").write_text('{"stale": true}')
-    real, calls = protocol_module.restore_array, []
-
-    def interrupted_at_the_second(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    from utils.eval import evaluation
-    monkeypatch.setattr(evaluation, "restore_array", interrupted_at_the_second)
+    calls = _interrupt_restoring_at(2, monkeypatch)
     with pytest.raises(UserError, match="interrupted.*partial") as err:
         run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", out)
     assert err.value.exit_status == 130
@@ -2085,16 +2092,7 @@ def test_results_md_of_a_stopped_run_says_partial_and_each_image_under_its_headi
 def test_the_average_of_a_stopped_run_counts_its_partial_row(bench, checkpoint, tmp_path, monkeypatch):
     """A run stopped in its second row averages both rows, the partial one over its images so far, as its table
     says ("the mean over the rows above with scored images"), in results.json and results.csv alike."""
-    real, calls = protocol_module.restore_array, []
-
-    def interrupted_at_the_fifth(*a, **k):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    from utils.eval import evaluation
-    monkeypatch.setattr(evaluation, "restore_array", interrupted_at_the_fifth)
+    _interrupt_restoring_at(5, monkeypatch)
     with pytest.raises(UserError, match="interrupted.*partial"):
         run("--model", checkpoint, "--data-root", bench, "--tasks", "dehaze", "jpeg", "--no-images", "--save",
             tmp_path / "o")

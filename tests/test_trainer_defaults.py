@@ -199,13 +199,8 @@ def test_each_trainer_scripts_defaults_are_method_mds_table(script, monkeypatch)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     args = script_args(script, monkeypatch)
     table = method_defaults()[script]
-    assert sorted(table) == ["--Sigma", "--batchSize", "--de_type", "--lr", "--nEpochs", "--optimizer",
-                             "--patch_size", "--step", "--threads"]
-    got = {"--batchSize": args.batchSize, "--nEpochs": args.nEpochs, "--lr": args.lr, "--step": args.step,
-           "--patch_size": args.patch_size, "--Sigma": args.Sigma, "--optimizer": args.optimizer,
-           "--de_type": args.de_type, "--threads": args.threads}
-    want = {"--batchSize": int(table["--batchSize"]), "--nEpochs": int(table["--nEpochs"]),
-            "--lr": float(table["--lr"]), "--step": int(table["--step"]), "--patch_size": int(table["--patch_size"]),
-            "--Sigma": float(table["--Sigma"]), "--optimizer": table["--optimizer"],
-            "--de_type": table["--de_type"].split(), "--threads": int(table["--threads"])}
-    assert got == want
+    # each documented flag: its attribute in args, and how its table cell reads
+    read = {"--batchSize": int, "--nEpochs": int, "--lr": float, "--step": int, "--patch_size": int,
+            "--Sigma": float, "--optimizer": str, "--de_type": str.split, "--threads": int}
+    assert sorted(table) == sorted(read)
+    assert {flag: getattr(args, flag[2:]) for flag in read} == {flag: read[flag](table[flag]) for flag in read}
