@@ -652,3 +652,74 @@ def test_a_bigtiff_is_read_as_a_tiff(tmp_path):
     rgba = _rgba()
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.tif", big_tiff=True)
     assert np.array_equal(read_image(tmp_path / "a.tif"), rgba[..., :3])
+
+
+# --------------------------------------------------------------------------- from mutation spot-checks
+
+def test_write_image_replaces_a_link_at_the_destination_and_leaves_its_target_alone(tmp_path):
+    """The file is written beside the destination and renamed over it: a symbolic link there (an input linked into
+    the output folder) is replaced, its target (the user's image) is not overwritten, and no temporary is left."""
+    original = tmp_path / "photos" / "cat.png"
+    write_image(original, RGB)
+    before = original.read_bytes()
+    link = tmp_path / "out" / "cat.png"
+    link.parent.mkdir()
+    link.symlink_to(original)
+    write_image(link, 255 - RGB)
+    assert original.read_bytes() == before
+    assert not link.is_symlink() and np.array_equal(read_image(link), 255 - RGB)
+    assert sorted(p.name for p in link.parent.iterdir()) == ["cat.png"]
+
+
+def test_write_image_encodes_by_the_files_extension(tmp_path):
+    """A .jpg or .tif name gets a JPEG or TIFF, not PNG bytes under another extension."""
+    write_image(tmp_path / "a.jpg", RGB)
+    write_image(tmp_path / "a.tif", RGB)
+    assert (tmp_path / "a.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert (tmp_path / "a.tif").read_bytes()[:4] in (b"II*\0", b"MM\0*")
+    assert np.array_equal(read_image(tmp_path / "a.tif"), RGB)
+
+
+def test_write_image_refuses_four_channels(tmp_path):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        write_image(tmp_path / "x.png", np.zeros((4, 4, 4), np.uint8))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_16_bit_associated_alpha_pixel_of_alpha_0_is_black_whatever_colour_it_stores(tmp_path):
+    """No colour is stored for a pixel of alpha 0: a non-zero stored value there is not divided out into white."""
+    rgba = _rgba(np.uint16)
+    rgba[0, 0] = [3000, 20000, 65535, 0]
+    got = read_image(_tiff(tmp_path / "a.tif", rgba, extra=[1]))
+    assert got.dtype == np.uint16 and np.array_equal(got[0, 0], [0, 0, 0])
+
+
+def test_quantise_of_float16_is_that_of_the_same_values_in_float32():
+    """float16 cannot hold 65535: the values are scaled in float32."""
+    x = np.linspace(0, 1, 97, dtype=np.float16)
+    for bits in (8, 16):
+        assert np.array_equal(quantise(x, bits), quantise(x.astype(np.float32), bits))
+    assert quantise(x, 16).max() == 65535
+
+
+def test_a_palette_image_with_a_transparent_colour_says_its_transparency_is_lost(tmp_path):
+    pal = Image.fromarray(RGB).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.save(tmp_path / "opaque.png")
+    pal.save(tmp_path / "clear.png", transparency=0)
+    assert lost_on_restoring(tmp_path / "opaque.png") == []
+    assert lost_on_restoring(tmp_path / "clear.png") == ["transparency"]
+
+
+def test_a_file_that_cannot_be_opened_is_an_image_read_error_naming_it(tmp_path, monkeypatch):
+    """An OSError while reading the bytes (no permission, an I/O error) is a bad file that names itself, which
+    --skip-bad-files can leave out, not a crash."""
+    import errno
+    from utils.data import image_io
+    Image.fromarray(RGB).save(tmp_path / "locked.png")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    monkeypatch.setattr(image_io, "open", refuse, raising=False)
+    for read in (read_image, image_size):
+        with pytest.raises(ImageReadError, match=r"cannot read image .*locked\.png: Permission denied"):
+            read(tmp_path / "locked.png")
