@@ -101,3 +101,21 @@ def test_pad_reflects_the_input_bottom_right_and_crops_back():
     torch.testing.assert_close(got, padded_by("reflect"), rtol=0, atol=1e-5)
     for other in ("replicate", "constant"):
         assert (got - padded_by(other)).abs().max() > 1e-3, other
+
+
+def test_restore_leaves_the_model_in_the_mode_it_found_it():
+    """A validation pass in the middle of training runs in eval mode and hands the model back still training."""
+    net = build_model("BaryNet", "tiny")
+    x = torch.rand(1, 3, 16, 16)
+    restore(net.train(), x)
+    assert net.training and all(m.training for m in net.modules())
+    restore(net.eval(), x)
+    assert not net.training
+
+
+def test_restore_of_a_float64_batch_is_that_of_its_float32_values():
+    torch.manual_seed(0)
+    net = build_model("BaryNet", "tiny")
+    x = torch.rand(1, 3, 16, 24)
+    got = restore(net, x.double(), pad=True)
+    assert got.dtype == torch.float32 and torch.equal(got, restore(net, x, pad=True))

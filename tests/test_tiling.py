@@ -196,3 +196,25 @@ def test_overlapping_tiles_cross_fade_with_raised_cosine_weights_on_both_axes():
     want = sum(means[(y0, x0)] * (second if y0 else 1 - second)[:, None] * (second if x0 else 1 - second)[None, :]
                for y0, x0 in means)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_tiles_run_at_the_precision_asked_for():
+    """--precision bf16 with --tile ran every tile in fp32: the tiled result is the bf16 restoration's."""
+    torch.manual_seed(0)
+    model = build_model("BaryNet", "tiny")
+    x = photo(24, 40)
+    bf16 = restore(model, x, "bf16")
+    assert not torch.equal(bf16, restore(model, x, "fp32"))
+    assert torch.equal(restore_tiled(model, x, tile=48, overlap=8, precision="bf16"), bf16)  # one tile: no blending
+
+
+def test_a_tile_may_step_by_exactly_the_size_multiple():
+    check_tiling(40, 32)  # the app's smallest tile: 32 of overlap, a step of 8
+    with pytest.raises(ValueError, match="--tile-overlap"):
+        check_tiling(40, 33)
+
+
+def test_progress_is_told_before_the_first_tile_batch_and_after_each(zero_model):
+    calls = []
+    restore_tiled(zero_model, photo(40, 56), tile=32, overlap=8, tile_batch=3, progress=lambda *a: calls.append(a))
+    assert calls == [(0, 4), (3, 4), (4, 4)]  # tiles at 0 and 8 down, 0 and 24 across
