@@ -88,3 +88,31 @@ def test_relative_difference_map_is_scale_free():
     m = difference_map(a, b, (6, 6), relative=True)
     torch.testing.assert_close(difference_map(10 * a, 10 * b, (6, 6), relative=True), m)
     assert not torch.allclose(difference_map(10 * a, 10 * b, (6, 6)), difference_map(a, b, (6, 6)))
+
+
+def test_difference_map_is_the_l2_distance_over_channels_bilinearly_upsampled():
+    a = torch.zeros(4, 2, 2)
+    b = torch.zeros(4, 2, 2)
+    b[:, 0, 0] = 1.0  # distance sqrt(4 x 1) = 2 at one position
+    assert difference_map(a, b, (2, 2)).tolist() == [[2.0, 0.0], [0.0, 0.0]]
+    row = difference_map(torch.zeros(1, 1, 2), torch.tensor([[[0.0, 1.0]]]), (1, 4))
+    assert row.tolist() == [[0.0, 0.25, 0.75, 1.0]]  # bilinear, not nearest
+
+
+def test_relative_difference_map_divides_by_the_mean_norm_of_the_two():
+    a = torch.zeros(2, 3, 3)
+    a[0] = 3.0  # norm 3 at every position
+    torch.testing.assert_close(difference_map(a, -a, (3, 3), relative=True), torch.full((3, 3), 2.0))  # 6 / 3
+
+
+def test_pca_is_centred_and_signed_by_the_largest_loading():
+    """A shift of every row changes nothing; each component points along its largest loading, so a
+    negated dominant feature gives a negated first coordinate, not a flip of sign left to the SVD."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.linspace(-1, 1, 30)
+    noise = 0.1 * torch.randn(30, 2, generator=g)
+    for sign in (1.0, -1.0):
+        feats = torch.cat([sign * 10 * t[:, None], noise], 1)
+        p = pca_2d(feats)
+        torch.testing.assert_close(pca_2d(feats + 100.0), p, rtol=0, atol=1e-4)
+        assert torch.corrcoef(torch.stack([p[:, 0], feats[:, 0]]))[0, 1] > 0.999
