@@ -339,3 +339,104 @@ def test_stopping_the_server_is_a_clean_exit_not_an_error(run_dir, tmp_path):
     lines = log.read_text().splitlines()
     assert lines[-1] == f"=> stopped: {url.rstrip('/')} no longer serves the page", lines
     assert not any(line.startswith("error:") or "Keyboard" in line or "Closing server" in line for line in lines)
+
+
+# --------------------------------------------------------------------------- from mutation spot-checks
+
+def test_an_exif_rotated_upload_is_shown_upright_on_both_sides(session, tmp_path):
+    """The restoration is of the upright photo (--input applies EXIF orientation): the input beside it must be
+    upright too, or the slider compares two differently turned pictures and the residual cannot be taken."""
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    stored = data.chelsea()[60:60 + 24, 120:120 + 40]
+    Image.fromarray(stored).save(tmp_path / "turned.png", exif=exif)
+    result = restore_for_page(session, tmp_path / "turned.png", "fp32", "auto")
+    assert result.status.startswith("**Restored** `turned.png` (24x40, 8-bit)"), result.status
+    assert np.array_equal(read_image(result.before), np.rot90(stored, -1))
+    assert read_image(result.after).shape == (40, 24, 3) and result.residual.shape == (40, 24, 3)
+
+
+def test_a_16_bit_upload_is_said_to_be_16_bit(session, tmp_path):
+    write_image(tmp_path / "deep.png", data.chelsea()[:16, :24].astype(np.uint16) * 257)
+    result = restore_for_page(session, tmp_path / "deep.png", "fp32", "auto")
+    assert "(24x16, 16-bit)" in result.status and read_image(result.after).dtype == np.uint16
+
+
+def test_residual_map_is_restored_minus_input_averaged_over_the_channels():
+    before = np.zeros((1, 2, 3), np.uint8)
+    after = np.array([[[255, 0, 0], [0, 0, 51]]], np.uint8)
+    np.testing.assert_allclose(residual_map(before, after), [[1 / 3, 0.2 / 3]], rtol=1e-6)
+    np.testing.assert_allclose(residual_map(after, before), [[-1 / 3, -0.2 / 3]], rtol=1e-6)
+    assert residual_map(before.astype(np.uint16), after.astype(np.uint16) * 257).dtype == np.float32
+
+
+def test_residual_colours_are_red_for_brighter_blue_for_darker_white_for_unchanged():
+    from utils.app.restore import display_limit, signed_colours
+    colours = signed_colours(np.array([[0.02, -0.02, 0.0, 0.5]]), 0.02).astype(int)
+    (r_up, _, b_up), (r_down, _, b_down), zero, clipped = colours[0]
+    assert r_up > 2 * b_up and b_down > 2 * r_down and np.all(zero > 240) and np.array_equal(clipped, colours[0, 0])
+    mostly_darker = np.r_[np.full(995, -0.01), np.full(5, 1.0)]  # a few extreme pixels do not set the scale
+    assert display_limit(mostly_darker) == pytest.approx(0.01)
+    still = np.zeros((3, 3))  # an unchanged image: one 8-bit step, white everywhere
+    assert display_limit(still) == 1 / 255 and np.all(signed_colours(still, display_limit(still)) > 240)
+
+
+def test_display_range_spans_the_middle_98_percent_of_the_values():
+    from utils.app.restore import display_range
+    assert display_range(np.arange(1001.0)) == pytest.approx((10.0, 990.0))
+    low, high = display_range(np.full(5, 0.3))
+    assert low == pytest.approx(0.3) and high > low
+
+
+def test_heat_overlay_is_three_quarters_inferno_over_a_quarter_grey():
+    import matplotlib
+    from utils.app.restore import heat_overlay
+    image = np.zeros((1, 2, 3))
+    image[0, 1] = 1.0
+    got = heat_overlay(image, np.array([[2.0, -1.0]]), (0.0, 1.0)).astype(int)  # clipped to the ends of the scale
+    top, bottom = (np.array(matplotlib.colormaps["inferno"](v)[:3]) for v in (1.0, 0.0))
+    np.testing.assert_allclose(got[0, 0], 255 * 0.75 * top, atol=1)
+    np.testing.assert_allclose(got[0, 1], 255 * (0.25 + 0.75 * bottom), atol=1)
+
+
+def test_the_embedding_maps_are_the_norms_of_the_wb_and_residual_latents(session):
+    from utils.analysis.embeddings import channel_norm, latents
+    from utils.app.restore import embedding_maps
+    img = data.chelsea()[:24, :40]
+    maps = embedding_maps(session.model, img, torch.device("cpu"))
+    b, r = latents(session.model, torch.from_numpy(img.astype(np.float32) / 255).permute(2, 0, 1)[None])
+    assert maps.wb.shape == maps.residual.shape == (24, 40) and not maps.scaled
+    for got, latent in ((maps.wb, b[0]), (maps.residual, r[0])):
+        # the 3 x 5 block norms, bilinearly upsampled by 8 (which keeps their mean)
+        assert got.mean() == pytest.approx(channel_norm(latent).mean().item(), rel=1e-3)
+    assert abs(maps.wb.mean() - maps.residual.mean()) > 0.1 * maps.wb.mean()
+
+
+def test_scaled_down_keeps_a_side_of_exactly_the_limit():
+    from utils.app.restore import scaled_down
+    x = np.zeros((30, 40, 3), np.float32)
+    assert scaled_down(x, 40) == (x, False)
+    small, scaled = scaled_down(x, 20)
+    assert scaled and small.shape == (15, 20, 3)
+
+
+def test_the_tiling_and_precision_choices_the_page_accepts():
+    from utils.app.restore import precisions_for
+    assert parse_tile("40") == 40  # the smallest: the 32-pixel overlap and a step of 8
+    with pytest.raises(ValueError, match="at least 40"):
+        parse_tile("32")
+    assert precisions_for(torch.device("cpu")) == ("fp32", "bf16")
+    assert precisions_for(torch.device("cuda")) == ("fp32", "bf16", "fp16")
+
+
+def test_only_out_of_memory_gets_the_tiling_hint(session, corrupt):
+    status = restore_for_page(session, corrupt, "fp32", "auto").status
+    assert status.startswith("**Cannot restore**") and "Tiling" not in status
+
+
+def test_each_set_offers_a_different_one_of_its_images(tmp_path):
+    for rel in ("derain/A/input/a1.png", "derain/A/input/a2.png", "derain/A/target/a1.png", "derain/A/target/a2.png",
+                "derain/B/input/b1.png", "derain/B/input/b2.png", "derain/B/target/b1.png", "derain/B/target/b2.png"):
+        write_image(tmp_path / rel, np.zeros((16, 16, 3), np.uint8))
+    assert [label for _, label in example_images(tmp_path)] == ["derain/A: a1.png", "derain/B: b2.png"]
