@@ -686,6 +686,14 @@ def test_write_image_refuses_four_channels(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_the_pixel_limit_of_a_block_ends_with_it_even_when_the_block_raises(tmp_path):
+    from utils.data import image_io
+    Image.fromarray(RGB).save(tmp_path / "a.png")
+    with pytest.raises(ImageReadError, match="more than the limit of 10 pixels"):
+        with image_io.pixel_limit(10):
+            read_image(tmp_path / "a.png")
+    assert image_io.max_pixels() == image_io.MAX_PIXELS and read_image(tmp_path / "a.png").shape == (48, 64, 3)
+
 def test_a_16_bit_associated_alpha_pixel_of_alpha_0_is_black_whatever_colour_it_stores(tmp_path):
     """No colour is stored for a pixel of alpha 0: a non-zero stored value there is not divided out into white."""
     rgba = _rgba(np.uint16)
