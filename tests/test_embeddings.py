@@ -116,3 +116,17 @@ def test_pca_is_centred_and_signed_by_the_largest_loading():
         p = pca_2d(feats)
         torch.testing.assert_close(pca_2d(feats + 100.0), p, rtol=0, atol=1e-4)
         assert torch.corrcoef(torch.stack([p[:, 0], feats[:, 0]]))[0, 1] > 0.999
+
+
+def test_pca_gives_the_same_projection_whichever_signs_the_svd_returns(monkeypatch):
+    """LAPACK may return any component negated: the projection must not follow it."""
+    feats = torch.randn(20, 5, generator=torch.Generator().manual_seed(1))
+    expected = pca_2d(feats)
+    svd = torch.linalg.svd
+
+    def negated_svd(x, full_matrices=True):
+        u, s, vh = svd(x, full_matrices=full_matrices)
+        return -u, s, -vh
+
+    monkeypatch.setattr(torch.linalg, "svd", negated_svd)
+    torch.testing.assert_close(pca_2d(feats), expected)
