@@ -391,6 +391,7 @@ def test_display_range_spans_the_middle_98_percent_of_the_values():
 
 def test_heat_overlay_is_three_quarters_inferno_over_a_quarter_grey():
     import matplotlib
+
     from utils.app.restore import heat_overlay
     image = np.zeros((1, 2, 3))
     image[0, 1] = 1.0

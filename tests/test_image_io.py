@@ -694,6 +694,7 @@ def test_the_pixel_limit_of_a_block_ends_with_it_even_when_the_block_raises(tmp_
             read_image(tmp_path / "a.png")
     assert image_io.max_pixels() == image_io.MAX_PIXELS and read_image(tmp_path / "a.png").shape == (48, 64, 3)
 
+
 def test_a_16_bit_associated_alpha_pixel_of_alpha_0_is_black_whatever_colour_it_stores(tmp_path):
     """No colour is stored for a pixel of alpha 0: a non-zero stored value there is not divided out into white."""
     rgba = _rgba(np.uint16)
@@ -722,6 +723,7 @@ def test_a_file_that_cannot_be_opened_is_an_image_read_error_naming_it(tmp_path,
     """An OSError while reading the bytes (no permission, an I/O error) is a bad file that names itself, which
     --skip-bad-files can leave out, not a crash."""
     import errno
+
     from utils.data import image_io
     Image.fromarray(RGB).save(tmp_path / "locked.png")
 

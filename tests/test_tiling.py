@@ -199,7 +199,7 @@ def test_overlapping_tiles_cross_fade_with_raised_cosine_weights_on_both_axes():
 
 
 def test_tiles_run_at_the_precision_asked_for():
-    """--precision bf16 with --tile ran every tile in fp32: the tiled result is the bf16 restoration's."""
+    """--precision bf16 with --tile runs every tile in bf16 (not fp32): one tile gives the bf16 restoration."""
     torch.manual_seed(0)
     model = build_model("BaryNet", "tiny")
     x = photo(24, 40)
