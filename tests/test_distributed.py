@@ -1,0 +1,121 @@
+"""utils/train/distributed.py: the collectives training needs, between two real processes (gloo, forked: no
+torchrun, under a few seconds), and what a process alone or on another node sees."""
+import multiprocessing
+import queue
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from utils.train.distributed import (DistInfo, all_reduce_sum, average_gradients, broadcast_int, broadcast_module,
+                                     broadcast_text, elastic_store, gather_ints, init_distributed_mode,
+                                     weights_digest)
+
+
+def small_net(rank: int) -> torch.nn.Module:
+    """A Linear and a BatchNorm (a buffer) whose values depend on ``rank``."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for i, p in enumerate(net.parameters()):
+            p.copy_(torch.linspace(-1, 1, p.numel()).reshape(p.shape) * (rank + 1) + i)
+        net[1].running_mean.fill_(rank + 1.0)
+    return net
+
+
+def one_rank(rank: int, store: str, results) -> None:
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+        info = DistInfo(rank=rank, world_size=2)
+        net = small_net(rank)
+        broadcast_module(net, info)
+        params = [torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(4, dtype=torch.float64)),
+                  torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(5))]
+        params[0].grad = torch.full((2, 3), rank + 1.0)  # ranks 1 and 2: mean 1.5
+        params[1].grad = torch.arange(4, dtype=torch.float64) * (1 + 2 * rank)  # x1 and x3: mean x2
+        params[3].grad = torch.full((5,), 10.0 * rank)  # 0 and 10: mean 5 (params[2] has no gradient)
+        average_gradients(params, info)
+        said = {"int": broadcast_int(7 + rank, info), "text": broadcast_text(f"from rank {rank}", info),
+                "sum": all_reduce_sum(torch.tensor([rank + 1.0, 2.0]), info).tolist(),
+                "gathered": gather_ints(100 + rank, info), "digest": weights_digest(net),
+                "grads": [p.grad.tolist() if p.grad is not None else None for p in params]}
+        dist.destroy_process_group()
+        results.put((rank, said))
+    except BaseException:
+        results.put((rank, traceback.format_exc()))
+
+
+def test_two_ranks_agree_on_rank_0s_values_sums_means_and_weights(tmp_path):
+    """The seed and the checkpoint path are rank 0's, the logged losses and validation scores sums over ranks,
+    the Potentials' gradients the mean, every rank's weights rank 0's, and the epoch record's digests in rank
+    order."""
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=one_rank, args=(rank, str(tmp_path / "store"), results)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        said = dict(results.get(timeout=60) for _ in procs)
+    except queue.Empty:
+        pytest.fail("a rank did not answer within 60 s")
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    for rank in range(2):
+        assert isinstance(said[rank], dict), said[rank]
+        assert said[rank]["int"] == 7 and said[rank]["text"] == "from rank 0"
+        assert said[rank]["sum"] == [3.0, 4.0] and said[rank]["gathered"] == [100, 101]
+        assert said[rank]["grads"] == [[[1.5] * 3] * 2, [0.0, 2.0, 4.0, 6.0], None, [5.0] * 5]
+        assert said[rank]["digest"] == weights_digest(small_net(0))  # parameters and buffers are rank 0's
+
+
+def test_a_process_alone_leaves_every_value_as_it_is():
+    """No process group exists here: a collective called would raise."""
+    assert not dist.is_initialized()
+    info = DistInfo()
+    assert broadcast_int(5, info) == 5 and broadcast_text("x", info) == "x" and gather_ints(3, info) == [3]
+    t = torch.tensor([2.0])
+    assert all_reduce_sum(t, info) is t and t.item() == 2.0
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([1.0, 3.0])
+    average_gradients([p], info)
+    assert p.grad.tolist() == [1.0, 3.0]
+
+
+def test_the_main_rank_is_global_rank_0_not_each_nodes_first(monkeypatch):
+    """On a second node, local rank 0 is global rank 2 or more: it must neither print nor write the log."""
+    assert not DistInfo(rank=2, world_size=4, local_rank=0).is_main
+    assert DistInfo(rank=0, world_size=4, local_rank=0).is_main
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = init_distributed_mode("cpu", log=None)
+    assert (info.rank, info.local_rank, info.world_size, info.is_main) == (3, 1, 1, False)
+
+
+def test_each_restart_attempt_meets_in_its_own_part_of_torchruns_store(monkeypatch):
+    server = dist.HashStore()
+    monkeypatch.setattr(dist, "TCPStore", lambda *args, **kwargs: server)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    assert elastic_store(2) is None  # not under torchrun's agent: MASTER_ADDR and MASTER_PORT as they are
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    for attempt in ("0", "2"):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", attempt)
+        elastic_store(2).set("key", f"attempt {attempt}")
+    assert server.get("baryir/attempt_0/key") == b"attempt 0" and server.get("baryir/attempt_2/key") == b"attempt 2"
+
+
+def test_the_weights_digest_sees_buffers_and_fits_a_signed_64_bit_integer():
+    """The digests are gathered as torch.long: one of 2**63 or more would overflow."""
+    net = small_net(0)
+    before = weights_digest(net)
+    net[1].running_mean += 1e-6
+    assert weights_digest(net) != before
+    digests = [weights_digest(small_net(rank)) for rank in range(16)]
+    assert len(set(digests)) == 16 and all(0 <= d < 2 ** 63 for d in digests)
+    assert weights_digest(None, small_net(3)) == weights_digest(small_net(3))  # no Potentials: skipped
