@@ -165,3 +165,89 @@ def test_reading_a_log_skips_what_is_not_a_record(tmp_path):
     path = tmp_path / "log.jsonl"
     path.write_bytes(b'{"kind": "iter", "global_step": 1}\n[1]\n\xff\xfe\n{"kind": "iter", "global_step": 2}\n')
     assert [r["global_step"] for r in read_log(path)] == [1, 2]
+
+
+def test_a_record_after_a_complete_log_is_on_the_next_line_with_no_blank_line(tmp_path):
+    """A resumed run appends to a log that ends in a newline (or, once, in a complete record without one)."""
+    from utils.train.run_log import JsonlLog
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"kind": "iter", "global_step": 1}\n')
+    JsonlLog(path).write({"kind": "run", "global_step": 1})
+    assert path.read_text() == '{"kind": "iter", "global_step": 1}\n{"kind": "run", "global_step": 1}\n'
+    path.write_text('{"kind": "iter", "global_step": 1}')
+    JsonlLog(path).write({"kind": "run", "global_step": 1})
+    assert path.read_text() == '{"kind": "iter", "global_step": 1}\n{"kind": "run", "global_step": 1}\n'
+    empty = tmp_path / "empty.jsonl"
+    JsonlLog(empty).write({"kind": "run", "global_step": 0})
+    assert empty.read_text() == '{"kind": "run", "global_step": 0}\n'
+
+
+def test_only_the_main_rank_writes_the_log_and_prints(tmp_path, capsys):
+    """Under torchrun every rank holds a log and a console: the others' are off, or each record and warning
+    comes once per rank."""
+    from utils.train.run_log import Console, JsonlLog
+    path = tmp_path / "run" / "log.jsonl"
+    JsonlLog(path, enabled=False).write({"kind": "iter", "global_step": 1})
+    Console(False)("progress")
+    Console(False).warn("trouble")
+    assert not path.parent.exists() and capsys.readouterr() == ("", "")
+    Console(True).warn("trouble")
+    assert "!! WARNING: trouble" in capsys.readouterr().err
+
+
+def test_rewinding_puts_the_moved_records_on_the_disk_before_the_log_loses_them(tmp_path, monkeypatch):
+    """The log is replaced atomically; the records it loses must be durable in the discarded file first, or a
+    power cut in between loses them."""
+    import json
+    import os
+
+    from utils.train import run_log
+    path = tmp_path / "log.jsonl"
+    before = "".join(json.dumps({"kind": "iter", "global_step": i}) + "\n" for i in range(1, 5))
+    path.write_text(before)
+    real_fsync, synced = os.fsync, []
+
+    def fsync(fd):
+        real_fsync(fd)
+        synced.append((os.fstat(fd).st_ino, path.read_text()))
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert run_log.rewind_log(path, 2) == 2
+    discarded = run_log.discarded_log(path)
+    assert [json.loads(line)["global_step"] for line in discarded.read_text().splitlines()] == [3, 4]
+    assert (discarded.stat().st_ino, before) in synced  # on the disk while the log still held them
+
+
+def test_a_lost_epoch_record_is_told_by_any_record_from_the_epochs_start_on(tmp_path):
+    """With --log-every 0 the log holds no iteration: the run record (epoch 1) or the previous epoch's record,
+    both at the step the epoch began after, tell that the run reached the epoch whose record is missing."""
+    import json
+
+    from utils.train.run_log import record_lost
+    path = tmp_path / "log.jsonl"
+    path.write_text(json.dumps({"kind": "run", "global_step": 0}) + "\n")
+    assert record_lost(path, 1, 0)
+    path.write_text(json.dumps({"kind": "run", "global_step": 0}) + "\n"
+                    + json.dumps({"kind": "epoch", "epoch": 1, "global_step": 3}) + "\n")
+    assert not record_lost(path, 1, 0) and record_lost(path, 2, 3)
+    assert not record_lost(path, 3, 6)  # the log stops before epoch 3 began: not this log's epoch
+    assert not record_lost(tmp_path / "none.jsonl", 1, 0)
+
+
+def test_the_loss_figure_draws_each_part_by_global_step_and_the_psnr_by_epoch(tmp_path, monkeypatch):
+    import json
+
+    from utils import plotting
+    from utils.train.run_log import plot_loss_curves
+    drawn = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
+    iters = [{"kind": "iter", "global_step": s, "l1": l1, "transport": 0.1} for s, l1 in ((2, 0.5), (4, 0.4), (6, 0.3))]
+    epochs = [{"kind": "epoch", "epoch": e, "global_step": 3 * e, "val_psnr": p} for e, p in ((1, 20.0), (2, 22.5))]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in iters + epochs))
+    plot_loss_curves(log, tmp_path / "fig.png")
+    panels = {ax.get_title(): ax for ax in drawn[0].axes if ax.get_title()}
+    assert set(panels) == {"l1", "transport", "validation PSNR (dB)"}
+    raw = panels["l1"].get_lines()[0]  # the faint curve: the logged values themselves
+    assert list(raw.get_xdata()) == [2, 4, 6] and list(raw.get_ydata()) == [0.5, 0.4, 0.3]
+    psnr = panels["validation PSNR (dB)"].get_lines()[0]
+    assert list(psnr.get_xdata()) == [1, 2] and list(psnr.get_ydata()) == [20.0, 22.5]
