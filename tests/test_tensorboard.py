@@ -2,6 +2,7 @@
 logged step (the JSON-lines log's steps and values), the preview images, and a run resumed after a
 crash continues the curves without a duplicated step; a failing writer only warns; --dry-run and a
 missing package write nothing."""
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,15 @@ from utils.dataset_utils import build_train_dataset
 from utils.train import engine
 from utils.train.options import get_args_parser
 from utils.train.run_log import Console, read_log
-from utils.train.tensorboard_log import TB_DIR, TensorBoardLog, preview_images, preview_sample
+from utils.train.tensorboard_log import (
+    TB_DIR,
+    TensorBoardLog,
+    norm_map,
+    open_tensorboard,
+    preview_crop,
+    preview_images,
+    preview_sample,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -117,6 +126,8 @@ def test_fixed_training_sample_without_validation(data):
     images, hists = preview_images(model, deg, tar, torch.device("cpu"), "fp32", wb=False)
     assert set(images) == {"preview/degraded_restored_target"} and not hists
     assert images["preview/degraded_restored_target"].shape == (3, 32, 3 * 32 + 4) and model.training
+    preview_images(model.eval(), deg, tar, torch.device("cpu"), "fp32", wb=False)
+    assert not model.training  # left in the mode it was in, whichever
 
 
 class FailingWriter:
@@ -184,3 +195,84 @@ def test_resuming_another_folders_checkpoint_carries_its_curves_over(data, crash
     for e in acc.Scalars("loss/l1")[:ITERS]:  # the source run's first epoch, carried over
         assert e.value == pytest.approx(before[e.step], rel=1e-6)
     assert steps(read_events(source / TB_DIR), "loss/map") == list(range(1, 2 * ITERS + 1))  # left as it was
+
+
+class RecordingWriter:
+    """What a SummaryWriter was asked, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def add_scalar(self, tag, value, step):
+        self.calls.append(("scalar", tag, step))
+
+    def add_image(self, tag, img, step, dataformats):
+        self.calls.append(("image", tag, step))
+
+    def add_histogram(self, tag, values, step):
+        self.calls.append(("histogram", tag, step))
+
+    def flush(self):
+        self.calls.append(("flush",))
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def test_an_epochs_scalars_are_flushed_at_once_and_a_closed_board_writes_nothing(capsys):
+    """The event file holds each epoch as soon as it is logged (not up to FLUSH_SECS later, or never after a
+    kill); after close, a write is silently nothing."""
+    writer = RecordingWriter()
+    board = TensorBoardLog(Path("tb"), Console(), writer_factory=lambda folder, purge: writer)
+    board.write({"kind": "iter", "global_step": 1, "l1": 0.5})
+    assert writer.calls == [("scalar", "loss/l1", 1)]
+    board.write({"kind": "epoch", "epoch": 1, "global_step": 3, "l1": 0.4, "val_psnr": 25.0})
+    assert writer.calls[1:] == [("scalar", "epoch/l1", 3), ("scalar", "val/psnr", 3), ("flush",)]
+    board.close()
+    board.write({"kind": "iter", "global_step": 4, "l1": 0.3})
+    assert writer.calls[-1] == ("close",) and len(writer.calls) == 5 and capsys.readouterr().err == ""
+
+
+def test_other_ranks_and_runs_without_the_flag_open_no_event_file(tmp_path):
+    args = argparse.Namespace(tensorboard=True, backbone="Restormer")
+    board = open_tensorboard(args, tmp_path, False, 0, None, [], is_main=False, console=Console(False))
+    assert not board.enabled
+    args.tensorboard = False
+    assert not open_tensorboard(args, tmp_path, False, 0, None, [], is_main=True, console=Console(False)).enabled
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_preview_is_the_images_centre_in_multiples_of_8():
+    img = torch.arange(20 * 30, dtype=torch.float32).reshape(1, 20, 30)
+    assert torch.equal(preview_crop(img, side=12), img[:, 6:14, 11:19])  # 12 -> 8 a side, centred
+    assert torch.equal(preview_crop(img), img[:, 2:18, 3:27])  # smaller than the side: 16 x 24
+    with pytest.raises(ValueError, match="too small"):
+        preview_crop(img[:, :7])
+
+
+class BrokenModel(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError("CUDA out of memory")
+
+
+def test_a_failing_preview_warns_once_and_the_scalars_go_on(capsys):
+    writer = RecordingWriter()
+    sample = (torch.rand(3, 8, 8), torch.rand(3, 8, 8), "validation pair a.png")
+    board = TensorBoardLog(Path("tb"), Console(), sample=sample, writer_factory=lambda folder, purge: writer)
+    for step in (3, 6):
+        board.preview(BrokenModel(), step, torch.device("cpu"), "fp32")
+    board.write({"kind": "iter", "global_step": 7, "l1": 0.5})
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1 and "the preview of validation pair a.png failed" in err
+    assert board.enabled and writer.calls == [("scalar", "loss/l1", 7)]
+
+
+def test_a_latent_norm_map_spans_the_colour_map_from_its_own_minimum_to_its_maximum():
+    import matplotlib
+
+    latent = torch.zeros(2, 2, 2)
+    latent[0] = torch.tensor([[3.0, 4.0], [4.0, 5.0]])  # norms 3 to 5, far from 0
+    rgb = norm_map(latent, (2, 2))
+    viridis = matplotlib.colormaps["viridis"]
+    for (i, j), at in (((0, 0), 0.0), ((0, 1), 0.5), ((1, 1), 1.0)):
+        assert torch.allclose(rgb[:, i, j], torch.tensor(viridis(at)[:3], dtype=torch.float32)), (i, j)
