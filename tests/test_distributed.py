@@ -8,9 +8,18 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from utils.train.distributed import (DistInfo, all_reduce_sum, average_gradients, broadcast_int, broadcast_module,
-                                     broadcast_text, elastic_store, gather_ints, init_distributed_mode,
-                                     weights_digest)
+from utils.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    average_gradients,
+    broadcast_int,
+    broadcast_module,
+    broadcast_text,
+    elastic_store,
+    gather_ints,
+    init_distributed_mode,
+    weights_digest,
+)
 
 
 def small_net(rank: int) -> torch.nn.Module:
