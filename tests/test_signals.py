@@ -1,4 +1,5 @@
 """utils/train/signals.py: stop requests, and a rank's stop when the torchrun that started it dies."""
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -171,3 +172,78 @@ def test_the_scripts_stop_signals_interrupt_once():
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+STOPS = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None), LAUNCHER_DIED) if s is not None]
+
+
+def test_restore_gives_back_the_handlers_and_streams_also_after_a_second_ctrl_c():
+    """engine.main returns (a notebook, a script training twice) or aborts: Ctrl-C must interrupt again, not set
+    the flag of a run that has ended, and standard output must be the caller's again."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are the main thread's")
+    before = {s: signal.getsignal(s) for s in STOPS}
+    stdout, stderr = sys.stdout, sys.stderr
+    stop = StopRequest().install()
+    try:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle and sys.stdout is not stdout
+        stop.restore()
+        assert {s: signal.getsignal(s) for s in STOPS} == before and (sys.stdout, sys.stderr) == (stdout, stderr)
+        stop = StopRequest().install()
+        stop._handle(signal.SIGINT, None)
+        with pytest.raises(KeyboardInterrupt):
+            stop._handle(signal.SIGINT, None)  # the second Ctrl-C: it aborts, restored
+        assert {s: signal.getsignal(s) for s in STOPS} == before and (sys.stdout, sys.stderr) == (stdout, stderr)
+    finally:
+        stop.restore()
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_loader_workers_ignore_every_stop_signal():
+    """Ctrl-C reaches the whole process group: a worker that took it died, and the run ended without its
+    checkpoint instead of finishing the iteration and saving."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are the main thread's")
+    worker_stops = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None]
+    before = {s: signal.getsignal(s) for s in worker_stops}
+    try:
+        signals.ignore_stop_signals(0)
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in worker_stops)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _sigchld_seen(signum, frame):
+    pass
+
+
+def _loader_worker(ready):
+    signals.ignore_stop_signals(0)
+    ready.set()
+    time.sleep(60)
+
+
+def test_stopping_loader_workers_kills_the_daemonic_children_alone_and_keeps_the_sigchld_handler():
+    """After a failure the exit handler's SIGTERM, which workers ignore, would leave the exit waiting for them."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are the main thread's")
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    worker = ctx.Process(target=_loader_worker, args=(ready,), daemon=True)
+    other = ctx.Process(target=time.sleep, args=(60,))
+    before = signal.signal(signal.SIGCHLD, _sigchld_seen)  # the loader's own, which raises when a worker dies
+    try:
+        worker.start()
+        other.start()
+        assert ready.wait(10)  # the worker ignores SIGTERM now, as the loader's do
+        signals.stop_loader_workers(timeout=5)
+        assert worker.exitcode == -signal.SIGKILL and other.is_alive()
+        assert signal.getsignal(signal.SIGCHLD) is _sigchld_seen
+    finally:
+        signal.signal(signal.SIGCHLD, before)
+        for p in (worker, other):
+            if p.is_alive():
+                p.kill()
+            p.join(10)
