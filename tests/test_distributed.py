@@ -1,12 +1,14 @@
 """utils/train/distributed.py: the collectives training needs, between two real processes (gloo, forked: no
 torchrun, under a few seconds), and what a process alone or on another node sees."""
 import multiprocessing
+import os
 import queue
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
+from _processes import free_port
 
 from utils.train.distributed import (
     DistInfo,
@@ -15,6 +17,7 @@ from utils.train.distributed import (
     broadcast_int,
     broadcast_module,
     broadcast_text,
+    cleanup,
     elastic_store,
     gather_ints,
     init_distributed_mode,
@@ -32,11 +35,14 @@ def small_net(rank: int) -> torch.nn.Module:
     return net
 
 
-def one_rank(rank: int, store: str, results) -> None:
+def one_rank(rank: int, port: int, results) -> None:
     try:
         torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-        info = DistInfo(rank=rank, world_size=2)
+        os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))  # as torchrun sets them
+        os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+        said = {"log": []}
+        info = init_distributed_mode("cpu", log=said["log"].append)
         net = small_net(rank)
         broadcast_module(net, info)
         params = [torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(4, dtype=torch.float64)),
@@ -45,23 +51,25 @@ def one_rank(rank: int, store: str, results) -> None:
         params[1].grad = torch.arange(4, dtype=torch.float64) * (1 + 2 * rank)  # x1 and x3: mean x2
         params[3].grad = torch.full((5,), 10.0 * rank)  # 0 and 10: mean 5 (params[2] has no gradient)
         average_gradients(params, info)
-        said = {"int": broadcast_int(7 + rank, info), "text": broadcast_text(f"from rank {rank}", info),
-                "sum": all_reduce_sum(torch.tensor([rank + 1.0, 2.0]), info).tolist(),
-                "gathered": gather_ints(100 + rank, info), "digest": weights_digest(net),
-                "grads": [p.grad.tolist() if p.grad is not None else None for p in params]}
-        dist.destroy_process_group()
+        said |= {"info": info, "int": broadcast_int(7 + rank, info), "text": broadcast_text(f"from rank {rank}", info),
+                 "sum": all_reduce_sum(torch.tensor([rank + 1.0, 2.0]), info).tolist(),
+                 "gathered": gather_ints(100 + rank, info), "digest": weights_digest(net),
+                 "grads": [p.grad.tolist() if p.grad is not None else None for p in params]}
+        cleanup(info)
+        said["left"] = not dist.is_initialized()
         results.put((rank, said))
     except BaseException:
         results.put((rank, traceback.format_exc()))
 
 
-def test_two_ranks_agree_on_rank_0s_values_sums_means_and_weights(tmp_path):
+def test_two_ranks_agree_on_rank_0s_values_sums_means_and_weights():
     """The seed and the checkpoint path are rank 0's, the logged losses and validation scores sums over ranks,
     the Potentials' gradients the mean, every rank's weights rank 0's, and the epoch record's digests in rank
     order."""
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
-    procs = [ctx.Process(target=one_rank, args=(rank, str(tmp_path / "store"), results)) for rank in range(2)]
+    port = free_port()
+    procs = [ctx.Process(target=one_rank, args=(rank, port, results)) for rank in range(2)]
     for p in procs:
         p.start()
     try:
@@ -75,6 +83,9 @@ def test_two_ranks_agree_on_rank_0s_values_sums_means_and_weights(tmp_path):
                 p.kill()
     for rank in range(2):
         assert isinstance(said[rank], dict), said[rank]
+        assert said[rank]["info"] == DistInfo(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
+        assert said[rank]["log"] == (["=> distributed: 2 processes, backend gloo"] if rank == 0 else [])
+        assert said[rank]["left"]  # the process group is left at the end
         assert said[rank]["int"] == 7 and said[rank]["text"] == "from rank 0"
         assert said[rank]["sum"] == [3.0, 4.0] and said[rank]["gathered"] == [100, 101]
         assert said[rank]["grads"] == [[[1.5] * 3] * 2, [0.0, 2.0, 4.0, 6.0], None, [5.0] * 5]
