@@ -251,3 +251,23 @@ def test_the_loss_figure_draws_each_part_by_global_step_and_the_psnr_by_epoch(tm
     assert list(raw.get_xdata()) == [2, 4, 6] and list(raw.get_ydata()) == [0.5, 0.4, 0.3]
     psnr = panels["validation PSNR (dB)"].get_lines()[0]
     assert list(psnr.get_xdata()) == [1, 2] and list(psnr.get_ydata()) == [20.0, 22.5]
+
+
+def test_a_progress_bar_is_the_main_ranks_and_drawn_only_on_a_terminal(monkeypatch):
+    """Other ranks draw none, or every rank's bar fights over one terminal line; without a terminal the trainer
+    prints plain lines instead (``bar.disable``)."""
+    import io
+    import sys
+
+    from utils.train.run_log import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    for enabled in (True, False):
+        with progress(range(3), 3, "epoch 1", enabled=enabled) as bar:
+            assert bar.disable is not enabled
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with progress(range(3), 3, "epoch 1") as bar:
+        assert bar.disable
