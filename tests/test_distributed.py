@@ -1,5 +1,8 @@
-"""utils/train/distributed.py: the collectives training needs, between two real processes (gloo, forked: no
-torchrun, under a few seconds), and what a process alone or on another node sees."""
+"""utils/train/distributed.py: the collectives training needs, between two real processes (gloo, spawned: no
+torchrun, a few seconds), and what a process alone or on another node sees.
+
+The ranks are spawned, not forked: a fork of a pytest worker copies whatever locks its other threads hold
+(xdist's channel, gloo or OpenMP threads of earlier tests), which can hang the child."""
 import multiprocessing
 import os
 import queue
@@ -66,7 +69,7 @@ def test_two_ranks_agree_on_rank_0s_values_sums_means_and_weights():
     """The seed and the checkpoint path are rank 0's, the logged losses and validation scores sums over ranks,
     the Potentials' gradients the mean, every rank's weights rank 0's, and the epoch record's digests in rank
     order."""
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=one_rank, args=(rank, port, results)) for rank in range(2)]
