@@ -316,3 +316,39 @@ def test_a_whole_tiff_the_decoder_refuses_says_why(tmp_path):
     Image.fromarray(np.arange(40 * 48, dtype=np.int32).reshape(40, 48)).save(tmp_path / "i32.tif")
     check = integrity.check_file(tmp_path / "i32.tif")
     assert check.kind == "unreadable" and "cut short" not in check.error and "i32.tif" in check.error
+
+
+def test_a_jpeg_is_whole_only_when_its_last_bytes_hold_its_end_marker(tmp_path):
+    """A JPEG cut right after its scan header ends in other markers' 0xFF bytes, and one with an end marker inside
+    an early comment holds those bytes near its start: both are cut short, found by their last bytes."""
+    import struct
+
+    img = smooth_image(np.random.default_rng(5), 48)[:40]
+    raw = _write(tmp_path / "whole.jpg", img).read_bytes()
+    scan = raw.index(b"\xff\xda")
+    header_end = scan + 2 + struct.unpack(">H", raw[scan + 2:scan + 4])[0]
+    (tmp_path / "no_data.jpg").write_bytes(raw[:header_end])
+    comment = b"\xff\xfe" + struct.pack(">H", 8) + b"ab\xff\xd9cd"
+    commented = raw[:2] + comment + raw[2:]
+    (tmp_path / "commented.jpg").write_bytes(commented)
+    (tmp_path / "commented_cut.jpg").write_bytes(commented[:len(commented) // 2])
+    assert integrity.check_file(tmp_path / "commented.jpg") == integrity.FileCheck((40, 48))
+    for name in ("no_data.jpg", "commented_cut.jpg"):
+        check = integrity.check_file(tmp_path / name)
+        assert check.kind == "truncated" and name in check.error, name
+
+
+def test_a_cut_bmp_stored_top_down_is_truncated(tmp_path):
+    """A BMP whose header gives a negative height (rows stored top down) needs as many bytes as one stored bottom
+    up: cut in half, it is called cut short, not whole."""
+    import struct
+
+    img = smooth_image(np.random.default_rng(6), 48)[:40]
+    raw = bytearray(_write(tmp_path / "up.bmp", img).read_bytes())
+    height, = struct.unpack("<i", raw[22:26])
+    raw[22:26] = struct.pack("<i", -height)
+    (tmp_path / "down.bmp").write_bytes(bytes(raw))
+    (tmp_path / "down_cut.bmp").write_bytes(bytes(raw[:len(raw) // 2]))
+    assert integrity.check_file(tmp_path / "down.bmp") == integrity.FileCheck((40, 48))
+    check = integrity.check_file(tmp_path / "down_cut.bmp")
+    assert check.kind == "truncated" and "down_cut.bmp is cut short" in check.error
