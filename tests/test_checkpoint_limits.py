@@ -422,3 +422,61 @@ def test_a_write_refused_to_keep_space_free_says_so(tmp_path, monkeypatch):
                                             r"free"):
         replace_file(tmp_path / "a.png", b"x" * 5000)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- 9. how a file is written
+
+def test_a_write_is_synced_before_its_rename_and_the_rename_after(tmp_path, monkeypatch):
+    """The new file's bytes reach the disk before it is renamed over the old one, and the folder after: a power cut
+    at any point leaves the old file or the whole new one."""
+    import stat
+
+    from utils import files
+    real_fsync, real_replace, events = os.fsync, os.replace, []
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", "folder" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", Path(dst).name))
+        real_replace(src, dst)
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    files.replace_file(tmp_path / "run.log", b"new text")
+    monkeypatch.undo()
+    assert events == [("fsync", "file", (tmp_path / "run.log").stat().st_ino), ("replace", "run.log"),
+                      ("fsync", "folder", tmp_path.stat().st_ino)]
+
+
+def test_a_replaced_file_keeps_its_permissions_and_a_new_one_gets_the_umasks(tmp_path):
+    """A new file gets what open() would give it (0666 less the umask), not the temporary's private 0600; a file
+    replaced keeps the permissions its owner gave it."""
+    from utils.files import replace_file
+    old_mask = os.umask(0o022)
+    try:
+        new = replace_file(tmp_path / "new.json", b"{}")
+        shared = tmp_path / "shared.json"
+        shared.write_bytes(b"{}")
+        shared.chmod(0o640)
+        replace_file(shared, b'{"a": 1}')
+    finally:
+        os.umask(old_mask)
+    assert new.stat().st_mode & 0o777 == 0o644
+    assert shared.stat().st_mode & 0o777 == 0o640 and shared.read_bytes() == b'{"a": 1}'
+
+
+def test_a_temporary_names_its_target_and_writer_and_a_look_alike_is_no_temporary(tmp_path):
+    """What atomic_write leaves while it writes parses to its target and its process, so that the next run can
+    tell an orphan from a live write; a user's file that only begins like one is neither parsed nor removed."""
+    from utils.files import atomic_write, remove_stale_temporaries, temporary_target
+    seen = []
+    atomic_write(tmp_path / "epoch_001.pth", lambda fh: seen.extend(p.name for p in tmp_path.iterdir()))
+    [name] = seen
+    assert temporary_target(name) == ("epoch_001.pth", os.getpid())
+    look_alike = tmp_path / ".epoch_002.pth.4242.ab12cd34.tmp.bak"
+    look_alike.write_bytes(b"the user's copy")
+    os.utime(look_alike, (time.time() - 3600, time.time() - 3600))
+    assert temporary_target(look_alike.name) is None
+    assert remove_stale_temporaries(tmp_path, targets=lambda n: True) == [] and look_alike.exists()

@@ -1843,6 +1843,32 @@ def test_keeping_aside_removes_each_folder_it_empties_inner_ones_first(tmp_path)
         ["derain/Rain100L/a.png", "derain/Rain100L/b.png", "jpeg/c.png", "x/y/z/d.png"]
 
 
+
+def test_keeping_aside_twice_in_one_second_makes_a_second_folder_and_merges_nothing(tmp_path, monkeypatch):
+    """Two runs keeping files aside within one second get ``.before-<time>`` and ``.before-<time>-2``: the second
+    run's files never land in (and replace the files of) the first run's kept folder."""
+    from utils import files
+    monkeypatch.setattr(files.time, "strftime", lambda fmt: "20250101-120000")
+    save = tmp_path / "o"
+    save.mkdir()
+    kept = []
+    for run_text in ("first run", "second run"):
+        (save / "a.png").write_text(run_text)
+        kept.append(files.keep_aside([save / "a.png"], save / "results"))
+    assert [k.name for k in kept] == ["results.before-20250101-120000", "results.before-20250101-120000-2"]
+    assert [(k / "a.png").read_text() for k in kept] == ["first run", "second run"]
+
+
+def test_keeping_aside_passes_over_a_file_moved_away_meanwhile(tmp_path):
+    """A file another run moved away between the listing and the move is passed over: the others are still kept
+    aside, and no error ends the run halfway through its moves."""
+    from utils.files import keep_aside
+    save = tmp_path / "o"
+    save.mkdir()
+    (save / "b.png").write_text("b")
+    kept = keep_aside([save / "a.png", save / "b.png"], save / "results")
+    assert sorted(p.name for p in kept.iterdir()) == ["b.png"] and not (save / "b.png").exists()
+
 def test_a_record_whose_row_is_a_dot_folder_names_nothing(tmp_path):
     """A task key "..", "." or "" in an edited results.json made "../x.png" (or "/x.png") a restoration of that
     row: a file of --save's parent, or of the root, to be moved aside."""
