@@ -247,6 +247,39 @@ def test_a_busy_folder_names_what_holds_it(tmp_path):
             OutputLock(tmp_path / "old").acquire()
 
 
+
+def test_the_lock_file_is_removed_while_still_held(tmp_path, monkeypatch):
+    """A releasing run removes its .lock before it unlocks: a run that opens that file meanwhile is refused, never
+    given a lock on a file about to vanish (beside which a third run would lock a new one: two writers)."""
+    from utils.output_lock import LOCK_NAME, OutputLock
+    real_unlink, during = Path.unlink, []
+
+    def unlink(path, *args, **kwargs):
+        if path.name == LOCK_NAME:
+            try:
+                during.append(OutputLock(tmp_path / "o").acquire())
+            except OutputFolderBusy as exc:
+                during.append(exc)
+        real_unlink(path, *args, **kwargs)
+    lock = OutputLock(tmp_path / "o").acquire()
+    monkeypatch.setattr(Path, "unlink", unlink)
+    lock.release()
+    monkeypatch.undo()
+    for held in during:
+        if isinstance(held, OutputLock):
+            held.release()
+    assert len(during) == 1 and isinstance(during[0], OutputFolderBusy)
+    OutputLock(tmp_path / "o").acquire().release()
+
+
+def test_a_users_empty_folder_stays_when_a_run_in_it_ends(tmp_path):
+    """A run removes only a folder it made itself: an empty --output-dir the user made before it stays."""
+    from utils.output_lock import OutputLock
+    (tmp_path / "mine").mkdir()
+    with OutputLock(tmp_path / "mine"):
+        pass
+    assert (tmp_path / "mine").is_dir() and list((tmp_path / "mine").iterdir()) == []
+
 def test_unpaired_validation_images_name_the_trainers_own_fixes(data, tmp_path):
     """The trainer's validation pairing error ended "pass --skip-unpaired", a flag only the tester has."""
     val = tmp_path / "val"
