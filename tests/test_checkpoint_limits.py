@@ -139,6 +139,24 @@ def _legacy_file(path: Path, obj, storages: list[str]) -> None:
     path.write_bytes(head + _pickled(obj, legacy=True) + pickle.dumps(storages, protocol=2))
 
 
+def _many_imports(count: int = 20_000) -> bytes:
+    """A pickle of a list of ``count`` imported names, none memoised."""
+    ops = bytearray(b"\x80\x02]q\x00(")
+    for i in range(count):
+        ops += f"cmod{i % 7}\nName{i}\n".encode()
+    return bytes(ops + b"e.")
+
+
+def _deep_modules(depth: int) -> bytes:
+    """A pickle of ``{'BaryIR': module}`` whose modules nest ``depth`` levels deep."""
+    ops = bytearray(b"\x80\x02}q\x00U\x06BaryIR")  # {'BaryIR': module0}
+    ops += b"ctorch.nn.modules.container\nSequential\nq\x010"  # memoised, then popped
+    for _ in range(depth):  # module_i, its state dict, '_modules', {'c': module_i+1 ...
+        ops += b"h\x01)\x81}U\x08_modules}U\x01c"
+    ops += b"h\x01)\x81}b"  # the innermost module, built with an empty state
+    ops += b"ssb" * depth  # close each level: modules['c'] = child, state['_modules'] = ..., BUILD
+    return bytes(ops + b"s.")
+
 def _tiny():
     torch.manual_seed(0)
     return build_model("BaryNet", "tiny")
@@ -234,12 +252,8 @@ def test_model_config_is_checked_before_any_network_is_built(tmp_path):
 
 def test_pickle_importing_too_many_names_is_refused(tmp_path):
     # 20,000 imports (memoising nothing); the inert unpickler made one class per import.
-    ops = bytearray(b"\x80\x02]q\x00(")
-    for i in range(20_000):
-        ops += f"cmod{i % 7}\nName{i}\n".encode()
-    ops += b"e."
     path = tmp_path / "globals.pth"
-    _torch_zip(path, bytes(ops))
+    _torch_zip(path, _many_imports())
     with pytest.raises(CheckpointError, match=r"globals.pth: its pickle imports more than 10,000 names"):
         read_checkpoint(path)
     # A reference checkpoint (a whole pickled module) needs far fewer.
@@ -258,16 +272,8 @@ def test_pickle_importing_too_many_names_is_refused(tmp_path):
 # --------------------------------------------------------------------------- 5. deep module chains
 
 def test_module_chain_too_deep_is_refused_not_a_recursion_error(tmp_path):
-    depth = 5000
-    ops = bytearray(b"\x80\x02}q\x00U\x06BaryIR")  # {'BaryIR': module0}
-    ops += b"ctorch.nn.modules.container\nSequential\nq\x010"  # memoised, then popped
-    for _ in range(depth):  # module_i, its state dict, '_modules', {'c': module_i+1 ...
-        ops += b"h\x01)\x81}U\x08_modules}U\x01c"
-    ops += b"h\x01)\x81}b"  # the innermost module, built with an empty state
-    ops += b"ssb" * depth  # close each level: modules['c'] = child, state['_modules'] = ..., BUILD
-    ops += b"s."
     path = tmp_path / "deep.pth"
-    _torch_zip(path, bytes(ops))
+    _torch_zip(path, _deep_modules(5000))
     with pytest.raises(CheckpointError, match=r"deep.pth: it nests objects more than 200 levels deep"):
         load_model_weights(_tiny(), path)
 
@@ -480,3 +486,104 @@ def test_a_temporary_names_its_target_and_writer_and_a_look_alike_is_no_temporar
     os.utime(look_alike, (time.time() - 3600, time.time() - 3600))
     assert temporary_target(look_alike.name) is None
     assert remove_stale_temporaries(tmp_path, targets=lambda n: True) == [] and look_alike.exists()
+
+
+# --------------------------------------------------------------------------- 10. each check on its own
+
+class _SubclassView(_View):
+    """Pickles as torch pickles a tensor subclass (rebuilt by _rebuild_from_type_v2) around a :class:`_View`."""
+
+    def __reduce__(self):
+        rebuild, args = super().__reduce__()
+        return torch._tensor._rebuild_from_type_v2, (rebuild, torch.Tensor, args, {})
+
+
+def test_the_check_before_loading_refuses_each_crafted_file_by_itself(tmp_path):
+    """The dry run refuses each of these before torch.load reads anything, whatever later checks would say: a
+    storage declaring more bytes than the archive holds, too many imports, nesting too deep, and a tensor subclass
+    viewing past its storage."""
+    from utils.checkpoints.guard import inspect_checkpoint
+    crafted = {
+        "declares.pth": (_pickled({"x": _View(_Storage("0", 1000), (1000,), (1,))}), {"0": bytes(16)},
+                         r"its storage 0 declares 3.9 KiB but the archive holds 16 bytes"),
+        "imports.pth": (_many_imports(), {}, r"its pickle imports more than 10,000 names"),
+        "deep.pth": (_deep_modules(300), {}, r"it nests objects more than 200 levels deep"),
+        "subclass.pth": (_pickled({"x": _SubclassView(_Storage("0", 4), (100,), (1,))}), {"0": bytes(16)},
+                         r"a tensor's shape \(100,\) with strides \(1,\) at offset 0 addresses element 99"),
+    }
+    for name, (pickled, storages, why) in crafted.items():
+        _torch_zip(tmp_path / name, pickled, storages)
+        with pytest.raises(CheckpointError, match=rf"refusing to read checkpoint .*{name}: {why}"):
+            inspect_checkpoint(tmp_path / name)
+
+
+def test_an_archive_with_a_second_pickle_under_another_folder_is_refused(tmp_path):
+    """torch.load reads one of two data.pkl entries in two folders of the archive; the checks would look at the
+    other (a huge pickle could hide behind a small decoy)."""
+    path = tmp_path / "decoy.pth"
+    _zip(path, [_stored("a/data.pkl", _pickled({"epoch": 1})), _stored("a/version", b"3\n"),
+                _stored("b/data.pkl", _pickled({"epoch": 2})), _stored("b/version", b"3\n")])
+    with pytest.raises(CheckpointError, match=r"decoy.pth: its archive holds 2 pickles \(torch.save writes one\)"):
+        read_checkpoint(path)
+
+
+def test_the_entry_count_and_pickle_size_limits_are_exact(tmp_path, monkeypatch):
+    """An archive of as many entries as the limit, or a pickle of as many bytes, is read; one more is refused."""
+    import zipfile
+
+    from utils.checkpoints import guard
+    path = tmp_path / "small.pth"
+    torch.save({"x": torch.zeros(3)}, path)
+    with zipfile.ZipFile(path) as archive:
+        entries = len(archive.infolist())
+        pickle_bytes = archive.getinfo("small/data.pkl").file_size
+    monkeypatch.setattr(guard, "MAX_ARCHIVE_ENTRIES", entries)
+    monkeypatch.setattr(guard, "MAX_PICKLE_BYTES", pickle_bytes)
+    assert torch.equal(read_checkpoint(path)["x"], torch.zeros(3))
+    monkeypatch.setattr(guard, "MAX_ARCHIVE_ENTRIES", entries - 1)
+    with pytest.raises(CheckpointError, match=rf"small.pth: its archive has {entries} entries \(at most {entries - 1}"):
+        read_checkpoint(path)
+    monkeypatch.setattr(guard, "MAX_ARCHIVE_ENTRIES", entries)
+    monkeypatch.setattr(guard, "MAX_PICKLE_BYTES", pickle_bytes - 1)
+    with pytest.raises(CheckpointError, match=r"small.pth: its pickle is .* \(at most "):
+        read_checkpoint(path)
+
+
+def test_a_pickle_building_more_objects_than_the_limit_is_refused(tmp_path, monkeypatch):
+    """Every object a pickle builds by a call counts: past MAX_CALLS the file is refused before it is loaded."""
+    import fractions
+
+    from utils.checkpoints import guard
+    path = tmp_path / "calls.pth"
+    _torch_zip(path, _pickled([fractions.Fraction(i, 7) for i in range(1, 61)]))
+    guard.inspect_checkpoint(path)
+    monkeypatch.setattr(guard, "MAX_CALLS", 50)
+    with pytest.raises(CheckpointError, match=r"calls.pth: its pickle builds more than 50 objects by calls"):
+        guard.inspect_checkpoint(path)
+
+
+def test_the_loader_refuses_a_pickle_importing_too_many_names_by_itself(tmp_path):
+    """The loader of reference checkpoints counts imports too (each unknown name becomes a class), not relying on
+    the check before it."""
+    from utils.checkpoints.unpickling import _load
+    path = tmp_path / "imports.pth"
+    _torch_zip(path, _many_imports())
+    with pytest.raises(CheckpointError, match=r"imports.pth: its pickle imports more than 10,000 names"):
+        _load(path)
+
+
+@pytest.mark.parametrize("module, name", [("builtins", "getattr"), ("__builtin__", "eval"), ("builtins", "exec"),
+                                          ("builtins", "__import__"), ("os", "system"), ("subprocess", "Popen"),
+                                          ("torch", "save"), ("torch", "load"), ("torch", "from_file"),
+                                          ("torch.serialization", "load")])
+def test_a_name_outside_the_allow_list_is_an_inert_placeholder_that_refuses_calls(module, name):
+    """Only tensor-rebuilding and container names resolve to real objects; any other name a pickle imports
+    (a builtin, a module's function, a torch function that reads or writes files) is a placeholder that refuses
+    to be called."""
+    from utils.checkpoints.unpickling import _InertMeta, _InertUnpickler
+    unpickler = _InertUnpickler(io.BytesIO(b""))
+    assert unpickler.find_class("torch", "float32") is torch.float32
+    found = unpickler.find_class(module, name)
+    assert isinstance(found, _InertMeta)
+    with pytest.raises(pickle.UnpicklingError, match=rf"asks to call .*{name}\(\.\.\.\)"):
+        found("touch /tmp/x")
