@@ -19,21 +19,28 @@ linux_only = pytest.mark.skipif(LAUNCHER_DIED is None or not sys.platform.starts
 
 # A "rank": asks for the launcher's death signal, then waits for a stop request and keeps handling
 # signals a while (the kernel sends the death signal again as each of the launcher's threads ends).
+# Each word is written whole under another name and renamed into place: the test reads a file as soon as it
+# exists, and one written in place could be read empty by a test that ran between its creation and its write.
 RANK = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from pathlib import Path
     from utils.train.signals import StopRequest, stop_with_the_launcher
     said = Path(sys.argv[1])
+
+    def tell(path, text):
+        path.with_name(path.name + ".part").write_text(text)
+        os.replace(path.with_name(path.name + ".part"), path)
+
     set_ = stop_with_the_launcher()
     stop = StopRequest().install()
-    said.with_suffix(".ready").write_text(str(set_))
+    tell(said.with_suffix(".ready"), str(set_))
     try:
         while not stop.requested:
             time.sleep(0.01)
         time.sleep(1.0)
-        said.write_text(f"stopped by {stop.signum}")
+        tell(said, f"stopped by {stop.signum}")
     except KeyboardInterrupt:
-        said.write_text("aborted")
+        tell(said, "aborted")
 """)
 
 # A "torchrun": a few threads besides the main one, which starts the rank and sleeps until killed.
