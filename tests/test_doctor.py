@@ -352,3 +352,48 @@ def test_a_cut_bmp_stored_top_down_is_truncated(tmp_path):
     assert integrity.check_file(tmp_path / "down.bmp") == integrity.FileCheck((40, 48))
     check = integrity.check_file(tmp_path / "down_cut.bmp")
     assert check.kind == "truncated" and "down_cut.bmp is cut short" in check.error
+
+
+def test_the_expected_test_counts_are_the_published_sets_sizes():
+    """Each paper test set is expected at its published size (BSD68: 68, Kodak24: 24, Rain100L: 100 test images,
+    SOTS outdoor: 500, GoPro test: 1,111, LOL eval15: 15): a wrong number fails a complete download, or passes
+    an incomplete one."""
+    assert doctor.TEST_EXPECTED == {"denoise/bsd68": 68, "denoise/kodak24": 24, "derain/rain100l": 100,
+                                    "dehaze": 500, "deblur": 1111, "lowlight": 15}
+    assert doctor.TRAIN_EXPECTED["derain"].count == 200  # Rain100L's training set: 200 pairs
+
+
+def test_a_pair_that_differs_in_width_only_is_a_size_mismatch(tmp_path):
+    """A degraded image as tall as its target but narrower is a mismatch, as one of another height is, and the
+    found count is of the degraded images, whatever else lies among the targets."""
+    root = make_test_tree(tmp_path / "test")
+    _write(root / "deblur" / "input" / "GOPR1.png", np.zeros((40, 32, 3), np.uint8))
+    _write(root / "deblur" / "target" / "extra.png", np.zeros((40, 40, 3), np.uint8))
+    [row] = doctor.check_test_data(root, ["deblur"], expected={"deblur": 3}).sets
+    assert [(p.kind, Path(p.file).name) for p in row.errors] == [("no input", "extra.png"),
+                                                                 ("size mismatch", "GOPR1.png")]
+    assert row.found == 3 and row.status == "FAIL"
+
+
+def test_an_empty_paper_denoising_set_is_an_error_and_an_extra_one_a_warning(tmp_path):
+    """An empty folder where a paper set is expected (the tester would score nothing there) fails the check; an
+    empty folder of a set the paper does not have is only said."""
+    root = make_test_tree(tmp_path / "test")
+    (root / "denoise" / "kodak24").mkdir()
+    (root / "denoise" / "mine").mkdir()
+    report = doctor.check_test_data(root, ["denoise_25"], expected={"denoise/bsd68": 3, "denoise/kodak24": 24})
+    assert {s.name: s.status for s in report.sets} == {"denoise/bsd68": "ok", "denoise/kodak24": "FAIL",
+                                                       "denoise/mine": "warn"}
+    assert report.exit_status == 1
+
+
+def test_a_training_image_exactly_the_patch_size_is_not_too_small(tmp_path):
+    """The trainer takes an image whose centre-crop is exactly --patch-size; the check says so too, and names
+    one just under it."""
+    tree = make_train_tree(tmp_path, n=3, size=64)
+    _write(tree["derain"] / "rainy" / "rain-4.png", np.zeros((48, 48, 3), np.uint8))
+    _write(tree["derain"] / "gt" / "norain-4.png", np.zeros((48, 48, 3), np.uint8))
+    dirs = {k: str(v) for k, v in tree.items()}
+    assert doctor.check_training_data(["derain"], dirs, None, 48, expected={}).exit_status == 0
+    report = doctor.check_training_data(["derain"], dirs, None, 49, expected={})
+    assert {Path(p.file).name for p in report.all_problems() if p.kind == "too small"} == {"rain-4.png"}
