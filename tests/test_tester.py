@@ -2115,6 +2115,51 @@ def test_results_md_of_a_stopped_run_says_partial_and_each_image_under_its_headi
         "| a.png | 20.25 | 0.7000 | 30.50 | 0.9000 | 0.500 |", "| b.png | 21.75 | 0.6000 | 28.50 | 0.8000 | 1.500 |"]
 
 
+def test_results_md_names_each_rows_best_and_worst_images_with_their_own_scores(tmp_path):
+    """Under each row's heading results.md names its best and worst images by PSNR and by SSIM, each with its
+    own score."""
+    write_results(_stopped_results(), tmp_path)
+    md = (tmp_path / "results.md").read_text().splitlines()
+    assert md[md.index("## myset") + 2] == ("Best PSNR 30.50 (a.png), worst 28.50 (b.png); best SSIM 0.9000 "
+                                            "(a.png), worst 0.8000 (b.png).")
+
+
+def test_the_summary_of_a_stopped_run_names_the_rows_it_did_not_evaluate():
+    """A run stopped before its last rows lists them under the table: a reader must not take the rows shown for
+    every task asked."""
+    results = _stopped_results()
+    results["partial"]["rows_not_evaluated"] = ["jpeg", "dehaze"]
+    lines = summary_table(results).splitlines()
+    assert lines[-2:] == ["PARTIAL RESULTS: stopped in myset at d.png: interrupted", "Not evaluated: jpeg, dehaze"]
+
+
+def test_the_lpips_column_sits_under_its_heading_to_four_decimals():
+    """With LPIPS scored, each row and the average carry it under the LPIPS heading, to 4 decimals as SSIM."""
+    row = {**_stopped_results()["tasks"]["myset"], "lpips": 0.123456, "partial": False}
+    lines = summary_table({"tasks": {"myset": row}, "average": average_row({"myset": row})}).splitlines()
+
+    def cells(line):
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+    assert dict(zip(cells(lines[0]), cells(lines[2])))["LPIPS"] == "0.1235"
+    assert dict(zip(cells(lines[0]), cells(lines[3])))["LPIPS"] == "0.1235"
+
+
+def test_the_comparison_figure_shows_degraded_restored_and_target_with_their_own_scores(tmp_path, monkeypatch):
+    """Each line of the figure is the degraded image with its score, the restoration with its own, then the
+    target, in that order."""
+    from utils import plotting
+    from utils.eval.report import save_comparison_figure
+    figures = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kw: figures.append(fig) or Path(path))
+    deg, out, tar = (np.full((8, 8, 3), v, np.uint8) for v in (10, 120, 250))
+    save_comparison_figure([("a.png", deg, out, tar, 31.5, 0.912, 22.25, 0.654)], tmp_path / "f.png", "t")
+    [fig] = figures
+    axes = [ax for ax in fig.axes if ax.images]
+    assert [ax.title.get_text() for ax in axes] == ["degraded 22.25 dB / 0.654\na.png", "restored 31.50 dB / 0.912",
+                                                    "target"]
+    assert [int(ax.images[0].get_array()[0, 0, 0]) for ax in axes] == [10, 120, 250]
+
+
 def test_the_average_of_a_stopped_run_counts_its_partial_row(bench, checkpoint, tmp_path, monkeypatch):
     """A run stopped in its second row averages both rows, the partial one over its images so far, as its table
     says ("the mean over the rows above with scored images"), in results.json and results.csv alike."""
