@@ -302,3 +302,80 @@ def test_an_image_the_demo_did_not_write_is_refused_not_called_up_to_date(tmp_pa
     assert all_files(root) == before
     mine.unlink()
     assert dd.build_demo_data(root, seed=0, **TINY)["status"] == "up to date"
+
+
+def test_every_random_degradation_follows_the_seed(tiny, tmp_path):
+    """--seed draws every synthetic degradation anew (rain, haze, low light, blur, train and test alike), the
+    clean images staying the same."""
+    root, _ = tiny
+    dd.build_demo_data(tmp_path / "other", seed=1, **TINY)
+
+    def folder(base, rel):
+        return {p.name: p.read_bytes() for p in sorted((base / rel).glob("*.png"))}
+    for rel in ("Train/Derain/rainy", "Train/Dehaze/synthetic/part1", "test/derain/demo/input", "test/dehaze/input",
+                "test/lowlight/low", "test/deblur/input"):
+        assert folder(root, rel) != folder(tmp_path / "other", rel), rel
+    for rel in ("Train/Denoise", "Train/Dehaze/original", "test/lowlight/high", "test/deblur/target"):
+        assert folder(root, rel) == folder(tmp_path / "other", rel), rel
+
+
+def test_haze_follows_the_atmospheric_scattering_model():
+    """I = J t + A (1 - t), t = exp(-beta d), with d from DEPTH_NEAR (depth 0) to DEPTH_FAR (depth 1): far
+    pixels are hazier."""
+    img = np.full((4, 2, 3), 51, np.uint8)
+    depth = np.array([[0.0, 1.0]] * 4, np.float32)
+    hazy = degrade.add_haze(img, depth, 0.9, 0.1)
+    for col, d in ((0, degrade.DEPTH_NEAR), (1, degrade.DEPTH_FAR)):
+        t = np.exp(-0.1 * d)
+        assert np.abs(hazy[:, col].astype(float) - 255 * (0.2 * t + 0.9 * (1 - t))).max() <= 0.5 + 1e-6, col
+    assert hazy[0, 1, 0] > hazy[0, 0, 0]
+
+
+def test_jpeg_degradation_is_at_its_quality():
+    """The JPEG inputs are encoded at JPEG_QUALITY (10): far lossier than a high quality would be."""
+    img = cv2.resize(np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8), (96, 96))
+
+    def error(out):
+        return np.abs(out.astype(float) - img).mean()
+    assert degrade.JPEG_QUALITY == 10
+    assert np.array_equal(degrade.jpeg_degrade(img), degrade.jpeg_degrade(img, 10))
+    assert error(degrade.jpeg_degrade(img, 10)) > 2 * error(degrade.jpeg_degrade(img, 90))
+
+
+def test_low_light_darkens_dark_tones_most_with_mild_noise():
+    """Low light is gain * I^gamma with gamma > 1: dark tones keep a smaller share of their brightness than light
+    ones, and the noise added stays mild (within the recorded read and shot noise)."""
+    img = np.concatenate([np.full((64, 64, 3), 64, np.uint8), np.full((64, 64, 3), 255, np.uint8)], axis=1)
+    for seed in range(5):
+        low = degrade.darken(img, np.random.default_rng(seed)).astype(float)
+        dark, light = low[:, :64].mean() / 64, low[:, 64:].mean() / 255
+        assert dark < light <= degrade.LOWLIGHT_GAIN[1] + 0.01, seed
+        noise = max(low[:, :64].std(), low[:, 64:].std()) / 255
+        assert noise <= degrade.LOWLIGHT_NOISE[1] * (1 + np.sqrt(degrade.LOWLIGHT_GAIN[1])) + 1 / 255, seed
+
+
+def test_rain_streaks_leave_most_of_the_image_untouched():
+    """Rain is sparse streaks, not a veil: most pixels get no rain at all."""
+    for seed in range(5):
+        for scale in (0.2, 1.0):
+            rain = degrade.rain_layer(96, 96, np.random.default_rng(seed), scale)
+            assert np.median(rain) < 0.05 and (rain > 0.1).mean() < 0.5, (seed, scale)
+
+
+def test_haze_settings_of_one_image_are_distinct():
+    """Each hazy version of a crop has its own (A, beta): two alike would be one file written twice."""
+    for seed in range(20):
+        pairs = degrade.haze_pairs(np.random.default_rng(seed), dd.HAZE_VARIANTS_TRAIN)
+        assert len(set(pairs)) == dd.HAZE_VARIANTS_TRAIN, seed
+    grid = degrade.haze_pairs(np.random.default_rng(0), 100)
+    assert len(set(grid)) == len(grid) == len(degrade.HAZE_AIRLIGHT) * len(degrade.HAZE_BETA)
+
+
+def test_the_denoising_test_images_are_the_clean_targets(tiny):
+    """The denoising set holds each test photo clean (the tester adds the noise): the same image as the other
+    tasks' targets."""
+    root, man = tiny
+    for name in man["sources"]["test"]:
+        clean = (root / "test/denoise/demo" / f"{name}.png").read_bytes()
+        assert clean == (root / "test/jpeg/target" / f"{name}.png").read_bytes(), name
+        assert clean == (root / "test/deblur/target" / f"{name}.png").read_bytes(), name
