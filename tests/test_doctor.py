@@ -397,3 +397,26 @@ def test_a_training_image_exactly_the_patch_size_is_not_too_small(tmp_path):
     assert doctor.check_training_data(["derain"], dirs, None, 48, expected={}).exit_status == 0
     report = doctor.check_training_data(["derain"], dirs, None, 49, expected={})
     assert {Path(p.file).name for p in report.all_problems() if p.kind == "too small"} == {"rain-4.png"}
+
+
+def test_the_pixel_limit_applies_to_degset_and_tarset_too(tmp_path, capsys):
+    """--check-data with --degset/--tarset holds their images to --max-pixels, as the run would."""
+    root = make_test_tree(tmp_path / "test")
+    deg, tar = root / "deblur" / "input", root / "deblur" / "target"
+    assert check_tester("--degset", deg, "--tarset", tar) == 0
+    assert check_tester("--degset", deg, "--tarset", tar, "--max-pixels", "1000") == 1
+    assert "over the 1,000 pixels limit" in capsys.readouterr().out
+
+
+def test_a_scanned_training_count_off_the_papers_gets_the_fix_of_its_direction(tmp_path):
+    """A scanned family with fewer images than the paper's is told to complete its download; one with more is
+    pointed at the authors' id lists, which pick theirs."""
+    tree = make_train_tree(tmp_path, n=3)
+    dirs = {k: str(v) for k, v in tree.items()}
+
+    def fix(count):
+        report = doctor.check_training_data(["derain"], dirs, None, 32, expected={"derain": doctor.Expected(count)})
+        [problem] = report.sets[0].problems
+        return problem.fix
+    assert fix(5) == f"2 images missing: complete the download into {tree['derain']}"
+    assert fix(2).startswith("1 more images than the authors' list picks: pass --data-file-dir")
