@@ -434,7 +434,6 @@ def test_a_view_one_element_past_its_storage_is_refused():
     assert "addresses element 6 of a storage holding 6" in view_problem(6, 1, (2, 3), (3, 1))
 
 
-
 def test_a_view_with_a_negative_offset_size_or_stride_is_refused():
     """A negative offset, size or stride could address memory before its storage's start: each is refused."""
     from utils.checkpoints.guard import view_problem
@@ -452,6 +451,7 @@ def test_a_loaded_tensor_expanded_far_past_its_storage_is_refused():
     with pytest.raises(CheckpointError, match=r"refusing to use checkpoint run.pth: tensor rng/state: shape "
                                               r"\(33554432,\) with strides \(0,\) .*expands 1 stored elements"):
         check_loaded({"rng": {"state": torch.zeros(1, dtype=torch.int64).expand(2**25)}}, "run.pth")
+
 
 def test_the_unpacked_size_cap_is_exact(tmp_path):
     """``max_unpacked_bytes`` caps an archive's uncompressed size at that many bytes, not some multiple."""

@@ -157,6 +157,7 @@ def _deep_modules(depth: int) -> bytes:
     ops += b"ssb" * depth  # close each level: modules['c'] = child, state['_modules'] = ..., BUILD
     return bytes(ops + b"s.")
 
+
 def _tiny():
     torch.manual_seed(0)
     return build_model("BaryNet", "tiny")
@@ -349,7 +350,6 @@ def test_stale_temporaries_of_killed_saves_are_removed_and_nothing_else(tmp_path
     save_training_checkpoint({"epoch": 7, "iteration": 0, "global_step": 70, "model": {}}, tmp_path, keep=0)
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {n for n, (_, kept) in files.items() if kept} | {"epoch_007.pth", "latest"}
-
 
 
 def test_a_temporary_of_a_process_in_use_is_removed_only_once_unchanged_for_15_minutes(tmp_path):

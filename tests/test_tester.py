@@ -1843,7 +1843,6 @@ def test_keeping_aside_removes_each_folder_it_empties_inner_ones_first(tmp_path)
         ["derain/Rain100L/a.png", "derain/Rain100L/b.png", "jpeg/c.png", "x/y/z/d.png"]
 
 
-
 def test_keeping_aside_twice_in_one_second_makes_a_second_folder_and_merges_nothing(tmp_path, monkeypatch):
     """Two runs keeping files aside within one second get ``.before-<time>`` and ``.before-<time>-2``: the second
     run's files never land in (and replace the files of) the first run's kept folder."""
@@ -1868,6 +1867,7 @@ def test_keeping_aside_passes_over_a_file_moved_away_meanwhile(tmp_path):
     (save / "b.png").write_text("b")
     kept = keep_aside([save / "a.png", save / "b.png"], save / "results")
     assert sorted(p.name for p in kept.iterdir()) == ["b.png"] and not (save / "b.png").exists()
+
 
 def test_a_record_whose_row_is_a_dot_folder_names_nothing(tmp_path):
     """A task key "..", "." or "" in an edited results.json made "../x.png" (or "/x.png") a restoration of that

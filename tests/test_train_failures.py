@@ -247,7 +247,6 @@ def test_a_busy_folder_names_what_holds_it(tmp_path):
             OutputLock(tmp_path / "old").acquire()
 
 
-
 def test_the_lock_file_is_removed_while_still_held(tmp_path, monkeypatch):
     """A releasing run removes its .lock before it unlocks: a run that opens that file meanwhile is refused, never
     given a lock on a file about to vanish (beside which a third run would lock a new one: two writers)."""
@@ -279,6 +278,7 @@ def test_a_users_empty_folder_stays_when_a_run_in_it_ends(tmp_path):
     with OutputLock(tmp_path / "mine"):
         pass
     assert (tmp_path / "mine").is_dir() and list((tmp_path / "mine").iterdir()) == []
+
 
 def test_unpaired_validation_images_name_the_trainers_own_fixes(data, tmp_path):
     """The trainer's validation pairing error ended "pass --skip-unpaired", a flag only the tester has."""
