@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+from _markdown import cells
 
 from utils.eval.paper import PUBLISHED, SETTINGS, comparison_lines, paper_averages, paper_column
 from utils.eval.report import summary_table
@@ -115,12 +116,12 @@ def test_published_numbers_are_the_docs_table():
     text = (Path(__file__).resolve().parents[1] / "docs" / "METHOD.md").read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if line.startswith("| setting |") or line.startswith("| 3D |")
              or line.startswith("| 5D |")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")][1:]
+    header = cells(lines[0])[1:]
     table = {}
     for line in lines[1:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        table[cells[0].lower()] = {col: tuple(float(v) for v in cell.split("/"))
-                                   for col, cell in zip(header, cells[1:]) if cell}
+        row = cells(line)
+        table[row[0].lower()] = {col: tuple(float(v) for v in cell.split("/")) for col, cell in zip(header, row[1:])
+                                 if cell}
     assert table == PUBLISHED
     assert {s: set(v) for s, v in table.items()} == {s: set(c) for s, c in SETTINGS.items()}
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from _disks import FileWrapper
+from _markdown import cells
 from _processes import as_in_a_terminal
 from PIL import Image
 from skimage import data
@@ -2033,9 +2034,6 @@ def test_the_table_cells_sit_under_their_headings_rounded_as_the_paper():
            "best_ssim": {"name": "b.png", "ssim": 0.93}, "worst_ssim": {"name": "a.png", "ssim": 0.89469},
            "seconds_per_image": 0.25, "skipped": 1, "images": []}
     lines = summary_table({"tasks": {"myset": row}, "average": average_row({"myset": row})}).splitlines()
-
-    def cells(line):
-        return [c.strip() for c in line.strip().strip("|").split("|")]
     assert dict(zip(cells(lines[0]), cells(lines[2]))) == {
         "Task": "myset", "Images": "2", "Degraded PSNR": "25.50", "Degraded SSIM": "0.8000", "PSNR": "31.23",
         "SSIM": "0.9123", "Best PSNR": "32.00", "Worst PSNR": "30.47", "Best SSIM": "0.9300", "Worst SSIM": "0.8947",
@@ -2137,9 +2135,6 @@ def test_the_lpips_column_sits_under_its_heading_to_four_decimals():
     """With LPIPS scored, each row and the average carry it under the LPIPS heading, to 4 decimals as SSIM."""
     row = {**_stopped_results()["tasks"]["myset"], "lpips": 0.123456, "partial": False}
     lines = summary_table({"tasks": {"myset": row}, "average": average_row({"myset": row})}).splitlines()
-
-    def cells(line):
-        return [c.strip() for c in line.strip().strip("|").split("|")]
     assert dict(zip(cells(lines[0]), cells(lines[2])))["LPIPS"] == "0.1235"
     assert dict(zip(cells(lines[0]), cells(lines[3])))["LPIPS"] == "0.1235"
 

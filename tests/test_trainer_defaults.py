@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _markdown import cells
 from _train_data import make_train_tree, train_flags
 
 from net.presets import PRESETS
@@ -34,7 +35,7 @@ def method_defaults() -> dict[str, dict[str, str]]:
     """docs/METHOD.md §2's table of the trainers' defaults: script -> {flag: value as written}."""
     table = METHOD[METHOD.index("**The trainers' defaults**"):].split("\n\n")[1].splitlines()
     scripts = re.findall(r"`(trainer_bary\w*\.py)`", table[0])
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    rows = [cells(line) for line in table[2:]]
     return {script: {re.match(r"`(--\w+)`", r[0]).group(1): r[1 + i] for r in rows} for i, script in enumerate(scripts)}
 
 
