@@ -419,4 +419,6 @@ def test_a_scanned_training_count_off_the_papers_gets_the_fix_of_its_direction(t
         [problem] = report.sets[0].problems
         return problem.fix
     assert fix(5) == f"2 images missing: complete the download into {tree['derain']}"
-    assert fix(2).startswith("1 more images than the authors' list picks: pass --data-file-dir")
+    assert fix(4) == f"1 image missing: complete the download into {tree['derain']}"
+    assert fix(2).startswith("1 image more than the authors' list picks: pass --data-file-dir")
+    assert fix(1).startswith("2 images more than the authors' list picks: pass --data-file-dir")

@@ -185,10 +185,16 @@ def _count(row: SetReport, what: str, severity: str = ERROR, fix: str | None = N
     n = exp.count if isinstance(exp, Expected) else exp
     note = f" ({exp.note})" if isinstance(exp, Expected) and exp.note else ""
     if not fix and row.found < n:
-        fix = f"{n - row.found:,} {what} missing: complete the download into {row.folder}"
+        fix = f"{_counted(n - row.found, what)} missing: complete the download into {row.folder}"
     elif not fix:
-        fix = f"{row.found - n:,} {what} more than the paper's set: remove what is not part of it from {row.folder}"
-    row.add("count", row.folder, f"found {row.found:,} {what}, expected {n:,}{note}", fix, severity)
+        fix = (f"{_counted(row.found - n, what)} more than the paper's set: remove what is not part of it from "
+               f"{row.folder}")
+    row.add("count", row.folder, f"found {_counted(row.found, what)}, expected {n:,}{note}", fix, severity)
+
+
+def _counted(n: int, what: str) -> str:
+    """``n`` of ``what`` (a plural noun), singular for one: ``1 clean image``, ``1,203 clean images``."""
+    return f"{n:,} {what.removesuffix('s') if n == 1 else what}"
 
 
 def _image_folders(folder: Path) -> list[Path]:
@@ -464,8 +470,8 @@ def _scan_hint(fam: str, row: SetReport) -> str | None:
     """The fix of a scanned family whose count is not the paper's: the authors' id list, when there is one."""
     if fam not in du.ID_LISTS or row.expected is None or row.found < row.expected.count:
         return None
-    return (f"{row.found - row.expected.count:,} more images than the authors' list picks: pass --data-file-dir "
-            f"with their lists (data_dir/, the default) to train on exactly theirs")
+    return (f"{_counted(row.found - row.expected.count, 'images')} more than the authors' list picks: pass "
+            f"--data-file-dir with their lists (data_dir/, the default) to train on exactly theirs")
 
 
 def _training_files(row: SetReport, fam: str, root: Path, id_list: Path | None,
