@@ -488,6 +488,26 @@ def test_a_temporary_names_its_target_and_writer_and_a_look_alike_is_no_temporar
     assert remove_stale_temporaries(tmp_path, targets=lambda n: True) == [] and look_alike.exists()
 
 
+def test_the_temporary_of_a_long_name_keeps_its_extension_and_is_tidied_when_orphaned(tmp_path):
+    """A target name over 100 bytes is cut in its temporary's name; the cut kept the first 100 bytes, so a long
+    restoration's temporary lost its ``.png`` and the tester's tidying (which takes ``.png`` names only) never
+    removed it when a killed tester left it behind."""
+    from utils.eval.outputs import tester_writes
+    from utils.files import atomic_write, remove_stale_temporaries, temporary_target
+    target = tmp_path / ("é" * 90 + ".png")  # 184 bytes: fits the file system, not a temporary's prefix
+    seen = []
+    atomic_write(target, lambda fh: seen.extend(p.name for p in tmp_path.iterdir()))
+    [name] = seen
+    parsed, pid = temporary_target(name)
+    assert pid == os.getpid() and parsed.endswith(".png") and len(os.fsencode(parsed)) <= 100
+    assert target.name.startswith(parsed[:-len(".png")])
+    orphan = tmp_path / name
+    orphan.write_bytes(b"half an image")
+    os.utime(orphan, (time.time() - 3600, time.time() - 3600))
+    assert remove_stale_temporaries(tmp_path, targets=tester_writes) == [orphan] and not orphan.exists()
+    assert target.exists()
+
+
 # --------------------------------------------------------------------------- 10. each check on its own
 
 def test_a_view_one_element_past_its_storage_is_refused():

@@ -65,11 +65,18 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def _short(name: str, limit: int = 100) -> str:
-    """``name`` cut to at most ``limit`` bytes: a temporary's name adds about 30 to its target's, and a target
-    near the file system's 255-byte limit would otherwise fail to get one."""
-    while len(os.fsencode(name)) > limit:
-        name = name[:-1]
-    return name
+    """``name`` cut to at most ``limit`` bytes, its extension kept: a temporary's name adds about 30 to its
+    target's, and a target near the file system's 255-byte limit would otherwise fail to get one. The extension
+    stays so that the temporary of a long ``<...>.png`` still reads as one of a ``.png`` (what
+    :func:`remove_stale_temporaries`' callers ask of a target's name)."""
+    if len(os.fsencode(name)) <= limit:
+        return name
+    ext = os.path.splitext(name)[1]
+    ext = ext if len(os.fsencode(ext)) <= limit // 4 else ""
+    stem = name[:len(name) - len(ext)]
+    while len(os.fsencode(stem + ext)) > limit:
+        stem = stem[:-1]
+    return stem + ext
 
 
 def _umask() -> int:
@@ -137,7 +144,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], s
 
 
 # A temporary of atomic_write: '.<name>.<pid>.<8 random characters>.tmp' (older versions: no pid).
-# The random characters are tempfile's (a-z, 0-9, _); <name> is the target's name, cut to 100 bytes (_short).
+# The random characters are tempfile's (a-z, 0-9, _); <name> is the target's name, cut to 100 bytes
+# with its extension kept (_short).
 _TEMP_RE = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")
 
 
