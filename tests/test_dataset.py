@@ -388,6 +388,30 @@ def test_listed_ids_none_on_disk_is_a_wrong_folder_error(tmp_path):
            f"--dehaze-dir={tree['derain']}" in msg and "wrong folder" in msg
 
 
+def test_clean_images_unpacked_into_subfolders_are_named_with_the_fix(tmp_path):
+    """WED and BSD400 unpacked as Denoise/WED/ and Denoise/BSD400/ (as they download) gave "no usable denoise
+    training images" or "none of the ids exist", blaming the folder: the error now says where the images are
+    and that only those directly in --denoise-dir are read (as the reference reads them)."""
+    tree = make_train_tree(tmp_path, n=3, id_lists=True)
+    root = tree["denoise"]
+    (root / "WED").mkdir()
+    (root / "BSD400").mkdir()
+    for i, f in enumerate(sorted(root.glob("clean_*.png"))):
+        f.rename(root / ("WED" if i < 2 else "BSD400") / f.name)
+    hint = (f"{root} has 3 images in its subfolders (BSD400/ 1, WED/ 2), and only those directly in it are read: "
+            f"move them up into {root} (renaming any that repeat)")
+    for id_lists in (None, tree["data_file_dir"]):
+        with pytest.raises(DatasetError) as err:
+            du.collect_samples(["denoise_25"], dirs_of(tree), id_lists, log=lambda m: None)
+        assert hint in str(err.value)
+    # a list of paths into subfolders (rainy/rain-N.png) missing on disk gets the wrong-folder fix, not this one
+    dirs = dirs_of(tree)
+    dirs["derain"] = tree["dehaze"]
+    with pytest.raises(DatasetError) as err:
+        du.collect_samples(["derain"], dirs, tree["data_file_dir"], log=lambda m: None)
+    assert "wrong folder" in str(err.value) and "subfolders" not in str(err.value)
+
+
 def test_listed_rainy_image_without_gt_is_a_pairing_error(tmp_path):
     tree = make_train_tree(tmp_path, n=2, id_lists=True)
     os.remove(tree["derain"] / "gt" / "norain-2.png")

@@ -175,8 +175,9 @@ def test_training_problems_are_named_with_a_fix(tmp_path, capsys):
     _write(tree["lowlight"] / "low" / "1.png", np.zeros((48, 64, 3), np.uint8))  # size mismatch
     _write(tree["lowlight"] / "high" / "extra.png", np.zeros((64, 64, 3), np.uint8))  # an unpaired extra
     _write(tree["derain"] / "gt" / "norain-3.png", np.zeros((20, 30, 3), np.uint8))  # a target too small
-    for f in (tree["deblur"] / "sharp").iterdir():                               # an empty set
+    for f in (tree["deblur"] / "sharp").iterdir():       # an empty set: its image lies one folder down
         f.unlink()
+    _write(tree["deblur"] / "sharp" / "GOPR0372_07_00" / "000047.png", np.zeros((64, 64, 3), np.uint8))
     assert check_trainer(tree, tmp_path / "run") == 1
     out = capsys.readouterr().out
     for text in (f"{tree['derain'] / 'rainy' / 'rain-2.png'} has no target: expected at "
@@ -186,7 +187,8 @@ def test_training_problems_are_named_with_a_fix(tmp_path, capsys):
                  f"{tree['lowlight'] / 'high' / '1.png'} is 64x64",
                  f"{tree['lowlight'] / 'high' / 'extra.png'} pairs with no degraded image, so --lowlight-dir "
                  f"training does not use it. Fix: add its pair at {tree['lowlight'] / 'low' / 'extra.png'}",
-                 f"no images in {tree['deblur'] / 'sharp'}/. Fix: put the deblur training images there",
+                 f"no images in {tree['deblur'] / 'sharp'}/. Fix: {tree['deblur'] / 'sharp'} has 1 image in its "
+                 f"subfolders (GOPR0372_07_00/ 1), and only those directly in it are read",
                  f"{tree['derain'] / 'gt' / 'norain-3.png'} is 20x30, smaller than --patch-size 32"):
         assert text in out, text
     assert "rain-3.png is 20x30" not in out.replace("norain-3.png is 20x30", "")  # the degraded one is 64x64

@@ -733,3 +733,22 @@ def test_a_file_that_cannot_be_opened_is_an_image_read_error_naming_it(tmp_path,
     for read in (read_image, image_size):
         with pytest.raises(ImageReadError, match=r"cannot read image .*locked\.png: Permission denied"):
             read(tmp_path / "locked.png")
+
+
+def test_the_nested_images_hint_counts_each_subfolder_and_is_empty_when_there_is_nothing_to_say(tmp_path):
+    """The hint names at most three subfolders with their image counts (hidden ones and non-images left out),
+    counts images at any depth below each, and says nothing for a folder without images below it."""
+    from utils.data.image_io import nested_images_hint
+    assert nested_images_hint(tmp_path) == "" and nested_images_hint(tmp_path / "absent") == ""
+    img = np.zeros((4, 4, 3), np.uint8)
+    for sub, n in (("a", 1), ("b/deep", 2), ("c", 1), ("d", 3)):
+        (tmp_path / sub).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(tmp_path / sub / f"{i}.png"), img)
+    (tmp_path / ".hidden").mkdir()
+    cv2.imwrite(str(tmp_path / ".hidden" / "x.png"), img)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "notes.txt").write_text("no image")
+    assert nested_images_hint(tmp_path, "clean images") == (
+        f"{tmp_path} has 7 clean images in its subfolders (a/ 1, b/ 2, c/ 1, ...), and only those directly in it "
+        f"are read: move them up into {tmp_path} (renaming any that repeat).")

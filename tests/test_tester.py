@@ -420,7 +420,12 @@ def test_corrupt_image_is_named(checkpoint, tmp_path, how):
 def test_empty_folders_and_missing_things(bench, checkpoint, tmp_path):
     (tmp_path / "empty").mkdir()
     _, tar = _pair_dirs(tmp_path, [], ["a.png"])
-    with pytest.raises(PairingError, match="no images in the degraded folder"):
+    with pytest.raises(PairingError, match="no images in the degraded folder") as err:
+        run("--model", checkpoint, "--degset", tmp_path / "empty", "--tarset", tar, "--save", tmp_path / "o")
+    assert "subfolders" not in str(err.value)
+    write_image(tmp_path / "empty" / "Rain100L" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(PairingError, match=r"no images in the degraded folder .*: .*empty has 1 image in its "
+                                           r"subfolders \(Rain100L/ 1\), and only those directly in it are read"):
         run("--model", checkpoint, "--degset", tmp_path / "empty", "--tarset", tar, "--save", tmp_path / "o")
     with pytest.raises(PairingError, match="deblur"):
         run("--model", checkpoint, "--data-root", bench, "--tasks", "deblur", "--save", tmp_path / "o")

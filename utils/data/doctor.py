@@ -36,7 +36,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from utils import dataset_utils as du
 from utils.data import training_files as tf
-from utils.data.image_io import list_images, max_pixels, pixels_in_words, read_problem
+from utils.data.image_io import list_images, max_pixels, nested_images_hint, pixels_in_words, read_problem
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files
 from utils.data.pairing import PairingError, SwappedFolders, match_pairs
 from utils.errors import UsageError
@@ -252,7 +252,8 @@ def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str
     row.found = len(degraded)
     for folder, files, what in ((deg_dir, degraded, "degraded images"), (tar_dir, targets, "target images")):
         if not files:
-            row.add("empty", folder, f"no images in {folder}/", f"put the {what} of {name} there")
+            row.add("empty", folder, f"no images in {folder}/",
+                    nested_images_hint(folder).rstrip(".") or f"put the {what} of {name} there")
     if not (degraded and targets):
         return row, 0
     try:
@@ -298,8 +299,8 @@ def check_denoise_set(name: str, folder: str | os.PathLike, expected: int | None
     files = list_images(folder)
     row.found = len(files)
     if not files:
-        row.add("empty", folder, f"no images in {folder}/", f"put the clean images of {name} there, or remove "
-                f"the folder", ERROR if expected is not None else WARNING)
+        fix = nested_images_hint(folder).rstrip(".") or f"put the clean images of {name} there, or remove the folder"
+        row.add("empty", folder, f"no images in {folder}/", fix, ERROR if expected is not None else WARNING)
         return row, 0
     checks = check_files(files, threads)
     _report_files(row, checks, files, pixel_limit, _TESTER_LIMIT)
@@ -490,7 +491,8 @@ def _training_files(row: SetReport, fam: str, root: Path, id_list: Path | None,
         if not present:
             row.add("wrong folder", root, f"none of the {len(ids):,} ids listed in {id_list} exist under {flag} "
                     f"{root} (e.g. {root / ids[0] if ids else '-'})",
-                    f"pass {flag} with the folder the ids are relative to, or --data-file-dir '' to scan {root}")
+                    tf.flat_ids_nested_hint(ids, root).rstrip(".")
+                    or f"pass {flag} with the folder the ids are relative to, or --data-file-dir '' to scan {root}")
             return None, len(ids)
         for i in absent:
             row.add("listed id absent", root / i, f"{root / i} is listed in {id_list} but not on disk",
@@ -508,7 +510,8 @@ def _training_files(row: SetReport, fam: str, root: Path, id_list: Path | None,
     drive = root if deg_sub is None else root / (tar_sub if fam in du.DRIVEN_BY_TARGET else deg_sub)
     files = list_images(drive, recursive=(fam == "dehaze"))
     if not files:
-        row.add("empty", drive, f"no images in {drive}/", f"put the {fam} training images there")
+        row.add("empty", drive, f"no images in {drive}/",
+                nested_images_hint(drive).rstrip(".") or f"put the {fam} training images there")
         return None, None
     return files, None
 

@@ -283,6 +283,26 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
                   if p.is_file() and is_image(p) and not p.name.startswith("."))
 
 
+def nested_images_hint(folder: str | os.PathLike, what: str = "images", shown: int = 3) -> str:
+    """A sentence for a folder read without its subfolders that holds no ``what`` itself but has them in its
+    subfolders (WED and BSD400 unpacked into ``Denoise/WED/`` and ``Denoise/BSD400/``), else ``""``:
+
+    ``"Denoise has 3,000 images in its subfolders (WED/ 2,800, BSD400/ 200), and only those directly in it
+    are read: move them up into Denoise (renaming any that repeat)."``"""
+    folder = Path(folder)
+    try:
+        subfolders = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:
+        return ""
+    counts = [(d.name, n) for d in subfolders if (n := len(list_images(d, recursive=True)))]
+    if not counts:
+        return ""
+    listed = ", ".join(f"{name}/ {n:,}" for name, n in counts[:shown]) + (", ..." if len(counts) > shown else "")
+    total = sum(n for _, n in counts)
+    return (f"{folder} has {total:,} {what.removesuffix('s') if total == 1 else what} in its subfolders ({listed}), "
+            f"and only those directly in it are read: move them up into {folder} (renaming any that repeat).")
+
+
 def _walk_files(folder: Path) -> Iterator[Path]:
     """Every file under ``folder``, following links to folders; a folder reached twice (a link cycle) once."""
     seen: set[str] = set()

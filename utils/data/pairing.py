@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from utils.data.image_io import list_images
+from utils.data.image_io import list_images, nested_images_hint
 from utils.errors import UserError, listing
 
 _RAIN = re.compile(r"^(?:no)?rain-(.+)$", re.IGNORECASE)
@@ -54,10 +54,10 @@ def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
             raise PairingError(f"{flag} folder does not exist: {folder}")
     degraded = list_images(degraded_dir)
     targets = list_images(target_dir)
-    if not degraded:
-        raise PairingError(f"no images in the degraded folder {degraded_dir}")
-    if not targets:
-        raise PairingError(f"no images in the target folder {target_dir}")
+    for files, folder, flag in ((degraded, degraded_dir, "degraded"), (targets, target_dir, "target")):
+        if not files:
+            nested = nested_images_hint(folder)
+            raise PairingError(f"no images in the {flag} folder {folder}" + (f": {nested}" if nested else ""))
     by_key: dict[str, Path] = {}
     for t in targets:
         key = name_key(t.stem)

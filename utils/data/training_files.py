@@ -36,7 +36,14 @@ from utils.data.degradations import (
     check_de_types,
     domain_families,
 )
-from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, list_images, max_pixels, read_problem
+from utils.data.image_io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    list_images,
+    max_pixels,
+    nested_images_hint,
+    read_problem,
+)
 from utils.data.integrity import check_files
 from utils.errors import listing
 
@@ -144,12 +151,22 @@ def _listed_files(fam: str, root: Path, id_list: Path, notes: list[str]) -> tupl
                            f"--data-file-dir at the authors' lists, or pass --data-file-dir '' to scan {root}")
     if not present:
         example = f" (e.g. {root / ids[0]})"
+        nested = flat_ids_nested_hint(ids, root)
         raise DatasetError(f"none of the {len(ids)} ids listed in {id_list} exist under {flag}={root}{example}: "
-                           f"{flag} points at the wrong folder, or the list is not for this data. Pass {flag} "
-                           f"with the folder the ids are relative to, or --data-file-dir '' to scan {root} instead.")
+                           + (nested or f"{flag} points at the wrong folder, or the list is not for this data. Pass "
+                                        f"{flag} with the folder the ids are relative to, or --data-file-dir '' to "
+                                        f"scan {root} instead."))
     notes.append(f"{fam}: {len(present)} of the {len(ids)} ids listed in {id_list} found under {root}")
     dropped = _Dropped(flag, root, id_list, len(ids), absent) if absent else None
     return [root / i for i in present], dropped
+
+
+def flat_ids_nested_hint(ids: Sequence[str], root: Path) -> str:
+    """When a list's ids are plain file names (denoise's ``00001.bmp``) and ``root`` holds images only in its
+    subfolders, the sentence that says so (:func:`nested_images_hint`); else ``""``."""
+    if not ids or any("/" in i for i in ids[:100]) or list_images(root):
+        return ""
+    return nested_images_hint(root)
 
 
 def scanned_folder(fam: str, root: Path) -> tuple[Path, bool]:
@@ -265,7 +282,10 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
         log(f"warning: skipping {len(missing)} sample(s) without their files (--skip-bad-files): {msg}")
     for fam, pairs in found.items():
         if not pairs:
-            raise DatasetError(f"no usable {fam} training images under {LAYOUT[fam][0]}={dirs[fam]}")
+            folder, recursive = scanned_folder(fam, Path(dirs[fam]))
+            nested = "" if recursive or list_images(folder) else nested_images_hint(folder)
+            raise DatasetError(f"no usable {fam} training images under {LAYOUT[fam][0]}={dirs[fam]}"
+                               + (f": {nested}" if nested else ""))
     return found
 
 
