@@ -77,6 +77,27 @@ def test_a_bad_input_file_gets_one_full_stop_and_no_pair_to_remove(tmp_path, cap
     assert "Fix: replace it, or leave it out of --input" in out, out
 
 
+def test_input_images_over_the_pixel_limit_fail_the_check_as_they_fail_the_run(tmp_path, capsys):
+    """--check-data --input passed images the run then refused: it checked readability only, not --max-pixels
+    (nor the default 100 Mpx of a header that says 100000x100000). The folder column is the inputs' common one."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _write(tmp_path / "a" / "small.png", np.zeros((10, 10, 3), np.uint8))
+    _write(tmp_path / "b" / "wide.png", np.zeros((10, 30, 3), np.uint8))
+    assert check_tester("--input", tmp_path / "a" / "small.png", tmp_path / "b" / "wide.png") == 0
+    assert check_tester("--input", tmp_path / "a" / "small.png", tmp_path / "b" / "wide.png",
+                        "--max-pixels", "200") == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'b' / 'wide.png'} is 30x10 = 300 pixels, over the 200 pixels limit. Fix: downscale it, " \
+           f"or raise the limit (tester_bary.py --max-pixels N)" in out
+    assert "small.png" not in out.split("FAIL", 1)[1] and f"  {tmp_path}\n" in out
+    huge = bytearray((tmp_path / "a" / "small.png").read_bytes())
+    huge[16:24] = (100_000).to_bytes(4, "big") * 2  # the IHDR's width and height: 10 Gpx
+    (tmp_path / "huge.png").write_bytes(bytes(huge))
+    assert check_tester("--input", tmp_path / "huge.png") == 1
+    assert "is 100000x100000 = 10000.0 Mpx, over the 100.0 Mpx limit" in capsys.readouterr().out
+
+
 def test_a_small_pixel_limit_is_said_in_pixels(tmp_path, tiny_counts, capsys):
     """--max-pixels 1000 gave rows "40x40 = 0.0 Mpx, over the 0.0 Mpx limit"."""
     root = make_test_tree(tmp_path / "test")

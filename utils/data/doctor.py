@@ -408,13 +408,17 @@ def check_test_data(data_root: str | os.PathLike, tasks: Sequence[str] | None = 
     return report
 
 
-def check_input_files(files: Sequence[Path], name: str = "input", threads: int = HEADER_THREADS) -> DataReport:
-    """``--input``: every image must be readable (no targets, no counts)."""
+def check_input_files(files: Sequence[Path], name: str = "input", pixel_limit: int | None = None,
+                      threads: int = HEADER_THREADS) -> DataReport:
+    """``--input``: every image must be readable and within ``pixel_limit`` pixels (default: the reading limit,
+    :func:`utils.data.image_io.max_pixels`), as the run reads it (no targets, no counts)."""
     tic = time.perf_counter()
-    folder = str(files[0].parent) if files else ""
+    parents = list(dict.fromkeys(str(f.parent) for f in files))
+    folder = parents[0] if len(parents) == 1 else os.path.commonpath(parents) if parents else ""
     row = SetReport(name, folder, found=len(files))
     checks = check_files(files, threads)
-    _report_files(row, checks, files, None, "", "replace it, or leave it out of --input")
+    _report_files(row, checks, files, pixel_limit or max_pixels(), _TESTER_LIMIT,
+                  "replace it, or leave it out of --input")
     return DataReport(f"images to restore ({name})", [row], files_read=len(checks),
                       seconds=time.perf_counter() - tic)
 
@@ -607,7 +611,7 @@ def tester_check(args, out: Callable[[str], None] = print) -> int:
     limit = getattr(args, "max_pixels", None)
     if args.input:
         from utils.eval.tasks import input_files
-        report = check_input_files(input_files(args.input))
+        report = check_input_files(input_files(args.input), pixel_limit=limit)
     elif args.degset or args.tarset:
         if not (args.degset and args.tarset):
             raise CheckDataUsage("--degset and --tarset go together: pass both (degraded images and their targets)")
