@@ -223,6 +223,42 @@ def test_ctrl_c_while_torch_loads_is_one_line(command, tmp_path):
     assert done.stderr == "error: interrupted while starting; nothing was written\n" and done.stdout == ""
 
 
+_HALF_LOADED = """import os, signal, time
+try:  # scikit-image's lazy loader: a Ctrl-C inside an import became an ImportError (numpy's: a RecursionError)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+except KeyboardInterrupt:
+    raise ImportError("cannot import name 'structural_similarity'")
+"""
+
+
+@pytest.mark.parametrize("second", [False, True])
+def test_ctrl_c_while_a_library_loads_is_held_until_the_imports_end(second, tmp_path):
+    """A Ctrl-C that landed inside a library's import left it half loaded, and what the library raised next
+    (ImportError, RecursionError) was printed as a traceback with status 1. The Ctrl-C is now held until the
+    imports end, then ends the script with the one line; a second Ctrl-C ends it at once, without waiting."""
+    twice = "import os, signal, time\n" + "os.kill(os.getpid(), signal.SIGINT)\n" * 2 + "time.sleep(60)\n"
+    code = twice if second else _HALF_LOADED
+    (tmp_path / "torch.py").write_text(code)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    done = subprocess.run([sys.executable, "tester_bary.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "error: interrupted while starting; nothing was written\n" and done.stdout == ""
+
+
+def test_a_ctrl_c_the_process_ignores_stays_ignored_while_it_starts():
+    """A script started with SIGINT ignored (nohup, a background job) is not made interruptible by holding
+    Ctrl-C during its imports, and gets its handler back as it was."""
+    code = ("import os, signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "from utils.errors import stopped_while_starting\n"
+            "with stopped_while_starting():\n    os.kill(os.getpid(), signal.SIGINT)\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "True\n", "")
+
+
 def test_a_gpu_index_this_machine_lacks_is_named_when_auto_falls_back_to_the_cpu(monkeypatch):
     """--gpus 5 on a machine with 2 GPUs hides both: --device auto then trained on the CPU saying only "no CUDA GPU
     visible", which did not point at the flag."""

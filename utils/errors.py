@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import re
+import signal
 import sys
 from typing import Any, Callable, Iterable
 
@@ -194,15 +195,46 @@ def failure_message(exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
+_STARTING_STOPPED = "error: interrupted while starting; nothing was written"
+
+
 @contextlib.contextmanager
 def stopped_while_starting():
     """Around a script's imports (torch takes seconds to load): Ctrl-C there ends the script with one line
     and the shell's status 130 instead of a traceback through the import machinery. Nothing has started
-    yet, so nothing is lost."""
+    yet, so nothing is lost.
+
+    The Ctrl-C is held until the imports end rather than raised where it lands: a KeyboardInterrupt inside an
+    import left numpy or scikit-image half loaded (the next name looked up in it raised RecursionError or
+    ImportError, printed as a traceback) or crossed torch's C++ (``terminate called``, a core dump). A second
+    Ctrl-C ends the process at once, with the same line. A SIGINT this process ignores (``nohup``, a
+    background job) stays ignored."""
+    interrupted: list[int] = []
+
+    def hold(signum, frame):
+        if interrupted:  # the second: the user does not want to wait for the imports
+            print(_STARTING_STOPPED, file=sys.stderr, flush=True)
+            os._exit(INTERRUPTED_STATUS)
+        interrupted.append(signum)
+
+    try:
+        held = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        if held:
+            signal.signal(signal.SIGINT, hold)
+    except ValueError:  # not the main thread: signals go to the main thread anyway
+        held = False
     try:
         yield
-    except KeyboardInterrupt:
-        print("error: interrupted while starting; nothing was written", file=sys.stderr)
+    except BaseException as exc:
+        if interrupted or any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc)):
+            print(_STARTING_STOPPED, file=sys.stderr)
+            sys.exit(INTERRUPTED_STATUS)
+        raise
+    finally:
+        if held:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if interrupted:
+        print(_STARTING_STOPPED, file=sys.stderr)
         sys.exit(INTERRUPTED_STATUS)
 
 
