@@ -137,6 +137,36 @@ def test_a_pipe_given_as_checkpoint_is_named_as_one_not_missing(tmp_path):
         read_checkpoint(fifo)
 
 
+def test_a_checkpoint_other_than_the_one_latest_names_is_said_to_be_used(tmp_path):
+    """``--model run/latest`` whose pointer names a checkpoint that is gone fell back to the newest by name and
+    said "run/latest points to run/epoch_001.pth": another model was evaluated than the one named, silently.
+    The note now says why; a pointer that names the checkpoint used says only where it points."""
+    import time
+
+    from utils.checkpoints.folder import resolve_checkpoint
+    (tmp_path / "epoch_001.pth").write_bytes(b"1")
+    pointer = tmp_path / "latest"
+    pointer.write_text('{"checkpoint": "epoch_001.pth"}')
+    assert resolve_checkpoint(pointer) == (tmp_path / "epoch_001.pth", f"--model {pointer} points to "
+                                                                       f"{tmp_path / 'epoch_001.pth'}")
+    assert resolve_checkpoint(tmp_path)[1].endswith("using its newest checkpoint, " + str(tmp_path / "epoch_001.pth"))
+    pointer.write_text('{"checkpoint": "epoch_009.pth"}')
+    for given in (pointer, tmp_path):
+        found, note = resolve_checkpoint(given)
+        assert found == tmp_path / "epoch_001.pth" and str(found) in note
+        assert note.endswith("(latest names epoch_009.pth, which is not there: the newest checkpoint by name is used)")
+    pointer.write_text("{not json")
+    assert resolve_checkpoint(pointer)[1].endswith("(its latest pointer cannot be read: the newest checkpoint by "
+                                                   "name is used)")
+    pointer.write_text('{"checkpoint": "epoch_001.pth"}')
+    os.utime(pointer, (time.time() - 60, time.time() - 60))
+    (tmp_path / "epoch_002.pth").write_bytes(b"2")  # saved after the pointer's last update: a cut-short save
+    found, note = resolve_checkpoint(pointer)
+    assert found == tmp_path / "epoch_002.pth"
+    assert note.endswith("(epoch_002.pth was saved after the epoch_001.pth that latest names, by a run stopped "
+                         "before it updated latest)")
+
+
 def test_save_atomic_never_leaves_a_torn_file(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pth"
     save_atomic({"x": torch.ones(3)}, path)

@@ -168,11 +168,13 @@ def resolve_checkpoint(path: str | os.PathLike, flag: str = "--model") -> tuple[
         if found is None:
             raise CheckpointError(f"{flag} {path}: that folder holds no checkpoint (.pth/.pt); pass a checkpoint "
                                   f"file or the output folder of a training run")
-        return found, f"{flag} {path} is a folder: using its newest checkpoint, {found}"
+        return found, f"{flag} {path} is a folder: using its newest checkpoint, {found}" + _pointer_note(path, found)
     if path.name == LATEST and path.is_file():
         found = read_latest(path.parent)
         if found is None:
             raise CheckpointError(f"{flag} {path}: the pointer names no checkpoint that exists in {path.parent}")
+        if _pointer_note(path.parent, found):
+            return found, f"{flag} {path}: using {found}" + _pointer_note(path.parent, found)
         return found, f"{flag} {path} points to {found}"
     if path.exists() and not path.is_file():  # a FIFO, a device: reading it would hang or read garbage
         raise CheckpointError(f"{flag} {path}: not a regular file (a pipe or a device). Pass a checkpoint file, a "
@@ -182,6 +184,27 @@ def resolve_checkpoint(path: str | os.PathLike, flag: str = "--model") -> tuple[
                               f"file (the trainer's epoch_NNN.pth, a plain state dict, or a reference BaryIR "
                               f"checkpoint), a run's output folder, or its 'latest' pointer")
     return path, None
+
+
+def _pointer_note(folder: Path, found: Path) -> str:
+    """``""`` when ``folder`` has no ``latest`` or it names ``found``; else the sentence saying why ``found`` is
+    used instead of what the pointer names (it is not there, a later save outran the pointer, or the pointer
+    cannot be read), so that evaluating another checkpoint than the one named is never silent."""
+    pointer = folder / LATEST
+    if not pointer.is_file():
+        return ""
+    try:
+        named = json.loads(pointer.read_text())["checkpoint"]
+        if not isinstance(named, str):
+            raise TypeError(named)
+    except (ValueError, KeyError, TypeError, OSError):
+        return f" (its {LATEST} pointer cannot be read: the newest checkpoint by name is used)"
+    if (folder / named).resolve() == found.resolve():
+        return ""
+    if not (folder / named).is_file():
+        return f" ({LATEST} names {named}, which is not there: the newest checkpoint by name is used)"
+    return (f" ({found.name} was saved after the {named} that {LATEST} names, by a run stopped before it updated "
+            f"{LATEST})")
 
 
 def rotate(output_dir: str | os.PathLike, keep: int) -> list[Path]:
