@@ -752,3 +752,23 @@ def test_the_nested_images_hint_counts_each_subfolder_and_is_empty_when_there_is
     assert nested_images_hint(tmp_path, "clean images") == (
         f"{tmp_path} has 7 clean images in its subfolders (a/ 1, b/ 2, c/ 1, ...), and only those directly in it "
         f"are read: move them up into {tmp_path} (renaming any that repeat).")
+
+
+def test_a_bmp_over_pillows_bomb_size_is_held_to_the_projects_limit_not_pillows(tmp_path):
+    """A BMP, TIFF or WebP over about 179 Mpx was refused as "a decompression bomb" whatever --max-pixels said,
+    where a PNG of the same size was read: the header's size now meets this project's limit alone, and Pillow's
+    own limit is left as it was found."""
+    from utils.data.image_io import image_size, read_image
+    path = tmp_path / "wide.bmp"
+    cv2.imwrite(str(path), np.zeros((4, 4, 3), np.uint8))
+    raw = bytearray(path.read_bytes())
+    raw[18:26] = (15000).to_bytes(4, "little") * 2  # BITMAPINFOHEADER width and height: 225 Mpx
+    path.write_bytes(bytes(raw))
+    before = Image.MAX_IMAGE_PIXELS
+    assert image_size(path) == (15000, 15000)
+    with pytest.raises(ImageReadError, match=r"is 15000x15000 = 225.0 Mpx, more than the limit of 100.0 Mpx"):
+        read_image(path)
+    with pytest.raises(ImageReadError) as err:  # past the limit it is decoded, and its missing pixels are said
+        read_image(path, max_pixels=300_000_000)
+    assert "decompression bomb" not in str(err.value) and "more than the limit" not in str(err.value)
+    assert Image.MAX_IMAGE_PIXELS == before

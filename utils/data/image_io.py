@@ -150,12 +150,30 @@ def _jpeg_size(fh: BinaryIO) -> tuple[int, int] | None:
 _PIL_WARNINGS = threading.Lock()  # held while Pillow reads a header with its warnings silenced
 
 
+@contextmanager
+def _pillow_unbounded() -> Iterator[None]:
+    """Pillow with its own size limit lifted and its warnings silenced, for one header read or decode.
+
+    Pillow refuses an image over ``2 * Image.MAX_IMAGE_PIXELS`` (about 179 Mpx) as a decompression bomb,
+    whatever ``--max-pixels`` says: a BMP, TIFF or WebP the user's raised limit admits was refused, where a
+    PNG or JPEG of the same size was read. This project's own limit (:func:`max_pixels`) is checked from the
+    header before anything is decoded, so Pillow's is not needed. The limit and the warning filters are the
+    process's: threads (the start-up check's pool) take turns, so that each restores what it found."""
+    with _PIL_WARNINGS, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _header_size(fh: BinaryIO) -> tuple[int, int] | None:
     """``(height, width)`` as stored, read from the header only; ``None`` when it cannot be told.
 
     PNG and JPEG are parsed here (no decoding library involved, so no library limit or warning
-    gets in the way); other formats ask Pillow, which also reads only the header. Pillow refusing
-    a file as a decompression bomb (over about 179 Mpx) gives ``(-1, -1)``: too large.
+    gets in the way); other formats ask Pillow, which also reads only the header (its own size limit lifted:
+    :func:`_pillow_unbounded`).
     """
     head = fh.read(24)
     if head.startswith(_PNG_SIGNATURE):
@@ -168,15 +186,9 @@ def _header_size(fh: BinaryIO) -> tuple[int, int] | None:
         return _jpeg_size(fh)
     fh.seek(0)
     try:
-        # A bomb is told by the size, a corrupt file by its decoding, in words. The warning filters are one list
-        # for the process: threads (the start-up check's pool) take turns, so that each restores what it found.
-        with _PIL_WARNINGS, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(fh) as im:
-                w, h = im.size
-                return h, w
-    except Image.DecompressionBombError:
-        return -1, -1
+        with _pillow_unbounded(), Image.open(fh) as im:  # a size over the limit is refused by its number
+            w, h = im.size
+            return h, w
     except Exception:  # noqa: BLE001 - a format Pillow does not know: the decoder will tell
         return _tiff_size(fh) if _is_tiff(head) else None
 
@@ -253,9 +265,6 @@ def _check_pixels(path: Path, size: tuple[int, int] | None, limit: int) -> None:
     if size is None:
         return
     h, w = size
-    if h < 0:
-        raise ImageReadError(f"image {path} is too large to read (Pillow refuses it as a decompression bomb, "
-                             f"over {2 * Image.MAX_IMAGE_PIXELS} pixels); downscale or split it")
     if h * w > limit:
         need = human_bytes(h * w * 3 * 4)  # the float32 RGB copy restoring and scoring work on
         exact = f" ({limit:,} pixels)" if pixels_in_words(limit).endswith("Mpx") else ""
@@ -318,7 +327,7 @@ def _walk_files(folder: Path) -> Iterator[Path]:
 
 def _exif_orientation(path: Path) -> int:
     try:
-        with Image.open(path) as im:
+        with _pillow_unbounded(), Image.open(path) as im:
             return int(im.getexif().get(0x0112, 1))
     except Exception:
         return 1
@@ -336,7 +345,7 @@ def lost_on_restoring(path: str | os.PathLike) -> list[str]:
     PNG, a multi-page TIFF: :func:`read_image` reads the first frame only). Empty when nothing is lost or it
     cannot tell."""
     try:
-        with Image.open(path) as im:
+        with _pillow_unbounded(), Image.open(path) as im:
             lost = ["transparency"] if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info \
                 else []
             icc = im.info.get("icc_profile")
@@ -471,11 +480,10 @@ def _read_with_pillow(path: Path, raw: bytes) -> np.ndarray:
     OpenCV's decoder reads such a file through libtiff's RGBA interface, which multiplies unassociated colour by
     its alpha: semi-transparent parts came out darker and transparent ones black."""
     try:
-        with _PIL_WARNINGS, warnings.catch_warnings():  # the header: a decompression bomb warning comes from here
-            warnings.simplefilter("ignore")
+        with _pillow_unbounded():  # the size was checked against the limit from the header
             im = Image.open(io.BytesIO(raw))
-        with im:
             im.load()
+        with im:
             return np.array(im.convert("RGB"))  # a copy: writable, as OpenCV's arrays are (asarray's is not)
     except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise OSError, ValueError, SyntaxError...
         raise ImageReadError(f"cannot decode image {path}: the file is damaged or of a kind Pillow (which reads "
@@ -556,7 +564,7 @@ def image_size(path: str | os.PathLike, exif: bool = False) -> tuple[int, int]:
         size = _header_size(fh)
         fh.seek(0)
         tiff = _is_tiff(fh.read(4))
-    if size is None or size[0] < 0:
+    if size is None:
         return read_image(path, exif).shape[:2]
     h, w = size
     rot, _ = _EXIF_ORIENT.get(_exif_orientation(path), (0, False)) if exif and not tiff else (0, False)

@@ -71,7 +71,7 @@ def check_file(path: str | os.PathLike) -> FileCheck:
             end = fh.seek(0, os.SEEK_END)
             fh.seek(max(0, end - 64))
             complete = _complete(head, fh.read(), end)
-        if size is None or size[0] < 0:
+        if size is None:
             size = image_size(path)
     except ImageReadError as exc:
         return FileCheck(None, "unreadable", str(exc))
