@@ -4,6 +4,7 @@ Such a network returns its input exactly (global residual), so every number the 
 must equal the metrics of the degraded images against their targets, computed here directly.
 """
 import csv
+import errno
 import io
 import json
 import os
@@ -1804,6 +1805,24 @@ def test_an_earlier_record_with_savetar_keeps_aside_in_save_alone(bench, checkpo
     assert _tree(kept_figs) == ["jpeg.png"]
 
 
+def test_an_earlier_run_whose_files_cannot_all_be_moved_aside_stays_whole(bench, checkpoint, tmp_path, monkeypatch):
+    """An earlier run of denoise_15, derain and dehaze in --save, its derain restorations in a folder they cannot
+    be moved out of (chattr +i): a run of denoise_15 and derain there stopped at them with 'permission denied',
+    its results.* and denoise_15 restorations already moved aside and its dehaze ones left in --save with no
+    results.json describing them. Now it stops with everything where it was, and says so."""
+    save = tmp_path / "r1"
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "denoise_15", "derain", "dehaze", "--save", save,
+        "--max-images", "1")
+    before = _contents(save)
+    assert any(k.startswith("derain/") for k in before) and any(k.startswith("dehaze/") for k in before)
+    _refuse_moves(monkeypatch, lambda src, dst: save / "derain" in src.parents)
+    with pytest.raises(UserError, match=r"derain/.*could not be moved aside \(Operation not permitted\), so "
+                                        r"nothing was moved: the \d+ file\(s\) moved before it were moved back"):
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "denoise_15", "derain", "--save", save,
+            "--max-images", "1")
+    assert _contents(save) == before and not list(save.glob("results.before-*"))
+
+
 def test_a_run_without_figs_holds_no_figs_folder(bench, checkpoint, tmp_path, monkeypatch):
     """Without --figs nothing is drawn: the default --figs-dir (results/figs, shared by every run started here)
     is neither created nor locked, so a tester drawing figures there does not refuse this one."""
@@ -1873,6 +1892,64 @@ def test_keeping_aside_passes_over_a_file_moved_away_meanwhile(tmp_path):
     (save / "b.png").write_text("b")
     kept = keep_aside([save / "a.png", save / "b.png"], save / "results")
     assert sorted(p.name for p in kept.iterdir()) == ["b.png"] and not (save / "b.png").exists()
+
+
+def _refuse_moves(monkeypatch, refused):
+    """``os.rename`` refusing (EPERM, as for an immutable folder: ``chattr +i``) each move for which
+    ``refused(source, destination)`` is true; the others are done. Root can write a folder without write
+    permission, so a refused rename is stood in for."""
+    rename = os.rename
+
+    def refusing(src, dst, *args, **kwargs):
+        if refused(Path(src), Path(dst)):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(src), None, str(dst))
+        return rename(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, "rename", refusing)
+
+
+def _contents(folder):
+    """Every file under ``folder`` with its bytes, by path relative to it."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_keeping_aside_that_cannot_move_a_file_moves_back_what_it_had_moved(tmp_path, monkeypatch):
+    """A file that could not be moved (its folder immutable) ended keep_aside halfway: the files before it were
+    in the kept folder, those after it in their folder, and the error (permission denied) did not say so. Now
+    what had moved moves back, the kept folder is removed, and the error names the file and says nothing moved."""
+    from utils.files import keep_aside
+    save = tmp_path / "o"
+    rels = ["results.json", "denoise/a.png", "derain/demo/rain-1.png", "dehaze/c.png"]  # moved in this order
+    for rel in rels:
+        (save / rel).parent.mkdir(parents=True, exist_ok=True)
+        (save / rel).write_text(rel)
+    before = _contents(save)
+    _refuse_moves(monkeypatch, lambda src, dst: src.parent.name == "demo")
+    with pytest.raises(UserError, match=re.escape(f"{save / 'derain' / 'demo' / 'rain-1.png'} could not be moved "
+                                                  f"aside (Operation not permitted), so nothing was moved: the 2 "
+                                                  f"file(s) moved before it were moved back — make its folder")):
+        keep_aside([save / rel for rel in rels], save / "results")
+    assert _contents(save) == before and not list(save.glob("results.before-*"))
+
+
+def test_keeping_aside_whose_move_back_fails_too_names_the_folder_holding_what_is_aside(tmp_path, monkeypatch):
+    """A file that could not be moved back after another could not be moved is not lost track of: the error says
+    which folder holds it (and at its place there), and what did move back is back."""
+    from utils.files import keep_aside
+    save = tmp_path / "o"
+    rels = ["results.json", "denoise/a.png", "derain/demo/rain-1.png"]
+    for rel in rels:
+        (save / rel).parent.mkdir(parents=True, exist_ok=True)
+        (save / rel).write_text(rel)
+    before = _contents(save)
+    _refuse_moves(monkeypatch, lambda src, dst: src.parent.name == "demo" or dst == save / "denoise" / "a.png")
+    with pytest.raises(UserError, match="could not be moved aside") as caught:
+        keep_aside([save / rel for rel in rels], save / "results")
+    [kept] = save.glob("results.before-*")
+    assert _contents(kept) == {"denoise/a.png": b"denoise/a.png"}
+    assert _contents(save) == {k if k != "denoise/a.png" else f"{kept.name}/{k}": v for k, v in before.items()}
+    assert (f"moving back what had moved before it failed too, for {save / 'denoise' / 'a.png'} (Operation not "
+            f"permitted): 1 file(s) are still in {kept}/, each at the place it had in {save} — move them back from "
+            f"there, then make its folder") in str(caught.value)
 
 
 def test_a_record_whose_row_is_a_dot_folder_names_nothing(tmp_path):

@@ -7,7 +7,8 @@
 * :class:`DiskFullError`: a full disk, named with the folder and the bytes needed.
 * :class:`FileTooLargeError`: a file past its file system's or the process's size limit (EFBIG), named.
 * :func:`keep_aside`: an earlier run's files that a fresh run would write over (its checkpoints, its log,
-  its TensorBoard events) are moved together into a new ``<name>.before-<time>`` folder, never replaced.
+  its TensorBoard events) are moved together into a new ``<name>.before-<time>`` folder, never replaced;
+  all or none of them (:class:`KeepAsideError` when one cannot be moved: those moved before it move back).
 * :func:`remove_stale_temporaries`: the temporaries of :func:`atomic_write` that a killed writer (``kill -9``)
   left behind, removed by the next run into the folder; only files named exactly as :func:`atomic_write`
   names them (:func:`temporary_target`), once their writer has been gone a minute or the file has not
@@ -38,6 +39,18 @@ class DiskFullError(UserError):
 
 class FileTooLargeError(UserError):
     """A write passed the largest file its file system or this process allows (EFBIG); names the file and folder."""
+
+
+class KeepAsideError(UserError, OSError):
+    """Files could not be moved aside (:func:`keep_aside`). ``detail`` says which file and why, and where every
+    file is now (all where they were, or some still in the kept folder); ``undo`` is what the user does first
+    ("move them back from there, then ", or nothing). The message adds a fix, which a caller with a better one
+    (the trainers: another --output-dir) replaces. An ``OSError`` too: callers that go on past a file they
+    cannot move (the loss figure) still do."""
+
+    def __init__(self, detail: str, fix: str, undo: str = ""):
+        super().__init__(f"{detail} — {undo}{fix}")
+        self.detail, self.undo = detail, undo
 
 
 def disk_full(path: Path, needed: int | None, kept: str | None = None, margin: int = 0) -> DiskFullError:
@@ -250,6 +263,12 @@ def keep_aside(paths: Sequence[Path], name: Path) -> Path:
     kept folder is never merged into or replaced. Renames within one file system: nothing is copied. A folder
     below ``name``'s folder that the move leaves empty (it held only what moved) is removed, and so is its
     parent when that is left empty in turn, up to ``name``'s folder (never removed).
+
+    All or nothing: a file that cannot be moved (a folder without write permission, an immutable one) moves
+    back what had moved before it, last first, and removes the new folder, so that no earlier run is left
+    half in its folder and half aside (its record moved, its images not, or the reverse); then a
+    :class:`KeepAsideError` names the file. Should a move back fail too, the error names the folder that holds
+    what is still aside, so that no file is lost track of.
     """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     n = 1
@@ -260,13 +279,17 @@ def keep_aside(paths: Sequence[Path], name: Path) -> Path:
             break
         except FileExistsError:
             n += 1
+    moved: list[tuple[Path, Path]] = []
     for p in paths:
         dest = folder / Path(p).relative_to(name.parent)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            p.rename(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(p, dest)
         except FileNotFoundError:  # moved away meanwhile (another run keeping the same shared folder's files)
             continue
+        except OSError as exc:
+            raise _moved_back(moved, folder, Path(p), dest, exc) from exc
+        moved.append((Path(p), dest))
     top = name.parent
     for emptied in sorted({q for p in paths for q in Path(p).parents if top in q.parents}, key=lambda q: -len(q.parts)):
         try:
@@ -274,6 +297,44 @@ def keep_aside(paths: Sequence[Path], name: Path) -> Path:
         except OSError:
             continue
     return folder
+
+
+def _reason(exc: OSError) -> str:
+    """``exc`` in a few words: its ``strerror`` ("Permission denied"), else its text."""
+    return exc.strerror or str(exc)
+
+
+def _moved_back(moved: list[tuple[Path, Path]], folder: Path, failed: Path, failed_dest: Path,
+                exc: OSError) -> KeepAsideError:
+    """Undo :func:`keep_aside` after ``failed`` could not be moved to ``failed_dest`` in ``folder``: move each
+    ``(source, dest)`` of ``moved`` back, last first (a name taken again at its place meanwhile is not replaced:
+    that file stays aside), then remove ``folder`` and the folders made in it, those left empty (only those:
+    a folder that moved keeps its own empty subfolders). Returns the error to raise: nothing was moved, or
+    which files are still in ``folder``."""
+    stuck: list[tuple[Path, str]] = []
+    for source, dest in reversed(moved):
+        try:
+            if os.path.lexists(source):
+                raise FileExistsError(errno.EEXIST, "another file took its name meanwhile", str(source))
+            os.rename(dest, source)
+        except OSError as back:
+            stuck.append((source, _reason(back)))
+    made = {q for dest in [failed_dest, *(d for _, d in moved)] for q in dest.parents if folder in q.parents}
+    for q in [*sorted(made, key=lambda q: -len(q.parts)), folder]:
+        try:
+            q.rmdir()  # fails unless empty: a folder holding a file still aside stays
+        except OSError:
+            continue
+    head = f"{failed} could not be moved aside ({_reason(exc)})"
+    fix = "make its folder writable (and not immutable: chattr -i), or choose another folder"
+    if not stuck:
+        undone = f": the {len(moved)} file(s) moved before it were moved back" if moved else ""
+        return KeepAsideError(f"{head}, so nothing was moved{undone}", fix)
+    first, why = stuck[0]
+    more = f" (and {len(stuck) - 1} more)" if len(stuck) > 1 else ""
+    return KeepAsideError(f"{head}, and moving back what had moved before it failed too, for {first} ({why}){more}: "
+                          f"{len(stuck)} file(s) are still in {folder}/, each at the place it had in {folder.parent}",
+                          fix, undo="move them back from there, then ")
 
 
 def finite_or_null(value: Any) -> Any:

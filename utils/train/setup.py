@@ -37,7 +37,7 @@ from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
 from utils.errors import UsageError, UserError, human_bytes
 from utils.eval.outputs import check_writable_folder
-from utils.files import keep_aside
+from utils.files import KeepAsideError, keep_aside
 from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int
 from utils.train.options import (
@@ -110,8 +110,14 @@ def _link_or_copy(source: Path, dest: Path) -> None:
 
 
 def _move_aside(paths: list[Path], output_dir: Path, name: str, what: str) -> Path:
+    """Move ``paths`` (``what``, in the words of the error) into ``<output_dir>/<name>.before-<time>/``
+    (:func:`keep_aside`: all or none of them); a file that cannot be moved stops the run before it writes
+    anything, with the fix."""
     try:
         return keep_aside(paths, output_dir / name)
+    except KeepAsideError as exc:  # which file, and where every file is now (all where they were, or still aside)
+        raise ConfigError(f"--output-dir {output_dir} holds {what}, to be moved aside, and {exc.detail}; {exc.undo}"
+                          f"continue that run with --resume auto, or train into another --output-dir") from exc
     except OSError as exc:
         raise ConfigError(f"--output-dir {output_dir} holds {what} and they could not be moved aside ({exc}); "
                           f"continue that run with --resume auto, or train into another --output-dir") from exc
