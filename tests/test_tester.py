@@ -338,6 +338,19 @@ def test_model_may_be_a_run_folder_or_its_latest_pointer(bench, checkpoint, tmp_
         run("--model", tmp_path / "empty", *args, "--save", tmp_path / "d")
 
 
+def test_compare_paper_that_no_row_can_fill_is_warned_before_the_run(bench, checkpoint, tmp_path, capsys):
+    """--compare-paper with --degset/--tarset (a row named after its folder, 'input') scored Rain100L and then
+    printed every column 'not evaluated', with no word why: it is now said at the start, with the fix."""
+    args = ["--model", checkpoint, "--no-images", "--compare-paper", "3d", "--dry-run"]
+    run(*args, "--degset", bench / "derain" / "Rain100L" / "input", "--tarset", bench / "derain" / "Rain100L" / "target",
+        "--save", tmp_path / "a")
+    err = capsys.readouterr().err
+    assert "warning: --compare-paper 3d: no row of this run (rows: input) fills a column of the paper's table" in err
+    assert "evaluate with --data-root DIR --tasks ..." in err
+    run(*args, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "b")
+    assert "--compare-paper" not in capsys.readouterr().err
+
+
 def test_compare_paper_prints_the_published_columns(bench, checkpoint, tmp_path, capsys):
     res = run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", "dehaze", "--no-images",
               "--save", tmp_path / "res", "--compare-paper", "3d")

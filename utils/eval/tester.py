@@ -33,6 +33,7 @@ from utils.eval.outputs import (
     recorded_outputs,
     tester_writes,
 )
+from utils.eval.paper import paper_column
 from utils.eval.protocol import Protocol, load_model
 from utils.eval.report import format_report, write_results
 from utils.eval.tasks import (
@@ -166,6 +167,19 @@ def unused_noise_seed(args, sets: list[EvalSet]) -> str | None:
     evaluated = f"the sets evaluated ({', '.join(s.name for s in sets)}) have none" if sets else "no set is evaluated"
     return (f"{given[0]} has no effect: it only seeds the synthetic noise of denoise tasks, and {evaluated} (drop "
             f"--noise-seed, or evaluate a denoise task, e.g. --tasks denoise_25)")
+
+
+def unmatched_comparison(args, sets: list[EvalSet]) -> str | None:
+    """A warning for ``--compare-paper`` when none of ``sets`` fills a column of the paper's table (a
+    ``--degset``/``--tarset`` row is named after its folder, ``input``, which is no paper set); None otherwise."""
+    if not args.compare_paper or any(paper_column(s.name) for s in sets):
+        return None
+    how = ("a --degset/--tarset row is named after the degraded folder and cannot be matched: evaluate with "
+           "--data-root DIR --tasks ... (e.g. --tasks derain for derain/Rain100L)") if args.degset else \
+        "evaluate the paper's tasks (--tasks derain dehaze denoise_25 ...)"
+    rows = ", ".join(s.name for s in sets) or "none"
+    return (f"--compare-paper {args.compare_paper}: no row of this run (rows: {rows}) fills a column of the paper's "
+            f"table, so every column will read 'not evaluated'; {how}")
 
 
 def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
@@ -462,9 +476,9 @@ def main(args) -> dict:
             print(f"note: {len(folders)} subfolder(s) of the --input folders are not read (pass them too, e.g. "
                   f"--input {folders[0].parent}/*/):{listing(folders)}", file=sys.stderr)
         sets = [] if args.input else _find_sets(args, tasks_defaulted)
-        unseeded = unused_noise_seed(args, sets)
-        if unseeded:
-            print(f"warning: {unseeded}", file=sys.stderr)
+        for warning in (unused_noise_seed(args, sets), unmatched_comparison(args, sets)):
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
         _check_outputs(args, sets)  # created below, by their locks, once the model and the metrics have loaded
         model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
                                  num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
