@@ -342,8 +342,8 @@ def test_compare_paper_that_no_row_can_fill_is_warned_before_the_run(bench, chec
     """--compare-paper with --degset/--tarset (a row named after its folder, 'input') scored Rain100L and then
     printed every column 'not evaluated', with no word why: it is now said at the start, with the fix."""
     args = ["--model", checkpoint, "--no-images", "--compare-paper", "3d", "--dry-run"]
-    run(*args, "--degset", bench / "derain" / "Rain100L" / "input", "--tarset", bench / "derain" / "Rain100L" / "target",
-        "--save", tmp_path / "a")
+    rain = bench / "derain" / "Rain100L"
+    run(*args, "--degset", rain / "input", "--tarset", rain / "target", "--save", tmp_path / "a")
     err = capsys.readouterr().err
     assert "warning: --compare-paper 3d: no row of this run (rows: input) fills a column of the paper's table" in err
     assert "evaluate with --data-root DIR --tasks ..." in err
