@@ -2100,6 +2100,25 @@ def test_best_and_worst_images_are_named_by_their_own_scores(tmp_path):
     assert row["worst_ssim"]["name"] == min(scores, key=lambda n: scores[n][1])
 
 
+def test_images_identical_to_their_target_are_said_to_score_the_cap(tmp_path):
+    """An image identical to its target (a degraded copy, a denoise_0 task) scores the 100 dB cap, which the row's
+    mean includes: a set of one noisy and one identical pair read 63.5 dB, with nothing saying why. The note under
+    the table names them, for the restored and the degraded column alike."""
+    clean = data.astronaut()[100:124, 200:224]
+    write_image(tmp_path / "d" / "same.png", clean)
+    write_image(tmp_path / "t" / "same.png", clean)
+    write_image(tmp_path / "d" / "noisy.png", np.clip(clean.astype(int) + 9, 0, 255).astype(np.uint8))
+    write_image(tmp_path / "t" / "noisy.png", clean)
+    row = evaluate_set(_Identity(), paired_set("x", tmp_path / "d", tmp_path / "t"), protocol_module.Protocol(),
+                       torch.device("cpu"), progress=False)
+    printed = summary_table({"tasks": {"x": row}, "average": average_row({"x": row})})
+    for what in ("restored", "degraded"):
+        assert (f"Identical to the target (x, {what}): 1 image(s) (same.png) score 100 dB, the cap for an infinite "
+                f"PSNR, which the row's mean PSNR includes") in printed
+    row["images"] = [i for i in row["images"] if i["name"] == "noisy.png"]
+    assert "Identical to the target" not in summary_table({"tasks": {"x": row}, "average": average_row({"x": row})})
+
+
 def test_tasks_all_finds_every_paper_task_present_in_the_papers_order(tmp_path):
     """--tasks all (the tester without arguments, the study) must find deblur (GoPro) and lowlight (LOL): a task
     missing from the list silently drops a 5D column."""

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from utils.eval.metrics import MAX_PSNR
 from utils.eval.paper import comparison_lines, paper_averages
 from utils.files import json_text, write_text
 
@@ -62,10 +63,18 @@ def _extreme(row: Mapping[str, Any], key: str) -> float | None:
 
 
 def _notes(results: Mapping[str, Any]) -> list[str]:
-    """Lines under the table: images left out as unreadable, and where a stopped run stopped."""
+    """Lines under the table: tiled images, images identical to their target (PSNR capped at :data:`MAX_PSNR`),
+    images left out as unreadable, and where a stopped run stopped."""
     lines = []
     for name, r in results.get("tasks", {}).items():
         lines += [f"Tiled ({name}): {n.removeprefix('note: ')}" for n in r.get("notes", [])]
+        for key, what in (("psnr", "restored"), ("input_psnr", "degraded")):
+            same = [i["name"] for i in r.get("images", []) if isinstance(i.get(key), (int, float))
+                    and i[key] >= MAX_PSNR]
+            if same:
+                lines.append(f"Identical to the target ({name}, {what}): {len(same)} image(s) ({', '.join(same[:3])}"
+                             f"{', ...' if len(same) > 3 else ''}) score {MAX_PSNR:g} dB, the cap for an infinite "
+                             f"PSNR, which the row's mean PSNR includes")
         for b in r.get("bad_files", []):
             lines.append(f"Skipped unreadable image ({name}): {b['name']}: {b['error']}")
     stop = results.get("partial")
