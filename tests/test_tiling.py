@@ -46,6 +46,16 @@ def test_tile_grid_and_window():
             check_tiling(*bad)
 
 
+@pytest.mark.parametrize("tile, overlap, fits", [(32, 32, 8), (40, 36, 8), (8, 4, 0), (64, -1, 0)])
+def test_an_overlap_too_large_for_its_tile_is_answered_with_one_that_fits(tile, overlap, fits):
+    """--tile 32 with the default overlap of 32 was answered "e.g. --tile 512 --tile-overlap 32", a size the user
+    had not asked for: the example now keeps their tile and gives an overlap that works with it (checked)."""
+    with pytest.raises(ValueError, match=rf"e.g. --tile {tile} --tile-overlap {fits}, or --tile 512 --tile-overlap "
+                                         rf"32$"):
+        check_tiling(tile, overlap)
+    check_tiling(tile, fits)
+
+
 def test_zero_output_model_is_identity_with_and_without_tiles(zero_model):
     x = torch.cat([photo(76, 100), photo(76, 100).flip(-1)])  # batch of 2, sizes not multiples of 8
     untiled = restore(zero_model, x, pad=True)

@@ -167,8 +167,10 @@ def check_tiling(tile: int, overlap: int, multiple: int = 8) -> None:
     if tile <= 0 or tile % multiple:
         raise ValueError(f"--tile must be a positive multiple of {multiple} (the network's size step), got {tile}")
     if not 0 <= overlap < tile or (tile - overlap) < multiple:
+        fits = max(0, min(overlap, tile // 4 // multiple * multiple))  # a quarter of this tile, or less
         raise ValueError(f"--tile-overlap must be >= 0 and leave a step of at least {multiple} pixels "
-                         f"(tile - overlap), got tile {tile}, overlap {overlap}; e.g. --tile 512 --tile-overlap 32")
+                         f"(tile - overlap), got tile {tile}, overlap {overlap}; e.g. --tile {tile} --tile-overlap "
+                         f"{fits}, or --tile 512 --tile-overlap 32")
 
 
 def restore_tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int = 32, precision: str = "fp32",
