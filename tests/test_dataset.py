@@ -412,6 +412,25 @@ def test_clean_images_unpacked_into_subfolders_are_named_with_the_fix(tmp_path):
     assert "wrong folder" in str(err.value) and "subfolders" not in str(err.value)
 
 
+def test_rain_pairs_unpacked_flat_are_named_with_the_layout_they_need(tmp_path):
+    """Rain100L's training pairs unpacked side by side in --derain-dir (rain-N.png beside norain-N.png) were told
+    "pass --derain-dir with the folder the ids are relative to, or --data-file-dir ''", and that fix led to
+    "rainy does not exist": both now say the images are loose and where they go."""
+    tree = make_train_tree(tmp_path, n=2, id_lists=True)
+    root = tree["derain"]
+    for sub in ("rainy", "gt"):
+        for f in (root / sub).iterdir():
+            f.rename(root / f.name)
+        (root / sub).rmdir()
+    hint = (f"{root} holds 4 images directly (norain-1.png, norain-2.png, ...), and --derain-dir reads them from "
+            f"{root / 'rainy'}/ and {root / 'gt'}/: move the degraded images and their targets there "
+            f"(rainy/rain-N.png and gt/norain-N.png)")
+    for id_lists in (tree["data_file_dir"], None):
+        with pytest.raises(DatasetError) as err:
+            du.collect_samples(["derain"], dirs_of(tree), id_lists, log=lambda m: None)
+        assert hint in str(err.value)
+
+
 def test_listed_rainy_image_without_gt_is_a_pairing_error(tmp_path):
     tree = make_train_tree(tmp_path, n=2, id_lists=True)
     os.remove(tree["derain"] / "gt" / "norain-2.png")

@@ -431,6 +431,25 @@ def test_the_pixel_limit_applies_to_degset_and_tarset_too(tmp_path, capsys):
     assert "over the 1,000 pixels limit" in capsys.readouterr().out
 
 
+def test_training_pairs_unpacked_flat_get_the_layout_as_their_fix(tmp_path):
+    """--check-data on Rain100L pairs loose in --derain-dir said to put the degraded images in rainy/ (scanned) or
+    to pass another folder (listed): each row now says the images are there, loose, and where they go."""
+    tree = make_train_tree(tmp_path, n=2, id_lists=True)
+    root = tree["derain"]
+    for sub in ("rainy", "gt"):
+        for f in (root / sub).iterdir():
+            f.rename(root / f.name)
+        (root / sub).rmdir()
+    dirs = {k: str(v) for k, v in tree.items()}
+    for id_lists, kinds in ((None, ["missing folder"] * 2), (tree["data_file_dir"], ["wrong folder"])):
+        report = doctor.check_training_data(["derain"], dirs, id_lists, 32)
+        problems = report.sets[0].problems
+        assert [p.kind for p in problems] == kinds
+        for p in problems:
+            assert p.fix.startswith(f"{root} holds 4 images directly (norain-1.png, norain-2.png, ...), and "
+                                    f"--derain-dir reads them from {root / 'rainy'}/ and {root / 'gt'}/"), p.fix
+
+
 def test_a_scanned_training_count_off_the_papers_gets_the_fix_of_its_direction(tmp_path):
     """A scanned family with fewer images than the paper's is told to complete its download; one with more is
     pointed at the authors' id lists, which pick theirs."""

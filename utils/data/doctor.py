@@ -495,7 +495,7 @@ def _training_files(row: SetReport, fam: str, root: Path, id_list: Path | None,
         if not present:
             row.add("wrong folder", root, f"none of the {len(ids):,} ids listed in {id_list} exist under {flag} "
                     f"{root} (e.g. {root / ids[0] if ids else '-'})",
-                    tf.flat_ids_nested_hint(ids, root).rstrip(".")
+                    tf.layout_hint(fam, root).rstrip(".")
                     or f"pass {flag} with the folder the ids are relative to, or --data-file-dir '' to scan {root}")
             return None, len(ids)
         for i in absent:
@@ -505,10 +505,12 @@ def _training_files(row: SetReport, fam: str, root: Path, id_list: Path | None,
         return [root / i for i in present], len(ids)
     needed = [(root, "clean images", False)] if deg_sub is None else \
         [(root / deg_sub, "degraded images", True), (root / tar_sub, "target images", False)]
+    loose = tf.layout_hint(fam, root).rstrip(".") if deg_sub is not None else ""  # a download unpacked flat
     for folder, what, is_deg in needed:
         if not folder.is_dir():
+            fix = _rename_fix(folder.parent, folder.name, is_deg, what)
             row.add("missing folder", folder, f"{folder}/ does not exist ({what} of {fam})",
-                    _rename_fix(folder.parent, folder.name, is_deg, what))
+                    loose if loose and fix.startswith("put the") else fix)
     if row.errors:
         return None, None
     drive = root if deg_sub is None else root / (tar_sub if fam in du.DRIVEN_BY_TARGET else deg_sub)

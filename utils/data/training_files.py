@@ -107,12 +107,39 @@ class _Dropped:
                 f"{self.flag}={self.root} ({', '.join(self.absent[:_FEW])}{more})")
 
 
-def _need_dir(folder: Path, flag: str, root: Path, what: str) -> None:
+def _need_dir(folder: Path, flag: str, root: Path, what: str, fam: str) -> None:
     if not folder.is_dir():
         raise DatasetError(f"{flag} points at {root}, but {folder} does not exist ({what}). "
-                           f"Put the data there (layout: data/Train/{{Denoise, Derain/{{rainy,gt}}, "
-                           f"Dehaze/{{synthetic,original}}, Deblur/{{blur,sharp}}, lowlight/{{low,high}}, "
-                           f"single/{{degraded,target}}}}) or pass {flag} with the right folder.")
+                           + (layout_hint(fam, root) or
+                              f"Put the data there (layout: data/Train/{{Denoise, Derain/{{rainy,gt}}, "
+                              f"Dehaze/{{synthetic,original}}, Deblur/{{blur,sharp}}, lowlight/{{low,high}}, "
+                              f"single/{{degraded,target}}}}) or pass {flag} with the right folder."))
+
+
+# Where each family's images go, for a layout hint (LAYOUT names the folders).
+_LAYOUT_EXAMPLE = {"derain": "rainy/rain-N.png and gt/norain-N.png",
+                   "dehaze": "synthetic/<part>/ID_A_B.jpg and original/ID.jpg",
+                   "deblur": "blur/NAME and sharp/NAME", "lowlight": "low/NAME and high/NAME",
+                   "single": "degraded/NAME and target/NAME"}
+
+
+def layout_hint(fam: str, root: Path) -> str:
+    """The sentence that says where ``fam``'s images under ``root`` are when they are not where the trainer reads
+    them, else ``""``: denoise's clean images only in subfolders of ``root`` (:func:`nested_images_hint`), or
+    another family's pairs loose in ``root`` itself, as a download unpacks (Rain100L's ``rain-N.png`` beside
+    ``norain-N.png``), instead of in its two folders."""
+    _, deg_sub, tar_sub = LAYOUT[fam]
+    if not root.is_dir():
+        return ""
+    loose = list_images(root)
+    if deg_sub is None:
+        return "" if loose else nested_images_hint(root)
+    if not loose:
+        return ""
+    shown = ", ".join(p.name for p in loose[:2]) + (", ..." if len(loose) > 2 else "")
+    return (f"{root} holds {len(loose):,} image{'s' if len(loose) > 1 else ''} directly ({shown}), and "
+            f"{LAYOUT[fam][0]} reads them from {root / deg_sub}/ and {root / tar_sub}/: move the degraded images "
+            f"and their targets there ({_LAYOUT_EXAMPLE[fam]}).")
 
 
 def _find_with_stem(folder: Path, stem: str, prefer_suffix: str) -> Path | None:
@@ -151,7 +178,7 @@ def _listed_files(fam: str, root: Path, id_list: Path, notes: list[str]) -> tupl
                            f"--data-file-dir at the authors' lists, or pass --data-file-dir '' to scan {root}")
     if not present:
         example = f" (e.g. {root / ids[0]})"
-        nested = flat_ids_nested_hint(ids, root)
+        nested = layout_hint(fam, root)
         raise DatasetError(f"none of the {len(ids)} ids listed in {id_list} exist under {flag}={root}{example}: "
                            + (nested or f"{flag} points at the wrong folder, or the list is not for this data. Pass "
                                         f"{flag} with the folder the ids are relative to, or --data-file-dir '' to "
@@ -159,14 +186,6 @@ def _listed_files(fam: str, root: Path, id_list: Path, notes: list[str]) -> tupl
     notes.append(f"{fam}: {len(present)} of the {len(ids)} ids listed in {id_list} found under {root}")
     dropped = _Dropped(flag, root, id_list, len(ids), absent) if absent else None
     return [root / i for i in present], dropped
-
-
-def flat_ids_nested_hint(ids: Sequence[str], root: Path) -> str:
-    """When a list's ids are plain file names (denoise's ``00001.bmp``) and ``root`` holds images only in its
-    subfolders, the sentence that says so (:func:`nested_images_hint`); else ``""``."""
-    if not ids or any("/" in i for i in ids[:100]) or list_images(root):
-        return ""
-    return nested_images_hint(root)
 
 
 def scanned_folder(fam: str, root: Path) -> tuple[Path, bool]:
@@ -185,12 +204,12 @@ def _scanned_files(fam: str, root: Path, notes: list[str], no_list: Path | None)
     flag, deg_sub, tar_sub = LAYOUT[fam]
     folder, recursive = scanned_folder(fam, root)
     if fam == "denoise":
-        _need_dir(root, flag, root, "clean images for denoising")
+        _need_dir(root, flag, root, "clean images for denoising", fam)
     elif fam in DRIVEN_BY_TARGET:
-        _need_dir(root / tar_sub, flag, root, f"the {tar_sub} images of {fam}, which drive its list")
-        _need_dir(root / deg_sub, flag, root, f"the {deg_sub} images of {fam}")
+        _need_dir(root / tar_sub, flag, root, f"the {tar_sub} images of {fam}, which drive its list", fam)
+        _need_dir(root / deg_sub, flag, root, f"the {deg_sub} images of {fam}", fam)
     else:
-        _need_dir(root / deg_sub, flag, root, f"the degraded images of {fam}")
+        _need_dir(root / deg_sub, flag, root, f"the degraded images of {fam}", fam)
     files = list_images(folder, recursive=recursive)
     what = {"denoise": "clean images", "deblur": "sharp images"}.get(fam, "images")
     notes.append(f"{fam}: {len(files)} {what} found by scanning {root}"
