@@ -450,6 +450,20 @@ def test_training_pairs_unpacked_flat_get_the_layout_as_their_fix(tmp_path):
                                     f"--derain-dir reads them from {root / 'rainy'}/ and {root / 'gt'}/"), p.fix
 
 
+def test_a_training_image_beside_its_familys_folders_is_warned_as_not_read(tmp_path):
+    """A rainy image left in Derain/ itself, beside rainy/ and gt/, is not trained on; --check-data said nothing of
+    it, though it names files outside the folders that are read (as it does for the test sets)."""
+    tree = make_train_tree(tmp_path, n=2)
+    root = tree["derain"]
+    _write(root / "rain-5.png", np.zeros((64, 64, 3), np.uint8))
+    report = doctor.check_training_data(["derain"], {k: str(v) for k, v in tree.items()}, None, 32,
+                                        expected={"derain": doctor.Expected(2)})
+    [problem] = report.sets[0].problems
+    assert (problem.kind, problem.severity, problem.fix) == ("misplaced", doctor.WARNING,
+                                                             f"move it into {root / 'rainy'}/")
+    assert report.exit_status == 0
+
+
 def test_a_scanned_training_count_off_the_papers_gets_the_fix_of_its_direction(tmp_path):
     """A scanned family with fewer images than the paper's is told to complete its download; one with more is
     pointed at the authors' id lists, which pick theirs."""

@@ -448,6 +448,10 @@ def check_training_data(de_types: Sequence[str], dirs: Mapping[str, str | os.Pat
             row.expected = Expected(listed, note=f"the ids listed in {id_list}")  # the user's own list
         if files is None:
             continue
+        _, deg_sub, tar_sub = du.LAYOUT[fam]
+        if deg_sub is not None:  # images beside the two folders, which the trainer does not read
+            root = Path(dirs[fam])
+            _misplaced(row, root, root / deg_sub, root / tar_sub, WARNING)
         row.found = len(files)
         pairs = _training_pairs(row, fam, Path(dirs[fam]), files, scanned=id_list is None)
         checks = check_files([f for p in pairs for f in (p.degraded, p.clean) if f is not None], threads)
