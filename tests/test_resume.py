@@ -500,13 +500,40 @@ def test_resume_refuses_another_objective_optimizer_or_data_mix(data, tmp_path):
                                      r"--potentials-steps 2 there, 1 here.*trained by trainer_bary.py"),
             (["--optimizer", "Adam"], r"--optimizer RMSprop there, Adam here"),
             (["--reg_weight", "0.1"], r"--reg-weight 0.05 there, 0.1 here"),
-            (["--repeat", "derain=2"], r"--repeat \(default\) there, derain=2 here"),
+            (["--repeat", "derain=2"], r"--repeat derain=360 there, derain=2 here"),
             (["--Sigma", "5"], r"--Sigma 10000 there, 5.0 here"),
             (["--ablate", "potentials"], r"--ablate \(none\) there, potentials here")):
         with pytest.raises(ConfigError, match=message):
             run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", *flags, iters=1)
         assert snapshot(tmp_path / "ckpt") == before
     assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", "--objective", "single", iters=1) == 0
+
+
+def test_resume_takes_a_setting_typed_out_as_the_value_it_had(data, tmp_path):
+    """A --preset tiny run started with the defaults refused --resume auto with --dim 16 (the preset's width),
+    --num-blocks 1 1 1 2 (its depths) or --repeat derain=360 (the paper's factor): '--dim (default) there, 16
+    here'. The settings the flags give are compared now, not the flags as typed, and a real difference is
+    still refused, named by the values the two runs train with (and the preset by itself when it differs);
+    a checkpoint whose args lack a setting (an older version's) still resumes."""
+    from utils.train.setup import check_same_run
+    assert run(data, tmp_path, "--nEpochs", "1", iters=1) == 0
+    for epochs, flags in enumerate((["--dim", "16"], ["--num-blocks", "1", "1", "1", "2"],
+                                    ["--num-refinement-blocks", "1", "--heads", "1", "2", "4", "8"],
+                                    ["--repeat", "derain=360", "dehaze=1"]), start=2):
+        assert run(data, tmp_path, "--nEpochs", str(epochs), "--resume", "auto", *flags, iters=1) == 0
+    ckpt = final_state(tmp_path)
+    assert ckpt["epoch"] == 5
+    before = snapshot(tmp_path / "ckpt")
+    for flags, message in ((["--dim", "24"], r"\(--dim 16 there, 24 here\)"),
+                           (["--num-blocks", "1", "1", "2", "2"], r"\(--num-blocks 1 1 1 2 there, 1 1 2 2 here\)"),
+                           (["--repeat", "derain=360", "dehaze=2"], r"\(--repeat dehaze=1 there, dehaze=2 here\)"),
+                           (["--preset", "paper", "--dim", "16"], r"\(--preset tiny there, paper here\)")):
+        with pytest.raises(ConfigError, match=message):
+            run(data, tmp_path, "--nEpochs", "6", "--resume", "auto", *flags, iters=1)
+        assert snapshot(tmp_path / "ckpt") == before
+    older = {k: v for k, v in ckpt["args"].items() if k not in ("dim", "num_blocks", "repeat")}
+    args = get_args_parser().parse_args([*train_flags(data, tmp_path), "--dim", "16", "--repeat", "derain=360"])
+    check_same_run(args, {"args": older}, tmp_path / "epoch_005.pth")
 
 
 def test_runs_of_other_settings_get_their_own_folder_by_default(data, tmp_path):

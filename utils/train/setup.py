@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from net import Potentials
-from net.presets import BACKBONES, WB_BACKBONES, build_model, flags_for
+from net.presets import BACKBONES, MODEL_FLAGS, WB_BACKBONES, build_model, flags_for, model_config
 from utils.checkpoints import (
     LATEST,
     LOG_NAME,
@@ -31,7 +31,7 @@ from utils.checkpoints import (
     read_checkpoint,
     read_latest,
 )
-from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family
+from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family, repeat_factor
 from utils.data.pairing import match_pairs
 from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
@@ -40,6 +40,7 @@ from utils.eval.outputs import check_writable_folder
 from utils.files import KeepAsideError, keep_aside
 from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int
+from utils.train.losses import OBJECTIVES
 from utils.train.options import (
     DEFAULT_DEGSET,
     DEFAULT_TARSET,
@@ -380,31 +381,85 @@ RUN_SETTINGS = ("backbone", "preset", "dim", "num_blocks", "num_refinement_block
                 "ablate")
 # Which script trains each --objective by default: named when a run is resumed with the other one.
 OBJECTIVE_SCRIPTS = {"single": "trainer_bary.py", "ddp": "trainer_bary_ddp.py"}
+# The settings whose value left out is chosen by another setting: the widths by --preset, the repetition factors by
+# --de-type, the objective's weights by --objective. Not given on either side, they differ only with that setting,
+# which names the difference.
+CHOSEN_BY = {**dict.fromkeys(MODEL_FLAGS, "preset"), "repeat": "de_type",
+             **dict.fromkeys(OBJECTIVE_SETTINGS[1:], "objective")}
+
+
+def run_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`RUN_SETTINGS` a run's flags give (``vars(args)``, or the ``args`` a checkpoint saved), as the
+    run trains them: a width flag left out is the preset's, the repetition is each --de-type's factor (--repeat's,
+    else the paper's: ``{name: N}``), an objective weight left out is the --objective's, no --ablate is none.
+
+    A resume compares these, not the flags as typed: ``--dim 16`` on ``--preset tiny``, or ``--repeat derain=360``,
+    is the run that left them out. Settings ``values`` does not hold (a checkpoint of an older version) are left
+    out; one that cannot be resolved (a configuration this version cannot build) stays as given."""
+    out = {name: values[name] for name in RUN_SETTINGS if name in values}
+    try:
+        cfg = model_config(values["preset"], backbone=values["backbone"], **{k: values.get(k) for k in MODEL_FLAGS})
+    except (KeyError, TypeError, ValueError):  # ModelConfigError is a ValueError
+        cfg = {}
+    out.update({k: cfg[k] for k in MODEL_FLAGS if k in out and k in cfg})
+    if "repeat" in out:
+        try:
+            de_types, repeats = check_de_types(values["de_type"]), parse_repeats(values["repeat"])
+            out["repeat"] = {de: repeat_factor(de, de_types, repeats) for de in sorted(de_types, key=DE_IDS.get)}
+        except (DatasetError, KeyError, TypeError):
+            pass
+    objective = values.get("objective") or "single"
+    base = OBJECTIVES.get(objective) if isinstance(objective, str) else None
+    for name in OBJECTIVE_SETTINGS[1:]:
+        if name in out and out[name] is None and base is not None:
+            out[name] = getattr(base, name)
+    if "ablate" in out and out["ablate"] is None:
+        out["ablate"] = []
+    return out
+
+
+def _same_setting(name: str, a: Any, b: Any) -> bool:
+    """Whether two values of the setting ``name`` (typed, or as :func:`run_settings` resolves them) are the same."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):  # repetition factors: of the types both train (--de-type
+        return all(a[de] == b[de] for de in a.keys() & b.keys())  # names the others)
+    if name in ("de_type", "repeat", "ablate") and isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return sorted(map(str, a)) == sorted(map(str, b))  # no order
+    return a == b
+
+
+def _shown(v: Any) -> str:
+    if v is None:
+        return "(default)"
+    if isinstance(v, Mapping):
+        return " ".join(f"{k}={n}" for k, n in v.items())
+    return " ".join(map(str, v)) or "(none)" if isinstance(v, (list, tuple)) else str(v)
 
 
 def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> None:
-    """Refuse to resume a training checkpoint into a run of other settings (:data:`RUN_SETTINGS`), naming
-    each difference: otherwise a 3D command finds a 5D run's checkpoint in a shared folder and fails on
-    weight shapes, or, worse, trains on with other data."""
+    """Refuse to resume a training checkpoint into a run of other settings (:data:`RUN_SETTINGS`, compared as
+    :func:`run_settings` resolves them on both sides), naming each difference: otherwise a 3D command finds a 5D
+    run's checkpoint in a shared folder and fails on weight shapes, or, worse, trains on with other data."""
     saved = ckpt.get("args") or {}
+    typed = vars(args)
+    here, there = run_settings(typed), run_settings(saved)
     # an L1-only run trains the same whatever its objective settings (trainer_bary.py's or trainer_bary_ddp.py's)
     l1_only = args.backbone not in WB_BACKBONES and saved.get("backbone", args.backbone) not in WB_BACKBONES
-    differ = []
-    for name in RUN_SETTINGS:
-        if name not in saved or (l1_only and name in OBJECTIVE_SETTINGS):
-            continue
-        now, then = getattr(args, name, None), saved[name]
-        unordered = name in ("de_type", "repeat", "ablate") and now is not None and then is not None  # no order
-        same = sorted(now) == sorted(then) if unordered else now == then
-        if not same:
-            shown = (lambda v: "(default)" if v is None else " ".join(map(str, v)) or "(none)"
-                     if isinstance(v, (list, tuple)) else str(v))
-            differ.append(f"{flag_of(name)} {shown(then)} there, {shown(now)} here")
-    if differ:
+    differ = {name: (there[name], here.get(name)) for name in RUN_SETTINGS
+              if name in there and not (l1_only and name in OBJECTIVE_SETTINGS)
+              and not _same_setting(name, here.get(name), there[name])}
+    named = []
+    for name, (then, now) in differ.items():
+        if CHOSEN_BY.get(name) in differ and _same_setting(name, typed.get(name), saved[name]):
+            continue  # given alike (or left out on both sides): the setting that chooses it is named
+        if isinstance(then, Mapping) and isinstance(now, Mapping):  # the repetition factors that differ
+            then, now = ({de: n for de, n in v.items() if de in then and de in now and then[de] != now[de]}
+                         for v in (then, now))
+        named.append(f"{flag_of(name)} {_shown(then)} there, {_shown(now)} here")
+    if named:
         trained = saved.get("objective")
         script = f" (it was trained by {OBJECTIVE_SCRIPTS[trained]}: resume it with that script)" \
             if trained in OBJECTIVE_SCRIPTS and trained != args.objective and not l1_only else ""
-        raise ConfigError(f"--resume: {ckpt_path} belongs to a run with other settings ({'; '.join(differ)}){script}. "
+        raise ConfigError(f"--resume: {ckpt_path} belongs to a run with other settings ({'; '.join(named)}){script}. "
                           f"Resume it with its own settings, or give this run its own --output-dir")
 
 
