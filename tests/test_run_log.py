@@ -1,4 +1,7 @@
 """The training console: one readable progress line, a steady rate and the time left."""
+import os
+from pathlib import Path
+
 import pytest
 from _disks import FillingDisk
 
@@ -251,6 +254,53 @@ def test_the_loss_figure_draws_each_part_by_global_step_and_the_psnr_by_epoch(tm
     assert list(raw.get_xdata()) == [2, 4, 6] and list(raw.get_ydata()) == [0.5, 0.4, 0.3]
     psnr = panels["validation PSNR (dB)"].get_lines()[0]
     assert list(psnr.get_xdata()) == [1, 2] and list(psnr.get_ydata()) == [20.0, 22.5]
+
+
+def test_a_run_folder_moved_whole_keeps_drawing_its_own_loss_figure(tmp_path, capsys):
+    """A run folder moved (mv, rsync) and resumed drew its curves into train_losses_<new name>.png, saying that its
+    own train_losses.png was 'the loss figure of the run in <old folder>', which then never changed again. A figure
+    in the run's own folder of the same first start is its own now, redrawn in place (through a link too); one of
+    another run there, a copy of the run's in a shared --figs-dir, or a user's file is still not replaced."""
+    import json
+    import shutil
+
+    from utils.train.run_log import Console, _figure_source, draw_loss_figure
+
+    def make_run(folder: Path, started: str) -> Path:
+        folder.mkdir(parents=True)
+        (folder / "log.jsonl").write_text(json.dumps({"kind": "run", "started": started}) + "\n" + "".join(
+            json.dumps({"kind": "iter", "global_step": i, "l1": 1.0 / i}) + "\n" for i in range(1, 5)))
+        return folder
+
+    def draw(run: Path, figs: Path | None = None) -> Path:
+        return draw_loss_figure(run / "log.jsonl", (figs or run) / "train_losses.png", Console())
+
+    run = make_run(tmp_path / "run1", "2026-12-01T10:00:00.000001+00:00")
+    assert draw(run) == run / "train_losses.png"
+    moved = tmp_path / "elsewhere" / "run1moved"
+    moved.parent.mkdir()
+    run.rename(moved)
+    (tmp_path / "link").symlink_to(moved)
+    for folder in (moved, tmp_path / "link", moved, Path(os.path.relpath(moved))):
+        assert draw(folder) == folder / "train_losses.png"
+    assert sorted(p.name for p in moved.iterdir()) == ["log.jsonl", "train_losses.png"]
+    assert _figure_source(moved / "train_losses.png").startswith(f"BaryIR training run in {moved}, started 2026-12-01")
+    assert capsys.readouterr().out == ""
+    other = make_run(tmp_path / "other", "2026-12-01T11:00:00.000001+00:00")  # another run's figure, copied in
+    draw(other)
+    shutil.copy(other / "train_losses.png", moved / "train_losses.png")
+    assert draw(moved) == moved / "train_losses_run1moved.png"
+    assert (moved / "train_losses.png").read_bytes() == (other / "train_losses.png").read_bytes()
+    assert f"is the loss figure of the run in {other}" in capsys.readouterr().out
+    figs = tmp_path / "figs"  # a copy of the run sharing a --figs-dir: each keeps its own figure there
+    figs.mkdir()
+    shutil.copytree(moved, tmp_path / "twin")
+    assert draw(moved, figs) == figs / "train_losses.png"
+    assert draw(tmp_path / "twin", figs) == figs / "train_losses_twin.png"
+    assert draw(moved, figs) == figs / "train_losses.png"
+    (moved / "train_losses.png").write_bytes(b"the user's own picture")
+    assert draw(moved) == moved / "train_losses.png"
+    assert [p.read_bytes() for p in moved.glob("figure.before-*/train_losses.png")] == [b"the user's own picture"]
 
 
 def test_a_progress_bar_is_the_main_ranks_and_drawn_only_on_a_terminal(monkeypatch):

@@ -296,13 +296,15 @@ def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> Path:
     ``fig_path`` holds the figure of a run in another folder (two runs sharing a ``--figs-dir``), this run
     draws beside it, ``<stem>_<its folder's name>.png``, and both keep theirs. Any other file there that is
     not this run's figure (a user's own image, an earlier run's figure) is moved into
-    ``<its folder>/figure.before-<time>/`` first, and said, instead of being replaced."""
+    ``<its folder>/figure.before-<time>/`` first, and said, instead of being replaced. A run folder moved or
+    copied whole (``mv``, ``rsync``) keeps its figure: see :func:`_drawn_by`."""
     folder = Path(log_path).resolve().parent
-    source = _SOURCE.format(folder=folder, started=_first_start(log_path))
+    started = _first_start(log_path)
+    source = _SOURCE.format(folder=folder, started=started)
     try:
         other = _figure_source(fig_path) if fig_path.exists() or fig_path.is_symlink() else source
         other_folder = _source_folder(other)
-        if other != source and other_folder is not None and other_folder != folder:
+        if not _drawn_by(other, fig_path, folder, started) and other_folder is not None and other_folder != folder:
             own = fig_path.with_name(f"{fig_path.stem}_{folder.name}{fig_path.suffix}")
             there = _source_folder(_figure_source(own))  # None: no file there, or none a run drew
             if there is not None and there != folder:  # run folders of one name (the default --name) elsewhere
@@ -311,7 +313,8 @@ def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> Path:
             if not own.exists() and not own.is_symlink():
                 console(f"=> {fig_path} is the loss figure of the run in {other_folder}: this run's is {own}")
             fig_path = own
-        if (fig_path.exists() or fig_path.is_symlink()) and _figure_source(fig_path) != source:
+        found = _figure_source(fig_path) if fig_path.exists() or fig_path.is_symlink() else source
+        if not _drawn_by(found, fig_path, folder, started):
             kept = keep_aside([fig_path], fig_path.parent / "figure")
             console(f"=> {fig_path} was not this run's loss figure: it was moved to {kept}/")
         plot_loss_curves(log_path, fig_path, source)
@@ -319,6 +322,19 @@ def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> Path:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         console.warn(f"the loss figure {fig_path} could not be written ({why}); training goes on")
     return fig_path
+
+
+def _drawn_by(found: str | None, fig_path: Path, folder: Path, started: str | None) -> bool:
+    """Whether the figure at ``fig_path``, whose ``Source`` text is ``found``, is the one of the run whose log is in
+    ``folder`` and first started at ``started`` (its timeline: a fresh run in the folder begins another): its Source
+    names them, or it names that start and another folder and lies in this run's own folder, where it came with the
+    log when the folder was moved or copied (``mv``, ``rsync``). In a folder not the run's own (a shared
+    ``--figs-dir``), a figure naming another folder is that folder's run's, of whatever start (a copy of this one)."""
+    if found == _SOURCE.format(folder=folder, started=started):
+        return True
+    there = _source_folder(found)
+    return (started is not None and there is not None and found == _SOURCE.format(folder=there, started=started)
+            and fig_path.parent.resolve() == folder)
 
 
 def _source_folder(source: str | None) -> Path | None:
