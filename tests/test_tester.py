@@ -2100,6 +2100,23 @@ def test_best_and_worst_images_are_named_by_their_own_scores(tmp_path):
     assert row["worst_ssim"]["name"] == min(scores, key=lambda n: scores[n][1])
 
 
+def test_two_rows_whose_figure_names_meet_each_keep_their_figure(tmp_path):
+    """--figs named a row's figure after the row with '/' as '_': the set derain/demo and a task derain_demo both
+    drew derain_demo.png, and the second replaced the first with nothing said. The second is now _2."""
+    from utils.eval.outputs import figure_names
+    assert figure_names(["derain/demo", "derain_demo", "Derain_Demo", "dehaze"]) == [
+        "derain_demo.png", "derain_demo_2.png", "Derain_Demo_3.png", "dehaze.png"]
+    clean = data.astronaut()[100:124, 200:224]
+    for folder in ("d", "t"):
+        write_image(tmp_path / folder / "a.png", clean)
+    sets = [paired_set(name, tmp_path / "d", tmp_path / "t") for name in ("derain/demo", "derain_demo")]
+    res = evaluate_sets(_Identity(), sets, protocol_module.Protocol(), "cpu", figs_dir=tmp_path / "figs",
+                        fig_images=1, progress=False)
+    assert [res["tasks"][s.name]["figure"] for s in sets] == [str(tmp_path / "figs" / "derain_demo.png"),
+                                                             str(tmp_path / "figs" / "derain_demo_2.png")]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["derain_demo.png", "derain_demo_2.png"]
+
+
 def test_images_identical_to_their_target_are_said_to_score_the_cap(tmp_path):
     """An image identical to its target (a degraded copy, a denoise_0 task) scores the 100 dB cap, which the row's
     mean includes: a set of one noisy and one identical pair read 63.5 dB, with nothing saying why. The note under

@@ -34,7 +34,7 @@ from utils.data.pairing import PairingError
 from utils.errors import INTERRUPTED_STATUS, UserError, failure_message, listing
 from utils.eval.inference import prepare_for_inference
 from utils.eval.metrics import FID, LPIPS, image_metrics, smallest_scorable_side
-from utils.eval.outputs import output_names
+from utils.eval.outputs import figure_names, output_names
 from utils.eval.paper import paper_averages
 from utils.eval.protocol import SIZE_MULTIPLE, Protocol, crop_to_multiple, restore_array, to_8bit
 from utils.eval.report import save_comparison_figure
@@ -175,7 +175,8 @@ class TileBar:
 def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device: torch.device,
                  save_dir: Path | None = None, savetar_dir: Path | None = None, lpips_metric: LPIPS | None = None,
                  fid_metric: FID | None = None, figs_dir: Path | None = None, fig_images: int = 3,
-                 progress: bool = True, skip_bad_files: bool = False, output_prefix: str = "") -> dict[str, Any]:
+                 progress: bool = True, skip_bad_files: bool = False, output_prefix: str = "",
+                 figure_name: str = "") -> dict[str, Any]:
     """Restore and score every image of one set; returns its entry of ``results["tasks"]``.
 
     Each image saved into ``save_dir`` records where as ``"output"``: ``output_prefix`` (``save_dir``'s place
@@ -263,7 +264,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         raise EvaluationStopped(message, where, eval_set.name, row_so_far(), status) from exc
     result = row_so_far()
     if figs_dir is not None and fig_rows:
-        figure = figs_dir / f"{eval_set.name.replace('/', '_')}.png"
+        figure = figs_dir / (figure_name or figure_names([eval_set.name])[0])
         try:
             result["figure"] = str(save_comparison_figure(fig_rows, figure, eval_set.name))
         except (UserError, OSError) as exc:  # the row's scores are kept though its figure is not
@@ -309,12 +310,13 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
             return None
         return Path(base) / name if subfolders else Path(base)
 
+    figures = figure_names([s.name for s in sets])
     for k, s in enumerate(sets):
         try:
             results["tasks"][s.name] = evaluate_set(
                 model, s, protocol, device, where(save_dir, s.name), where(savetar_dir, s.name), lpips_metric,
                 fid_metric, Path(figs_dir) if figs_dir is not None else None, fig_images, progress, skip_bad_files,
-                output_prefix=f"{s.name}/" if subfolders else "")
+                output_prefix=f"{s.name}/" if subfolders else "", figure_name=figures[k])
         except EvaluationStopped as stop:
             results["tasks"][s.name] = {**(stop.row or _summary([], protocol.lpips)), "partial": True}
             results["average"] = average_row(results["tasks"])

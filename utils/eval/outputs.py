@@ -64,6 +64,23 @@ def output_names(names: Sequence[str], suffix: str = ".png") -> list[str]:
     return out
 
 
+def figure_names(rows: Sequence[str]) -> list[str]:
+    """The ``--figs`` file name of each result row, in order, never two alike: ``derain/Rain100L`` ->
+    ``derain_Rain100L.png``; a row whose name another row's already took (a task ``derain_demo`` beside the set
+    ``derain/demo``) gets ``_2``, ``_3``, ... (compared case-blind, as :func:`output_names`)."""
+    taken: set[str] = set()
+    out = []
+    for row in rows:
+        stem = row.replace("/", "_")
+        candidate, k = stem, 1
+        while (candidate + ".png").casefold() in taken:
+            k += 1
+            candidate = f"{stem}_{k}"
+        taken.add((candidate + ".png").casefold())
+        out.append(candidate + ".png")
+    return out
+
+
 RESULT_NAMES = ("results.json", "results.csv", "results.md")  # the record the tester writes into --save
 
 

@@ -28,6 +28,7 @@ from utils.eval.outputs import (
     check_outputs_apart,
     check_outputs_outside_inputs,
     check_writable_folder,
+    figure_names,
     inside,
     output_names,
     recorded_outputs,
@@ -277,7 +278,7 @@ def _planned_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) 
         planned.setdefault(Path(args.savetar), []).extend(images(Path(args.savetar)))
     if args.figs:
         figs = Path(args.figs_dir)
-        planned.setdefault(figs, []).extend(figs / f"{s.name.replace('/', '_')}.png" for s in sets)
+        planned.setdefault(figs, []).extend(figs / name for name in figure_names([s.name for s in sets]))
     return planned
 
 
