@@ -97,6 +97,16 @@ def make_val_tree(root: Path, n: int = 2, size: int = 48, seed: int = 1) -> tupl
     return deg, tar
 
 
+def damage_middle(path: Path, n: int = 200) -> Path:
+    """Flip ``n`` bytes in the middle of ``path``, keeping its length, header and ending: a PNG so damaged passes
+    the header-and-ending check and does not decode (libpng: "bad adaptive filter value")."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid - n // 2:mid + n // 2] = bytes(b ^ 0xFF for b in data[mid - n // 2:mid + n // 2])
+    path.write_bytes(bytes(data))
+    return path
+
+
 def train_flags(dirs: dict[str, Path], out: Path, de_type=("denoise_15", "denoise_25", "denoise_50", "derain",
                                                            "dehaze")) -> list[str]:
     """Command-line flags for a tiny CPU run on these folders (outputs under ``out``). Only the folders of the

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _train_data import _write, add_listed_ids, make_test_tree, make_train_tree, smooth_image, train_flags
+from _train_data import (
+    _write,
+    add_listed_ids,
+    damage_middle,
+    make_test_tree,
+    make_train_tree,
+    make_val_tree,
+    smooth_image,
+    train_flags,
+)
 
 import tester_bary
 import trainer_bary
@@ -123,6 +132,25 @@ def test_complete_training_layout_passes_both_trainers(tmp_path, capsys):
     assert done.returncode == 0, done.stderr
     assert "training data for --de-type derain dehaze deblur denoise_25 lowlight" in done.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_a_validation_image_that_does_not_decode_fails_the_trainers_check(tmp_path, capsys):
+    """--check-data said "validation ok" of a complete PNG with bytes damaged in its middle, which stopped the run
+    at its first validation: the validation images (few, read after each epoch) are each decoded."""
+    tree = make_train_tree(tmp_path, n=3, id_lists=True)
+    deg, tar = make_val_tree(tmp_path, n=3)
+    bad = damage_middle(tar / "norain-2.png")
+    assert check_trainer(tree, tmp_path / "run", "--degset", deg, "--tarset", tar, de_type=["derain"]) == 1
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("validation"))
+    assert "FAIL" in row, out
+    assert f"cannot decode image {bad}: the file is damaged (libpng error: " in out
+    assert (f"Fix: replace it, or remove it and its pair ({deg / 'rain-2.png'}), or pass --degset '' --tarset '' to "
+            f"train without validation") in out
+    damage_middle(tree["derain"] / "gt" / "norain-1.png")  # a training image is decoded only if its ending is wrong
+    (tar / "norain-2.png").unlink()
+    (deg / "rain-2.png").unlink()
+    assert check_trainer(tree, tmp_path / "run", "--degset", deg, "--tarset", tar, de_type=["derain"]) == 0
 
 
 def test_a_data_folder_the_check_would_not_read_is_said(tmp_path, capsys):

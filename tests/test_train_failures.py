@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _processes import HANG, REPO, TORCHRUN, free_port, run_script
-from _train_data import make_train_tree, train_flags
+from _train_data import damage_middle, make_train_tree, make_val_tree, train_flags
 
 from utils.errors import UserError
 from utils.eval.outputs import OutputFolderError
@@ -291,6 +291,53 @@ def test_unpaired_validation_images_name_the_trainers_own_fixes(data, tmp_path):
         engine.main(get_args_parser().parse_args(flags))
     assert "rain-2.png" in str(err.value) and "--skip-unpaired" not in str(err.value)
     assert "--degset '' --tarset ''" in str(err.value)
+
+
+def test_a_damaged_validation_image_is_refused_before_training_with_fixes_that_work(data, tmp_path, capsys):
+    """A complete validation PNG with bytes flipped in its middle passed the start-up check: the first
+    validation met it after a whole epoch, and every --resume stopped there again. Now every validation image is
+    decoded at the start; the one error line names the file and its pair, and each fix it gives works."""
+    deg, tar = make_val_tree(tmp_path, n=3)
+    bad = damage_middle(tar / "norain-2.png")
+    flags = train_flags(data, tmp_path) + ["--dry-run"]
+    val = ["--degset", str(deg), "--tarset", str(tar)]
+    assert engine.run_cli(get_args_parser().parse_args(flags + val)) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: 1 validation image cannot be read") and f"cannot decode image {bad}" in line, line
+    assert f"(its pair: {deg / 'rain-2.png'})" in line and "libpng error: bad adaptive filter value" in line
+    assert line.endswith("Replace it, or remove it and its pair, or pass --degset '' --tarset '' to train without "
+                         "validation"), line
+    val_off = ["--degset", "", "--tarset", ""]
+    assert engine.run_cli(get_args_parser().parse_args(flags + val_off)) == 0  # without validation
+    out = capsys.readouterr().out
+    assert "dry run" in out and "validation:" not in out
+    bad.unlink()
+    (deg / "rain-2.png").unlink()  # and its pair
+    assert engine.run_cli(get_args_parser().parse_args(flags + val)) == 0
+    assert "=> validation: 2 pairs from" in capsys.readouterr().out
+
+
+def test_every_rank_stops_alike_on_rank_0s_decoding_of_the_validation_images(tmp_path, monkeypatch):
+    """Rank 0 decodes the validation images and every rank stops with its error, said once by rank 0: ranks that
+    judged the files on their own could differ, and a rank stopping alone would stop without a word."""
+    from utils.data.pairing import match_pairs
+    from utils.train import setup
+    from utils.train.distributed import DistInfo
+    deg, tar = make_val_tree(tmp_path, n=2)
+    damage_middle(deg / "rain-1.png")
+    pairs, _ = match_pairs(deg, tar)
+    sent = []
+    monkeypatch.setattr(setup, "broadcast_text", lambda text, info: sent.append(text) or text)
+    with pytest.raises(UserError) as rank0:
+        setup.check_validation_images(pairs, DistInfo(rank=0, world_size=2))
+    monkeypatch.setattr(setup, "broadcast_text", lambda text, info: sent[0])
+    monkeypatch.setattr(setup, "decode_files", lambda *a, **k: pytest.fail("only rank 0 decodes"))
+    with pytest.raises(UserError) as rank1:
+        setup.check_validation_images(pairs, DistInfo(rank=1, world_size=2))
+    assert str(rank1.value) == str(rank0.value) and f"{deg / 'rain-1.png'}" in str(rank0.value)
+    assert engine.met_by_every_rank(rank0.value) and engine.met_by_every_rank(rank1.value)
+    monkeypatch.setattr(setup, "broadcast_text", lambda text, info: "{}")  # rank 0 found nothing wrong
+    setup.check_validation_images(pairs, DistInfo(rank=1, world_size=2))
 
 
 def test_a_validation_folder_without_its_partner_is_refused(data, tmp_path, capsys):

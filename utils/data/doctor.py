@@ -3,7 +3,7 @@
 Run it right after downloading the data (``tester_bary.py --check-data``, ``trainer_bary.py
 --check-data``). Per set it reports the images found against the paper's counts, unpaired files,
 degraded/target size mismatches, unreadable or truncated files and files in the wrong folder, each
-with one concrete fix, and nothing is decoded unless a file looks damaged:
+with one concrete fix, and nothing is decoded unless a file looks damaged (or is a validation image):
 
 - which sets exist follows the tester's rules (:mod:`utils.eval.tasks`) and the trainer's
   (:mod:`utils.data.training_files`: id lists, scanned folders; :mod:`utils.data.degradations`: the
@@ -16,7 +16,8 @@ with one concrete fix, and nothing is decoded unless a file looks damaged:
   ``IEND``, JPEG ``EOI``, BMP/WebP sizes from the header). Only a file failing that is decoded, by
   :func:`utils.data.image_io.read_image` (the loaders' reader): a truncated file is an error, a file
   with extra bytes after its end is fine. Damage in the middle of a complete file is not looked for
-  (that would mean decoding every image).
+  (that would mean decoding every image), but in the trainers' validation set, a hundred pairs or so that
+  the trainers decode before training, every image is decoded.
 
 Problems are errors (the run would stop, or score a set other than the paper's) or warnings (the
 trainer goes on, as the reference does: listed training ids absent from disk, targets nothing uses,
@@ -37,7 +38,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from utils import dataset_utils as du
 from utils.data import training_files as tf
 from utils.data.image_io import list_images, max_pixels, nested_images_hint, pixels_in_words, read_problem
-from utils.data.integrity import HEADER_THREADS, FileCheck, check_files
+from utils.data.integrity import HEADER_THREADS, FileCheck, check_files, decode_files
 from utils.data.pairing import PairingError, SwappedFolders, match_pairs
 from utils.errors import UsageError
 from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
@@ -231,10 +232,13 @@ def _degraded_name(target: Path) -> str:
 
 def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
                      expected: int | None = None, used_by: Sequence[str] = (), pixel_limit: int | None = None,
-                     threads: int = HEADER_THREADS, look_beside: bool = True) -> tuple[SetReport, int]:
+                     threads: int = HEADER_THREADS, look_beside: bool = True,
+                     decode: str = "") -> tuple[SetReport, int]:
     """One test set of degraded images and their targets, paired by :func:`match_pairs`; returns the row
     and the number of files read. ``look_beside``: images in the folder holding both (a benchmark layout's
-    set folder) are reported as misplaced."""
+    set folder) are reported as misplaced. ``decode``: also decode every paired file whose header and ending
+    are fine (:func:`~utils.data.integrity.decode_files`; affordable for a validation set of a hundred pairs),
+    and end the fix of one that does not decode with these words."""
     deg_dir, tar_dir = Path(degraded_dir), Path(target_dir)
     base = deg_dir.parent if deg_dir.parent == tar_dir.parent else deg_dir
     row = SetReport(name, str(base), expected=expected, used_by=tuple(used_by))
@@ -274,9 +278,25 @@ def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str
                     f"add that file, or move {t} out of {tar_dir}/")
     checks = check_files([f for pair in pairs for f in pair] + list(unpaired), threads)
     _report_files(row, checks, checks, pixel_limit, _TESTER_LIMIT)
+    if decode:
+        _report_undecodable(row, checks, pairs, decode)
     _size_mismatches(row, checks, pairs)
     _count(row, "degraded images")
     return row, len(checks)
+
+
+def _report_undecodable(row: SetReport, checks: Mapping[Path, FileCheck], pairs: Sequence[tuple[Path, Path]],
+                        fix: str) -> None:
+    """Decode the paired files whose header and ending passed (:func:`check_files` decodes a file only when
+    its ending is wrong): bytes damaged in the middle of a complete file are found only so. Each that does not
+    decode is an error whose fix names its pair and ends with ``fix``."""
+    partners: dict[Path, list[Path]] = {}
+    for d, t in pairs:
+        partners.setdefault(d, []).append(t)
+        partners.setdefault(t, []).append(d)
+    for f, why in decode_files(f for f in partners if checks[f].size is not None).items():
+        row.add("unreadable", f, read_problem(why),
+                f"replace it, or remove it and its pair ({', '.join(map(str, partners[f]))}), or {fix}")
 
 
 def _misplaced(row: SetReport, base: Path, deg_dir: Path, tar_dir: Path, severity: str) -> None:
@@ -637,7 +657,7 @@ def trainer_check(args, out: Callable[[str], None] = print) -> int:
     the ``--*_dir`` flags and ``--data_file_dir``, and the validation set the run would read; print the
     report; 0 when there is no error, else 1. Nothing else is set up (no device, process group or model)."""
     from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, resolve_data_file_dir
-    from utils.train.setup import check_args, unused_data_dirs
+    from utils.train.setup import NO_VALIDATION, check_args, unused_data_dirs
     check_args(args)  # the flags' own consistency first (exit status 2)
     unused = unused_data_dirs(args)  # a folder the check (and the run) would not read: said, not checked
     if unused:
@@ -652,7 +672,7 @@ def trainer_check(args, out: Callable[[str], None] = print) -> int:
         deg, tar = DEFAULT_DEGSET, DEFAULT_TARSET
     if deg and tar:
         tic = time.perf_counter()
-        row, n = check_paired_set("validation", deg, tar, look_beside=False)
+        row, n = check_paired_set("validation", deg, tar, look_beside=False, decode=NO_VALIDATION)
         report.sets.append(row)
         report.files_read += n
         report.seconds += time.perf_counter() - tic

@@ -5,6 +5,9 @@ calls it fine, and the loader then fails on it mid-epoch. :func:`check_file` als
 bytes (PNG ends with IEND, JPEG with EOI; BMP and WebP state their length) and decodes only a file that ends
 early, to tell a truncated file from one with extra bytes at its end. Used by the trainers' start-up check
 (:func:`utils.data.training_files.check_images`) and by ``--check-data`` (:mod:`utils.data.doctor`).
+
+Damage in the middle of a complete file (flipped bytes) shows only when the file is decoded: :func:`decode_files`
+decodes every file of a small set in full (the trainers' validation pairs, read only after each epoch).
 """
 from __future__ import annotations
 
@@ -49,10 +52,12 @@ def _complete(head: bytes, tail: bytes, file_size: int) -> bool | None:
     return None if head.startswith(TIFF_SIGNATURES) else True
 
 
-def _decode_error(path: Path) -> str | None:
-    """The loaders' reader on ``path``: None if it decodes, else its message."""
+def _decode_error(path: Path, max_pixels: int | None = 1 << 30) -> str | None:
+    """The loaders' reader on ``path``: None if it decodes, else its message. ``max_pixels``: its limit (None:
+    the loaders' own, :func:`~utils.data.image_io.max_pixels`; the default lets any size through, for a check of
+    the file's bytes alone)."""
     try:
-        read_image(path, max_pixels=1 << 30)
+        read_image(path, max_pixels=max_pixels)
         return None
     except ImageReadError as exc:
         return str(exc)
@@ -94,3 +99,13 @@ def check_files(paths: Iterable[Path], threads: int = HEADER_THREADS,
     with quiet_opencv(), ThreadPoolExecutor(threads if len(unique) > 64 else 1) as pool:
         results = pool.map(check_file, unique, chunksize=32)
         return dict(zip(unique, progress(results, len(unique)) if progress else results))
+
+
+def decode_files(paths: Iterable[Path], threads: int = HEADER_THREADS) -> dict[Path, str]:
+    """The distinct ``paths`` that the loaders' reader (:func:`~utils.data.image_io.read_image`, at the loaders'
+    pixel limit) cannot read, each with its message; {} when all decode. Every file is decoded in full, so this
+    is for a few files (a validation set), not a training set."""
+    unique = list(dict.fromkeys(paths))
+    with quiet_opencv(), ThreadPoolExecutor(threads if len(unique) > 64 else 1) as pool:
+        found = dict(zip(unique, pool.map(lambda p: _decode_error(p, None), unique, chunksize=8)))
+    return {p: why for p, why in found.items() if why is not None}

@@ -210,7 +210,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         ckpt_path, obj = where_to_start(args, console, info)
         seed = agree_seed(args, obj, info, console)
         dataset = build_dataset(args, seed, console)
-        val_pairs = validation_pairs(args, console)
+        val_pairs = validation_pairs(args, console, info)
         model, pots, state, resumed = build_networks(args, k, ckpt_path, obj, info, console)
         training = build_training(args, model, pots, dataset, info, objective, ablate, state.epoch, console)
         if resumed is not None:

@@ -4,6 +4,7 @@ The rules; :mod:`utils.train.start` (``check_run``, ``where_to_start``) applies 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -32,14 +33,16 @@ from utils.checkpoints import (
     read_latest,
 )
 from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family, repeat_factor
+from utils.data.image_io import read_problem
+from utils.data.integrity import decode_files
 from utils.data.pairing import match_pairs
 from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
-from utils.errors import UsageError, UserError, human_bytes
+from utils.errors import UsageError, UserError, human_bytes, listing
 from utils.eval.outputs import check_writable_folder
 from utils.files import KeepAsideError, keep_aside
 from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
-from utils.train.distributed import DistInfo, broadcast_int
+from utils.train.distributed import DistInfo, broadcast_int, broadcast_text
 from utils.train.losses import OBJECTIVES
 from utils.train.options import (
     DEFAULT_DEGSET,
@@ -61,8 +64,9 @@ class ConfigError(UsageError, ValueError):
     """The command line asks for something inconsistent; the message names the flag."""
 
 
-def validation_pairs(args, console: Console) -> list[tuple[Path, Path]]:
-    """``--degset``/``--tarset`` paired by file name; [] when validation is off."""
+def validation_pairs(args, console: Console, info: DistInfo = DistInfo()) -> list[tuple[Path, Path]]:
+    """``--degset``/``--tarset`` paired by file name, every image decoded (:func:`check_validation_images`);
+    [] when validation is off."""
     deg, tar = args.degset, args.tarset
     if deg or tar:  # a folder given: its partner must be too (an unset variable must not switch validation off)
         if not (deg and tar):
@@ -78,8 +82,56 @@ def validation_pairs(args, console: Console) -> list[tuple[Path, Path]]:
         deg, tar = DEFAULT_DEGSET, DEFAULT_TARSET
     pairs, _ = match_pairs(deg, tar, fix="validate on other folders (--degset/--tarset), or train without "
                                         "validation (--degset '' --tarset '')")
+    check_validation_images(pairs, info)
     console(f"=> validation: {len(pairs)} pairs from {deg} / {tar}, matched by file name")
     return pairs
+
+
+NO_VALIDATION = "pass --degset '' --tarset '' to train without validation"
+_UNCHECKED = "\0"  # what rank 0 broadcasts when decoding the validation images failed (no JSON text is a NUL byte)
+
+
+def check_validation_images(pairs: list[tuple[Path, Path]], info: DistInfo = DistInfo()) -> None:
+    """Decode every image of the validation ``pairs`` in full (:func:`utils.data.integrity.decode_files`, the
+    loaders' reader) before training. The start-up check of the training files reads headers and endings
+    only, and passes a complete PNG with bytes damaged in its middle: such a validation image was met by the
+    first validation, after a whole epoch, and stopped every ``--resume`` there again. One error names each
+    file that does not decode and its pair, with the fixes. Rank 0 decodes and every rank gets its verdict:
+    all stop alike, and rank 0's error line says it for all."""
+    bad = _undecodable([f for pair in pairs for f in pair], info)
+    if not bad:
+        return
+    partners: dict[Path, list[Path]] = {}
+    for d, t in pairs:
+        partners.setdefault(d, []).append(t)
+        partners.setdefault(t, []).append(d)
+    one = len(bad) == 1
+    named = [f"{read_problem(why)} (its pair: {', '.join(map(str, partners[f]))})" for f, why in bad.items()]
+    exc = DatasetError(f"{len(bad)} validation image{'' if one else 's'} cannot be read (validation reads "
+                       f"{'it' if one else 'them'} after each epoch):{listing(named)}. Replace "
+                       f"{'it' if one else 'each'}, or remove {'it' if one else 'each'} and its pair, or "
+                       f"{NO_VALIDATION}")
+    exc.met_by_every_rank = True
+    raise exc
+
+
+def _undecodable(files: list[Path], info: DistInfo) -> dict[Path, str]:
+    """Rank 0's :func:`~utils.data.integrity.decode_files` of ``files``, on every rank."""
+    if info.is_main:
+        try:
+            bad = decode_files(files)
+        except BaseException:
+            broadcast_text(_UNCHECKED, info)  # the other ranks stop too, instead of waiting for a verdict
+            raise
+        broadcast_text(json.dumps({str(f): why for f, why in bad.items()}), info)
+        return bad
+    said = broadcast_text("", info)
+    if said == _UNCHECKED:
+        exc = DatasetError("rank 0 could not check the validation images (its error says why)")
+        exc.met_by_every_rank = True
+        raise exc
+    by_name = json.loads(said)
+    return {f: by_name[str(f)] for f in files if str(f) in by_name}
 
 
 def start_fresh_outputs(output_dir: Path, console: Console, why: str = "a fresh run") -> Path | None:
