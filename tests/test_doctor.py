@@ -145,8 +145,8 @@ def test_a_validation_image_that_does_not_decode_fails_the_trainers_check(tmp_pa
     row = next(line for line in out.splitlines() if line.startswith("validation"))
     assert "FAIL" in row, out
     assert f"cannot decode image {bad}: the file is damaged (libpng error: " in out
-    assert (f"Fix: replace it, or remove it and its pair ({deg / 'rain-2.png'}), or pass --degset '' --tarset '' to "
-            f"train without validation") in out
+    assert (f"Fix: replace it, remove it and its pair ({deg / 'rain-2.png'}), pass --skip-bad-files to validate "
+            f"without the pair, or pass --degset '' --tarset '' to train without validation") in out
     damage_middle(tree["derain"] / "gt" / "norain-1.png")  # a training image is decoded only if its ending is wrong
     (tar / "norain-2.png").unlink()
     (deg / "rain-2.png").unlink()

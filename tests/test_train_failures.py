@@ -305,8 +305,8 @@ def test_a_damaged_validation_image_is_refused_before_training_with_fixes_that_w
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: 1 validation image cannot be read") and f"cannot decode image {bad}" in line, line
     assert f"(its pair: {deg / 'rain-2.png'})" in line and "libpng error: bad adaptive filter value" in line
-    assert line.endswith("Replace it, or remove it and its pair, or pass --degset '' --tarset '' to train without "
-                         "validation"), line
+    assert line.endswith("Replace it, remove it and its pair, pass --skip-bad-files to validate without the pair, "
+                         "or pass --degset '' --tarset '' to train without validation"), line
     val_off = ["--degset", "", "--tarset", ""]
     assert engine.run_cli(get_args_parser().parse_args(flags + val_off)) == 0  # without validation
     out = capsys.readouterr().out
@@ -315,6 +315,34 @@ def test_a_damaged_validation_image_is_refused_before_training_with_fixes_that_w
     (deg / "rain-2.png").unlink()  # and its pair
     assert engine.run_cli(get_args_parser().parse_args(flags + val)) == 0
     assert "=> validation: 2 pairs from" in capsys.readouterr().out
+
+
+def test_skip_bad_files_leaves_unpaired_and_damaged_validation_pairs_out(data, tmp_path, capsys):
+    """The trainer's unpaired-validation error pointed at --skip-bad-files (README), which left out bad training
+    files only: the validation set still stopped the run. Now it leaves out unpaired degraded images and pairs
+    that do not decode as well, with one warning naming them, and the epoch validates on the rest."""
+    deg, tar = make_val_tree(tmp_path, n=3)
+    bad = damage_middle(tar / "norain-2.png")
+    (deg / "rain-9.png").write_bytes((deg / "rain-1.png").read_bytes())  # no norain-9.png
+    flags = train_flags(data, tmp_path) + ["--degset", str(deg), "--tarset", str(tar), "--iters-per-epoch", "1",
+                                           "--nEpochs", "1"]
+    assert engine.run_cli(get_args_parser().parse_args(flags + ["--dry-run"])) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "rain-9.png" in line and "have no target of the same name" in line and "--skip-bad-files" in line, line
+    assert engine.run_cli(get_args_parser().parse_args(flags + ["--skip-bad-files"])) == 0
+    said = capsys.readouterr()
+    [warning] = [w for w in said.err.splitlines() if "WARNING" in w]
+    assert f"validating without 2 of the 4 degraded images of {deg} (--skip-bad-files):" in warning, warning
+    assert "rain-9.png has no target of the same name" in warning and f"cannot decode image {bad}" in warning
+    assert warning.endswith("; 2 pair(s) validate"), warning
+    assert "=> validation: 2 pairs from" in said.out and "validation PSNR" in said.out
+    (deg / "rain-9.png").unlink()
+    for f in (deg / "rain-1.png", deg / "rain-3.png"):
+        damage_middle(f)
+    assert engine.run_cli(get_args_parser().parse_args(flags + ["--skip-bad-files", "--dry-run"])) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: no validation pair of {deg} / {tar} can be used (--skip-bad-files left all 3 "
+                           f"out)") and line.endswith("--degset '' --tarset '' to train without validation"), line
 
 
 def test_every_rank_stops_alike_on_rank_0s_decoding_of_the_validation_images(tmp_path, monkeypatch):

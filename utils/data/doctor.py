@@ -296,7 +296,7 @@ def _report_undecodable(row: SetReport, checks: Mapping[Path, FileCheck], pairs:
         partners.setdefault(t, []).append(d)
     for f, why in decode_files(f for f in partners if checks[f].size is not None).items():
         row.add("unreadable", f, read_problem(why),
-                f"replace it, or remove it and its pair ({', '.join(map(str, partners[f]))}), or {fix}")
+                f"replace it, remove it and its pair ({', '.join(map(str, partners[f]))}), {fix}")
 
 
 def _misplaced(row: SetReport, base: Path, deg_dir: Path, tar_dir: Path, severity: str) -> None:
@@ -657,7 +657,7 @@ def trainer_check(args, out: Callable[[str], None] = print) -> int:
     the ``--*_dir`` flags and ``--data_file_dir``, and the validation set the run would read; print the
     report; 0 when there is no error, else 1. Nothing else is set up (no device, process group or model)."""
     from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, resolve_data_file_dir
-    from utils.train.setup import NO_VALIDATION, check_args, unused_data_dirs
+    from utils.train.setup import SKIP_OR_NO_VALIDATION, check_args, unused_data_dirs
     check_args(args)  # the flags' own consistency first (exit status 2)
     unused = unused_data_dirs(args)  # a folder the check (and the run) would not read: said, not checked
     if unused:
@@ -672,7 +672,7 @@ def trainer_check(args, out: Callable[[str], None] = print) -> int:
         deg, tar = DEFAULT_DEGSET, DEFAULT_TARSET
     if deg and tar:
         tic = time.perf_counter()
-        row, n = check_paired_set("validation", deg, tar, look_beside=False, decode=NO_VALIDATION)
+        row, n = check_paired_set("validation", deg, tar, look_beside=False, decode=SKIP_OR_NO_VALIDATION)
         report.sets.append(row)
         report.files_read += n
         report.seconds += time.perf_counter() - tic

@@ -181,8 +181,8 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                           "and denoise_50, as in 5D; derain x360, dehaze x1, deblur x35, lowlight x150, single "
                           "x5) for data sets of other sizes, e.g. --repeat derain=8 dehaze=5")
     new.add_argument("--skip-bad-files", dest="skip_bad_files", action="store_true",
-                     help="leave out unpaired, unreadable or too-small training images with a warning "
-                          "instead of stopping")
+                     help="leave out unpaired, unreadable or too-small training images, and unpaired or "
+                          "unreadable validation pairs (--degset/--tarset), with a warning instead of stopping")
     new.add_argument("--strict-ids", dest="strict_ids", action="store_true",
                      help="stop when ids listed in --data-file-dir are missing on disk (default: leave them out "
                           "with a warning, as the reference does)")

@@ -66,7 +66,8 @@ class ConfigError(UsageError, ValueError):
 
 def validation_pairs(args, console: Console, info: DistInfo = DistInfo()) -> list[tuple[Path, Path]]:
     """``--degset``/``--tarset`` paired by file name, every image decoded (:func:`check_validation_images`);
-    [] when validation is off."""
+    [] when validation is off. ``--skip-bad-files`` leaves out unpaired degraded images and pairs with a file
+    that does not decode, as it leaves out such training files, with one warning naming them."""
     deg, tar = args.degset, args.tarset
     if deg or tar:  # a folder given: its partner must be too (an unset variable must not switch validation off)
         if not (deg and tar):
@@ -80,36 +81,62 @@ def validation_pairs(args, console: Console, info: DistInfo = DistInfo()) -> lis
                     f"do not exist (pass both to validate each epoch)")
             return []
         deg, tar = DEFAULT_DEGSET, DEFAULT_TARSET
-    pairs, _ = match_pairs(deg, tar, fix="validate on other folders (--degset/--tarset), or train without "
-                                        "validation (--degset '' --tarset '')")
-    check_validation_images(pairs, info)
+    skip = bool(getattr(args, "skip_bad_files", False))
+    try:
+        pairs, unpaired = match_pairs(deg, tar, skip_unpaired=skip,
+                                      fix="validate on other folders (--degset/--tarset), pass --skip-bad-files to "
+                                          "validate without them, or train without validation (--degset '' "
+                                          "--tarset '')")
+    except UserError as exc:  # every rank pairs the same folders: rank 0's error line says it for all
+        exc.met_by_every_rank = True
+        raise
+    found = len(pairs) + len(unpaired)
+    pairs, bad = check_validation_images(pairs, info, skip_bad=skip)
+    left_out = [f"{d.name} has no target of the same name in {tar}" for d in unpaired] + bad
+    if left_out and not pairs:
+        exc = DatasetError(f"no validation pair of {deg} / {tar} can be used (--skip-bad-files left all {found} "
+                           f"out):{listing(left_out)}. Fix them, validate on other folders (--degset/--tarset), "
+                           f"or {NO_VALIDATION}")
+        exc.met_by_every_rank = True
+        raise exc
+    if left_out:
+        console.warn(f"validating without {found - len(pairs)} of the {found} degraded images of {deg} "
+                     f"(--skip-bad-files):{listing(left_out)}; {len(pairs)} pair(s) validate")
     console(f"=> validation: {len(pairs)} pairs from {deg} / {tar}, matched by file name")
     return pairs
 
 
 NO_VALIDATION = "pass --degset '' --tarset '' to train without validation"
+# The fixes of a validation pair that cannot be used, after replacing or removing it (--check-data says them too)
+SKIP_OR_NO_VALIDATION = f"pass --skip-bad-files to validate without the pair, or {NO_VALIDATION}"
 _UNCHECKED = "\0"  # what rank 0 broadcasts when decoding the validation images failed (no JSON text is a NUL byte)
 
 
-def check_validation_images(pairs: list[tuple[Path, Path]], info: DistInfo = DistInfo()) -> None:
+def check_validation_images(pairs: list[tuple[Path, Path]], info: DistInfo = DistInfo(),
+                            skip_bad: bool = False) -> tuple[list[tuple[Path, Path]], list[str]]:
     """Decode every image of the validation ``pairs`` in full (:func:`utils.data.integrity.decode_files`, the
     loaders' reader) before training. The start-up check of the training files reads headers and endings
     only, and passes a complete PNG with bytes damaged in its middle: such a validation image was met by the
     first validation, after a whole epoch, and stopped every ``--resume`` there again. One error names each
-    file that does not decode and its pair, with the fixes. Rank 0 decodes and every rank gets its verdict:
-    all stop alike, and rank 0's error line says it for all."""
+    file that does not decode and its pair, with the fixes; ``skip_bad`` (``--skip-bad-files``) leaves those
+    pairs out instead. Returns the pairs kept and the files left out, each named with why and its pair. Rank 0
+    decodes and every rank gets its verdict: all stop (or leave out) alike, and rank 0's error line says it for
+    all."""
     bad = _undecodable([f for pair in pairs for f in pair], info)
     if not bad:
-        return
+        return pairs, []
     partners: dict[Path, list[Path]] = {}
     for d, t in pairs:
         partners.setdefault(d, []).append(t)
         partners.setdefault(t, []).append(d)
-    one = len(bad) == 1
     named = [f"{read_problem(why)} (its pair: {', '.join(map(str, partners[f]))})" for f, why in bad.items()]
+    if skip_bad:
+        return [(d, t) for d, t in pairs if d not in bad and t not in bad], named
+    one = len(bad) == 1
     exc = DatasetError(f"{len(bad)} validation image{'' if one else 's'} cannot be read (validation reads "
                        f"{'it' if one else 'them'} after each epoch):{listing(named)}. Replace "
-                       f"{'it' if one else 'each'}, or remove {'it' if one else 'each'} and its pair, or "
+                       f"{'it' if one else 'each'}, remove {'it' if one else 'each'} and its pair, pass "
+                       f"--skip-bad-files to validate without {'the pair' if one else 'those pairs'}, or "
                        f"{NO_VALIDATION}")
     exc.met_by_every_rank = True
     raise exc
