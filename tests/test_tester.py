@@ -448,6 +448,9 @@ def test_empty_folders_and_missing_things(bench, checkpoint, tmp_path):
         run("--model", checkpoint, "--data-root", tmp_path / "root", "--tasks", "denoise_50", "--save", tmp_path / "o")
     with pytest.raises(ImageReadError, match="no images"):
         run("--model", checkpoint, "--input", tmp_path / "empty", "--save", tmp_path / "o")
+    # a folder that is not there is named by its flag (it was "degraded folder does not exist: /nope")
+    with pytest.raises(PairingError, match=r"^--tarset .*nope: no such folder \(the target images' folder\); check"):
+        run("--model", checkpoint, "--degset", tar, "--tarset", tmp_path / "nope", "--save", tmp_path / "o")
     # a file where a folder belongs was "degraded folder does not exist", a pipe "--input ... does not exist"
     with pytest.raises(PairingError, match=r"the degraded folder .*a.png is a file, not a folder: pass the folder"):
         run("--model", checkpoint, "--degset", tar / "a.png", "--tarset", tar, "--save", tmp_path / "o")

@@ -315,6 +315,11 @@ def test_a_damaged_validation_image_is_refused_before_training_with_fixes_that_w
     (deg / "rain-2.png").unlink()  # and its pair
     assert engine.run_cli(get_args_parser().parse_args(flags + val)) == 0
     assert "=> validation: 2 pairs from" in capsys.readouterr().out
+    # a validation folder that is not there is named by its flag (it was "degraded folder does not exist: ...")
+    assert engine.run_cli(get_args_parser().parse_args(flags + ["--degset", str(tmp_path / "nope"), "--tarset",
+                                                                str(tar)])) == 1
+    assert capsys.readouterr().err.strip() == (f"error: --degset {tmp_path / 'nope'}: no such folder (the degraded "
+                                               f"images' folder); check the path")
 
 
 def test_skip_bad_files_leaves_unpaired_and_damaged_validation_pairs_out(data, tmp_path, capsys):

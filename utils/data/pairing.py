@@ -35,23 +35,31 @@ def name_key(stem: str) -> str:
 
 
 
+# The flags of the tester and the trainers that name a set of degraded images and their targets.
+DEGSET_FLAGS = ("--degset", "--tarset")
+
+
 def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
-                skip_unpaired: bool = False,
-                fix: str = "pass --skip-unpaired to leave them out") -> tuple[list[tuple[Path, Path]], list[Path]]:
+                skip_unpaired: bool = False, fix: str = "pass --skip-unpaired to leave them out",
+                flags: tuple[str, str] | None = None) -> tuple[list[tuple[Path, Path]], list[Path]]:
     """Pair every image of ``degraded_dir`` with its target in ``target_dir``.
 
     Returns ``(pairs, unpaired)`` with pairs sorted by degraded file name. Several degraded
     files may share one target (hazy images with different A, beta). Unpaired degraded files
     are a :class:`PairingError` listing them (and ending with the caller's other ``fix``) unless
-    ``skip_unpaired`` (then they are returned).
+    ``skip_unpaired`` (then they are returned). ``flags``: the command-line flags that named the two folders
+    (``("--degset", "--tarset")``), for the errors of a folder that is not there.
     """
     degraded_dir, target_dir = Path(degraded_dir), Path(target_dir)
-    for folder, flag in ((degraded_dir, "degraded"), (target_dir, "target")):
+    given = flags or (None, None)
+    for folder, kind, flag in ((degraded_dir, "degraded", given[0]), (target_dir, "target", given[1])):
         if not folder.is_dir():
             if folder.exists():
-                raise PairingError(f"the {flag} folder {folder} is a file, not a folder: pass the folder that holds "
-                                   f"the {flag} images")
-            raise PairingError(f"{flag} folder does not exist: {folder}")
+                raise PairingError(f"the {kind} folder {folder} is a file, not a folder: pass the folder that holds "
+                                   f"the {kind} images")
+            if flag:
+                raise PairingError(f"{flag} {folder}: no such folder (the {kind} images' folder); check the path")
+            raise PairingError(f"{kind} folder does not exist: {folder}")
     degraded = list_images(degraded_dir)
     targets = list_images(target_dir)
     for files, folder, flag in ((degraded, degraded_dir, "degraded"), (targets, target_dir, "target")):

@@ -143,14 +143,15 @@ def _validate_sizes(pairs: Sequence[tuple[Path, Path]], skip: bool, where: str,
 
 
 def paired_set(name: str, degraded_dir: str | Path, target_dir: str | Path, task: str | None = None,
-               skip_unpaired: bool = False, skip_bad_files: bool = False) -> EvalSet:
+               skip_unpaired: bool = False, skip_bad_files: bool = False,
+               flags: tuple[str, str] | None = None) -> EvalSet:
     """An :class:`EvalSet` of the images of ``degraded_dir`` matched by name with ``target_dir``.
 
     Unpaired files and size mismatches raise :class:`PairingError` listing them, or are left
     out and listed in ``skipped`` when ``skip_unpaired``. A file whose header cannot be read
     raises :class:`ImageReadError`, or is left out into ``bad_files`` when ``skip_bad_files``.
     """
-    pairs, unpaired = match_pairs(degraded_dir, target_dir, skip_unpaired=skip_unpaired)
+    pairs, unpaired = match_pairs(degraded_dir, target_dir, skip_unpaired=skip_unpaired, flags=flags)
     pairs, mismatched, unreadable = _validate_sizes(pairs, skip_unpaired, f"{degraded_dir} / {target_dir}",
                                                     skip_bad_files)
     items = [EvalItem(name=d.name, target=t, degraded=d) for d, t in pairs]

@@ -18,7 +18,7 @@ from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_mode
 from utils.compiled import CompileError, check_compile, compile_cache_dir
 from utils.data.doctor import tester_check
 from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, pixel_limit
-from utils.data.pairing import PairingError
+from utils.data.pairing import DEGSET_FLAGS, PairingError
 from utils.errors import UsageError, UserError, listing
 from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, perceptual_metrics, restore_files
 from utils.eval.inference import check_precision, slow_precision_note
@@ -187,7 +187,7 @@ def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
     """The sets to evaluate (``--degset``/``--tarset`` or ``--tasks``), cut to ``--max-images``."""
     if args.degset:
         row = Path(os.path.abspath(args.degset)).name  # the folder's own name, even for --degset .
-        sets = [paired_set(row, args.degset, args.tarset, skip_unpaired=args.skip_unpaired,
+        sets = [paired_set(row, args.degset, args.tarset, skip_unpaired=args.skip_unpaired, flags=DEGSET_FLAGS,
                            skip_bad_files=args.skip_bad_files)]
     else:
         notes: list[str] = []

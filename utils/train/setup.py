@@ -35,7 +35,7 @@ from utils.checkpoints import (
 from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family, repeat_factor
 from utils.data.image_io import read_problem
 from utils.data.integrity import decode_files
-from utils.data.pairing import match_pairs
+from utils.data.pairing import DEGSET_FLAGS, match_pairs
 from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
 from utils.errors import UsageError, UserError, human_bytes, listing
@@ -83,7 +83,7 @@ def validation_pairs(args, console: Console, info: DistInfo = DistInfo()) -> lis
         deg, tar = DEFAULT_DEGSET, DEFAULT_TARSET
     skip = bool(getattr(args, "skip_bad_files", False))
     try:
-        pairs, unpaired = match_pairs(deg, tar, skip_unpaired=skip,
+        pairs, unpaired = match_pairs(deg, tar, skip_unpaired=skip, flags=DEGSET_FLAGS,
                                       fix="validate on other folders (--degset/--tarset), pass --skip-bad-files to "
                                           "validate without them, or train without validation (--degset '' "
                                           "--tarset '')")
