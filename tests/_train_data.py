@@ -84,6 +84,16 @@ def add_listed_ids(tree: dict[str, Path], fam: str, ids) -> Path:
     return path
 
 
+def unpack_flat(root: Path, subfolders=("rainy", "gt")) -> Path:
+    """Move the images of ``root``'s ``subfolders`` into ``root`` itself and remove the folders, as a download
+    unpacks them (Rain100L's ``rain-N.png`` beside ``norain-N.png``); returns ``root``."""
+    for sub in subfolders:
+        for f in (root / sub).iterdir():
+            f.rename(root / f.name)
+        (root / sub).rmdir()
+    return root
+
+
 def make_val_tree(root: Path, n: int = 2, size: int = 48, seed: int = 1) -> tuple[Path, Path]:
     """Validation pairs named so that sorted position and name disagree (rain-N / norain-N)."""
     rng = np.random.default_rng(seed)

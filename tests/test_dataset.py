@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from _conformance import CONFORMANCE
-from _train_data import _write, make_train_tree, smooth_image
+from _train_data import _write, make_train_tree, smooth_image, unpack_flat
 
 from utils import dataset_utils as du
 from utils.dataset_utils import DatasetError
@@ -417,11 +417,7 @@ def test_rain_pairs_unpacked_flat_are_named_with_the_layout_they_need(tmp_path):
     "pass --derain-dir with the folder the ids are relative to, or --data-file-dir ''", and that fix led to
     "rainy does not exist": both now say the images are loose and where they go."""
     tree = make_train_tree(tmp_path, n=2, id_lists=True)
-    root = tree["derain"]
-    for sub in ("rainy", "gt"):
-        for f in (root / sub).iterdir():
-            f.rename(root / f.name)
-        (root / sub).rmdir()
+    root = unpack_flat(tree["derain"])
     hint = (f"{root} holds 4 images directly (norain-1.png, norain-2.png, ...), and --derain-dir reads them from "
             f"{root / 'rainy'}/ and {root / 'gt'}/: move the degraded images and their targets there "
             f"(rainy/rain-N.png and gt/norain-N.png)")

@@ -15,6 +15,7 @@ from _train_data import (
     make_val_tree,
     smooth_image,
     train_flags,
+    unpack_flat,
 )
 
 import tester_bary
@@ -463,11 +464,7 @@ def test_training_pairs_unpacked_flat_get_the_layout_as_their_fix(tmp_path):
     """--check-data on Rain100L pairs loose in --derain-dir said to put the degraded images in rainy/ (scanned) or
     to pass another folder (listed): each row now says the images are there, loose, and where they go."""
     tree = make_train_tree(tmp_path, n=2, id_lists=True)
-    root = tree["derain"]
-    for sub in ("rainy", "gt"):
-        for f in (root / sub).iterdir():
-            f.rename(root / f.name)
-        (root / sub).rmdir()
+    root = unpack_flat(tree["derain"])
     dirs = {k: str(v) for k, v in tree.items()}
     for id_lists, kinds in ((None, ["missing folder"] * 2), (tree["data_file_dir"], ["wrong folder"])):
         report = doctor.check_training_data(["derain"], dirs, id_lists, 32)
