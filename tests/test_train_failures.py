@@ -134,16 +134,25 @@ def test_trainer_failures_are_one_error_line_and_debug_shows_the_traceback(data,
     assert not list((tmp_path / "ckpt").glob("*.pth")) and not list((tmp_path / "ckpt").glob(".*.tmp"))
 
 
-def test_a_validation_failure_keeps_the_epochs_checkpoint(data, tmp_path):
+def test_a_validation_failure_keeps_the_epochs_checkpoint(data, tmp_path, monkeypatch):
     """Validation ran before the epoch's checkpoint was written, so a bad validation pair (found only when read,
-    after a whole epoch) or an out-of-memory there lost the epoch's training."""
+    after a whole epoch) or an out-of-memory there lost the epoch's training. A pair of two sizes is now refused
+    before training; a failure in validation itself (here a stand-in one) still keeps the epoch's checkpoint."""
     from utils.data.image_io import write_image
     deg, tar = tmp_path / "val" / "input", tmp_path / "val" / "target"
     write_image(deg / "a.png", np.zeros((40, 40, 3), np.uint8))
     write_image(tar / "a.png", np.zeros((48, 40, 3), np.uint8))  # paired by name, sizes disagree
     flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--nEpochs", "1", "--degset", str(deg),
                                            "--tarset", str(tar)]
-    with pytest.raises(UserError, match="a.png is 40x40 but its target"):
+    with pytest.raises(UserError, match=r"cannot be used .*a.png is 40x40 but its target .*a.png is 48x40"):
+        engine.main(get_args_parser().parse_args(flags))
+    assert not (tmp_path / "ckpt").exists()
+    write_image(tar / "a.png", np.zeros((40, 40, 3), np.uint8))
+
+    def failing(*args, **kwargs):
+        raise UserError("validation failed")
+    monkeypatch.setattr(engine, "evaluate", failing)
+    with pytest.raises(UserError, match="validation failed"):
         engine.main(get_args_parser().parse_args(flags))
     assert (tmp_path / "ckpt" / "epoch_001.pth").is_file()
 
@@ -303,7 +312,7 @@ def test_a_damaged_validation_image_is_refused_before_training_with_fixes_that_w
     val = ["--degset", str(deg), "--tarset", str(tar)]
     assert engine.run_cli(get_args_parser().parse_args(flags + val)) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error: 1 validation image cannot be read") and f"cannot decode image {bad}" in line, line
+    assert line.startswith("error: 1 validation image cannot be used") and f"cannot decode image {bad}" in line, line
     assert f"(its pair: {deg / 'rain-2.png'})" in line and "libpng error: bad adaptive filter value" in line
     assert line.endswith("Replace it, remove it and its pair, pass --skip-bad-files to validate without the pair, "
                          "or pass --degset '' --tarset '' to train without validation"), line

@@ -33,7 +33,7 @@ from utils.checkpoints import (
     read_latest,
 )
 from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family, repeat_factor
-from utils.data.image_io import read_problem
+from utils.data.image_io import image_size, read_problem
 from utils.data.integrity import decode_files
 from utils.data.pairing import DEGSET_FLAGS, match_pairs
 from utils.data.training_files import scanned_folder
@@ -115,14 +115,15 @@ _UNCHECKED = "\0"  # what rank 0 broadcasts when decoding the validation images 
 def check_validation_images(pairs: list[tuple[Path, Path]], info: DistInfo = DistInfo(),
                             skip_bad: bool = False) -> tuple[list[tuple[Path, Path]], list[str]]:
     """Decode every image of the validation ``pairs`` in full (:func:`utils.data.integrity.decode_files`, the
-    loaders' reader) before training. The start-up check of the training files reads headers and endings
-    only, and passes a complete PNG with bytes damaged in its middle: such a validation image was met by the
-    first validation, after a whole epoch, and stopped every ``--resume`` there again. One error names each
-    file that does not decode and its pair, with the fixes; ``skip_bad`` (``--skip-bad-files``) leaves those
-    pairs out instead. Returns the pairs kept and the files left out, each named with why and its pair. Rank 0
+    loaders' reader) and compare each pair's sizes, before training. The start-up check of the training files
+    reads headers and endings only, and passes a complete PNG with bytes damaged in its middle; a pair of two
+    sizes was found only when scored: either was met by the first validation, after a whole epoch, and stopped
+    every ``--resume`` there again. One error names each file that does not decode (or pair whose sizes differ)
+    and its pair, with the fixes; ``skip_bad`` (``--skip-bad-files``) leaves those pairs out instead. Returns
+    the pairs kept and the files left out, each named with why and its pair. Rank 0
     decodes and every rank gets its verdict: all stop (or leave out) alike, and rank 0's error line says it for
     all."""
-    bad = _undecodable([f for pair in pairs for f in pair], info)
+    bad = _unusable(pairs, info)
     if not bad:
         return pairs, []
     partners: dict[Path, list[Path]] = {}
@@ -133,7 +134,7 @@ def check_validation_images(pairs: list[tuple[Path, Path]], info: DistInfo = Dis
     if skip_bad:
         return [(d, t) for d, t in pairs if d not in bad and t not in bad], named
     one = len(bad) == 1
-    exc = DatasetError(f"{len(bad)} validation image{'' if one else 's'} cannot be read (validation reads "
+    exc = DatasetError(f"{len(bad)} validation image{'' if one else 's'} cannot be used (validation reads "
                        f"{'it' if one else 'them'} after each epoch):{listing(named)}. Replace "
                        f"{'it' if one else 'each'}, remove {'it' if one else 'each'} and its pair, pass "
                        f"--skip-bad-files to validate without {'the pair' if one else 'those pairs'}, or "
@@ -142,11 +143,17 @@ def check_validation_images(pairs: list[tuple[Path, Path]], info: DistInfo = Dis
     raise exc
 
 
-def _undecodable(files: list[Path], info: DistInfo) -> dict[Path, str]:
-    """Rank 0's :func:`~utils.data.integrity.decode_files` of ``files``, on every rank."""
+def _unusable(pairs: list[tuple[Path, Path]], info: DistInfo) -> dict[Path, str]:
+    """Rank 0's verdict on the validation ``pairs``, on every rank: ``{file: why}`` for each file that does not
+    decode (:func:`~utils.data.integrity.decode_files`) and each degraded image whose target has another size."""
+    files = list(dict.fromkeys(f for pair in pairs for f in pair))
     if info.is_main:
         try:
             bad = decode_files(files)
+            for d, t in pairs:
+                if d not in bad and t not in bad and image_size(d) != image_size(t):
+                    (h, w), (th, tw) = image_size(d), image_size(t)
+                    bad[d] = f"{d} is {h}x{w} but its target {t} is {th}x{tw} (height x width)"
         except BaseException:
             broadcast_text(_UNCHECKED, info)  # the other ranks stop too, instead of waiting for a verdict
             raise
