@@ -33,10 +33,21 @@ def test_demo_pipeline_end_to_end(tmp_path):
     # a second run reuses the finished training (resume auto) and the built data, and still draws the loss
     # curves (the trainer, with nothing to do, draws none)
     (tmp_path / "figs" / "train_losses.png").unlink()
+    # and replaces the demo's own outputs, but moves aside a file of a name it writes that it did not write as it
+    # is (--results over a user's folder replaced their files silently)
+    assert not list(tmp_path.glob("*/*.before-*"))
+    (tmp_path / "results" / "results.md").write_text("my notes")
+    (tmp_path / "figs" / "dehaze.png").write_bytes(b"my figure")
     again = demo.main(demo.get_args_parser().parse_args([
         "--quick", "--root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "ckpt"),
         "--results", str(tmp_path / "results"), "--figs-dir", str(tmp_path / "figs"), "--device", "cpu"]))
     assert again["checkpoint"] == summary["checkpoint"]
+    [kept] = (tmp_path / "results").glob("results.before-*")
+    [kept_fig] = (tmp_path / "figs").glob("figures.before-*")
+    assert [p.name for p in kept.rglob("*") if p.is_file()] == ["results.md"]
+    assert (kept / "results.md").read_text() == "my notes" and (kept_fig / "dehaze.png").read_bytes() == b"my figure"
+    assert [p.name for p in kept_fig.rglob("*") if p.is_file()] == ["dehaze.png"]
+    assert (tmp_path / "results" / "results.md").read_text() != "my notes"
     assert (tmp_path / "figs" / "train_losses.png").stat().st_size > 0
     for name, row in summary["restored"].items():
         assert again["restored"][name]["psnr"] == row["psnr"]
