@@ -294,6 +294,30 @@ def _fetch_in_page(driver, url: str) -> bytes:
 
 
 @pytest.mark.slow
+def test_gradios_copies_of_uploads_go_in_the_apps_scratch_folder_removed_on_exit(run_dir, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """Gradio kept its copies of each upload, and of what the page showed, in /tmp/gradio after the app stopped,
+    readable by every user: they now go in the app's own scratch folder, removed on exit; a GRADIO_TEMP_DIR the
+    user set is kept."""
+    if importlib.util.find_spec("gradio") is None:
+        pytest.skip("the app needs Gradio: make app installs it")
+    from utils.app import page
+    seen = []
+
+    def stop(*args, **kwargs):
+        seen.append(os.environ.get("GRADIO_TEMP_DIR"))
+        raise app_main.UsageError("stopped before serving")
+    monkeypatch.setattr(page, "build_page", stop)
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    assert _app(["--model", str(run_dir), "--device", "cpu"], capsys)[0] == 2
+    [used] = seen
+    assert Path(used).name == "gradio" and Path(used).parent.name.startswith("baryir-app-")
+    assert not Path(used).parent.exists() and "GRADIO_TEMP_DIR" not in os.environ
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "mine"))
+    _app(["--model", str(run_dir), "--device", "cpu"], capsys)
+    assert seen[-1] == str(tmp_path / "mine") and os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "mine")
+
+
 def test_the_page_shows_what_the_tester_writes(browser_page, photo, tester_output, tmp_path):
     from utils.app import browser
     driver, url, log = browser_page

@@ -15,6 +15,7 @@ fixes is one ``error:`` line (exit status 2 for flags), the traceback only with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import signal
@@ -22,6 +23,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from utils.checkpoints import CHECKPOINT_DIR, default_model
 from utils.cli import one_spelling
@@ -128,14 +130,14 @@ def main(args) -> int:
         print(f"=> {info.pop('note')}")
     model.to(device).eval()
     os.environ.update(OFFLINE_ENVIRONMENT)
-    from utils.app.page import build_page  # imports Gradio, after its analytics are off
-    from utils.app.restore import Session, example_images
-    examples = example_images(examples_root) if examples_root is not None else []
-    if args.examples and not examples:
-        raise UsageError(f"--examples {args.examples}: no degraded images in the benchmark layout there "
-                         f"(<task>/input/, <task>/<set>/input/ or lowlight/low/) — pass a test root such as "
-                         f"{DEMO_EXAMPLES}, or leave the flag out")
-    with tempfile.TemporaryDirectory(prefix="baryir-app-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="baryir-app-") as scratch, gradio_files_in(Path(scratch) / "gradio"):
+        from utils.app.page import build_page  # imports Gradio, after its analytics are off
+        from utils.app.restore import Session, example_images
+        examples = example_images(examples_root) if examples_root is not None else []
+        if args.examples and not examples:
+            raise UsageError(f"--examples {args.examples}: no degraded images in the benchmark layout there "
+                             f"(<task>/input/, <task>/<set>/input/ or lowlight/low/) — pass a test root such as "
+                             f"{DEMO_EXAMPLES}, or leave the flag out")
         work_dir = Path(args.work_dir) if args.work_dir else Path(scratch)
         page = build_page(Session(model=model, info=info, device=device, work_dir=work_dir), examples)
         print(f"=> {info['model']} ({info['backbone']}) on {device}; {len(examples)} example image(s); serving "
@@ -159,6 +161,21 @@ def main(args) -> int:
             page.close(verbose=False)
     print(f"=> stopped: http://{HOST}:{args.port} no longer serves the page", flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def gradio_files_in(folder: Path) -> Iterator[None]:
+    """Gradio's own copies of an upload and of what the page shows go into ``folder`` (the app's scratch folder,
+    removed on exit) while the app serves: by default they stay in ``/tmp/gradio`` after it stops, readable by
+    every user of the machine. A ``GRADIO_TEMP_DIR`` the user set is kept."""
+    if "GRADIO_TEMP_DIR" in os.environ:
+        yield
+        return
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
 
 
 def serve_until_interrupted() -> None:
