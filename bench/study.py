@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -122,6 +123,16 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         raise StudySettingError(f"--iters ({args.iters}) must be at least --epochs ({args.epochs}) >= 1")
     if args.iters % args.epochs:
         raise StudySettingError(f"--iters {args.iters} must be a multiple of --epochs {args.epochs} (equal epochs)")
+    # the trainer's own rules, checked here: a bad value failed every run, each with "training failed", after the
+    # settings were recorded in --out, which then refused the corrected command as "another setting"
+    if args.batch_size < 1:
+        raise StudySettingError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.patch_size < 16 or args.patch_size % 8:
+        raise StudySettingError(f"--patch-size must be a multiple of 8 and at least 16, got {args.patch_size}")
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        raise StudySettingError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.threads < 0:
+        raise StudySettingError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     return args
 
 

@@ -344,6 +344,14 @@ def test_flags_that_cannot_work_are_one_error_line_and_nothing_is_written(tmp_pa
     assert study.cli(argv) == 2
     assert capsys.readouterr().err == "error: --iters 3 must be a multiple of --epochs 2 (equal epochs)\n"
     assert not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()
+    # the trainer's rules too: each failed every run after --out recorded it, and the corrected command was refused
+    for flags, said in ((["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+                        (["--patch-size", "30"], "--patch-size must be a multiple of 8 and at least 16, got 30"),
+                        (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+                        (["--threads", "-3"], "--threads must be >= 0 (0: torch's default), got -3")):
+        assert study.cli([*flags, "--out", str(tmp_path / "out"), "--root", str(tmp_path / "demo")]) == 2
+        assert capsys.readouterr().err == f"error: {said}\n"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()
     (tmp_path / "file").write_text("mine")  # a file where the demo data's folder goes: a UserError, one line
     assert study.cli(["--root", str(tmp_path / "file"), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
