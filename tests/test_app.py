@@ -231,6 +231,17 @@ def test_without_model_the_app_serves_the_testers_default_checkpoint(tmp_path, m
     assert app_main.checkpoint_to_serve(None) == "checkpoint/run/epoch_009.pth"  # it stopped the search before
 
 
+def test_the_quick_demos_test_images_are_the_examples_when_the_full_demos_are_not_there(tmp_path, monkeypatch):
+    """After `python -m utils.demo --quick` alone the page offered no example, though README says to click one of
+    the demo's test images: the quick demo's are offered when the full demo's are not there."""
+    monkeypatch.chdir(tmp_path)
+    assert app_main.examples_folder(None) is None
+    (tmp_path / "data" / "demo-quick" / "test").mkdir(parents=True)
+    assert app_main.examples_folder(None) == Path("data/demo-quick/test")
+    (tmp_path / "data" / "demo" / "test").mkdir(parents=True)
+    assert app_main.examples_folder(None) == Path("data/demo/test")
+
+
 def test_bad_flags_are_one_error_line(tmp_path, monkeypatch, capsys):
     if importlib.util.find_spec("gradio") is None:
         pytest.skip("the app checks its flags after finding Gradio: make app installs it")

@@ -34,6 +34,7 @@ from utils.eval.outputs import check_writable_folder
 from utils.runtime import DEVICES, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
 
 DEMO_EXAMPLES = "data/demo/test"
+QUICK_DEMO_EXAMPLES = "data/demo-quick/test"  # what `python -m utils.demo --quick` builds
 HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 MAX_UPLOAD = "1gb"  # an upload's bytes; its pixels are bounded by --max-pixels
@@ -61,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto = CUDA if available")
     parser.add_argument("--examples", default=None, metavar="DIR",
                         help=f"benchmark folder whose degraded images the page offers as examples (default: "
-                             f"{DEMO_EXAMPLES} when it exists)")
+                             f"{DEMO_EXAMPLES} when it exists, else {QUICK_DEMO_EXAMPLES})")
     parser.add_argument("--max-pixels", type=pixel_count, default=MAX_PIXELS, metavar="N",
                         help="refuse uploads of more than N pixels (as tester_bary.py --max-pixels)")
     parser.add_argument("--work-dir", default=None, metavar="DIR",
@@ -102,9 +103,10 @@ def checkpoint_to_serve(model: str | None, checkpoint_dir: str = CHECKPOINT_DIR)
 
 
 def examples_folder(examples: str | None) -> Path | None:
-    """``--examples`` (which must exist), else the demo's test images when present, else None."""
+    """``--examples`` (which must exist), else the demo's test images when present (the full demo's, else the
+    quick one's), else None."""
     if examples is None:
-        return Path(DEMO_EXAMPLES) if Path(DEMO_EXAMPLES).is_dir() else None
+        return next((Path(d) for d in (DEMO_EXAMPLES, QUICK_DEMO_EXAMPLES) if Path(d).is_dir()), None)
     if not Path(examples).is_dir():
         what = "a file, not a folder" if Path(examples).exists() else "no such folder"
         raise UsageError(f"--examples {examples}: {what} — pass a benchmark folder such as {DEMO_EXAMPLES} "
