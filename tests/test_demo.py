@@ -180,3 +180,19 @@ def test_the_package_imports_no_top_level_script():
             found += [f"{path.relative_to(repo)}:{node.lineno} imports {n}" for n in names
                       if n.split(".")[0] in scripts]
     assert found == []
+
+
+@pytest.mark.parametrize("iters, said", [("0", "5 epochs over the whole demo data set ("),
+                                         ("7", "5 epochs of at most 7 iterations (fewer when")])
+def test_the_training_line_says_what_iters_per_epoch_0_means(iters, said, tmp_path, monkeypatch, capsys):
+    """--iters-per-epoch 0 (the whole data set) was announced as "epochs of at most 0 iterations"."""
+    monkeypatch.setattr(demo, "build_demo_data", lambda *a, **k: {"status": "built"})
+
+    def stop(args, root):
+        raise demo.DemoStopped("stopped here")
+    monkeypatch.setattr(demo, "train", stop)
+    args = demo.get_args_parser().parse_args(["--quick", "--epochs", "5", "--iters-per-epoch", iters, "--root",
+                                              str(tmp_path / "d"), "--device", "cpu"])
+    with pytest.raises(demo.DemoStopped):
+        demo.main(args)
+    assert f"[2/4] training the tiny preset: {said}" in capsys.readouterr().out

@@ -311,8 +311,9 @@ def main(args) -> dict:
     manifest = build_demo_data(root, seed=args.seed, scale=0.25 if args.quick else 1.0,
                                max_photos=2 if args.quick else None)
     print(f"      {manifest['status']}")
-    print(f"[2/4] training the tiny preset: {args.epochs} epochs of at most {args.iters_per_epoch} iterations "
-          f"(fewer when the demo's data is exhausted first; the trainer prints each epoch's count)")
+    each = (f"of at most {args.iters_per_epoch} iterations (fewer when the demo's data is exhausted first" if
+            args.iters_per_epoch else "over the whole demo data set (")
+    print(f"[2/4] training the tiny preset: {args.epochs} epochs {each}; the trainer prints each epoch's count)")
     t_data = time.time()
     ckpt = train(args, root)
     draw_loss_figure(Path(args.output_dir) / LOG_NAME, figs_dir / FIG_NAME, Console())  # also when nothing trained
