@@ -196,3 +196,17 @@ def test_the_training_line_says_what_iters_per_epoch_0_means(iters, said, tmp_pa
     with pytest.raises(demo.DemoStopped):
         demo.main(args)
     assert f"[2/4] training the tiny preset: {said}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--results", "--output-dir", "--figs-dir"])
+def test_a_folder_flag_with_a_file_in_the_way_is_named_by_the_demos_own_flag(flag, tmp_path):
+    """--results README.md was answered about --figs-dir (derived from it, and checked by the trainer), and
+    --output-dir README.md with "or --name", a flag the demo does not have; nothing is built before the check."""
+    from utils.errors import UserError
+    (tmp_path / "a_file").write_text("mine")
+    args = demo.get_args_parser().parse_args(["--quick", "--root", str(tmp_path / "data"), "--device", "cpu",
+                                              flag, str(tmp_path / "a_file" / "sub")])
+    with pytest.raises(UserError) as err:
+        demo.main(args)
+    assert str(err.value).startswith(f"{flag} {tmp_path / 'a_file' / 'sub'}: a file, not a folder, is in the way")
+    assert str(err.value).endswith(f"choose another {flag}") and not (tmp_path / "data").exists()

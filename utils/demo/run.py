@@ -44,7 +44,7 @@ from utils.dataset_utils import ALL_IN_ONE_3D
 from utils.demo.data import build_demo_data
 from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
 from utils.eval.evaluation import evaluate_tasks
-from utils.eval.outputs import RESULT_NAMES, figure_names, output_names
+from utils.eval.outputs import RESULT_NAMES, check_writable_folder, figure_names, output_names
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.eval.report import write_results
 from utils.eval.tasks import find_task_sets
@@ -306,6 +306,8 @@ def main(args) -> dict:
         raise UsageError(str(exc)) from exc
     resolve_budget(args)
     resolve_folders(args)
+    for flag in ("--output-dir", "--results", "--figs-dir"):  # by the demo's own flags (the trainer's name others)
+        check_writable_folder(getattr(args, flag[2:].replace("-", "_")), flag, create=False)
     root, figs_dir, results_dir = Path(args.root), Path(args.figs_dir), Path(args.results)
     print(f"[1/4] demo data in {root}")
     manifest = build_demo_data(root, seed=args.seed, scale=0.25 if args.quick else 1.0,
