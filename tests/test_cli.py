@@ -241,7 +241,11 @@ def test_ctrl_c_while_a_library_loads_is_held_until_the_imports_end(second, tmp_
     code = twice if second else _HALF_LOADED
     (tmp_path / "torch.py").write_text(code)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
-    done = subprocess.run([sys.executable, "tester_bary.py"], cwd=REPO, env=env, capture_output=True, text=True,
+    # Ctrl-C as a terminal delivers it: a process started in the background (nohup, `cmd &`, some CI runners)
+    # inherits SIGINT ignored, and an ignored SIGINT stays ignored (the test below)
+    interruptible = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                     "runpy.run_path('tester_bary.py', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", interruptible], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 130, done.stderr
     assert done.stderr == "error: interrupted while starting; nothing was written\n" and done.stdout == ""
