@@ -39,7 +39,7 @@ from utils import dataset_utils as du
 from utils.data import training_files as tf
 from utils.data.image_io import list_images, max_pixels, nested_images_hint, pixels_in_words, read_problem
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files, decode_files
-from utils.data.pairing import PairingError, SwappedFolders, match_pairs
+from utils.data.pairing import PairingError, SwappedFolders, match_pairs, partners_of
 from utils.errors import UsageError
 from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
 
@@ -290,10 +290,7 @@ def _report_undecodable(row: SetReport, checks: Mapping[Path, FileCheck], pairs:
     """Decode the paired files whose header and ending passed (:func:`check_files` decodes a file only when
     its ending is wrong): bytes damaged in the middle of a complete file are found only so. Each that does not
     decode is an error whose fix names its pair and ends with ``fix``."""
-    partners: dict[Path, list[Path]] = {}
-    for d, t in pairs:
-        partners.setdefault(d, []).append(t)
-        partners.setdefault(t, []).append(d)
+    partners = partners_of(pairs)
     for f, why in decode_files(f for f in partners if checks[f].size is not None).items():
         row.add("unreadable", f, read_problem(why),
                 f"replace it, remove it and its pair ({', '.join(map(str, partners[f]))}), {fix}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Iterable
 
 from utils.data.image_io import list_images, nested_images_hint
 from utils.errors import UserError, listing
@@ -37,6 +38,16 @@ def name_key(stem: str) -> str:
 
 # The flags of the tester and the trainers that name a set of degraded images and their targets.
 DEGSET_FLAGS = ("--degset", "--tarset")
+
+
+def partners_of(pairs: Iterable[tuple[Path, Path]]) -> dict[Path, list[Path]]:
+    """Each file of ``pairs`` and the files it is paired with (a target several hazy images share has them all),
+    for an error about one file that names its pair."""
+    partners: dict[Path, list[Path]] = {}
+    for d, t in pairs:
+        partners.setdefault(d, []).append(t)
+        partners.setdefault(t, []).append(d)
+    return partners
 
 
 def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,

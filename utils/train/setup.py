@@ -35,7 +35,7 @@ from utils.checkpoints import (
 from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family, repeat_factor
 from utils.data.image_io import image_size, read_problem
 from utils.data.integrity import decode_files
-from utils.data.pairing import DEGSET_FLAGS, match_pairs
+from utils.data.pairing import DEGSET_FLAGS, match_pairs, partners_of
 from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
 from utils.errors import UsageError, UserError, human_bytes, listing
@@ -126,10 +126,7 @@ def check_validation_images(pairs: list[tuple[Path, Path]], info: DistInfo = Dis
     bad = _unusable(pairs, info)
     if not bad:
         return pairs, []
-    partners: dict[Path, list[Path]] = {}
-    for d, t in pairs:
-        partners.setdefault(d, []).append(t)
-        partners.setdefault(t, []).append(d)
+    partners = partners_of(pairs)
     named = [f"{read_problem(why)} (its pair: {', '.join(map(str, partners[f]))})" for f, why in bad.items()]
     if skip_bad:
         return [(d, t) for d, t in pairs if d not in bad and t not in bad], named
