@@ -186,10 +186,12 @@ def test_a_device_this_machine_lacks_is_one_error_line(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)  # nothing may be written, anywhere
     status = engine.run_cli(train_options.get_args_parser().parse_args(["--cuda", "--dry-run"]))
     err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1 and err[0].startswith("error: a CUDA device was asked for"), err
+    assert status == 2 and err == ["error: --cuda asks for a CUDA GPU, but none is visible "
+                                   "(check --gpus / CUDA_VISIBLE_DEVICES, or use --device cpu)"], err
     assert demo.cli(["--device", "cuda", "--root", str(tmp_path / "d")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no CUDA GPU is visible" in err[0] and not (tmp_path / "d").exists()
+    err = capsys.readouterr().err.strip().splitlines()  # the demo has no --gpus: its error must not send you there
+    assert err == ["error: --device cuda asks for a CUDA GPU, but none is visible "
+                   "(check CUDA_VISIBLE_DEVICES, or use --device cpu)"] and not (tmp_path / "d").exists()
     with pytest.raises(SystemExit) as stop:
         demo.cli(["--epochs", "x"])
     err = capsys.readouterr().err.strip().splitlines()

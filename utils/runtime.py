@@ -94,11 +94,13 @@ DEVICES = ("auto", "cpu", "cuda")  # the --device choices of every command (a GP
 
 
 def pick_device(flag: str = "auto", cuda: bool = False, local_rank: int = 0,
-                log: Callable[[str], None] | None = None) -> torch.device:
+                log: Callable[[str], None] | None = None, gpus_flag: bool = False) -> torch.device:
     """``--device auto|cpu|cuda|cuda:N`` (plus the reference's ``--cuda``) -> a device.
 
     ``auto`` takes CUDA when a GPU is visible (and says which when ``log`` is given); a CUDA
     device without an index is GPU ``local_rank`` of the visible ones (torchrun's rank on its node).
+    ``gpus_flag``: the command has the reference's ``--gpus`` (the trainers and the tester), so the
+    error for a missing GPU may name it; other commands name only the flag they were given.
     """
     if flag not in DEVICES and not flag.startswith("cuda:"):
         raise DeviceError(f"--device must be auto, cpu or cuda, got {flag!r}")
@@ -114,8 +116,9 @@ def pick_device(flag: str = "auto", cuda: bool = False, local_rank: int = 0,
     if not use_cuda:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise DeviceError("a CUDA device was asked for (--device cuda / --cuda), but no CUDA GPU is visible "
-                           "(check --gpus / CUDA_VISIBLE_DEVICES, or use --device cpu)")
+        asked = "--cuda" if cuda else f"--device {flag}"
+        check = "--gpus / CUDA_VISIBLE_DEVICES" if gpus_flag else "CUDA_VISIBLE_DEVICES"
+        raise DeviceError(f"{asked} asks for a CUDA GPU, but none is visible (check {check}, or use --device cpu)")
     index = int(flag.split(":")[1]) if ":" in flag else local_rank % max(1, torch.cuda.device_count())
     if index >= torch.cuda.device_count():
         raise DeviceError(f"--device {flag}: only {torch.cuda.device_count()} CUDA device(s) visible")

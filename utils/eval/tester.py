@@ -444,7 +444,7 @@ def main(args) -> dict:
     if gpus_note:
         print(f"warning: {gpus_note}", file=sys.stderr)
     try:
-        device = pick_device(args.device, args.cuda)
+        device = pick_device(args.device, args.cuda, gpus_flag=True)
     except (ValueError, RuntimeError) as exc:  # its messages name the flag and the fix
         raise UsageError(str(exc)) from exc
     try:

@@ -41,7 +41,8 @@ def init_distributed_mode(device_flag: str = "auto", log=print, cuda: bool = Fal
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_flag, cuda=cuda, local_rank=local_rank, log=log if rank == 0 else None)
+    device = pick_device(device_flag, cuda=cuda, local_rank=local_rank, log=log if rank == 0 else None,
+                         gpus_flag=True)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
