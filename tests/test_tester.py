@@ -2194,7 +2194,8 @@ def test_device_flag_reaches_the_run(checkpoint, tmp_path, monkeypatch, capsys):
     args = tester_bary.get_args_parser().parse_args([*base, str(tmp_path / "o"), "--device", "cuda"])
     assert tester_bary.run_main(tester_bary.main, args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: a CUDA device was asked for") and not (tmp_path / "o").exists()
+    assert err == ["error: --device cuda asks for a CUDA GPU, but none is visible "
+                   "(check --gpus / CUDA_VISIBLE_DEVICES, or use --device cpu)"] and not (tmp_path / "o").exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     res = tester_bary.main(tester_bary.get_args_parser().parse_args([*base, str(tmp_path / "c"), "--device", "cpu"]))
     assert res["protocol"]["device"] == "cpu" and res["tasks"]["deg"]["count"] == 1
