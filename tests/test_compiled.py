@@ -139,3 +139,14 @@ def test_a_cpu_compile_prints_no_note_about_cuda(tmp_path):
                           env=dict(os.environ, CUDA_HOME=str(tmp_path), PYTHONPATH=str(repo)))
     assert done.returncode == 0, done.stderr
     assert "No CUDA runtime" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("precision, advice", [("fp32", "Lower --lr or resume from the last checkpoint."),
+                                               ("bf16", "Lower --lr, try --precision fp32, or resume from the last "
+                                                        "checkpoint.")])
+def test_nan_advice_names_fp32_only_to_a_run_in_another_precision(precision, advice):
+    """An fp32 run (and the demo, which has no --precision and trains in fp32) was told to 'try --precision fp32'."""
+    checks = LossChecks(DistInfo(), "here", deferred=False, precision=precision)
+    with pytest.raises(engine.NonFiniteLossError) as stop:
+        checks.before_update("map", {"map": torch.tensor(float("nan"))})
+    assert str(stop.value).endswith("the last checkpoint was not overwritten. " + advice)

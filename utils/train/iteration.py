@@ -152,8 +152,9 @@ class LossChecks:
     but before anything is saved, so no checkpoint ever holds it.
     """
 
-    def __init__(self, info: DistInfo, where: str, deferred: bool):
+    def __init__(self, info: DistInfo, where: str, deferred: bool, precision: str = "fp32"):
         self.info, self.where, self.deferred = info, where, deferred
+        self.precision = precision  # the advice names --precision fp32 only to a run that is not fp32 already
         self.values: dict[str, float] = {}
         self._pending: list[tuple[str, list[str], torch.Tensor]] = []
 
@@ -189,7 +190,14 @@ class LossChecks:
                 "iteration), before anything was saved" if applied else "Training stopped before this update")
         raise NonFiniteLossError(
             f"non-finite {update} loss at {self.where} ({', '.join(bad)} not finite): {parts}. {when}; the last "
-            f"checkpoint was not overwritten. Lower --lr, try --precision fp32, or resume from the last checkpoint.")
+            f"checkpoint was not overwritten. {_nan_advice(self.precision)}")
+
+
+def _nan_advice(precision: str) -> str:
+    """What to try after a non-finite loss: ``--precision fp32`` only where the run used another precision
+    (the demo, which has no --precision flag, always trains in fp32)."""
+    lower = "Lower --lr, try --precision fp32," if precision != "fp32" else "Lower --lr"
+    return f"{lower} or resume from the last checkpoint."
 
 
 def _update(training: Training, checks: LossChecks, update: str, loss: torch.Tensor,
@@ -240,7 +248,7 @@ def train_step(training: Training, batch, where: str = "iteration", inject_nan: 
     """
     info, pots = training.info, training.potentials
     begin_iteration(training.compile_mode)
-    checks = LossChecks(info, where, deferred=training.compile_mode != "off")
+    checks = LossChecks(info, where, deferred=training.compile_mode != "off", precision=training.precision)
     degraded, target, de_ids, domains = (t.to(info.device, non_blocking=True) for t in batch)
     if training.channels_last:
         degraded = degraded.contiguous(memory_format=torch.channels_last)
