@@ -7,6 +7,7 @@ upload gets its reason in the page's status line (no traceback in the server's o
 why, only when Chromium, chromedriver, Gradio or Selenium is missing (``make test`` installs them).
 """
 import base64
+import dataclasses
 import importlib.util
 import json
 import os
@@ -146,11 +147,13 @@ def test_large_images_give_scaled_maps(session, photo, monkeypatch):
 
 
 def test_failures_are_a_status_line(session, corrupt, tmp_path):
+    session = dataclasses.replace(session, work_dir=tmp_path / "work")  # its own, to see what a failure leaves
     bad = restore_for_page(session, corrupt, "fp32", "auto")
     assert bad == PageResult(status=bad.status) and bad.status.startswith("**Cannot restore** `broken.png`")
     assert "corrupt, empty or not an image" in bad.status and str(corrupt.parent) not in bad.status
     assert "tile size" in restore_for_page(session, corrupt, "fp32", "100").status
     assert restore_for_page(session, None, "fp32", "auto").status.startswith("**Nothing to restore**")
+    assert list(session.work_dir.iterdir()) == [], "a failed request left its request-* folder behind"
 
 
 def test_out_of_memory_in_the_page_names_the_pages_own_control(session, photo, monkeypatch):

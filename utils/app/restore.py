@@ -350,6 +350,7 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
         protocol = page_protocol(precision, tile)
     except ValueError as exc:  # a page choice that cannot work
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
+    folder = None
     try:
         folder = request_folder(session.work_dir)
         restored = restore_upload(session.model, upload, folder, protocol, session.device, name=name)
@@ -359,6 +360,8 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
         maps = embedding_maps(session.model, restored.before, session.device, MAP_SIDE) \
             if has_embeddings(session.info["backbone"]) else None
     except Exception as exc:  # noqa: BLE001 - a failure the user can act on becomes the status; a bug raises
+        if folder is not None:  # nothing of a failed request is kept (it held at most a partial input copy)
+            shutil.rmtree(folder, ignore_errors=True)
         found = failure_message(exc)
         if found is None:
             raise
