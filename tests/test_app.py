@@ -167,6 +167,24 @@ def test_out_of_memory_in_the_page_names_the_pages_own_control(session, photo, m
     assert status.startswith("**Cannot restore**") and status.endswith("choose a smaller size under Tiling.")
 
 
+def test_requests_gradio_refuses_print_no_traceback_in_the_terminal(session, capsys):
+    """A file type the upload does not take, or a precision not offered: Gradio refuses it (the client gets one
+    line), and used to print the refusal's traceback in the app's terminal too (gr.Error prints by default)."""
+    gr = pytest.importorskip("gradio")
+    from gradio.data_classes import FileData
+
+    from utils.app import page as app_page
+    from utils.app.elements import IDS
+    blocks = app_page.build_page(session, []).blocks.values()
+    by_id = {b.elem_id: b for b in blocks if getattr(b, "elem_id", None)}
+    upload, precision = by_id[IDS["upload"]], by_id[IDS["precision"]]
+    for component, payload in ((upload, FileData(path="notes.txt")), (precision, "fp64")):
+        with pytest.raises(gr.Error) as refused:
+            component.preprocess(payload)
+        assert refused.value.print_exception is False, component
+    assert not (REPO / "utils" / "app" / "page.pyi").exists(), "a Gradio subclass writes a stub into the source"
+
+
 def test_networks_without_embeddings_say_so(photo, tmp_path):
     model = build_model("Restormer", "tiny").eval()
     session = Session(model=model, info={"model": "x.pth", "backbone": "Restormer"}, device=torch.device("cpu"),

@@ -37,6 +37,23 @@ def _outputs(result: PageResult) -> tuple:
             result.wb, result.wb_residual, result.maps)
 
 
+def refusing_quietly(component: gr.components.Component) -> gr.components.Component:
+    """``component``, its refusals of a request (a file type the upload does not take, a choice not in the list:
+    Gradio's own ``gr.Error`` from ``preprocess``) sent to the client as their one line without Gradio also printing
+    the traceback in the app's terminal. Wraps the instance's method: a subclass of a Gradio component would make
+    Gradio write a ``.pyi`` stub beside this file."""
+    preprocess = component.preprocess
+
+    def quiet(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error as exc:
+            raise gr.Error(exc.message, duration=exc.duration, visible=exc.visible, title=exc.title,
+                           print_exception=False) from None
+    component.preprocess = quiet
+    return component
+
+
 def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
     """The page for ``session``'s model; ``examples``: ``[(image, label)]`` offered under the upload."""
     maps_shown = has_embeddings(session.info["backbone"])
@@ -51,11 +68,13 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\n{model_line(session)}")
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="Image (drop it here, or click to choose one)", file_count="single",
-                                 file_types=list(IMAGE_EXTENSIONS), type="filepath", elem_id=IDS["upload"])
-                precision = gr.Radio(list(precisions_for(session.device)), value="fp32", label="Precision",
-                                     info="as tester_bary.py --precision (bf16 is fast only on CPUs with AMX or "
-                                          "on GPUs)", elem_id=IDS["precision"])
+                upload = refusing_quietly(gr.File(label="Image (drop it here, or click to choose one)",
+                                                  file_count="single", file_types=list(IMAGE_EXTENSIONS),
+                                                  type="filepath", elem_id=IDS["upload"]))
+                precision = refusing_quietly(gr.Radio(
+                    list(precisions_for(session.device)), value="fp32", label="Precision",
+                    info="as tester_bary.py --precision (bf16 is fast only on CPUs with AMX or on GPUs)",
+                    elem_id=IDS["precision"]))
                 tiling = gr.Dropdown(list(TILE_CHOICES), value="auto", allow_custom_value=True, label="Tiling",
                                      info="as tester_bary.py --tile: auto tiles only an image that would not fit "
                                           "the free memory; off never; a size (a multiple of 8) always",
