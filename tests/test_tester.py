@@ -1910,6 +1910,46 @@ def test_keeping_aside_passes_over_a_file_moved_away_meanwhile(tmp_path):
     assert sorted(p.name for p in kept.iterdir()) == ["b.png"] and not (save / "b.png").exists()
 
 
+def test_an_earlier_run_across_save_and_figs_dir_stays_whole_when_one_cannot_move(bench, checkpoint, tmp_path,
+                                                                                  monkeypatch):
+    """Keep-aside was all or nothing in each folder but not across them: an earlier run's figure in --figs-dir that
+    could not be moved stopped the run with --save's files already moved aside (results.json and restorations in
+    results.before-*, the figure still beside them in --figs-dir). Now --save's move is undone too, and said."""
+    save, figs = tmp_path / "s", tmp_path / "figs"
+    outputs = ["--save", save, "--figs", "--figs-dir", figs, "--max-images", "1"]
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "dehaze", *outputs)
+    saved, drawn = _contents(save), _contents(figs)
+    assert saved and drawn
+    _refuse_moves(monkeypatch, lambda src, dst: figs in src.parents)
+    with pytest.raises(UserError, match=r"figs/.*could not be moved aside \(Operation not permitted\), so nothing "
+                                        r"was moved; the \d+ file\(s\) moved aside from 1 other folder\(s\) before "
+                                        r"it were moved back"):
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "dehaze", *outputs)
+    assert _contents(save) == saved and _contents(figs) == drawn
+    assert not list(save.glob("results.before-*")) and not list(figs.glob("results.before-*"))
+
+
+def test_keeping_aside_together_whose_move_back_fails_names_the_folder_holding_what_is_aside(tmp_path, monkeypatch):
+    """Across folders as within one: a file of an earlier folder that cannot move back is named, with the folder
+    that holds it."""
+    from utils.files import keep_aside_together
+    a, b = tmp_path / "a", tmp_path / "b"
+    for f in (a / "x" / "1.png", a / "2.png", b / "3.png"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(f.name)
+    _refuse_moves(monkeypatch, lambda src, dst: src == b / "3.png" or dst == a / "2.png")
+    with pytest.raises(UserError) as caught:
+        keep_aside_together([([a / "x" / "1.png", a / "2.png"], a / "results"), ([b / "3.png"], b / "results")])
+    [kept] = a.glob("results.before-*")
+    assert _contents(kept) == {"2.png": b"2.png"} and _contents(a) == {"x/1.png": b"1.png",
+                                                                       f"{kept.name}/2.png": b"2.png"}
+    assert (f"{b / '3.png'} could not be moved aside (Operation not permitted), so nothing was moved; and file(s) "
+            f"moved aside from other folders before it could not be moved back, for {a / '2.png'} (Operation not "
+            f"permitted): they are still in {kept}/ (1), each at the place it had beside that folder — move them "
+            f"back from there, then make its folder") in str(caught.value)
+    assert not list(b.glob("results.before-*"))
+
+
 def _refuse_moves(monkeypatch, refused):
     """``os.rename`` refusing (EPERM, as for an immutable folder: ``chattr +i``) each move for which
     ``refused(source, destination)`` is true; the others are done. Root can write a folder without write

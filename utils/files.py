@@ -8,7 +8,8 @@
 * :class:`FileTooLargeError`: a file past its file system's or the process's size limit (EFBIG), named.
 * :func:`keep_aside`: an earlier run's files that a fresh run would write over (its checkpoints, its log,
   its TensorBoard events) are moved together into a new ``<name>.before-<time>`` folder, never replaced;
-  all or none of them (:class:`KeepAsideError` when one cannot be moved: those moved before it move back).
+  all or none of them (:class:`KeepAsideError` when one cannot be moved: those moved before it move back);
+  :func:`keep_aside_together` does the same across several folders (the tester's outputs).
 * :func:`remove_stale_temporaries`: the temporaries of :func:`atomic_write` that a killed writer (``kill -9``)
   left behind, removed by the next run into the folder; only files named exactly as :func:`atomic_write`
   names them (:func:`temporary_target`), once their writer has been gone a minute or the file has not
@@ -50,7 +51,7 @@ class KeepAsideError(UserError, OSError):
 
     def __init__(self, detail: str, fix: str, undo: str = ""):
         super().__init__(f"{detail} — {undo}{fix}")
-        self.detail, self.undo = detail, undo
+        self.detail, self.fix, self.undo = detail, fix, undo
 
 
 def disk_full(path: Path, needed: int | None, kept: str | None = None, margin: int = 0) -> DiskFullError:
@@ -270,6 +271,39 @@ def keep_aside(paths: Sequence[Path], name: Path) -> Path:
     :class:`KeepAsideError` names the file. Should a move back fail too, the error names the folder that holds
     what is still aside, so that no file is lost track of.
     """
+    folder, _ = _move_aside(paths, name)
+    _remove_emptied(paths, name.parent)
+    return folder
+
+
+def keep_aside_together(groups: Sequence[tuple[Sequence[Path], Path]]) -> list[Path]:
+    """:func:`keep_aside` of each ``(paths, name)`` of ``groups`` (a run's files in several folders: the tester's
+    ``--save``, ``--savetar`` and ``--figs-dir``), all or nothing across them: when a file of one folder cannot be
+    moved, the files of the folders kept aside before it move back too, and the :class:`KeepAsideError` says so.
+    Returns the kept folders, in the order of ``groups``."""
+    done: list[tuple[Path, list[tuple[Path, Path]]]] = []
+    try:
+        for paths, name in groups:
+            done.append(_move_aside(paths, name))
+    except KeepAsideError as exc:
+        if not done:
+            raise
+        stuck = [(folder, left) for folder, moved in reversed(done) if (left := _move_back(moved, folder))]
+        if not stuck:
+            raise KeepAsideError(f"{exc.detail}; the {sum(len(m) for _, m in done)} file(s) moved aside from "
+                                 f"{len(done)} other folder(s) before it were moved back", exc.fix, exc.undo) from exc
+        folders = ", ".join(f"{folder}/ ({len(left)})" for folder, left in stuck)
+        raise KeepAsideError(f"{exc.detail}; and file(s) moved aside from other folders before it could not be "
+                             f"moved back, for {stuck[0][1][0][0]} ({stuck[0][1][0][1]}): they are still in "
+                             f"{folders}, each at the place it had beside that folder", exc.fix,
+                             undo="move them back from there, then ") from exc
+    for (paths, name), (folder, _) in zip(groups, done):
+        _remove_emptied(paths, name.parent)
+    return [folder for folder, _ in done]
+
+
+def _move_aside(paths: Sequence[Path], name: Path) -> tuple[Path, list[tuple[Path, Path]]]:
+    """The moves of :func:`keep_aside`, all or nothing: returns the new folder and the ``(source, dest)`` moved."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     n = 1
     while True:
@@ -290,13 +324,16 @@ def keep_aside(paths: Sequence[Path], name: Path) -> Path:
         except OSError as exc:
             raise _moved_back(moved, folder, Path(p), dest, exc) from exc
         moved.append((Path(p), dest))
-    top = name.parent
+    return folder, moved
+
+
+def _remove_emptied(paths: Sequence[Path], top: Path) -> None:
+    """Remove the folders below ``top`` that held ``paths`` and are empty now, deepest first (``top`` stays)."""
     for emptied in sorted({q for p in paths for q in Path(p).parents if top in q.parents}, key=lambda q: -len(q.parts)):
         try:
             emptied.rmdir()  # fails unless empty: a folder holding anything else stays
         except OSError:
             continue
-    return folder
 
 
 def _reason(exc: OSError) -> str:
@@ -311,20 +348,7 @@ def _moved_back(moved: list[tuple[Path, Path]], folder: Path, failed: Path, fail
     that file stays aside), then remove ``folder`` and the folders made in it, those left empty (only those:
     a folder that moved keeps its own empty subfolders). Returns the error to raise: nothing was moved, or
     which files are still in ``folder``."""
-    stuck: list[tuple[Path, str]] = []
-    for source, dest in reversed(moved):
-        try:
-            if os.path.lexists(source):
-                raise FileExistsError(errno.EEXIST, "another file took its name meanwhile", str(source))
-            os.rename(dest, source)
-        except OSError as back:
-            stuck.append((source, _reason(back)))
-    made = {q for dest in [failed_dest, *(d for _, d in moved)] for q in dest.parents if folder in q.parents}
-    for q in [*sorted(made, key=lambda q: -len(q.parts)), folder]:
-        try:
-            q.rmdir()  # fails unless empty: a folder holding a file still aside stays
-        except OSError:
-            continue
+    stuck = _move_back(moved, folder, also_made=[failed_dest])
     head = f"{failed} could not be moved aside ({_reason(exc)})"
     fix = "make its folder writable (and not immutable: chattr -i), or choose another folder"
     if not stuck:
@@ -335,6 +359,29 @@ def _moved_back(moved: list[tuple[Path, Path]], folder: Path, failed: Path, fail
     return KeepAsideError(f"{head}, and moving back what had moved before it failed too, for {first} ({why}){more}: "
                           f"{len(stuck)} file(s) are still in {folder}/, each at the place it had in {folder.parent}",
                           fix, undo="move them back from there, then ")
+
+
+def _move_back(moved: list[tuple[Path, Path]], folder: Path, also_made: Sequence[Path] = ()) -> list[tuple[Path, str]]:
+    """Move each ``(source, dest)`` of ``moved`` back, last first (a name taken again at its place meanwhile is not
+    replaced: that file stays aside; a source folder removed as emptied is made again), then remove ``folder`` and
+    the folders made in it that are left empty (``also_made``: more paths whose folders were made there). Returns
+    ``(source, why)`` of each file still in ``folder``."""
+    stuck: list[tuple[Path, str]] = []
+    for source, dest in reversed(moved):
+        try:
+            if os.path.lexists(source):
+                raise FileExistsError(errno.EEXIST, "another file took its name meanwhile", str(source))
+            source.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(dest, source)
+        except OSError as back:
+            stuck.append((source, _reason(back)))
+    made = {q for dest in [*also_made, *(d for _, d in moved)] for q in dest.parents if folder in q.parents}
+    for q in [*sorted(made, key=lambda q: -len(q.parts)), folder]:
+        try:
+            q.rmdir()  # fails unless empty: a folder holding a file still aside stays
+        except OSError:
+            continue
+    return stuck
 
 
 def finite_or_null(value: Any) -> Any:

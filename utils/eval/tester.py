@@ -48,7 +48,7 @@ from utils.eval.tasks import (
     present_paper_tasks,
     task_layout,
 )
-from utils.files import json_text, keep_aside, remove_stale_temporaries, write_text
+from utils.files import json_text, keep_aside, keep_aside_together, remove_stale_temporaries, write_text
 from utils.output_lock import OutputLock
 from utils.runtime import apply_gpus_flag, gpus_on_cpu_note, pick_device
 from utils.streams import OutputClosed
@@ -325,17 +325,17 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
                 raise OutputFolderError(f"{p} is where this run writes, and it is the image {read[_real(p)]} the "
                                         f"run reads (through a link) — choose another {_flag_of(args, base)}, or "
                                         f"pass --overwrite to write there anyway")
-    kept_save = None
-    for base, there in found.items():
-        more = earlier if base == save else []
-        if there or more:
-            kept = keep_aside(there + more, base / "results")
-            also = f", and {len(more)} more that the earlier results.json there records (this run does not " \
-                   f"write them)" if more else ""
-            print(f"=> {len(there)} file(s) of the names this run writes were already in {base}{also}: moved to "
-                  f"{kept}/")
-            kept_save = kept if base == save else kept_save
-    return kept_save
+    moving = {base: (there, earlier if base == save else []) for base, there in found.items()}
+    moving = {base: lists for base, lists in moving.items() if lists[0] or lists[1]}
+    # all folders or none: a --figs-dir that cannot be moved aside leaves --save's files where they were too
+    kept = dict(zip(moving, keep_aside_together([(there + more, base / "results")
+                                                 for base, (there, more) in moving.items()])))
+    for base, (there, more) in moving.items():
+        also = f", and {len(more)} more that the earlier results.json there records (this run does not " \
+               f"write them)" if more else ""
+        print(f"=> {len(there)} file(s) of the names this run writes were already in {base}{also}: moved to "
+              f"{kept[base]}/")
+    return kept.get(save)
 
 
 def _in_input_folder(path: Path, trees: set[Path], flat: set[Path]) -> bool:
