@@ -20,7 +20,7 @@ with one concrete fix, and nothing is decoded unless a file looks damaged (or is
   the trainers decode before training, every image is decoded.
 
 Problems are errors (the run would stop, or score a set other than the paper's) or warnings (the
-trainer goes on, as the reference does: listed training ids absent from disk, targets nothing uses,
+trainer goes on: listed training ids absent from disk, targets nothing uses,
 training-set counts other than the paper's). :func:`format_report` prints the report as a table;
 :func:`tester_check` and :func:`trainer_check` are the two scripts' ``--check-data`` (exit status 0
 when there is no error, 1 otherwise).
@@ -521,7 +521,7 @@ def _training_files(row: SetReport, fam: str, root: Path, id_list: Path | None,
             return None, len(ids)
         for i in absent:
             row.add("listed id absent", root / i, f"{root / i} is listed in {id_list} but not on disk",
-                    f"put it there, or leave it out as the reference does (the trainer warns"
+                    f"put it there, or leave it out (the trainer warns"
                     f"{'; --strict-ids stops' if not strict_ids else ''})", ERROR if strict_ids else WARNING)
         return [root / i for i in present], len(ids)
     needed = [(root, "clean images", False)] if deg_sub is None else \

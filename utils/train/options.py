@@ -100,8 +100,8 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     ref.add_argument("--data_file_dir", type=str, default=DEFAULT_DATA_FILE_DIR,
                      help="folder of the authors' id lists (noisy/denoise.txt, rainy/rainTrain.txt, "
                           "hazy/hazy_outside.txt; shipped in data_dir/). Listed ids missing on disk are left out "
-                          "with a warning, as the reference does; a family without a list file is scanned; '' "
-                          "scans every folder")
+                          "with a warning (the reference does so silently for the noise list); a family without a "
+                          "list file is scanned; '' scans every folder")
     ref.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
                      help=argparse.SUPPRESS)  # torch.distributed.launch passes it; LOCAL_RANK is used instead
 
@@ -185,7 +185,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                           "unreadable validation pairs (--degset/--tarset), with a warning instead of stopping")
     new.add_argument("--strict-ids", dest="strict_ids", action="store_true",
                      help="stop when ids listed in --data-file-dir are missing on disk (default: leave them out "
-                          "with a warning, as the reference does)")
+                          "with a warning)")
     new.add_argument("--check-images", dest="check_images", action=argparse.BooleanOptionalAction, default=True,
                      help="read every training image header before training (sizes, readability)")
     new.add_argument("--check-data", dest="check_data", action="store_true",

@@ -315,7 +315,7 @@ def check_args(args) -> int:
                           f"--num-sources or pass --num-sources {k}.")
     if args.patch_size < 16 or args.patch_size % 8:
         raise ConfigError(f"--patch-size must be a multiple of 8 and at least 16, got {args.patch_size}")
-    if args.start_epoch < 1:  # epoch 0 would train at 10x the learning rate (lr halves every --step epochs)
+    if args.start_epoch < 1:  # epoch 0 would train at 10x the learning rate (lr falls 10x every --step epochs)
         raise ConfigError(f"--start-epoch counts from 1, got {args.start_epoch}")
     if not 0 <= args.seed < 2**63:
         raise ConfigError(f"--seed must be in 0..2**63-1, got {args.seed}")
@@ -591,7 +591,7 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
         epoch = int(obj.get("epoch", 0))
         state = LoopState(epoch=epoch + 1)
         console(f"=> resumed reference checkpoint {ckpt_path}: weights and epoch {epoch} (continuing at epoch "
-                f"{epoch + 1}) with {note} and fresh optimizers, as the reference resumes")
+                f"{epoch + 1}) with {note} and fresh optimizers")
         return state, None
     if obj is not None:  # a plain state dict or other weights-only file given to --resume
         load_network(model, obj, str(ckpt_path))
