@@ -38,7 +38,7 @@ from utils.eval import tasks as tasks_module
 from utils.eval.evaluation import average_row, evaluate_set, evaluate_sets
 from utils.eval.metrics import image_metrics
 from utils.eval.outputs import output_names
-from utils.eval.protocol import RestoreOutOfMemory
+from utils.eval.protocol import Protocol, RestoreOutOfMemory
 from utils.eval.report import summary_table, write_results
 from utils.eval.tasks import find_task_sets, paired_set
 from utils.streams import PIPE_CLOSED_STATUS
@@ -2322,11 +2322,18 @@ def test_the_comparison_figure_shows_degraded_restored_and_target_with_their_own
     figures = []
     monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kw: figures.append(fig) or Path(path))
     deg, out, tar = (np.full((8, 8, 3), v, np.uint8) for v in (10, 120, 250))
-    save_comparison_figure([("a.png", deg, out, tar, 31.5, 0.912, 22.25, 0.654)], tmp_path / "f.png", "t")
+    caption = Protocol(metric_space="y", ssim="gaussian", crop_border=2).scores_caption()
+    save_comparison_figure([("a.png", deg, out, tar, 31.5, 0.912, 22.25, 0.654)], tmp_path / "f.png", "t", caption)
     [fig] = figures
     axes = [ax for ax in fig.axes if ax.images]
-    assert [ax.title.get_text() for ax in axes] == ["degraded 22.25 dB / 0.654\na.png", "restored 31.50 dB / 0.912",
-                                                    "target"]
+    assert [ax.title.get_text() for ax in axes] == ["degraded: PSNR 22.25 dB, SSIM 0.654\na.png",
+                                                    "restored: PSNR 31.50 dB, SSIM 0.912", "target"]
+    # the numbers say what they are: which channels, which SSIM, the border the scores leave out but the panels show
+    assert fig._suptitle.get_text() == ("t\nPSNR (dB) / SSIM against the target on the Y channel (BT.601); SSIM with "
+                                        "an 11x11 Gaussian window (BasicSR), a 2-px border left out of both (shown "
+                                        "here)")
+    assert Protocol().scores_caption() == ("PSNR (dB) / SSIM against the target on 8-bit RGB; SSIM with "
+                                           "scikit-image's 7x7 uniform window")
     assert [int(ax.images[0].get_array()[0, 0, 0]) for ax in axes] == [10, 120, 250]
 
 

@@ -266,7 +266,8 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
     if figs_dir is not None and fig_rows:
         figure = figs_dir / (figure_name or figure_names([eval_set.name])[0])
         try:
-            result["figure"] = str(save_comparison_figure(fig_rows, figure, eval_set.name))
+            result["figure"] = str(save_comparison_figure(fig_rows, figure, eval_set.name,
+                                                                protocol.scores_caption()))
         except (UserError, OSError) as exc:  # the row's scores are kept though its figure is not
             raise _write_stopped(exc, str(figure), eval_set.name, result) from exc
     return result

@@ -103,6 +103,15 @@ class Protocol:
         free = available_bytes(device)
         return self if free is None else replace(self, memory_budget=int(0.9 * free))
 
+    def scores_caption(self) -> str:
+        """What the PSNR/SSIM of a figure are, in a line: the channels scored, the SSIM window, any border left out
+        (a figure shows the whole image, so a cropped border must be said)."""
+        space = {"rgb": "8-bit RGB", "y": "the Y channel (BT.601)"}[self.metric_space]
+        window = {"skimage": "SSIM with scikit-image's 7x7 uniform window",
+                  "gaussian": "SSIM with an 11x11 Gaussian window (BasicSR)"}[self.ssim]
+        border = f", a {self.crop_border}-px border left out of both (shown here)" if self.crop_border else ""
+        return f"PSNR (dB) / SSIM against the target on {space}; {window}{border}"
+
     def describe(self) -> dict[str, Any]:
         """The protocol as written to results.json (values plus what they mean)."""
         d = asdict(self)

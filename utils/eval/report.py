@@ -183,20 +183,21 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
     return paths
 
 
-def save_comparison_figure(rows: Sequence[tuple], path: str | Path, title: str) -> Path:
+def save_comparison_figure(rows: Sequence[tuple], path: str | Path, title: str, caption: str = "") -> Path:
     """degraded | restored | target, one line per image; ``rows`` of ``(name, deg, out, tar, psnr, ssim,
-    input_psnr, input_ssim)``: the restoration's and the degraded input's scores against the target."""
+    input_psnr, input_ssim)``: the restoration's and the degraded input's scores against the target.
+    ``caption`` (under the title) says how they were scored (:meth:`utils.eval.protocol.Protocol.scores_caption`)."""
     from utils.plotting import new_figure, save_figure
 
     fig = new_figure(figsize=(9, 3 * len(rows)))
     axes = fig.subplots(len(rows), 3, squeeze=False)
     for r, (name, deg, out, tar, p, s, p_in, s_in) in enumerate(rows):
-        for c, (img, label) in enumerate(((deg, f"degraded {p_in:.2f} dB / {s_in:.3f}\n{name}"),
-                                          (out, f"restored {p:.2f} dB / {s:.3f}"),
+        for c, (img, label) in enumerate(((deg, f"degraded: PSNR {p_in:.2f} dB, SSIM {s_in:.3f}\n{name}"),
+                                          (out, f"restored: PSNR {p:.2f} dB, SSIM {s:.3f}"),
                                           (tar, "target"))):
             axes[r, c].imshow(img)
             axes[r, c].set_title(label, fontsize=8)
             axes[r, c].axis("off")
-    fig.suptitle(title)
+    fig.suptitle(f"{title}\n{caption}" if caption else title, fontsize=9 if caption else None)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)  # a link at ``path`` is replaced, not written through
