@@ -1,5 +1,6 @@
 """Loading every accepted checkpoint format, and refusing files that try to run code; saving, rotation, choosing
 the checkpoint to resume, and what a resume restores (unit level: no training run)."""
+import json
 import os
 import pickle
 import warnings
@@ -262,8 +263,6 @@ def test_rotation_keeps_the_newest_and_never_the_checkpoint_latest_names(tmp_pat
     """keep=0 keeps every checkpoint, keep=1 the newest alone; a checkpoint ``latest`` names is never deleted, even
     when one further on sorts after it (a resume with another batch saves iter_e002_i000002 beside the
     i000004 it resumed): deleting it would leave ``latest`` naming nothing, the save just made lost."""
-    import json
-
     for epoch in (1, 2, 3):
         _save(tmp_path, epoch, 0)
     assert _names(tmp_path) == ["epoch_001.pth", "epoch_002.pth", "epoch_003.pth", "latest"]
@@ -278,8 +277,6 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_latest_as_they_were(tm
     """A save that fails mid-write (a full disk, a kill) leaves no torn checkpoint under its name, which the
     tester's newest-checkpoint and ``--resume auto`` would otherwise pick, and ``latest`` still naming the last
     whole one (it is written after the checkpoint)."""
-    import json
-
     from utils.checkpoints import newest_checkpoint, read_latest, resume_candidates
 
     _save(tmp_path, 1, 0)
@@ -314,6 +311,47 @@ def test_without_a_usable_latest_the_furthest_checkpoint_is_resumed_then_the_one
     assert read_latest(tmp_path).name == "iter_e003_i000001.pth"
     assert [p.name for p in resume_candidates("auto", tmp_path)[0]] == [
         "iter_e003_i000001.pth", "epoch_002.pth", "iter_e002_i000002.pth", "epoch_001.pth"]
+
+
+@pytest.mark.parametrize("named", ["../other/epoch_002.pth", "log.jsonl", "sub/epoch_002.pth"])
+def test_a_latest_naming_anything_but_a_checkpoint_of_its_folder_is_passed_over_and_said(tmp_path, named):
+    """A hand-edited ``latest`` naming ../other/epoch_002.pth made --resume auto continue another run in this
+    folder (its own files set aside); one naming log.jsonl was read as a damaged checkpoint. The pointer is now
+    followed only to a checkpoint name of its own folder; otherwise the newest by name is used, and the
+    trainer's --resume auto and the tester's --model say so."""
+    from utils.checkpoints import read_latest, resolve_checkpoint, resume_candidates
+    run, other = tmp_path / "run", tmp_path / "other"
+    for folder in (run, other, run / "sub"):
+        folder.mkdir()
+    (run / "epoch_001.pth").write_bytes(b"1")
+    (run / "log.jsonl").write_text("{}\n")
+    (other / "epoch_002.pth").write_bytes(b"2")
+    (run / "sub" / "epoch_002.pth").write_bytes(b"2")
+    (run / "latest").write_text(json.dumps({"checkpoint": named}))
+    assert read_latest(run) == run / "epoch_001.pth"
+    found, note = resume_candidates("auto", run)
+    said = (f"(latest names {named}, which is not a checkpoint name of this folder (epoch_NNN.pth or "
+            f"iter_eNNN_iNNNNNN.pth): the newest checkpoint by name is used)")
+    assert found == [run / "epoch_001.pth"] and note == f"--resume auto: continuing epoch_001.pth {said}"
+    assert resume_candidates(str(run), tmp_path / "elsewhere")[1].endswith(said)
+    assert resolve_checkpoint(run / "latest") == (run / "epoch_001.pth",
+                                                  f"--model {run / 'latest'}: using {run / 'epoch_001.pth'} {said}")
+
+
+def test_resume_auto_says_when_latest_is_passed_over(tmp_path):
+    """A damaged ``latest``, or one naming a checkpoint that is gone: --resume auto continued the newest by name
+    without a word (the tester said it)."""
+    from utils.checkpoints import resume_candidates
+    (tmp_path / "epoch_001.pth").write_bytes(b"1")
+    (tmp_path / "latest").write_text('{"checkpoint": "epoch_001.pth"}')
+    assert resume_candidates("auto", tmp_path) == ([tmp_path / "epoch_001.pth"], None)  # nothing to say
+    (tmp_path / "latest").write_text("garbage")
+    assert resume_candidates("auto", tmp_path)[1] == ("--resume auto: continuing epoch_001.pth (its latest pointer "
+                                                      "cannot be read: the newest checkpoint by name is used)")
+    (tmp_path / "latest").write_text('{"checkpoint": "epoch_099.pth"}')
+    assert resume_candidates("auto", tmp_path)[1] == ("--resume auto: continuing epoch_001.pth (latest names "
+                                                      "epoch_099.pth, which is not there: the newest checkpoint by "
+                                                      "name is used)")
 
 
 def test_of_the_saves_a_pointer_missed_the_furthest_is_the_newest(tmp_path):

@@ -89,18 +89,27 @@ def read_latest(output_dir: str | os.PathLike) -> Path | None:
 
     A save writes its checkpoint, then ``latest``: a checkpoint further on than the one ``latest`` names and
     written after it (by modification time) is a save whose pointer a kill cut off, and is the newest.
+    ``latest`` is only followed to a checkpoint of this folder by its own name (``epoch_NNN.pth``,
+    ``iter_eNNN_iNNNNNN.pth``): an edited pointer naming ``../other_run/epoch_002.pth`` or ``log.jsonl`` is
+    passed over (:func:`pointer_note` says so), never followed out of the run.
     """
     folder = Path(output_dir)
     pointer = folder / LATEST
-    if pointer.is_file():
-        try:
-            name = json.loads(pointer.read_text())["checkpoint"]
-            if (folder / name).is_file():
-                return _saved_after(folder / name, pointer) or folder / name
-        except (ValueError, KeyError, TypeError, OSError):
-            pass
+    name = _pointer_name(pointer)
+    if name is not None and (folder / name).is_file():
+        return _saved_after(folder / name, pointer) or folder / name
     found = list_checkpoints(folder)
     return found[-1] if found else None
+
+
+def _pointer_name(pointer: Path) -> str | None:
+    """The checkpoint name the ``latest`` file ``pointer`` holds when it is one of its folder's own names (see
+    :func:`read_latest`), else None (no pointer, unreadable, or naming something else)."""
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+    return name if isinstance(name, str) and progress_of(name) is not None else None
 
 
 def _saved_after(named: Path, pointer: Path) -> Path | None:
@@ -168,13 +177,13 @@ def resolve_checkpoint(path: str | os.PathLike, flag: str = "--model") -> tuple[
         if found is None:
             raise CheckpointError(f"{flag} {path}: that folder holds no checkpoint (.pth/.pt); pass a checkpoint "
                                   f"file or the output folder of a training run")
-        return found, f"{flag} {path} is a folder: using its newest checkpoint, {found}" + _pointer_note(path, found)
+        return found, f"{flag} {path} is a folder: using its newest checkpoint, {found}" + pointer_note(path, found)
     if path.name == LATEST and path.is_file():
         found = read_latest(path.parent)
         if found is None:
             raise CheckpointError(f"{flag} {path}: the pointer names no checkpoint that exists in {path.parent}")
-        if _pointer_note(path.parent, found):
-            return found, f"{flag} {path}: using {found}" + _pointer_note(path.parent, found)
+        if pointer_note(path.parent, found):
+            return found, f"{flag} {path}: using {found}" + pointer_note(path.parent, found)
         return found, f"{flag} {path} points to {found}"
     if path.exists() and not path.is_file():  # a FIFO, a device: reading it would hang or read garbage
         raise CheckpointError(f"{flag} {path}: not a regular file (a pipe or a device). Pass a checkpoint file, a "
@@ -186,10 +195,12 @@ def resolve_checkpoint(path: str | os.PathLike, flag: str = "--model") -> tuple[
     return path, None
 
 
-def _pointer_note(folder: Path, found: Path) -> str:
+def pointer_note(folder: str | os.PathLike, found: Path) -> str:
     """``""`` when ``folder`` has no ``latest`` or it names ``found``; else the sentence saying why ``found`` is
-    used instead of what the pointer names (it is not there, a later save outran the pointer, or the pointer
-    cannot be read), so that evaluating another checkpoint than the one named is never silent."""
+    used instead of what the pointer names (it is not there, it is not a checkpoint name of this folder, a later
+    save outran the pointer, or the pointer cannot be read), so that evaluating or resuming another checkpoint
+    than the one named is never silent."""
+    folder = Path(folder)
     pointer = folder / LATEST
     if not pointer.is_file():
         return ""
@@ -199,6 +210,9 @@ def _pointer_note(folder: Path, found: Path) -> str:
             raise TypeError(named)
     except (ValueError, KeyError, TypeError, OSError):
         return f" (its {LATEST} pointer cannot be read: the newest checkpoint by name is used)"
+    if progress_of(named) is None:
+        return (f" ({LATEST} names {named}, which is not a checkpoint name of this folder (epoch_NNN.pth or "
+                f"iter_eNNN_iNNNNNN.pth): the newest checkpoint by name is used)")
     if (folder / named).resolve() == found.resolve():
         return ""
     if not (folder / named).is_file():

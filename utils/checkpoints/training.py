@@ -16,6 +16,7 @@ from utils.checkpoints.folder import (
     LATEST,
     checkpoint_name,
     list_checkpoints,
+    pointer_note,
     read_latest,
     remove_stale_temporaries,
     rotate,
@@ -219,7 +220,8 @@ def resume_candidates(resume: str | None, output_dir: str | os.PathLike) -> tupl
         found = _newest_first(output_dir)
         if not found:
             return [], f"--resume auto: no checkpoint in {output_dir}; starting a fresh run"
-        return found, None
+        note = pointer_note(output_dir, found[0])  # a latest edited or damaged: which checkpoint is used, and why
+        return found, f"--resume auto: continuing {found[0].name}{note}" if note else None
     path = Path(resume)
     if path.name == LATEST and path.is_file():  # a run's pointer: that run, from the checkpoint it names
         path = path.parent
@@ -230,7 +232,8 @@ def resume_candidates(resume: str | None, output_dir: str | os.PathLike) -> tupl
                                   f"iter_eNNN_iNNNNNN.pth); pass a checkpoint file, or --resume auto to continue "
                                   f"the run in --output-dir")
         what = "a run's pointer" if Path(resume).name == LATEST else "a folder"
-        return found, f"--resume {resume} is {what}: continuing its newest checkpoint, {found[0].name}"
+        return found, (f"--resume {resume} is {what}: continuing its newest checkpoint, {found[0].name}"
+                       f"{pointer_note(path, found[0])}")
     if not path.is_file():
         raise CheckpointError(f"--resume {resume}: no such file or folder; nothing was written. Check the path, "
                               f"use --resume auto to continue the newest checkpoint in --output-dir, or leave "
