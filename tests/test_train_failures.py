@@ -134,6 +134,31 @@ def test_trainer_failures_are_one_error_line_and_debug_shows_the_traceback(data,
     assert not list((tmp_path / "ckpt").glob("*.pth")) and not list((tmp_path / "ckpt").glob(".*.tmp"))
 
 
+def test_a_save_refused_by_its_folder_names_the_checkpoint_and_the_way_on(data, tmp_path, capsys, monkeypatch):
+    """A run folder made immutable (chattr +i) under a running training: the error named the hidden temporary
+    (".epoch_002.pth.<pid>.<random>.tmp") and gave no way on. Now it names the checkpoint, says the earlier ones
+    are as they were, and how to continue."""
+    import tempfile
+
+    from utils import files
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--nEpochs", "2"]
+    mkstemp = tempfile.mkstemp
+
+    def refusing(prefix="", suffix="", dir=None, **kw):
+        if prefix.startswith(".epoch_002.pth."):
+            raise PermissionError(1, "Operation not permitted", os.path.join(dir, f"{prefix}abcd1234{suffix}"))
+        return mkstemp(prefix=prefix, suffix=suffix, dir=dir, **kw)
+    monkeypatch.setattr(files.tempfile, "mkstemp", refusing)
+    assert engine.run_cli(get_args_parser().parse_args(flags)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    ckpt = tmp_path / "ckpt"
+    assert err == [f"error: permission denied: {ckpt / 'epoch_002.pth'} — choose a folder you can write to, or fix "
+                   f"its permissions. The checkpoint of epoch 2, iteration 1 was not saved; the checkpoints already "
+                   f"in {ckpt} and its latest are as they were: fix that, then continue with --resume auto (the "
+                   f"iterations since the last checkpoint are trained again)"], err
+    assert sorted(p.name for p in ckpt.glob("*.pth")) == ["epoch_001.pth"]
+
+
 def test_a_validation_failure_keeps_the_epochs_checkpoint(data, tmp_path, monkeypatch):
     """Validation ran before the epoch's checkpoint was written, so a bad validation pair (found only when read,
     after a whole epoch) or an out-of-memory there lost the epoch's training. A pair of two sizes is now refused

@@ -130,7 +130,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], s
     path.parent.mkdir(parents=True, exist_ok=True)
     if size is not None and shutil.disk_usage(path.parent).free < size + FREE_SPACE_MARGIN:
         raise disk_full(path, size, margin=FREE_SPACE_MARGIN)
-    fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a folder made read-only or immutable (chattr +i) meanwhile
+        named = _named_for(exc, exc.filename, path)
+        if named is exc:
+            raise
+        raise named from exc
     try:
         try:
             os.fchmod(fd, _new_file_mode(path))  # mkstemp's 0600 would hide the result from everyone else
@@ -148,13 +154,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], s
             raise disk_full(path, size) from exc
         if any(isinstance(e, OSError) and e.errno == errno.EFBIG for e in exception_chain(exc)):
             raise FileTooLargeError(file_too_large(f"writing {path.name} to {path.parent}")) from exc
-        raise
+        named = _named_for(exc, tmp, path)
+        if named is exc:
+            raise
+        raise named from exc
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
     return path
+
+
+def _named_for(exc: BaseException, tmp: str | None, path: Path) -> BaseException:
+    """``exc`` as the user should read it: an ``OSError`` about :func:`atomic_write`'s hidden temporary ``tmp``
+    ("permission denied: .../.epoch_003.pth.2626.d0g1.tmp") renamed after ``path``, the file being written;
+    anything else as it is."""
+    if isinstance(exc, OSError) and tmp is not None and exc.filename == tmp:
+        return type(exc)(exc.errno, exc.strerror, str(path))
+    return exc
 
 
 # A temporary of atomic_write: '.<name>.<pid>.<8 random characters>.tmp' (older versions: no pid).

@@ -41,7 +41,7 @@ from utils.dataset_utils import (
     MixedDegradationDataset,
     iterations_per_epoch,
 )
-from utils.errors import UsageError, run_main, said_by_this_rank
+from utils.errors import UsageError, UserError, failure_message, run_main, said_by_this_rank
 from utils.eval.evaluation import EvaluationStopped, evaluate_set
 from utils.eval.protocol import NonFiniteOutput, Protocol
 from utils.eval.tasks import EvalItem, EvalSet
@@ -314,6 +314,11 @@ def build_training(args: argparse.Namespace, model: nn.Module, pots: Potentials 
                     compile_mode=mode, compile_backend=getattr(args, "compile_backend", "inductor"))
 
 
+class CheckpointNotSaved(UserError):
+    """A checkpoint could not be written (a full disk, a folder made read-only or immutable under a running
+    training): what went wrong, that the checkpoints already there are untouched, and how to go on."""
+
+
 @dataclass
 class Saver:
     """``save(state)``: refuse non-finite weights, write the checkpoint on rank 0, wait for all ranks."""
@@ -335,7 +340,18 @@ class Saver:
                 self.board.flush()
             ckpt = training_checkpoint(t.model_without_ddp, t.potentials, t.optimizer, t.potentials_optimizer,
                                        t.scaler, state, state.iteration >= self.iters, self.meta)
-            self.console(f"=> checkpoint {save_training_checkpoint(ckpt, self.output_dir, keep=self.keep)}")
+            try:
+                saved = save_training_checkpoint(ckpt, self.output_dir, keep=self.keep)
+            except (OSError, UserError) as exc:
+                found = failure_message(exc)
+                if found is None:
+                    raise
+                raise CheckpointNotSaved(
+                    f"{found[0]}. The checkpoint of epoch {state.epoch}, iteration {state.iteration} was not saved; "
+                    f"the checkpoints already in {self.output_dir} and its latest are as they were: fix that, then "
+                    f"continue with --resume auto (the iterations since the last checkpoint are trained again)"
+                ) from exc
+            self.console(f"=> checkpoint {saved}")
         barrier(t.info)
 
 
