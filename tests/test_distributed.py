@@ -95,6 +95,57 @@ def test_two_ranks_agree_on_rank_0s_values_sums_means_and_weights():
         assert said[rank]["digest"] == weights_digest(small_net(0))  # parameters and buffers are rank 0's
 
 
+def rank_that_loses_its_peer(rank: int, port: int, results) -> None:
+    """Rank 1 joins and dies (os._exit, as a SIGKILL leaves no goodbye); rank 0 then sums over both, as every
+    training iteration does, and reports what run_main would print for the failure."""
+    try:
+        torch.set_num_threads(1)
+        os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+        os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+        info = init_distributed_mode("cpu", log=lambda _: None)
+        all_reduce_sum(torch.ones(1), info)  # both are in
+        if rank == 1:
+            os._exit(0)
+        import time
+        time.sleep(1.0)
+        from utils.errors import failure_message
+        try:
+            all_reduce_sum(torch.ones(1), info)
+            results.put((rank, "the sum went through without its peer"))
+        except RuntimeError as exc:
+            results.put((rank, (failure_message(exc), traceback.format_exc())))
+    except BaseException:
+        results.put((rank, traceback.format_exc()))
+
+
+def test_a_rank_whose_peer_died_says_so_in_one_line_not_gloos_traceback():
+    """One rank killed mid-epoch: the other printed a 30-line traceback ending in gloo's 'Read error ...
+    Connection reset by peer', which the project did not recognise as a failure the user acts on."""
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=rank_that_loses_its_peer, args=(rank, port, results)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        rank, said = results.get(timeout=60)
+    except queue.Empty:
+        pytest.fail("rank 0 did not answer within 60 s")
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    assert rank == 0 and isinstance(said, tuple), said
+    found, trace = said
+    assert found is not None, trace
+    message, status = found
+    assert status == 1 and message.startswith("another process of this torchrun group stopped, and this one lost "
+                                              "its connection to it (") and "\n" not in message, message
+    assert message.endswith("fix the cause, then continue with --resume auto"), message
+
+
 def test_a_process_alone_leaves_every_value_as_it_is():
     """No process group exists here: a collective called would raise."""
     assert not dist.is_initialized()

@@ -181,6 +181,13 @@ def failure_message(exc: BaseException) -> tuple[str, int] | None:
             message = _os_message(e)
             if message:
                 return message, 1
+    for e in chain:
+        if _lost_peer(e):
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return (f"another process of this torchrun group stopped, and this one lost its connection to it "
+                    f"({detail}); that process's own error: line says why (a process killed outright, e.g. out "
+                    f"of host memory, says nothing). The checkpoints already saved and latest are as they were: "
+                    f"fix the cause, then continue with --resume auto", 1)
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", INTERRUPTED_STATUS
     if any(isinstance(e, MemoryError) for e in chain):
@@ -193,6 +200,21 @@ def failure_message(exc: BaseException) -> tuple[str, int] | None:
             detail = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown OpenCV error"
             return f"OpenCV failed: {detail}", 1
     return None
+
+
+# What gloo and NCCL say when the process at the other end of a collective is gone (killed, or ended by its own
+# error): torch raises them as a plain RuntimeError (gloo) or one of torch.distributed's DistError kinds.
+_LOST_PEER = re.compile(r"Connection (?:reset|closed) by peer|gloo/transport/.*(?:Read|Write) error|"
+                        r"NCCL communicator was aborted|remote process exited or there was a network error")
+
+
+def _lost_peer(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another rank of the group is gone (see :data:`_LOST_PEER`);
+    the store's own errors (a rank that never joined) are not."""
+    kind = type(e).__name__
+    if type(e).__module__.startswith("torch") and kind in ("DistBackendError", "DistNetworkError"):
+        return True
+    return isinstance(e, RuntimeError) and bool(_LOST_PEER.search(str(e)))
 
 
 _STARTING_STOPPED = "error: interrupted while starting; nothing was written"
