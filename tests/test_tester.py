@@ -1950,6 +1950,42 @@ def test_keeping_aside_together_whose_move_back_fails_names_the_folder_holding_w
     assert not list(b.glob("results.before-*"))
 
 
+@pytest.mark.parametrize("landed", ["before", "after"])
+@pytest.mark.parametrize("after", [0, 1, 2])
+def test_a_stop_signal_while_keeping_aside_moves_everything_back(tmp_path, monkeypatch, after, landed):
+    """Ctrl-C or SIGTERM (which the scripts raise as KeyboardInterrupt) landing among keep-aside's moves left the
+    earlier run half in its folder and half aside: the rollback ran only for OSError. ``after``: the renames done
+    before the stop; it lands in the next one, ``landed`` before or after the kernel renamed."""
+    from utils.files import keep_aside, keep_aside_together
+    a, b = tmp_path / "a", tmp_path / "b"
+    for f in (a / "x" / "1.png", a / "2.png", b / "3.png"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(f.name)
+    before = {**{f"a/{k}": v for k, v in _contents(a).items()}, **{f"b/{k}": v for k, v in _contents(b).items()}}
+    rename, count = os.rename, []
+
+    def stopped(src, dst, *args, **kwargs):  # one stop, as one signal; the moves back are not stopped
+        count.append(src)
+        if len(count) != after + 1:
+            return rename(src, dst, *args, **kwargs)
+        if landed == "after":
+            rename(src, dst, *args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "rename", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        keep_aside_together([([a / "x" / "1.png", a / "2.png"], a / "results"), ([b / "3.png"], b / "results")])
+    monkeypatch.setattr(os, "rename", rename)
+    assert {**{f"a/{k}": v for k, v in _contents(a).items()}, **{f"b/{k}": v for k, v in _contents(b).items()}} \
+        == before
+    assert not list(a.glob("results.before-*")) and not list(b.glob("results.before-*"))
+    count.clear()
+    monkeypatch.setattr(os, "rename", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        keep_aside([a / "x" / "1.png", a / "2.png", b / "3.png"], tmp_path / "results")
+    monkeypatch.setattr(os, "rename", rename)
+    assert not list(tmp_path.glob("results.before-*")) and (a / "x" / "1.png").is_file() and (b / "3.png").is_file()
+
+
 def _refuse_moves(monkeypatch, refused):
     """``os.rename`` refusing (EPERM, as for an immutable folder: ``chattr +i``) each move for which
     ``refused(source, destination)`` is true; the others are done. Root can write a folder without write

@@ -315,6 +315,10 @@ def keep_aside_together(groups: Sequence[tuple[Sequence[Path], Path]]) -> list[P
                              f"moved back, for {stuck[0][1][0][0]} ({stuck[0][1][0][1]}): they are still in "
                              f"{folders}, each at the place it had beside that folder", exc.fix,
                              undo="move them back from there, then ") from exc
+    except BaseException:  # Ctrl-C or a stop signal: the folders kept aside before it go back too
+        for folder, moved in reversed(done):
+            _move_back(moved, folder)
+        raise
     for (paths, name), (folder, _) in zip(groups, done):
         _remove_emptied(paths, name.parent)
     return [folder for folder, _ in done]
@@ -332,16 +336,26 @@ def _move_aside(paths: Sequence[Path], name: Path) -> tuple[Path, list[tuple[Pat
         except FileExistsError:
             n += 1
     moved: list[tuple[Path, Path]] = []
-    for p in paths:
-        dest = folder / Path(p).relative_to(name.parent)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(p, dest)
-        except FileNotFoundError:  # moved away meanwhile (another run keeping the same shared folder's files)
-            continue
-        except OSError as exc:
-            raise _moved_back(moved, folder, Path(p), dest, exc) from exc
-        moved.append((Path(p), dest))
+    try:
+        for p in paths:
+            dest = folder / Path(p).relative_to(name.parent)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _moved_back(moved, folder, Path(p), dest, exc) from exc
+            moved.append((Path(p), dest))  # before the rename: a stop signal landing between the two is undone too
+            try:
+                os.rename(p, dest)
+            except FileNotFoundError:  # moved away meanwhile (another run keeping the same shared folder's files)
+                moved.pop()
+            except OSError as exc:
+                moved.pop()
+                raise _moved_back(moved, folder, Path(p), dest, exc) from exc
+    except KeepAsideError:
+        raise
+    except BaseException:  # Ctrl-C or a stop signal (SIGTERM) mid-move: what moved goes back before it is raised
+        _move_back(moved, folder)
+        raise
     return folder, moved
 
 
@@ -386,6 +400,8 @@ def _move_back(moved: list[tuple[Path, Path]], folder: Path, also_made: Sequence
     ``(source, why)`` of each file still in ``folder``."""
     stuck: list[tuple[Path, str]] = []
     for source, dest in reversed(moved):
+        if not os.path.lexists(dest) and os.path.lexists(source):  # recorded, then stopped before its rename
+            continue
         try:
             if os.path.lexists(source):
                 raise FileExistsError(errno.EEXIST, "another file took its name meanwhile", str(source))
