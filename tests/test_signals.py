@@ -254,3 +254,38 @@ def test_stopping_loader_workers_kills_the_daemonic_children_alone_and_keeps_the
             if p.is_alive():
                 p.kill()
             p.join(10)
+
+
+_TERM_AT_DATA = """import os, runpy, signal, sys, time
+from utils.train import engine
+def check_run(*args, **kwargs):  # SIGTERM while the trainer checks its flags and data, after its imports
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+engine.check_run = check_run
+sys.argv = [{script!r}, *{argv!r}]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("script", ["trainer_bary.py", "trainer_bary_ddp.py"])
+def test_sigterm_while_a_trainer_starts_is_one_line(script, tmp_path):
+    """kill / timeout / a scheduler's SIGTERM in a trainer's start-up (its checks of the data take minutes on the
+    real sets) ended it without a word (status -15); its own stop is installed only when training begins."""
+    argv = ["--preset", "tiny", "--device", "cpu", "--output-dir", str(tmp_path / "out")]
+    code = _TERM_AT_DATA.format(script=script, argv=argv)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "error: interrupted\n"), done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_while_a_script_imports_is_held_then_one_line(tmp_path):
+    """SIGTERM in the second or so a script imports torch ended it without a word (status 143 from the kernel);
+    it is now held like Ctrl-C until the imports end, then said."""
+    (tmp_path / "torch.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\n"
+                                       "time.sleep(0.3)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    done = subprocess.run([sys.executable, "tester_bary.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stderr, done.stdout) == (
+        143, "error: stopped by SIGTERM while starting; nothing was written\n", ""), done.stderr

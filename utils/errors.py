@@ -220,44 +220,57 @@ def _lost_peer(e: BaseException) -> bool:
 _STARTING_STOPPED = "error: interrupted while starting; nothing was written"
 
 
+def _stopped_while_starting_line(signum: int) -> tuple[str, int]:
+    """The line and exit status for ``signum`` (SIGINT: Ctrl-C; SIGTERM: kill, timeout, a scheduler) while a
+    script starts: the shell's 128 + signal number."""
+    if signum == signal.SIGINT:
+        return _STARTING_STOPPED, INTERRUPTED_STATUS
+    return f"error: stopped by {signal.Signals(signum).name} while starting; nothing was written", 128 + signum
+
+
 @contextlib.contextmanager
 def stopped_while_starting():
-    """Around a script's imports (torch takes seconds to load): Ctrl-C there ends the script with one line
-    and the shell's status 130 instead of a traceback through the import machinery. Nothing has started
-    yet, so nothing is lost.
+    """Around a script's imports (torch takes seconds to load): Ctrl-C (or SIGTERM: ``kill``, ``timeout``, a job
+    scheduler) there ends the script with one line and the shell's status (130, 143) instead of a traceback
+    through the import machinery, or, for SIGTERM, an exit without a word. Nothing has started yet, so nothing
+    is lost.
 
-    The Ctrl-C is held until the imports end rather than raised where it lands: a KeyboardInterrupt inside an
+    The signal is held until the imports end rather than raised where it lands: a KeyboardInterrupt inside an
     import left numpy or scikit-image half loaded (the next name looked up in it raised RecursionError or
     ImportError, printed as a traceback) or crossed torch's C++ (``terminate called``, a core dump). A second
-    Ctrl-C ends the process at once, with the same line. A SIGINT this process ignores (``nohup``, a
-    background job) stays ignored."""
+    Ctrl-C ends the process at once, with the same line. A signal this process ignores (``nohup``, a
+    background job's SIGINT) stays ignored, and one with a handler of its own keeps it."""
     interrupted: list[int] = []
 
     def hold(signum, frame):
-        if interrupted:  # the second: the user does not want to wait for the imports
+        if signum == signal.SIGINT and signal.SIGINT in interrupted:  # the second Ctrl-C: do not wait for imports
             print(_STARTING_STOPPED, file=sys.stderr, flush=True)
             os._exit(INTERRUPTED_STATUS)
         interrupted.append(signum)
 
+    held = []
     try:
-        held = signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        if held:
-            signal.signal(signal.SIGINT, hold)
+        for s, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(s) is default:
+                signal.signal(s, hold)
+                held.append((s, default))
     except ValueError:  # not the main thread: signals go to the main thread anyway
-        held = False
+        pass
     try:
         yield
     except BaseException as exc:
         if interrupted or any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc)):
-            print(_STARTING_STOPPED, file=sys.stderr)
-            sys.exit(INTERRUPTED_STATUS)
+            line, status = _stopped_while_starting_line(interrupted[0] if interrupted else signal.SIGINT)
+            print(line, file=sys.stderr)
+            sys.exit(status)
         raise
     finally:
-        if held:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s, default in held:
+            signal.signal(s, default)
     if interrupted:
-        print(_STARTING_STOPPED, file=sys.stderr)
-        sys.exit(INTERRUPTED_STATUS)
+        line, status = _stopped_while_starting_line(interrupted[0])
+        print(line, file=sys.stderr)
+        sys.exit(status)
 
 
 def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,
