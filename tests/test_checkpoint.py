@@ -213,14 +213,44 @@ def test_a_save_whose_pointer_a_kill_cut_off_is_still_the_newest(tmp_path):
     assert read_latest(tmp_path).name == "iter_e002_i000008.pth"
 
 
-@pytest.mark.parametrize("content, why", [(b"", "the file is empty"), (b"hello\n", "KeyError"),
-                                          (b"print('a script')\n", "UnpicklingError")])
+@pytest.mark.parametrize("content, why", [(b"", "the file is empty"), (b"\x80\x04garbage", "UnpicklingError")])
 def test_a_file_that_is_not_a_checkpoint_says_what_to_do(tmp_path, content, why):
     """A text file given as a checkpoint gave 'UnpicklingError: could not find MARK' and no fix."""
     path = tmp_path / "not_a_checkpoint.pth"
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=rf"{why}.*not a PyTorch checkpoint: copy or download it again"):
         read_checkpoint(path)
+
+
+@pytest.mark.parametrize("content, kind", [(b"hello\n", "a text file"), (b"print('a script')\n", "a text file"),
+                                          (b'{"epoch": 1, "psnr": 30.1}\n', "a JSON file"),
+                                          ("caf\u00e9 \u00e9t\u00e9".encode() * 60, "a text file"),
+                                          (b"\x89PNG\r\n\x1a\n" + bytes(64), "a PNG image"),
+                                          (b"\xff\xd8\xff\xe0" + bytes(64), "a JPEG image")])
+def test_a_file_that_is_plainly_something_else_is_named_as_such(tmp_path, content, kind):
+    """The run's loss figure or its log.jsonl given as --model was called 'damaged ... copy or download it again',
+    advice that fits a torn checkpoint, not a file that never was one."""
+    path = tmp_path / "x.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint(path)
+    assert str(refused.value) == (f"cannot read checkpoint {path}: it is {kind}, not a checkpoint. Pass a checkpoint "
+                                  f"file (the trainer's epoch_NNN.pth, a .pth/.pt of weights) or a run's output folder")
+
+
+def test_a_torn_checkpoint_names_its_runs_other_checkpoints_without_torchs_boilerplate(tmp_path):
+    """A run folder whose newest checkpoint is cut short: torch's five sentences about miniz, and no word of the
+    earlier checkpoints beside it that --model could take instead."""
+    for epoch in (1, 2):
+        torch.save({"epoch": epoch, "x": torch.ones(64)}, tmp_path / f"epoch_00{epoch}.pth")
+    torn = tmp_path / "epoch_002.pth"
+    torn.write_bytes(torn.read_bytes()[:200])
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint(torn)
+    said = str(refused.value)
+    assert said.startswith(f"cannot read checkpoint {torn}: ") and "internal miniz error" not in said, said
+    assert said.endswith(f"copy or download it again, or use another checkpoint ({tmp_path} holds others: "
+                         f"epoch_001.pth)"), said
 
 
 def test_a_pickle_of_a_newer_protocol_is_one_error_and_no_torch_warning(tmp_path):

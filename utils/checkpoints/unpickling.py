@@ -137,12 +137,43 @@ def _load(path: Path) -> Any:
         raise _unreadable(path, exc) from exc
 
 
+# The first bytes of files people pass as a checkpoint by mistake (an image of the run, its log)
+_NOT_CHECKPOINTS = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"\x1f\x8b", "a gzip archive"))
+
+
+def _kind_of(head: bytes) -> str | None:
+    """What a file starting with ``head`` is, when it is plainly not a checkpoint (an image, an archive, text);
+    None when it may be a damaged one."""
+    for magic, kind in _NOT_CHECKPOINTS:
+        if head.startswith(magic):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    text = head.decode("utf-8", errors="replace").rstrip("\ufffd")  # a character cut at the end of ``head`` is text
+    if text and all((c.isprintable() or c.isspace()) and c != "\ufffd" for c in text):
+        return "a JSON file" if text.lstrip().startswith(("{", "[")) else "a text file"
+    return None
+
+
 def _unreadable(path: Path, exc: Exception) -> CheckpointError:
-    """The error for a file ``torch.load`` could not read, with what to do about it."""
+    """The error for a file ``torch.load`` could not read, with what to do about it: a file that is plainly
+    something else (an image, a log) is named as such; a damaged one says so, and which other checkpoints its
+    run's folder holds."""
     try:
-        empty = path.stat().st_size == 0
+        with open(path, "rb") as fh:
+            head = fh.read(512)
     except OSError:
-        empty = False
-    why = "the file is empty" if empty else f"{type(exc).__name__}: {exc}".rstrip(": .")
-    return CheckpointError(f"cannot read checkpoint {path}: {why}. The file is damaged or not a PyTorch checkpoint: "
-                           f"copy or download it again, or use another checkpoint")
+        head = None
+    kind = _kind_of(head) if head else None
+    if kind is not None:
+        return CheckpointError(f"cannot read checkpoint {path}: it is {kind}, not a checkpoint. Pass a checkpoint "
+                               f"file (the trainer's epoch_NNN.pth, a .pth/.pt of weights) or a run's output folder")
+    detail = str(exc).split(". This is an internal miniz error")[0]  # torch's advice repeats ours, at length
+    why = "the file is empty" if head == b"" else f"{type(exc).__name__}: {detail}".rstrip(": .")
+    from utils.checkpoints.folder import list_checkpoints
+    others = [p.name for p in reversed(list_checkpoints(path.parent)) if p.name != path.name]
+    also = f" ({path.parent} holds others: {', '.join(others[:3])})" if others else ""
+    return CheckpointError(f"cannot read checkpoint {path}: {why}. The file is damaged (a save or a copy that did "
+                           f"not finish?) or not a PyTorch checkpoint: copy or download it again, or use another "
+                           f"checkpoint{also}")
