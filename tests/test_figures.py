@@ -124,6 +124,26 @@ def test_projection_titles_carry_the_measured_scores(projection):
     assert _nn_accuracy(wb, owners) == 1 and _nn_accuracy(res, labels) > 0.5
 
 
+def test_projection_gives_each_degradation_its_own_colour_and_refuses_rows_that_do_not_match():
+    """With 12 degradations deg0 and deg10 were drawn (and listed in the legend) in one colour; labels of another
+    length than the features ended in an IndexError."""
+    rng = np.random.default_rng(0)
+    labels = [f"deg{i}" for i in range(12)]
+    feats = rng.normal(size=(12, 8))
+    fig = embedding_projection_figure(feats, feats, labels)
+    try:
+        legend = fig.axes[1].get_legend()
+        colours = [tuple(h.get_color()) if not isinstance(h.get_color(), str) else h.get_color()
+                   for h in legend.legend_handles]
+        assert len(set(colours)) == 12
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match=r"labels has 11 rows, wb_feats 12: give one per view"):
+        embedding_projection_figure(feats, feats, labels[:11])
+    with pytest.raises(ValueError, match=r"at most 20 degradations"):
+        embedding_projection_figure(rng.normal(size=(21, 8)), rng.normal(size=(21, 8)), [str(i) for i in range(21)])
+
+
 def test_projection_panels_share_one_scale(projection):
     fig, *_ = projection
     panels = [ax for ax in fig.axes if ax.collections]

@@ -125,7 +125,15 @@ def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], phot
     kinds = list(dict.fromkeys(labels))
     photo_kinds = list(dict.fromkeys(photos)) if photos is not None else []
     markers = "osD^vP*Xph"
-    colours = matplotlib.colormaps["tab10"]
+    n = len(np.asarray(wb_feats))
+    for what, values in (("res_feats", res_feats), ("labels", labels), ("photos", photos)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"embedding_projection_figure: {what} has {len(values)} rows, wb_feats {n}: give one "
+                             f"per view")
+    if len(kinds) > 20 or len(photo_kinds) > len(markers):  # beyond that, colours (or marker shapes) repeat
+        raise ValueError(f"embedding_projection_figure tells at most 20 degradations and {len(markers)} photos apart "
+                         f"(got {len(kinds)} and {len(photo_kinds)}): draw fewer at a time")
+    colours = matplotlib.colormaps["tab10" if len(kinds) <= 10 else "tab20"]
     fig = new_figure(figsize=(11.5, 5.4), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     radii = []
@@ -136,8 +144,8 @@ def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], phot
         radii.append(radius)
         pts = (pts - pts.mean(axis=0, keepdims=True)) / radius
         for i, (x, y) in enumerate(pts):
-            marker = markers[photo_kinds.index(photos[i]) % len(markers)] if photos is not None else "o"
-            ax.scatter(x, y, s=34, marker=marker, color=colours(kinds.index(labels[i]) % 10), alpha=0.85,
+            marker = markers[photo_kinds.index(photos[i])] if photos is not None else "o"
+            ax.scatter(x, y, s=34, marker=marker, color=colours(kinds.index(labels[i])), alpha=0.85,
                        edgecolors="none")
         var = explained_variance(feats).numpy()
         ax.set_xlabel(f"PC 1 ({_percent(var[0])} of variance)")
@@ -150,8 +158,8 @@ def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], phot
                       f"(chance {_percent(nearest_neighbour_chance(photos))})")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], ls="", marker="o", color=colours(c % 10), label=k) for c, k in enumerate(kinds)]
-    handles += [Line2D([], [], ls="", marker=markers[c % len(markers)], color="0.4", label=f"photo {p}")
+    handles = [Line2D([], [], ls="", marker="o", color=colours(c), label=k) for c, k in enumerate(kinds)]
+    handles += [Line2D([], [], ls="", marker=markers[c], color="0.4", label=f"photo {p}")
                 for c, p in enumerate(photo_kinds)]
     axes[1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     what = f"{len(labels)} views" + (f" ({len(photo_kinds)} photos x {len(kinds)} degradations)" if photo_kinds else "")
