@@ -60,6 +60,8 @@ def test_comparison_with_the_published_numbers():
     five = comparison_lines(three_d(), "5d")  # GoPro, LOL absent: said, and left out of the average
     assert "| GoPro | (not evaluated) | | 29.51/0.889 | | |" in five
     assert five[-1].startswith("| Average of the 3 columns present |")
+    one = comparison_lines({"dehaze": row(31.0, 0.97, 500)}, "3d")  # said "Average of the 1 columns present"
+    assert one[-1].startswith("| Average of the 1 column present |"), one[-1]
 
 
 def test_rows_not_scored_as_the_papers_are_flagged_wherever_compared():

@@ -2350,6 +2350,14 @@ def test_the_lpips_column_sits_under_its_heading_to_four_decimals():
     assert dict(zip(cells(lines[0]), cells(lines[3])))["LPIPS"] == "0.1235"
 
 
+def test_the_closing_line_says_where_the_figures_went(bench, checkpoint, tmp_path, capsys):
+    """After a --figs run the last line named the results files only; the figures' folder was in results.json."""
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "dehaze", "--save", tmp_path / "s",
+        "--figs", "--figs-dir", tmp_path / "f", "--max-images", "1")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.endswith(f"results.md; figures: {tmp_path / 'f'}/ (2)"), last
+
+
 def test_the_comparison_figure_shows_degraded_restored_and_target_with_their_own_scores(tmp_path, monkeypatch):
     """Each line of the figure is the degraded image with its score, the restoration with its own, then the
     target, in that order."""

@@ -153,7 +153,8 @@ def comparison_lines(tasks: Mapping[str, Mapping[str, Any]], setting: str,
         n = len(ours)
         o = (sum(v[0] for v in ours) / n, sum(v[1] for v in ours) / n)
         t = (sum(v[0] for v in theirs) / n, sum(v[1] for v in theirs) / n)
-        label = "Average" if n == len(SETTINGS[setting]) else f"Average of the {n} columns present"
+        present = f"the {n} columns present" if n > 1 else "the 1 column present"
+        label = "Average" if n == len(SETTINGS[setting]) else f"Average of {present}"
         lines.append(f"| {label} | | {o[0]:.2f}/{o[1]:.3f} | {t[0]:.2f}/{t[1]:.3f} | {o[0] - t[0]:+.2f} | "
                      f"{o[1] - t[1]:+.3f} |")
     if flagged:

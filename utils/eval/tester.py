@@ -527,7 +527,9 @@ def _evaluate(args, model, info, sets: list[EvalSet], protocol: Protocol, device
         paths = _write_and_show(stop.results, save)
         raise _stopped(stop, f"{paths['json']} (.csv, .md)", kept) from stop
     paths = _write_and_show(results, save)
-    print(f"\nresults: {paths['json']}, {paths['csv']}, {paths['md']}")
+    drawn = [r["figure"] for r in results["tasks"].values() if r.get("figure")]
+    figures = f"; figures: {Path(drawn[0]).parent}/ ({len(drawn)})" if drawn else ""
+    print(f"\nresults: {paths['json']}, {paths['csv']}, {paths['md']}{figures}")
     if not any(r["count"] for r in results["tasks"].values()):
         raise _nothing_scored(", ".join(results["tasks"]), sum(r.get("skipped", 0) for r in results["tasks"].values()),
                               str(paths["md"]))
