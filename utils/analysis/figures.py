@@ -212,14 +212,16 @@ def pipeline_diagram(path: str | os.PathLike) -> Path:
     arrow(6.6, 3.1, 7.3, 3.1)
     arrow(6.6, 1.1, 7.3, 1.1)
     arrow(6.6, 1.3, 7.3, 2.9)
+    arrow(5.6, 2.7, 5.6, 1.5)  # r is z minus b: b enters the residual too
+    ax.text(5.38, 2.05, "b", fontsize=7.5)
     arrow(8.2, 1.5, 8.2, 2.7, "skips + 0.8 q")
     arrow(2.5, 2.6, 7.6, 3.5, rad=-0.25)
     ax.text(2.2, 3.2, "encoder skips e1..e3", fontsize=7.5)
     arrow(9.1, 3.1, 9.8, 3.1)
     arrow(5.85, 3.5, 5.85, 4.0, style="<|-|>")
     ax.text(5.95, 3.68, "f_k(b)", fontsize=7.5)
-    ax.text(0.1, 0.15, "map loss  =  mean_i lambda_k (transport c(z,b) + 0.05 (orthogonality <b,r> + contrastive on r)"
-            " - f_k(b))  +  Sigma * L1(y, target);   potentials: max over f, congruence sum_k lambda_k f_k = 0",
-            fontsize=8.2)
+    ax.text(0.1, 0.15, "map loss  =  mean_i lambda_k (transport c(z,b) + w (orthogonality <b,r> + contrastive on r)"
+            " - f_k(b))  +  Sigma * L1(y, target), w = 0.05 (DDP trainer: 0.02);   potentials: max over f, "
+            "congruence sum_k lambda_k f_k = 0", fontsize=7.6)
     ax.text(0.1, 4.6, "BaryIR", fontsize=13, weight="bold")
     return _save(fig, path)
