@@ -167,10 +167,10 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
     if isinstance(stored_cfg, Mapping):
         flags = " ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in given.items())
         where = f"{path}'s model_config" + (f" with {flags}" if flags else "")
+        if isinstance(stored_backbone, str):  # flags that contradict the file: said first, as that, whatever the
+            _check_flags_fit(path, stored_backbone, stored_cfg, asked_backbone, given)  # configuration then makes
         cfg = model_config("paper", source=where, backbone=backbone, **{**dict(stored_cfg), **given})
         source = "checkpoint"
-        if isinstance(stored_backbone, str):  # a valid configuration, but is it the file's?
-            _check_flags_fit(path, stored_backbone, stored_cfg, asked_backbone, given)
         if preset is not None:
             notes.append(f"--preset {preset} ignored: {path.name} carries its own configuration")
     else:
