@@ -308,8 +308,9 @@ def test_a_prompt_checkpoint_given_another_backbone_is_told_to_drop_the_flag(tmp
                 backbone=backbone), "backbone": backbone, "epoch": 1}, tmp_path / "epoch_001.pth")
     (tmp_path / "in").mkdir()
     _photos(tmp_path / "in", ["a.png"])
-    with pytest.raises(CheckpointError, match=rf"^--backbone {flag}: .*epoch_001.pth names its own network and "
-                                              rf"configuration \({backbone}\), and is built from them: drop --backbone$"):
+    said = rf"^--backbone {flag}: .*epoch_001.pth names its own network and configuration \({backbone}\), and is " \
+           rf"built from them: drop --backbone$"
+    with pytest.raises(CheckpointError, match=said):
         run("--model", tmp_path / "epoch_001.pth", "--backbone", flag, "--input", tmp_path / "in", "--save",
             tmp_path / "o")
 
