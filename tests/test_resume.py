@@ -379,6 +379,21 @@ def test_a_missing_pretrained_file_is_an_error(data, tmp_path):
     assert not (tmp_path / "ckpt" / "log.jsonl").exists()
 
 
+def test_a_pretrained_file_of_another_backbone_is_named_as_such(data, tmp_path):
+    """A PromptIR run's checkpoint given to a BaryNet run as --pretrained listed 54 missing keys and 33 shape
+    mismatches before the file's own backbone."""
+    from net.presets import build_model, model_config
+    path = tmp_path / "prompt.pth"
+    torch.save({"model": build_model("PromptIR", "tiny").state_dict(), "backbone": "PromptIR",
+                "model_config": model_config("tiny", backbone="PromptIR")}, path)
+    with pytest.raises(ConfigError) as refused:
+        run(data, tmp_path, "--nEpochs", "1", "--pretrained", str(path), iters=1)
+    assert str(refused.value) == (f"--pretrained {path}: the file holds a PromptIR network, and this run builds "
+                                  f"BaryNet (--backbone BaryNet): pass --backbone PromptIR with its configuration, or "
+                                  f"another checkpoint. The file records its network: --backbone PromptIR --preset "
+                                  f"tiny")
+
+
 def test_a_pretrained_file_of_another_network_names_the_flags_it_records(data, tmp_path):
     """A paper-size checkpoint given to a tiny run said "Pick the matching --preset", though the file records it."""
     from net.presets import build_model, flags_for, model_config

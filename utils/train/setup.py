@@ -603,6 +603,11 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
             raise ConfigError(f"--pretrained {args.pretrained}: no such file; check the path, or leave "
                               f"--pretrained out to start from random weights")
         pobj = read_checkpoint(path)
+        stored = pobj.get("backbone") if isinstance(pobj, Mapping) else None
+        if isinstance(stored, str) and stored != args.backbone:  # said as that, not as two lists of keys
+            raise ConfigError(f"--pretrained {path}: the file holds a {stored} network, and this run builds "
+                              f"{args.backbone} (--backbone {args.backbone}): pass --backbone {stored} with its "
+                              f"configuration, or another checkpoint.{recorded_network(pobj)}")
         try:
             load_network(model, pobj, str(path))
         except CheckpointError as exc:
