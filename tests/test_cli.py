@@ -457,3 +457,27 @@ def test_deterministic_chooses_reproducible_kernels_before_cuda_starts(monkeypat
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == [":4096:8", "True", "True", "False", "True"], done.stderr
+
+
+@pytest.mark.parametrize("parser, argv, said", [
+    (lambda: train_options.get_args_parser(), ["--de-type", "derain", "dehaze", "--de_type", "deblur", "lowlight"],
+     "--de-type was given 2 times (--de-type derain dehaze; --de-type deblur lowlight), and only the last would "
+     "count: give it once with every value, --de-type derain dehaze deblur lowlight"),
+    (lambda: train_options.get_args_parser(), ["--repeat=derain=3", "--preset", "tiny", "--repeat", "dehaze=2"],
+     "--repeat was given 2 times (--repeat derain=3; --repeat dehaze=2), and only the last would count: give it "
+     "once with every value, --repeat derain=3 dehaze=2"),
+    (lambda: tester_bary.get_args_parser(), ["--tasks", "derain", "--tasks", "lowlight"],
+     "--tasks was given 2 times (--tasks derain; --tasks lowlight), and only the last would count: give it once "
+     "with every value, --tasks derain lowlight")])
+def test_a_list_flag_given_twice_is_refused_not_cut_to_its_last(parser, argv, said, capsys):
+    """--de-type added to the authors' command that already has --de_type trained only the second list (K=2, no
+    warning); --tasks given twice evaluated the last set alone."""
+    with pytest.raises(SystemExit) as stop:
+        parser().parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {said} (see "), err
+
+
+def test_a_list_flag_once_parses_and_a_scalar_flag_keeps_its_last():
+    args = train_options.get_args_parser().parse_args(["--de-type", "derain", "dehaze", "--seed", "1", "--seed", "2"])
+    assert args.de_type == ["derain", "dehaze"] and args.seed == 2

@@ -500,8 +500,9 @@ def test_resume_auto_refuses_a_run_of_other_settings_and_names_them(data, tmp_pa
         engine.main(get_args_parser().parse_args([*flags, "--nEpochs", "2", "--resume", "auto"]))
     assert snapshot(tmp_path / "ckpt") == before
     # the order of --de_type is not a setting (domains follow a fixed family order)
-    assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", "--de_type", "dehaze", "derain", "denoise_50",
-               "denoise_25", "denoise_15", iters=1) == 0
+    flags = train_flags(data, tmp_path, de_type=("dehaze", "derain", "denoise_50", "denoise_25", "denoise_15"))
+    assert engine.main(get_args_parser().parse_args([*flags, "--iters-per-epoch", "1", "--nEpochs", "2", "--resume",
+                                                     "auto"])) == 0
 
 
 def test_resume_refuses_another_objective_optimizer_or_data_mix(data, tmp_path):

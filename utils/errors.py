@@ -56,7 +56,34 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]  # for error()'s hint
+        self._refuse_repeated_lists()
         return super().parse_known_args(args, namespace)
+
+    def _refuse_repeated_lists(self) -> None:
+        """A flag taking several values given twice (``--de-type derain dehaze --de_type deblur lowlight``, as when
+        a flag is added to the authors' command that already has it): argparse keeps the last, and the first
+        values would be lost without a word; it is an error naming both, with the one flag that means both."""
+        given: dict[int, list[list[str]]] = {}
+        action, values = None, []
+        for token in [*self._argv, "--"]:
+            if token.startswith("-") and not _is_number(token):
+                if action is not None:
+                    given.setdefault(id(action), []).append(values)
+                if token == "--":
+                    break
+                found = self._option_string_actions.get(token.split("=", 1)[0])
+                takes_many = found is not None and (found.nargs in ("+", "*") or
+                                                    (isinstance(found.nargs, int) and found.nargs > 1))
+                action, values = (found, token.split("=", 1)[1:]) if takes_many else (None, [])
+            elif action is not None:
+                values.append(token)
+        for flag in self._actions:
+            uses = given.get(id(flag), [])
+            if len(uses) > 1:
+                name = next((o for o in flag.option_strings if o.startswith("--")), flag.option_strings[0])
+                shown = "; ".join(f"{name} {' '.join(v)}" for v in uses)
+                self.error(f"{name} was given {len(uses)} times ({shown}), and only the last would count: give it "
+                           f"once with every value, {name} {' '.join(v for vs in uses for v in vs)}")
 
     def error(self, message: str):
         # A flag with several spellings (utils/cli.py) is named by the first, the one --help shows.
@@ -76,6 +103,15 @@ class OneLineArgumentParser(argparse.ArgumentParser):
                     value.split("=", 1)[0] not in self._option_string_actions:
                 return f"; {value} starts with '-' and is read as a flag: for a path write ./{value}"
         return ""
+
+
+def _is_number(token: str) -> bool:
+    """Whether ``token`` is a negative number (a value such as ``-1``, not a flag)."""
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return False
 
 
 def said_by_this_rank() -> bool:
