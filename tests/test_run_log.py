@@ -321,3 +321,25 @@ def test_a_progress_bar_is_the_main_ranks_and_drawn_only_on_a_terminal(monkeypat
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     with progress(range(3), 3, "epoch 1") as bar:
         assert bar.disable
+
+
+def test_a_loss_figure_of_one_logged_iteration_shows_its_points_without_warnings(tmp_path, monkeypatch):
+    """An epoch that logged one iteration (a short DDP run) drew empty panels (a line of one point has no length)
+    and a log axis over one value, with matplotlib's 'divide by zero' warnings in the console."""
+    import json
+    import warnings
+
+    from utils import plotting
+    from utils.train.run_log import plot_loss_curves
+    drawn = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps({"kind": "iter", "global_step": 1, "l1": 0.07, "transport": 0.2}) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_loss_curves(log, tmp_path / "fig.png")
+        drawn[0].canvas.draw()
+    for ax in drawn[0].axes:
+        if ax.get_title():
+            assert ax.get_yscale() == "linear"
+            assert any(line.get_marker() == "o" for line in ax.get_lines()), ax.get_title()

@@ -233,11 +233,13 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
     for ax, (key, label) in zip(flat, parts):
         pts = [(r["global_step"], r[key]) for r in iters if r.get(key) is not None]
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        few = {"marker": "o", "ms": 3} if len(xs) < 10 else {}  # a line of one point draws nothing
         ax.plot(xs, ys, lw=0.6, alpha=0.3, color="C0")
-        ax.plot(xs, smoothed(ys), lw=1.2, color="C0")
+        ax.plot(xs, smoothed(ys), lw=1.2, color="C0", **few)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("iteration", fontsize=8)
-        if key == "l1" and all(v > 0 for v in ys):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no iteration 3.2
+        if key == "l1" and all(v > 0 for v in ys) and len(set(ys)) > 1:  # one value: no range for a log axis
             ax.set_yscale("log")
     if psnr:
         ax = flat[len(parts)]
