@@ -773,3 +773,15 @@ def test_both_optimizers_follow_the_step_schedule(data, tmp_path):
         ck = read_checkpoint(tmp_path / "ckpt" / f"epoch_{epoch:03d}.pth")
         for key in ("optimizer", "potentials_optimizer"):
             assert [g["lr"] for g in ck[key]["param_groups"]] == [pytest.approx(lr_at(2e-4, epoch, 1))], (key, epoch)
+
+
+def test_resuming_without_the_runs_log_says_where_the_new_log_starts(data, tmp_path, capsys):
+    """log.jsonl removed (or a checkpoint copied without it), then --resume auto: the new log began at the resumed
+    epoch without a word, and the loss figure showed only the iterations after it."""
+    assert run(data, tmp_path, "--nEpochs", "1", iters=2) == 0
+    (tmp_path / "ckpt" / "log.jsonl").unlink()
+    capsys.readouterr()
+    assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", iters=2) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"{tmp_path / 'ckpt' / 'log.jsonl'}, the log of the 2 iteration(s) before epoch_001.pth, is not there: a "
+            f"new log starts at global step 3") in err, err

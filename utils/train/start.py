@@ -296,6 +296,11 @@ def open_log(output_dir: Path, resumed: dict | None, ckpt_path: Path | None, sta
         renumbered = state.iteration != int(resumed["iteration"])  # another batch: continue_with_batch
         resume_outputs(output_dir, ckpt_path, (int(resumed["epoch"]), int(resumed["iteration"])), console,
                        renumbered)
+        if state.global_step and not (output_dir / LOG_NAME).exists():  # removed, or the checkpoint copied alone
+            console.warn(f"{output_dir / LOG_NAME}, the log of the {state.global_step} iteration(s) before "
+                         f"{ckpt_path.name if ckpt_path else 'the checkpoint'}, is not there: a new log starts at "
+                         f"global step {state.global_step + 1}, and the loss figure and TensorBoard show the run "
+                         f"from there (put the earlier log back before resuming to keep the whole curve)")
         torn, size = mend_log(output_dir / LOG_NAME)
         if torn:
             console(f"=> removed {torn} line(s), {human_bytes(size)}, from {output_dir / LOG_NAME}: record(s) cut "
