@@ -479,6 +479,12 @@ def test_report_is_an_aligned_table(tree5):
     ends = {ln.index(ln.split()[3]) + len(ln.split()[3]) for ln in lines[:-1]}
     assert len(ends) == 1  # the samples column is right-aligned
     assert ds.summary().startswith(f"{len(ds)} samples per epoch")
+    # the noise levels share one domain: its lambda once (it was printed on each, the column summing past 1)
+    noisy = du.build_train_dataset(["denoise_15", "denoise_25", "denoise_50", "derain"], dirs_of(tree5), 32,
+                                   log=lambda m: None)
+    three = noisy.report()
+    assert [ln.split()[4:] for ln in three[1:4]] == [["0", "denoise", f"{noisy.lambdas[0]:.4f}"], ["0", "denoise"],
+                                                     ["0", "denoise"]]
 
 
 def test_scanning_goes_into_linked_subfolders_once(tmp_path):

@@ -231,11 +231,15 @@ class MixedDegradationDataset(Dataset):
 
     def report(self) -> list[str]:
         """The start-up table: per degradation type the images found, their repetition, the samples
-        per epoch, the domain and its lambda; then the total samples per epoch."""
+        per epoch, the domain and its lambda (on the domain's first row only: the noise levels share one
+        domain, and the column sums to 1); then the total samples per epoch."""
         head = ("type", "images", "repeat", "samples", "domain", "lambda")
-        rows = [(de, str(self.images_by_de[de]), f"x{self.repeat_by_de[de]}", str(self.counts_by_de[de]),
-                 f"{k} {self.families[k]}", f"{self.lambdas[k]:.4f}")
-                for de in self.counts_by_de for k in [domain_of(self.de_types)[de]]]
+        rows, shown = [], set()
+        for de in self.counts_by_de:
+            k = domain_of(self.de_types)[de]
+            rows.append((de, str(self.images_by_de[de]), f"x{self.repeat_by_de[de]}", str(self.counts_by_de[de]),
+                         f"{k} {self.families[k]}", "" if k in shown else f"{self.lambdas[k]:.4f}"))
+            shown.add(k)
         total = ("total", "", "", str(len(self)), f"K={len(self.families)}", "")
         table = [head, *rows, total]
         width = [max(len(r[c]) for r in table) for c in range(len(head))]
