@@ -1157,7 +1157,8 @@ def test_a_model_flag_that_breaks_the_configuration_is_named_and_degset_dot_name
         parser.parse_args(["--dim", "0"])
     assert "argument --dim: must be >= 1" in capsys.readouterr().err
     deg, tar = _pair_dirs(tmp_path, ["a.png"], ["a.png"])
-    with pytest.raises(UserError, match=r"zero\.pth's model_config with --heads 1 2 4 5: heads\[3\] = 5"):
+    with pytest.raises(UserError, match=r"^--heads 1 2 4 5: .*zero\.pth names its own network and configuration "
+                                        r"\(BaryNet, heads 1 2 4 8\), and is built from them: drop --heads$"):
         run("--model", checkpoint, "--input", deg, "--save", tmp_path / "o", "--heads", "1", "2", "4", "5")
     monkeypatch.chdir(deg)
     res = run("--model", checkpoint, "--degset", ".", "--tarset", tar, "--save", tmp_path / "o")
