@@ -9,7 +9,8 @@
   only with ``--debug``.
 * :class:`OneLineArgumentParser`: a bad flag is one ``error:`` line too (a path starting with '-' read as a
   flag says so, and ``./-name``); :func:`add_debug_flag`: the way back to the traceback.
-* :func:`listing`: long lists cut to a readable length; :func:`human_bytes`: sizes as people read them.
+* :func:`listing`: long lists cut to a readable length; :func:`human_bytes`: sizes as people read them;
+  :func:`counted`: a count and its noun, singular for one.
 * :func:`child_failure`: what a failed child process (a benchmark's measurement) said, for its parent's line.
 """
 from __future__ import annotations
@@ -134,6 +135,11 @@ def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "; ", lead: str
     items = [str(i) for i in items]
     more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
     return lead + sep.join(items[:limit]) + more
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun``, singular for one: ``'1 seed'``, ``'3 seeds'`` (``plural``: when not ``noun + 's'``)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def human_bytes(n: float) -> str:

@@ -15,10 +15,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +45,8 @@ from utils.eval.outputs import RESULT_NAMES, check_writable_folder, figure_names
 from utils.eval.protocol import Protocol, crop_to_multiple, load_model
 from utils.eval.report import write_results
 from utils.eval.tasks import find_task_sets
-from utils.files import json_text, keep_aside, write_text
+from utils.files import json_text, write_text
+from utils.owned_outputs import keep_aside_foreign_outputs, record_outputs
 from utils.runtime import DEVICES, pick_device, tune_cpu_allocator
 from utils.train.run_log import Console, draw_loss_figure
 from utils.train.setup import FIG_NAME
@@ -249,8 +247,9 @@ def resolve_folders(args) -> None:
     args.figs_dir = args.figs_dir or str(Path(args.results) / "figs")
 
 
-# What the demo wrote in its --results folder, by path, with each file's SHA-256: a file of a name the demo writes
-# that is not there as written (a user's own, or one changed since) is moved aside, not replaced.
+# What the demo wrote, by path, with each file's SHA-256, in its --results folder: a file of a name the demo writes
+# that is not there as written (a user's own, or one changed since) is moved aside, not replaced
+# (utils.owned_outputs).
 OUTPUTS_RECORD = ".demo-outputs.json"
 EMBEDDING_FIGURES = ("demo_takeaway_maps.png", "demo_embedding_projection.png")
 
@@ -264,37 +263,6 @@ def planned_outputs(tasks: list[str], test_root: Path, results_dir: Path, figs_d
     tables = [results_dir / n for n in (*RESULT_NAMES, "demo_summary.json", "demo_table.md")]
     figures = [figs_dir / n for n in (*figure_names([s.name for s in sets]), *EMBEDDING_FIGURES)]
     return images + tables + figures
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def keep_aside_foreign_outputs(planned: list[Path], results_dir: Path, figs_dir: Path) -> list[Path]:
-    """Move the files at ``planned`` paths that the demo did not write as they are (its record,
-    :data:`OUTPUTS_RECORD`, lacks them or their content differs: a user's own file, or one changed since) into
-    ``<results>/results.before-<time>/`` (or ``<figs>/figures.before-<time>/`` for a --figs-dir elsewhere), and
-    say so: a rerun replaces the demo's own outputs, and nothing else. Returns the files moved."""
-    try:
-        record = json.loads((results_dir / OUTPUTS_RECORD).read_text())
-    except (OSError, ValueError):
-        record = {}
-    record = record if isinstance(record, dict) else {}
-    foreign = [p for p in planned if p.is_symlink() or (p.is_file() and record.get(os.path.abspath(p)) != _digest(p))]
-    for base, name in ((results_dir, "results"), (figs_dir, "figures")):
-        here = [p for p in foreign if base.absolute() in p.absolute().parents]
-        foreign = [p for p in foreign if p not in here]
-        if here:
-            kept = keep_aside(here, base / name)
-            print(f"=> {len(here)} file(s) of the names the demo writes were in {base}, and not as the demo wrote them "
-                  f"(yours, or changed since): moved to {kept}/")
-    return foreign
-
-
-def record_outputs(planned: list[Path], results_dir: Path) -> None:
-    """Write :data:`OUTPUTS_RECORD`: the SHA-256 of each ``planned`` file the demo wrote."""
-    digests = {os.path.abspath(p): _digest(p) for p in planned if p.is_file() and not p.is_symlink()}
-    write_text(results_dir / OUTPUTS_RECORD, json_text(digests))
 
 
 def main(args) -> dict:
@@ -326,7 +294,8 @@ def main(args) -> dict:
     protocol = Protocol()
     tasks = list(IN_DISTRIBUTION + OUT_OF_DISTRIBUTION)
     planned = planned_outputs(tasks, root / "test", results_dir, figs_dir)
-    keep_aside_foreign_outputs(planned, results_dir, figs_dir)
+    keep_aside_foreign_outputs(planned, results_dir / OUTPUTS_RECORD, [(results_dir, "results"), (figs_dir, "figures")],
+                               "the demo")
     restored = evaluate_tasks(model, tasks, root / "test", protocol, device, save_dir=results_dir,
                               figs_dir=figs_dir, model_info=info, progress=False)
     degraded = evaluate_tasks(InputAsOutput(), tasks, root / "test", protocol, device, progress=False)
@@ -339,7 +308,7 @@ def main(args) -> dict:
     results_dir.mkdir(parents=True, exist_ok=True)
     write_text(results_dir / "demo_summary.json", json_text(summary))  # strict JSON: a NaN score is null
     write_text(results_dir / "demo_table.md", table + "\n")
-    record_outputs(planned, results_dir)
+    record_outputs(planned, results_dir / OUTPUTS_RECORD)
     print("\n" + table + "\n")
     print(f"WB vs residual embeddings on {emb['photo']}: mean relative distance from its {emb['reference']} view "
           f"{emb['mean_wb_difference']:.3f} (WB) vs {emb['mean_residual_difference']:.3f} (residual); "

@@ -1,0 +1,72 @@
+"""A rerun replaces the files a script wrote itself, and nothing else: the one home of that rule for the scripts
+whose outputs have fixed names (the demo, the study).
+
+The script keeps a record of what it wrote (a JSON file: each file's absolute path and SHA-256) beside its outputs.
+Before it writes again, every file at a name it is about to write that the record lacks, or whose content differs
+from the record's (a user's own file, or one of the script's changed by hand since), or a symbolic link there, is
+moved aside into a new ``<name>.before-<time>`` folder (:func:`utils.files.keep_aside_together`), never replaced.
+
+* :func:`foreign_outputs`: which of the planned files the script did not write as they are;
+* :func:`keep_aside_foreign_outputs`: move those aside, folder by folder, and say so;
+* :func:`record_outputs`: write the record once the outputs are written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from utils.errors import counted
+from utils.files import json_text, keep_aside_together, write_text
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of ``path``'s content, as hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_record(record: Path) -> dict[str, str]:
+    """The record at ``record``: ``{absolute path: SHA-256}``; empty when it is missing or unreadable (then every
+    file found at a planned name counts as foreign, and is kept aside rather than replaced)."""
+    try:
+        found = json.loads(Path(record).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def foreign_outputs(planned: Sequence[Path], record: Path) -> list[Path]:
+    """The files at ``planned`` paths that are not there as the record at ``record`` says the script wrote them:
+    absent from it, of another content, or a symbolic link. Returns them in the order of ``planned``."""
+    written = read_record(record)
+    return [p for p in planned
+            if p.is_symlink() or (p.is_file() and written.get(os.path.abspath(p)) != file_digest(p))]
+
+
+def keep_aside_foreign_outputs(planned: Sequence[Path], record: Path, folders: Sequence[tuple[Path, str]],
+                               who: str) -> list[Path]:
+    """Move the :func:`foreign_outputs` of ``planned`` aside: those in (or below) the first folder of ``folders``
+    (``(folder, name)`` pairs) into ``<folder>/<name>.before-<time>/``, the rest in the next folder likewise, all or
+    none (:func:`utils.files.keep_aside_together`); print one line per folder naming ``who`` ("the demo") and where
+    the files went. Returns the foreign files that lie in none of ``folders`` (left where they are)."""
+    foreign = foreign_outputs(planned, record)
+    groups = []
+    for folder, name in folders:
+        here = [p for p in foreign if Path(folder).absolute() in p.absolute().parents]
+        foreign = [p for p in foreign if p not in here]
+        if here:
+            groups.append((here, Path(folder), Path(folder) / name))
+    kept = keep_aside_together([(here, name) for here, _, name in groups])
+    for (here, folder, _), to in zip(groups, kept):
+        one = len(here) == 1
+        print(f"=> {counted(len(here), 'file')} of the names {who} writes {'was' if one else 'were'} in {folder}, and "
+              f"not as {who} wrote {'it' if one else 'them'} (yours, or changed since): moved to {to}/")
+    return foreign
+
+
+def record_outputs(planned: Sequence[Path], record: Path) -> None:
+    """Write the record at ``record``: the SHA-256 of each ``planned`` file that is there (and not a link)."""
+    digests = {os.path.abspath(p): file_digest(p) for p in planned if p.is_file() and not p.is_symlink()}
+    write_text(record, json_text(digests))
