@@ -25,7 +25,9 @@ What it does (``STUDY.md`` explains the setup and how to read the tables):
    arms), evaluated on held-out photos (leave one test photo out), against chance; the mean cosine
    between WB and residual (:mod:`utils.study.probe`);
 4. tables to ``<out>/study.md`` (and the console), everything to ``<out>/study.json``, figures
-   to ``--figs-dir`` (:mod:`utils.study.report`).
+   to ``--figs-dir`` (default ``<out>/figs``) (:mod:`utils.study.report`); a file at one of those names that the
+   study did not write as it is there (yours, or edited since) is moved aside, not replaced
+   (:mod:`utils.owned_outputs`, the record ``<out>/.study-outputs.json``).
 
 Every (arm, seed) run trains into ``<out>/runs/<arm>/seed<k>/train`` with ``--resume auto``;
 its evaluation and embeddings are cached next to it (``eval.json``, ``embeddings.npz``, with the
@@ -62,14 +64,20 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.demo.run import InputAsOutput
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.files import write_text
+    from utils.owned_outputs import keep_aside_foreign_outputs, record_outputs
     from utils.runtime import DEVICES, pick_device
     from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
     from utils.study.budget import FULL, QUICK, estimated_seconds, minutes, plan
     from utils.study.errors import StudyInterrupted, StudySettingError
     from utils.study.probe import probe_summary, probe_views
-    from utils.study.report import figures, tables
+    from utils.study.report import figure_names, figures, tables
     from utils.study.runs import balanced_repeats, check_out_dir, evaluate_model, machine_info, run_one
     from utils.study.stats import group_mean, summarise
+
+
+# What the study wrote (its tables and figures), by path, with each file's SHA-256, in --out: a rerun replaces those
+# and moves anything else at their names aside (utils.owned_outputs).
+OUTPUTS_RECORD = ".study-outputs.json"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -85,7 +93,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="runs, caches and tables (default results/study, "
                                                "results/study-quick with --quick)")
     p.add_argument("--figs-dir", dest="figs_dir", default=None,
-                   help="figures (default figs/study, the committed ones; <out>/figs with --quick)")
+                   help="figures (default <out>/figs; the committed ones in figs/study are copies made by hand)")
     p.add_argument("--root", default="data/demo", help="demo data folder (built when missing or stale)")
     p.add_argument("--scale", type=float, default=1.0, help="demo data size factor (tests use 0.25)")
     p.add_argument("--max-photos", dest="max_photos", type=int, default=None,
@@ -114,8 +122,9 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     base = QUICK if args.quick else FULL
     suffix = "study-quick" if args.quick else "study"
     args.out = args.out or f"results/{suffix}"
-    # the full run's figures are the committed ones; a quick run's go with its results
-    args.figs_dir = args.figs_dir or (str(Path(args.out) / "figs") if args.quick else "figs/study")
+    # with the study's own results: a default of figs/study, where the committed figures live, had any run (one arm,
+    # two iterations) replace them
+    args.figs_dir = args.figs_dir or str(Path(args.out) / "figs")
     args.seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else base["seeds"]))
     args.iters = args.iters if args.iters is not None else base["iters"]
     args.epochs = args.epochs if args.epochs is not None else base["epochs"]
@@ -192,6 +201,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     compute = sum(r["train_seconds"] + r["eval_seconds"] for r in recorded)
     params = parameter_counts(list(dict.fromkeys([*args.arms, METHOD])), args.patch_size)
     md = tables(summary, probe, degraded, args.arms, args.seeds, n_probe, params)
+    # a file at a name written below that this study did not write as it is (a user's, or one changed since) is
+    # moved aside, not replaced: <figs-dir>/psnr_by_arm.png and <out>/study.md were replaced without a trace
+    planned = [*(figs_dir / n for n in figure_names(summary, probe)), out / "study.md", out / "study.json"]
+    keep_aside_foreign_outputs(planned, out / OUTPUTS_RECORD, [(out, "study"), (figs_dir, "figures")], "the study")
     fig_paths = figures(summary, probe, degraded, args.arms, args.seeds, figs_dir, params)
     header = [f"# BaryIR study{' (QUICK setting: not the study)' if args.quick else ''}", "",
               f"- command: `{machine['command']}`",
@@ -214,6 +227,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               "degraded": {t: {"psnr": v["psnr"], "ssim": v["ssim"]} for t, v in degraded.items()},
               "figures": [str(p) for p in fig_paths], "seconds": time.time() - t0, "run_seconds": compute}
     write_text(out / "study.json", json.dumps(result, indent=1, default=str) + "\n")
+    record_outputs(planned, out / OUTPUTS_RECORD)
     print("\n" + text)
     print(f"tables: {out / 'study.md'}; everything: {out / 'study.json'}; total {(time.time() - t0) / 60:.1f} min")
     return result

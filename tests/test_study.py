@@ -409,3 +409,64 @@ def test_the_help_shows_no_default_it_does_not_mean(module, parser):
     import importlib
     text = getattr(importlib.import_module(module), parser)().format_help()
     assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text, text
+
+
+def fake_study(monkeypatch, tmp: Path, fail_runs: bool = False):
+    """bench/study.py's main without building data or training: each run's evaluation is a fixed fake, cached in its
+    eval.json as run_one caches it (``fail_runs``: a run raises, for checks that must come before any run). Runs in
+    ``tmp``: a default folder (figs/study, before) must not reach the checkout's files."""
+    monkeypatch.chdir(tmp)
+    fake = {t: {"psnr": 30.0, "ssim": 0.9, "images": {"a.png": [30.0, 0.9], "b.png": [31.0, 0.8]}}
+            for t in ID_TASKS + OOD_TASKS}
+    monkeypatch.setattr(study, "build_demo_data", lambda *a, **kw: {"files": {}, "content_hash": "x"})
+    monkeypatch.setattr(study, "balanced_repeats", lambda manifest, n: {"denoise_15": 1})
+    monkeypatch.setattr(study, "probe_views", lambda root, manifest: [])
+    monkeypatch.setattr(study, "evaluate_model", lambda model, root, device: fake)
+
+    def run_one(args, arm, seed, root, repeats, views, device):
+        assert not fail_runs, "a run started"
+        run_dir = Path(args.out) / "runs" / arm / f"seed{seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "eval.json").write_text(json.dumps({"train_seconds": 1.0, "eval_seconds": 1.0, "tasks": fake}))
+        return fake, None, 2.0
+
+    monkeypatch.setattr(study, "run_one", run_one)
+
+
+def fake_argv(tmp: Path, *extra: str) -> list[str]:
+    return ["--out", str(tmp / "out"), "--root", str(tmp / "demo"), "--device", "cpu", "--iters", "2", "--epochs", "1",
+            "--arms", "baryir", "restormer", "--seeds", "0", "--no-progress", *extra]
+
+
+def test_the_figures_go_with_the_studys_own_results_by_default(tmp_path):
+    """Without --quick the figures' default was figs/study, the committed figures: a partial study (its own --out, one
+    arm, 2 iterations) replaced figs/study/psnr_by_arm.png and left a folder mixing two studies."""
+    for extra in ([], ["--quick"]):
+        args = study.resolve_settings(study.get_args_parser().parse_args(["--out", str(tmp_path / "o"), *extra]))
+        assert Path(args.figs_dir) == tmp_path / "o" / "figs"
+    args = study.resolve_settings(study.get_args_parser().parse_args([]))
+    assert Path(args.figs_dir) == Path(args.out) / "figs" and Path(args.out) == Path("results/study")
+
+
+def test_a_rerun_replaces_only_the_studys_own_outputs(tmp_path, monkeypatch, capsys):
+    """A user's file at a name the study writes (<figs-dir>/psnr_by_arm.png, <out>/study.md) was replaced without a
+    trace. It is moved to a *.before-<time> folder; the study's own outputs, unchanged since, are replaced."""
+    fake_study(monkeypatch, tmp_path)
+    figs = tmp_path / "out" / "figs"
+    figs.mkdir(parents=True)
+    (figs / "psnr_by_arm.png").write_bytes(b"my figure")
+    (tmp_path / "out" / "study.md").write_text("my notes")
+    assert study.cli(fake_argv(tmp_path)) == 0
+    [kept] = (tmp_path / "out").glob("study.before-*")
+    assert (kept / "figs" / "psnr_by_arm.png").read_bytes() == b"my figure"
+    assert (kept / "study.md").read_text() == "my notes"
+    assert sorted(p.name for p in kept.rglob("*") if p.is_file()) == ["psnr_by_arm.png", "study.md"]
+    assert "2 files of the names the study writes were in" in capsys.readouterr().out
+    written = {p: p.read_bytes() for p in [figs / "psnr_by_arm.png", tmp_path / "out" / "study.md"]}
+    assert all(b"my " not in data for data in written.values())
+    # a rerun replaces what the study wrote, keeps nothing aside; an edit since counts as the user's
+    assert study.cli(fake_argv(tmp_path)) == 0
+    assert len(list((tmp_path / "out").glob("study.before-*"))) == 1
+    (tmp_path / "out" / "study.md").write_text("edited")
+    assert study.cli(fake_argv(tmp_path)) == 0
+    assert sorted((p.read_text() for p in (tmp_path / "out").glob("study.before-*/study.md"))) == ["edited", "my notes"]

@@ -148,6 +148,15 @@ def tables(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seed
     return "\n".join(md)
 
 
+PSNR_FIGURE, DIFFERENCE_FIGURE, PROBE_FIGURE = "psnr_by_arm.png", "baryir_minus_baseline.png", "probe_accuracy.png"
+
+
+def figure_names(summary: dict, probe: dict) -> list[str]:
+    """The names of the files :func:`figures` writes for ``summary`` and ``probe``, in its order: the PSNR figure,
+    the difference figure (with any comparison), the probe's (with a probe)."""
+    return [PSNR_FIGURE, *([DIFFERENCE_FIGURE] if summary["comparisons"] else []), *([PROBE_FIGURE] if probe else [])]
+
+
 def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seeds: Sequence[int],
             figs_dir: Path, params: dict[str, dict[str, int]] | None = None) -> list[Path]:
     """``psnr_by_arm.png``, ``baryir_minus_baseline.png`` (with any comparison) and ``probe_accuracy.png`` (with a
@@ -178,7 +187,7 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
     fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(f"PSNR by arm, mean ± std over {len(seeds)} seed(s)")
     fig.tight_layout(rect=(0, 0.02 + 0.045 * math.ceil(len(names) / ncol), 1, 1))
-    paths.append(figs_dir / "psnr_by_arm.png")
+    paths.append(figs_dir / PSNR_FIGURE)
     save_figure(fig, paths[-1], dpi=110)
 
     if summary["comparisons"]:
@@ -209,7 +218,7 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
                          f"better{counts})", fontsize=9)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        paths.append(figs_dir / "baryir_minus_baseline.png")  # the name of the figure when it had one comparison
+        paths.append(figs_dir / DIFFERENCE_FIGURE)  # the name of the figure when it had one comparison
         save_figure(fig, paths[-1], dpi=110)
     if probe:
         fig = new_figure(figsize=(12, 4.6))
@@ -230,6 +239,6 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
         axes[1].legend(fontsize=8)
         fig.suptitle("Linear probe of degradation type")
         fig.tight_layout()
-        paths.append(figs_dir / "probe_accuracy.png")
+        paths.append(figs_dir / PROBE_FIGURE)
         save_figure(fig, paths[-1], dpi=110)
     return paths
