@@ -63,6 +63,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.demo.data import build_demo_data
     from utils.demo.run import InputAsOutput
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
+    from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
     from utils.owned_outputs import keep_aside_foreign_outputs, record_outputs
     from utils.runtime import DEVICES, pick_device
@@ -71,7 +72,15 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.study.errors import StudyInterrupted, StudySettingError
     from utils.study.probe import probe_summary, probe_views
     from utils.study.report import figure_names, figures, tables
-    from utils.study.runs import balanced_repeats, check_out_dir, evaluate_model, machine_info, run_one
+    from utils.study.runs import (
+        balanced_repeats,
+        check_out_dir,
+        evaluate_model,
+        machine_info,
+        read_eval,
+        read_json,
+        run_one,
+    )
     from utils.study.stats import group_mean, summarise
 
 
@@ -152,6 +161,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     out, figs_dir, root = Path(args.out), Path(args.figs_dir), Path(args.root)
+    for flag, folder in (("--out", out), ("--figs-dir", figs_dir)):  # a file in the way was met by the first write
+        check_writable_folder(folder, flag, create=False)  # there: --figs-dir's after every run (86 min in the study)
     manifest = build_demo_data(root, seed=0, scale=args.scale, max_photos=args.max_photos, progress=args.progress)
     iters_per_epoch = args.iters // args.epochs
     repeats = balanced_repeats(manifest, iters_per_epoch * args.batch_size)
@@ -188,7 +199,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     degraded_path = out / "degraded_input.json"
     if not degraded_path.is_file():
         write_text(degraded_path, json.dumps(evaluate_model(InputAsOutput(), root, device), indent=1) + "\n")
-    degraded = json.loads(degraded_path.read_text())
+    degraded = read_json(degraded_path, "delete it to have the degraded inputs evaluated again (seconds)")
 
     summary = summarise(evals, args.arms, args.seeds)
     labels, photos = [v.label for v in views], [v.photo for v in views]
@@ -197,7 +208,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     n_probe = {"test_photos": len({v.photo for v in views if v.test}),
                "train_crops": sum(1 for v in views if not v.test and v.label == "noise 15")}
     machine = machine_info(args)
-    recorded = [json.loads((out / "runs" / a / f"seed{s}" / "eval.json").read_text()) for a, s in runs]
+    recorded = [read_eval(out / "runs" / a / f"seed{s}") for a, s in runs]
     compute = sum(r["train_seconds"] + r["eval_seconds"] for r in recorded)
     params = parameter_counts(list(dict.fromkeys([*args.arms, METHOD])), args.patch_size)
     md = tables(summary, probe, degraded, args.arms, args.seeds, n_probe, params)

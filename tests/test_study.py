@@ -1,5 +1,6 @@
 """bench/study.py end to end in a smoke setting (structure and finiteness, not who wins), and its parts
 (utils/study/) one by one."""
+import io
 import json
 import math
 from pathlib import Path
@@ -470,3 +471,46 @@ def test_a_rerun_replaces_only_the_studys_own_outputs(tmp_path, monkeypatch, cap
     (tmp_path / "out" / "study.md").write_text("edited")
     assert study.cli(fake_argv(tmp_path)) == 0
     assert sorted((p.read_text() for p in (tmp_path / "out").glob("study.before-*/study.md"))) == ["edited", "my notes"]
+
+
+def test_a_folder_flag_with_a_file_in_the_way_fails_before_any_run(tmp_path, monkeypatch, capsys):
+    """--out naming a file raised FileExistsError; --figs-dir naming one raised only after every run had finished
+    (~86 minutes in the full study), and study.md was not written."""
+    fake_study(monkeypatch, tmp_path, fail_runs=True)
+    (tmp_path / "a_file").write_text("mine")
+    for flag in ("--out", "--figs-dir"):
+        assert study.cli([*fake_argv(tmp_path), flag, str(tmp_path / "a_file")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag} {tmp_path / 'a_file'}: a file, not a folder") and err.count("\n") == 1
+    assert (tmp_path / "a_file").read_text() == "mine" and not (tmp_path / "out").exists()
+
+
+def test_damaged_caches_are_one_error_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    """A truncated embeddings.npz (BadZipFile), a truncated eval.json (JSONDecodeError) and a study_config.json
+    holding `{` were tracebacks; each is one error: line naming the file and what to delete."""
+    from utils.study.runs import run_one
+    fake_study(monkeypatch, tmp_path)
+    assert study.cli(fake_argv(tmp_path)) == 0
+    wb_dir, run_dir = (tmp_path / "out" / "runs" / arm / "seed0" for arm in ("baryir", "restormer"))
+    buf = io.BytesIO()
+    np.savez(buf, wb=np.zeros((2, 3)), residual=np.zeros((2, 3)), source=np.zeros((2, 3)), cos=np.zeros(2))
+    (wb_dir / "embeddings.npz").write_bytes(buf.getvalue())  # baryir's run is cached whole
+    good = (run_dir / "eval.json").read_text()
+    (run_dir / "eval.json").write_text(good[:len(good) // 2])
+    monkeypatch.setattr(study, "run_one", run_one)  # the real one: it reads the cache
+    assert study.cli(fake_argv(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run_dir / 'eval.json'} is damaged") and err.count("\n") == 1
+    assert "delete it to have that run evaluated again" in err
+    (run_dir / "eval.json").write_text(good)
+
+    (wb_dir / "embeddings.npz").write_bytes(buf.getvalue()[:200])
+    assert study.cli(fake_argv(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {wb_dir / 'embeddings.npz'} is damaged") and err.count("\n") == 1
+    assert "delete it to have that run evaluated and embedded again" in err
+
+    (tmp_path / "out" / "study_config.json").write_text("{")
+    assert study.cli(fake_argv(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'out' / 'study_config.json'} is damaged") and err.count("\n") == 1

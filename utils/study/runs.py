@@ -13,6 +13,8 @@ import platform
 import subprocess
 import sys
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,51 @@ def check_network(arm_name: str, network: dict | None, source: Path) -> None:
                          f"retrain it, or pass another --out")
 
 
+def damaged(path: Path, exc: BaseException, fix: str) -> StudyError:
+    """The error for a file of the study's that cannot be read (cut short by a crash or a full disk, or edited):
+    it names ``path`` and why, then ``fix``; returns it for the caller to raise."""
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    return StudyError(f"{path} is damaged and cannot be read ({type(exc).__name__}: {why}) — {fix}")
+
+
+def read_json(path: Path, fix: str, *keys: str) -> dict[str, Any]:
+    """The JSON object in ``path``, holding ``keys``; a :class:`StudyError` (:func:`damaged`, with ``fix``) when
+    it is not one (a truncated cache raised a traceback)."""
+    try:
+        found = json.loads(path.read_text())
+        if not isinstance(found, dict):
+            raise ValueError(f"a JSON {type(found).__name__}, not an object")
+        missing = [k for k in keys if k not in found]
+        if missing:
+            raise ValueError(f"no {missing[0]!r}")
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise damaged(path, exc, fix) from None
+    return found
+
+
+def read_eval(run_dir: Path) -> dict[str, Any]:
+    """The cached evaluation of the run in ``run_dir`` (its ``eval.json``), checked readable."""
+    return read_json(run_dir / "eval.json", f"delete it to have that run evaluated again from its finished checkpoint "
+                                            f"(or delete {run_dir} to train it again); the other runs are kept",
+                     "tasks", "train_seconds", "eval_seconds")
+
+
+def read_embeddings(run_dir: Path) -> dict[str, np.ndarray]:
+    """The cached embeddings of the run in ``run_dir`` (its ``embeddings.npz``), checked readable."""
+    path = run_dir / "embeddings.npz"
+    try:
+        with np.load(path) as z:
+            emb = dict(z)
+        missing = [k for k in ("wb", "residual", "source", "cos") if k not in emb]
+        if missing:
+            raise ValueError(f"no {missing[0]!r} array")
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        fix = (f"delete it to have that run evaluated and embedded again from its finished checkpoint (or delete "
+               f"{run_dir} to train it again); the other runs are kept")
+        raise damaged(path, exc, fix) from None
+    return emb
+
+
 def run_one(args, arm_name: str, seed: int, root: Path, repeats: dict, views: list[ProbeView],
             device: torch.device) -> tuple[dict, dict | None, float]:
     """Train, evaluate and embed one (arm, seed) run, or read its caches; returns (eval, embeddings, seconds)."""
@@ -147,13 +194,9 @@ def run_one(args, arm_name: str, seed: int, root: Path, repeats: dict, views: li
     eval_path, emb_path = run_dir / "eval.json", run_dir / "embeddings.npz"
     want_emb = arm.wb
     if eval_path.is_file() and (emb_path.is_file() or not want_emb):
-        cached = json.loads(eval_path.read_text())
+        cached = read_eval(run_dir)
         check_network(arm_name, cached.get("network"), eval_path)
-        emb = None
-        if want_emb:
-            with np.load(emb_path) as z:
-                emb = dict(z)
-        return cached["tasks"], emb, 0.0
+        return cached["tasks"], read_embeddings(run_dir) if want_emb else None, 0.0
     tic = time.time()
     train_dir = run_dir / "train"
     ckpt = finished_checkpoint(train_dir, args.epochs) or train_run(
@@ -176,7 +219,8 @@ def check_out_dir(out: Path, config: dict) -> None:
     """``--out`` keeps one setting: a different one would mix runs. Seeds and arms may be added."""
     path = out / "study_config.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_json(path, f"it records the setting of the runs in {out}: pass another --out, or delete {out} to "
+                              f"start over (or, if every run there is of this command's setting, delete just it)")
         diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
         if diff:
             listing = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
