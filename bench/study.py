@@ -60,7 +60,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import torch
 
     from utils.cli import OneSpellingHelpFormatter
-    from utils.demo.data import build_demo_data
+    from utils.demo.data import DemoDataError, build_demo_data, check_build_args
     from utils.demo.run import InputAsOutput
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.outputs import check_writable_folder
@@ -151,6 +151,13 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         raise StudySettingError(f"--lr must be a finite number > 0, got {args.lr}")
     if args.threads < 0:
         raise StudySettingError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    bad_seeds = [s for s in args.seeds if not 0 <= s < 2 ** 63]
+    if bad_seeds:
+        raise StudySettingError(f"--seeds must be in 0..2**63-1 (the trainer's --seed), got {bad_seeds[0]}")
+    try:  # the data's rules: the builder said them with exit status 1, after the settings above were taken
+        check_build_args(0, args.scale, args.max_photos)
+    except DemoDataError as exc:
+        raise StudySettingError(str(exc)) from None
     return args
 
 

@@ -361,7 +361,9 @@ def build_files(root: Path, mark: TextIO, params: dict, force: bool, progress: b
     return files, written
 
 
-def _check_args(seed: int, scale: float, max_photos: int | None) -> None:
+def check_build_args(seed: int, scale: float, max_photos: int | None) -> None:
+    """Raise :class:`DemoDataError` naming the flag (``--seed``, ``--scale``, ``--max-photos``) whose value
+    :func:`build_demo_data` cannot build with; returns nothing."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DemoDataError(f"--seed must be a non-negative integer, got {seed!r}")
     if not (0.05 <= float(scale) <= 4.0):
@@ -387,7 +389,7 @@ def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale
     The returned dict is the manifest (as saved in ``root/manifest.json``) plus a
     ``"status"`` entry that is not saved: ``"up to date"`` or ``"built (<reason>)"``.
     """
-    _check_args(seed, scale, max_photos)
+    check_build_args(seed, scale, max_photos)
     root = Path(root)
     check_root(root)
     params = requested_params(seed, scale, max_photos)
