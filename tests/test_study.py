@@ -528,3 +528,32 @@ def test_every_flag_error_exits_2(flags, said, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {said}") and err.count("\n") == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()
+
+
+def _psnr_figure(monkeypatch, seeds, figs_dir):
+    """The PSNR figure :func:`figures` draws for two arms over ``seeds`` (fake results), as a matplotlib Figure."""
+    from utils.study import report
+    drawn = {}
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, **kw: drawn.setdefault(Path(path).name, fig))
+    arms, rng = ["baryir", "restormer"], np.random.default_rng(0)
+    evals = {(a, s): {t: {"psnr": 0.0, "ssim": 0.0, "images": {"a.png": [25 + rng.normal(), 0.8]}}
+                      for t in ID_TASKS + OOD_TASKS} for a in arms for s in seeds}
+    degraded = evals[(arms[0], seeds[0])]
+    report.figures(summarise(evals, arms, seeds), {}, degraded, arms, seeds, figs_dir)
+    return drawn["psnr_by_arm.png"]
+
+
+def test_the_psnr_figure_is_read_by_position_and_one_seed_has_no_error_bars(monkeypatch, tmp_path):
+    """Bars started at the lowest mean - 3 dB (set_ylim), so their lengths misled; with one seed the title said
+    "mean ± std over 1 seed(s)" and drew zero-height error bars."""
+    from matplotlib.container import BarContainer, ErrorbarContainer
+    for seeds in ([0], [0, 1, 2]):
+        fig = _psnr_figure(monkeypatch, seeds, tmp_path)
+        for ax in fig.axes:
+            bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+            assert not bars or ax.get_ylim()[0] == 0, "bars that do not start at 0"
+            points = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+            assert points and all(c.has_yerr == (len(seeds) > 1) for c in points)
+        title = fig._suptitle.get_text()
+        assert ("±" in title) == (len(seeds) > 1) and "(s)" not in title
+        assert len(seeds) == 1 or f"over {len(seeds)} seeds" in title

@@ -39,6 +39,12 @@ def _mean_sd(values: Sequence[float], digits: int = 2, scale: float = 1.0) -> st
     return f"{a.mean():.{digits}f}" + (f" ± {a.std(ddof=1):.{digits}f}" if len(a) > 1 else "")
 
 
+def spread(seeds: Sequence[int]) -> str:
+    """What the tables' and figures' numbers are over ``seeds``: ``'mean ± std over 3 seeds'``, or ``'one seed: no
+    std'``."""
+    return f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed: no std"
+
+
 def _p(v: float | None) -> str:
     return "–" if v is None else (f"{v:.2g}" if v >= 1e-3 else f"{v:.1e}")
 
@@ -95,7 +101,7 @@ def tables(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seed
     split = {**{t: "ID" for t in ID_TASKS}, **{t: "OOD" for t in OOD_TASKS}, "ID": "ID avg", "OOD": "OOD avg"}
     md = arms_table(arms, params)
     for metric, digits in (("psnr", 2), ("ssim", 4)):
-        md += [f"### {metric.upper()} (mean ± std over {len(seeds)} seed(s))", "",
+        md += [f"### {metric.upper()} ({spread(seeds)})", "",
                "| task | split | degraded input | "
                + " | ".join(f"{ARMS[a].label} ({_millions(params[a]['network'])})" for a in arms) + " |",
                "|---|---|---|" + "---|" * len(arms)]
@@ -132,7 +138,7 @@ def tables(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seed
                           f"{_ci(c['seeds'])} | {_p(c['seeds']['p_t'])} | {c['verdict']} |")
         md.append("")
     if probe:
-        md += ["### Linear probe of degradation type (accuracy %, mean ± std over seeds)", "",
+        md += [f"### Linear probe of degradation type (accuracy %, {spread(seeds)})", "",
                f"Held-out photos: {n_probe['test_photos']} test photos, leave one out; probe training data: "
                f"{n_probe['train_crops']} training crops plus the other test photos. Classes: ID = "
                f"{', '.join(ID_VIEWS)} (chance {100 / len(ID_VIEWS):.0f}%); all = ID + {', '.join(OOD_VIEWS)} "
@@ -166,26 +172,33 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
     paths = []
     colours = COLOURS
 
+    # A dot plot: each arm's mean as a point (with its std over seeds as a bar, when there are several seeds).
+    # PSNR's scale has no meaningful zero here; bars drawn from a cut axis (they started at the lowest mean
+    # - 3 dB) made their lengths, and so the arms' ratios, mislead. Points are read by position alone.
+    several = len(seeds) > 1
     fig = new_figure(figsize=(13, 4.8))
     axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [len(ID_TASKS), len(OOD_TASKS)]})
-    width = 0.8 / len(arms)
+    step = 0.8 / len(arms)
     for ax, (g, tasks) in zip(axes, GROUPS.items()):
         x = np.arange(len(tasks))
         for k, arm in enumerate(arms):
             rows = [summary["table"][arm][t]["psnr"] for t in tasks]
-            ax.bar(x + (k - (len(arms) - 1) / 2) * width, [r[0] for r in rows], width,
-                   yerr=[r[1] or 0 for r in rows], capsize=2, color=colours[arm], label=ARMS[arm].label)
+            ax.errorbar(x + (k - (len(arms) - 1) / 2) * step, [r[0] for r in rows],
+                        yerr=[r[1] or 0.0 for r in rows] if several else None, fmt="o", ms=4, capsize=2,
+                        color=colours[arm], label=ARMS[arm].label)
         inputs = [group_mean(degraded, (t,), 0) for t in tasks]
         ax.hlines(inputs, x - 0.45, x + 0.45, colors="k", lw=2, label="degraded input")
-        lo = min(inputs + [summary["table"][a][t]["psnr"][0] for a in arms for t in tasks])
-        ax.set_ylim(max(0.0, lo - 3), None)
+        for edge in x[:-1] + 0.5:
+            ax.axvline(edge, color="grey", lw=0.5, alpha=0.5)
+        ax.grid(axis="y", alpha=0.3)
         ax.set_xticks(x, tasks)
         ax.set_title(f"{'in' if g == 'ID' else 'out of'} distribution")
         ax.set_ylabel("PSNR (dB)")
     handles, names = axes[0].get_legend_handles_labels()
     ncol = min(len(names), 5)
     fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.suptitle(f"PSNR by arm, mean ± std over {len(seeds)} seed(s)")
+    fig.suptitle(f"PSNR by arm, mean ± std over {len(seeds)} seeds" if several else
+                 "PSNR by arm, one seed (no error bars: one training per arm)")
     fig.tight_layout(rect=(0, 0.02 + 0.045 * math.ceil(len(names) / ncol), 1, 1))
     paths.append(figs_dir / PSNR_FIGURE)
     save_figure(fig, paths[-1], dpi=110)
@@ -229,7 +242,7 @@ def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], see
             for k, space in enumerate(SPACES):
                 vals = [np.asarray(per[f"{set_name}/{space}"]) * 100 for per in probe.values()]
                 ax.bar(x + (k - 1) * 0.27, [v.mean() for v in vals], 0.27,
-                       yerr=[v.std(ddof=1) if len(v) > 1 else 0 for v in vals], capsize=2,
+                       yerr=[v.std(ddof=1) for v in vals] if several else None, capsize=2,
                        color=space_colours[space], label={"wb": "WB", "source": "source z"}.get(space, space))
             ax.axhline(100 / len(classes), color="k", ls="--", lw=1, label="chance")
             ax.set_xticks(x, [textwrap.fill(ARMS[a].label, 16) for a in probe], fontsize=7)
