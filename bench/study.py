@@ -1,12 +1,13 @@
 """BaryIR's claims at small scale: eight arms x seeds on the embedded demo data, with the real
 trainer (``trainer_bary.py``'s engine and parser) and the real tester engine (``utils.eval.evaluation``).
 
-    .venv/bin/python bench/study.py            # the full study: 8 arms x 3 seeds (up to 2 hours on 2 CPU cores)
-    .venv/bin/python bench/study.py --quick    # one seed, 60 iterations (up to 12 minutes): a pipeline check
+    .venv/bin/python bench/study.py            # the full study: 8 arms x 3 seeds (86 minutes recorded on 2 CPU cores)
+    .venv/bin/python bench/study.py --quick    # one seed, 60 iterations: a pipeline check
     .venv/bin/python bench/study.py            # again: continues where it stopped; finished runs are skipped
 
 The time estimates (``plan``, printed first) are measured for the first five arms and guessed from the
-networks' sizes for the last three (``UNMEASURED``, :mod:`utils.study.budget`) until a run records them.
+networks' sizes for the last three (``UNMEASURED``, :mod:`utils.study.budget`: STUDY.md records only the
+full study's total), plus a fixed cost per run (start-up, checkpoint, evaluation's overhead).
 
 What it does (``STUDY.md`` explains the setup and how to read the tables):
 
@@ -96,9 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                           "residual spaces",
                               formatter_class=OneSpellingHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help=f"{len(QUICK['seeds'])} seed x {QUICK['iters']} iterations per arm (up to 12 minutes for "
-                        f"all arms): "
-                        f"checks the pipeline; the study's setting is the default")
+                   help=f"{len(QUICK['seeds'])} seed x {QUICK['iters']} iterations per arm (the plan printed first "
+                        f"estimates the time): checks the pipeline; the study's setting is the default")
     p.add_argument("--out", default=None, help="runs, caches and tables (default results/study, "
                                                "results/study-quick with --quick)")
     p.add_argument("--figs-dir", dest="figs_dir", default=None,
