@@ -63,7 +63,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.cli import OneSpellingHelpFormatter
     from utils.demo.data import DemoDataError, build_demo_data, check_build_args
     from utils.demo.run import InputAsOutput
-    from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
+    from utils.errors import OneLineArgumentParser, add_debug_flag, counted, run_main
     from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
     from utils.owned_outputs import keep_aside_foreign_outputs, record_outputs
@@ -229,11 +229,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
               f"- machine: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']} "
               f"({machine['torch_threads']} threads), {machine['platform']}",
               f"- code: {machine['commit']}; {machine['date']}; wall time {(time.time() - t0) / 60:.1f} min "
-              f"({done} run(s) trained or evaluated in this invocation); the {len(runs)} runs took "
+              f"({counted(done, 'run')} trained or evaluated in this invocation); the {counted(len(runs), 'run')} took "
               f"{compute / 60:.1f} min (training and evaluation, as recorded by the invocations that ran them)",
-              f"- setting: {len(args.seeds)} seed(s) ({' '.join(map(str, args.seeds))}), {args.iters} iterations "
-              f"per run, batch {args.batch_size}, patch {args.patch_size}, tiny preset, lr {args.lr:g}, "
-              f"--repeat {' '.join(f'{k}={v}' for k, v in repeats.items())}",
+              f"- setting: {counted(len(args.seeds), 'seed')} ({' '.join(map(str, args.seeds))}), "
+              f"{args.iters} iterations per run, batch {args.batch_size}, patch {args.patch_size}, tiny preset, "
+              f"lr {args.lr:g}, --repeat {' '.join(f'{k}={v}' for k, v in repeats.items())}",
               f"- figures: {', '.join(str(p) for p in fig_paths)}", ""]
     text = "\n".join(header) + "\n" + md
     write_text(out / "study.md", text + "\n")

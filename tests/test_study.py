@@ -559,6 +559,17 @@ def test_the_psnr_figure_is_read_by_position_and_one_seed_has_no_error_bars(monk
         assert len(seeds) == 1 or f"over {len(seeds)} seeds" in title
 
 
+def test_the_plan_counts_in_words_and_its_estimate_includes_a_runs_fixed_cost(tmp_path):
+    """The plan said "(1 trainings)" and "1 epoch(s)"; its estimate at tiny settings ("up to 6 s ... baryir 4 s,
+    restormer 2 s per seed") left out what a run costs beside its iterations and images (26 s and 7 s in reality)."""
+    from utils.study.budget import FIXED_SECONDS, estimated_seconds
+    args = study.resolve_settings(study.get_args_parser().parse_args(fake_argv(tmp_path, "--scale", "0.25")))
+    args.arms = ["baryir"]
+    text = plan(args, {"denoise_15": 1})
+    assert "(1 training)" in text and "(1 epoch of 2" in text and "(s)" not in text
+    assert estimated_seconds(args)["baryir"] >= FIXED_SECONDS > 0
+
+
 def test_the_estimate_of_the_full_study_covers_its_recorded_time():
     """STUDY.md records the full study's total (its 24 runs' training and evaluation); the plan's estimate of that
     setting, "up to" on the safe side, must not be below it."""
@@ -583,4 +594,3 @@ def test_the_estimate_covers_the_smoke_runs(smoke):
     for arm in ARMS:
         r = json.loads((tmp / "out" / "runs" / arm / "seed0" / "eval.json").read_text())
         assert r["train_seconds"] + r["eval_seconds"] <= 2 * planned[arm], (arm, r["train_seconds"], planned[arm])
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from utils.errors import counted
 from utils.study.arms import ARMS, MATCHED_DIM
 
 FULL = dict(iters=400, epochs=4, seeds=[0, 1, 2])
@@ -57,12 +58,14 @@ def plan(args: argparse.Namespace, repeats: dict[str, int]) -> str:
     guessed = {a for a in per_run if ARMS[a].cost_key in UNMEASURED}
     per_run = {(f"{a}*" if a in guessed else a): s for a, s in per_run.items()}
     decay = ", the last at lr/10" if args.epochs > 1 else ""
-    quick = (f" (QUICK: {len(args.seeds)} seed(s) x {args.iters} iterations, not the study's {len(FULL['seeds'])} x "
+    quick = (f" (QUICK: {counted(len(args.seeds), 'seed')} x {args.iters} iterations, not the study's "
+             f"{len(FULL['seeds'])} x "
              f"{FULL['iters']}; it checks the pipeline, not the claims)") if args.quick else ""
     lines = [f"BaryIR study{quick}",
              f"  arms:   {', '.join(args.arms)}",
-             f"  seeds:  {' '.join(map(str, args.seeds))}   ({len(args.arms) * len(args.seeds)} trainings)",
-             f"  per run: {args.iters} iterations ({args.epochs} epoch(s) of {args.iters // args.epochs}{decay}), "
+             f"  seeds:  {' '.join(map(str, args.seeds))}   ({counted(len(args.arms) * len(args.seeds), 'training')})",
+             f"  per run: {args.iters} iterations ({counted(args.epochs, 'epoch')} of {args.iters // args.epochs}"
+             f"{decay}), "
              f"batch {args.batch_size}, patch {args.patch_size}, tiny preset, lr {args.lr:g}",
              f"  data:   {args.root} (scale {args.scale:g}), --repeat "
              + " ".join(f"{k}={v}" for k, v in repeats.items()),
