@@ -1,0 +1,40 @@
+"""utils/owned_outputs.py: a rerun replaces the files it wrote itself, unchanged since, and moves any other file at
+those names aside (the demo's and the study's rule)."""
+import os
+
+from utils.owned_outputs import foreign_outputs, keep_aside_foreign_outputs, record_outputs
+
+
+def test_only_files_written_as_recorded_are_the_scripts_own(tmp_path, capsys):
+    out, figs, elsewhere = tmp_path / "out", tmp_path / "figs", tmp_path / "elsewhere"
+    for folder in (out, figs, elsewhere):
+        folder.mkdir()
+    record = out / ".outputs.json"
+    planned = [out / "table.md", out / "summary.json", figs / "a.png", elsewhere / "b.png", out / "never.md"]
+    for p, text in zip(planned[:4], ("t", "s", "a", "b")):
+        p.write_text(text)
+    assert foreign_outputs(planned, record) == planned[:4]  # no record yet: every file there is someone else's
+    record_outputs(planned, record)
+    assert foreign_outputs(planned, record) == []
+    planned[0].write_text("edited")  # changed since: not the script's any more
+    planned[2].unlink()
+    os.symlink(planned[1], planned[2])  # a link at a name it writes: never written through
+    assert foreign_outputs(planned, record) == [planned[0], planned[2]]
+
+    planned[3].write_text("changed")
+    left = keep_aside_foreign_outputs(planned, record, [(out, "results"), (figs, "figures")], "the tool")
+    assert left == [planned[3]] and planned[3].read_text() == "changed"  # in neither folder: left where it is
+    [kept] = out.glob("results.before-*")
+    [kept_fig] = figs.glob("figures.before-*")
+    assert (kept / "table.md").read_text() == "edited" and (kept_fig / "a.png").is_symlink()
+    assert not planned[0].exists() and planned[1].read_text() == "s"
+    said = capsys.readouterr().out
+    assert f"=> 1 file of the names the tool writes was in {out}, and not as the tool wrote it" in said
+    assert said.count("\n") == 2
+
+
+def test_an_unreadable_record_makes_every_file_foreign(tmp_path):
+    (tmp_path / "a.png").write_text("a")
+    for text in ("{", "[1, 2]"):
+        (tmp_path / "record.json").write_text(text)
+        assert foreign_outputs([tmp_path / "a.png"], tmp_path / "record.json") == [tmp_path / "a.png"]
