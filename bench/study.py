@@ -70,7 +70,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.runtime import DEVICES, pick_device
     from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
     from utils.study.budget import FULL, QUICK, estimated_seconds, minutes, plan
-    from utils.study.errors import StudyInterrupted, StudySettingError
+    from utils.study.errors import StudyError, StudyInterrupted, StudySettingError
     from utils.study.probe import probe_summary, probe_views
     from utils.study.report import figure_names, figures, tables
     from utils.study.runs import (
@@ -199,6 +199,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             print(("cached" if seconds == 0 else f"{seconds:.0f} s") + f"; PSNR ID {group_mean(e, ID_TASKS, 0):.2f}, "
                   f"OOD {group_mean(e, OOD_TASKS, 0):.2f} dB" + (f"; about {minutes(left)} left" if left else ""),
                   flush=True)
+    except StudyError:
+        print(flush=True)  # off the line the run's progress was on: the error: line starts its own
+        raise
     except KeyboardInterrupt:
         print(file=sys.stderr)  # off the line the run's progress was on
         raise StudyInterrupted(f"study interrupted; the finished runs and the last checkpoint are kept in {out}/runs. "

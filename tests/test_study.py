@@ -499,8 +499,9 @@ def test_damaged_caches_are_one_error_line_naming_the_file(tmp_path, monkeypatch
     (run_dir / "eval.json").write_text(good[:len(good) // 2])
     monkeypatch.setattr(study, "run_one", run_one)  # the real one: it reads the cache
     assert study.cli(fake_argv(tmp_path)) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.startswith(f"error: {run_dir / 'eval.json'} is damaged") and err.count("\n") == 1
+    assert out.endswith("restormer seed 0: \n")  # the run's line ends: the error line on a console starts its own
     assert "delete it to have that run evaluated again" in err
     (run_dir / "eval.json").write_text(good)
 
@@ -509,6 +510,10 @@ def test_damaged_caches_are_one_error_line_naming_the_file(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith(f"error: {wb_dir / 'embeddings.npz'} is damaged") and err.count("\n") == 1
     assert "delete it to have that run evaluated and embedded again" in err
+    (wb_dir / "embeddings.npz").write_bytes(b"\n")  # not an archive at all: numpy's words advised allow_pickle
+    assert study.cli(fake_argv(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {wb_dir / 'embeddings.npz'} is damaged") and "pickle" not in err
 
     (tmp_path / "out" / "study_config.json").write_text("{")
     assert study.cli(fake_argv(tmp_path)) == 1

@@ -141,10 +141,10 @@ def check_network(arm_name: str, network: dict | None, source: Path) -> None:
                          f"retrain it, or pass another --out")
 
 
-def damaged(path: Path, exc: BaseException, fix: str) -> StudyError:
+def damaged(path: Path, exc: BaseException, fix: str, why: str | None = None) -> StudyError:
     """The error for a file of the study's that cannot be read (cut short by a crash or a full disk, or edited):
-    it names ``path`` and why, then ``fix``; returns it for the caller to raise."""
-    why = " ".join(str(exc).split()) or type(exc).__name__
+    it names ``path`` and why (``why``, else ``exc``'s text), then ``fix``; returns it for the caller to raise."""
+    why = why or " ".join(str(exc).split()) or type(exc).__name__
     return StudyError(f"{path} is damaged and cannot be read ({type(exc).__name__}: {why}) — {fix}")
 
 
@@ -182,7 +182,8 @@ def read_embeddings(run_dir: Path) -> dict[str, np.ndarray]:
     except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         fix = (f"delete it to have that run evaluated and embedded again from its finished checkpoint (or delete "
                f"{run_dir} to train it again); the other runs are kept")
-        raise damaged(path, exc, fix) from None
+        # numpy's own words for a file that is not an archive advise loading it with allow_pickle: not here
+        raise damaged(path, exc, fix, why="not a whole .npz archive of the study's embeddings") from None
     return emb
 
 
