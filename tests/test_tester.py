@@ -393,6 +393,48 @@ def _pair_dirs(tmp_path, names_deg, names_tar, size_of=lambda n: (H, W)):
     return deg, tar
 
 
+def test_a_task_folder_with_one_of_its_two_folders_gets_the_check_datas_fix(checkpoint, tmp_path):
+    """A half-present test folder stopped the tester with no fix ('degraded folder does not exist: R/lowlight/low',
+    'target folder does not exist: R/deblur/target') while --check-data gave one: the error is now the doctor's
+    own line, fix included, for a set one level deeper too."""
+    from utils.data import doctor
+    img = _clean_images()["cat"]
+    write_image(tmp_path / "R" / "lowlight" / "high" / "1.png", img)
+    write_image(tmp_path / "R" / "deblur" / "input" / "GOPR0.png", img)
+    write_image(tmp_path / "R" / "derain" / "Rain100L" / "norain" / "norain-1.png", img)  # a download's name
+    write_image(tmp_path / "R" / "derain" / "Rain100L" / "input" / "rain-1.png", img)
+    for task in ("lowlight", "deblur", "derain"):
+        [row] = doctor.check_test_data(tmp_path / "R", [task]).sets
+        [problem] = [p for p in row.errors if p.kind == "missing folder"]
+        assert problem.fix.startswith(("put the ", "rename "))
+        with pytest.raises(PairingError) as exc:
+            run("--model", checkpoint, "--data-root", tmp_path / "R", "--tasks", task, "--save", tmp_path / "o")
+        assert str(exc.value) == f"--tasks {task}: {problem.line()}"
+    assert problem.line() == (f"{tmp_path / 'R/derain/Rain100L/target'}/ does not exist (target images). Fix: "
+                              f"rename {tmp_path / 'R/derain/Rain100L/norain'}/ to "
+                              f"{tmp_path / 'R/derain/Rain100L/target'}/")
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_single_family_is_tested_in_the_folders_it_is_trained_from(checkpoint, tmp_path):
+    """README's training layout for a user's own degradation is single/{degraded,target}; --tasks single read
+    single/{input,target} and stopped with 'degraded folder does not exist: R/single/input'. It now reads the
+    training layout, and a single/input/ gets the rename as its fix."""
+    clean = _clean_images()
+    for k, (name, img) in enumerate(clean.items()):
+        write_image(tmp_path / "R" / "single" / "degraded" / f"{name}.png", _degrade(img, k))
+        write_image(tmp_path / "R" / "single" / "target" / f"{name}.png", img)
+    res = run("--model", checkpoint, "--data-root", tmp_path / "R", "--tasks", "single", "--no-images",
+              "--save", tmp_path / "o")
+    assert list(res["tasks"]) == ["single"] and res["tasks"]["single"]["count"] == 3
+    (tmp_path / "R" / "single" / "degraded").rename(tmp_path / "R" / "single" / "input")
+    single = tmp_path / "R" / "single"
+    with pytest.raises(PairingError, match=re.escape(f"--tasks single: {single / 'degraded'}/ does not exist "
+                                                     f"(degraded images). Fix: rename {single / 'input'}/ to "
+                                                     f"{single / 'degraded'}/")):
+        run("--model", checkpoint, "--data-root", tmp_path / "R", "--tasks", "single", "--save", tmp_path / "o2")
+
+
 def test_swapped_rain_folders_are_refused_not_scored(checkpoint, tmp_path):
     """--degset and --tarset the wrong way round (norain-N degraded, rain-N targets) paired, since the name rule is
     symmetric, and the tester scored the restoration of the clean images against the rainy ones without a word."""

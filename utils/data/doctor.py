@@ -242,11 +242,7 @@ def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str
     deg_dir, tar_dir = Path(degraded_dir), Path(target_dir)
     base = deg_dir.parent if deg_dir.parent == tar_dir.parent else deg_dir
     row = SetReport(name, str(base), expected=expected, used_by=tuple(used_by))
-    for folder, is_deg in ((deg_dir, True), (tar_dir, False)):
-        what = "degraded images" if is_deg else "target images"
-        if not folder.is_dir():
-            row.add("missing folder", folder, f"{folder}/ does not exist ({what})",
-                    _rename_fix(folder.parent, folder.name, is_deg, what))
+    row.problems += missing_set_folders(deg_dir, tar_dir)
     missing = bool(row.errors)
     if look_beside:  # an error when they stand in for the missing folders, else a warning
         _misplaced(row, base, deg_dir, tar_dir, ERROR if missing else WARNING)
@@ -283,6 +279,19 @@ def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str
     _size_mismatches(row, checks, pairs)
     _count(row, "degraded images")
     return row, len(checks)
+
+
+def missing_set_folders(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike) -> list[Problem]:
+    """The degraded and target folders of a test set that are not there, each with its fix: rename a folder of a
+    download's usual name beside it (``hazy/`` to ``input/``), else put the images there. ``--check-data`` reports
+    them, and the tester's error for a task folder with one of its two folders missing is theirs."""
+    problems = []
+    for folder, is_deg in ((Path(degraded_dir), True), (Path(target_dir), False)):
+        what = "degraded images" if is_deg else "target images"
+        if not folder.is_dir():
+            problems.append(Problem("missing folder", str(folder), f"{folder}/ does not exist ({what})",
+                                    _rename_fix(folder.parent, folder.name, is_deg, what)))
+    return problems
 
 
 def _report_undecodable(row: SetReport, checks: Mapping[Path, FileCheck], pairs: Sequence[tuple[Path, Path]],

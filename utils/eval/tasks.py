@@ -6,8 +6,9 @@ Tasks (docs/METHOD.md §4 layout under a benchmark root, see :func:`task_layout`
   a set of clean images (``bsd68``, ``kodak24``, ...); the noisy inputs are synthesised with
   seeds from (file name, sigma) (:mod:`utils.data.noise`), rows ``denoise_25/bsd68``;
 - ``derain``, ``dehaze``, ``deblur``, ``lowlight`` and any other NAME: ``NAME/{input,target}``
-  (``lowlight/{low,high}``), or one level deeper, ``NAME/<set>/{input,target}``, one row per set
-  (``derain/Rain100L``).
+  (``lowlight/{low,high}``; ``single``, a user's own degradation: ``single/{degraded,target}``, the folders
+  it is trained from), or one level deeper, ``NAME/<set>/{input,target}``, one row per set
+  (``derain/Rain100L``). A set with one of its two folders missing is an error with ``--check-data``'s fix.
 
 :func:`find_task_sets` turns task names into :class:`EvalSet` s of :class:`EvalItem` s;
 :func:`paired_set` makes one from two folders (``--degset``/``--tarset``); :func:`input_files` lists
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from utils.data.degradations import LAYOUT
 from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, image_size, is_image, list_images
 from utils.data.pairing import PairingError, match_pairs
 from utils.errors import listing
@@ -51,6 +53,8 @@ PAIRED_TASKS: dict[str, PairedLayout] = {
     "dehaze": PairedLayout("dehaze"),
     "deblur": PairedLayout("deblur"),
     "lowlight": PairedLayout("lowlight", "low", "high"),
+    # a user's own degradation, tested in the folders it is trained from (the trainer's --single-dir layout)
+    "single": PairedLayout("single", *LAYOUT["single"][1:]),
 }
 _DENOISE = re.compile(r"^denoise_(\d+)$")
 # The paper's set names inside a task folder, for messages that say where to put the data.
@@ -163,18 +167,37 @@ def paired_set(name: str, degraded_dir: str | Path, target_dir: str | Path, task
     return EvalSet(name=name, task=task or name, items=items, skipped=skipped, bad_files=unreadable)
 
 
+def _has_either(folder: Path, layout: PairedLayout) -> bool:
+    return (folder / layout.degraded).is_dir() or (folder / layout.target).is_dir()
+
+
 def _paired_sets(task: str, layout: PairedLayout, root: Path, skip: bool, skip_bad: bool = False) -> list[EvalSet]:
     base = root / layout.folder
-    if (base / layout.degraded).is_dir() or (base / layout.target).is_dir():
-        return [paired_set(task, base / layout.degraded, base / layout.target, task, skip, skip_bad)]
-    subsets = sorted(d for d in base.iterdir() if d.is_dir() and (d / layout.degraded).is_dir()) \
-        if base.is_dir() else []
-    if not subsets:
+    if _has_either(base, layout):
+        folders = [base]
+    else:  # sets one level deeper; one with only one of its two folders is named below, with its fix
+        folders = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")
+                         and _has_either(d, layout)) if base.is_dir() else []
+    if not folders:
         raise PairingError(f"task {task!r}: expected {base / layout.degraded} and {base / layout.target}, or "
                            f"{base}/<set>/{{{layout.degraded},{layout.target}}}; found neither. Check --data-root "
                            f"({root}) and the layout in docs/METHOD.md §4.")
-    return [paired_set(f"{task}/{d.name}", d / layout.degraded, d / layout.target, task, skip, skip_bad)
-            for d in subsets]
+    for d in folders:
+        _check_both_folders(task, d / layout.degraded, d / layout.target)
+    return [paired_set(task if d == base else f"{task}/{d.name}", d / layout.degraded, d / layout.target, task,
+                       skip, skip_bad) for d in folders]
+
+
+def _check_both_folders(task: str, degraded_dir: Path, target_dir: Path) -> None:
+    """A set with one of its two folders not there is a :class:`PairingError` with the fix ``--check-data`` gives
+    (:func:`utils.data.doctor.missing_set_folders`: the one home of those fixes)."""
+    if any(f.exists() and not f.is_dir() for f in (degraded_dir, target_dir)):
+        return  # a file where a folder belongs: match_pairs says so
+    if degraded_dir.is_dir() and target_dir.is_dir():
+        return
+    from utils.data.doctor import missing_set_folders  # imported here: the doctor imports this module
+    raise PairingError(f"--tasks {task}: " + "; ".join(p.line() for p in missing_set_folders(degraded_dir,
+                                                                                             target_dir)))
 
 
 def _denoise_sets(task: str, layout: DenoiseLayout, root: Path, notes: list[str] | None = None) -> list[EvalSet]:
