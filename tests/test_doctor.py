@@ -415,6 +415,35 @@ def test_the_expected_test_counts_are_the_published_sets_sizes():
     assert doctor.TRAIN_EXPECTED["derain"].count == 200  # Rain100L's training set: 200 pairs
 
 
+def test_a_paper_set_in_a_folder_of_its_own_name_is_expected_at_the_papers_count(tmp_path, capsys):
+    """2-image sets under dehaze/SOTS_outdoor, deblur/GoPro and lowlight/LOLv1 passed --check-data ('expected -',
+    exit 0) while --compare-paper took them for the SOTS/GoPro/LOL columns and flagged them (2 of the paper's
+    500/1111/15 images): the doctor now expects the count of the set whose paper column the row fills
+    (paper_column, --compare-paper's rule), an error as for the same images directly under dehaze/."""
+    from utils.eval.paper import SET_SIZES, paper_column
+    root = tmp_path / "R"
+    rng = np.random.default_rng(5)
+    for folder, deg, tar in (("dehaze/SOTS_outdoor", "input", "target"), ("deblur/GoPro", "input", "target"),
+                             ("lowlight/LOLv1", "low", "high"), ("dehaze/indoor", "input", "target")):
+        for i in (1, 2):
+            img = smooth_image(rng, 32)
+            _write(root / folder / deg / f"{i}.png", img)
+            _write(root / folder / tar / f"{i}.png", img)
+    assert check_tester("--data-root", root, "--tasks", "dehaze", "deblur", "lowlight") == 1
+    report = doctor.check_test_data(root, ["dehaze", "deblur", "lowlight"])
+    rows = {s.name: s for s in report.sets}
+    assert {n: (s.found, doctor._cell(s.expected), s.status) for n, s in rows.items()} == {
+        "dehaze/SOTS_outdoor": (2, "500", "FAIL"), "dehaze/indoor": (2, "-", "ok"),  # SOTS indoor: no column
+        "deblur/GoPro": (2, "1,111", "FAIL"), "lowlight/LOLv1": (2, "15", "FAIL")}
+    assert rows["deblur/GoPro"].errors[0].line() == (
+        f"found 2 degraded images, expected 1,111 (the paper's GoPro set, the column --compare-paper gives this "
+        f"row). Fix: 1,109 degraded images missing: complete the download into {root / 'deblur' / 'GoPro'}")
+    assert "2 degraded images, expected 500" in capsys.readouterr().out
+    # the two rules agree: each count the doctor knows is the paper's size of the column its set fills
+    assert all(SET_SIZES[paper_column(k.replace("denoise/", "denoise_25/")).split(" ")[0]] == n
+               for k, n in doctor.TEST_EXPECTED.items() if k != "denoise/kodak24")
+
+
 def test_a_pair_that_differs_in_width_only_is_a_size_mismatch(tmp_path):
     """A degraded image as tall as its target but narrower is a mismatch, as one of another height is, and the
     found count is of the degraded images, whatever else lies among the targets."""

@@ -41,9 +41,12 @@ from utils.data.image_io import list_images, max_pixels, nested_images_hint, pix
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files, decode_files
 from utils.data.pairing import PairingError, SwappedFolders, match_pairs, partners_of
 from utils.errors import UsageError
+from utils.eval.paper import paper_column
 from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
 
-# The paper's test sets, by folder under the benchmark root (lower case): images found must equal these.
+# The paper's test sets, by folder under the benchmark root (lower case): images found must equal these. A set
+# elsewhere that fills one of their paper columns (dehaze/SOTS_outdoor, deblur/GoPro) is expected at the same count
+# (expected_count).
 TEST_EXPECTED: dict[str, int] = {
     "denoise/bsd68": 68,
     "denoise/kodak24": 24,
@@ -231,8 +234,8 @@ def _degraded_name(target: Path) -> str:
 # --------------------------------------------------------------------------- test sets
 
 def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
-                     expected: int | None = None, used_by: Sequence[str] = (), pixel_limit: int | None = None,
-                     threads: int = HEADER_THREADS, look_beside: bool = True,
+                     expected: int | Expected | None = None, used_by: Sequence[str] = (),
+                     pixel_limit: int | None = None, threads: int = HEADER_THREADS, look_beside: bool = True,
                      decode: str = "") -> tuple[SetReport, int]:
     """One test set of degraded images and their targets, paired by :func:`match_pairs`; returns the row
     and the number of files read. ``look_beside``: images in the folder holding both (a benchmark layout's
@@ -316,7 +319,7 @@ def _misplaced(row: SetReport, base: Path, deg_dir: Path, tar_dir: Path, severit
                                            else f" (or {tar_dir}/ if it is a target)"), severity)
 
 
-def check_denoise_set(name: str, folder: str | os.PathLike, expected: int | None = None,
+def check_denoise_set(name: str, folder: str | os.PathLike, expected: int | Expected | None = None,
                       used_by: Sequence[str] = (), pixel_limit: int | None = None,
                       threads: int = HEADER_THREADS) -> tuple[SetReport, int]:
     """A denoising test set: the clean images of one folder (the noisy inputs are synthesised)."""
@@ -341,8 +344,8 @@ def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: 
     layout = task_layout(task)
     base = root / layout.folder
 
-    def exp(folder: Path) -> int | None:
-        return expected.get(folder.relative_to(root).as_posix().lower())
+    def exp(folder: Path) -> int | Expected | None:
+        return expected_count(folder.relative_to(root).as_posix(), task, expected)
 
     if isinstance(layout, DenoiseLayout):
         folders = ([base] if base.is_dir() and list_images(base) else []) + (
@@ -384,6 +387,34 @@ def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: 
                                           exp(d), (task,), pixel_limit, threads)) for d in folders]
 
 
+def _row_of(key: str, task: str) -> str:
+    """The tester's row for the set in ``key`` (its folder under the root) read by ``task``: ``denoise/bsd68`` is
+    ``denoise_25/bsd68`` for ``denoise_25``; a paired set's row is its folder."""
+    layout = task_layout(task)
+    if isinstance(layout, DenoiseLayout) and (key == layout.folder or key.startswith(layout.folder + "/")):
+        return task + key[len(layout.folder):]
+    return key
+
+
+def expected_count(key: str, task: str, expected: Mapping[str, int] = TEST_EXPECTED) -> int | Expected | None:
+    """The images expected in the set at ``key`` (its folder under the root, e.g. ``dehaze/SOTS_outdoor``) that
+    ``task`` reads: ``expected[key]`` (keys in lower case), else, when the tester's row of it fills a paper column
+    (:func:`utils.eval.paper.paper_column`, the rule ``--compare-paper`` follows: ``*sots*``/``outdoor`` is SOTS,
+    ``gopro`` GoPro, ``lol``/``eval15`` LOL, ``cbsd68`` BSD68), the count of the ``expected`` set filling that
+    column; None for a set that fills none."""
+    key = key.lower()
+    if key in expected:
+        return expected[key]
+    column = paper_column(_row_of(key, task))
+    if column is None:
+        return None
+    for paper_key, n in expected.items():
+        if paper_column(_row_of(paper_key, task)) == column:
+            return Expected(n, note=f"the paper's {column.split(' ')[0]} set, the column --compare-paper gives this "
+                                    f"row")
+    return None
+
+
 def _subfolders(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
 
@@ -393,7 +424,8 @@ def check_test_data(data_root: str | os.PathLike, tasks: Sequence[str] | None = 
                     threads: int = HEADER_THREADS) -> DataReport:
     """The test sets ``tasks`` read under ``data_root`` (None or ``all``: every paper task present), one row
     per folder (``denoise/bsd68`` serves every ``denoise_<sigma>``). ``expected``: images per set, keyed by
-    the set's folder under the root in lower case (:data:`TEST_EXPECTED`)."""
+    the set's folder under the root in lower case (:data:`TEST_EXPECTED`); a set filling the paper column of one
+    of them is expected at its count (:func:`expected_count`)."""
     tic = time.perf_counter()
     root = Path(data_root)
     report = DataReport(f"test data under {root}")
