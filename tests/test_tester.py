@@ -380,6 +380,39 @@ def test_compare_paper_prints_the_published_columns(bench, checkpoint, tmp_path,
     assert "Against the published" in (tmp_path / "res" / "results.md").read_text()
 
 
+def test_compare_paper_says_when_the_checkpoint_was_trained_on_another_setting(bench, tmp_path, capsys):
+    """A checkpoint recording domains ['denoise', 'derain', 'dehaze'] (3D) compared with --compare-paper 5d, a 5D one
+    with 3d, or a single K=1 one, was set beside the published numbers without a word: a note now says which
+    families it was trained on and which setting it is compared with, on the screen, in results.md and .json.
+    A checkpoint recording none (a reference one, a plain state dict) and one of the compared setting get none."""
+    model = build_model("BaryNet", "tiny")
+    torch.nn.init.zeros_(model.output.weight)
+    five = ["denoise", "derain", "dehaze", "deblur", "lowlight"]
+    for name, domains, setting, said in (("3d.pth", five[:3], "5d", "denoise, derain, dehaze (the 3D setting)"),
+                                         ("5d.pth", five, "3d", ", ".join(five) + " (the 5D setting)"),
+                                         ("single.pth", ["single"], "5d", "single (K=1 degradation family)"),
+                                         ("same.pth", five[:3], "3d", None), ("none.pth", None, "5d", None)):
+        path = tmp_path / name
+        torch.save({"model": model.state_dict(), "model_config": model_config("tiny"), "backbone": "BaryNet",
+                    **({"domains": domains} if domains else {})}, path)
+        res = run("--model", path, "--data-root", bench, "--tasks", "derain", "--no-images", "--compare-paper",
+                  setting, "--save", tmp_path / name.removesuffix(".pth"))
+        printed = capsys.readouterr().out
+        md = (tmp_path / name.removesuffix(".pth") / "results.md").read_text()
+        if said is None:
+            assert "compare_paper_note" not in res and "Note: this checkpoint" not in printed + md
+            continue
+        compared = ", ".join(five[:3] if setting == "3d" else five)
+        note = (f"this checkpoint was trained on {said}, not on the {setting.upper()} setting's {compared}: the "
+                f"published {setting.upper()} numbers are of a model trained otherwise, so the differences measure "
+                f"the training as well as the method")
+        assert res["compare_paper_note"] == note and res["protocol"]["domains"] == domains
+        table = f"Against the published BaryIR {setting.upper()} results:\n\nNote: {note}.\n\n| Column |"
+        assert table in printed and table in md
+        assert json.loads((tmp_path / name.removesuffix(".pth") / "results.json").read_text())[
+            "compare_paper_note"] == note
+
+
 # --------------------------------------------------------------------------- errors
 
 def _pair_dirs(tmp_path, names_deg, names_tar, size_of=lambda n: (H, W)):

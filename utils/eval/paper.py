@@ -30,6 +30,8 @@ SETTINGS = {
     "3d": ("SOTS", "Rain100L", "BSD68 σ15", "BSD68 σ25", "BSD68 σ50"),
     "5d": ("SOTS", "Rain100L", "BSD68 σ25", "GoPro", "LOL"),
 }
+# The degradation families each setting trains on (a trainer checkpoint records its own as ``domains``).
+SETTING_FAMILIES = {"3d": ("denoise", "derain", "dehaze"), "5d": ("denoise", "derain", "dehaze", "deblur", "lowlight")}
 # Published BaryIR (PSNR, SSIM), TPAMI 2026, the tables reproduced in docs/METHOD.md §4.
 PUBLISHED = {
     "3d": {"SOTS": (31.40, 0.980), "Rain100L": (39.02, 0.985), "BSD68 σ15": (34.16, 0.935),
@@ -125,14 +127,34 @@ def paper_averages(tasks: Mapping[str, Mapping[str, Any]],
     return out
 
 
+def setting_note(domains: Any, setting: str) -> str | None:
+    """What to say when a checkpoint trained on the families ``domains`` (its record, e.g. ``['denoise', 'derain',
+    'dehaze']``) is compared with the published ``setting`` but was not trained on that setting's families (the other
+    setting's, a ``single`` K=1 run, ...); None when it was, or when nothing is recorded (a reference checkpoint, a
+    plain state dict: ``domains`` None)."""
+    if not isinstance(domains, (list, tuple)) or not domains or not all(isinstance(d, str) for d in domains):
+        return None
+    wanted = SETTING_FAMILIES[setting]
+    if set(domains) == set(wanted):
+        return None
+    other = next((s for s, families in SETTING_FAMILIES.items() if set(families) == set(domains)), None)
+    trained = f"the {other.upper()} setting" if other else f"K={len(domains)} degradation famil" + \
+        ("y" if len(domains) == 1 else "ies")
+    return (f"this checkpoint was trained on {', '.join(domains)} ({trained}), not on the {setting.upper()} setting's "
+            f"{', '.join(wanted)}: the published {setting.upper()} numbers are of a model trained otherwise, so the "
+            f"differences measure the training as well as the method")
+
+
 def comparison_lines(tasks: Mapping[str, Mapping[str, Any]], setting: str,
-                     protocol: Mapping[str, Any] | None = None) -> list[str]:
+                     protocol: Mapping[str, Any] | None = None, note: str | None = None) -> list[str]:
     """A markdown table: each of ``setting``'s columns, this run's PSNR/SSIM, the published BaryIR
     numbers and the difference (missing columns say so), then the averages over the columns present
-    in both; rows not scored as the paper's (:func:`caveat`, under the run's ``protocol``) say why."""
+    in both; rows not scored as the paper's (:func:`caveat`, under the run's ``protocol``) say why.
+    ``note`` (:func:`setting_note`: a checkpoint trained on other families) is said above the table."""
     columns = paper_columns(tasks)
     published = PUBLISHED[setting]
     lines = [f"Against the published BaryIR {setting.upper()} results:", "",
+             *([f"Note: {note}.", ""] if note else []),
              "| Column | Row | This run PSNR/SSIM | Published | Δ PSNR | Δ SSIM |", "|---|---|---|---|---|---|"]
     ours, theirs, flagged = [], [], []
     for column in SETTINGS[setting]:

@@ -52,7 +52,8 @@ def summary_table(results: Mapping[str, Any]) -> str:
                          f"{pa['psnr']:.2f}/{pa['ssim']:.3f}" + (f" — not comparable with the paper's ({caveats})"
                                                                  if caveats else ""))
     if results.get("compare_paper"):
-        lines += [""] + comparison_lines(tasks, results["compare_paper"], results.get("protocol"))
+        lines += [""] + comparison_lines(tasks, results["compare_paper"], results.get("protocol"),
+                                         results.get("compare_paper_note"))
     return "\n".join(lines + _notes(results))
 
 
