@@ -449,6 +449,14 @@ def test_a_task_folder_with_one_of_its_two_folders_gets_the_check_datas_fix(chec
     assert not (tmp_path / "o").exists()
 
 
+def test_a_missing_folder_named_by_no_flag_is_said_with_its_fix(tmp_path):
+    """paired_set (and match_pairs) with no flag to name said 'degraded folder does not exist: PATH' and no fix."""
+    write_image(tmp_path / "t" / "a.png", _clean_images()["cat"])
+    with pytest.raises(PairingError, match=re.escape(f"the degraded folder {tmp_path / 'd'} does not exist: put the "
+                                                     f"degraded images there, or pass the folder that holds them")):
+        paired_set("x", tmp_path / "d", tmp_path / "t")
+
+
 def test_the_single_family_is_tested_in_the_folders_it_is_trained_from(checkpoint, tmp_path):
     """README's training layout for a user's own degradation is single/{degraded,target}; --tasks single read
     single/{input,target} and stopped with 'degraded folder does not exist: R/single/input'. It now reads the

@@ -70,7 +70,8 @@ def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
                                    f"the {kind} images")
             if flag:
                 raise PairingError(f"{flag} {folder}: no such folder (the {kind} images' folder); check the path")
-            raise PairingError(f"{kind} folder does not exist: {folder}")
+            raise PairingError(f"the {kind} folder {folder} does not exist: put the {kind} images there, or pass "
+                               f"the folder that holds them")
     degraded = list_images(degraded_dir)
     targets = list_images(target_dir)
     for files, folder, flag in ((degraded, degraded_dir, "degraded"), (targets, target_dir, "target")):
