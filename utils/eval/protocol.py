@@ -179,6 +179,9 @@ def load_model(path: str | Path, backbone: str | None = None, preset: str | None
     model = BACKBONES[backbone](**cfg)
     load_network(model, obj, str(path))
     info = {"model": str(path), "backbone": backbone, "model_config": cfg, "config_from": source}
+    domains = obj.get("domains") if isinstance(obj, Mapping) else None  # the families a trainer checkpoint trained
+    if isinstance(domains, list) and domains and all(isinstance(d, str) for d in domains):
+        info["domains"] = list(domains)  # (--compare-paper says when they are not the setting's)
     if notes:
         info["note"] = "; ".join(notes)
     return model, info

@@ -485,8 +485,6 @@ def main(args) -> dict:
                                  num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
         if "note" in info:
             print(f"=> {info.pop('note')}")
-        if args.compare_paper:
-            _add_trained_domains(info)
         if protocol.compile != "off":
             print(f"=> --compile {protocol.compile}: the first image of each size compiles the network's forward "
                   f"(minutes; cached under {compile_cache_dir()} for later runs)")
@@ -550,27 +548,6 @@ def _write_and_show(results: dict, save: Path) -> dict[str, Path]:
         raise
     print(format_report(results))
     return paths
-
-
-def _add_trained_domains(info: dict) -> None:
-    """``info["domains"]``: the degradation families a project checkpoint records it was trained on (the trainers
-    store them), for --compare-paper's note on another setting; nothing for a reference checkpoint or a plain
-    state dict, which record none. load_model has read and checked the file just before: its record is read again
-    with the tensors mapped, not loaded."""
-    if "domains" in info or info.get("config_from") != "checkpoint":
-        return
-    import warnings
-
-    import torch
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(info["model"], map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # a file of the legacy format cannot be mapped: no note rather than a second full read
-        return
-    domains = obj.get("domains") if isinstance(obj, dict) else None
-    if isinstance(domains, list) and domains and all(isinstance(d, str) for d in domains):
-        info["domains"] = domains
 
 
 def _record_flags(results: dict, args) -> None:
