@@ -435,8 +435,14 @@ def fake_study(monkeypatch, tmp: Path, fail_runs: bool = False):
 
 
 def fake_argv(tmp: Path, *extra: str) -> list[str]:
+    """A tiny study's flags, ``extra`` last; a list flag in ``extra`` (--arms, --seeds) replaces this one's (a flag
+    of several values may be given once)."""
+    lists = []
+    for flag, values in (("--arms", ["baryir", "restormer"]), ("--seeds", ["0"])):
+        if flag not in extra:
+            lists += [flag, *values]
     return ["--out", str(tmp / "out"), "--root", str(tmp / "demo"), "--device", "cpu", "--iters", "2", "--epochs", "1",
-            "--arms", "baryir", "restormer", "--seeds", "0", "--no-progress", *extra]
+            *lists, "--no-progress", *extra]
 
 
 def test_the_figures_go_with_the_studys_own_results_by_default(tmp_path):
