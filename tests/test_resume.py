@@ -561,6 +561,9 @@ def test_runs_of_other_settings_get_their_own_folder_by_default(data, tmp_path):
     assert run_dir(args, 3) == str(Path("checkpoint") / "BaryNet_tiny_3D_p32")
     assert run_dir(get_args_parser().parse_args([*flags, "--name", "mine"]), 3) == str(Path("checkpoint") / "mine")
     assert run_dir(get_args_parser().parse_args([*flags, "--output-dir", "elsewhere"]), 3) == "elsewhere"
+    # the DDP trainer's objective: a folder of its own (a trainer_bary.py run there refused its --resume auto)
+    ddp = get_args_parser(threads_default=4, objective="ddp").parse_args(flags)
+    assert run_dir(ddp, 3) == str(Path("checkpoint") / "BaryNet_tiny_3D_p32_ddp")
     # --name with --output-dir named no folder and was passed over in silence
     with pytest.raises(ValueError, match="--name mine names the run's folder under checkpoint/ when --output-dir is "
                                          "not given, and --output-dir elsewhere is: drop one of them"):

@@ -231,8 +231,9 @@ def model_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_dir(args: argparse.Namespace, k: int) -> str:
-    """``--output-dir``, else ``checkpoint/<--name>``, else ``checkpoint/<backbone>_<preset>_<K>D_p<patch>``:
-    runs of other settings never share a folder (nor each other's ``--resume auto``) by default."""
+    """``--output-dir``, else ``checkpoint/<--name>``, else ``checkpoint/<backbone>_<preset>_<K>D_p<patch>``, with
+    ``_ddp`` for the DDP trainer's objective: runs of other settings never share a folder (nor each other's
+    ``--resume auto``) by default, a ``trainer_bary.py`` run and a ``trainer_bary_ddp.py`` run included."""
     if args.output_dir:
         if getattr(args, "name", None) and Path(args.output_dir) != Path("checkpoint") / args.name:
             raise ValueError(f"--name {args.name} names the run's folder under checkpoint/ when --output-dir is not "
@@ -240,7 +241,8 @@ def run_dir(args: argparse.Namespace, k: int) -> str:
         return args.output_dir
     tag = "".join(f"_{short}{'-'.join(map(str, v)) if isinstance(v, list) else v}"
                   for short, v in zip(("d", "b", "r", "h"), model_overrides(args).values()) if v is not None)
-    name = args.name or f"{args.backbone}_{args.preset}{tag}_{k}D_p{args.patch_size}"
+    objective = "_ddp" if getattr(args, "objective", None) == "ddp" else ""  # the two trainers' objectives differ
+    name = args.name or f"{args.backbone}_{args.preset}{tag}_{k}D_p{args.patch_size}{objective}"
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"--name {name!r} must be a plain folder name")
     return str(Path("checkpoint") / name)
