@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _train_data import make_test_tree, make_train_tree
@@ -111,12 +112,17 @@ def readme_layout(tmp_path_factory):
     train["data_file_dir"].rename(roots["train"] / "data_dir")
     for root in roots.values():
         make_test_tree(root / "data" / "test", size=40)
+    for root, side in ((roots["train"] / "data" / "Train", 160), (roots["test"] / "data" / "test", 40)):
+        for i in range(3):  # a degradation of the user's own, in the training layout (the tester reads it too)
+            clean = np.full((side, side, 3), 40 * i + 60, np.uint8)
+            write_image(root / "single" / "target" / f"{i}.png", clean)
+            write_image(root / "single" / "degraded" / f"{i}.png", clean // 2)
     root = roots["test"]
     torch.manual_seed(0)
     model = build_model("BaryNet", "tiny")
     ckpt = {"model": model.state_dict(), "model_config": model.config, "backbone": "BaryNet", "epoch": 1}
-    for path in ("checkpoint/BaryNet_paper_3D_p128/epoch_001.pth", "checkpoint/BaryNet_paper_5D_p128/epoch_001.pth",
-                 "ckpt.pth"):
+    for path in ("checkpoint/BaryNet_paper_3D_p128/epoch_001.pth", "checkpoint/BaryNet_paper_5D_p128_ddp/epoch_001.pth",
+                 "checkpoint/BaryNet_paper_1D_p128/epoch_001.pth", "ckpt.pth"):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         torch.save(ckpt, root / path)
     promptir = build_model("PromptIR", "paper")  # the official release's configuration, as a Lightning file
@@ -184,8 +190,10 @@ def test_the_readmes_test_commands_name_folders_its_training_commands_write():
     written = {}
     for cmd in COMMANDS:
         script, argv = _script_args(cmd)
-        if script.startswith("trainer_bary"):
-            args = train_options.get_args_parser().parse_args(argv)
+        if script.startswith("trainer_bary"):  # each script with its own defaults (the DDP one's objective)
+            parser = train_options.get_args_parser(**({"threads_default": 4, "objective": "ddp"}
+                                                      if script == "trainer_bary_ddp.py" else {}))
+            args = parser.parse_args(argv)
             written[cmd] = train_options.run_dir(args, num_sources(check_de_types(args.de_type)))
     named = {a for cmd in COMMANDS if _script_args(cmd)[0] == "tester_bary.py"
              for a in _script_args(cmd)[1] if a.startswith("checkpoint/BaryNet_")}
