@@ -499,6 +499,14 @@ def test_resume_auto_refuses_a_run_of_other_settings_and_names_them(data, tmp_pa
         flags[flags.index("--patch_size") + 1] = "48"
         engine.main(get_args_parser().parse_args([*flags, "--nEpochs", "2", "--resume", "auto"]))
     assert snapshot(tmp_path / "ckpt") == before
+    # the file named outright: the way on is its weights in a run of these settings, not another --output-dir (the
+    # run already has one of its own)
+    ckpt = tmp_path / "ckpt" / "epoch_001.pth"
+    with pytest.raises(ConfigError, match=rf"Resume it with its own settings, or start a run of these settings from "
+                                          rf"its weights alone: --pretrained {re.escape(str(ckpt))} instead of "
+                                          rf"--resume$"):
+        flags = train_flags(data, tmp_path / "new", de_type=("derain", "dehaze")) + ["--iters-per-epoch", "1"]
+        engine.main(get_args_parser().parse_args([*flags, "--nEpochs", "2", "--resume", str(ckpt)]))
     # the order of --de_type is not a setting (domains follow a fixed family order)
     flags = train_flags(data, tmp_path, de_type=("dehaze", "derain", "denoise_50", "denoise_25", "denoise_15"))
     assert engine.main(get_args_parser().parse_args([*flags, "--iters-per-epoch", "1", "--nEpochs", "2", "--resume",

@@ -542,8 +542,10 @@ def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> Non
         trained = saved.get("objective")
         script = f" (it was trained by {OBJECTIVE_SCRIPTS[trained]}: resume it with that script)" \
             if trained in OBJECTIVE_SCRIPTS and trained != args.objective and not l1_only else ""
+        other = ("give this run its own --output-dir" if getattr(args, "resume", "auto") == "auto" else
+                 f"start a run of these settings from its weights alone: --pretrained {ckpt_path} instead of --resume")
         raise ConfigError(f"--resume: {ckpt_path} belongs to a run with other settings ({'; '.join(named)}){script}. "
-                          f"Resume it with its own settings, or give this run its own --output-dir")
+                          f"Resume it with its own settings, or {other}")
 
 
 def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: Potentials | None,
