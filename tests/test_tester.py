@@ -2459,6 +2459,15 @@ def test_the_closing_line_says_where_the_figures_went(bench, checkpoint, tmp_pat
     assert last.endswith(f"results.md; figures: {tmp_path / 'f'}/ (2)"), last
 
 
+def test_a_dry_run_with_figs_says_where_the_figures_would_go(bench, checkpoint, tmp_path, capsys):
+    """--dry-run --figs named the results' folder only."""
+    res = run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", tmp_path / "s", "--figs",
+              "--figs-dir", tmp_path / "f", "--dry-run")
+    assert res["dry_run"] and f"outputs would go to {tmp_path / 's'}, figures to {tmp_path / 'f'}. Nothing was " \
+        in capsys.readouterr().out
+    assert not (tmp_path / "f").exists()
+
+
 def test_the_comparison_figure_shows_degraded_restored_and_target_with_their_own_scores(tmp_path, monkeypatch):
     """Each line of the figure is the degraded image with its score, the restoration with its own, then the
     target, in that order."""

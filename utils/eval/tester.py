@@ -494,8 +494,9 @@ def main(args) -> dict:
                 lock.check_free()
             count = len(inputs) if args.input else sum(len(s.items) for s in sets)
             rows = "" if args.input else f" in {len(sets)} row(s) ({', '.join(s.name for s in sets)})"
+            figures = f", figures to {args.figs_dir}" if args.figs and not args.input else ""
             print(f"=> dry run: {info['model']} ({info['backbone']}) loads and {count} image(s){rows} are found; "
-                  f"outputs would go to {save}. Nothing was restored or written; drop --dry-run to run")
+                  f"outputs would go to {save}{figures}. Nothing was restored or written; drop --dry-run to run")
             return {"dry_run": True, "model": info, "images": count, "rows": [s.name for s in sets]}
         # LPIPS/FID weights load now: a run that fails on them moves nothing aside
         metrics = None if args.input else perceptual_metrics(protocol, device)
