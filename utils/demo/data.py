@@ -276,6 +276,25 @@ def make_test_image(name: str, short: int, long_max: int) -> tuple[np.ndarray, n
     return crop, depth_proxy(crop)
 
 
+def degraded_test_views(clean: np.ndarray, depth: np.ndarray, seed: int, number: int,
+                      scale: float = 1.0) -> tuple[dict[str, np.ndarray], tuple[float, float]]:
+    """The degraded versions of the ``number``-th test image (1-based) of a build of ``seed`` and ``scale``: the
+    demo's test inputs, and the views ``python -m utils.analysis`` makes of a user's photo the same way.
+
+    ``clean``: uint8 (H, W, 3); ``depth``: its depth in [0, 1], float (H, W), for haze. Returns
+    ``({"rain", "jpeg q10", "low light", "blur", "haze": uint8 (H, W, 3)}, (airlight, beta) of the haze)``; each
+    degradation draws from its own stream (:func:`~utils.demo.degrade.image_rng`, image index
+    ``10_000 + number``: apart from the training images'), so the result does not depend on which are used.
+    ``scale`` multiplies the rain streaks' and the blur's lengths, as it does the build's image sizes.
+    """
+    idx = 10_000 + number  # disjoint random streams from the training images
+    (a, b), = haze_pairs(image_rng(seed, _TAG_HAZE, idx), 1)
+    views = {"rain": add_rain(clean, image_rng(seed, _TAG_RAIN, idx), scale), "jpeg q10": jpeg_degrade(clean),
+             "low light": darken(clean, image_rng(seed, _TAG_LOWLIGHT, idx)),
+             "blur": motion_blur(clean, image_rng(seed, _TAG_BLUR, idx), scale), "haze": add_haze(clean, depth, a, b)}
+    return views, (a, b)
+
+
 def _emit(root: Path, mark: TextIO, files: dict, rel: str, img: np.ndarray, source: str, split: str,
           force: bool) -> int:
     """Write one image (if changed) and record it in ``files``, and first in the build's ``mark`` (a
@@ -339,21 +358,17 @@ def build_files(root: Path, mark: TextIO, params: dict, force: bool, progress: b
                                     add_haze(clean, depth, a, b), name, split)
             continue
         n_test += 1
-        idx = 10_000 + n_test  # disjoint random streams from the training images
         clean, depth = make_test_image(name, short, long_max)
+        views, (a, b) = degraded_test_views(clean, depth, seed, n_test, scale)
+        image_id = f"{n_test:04d}"
         pairs = [
             (f"test/derain/demo/input/rain-{n_test}.png", f"test/derain/demo/target/norain-{n_test}.png",
-             add_rain(clean, image_rng(seed, _TAG_RAIN, idx), scale)),
-            (f"test/jpeg/input/{name}.png", f"test/jpeg/target/{name}.png", jpeg_degrade(clean)),
-            (f"test/lowlight/low/{name}.png", f"test/lowlight/high/{name}.png",
-             darken(clean, image_rng(seed, _TAG_LOWLIGHT, idx))),
-            (f"test/deblur/input/{name}.png", f"test/deblur/target/{name}.png",
-             motion_blur(clean, image_rng(seed, _TAG_BLUR, idx), scale)),
+             views["rain"]),
+            (f"test/jpeg/input/{name}.png", f"test/jpeg/target/{name}.png", views["jpeg q10"]),
+            (f"test/lowlight/low/{name}.png", f"test/lowlight/high/{name}.png", views["low light"]),
+            (f"test/deblur/input/{name}.png", f"test/deblur/target/{name}.png", views["blur"]),
+            (f"test/dehaze/input/{haze_name(image_id, a, b)}", f"test/dehaze/target/{image_id}.png", views["haze"]),
         ]
-        (a, b), = haze_pairs(image_rng(seed, _TAG_HAZE, idx), 1)
-        image_id = f"{n_test:04d}"
-        pairs.append((f"test/dehaze/input/{haze_name(image_id, a, b)}", f"test/dehaze/target/{image_id}.png",
-                      add_haze(clean, depth, a, b)))
         written += emit(f"test/denoise/demo/{name}.png", clean, name, split)
         for rel_in, rel_gt, degraded in pairs:
             written += emit(rel_in, degraded, name, split)
