@@ -24,25 +24,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.analysis.embeddings import (
-    difference_map,
-    latents,
-    mean_cosine,
-    nearest_neighbour_accuracy,
-    nearest_neighbour_chance,
-    pooled,
-)
-from utils.analysis.figures import embedding_projection, takeaway_maps
+from utils.analysis.report import embedding_report
 from utils.checkpoints import LOG_NAME
 from utils.cli import one_spelling
-from utils.data.image_io import read_image, to_float
+from utils.data.image_io import read_image
 from utils.data.noise import noisy_version
 from utils.dataset_utils import ALL_IN_ONE_3D
 from utils.demo.data import build_demo_data
 from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.outputs import RESULT_NAMES, check_writable_folder, figure_names, output_names
-from utils.eval.protocol import Protocol, crop_to_multiple, load_model
+from utils.eval.protocol import Protocol, load_model
 from utils.eval.report import write_results
 from utils.eval.tasks import find_task_sets
 from utils.files import json_text, write_text
@@ -152,52 +144,16 @@ def views_of_one_photo(root: Path, manifest: dict, photo: str) -> dict[str, np.n
     return views
 
 
-def _batch(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(to_float(crop_to_multiple(img))).permute(2, 0, 1)[None].contiguous()
-
-
 def embedding_figures(model: nn.Module, root: Path, manifest: dict, figs_dir: Path, device) -> dict:
     """Takeaway maps for the first test photo, and a PCA of pooled embeddings of every test photo.
 
-    Returns the figures' paths and what they measured: the mean relative WB / residual distance
-    from the first view (the takeaway maps), and the leave-one-out 1-NN accuracy of the
-    degradation and of the photo from the pooled WB and residual embeddings, with chance levels.
+    Returns the figures' paths and what they measured (:func:`utils.analysis.report.embedding_report`): the mean
+    relative WB / residual distance from the first view (the takeaway maps), and the leave-one-out 1-NN accuracy
+    of the degradation and of the photo from the pooled WB and residual embeddings, with chance levels.
     """
-    test_photos = manifest["sources"]["test"]
-    wb_feats, res_feats, labels, photos, cosines = [], [], [], [], []
-    first = None
-    for photo in test_photos:
-        views = views_of_one_photo(root, manifest, photo)
-        x = torch.cat([_batch(v) for v in views.values()]).to(device)
-        b, r = latents(model, x)
-        b, r = b.cpu(), r.cpu()
-        wb_feats.append(pooled(b))
-        res_feats.append(pooled(r))
-        labels += list(views)
-        photos += [photo] * len(views)
-        cosines.append(mean_cosine(b, r).item())
-        if first is None:
-            first = (photo, views, b, r)
-    photo, views, b, r = first
-    names = list(views)
-    size = _batch(views[names[0]]).shape[-2:]
-    # distance of every other view from the first (noise 15), each map drawn under its view;
-    # relative distances: the WB latent is LayerNorm-ed and much larger than the residual
-    wb_maps = [difference_map(b[0], b[i], size, relative=True).numpy() for i in range(1, len(names))]
-    res_maps = [difference_map(r[0], r[i], size, relative=True).numpy() for i in range(1, len(names))]
-    imgs = [to_float(views[n][:size[0], :size[1]]) for n in names]
-    t_path = takeaway_maps(imgs, names, wb_maps, res_maps, figs_dir / "demo_takeaway_maps.png")
-    wb, res = torch.cat(wb_feats), torch.cat(res_feats)
-    p_path = embedding_projection(wb, res, labels, figs_dir / "demo_embedding_projection.png", photos=photos)
-    separability = {f"{space}_{key}_1nn": nearest_neighbour_accuracy(feats, keys)
-                    for space, feats in (("wb", wb), ("residual", res))
-                    for key, keys in (("degradation", labels), ("photo", photos))}
-    separability.update(degradation_1nn_chance=nearest_neighbour_chance(labels),
-                        photo_1nn_chance=nearest_neighbour_chance(photos))
-    return {"takeaway": str(t_path), "projection": str(p_path), "photo": photo, "reference": names[0],
-            "mean_wb_difference": float(np.mean([m.mean() for m in wb_maps])),
-            "mean_residual_difference": float(np.mean([m.mean() for m in res_maps])),
-            "mean_cosine_wb_residual": float(np.mean(cosines)), **separability}
+    views = {photo: views_of_one_photo(root, manifest, photo) for photo in manifest["sources"]["test"]}
+    takeaway, projection = EMBEDDING_FIGURES
+    return embedding_report(model, views, figs_dir / takeaway, figs_dir / projection, device)
 
 
 def demo_table(restored: dict, degraded: dict) -> str:
