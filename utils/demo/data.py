@@ -51,6 +51,7 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.data.image_io import list_images
+from utils.data.noise import noisy_version
 from utils.demo.degrade import (
     BLUR_LENGTH,
     DEPTH_FAR,
@@ -293,6 +294,27 @@ def degraded_test_views(clean: np.ndarray, depth: np.ndarray, seed: int, number:
              "low light": darken(clean, image_rng(seed, _TAG_LOWLIGHT, idx)),
              "blur": motion_blur(clean, image_rng(seed, _TAG_BLUR, idx), scale), "haze": add_haze(clean, depth, a, b)}
     return views, (a, b)
+
+
+# The views the demo's embedding figures show of each test photo, in the order :func:`utils.demo.run.views_of_one_photo`
+# reads them from a build (the seeded test noise, then the manifest's order of the degraded test folders).
+NOISE_VIEWS = (15, 25, 50)
+DEGRADED_VIEWS = ("haze", "rain", "jpeg q10", "low light")
+
+
+def embedding_views(clean: np.ndarray, depth: np.ndarray, file_name: str, number: int, seed: int = 0,
+                    scale: float = 1.0) -> dict[str, np.ndarray]:
+    """The views of a clean image the demo's embedding figures show, synthesised: ``{label: uint8 (H, W, 3)}``.
+
+    ``noise 15``, ``noise 25``, ``noise 50`` (the tester's seeded noise of a clean image called ``file_name``),
+    then ``haze``, ``rain``, ``jpeg q10``, ``low light`` of :func:`degraded_test_views` (``number``, ``seed``,
+    ``scale``). For the demo's ``number``-th test image of a build of ``seed`` and ``scale`` they are the files
+    ``views_of_one_photo`` reads (``file_name``: ``<photo>.png``).
+    """
+    views = {f"noise {s}": noisy_version(clean, file_name, s) for s in NOISE_VIEWS}
+    degraded, _ = degraded_test_views(clean, depth, seed, number, scale)
+    views.update((kind, degraded[kind]) for kind in DEGRADED_VIEWS)
+    return views
 
 
 def _emit(root: Path, mark: TextIO, files: dict, rel: str, img: np.ndarray, source: str, split: str,
