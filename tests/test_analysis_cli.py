@@ -1,0 +1,158 @@
+"""`python -m utils.analysis`: the embedding figures of a checkpoint on a user's photos, their numbers, its errors."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from net.presets import build_model, model_config
+from utils.analysis import own_photos
+from utils.analysis.embeddings import (
+    difference_map,
+    latents,
+    mean_cosine,
+    nearest_neighbour_accuracy,
+    nearest_neighbour_chance,
+    pooled,
+)
+from utils.analysis.report import view_batch
+from utils.demo.data import build_demo_data, embedding_views, make_test_image
+from utils.demo.run import views_of_one_photo
+from utils.eval.protocol import load_model
+
+SIDE = 48  # the photos' short side: a 6 x 6 latent, a fraction of a second a photo on a CPU
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A trainer-style run folder: one tiny BaryNet checkpoint (random weights) and its ``latest`` pointer."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("run")
+    torch.save({"model": build_model("BaryNet", "tiny").state_dict(), "model_config": model_config("tiny"),
+                "backbone": "BaryNet", "epoch": 1}, folder / "epoch_001.pth")
+    (folder / "latest").write_text(json.dumps({"checkpoint": "epoch_001.pth"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Three small clean photos: a colour PNG, a grey PNG 50 pixels high (not a multiple of 8) and a JPEG larger
+    than the run's --max-side 64; all 48 x 64 once fitted (one size: the network sets its kernels up once)."""
+    folder = tmp_path_factory.mktemp("photos")
+    cv2.imwrite(str(folder / "cat.png"), data.chelsea()[40:40 + SIDE, 100:100 + 64, ::-1])
+    cv2.imwrite(str(folder / "camera.png"), data.camera()[100:100 + SIDE + 2, 150:150 + 64])
+    cv2.imwrite(str(folder / "coffee.jpg"), data.coffee()[:192, :256, ::-1])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def analysed(run_dir, photos, tmp_path_factory):
+    """One run on ``photos`` (the takeaway maps of the second), into a figures folder that already holds a file
+    of the user's at the takeaway figure's name; returns ``(figures folder, embeddings.json)``."""
+    figs = tmp_path_factory.mktemp("figs")
+    (figs / "takeaway_maps.png").write_bytes(b"my own figure")
+    args = own_photos.get_args_parser().parse_args([
+        "--model", str(run_dir), "--photos", str(photos), "--photo", "camera", "--figs-dir", str(figs),
+        "--max-side", "64", "--device", "cpu"])
+    own_photos.main(args)
+    return figs, json.loads((figs / "embeddings.json").read_text())
+
+
+def test_the_figures_are_drawn_and_a_users_file_at_their_name_is_kept_aside(analysed):
+    figs, numbers = analysed
+    for name in own_photos.FIGURES:
+        assert (figs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    [kept] = figs.glob("figures.before-*")
+    assert (kept / "takeaway_maps.png").read_bytes() == b"my own figure"
+    assert numbers["takeaway"] == str(figs / "takeaway_maps.png") and numbers["photo"] == "camera"
+    # the photos by name; the JPEG's long side brought down to --max-side, every side a multiple of 8
+    assert [p["name"] for p in numbers["photos"]] == ["camera", "cat", "coffee"]
+    assert [p["size"] for p in numbers["photos"]] == [[48, 64]] * 3
+    assert [p["read_size"] for p in numbers["photos"]] == [[50, 64], [48, 64], [192, 256]]
+    assert numbers["views"] == ["noise 15", "noise 25", "noise 50", "haze", "rain", "jpeg q10", "low light"]
+
+
+def test_the_numbers_are_those_of_the_embeddings_of_the_same_views(analysed, run_dir, photos):
+    """Recomputed here from utils.analysis.embeddings on each photo's views, one batch a photo."""
+    _, numbers = analysed
+    model, _ = load_model(run_dir)
+    model.eval()
+    files = own_photos.photo_files(photos)
+    wb, res, labels, names, cosines, chosen = [], [], [], [], [], None
+    for k, (path, name) in enumerate(zip(files, own_photos.labels_of(files)), start=1):
+        views = own_photos.photo_views(own_photos.read_photo(path, name, 64), k, seed=0)
+        b, r = latents(model, torch.cat([view_batch(v) for v in views.values()]))
+        wb.append(pooled(b))
+        res.append(pooled(r))
+        labels += list(views)
+        names += [name] * len(views)
+        cosines.append(mean_cosine(b, r).item())
+        if name == "camera":
+            chosen = (b, r, view_batch(views["noise 15"]).shape[-2:])
+    wb, res = torch.cat(wb), torch.cat(res)
+    for space, feats in (("wb", wb), ("residual", res)):
+        assert numbers[f"{space}_degradation_1nn"] == nearest_neighbour_accuracy(feats, labels)
+        assert numbers[f"{space}_photo_1nn"] == nearest_neighbour_accuracy(feats, names)
+    assert numbers["degradation_1nn_chance"] == nearest_neighbour_chance(labels)
+    assert numbers["photo_1nn_chance"] == nearest_neighbour_chance(names) == pytest.approx(6 * 7 * 3 / (21 * 20))
+    assert numbers["mean_cosine_wb_residual"] == float(np.mean(cosines))
+    b, r, size = chosen
+    assert numbers["mean_wb_difference"] == float(np.mean(
+        [difference_map(b[0], b[i], size, relative=True).mean() for i in range(1, 7)]))
+    assert numbers["mean_residual_difference"] == float(np.mean(
+        [difference_map(r[0], r[i], size, relative=True).mean() for i in range(1, 7)]))
+
+
+def test_the_views_are_the_demos_test_inputs(tmp_path):
+    """A demo photo's views made in memory are, array for array, the files the demo's figures read."""
+    manifest = build_demo_data(tmp_path, seed=2, scale=0.25, max_photos=1, progress=False)
+    [photo] = manifest["sources"]["test"]
+    params = manifest["params"]
+    clean, depth = make_test_image(photo, params["test_short"], params["test_long_max"])
+    made = embedding_views(clean, depth, f"{photo}.png", 1, seed=2, scale=0.25)
+    read = views_of_one_photo(tmp_path, manifest, photo)
+    assert list(made) == list(read)
+    for kind in read:
+        assert np.array_equal(made[kind], read[kind]), kind
+
+
+def error_line(capsys, argv):
+    status = own_photos.cli(argv)
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return status, err
+
+
+def test_a_restormer_checkpoint_is_one_error_line(tmp_path, photos, capsys):
+    torch.save({"model": build_model("Restormer", "tiny").state_dict(),
+                "model_config": model_config("tiny", backbone="Restormer"), "backbone": "Restormer"},
+               tmp_path / "restormer.pth")
+    status, err = error_line(capsys, ["--model", str(tmp_path / "restormer.pth"), "--photos", str(photos),
+                                      "--figs-dir", str(tmp_path / "figs"), "--device", "cpu"])
+    assert status == 2 and "is a Restormer" in err and "BaryNet or BaryPromptIR" in err
+    assert not (tmp_path / "figs").exists()
+
+
+def test_bad_photos_are_one_error_line_naming_the_folder_or_file(tmp_path, run_dir, capsys):
+    common = ["--model", str(run_dir), "--figs-dir", str(tmp_path / "figs"), "--device", "cpu"]
+    status, err = error_line(capsys, [*common, "--photos", str(tmp_path / "missing")])
+    assert status == 2 and f"--photos {tmp_path / 'missing'}: no such folder" in err
+    (tmp_path / "empty").mkdir()
+    status, err = error_line(capsys, [*common, "--photos", str(tmp_path / "empty")])
+    assert status == 2 and "holds no photos" in err
+    (tmp_path / "small").mkdir()
+    cv2.imwrite(str(tmp_path / "small" / "tiny.png"), np.zeros((20, 40, 3), np.uint8))
+    status, err = error_line(capsys, [*common, "--photos", str(tmp_path / "small")])
+    assert status == 1 and f"{tmp_path / 'small' / 'tiny.png'} is too small" in err
+    (tmp_path / "small" / "tiny.png").write_bytes(b"not an image")
+    status, err = error_line(capsys, [*common, "--photos", str(tmp_path / "small")])
+    assert status == 1 and f"cannot decode image {tmp_path / 'small' / 'tiny.png'}" in err
+    assert not (tmp_path / "figs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_one_error_line(tmp_path, run_dir, capsys):
+    status, err = error_line(capsys, ["--model", str(run_dir), "--device", "cuda", "--figs-dir", str(tmp_path)])
+    assert status == 2 and "--device cuda" in err

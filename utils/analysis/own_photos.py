@@ -1,0 +1,265 @@
+"""``python -m utils.analysis``: the demo's two embedding figures for any WB checkpoint, on your own photos.
+
+    python -m utils.analysis --model checkpoint/BaryNet_paper_3D_p128 --photos my_photos/ [--photo NAME]
+
+Each clean photo gets the views the demo's figures show (:func:`utils.demo.data.embedding_views`: the tester's
+seeded noise at 15, 25 and 50, and the demo's synthetic haze, rain, JPEG quality 10 and low light); the network's
+WB and residual latents of every view give the takeaway maps of one photo and the PCA projection of all, drawn and
+measured by :func:`utils.analysis.report.embedding_report`, as the demo draws them. Without ``--photos``: the demo's
+five test photos, made in memory from the installed wheels as the demo builds them (the same views, the same
+numbers as the demo's for the same checkpoint).
+
+A photo's long side is capped at ``--max-side`` (default 288, the demo's test images': seconds a photo on a CPU for
+the paper's network) by area resizing, then cropped to multiples of 8; at most 10 photos are drawn (the projection
+tells 10 apart by marker shape). Outputs: ``takeaway_maps.png``, ``embedding_projection.png`` and
+``embeddings.json`` in ``--figs-dir``; a file of the user's at one of those names is moved aside
+(:mod:`utils.owned_outputs`), never replaced. Every failure the user fixes is one ``error:`` line.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from net.presets import WB_BACKBONES
+from utils.analysis.report import embedding_report
+from utils.checkpoints import CHECKPOINT_DIR, default_model
+from utils.cli import one_spelling
+from utils.data.image_io import IMAGE_EXTENSIONS, list_images, nested_images_hint, read_image
+from utils.demo.data import TEST_LONG_MAX, TEST_SHORT, embedding_views, make_test_image
+from utils.demo.degrade import depth_proxy
+from utils.demo.photos import TEST_PHOTOS, resize
+from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, counted, listing, run_main
+from utils.eval.options import add_checkpoint_flags, at_least
+from utils.eval.outputs import check_writable_folder
+from utils.eval.protocol import crop_to_multiple, load_model, to_8bit
+from utils.files import json_text, write_text
+from utils.owned_outputs import keep_aside_foreign_outputs, record_outputs
+from utils.runtime import DEVICES, pick_device, tune_cpu_allocator
+
+DEFAULT_FIGS_DIR = "results/analysis"  # under results/, which git ignores
+FIGURES = ("takeaway_maps.png", "embedding_projection.png")
+NUMBERS = "embeddings.json"
+OUTPUTS_RECORD = ".analysis-outputs.json"  # what this command wrote in --figs-dir (utils.owned_outputs)
+MAX_SIDE = TEST_LONG_MAX  # the demo's test images' long side
+MIN_SIDE = 32  # a 4 x 4 latent: the smallest the maps mean anything at
+MAX_PHOTOS = 10  # the projection tells photos apart by marker shape, and has 10
+WHO = "python -m utils.analysis"
+
+
+class AnalysisError(UserError):
+    """A photo or folder the analysis cannot use; the message names it and the fix."""
+
+
+@dataclass
+class Photo:
+    """One clean photo as the views are made of it: ``name`` (its label in the figures), ``file`` (the name its
+    test noise is seeded by), ``image`` uint8 ``(H, W, 3)`` (sides multiples of 8), ``depth`` for haze, and the
+    size it was read at."""
+    name: str
+    file: str
+    image: np.ndarray
+    depth: np.ndarray
+    read_size: tuple[int, int]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = OneLineArgumentParser(prog=f"{WHO}", description="The WB / residual embedding figures of a BaryNet or "
+                              "BaryPromptIR checkpoint on your own clean photos (or the demo's)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_checkpoint_flags(p)  # --model, --backbone, --preset: as the tester takes them
+    p.add_argument("--photos", default=None,
+                   help="folder of clean photos (its images, not its subfolders; the first 10 by name); default: "
+                        "the demo's test photos (chelsea, camera, coffee, grace_hopper, coins), made from the "
+                        "installed wheels as the demo makes them")
+    p.add_argument("--photo", default=None,
+                   help="the photo of the takeaway maps, by name (with or without its extension); default the first")
+    p.add_argument("--figs-dir", default=DEFAULT_FIGS_DIR,
+                   help="where the two figures and embeddings.json go (a file of yours at their names is moved "
+                        "aside)")
+    p.add_argument("--max-side", type=at_least(MIN_SIDE), default=MAX_SIDE,
+                   help="a photo's long side is resized down to at most this (area filter) before its views are "
+                        "made; larger is slower (the network runs on every view of every photo)")
+    p.add_argument("--seed", type=at_least(0), default=0,
+                   help="seed of the synthetic rain, haze and low light (the demo data's --seed); the noise is the "
+                        "tester's, seeded by each photo's file name")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    add_debug_flag(p)
+    return one_spelling(p)
+
+
+# --------------------------------------------------------------------------- photos
+
+def fitted(img: np.ndarray, max_side: int, where: str) -> np.ndarray:
+    """``img`` with its long side resized down to ``max_side`` (area filter), cropped to multiples of 8 (bottom
+    rows, right columns); an :class:`AnalysisError` naming ``where`` when it is then under :data:`MIN_SIDE` on a
+    side."""
+    h, w = img.shape[:2]
+    if max(h, w) > max_side:
+        f = max_side / max(h, w)
+        img = resize(img, max(1, round(h * f)), max(1, round(w * f)))
+    img = np.ascontiguousarray(crop_to_multiple(img))
+    if min(img.shape[:2]) < MIN_SIDE:
+        capped = f" after its long side is resized to {max_side}" if max(h, w) > max_side else ""
+        raise AnalysisError(f"{where} is too small: {img.shape[1]}x{img.shape[0]} pixels{capped} (it is {w}x{h}); "
+                            f"the network needs at least {MIN_SIDE} on each side — use a larger photo (remove this "
+                            f"one from --photos), or a larger --max-side for a long, narrow one")
+    return img
+
+
+def demo_photos(max_side: int) -> list[Photo]:
+    """The demo's test photos, made as its data builds them at scale 1 (short side 224, long side at most 288),
+    then fitted to ``max_side``."""
+    photos = []
+    for name in TEST_PHOTOS:
+        image, depth = make_test_image(name, TEST_SHORT, TEST_LONG_MAX)
+        small = fitted(image, max_side, f"the demo's photo {name}")
+        depth = depth if small.shape == image.shape else depth_proxy(small)
+        photos.append(Photo(name, f"{name}.png", small, depth, image.shape[:2]))
+    return photos
+
+
+def photo_files(folder: Path) -> list[Path]:
+    """The images directly in ``folder``, sorted by name (:func:`utils.data.image_io.list_images`); a
+    :class:`UsageError` naming the folder when it is missing, a file, or holds none."""
+    if not folder.exists():
+        raise UsageError(f"--photos {folder}: no such folder — pass the folder that holds your clean photos, or "
+                            f"leave --photos out for the demo's test photos")
+    if not folder.is_dir():
+        raise UsageError(f"--photos {folder}: a file, not a folder — pass the folder that holds it")
+    files = list_images(folder)
+    if not files:
+        hint = nested_images_hint(folder, "photos")
+        raise UsageError(f"--photos {folder} holds no photos ({', '.join(IMAGE_EXTENSIONS)})"
+                            + (f": {hint}" if hint else " — put your clean photos in it, or pass another folder"))
+    return files
+
+
+def labels_of(files: list[Path]) -> list[str]:
+    """Each file's label in the figures: its name without the extension, or with it where two share a stem."""
+    stems = [f.stem for f in files]
+    return [f.stem if stems.count(f.stem) == 1 else f.name for f in files]
+
+
+def read_photo(path: Path, name: str, max_side: int) -> Photo:
+    """``path`` read upright (its EXIF orientation, as the tester's ``--input``) at 8 bits and :func:`fitted`;
+    unreadable, the reader's own error names the file."""
+    img = to_8bit(read_image(path, exif=True))
+    small = fitted(img, max_side, str(path))
+    return Photo(name, path.name, small, depth_proxy(small), img.shape[:2])
+
+
+def photo_views(photo: Photo, number: int, seed: int) -> dict[str, np.ndarray]:
+    """The demo's views of ``photo``, the ``number``-th (from 1): the demo data's rain streaks scaled to its short
+    side as on the demo's test images (224 pixels at scale 1)."""
+    return embedding_views(photo.image, photo.depth, photo.file, number, seed, min(photo.image.shape[:2]) / TEST_SHORT)
+
+
+def chosen_photo(names: list[str], files: list[str], asked: str | None) -> str | None:
+    """The label ``--photo`` names (a label or a file name), None without it; a :class:`UsageError` listing the
+    photos when it names none."""
+    if asked is None:
+        return None
+    for name, file in zip(names, files):
+        if asked in (name, file):
+            return name
+    raise UsageError(f"--photo {asked}: none of the photos is called that; pass one of{listing(names, sep=', ')}")
+
+
+# --------------------------------------------------------------------------- the run
+
+def model_path(model: str | None) -> str:
+    """``--model``, else the tester's default (the authors' checkpoint, else the newest under ``checkpoint/``)."""
+    if model:
+        return model
+    path, why = default_model()
+    if path is None:
+        raise UsageError(f"no --model given and no checkpoint under {CHECKPOINT_DIR}/ — pass --model PATH (a "
+                         f"BaryNet or BaryPromptIR checkpoint file or a run folder; make demo trains one)")
+    print(f"=> no --model given: using {path.as_posix()} ({why})")
+    return str(path)
+
+
+def summary_lines(emb: dict) -> list[str]:
+    """What the figures measured, as printed."""
+    return [f"takeaway maps of {emb['photo']}: mean relative distance from its {emb['reference']} view "
+            f"{emb['mean_wb_difference']:.3f} (WB) vs {emb['mean_residual_difference']:.3f} (residual); "
+            f"mean cosine(WB, residual) over every view {emb['mean_cosine_wb_residual']:+.3f}",
+            f"degradation read from the nearest other view (1-NN, leave one out): WB {emb['wb_degradation_1nn']:.0%}, "
+            f"residual {emb['residual_degradation_1nn']:.0%} (chance {emb['degradation_1nn_chance']:.0%}); "
+            f"photo: WB {emb['wb_photo_1nn']:.0%}, residual {emb['residual_photo_1nn']:.0%} "
+            f"(chance {emb['photo_1nn_chance']:.0%})"]
+
+
+def main(args) -> dict:
+    """The figures and numbers ``args`` ask for; returns what was written to ``embeddings.json``."""
+    t0 = time.time()
+    try:
+        device = pick_device(args.device)  # a --device this machine lacks fails before anything is read
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from exc
+    figs_dir = Path(args.figs_dir)
+    files = photo_files(Path(args.photos)) if args.photos is not None else None
+    if files is not None and figs_dir.resolve() == Path(args.photos).resolve():  # (its subfolders are not read)
+        raise UsageError(f"--figs-dir {figs_dir} is the --photos folder: the figures would be read as photos the "
+                         f"next time — choose another --figs-dir (a subfolder of it will do)")
+    check_writable_folder(figs_dir, "--figs-dir", create=False)
+    if files is not None:
+        if len(files) > MAX_PHOTOS:
+            print(f"=> --photos {args.photos} holds {len(files)} photos: using the first {MAX_PHOTOS} by name (the "
+                  f"projection tells {MAX_PHOTOS} apart), {files[0].name} to {files[MAX_PHOTOS - 1].name}")
+            files = files[:MAX_PHOTOS]
+        names = labels_of(files)
+        chosen = chosen_photo(names, [f.name for f in files], args.photo)
+    else:
+        chosen = chosen_photo(list(TEST_PHOTOS), [f"{n}.png" for n in TEST_PHOTOS], args.photo)
+
+    model, info = load_model(model_path(args.model), args.backbone, args.preset)
+    if info["backbone"] not in WB_BACKBONES:
+        raise UsageError(f"--model {info['model']} is a {info['backbone']}, which has no WB / residual split of its "
+                         f"latent to draw — pass a {' or '.join(sorted(WB_BACKBONES))} checkpoint")
+    model.to(device).eval()
+    print(f"=> model {info['model']} ({info['backbone']}, configuration from the {info['config_from']})"
+          + (f"; {info['note']}" if info.get("note") else ""))
+
+    if files is None:
+        photos = demo_photos(args.max_side)
+        source = "the demo's test photos"
+    else:
+        photos = [read_photo(f, n, args.max_side) for f, n in zip(files, names)]
+        source = str(args.photos)
+    resized = [p.name for p in photos if max(p.read_size) > args.max_side]
+    views = {p.name: photo_views(p, k, args.seed) for k, p in enumerate(photos, start=1)}
+    kinds = list(next(iter(views.values())))
+    print(f"=> {counted(len(photos), 'photo')} from {source}" + (f" ({len(resized)} resized to {args.max_side} "
+          f"pixels on the long side)" if resized else "") + f"; {len(kinds)} views of each: {', '.join(kinds)}")
+
+    planned = [figs_dir / n for n in (*FIGURES, NUMBERS)]
+    record = figs_dir / OUTPUTS_RECORD
+    keep_aside_foreign_outputs(planned, record, [(figs_dir, "figures")], WHO)
+    figs_dir.mkdir(parents=True, exist_ok=True)
+    emb = embedding_report(model, views, planned[0], planned[1], device, takeaway_photo=chosen, progress=True)
+    numbers = {"model": info["model"], "backbone": info["backbone"], "photos_from": source, "seed": args.seed,
+               "max_side": args.max_side,
+               "photos": [{"name": p.name, "file": p.file, "read_size": list(p.read_size),
+                           "size": list(p.image.shape[:2])} for p in photos],
+               "views": kinds, **emb}
+    write_text(planned[2], json_text(numbers))
+    record_outputs(planned, record)
+    for line in summary_lines(emb):
+        print(line)
+    print(f"figures in {figs_dir}/: {FIGURES[0]}, {FIGURES[1]}; the numbers in {NUMBERS} "
+          f"({time.time() - t0:.0f} s)")
+    return numbers
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m utils.analysis``: its exit status; a failure the user can act on is one ``error:`` line
+    (:func:`utils.errors.run_main`), its traceback only with ``--debug``."""
+    tune_cpu_allocator()  # as the other scripts do
+    args = get_args_parser().parse_args(argv)
+    return run_main(main, args, debug=args.debug)
+
