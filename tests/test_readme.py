@@ -15,6 +15,7 @@ from _train_data import make_test_tree, make_train_tree
 
 import tester_bary
 from net.presets import build_model
+from utils.analysis import own_photos
 from utils.data import doctor
 from utils.data.image_io import read_image, write_image
 from utils.demo import run as demo
@@ -29,6 +30,7 @@ PARSERS = {
     "trainer_bary_ddp.py": train_options.get_args_parser,
     "tester_bary.py": tester_bary.get_args_parser,
     "utils.demo": demo.get_args_parser,
+    "utils.analysis": own_photos.get_args_parser,
 }
 
 
@@ -155,8 +157,8 @@ def test_readme_command_runs_its_first_lines(cmd, readme_layout, monkeypatch, ca
     --dry-run (--check-data commands run whole); nothing is written. A command naming the authors' own
     --resume file fails as the README says until that file exists, and runs without it."""
     script, argv = _script_args(cmd)
-    if script == "utils.demo":
-        pytest.skip("make demo runs in tests/test_demo.py")
+    if script in ("utils.demo", "utils.analysis"):
+        pytest.skip(f"{script} runs in tests/test_{'demo' if script == 'utils.demo' else 'analysis_cli'}.py")
     argv = [a.replace("$NODE_RANK", "0").replace("$MASTER_HOST", "localhost") for a in argv]
     root = readme_layout["test" if script == "tester_bary.py" else "train"]
     monkeypatch.chdir(root)
