@@ -131,7 +131,9 @@ def train(args, root: Path) -> Path:
 
 
 def views_of_one_photo(root: Path, manifest: dict, photo: str) -> dict[str, np.ndarray]:
-    """Every test degradation of ``photo``: ``{kind: (H, W, 3) uint8}`` (noise synthesised as the tester does)."""
+    """Every test degradation of ``photo``: ``{kind: (H, W, 3) uint8}`` (noise synthesised as the tester does);
+    :func:`utils.demo.data.embedding_views` makes the same from a clean image in memory (``python -m
+    utils.analysis`` on a user's photos)."""
     kinds = {"test/derain/demo/input/": "rain", "test/dehaze/input/": "haze", "test/jpeg/input/": "jpeg q10",
              "test/lowlight/low/": "low light"}
     clean_rel = f"test/denoise/demo/{photo}.png"
