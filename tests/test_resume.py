@@ -569,6 +569,12 @@ def test_runs_of_other_settings_get_their_own_folder_by_default(data, tmp_path):
     assert run_dir(args, 3) == str(Path("checkpoint") / "BaryNet_tiny_3D_p32")
     assert run_dir(get_args_parser().parse_args([*flags, "--name", "mine"]), 3) == str(Path("checkpoint") / "mine")
     assert run_dir(get_args_parser().parse_args([*flags, "--output-dir", "elsewhere"]), 3) == "elsewhere"
+    # a flag that types out the preset's own value is the same network, in the same folder: README promises that
+    # such a command resumes the run that left it out (--dim 16 on tiny went to BaryNet_tiny_d16_3D_p32)
+    assert run_dir(get_args_parser().parse_args([*flags, "--dim", "16", "--heads", "1", "2", "4", "8"]), 3) == \
+        str(Path("checkpoint") / "BaryNet_tiny_3D_p32")
+    assert run_dir(get_args_parser().parse_args([*flags, "--dim", "24"]), 3) == \
+        str(Path("checkpoint") / "BaryNet_tiny_d24_3D_p32")
     # the DDP trainer's objective: a folder of its own (a trainer_bary.py run there refused its --resume auto)
     ddp = get_args_parser(threads_default=4, objective="ddp").parse_args(flags)
     assert run_dir(ddp, 3) == str(Path("checkpoint") / "BaryNet_tiny_3D_p32_ddp")

@@ -239,13 +239,20 @@ def run_dir(args: argparse.Namespace, k: int) -> str:
             raise ValueError(f"--name {args.name} names the run's folder under checkpoint/ when --output-dir is not "
                              f"given, and --output-dir {args.output_dir} is: drop one of them")
         return args.output_dir
+    preset = PRESETS.get(args.preset, {})  # a flag that types out the preset's own value names no other network
     tag = "".join(f"_{short}{'-'.join(map(str, v)) if isinstance(v, list) else v}"
-                  for short, v in zip(("d", "b", "r", "h"), model_overrides(args).values()) if v is not None)
+                  for short, (name, v) in zip(("d", "b", "r", "h"), model_overrides(args).items())
+                  if v is not None and _listed(v) != _listed(preset.get(name)))
     objective = "_ddp" if getattr(args, "objective", None) == "ddp" else ""  # the two trainers' objectives differ
     name = args.name or f"{args.backbone}_{args.preset}{tag}_{k}D_p{args.patch_size}{objective}"
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"--name {name!r} must be a plain folder name")
     return str(Path("checkpoint") / name)
+
+
+def _listed(v):
+    """``v`` with tuples as lists, to compare a flag's value with a preset's."""
+    return list(v) if isinstance(v, (list, tuple)) else v
 
 
 def resolve_objective(args: argparse.Namespace) -> Objective:
