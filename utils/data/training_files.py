@@ -286,9 +286,10 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
         raise DatasetError("listed training ids are missing (--strict-ids):"
                            + listing(d.describe() for d in dropped)
                            + ". Put the files there, point --data-file-dir at lists that match your data, "
-                             "or drop --strict-ids to train without them (the reference leaves them out).")
+                             "or drop --strict-ids to train without them.")
     if dropped:
-        log("warning: training without listed ids that are not on disk, as the reference does: "
+        log("warning: training without listed ids that are not on disk (the reference leaves out missing noise-list "
+            "ids too, and stops at a missing rain or haze id): "
             + "; ".join(d.describe() for d in dropped) + ". Pass --strict-ids to stop instead.")
     if missing:
         lines = [f"{LAYOUT[f][0]}={dirs[f]}: {p} (for {n})" for f, p, n in missing]
