@@ -129,14 +129,14 @@ def photo_files(folder: Path) -> list[Path]:
     :class:`UsageError` naming the folder when it is missing, a file, or holds none."""
     if not folder.exists():
         raise UsageError(f"--photos {folder}: no such folder — pass the folder that holds your clean photos, or "
-                            f"leave --photos out for the demo's test photos")
+                         f"leave --photos out for the demo's test photos")
     if not folder.is_dir():
         raise UsageError(f"--photos {folder}: a file, not a folder — pass the folder that holds it")
     files = list_images(folder)
     if not files:
         hint = nested_images_hint(folder, "photos")
         raise UsageError(f"--photos {folder} holds no photos ({', '.join(IMAGE_EXTENSIONS)})"
-                            + (f": {hint}" if hint else " — put your clean photos in it, or pass another folder"))
+                         + (f": {hint}" if hint else " — put your clean photos in it, or pass another folder"))
     return files
 
 
