@@ -253,10 +253,9 @@ _LOST_PEER = re.compile(r"Connection (?:reset|closed) by peer|gloo/transport/.*(
 def _lost_peer(e: BaseException) -> bool:
     """Whether ``e`` is a collective failing because another rank of the group is gone (see :data:`_LOST_PEER`);
     the store's own errors (a rank that never joined) are not."""
-    kind = type(e).__name__
-    if type(e).__module__.startswith("torch") and kind in ("DistBackendError", "DistNetworkError"):
+    if type(e).__module__.startswith("torch") and type(e).__name__ == "DistNetworkError":
         return True
-    return isinstance(e, RuntimeError) and bool(_LOST_PEER.search(str(e)))
+    return isinstance(e, RuntimeError) and bool(_LOST_PEER.search(str(e)))  # a backend error of its own: a bug
 
 
 _STARTING_STOPPED = "error: interrupted while starting; nothing was written"
