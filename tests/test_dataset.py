@@ -485,6 +485,10 @@ def test_report_is_an_aligned_table(tree5):
     three = noisy.report()
     assert [ln.split()[4:] for ln in three[1:4]] == [["0", "denoise", f"{noisy.lambdas[0]:.4f}"], ["0", "denoise"],
                                                      ["0", "denoise"]]
+    # an L1-only backbone uses neither domains nor lambda: the columns are left out
+    plain = noisy.report(domains=False)
+    assert plain[0].split() == ["type", "images", "repeat", "samples"] and plain[-1].split() == ["total",
+                                                                                                   str(len(noisy))]
 
 
 def test_scanning_goes_into_linked_subfolders_once(tmp_path):

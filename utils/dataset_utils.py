@@ -229,10 +229,11 @@ class MixedDegradationDataset(Dataset):
                          enumerate(zip(self.families, self.domain_counts, self.lambdas)))
         return f"{len(self)} samples per epoch ({', '.join(parts)}); domains {doms}"
 
-    def report(self) -> list[str]:
+    def report(self, domains: bool = True) -> list[str]:
         """The start-up table: per degradation type the images found, their repetition, the samples
         per epoch, the domain and its lambda (on the domain's first row only: the noise levels share one
-        domain, and the column sums to 1); then the total samples per epoch."""
+        domain, and the column sums to 1); then the total samples per epoch. ``domains=False`` (an L1-only
+        backbone, which uses neither) leaves the domain and lambda columns out."""
         head = ("type", "images", "repeat", "samples", "domain", "lambda")
         rows, shown = [], set()
         for de in self.counts_by_de:
@@ -241,8 +242,8 @@ class MixedDegradationDataset(Dataset):
                          f"{k} {self.families[k]}", "" if k in shown else f"{self.lambdas[k]:.4f}"))
             shown.add(k)
         total = ("total", "", "", str(len(self)), f"K={len(self.families)}", "")
-        table = [head, *rows, total]
-        width = [max(len(r[c]) for r in table) for c in range(len(head))]
+        table = [r if domains else r[:4] for r in (head, *rows, total)]
+        width = [max(len(r[c]) for r in table) for c in range(len(table[0]))]
         left = {0, 4}  # names left-aligned, numbers right-aligned
         return ["  ".join(cell.ljust(w) if c in left else cell.rjust(w)
                           for c, (cell, w) in enumerate(zip(r, width))).rstrip() for r in table]

@@ -212,7 +212,7 @@ def build_dataset(args: argparse.Namespace, seed: int, console: Console) -> Mixe
             exc.met_by_every_rank = True
         raise
     console("=> training data (one epoch):")
-    for line in dataset.report():
+    for line in dataset.report(domains=args.backbone in WB_BACKBONES):  # L1-only: no domains, no lambda
         console("   " + line)
     return dataset
 
