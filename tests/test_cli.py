@@ -466,6 +466,9 @@ def test_deterministic_chooses_reproducible_kernels_before_cuda_starts(monkeypat
     (lambda: train_options.get_args_parser(), ["--repeat=derain=3", "--preset", "tiny", "--repeat", "dehaze=2"],
      "--repeat was given 2 times (--repeat derain=3; --repeat dehaze=2), and only the last would count: give it "
      "once with every value, --repeat derain=3 dehaze=2"),
+    (lambda: train_options.get_args_parser(), ["--de-type", "denoise_15", "--de-typ", "dehaze"],  # abbreviated
+     "--de-type was given 2 times (--de-type denoise_15; --de-type dehaze), and only the last would count: give it "
+     "once with every value, --de-type denoise_15 dehaze"),
     (lambda: tester_bary.get_args_parser(), ["--tasks", "derain", "--tasks", "lowlight"],
      "--tasks was given 2 times (--tasks derain; --tasks lowlight), and only the last would count: give it once "
      "with every value, --tasks derain lowlight")])
@@ -478,6 +481,9 @@ def test_a_list_flag_given_twice_is_refused_not_cut_to_its_last(parser, argv, sa
     assert stop.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {said} (see "), err
 
 
-def test_a_list_flag_once_parses_and_a_scalar_flag_keeps_its_last():
+def test_a_list_flag_once_parses_and_a_scalar_flag_keeps_its_last(capsys):
     args = train_options.get_args_parser().parse_args(["--de-type", "derain", "dehaze", "--seed", "1", "--seed", "2"])
     assert args.de_type == ["derain", "dehaze"] and args.seed == 2
+    with pytest.raises(SystemExit):  # a list flag without values: argparse's own words, not "given 2 times"
+        tester_bary.get_args_parser().parse_args(["--tasks", "derain", "--tasks"])
+    assert "argument --tasks: expected at least one argument" in capsys.readouterr().err

@@ -72,19 +72,29 @@ class OneLineArgumentParser(argparse.ArgumentParser):
                     given.setdefault(id(action), []).append(values)
                 if token == "--":
                     break
-                found = self._option_string_actions.get(token.split("=", 1)[0])
+                found = self._action_named(token.split("=", 1)[0])
                 takes_many = found is not None and (found.nargs in ("+", "*") or
                                                     (isinstance(found.nargs, int) and found.nargs > 1))
                 action, values = (found, token.split("=", 1)[1:]) if takes_many else (None, [])
             elif action is not None:
                 values.append(token)
         for flag in self._actions:
-            uses = given.get(id(flag), [])
+            uses = [v for v in given.get(id(flag), []) if v]  # one without values: argparse's own error says it
             if len(uses) > 1:
                 name = next((o for o in flag.option_strings if o.startswith("--")), flag.option_strings[0])
                 shown = "; ".join(f"{name} {' '.join(v)}" for v in uses)
                 self.error(f"{name} was given {len(uses)} times ({shown}), and only the last would count: give it "
                            f"once with every value, {name} {' '.join(v for vs in uses for v in vs)}")
+
+    def _action_named(self, option: str) -> argparse.Action | None:
+        """The action ``option`` names as argparse reads it: by its exact spelling, or by an unambiguous
+        beginning of one (``--de-typ`` for ``--de-type``, when abbreviations are allowed)."""
+        if option in self._option_string_actions:
+            return self._option_string_actions[option]
+        if not self.allow_abbrev or not option.startswith("--"):
+            return None
+        found = {id(a): a for o, a in self._option_string_actions.items() if o.startswith(option)}
+        return next(iter(found.values())) if len(found) == 1 else None
 
     def error(self, message: str):
         # A flag with several spellings (utils/cli.py) is named by the first, the one --help shows.
