@@ -507,6 +507,11 @@ def test_resume_auto_refuses_a_run_of_other_settings_and_names_them(data, tmp_pa
                                           rf"--resume$"):
         flags = train_flags(data, tmp_path / "new", de_type=("derain", "dehaze")) + ["--iters-per-epoch", "1"]
         engine.main(get_args_parser().parse_args([*flags, "--nEpochs", "2", "--resume", str(ckpt)]))
+    # ...unless the network differs too: its weights would not fit (--pretrained then failed on 183 shapes)
+    with pytest.raises(ConfigError, match=r"--dim 16 there, 24 here.*Resume it with its own settings, or leave "
+                                          r"--resume out to train this network from scratch"):
+        flags = train_flags(data, tmp_path / "new", de_type=("derain", "dehaze")) + ["--iters-per-epoch", "1"]
+        engine.main(get_args_parser().parse_args([*flags, "--nEpochs", "2", "--dim", "24", "--resume", str(ckpt)]))
     # the order of --de_type is not a setting (domains follow a fixed family order)
     flags = train_flags(data, tmp_path, de_type=("dehaze", "derain", "denoise_50", "denoise_25", "denoise_15"))
     assert engine.main(get_args_parser().parse_args([*flags, "--iters-per-epoch", "1", "--nEpochs", "2", "--resume",

@@ -542,8 +542,13 @@ def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> Non
         trained = saved.get("objective")
         script = f" (it was trained by {OBJECTIVE_SCRIPTS[trained]}: resume it with that script)" \
             if trained in OBJECTIVE_SCRIPTS and trained != args.objective and not l1_only else ""
-        other = ("give this run its own --output-dir" if getattr(args, "resume", "auto") == "auto" else
-                 f"start a run of these settings from its weights alone: --pretrained {ckpt_path} instead of --resume")
+        network = {"backbone", "preset", *MODEL_FLAGS} & differ.keys()  # its weights fit another network only
+        if getattr(args, "resume", "auto") == "auto":
+            other = "give this run its own --output-dir"
+        elif network:
+            other = "leave --resume out to train this network from scratch (its weights fit its own network only)"
+        else:
+            other = f"start a run of these settings from its weights alone: --pretrained {ckpt_path} instead of --resume"
         raise ConfigError(f"--resume: {ckpt_path} belongs to a run with other settings ({'; '.join(named)}){script}. "
                           f"Resume it with its own settings, or {other}")
 
