@@ -548,7 +548,8 @@ def check_same_run(args, ckpt: Mapping[str, Any], ckpt_path: Path | None) -> Non
         elif network:
             other = "leave --resume out to train this network from scratch (its weights fit its own network only)"
         else:
-            other = f"start a run of these settings from its weights alone: --pretrained {ckpt_path} instead of --resume"
+            other = (f"start a run of these settings from its weights alone: --pretrained {ckpt_path} instead of "
+                     f"--resume")
         raise ConfigError(f"--resume: {ckpt_path} belongs to a run with other settings ({'; '.join(named)}){script}. "
                           f"Resume it with its own settings, or {other}")
 
