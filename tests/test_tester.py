@@ -2483,9 +2483,12 @@ def test_the_comparison_figure_shows_degraded_restored_and_target_with_their_own
     assert [ax.title.get_text() for ax in axes] == ["degraded: PSNR 22.25 dB, SSIM 0.654\na.png",
                                                     "restored: PSNR 31.50 dB, SSIM 0.912", "target"]
     # the numbers say what they are: which channels, which SSIM, the border the scores leave out but the panels show
-    assert fig._suptitle.get_text() == ("t\nPSNR (dB) / SSIM against the target on the Y channel (BT.601); SSIM with "
-                                        "an 11x11 Gaussian window (BasicSR), a 2-px border left out of both (shown "
-                                        "here)")
+    assert " ".join(fig._suptitle.get_text().split()) == (
+        "t PSNR (dB) / SSIM against the target on the Y channel (BT.601); SSIM with an 11x11 Gaussian window "
+        "(BasicSR), a 2-px border left out of both (shown here)")
+    fig.canvas.draw()  # the caption fits the figure: a long one was cut off at both edges
+    box = fig._suptitle.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox)
     assert Protocol().scores_caption() == ("PSNR (dB) / SSIM against the target on 8-bit RGB; SSIM with "
                                            "scikit-image's 7x7 uniform window")
     assert [int(ax.images[0].get_array()[0, 0, 0]) for ax in axes] == [10, 120, 250]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -199,6 +200,7 @@ def save_comparison_figure(rows: Sequence[tuple], path: str | Path, title: str, 
             axes[r, c].imshow(img)
             axes[r, c].set_title(label, fontsize=8)
             axes[r, c].axis("off")
-    fig.suptitle(f"{title}\n{caption}" if caption else title, fontsize=9 if caption else None)
+    wrapped = "\n".join(textwrap.wrap(caption, 95))  # one line of a 9-inch figure at this size: no word cut off
+    fig.suptitle(f"{title}\n{wrapped}" if caption else title, fontsize=9 if caption else None)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)  # a link at ``path`` is replaced, not written through
