@@ -807,3 +807,16 @@ def test_resuming_without_the_runs_log_says_where_the_new_log_starts(data, tmp_p
     err = " ".join(capsys.readouterr().err.split())
     assert (f"{tmp_path / 'ckpt' / 'log.jsonl'}, the log of the 2 iteration(s) before epoch_001.pth, is not there: a "
             f"new log starts at global step 3") in err, err
+
+
+def test_a_dry_run_into_a_folder_holding_a_run_says_the_run_would_be_moved_aside(data, tmp_path, capsys):
+    """--dry-run without --resume where a run already is said 'it would train epochs 1..1 into <dir>. Nothing was
+    written'; the real run then moved the earlier one to run.before-*, which the dry run never mentioned."""
+    assert run(data, tmp_path, "--nEpochs", "1", iters=1) == 0
+    capsys.readouterr()
+    before = snapshot(tmp_path / "ckpt")
+    assert run(data, tmp_path, "--nEpochs", "1", "--dry-run", iters=1) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f"into {tmp_path / 'ckpt'}, first moving the earlier run's 3 file(s) there (1 checkpoint(s)) to "
+            f"run.before-<time>/ (--resume auto would continue that run instead). Nothing was written") in out, out
+    assert snapshot(tmp_path / "ckpt") == before

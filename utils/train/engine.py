@@ -72,6 +72,7 @@ from utils.train.run_log import (
 )
 from utils.train.setup import (
     check_memory,
+    earlier_run_files,
     loss_figure,
     validation_pairs,
 )
@@ -233,9 +234,13 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                       if unlogged else "")
             train = (f"train epochs {state.epoch}..{args.nEpochs} of {iters} iterations"
                      if state.epoch <= args.nEpochs else "")
+            checkpoints, earlier = earlier_run_files(Path(args.output_dir)) if resumed is None else ([], [])
+            aside = (f", first moving the earlier run's {len(earlier)} file(s) there ({len(checkpoints)} "
+                     f"checkpoint(s)) to run.before-<time>/ (--resume auto would continue that run instead)"
+                     if earlier else "")
             console(f"=> dry run: the data, the networks{', the checkpoint' if ckpt_path else ''} and the memory "
-                    f"check out; it would {' and '.join(filter(None, (record, train)))} into {args.output_dir}. "
-                    f"Nothing was written; drop --dry-run to train")
+                    f"check out; it would {' and '.join(filter(None, (record, train)))} into {args.output_dir}"
+                    f"{aside}. Nothing was written; drop --dry-run to train")
             return 0
         output_dir = Path(args.output_dir)
         log = open_log(output_dir, resumed, ckpt_path, state, info, console)

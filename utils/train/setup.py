@@ -165,13 +165,19 @@ def _unusable(pairs: list[tuple[Path, Path]], info: DistInfo) -> dict[Path, str]
     return {f: by_name[str(f)] for f in files if str(f) in by_name}
 
 
+def earlier_run_files(output_dir: Path) -> tuple[list[Path], list[Path]]:
+    """``(checkpoints, every file)`` of an earlier run in ``output_dir`` that a fresh run moves aside: its
+    checkpoints and whichever of :data:`RUN_FILES` exist."""
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints, checkpoints + [p for p in (output_dir / n for n in RUN_FILES) if p.exists() or p.is_symlink()]
+
+
 def start_fresh_outputs(output_dir: Path, console: Console, why: str = "a fresh run") -> Path | None:
     """A fresh run in a folder that holds an earlier run's files (its checkpoints and whichever of
     :data:`RUN_FILES` exist) moves them all into ``<output-dir>/run.before-<time>/`` first, so none is
     overwritten (its ``epoch_001.pth`` by this run's, its log by this log) or removed by this run's
     rotation. Returns that folder (None: nothing to move). ``why`` starts the console's line."""
-    checkpoints = list_checkpoints(output_dir)
-    earlier = checkpoints + [p for p in (output_dir / n for n in RUN_FILES) if p.exists() or p.is_symlink()]
+    checkpoints, earlier = earlier_run_files(output_dir)
     if not earlier:
         return None
     kept = _move_aside(earlier, output_dir, "run", "an earlier run's files")
