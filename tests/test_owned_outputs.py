@@ -38,3 +38,25 @@ def test_an_unreadable_record_makes_every_file_foreign(tmp_path):
     for text in ("{", "[1, 2]"):
         (tmp_path / "record.json").write_text(text)
         assert foreign_outputs([tmp_path / "a.png"], tmp_path / "record.json") == [tmp_path / "a.png"]
+
+
+def test_the_record_keeps_the_files_of_earlier_runs(tmp_path, capsys):
+    """record_outputs rewrote the record with the current run's files only: the figures an earlier run wrote to
+    another folder (another --figs-dir) were then called "yours, or changed since" and moved aside."""
+    out, figs1, figs2 = tmp_path / "out", tmp_path / "figs1", tmp_path / "figs2"
+    for folder in (out, figs1, figs2):
+        folder.mkdir()
+    record = out / ".outputs.json"
+    first, second = [out / "table.md", figs1 / "a.png"], [out / "table.md", figs2 / "a.png"]
+    for p in first:
+        p.write_text("1")
+    record_outputs(first, record)
+    second[0].unlink()  # a planned name with no file there this time: no longer the script's
+    second[1].write_text("2")
+    record_outputs(second, record)
+    assert foreign_outputs([*first, second[1]], record) == []
+    first[0].write_text("someone's")
+    assert foreign_outputs(first, record) == [first[0]]
+    assert keep_aside_foreign_outputs([figs1 / "a.png"], record, [(figs1, "figures")], "the tool") == []
+    assert (figs1 / "a.png").read_text() == "1" and not list(figs1.glob("figures.before-*"))
+    assert capsys.readouterr().out == ""

@@ -8,7 +8,7 @@ moved aside into a new ``<name>.before-<time>`` folder (:func:`utils.files.keep_
 
 * :func:`foreign_outputs`: which of the planned files the script did not write as they are;
 * :func:`keep_aside_foreign_outputs`: move those aside, folder by folder, and say so;
-* :func:`record_outputs`: write the record once the outputs are written.
+* :func:`record_outputs`: update the record once the outputs are written (earlier runs' entries are kept).
 """
 from __future__ import annotations
 
@@ -67,6 +67,11 @@ def keep_aside_foreign_outputs(planned: Sequence[Path], record: Path, folders: S
 
 
 def record_outputs(planned: Sequence[Path], record: Path) -> None:
-    """Write the record at ``record``: the SHA-256 of each ``planned`` file that is there (and not a link)."""
-    digests = {os.path.abspath(p): file_digest(p) for p in planned if p.is_file() and not p.is_symlink()}
+    """Update the record at ``record``: the SHA-256 of each ``planned`` file that is there (and not a link); a planned
+    name with no such file leaves it. The record's entries for files not planned this time (written by an earlier run
+    to another folder, e.g. another ``--figs-dir``) are kept: those files stay the script's own while unchanged."""
+    digests = {k: v for k, v in read_record(record).items() if isinstance(k, str) and isinstance(v, str)}
+    for p in planned:
+        digests.pop(os.path.abspath(p), None)
+    digests.update({os.path.abspath(p): file_digest(p) for p in planned if p.is_file() and not p.is_symlink()})
     write_text(record, json_text(digests))
