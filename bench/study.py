@@ -66,13 +66,13 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.errors import OneLineArgumentParser, add_debug_flag, counted, run_main
     from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
-    from utils.owned_outputs import keep_aside_foreign_outputs, record_outputs
+    from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, record_outputs
     from utils.runtime import DEVICES, pick_device
     from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
     from utils.study.budget import FULL, QUICK, estimated_seconds, minutes, plan
     from utils.study.errors import StudyError, StudyInterrupted, StudySettingError
     from utils.study.probe import probe_summary, probe_views
-    from utils.study.report import figure_names, figures, tables
+    from utils.study.report import figure_names, figures, planned_figure_names, tables
     from utils.study.runs import (
         balanced_repeats,
         check_out_dir,
@@ -88,6 +88,8 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
 # What the study wrote (its tables and figures), by path, with each file's SHA-256, in --out: a rerun replaces those
 # and moves anything else at their names aside (utils.owned_outputs).
 OUTPUTS_RECORD = ".study-outputs.json"
+# The files the study writes in --out (besides the runs' folders): checked for a folder in the way before any run.
+OUTPUT_FILES = ("study_config.json", "degraded_input.json", "study.md", "study.json", OUTPUTS_RECORD)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -170,6 +172,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out, figs_dir, root = Path(args.out), Path(args.figs_dir), Path(args.root)
     for flag, folder in (("--out", out), ("--figs-dir", figs_dir)):  # a file in the way was met by the first write
         check_writable_folder(folder, flag, create=False)  # there: --figs-dir's after every run (86 min in the study)
+    # a folder at a name the study writes was met after every run, the earlier outputs already moved aside
+    names = [*(figs_dir / n for n in planned_figure_names(args.arms)), *(out / n for n in OUTPUT_FILES)]
+    for path in folders_in_the_way(names)[:1]:
+        flag = "--figs-dir" if path.parent == figs_dir else "--out"
+        raise StudySettingError(f"{path}: a folder is where the study writes its file {path.name} — move or rename "
+                                f"that folder, or choose another {flag}")
     manifest = build_demo_data(root, seed=0, scale=args.scale, max_photos=args.max_photos, progress=args.progress)
     iters_per_epoch = args.iters // args.epochs
     repeats = balanced_repeats(manifest, iters_per_epoch * args.batch_size)

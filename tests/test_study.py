@@ -605,3 +605,24 @@ def test_the_estimate_covers_the_smoke_runs(smoke):
     for arm in ARMS:
         r = json.loads((tmp / "out" / "runs" / arm / "seed0" / "eval.json").read_text())
         assert r["train_seconds"] + r["eval_seconds"] <= 2 * planned[arm], (arm, r["train_seconds"], planned[arm])
+
+
+@pytest.mark.parametrize("where", ["figs/psnr_by_arm.png", "study.md", "study.json", "study_config.json"])
+def test_a_folder_at_an_output_name_fails_before_any_run(where, tmp_path, monkeypatch, capsys):
+    """A folder at one of the study's file names (<out>/figs/psnr_by_arm.png, <out>/study.md) was met after every run,
+    with the earlier study.md, study.json and figures already moved aside: exit 1 and nothing written."""
+    fake_study(monkeypatch, tmp_path)
+    assert study.cli(fake_argv(tmp_path)) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    fake_study(monkeypatch, tmp_path, fail_runs=True)
+    monkeypatch.setattr(study, "build_demo_data", lambda *a, **kw: pytest.fail("the data was built"))
+    path = tmp_path / "out" / where
+    path.unlink()
+    del before[path]
+    path.mkdir()
+    assert study.cli(fake_argv(tmp_path)) == 2
+    err = capsys.readouterr().err
+    flag = "--figs-dir" if where.startswith("figs/") else "--out"
+    assert err == f"error: {path}: a folder is where the study writes its file {path.name} — move or rename that " \
+                  f"folder, or choose another {flag}\n"
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before

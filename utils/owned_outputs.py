@@ -6,6 +6,8 @@ Before it writes again, every file at a name it is about to write that the recor
 from the record's (a user's own file, or one of the script's changed by hand since), or a symbolic link there, is
 moved aside into a new ``<name>.before-<time>`` folder (:func:`utils.files.keep_aside_together`), never replaced.
 
+* :func:`folders_in_the_way`: which planned names hold a folder (a script checks them before its work: it can
+  neither move such a folder aside as a file nor write there);
 * :func:`foreign_outputs`: which of the planned files the script did not write as they are;
 * :func:`keep_aside_foreign_outputs`: move those aside, folder by folder, and say so;
 * :func:`record_outputs`: update the record once the outputs are written (earlier runs' entries are kept).
@@ -35,6 +37,11 @@ def read_record(record: Path) -> dict[str, str]:
     except (OSError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
+
+
+def folders_in_the_way(planned: Sequence[Path]) -> list[Path]:
+    """The ``planned`` paths at which a folder (not a link to one) stands, in the order of ``planned``."""
+    return [p for p in planned if p.is_dir() and not p.is_symlink()]
 
 
 def foreign_outputs(planned: Sequence[Path], record: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from utils.plotting import new_figure, save_figure
 from utils.study.arms import (
     ARMS,
     CAPACITY_TOLERANCE,
+    COMPARISONS,
     GROUPS,
     ID_TASKS,
     METHOD,
@@ -161,6 +162,14 @@ def figure_names(summary: dict, probe: dict) -> list[str]:
     """The names of the files :func:`figures` writes for ``summary`` and ``probe``, in its order: the PSNR figure,
     the difference figure (with any comparison), the probe's (with a probe)."""
     return [PSNR_FIGURE, *([DIFFERENCE_FIGURE] if summary["comparisons"] else []), *([PROBE_FIGURE] if probe else [])]
+
+
+def planned_figure_names(arms: Sequence[str]) -> list[str]:
+    """The names :func:`figure_names` gives once ``arms`` have run (known before any run): the difference figure
+    with a pair of :data:`COMPARISONS` among them, the probe's with a WB arm."""
+    pairs = any(m in arms and b in arms for m, b in COMPARISONS)
+    probe = any(ARMS[a].wb for a in arms)
+    return [PSNR_FIGURE, *([DIFFERENCE_FIGURE] if pairs else []), *([PROBE_FIGURE] if probe else [])]
 
 
 def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seeds: Sequence[int],
