@@ -137,6 +137,7 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     # two iterations) replace them
     args.figs_dir = args.figs_dir or str(Path(args.out) / "figs")
     args.seeds = list(dict.fromkeys(args.seeds if args.seeds is not None else base["seeds"]))
+    args.arms = list(dict.fromkeys(args.arms))  # as the seeds: an arm named twice made two identical rows
     args.iters = args.iters if args.iters is not None else base["iters"]
     args.epochs = args.epochs if args.epochs is not None else base["epochs"]
     if args.epochs < 1 or args.iters < args.epochs:

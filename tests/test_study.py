@@ -626,3 +626,11 @@ def test_a_folder_at_an_output_name_fails_before_any_run(where, tmp_path, monkey
     assert err == f"error: {path}: a folder is where the study writes its file {path.name} — move or rename that " \
                   f"folder, or choose another {flag}\n"
     assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+
+
+def test_an_arm_or_seed_named_twice_runs_once(tmp_path):
+    """--seeds 0 0 ran seed 0 once, --arms restormer restormer made two identical arm rows: both keep the first
+    occurrence of each, in order."""
+    argv = ["--out", str(tmp_path / "o"), "--arms", "restormer", "baryir", "restormer", "--seeds", "1", "0", "1"]
+    args = study.resolve_settings(study.get_args_parser().parse_args(argv))
+    assert args.arms == ["restormer", "baryir"] and args.seeds == [1, 0]
