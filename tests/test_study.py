@@ -521,10 +521,15 @@ def test_damaged_caches_are_one_error_line_naming_the_file(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith(f"error: {wb_dir / 'embeddings.npz'} is damaged") and "pickle" not in err
 
-    (tmp_path / "out" / "study_config.json").write_text("{")
-    assert study.cli(fake_argv(tmp_path)) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {tmp_path / 'out' / 'study_config.json'} is damaged") and err.count("\n") == 1
+    # `{}` and a config with a key of another kind parse, but are no study config: they read as "another setting
+    # (iters: None there ...)"
+    config = json.loads((tmp_path / "out" / "study_config.json").read_text())
+    for text in ("{", "{}", "[]", json.dumps({**config, "iters": "2"}), json.dumps({**config, "repeats": 1})):
+        (tmp_path / "out" / "study_config.json").write_text(text)
+        assert study.cli(fake_argv(tmp_path)) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {tmp_path / 'out' / 'study_config.json'} is damaged") and err.count("\n") == 1
+        assert "another setting" not in err and "delete just it" in err
 
 
 @pytest.mark.parametrize("flags, said", [(["--scale", "0"], "--scale must lie in [0.05, 4], got 0.0"),

@@ -216,12 +216,27 @@ def run_one(args, arm_name: str, seed: int, root: Path, repeats: dict, views: li
     return tasks, emb, time.time() - tic
 
 
+def _json_kind(value: Any) -> str:
+    """What ``value`` is in JSON's words: "a string", "a number", "an object", ..."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    kinds = ((str, "a string"), ((int, float), "a number"), (dict, "an object"), (list, "an array"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
+
+
 def check_out_dir(out: Path, config: dict) -> None:
     """``--out`` keeps one setting: a different one would mix runs. Seeds and arms may be added."""
     path = out / "study_config.json"
     if path.is_file():
-        old = read_json(path, f"it records the setting of the runs in {out}: pass another --out, or delete {out} to "
-                              f"start over (or, if every run there is of this command's setting, delete just it)")
+        fix = (f"it records the setting of the runs in {out}: pass another --out, or delete {out} to start over (or, "
+               f"if every run there is of this command's setting, delete just it)")
+        # every key, of its kind: `{}` (or a JSON of something else) was "runs of another setting (iters: None there"
+        old = read_json(path, fix, *config)
+        for key, now in config.items():
+            kind = (int, float) if isinstance(now, (int, float)) else type(now)
+            if isinstance(old[key], bool) or not isinstance(old[key], kind):
+                why = f"its {key!r} is {_json_kind(old[key])}, not {_json_kind(now)}"
+                raise damaged(path, ValueError(why), fix)
         diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
         if diff:
             listing = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
