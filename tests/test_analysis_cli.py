@@ -143,6 +143,7 @@ def test_bad_photos_are_one_error_line_naming_the_folder_or_file(tmp_path, run_d
     status, err = error_line(capsys, [*common, "--photos", str(tmp_path / "empty")])
     assert status == 2 and "holds no photos" in err
     (tmp_path / "small").mkdir()
+    cv2.imwrite(str(tmp_path / "small" / "ok.png"), np.zeros((SIDE, 64, 3), np.uint8))  # two: the least it takes
     cv2.imwrite(str(tmp_path / "small" / "tiny.png"), np.zeros((20, 40, 3), np.uint8))
     status, err = error_line(capsys, [*common, "--photos", str(tmp_path / "small")])
     assert status == 1 and f"{tmp_path / 'small' / 'tiny.png'} is too small" in err
@@ -156,3 +157,21 @@ def test_bad_photos_are_one_error_line_naming_the_folder_or_file(tmp_path, run_d
 def test_device_cuda_without_a_gpu_is_one_error_line(tmp_path, run_dir, capsys):
     status, err = error_line(capsys, ["--model", str(run_dir), "--device", "cuda", "--figs-dir", str(tmp_path)])
     assert status == 2 and "--device cuda" in err
+
+
+def test_one_photo_is_one_error_line_and_a_count_of_one_is_singular(tmp_path, run_dir, capsys):
+    """With one photo the 1-NN scores meant nothing ("degradation 0% (chance 0%)", "photo 100% (chance 100%)") and
+    the projection's title said "1 photos x 7 degradations"."""
+    (tmp_path / "one").mkdir()
+    cv2.imwrite(str(tmp_path / "one" / "cat.png"), data.chelsea()[40:40 + SIDE, 100:100 + 64, ::-1])
+    status, err = error_line(capsys, ["--model", str(run_dir), "--photos", str(tmp_path / "one"), "--figs-dir",
+                                      str(tmp_path / "figs"), "--device", "cpu"])
+    assert status == 2 and f"--photos {tmp_path / 'one'} holds one photo (cat.png)" in err
+    assert "put another clean photo in it, or leave --photos out for the demo's 5 test photos" in err
+    assert not (tmp_path / "figs").exists()
+    from utils.analysis.figures import embedding_projection_figure
+    feats = np.random.default_rng(0).normal(size=(4, 6))
+    fig = embedding_projection_figure(feats, feats, ["noise", "rain", "noise", "rain"], ["a", "a", "b", "b"])
+    assert fig._suptitle.get_text().startswith("PCA of pooled embeddings of 4 views (2 photos x 2 degradations)")
+    fig = embedding_projection_figure(feats[:1].repeat(3, 0) + feats[:3], feats[:3], ["noise"] * 3, ["a"] * 3)
+    assert fig._suptitle.get_text().startswith("PCA of pooled embeddings of 3 views (1 photo x 1 degradation)")

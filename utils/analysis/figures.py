@@ -24,6 +24,7 @@ from utils.analysis.embeddings import (
     nearest_neighbour_chance,
     pca_2d,
 )
+from utils.errors import counted
 from utils.plotting import new_figure, save_figure
 
 
@@ -162,7 +163,8 @@ def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], phot
     handles += [Line2D([], [], ls="", marker=markers[c], color="0.4", label=f"photo {p}")
                 for c, p in enumerate(photo_kinds)]
     axes[1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    what = f"{len(labels)} views" + (f" ({len(photo_kinds)} photos x {len(kinds)} degradations)" if photo_kinds else "")
+    what = counted(len(labels), "view") + (f" ({counted(len(photo_kinds), 'photo')} x "
+                                           f"{counted(len(kinds), 'degradation')})" if photo_kinds else "")
     fig.suptitle(f"PCA of pooled embeddings of {what}, coloured by degradation")
     dim = int(np.asarray(wb_feats).shape[1])
     _caption(fig, f"1-NN: each view labelled as its nearest other view in the full {dim}-D pooled space "

@@ -12,9 +12,10 @@ numbers as the demo's for the same checkpoint).
 A photo's long side is capped at ``--max-side`` (default 288, the demo's test images', so that its photos are
 unchanged) by area resizing, then cropped to multiples of 8: the network runs on 7 views of each photo, about a
 minute a photo for the paper's network on 2 busy CPU cores (15 s at 144), a second for the tiny preset. At most 10
-photos are drawn (the projection tells 10 apart by marker shape). Outputs: ``takeaway_maps.png``,
-``embedding_projection.png`` and ``embeddings.json`` in ``--figs-dir``; a file of the user's at one of those names is
-moved aside (:mod:`utils.owned_outputs`), never replaced. Every failure the user fixes is one ``error:`` line.
+photos are drawn (the projection tells 10 apart by marker shape), and at least 2 (its 1-NN scores compare
+photos). Outputs: ``takeaway_maps.png``, ``embedding_projection.png`` and ``embeddings.json`` in ``--figs-dir``; a
+file of the user's at one of those names is moved aside (:mod:`utils.owned_outputs`), never replaced. Every failure
+the user fixes is one ``error:`` line.
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_checkpoint_flags(p)  # --model, --backbone, --preset: as the tester takes them
     p.add_argument("--photos", default=None,
-                   help="folder of clean photos (its images, not its subfolders; the first 10 by name); default: "
+                   help="folder of clean photos, at least two (its images, not its subfolders; the first 10 by "
+                        "name); default: "
                         "the demo's test photos (chelsea, camera, coffee, grace_hopper, coins), made from the "
                         "installed wheels as the demo makes them")
     p.add_argument("--photo", default=None,
@@ -214,6 +216,10 @@ def main(args) -> dict:
             print(f"=> --photos {args.photos} holds {len(files)} photos: using the first {MAX_PHOTOS} by name (the "
                   f"projection tells {MAX_PHOTOS} apart), {files[0].name} to {files[MAX_PHOTOS - 1].name}")
             files = files[:MAX_PHOTOS]
+        if len(files) < 2:  # one photo's 1-NN scores meant nothing: "degradation 0% (chance 0%), photo 100%"
+            raise UsageError(f"--photos {args.photos} holds one photo ({files[0].name}): the projection's 1-NN scores "
+                             f"compare views across photos and need at least two — put another clean photo in it, or "
+                             f"leave --photos out for the demo's {len(TEST_PHOTOS)} test photos")
         names = labels_of(files)
         chosen = chosen_photo(names, [f.name for f in files], args.photo)
     else:
