@@ -175,3 +175,16 @@ def test_one_photo_is_one_error_line_and_a_count_of_one_is_singular(tmp_path, ru
     assert fig._suptitle.get_text().startswith("PCA of pooled embeddings of 4 views (2 photos x 2 degradations)")
     fig = embedding_projection_figure(feats[:1].repeat(3, 0) + feats[:3], feats[:3], ["noise"] * 3, ["a"] * 3)
     assert fig._suptitle.get_text().startswith("PCA of pooled embeddings of 3 views (1 photo x 1 degradation)")
+
+
+def test_a_photo_name_shared_by_two_files_asks_for_the_file_name():
+    """--photo a, with a.png and a.jpg in --photos, said "none of the photos is called that"."""
+    files = ["a.jpg", "a.png", "b.png"]
+    names = own_photos.labels_of([own_photos.Path(f) for f in files])
+    assert own_photos.chosen_photo(names, files, "a.png") == "a.png"
+    with pytest.raises(own_photos.UsageError) as exc:
+        own_photos.chosen_photo(names, files, "a")
+    assert str(exc.value) == "--photo a: the name matches 2 photos (a.jpg, a.png) — pass the full file name, e.g. " \
+                             "--photo a.jpg"
+    with pytest.raises(own_photos.UsageError, match="none of the photos is called that"):
+        own_photos.chosen_photo(names, files, "c")

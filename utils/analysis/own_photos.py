@@ -164,12 +164,16 @@ def photo_views(photo: Photo, number: int, seed: int) -> dict[str, np.ndarray]:
 
 def chosen_photo(names: list[str], files: list[str], asked: str | None) -> str | None:
     """The label ``--photo`` names (a label or a file name), None without it; a :class:`UsageError` listing the
-    photos when it names none."""
+    photos when it names none, or the photos it matches when it is the stem of several (``a`` of a.png and a.jpg)."""
     if asked is None:
         return None
     for name, file in zip(names, files):
         if asked in (name, file):
             return name
+    same = [file for file in files if Path(file).stem == asked]  # a.png and a.jpg: labelled by their file names
+    if len(same) > 1:
+        raise UsageError(f"--photo {asked}: the name matches {counted(len(same), 'photo')} ({', '.join(same)}) — "
+                         f"pass the full file name, e.g. --photo {same[0]}")
     raise UsageError(f"--photo {asked}: none of the photos is called that; pass one of{listing(names, sep=', ')}")
 
 
