@@ -188,3 +188,29 @@ def test_a_photo_name_shared_by_two_files_asks_for_the_file_name():
                              "--photo a.jpg"
     with pytest.raises(own_photos.UsageError, match="none of the photos is called that"):
         own_photos.chosen_photo(names, files, "c")
+
+
+def test_a_photo_the_cap_made_too_small_asks_for_the_least_max_side_that_works(tmp_path, capsys):
+    """--max-side 33 on a 140 x 100 photo asked for "a larger photo (remove this one), or a larger --max-side for a
+    long, narrow one"; the cap made it too small, and the fix is a --max-side this photo fits at. --max-side took
+    32 and up, where a 4:3 photo was too small below 42."""
+    img = np.zeros((100, 140, 3), np.uint8)
+    with pytest.raises(own_photos.AnalysisError) as exc:
+        own_photos.fitted(np.zeros((30, 140, 3), np.uint8), 64, "p.png")  # 64 x 14: whole, still 140 x 30
+    assert "use a larger photo" in str(exc.value) and "--max-side" not in str(exc.value)
+    with pytest.raises(own_photos.AnalysisError) as exc:
+        own_photos.fitted(np.zeros((40, 160, 3), np.uint8), 64, "p.png")  # 64 x 16; at 126: 120 x 32
+    assert str(exc.value) == ("p.png is too small: 64x16 pixels after its long side is resized to 64 (it is 160x40); "
+                              "the network needs at least 32 on each side — pass --max-side 126 or more (the least "
+                              "that keeps this photo large enough)")
+    assert own_photos.fitted(np.zeros((40, 160, 3), np.uint8), 126, "p.png").shape == (32, 120, 3)
+    with pytest.raises(own_photos.AnalysisError):
+        own_photos.fitted(np.zeros((40, 160, 3), np.uint8), 125, "p.png")
+    assert own_photos.fitted(img, 64, "p.png").shape == (40, 64, 3)  # 140 x 100 at the least --max-side
+    parser = own_photos.get_args_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--max-side", "33"])
+    assert "argument --max-side: must be >= 64, got 33" in capsys.readouterr().err
+    assert parser.parse_args(["--max-side", "64"]).max_side == 64
+    assert "at least 64, where a photo up to twice as long as high keeps the 32 pixels" in " ".join(
+        parser.format_help().split())

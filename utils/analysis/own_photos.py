@@ -37,7 +37,7 @@ from utils.demo.photos import TEST_PHOTOS, resize
 from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, counted, listing, run_main
 from utils.eval.options import add_checkpoint_flags, at_least
 from utils.eval.outputs import check_writable_folder
-from utils.eval.protocol import crop_to_multiple, load_model, to_8bit
+from utils.eval.protocol import SIZE_MULTIPLE, crop_to_multiple, load_model, to_8bit
 from utils.files import json_text, write_text
 from utils.owned_outputs import keep_aside_foreign_outputs, record_outputs
 from utils.runtime import DEVICES, pick_device, tune_cpu_allocator
@@ -48,6 +48,9 @@ NUMBERS = "embeddings.json"
 OUTPUTS_RECORD = ".analysis-outputs.json"  # what this command wrote in --figs-dir (utils.owned_outputs)
 MAX_SIDE = TEST_LONG_MAX  # the demo's test images' long side
 MIN_SIDE = 32  # a 4 x 4 latent: the smallest the maps mean anything at
+# --max-side's least: a photo twice as long as high keeps MIN_SIDE on its short side (below 42 a 4:3 photo came out
+# too small, below 56 a 16:9 one; 32 was taken)
+LEAST_MAX_SIDE = 2 * MIN_SIDE
 MAX_PHOTOS = 10  # the projection tells photos apart by marker shape, and has 10
 WHO = "python -m utils.analysis"
 
@@ -83,10 +86,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--figs-dir", default=DEFAULT_FIGS_DIR,
                    help="where the two figures and embeddings.json go (a file of yours at their names is moved "
                         "aside)")
-    p.add_argument("--max-side", type=at_least(MIN_SIDE), default=MAX_SIDE,
-                   help="a photo's long side is resized down to at most this (area filter) before its views are "
-                        "made; the time goes with the pixels (the paper's network: about a minute a photo at 288 on "
-                        "2 CPU cores, 15 s at 144)")
+    p.add_argument("--max-side", type=at_least(LEAST_MAX_SIDE), default=MAX_SIDE,
+                   help=f"a photo's long side is resized down to at most this (area filter) before its views are "
+                        f"made; at least {LEAST_MAX_SIDE}, where a photo up to twice as long as high keeps the "
+                        f"{MIN_SIDE} pixels the network needs on its short side; the time goes with the pixels (the "
+                        f"paper's network: about a minute a photo at 288 on 2 CPU cores, 15 s at 144)")
     p.add_argument("--seed", type=at_least(0), default=0,
                    help="seed of the synthetic rain, haze and low light (the demo data's --seed); the noise is the "
                         "tester's, seeded by each photo's file name")
@@ -97,20 +101,33 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- photos
 
+def fitted_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """The ``(H, W)`` :func:`fitted` makes of an ``h`` x ``w`` photo with ``max_side``."""
+    if max(h, w) > max_side:
+        f = max_side / max(h, w)
+        h, w = max(1, round(h * f)), max(1, round(w * f))
+    return h - h % SIZE_MULTIPLE, w - w % SIZE_MULTIPLE
+
+
 def fitted(img: np.ndarray, max_side: int, where: str) -> np.ndarray:
     """``img`` with its long side resized down to ``max_side`` (area filter), cropped to multiples of 8 (bottom
     rows, right columns); an :class:`AnalysisError` naming ``where`` when it is then under :data:`MIN_SIDE` on a
-    side."""
+    side: with the smallest ``--max-side`` that keeps it large enough when the cap made it too small, else asking
+    for a larger photo."""
     h, w = img.shape[:2]
     if max(h, w) > max_side:
         f = max_side / max(h, w)
         img = resize(img, max(1, round(h * f)), max(1, round(w * f)))
     img = np.ascontiguousarray(crop_to_multiple(img))
     if min(img.shape[:2]) < MIN_SIDE:
-        capped = f" after its long side is resized to {max_side}" if max(h, w) > max_side else ""
-        raise AnalysisError(f"{where} is too small: {img.shape[1]}x{img.shape[0]} pixels{capped} (it is {w}x{h}); "
-                            f"the network needs at least {MIN_SIDE} on each side — use a larger photo (remove this "
-                            f"one from --photos), or a larger --max-side for a long, narrow one")
+        said = f"{where} is too small: {img.shape[1]}x{img.shape[0]} pixels"
+        if min(fitted_size(h, w, max(h, w))) >= MIN_SIDE:  # whole, it is large enough: the cap made it too small
+            least = next(m for m in range(max_side + 1, max(h, w) + 1) if min(fitted_size(h, w, m)) >= MIN_SIDE)
+            raise AnalysisError(f"{said} after its long side is resized to {max_side} (it is {w}x{h}); the network "
+                                f"needs at least {MIN_SIDE} on each side — pass --max-side {least} or more (the "
+                                f"least that keeps this photo large enough)")
+        raise AnalysisError(f"{said} (it is {w}x{h}); the network needs at least {MIN_SIDE} on each side — use a "
+                            f"larger photo (remove this one from --photos)")
     return img
 
 
