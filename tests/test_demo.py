@@ -1,6 +1,7 @@
 """`make demo` end to end in its smallest setting (tiny images, two iterations)."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +211,19 @@ def test_a_folder_flag_with_a_file_in_the_way_is_named_by_the_demos_own_flag(fla
         demo.main(args)
     assert str(err.value).startswith(f"{flag} {tmp_path / 'a_file' / 'sub'}: a file, not a folder, is in the way")
     assert str(err.value).endswith(f"choose another {flag}") and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("name, flag", [("results/demo_table.md", "--results"),
+                                        ("figs/demo_embedding_projection.png", "--figs-dir")])
+def test_a_folder_at_one_of_the_demos_file_names_is_refused_before_anything_is_built(name, flag, tmp_path):
+    """A folder at <results>/demo_table.md stopped the demo after its training and evaluation, with exit 1."""
+    from utils.errors import UsageError
+    (tmp_path / name).mkdir(parents=True)
+    args = demo.get_args_parser().parse_args(["--quick", "--root", str(tmp_path / "data"), "--device", "cpu",
+                                              "--results", str(tmp_path / "results"), "--figs-dir",
+                                              str(tmp_path / "figs"), "--output-dir", str(tmp_path / "ckpt")])
+    with pytest.raises(UsageError) as err:
+        demo.main(args)
+    assert str(err.value) == (f"{tmp_path / name}: a folder is where the demo writes its file {Path(name).name} — "
+                              f"move or rename that folder, or choose another {flag}")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "ckpt").exists()

@@ -38,7 +38,7 @@ from utils.eval.protocol import Protocol, load_model
 from utils.eval.report import write_results
 from utils.eval.tasks import find_task_sets
 from utils.files import json_text, write_text
-from utils.owned_outputs import keep_aside_foreign_outputs, record_outputs
+from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, record_outputs
 from utils.runtime import DEVICES, pick_device, tune_cpu_allocator
 from utils.train.run_log import Console, draw_loss_figure
 from utils.train.setup import FIG_NAME
@@ -218,9 +218,15 @@ def planned_outputs(tasks: list[str], test_root: Path, results_dir: Path, figs_d
     ``figs_dir`` each row's grid and the two embedding figures."""
     sets = find_task_sets(tasks, test_root)
     images = [results_dir / s.name / n for s in sets for n in output_names([i.name for i in s.items])]
-    tables = [results_dir / n for n in (*RESULT_NAMES, "demo_summary.json", "demo_table.md")]
-    figures = [figs_dir / n for n in (*figure_names([s.name for s in sets]), *EMBEDDING_FIGURES)]
-    return images + tables + figures
+    grids = [figs_dir / n for n in figure_names([s.name for s in sets])]
+    return images + grids + fixed_outputs(results_dir, figs_dir)
+
+
+def fixed_outputs(results_dir: Path, figs_dir: Path) -> list[Path]:
+    """The demo's outputs whose names do not depend on its data: ``results.*``, ``demo_summary.json``,
+    ``demo_table.md`` and the two embedding figures."""
+    return ([results_dir / n for n in (*RESULT_NAMES, "demo_summary.json", "demo_table.md")]
+            + [figs_dir / n for n in EMBEDDING_FIGURES])
 
 
 def main(args) -> dict:
@@ -235,6 +241,10 @@ def main(args) -> dict:
     for flag in ("--output-dir", "--results", "--figs-dir"):  # by the demo's own flags (the trainer's name others)
         check_writable_folder(getattr(args, flag[2:].replace("-", "_")), flag, create=False)
     root, figs_dir, results_dir = Path(args.root), Path(args.figs_dir), Path(args.results)
+    for path in folders_in_the_way(fixed_outputs(results_dir, figs_dir))[:1]:  # met after the training, before
+        flag = "--figs-dir" if figs_dir in path.parents else "--results"
+        raise UsageError(f"{path}: a folder is where the demo writes its file {path.name} — move or rename that "
+                         f"folder, or choose another {flag}")
     print(f"[1/4] demo data in {root}")
     manifest = build_demo_data(root, seed=args.seed, scale=0.25 if args.quick else 1.0,
                                max_photos=2 if args.quick else None)
