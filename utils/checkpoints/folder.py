@@ -102,14 +102,21 @@ def read_latest(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def _pointer_name(pointer: Path) -> str | None:
-    """The checkpoint name the ``latest`` file ``pointer`` holds when it is one of its folder's own names (see
-    :func:`read_latest`), else None (no pointer, unreadable, or naming something else)."""
+def _pointer_text(pointer: Path) -> str | None:
+    """What the ``latest`` file ``pointer`` names, whatever it is; None when there is no pointer or it cannot be
+    read as ``{"checkpoint": "<name>"}``."""
     try:
         name = json.loads(pointer.read_text())["checkpoint"]
     except (ValueError, KeyError, TypeError, OSError):
         return None
-    return name if isinstance(name, str) and progress_of(name) is not None else None
+    return name if isinstance(name, str) else None
+
+
+def _pointer_name(pointer: Path) -> str | None:
+    """The checkpoint name the ``latest`` file ``pointer`` holds when it is one of its folder's own names (see
+    :func:`read_latest`), else None (no pointer, unreadable, or naming something else)."""
+    name = _pointer_text(pointer)
+    return name if name is not None and progress_of(name) is not None else None
 
 
 def _saved_after(named: Path, pointer: Path) -> Path | None:
@@ -204,11 +211,8 @@ def pointer_note(folder: str | os.PathLike, found: Path) -> str:
     pointer = folder / LATEST
     if not pointer.is_file():
         return ""
-    try:
-        named = json.loads(pointer.read_text())["checkpoint"]
-        if not isinstance(named, str):
-            raise TypeError(named)
-    except (ValueError, KeyError, TypeError, OSError):
+    named = _pointer_text(pointer)
+    if named is None:
         return f" (its {LATEST} pointer cannot be read: the newest checkpoint by name is used)"
     if progress_of(named) is None:
         return (f" ({LATEST} names {named}, which is not a checkpoint name of this folder (epoch_NNN.pth or "
