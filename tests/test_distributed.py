@@ -28,6 +28,34 @@ from utils.train.distributed import (
 )
 
 
+def as_torchrun_rank(rank: int, port: int) -> None:
+    """This spawned process is ``rank`` of two, with the environment torchrun would give it."""
+    torch.set_num_threads(1)
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+
+
+def run_pair(target, answers: int) -> list:
+    """Spawn ``target(rank, port, results)`` for ranks 0 and 1 and return the first ``answers`` of what they put
+    in ``results``; fails the test when they do not answer within 60 s. Both processes are gone on return."""
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(rank, port, results)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        return [results.get(timeout=60) for _ in range(answers)]
+    except queue.Empty:
+        pytest.fail(f"the two ranks gave fewer than {answers} answers within 60 s")
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+
+
 def small_net(rank: int) -> torch.nn.Module:
     """A Linear and a BatchNorm (a buffer) whose values depend on ``rank``."""
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
@@ -40,10 +68,7 @@ def small_net(rank: int) -> torch.nn.Module:
 
 def one_rank(rank: int, port: int, results) -> None:
     try:
-        torch.set_num_threads(1)
-        os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))  # as torchrun sets them
-        os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+        as_torchrun_rank(rank, port)
         said = {"log": []}
         info = init_distributed_mode("cpu", log=said["log"].append)
         net = small_net(rank)
@@ -69,21 +94,7 @@ def test_two_ranks_agree_on_rank_0s_values_sums_means_and_weights():
     """The seed and the checkpoint path are rank 0's, the logged losses and validation scores sums over ranks,
     the Potentials' gradients the mean, every rank's weights rank 0's, and the epoch record's digests in rank
     order."""
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=one_rank, args=(rank, port, results)) for rank in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        said = dict(results.get(timeout=60) for _ in procs)
-    except queue.Empty:
-        pytest.fail("a rank did not answer within 60 s")
-    finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+    said = dict(run_pair(one_rank, answers=2))
     for rank in range(2):
         assert isinstance(said[rank], dict), said[rank]
         assert said[rank]["info"] == DistInfo(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
@@ -99,10 +110,7 @@ def rank_that_loses_its_peer(rank: int, port: int, results) -> None:
     """Rank 1 joins and dies (os._exit, as a SIGKILL leaves no goodbye); rank 0 then sums over both, as every
     training iteration does, and reports what run_main would print for the failure."""
     try:
-        torch.set_num_threads(1)
-        os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
-        os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+        as_torchrun_rank(rank, port)
         info = init_distributed_mode("cpu", log=lambda _: None)
         all_reduce_sum(torch.ones(1), info)  # both are in
         if rank == 1:
@@ -122,21 +130,7 @@ def rank_that_loses_its_peer(rank: int, port: int, results) -> None:
 def test_a_rank_whose_peer_died_says_so_in_one_line_not_gloos_traceback():
     """One rank killed mid-epoch: the other printed a 30-line traceback ending in gloo's 'Read error ...
     Connection reset by peer', which the project did not recognise as a failure the user acts on."""
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=rank_that_loses_its_peer, args=(rank, port, results)) for rank in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        rank, said = results.get(timeout=60)
-    except queue.Empty:
-        pytest.fail("rank 0 did not answer within 60 s")
-    finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+    [(rank, said)] = run_pair(rank_that_loses_its_peer, answers=1)
     assert rank == 0 and isinstance(said, tuple), said
     found, trace = said
     assert found is not None, trace
