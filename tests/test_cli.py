@@ -277,6 +277,33 @@ def test_a_gpu_index_this_machine_lacks_is_named_when_auto_falls_back_to_the_cpu
     assert said == ["=> --device auto: using the CPU (no CUDA GPU visible with CUDA_VISIBLE_DEVICES=5)"]
 
 
+def test_a_busy_or_misnamed_gpu_is_a_device_error_naming_the_flag(tmp_path, monkeypatch, capsys):
+    """A GPU that CUDA refuses (exclusive-process mode, held by another run) raised CUDA's RuntimeError from
+    torch.cuda.set_device: a traceback in the trainers, and --device cuda:x raised int()'s ValueError."""
+    from utils.runtime import DeviceError, pick_device
+    from utils.train import engine
+
+    def busy(index):
+        raise RuntimeError("CUDA error: all CUDA-capable devices are busy or unavailable\nCUDA kernel errors ...")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", busy)
+    monkeypatch.chdir(tmp_path)  # nothing may be written, anywhere
+    with pytest.raises(DeviceError) as refused:
+        pick_device("cuda:1")
+    assert str(refused.value) == ("--device cuda:1: CUDA GPU 1 cannot be used (CUDA error: all CUDA-capable devices "
+                                  "are busy or unavailable); wait for the process holding it (nvidia-smi lists it), "
+                                  "pick another GPU, or use --device cpu")
+    with pytest.raises(DeviceError, match=r"^--device cuda:x: the GPU index must be a number, e\.g\. --device cuda:0$"):
+        pick_device("cuda:x")
+    with pytest.raises(DeviceError, match=r"^--device cuda:2: 2 CUDA devices visible, numbered from cuda:0$"):
+        pick_device("cuda:2")
+    status = engine.run_cli(train_options.get_args_parser().parse_args(["--device", "cuda", "--dry-run"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and err[0].startswith("error: --device cuda: CUDA GPU 0 cannot be used ("), err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_under_torchrun_only_rank_0_says_what_every_rank_meets_alike(tmp_path, monkeypatch, capsys):
     """Every rank printed the same error line: N copies for a bad flag, a missing folder, --check-data's report.
     A failure one rank meets alone (a checkpoint another node cannot see) is still said by that rank, and so is

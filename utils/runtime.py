@@ -119,10 +119,20 @@ def pick_device(flag: str = "auto", cuda: bool = False, local_rank: int = 0,
         asked = "--cuda" if cuda else f"--device {flag}"
         check = "--gpus / CUDA_VISIBLE_DEVICES" if gpus_flag else "CUDA_VISIBLE_DEVICES"
         raise DeviceError(f"{asked} asks for a CUDA GPU, but none is visible (check {check}, or use --device cpu)")
-    index = int(flag.split(":")[1]) if ":" in flag else local_rank % max(1, torch.cuda.device_count())
-    if index >= torch.cuda.device_count():
-        raise DeviceError(f"--device {flag}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    torch.cuda.set_device(index)
+    count = torch.cuda.device_count()
+    try:
+        index = int(flag.split(":")[1]) if ":" in flag else local_rank % max(1, count)
+    except ValueError:
+        raise DeviceError(f"--device {flag}: the GPU index must be a number, e.g. --device cuda:0") from None
+    if not 0 <= index < count:
+        raise DeviceError(f"--device {flag}: {count} CUDA device{'' if count == 1 else 's'} visible, numbered "
+                          f"from cuda:0")
+    try:
+        torch.cuda.set_device(index)
+    except RuntimeError as exc:  # busy (exclusive-process mode, held by another process), or a driver problem
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeviceError(f"--device {flag}: CUDA GPU {index} cannot be used ({detail}); wait for the process "
+                          f"holding it (nvidia-smi lists it), pick another GPU, or use --device cpu") from exc
     return torch.device("cuda", index)
 
 

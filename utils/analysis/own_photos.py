@@ -222,10 +222,7 @@ def summary_lines(emb: dict) -> list[str]:
 def main(args) -> dict:
     """The figures and numbers ``args`` ask for; returns what was written to ``embeddings.json``."""
     t0 = time.time()
-    try:
-        device = pick_device(args.device)  # a --device this machine lacks fails before anything is read
-    except (ValueError, RuntimeError) as exc:
-        raise UsageError(str(exc)) from exc
+    device = pick_device(args.device)  # a --device this machine lacks fails before anything is read
     figs_dir = Path(args.figs_dir)
     files = photo_files(Path(args.photos)) if args.photos is not None else None
     if files is not None and figs_dir.resolve() == Path(args.photos).resolve():  # (its subfolders are not read)

@@ -122,10 +122,7 @@ def main(args) -> int:
     if args.work_dir:  # a file in the way, or no permission: said now (made at the first Restore)
         check_writable_folder(args.work_dir, "--work-dir", create=False)
     path = checkpoint_to_serve(args.model)
-    try:
-        device = pick_device(args.device)
-    except (ValueError, RuntimeError) as exc:  # the message names the flag and the fix
-        raise UsageError(str(exc)) from exc
+    device = pick_device(args.device)  # DeviceError: one line naming the flag and the fix
     from utils.eval.protocol import load_model
     model, info = load_model(path, args.backbone, args.preset)
     if "note" in info:

@@ -443,10 +443,7 @@ def main(args) -> dict:
     gpus_note = apply_gpus_flag(args.gpus) or gpus_on_cpu_note(args.gpus, args.device)  # the reference's --gpus
     if gpus_note:
         print(f"warning: {gpus_note}", file=sys.stderr)
-    try:
-        device = pick_device(args.device, args.cuda, gpus_flag=True)
-    except (ValueError, RuntimeError) as exc:  # its messages name the flag and the fix
-        raise UsageError(str(exc)) from exc
+    device = pick_device(args.device, args.cuda, gpus_flag=True)  # DeviceError names the flag and the fix
     try:
         check_precision(device, args.precision)
     except ValueError as exc:  # fp16 on the CPU: said before anything is written
