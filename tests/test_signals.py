@@ -270,12 +270,13 @@ runpy.run_path({script!r}, run_name="__main__")
 @pytest.mark.parametrize("script", ["trainer_bary.py", "trainer_bary_ddp.py"])
 def test_sigterm_while_a_trainer_starts_is_one_line(script, tmp_path):
     """kill / timeout / a scheduler's SIGTERM in a trainer's start-up (its checks of the data take minutes on the
-    real sets) ended it without a word (status -15); its own stop is installed only when training begins."""
+    real sets) ended it without a word (status -15); its own stop is installed only when training begins. It then
+    said "interrupted" with Ctrl-C's status 130, where the same signal a second earlier gave 143 and its name."""
     argv = ["--preset", "tiny", "--device", "cpu", "--output-dir", str(tmp_path / "out")]
     code = _TERM_AT_DATA.format(script=script, argv=argv)
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
                           capture_output=True, text=True, timeout=60)
-    assert (done.returncode, done.stderr) == (130, "error: interrupted\n"), done.stderr
+    assert (done.returncode, done.stderr) == (143, "error: stopped by SIGTERM\n"), done.stderr
     assert not (tmp_path / "out").exists()
 
 

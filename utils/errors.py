@@ -218,6 +218,25 @@ def _worker_message(message: str) -> str:
     return rest if sep and " " not in head else last
 
 
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler) or SIGHUP (a closed terminal) raised where Ctrl-C raises
+    KeyboardInterrupt (:func:`utils.runtime.stop_signals_as_interrupt`), so that what keeps the work done so far
+    on Ctrl-C keeps it here too; ``signum`` names the signal in the closing line and the exit status."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupted_line(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """The message and the shell's exit status (128 + the signal's number) of a run stopped from outside:
+    ``("interrupted", 130)`` for Ctrl-C, ``("stopped by SIGTERM", 143)`` for a :class:`StopSignal` of SIGTERM."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    if signum == signal.SIGINT:
+        return "interrupted", INTERRUPTED_STATUS
+    return f"stopped by {signal.Signals(signum).name}", 128 + signum
+
+
 def failure_message(exc: BaseException) -> tuple[str, int] | None:
     """``(message, exit status)`` for a failure the user can act on; ``None`` for anything else (a bug).
 
@@ -241,7 +260,7 @@ def failure_message(exc: BaseException) -> tuple[str, int] | None:
                     f"of host memory, says nothing). The checkpoints already saved and latest are as they were: "
                     f"fix the cause, then continue with --resume auto", 1)
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted", INTERRUPTED_STATUS
+        return interrupted_line(exc)
     if any(isinstance(e, MemoryError) for e in chain):
         return ("out of memory: train with a smaller --batch-size or --patch-size; restore large images with "
                 "--tile", 1)

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from utils.errors import UsageError
+from utils.errors import StopSignal, UsageError
 from utils.streams import leave_the_hung_up_terminal
 
 
@@ -152,11 +152,12 @@ def to_channels_last(model: torch.nn.Module, device: torch.device | str | None =
 
 def stop_signals_as_interrupt() -> None:
     """SIGTERM (``kill``, ``timeout``, a job scheduler) and SIGHUP (the terminal closed: an ssh session that
-    dropped) stop the process as Ctrl-C does: what handles ``KeyboardInterrupt`` (the tester's partial results,
-    the app's clean exit) handles them too. After a hang-up, output that went to the terminal goes to /dev/null
-    first (every write to it would fail). A signal the process was started to ignore stays ignored (``nohup``'s
-    SIGHUP), and a repeat of either asks nothing more. For entry points only: the handlers are process-wide.
-    The trainers install their own (:class:`utils.train.signals.StopRequest`)."""
+    dropped) stop the process as Ctrl-C does: they raise :class:`utils.errors.StopSignal`, a ``KeyboardInterrupt``,
+    so what handles Ctrl-C (the tester's partial results, the app's clean exit) handles them too, and the closing
+    line names the signal ("stopped by SIGTERM", status 143). After a hang-up, output that went to the terminal
+    goes to /dev/null first (every write to it would fail). A signal the process was started to ignore stays
+    ignored (``nohup``'s SIGHUP), and a repeat of either asks nothing more. For entry points only: the handlers
+    are process-wide. The trainers install their own (:class:`utils.train.signals.StopRequest`)."""
     hangup = getattr(signal, "SIGHUP", None)  # POSIX
     asked = []
 
@@ -165,7 +166,7 @@ def stop_signals_as_interrupt() -> None:
             leave_the_hung_up_terminal()
         if not asked:  # once: a scheduler that signals every process of a job may reach this one twice, and the
             asked.append(signum)  # second would cut short the results being written (a second Ctrl-C still does)
-            raise KeyboardInterrupt
+            raise StopSignal(signum)
     for s in (signal.SIGTERM, hangup):
         if s is not None and signal.getsignal(s) is not signal.SIG_IGN:
             signal.signal(s, interrupt)

@@ -8,5 +8,5 @@ with stopped_while_starting():
     from utils.analysis.own_photos import cli
     from utils.runtime import stop_signals_as_interrupt
 
-stop_signals_as_interrupt()  # kill / timeout / a closed terminal stop it as Ctrl-C does: one line, status 130
+stop_signals_as_interrupt()  # kill / timeout / a closed terminal stop it as Ctrl-C does: one line naming it
 sys.exit(cli())

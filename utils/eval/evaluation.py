@@ -31,7 +31,7 @@ from tqdm import tqdm
 from utils.data.image_io import NOT_KEPT_WHY, ImageReadError, lost_on_restoring, quantise, read_image, write_image
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
-from utils.errors import INTERRUPTED_STATUS, UserError, failure_message, listing
+from utils.errors import UserError, failure_message, interrupted_line, listing
 from utils.eval.inference import prepare_for_inference
 from utils.eval.metrics import FID, LPIPS, image_metrics, smallest_scorable_side
 from utils.eval.outputs import figure_names, output_names
@@ -95,7 +95,7 @@ def why_stopped(exc: KeyboardInterrupt | OutputClosed) -> tuple[str, int]:
     reader has gone (``| head``), which ends the run as quietly as any program's write to a closed pipe."""
     if isinstance(exc, OutputClosed):
         return "the output's reader has gone (a closed pipe)", PIPE_CLOSED_STATUS
-    return "interrupted", INTERRUPTED_STATUS
+    return interrupted_line(exc)
 
 
 def _write_stopped(exc: BaseException, file: str, set_name: str, row: dict[str, Any] | None) -> EvaluationStopped:
