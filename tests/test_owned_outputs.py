@@ -1,6 +1,9 @@
 """utils/owned_outputs.py: a rerun replaces the files it wrote itself, unchanged since, and moves any other file at
 those names aside (the demo's and the study's rule)."""
+import hashlib
+import json
 import os
+import shutil
 
 from utils.owned_outputs import foreign_outputs, keep_aside_foreign_outputs, record_outputs
 
@@ -60,3 +63,34 @@ def test_the_record_keeps_the_files_of_earlier_runs(tmp_path, capsys):
     assert keep_aside_foreign_outputs([figs1 / "a.png"], record, [(figs1, "figures")], "the tool") == []
     assert (figs1 / "a.png").read_text() == "1" and not list(figs1.glob("figures.before-*"))
     assert capsys.readouterr().out == ""
+
+
+def test_outputs_copied_or_moved_with_their_record_stay_the_scripts_own(tmp_path, capsys):
+    """The record named each file by its absolute path: a results folder copied elsewhere (or renamed) with its
+    record had every output moved aside on the next run, as if the user had written them."""
+    old = tmp_path / "old"
+    (old / "figs").mkdir(parents=True)
+    record = old / ".outputs.json"
+    planned = [old / "table.md", old / "figs" / "a.png"]
+    for p in planned:
+        p.write_text(p.name)
+    record_outputs(planned, record)
+    new = tmp_path / "new"
+    shutil.copytree(old, new)
+    moved = [new / "table.md", new / "figs" / "a.png"]
+    assert foreign_outputs(moved, new / ".outputs.json") == []
+    assert keep_aside_foreign_outputs(moved, new / ".outputs.json", [(new, "results")], "the tool") == []
+    assert sorted(p.name for p in new.iterdir()) == [".outputs.json", "figs", "table.md"]
+    assert not capsys.readouterr().out
+    (new / "figs" / "a.png").write_text("edited")  # the copy is judged by content, as the original was
+    assert foreign_outputs(moved, new / ".outputs.json") == [new / "figs" / "a.png"]
+
+
+def test_a_record_of_absolute_paths_still_counts(tmp_path):
+    """Records the demo and the study wrote before the keys were relative keep their files the script's own."""
+    (tmp_path / "a.png").write_text("a")
+    record = tmp_path / ".outputs.json"
+    record.write_text(json.dumps({str(tmp_path / "a.png"): hashlib.sha256(b"a").hexdigest()}))
+    assert foreign_outputs([tmp_path / "a.png"], record) == []
+    record_outputs([tmp_path / "a.png"], record)
+    assert json.loads(record.read_text()) == {"a.png": hashlib.sha256(b"a").hexdigest()}

@@ -1,7 +1,8 @@
 """A rerun replaces the files a script wrote itself, and nothing else: the one home of that rule for the scripts
 whose outputs have fixed names (the demo, the study).
 
-The script keeps a record of what it wrote (a JSON file: each file's absolute path and SHA-256) beside its outputs.
+The script keeps a record of what it wrote (a JSON file: each file's path, relative to the record's folder, and
+SHA-256) beside its outputs; a folder of outputs moved or copied with its record stays the script's own.
 Before it writes again, every file at a name it is about to write that the record lacks, or whose content differs
 from the record's (a user's own file, or one of the script's changed by hand since), or a symbolic link there, is
 moved aside into a new ``<name>.before-<time>`` folder (:func:`utils.files.keep_aside_together`), never replaced.
@@ -29,8 +30,20 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _record_key(path: Path, record: Path) -> str:
+    """How the record at ``record`` names ``path``: relative to the record's folder (``../figs/a.png`` for a file
+    beside it), so that the pair can be moved or copied together."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(Path(record).parent))
+
+
+def _recorded_digest(written: dict[str, str], path: Path, record: Path) -> str | None:
+    """The SHA-256 the record's entries ``written`` hold for ``path``: under its relative key, or under its absolute
+    path (records written before the keys were relative)."""
+    return written.get(_record_key(path, record), written.get(os.path.abspath(path)))
+
+
 def read_record(record: Path) -> dict[str, str]:
-    """The record at ``record``: ``{absolute path: SHA-256}``; empty when it is missing or unreadable (then every
+    """The record at ``record``: ``{path: SHA-256}``; empty when it is missing or unreadable (then every
     file found at a planned name counts as foreign, and is kept aside rather than replaced)."""
     try:
         found = json.loads(Path(record).read_text())
@@ -49,7 +62,7 @@ def foreign_outputs(planned: Sequence[Path], record: Path) -> list[Path]:
     absent from it, of another content, or a symbolic link. Returns them in the order of ``planned``."""
     written = read_record(record)
     return [p for p in planned
-            if p.is_symlink() or (p.is_file() and written.get(os.path.abspath(p)) != file_digest(p))]
+            if p.is_symlink() or (p.is_file() and _recorded_digest(written, p, record) != file_digest(p))]
 
 
 def keep_aside_foreign_outputs(planned: Sequence[Path], record: Path, folders: Sequence[tuple[Path, str]],
@@ -80,5 +93,6 @@ def record_outputs(planned: Sequence[Path], record: Path) -> None:
     digests = {k: v for k, v in read_record(record).items() if isinstance(k, str) and isinstance(v, str)}
     for p in planned:
         digests.pop(os.path.abspath(p), None)
-    digests.update({os.path.abspath(p): file_digest(p) for p in planned if p.is_file() and not p.is_symlink()})
+        digests.pop(_record_key(p, record), None)
+    digests.update({_record_key(p, record): file_digest(p) for p in planned if p.is_file() and not p.is_symlink()})
     write_text(record, json_text(digests))
