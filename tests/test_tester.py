@@ -815,6 +815,18 @@ def test_an_empty_denoising_set_folder_is_named_not_silently_dropped(checkpoint,
     assert len(warnings) == 1 and "urban100" in warnings[0] and "holds no images" in warnings[0]
 
 
+def test_a_hidden_folder_beside_the_denoising_sets_is_not_a_set(tmp_path):
+    """Jupyter's .ipynb_checkpoints/ (copies of the images) beside bsd68/ was scored as a denoise_25 row of its
+    own, while --check-data, which skips hidden folders, did not list it: the two disagreed on the sets."""
+    from utils.data.doctor import check_test_data
+    root = tmp_path / "root"
+    for folder in ("bsd68", ".ipynb_checkpoints"):
+        write_image(root / "denoise" / folder / "cat.png", data.chelsea()[:48, :64])
+    assert [s.name for s in find_task_sets(["denoise_25"], root)] == ["denoise_25/bsd68"]
+    report = check_test_data(root, ["denoise_25"])
+    assert [r.name for r in report.sets] == ["denoise/bsd68"]
+
+
 def test_save_and_savetar_may_not_share_a_folder(bench, checkpoint, tmp_path):
     """Failure 7: --save and --savetar naming one folder used to end with every restoration replaced by its
     target (same names); it is refused before anything is written, as is --figs-dir among the images."""

@@ -37,7 +37,14 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from utils import dataset_utils as du
 from utils.data import training_files as tf
-from utils.data.image_io import list_images, max_pixels, nested_images_hint, pixels_in_words, read_problem
+from utils.data.image_io import (
+    list_images,
+    max_pixels,
+    nested_images_hint,
+    pixels_in_words,
+    read_problem,
+    visible_subfolders,
+)
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files, decode_files
 from utils.data.pairing import PairingError, SwappedFolders, match_pairs, partners_of
 from utils.errors import UsageError
@@ -203,9 +210,7 @@ def _counted(n: int, what: str) -> str:
 
 def _image_folders(folder: Path) -> list[Path]:
     """Sub-folders of ``folder`` that hold images directly (sorted)."""
-    if not folder.is_dir():
-        return []
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and list_images(d))
+    return [d for d in visible_subfolders(folder) if list_images(d)]
 
 
 def _rename_fix(parent: Path, wanted: str, degraded: bool, what: str) -> str:
@@ -348,8 +353,7 @@ def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: 
         return expected_count(folder.relative_to(root).as_posix(), task, expected)
 
     if isinstance(layout, DenoiseLayout):
-        folders = ([base] if base.is_dir() and list_images(base) else []) + (
-            [d for d in sorted(base.iterdir()) if d.is_dir() and not d.name.startswith(".")] if base.is_dir() else [])
+        folders = ([base] if base.is_dir() and list_images(base) else []) + visible_subfolders(base)
         if not folders:
             row = SetReport(layout.folder, str(base), used_by=(task,))
             example = EXAMPLE_SETS.get(layout.folder, "<set>")
@@ -363,7 +367,8 @@ def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: 
     if (base / layout.degraded).is_dir() or (base / layout.target).is_dir():
         folders = [base]
     else:
-        folders = [d for d in _subfolders(base) if (d / layout.degraded).is_dir() or (d / layout.target).is_dir()]
+        folders = [d for d in visible_subfolders(base)
+                   if (d / layout.degraded).is_dir() or (d / layout.target).is_dir()]
     if not folders and not any(d.name.lower() in _DEGRADED_NAMES | _TARGET_NAMES for d in _image_folders(base)):
         # images, but no degraded/target folders (e.g. Rain100L's rain-N and norain-N side by side): each
         # folder holding them is a set whose files are to be moved
@@ -413,10 +418,6 @@ def expected_count(key: str, task: str, expected: Mapping[str, int] = TEST_EXPEC
             return Expected(n, note=f"the paper's {column.split(' ')[0]} set, the column --compare-paper gives this "
                                     f"row")
     return None
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
 
 
 def check_test_data(data_root: str | os.PathLike, tasks: Sequence[str] | None = None,

@@ -292,6 +292,13 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
                   if p.is_file() and is_image(p) and not p.name.startswith("."))
 
 
+def visible_subfolders(folder: str | os.PathLike) -> list[Path]:
+    """The subfolders of ``folder`` sorted by name, hidden ones skipped (``.ipynb_checkpoints``, ``.cache``: not
+    sets); ``[]`` when ``folder`` is not a folder."""
+    folder = Path(folder)
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
+
+
 def nested_images_hint(folder: str | os.PathLike, what: str = "images", shown: int = 3) -> str:
     """A sentence for a folder read without its subfolders that holds no ``what`` itself but has them in its
     subfolders (WED and BSD400 unpacked into ``Denoise/WED/`` and ``Denoise/BSD400/``), else ``""``:
@@ -300,7 +307,7 @@ def nested_images_hint(folder: str | os.PathLike, what: str = "images", shown: i
     are read: move them up into Denoise (renaming any that repeat)."``"""
     folder = Path(folder)
     try:
-        subfolders = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+        subfolders = visible_subfolders(folder)
     except OSError:
         return ""
     counts = [(d.name, n) for d in subfolders if (n := len(list_images(d, recursive=True)))]

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from utils.data.degradations import LAYOUT
-from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, image_size, is_image, list_images
+from utils.data.image_io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    image_size,
+    is_image,
+    list_images,
+    visible_subfolders,
+)
 from utils.data.pairing import PairingError, match_pairs
 from utils.errors import listing
 
@@ -176,8 +183,7 @@ def _paired_sets(task: str, layout: PairedLayout, root: Path, skip: bool, skip_b
     if _has_either(base, layout):
         folders = [base]
     else:  # sets one level deeper; one with only one of its two folders is named below, with its fix
-        folders = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")
-                         and _has_either(d, layout)) if base.is_dir() else []
+        folders = [d for d in visible_subfolders(base) if _has_either(d, layout)]
     if not folders:
         raise PairingError(f"task {task!r}: expected {base / layout.degraded} and {base / layout.target}, or "
                            f"{base}/<set>/{{{layout.degraded},{layout.target}}}; found neither. Check --data-root "
@@ -205,7 +211,7 @@ def _denoise_sets(task: str, layout: DenoiseLayout, root: Path, notes: list[str]
     if not base.is_dir():
         raise PairingError(f"task {task!r}: clean images expected in {base}/<set>/ (e.g. bsd68, kodak24); "
                            f"the folder does not exist. Check --data-root ({root}).")
-    folders = [d for d in sorted(base.iterdir()) if d.is_dir()]
+    folders = visible_subfolders(base)  # .ipynb_checkpoints/ beside bsd68/ is not a set
     if list_images(base):  # clean images directly in denoise/: one unnamed set
         folders = [base] + folders
     sets = []
