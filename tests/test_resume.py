@@ -379,6 +379,21 @@ def test_a_missing_pretrained_file_is_an_error(data, tmp_path):
     assert not (tmp_path / "ckpt" / "log.jsonl").exists()
 
 
+def test_pretrained_takes_a_runs_folder_or_its_latest_as_model_and_resume_do(data, tmp_path, capsys):
+    """--pretrained's help says "a checkpoint of any accepted format", yet a run's output folder (what --model and
+    --resume take) was refused as "no such file; check the path"."""
+    assert run(data, tmp_path / "a", "--nEpochs", "1", iters=1) == 0
+    capsys.readouterr()
+    folder = tmp_path / "a" / "ckpt"
+    newest = folder / "epoch_001.pth"
+    for given, said in ((folder, f"=> --pretrained {folder} is a folder: using its newest checkpoint, {newest}"),
+                        (folder / "latest", f"=> --pretrained {folder / 'latest'} points to {newest}")):
+        out = tmp_path / given.name
+        assert run(data, out, "--nEpochs", "1", "--pretrained", str(given), iters=1) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert said in lines and f"=> --pretrained {newest}: network and potentials weights loaded" in lines, lines
+
+
 def test_a_pretrained_file_of_another_backbone_is_named_as_such(data, tmp_path):
     """A PromptIR run's checkpoint given to a BaryNet run as --pretrained listed 54 missing keys and 33 shape
     mismatches before the file's own backbone."""

@@ -62,7 +62,8 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                           f"{threads_default} as in the reference, capped at this machine's CPU count")
     ref.add_argument("--pretrained", type=str, default="",
                      help="initialise the network (and the potentials when the file has them) from a "
-                          "checkpoint of any accepted format; training starts at --start-epoch")
+                          "checkpoint of any accepted format, a run's output folder or its 'latest' pointer (its "
+                          "newest checkpoint); training starts at --start-epoch")
     ref.add_argument("--gpus", type=str, default=None,
                      help="GPU ids made visible, CUDA_VISIBLE_DEVICES style (e.g. '0,1'); default: leave "
                           "the environment as it is. Ignored under torchrun (with a warning), as the reference "

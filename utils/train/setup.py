@@ -31,6 +31,7 @@ from utils.checkpoints import (
     progress_of,
     read_checkpoint,
     read_latest,
+    resolve_checkpoint,
 )
 from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family, repeat_factor
 from utils.data.image_io import image_size, read_problem
@@ -612,10 +613,12 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
         console(f"=> {ckpt_path} holds weights only: starting at epoch {state.epoch} with fresh optimizers")
         return state, None
     if args.pretrained:
-        path = Path(args.pretrained)
-        if not path.is_file():  # the reference trains from random weights here: an hour lost to a typo
+        if not Path(args.pretrained).exists():  # the reference trains from random weights here: an hour lost to a typo
             raise ConfigError(f"--pretrained {args.pretrained}: no such file; check the path, or leave "
                               f"--pretrained out to start from random weights")
+        path, note = resolve_checkpoint(args.pretrained, "--pretrained")  # a run's folder or latest: its newest
+        if note:
+            console(f"=> {note}")
         pobj = read_checkpoint(path)
         stored = pobj.get("backbone") if isinstance(pobj, Mapping) else None
         if isinstance(stored, str) and stored != args.backbone:  # said as that, not as two lists of keys
