@@ -252,6 +252,7 @@ class MixedDegradationDataset(Dataset):
 def build_train_dataset(de_types: Sequence[str], dirs: dict[str, str | os.PathLike], patch_size: int,
                         seed: int = 0, data_file_dir: str | os.PathLike | None = None, skip_bad: bool = False,
                         check: bool = True, log: Callable[[str], None] = print,
+                        warn: Callable[[str], None] | None = None,
                         progress: Callable[[Iterable, int], Iterable] | None = None,
                         repeats: dict[str, int] | None = None, strict_ids: bool = False) -> MixedDegradationDataset:
     """Collect, validate and wrap the training data in one call (what the trainer uses).
@@ -259,9 +260,10 @@ def build_train_dataset(de_types: Sequence[str], dirs: dict[str, str | os.PathLi
     The arguments are those of :func:`collect_samples`, :func:`check_images` (run when ``check``)
     and :class:`MixedDegradationDataset`; :meth:`MixedDegradationDataset.report` is the start-up table.
     """
-    found = collect_samples(de_types, dirs, data_file_dir, skip_bad=skip_bad, log=log, strict_ids=strict_ids)
+    found = collect_samples(de_types, dirs, data_file_dir, skip_bad=skip_bad, log=log, strict_ids=strict_ids,
+                            warn=warn)
     if check:
-        found = check_images(found, patch_size, skip_bad=skip_bad, progress=progress, log=log)
+        found = check_images(found, patch_size, skip_bad=skip_bad, progress=progress, log=log, warn=warn)
     return MixedDegradationDataset(found, de_types, patch_size, seed=seed, skip_bad=skip_bad, repeats=repeats)
 
 

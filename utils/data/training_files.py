@@ -235,9 +235,16 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
+def warned(log: Callable[[str], None], warn: Callable[[str], None] | None) -> Callable[[str], None]:
+    """Where a warning goes: ``warn`` when given (the trainer's framed warning on stderr), else ``log`` as a
+    ``warning: ...`` line."""
+    return warn if warn is not None else (lambda msg: log(f"warning: {msg}"))
+
+
 def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
                     data_file_dir: str | os.PathLike | None = None, skip_bad: bool = False,
-                    log: Callable[[str], None] = print, strict_ids: bool = False) -> dict[str, list[Pair]]:
+                    log: Callable[[str], None] = print, strict_ids: bool = False,
+                    warn: Callable[[str], None] | None = None) -> dict[str, list[Pair]]:
     """Find and pair the training images of every trained family (see the module docstring).
 
     Args:
@@ -246,8 +253,10 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
         data_file_dir: folder of the reference's id lists (used when they exist; None or ''
             scans the folders).
         skip_bad: leave unpaired files out with a warning instead of failing.
-        log: where the notes on each family and the one ``warning:`` line on left-out ids go.
+        log: where the notes on each family go, and the warnings on left-out ids and files (as ``warning:``
+            lines) when ``warn`` is not given.
         strict_ids: listed ids absent from disk are an error instead of being left out.
+        warn: where those warnings go instead (the trainer's framed warning on stderr).
     Returns:
         ``{family: [Pair, ...]}`` in :data:`utils.data.degradations.FAMILIES` order.
     Raises:
@@ -288,9 +297,9 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
                            + ". Put the files there, point --data-file-dir at lists that match your data, "
                              "or drop --strict-ids to train without them.")
     if dropped:
-        log("warning: training without listed ids that are not on disk (the reference leaves out missing noise-list "
-            "ids too, and stops at a missing rain or haze id): "
-            + "; ".join(d.describe() for d in dropped) + ". Pass --strict-ids to stop instead.")
+        warned(log, warn)("training without listed ids that are not on disk (the reference leaves out missing "
+                          "noise-list ids too, and stops at a missing rain or haze id): "
+                          + "; ".join(d.describe() for d in dropped) + ". Pass --strict-ids to stop instead.")
     if missing:
         lines = [f"{LAYOUT[f][0]}={dirs[f]}: {p} (for {n})" for f, p, n in missing]
         msg = (f"{len(missing)} training file(s) are missing (a rainy image needs gt/norain-N, a hazy "
@@ -299,7 +308,7 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
         if not skip_bad:
             raise DatasetError(msg + ". Add the files, fix the folder flags, or pass --skip-bad-files to "
                                      "train without them.")
-        log(f"warning: skipping {len(missing)} sample(s) without their files (--skip-bad-files): {msg}")
+        warned(log, warn)(f"skipping {len(missing)} sample(s) without their files (--skip-bad-files): {msg}")
     for fam, pairs in found.items():
         if not pairs:
             folder, recursive = scanned_folder(fam, Path(dirs[fam]))
@@ -316,7 +325,8 @@ def cropped_length(n: int) -> int:
 
 def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool = False,
                  progress: Callable[[Iterable, int], Iterable] | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, list[Pair]]:
+                 log: Callable[[str], None] = print,
+                 warn: Callable[[str], None] | None = None) -> dict[str, list[Pair]]:
     """Read every image header and ending (:func:`utils.data.integrity.check_file`): unreadable or truncated
     files, images smaller than the patch (after the centre-crop to multiples of 16) and degraded/clean size
     mismatches are one :class:`DatasetError` listing them, or are left out with a ``warning:`` line to ``log``
@@ -364,7 +374,7 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
         if not skip_bad:
             smaller = ", lower --patch-size" if any("smaller than --patch-size" in b for b in bad) else ""
             raise DatasetError(f"{msg}. Replace or remove them{smaller}, or pass --skip-bad-files.")
-        log(f"warning: skipping {len(bad)} training image(s) (--skip-bad-files): {msg}")
+        warned(log, warn)(f"skipping {len(bad)} training image(s) (--skip-bad-files): {msg}")
     for fam, pairs in keep.items():
         if not pairs:
             raise DatasetError(f"no usable {fam} training images remain (all {len(found[fam])} were bad)")

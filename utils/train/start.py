@@ -204,7 +204,7 @@ def build_dataset(args: argparse.Namespace, seed: int, console: Console) -> Mixe
     try:
         dataset = build_train_dataset(
             args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=resolve_data_file_dir(args.data_file_dir),
-            skip_bad=args.skip_bad_files, check=args.check_images, log=console,
+            skip_bad=args.skip_bad_files, check=args.check_images, log=console, warn=console.warn,
             progress=lambda it, n: progress(it, n, "checking images", enabled=console.enabled),
             repeats=parse_repeats(args.repeat), strict_ids=args.strict_ids)
     except UserError as exc:  # the ranks of one machine scan the same folders: rank 0's error line says it for all
