@@ -41,8 +41,8 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import torch
     from bench_inference import image_side
 
-    from net import Potentials, set_layernorm_impl
-    from net.presets import PRESETS, build_model
+    from net import set_layernorm_impl
+    from net.presets import PRESETS, build_model, build_potentials
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.inference import PRECISIONS, autocast_context
@@ -143,7 +143,7 @@ def build_case(preset: str, batch: int, patch: int, k: int, device: torch.device
     """
     torch.manual_seed(0)
     model = build_model("BaryNet", preset)
-    pots = Potentials(k, model.config["dim"] * 8, patch)
+    pots = build_potentials("BaryNet", model, k, patch)
     g = torch.Generator().manual_seed(1)
     y = torch.rand(batch, 3, patch, patch, generator=g)
     x = (y + 0.1 * torch.randn(batch, 3, patch, patch, generator=g)).clamp(0, 1)

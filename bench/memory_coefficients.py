@@ -50,8 +50,7 @@ def one_case(kind: str, backbone: str, preset: str, precision: str, size: int, b
     """Run one case in this process; returns its peak resident memory in MiB."""
     import torch
 
-    from net import Potentials
-    from net.presets import WB_BACKBONES, build_model
+    from net.presets import build_model, build_potentials
     from utils.runtime import to_channels_last, tune_cpu_allocator
 
     tune_cpu_allocator()  # as every entry point does
@@ -68,7 +67,7 @@ def one_case(kind: str, backbone: str, preset: str, precision: str, size: int, b
     from utils.train.iteration import Training, train_step
     from utils.train.optim import build_optimizer
     to_channels_last(model)
-    pots = Potentials(3, model.config["dim"] * 8, size) if backbone in WB_BACKBONES else None
+    pots = build_potentials(backbone, model, 3, size)
     training = Training(model, model, pots, build_optimizer("RMSprop", model.parameters(), 1e-4),
                         build_optimizer("RMSprop", pots.parameters(), 1e-4) if pots is not None else None,
                         torch.tensor([0.34, 0.33, 0.33]), precision=precision, channels_last=True)

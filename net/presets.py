@@ -18,6 +18,7 @@ from utils.errors import UserError
 
 from .barynet import BaryNet, Restormer
 from .barypromptir import BaryPromptIR
+from .potentials import Potentials
 from .promptir import PromptIR
 
 # 'paper' is the published configuration; 'tiny' the same graph, narrow and shallow,
@@ -210,3 +211,11 @@ def build_model(backbone: str = "BaryNet", preset: str = "paper", **overrides) -
     if backbone not in BACKBONES:
         raise ValueError(f"unknown --backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[backbone](**model_config(preset, backbone=backbone, **overrides))
+
+
+def build_potentials(backbone: str, model: nn.Module, num_potentials: int, patch_size: int) -> Potentials | None:
+    """The K potential networks a ``backbone`` run trains against ``model``'s latent ``(B, 8*dim, patch/8, patch/8)``
+    (:attr:`BaryNet.latent_channels`); None for the L1-only backbones (Restormer, PromptIR), which have none."""
+    if backbone not in WB_BACKBONES:
+        return None
+    return Potentials(num_potentials, model.latent_channels, patch_size)

@@ -84,3 +84,15 @@ def test_width_overrides_train_and_resume_only_into_the_same_widths(data, tmp_pa
     assert ck["model_config"]["dim"] == 24 and ck["args"]["dim"] == 24
     with pytest.raises(ConfigError, match=r"--dim 24 there, 26 here"):
         train(data, tmp_path, "Restormer", "--nEpochs", "2", "--dim", "26", "--resume", "auto")
+
+
+def test_build_potentials_fits_the_latent_of_each_wb_backbone_and_none_for_the_l1_ones():
+    """The trainers, the study and the benchmarks build the potentials through this one function."""
+    from net.presets import build_model, build_potentials
+    for backbone in ("BaryNet", "BaryPromptIR"):
+        model = build_model(backbone, "tiny", dim=8)
+        pots = build_potentials(backbone, model, 3, 32)
+        z = torch.zeros(2, model.latent_channels, 4, 4)
+        assert pots.num_potentials == 3 and pots.channels == 64 and pots(z, 1).shape == (2,), backbone
+    for backbone in ("Restormer", "PromptIR"):
+        assert build_potentials(backbone, build_model(backbone, "tiny", dim=8), 3, 32) is None

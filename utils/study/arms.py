@@ -83,14 +83,14 @@ def arm_model_config(arm: Arm) -> dict[str, Any]:
 def parameter_counts(arms: Sequence[str], patch_size: int) -> dict[str, dict[str, int]]:
     """Per arm, the restoration network's parameters (what is trained and tested) and, for the WB backbones,
     the potentials' (trained beside it, not used at test time), built on the meta device: nothing allocated."""
-    from net import Potentials
+    from net.presets import build_potentials
     from utils.dataset_utils import num_sources
     out = {}
     for name in arms:
         arm = ARMS[name]
         with torch.device("meta"):
             model = build_model(arm.backbone, "tiny", **arm.config)
-            pots = Potentials(num_sources(ID_TASKS), model.config["dim"] * 8, patch_size) if arm.wb else None
+            pots = build_potentials(arm.backbone, model, num_sources(ID_TASKS), patch_size) if arm.wb else None
         out[name] = {"network": sum(p.numel() for p in model.parameters()),
                      "potentials": sum(p.numel() for p in pots.parameters()) if pots is not None else 0}
     return out

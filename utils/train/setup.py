@@ -15,7 +15,15 @@ import torch
 import torch.nn as nn
 
 from net import Potentials
-from net.presets import BACKBONES, MODEL_FLAGS, WB_BACKBONES, build_model, flags_for, model_config
+from net.presets import (
+    BACKBONES,
+    MODEL_FLAGS,
+    WB_BACKBONES,
+    build_model,
+    build_potentials,
+    flags_for,
+    model_config,
+)
 from utils.checkpoints import (
     LATEST,
     LOG_NAME,
@@ -656,7 +664,7 @@ def memory_need(args, k: int, info: DistInfo, batch: int | None = None) -> Train
     with torch.device("meta"):
         model = build_model(args.backbone, args.preset, **model_overrides(args))
         try:
-            pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone in WB_BACKBONES else None
+            pots = build_potentials(args.backbone, model, k, args.patch_size)
         except (RuntimeError, OverflowError) as exc:  # "Storage size calculation overflowed"
             raise ConfigError(f"--patch-size {args.patch_size}: the potentials' first linear layer grows with the "
                               f"patch side to the fourth power, and at this size it cannot even be sized ({exc}); "

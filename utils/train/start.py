@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from net import Potentials
-from net.presets import WB_BACKBONES, build_model
+from net.presets import WB_BACKBONES, build_model, build_potentials
 from utils.checkpoints import (
     LOG_NAME,
     CheckpointError,
@@ -223,7 +223,7 @@ def build_networks(args: argparse.Namespace, k: int, ckpt_path: Path | None, obj
     if info.device.type == "cuda" and not getattr(args, "deterministic", False):
         torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest kernels once
     model = build_model(args.backbone, args.preset, **model_overrides(args))
-    pots = Potentials(k, model.config["dim"] * 8, args.patch_size) if args.backbone in WB_BACKBONES else None
+    pots = build_potentials(args.backbone, model, k, args.patch_size)
     state, resumed = load_start(args, ckpt_path, obj, model, pots, console)
     # channels-last activations: oneDNN's and cuDNN's depthwise and 1x1 convolutions prefer them
     to_channels_last(model, info.device)
