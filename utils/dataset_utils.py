@@ -92,6 +92,7 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
 
 

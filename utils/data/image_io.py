@@ -579,7 +579,7 @@ def image_size(path: str | os.PathLike, exif: bool = False) -> tuple[int, int]:
 
 
 def to_float(img: np.ndarray) -> np.ndarray:
-    """``uint8``/``uint16`` image -> ``float32`` in [0, 1]."""
+    """``uint8``/``uint16`` image -> ``float32`` in [0, 1], same shape (``(H, W)`` or ``(H, W, C)``)."""
     return img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
 
 

@@ -33,7 +33,7 @@ BLUR_LENGTH = (7.0, 17.0)           # motion-blur length in pixels at scale 1
 # ----------------------------------------------------------------------------
 
 def normalise01(x: np.ndarray) -> np.ndarray:
-    """Affine map of float array ``x`` to [0, 1] (zeros when constant); float32."""
+    """Affine map of ``x`` (any shape) to [0, 1] (zeros when constant); float32, same shape."""
     x = x.astype(np.float32)
     lo, hi = float(x.min()), float(x.max())
     return np.zeros_like(x) if hi - lo < 1e-12 else (x - lo) / (hi - lo)
@@ -88,7 +88,7 @@ def image_rng(seed: int, tag: int, index: int, variant: int = 0) -> np.random.Ge
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[0, 1] float -> uint8 with rounding and clipping."""
+    """[0, 1] float -> uint8, same shape, rounded (half to even, ``np.round``) and clipped."""
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -166,7 +166,7 @@ def jpeg_degrade(img: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
 
 
 def darken(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Synthetic low light in sRGB: gain * I^gamma plus mild read + shot noise."""
+    """Synthetic low light in sRGB, ``(H, W, 3)`` uint8 -> same: gain * I^gamma plus mild read + shot noise."""
     gamma = rng.uniform(*LOWLIGHT_GAMMA)
     gain = rng.uniform(*LOWLIGHT_GAIN)
     read = rng.uniform(*LOWLIGHT_NOISE)

@@ -80,7 +80,7 @@ def autocast_context(device: torch.device | str, precision: str):
 
 
 def _output_image(out) -> torch.Tensor:
-    """BaryNet returns a BaryOutput, Restormer a tensor: the restored batch either way."""
+    """The restored batch ``(B, 3, H, W)`` of a forward: BaryNet returns a BaryOutput, Restormer the tensor."""
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -136,7 +136,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def blend_ramp(overlap: int) -> torch.Tensor:
-    """Raised-cosine ramp of ``overlap`` samples rising from ~0 to ~1 (float64).
+    """Raised-cosine ramp ``(overlap,)`` rising from ~0 to ~1 (float64).
 
     ``ramp[i] + ramp[overlap - 1 - i] == 1``: two tiles overlapping by exactly ``overlap``
     cross-fade with weights that already sum to one.
@@ -146,7 +146,7 @@ def blend_ramp(overlap: int) -> torch.Tensor:
 
 
 def tile_window(start: int, size: int, length: int, overlap: int) -> torch.Tensor:
-    """1-D blending weights (float64, all > 0) of a tile at ``start`` of ``size`` on an axis of ``length``.
+    """1-D blending weights ``(size,)`` (float64, all > 0) of a tile at ``start`` on an axis of ``length``.
 
     The weights fall towards the tile's edges that lie inside the image (where a neighbour
     takes over) and stay 1 at the image border.

@@ -82,14 +82,15 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
 
 
 def gaussian_kernel_1d(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-    """Normalised sampled Gaussian of odd ``size`` (what ``cv2.getGaussianKernel`` gives for sigma > 0)."""
+    """Normalised sampled Gaussian ``(size,)``, ``size`` odd (what ``cv2.getGaussianKernel`` gives for sigma > 0)."""
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
     k = np.exp(-x ** 2 / (2.0 * sigma ** 2))
     return k / k.sum()
 
 
 def _filter_valid(img: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Separable correlation with ``k`` on both axes, keeping only fully covered pixels."""
+    """Separable correlation with ``k`` ``(n,)`` on both axes of ``(H, W)``, keeping only fully covered pixels:
+    ``(H - n + 1, W - n + 1)``, float64."""
     r = len(k) // 2
     out = cv2.sepFilter2D(img, cv2.CV_64F, k, k, borderType=cv2.BORDER_REFLECT_101)
     return out[r:-r, r:-r]
@@ -132,7 +133,8 @@ def smallest_scorable_side(ssim: str = "skimage", crop_border: int = 0, lpips_ne
 
 
 def shave(img: np.ndarray, border: int) -> np.ndarray:
-    """Drop ``border`` pixels on every side (BasicSR's ``crop_border``)."""
+    """``(H, W[, C]) -> (H - 2 border, W - 2 border[, C])``: drop ``border`` pixels on every side (BasicSR's
+    ``crop_border``)."""
     if border <= 0:
         return img
     if min(img.shape[:2]) <= 2 * border:

@@ -130,13 +130,14 @@ class Protocol:
 
 
 def crop_to_multiple(img: np.ndarray, multiple: int = SIZE_MULTIPLE) -> np.ndarray:
-    """Drop bottom rows and right columns so H and W are multiples of ``multiple`` (the reference's crop)."""
+    """``(H, W[, C]) -> (H - H % multiple, W - W % multiple[, C])``: drop bottom rows and right columns (the
+    reference's crop); a view, not a copy."""
     h, w = img.shape[:2]
     return img[: h - h % multiple, : w - w % multiple]
 
 
 def to_8bit(img: np.ndarray) -> np.ndarray:
-    """``uint8`` unchanged; ``uint16`` rounded to 8 bits (x / 65535 x 255)."""
+    """``(H, W, C)`` ``uint8`` unchanged; ``uint16`` rounded to 8 bits (x / 65535 x 255), same shape."""
     return img if img.dtype == np.uint8 else quantise(to_float(img), 8)
 
 

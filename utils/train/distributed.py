@@ -106,7 +106,7 @@ def broadcast_text(text: str, info: DistInfo) -> str:
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum of ``t`` over ranks (in place; returns it)."""
+    """Sum of ``t`` (any shape) over ranks, elementwise, in place; returns it."""
     if info.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t

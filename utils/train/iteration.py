@@ -218,7 +218,7 @@ def _update(training: Training, checks: LossChecks, update: str, loss: torch.Ten
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
-    """Half-precision autocast outputs up to float32; float32/float64 as they are."""
+    """Half-precision autocast outputs up to float32 (same shape); float32/float64 as they are."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
