@@ -40,7 +40,7 @@ class ProbeView:
 
 
 def _center_crop(img: np.ndarray, side: int) -> np.ndarray:
-    """``(H, W, C) -> (side, side, C)`` from the centre (a contiguous copy); ``side`` at most H and W."""
+    """``(H, W, C) -> (side, side, C)`` from the centre, contiguous; ``side`` at most H and W."""
     h, w = img.shape[:2]
     y, x = (h - side) // 2, (w - side) // 2
     return np.ascontiguousarray(img[y:y + side, x:x + side])
