@@ -148,8 +148,9 @@ def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "; ", lead: str
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
-    """``n`` and ``noun``, singular for one: ``'1 seed'``, ``'3 seeds'`` (``plural``: when not ``noun + 's'``)."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+    """``n`` and ``noun``, singular for one: ``'1 seed'``, ``'3 seeds'``, ``'1,203 clean images'`` (``plural``: when
+    not ``noun + 's'``)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def human_bytes(n: float) -> str:

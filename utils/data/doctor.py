@@ -47,7 +47,7 @@ from utils.data.image_io import (
 )
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files, decode_files
 from utils.data.pairing import PairingError, SwappedFolders, match_pairs, partners_of
-from utils.errors import UsageError
+from utils.errors import UsageError, counted
 from utils.eval.paper import paper_column
 from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
 
@@ -187,6 +187,8 @@ def _size_mismatches(row: SetReport, checks: Mapping[Path, FileCheck], pairs: It
 
 
 def _count(row: SetReport, what: str, severity: str = ERROR, fix: str | None = None) -> None:
+    """Add a "count" problem to ``row`` when it holds another number of images than expected; ``what`` is a plural
+    noun (``"clean images"``)."""
     exp = row.expected
     if exp is None or row.found == 0:
         return
@@ -195,17 +197,13 @@ def _count(row: SetReport, what: str, severity: str = ERROR, fix: str | None = N
         return
     n = exp.count if isinstance(exp, Expected) else exp
     note = f" ({exp.note})" if isinstance(exp, Expected) and exp.note else ""
+    one = what.removesuffix("s")
     if not fix and row.found < n:
-        fix = f"{_counted(n - row.found, what)} missing: complete the download into {row.folder}"
+        fix = f"{counted(n - row.found, one, what)} missing: complete the download into {row.folder}"
     elif not fix:
-        fix = (f"{_counted(row.found - n, what)} more than the paper's set: remove what is not part of it from "
+        fix = (f"{counted(row.found - n, one, what)} more than the paper's set: remove what is not part of it from "
                f"{row.folder}")
-    row.add("count", row.folder, f"found {_counted(row.found, what)}, expected {n:,}{note}", fix, severity)
-
-
-def _counted(n: int, what: str) -> str:
-    """``n`` of ``what`` (a plural noun), singular for one: ``1 clean image``, ``1,203 clean images``."""
-    return f"{n:,} {what.removesuffix('s') if n == 1 else what}"
+    row.add("count", row.folder, f"found {counted(row.found, one, what)}, expected {n:,}{note}", fix, severity)
 
 
 def _image_folders(folder: Path) -> list[Path]:
@@ -538,7 +536,7 @@ def _scan_hint(fam: str, row: SetReport) -> str | None:
     """The fix of a scanned family whose count is not the paper's: the authors' id list, when there is one."""
     if fam not in du.ID_LISTS or row.expected is None or row.found < row.expected.count:
         return None
-    return (f"{_counted(row.found - row.expected.count, 'images')} more than the authors' list picks: pass "
+    return (f"{counted(row.found - row.expected.count, 'image')} more than the authors' list picks: pass "
             f"--data-file-dir with their lists (data_dir/, the default) to train on exactly theirs")
 
 
