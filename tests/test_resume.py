@@ -482,6 +482,20 @@ def test_a_resumed_epochs_means_cover_the_whole_epoch_and_a_lost_start_is_set_as
     assert [r["start_iteration"] for r in records("log.discarded.jsonl") if r["kind"] == "run"] == [4]
 
 
+def test_a_mid_epoch_resume_leaves_the_global_generators_as_an_uninterrupted_run(data, tmp_path):
+    """Each epoch's loader drew its workers' base seed from torch's global generator: a resumed epoch drew it again
+    after the checkpoint's generator states were put back, so from there on torch's generator was one draw ahead of
+    the uninterrupted run's, and so were the checkpoints' "rng"."""
+    whole = tmp_path / "whole"
+    assert run(data, whole, "--nEpochs", "2", "--save-every", "2", "--keep", "0") == 0
+    resumed = tmp_path / "resumed"
+    assert run(data, resumed, "--nEpochs", "2", "--resume", str(whole / "ckpt" / "iter_e001_i000002.pth")) == 0
+    a, b = final_state(whole)["rng"], final_state(resumed)["rng"]
+    assert torch.equal(a["torch"], b["torch"])
+    assert torch.equal(a["python"]["state"], b["python"]["state"])
+    assert torch.equal(a["numpy"]["keys"], b["numpy"]["keys"]) and a["numpy"]["pos"] == b["numpy"]["pos"]
+
+
 @pytest.mark.parametrize("flag, value, message", [("--start-epoch", "0", "--start-epoch counts from 1"),
                                                    ("--seed", "-1", "--seed must be in")])
 def test_out_of_range_start_epoch_and_seed_are_refused(data, tmp_path, flag, value, message):

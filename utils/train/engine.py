@@ -260,6 +260,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                 set_lr([training.optimizer, training.potentials_optimizer], lr)
                 for part in (sampler, dataset):
                     part.set_epoch(epoch)
+                loader.generator.manual_seed(seed + epoch)  # the workers' seeds: the epoch's, resumed or not
                 sampler.set_start(state.iteration * args.batchSize)
                 console(f"Epoch={epoch}, lr={lr:.3g}, {iters} iterations")
                 tic = time.perf_counter()

@@ -276,10 +276,12 @@ def warn_if_the_data_changed(resumed: dict, dataset: MixedDegradationDataset, st
 def build_loader(args: argparse.Namespace, dataset: MixedDegradationDataset, seed: int,
                  info: DistInfo) -> tuple[ResumableSampler, DataLoader]:
     sampler = ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=seed, shuffle=True)
-    # Workers get a fresh copy of the dataset (with its epoch) each epoch: no persistent workers.
+    # Workers get a fresh copy of the dataset (with its epoch) each epoch: no persistent workers. Each epoch's
+    # iterator draws the workers' base seed from a generator of the loader's own, seeded per epoch by the loop:
+    # from torch's global one, a resumed epoch drew it a second time, after the checkpoint's state was put back.
     loader = DataLoader(dataset, batch_size=args.batchSize, sampler=sampler, num_workers=args.threads,
                         collate_fn=collate, pin_memory=info.device.type == "cuda", drop_last=False,
-                        persistent_workers=False, worker_init_fn=ignore_stop_signals)
+                        persistent_workers=False, worker_init_fn=ignore_stop_signals, generator=torch.Generator())
     return sampler, loader
 
 
