@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _processes import HANG, REPO, TORCHRUN, free_port, run_script
-from _train_data import damage_middle, make_train_tree, make_val_tree, train_flags
+from _train_data import _write, damage_middle, make_train_tree, make_val_tree, smooth_image, train_flags
 
 from utils.errors import UserError
 from utils.eval.outputs import OutputFolderError
@@ -359,6 +359,25 @@ def test_a_damaged_validation_image_is_refused_before_training_with_fixes_that_w
                                                                 str(tar)])) == 1
     assert capsys.readouterr().err.strip() == (f"error: --degset {tmp_path / 'nope'}: no such folder (the degraded "
                                                f"images' folder); check the path")
+
+
+def test_a_validation_pair_too_small_to_score_is_refused_before_training(data, tmp_path, capsys):
+    """A 7x7 validation pair passed the start-up check, and the first validation stopped the run on it after a
+    whole epoch ("0x0 after the crop to multiples of 8 is too small to evaluate"), as every --resume then would.
+    Now it is refused at the start, named with its pair and the fixes; 8x8, the least the scoring takes, trains."""
+    deg, tar = make_val_tree(tmp_path, n=2)
+    for f in (deg / "rain-2.png", tar / "norain-2.png"):
+        _write(f, smooth_image(np.random.default_rng(0), 7))
+    flags = train_flags(data, tmp_path) + ["--degset", str(deg), "--tarset", str(tar), "--dry-run"]
+    assert engine.run_cli(get_args_parser().parse_args(flags)) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: 1 validation image cannot be used") and \
+        f"{deg / 'rain-2.png'} is 7x7 (height x width), too small to score: validation needs at least 8x8" in line, line
+    assert f"(its pair: {tar / 'norain-2.png'})" in line and "--skip-bad-files" in line, line
+    for f in (deg / "rain-2.png", tar / "norain-2.png"):
+        _write(f, smooth_image(np.random.default_rng(0), 8))
+    assert engine.run_cli(get_args_parser().parse_args(flags)) == 0
+    assert "=> validation: 2 pairs from" in capsys.readouterr().out
 
 
 def test_skip_bad_files_leaves_unpaired_and_damaged_validation_pairs_out(data, tmp_path, capsys):

@@ -106,18 +106,30 @@ def _write_stopped(exc: BaseException, file: str, set_name: str, row: dict[str, 
     return EvaluationStopped(message, file, set_name, row, status)
 
 
+def _least_side(protocol: Protocol) -> int:
+    """The least height and width an image can be restored at (the network's size step) and scored at under
+    ``protocol`` (the SSIM window after ``crop_border``, LPIPS's trunk)."""
+    return max(SIZE_MULTIPLE, smallest_scorable_side(protocol.ssim, protocol.crop_border,
+                                                     protocol.lpips_net if protocol.lpips else None))
+
+
+def smallest_file_side(protocol: Protocol) -> int:
+    """The least height and width an image FILE needs under ``protocol`` (:func:`_check_size`'s rule, from the
+    header's size): :func:`_least_side`, rounded up to a multiple of 8 by the reference protocol's crop."""
+    side = _least_side(protocol)
+    return -(-side // SIZE_MULTIPLE) * SIZE_MULTIPLE if protocol.protocol == "reference" else side
+
+
 def _check_size(img: np.ndarray, item: EvalItem, protocol: Protocol) -> None:
     """Refuse an image too small to restore (the network's size step) or to score under ``protocol`` (the
     SSIM window after ``crop_border``, LPIPS's trunk): :class:`ImageTooSmall`, a bad file like a corrupt one."""
-    scorable = smallest_scorable_side(protocol.ssim, protocol.crop_border,
-                                      protocol.lpips_net if protocol.lpips else None)
-    side = max(SIZE_MULTIPLE, scorable)
+    side = _least_side(protocol)
     if min(img.shape[:2]) < side:
         why = "after the protocol's crop" if side == SIZE_MULTIPLE else \
             f"to score with --ssim {protocol.ssim}, --crop-border {protocol.crop_border}" + \
             (f" and LPIPS ({protocol.lpips_net})" if protocol.lpips else "")
         if protocol.protocol == "reference":  # ``img`` is cropped to multiples of 8: say what the file needs
-            file_side = -(-side // SIZE_MULTIPLE) * SIZE_MULTIPLE
+            file_side = smallest_file_side(protocol)
             shape = f"{img.shape[0]}x{img.shape[1]} after the crop to multiples of {SIZE_MULTIPLE}"
             need = f"at least {side}x{side} {why}, so a file of at least {file_side}x{file_side}"
         else:

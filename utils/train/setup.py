@@ -48,7 +48,9 @@ from utils.data.pairing import DEGSET_FLAGS, match_pairs, partners_of
 from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
 from utils.errors import UsageError, UserError, human_bytes, listing
+from utils.eval.evaluation import smallest_file_side
 from utils.eval.outputs import check_writable_folder
+from utils.eval.protocol import Protocol
 from utils.files import KeepAsideError, keep_aside
 from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int, broadcast_text
@@ -151,15 +153,22 @@ def check_validation_images(pairs: list[tuple[Path, Path]], info: DistInfo = Dis
 
 def _unusable(pairs: list[tuple[Path, Path]], info: DistInfo) -> dict[Path, str]:
     """Rank 0's verdict on the validation ``pairs``, on every rank: ``{file: why}`` for each file that does not
-    decode (:func:`~utils.data.integrity.decode_files`) and each degraded image whose target has another size."""
+    decode (:func:`~utils.data.integrity.decode_files`), each degraded image whose target has another size, and
+    each too small for the validation's scoring (:func:`~utils.eval.evaluation.smallest_file_side`)."""
     files = list(dict.fromkeys(f for pair in pairs for f in pair))
     if info.is_main:
         try:
             bad = decode_files(files)
+            least = smallest_file_side(Protocol())  # the protocol validation scores with (engine.evaluate)
             for d, t in pairs:
-                if d not in bad and t not in bad and image_size(d) != image_size(t):
-                    (h, w), (th, tw) = image_size(d), image_size(t)
+                if d in bad or t in bad:
+                    continue
+                (h, w), (th, tw) = image_size(d), image_size(t)
+                if (h, w) != (th, tw):
                     bad[d] = f"{d} is {h}x{w} but its target {t} is {th}x{tw} (height x width)"
+                elif min(h, w) < least:
+                    bad[d] = f"{d} is {h}x{w} (height x width), too small to score: validation needs at least " \
+                             f"{least}x{least}"
         except BaseException:
             broadcast_text(_UNCHECKED, info)  # the other ranks stop too, instead of waiting for a verdict
             raise
