@@ -489,6 +489,43 @@ def test_the_pixel_limit_applies_to_degset_and_tarset_too(tmp_path, capsys):
     assert "over the 1,000 pixels limit" in capsys.readouterr().out
 
 
+def test_images_too_small_for_the_flags_scoring_fail_the_check_as_they_stop_the_run(tmp_path, tiny_counts, capsys):
+    """--check-data said "ok" of a 7x7 pair and a 7x7 clean image, and the run with the same flags stopped at them
+    ("too small to evaluate"). They are errors now, at the least the flags score (8x8; 16x16 for --ssim
+    gaussian under the reference crop), and --input, which scores nothing, restores any size."""
+    root = make_test_tree(tmp_path / "test")
+    deg, tar = root / "deblur" / "input", root / "deblur" / "target"
+    for f in (deg / "GOPR1.png", tar / "GOPR1.png", root / "denoise" / "bsd68" / "test001.png"):
+        _write(f, np.zeros((7, 9, 3), np.uint8))
+    assert check_tester("--degset", deg, "--tarset", tar) == 1
+    out = capsys.readouterr().out
+    assert (f"{deg / 'GOPR1.png'} is 7x9 (height x width), too small to score: at least 8x8. Fix: replace it, remove "
+            f"it and its pair ({tar / 'GOPR1.png'}), or pass --skip-bad-files to leave it out") in out, out
+    assert check_tester("--data-root", root, "--tasks", "denoise_25", "deblur") == 1
+    out = capsys.readouterr().out
+    assert f"{root / 'denoise' / 'bsd68' / 'test001.png'} is 7x9 (height x width), too small to score" in out, out
+    assert check_tester("--input", deg / "GOPR1.png") == 0
+    capsys.readouterr()
+    for f in (deg / "GOPR1.png", tar / "GOPR1.png"):
+        _write(f, np.zeros((15, 16, 3), np.uint8))
+    assert check_tester("--degset", deg, "--tarset", tar) == 0
+    assert check_tester("--degset", deg, "--tarset", tar, "--ssim", "gaussian") == 1
+    assert "is 15x16 (height x width), too small to score: at least 16x16" in capsys.readouterr().out
+
+
+def test_a_validation_pair_too_small_to_score_fails_the_trainers_check(tmp_path, capsys):
+    """The trainer refuses a validation pair under 8x8 at its start; --check-data said "validation ok" of it."""
+    tree = make_train_tree(tmp_path, n=3, id_lists=True)
+    deg, tar = make_val_tree(tmp_path, n=2)
+    for f in (deg / "rain-2.png", tar / "norain-2.png"):
+        _write(f, np.zeros((7, 7, 3), np.uint8))
+    assert check_trainer(tree, tmp_path / "run", "--degset", deg, "--tarset", tar, de_type=["derain"]) == 1
+    out = capsys.readouterr().out
+    assert (f"{deg / 'rain-2.png'} is 7x7 (height x width), too small to score: at least 8x8. Fix: replace it, "
+            f"remove it and its pair ({tar / 'norain-2.png'}), pass --skip-bad-files to validate without the pair, "
+            f"or pass --degset '' --tarset '' to train without validation") in out, out
+
+
 def test_training_pairs_unpacked_flat_get_the_layout_as_their_fix(tmp_path):
     """--check-data on Rain100L pairs loose in --derain-dir said to put the degraded images in rainy/ (scanned) or
     to pass another folder (listed): each row now says the images are there, loose, and where they go."""

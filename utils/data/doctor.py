@@ -48,7 +48,9 @@ from utils.data.image_io import (
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files, decode_files
 from utils.data.pairing import PairingError, SwappedFolders, match_pairs, partners_of
 from utils.errors import UsageError, counted
+from utils.eval.evaluation import smallest_file_side
 from utils.eval.paper import paper_column
+from utils.eval.protocol import Protocol
 from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
 
 # The paper's test sets, by folder under the benchmark root (lower case): images found must equal these. A set
@@ -163,6 +165,7 @@ class DataReport:
 
 _FIX_BAD = "re-download or replace it (or remove it, and its pair)"
 _TESTER_LIMIT = "downscale it, or raise the limit (tester_bary.py --max-pixels N)"
+_SKIP_SMALL = "or pass --skip-bad-files to leave it out"
 
 
 def _report_files(row: SetReport, checks: Mapping[Path, FileCheck], files: Iterable[Path],
@@ -184,6 +187,17 @@ def _size_mismatches(row: SetReport, checks: Mapping[Path, FileCheck], pairs: It
             row.add("size mismatch", deg, f"{deg} is {sd[0]}x{sd[1]} (height x width) but its target {tar} is "
                                           f"{st[0]}x{st[1]}",
                     "replace one of the two with the matching version, or remove both")
+
+
+def _too_small(row: SetReport, checks: Mapping[Path, FileCheck], files: Iterable[Path], least_side: int,
+               fix: Callable[[Path], str]) -> None:
+    """Each of ``files`` whose header's height or width is under ``least_side``, the least the tester's scoring
+    takes (:func:`utils.eval.evaluation.smallest_file_side`): an error, with ``fix(file)``."""
+    for f in dict.fromkeys(files):
+        size = checks[f].size
+        if size is not None and min(size) < least_side:
+            row.add("too small", f, f"{f} is {size[0]}x{size[1]} (height x width), too small to score: at least "
+                                    f"{least_side}x{least_side}", fix(f))
 
 
 def _count(row: SetReport, what: str, severity: str = ERROR, fix: str | None = None) -> None:
@@ -239,12 +253,13 @@ def _degraded_name(target: Path) -> str:
 def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
                      expected: int | Expected | None = None, used_by: Sequence[str] = (),
                      pixel_limit: int | None = None, threads: int = HEADER_THREADS, look_beside: bool = True,
-                     decode: str = "") -> tuple[SetReport, int]:
+                     decode: str = "", least_side: int = 0) -> tuple[SetReport, int]:
     """One test set of degraded images and their targets, paired by :func:`match_pairs`; returns the row
     and the number of files read. ``look_beside``: images in the folder holding both (a benchmark layout's
     set folder) are reported as misplaced. ``decode``: also decode every paired file whose header and ending
     are fine (:func:`~utils.data.integrity.decode_files`; affordable for a validation set of a hundred pairs),
-    and end the fix of one that does not decode with these words."""
+    and end the fix of one that does not decode with these words. ``least_side``: the least height and width a
+    degraded image is scored at (:func:`utils.eval.evaluation.smallest_file_side`); a smaller one is an error."""
     deg_dir, tar_dir = Path(degraded_dir), Path(target_dir)
     base = deg_dir.parent if deg_dir.parent == tar_dir.parent else deg_dir
     row = SetReport(name, str(base), expected=expected, used_by=tuple(used_by))
@@ -283,6 +298,10 @@ def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str
     if decode:
         _report_undecodable(row, checks, pairs, decode)
     _size_mismatches(row, checks, pairs)
+    partners = partners_of(pairs)
+    _too_small(row, checks, (d for d, _ in pairs), least_side,
+               lambda f: f"replace it, remove it and its pair ({', '.join(map(str, partners[f]))}), "
+                         f"{decode or _SKIP_SMALL}")
     _count(row, "degraded images")
     return row, len(checks)
 
@@ -324,8 +343,9 @@ def _misplaced(row: SetReport, base: Path, deg_dir: Path, tar_dir: Path, severit
 
 def check_denoise_set(name: str, folder: str | os.PathLike, expected: int | Expected | None = None,
                       used_by: Sequence[str] = (), pixel_limit: int | None = None,
-                      threads: int = HEADER_THREADS) -> tuple[SetReport, int]:
-    """A denoising test set: the clean images of one folder (the noisy inputs are synthesised)."""
+                      threads: int = HEADER_THREADS, least_side: int = 0) -> tuple[SetReport, int]:
+    """A denoising test set: the clean images of one folder (the noisy inputs are synthesised); ``least_side`` as
+    :func:`check_paired_set` takes it."""
     folder = Path(folder)
     row = SetReport(name, str(folder), expected=expected, used_by=tuple(used_by))
     files = list_images(folder)
@@ -336,12 +356,13 @@ def check_denoise_set(name: str, folder: str | os.PathLike, expected: int | Expe
         return row, 0
     checks = check_files(files, threads)
     _report_files(row, checks, files, pixel_limit, _TESTER_LIMIT)
+    _too_small(row, checks, files, least_side, lambda f: f"replace it, remove it, {_SKIP_SMALL}")
     _count(row, "clean images")
     return row, len(checks)
 
 
-def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: int | None,
-               threads: int) -> list[tuple[str, Callable[[], tuple[SetReport, int]]] | SetReport]:
+def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: int | None, threads: int,
+               least_side: int = 0) -> list[tuple[str, Callable[[], tuple[SetReport, int]]] | SetReport]:
     """The sets ``task`` reads under ``root``, as the tester finds them (:mod:`utils.eval.tasks`): a key
     (the folder under ``root``) and how to check it, or a row that says why there is none."""
     layout = task_layout(task)
@@ -360,7 +381,7 @@ def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: 
             return [row]
         return [(d.relative_to(root).as_posix(),
                  lambda d=d: check_denoise_set(d.relative_to(root).as_posix(), d, exp(d), (task,), pixel_limit,
-                                               threads)) for d in folders]
+                                               threads, least_side)) for d in folders]
     assert isinstance(layout, PairedLayout)
     if (base / layout.degraded).is_dir() or (base / layout.target).is_dir():
         folders = [base]
@@ -387,7 +408,8 @@ def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: 
         return [row]
     return [(d.relative_to(root).as_posix(),
              lambda d=d: check_paired_set(d.relative_to(root).as_posix(), d / layout.degraded, d / layout.target,
-                                          exp(d), (task,), pixel_limit, threads)) for d in folders]
+                                          exp(d), (task,), pixel_limit, threads,
+                                          least_side=least_side)) for d in folders]
 
 
 def _row_of(key: str, task: str) -> str:
@@ -420,11 +442,11 @@ def expected_count(key: str, task: str, expected: Mapping[str, int] = TEST_EXPEC
 
 def check_test_data(data_root: str | os.PathLike, tasks: Sequence[str] | None = None,
                     expected: Mapping[str, int] = TEST_EXPECTED, pixel_limit: int | None = None,
-                    threads: int = HEADER_THREADS) -> DataReport:
+                    threads: int = HEADER_THREADS, least_side: int = 0) -> DataReport:
     """The test sets ``tasks`` read under ``data_root`` (None or ``all``: every paper task present), one row
     per folder (``denoise/bsd68`` serves every ``denoise_<sigma>``). ``expected``: images per set, keyed by
     the set's folder under the root in lower case (:data:`TEST_EXPECTED`); a set filling the paper column of one
-    of them is expected at its count (:func:`expected_count`)."""
+    of them is expected at its count (:func:`expected_count`). ``least_side``: as :func:`check_paired_set`."""
     tic = time.perf_counter()
     root = Path(data_root)
     report = DataReport(f"test data under {root}")
@@ -445,7 +467,7 @@ def check_test_data(data_root: str | os.PathLike, tasks: Sequence[str] | None = 
     used: dict[str, list[str]] = {}
     for task in dict.fromkeys(wanted):
         try:
-            found = _test_rows(task, root, expected, pixel_limit, threads)
+            found = _test_rows(task, root, expected, pixel_limit, threads, least_side)
         except ValueError as exc:  # a --tasks name that cannot be a folder
             raise CheckDataUsage(str(exc)) from None
         for entry in found:
@@ -672,6 +694,8 @@ def tester_check(args, out: Callable[[str], None] = print) -> int:
     ``--data-root``, ``--degset``/``--tarset``, or ``--input``; none: every paper task present), print the
     report; 0 when there is no error, else 1. No model is loaded."""
     limit = getattr(args, "max_pixels", None)
+    least = smallest_file_side(Protocol(protocol=args.protocol, ssim=args.ssim, crop_border=args.crop_border,
+                                        lpips=args.lpips))  # the least these flags score (--input scores none)
     if args.input:
         from utils.eval.tasks import input_files
         report = check_input_files(input_files(args.input), pixel_limit=limit)
@@ -680,11 +704,11 @@ def tester_check(args, out: Callable[[str], None] = print) -> int:
             raise CheckDataUsage("--degset and --tarset go together: pass both (degraded images and their targets)")
         tic = time.perf_counter()
         row, n = check_paired_set(Path(args.degset).name, args.degset, args.tarset, pixel_limit=limit,
-                                  look_beside=False)
+                                  look_beside=False, least_side=least)
         report = DataReport(f"test data in {args.degset} / {args.tarset}", [row], files_read=n,
                             seconds=time.perf_counter() - tic)
     else:
-        report = check_test_data(args.data_root, args.tasks, pixel_limit=limit)
+        report = check_test_data(args.data_root, args.tasks, pixel_limit=limit, least_side=least)
     out(format_report(report))
     return report.exit_status
 
@@ -709,7 +733,8 @@ def trainer_check(args, out: Callable[[str], None] = print) -> int:
         deg, tar = DEFAULT_DEGSET, DEFAULT_TARSET
     if deg and tar:
         tic = time.perf_counter()
-        row, n = check_paired_set("validation", deg, tar, look_beside=False, decode=SKIP_OR_NO_VALIDATION)
+        row, n = check_paired_set("validation", deg, tar, look_beside=False, decode=SKIP_OR_NO_VALIDATION,
+                                  least_side=smallest_file_side(Protocol()))  # the protocol validation scores with
         report.sets.append(row)
         report.files_read += n
         report.seconds += time.perf_counter() - tic
