@@ -895,6 +895,43 @@ def test_ctrl_c_keeps_the_results_so_far(bench, checkpoint, tmp_path, monkeypatc
         capsys.readouterr().out
 
 
+def _stop_after_writing(n: int, monkeypatch, stop: BaseException) -> None:
+    """Make the tester's n-th image write put its file in place, then raise ``stop``: Ctrl-C landing in the
+    folder's fsync after the rename, or a full disk met by the next write."""
+    from utils.eval import evaluation
+    real, calls = evaluation.write_image, []
+
+    def write(path, img):
+        calls.append(path)
+        done = real(path, img)
+        if len(calls) == n:
+            raise stop
+        return done
+
+    monkeypatch.setattr(evaluation, "write_image", write)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_a_restoration_written_when_the_run_stops_is_in_its_results(bench, checkpoint, tmp_path, monkeypatch, stop):
+    """A stop between a restored image's write and its record (Ctrl-C in the folder's fsync, FID's features, the
+    --savetar write failing) left a PNG in --save that the partial results.json did not list, and that the next
+    run neither listed nor moved aside, though --save is to hold what results.json describes."""
+    out, tar = tmp_path / "o", tmp_path / "t"
+    _stop_after_writing(3, monkeypatch, stop)  # the second image's --save write is the 3rd (with --savetar)
+    with pytest.raises(UserError):
+        run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", out, "--savetar", tar)
+    saved = json.loads((out / "results.json").read_text())
+    recorded = [r["output"] for r in saved["tasks"]["jpeg"]["images"]]
+    assert len(recorded) == 2 and sorted(p.relative_to(out).as_posix() for p in (out / "jpeg").iterdir()) == recorded
+    _stop_after_writing(2, monkeypatch, stop)  # --input: the second restoration
+    with pytest.raises(UserError):
+        run("--model", checkpoint, "--input", bench / "jpeg" / "input", "--save", tmp_path / "i")
+    saved = json.loads((tmp_path / "i" / "results.json").read_text())
+    assert [Path(r["output"]).name for r in saved["restored"]] == \
+        sorted(p.name for p in (tmp_path / "i").iterdir() if p.suffix == ".png")
+    assert len(saved["restored"]) == 2
+
+
 def test_an_image_without_read_permission_is_a_bad_file(checkpoint, tmp_path, monkeypatch):
     """Failure 9: a file that cannot be read (permission denied) escaped as an OSError: not skipped by
     --skip-bad-files, no partial results, and a message about writing. It is an unreadable image now."""

@@ -20,6 +20,7 @@ An output that cannot be written (a full disk, a file-size limit) stops it the s
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -96,6 +97,18 @@ def why_stopped(exc: KeyboardInterrupt | OutputClosed) -> tuple[str, int]:
     if isinstance(exc, OutputClosed):
         return "the output's reader has gone (a closed pipe)", PIPE_CLOSED_STATUS
     return interrupted_line(exc)
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of the file at ``path`` (not followed through a link), None when nothing is there. A
+    file an atomic write renames into place (:func:`utils.files.atomic_write`) has another identity than the one it
+    replaced, so comparing the identities before and after tells whether a write that was stopped had put its
+    file in place."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _write_stopped(exc: BaseException, file: str, set_name: str, row: dict[str, Any] | None) -> EvaluationStopped:
@@ -249,21 +262,35 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         row["seconds"] = seconds
         if warned:  # scored as decoded, as the reference's Pillow reads it; the results say so
             row["decoder_warnings"] = warned
+        if fid_metric is not None:  # before the files: once the restoration is written, only its record is left
+            out_feats, tar_feats = fid_metric.features([out8]), fid_metric.features([tar8])
+
+        def record() -> None:
+            if images and images[-1] is row:
+                return
+            if fid_metric is not None:
+                feats_out.append(out_feats)
+                feats_tar.append(tar_feats)
+            images.append(row)
+            if figs_dir is not None and len(fig_rows) < fig_images:
+                fig_rows.append((item.name, deg8, out8, tar8, p, s, p_in, s_in))
+
+        saved = save_dir / out_name if save_dir is not None else None
+        before = file_identity(saved) if saved is not None else None
         try:
-            if save_dir is not None:
-                write_image(save_dir / out_name, quantise(out, 16 if deg.dtype == np.uint16 else 8))
+            if saved is not None:
+                write_image(saved, quantise(out, 16 if deg.dtype == np.uint16 else 8))
                 row["output"] = output_prefix + out_name
             if savetar_dir is not None:
                 write_image(savetar_dir / out_name, tar8)
-        except (UserError, OSError) as exc:  # a full disk: the scores so far are kept, not lost with a traceback
-            raise _write_stopped(exc, str(item.degraded or item.target), eval_set.name, row_so_far()) from exc
-        if fid_metric is not None:
-            out_feats, tar_feats = fid_metric.features([out8]), fid_metric.features([tar8])
-            feats_out.append(out_feats)
-            feats_tar.append(tar_feats)
-        images.append(row)
-        if figs_dir is not None and len(fig_rows) < fig_images:
-            fig_rows.append((item.name, deg8, out8, tar8, p, s, p_in, s_in))
+            record()
+        except BaseException as exc:  # Ctrl-C, a full disk: the scores so far are kept, not lost with a traceback
+            if saved is not None and file_identity(saved) not in (None, before):  # the restoration is in --save
+                row["output"] = output_prefix + out_name  # (a stop in the folder's fsync): recorded with its file
+                record()
+            if isinstance(exc, (UserError, OSError)):
+                raise _write_stopped(exc, str(item.degraded or item.target), eval_set.name, row_so_far()) from exc
+            raise
 
     current = eval_set.items[0] if eval_set.items else None  # the image at work (the progress bar writes too)
     try:
@@ -396,14 +423,21 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
             raise EvaluationStopped(str(exc), str(path), "input", {"restored": done}, exc.exit_status) from exc
         finally:
             tiles.close()
-        try:
-            dest = write_image(Path(save_dir) / out_name, quantise(out, 16 if img.dtype == np.uint16 else 8))
-        except (UserError, OSError) as exc:  # a full disk: the record of the images restored so far is kept
-            raise _write_stopped(exc, str(path), "input", {"restored": done}) from exc
         lost = lost_on_restoring(path)
-        done.append({"name": path.name, "input": str(path), "output": str(dest), "seconds": seconds,
-                     **({"note": said[0]} if said else {}), **({"not_kept": lost} if lost else {}),
-                     **({"decoder_warnings": warned} if warned else {})})
+        dest = Path(save_dir) / out_name
+        entry = {"name": path.name, "input": str(path), "output": str(dest), "seconds": seconds,
+                 **({"note": said[0]} if said else {}), **({"not_kept": lost} if lost else {}),
+                 **({"decoder_warnings": warned} if warned else {})}
+        before = file_identity(dest)
+        try:
+            write_image(dest, quantise(out, 16 if img.dtype == np.uint16 else 8))
+            done.append(entry)
+        except BaseException as exc:  # Ctrl-C, a full disk: the record of the images restored so far is kept
+            if file_identity(dest) not in (None, before) and not (done and done[-1] is entry):
+                done.append(entry)  # written, stopped in the folder's fsync: recorded with its file
+            if isinstance(exc, (UserError, OSError)):
+                raise _write_stopped(exc, str(path), "input", {"restored": done}) from exc
+            raise
 
     current = inputs[0] if inputs else None  # the image at work (the progress bar writes too)
     try:
