@@ -1192,6 +1192,25 @@ def test_files_a_run_would_replace_are_kept_aside_first(checkpoint, tmp_path, ca
         ["mine", "mine/a.png", "mine/b.png"]
 
 
+def test_overwrite_never_writes_over_an_image_the_run_reads(checkpoint, tmp_path):
+    """`--input q.png --save . --overwrite` replaced the photo q.png by its restoration, and `--degset D --save D
+    --overwrite` each degraded image while the run was still reading the set: --overwrite is for the run's own
+    earlier outputs among the inputs, never for an input itself."""
+    photo = tmp_path / "q.png"
+    write_image(photo, _clean_images()["cat"][:H, :W])
+    mine = photo.read_bytes()
+    with pytest.raises(UserError, match=rf"{photo} is where this run writes, and it is the image {photo} the run "
+                                        rf"reads — choose another --save: not even --overwrite writes over"):
+        run("--model", checkpoint, "--input", photo, "--save", tmp_path, "--overwrite")
+    deg, tar = _pair_dirs(tmp_path / "pairs", ["a.png", "b.png"], ["a.png", "b.png"])
+    inputs = {p: p.read_bytes() for p in [*deg.iterdir(), *tar.iterdir()]}
+    for flags in (["--save", deg], ["--save", tmp_path / "o", "--savetar", tar]):
+        with pytest.raises(UserError, match="not even --overwrite writes over an image the run reads"):
+            run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--overwrite", *flags)
+    assert photo.read_bytes() == mine and {p: p.read_bytes() for p in inputs} == inputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs", "q.png"]  # nothing written, nothing moved
+
+
 def test_keeping_aside_never_moves_an_input_nor_empties_save_for_a_run_that_cannot_start(checkpoint, tmp_path,
                                                                                         monkeypatch):
     """Review of the keep-aside: an --input image linked from --save was moved away before it was read; a run
@@ -1205,7 +1224,7 @@ def test_keeping_aside_never_moves_an_input_nor_empties_save_for_a_run_that_cann
     (tmp_path / "links").mkdir()
     (tmp_path / "links" / "a.png").symlink_to(save / "a.png")
     said = r"o/a\.png is where this run writes, and it is the image .*links/a\.png the run reads \(through a link\)"
-    with pytest.raises(UserError, match=said + " — choose another --save, or pass --overwrite"):
+    with pytest.raises(UserError, match=said + " — choose another --save: not even --overwrite writes over"):
         run("--model", checkpoint, "--input", tmp_path / "links", "--save", save)
     assert (save / "a.png").is_file() and not list(save.glob("results.before-*"))
     with pytest.raises(UserError, match="--no-images leaves --input nothing to do"):
@@ -1831,8 +1850,7 @@ def test_an_earlier_runs_restorations_this_run_does_not_write_go_aside_with_its_
     run("--model", checkpoint, "--input", tmp_path / "o" / "c.jpg", tmp_path / "o" / "d.jpg", "--save", tmp_path / "o",
         "--overwrite")
     capsys.readouterr()
-    run("--model", checkpoint, "--input", tmp_path / "o" / "c.jpg", tmp_path / "o" / "a.png", "--save",
-        tmp_path / "o", "--overwrite")
+    run("--model", checkpoint, "--input", tmp_path / "o" / "c.jpg", "--save", tmp_path / "o", "--overwrite")
     [kept] = (tmp_path / "o").glob("results.before-*")
     assert _tree(kept) == ["d.png", "results.json"]
     assert _tree(tmp_path / "o") == ["a.png", "c.jpg", "c.png", "d.jpg", "results.json"]

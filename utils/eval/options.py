@@ -159,8 +159,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     out.add_argument("--overwrite", action="store_true",
                      help="allow --save/--savetar to be a folder the images are read from, or to be inside a "
                           "--tasks task folder (the files there with the output names are replaced, not kept "
-                          "aside); refused otherwise (a folder below --input DIR or --degset is fine: those are "
-                          "read without their subfolders)")
+                          "aside; never an image the run reads); refused otherwise (a folder below --input DIR or "
+                          "--degset is fine: those are read without their subfolders)")
     out.add_argument("--no-images", action="store_true", help="do not write restored images")
     out.add_argument("--figs", action="store_true", help="write a degraded | restored | target figure per row")
     out.add_argument("--figs-dir", type=non_empty_path, default="results/figs",

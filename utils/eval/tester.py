@@ -308,6 +308,13 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
     earlier = [p for p in _recorded_earlier(save) if p not in planned[save] and _real(p) not in read
                and not _in_input_folder(p, trees, whole - {None})]
     tables = _tables_beside_results_json(save) if args.input else []
+    for base, paths in planned.items():  # --overwrite too: an image the run reads is never written over
+        for p in paths:
+            if _real(p) is not None and _real(p) in read:
+                how = "" if p == read[_real(p)] else " (through a link)"
+                raise OutputFolderError(f"{p} is where this run writes, and it is the image {read[_real(p)]} the "
+                                        f"run reads{how} — choose another {_flag_of(args, base)}: not even "
+                                        f"--overwrite writes over an image the run reads")
     if args.overwrite:
         if not tables and not earlier:
             return None
@@ -319,12 +326,6 @@ def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: P
         return kept
     found = {base: [p for p in dict.fromkeys(paths) if _there(p)] for base, paths in planned.items()}
     found[save] += [p for p in tables if p not in found[save]]
-    for base, there in found.items():  # every folder checked before anything moves
-        for p in there:
-            if _real(p) in read:  # an input reached through a link, or a folder of links to earlier outputs
-                raise OutputFolderError(f"{p} is where this run writes, and it is the image {read[_real(p)]} the "
-                                        f"run reads (through a link) — choose another {_flag_of(args, base)}, or "
-                                        f"pass --overwrite to write there anyway")
     moving = {base: (there, earlier if base == save else []) for base, there in found.items()}
     moving = {base: lists for base, lists in moving.items() if lists[0] or lists[1]}
     # all folders or none: a --figs-dir that cannot be moved aside leaves --save's files where they were too
