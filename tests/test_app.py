@@ -153,6 +153,12 @@ def test_failures_are_a_status_line(session, corrupt, tmp_path):
     assert "corrupt, empty or not an image" in bad.status and str(corrupt.parent) not in bad.status
     assert "tile size" in restore_for_page(session, corrupt, "fp32", "100").status
     assert restore_for_page(session, None, "fp32", "auto").status.startswith("**Nothing to restore**")
+    gif = tmp_path / "anim.gif"  # restored (its first frame) where the tester's --input refuses the kind
+    from PIL import Image
+    Image.new("RGB", (W, H)).save(gif)
+    assert restore_for_page(session, gif, "fp32", "auto").status == (
+        "**Cannot restore** `anim.gif`: anim.gif is not an image file of a kind this project reads (.png .jpg .jpeg "
+        ".bmp .tif .tiff .webp): convert it, e.g. to PNG")
     assert list(session.work_dir.iterdir()) == [], "a failed request left its request-* folder behind"
 
 

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from net.presets import WB_BACKBONES
 from utils.analysis.embeddings import difference_map, latents
-from utils.data.image_io import NOT_KEPT_WHY, quantise, read_image, to_float, write_image
+from utils.data.image_io import IMAGE_EXTENSIONS, NOT_KEPT_WHY, is_image, quantise, read_image, to_float, write_image
 from utils.errors import UserError, exception_chain, failure_message
 from utils.eval.evaluation import EvaluationStopped, restore_files
 from utils.eval.inference import PRECISIONS
@@ -135,6 +135,9 @@ def restore_upload(model: nn.Module, path: str | os.PathLike, save_dir: str | os
     """
     path = Path(path)
     name = name or path.name
+    if not is_image(name):  # as the tester's --input says (Gradio's own type check lets an API upload through)
+        raise UploadError(f"{name} is not an image file of a kind this project reads ({' '.join(IMAGE_EXTENSIONS)}): "
+                          f"convert it, e.g. to PNG")
     try:
         entry = restore_files(model, [path], save_dir, protocol, device, progress=False)[0]
         before = read_image(path, exif=True)
