@@ -62,8 +62,8 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
 
     from utils.cli import OneSpellingHelpFormatter
     from utils.demo.data import DemoDataError, build_demo_data, check_build_args
-    from utils.demo.run import InputAsOutput
     from utils.errors import OneLineArgumentParser, add_debug_flag, counted, run_main
+    from utils.eval.evaluation import InputAsOutput
     from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
     from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, record_outputs

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn as nn
 
 from utils.analysis.report import embedding_report
@@ -32,7 +31,7 @@ from utils.data.noise import noisy_version
 from utils.dataset_utils import ALL_IN_ONE_3D
 from utils.demo.data import build_demo_data
 from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
-from utils.eval.evaluation import evaluate_tasks
+from utils.eval.evaluation import InputAsOutput, evaluate_tasks
 from utils.eval.outputs import RESULT_NAMES, check_writable_folder, figure_names, output_names
 from utils.eval.protocol import Protocol, load_model
 from utils.eval.report import write_results
@@ -45,13 +44,6 @@ from utils.train.setup import FIG_NAME
 
 IN_DISTRIBUTION = ALL_IN_ONE_3D  # the training degradations
 OUT_OF_DISTRIBUTION = ("denoise_75", "jpeg", "lowlight")
-
-
-class InputAsOutput(nn.Module):
-    """Returns its input: scoring it gives the degraded input's metrics under the same protocol."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 def get_args_parser() -> argparse.ArgumentParser:

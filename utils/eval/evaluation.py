@@ -99,6 +99,14 @@ def why_stopped(exc: KeyboardInterrupt | OutputClosed) -> tuple[str, int]:
     return interrupted_line(exc)
 
 
+class InputAsOutput(nn.Module):
+    """``(B, 3, H, W) -> (B, 3, H, W)``, its input: evaluated as a model, it gives the degraded inputs' scores under
+    the same protocol as the restorations' (the demo's and the study's "degraded" rows)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 def file_identity(path: Path) -> tuple[int, int] | None:
     """``(device, inode)`` of the file at ``path`` (not followed through a link), None when nothing is there. A
     file an atomic write renames into place (:func:`utils.files.atomic_write`) has another identity than the one it
