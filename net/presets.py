@@ -2,7 +2,7 @@
 
 Every configuration goes through :func:`check_model_config` before a network is built from it: the
 presets, command-line overrides and the ``model_config`` stored in a checkpoint (which
-``utils.eval.protocol.load_model`` passes through :func:`model_config`). A configuration from a file
+``utils.checkpoints.load_model`` passes through :func:`model_config`). A configuration from a file
 is data, not trusted code: a width of 2048 would build a network of tens of gigabytes, and ``heads=0``
 would fail deep inside the constructor with a ``ZeroDivisionError``.
 """

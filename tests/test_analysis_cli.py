@@ -18,9 +18,9 @@ from utils.analysis.embeddings import (
     pooled,
 )
 from utils.analysis.report import view_batch
+from utils.checkpoints import load_model
 from utils.demo.data import build_demo_data, embedding_views, make_test_image
 from utils.demo.run import views_of_one_photo
-from utils.eval.protocol import load_model
 
 SIDE = 48  # the photos' short side: a 6 x 6 latent, a fraction of a second a photo on a CPU
 

@@ -80,7 +80,7 @@ def tester_output(run_dir, photo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def session(run_dir, tmp_path_factory):
-    from utils.eval.protocol import load_model
+    from utils.checkpoints import load_model
     model, info = load_model(run_dir)
     return Session(model=model.eval(), info=info, device=torch.device("cpu"),
                    work_dir=tmp_path_factory.mktemp("work"))

@@ -227,7 +227,7 @@ def test_tensor_views_beyond_their_storage_and_bad_rng_states_are_refused(tmp_pa
 
 def test_model_config_is_checked_before_any_network_is_built(tmp_path):
     from net.presets import ModelConfigError
-    from utils.eval.protocol import load_model
+    from utils.checkpoints import load_model
 
     for bad, word in ((dict(dim=2048), "dim must be an integer from 2 to 1024"), (dict(heads=[0, 2, 4, 8]), "heads"),
                       (dict(heads=[1, 2, 5, 8]), "divide"), (dict(colour="red"), "unknown key"),

@@ -5,7 +5,7 @@
     make app ARGS="--model checkpoint/demo/epoch_006.pth"
 
 ``--model`` takes what ``tester_bary.py --model`` takes (a checkpoint file, a run's output folder or its
-``latest`` pointer) and is loaded by the tester's :func:`utils.eval.protocol.load_model`; without it, the
+``latest`` pointer) and is loaded by :func:`utils.checkpoints.load_model`, as the tester loads it; without it, the
 tester's default (:func:`utils.checkpoints.default_model`: the authors' checkpoint, else the newest under
 ``checkpoint/``). The page is served on
 127.0.0.1 only, never shared, with Gradio's analytics, telemetry and version checks off (the machine may have
@@ -123,7 +123,7 @@ def main(args) -> int:
         check_writable_folder(args.work_dir, "--work-dir", create=False)
     path = checkpoint_to_serve(args.model)
     device = pick_device(args.device)  # DeviceError: one line naming the flag and the fix
-    from utils.eval.protocol import load_model
+    from utils.checkpoints import load_model
     model, info = load_model(path, args.backbone, args.preset)
     if "note" in info:
         print(f"=> {info.pop('note')}")

@@ -8,6 +8,7 @@ Everything is imported from here (``from utils.checkpoints import read_checkpoin
 - :mod:`~utils.checkpoints.weights`: the network's weights out of any format, checked;
 - :mod:`~utils.checkpoints.reading`: :func:`read_checkpoint`, the guard, the load and the checks in one call;
 - :mod:`~utils.checkpoints.folder`: a run's output folder (names, ``latest``, rotation, the newest checkpoint);
+- :mod:`~utils.checkpoints.network`: :func:`load_model`, the network a checkpoint needs, built and loaded;
 - :mod:`~utils.checkpoints.training`: the training checkpoint, RNG states, and choosing where to resume.
 
 Reading. Three formats are accepted wherever weights are loaded:
@@ -82,6 +83,7 @@ from utils.checkpoints.folder import (
     save_atomic,
 )
 from utils.checkpoints.guard import CheckpointError
+from utils.checkpoints.network import load_model
 from utils.checkpoints.reading import (
     check_rng_state,
     load_model_weights,
@@ -118,11 +120,11 @@ from utils.checkpoints.weights import (
 )
 
 __all__ = [
-    "CHECKPOINT_DIR", "CHECKPOINT_SUFFIXES", "DEAD_WRITER_GRACE_SECONDS", "LATEST", "LOG_NAME",
-    "REFERENCE_MODEL_NAME", "STALE_TEMP_SECONDS", "checkpoint_name", "default_model", "list_checkpoints",
-    "newest_checkpoint", "progress_of", "read_latest", "remove_stale_temporaries", "resolve_checkpoint", "rotate",
-    "save_atomic", "CheckpointError", "check_rng_state", "load_model_weights", "read_checkpoint", "FORMAT_VERSION",
-    "LoopState", "all_finite", "check_optimizer_state", "epoch_losses_from", "latest_record", "plain_args",
+    "CHECKPOINT_DIR", "CHECKPOINT_SUFFIXES", "DEAD_WRITER_GRACE_SECONDS", "LATEST", "LOG_NAME", "REFERENCE_MODEL_NAME",
+    "STALE_TEMP_SECONDS", "checkpoint_name", "default_model", "list_checkpoints", "newest_checkpoint", "progress_of",
+    "read_latest", "remove_stale_temporaries", "resolve_checkpoint", "rotate", "save_atomic", "CheckpointError",
+    "load_model", "check_rng_state", "load_model_weights", "read_checkpoint", "FORMAT_VERSION", "LoopState",
+    "all_finite", "check_optimizer_state", "epoch_losses_from", "latest_record", "plain_args",
     "restore_training_state", "resume_candidates", "rng_state", "save_training_checkpoint", "set_rng_state",
     "training_checkpoint", "MAX_PICKLE_GLOBALS", "LEGACY_UNUSED_KEYS", "check_config_matches_weights",
     "is_reference_checkpoint", "is_training_checkpoint", "load_network", "load_weights", "model_state_from",

@@ -24,7 +24,7 @@ import numpy as np
 import torch.nn as nn
 
 from utils.analysis.report import embedding_report
-from utils.checkpoints import LOG_NAME
+from utils.checkpoints import LOG_NAME, load_model
 from utils.cli import one_spelling
 from utils.data.image_io import read_image
 from utils.data.noise import noisy_version
@@ -33,7 +33,7 @@ from utils.demo.data import build_demo_data
 from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
 from utils.eval.evaluation import InputAsOutput, evaluate_tasks
 from utils.eval.outputs import RESULT_NAMES, check_writable_folder, figure_names, output_names
-from utils.eval.protocol import Protocol, load_model
+from utils.eval.protocol import Protocol
 from utils.eval.report import write_results
 from utils.eval.tasks import find_task_sets
 from utils.files import json_text, write_text

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_model
+from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_model, load_model
 from utils.compiled import CompileError, check_compile, compile_cache_dir
 from utils.data.doctor import tester_check
 from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, pixel_limit
@@ -35,7 +35,7 @@ from utils.eval.outputs import (
     tester_writes,
 )
 from utils.eval.paper import paper_column, setting_note
-from utils.eval.protocol import Protocol, load_model
+from utils.eval.protocol import Protocol
 from utils.eval.report import format_report, write_results
 from utils.eval.tasks import (
     EvalSet,

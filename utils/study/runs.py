@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.checkpoints import load_model
 from utils.eval.evaluation import evaluate_tasks
-from utils.eval.protocol import Protocol, load_model
+from utils.eval.protocol import Protocol
 from utils.files import atomic_write, write_text
 from utils.streams import PIPE_CLOSED_STATUS, OutputClosed
 from utils.study.arms import ARMS, ID_TASKS, OOD_TASKS, Arm, arm_model_config, override_flags
