@@ -39,8 +39,9 @@ import sys
 from utils.errors import UsageError, run_main, stopped_while_starting  # noqa: F401  (the script's names)
 
 with stopped_while_starting():
+    from utils.checkpoints import default_model  # noqa: F401
     from utils.eval.options import REFERENCE_MODEL, get_args_parser  # noqa: F401  (as callers use them)
-    from utils.eval.tester import RunStopped, default_model, main  # noqa: F401
+    from utils.eval.tester import RunStopped, main  # noqa: F401
     from utils.runtime import stop_signals_as_interrupt, tune_cpu_allocator
 
 if __name__ == "__main__":

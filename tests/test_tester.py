@@ -637,8 +637,9 @@ def test_no_arguments_without_a_checkpoint_or_data_is_a_one_line_error(checkpoin
     done = _tester_in(tmp_path)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [
-        "error: no checkpoint given and none found under checkpoint/ — put the authors' "
-        "model_allBaryNet__61_1.0_5D.pt there, train one with trainer_bary.py, or pass --model PATH"]
+        "error: no --model given and no checkpoint under checkpoint/ — put the authors' "
+        "model_allBaryNet__61_1.0_5D.pt there, train one with trainer_bary.py, or pass --model PATH (a checkpoint "
+        "file or a run's output folder)"]
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / "epoch_001.pth").write_bytes(checkpoint.read_bytes())
     (tmp_path / "data" / "test").mkdir(parents=True)

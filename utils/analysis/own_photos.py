@@ -28,7 +28,7 @@ import numpy as np
 
 from net.presets import WB_BACKBONES
 from utils.analysis.report import embedding_report
-from utils.checkpoints import CHECKPOINT_DIR, default_model, load_model
+from utils.checkpoints import load_model, model_or_default
 from utils.cli import one_spelling
 from utils.data.image_io import IMAGE_EXTENSIONS, list_images, nested_images_hint, read_image
 from utils.demo.data import TEST_LONG_MAX, TEST_SHORT, embedding_views, make_test_image
@@ -198,14 +198,7 @@ def chosen_photo(names: list[str], files: list[str], asked: str | None) -> str |
 
 def model_path(model: str | None) -> str:
     """``--model``, else the tester's default (the authors' checkpoint, else the newest under ``checkpoint/``)."""
-    if model:
-        return model
-    path, why = default_model()
-    if path is None:
-        raise UsageError(f"no --model given and no checkpoint under {CHECKPOINT_DIR}/ — pass --model PATH (a "
-                         f"BaryNet or BaryPromptIR checkpoint file or a run folder; make demo trains one)")
-    print(f"=> no --model given: using {path.as_posix()} ({why})")
-    return str(path)
+    return model_or_default(model, "train a BaryNet or BaryPromptIR one (make demo trains one)")
 
 
 def summary_lines(emb: dict) -> list[str]:

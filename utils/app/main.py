@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from utils.checkpoints import CHECKPOINT_DIR, default_model
+from utils.checkpoints import CHECKPOINT_DIR, model_or_default
 from utils.cli import one_spelling
 from utils.data.image_io import MAX_PIXELS, pixel_limit
 from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
@@ -92,14 +92,7 @@ def check_gradio() -> None:
 def checkpoint_to_serve(model: str | None, checkpoint_dir: str = CHECKPOINT_DIR) -> str:
     """``--model`` as given, else the tester's default (:func:`utils.checkpoints.default_model`: the authors'
     checkpoint, else the newest under ``checkpoint_dir``); :class:`UsageError` when there is none."""
-    if model:
-        return model
-    path, why = default_model(checkpoint_dir)
-    if path is None:
-        raise UsageError(f"no --model given and no checkpoint under {checkpoint_dir}/ — train one (`make demo` "
-                         f"trains {checkpoint_dir}/demo/), or pass --model PATH (a checkpoint file or a run folder)")
-    print(f"=> no --model given: using {path.as_posix()} ({why})")
-    return str(path)
+    return model_or_default(model, f"train one (`make demo` trains {checkpoint_dir}/demo/)", checkpoint_dir)
 
 
 def examples_folder(examples: str | None) -> Path | None:

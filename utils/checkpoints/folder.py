@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from utils.checkpoints.guard import CheckpointError
+from utils.errors import UsageError
 from utils.files import DEAD_WRITER_GRACE_SECONDS, STALE_TEMP_SECONDS, atomic_write  # noqa: F401 (exported)
 from utils.files import remove_stale_temporaries as remove_stale_files
 
@@ -169,6 +170,19 @@ def default_model(checkpoint_dir: str | os.PathLike = CHECKPOINT_DIR) -> tuple[P
     if newest is None:
         return None, ""
     return newest, f"newest under {Path(checkpoint_dir).as_posix()}/"
+
+
+def model_or_default(model: str | None, fix: str, checkpoint_dir: str | os.PathLike = CHECKPOINT_DIR) -> str:
+    """``--model`` as given, else the tester's default (:func:`default_model`), printed with why it was chosen. None
+    there is a :class:`~utils.errors.UsageError` (exit status 2) ending with ``fix``, how to get one."""
+    if model:
+        return model
+    path, why = default_model(checkpoint_dir)
+    if path is None:
+        raise UsageError(f"no --model given and no checkpoint under {Path(checkpoint_dir).as_posix()}/ — {fix}, or "
+                         f"pass --model PATH (a checkpoint file or a run's output folder)")
+    print(f"=> no --model given: using {path.as_posix()} ({why})")
+    return str(path)
 
 
 def resolve_checkpoint(path: str | os.PathLike, flag: str = "--model") -> tuple[Path, str | None]:

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME, default_model, load_model
+from utils.checkpoints import REFERENCE_MODEL_NAME, load_model, model_or_default
 from utils.compiled import CompileError, check_compile, compile_cache_dir
 from utils.data.doctor import tester_check
 from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, pixel_limit
@@ -82,13 +82,8 @@ def apply_defaults(args) -> bool:
     """Fill in ``--model`` and the tasks when not given, printing each choice and why (as the reference's
     tester, which needs no arguments); a missing checkpoint or benchmark is a one-line error, exit 2.
     Returns whether the tasks were chosen here."""
-    if not args.model:
-        path, why = default_model()
-        if path is None:
-            _fail(f"no checkpoint given and none found under {CHECKPOINT_DIR}/ — put the authors' "
-                  f"{REFERENCE_MODEL_NAME} there, train one with trainer_bary.py, or pass --model PATH")
-        args.model = str(path)
-        print(f"=> no --model given: using {path.as_posix()} ({why})")
+    args.model = model_or_default(args.model, f"put the authors' {REFERENCE_MODEL_NAME} there, train one with "
+                                              f"trainer_bary.py")
     if not (args.tasks or args.degset or args.tarset or args.input):
         present = present_paper_tasks(args.data_root)
         if not present:
