@@ -25,7 +25,7 @@ from utils.checkpoints.folder import (
 from utils.checkpoints.guard import CheckpointError
 from utils.checkpoints.reading import check_rng_state
 from utils.errors import listing
-from utils.files import atomic_write
+from utils.files import write_text
 
 FORMAT_VERSION = 1
 
@@ -100,10 +100,6 @@ def latest_record(name: str, state: Mapping[str, Any]) -> dict[str, Any]:
     return {"checkpoint": name, "at": at, "epochs_done": done, "global_step": state["global_step"]}
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    atomic_write(path, lambda fh: fh.write(text.encode()))
-
-
 def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLike, keep: int = 3) -> Path:
     """Write ``state`` atomically under its canonical name, point ``latest`` at it, rotate old files.
 
@@ -112,7 +108,7 @@ def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLik
     folder = Path(output_dir)
     remove_stale_temporaries(folder)
     path = save_atomic(state, folder / checkpoint_name(state["epoch"], state["iteration"]))
-    _write_text_atomic(folder / LATEST, json.dumps(latest_record(path.name, state)) + "\n")
+    write_text(folder / LATEST, json.dumps(latest_record(path.name, state)) + "\n")
     rotate(folder, keep)
     return path
 

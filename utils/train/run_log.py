@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from utils.files import DiskFullError, atomic_write, disk_full, finite_or_null, is_disk_full, keep_aside
+from utils.files import DiskFullError, disk_full, finite_or_null, is_disk_full, keep_aside, replace_file
 
 
 class Console:
@@ -119,7 +119,7 @@ def mend_log(path: str | os.PathLike) -> tuple[int, int]:
     if not torn and (not data or data.endswith(b"\n")):
         return 0, 0
     text = b"".join(line if line.endswith(b"\n") else line + b"\n" for line in kept)
-    atomic_write(path, lambda fh: fh.write(text), size=len(text))
+    replace_file(path, text)
     return len(torn), sum(len(line) for line in torn)
 
 
@@ -163,7 +163,7 @@ def rewind_log(path: str | os.PathLike, global_step: int) -> int:
     if not moved:
         return 0
     append_lines(discarded_log(path), "".join(moved).encode(), end_open_line=True, durable=True)
-    atomic_write(path, lambda fh: fh.write("".join(kept).encode()))
+    replace_file(path, "".join(kept).encode())
     return len(moved)
 
 
