@@ -29,7 +29,7 @@ from utils.compiled import begin_iteration, compile_fn
 from utils.errors import UserError
 from utils.eval.inference import autocast_context
 from utils.train.distributed import DistInfo, all_reduce_sum, average_gradients
-from utils.train.losses import OBJECTIVES, Objective, congruence_loss, map_loss, potentials_loss
+from utils.train.losses import L1_WEIGHT, OBJECTIVES, Objective, congruence_loss, map_loss, potentials_loss
 
 MAP_TERMS = ("transport", "orthogonality", "contrastive", "potential")  # per-sample parts logged as means
 
@@ -51,7 +51,7 @@ class Training:
     optimizer: torch.optim.Optimizer
     potentials_optimizer: torch.optim.Optimizer | None
     lambdas: torch.Tensor
-    l1_weight: float = 10000.0
+    l1_weight: float = L1_WEIGHT
     precision: str = "fp32"
     info: DistInfo = field(default_factory=DistInfo)
     scaler: torch.amp.GradScaler | None = None

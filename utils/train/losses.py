@@ -55,6 +55,11 @@ class Objective:
 
 # The objective of each of the authors' trainers (the default of ours of the same name).
 OBJECTIVES = {"single": Objective(0.05, 0.0, 2), "ddp": Objective(0.02, 1e-6, 1)}
+# The constants both trainers share (docs/METHOD.md §2): the L1 weight (--Sigma), the contrastive temperature and the
+# congruence weight.
+L1_WEIGHT = 10000
+TEMPERATURE = 0.07
+CONGRUENCE_WEIGHT = 10.0
 
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +77,7 @@ def orthogonality(bary: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     return (_unit_rows(bary) @ _unit_rows(residual).T).pow(2).sum(dim=1)
 
 
-def contrastive(residual: torch.Tensor, de_ids: torch.Tensor, temperature: float = 0.07,
+def contrastive(residual: torch.Tensor, de_ids: torch.Tensor, temperature: float = TEMPERATURE,
                 eps: float = 0.0) -> torch.Tensor:
     """Supervised contrastive term on residuals, classes by degradation id: ``(B, C, h, w), (B,) -> (B,)``.
 
@@ -95,8 +100,8 @@ def contrastive(residual: torch.Tensor, de_ids: torch.Tensor, temperature: float
 
 def map_loss(restored: torch.Tensor, target: torch.Tensor, source: torch.Tensor, bary: torch.Tensor,
              residual: torch.Tensor, de_ids: torch.Tensor, domains: torch.Tensor, lambdas: torch.Tensor,
-             potentials: Potentials, l1_weight: float = 10000.0, reg_weight: float = 0.05,
-             temperature: float = 0.07, contrastive_eps: float = 0.0,
+             potentials: Potentials, l1_weight: float = L1_WEIGHT, reg_weight: float = 0.05,
+             temperature: float = TEMPERATURE, contrastive_eps: float = 0.0,
              without: Collection[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Step 1 of an iteration: the loss the map (BaryNet) minimises.
 
@@ -146,7 +151,7 @@ def potentials_loss(bary: torch.Tensor, domains: torch.Tensor, lambdas: torch.Te
 
 
 def congruence_loss(bary_last: torch.Tensor, lambdas: torch.Tensor, potentials: Potentials,
-                    weight: float = 10.0) -> torch.Tensor:
+                    weight: float = CONGRUENCE_WEIGHT) -> torch.Tensor:
     """Step 3: ``weight * (sum_k lambda_k f_k(b_last))^2`` for one sample ``b_last`` of shape ``(C, h, w)``."""
     values = potentials.all(bary_last.unsqueeze(0)).squeeze(0)
     return weight * (lambdas.to(values.dtype) * values).sum().pow(2)

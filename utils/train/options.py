@@ -22,7 +22,7 @@ from utils.compiled import BACKENDS, COMPILE_MODES
 from utils.dataset_utils import ALL_IN_ONE_3D, DatasetError
 from utils.errors import OneLineArgumentParser, add_debug_flag
 from utils.runtime import DEVICES
-from utils.train.losses import ABLATABLE, OBJECTIVES, Objective
+from utils.train.losses import ABLATABLE, L1_WEIGHT, OBJECTIVES, Objective
 
 # The authors' id lists ship in the repository's data_dir/; the flag's default names it as the
 # reference does (relative), and falls back to the repository's copy from any other directory.
@@ -87,7 +87,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help=f"validation inputs (paired with --tarset by file name); default {DEFAULT_DEGSET} "
                           f"when it exists; '' turns validation off")
     ref.add_argument("--tarset", type=str, default=None, help=f"validation targets; default {DEFAULT_TARSET}")
-    ref.add_argument("--Sigma", type=float, default=10000, help="weight of the L1 restoration loss")
+    ref.add_argument("--Sigma", type=float, default=L1_WEIGHT, help="weight of the L1 restoration loss")
     ref.add_argument("--sigma", type=float, default=1, help="a run label only (the reference put it in file names)")
     ref.add_argument("--optimizer", type=str, default="RMSprop", choices=["RMSprop", "Adam"],
                      help="optimizer of both networks")

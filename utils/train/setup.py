@@ -54,7 +54,7 @@ from utils.eval.protocol import Protocol
 from utils.files import KeepAsideError, keep_aside
 from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int, broadcast_text
-from utils.train.losses import OBJECTIVES
+from utils.train.losses import L1_WEIGHT, OBJECTIVES
 from utils.train.options import (
     DEFAULT_DEGSET,
     DEFAULT_TARSET,
@@ -367,7 +367,7 @@ def check_args(args) -> int:
     if not math.isfinite(args.lr) or args.lr < 0:
         raise ConfigError(f"--lr must be a finite number >= 0, got {args.lr} (the paper's is 2e-4)")
     if not math.isfinite(args.Sigma) or args.Sigma < 0:
-        raise ConfigError(f"--Sigma must be a finite number >= 0, got {args.Sigma} (the paper's is 10000)")
+        raise ConfigError(f"--Sigma must be a finite number >= 0, got {args.Sigma} (the paper's is {L1_WEIGHT:g})")
     for flag, meaning in (("iters_per_epoch", "0: the whole data set"), ("keep", "0 keeps all"),
                           ("save_every", "0: at epochs' ends only"), ("log_every", "0: no iteration records")):
         if getattr(args, flag, 0) < 0:
