@@ -16,7 +16,7 @@
 
 Files of an earlier run in the same folder under the names a run writes, and the restorations its
 ``results.json`` records (:func:`recorded_outputs`) that this run does not write, are moved aside first, by the
-tester (``results.before-<time>/``, :func:`utils.eval.tester._keep_earlier_outputs`); anything else in the
+tester (``results.before-<time>/``, :func:`utils.eval.output_folders.keep_earlier_outputs`); anything else in the
 folder is left alone. Temporaries a killed tester left there are removed (:func:`tester_writes`).
 """
 from __future__ import annotations

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,17 +22,7 @@ from utils.errors import UsageError, UserError, listing
 from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, perceptual_metrics, restore_files
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.options import get_args_parser
-from utils.eval.outputs import (
-    OutputFolderError,
-    check_outputs_apart,
-    check_outputs_outside_inputs,
-    check_writable_folder,
-    figure_names,
-    inside,
-    output_names,
-    recorded_outputs,
-    tester_writes,
-)
+from utils.eval.output_folders import check_outputs, keep_earlier_outputs, output_locks, remove_tester_temporaries
 from utils.eval.paper import paper_column, setting_note
 from utils.eval.protocol import Protocol
 from utils.eval.report import format_report, write_results
@@ -48,8 +37,7 @@ from utils.eval.tasks import (
     present_paper_tasks,
     task_layout,
 )
-from utils.files import json_text, keep_aside, keep_aside_together, remove_stale_temporaries, write_text
-from utils.output_lock import OutputLock
+from utils.files import json_text, write_text
 from utils.runtime import apply_gpus_flag, gpus_on_cpu_note, pick_device
 from utils.streams import OutputClosed
 
@@ -203,45 +191,6 @@ def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
     return sets
 
 
-def _input_folders(args, sets: list[EvalSet]) -> tuple[list[Path], list[Path]]:
-    """The folders the run reads images from: ``(trees, flat)``. ``trees`` are read with their subfolders (a
-    ``--tasks`` task folder under --data-root): no output may be in one. ``flat`` are listed without their
-    subfolders (``--input DIR``, the folders of the images and targets): an output may be below one, not in it."""
-    trees = [Path(args.data_root) / task_layout(s.task).folder for s in sets] if not args.degset else []
-    flat = [p if p.is_dir() else p.parent for p in input_paths(args.input)]
-    for s in sets:
-        for item in s.items:
-            flat += [item.target.parent] + ([item.degraded.parent] if item.degraded is not None else [])
-    return list(dict.fromkeys(trees)), list(dict.fromkeys(flat))
-
-
-def _check_outputs(args, sets: list[EvalSet]) -> None:
-    """Before the model is loaded: no output folder inside an input folder (unless --overwrite), none
-    reached through a symbolic link out of its base, and every one creatable and writable (judged from the
-    nearest existing folder, writing nothing: each is created and probed by its lock, :func:`_output_locks`)."""
-    rows = [s.name for s in sets] if not args.degset else []
-
-    def written(base: str) -> list[Path]:
-        return [Path(base)] + [Path(base) / r for r in rows]
-
-    def image_folders(base: str) -> list[Path]:  # where the image files go: <base>/<row>, or <base> itself
-        return [Path(base) / r for r in rows] or [Path(base)]
-
-    outputs = {"--save": (Path(args.save), written(args.save) if not args.no_images else [Path(args.save)])}
-    images = {"--save": image_folders(args.save) if not args.no_images else []}
-    if args.savetar:
-        outputs["--savetar"] = (Path(args.savetar), written(args.savetar))
-        images["--savetar"] = image_folders(args.savetar)
-    if args.figs:
-        outputs["--figs-dir"] = (Path(args.figs_dir), [Path(args.figs_dir)])
-        images["--figs-dir"] = [Path(args.figs_dir)]
-    trees, flat = _input_folders(args, sets)
-    check_outputs_outside_inputs(outputs, trees, overwrite=args.overwrite, file_folders=flat)
-    check_outputs_apart(images)
-    for flag, (base, _) in outputs.items():
-        check_writable_folder(base, flag, create=False)
-
-
 def _stopped(stop: EvaluationStopped, written: str, kept: Path | None = None) -> RunStopped:
     """The one error line of a run stopped at an image: the failure, where the partial results are (and where
     the earlier complete ones went, ``kept``), the fix."""
@@ -254,164 +203,6 @@ def _stopped(stop: EvaluationStopped, written: str, kept: Path | None = None) ->
     earlier = f" (the files there before it started were moved to {kept})" if kept else ""
     return RunStopped(f"{stop} — the run stopped there; the results so far, marked partial, are in {written}"
                       f"{earlier}{hint}", stop.exit_status)
-
-
-def _planned_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> dict[Path, list[Path]]:
-    """Every file this run will write, by the folder it is kept aside in (``--save``, ``--savetar``,
-    ``--figs-dir``): the results.*, each restored image (and target) under its output name, each figure."""
-    planned: dict[Path, list[Path]] = {save: [save / f"results.{ext}"
-                                             for ext in (("json",) if args.input else ("json", "csv", "md"))]}
-
-    def images(base: Path) -> list[Path]:
-        if args.input:
-            return [base / n for n in output_names([p.name for p in inputs])]
-        return [(base / s.name if not args.degset else base) / n
-                for s in sets for n in output_names([item.name for item in s.items])]
-    if not args.no_images:
-        planned[save] += images(save)
-    if args.savetar:
-        planned.setdefault(Path(args.savetar), []).extend(images(Path(args.savetar)))
-    if args.figs:
-        figs = Path(args.figs_dir)
-        planned.setdefault(figs, []).extend(figs / name for name in figure_names([s.name for s in sets]))
-    return planned
-
-
-def _flag_of(args, base: Path) -> str:
-    """The flag that named the output folder ``base``."""
-    return "--save" if base == Path(args.save) else "--savetar" if args.savetar and base == Path(args.savetar) \
-        else "--figs-dir"
-
-
-def _keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> Path | None:
-    """Before anything is written: move the files this run would replace (an earlier run's results and
-    restorations, or a user's own files of those names) into ``<folder>/results.before-<time>/``, kept at
-    their places, and say so in one line per folder. With them go the restorations the earlier
-    ``results.json`` in ``--save`` records (:func:`utils.eval.outputs.recorded_outputs`) that this run does not
-    write (other tasks, images past a --max-images, any with --no-images): the new results.json would not
-    describe them, and they stay with the record that does. Files this run reads stay. Returns the folder the
-    ``--save`` files went to (None: nothing was there).
-    ``--overwrite`` (outputs among the inputs) replaces what this run writes, as it says; but an earlier
-    results.json whose run left other files (its restorations this run does not write, or, under ``--input``,
-    which writes results.json alone, its results.csv/.md) goes aside with them, so that no record is left
-    describing another run than the files beside it."""
-    data = [f for s in sets for item in s.items for f in (item.degraded, item.target) if f is not None]
-    read = {_real(f): f for f in [*inputs, *data]}
-    planned = _planned_outputs(args, sets, inputs, save)
-    trees = {_real(t) for t in _input_folders(args, sets)[0]} - {None}
-    whole = {_real(f) for f in [*(p for p in input_paths(args.input) if p.is_dir()), *(f.parent for f in data)]}
-    earlier = [p for p in _recorded_earlier(save) if p not in planned[save] and _real(p) not in read
-               and not _in_input_folder(p, trees, whole - {None})]
-    tables = _tables_beside_results_json(save) if args.input else []
-    for base, paths in planned.items():  # --overwrite too: an image the run reads is never written over
-        for p in paths:
-            if _real(p) is not None and _real(p) in read:
-                how = "" if p == read[_real(p)] else " (through a link)"
-                raise OutputFolderError(f"{p} is where this run writes, and it is the image {read[_real(p)]} the "
-                                        f"run reads{how} — choose another {_flag_of(args, base)}: not even "
-                                        f"--overwrite writes over an image the run reads")
-    if args.overwrite:
-        if not tables and not earlier:
-            return None
-        record = [save / "results.json", *tables]
-        kept = keep_aside(record + earlier, save / "results")
-        more = f" and {len(earlier)} file(s) it records that this run does not write" if earlier else ""
-        why = " (this run writes results.json alone)" if tables else ""
-        print(f"=> an earlier run's {', '.join(p.name for p in record)}{more} were in {save}: moved to {kept}/{why}")
-        return kept
-    found = {base: [p for p in dict.fromkeys(paths) if _there(p)] for base, paths in planned.items()}
-    found[save] += [p for p in tables if p not in found[save]]
-    moving = {base: (there, earlier if base == save else []) for base, there in found.items()}
-    moving = {base: lists for base, lists in moving.items() if lists[0] or lists[1]}
-    # all folders or none: a --figs-dir that cannot be moved aside leaves --save's files where they were too
-    kept = dict(zip(moving, keep_aside_together([(there + more, base / "results")
-                                                 for base, (there, more) in moving.items()])))
-    for base, (there, more) in moving.items():
-        also = f", and {len(more)} more that the earlier results.json there records (this run does not " \
-               f"write them)" if more else ""
-        print(f"=> {len(there)} file(s) of the names this run writes were already in {base}{also}: moved to "
-              f"{kept[base]}/")
-    return kept.get(save)
-
-
-def _in_input_folder(path: Path, trees: set[Path], flat: set[Path]) -> bool:
-    """Whether ``path`` lies in a folder this run reads images from as a whole: below a tree (a ``--tasks``
-    task folder), or directly in a flat folder (an ``--input`` folder, the folders of a set's images and
-    targets); both given resolved. Such a file belongs to the run's data, whoever wrote it: it is not moved.
-    (The folder of an ``--input`` file given by name is not read as a whole: only the file itself is spared.)"""
-    folder = _real(path.parent)
-    return folder is None or folder in flat or any(inside(folder, t) for t in trees)
-
-
-def _recorded_earlier(save: Path) -> list[Path]:
-    """The files the earlier ``results.json`` in ``save`` records writing there that are there still (as
-    themselves: in no folder a link leads to out of ``save``); none when there is no such record, or it cannot
-    be read as one."""
-    try:
-        record = json.loads((save / "results.json").read_bytes())
-    except (OSError, ValueError):
-        return []
-    real_save = _real(save)
-    if real_save is None:
-        return []
-    recorded = recorded_outputs(record, save)
-    folders = {p.parent: _real(p.parent) for p in recorded}  # each folder resolved once
-    return [p for p in recorded if _there(p) and folders[p.parent] is not None and inside(folders[p.parent], real_save)]
-
-
-def _output_locks(args, save: Path) -> list[OutputLock]:
-    """The locks of the folders this run writes into: ``--save``, ``--savetar`` and, with ``--figs``,
-    ``--figs-dir``. A folder named by two flags (``--figs-dir`` equal to ``--save``) gets one lock, under the
-    first flag: a second lock on it from this process would refuse the first. They are taken in the order of
-    the folders' resolved paths, the same in every run, and a folder before the folders inside it (so that
-    a run refused at a later lock removes the folders it made, inner ones first)."""
-    folders = {"--save": save}
-    if args.savetar:
-        folders["--savetar"] = Path(args.savetar)
-    if args.figs:
-        folders["--figs-dir"] = Path(args.figs_dir)
-    locks: dict[Path, OutputLock] = {}
-    for flag, folder in folders.items():
-        locks.setdefault(_real(folder) or folder.absolute(),
-                         OutputLock(folder, flag, "tester", fix=f"choose another {flag}"))
-    return [locks[real] for real in sorted(locks)]
-
-
-def _remove_stale_temporaries(args, sets: list[EvalSet], save: Path) -> None:
-    """Remove the temporaries a tester killed while writing (``kill -9``) left in ``--save`` and its row folders,
-    which no other tester writes while this one holds their lock, and say so in one line:
-    :func:`utils.files.remove_stale_temporaries` for the names the tester writes, and only temporaries that name
-    their writer's process (the tester's always have), once that process is gone (or the file has not changed
-    for 15 minutes). Nothing is removed in ``--savetar`` or ``--figs-dir`` (held too, but not tidied)."""
-    rows = [s.name for s in sets] if not args.degset else []
-    folders = [save, *(save / r for r in rows)]
-    removed = [p for folder in dict.fromkeys(folders)
-               for p in remove_stale_temporaries(folder, tester_writes, named_writer=True)]
-    if removed:
-        print(f"=> removed {len(removed)} unfinished temporary file(s) that a killed run left: "
-              f"{', '.join(str(p) for p in removed[:5])}" + (f" and {len(removed) - 5} more" if len(removed) > 5
-                                                             else ""))
-
-
-def _there(path: Path) -> bool:
-    """A file or a link (a dangling one too) is at ``path``: writing there would replace it."""
-    return path.is_file() or path.is_symlink()
-
-
-def _tables_beside_results_json(save: Path) -> list[Path]:
-    """The results.csv/.md of an earlier run in ``save``, when its results.json is there too: an ``--input``
-    run writes results.json alone, so these go aside with the json they describe."""
-    if not _there(save / "results.json"):
-        return []
-    return [p for p in (save / "results.csv", save / "results.md") if _there(p)]
-
-
-def _real(path: Path) -> Path | None:
-    """``path`` with its links followed; None for a link that loops (no input can be one)."""
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return None
 
 
 def _nothing_scored(what: str, skipped: int, written: str) -> UserError:
@@ -473,7 +264,7 @@ def main(args) -> dict:
         for warning in (unused_noise_seed(args, sets), unmatched_comparison(args, sets)):
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
-        _check_outputs(args, sets)  # created below, by their locks, once the model and the metrics have loaded
+        check_outputs(args, sets)  # created below, by their locks, once the model and the metrics have loaded
         model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
                                  num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
         if "note" in info:
@@ -481,7 +272,7 @@ def main(args) -> dict:
         if protocol.compile != "off":
             print(f"=> --compile {protocol.compile}: the first image of each size compiles the network's forward "
                   f"(minutes; cached under {compile_cache_dir()} for later runs)")
-        locks = _output_locks(args, save)
+        locks = output_locks(args, save)
         if args.dry_run:
             for lock in locks:  # the real run would be refused: so is the dry one
                 lock.check_free()
@@ -499,8 +290,8 @@ def main(args) -> dict:
         with contextlib.ExitStack() as held:
             for lock in locks:
                 held.enter_context(lock)
-            _remove_stale_temporaries(args, sets, save)
-            kept = _keep_earlier_outputs(args, sets, inputs, save)
+            remove_tester_temporaries(args, sets, save)
+            kept = keep_earlier_outputs(args, sets, inputs, save)
             if args.input:
                 return _restore_inputs(args, model, info, inputs, protocol, device, save, progress, kept)
             return _evaluate(args, model, info, sets, protocol, device, save, progress, kept, metrics)
