@@ -514,3 +514,18 @@ def test_a_list_flag_once_parses_and_a_scalar_flag_keeps_its_last(capsys):
     with pytest.raises(SystemExit):  # a list flag without values: argparse's own words, not "given 2 times"
         tester_bary.get_args_parser().parse_args(["--tasks", "derain", "--tasks"])
     assert "argument --tasks: expected at least one argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, dest, value", [
+    (["--batch", "3"], "batchSize", 3), (["--patch", "144"], "patch_size", 144), (["--start", "59"], "start_epoch", 59),
+    (["--num_s", "5"], "num_sources", 5), (["--derain", "d/"], "derain_dir", "d/"),
+    (["--lowlight=l/"], "lowlight_dir", "l/"), (["--local", "0"], "local_rank", 0)])
+def test_an_abbreviation_the_references_parser_takes_names_one_flag_not_its_spellings(argv, dest, value, capsys):
+    """The authors' argparse takes an unambiguous beginning of a flag (``--batch 3`` for ``--batchSize 3``); here
+    it was "ambiguous option: --batch could match --batchSize, --batch_size, --batch-size", three spellings of
+    one flag."""
+    args = train_options.get_args_parser().parse_args(argv)
+    assert getattr(args, dest) == value
+    with pytest.raises(SystemExit):  # two flags that begin alike stay ambiguous
+        train_options.get_args_parser().parse_args(["--de", "derain"])
+    assert "ambiguous option: --de could match" in capsys.readouterr().err

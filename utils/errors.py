@@ -86,6 +86,18 @@ class OneLineArgumentParser(argparse.ArgumentParser):
                 self.error(f"{name} was given {len(uses)} times ({shown}), and only the last would count: give it "
                            f"once with every value, {name} {' '.join(v for vs in uses for v in vs)}")
 
+    def _get_option_tuples(self, option_string):
+        """argparse's matches of an abbreviated flag, one per flag: the spellings :func:`utils.cli.one_spelling`
+        adds are the same flag, so ``--batch`` means ``--batchSize`` as it does in the reference's parser, not an
+        "ambiguous option" among ``--batchSize, --batch_size, --batch-size``."""
+        seen: set[int] = set()
+        matches = []
+        for match in super()._get_option_tuples(option_string):
+            if id(match[0]) not in seen:
+                seen.add(id(match[0]))
+                matches.append(match)
+        return matches
+
     def _action_named(self, option: str) -> argparse.Action | None:
         """The action ``option`` names as argparse reads it: by its exact spelling, or by an unambiguous
         beginning of one (``--de-typ`` for ``--de-type``, when abbreviations are allowed)."""
