@@ -55,6 +55,18 @@ def test_id_lists_are_used_when_present(tree3):
     assert rain == {(f"rain-{i}.png", f"norain-{i}.png") for i in (1, 2, 3)}
 
 
+def test_a_repeated_id_counts_as_the_references_lists_count_it(tmp_path):
+    """The reference filters its Denoise folder's listing by noisy/denoise.txt, so a name listed twice is one
+    image (here it was two: 4 clean images of 3 files, another lambda and epoch); its rain and haze lists are
+    used line by line, so a repeated rainy line is a repeated sample, here as there."""
+    from _train_data import add_listed_ids
+    tree = make_train_tree(tmp_path, n=3, id_lists=True)
+    add_listed_ids(tree, "denoise", ["clean_0.png"])
+    add_listed_ids(tree, "derain", ["rainy/rain-1.png"])
+    ds = du.build_train_dataset(DE_3D, dirs_of(tree), 32, data_file_dir=tree["data_file_dir"], log=lambda m: None)
+    assert ds.counts_by_de["denoise_15"] == 3 * 5 and ds.counts_by_de["derain"] == 4 * 360
+
+
 def test_ids_domains_and_repeats_5d(tree5):
     ds = du.build_train_dataset(DE_5D, dirs_of(tree5), 32, log=lambda m: None)
     assert ds.families == ["denoise", "derain", "dehaze", "deblur", "lowlight"]

@@ -573,7 +573,7 @@ def _training_files(row: SetReport, fam: str, root: Path, id_list: Path | None,
                 f"put the {fam} training data there ({holds}), or pass {flag} with the right folder")
         return None, None
     if id_list is not None:
-        ids = du.read_id_list(id_list)
+        ids = tf.listed_ids(fam, id_list)
         present, absent = du.split_listed_ids(ids, tf.FilesUnder(root))
         if not present:
             row.add("wrong folder", root, f"none of the {len(ids):,} ids listed in {id_list} exist under {flag} "

@@ -69,6 +69,14 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def listed_ids(fam: str, path: str | os.PathLike) -> list[str]:
+    """The ids of ``fam``'s list file as the reference takes them: the noise list filters the Denoise folder's
+    listing, so a name listed twice is one image there; the rain and haze lists are used line by line, so a
+    repeated line is a repeated sample."""
+    ids = read_id_list(path)
+    return list(dict.fromkeys(ids)) if fam == "denoise" else ids
+
+
 def split_listed_ids(ids: Sequence[str], available: Container[str]) -> tuple[list[str], list[str]]:
     """``(present, absent)``: the listed ``ids``, in list order, split by membership in ``available``.
 
@@ -171,7 +179,7 @@ def _target_for(fam: str, degraded: Path, root: Path) -> Path:
 def _listed_files(fam: str, root: Path, id_list: Path, notes: list[str]) -> tuple[list[Path], _Dropped | None]:
     """The listed files of ``fam`` that exist (list order) and the ids left out, if any."""
     flag = LAYOUT[fam][0]
-    ids = read_id_list(id_list)
+    ids = listed_ids(fam, id_list)
     present, absent = split_listed_ids(ids, FilesUnder(root))
     if not ids:
         raise DatasetError(f"the id list {id_list} for {flag} lists no ids (an empty file): restore it, point "
