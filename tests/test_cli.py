@@ -529,3 +529,19 @@ def test_an_abbreviation_the_references_parser_takes_names_one_flag_not_its_spel
     with pytest.raises(SystemExit):  # two flags that begin alike stay ambiguous
         train_options.get_args_parser().parse_args(["--de", "derain"])
     assert "ambiguous option: --de could match" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("parser, argv, said", [
+    (lambda: train_options.get_args_parser(), ["--cuda", "True"], "unrecognized arguments: True"),
+    (lambda: train_options.get_args_parser(), ["--cuda=True", "--lr", "1e-4"], "argument --cuda: ignored explicit "
+                                                                                 "argument 'True'"),
+    (lambda: tester_bary.get_args_parser(), ["--tasks", "derain", "--dry-run", "yes"], "unrecognized arguments: yes")])
+def test_a_value_given_to_a_switch_is_refused_with_how_to_write_it(parser, argv, said, capsys):
+    """The reference trainers' --cuda takes a value (--cuda True); here it is a switch, and "unrecognized arguments:
+    True" did not say which flag or what to write instead."""
+    flag = argv[-2] if said.endswith("yes") else "--cuda"
+    with pytest.raises(SystemExit) as stop:
+        parser().parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err == [f"error: {said}; {flag} is a switch and takes no value: give {flag} "
+                                            f"alone to turn it on, or leave it out (see {parser().prog} --help)"], err

@@ -110,8 +110,26 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         # A flag with several spellings (utils/cli.py) is named by the first, the one --help shows.
-        message = re.sub(r"argument (-[\w-]+)(?:/-[\w-]+)+", r"argument \1", message) + self._dash_hint(message)
+        message = re.sub(r"argument (-[\w-]+)(?:/-[\w-]+)+", r"argument \1", message)
+        message += self._dash_hint(message) + self._switch_value_hint(message)
         self.exit(2, f"error: {message} (see {self.prog} --help)\n" if said_by_this_rank() else None)
+
+    def _switch_value_hint(self, message: str) -> str:
+        """For a value given to an on/off switch (``--cuda True`` or ``--cuda=True``: the reference trainers' --cuda
+        takes a value), that the flag takes none, and how to write it."""
+        m = re.match(r"argument (--[\w-]+): ignored explicit argument", message)
+        switch = m.group(1) if m else None
+        if message.startswith("unrecognized arguments: "):
+            first = message[len("unrecognized arguments: "):].split(" ", 1)[0]
+            for k, token in enumerate(self._argv[1:], 1):
+                before = self._action_named(self._argv[k - 1])
+                if token == first and before is not None and before.nargs == 0 and before.option_strings and \
+                        self._argv[k - 1].startswith("--"):
+                    switch = self._argv[k - 1]
+                    break
+        if switch is None or self._action_named(switch) is None:
+            return ""
+        return f"; {switch} is a switch and takes no value: give {switch} alone to turn it on, or leave it out"
 
     def _dash_hint(self, message: str) -> str:
         """For "--save: expected one argument" where the value given starts with '-' (``--save -out``, a folder
