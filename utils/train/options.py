@@ -34,6 +34,21 @@ DEFAULT_DEGSET = "./data/test/derain/Rain100L/input/"
 DEFAULT_TARSET = "./data/test/derain/Rain100L/target/"
 
 
+# The reference trainers' own --backbone names, which this project builds under others.
+REFERENCE_BACKBONES = {"RCNet": "its PromptIR with a decoder", "MRCNet": "another network of its model files"}
+
+
+def backbone_name(value: str) -> str:
+    """``--backbone``: one of :data:`net.presets.BACKBONES` (argparse checks the choice); a name of the reference's
+    (RCNet, its default) is refused with the nearest network here."""
+    if value in REFERENCE_BACKBONES:
+        raise argparse.ArgumentTypeError(
+            f"{value} is the reference's name for {REFERENCE_BACKBONES[value]}, not built here: pass --backbone "
+            f"PromptIR for the PromptIR baseline, BaryPromptIR for BaryIR on PromptIR's backbone, or BaryNet for the "
+            f"paper's network (what the authors' commands pass)")
+    return value
+
+
 def get_args_parser(add_help: bool = True, threads_default: int = 16,
                     objective: str = "single") -> argparse.ArgumentParser:
     """The trainers' parser. ``objective`` is the default ``--objective``: ``single`` for
@@ -91,7 +106,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     ref.add_argument("--sigma", type=float, default=1, help="a run label only (the reference put it in file names)")
     ref.add_argument("--optimizer", type=str, default="RMSprop", choices=["RMSprop", "Adam"],
                      help="optimizer of both networks")
-    ref.add_argument("--backbone", type=str, default="BaryNet", choices=sorted(BACKBONES),
+    ref.add_argument("--backbone", type=backbone_name, default="BaryNet", choices=sorted(BACKBONES),
                      help="BaryNet (the method; the reference's default was RCNet, its PromptIR), BaryPromptIR (the "
                           "method on PromptIR's decoder; this project's reconstruction), or the L1-only baselines "
                           "Restormer and PromptIR (no potentials)")
