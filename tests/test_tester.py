@@ -225,6 +225,24 @@ def _exif_jpeg(path, img, orientation=6):
     Image.fromarray(img).save(path, quality=95, exif=exif)
 
 
+def test_a_pair_turned_by_an_exif_tag_says_so(tmp_path):
+    """A phone photo as the degraded image (stored 44x61, shown 61x44 by its EXIF tag) beside a target saved upright
+    was "44x61 vs target 61x44" in the tester and --check-data, with nothing on why."""
+    from utils.data.doctor import check_paired_set
+    deg, tar = tmp_path / "input", tmp_path / "target"
+    deg.mkdir()
+    img = _clean_images()["cat"]
+    _exif_jpeg(deg / "a.jpg", img)
+    write_image(tar / "a.png", np.ascontiguousarray(np.rot90(img, -1)))  # the photo as a viewer shows it
+    note = "(a.jpg's EXIF orientation tag turns it in viewers; pairs are read without the tag, as the reference reads"
+    with pytest.raises(PairingError) as refused:
+        paired_set("s", deg, tar)
+    assert f"a.jpg 44x61 vs target a.png 61x44 {note}" in str(refused.value)
+    row, _ = check_paired_set("s", deg, tar, look_beside=False)
+    [problem] = [p for p in row.problems if p.kind == "size mismatch"]
+    assert note in problem.detail
+
+
 def test_input_photos_are_restored_upright(checkpoint, tmp_path):
     _exif_jpeg(tmp_path / "mine" / "phone.jpg", _clean_images()["cat"])  # stored 44x61, shown 61x44
     stored = read_image(tmp_path / "mine" / "phone.jpg")

@@ -43,6 +43,7 @@ from utils.data.image_io import (
     nested_images_hint,
     pixels_in_words,
     read_problem,
+    turned_pair_note,
     visible_subfolders,
 )
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files, decode_files
@@ -185,7 +186,7 @@ def _size_mismatches(row: SetReport, checks: Mapping[Path, FileCheck], pairs: It
         sd, st = checks[deg].size, checks[tar].size
         if sd is not None and st is not None and sd != st:
             row.add("size mismatch", deg, f"{deg} is {sd[0]}x{sd[1]} (height x width) but its target {tar} is "
-                                          f"{st[0]}x{st[1]}",
+                                          f"{st[0]}x{st[1]}{turned_pair_note(deg, tar, sd, st)}",
                     "replace one of the two with the matching version, or remove both")
 
 

@@ -340,6 +340,25 @@ def _exif_orientation(path: Path) -> int:
         return 1
 
 
+def _first_bytes(path: Path, n: int) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def turned_pair_note(degraded: Path, target: Path, degraded_size: tuple[int, int],
+                     target_size: tuple[int, int]) -> str:
+    """For a pair whose sizes are each other's transpose because one file's EXIF orientation tag turns it by 90
+    degrees in viewers (a phone's photo): the clause saying so, else ``""``. Benchmark pairs are read without the
+    tag, as the reference reads them, so the two do not line up."""
+    if degraded_size != tuple(reversed(target_size)) or degraded_size == target_size:
+        return ""
+    turned = [p.name for p in (degraded, target) if _exif_orientation(p) >= 5 and not _is_tiff(_first_bytes(p, 4))]
+    if not turned:
+        return ""
+    return (f" ({turned[0]}'s EXIF orientation tag turns it in viewers; pairs are read without the tag, as the "
+            f"reference reads them: save it upright without the tag)")
+
+
 # What the restored RGB PNG may not keep of an input (:func:`lost_on_restoring`), and why, as the tester says it.
 NOT_KEPT_WHY = {"transparency": "the network restores RGB", "colour profile": "the network restores RGB",
                 "animation": "only the first frame or page is read and restored"}

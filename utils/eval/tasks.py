@@ -28,6 +28,7 @@ from utils.data.image_io import (
     image_size,
     is_image,
     list_images,
+    turned_pair_note,
     visible_subfolders,
 )
 from utils.data.pairing import PairingError, match_pairs
@@ -146,7 +147,8 @@ def _validate_sizes(pairs: Sequence[tuple[Path, Path]], skip: bool, where: str,
         if sd == st:
             good.append((deg, tar))
         else:
-            bad.append(f"{deg.name} {sd[0]}x{sd[1]} vs target {tar.name} {st[0]}x{st[1]}")
+            bad.append(f"{deg.name} {sd[0]}x{sd[1]} vs target {tar.name} {st[0]}x{st[1]}"
+                       f"{turned_pair_note(deg, tar, sd, st)}")
     if bad and not skip:
         raise PairingError(f"{len(bad)} pair(s) in {where} differ in size (height x width):{listing(bad)}. "
                            f"Fix or remove them, or pass --skip-unpaired to leave them out.")
