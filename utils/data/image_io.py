@@ -8,8 +8,8 @@ Reading (:func:`read_image`) always yields an RGB ``(H, W, 3)`` array:
   clamped); one with a sample beyond [-0.5, 1.5] (:data:`FLOAT_SLACK`; 0-255 values, linear light with bright
   highlights) or NaN is refused, as is any other sample type;
 - grayscale is replicated to three channels; palette images are expanded to RGB; a CMYK JPEG (a print
-  workflow's) is converted by OpenCV, within one level of Pillow's conversion (Pillow inverts Adobe's CMYK
-  differently by a rounding step; YCbCr and greyscale JPEGs decode identically);
+  workflow's) is converted by OpenCV, within one level of Pillow's conversion on nearly every pixel (measured
+  on a Pillow-written file; the common YCbCr JPEGs decode identically);
 - an alpha channel is dropped (restoration works on the colour planes). Unassociated alpha (PNG, WebP, BMP;
   TIFF ExtraSamples=2, as Pillow and GIMP write it) leaves the colour as stored, transparent pixels
   included: an 8-bit RGB TIFF with alpha is decoded by Pillow (the reference's reader), as OpenCV's decoder
