@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,10 @@ def _trainer_argv(args, root: Path) -> list[str]:
             "--tarset", str(root / "test" / "derain" / "demo" / "target")]
 
 
+# The trainer's exit statuses when a signal stopped it before it trained: 128 + SIGINT, SIGTERM, SIGHUP.
+STOPPED_STATUSES = frozenset(128 + s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGINT)))
+
+
 class DemoStopped(UserError):
     """The training stopped by a signal, saved: the demo stops with the shell's status for Ctrl-C, and says how to
     go on (the trainer's own line names --resume auto, a flag the demo does not have: it always resumes)."""
@@ -112,7 +117,8 @@ def train(args, root: Path) -> Path:
     stopped = DemoStopped(f"the demo stopped; its training so far is saved in {args.output_dir}: run the same "
                           f"command again (make demo, or python -m utils.demo with the same flags) to continue it")
     rc = run_cli(targs)
-    if rc == INTERRUPTED_STATUS:
+    if rc in STOPPED_STATUSES:  # Ctrl-C, or SIGTERM / SIGHUP while it started (it said which)
+        stopped.exit_status = rc
         raise stopped
     if rc:
         raise SystemExit(rc)  # the trainer has printed why
