@@ -62,7 +62,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
 
     from utils.cli import OneSpellingHelpFormatter
     from utils.demo.data import DemoDataError, build_demo_data, check_build_args
-    from utils.errors import OneLineArgumentParser, add_debug_flag, counted, run_main
+    from utils.errors import OneLineArgumentParser, add_debug_flag, counted, interrupted_line, run_main
     from utils.eval.evaluation import InputAsOutput
     from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
@@ -211,10 +211,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     except StudyError:
         print(flush=True)  # off the line the run's progress was on: the error: line starts its own
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (StopSignal): said as which
         print(file=sys.stderr)  # off the line the run's progress was on
-        raise StudyInterrupted(f"study interrupted; the finished runs and the last checkpoint are kept in {out}/runs. "
-                               f"Run the same command again to continue.") from None
+        how, status = interrupted_line(exc)
+        stopped = StudyInterrupted(f"study {how}; the finished runs and the last checkpoint are kept in {out}/runs. "
+                                   f"Run the same command again to continue.")
+        stopped.exit_status = status
+        raise stopped from None
     degraded_path = out / "degraded_input.json"
     if not degraded_path.is_file():
         write_text(degraded_path, json.dumps(evaluate_model(InputAsOutput(), root, device), indent=1) + "\n")

@@ -388,6 +388,13 @@ def test_ctrl_c_during_the_runs_is_one_error_line_with_the_interrupted_status(tm
                       "--iters", "2", "--epochs", "1", "--arms", "baryir", "--seeds", "0", "--no-progress"]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: study interrupted; the finished runs") and "\n" not in err, err
+    from utils.study import runs
+    monkeypatch.setattr(study, "run_one", lambda *a, **kw: runs.train_run(["--epochs", "1"], tmp_path / "t", 1, False))
+    monkeypatch.setattr(runs, "run_cli", lambda args: 143)  # SIGTERM while the trainer started: said as that
+    assert study.cli(["--out", str(tmp_path / "out"), "--root", str(tmp_path / "demo"), "--device", "cpu",
+                      "--iters", "2", "--epochs", "1", "--arms", "baryir", "--seeds", "0", "--no-progress"]) == 143
+    err = capsys.readouterr().err.strip()  # (it was "training failed (exit code 143)")
+    assert err.startswith("error: study stopped by SIGTERM; the finished runs") and "\n" not in err, err
 
 
 def test_a_training_stopped_by_a_closed_console_is_not_called_a_failure(tmp_path, monkeypatch):

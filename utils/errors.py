@@ -259,6 +259,10 @@ class StopSignal(KeyboardInterrupt):
         self.signum = signum
 
 
+# A script's exit statuses when Ctrl-C, SIGTERM or SIGHUP stopped it (:func:`interrupted_line`): 128 + the signal.
+STOPPED_STATUSES = frozenset(128 + s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGINT)))
+
+
 def interrupted_line(exc: KeyboardInterrupt) -> tuple[str, int]:
     """The message and the shell's exit status (128 + the signal's number) of a run stopped from outside:
     ``("interrupted", 130)`` for Ctrl-C, ``("stopped by SIGTERM", 143)`` for a :class:`StopSignal` of SIGTERM."""

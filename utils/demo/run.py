@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,15 @@ from utils.data.image_io import read_image
 from utils.data.noise import noisy_version
 from utils.dataset_utils import ALL_IN_ONE_3D
 from utils.demo.data import build_demo_data
-from utils.errors import INTERRUPTED_STATUS, OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
+from utils.errors import (
+    INTERRUPTED_STATUS,
+    STOPPED_STATUSES,
+    OneLineArgumentParser,
+    UsageError,
+    UserError,
+    add_debug_flag,
+    run_main,
+)
 from utils.eval.evaluation import InputAsOutput, evaluate_tasks
 from utils.eval.outputs import RESULT_NAMES, check_writable_folder, figure_names, output_names
 from utils.eval.protocol import Protocol
@@ -94,10 +101,6 @@ def _trainer_argv(args, root: Path) -> list[str]:
             "--figs-dir", str(args.figs_dir), "--save-every", "0", "--resume", "auto",
             "--degset", str(root / "test" / "derain" / "demo" / "input"),
             "--tarset", str(root / "test" / "derain" / "demo" / "target")]
-
-
-# The trainer's exit statuses when a signal stopped it before it trained: 128 + SIGINT, SIGTERM, SIGHUP.
-STOPPED_STATUSES = frozenset(128 + s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGINT)))
 
 
 class DemoStopped(UserError):

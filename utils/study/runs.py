@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from utils.checkpoints import load_model
+from utils.errors import STOPPED_STATUSES, StopSignal
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol
 from utils.files import atomic_write, write_text
@@ -97,6 +98,8 @@ def train_run(argv: list[str], train_dir: Path, epochs: int, progress: bool) -> 
     with open(train_dir / "stdout.txt", "a") as fh, contextlib.redirect_stdout(fh), \
             (contextlib.redirect_stderr(fh) if not progress else contextlib.nullcontext()):
         rc = run_cli(targs)
+    if rc in STOPPED_STATUSES:  # Ctrl-C, or SIGTERM / SIGHUP while the trainer started: the study stops so too
+        raise StopSignal(rc - 128)
     if rc == PIPE_CLOSED_STATUS:  # --progress: the console's reader went away; the trainer saved and stopped
         raise OutputClosed("the output's reader has gone")  # the study ends as every script does (status 141)
     if rc:
