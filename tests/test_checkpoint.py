@@ -1,9 +1,11 @@
 """Loading every accepted checkpoint format, and refusing files that try to run code; saving, rotation, choosing
 the checkpoint to resume, and what a resume restores (unit level: no training run)."""
+import io
 import json
 import os
 import pickle
 import warnings
+import zipfile
 
 import pytest
 import torch
@@ -100,6 +102,41 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="tries to run code"):
         read_checkpoint(tmp_path / "evil_zip.pth")
     assert not os.path.exists(_CANARY)
+
+
+def test_a_pickle_setting_attributes_of_an_allowed_function_is_refused_and_writes_nothing(tmp_path):
+    """BUILD on an allow-listed function set attributes on torch's and this project's functions for the whole
+    process; with ``dump_patches`` and a ``__name__`` that is a path, a legacy file's 'module' record made torch
+    write ``<that path>.patch`` (a diff holding the file's lines) wherever the file said."""
+    target = tmp_path / "elsewhere" / "planted"
+    target.parent.mkdir()
+
+    def text(s: str) -> bytes:
+        return b"X" + len(s.encode()).to_bytes(4, "little") + s.encode()
+
+    head = b"".join(pickle.dumps(x, protocol=2) for x in (
+        0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                       "type_sizes": {"short": 2, "int": 4, "long": 4}}))
+    build = (b"\x80\x02ccopyreg\n_reconstructor\nq\x00N}(" + text("dump_patches") + b"\x88" + text("__name__")
+             + text(str(target)) + b"u\x86b0")  # the function, its (None, {attributes}) state, BUILD, POP
+    record = b"(" + text("module") + b"h\x00" + text("src.py") + text("planted line\n") + b"tQ."  # BINPERSID
+    path = tmp_path / "patch.pt"
+    path.write_bytes(head + build + record + pickle.dumps([], protocol=2))
+    with pytest.raises(CheckpointError, match=r"patch.pt: the file asks to set attributes of copyreg._reconstructor"):
+        read_checkpoint(path)
+    assert not list(target.parent.iterdir())
+    rebuild = torch._utils._rebuild_tensor_v2
+    path = tmp_path / "rename.pth"
+    buf = io.BytesIO()
+    torch.save({}, buf)
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info) if not info.filename.endswith("data.pkl") else
+                         b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}" + text("__name__") + text("renamed")
+                         + b"s\x86b.")
+    with pytest.raises(CheckpointError, match=r"asks to set attributes of torch._utils._rebuild_tensor_v2"):
+        read_checkpoint(path)
+    assert torch._utils._rebuild_tensor_v2 is rebuild and rebuild.__name__ == "_rebuild_tensor_v2"
 
 
 def test_mismatched_keys_are_listed(tmp_path):

@@ -55,20 +55,43 @@ def _safe_reconstructor(cls, base, state):
     raise _RefusedCall(f"the file asks copyreg._reconstructor to build {cls!r} on {base!r}")
 
 
+class _Function:
+    """An allow-listed function as a pickle gets it: calling it calls the function, and nothing can be set on it.
+
+    The function itself would take any attribute a pickle's BUILD gives it, for the whole process: a new
+    ``__name__`` or ``__defaults__``, or ``dump_patches``, with which torch's legacy reader writes a file named
+    after the function (``<__name__>.patch``, anywhere) when the file's 'module' record names it.
+    """
+    __slots__ = ("_function", "_pickled_name")
+
+    def __init__(self, pickled_name: str, function):
+        object.__setattr__(self, "_function", function)
+        object.__setattr__(self, "_pickled_name", pickled_name)
+
+    def __call__(self, *args, **kwargs):
+        return self._function(*args, **kwargs)
+
+    def __setstate__(self, state):  # BUILD
+        raise _RefusedCall(f"the file asks to set attributes of {self._pickled_name}, which a checkpoint never needs")
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    allowed: dict[tuple[str, str], Any] = {
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("builtins", "set"): set,
-        ("builtins", "frozenset"): frozenset,
+    functions = {
         ("copyreg", "_reconstructor"): _safe_reconstructor,
-        ("torch", "Size"): torch.Size,
-        ("torch", "device"): torch.device,
         ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
         ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
         ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     }
     if hasattr(torch._utils, "_rebuild_parameter_with_state"):
-        allowed[("torch._utils", "_rebuild_parameter_with_state")] = torch._utils._rebuild_parameter_with_state
+        functions[("torch._utils", "_rebuild_parameter_with_state")] = torch._utils._rebuild_parameter_with_state
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("torch", "Size"): torch.Size,
+        ("torch", "device"): torch.device,
+        **{key: _Function(".".join(key), function) for key, function in functions.items()},
+    }
     for name in dir(torch):
         if isinstance(getattr(torch, name, None), torch.dtype):
             allowed[("torch", name)] = getattr(torch, name)
