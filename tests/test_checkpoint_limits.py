@@ -3,11 +3,13 @@ clear CheckpointError instead of exhausting memory, time or the stack (one test 
 found). A load that could exhaust the machine if the guard regressed runs in a subprocess whose address
 space is capped (resource.RLIMIT_AS) at what it already uses plus 1.5 GiB."""
 import collections
+import contextlib
 import errno
 import io
 import os
 import pickle
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -163,6 +165,24 @@ def _tiny():
     return build_model("BaryNet", "tiny")
 
 
+class _TookTooLong(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _within(seconds: float):
+    """Raise :class:`_TookTooLong` in the block after ``seconds`` (a hang fails the test instead of the suite)."""
+    def stop(signum, frame):
+        raise _TookTooLong(f"still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 # --------------------------------------------------------------------------- 1. zip bomb
 
 def test_zip_bomb_is_refused_before_it_is_inflated(tmp_path):
@@ -277,6 +297,16 @@ def test_module_chain_too_deep_is_refused_not_a_recursion_error(tmp_path):
     _torch_zip(path, _deep_modules(5000))
     with pytest.raises(CheckpointError, match=r"deep.pth: it nests objects more than 200 levels deep"):
         load_model_weights(_tiny(), path)
+
+
+def test_a_key_of_a_million_prefixes_is_stripped_in_bounded_time(tmp_path):
+    """``module.`` prefixes were cut one at a time, copying the rest of the name each time: a 7 MB key of a
+    million prefixes took hours to load (28 MB, still under the pickle's limit, far longer)."""
+    from utils.checkpoints import model_state_from
+    path = tmp_path / "prefixes.pth"
+    torch.save({"module." * 1_000_000 + "output.weight": torch.zeros(1)}, path)
+    with _within(20):
+        assert list(model_state_from(read_checkpoint(path), str(path))) == ["output.weight"]
 
 
 # --------------------------------------------------------------------------- 6. non-finite weights

@@ -133,8 +133,10 @@ def normalise_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
         sd = {name[len("net."):]: tensor for name, tensor in sd.items()}
     out = {}
     for name, tensor in sd.items():
-        while name.startswith(_PREFIXES):
-            name = name.split(".", 1)[1]
+        start = 0  # prefixes counted, then cut once: cutting one at a time copies a crafted name of millions of
+        while name.startswith(_PREFIXES, start):  # prefixes millions of times (hours for a 28 MB key)
+            start = name.index(".", start) + 1
+        name = name[start:]
         if name not in LEGACY_UNUSED_KEYS:
             out[name] = tensor
     return out
