@@ -56,6 +56,7 @@ def _walk_module(obj: Any, prefix: str, out: dict[str, torch.Tensor], source: st
     :class:`CheckpointError` (no real network nests more than a dozen levels).
     """
     stack = [(obj, prefix, 0)]
+    skip_sets: dict[int, set] = {}  # each pickled _non_persistent_buffers_set as a set, once however many share it
     while stack:
         module, where, depth = stack.pop()
         state = getattr(module, "_pickled_state", None)
@@ -66,8 +67,11 @@ def _walk_module(obj: Any, prefix: str, out: dict[str, torch.Tensor], source: st
                                   f"levels deep; the file is damaged or crafted, use another checkpoint")
         parameters, buffers, modules = (_mapping(state.get(key) or {}, where + key, source)
                                         for key in ("_parameters", "_buffers", "_modules"))
-        skip = state.get("_non_persistent_buffers_set") or set()
-        skip = skip if isinstance(skip, (set, frozenset, list, tuple)) else set()
+        skip = state.get("_non_persistent_buffers_set") or ()
+        skip = skip if isinstance(skip, (set, frozenset, list, tuple)) else ()
+        if id(skip) not in skip_sets:  # a list of a million names looked through for each of a million buffers:
+            skip_sets[id(skip)] = {n for n in skip if isinstance(n, str)}  # hours
+        skip = skip_sets[id(skip)]
         for name, tensor in [*parameters.items(), *((n, t) for n, t in buffers.items() if n not in skip)]:
             if tensor is None:
                 continue
