@@ -321,6 +321,20 @@ def test_a_module_listing_many_non_persistent_buffers_is_read_in_bounded_time(tm
         load_model_weights(_tiny(), path)
 
 
+def test_a_module_shared_along_exponentially_many_paths_is_refused_in_bounded_time(tmp_path):
+    """A pickled network's modules were walked once per path, as ``state_dict()`` does: 40 modules, each naming
+    the next twice, are a 4 KB file whose walk visits 2**40 modules (a parameter at the end: memory, too)."""
+    module = torch.nn.Module()
+    for _ in range(40):
+        parent = torch.nn.Module()
+        parent.a = parent.b = module
+        module = parent
+    path = tmp_path / "shared.pth"
+    torch.save({"epoch": 1, "BaryIR": module}, path)  # the reference's format
+    with _within(20), pytest.raises(CheckpointError, match=r"shared.pth: its modules make a tree of more than 100,000"):
+        load_model_weights(_tiny(), path)
+
+
 # --------------------------------------------------------------------------- 6. non-finite weights
 
 def test_non_finite_weights_are_refused_with_their_names(tmp_path):

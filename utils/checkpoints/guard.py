@@ -44,6 +44,8 @@ MAX_PICKLE_BYTES = 32 * 2**20  # a paper training checkpoint's pickle is well un
 MAX_GLOBALS = 10_000  # names a pickle imports; pickles memoise them, a reference file names ~100
 MAX_CALLS = 500_000  # objects a pickle builds by calling something; ~10 per tensor or module
 MAX_NESTING = 200  # containers within containers; a reference module tree is ~25 deep
+MAX_MODULE_VISITS = 100_000  # modules a pickled network's walk visits, a shared one once per path to it; the
+# paper's networks have under 1,000 (a crafted chain of modules each naming the next twice doubles per level)
 MAX_VIEW_ELEMENTS = 2**24  # elements a tensor may address beyond its storage's (expanded views)
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a legacy (PyTorch < 1.6) file
 

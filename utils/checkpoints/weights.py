@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import torch
 
-from utils.checkpoints.guard import MAX_NESTING, CheckpointError
+from utils.checkpoints.guard import MAX_MODULE_VISITS, MAX_NESTING, CheckpointError
 from utils.checkpoints.unpickling import _Inert
 from utils.errors import LIST_LIMIT, listing
 
@@ -52,13 +52,20 @@ def check_config_matches_weights(obj: Mapping[str, Any], source: str) -> None:
 def _walk_module(obj: Any, prefix: str, out: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Collect parameters and persistent buffers of a placeholder module, as ``state_dict()`` would.
 
-    Iterative, in ``state_dict()`` order; a chain of modules deeper than :data:`MAX_NESTING` is a
-    :class:`CheckpointError` (no real network nests more than a dozen levels).
+    Iterative, in ``state_dict()`` order; a chain of modules deeper than :data:`MAX_NESTING`, or a tree of more
+    than :data:`MAX_MODULE_VISITS` modules counting a shared one once per path to it, is a :class:`CheckpointError`
+    (no real network nests more than a dozen levels or has more than a few thousand modules).
     """
     stack = [(obj, prefix, 0)]
     skip_sets: dict[int, set] = {}  # each pickled _non_persistent_buffers_set as a set, once however many share it
+    visits = 0
     while stack:
         module, where, depth = stack.pop()
+        visits += 1
+        if visits > MAX_MODULE_VISITS:
+            raise CheckpointError(f"refusing to use checkpoint {source}: its modules make a tree of more than "
+                                  f"{MAX_MODULE_VISITS:,} (a module shared along many paths?); the file is damaged "
+                                  f"or crafted, use another checkpoint")
         state = getattr(module, "_pickled_state", None)
         if not isinstance(state, dict):
             continue
