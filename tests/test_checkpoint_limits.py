@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import time
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -632,6 +633,20 @@ def test_the_check_before_loading_refuses_each_crafted_file_by_itself(tmp_path):
         _torch_zip(tmp_path / name, pickled, storages)
         with pytest.raises(CheckpointError, match=rf"refusing to read checkpoint .*{name}: {why}"):
             inspect_checkpoint(tmp_path / name)
+
+
+def test_a_legacy_file_ending_like_a_zip_archive_is_checked_as_the_legacy_file_torch_reads(tmp_path):
+    """The check took a file for a zip archive by zipfile's test (an end record near the end) and torch.load by
+    its first bytes: a legacy file declaring 3 GB of storage, an empty archive appended, was checked as an
+    archive without a pickle and read as a legacy file, unchecked."""
+    from utils.checkpoints.guard import inspect_checkpoint
+    path = tmp_path / "legacy_ending_as_zip.pt"
+    _legacy_file(path, {"x": _View(_Storage("0", 750_000_000), (750_000_000,), (1,))}, [])
+    empty = io.BytesIO()
+    zipfile.ZipFile(empty, "w").close()
+    path.write_bytes(path.read_bytes() + empty.getvalue())
+    with pytest.raises(CheckpointError, match=r"legacy_ending_as_zip.pt: it declares 2.8 GiB of tensor storage"):
+        inspect_checkpoint(path)
 
 
 def test_an_archive_with_a_second_pickle_under_another_folder_is_refused(tmp_path):

@@ -351,8 +351,10 @@ def inspect_checkpoint(path: str | os.PathLike, max_unpacked_bytes: int | None =
     """
     path = Path(path)
     size = path.stat().st_size
+    with open(path, "rb") as fh:  # torch.load's own test of the format: the first bytes, not zipfile's (an end
+        starts_as_zip = fh.read(4) == b"PK\x03\x04"  # record anywhere near the end, which a legacy file may carry)
     try:
-        if zipfile.is_zipfile(path):
+        if starts_as_zip:
             _check_archive(path, size, max_unpacked_bytes)
         else:
             _check_legacy(path, size)
