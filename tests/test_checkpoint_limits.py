@@ -649,6 +649,24 @@ def test_a_legacy_file_ending_like_a_zip_archive_is_checked_as_the_legacy_file_t
         inspect_checkpoint(path)
 
 
+def test_a_set_filled_by_additems_does_not_end_the_check_before_the_storages(tmp_path):
+    """The dry run's stand-in for ``builtins.set()`` had no ``add``: ADDITEMS on it ended the dry run, which passed
+    the file, and a legacy file declaring 3 GB of storage after it was read (its storage allocated) unchecked."""
+    from utils.checkpoints.guard import inspect_checkpoint
+    pickled = _pickled({"x": _View(_Storage("0", 750_000_000), (750_000_000,), (1,))}, legacy=True)
+    start = b"\x80\x02}q\x00"  # an empty dict, memoised; its items follow
+    assert pickled.startswith(start)
+    # the dict's first item: 's': set() filled by ADDITEMS (protocol 4's opcode)
+    pickled = start + b"X\x01\x00\x00\x00scbuiltins\nset\n)R(K\x01\x90s" + pickled[len(start):]
+    head = b"".join(pickle.dumps(x, protocol=2) for x in (
+        0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                       "type_sizes": {"short": 2, "int": 4, "long": 4}}))
+    path = tmp_path / "additems.pt"
+    path.write_bytes(head + pickled + pickle.dumps(["0"], protocol=2))
+    with pytest.raises(CheckpointError, match=r"additems.pt: it declares 2.8 GiB of tensor storage"):
+        inspect_checkpoint(path)
+
+
 def test_an_archive_with_a_second_pickle_under_another_folder_is_refused(tmp_path):
     """torch.load reads one of two data.pkl entries in two folders of the archive; the checks would look at the
     other (a huge pickle could hide behind a small decoy)."""

@@ -160,6 +160,9 @@ class _DryObject(metaclass=_DryMeta):
     def extend(self, items):  # APPENDS
         self.children.append(list(items))
 
+    def add(self, item):  # ADDITEMS (a set built by calling builtins.set; else the dry run stopped there and passed)
+        self.children.append(item)
+
     def __setitem__(self, key, value):  # SETITEM(S)
         self.children.append((key, value))
 
