@@ -161,6 +161,32 @@ def test_a_full_disk_while_rewinding_names_the_discarded_file_and_changes_neithe
     assert (path.read_bytes(), discarded.read_bytes()) == before
 
 
+def test_records_are_not_appended_through_a_link_to_a_file_elsewhere(tmp_path):
+    """A run folder resumed in place (one downloaded, say) whose log.discarded.jsonl is a link to ~/.bashrc: the
+    rewind appended the log's records past the checkpoint, the folder's own text, to the file the link names."""
+    import json
+
+    from utils.errors import UserError
+    from utils.train import run_log
+    elsewhere = tmp_path / "home" / ".bashrc"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("# mine\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "log.jsonl"
+    path.write_text("".join(json.dumps({"kind": "iter", "global_step": i, "x": "$(touch pwned)"}) + "\n"
+                            for i in range(1, 5)))
+    run_log.discarded_log(path).symlink_to(elsewhere)
+    with pytest.raises(UserError, match=r"log.discarded.jsonl is a symbolic link \(to .*\.bashrc\): its lines are "
+                                        r"not appended through it"):
+        run_log.rewind_log(path, 2)
+    path.unlink()
+    path.symlink_to(elsewhere)
+    with pytest.raises(UserError, match=r"log.jsonl is a symbolic link .*: its records are not appended"):
+        run_log.JsonlLog(path).write({"kind": "run"})
+    assert elsewhere.read_text() == "# mine\n"
+
+
 def test_reading_a_log_skips_what_is_not_a_record(tmp_path):
     """A stray byte that is not UTF-8 ended the loss figure in a traceback, and a JSON line that is not an object
     (``[1]``) in an AttributeError."""

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
+from utils.errors import UserError
 from utils.files import DiskFullError, disk_full, finite_or_null, is_disk_full, keep_aside, replace_file
 
 
@@ -69,7 +70,14 @@ def append_lines(path: Path, data: bytes, end_open_line: bool = False, unit: str
     :class:`~utils.files.DiskFullError` naming the file and its folder. ``end_open_line``: first end a last line
     that has no newline. ``unit``: what the file's lines are, in the error; ``left_torn``: what the error adds
     when not even the cut-back worked. ``durable``: on the disk (fsync) before it returns."""
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:  # not through a link: one planted in a run's folder (log.discarded.jsonl -> ~/.bashrc) had records appended
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # to the file it names
+    except OSError as exc:
+        if not os.path.islink(path):
+            raise
+        raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}): its {unit}s are not appended through "
+                        f"it to a file elsewhere; remove the link (or put the file it names in its place) and run "
+                        f"again") from exc
     try:
         end = os.lseek(fd, 0, os.SEEK_END)
         if end_open_line and end > 0 and os.pread(fd, 1, end - 1) != b"\n":
