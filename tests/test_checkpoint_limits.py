@@ -306,7 +306,7 @@ def test_a_key_of_a_million_prefixes_is_stripped_in_bounded_time(tmp_path):
     from utils.checkpoints import model_state_from
     path = tmp_path / "prefixes.pth"
     torch.save({"module." * 1_000_000 + "output.weight": torch.zeros(1)}, path)
-    with _within(20):
+    with _within(60):
         assert list(model_state_from(read_checkpoint(path), str(path))) == ["output.weight"]
 
 
@@ -318,7 +318,7 @@ def test_a_module_listing_many_non_persistent_buffers_is_read_in_bounded_time(tm
     module._non_persistent_buffers_set = ["other"] * 300_000
     path = tmp_path / "buffers.pth"
     torch.save({"epoch": 1, "BaryIR": module}, path)  # the reference's format
-    with _within(20), pytest.raises(CheckpointError, match=r"buffers.pth does not fit BaryNet"):
+    with _within(60), pytest.raises(CheckpointError, match=r"buffers.pth does not fit BaryNet"):
         load_model_weights(_tiny(), path)
 
 
@@ -332,7 +332,7 @@ def test_a_module_shared_along_exponentially_many_paths_is_refused_in_bounded_ti
         module = parent
     path = tmp_path / "shared.pth"
     torch.save({"epoch": 1, "BaryIR": module}, path)  # the reference's format
-    with _within(20), pytest.raises(CheckpointError, match=r"shared.pth: its modules make a tree of more than 100,000"):
+    with _within(60), pytest.raises(CheckpointError, match=r"shared.pth: its modules make a tree of more than 100,000"):
         load_model_weights(_tiny(), path)
 
 
