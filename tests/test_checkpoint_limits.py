@@ -737,3 +737,28 @@ def test_a_name_outside_the_allow_list_is_an_inert_placeholder_that_refuses_call
     assert isinstance(found, _InertMeta)
     with pytest.raises(pickle.UnpicklingError, match=rf"asks to call .*{name}\(\.\.\.\)"):
         found("touch /tmp/x")
+
+
+def test_a_torchscript_archive_is_refused_in_one_line_without_advice_to_drop_weights_only(tmp_path):
+    """torch.load hands a TorchScript archive to torch.jit.load, past any unpickler of ours; refused, it printed
+    torch's two-line warning and an error quoting torch's advice to re-run with weights_only=False."""
+    import warnings
+    path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():  # torch.jit's own deprecation notes, of the test's making
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would land above the one error line
+        with pytest.raises(CheckpointError) as refused:
+            read_checkpoint(path)
+    message = str(refused.value)
+    assert message.startswith(f"refusing to load {path}: it is a TorchScript archive (torch.jit.save)")
+    assert "weights_only" not in message and "\n" not in message
+
+
+def test_an_error_listing_a_huge_key_stays_a_readable_line(tmp_path):
+    """A key of 30 MB (a crafted file) made the mismatch error one line of 31 MB."""
+    from utils.errors import ITEM_LIMIT, listing
+    line = listing(["k" * 5_000_000, "short"], lead="")
+    assert len(line) < 2 * ITEM_LIMIT and line.endswith("... (5,000,000 characters); short")
+    assert listing(iter(range(12)), limit=2) == " 0; 1; ... and 10 more"  # any iterable, counted whole

@@ -166,15 +166,20 @@ def said_by_this_rank() -> bool:
     return os.environ.get("RANK", "0") == "0" or os.environ.get("GROUP_RANK", "0") != "0"
 
 
+ITEM_LIMIT = 1000  # characters of one listed item (a crafted checkpoint's key of millions made a 30 MB error line)
+
+
 def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "; ", lead: str = " ") -> str:
     """``items`` as text for an error message, on its one line: the first ``limit``, then '... and N more'.
 
     Items are joined by ``sep``; the whole starts with ``lead`` (a message ending in ``:`` continues
-    with the list).
+    with the list). An item longer than :data:`ITEM_LIMIT` characters is cut, saying how long it was.
     """
-    items = [str(i) for i in items]
+    items = list(items)
+    shown = [str(i) for i in items[:limit]]
+    shown = [t if len(t) <= ITEM_LIMIT else f"{t[:ITEM_LIMIT]}... ({len(t):,} characters)" for t in shown]
     more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
-    return lead + sep.join(items[:limit]) + more
+    return lead + sep.join(shown) + more
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:

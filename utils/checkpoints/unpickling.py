@@ -11,6 +11,7 @@ import collections
 import pickle
 import types
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,27 @@ def _inert_pickle_module() -> types.ModuleType:
     return mod
 
 
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``), which ``torch.load`` hands to ``torch.jit.load``
+    as it does: a zip archive (by its first bytes) holding a ``constants.pkl``."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":
+                return False
+        with zipfile.ZipFile(path) as archive:
+            return any(name == "constants.pkl" or name.endswith("/constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def _load(path: Path) -> Any:
-    """``torch.load`` with ``weights_only``, else (a reference checkpoint) with :class:`_InertUnpickler`."""
+    """``torch.load`` with ``weights_only``, else (a reference checkpoint) with :class:`_InertUnpickler`. A
+    TorchScript archive is refused first: it holds a program, which ``torch.load`` would run through
+    ``torch.jit.load`` rather than any unpickler of ours."""
+    if _is_torchscript(path):
+        raise CheckpointError(f"refusing to load {path}: it is a TorchScript archive (torch.jit.save), a program, "
+                              f"not a checkpoint of weights. Where you trust it, save its weights instead: "
+                              f"torch.save(torch.jit.load(FILE).state_dict(), 'weights.pth')")
     try:
         with warnings.catch_warnings():  # its note on a pickle's protocol would land above our one error line
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
