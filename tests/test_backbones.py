@@ -75,8 +75,7 @@ def test_train_resume_exactly_and_evaluate(data, tmp_path, backbone, wb, capsys)
 def test_width_overrides_train_and_resume_only_into_the_same_widths(data, tmp_path):
     """--dim (e.g. a capacity-matched baseline) builds, is recorded, names the default run folder, and a
     checkpoint resumes only into the same widths."""
-    from utils.train.options import run_dir
-    from utils.train.setup import ConfigError
+    from utils.train.options import ConfigError, run_dir
 
     args = get_args_parser().parse_args(["--backbone", "Restormer", "--preset", "tiny", "--dim", "24"])
     assert run_dir(args, 3) == "checkpoint/Restormer_tiny_d24_3D_p128"

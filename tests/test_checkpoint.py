@@ -459,8 +459,8 @@ def test_a_mid_epoch_checkpoint_restores_both_optimizers_rng_and_the_epochs_prog
     import numpy as np
 
     from utils.checkpoints import LoopState, restore_training_state, save_training_checkpoint, training_checkpoint
+    from utils.train.resuming import load_start
     from utils.train.run_log import Console
-    from utils.train.setup import load_start
 
     model, pots, opt, pot_opt = _trained_pair()
     scaler = torch.amp.GradScaler("cpu", enabled=False)

@@ -136,7 +136,9 @@ def test_errors_built_at_run_time_name_flags_as_help_shows_them(tmp_path):
     contradicts, a missing training folder, a checkpoint of other settings, running out of memory."""
     from utils.dataset_utils import DatasetError, collect_samples
     from utils.errors import failure_message
-    from utils.train.setup import ConfigError, check_args, check_same_run
+    from utils.train.options import ConfigError
+    from utils.train.resuming import check_same_run
+    from utils.train.run_checks import check_args
     parse = train_options.get_args_parser().parse_args
     shown, _ = _spellings()
     messages = []

@@ -8,10 +8,9 @@ from utils import memory
 from utils.errors import human_bytes
 from utils.eval.inference import restore, restore_tiled
 from utils.eval.protocol import Protocol, RestoreOutOfMemory, restore_array
-from utils.train import setup
+from utils.train import run_checks
 from utils.train.distributed import DistInfo
-from utils.train.options import get_args_parser
-from utils.train.setup import ConfigError
+from utils.train.options import ConfigError, get_args_parser
 
 H, W = 200, 168
 
@@ -93,10 +92,10 @@ RESIDENT = 300 * 2**20  # this process's size as check_memory sees it: fixed, so
 
 
 def _check(args, free, monkeypatch, ranks=1, lines=None):
-    monkeypatch.setattr(setup, "available_bytes", lambda device: free)
-    monkeypatch.setattr(setup, "resident_bytes", lambda: RESIDENT)  # the real one moves between two reads
+    monkeypatch.setattr(run_checks, "available_bytes", lambda device: free)
+    monkeypatch.setattr(run_checks, "resident_bytes", lambda: RESIDENT)  # the real one moves between two reads
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
-    setup.check_memory(args, 3, DistInfo(), _Recorder([] if lines is None else lines))
+    run_checks.check_memory(args, 3, DistInfo(), _Recorder([] if lines is None else lines))
 
 
 class _Recorder:
@@ -113,7 +112,7 @@ class _Recorder:
 def test_a_training_run_that_cannot_fit_is_refused_with_the_estimate_and_the_fix(monkeypatch):
     # the issue's run: three paper-size CPU ranks at patch 144, batch 8 each
     args = _args("--preset", "paper", "--patch_size", "144", "--batchSize", "8")
-    need = setup.memory_need(args, 3, DistInfo())
+    need = run_checks.memory_need(args, 3, DistInfo())
     with pytest.raises(ConfigError) as err:
         _check(args, 8 * 2**30, monkeypatch, ranks=3)
     text = str(err.value)
@@ -128,8 +127,8 @@ def test_the_refusal_names_a_batch_that_fits(monkeypatch):
     """It named batch 2 instead of 3 when this process grew by a byte between the test's and check_memory's
     reads of its size (the margin is 1 byte): the size is fixed now."""
     args = _args("--preset", "tiny", "--patch_size", "128", "--batchSize", "8")
-    one = setup.memory_need(args, 3, DistInfo(), batch=1)
-    three = setup.memory_need(args, 3, DistInfo(), batch=3)
+    one = run_checks.memory_need(args, 3, DistInfo(), batch=1)
+    three = run_checks.memory_need(args, 3, DistInfo(), batch=3)
     free = three.total - RESIDENT + 1  # batch 3 fits, batch 4 would not
     with pytest.raises(ConfigError, match=r"--batch-size 3\b"):
         _check(args, free, monkeypatch)
@@ -144,7 +143,7 @@ def test_a_huge_batch_is_refused_at_once_naming_a_batch_that_fits(monkeypatch):
     def hung(signum, frame):
         raise TimeoutError("check_memory still searching after 20 s")
     args = _args("--preset", "tiny", "--patch_size", "128", "--batchSize", str(2**40))
-    three = setup.memory_need(args, 3, DistInfo(), batch=3)
+    three = run_checks.memory_need(args, 3, DistInfo(), batch=3)
     per_sample = three.parts["activations"] / 3
     free = three.total - RESIDENT + per_sample / 2  # batch 3 fits, batch 4 would not (a margin float64 keeps at 2**40)
     old = signal.signal(signal.SIGALRM, hung)
@@ -167,15 +166,15 @@ def test_the_batch_that_fits_is_the_one_a_search_finds(batch):
         free = fixed + float(rng.uniform(-1e8, 5000 * per_sample))
         top = min(batch - 1, 6000)
         fits = [b for b in range(top, 0, -1) if fixed + b * per_sample <= free]
-        assert setup.largest_batch_that_fits(batch, fixed, per_sample, free) == (fits[0] if fits else None)
-    assert setup.largest_batch_that_fits(10**18, 6e8, 3.5e7, 2e10) == 554
-    assert setup.largest_batch_that_fits(batch, 10.0, 0.0, 1.0) is None
+        assert run_checks.largest_batch_that_fits(batch, fixed, per_sample, free) == (fits[0] if fits else None)
+    assert run_checks.largest_batch_that_fits(10**18, 6e8, 3.5e7, 2e10) == 554
+    assert run_checks.largest_batch_that_fits(batch, 10.0, 0.0, 1.0) is None
 
 
 def test_a_patch_too_large_to_size_its_potentials_is_one_error_line():
     """--patch_size 1000000 ended in a traceback: "Storage size calculation overflowed" building the potentials."""
     with pytest.raises(ConfigError, match=r"^--patch-size 1000000: the potentials' first linear layer .* 128$"):
-        setup.memory_need(_args("--preset", "tiny", "--patch_size", "1000000"), 3, DistInfo())
+        run_checks.memory_need(_args("--preset", "tiny", "--patch_size", "1000000"), 3, DistInfo())
 
 
 def test_a_run_that_fits_starts_and_prints_its_estimate(monkeypatch):

@@ -20,9 +20,8 @@ from utils.data import doctor
 from utils.data.image_io import read_image, write_image
 from utils.demo import run as demo
 from utils.errors import UserError
-from utils.train import engine
+from utils.train import engine, run_checks
 from utils.train import options as train_options
-from utils.train import setup as train_setup
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PARSERS = {
@@ -163,7 +162,7 @@ def test_readme_command_runs_its_first_lines(cmd, readme_layout, monkeypatch, ca
     root = readme_layout["test" if script == "tester_bary.py" else "train"]
     monkeypatch.chdir(root)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))  # --gpus sets it
-    monkeypatch.setattr(train_setup, "available_bytes", lambda device: 2**40)  # memory is tested in test_memory
+    monkeypatch.setattr(run_checks, "available_bytes", lambda device: 2**40)  # memory is tested in test_memory
     for key, n in {"denoise/bsd68": 3, "derain/rain100l": 3, "dehaze": 3, "deblur": 3, "lowlight": 3}.items():
         monkeypatch.setitem(doctor.TEST_EXPECTED, key, n)  # the tiny layout's counts
     if "--check-data" not in argv:

@@ -19,8 +19,7 @@ from utils.checkpoints import CheckpointError, list_checkpoints, read_checkpoint
 from utils.errors import UserError
 from utils.streams import PIPE_CLOSED_STATUS
 from utils.train import engine, start
-from utils.train.options import get_args_parser
-from utils.train.setup import ConfigError
+from utils.train.options import ConfigError, get_args_parser
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -298,7 +297,7 @@ def test_a_fresh_run_moves_an_earlier_runs_files_aside_and_overwrites_none(data,
 def test_an_earlier_run_without_a_checkpoint_is_not_offered_for_resuming(tmp_path):
     """A run that stopped before its first checkpoint left a log; the next fresh run moved it aside and said "to
     continue that run instead, pass --resume <that folder>", which then failed: the folder holds no checkpoint."""
-    from utils.train.setup import start_fresh_outputs
+    from utils.train.run_folder import start_fresh_outputs
     (tmp_path / "log.jsonl").write_text('{"kind": "run"}\n')
     said = []
     kept = start_fresh_outputs(tmp_path, said.append)
@@ -573,7 +572,7 @@ def test_resume_takes_a_setting_typed_out_as_the_value_it_had(data, tmp_path):
     here'. The settings the flags give are compared now, not the flags as typed, and a real difference is
     still refused, named by the values the two runs train with (and the preset by itself when it differs);
     a checkpoint whose args lack a setting (an older version's) still resumes."""
-    from utils.train.setup import check_same_run
+    from utils.train.resuming import check_same_run
     assert run(data, tmp_path, "--nEpochs", "1", iters=1) == 0
     for epochs, flags in enumerate((["--dim", "16"], ["--num-blocks", "1", "1", "1", "2"],
                                     ["--num-refinement-blocks", "1", "--heads", "1", "2", "4", "8"],
@@ -789,8 +788,8 @@ def test_a_record_cut_short_is_removed_from_the_log_on_resume(data, tmp_path, ca
 def test_pretrained_and_start_epoch_a_resume_does_not_use_are_said(tmp_path, capsys, kind):
     """--resume auto (or a file) with --pretrained FILE --start-epoch 59, as the README's requeue command has them,
     resumed the checkpoint and said nothing of the two flags it passed over."""
+    from utils.train.resuming import load_start
     from utils.train.run_log import Console
-    from utils.train.setup import load_start
     model = build_model("Restormer", "tiny")
     if kind == "training":
         obj = {"format_version": 1, "model": model.state_dict(), "epoch": 2, "iteration": 0,

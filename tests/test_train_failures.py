@@ -412,23 +412,23 @@ def test_every_rank_stops_alike_on_rank_0s_decoding_of_the_validation_images(tmp
     """Rank 0 decodes the validation images and every rank stops with its error, said once by rank 0: ranks that
     judged the files on their own could differ, and a rank stopping alone would stop without a word."""
     from utils.data.pairing import match_pairs
-    from utils.train import setup
+    from utils.train import validation_set
     from utils.train.distributed import DistInfo
     deg, tar = make_val_tree(tmp_path, n=2)
     damage_middle(deg / "rain-1.png")
     pairs, _ = match_pairs(deg, tar)
     sent = []
-    monkeypatch.setattr(setup, "broadcast_text", lambda text, info: sent.append(text) or text)
+    monkeypatch.setattr(validation_set, "broadcast_text", lambda text, info: sent.append(text) or text)
     with pytest.raises(UserError) as rank0:
-        setup.check_validation_images(pairs, DistInfo(rank=0, world_size=2))
-    monkeypatch.setattr(setup, "broadcast_text", lambda text, info: sent[0])
-    monkeypatch.setattr(setup, "decode_files", lambda *a, **k: pytest.fail("only rank 0 decodes"))
+        validation_set.check_validation_images(pairs, DistInfo(rank=0, world_size=2))
+    monkeypatch.setattr(validation_set, "broadcast_text", lambda text, info: sent[0])
+    monkeypatch.setattr(validation_set, "decode_files", lambda *a, **k: pytest.fail("only rank 0 decodes"))
     with pytest.raises(UserError) as rank1:
-        setup.check_validation_images(pairs, DistInfo(rank=1, world_size=2))
+        validation_set.check_validation_images(pairs, DistInfo(rank=1, world_size=2))
     assert str(rank1.value) == str(rank0.value) and f"{deg / 'rain-1.png'}" in str(rank0.value)
     assert engine.met_by_every_rank(rank0.value) and engine.met_by_every_rank(rank1.value)
-    monkeypatch.setattr(setup, "broadcast_text", lambda text, info: "{}")  # rank 0 found nothing wrong
-    setup.check_validation_images(pairs, DistInfo(rank=1, world_size=2))
+    monkeypatch.setattr(validation_set, "broadcast_text", lambda text, info: "{}")  # rank 0 found nothing wrong
+    validation_set.check_validation_images(pairs, DistInfo(rank=1, world_size=2))
 
 
 def test_a_validation_folder_without_its_partner_is_refused(data, tmp_path, capsys):

@@ -11,8 +11,8 @@ from utils.train import engine
 from utils.train.iteration import Training, train_step
 from utils.train.losses import congruence_loss, map_loss, potentials_loss
 from utils.train.optim import build_optimizer, lr_at
-from utils.train.options import get_args_parser
-from utils.train.setup import ConfigError, check_args
+from utils.train.options import ConfigError, get_args_parser
+from utils.train.run_checks import check_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -244,7 +244,7 @@ def test_an_l1_only_run_resumes_under_either_trainers_objective(tmp_path):
     """trainer_bary_ddp.py refused to continue trainer_bary.py's Restormer run ('--objective single there, ddp
     here; --reg-weight 0.05 there, 0.02 here ...'), settings the L1 loss does not use."""
     from utils.train.options import resolve_objective
-    from utils.train.setup import check_same_run
+    from utils.train.resuming import check_same_run
     saved = get_args_parser().parse_args(["--backbone", "Restormer"])
     resolve_objective(saved)
     ddp = get_args_parser(objective="ddp").parse_args(["--backbone", "Restormer"])

@@ -180,7 +180,7 @@ def check_optimizer_state(optimizer, saved: Any, source: str = "the checkpoint",
 def restore_training_state(ckpt: Mapping[str, Any], optimizer, potentials_optimizer, scaler,
                            source: str = "the checkpoint") -> None:
     """Put a training checkpoint's optimizer, scaler and RNG states back (the weights are loaded
-    before the networks move to their device, by ``utils.train.setup.load_start``).
+    before the networks move to their device, by ``utils.train.resuming.load_start``).
 
     Every state is checked first (:func:`check_optimizer_state`, :func:`check_rng_state`);
     ``source`` (the file) is named in the refusal."""

@@ -719,7 +719,8 @@ def trainer_check(args, out: Callable[[str], None] = print) -> int:
     the ``--*_dir`` flags and ``--data_file_dir``, and the validation set the run would read; print the
     report; 0 when there is no error, else 1. Nothing else is set up (no device, process group or model)."""
     from utils.train.options import DEFAULT_DEGSET, DEFAULT_TARSET, resolve_data_file_dir
-    from utils.train.setup import SKIP_OR_NO_VALIDATION, check_args, unused_data_dirs
+    from utils.train.run_checks import check_args, unused_data_dirs
+    from utils.train.validation_set import SKIP_OR_NO_VALIDATION
     check_args(args)  # the flags' own consistency first (exit status 2)
     unused = unused_data_dirs(args)  # a folder the check (and the run) would not read: said, not checked
     if unused:

@@ -47,8 +47,8 @@ from utils.eval.tasks import find_task_sets
 from utils.files import json_text, write_text
 from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, record_outputs
 from utils.runtime import DEVICES, pick_device, tune_cpu_allocator
+from utils.train.run_folder import FIG_NAME
 from utils.train.run_log import Console, draw_loss_figure
-from utils.train.setup import FIG_NAME
 
 IN_DISTRIBUTION = ALL_IN_ONE_3D  # the training degradations
 OUT_OF_DISTRIBUTION = ("denoise_75", "jpeg", "lowlight")

@@ -60,6 +60,8 @@ from utils.train.distributed import (
 from utils.train.iteration import NonFiniteLossError, Training, any_rank, train_step
 from utils.train.losses import Objective
 from utils.train.optim import build_optimizer, lr_at, set_lr
+from utils.train.run_checks import check_memory, loss_figure
+from utils.train.run_folder import earlier_run_files
 from utils.train.run_log import (
     LOSS_LABELS,
     Console,
@@ -69,12 +71,6 @@ from utils.train.run_log import (
     progress,
     progress_line,
     record_lost,
-)
-from utils.train.setup import (
-    check_memory,
-    earlier_run_files,
-    loss_figure,
-    validation_pairs,
 )
 from utils.train.signals import StopRequest, signal_names, stop_loader_workers
 from utils.train.start import (
@@ -92,6 +88,7 @@ from utils.train.start import (
     where_to_start,
 )
 from utils.train.tensorboard_log import RecordLogs, TensorBoardLog, open_tensorboard
+from utils.train.validation_set import validation_pairs
 
 # --------------------------------------------------------------------------- epochs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from utils.train.setup import ConfigError
+from utils.train.options import ConfigError
 
 
 def lr_at(base_lr: float, epoch: int, step: int) -> float:

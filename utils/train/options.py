@@ -20,7 +20,7 @@ from net.presets import BACKBONES, PRESETS
 from utils.cli import one_spelling
 from utils.compiled import BACKENDS, COMPILE_MODES
 from utils.dataset_utils import ALL_IN_ONE_3D, DatasetError
-from utils.errors import OneLineArgumentParser, add_debug_flag
+from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag
 from utils.runtime import DEVICES
 from utils.train.losses import ABLATABLE, L1_WEIGHT, OBJECTIVES, Objective
 
@@ -33,6 +33,13 @@ DEFAULT_DE_TYPE = list(ALL_IN_ONE_3D)
 DEFAULT_DEGSET = "./data/test/derain/Rain100L/input/"
 DEFAULT_TARSET = "./data/test/derain/Rain100L/target/"
 
+
+class ConfigError(UsageError, ValueError):
+    """The command line asks for something inconsistent; the message names the flag (exit status 2)."""
+
+
+# The objective's settings (--objective and the three it sets): the L1-only backbones use none of them.
+OBJECTIVE_SETTINGS = ("objective", "reg_weight", "contrastive_eps", "potentials_steps")
 
 # The reference trainers' own --backbone names, which this project builds under others.
 REFERENCE_BACKBONES = {"RCNet": "its PromptIR with a decoder", "MRCNet": "another network of its model files"}

@@ -2,7 +2,8 @@
 folder, check the flags against the device, choose where to start (fresh or a checkpoint; rank 0 chooses),
 agree on the seed, build the data set, the networks and the loader, open the log, and describe the run.
 
-The rules these apply (flag checks, memory, the run's settings) are :mod:`utils.train.setup`'s.
+The rules these apply are in :mod:`utils.train.run_checks` (flags, memory), :mod:`utils.train.resuming` (the run's
+settings, where it starts), :mod:`utils.train.run_folder` and :mod:`utils.train.validation_set`.
 """
 from __future__ import annotations
 
@@ -52,7 +53,16 @@ from utils.train.distributed import (
     broadcast_text,
 )
 from utils.train.losses import Objective
-from utils.train.options import model_overrides, resolve_data_file_dir, resolve_objective, run_dir
+from utils.train.options import ConfigError, model_overrides, resolve_data_file_dir, resolve_objective, run_dir
+from utils.train.resuming import load_start
+from utils.train.run_checks import (
+    check_args,
+    check_figure_outside_data,
+    inert_objective_flags,
+    single_domain_note,
+    unused_data_dirs,
+)
+from utils.train.run_folder import resume_outputs, start_fresh_outputs
 from utils.train.run_log import (
     Console,
     JsonlLog,
@@ -60,17 +70,6 @@ from utils.train.run_log import (
     mend_log,
     progress,
     rewind_log,
-)
-from utils.train.setup import (
-    ConfigError,
-    check_args,
-    check_figure_outside_data,
-    inert_objective_flags,
-    load_start,
-    resume_outputs,
-    single_domain_note,
-    start_fresh_outputs,
-    unused_data_dirs,
 )
 from utils.train.signals import ignore_stop_signals
 from utils.train.tensorboard_log import require_tensorboard

@@ -38,8 +38,9 @@ from utils.analysis.embeddings import channel_norm, latents, pooled, upsampled
 from utils.data.image_io import read_image, to_float
 from utils.eval.inference import autocast_context
 from utils.eval.protocol import crop_to_multiple, to_8bit
+from utils.train.options import ConfigError
+from utils.train.run_folder import TB_DIR
 from utils.train.run_log import LOSS_LABELS, Console
-from utils.train.setup import TB_DIR, ConfigError
 
 PREVIEW_SIDE = 256  # largest side of the preview crop (a multiple of 8)
 FLUSH_SECS = 30
@@ -48,7 +49,7 @@ LOSS_KEYS = ("map",) + tuple(k for k, _ in LOSS_LABELS)
 
 
 def require_tensorboard() -> None:
-    """Raise :class:`~utils.train.setup.ConfigError` (one ``error:`` line, exit 2) when
+    """Raise :class:`~utils.train.options.ConfigError` (one ``error:`` line, exit 2) when
     ``torch.utils.tensorboard`` cannot be imported (the ``tensorboard`` package is missing)."""
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
@@ -283,7 +284,7 @@ def open_tensorboard(args: argparse.Namespace, output_dir: Path, resumed: bool, 
                      val_pairs: Sequence[tuple[Path, Path]], is_main: bool, console: Console) -> TensorBoardLog:
     """The run's :class:`TensorBoardLog` in ``output_dir/tensorboard``: enabled on rank 0 with
     ``--tensorboard``. A resumed run (at ``global_step``) continues its curves; a fresh one starts an
-    empty folder (:func:`~utils.train.setup.start_fresh_outputs` has moved an earlier run's aside).
+    empty folder (:func:`~utils.train.run_folder.start_fresh_outputs` has moved an earlier run's aside).
     ``dataset`` gives the lambdas (``.families``, ``.lambdas``) and, without ``val_pairs``, the preview's
     training sample."""
     if not (getattr(args, "tensorboard", False) and is_main):

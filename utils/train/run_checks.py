@@ -1,0 +1,223 @@
+"""The trainers' start-up checks: flags that cannot work together, flags that would do nothing, the loss figure's
+folder, and whether a run fits the memory. :mod:`utils.train.start` applies them to a run; the run's folder, the
+validation set and resuming have modules of their own (:mod:`~utils.train.run_folder`,
+:mod:`~utils.train.validation_set`, :mod:`~utils.train.resuming`)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from net.presets import WB_BACKBONES, build_model, build_potentials
+from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family
+from utils.data.training_files import scanned_folder
+from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
+from utils.errors import UserError, human_bytes
+from utils.eval.outputs import check_writable_folder
+from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
+from utils.train.distributed import DistInfo, broadcast_int
+from utils.train.losses import L1_WEIGHT
+from utils.train.options import DEFAULT_DEGSET, ConfigError, default_of, flag_of, model_overrides, resolve_data_file_dir
+from utils.train.run_folder import FIG_NAME
+from utils.train.run_log import Console
+
+
+def check_args(args) -> int:
+    """Validate the flags that depend on each other; returns K, the number of sources."""
+    try:
+        de_types = check_de_types(args.de_type)
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    k = num_sources(de_types)
+    if args.num_sources is not None and args.num_sources != k and args.backbone in WB_BACKBONES:
+        raise ConfigError(f"--num-sources {args.num_sources} does not match --de-type {' '.join(de_types)}, "
+                          f"which spans {k} source domain(s) (families: noise levels count once). Drop "
+                          f"--num-sources or pass --num-sources {k}.")
+    if args.patch_size < 16 or args.patch_size % 8:
+        raise ConfigError(f"--patch-size must be a multiple of 8 and at least 16, got {args.patch_size}")
+    if args.start_epoch < 1:  # epoch 0 would train at 10x the learning rate (lr falls 10x every --step epochs)
+        raise ConfigError(f"--start-epoch counts from 1, got {args.start_epoch}")
+    if not 0 <= args.seed < 2**63:
+        raise ConfigError(f"--seed must be in 0..2**63-1, got {args.seed}")
+    for name in ("batchSize", "nEpochs", "step"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"{flag_of(name)} must be at least 1, got {getattr(args, name)}")
+    try:
+        repeats = parse_repeats(args.repeat)
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    if set(repeats) - set(de_types):
+        raise ConfigError(f"--repeat names {', '.join(sorted(set(repeats) - set(de_types)))}, which --de-type does "
+                          f"not train ({' '.join(de_types)})")
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+    try:
+        resolve_data_file_dir(args.data_file_dir)  # a mistyped folder stops here, before the output folder is made
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    if args.figs_dir:  # the loss figure is drawn after each epoch: a file in the way must not end a run there
+        try:
+            check_writable_folder(args.figs_dir, "--figs-dir", create=False)
+        except UserError as exc:
+            raise ConfigError(str(exc)) from None
+    if not math.isfinite(args.lr) or args.lr < 0:
+        raise ConfigError(f"--lr must be a finite number >= 0, got {args.lr} (the paper's is 2e-4)")
+    if not math.isfinite(args.Sigma) or args.Sigma < 0:
+        raise ConfigError(f"--Sigma must be a finite number >= 0, got {args.Sigma} (the paper's is {L1_WEIGHT:g})")
+    for flag, meaning in (("iters_per_epoch", "0: the whole data set"), ("keep", "0 keeps all"),
+                          ("save_every", "0: at epochs' ends only"), ("log_every", "0: no iteration records")):
+        if getattr(args, flag, 0) < 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0 ({meaning}), got {getattr(args, flag)}")
+    return k
+
+
+def inert_objective_flags(args, ablate: frozenset[str]) -> str | None:
+    """A warning naming the objective flags given on the command line that this run cannot use, and why; None
+    when there are none. Call it before :func:`~utils.train.options.resolve_objective` fills in the settings
+    not given. An L1-only backbone (Restormer, PromptIR) has no potentials and no barycenter terms: --reg-weight,
+    --potentials-steps, --contrastive-eps and --num-sources do nothing; an ablated term's setting does nothing."""
+    given = {name: getattr(args, name, None) for name in ("reg_weight", "potentials_steps", "contrastive_eps",
+                                                            "num_sources")}
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.backbone not in WB_BACKBONES:
+        inert = list(given)
+        why = (f"--backbone {args.backbone} trains with the L1 loss alone (no potentials, no source domains, no "
+               f"orthogonality or contrastive term)")
+    else:
+        reasons = {"potentials_steps": ("potentials", "--ablate potentials skips the potentials' updates"),
+                   "contrastive_eps": ("contrastive", "--ablate contrastive leaves the contrastive term out")}
+        inert, whys = [], []
+        for name, (term, reason) in reasons.items():
+            if name in given and term in ablate:
+                inert.append(name)
+                whys.append(reason)
+        if "reg_weight" in given and {"orthogonality", "contrastive"} <= ablate:
+            inert.append("reg_weight")
+            whys.append("--ablate orthogonality contrastive leaves out both terms it weighs")
+        why = "; ".join(whys)
+    if not inert:
+        return None
+    named = " ".join(f"{flag_of(name)} {given[name]}" for name in inert)
+    one = len(inert) == 1
+    return f"{named} {'has' if one else 'have'} no effect: {why} (drop {'it' if one else 'them'})"
+
+
+def unused_data_dirs(args) -> str | None:
+    """A warning naming the data-folder flags (``--derain-dir`` ...) given on the command line for a family that
+    ``--de-type`` does not train (the run never reads them: a mistyped ``--de-type`` looks like this); None when
+    there are none. Given means other than the parser's default."""
+    trained = {family(d) for d in args.de_type}
+    unused = [fam for fam in LAYOUT if fam not in trained
+              and getattr(args, dir_dest(fam), None) not in (None, default_of(dir_dest(fam)))]
+    if not unused:
+        return None
+    named = " ".join(f"{LAYOUT[fam][0]} {getattr(args, dir_dest(fam))}" for fam in unused)
+    one = len(unused) == 1
+    add = " or ".join("/".join(d for d in DE_IDS if family(d) == fam) for fam in unused)
+    return (f"{named} {'has' if one else 'have'} no effect: --de-type {' '.join(args.de_type)} does not train "
+            f"{' or '.join(unused)} (drop {'it' if one else 'them'}, or add {add} to --de-type)")
+
+
+def single_domain_note(args, k: int) -> str | None:
+    """A warning for a BaryNet/BaryPromptIR run of one source domain (``k`` = 1): its barycenter terms have no
+    other domain to align with; None otherwise (K > 1, or an L1-only backbone, which has no such terms)."""
+    if k != 1 or args.backbone not in WB_BACKBONES:
+        return None
+    levels = "; noise levels count once" if len(args.de_type) > 1 else ""
+    return (f"--de-type {' '.join(args.de_type)} spans one source domain (K=1{levels}): the barycenter of one "
+            f"distribution is that distribution itself, so --backbone {args.backbone}'s barycenter terms have "
+            f"nothing to align across domains; the paper trains 3D with K=3 and 5D with K=5 (add another "
+            f"degradation family to --de-type to train across domains)")
+
+
+def loss_figure(args) -> Path:
+    """Where the trainer draws its loss curves after each epoch: in ``--figs-dir``, else beside the log."""
+    return Path(args.figs_dir or args.output_dir) / FIG_NAME
+
+
+def check_figure_outside_data(args) -> None:
+    """Refuse a folder for the loss figure (``--figs-dir``, else ``--output-dir``) that a training scan or the
+    validation pairing reads images from: the figure, a PNG drawn after each epoch, would be read back as
+    a training or validation image by the next run."""
+    flag, value = ("--figs-dir", args.figs_dir) if args.figs_dir else ("--output-dir", args.output_dir)
+    where = loss_figure(args).parent.resolve()
+    read: list[tuple[str, Path, bool]] = []
+    for fam in sorted({family(d) for d in args.de_type}):
+        data_flag = LAYOUT[fam][0]
+        read.append((data_flag, *scanned_folder(fam, Path(getattr(args, dir_dest(fam))))))
+    degset = DEFAULT_DEGSET if args.degset is None else args.degset
+    if degset:
+        read.append(("--degset", Path(degset), False))
+    for data_flag, folder, recursive in read:
+        folder = folder.resolve()
+        if where == folder or (recursive and folder in where.parents):
+            what = ("it is where" if where == folder else
+                    f"it is inside {folder}, which") + f" {data_flag} reads images from"
+            where_read = f" ({folder})" if where == folder else " with its subfolders"
+            raise ConfigError(f"{flag} {value}: {what}{where_read}, so the loss figure drawn there after each epoch "
+                              f"({FIG_NAME}) would be read as an image by the next run; choose a {flag} outside "
+                              f"the data")
+
+
+def memory_need(args, k: int, info: DistInfo, batch: int | None = None) -> TrainingNeed:
+    """The memory one process of this run needs (:func:`utils.memory.training_need`), from networks built
+    on the meta device: parameter counts without allocating them."""
+    with torch.device("meta"):
+        model = build_model(args.backbone, args.preset, **model_overrides(args))
+        try:
+            pots = build_potentials(args.backbone, model, k, args.patch_size)
+        except (RuntimeError, OverflowError) as exc:  # "Storage size calculation overflowed"
+            raise ConfigError(f"--patch-size {args.patch_size}: the potentials' first linear layer grows with the "
+                              f"patch side to the fourth power, and at this size it cannot even be sized ({exc}); "
+                              f"the paper trains 128") from None
+    return training_need(model, pots, args.optimizer, args.precision, batch or args.batchSize, args.patch_size,
+                         processes_on_this_node(info.device), info.distributed, info.device.type == "cuda")
+
+
+def largest_batch_that_fits(batch: int, fixed: float, per_sample: float, free: float) -> int | None:
+    """The largest batch ``b`` below ``batch`` whose need, ``fixed + b * per_sample`` bytes, is within ``free``;
+    None when not even a batch of 1 fits. Solved, not searched (a search from a batch of 2**40 down took days),
+    from the part that does not grow with the batch, so that a huge batch's need does not swamp it."""
+    if per_sample <= 0:
+        return None
+    b = min(batch - 1, math.floor((free - fixed) / per_sample))
+    while b >= 1 and fixed + b * per_sample > free:  # float rounding at the boundary
+        b -= 1
+    return b if b >= 1 else None
+
+
+def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
+    """Refuse, before anything is built, a run whose estimated peak exceeds the memory its processes
+    share (the GPU's, or this machine's for CPU ranks), with the estimate and what to change; print the
+    estimate either way. Rank 0 decides for all ranks. ``--no-memory-check`` only warns."""
+    need = memory_need(args, k, info)
+    free = available_bytes(info.device)
+    if free is None:
+        return
+    # The processes exist already: their present size is in use, not still to come.
+    extra = need.total - (0 if info.device.type == "cuda" else need.processes_here * resident_bytes())
+    where = "the GPU" if info.device.type == "cuda" else "this machine"
+    many = f" x {need.processes_here} processes on this machine" if need.processes_here > 1 else ""
+    parts = ", ".join(f"{name} {human_bytes(v)}" for name, v in need.parts.items() if v)
+    console(f"=> memory: about {human_bytes(need.per_process)} per process ({parts}){many}; {human_bytes(free)} free "
+            f"on {where}")
+    fits = broadcast_int(int(extra <= free), info)
+    if fits:
+        return
+    # activations are the only part that grows with the batch, in each of the processes here
+    per_sample = need.parts["activations"] / args.batchSize * need.processes_here
+    fixed = (need.per_process - need.parts["activations"]) * need.processes_here - (need.total - extra)
+    smaller = largest_batch_that_fits(args.batchSize, fixed, per_sample, free)
+    advice = [f"--batch-size {smaller}" if smaller else None, "--preset tiny" if args.preset != "tiny" else None,
+              "a smaller --patch-size", "fewer processes (--nproc_per_node)" if need.processes_here > 1 else None,
+              "--precision bf16" if args.precision == "fp32" else None]
+    message = (f"{args.backbone} {args.preset} ({args.precision}, {args.optimizer}) at --batch-size {args.batchSize} "
+               f"--patch-size {args.patch_size} needs about {human_bytes(need.per_process)} per process{many} "
+               f"({parts}; "
+               f"activations from {need.basis}), but {human_bytes(free)} are free on {where}: use "
+               f"{', '.join(a for a in advice if a)}; --no-memory-check starts anyway")
+    if args.no_memory_check:
+        console.warn(message)
+        return
+    raise ConfigError(message)
