@@ -67,7 +67,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
     from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, record_outputs
-    from utils.runtime import DEVICES, pick_device
+    from utils.runtime import DEVICES, pick_device, stop_signals_as_interrupt
     from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
     from utils.study.budget import FULL, QUICK, estimated_seconds, minutes, plan
     from utils.study.errors import StudyError, StudyInterrupted, StudySettingError
@@ -274,4 +274,5 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    stop_signals_as_interrupt()  # kill / timeout / a closed terminal stop it as Ctrl-C does: one line naming it
     sys.exit(cli())

@@ -3,6 +3,9 @@
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -646,3 +649,27 @@ def test_an_arm_or_seed_named_twice_runs_once(tmp_path):
     argv = ["--out", str(tmp_path / "o"), "--arms", "restormer", "baryir", "restormer", "--seeds", "1", "0", "1"]
     args = study.resolve_settings(study.get_args_parser().parse_args(argv))
     assert args.arms == ["restormer", "baryir"] and args.seeds == [1, 0]
+
+
+_TERM_AS_THE_TRAINER_STARTS = """import os, runpy, signal, sys, time
+from utils.train import engine
+def check_run(*args, **kwargs):  # SIGTERM while the study's trainer checks its flags and data
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+engine.check_run = check_run
+sys.argv = ["bench/study.py", *{argv!r}]
+runpy.run_path("bench/study.py", run_name="__main__")
+"""
+
+
+def test_sigterm_as_a_trainer_starts_stops_the_study_in_one_line_naming_it(tmp_path):
+    """`kill` of a study while its trainer started ended it without a word (killed by the signal): the study, unlike
+    the demo and the tester, left SIGTERM to the kernel, so the trainer never returned 143 for the study to name."""
+    argv = ["--out", str(tmp_path / "out"), "--root", str(tmp_path / "demo"), "--device", "cpu", "--iters", "2",
+            "--epochs", "1", "--arms", "baryir", "--seeds", "0", "--no-progress"]
+    done = subprocess.run([sys.executable, "-c", _TERM_AS_THE_TRAINER_STARTS.format(argv=argv)], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, (done.returncode, done.stderr)
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: study stopped by SIGTERM; the finished runs and the last checkpoint are kept in {tmp_path / 'out'}"
+        f"/runs. Run the same command again to continue."), done.stderr
