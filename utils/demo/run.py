@@ -104,15 +104,17 @@ def _trainer_argv(args, root: Path) -> list[str]:
 
 
 class DemoStopped(UserError):
-    """The training stopped by a signal, saved: the demo stops with the shell's status for Ctrl-C, and says how to
-    go on (the trainer's own line names --resume auto, a flag the demo does not have: it always resumes)."""
+    """The training stopped by a signal, saved: the demo stops with the shell's status for Ctrl-C (143 or 129 for
+    SIGTERM or SIGHUP while the trainer started), and says how to go on (the trainer's own line names --resume
+    auto, a flag the demo does not have: it always resumes)."""
     exit_status = INTERRUPTED_STATUS
 
 
 def train(args, root: Path) -> Path:
     """Run the real trainer (its failure is its own one error line, and its exit status the demo's); returns
     the checkpoint of the last epoch. Stopped by a signal, the trainer saves and returns: the demo stops too
-    (status 130, :class:`DemoStopped`), and the next run continues the training."""
+    (status 130, or 143/129 for SIGTERM/SIGHUP while it started: :class:`DemoStopped`), and the next run
+    continues the training."""
     from utils.checkpoints import progress_of, read_latest
     from utils.train.engine import run_cli  # what trainer_bary.py runs; the script is not in the package
     from utils.train.options import get_args_parser as trainer_parser

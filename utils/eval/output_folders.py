@@ -38,7 +38,7 @@ def _input_folders(args, sets: list[EvalSet]) -> tuple[list[Path], list[Path]]:
 def check_outputs(args, sets: list[EvalSet]) -> None:
     """Before the model is loaded: no output folder inside an input folder (unless --overwrite), none
     reached through a symbolic link out of its base, and every one creatable and writable (judged from the
-    nearest existing folder, writing nothing: each is created and probed by its lock, :func:`_output_locks`)."""
+    nearest existing folder, writing nothing: each is created and probed by its lock, :func:`output_locks`)."""
     rows = [s.name for s in sets] if not args.degset else []
 
     def written(base: str) -> list[Path]:
