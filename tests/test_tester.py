@@ -227,7 +227,7 @@ def _exif_jpeg(path, img, orientation=6):
 
 def test_a_pair_turned_by_an_exif_tag_says_so(tmp_path):
     """A phone photo as the degraded image (stored 44x61, shown 61x44 by its EXIF tag) beside a target saved upright
-    was "44x61 vs target 61x44" in the tester and --check-data, with nothing on why."""
+    was "44x61 vs target 61x44" in the tester, --check-data and the trainers' checks, with nothing on why."""
     from utils.data.doctor import check_paired_set
     deg, tar = tmp_path / "input", tmp_path / "target"
     deg.mkdir()
@@ -241,6 +241,13 @@ def test_a_pair_turned_by_an_exif_tag_says_so(tmp_path):
     row, _ = check_paired_set("s", deg, tar, look_beside=False)
     [problem] = [p for p in row.problems if p.kind == "size mismatch"]
     assert note in problem.detail
+    from utils.data.training_files import Pair, check_images
+    from utils.errors import UserError
+    from utils.train.validation_set import check_validation_images
+    with pytest.raises(UserError, match=re.escape(note)):  # the trainers' validation set, and their training files
+        check_validation_images([(deg / "a.jpg", tar / "a.png")])
+    with pytest.raises(UserError, match=re.escape(note)):
+        check_images({"derain": [Pair(deg / "a.jpg", tar / "a.png", "derain")]}, 16)
 
 
 def test_input_photos_are_restored_upright(checkpoint, tmp_path):

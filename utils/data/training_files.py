@@ -43,6 +43,7 @@ from utils.data.image_io import (
     max_pixels,
     nested_images_hint,
     read_problem,
+    turned_pair_note,
 )
 from utils.data.integrity import check_files
 from utils.errors import listing
@@ -363,7 +364,7 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
             continue
         if hw_deg != hw_clean:
             bad.append(f"{pair.degraded} is {hw_deg[0]}x{hw_deg[1]} but its target {pair.clean} is "
-                       f"{hw_clean[0]}x{hw_clean[1]}")
+                       f"{hw_clean[0]}x{hw_clean[1]}{turned_pair_note(pair.degraded, pair.clean, hw_deg, hw_clean)}")
             continue
         if hw_clean[0] * hw_clean[1] > limit:  # a loader worker would refuse it mid-epoch
             bad.append(f"{pair.degraded or pair.clean} is {hw_clean[0]}x{hw_clean[1]}, more than the limit of "

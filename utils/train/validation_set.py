@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utils.data.image_io import image_size, read_problem
+from utils.data.image_io import image_size, read_problem, turned_pair_note
 from utils.data.integrity import decode_files
 from utils.data.pairing import DEGSET_FLAGS, match_pairs, partners_of
 from utils.dataset_utils import DatasetError
@@ -111,7 +111,8 @@ def _unusable(pairs: list[tuple[Path, Path]], info: DistInfo) -> dict[Path, str]
                     continue
                 (h, w), (th, tw) = image_size(d), image_size(t)
                 if (h, w) != (th, tw):
-                    bad[d] = f"{d} is {h}x{w} but its target {t} is {th}x{tw} (height x width)"
+                    bad[d] = f"{d} is {h}x{w} but its target {t} is {th}x{tw} (height x width)" \
+                             f"{turned_pair_note(d, t, (h, w), (th, tw))}"
                 elif min(h, w) < least:
                     bad[d] = f"{d} is {h}x{w} (height x width), too small to score: validation needs at least " \
                              f"{least}x{least}"
