@@ -550,11 +550,13 @@ def test_a_value_given_to_a_switch_is_refused_with_how_to_write_it(parser, argv,
 
 
 @pytest.mark.parametrize("name", ["RCNet", "MRCNet"])
-def test_the_references_own_backbone_names_point_at_the_nearest_network_here(name, capsys):
+@pytest.mark.parametrize("script", ["trainer", "tester"])
+def test_the_references_own_backbone_names_point_at_the_nearest_network_here(name, script, capsys):
     """--backbone=RCNet (the reference trainers' default) listed this project's four choices without a word on
-    which of them it is."""
+    which of them it is, in the trainers and in the tester (whose flags the app and the analysis take)."""
+    parser = train_options.get_args_parser() if script == "trainer" else tester_bary.get_args_parser()
     with pytest.raises(SystemExit) as stop:
-        train_options.get_args_parser().parse_args(["--backbone", name])
+        parser.parse_args(["--backbone", name])
     [line] = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and line.startswith(f"error: argument --backbone: {name} is the reference's name for ")
     assert "pass --backbone PromptIR for the PromptIR baseline" in line

@@ -71,3 +71,18 @@ def one_spelling(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             action.help = f"{action.help} (also {', '.join(others)})"
     parser.formatter_class = OneSpellingHelpFormatter
     return parser
+
+
+# The reference's own --backbone names (its trainers' default is RCNet), which this project builds under others.
+REFERENCE_BACKBONES = {"RCNet": "its PromptIR with a decoder", "MRCNet": "another network of its model files"}
+
+
+def backbone_name(value: str) -> str:
+    """``--backbone``: one of :data:`net.presets.BACKBONES` (argparse checks the choice); a name of the reference's
+    (RCNet, its default) is refused with the nearest network here."""
+    if value in REFERENCE_BACKBONES:
+        raise argparse.ArgumentTypeError(
+            f"{value} is the reference's name for {REFERENCE_BACKBONES[value]}, not built here: pass --backbone "
+            f"PromptIR for the PromptIR baseline, BaryPromptIR for BaryIR on PromptIR's backbone, or BaryNet for the "
+            f"paper's network (what the authors' commands pass)")
+    return value

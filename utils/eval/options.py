@@ -8,7 +8,7 @@ import argparse
 
 from net.presets import BACKBONES, PRESETS
 from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME
-from utils.cli import one_spelling
+from utils.cli import backbone_name, one_spelling
 from utils.compiled import COMPILE_MODES
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS
 from utils.errors import OneLineArgumentParser, add_debug_flag
@@ -44,7 +44,7 @@ def add_checkpoint_flags(group):
                             f"newest checkpoint). Default: {REFERENCE_MODEL} (the reference's) if it exists, "
                             f"else the newest checkpoint under {CHECKPOINT_DIR}/ (make demo trains "
                             f"{CHECKPOINT_DIR}/demo/)")
-    group.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
+    group.add_argument("--backbone", type=backbone_name, default=None, choices=sorted(BACKBONES),
                        help="network, for checkpoints that do not name one (default: the checkpoint's, else BaryNet)")
     group.add_argument("--preset", default=None, choices=sorted(PRESETS),
                        help="configuration for checkpoints that do not carry one (default paper); ignored, with a "

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from net.presets import BACKBONES, PRESETS
-from utils.cli import one_spelling
+from utils.cli import backbone_name, one_spelling
 from utils.compiled import BACKENDS, COMPILE_MODES
 from utils.dataset_utils import ALL_IN_ONE_3D, DatasetError
 from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag
@@ -40,21 +40,6 @@ class ConfigError(UsageError, ValueError):
 
 # The objective's settings (--objective and the three it sets): the L1-only backbones use none of them.
 OBJECTIVE_SETTINGS = ("objective", "reg_weight", "contrastive_eps", "potentials_steps")
-
-# The reference trainers' own --backbone names, which this project builds under others.
-REFERENCE_BACKBONES = {"RCNet": "its PromptIR with a decoder", "MRCNet": "another network of its model files"}
-
-
-def backbone_name(value: str) -> str:
-    """``--backbone``: one of :data:`net.presets.BACKBONES` (argparse checks the choice); a name of the reference's
-    (RCNet, its default) is refused with the nearest network here."""
-    if value in REFERENCE_BACKBONES:
-        raise argparse.ArgumentTypeError(
-            f"{value} is the reference's name for {REFERENCE_BACKBONES[value]}, not built here: pass --backbone "
-            f"PromptIR for the PromptIR baseline, BaryPromptIR for BaryIR on PromptIR's backbone, or BaryNet for the "
-            f"paper's network (what the authors' commands pass)")
-    return value
-
 
 def get_args_parser(add_help: bool = True, threads_default: int = 16,
                     objective: str = "single") -> argparse.ArgumentParser:
