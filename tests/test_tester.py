@@ -1235,6 +1235,13 @@ def test_overwrite_never_writes_over_an_image_the_run_reads(checkpoint, tmp_path
             run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--overwrite", *flags)
     assert photo.read_bytes() == mine and {p: p.read_bytes() for p in inputs} == inputs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs", "q.png"]  # nothing written, nothing moved
+    photos = tmp_path / "photos"  # JPEGs restored into their own folder: the rerun reads a.png as an input
+    photos.mkdir()
+    _photos(photos, ["a.jpg"])
+    run("--model", checkpoint, "--input", photos, "--save", photos, "--overwrite")
+    with pytest.raises(UserError, match=rf"the image {photos / 'a.png'} the run reads; it is a restoration the "
+                                        rf"earlier results.json in {photos} records, now read as an input"):
+        run("--model", checkpoint, "--input", photos, "--save", photos, "--overwrite")
 
 
 def test_keeping_aside_never_moves_an_input_nor_empties_save_for_a_run_that_cannot_start(checkpoint, tmp_path,

@@ -109,12 +109,15 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
     earlier = [p for p in _recorded_earlier(save) if p not in planned[save] and _real(p) not in read
                and not _in_input_folder(p, trees, whole - {None})]
     tables = _tables_beside_results_json(save) if args.input else []
+    restored_before = {_real(p) for p in _recorded_earlier(save)} - {None}
     for base, paths in planned.items():  # --overwrite too: an image the run reads is never written over
         for p in paths:
             if _real(p) is not None and _real(p) in read:
                 how = "" if p == read[_real(p)] else " (through a link)"
+                why = (f"; it is a restoration the earlier results.json in {save} records, now read as an input: "
+                       f"move the earlier restorations out of the folders read") if _real(p) in restored_before else ""
                 raise OutputFolderError(f"{p} is where this run writes, and it is the image {read[_real(p)]} the "
-                                        f"run reads{how} — choose another {_flag_of(args, base)}: not even "
+                                        f"run reads{how}{why} — choose another {_flag_of(args, base)}: not even "
                                         f"--overwrite writes over an image the run reads")
     if args.overwrite:
         if not tables and not earlier:
