@@ -1228,6 +1228,8 @@ def test_overwrite_never_writes_over_an_image_the_run_reads(checkpoint, tmp_path
     with pytest.raises(UserError, match=rf"{photo} is where this run writes, and it is the image {photo} the run "
                                         rf"reads — choose another --save: not even --overwrite writes over"):
         run("--model", checkpoint, "--input", photo, "--save", tmp_path, "--overwrite")
+    with pytest.raises(UserError, match="not even --overwrite"):  # said before a model is looked for, or loaded
+        run("--model", tmp_path / "missing.pth", "--input", photo, "--save", tmp_path, "--overwrite")
     deg, tar = _pair_dirs(tmp_path / "pairs", ["a.png", "b.png"], ["a.png", "b.png"])
     inputs = {p: p.read_bytes() for p in [*deg.iterdir(), *tar.iterdir()]}
     for flags in (["--save", deg], ["--save", tmp_path / "o", "--savetar", tar]):

@@ -35,8 +35,9 @@ def _input_folders(args, sets: list[EvalSet]) -> tuple[list[Path], list[Path]]:
     return list(dict.fromkeys(trees)), list(dict.fromkeys(flat))
 
 
-def check_outputs(args, sets: list[EvalSet]) -> None:
-    """Before the model is loaded: no output folder inside an input folder (unless --overwrite), none
+def check_outputs(args, sets: list[EvalSet], inputs: list[Path]) -> None:
+    """Before the model is loaded: no output folder inside an input folder (unless --overwrite), no output file
+    at an input's path (:func:`check_inputs_not_overwritten`), none
     reached through a symbolic link out of its base, and every one creatable and writable (judged from the
     nearest existing folder, writing nothing: each is created and probed by its lock, :func:`output_locks`)."""
     rows = [s.name for s in sets] if not args.degset else []
@@ -58,6 +59,7 @@ def check_outputs(args, sets: list[EvalSet]) -> None:
     trees, flat = _input_folders(args, sets)
     check_outputs_outside_inputs(outputs, trees, overwrite=args.overwrite, file_folders=flat)
     check_outputs_apart(images)
+    check_inputs_not_overwritten(args, sets, inputs, Path(args.save))
     for flag, (base, _) in outputs.items():
         check_writable_folder(base, flag, create=False)
 
@@ -89,6 +91,23 @@ def _flag_of(args, base: Path) -> str:
         else "--figs-dir"
 
 
+def check_inputs_not_overwritten(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> None:
+    """No file this run writes is an image it reads (by its real path: a link to one counts), ``--overwrite`` or not:
+    :class:`OutputFolderError` naming both, and whether it is an earlier run's restoration now read as an input."""
+    data = [f for s in sets for item in s.items for f in (item.degraded, item.target) if f is not None]
+    read = {_real(f): f for f in [*inputs, *data]}
+    restored_before = {_real(p) for p in _recorded_earlier(save)} - {None}
+    for base, paths in _planned_outputs(args, sets, inputs, save).items():
+        for p in paths:
+            if _real(p) is not None and _real(p) in read:
+                how = "" if p == read[_real(p)] else " (through a link)"
+                why = (f"; it is a restoration the earlier results.json in {save} records, now read as an input: "
+                       f"move the earlier restorations out of the folders read") if _real(p) in restored_before else ""
+                raise OutputFolderError(f"{p} is where this run writes, and it is the image {read[_real(p)]} the "
+                                        f"run reads{how}{why} — choose another {_flag_of(args, base)}: not even "
+                                        f"--overwrite writes over an image the run reads")
+
+
 def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> Path | None:
     """Before anything is written: move the files this run would replace (an earlier run's results and
     restorations, or a user's own files of those names) into ``<folder>/results.before-<time>/``, kept at
@@ -109,16 +128,7 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
     earlier = [p for p in _recorded_earlier(save) if p not in planned[save] and _real(p) not in read
                and not _in_input_folder(p, trees, whole - {None})]
     tables = _tables_beside_results_json(save) if args.input else []
-    restored_before = {_real(p) for p in _recorded_earlier(save)} - {None}
-    for base, paths in planned.items():  # --overwrite too: an image the run reads is never written over
-        for p in paths:
-            if _real(p) is not None and _real(p) in read:
-                how = "" if p == read[_real(p)] else " (through a link)"
-                why = (f"; it is a restoration the earlier results.json in {save} records, now read as an input: "
-                       f"move the earlier restorations out of the folders read") if _real(p) in restored_before else ""
-                raise OutputFolderError(f"{p} is where this run writes, and it is the image {read[_real(p)]} the "
-                                        f"run reads{how}{why} — choose another {_flag_of(args, base)}: not even "
-                                        f"--overwrite writes over an image the run reads")
+    check_inputs_not_overwritten(args, sets, inputs, save)
     if args.overwrite:
         if not tables and not earlier:
             return None

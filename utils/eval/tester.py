@@ -264,7 +264,7 @@ def main(args) -> dict:
         for warning in (unused_noise_seed(args, sets), unmatched_comparison(args, sets)):
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
-        check_outputs(args, sets)  # created below, by their locks, once the model and the metrics have loaded
+        check_outputs(args, sets, inputs)  # created below, by their locks, once the model and the metrics have loaded
         model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
                                  num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
         if "note" in info:
