@@ -24,8 +24,8 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import torch
 
     from net.blocks import Attention, FeedForward
+    from utils.cli import at_least
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
-    from utils.eval.options import at_least
     from utils.runtime import tune_cpu_allocator
 
 

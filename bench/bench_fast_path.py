@@ -38,11 +38,10 @@ from utils.errors import stopped_while_starting  # noqa: E402
 
 with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
     from net.presets import PRESETS  # noqa: E402
-    from utils.cli import OneSpellingHelpFormatter  # noqa: E402
+    from utils.cli import OneSpellingHelpFormatter, at_least  # noqa: E402
     from utils.compiled import COMPILE_MODES  # noqa: E402
     from utils.demo.data import build_demo_data  # noqa: E402
     from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag, run_main  # noqa: E402
-    from utils.eval.options import at_least  # noqa: E402
     from utils.eval.outputs import check_writable_folder  # noqa: E402
     from utils.files import keep_aside, write_text  # noqa: E402
     from utils.runtime import pick_device  # noqa: E402

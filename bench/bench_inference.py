@@ -31,10 +31,10 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
 
     from net import set_layernorm_impl
     from net.presets import PRESETS, build_model
+    from utils.cli import at_least
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, child_failure, run_main
     from utils.eval.inference import restore
-    from utils.eval.options import at_least
     from utils.memory import resident_bytes
     from utils.runtime import pick_device, tune_cpu_allocator
 

@@ -40,10 +40,9 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import numpy as np
     import torch
 
-    from utils.cli import OneSpellingHelpFormatter
+    from utils.cli import OneSpellingHelpFormatter, at_least
     from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
-    from utils.eval.options import at_least
     from utils.runtime import pick_device
     from utils.train.distributed import DistInfo
     from utils.train.options import get_args_parser

@@ -43,10 +43,10 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
 
     from net import set_layernorm_impl
     from net.presets import PRESETS, build_model, build_potentials
+    from utils.cli import at_least
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.inference import PRECISIONS, autocast_context
-    from utils.eval.options import at_least
     from utils.memory import resident_bytes
     from utils.runtime import pick_device, tune_cpu_allocator
     from utils.train.iteration import Training, train_step

@@ -44,11 +44,10 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from bench_fast_path import trainer_flags  # noqa: E402
 
     from utils.checkpoints import list_checkpoints, read_checkpoint, read_latest  # noqa: E402
-    from utils.cli import OneSpellingHelpFormatter  # noqa: E402
+    from utils.cli import OneSpellingHelpFormatter, at_least  # noqa: E402
     from utils.compiled import BACKENDS, COMPILE_MODES  # noqa: E402
     from utils.demo.data import build_demo_data  # noqa: E402
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main  # noqa: E402
-    from utils.eval.options import at_least  # noqa: E402
     from utils.runtime import pick_device  # noqa: E402
     from utils.train.run_log import read_log  # noqa: E402
 

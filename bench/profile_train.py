@@ -40,10 +40,9 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from torch.utils.flop_counter import FlopCounterMode
 
     from net.presets import PRESETS
-    from utils.cli import OneSpellingHelpFormatter
+    from utils.cli import OneSpellingHelpFormatter, at_least
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
-    from utils.eval.options import at_least
     from utils.eval.outputs import check_writable_folder
     from utils.files import keep_aside, replace_file
     from utils.runtime import pick_device, tune_cpu_allocator

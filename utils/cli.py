@@ -1,4 +1,5 @@
-"""One spelling style for every command's flags.
+"""One spelling style for every command's flags, and the argparse types the commands share (:func:`at_least`, the
+reference's own ``--backbone`` names: :func:`backbone_name`).
 
 The reference scripts spell flags three ways (``--batchSize``, ``--patch_size``, ``--de_type``), the
 project's own are kebab-case (``--output-dir``), and PromptIR's scripts use snake_case
@@ -86,3 +87,16 @@ def backbone_name(value: str) -> str:
             f"PromptIR for the PromptIR baseline, BaryPromptIR for BaryIR on PromptIR's backbone, or BaryNet for the "
             f"paper's network (what the authors' commands pass)")
     return value
+
+
+def at_least(low: int, meaning: str = ""):
+    """An argparse type: an integer >= ``low`` (``meaning`` explains the special values in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}{meaning}, got {value}")
+        return value
+    return parse

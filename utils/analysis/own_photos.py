@@ -29,13 +29,13 @@ import numpy as np
 from net.presets import WB_BACKBONES
 from utils.analysis.report import embedding_report
 from utils.checkpoints import load_model, model_or_default
-from utils.cli import one_spelling
+from utils.cli import at_least, one_spelling
 from utils.data.image_io import IMAGE_EXTENSIONS, list_images, nested_images_hint, read_image
 from utils.demo.data import TEST_LONG_MAX, TEST_SHORT, embedding_views, make_test_image
 from utils.demo.degrade import depth_proxy
 from utils.demo.photos import TEST_PHOTOS, resize
 from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, counted, listing, run_main
-from utils.eval.options import add_checkpoint_flags, at_least
+from utils.eval.options import add_checkpoint_flags
 from utils.eval.outputs import check_writable_folder
 from utils.eval.protocol import SIZE_MULTIPLE, crop_to_multiple, to_8bit
 from utils.files import json_text, write_text

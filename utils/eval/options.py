@@ -1,4 +1,4 @@
-"""The flags of ``tester_bary.py`` (and the argparse types they share with the web app).
+"""The flags of ``tester_bary.py`` (and those the web app and the analysis command share with it).
 
 The meaning of each flag is in its help; the tester's engine (:mod:`utils.eval.tester`) acts on them.
 """
@@ -8,7 +8,7 @@ import argparse
 
 from net.presets import BACKBONES, PRESETS
 from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME
-from utils.cli import backbone_name, one_spelling
+from utils.cli import at_least, backbone_name, one_spelling
 from utils.compiled import COMPILE_MODES
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS
 from utils.errors import OneLineArgumentParser, add_debug_flag
@@ -20,19 +20,6 @@ from utils.eval.tasks import PAPER_TASKS
 from utils.runtime import DEVICES
 
 REFERENCE_MODEL = f"{CHECKPOINT_DIR}/{REFERENCE_MODEL_NAME}"
-
-
-def at_least(low: int, meaning: str = ""):
-    """An argparse type: an integer >= ``low`` (``meaning`` explains the special values in the error)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}{meaning}, got {value}")
-        return value
-    return parse
 
 
 def add_checkpoint_flags(group):
