@@ -100,3 +100,24 @@ def at_least(low: int, meaning: str = ""):
             raise argparse.ArgumentTypeError(f"must be >= {low}{meaning}, got {value}")
         return value
     return parse
+
+
+# The flags that change a preset's network size (None: the preset's value), as net.presets.build_model takes them.
+NETWORK_SIZE_FLAGS = ("dim", "num_blocks", "num_refinement_blocks", "heads")
+
+
+def add_network_size_flags(group, note: str = "") -> None:
+    """``--dim``, ``--num-blocks``, ``--num-refinement-blocks``, ``--heads`` in ``group`` (an argparse parser or
+    group), the trainers' and the tester's alike; ``note`` ends the help of ``--dim``."""
+    group.add_argument("--dim", type=at_least(1), default=None, help=f"override the preset's width{note}")
+    group.add_argument("--num-blocks", dest="num_blocks", type=int, nargs=4, default=None, metavar="N",
+                       help="override the preset's transformer blocks per level")
+    group.add_argument("--num-refinement-blocks", dest="num_refinement_blocks", type=int, default=None,
+                       help="override the preset's refinement blocks")
+    group.add_argument("--heads", type=int, nargs=4, default=None, metavar="N",
+                       help="override the preset's attention heads per level")
+
+
+def network_size_overrides(args: argparse.Namespace) -> dict:
+    """The :data:`NETWORK_SIZE_FLAGS` as given (None: the preset's value), as ``build_model`` takes them."""
+    return {name: getattr(args, name, None) for name in NETWORK_SIZE_FLAGS}

@@ -8,7 +8,7 @@ import argparse
 
 from net.presets import BACKBONES, PRESETS
 from utils.checkpoints import CHECKPOINT_DIR, REFERENCE_MODEL_NAME
-from utils.cli import at_least, backbone_name, one_spelling
+from utils.cli import add_network_size_flags, at_least, backbone_name, one_spelling
 from utils.compiled import COMPILE_MODES
 from utils.data.image_io import CV2_MAX_PIXELS, MAX_PIXELS
 from utils.errors import OneLineArgumentParser, add_debug_flag
@@ -96,10 +96,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                            "or written")
 
     model = add_checkpoint_flags(parser.add_argument_group("model"))
-    model.add_argument("--dim", type=at_least(1), default=None, help="override the width")
-    model.add_argument("--num-blocks", type=int, nargs=4, default=None, help="override blocks per level")
-    model.add_argument("--num-refinement-blocks", type=int, default=None, help="override refinement blocks")
-    model.add_argument("--heads", type=int, nargs=4, default=None, help="override attention heads per level")
+    add_network_size_flags(model, " (for checkpoints that do not carry their configuration)")
 
     proto = parser.add_argument_group("protocol")
     proto.add_argument("--protocol", default="reference", choices=PROTOCOLS,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from utils.checkpoints import REFERENCE_MODEL_NAME, load_model, model_or_default
+from utils.cli import network_size_overrides
 from utils.compiled import CompileError, check_compile, compile_cache_dir
 from utils.data.doctor import tester_check
 from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, pixel_limit
@@ -265,8 +266,7 @@ def main(args) -> dict:
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
         check_outputs(args, sets, inputs)  # created below, by their locks, once the model and the metrics have loaded
-        model, info = load_model(args.model, args.backbone, args.preset, dim=args.dim, num_blocks=args.num_blocks,
-                                 num_refinement_blocks=args.num_refinement_blocks, heads=args.heads)
+        model, info = load_model(args.model, args.backbone, args.preset, **network_size_overrides(args))
         if "note" in info:
             print(f"=> {info.pop('note')}")
         if protocol.compile != "off":

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from net.presets import BACKBONES, PRESETS
-from utils.cli import backbone_name, one_spelling
+from utils.cli import add_network_size_flags, backbone_name, network_size_overrides, one_spelling
 from utils.compiled import BACKENDS, COMPILE_MODES
 from utils.dataset_utils import ALL_IN_ONE_3D, DatasetError
 from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag
@@ -141,14 +141,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="autocast precision; fp16 adds a gradient scaler (CUDA only)")
     new.add_argument("--preset", type=str, default="paper", choices=sorted(PRESETS),
                      help="network size: paper (the published BaryNet) or tiny (narrow, for CPU runs)")
-    new.add_argument("--dim", type=int, default=None,
-                     help="override the preset's width (e.g. a capacity-matched baseline); recorded in checkpoints")
-    new.add_argument("--num-blocks", dest="num_blocks", type=int, nargs=4, default=None, metavar="N",
-                     help="override the preset's transformer blocks per level")
-    new.add_argument("--num-refinement-blocks", dest="num_refinement_blocks", type=int, default=None,
-                     help="override the preset's refinement blocks")
-    new.add_argument("--heads", type=int, nargs=4, default=None, metavar="N",
-                     help="override the preset's attention heads per level")
+    add_network_size_flags(new, " (e.g. a capacity-matched baseline); every size is recorded in checkpoints")
     new.add_argument("--save-every", dest="save_every", type=int, default=2000,
                      help="also save a checkpoint every N iterations (0: only at epoch ends)")
     new.add_argument("--keep", type=int, default=3, help="keep the newest N checkpoints (0 keeps all)")
@@ -233,11 +226,6 @@ def flag_of(dest: str) -> str:
     return _flags_by_dest()[dest]
 
 
-def model_overrides(args: argparse.Namespace) -> dict:
-    """The width/depth flags that change the preset (None: the preset's value), as ``build_model`` takes them."""
-    return {name: getattr(args, name, None) for name in ("dim", "num_blocks", "num_refinement_blocks", "heads")}
-
-
 def run_dir(args: argparse.Namespace, k: int) -> str:
     """``--output-dir``, else ``checkpoint/<--name>``, else ``checkpoint/<backbone>_<preset>_<K>D_p<patch>``, with
     ``_ddp`` for the DDP trainer's objective: runs of other settings never share a folder (nor each other's
@@ -249,7 +237,7 @@ def run_dir(args: argparse.Namespace, k: int) -> str:
         return args.output_dir
     preset = PRESETS.get(args.preset, {})  # a flag that types out the preset's own value names no other network
     tag = "".join(f"_{short}{'-'.join(map(str, v)) if isinstance(v, list) else v}"
-                  for short, (name, v) in zip(("d", "b", "r", "h"), model_overrides(args).items())
+                  for short, (name, v) in zip(("d", "b", "r", "h"), network_size_overrides(args).items())
                   if v is not None and _listed(v) != _listed(preset.get(name)))
     objective = "_ddp" if getattr(args, "objective", None) == "ddp" else ""  # the two trainers' objectives differ
     name = args.name or f"{args.backbone}_{args.preset}{tag}_{k}D_p{args.patch_size}{objective}"

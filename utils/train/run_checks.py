@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from net.presets import WB_BACKBONES, build_model, build_potentials
+from utils.cli import network_size_overrides
 from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family
 from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
@@ -18,7 +19,7 @@ from utils.eval.outputs import check_writable_folder
 from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
 from utils.train.distributed import DistInfo, broadcast_int
 from utils.train.losses import L1_WEIGHT
-from utils.train.options import DEFAULT_DEGSET, ConfigError, default_of, flag_of, model_overrides, resolve_data_file_dir
+from utils.train.options import DEFAULT_DEGSET, ConfigError, default_of, flag_of, resolve_data_file_dir
 from utils.train.run_folder import FIG_NAME
 from utils.train.run_log import Console
 
@@ -164,7 +165,7 @@ def memory_need(args, k: int, info: DistInfo, batch: int | None = None) -> Train
     """The memory one process of this run needs (:func:`utils.memory.training_need`), from networks built
     on the meta device: parameter counts without allocating them."""
     with torch.device("meta"):
-        model = build_model(args.backbone, args.preset, **model_overrides(args))
+        model = build_model(args.backbone, args.preset, **network_size_overrides(args))
         try:
             pots = build_potentials(args.backbone, model, k, args.patch_size)
         except (RuntimeError, OverflowError) as exc:  # "Storage size calculation overflowed"

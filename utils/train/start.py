@@ -31,6 +31,7 @@ from utils.checkpoints import (
     read_checkpoint,
     resume_candidates,
 )
+from utils.cli import network_size_overrides
 from utils.compiled import CompileError, check_compile
 from utils.dataset_utils import (
     LAYOUT,
@@ -53,7 +54,7 @@ from utils.train.distributed import (
     broadcast_text,
 )
 from utils.train.losses import Objective
-from utils.train.options import ConfigError, model_overrides, resolve_data_file_dir, resolve_objective, run_dir
+from utils.train.options import ConfigError, resolve_data_file_dir, resolve_objective, run_dir
 from utils.train.resuming import load_start
 from utils.train.run_checks import (
     check_args,
@@ -221,7 +222,7 @@ def build_networks(args: argparse.Namespace, k: int, ckpt_path: Path | None, obj
     """BaryNet (or a baseline) and its potentials, with their starting weights, on the device."""
     if info.device.type == "cuda" and not getattr(args, "deterministic", False):
         torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest kernels once
-    model = build_model(args.backbone, args.preset, **model_overrides(args))
+    model = build_model(args.backbone, args.preset, **network_size_overrides(args))
     pots = build_potentials(args.backbone, model, k, args.patch_size)
     state, resumed = load_start(args, ckpt_path, obj, model, pots, console)
     # channels-last activations: oneDNN's and cuDNN's depthwise and 1x1 convolutions prefer them
