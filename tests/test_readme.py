@@ -88,6 +88,20 @@ def test_every_path_in_the_code_map_exists():
     assert not missing, f"README code map names missing paths: {missing}"
 
 
+def _slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, each space a hyphen."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/METHOD.md", "STUDY.md", "BENCHMARKS.md"])
+def test_every_link_within_a_document_leads_to_one_of_its_headings(doc):
+    """The README's contents line links each section by its anchor: a heading renamed later leaves a dead link."""
+    text = (README.parent / doc).read_text(encoding="utf-8")
+    headings = {_slug(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert [a for a in links if a not in headings] == [], doc
+
+
 def test_trainer_accepts_snake_case_spellings_of_the_reference_flags():
     parse = train_options.get_args_parser().parse_args
     reference = parse(["--batchSize", "6", "--nEpochs", "3"])
