@@ -2640,3 +2640,25 @@ def test_each_scoring_and_tiling_flag_given_is_the_protocol_run_and_recorded(ben
         "protocol": "pad", "metric_space": "y", "ssim": "gaussian", "crop_border": 2, "tile": 16, "tile_overlap": 8,
         "tile_batch": 2, "noise_seed": 7, "precision": "bf16"}
     assert res["tasks"]["denoise_25/setA"]["count"] == 1 and recorded["max_images"] == 1
+
+
+def test_a_bar_in_an_image_or_row_name_stays_in_its_cell_of_results_md(tmp_path):
+    """A file named ``a|b.png`` (legal on Linux and macOS) ended its cell in results.md: the name read "a" and every
+    value sat one heading to the right, "b.png" under Degraded PSNR. The bar is escaped, as Markdown tables allow."""
+    results = _stopped_results()
+    row = results["tasks"].pop("myset")
+    row["images"][0]["name"] = "a|b.png"
+    results["tasks"]["my|set"] = row
+    write_results(results, tmp_path)
+    md = (tmp_path / "results.md").read_text().splitlines()
+
+    def split(line):  # a table row's cells, an escaped bar kept inside its cell
+        return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+
+    head = md.index("| Image | Degraded PSNR | Degraded SSIM | PSNR | SSIM | s |")
+    assert dict(zip(split(md[head]), split(md[head + 2]))) == {
+        "Image": "a\\|b.png", "Degraded PSNR": "20.25", "Degraded SSIM": "0.7000", "PSNR": "30.50", "SSIM": "0.9000",
+        "s": "0.500"}
+    summary = md.index(next(line for line in md if line.startswith("| Task |")))
+    assert dict(zip(split(md[summary]), split(md[summary + 2])))["Degraded PSNR"] == "21.00"
+    assert split(md[summary + 2])[0] == "my\\|set (partial)"
