@@ -1,4 +1,5 @@
 """The paper's columns, its average over exactly them, and the comparison with the published numbers."""
+import re
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,10 @@ def test_a_row_without_scores_fills_no_column_and_the_first_row_of_a_column_wins
     two = {"derain": row(38.0, 0.97, 100), **three_d(extra=False)}
     assert paper_averages(two)["3d"]["rows"]["Rain100L"] == "derain"
     assert paper_averages(two)["3d"]["psnr"] == pytest.approx((34.0 + 31.5 + 28.0 + 38.0 + 31.0) / 5)
+
+
+def test_a_bar_in_a_row_name_stays_in_its_cell_of_the_comparison():
+    """A set folder named with a ``|`` (legal on Linux) ended its Row cell in --compare-paper's table."""
+    tasks = {"derain/Rain100L|x": row(38.0, 0.98, 100)}
+    [line] = [line for line in comparison_lines(tasks, "3d") if "Rain" in line]
+    assert line.startswith("| Rain100L | derain/Rain100L\\|x |") and len(re.split(r"(?<!\\)\|", line)) == 8, line

@@ -182,6 +182,12 @@ def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "; ", lead: str
     return lead + sep.join(shown) + more
 
 
+def table_cell(name: str) -> str:
+    """A file or row name as one Markdown table cell: a ``|`` in it (a legal file name character) is escaped, or
+    it would end the cell and shift every value after it under the next heading."""
+    return name.replace("|", "\\|")
+
+
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` and ``noun``, singular for one: ``'1 seed'``, ``'3 seeds'``, ``'1,203 clean images'`` (``plural``: when
     not ``noun + 's'``)."""

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from utils.errors import table_cell
+
 SETTINGS = {
     "3d": ("SOTS", "Rain100L", "BSD68 σ15", "BSD68 σ25", "BSD68 σ50"),
     "5d": ("SOTS", "Rain100L", "BSD68 σ25", "GoPro", "LOL"),
@@ -168,7 +170,7 @@ def comparison_lines(tasks: Mapping[str, Mapping[str, Any]], setting: str,
         theirs.append((p_psnr, p_ssim))
         why = caveat(column, r, protocol)
         flagged += [column] if why else []
-        lines.append(f"| {column} | {row}{f' (not comparable: {why})' if why else ''} | {r['psnr']:.2f}/"
+        lines.append(f"| {column} | {table_cell(row)}{f' (not comparable: {why})' if why else ''} | {r['psnr']:.2f}/"
                      f"{r['ssim']:.3f} | {p_psnr:.2f}/{p_ssim:.3f} | {r['psnr'] - p_psnr:+.2f} | "
                      f"{r['ssim'] - p_ssim:+.3f} |")
     if ours:

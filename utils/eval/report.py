@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from utils.errors import table_cell
 from utils.eval.metrics import MAX_PSNR
 from utils.eval.paper import comparison_lines, paper_averages
 from utils.files import json_text, write_text
@@ -17,12 +18,6 @@ from utils.files import json_text, write_text
 
 def _fmt(v: Any, digits: int) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-def _cell(name: str) -> str:
-    """A file or row name as one Markdown table cell: a ``|`` in it (a legal file name character) is escaped, or
-    it would end the cell and shift every value after it under the next heading."""
-    return name.replace("|", "\\|")
 
 
 def summary_table(results: Mapping[str, Any]) -> str:
@@ -34,7 +29,7 @@ def summary_table(results: Mapping[str, Any]) -> str:
         (["FID"] if has_fid else []) + ["Best PSNR", "Worst PSNR", "Best SSIM", "Worst SSIM", "s/image", "Skipped"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in tasks.items():
-        cells = [_cell(name) + (" (partial)" if r.get("partial") else ""), str(r["count"]),
+        cells = [table_cell(name) + (" (partial)" if r.get("partial") else ""), str(r["count"]),
                  _fmt(r.get("input_psnr"), 2), _fmt(r.get("input_ssim"), 4), _fmt(r["psnr"], 2), _fmt(r["ssim"], 4)]
         cells += [_fmt(r.get("lpips"), 4)] if has_lpips else []
         cells += [_fmt(r.get("fid"), 2)] if has_fid else []
@@ -183,8 +178,8 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
         md += ["| Image | Degraded PSNR | Degraded SSIM | PSNR | SSIM |" + (" LPIPS |" if has_lpips else "") + " s |",
                "|---|---|---|---|---|" + ("---|" if has_lpips else "") + "---|"]
         for im in r["images"]:
-            md.append(f"| {_cell(im['name'])} | {_fmt(im.get('input_psnr'), 2)} | {_fmt(im.get('input_ssim'), 4)} | "
-                      f"{im['psnr']:.2f} | {im['ssim']:.4f} |"
+            md.append(f"| {table_cell(im['name'])} | {_fmt(im.get('input_psnr'), 2)} | "
+                      f"{_fmt(im.get('input_ssim'), 4)} | {im['psnr']:.2f} | {im['ssim']:.4f} |"
                       + (f" {im['lpips']:.4f} |" if has_lpips else "") + f" {im['seconds']:.3f} |")
         md.append("")
     write_text(paths["md"], "\n".join(md))
