@@ -12,8 +12,6 @@ from utils.train.options import ConfigError
 from utils.train.run_log import Console, discarded_log
 
 FIG_NAME = "train_losses.png"  # the loss curves, drawn into --figs-dir (default: --output-dir)
-
-
 TB_DIR = "tensorboard"  # --tensorboard's event files
 
 
