@@ -27,7 +27,8 @@ are :mod:`utils.eval.options`, the engine :mod:`utils.eval.tester` (tasks, proto
 outputs beside it).
 
 Safety: the output folders are checked before the model is loaded (writable; not equal to or inside
-a folder the run reads, unless ``--overwrite``); files are written whole then renamed into place,
+a folder the run reads, unless ``--overwrite``; never at the path of an image the run reads, even with
+``--overwrite``); files are written whole then renamed into place,
 so a symbolic link at an output path is replaced, never written through. An unreadable image stops
 the run after writing the results so far (marked partial), or with ``--skip-bad-files`` is left out
 and listed; an output that cannot be written (a full disk) stops it so too. Every failure the user

@@ -67,7 +67,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
     from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, record_outputs
-    from utils.runtime import DEVICES, pick_device, stop_signals_as_interrupt
+    from utils.runtime import DEVICE_HELP, DEVICES, pick_device, stop_signals_as_interrupt
     from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
     from utils.study.budget import FULL, QUICK, estimated_seconds, minutes, plan
     from utils.study.errors import StudyError, StudyInterrupted, StudySettingError
@@ -121,7 +121,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", dest="patch_size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3,
                    help="base lr (the trainer halves it), the demo's: the paper's 2e-4 is too slow for a short budget")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no training progress bars")
     add_debug_flag(p)

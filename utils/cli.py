@@ -29,12 +29,13 @@ def _snake(flag: str) -> str:
 class OneSpellingHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Help that shows each flag by its first option string only (:func:`one_spelling` puts the
     kebab-case one first and names the others in the help text), and a flag's default once: argparse's
-    "(default: ...)" is left off where the help already says its default, where it is None (not given),
-    and for on/off switches."""
+    "(default: ...)" is left off where the help already says its default, where it is None, empty (``""``,
+    ``[]``: not given) or a switch's."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if re.search(r"(^|[(;,] ?)default\b", text, flags=re.I) or action.default is None or action.nargs == 0:
+        if re.search(r"(^|[(;,] ?)default\b", text, flags=re.I) or action.default in (None, "", []) \
+                or action.nargs == 0:
             return action.help
         return super()._get_help_string(action)
 
@@ -112,7 +113,7 @@ def add_network_size_flags(group, note: str = "") -> None:
     group.add_argument("--dim", type=at_least(1), default=None, help=f"override the preset's width{note}")
     group.add_argument("--num-blocks", dest="num_blocks", type=int, nargs=4, default=None, metavar="N",
                        help="override the preset's transformer blocks per level")
-    group.add_argument("--num-refinement-blocks", dest="num_refinement_blocks", type=int, default=None,
+    group.add_argument("--num-refinement-blocks", dest="num_refinement_blocks", type=int, default=None, metavar="N",
                        help="override the preset's refinement blocks")
     group.add_argument("--heads", type=int, nargs=4, default=None, metavar="N",
                        help="override the preset's attention heads per level")

@@ -91,6 +91,7 @@ def use_deterministic_kernels() -> None:
 
 
 DEVICES = ("auto", "cpu", "cuda")  # the --device choices of every command (a GPU by index: --gpus)
+DEVICE_HELP = "auto: CUDA when a GPU is visible, else the CPU"  # their --device help, alike
 
 
 def pick_device(flag: str = "auto", cuda: bool = False, local_rank: int = 0,

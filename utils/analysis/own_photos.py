@@ -40,7 +40,7 @@ from utils.eval.outputs import check_writable_folder
 from utils.eval.protocol import SIZE_MULTIPLE, crop_to_multiple, to_8bit
 from utils.files import json_text, write_text
 from utils.owned_outputs import keep_aside_foreign_outputs, record_outputs
-from utils.runtime import DEVICES, pick_device, tune_cpu_allocator
+from utils.runtime import DEVICE_HELP, DEVICES, pick_device, tune_cpu_allocator
 
 DEFAULT_FIGS_DIR = "results/analysis"  # under results/, which git ignores
 FIGURES = ("takeaway_maps.png", "embedding_projection.png")
@@ -94,7 +94,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=at_least(0), default=0,
                    help="seed of the synthetic rain, haze and low light (the demo data's --seed); the noise is the "
                         "tester's, seeded by each photo's file name")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     add_debug_flag(p)
     return one_spelling(p)
 

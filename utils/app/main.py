@@ -31,7 +31,7 @@ from utils.data.image_io import MAX_PIXELS, pixel_limit
 from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
 from utils.eval.options import add_checkpoint_flags, pixel_count
 from utils.eval.outputs import check_writable_folder
-from utils.runtime import DEVICES, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
+from utils.runtime import DEVICE_HELP, DEVICES, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
 
 DEMO_EXAMPLES = "data/demo/test"
 QUICK_DEMO_EXAMPLES = "data/demo-quick/test"  # what `python -m utils.demo --quick` builds
@@ -59,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_checkpoint_flags(parser)  # as the tester's
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"serve on http://{HOST}:PORT")
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto = CUDA if available")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     parser.add_argument("--examples", default=None, metavar="DIR",
                         help=f"benchmark folder whose degraded images the page offers as examples (default: "
                              f"{DEMO_EXAMPLES} when it exists, else {QUICK_DEMO_EXAMPLES})")

@@ -5,7 +5,8 @@ Where the files come from (:func:`collect_samples`)
     holds them (``noisy/denoise.txt``, ``rainy/rainTrain.txt``, ``hazy/hazy_outside.txt``; the
     project ships them in ``data_dir/``, the default), in list order, each id relative to its
     family's folder. As in the reference, a listed id that is not on disk is left out; unlike
-    it, one ``warning:`` line (through ``log``) gives the count per list and the first names
+    it, one warning (through ``warn``, the trainer's framed one on stderr; else a ``warning:`` line through ``log``)
+    gives the count per list and the first names
     (:func:`split_listed_ids` is the pure "which ids exist" step). ``strict_ids=True`` makes
     them a :class:`DatasetError` instead. A list none of whose ids exist means a wrong folder
     and is always an error. Without a list file (or with ``data_file_dir`` empty) the folder
@@ -338,8 +339,8 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
                  warn: Callable[[str], None] | None = None) -> dict[str, list[Pair]]:
     """Read every image header and ending (:func:`utils.data.integrity.check_file`): unreadable or truncated
     files, images smaller than the patch (after the centre-crop to multiples of 16) and degraded/clean size
-    mismatches are one :class:`DatasetError` listing them, or are left out with a ``warning:`` line to ``log``
-    when ``skip_bad``. A file cut short keeps a valid header: found only by a loader worker, it ended the run
+    mismatches are one :class:`DatasetError` listing them, or are left out with a warning (through ``warn``, else
+    a ``warning:`` line to ``log``) when ``skip_bad``. A file cut short keeps a valid header: found only by a loader worker, it ended the run
     mid-epoch with the iterations since the last checkpoint lost."""
     bad: list[str] = []
     out: dict[str, list[Pair]] = {}

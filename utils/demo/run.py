@@ -46,7 +46,7 @@ from utils.eval.report import write_results
 from utils.eval.tasks import find_task_sets
 from utils.files import json_text, write_text
 from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, record_outputs
-from utils.runtime import DEVICES, pick_device, tune_cpu_allocator
+from utils.runtime import DEVICE_HELP, DEVICES, pick_device, tune_cpu_allocator
 from utils.train.run_folder import FIG_NAME
 from utils.train.run_log import Console, draw_loss_figure
 
@@ -77,7 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3,
                    help="base lr (the schedule halves it); above the paper's 2e-4 so the short demo budget suffices")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--quick", action="store_true",
                    help="smallest setting (tiny images, a few iterations): checks the pipeline, not the quality; "
                         "in its own folders, so that it never meets the full demo's run")

@@ -17,14 +17,15 @@ from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
 from utils.eval.paper import SETTINGS
 from utils.eval.protocol import PROTOCOLS
 from utils.eval.tasks import PAPER_TASKS
-from utils.runtime import DEVICES
+from utils.runtime import DEVICE_HELP, DEVICES
 
 REFERENCE_MODEL = f"{CHECKPOINT_DIR}/{REFERENCE_MODEL_NAME}"
 
 
 def add_checkpoint_flags(group):
     """``--model``, ``--backbone`` and ``--preset``: which checkpoint to run, and how to build a network for one
-    that does not say (the tester's flags, which the web app takes too). Returns ``group``."""
+    that does not say (the tester's flags, which the web app and ``python -m utils.analysis`` take too). Returns
+    ``group``."""
     group.add_argument("--model", default=None,
                        help=f"checkpoint: the project's, a plain state dict, or a reference BaryIR checkpoint "
                             f"({{'BaryIR': module}}); also a run's output folder or its 'latest' pointer (the "
@@ -82,7 +83,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                            "PSNR/SSIM and the difference")
     what.add_argument("--skip-bad-files", action="store_true",
                       help="leave out (count, and name under the table) images that cannot be read: corrupt, "
-                           "larger than --max-pixels or smaller than 8x8; without it the first such image stops "
+                           "larger than --max-pixels or too small to score (8x8 by default; more with --ssim "
+                           "gaussian, --crop-border or --lpips); without it the first such image stops "
                            "the run after writing the results so far, marked partial")
     what.add_argument("--max-pixels", type=pixel_count, default=MAX_PIXELS, metavar="N",
                       help="refuse images of more than N pixels (height x width, read from the file's header "
@@ -116,7 +118,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                             "the reference draws unseeded noise, so no published noisy inputs exist)")
 
     run = parser.add_argument_group("running")
-    run.add_argument("--device", default="auto", choices=DEVICES, help="auto = CUDA if available")
+    run.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     run.add_argument("--cuda", action="store_true", help="reference flag: run on the GPU (same as --device cuda)")
     run.add_argument("--gpus", default=None, help="reference flag: GPU ids; the first is used")
     run.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast precision (fp16: GPU only)")
@@ -137,7 +139,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="restored images (in <save>/<row>/ with --tasks) and results.{json,csv,md}; an input "
                           "NAME.EXT gives NAME.png, and inputs sharing a NAME give NAME.png (the .png one) and "
                           "NAME_EXT.png (a.jpg -> a_jpg.png); files of those names already there (an earlier "
-                          "run's) are first moved to <save>/results.before-<time>/, never replaced")
+                          "run's) are first moved to <save>/results.before-<time>/ (with --overwrite: replaced; "
+                          "never an image the run reads)")
     out.add_argument("--savetar", default=None,
                      help="also save the targets as scored (cropped, 8-bit) here")
     out.add_argument("--overwrite", action="store_true",

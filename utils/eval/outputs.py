@@ -7,7 +7,8 @@
   so a read-only or mistyped folder fails at once, not after a whole evaluation.
 * :func:`check_outputs_outside_inputs`: an output folder equal to or inside a folder the run reads
   (or reached through a symbolic link into one) is refused unless the user says ``--overwrite``;
-  an output folder that a symbolic link leads out of its base (``--save``) is refused always.
+  an output folder that a symbolic link leads out of its base (``--save``) is refused always, and so is an output
+  at the path of an image the run reads (:func:`utils.eval.output_folders.check_inputs_not_overwritten`);
 * :func:`check_outputs_apart`: two flags never write images into one folder (``--save`` equal to
   ``--savetar`` would replace every restoration by its target).
 * result files are written as images are (:func:`utils.files.write_text`, :func:`utils.files.replace_file`):

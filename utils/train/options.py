@@ -21,7 +21,7 @@ from utils.cli import add_network_size_flags, backbone_name, network_size_overri
 from utils.compiled import BACKENDS, COMPILE_MODES
 from utils.dataset_utils import ALL_IN_ONE_3D, DatasetError
 from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag
-from utils.runtime import DEVICES
+from utils.runtime import DEVICE_HELP, DEVICES
 from utils.train.losses import ABLATABLE, L1_WEIGHT, OBJECTIVES, Objective
 
 # The authors' id lists ship in the repository's data_dir/; the flag's default names it as the
@@ -131,8 +131,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     new = p.add_argument_group("project flags")
     new.add_argument("--seed", type=int, default=0,
                      help="seeds initialisation, data order and augmentation (a resumed run keeps its seed)")
-    new.add_argument("--device", type=str, default="auto", choices=DEVICES,
-                     help="auto: CUDA when available, else the CPU")
+    new.add_argument("--device", type=str, default="auto", choices=DEVICES, help=DEVICE_HELP)
     new.add_argument("--deterministic", action="store_true",
                      help="GPU kernels chosen for reproducibility, not speed: no cuDNN autotuning, deterministic "
                           "algorithms where torch has them (two runs from one seed then match bit for bit; "
@@ -202,7 +201,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     add_debug_flag(new)
     new.add_argument("--debug-nan-at", dest="debug_nan_at", type=int, default=0,
                      help=argparse.SUPPRESS)  # tests: make the map loss NaN at this global iteration
-    new.add_argument("--ablate", nargs="+", default=[], choices=list(ABLATABLE),
+    new.add_argument("--ablate", nargs="+", default=[], choices=list(ABLATABLE), metavar="TERM",
                      help="ablation studies only (bench/study.py): leave these terms out of the map loss; "
                           "'potentials' also skips the potentials and congruence updates (transport cost only)")
     return one_spelling(p)
