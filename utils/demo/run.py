@@ -76,7 +76,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="training patch side, a multiple of 8 (default 64; 32 with --quick)")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="base lr (the schedule halves it); above the paper's 2e-4 so the short demo budget suffices")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed; another than 0 trains into folders of its own (*/demo-seedN)")
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     p.add_argument("--quick", action="store_true",
                    help="smallest setting (tiny images, a few iterations): checks the pipeline, not the quality; "
