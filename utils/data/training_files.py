@@ -340,8 +340,8 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
     """Read every image header and ending (:func:`utils.data.integrity.check_file`): unreadable or truncated
     files, images smaller than the patch (after the centre-crop to multiples of 16) and degraded/clean size
     mismatches are one :class:`DatasetError` listing them, or are left out with a warning (through ``warn``, else
-    a ``warning:`` line to ``log``) when ``skip_bad``. A file cut short keeps a valid header: found only by a loader worker, it ended the run
-    mid-epoch with the iterations since the last checkpoint lost."""
+    a ``warning:`` line to ``log``) when ``skip_bad``. A file cut short keeps a valid header: found only by a
+    loader worker, it ended the run mid-epoch with the iterations since the last checkpoint lost."""
     bad: list[str] = []
     out: dict[str, list[Pair]] = {}
     limit = max_pixels()
