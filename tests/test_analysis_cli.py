@@ -214,3 +214,20 @@ def test_a_photo_the_cap_made_too_small_asks_for_the_least_max_side_that_works(t
     assert parser.parse_args(["--max-side", "64"]).max_side == 64
     assert "at least 64, where a photo up to twice as long as high keeps the 32 pixels" in " ".join(
         parser.format_help().split())
+
+
+def test_a_plain_state_dict_of_another_size_loads_with_the_testers_size_flags(tmp_path, photos):
+    """The tester takes --dim, --num-blocks, ... for a plain state dict (no configuration in the file); the analysis
+    command and the app took only --preset, so such a checkpoint of another width could not be loaded by them."""
+    from utils.app import main as app_main
+    from utils.cli import network_size_overrides
+    torch.manual_seed(0)
+    torch.save(build_model("BaryNet", "tiny", dim=8).state_dict(), tmp_path / "plain.pth")
+    args = own_photos.get_args_parser().parse_args([
+        "--model", str(tmp_path / "plain.pth"), "--preset", "tiny", "--dim", "8", "--photos", str(photos),
+        "--figs-dir", str(tmp_path / "figs"), "--max-side", "64", "--device", "cpu"])
+    own_photos.main(args)
+    assert (tmp_path / "figs" / "embeddings.json").is_file()
+    served = app_main.get_args_parser().parse_args(["--preset", "tiny", "--dim", "8", "--heads", "1", "1", "2", "2"])
+    assert network_size_overrides(served) == {"dim": 8, "num_blocks": None, "num_refinement_blocks": None,
+                                              "heads": [1, 1, 2, 2]}

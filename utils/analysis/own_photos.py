@@ -29,7 +29,7 @@ import numpy as np
 from net.presets import WB_BACKBONES
 from utils.analysis.report import embedding_report
 from utils.checkpoints import load_model, model_or_default
-from utils.cli import at_least, one_spelling
+from utils.cli import add_network_size_flags, at_least, network_size_overrides, one_spelling
 from utils.data.image_io import IMAGE_EXTENSIONS, list_images, nested_images_hint, read_image
 from utils.demo.data import TEST_LONG_MAX, TEST_SHORT, embedding_views, make_test_image
 from utils.demo.degrade import depth_proxy
@@ -76,6 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                               "BaryPromptIR checkpoint on your own clean photos (or the demo's)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_checkpoint_flags(p)  # --model, --backbone, --preset: as the tester takes them
+    add_network_size_flags(p, " (for checkpoints that do not carry their configuration)")
     p.add_argument("--photos", default=None,
                    help="folder of clean photos, at least two (its images, not its subfolders; the first 10 by "
                         "name); default: "
@@ -236,7 +237,7 @@ def main(args) -> dict:
     else:
         chosen = chosen_photo(list(TEST_PHOTOS), [f"{n}.png" for n in TEST_PHOTOS], args.photo)
 
-    model, info = load_model(model_path(args.model), args.backbone, args.preset)
+    model, info = load_model(model_path(args.model), args.backbone, args.preset, **network_size_overrides(args))
     if info["backbone"] not in WB_BACKBONES:
         raise UsageError(f"--model {info['model']} is a {info['backbone']}, which has no WB / residual split of its "
                          f"latent to draw — pass a {' or '.join(sorted(WB_BACKBONES))} checkpoint")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from utils.checkpoints import CHECKPOINT_DIR, model_or_default
-from utils.cli import one_spelling
+from utils.cli import add_network_size_flags, network_size_overrides, one_spelling
 from utils.data.image_io import MAX_PIXELS, pixel_limit
 from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
 from utils.eval.options import add_checkpoint_flags, pixel_count
@@ -58,6 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="python -m utils.app", description="BaryIR restoration page (local web app)",
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_checkpoint_flags(parser)  # as the tester's
+    add_network_size_flags(parser, " (for checkpoints that do not carry their configuration)")
     parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"serve on http://{HOST}:PORT")
     parser.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     parser.add_argument("--examples", default=None, metavar="DIR",
@@ -117,7 +118,7 @@ def main(args) -> int:
     path = checkpoint_to_serve(args.model)
     device = pick_device(args.device)  # DeviceError: one line naming the flag and the fix
     from utils.checkpoints import load_model
-    model, info = load_model(path, args.backbone, args.preset)
+    model, info = load_model(path, args.backbone, args.preset, **network_size_overrides(args))
     if "note" in info:
         print(f"=> {info.pop('note')}")
     model.to(device).eval()
