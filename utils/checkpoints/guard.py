@@ -345,6 +345,13 @@ def _check_legacy(path: Path, size: int) -> None:
         raise _Refused(f"it declares {human_bytes(declared)} of tensor storage in a file of {human_bytes(size)}")
 
 
+def is_zip_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``torch.load`` reads ``path`` as a zip archive: by its first bytes, as torch tests the format, not
+    by :func:`zipfile.is_zipfile` (which finds an end record anywhere near the end, which a legacy file may carry)."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
 def inspect_checkpoint(path: str | os.PathLike, max_unpacked_bytes: int | None = None) -> None:
     """Refuse a checkpoint whose reading would cost more than the limits above allow, before it is read.
 
@@ -354,10 +361,8 @@ def inspect_checkpoint(path: str | os.PathLike, max_unpacked_bytes: int | None =
     """
     path = Path(path)
     size = path.stat().st_size
-    with open(path, "rb") as fh:  # torch.load's own test of the format: the first bytes, not zipfile's (an end
-        starts_as_zip = fh.read(4) == b"PK\x03\x04"  # record anywhere near the end, which a legacy file may carry)
     try:
-        if starts_as_zip:
+        if is_zip_checkpoint(path):
             _check_archive(path, size, max_unpacked_bytes)
         else:
             _check_legacy(path, size)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from utils.checkpoints.guard import CheckpointError
+from utils.checkpoints.guard import CheckpointError, is_zip_checkpoint
 
 
 class _RefusedCall(pickle.UnpicklingError):
@@ -140,9 +140,8 @@ def _is_torchscript(path: Path) -> bool:
     """Whether ``path`` is a TorchScript archive (``torch.jit.save``), which ``torch.load`` hands to ``torch.jit.load``
     as it does: a zip archive (by its first bytes) holding a ``constants.pkl``."""
     try:
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"PK\x03\x04":
-                return False
+        if not is_zip_checkpoint(path):
+            return False
         with zipfile.ZipFile(path) as archive:
             return any(name == "constants.pkl" or name.endswith("/constants.pkl") for name in archive.namelist())
     except (zipfile.BadZipFile, OSError):
