@@ -102,11 +102,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- photos
 
+def _capped_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """An ``h`` x ``w`` photo's size once its long side is resized down to at most ``max_side``."""
+    if max(h, w) <= max_side:
+        return h, w
+    f = max_side / max(h, w)
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
 def fitted_size(h: int, w: int, max_side: int) -> tuple[int, int]:
     """The ``(H, W)`` :func:`fitted` makes of an ``h`` x ``w`` photo with ``max_side``."""
-    if max(h, w) > max_side:
-        f = max_side / max(h, w)
-        h, w = max(1, round(h * f)), max(1, round(w * f))
+    h, w = _capped_size(h, w, max_side)
     return h - h % SIZE_MULTIPLE, w - w % SIZE_MULTIPLE
 
 
@@ -117,8 +123,7 @@ def fitted(img: np.ndarray, max_side: int, where: str) -> np.ndarray:
     for a larger photo."""
     h, w = img.shape[:2]
     if max(h, w) > max_side:
-        f = max_side / max(h, w)
-        img = resize(img, max(1, round(h * f)), max(1, round(w * f)))
+        img = resize(img, *_capped_size(h, w, max_side))
     img = np.ascontiguousarray(crop_to_multiple(img))
     if min(img.shape[:2]) < MIN_SIDE:
         said = f"{where} is too small: {img.shape[1]}x{img.shape[0]} pixels"
