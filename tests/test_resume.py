@@ -848,3 +848,20 @@ def test_a_dry_run_into_a_folder_holding_a_run_says_the_run_would_be_moved_aside
     assert (f"into {tmp_path / 'ckpt'}, first moving the earlier run's 3 file(s) there (1 checkpoint(s)) to "
             f"run.before-<time>/ (--resume auto would continue that run instead). Nothing was written") in out, out
     assert snapshot(tmp_path / "ckpt") == before
+
+
+def test_a_caller_that_asks_gets_the_signals_status_after_a_polite_stop(data, tmp_path, monkeypatch):
+    """SIGTERM during the demo's or the study's training ended them as "interrupted" with Ctrl-C's 130: the trainer
+    returns 0 after its checkpoint, so they could not tell which signal it was. Asked (``status_on_stop``), it returns
+    128 + the signal; the scripts still exit 0."""
+    real = engine.train_one_epoch
+
+    def signalled_first(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the trainer's StopRequest holds it: one iteration, then a checkpoint
+        return real(*args, **kwargs)
+    monkeypatch.setattr(engine, "train_one_epoch", signalled_first)
+    for asked, status in ((True, 128 + signal.SIGTERM), (False, 0)):
+        args = get_args_parser().parse_args(train_flags(data, tmp_path / str(asked)) + ["--iters-per-epoch", "4"])
+        args.status_on_stop = asked
+        assert engine.main(args) == status
+        assert [p.name for p in list_checkpoints(tmp_path / str(asked) / "ckpt")] == ["iter_e001_i000001.pth"]

@@ -398,6 +398,12 @@ def test_ctrl_c_during_the_runs_is_one_error_line_with_the_interrupted_status(tm
                       "--iters", "2", "--epochs", "1", "--arms", "baryir", "--seeds", "0", "--no-progress"]) == 143
     err = capsys.readouterr().err.strip()  # (it was "training failed (exit code 143)")
     assert err.startswith("error: study stopped by SIGTERM; the finished runs") and "\n" not in err, err
+    # SIGTERM during training: the trainer saves and returns 0, unless asked for the signal's status (it was
+    # "study interrupted", 130)
+    monkeypatch.setattr(runs, "run_cli", lambda args: 143 if getattr(args, "status_on_stop", False) else 0)
+    assert study.cli(["--out", str(tmp_path / "out"), "--root", str(tmp_path / "demo"), "--device", "cpu",
+                      "--iters", "2", "--epochs", "1", "--arms", "baryir", "--seeds", "0", "--no-progress"]) == 143
+    assert capsys.readouterr().err.strip().startswith("error: study stopped by SIGTERM; the finished runs")
 
 
 def test_a_training_stopped_by_a_closed_console_is_not_called_a_failure(tmp_path, monkeypatch):

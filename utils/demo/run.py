@@ -105,25 +105,25 @@ def _trainer_argv(args, root: Path) -> list[str]:
 
 
 class DemoStopped(UserError):
-    """The training stopped by a signal, saved: the demo stops with the shell's status for Ctrl-C (143 or 129 for
-    SIGTERM or SIGHUP while the trainer started), and says how to go on (the trainer's own line names --resume
+    """The training stopped by a signal, saved: the demo stops with the shell's status for that signal (130 for
+    Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), and says how to go on (the trainer's own line names --resume
     auto, a flag the demo does not have: it always resumes)."""
     exit_status = INTERRUPTED_STATUS
 
 
 def train(args, root: Path) -> Path:
     """Run the real trainer (its failure is its own one error line, and its exit status the demo's); returns
-    the checkpoint of the last epoch. Stopped by a signal, the trainer saves and returns: the demo stops too
-    (status 130, or 143/129 for SIGTERM/SIGHUP while it started: :class:`DemoStopped`), and the next run
-    continues the training."""
+    the checkpoint of the last epoch. Stopped by a signal, the trainer saves and returns 128 + the signal (asked by
+    ``status_on_stop``): the demo stops too (:class:`DemoStopped`), and the next run continues the training."""
     from utils.checkpoints import progress_of, read_latest
     from utils.train.engine import run_cli  # what trainer_bary.py runs; the script is not in the package
     from utils.train.options import get_args_parser as trainer_parser
     targs = trainer_parser().parse_args(_trainer_argv(args, root) + (["--debug"] if args.debug else []))
+    targs.status_on_stop = True  # a signal's stop returns 128 + it: the demo names SIGTERM, not "interrupted"
     stopped = DemoStopped(f"the demo stopped; its training so far is saved in {args.output_dir}: run the same "
                           f"command again (make demo, or python -m utils.demo with the same flags) to continue it")
     rc = run_cli(targs)
-    if rc in STOPPED_STATUSES:  # Ctrl-C, or SIGTERM / SIGHUP while it started (it said which)
+    if rc in STOPPED_STATUSES:  # Ctrl-C, SIGTERM or SIGHUP, while it started or trained (it said which)
         stopped.exit_status = rc
         raise stopped
     if rc:

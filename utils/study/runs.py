@@ -94,11 +94,12 @@ def train_run(argv: list[str], train_dir: Path, epochs: int, progress: bool) -> 
     here (``python bench/study.py`` puts bench/, not the repository root, on sys.path, and the package
     installs only ``net`` and ``utils``)."""
     targs = trainer_parser().parse_args(argv)
+    targs.status_on_stop = True  # a signal's stop returns 128 + it: the study names SIGTERM, not "interrupted"
     train_dir.mkdir(parents=True, exist_ok=True)
     with open(train_dir / "stdout.txt", "a") as fh, contextlib.redirect_stdout(fh), \
             (contextlib.redirect_stderr(fh) if not progress else contextlib.nullcontext()):
         rc = run_cli(targs)
-    if rc in STOPPED_STATUSES:  # Ctrl-C, or SIGTERM / SIGHUP while the trainer started: the study stops so too
+    if rc in STOPPED_STATUSES:  # Ctrl-C, SIGTERM or SIGHUP, while the trainer started or trained: the study stops so
         raise StopSignal(rc - 128)
     if rc == PIPE_CLOSED_STATUS:  # --progress: the console's reader went away; the trainer saved and stopped
         raise OutputClosed("the output's reader has gone")  # the study ends as every script does (status 141)
@@ -106,7 +107,7 @@ def train_run(argv: list[str], train_dir: Path, epochs: int, progress: bool) -> 
         raise StudyError(f"training failed (exit code {rc}); see {train_dir}/stdout.txt. Fix it, then rerun the "
                          f"same command: finished runs are kept")
     ckpt = finished_checkpoint(train_dir, epochs)
-    if ckpt is None:  # stopped by a signal: the trainer saved a checkpoint and returned 0
+    if ckpt is None:  # stopped otherwise (a closed pipe past its status): the trainer saved a checkpoint
         raise KeyboardInterrupt
     return ckpt
 

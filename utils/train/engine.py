@@ -179,7 +179,8 @@ def evaluate(model: nn.Module, pairs: list[tuple[Path, Path]], info: DistInfo,
 
 
 def main(args: argparse.Namespace) -> int:
-    """Train as ``args`` say. Returns 0 (also after SIGTERM/SIGINT, with a checkpoint written)."""
+    """Train as ``args`` say. Returns 0, also after SIGTERM/SIGINT with a checkpoint written
+    (:func:`stopped_status`)."""
     gpus_note = apply_gpus_flag(args.gpus)  # before anything touches CUDA
     if getattr(args, "deterministic", False):
         use_deterministic_kernels()
@@ -197,7 +198,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace, info: DistInfo) -> int:
-    """The whole run, top to bottom. Returns 0 (also after SIGTERM/SIGINT, with a checkpoint written)."""
+    """The whole run, top to bottom. Returns 0, also after SIGTERM/SIGINT with a checkpoint written
+    (:func:`stopped_status`)."""
     console = Console(info.is_main)
     k, objective, ablate = check_run(args, info)
     check_memory(args, k, info, console)
@@ -268,7 +270,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                     save(state)
                     console(f"=> stopped by {stop_cause(stop, info)} at epoch {epoch}, iteration {state.iteration}; "
                             f"continue with --resume auto (or --resume <checkpoint>)")
-                    return 0
+                    return stopped_status(stop, args)
                 save(state)  # first: validation reads the user's images and may fail, the epoch's training must not
                 val = evaluate(model, val_pairs, info, args.precision) if val_pairs else None
                 end_of_epoch(training, log, console, epoch, state, iters, lr, means, val, time.perf_counter() - tic)
@@ -277,7 +279,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                     draw_loss_figure(output_dir / LOG_NAME, loss_figure(args), console)
                 if stopped or any_rank(stop.requested, info):  # a signal during validation or saving
                     console(f"=> stopped by {stop_cause(stop, info)} after epoch {epoch}")
-                    return 0
+                    return stopped_status(stop, args)
                 state = LoopState(epoch + 1, 0, state.global_step)
         finally:
             stop.restore()
@@ -356,6 +358,13 @@ class Saver:
                 ) from exc
             self.console(f"=> checkpoint {saved}")
         barrier(t.info)
+
+
+def stopped_status(stop: StopRequest, args: argparse.Namespace) -> int:
+    """The run's status after a polite stop, its checkpoint written: 0 for the scripts (a scheduler that requeues
+    on failure sees none), 128 + the signal for a caller that set ``args.status_on_stop`` (the demo and the
+    study, which say "stopped by SIGTERM" and exit as the shell would, rather than "interrupted" for any signal)."""
+    return 128 + stop.signum if getattr(args, "status_on_stop", False) and stop.signum else 0
 
 
 def stop_cause(stop: StopRequest, info: DistInfo) -> str:
