@@ -20,7 +20,7 @@ from _train_data import (
 
 import tester_bary
 import trainer_bary
-from utils.data import doctor, integrity
+from utils.data import data_report, doctor, integrity
 from utils.eval.tasks import find_task_sets
 from utils.train.options import get_args_parser as train_parser
 from utils.train.options import resolve_data_file_dir
@@ -432,7 +432,7 @@ def test_a_paper_set_in_a_folder_of_its_own_name_is_expected_at_the_papers_count
     assert check_tester("--data-root", root, "--tasks", "dehaze", "deblur", "lowlight") == 1
     report = doctor.check_test_data(root, ["dehaze", "deblur", "lowlight"])
     rows = {s.name: s for s in report.sets}
-    assert {n: (s.found, doctor._cell(s.expected), s.status) for n, s in rows.items()} == {
+    assert {n: (s.found, data_report.expected_cell(s.expected), s.status) for n, s in rows.items()} == {
         "dehaze/SOTS_outdoor": (2, "500", "FAIL"), "dehaze/indoor": (2, "-", "ok"),  # SOTS indoor: no column
         "deblur/GoPro": (2, "1,111", "FAIL"), "lowlight/LOLv1": (2, "15", "FAIL")}
     assert rows["deblur/GoPro"].errors[0].line() == (

@@ -20,9 +20,8 @@ with one concrete fix, and nothing is decoded unless a file looks damaged (or is
   the trainers decode before training, every image is decoded.
 
 Problems are errors (the run would stop, or score a set other than the paper's) or warnings (the
-trainer goes on: listed training ids absent from disk, targets nothing uses,
-training-set counts other than the paper's). :func:`format_report` prints the report as a table;
-:func:`tester_check` and :func:`trainer_check` are the two scripts' ``--check-data`` (exit status 0
+trainer goes on: listed training ids absent from disk, targets nothing uses, training-set counts other than
+the paper's); :mod:`utils.data.data_report` holds the report and prints it as a table. :func:`tester_check` and :func:`trainer_check` are the two scripts' ``--check-data`` (exit status 0
 when there is no error, 1 otherwise).
 """
 from __future__ import annotations
@@ -31,12 +30,21 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from utils import dataset_utils as du
 from utils.data import training_files as tf
+from utils.data.data_report import (
+    ERROR,
+    WARNING,
+    DataReport,
+    Expected,
+    Problem,
+    SetReport,
+    count_problem,
+    format_report,
+)
 from utils.data.image_io import (
     list_images,
     max_pixels,
@@ -67,20 +75,6 @@ TEST_EXPECTED: dict[str, int] = {
 }
 
 
-@dataclass(frozen=True)
-class Expected:
-    """A training family's expected image count; ``also`` are other counts that are right too."""
-    count: int
-    also: tuple[int, ...] = ()
-    note: str = ""
-
-    def matches(self, n: int) -> bool:
-        return n == self.count or n in self.also
-
-    def __str__(self) -> str:
-        return f"{self.count:,}" + "".join(f" ({a:,})" for a in self.also)
-
-
 # The authors' training sets (their id lists; data_dir/README.md). Deblur (GoPro), low light (LOL) and
 # single have no count the code or the paper's lists know: their rows show what was found only.
 TRAIN_EXPECTED: dict[str, Expected] = {
@@ -88,9 +82,6 @@ TRAIN_EXPECTED: dict[str, Expected] = {
     "derain": Expected(200, note="Rain100L training set"),
     "dehaze": Expected(72135, note="the authors' RESIDE OTS subset, listed in their hazy/hazy_outside.txt"),
 }
-
-ERROR, WARNING = "error", "warning"
-EXAMPLES = 3            # problems shown per kind and set before "... and N more"
 
 # Folder names people download data with, for "rename X to Y" fixes.
 _DEGRADED_NAMES = {"input", "inputs", "hazy", "rainy", "rain", "low", "blur", "blurred", "degraded", "lq", "noisy"}
@@ -100,66 +91,6 @@ _TARGET_NAMES = {"target", "targets", "gt", "groundtruth", "ground_truth", "clea
 
 class CheckDataUsage(UsageError):
     """``--check-data`` with flags that cannot name a data set (a bad ``--tasks`` name): exit status 2."""
-
-
-@dataclass
-class Problem:
-    """One thing wrong with a set: ``file`` is the file or folder it is about, ``fix`` what to do."""
-    kind: str
-    file: str
-    detail: str
-    fix: str
-    severity: str = ERROR
-
-    def line(self) -> str:
-        return f"{self.detail.rstrip('.')}. Fix: {self.fix}" if self.fix else self.detail
-
-
-@dataclass
-class SetReport:
-    """One row: a set's name, its folder, the images found, the count expected (None: no expectation)."""
-    name: str
-    folder: str
-    found: int = 0
-    expected: int | Expected | None = None
-    used_by: tuple[str, ...] = ()
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == ERROR]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == WARNING]
-
-    @property
-    def status(self) -> str:
-        return "FAIL" if self.errors else "warn" if self.warnings else "ok"
-
-    def add(self, kind: str, file: object, detail: str, fix: str, severity: str = ERROR) -> None:
-        self.problems.append(Problem(kind, str(file), detail, fix, severity))
-
-
-@dataclass
-class DataReport:
-    """What ``--check-data`` found: the sets (rows), problems that belong to no set, files read, time taken."""
-    title: str
-    sets: list[SetReport] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    files_read: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not any(p.severity == ERROR for p in self.problems) and not any(s.errors for s in self.sets)
-
-    @property
-    def exit_status(self) -> int:
-        return 0 if self.ok else 1
-
-    def all_problems(self) -> list[Problem]:
-        return [*self.problems, *(p for s in self.sets for p in s.problems)]
 
 
 # --------------------------------------------------------------------------- shared checks
@@ -199,26 +130,6 @@ def _too_small(row: SetReport, checks: Mapping[Path, FileCheck], files: Iterable
         if size is not None and min(size) < least_side:
             row.add("too small", f, f"{f} is {size[0]}x{size[1]} (height x width), too small to score: at least "
                                     f"{least_side}x{least_side}", fix(f))
-
-
-def _count(row: SetReport, what: str, severity: str = ERROR, fix: str | None = None) -> None:
-    """Add a "count" problem to ``row`` when it holds another number of images than expected; ``what`` is a plural
-    noun (``"clean images"``)."""
-    exp = row.expected
-    if exp is None or row.found == 0:
-        return
-    ok = exp.matches(row.found) if isinstance(exp, Expected) else row.found == exp
-    if ok:
-        return
-    n = exp.count if isinstance(exp, Expected) else exp
-    note = f" ({exp.note})" if isinstance(exp, Expected) and exp.note else ""
-    one = what.removesuffix("s")
-    if not fix and row.found < n:
-        fix = f"{counted(n - row.found, one, what)} missing: complete the download into {row.folder}"
-    elif not fix:
-        fix = (f"{counted(row.found - n, one, what)} more than the paper's set: remove what is not part of it from "
-               f"{row.folder}")
-    row.add("count", row.folder, f"found {counted(row.found, one, what)}, expected {n:,}{note}", fix, severity)
 
 
 def _image_folders(folder: Path) -> list[Path]:
@@ -303,7 +214,7 @@ def check_paired_set(name: str, degraded_dir: str | os.PathLike, target_dir: str
     _too_small(row, checks, (d for d, _ in pairs), least_side,
                lambda f: f"replace it, remove it and its pair ({', '.join(map(str, partners[f]))}), "
                          f"{decode or _SKIP_SMALL}")
-    _count(row, "degraded images")
+    count_problem(row, "degraded images")
     return row, len(checks)
 
 
@@ -358,7 +269,7 @@ def check_denoise_set(name: str, folder: str | os.PathLike, expected: int | Expe
     checks = check_files(files, threads)
     _report_files(row, checks, files, pixel_limit, _TESTER_LIMIT)
     _too_small(row, checks, files, least_side, lambda f: f"replace it, remove it, {_SKIP_SMALL}")
-    _count(row, "clean images")
+    count_problem(row, "clean images")
     return row, len(checks)
 
 
@@ -370,7 +281,7 @@ def _test_rows(task: str, root: Path, expected: Mapping[str, int], pixel_limit: 
     base = root / layout.folder
 
     def exp(folder: Path) -> int | Expected | None:
-        return expected_count(folder.relative_to(root).as_posix(), task, expected)
+        return expectedcount_problem(folder.relative_to(root).as_posix(), task, expected)
 
     if isinstance(layout, DenoiseLayout):
         folders = ([base] if base.is_dir() and list_images(base) else []) + visible_subfolders(base)
@@ -422,7 +333,7 @@ def _row_of(key: str, task: str) -> str:
     return key
 
 
-def expected_count(key: str, task: str, expected: Mapping[str, int] = TEST_EXPECTED) -> int | Expected | None:
+def expectedcount_problem(key: str, task: str, expected: Mapping[str, int] = TEST_EXPECTED) -> int | Expected | None:
     """The images expected in the set at ``key`` (its folder under the root, e.g. ``dehaze/SOTS_outdoor``) that
     ``task`` reads: ``expected[key]`` (keys in lower case), else, when the tester's row of it fills a paper column
     (:func:`utils.eval.paper.paper_column`, the rule ``--compare-paper`` follows: ``*sots*``/``outdoor`` is SOTS,
@@ -550,7 +461,7 @@ def check_training_data(de_types: Sequence[str], dirs: Mapping[str, str | os.Pat
                     small.add(f)
                     break
         if id_list is None:  # with a list, each absent id is named already
-            _count(row, "images", WARNING, _scan_hint(fam, row))
+            count_problem(row, "images", WARNING, _scan_hint(fam, row))
     report.seconds = time.perf_counter() - tic
     return report
 
@@ -632,60 +543,6 @@ def _training_pairs(row: SetReport, fam: str, root: Path, files: list[Path], sca
                         f"image, so {flag} training does not use it", f"add its pair at {where}, or remove it",
                         WARNING)
     return pairs
-
-
-# --------------------------------------------------------------------------- the table
-
-def _cell(expected: int | Expected | None) -> str:
-    return "-" if expected is None else str(expected) if isinstance(expected, Expected) else f"{expected:,}"
-
-
-def format_report(report: DataReport, examples: int = EXAMPLES) -> str:
-    """The report as text: a title, one row per set (set, found, expected, status, folder), under each row
-    its problems grouped by kind (the first ``examples`` of each, then "... and N more"), and a verdict."""
-    lines = [f"{report.title}: {len(report.sets)} set(s), {report.files_read:,} files read in "
-             f"{report.seconds:.2f} s"]
-    head = ("set", "found", "expected", "status", "folder")
-    rows = [(s.name, f"{s.found:,}", _cell(s.expected), s.status, s.folder) for s in report.sets]
-    width = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
-    right = {1, 2}
-
-    def fmt(r: Sequence[str]) -> str:
-        return "  ".join(cell.rjust(w) if c in right else cell.ljust(w)
-                         for c, (cell, w) in enumerate(zip(r, width))).rstrip()
-
-    if rows:
-        lines.append(fmt(head))
-    for s, r in zip(report.sets, rows):
-        lines.append(fmt(r))
-        lines += _problem_lines(s.problems, examples)
-    lines += _problem_lines(report.problems, examples)
-    errors = [p for p in report.all_problems() if p.severity == ERROR]
-    warns = [p for p in report.all_problems() if p.severity == WARNING]
-    if not report.sets and not report.problems:
-        lines.append("nothing to check")
-    if errors:
-        failing = sum(1 for s in report.sets if s.errors) + (1 if any(p.severity == ERROR for p in report.problems)
-                                                               else 0)
-        lines.append(f"=> {len(errors):,} error(s) in {failing} place(s): fix them and run --check-data again"
-                     + (f"; {len(warns):,} warning(s)" if warns else ""))
-    else:
-        lines.append("=> everything needed is present and well-formed"
-                     + (f" ({len(warns):,} warning(s): the run goes on, see above)" if warns else ""))
-    return "\n".join(lines)
-
-
-def _problem_lines(problems: Sequence[Problem], examples: int) -> list[str]:
-    by_kind: dict[tuple[str, str], list[Problem]] = {}
-    for p in problems:
-        by_kind.setdefault((p.severity, p.kind), []).append(p)
-    out = []
-    for (severity, kind), items in by_kind.items():
-        out.append(f"    {kind} ({severity}, {len(items):,}):")
-        out += [f"      - {p.line()}" for p in items[:examples]]
-        if len(items) > examples:
-            out.append(f"      ... and {len(items) - examples:,} more")
-    return out
 
 
 # --------------------------------------------------------------------------- the scripts' --check-data
