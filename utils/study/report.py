@@ -158,18 +158,21 @@ def tables(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seed
 PSNR_FIGURE, DIFFERENCE_FIGURE, PROBE_FIGURE = "psnr_by_arm.png", "baryir_minus_baseline.png", "probe_accuracy.png"
 
 
+def _figure_list(compared: bool, probed: bool) -> list[str]:
+    """The files :func:`figures` writes, in its order: the PSNR figure, the difference figure (``compared``: arms
+    of a comparison ran), the probe's (``probed``: a WB arm's embeddings were probed)."""
+    return [PSNR_FIGURE, *([DIFFERENCE_FIGURE] if compared else []), *([PROBE_FIGURE] if probed else [])]
+
+
 def figure_names(summary: dict, probe: dict) -> list[str]:
-    """The names of the files :func:`figures` writes for ``summary`` and ``probe``, in its order: the PSNR figure,
-    the difference figure (with any comparison), the probe's (with a probe)."""
-    return [PSNR_FIGURE, *([DIFFERENCE_FIGURE] if summary["comparisons"] else []), *([PROBE_FIGURE] if probe else [])]
+    """The names of the files :func:`figures` writes for ``summary`` and ``probe``."""
+    return _figure_list(bool(summary["comparisons"]), bool(probe))
 
 
 def planned_figure_names(arms: Sequence[str]) -> list[str]:
     """The names :func:`figure_names` gives once ``arms`` have run (known before any run): the difference figure
     with a pair of :data:`COMPARISONS` among them, the probe's with a WB arm."""
-    pairs = any(m in arms and b in arms for m, b in COMPARISONS)
-    probe = any(ARMS[a].wb for a in arms)
-    return [PSNR_FIGURE, *([DIFFERENCE_FIGURE] if pairs else []), *([PROBE_FIGURE] if probe else [])]
+    return _figure_list(any(m in arms and b in arms for m, b in COMPARISONS), any(ARMS[a].wb for a in arms))
 
 
 def figures(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seeds: Sequence[int],
