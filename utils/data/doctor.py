@@ -21,8 +21,9 @@ with one concrete fix, and nothing is decoded unless a file looks damaged (or is
 
 Problems are errors (the run would stop, or score a set other than the paper's) or warnings (the
 trainer goes on: listed training ids absent from disk, targets nothing uses, training-set counts other than
-the paper's); :mod:`utils.data.data_report` holds the report and prints it as a table. :func:`tester_check` and :func:`trainer_check` are the two scripts' ``--check-data`` (exit status 0
-when there is no error, 1 otherwise).
+the paper's); :mod:`utils.data.data_report` holds the report and prints it as a table. :func:`tester_check`
+and :func:`trainer_check` are the two scripts' ``--check-data`` (exit status 0 when there is no error, 1
+otherwise).
 """
 from __future__ import annotations
 
