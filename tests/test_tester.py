@@ -2436,8 +2436,8 @@ def test_tasks_all_finds_every_paper_task_present_in_the_papers_order(tmp_path):
 def test_the_testers_scoring_flags_left_out_are_the_protocols_defaults():
     """tester_bary.py without scoring or tiling flags scores as Protocol() does (the trainer's validation, the demo,
     the study): a flag default drifting from it (--tile-overlap 16) changed tiled numbers with nothing said."""
-    from utils.eval.tester import _protocol
-    assert _protocol(tester_bary.get_args_parser().parse_args([])) == protocol_module.Protocol()
+    from utils.eval.protocol import protocol_from_args
+    assert protocol_from_args(tester_bary.get_args_parser().parse_args([])) == protocol_module.Protocol()
 
 
 def test_the_table_cells_sit_under_their_headings_rounded_as_the_paper():

@@ -60,7 +60,7 @@ from utils.data.pairing import PairingError, SwappedFolders, match_pairs, partne
 from utils.errors import UsageError, counted
 from utils.eval.evaluation import smallest_file_side
 from utils.eval.paper import paper_column
-from utils.eval.protocol import Protocol
+from utils.eval.protocol import Protocol, protocol_from_args
 from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
 
 # The paper's test sets, by folder under the benchmark root (lower case): images found must equal these. A set
@@ -553,8 +553,7 @@ def tester_check(args, out: Callable[[str], None] = print) -> int:
     ``--data-root``, ``--degset``/``--tarset``, or ``--input``; none: every paper task present), print the
     report; 0 when there is no error, else 1. No model is loaded."""
     limit = getattr(args, "max_pixels", None)
-    least = smallest_file_side(Protocol(protocol=args.protocol, ssim=args.ssim, crop_border=args.crop_border,
-                                        lpips=args.lpips))  # the least these flags score (--input scores none)
+    least = smallest_file_side(protocol_from_args(args))  # the least these flags score (--input scores none)
     if args.input:
         from utils.eval.tasks import input_files
         report = check_input_files(input_files(args.input), pixel_limit=limit)

@@ -24,7 +24,7 @@ import torch.nn as nn
 from utils.compiled import COMPILE_MODES
 from utils.data.image_io import quantise, to_float
 from utils.data.noise import SEED_RULE
-from utils.errors import UserError, human_bytes
+from utils.errors import UsageError, UserError, human_bytes
 from utils.eval.inference import PRECISIONS, check_tiling, is_out_of_memory, restore, restore_tiled
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
 from utils.memory import TILE_SIDES, TILED_IMAGE_BYTES_PER_PIXEL, available_bytes, choose_tile, restore_need
@@ -124,6 +124,18 @@ class Protocol:
         d["lpips_input"] = "[-1, 1]" if self.lpips else None
         d["average"] = "mean of the rows' mean PSNR/SSIM (each row averages its images)"
         return d
+
+
+def protocol_from_args(args) -> Protocol:
+    """The protocol the tester's flags (``--protocol``, ``--ssim``, ``--tile``, ...) ask for, checked: a value that
+    cannot be is a :class:`UsageError` naming the flag and the fix. The tester and its ``--check-data`` use it."""
+    try:
+        return Protocol(protocol=args.protocol, metric_space=args.metric_space, ssim=args.ssim,
+                        crop_border=args.crop_border, precision=args.precision, tile=args.tile,
+                        tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, lpips=args.lpips, fid=args.fid,
+                        noise_seed=args.noise_seed, compile=args.compile).validate()
+    except ValueError as exc:  # the message names the flag and the fix
+        raise UsageError(str(exc)) from exc
 
 
 def crop_to_multiple(img: np.ndarray, multiple: int = SIZE_MULTIPLE) -> np.ndarray:

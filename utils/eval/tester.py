@@ -25,7 +25,7 @@ from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.options import get_args_parser
 from utils.eval.output_folders import check_outputs, keep_earlier_outputs, output_locks, remove_tester_temporaries
 from utils.eval.paper import paper_column, setting_note
-from utils.eval.protocol import Protocol
+from utils.eval.protocol import Protocol, protocol_from_args
 from utils.eval.report import format_report, write_results
 from utils.eval.tasks import (
     EvalSet,
@@ -49,16 +49,6 @@ class RunStopped(UserError):
     def __init__(self, message: str, exit_status: int):
         super().__init__(message)
         self.exit_status = exit_status
-
-
-def _protocol(args) -> Protocol:
-    try:
-        return Protocol(protocol=args.protocol, metric_space=args.metric_space, ssim=args.ssim,
-                        crop_border=args.crop_border, precision=args.precision, tile=args.tile,
-                        tile_overlap=args.tile_overlap, tile_batch=args.tile_batch, lpips=args.lpips, fid=args.fid,
-                        noise_seed=args.noise_seed, compile=args.compile).validate()
-    except ValueError as exc:  # the message names the flag and the fix
-        raise UsageError(str(exc)) from exc
 
 
 def _fail(message: str) -> None:
@@ -239,7 +229,7 @@ def main(args) -> dict:
     slow = slow_precision_note(device, args.precision)
     if slow:
         print(f"warning: {slow}", file=sys.stderr)
-    protocol = _protocol(args)
+    protocol = protocol_from_args(args)
     try:
         check_compile(protocol.compile, device)
     except CompileError as exc:
