@@ -379,3 +379,25 @@ def test_the_denoising_test_images_are_the_clean_targets(tiny):
         clean = (root / "test/denoise/demo" / f"{name}.png").read_bytes()
         assert clean == (root / "test/jpeg/target" / f"{name}.png").read_bytes(), name
         assert clean == (root / "test/deblur/target" / f"{name}.png").read_bytes(), name
+
+
+def test_a_write_cut_short_while_building_names_the_image_and_leaves_no_part_of_it(tmp_path):
+    """A build that met the end of its room (here the process's file size limit, ``ulimit -f``, which a full disk
+    meets the same way: a write that stops part-way) said "file too large: a file exceeds ...", naming no file,
+    and left the part-written temporary in the training folders, taking the space it had."""
+    import resource
+    import subprocess
+    import sys
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    root = tmp_path / "demo"
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "utils.demo.data", "--root", str(root), "--scale", "0.3",
+                           "--max-photos", "1"], cwd=repo, capture_output=True, text=True, timeout=120,
+                          preexec_fn=small_files, env={**os.environ, "PYTHONPATH": str(repo)})
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("demo data:")]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert re.match(r"error: file too large: writing \S+\.png to " + re.escape(str(root)), lines[0]), lines[0]
+    assert not [p for p in root.rglob(".*.tmp")], sorted(root.rglob(".*.tmp"))

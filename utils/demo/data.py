@@ -88,6 +88,7 @@ from utils.demo.photos import (
     round_to_multiple,
 )
 from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, listing, run_main
+from utils.files import replace_file
 
 VERSION = 1
 BUILDING_MARK = ".demo-building"  # lists a build's files as it writes them, removed with its manifest's writing
@@ -135,10 +136,7 @@ def write_if_changed(path: Path, data: bytes, force: bool = False) -> bool:
     ``data`` (and not ``force``). Returns True when written."""
     if not force and path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    replace_file(path, data)  # a full disk: one line naming the file, and no part-written temporary left
     return True
 
 
