@@ -132,6 +132,7 @@ def test_trainer_failures_are_one_error_line_and_debug_shows_the_traceback(data,
 
     from utils import files
     monkeypatch.setattr(files.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(2**40, 2**40, 4096))
+    monkeypatch.setattr(engine, "check_checkpoint_room", lambda *a: None)  # the space was taken after the start
     assert engine.run_cli(get_args_parser().parse_args(flags)) == 1
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "error: disk full: writing epoch_001.pth to " in err, err
@@ -592,3 +593,25 @@ def test_a_full_disk_while_logging_is_one_error_line_naming_the_log(data, tmp_pa
     log = (tmp_path / "ckpt" / "log.jsonl").read_text()
     assert log.endswith("\n")
     assert [(r["kind"], r.get("iteration")) for r in map(json.loads, log.splitlines())] == [("run", None), ("iter", 1)]
+
+
+def test_an_output_dir_without_room_for_one_checkpoint_is_refused_before_training(data, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """A disk with less free space than one checkpoint trained a whole epoch (hours at the paper's scale) and only
+    then failed, at its first save. It is refused at the start now, before any iteration or file, --dry-run too."""
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 5 * 2**20, 5 * 2**20))
+    steps = []
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **k: steps.append(1) or ({}, False))
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "3", "--nEpochs", "1"]
+    for extra in ([], ["--dry-run"]):
+        assert engine.run_cli(get_args_parser().parse_args(flags + extra)) == 1
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "Traceback" not in err, err
+        assert re.search(rf"^error: disk full: --output-dir {re.escape(str(tmp_path / 'ckpt'))} has 5.0 MiB free, "
+                         r"and each checkpoint of this run takes at least \d+\.\d MiB .*nothing was trained$", err,
+                         flags=re.M), err
+        assert not steps and not (tmp_path / "ckpt").exists()

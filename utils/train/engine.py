@@ -60,7 +60,7 @@ from utils.train.distributed import (
 from utils.train.iteration import NonFiniteLossError, Training, any_rank, train_step
 from utils.train.losses import Objective
 from utils.train.optim import build_optimizer, lr_at, set_lr
-from utils.train.run_checks import check_memory, loss_figure
+from utils.train.run_checks import check_checkpoint_room, check_memory, checkpoint_need, loss_figure
 from utils.train.run_folder import earlier_run_files
 from utils.train.run_log import (
     LOSS_LABELS,
@@ -228,6 +228,9 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         if state.epoch > args.nEpochs and not unlogged:  # before anything is moved or written: a no-op changes nothing
             console(f"=> nothing to do: epoch {state.epoch} is past --epochs {args.nEpochs}; nothing was written")
             return 0
+        if state.epoch <= args.nEpochs:  # an hour of training must not end at a first save that cannot fit
+            need = checkpoint_need(model, pots, args.optimizer, potentials_trained="potentials" not in ablate)
+            check_checkpoint_room(Path(args.output_dir), need, info)
         if dry:
             record = (f"write epoch {int(resumed['epoch'])}'s missing log record (after its validation)"
                       if unlogged else "")

@@ -5,6 +5,7 @@ validation set and resuming have modules of their own (:mod:`~utils.train.run_fo
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -16,7 +17,15 @@ from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
 from utils.errors import UserError, human_bytes
 from utils.eval.outputs import check_writable_folder
-from utils.memory import TrainingNeed, available_bytes, processes_on_this_node, resident_bytes, training_need
+from utils.files import FREE_SPACE_MARGIN, DiskFullError
+from utils.memory import (
+    OPTIMIZER_STATE_BYTES,
+    TrainingNeed,
+    available_bytes,
+    processes_on_this_node,
+    resident_bytes,
+    training_need,
+)
 from utils.train.distributed import DistInfo, broadcast_int
 from utils.train.losses import L1_WEIGHT
 from utils.train.options import DEFAULT_DEGSET, ConfigError, default_of, flag_of, resolve_data_file_dir
@@ -222,3 +231,33 @@ def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
         console.warn(message)
         return
     raise ConfigError(message)
+
+
+def checkpoint_need(model: torch.nn.Module, potentials: torch.nn.Module | None, optimizer: str,
+                    potentials_trained: bool = True) -> int:
+    """The bytes a checkpoint of this run takes at the least: the networks' parameters and buffers, and the
+    optimizer's state of each parameter it updates (:data:`~utils.memory.OPTIMIZER_STATE_BYTES`, made at the first
+    step, so not yet there to be counted; none for potentials that ``--ablate potentials`` leaves untrained); the
+    rest (RNG states, the run's arguments) adds a little."""
+    modules = [m for m in (model, potentials) if m is not None]
+    tensors = [t for m in modules for t in [*m.parameters(), *m.buffers()]]
+    updated = [model] + ([potentials] if potentials is not None and potentials_trained else [])
+    params = sum(p.numel() for m in updated for p in m.parameters() if p.requires_grad)
+    return sum(t.numel() * t.element_size() for t in tensors) + OPTIMIZER_STATE_BYTES.get(optimizer, 8) * params
+
+
+def check_checkpoint_room(output_dir: Path, need: int, info: DistInfo) -> None:
+    """Refuse, before the first iteration, a run whose ``--output-dir`` has no room for one checkpoint of ``need``
+    bytes (:func:`checkpoint_need`) beside the :data:`~utils.files.FREE_SPACE_MARGIN` every write leaves free:
+    its first save would refuse it anyway, an epoch (hours at the paper's scale) later. Rank 0, which writes the
+    checkpoints, decides for all ranks."""
+    folder = next(p for p in [output_dir, *output_dir.absolute().parents] if p.is_dir())
+    free = shutil.disk_usage(folder).free
+    if broadcast_int(int(free >= need + FREE_SPACE_MARGIN), info):
+        return
+    exc = DiskFullError(f"disk full: --output-dir {output_dir} has {human_bytes(free)} free, and each checkpoint "
+                        f"of this run takes at least {human_bytes(need)} (plus {human_bytes(FREE_SPACE_MARGIN)} "
+                        f"left free), so its first save would fail: free space there or choose another "
+                        f"--output-dir; nothing was trained")
+    exc.met_by_every_rank = True  # rank 0's disk decided for every rank
+    raise exc
