@@ -865,3 +865,36 @@ def test_a_caller_that_asks_gets_the_signals_status_after_a_polite_stop(data, tm
         args.status_on_stop = asked
         assert engine.main(args) == status
         assert [p.name for p in list_checkpoints(tmp_path / str(asked) / "ckpt")] == ["iter_e001_i000001.pth"]
+
+
+def test_a_full_disk_while_keeping_the_abandoned_history_leaves_no_part_of_it(tmp_path, capsys, monkeypatch):
+    """Resuming an earlier checkpoint keeps a copy of the log (and events) beside the checkpoints it sets aside. A
+    copy that met a full disk was warned about ("will not carry its history over") but left half a log there, which
+    resuming one of those checkpoints later carried over as that timeline's history, cut short without a word."""
+    import errno
+    import shutil
+
+    from utils.train.run_folder import resume_outputs
+    from utils.train.run_log import Console
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"x" * 100)
+    for name in ("epoch_001.pth", "epoch_002.pth"):
+        (run / name).write_bytes(b"checkpoint")
+    (run / "log.jsonl").write_text("".join(json.dumps({"kind": "iter", "global_step": s}) + "\n" for s in range(9)))
+
+    def half_then_full(src, dst, *a, **k):
+        Path(dst).write_bytes(Path(src).read_bytes()[:20])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(shutil, "copyfile", half_then_full)
+    monkeypatch.setattr(shutil, "copy2", half_then_full)  # copytree's copy of each event file
+    resume_outputs(run, run / "epoch_001.pth", (1, 0), Console())
+    [kept] = run.glob("abandoned.before-*")
+    assert sorted(p.name for p in kept.iterdir()) == ["epoch_002.pth"], sorted(kept.rglob("*"))
+    assert capsys.readouterr().err.count("could not keep a copy of") == 2
+    # resuming it into another folder carries the log over: a copy cut short there is not left as that folder's log
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(ConfigError, match="could not carry the log"):
+        resume_outputs(other, run / "epoch_001.pth", (1, 0), Console())
+    assert not (other / "log.jsonl").exists()

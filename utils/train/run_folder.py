@@ -75,6 +75,7 @@ def _carry_history(source: Path, output_dir: Path, console: Console) -> None:
         try:
             shutil.copyfile(source / LOG_NAME, output_dir / LOG_NAME)
         except OSError as exc:
+            _remove_copy(output_dir / LOG_NAME)
             raise ConfigError(f"could not carry the log {source / LOG_NAME} over into --output-dir {output_dir} "
                               f"({exc}); free space there, or resume into {source} itself") from exc
         console(f"=> the log of {source} was carried over into {output_dir / LOG_NAME}")
@@ -93,6 +94,18 @@ def _carry_history(source: Path, output_dir: Path, console: Console) -> None:
         console(f"=> the TensorBoard events of {source} were carried over into {output_dir / TB_DIR}")
 
 
+def _remove_copy(path: Path) -> None:
+    """Remove what a copy cut short (a full disk) left at ``path``, a file or a folder, so that no part of a log or
+    of its events passes for the whole; what cannot be removed stays."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def _keep_history(output_dir: Path, kept: Path, console: Console) -> str:
     """Copy the run's log and TensorBoard events, as they are before the resume rewinds them, into ``kept`` (the
     folder the checkpoints past the resumed one were set aside in): resuming one of those later carries that
@@ -107,6 +120,7 @@ def _keep_history(output_dir: Path, kept: Path, console: Console) -> str:
             copy(output_dir / name, kept / name)
             copied.append(name)
         except OSError as exc:
+            _remove_copy(kept / name)  # half a log here would be carried over later as that timeline's whole history
             console.warn(f"could not keep a copy of {output_dir / name} in {kept} ({exc}); resuming a checkpoint "
                          f"of {kept.name}/ later will not carry its history over")
     return f" with the log as it was ({kept.name}/{LOG_NAME})" if LOG_NAME in copied else ""
