@@ -66,7 +66,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.eval.evaluation import InputAsOutput
     from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
-    from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, record_outputs
+    from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, recording_outputs
     from utils.runtime import DEVICE_HELP, DEVICES, pick_device, stop_signals_as_interrupt
     from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
     from utils.study.budget import FULL, QUICK, estimated_seconds, minutes, plan
@@ -239,29 +239,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # moved aside, not replaced: <figs-dir>/psnr_by_arm.png and <out>/study.md were replaced without a trace
     planned = [*(figs_dir / n for n in figure_names(summary, probe)), out / "study.md", out / "study.json"]
     keep_aside_foreign_outputs(planned, out / OUTPUTS_RECORD, [(out, "study"), (figs_dir, "figures")], "the study")
-    fig_paths = figures(summary, probe, degraded, args.arms, args.seeds, figs_dir, params)
-    header = [f"# BaryIR study{' (QUICK setting: not the study)' if args.quick else ''}", "",
-              f"- command: `{machine['command']}`",
-              f"- machine: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']} "
-              f"({machine['torch_threads']} threads), {machine['platform']}",
-              f"- code: {machine['commit']}; {machine['date']}; wall time {(time.time() - t0) / 60:.1f} min "
-              f"({counted(done, 'run')} trained or evaluated in this invocation); the {counted(len(runs), 'run')} took "
-              f"{compute / 60:.1f} min (training and evaluation, as recorded by the invocations that ran them)",
-              f"- setting: {counted(len(args.seeds), 'seed')} ({' '.join(map(str, args.seeds))}), "
-              f"{args.iters} iterations per run, batch {args.batch_size}, patch {args.patch_size}, tiny preset, "
-              f"lr {args.lr:g}, --repeat {' '.join(f'{k}={v}' for k, v in repeats.items())}",
-              f"- figures: {', '.join(str(p) for p in fig_paths)}", ""]
-    text = "\n".join(header) + "\n" + md
-    write_text(out / "study.md", text + "\n")
-    result = {"settings": {**config, "seeds": args.seeds, "arms": args.arms, "quick": args.quick},
-              "machine": machine, "parameters": params,
-              "networks": {a: {"backbone": ARMS[a].backbone, "model_config": arm_model_config(ARMS[a])}
-                           for a in args.arms},
-              "summary": summary, "probe": probe, "probe_counts": n_probe,
-              "degraded": {t: {"psnr": v["psnr"], "ssim": v["ssim"]} for t, v in degraded.items()},
-              "figures": [str(p) for p in fig_paths], "seconds": time.time() - t0, "run_seconds": compute}
-    write_text(out / "study.json", json.dumps(result, indent=1, default=str) + "\n")
-    record_outputs(planned, out / OUTPUTS_RECORD)
+    with recording_outputs(planned, out / OUTPUTS_RECORD):  # a stopped run's files stay the study's own
+        fig_paths = figures(summary, probe, degraded, args.arms, args.seeds, figs_dir, params)
+        header = [f"# BaryIR study{' (QUICK setting: not the study)' if args.quick else ''}", "",
+                  f"- command: `{machine['command']}`",
+                  f"- machine: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']} "
+                  f"({machine['torch_threads']} threads), {machine['platform']}",
+                  f"- code: {machine['commit']}; {machine['date']}; wall time {(time.time() - t0) / 60:.1f} min "
+                  f"({counted(done, 'run')} trained or evaluated in this invocation); the "
+                  f"{counted(len(runs), 'run')} took {compute / 60:.1f} min (training and evaluation, as recorded by "
+                  f"the invocations that ran them)",
+                  f"- setting: {counted(len(args.seeds), 'seed')} ({' '.join(map(str, args.seeds))}), "
+                  f"{args.iters} iterations per run, batch {args.batch_size}, patch {args.patch_size}, tiny preset, "
+                  f"lr {args.lr:g}, --repeat {' '.join(f'{k}={v}' for k, v in repeats.items())}",
+                  f"- figures: {', '.join(str(p) for p in fig_paths)}", ""]
+        text = "\n".join(header) + "\n" + md
+        write_text(out / "study.md", text + "\n")
+        result = {"settings": {**config, "seeds": args.seeds, "arms": args.arms, "quick": args.quick},
+                  "machine": machine, "parameters": params,
+                  "networks": {a: {"backbone": ARMS[a].backbone, "model_config": arm_model_config(ARMS[a])}
+                               for a in args.arms},
+                  "summary": summary, "probe": probe, "probe_counts": n_probe,
+                  "degraded": {t: {"psnr": v["psnr"], "ssim": v["ssim"]} for t, v in degraded.items()},
+                  "figures": [str(p) for p in fig_paths], "seconds": time.time() - t0, "run_seconds": compute}
+        write_text(out / "study.json", json.dumps(result, indent=1, default=str) + "\n")
     print("\n" + text)
     print(f"tables: {out / 'study.md'}; everything: {out / 'study.json'}; total {(time.time() - t0) / 60:.1f} min")
     return result

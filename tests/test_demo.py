@@ -231,3 +231,29 @@ def test_a_folder_at_one_of_the_demos_file_names_is_refused_before_anything_is_b
     assert str(err.value) == (f"{tmp_path / name}: a folder is where the demo writes its file {Path(name).name} — "
                               f"move or rename that folder, or choose another {flag}")
     assert not (tmp_path / "data").exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_what_a_demo_stopped_by_a_full_disk_wrote_stays_its_own(tmp_path, monkeypatch, capsys):
+    """A demo that met a full disk while it wrote its restorations had recorded none of them: the next run moved its
+    own unchanged files aside as "yours, or changed since", one more results.before-* folder per stopped run."""
+    import torch
+
+    from utils.files import DiskFullError, write_text
+    from utils.owned_outputs import foreign_outputs
+    results = tmp_path / "results"
+    planned = [results / "derain" / "a.png", results / "derain" / "b.png", results / "results.json"]
+    monkeypatch.setattr(demo, "build_demo_data", lambda *a, **k: {"status": "built"})
+    monkeypatch.setattr(demo, "train", lambda args, root: tmp_path / "epoch_001.pth")
+    monkeypatch.setattr(demo, "draw_loss_figure", lambda *a: None)
+    monkeypatch.setattr(demo, "load_model", lambda ckpt: (torch.nn.Identity(), {}))
+    monkeypatch.setattr(demo, "planned_outputs", lambda *a: planned)
+
+    def full_after_one(*a, **k):
+        write_text(planned[0], "restored")
+        raise DiskFullError("disk full: writing b.png")
+    monkeypatch.setattr(demo, "evaluate_tasks", full_after_one)
+    args = demo.get_args_parser().parse_args(["--quick", "--root", str(tmp_path / "d"), "--results", str(results),
+                                              "--output-dir", str(tmp_path / "ckpt"), "--device", "cpu"])
+    with pytest.raises(DiskFullError):
+        demo.main(args)
+    assert foreign_outputs(planned, results / demo.OUTPUTS_RECORD) == []

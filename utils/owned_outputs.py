@@ -11,17 +11,19 @@ moved aside into a new ``<name>.before-<time>`` folder (:func:`utils.files.keep_
   neither move such a folder aside as a file nor write there);
 * :func:`foreign_outputs`: which of the planned files the script did not write as they are;
 * :func:`keep_aside_foreign_outputs`: move those aside, folder by folder, and say so;
-* :func:`record_outputs`: update the record once the outputs are written (earlier runs' entries are kept).
+* :func:`record_outputs`: update the record once the outputs are written (earlier runs' entries are kept);
+  :func:`recording_outputs`: around the writing, so that it is updated when the script stops part-way too.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from utils.errors import counted
+from utils.errors import UserError, counted
 from utils.files import json_text, keep_aside_together, write_text
 
 
@@ -96,3 +98,18 @@ def record_outputs(planned: Sequence[Path], record: Path) -> None:
         digests.pop(_record_key(p, record), None)
     digests.update({_record_key(p, record): file_digest(p) for p in planned if p.is_file() and not p.is_symlink()})
     write_text(record, json_text(digests))
+
+
+@contextlib.contextmanager
+def recording_outputs(planned: Sequence[Path], record: Path) -> Iterator[None]:
+    """Around the writing of ``planned``: :func:`record_outputs` at its end, and also when it stops part-way (a full
+    disk, Ctrl-C), so that the files written before the stop (each whole: written by a rename) stay the script's own
+    and its next run replaces them, instead of moving them aside as a user's. A record that cannot be written then
+    (the disk still full) leaves the failure as it was: those files are only kept aside by the next run."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError, UserError):
+            record_outputs(planned, record)
+        raise
+    record_outputs(planned, record)

@@ -39,7 +39,7 @@ from utils.eval.options import add_checkpoint_flags
 from utils.eval.outputs import check_writable_folder
 from utils.eval.protocol import SIZE_MULTIPLE, crop_to_multiple, to_8bit
 from utils.files import json_text, write_text
-from utils.owned_outputs import keep_aside_foreign_outputs, record_outputs
+from utils.owned_outputs import keep_aside_foreign_outputs, recording_outputs
 from utils.runtime import DEVICE_HELP, DEVICES, pick_device, tune_cpu_allocator
 
 DEFAULT_FIGS_DIR = "results/analysis"  # under results/, which git ignores
@@ -265,15 +265,15 @@ def main(args) -> dict:
     planned = [figs_dir / n for n in (*FIGURES, NUMBERS)]
     record = figs_dir / OUTPUTS_RECORD
     keep_aside_foreign_outputs(planned, record, [(figs_dir, "figures")], WHO)
-    figs_dir.mkdir(parents=True, exist_ok=True)
-    emb = embedding_report(model, views, planned[0], planned[1], device, takeaway_photo=chosen, progress=True)
-    numbers = {"model": info["model"], "backbone": info["backbone"], "photos_from": source, "seed": args.seed,
-               "max_side": args.max_side,
-               "photos": [{"name": p.name, "file": p.file, "read_size": list(p.read_size),
-                           "size": list(p.image.shape[:2])} for p in photos],
-               "views": kinds, **emb}
-    write_text(planned[2], json_text(numbers))
-    record_outputs(planned, record)
+    with recording_outputs(planned, record):  # a stopped run's files stay the analysis's own
+        figs_dir.mkdir(parents=True, exist_ok=True)
+        emb = embedding_report(model, views, planned[0], planned[1], device, takeaway_photo=chosen, progress=True)
+        numbers = {"model": info["model"], "backbone": info["backbone"], "photos_from": source, "seed": args.seed,
+                   "max_side": args.max_side,
+                   "photos": [{"name": p.name, "file": p.file, "read_size": list(p.read_size),
+                               "size": list(p.image.shape[:2])} for p in photos],
+                   "views": kinds, **emb}
+        write_text(planned[2], json_text(numbers))
     for line in summary_lines(emb):
         print(line)
     print(f"figures in {figs_dir}/: {FIGURES[0]}, {FIGURES[1]}; the numbers in {NUMBERS} "

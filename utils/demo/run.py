@@ -45,7 +45,7 @@ from utils.eval.protocol import Protocol
 from utils.eval.report import write_results
 from utils.eval.tasks import find_task_sets
 from utils.files import json_text, write_text
-from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, record_outputs
+from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, recording_outputs
 from utils.runtime import DEVICE_HELP, DEVICES, pick_device, tune_cpu_allocator
 from utils.train.run_folder import FIG_NAME
 from utils.train.run_log import Console, draw_loss_figure
@@ -265,19 +265,19 @@ def main(args) -> dict:
     planned = planned_outputs(tasks, root / "test", results_dir, figs_dir)
     keep_aside_foreign_outputs(planned, results_dir / OUTPUTS_RECORD, [(results_dir, "results"), (figs_dir, "figures")],
                                "the demo")
-    restored = evaluate_tasks(model, tasks, root / "test", protocol, device, save_dir=results_dir,
-                              figs_dir=figs_dir, model_info=info, progress=False)
-    degraded = evaluate_tasks(InputAsOutput(), tasks, root / "test", protocol, device, progress=False)
-    write_results(restored, results_dir)
-    print("[4/4] embedding figures")
-    emb = embedding_figures(model, root, manifest, figs_dir, device)
-    table = demo_table(restored, degraded)
-    summary = {"table": table, "embeddings": emb, "checkpoint": str(ckpt), "seconds": time.time() - t0,
-               "train_seconds": t_train - t_data, "restored": restored["tasks"], "degraded": degraded["tasks"]}
-    results_dir.mkdir(parents=True, exist_ok=True)
-    write_text(results_dir / "demo_summary.json", json_text(summary))  # strict JSON: a NaN score is null
-    write_text(results_dir / "demo_table.md", table + "\n")
-    record_outputs(planned, results_dir / OUTPUTS_RECORD)
+    with recording_outputs(planned, results_dir / OUTPUTS_RECORD):  # a stopped run's files stay the demo's
+        restored = evaluate_tasks(model, tasks, root / "test", protocol, device, save_dir=results_dir,
+                                  figs_dir=figs_dir, model_info=info, progress=False)
+        degraded = evaluate_tasks(InputAsOutput(), tasks, root / "test", protocol, device, progress=False)
+        write_results(restored, results_dir)
+        print("[4/4] embedding figures")
+        emb = embedding_figures(model, root, manifest, figs_dir, device)
+        table = demo_table(restored, degraded)
+        summary = {"table": table, "embeddings": emb, "checkpoint": str(ckpt), "seconds": time.time() - t0,
+                   "train_seconds": t_train - t_data, "restored": restored["tasks"], "degraded": degraded["tasks"]}
+        results_dir.mkdir(parents=True, exist_ok=True)
+        write_text(results_dir / "demo_summary.json", json_text(summary))  # strict JSON: a NaN score is null
+        write_text(results_dir / "demo_table.md", table + "\n")
     print("\n" + table + "\n")
     print(f"WB vs residual embeddings on {emb['photo']}: mean relative distance from its {emb['reference']} view "
           f"{emb['mean_wb_difference']:.3f} (WB) vs {emb['mean_residual_difference']:.3f} (residual); "
