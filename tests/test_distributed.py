@@ -187,3 +187,53 @@ def test_the_weights_digest_sees_buffers_and_fits_a_signed_64_bit_integer():
     digests = [weights_digest(small_net(rank)) for rank in range(16)]
     assert len(set(digests)) == 16 and all(0 <= d < 2 ** 63 for d in digests)
     assert weights_digest(None, small_net(3)) == weights_digest(small_net(3))  # no Potentials: skipped
+
+
+def rank_scanning_its_data(folders: dict[int, list[str]], rank: int, port: int, results) -> None:
+    """Each rank builds the training set from its own ``--dehaze_dir`` (``folders``: one per case, in rank order)
+    and reports, for each case, the error line it would print (None: quiet) or that it built the set."""
+    try:
+        as_torchrun_rank(rank, port)
+        os.environ.update(TORCHELASTIC_RUN_ID="test", GROUP_RANK="0")  # said_by_this_rank: one node of torchrun
+        from utils.errors import failure_message
+        from utils.train.engine import met_by_every_rank
+        from utils.train.options import get_args_parser
+        from utils.train.run_log import Console
+        from utils.train.start import build_dataset
+        info = init_distributed_mode("cpu", log=lambda _: None)
+        said = []
+        for case in folders[rank]:
+            args = get_args_parser(objective="ddp").parse_args(
+                ["--de_type", "dehaze", "--dehaze_dir", case, "--data_file_dir", "", "--repeat", "dehaze=1",
+                 "--patch_size", "32"])
+            try:
+                build_dataset(args, 0, Console(False), info)
+                said.append("built")
+            except Exception as exc:
+                quiet = rank != 0 and met_by_every_rank(exc)
+                said.append(None if quiet else failure_message(exc)[0])
+        cleanup(info)
+        results.put((rank, said))
+    except BaseException:
+        results.put((rank, traceback.format_exc()))
+
+
+def test_ranks_that_find_other_training_data_all_stop_and_say_which(tmp_path):
+    """A data folder one rank could not read stopped that rank in silence (rank 0 says what every rank meets
+    alike) and rank 0 said only that another process stopped; ranks that found other files (a node's copy of
+    the data that differs) trained epochs of other lengths, and the longer one waited forever in a collective."""
+    import functools
+
+    from _train_data import make_train_tree
+    full = str(make_train_tree(tmp_path / "full")["dehaze"])
+    fewer = str(make_train_tree(tmp_path / "fewer", n=1)["dehaze"])
+    missing = str(tmp_path / "nowhere")
+    folders = {0: [full, full, full], 1: [missing, fewer, full]}
+    said = dict(run_pair(functools.partial(rank_scanning_its_data, folders), answers=2))
+    assert isinstance(said[0], list) and isinstance(said[1], list), said
+    (lost_0, differ_0, same_0), (lost_1, differ_1, same_1) = said[0], said[1]
+    assert lost_1 is not None and "nowhere" in lost_1, said  # the rank that failed says why itself
+    assert lost_0 is not None and lost_0.startswith("rank 1 could not use the training data"), lost_0
+    assert differ_1 is None and differ_0.startswith(  # one line, rank 0's, for a failure every rank raises
+        "the ranks found different training data (rank 0: 6 samples per epoch; rank 1: 2 samples per epoch)"), differ_0
+    assert same_0 == same_1 == "built"

@@ -19,6 +19,7 @@ Start-up report (:meth:`MixedDegradationDataset.report`)
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -175,6 +176,17 @@ class MixedDegradationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def fingerprint(self) -> int:
+        """A 63-bit digest of the epoch's list: each sample's degradation and file names, in order (the names
+        alone: nodes may mount one copy of the data at other paths). The ranks of a run compare theirs: ranks
+        that found other files would train other samples, and epochs of other lengths left a rank waiting for
+        the others in a collective they never joined."""
+        h = hashlib.sha256()
+        for s in self.samples:
+            names = (s.pair.degraded.name if s.pair.degraded is not None else "", s.pair.clean.name)
+            h.update(f"{s.de_id}\0{names[0]}\0{names[1]}\n".encode("utf-8", "surrogateescape"))
+        return int.from_bytes(h.digest()[:8], "little") >> 1
 
     def rng(self, index: int) -> np.random.Generator:
         """The random stream of sample ``index`` in the current epoch."""

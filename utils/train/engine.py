@@ -209,7 +209,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
     with contextlib.nullcontext() if dry else hold_output_folder(Path(args.output_dir), info):
         ckpt_path, obj = where_to_start(args, console, info)
         seed = agree_seed(args, obj, info, console)
-        dataset = build_dataset(args, seed, console)
+        dataset = build_dataset(args, seed, console, info)
         val_pairs = validation_pairs(args, console, info)
         model, pots, state, resumed = build_networks(args, k, ckpt_path, obj, info, console)
         training = build_training(args, model, pots, dataset, info, objective, ablate, state.epoch, console)

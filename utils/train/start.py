@@ -35,6 +35,7 @@ from utils.cli import network_size_overrides
 from utils.compiled import CompileError, check_compile
 from utils.dataset_utils import (
     LAYOUT,
+    DatasetError,
     MixedDegradationDataset,
     ResumableSampler,
     build_train_dataset,
@@ -42,7 +43,7 @@ from utils.dataset_utils import (
     dir_dest,
     parse_repeats,
 )
-from utils.errors import UserError, human_bytes
+from utils.errors import UserError, human_bytes, listing
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.outputs import check_writable_folder
 from utils.output_lock import OutputFolderBusy, OutputLock
@@ -52,6 +53,7 @@ from utils.train.distributed import (
     broadcast_int,
     broadcast_module,
     broadcast_text,
+    gather_ints,
 )
 from utils.train.losses import Objective
 from utils.train.options import ConfigError, resolve_data_file_dir, resolve_objective, run_dir
@@ -198,9 +200,12 @@ def agree_seed(args: argparse.Namespace, obj: Any, info: DistInfo, console: Cons
     return seed
 
 
-def build_dataset(args: argparse.Namespace, seed: int, console: Console) -> MixedDegradationDataset:
-    """The mixed-degradation training set the flags describe; prints its per-type table."""
+def build_dataset(args: argparse.Namespace, seed: int, console: Console,
+                  info: DistInfo = DistInfo()) -> MixedDegradationDataset:
+    """The mixed-degradation training set the flags describe, the same on every rank
+    (:func:`same_data_on_every_rank`); prints its per-type table."""
     dirs = {fam: getattr(args, dir_dest(fam)) for fam in LAYOUT}
+    dataset, failure = None, None
     try:
         dataset = build_train_dataset(
             args.de_type, dirs, args.patch_size, seed=seed, data_file_dir=resolve_data_file_dir(args.data_file_dir),
@@ -210,11 +215,55 @@ def build_dataset(args: argparse.Namespace, seed: int, console: Console) -> Mixe
     except UserError as exc:  # the ranks of one machine scan the same folders: rank 0's error line says it for all
         if not hasattr(exc, "met_by_every_rank"):  # but an epoch too large for this rank's memory is its own
             exc.met_by_every_rank = True
-        raise
+        failure = exc
+    same_data_on_every_rank(dataset, failure, info)
     console("=> training data (one epoch):")
     for line in dataset.report(domains=args.backbone in WB_BACKBONES):  # L1-only: no domains, no lambda
         console("   " + line)
     return dataset
+
+
+def same_data_on_every_rank(dataset: MixedDegradationDataset | None, failure: UserError | None,
+                            info: DistInfo) -> None:
+    """Raise ``failure`` (this rank could not build its ``dataset``), or stop every rank when another rank
+    failed or found other files (:meth:`~utils.dataset_utils.MixedDegradationDataset.fingerprint`).
+
+    Each rank scans the folders itself. A rank other than 0 that failed alone stayed quiet (rank 0 says the
+    failures every rank meets alike), and rank 0 said only that another process stopped; ranks that found
+    other files (a node's copy of the data that differs, files changed while the run started) trained
+    epochs of other lengths, and the longer one waited forever in a collective the others never joined."""
+    if not info.distributed:
+        if failure is not None:
+            raise failure
+        return
+    prints = gather_ints(-1 if dataset is None else dataset.fingerprint(), info)
+    sizes = gather_ints(-1 if dataset is None else len(dataset), info)
+    failed = [rank for rank, p in enumerate(prints) if p < 0]
+    if failure is not None:
+        if 0 not in failed:  # rank 0 found the data: this rank's line is the one that says why
+            failure.met_by_every_rank = False
+        raise failure
+    fix = ("every rank trains on the same files: give every node the same data folders (one file system they "
+           "share, or identical copies) and leave them as they are while a run starts; nothing was written")
+    if failed:
+        exc = DatasetError(f"{_ranks(failed)} could not use the training data (the error: line of "
+                           f"{'each' if len(failed) > 1 else 'that rank'} says why), where rank {info.rank} could; "
+                           f"{fix}")
+    elif len(set(prints)) > 1:
+        found: dict[int, list[int]] = {}
+        for rank, p in enumerate(prints):
+            found.setdefault(p, []).append(rank)
+        exc = DatasetError("the ranks found different training data (" + "; ".join(
+            f"{_ranks(ranks)}: {sizes[ranks[0]]} samples per epoch" for ranks in found.values())
+            + f"{', the same number from other files' if len(set(sizes)) == 1 else ''}): {fix}")
+    else:
+        return
+    exc.met_by_every_rank = True  # every rank raises it alike: rank 0's line says it
+    raise exc
+
+
+def _ranks(ranks: list[int]) -> str:
+    return f"rank{'s' if len(ranks) > 1 else ''} {listing(ranks, sep=', ', lead='')}"
 
 
 def build_networks(args: argparse.Namespace, k: int, ckpt_path: Path | None, obj: Any, info: DistInfo,
