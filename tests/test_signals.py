@@ -290,3 +290,27 @@ def test_sigterm_while_a_script_imports_is_held_then_one_line(tmp_path):
                           timeout=60)
     assert (done.returncode, done.stderr, done.stdout) == (
         143, "error: stopped by SIGTERM while starting; nothing was written\n", ""), done.stderr
+
+
+
+@pytest.mark.parametrize("rank, node, said", [("1", "0", False), ("0", "0", True), ("1", "1", True)])
+def test_a_stop_while_torchruns_ranks_start_is_said_once_per_machine(rank, node, said, monkeypatch, capsys):
+    """Ctrl-C (or a scheduler's SIGTERM) while a torchrun group started reached every rank (torchrun passes its
+    own on), and each printed the same "error: interrupted" line, while importing and after: rank 0 now says
+    it for its machine, the others stop with the same status and no word."""
+    from utils.errors import StopSignal, run_main, said_by_this_rank
+    from utils.train.engine import met_by_every_rank
+    for name, value in (("TORCHELASTIC_RUN_ID", "test"), ("WORLD_SIZE", "2"), ("RANK", rank), ("GROUP_RANK", node)):
+        monkeypatch.setenv(name, value)
+    code = ("import os, signal\nfrom utils.errors import stopped_while_starting\n"
+            "with stopped_while_starting():\n    os.kill(os.getpid(), signal.SIGTERM)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=60)
+    line = "error: stopped by SIGTERM while starting; nothing was written\n"
+    assert (done.returncode, done.stderr) == (143, line if said else ""), done.stderr
+
+    def stopped(args):
+        raise StopSignal(signal.SIGTERM)
+    quiet = None if said_by_this_rank() else met_by_every_rank  # as the trainers' run_cli passes it
+    assert run_main(stopped, None, quiet=quiet) == 143
+    assert capsys.readouterr().err == ("error: stopped by SIGTERM\n" if said else "")

@@ -344,6 +344,16 @@ def _stopped_while_starting_line(signum: int) -> tuple[str, int]:
     return f"error: stopped by {signal.Signals(signum).name} while starting; nothing was written", 128 + signum
 
 
+def _say_stopped_while_starting(signum: int) -> int:
+    """Print the line of ``signum`` while starting (:func:`_stopped_while_starting_line`), once per torchrun group's
+    machine: Ctrl-C and a scheduler's SIGTERM reach every rank alike (torchrun passes its own on), and rank 0
+    says it for all (:func:`said_by_this_rank`). Returns the exit status."""
+    line, status = _stopped_while_starting_line(signum)
+    if said_by_this_rank():
+        print(line, file=sys.stderr, flush=True)
+    return status
+
+
 @contextlib.contextmanager
 def stopped_while_starting():
     """Around a script's imports (torch takes seconds to load): Ctrl-C (or SIGTERM: ``kill``, ``timeout``, a job
@@ -360,8 +370,7 @@ def stopped_while_starting():
 
     def hold(signum, frame):
         if signum == signal.SIGINT and signal.SIGINT in interrupted:  # the second Ctrl-C: do not wait for imports
-            print(_STARTING_STOPPED, file=sys.stderr, flush=True)
-            os._exit(INTERRUPTED_STATUS)
+            os._exit(_say_stopped_while_starting(signal.SIGINT))
         interrupted.append(signum)
 
     held = []
@@ -376,17 +385,13 @@ def stopped_while_starting():
         yield
     except BaseException as exc:
         if interrupted or any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc)):
-            line, status = _stopped_while_starting_line(interrupted[0] if interrupted else signal.SIGINT)
-            print(line, file=sys.stderr)
-            sys.exit(status)
+            sys.exit(_say_stopped_while_starting(interrupted[0] if interrupted else signal.SIGINT))
         raise
     finally:
         for s, default in held:
             signal.signal(s, default)
     if interrupted:
-        line, status = _stopped_while_starting_line(interrupted[0])
-        print(line, file=sys.stderr)
-        sys.exit(status)
+        sys.exit(_say_stopped_while_starting(interrupted[0]))
 
 
 def run_main(main: Callable[[Any], Any], args: Any, debug: bool = False,

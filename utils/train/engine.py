@@ -451,9 +451,10 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 # Failures every torchrun rank of one machine meets alike: the flags, the checkpoint chosen, the output folder's
-# lock, a non-finite loss (the ranks check their mean). The data found at the start is marked so by
-# build_dataset; a failure of one rank alone sets ``met_by_every_rank = False`` where it is raised.
-SAME_ON_EVERY_RANK = (UsageError, CheckpointError, OutputFolderBusy, NonFiniteLossError)
+# lock, a non-finite loss (the ranks check their mean), Ctrl-C or a scheduler's SIGTERM before training (torchrun
+# passes its own on to every rank; each rank printed "error: interrupted"). The data found at the start is marked
+# so by build_dataset; a failure of one rank alone sets ``met_by_every_rank = False`` where it is raised.
+SAME_ON_EVERY_RANK = (UsageError, CheckpointError, OutputFolderBusy, NonFiniteLossError, KeyboardInterrupt)
 
 
 def met_by_every_rank(exc: BaseException) -> bool:
