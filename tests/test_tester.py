@@ -841,6 +841,31 @@ def test_an_empty_denoising_set_folder_is_named_not_silently_dropped(checkpoint,
     assert len(warnings) == 1 and "urban100" in warnings[0] and "holds no images" in warnings[0]
 
 
+def test_a_greyscale_denoising_set_is_said_by_the_tester_and_check_data(tmp_path, capsys):
+    """The grey BSD68 (grey-denoising papers' set) is a common download for the paper's colour BSD68 column: it was
+    noised and scored as RGB without a word, and its scores set beside the paper's table."""
+    import cv2
+
+    from utils.data.doctor import check_test_data
+    root = tmp_path / "root"
+    grey = cv2.cvtColor(data.chelsea()[:48, :64], cv2.COLOR_RGB2GRAY)
+    for name in ("a.png", "b.png"):
+        (root / "denoise" / "bsd68").mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(root / "denoise" / "bsd68" / name), grey)  # stored as one channel
+    write_image(root / "denoise" / "kodak24" / "c.png", data.chelsea()[:48, :64])
+    notes = []
+    find_task_sets(["denoise_15", "denoise_25"], root, notes=notes)
+    assert list(dict.fromkeys(notes)) == [
+        f"all clean images in {root / 'denoise' / 'bsd68'} are greyscale: they are noised and restored as RGB (the "
+        f"grey value in each channel, each channel with noise of its own), as the reference reads them; the paper's "
+        f"denoising columns are the colour sets (CBSD68, Kodak24), so scores on grey images do not compare to its "
+        f"table"]
+    report = check_test_data(root, ["denoise_25"], expected={})
+    problems = {s.name: [(p.kind, p.severity) for p in s.problems] for s in report.sets}
+    assert problems == {"denoise/bsd68": [("greyscale", "warning")], "denoise/kodak24": []}, problems
+    assert report.ok  # a warning: the run goes on
+
+
 def test_a_hidden_folder_beside_the_denoising_sets_is_not_a_set(tmp_path):
     """Jupyter's .ipynb_checkpoints/ (copies of the images) beside bsd68/ was scored as a denoise_25 row of its
     own, while --check-data, which skips hidden folders, did not list it: the two disagreed on the sets."""
@@ -849,7 +874,7 @@ def test_a_hidden_folder_beside_the_denoising_sets_is_not_a_set(tmp_path):
     for folder in ("bsd68", ".ipynb_checkpoints"):
         write_image(root / "denoise" / folder / "cat.png", data.chelsea()[:48, :64])
     assert [s.name for s in find_task_sets(["denoise_25"], root)] == ["denoise_25/bsd68"]
-    report = check_test_data(root, ["denoise_25"])
+    report = check_test_data(root, ["denoise_25"], expected={})
     assert [r.name for r in report.sets] == ["denoise/bsd68"]
 
 

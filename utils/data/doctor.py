@@ -47,6 +47,7 @@ from utils.data.data_report import (
     format_report,
 )
 from utils.data.image_io import (
+    is_greyscale,
     list_images,
     max_pixels,
     nested_images_hint,
@@ -61,7 +62,15 @@ from utils.errors import UsageError, counted
 from utils.eval.evaluation import smallest_file_side
 from utils.eval.paper import paper_column
 from utils.eval.protocol import Protocol, protocol_from_args
-from utils.eval.tasks import EXAMPLE_SETS, DenoiseLayout, PairedLayout, paper_layout, present_paper_tasks, task_layout
+from utils.eval.tasks import (
+    EXAMPLE_SETS,
+    DenoiseLayout,
+    PairedLayout,
+    greyscale_note,
+    paper_layout,
+    present_paper_tasks,
+    task_layout,
+)
 
 # The paper's test sets, by folder under the benchmark root (lower case): images found must equal these. A set
 # elsewhere that fills one of their paper columns (dehaze/SOTS_outdoor, deblur/GoPro) is expected at the same count
@@ -271,6 +280,10 @@ def check_denoise_set(name: str, folder: str | os.PathLike, expected: int | Expe
     _report_files(row, checks, files, pixel_limit, _TESTER_LIMIT)
     _too_small(row, checks, files, least_side, lambda f: f"replace it, remove it, {_SKIP_SMALL}")
     count_problem(row, "clean images")
+    grey = sum(map(is_greyscale, files))
+    if grey:
+        row.add("greyscale", folder, greyscale_note(folder, grey, len(files)),
+                "for the paper's table, use the colour set", WARNING)
     return row, len(checks)
 
 

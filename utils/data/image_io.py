@@ -383,6 +383,20 @@ def lost_on_restoring(path: str | os.PathLike) -> list[str]:
         return []
 
 
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def is_greyscale(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is stored as a greyscale image, from its header (Pillow's mode; nothing is decoded).
+    :func:`read_image` reads it as RGB, the grey value in each channel, as the reference does. False when it
+    cannot tell."""
+    try:
+        with _pillow_unbounded(), Image.open(path) as im:
+            return im.mode in _GREY_MODES
+    except Exception:
+        return False
+
+
 def _is_srgb(icc: bytes) -> bool:
     """Whether an embedded ICC profile is sRGB's (what the restored PNG's pixels are read as anyway)."""
     try:

@@ -26,6 +26,7 @@ from utils.data.image_io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     image_size,
+    is_greyscale,
     is_image,
     list_images,
     turned_pair_note,
@@ -224,12 +225,26 @@ def _denoise_sets(task: str, layout: DenoiseLayout, root: Path, notes: list[str]
                 notes.append(f"{d} holds no images, so it gives no denoising row; add its images, or remove "
                              f"the folder")
             continue
+        grey = sum(map(is_greyscale, images)) if notes is not None else 0
+        if grey:
+            notes.append(greyscale_note(d, grey, len(images)))
         name = task if d == base else f"{task}/{d.name}"
         sets.append(EvalSet(name=name, task=task,
                             items=[EvalItem(name=p.name, target=p, sigma=layout.sigma) for p in images]))
     if not sets:
         raise PairingError(f"task {task!r}: no clean images in {base} or its subfolders")
     return sets
+
+
+def greyscale_note(folder: Path, grey: int, total: int) -> str:
+    """What the tester and ``--check-data`` say of a denoising set with ``grey`` greyscale images of ``total``
+    (:func:`~utils.data.image_io.is_greyscale`): a grey BSD68, the one grey-denoising papers use, is a common
+    download for the paper's colour column."""
+    which = "all" if grey == total else f"{grey:,} of the {total:,}"
+    return (f"{which} clean images in {folder} are greyscale: they are noised and restored as RGB (the grey "
+            f"value in each channel, each channel with noise of its own), as the reference reads them; the paper's "
+            f"denoising columns are the colour sets (CBSD68, Kodak24), so scores on grey images do not compare to "
+            f"its table")
 
 
 def find_task_sets(tasks: Iterable[str], data_root: str | Path, skip_unpaired: bool = False,
