@@ -503,3 +503,29 @@ def test_each_set_offers_a_different_one_of_its_images(tmp_path):
                 "derain/B/input/b1.png", "derain/B/input/b2.png", "derain/B/target/b1.png", "derain/B/target/b2.png"):
         write_image(tmp_path / rel, np.zeros((16, 16, 3), np.uint8))
     assert [label for _, label in example_images(tmp_path)] == ["derain/A: a1.png", "derain/B: b2.png"]
+
+
+def test_one_restoration_runs_at_a_time_whatever_gradios_queue_lets_through(session, photo, tmp_path):
+    """Cancelling a request frees its place in Gradio's queue while its thread goes on computing: each
+    cancel-and-retry started one more full-size restoration beside the ones still running (memory grew by one
+    image's each time). A second request now waits for the running one."""
+    import threading
+    session = dataclasses.replace(session, work_dir=tmp_path / "work")
+    inside, second = [], []
+
+    def hook(module, args):
+        inside.append(threading.current_thread().name)
+        if len(inside) == 1:  # the first request, in its forward: a second one arrives meanwhile
+            second.append(threading.Thread(target=restore_for_page, args=(session, photo, "fp32", "auto"),
+                                           name="second"))
+            second[0].start()
+            second[0].join(timeout=1.0)  # it finishes in this second only if nothing holds it back
+            inside.append("second still waiting" if second[0].is_alive() else "second ran alongside")
+    handle = session.model.register_forward_pre_hook(hook)
+    try:
+        assert restore_for_page(session, photo, "fp32", "auto").status.startswith("**Restored**")
+        second[0].join()
+    finally:
+        handle.remove()
+    assert inside[1] == "second still waiting", inside
+    assert "second" in inside[2:], "the second request never restored"

@@ -23,8 +23,9 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -265,11 +266,17 @@ def example_images(root: str | os.PathLike, limit: int = EXAMPLE_LIMIT) -> list[
 
 @dataclass
 class Session:
-    """What every request of one app shares: the loaded model, where it runs, and a folder for the outputs."""
+    """What every request of one app shares: the loaded model, where it runs, and a folder for the outputs.
+
+    ``busy`` is held while a request computes, so one restoration runs at a time whatever the web layer does:
+    Gradio's queue lets the next request start when a running one is cancelled (the client's cancel, a closed
+    tab), though the cancelled one's thread goes on computing; without it each cancel-and-retry added a
+    full-size restoration's memory to the ones still running."""
     model: nn.Module
     info: dict               # load_model's info: "model" (the file), "backbone", "model_config", ...
     device: torch.device
     work_dir: Path           # one subfolder per request; the newest KEEP_REQUESTS are kept
+    busy: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 KEEP_REQUESTS = 8
@@ -353,6 +360,13 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
         protocol = page_protocol(precision, tile)
     except ValueError as exc:  # a page choice that cannot work
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
+    with session.busy:  # one restoration at a time (Session): the next waits here for the running one
+        return _restore_for_page(session, upload, protocol, precision, name, start)
+
+
+def _restore_for_page(session: Session, upload: Path, protocol: Protocol, precision: str, name: str,
+                      start: float) -> PageResult:
+    """:func:`restore_for_page`'s work once the choices are checked, with ``session.busy`` held."""
     folder = None
     try:
         folder = request_folder(session.work_dir)
