@@ -529,3 +529,26 @@ def test_one_restoration_runs_at_a_time_whatever_gradios_queue_lets_through(sess
         handle.remove()
     assert inside[1] == "second still waiting", inside
     assert "second" in inside[2:], "the second request never restored"
+
+
+def test_stopping_the_app_ends_the_restoration_at_work_and_waits_for_it(session, photo, tmp_path):
+    """Ctrl-C or SIGTERM while a restoration ran ended the app with "terminate called without an active
+    exception" (SIGABRT, status 134): Python tore down while the request's thread was inside PyTorch. The app now
+    stops that restoration at the network's next layer and waits for it before it exits."""
+    session = dataclasses.replace(session, work_dir=tmp_path / "work")
+    layers = []
+
+    def stop_asked_meanwhile(module, args):  # the first layer's work: Ctrl-C arrives now
+        layers.append(module)
+        session.stopping.set()
+    handle = session.model.register_forward_pre_hook(stop_asked_meanwhile)
+    try:
+        status = restore_for_page(session, photo, "fp32", "auto").status
+    finally:
+        handle.remove()
+    assert len(layers) == 1 and status.startswith("**Cannot restore** `cat.png`: the app was stopped while "
+                                                  "restoring it"), status
+    assert list(session.work_dir.iterdir()) == [], "the stopped request left its folder"
+    session.stop()  # nothing at work: returns at once
+    assert not session.busy.locked()
+    assert "stopped while restoring" in restore_for_page(session, photo, "fp32", "auto").status

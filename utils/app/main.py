@@ -132,7 +132,8 @@ def main(args) -> int:
                              f"(<task>/input/, <task>/<set>/input/ or lowlight/low/) — pass a test root such as "
                              f"{DEMO_EXAMPLES}, or leave the flag out")
         work_dir = Path(args.work_dir) if args.work_dir else Path(scratch)
-        page = build_page(Session(model=model, info=info, device=device, work_dir=work_dir), examples)
+        session = Session(model=model, info=info, device=device, work_dir=work_dir)
+        page = build_page(session, examples)
         print(f"=> {info['model']} ({info['backbone']}) on {device}; {len(examples)} example image(s); serving "
               f"http://{HOST}:{args.port} (Ctrl-C to stop)", flush=True)
         stop_signals_as_interrupt()
@@ -151,6 +152,9 @@ def main(args) -> int:
                 serve_until_interrupted()
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM while the server was starting (it may answer already)
                 pass
+            if session.busy.locked():
+                print("=> stopping the restoration at work (it ends at the network's next layer)", flush=True)
+            session.stop()  # waits for it; a request's files go with the scratch folder
             page.close(verbose=False)
     print(f"=> stopped: http://{HOST}:{args.port} no longer serves the page", flush=True)
     return 0

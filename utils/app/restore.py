@@ -19,6 +19,7 @@ pixel for pixel, for the same checkpoint, precision and tiling. Around it:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import matplotlib
@@ -271,12 +273,41 @@ class Session:
     ``busy`` is held while a request computes, so one restoration runs at a time whatever the web layer does:
     Gradio's queue lets the next request start when a running one is cancelled (the client's cancel, a closed
     tab), though the cancelled one's thread goes on computing; without it each cancel-and-retry added a
-    full-size restoration's memory to the ones still running."""
+    full-size restoration's memory to the ones still running. ``stopping``: set by :meth:`stop`."""
     model: nn.Module
     info: dict               # load_model's info: "model" (the file), "backbone", "model_config", ...
     device: torch.device
     work_dir: Path           # one subfolder per request; the newest KEEP_REQUESTS are kept
     busy: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @contextlib.contextmanager
+    def computing(self) -> Iterator[None]:
+        """Hold ``busy`` for one request's work; once :meth:`stop` is asked, the work ends (:class:`AppStopping`)
+        at the next layer of the network it enters, and a request that comes later starts none."""
+        def check(module: nn.Module, args) -> None:
+            if self.stopping.is_set():
+                raise AppStopping("the app was stopped while restoring it; start it again to restore the image")
+        with self.busy:
+            check(self.model, ())
+            handles = [m.register_forward_pre_hook(check) for m in self.model.modules()]
+            try:
+                yield
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+    def stop(self) -> None:
+        """End the restoration at work at its network's next layer and wait until it has: the app then exits with
+        no thread inside PyTorch (a Ctrl-C during a restoration ended the app with "terminate called without an
+        active exception" and SIGABRT, status 134, once Python tore down under the running thread)."""
+        self.stopping.set()
+        with self.busy:
+            pass
+
+
+class AppStopping(UserError):
+    """The app is stopping (Ctrl-C, SIGTERM) while a request computes: that request ends, saying so."""
 
 
 KEEP_REQUESTS = 8
@@ -360,8 +391,11 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
         protocol = page_protocol(precision, tile)
     except ValueError as exc:  # a page choice that cannot work
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
-    with session.busy:  # one restoration at a time (Session): the next waits here for the running one
-        return _restore_for_page(session, upload, protocol, precision, name, start)
+    try:
+        with session.computing():  # one restoration at a time (Session): the next waits here for the running one
+            return _restore_for_page(session, upload, protocol, precision, name, start)
+    except AppStopping as exc:  # before its work began
+        return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
 
 
 def _restore_for_page(session: Session, upload: Path, protocol: Protocol, precision: str, name: str,
