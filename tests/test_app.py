@@ -552,3 +552,13 @@ def test_stopping_the_app_ends_the_restoration_at_work_and_waits_for_it(session,
     session.stop()  # nothing at work: returns at once
     assert not session.busy.locked()
     assert "stopped while restoring" in restore_for_page(session, photo, "fp32", "auto").status
+
+
+def test_an_upload_gradio_has_removed_says_to_drop_it_again(session, tmp_path):
+    """Gradio removes its copies of uploads after an hour; pressing Restore again later on the upload the page
+    still lists (another tiling, say) said "image not found: photo.png", with no way out."""
+    session = dataclasses.replace(session, work_dir=tmp_path / "work")
+    status = restore_for_page(session, tmp_path / "cache" / "photo.png", "fp32", "256").status
+    assert status == ("**Cannot restore** `photo.png`: the app no longer has its copy of this upload (uploads are "
+                      "removed once 60 minutes old): drop the image again, then press Restore")
+    assert not session.work_dir.exists()

@@ -14,7 +14,15 @@ from pathlib import Path
 import gradio as gr
 
 from utils.app.elements import IDS
-from utils.app.restore import TILE_CHOICES, PageResult, Session, has_embeddings, precisions_for, restore_for_page
+from utils.app.restore import (
+    TILE_CHOICES,
+    UPLOADS_KEPT_S,
+    PageResult,
+    Session,
+    has_embeddings,
+    precisions_for,
+    restore_for_page,
+)
 from utils.data.image_io import IMAGE_EXTENSIONS
 
 TITLE = "BaryIR: restore an image"
@@ -64,7 +72,7 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
             gr.Warning(result.status.replace("**", "").replace("`", ""), title="Cannot restore")
         return _outputs(result)
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as page:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(UPLOADS_KEPT_S, UPLOADS_KEPT_S)) as page:
         gr.Markdown(f"# {TITLE}\n{model_line(session)}")
         with gr.Row():
             with gr.Column(scale=1):

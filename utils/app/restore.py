@@ -58,6 +58,9 @@ DISPLAY_SIDE = 2048
 # embedding maps' scales start at the mirror percentile (a norm map varies around a large common level).
 SCALE_PERCENTILE = 99.0
 EXAMPLE_LIMIT = 8
+# Gradio's copies of uploads (and of what the page showed) are removed this many seconds after they were made, in a
+# sweep as often (utils.app.page's delete_cache): a Restore pressed later on the same upload finds no file.
+UPLOADS_KEPT_S = 3600
 
 
 class UploadError(UserError):
@@ -387,6 +390,10 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
         return PageResult(status="**Nothing to restore**: drop an image (or pick an example) first.")
     upload = Path(upload)
     name = name or upload.name
+    if not upload.exists():  # the page lists the upload, so "image not found" read as a bug of the app
+        return PageResult(status=f"**Cannot restore** `{name}`: the app no longer has its copy of this upload "
+                                 f"(uploads are removed once {UPLOADS_KEPT_S // 60} minutes old): drop "
+                                 f"the image again, then press Restore")
     try:
         protocol = page_protocol(precision, tile)
     except ValueError as exc:  # a page choice that cannot work
