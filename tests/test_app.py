@@ -552,6 +552,8 @@ def test_stopping_the_app_ends_the_restoration_at_work_and_waits_for_it(session,
     session.stop()  # nothing at work: returns at once
     assert not session.busy.locked()
     assert "stopped while restoring" in restore_for_page(session, photo, "fp32", "auto").status
+    fresh = dataclasses.replace(session)  # a copy is a session of its own, not one stopped already
+    assert not fresh.stopping.is_set() and fresh.busy is not session.busy
 
 
 def test_an_upload_gradio_has_removed_says_to_drop_it_again(session, tmp_path):

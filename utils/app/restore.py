@@ -281,8 +281,8 @@ class Session:
     info: dict               # load_model's info: "model" (the file), "backbone", "model_config", ...
     device: torch.device
     work_dir: Path           # one subfolder per request; the newest KEEP_REQUESTS are kept
-    busy: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-    stopping: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    busy: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False, compare=False)
 
     @contextlib.contextmanager
     def computing(self) -> Iterator[None]:
