@@ -564,3 +564,22 @@ def test_an_upload_gradio_has_removed_says_to_drop_it_again(session, tmp_path):
     assert status == ("**Cannot restore** `photo.png`: the app no longer has its copy of this upload (uploads are "
                       "removed once 60 minutes old): drop the image again, then press Restore")
     assert not session.work_dir.exists()
+
+
+def test_a_tiled_restoration_reports_its_tiles_to_the_page(session, photo, tmp_path):
+    """A large image restored in tiles takes minutes, and the page showed only a clock ("processing | 312.4s"):
+    its progress bar now follows the tiles."""
+    session = dataclasses.replace(session, work_dir=tmp_path / "work")
+    told = []
+    result = restore_for_page(session, photo, "fp32", "48",
+                              tile_progress=lambda done, total: told.append((done, total)))
+    assert result.status.startswith("**Restored**") and told, result.status
+    total = told[-1][1]
+    assert total > 1 and told[-1] == (total, total) and all(t == total for _, t in told)
+    assert restore_for_page(session, photo, "fp32", "off", tile_progress=told.append).after.is_file()
+    assert told[-1] == (total, total), "an image restored whole has no tiles to report"
+    if importlib.util.find_spec("gradio") is not None:
+        from utils.app.page import tiles_shown_by
+        shown = []
+        tiles_shown_by(lambda *args, **kwargs: shown.append((args, kwargs)))(3, 4)
+        assert shown == [(((3, 4),), {"desc": "restoring in tiles", "unit": "tiles"})]

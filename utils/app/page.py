@@ -45,6 +45,14 @@ def _outputs(result: PageResult) -> tuple:
             result.wb, result.wb_residual, result.maps)
 
 
+def tiles_shown_by(progress: gr.Progress):
+    """A ``tile_progress`` callback that moves the page's progress bar: a large image restored in tiles takes
+    minutes, and the page showed only a clock meanwhile."""
+    def shown(done: int, total: int) -> None:
+        progress((done, total), desc="restoring in tiles", unit="tiles")  # Gradio adds "3/20 tiles", the %
+    return shown
+
+
 def refusing_quietly(component: gr.components.Component) -> gr.components.Component:
     """``component``, its refusals of a request (a file type the upload does not take, a choice not in the list:
     Gradio's own ``gr.Error`` from ``preprocess``) sent to the client as their one line without Gradio also printing
@@ -66,8 +74,8 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
     """The page for ``session``'s model; ``examples``: ``[(image, label)]`` offered under the upload."""
     maps_shown = has_embeddings(session.info["backbone"])
 
-    def on_restore(upload: str | None, precision: str, tile: str) -> tuple:
-        result = restore_for_page(session, upload, precision, tile)
+    def on_restore(upload: str | None, precision: str, tile: str, progress=gr.Progress()) -> tuple:  # noqa: B008
+        result = restore_for_page(session, upload, precision, tile, tile_progress=tiles_shown_by(progress))
         if result.after is None and upload is not None:
             gr.Warning(result.status.replace("**", "").replace("`", ""), title="Cannot restore")
         return _outputs(result)

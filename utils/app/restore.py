@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import matplotlib
@@ -58,6 +58,7 @@ DISPLAY_SIDE = 2048
 # embedding maps' scales start at the mirror percentile (a norm map varies around a large common level).
 SCALE_PERCENTILE = 99.0
 EXAMPLE_LIMIT = 8
+TileProgress = Callable[[int, int], None]  # (tiles done, tiles in all) of an image restored in tiles
 # Gradio's copies of uploads (and of what the page showed) are removed this many seconds after they were made, in a
 # sweep as often (utils.app.page's delete_cache): a Restore pressed later on the same upload finds no file.
 UPLOADS_KEPT_S = 3600
@@ -133,7 +134,8 @@ def _named(message: str, path: Path, name: str) -> str:
 
 
 def restore_upload(model: nn.Module, path: str | os.PathLike, save_dir: str | os.PathLike, protocol: Protocol,
-                   device: torch.device, name: str | None = None) -> Restored:
+                   device: torch.device, name: str | None = None,
+                   tile_progress: TileProgress | None = None) -> Restored:
     """Restore the image file ``path`` into ``save_dir`` with :func:`~utils.eval.evaluation.restore_files`.
 
     ``name``: the file's name as the user knows it (default: ``path``'s), used in messages. A file that
@@ -145,7 +147,8 @@ def restore_upload(model: nn.Module, path: str | os.PathLike, save_dir: str | os
         raise UploadError(f"{name} is not an image file of a kind this project reads ({' '.join(IMAGE_EXTENSIONS)}): "
                           f"convert it, e.g. to PNG")
     try:
-        entry = restore_files(model, [path], save_dir, protocol, device, progress=False)[0]
+        entry = restore_files(model, [path], save_dir, protocol, device, progress=False,
+                              tile_progress=tile_progress)[0]
         before = read_image(path, exif=True)
     except EvaluationStopped as stop:  # unreadable, too large, out of memory: the cause's message
         raise UploadError(_named(str(stop), path, name)) from stop
@@ -378,12 +381,13 @@ def _maps_text(residual: np.ndarray, residual_scaled: bool, residual_limit: floa
 
 
 def restore_for_page(session: Session, upload: str | os.PathLike | None, precision: str, tile: str,
-                     name: str | None = None) -> PageResult:
+                     name: str | None = None, tile_progress: TileProgress | None = None) -> PageResult:
     """One press of the page's Restore button: the upload restored (:func:`restore_upload`) with the chosen
     precision and tiling, its residual map and, for WB backbones, its embedding maps.
 
     A failure the user can act on (no file, an unreadable one, a bad tiling choice, out of memory) is a
-    :class:`PageResult` with only ``status`` saying why; a bug still raises.
+    :class:`PageResult` with only ``status`` saying why; a bug still raises. ``tile_progress(done, total)`` is
+    told each tile when the image is restored in tiles (the page's progress bar).
     """
     start = time.perf_counter()
     if upload is None:
@@ -400,18 +404,19 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
     try:
         with session.computing():  # one restoration at a time (Session): the next waits here for the running one
-            return _restore_for_page(session, upload, protocol, precision, name, start)
+            return _restore_for_page(session, upload, protocol, precision, name, start, tile_progress)
     except AppStopping as exc:  # before its work began
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
 
 
 def _restore_for_page(session: Session, upload: Path, protocol: Protocol, precision: str, name: str,
-                      start: float) -> PageResult:
+                      start: float, tile_progress: TileProgress | None) -> PageResult:
     """:func:`restore_for_page`'s work once the choices are checked, with ``session.busy`` held."""
     folder = None
     try:
         folder = request_folder(session.work_dir)
-        restored = restore_upload(session.model, upload, folder, protocol, session.device, name=name)
+        restored = restore_upload(session.model, upload, folder, protocol, session.device, name=name,
+                                  tile_progress=tile_progress)
         before = write_image(folder / "input" / restored.output.name, restored.before)
         residual, residual_scaled = scaled_down(residual_map(restored.before, restored.after), DISPLAY_SIDE)
         r_limit = display_limit(residual)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -186,13 +186,17 @@ def _summary(images: list[dict], has_lpips: bool) -> dict[str, Any]:
 
 class TileBar:
     """A progress bar (with ETA) over one image's tiles, below the images' bar: a large image restored in tiles
-    takes minutes. Pass it as ``tile_progress``; :meth:`close` after the image. Nothing when not ``enabled``."""
+    takes minutes. Pass it as ``tile_progress``; :meth:`close` after the image. Nothing when not ``enabled``.
+    ``also(done, total)`` is told every step too, bar or not (the app's page shows its own)."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, also: Callable[[int, int], None] | None = None):
         self.enabled = enabled
+        self.also = also
         self.bar: tqdm | None = None
 
     def __call__(self, done: int, total: int) -> None:
+        if self.also is not None and total >= 2:
+            self.also(done, total)
         if not self.enabled or total < 2:
             return
         if self.bar is None:
@@ -399,7 +403,8 @@ def average_row(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path, protocol: Protocol | None = None,
                   device: torch.device | str | None = None, progress: bool = True,
-                  skip_bad_files: bool = False) -> list[dict[str, Any]]:
+                  skip_bad_files: bool = False,
+                  tile_progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """Restore user images (no targets, no metrics) at their full size into ``save_dir``.
 
     Every image is reflect-padded to multiples of 8 and cropped back; 16-bit inputs give 16-bit PNGs,
@@ -408,7 +413,8 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
     rotate it later). Returns ``{"name", "input", "output", "seconds"}`` per image (``input``: the path as given,
     which tells apart two inputs of one name from two folders); an unreadable image gets
     ``{"name", "input", "skipped": why}`` with ``skip_bad_files``, else raises :class:`EvaluationStopped`
-    whose ``row`` is ``{"restored": [the entries so far]}``.
+    whose ``row`` is ``{"restored": [the entries so far]}``. ``tile_progress(done, total)``: told each tile of
+    an image restored in tiles (:class:`TileBar`'s ``also``).
     """
     protocol = (protocol or Protocol()).validate()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -419,7 +425,7 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
     def restore_one(path: Path, out_name: str) -> None:
         """Restore and save one image (or note it as unreadable); its entry is added once the file is written."""
         said: list[str] = []
-        tiles, warned = TileBar(progress), []
+        tiles, warned = TileBar(progress, also=tile_progress), []
         try:
             img = read_image(path, exif=True, decoder_warnings=warned)
             out, seconds = restore_array(model, img, protocol, device, name=str(path),
