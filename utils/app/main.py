@@ -65,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"benchmark folder whose degraded images the page offers as examples (default: "
                              f"{DEMO_EXAMPLES} when it exists, else {QUICK_DEMO_EXAMPLES})")
     parser.add_argument("--max-pixels", type=pixel_count, default=MAX_PIXELS, metavar="N",
-                        help="refuse uploads of more than N pixels (as tester_bary.py --max-pixels)")
+                        help="refuse uploads of more than N pixels, as tester_bary.py --max-pixels does")
     parser.add_argument("--work-dir", default=None, metavar="DIR",
                         help="where restored images are written, one request-* folder per Restore, the 8 newest kept "
                              "(default: a temporary folder removed on exit); nothing else in DIR is touched")
