@@ -898,3 +898,24 @@ def test_a_full_disk_while_keeping_the_abandoned_history_leaves_no_part_of_it(tm
     with pytest.raises(ConfigError, match="could not carry the log"):
         resume_outputs(other, run / "epoch_001.pth", (1, 0), Console())
     assert not (other / "log.jsonl").exists()
+
+
+def test_a_resume_under_another_torch_thread_count_says_it_is_not_bit_exact(data, tmp_path, capsys):
+    """On the CPU the thread count splits the reductions otherwise (weights differ in the last bits): the checkpoint
+    records it, and a resume with another count warned nothing while README promised a bit-exact resume."""
+    assert run(data, tmp_path, "--nEpochs", "1", iters=1) == 0
+    saved = read_checkpoint(tmp_path / "ckpt" / "epoch_001.pth")["kernels"]
+    assert saved == {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    capsys.readouterr()
+    assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", iters=1) == 0  # same count: nothing said
+    assert "other kernels" not in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert run(data, tmp_path, "--nEpochs", "3", "--resume", "auto", iters=1) == 0
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert f"torch threads {threads} there, {threads + 1} now" in err and "bit for bit" in err, err
+    records = [json.loads(line) for line in (tmp_path / "ckpt" / "log.jsonl").read_text().splitlines()]
+    assert [r["kernels"]["torch_threads"] for r in records if r["kind"] == "run"] == [threads, threads, threads + 1]

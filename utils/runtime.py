@@ -90,6 +90,26 @@ def use_deterministic_kernels() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def kernel_setup() -> dict[str, object]:
+    """What picks the CPU's floating-point kernels besides the machine: torch's version and its intra-op thread
+    count (``torch.get_num_threads()``: ``OMP_NUM_THREADS``, else the cores torch sees). Another value of either
+    splits the reductions otherwise, so a CPU run's numbers change in the last bits; a checkpoint records it
+    (:func:`utils.train.start.run_meta`), and a resume under another says so."""
+    return {"torch": str(torch.__version__), "torch_threads": torch.get_num_threads()}
+
+
+def kernel_setup_changes(saved: object, device: torch.device) -> list[str]:
+    """How this process's :func:`kernel_setup` differs from ``saved`` (a checkpoint's), as ``name: old -> new``
+    phrases; empty when they match or nothing was recorded. The thread count counts on the CPU only: on a GPU
+    the CPU's threads compute none of the training."""
+    if not isinstance(saved, dict):
+        return []
+    now = kernel_setup()
+    keys = ("torch", "torch_threads") if device.type == "cpu" else ("torch",)
+    names = {"torch": "torch", "torch_threads": "torch threads"}
+    return [f"{names[k]} {saved[k]} there, {now[k]} now" for k in keys if k in saved and saved[k] != now[k]]
+
+
 DEVICES = ("auto", "cpu", "cuda")  # the --device choices of every command (a GPU by index: --gpus)
 DEVICE_HELP = "auto: CUDA when a GPU is visible, else the CPU"  # their --device help, alike
 

@@ -119,7 +119,7 @@ def training_checkpoint(model: torch.nn.Module, potentials: torch.nn.Module | No
 
     ``epoch_done``: ``state`` is the end of epoch ``state.epoch`` (else mid-epoch, after
     ``state.iteration`` iterations). ``meta`` holds ``model_config``, ``backbone``, ``preset``,
-    ``lambdas``, ``domains``, ``domain_counts``, ``world_size`` and ``args``.
+    ``lambdas``, ``domains``, ``domain_counts``, ``world_size``, ``kernels`` and ``args``.
     """
     return {"format_version": FORMAT_VERSION, "model": model.state_dict(),
             "potentials": potentials.state_dict() if potentials is not None else None,

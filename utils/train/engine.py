@@ -85,6 +85,7 @@ from utils.train.start import (
     run_meta,
     run_record,
     warn_if_the_data_changed,
+    warn_if_the_kernels_changed,
     where_to_start,
 )
 from utils.train.tensorboard_log import RecordLogs, TensorBoardLog, open_tensorboard
@@ -218,6 +219,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                                    source=str(ckpt_path))
             state = continue_with_batch(resumed, args, info, state, console)
             warn_if_the_data_changed(resumed, dataset, state, console)
+            warn_if_the_kernels_changed(resumed, info, console)
         sampler, loader = build_loader(args, dataset, seed, info)
         iters = iterations_per_epoch(sampler.num_samples, args.batchSize, args.iters_per_epoch)
         if state.iteration >= iters:  # a mid-epoch checkpoint at or past this run's smaller --iters-per-epoch

@@ -47,7 +47,7 @@ from utils.errors import UserError, human_bytes, listing
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.outputs import check_writable_folder
 from utils.output_lock import OutputFolderBusy, OutputLock
-from utils.runtime import gpus_on_cpu_note, to_channels_last
+from utils.runtime import gpus_on_cpu_note, kernel_setup, kernel_setup_changes, to_channels_last
 from utils.train.distributed import (
     DistInfo,
     broadcast_int,
@@ -322,6 +322,17 @@ def warn_if_the_data_changed(resumed: dict, dataset: MixedDegradationDataset, st
                  f"lambda is now {', '.join(f'{v:.4g}' for v in dataset.lambdas)}")
 
 
+def warn_if_the_kernels_changed(resumed: dict, info: DistInfo, console: Console) -> None:
+    """Say so when this process computes with another torch version or (on the CPU) another intra-op thread
+    count than the checkpoint's run (:func:`~utils.runtime.kernel_setup`): the run goes on, but its numbers from
+    here differ in the last bits from those an uninterrupted run would reach, so resume is not bit-exact."""
+    changes = kernel_setup_changes(resumed.get("kernels"), info.device)
+    if changes:
+        console.warn(f"the checkpoint's run computed with other kernels ({'; '.join(changes)}): training goes on, "
+                     f"but its numbers are no longer bit for bit those of an uninterrupted run (for that, resume "
+                     f"with the checkpoint's torch and, on the CPU, OMP_NUM_THREADS set to its thread count)")
+
+
 def build_loader(args: argparse.Namespace, dataset: MixedDegradationDataset, seed: int,
                  info: DistInfo) -> tuple[ResumableSampler, DataLoader]:
     sampler = ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, seed=seed, shuffle=True)
@@ -369,7 +380,8 @@ def run_meta(args: argparse.Namespace, model: nn.Module, dataset: MixedDegradati
     """What every checkpoint of the run records beside the states."""
     return {"model_config": dict(model.config), "backbone": args.backbone, "preset": args.preset,
             "lambdas": [float(v) for v in dataset.lambdas], "domains": list(dataset.families),
-            "domain_counts": list(dataset.domain_counts), "world_size": info.world_size, "args": plain_args(args)}
+            "domain_counts": list(dataset.domain_counts), "world_size": info.world_size, "kernels": kernel_setup(),
+            "args": plain_args(args)}
 
 
 def run_record(args: argparse.Namespace, dataset: MixedDegradationDataset, objective: Objective, state: LoopState,
@@ -381,4 +393,4 @@ def run_record(args: argparse.Namespace, dataset: MixedDegradationDataset, objec
             "objective": args.objective, "reg_weight": objective.reg_weight,
             "contrastive_eps": objective.contrastive_eps, "potentials_steps": objective.potentials_steps,
             "lambdas": [float(v) for v in dataset.lambdas], "samples_per_epoch": len(dataset),
-            "world_size": info.world_size}
+            "world_size": info.world_size, "kernels": kernel_setup()}
