@@ -919,3 +919,13 @@ def test_a_resume_under_another_torch_thread_count_says_it_is_not_bit_exact(data
     assert f"torch threads {threads} there, {threads + 1} now" in err and "bit for bit" in err, err
     records = [json.loads(line) for line in (tmp_path / "ckpt" / "log.jsonl").read_text().splitlines()]
     assert [r["kernels"]["torch_threads"] for r in records if r["kind"] == "run"] == [threads, threads, threads + 1]
+
+
+def test_the_log_records_the_seed_and_the_commit_of_each_start(data, tmp_path, monkeypatch):
+    """The log's run record kept the objective but not the seed, the command or the commit of the code that ran."""
+    monkeypatch.setattr(sys, "argv", ["trainer_bary.py", "--seed", "7"])
+    assert run(data, tmp_path, "--nEpochs", "1", "--seed", "7", iters=1) == 0
+    record = json.loads((tmp_path / "ckpt" / "log.jsonl").read_text().splitlines()[0])
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    assert record["kind"] == "run" and record["seed"] == 7 and record["commit"].split()[0] == head.strip() != ""
+    assert record["command"].endswith("trainer_bary.py --seed 7")

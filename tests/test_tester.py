@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -209,7 +210,7 @@ def test_input_mode_restores_without_metrics(bench, checkpoint, tmp_path):
     res = run("--model", checkpoint, "--input", src, "--save", tmp_path / "out")
     assert [r["name"] for r in res["restored"]] == ["a.png", "b.png"]
     on_disk = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(on_disk) == {"model", "run", "restored"}  # what was done; nothing scored, no metrics protocol
+    assert set(on_disk) == {"model", "run", "restored", "provenance"}  # what was done; nothing scored, no metrics
     assert on_disk["run"]["precision"] == "fp32" and on_disk["model"]["model"] == str(checkpoint)
     assert np.array_equal(read_image(tmp_path / "out" / "a.png"), img8)  # full size, any size
     out16 = read_image(tmp_path / "out" / "b.png")
@@ -2687,3 +2688,18 @@ def test_a_bar_in_an_image_or_row_name_stays_in_its_cell_of_results_md(tmp_path)
     summary = md.index(next(line for line in md if line.startswith("| Task |")))
     assert dict(zip(split(md[summary]), split(md[summary + 2])))["Degraded PSNR"] == "21.00"
     assert split(md[summary + 2])[0] == "my\\|set (partial)"
+
+
+def test_results_record_the_command_commit_and_versions_to_run_them_again(bench, checkpoint, tmp_path, monkeypatch):
+    """results.json and results.md named the model and the protocol, but neither the command (--data-root,
+    --tasks), the commit nor torch's version and threads: a table could not be traced back to the code."""
+    argv = ["tester_bary.py", "--model", str(checkpoint), "--data-root", str(bench), "--tasks", "derain",
+            "--no-images", "--save", str(tmp_path / "a"), "--degset", "", "--no-progress"]
+    monkeypatch.setattr(sys, "argv", argv)
+    run(*argv[1:])
+    made = json.loads((tmp_path / "a" / "results.json").read_text())["provenance"]
+    assert shlex.split(made["command"])[1:] == argv  # the empty --degset too, quoted for a shell
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    assert made["commit"].split()[0] == head.strip() != ""
+    assert (made["torch"], made["torch_threads"]) == (str(torch.__version__), torch.get_num_threads())
+    assert f"- commit: {made['commit']}" in (tmp_path / "a" / "results.md").read_text()

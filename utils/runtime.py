@@ -2,11 +2,16 @@
 GPUs are visible (``--gpus``) and which device runs (``--device``, the reference's ``--cuda``)."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import platform
 import re
+import shlex
 import signal
+import subprocess
 import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -108,6 +113,29 @@ def kernel_setup_changes(saved: object, device: torch.device) -> list[str]:
     keys = ("torch", "torch_threads") if device.type == "cpu" else ("torch",)
     names = {"torch": "torch", "torch_threads": "torch threads"}
     return [f"{names[k]} {saved[k]} there, {now[k]} now" for k in keys if k in saved and saved[k] != now[k]]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def source_commit() -> str:
+    """The project's git commit (short), marked when the checkout has uncommitted changes to tracked files; empty
+    outside a git checkout (or without git)."""
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        if commit and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                     capture_output=True, text=True, timeout=10).stdout.strip():
+            commit += " (with uncommitted changes)"
+    return commit
+
+
+def provenance() -> dict[str, object]:
+    """What a record of results keeps, beside :func:`kernel_setup`, so that a user can run them again: the command
+    as typed (quoted for a shell), the commit and Python's version."""
+    return {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "commit": source_commit(),
+            "python": platform.python_version()}
 
 
 DEVICES = ("auto", "cpu", "cuda")  # the --device choices of every command (a GPU by index: --gpus)

@@ -159,7 +159,9 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
     write_text(paths["csv"], fh.getvalue())
 
     title = "# Evaluation results" + (" (PARTIAL: the run stopped, see the end of the summary)" if stop else "")
+    made = results.get("provenance") or {}
     md = [title, "", "## Protocol", "", *protocol_lines(results["protocol"]), "",
+          *(["## Run", "", *(f"- {k}: {v}" for k, v in made.items()), ""] if made else []),
           "## Summary", "", summary_table(results), ""]
     for task, r in results.get("tasks", {}).items():
         has_lpips = "lpips" in r

@@ -39,7 +39,7 @@ from utils.eval.tasks import (
     task_layout,
 )
 from utils.files import json_text, write_text
-from utils.runtime import apply_gpus_flag, gpus_on_cpu_note, pick_device
+from utils.runtime import apply_gpus_flag, gpus_on_cpu_note, kernel_setup, pick_device, provenance
 from utils.streams import OutputClosed
 
 
@@ -327,8 +327,10 @@ def _write_and_show(results: dict, save: Path) -> dict[str, Path]:
 
 def _record_flags(results: dict, args) -> None:
     """What the results must say beside the protocol: the paper table asked for (and a note when the checkpoint
-    was trained on another setting's families, :func:`~utils.eval.paper.setting_note`), and a cut to --max-images
-    (each set's first N images: its numbers are not the whole set's)."""
+    was trained on another setting's families, :func:`~utils.eval.paper.setting_note`), a cut to --max-images
+    (each set's first N images: its numbers are not the whole set's), and how to run them again (the command, the
+    commit, the versions: :func:`~utils.runtime.provenance`)."""
+    results["provenance"] = {**provenance(), **kernel_setup()}
     if args.compare_paper:
         results["compare_paper"] = args.compare_paper
         note = setting_note(results["protocol"].get("domains"), args.compare_paper)
@@ -348,7 +350,8 @@ def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, pro
     how = {"device": str(device), "precision": protocol.precision, "tile": protocol.tile}
     if protocol.tile:
         how.update(tile_overlap=protocol.tile_overlap, tile_batch=protocol.tile_batch)
-    results = {"model": {k: info[k] for k in ("model", "backbone", "config_from") if k in info}, "run": how}
+    results = {"model": {k: info[k] for k in ("model", "backbone", "config_from") if k in info}, "run": how,
+               "provenance": {**provenance(), **kernel_setup()}}
 
     def record(entries: list[dict]) -> list[str]:
         results["restored"] = [e for e in entries if "output" in e]

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 import zipfile
@@ -26,14 +25,13 @@ from utils.errors import STOPPED_STATUSES, StopSignal
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol
 from utils.files import atomic_write, write_text
+from utils.runtime import source_commit
 from utils.streams import PIPE_CLOSED_STATUS, OutputClosed
 from utils.study.arms import ARMS, ID_TASKS, OOD_TASKS, Arm, arm_model_config, override_flags
 from utils.study.errors import StudyError
 from utils.study.probe import ProbeView, embed
 from utils.train.engine import run_cli
 from utils.train.options import get_args_parser as trainer_parser
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- data and training
@@ -260,14 +258,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    commit = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                          text=True, timeout=10).stdout.strip():
-            commit += " (with uncommitted changes)"
     return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": cpu,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "commit": commit,
+            "python": platform.python_version(), "platform": platform.platform(), "commit": source_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

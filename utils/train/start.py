@@ -47,7 +47,7 @@ from utils.errors import UserError, human_bytes, listing
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.outputs import check_writable_folder
 from utils.output_lock import OutputFolderBusy, OutputLock
-from utils.runtime import gpus_on_cpu_note, kernel_setup, kernel_setup_changes, to_channels_last
+from utils.runtime import gpus_on_cpu_note, kernel_setup, kernel_setup_changes, provenance, to_channels_last
 from utils.train.distributed import (
     DistInfo,
     broadcast_int,
@@ -393,4 +393,5 @@ def run_record(args: argparse.Namespace, dataset: MixedDegradationDataset, objec
             "objective": args.objective, "reg_weight": objective.reg_weight,
             "contrastive_eps": objective.contrastive_eps, "potentials_steps": objective.potentials_steps,
             "lambdas": [float(v) for v in dataset.lambdas], "samples_per_epoch": len(dataset),
-            "world_size": info.world_size, "kernels": kernel_setup()}
+            "world_size": info.world_size, "seed": args.seed, "kernels": kernel_setup(),
+            **provenance()}
