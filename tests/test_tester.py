@@ -5,6 +5,7 @@ must equal the metrics of the degraded images against their targets, computed he
 """
 import csv
 import errno
+import hashlib
 import io
 import json
 import os
@@ -2703,3 +2704,11 @@ def test_results_record_the_command_commit_and_versions_to_run_them_again(bench,
     assert made["commit"].split()[0] == head.strip() != ""
     assert (made["torch"], made["torch_threads"]) == (str(torch.__version__), torch.get_num_threads())
     assert f"- commit: {made['commit']}" in (tmp_path / "a" / "results.md").read_text()
+
+
+def test_results_record_the_checkpoints_digest(bench, checkpoint, tmp_path):
+    """results.json named the checkpoint by its path only; a fresh run in the checkpoint's folder later writes other
+    weights under that very name (the earlier ones moved to run.before-*/), and nothing told the two apart."""
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", "--no-images", "--save", tmp_path / "a")
+    made = json.loads((tmp_path / "a" / "results.json").read_text())["provenance"]
+    assert made["model_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()

@@ -39,6 +39,7 @@ from utils.eval.tasks import (
     task_layout,
 )
 from utils.files import json_text, write_text
+from utils.owned_outputs import file_digest
 from utils.runtime import apply_gpus_flag, gpus_on_cpu_note, kernel_setup, pick_device, provenance
 from utils.streams import OutputClosed
 
@@ -330,7 +331,7 @@ def _record_flags(results: dict, args) -> None:
     was trained on another setting's families, :func:`~utils.eval.paper.setting_note`), a cut to --max-images
     (each set's first N images: its numbers are not the whole set's), and how to run them again (the command, the
     commit, the versions: :func:`~utils.runtime.provenance`)."""
-    results["provenance"] = {**provenance(), **kernel_setup()}
+    results["provenance"] = _provenance(results["protocol"]["model"])
     if args.compare_paper:
         results["compare_paper"] = args.compare_paper
         note = setting_note(results["protocol"].get("domains"), args.compare_paper)
@@ -338,6 +339,12 @@ def _record_flags(results: dict, args) -> None:
             results["compare_paper_note"] = note
     if args.max_images:
         results["protocol"]["max_images"] = args.max_images
+
+
+def _provenance(model: str) -> dict:
+    """How to run the results again (:func:`~utils.runtime.provenance`, :func:`~utils.runtime.kernel_setup`), and
+    the SHA-256 of the checkpoint: its path may later hold other weights (a fresh run in its folder)."""
+    return {**provenance(), **kernel_setup(), "model_sha256": file_digest(Path(model))}
 
 
 def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, progress: bool,
@@ -351,7 +358,7 @@ def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, pro
     if protocol.tile:
         how.update(tile_overlap=protocol.tile_overlap, tile_batch=protocol.tile_batch)
     results = {"model": {k: info[k] for k in ("model", "backbone", "config_from") if k in info}, "run": how,
-               "provenance": {**provenance(), **kernel_setup()}}
+               "provenance": _provenance(info["model"])}
 
     def record(entries: list[dict]) -> list[str]:
         results["restored"] = [e for e in entries if "output" in e]
