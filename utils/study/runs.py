@@ -33,7 +33,6 @@ from utils.study.probe import ProbeView, embed
 from utils.train.engine import run_cli
 from utils.train.options import get_args_parser as trainer_parser
 
-
 # --------------------------------------------------------------------------- data and training
 
 def balanced_repeats(manifest: dict, min_samples: int) -> dict[str, int]:
