@@ -314,3 +314,16 @@ def test_a_stop_while_torchruns_ranks_start_is_said_once_per_machine(rank, node,
     quiet = None if said_by_this_rank() else met_by_every_rank  # as the trainers' run_cli passes it
     assert run_main(stopped, None, quiet=quiet) == 143
     assert capsys.readouterr().err == ("error: stopped by SIGTERM\n" if said else "")
+
+
+@pytest.mark.parametrize("script", ["tester_bary.py", "trainer_bary.py"])
+def test_sighup_while_a_script_imports_is_held_then_one_line(script, tmp_path):
+    """A terminal closed in the second or so a script imports torch (its output redirected to a file) ended it
+    with status 129 and not a word, where SIGINT and SIGTERM there are one line: the README promises that line
+    for SIGHUP before training starts too."""
+    (tmp_path / "torch.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGHUP)\n"
+                                       "time.sleep(0.3)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    done = subprocess.run([sys.executable, script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr, done.stdout) == (
+        129, "error: stopped by SIGHUP while starting; nothing was written\n", ""), done.stderr

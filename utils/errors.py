@@ -24,7 +24,7 @@ import signal
 import sys
 from typing import Any, Callable, Iterable
 
-from utils.streams import PIPE_CLOSED_STATUS, OutputClosed, OutputGuard
+from utils.streams import PIPE_CLOSED_STATUS, OutputClosed, OutputGuard, leave_the_hung_up_terminal
 
 LIST_LIMIT = 10
 INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
@@ -337,8 +337,8 @@ _STARTING_STOPPED = "error: interrupted while starting; nothing was written"
 
 
 def _stopped_while_starting_line(signum: int) -> tuple[str, int]:
-    """The line and exit status for ``signum`` (SIGINT: Ctrl-C; SIGTERM: kill, timeout, a scheduler) while a
-    script starts: the shell's 128 + signal number."""
+    """The line and exit status for ``signum`` (SIGINT: Ctrl-C; SIGTERM: kill, timeout, a scheduler; SIGHUP: a
+    closed terminal) while a script starts: the shell's 128 + signal number."""
     if signum == signal.SIGINT:
         return _STARTING_STOPPED, INTERRUPTED_STATUS
     return f"error: stopped by {signal.Signals(signum).name} while starting; nothing was written", 128 + signum
@@ -348,6 +348,8 @@ def _say_stopped_while_starting(signum: int) -> int:
     """Print the line of ``signum`` while starting (:func:`_stopped_while_starting_line`), once per torchrun group's
     machine: Ctrl-C and a scheduler's SIGTERM reach every rank alike (torchrun passes its own on), and rank 0
     says it for all (:func:`said_by_this_rank`). Returns the exit status."""
+    if signum == getattr(signal, "SIGHUP", None):  # the line goes where stderr is not the closed terminal
+        leave_the_hung_up_terminal()
     line, status = _stopped_while_starting_line(signum)
     if said_by_this_rank():
         print(line, file=sys.stderr, flush=True)
@@ -357,9 +359,9 @@ def _say_stopped_while_starting(signum: int) -> int:
 @contextlib.contextmanager
 def stopped_while_starting():
     """Around a script's imports (torch takes seconds to load): Ctrl-C (or SIGTERM: ``kill``, ``timeout``, a job
-    scheduler) there ends the script with one line and the shell's status (130, 143) instead of a traceback
-    through the import machinery, or, for SIGTERM, an exit without a word. Nothing has started yet, so nothing
-    is lost.
+    scheduler; or SIGHUP: a closed terminal) there ends the script with one line and the shell's status (130,
+    143, 129) instead of a traceback through the import machinery, or, for SIGTERM and SIGHUP, an exit without a
+    word. Nothing has started yet, so nothing is lost.
 
     The signal is held until the imports end rather than raised where it lands: a KeyboardInterrupt inside an
     import left numpy or scikit-image half loaded (the next name looked up in it raised RecursionError or
@@ -374,8 +376,10 @@ def stopped_while_starting():
         interrupted.append(signum)
 
     held = []
+    hangup = getattr(signal, "SIGHUP", None)  # POSIX
+    stops = [(signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)]
     try:
-        for s, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        for s, default in stops + ([(hangup, signal.SIG_DFL)] if hangup is not None else []):
             if signal.getsignal(s) is default:
                 signal.signal(s, hold)
                 held.append((s, default))
