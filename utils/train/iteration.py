@@ -35,7 +35,7 @@ MAP_TERMS = ("transport", "orthogonality", "contrastive", "potential")  # per-sa
 
 
 class NonFiniteLossError(UserError, RuntimeError):
-    """A loss became NaN or infinite; the message gives the epoch, the iteration and every part."""
+    """A loss became NaN or infinite; the message gives the epoch, the iteration, the update and its parts."""
 
 
 @dataclass
