@@ -444,6 +444,25 @@ def test_a_validation_folder_without_its_partner_is_refused(data, tmp_path, caps
     assert "dry run" in capsys.readouterr().out
 
 
+def test_default_validation_off_names_the_folder_that_is_missing(tmp_path, monkeypatch, capsys):
+    """With Rain100L's input folder in place and its target folder missing (or named otherwise), the trainer said
+    both default folders "do not exist"; and --degset DIR alone was refused as "--tarset None"."""
+    from types import SimpleNamespace
+
+    from utils.train import validation_set
+    from utils.train.run_log import Console
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/test/derain/Rain100L/input").mkdir(parents=True)
+    args = SimpleNamespace(degset=None, tarset=None, skip_bad_files=False)
+    assert validation_set.validation_pairs(args, Console()) == []
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("=> validation off: the default --tarset ") and "Rain100L/target/ does not exist" in line
+    assert "--degset" not in line.split("(")[0], line
+    with pytest.raises(UserError) as alone:
+        validation_set.validation_pairs(SimpleNamespace(degset=str(tmp_path), tarset=None), Console())
+    assert "None" not in str(alone.value) and "--tarset not given" in str(alone.value), alone.value
+
+
 def test_a_full_disk_at_the_loss_figure_is_a_warning_and_a_vanished_folder_is_made_again(tmp_path, monkeypatch,
                                                                                         capsys):
     """The loss figure now goes through atomic_write, whose full-disk error is a DiskFullError, not an OSError:

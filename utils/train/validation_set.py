@@ -24,14 +24,18 @@ def validation_pairs(args, console: Console, info: DistInfo = DistInfo()) -> lis
     deg, tar = args.degset, args.tarset
     if deg or tar:  # a folder given: its partner must be too (an unset variable must not switch validation off)
         if not (deg and tar):
-            raise ConfigError(f"--degset {deg!r} --tarset {tar!r}: pass both folders to validate each epoch, or "
+            given = " ".join(f"--{flag} {'not given' if value is None else repr(value)}"
+                             for flag, value in (("degset", deg), ("tarset", tar)))
+            raise ConfigError(f"{given}: pass both folders to validate each epoch, or "
                               f"--degset '' --tarset '' to train without validation")
     elif deg == "" or tar == "":
         return []
     if deg is None and tar is None:
-        if not (Path(DEFAULT_DEGSET).is_dir() and Path(DEFAULT_TARSET).is_dir()):
-            console(f"=> validation off: the default --degset {DEFAULT_DEGSET} / --tarset {DEFAULT_TARSET} "
-                    f"do not exist (pass both to validate each epoch)")
+        missing = [f"--{flag} {folder}" for flag, folder in (("degset", DEFAULT_DEGSET), ("tarset", DEFAULT_TARSET))
+                   if not Path(folder).is_dir()]
+        if missing:
+            console(f"=> validation off: the default {' / '.join(missing)} "
+                    f"{'does' if len(missing) == 1 else 'do'} not exist (pass both to validate each epoch)")
             return []
         deg, tar = DEFAULT_DEGSET, DEFAULT_TARSET
     skip = bool(getattr(args, "skip_bad_files", False))
