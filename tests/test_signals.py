@@ -292,7 +292,6 @@ def test_sigterm_while_a_script_imports_is_held_then_one_line(tmp_path):
         143, "error: stopped by SIGTERM while starting; nothing was written\n", ""), done.stderr
 
 
-
 @pytest.mark.parametrize("rank, node, said", [("1", "0", False), ("0", "0", True), ("1", "1", True)])
 def test_a_stop_while_torchruns_ranks_start_is_said_once_per_machine(rank, node, said, monkeypatch, capsys):
     """Ctrl-C (or a scheduler's SIGTERM) while a torchrun group started reached every rank (torchrun passes its
