@@ -199,7 +199,7 @@ def test_ranks_whose_torchrun_is_killed_save_stop_and_the_run_resumes(tmp_path):
 
     resumed = torchrun(flags + ["--nEpochs", "1", "--iters-per-epoch", "20", "--resume", "auto"], free_port())
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr  # not "in use by another trainer"
-    assert f"0 epoch(s) done and {done} iteration(s) of batch 3 x 2 process(es) of epoch 1; continuing after them" \
+    assert f"0 epochs done and {done} iterations of batch 3 x 2 processes of epoch 1; continuing after them" \
         in resumed.stdout
     steps = [json.loads(line)["global_step"] for line in log.read_text().splitlines()
              if json.loads(line)["kind"] == "iter"]

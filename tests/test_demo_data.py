@@ -158,7 +158,7 @@ def test_missing_file_is_rebuilt(tmp_path):
         os.utime(p, ns=(1_000_000_000, 1_000_000_000))
     assert dd.stale_reason(root, dd.requested_params(0, 0.2, 3)) is not None
     again = dd.build_demo_data(root, seed=0, **TINY)
-    assert again["status"].startswith("built") and "1 file(s) written" in again["status"]
+    assert again["status"].startswith("built") and "1 file written" in again["status"]
     assert victim.read_bytes() == data
     assert again["content_hash"] == man["content_hash"]
     assert all(p.stat().st_mtime_ns == 1_000_000_000 for p in others)
@@ -227,9 +227,9 @@ def test_a_changed_file_is_rebuilt(tmp_path):
     target = next((root / "test/dehaze/target").iterdir())
     data = target.read_bytes()
     target.write_bytes(next((root / "test/dehaze/input").iterdir()).read_bytes())
-    assert "1 file(s) changed since the build" in dd.stale_reason(root, dd.requested_params(0, 0.2, 3))
+    assert "1 file changed since the build" in dd.stale_reason(root, dd.requested_params(0, 0.2, 3))
     again = dd.build_demo_data(root, seed=0, **TINY)
-    assert "1 file(s) written" in again["status"] and target.read_bytes() == data
+    assert "1 file written" in again["status"] and target.read_bytes() == data
 
 
 def test_a_folder_that_is_not_the_demos_is_never_built_into(tmp_path):

@@ -197,7 +197,7 @@ def test_test_set_problems_are_named_with_a_fix(tmp_path, tiny_counts, capsys):
     assert {("no target", "rain-2.png"), ("no input", "norain-9.png"), ("size mismatch", "0001_0.8_0.2.png"),
             ("truncated", "1.png"), ("empty", "input")} <= kinds
     assert all(p.fix for p in report.all_problems())
-    assert "=> 5 error(s) in 4 place(s)" in out
+    assert "=> 5 errors in 4 places" in out
 
 
 def test_download_layouts_get_a_move_or_rename_fix(tmp_path):
@@ -316,7 +316,7 @@ def test_table_caps_examples(tmp_path):
         "      - x0.png has no target. Fix: add it",
         "      - x1.png has no target. Fix: add it",
         "      ... and 3 more",
-        "=> 5 error(s) in 1 place(s): fix them and run --check-data again",
+        "=> 5 errors in 1 place: fix them and run --check-data again",
     ]
 
 

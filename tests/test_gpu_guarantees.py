@@ -100,7 +100,7 @@ def test_a_resume_that_trained_from_the_start_fails(guarantees):
     fresh = ResumeRuns("=> moved the earlier run aside; training from the start\n", straight)
     ok, detail = guarantees.check_resume(fresh, "resume-eager", False, straight, 0.0)
     assert not ok and "did not say '=> resumed'" in detail
-    resumed = ResumeRuns("=> resumed ckpt/epoch_001.pth: 1 epoch(s) done, continuing at epoch 2\n", straight)
+    resumed = ResumeRuns("=> resumed ckpt/epoch_001.pth: 1 epoch done, continuing at epoch 2\n", straight)
     assert guarantees.check_resume(resumed, "resume-eager", False, straight, 0.0) == (
         True, "ended at epoch 2, global step 8; equal to the straight run bit for bit")
     drifted = ResumeRuns(resumed.said, {**checkpoint(1.5), "epoch": 2, "global_step": 8})

@@ -291,7 +291,7 @@ def test_a_fresh_run_moves_an_earlier_runs_files_aside_and_overwrites_none(data,
     assert snapshot(ckpt / "run.before-20261129-120000") == runs[0]  # every file of run 1, none overwritten
     assert snapshot(ckpt / "run.before-20261129-120000-2") == runs[1]
     said = capsys.readouterr().out
-    assert "(1 checkpoint(s), newest epoch_001.pth) were moved to run.before-20261129-120000-2/" in said
+    assert "(1 checkpoint, newest epoch_001.pth) were moved to run.before-20261129-120000-2/" in said
 
 
 def test_an_earlier_run_without_a_checkpoint_is_not_offered_for_resuming(tmp_path):
@@ -779,7 +779,7 @@ def test_a_record_cut_short_is_removed_from_the_log_on_resume(data, tmp_path, ca
     records = [strict(line) for line in log.read_text().splitlines()]
     assert [r["global_step"] for r in records if r["kind"] == "iter"] == list(range(1, 2 * ITERS + 1))
     out = capsys.readouterr().out
-    assert (f"=> removed 1 line(s), {len(cut)} bytes, from {log}: record(s) cut short when a run stopped while "
+    assert (f"=> removed 1 line, {len(cut)} bytes, from {log}: records cut short when a run stopped while "
             f"writing them (a full disk, or a kill); every complete record stays") in out, out
     assert [r["kind"] for r in records].count("run") == 2 and cut not in log.read_text()
 
@@ -833,7 +833,7 @@ def test_resuming_without_the_runs_log_says_where_the_new_log_starts(data, tmp_p
     capsys.readouterr()
     assert run(data, tmp_path, "--nEpochs", "2", "--resume", "auto", iters=2) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert (f"{tmp_path / 'ckpt' / 'log.jsonl'}, the log of the 2 iteration(s) before epoch_001.pth, is not there: a "
+    assert (f"{tmp_path / 'ckpt' / 'log.jsonl'}, the log of the 2 iterations before epoch_001.pth, is not there: a "
             f"new log starts at global step 3") in err, err
 
 
@@ -845,7 +845,7 @@ def test_a_dry_run_into_a_folder_holding_a_run_says_the_run_would_be_moved_aside
     before = snapshot(tmp_path / "ckpt")
     assert run(data, tmp_path, "--nEpochs", "1", "--dry-run", iters=1) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert (f"into {tmp_path / 'ckpt'}, first moving the earlier run's 3 file(s) there (1 checkpoint(s)) to "
+    assert (f"into {tmp_path / 'ckpt'}, first moving the earlier run's 3 files there (1 checkpoint) to "
             f"run.before-<time>/ (--resume auto would continue that run instead). Nothing was written") in out, out
     assert snapshot(tmp_path / "ckpt") == before
 

@@ -398,7 +398,7 @@ def test_skip_bad_files_leaves_unpaired_and_damaged_validation_pairs_out(data, t
     [warning] = [w for w in said.err.splitlines() if "WARNING" in w]
     assert f"validating without 2 of the 4 degraded images of {deg} (--skip-bad-files):" in warning, warning
     assert "rain-9.png has no target of the same name" in warning and f"cannot decode image {bad}" in warning
-    assert warning.endswith("; 2 pair(s) validate"), warning
+    assert warning.endswith("; validating with 2 pairs"), warning
     assert "=> validation: 2 pairs from" in said.out and "validation PSNR" in said.out
     (deg / "rain-9.png").unlink()
     for f in (deg / "rain-1.png", deg / "rain-3.png"):

@@ -28,7 +28,7 @@ from typing import Iterator
 from utils.checkpoints import CHECKPOINT_DIR, model_or_default
 from utils.cli import add_network_size_flags, network_size_overrides, one_spelling
 from utils.data.image_io import MAX_PIXELS, pixel_limit
-from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, run_main
+from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, counted, run_main
 from utils.eval.options import add_checkpoint_flags, pixel_count
 from utils.eval.outputs import check_writable_folder
 from utils.runtime import DEVICE_HELP, DEVICES, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
@@ -134,8 +134,8 @@ def main(args) -> int:
         work_dir = Path(args.work_dir) if args.work_dir else Path(scratch)
         session = Session(model=model, info=info, device=device, work_dir=work_dir)
         page = build_page(session, examples)
-        print(f"=> {info['model']} ({info['backbone']}) on {device}; {len(examples)} example image(s); serving "
-              f"http://{HOST}:{args.port} (Ctrl-C to stop)", flush=True)
+        print(f"=> {info['model']} ({info['backbone']}) on {device}; {counted(len(examples), 'example image')}; "
+              f"serving http://{HOST}:{args.port} (Ctrl-C to stop)", flush=True)
         stop_signals_as_interrupt()
         # Gradio serves files only from the current and temporary folders and these: the examples, and the
         # restorations written under --work-dir wherever it is

@@ -113,7 +113,7 @@ def expected_cell(expected: int | Expected | None) -> str:
 def format_report(report: DataReport, examples: int = EXAMPLES) -> str:
     """The report as text: a title, one row per set (set, found, expected, status, folder), under each row
     its problems grouped by kind (the first ``examples`` of each, then "... and N more"), and a verdict."""
-    lines = [f"{report.title}: {len(report.sets)} set(s), {report.files_read:,} files read in "
+    lines = [f"{report.title}: {counted(len(report.sets), 'set')}, {counted(report.files_read, 'file')} read in "
              f"{report.seconds:.2f} s"]
     head = ("set", "found", "expected", "status", "folder")
     rows = [(s.name, f"{s.found:,}", expected_cell(s.expected), s.status, s.folder) for s in report.sets]
@@ -137,11 +137,12 @@ def format_report(report: DataReport, examples: int = EXAMPLES) -> str:
     if errors:
         failing = sum(1 for s in report.sets if s.errors) + (1 if any(p.severity == ERROR for p in report.problems)
                                                                else 0)
-        lines.append(f"=> {len(errors):,} error(s) in {failing} place(s): fix them and run --check-data again"
-                     + (f"; {len(warns):,} warning(s)" if warns else ""))
+        lines.append(f"=> {counted(len(errors), 'error')} in {counted(failing, 'place')}: fix them and run "
+                     f"--check-data again"
+                     + (f"; {counted(len(warns), 'warning')}" if warns else ""))
     else:
         lines.append("=> everything needed is present and well-formed"
-                     + (f" ({len(warns):,} warning(s): the run goes on, see above)" if warns else ""))
+                     + (f" ({counted(len(warns), 'warning')}: the run goes on, see above)" if warns else ""))
     return "\n".join(lines)
 
 

@@ -87,7 +87,7 @@ from utils.demo.photos import (
     resize,
     round_to_multiple,
 )
-from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, listing, run_main
+from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, counted, listing, run_main
 from utils.files import replace_file
 
 VERSION = 1
@@ -220,12 +220,12 @@ def stale_reason(root: Path, params: dict) -> str | None:
         return "parameters changed: " + ", ".join(changed)
     missing = [rel for rel in man.get("files", {}) if not (root / rel).is_file()]
     if missing:
-        return f"{len(missing)} file(s) missing, e.g. {missing[0]}"
+        return f"{counted(len(missing), 'file')} missing, e.g. {missing[0]}"
     changed = [rel for rel, info in man["files"].items()
                if not isinstance(info, dict)
                or hashlib.sha256((root / rel).read_bytes()).hexdigest() != info.get("sha256")]
     if changed:  # a file edited or replaced since the build: its scores would not be the demo's
-        return f"{len(changed)} file(s) changed since the build, e.g. {changed[0]}"
+        return f"{counted(len(changed), 'file')} changed since the build, e.g. {changed[0]}"
     return None
 
 
@@ -445,7 +445,7 @@ def build_demo_data(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, scale
     }
     write_if_changed(root / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode(), force=True)
     (root / BUILDING_MARK).unlink(missing_ok=True)
-    return {**manifest, "status": f"built ({reason}; {written} file(s) written)"}
+    return {**manifest, "status": f"built ({reason}; {counted(written, 'file')} written)"}
 
 
 def main(argv: list[str] | None = None) -> int:

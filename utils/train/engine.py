@@ -41,7 +41,7 @@ from utils.dataset_utils import (
     MixedDegradationDataset,
     iterations_per_epoch,
 )
-from utils.errors import UsageError, UserError, failure_message, run_main, said_by_this_rank
+from utils.errors import UsageError, UserError, counted, failure_message, run_main, said_by_this_rank
 from utils.eval.evaluation import EvaluationStopped, evaluate_set
 from utils.eval.protocol import NonFiniteOutput, Protocol
 from utils.eval.tasks import EvalItem, EvalSet
@@ -239,8 +239,9 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
             train = (f"train epochs {state.epoch}..{args.nEpochs} of {iters} iterations"
                      if state.epoch <= args.nEpochs else "")
             checkpoints, earlier = earlier_run_files(Path(args.output_dir)) if resumed is None else ([], [])
-            aside = (f", first moving the earlier run's {len(earlier)} file(s) there ({len(checkpoints)} "
-                     f"checkpoint(s)) to run.before-<time>/ (--resume auto would continue that run instead)"
+            aside = (f", first moving the earlier run's {counted(len(earlier), 'file')} there "
+                     f"({counted(len(checkpoints), 'checkpoint')}) to run.before-<time>/ (--resume auto would continue "
+                     f"that run instead)"
                      if earlier else "")
             console(f"=> dry run: the data, the networks{', the checkpoint' if ckpt_path else ''} and the memory "
                     f"check out; it would {' and '.join(filter(None, (record, train)))} into {args.output_dir}"

@@ -24,6 +24,7 @@ from utils.checkpoints import (
 )
 from utils.data.degradations import DE_IDS, repeat_factor
 from utils.dataset_utils import DatasetError, check_de_types, parse_repeats
+from utils.errors import counted
 from utils.train.losses import OBJECTIVES
 from utils.train.options import OBJECTIVE_SETTINGS, ConfigError, flag_of
 from utils.train.run_log import Console
@@ -168,11 +169,12 @@ def load_start(args, ckpt_path: Path | None, obj: Any, model: nn.Module, pots: P
                           global_step=int(obj.get("global_step", 0)))
         if state.iteration:  # in the checkpoint's iterations: another batch continues elsewhere (continue_with_batch)
             batch, processes = (obj.get("args") or {}).get("batchSize"), obj.get("world_size")
-            of = f" of batch {batch} x {processes} process(es)" if batch and processes else ""
-            console(f"=> resumed {ckpt_path}: {obj['epoch']} epoch(s) done and {state.iteration} iteration(s){of} of "
+            of = f" of batch {batch} x {counted(processes, 'process', 'processes')}" if batch and processes else ""
+            console(f"=> resumed {ckpt_path}: {counted(obj['epoch'], 'epoch')} done and "
+                    f"{counted(state.iteration, 'iteration')}{of} of "
                     f"epoch {state.epoch}; continuing after them")
         else:
-            console(f"=> resumed {ckpt_path}: {obj['epoch']} epoch(s) done, continuing at epoch {state.epoch}")
+            console(f"=> resumed {ckpt_path}: {counted(obj['epoch'], 'epoch')} done, continuing at epoch {state.epoch}")
         if state.iteration:
             losses = epoch_losses_from(obj)
             if losses is None:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from utils.checkpoints import LATEST, LOG_NAME, list_checkpoints, progress_of, read_latest
+from utils.errors import counted
 from utils.files import KeepAsideError, keep_aside
 from utils.train.options import ConfigError
 from utils.train.run_log import Console, discarded_log
@@ -36,7 +37,7 @@ def start_fresh_outputs(output_dir: Path, console: Console, why: str = "a fresh 
         return None
     kept = _move_aside(earlier, output_dir, "run", "an earlier run's files")
     if checkpoints:
-        what = f"{len(checkpoints)} checkpoint(s), newest {checkpoints[-1].name}"
+        what = f"{counted(len(checkpoints), 'checkpoint')}, newest {checkpoints[-1].name}"
         then = f"; to continue that run instead, pass --resume {kept}"
     else:  # nothing to resume: its log and figure are kept, and --resume there would find no checkpoint
         what, then = "no checkpoint", ""
@@ -171,6 +172,6 @@ def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int],
                 f"{kept.name}/{history} (the resumed one also stays here until this run saves), so that this "
                 f"run's checkpoints of the same names replace none of them")
         return
-    console(f"=> resuming {ckpt_path.name}, an earlier checkpoint of this run: the {len(later)} checkpoint(s) past "
-            f"it (newest {newest}) were moved to {kept.name}/{history}, so that none is overwritten, returned to by "
-            f"--resume auto or kept by rotation before this run's own")
+    console(f"=> resuming {ckpt_path.name}, an earlier checkpoint of this run: moved the "
+            f"{counted(len(later), 'checkpoint')} past it (newest {newest}) to {kept.name}/{history}, so that none is "
+            f"overwritten, returned to by --resume auto or kept by rotation before this run's own")

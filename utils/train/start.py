@@ -43,7 +43,7 @@ from utils.dataset_utils import (
     dir_dest,
     parse_repeats,
 )
-from utils.errors import UserError, human_bytes, listing
+from utils.errors import UserError, counted, human_bytes, listing
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.outputs import check_writable_folder
 from utils.output_lock import OutputFolderBusy, OutputLock
@@ -359,18 +359,18 @@ def open_log(output_dir: Path, resumed: dict | None, ckpt_path: Path | None, sta
         resume_outputs(output_dir, ckpt_path, (int(resumed["epoch"]), int(resumed["iteration"])), console,
                        renumbered)
         if state.global_step and not (output_dir / LOG_NAME).exists():  # removed, or the checkpoint copied alone
-            console.warn(f"{output_dir / LOG_NAME}, the log of the {state.global_step} iteration(s) before "
+            console.warn(f"{output_dir / LOG_NAME}, the log of the {counted(state.global_step, 'iteration')} before "
                          f"{ckpt_path.name if ckpt_path else 'the checkpoint'}, is not there: a new log starts at "
                          f"global step {state.global_step + 1}, and the loss figure and TensorBoard show the run "
                          f"from there (put the earlier log back before resuming to keep the whole curve)")
         torn, size = mend_log(output_dir / LOG_NAME)
         if torn:
-            console(f"=> removed {torn} line(s), {human_bytes(size)}, from {output_dir / LOG_NAME}: record(s) cut "
-                    f"short when a run stopped while writing them (a full disk, or a kill); every complete record "
+            console(f"=> removed {counted(torn, 'line')}, {human_bytes(size)}, from {output_dir / LOG_NAME}: records "
+                    f"cut short when a run stopped while writing them (a full disk, or a kill); every complete record "
                     f"stays")
         moved = rewind_log(output_dir / LOG_NAME, state.global_step)
         if moved:
-            console(f"=> {moved} log record(s) past global step {state.global_step} (training after the "
+            console(f"=> {counted(moved, 'log record')} past global step {state.global_step} (training after the "
                     f"checkpoint, lost when the run stopped) moved to {discarded_log(output_dir / LOG_NAME).name}")
     return JsonlLog(output_dir / LOG_NAME, enabled=info.is_main)
 

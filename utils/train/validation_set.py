@@ -9,7 +9,7 @@ from utils.data.image_io import image_size, read_problem, turned_pair_note
 from utils.data.integrity import decode_files
 from utils.data.pairing import DEGSET_FLAGS, match_pairs, partners_of
 from utils.dataset_utils import DatasetError
-from utils.errors import UserError, listing
+from utils.errors import UserError, counted, listing
 from utils.eval.evaluation import smallest_file_side
 from utils.eval.protocol import Protocol
 from utils.train.distributed import DistInfo, broadcast_text
@@ -58,7 +58,7 @@ def validation_pairs(args, console: Console, info: DistInfo = DistInfo()) -> lis
         raise exc
     if left_out:
         console.warn(f"validating without {found - len(pairs)} of the {found} degraded images of {deg} "
-                     f"(--skip-bad-files):{listing(left_out)}; {len(pairs)} pair(s) validate")
+                     f"(--skip-bad-files):{listing(left_out)}; validating with {counted(len(pairs), 'pair')}")
     console(f"=> validation: {len(pairs)} pairs from {deg} / {tar}, matched by file name")
     return pairs
 
