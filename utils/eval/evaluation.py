@@ -39,6 +39,7 @@ from utils.eval.outputs import figure_names, output_names
 from utils.eval.paper import paper_averages
 from utils.eval.protocol import SIZE_MULTIPLE, Protocol, crop_to_multiple, restore_array, to_8bit
 from utils.eval.report import save_comparison_figure
+from utils.eval.resuming import EarlierImages, KeptImage
 from utils.eval.tasks import EvalItem, EvalSet, find_task_sets
 from utils.streams import PIPE_CLOSED_STATUS, OutputClosed
 
@@ -213,8 +214,12 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
                  save_dir: Path | None = None, savetar_dir: Path | None = None, lpips_metric: LPIPS | None = None,
                  fid_metric: FID | None = None, figs_dir: Path | None = None, fig_images: int = 3,
                  progress: bool = True, skip_bad_files: bool = False, output_prefix: str = "",
-                 figure_name: str = "") -> dict[str, Any]:
+                 figure_name: str = "", done: Mapping[str, KeptImage] | None = None) -> dict[str, Any]:
     """Restore and score every image of one set; returns its entry of ``results["tasks"]``.
+
+    ``done``: the entries and notes, by image name, of images an earlier run scored (``--resume``,
+    :func:`utils.eval.resuming.earlier_images`): kept as they are, not restored again (the target is saved into
+    ``savetar_dir`` and the figure drawn from the saved restoration, as for the others).
 
     Each image saved into ``save_dir`` records where as ``"output"``: ``output_prefix`` (``save_dir``'s place
     under the results' folder, ``"<row>/"`` or ``""``) and its file name, so that a later run into the folder
@@ -304,11 +309,35 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
                 raise _write_stopped(exc, str(item.degraded or item.target), eval_set.name, row_so_far()) from exc
             raise
 
+    def keep_item(item: EvalItem, out_name: str, kept: KeptImage) -> None:
+        """An image the earlier run scored: its entry and notes kept, its target saved and its figure row drawn as
+        for the others (read again: the restoration from its file)."""
+        image = kept.image
+        if (savetar_dir is not None and not (savetar_dir / out_name).is_file()) or \
+                (figs_dir is not None and len(fig_rows) < fig_images and save_dir is not None):
+            deg, tar = _load_item(item, protocol)
+            if savetar_dir is not None:
+                write_image(savetar_dir / out_name, to_8bit(tar))
+            if figs_dir is not None and len(fig_rows) < fig_images and save_dir is not None:
+                out8 = to_8bit(read_image(save_dir / out_name, exif=False))
+                fig_rows.append((item.name, to_8bit(deg), out8, to_8bit(tar), image["psnr"], image["ssim"],
+                                 image["input_psnr"], image["input_ssim"]))
+        images.append(image)
+        notes.extend(kept.notes)
+
+    done = done or {}
+    work = list(zip(eval_set.items, names))
     current = eval_set.items[0] if eval_set.items else None  # the image at work (the progress bar writes too)
     try:
-        for current, out_name in tqdm(list(zip(eval_set.items, names)), desc=eval_set.name, unit="img",
-                                      disable=not progress, leave=True):
-            evaluate_item(current, out_name)
+        # kept images count as done from the start: the bar's rate and ETA are the images restored now
+        with tqdm(total=len(work), initial=sum(item.name in done for item, _ in work), desc=eval_set.name,
+                  unit="img", disable=not progress, leave=True) as bar:
+            for current, out_name in work:
+                if current.name in done:
+                    keep_item(current, out_name, done[current.name])
+                    continue
+                evaluate_item(current, out_name)
+                bar.update(1)
     except (KeyboardInterrupt, OutputClosed) as exc:  # Ctrl-C, | head: the images finished so far are kept
         message, status = why_stopped(exc)
         where = str(current.degraded or current.target) if current is not None else eval_set.name
@@ -336,7 +365,8 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
                   savetar_dir: str | Path | None = None, figs_dir: str | Path | None = None,
                   fig_images: int = 3, subfolders: bool = True, progress: bool = True,
                   model_info: Mapping[str, Any] | None = None, skip_bad_files: bool = False,
-                  metrics: tuple[LPIPS | None, FID | None] | None = None) -> dict[str, Any]:
+                  metrics: tuple[LPIPS | None, FID | None] | None = None,
+                  earlier: EarlierImages | None = None) -> dict[str, Any]:
     """Evaluate every set; returns ``{"protocol": {...}, "tasks": {row: {...}}, "average": {...}}``.
 
     Restorations go to ``save_dir/<row>/`` (``save_dir`` itself when ``subfolders`` is False), each image's
@@ -345,6 +375,8 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
     An image that stops the run raises :class:`EvaluationStopped` whose ``results`` hold the rows
     done, the stopped row so far, and ``"partial": {"row", "file", "error"}``; ``skip_bad_files``
     as in :func:`evaluate_set`. ``metrics``: the LPIPS and FID :func:`perceptual_metrics` built already.
+    ``earlier``: per row, the images an earlier run scored that are kept (``--resume``; ``results["resumed"]``
+    counts them), each row's ``done``.
     """
     protocol = (protocol or Protocol()).validate()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -352,10 +384,10 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
     protocol = protocol.with_budget(device)  # automatic tiling measures free memory once, with the model loaded
     # Perceptual metrics are built first: a missing weights file fails before anything runs.
     lpips_metric, fid_metric = metrics if metrics is not None else perceptual_metrics(protocol, device)
-    desc = protocol.describe()
-    desc["device"] = str(device)
-    desc.update(dict(model_info or {}))
-    results: dict[str, Any] = {"protocol": desc, "tasks": {}}
+    results: dict[str, Any] = {"protocol": run_description(protocol, device, model_info), "tasks": {}}
+    earlier = earlier or {}
+    if earlier:
+        results["resumed"] = {"images_kept": sum(len(row) for row in earlier.values())}
 
     def where(base, name):
         if base is None:
@@ -368,7 +400,7 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
             results["tasks"][s.name] = evaluate_set(
                 model, s, protocol, device, where(save_dir, s.name), where(savetar_dir, s.name), lpips_metric,
                 fid_metric, Path(figs_dir) if figs_dir is not None else None, fig_images, progress, skip_bad_files,
-                output_prefix=f"{s.name}/" if subfolders else "", figure_name=figures[k])
+                output_prefix=f"{s.name}/" if subfolders else "", figure_name=figures[k], done=earlier.get(s.name))
         except EvaluationStopped as stop:
             results["tasks"][s.name] = {**(stop.row or _summary([], protocol.lpips)), "partial": True}
             results["average"] = average_row(results["tasks"])
@@ -379,6 +411,15 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
     results["average"] = average_row(results["tasks"])
     results["paper_average"] = paper_averages(results["tasks"], results["protocol"])
     return results
+
+
+def run_description(protocol: Protocol, device: torch.device | str, model_info: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """How a run scores (``results["protocol"]``): the protocol, the device and the model."""
+    desc = protocol.describe()
+    desc["device"] = str(device)
+    desc.update(dict(model_info or {}))
+    return desc
 
 
 def evaluate_tasks(model: nn.Module, tasks: Iterable[str], data_root: str | Path,

@@ -148,6 +148,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                           "--tasks task folder (the files there with the output names are replaced, not kept "
                           "aside; never an image the run reads); refused otherwise (a folder below --input DIR or "
                           "--degset is fine: those are read without their subfolders)")
+    out.add_argument("--resume", action="store_true",
+                     help="continue the run whose results.json is in --save (stopped, or run with a smaller "
+                          "--max-images): the images it scored whose restorations are still there keep their "
+                          "scores, the others are evaluated; refused if it scored with another protocol, device or "
+                          "model. Its results.* are moved to results.before-<time>/ as always")
     out.add_argument("--no-images", action="store_true", help="do not write restored images")
     out.add_argument("--figs", action="store_true", help="write a degraded | restored | target figure per row")
     out.add_argument("--figs-dir", type=non_empty_path, default="results/figs",

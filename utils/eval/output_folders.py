@@ -108,7 +108,8 @@ def check_inputs_not_overwritten(args, sets: list[EvalSet], inputs: list[Path], 
                                         f"--overwrite writes over an image the run reads")
 
 
-def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> Path | None:
+def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Path,
+                         keep: frozenset[Path] | set[Path] = frozenset()) -> Path | None:
     """Before anything is written: move the files this run would replace (an earlier run's results and
     restorations, or a user's own files of those names) into ``<folder>/results.before-<time>/``, kept at
     their places, and say so in one line per folder. With them go the restorations the earlier
@@ -119,7 +120,8 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
     ``--overwrite`` (outputs among the inputs) replaces what this run writes, as it says; but an earlier
     results.json whose run left other files (its restorations this run does not write, or, under ``--input``,
     which writes results.json alone, its results.csv/.md) goes aside with them, so that no record is left
-    describing another run than the files beside it."""
+    describing another run than the files beside it. ``keep``: restorations that stay where they are (those
+    of the images ``--resume`` keeps, :func:`utils.eval.resuming.kept_outputs`)."""
     data = [f for s in sets for item in s.items for f in (item.degraded, item.target) if f is not None]
     read = {_real(f): f for f in [*inputs, *data]}
     planned = _planned_outputs(args, sets, inputs, save)
@@ -138,7 +140,7 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
         why = " (this run writes results.json alone)" if tables else ""
         print(f"=> an earlier run's {', '.join(p.name for p in record)}{more} were in {save}: moved to {kept}/{why}")
         return kept
-    found = {base: [p for p in dict.fromkeys(paths) if _there(p)] for base, paths in planned.items()}
+    found = {base: [p for p in dict.fromkeys(paths) if _there(p) and p not in keep] for base, paths in planned.items()}
     found[save] += [p for p in tables if p not in found[save]]
     moving = {base: (there, earlier if base == save else []) for base, there in found.items()}
     moving = {base: lists for base, lists in moving.items() if lists[0] or lists[1]}

@@ -20,12 +20,20 @@ from utils.data.doctor import tester_check
 from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, pixel_limit
 from utils.data.pairing import DEGSET_FLAGS, PairingError
 from utils.errors import UsageError, UserError, listing
-from utils.eval.evaluation import EvaluationStopped, ImageTooSmall, evaluate_sets, perceptual_metrics, restore_files
+from utils.eval.evaluation import (
+    EvaluationStopped,
+    ImageTooSmall,
+    evaluate_sets,
+    perceptual_metrics,
+    restore_files,
+    run_description,
+)
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.options import get_args_parser
 from utils.eval.output_folders import check_outputs, keep_earlier_outputs, output_locks, remove_tester_temporaries
 from utils.eval.paper import paper_column, setting_note
 from utils.eval.protocol import Protocol, protocol_from_args
+from utils.eval.resuming import EarlierImages, check_same_run, earlier_images, kept_outputs, read_earlier_results
 from utils.eval.report import format_report, write_results
 from utils.eval.tasks import (
     EvalSet,
@@ -92,6 +100,12 @@ def _check_flags(args) -> None:
     if args.input and args.figs:
         _fail("--figs draws degraded | restored | target rows of benchmark sets, and --input has no targets: drop "
               "--figs (the restorations are saved under --save)")
+    if args.resume and args.input:
+        _fail("--resume continues a benchmark run (--tasks or --degset/--tarset), and --input scores nothing: drop "
+              "--resume (an --input run restores every image again)")
+    if args.resume and args.fid:
+        _fail("--resume keeps the earlier run's scores, and FID needs every image's features, which results.json "
+              "does not keep: drop --fid, or drop --resume to evaluate afresh")
     if args.input and args.max_images:
         _fail("--max-images cuts benchmark sets, and --input restores every image given: drop --max-images, or "
               "pass fewer images")
@@ -183,9 +197,9 @@ def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
     return sets
 
 
-def _stopped(stop: EvaluationStopped, written: str, kept: Path | None = None) -> RunStopped:
+def _stopped(stop: EvaluationStopped, written: str, kept: Path | None = None, resumable: bool = True) -> RunStopped:
     """The one error line of a run stopped at an image: the failure, where the partial results are (and where
-    the earlier complete ones went, ``kept``), the fix."""
+    the earlier complete ones went, ``kept``), the fix, and (``resumable``) that --resume continues it."""
     if isinstance(stop.__cause__, ImageTooSmall):
         hint = "; pass --skip-bad-files to leave images too small for these flags out, or score with other flags"
     elif isinstance(stop.__cause__, ImageReadError):
@@ -193,8 +207,9 @@ def _stopped(stop: EvaluationStopped, written: str, kept: Path | None = None) ->
     else:
         hint = ""
     earlier = f" (the files there before it started were moved to {kept})" if kept else ""
+    again = "; the same command with --resume continues it" if resumable else ""
     return RunStopped(f"{stop} — the run stopped there; the results so far, marked partial, are in {written}"
-                      f"{earlier}{hint}", stop.exit_status)
+                      f"{earlier}{hint}{again}", stop.exit_status)
 
 
 def _nothing_scored(what: str, skipped: int, written: str) -> UserError:
@@ -264,6 +279,7 @@ def main(args) -> dict:
             print(f"=> --compile {protocol.compile}: the first image of each size compiles the network's forward "
                   f"(minutes; cached under {compile_cache_dir()} for later runs)")
         locks = output_locks(args, save)
+        earlier = _earlier_images(args, sets, save, protocol, device, info, say=args.dry_run) if args.resume else {}
         if args.dry_run:
             for lock in locks:  # the real run would be refused: so is the dry one
                 lock.check_free()
@@ -282,21 +298,38 @@ def main(args) -> dict:
             for lock in locks:
                 held.enter_context(lock)
             remove_tester_temporaries(args, sets, save)
-            kept = keep_earlier_outputs(args, sets, inputs, save)
+            if args.resume:  # read again under the lock: no other tester has changed it since
+                earlier = _earlier_images(args, sets, save, protocol, device, info)
+            kept = keep_earlier_outputs(args, sets, inputs, save, keep=kept_outputs(earlier, save))
             if args.input:
                 return _restore_inputs(args, model, info, inputs, protocol, device, save, progress, kept)
-            return _evaluate(args, model, info, sets, protocol, device, save, progress, kept, metrics)
+            return _evaluate(args, model, info, sets, protocol, device, save, progress, kept, metrics, earlier)
+
+
+def _earlier_images(args, sets: list[EvalSet], save: Path, protocol: Protocol, device, info: dict,
+                    say: bool = True) -> EarlierImages:
+    """``--resume``: the images of ``sets`` the run recorded in ``<save>/results.json`` scored, checked to have
+    scored as this run does; said on one line (``say``)."""
+    record = read_earlier_results(save)
+    check_same_run(record["protocol"], run_description(protocol, device, info), save / "results.json")
+    earlier = earlier_images(record, sets, save, subfolders=not args.degset, saves_images=not args.no_images)
+    kept, total = sum(len(row) for row in earlier.values()), sum(len(s.items) for s in sets)
+    if say:
+        print(f"=> --resume: {kept} of the {total} image(s) were scored by the run recorded in {save / 'results.json'} "
+              f"and are kept; {total - kept} to evaluate")
+    return earlier
 
 
 def _evaluate(args, model, info, sets: list[EvalSet], protocol: Protocol, device, save: Path, progress: bool,
-              kept: Path | None = None, metrics: tuple | None = None) -> dict:
+              kept: Path | None = None, metrics: tuple | None = None, earlier: EarlierImages | None = None) -> dict:
     """``--tasks``/``--degset``: restore and score every set, print the table and write ``results.*`` into
     ``--save`` (also when stopped, marked partial)."""
     try:
         results = evaluate_sets(model, sets, protocol, device, save_dir=None if args.no_images else save,
                                 savetar_dir=args.savetar, figs_dir=args.figs_dir if args.figs else None,
                                 fig_images=args.fig_images, subfolders=not args.degset, progress=progress,
-                                model_info=info, skip_bad_files=args.skip_bad_files, metrics=metrics)
+                                model_info=info, skip_bad_files=args.skip_bad_files, metrics=metrics,
+                                earlier=earlier)
         _record_flags(results, args)
     except EvaluationStopped as stop:
         _record_flags(stop.results, args)
@@ -377,7 +410,7 @@ def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, pro
         with contextlib.suppress(OutputClosed):  # as the table of a benchmark run: how far it got (| head: gone)
             print(f"restored {len(results['restored'])} of {len(inputs)} image(s) into {save} before the run "
                   f"stopped at {stop.file}")
-        raise _stopped(stop, str(path), kept) from stop
+        raise _stopped(stop, str(path), kept, resumable=False) from stop
     path = write_text(save / "results.json", json_text(results))
     print(f"restored {len(results['restored'])} image(s) into {save}")
     for line in skipped:

@@ -1,0 +1,125 @@
+"""``tester_bary.py --resume``: a stopped benchmark run is continued, not restarted.
+
+At the benchmarks' scale (GoPro's 1,111 720p pairs take hours on a CPU) a run stopped near its end (Ctrl-C,
+pre-emption, a bad image found late) used to start over: the next run moved every restoration aside and
+restored them all again. Now ``--resume`` keeps the images the stopped run scored and evaluates the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import tester_bary
+from net.presets import build_model, model_config
+from utils.data.image_io import write_image
+from utils.errors import UsageError, UserError
+from utils.eval import evaluation
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A derain set of four 24x32 pairs and a two-image denoise set, in the benchmark layout."""
+    root = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(0)
+    for k in range(1, 5):
+        clean = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        write_image(root / "derain" / "Rain100L" / "target" / f"norain-{k}.png", clean)
+        write_image(root / "derain" / "Rain100L" / "input" / f"rain-{k}.png", clean // 2 + 60)
+    for k in range(2):
+        write_image(root / "denoise" / "bsd68" / f"{k}.png", rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("BaryNet", "tiny")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save({"model": model.state_dict(), "model_config": model_config("tiny"), "backbone": "BaryNet",
+                "epoch": 1}, path)
+    return path
+
+
+def run(*argv):
+    return tester_bary.main(tester_bary.get_args_parser().parse_args([*map(str, argv), "--no-progress"]))
+
+
+def _count_restorations(monkeypatch, stop_at: int | None = None) -> list[str]:
+    """Record the name of each image restored; Ctrl-C at the ``stop_at``-th."""
+    names, real = [], evaluation.restore_array
+
+    def restore(*a, **k):
+        names.append(k["name"])
+        if len(names) == stop_at:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluation, "restore_array", restore)
+    return names
+
+
+def _scores(results):
+    return {row: [(im["name"], im["psnr"], im["ssim"], im.get("output")) for im in r["images"]]
+            for row, r in results["tasks"].items()}
+
+
+def test_resume_keeps_the_images_a_stopped_run_scored(bench, checkpoint, tmp_path, monkeypatch):
+    flags = ["--model", checkpoint, "--data-root", bench, "--tasks", "denoise_25", "derain"]
+    fresh = run(*flags, "--save", tmp_path / "fresh")
+    out = tmp_path / "o"
+    names = _count_restorations(monkeypatch, stop_at=4)  # the 2 denoise images, 1 rain image, then Ctrl-C
+    with pytest.raises(UserError, match="interrupted.*partial.*the same command with --resume continues it"):
+        run(*flags, "--save", out)
+    first = out / "derain" / "Rain100L" / "rain-1.png"
+    inode = os.stat(first).st_ino
+    record = json.loads((out / "results.json").read_text())  # as if rain-1 had been restored in tiles
+    tiled = f"note: {bench / 'derain' / 'Rain100L' / 'input' / 'rain-1.png'} (24x32) would need ...: in tiles"
+    record["tasks"]["derain/Rain100L"]["notes"] = [tiled, "note: /elsewhere/rain-1.png (24x32) ..."]
+    (out / "results.json").write_text(json.dumps(record))
+    names.clear()
+    resumed = run(*flags, "--save", out, "--resume")
+    assert [os.path.basename(n) for n in names] == ["rain-2.png", "rain-3.png", "rain-4.png"]
+    assert os.stat(first).st_ino == inode  # kept in place, not moved aside nor written again
+    assert _scores(resumed) == _scores(fresh) and "partial" not in resumed
+    assert resumed["resumed"] == {"images_kept": 3}
+    assert resumed["tasks"]["derain/Rain100L"].pop("notes") == [tiled]  # its paper column is not comparable
+    saved = json.loads((out / "results.json").read_text())
+    assert _scores(saved) == _scores(fresh)
+    assert [p.name for p in out.glob("results.before-*/results.json")] == ["results.json"]  # the stopped record
+
+
+def test_resume_restores_again_an_image_whose_restoration_is_gone(bench, checkpoint, tmp_path, monkeypatch):
+    flags = ["--model", checkpoint, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o"]
+    run(*flags, "--max-images", "2")
+    (tmp_path / "o" / "derain" / "Rain100L" / "rain-2.png").unlink()
+    names = _count_restorations(monkeypatch)
+    results = run(*flags, "--resume")  # and on to the whole set: --max-images may grow
+    assert [os.path.basename(n) for n in names] == ["rain-2.png", "rain-3.png", "rain-4.png"]
+    assert results["tasks"]["derain/Rain100L"]["count"] == 4
+
+
+def test_resume_refuses_a_run_scored_otherwise(bench, checkpoint, tmp_path):
+    flags = ["--model", checkpoint, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o"]
+    with pytest.raises(UsageError, match="--resume: no results.json in"):
+        run(*flags, "--resume")
+    run(*flags, "--max-images", "1")
+    with pytest.raises(UsageError, match="ssim: 'skimage' there, 'gaussian' now"):
+        run(*flags, "--resume", "--ssim", "gaussian")
+    with pytest.raises(UsageError, match="--resume continues a benchmark run"):
+        run("--model", checkpoint, "--input", bench / "derain" / "Rain100L" / "input", "--save", tmp_path / "i",
+            "--resume")
+
+
+def test_resume_saves_targets_and_draws_figures_of_kept_images(bench, checkpoint, tmp_path):
+    flags = ["--model", checkpoint, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o"]
+    run(*flags, "--max-images", "1")
+    results = run(*flags, "--max-images", "2", "--resume", "--savetar", tmp_path / "t", "--figs", "--figs-dir",
+                  tmp_path / "f", "--fig-images", "2")
+    assert sorted(p.name for p in (tmp_path / "t" / "derain" / "Rain100L").iterdir()) == ["rain-1.png", "rain-2.png"]
+    assert os.path.isfile(results["tasks"]["derain/Rain100L"]["figure"])

@@ -1,0 +1,100 @@
+"""``tester_bary.py --resume``: a benchmark run continued from the ``results.json`` an earlier run of the same
+command left in ``--save`` (stopped by Ctrl-C, SIGTERM, a bad image or a full disk; or complete).
+
+The images that run scored are kept with their scores, as long as their restorations are still where its record
+says (or it saved none and this run saves none either, ``--no-images``); every other image is evaluated. The
+earlier run must have scored as this one does: the same protocol, device, model and model configuration
+(:func:`check_same_run`), else the two halves would not make one table.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from utils.errors import UsageError
+from utils.eval.outputs import output_names
+from utils.eval.tasks import EvalSet
+
+# What may differ between a stopped run and its continuation: the cut to --max-images (a run of the first 100
+# images continues to the whole set), which says nothing about how an image is scored.
+_MAY_DIFFER = ("max_images",)
+
+
+
+@dataclass
+class KeptImage:
+    """An image the earlier run scored: its entry of ``results["tasks"][row]["images"]``, and the row's notes that
+    name it (automatic tiling: a tiled restoration makes its paper column not comparable, kept or not)."""
+    image: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+# Done images, by row then by image name.
+EarlierImages = Mapping[str, Mapping[str, KeptImage]]
+
+
+def read_earlier_results(save: Path) -> dict[str, Any]:
+    """The ``results.json`` in ``save`` that ``--resume`` continues: :class:`UsageError` when there is none, or
+    it is not a benchmark run's record."""
+    path = save / "results.json"
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise UsageError(f"--resume: no results.json in {save} to continue (an earlier run writes it there, also "
+                         f"when stopped): drop --resume, or pass the --save of the run to continue") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume: {path} cannot be read as a tester's results ({exc}): drop --resume to start "
+                         f"afresh (the file is then moved aside)") from None
+    if not isinstance(record, dict) or not isinstance(record.get("tasks"), dict) \
+            or not isinstance(record.get("protocol"), dict):
+        raise UsageError(f"--resume: {path} is not the record of a benchmark run (--tasks or --degset/--tarset): "
+                         f"drop --resume to start afresh (the file is then moved aside)")
+    return record
+
+
+def check_same_run(earlier: Mapping[str, Any], now: Mapping[str, Any], path: Path) -> None:
+    """:class:`UsageError` naming each setting of the run description ``now`` (protocol, device, model: what
+    :func:`utils.eval.evaluation.run_description` gives) that the earlier record's ``protocol`` has otherwise."""
+    keys = [k for k in dict.fromkeys([*now, *earlier]) if k not in _MAY_DIFFER]
+    differ = [f"{k}: {earlier.get(k)!r} there, {now.get(k)!r} now" for k in keys if earlier.get(k) != now.get(k)]
+    if differ:
+        raise UsageError(f"--resume: the run recorded in {path} scored otherwise than this one would "
+                         f"({'; '.join(differ[:4])}{'; ...' if len(differ) > 4 else ''}), so their images would "
+                         f"not make one table: run with that run's flags and model, or drop --resume to start "
+                         f"afresh (its files are then moved aside)")
+
+
+def earlier_images(record: Mapping[str, Any], sets: Sequence[EvalSet], save: Path, subfolders: bool,
+                   saves_images: bool) -> EarlierImages:
+    """The images of ``sets`` that the earlier run (its parsed ``record``) scored and this one keeps: recorded
+    under the row and name this run gives them, with their restoration still at the recorded place when this
+    run saves images (``saves_images``); a record without restorations when it does not."""
+    kept: dict[str, dict[str, KeptImage]] = {}
+    for s in sets:
+        row = record["tasks"].get(s.name)
+        images = row.get("images") if isinstance(row, dict) else None
+        notes = [n for n in (row.get("notes") if isinstance(row, dict) else None) or [] if isinstance(n, str)]
+        by_name = {im.get("name"): im for im in images or [] if isinstance(im, dict) and _scored(im)}
+        prefix = f"{s.name}/" if subfolders else ""
+        for item, out_name in zip(s.items, output_names([item.name for item in s.items])):
+            image = by_name.get(item.name)
+            if image is None:
+                continue
+            output = image.get("output")
+            if saves_images and (output != prefix + out_name or not (save / output).is_file()):
+                continue  # its restoration is not there: restored again
+            named = f"note: {item.degraded or item.target} ("  # how restore_array's notes begin
+            kept.setdefault(s.name, {})[item.name] = KeptImage(image, [n for n in notes if n.startswith(named)])
+    return kept
+
+
+def _scored(image: Mapping[str, Any]) -> bool:
+    return all(isinstance(image.get(k), (int, float)) for k in ("psnr", "ssim", "input_psnr", "input_ssim",
+                                                               "seconds"))
+
+
+def kept_outputs(kept: EarlierImages, save: Path) -> set[Path]:
+    """The restorations of the images ``--resume`` keeps: they stay where they are (not moved aside)."""
+    return {save / k.image["output"] for row in kept.values() for k in row.values() if k.image.get("output")}
