@@ -21,6 +21,7 @@ An output that cannot be written (a full disk, a file-size limit) stops it the s
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -29,7 +30,15 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from utils.data.image_io import NOT_KEPT_WHY, ImageReadError, lost_on_restoring, quantise, read_image, write_image
+from utils.data.image_io import (
+    NOT_KEPT_WHY,
+    ImageReadError,
+    image_size,
+    lost_on_restoring,
+    quantise,
+    read_image,
+    write_image,
+)
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
 from utils.errors import UserError, failure_message, interrupted_line, listing
@@ -214,9 +223,11 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
                  save_dir: Path | None = None, savetar_dir: Path | None = None, lpips_metric: LPIPS | None = None,
                  fid_metric: FID | None = None, figs_dir: Path | None = None, fig_images: int = 3,
                  progress: bool = True, skip_bad_files: bool = False, output_prefix: str = "",
-                 figure_name: str = "", done: Mapping[str, KeptImage] | None = None) -> dict[str, Any]:
+                 figure_name: str = "", done: Mapping[str, KeptImage] | None = None, bar_label: str = ""
+                 ) -> dict[str, Any]:
     """Restore and score every image of one set; returns its entry of ``results["tasks"]``.
 
+    ``bar_label``: the progress bar's label (default: the set's name).
     ``done``: the entries and notes, by image name, of images an earlier run scored (``--resume``,
     :func:`utils.eval.resuming.earlier_images`): kept as they are, not restored again (the target is saved into
     ``savetar_dir`` and the figure drawn from the saved restoration, as for the others).
@@ -330,7 +341,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
     current = eval_set.items[0] if eval_set.items else None  # the image at work (the progress bar writes too)
     try:
         # kept images count as done from the start: the bar's rate and ETA are the images restored now
-        with tqdm(total=len(work), initial=sum(item.name in done for item, _ in work), desc=eval_set.name,
+        with tqdm(total=len(work), initial=sum(item.name in done for item, _ in work), desc=bar_label or eval_set.name,
                   unit="img", disable=not progress, leave=True) as bar:
             for current, out_name in work:
                 if current.name in done:
@@ -351,6 +362,38 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         except (UserError, OSError) as exc:  # the row's scores are kept though its figure is not
             raise _write_stopped(exc, str(figure), eval_set.name, result) from exc
     return result
+
+
+class OverallClock:
+    """How far a run of several sets has got and about how long the rest will take: the time per pixel of the
+    sets done so far times the pixels of the sets to come (from the files' headers; sets of other image sizes,
+    BSD68's 481x321 and GoPro's 1280x720, take other times per image). Images kept by ``--resume`` count in
+    neither."""
+
+    def __init__(self, sets: Sequence[EvalSet], earlier: EarlierImages):
+        self.pixels = [sum(_pixels(item) for item in s.items if item.name not in earlier.get(s.name, {}))
+                       for s in sets]
+        self.images = [sum(item.name not in earlier.get(s.name, {}) for item in s.items) for s in sets]
+        self.start = time.perf_counter()
+
+    def line(self, sets_done: int) -> str:
+        """``=> 2 of 5 rows done in 0:03:10; about 1:02:00 left for 1,226 image(s) in 3 row(s) ...``."""
+        elapsed = time.perf_counter() - self.start
+        done, left = sum(self.pixels[:sets_done]), sum(self.pixels[sets_done:])
+        eta = f"about {tqdm.format_interval(elapsed * left / done)} left" if done else "time left unknown"
+        return (f"=> {sets_done} of {len(self.pixels)} rows done in {tqdm.format_interval(elapsed)}; {eta} for "
+                f"{sum(self.images[sets_done:]):,} image(s) in {len(self.pixels) - sets_done} row(s) (at the time "
+                f"per pixel so far)")
+
+
+def _pixels(item: EvalItem) -> int:
+    """The pixels of an item's degraded image (its target's for a denoise item), from the header; 0 when it
+    cannot be read (the evaluation says why)."""
+    try:
+        h, w = image_size(item.degraded or item.target)
+    except (UserError, OSError):
+        return 0
+    return h * w
 
 
 def perceptual_metrics(protocol: Protocol, device: torch.device) -> tuple[LPIPS | None, FID | None]:
@@ -395,12 +438,16 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
         return Path(base) / name if subfolders else Path(base)
 
     figures = figure_names([s.name for s in sets])
+    clock = OverallClock(sets, earlier) if progress and len(sets) > 1 else None
     for k, s in enumerate(sets):
         try:
             results["tasks"][s.name] = evaluate_set(
                 model, s, protocol, device, where(save_dir, s.name), where(savetar_dir, s.name), lpips_metric,
                 fid_metric, Path(figs_dir) if figs_dir is not None else None, fig_images, progress, skip_bad_files,
-                output_prefix=f"{s.name}/" if subfolders else "", figure_name=figures[k], done=earlier.get(s.name))
+                output_prefix=f"{s.name}/" if subfolders else "", figure_name=figures[k], done=earlier.get(s.name),
+                bar_label=f"[{k + 1}/{len(sets)}] {s.name}" if clock else "")
+            if clock and k + 1 < len(sets):
+                tqdm.write(clock.line(k + 1))
         except EvaluationStopped as stop:
             results["tasks"][s.name] = {**(stop.row or _summary([], protocol.lpips)), "partial": True}
             results["average"] = average_row(results["tasks"])
