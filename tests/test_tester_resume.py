@@ -123,3 +123,18 @@ def test_resume_saves_targets_and_draws_figures_of_kept_images(bench, checkpoint
                   tmp_path / "f", "--fig-images", "2")
     assert sorted(p.name for p in (tmp_path / "t" / "derain" / "Rain100L").iterdir()) == ["rain-1.png", "rain-2.png"]
     assert os.path.isfile(results["tasks"]["derain/Rain100L"]["figure"])
+
+
+def test_resume_refuses_a_checkpoint_written_again_since(bench, tmp_path):
+    """The record names the checkpoint by its path, and a fresh training run in its folder writes other weights
+    under the same name: --resume joined two models' images into one table. The record's model_sha256 tells."""
+    torch.manual_seed(1)
+    path = tmp_path / "ckpt.pth"
+    save = {"model_config": model_config("tiny"), "backbone": "BaryNet", "epoch": 1}
+    torch.save({"model": build_model("BaryNet", "tiny").state_dict(), **save}, path)
+    flags = ["--model", path, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o"]
+    run(*flags, "--max-images", "1")
+    torch.save({"model": build_model("BaryNet", "tiny").state_dict(), **save}, path)  # other weights, same name
+    with pytest.raises(UsageError, match="--resume: the run recorded in .* scored .*ckpt.pth when it held other "
+                                         "weights"):
+        run(*flags, "--resume")

@@ -41,7 +41,7 @@ from utils.data.image_io import (
 )
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
-from utils.errors import UserError, failure_message, interrupted_line, listing
+from utils.errors import UserError, counted, failure_message, interrupted_line, listing
 from utils.eval.inference import prepare_for_inference
 from utils.eval.metrics import FID, LPIPS, image_metrics, smallest_scorable_side
 from utils.eval.outputs import figure_names, output_names
@@ -377,13 +377,13 @@ class OverallClock:
         self.start = time.perf_counter()
 
     def line(self, sets_done: int) -> str:
-        """``=> 2 of 5 rows done in 0:03:10; about 1:02:00 left for 1,226 image(s) in 3 row(s) ...``."""
+        """``=> 2 of 5 rows done in 0:03:10; about 1:02:00 left for 1,226 images in 3 rows ...``."""
         elapsed = time.perf_counter() - self.start
         done, left = sum(self.pixels[:sets_done]), sum(self.pixels[sets_done:])
         eta = f"about {tqdm.format_interval(elapsed * left / done)} left" if done else "time left unknown"
         return (f"=> {sets_done} of {len(self.pixels)} rows done in {tqdm.format_interval(elapsed)}; {eta} for "
-                f"{sum(self.images[sets_done:]):,} image(s) in {len(self.pixels) - sets_done} row(s) (at the time "
-                f"per pixel so far)")
+                f"{counted(sum(self.images[sets_done:]), 'image')} in {counted(len(self.pixels) - sets_done, 'row')} "
+                f"(at the time per pixel so far)")
 
 
 def _pixels(item: EvalItem) -> int:

@@ -22,7 +22,6 @@ from utils.eval.tasks import EvalSet
 _MAY_DIFFER = ("max_images",)
 
 
-
 @dataclass
 class KeptImage:
     """An image the earlier run scored: its entry of ``results["tasks"][row]["images"]``, and the row's notes that
@@ -64,6 +63,19 @@ def check_same_run(earlier: Mapping[str, Any], now: Mapping[str, Any], path: Pat
                          f"({'; '.join(differ[:4])}{'; ...' if len(differ) > 4 else ''}), so their images would "
                          f"not make one table: run with that run's flags and model, or drop --resume to start "
                          f"afresh (its files are then moved aside)")
+
+
+def check_same_weights(earlier: Mapping[str, Any], model_digest: str, model: str, path: Path) -> None:
+    """:class:`UsageError` when the earlier record's checkpoint digest (``provenance.model_sha256``; older records
+    have none) is not ``model_digest``: the same file name held other weights then (a fresh training run in its
+    folder writes its checkpoints under the same names), and the two halves would not make one table."""
+    then = (earlier.get("provenance") or {}).get("model_sha256") if isinstance(earlier.get("provenance"), dict) \
+        else None
+    if then and then != model_digest:
+        raise UsageError(f"--resume: the run recorded in {path} scored {model} when it held other weights (its "
+                         f"SHA-256 then differs from the file's now: written again since, e.g. by training in its "
+                         f"folder), so their images would not make one table: drop --resume to evaluate afresh (its "
+                         f"files are then moved aside)")
 
 
 def earlier_images(record: Mapping[str, Any], sets: Sequence[EvalSet], save: Path, subfolders: bool,

@@ -19,7 +19,7 @@ from utils.compiled import CompileError, check_compile, compile_cache_dir
 from utils.data.doctor import tester_check
 from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, pixel_limit
 from utils.data.pairing import DEGSET_FLAGS, PairingError
-from utils.errors import UsageError, UserError, listing
+from utils.errors import UsageError, UserError, counted, listing
 from utils.eval.evaluation import (
     EvaluationStopped,
     ImageTooSmall,
@@ -33,8 +33,15 @@ from utils.eval.options import get_args_parser
 from utils.eval.output_folders import check_outputs, keep_earlier_outputs, output_locks, remove_tester_temporaries
 from utils.eval.paper import paper_column, setting_note
 from utils.eval.protocol import Protocol, protocol_from_args
-from utils.eval.resuming import EarlierImages, check_same_run, earlier_images, kept_outputs, read_earlier_results
 from utils.eval.report import format_report, write_results
+from utils.eval.resuming import (
+    EarlierImages,
+    check_same_run,
+    check_same_weights,
+    earlier_images,
+    kept_outputs,
+    read_earlier_results,
+)
 from utils.eval.tasks import (
     EvalSet,
     find_task_sets,
@@ -312,11 +319,12 @@ def _earlier_images(args, sets: list[EvalSet], save: Path, protocol: Protocol, d
     scored as this run does; said on one line (``say``)."""
     record = read_earlier_results(save)
     check_same_run(record["protocol"], run_description(protocol, device, info), save / "results.json")
+    check_same_weights(record, file_digest(Path(info["model"])), info["model"], save / "results.json")
     earlier = earlier_images(record, sets, save, subfolders=not args.degset, saves_images=not args.no_images)
     kept, total = sum(len(row) for row in earlier.values()), sum(len(s.items) for s in sets)
     if say:
-        print(f"=> --resume: {kept} of the {total} image(s) were scored by the run recorded in {save / 'results.json'} "
-              f"and are kept; {total - kept} to evaluate")
+        print(f"=> --resume: {kept:,} of the {counted(total, 'image')} were scored by the run recorded in "
+              f"{save / 'results.json'} and are kept; {total - kept:,} to evaluate")
     return earlier
 
 
