@@ -553,7 +553,8 @@ def test_a_resumed_run_keeps_its_own_seed_and_seeds_every_generator(capsys):
     args = Namespace(seed=0)
     ckpt = {"format_version": 1, "model": {}, "args": {"seed": 7}}
     assert agree_seed(args, ckpt, DistInfo(), Console()) == 7 and args.seed == 7
-    assert "keeping the resumed run's seed 7 (not --seed 0)" in capsys.readouterr().out
+    # a warning: a --seed given on resume is not used (it was a line among the start-up's on stdout)
+    assert "WARNING: keeping the resumed run's seed 7 (not --seed 0)" in capsys.readouterr().err
     drawn = (random.random(), float(np.random.rand()), torch.rand(2))
     random.seed(7), np.random.seed(7), torch.manual_seed(7)
     assert drawn[:2] == (random.random(), float(np.random.rand())) and torch.equal(drawn[2], torch.rand(2))

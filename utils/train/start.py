@@ -190,7 +190,8 @@ def agree_seed(args: argparse.Namespace, obj: Any, info: DistInfo, console: Cons
     if obj is not None and is_training_checkpoint(obj):
         old = (obj.get("args") or {}).get("seed", seed)
         if old != seed:
-            console(f"=> keeping the resumed run's seed {old} (not --seed {seed}) so the data order continues")
+            console.warn(f"keeping the resumed run's seed {old} (not --seed {seed}) so the data order continues; "
+                         f"a run with seed {seed} is a fresh run (drop --resume)")
         seed = int(old)
     seed = broadcast_int(seed, info)
     args.seed = seed
