@@ -46,7 +46,7 @@ def test_paper_average_is_over_exactly_its_five_columns():
     assert set(averages["3d"]["rows"]) == set(SETTINGS["3d"])
     # The tester's own average counts every row (Kodak24 too); the table says which is which.
     table = summary_table({"tasks": tasks, "average": {"psnr": 33.0, "ssim": 0.9, "rows": 8}})
-    assert "Average: the mean over the 8 row(s) above with scored images" in table
+    assert "Average: the mean over the 8 rows above with scored images" in table
     assert f"Paper 3D average over its columns (SOTS, Rain100L, BSD68 σ15, BSD68 σ25, BSD68 σ50): " \
            f"{averages['3d']['psnr']:.2f}/{averages['3d']['ssim']:.3f}" in table
 

@@ -925,7 +925,7 @@ def test_ctrl_c_keeps_the_results_so_far(bench, checkpoint, tmp_path, monkeypatc
     """Failure 8: Ctrl-C used to end the run with no results written (an earlier run's results.json stayed
     beside the new images); now the images finished so far are written as partial results, exit status 130.
     Ctrl-C in --input's 1000 photos also said nothing of how far it got (a benchmark run shows its table): now
-    "restored 1 of 3 image(s) into OUT before the run stopped at FILE"."""
+    "restored 1 of 3 images into OUT before the run stopped at FILE"."""
     out = tmp_path / "o"
     out.mkdir()
     (out / "results.json").write_text('{"stale": true}')
@@ -944,7 +944,7 @@ def test_ctrl_c_keeps_the_results_so_far(bench, checkpoint, tmp_path, monkeypatc
     saved = json.loads((tmp_path / "i" / "results.json").read_text())
     assert err.value.exit_status == 130 and len(saved["restored"]) == 1 and saved["partial"]["error"] == "interrupted"
     second = sorted(p.name for p in src.iterdir())[1]
-    assert f"restored 1 of 3 image(s) into {tmp_path / 'i'} before the run stopped at {src / second}" in \
+    assert f"restored 1 of 3 images into {tmp_path / 'i'} before the run stopped at {src / second}" in \
         capsys.readouterr().out
 
 
@@ -1916,7 +1916,7 @@ def test_an_earlier_runs_restorations_this_run_does_not_write_go_aside_with_its_
     [kept] = (tmp_path / "o").glob("results.before-*")
     assert _tree(kept) == ["d.png", "results.json"]
     assert _tree(tmp_path / "o") == ["a.png", "c.jpg", "c.png", "d.jpg", "results.json"]
-    said = "=> an earlier run's results.json and 1 file(s) it records that this run does not write were in "
+    said = "=> an earlier run's results.json and 1 file it records that this run does not write were in "
     assert said + f"{tmp_path / 'o'}: moved to {kept}/\n" in capsys.readouterr().out
 
 
@@ -1998,7 +1998,7 @@ def test_temporaries_a_killed_run_left_are_removed_and_nothing_else(bench, check
     assert fresh.exists() and link.is_symlink() and unlocked.exists()
     said = [line for line in capsys.readouterr().out.splitlines() if "temporary" in line]
     removed = [save / n for n in (f".results.json.{gone.pid}.zz99z_9z.tmp", f"jpeg/.cat.png.{gone.pid}.ab12cd34.tmp")]
-    assert said == [f"=> removed 2 unfinished temporary file(s) that a killed run left: {removed[0]}, {removed[1]}"]
+    assert said == [f"=> removed 2 unfinished temporary files that a killed run left: {removed[0]}, {removed[1]}"]
 
 
 def test_an_earlier_degset_runs_restorations_this_run_does_not_write_go_aside(checkpoint, tmp_path, capsys):
@@ -2440,7 +2440,7 @@ def test_images_identical_to_their_target_are_said_to_score_the_cap(tmp_path):
                        torch.device("cpu"), progress=False)
     printed = summary_table({"tasks": {"x": row}, "average": average_row({"x": row})})
     for what in ("restored", "degraded"):
-        assert (f"Identical to the target (x, {what}): 1 image(s) (same.png) score 100 dB, the cap for an infinite "
+        assert (f"Identical to the target (x, {what}): 1 image (same.png) score 100 dB, the cap for an infinite "
                 f"PSNR, which the row's mean PSNR includes") in printed
     row["images"] = [i for i in row["images"] if i["name"] == "noisy.png"]
     assert "Identical to the target" not in summary_table({"tasks": {"x": row}, "average": average_row({"x": row})})

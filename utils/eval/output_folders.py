@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from utils.errors import counted
 from utils.eval.outputs import (
     OutputFolderError,
     check_outputs_apart,
@@ -136,7 +137,7 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
             return None
         record = [save / "results.json", *tables]
         kept = keep_aside(record + earlier, save / "results")
-        more = f" and {len(earlier)} file(s) it records that this run does not write" if earlier else ""
+        more = f" and {counted(len(earlier), 'file')} it records that this run does not write" if earlier else ""
         why = " (this run writes results.json alone)" if tables else ""
         print(f"=> an earlier run's {', '.join(p.name for p in record)}{more} were in {save}: moved to {kept}/{why}")
         return kept
@@ -209,7 +210,7 @@ def remove_tester_temporaries(args, sets: list[EvalSet], save: Path) -> None:
     removed = [p for folder in dict.fromkeys(folders)
                for p in remove_stale_temporaries(folder, tester_writes, named_writer=True)]
     if removed:
-        print(f"=> removed {len(removed)} unfinished temporary file(s) that a killed run left: "
+        print(f"=> removed {counted(len(removed), 'unfinished temporary file')} that a killed run left: "
               f"{', '.join(str(p) for p in removed[:5])}" + (f" and {len(removed) - 5} more" if len(removed) > 5
                                                              else ""))
 

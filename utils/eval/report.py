@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from utils.errors import table_cell
+from utils.errors import counted, table_cell
 from utils.eval.metrics import MAX_PSNR
 from utils.eval.paper import comparison_lines, paper_averages
 from utils.files import json_text, write_text
@@ -45,7 +45,7 @@ def summary_table(results: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
         paper = "  ".join(f"{n} {r['psnr']:.2f}/{r['ssim']:.3f}" for n, r in tasks.items() if r.get("count"))
         lines += ["", f"PSNR/SSIM: {paper}  Average {avg['psnr']:.2f}/{avg['ssim']:.3f}",
-                  f"Average: the mean over the {avg['rows']} row(s) above with scored images (each set counts "
+                  f"Average: the mean over the {counted(avg['rows'], 'row')} above with scored images (each set counts "
                   f"once). Degraded: the input as given to the network, scored against the target like the "
                   f"restoration."]
         for setting, pa in paper_averages(tasks, results.get("protocol")).items():
@@ -75,9 +75,9 @@ def _notes(results: Mapping[str, Any]) -> list[str]:
             same = [i["name"] for i in r.get("images", []) if isinstance(i.get(key), (int, float))
                     and i[key] >= MAX_PSNR]
             if same:
-                lines.append(f"Identical to the target ({name}, {what}): {len(same)} image(s) ({', '.join(same[:3])}"
-                             f"{', ...' if len(same) > 3 else ''}) score {MAX_PSNR:g} dB, the cap for an infinite "
-                             f"PSNR, which the row's mean PSNR includes")
+                lines.append(f"Identical to the target ({name}, {what}): {counted(len(same), 'image')} "
+                             f"({', '.join(same[:3])}{', ...' if len(same) > 3 else ''}) score {MAX_PSNR:g} dB, the "
+                             f"cap for an infinite PSNR, which the row's mean PSNR includes")
         for b in r.get("bad_files", []):
             lines.append(f"Skipped unreadable image ({name}): {b['name']}: {b['error']}")
     stop = results.get("partial")

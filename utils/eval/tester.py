@@ -291,9 +291,10 @@ def main(args) -> dict:
             for lock in locks:  # the real run would be refused: so is the dry one
                 lock.check_free()
             count = len(inputs) if args.input else sum(len(s.items) for s in sets)
-            rows = "" if args.input else f" in {len(sets)} row(s) ({', '.join(s.name for s in sets)})"
+            rows = "" if args.input else f" in {counted(len(sets), 'row')} ({', '.join(s.name for s in sets)})"
             figures = f", figures to {args.figs_dir}" if args.figs and not args.input else ""
-            print(f"=> dry run: {info['model']} ({info['backbone']}) loads and {count} image(s){rows} are found; "
+            print(f"=> dry run: {info['model']} ({info['backbone']}) loads, and {counted(count, 'image')}{rows} are "
+                  f"found; "
                   f"outputs would go to {save}{figures}. Nothing was restored or written; drop --dry-run to run")
             return {"dry_run": True, "model": info, "images": count, "rows": [s.name for s in sets]}
         # LPIPS/FID weights load now: a run that fails on them moves nothing aside
@@ -416,11 +417,11 @@ def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, pro
         results["partial"] = {"row": "input", "file": stop.file, "error": str(stop)}
         path = write_text(save / "results.json", json_text(results))
         with contextlib.suppress(OutputClosed):  # as the table of a benchmark run: how far it got (| head: gone)
-            print(f"restored {len(results['restored'])} of {len(inputs)} image(s) into {save} before the run "
+            print(f"restored {len(results['restored'])} of {counted(len(inputs), 'image')} into {save} before the run "
                   f"stopped at {stop.file}")
         raise _stopped(stop, str(path), kept, resumable=False) from stop
     path = write_text(save / "results.json", json_text(results))
-    print(f"restored {len(results['restored'])} image(s) into {save}")
+    print(f"restored {counted(len(results['restored']), 'image')} into {save}")
     for line in skipped:
         print(f"skipped: {line}")
     if not results["restored"]:
