@@ -369,3 +369,24 @@ def test_a_loss_figure_of_one_logged_iteration_shows_its_points_without_warnings
         if ax.get_title():
             assert ax.get_yscale() == "linear"
             assert any(line.get_marker() == "o" for line in ax.get_lines()), ax.get_title()
+
+
+def test_a_log_without_iteration_records_draws_the_epochs_mean_losses(tmp_path, monkeypatch):
+    """--log-every 0 writes no iteration records: the loss figure drew the validation PSNR alone (or nothing),
+    though every epoch record holds the mean of each part of the objective."""
+    import json
+
+    from utils import plotting
+    from utils.train.run_log import plot_loss_curves
+    drawn = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
+    epochs = [{"kind": "epoch", "epoch": e, "global_step": 4 * e, "l1": l1, "transport": 0.1, "val_psnr": 20.0 + e}
+              for e, l1 in ((1, 0.5), (2, 0.4))]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in epochs))
+    plot_loss_curves(log, tmp_path / "fig.png")
+    panels = {ax.get_title(): ax for ax in drawn[0].axes if ax.get_title()}
+    assert set(panels) == {"l1 (epoch means)", "transport (epoch means)", "validation PSNR (dB)"}
+    means = panels["l1 (epoch means)"].get_lines()
+    assert len(means) == 1 and list(means[0].get_xdata()) == [4, 8] and list(means[0].get_ydata()) == [0.5, 0.4]
+    assert "mean over each epoch" in drawn[0]._suptitle.get_text()

@@ -209,28 +209,35 @@ def record_lost(path: str | os.PathLike, epoch: int, epoch_start: int) -> bool:
     return told and not any(r.get("kind") == "epoch" and r.get("epoch") == epoch for r in records)
 
 
-def plotted_parts(iters: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """``(key, label)`` of each part of the objective the ``iter`` records hold, in :data:`LOSS_LABELS`
-    order (not ``map``, the weighted total of the same parts)."""
-    return [(k, label) for k, label in LOSS_LABELS if any(r.get(k) is not None for r in iters)]
+def plotted_parts(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(key, label)`` of each part of the objective the records (``iter`` or ``epoch``) hold, in
+    :data:`LOSS_LABELS` order (not ``map``, the weighted total of the same parts)."""
+    return [(k, label) for k, label in LOSS_LABELS if any(r.get(k) is not None for r in records)]
+
+
+def loss_curves(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """The records the loss panels draw, and whether they are the epochs' means: the ``iter`` records, else
+    (``--log-every 0`` writes none) the ``epoch`` records, whose losses are the means over each epoch."""
+    iters = [r for r in records if r.get("kind") == "iter"]
+    return (iters, False) if iters else ([r for r in records if r.get("kind") == "epoch"], True)
 
 
 def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
                      source: str | None = None) -> Path | None:
     """Draw every logged part of the objective (:data:`LOSS_LABELS`, one panel each: the raw curve faint,
-    smoothed on top) against the global step, and the validation PSNR per epoch, from the JSON-lines
-    log into ``fig_path`` (PNG; ``source``, when given, goes into its ``Source`` text chunk). Returns the
-    path, None if nothing to draw."""
+    smoothed on top; without iteration records, the epochs' means: :func:`loss_curves`) against the global
+    step, and the validation PSNR per epoch, from the JSON-lines log into ``fig_path`` (PNG; ``source``, when
+    given, goes into its ``Source`` text chunk). Returns the path, None if nothing to draw."""
     records = read_log(log_path)
-    iters = [r for r in records if r.get("kind") == "iter"]
+    curves, per_epoch = loss_curves(records)
     epochs = [r for r in records if r.get("kind") == "epoch"]
-    if not iters and not epochs:
+    if not curves and not epochs:
         return None
     import matplotlib.ticker
 
     from utils.plotting import new_figure, save_figure
 
-    parts = plotted_parts(iters)
+    parts = plotted_parts(curves)
     psnr = [(r["epoch"], r["val_psnr"]) for r in epochs if r.get("val_psnr") is not None]
     panels = len(parts) + (1 if psnr else 0)
     ncols = min(4, max(panels, 1))
@@ -239,13 +246,16 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
     axes = fig.subplots(nrows, ncols, squeeze=False)
     flat = list(axes.flat)
     for ax, (key, label) in zip(flat, parts):
-        pts = [(r["global_step"], r[key]) for r in iters if r.get(key) is not None]
+        pts = [(r["global_step"], r[key]) for r in curves if r.get(key) is not None]
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        few = {"marker": "o", "ms": 3} if len(xs) < 10 else {}  # a line of one point draws nothing
-        ax.plot(xs, ys, lw=0.6, alpha=0.3, color="C0")
-        ax.plot(xs, smoothed(ys), lw=1.2, color="C0", **few)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("iteration", fontsize=8)
+        few = {"marker": "o", "ms": 3} if len(xs) < 10 or per_epoch else {}  # a line of one point draws nothing
+        if per_epoch:  # a few means: drawn as they are, not smoothed
+            ax.plot(xs, ys, lw=1.2, color="C0", **few)
+        else:
+            ax.plot(xs, ys, lw=0.6, alpha=0.3, color="C0")
+            ax.plot(xs, smoothed(ys), lw=1.2, color="C0", **few)
+        ax.set_title(label + (" (epoch means)" if per_epoch else ""), fontsize=10)
+        ax.set_xlabel("iteration (each epoch's last)" if per_epoch else "iteration", fontsize=8)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no iteration 3.2
         if key == "l1" and all(v > 0 for v in ys) and len(set(ys)) > 1:  # one value: no range for a log axis
             ax.set_yscale("log")
@@ -257,7 +267,8 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for ax in flat[panels:]:
         ax.axis("off")
-    fig.suptitle("training log: each part of the objective (faint: logged values; solid: smoothed)", fontsize=10)
+    how = ("its mean over each epoch (--log-every 0)" if per_epoch else "faint: logged values; solid: smoothed")
+    fig.suptitle(f"training log: each part of the objective ({how})", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, fig_path, dpi=100, metadata={"Source": source} if source else None)
 
