@@ -390,3 +390,22 @@ def test_a_log_without_iteration_records_draws_the_epochs_mean_losses(tmp_path, 
     means = panels["l1 (epoch means)"].get_lines()
     assert len(means) == 1 and list(means[0].get_xdata()) == [4, 8] and list(means[0].get_ydata()) == [0.5, 0.4]
     assert "mean over each epoch" in drawn[0]._suptitle.get_text()
+
+
+def test_the_loss_figures_title_fits_a_one_panel_figure(tmp_path, monkeypatch):
+    """An L1-only backbone trained without validation draws one panel, 3.6 inches wide: its title ran off both
+    sides of the figure."""
+    import json
+
+    from utils import plotting
+    from utils.train.run_log import plot_loss_curves
+    drawn = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"kind": "iter", "global_step": s, "l1": 1 / s}) + "\n" for s in range(1, 6)))
+    plot_loss_curves(log, tmp_path / "fig.png")
+    fig = drawn[0]
+    fig.canvas.draw()
+    title = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
+    assert "smoothed" in fig._suptitle.get_text()

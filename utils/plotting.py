@@ -2,6 +2,7 @@
 
 :func:`new_figure` gives a matplotlib figure on its own Agg canvas (no pyplot: importing or calling this
 never switches the caller's backend, a notebook's inline one, say, and nothing is left open);
+:func:`wrapped_to_width` folds a title or caption into lines no wider than the figure;
 :func:`save_figure` writes it as a PNG through :func:`utils.files.replace_file` (a temporary, then a rename:
 an interrupted save leaves no half figure, and a link at the path is replaced, not written through).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,6 +24,12 @@ def new_figure(**kwargs) -> Figure:
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)
     return fig
+
+
+def wrapped_to_width(fig: Figure, text: str, fontsize: float) -> str:
+    """``text`` folded at spaces into lines that fit ``fig``'s width at ``fontsize`` points (about 120 / fontsize
+    characters an inch: a title wider than a one-panel figure is cut off at both sides)."""
+    return textwrap.fill(text, width=max(1, int(120 / fontsize * fig.get_figwidth())))
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, **savefig_kwargs) -> Path:

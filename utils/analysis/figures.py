@@ -8,7 +8,6 @@ Figures are built by :mod:`utils.plotting` (headless, the caller's backend left 
 from __future__ import annotations
 
 import os
-import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +24,7 @@ from utils.analysis.embeddings import (
     pca_2d,
 )
 from utils.errors import counted
-from utils.plotting import new_figure, save_figure
+from utils.plotting import new_figure, save_figure, wrapped_to_width
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -34,7 +33,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 def _caption(fig, text: str) -> None:
     """``text`` under the figure (its ``supxlabel``), wrapped to the figure's width."""
-    fig.supxlabel(textwrap.fill(text, width=int(15 * fig.get_figwidth())), fontsize=8)
+    fig.supxlabel(wrapped_to_width(fig, text, 8), fontsize=8)
 
 
 def _panel_axes(ax) -> None:

@@ -235,7 +235,7 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
         return None
     import matplotlib.ticker
 
-    from utils.plotting import new_figure, save_figure
+    from utils.plotting import new_figure, save_figure, wrapped_to_width
 
     parts = plotted_parts(curves)
     psnr = [(r["epoch"], r["val_psnr"]) for r in epochs if r.get("val_psnr") is not None]
@@ -268,7 +268,7 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
     for ax in flat[panels:]:
         ax.axis("off")
     how = ("its mean over each epoch (--log-every 0)" if per_epoch else "faint: logged values; solid: smoothed")
-    fig.suptitle(f"training log: each part of the objective ({how})", fontsize=10)
+    fig.suptitle(wrapped_to_width(fig, f"training log: each part of the objective ({how})", 10), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, fig_path, dpi=100, metadata={"Source": source} if source else None)
 
