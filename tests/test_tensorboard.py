@@ -276,3 +276,38 @@ def test_a_latent_norm_map_spans_the_colour_map_from_its_own_minimum_to_its_maxi
     viridis = matplotlib.colormaps["viridis"]
     for (i, j), at in (((0, 0), 0.0), ((0, 1), 0.5), ((1, 1), 1.0)):
         assert torch.allclose(rgb[:, i, j], torch.tensor(viridis(at)[:3], dtype=torch.float32)), (i, j)
+
+
+def test_a_resume_after_starts_without_the_flag_shows_the_logs_values_not_an_abandoned_timelines(tmp_path):
+    """A run with --tensorboard to step 8, resumed without it from step 4 (another batch size: other losses) to step
+    8, then with it again: TensorBoard showed the abandoned timeline's steps 5 to 8, which log.jsonl no longer has.
+    Now it hides them and writes the log's own records of those steps."""
+    first = TensorBoardLog(tmp_path / TB_DIR, Console(False))
+    for step in range(1, 9):
+        first.write({"kind": "iter", "global_step": step, "l1": 1.0})
+    first.close()
+    starts = [(0, True, 1.0), (4, False, 2.0)]
+    log = [r for start, board, l1 in starts for r in
+           [{"kind": "run", "global_step": start, "tensorboard": board}]
+           + [{"kind": "iter", "global_step": s, "l1": l1} for s in range(start + 1, start + 5)]]
+    log.append({"kind": "run", "global_step": 8, "tensorboard": True})  # this start's
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    args = argparse.Namespace(tensorboard=True, backbone="Restormer")
+    board = open_tensorboard(args, tmp_path, True, 8, None, [], is_main=True, console=Console(False))
+    board.write({"kind": "iter", "global_step": 9, "l1": 3.0})
+    board.close()
+    l1 = read_events(tmp_path / TB_DIR).Scalars("loss/l1")
+    assert [(e.step, e.value) for e in l1] == [(s, 1.0) for s in range(1, 5)] + [(s, 2.0) for s in range(5, 9)] + [
+        (9, 3.0)]
+
+
+def test_records_written_again_from_the_log_carry_the_lambdas_of_the_start_that_trained_them():
+    from utils.train.tensorboard_log import records_to_replay
+    log = [{"kind": "run", "global_step": 0, "lambdas": [0.5, 0.5]}, {"kind": "iter", "global_step": 1},
+           {"kind": "run", "global_step": 1, "lambdas": [0.25, 0.75]}, {"kind": "iter", "global_step": 2},
+           {"kind": "epoch", "global_step": 2}, {"kind": "iter", "global_step": 3}]
+    replayed = records_to_replay(log, 0, 2, ("derain", "dehaze"))
+    later = {"derain": 0.25, "dehaze": 0.75}
+    assert [(r["global_step"], lambdas) for r, lambdas in replayed] == [
+        (1, {"derain": 0.5, "dehaze": 0.5}), (2, later), (2, later)]
+    assert [lambdas for _, lambdas in records_to_replay(log, 0, 2, ())] == [{}, {}, {}]

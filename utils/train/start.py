@@ -387,7 +387,8 @@ def run_meta(args: argparse.Namespace, model: nn.Module, dataset: MixedDegradati
 
 def run_record(args: argparse.Namespace, dataset: MixedDegradationDataset, objective: Objective, state: LoopState,
                resumed: bool, info: DistInfo) -> dict[str, Any]:
-    """The log's ``run`` record: one per start."""
+    """The log's ``run`` record: one per start (``tensorboard``: whether it wrote event files, which tells a later
+    start with ``--tensorboard`` which steps they miss: :func:`~utils.train.tensorboard_log.boarded_until`)."""
     return {"kind": "run", "started": datetime.now().astimezone().isoformat(timespec="microseconds"),
             "start_epoch": state.epoch, "start_iteration": state.iteration,
             "global_step": state.global_step, "resumed": resumed,
@@ -395,4 +396,4 @@ def run_record(args: argparse.Namespace, dataset: MixedDegradationDataset, objec
             "contrastive_eps": objective.contrastive_eps, "potentials_steps": objective.potentials_steps,
             "lambdas": [float(v) for v in dataset.lambdas], "samples_per_epoch": len(dataset),
             "world_size": info.world_size, "seed": args.seed, "kernels": kernel_setup(),
-            **provenance()}
+            "tensorboard": bool(getattr(args, "tensorboard", False)), **provenance()}

@@ -18,9 +18,11 @@ a centre crop of at most :data:`PREVIEW_SIDE` pixels a side keeps the event file
 
 A resumed run opens its writer with ``purge_step`` one past the checkpoint's global step: TensorBoard
 then hides the events the stopped run wrote after its checkpoint, as
-:func:`~utils.train.run_log.rewind_log` moves those log records aside. A fresh run finds an
-earlier run's folder moved aside with the rest of that run (``run.before-<time>/tensorboard``). Any
-failure to write warns once and turns TensorBoard off for the run; training goes on.
+:func:`~utils.train.run_log.rewind_log` moves those log records aside. Where starts without ``--tensorboard``
+came in between (:func:`boarded_until`), it purges from the first of them on, and writes the scalars of the log's
+records since then from ``log.jsonl``: the curves are the log's, not those of a timeline a resume abandoned. A
+fresh run finds an earlier run's folder moved aside with the rest of that run (``run.before-<time>/tensorboard``).
+Any failure to write warns once and turns TensorBoard off for the run; training goes on.
 """
 from __future__ import annotations
 
@@ -39,8 +41,9 @@ from utils.data.image_io import read_image, to_float
 from utils.eval.inference import autocast_context
 from utils.eval.protocol import crop_to_multiple, to_8bit
 from utils.train.options import ConfigError
+from utils.checkpoints import LOG_NAME
 from utils.train.run_folder import TB_DIR
-from utils.train.run_log import LOSS_LABELS, Console
+from utils.train.run_log import LOSS_LABELS, Console, read_log
 
 PREVIEW_SIDE = 256  # largest side of the preview crop (a multiple of 8)
 FLUSH_SECS = 30
@@ -214,12 +217,13 @@ class TensorBoardLog:
                 except Exception:
                     pass
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Write a JSON-lines log record's scalars at its ``global_step`` (see the module's table)."""
+    def write(self, record: dict[str, Any], lambdas: dict[str, float] | None = None) -> None:
+        """Write a JSON-lines log record's scalars at its ``global_step`` (see the module's table); ``lambdas``:
+        those of the start that trained it, when not this run's (a record written again from the log)."""
         if not self.enabled or not isinstance(record.get("global_step"), int):
             return
         kind = record.get("kind")
-        scalars = (iteration_scalars(record, self.lambdas) if kind == "iter"
+        scalars = (iteration_scalars(record, self.lambdas if lambdas is None else lambdas) if kind == "iter"
                    else epoch_scalars(record) if kind == "epoch" else {})
         if not scalars:
             return
@@ -280,11 +284,44 @@ class RecordLogs:
             log.write(record)
 
 
+def boarded_until(records: Sequence[dict[str, Any]], global_step: int) -> int:
+    """The last global step up to which the event files of the run whose log holds ``records`` (this start's
+    ``run`` record last) agree with its log: ``global_step``, where this run resumes, unless starts without
+    ``--tensorboard`` came after the last start with it: then the step the first of those started at (past it,
+    the files may hold a timeline that start abandoned, and miss what it trained). A ``run`` record without
+    ``tensorboard`` (written before it was recorded) counts as a start with it."""
+    starts = [r for r in records if r.get("kind") == "run" and isinstance(r.get("global_step"), int)][:-1]
+    until = global_step
+    for start in reversed(starts):
+        if start.get("tensorboard", True):
+            break
+        until = min(until, start["global_step"])
+    return until
+
+
+def records_to_replay(records: Sequence[dict[str, Any]], after: int, until: int,
+                      families: Sequence[str]) -> list[tuple[dict[str, Any], dict[str, float]]]:
+    """The log's ``iter`` and ``epoch`` records of global steps ``after + 1`` to ``until``, each with the barycenter
+    weights of the start that trained it (its ``run`` record's ``lambdas``, by ``families``; {} without them: the
+    L1-only backbones, or a start of another number of families)."""
+    out, lambdas = [], {}
+    for record in records:
+        if record.get("kind") == "run":
+            values = record.get("lambdas")
+            fits = isinstance(values, list) and len(values) == len(families)
+            lambdas = dict(zip(families, map(float, values))) if fits else {}
+        elif (record.get("kind") in ("iter", "epoch") and isinstance(record.get("global_step"), int)
+              and after < record["global_step"] <= until):
+            out.append((record, lambdas))
+    return out
+
+
 def open_tensorboard(args: argparse.Namespace, output_dir: Path, resumed: bool, global_step: int, dataset: Any,
                      val_pairs: Sequence[tuple[Path, Path]], is_main: bool, console: Console) -> TensorBoardLog:
     """The run's :class:`TensorBoardLog` in ``output_dir/tensorboard``: enabled on rank 0 with
-    ``--tensorboard``. A resumed run (at ``global_step``) continues its curves; a fresh one starts an
-    empty folder (:func:`~utils.train.run_folder.start_fresh_outputs` has moved an earlier run's aside).
+    ``--tensorboard``. A resumed run (at ``global_step``) continues its curves, first written from its log where
+    starts without ``--tensorboard`` left them behind (:func:`boarded_until`); a fresh one starts an empty folder
+    (:func:`~utils.train.run_folder.start_fresh_outputs` has moved an earlier run's aside).
     ``dataset`` gives the lambdas (``.families``, ``.lambdas``) and, without ``val_pairs``, the preview's
     training sample."""
     if not (getattr(args, "tensorboard", False) and is_main):
@@ -297,9 +334,16 @@ def open_tensorboard(args: argparse.Namespace, output_dir: Path, resumed: bool, 
         sample = None
         console.warn(f"--tensorboard: no preview images this run: the fixed image could not be read ({exc})")
     lambdas = dict(zip(dataset.families, map(float, dataset.lambdas))) if wb else {}
-    board = TensorBoardLog(folder, console, purge_step=global_step + 1 if resumed else None, lambdas=lambdas,
+    records = read_log(output_dir / LOG_NAME) if resumed else []
+    until = boarded_until(records, global_step)
+    board = TensorBoardLog(folder, console, purge_step=until + 1 if resumed else None, lambdas=lambdas,
                            sample=sample, wb=wb)
+    for record, trained_with in records_to_replay(records, until, global_step, dataset.families if wb else ()):
+        board.write(record, trained_with)  # trained without --tensorboard: the log's values (no previews)
     if board.enabled:
-        console(f"=> TensorBoard: {folder}" + (f" (continuing after global step {global_step})" if resumed else "")
+        from_log = (f"; steps {until + 1} to {global_step}, trained without --tensorboard, written from "
+                    f"{LOG_NAME}" if until < global_step else "")
+        console(f"=> TensorBoard: {folder}" + (f" (continuing after global step {global_step}{from_log})"
+                                               if resumed else "")
                 + (f"; previews of {sample[2]}" if sample else "") + f"; tensorboard --logdir {folder}")
     return board
