@@ -311,3 +311,20 @@ def test_records_written_again_from_the_log_carry_the_lambdas_of_the_start_that_
     assert [(r["global_step"], lambdas) for r, lambdas in replayed] == [
         (1, {"derain": 0.5, "dehaze": 0.5}), (2, later), (2, later)]
     assert [lambdas for _, lambdas in records_to_replay(log, 0, 2, ())] == [{}, {}, {}]
+
+
+def test_an_epoch_record_written_on_resume_comes_with_its_preview(data, tmp_path):
+    """A run stopped between an epoch's checkpoint and its record (during validation) had written neither the
+    epoch's scalars nor its preview; the resumed run wrote the scalars from the checkpoint, but no preview."""
+    deg, tar = make_val_tree(tmp_path, n=1, size=40)
+    val = ["--degset", str(deg), "--tarset", str(tar), "--tensorboard", "--nEpochs", "1"]
+    assert engine.main(args_for(data, tmp_path, *val)) == 0
+    run = tmp_path / "ckpt"
+    lines = (run / "log.jsonl").read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["kind"] == "epoch"
+    (run / "log.jsonl").write_text("".join(lines[:-1]))  # as a kill during validation leaves the log
+    for events in (run / TB_DIR).iterdir():  # and TensorBoard: nothing of the epoch's end
+        events.unlink()
+    assert engine.main(args_for(data, tmp_path, *val, "--resume", "auto")) == 0
+    acc = read_events(run / TB_DIR)
+    assert steps(acc, "val/psnr") == [ITERS] and steps(acc, "preview/degraded_restored_target", "images") == [ITERS]

@@ -258,6 +258,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         try:
             if unlogged:
                 log_the_resumed_epoch(training, resumed, args, output_dir, val_pairs, log, console)
+                board.preview(model, state.global_step, info.device, args.precision)  # lost with the record
             for epoch in range(state.epoch, args.nEpochs + 1):
                 if state.epoch != epoch:
                     state = LoopState(epoch, 0, state.global_step)
