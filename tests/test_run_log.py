@@ -409,3 +409,23 @@ def test_the_loss_figures_title_fits_a_one_panel_figure(tmp_path, monkeypatch):
     title = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
     assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
     assert "smoothed" in fig._suptitle.get_text()
+
+
+def test_epochs_logged_without_iterations_after_some_with_show_their_means(tmp_path, monkeypatch):
+    """A run resumed with --log-every 0 after epochs logged at each iteration: its curves stopped where the
+    iteration records did, the later epochs' means left out."""
+    import json
+
+    from utils import plotting
+    from utils.train.run_log import plot_loss_curves
+    drawn = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
+    iters = [{"kind": "iter", "epoch": 1, "global_step": s, "l1": 0.5} for s in (1, 2)]
+    epochs = [{"kind": "epoch", "epoch": e, "global_step": 2 * e, "l1": l1} for e, l1 in ((1, 0.5), (2, 0.3))]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in iters + epochs))
+    plot_loss_curves(log, tmp_path / "fig.png")
+    panels = {ax.get_title(): ax for ax in drawn[0].axes if ax.get_title()}
+    lines = panels["l1"].get_lines()
+    assert [list(line.get_xdata()) for line in lines] == [[1, 2], [1, 2], [4]]  # raw, smoothed, epoch 2's mean
+    assert list(lines[2].get_ydata()) == [0.3] and "squares: the means of epochs" in drawn[0]._suptitle.get_text()

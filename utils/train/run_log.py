@@ -215,29 +215,33 @@ def plotted_parts(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(k, label) for k, label in LOSS_LABELS if any(r.get(k) is not None for r in records)]
 
 
-def loss_curves(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-    """The records the loss panels draw, and whether they are the epochs' means: the ``iter`` records, else
-    (``--log-every 0`` writes none) the ``epoch`` records, whose losses are the means over each epoch."""
+def loss_curves(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What the loss panels draw: ``(the iter records, the epoch records standing in for them)``, the latter those of
+    the epochs the log holds no iteration of (``--log-every 0``, in every start or some), whose losses are the means
+    over the epoch."""
     iters = [r for r in records if r.get("kind") == "iter"]
-    return (iters, False) if iters else ([r for r in records if r.get("kind") == "epoch"], True)
+    logged = {r.get("epoch") for r in iters}
+    return iters, [r for r in records if r.get("kind") == "epoch" and r.get("epoch") not in logged
+                   and plotted_parts([r])]
 
 
 def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
                      source: str | None = None) -> Path | None:
     """Draw every logged part of the objective (:data:`LOSS_LABELS`, one panel each: the raw curve faint,
-    smoothed on top; without iteration records, the epochs' means: :func:`loss_curves`) against the global
+    smoothed on top; for epochs without iteration records, their means: :func:`loss_curves`) against the global
     step, and the validation PSNR per epoch, from the JSON-lines log into ``fig_path`` (PNG; ``source``, when
     given, goes into its ``Source`` text chunk). Returns the path, None if nothing to draw."""
     records = read_log(log_path)
-    curves, per_epoch = loss_curves(records)
+    iters, means = loss_curves(records)
     epochs = [r for r in records if r.get("kind") == "epoch"]
-    if not curves and not epochs:
+    if not iters and not epochs:
         return None
     import matplotlib.ticker
 
     from utils.plotting import new_figure, save_figure, wrapped_to_width
 
-    parts = plotted_parts(curves)
+    parts = plotted_parts(iters + means)
+    only_means = bool(means) and not iters
     psnr = [(r["epoch"], r["val_psnr"]) for r in epochs if r.get("val_psnr") is not None]
     panels = len(parts) + (1 if psnr else 0)
     ncols = min(4, max(panels, 1))
@@ -246,16 +250,17 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
     axes = fig.subplots(nrows, ncols, squeeze=False)
     flat = list(axes.flat)
     for ax, (key, label) in zip(flat, parts):
-        pts = [(r["global_step"], r[key]) for r in curves if r.get(key) is not None]
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        few = {"marker": "o", "ms": 3} if len(xs) < 10 or per_epoch else {}  # a line of one point draws nothing
-        if per_epoch:  # a few means: drawn as they are, not smoothed
-            ax.plot(xs, ys, lw=1.2, color="C0", **few)
-        else:
+        xs, ys = _points(iters, key)
+        if xs:
+            few = {"marker": "o", "ms": 3} if len(xs) < 10 else {}  # a line of one point draws nothing
             ax.plot(xs, ys, lw=0.6, alpha=0.3, color="C0")
             ax.plot(xs, smoothed(ys), lw=1.2, color="C0", **few)
-        ax.set_title(label + (" (epoch means)" if per_epoch else ""), fontsize=10)
-        ax.set_xlabel("iteration (each epoch's last)" if per_epoch else "iteration", fontsize=8)
+        mean_xs, mean_ys = _points(means, key)
+        if mean_xs:  # a few means: drawn as they are, not smoothed
+            ax.plot(mean_xs, mean_ys, "s-" if only_means else "s", ms=4, lw=1.2, color="C0")
+        ax.set_title(label + (" (epoch means)" if only_means else ""), fontsize=10)
+        ax.set_xlabel("iteration (each epoch's last)" if only_means else "iteration", fontsize=8)
+        ys = ys + mean_ys
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no iteration 3.2
         if key == "l1" and all(v > 0 for v in ys) and len(set(ys)) > 1:  # one value: no range for a log axis
             ax.set_yscale("log")
@@ -267,10 +272,18 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for ax in flat[panels:]:
         ax.axis("off")
-    how = ("its mean over each epoch (--log-every 0)" if per_epoch else "faint: logged values; solid: smoothed")
+    how = ("its mean over each epoch (--log-every 0)" if only_means else "faint: logged values; solid: smoothed"
+           + ("; squares: the means of epochs no iteration of which was logged" if means else ""))
     fig.suptitle(wrapped_to_width(fig, f"training log: each part of the objective ({how})", 10), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, fig_path, dpi=100, metadata={"Source": source} if source else None)
+
+
+def _points(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """The ``(global steps, values)`` of ``key`` in the records that hold it."""
+    pts = [(r["global_step"], r[key]) for r in records
+           if r.get(key) is not None and isinstance(r.get("global_step"), int)]
+    return [p[0] for p in pts], [p[1] for p in pts]
 
 
 # The logged parts of an iteration, in the order of the objective, with readable names. The map loss
