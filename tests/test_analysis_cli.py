@@ -231,3 +231,19 @@ def test_a_plain_state_dict_of_another_size_loads_with_the_testers_size_flags(tm
     served = app_main.get_args_parser().parse_args(["--preset", "tiny", "--dim", "8", "--heads", "1", "1", "2", "2"])
     assert network_size_overrides(served) == {"dim": 8, "num_blocks": None, "num_refinement_blocks": None,
                                               "heads": [1, 1, 2, 2]}
+
+
+def test_a_photo_past_the_first_ten_by_name_is_drawn_when_named(tmp_path, run_dir, capsys):
+    """--photo named the 12th photo of a folder of 12: only the first 10 were read, and the error said none of the
+    photos was called that."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(1, 13):
+        cv2.imwrite(str(folder / f"p{i:02d}.png"), np.full((SIDE, SIDE, 3), 10 * i, np.uint8))
+    args = own_photos.get_args_parser().parse_args([
+        "--model", str(run_dir), "--photos", str(folder), "--photo", "p12", "--figs-dir", str(tmp_path / "figs"),
+        "--max-side", "64", "--device", "cpu"])
+    numbers = own_photos.main(args)
+    assert numbers["photo"] == "p12"
+    assert [p["name"] for p in numbers["photos"]] == [f"p{i:02d}" for i in range(1, 10)] + ["p12"]
+    assert "using the first 9 by name" in capsys.readouterr().out

@@ -12,7 +12,8 @@ numbers as the demo's for the same checkpoint).
 A photo's long side is capped at ``--max-side`` (default 288, the demo's test images', so that its photos are
 unchanged) by area resizing, then cropped to multiples of 8: the network runs on 7 views of each photo, about a
 minute a photo for the paper's network on 2 busy CPU cores (15 s at 144), a second for the tiny preset. At most 10
-photos are drawn (the projection tells 10 apart by marker shape), and at least 2 (its 1-NN scores compare
+photos are drawn (the projection tells 10 apart by marker shape: the first by name, and ``--photo`` wherever it
+comes), and at least 2 (its 1-NN scores compare
 photos). Outputs: ``takeaway_maps.png``, ``embedding_projection.png`` and ``embeddings.json`` in ``--figs-dir``; a
 file of the user's at one of those names is moved aside (:mod:`utils.owned_outputs`), never replaced. Every failure
 the user fixes is one ``error:`` line.
@@ -79,7 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_network_size_flags(p, " (for checkpoints that do not carry their configuration)")
     p.add_argument("--photos", default=None,
                    help="folder of clean photos, at least two (its images, not its subfolders; the first 10 by "
-                        "name); default: "
+                        "name, --photo among them); default: "
                         "the demo's test photos (chelsea, camera, coffee, grace_hopper, coins), made from the "
                         "installed wheels as the demo makes them")
     p.add_argument("--photo", default=None,
@@ -165,6 +166,13 @@ def photo_files(folder: Path) -> list[Path]:
     return files
 
 
+def first_photos(files: list[Path], keep: Path | None) -> list[Path]:
+    """The first :data:`MAX_PHOTOS` of ``files`` (sorted by name), with ``keep`` (the ``--photo``'s file) among them:
+    in place of the last when it comes later."""
+    first = files[:MAX_PHOTOS]
+    return first if keep is None or keep in first else first[:-1] + [keep]
+
+
 def labels_of(files: list[Path]) -> list[str]:
     """Each file's label in the figures: its name without the extension, or with it where two share a stem."""
     stems = [f.stem for f in files]
@@ -230,9 +238,15 @@ def main(args) -> dict:
     check_writable_folder(figs_dir, "--figs-dir", create=False)
     if files is not None:
         if len(files) > MAX_PHOTOS:
-            print(f"=> --photos {args.photos} holds {len(files)} photos: using the first {MAX_PHOTOS} by name (the "
-                  f"projection tells {MAX_PHOTOS} apart), {files[0].name} to {files[MAX_PHOTOS - 1].name}")
-            files = files[:MAX_PHOTOS]
+            names = labels_of(files)
+            chosen = chosen_photo(names, [f.name for f in files], args.photo)  # looked for among all of them
+            keep = files[names.index(chosen)] if chosen is not None else None
+            drawn = first_photos(files, keep)
+            extra = f", and --photo {keep.name}" if keep is not None and keep not in files[:MAX_PHOTOS] else ""
+            first = len(drawn) - (1 if extra else 0)
+            print(f"=> --photos {args.photos} holds {len(files)} photos: using the first {first} by name (the "
+                  f"projection tells {MAX_PHOTOS} apart), {drawn[0].name} to {drawn[first - 1].name}{extra}")
+            files = drawn
         if len(files) < 2:  # one photo's 1-NN scores meant nothing: "degradation 0% (chance 0%), photo 100%"
             raise UsageError(f"--photos {args.photos} holds one photo ({files[0].name}): the projection's 1-NN scores "
                              f"compare views across photos and need at least two — put another clean photo in it, or "
