@@ -37,11 +37,11 @@ import torch.nn as nn
 
 from net.presets import WB_BACKBONES
 from utils.analysis.embeddings import channel_norm, latents, pooled, upsampled
+from utils.checkpoints import LOG_NAME
 from utils.data.image_io import read_image, to_float
 from utils.eval.inference import autocast_context
 from utils.eval.protocol import crop_to_multiple, to_8bit
 from utils.train.options import ConfigError
-from utils.checkpoints import LOG_NAME
 from utils.train.run_folder import TB_DIR
 from utils.train.run_log import LOSS_LABELS, Console, read_log
 
