@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from _processes import REPO, kill_tree
+from _processes import REPO, as_in_a_terminal, kill_tree
 
 from utils.train import signals
 from utils.train.signals import LAUNCHER_DIED, StopRequest, signal_names, stop_with_the_launcher
@@ -323,6 +323,7 @@ def test_sighup_while_a_script_imports_is_held_then_one_line(script, tmp_path):
     (tmp_path / "torch.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGHUP)\n"
                                        "time.sleep(0.3)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
-    done = subprocess.run([sys.executable, script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+                          preexec_fn=as_in_a_terminal)  # under nohup the script rightly keeps SIGHUP ignored
     assert (done.returncode, done.stderr, done.stdout) == (
         129, "error: stopped by SIGHUP while starting; nothing was written\n", ""), done.stderr

@@ -1747,7 +1747,7 @@ def test_a_progress_bar_into_a_closed_pipe_stops_as_ctrl_c_does(checkpoint, tmp_
 def test_a_closed_pipe_between_tasks_keeps_the_tasks_done(bench, checkpoint, tmp_path, monkeypatch):
     """The second task's progress bar meets the closed pipe: the first task's scores are written whole, the run
     marked partial at the second."""
-    monkeypatch.setattr(sys, "stderr", ClosedPipe(lambda text: text.lstrip("\r").startswith("dehaze")))
+    monkeypatch.setattr(sys, "stderr", ClosedPipe(lambda text: text.lstrip("\r").startswith("[2/2] dehaze")))
     args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--data-root", str(bench), "--tasks",
                                                      "derain", "dehaze", "--no-images", "--save", str(tmp_path / "o")])
     assert tester_bary.run_main(tester_bary.main, args) == PIPE_CLOSED_STATUS
