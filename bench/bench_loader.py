@@ -40,7 +40,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import numpy as np
     import torch
 
-    from utils.cli import OneSpellingHelpFormatter, at_least
+    from utils.cli import OneSpellingHelpFormatter, at_least, number_above
     from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.runtime import pick_device
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=at_least(16), default=128)
     p.add_argument("--batches", type=at_least(1), default=200, help="batches timed after the first")
     p.add_argument("--5d", dest="five_d", action="store_true", help="add deblur (1280x720) and low light")
-    p.add_argument("--consume-ms", type=float, default=50.0,
+    p.add_argument("--consume-ms", type=number_above(0), default=50.0,
                    help="the GPU's time per iteration to compare with (the speed target)")
     p.add_argument("--device", default="auto", help="copy batches to this device as the trainer does")
     add_debug_flag(p)

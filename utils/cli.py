@@ -1,5 +1,5 @@
-"""One spelling style for every command's flags, and the argparse types the commands share (:func:`at_least`, the
-reference's own ``--backbone`` names: :func:`backbone_name`).
+"""One spelling style for every command's flags, and the argparse types the commands share (:func:`at_least`,
+:func:`number_above`, the reference's own ``--backbone`` names: :func:`backbone_name`).
 
 The reference scripts spell flags three ways (``--batchSize``, ``--patch_size``, ``--de_type``), the
 project's own are kebab-case (``--output-dir``), and PromptIR's scripts use snake_case
@@ -11,6 +11,7 @@ in kebab-case, naming the reference's own spelling where it differs (``--batch-s
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 
@@ -99,6 +100,19 @@ def at_least(low: int, meaning: str = ""):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}{meaning}, got {value}")
+        return value
+    return parse
+
+
+def number_above(low: float, meaning: str = ""):
+    """An argparse type: a finite number > ``low`` (a rate, a time per step: 0 would divide by zero)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value <= low:
+            raise argparse.ArgumentTypeError(f"must be a number > {low:g}{meaning}, got {text}")
         return value
     return parse
 

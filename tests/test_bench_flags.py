@@ -1,0 +1,28 @@
+"""The bench scripts refuse a value that makes no sense with one error: line naming the flag, before any work."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _script(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import their siblings, as `python bench/...` does
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_the_loader_bench_refuses_a_consume_time_that_is_not_positive(value, monkeypatch, capsys):
+    """--consume-ms 0 ended in a ZeroDivisionError traceback after the whole run; -1 printed a negative target."""
+    loader = _script("bench_loader", monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        loader.build_parser().parse_args(["--consume-ms", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: argument --consume-ms: must be a number > 0, got {value} "), err
