@@ -40,7 +40,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from torch.utils.flop_counter import FlopCounterMode
 
     from net.presets import PRESETS
-    from utils.cli import OneSpellingHelpFormatter, at_least
+    from utils.cli import OneSpellingHelpFormatter, at_least, number_above
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.outputs import check_writable_folder
@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=at_least(0), default=3)
     p.add_argument("--iters", type=at_least(1), default=5, help="timed, then profiled, iterations")
     p.add_argument("--rows", type=at_least(1), default=20)
-    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--peak-tflops", type=number_above(0), default=None,
+                   help="the dense peak, in TFLOP/s, to compare with (unset: a known GPU's data sheet, or a 2048^3 "
+                        "matmul on the CPU)")
     p.add_argument("--trace", default=None, help="write the Chrome trace of the profiled iterations here")
     p.add_argument("--compile", default="off", choices=COMPILE_MODES,
                    help="profile the trainers' --compile fast path with this torch.compile mode (FLOPs are "

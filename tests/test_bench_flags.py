@@ -26,3 +26,14 @@ def test_the_loader_bench_refuses_a_consume_time_that_is_not_positive(value, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: argument --consume-ms: must be a number > 0, got {value} "), err
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_the_profile_refuses_a_peak_that_is_not_positive(value, monkeypatch, capsys):
+    """--peak-tflops 0 was taken as unset (the CPU's matmul rate was measured instead), -1 gave a negative share."""
+    profile = _script("profile_train", monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        profile.build_parser().parse_args(["--peak-tflops", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: argument --peak-tflops: must be a number > 0, got {value} "), err
