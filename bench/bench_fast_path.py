@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run eager from seed 1 (other initial weights and data order): how far two independent "
                         "runs' curves lie apart, the scale for the other departures (table only, not drawn)")
     p.add_argument("--data", default="data/demo", help="demo data folder (built when missing or stale)")
-    p.add_argument("--fig", default="figs/bench/fast_path_losses.png")
+    p.add_argument("--fig", default="results/bench/fast_path_losses.png",
+                   help="the loss curves' figure (the repository's figs/bench/ holds the documented one)")
     p.add_argument("--json", default=None, help="also write the curves and the summary here")
     add_debug_flag(p)
     return p

@@ -1,5 +1,6 @@
 """The bench scripts refuse a value that makes no sense with one error: line naming the flag, before any work."""
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,3 +38,13 @@ def test_the_profile_refuses_a_peak_that_is_not_positive(value, monkeypatch, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: argument --peak-tflops: must be a number > 0, got {value} "), err
+
+
+def test_the_fast_path_figure_by_default_leaves_the_repository_clean(monkeypatch):
+    """--fig defaulted to figs/bench/fast_path_losses.png, the committed figure BENCHMARKS.md shows: any run,
+    however short, replaced it and left `git status` dirty. The default now lies where git ignores it."""
+    fast_path = _script("bench_fast_path", monkeypatch)
+    fig = fast_path.build_parser().parse_args([]).fig
+    repo = BENCH.parent
+    ignored = subprocess.run(["git", "check-ignore", "-q", fig], cwd=repo)
+    assert ignored.returncode == 0, f"{fig} is not ignored by git"
