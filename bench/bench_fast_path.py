@@ -44,7 +44,8 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag, run_main  # noqa: E402
     from utils.eval.outputs import check_writable_folder  # noqa: E402
     from utils.files import keep_aside, write_text  # noqa: E402
-    from utils.runtime import pick_device  # noqa: E402
+    from utils.processes import run_in_session  # noqa: E402
+    from utils.runtime import pick_device, stop_signals_as_interrupt  # noqa: E402
     from utils.train.run_log import LOSS_LABELS, read_log  # noqa: E402
 
 PARTS = ("map",) + tuple(k for k, _ in LOSS_LABELS)
@@ -70,7 +71,8 @@ def run(name: str, mode: str, root: Path, work: Path, a: argparse.Namespace, thr
         env["OMP_NUM_THREADS"] = str(threads)
     print(f"-- {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     tic = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stopped (Ctrl-C, SIGTERM), the run and its workers are stopped too, and the temporary folder goes
+    done = run_in_session(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode:
         sys.exit(f"error: the {name} run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     print(f"   {time.perf_counter() - tic:.0f} s", file=sys.stderr, flush=True)
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(a: argparse.Namespace) -> None:
+    stop_signals_as_interrupt()  # SIGTERM stops it as Ctrl-C does: one line, the trainer run stopped with it
     pick_device(a.device)  # no GPU visible for --device cuda: said now, not after building the data
     if a.skip >= a.iters:  # every run would end in an empty median, after all of them
         raise UsageError(f"--skip {a.skip} leaves none of --iters {a.iters} to time: pass a smaller --skip "

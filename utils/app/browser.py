@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from utils.app.elements import IDS
+from utils.processes import stop_session
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DRIVERS = ("/usr/bin/chromedriver", "chromedriver")
@@ -66,20 +66,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's whole session, SIGKILL it if it has not exited within 10 s."""
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=grace)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @contextmanager
 def serve(argv: list[str], log: Path, cwd: str | os.PathLike | None = None, env: dict[str, str] | None = None,
           timeout: float = START_TIMEOUT) -> Iterator[str]:
@@ -107,7 +93,7 @@ def serve(argv: list[str], log: Path, cwd: str | os.PathLike | None = None, env:
             time.sleep(0.2)  # polling interval of the condition above, not a wait for an event
         yield url
     finally:
-        _stop(proc)
+        stop_session(proc)
 
 
 @contextmanager
