@@ -35,6 +35,7 @@ class LayerNorm(nn.Module):
         if layernorm_type not in ("WithBias", "BiasFree"):
             raise ValueError(f"LayerNorm_type must be 'WithBias' or 'BiasFree', got {layernorm_type!r}")
         self.body = _NormParams(dim, with_bias=layernorm_type == "WithBias")
+        self.normalized_shape = (dim,)  # a constant, not read off the input: traced exports keep it static
         self.impl = "fused"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ class LayerNorm(nn.Module):
         # (B, C, H, W) -> (B, H, W, C): a free view when x is channels_last.
         y = x.permute(0, 2, 3, 1)
         if bias is not None:
-            y = F.layer_norm(y, (y.shape[-1],), weight, bias, _EPS)
+            y = F.layer_norm(y, self.normalized_shape, weight, bias, _EPS)
         else:
             var = y.var(dim=-1, keepdim=True, unbiased=False)
             y = y * torch.rsqrt(var + _EPS) * weight
