@@ -109,8 +109,12 @@ class FeedForward(nn.Module):
 
 
 def _gelu_gate(gate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``gelu(gate) * value``; without autograd the product is taken in place (one fewer full-size buffer)."""
-    return F.gelu(gate).mul_(value) if not torch.is_grad_enabled() else F.gelu(gate) * value
+    """``gelu(gate) * value``; without autograd the product is taken in place (one fewer full-size buffer).
+    A trace always records the plain product: ``torch.jit.trace`` checks its graph again under ``no_grad``,
+    and a graph that changed with the grad mode failed that check."""
+    if torch.is_grad_enabled() or torch.jit.is_tracing():
+        return F.gelu(gate) * value
+    return F.gelu(gate).mul_(value)
 
 
 class Attention(nn.Module):
