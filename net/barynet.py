@@ -40,9 +40,17 @@ def _config(inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, 
     """The constructor arguments of BaryNet and Restormer, checked, as the ``config`` checkpoints record."""
     if len(num_blocks) != 4 or len(heads) != 4:
         raise ValueError(f"num_blocks and heads need 4 entries each, got {list(num_blocks)} and {list(heads)}")
+    if inp_channels != out_channels:
+        raise ValueError(f"out_channels ({out_channels}) must equal inp_channels ({inp_channels}): the network adds "
+                         f"its input to its output (the global residual)")
     return dict(inp_channels=inp_channels, out_channels=out_channels, dim=dim, num_blocks=list(num_blocks),
                 num_refinement_blocks=num_refinement_blocks, heads=list(heads),
                 ffn_expansion_factor=ffn_expansion_factor, bias=bias, LayerNorm_type=LayerNorm_type)
+
+
+def check_network_input(net: nn.Module, x: torch.Tensor) -> None:
+    """:func:`~net.blocks.check_input_size` for ``net``'s channels (``config["inp_channels"]``)."""
+    check_input_size(x, channels=net.config["inp_channels"])
 
 
 def _add_encoder(net: nn.Module, stage, inp_channels: int, d: int, num_blocks: Sequence[int],
@@ -78,7 +86,8 @@ class BaryNet(nn.Module):
         ffn_expansion_factor: GDFN hidden width factor.
         bias: bias on the convolutions inside the transformer blocks.
         LayerNorm_type: ``'WithBias'`` or ``'BiasFree'`` (the reference's spelling).
-        inp_channels, out_channels: image channels (3).
+        inp_channels, out_channels: image channels (3; 1 for a grey network), equal: the output adds the
+            input. The shapes below say 3 for ``inp_channels``.
     """
 
     def __init__(self, inp_channels: int = 3, out_channels: int = 3, dim: int = 48,
@@ -136,7 +145,7 @@ class BaryNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoder: ``(B, 3, H, W) -> (e1, e2, e3, z)``, z the source latent ``(B, 8dim, H/8, W/8)``."""
-        check_input_size(x)
+        check_network_input(self, x)
         e1, e2, e3, latent = _run_encoder(self, x)
         z = self.LN(latent)
         return e1, e2, e3, z
@@ -215,7 +224,8 @@ class Restormer(nn.Module):
         self.output = nn.Conv2d(2 * d, out_channels, kernel_size=3, padding=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x)
+        """``(B, 3, H, W)`` with H, W multiples of 8 -> the restored image ``(B, 3, H, W)``."""
+        check_network_input(self, x)
         e1, e2, e3, z = _run_encoder(self, x)
         d3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(z), e3], dim=1)))
         d2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(d3), e2], dim=1)))

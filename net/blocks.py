@@ -280,10 +280,10 @@ def conv1x1(in_ch: int, out_ch: int, bias: bool = False) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=bias)
 
 
-def check_input_size(x: torch.Tensor, multiple: int = 8) -> None:
-    """Raise a clear error unless ``x`` is ``(B, 3, H, W)`` with H, W multiples of ``multiple``."""
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected an image batch of shape (B, 3, H, W), got {tuple(x.shape)}")
+def check_input_size(x: torch.Tensor, multiple: int = 8, channels: int = 3) -> None:
+    """Raise a clear error unless ``x`` is ``(B, channels, H, W)`` with H, W multiples of ``multiple``."""
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"expected an image batch of shape (B, {channels}, H, W), got {tuple(x.shape)}")
     h, w = x.shape[-2:]
     if h % multiple or w % multiple:
         raise ValueError(

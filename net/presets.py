@@ -122,6 +122,10 @@ def check_model_config(cfg: Mapping[str, Any], source: str = "the model configur
                            ("dim", 2, MAX_DIM), ("num_refinement_blocks", 0, MAX_BLOCKS)):
         if key in out and not (_is_int(out[key]) and low <= out[key] <= high):
             raise refuse(f"{key} must be an integer from {low} to {high}, got {out[key]!r}")
+    channels_in, channels_out = out.get("inp_channels", 3), out.get("out_channels", 3)
+    if channels_in != channels_out:
+        raise refuse(f"out_channels ({channels_out}) must equal inp_channels ({channels_in}): the network adds its "
+                     f"input to its output")
     if out.get("dim", 2) % 2:
         raise refuse(f"dim must be even (each level halves and doubles it), got {out['dim']}")
     for key in ("num_blocks", "heads"):

@@ -14,13 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .barynet import _config, _run_encoder
+from .barynet import _config, _run_encoder, check_network_input
 from .blocks import (
     Downsample,
     OverlapPatchEmbed,
     TransformerBlock,
     Upsample,
-    check_input_size,
     conv1x1,
     transformer_stage,
 )
@@ -123,7 +122,7 @@ class PromptIR(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoder: ``(B, 3, H, W) -> (e1, e2, e3, latent)``, latent ``(B, 8dim, H/8, W/8)``."""
-        check_input_size(x)
+        check_network_input(self, x)
         return _run_encoder(self, x)
 
     @staticmethod

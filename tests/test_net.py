@@ -45,6 +45,23 @@ def test_wrong_channel_count_is_a_clear_error():
         build_model("BaryNet", "tiny")(torch.rand(1, 1, 64, 64))
 
 
+@pytest.mark.parametrize("backbone", ["BaryNet", "Restormer", "PromptIR", "BaryPromptIR"])
+def test_a_grey_network_restores_grey_batches(backbone):
+    net = build_model(backbone, "tiny", num_blocks=[1, 1, 1, 1], inp_channels=1, out_channels=1)
+    out = net(torch.rand(2, 1, 16, 16))
+    assert (out[0] if isinstance(out, tuple) else out).shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        net(torch.rand(2, 3, 16, 16))
+
+
+def test_output_channels_other_than_the_input_are_refused():
+    # the global residual adds the input to the output: a 1-channel output silently broadcast to 3
+    with pytest.raises(ValueError, match="must equal inp_channels"):
+        build_model("Restormer", "tiny", out_channels=1)
+    with pytest.raises(ValueError, match="must equal inp_channels"):
+        BaryNet(inp_channels=1, out_channels=3)
+
+
 def test_restormer_baseline_returns_an_image():
     net = build_model("Restormer", "tiny")
     x = torch.rand(1, 3, 32, 32)
