@@ -49,8 +49,8 @@ def _config(inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, 
 
 
 def check_network_input(net: nn.Module, x: torch.Tensor) -> None:
-    """:func:`~net.blocks.check_input_size` for ``net``'s channels (``config["inp_channels"]``)."""
-    check_input_size(x, channels=net.config["inp_channels"])
+    """:func:`~net.blocks.check_input_size` for ``net``'s channels (``config["inp_channels"]``) and weights' dtype."""
+    check_input_size(x, channels=net.config["inp_channels"], weight=net.patch_embed.proj.weight)
 
 
 def _add_encoder(net: nn.Module, stage, inp_channels: int, d: int, num_blocks: Sequence[int],

@@ -280,13 +280,51 @@ def conv1x1(in_ch: int, out_ch: int, bias: bool = False) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=bias)
 
 
-def check_input_size(x: torch.Tensor, multiple: int = 8, channels: int = 3) -> None:
-    """Raise a clear error unless ``x`` is ``(B, channels, H, W)`` with H, W multiples of ``multiple``."""
+def check_input_size(x: torch.Tensor, multiple: int = 8, channels: int = 3,
+                     weight: torch.Tensor | None = None) -> None:
+    """Raise a clear error unless ``x`` is a float ``(B, channels, H, W)`` batch with H, W multiples of
+    ``multiple``, in the dtype of ``weight`` (a network's first weight; under autocast float32 or its dtype too)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor image batch (B, {channels}, H, W), got {type(x).__name__}; "
+                        f"a numpy (H, W, {channels}) image is torch.from_numpy(img).permute(2, 0, 1)[None]")
     if x.dim() != 4 or x.shape[1] != channels:
-        raise ValueError(f"expected an image batch of shape (B, {channels}, H, W), got {tuple(x.shape)}")
+        raise ValueError(f"expected an image batch of shape (B, {channels}, H, W), got {tuple(x.shape)}"
+                         f"{_shape_hint(tuple(x.shape), channels)}")
+    _check_input_dtype(x, weight)
     h, w = x.shape[-2:]
     if h % multiple or w % multiple:
         raise ValueError(
             f"input height and width must be multiples of {multiple}, got {h}x{w}. Crop or pad the image "
             f"first: tester_bary.py does this with --protocol reference (crop) or --protocol pad "
             f"(reflect-pad and crop back), and utils.eval.inference.restore(..., pad=True) pads for you.")
+
+
+def _shape_hint(shape: tuple[int, ...], channels: int) -> str:
+    """The likely fix of an input of ``shape`` that is not ``(B, channels, H, W)``, or ``""``."""
+    if len(shape) == 3 and shape[0] == channels:
+        return "; one image (C, H, W) is a batch of one as x[None]"
+    if len(shape) == 3 and shape[-1] == channels:
+        return "; an (H, W, C) image is a batch of one as x.permute(2, 0, 1)[None]"
+    if len(shape) == 4 and shape[-1] == channels:
+        return "; a (B, H, W, C) batch is x.permute(0, 3, 1, 2)"
+    if len(shape) == 4 and shape[1] == 1 and channels == 3:
+        return "; a grey batch is x.expand(-1, 3, -1, -1) (this network was built for 3 channels)"
+    return ""
+
+
+def _check_input_dtype(x: torch.Tensor, weight: torch.Tensor | None) -> None:
+    """Raise a clear error unless ``x`` is floating point, in ``weight``'s dtype when autocast is off."""
+    if not x.is_floating_point():
+        raise ValueError(f"expected a floating-point image batch with values in [0, 1], got {x.dtype}; "
+                         f"an 8-bit batch is x.float() / 255")
+    if weight is not None and x.dtype not in _input_dtypes(x.device.type, weight.dtype):
+        raise ValueError(f"the input is {x.dtype} but the network's weights are {weight.dtype}: pass "
+                         f"x.to({weight.dtype}), or convert the network with model.to({x.dtype})")
+
+
+def _input_dtypes(device_type: str, weight_dtype: torch.dtype) -> set[torch.dtype]:
+    """The input dtypes a network with ``weight_dtype`` weights runs: that one, and under autocast also
+    float32 and the autocast dtype (which autocast casts to; it leaves float64 alone)."""
+    if not torch.is_autocast_enabled(device_type):
+        return {weight_dtype}
+    return {weight_dtype, torch.float32, torch.get_autocast_dtype(device_type)}

@@ -62,6 +62,26 @@ def test_output_channels_other_than_the_input_are_refused():
         BaryNet(inp_channels=1, out_channels=3)
 
 
+@pytest.mark.parametrize("x, says", [
+    ((torch.rand(1, 3, 16, 16) * 255).to(torch.uint8), r"x.float\(\) / 255"),
+    (torch.rand(1, 3, 16, 16, dtype=torch.float64), r"x.to\(torch.float32\)"),
+    (torch.rand(3, 16, 16), r"x\[None\]"),
+    (torch.rand(16, 16, 3), r"x.permute\(2, 0, 1\)\[None\]"),
+])
+def test_an_input_of_another_dtype_or_layout_is_named_with_its_fix(x, says):
+    # torch's own errors were 'expected scalar type Byte but found Float' and a bare shape
+    with pytest.raises(ValueError, match=says):
+        build_model("BaryNet", "tiny", num_blocks=[1, 1, 1, 1])(x)
+
+
+def test_the_input_dtypes_a_network_runs_still_run():
+    net = build_model("Restormer", "tiny", num_blocks=[1, 1, 1, 1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net(torch.rand(1, 3, 16, 16, dtype=torch.bfloat16)).shape == (1, 3, 16, 16)
+        assert net(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+    assert net.double()(torch.rand(1, 3, 16, 16, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_restormer_baseline_returns_an_image():
     net = build_model("Restormer", "tiny")
     x = torch.rand(1, 3, 32, 32)
