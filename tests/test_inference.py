@@ -119,3 +119,18 @@ def test_restore_of_a_float64_batch_is_that_of_its_float32_values():
     x = torch.rand(1, 3, 16, 24)
     got = restore(net, x.double(), pad=True)
     assert got.dtype == torch.float32 and torch.equal(got, restore(net, x, pad=True))
+
+
+@pytest.mark.parametrize("x, error, says", [
+    ((torch.rand(1, 3, 16, 16) * 255).to(torch.uint8), ValueError, r"x.float\(\) / 255"),  # was restored as 0..255
+    (np.random.rand(16, 16, 3).astype(np.float32), TypeError, r"torch.from_numpy"),  # was 'has no attribute float'
+    (torch.rand(3, 16, 16), ValueError, r"x\[None\]"),  # was 'required rank 4 tensor to use channels_last'
+])
+def test_restore_names_the_fix_of_an_input_it_cannot_take(x, error, says):
+    with pytest.raises(error, match=says):
+        restore(build_model("Restormer", "tiny", num_blocks=[1, 1, 1, 1]), x, pad=True)
+
+
+def test_restore_runs_a_grey_network_on_a_grey_batch_of_any_size():
+    net = build_model("BaryNet", "tiny", num_blocks=[1, 1, 1, 1], inp_channels=1, out_channels=1)
+    assert restore(net, torch.rand(2, 1, 13, 21), pad=True).shape == (2, 1, 13, 21)

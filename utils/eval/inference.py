@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from net.blocks import set_layernorm_impl
+from net.blocks import check_input_size, set_layernorm_impl
 from utils.compiled import begin_iteration, compile_fn, frozen_weights
 from utils.runtime import to_channels_last
 
@@ -90,13 +90,15 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
 
     Args:
         model: a ``BaryNet`` or ``Restormer``; put on the fast path in place.
-        x: the degraded batch, on the model's device.
+        x: the degraded batch, on the model's device: a float tensor (float64 is restored as float32); a
+            numpy array, an integer (8-bit) batch or one image without its batch dimension is a clear error.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 on GPU only).
         pad: reflect-pad H and W up to multiples of ``multiple`` and crop the result back,
             so inputs of any size work; without it such inputs are an error.
         compile_mode: run the forward ``torch.compile``'d with this mode (:mod:`utils.compiled`; the first
             call of each input size compiles); ``"off"``: eager.
     """
+    check_input_size(x, multiple=1, channels=getattr(model, "config", {}).get("inp_channels", 3))
     prepare_for_inference(model, compile_mode)
     forward, backend = model._compiled_forwards[compile_mode] if compile_mode != "off" else (model, "inductor")
     h, w = x.shape[-2:]
