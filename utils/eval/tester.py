@@ -285,8 +285,10 @@ def main(args) -> dict:
         if protocol.compile != "off":
             print(f"=> --compile {protocol.compile}: the first image of each size compiles the network's forward "
                   f"(minutes; cached under {compile_cache_dir()} for later runs)")
+        made = _provenance(info["model"])  # the checkpoint hashed once, as it was loaded (--resume compares it)
         locks = output_locks(args, save)
-        earlier = _earlier_images(args, sets, save, protocol, device, info, say=args.dry_run) if args.resume else {}
+        earlier = _earlier_images(args, sets, save, protocol, device, info, made, say=args.dry_run) \
+            if args.resume else {}
         if args.dry_run:
             for lock in locks:  # the real run would be refused: so is the dry one
                 lock.check_free()
@@ -307,20 +309,21 @@ def main(args) -> dict:
                 held.enter_context(lock)
             remove_tester_temporaries(args, sets, save)
             if args.resume:  # read again under the lock: no other tester has changed it since
-                earlier = _earlier_images(args, sets, save, protocol, device, info)
+                earlier = _earlier_images(args, sets, save, protocol, device, info, made)
             kept = keep_earlier_outputs(args, sets, inputs, save, keep=kept_outputs(earlier, save))
             if args.input:
-                return _restore_inputs(args, model, info, inputs, protocol, device, save, progress, kept)
-            return _evaluate(args, model, info, sets, protocol, device, save, progress, kept, metrics, earlier)
+                return _restore_inputs(args, model, info, inputs, protocol, device, save, progress, made, kept)
+            return _evaluate(args, model, info, sets, protocol, device, save, progress, made, kept, metrics, earlier)
 
 
-def _earlier_images(args, sets: list[EvalSet], save: Path, protocol: Protocol, device, info: dict,
+def _earlier_images(args, sets: list[EvalSet], save: Path, protocol: Protocol, device, info: dict, made: dict,
                     say: bool = True) -> EarlierImages:
     """``--resume``: the images of ``sets`` the run recorded in ``<save>/results.json`` scored, checked to have
-    scored as this run does; said on one line (``say``)."""
+    scored as this run does (``made``: this run's :func:`_provenance`, its checkpoint's digest); said on one line
+    (``say``)."""
     record = read_earlier_results(save)
     check_same_run(record["protocol"], run_description(protocol, device, info), save / "results.json")
-    check_same_weights(record, file_digest(Path(info["model"])), info["model"], save / "results.json")
+    check_same_weights(record, made["model_sha256"], info["model"], save / "results.json")
     earlier = earlier_images(record, sets, save, subfolders=not args.degset, saves_images=not args.no_images)
     kept, total = sum(len(row) for row in earlier.values()), sum(len(s.items) for s in sets)
     if say:
@@ -330,18 +333,19 @@ def _earlier_images(args, sets: list[EvalSet], save: Path, protocol: Protocol, d
 
 
 def _evaluate(args, model, info, sets: list[EvalSet], protocol: Protocol, device, save: Path, progress: bool,
-              kept: Path | None = None, metrics: tuple | None = None, earlier: EarlierImages | None = None) -> dict:
+              made: dict, kept: Path | None = None, metrics: tuple | None = None,
+              earlier: EarlierImages | None = None) -> dict:
     """``--tasks``/``--degset``: restore and score every set, print the table and write ``results.*`` into
-    ``--save`` (also when stopped, marked partial)."""
+    ``--save`` (also when stopped, marked partial); ``made``: :func:`_provenance`."""
     try:
         results = evaluate_sets(model, sets, protocol, device, save_dir=None if args.no_images else save,
                                 savetar_dir=args.savetar, figs_dir=args.figs_dir if args.figs else None,
                                 fig_images=args.fig_images, subfolders=not args.degset, progress=progress,
                                 model_info=info, skip_bad_files=args.skip_bad_files, metrics=metrics,
                                 earlier=earlier)
-        _record_flags(results, args)
+        _record_flags(results, args, made)
     except EvaluationStopped as stop:
-        _record_flags(stop.results, args)
+        _record_flags(stop.results, args, made)
         paths = _write_and_show(stop.results, save)
         raise _stopped(stop, f"{paths['json']} (.csv, .md)", kept) from stop
     paths = _write_and_show(results, save)
@@ -368,12 +372,12 @@ def _write_and_show(results: dict, save: Path) -> dict[str, Path]:
     return paths
 
 
-def _record_flags(results: dict, args) -> None:
+def _record_flags(results: dict, args, made: dict) -> None:
     """What the results must say beside the protocol: the paper table asked for (and a note when the checkpoint
     was trained on another setting's families, :func:`~utils.eval.paper.setting_note`), a cut to --max-images
     (each set's first N images: its numbers are not the whole set's), and how to run them again (the command, the
-    commit, the versions: :func:`~utils.runtime.provenance`)."""
-    results["provenance"] = _provenance(results["protocol"]["model"])
+    commit, the versions: ``made``, :func:`_provenance`)."""
+    results["provenance"] = made
     if args.compare_paper:
         results["compare_paper"] = args.compare_paper
         note = setting_note(results["protocol"].get("domains"), args.compare_paper)
@@ -389,7 +393,7 @@ def _provenance(model: str) -> dict:
     return {**provenance(), **kernel_setup(), "model_sha256": file_digest(Path(model))}
 
 
-def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, progress: bool,
+def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, progress: bool, made: dict,
                     kept: Path | None = None) -> dict:
     """``--input``: restore the images into ``--save`` and write ``results.json`` (also when stopped).
 
@@ -400,7 +404,7 @@ def _restore_inputs(args, model, info, inputs, protocol, device, save: Path, pro
     if protocol.tile:
         how.update(tile_overlap=protocol.tile_overlap, tile_batch=protocol.tile_batch)
     results = {"model": {k: info[k] for k in ("model", "backbone", "config_from") if k in info}, "run": how,
-               "provenance": _provenance(info["model"])}
+               "provenance": made}
 
     def record(entries: list[dict]) -> list[str]:
         results["restored"] = [e for e in entries if "output" in e]
