@@ -7,15 +7,8 @@ import pytest
 from PIL import Image, ImageOps
 from skimage import data
 
-from utils.data.image_io import (
-    ImageReadError,
-    image_size,
-    lost_on_restoring,
-    quantise,
-    read_image,
-    to_float,
-    write_image,
-)
+from utils.data.image_headers import lost_on_restoring
+from utils.data.image_io import ImageReadError, image_size, quantise, read_image, to_float, write_image
 
 RGB = data.astronaut()[100:148, 150:214]  # 48 x 64, not square so rotations show
 
@@ -738,7 +731,7 @@ def test_a_file_that_cannot_be_opened_is_an_image_read_error_naming_it(tmp_path,
 def test_the_nested_images_hint_counts_each_subfolder_and_is_empty_when_there_is_nothing_to_say(tmp_path):
     """The hint names at most three subfolders with their image counts (hidden ones and non-images left out),
     counts images at any depth below each, and says nothing for a folder without images below it."""
-    from utils.data.image_io import nested_images_hint
+    from utils.data.image_files import nested_images_hint
     assert nested_images_hint(tmp_path) == "" and nested_images_hint(tmp_path / "absent") == ""
     img = np.zeros((4, 4, 3), np.uint8)
     for sub, n in (("a", 1), ("b/deep", 2), ("c", 1), ("d", 3)):

@@ -31,7 +31,8 @@ import tester_bary
 from net.presets import build_model, model_config
 from utils.checkpoints import CheckpointError
 from utils.data import image_io
-from utils.data.image_io import ImageReadError, list_images, read_image, write_image
+from utils.data.image_files import list_images
+from utils.data.image_io import ImageReadError, read_image, write_image
 from utils.data.noise import noise_seed, noisy_version
 from utils.data.pairing import PairingError, match_pairs
 from utils.errors import UserError

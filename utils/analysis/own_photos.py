@@ -31,7 +31,8 @@ from net.presets import WB_BACKBONES
 from utils.analysis.report import embedding_report
 from utils.checkpoints import load_model, model_or_default
 from utils.cli import add_network_size_flags, at_least, network_size_overrides, one_spelling
-from utils.data.image_io import IMAGE_EXTENSIONS, list_images, nested_images_hint, read_image
+from utils.data.image_files import IMAGE_EXTENSIONS, list_images, nested_images_hint
+from utils.data.image_io import read_image
 from utils.demo.data import TEST_LONG_MAX, TEST_SHORT, embedding_views, make_test_image
 from utils.demo.degrade import depth_proxy
 from utils.demo.photos import TEST_PHOTOS, resize
@@ -151,7 +152,7 @@ def demo_photos(max_side: int) -> list[Photo]:
 
 
 def photo_files(folder: Path) -> list[Path]:
-    """The images directly in ``folder``, sorted by name (:func:`utils.data.image_io.list_images`); a
+    """The images directly in ``folder``, sorted by name (:func:`utils.data.image_files.list_images`); a
     :class:`UsageError` naming the folder when it is missing, a file, or holds none."""
     if not folder.exists():
         raise UsageError(f"--photos {folder}: no such folder — pass the folder that holds your clean photos, or "

@@ -23,7 +23,7 @@ from utils.app.restore import (
     precisions_for,
     restore_for_page,
 )
-from utils.data.image_io import IMAGE_EXTENSIONS
+from utils.data.image_files import IMAGE_EXTENSIONS
 
 TITLE = "BaryIR: restore an image"
 

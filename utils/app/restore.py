@@ -38,7 +38,9 @@ import torch.nn as nn
 
 from net.presets import WB_BACKBONES
 from utils.analysis.embeddings import difference_map, latents
-from utils.data.image_io import IMAGE_EXTENSIONS, NOT_KEPT_WHY, is_image, quantise, read_image, to_float, write_image
+from utils.data.image_files import IMAGE_EXTENSIONS, is_image
+from utils.data.image_headers import NOT_KEPT_WHY
+from utils.data.image_io import quantise, read_image, to_float, write_image
 from utils.errors import UserError, exception_chain, failure_message
 from utils.eval.evaluation import EvaluationStopped, restore_files
 from utils.eval.inference import PRECISIONS
@@ -111,7 +113,7 @@ class Restored:
     after: np.ndarray    # (H, W, 3), the same dtype: the restored PNG read back
     seconds: float       # the network's time (reading and writing not included)
     note: str | None     # what automatic tiling chose, when it tiled
-    not_kept: tuple[str, ...] = ()          # what the RGB PNG does not keep (image_io.NOT_KEPT_WHY's keys)
+    not_kept: tuple[str, ...] = ()          # what the RGB PNG does not keep (image_headers.NOT_KEPT_WHY's keys)
     decoder_warnings: tuple[str, ...] = ()  # what libjpeg said, when it decoded the upload over damaged data
 
 

@@ -46,16 +46,9 @@ from utils.data.data_report import (
     count_problem,
     format_report,
 )
-from utils.data.image_io import (
-    is_greyscale,
-    list_images,
-    max_pixels,
-    nested_images_hint,
-    pixels_in_words,
-    read_problem,
-    turned_pair_note,
-    visible_subfolders,
-)
+from utils.data.image_files import list_images, nested_images_hint, visible_subfolders
+from utils.data.image_headers import is_greyscale, turned_pair_note
+from utils.data.image_io import max_pixels, pixels_in_words, read_problem
 from utils.data.integrity import HEADER_THREADS, FileCheck, check_files, decode_files
 from utils.data.pairing import PairingError, SwappedFolders, match_pairs, partners_of
 from utils.errors import UsageError, counted

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from utils.data.image_io import TIFF_SIGNATURES, ImageReadError, _header_size, image_size, quiet_opencv, read_image
+from utils.data.image_headers import TIFF_SIGNATURES, header_size
+from utils.data.image_io import ImageReadError, image_size, quiet_opencv, read_image
 
 HEADER_THREADS = 8  # header reads in flight (hides disk latency; the page cache needs no threads)
 
@@ -70,7 +71,7 @@ def check_file(path: str | os.PathLike) -> FileCheck:
     :func:`~utils.data.image_io.read_image`, to tell a truncated file from one with extra bytes at its end."""
     try:
         with open(path, "rb") as fh:
-            size = _header_size(fh)
+            size = header_size(fh)
             fh.seek(0)
             head = fh.read(34)
             end = fh.seek(0, os.SEEK_END)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from utils.data.image_io import list_images, nested_images_hint
+from utils.data.image_files import list_images, nested_images_hint
 from utils.errors import UserError, listing
 
 _RAIN = re.compile(r"^(?:no)?rain-(.+)$", re.IGNORECASE)

@@ -37,15 +37,9 @@ from utils.data.degradations import (
     check_de_types,
     domain_families,
 )
-from utils.data.image_io import (
-    IMAGE_EXTENSIONS,
-    ImageReadError,
-    list_images,
-    max_pixels,
-    nested_images_hint,
-    read_problem,
-    turned_pair_note,
-)
+from utils.data.image_files import IMAGE_EXTENSIONS, list_images, nested_images_hint
+from utils.data.image_headers import turned_pair_note
+from utils.data.image_io import ImageReadError, max_pixels, read_problem
 from utils.data.integrity import check_files
 from utils.errors import listing
 

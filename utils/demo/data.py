@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from utils.data.image_io import list_images
+from utils.data.image_files import list_images
 from utils.data.noise import noisy_version
 from utils.demo.degrade import (
     BLUR_LENGTH,

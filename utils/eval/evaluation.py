@@ -30,15 +30,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from utils.data.image_io import (
-    NOT_KEPT_WHY,
-    ImageReadError,
-    image_size,
-    lost_on_restoring,
-    quantise,
-    read_image,
-    write_image,
-)
+from utils.data.image_headers import NOT_KEPT_WHY, lost_on_restoring
+from utils.data.image_io import ImageReadError, image_size, quantise, read_image, write_image
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
 from utils.errors import UserError, counted, failure_message, interrupted_line, listing

@@ -22,16 +22,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from utils.data.degradations import LAYOUT
-from utils.data.image_io import (
-    IMAGE_EXTENSIONS,
-    ImageReadError,
-    image_size,
-    is_greyscale,
-    is_image,
-    list_images,
-    turned_pair_note,
-    visible_subfolders,
-)
+from utils.data.image_files import IMAGE_EXTENSIONS, is_image, list_images, visible_subfolders
+from utils.data.image_headers import is_greyscale, turned_pair_note
+from utils.data.image_io import ImageReadError, image_size
 from utils.data.pairing import PairingError, match_pairs
 from utils.errors import listing
 
@@ -238,7 +231,7 @@ def _denoise_sets(task: str, layout: DenoiseLayout, root: Path, notes: list[str]
 
 def greyscale_note(folder: Path, grey: int, total: int) -> str:
     """What the tester and ``--check-data`` say of a denoising set with ``grey`` greyscale images of ``total``
-    (:func:`~utils.data.image_io.is_greyscale`): a grey BSD68, the one grey-denoising papers use, is a common
+    (:func:`~utils.data.image_headers.is_greyscale`): a grey BSD68, the one grey-denoising papers use, is a common
     download for the paper's colour column."""
     which = "all" if grey == total else f"{grey:,} of the {total:,}"
     return (f"{which} clean images in {folder} are greyscale: they are noised and restored as RGB (the grey "

@@ -17,7 +17,8 @@ from utils.checkpoints import REFERENCE_MODEL_NAME, load_model, model_or_default
 from utils.cli import network_size_overrides
 from utils.compiled import CompileError, check_compile, compile_cache_dir
 from utils.data.doctor import tester_check
-from utils.data.image_io import IMAGE_EXTENSIONS, ImageReadError, pixel_limit
+from utils.data.image_files import IMAGE_EXTENSIONS
+from utils.data.image_io import ImageReadError, pixel_limit
 from utils.data.pairing import DEGSET_FLAGS, PairingError
 from utils.errors import UsageError, UserError, counted, listing
 from utils.eval.evaluation import (

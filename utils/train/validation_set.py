@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from utils.data.image_io import image_size, read_problem, turned_pair_note
+from utils.data.image_headers import turned_pair_note
+from utils.data.image_io import image_size, read_problem
 from utils.data.integrity import decode_files
 from utils.data.pairing import DEGSET_FLAGS, match_pairs, partners_of
 from utils.dataset_utils import DatasetError
