@@ -408,7 +408,7 @@ def test_the_loss_figures_title_fits_a_one_panel_figure(tmp_path, monkeypatch):
     fig.canvas.draw()
     title = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
     assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
-    assert "smoothed" in fig._suptitle.get_text()
+    assert "logged values" in fig._suptitle.get_text()
 
 
 def test_epochs_logged_without_iterations_after_some_with_show_their_means(tmp_path, monkeypatch):
@@ -427,5 +427,35 @@ def test_epochs_logged_without_iterations_after_some_with_show_their_means(tmp_p
     plot_loss_curves(log, tmp_path / "fig.png")
     panels = {ax.get_title(): ax for ax in drawn[0].axes if ax.get_title()}
     lines = panels["l1"].get_lines()
-    assert [list(line.get_xdata()) for line in lines] == [[1, 2], [1, 2], [4]]  # raw, smoothed, epoch 2's mean
-    assert list(lines[2].get_ydata()) == [0.3] and "squares: the means of epochs" in drawn[0]._suptitle.get_text()
+    assert [list(line.get_xdata()) for line in lines] == [[1, 2], [4]]  # the logged values (too few to smooth), epoch
+    # 2's mean
+    assert list(lines[1].get_ydata()) == [0.3]
+    assert "squares: the means of epochs" in drawn[0]._suptitle.get_text().replace("\n", " ")
+
+
+def test_a_short_runs_smoothed_loss_curve_ends_where_its_values_end(tmp_path, monkeypatch):
+    """The loss figure smoothed every run with TensorBoard's weight of 0.9 (an average over about 19 points): a
+    short run's 40 logged values of a falling loss drew a solid curve that ended well above where the values
+    ended. The span now grows with the run (a twentieth of its points, at most 19) and the caption says it."""
+    import json
+
+    from utils import plotting
+    from utils.train.run_log import plot_loss_curves, smoothing_span
+    drawn = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
+    values = [1.0 / s for s in range(1, 41)]  # 40 logged values, falling fast then slowly
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"kind": "iter", "global_step": s, "l1": v}) + "\n"
+                           for s, v in enumerate(values, 1)))
+    plot_loss_curves(log, tmp_path / "fig.png")
+    solid = drawn[0].axes[0].get_lines()[-1]
+    end = solid.get_ydata()[-1]
+    assert abs(end - values[-1]) / values[-1] < 0.15, (end, values[-1])  # 0.9's curve ended near 0.04, 60 % above
+    assert "moving average over about 2" in drawn[0]._suptitle.get_text().replace("\n", " ")
+    assert smoothing_span(40) == 2 and smoothing_span(10) == 1 and smoothing_span(10_000) == pytest.approx(19)
+    drawn.clear()
+    log.write_text("".join(json.dumps({"kind": "iter", "global_step": s, "l1": 1.0 / s}) + "\n"
+                           for s in range(1, 201)))
+    plot_loss_curves(log, tmp_path / "fig.png")
+    lines = drawn[0].axes[0].get_lines()
+    assert len(lines) == 2 and "moving average over about 10" in drawn[0]._suptitle.get_text().replace("\n", " ")

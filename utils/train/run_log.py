@@ -201,6 +201,24 @@ def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+# The loss figure's smoothing: a moving average over about this fraction of the logged points, never wider than
+# TensorBoard's default weight of 0.9 (about 19 points).
+SMOOTHING_FRACTION, MOST_SMOOTHING = 0.05, 0.9
+
+
+def smoothing_span(n: int) -> float:
+    """How many logged values the loss figure's smoothing averages over for a curve of ``n`` (a twentieth of
+    them, between 1 and the 19 of a weight of 0.9): a fixed weight of 0.9 over a short run's 30 points drew the
+    curve of its first half's values at its end."""
+    return min(max(1.0, SMOOTHING_FRACTION * n), (1 + MOST_SMOOTHING) / (1 - MOST_SMOOTHING))
+
+
+def smoothing_weight(n: int) -> float:
+    """The moving average's weight for a span of :func:`smoothing_span` values (``1 - 2 / (span + 1)``, the
+    usual equivalence of an exponential average's weight and a window's length); 0 draws the values as they are."""
+    return 1 - 2 / (smoothing_span(n) + 1)
+
+
 def record_lost(path: str | os.PathLike, epoch: int, epoch_start: int) -> bool:
     """Whether the log at ``path`` tells a run up to epoch ``epoch`` (a record at or past ``epoch_start``, the
     global step the epoch began after) but holds no record of that epoch."""
@@ -228,9 +246,10 @@ def loss_curves(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
 def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
                      source: str | None = None) -> Path | None:
     """Draw every logged part of the objective (:data:`LOSS_LABELS`, one panel each: the raw curve faint,
-    smoothed on top; for epochs without iteration records, their means: :func:`loss_curves`) against the global
-    step, and the validation PSNR per epoch, from the JSON-lines log into ``fig_path`` (PNG; ``source``, when
-    given, goes into its ``Source`` text chunk). Returns the path, None if nothing to draw."""
+    smoothed on top over a span that grows with the run, :func:`smoothing_span`; for epochs without iteration
+    records, their means: :func:`loss_curves`) against the global step, and the validation PSNR per epoch, from
+    the JSON-lines log into ``fig_path`` (PNG; ``source``, when given, goes into its ``Source`` text chunk).
+    Returns the path, None if nothing to draw."""
     records = read_log(log_path)
     iters, means = loss_curves(records)
     epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -242,6 +261,7 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
 
     parts = plotted_parts(iters + means)
     only_means = bool(means) and not iters
+    weight = smoothing_weight(len(iters))
     psnr = [(r["epoch"], r["val_psnr"]) for r in epochs if r.get("val_psnr") is not None]
     panels = len(parts) + (1 if psnr else 0)
     ncols = min(4, max(panels, 1))
@@ -253,8 +273,9 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
         xs, ys = _points(iters, key)
         if xs:
             few = {"marker": "o", "ms": 3} if len(xs) < 10 else {}  # a line of one point draws nothing
-            ax.plot(xs, ys, lw=0.6, alpha=0.3, color="C0")
-            ax.plot(xs, smoothed(ys), lw=1.2, color="C0", **few)
+            if weight > 0:
+                ax.plot(xs, ys, lw=0.6, alpha=0.3, color="C0")
+            ax.plot(xs, smoothed(ys, weight), lw=1.2, color="C0", **few)
         mean_xs, mean_ys = _points(means, key)
         if mean_xs:  # a few means: drawn as they are, not smoothed
             ax.plot(mean_xs, mean_ys, "s-" if only_means else "s", ms=4, lw=1.2, color="C0")
@@ -272,7 +293,9 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for ax in flat[panels:]:
         ax.axis("off")
-    how = ("its mean over each epoch (--log-every 0)" if only_means else "faint: logged values; solid: smoothed"
+    line = (f"faint: logged values; solid: their moving average over about {smoothing_span(len(iters)):.0f}"
+            if weight > 0 else "logged values")
+    how = ("its mean over each epoch (--log-every 0)" if only_means else line
            + ("; squares: the means of epochs no iteration of which was logged" if means else ""))
     fig.suptitle(wrapped_to_width(fig, f"training log: each part of the objective ({how})", 10), fontsize=10)
     fig.tight_layout()
