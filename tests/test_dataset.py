@@ -105,7 +105,7 @@ def test_missing_pairs_are_one_error(tmp_path):
     with pytest.raises(DatasetError) as err:
         du.collect_samples(DE_5D, dirs_of(tree), log=lambda m: None)
     msg = str(err.value)
-    assert msg.startswith("4 training file(s) are missing")  # one rainy, two hazy variants, one blur
+    assert msg.startswith("4 training files are missing")  # one rainy, two hazy variants, one blur
     assert "norain-2.png (for rainy/rain-2.png)" in msg
     assert "0001.png (for synthetic/part1/0001_0.8_0.2.png)" in msg and "0001_0.9_0.2.png)" in msg
     assert f"--deblur-dir={tree['deblur']}: {tree['deblur'] / 'blur' / 'img_0.png'} (for sharp/img_0.png)" in msg
@@ -149,7 +149,7 @@ def test_bad_images_are_named(tmp_path):
     with pytest.raises(DatasetError) as err:
         du.check_images(found, patch_size=48)
     msg = str(err.value)
-    assert msg.startswith("3 training image(s) cannot be used")
+    assert msg.startswith("3 training images cannot be used")
     assert "clean_0.png" in msg and "small.png is 40x40 (32x32 after" in msg and "0.png is 48x48 but its target" in msg
     # each file's problem once, then one fix (it read "... Replace or remove it. Replace or remove them, ...")
     assert msg.count("Replace or remove") == 1 and msg.endswith(

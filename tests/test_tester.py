@@ -1590,8 +1590,8 @@ def test_transparency_and_colour_profiles_the_png_does_not_keep_are_said(checkpo
                     "srgb.png": []}
     out = capsys.readouterr()
     said = out.out + out.err
-    assert "the transparency of 1 image(s) is not kept in the restored PNG" in said and "alpha.png" in said
-    assert "the colour profile of 1 image(s) is not kept" in said
+    assert "the transparency of 1 image is not kept in the restored PNG" in said and "alpha.png" in said
+    assert "the colour profile of 1 image is not kept" in said
     saved = json.loads((tmp_path / "o" / "results.json").read_text())
     assert {r["name"]: r.get("not_kept", []) for r in saved["restored"]} == kept
 
@@ -1604,7 +1604,7 @@ def test_an_animation_restored_as_its_first_frame_is_said(checkpoint, tmp_path, 
     res = run("--model", checkpoint, "--input", tmp_path / "clip.webp", "--save", tmp_path / "o")
     assert res["restored"][0]["not_kept"] == ["animation"]
     out = capsys.readouterr()
-    assert "the animation of 1 image(s) is not kept in the restored PNG (only the first frame" in out.out + out.err
+    assert "the animation of 1 image is not kept in the restored PNG (only the first frame" in out.out + out.err
 
 
 def test_an_input_folder_without_images_says_what_it_holds_and_the_fix(checkpoint, tmp_path):

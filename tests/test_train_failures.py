@@ -72,7 +72,7 @@ def test_a_truncated_training_image_is_refused_at_the_start_not_mid_epoch(data, 
     capsys.readouterr()
     assert engine.main(get_args_parser().parse_args([*flags, "--skip-bad-files"])) == 0
     said = capsys.readouterr()
-    assert "!! WARNING: skipping 1 training image(s) (--skip-bad-files)" in said.err
+    assert "!! WARNING: skipping 1 training image (--skip-bad-files)" in said.err
     assert f"{cut} is cut short" in said.err and "skipping" not in said.out
 
 

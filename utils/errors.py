@@ -191,7 +191,12 @@ def table_cell(name: str) -> str:
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``n`` and ``noun``, singular for one: ``'1 seed'``, ``'3 seeds'``, ``'1,203 clean images'`` (``plural``: when
     not ``noun + 's'``)."""
-    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+    return f"{n:,} {one_or_many(n, noun, plural or noun + 's')}"
+
+
+def one_or_many(n: int, one: str, many: str) -> str:
+    """``one`` for a count of 1, else ``many``: the verb after :func:`counted` (``'is'``/``'are'``)."""
+    return one if n == 1 else many
 
 
 def human_bytes(n: float) -> str:

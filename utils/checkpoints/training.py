@@ -24,7 +24,7 @@ from utils.checkpoints.folder import (
 )
 from utils.checkpoints.guard import CheckpointError
 from utils.checkpoints.reading import check_rng_state
-from utils.errors import listing
+from utils.errors import counted, listing, one_or_many
 from utils.files import write_text
 
 FORMAT_VERSION = 1
@@ -173,7 +173,8 @@ def check_optimizer_state(optimizer, saved: Any, source: str = "the checkpoint",
             if isinstance(v, torch.Tensor) and v.numel() > 1 and v.shape != params[key].shape:
                 bad.append(f"{key}.{name}: {tuple(v.shape)} vs parameter {tuple(params[key].shape)}")
     if bad:
-        raise refuse(f"{len(bad)} saved tensor(s) do not fit this run's parameters ("
+        do = one_or_many(len(bad), "does", "do")
+        raise refuse(f"{counted(len(bad), 'saved tensor')} {do} not fit this run's parameters ("
                      + listing(bad, sep="; ", lead="") + ")")
 
 

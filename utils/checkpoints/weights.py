@@ -8,7 +8,7 @@ import torch
 
 from utils.checkpoints.guard import MAX_MODULE_VISITS, MAX_NESTING, CheckpointError
 from utils.checkpoints.unpickling import _Inert
-from utils.errors import LIST_LIMIT, listing
+from utils.errors import LIST_LIMIT, counted, listing, one_or_many
 
 # Tensors that reference checkpoints carry but no forward pass uses
 # (tests/conformance/legacy_unused_keys.txt).
@@ -173,7 +173,8 @@ def load_weights(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source:
             + ". Pick the matching --backbone and --preset (or model flags) for this checkpoint.")
     bad = [k for k, v in sd.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
     if bad:
-        raise CheckpointError(f"refusing to load {source}: {len(bad)} weight tensor(s) hold NaN or Inf ("
+        hold = one_or_many(len(bad), "holds", "hold")
+        raise CheckpointError(f"refusing to load {source}: {counted(len(bad), 'weight tensor')} {hold} NaN or Inf ("
                               + listing(bad, sep=", ", lead="") + "); the training that wrote it diverged, "
                               "use an earlier checkpoint")
     model.load_state_dict(sd, strict=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from utils.data.image_files import list_images, nested_images_hint
-from utils.errors import UserError, listing
+from utils.errors import UserError, counted, listing, one_or_many
 
 _RAIN = re.compile(r"^(?:no)?rain-(.+)$", re.IGNORECASE)
 _HAZE = re.compile(r"^(.+?)_[0-9.]+_[0-9.]+$")
@@ -100,7 +100,8 @@ def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
                              f"{target_dir} rain-N ones: the two look swapped (the degraded folder holds rain-N, "
                              f"the target folder norain-N); swap them")
     if unpaired and not skip_unpaired:
-        raise PairingError(f"{len(unpaired)} degraded image(s) in {degraded_dir} have no target of the same "
-                           f"name in {target_dir}:{listing(p.name for p in unpaired)}. Rename them to match "
+        have = one_or_many(len(unpaired), "has", "have")
+        raise PairingError(f"{counted(len(unpaired), 'degraded image')} in {degraded_dir} {have} no target of the "
+                           f"same name in {target_dir}:{listing(p.name for p in unpaired)}. Rename them to match "
                            f"(rain-N pairs with norain-N), or {fix}.")
     return pairs, unpaired

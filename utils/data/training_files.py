@@ -41,7 +41,7 @@ from utils.data.image_files import IMAGE_EXTENSIONS, list_images, nested_images_
 from utils.data.image_headers import turned_pair_note
 from utils.data.image_io import ImageReadError, max_pixels, read_problem
 from utils.data.integrity import check_files
-from utils.errors import listing
+from utils.errors import counted, listing, one_or_many
 
 _FEW = 5  # names shown per id list whose ids are absent
 
@@ -306,13 +306,14 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
                           + "; ".join(d.describe() for d in dropped) + ". Pass --strict-ids to stop instead.")
     if missing:
         lines = [f"{LAYOUT[f][0]}={dirs[f]}: {p} (for {n})" for f, p, n in missing]
-        msg = (f"{len(missing)} training file(s) are missing (a rainy image needs gt/norain-N, a hazy "
+        are, their = one_or_many(len(missing), "is", "are"), one_or_many(len(missing), "its", "their")
+        msg = (f"{counted(len(missing), 'training file')} {are} missing (a rainy image needs gt/norain-N, a hazy "
                f"ID_A_B image needs original/ID, a sharp image needs a same-named blur image, low and "
                f"degraded images need a same-named file in high and target):{listing(lines)}")
         if not skip_bad:
             raise DatasetError(msg + ". Add the files, fix the folder flags, or pass --skip-bad-files to "
                                      "train without them.")
-        warned(log, warn)(f"skipping {len(missing)} sample(s) without their files (--skip-bad-files): {msg}")
+        warned(log, warn)(f"skipping {counted(len(missing), 'sample')} without {their} files (--skip-bad-files): {msg}")
     for fam, pairs in found.items():
         if not pairs:
             folder, recursive = scanned_folder(fam, Path(dirs[fam]))
@@ -374,11 +375,11 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
             continue
         keep[fam].append(pair)
     if bad:
-        msg = f"{len(bad)} training image(s) cannot be used:{listing(bad)}"
+        msg = f"{counted(len(bad), 'training image')} cannot be used:{listing(bad)}"
         if not skip_bad:
             smaller = ", lower --patch-size" if any("smaller than --patch-size" in b for b in bad) else ""
             raise DatasetError(f"{msg}. Replace or remove them{smaller}, or pass --skip-bad-files.")
-        warned(log, warn)(f"skipping {len(bad)} training image(s) (--skip-bad-files): {msg}")
+        warned(log, warn)(f"skipping {counted(len(bad), 'training image')} (--skip-bad-files): {msg}")
     for fam, pairs in keep.items():
         if not pairs:
             raise DatasetError(f"no usable {fam} training images remain (all {len(found[fam])} were bad)")

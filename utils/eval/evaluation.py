@@ -34,7 +34,7 @@ from utils.data.image_headers import NOT_KEPT_WHY, lost_on_restoring
 from utils.data.image_io import ImageReadError, image_size, quantise, read_image, write_image
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
-from utils.errors import UserError, counted, failure_message, interrupted_line, listing
+from utils.errors import UserError, counted, failure_message, interrupted_line, listing, one_or_many
 from utils.eval.inference import prepare_for_inference
 from utils.eval.metrics import FID, LPIPS, image_metrics, smallest_scorable_side
 from utils.eval.outputs import figure_names, output_names
@@ -546,8 +546,9 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
         names = [e["name"] for e in done if what in e.get("not_kept", ())]
         if names:
             try:
-                tqdm.write(f"note: the {what} of {len(names)} image(s) is not kept in the restored PNG ({why}):"
-                           f"{listing(names)}")
+                are = one_or_many(len(names), "is", "are")
+                tqdm.write(f"note: the {what} of {counted(len(names), 'image')} {are} not kept in the restored PNG "
+                           f"({why}):{listing(names)}")
             except OutputClosed:  # nobody reads on: the caller still records every image restored
                 break
     return done

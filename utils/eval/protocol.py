@@ -24,7 +24,7 @@ import torch.nn as nn
 from utils.compiled import COMPILE_MODES
 from utils.data.image_io import quantise, to_float
 from utils.data.noise import SEED_RULE
-from utils.errors import UsageError, UserError, human_bytes
+from utils.errors import UsageError, UserError, counted, human_bytes
 from utils.eval.inference import PRECISIONS, check_tiling, is_out_of_memory, restore, restore_tiled
 from utils.eval.metrics import METRIC_SPACES, SSIM_KINDS
 from utils.memory import TILE_SIDES, TILED_IMAGE_BYTES_PER_PIXEL, available_bytes, choose_tile, restore_need
@@ -230,6 +230,6 @@ def restore_array(model: nn.Module, img: np.ndarray, protocol: Protocol, device:
     out = out[0].permute(1, 2, 0).numpy()
     bad = int(out.size - np.isfinite(out).sum())
     if bad:  # quantising would make NaN black and inf white, and score and save that without a word
-        raise NonFiniteOutput(f"{name}: the network's output has {bad} non-finite value(s) (NaN or inf) of {out.size}"
-                              f" ({protocol.precision}); use --precision fp32, or check the checkpoint")
+        raise NonFiniteOutput(f"{name}: the network's output has {counted(bad, 'non-finite value')} (NaN or inf) "
+                              f"of {out.size:,} ({protocol.precision}); use --precision fp32, or check the checkpoint")
     return out, seconds

@@ -26,7 +26,7 @@ from utils.data.image_files import IMAGE_EXTENSIONS, is_image, list_images, visi
 from utils.data.image_headers import is_greyscale, turned_pair_note
 from utils.data.image_io import ImageReadError, image_size
 from utils.data.pairing import PairingError, match_pairs
-from utils.errors import listing
+from utils.errors import counted, listing, one_or_many
 
 PAPER_TASKS = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze", "deblur", "lowlight")
 
@@ -144,7 +144,8 @@ def _validate_sizes(pairs: Sequence[tuple[Path, Path]], skip: bool, where: str,
             bad.append(f"{deg.name} {sd[0]}x{sd[1]} vs target {tar.name} {st[0]}x{st[1]}"
                        f"{turned_pair_note(deg, tar, sd, st)}")
     if bad and not skip:
-        raise PairingError(f"{len(bad)} pair(s) in {where} differ in size (height x width):{listing(bad)}. "
+        differ = one_or_many(len(bad), "differs", "differ")
+        raise PairingError(f"{counted(len(bad), 'pair')} in {where} {differ} in size (height x width):{listing(bad)}. "
                            f"Fix or remove them, or pass --skip-unpaired to leave them out.")
     return good, [f"{b} (size mismatch)" for b in bad], unreadable
 
@@ -307,10 +308,15 @@ def _why_no_images(folder: Path) -> str:
     """What an ``--input`` folder without images holds instead, and the fix, as `` (...)`` ('' when it is empty)."""
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     others, subfolders = [p for p in entries if p.is_file()], [p for p in entries if p.is_dir()]
-    why = [f"its {len(others)} file(s) are not of a kind read here ({' '.join(IMAGE_EXTENSIONS)}), e.g. "
-           f"{others[0].name}: convert them, e.g. to PNG"] if others else []
-    why += [f"its {len(subfolders)} subfolder(s) are not read: pass them, e.g. --input {folder / '*'}/"] \
-        if subfolders else []
+    why = []
+    if others:
+        are, them = one_or_many(len(others), "is", "are"), one_or_many(len(others), "it", "them")
+        why.append(f"its {counted(len(others), 'file')} {are} not of a kind read here ({' '.join(IMAGE_EXTENSIONS)}), "
+                   f"e.g. {others[0].name}: convert {them}, e.g. to PNG")
+    if subfolders:
+        are, them = one_or_many(len(subfolders), "is", "are"), one_or_many(len(subfolders), "it", "them")
+        why.append(f"its {counted(len(subfolders), 'subfolder')} {are} not read: pass {them}, e.g. --input "
+                   f"{folder / '*'}/")
     return f" ({'; '.join(why)})" if why else ""
 
 

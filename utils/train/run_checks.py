@@ -15,7 +15,7 @@ from utils.cli import network_size_overrides
 from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family
 from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
-from utils.errors import UserError, human_bytes
+from utils.errors import UserError, counted, human_bytes
 from utils.eval.outputs import check_writable_folder
 from utils.files import FREE_SPACE_MARGIN, DiskFullError
 from utils.memory import (
@@ -42,7 +42,7 @@ def check_args(args) -> int:
     k = num_sources(de_types)
     if args.num_sources is not None and args.num_sources != k and args.backbone in WB_BACKBONES:
         raise ConfigError(f"--num-sources {args.num_sources} does not match --de-type {' '.join(de_types)}, "
-                          f"which spans {k} source domain(s) (families: noise levels count once). Drop "
+                          f"which spans {counted(k, 'source domain')} (families: noise levels count once). Drop "
                           f"--num-sources or pass --num-sources {k}.")
     if args.patch_size < 16 or args.patch_size % 8:
         raise ConfigError(f"--patch-size must be a multiple of 8 and at least 16, got {args.patch_size}")

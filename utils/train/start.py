@@ -301,10 +301,11 @@ def continue_with_batch(resumed: dict, args: argparse.Namespace, info: DistInfo,
         return state
     used = int(resumed["iteration"]) * was[0] * was[1]
     iteration = used // (now[0] * now[1])
-    console.warn(f"resuming mid-epoch with batch {now[0]} x {now[1]} process(es) where the checkpoint ran "
-                 f"{was[0]} x {was[1]}: epoch {state.epoch} continues after the {used} samples used, at iteration "
-                 f"{iteration + 1} of the new batch ({used - iteration * now[0] * now[1]} sample(s) seen again); its "
-                 f"batches are not those the interrupted run would have drawn")
+    again = counted(used - iteration * now[0] * now[1], "sample")
+    console.warn(f"resuming mid-epoch with batch {now[0]} x {counted(now[1], 'process', 'processes')} where the "
+                 f"checkpoint ran {was[0]} x {was[1]}: epoch {state.epoch} continues after the {used} samples used, at "
+                 f"iteration {iteration + 1} of the new batch ({again} seen again); its batches are not those the "
+                 f"interrupted run would have drawn")
     return replace(state, iteration=iteration)  # the losses summed so far stay the epoch's
 
 
