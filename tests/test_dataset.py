@@ -120,7 +120,7 @@ def test_long_missing_list_is_cut_at_20(tmp_path):
     img = smooth_image(np.random.default_rng(0), 32)
     for i in range(2, 27):
         _write(tree["derain"] / "rainy" / f"rain-{i}.png", img)
-    with pytest.raises(DatasetError, match=r"25 training file\(s\).*\.\.\. and 15 more"):
+    with pytest.raises(DatasetError, match=r"25 training files are missing.*\.\.\. and 15 more"):
         du.collect_samples(["derain"], dirs_of(tree), log=lambda m: None)
 
 
@@ -442,7 +442,7 @@ def test_rain_pairs_unpacked_flat_are_named_with_the_layout_they_need(tmp_path):
 def test_listed_rainy_image_without_gt_is_a_pairing_error(tmp_path):
     tree = make_train_tree(tmp_path, n=2, id_lists=True)
     os.remove(tree["derain"] / "gt" / "norain-2.png")
-    with pytest.raises(DatasetError, match=r"1 training file\(s\) are missing[\s\S]*norain-2.png "
+    with pytest.raises(DatasetError, match=r"1 training file is missing[\s\S]*norain-2.png "
                                            r"\(for rainy/rain-2.png\)"):
         du.collect_samples(["derain"], dirs_of(tree), tree["data_file_dir"], log=lambda m: None)
     logged = []

@@ -1612,13 +1612,13 @@ def test_an_input_folder_without_images_says_what_it_holds_and_the_fix(checkpoin
     'the folder holds no images': untrue for the latter, and no fix for either."""
     (tmp_path / "photos" / "2023").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photos" / "2023" / "a.png")
-    with pytest.raises(ImageReadError, match=r"holds no images \(its 1 subfolder\(s\) are not read: pass them, e\.g\. "
+    with pytest.raises(ImageReadError, match=r"holds no images \(its 1 subfolder is not read: pass it, e\.g\. "
                                              r"--input .*photos/\*/\)$"):
         run("--model", checkpoint, "--input", tmp_path / "photos", "--save", tmp_path / "o")
     (tmp_path / "gifs").mkdir()
     (tmp_path / "gifs" / "x.gif").write_bytes(b"GIF89a")
-    with pytest.raises(ImageReadError, match=r"holds no images \(its 1 file\(s\) are not of a kind read here "
-                                             r"\(\.png .*\), e\.g\. x\.gif: convert them, e\.g\. to PNG\)$"):
+    with pytest.raises(ImageReadError, match=r"holds no images \(its 1 file is not of a kind read here "
+                                             r"\(\.png .*\), e\.g\. x\.gif: convert it, e\.g\. to PNG\)$"):
         run("--model", checkpoint, "--input", tmp_path / "gifs", "--save", tmp_path / "o")
 
 

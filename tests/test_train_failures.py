@@ -392,7 +392,7 @@ def test_skip_bad_files_leaves_unpaired_and_damaged_validation_pairs_out(data, t
                                            "--nEpochs", "1"]
     assert engine.run_cli(get_args_parser().parse_args(flags + ["--dry-run"])) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert "rain-9.png" in line and "have no target of the same name" in line and "--skip-bad-files" in line, line
+    assert "rain-9.png" in line and "has no target of the same name" in line and "--skip-bad-files" in line, line
     assert engine.run_cli(get_args_parser().parse_args(flags + ["--skip-bad-files"])) == 0
     said = capsys.readouterr()
     [warning] = [w for w in said.err.splitlines() if "WARNING" in w]

@@ -100,8 +100,8 @@ def match_pairs(degraded_dir: str | os.PathLike, target_dir: str | os.PathLike,
                              f"{target_dir} rain-N ones: the two look swapped (the degraded folder holds rain-N, "
                              f"the target folder norain-N); swap them")
     if unpaired and not skip_unpaired:
-        have = one_or_many(len(unpaired), "has", "have")
+        have, them = one_or_many(len(unpaired), "has", "have"), one_or_many(len(unpaired), "it", "them")
         raise PairingError(f"{counted(len(unpaired), 'degraded image')} in {degraded_dir} {have} no target of the "
-                           f"same name in {target_dir}:{listing(p.name for p in unpaired)}. Rename them to match "
+                           f"same name in {target_dir}:{listing(p.name for p in unpaired)}. Rename {them} to match "
                            f"(rain-N pairs with norain-N), or {fix}.")
     return pairs, unpaired

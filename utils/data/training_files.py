@@ -311,8 +311,9 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
                f"ID_A_B image needs original/ID, a sharp image needs a same-named blur image, low and "
                f"degraded images need a same-named file in high and target):{listing(lines)}")
         if not skip_bad:
-            raise DatasetError(msg + ". Add the files, fix the folder flags, or pass --skip-bad-files to "
-                                     "train without them.")
+            them = one_or_many(len(missing), "it", "them")
+            raise DatasetError(msg + f". Add {them}, fix the folder flags, or pass --skip-bad-files to train without "
+                                     f"{them}.")
         warned(log, warn)(f"skipping {counted(len(missing), 'sample')} without {their} files (--skip-bad-files): {msg}")
     for fam, pairs in found.items():
         if not pairs:
@@ -378,7 +379,8 @@ def check_images(found: dict[str, list[Pair]], patch_size: int, skip_bad: bool =
         msg = f"{counted(len(bad), 'training image')} cannot be used:{listing(bad)}"
         if not skip_bad:
             smaller = ", lower --patch-size" if any("smaller than --patch-size" in b for b in bad) else ""
-            raise DatasetError(f"{msg}. Replace or remove them{smaller}, or pass --skip-bad-files.")
+            raise DatasetError(f"{msg}. Replace or remove {one_or_many(len(bad), 'it', 'them')}{smaller}, or pass "
+                               f"--skip-bad-files.")
         warned(log, warn)(f"skipping {counted(len(bad), 'training image')} (--skip-bad-files): {msg}")
     for fam, pairs in keep.items():
         if not pairs:
