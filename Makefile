@@ -5,10 +5,13 @@
 #   make app    the local web app: restore an image in the browser (ARGS="--model PATH --port N")
 #   make bench  the CPU inference benchmark (bench/bench_inference.py; about 5 min, run it alone)
 #   make clean-demo   delete the demo's data, checkpoints and results (the next make demo starts afresh)
-#   demo, app and bench pass ARGS on to their script: make demo ARGS=--quick, make bench ARGS="--rounds 1"
+#   demo, app and bench pass ARGS on to their script: make demo ARGS=--quick, make bench ARGS="--rounds 1";
+#   test and test-quick to pytest: make test-quick ARGS="-k tiling -x"
 # Each creates .venv, installs requirements.txt and the project itself (pip install -e .) when
 # missing or stale. `make app` and `make test` also install requirements-app.txt (Gradio, Selenium);
 # `make test` also installs headless Chromium for the browser test when it can (utils/app/ensure_browser.sh).
+# PYTHON makes the venv (3.10 or newer): make demo PYTHON=python3.12. A .venv whose Python is gone (removed,
+# upgraded) is made again.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -19,11 +22,28 @@ ARGS   ?=
 # most of its time starts processes); WORKERS=0 runs it in one process
 WORKERS ?= 2
 
-.PHONY: test test-quick demo bench clean-demo app browser
+# (Re)make the venv with PYTHON; a Python too old, or none, is refused in one line before anything is written
+NEW_ENOUGH := -c 'import sys; sys.exit(sys.version_info < (3, 10))'
+NEW_VENV = { { $(PYTHON) $(NEW_ENOUGH) 2>/dev/null || { echo "error: PYTHON=$(PYTHON) is \
+$$($(PYTHON) --version 2>/dev/null || echo not found); BaryIR needs Python 3.10 or newer: install one and name it, \
+e.g. make $(or $(MAKECMDGOALS),demo) PYTHON=python3.11" >&2; exit 1; }; } && $(PYTHON) -m venv --clear $(VENV); }
 
-$(STAMP): requirements.txt pyproject.toml
-	@# none yet, or one left without pip (a failed start, another tool): pip is added, the venv made only if need be
-	@$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip -q >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
+.PHONY: test test-quick demo bench clean-demo app browser
+# one recipe at a time, also under make -j or MAKEFLAGS=-j: `make clean-demo demo` must not delete what the demo
+# writes, nor `make demo app` install into .venv while the demo runs from it
+.NOTPARALLEL:
+
+# none yet, or its link to a Python since removed: a new venv, whose new pyvenv.cfg has the packages installed
+# again below (its python links to an interpreter older than the stamp)
+$(PY):
+	@$(NEW_VENV)
+$(VENV)/pyvenv.cfg: ;
+
+$(STAMP): $(PY) $(VENV)/pyvenv.cfg requirements.txt pyproject.toml
+	@# a venv of a Python too old, or one left without pip (a failed start, another tool): pip is added, the venv
+	@# made again only if need be
+	@$(PY) $(NEW_ENOUGH) 2>/dev/null || $(NEW_VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip -q >/dev/null 2>&1 || $(NEW_VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
@@ -36,10 +56,10 @@ browser:
 	@sh utils/app/ensure_browser.sh
 
 test: $(STAMP) $(APP_STAMP) browser
-	$(PY) -m pytest -q -n $(WORKERS) tests
+	$(PY) -m pytest -q -n $(WORKERS) tests $(ARGS)
 
 test-quick: $(STAMP)
-	$(PY) -m pytest -q -n $(WORKERS) -m "not slow" tests
+	$(PY) -m pytest -q -n $(WORKERS) -m "not slow" tests $(ARGS)
 
 demo: $(STAMP)
 	$(PY) -m utils.demo $(ARGS)
