@@ -68,6 +68,7 @@ from utils.train.run_log import (
     JsonlLog,
     Rate,
     draw_loss_figure,
+    plain_line_due,
     progress,
     progress_line,
     record_lost,
@@ -111,6 +112,7 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
                    enabled=console.enabled)
     stopped = False
     rate = Rate()
+    shown_at: float | None = None  # when the last plain progress line was printed
     tic = time.perf_counter()
     try:
         # zip asks range first: no batch is loaded beyond the epoch's (possibly capped) length
@@ -135,8 +137,10 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
                 shown = {label: f"{losses[k]:.4g}" for k, label in LOSS_LABELS
                          if k in ("l1", "transport", "potentials", "congruence") and k in losses}
                 bar.set_postfix(shown | {"lr": f"{lr:.2e}"}, refresh=False)
-                if bar.disable:  # no terminal: one plain line instead of the bar
+                if bar.disable and plain_line_due(None if shown_at is None else toc - shown_at, state.iteration,
+                                                  iters_in_epoch):  # no terminal: a plain line now and then
                     console(progress_line(state.epoch, state.iteration, iters_in_epoch, losses, lr, rate))
+                    shown_at = toc
             tic = toc
             stopped = any_rank(stop.requested, training.info)
             if stopped:

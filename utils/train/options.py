@@ -174,7 +174,8 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="cap an epoch at N iterations (demos, tests); 0: the full repeated data set")
     new.add_argument("--log-every", dest="log_every", type=int, default=10,
                      help="log (and show) the losses every N iterations (and each epoch's first); 0: no iteration "
-                          "records, the epochs' means only")
+                          "records, the epochs' means only. Without a terminal (output redirected) a plain line shows "
+                          "them at most every 30 s, and at each epoch's first and last")
     new.add_argument("--repeat", nargs="+", default=None, metavar="NAME=N",
                      help="per-epoch repetition of each image of a degradation type, replacing the paper's "
                           "factors (each noise level x5, but denoise_25 x15 when trained without both denoise_15 "

@@ -432,6 +432,18 @@ def progress_line(epoch: int, iteration: int, total: int, losses: dict[str, floa
             f"epoch ETA {rate.eta(total - iteration)}")
 
 
+PLAIN_LINE_SECONDS = 30.0  # without a terminal, at most one progress line this often (the log has every one)
+
+
+def plain_line_due(since_last: float | None, iteration: int, total: int,
+                   min_seconds: float = PLAIN_LINE_SECONDS) -> bool:
+    """Whether a logged iteration prints its plain progress line (no terminal: output redirected to a file, a
+    scheduler's log): the first of a start (``since_last`` None: nothing printed yet), the epoch's last, and
+    otherwise one at most every ``min_seconds``. At the paper's pace (about 4 iterations a second, a line every
+    ``--log-every 10``) one per logged iteration came to some 860,000 lines over 120 epochs."""
+    return since_last is None or iteration == total or since_last >= min_seconds
+
+
 def progress(iterable: Iterable, total: int, desc: str, enabled: bool = True, initial: int = 0) -> tqdm:
     """A tqdm bar on rank 0 when stderr is a terminal (``bar.disable`` tells the caller to print
     plain lines instead). It shows it/s itself; the trainer puts the losses and lr in its postfix."""
