@@ -28,7 +28,9 @@ NEW_VENV = { { $(PYTHON) $(NEW_ENOUGH) 2>/dev/null || { echo "error: PYTHON=$(PY
 $$($(PYTHON) --version 2>/dev/null || echo not found); BaryIR needs Python 3.10 or newer: install one and name it, \
 e.g. make $(or $(MAKECMDGOALS),demo) PYTHON=python3.11" >&2; exit 1; }; } && $(PYTHON) -m venv --clear $(VENV); }
 
-.PHONY: test test-quick demo bench clean-demo app browser
+.PHONY: help test test-quick demo bench clean-demo app browser
+# `make` alone lists the commands above (it made .venv and stopped, without a word)
+.DEFAULT_GOAL := help
 # one recipe at a time, also under make -j or MAKEFLAGS=-j: `make clean-demo demo` must not delete what the demo
 # writes, nor `make demo app` install into .venv while the demo runs from it
 .NOTPARALLEL:
@@ -51,6 +53,9 @@ $(STAMP): $(PY) $(VENV)/pyvenv.cfg requirements.txt pyproject.toml
 $(APP_STAMP): $(STAMP) requirements-app.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-app.txt
 	@touch $(APP_STAMP)
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
 
 browser:
 	@sh utils/app/ensure_browser.sh

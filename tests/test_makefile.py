@@ -125,3 +125,14 @@ def test_make_test_passes_args_on_to_pytest(tmp_path, target, tail):
     shown = make(folder, "-n", target, "WORKERS=3", "ARGS=-k tiling -x").stdout
     [line] = [ln for ln in shown.splitlines() if "-m pytest" in ln]
     assert line.endswith(f"{tail} -k tiling -x"), line
+
+
+def test_make_alone_lists_the_commands_and_installs_nothing(tmp_path):
+    """`make` with no goal made .venv (its first rule) and stopped without a word of what to run next."""
+    folder = project(tmp_path)
+    done = make(folder, f"PYTHON={fake_python(tmp_path / 'python3')}")
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout.splitlines()
+    for goal in ("demo", "test", "test-quick", "app", "bench", "clean-demo"):
+        assert any(line.startswith(f"make {goal} ") for line in listed), goal
+    assert not (folder / ".venv").exists() and not (folder / "calls.log").exists()
