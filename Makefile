@@ -10,8 +10,8 @@
 # Each creates .venv, installs requirements.txt and the project itself (pip install -e .) when
 # missing or stale. `make app` and `make test` also install requirements-app.txt (Gradio, Selenium);
 # `make test` also installs headless Chromium for the browser test when it can (utils/app/ensure_browser.sh).
-# PYTHON makes the venv (3.10 or newer): make demo PYTHON=python3.12. A .venv whose Python is gone (removed,
-# upgraded) is made again.
+# PYTHON makes the venv (3.10 or newer), when there is none: rm -rf .venv; make demo PYTHON=python3.12. A .venv
+# whose Python is gone (removed, upgraded) is made again.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
