@@ -26,7 +26,8 @@ WORKERS ?= 2
 NEW_ENOUGH := -c 'import sys; sys.exit(sys.version_info < (3, 10))'
 NEW_VENV = { { $(PYTHON) $(NEW_ENOUGH) 2>/dev/null || { echo "error: PYTHON=$(PYTHON) is \
 $$($(PYTHON) --version 2>/dev/null || echo not found); BaryIR needs Python 3.10 or newer: install one and name it, \
-e.g. make $(or $(MAKECMDGOALS),demo) PYTHON=python3.11" >&2; exit 1; }; } && $(PYTHON) -m venv --clear $(VENV); }
+e.g. make $(or $(MAKECMDGOALS),demo) PYTHON=python3.11" >&2; exit 1; }; } \
+	&& echo "making $(VENV) with $(PYTHON) ($$($(PYTHON) --version))" && $(PYTHON) -m venv --clear $(VENV); }
 
 .PHONY: help test test-quick demo bench clean-demo app browser
 # `make` alone lists the commands above (it made .venv and stopped, without a word)

@@ -68,6 +68,7 @@ def test_a_venv_whose_python_is_gone_is_made_again_and_filled(tmp_path):
     done = make(folder, "demo", f"PYTHON={python}")
     assert done.returncode == 0, done.stdout + done.stderr
     started = [c for c in calls(folder) if c.startswith("start")]
+    assert f"making .venv with {python} (Python 3.11.7)" in done.stdout.splitlines()  # not a silent wait
     install = "start -m pip install -q --disable-pip-version-check -r requirements.txt"
     assert started.index("start -m venv --clear .venv") < started.index(install) < started.index("start -m utils.demo")
 
