@@ -11,7 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -159,9 +159,14 @@ def weights_digest(*modules: torch.nn.Module | None) -> int:
 
 def gather_ints(value: int, info: DistInfo) -> list[int]:
     """Every rank's ``value``, in rank order."""
+    return [row[0] for row in gather_int_rows([value], info)]
+
+
+def gather_int_rows(values: Sequence[int], info: DistInfo) -> list[list[int]]:
+    """Every rank's ``values`` (the same count on every rank), in rank order, in one collective."""
     if not info.distributed:
-        return [int(value)]
-    t = torch.tensor([int(value)], dtype=torch.long, device=info.device)
+        return [[int(v) for v in values]]
+    t = torch.tensor([int(v) for v in values], dtype=torch.long, device=info.device)
     out = [torch.zeros_like(t) for _ in range(info.world_size)]
     dist.all_gather(out, t)
-    return [int(x.item()) for x in out]
+    return [x.tolist() for x in out]

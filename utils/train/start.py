@@ -53,7 +53,7 @@ from utils.train.distributed import (
     broadcast_int,
     broadcast_module,
     broadcast_text,
-    gather_ints,
+    gather_int_rows,
 )
 from utils.train.losses import Objective
 from utils.train.options import ConfigError, resolve_data_file_dir, resolve_objective, run_dir
@@ -237,8 +237,8 @@ def same_data_on_every_rank(dataset: MixedDegradationDataset | None, failure: Us
         if failure is not None:
             raise failure
         return
-    prints = gather_ints(-1 if dataset is None else dataset.fingerprint(), info)
-    sizes = gather_ints(-1 if dataset is None else len(dataset), info)
+    rows = gather_int_rows([-1, -1] if dataset is None else [dataset.fingerprint(), len(dataset)], info)
+    prints, sizes = [row[0] for row in rows], [row[1] for row in rows]
     failed = [rank for rank, p in enumerate(prints) if p < 0]
     if failure is not None:
         if 0 not in failed:  # rank 0 found the data: this rank's line is the one that says why
