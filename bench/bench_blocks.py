@@ -26,7 +26,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from net.blocks import Attention, FeedForward
     from utils.cli import at_least
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
-    from utils.runtime import tune_cpu_allocator
+    from utils.runtime import machine_info, machine_line, tune_cpu_allocator
 
 
 def best_ms(fn, repeats: int) -> float:
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 def bench(a: argparse.Namespace) -> None:
     tune_cpu_allocator()
     torch.manual_seed(0)
-    print(f"GDFN and MDTA, 1 x C x {a.size} x {a.size}, channels_last, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; best of {a.repeats} (ms)\n")
+    print(f"GDFN and MDTA, 1 x C x {a.size} x {a.size}, channels_last; best of {a.repeats} (ms); "
+          f"{machine_line(machine_info())}\n")
     print("| block | channels | precision | plain forms | split forms | speed-up | max abs difference |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for channels in (48, 96):

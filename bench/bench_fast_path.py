@@ -45,7 +45,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.eval.outputs import check_writable_folder  # noqa: E402
     from utils.files import keep_aside, write_text  # noqa: E402
     from utils.processes import run_in_session  # noqa: E402
-    from utils.runtime import pick_device, stop_signals_as_interrupt  # noqa: E402
+    from utils.runtime import machine_info, machine_line, pick_device, stop_signals_as_interrupt  # noqa: E402
     from utils.train.run_log import LOSS_LABELS, read_log  # noqa: E402
 
 PARTS = ("map",) + tuple(k for k, _ in LOSS_LABELS)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(a: argparse.Namespace) -> None:
     stop_signals_as_interrupt()  # SIGTERM stops it as Ctrl-C does: one line, the trainer run stopped with it
-    pick_device(a.device)  # no GPU visible for --device cuda: said now, not after building the data
+    device = pick_device(a.device)  # no GPU visible for --device cuda: said now, not after building the data
     if a.skip >= a.iters:  # every run would end in an empty median, after all of them
         raise UsageError(f"--skip {a.skip} leaves none of --iters {a.iters} to time: pass a smaller --skip "
                          f"(default 10) or more --iters")
@@ -190,8 +190,7 @@ def bench(a: argparse.Namespace) -> None:
     title = (f"{a.preset} preset, batch {a.batch}, patch {a.patch}, {a.precision}, {a.device}: eager vs --compile "
              f"{a.mode}, {len(eager)} iterations from the same seed (EMA-smoothed)")
     draw({k: v for k, v in curves.items() if k != "seed"}, labels, Path(a.fig), title)
-    import torch
-    print(f"Fast path vs eager: {title}; torch {torch.__version__}\n")
+    print(f"Fast path vs eager: {title}; {machine_line(machine_info(device))}\n")
     print("| run | first iteration (s) | s / iteration (median) | speed-up | "
           f"map loss, mean of the last {tail} |")
     print("|---|---:|---:|---:|---:|")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -36,7 +35,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, child_failure, run_main
     from utils.eval.inference import restore
     from utils.memory import resident_bytes
-    from utils.runtime import pick_device, tune_cpu_allocator
+    from utils.runtime import machine_info, machine_line, pick_device, tune_cpu_allocator
 
 PATHS = ("plain", "fast_fp32", "fast_bf16", "fast_fp32_default_alloc")
 # Opt-in (--paths): the fast fp32 path through torch.compile (default mode; the first forward compiles).
@@ -120,8 +119,8 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
              "restore_bf16": lambda: restore(model, x, "bf16")}
     for mode in compile_modes:
         paths[f"restore_bf16_compiled_{mode}"] = lambda mode=mode: restore(model, x, "bf16", compile_mode=mode)
-    print(f"BaryNet ({preset}) forward on {torch.cuda.get_device_name()}, 1x3x{size}x{size}, torch "
-          f"{torch.__version__}; best of {repeats} after 3 warm-ups\n")
+    print(f"BaryNet ({preset}) forward on {torch.cuda.get_device_name()}, 1x3x{size}x{size}; best of {repeats} "
+          f"after 3 warm-ups; {machine_line(machine_info(device))}\n")
     print("| path | ms / forward | speed-up vs plain | first call (s) | peak GPU memory (MiB) | "
           "PSNR vs restore_fp32 (dB) |")
     print("|---|---:|---:|---:|---:|---:|", flush=True)
@@ -228,8 +227,8 @@ def bench(args: argparse.Namespace) -> None:
     mm32 = _matmul_gflops(torch.float32)  # bf16 only when a bf16 path ran: CPUs without bf16 units take minutes
     mm16 = _matmul_gflops(torch.bfloat16) if any("bf16" in p for p in args.paths) else float("nan")
 
-    print(f"BaryNet ({args.preset}) forward, 1x3x{args.size}x{args.size}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; {flops / 1e9:.1f} GFLOP per forward")
+    print(f"BaryNet ({args.preset}) forward, 1x3x{args.size}x{args.size}; {flops / 1e9:.1f} GFLOP per forward; "
+          f"{machine_line(machine_info())}")
     print(f"plain matmul 2048^3 in this run: fp32 {mm32:.0f} GFLOP/s, bf16 {mm16:.0f} GFLOP/s\n")
     print(f"| path | s / forward | speed-up vs {args.paths[0]} | first forward (s) | peak RSS above model (MiB) | "
           "GFLOP/s | % of matmul rate |")

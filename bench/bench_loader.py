@@ -26,7 +26,6 @@ paper's repetition factors do the same for the real set sizes).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import tempfile
@@ -43,7 +42,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.cli import OneSpellingHelpFormatter, at_least, number_above
     from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
-    from utils.runtime import pick_device
+    from utils.runtime import machine_info, machine_line, pick_device
     from utils.train.distributed import DistInfo
     from utils.train.options import get_args_parser
     from utils.train.start import build_loader
@@ -172,8 +171,8 @@ def bench(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         dirs = build_layout(root, args.files, args.five_d)
         print(f"layout: {args.files} files per family under {root} ({time.perf_counter() - t0:.0f} s to write); "
-              f"{'5D' if args.five_d else '3D'}, batch {args.batch}, patch {args.patch}, {os.cpu_count()} CPUs, "
-              f"device {device}, torch {torch.__version__}")
+              f"{'5D' if args.five_d else '3D'}, batch {args.batch}, patch {args.patch}, device {device}; "
+              f"{machine_line(machine_info(device))}")
         need = 2 * args.batch / (args.consume_ms / 1000)
         print(f"\n| workers | first batch (s) | batches timed | images/s | median batch (ms) | / {need:.0f} images/s "
               f"needed (2x what a GPU at {args.consume_ms:g} ms per iteration takes) |")

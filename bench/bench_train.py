@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.inference import PRECISIONS, autocast_context
     from utils.memory import resident_bytes
-    from utils.runtime import pick_device, tune_cpu_allocator
+    from utils.runtime import machine_info, machine_line, pick_device, tune_cpu_allocator
     from utils.train.iteration import Training, train_step
     from utils.train.optim import build_optimizer
 
@@ -317,12 +316,11 @@ def bench(a: argparse.Namespace) -> None:
     if a.variants is None:
         a.variants = ("straightforward,engine,engine_nchw" if device.type == "cuda"
                       else "straightforward,straightforward_malloc,engine")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU, {torch.get_num_threads()} torch threads ({os.cpu_count()} cores visible)"
     mem = "peak GPU memory (MiB)" if device.type == "cuda" else "peak RSS above start (MiB)"
     # The table's head first and each row as soon as its variant ends: a run cut short keeps its rows.
-    print(f"\n### Training iteration, BaryNet {a.preset}, batch {a.batch}, patch {a.patch}, K={a.K} — {name}\n")
-    print(f"median of {a.iters} iterations after {a.warmup} warm-up; torch {torch.__version__}\n")
+    where = "GPU" if device.type == "cuda" else "CPU"
+    print(f"\n### Training iteration, BaryNet {a.preset}, batch {a.batch}, patch {a.patch}, K={a.K} — {where}\n")
+    print(f"median of {a.iters} iterations after {a.warmup} warm-up; {machine_line(machine_info(device))}\n")
     print(f"| variant | precision | s / iteration | speed-up | first iteration (s) | {mem} | map loss (iter 1) | "
           f"potentials | congruence |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)

@@ -48,7 +48,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.compiled import BACKENDS, COMPILE_MODES  # noqa: E402
     from utils.demo.data import build_demo_data  # noqa: E402
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main  # noqa: E402
-    from utils.runtime import pick_device  # noqa: E402
+    from utils.runtime import machine_info, machine_line, pick_device  # noqa: E402
     from utils.train.run_log import read_log  # noqa: E402
 
 STATE_KEYS = ("model", "potentials", "optimizer", "potentials_optimizer")
@@ -235,7 +235,7 @@ def guarantees(a: argparse.Namespace) -> int:
         runs = Runs(a, data, Path(tmp))
         print(f"## Guarantees on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'the CPU'}: "
               f"tiny preset, batch {a.batch}, patch {a.patch}, 2 epochs of {a.iters} iterations, fast path "
-              f"--compile {a.mode} ({a.compile_backend}), torch {torch.__version__}\n")
+              f"--compile {a.mode} ({a.compile_backend}); {machine_line(machine_info(device))}\n")
         print("| check | result | detail |\n|---|---|---|", flush=True)
         straight, control = None, 0.0
         eager_judged = {"resume-eager", "sigterm-eager"}

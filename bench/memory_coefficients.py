@@ -139,8 +139,10 @@ def measure_and_print(args: argparse.Namespace) -> None:
         kind, backbone, preset, precision, size, batch = args.one
         print(one_case(kind, backbone, preset, precision, int(size), int(batch)))
         return
-    import torch
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; peaks are VmHWM of fresh processes")
+    from utils.runtime import machine_info, machine_line
+    info = machine_info()
+    info["torch_threads"] = 2  # each case's process sets its own (one_case)
+    print(f"{machine_line(info)}; peaks are VmHWM of fresh processes")
     rows = measure(tuple(args.precisions), tuple(args.backbones), tuple(args.kinds))
     print("base (import torch and the project):", rows["base_mib"], "MiB")
     print(json.dumps(rows, indent=1))

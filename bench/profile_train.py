@@ -45,7 +45,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.outputs import check_writable_folder
     from utils.files import keep_aside, replace_file
-    from utils.runtime import pick_device, tune_cpu_allocator
+    from utils.runtime import machine_info, machine_line, pick_device, tune_cpu_allocator
     from utils.train.distributed import DistInfo
     from utils.train.iteration import Training, train_step
 
@@ -182,10 +182,10 @@ def profile_run(a: argparse.Namespace) -> int:
 
     peak, source = peak_tflops(device, a.precision, a.peak_tflops)
     rate = flops / seconds / 1e12
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     path = "eager engine" if a.compile == "off" else f"--compile {a.compile}"
     print(f"## Training iteration profile: BaryNet {a.preset}, batch {a.batch}, patch {a.patch}, K={a.K}, "
-          f"{a.precision}, {path}, {name}, torch {torch.__version__}\n")
+          f"{a.precision}, {path}\n")
+    print(f"{machine_line(machine_info(device))}\n")
     print("| quantity | value |\n|---|---:|")
     if compile_seconds is not None:
         print(f"| first compiled iteration (compiling included) | {compile_seconds:.1f} s |")

@@ -67,7 +67,15 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
     from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, recording_outputs
-    from utils.runtime import DEVICE_HELP, DEVICES, pick_device, stop_signals_as_interrupt
+    from utils.runtime import (
+        DEVICE_HELP,
+        DEVICES,
+        machine_info,
+        machine_line,
+        pick_device,
+        provenance,
+        stop_signals_as_interrupt,
+    )
     from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
     from utils.study.budget import FULL, QUICK, estimated_seconds, minutes, plan
     from utils.study.errors import StudyError, StudyInterrupted, StudySettingError
@@ -77,7 +85,6 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
         balanced_repeats,
         check_out_dir,
         evaluate_model,
-        machine_info,
         read_eval,
         read_json,
         run_one,
@@ -230,7 +237,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     probe = probe_summary(embeddings, labels, photos, test, args.arms, args.seeds) if embeddings else {}
     n_probe = {"test_photos": len({v.photo for v in views if v.test}),
                "train_crops": sum(1 for v in views if not v.test and v.label == "noise 15")}
-    machine = machine_info(args)
+    machine = {**provenance(), **machine_info(device), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     recorded = [read_eval(out / "runs" / a / f"seed{s}") for a, s in runs]
     compute = sum(r["train_seconds"] + r["eval_seconds"] for r in recorded)
     params = parameter_counts(list(dict.fromkeys([*args.arms, METHOD])), args.patch_size)
@@ -243,8 +250,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         fig_paths = figures(summary, probe, degraded, args.arms, args.seeds, figs_dir, params)
         header = [f"# BaryIR study{' (QUICK setting: not the study)' if args.quick else ''}", "",
                   f"- command: `{machine['command']}`",
-                  f"- machine: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']} "
-                  f"({machine['torch_threads']} threads), {machine['platform']}",
+                  f"- {machine_line(machine)}, {machine['platform']}",
                   f"- code: {machine['commit']}; {machine['date']}; wall time {(time.time() - t0) / 60:.1f} min "
                   f"({counted(done, 'run')} trained or evaluated in this invocation); the "
                   f"{counted(len(runs), 'run')} took {compute / 60:.1f} min (training and evaluation, as recorded by "

@@ -138,6 +138,34 @@ def provenance() -> dict[str, object]:
             "python": platform.python_version()}
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (``/proc/cpuinfo``'s "model name", e.g. "AMD EPYC 9R14 96-Core
+    Processor"); elsewhere what :mod:`platform` knows (``x86_64`` at worst)."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_info(device: torch.device | str | None = None) -> dict[str, object]:
+    """What ran a measurement, for a benchmark's table and the study's ``study.json`` (which adds
+    :func:`provenance`): :func:`kernel_setup`, the CPU's model, the cores the system has, the GPU's name when
+    ``device`` is a CUDA one (else None: a GPU the run did not use is no part of its numbers), the platform."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {**kernel_setup(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu,
+            "platform": platform.platform()}
+
+
+def machine_line(info: dict[str, object]) -> str:
+    """:func:`machine_info` in one line, the one every benchmark prints above its table: "machine: AMD EPYC 9R14,
+    2 cores, 2 torch threads, torch 2.5.1" (", GPU NVIDIA H200" after the threads when a GPU ran)."""
+    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ""
+    return (f"machine: {info['cpu']}, {info['cpu_count']} cores, {info['torch_threads']} torch threads{gpu}, "
+            f"torch {info['torch']}")
+
+
 DEVICES = ("auto", "cpu", "cuda")  # the --device choices of every command (a GPU by index: --gpus)
 DEVICE_HELP = "auto: CUDA when a GPU is visible, else the CPU"  # their --device help, alike
 

@@ -1,16 +1,13 @@
 """One (arm, seed) run of the study: trained by the real trainer (``utils.train.engine``), evaluated by the
 tester's engine (``utils.eval.evaluation``), embedded for the probe, and cached in its folder
 (``<out>/runs/<arm>/seed<k>/``: ``train/``, ``eval.json``, ``embeddings.npz``); the study's folder
-(``study_config.json``) and the machine it ran on."""
+(``study_config.json``). The machine it ran on: :func:`utils.runtime.machine_info`."""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
 import math
-import os
-import platform
-import sys
 import time
 import zipfile
 import zlib
@@ -25,7 +22,6 @@ from utils.errors import STOPPED_STATUSES, StopSignal
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol
 from utils.files import atomic_write, write_text
-from utils.runtime import source_commit
 from utils.streams import PIPE_CLOSED_STATUS, OutputClosed
 from utils.study.arms import ARMS, ID_TASKS, OOD_TASKS, Arm, arm_model_config, override_flags
 from utils.study.errors import StudyError
@@ -247,17 +243,3 @@ def check_out_dir(out: Path, config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(config, indent=1) + "\n")
 
-
-def machine_info(args: argparse.Namespace) -> dict[str, Any]:
-    """What ran the study, for its header and ``study.json``: the command, the CPU, cores and torch threads,
-    versions, the commit (marked when the checkout has uncommitted changes), the date."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "commit": source_commit(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
