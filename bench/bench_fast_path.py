@@ -38,7 +38,7 @@ from utils.errors import stopped_while_starting  # noqa: E402
 
 with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
     from net.presets import PRESETS  # noqa: E402
-    from utils.cli import OneSpellingHelpFormatter, at_least  # noqa: E402
+    from utils.cli import OneSpellingHelpFormatter, at_least, image_side, number_above  # noqa: E402
     from utils.compiled import COMPILE_MODES  # noqa: E402
     from utils.demo.data import build_demo_data  # noqa: E402
     from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag, run_main  # noqa: E402
@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--iters", type=at_least(1), default=300)
     p.add_argument("--batch", type=at_least(1), default=3)
-    p.add_argument("--patch", type=at_least(16), default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patch", type=image_side(16), default=64)
+    p.add_argument("--lr", type=number_above(0, " (0 would train nothing to compare)"), default=1e-3)
     p.add_argument("--skip", type=at_least(0), default=10,
                    help="iterations left out of the median time (fewer than --iters)")
     p.add_argument("--control-threads", dest="control_threads", type=at_least(0), default=1,

@@ -30,7 +30,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
 
     from net import set_layernorm_impl
     from net.presets import PRESETS, build_model
-    from utils.cli import at_least
+    from utils.cli import at_least, image_side
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, child_failure, run_main
     from utils.eval.inference import restore
@@ -164,17 +164,6 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
             print(f"| {name} | failed: {type(exc).__name__}: {first_line} | | | | |", flush=True)
             continue
         show(name)
-
-def image_side(low: int):
-    """An argparse type for the side of the network's input (``--size``, ``--patch``): a multiple of 8, at least
-    ``low`` (the network runs on it as it is; a side of 12 or 20 failed in its forward)."""
-    def parse(text: str) -> int:
-        value = at_least(low)(text)
-        if value % 8:
-            raise argparse.ArgumentTypeError(f"must be a multiple of 8, got {value}")
-        return value
-    return parse
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

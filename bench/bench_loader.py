@@ -41,7 +41,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
 
     from utils.cli import OneSpellingHelpFormatter, at_least, number_above
     from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
-    from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
+    from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag, run_main
     from utils.runtime import machine_info, machine_line, pick_device
     from utils.train.distributed import DistInfo
     from utils.train.options import get_args_parser
@@ -49,6 +49,13 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
 
 SIZES = {"denoise": (481, 321), "derain": (481, 321), "dehaze": (550, 413), "deblur": (1280, 720),
          "lowlight": (600, 400)}
+
+
+def max_patch(five_d: bool) -> int:
+    """The largest ``--patch`` every synthetic image holds: the shortest side, as the trainer's dataset
+    centre-crops it to a multiple of 16."""
+    families = SIZES if five_d else {k: SIZES[k] for k in ("denoise", "derain", "dehaze")}
+    return min(min(size) // 16 * 16 for size in families.values())
 
 
 def photo_like(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -165,6 +172,10 @@ def bench(args: argparse.Namespace) -> int:
     if args.five_d:
         de_types += ["deblur", "lowlight"]
         repeats += ["deblur=12", "lowlight=12"]
+    largest = max_patch(args.five_d)
+    if args.patch > largest:  # found by the dataset after the layout was written, and named as the trainer's flag
+        raise UsageError(f"--patch {args.patch} is larger than the smallest synthetic image ({largest} pixels a side "
+                         f"after the trainer's centre-crop to multiples of 16): pass --patch {largest} or less")
     device = pick_device(args.device)
     root = Path(tempfile.mkdtemp(prefix="bench_loader_"))
     try:

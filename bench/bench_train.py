@@ -38,11 +38,10 @@ from utils.errors import stopped_while_starting
 
 with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
     import torch
-    from bench_inference import image_side
 
     from net import set_layernorm_impl
     from net.presets import PRESETS, build_model, build_potentials
-    from utils.cli import at_least
+    from utils.cli import at_least, image_side
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.inference import PRECISIONS, autocast_context

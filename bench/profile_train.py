@@ -34,13 +34,13 @@ from utils.errors import stopped_while_starting
 
 with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
     import torch
-    from bench_inference import _matmul_gflops, image_side
+    from bench_inference import _matmul_gflops
     from bench_train import _sync, build_case
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
     from net.presets import PRESETS
-    from utils.cli import OneSpellingHelpFormatter, at_least, number_above
+    from utils.cli import OneSpellingHelpFormatter, at_least, image_side, number_above
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.outputs import check_writable_folder

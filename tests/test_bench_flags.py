@@ -48,3 +48,40 @@ def test_the_fast_path_figure_by_default_leaves_the_repository_clean(monkeypatch
     repo = BENCH.parent
     ignored = subprocess.run(["git", "check-ignore", "-q", fig], cwd=repo)
     assert ignored.returncode == 0, f"{fig} is not ignored by git"
+
+
+@pytest.mark.parametrize("script", ["bench_fast_path", "gpu_guarantees"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_learning_rate_that_is_not_positive_is_refused_before_any_run(script, value, monkeypatch, capsys):
+    """--lr -1 was refused by the first trainer run only, after the demo data was built; --lr 0 trained nothing and
+    compared flat curves."""
+    bench = _script(script, monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        bench.build_parser().parse_args(["--lr", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: argument --lr: must be a number > 0 (0 would train nothing to compare), got "
+                             f"{value} "), err
+
+
+@pytest.mark.parametrize("script", ["bench_fast_path", "gpu_guarantees"])
+def test_a_patch_the_trainer_refuses_is_refused_before_any_run(script, monkeypatch, capsys):
+    """--patch 20 passed the bench's check (>= 16) and failed in the first trainer run ("a multiple of 8")."""
+    bench = _script(script, monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        bench.build_parser().parse_args(["--patch", "20"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: argument --patch: must be a multiple of 8, got 20"), err
+
+
+def test_the_loader_bench_refuses_a_patch_larger_than_its_images_before_writing_them(monkeypatch, capsys):
+    """--patch 336 wrote the whole synthetic layout, then failed naming the trainer's --patch-size."""
+    loader = _script("bench_loader", monkeypatch)
+    written = []
+    monkeypatch.setattr(loader, "build_layout", lambda *a: written.append(a))
+    assert loader.main(["--patch", "336", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert written == [] and len(err) == 1, err
+    assert err[0].startswith("error: --patch 336 is larger than the smallest synthetic image (320 pixels"), err
+    assert loader.max_patch(True) == loader.max_patch(False) == 320  # 481x321 (BSD400's size) -> 480x320

@@ -1,5 +1,5 @@
 """One spelling style for every command's flags, and the argparse types the commands share (:func:`at_least`,
-:func:`number_above`, the reference's own ``--backbone`` names: :func:`backbone_name`).
+:func:`number_above`, :func:`image_side`, the reference's own ``--backbone`` names: :func:`backbone_name`).
 
 The reference scripts spell flags three ways (``--batchSize``, ``--patch_size``, ``--de_type``), the
 project's own are kebab-case (``--output-dir``), and PromptIR's scripts use snake_case
@@ -113,6 +113,17 @@ def number_above(low: float, meaning: str = ""):
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(value) or value <= low:
             raise argparse.ArgumentTypeError(f"must be a number > {low:g}{meaning}, got {text}")
+        return value
+    return parse
+
+
+def image_side(low: int):
+    """An argparse type for the side of the network's input (a bench's ``--size``, ``--patch``): a multiple of 8, at
+    least ``low`` (the network runs on it as it is; a side of 12 or 20 failed in its forward)."""
+    def parse(text: str) -> int:
+        value = at_least(low)(text)
+        if value % 8:
+            raise argparse.ArgumentTypeError(f"must be a multiple of 8, got {value}")
         return value
     return parse
 
