@@ -24,7 +24,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import torch
 
     from net.blocks import Attention, FeedForward
-    from utils.cli import at_least
+    from utils.cli import OneSpellingHelpFormatter, at_least
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.runtime import machine_info, machine_line, tune_cpu_allocator
 
@@ -41,9 +41,9 @@ def best_ms(fn, repeats: int) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=at_least(1), default=256)
-    p.add_argument("--repeats", type=at_least(1), default=5)
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0], formatter_class=OneSpellingHelpFormatter)
+    p.add_argument("--size", type=at_least(1), default=256, help="side of the blocks' input (full resolution)")
+    p.add_argument("--repeats", type=at_least(1), default=5, help="timed calls per block form, after two warm-ups")
     add_debug_flag(p)
     return p
 

@@ -129,13 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=OneSpellingHelpFormatter)
     p.add_argument("--mode", default="default", choices=COMPILE_MODES[1:], help="--compile mode of the fast run")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    p.add_argument("--iters", type=at_least(1), default=300)
-    p.add_argument("--batch", type=at_least(1), default=3)
-    p.add_argument("--patch", type=image_side(16), default=64)
-    p.add_argument("--lr", type=number_above(0, " (0 would train nothing to compare)"), default=1e-3)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where every run trains")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="every run's --precision")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="BaryNet's size preset")
+    p.add_argument("--iters", type=at_least(1), default=300, help="training iterations per run (one epoch)")
+    p.add_argument("--batch", type=at_least(1), default=3, help="every run's --batchSize")
+    p.add_argument("--patch", type=image_side(16), default=64,
+                   help="every run's --patch_size (a multiple of 8, at least 16)")
+    p.add_argument("--lr", type=number_above(0, " (0 would train nothing to compare)"), default=1e-3,
+                   help="every run's learning rate")
     p.add_argument("--skip", type=at_least(0), default=10,
                    help="iterations left out of the median time (fewer than --iters)")
     p.add_argument("--control-threads", dest="control_threads", type=at_least(0), default=1,

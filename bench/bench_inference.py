@@ -30,7 +30,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
 
     from net import set_layernorm_impl
     from net.presets import PRESETS, build_model
-    from utils.cli import at_least, image_side
+    from utils.cli import DocstringHelpFormatter, at_least, image_side
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, child_failure, run_main
     from utils.eval.inference import restore
@@ -166,11 +166,15 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
         show(name)
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     parser.add_argument("--size", type=image_side(8), default=256, help="image side, a multiple of 8")
-    parser.add_argument("--repeats", type=at_least(1), default=2)
-    parser.add_argument("--rounds", type=at_least(1), default=2)
-    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    parser.add_argument("--repeats", type=at_least(1), default=2,
+                        help="timed forwards per path and round, after one warm-up; the best is kept (cuda: at least "
+                             "10)")
+    parser.add_argument("--rounds", type=at_least(1), default=2,
+                        help="rounds over the CPU paths, each path in a fresh process per round, alternating so a "
+                             "change of the machine's load hits them alike")
+    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="BaryNet's size preset")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: the GPU rows (plain, restore fp32, restore bf16) in one process; use --size 512")
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS + EXTRA_PATHS,

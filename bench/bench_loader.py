@@ -147,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=at_least(0), nargs="+", default=[default_workers],
                    help="DataLoader worker counts to time (the trainer's default --threads on this machine first)")
     p.add_argument("--files", type=at_least(1), default=24, help="files (pairs) per family")
-    p.add_argument("--batch", type=at_least(1), default=3)
-    p.add_argument("--patch", type=at_least(16), default=128)
+    p.add_argument("--batch", type=at_least(1), default=3, help="images per batch (the trainer's --batchSize)")
+    p.add_argument("--patch", type=at_least(16), default=128,
+                   help="training patch side (the trainer's --patch_size; at most 320, the smallest image's side)")
     p.add_argument("--batches", type=at_least(1), default=200, help="batches timed after the first")
     p.add_argument("--5d", dest="five_d", action="store_true", help="add deblur (1280x720) and low light")
     p.add_argument("--consume-ms", type=number_above(0), default=50.0,

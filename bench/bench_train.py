@@ -41,7 +41,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
 
     from net import set_layernorm_impl
     from net.presets import PRESETS, build_model, build_potentials
-    from utils.cli import at_least, image_side
+    from utils.cli import OneSpellingHelpFormatter, at_least, image_side
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.inference import PRECISIONS, autocast_context
@@ -269,16 +269,16 @@ def precision_list(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p = OneLineArgumentParser(description=__doc__.split("\n")[0], formatter_class=OneSpellingHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the iterations run")
     p.add_argument("--precision", default="fp32", type=precision_list,
                    help="comma-separated engine precisions, e.g. fp32,bf16")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
-    p.add_argument("--batch", type=at_least(1), default=3)
-    p.add_argument("--patch", type=image_side(16), default=128)
-    p.add_argument("--K", type=at_least(1), default=3)
-    p.add_argument("--iters", type=at_least(1), default=3)
-    p.add_argument("--warmup", type=at_least(0), default=1)
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="BaryNet's size preset")
+    p.add_argument("--batch", type=at_least(1), default=3, help="images per batch")
+    p.add_argument("--patch", type=image_side(16), default=128, help="patch side (a multiple of 8, at least 16)")
+    p.add_argument("--K", type=at_least(1), default=3, help="domains, one potential each")
+    p.add_argument("--iters", type=at_least(1), default=3, help="timed iterations per variant (their median)")
+    p.add_argument("--warmup", type=at_least(0), default=1, help="untimed iterations before them")
     p.add_argument("--tiny-iters", dest="tiny_iters", type=at_least(0), default=10,
                    help="iterations of the tiny preset's engine, reported last (0: skip it)")
     p.add_argument("--variant-timeout", dest="variant_timeout", type=at_least(0), default=0,

@@ -271,19 +271,21 @@ def guarantees(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=OneSpellingHelpFormatter)
-    p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cuda", choices=["cpu", "cuda"], help="where every trainer run trains")
     p.add_argument("--mode", default="reduce-overhead", choices=COMPILE_MODES[1:],
                    help="--compile mode of the fast path")
     p.add_argument("--compile-backend", dest="compile_backend", default="inductor", choices=BACKENDS,
                    help="eager/aot_eager: the fast path's wiring traced without kernels (a quick CPU check)")
     p.add_argument("--checks", nargs="+", default=list(CHECKS), choices=CHECKS, metavar="CHECK",
                    help=f"which checks (default all: {' '.join(CHECKS)})")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="every run's --precision")
     p.add_argument("--preset", default="tiny", choices=["tiny"], help="the tiny preset: the checks are of wiring")
     p.add_argument("--iters", type=at_least(4), default=12, help="iterations per epoch (2 epochs)")
-    p.add_argument("--batch", type=at_least(1), default=3)
-    p.add_argument("--patch", type=image_side(16), default=64)
-    p.add_argument("--lr", type=number_above(0, " (0 would train nothing to compare)"), default=1e-3)
+    p.add_argument("--batch", type=at_least(1), default=3, help="every run's --batchSize")
+    p.add_argument("--patch", type=image_side(16), default=64,
+                   help="every run's --patch_size (a multiple of 8, at least 16)")
+    p.add_argument("--lr", type=number_above(0, " (0 would train nothing to compare)"), default=1e-3,
+                   help="every run's learning rate")
     p.add_argument("--run-timeout", dest="run_timeout", type=at_least(1), default=300,
                    help="seconds one trainer process may take (compiling included)")
     p.add_argument("--data", default="/tmp/baryir_demo_data", help="demo data folder (built when missing or stale)")

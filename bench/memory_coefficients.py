@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from utils.cli import DocstringHelpFormatter
 from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, child_failure, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,12 +118,15 @@ def measure(precisions: tuple[str, ...] = ("fp32",), backbones: tuple[str, ...] 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
     parser.add_argument("--one", nargs=6, metavar=("KIND", "BACKBONE", "PRESET", "PRECISION", "SIZE", "BATCH"),
                         help=argparse.SUPPRESS)
-    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
-    parser.add_argument("--backbones", nargs="+", default=list(BACKBONE_NAMES), choices=list(BACKBONE_NAMES))
-    parser.add_argument("--kinds", nargs="+", default=["restore", "train"], choices=["restore", "train"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                        help="precisions to measure (bf16: only on a CPU with native bf16, see above)")
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONE_NAMES), choices=list(BACKBONE_NAMES),
+                        help="networks to measure, each at the tiny and paper presets")
+    parser.add_argument("--kinds", nargs="+", default=["restore", "train"], choices=["restore", "train"],
+                        help="restore: bytes per input pixel; train: bytes per pixel of batch x patch^2")
     add_debug_flag(parser)
     return parser
 

@@ -90,15 +90,16 @@ def peak_tflops(device: torch.device, precision: str, given: float | None) -> tu
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=OneSpellingHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
-    p.add_argument("--batch", type=at_least(1), default=3)
-    p.add_argument("--patch", type=image_side(16), default=128)
-    p.add_argument("--K", type=at_least(1), default=3)
-    p.add_argument("--warmup", type=at_least(0), default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
+                   help="where the iterations run (default: cuda when a GPU is visible)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="the trainers' --precision")
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="BaryNet's size preset")
+    p.add_argument("--batch", type=at_least(1), default=3, help="images per batch")
+    p.add_argument("--patch", type=image_side(16), default=128, help="patch side (a multiple of 8, at least 16)")
+    p.add_argument("--K", type=at_least(1), default=3, help="domains, one potential each")
+    p.add_argument("--warmup", type=at_least(0), default=3, help="untimed iterations before the timed ones")
     p.add_argument("--iters", type=at_least(1), default=5, help="timed, then profiled, iterations")
-    p.add_argument("--rows", type=at_least(1), default=20)
+    p.add_argument("--rows", type=at_least(1), default=20, help="ops listed in the table of the most expensive")
     p.add_argument("--peak-tflops", type=number_above(0), default=None,
                    help="the dense peak, in TFLOP/s, to compare with (unset: a known GPU's data sheet, or a 2048^3 "
                         "matmul on the CPU)")

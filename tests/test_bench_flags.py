@@ -1,4 +1,5 @@
 """The bench scripts refuse a value that makes no sense with one error: line naming the flag, before any work."""
+import argparse
 import importlib.util
 import subprocess
 import sys
@@ -85,3 +86,32 @@ def test_the_loader_bench_refuses_a_patch_larger_than_its_images_before_writing_
     assert written == [] and len(err) == 1, err
     assert err[0].startswith("error: --patch 336 is larger than the smallest synthetic image (320 pixels"), err
     assert loader.max_patch(True) == loader.max_patch(False) == 320  # 481x321 (BSD400's size) -> 480x320
+
+
+SCRIPTS = ["bench_inference", "bench_blocks", "bench_fast_path", "bench_train", "bench_loader", "profile_train",
+           "memory_coefficients", "gpu_guarantees", "study"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_flag_has_a_help_line(script, monkeypatch, capsys):
+    """bench_inference's --repeats and --rounds, bench_blocks' --size and --repeats (and a dozen more) showed in
+    --help with no word of what they do."""
+    bench = _script(script, monkeypatch)
+    parser = bench.build_parser() if hasattr(bench, "build_parser") else bench.get_args_parser()
+    bare = [a.option_strings[0] for a in parser._actions
+            if a.option_strings and a.help != argparse.SUPPRESS and not (a.help or "").strip()]
+    assert bare == []
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--help"])
+    assert stop.value.code == 0 and "--help" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script, flag, default", [("bench_inference", "--rounds", "2"),
+                                                   ("bench_blocks", "--repeats", "5"), ("bench_train", "--warmup", "1"),
+                                                   ("memory_coefficients", "--kinds", "['restore', 'train']")])
+def test_the_help_says_each_default(script, flag, default, monkeypatch):
+    """These scripts' help left the defaults out (argparse's plain formatter), the other bench scripts' gave them."""
+    bench = _script(script, monkeypatch)
+    text = " ".join(bench.build_parser().format_help().split())
+    after = text[text.index(f" {flag} "):]
+    assert f"(default: {default})" in after[:400], after[:400]

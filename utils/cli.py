@@ -51,6 +51,11 @@ class OneSpellingHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{shown} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
 
 
+class DocstringHelpFormatter(argparse.RawDescriptionHelpFormatter, OneSpellingHelpFormatter):
+    """:class:`OneSpellingHelpFormatter` for a parser whose description is a script's docstring, kept as written
+    (its usage lines and lists)."""
+
+
 def one_spelling(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add kebab-case and snake_case spellings to every flag of ``parser`` (where they name no other
     flag: ``--Sigma`` and ``--sigma`` stay two flags), show the kebab-case one in the help, and name the
