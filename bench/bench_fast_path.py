@@ -43,7 +43,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.demo.data import build_demo_data  # noqa: E402
     from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag, run_main  # noqa: E402
     from utils.eval.outputs import check_writable_folder  # noqa: E402
-    from utils.files import keep_aside, write_text  # noqa: E402
+    from utils.files import check_output_file, keep_aside, write_text  # noqa: E402
     from utils.processes import run_in_session  # noqa: E402
     from utils.runtime import machine_info, machine_line, pick_device, stop_signals_as_interrupt  # noqa: E402
     from utils.train.run_log import LOSS_LABELS, read_log  # noqa: E402
@@ -168,7 +168,8 @@ def bench(a: argparse.Namespace) -> None:
         raise UsageError(f"--skip {a.skip} leaves none of --iters {a.iters} to time: pass a smaller --skip "
                          f"(default 10) or more --iters")
     for flag, path in (("--fig", a.fig), ("--json", a.json)):  # before the runs, not after them
-        if path:
+        if path:  # a mistyped folder is said, not made
+            check_output_file(path, flag, example="fast_path_losses.png" if flag == "--fig" else "curves.json")
             check_writable_folder(Path(path).parent, flag, create=False)
     root = Path(a.data)
     build_demo_data(root, progress=False)

@@ -44,7 +44,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.outputs import check_writable_folder
-    from utils.files import keep_aside, replace_file
+    from utils.files import check_output_file, keep_aside, replace_file
     from utils.runtime import machine_info, machine_line, pick_device, tune_cpu_allocator
     from utils.train.distributed import DistInfo
     from utils.train.iteration import Training, train_step
@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-tflops", type=number_above(0), default=None,
                    help="the dense peak, in TFLOP/s, to compare with (unset: a known GPU's data sheet, or a 2048^3 "
                         "matmul on the CPU)")
-    p.add_argument("--trace", default=None, help="write the Chrome trace of the profiled iterations here")
+    p.add_argument("--trace", default=None,
+                   help="write the Chrome trace of the profiled iterations to this file (its folder must exist, "
+                        "except below results/; a file already there is moved aside to <name>.before-<time>/)")
     p.add_argument("--compile", default="off", choices=COMPILE_MODES,
                    help="profile the trainers' --compile fast path with this torch.compile mode (FLOPs are "
                         "counted on the eager iteration: the same arithmetic)")
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 def profile_run(a: argparse.Namespace) -> int:
 
     device = pick_device(a.device)  # no GPU visible for --device cuda: one error: line naming the flag
-    if a.trace:  # before the profile, not after it
+    if a.trace:  # before the profile, not after it; a mistyped folder is said, not made
+        check_output_file(a.trace, "--trace", example="trace.json")
         check_writable_folder(Path(a.trace).parent, "--trace", create=False)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

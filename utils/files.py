@@ -10,6 +10,9 @@
   its TensorBoard events) are moved together into a new ``<name>.before-<time>`` folder, never replaced;
   all or none of them (:class:`KeepAsideError` when one cannot be moved: those moved before it move back);
   :func:`keep_aside_together` does the same across several folders (the tester's outputs).
+* :func:`check_output_file`: a flag naming one output file (a bench's ``--trace``, ``--json``) is checked before
+  the work: not a folder, and in a folder that exists (a mistyped folder is an error, not made without a word),
+  except below ``results/``, where the scripts' defaults write.
 * :func:`remove_stale_temporaries`: the temporaries of :func:`atomic_write` that a killed writer (``kill -9``)
   left behind, removed by the next run into the folder; only files named exactly as :func:`atomic_write`
   names them (:func:`temporary_target`), once their writer has been gone a minute or the file has not
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
-from utils.errors import UserError, exception_chain, file_too_large, human_bytes
+from utils.errors import UsageError, UserError, exception_chain, file_too_large, human_bytes
 
 FREE_SPACE_MARGIN = 2**20  # bytes left free beyond a write's own size before it is refused
 
@@ -258,6 +261,33 @@ def remove_stale_temporaries(folder: str | os.PathLike, targets: Callable[[str],
             continue
         removed.append(p)
     return removed
+
+
+class OutputPathError(UsageError):
+    """A flag's output file cannot be written where it points (a folder there, or its folder missing); exit
+    status 2."""
+
+
+def check_output_file(path: str | os.PathLike, flag: str, made_as_needed: Sequence[str | os.PathLike] = ("results",),
+                      example: str = "out.json") -> Path:
+    """Refuse, before any work, a file flag's ``path`` that is a folder (the write would fail at the end, or move
+    the folder aside), or whose folder does not exist: a mistyped folder (``reslts/trace.json``) was made without a
+    word and the file went there. Folders below one of ``made_as_needed`` (the current folder's ``results/``, where
+    the scripts' defaults write; git ignores it) are made when the file is written. ``example``: a file name for
+    the error's fix. Returns ``path``; :class:`OutputPathError` names the flag, the folder and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a folder: give a file's name, e.g. {flag} {path / example}")
+    folder = path.parent
+    if folder.is_dir():
+        return path
+    if folder.exists():
+        raise OutputPathError(f"{flag} {path}: {folder} is a file, not a folder — choose another {flag}")
+    made = [Path(m).absolute() for m in made_as_needed]
+    if any(folder.absolute() == m or m in folder.absolute().parents for m in made):
+        return path
+    raise OutputPathError(f"{flag} {path}: the folder {folder} does not exist — check the path, or create the folder "
+                          f"first (mkdir -p {folder}); below results/ folders are made as needed")
 
 
 def replace_file(path: str | os.PathLike, data: bytes) -> Path:
