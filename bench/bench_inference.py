@@ -35,7 +35,8 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, child_failure, run_main
     from utils.eval.inference import restore
     from utils.memory import resident_bytes
-    from utils.runtime import machine_info, machine_line, pick_device, tune_cpu_allocator
+    from utils.processes import run_in_session
+    from utils.runtime import machine_info, machine_line, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
 
 PATHS = ("plain", "fast_fp32", "fast_bf16", "fast_fp32_default_alloc")
 # Opt-in (--paths): the fast fp32 path through torch.compile (default mode; the first forward compiles).
@@ -203,13 +204,15 @@ def bench(args: argparse.Namespace) -> None:
     if args.child:
         print(json.dumps(_child(args.child, args.preset, args.size, args.repeats)))
         return
+    stop_signals_as_interrupt()  # SIGTERM stops it as Ctrl-C does: one line, the running path's process with it
 
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
         for path in args.paths:
             cmd = [sys.executable, __file__, "--child", path, "--size", str(args.size),
                    "--repeats", str(args.repeats), "--preset", args.preset]
-            res = subprocess.run(cmd, capture_output=True, text=True)
+            # stopped (Ctrl-C, SIGTERM), the path's process is stopped too: it went on for minutes, alone
+            res = run_in_session(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             if res.returncode:
                 raise UserError(f"the {path} path failed: {child_failure(res.stderr, res.returncode)}")
             row = json.loads(res.stdout.strip().splitlines()[-1])

@@ -46,7 +46,8 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.inference import PRECISIONS, autocast_context
     from utils.memory import resident_bytes
-    from utils.runtime import machine_info, machine_line, pick_device, tune_cpu_allocator
+    from utils.processes import run_in_session
+    from utils.runtime import machine_info, machine_line, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
     from utils.train.iteration import Training, train_step
     from utils.train.optim import build_optimizer
 
@@ -237,7 +238,9 @@ def _spawn(variant: str, precision: str, a: argparse.Namespace, preset: str, ite
            *(["--debug"] if a.debug else [])]
     label = f"compiled ({a.compile_mode})" if variant == "compiled" else variant
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.variant_timeout or None)
+        # stopped (Ctrl-C, SIGTERM) or past its time, the variant's process and what it started are stopped too
+        res = run_in_session(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             timeout=a.variant_timeout or None)
     except subprocess.TimeoutExpired:
         return {"variant": label, "precision": precision, "failed": f"ran past {a.variant_timeout} s"}
     if res.returncode != 0:
@@ -311,6 +314,7 @@ def bench(a: argparse.Namespace) -> None:
                                      device, a.compile_mode)))
         return
 
+    stop_signals_as_interrupt()  # SIGTERM stops it as Ctrl-C does: one line, the running variant with it
     precisions = [s for s in a.precision.split(",") if s]
     if a.variants is None:
         a.variants = ("straightforward,engine,engine_nchw" if device.type == "cuda"

@@ -48,7 +48,8 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.compiled import BACKENDS, COMPILE_MODES  # noqa: E402
     from utils.demo.data import build_demo_data  # noqa: E402
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main  # noqa: E402
-    from utils.runtime import machine_info, machine_line, pick_device  # noqa: E402
+    from utils.processes import run_in_session, stop_session  # noqa: E402
+    from utils.runtime import machine_info, machine_line, pick_device, stop_signals_as_interrupt  # noqa: E402
     from utils.train.run_log import read_log  # noqa: E402
 
 STATE_KEYS = ("model", "potentials", "optimizer", "potentials_optimizer")
@@ -122,8 +123,9 @@ class Runs:
 
     def run(self, name: str, fast: bool = False, *extra: str) -> subprocess.CompletedProcess:
         print(f"-- {name}", file=sys.stderr, flush=True)
-        return subprocess.run(self.command(name, fast, *extra), cwd=REPO, env=self.env(), capture_output=True,
-                              text=True, timeout=self.a.run_timeout)
+        # stopped (Ctrl-C, SIGTERM) or past --run-timeout, the trainer and its workers are stopped too
+        return run_in_session(self.command(name, fast, *extra), cwd=REPO, env=self.env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, timeout=self.a.run_timeout)
 
     def final(self, name: str) -> dict:
         return read_checkpoint(read_latest(self.work / name))
@@ -187,7 +189,7 @@ def check_sigterm(runs: Runs, name: str, fast: bool, straight: dict | None, cont
     said = runs.work / f"{name}.out"  # a file, not a pipe: a trainer that prints much never blocks on it
     with open(said, "w") as out:
         proc = subprocess.Popen(runs.command(name, fast), cwd=REPO, env=runs.env(), stdout=out,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             deadline = time.monotonic() + runs.a.run_timeout  # the fast path compiles before its first iteration
             logged = 0
@@ -202,10 +204,9 @@ def check_sigterm(runs: Runs, name: str, fast: bool, straight: dict | None, cont
             proc.wait(timeout=runs.a.run_timeout)
         except subprocess.TimeoutExpired:
             return False, f"still running {runs.a.run_timeout} s after SIGTERM"
-        finally:  # never leave a trainer running into the next check
+        finally:  # never leave a trainer (or its workers) running into the next check, nor past a Ctrl-C
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                stop_session(proc)
     output = said.read_text()
     stopped = next((line for line in output.splitlines() if line.startswith("=> stopped by SIGTERM")), None)
     saved = list_checkpoints(runs.work / name)
@@ -226,6 +227,7 @@ CHECKS = ("resume-eager", "resume-fast", "nan-eager", "nan-fast", "sigterm-eager
 
 
 def guarantees(a: argparse.Namespace) -> int:
+    stop_signals_as_interrupt()  # SIGTERM stops it as Ctrl-C does: one line, the running trainer with it
     device = pick_device(a.device)  # --device cuda without a GPU: one error: line naming the flag
     a.device = device.type
     data = Path(a.data)

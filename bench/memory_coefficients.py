@@ -28,6 +28,7 @@ from pathlib import Path
 
 from utils.cli import DocstringHelpFormatter
 from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, child_failure, run_main
+from utils.processes import run_in_session
 
 ROOT = Path(__file__).resolve().parents[1]
 # (backbone, preset) -> (small, large) side for restoring, patch side for training
@@ -84,7 +85,8 @@ def one_case(kind: str, backbone: str, preset: str, precision: str, size: int, b
 
 def run_case(*case) -> float:
     cmd = [sys.executable, __file__, "--one", *map(str, case)]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    # stopped (Ctrl-C, SIGTERM), the case's process is stopped too
+    out = run_in_session(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if out.returncode:
         raise UserError(f"the case {' '.join(map(str, case))} failed: {child_failure(out.stderr, out.returncode)}")
     return float(out.stdout.strip().splitlines()[-1])
@@ -143,7 +145,8 @@ def measure_and_print(args: argparse.Namespace) -> None:
         kind, backbone, preset, precision, size, batch = args.one
         print(one_case(kind, backbone, preset, precision, int(size), int(batch)))
         return
-    from utils.runtime import machine_info, machine_line
+    from utils.runtime import machine_info, machine_line, stop_signals_as_interrupt
+    stop_signals_as_interrupt()  # SIGTERM stops it as Ctrl-C does: one line, the running case with it
     info = machine_info()
     info["torch_threads"] = 2  # each case's process sets its own (one_case)
     print(f"{machine_line(info)}; peaks are VmHWM of fresh processes")

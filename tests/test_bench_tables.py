@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -59,7 +58,7 @@ def _inference(monkeypatch):
     def child(cmd, **kw):  # the path's process, run here
         row = {"path": cmd[cmd.index("--child") + 1], "seconds": 0.5, "first_seconds": 1.0, "peak_mib": 1.0}
         return subprocess.CompletedProcess(cmd, 0, json.dumps(row) + "\n", "")
-    monkeypatch.setattr(bench, "subprocess", SimpleNamespace(run=child))
+    monkeypatch.setattr(bench, "run_in_session", child)
     monkeypatch.setattr(bench, "_matmul_gflops", lambda dtype: 100.0)
     monkeypatch.setattr(bench, "_forward_flops", lambda preset, size: 10 ** 9)
     return bench, ["--size", "8", "--repeats", "1", "--rounds", "1", "--paths", "plain", "--preset", "tiny"]

@@ -153,7 +153,7 @@ def test_a_failed_variant_keeps_the_rows_measured_before_and_after_it(monkeypatc
         return subprocess.CompletedProcess(cmd, 0, json.dumps({**row, "variant": variant,
                                                                "precision": cmd[cmd.index("--precision") + 1]}), "")
 
-    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench, "run_in_session", fake_run)
     bench.main(["--variants", "straightforward,compiled,engine_nchw,engine", "--tiny-iters", "0",
                 "--variant-timeout", "7"])
     out = capsys.readouterr().out
@@ -218,7 +218,7 @@ def test_a_bench_failure_a_bad_flag_or_ctrl_c_is_one_error_line(monkeypatch, cap
     def interrupted(cmd, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench.subprocess, "run", interrupted)
+    monkeypatch.setattr(bench, "run_in_session", interrupted)
     assert bench.main(["--variants", "engine", "--tiny-iters", "0"]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == "error: interrupted"
 
@@ -267,7 +267,7 @@ def test_a_failed_measurement_process_is_one_error_line(monkeypatch, capsys):
     """A path's process that failed ended bench_inference in a CalledProcessError traceback that hid what the
     process said; now its error (a bug's traceback shown first) is the parent's one error: line."""
     bench = bench_module("bench_inference")
-    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+    monkeypatch.setattr(bench, "run_in_session", lambda cmd, **kw: subprocess.CompletedProcess(
         cmd, 1, "", "Traceback (most recent call last):\n  File ...\nRuntimeError: boom\n"))
     assert bench.main(["--preset", "tiny", "--size", "32", "--rounds", "1", "--paths", "plain"]) == 1
     err = capsys.readouterr().err
@@ -280,7 +280,7 @@ def test_the_inference_table_names_its_reference_and_compile_on_the_cpu_is_refus
     fast_fp32); --compile without --device cuda was ignored without a word."""
     bench = bench_module("bench_inference")
     row = {"seconds": 0.5, "first_seconds": 1.0, "peak_mib": 10.0, "checksum": 0.0}
-    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+    monkeypatch.setattr(bench, "run_in_session", lambda cmd, **kw: subprocess.CompletedProcess(
         cmd, 0, json.dumps({**row, "path": cmd[cmd.index("--child") + 1]}), ""))
     monkeypatch.setattr(bench, "_forward_flops", lambda preset, size: 10**9)
     monkeypatch.setattr(bench, "_matmul_gflops", lambda dtype: 100.0)

@@ -56,3 +56,17 @@ def test_a_run_to_its_end_gives_what_subprocess_run_gives():
     done = run_in_session([sys.executable, "-c", "import sys; print('out'); sys.exit(3)"], stdout=subprocess.PIPE,
                           text=True)
     assert (done.returncode, done.stdout) == (3, "out\n")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_child_past_its_timeout_is_stopped_with_what_it_started(tmp_path):
+    """bench_train's --variant-timeout and gpu_guarantees' --run-timeout (subprocess.run's timeout) killed the child
+    alone: a trainer's loader workers went on."""
+    pids = tmp_path / "pids"
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_in_session([sys.executable, "-c", _PARENT, str(pids)], grace=5, timeout=3)
+    child, grandchild = map(int, pids.read_text().split())
+    deadline = time.monotonic() + 30
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child) and not _alive(grandchild)
