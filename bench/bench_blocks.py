@@ -26,7 +26,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from net.blocks import Attention, FeedForward
     from utils.cli import OneSpellingHelpFormatter, at_least
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
-    from utils.runtime import machine_info, machine_line, tune_cpu_allocator
+    from utils.runtime import machine_info, machine_line, stop_signals_as_interrupt, tune_cpu_allocator
 
 
 def best_ms(fn, repeats: int) -> float:
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(a: argparse.Namespace) -> None:
+    stop_signals_as_interrupt()  # SIGTERM stops it as Ctrl-C does: one line
     tune_cpu_allocator()
     torch.manual_seed(0)
     print(f"GDFN and MDTA, 1 x C x {a.size} x {a.size}, channels_last; best of {a.repeats} (ms); "

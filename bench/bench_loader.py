@@ -42,7 +42,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.cli import OneSpellingHelpFormatter, at_least, number_above
     from utils.dataset_utils import ALL_IN_ONE_3D, build_train_dataset, parse_repeats
     from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag, run_main
-    from utils.runtime import machine_info, machine_line, pick_device
+    from utils.runtime import machine_info, machine_line, pick_device, stop_signals_as_interrupt
     from utils.train.distributed import DistInfo
     from utils.train.options import get_args_parser
     from utils.train.start import build_loader
@@ -173,6 +173,7 @@ def bench(args: argparse.Namespace) -> int:
     if args.five_d:
         de_types += ["deblur", "lowlight"]
         repeats += ["deblur=12", "lowlight=12"]
+    stop_signals_as_interrupt()  # SIGTERM stops it as Ctrl-C does: one line, and its synthetic layout removed
     largest = max_patch(args.five_d)
     if args.patch > largest:  # found by the dataset after the layout was written, and named as the trainer's flag
         raise UsageError(f"--patch {args.patch} is larger than the smallest synthetic image ({largest} pixels a side "

@@ -45,7 +45,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.outputs import check_writable_folder
     from utils.files import check_output_file, keep_aside, replace_file
-    from utils.runtime import machine_info, machine_line, pick_device, tune_cpu_allocator
+    from utils.runtime import machine_info, machine_line, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
     from utils.train.distributed import DistInfo
     from utils.train.iteration import Training, train_step
 
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def profile_run(a: argparse.Namespace) -> int:
 
+    stop_signals_as_interrupt()  # SIGTERM stops it as Ctrl-C does: one line
     device = pick_device(a.device)  # no GPU visible for --device cuda: one error: line naming the flag
     if a.trace:  # before the profile, not after it; a mistyped folder is said, not made
         check_output_file(a.trace, "--trace", example="trace.json")

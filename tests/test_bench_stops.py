@@ -87,3 +87,36 @@ def test_a_stop_while_a_measuring_process_runs_stops_it_and_what_it_started(name
         os.kill(p, signal.SIGKILL)
     assert alive == [] and status == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: interrupted"
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_the_loader_bench_stopped_removes_its_synthetic_layout(signum, status, tmp_path, monkeypatch, capsys):
+    """SIGTERM killed bench_loader without its cleanup: the synthetic layout (MBs of images in /tmp) stayed."""
+    bench = _script("bench_loader", monkeypatch)
+    made = []
+
+    def mkdtemp(prefix):
+        made.append(tmp_path / f"{prefix}x")
+        made[-1].mkdir()
+        return str(made[-1])
+
+    def stopped(*a, **kw):
+        os.kill(os.getpid(), signum)  # delivered here, in the main thread, as the timing runs
+        time.sleep(5)
+    monkeypatch.setattr(bench.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(bench, "build_layout", lambda root, *a: {})
+    monkeypatch.setattr(bench, "time_loader", stopped)
+    kept = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def unhandled(signum, frame):  # SIGTERM's default, killing the process, would kill the tests too
+        raise SystemExit("SIGTERM not taken by the script: it would have been killed without its cleanup")
+    signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert bench.main(["--files", "1", "--workers", "0", "--device", "cpu"]) == status
+    finally:
+        for s, handler in kept.items():
+            signal.signal(s, handler)
+    assert len(made) == 1 and not made[0].exists()
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == ("error: stopped by SIGTERM" if signum == signal.SIGTERM else "error: interrupted"), last
