@@ -43,11 +43,15 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.demo.data import build_demo_data  # noqa: E402
     from utils.errors import OneLineArgumentParser, UsageError, add_debug_flag, run_main  # noqa: E402
     from utils.eval.outputs import check_writable_folder  # noqa: E402
-    from utils.files import check_output_file, keep_aside, write_text  # noqa: E402
+    from utils.files import check_output_file, write_text  # noqa: E402
+    from utils.owned_outputs import keep_aside_foreign_outputs, recording_outputs  # noqa: E402
     from utils.processes import run_in_session  # noqa: E402
     from utils.runtime import machine_info, machine_line, pick_device, stop_signals_as_interrupt  # noqa: E402
     from utils.train.run_log import LOSS_LABELS, read_log  # noqa: E402
 
+# What this script wrote (utils.owned_outputs): a rerun replaces those files, and no other. Under results/ (ignored
+# by git), not beside --fig: BENCHMARKS.md's command writes the documented figure into figs/bench/.
+OUTPUTS_RECORD = Path("results") / "bench" / ".bench_fast_path-outputs.json"
 PARTS = ("map",) + tuple(k for k, _ in LOSS_LABELS)
 
 
@@ -149,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs' curves lie apart, the scale for the other departures (table only, not drawn)")
     p.add_argument("--data", default="data/demo", help="demo data folder (built when missing or stale)")
     p.add_argument("--fig", default="results/bench/fast_path_losses.png",
-                   help="the loss curves' figure (the repository's figs/bench/ holds the documented one)")
+                   help="the loss curves' figure (the repository's figs/bench/ holds the documented one); a rerun "
+                        "replaces its own, a file of yours there (or at --json) is moved aside to "
+                        "bench_fast_path.before-<time>/ beside it")
     p.add_argument("--json", default=None, help="also write the curves and the summary here")
     add_debug_flag(p)
     return p
@@ -192,7 +198,14 @@ def bench(a: argparse.Namespace) -> None:
     tail = max(1, len(eager) // 6)
     title = (f"{a.preset} preset, batch {a.batch}, patch {a.patch}, {a.precision}, {a.device}: eager vs --compile "
              f"{a.mode}, {len(eager)} iterations from the same seed (EMA-smoothed)")
-    draw({k: v for k, v in curves.items() if k != "seed"}, labels, Path(a.fig), title)
+    # a rerun replaces its own figure and curves; a file of the user's at those names is moved aside, and said
+    planned = [Path(a.fig)] + ([Path(a.json)] if a.json else [])
+    record = OUTPUTS_RECORD
+    keep_aside_foreign_outputs(planned, record, [(p.parent, "bench_fast_path") for p in planned], "bench_fast_path")
+    with recording_outputs(planned, record):
+        draw({k: v for k, v in curves.items() if k != "seed"}, labels, Path(a.fig), title)
+        if a.json:
+            write_text(a.json, json.dumps({"curves": curves, "first_gap": gap, "seconds": times}))
     print(f"Fast path vs eager: {title}; {machine_line(machine_info(device))}\n")
     print("| run | first iteration (s) | s / iteration (median) | speed-up | "
           f"map loss, mean of the last {tail} |")
@@ -211,9 +224,6 @@ def bench(a: argparse.Namespace) -> None:
     print(f"compiling cost about {fast[0]['sec'] - eager[0]['sec']:.0f} s in the first iteration")
     print(f"figure: {a.fig}")
     if a.json:
-        if Path(a.json).exists():  # a file of the user's, or an earlier run's: kept, not replaced
-            print(f"(an earlier {a.json} was moved to {keep_aside([Path(a.json)], Path(a.json))}/)")
-        write_text(a.json, json.dumps({"curves": curves, "first_gap": gap, "seconds": times}))
         print(f"curves: {a.json}")
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from _disks import tear_figure_saves
 
+from utils.owned_outputs import record_outputs
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -51,9 +53,10 @@ def _fake_runs(bench, monkeypatch, calls: list):
 def test_outputs_are_checked_before_the_runs_and_an_earlier_file_is_kept(bench, monkeypatch, tmp_path, capsys):
     """--json in a folder that cannot be written failed after every training run (the results lost); an existing
     --json file (the user's, an earlier run's) was replaced without a word: now the folder is checked first and the
-    file moved to <name>.before-<time>/."""
+    file moved to bench_fast_path.before-<time>/."""
     calls: list = []
     _fake_runs(bench, monkeypatch, calls)
+    monkeypatch.chdir(tmp_path)  # its record of what it wrote: results/bench/ here
     (tmp_path / "file").write_text("not a folder")
     flags = ["--iters", "3", "--skip", "1", "--control-threads", "0", "--no-seed-control", "--fig",
              str(tmp_path / "fig.png")]
@@ -63,7 +66,7 @@ def test_outputs_are_checked_before_the_runs_and_an_earlier_file_is_kept(bench, 
     mine.write_text("my notes")
     assert bench.main([*flags, "--json", str(mine)]) == 0
     assert json.loads(mine.read_text())["first_gap"] == 0.0
-    kept = list(tmp_path.glob("out.json.before-*/out.json"))
+    kept = list(tmp_path.glob("bench_fast_path.before-*/out.json"))
     assert [p.read_text() for p in kept] == ["my notes"]
 
 
@@ -73,8 +76,30 @@ def test_ctrl_c_while_the_figure_is_saved_leaves_the_earlier_figure(bench, monke
     _fake_runs(bench, monkeypatch, [])
     fig = tmp_path / "fig.png"
     fig.write_bytes(b"the earlier figure")
+    monkeypatch.chdir(tmp_path)
+    record_outputs([fig], bench.OUTPUTS_RECORD)  # an earlier run's: replaced, not moved aside
     tear_figure_saves(monkeypatch)
     assert bench.main(["--iters", "3", "--skip", "1", "--control-threads", "0", "--no-seed-control", "--fig",
                        str(fig)]) == 130
     assert fig.read_bytes() == b"the earlier figure"
     assert capsys.readouterr().err.splitlines()[-1] == "error: interrupted"
+
+
+def test_a_figure_of_the_users_is_moved_aside_and_a_rerun_replaces_its_own(bench, monkeypatch, tmp_path, capsys):
+    """--fig at a file of the user's replaced it without a word (only --json's was kept); every earlier --json was
+    moved aside, a rerun's own too, piling up folders."""
+    _fake_runs(bench, monkeypatch, [])
+    monkeypatch.chdir(tmp_path)  # the record of what it wrote: in results/bench/ of the current folder
+    fig, curves = tmp_path / "figs" / "fig.png", tmp_path / "figs" / "curves.json"
+    fig.parent.mkdir()
+    fig.write_bytes(b"my figure")
+    flags = ["--iters", "3", "--skip", "1", "--control-threads", "0", "--no-seed-control", "--fig", str(fig),
+             "--json", str(curves)]
+    assert bench.main(flags) == 0
+    kept = list(fig.parent.glob("bench_fast_path.before-*/fig.png"))
+    assert [p.read_bytes() for p in kept] == [b"my figure"] and fig.read_bytes().startswith(b"\x89PNG")
+    assert f"moved to {kept[0].parent}/" in capsys.readouterr().out
+    assert bench.main(flags) == 0  # its own figure and curves: replaced
+    assert len(list(fig.parent.glob("*.before-*"))) == 1 and fig.read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in fig.parent.iterdir() if "before" not in p.name) == ["curves.json", "fig.png"]
+    assert "moved to" not in capsys.readouterr().out

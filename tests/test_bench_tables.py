@@ -112,6 +112,7 @@ def _fast_path(monkeypatch, tmp_path):
         return [{"global_step": i + 1, "sec": 0.1, **{k: 1.0 + i for k in bench.PARTS}} for i in range(3)]
     monkeypatch.setattr(bench, "run", run)
     monkeypatch.setattr(bench, "build_demo_data", lambda *a, **kw: {})
+    monkeypatch.chdir(tmp_path)  # its record of what it wrote: results/bench/ here
     return bench, ["--iters", "3", "--skip", "1", "--control-threads", "0", "--no-seed-control", "--fig",
                    str(tmp_path / "fig.png")]
 
