@@ -259,6 +259,8 @@ def variant_list(text: str) -> str:
     unknown = [v for v in text.split(",") if v and v not in VARIANTS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if not text.strip(","):  # '' or ',': a table head and no row
+        raise argparse.ArgumentTypeError(f"name at least one variant, from {', '.join(VARIANTS)}")
     return text
 
 

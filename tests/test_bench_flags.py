@@ -115,3 +115,15 @@ def test_the_help_says_each_default(script, flag, default, monkeypatch):
     text = " ".join(bench.build_parser().format_help().split())
     after = text[text.index(f" {flag} "):]
     assert f"(default: {default})" in after[:400], after[:400]
+
+
+@pytest.mark.parametrize("value", ["", ","])
+def test_the_training_bench_refuses_an_empty_variant_list(value, monkeypatch, capsys):
+    """--variants '' (an unset shell variable) printed the table's head and no row, status 0."""
+    bench = _script("bench_train", monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        bench.build_parser().parse_args(["--variants", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: argument --variants: name at least one variant, from straightforward, "
+                             "straightforward_malloc, engine, engine_nchw, compiled"), err
