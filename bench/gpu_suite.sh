@@ -32,6 +32,9 @@
 # rows. No internet, no pretrained weights needed; the project's own code runs from this checkout (PYTHONPATH),
 # not an install. The log (and the curves' figure) go to $OUT or results/gpu_suite.
 set -uo pipefail
+case " $* " in  # the comment above, as every bench script's --help prints its own; nothing runs
+    *" -h "*|*" --help "*) sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+esac
 cd "$(dirname "$0")/.."
 ALL_STEPS="train-bf16 restore profile loader train-fp32 curves guarantees"
 for name in "$@"; do  # a misspelt step would cost a device call: refused before anything runs

@@ -356,3 +356,15 @@ def test_the_compile_cache_travels_to_the_next_machine_in_parts_a_device_call_br
     assert "did not unpack" in log and "### data loader" in log
     assert not [p for p in tmp_path.glob("cache4*/**/*") if p.is_file()]  # no half-unpacked entry left behind
     assert not list((tmp_path / "out4").glob("compile_cache*"))  # CACHE_OUT= (empty): nothing packed
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_the_help_prints_the_suites_description_and_runs_nothing(flag, tmp_path):
+    """`bash bench/gpu_suite.sh --help` said "error: unknown step '--help'"; every bench script has a --help."""
+    env = {**os.environ, "OUT": str(tmp_path), "PY": "false"}
+    done = subprocess.run(["bash", str(SUITE), "loader", flag], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("Every GPU row of BENCHMARKS.md, step by step")
+    assert "train-bf16   the straightforward loop" in done.stdout and "set -uo" not in done.stdout
+    assert list(tmp_path.iterdir()) == []  # no log, no step
