@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(args: argparse.Namespace) -> None:
+    if args.device == "cuda" and args.paths != list(PATHS):  # the GPU rows are fixed: it was ignored without a word
+        raise UsageError("--paths chooses the CPU paths; --device cuda measures its own rows (plain, restore() fp32 "
+                         "and bf16, and bf16 compiled with each --compile MODE): drop --paths")
     if args.device == "cuda":
         pick_device("cuda")  # no GPU visible: one error: line naming --device, not CUDA's own failure
         gpu_rows(args.preset, args.size, max(args.repeats, 10), tuple(args.compile))

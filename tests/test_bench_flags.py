@@ -127,3 +127,14 @@ def test_the_training_bench_refuses_an_empty_variant_list(value, monkeypatch, ca
     assert stop.value.code == 2 and len(err) == 1, err
     assert err[0].startswith("error: argument --variants: name at least one variant, from straightforward, "
                              "straightforward_malloc, engine, engine_nchw, compiled"), err
+
+
+def test_the_inference_bench_refuses_cpu_paths_on_the_gpu(monkeypatch, capsys):
+    """--device cuda --paths fast_bf16 measured the fixed GPU rows, every one of them, and ignored --paths."""
+    bench = _script("bench_inference", monkeypatch)
+    monkeypatch.setattr(bench, "gpu_rows", lambda *a, **kw: pytest.fail("the GPU rows ran"))
+    monkeypatch.setattr(bench, "pick_device", lambda *a, **kw: None)  # as if a GPU were there
+    assert bench.main(["--device", "cuda", "--paths", "fast_bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --paths chooses the CPU paths; --device cuda measures its own rows (plain, restore() fp32 "
+                   "and bf16, and bf16 compiled with each --compile MODE): drop --paths"]
