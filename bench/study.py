@@ -60,7 +60,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import numpy as np
     import torch
 
-    from utils.cli import OneSpellingHelpFormatter
+    from utils.cli import OneSpellingHelpFormatter, at_least
     from utils.demo.data import DemoDataError, build_demo_data, check_build_args
     from utils.errors import OneLineArgumentParser, add_debug_flag, counted, interrupted_line, run_main
     from utils.eval.evaluation import InputAsOutput
@@ -130,7 +130,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3,
                    help="base lr (the trainer halves it), the demo's: the paper's 2e-4 is too slow for a short budget")
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--torch-threads", dest="torch_threads", type=at_least(0, " (0: torch's default)"), default=0,
+                   help="torch's CPU threads for training and evaluation (0: torch's default, one per core); not "
+                        "the trainers' --threads, their data-loader workers (the study's runs load in the main "
+                        "process)")
+    # its name until now, shown in STUDY.md's list of flags: to a trainer's user --threads means loader workers
+    p.add_argument("--threads", dest="threads", type=at_least(0, " (0: torch's default)"), default=None,
+                   help="deprecated: the former name of --torch-threads (it sets torch's threads, not loader workers)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no training progress bars")
     add_debug_flag(p)
     return p
@@ -160,8 +166,13 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         raise StudySettingError(f"--patch-size must be a multiple of 8 and at least 16, got {args.patch_size}")
     if not math.isfinite(args.lr) or args.lr <= 0:
         raise StudySettingError(f"--lr must be a finite number > 0, got {args.lr}")
-    if args.threads < 0:
-        raise StudySettingError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    if args.threads is not None:  # the deprecated name: said once, on stderr; the value is --torch-threads'
+        if args.torch_threads and args.torch_threads != args.threads:
+            raise StudySettingError(f"--threads {args.threads} and --torch-threads {args.torch_threads} disagree: "
+                                    f"pass --torch-threads only (--threads is its deprecated name)")
+        print(f"note: --threads is deprecated here: it sets torch's CPU threads, now --torch-threads "
+              f"{args.threads} (in trainer_bary.py --threads counts data-loader workers)", file=sys.stderr)
+        args.torch_threads, args.threads = args.threads, None
     bad_seeds = [s for s in args.seeds if not 0 <= s < 2 ** 63]
     if bad_seeds:
         raise StudySettingError(f"--seeds must be in 0..2**63-1 (the trainer's --seed), got {bad_seeds[0]}")
@@ -175,8 +186,8 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or continue) the study; returns everything written to ``<out>/study.json``."""
     args = resolve_settings(args)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
     t0 = time.time()
     out, figs_dir, root = Path(args.out), Path(args.figs_dir), Path(args.root)
     for flag, folder in (("--out", out), ("--figs-dir", figs_dir)):  # a file in the way was met by the first write

@@ -351,10 +351,14 @@ def test_flags_that_cannot_work_are_one_error_line_and_nothing_is_written(tmp_pa
     # the trainer's rules too: each failed every run after --out recorded it, and the corrected command was refused
     for flags, said in ((["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
                         (["--patch-size", "30"], "--patch-size must be a multiple of 8 and at least 16, got 30"),
-                        (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
-                        (["--threads", "-3"], "--threads must be >= 0 (0: torch's default), got -3")):
+                        (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0")):
         assert study.cli([*flags, "--out", str(tmp_path / "out"), "--root", str(tmp_path / "demo")]) == 2
         assert capsys.readouterr().err == f"error: {said}\n"
+    with pytest.raises(SystemExit) as stop:  # refused by the parser
+        study.cli(["--torch-threads", "-3", "--out", str(tmp_path / "out"), "--root", str(tmp_path / "demo")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: argument --torch-threads: must be >= 0 (0: torch's default), got -3"), err
     assert not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()
     (tmp_path / "file").write_text("mine")  # a file where the demo data's folder goes: a UserError, one line
     assert study.cli(["--root", str(tmp_path / "file"), "--out", str(tmp_path / "out")]) == 1
@@ -647,6 +651,31 @@ def test_a_folder_at_an_output_name_fails_before_any_run(where, tmp_path, monkey
     assert err == f"error: {path}: a folder is where the study writes its file {path.name} — move or rename that " \
                   f"folder, or choose another {flag}\n"
     assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+
+
+def test_torch_threads_is_its_own_flag_and_threads_a_deprecated_name_for_it(tmp_path, monkeypatch, capsys):
+    """The study's --threads set torch's CPU threads, where trainer_bary.py's --threads (--workers) counts data-loader
+    workers: `--threads 4`, copied from a trainer's command, changed the study's torch threads. It is --torch-threads
+    now; --threads (STUDY.md listed it) still works, with a note naming the new flag."""
+    fake_study(monkeypatch, tmp_path)
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    try:
+        for flags, note in ((["--torch-threads", str(want)], False), (["--threads", str(want)], True)):
+            torch.set_num_threads(before)
+            assert study.cli(fake_argv(tmp_path, *flags)) == 0
+            assert torch.get_num_threads() == want
+            err = capsys.readouterr().err
+            assert ("note: --threads is deprecated here" in err and f"--torch-threads {want}" in err) == note, err
+    finally:
+        torch.set_num_threads(before)
+    assert study.cli(fake_argv(tmp_path, "--threads", "2", "--torch-threads", "3")) == 2
+    assert capsys.readouterr().err == ("error: --threads 2 and --torch-threads 3 disagree: pass --torch-threads only "
+                                       "(--threads is its deprecated name)\n")
+    help_text = " ".join(study.get_args_parser().format_help().split())
+    assert "--torch-threads TORCH_THREADS torch's CPU threads" in help_text
+    assert "not the trainers' --threads, their data-loader workers" in help_text
+    assert "--threads THREADS deprecated: the former name of --torch-threads" in help_text
 
 
 def test_an_arm_or_seed_named_twice_runs_once(tmp_path):
