@@ -66,6 +66,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.eval.evaluation import InputAsOutput
     from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
+    from utils.output_lock import OutputLock
     from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, recording_outputs
     from utils.runtime import (
         DEVICE_HELP,
@@ -198,6 +199,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         flag = "--figs-dir" if path.parent == figs_dir else "--out"
         raise StudySettingError(f"{path}: a folder is where the study writes its file {path.name} — move or rename "
                                 f"that folder, or choose another {flag}")
+    # one study at a time in --out: a second one (the same command in another terminal) evaluated a run the first had
+    # just trained again, beside it, and both wrote the same tables, figures and record; a trainer of one meeting the
+    # other's run lock ended that study with "training failed"
+    with OutputLock(out, flag="--out", role="study", fix="choose another --out"):
+        return run_study(args, out, figs_dir, root, t0)
+
+
+def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, t0: float) -> dict[str, Any]:
+    """:func:`main`'s steps once its flags are checked and ``out`` is held: the data, the runs, the tables and the
+    figures; returns everything written to ``<out>/study.json``. ``t0``: when the study started (time.time())."""
     manifest = build_demo_data(root, seed=0, scale=args.scale, max_photos=args.max_photos, progress=args.progress)
     iters_per_epoch = args.iters // args.epochs
     repeats = balanced_repeats(manifest, iters_per_epoch * args.batch_size)

@@ -4,6 +4,7 @@ import io
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -676,6 +677,24 @@ def test_torch_threads_is_its_own_flag_and_threads_a_deprecated_name_for_it(tmp_
     assert "--torch-threads TORCH_THREADS torch's CPU threads" in help_text
     assert "not the trainers' --threads, their data-loader workers" in help_text
     assert "--threads THREADS deprecated: the former name of --torch-threads" in help_text
+
+
+def test_a_second_study_in_the_same_out_is_refused_while_the_first_runs(tmp_path, monkeypatch, capsys):
+    """The same command started twice (two terminals) ran both: the second evaluated a run the first had just trained
+    again, beside it, and both wrote the tables and figures. It is one error line naming the first one's PID now;
+    after the first has ended, the next runs."""
+    from utils.output_lock import OutputLock
+    fake_study(monkeypatch, tmp_path, fail_runs=True)
+    monkeypatch.setattr(study, "build_demo_data", lambda *a, **kw: pytest.fail("the data was built"))
+    with OutputLock(tmp_path / "out", flag="--out", role="study"):  # the first study, still running
+        assert study.cli(fake_argv(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: --out {tmp_path / 'out'} is in use by another study (PID {os.getpid()} on "
+                   f"{socket.gethostname()}); wait for it to finish or choose another --out\n"), err
+    assert not (tmp_path / "out").exists()  # nothing written, nothing left behind
+    fake_study(monkeypatch, tmp_path)
+    assert study.cli(fake_argv(tmp_path)) == 0
+    assert (tmp_path / "out" / "study.md").is_file() and not (tmp_path / "out" / ".lock").exists()
 
 
 def test_an_arm_or_seed_named_twice_runs_once(tmp_path):
