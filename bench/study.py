@@ -216,7 +216,9 @@ def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, t
               "patch_size": args.patch_size, "lr": args.lr, "repeats": repeats, "preset": "tiny",
               "data_hash": manifest["content_hash"]}
     check_out_dir(out, config)
-    print(plan(args, repeats), flush=True)
+    finished = [(a, s) for s in args.seeds for a in args.arms
+                if (out / "runs" / a / f"seed{s}" / "eval.json").is_file()]  # read from their caches: not estimated
+    print(plan(args, repeats, finished), flush=True)
     device = pick_device(args.device)
     views = probe_views(root, manifest)
 

@@ -607,6 +607,25 @@ def test_the_plan_counts_in_words_and_its_estimate_includes_a_runs_fixed_cost(tm
     assert estimated_seconds(args)["baryir"] >= FIXED_SECONDS > 0
 
 
+def test_the_estimate_leaves_out_the_runs_already_finished(tmp_path, monkeypatch, capsys):
+    """Run again after a stop (or with a seed added), the plan estimated every run, those read from their caches too:
+    a rerun of a tiny study with both runs cached said "estimate: up to 46 s" and only read them."""
+    fake_study(monkeypatch, tmp_path)
+    assert study.cli(fake_argv(tmp_path)) == 0  # baryir and restormer, seed 0
+    capsys.readouterr()
+    assert study.cli(fake_argv(tmp_path)) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  estimate:"))
+    assert line == (f"  estimate: all 2 runs already finished in {tmp_path / 'out'} (read from their caches): only "
+                    f"the tables and figures are left")
+    assert study.cli(fake_argv(tmp_path, "--seeds", "0", "1")) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  estimate:"))
+    assert line.startswith(f"  estimate: 2 of 4 runs already finished in {tmp_path / 'out'} (read from their caches); "
+                           f"the other 2: up to "), line
+    from utils.study.budget import estimated_seconds, minutes
+    args = study.resolve_settings(study.get_args_parser().parse_args(fake_argv(tmp_path, "--seeds", "0", "1")))
+    assert f"the other 2: up to {minutes(sum(estimated_seconds(args).values()))} on " in line, line  # seed 1 only
+
+
 def test_the_estimate_of_the_full_study_covers_its_recorded_time():
     """STUDY.md records the full study's total (its 24 runs' training and evaluation); the plan's estimate of that
     setting, "up to" on the safe side, must not be below it."""

@@ -3,6 +3,7 @@ cost of a run of each arm, and the plan printed before the runs (:func:`plan`)."
 from __future__ import annotations
 
 import argparse
+from typing import Collection
 
 from utils.errors import counted
 from utils.study.arms import ARMS, MATCHED_DIM
@@ -50,17 +51,34 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def plan(args: argparse.Namespace, repeats: dict[str, int]) -> str:
+def plan(args: argparse.Namespace, repeats: dict[str, int], finished: Collection[tuple[str, int]] = ()) -> str:
     """The lines printed before the runs: arms, seeds, the budget per run, the data, the time estimate
-    (:func:`estimated_seconds`; ``*``: an arm whose cost is in :data:`UNMEASURED`), the output folders."""
+    (:func:`estimated_seconds`; ``*``: an arm whose cost is in :data:`UNMEASURED`), the output folders.
+    ``finished``: the (arm, seed) runs already evaluated in ``--out``, read from their caches: left out of the
+    estimate."""
     per_run = estimated_seconds(args)
-    total = sum(per_run.values()) * len(args.seeds)
+    runs = [(a, s) for s in args.seeds for a in args.arms]
+    left = [(a, s) for a, s in runs if (a, s) not in set(finished)]
+    total = sum(per_run[a] for a, _ in left)
     guessed = {a for a in per_run if ARMS[a].cost_key in UNMEASURED}
     per_run = {(f"{a}*" if a in guessed else a): s for a, s in per_run.items()}
     decay = ", the last at lr/10" if args.epochs > 1 else ""
     quick = (f" (QUICK: {counted(len(args.seeds), 'seed')} x {args.iters} iterations, not the study's "
              f"{len(FULL['seeds'])} x "
              f"{FULL['iters']}; it checks the pipeline, not the claims)") if args.quick else ""
+    if not left:
+        estimate = (f"all {counted(len(runs), 'run')} already finished in {args.out} (read from their caches): only "
+                    f"the tables and figures are left")
+    else:
+        done = len(runs) - len(left)
+        estimate = ((f"{done} of {counted(len(runs), 'run')} already finished in {args.out} (read from their "
+                     f"caches); the other {len(left)}: " if done else "")
+                    + f"up to {minutes(total)} on this project's 2-core CPU when another process holds a core, "
+                    f"about {minutes(FREE_CORES_FACTOR * total)} with both free "
+                    f"({', '.join(f'{a} {minutes(s)}' for a, s in per_run.items())} per seed, on the safe side"
+                    + ("; * guessed from the network's size: the recorded study gives only its runs' total" if guessed
+                       else "")
+                    + "); finished runs are skipped")
     lines = [f"BaryIR study{quick}",
              f"  arms:   {', '.join(args.arms)}",
              f"  seeds:  {' '.join(map(str, args.seeds))}   ({counted(len(args.arms) * len(args.seeds), 'training')})",
@@ -69,11 +87,6 @@ def plan(args: argparse.Namespace, repeats: dict[str, int]) -> str:
              f"batch {args.batch_size}, patch {args.patch_size}, tiny preset, lr {args.lr:g}",
              f"  data:   {args.root} (scale {args.scale:g}), --repeat "
              + " ".join(f"{k}={v}" for k, v in repeats.items()),
-             f"  estimate: up to {minutes(total)} on this project's 2-core CPU when another process holds a core, "
-             f"about {minutes(FREE_CORES_FACTOR * total)} with both free "
-             f"({', '.join(f'{a} {minutes(s)}' for a, s in per_run.items())} per seed, on the safe side"
-             + ("; * guessed from the network's size: the recorded study gives only its runs' total" if guessed
-                else "")
-             + "); finished runs are skipped",
+             f"  estimate: {estimate}",
              f"  out:    {args.out}   figures: {args.figs_dir}"]
     return "\n".join(lines)
