@@ -199,16 +199,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         flag = "--figs-dir" if path.parent == figs_dir else "--out"
         raise StudySettingError(f"{path}: a folder is where the study writes its file {path.name} — move or rename "
                                 f"that folder, or choose another {flag}")
+    # --device cuda without a GPU was refused after the data was built and --out had recorded the setting
+    device = pick_device(args.device)
     # one study at a time in --out: a second one (the same command in another terminal) evaluated a run the first had
     # just trained again, beside it, and both wrote the same tables, figures and record; a trainer of one meeting the
     # other's run lock ended that study with "training failed"
     with OutputLock(out, flag="--out", role="study", fix="choose another --out"):
-        return run_study(args, out, figs_dir, root, t0)
+        return run_study(args, out, figs_dir, root, device, t0)
 
 
-def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, t0: float) -> dict[str, Any]:
-    """:func:`main`'s steps once its flags are checked and ``out`` is held: the data, the runs, the tables and the
-    figures; returns everything written to ``<out>/study.json``. ``t0``: when the study started (time.time())."""
+def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, device: torch.device,
+              t0: float) -> dict[str, Any]:
+    """:func:`main`'s steps once its flags are checked and ``out`` is held: the data, the runs on ``device``, the
+    tables and the figures; returns everything written to ``<out>/study.json``. ``t0``: when the study started."""
     manifest = build_demo_data(root, seed=0, scale=args.scale, max_photos=args.max_photos, progress=args.progress)
     iters_per_epoch = args.iters // args.epochs
     repeats = balanced_repeats(manifest, iters_per_epoch * args.batch_size)
@@ -219,7 +222,6 @@ def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, t
     finished = [(a, s) for s in args.seeds for a in args.arms
                 if (out / "runs" / a / f"seed{s}" / "eval.json").is_file()]  # read from their caches: not estimated
     print(plan(args, repeats, finished), flush=True)
-    device = pick_device(args.device)
     views = probe_views(root, manifest)
 
     evals, embeddings, done = {}, {}, 0

@@ -716,6 +716,18 @@ def test_a_second_study_in_the_same_out_is_refused_while_the_first_runs(tmp_path
     assert (tmp_path / "out" / "study.md").is_file() and not (tmp_path / "out" / ".lock").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_device_cuda_without_a_gpu_fails_before_the_data_and_out(tmp_path, monkeypatch, capsys):
+    """--device cuda on a machine without a GPU was refused after the demo data was built and --out had recorded
+    the setting (study_config.json): now before either."""
+    fake_study(monkeypatch, tmp_path, fail_runs=True)
+    monkeypatch.setattr(study, "build_demo_data", lambda *a, **kw: pytest.fail("the data was built"))
+    assert study.cli(fake_argv(tmp_path, "--device", "cuda")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device cuda asks for a CUDA GPU, but none is visible") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_arm_or_seed_named_twice_runs_once(tmp_path):
     """--seeds 0 0 ran seed 0 once, --arms restormer restormer made two identical arm rows: both keep the first
     occurrence of each, in order."""
