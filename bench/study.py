@@ -117,7 +117,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="demo data size factor (tests use 0.25)")
     p.add_argument("--max-photos", dest="max_photos", type=int, default=None,
                    help="demo data: keep only the first N train and test photos (tests)")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms to run")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM",
+                   help=f"arms to run, of {', '.join(ARMS)} (default: all; STUDY.md's table of arms says each)")
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help=f"training seeds (default {FULL['seeds']}, {QUICK['seeds']} with --quick)")
     p.add_argument("--iters", type=int, default=None,

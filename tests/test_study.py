@@ -433,6 +433,15 @@ def test_the_help_shows_no_default_it_does_not_mean(module, parser):
     assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text, text
 
 
+def test_the_help_names_each_arm_once():
+    """--help showed --arms as "{baryir,restormer,...,barypromptir} [{baryir,...} ...]" (a 200-character line, twice,
+    in the usage and in the list) and its default as a Python list."""
+    text = study.get_args_parser().format_help()
+    assert "[--arms ARM [ARM ...]]" in text and "  --arms ARM [ARM ...]" in text
+    assert text.count("restormer_matched") == text.count("barypromptir") == 1, text
+    assert "['baryir'" not in text and "{baryir" not in text
+
+
 def fake_study(monkeypatch, tmp: Path, fail_runs: bool = False):
     """bench/study.py's main without building data or training: each run's evaluation is a fixed fake, cached in its
     eval.json as run_one caches it (``fail_runs``: a run raises, for checks that must come before any run). Runs in
