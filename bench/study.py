@@ -78,7 +78,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
         stop_signals_as_interrupt,
     )
     from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
-    from utils.study.budget import FULL, QUICK, estimated_seconds, minutes, plan
+    from utils.study.budget import FULL, QUICK, busy_cores_note, estimated_seconds, minutes, plan
     from utils.study.errors import StudyError, StudyInterrupted, StudySettingError
     from utils.study.probe import probe_summary, probe_views
     from utils.study.report import figure_names, figures, planned_figure_names, tables
@@ -223,6 +223,10 @@ def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, d
     finished = [(a, s) for s in args.seeds for a in args.arms
                 if (out / "runs" / a / f"seed{s}" / "eval.json").is_file()]  # read from their caches: not estimated
     print(plan(args, repeats, finished), flush=True)
+    to_run = device.type == "cpu" and len(finished) < len(args.seeds) * len(args.arms)
+    note = busy_cores_note(torch.get_num_threads(), os.getloadavg()[0], os.cpu_count() or 1) if to_run else None
+    if note:
+        print(note, file=sys.stderr, flush=True)
     views = probe_views(root, manifest)
 
     evals, embeddings, done = {}, {}, 0

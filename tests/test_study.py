@@ -635,6 +635,27 @@ def test_the_estimate_leaves_out_the_runs_already_finished(tmp_path, monkeypatch
     assert f"the other 2: up to {minutes(sum(estimated_seconds(args).values()))} on " in line, line  # seed 1 only
 
 
+def test_busy_cores_get_a_note_naming_torch_threads_1(tmp_path, monkeypatch, capsys):
+    """On a 2-core machine other processes kept busy, the study's torch threads (2, torch's default) waited on each
+    other: an evaluation took 23-30 s that took 2-3 s with --torch-threads 1, and nothing said so."""
+    from utils.study.budget import busy_cores_note
+    assert busy_cores_note(1, 9.0, 2) is None and busy_cores_note(2, 1.5, 2) is None
+    assert "--torch-threads 1 can be several times faster" in busy_cores_note(2, 6.5, 2)
+    fake_study(monkeypatch, tmp_path)
+    monkeypatch.setattr(study.os, "getloadavg", lambda: (7.0, 7.0, 7.0))
+    monkeypatch.setattr(study.os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        for threads, said in (("2", True), ("1", False)):
+            assert study.cli(fake_argv(tmp_path, "--torch-threads", threads, "--seeds", threads)) == 0
+            err = capsys.readouterr().err
+            assert ("note: this machine's 2 cores are busy (load average 7.0)" in err) == said, err
+        assert study.cli(fake_argv(tmp_path, "--torch-threads", "2", "--seeds", "2")) == 0  # every run cached
+        assert "busy" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_estimate_of_the_full_study_covers_its_recorded_time():
     """STUDY.md records the full study's total (its 24 runs' training and evaluation); the plan's estimate of that
     setting, "up to" on the safe side, must not be below it."""

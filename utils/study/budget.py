@@ -46,6 +46,17 @@ def estimated_seconds(args: argparse.Namespace) -> dict[str, float]:
             + FIXED_SECONDS for a in args.arms}
 
 
+def busy_cores_note(threads: int, load: float, cores: int) -> str | None:
+    """A note when torch runs ``threads`` threads on ``cores`` cores that other processes keep busy (``load``: the
+    1-minute load average, before the study starts), else None. There each of torch's threads waits for the others at
+    every operation: evaluating one tiny Restormer run at demo scale 0.25 took 23 to 30 s with 2 threads and 2 to 3 s
+    with 1, back to back on this project's 2-core CPU at a load average of 6 to 9."""
+    if threads <= 1 or load < cores:
+        return None
+    return (f"note: this machine's {cores} cores are busy (load average {load:.1f}) and torch runs {threads} threads, "
+            f"which then wait on each other: --torch-threads 1 can be several times faster here")
+
+
 def minutes(seconds: float) -> str:
     """``seconds`` as the plan prints them: ``"12 min"`` from a minute on, ``"45 s"`` below."""
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
