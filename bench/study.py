@@ -119,8 +119,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="demo data: keep only the first N train and test photos (tests)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM",
                    help=f"arms to run, of {', '.join(ARMS)} (default: all; STUDY.md's table of arms says each)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None,
-                   help=f"training seeds (default {FULL['seeds']}, {QUICK['seeds']} with --quick)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help=f"training seeds (default {' '.join(map(str, FULL['seeds']))}, "
+                        f"{' '.join(map(str, QUICK['seeds']))} with --quick)")
     p.add_argument("--iters", type=int, default=None,
                    help=f"training iterations per run (default {FULL['iters']}, {QUICK['iters']} with --quick)")
     p.add_argument("--epochs", type=int, default=None,

@@ -435,11 +435,13 @@ def test_the_help_shows_no_default_it_does_not_mean(module, parser):
 
 def test_the_help_names_each_arm_once():
     """--help showed --arms as "{baryir,restormer,...,barypromptir} [{baryir,...} ...]" (a 200-character line, twice,
-    in the usage and in the list) and its default as a Python list."""
+    in the usage and in the list) and its default as a Python list, as --seeds did ("default [0, 1, 2]")."""
     text = study.get_args_parser().format_help()
     assert "[--arms ARM [ARM ...]]" in text and "  --arms ARM [ARM ...]" in text
     assert text.count("restormer_matched") == text.count("barypromptir") == 1, text
     assert "['baryir'" not in text and "{baryir" not in text
+    # the seeds' defaults as they are typed, not as Python lists
+    assert "--seeds SEED [SEED ...]" in text and "(default 0 1 2, 0 with --quick)" in " ".join(text.split())
 
 
 def fake_study(monkeypatch, tmp: Path, fail_runs: bool = False):
