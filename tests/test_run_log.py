@@ -190,10 +190,14 @@ def test_records_are_not_appended_through_a_link_to_a_file_elsewhere(tmp_path):
 def test_reading_a_log_skips_what_is_not_a_record(tmp_path):
     """A stray byte that is not UTF-8 ended the loss figure in a traceback, and a JSON line that is not an object
     (``[1]``) in an AttributeError."""
-    from utils.train.run_log import read_log
+    from utils.train.run_log import read_log, read_loss_history
     path = tmp_path / "log.jsonl"
-    path.write_bytes(b'{"kind": "iter", "global_step": 1}\n[1]\n\xff\xfe\n{"kind": "iter", "global_step": 2}\n')
-    assert [r["global_step"] for r in read_log(path)] == [1, 2]
+    path.write_bytes(b'{"kind": "iter", "global_step": 1, "l1": 0.5}\n[1]\n\xff\xfe\n{"kind": "iter", "global_st\n'
+                     b'{"kind": "iter", "global_step": 2, "l1": "x"}\n{"kind": "epoch", "epoch": [2], "val_psnr": 1}\n')
+    assert [r["global_step"] for r in read_log(path) if r["kind"] == "iter"] == [1, 2]
+    history = read_loss_history(path)  # the loss figure's reader: a value that is not a number is not drawn
+    assert history.iterations == 2 and [list(a) for a in history.points("l1")] == [[1], [0.5]]
+    assert history.epochs == [{"val_psnr": 1}] and history.means() == []
 
 
 def test_a_record_after_a_complete_log_is_on_the_next_line_with_no_blank_line(tmp_path):
@@ -488,3 +492,42 @@ def test_plain_progress_lines_without_a_terminal_come_now_and_then_not_at_every_
     assert [r["iteration"] for r in logged.records] == list(range(1, 101))  # the log keeps every one
     shown = [int(line.split("[")[1].split("/")[0]) for line in capsys.readouterr().out.splitlines()]
     assert shown == [1, 31, 61, 91, 100]
+
+
+def test_a_long_runs_loss_figure_draws_few_points_that_keep_every_logged_values_envelope(tmp_path, monkeypatch):
+    """The figure, redrawn at each epoch's end, read the whole log into dicts and drew every point: at the paper's
+    scale (some 861,000 iterations logged, 300 MB) about 90 s and 1.9 GB each time. The log is read as a stream into
+    arrays, each curve (the values, and their moving average over all of them) drawn as the lowest and highest of
+    each stretch of values in a row; the caption says so."""
+    import json
+    import random
+
+    import numpy as np
+
+    from utils import plotting
+    from utils.train.run_log import MOST_POINTS, plot_loss_curves, smoothed, smoothing_weight
+    drawn = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
+    rng = random.Random(0)
+    n = 50_000
+    values = [1.0 / (1 + s / 5000) * (1 + 0.2 * rng.random()) * (5.0 if rng.random() < 0.001 else 1.0)
+              for s in range(1, n + 1)]  # a falling, noisy loss with rare spikes
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"kind": "iter", "epoch": 1, "global_step": s, "l1": v}) + "\n"
+                           for s, v in enumerate(values, 1)))
+    plot_loss_curves(log, tmp_path / "fig.png")
+    raw, solid = drawn[0].axes[0].get_lines()
+    average = smoothed(values, smoothing_weight(n))
+    for line, ys in ((raw, values), (solid, average)):
+        xs, got = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+        assert len(xs) <= MOST_POINTS and xs[0] == 1 and xs[-1] == n
+        assert (np.diff(xs) > 0).all() and (got == np.asarray(ys)[xs - 1]).all()  # logged points, in their order
+        reach = -(-n // (MOST_POINTS // 2 - 1))  # the longest stretch a line of MOST_POINTS points can stand for
+        lowest, highest = np.full(n + 2 * reach, np.inf), np.full(n + 2 * reach, -np.inf)
+        lowest[xs - 1 + reach], highest[xs - 1 + reach] = got, got
+        windows = np.lib.stride_tricks.sliding_window_view  # each value against the points drawn within reach
+        assert (windows(lowest, 2 * reach + 1).min(axis=1) <= ys).all()
+        assert (windows(highest, 2 * reach + 1).max(axis=1) >= ys).all()
+    assert solid.get_ydata()[-1] == average[-1]  # the average of all values, not of those drawn
+    caption = drawn[0]._suptitle.get_text().replace("\n", " ")
+    assert "lowest and highest of every 51 values in a row, of 50,000" in caption, caption

@@ -2,15 +2,19 @@
 figure, progress bars and console messages. Only rank 0 writes (``enabled=False`` elsewhere)."""
 from __future__ import annotations
 
+import array
 import collections
 import hashlib
 import json
+import math
 import os
 import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 from tqdm import tqdm
 
 from utils.errors import UserError
@@ -233,58 +237,159 @@ def plotted_parts(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(k, label) for k, label in LOSS_LABELS if any(r.get(k) is not None for r in records)]
 
 
-def loss_curves(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """What the loss panels draw: ``(the iter records, the epoch records standing in for them)``, the latter those of
-    the epochs the log holds no iteration of (``--log-every 0``, in every start or some), whose losses are the means
-    over the epoch."""
-    iters = [r for r in records if r.get("kind") == "iter"]
-    logged = {r.get("epoch") for r in iters}
-    return iters, [r for r in records if r.get("kind") == "epoch" and r.get("epoch") not in logged
-                   and plotted_parts([r])]
+# Points per curve the loss figure draws at most (its panels are some 360 pixels wide): a longer curve, the logged
+# values and their moving average, is drawn as the lowest and highest value of each stretch of consecutive values
+# (:func:`envelope`). The paper's 120 epochs log some 861,000 iterations at --log-every 10.
+MOST_POINTS = 2000
+
+
+@dataclass
+class LossHistory:
+    """What the loss figure draws from a log, read as a stream (:func:`read_loss_history`) into arrays.
+
+    ``steps``: (N,) int64, the global step of each ``iter`` record that has one (an integer), in the log's order;
+    ``values``: a part's key (:data:`LOSS_LABELS`) -> (N,) float64, its value at each of those records (NaN where
+    the record has none, or not a number); ``iterations``: how many ``iter`` records the log holds (with a global
+    step or not); ``held``: the parts some ``iter`` record holds; ``logged_epochs``: the ``epoch`` of each ``iter``
+    record; ``epochs``: the ``epoch`` records, each with its ``epoch``, ``global_step``, ``val_psnr`` and parts
+    only."""
+    steps: np.ndarray
+    values: dict[str, np.ndarray]
+    iterations: int = 0
+    held: set[str] = field(default_factory=set)
+    logged_epochs: set[Any] = field(default_factory=set)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    def points(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(global steps (M,), values (M,))`` of the ``iter`` records that hold ``key``."""
+        if key not in self.values:
+            return self.steps[:0], np.zeros(0)
+        ys = self.values[key]
+        held = ~np.isnan(ys)
+        return self.steps[held], ys[held]
+
+    def means(self) -> list[dict[str, Any]]:
+        """The ``epoch`` records standing in for iterations: those of the epochs no ``iter`` record is of
+        (``--log-every 0``, in every start or some) that hold a part, whose values are the means over the epoch."""
+        return [r for r in self.epochs if r.get("epoch") not in self.logged_epochs and plotted_parts([r])]
+
+
+def read_loss_history(path: str | os.PathLike) -> LossHistory:
+    """The :class:`LossHistory` of the log at ``path`` (empty if there is none), read a line at a time: a log of
+    the paper's 120 epochs (some 300 MB) is never whole in memory, only the numbers drawn. Lines that are not a
+    JSON object (torn by a crash, a stray byte) and records of other kinds are passed over, as :func:`read_log`
+    does."""
+    keys = [k for k, _ in LOSS_LABELS]
+    kept = ("epoch", "global_step", "val_psnr", *keys)  # of an epoch record
+    steps, columns = array.array("q"), {}
+    history = LossHistory(np.zeros(0, dtype=np.int64), {})
+    if not Path(path).is_file():
+        return history
+    with open(path, encoding="utf-8", errors="replace") as fh:  # a stray byte must not hide the whole log
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash, or blank
+            if not isinstance(record, dict):  # every record is an object: anything else is not this log's
+                continue
+            kind = record.get("kind")
+            if kind == "epoch":
+                history.epochs.append({k: record[k] for k in kept if _scalar(record.get(k))})
+                continue
+            if kind != "iter":
+                continue
+            history.iterations += 1
+            history.logged_epochs.add(record.get("epoch") if _scalar(record.get("epoch")) else None)
+            history.held.update(k for k in keys if record.get(k) is not None)
+            step = record.get("global_step")
+            if not isinstance(step, int) or not -2 ** 63 <= step < 2 ** 63:
+                continue
+            for k in keys:
+                value = record.get(k)
+                if value is not None and k not in columns:  # a part first held here: NaN at the records before
+                    columns[k] = array.array("d", [math.nan]) * len(steps)
+                if k in columns:
+                    columns[k].append(float(value) if isinstance(value, (int, float)) else math.nan)
+            steps.append(step)
+    history.steps = np.frombuffer(steps, dtype=np.int64) if steps else history.steps
+    history.values = {k: np.frombuffer(column, dtype=np.float64) for k, column in columns.items()}
+    return history
+
+
+def _scalar(value: Any) -> bool:
+    """Whether a record's ``value`` is a number or a string (not null, a list, an object)."""
+    return isinstance(value, (int, float, str))
+
+
+def envelope(xs: np.ndarray, ys: np.ndarray, most: int = MOST_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``most`` of the points ``(xs (N,), ys (N,))``, in their order, that a line through keeps the look of
+    all of them: all when N <= ``most``, else the first, the last, and the lowest and highest value of each of
+    ``(most - 2) // 2`` stretches of consecutive points (of :func:`stretch` points each)."""
+    n = len(ys)
+    if n <= most:
+        return xs, ys
+    size = stretch(n, most)
+    count = -(-n // size)
+    padded = np.concatenate([ys, np.full(count * size - n, ys[-1])]).reshape(count, size)  # the last one repeated
+    first = np.arange(count) * size
+    lows = np.minimum(first + padded.argmin(axis=1), n - 1)
+    highs = np.minimum(first + padded.argmax(axis=1), n - 1)
+    keep = np.unique(np.concatenate([[0, n - 1], lows, highs]))
+    return xs[keep], ys[keep]
+
+
+def stretch(n: int, most: int = MOST_POINTS) -> int:
+    """How many consecutive points of ``n`` :func:`envelope` draws as their lowest and highest (1: each drawn)."""
+    return 1 if n <= most else -(-n // ((most - 2) // 2))
 
 
 def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
                      source: str | None = None) -> Path | None:
     """Draw every logged part of the objective (:data:`LOSS_LABELS`, one panel each: the raw curve faint,
     smoothed on top over a span that grows with the run, :func:`smoothing_span`; for epochs without iteration
-    records, their means: :func:`loss_curves`) against the global step, and the validation PSNR per epoch, from
-    the JSON-lines log into ``fig_path`` (PNG; ``source``, when given, goes into its ``Source`` text chunk).
-    Returns the path, None if nothing to draw."""
-    records = read_log(log_path)
-    iters, means = loss_curves(records)
-    epochs = [r for r in records if r.get("kind") == "epoch"]
-    if not iters and not epochs:
+    records, their means: :meth:`LossHistory.means`) against the global step, and the validation PSNR per epoch,
+    from the JSON-lines log into ``fig_path`` (PNG; ``source``, when given, goes into its ``Source`` text chunk).
+    A curve of more than :data:`MOST_POINTS` values is smoothed over all of them, and both curves are drawn in
+    fewer points that keep their envelope (:func:`envelope`); the caption says how. Returns the path, None if
+    nothing to draw."""
+    history = read_loss_history(log_path)
+    means = history.means()
+    if not history.iterations and not history.epochs:
         return None
     import matplotlib.ticker
 
     from utils.plotting import new_figure, save_figure, wrapped_to_width
 
-    parts = plotted_parts(iters + means)
-    only_means = bool(means) and not iters
-    weight = smoothing_weight(len(iters))
-    psnr = [(r["epoch"], r["val_psnr"]) for r in epochs if r.get("val_psnr") is not None]
+    parts = [(k, label) for k, label in LOSS_LABELS if k in history.held or any(r.get(k) is not None for r in means)]
+    only_means = bool(means) and not history.iterations
+    weight = smoothing_weight(history.iterations)
+    psnr = [(r["epoch"], r["val_psnr"]) for r in history.epochs
+            if isinstance(r.get("val_psnr"), (int, float)) and isinstance(r.get("epoch"), int)]
     panels = len(parts) + (1 if psnr else 0)
     ncols = min(4, max(panels, 1))
     nrows = max(1, -(-panels // ncols))
     fig = new_figure(figsize=(3.6 * ncols, 2.8 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     flat = list(axes.flat)
+    longest = 0
     for ax, (key, label) in zip(flat, parts):
-        xs, ys = _points(iters, key)
-        if xs:
+        xs, ys = history.points(key)
+        longest = max(longest, len(ys))
+        if len(xs):
             few = {"marker": "o", "ms": 3} if len(xs) < 10 else {}  # a line of one point draws nothing
             if weight > 0:
-                ax.plot(xs, ys, lw=0.6, alpha=0.3, color="C0")
-            ax.plot(xs, smoothed(ys, weight), lw=1.2, color="C0", **few)
+                ax.plot(*envelope(xs, ys), lw=0.6, alpha=0.3, color="C0")
+            ax.plot(*envelope(xs, np.asarray(smoothed(ys.tolist(), weight))), lw=1.2, color="C0", **few)
         mean_xs, mean_ys = _points(means, key)
         if mean_xs:  # a few means: drawn as they are, not smoothed
             ax.plot(mean_xs, mean_ys, "s-" if only_means else "s", ms=4, lw=1.2, color="C0")
         ax.set_title(label + (" (epoch means)" if only_means else ""), fontsize=10)
         ax.set_xlabel("iteration (each epoch's last)" if only_means else "iteration", fontsize=8)
-        ys = ys + mean_ys
+        shown = np.concatenate([ys, np.asarray(mean_ys, dtype=np.float64)])
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no iteration 3.2
-        if key == "l1" and all(v > 0 for v in ys) and len(set(ys)) > 1:  # one value: no range for a log axis
-            ax.set_yscale("log")
+        if key == "l1" and shown.size and (shown > 0).all() and shown.min() < shown.max():  # one value: no range
+            ax.set_yscale("log")  # for a log axis
     if psnr:
         ax = flat[len(parts)]
         ax.plot([p[0] for p in psnr], [p[1] for p in psnr], "o-")
@@ -293,8 +398,12 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for ax in flat[panels:]:
         ax.axis("off")
-    line = (f"faint: logged values; solid: their moving average over about {smoothing_span(len(iters)):.0f}"
-            if weight > 0 else "logged values")
+    span = smoothing_span(history.iterations)
+    line = (f"faint: logged values; solid: their moving average over about {span:.0f}" if weight > 0 else
+            "logged values")
+    if longest > MOST_POINTS:  # so many values are smoothed (weight > 0)
+        line = (f"faint: logged values; solid: their moving average over about {span:.0f}; each drawn as the "
+                f"lowest and highest of every {stretch(longest):,} values in a row, of {longest:,}")
     how = ("its mean over each epoch (--log-every 0)" if only_means else line
            + ("; squares: the means of epochs no iteration of which was logged" if means else ""))
     fig.suptitle(wrapped_to_width(fig, f"training log: each part of the objective ({how})", 10), fontsize=10)
@@ -305,7 +414,7 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
 def _points(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     """The ``(global steps, values)`` of ``key`` in the records that hold it."""
     pts = [(r["global_step"], r[key]) for r in records
-           if r.get(key) is not None and isinstance(r.get("global_step"), int)]
+           if isinstance(r.get(key), (int, float)) and isinstance(r.get("global_step"), int)]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
