@@ -531,3 +531,24 @@ def test_a_long_runs_loss_figure_draws_few_points_that_keep_every_logged_values_
     assert solid.get_ydata()[-1] == average[-1]  # the average of all values, not of those drawn
     caption = drawn[0]._suptitle.get_text().replace("\n", " ")
     assert "lowest and highest of every 51 values in a row, of 50,000" in caption, caption
+
+
+def test_a_loss_figure_that_cannot_be_drawn_is_a_warning_and_training_goes_on(tmp_path, monkeypatch):
+    """draw_loss_figure caught only a figure that could not be written: any other error while drawing (a value
+    matplotlib refuses, a bug in the figure's code) ended the run at an epoch's end, its checkpoint saved but the
+    training stopped; at the paper's scale that may be days before anyone looks."""
+    import json
+
+    from utils.train import run_log
+    from utils.train.run_log import Console, draw_loss_figure
+
+    def broken(*args, **kwargs):
+        raise ValueError("Image size of 100000x300 pixels is too large")
+    monkeypatch.setattr(run_log, "plot_loss_curves", broken)
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps({"kind": "iter", "global_step": 1, "l1": 0.5}) + "\n")
+    said = []
+    console = Console()
+    monkeypatch.setattr(console, "warn", said.append)
+    assert draw_loss_figure(log, tmp_path / "train_losses.png", console) == tmp_path / "train_losses.png"
+    assert len(said) == 1 and "could not be drawn (ValueError: Image size" in said[0] and "training goes on" in said[0]

@@ -456,7 +456,8 @@ _SOURCE = "BaryIR training run in {folder}, started {started}"  # a loss figure'
 
 def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> Path:
     """The loss curves of the log so far, drawn at ``fig_path`` (or beside it, see below); returns where. A figure
-    that cannot be written (the disk, its folder) is a warning: the epoch is saved already, and training goes on.
+    that cannot be written (the disk, its folder) or drawn (a log no figure can show, a plotting library's error)
+    is a warning: the epoch is saved already, and training goes on.
 
     The figure names its run (the log's folder, and when its first start began) in its PNG metadata. Where
     ``fig_path`` holds the figure of a run in another folder (two runs sharing a ``--figs-dir``), this run
@@ -487,6 +488,9 @@ def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> Path:
     except (OSError, DiskFullError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         console.warn(f"the loss figure {fig_path} could not be written ({why}); training goes on")
+    except Exception as exc:  # noqa: BLE001 - a figure is never worth the run: the epoch is saved, training goes on
+        console.warn(f"the loss figure {fig_path} could not be drawn ({type(exc).__name__}: {exc}); training goes "
+                     f"on, and {Path(log_path).name} keeps every value it would show")
     return fig_path
 
 
