@@ -634,3 +634,31 @@ def test_an_output_dir_without_room_for_one_checkpoint_is_refused_before_trainin
                          r"and each checkpoint of this run takes at least \d+\.\d MiB .*nothing was trained$", err,
                          flags=re.M), err
         assert not steps and not (tmp_path / "ckpt").exists()
+
+
+def test_a_latest_that_cannot_be_written_says_the_checkpoint_is_saved(data, tmp_path, capsys, monkeypatch):
+    """The disk filled between a checkpoint and its ``latest``: the run said the checkpoint "was not saved" and the
+    checkpoints and latest were "as they were", while epoch_002.pth was there whole. It now names the saved
+    checkpoint, what latest still names, and that --resume auto goes on from the saved one."""
+    from utils.checkpoints import training
+    from utils.files import disk_full
+    real = training.write_text
+
+    def full_for_the_second(path, text):
+        if "epoch_002.pth" in text:
+            raise disk_full(Path(path), len(text))
+        return real(path, text)
+    monkeypatch.setattr(training, "write_text", full_for_the_second)
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--nEpochs", "2"]
+    assert engine.run_cli(get_args_parser().parse_args(flags)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    ckpt = tmp_path / "ckpt"
+    assert len(err) == 1 and err[0].startswith(f"error: disk full: writing latest to {ckpt} needs "), err
+    assert "not saved" not in err[0] and err[0].endswith(
+        f"The checkpoint of epoch 2, iteration 1 is saved, as {ckpt / 'epoch_002.pth'}, but {ckpt / 'latest'} still "
+        f"names epoch_001.pth; --resume auto picks epoch_002.pth, this save: fix that, then continue with --resume "
+        f"auto"), err
+    assert sorted(p.name for p in ckpt.glob("*.pth")) == ["epoch_001.pth", "epoch_002.pth"]
+    monkeypatch.setattr(training, "write_text", real)
+    assert engine.run_cli(get_args_parser().parse_args([*flags, "--nEpochs", "3", "--resume", "auto"])) == 0
+    assert f"=> resumed {ckpt / 'epoch_002.pth'}: 2 epochs done" in capsys.readouterr().out

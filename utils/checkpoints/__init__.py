@@ -73,6 +73,7 @@ from utils.checkpoints.folder import (
     STALE_TEMP_SECONDS,
     checkpoint_name,
     default_model,
+    latest_names,
     list_checkpoints,
     model_or_default,
     newest_checkpoint,
@@ -92,6 +93,7 @@ from utils.checkpoints.reading import (
 )
 from utils.checkpoints.training import (
     FORMAT_VERSION,
+    LatestNotUpdated,
     LoopState,
     all_finite,
     check_optimizer_state,
@@ -123,10 +125,12 @@ from utils.checkpoints.weights import (
 __all__ = [
     "CHECKPOINT_DIR", "CHECKPOINT_SUFFIXES", "DEAD_WRITER_GRACE_SECONDS", "LATEST", "LOG_NAME", "REFERENCE_MODEL_NAME",
     "model_or_default", "STALE_TEMP_SECONDS", "checkpoint_name", "default_model", "list_checkpoints",
-    "newest_checkpoint", "progress_of", "read_latest", "remove_stale_temporaries", "resolve_checkpoint", "rotate",
-    "save_atomic", "CheckpointError", "load_model", "check_rng_state", "load_model_weights", "read_checkpoint",
-    "FORMAT_VERSION", "LoopState", "all_finite", "check_optimizer_state", "epoch_losses_from", "latest_record",
-    "plain_args", "restore_training_state", "resume_candidates", "rng_state", "save_training_checkpoint",
+    "newest_checkpoint", "progress_of", "latest_names", "read_latest", "remove_stale_temporaries",
+    "resolve_checkpoint", "rotate", "save_atomic", "CheckpointError", "load_model", "check_rng_state",
+    "load_model_weights", "read_checkpoint",
+    "FORMAT_VERSION", "LatestNotUpdated", "LoopState", "all_finite", "check_optimizer_state", "epoch_losses_from",
+    "latest_record", "plain_args", "restore_training_state", "resume_candidates", "rng_state",
+    "save_training_checkpoint",
     "set_rng_state", "training_checkpoint", "MAX_PICKLE_GLOBALS", "LEGACY_UNUSED_KEYS", "check_config_matches_weights",
     "is_reference_checkpoint", "is_training_checkpoint", "load_network", "load_weights", "model_state_from",
     "normalise_state_dict", "potentials_state_from",

@@ -103,6 +103,11 @@ def read_latest(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+def latest_names(output_dir: str | os.PathLike) -> str | None:
+    """The name ``output_dir``'s ``latest`` pointer holds, as written (None: no pointer, or unreadable)."""
+    return _pointer_text(Path(output_dir) / LATEST)
+
+
 def _pointer_text(pointer: Path) -> str | None:
     """What the ``latest`` file ``pointer`` names, whatever it is; None when there is no pointer or it cannot be
     read as ``{"checkpoint": "<name>"}``."""

@@ -24,7 +24,7 @@ from utils.checkpoints.folder import (
 )
 from utils.checkpoints.guard import CheckpointError
 from utils.checkpoints.reading import check_rng_state
-from utils.errors import counted, listing, one_or_many
+from utils.errors import UserError, counted, listing, one_or_many
 from utils.files import write_text
 
 FORMAT_VERSION = 1
@@ -104,13 +104,28 @@ def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLik
     """Write ``state`` atomically under its canonical name, point ``latest`` at it, rotate old files.
 
     Temporaries of earlier saves that were killed are removed first (:func:`remove_stale_temporaries`).
+    A ``latest`` that cannot be written once the checkpoint is is :class:`LatestNotUpdated` (raised from the
+    cause): the checkpoint is saved, and the old checkpoints are left unrotated.
     """
     folder = Path(output_dir)
     remove_stale_temporaries(folder)
     path = save_atomic(state, folder / checkpoint_name(state["epoch"], state["iteration"]))
-    write_text(folder / LATEST, json.dumps(latest_record(path.name, state)) + "\n")
+    try:
+        write_text(folder / LATEST, json.dumps(latest_record(path.name, state)) + "\n")
+    except (OSError, UserError) as exc:
+        raise LatestNotUpdated(path) from exc
     rotate(folder, keep)
     return path
+
+
+class LatestNotUpdated(Exception):
+    """:func:`save_training_checkpoint` wrote ``checkpoint`` whole but not the ``latest`` pointer to it (its cause
+    says why); ``latest`` names what it named before, and :func:`~utils.checkpoints.folder.read_latest` finds
+    ``checkpoint`` as the newer save."""
+
+    def __init__(self, checkpoint: Path):
+        super().__init__(f"{checkpoint} was saved, but {LATEST} beside it was not updated")
+        self.checkpoint = checkpoint
 
 
 def training_checkpoint(model: torch.nn.Module, potentials: torch.nn.Module | None, optimizer, potentials_optimizer,

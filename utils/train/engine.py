@@ -26,11 +26,15 @@ from torch.utils.data import DataLoader
 
 from net import Potentials
 from utils.checkpoints import (
+    LATEST,
     LOG_NAME,
     CheckpointError,
+    LatestNotUpdated,
     LoopState,
     all_finite,
     epoch_losses_from,
+    latest_names,
+    read_latest,
     restore_training_state,
     save_training_checkpoint,
     training_checkpoint,
@@ -335,6 +339,11 @@ class CheckpointNotSaved(UserError):
     training): what went wrong, that the checkpoints already there are untouched, and how to go on."""
 
 
+class LatestNotSaved(UserError):
+    """A checkpoint was written whole but its ``latest`` pointer was not: the message names the checkpoint, what
+    ``latest`` still names, and what ``--resume auto`` takes."""
+
+
 @dataclass
 class Saver:
     """``save(state)``: refuse non-finite weights, write the checkpoint on rank 0, wait for all ranks."""
@@ -358,6 +367,11 @@ class Saver:
                                        t.scaler, state, state.iteration >= self.iters, self.meta)
             try:
                 saved = save_training_checkpoint(ckpt, self.output_dir, keep=self.keep)
+            except LatestNotUpdated as exc:
+                found = failure_message(exc.__cause__)
+                if found is None:
+                    raise
+                raise LatestNotSaved(latest_not_updated(found[0], exc.checkpoint, state)) from exc
             except (OSError, UserError) as exc:
                 found = failure_message(exc)
                 if found is None:
@@ -369,6 +383,20 @@ class Saver:
                 ) from exc
             self.console(f"=> checkpoint {saved}")
         barrier(t.info)
+
+
+def latest_not_updated(reason: str, saved: Path, state: LoopState) -> str:
+    """The error of a save whose checkpoint ``saved`` was written whole and whose ``latest`` pointer was not
+    (``reason``): the checkpoint is there, ``latest`` still names the one before, and which one ``--resume auto``
+    takes (:func:`~utils.checkpoints.read_latest`: a save that outran its pointer is found as the newer)."""
+    folder = saved.parent
+    named = latest_names(folder)
+    before = f"still names {named}" if named is not None and named != saved.name else "was not written"
+    picked = read_latest(folder)
+    picks = (f"picks {picked.name}, this save" if picked == saved else
+             f"picks {picked.name if picked else 'none of them'}, not this save")
+    return (f"{reason}. The checkpoint of epoch {state.epoch}, iteration {state.iteration} is saved, as {saved}, but "
+            f"{folder / LATEST} {before}; --resume auto {picks}: fix that, then continue with --resume auto")
 
 
 def stopped_status(stop: StopRequest, args: argparse.Namespace) -> int:
