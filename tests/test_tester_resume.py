@@ -138,3 +138,27 @@ def test_resume_refuses_a_checkpoint_written_again_since(bench, tmp_path):
     with pytest.raises(UsageError, match="--resume: the run recorded in .* scored .*ckpt.pth when it held other "
                                          "weights"):
         run(*flags, "--resume")
+
+
+def test_resume_replaces_its_own_results_and_keeps_aside_only_what_the_user_changed(bench, checkpoint, tmp_path):
+    """Each --resume run moved the earlier results.json/.csv/.md, its own and unchanged, into another
+    results.before-* folder: three resumes, three copies. Now a results file exactly as the earlier run wrote it is
+    replaced; one the user edited goes aside alone; and a record of more than this run scores (another row) goes
+    aside whole with its restorations, as before."""
+    flags = ["--model", checkpoint, "--data-root", bench, "--save", tmp_path / "o"]
+    run(*flags, "--tasks", "derain", "--max-images", "1")
+    for n in (2, 3):
+        run(*flags, "--tasks", "derain", "--max-images", n, "--resume")
+    assert not list((tmp_path / "o").glob("results.before-*"))
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["tasks"]["derain/Rain100L"]["count"] == 3
+    md = tmp_path / "o" / "results.md"
+    md.write_text(md.read_text() + "\nmy notes on this run\n")
+    run(*flags, "--tasks", "derain", "--resume")
+    aside = list((tmp_path / "o").glob("results.before-*"))
+    assert [sorted(p.name for p in a.iterdir()) for a in aside] == [["results.md"]]
+    assert (aside[0] / "results.md").read_text().endswith("my notes on this run\n")
+    assert "my notes" not in md.read_text()
+    run(*flags, "--tasks", "derain", "--max-images", "2", "--resume")  # the record holds 4 images, this run 2
+    aside = sorted((tmp_path / "o").glob("results.before-*"))
+    assert len(aside) == 2 and sorted(p.name for p in aside[1].iterdir()) == [
+        "derain", "results.csv", "results.json", "results.md"]

@@ -129,9 +129,16 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "md": out_dir / "results.md"}
-    write_text(paths["json"], json_text(results))
+    paths = {ext: out_dir / f"results.{ext}" for ext in ("json", "csv", "md")}
+    for ext, text in results_texts(results).items():
+        write_text(paths[ext], text)
+    return paths
 
+
+def results_texts(results: Mapping[str, Any]) -> dict[str, str]:
+    """The text of ``results.json``, ``results.csv`` and ``results.md`` (keys ``json``, ``csv``, ``md``) as
+    :func:`write_results` writes them for ``results``: also how ``--resume`` tells the files an earlier run wrote,
+    unchanged since, from files a user edited (:func:`utils.eval.resuming.own_results_files`)."""
     cols = ["kind", "task", "name", "psnr", "ssim", "input_psnr", "input_ssim", "lpips", "fid", "seconds", "count",
             "best_psnr", "worst_psnr", "best_ssim", "worst_ssim"]
     fh = io.StringIO(newline="")
@@ -156,7 +163,6 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
     stop = results.get("partial")
     if stop:
         w.writerow({"kind": "partial", "task": stop["row"], "name": f"{stop['file']}: {stop['error']}"})
-    write_text(paths["csv"], fh.getvalue())
 
     title = "# Evaluation results" + (" (PARTIAL: the run stopped, see the end of the summary)" if stop else "")
     made = results.get("provenance") or {}
@@ -184,8 +190,7 @@ def write_results(results: Mapping[str, Any], out_dir: str | Path) -> dict[str, 
                       f"{_fmt(im.get('input_ssim'), 4)} | {im['psnr']:.2f} | {im['ssim']:.4f} |"
                       + (f" {im['lpips']:.4f} |" if has_lpips else "") + f" {im['seconds']:.3f} |")
         md.append("")
-    write_text(paths["md"], "\n".join(md))
-    return paths
+    return {"json": json_text(results), "csv": fh.getvalue(), "md": "\n".join(md)}
 
 
 def save_comparison_figure(rows: Sequence[tuple], path: str | Path, title: str, caption: str = "") -> Path:

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from utils.errors import UsageError
 from utils.eval.outputs import output_names
+from utils.eval.report import results_texts
 from utils.eval.tasks import EvalSet
 
 # What may differ between a stopped run and its continuation: the cut to --max-images (a run of the first 100
@@ -110,3 +111,32 @@ def _scored(image: Mapping[str, Any]) -> bool:
 def kept_outputs(kept: EarlierImages, save: Path) -> set[Path]:
     """The restorations of the images ``--resume`` keeps: they stay where they are (not moved aside)."""
     return {save / k.image["output"] for row in kept.values() for k in row.values() if k.image.get("output")}
+
+
+def own_results_files(record: Mapping[str, Any], sets: Sequence[EvalSet], save: Path) -> set[Path]:
+    """The ``results.json``/``.csv``/``.md`` in ``save`` that ``--resume`` replaces in place rather than moving
+    aside: each exactly as the earlier run wrote it for its parsed ``record`` (:func:`~utils.eval.report.results_texts`;
+    a file edited since, or a link, is the user's and goes aside), and only when this run's ``sets`` cover every image
+    the record holds, so that the new record describes all of it (a record of other rows or of images past a smaller
+    --max-images goes aside with the restorations it alone describes). Each resumed run otherwise left a
+    ``results.before-*`` folder of its own earlier results."""
+    names = {s.name: {item.name for item in s.items} for s in sets}
+    tasks = record.get("tasks") or {}
+    for row, r in tasks.items():
+        images = r.get("images") if isinstance(r, dict) else None
+        if row not in names or not isinstance(images, list) \
+                or any(not isinstance(im, dict) or im.get("name") not in names[row] for im in images):
+            return set()
+    try:
+        texts = results_texts(record)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a record this tester would not have written
+        return set()
+    own = set()
+    for ext, text in texts.items():
+        path, written = save / f"results.{ext}", text.encode("utf-8", "backslashreplace")  # as write_text does
+        try:
+            if not path.is_symlink() and path.is_file() and path.read_bytes() == written:
+                own.add(path)
+        except OSError:
+            continue
+    return own

@@ -41,6 +41,7 @@ from utils.eval.resuming import (
     check_same_weights,
     earlier_images,
     kept_outputs,
+    own_results_files,
     read_earlier_results,
 )
 from utils.eval.tasks import (
@@ -309,9 +310,11 @@ def main(args) -> dict:
             for lock in locks:
                 held.enter_context(lock)
             remove_tester_temporaries(args, sets, save)
+            own: set[Path] = set()
             if args.resume:  # read again under the lock: no other tester has changed it since
                 earlier = _earlier_images(args, sets, save, protocol, device, info, made)
-            kept = keep_earlier_outputs(args, sets, inputs, save, keep=kept_outputs(earlier, save))
+                own = own_results_files(read_earlier_results(save), sets, save)  # replaced, not piled up aside
+            kept = keep_earlier_outputs(args, sets, inputs, save, keep=kept_outputs(earlier, save) | own)
             if args.input:
                 return _restore_inputs(args, model, info, inputs, protocol, device, save, progress, made, kept)
             return _evaluate(args, model, info, sets, protocol, device, save, progress, made, kept, metrics, earlier)
