@@ -929,3 +929,25 @@ def test_the_log_records_the_seed_and_the_commit_of_each_start(data, tmp_path, m
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     assert record["kind"] == "run" and record["seed"] == 7 and record["commit"].split()[0] == head.strip() != ""
     assert record["command"].endswith("trainer_bary.py --seed 7")
+
+
+def test_a_fresh_run_moves_the_earlier_runs_abandoned_timelines_aside_with_it(tmp_path, capsys):
+    """A fresh run moved the earlier run's checkpoints, log and latest into run.before-*, but left that run's
+    abandoned.before-* folders (the timelines it set aside when it resumed an earlier checkpoint) in --output-dir,
+    where they read as the new run's own abandoned timelines. They now go into run.before-* with the rest of it."""
+    from utils.train.run_folder import earlier_run_files, start_fresh_outputs
+    from utils.train.run_log import Console
+    run = tmp_path / "run"
+    abandoned = run / "abandoned.before-20261130-101010"
+    abandoned.mkdir(parents=True)
+    (abandoned / "epoch_002.pth").write_bytes(b"abandoned checkpoint")
+    (abandoned / "log.jsonl").write_text('{"kind": "iter", "global_step": 2}\n')
+    (run / "epoch_001.pth").write_bytes(b"checkpoint")
+    (run / "latest").write_text(json.dumps({"checkpoint": "epoch_001.pth"}))
+    (run / "notes.txt").write_text("mine")  # not the trainer's: stays
+    assert abandoned in earlier_run_files(run)[1]
+    kept = start_fresh_outputs(run, Console())
+    assert sorted(p.name for p in run.iterdir()) == sorted([kept.name, "notes.txt"])
+    assert (kept / abandoned.name / "epoch_002.pth").read_bytes() == b"abandoned checkpoint"
+    assert (kept / "epoch_001.pth").read_bytes() == b"checkpoint"
+    assert f"1 folder of timelines it abandoned (abandoned.before-*)) were moved to {kept.name}/" in capsys.readouterr().out

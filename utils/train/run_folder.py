@@ -20,27 +20,40 @@ TB_DIR = "tensorboard"  # --tensorboard's event files
 RUN_FILES = (LATEST, LOG_NAME, discarded_log(Path(LOG_NAME)).name, FIG_NAME, TB_DIR)
 
 
-def earlier_run_files(output_dir: Path) -> tuple[list[Path], list[Path]]:
+ABANDONED = "abandoned"  # <output-dir>/abandoned.before-<time>/: a timeline set aside by a resume (resume_outputs)
+
+
+def earlier_run_files(output_dir: Path, resuming: Path | None = None) -> tuple[list[Path], list[Path]]:
     """``(checkpoints, every file)`` of an earlier run in ``output_dir`` that a fresh run moves aside: its
-    checkpoints and whichever of :data:`RUN_FILES` exist."""
+    checkpoints, whichever of :data:`RUN_FILES` exist, and the ``abandoned.before-*`` folders of the timelines it
+    set aside (they are that run's: left behind, they would read as the new run's own), except the one holding
+    ``resuming``, the checkpoint a run resumes into ``output_dir`` (its history is carried over from there)."""
     checkpoints = list_checkpoints(output_dir)
-    return checkpoints, checkpoints + [p for p in (output_dir / n for n in RUN_FILES) if p.exists() or p.is_symlink()]
+    files = [p for p in (output_dir / n for n in RUN_FILES) if p.exists() or p.is_symlink()]
+    abandoned = sorted(output_dir.glob(f"{ABANDONED}.before-*")) if output_dir.is_dir() else []
+    if resuming is not None:
+        abandoned = [p for p in abandoned if p.resolve() not in Path(resuming).resolve().parents]
+    return checkpoints, checkpoints + files + abandoned
 
 
-def start_fresh_outputs(output_dir: Path, console: Console, why: str = "a fresh run") -> Path | None:
+def start_fresh_outputs(output_dir: Path, console: Console, why: str = "a fresh run",
+                        resuming: Path | None = None) -> Path | None:
     """A fresh run in a folder that holds an earlier run's files (its checkpoints and whichever of
     :data:`RUN_FILES` exist) moves them all into ``<output-dir>/run.before-<time>/`` first, so none is
     overwritten (its ``epoch_001.pth`` by this run's, its log by this log) or removed by this run's
-    rotation. Returns that folder (None: nothing to move). ``why`` starts the console's line."""
-    checkpoints, earlier = earlier_run_files(output_dir)
+    rotation. Returns that folder (None: nothing to move). ``why`` starts the console's line; ``resuming``: the
+    checkpoint of another folder a run resumes into ``output_dir`` (:func:`earlier_run_files`)."""
+    checkpoints, earlier = earlier_run_files(output_dir, resuming)
     if not earlier:
         return None
     kept = _move_aside(earlier, output_dir, "run", "an earlier run's files")
+    timelines = sum(p.name.startswith(f"{ABANDONED}.before-") for p in earlier)
+    also = f", and {counted(timelines, 'folder')} of timelines it abandoned ({ABANDONED}.before-*)" if timelines else ""
     if checkpoints:
-        what = f"{counted(len(checkpoints), 'checkpoint')}, newest {checkpoints[-1].name}"
+        what = f"{counted(len(checkpoints), 'checkpoint')}, newest {checkpoints[-1].name}{also}"
         then = f"; to continue that run instead, pass --resume {kept}"
     else:  # nothing to resume: its log and figure are kept, and --resume there would find no checkpoint
-        what, then = "no checkpoint", ""
+        what, then = f"no checkpoint{also}", ""
     console(f"=> {why}: the earlier run's files in {output_dir} ({what}) were moved to {kept.name}/{then}")
     return kept
 
@@ -149,7 +162,7 @@ def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int],
     """
     source = ckpt_path.resolve().parent
     if source != output_dir.resolve():
-        start_fresh_outputs(output_dir, console, why=f"resuming {ckpt_path} into another folder")
+        start_fresh_outputs(output_dir, console, why=f"resuming {ckpt_path} into another folder", resuming=ckpt_path)
         _carry_history(source, output_dir, console)
         return
     past = (progress[0], 0) if renumbered and progress[1] else progress
@@ -162,7 +175,7 @@ def resume_outputs(output_dir: Path, ckpt_path: Path, progress: tuple[int, int],
     moved = [p for p in later if p not in resumed]
     newest, latest = later[-1].name, read_latest(output_dir)
     pointer = [output_dir / LATEST] if latest is not None and latest.resolve() in {p.resolve() for p in moved} else []
-    kept = _move_aside(moved + pointer, output_dir, "abandoned", "checkpoints past the one resumed")
+    kept = _move_aside(moved + pointer, output_dir, ABANDONED, "checkpoints past the one resumed")
     for p in resumed:
         _link_or_copy(p, kept / p.name)
     history = _keep_history(output_dir, kept, console)
