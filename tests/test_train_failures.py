@@ -662,3 +662,37 @@ def test_a_latest_that_cannot_be_written_says_the_checkpoint_is_saved(data, tmp_
     monkeypatch.setattr(training, "write_text", real)
     assert engine.run_cli(get_args_parser().parse_args([*flags, "--nEpochs", "3", "--resume", "auto"])) == 0
     assert f"=> resumed {ckpt / 'epoch_002.pth'}: 2 epochs done" in capsys.readouterr().out
+
+
+def test_a_keep_the_disk_cannot_hold_during_a_save_is_refused_before_training(data, tmp_path, capsys, monkeypatch):
+    """--keep 1 on a disk with room for one checkpoint: the start-up check passed (one fits), the run trained
+    its first epoch, saved, trained the second and then failed at its save, since a save writes the new checkpoint
+    whole before removing the old (a failed save must lose nothing), so the folder holds two at once. That is
+    now refused at the start, naming --keep; a run of one save, or a disk with room for two, starts."""
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 30 * 2**20, 30 * 2**20))
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--keep", "1", "--dry-run"]
+    assert engine.run_cli(get_args_parser().parse_args([*flags, "--nEpochs", "2"])) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and re.search(
+        rf"^error: disk full: --output-dir {re.escape(str(tmp_path / 'ckpt'))} has 30.0 MiB free, and this run holds 2 "
+        r"checkpoints there at once \(--keep 1 keeps 1, and each save writes the new one whole before removing the "
+        r"oldest, so that a failed save loses none\), each at least \d+\.\d MiB .*so a later save would fail: .*"
+        r"nothing was trained$", err, flags=re.M), err
+    assert engine.run_cli(get_args_parser().parse_args([*flags, "--nEpochs", "1"])) == 0  # one save: one fits
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 60 * 2**20, 60 * 2**20))
+    assert engine.run_cli(get_args_parser().parse_args([*flags, "--nEpochs", "2"])) == 0
+
+
+def test_the_checkpoints_a_run_holds_at_once():
+    from utils.train.run_checks import checkpoints_added, saves_planned
+    assert saves_planned(3, 10, 0, 0, 0) == 3
+    assert saves_planned(2, 10, 0, 0, 4) == 2 + 4  # steps 4, 8, 12, 16 mid-epoch; 20 is an epoch's end
+    assert saves_planned(1, 10, 5, 25, 4) == 1 + 1  # steps 26..30: 28 mid-epoch
+    assert [checkpoints_added(1, 0, n) for n in (0, 1, 2, 9)] == [0, 1, 2, 2]
+    assert [checkpoints_added(3, 0, n) for n in (2, 3, 4, 100)] == [2, 3, 4, 4]
+    assert checkpoints_added(1, 3, 5) == 1 and checkpoints_added(3, 2, 5) == 2  # a resumed folder's own checkpoints
+    assert checkpoints_added(0, 0, 50) == 1  # --keep 0: a run keeping all may be pruned as it goes

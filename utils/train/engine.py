@@ -64,8 +64,15 @@ from utils.train.distributed import (
 from utils.train.iteration import NonFiniteLossError, Training, any_rank, train_step
 from utils.train.losses import Objective
 from utils.train.optim import build_optimizer, lr_at, set_lr
-from utils.train.run_checks import check_checkpoint_room, check_memory, checkpoint_need, loss_figure
-from utils.train.run_folder import earlier_run_files
+from utils.train.run_checks import (
+    check_checkpoint_room,
+    check_memory,
+    checkpoint_need,
+    checkpoints_added,
+    loss_figure,
+    saves_planned,
+)
+from utils.train.run_folder import checkpoints_held, earlier_run_files
 from utils.train.run_log import (
     LOSS_LABELS,
     Console,
@@ -238,9 +245,13 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         if state.epoch > args.nEpochs and not unlogged:  # before anything is moved or written: a no-op changes nothing
             console(f"=> nothing to do: epoch {state.epoch} is past --epochs {args.nEpochs}; nothing was written")
             return 0
-        if state.epoch <= args.nEpochs:  # an hour of training must not end at a first save that cannot fit
+        if state.epoch <= args.nEpochs:  # an hour of training must not end at a save that cannot fit
             need = checkpoint_need(model, pots, args.optimizer, potentials_trained="potentials" not in ablate)
-            check_checkpoint_room(Path(args.output_dir), need, info)
+            saves = saves_planned(args.nEpochs - state.epoch + 1, iters, state.iteration, state.global_step,
+                                  args.save_every)
+            held = checkpoints_held(Path(args.output_dir), ckpt_path if resumed is not None else None, resumed)
+            check_checkpoint_room(Path(args.output_dir), need, info, checkpoints_added(args.keep, held, saves),
+                                  args.keep)
         if dry:
             record = (f"write epoch {int(resumed['epoch'])}'s missing log record (after its validation)"
                       if unlogged else "")

@@ -143,7 +143,9 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
     add_network_size_flags(new, " (e.g. a capacity-matched baseline); every size is recorded in checkpoints")
     new.add_argument("--save-every", dest="save_every", type=int, default=2000,
                      help="also save a checkpoint every N iterations (0: only at epoch ends)")
-    new.add_argument("--keep", type=int, default=3, help="keep the newest N checkpoints (0 keeps all)")
+    new.add_argument("--keep", type=int, default=3,
+                     help="keep the newest N checkpoints (0 keeps all); a save holds N + 1 until the new one is "
+                          "whole, and the start refuses a disk without room for them")
     new.add_argument("--output-dir", dest="output_dir", type=str, default=None,
                      help="checkpoints, the 'latest' pointer and log.jsonl go here (default: a folder of the "
                           "run's own under checkpoint/, named by --name or by the run's settings, e.g. "

@@ -246,18 +246,56 @@ def checkpoint_need(model: torch.nn.Module, potentials: torch.nn.Module | None, 
     return sum(t.numel() * t.element_size() for t in tensors) + OPTIMIZER_STATE_BYTES.get(optimizer, 8) * params
 
 
-def check_checkpoint_room(output_dir: Path, need: int, info: DistInfo) -> None:
-    """Refuse, before the first iteration, a run whose ``--output-dir`` has no room for one checkpoint of ``need``
-    bytes (:func:`checkpoint_need`) beside the :data:`~utils.files.FREE_SPACE_MARGIN` every write leaves free:
-    its first save would refuse it anyway, an epoch (hours at the paper's scale) later. Rank 0, which writes the
-    checkpoints, decides for all ranks."""
+def saves_planned(epochs: int, iters: int, iteration: int, global_step: int, save_every: int) -> int:
+    """How many checkpoints a run saves that trains ``epochs`` more epochs of ``iters`` iterations, the first from
+    ``iteration`` (at ``global_step``): one at each epoch's end, and one each ``save_every`` global steps (0: none)
+    that is not an epoch's end (the trainer's own rule, :func:`~utils.train.engine.train_one_epoch`)."""
+    if epochs <= 0:
+        return 0
+    first = max(iters - iteration, 0)
+    ends = [global_step + first + j * iters for j in range(epochs)]
+    if save_every <= 0:
+        return epochs
+    every = ends[-1] // save_every - global_step // save_every
+    return epochs + every - sum(1 for e in ends if e % save_every == 0)
+
+
+def checkpoints_added(keep: int, held: int, saves: int) -> int:
+    """The most checkpoints the run's ``saves`` add at once to a folder holding ``held`` of its run's checkpoints:
+    each save writes its checkpoint whole before rotation removes the oldest beyond ``--keep`` ``keep`` (0 keeps
+    all), so a folder at ``keep`` checkpoints needs room for one more at every save. With ``keep`` 0 only the
+    first save counts: a run keeping all may be pruned by hand as it goes."""
+    if keep <= 0:
+        return min(saves, 1)
+    count, peak = held, held
+    for _ in range(min(saves, keep + 2)):  # by then every save peaks at keep + 1
+        count += 1
+        peak = max(peak, count)
+        count = min(count, keep)
+    return peak - held
+
+
+def check_checkpoint_room(output_dir: Path, need: int, info: DistInfo, added: int = 1, keep: int = 0) -> None:
+    """Refuse, before the first iteration, a run whose ``--output-dir`` has no room for the ``added`` checkpoints of
+    ``need`` bytes (:func:`checkpoint_need`) its saves hold there at once beside those already there
+    (:func:`checkpoints_added`), beside the :data:`~utils.files.FREE_SPACE_MARGIN` every write leaves free: the
+    save that does not fit would refuse it anyway, an epoch (hours at the paper's scale) or more later. Rank 0,
+    which writes the checkpoints, decides for all ranks."""
     folder = next(p for p in [output_dir, *output_dir.absolute().parents] if p.is_dir())
     free = shutil.disk_usage(folder).free
-    if broadcast_int(int(free >= need + FREE_SPACE_MARGIN), info):
+    added = max(added, 1)
+    if broadcast_int(int(free >= added * need + FREE_SPACE_MARGIN), info):
         return
-    exc = DiskFullError(f"disk full: --output-dir {output_dir} has {human_bytes(free)} free, and each checkpoint "
-                        f"of this run takes at least {human_bytes(need)} (plus {human_bytes(FREE_SPACE_MARGIN)} "
-                        f"left free), so its first save would fail: free space there or choose another "
-                        f"--output-dir; nothing was trained")
+    if added == 1:
+        holds, fails = f"each checkpoint of this run takes at least {human_bytes(need)}", "its first save"
+    else:
+        holds = (f"this run holds {added} checkpoints there at once (--keep {keep} keeps {keep}, and each save writes "
+                 f"the new one whole before removing the oldest, so that a failed save loses none), each at least "
+                 f"{human_bytes(need)}")
+        fails = "a later save"
+    smaller = ", or a smaller --keep" if added > 1 and keep > 1 else ""
+    exc = DiskFullError(f"disk full: --output-dir {output_dir} has {human_bytes(free)} free, and {holds} (plus "
+                        f"{human_bytes(FREE_SPACE_MARGIN)} left free), so {fails} would fail: free space there or "
+                        f"choose another --output-dir{smaller}; nothing was trained")
     exc.met_by_every_rank = True  # rank 0's disk decided for every rank
     raise exc

@@ -36,6 +36,16 @@ def earlier_run_files(output_dir: Path, resuming: Path | None = None) -> tuple[l
     return checkpoints, checkpoints + files + abandoned
 
 
+def checkpoints_held(output_dir: Path, resumed_path: Path | None, resumed: dict | None) -> int:
+    """How many checkpoints of its run ``output_dir`` holds once a run starts there (before its first save): none for
+    a fresh run or one resuming another folder's checkpoint (the earlier run's are moved aside), else those up to the
+    resumed checkpoint (``resumed``, read from ``resumed_path``; those past it go to ``abandoned.before-*``)."""
+    if resumed is None or resumed_path is None or Path(resumed_path).resolve().parent != output_dir.resolve():
+        return 0
+    upto = (int(resumed["epoch"]), int(resumed["iteration"]))
+    return sum(1 for p in list_checkpoints(output_dir) if progress_of(p.name) <= upto)
+
+
 def start_fresh_outputs(output_dir: Path, console: Console, why: str = "a fresh run",
                         resuming: Path | None = None) -> Path | None:
     """A fresh run in a folder that holds an earlier run's files (its checkpoints and whichever of
