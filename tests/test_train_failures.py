@@ -1,5 +1,6 @@
 """The trainer fails promptly and keeps what the user has: loader-worker errors end the run (no hang),
 with one ``error:`` line naming the file, and the last good checkpoint untouched."""
+import json
 import os
 import re
 import subprocess
@@ -696,3 +697,26 @@ def test_the_checkpoints_a_run_holds_at_once():
     assert [checkpoints_added(3, 0, n) for n in (2, 3, 4, 100)] == [2, 3, 4, 4]
     assert checkpoints_added(1, 3, 5) == 1 and checkpoints_added(3, 2, 5) == 2  # a resumed folder's own checkpoints
     assert checkpoints_added(0, 0, 50) == 1  # --keep 0: a run keeping all may be pruned as it goes
+
+
+def test_a_checkpoint_rotation_cannot_remove_is_a_warning_not_a_lost_save(data, tmp_path, capsys, monkeypatch):
+    """An old checkpoint that --keep's rotation could not remove (made immutable, or its folder's permissions
+    changed) ended the run with 'The checkpoint of epoch 2 ... was not saved; ... its latest are as they were',
+    while epoch_002.pth and latest were both written. It is now a warning; the file stays and training goes on."""
+    import errno
+    real = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name == "epoch_001.pth":
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
+        return real(self, missing_ok=missing_ok)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "1", "--nEpochs", "3", "--keep", "1"]
+    assert engine.run_cli(get_args_parser().parse_args(flags)) == 0
+    ckpt = tmp_path / "ckpt"
+    err = capsys.readouterr().err
+    assert "error:" not in err and (f"could not remove {ckpt / 'epoch_001.pth'}, older than the newest --keep 1 "
+                                    f"(Operation not permitted): it stays; the checkpoint just saved and latest are "
+                                    f"complete") in err, err
+    assert sorted(p.name for p in ckpt.glob("*.pth")) == ["epoch_001.pth", "epoch_003.pth"]
+    assert json.loads((ckpt / "latest").read_text())["checkpoint"] == "epoch_003.pth"

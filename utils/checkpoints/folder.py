@@ -8,7 +8,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -244,8 +244,12 @@ def pointer_note(folder: str | os.PathLike, found: Path) -> str:
             f"{LATEST})")
 
 
-def rotate(output_dir: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints (never the one ``latest`` names); returns the removed."""
+def rotate(output_dir: str | os.PathLike, keep: int, warn: Callable[[str], None] | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (never the one ``latest`` names); returns the removed.
+
+    With ``warn``, a checkpoint that cannot be removed (made immutable, a folder turned read-only) is said there and
+    stays, and the rest are still rotated: the save before the rotation is complete, and an extra checkpoint loses
+    nothing. Without it the ``OSError`` is raised."""
     if keep <= 0:
         return []
     found = list_checkpoints(output_dir)
@@ -254,6 +258,13 @@ def rotate(output_dir: str | os.PathLike, keep: int) -> list[Path]:
     for p in found[:-keep]:
         if latest is not None and p.resolve() == latest.resolve():
             continue
-        p.unlink(missing_ok=True)
+        try:
+            p.unlink(missing_ok=True)
+        except OSError as exc:
+            if warn is None:
+                raise
+            warn(f"could not remove {p}, older than the newest --keep {keep} ({exc.strerror or exc}): it stays; the "
+                 f"checkpoint just saved and {LATEST} are complete")
+            continue
         removed.append(p)
     return removed

@@ -7,7 +7,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -100,12 +100,14 @@ def latest_record(name: str, state: Mapping[str, Any]) -> dict[str, Any]:
     return {"checkpoint": name, "at": at, "epochs_done": done, "global_step": state["global_step"]}
 
 
-def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLike, keep: int = 3) -> Path:
+def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLike, keep: int = 3,
+                             warn: Callable[[str], None] | None = None) -> Path:
     """Write ``state`` atomically under its canonical name, point ``latest`` at it, rotate old files.
 
     Temporaries of earlier saves that were killed are removed first (:func:`remove_stale_temporaries`).
     A ``latest`` that cannot be written once the checkpoint is is :class:`LatestNotUpdated` (raised from the
-    cause): the checkpoint is saved, and the old checkpoints are left unrotated.
+    cause): the checkpoint is saved, and the old checkpoints are left unrotated. ``warn``: where a checkpoint that
+    rotation cannot remove is said (:func:`~utils.checkpoints.folder.rotate`).
     """
     folder = Path(output_dir)
     remove_stale_temporaries(folder)
@@ -114,7 +116,7 @@ def save_training_checkpoint(state: dict[str, Any], output_dir: str | os.PathLik
         write_text(folder / LATEST, json.dumps(latest_record(path.name, state)) + "\n")
     except (OSError, UserError) as exc:
         raise LatestNotUpdated(path) from exc
-    rotate(folder, keep)
+    rotate(folder, keep, warn)
     return path
 
 

@@ -377,7 +377,7 @@ class Saver:
             ckpt = training_checkpoint(t.model_without_ddp, t.potentials, t.optimizer, t.potentials_optimizer,
                                        t.scaler, state, state.iteration >= self.iters, self.meta)
             try:
-                saved = save_training_checkpoint(ckpt, self.output_dir, keep=self.keep)
+                saved = save_training_checkpoint(ckpt, self.output_dir, keep=self.keep, warn=self.console.warn)
             except LatestNotUpdated as exc:
                 found = failure_message(exc.__cause__)
                 if found is None:
