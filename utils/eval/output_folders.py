@@ -121,8 +121,9 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
     ``--overwrite`` (outputs among the inputs) replaces what this run writes, as it says; but an earlier
     results.json whose run left other files (its restorations this run does not write, or, under ``--input``,
     which writes results.json alone, its results.csv/.md) goes aside with them, so that no record is left
-    describing another run than the files beside it. ``keep``: restorations that stay where they are (those
-    of the images ``--resume`` keeps, :func:`utils.eval.resuming.kept_outputs`)."""
+    describing another run than the files beside it. ``keep``: files that stay where they are: the restorations
+    of the images ``--resume`` keeps (:func:`utils.eval.resuming.kept_outputs`), and its earlier ``results.*`` as
+    that run wrote them, which the new ones replace (:func:`utils.eval.resuming.own_results_files`)."""
     data = [f for s in sets for item in s.items for f in (item.degraded, item.target) if f is not None]
     read = {_real(f): f for f in [*inputs, *data]}
     planned = _planned_outputs(args, sets, inputs, save)
