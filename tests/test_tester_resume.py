@@ -162,3 +162,22 @@ def test_resume_replaces_its_own_results_and_keeps_aside_only_what_the_user_chan
     aside = sorted((tmp_path / "o").glob("results.before-*"))
     assert len(aside) == 2 and sorted(p.name for p in aside[1].iterdir()) == [
         "derain", "results.csv", "results.json", "results.md"]
+
+
+def test_resume_draws_its_own_figures_again_in_place(bench, checkpoint, tmp_path):
+    """Each --resume --figs run moved the figures the earlier run drew, unchanged, into another
+    --figs-dir/results.before-* folder. The record now holds each figure's SHA-256: a figure as drawn is drawn again
+    in place; one changed since (here: replaced by the user's own file) still goes aside."""
+    figs = tmp_path / "f"
+    flags = ["--model", checkpoint, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o", "--figs",
+             "--figs-dir", figs]
+    first = run(*flags, "--max-images", "1")
+    assert first["tasks"]["derain/Rain100L"]["figure_sha256"]
+    for n in (2, 4):
+        run(*flags, "--max-images", n, "--resume")
+    assert not list(figs.glob("results.before-*")) and [p.name for p in figs.iterdir()] == ["derain_Rain100L.png"]
+    (figs / "derain_Rain100L.png").write_bytes(b"my own figure")
+    run(*flags, "--resume")
+    [aside] = figs.glob("results.before-*")
+    assert (aside / "derain_Rain100L.png").read_bytes() == b"my own figure"
+    assert (figs / "derain_Rain100L.png").read_bytes() != b"my own figure"

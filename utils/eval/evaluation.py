@@ -43,6 +43,7 @@ from utils.eval.protocol import SIZE_MULTIPLE, Protocol, crop_to_multiple, resto
 from utils.eval.report import save_comparison_figure
 from utils.eval.resuming import EarlierImages, KeptImage
 from utils.eval.tasks import EvalItem, EvalSet, find_task_sets
+from utils.owned_outputs import file_digest
 from utils.streams import PIPE_CLOSED_STATUS, OutputClosed
 
 
@@ -352,6 +353,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         try:
             result["figure"] = str(save_comparison_figure(fig_rows, figure, eval_set.name,
                                                                 protocol.scores_caption()))
+            result["figure_sha256"] = file_digest(Path(result["figure"]))  # --resume: still the tester's own
         except (UserError, OSError) as exc:  # the row's scores are kept though its figure is not
             raise _write_stopped(exc, str(figure), eval_set.name, result) from exc
     return result

@@ -17,6 +17,7 @@ from utils.errors import UsageError
 from utils.eval.outputs import output_names
 from utils.eval.report import results_texts
 from utils.eval.tasks import EvalSet
+from utils.owned_outputs import file_digest
 
 # What may differ between a stopped run and its continuation: the cut to --max-images (a run of the first 100
 # images continues to the whole set), which says nothing about how an image is scored.
@@ -136,6 +137,25 @@ def own_results_files(record: Mapping[str, Any], sets: Sequence[EvalSet], save: 
         path, written = save / f"results.{ext}", text.encode("utf-8", "backslashreplace")  # as write_text does
         try:
             if not path.is_symlink() and path.is_file() and path.read_bytes() == written:
+                own.add(path)
+        except OSError:
+            continue
+    return own
+
+
+def own_figures(record: Mapping[str, Any], figs_dir: Path) -> set[Path]:
+    """The figures in ``figs_dir`` that the earlier run drew (its parsed ``record`` names each row's ``figure`` and
+    its ``figure_sha256``) and nobody has changed since: ``--resume`` draws them again in place instead of moving
+    them aside. Each resumed run with ``--figs`` otherwise left a ``results.before-*`` folder of its own figures."""
+    own = set()
+    for r in (record.get("tasks") or {}).values():
+        drawn, digest = (r.get("figure"), r.get("figure_sha256")) if isinstance(r, dict) else (None, None)
+        if not isinstance(drawn, str) or not isinstance(digest, str):
+            continue
+        path = figs_dir / Path(drawn).name
+        try:
+            if Path(drawn).resolve() == path.resolve() and not path.is_symlink() and path.is_file() \
+                    and file_digest(path) == digest:
                 own.add(path)
         except OSError:
             continue

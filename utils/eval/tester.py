@@ -41,6 +41,7 @@ from utils.eval.resuming import (
     check_same_weights,
     earlier_images,
     kept_outputs,
+    own_figures,
     own_results_files,
     read_earlier_results,
 )
@@ -313,7 +314,9 @@ def main(args) -> dict:
             own: set[Path] = set()
             if args.resume:  # read again under the lock: no other tester has changed it since
                 earlier = _earlier_images(args, sets, save, protocol, device, info, made)
-                own = own_results_files(read_earlier_results(save), sets, save)  # replaced, not piled up aside
+                record = read_earlier_results(save)
+                own = own_results_files(record, sets, save)  # replaced, not piled up aside
+                own |= own_figures(record, Path(args.figs_dir)) if args.figs else set()
             kept = keep_earlier_outputs(args, sets, inputs, save, keep=kept_outputs(earlier, save) | own)
             if args.input:
                 return _restore_inputs(args, model, info, inputs, protocol, device, save, progress, made, kept)
