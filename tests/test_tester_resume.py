@@ -181,3 +181,22 @@ def test_resume_draws_its_own_figures_again_in_place(bench, checkpoint, tmp_path
     [aside] = figs.glob("results.before-*")
     assert (aside / "derain_Rain100L.png").read_bytes() == b"my own figure"
     assert (figs / "derain_Rain100L.png").read_bytes() != b"my own figure"
+
+
+def test_resume_keeps_its_own_saved_targets_in_place(bench, checkpoint, tmp_path):
+    """--resume --savetar moved the targets the earlier run had saved for the images it keeps into another
+    --savetar/results.before-* folder at every resume (and saved them again). The record now holds each saved
+    target's SHA-256: one as saved stays; one changed since goes aside and is saved again."""
+    tar = tmp_path / "t" / "derain" / "Rain100L"
+    flags = ["--model", checkpoint, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o", "--savetar",
+             tmp_path / "t"]
+    run(*flags, "--max-images", "2")
+    inode = os.stat(tar / "rain-1.png").st_ino
+    run(*flags, "--max-images", "3", "--resume")
+    assert not list((tmp_path / "t").glob("results.before-*")) and os.stat(tar / "rain-1.png").st_ino == inode
+    assert sorted(p.name for p in tar.iterdir()) == ["rain-1.png", "rain-2.png", "rain-3.png"]
+    (tar / "rain-2.png").write_bytes(b"my own file")
+    run(*flags, "--resume")
+    [aside] = (tmp_path / "t").glob("results.before-*")
+    assert [p.name for p in aside.rglob("*.png")] == ["rain-2.png"]
+    assert (tar / "rain-2.png").read_bytes() != b"my own file" and os.stat(tar / "rain-1.png").st_ino == inode

@@ -305,6 +305,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
                 row["output"] = output_prefix + out_name
             if savetar_dir is not None:
                 write_image(savetar_dir / out_name, tar8)
+                row["target_sha256"] = file_digest(savetar_dir / out_name)  # --resume: still the tester's own
             record()
         except BaseException as exc:  # Ctrl-C, a full disk: the scores so far are kept, not lost with a traceback
             if saved is not None and file_identity(saved) not in (None, before):  # the restoration is in --save
@@ -323,6 +324,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
             deg, tar = _load_item(item, protocol)
             if savetar_dir is not None:
                 write_image(savetar_dir / out_name, to_8bit(tar))
+                image = {**image, "target_sha256": file_digest(savetar_dir / out_name)}
             if figs_dir is not None and len(fig_rows) < fig_images and save_dir is not None:
                 out8 = to_8bit(read_image(save_dir / out_name, exif=False))
                 fig_rows.append((item.name, to_8bit(deg), out8, to_8bit(tar), image["psnr"], image["ssim"],

@@ -109,6 +109,25 @@ def _scored(image: Mapping[str, Any]) -> bool:
                                                                "seconds"))
 
 
+def own_targets(kept: EarlierImages, savetar: Path) -> set[Path]:
+    """The targets in ``savetar`` (``--savetar``) of the images ``--resume`` keeps that the earlier run saved there
+    and nobody has changed since (its record holds each one's ``target_sha256``): they stay where they are, as their
+    restorations do, instead of going aside into a ``results.before-*`` folder at every resume."""
+    own = set()
+    for row in kept.values():
+        for k in row.values():
+            output, digest = k.image.get("output"), k.image.get("target_sha256")
+            if not isinstance(output, str) or not isinstance(digest, str):
+                continue
+            path = savetar / output
+            try:
+                if not path.is_symlink() and path.is_file() and file_digest(path) == digest:
+                    own.add(path)
+            except OSError:
+                continue
+    return own
+
+
 def kept_outputs(kept: EarlierImages, save: Path) -> set[Path]:
     """The restorations of the images ``--resume`` keeps: they stay where they are (not moved aside)."""
     return {save / k.image["output"] for row in kept.values() for k in row.values() if k.image.get("output")}

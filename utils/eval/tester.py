@@ -43,6 +43,7 @@ from utils.eval.resuming import (
     kept_outputs,
     own_figures,
     own_results_files,
+    own_targets,
     read_earlier_results,
 )
 from utils.eval.tasks import (
@@ -317,6 +318,7 @@ def main(args) -> dict:
                 record = read_earlier_results(save)
                 own = own_results_files(record, sets, save)  # replaced, not piled up aside
                 own |= own_figures(record, Path(args.figs_dir)) if args.figs else set()
+                own |= own_targets(earlier, Path(args.savetar)) if args.savetar else set()
             kept = keep_earlier_outputs(args, sets, inputs, save, keep=kept_outputs(earlier, save) | own)
             if args.input:
                 return _restore_inputs(args, model, info, inputs, protocol, device, save, progress, made, kept)
