@@ -950,4 +950,5 @@ def test_a_fresh_run_moves_the_earlier_runs_abandoned_timelines_aside_with_it(tm
     assert sorted(p.name for p in run.iterdir()) == sorted([kept.name, "notes.txt"])
     assert (kept / abandoned.name / "epoch_002.pth").read_bytes() == b"abandoned checkpoint"
     assert (kept / "epoch_001.pth").read_bytes() == b"checkpoint"
-    assert f"1 folder of timelines it abandoned (abandoned.before-*)) were moved to {kept.name}/" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"1 folder of timelines it abandoned (abandoned.before-*)) were moved to {kept.name}/" in said
