@@ -583,3 +583,137 @@ def test_a_tiled_restoration_reports_its_tiles_to_the_page(session, photo, tmp_p
         shown = []
         tiles_shown_by(lambda *args, **kwargs: shown.append((args, kwargs)))(3, 4)
         assert shown == [(((3, 4),), {"desc": "restoring in tiles", "unit": "tiles"})]
+
+
+def test_a_cancelled_request_ends_at_the_next_layer_and_frees_the_app(session, photo, tmp_path):
+    """A request whose client went away (a closed tab, Stop, gradio_client's cancel) ran to its end, and the
+    next request waited for it: its cancel event now ends it at the network's next layer."""
+    import threading
+    session = dataclasses.replace(session, work_dir=tmp_path / "work")
+    layers = []
+    with session.cancellable("tab-1") as cancelled, session.cancellable("tab-2") as other:
+        def cancelled_meanwhile(module, args):  # the first layer's work: the tab is closed now
+            layers.append(module)
+            assert session.cancel("tab-1") == 1
+        handle = session.model.register_forward_pre_hook(cancelled_meanwhile)
+        try:
+            status = restore_for_page(session, photo, "fp32", "auto", cancelled=cancelled).status
+        finally:
+            handle.remove()
+        assert cancelled.is_set() and not other.is_set(), "only the closed tab's request is cancelled"
+    assert len(layers) == 1 and status.startswith("**Cannot restore** `cat.png`: its request was cancelled"), status
+    assert list(session.work_dir.iterdir()) == [], "the cancelled request left its folder"
+    assert not session.busy.locked() and session.cancel("tab-1") == 0, "a finished request is no longer listed"
+    waiting = threading.Event()  # cancelled while it waits behind another request: it starts none
+    waiting.set()
+    assert "its request was cancelled" in restore_for_page(session, photo, "fp32", "auto", cancelled=waiting).status
+    assert restore_for_page(session, photo, "fp32", "auto").status.startswith("**Restored**")
+
+
+# --------------------------------------------------------------------------- a real server, through gradio_client
+
+@pytest.fixture(scope="module")
+def api_server(run_dir, tmp_path_factory):
+    """``(url, log, work_dir)``: ``python -m utils.app`` serving the run's checkpoint, for gradio_client."""
+    if importlib.util.find_spec("gradio_client") is None:
+        pytest.skip("gradio_client is not installed: make app (it comes with Gradio)")
+    from utils.app import browser
+    tmp = tmp_path_factory.mktemp("api")
+    log = tmp / "app.log"
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
+    argv = ["--model", str(run_dir), "--device", "cpu", "--work-dir", str(tmp / "work")]
+    with browser.serve(argv, log, cwd=tmp, env=env) as url:
+        yield url, log, tmp / "work"
+
+
+@pytest.fixture(scope="module")
+def many_tiles(tmp_path_factory):
+    """An image that takes hundreds of 48-pixel tiles (tens of seconds on one CPU thread) to restore."""
+    rng = np.random.default_rng(1)
+    return write_image(tmp_path_factory.mktemp("large") / "large.png",
+                       rng.integers(0, 256, (400, 400, 3), dtype=np.uint8))
+
+
+def _deadline_wait(condition, what: str, timeout: float = 120.0):
+    """``condition()``'s first truthy value, polled until ``timeout`` s have passed (then a TimeoutError)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.1)  # polling interval of the condition, not a wait for an event
+    return found
+
+
+def _cancelled_line(name: str) -> str:
+    return f"=> cancelled: {name} was stopped at the network's next layer; the next request runs now"
+
+
+@pytest.mark.slow
+def test_a_request_cancelled_through_gradio_client_stops_at_the_next_layer(api_server, many_tiles, photo):
+    """gradio_client's cancel (what the page's Stop sends too) left the restoration running to its end, the next
+    request waiting for it: it now ends at the network's next layer, keeps nothing, and the next one runs."""
+    from gradio_client import Client, handle_file
+    url, log, work = api_server
+    client = Client(url, verbose=False)
+    try:
+        job = client.submit(handle_file(str(many_tiles)), "fp32", "48", api_name="/on_restore")
+        progress = _deadline_wait(lambda: [p for p in job.status().progress_data or () if p.index],
+                                  "the first tiles being restored")
+        assert progress[0].unit == "tiles" and progress[0].index < progress[0].length
+        job.cancel()
+        status = client.predict(handle_file(str(photo)), "fp32", "auto", api_name="/on_restore")[0]
+    finally:
+        client.close()
+    assert status.startswith("**Restored** `cat.png`"), status
+    _deadline_wait(lambda: _cancelled_line("large.png") in log.read_text(), "the server saying it stopped")
+    assert not list(work.glob("request-*/large.png")), "the cancelled restoration ran to its end"
+    assert "Traceback" not in log.read_text()
+
+
+def _start_restoring(driver, image: Path, tiling: str) -> None:
+    """In the page: ``tiling`` typed into Tiling, ``image`` uploaded, Restore pressed, and its first tiles shown
+    done in the progress bar."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from utils.app import browser
+    tile = browser.element(driver, "tiling", "input")
+    tile.send_keys(Keys.CONTROL, "a")
+    tile.send_keys(tiling, Keys.ENTER)
+    browser.element(driver, "upload", "input[type=file]").send_keys(str(image))
+    browser.wait_until(driver, lambda d: image.name in browser.file_links(d, "upload"), browser.RESTORE_TIMEOUT,
+                       f"the upload of {image.name} being listed")
+    browser.element(driver, "restore").click()
+
+    def tiles_done(d) -> bool:
+        import re
+        return bool(re.search(r"\b[1-9]\d*/\d+ tiles", d.find_element(By.TAG_NAME, "body").text))
+    browser.wait_until(driver, tiles_done, browser.RESTORE_TIMEOUT, "the first tiles being restored")
+
+
+@pytest.mark.slow
+def test_stop_and_a_closed_tab_end_the_restoration_at_work(browser_page, many_tiles, photo):
+    """The page had no way to stop a restoration, and closing its tab left it running to its end, the next
+    request (another tab's, say) waiting for it: Stop, and a closed tab, end it at the network's next layer."""
+    from utils.app import browser
+    from utils.app.page import STOPPED
+    driver, url, log = browser_page
+    for leave in ("Stop", "closed tab"):
+        before = log.read_text().count(_cancelled_line("large.png"))
+        browser.open_page(driver, url)
+        _start_restoring(driver, many_tiles, "48")
+        if leave == "Stop":
+            browser.element(driver, "stop").click()
+            shown = STOPPED.replace("**", "")
+            browser.wait_until(driver, lambda d: browser.status_text(d) == shown, browser.RESTORE_TIMEOUT,
+                               "the page saying it stopped")
+            assert not browser.shown_images(driver, "comparison")
+        else:
+            driver.get("about:blank")  # the tab goes: the page's connection to the server closes
+        _deadline_wait(lambda: log.read_text().count(_cancelled_line("large.png")) > before,
+                       f"the server stopping the restoration after {leave}")
+        browser.open_page(driver, url)
+        assert browser.restore_in_page(driver, photo).startswith("Restored cat.png"), leave
+    assert "Traceback" not in log.read_text(errors="replace")
+

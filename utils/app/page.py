@@ -3,12 +3,17 @@
 Every element a test or a script reads has an ``elem_id`` (:data:`utils.app.elements.IDS`). The page computes
 nothing itself: one button press is one :func:`utils.app.restore.restore_for_page` call, whose ``status`` line
 also carries any failure (an unreadable file, a bad tiling choice), so errors show in the page, never as a server
-traceback.
+traceback. That call runs in a thread of its own under an ``async`` handler, which is how a cancel reaches it: Stop,
+gradio_client's ``job.cancel()`` or the app closing cancel the handler (``asyncio.CancelledError``), a closed or
+reloaded tab calls the page's ``unload``; either sets the request's cancel event, and the restoration ends at the
+network's next layer (:meth:`utils.app.restore.Session.computing`), saying so on the server's terminal.
 Gradio must be importable (``requirements-app.txt``); :mod:`utils.app.main` imports this module only after it
 has turned off Gradio's analytics.
 """
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -26,6 +31,7 @@ from utils.app.restore import (
 from utils.data.image_files import IMAGE_EXTENSIONS
 
 TITLE = "BaryIR: restore an image"
+STOPPED = "**Stopped**: the restoration was stopped (Stop). Press **Restore** to start it again."
 
 
 def model_line(session: Session) -> str:
@@ -70,15 +76,41 @@ def refusing_quietly(component: gr.components.Component) -> gr.components.Compon
     return component
 
 
+def client_of(request: gr.Request | None) -> str:
+    """The client a request comes from (one browser tab, one API client): Gradio's session hash."""
+    return str(getattr(request, "session_hash", None) or "")
+
+
 def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
     """The page for ``session``'s model; ``examples``: ``[(image, label)]`` offered under the upload."""
     maps_shown = has_embeddings(session.info["backbone"])
 
-    def on_restore(upload: str | None, precision: str, tile: str, progress=gr.Progress()) -> tuple:  # noqa: B008
-        result = restore_for_page(session, upload, precision, tile, tile_progress=tiles_shown_by(progress))
+    async def on_restore(upload: str | None, precision: str, tile: str, request: gr.Request,
+                         progress=gr.Progress()) -> tuple:  # noqa: B008
+        with session.cancellable(client_of(request)) as cancelled:
+            try:  # in a thread of its own, so that a cancel reaches this coroutine at once
+                result = await asyncio.to_thread(restore_in_thread, upload, precision, tile, progress, cancelled)
+            except asyncio.CancelledError:  # Stop, the API client's cancel, the app closing: the work ends too
+                cancelled.set()
+                raise
         if result.after is None and upload is not None:
             gr.Warning(result.status.replace("**", "").replace("`", ""), title="Cannot restore")
         return _outputs(result)
+
+    def restore_in_thread(upload: str | None, precision: str, tile: str, progress: gr.Progress,
+                          cancelled: threading.Event) -> PageResult:
+        result = restore_for_page(session, upload, precision, tile, tile_progress=tiles_shown_by(progress),
+                                  cancelled=cancelled)
+        if cancelled.is_set() and result.after is None and upload is not None:  # where the user sees it stopped
+            print(f"=> cancelled: {Path(upload).name} was stopped at the network's next layer; the next "
+                  f"request runs now", flush=True)
+        return result
+
+    def stopped() -> tuple:
+        return _outputs(PageResult(status=STOPPED))
+
+    def on_leave(request: gr.Request) -> None:  # the tab was closed or reloaded: its restoration is for no one
+        session.cancel(client_of(request))
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(UPLOADS_KEPT_S, UPLOADS_KEPT_S)) as page:
         gr.Markdown(f"# {TITLE}\n{model_line(session)}")
@@ -95,7 +127,9 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
                                      info="as tester_bary.py --tile: auto tiles only an image that would not fit "
                                           "the free memory; off never; a size (a multiple of 8) always",
                                      elem_id=IDS["tiling"])
-                button = gr.Button("Restore", variant="primary", elem_id=IDS["restore"])
+                with gr.Row():
+                    button = gr.Button("Restore", variant="primary", elem_id=IDS["restore"])
+                    stop = gr.Button("Stop", variant="stop", elem_id=IDS["stop"])
                 if examples:
                     gr.Examples(examples=[[str(p)] for p, _ in examples], example_labels=[lab for _, lab in examples],
                                 inputs=[upload], label="Demo test images (click one, then Restore)")
@@ -112,6 +146,11 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
             wb_residual = gr.Image(label="Residual embedding (norm over channels)", format="png",
                                    interactive=False, visible=maps_shown, elem_id=IDS["wb_residual"])
         maps = gr.Markdown(elem_id=IDS["maps"])
-        button.click(on_restore, inputs=[upload, precision, tiling],
-                     outputs=[status, comparison, download, residual, wb, wb_residual, maps])
+        restoring = button.click(on_restore, inputs=[upload, precision, tiling],
+                                 outputs=[status, comparison, download, residual, wb, wb_residual, maps])
+        # the restoration ends at the network's next layer; the outputs say so (Gradio marked each "Error")
+        stop.click(None, cancels=[restoring]).then(
+            stopped, outputs=[status, comparison, download, residual, wb, wb_residual, maps], queue=False,
+            api_visibility="private", show_progress="hidden")
+        page.unload(on_leave)
     return page

@@ -278,24 +278,32 @@ def example_images(root: str | os.PathLike, limit: int = EXAMPLE_LIMIT) -> list[
 class Session:
     """What every request of one app shares: the loaded model, where it runs, and a folder for the outputs.
 
-    ``busy`` is held while a request computes, so one restoration runs at a time whatever the web layer does:
-    Gradio's queue lets the next request start when a running one is cancelled (the client's cancel, a closed
-    tab), though the cancelled one's thread goes on computing; without it each cancel-and-retry added a
-    full-size restoration's memory to the ones still running. ``stopping``: set by :meth:`stop`."""
+    ``busy`` is held while a request computes, so one restoration runs at a time whatever the web layer does.
+    A request whose client went away (a closed tab, the page's Stop, a cancelled API call) is told through its
+    ``cancelled`` event (:meth:`computing`, :meth:`cancellable`, :meth:`cancel`) and ends at the network's next
+    layer, freeing ``busy`` and its memory for the next request: it used to run to its end, the next request
+    waiting for it. ``stopping``: set by :meth:`stop` (Ctrl-C, SIGTERM), which ends any request at work."""
     model: nn.Module
     info: dict               # load_model's info: "model" (the file), "backbone", "model_config", ...
     device: torch.device
     work_dir: Path           # one subfolder per request; the newest KEEP_REQUESTS are kept
     busy: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False, compare=False)
+    # the cancel events of the requests under way, by client (a page's or an API client's session)
+    _requests: dict[str, set[threading.Event]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _requests_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @contextlib.contextmanager
-    def computing(self) -> Iterator[None]:
-        """Hold ``busy`` for one request's work; once :meth:`stop` is asked, the work ends (:class:`AppStopping`)
-        at the next layer of the network it enters, and a request that comes later starts none."""
+    def computing(self, cancelled: threading.Event | None = None) -> Iterator[None]:
+        """Hold ``busy`` for one request's work; once :meth:`stop` is asked (:class:`AppStopping`) or ``cancelled``
+        is set (:class:`RequestCancelled`), the work ends at the next layer of the network it enters, and a request
+        that comes later, or was cancelled while it waited for ``busy``, starts none."""
         def check(module: nn.Module, args) -> None:
             if self.stopping.is_set():
                 raise AppStopping("the app was stopped while restoring it; start it again to restore the image")
+            if cancelled is not None and cancelled.is_set():
+                raise RequestCancelled("its request was cancelled (the page closed, Stop pressed, or the API "
+                                       "client's cancel), so it was stopped; restore it again to have it")
         with self.busy:
             check(self.model, ())
             handles = [m.register_forward_pre_hook(check) for m in self.model.modules()]
@@ -304,6 +312,30 @@ class Session:
             finally:
                 for handle in handles:
                     handle.remove()
+
+    @contextlib.contextmanager
+    def cancellable(self, client: str) -> Iterator[threading.Event]:
+        """The cancel event of one request of ``client`` (pass it to :meth:`computing`), which :meth:`cancel`
+        sets while the request is under way."""
+        cancelled = threading.Event()
+        with self._requests_lock:
+            self._requests.setdefault(client, set()).add(cancelled)
+        try:
+            yield cancelled
+        finally:
+            with self._requests_lock:
+                events = self._requests.get(client, set())
+                events.discard(cancelled)
+                if not events:
+                    self._requests.pop(client, None)
+
+    def cancel(self, client: str) -> int:
+        """Cancel every request of ``client`` under way (its page was closed); how many there were."""
+        with self._requests_lock:
+            events = list(self._requests.get(client, ()))
+        for cancelled in events:
+            cancelled.set()
+        return len(events)
 
     def stop(self) -> None:
         """End the restoration at work at its network's next layer and wait until it has: the app then exits with
@@ -316,6 +348,10 @@ class Session:
 
 class AppStopping(UserError):
     """The app is stopping (Ctrl-C, SIGTERM) while a request computes: that request ends, saying so."""
+
+
+class RequestCancelled(UserError):
+    """The request's client went away (a closed tab, Stop, a cancelled API call) while it computed or waited."""
 
 
 KEEP_REQUESTS = 8
@@ -383,13 +419,15 @@ def _maps_text(residual: np.ndarray, residual_scaled: bool, residual_limit: floa
 
 
 def restore_for_page(session: Session, upload: str | os.PathLike | None, precision: str, tile: str,
-                     name: str | None = None, tile_progress: TileProgress | None = None) -> PageResult:
+                     name: str | None = None, tile_progress: TileProgress | None = None,
+                     cancelled: threading.Event | None = None) -> PageResult:
     """One press of the page's Restore button: the upload restored (:func:`restore_upload`) with the chosen
     precision and tiling, its residual map and, for WB backbones, its embedding maps.
 
     A failure the user can act on (no file, an unreadable one, a bad tiling choice, out of memory) is a
     :class:`PageResult` with only ``status`` saying why; a bug still raises. ``tile_progress(done, total)`` is
-    told each tile when the image is restored in tiles (the page's progress bar).
+    told each tile when the image is restored in tiles (the page's progress bar). Once ``cancelled`` is set, the
+    work ends at the network's next layer (:meth:`Session.computing`), its status saying so.
     """
     start = time.perf_counter()
     if upload is None:
@@ -405,9 +443,9 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
     except ValueError as exc:  # a page choice that cannot work
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
     try:
-        with session.computing():  # one restoration at a time (Session): the next waits here for the running one
+        with session.computing(cancelled):  # one restoration at a time (Session): the next waits here
             return _restore_for_page(session, upload, protocol, precision, name, start, tile_progress)
-    except AppStopping as exc:  # before its work began
+    except (AppStopping, RequestCancelled) as exc:  # before its work began
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
 
 
