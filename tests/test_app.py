@@ -717,3 +717,27 @@ def test_stop_and_a_closed_tab_end_the_restoration_at_work(browser_page, many_ti
         assert browser.restore_in_page(driver, photo).startswith("Restored cat.png"), leave
     assert "Traceback" not in log.read_text(errors="replace")
 
+
+def test_none_for_a_choice_is_the_pages_default():
+    """An API call's None for Tiling was read as the word "none", tiling off (a large image then ran out of memory
+    where the page, whose default is auto, tiled it), and None for Precision was refused: both are the page's
+    defaults now. The word "none" typed into Tiling is refused, naming the choices, not read as either."""
+    assert parse_tile(None) is None and parse_tile("auto") is None and parse_tile("off") == 0
+    protocol = page_protocol(None, None)
+    assert (protocol.precision, protocol.tile) == ("fp32", None)
+    with pytest.raises(ValueError, match="tiling 'none': choose 'auto', 'off' or a tile size"):
+        parse_tile("none")
+
+
+@pytest.mark.slow
+def test_none_through_gradio_client_restores_as_the_pages_defaults(api_server, photo, tester_output):
+    from gradio_client import Client, handle_file
+    url, log, work = api_server
+    client = Client(url, verbose=False)
+    try:
+        status, _, download, *_ = client.predict(handle_file(str(photo)), None, None, api_name="/on_restore")
+    finally:
+        client.close()
+    assert status.startswith("**Restored** `cat.png`") and "fp32, tiling auto (the whole image fitted)" in status, \
+        status
+    assert np.array_equal(read_image(download), read_image(tester_output)), "not the page's defaults' PNG"

@@ -20,6 +20,8 @@ import gradio as gr
 
 from utils.app.elements import IDS
 from utils.app.restore import (
+    DEFAULT_PRECISION,
+    DEFAULT_TILE,
     TILE_CHOICES,
     UPLOADS_KEPT_S,
     PageResult,
@@ -120,10 +122,10 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
                                                   file_count="single", file_types=list(IMAGE_EXTENSIONS),
                                                   type="filepath", elem_id=IDS["upload"]))
                 precision = refusing_quietly(gr.Radio(
-                    list(precisions_for(session.device)), value="fp32", label="Precision",
+                    list(precisions_for(session.device)), value=DEFAULT_PRECISION, label="Precision",
                     info="as tester_bary.py --precision (bf16 is fast only on CPUs with AMX or on GPUs)",
                     elem_id=IDS["precision"]))
-                tiling = gr.Dropdown(list(TILE_CHOICES), value="auto", allow_custom_value=True, label="Tiling",
+                tiling = gr.Dropdown(list(TILE_CHOICES), value=DEFAULT_TILE, allow_custom_value=True, label="Tiling",
                                      info="as tester_bary.py --tile: auto tiles only an image that would not fit "
                                           "the free memory; off never; a size (a multiple of 8) always",
                                      elem_id=IDS["tiling"])

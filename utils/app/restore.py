@@ -50,6 +50,9 @@ from utils.eval.tasks import DenoiseLayout, find_task_sets
 # The tiling choices the page lists ('auto': tile only an image that would not fit the free memory, as the
 # tester without --tile; 'off': never, --tile 0; a number: --tile N). Other multiples of 8 may be typed.
 TILE_CHOICES = ("auto", "off", "256", "512", "1024")
+# The page's defaults, which an API call's None (or a value it leaves out) also means.
+DEFAULT_PRECISION = "fp32"
+DEFAULT_TILE = "auto"
 # The embedding maps are computed on the input scaled down to at most this many pixels a side: a map has one
 # value per 8x8 block anyway, and the encoder then needs bounded memory whatever the upload's size.
 MAP_SIDE = 512
@@ -77,16 +80,18 @@ def precisions_for(device: torch.device) -> tuple[str, ...]:
     return tuple(p for p in PRECISIONS if p != "fp16" or device.type == "cuda")
 
 
-def parse_tile(choice: str) -> int | None:
+def parse_tile(choice: str | None) -> int | None:
     """The page's tiling choice as ``Protocol.tile``: ``'auto'`` -> None, ``'off'`` -> 0, ``'512'`` -> 512.
 
-    A size must be a multiple of 8 that leaves a step of at least 8 pixels past the 32-pixel overlap
+    ``None`` (an API call's null or a left-out value) is the page's default, ``'auto'``: it was read as the word
+    "none", tiling off, so a large image sent through the API without a tiling ran out of memory where the page
+    tiled it. A size must be a multiple of 8 that leaves a step of at least 8 pixels past the 32-pixel overlap
     (``tester_bary.py --tile``'s rule); anything else is a ``ValueError`` that says what to choose.
     """
-    text = str(choice).strip().lower()
+    text = DEFAULT_TILE if choice is None else str(choice).strip().lower()
     if text in ("auto", ""):
         return None
-    if text in ("off", "0", "none"):
+    if text in ("off", "0"):
         return 0
     overlap = Protocol().tile_overlap
     smallest = overlap + SIZE_MULTIPLE
@@ -96,9 +101,11 @@ def parse_tile(choice: str) -> int | None:
     return int(text)
 
 
-def page_protocol(precision: str, tile: str) -> Protocol:
+def page_protocol(precision: str | None, tile: str | None) -> Protocol:
     """The protocol of ``tester_bary.py --input ... --precision <precision> --tile <tile>`` (every other flag at
-    its default); a ``ValueError`` naming the choice to change when one cannot work."""
+    its default); ``None`` for either is the page's default (:data:`DEFAULT_PRECISION`, :data:`DEFAULT_TILE`).
+    A ``ValueError`` names the choice to change when one cannot work."""
+    precision = DEFAULT_PRECISION if precision is None else precision
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     return Protocol(precision=precision, tile=parse_tile(tile)).validate()
@@ -418,14 +425,15 @@ def _maps_text(residual: np.ndarray, residual_scaled: bool, residual_limit: floa
     return "\n\n".join(lines)
 
 
-def restore_for_page(session: Session, upload: str | os.PathLike | None, precision: str, tile: str,
+def restore_for_page(session: Session, upload: str | os.PathLike | None, precision: str | None, tile: str | None,
                      name: str | None = None, tile_progress: TileProgress | None = None,
                      cancelled: threading.Event | None = None) -> PageResult:
     """One press of the page's Restore button: the upload restored (:func:`restore_upload`) with the chosen
     precision and tiling, its residual map and, for WB backbones, its embedding maps.
 
     A failure the user can act on (no file, an unreadable one, a bad tiling choice, out of memory) is a
-    :class:`PageResult` with only ``status`` saying why; a bug still raises. ``tile_progress(done, total)`` is
+    :class:`PageResult` with only ``status`` saying why; a bug still raises. ``None`` for ``precision`` or
+    ``tile`` is the page's default (:func:`page_protocol`). ``tile_progress(done, total)`` is
     told each tile when the image is restored in tiles (the page's progress bar). Once ``cancelled`` is set, the
     work ends at the network's next layer (:meth:`Session.computing`), its status saying so.
     """
@@ -444,7 +452,7 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
     try:
         with session.computing(cancelled):  # one restoration at a time (Session): the next waits here
-            return _restore_for_page(session, upload, protocol, precision, name, start, tile_progress)
+            return _restore_for_page(session, upload, protocol, protocol.precision, name, start, tile_progress)
     except (AppStopping, RequestCancelled) as exc:  # before its work began
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
 
