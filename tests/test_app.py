@@ -281,7 +281,9 @@ def test_bad_flags_are_one_error_line(tmp_path, monkeypatch, capsys):
                         (["--model", "x.pth", "--examples", "nowhere"], "--examples nowhere: no such folder"),
                         (["--model", "x.pth", "--examples", "a_file"], "--examples a_file: a file, not a folder"),
                         (["--model", "x.pth", "--work-dir", "a_file"],
-                         "--work-dir a_file: a file, not a folder, is in the way")):
+                         "--work-dir a_file: a file, not a folder, is in the way"),
+                        # root passes the permission bits, and /proc refused the folder only at the first Restore
+                        (["--model", "x.pth", "--work-dir", "/proc/app-work"], "--work-dir /proc/app-work: ")):
         status, err = _app(argv, capsys)
         assert status in (1, 2) and err.startswith("error: ") and words in err and err.count("\n") == 1, (argv, err)
     # torch's own two-line text came out as two lines; a failed start made --work-dir; plain images under
@@ -296,6 +298,7 @@ def test_bad_flags_are_one_error_line(tmp_path, monkeypatch, capsys):
         status, err = _app(argv, capsys)
         assert status in (1, 2) and err.startswith("error: ") and words in err and err.count("\n") == 1, (argv, err)
     assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "photos", "tiny.pth"], "the probe left a folder"
 
 
 # --------------------------------------------------------------------------- in the browser

@@ -30,7 +30,7 @@ from utils.cli import add_network_size_flags, network_size_overrides, one_spelli
 from utils.data.image_io import MAX_PIXELS, pixel_limit
 from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, counted, run_main
 from utils.eval.options import add_checkpoint_flags, pixel_count
-from utils.eval.outputs import check_writable_folder
+from utils.eval.outputs import OutputFolderError, check_writable_folder
 from utils.runtime import DEVICE_HELP, DEVICES, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
 
 DEMO_EXAMPLES = "data/demo/test"
@@ -108,13 +108,32 @@ def examples_folder(examples: str | None) -> Path | None:
     return Path(examples)
 
 
+def check_work_dir(work_dir: str) -> None:
+    """``--work-dir`` must be a folder the app can make and write in: :class:`OutputFolderError` naming the flag
+    and the fix otherwise, before anything is loaded. Nothing is left behind: the folder itself is made at the
+    first Restore. A folder the permission bits allow may still refuse (``/proc``, ``/sys``, a read-only mount,
+    or any folder for root, whom the bits never stop): a folder is made and removed in the nearest existing one
+    on the way, where ``--work-dir /proc/x`` passed the bits and failed at the first Restore."""
+    check_writable_folder(work_dir, "--work-dir", create=False)  # a file in the way, a dead link, the bits
+    folder = Path(work_dir)
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.is_dir())
+    try:
+        with tempfile.TemporaryDirectory(dir=existing, prefix=".baryir-app-probe-"):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise OutputFolderError(f"--work-dir {work_dir}: the app cannot make folders in {existing} ({why}) — pass "
+                                f"a folder of yours on a writable disk, e.g. --work-dir ~/baryir-app, or leave the "
+                                f"flag out (a temporary folder)") from exc
+
+
 def main(args) -> int:
     """Check the flags, load the model, serve the page until interrupted; returns the exit status."""
     check_port(args.port)
     check_gradio()
     examples_root = examples_folder(args.examples)
     if args.work_dir:  # a file in the way, or no permission: said now (made at the first Restore)
-        check_writable_folder(args.work_dir, "--work-dir", create=False)
+        check_work_dir(args.work_dir)
     path = checkpoint_to_serve(args.model)
     device = pick_device(args.device)  # DeviceError: one line naming the flag and the fix
     from utils.checkpoints import load_model
