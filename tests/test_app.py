@@ -744,3 +744,36 @@ def test_none_through_gradio_client_restores_as_the_pages_defaults(api_server, p
     assert status.startswith("**Restored** `cat.png`") and "fp32, tiling auto (the whole image fitted)" in status, \
         status
     assert np.array_equal(read_image(download), read_image(tester_output)), "not the page's defaults' PNG"
+
+
+def test_stop_changes_the_page_only_when_it_stopped_a_restoration(session, photo, tmp_path):
+    """Stop pressed with nothing at work blanked the result the page showed, saying "Stopped": it now leaves the
+    page as it is then; after stopping a restoration it says so (clearing Gradio's "Error" on every output)."""
+    gr = pytest.importorskip("gradio")
+    import asyncio
+    import types
+
+    from utils.app import page as app_page
+    session = dataclasses.replace(session, work_dir=tmp_path / "work")
+    handlers = {f.fn.__name__: f.fn for f in app_page.build_page(session, []).fns.values() if f.fn is not None}
+    on_restore, stopped = handlers["on_restore"], handlers["stopped"]
+    tab = types.SimpleNamespace(session_hash="tab-1")
+    assert stopped(tab) == tuple(gr.skip() for _ in range(app_page.OUTPUTS)), "Stop with nothing at work"
+
+    async def stop_while_restoring() -> None:
+        inside, loop = asyncio.Event(), asyncio.get_running_loop()
+        handle = session.model.register_forward_pre_hook(lambda *args: loop.call_soon_threadsafe(inside.set))
+        try:
+            restoring = asyncio.create_task(on_restore(str(photo), "fp32", "auto", tab))
+            await inside.wait()
+            restoring.cancel()  # what Gradio does to the handler on Stop
+            with pytest.raises(asyncio.CancelledError):
+                await restoring
+        finally:
+            handle.remove()
+    asyncio.run(stop_while_restoring())
+    with session.busy:  # the restoration's thread has ended
+        pass
+    assert stopped(tab) == (app_page.STOPPED, None, None, None, None, None, "")
+    assert stopped(tab) == tuple(gr.skip() for _ in range(app_page.OUTPUTS)), "said once, for the Stop that stopped"
+    assert not list(session.work_dir.glob("request-*/*.png")), "the stopped restoration ran to its end"

@@ -46,6 +46,9 @@ def model_line(session: Session) -> str:
             f"(`tester_bary.py --input FILE --precision P --tile T` writes the same PNG).")
 
 
+OUTPUTS = 7  # the page's outputs: status, comparison, download, residual, wb, wb_residual, maps
+
+
 def _outputs(result: PageResult) -> tuple:
     """A :class:`PageResult` as the values of the page's outputs, in :func:`build_page`'s order."""
     pair = (str(result.before), str(result.after)) if result.after is not None else None
@@ -86,6 +89,8 @@ def client_of(request: gr.Request | None) -> str:
 def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
     """The page for ``session``'s model; ``examples``: ``[(image, label)]`` offered under the upload."""
     maps_shown = has_embeddings(session.info["backbone"])
+    stopped_clients: set[str] = set()  # the clients whose restoration Stop cancelled, until the page says so
+    stops_lock = threading.Lock()
 
     async def on_restore(upload: str | None, precision: str, tile: str, request: gr.Request,
                          progress=gr.Progress()) -> tuple:  # noqa: B008
@@ -94,6 +99,8 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
                 result = await asyncio.to_thread(restore_in_thread, upload, precision, tile, progress, cancelled)
             except asyncio.CancelledError:  # Stop, the API client's cancel, the app closing: the work ends too
                 cancelled.set()
+                with stops_lock:
+                    stopped_clients.add(client_of(request))
                 raise
         if result.after is None and upload is not None:
             gr.Warning(result.status.replace("**", "").replace("`", ""), title="Cannot restore")
@@ -108,8 +115,12 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
                   f"request runs now", flush=True)
         return result
 
-    def stopped() -> tuple:
-        return _outputs(PageResult(status=STOPPED))
+    def stopped(request: gr.Request) -> tuple:  # after Stop: what the page shows then
+        with stops_lock:
+            if client_of(request) not in stopped_clients:  # nothing was at work: the last result stays shown
+                return tuple(gr.skip() for _ in range(OUTPUTS))
+            stopped_clients.discard(client_of(request))
+        return _outputs(PageResult(status=STOPPED))  # (and Gradio's "Error" on each output goes)
 
     def on_leave(request: gr.Request) -> None:  # the tab was closed or reloaded: its restoration is for no one
         session.cancel(client_of(request))
