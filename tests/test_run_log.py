@@ -552,3 +552,29 @@ def test_a_loss_figure_that_cannot_be_drawn_is_a_warning_and_training_goes_on(tm
     monkeypatch.setattr(console, "warn", said.append)
     assert draw_loss_figure(log, tmp_path / "train_losses.png", console) == tmp_path / "train_losses.png"
     assert len(said) == 1 and "could not be drawn (ValueError: Image size" in said[0] and "training goes on" in said[0]
+
+
+def test_a_long_runs_step_axis_reads_in_short_counts_that_do_not_run_into_each_other(tmp_path, monkeypatch):
+    """At the paper's 8.6 million steps the axis read 0 1 2 ... 8 and an offset '1e6' at its end (at 200,000 steps
+    labels ran into each other under a 3.6-inch panel); it now reads 0, 2M, 4M, ..., at most six labels."""
+    import json
+
+    from utils import plotting
+    from utils.train.run_log import plot_loss_curves, short_count
+    drawn = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"kind": "iter", "global_step": s, "l1": 1.0 / (1 + s / 1e5)}) + "\n"
+                           for s in range(0, 8_600_000, 43_000)))
+    plot_loss_curves(log, tmp_path / "fig.png")
+    fig = drawn[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [t for t in ax.get_xticklabels() if t.get_text() and ax.get_xlim()[0] <= t.get_position()[0]
+              <= ax.get_xlim()[1]]
+    assert 2 <= len(labels) <= 6 and all(t.get_text().endswith("M") or t.get_text() == "0" for t in labels), \
+        [t.get_text() for t in labels]
+    boxes = [t.get_window_extent() for t in labels]
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))  # none runs into the next
+    assert ax.xaxis.get_offset_text().get_text() == ""
+    assert [short_count(n) for n in (0, 950, 12_000, 2_500_000)] == ["0", "950", "12k", "2.5M"]

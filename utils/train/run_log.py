@@ -387,7 +387,8 @@ def plot_loss_curves(log_path: str | os.PathLike, fig_path: str | os.PathLike,
         ax.set_title(label + (" (epoch means)" if only_means else ""), fontsize=10)
         ax.set_xlabel("iteration (each epoch's last)" if only_means else "iteration", fontsize=8)
         shown = np.concatenate([ys, np.asarray(mean_ys, dtype=np.float64)])
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no iteration 3.2
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5, integer=True))  # no iteration 3.2
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: short_count(v)))
         if key == "l1" and shown.size and (shown > 0).all() and shown.min() < shown.max():  # one value: no range
             ax.set_yscale("log")  # for a log axis
     if psnr:
@@ -452,6 +453,15 @@ class Rate:
 
 
 _SOURCE = "BaryIR training run in {folder}, started {started}"  # a loss figure's PNG "Source" text
+
+
+def short_count(n: float) -> str:
+    """An axis' step count in a few characters: ``'950'``, ``'12k'``, ``'2.5M'`` (a paper run's 8.6 million steps
+    written out, ``'0.00'`` to ``'1.00'`` and an offset ``1e6``, ran into each other under a panel)."""
+    for size, unit in ((1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
 
 
 def draw_loss_figure(log_path: Path, fig_path: Path, console: Console) -> Path:
