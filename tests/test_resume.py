@@ -408,14 +408,27 @@ def test_a_pretrained_file_of_another_backbone_is_named_as_such(data, tmp_path):
                                   f"tiny")
 
 
+@pytest.mark.parametrize("flag", ["--pretrained", "--resume"])
+def test_a_plain_state_dict_of_another_backbone_is_named_with_the_flags_that_load_it(data, tmp_path, flag):
+    """A PromptIR state dict (no recorded backbone) given to a BaryNet run listed five of 54 missing keys, five of 12
+    unexpected and five of 33 reshaped ones; it is named as the tester and the app name it (one message for all)."""
+    path = tmp_path / "prompt.pth"
+    torch.save(build_model("PromptIR", "tiny").state_dict(), path)
+    with pytest.raises(CheckpointError) as refused:
+        run(data, tmp_path / "out", "--nEpochs", "1", flag, str(path), iters=1)
+    assert str(refused.value) == (f"{path} holds the weights of a PromptIR (dim=16, num_blocks=[1, 1, 1, 2]), not of "
+                                  f"the BaryNet (dim=16, num_blocks=[1, 1, 1, 2]) these flags build: pass --backbone "
+                                  f"PromptIR --preset tiny")
+
+
 def test_a_pretrained_file_of_another_network_names_the_flags_it_records(data, tmp_path):
     """A paper-size checkpoint given to a tiny run said "Pick the matching --preset", though the file records it."""
     from net.presets import build_model, flags_for, model_config
     path = tmp_path / "wide.pth"
     torch.save({"model": build_model("BaryNet", "tiny", dim=24).state_dict(), "backbone": "BaryNet",
                 "model_config": model_config("tiny", dim=24)}, path)
-    with pytest.raises(CheckpointError, match=r"does not fit BaryNet .* The file records its network: --backbone "
-                                              r"BaryNet --preset tiny --dim 24$"):
+    with pytest.raises(CheckpointError, match=r"does not fit BaryNet .* for this checkpoint\. The file records its "
+                                              r"network: --backbone BaryNet --preset tiny --dim 24$"):
         run(data, tmp_path, "--nEpochs", "1", "--pretrained", str(path), iters=1)
     assert flags_for(model_config("paper"), "BaryNet") == "--backbone BaryNet --preset paper"
     assert flags_for(model_config("tiny", backbone="PromptIR", dim=24), "PromptIR") == \

@@ -6,6 +6,7 @@ Everything is imported from here (``from utils.checkpoints import read_checkpoin
 - :mod:`~utils.checkpoints.guard`: the limits a file must pass before it is loaded at all;
 - :mod:`~utils.checkpoints.unpickling`: loading without running code (the restricted unpickler);
 - :mod:`~utils.checkpoints.weights`: the network's weights out of any format, checked;
+- :mod:`~utils.checkpoints.identify`: which of the project's networks a state dict holds (for a refusal to name);
 - :mod:`~utils.checkpoints.reading`: :func:`read_checkpoint`, the guard, the load and the checks in one call;
 - :mod:`~utils.checkpoints.folder`: a run's output folder (names, ``latest``, rotation, the newest checkpoint);
 - :mod:`~utils.checkpoints.network`: :func:`load_model`, the network a checkpoint needs, built and loaded;

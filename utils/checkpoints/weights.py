@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import torch
 
 from utils.checkpoints.guard import MAX_MODULE_VISITS, MAX_NESTING, CheckpointError
+from utils.checkpoints.identify import differences, differences_text, identify, shapes_of
 from utils.checkpoints.unpickling import _Inert
 from utils.errors import LIST_LIMIT, counted, listing, one_or_many
 
@@ -153,24 +154,33 @@ def normalise_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def load_weights(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Strictly load ``sd`` into ``model``; a mismatch is a :class:`CheckpointError` listing the keys."""
-    expected = model.state_dict()
-    missing = expected.keys() - sd.keys()
-    unexpected = sd.keys() - expected.keys()
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in expected.keys() & sd.keys() if sd[k].shape != expected[k].shape]
-    problems = [f"{what} ({len(keys)}): " + listing(sorted(keys), limit=5, sep=sep, lead="")
-                for what, keys, sep in (("missing from the file", missing, ", "),
-                                        ("not in the model", unexpected, ", "), ("shape mismatches", shapes, "; "))
-                if keys]
-    if problems:
+def load_weights(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                 identify_other: bool = True) -> None:
+    """Strictly load ``sd`` into ``model``; a mismatch is one :class:`CheckpointError` line.
+
+    When ``sd`` is exactly another of the project's networks (:func:`~utils.checkpoints.identify.identify`; not
+    asked with ``identify_other=False``, for a file that records its own, nor for a model that is not a backbone),
+    the line names it and the flags that build it; otherwise it counts the missing, unexpected and reshaped keys,
+    with two of each.
+    """
+    expected = shapes_of(model)
+    missing, unexpected, shapes = differences(expected, sd)
+    if missing or unexpected or shapes:
         cfg = getattr(model, "config", None)
-        raise CheckpointError(
-            f"{source} does not fit {type(model).__name__}"
-            + (f" (dim={cfg['dim']}, num_blocks={cfg['num_blocks']})" if cfg else "") + ": "
-            + " — ".join(problems)
-            + ". Pick the matching --backbone and --preset (or model flags) for this checkpoint.")
+        built = type(model).__name__ + (f" (dim={cfg['dim']}, num_blocks={cfg['num_blocks']})" if cfg else "")
+        identify_other = identify_other and cfg is not None  # a backbone (not the Potentials): others are named
+        found = identify(sd) if identify_other else None
+        if found is not None:
+            from net.presets import flags_for
+            backbone, other = found
+            raise CheckpointError(f"{source} holds the weights of a {backbone} (dim={other['dim']}, num_blocks="
+                                  f"{other['num_blocks']}), not of the {built} these flags build: pass "
+                                  f"{flags_for(other, backbone)}")
+        fix = ("no --backbone, --preset and model flags of this project build a network of these keys and shapes "
+               "(the weights of another project's network, or a damaged file)" if identify_other else
+               "pick the matching --backbone and --preset (or model flags) for this checkpoint")
+        raise CheckpointError(f"{source} does not fit {built}: " + differences_text(missing, unexpected, shapes)
+                              + f"; {fix}.")
     bad = [k for k, v in sd.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
     if bad:
         hold = one_or_many(len(bad), "holds", "hold")
@@ -182,8 +192,10 @@ def load_weights(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source:
 
 def load_network(model: torch.nn.Module, obj: Any, source: str, key: str = "model") -> None:
     """Load the network weights found in ``obj`` (a checkpoint object of any accepted format, read by
-    :func:`utils.checkpoints.reading.read_checkpoint` from ``source``) into ``model``; mismatches are one error."""
-    load_weights(model, model_state_from(obj, str(source), key), str(source))
+    :func:`utils.checkpoints.reading.read_checkpoint` from ``source``) into ``model``; mismatches are one error,
+    naming the network the weights are for unless the file records it (its ``backbone`` and ``model_config``)."""
+    records = isinstance(obj, Mapping) and isinstance(obj.get("backbone"), str) and obj.get("model_config") is not None
+    load_weights(model, model_state_from(obj, str(source), key), str(source), identify_other=not records)
 
 
 def potentials_state_from(obj: Any, source: str) -> dict[str, torch.Tensor] | None:
