@@ -674,6 +674,52 @@ def test_a_request_cancelled_through_gradio_client_stops_at_the_next_layer(api_s
     assert "Traceback" not in log.read_text()
 
 
+_KILLED_CLIENT = """
+import sys
+import time
+from gradio_client import Client, handle_file
+job = Client(sys.argv[1], verbose=False).submit(handle_file(sys.argv[2]), "fp32", "48", api_name="/on_restore")
+deadline = time.monotonic() + 120
+while not [p for p in job.status().progress_data or () if p.index]:
+    if time.monotonic() > deadline:  # says nothing: the test fails, it does not hang
+        sys.exit(1)
+    time.sleep(0.1)  # polling interval
+print("tiles under way", flush=True)
+sys.stdin.read()  # until it is killed
+"""
+
+
+@pytest.mark.slow
+def test_a_gradio_client_killed_mid_restoration_stops_it_at_the_next_layer(api_server, many_tiles, photo):
+    """An API client killed while its image is restored (kill -9, a crashed script) cannot cancel: Gradio sees its
+    heartbeat connection close and calls the page's unload, which ends the restoration at the network's next layer,
+    keeping nothing, and the next request runs."""
+    import subprocess
+    import sys
+
+    from gradio_client import Client, handle_file
+    url, log, work = api_server
+    before = log.read_text().count(_cancelled_line("large.png"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    client = subprocess.Popen([sys.executable, "-c", _KILLED_CLIENT, url, str(many_tiles)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "tiles under way", "the client's restoration never started"
+    finally:
+        client.kill()
+        client.wait()
+    _deadline_wait(lambda: log.read_text().count(_cancelled_line("large.png")) > before,
+                   "the server stopping the killed client's restoration")
+    assert not list(work.glob("request-*/large.png")), "the killed client's restoration ran to its end"
+    other = Client(url, verbose=False)
+    try:
+        status = other.predict(handle_file(str(photo)), "fp32", "auto", api_name="/on_restore")[0]
+    finally:
+        other.close()
+    assert status.startswith("**Restored** `cat.png`"), status
+    assert "Traceback" not in log.read_text()
+
+
 def _start_restoring(driver, image: Path, tiling: str) -> None:
     """In the page: ``tiling`` typed into Tiling, ``image`` uploaded, Restore pressed, and its first tiles shown
     done in the progress bar."""

@@ -4,9 +4,10 @@ Every element a test or a script reads has an ``elem_id`` (:data:`utils.app.elem
 nothing itself: one button press is one :func:`utils.app.restore.restore_for_page` call, whose ``status`` line
 also carries any failure (an unreadable file, a bad tiling choice), so errors show in the page, never as a server
 traceback. That call runs in a thread of its own under an ``async`` handler, which is how a cancel reaches it: Stop,
-gradio_client's ``job.cancel()`` or the app closing cancel the handler (``asyncio.CancelledError``), a closed or
-reloaded tab calls the page's ``unload``; either sets the request's cancel event, and the restoration ends at the
-network's next layer (:meth:`utils.app.restore.Session.computing`), saying so on the server's terminal.
+gradio_client's ``job.cancel()`` or the app closing cancel the handler (``asyncio.CancelledError``); a closed or
+reloaded tab, or an API client's process that died (its heartbeat connection to Gradio closes), calls the page's
+``unload``; either sets the request's cancel event, and the restoration ends at the network's next layer
+(:meth:`utils.app.restore.Session.computing`), saying so on the server's terminal.
 Gradio must be importable (``requirements-app.txt``); :mod:`utils.app.main` imports this module only after it
 has turned off Gradio's analytics.
 """
@@ -122,7 +123,7 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
             stopped_clients.discard(client_of(request))
         return _outputs(PageResult(status=STOPPED))  # (and Gradio's "Error" on each output goes)
 
-    def on_leave(request: gr.Request) -> None:  # the tab was closed or reloaded: its restoration is for no one
+    def on_leave(request: gr.Request) -> None:  # the tab or the API client went: its restoration is for no one
         session.cancel(client_of(request))
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(UPLOADS_KEPT_S, UPLOADS_KEPT_S)) as page:
