@@ -915,6 +915,15 @@ def test_a_dry_run_with_figs_says_where_the_figures_would_go(bench, checkpoint, 
     assert not (tmp_path / "f").exists()
 
 
+def test_a_dry_run_of_one_image_says_it_is_found(bench, checkpoint, tmp_path, capsys):
+    """--dry-run of one image said '1 image ... are found'."""
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--max-images", "1", "--save", tmp_path / "s",
+        "--dry-run")
+    assert "1 image in 1 row (jpeg) is found; outputs would go to" in capsys.readouterr().out
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "jpeg", "--save", tmp_path / "s", "--dry-run")
+    assert "3 images in 1 row (jpeg) are found; outputs would go to" in capsys.readouterr().out
+
+
 def test_the_comparison_figure_shows_degraded_restored_and_target_with_their_own_scores(tmp_path, monkeypatch):
     """Each line of the figure is the degraded image with its score, the restoration with its own, then the
     target, in that order."""

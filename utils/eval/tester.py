@@ -20,7 +20,7 @@ from utils.data.doctor import tester_check
 from utils.data.image_files import IMAGE_EXTENSIONS
 from utils.data.image_io import ImageReadError, pixel_limit
 from utils.data.pairing import DEGSET_FLAGS, PairingError
-from utils.errors import UsageError, UserError, counted, listing
+from utils.errors import UsageError, UserError, counted, listing, one_or_many
 from utils.eval.evaluation import (
     EvaluationStopped,
     ImageTooSmall,
@@ -299,9 +299,9 @@ def main(args) -> dict:
             count = len(inputs) if args.input else sum(len(s.items) for s in sets)
             rows = "" if args.input else f" in {counted(len(sets), 'row')} ({', '.join(s.name for s in sets)})"
             figures = f", figures to {args.figs_dir}" if args.figs and not args.input else ""
-            print(f"=> dry run: {info['model']} ({info['backbone']}) loads, and {counted(count, 'image')}{rows} are "
-                  f"found; "
-                  f"outputs would go to {save}{figures}. Nothing was restored or written; drop --dry-run to run")
+            are = one_or_many(count, "is", "are")
+            print(f"=> dry run: {info['model']} ({info['backbone']}) loads, and {counted(count, 'image')}{rows} {are} "
+                  f"found; outputs would go to {save}{figures}. Nothing was restored or written; drop --dry-run to run")
             return {"dry_run": True, "model": info, "images": count, "rows": [s.name for s in sets]}
         # LPIPS/FID weights load now: a run that fails on them moves nothing aside
         metrics = None if args.input else perceptual_metrics(protocol, device)
