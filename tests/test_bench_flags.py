@@ -1,28 +1,15 @@
 """The bench scripts refuse a value that makes no sense with one error: line naming the flag, before any work."""
 import argparse
-import importlib.util
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _script(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import their siblings, as `python bench/...` does
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
+from _bench_scripts import BENCH, load_bench_script
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])
 def test_the_loader_bench_refuses_a_consume_time_that_is_not_positive(value, monkeypatch, capsys):
     """--consume-ms 0 ended in a ZeroDivisionError traceback after the whole run; -1 printed a negative target."""
-    loader = _script("bench_loader", monkeypatch)
+    loader = load_bench_script("bench_loader", monkeypatch)
     with pytest.raises(SystemExit) as stop:
         loader.build_parser().parse_args(["--consume-ms", value])
     err = capsys.readouterr().err.strip().splitlines()
@@ -33,7 +20,7 @@ def test_the_loader_bench_refuses_a_consume_time_that_is_not_positive(value, mon
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_the_profile_refuses_a_peak_that_is_not_positive(value, monkeypatch, capsys):
     """--peak-tflops 0 was taken as unset (the CPU's matmul rate was measured instead), -1 gave a negative share."""
-    profile = _script("profile_train", monkeypatch)
+    profile = load_bench_script("profile_train", monkeypatch)
     with pytest.raises(SystemExit) as stop:
         profile.build_parser().parse_args(["--peak-tflops", value])
     err = capsys.readouterr().err.strip().splitlines()
@@ -44,7 +31,7 @@ def test_the_profile_refuses_a_peak_that_is_not_positive(value, monkeypatch, cap
 def test_the_fast_path_figure_by_default_leaves_the_repository_clean(monkeypatch):
     """--fig defaulted to figs/bench/fast_path_losses.png, the committed figure BENCHMARKS.md shows: any run,
     however short, replaced it and left `git status` dirty. The default now lies where git ignores it."""
-    fast_path = _script("bench_fast_path", monkeypatch)
+    fast_path = load_bench_script("bench_fast_path", monkeypatch)
     fig = fast_path.build_parser().parse_args([]).fig
     repo = BENCH.parent
     ignored = subprocess.run(["git", "check-ignore", "-q", fig], cwd=repo)
@@ -56,7 +43,7 @@ def test_the_fast_path_figure_by_default_leaves_the_repository_clean(monkeypatch
 def test_a_learning_rate_that_is_not_positive_is_refused_before_any_run(script, value, monkeypatch, capsys):
     """--lr -1 was refused by the first trainer run only, after the demo data was built; --lr 0 trained nothing and
     compared flat curves."""
-    bench = _script(script, monkeypatch)
+    bench = load_bench_script(script, monkeypatch)
     with pytest.raises(SystemExit) as stop:
         bench.build_parser().parse_args(["--lr", value])
     err = capsys.readouterr().err.strip().splitlines()
@@ -68,7 +55,7 @@ def test_a_learning_rate_that_is_not_positive_is_refused_before_any_run(script, 
 @pytest.mark.parametrize("script", ["bench_fast_path", "gpu_guarantees"])
 def test_a_patch_the_trainer_refuses_is_refused_before_any_run(script, monkeypatch, capsys):
     """--patch 20 passed the bench's check (>= 16) and failed in the first trainer run ("a multiple of 8")."""
-    bench = _script(script, monkeypatch)
+    bench = load_bench_script(script, monkeypatch)
     with pytest.raises(SystemExit) as stop:
         bench.build_parser().parse_args(["--patch", "20"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -78,7 +65,7 @@ def test_a_patch_the_trainer_refuses_is_refused_before_any_run(script, monkeypat
 
 def test_the_loader_bench_refuses_a_patch_larger_than_its_images_before_writing_them(monkeypatch, capsys):
     """--patch 336 wrote the whole synthetic layout, then failed naming the trainer's --patch-size."""
-    loader = _script("bench_loader", monkeypatch)
+    loader = load_bench_script("bench_loader", monkeypatch)
     written = []
     monkeypatch.setattr(loader, "build_layout", lambda *a: written.append(a))
     assert loader.main(["--patch", "336", "--device", "cpu"]) == 2
@@ -96,7 +83,7 @@ SCRIPTS = ["bench_inference", "bench_blocks", "bench_fast_path", "bench_train", 
 def test_every_flag_has_a_help_line(script, monkeypatch, capsys):
     """bench_inference's --repeats and --rounds, bench_blocks' --size and --repeats (and a dozen more) showed in
     --help with no word of what they do."""
-    bench = _script(script, monkeypatch)
+    bench = load_bench_script(script, monkeypatch)
     parser = bench.build_parser() if hasattr(bench, "build_parser") else bench.get_args_parser()
     bare = [a.option_strings[0] for a in parser._actions
             if a.option_strings and a.help != argparse.SUPPRESS and not (a.help or "").strip()]
@@ -111,7 +98,7 @@ def test_every_flag_has_a_help_line(script, monkeypatch, capsys):
                                                    ("memory_coefficients", "--kinds", "['restore', 'train']")])
 def test_the_help_says_each_default(script, flag, default, monkeypatch):
     """These scripts' help left the defaults out (argparse's plain formatter), the other bench scripts' gave them."""
-    bench = _script(script, monkeypatch)
+    bench = load_bench_script(script, monkeypatch)
     text = " ".join(bench.build_parser().format_help().split())
     after = text[text.index(f" {flag} "):]
     assert f"(default: {default})" in after[:400], after[:400]
@@ -120,7 +107,7 @@ def test_the_help_says_each_default(script, flag, default, monkeypatch):
 @pytest.mark.parametrize("value", ["", ","])
 def test_the_training_bench_refuses_an_empty_variant_list(value, monkeypatch, capsys):
     """--variants '' (an unset shell variable) printed the table's head and no row, status 0."""
-    bench = _script("bench_train", monkeypatch)
+    bench = load_bench_script("bench_train", monkeypatch)
     with pytest.raises(SystemExit) as stop:
         bench.build_parser().parse_args(["--variants", value])
     err = capsys.readouterr().err.strip().splitlines()
@@ -131,7 +118,7 @@ def test_the_training_bench_refuses_an_empty_variant_list(value, monkeypatch, ca
 
 def test_the_inference_bench_refuses_cpu_paths_on_the_gpu(monkeypatch, capsys):
     """--device cuda --paths fast_bf16 measured the fixed GPU rows, every one of them, and ignored --paths."""
-    bench = _script("bench_inference", monkeypatch)
+    bench = load_bench_script("bench_inference", monkeypatch)
     monkeypatch.setattr(bench, "gpu_rows", lambda *a, **kw: pytest.fail("the GPU rows ran"))
     monkeypatch.setattr(bench, "pick_device", lambda *a, **kw: None)  # as if a GPU were there
     assert bench.main(["--device", "cuda", "--paths", "fast_bf16"]) == 2

@@ -1,31 +1,19 @@
 """A bench script's output file flag (profile_train's --trace, bench_fast_path's --fig and --json) is checked before
 the work: a mistyped folder is one error line naming it (not made without a word), a folder at the file's name is
 refused, and a file already there is moved aside, said, never replaced."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _bench_scripts import load_bench_script
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 PROFILE = ["--device", "cpu", "--preset", "tiny", "--batch", "1", "--patch", "16", "--K", "1", "--warmup", "0",
            "--iters", "1", "--rows", "1", "--peak-tflops", "1"]
-
-
-def _script(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
 def profile(monkeypatch):
     """profile_train with a one-op iteration (the files are the point); ``profile.built`` counts the cases built."""
-    module = _script("profile_train", monkeypatch)
+    module = load_bench_script("profile_train", monkeypatch)
     monkeypatch.setattr(module, "train_step", lambda training, batch: torch.ones(2).sum())
     built = []
     build_case = module.build_case
@@ -69,7 +57,7 @@ def test_below_results_the_folder_is_made_and_an_earlier_trace_is_kept_aside(pro
 
 @pytest.mark.parametrize("flag", ["--json", "--fig"])
 def test_the_fast_path_refuses_a_mistyped_output_folder_before_the_runs(flag, monkeypatch, tmp_path, capsys):
-    bench = _script("bench_fast_path", monkeypatch)
+    bench = load_bench_script("bench_fast_path", monkeypatch)
     runs = []
     monkeypatch.setattr(bench, "run", lambda *a, **kw: runs.append(a))
     monkeypatch.setattr(bench, "build_demo_data", lambda *a, **kw: {})

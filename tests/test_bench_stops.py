@@ -1,7 +1,6 @@
 """A bench script stopped (Ctrl-C, SIGTERM) while one of its measuring processes runs stops that process and what it
 started, and says so in one line: bench_inference's path, bench_train's variant, memory_coefficients' case and
 gpu_guarantees' trainer run went on alone (for minutes) after the script had died."""
-import importlib.util
 import os
 import signal
 import sys
@@ -9,8 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from _bench_scripts import load_bench_script
+from _processes import alive
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 # What stands for the measuring process: it starts a grandchild (a loader worker, say), writes both pids, waits.
@@ -23,27 +23,9 @@ time.sleep(120)
 """
 
 
-def _script(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:  # a zombie waiting for its parent is gone as a process
-        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _as_child(name: str, child: Path, monkeypatch) -> tuple[object, list[str]]:
     """The script ``name`` with ``child`` for its measuring process, and flags that reach it at once."""
-    bench = _script(name, monkeypatch)
+    bench = load_bench_script(name, monkeypatch)
     if name == "gpu_guarantees":
         monkeypatch.setattr(bench.Runs, "command", lambda self, *a: [sys.executable, str(child)])
         monkeypatch.setattr(bench, "build_demo_data", lambda *a, **kw: {})
@@ -80,19 +62,19 @@ def test_a_stop_while_a_measuring_process_runs_stops_it_and_what_it_started(name
             signal.signal(s, handler)
     ran, grandchild = map(int, pids.read_text().split())
     deadline = time.monotonic() + 30
-    while (_alive(ran) or _alive(grandchild)) and time.monotonic() < deadline:
+    while (alive(ran) or alive(grandchild)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    alive = [p for p in (ran, grandchild) if _alive(p)]
-    for p in alive:  # not left behind by a failing test either
+    left = [p for p in (ran, grandchild) if alive(p)]
+    for p in left:  # not left behind by a failing test either
         os.kill(p, signal.SIGKILL)
-    assert alive == [] and status == 130
+    assert left == [] and status == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: interrupted"
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_the_loader_bench_stopped_removes_its_synthetic_layout(signum, status, tmp_path, monkeypatch, capsys):
     """SIGTERM killed bench_loader without its cleanup: the synthetic layout (MBs of images in /tmp) stayed."""
-    bench = _script("bench_loader", monkeypatch)
+    bench = load_bench_script("bench_loader", monkeypatch)
     made = []
 
     def mkdtemp(prefix):

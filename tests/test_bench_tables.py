@@ -1,27 +1,15 @@
 """Every bench script's table says which machine measured it: the CPU's model, its cores, the torch threads used, the
 GPU's name when one ran, torch's version (one helper, utils.runtime.machine_info, the study's too)."""
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _bench_scripts import load_bench_script
 
 from utils.runtime import cpu_model, machine_info, machine_line
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _script(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import their siblings, as `python bench/...` does
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_machine_line_names_the_cpu_model_cores_threads_and_torch():
@@ -39,13 +27,13 @@ def test_the_machine_line_names_the_cpu_model_cores_threads_and_torch():
 
 def test_the_study_records_the_same_machine(monkeypatch):
     """study.json's "machine" is the benchmarks' (its header line too): one description of the machine."""
-    study = _script("study", monkeypatch)
+    study = load_bench_script("study", monkeypatch)
     assert study.machine_info is machine_info and study.machine_line is machine_line
     assert {"cpu", "cpu_count", "torch_threads", "torch", "gpu", "platform"} <= machine_info().keys()
 
 
 def _blocks(monkeypatch):
-    bench = _script("bench_blocks", monkeypatch)
+    bench = load_bench_script("bench_blocks", monkeypatch)
     monkeypatch.setattr(bench, "best_ms", lambda fn, repeats: 1.0)  # no timing: the table is the point
     for block in ("FeedForward", "Attention"):
         monkeypatch.setattr(bench, block, lambda *a, **kw: torch.nn.Identity())
@@ -53,7 +41,7 @@ def _blocks(monkeypatch):
 
 
 def _inference(monkeypatch):
-    bench = _script("bench_inference", monkeypatch)
+    bench = load_bench_script("bench_inference", monkeypatch)
 
     def child(cmd, **kw):  # the path's process, run here
         row = {"path": cmd[cmd.index("--child") + 1], "seconds": 0.5, "first_seconds": 1.0, "peak_mib": 1.0}
@@ -65,7 +53,7 @@ def _inference(monkeypatch):
 
 
 def _train(monkeypatch):
-    bench = _script("bench_train", monkeypatch)
+    bench = load_bench_script("bench_train", monkeypatch)
     row = {"variant": "engine", "precision": "fp32", "seconds": 0.5, "all": [0.5], "first_seconds": 1.0,
            "peak_mib": 10.0, "threads": 1, "first_losses": {"map": 1.0, "potentials": 0.1, "congruence": 0.0}}
     monkeypatch.setattr(bench, "_spawn", lambda variant, *a, **kw: dict(row, variant=variant))
@@ -73,12 +61,12 @@ def _train(monkeypatch):
 
 
 def _loader(monkeypatch):
-    return _script("bench_loader", monkeypatch), ["--files", "1", "--batches", "1", "--workers", "0", "--patch",
-                                                  "16", "--device", "cpu"]
+    return load_bench_script("bench_loader", monkeypatch), ["--files", "1", "--batches", "1", "--workers", "0",
+                                                            "--patch", "16", "--device", "cpu"]
 
 
 def _profile(monkeypatch):
-    bench = _script("profile_train", monkeypatch)
+    bench = load_bench_script("profile_train", monkeypatch)
     monkeypatch.setattr(bench, "train_step", lambda training, batch: torch.ones(2).sum())  # one op to profile
     return bench, ["--device", "cpu", "--preset", "tiny", "--batch", "1", "--patch",
                                                    "16", "--K", "1", "--warmup", "0", "--iters", "1", "--rows", "1",
@@ -86,13 +74,13 @@ def _profile(monkeypatch):
 
 
 def _memory(monkeypatch):
-    bench = _script("memory_coefficients", monkeypatch)
+    bench = load_bench_script("memory_coefficients", monkeypatch)
     monkeypatch.setattr(bench, "measure", lambda *a: {"base_mib": 1, "restore": {}, "train": {}})
     return bench, ["--kinds", "restore"]
 
 
 def _guarantees(monkeypatch):
-    bench = _script("gpu_guarantees", monkeypatch)
+    bench = load_bench_script("gpu_guarantees", monkeypatch)
 
     class Runs:  # every trainer run fails at once: the header, then one row
         def __init__(self, *a):
@@ -106,7 +94,7 @@ def _guarantees(monkeypatch):
 
 
 def _fast_path(monkeypatch, tmp_path):
-    bench = _script("bench_fast_path", monkeypatch)
+    bench = load_bench_script("bench_fast_path", monkeypatch)
 
     def run(name, mode, root, work, a, threads=None, seed=0):
         return [{"global_step": i + 1, "sec": 0.1, **{k: 1.0 + i for k in bench.PARTS}} for i in range(3)]

@@ -1,11 +1,11 @@
 """utils/processes.py: a child run by a script that is stopped is stopped with everything it started."""
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from _processes import alive
 
 from utils.processes import run_in_session
 
@@ -15,15 +15,6 @@ kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
 open(sys.argv[1], "w").write(f"{__import__('os').getpid()} {kid.pid}")
 time.sleep(120)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:  # a zombie waiting for its parent is gone as a process
-        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -47,9 +38,9 @@ def test_a_stopped_caller_stops_the_child_and_what_it_started(tmp_path):
         signal.signal(signal.SIGALRM, old)
     child, grandchild = map(int, pids.read_text().split())
     deadline = time.monotonic() + 30
-    while _alive(grandchild) and time.monotonic() < deadline:
+    while alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)  # the grandchild's SIGTERM is delivered, not yet acted on
-    assert not _alive(child) and not _alive(grandchild)
+    assert not alive(child) and not alive(grandchild)
 
 
 def test_a_run_to_its_end_gives_what_subprocess_run_gives():
@@ -67,6 +58,6 @@ def test_a_child_past_its_timeout_is_stopped_with_what_it_started(tmp_path):
         run_in_session([sys.executable, "-c", _PARENT, str(pids)], grace=5, timeout=3)
     child, grandchild = map(int, pids.read_text().split())
     deadline = time.monotonic() + 30
-    while _alive(grandchild) and time.monotonic() < deadline:
+    while alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child) and not _alive(grandchild)
+    assert not alive(child) and not alive(grandchild)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from _markdown import cells
-from _tester_case import (  # noqa: F401
+from _tester_case import (  # noqa: F401 - fixtures, taken by name
     REPO,
     H,
     W,

@@ -14,21 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tester_case import (  # noqa: F401
-    REPO,
-    H,
-    W,
-    bench,
-    checkpoint,
-    clean_images,
-    degrade,
-    direct_metrics,
-    interrupt_restoring_at,
-    pair_dirs,
-    run,
-    run_tester_in,
-    write_photos,
-)
+from _tester_case import bench, checkpoint, pair_dirs, run, write_photos  # noqa: F401 - fixtures, taken by name
 
 from utils.errors import UserError
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from _disks import FileWrapper
 from _processes import as_in_a_terminal
-from _tester_case import (  # noqa: F401
+from _tester_case import (  # noqa: F401 - fixtures, taken by name
     REPO,
     H,
     W,
@@ -27,7 +27,6 @@ from _tester_case import (  # noqa: F401
     checkpoint,
     clean_images,
     degrade,
-    direct_metrics,
     interrupt_restoring_at,
     pair_dirs,
     run,
