@@ -702,7 +702,8 @@ def test_the_checkpoints_a_run_holds_at_once():
 def test_a_checkpoint_rotation_cannot_remove_is_a_warning_not_a_lost_save(data, tmp_path, capsys, monkeypatch):
     """An old checkpoint that --keep's rotation could not remove (made immutable, or its folder's permissions
     changed) ended the run with 'The checkpoint of epoch 2 ... was not saved; ... its latest are as they were',
-    while epoch_002.pth and latest were both written. It is now a warning; the file stays and training goes on."""
+    while epoch_002.pth and latest were both written. It is now a warning, given once (every later save tried the
+    file again and said so again); the file stays and training goes on."""
     import errno
     real = Path.unlink
 
@@ -718,5 +719,6 @@ def test_a_checkpoint_rotation_cannot_remove_is_a_warning_not_a_lost_save(data, 
     assert "error:" not in err and (f"could not remove {ckpt / 'epoch_001.pth'}, older than the newest --keep 1 "
                                     f"(Operation not permitted): it stays; the checkpoint just saved and latest are "
                                     f"complete") in err, err
+    assert err.count("could not remove") == 1  # said once, not again at every later save that tries it again
     assert sorted(p.name for p in ckpt.glob("*.pth")) == ["epoch_001.pth", "epoch_003.pth"]
     assert json.loads((ckpt / "latest").read_text())["checkpoint"] == "epoch_003.pth"

@@ -15,7 +15,7 @@ import argparse
 import contextlib
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -365,6 +365,14 @@ class Saver:
     keep: int
     console: Console
     board: TensorBoardLog | None = None  # flushed before each checkpoint: what it holds is on disk
+    warned: set[str] = field(default_factory=set)  # warnings given: an old checkpoint that stays is said once
+
+    def warn_once(self, message: str) -> None:
+        """The console's warning, unless this run gave it already (a file rotation cannot remove is tried again
+        at every save)."""
+        if message not in self.warned:
+            self.warned.add(message)
+            self.console.warn(message)
 
     def __call__(self, state: LoopState) -> None:
         t = self.training
@@ -377,7 +385,7 @@ class Saver:
             ckpt = training_checkpoint(t.model_without_ddp, t.potentials, t.optimizer, t.potentials_optimizer,
                                        t.scaler, state, state.iteration >= self.iters, self.meta)
             try:
-                saved = save_training_checkpoint(ckpt, self.output_dir, keep=self.keep, warn=self.console.warn)
+                saved = save_training_checkpoint(ckpt, self.output_dir, keep=self.keep, warn=self.warn_once)
             except LatestNotUpdated as exc:
                 found = failure_message(exc.__cause__)
                 if found is None:
