@@ -1,48 +1,7 @@
-"""The training console: one readable progress line, a steady rate and the time left."""
-import os
-from pathlib import Path
-
+"""The run's log: records written whole (a full disk, a link), mended after a crash, rewound on a resume and
+read; the console's messages on the main rank only."""
 import pytest
 from _disks import FillingDisk
-
-from utils.train.run_log import Rate, progress_line
-
-LOSSES = {"map": 2130.5, "l1": 0.21306, "transport": 0.0717, "orthogonality": 0.0062, "contrastive": 0.0,
-          "potential": 0.1288, "potentials": 0.00053, "congruence": 0.0174}
-
-
-def test_progress_line_names_every_part_once_with_rate_and_eta():
-    rate = Rate()
-    for _ in range(20):
-        rate.update(0.5)
-    line = progress_line(3, 100, 1300, LOSSES, 1e-4, rate)
-    assert line.startswith("epoch 3 [100/1300] l1 0.2131, transport 0.0717, orthogonality 0.0062, contrastive 0, "
-                           "potential term 0.1288, potentials step 0.00053, congruence 0.0174 | lr 0.0001 | ")
-    assert "map" not in line  # the total is l1 x --Sigma plus the same parts: the log keeps it
-    assert line.endswith("2.00 it/s, epoch ETA 0:10:00")  # 1200 iterations left at 0.5 s
-
-
-def test_rate_is_a_median_so_one_slow_iteration_does_not_swing_it():
-    rate = Rate()
-    for _ in range(50):
-        rate.update(0.25)
-    rate.update(10.0)  # a validation pause, a page-in
-    assert rate.per_second == 4.0
-    assert Rate().eta(5) == "0:00:00" and Rate().per_second == 0.0
-
-
-def test_loss_figure_has_a_panel_per_part_and_is_drawn(tmp_path):
-    import json
-
-    from utils.train.run_log import plot_loss_curves, plotted_parts, smoothed
-    records = [{"kind": "iter", "global_step": s, **LOSSES} for s in range(1, 31)]
-    assert [label for _, label in plotted_parts(records)] == [
-        "l1", "transport", "orthogonality", "contrastive", "potential term", "potentials step", "congruence"]
-    log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps(r) + "\n" for r in records)
-                   + json.dumps({"kind": "epoch", "epoch": 1, "global_step": 30, "val_psnr": 27.5}) + "\n")
-    assert plot_loss_curves(log, tmp_path / "fig.png").stat().st_size > 10_000
-    assert smoothed([2.0, 2.0, 2.0]) == [2.0, 2.0, 2.0]  # bias-corrected: a constant stays constant
 
 
 def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path):
@@ -190,13 +149,16 @@ def test_records_are_not_appended_through_a_link_to_a_file_elsewhere(tmp_path):
 def test_reading_a_log_skips_what_is_not_a_record(tmp_path):
     """A stray byte that is not UTF-8 ended the loss figure in a traceback, and a JSON line that is not an object
     (``[1]``) in an AttributeError."""
-    from utils.train.run_log import read_log, read_loss_history
+    from utils.train.loss_history import read_loss_history
+    from utils.train.run_log import read_log
     path = tmp_path / "log.jsonl"
     path.write_bytes(b'{"kind": "iter", "global_step": 1, "l1": 0.5}\n[1]\n\xff\xfe\n{"kind": "iter", "global_st\n'
-                     b'{"kind": "iter", "global_step": 2, "l1": "x"}\n{"kind": "epoch", "epoch": [2], "val_psnr": 1}\n')
-    assert [r["global_step"] for r in read_log(path) if r["kind"] == "iter"] == [1, 2]
-    history = read_loss_history(path)  # the loss figure's reader: a value that is not a number is not drawn
-    assert history.iterations == 2 and [list(a) for a in history.points("l1")] == [[1], [0.5]]
+                     b'{"kind": "iter", "global_step": 2, "l1": "x"}\n{"kind": "epoch", "epoch": [2], "val_psnr": 1}\n'
+                     b'{"kind": "iter", "global_step": 3, "l1": 1e999}\n{"kind": "iter", "global_step": 4, "l1": 1'
+                     + b"0" * 400 + b"}\n")  # a number past any float: the figure ended in an OverflowError
+    assert [r["global_step"] for r in read_log(path) if r["kind"] == "iter"] == [1, 2, 3, 4]
+    history = read_loss_history(path)  # the loss figure's reader: a value that is not a finite number is not drawn
+    assert history.iterations == 4 and [list(a) for a in history.curves["l1"].values.points()] == [[1], [0.5]]
     assert history.epochs == [{"val_psnr": 1}] and history.means() == []
 
 
@@ -266,315 +228,196 @@ def test_a_lost_epoch_record_is_told_by_any_record_from_the_epochs_start_on(tmp_
     assert not record_lost(tmp_path / "none.jsonl", 1, 0)
 
 
-def test_the_loss_figure_draws_each_part_by_global_step_and_the_psnr_by_epoch(tmp_path, monkeypatch):
-    import json
-
-    from utils import plotting
-    from utils.train.run_log import plot_loss_curves
-    drawn = []
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
-    iters = [{"kind": "iter", "global_step": s, "l1": l1, "transport": 0.1} for s, l1 in ((2, 0.5), (4, 0.4), (6, 0.3))]
-    epochs = [{"kind": "epoch", "epoch": e, "global_step": 3 * e, "val_psnr": p} for e, p in ((1, 20.0), (2, 22.5))]
-    log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps(r) + "\n" for r in iters + epochs))
-    plot_loss_curves(log, tmp_path / "fig.png")
-    panels = {ax.get_title(): ax for ax in drawn[0].axes if ax.get_title()}
-    assert set(panels) == {"l1", "transport", "validation PSNR (dB)"}
-    raw = panels["l1"].get_lines()[0]  # the faint curve: the logged values themselves
-    assert list(raw.get_xdata()) == [2, 4, 6] and list(raw.get_ydata()) == [0.5, 0.4, 0.3]
-    psnr = panels["validation PSNR (dB)"].get_lines()[0]
-    assert list(psnr.get_xdata()) == [1, 2] and list(psnr.get_ydata()) == [20.0, 22.5]
-
-
-def test_a_run_folder_moved_whole_keeps_drawing_its_own_loss_figure(tmp_path, capsys):
-    """A run folder moved (mv, rsync) and resumed drew its curves into train_losses_<new name>.png, saying that its
-    own train_losses.png was 'the loss figure of the run in <old folder>', which then never changed again. A figure
-    in the run's own folder of the same first start is its own now, redrawn in place (through a link too); one of
-    another run there, a copy of the run's in a shared --figs-dir, or a user's file is still not replaced."""
-    import json
-    import shutil
-
-    from utils.train.run_log import Console, _figure_source, draw_loss_figure
-
-    def make_run(folder: Path, started: str) -> Path:
-        folder.mkdir(parents=True)
-        (folder / "log.jsonl").write_text(json.dumps({"kind": "run", "started": started}) + "\n" + "".join(
-            json.dumps({"kind": "iter", "global_step": i, "l1": 1.0 / i}) + "\n" for i in range(1, 5)))
-        return folder
-
-    def draw(run: Path, figs: Path | None = None) -> Path:
-        return draw_loss_figure(run / "log.jsonl", (figs or run) / "train_losses.png", Console())
-
-    run = make_run(tmp_path / "run1", "2026-12-01T10:00:00.000001+00:00")
-    assert draw(run) == run / "train_losses.png"
-    moved = tmp_path / "elsewhere" / "run1moved"
-    moved.parent.mkdir()
-    run.rename(moved)
-    (tmp_path / "link").symlink_to(moved)
-    for folder in (moved, tmp_path / "link", moved, Path(os.path.relpath(moved))):
-        assert draw(folder) == folder / "train_losses.png"
-    assert sorted(p.name for p in moved.iterdir()) == ["log.jsonl", "train_losses.png"]
-    assert _figure_source(moved / "train_losses.png").startswith(f"BaryIR training run in {moved}, started 2026-12-01")
-    assert capsys.readouterr().out == ""
-    other = make_run(tmp_path / "other", "2026-12-01T11:00:00.000001+00:00")  # another run's figure, copied in
-    draw(other)
-    shutil.copy(other / "train_losses.png", moved / "train_losses.png")
-    assert draw(moved) == moved / "train_losses_run1moved.png"
-    assert (moved / "train_losses.png").read_bytes() == (other / "train_losses.png").read_bytes()
-    assert f"is the loss figure of the run in {other}" in capsys.readouterr().out
-    figs = tmp_path / "figs"  # a copy of the run sharing a --figs-dir: each keeps its own figure there
-    figs.mkdir()
-    shutil.copytree(moved, tmp_path / "twin")
-    assert draw(moved, figs) == figs / "train_losses.png"
-    assert draw(tmp_path / "twin", figs) == figs / "train_losses_twin.png"
-    assert draw(moved, figs) == figs / "train_losses.png"
-    (moved / "train_losses.png").write_bytes(b"the user's own picture")
-    assert draw(moved) == moved / "train_losses.png"
-    assert [p.read_bytes() for p in moved.glob("figure.before-*/train_losses.png")] == [b"the user's own picture"]
-
-
-def test_a_progress_bar_is_the_main_ranks_and_drawn_only_on_a_terminal(monkeypatch):
-    """Other ranks draw none, or every rank's bar fights over one terminal line; without a terminal the trainer
-    prints plain lines instead (``bar.disable``)."""
-    import io
-    import sys
-
-    from utils.train.run_log import progress
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-    monkeypatch.setattr(sys, "stderr", Terminal())
-    for enabled in (True, False):
-        with progress(range(3), 3, "epoch 1", enabled=enabled) as bar:
-            assert bar.disable is not enabled
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
-    with progress(range(3), 3, "epoch 1") as bar:
-        assert bar.disable
-
-
-def test_a_loss_figure_of_one_logged_iteration_shows_its_points_without_warnings(tmp_path, monkeypatch):
-    """An epoch that logged one iteration (a short DDP run) drew empty panels (a line of one point has no length)
-    and a log axis over one value, with matplotlib's 'divide by zero' warnings in the console."""
-    import json
-    import warnings
-
-    from utils import plotting
-    from utils.train.run_log import plot_loss_curves
-    drawn = []
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
-    log = tmp_path / "log.jsonl"
-    log.write_text(json.dumps({"kind": "iter", "global_step": 1, "l1": 0.07, "transport": 0.2}) + "\n")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        plot_loss_curves(log, tmp_path / "fig.png")
-        drawn[0].canvas.draw()
-    for ax in drawn[0].axes:
-        if ax.get_title():
-            assert ax.get_yscale() == "linear"
-            assert any(line.get_marker() == "o" for line in ax.get_lines()), ax.get_title()
-
-
-def test_a_log_without_iteration_records_draws_the_epochs_mean_losses(tmp_path, monkeypatch):
-    """--log-every 0 writes no iteration records: the loss figure drew the validation PSNR alone (or nothing),
-    though every epoch record holds the mean of each part of the objective."""
-    import json
-
-    from utils import plotting
-    from utils.train.run_log import plot_loss_curves
-    drawn = []
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
-    epochs = [{"kind": "epoch", "epoch": e, "global_step": 4 * e, "l1": l1, "transport": 0.1, "val_psnr": 20.0 + e}
-              for e, l1 in ((1, 0.5), (2, 0.4))]
-    log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps(r) + "\n" for r in epochs))
-    plot_loss_curves(log, tmp_path / "fig.png")
-    panels = {ax.get_title(): ax for ax in drawn[0].axes if ax.get_title()}
-    assert set(panels) == {"l1 (epoch means)", "transport (epoch means)", "validation PSNR (dB)"}
-    means = panels["l1 (epoch means)"].get_lines()
-    assert len(means) == 1 and list(means[0].get_xdata()) == [4, 8] and list(means[0].get_ydata()) == [0.5, 0.4]
-    assert "mean over each epoch" in drawn[0]._suptitle.get_text()
-
-
-def test_the_loss_figures_title_fits_a_one_panel_figure(tmp_path, monkeypatch):
-    """An L1-only backbone trained without validation draws one panel, 3.6 inches wide: its title ran off both
-    sides of the figure."""
-    import json
-
-    from utils import plotting
-    from utils.train.run_log import plot_loss_curves
-    drawn = []
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
-    log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps({"kind": "iter", "global_step": s, "l1": 1 / s}) + "\n" for s in range(1, 6)))
-    plot_loss_curves(log, tmp_path / "fig.png")
-    fig = drawn[0]
-    fig.canvas.draw()
-    title = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
-    assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
-    assert "logged values" in fig._suptitle.get_text()
-
-
-def test_epochs_logged_without_iterations_after_some_with_show_their_means(tmp_path, monkeypatch):
-    """A run resumed with --log-every 0 after epochs logged at each iteration: its curves stopped where the
-    iteration records did, the later epochs' means left out."""
-    import json
-
-    from utils import plotting
-    from utils.train.run_log import plot_loss_curves
-    drawn = []
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
-    iters = [{"kind": "iter", "epoch": 1, "global_step": s, "l1": 0.5} for s in (1, 2)]
-    epochs = [{"kind": "epoch", "epoch": e, "global_step": 2 * e, "l1": l1} for e, l1 in ((1, 0.5), (2, 0.3))]
-    log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps(r) + "\n" for r in iters + epochs))
-    plot_loss_curves(log, tmp_path / "fig.png")
-    panels = {ax.get_title(): ax for ax in drawn[0].axes if ax.get_title()}
-    lines = panels["l1"].get_lines()
-    assert [list(line.get_xdata()) for line in lines] == [[1, 2], [4]]  # the logged values (too few to smooth), epoch
-    # 2's mean
-    assert list(lines[1].get_ydata()) == [0.3]
-    assert "squares: the means of epochs" in drawn[0]._suptitle.get_text().replace("\n", " ")
-
-
-def test_a_short_runs_smoothed_loss_curve_ends_where_its_values_end(tmp_path, monkeypatch):
-    """The loss figure smoothed every run with TensorBoard's weight of 0.9 (an average over about 19 points): a
-    short run's 40 logged values of a falling loss drew a solid curve that ended well above where the values
-    ended. The span now grows with the run (a twentieth of its points, at most 19) and the caption says it."""
-    import json
-
-    from utils import plotting
-    from utils.train.run_log import plot_loss_curves, smoothing_span
-    drawn = []
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
-    values = [1.0 / s for s in range(1, 41)]  # 40 logged values, falling fast then slowly
-    log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps({"kind": "iter", "global_step": s, "l1": v}) + "\n"
-                           for s, v in enumerate(values, 1)))
-    plot_loss_curves(log, tmp_path / "fig.png")
-    solid = drawn[0].axes[0].get_lines()[-1]
-    end = solid.get_ydata()[-1]
-    assert abs(end - values[-1]) / values[-1] < 0.15, (end, values[-1])  # 0.9's curve ended near 0.04, 60 % above
-    assert "moving average over about 2" in drawn[0]._suptitle.get_text().replace("\n", " ")
-    assert smoothing_span(40) == 2 and smoothing_span(10) == 1 and smoothing_span(10_000) == pytest.approx(19)
-    drawn.clear()
-    log.write_text("".join(json.dumps({"kind": "iter", "global_step": s, "l1": 1.0 / s}) + "\n"
-                           for s in range(1, 201)))
-    plot_loss_curves(log, tmp_path / "fig.png")
-    lines = drawn[0].axes[0].get_lines()
-    assert len(lines) == 2 and "moving average over about 10" in drawn[0]._suptitle.get_text().replace("\n", " ")
-
-
-def test_plain_progress_lines_without_a_terminal_come_now_and_then_not_at_every_logged_iteration(monkeypatch, capsys):
-    """Output redirected to a file (nohup, a scheduler's log) got one progress line per --log-every iteration: at
-    the paper's pace (about 4 iterations a second, 71,765 an epoch) a line every 2.5 s, some 860,000 lines (about
-    170 MB) over 120 epochs, the same values log.jsonl keeps. Now: the epoch's first, one every 30 s, its last."""
-    import types
-
-    import torch
-
-    from utils.checkpoints import LoopState
-    from utils.train import engine
-    from utils.train.distributed import DistInfo
-    from utils.train.run_log import Console
-
-    clock = iter(range(10_000))  # each iteration takes one second
-    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
-    monkeypatch.setattr(engine, "train_step", lambda *a, **k: {"l1": 0.1, "map": 1.0})
-    training = types.SimpleNamespace(model=torch.nn.Linear(1, 1), potentials=None, compile_mode="off",
-                                     info=DistInfo())
-    logged = types.SimpleNamespace(records=[], write=lambda r: logged.records.append(r))
-    state = LoopState(epoch=1)
-    means, stopped = engine.train_one_epoch(training, [None] * 100, state, 100, 1e-4,
-                                            stop=types.SimpleNamespace(requested=False), log=logged,
-                                            console=Console(), log_every=1)
-    assert not stopped and state.iteration == 100 and means["l1"] == pytest.approx(0.1)
-    assert [r["iteration"] for r in logged.records] == list(range(1, 101))  # the log keeps every one
-    shown = [int(line.split("[")[1].split("/")[0]) for line in capsys.readouterr().out.splitlines()]
-    assert shown == [1, 31, 61, 91, 100]
-
-
-def test_a_long_runs_loss_figure_draws_few_points_that_keep_every_logged_values_envelope(tmp_path, monkeypatch):
-    """The figure, redrawn at each epoch's end, read the whole log into dicts and drew every point: at the paper's
-    scale (some 861,000 iterations logged, 300 MB) about 90 s and 1.9 GB each time. The log is read as a stream into
-    arrays, each curve (the values, and their moving average over all of them) drawn as the lowest and highest of
-    each stretch of values in a row; the caption says so."""
-    import json
-    import random
-
-    import numpy as np
-
-    from utils import plotting
-    from utils.train.run_log import MOST_POINTS, plot_loss_curves, smoothed, smoothing_weight
-    drawn = []
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
-    rng = random.Random(0)
-    n = 50_000
-    values = [1.0 / (1 + s / 5000) * (1 + 0.2 * rng.random()) * (5.0 if rng.random() < 0.001 else 1.0)
-              for s in range(1, n + 1)]  # a falling, noisy loss with rare spikes
-    log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps({"kind": "iter", "epoch": 1, "global_step": s, "l1": v}) + "\n"
-                           for s, v in enumerate(values, 1)))
-    plot_loss_curves(log, tmp_path / "fig.png")
-    raw, solid = drawn[0].axes[0].get_lines()
-    average = smoothed(values, smoothing_weight(n))
-    for line, ys in ((raw, values), (solid, average)):
-        xs, got = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
-        assert len(xs) <= MOST_POINTS and xs[0] == 1 and xs[-1] == n
-        assert (np.diff(xs) > 0).all() and (got == np.asarray(ys)[xs - 1]).all()  # logged points, in their order
-        reach = -(-n // (MOST_POINTS // 2 - 1))  # the longest stretch a line of MOST_POINTS points can stand for
-        lowest, highest = np.full(n + 2 * reach, np.inf), np.full(n + 2 * reach, -np.inf)
-        lowest[xs - 1 + reach], highest[xs - 1 + reach] = got, got
-        windows = np.lib.stride_tricks.sliding_window_view  # each value against the points drawn within reach
-        assert (windows(lowest, 2 * reach + 1).min(axis=1) <= ys).all()
-        assert (windows(highest, 2 * reach + 1).max(axis=1) >= ys).all()
-    assert solid.get_ydata()[-1] == average[-1]  # the average of all values, not of those drawn
-    caption = drawn[0]._suptitle.get_text().replace("\n", " ")
-    assert "lowest and highest of every 51 values in a row, of 50,000" in caption, caption
-
-
-def test_a_loss_figure_that_cannot_be_drawn_is_a_warning_and_training_goes_on(tmp_path, monkeypatch):
-    """draw_loss_figure caught only a figure that could not be written: any other error while drawing (a value
-    matplotlib refuses, a bug in the figure's code) ended the run at an epoch's end, its checkpoint saved but the
-    training stopped; at the paper's scale that may be days before anyone looks."""
+def test_a_resume_reads_the_end_of_the_log_for_its_epochs_record_not_the_whole_log(tmp_path, monkeypatch):
+    """Every resume from an epoch's end asked whether the log lost the epoch's record by reading the whole log:
+    at the paper's scale some 20 s, and 300 MB of records in memory. It reads from the log's end now and stops at
+    the record, and tells what reading every record told, for any log."""
     import json
 
     from utils.train import run_log
-    from utils.train.run_log import Console, draw_loss_figure
+    from utils.train.run_log import read_log, record_lost
 
-    def broken(*args, **kwargs):
-        raise ValueError("Image size of 100000x300 pixels is too large")
-    monkeypatch.setattr(run_log, "plot_loss_curves", broken)
-    log = tmp_path / "log.jsonl"
-    log.write_text(json.dumps({"kind": "iter", "global_step": 1, "l1": 0.5}) + "\n")
-    said = []
-    console = Console()
-    monkeypatch.setattr(console, "warn", said.append)
-    assert draw_loss_figure(log, tmp_path / "train_losses.png", console) == tmp_path / "train_losses.png"
-    assert len(said) == 1 and "could not be drawn (ValueError: Image size" in said[0] and "training goes on" in said[0]
+    def whole(path, epoch, start):  # what it told when it read every record
+        records = read_log(path)
+        told = any(isinstance(r.get("global_step"), int) and r["global_step"] >= start for r in records)
+        return told and not any(r.get("kind") == "epoch" and r.get("epoch") == epoch for r in records)
+    path = tmp_path / "log.jsonl"
+    lines = [json.dumps({"kind": "run", "global_step": 0}) + "\n"]
+    for epoch in (1, 2, 3):
+        lines += [json.dumps({"kind": "iter", "epoch": epoch, "global_step": s, "l1": 0.1}) + "\n"
+                  for s in range(1000 * epoch - 999, 1000 * epoch + 1)]
+        lines.append(json.dumps({"kind": "epoch", "epoch": epoch, "global_step": 1000 * epoch}) + "\n")
+    path.write_text("".join(lines))
+    seen = []
+    real = run_log.lines_from_end
+    monkeypatch.setattr(run_log, "lines_from_end", lambda *a: (seen.append(item) or item for item in real(*a)))
+    assert not record_lost(path, 3, 2000) and len(seen) <= 2  # the last line is the epoch's record
+    text = "".join(lines)
+    cases = {"the record lost": text.replace(lines[-1], ""),
+             "the run went on into the next epoch": text + lines[5],
+             "the record far back": lines[-1] + text.replace(lines[-1], ""),
+             "the record's kind escaped": text.replace('"kind": "epoch", "epoch": 3',
+                                                       '"kind": "\\u0065poch", "epoch": 3'),
+             "its epoch true": text.replace('"epoch": 1, "global_step": 1000}', '"epoch": true, "global_step": 1000}'),
+             "a torn last line": text.replace(lines[-1], lines[-1][:20]),
+             "lines split at a carriage return": text.replace("}\n", "}\r"),
+             "a list, a blank line": text.replace(lines[-1], "\n[3]\n" + lines[-1]),
+             "no record past the epoch's start": "".join(lines[:1500])}
+    stray = text.encode().replace(b'"kind": "epoch", "epoch": 3', b'"kind": "epoch", "\xff": 0, "epoch": 3')
+    for what, log in [(what, log.encode()) for what, log in cases.items()] + [("a stray byte", stray)]:
+        path.write_bytes(log)
+        for epoch, start in ((3, 2000), (2, 1000), (1, 0), (4, 3000)):
+            assert record_lost(path, epoch, start) == whole(path, epoch, start), (what, epoch)
+    path.write_text(text.replace(lines[-1], ""))
+    assert record_lost(path, 3, 2000)
 
 
-def test_a_long_runs_step_axis_reads_in_short_counts_that_do_not_run_into_each_other(tmp_path, monkeypatch):
-    """At the paper's 8.6 million steps the axis read 0 1 2 ... 8 and an offset '1e6' at its end (at 200,000 steps
-    labels ran into each other under a 3.6-inch panel); it now reads 0, 2M, 4M, ..., at most six labels."""
+
+def _mended_whole(data: bytes) -> tuple[bytes, tuple[int, int]]:
+    """What mend_log made of a log holding ``data`` when it read the whole log: its lines that are not JSON removed
+    (the definition the tests compare with)."""
     import json
 
-    from utils import plotting
-    from utils.train.run_log import plot_loss_curves, short_count
-    drawn = []
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kwargs: drawn.append(fig) or path)
-    log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps({"kind": "iter", "global_step": s, "l1": 1.0 / (1 + s / 1e5)}) + "\n"
-                           for s in range(0, 8_600_000, 43_000)))
-    plot_loss_curves(log, tmp_path / "fig.png")
-    fig = drawn[0]
-    fig.canvas.draw()
-    ax = fig.axes[0]
-    labels = [t for t in ax.get_xticklabels() if t.get_text() and ax.get_xlim()[0] <= t.get_position()[0]
-              <= ax.get_xlim()[1]]
-    assert 2 <= len(labels) <= 6 and all(t.get_text().endswith("M") or t.get_text() == "0" for t in labels), \
-        [t.get_text() for t in labels]
-    boxes = [t.get_window_extent() for t in labels]
-    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))  # none runs into the next
-    assert ax.xaxis.get_offset_text().get_text() == ""
-    assert [short_count(n) for n in (0, 950, 12_000, 2_500_000)] == ["0", "950", "12k", "2.5M"]
+    def is_json(line):
+        try:
+            json.loads(line)
+        except ValueError:
+            return False
+        return True
+    lines = data.splitlines(keepends=True)
+    kept, torn = [line for line in lines if is_json(line)], [line for line in lines if not is_json(line)]
+    if not torn and (not data or data.endswith(b"\n")):
+        return data, (0, 0)
+    return (b"".join(line if line.endswith(b"\n") else line + b"\n" for line in kept),
+            (len(torn), sum(len(line) for line in torn)))
+
+
+def _rewound_whole(data: bytes, global_step: int) -> tuple[bytes, bytes, int]:
+    """What rewind_log made of a log holding ``data`` (UTF-8) when it read the whole log: the log, what went to the
+    discarded log, and how many records moved."""
+    import io
+    import json
+    kept, moved = [], []
+    for line in io.TextIOWrapper(io.BytesIO(data)).read().splitlines(keepends=True):
+        line_ = line if line.endswith("\n") else line + "\n"
+        try:
+            record = json.loads(line)
+        except ValueError:
+            kept.append(line_)
+            continue
+        past = (isinstance(record, dict) and record.get("kind") in ("iter", "epoch", "run")
+                and isinstance(record.get("global_step"), int) and record["global_step"] > global_step)
+        (moved if past else kept).append(line_)
+    if not moved:
+        return data, b"", 0
+    return "".join(kept).encode(), "".join(moved).encode(), len(moved)
+
+
+def _records(steps, every_epoch=4):
+    import json
+    lines = [json.dumps({"kind": "run", "global_step": 0, "started": "t0"})]
+    for s in steps:
+        lines.append(json.dumps({"kind": "iter", "epoch": 1 + s // every_epoch, "global_step": s, "l1": 0.5}))
+        if s % every_epoch == every_epoch - 1:
+            lines.append(json.dumps({"kind": "epoch", "epoch": 1 + s // every_epoch, "global_step": s}))
+    return "\n".join(lines).encode() + b"\n"
+
+
+TRICKY_ENDS = {  # what a log's last lines can hold: a kill or a power cut mid-write, a user's editor, stray bytes
+    "whole": b"",
+    "torn": b'{"kind": "iter", "global_st',
+    "torn, then a blank line": b'{"kind": "iter", "glob\n\n',
+    "a record without its newline": b'{"kind": "iter", "global_step": 40, "l1": 0.1}',
+    "a blank line": b"\n",
+    "blank lines between records": b'\n\n{"kind": "iter", "global_step": 40}\n\n{"kind": "epoch", "global_step": 40}\n',
+    "a stray byte": b'{"kind": "iter", "global_step": 40, "l1": 0.\xff}\n{"kind": "iter", "global_step": 41}\n',
+    "zeros of a power cut": b"\x00" * 300,
+    "zeros, then records": b"\x00" * 300 + b'\n{"kind": "iter", "global_step": 40}\n',
+    "carriage returns": b'{"kind": "iter", "global_step": 40}\r\n{"kind": "iter", "global_step": 41}\r\n',
+    "a carriage return inside": b'{"kind": "iter", "global_step": 40}\r{"kind": "iter", "glob\n',
+    "torn mid-way, written after": b'{"kind": "epoch", "epo\n{"kind": "run", "global_step": 39}\n'
+                                   b'{"kind": "iter", "global_step": 40}\n',
+    "not objects": b'[1, 2]\n7\n"text"\n{"kind": "iter", "global_step": true}\n{"kind": "iter", "global_step": "41"}\n'
+                   b'{"kind": "iter", "global_step": 41.0}\n{"kind": "note"}\n',
+}
+
+
+@pytest.mark.parametrize("end", TRICKY_ENDS.values(), ids=list(TRICKY_ENDS))
+def test_mending_from_the_logs_end_leaves_what_mending_the_whole_log_left(tmp_path, monkeypatch, end):
+    """mend_log read the whole log (some 300 MB at the paper's scale, tens of seconds on every resume) to find what a
+    stop left at its end; it reads the end now, and leaves the log as before, the lines before its end kept byte for
+    byte. Small blocks and span here, so that the end read crosses blocks."""
+    from utils.train import run_log
+    real = run_log.lines_from_end
+    monkeypatch.setattr(run_log, "lines_from_end", lambda path, block=0: real(path, 13))
+    monkeypatch.setattr(run_log, "MENDED_SPAN", 400)
+    for head in (b"", _records(range(1, 3)), _records(range(1, 40))):
+        path = tmp_path / "log.jsonl"
+        path.write_bytes(head + end)
+        want, counts = _mended_whole(head + end)
+        assert (run_log._mend_start(path, 400) > 0) == (len(head) > 1000)  # the long log: read from its end
+        assert run_log.mend_log(path) == counts, (head, end)
+        assert path.read_bytes() == want, (head, end)
+
+
+def test_a_line_torn_deep_in_a_log_by_a_version_that_did_not_mend_stays_and_is_passed_over(tmp_path, monkeypatch):
+    """What mend_log now leaves that the whole log's read removed: a line torn further back than MENDED_SPAN bytes
+    of whole records (a version that wrote on after it); read_log and the loss figure pass over it as before."""
+    from utils.train import run_log
+    monkeypatch.setattr(run_log, "MENDED_SPAN", 400, raising=False)
+    path = tmp_path / "log.jsonl"
+    data = _records(range(1, 3)) + b'{"kind": "iter", "glo\n' + _records(range(3, 40))
+    path.write_bytes(data)
+    assert run_log.mend_log(path) == (0, 0) and path.read_bytes() == data
+    assert len(run_log.read_log(path)) == data.count(b"\n") - 1
+
+
+@pytest.mark.parametrize("end", [e for e in TRICKY_ENDS.values() if b"\xff" not in e],
+                         ids=[k for k, e in TRICKY_ENDS.items() if b"\xff" not in e])
+def test_rewinding_from_the_logs_end_moves_what_rewinding_the_whole_log_moved(tmp_path, monkeypatch, end):
+    """rewind_log read and parsed the whole log on every resume that had records to move; it reads back from the
+    end to the last record at or before the checkpoint's step now, and the log and the discarded log are as they
+    were, for every step (before the first record, at one, between, past the last)."""
+    from utils.train import run_log
+    real = run_log.lines_from_end
+    monkeypatch.setattr(run_log, "lines_from_end", lambda path, block=0: real(path, 13))
+    data = _records(range(1, 40)) + end
+    for step in (-1, 0, 1, 3, 20, 38, 39, 40, 41, 100):
+        path, discarded = tmp_path / f"{step}" / "log.jsonl", tmp_path / f"{step}" / "log.discarded.jsonl"
+        path.parent.mkdir()
+        path.write_bytes(data)
+        discarded.write_bytes(b'{"kind": "iter", "global_step": 99}')  # an earlier rewind's, without its newline
+        log, moved, count = _rewound_whole(data, step)
+        assert (run_log._rewind_start(path, step) > 0) == (step >= 0)  # read back to its record at or before
+        assert run_log.rewind_log(path, step) == count, (step, end)
+        assert path.read_bytes() == log, (step, end)
+        assert discarded.read_bytes() == b'{"kind": "iter", "global_step": 99}' + (b"\n" + moved if moved else b""), \
+            (step, end)
+
+
+def test_rewinding_a_log_with_a_stray_byte_in_what_it_moves_stops_as_before(tmp_path):
+    """A stray byte in the records to move (mend_log removes the line first on a resume) stops it as reading the
+    whole log did, and changes neither file."""
+    from utils.train.run_log import rewind_log
+    path = tmp_path / "log.jsonl"
+    data = _records(range(1, 10)) + TRICKY_ENDS["a stray byte"]
+    path.write_bytes(data)
+    with pytest.raises(UnicodeDecodeError):
+        _rewound_whole(data, 5)
+    with pytest.raises(UnicodeDecodeError):
+        rewind_log(path, 5)
+    assert path.read_bytes() == data and not (tmp_path / "log.discarded.jsonl").exists()
+
+
+def test_rewinding_a_log_whose_steps_go_back_loses_no_record(tmp_path):
+    """Each resume rewinds the log before it writes, so its steps never go back and the read from the end stops at
+    the last record at or before the checkpoint. A log whose steps do (a version that did not rewind, resumed in
+    between) keeps the records past the checkpoint that lie before that one, where reading the whole log moved
+    them; every record is in the log or the discarded log still."""
+    from utils.train.run_log import discarded_log, rewind_log
+    path = tmp_path / "log.jsonl"
+    data = _records(range(1, 21)) + _records(range(11, 16))
+    path.write_bytes(data)
+    assert rewind_log(path, 12) == 4  # 13 to 15 of the second start and its epoch (the whole log moved 13-20 too)
+    assert sorted(path.read_bytes().splitlines() + discarded_log(path).read_bytes().splitlines()) == \
+        sorted(data.splitlines())

@@ -328,3 +328,63 @@ def test_an_epoch_record_written_on_resume_comes_with_its_preview(data, tmp_path
     assert engine.main(args_for(data, tmp_path, *val, "--resume", "auto")) == 0
     acc = read_events(run / TB_DIR)
     assert steps(acc, "val/psnr") == [ITERS] and steps(acc, "preview/degraded_restored_target", "images") == [ITERS]
+
+
+def _starts_log(starts, tail=b""):
+    """A log of starts, each ``(global_step, tensorboard)`` (None: a record without the key) with three iteration
+    records and an epoch's after it, ending in ``tail``."""
+    import json
+    lines = []
+    for i, (step, board) in enumerate(starts):
+        run = {"kind": "run", "global_step": step, "lambdas": [0.1 * i, 1 - 0.1 * i]}
+        if board is not None:
+            run["tensorboard"] = board
+        lines.append(json.dumps(run))
+        ends = starts[i + 1][0] if i + 1 < len(starts) else step + 3
+        for s in range(step + 1, ends + 1):
+            lines.append(json.dumps({"kind": "iter", "global_step": s, "l1": s / 10}))
+        lines.append(json.dumps({"kind": "epoch", "global_step": ends, "l1": 0.5}))
+    return "\n".join(lines).encode() + b"\n" + tail
+
+
+BOARDED_LOGS = {  # starts with and without --tensorboard, and what a log's lines can hold besides records
+    "every start with it": _starts_log([(0, True), (4, True), (9, True)]),
+    "the last without it": _starts_log([(0, True), (4, True), (9, False), (12, True)]),
+    "two without it": _starts_log([(0, True), (4, False), (9, False), (12, True)]),
+    "none with it before": _starts_log([(0, False), (4, False), (12, True)]),
+    "one start": _starts_log([(0, True)]),
+    "records before the key": _starts_log([(0, None), (4, False), (9, None), (12, False), (15, True)]),
+    "torn and blank lines, stray bytes": _starts_log([(0, True), (4, False)], b'{"kind": "iter", "glo\n\n\xff\xfe\n')
+    + _starts_log([(7, True)]),
+    "a run kind spelled with an escape": _starts_log([(0, False)])
+    + b'{"kind": "r\\u0075n", "global_step": 3, "lambdas": [0.3, 0.7]}\n' + _starts_log([(4, False), (8, True)]),
+    "carriage returns": _starts_log([(0, True)]) + b'{"kind": "run", "global_step": 3}\r{"kind": "iter", '
+    b'"global_step": 4}\r\n' + _starts_log([(4, False), (8, True)]),
+    "a start's global step not a number": _starts_log([(0, True), (4, False)])
+    + b'{"kind": "run", "global_step": "7", "tensorboard": true}\n' + _starts_log([(7, True)]),
+}
+
+
+@pytest.mark.parametrize("data", BOARDED_LOGS.values(), ids=list(BOARDED_LOGS))
+def test_a_resume_reads_the_log_from_its_last_start_with_tensorboard_and_writes_what_the_whole_log_gave(
+        tmp_path, monkeypatch, data):
+    """A resume with --tensorboard read the whole log into records (some 15 s at the paper's 300 MB) to find what
+    the event files miss; it reads the records of the starts without it since the last one with it now (none after a
+    start with it, the usual resume), and finds the same steps to write again, with the same lambdas. Small blocks
+    here, so that the read from the end crosses them."""
+    from utils.train import run_log
+    from utils.train.tensorboard_log import boarded_until, records_to_replay, replay_start
+    real = run_log.lines_from_end
+    monkeypatch.setattr("utils.train.tensorboard_log.lines_from_end", lambda path, block=0: real(path, 17))
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(data)
+    start = replay_start(path)
+    whole, part = read_log(path), (read_log(path, start) if start is not None else [])
+    step = [r for r in whole if r.get("kind") == "run"][-1]["global_step"]
+    for at in {step, step + 1, 0}:
+        until = boarded_until(whole, at)
+        assert boarded_until(part, at) == until
+        assert (records_to_replay(part, until, at, ("derain", "dehaze"))
+                == records_to_replay(whole, until, at, ("derain", "dehaze")))
+    starts = [r for r in whole if r.get("kind") == "run" and isinstance(r.get("global_step"), int)]
+    assert (start is None) == (len(starts) < 2 or bool(starts[-2].get("tensorboard", True)))  # the usual: none read

@@ -473,7 +473,8 @@ def test_a_full_disk_at_the_loss_figure_is_a_warning_and_a_vanished_folder_is_ma
 
     from utils import output_lock, plotting
     from utils.files import DiskFullError
-    from utils.train.run_log import Console, draw_loss_figure
+    from utils.train.loss_figure import draw_loss_figure
+    from utils.train.run_log import Console
     log = tmp_path / "log.jsonl"
     log.write_text(json_module.dumps({"kind": "iter", "global_step": 1, "l1": 0.5}) + "\n")
 
@@ -524,7 +525,8 @@ def test_the_loss_figure_never_replaces_a_file_it_did_not_draw(tmp_path, capsys)
     then moved each other's figure aside at every epoch, a figure.before-* folder each time."""
     import json as json_module
 
-    from utils.train.run_log import Console, draw_loss_figure
+    from utils.train.loss_figure import draw_loss_figure
+    from utils.train.run_log import Console
     run = tmp_path / "run"
     run.mkdir()
     log = run / "log.jsonl"

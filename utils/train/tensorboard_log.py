@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,7 +44,7 @@ from utils.eval.inference import autocast_context
 from utils.eval.protocol import crop_to_multiple, to_8bit
 from utils.train.options import ConfigError
 from utils.train.run_folder import TB_DIR
-from utils.train.run_log import LOSS_LABELS, Console, read_log
+from utils.train.run_log import LOSS_LABELS, Console, lines_from_end, read_log
 
 PREVIEW_SIDE = 256  # largest side of the preview crop (a multiple of 8)
 FLUSH_SECS = 30
@@ -299,6 +300,38 @@ def boarded_until(records: Sequence[dict[str, Any]], global_step: int) -> int:
     return until
 
 
+def replay_start(path: Path) -> int | None:
+    """Where in the log at ``path`` (a byte offset) the records begin that :func:`boarded_until` and
+    :func:`records_to_replay` need of it, None where they need none (a resume after a start with ``--tensorboard``):
+    at the first of the starts without ``--tensorboard`` since the last one with it, before the log's last start
+    (this one). Its ``run`` record gives the records after it their lambdas, and the log's global steps never go
+    back (each resume rewinds it), so no record before it is one to write again.
+
+    It reads the log from its end, parsing only lines that can be a ``run`` record (they hold ``"run"``, or an
+    escape that could spell it): a resume that read the whole log into records took some 15 s at the paper's 300 MB.
+    """
+    if not path.is_file():
+        return None
+    last, found = True, None  # the log's last start (this one); the earliest start without --tensorboard after it
+    for start, line in lines_from_end(path):
+        if b'"run"' not in line and b"\\" not in line:
+            continue
+        for text in reversed(line.decode("utf-8", "replace").splitlines()):  # read_log's lines, the last first
+            try:
+                record = json.loads(text) if text.strip() else None
+            except ValueError:
+                continue
+            if not (isinstance(record, dict) and record.get("kind") == "run"
+                    and isinstance(record.get("global_step"), int)):
+                continue
+            if not last and record.get("tensorboard", True):
+                return found
+            if not last:
+                found = start
+            last = False
+    return found
+
+
 def records_to_replay(records: Sequence[dict[str, Any]], after: int, until: int,
                       families: Sequence[str]) -> list[tuple[dict[str, Any], dict[str, float]]]:
     """The log's ``iter`` and ``epoch`` records of global steps ``after + 1`` to ``until``, each with the barycenter
@@ -334,7 +367,8 @@ def open_tensorboard(args: argparse.Namespace, output_dir: Path, resumed: bool, 
         sample = None
         console.warn(f"--tensorboard: no preview images this run: the fixed image could not be read ({exc})")
     lambdas = dict(zip(dataset.families, map(float, dataset.lambdas))) if wb else {}
-    records = read_log(output_dir / LOG_NAME) if resumed else []
+    start = replay_start(output_dir / LOG_NAME) if resumed else None
+    records = read_log(output_dir / LOG_NAME, start) if start is not None else []
     until = boarded_until(records, global_step)
     board = TensorBoardLog(folder, console, purge_step=until + 1 if resumed else None, lambdas=lambdas,
                            sample=sample, wb=wb)
