@@ -150,3 +150,78 @@ def test_nan_advice_names_fp32_only_to_a_run_in_another_precision(precision, adv
     with pytest.raises(engine.NonFiniteLossError) as stop:
         checks.before_update("map", {"map": torch.tensor(float("nan"))})
     assert str(stop.value).endswith("the last checkpoint was not overwritten. " + advice)
+
+
+def test_the_first_compiled_iterations_minutes_are_kept_out_of_the_pace_and_the_eta(monkeypatch, capsys):
+    """The first progress line after a compile (460 s for a tiny run on this CPU) said '0.00 it/s, epoch ETA
+    0:07:40' for one iteration of 4 s left: the compile counted as the pace, and a paper epoch's ETA came to days."""
+    import types
+
+    from utils.checkpoints import LoopState
+    from utils.train.run_log import Console
+    from utils.train.signals import StopRequest
+    clock = iter([0.0, 1000.0, *range(1001, 1100)])  # the first iteration compiles for 1000 s, the others take 1 s
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    monkeypatch.setattr(engine, "train_step", lambda *a, **k: {"l1": 0.1, "map": 1.0})
+    training = types.SimpleNamespace(model=torch.nn.Linear(1, 1), potentials=None, compile_mode="default",
+                                     compile_backend="eager", steps=types.SimpleNamespace(compiled=False),
+                                     info=DistInfo())
+    logged = types.SimpleNamespace(records=[], write=lambda r: logged.records.append(r))
+    engine.train_one_epoch(training, [None] * 40, LoopState(epoch=1), 40, 1e-4, stop=StopRequest(), log=logged,
+                           console=Console(), log_every=10)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "=> the first compiled iteration took 1000.0 s, compiling included"
+    assert [line.split(" | ")[-1] for line in lines[1:]] == ["1.00 it/s, epoch ETA 0:00:30",
+                                                            "1.00 it/s, epoch ETA 0:00:00"], lines
+    assert [r["sec"] for r in logged.records][:2] == [1000.0, 1.0]  # the log keeps what each took
+
+
+def test_a_compiled_ddp_iteration_leaves_out_dynamos_note_on_the_profiler_range(tmp_path):
+    """Under torchrun, --compile printed dynamo's "Profiler record function ... will be ignored" once per rank: its
+    source is DistributedDataParallel.forward's record_function, which the compiled graph leaves out. A process
+    alone (gloo, world size 1) compiles a DDP-wrapped model's loss as the trainers do, and says nothing of it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from _processes import free_port
+    repo = Path(__file__).resolve().parents[1]
+    code = """
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from utils.train.distributed import DistInfo
+from utils.train.iteration import Training
+from utils.train.optim import build_optimizer
+dist.init_process_group("gloo", rank=0, world_size=1)
+model = torch.nn.Conv2d(3, 3, 1)
+training = Training(DistributedDataParallel(model), model, None, build_optimizer("RMSprop", model.parameters(), 1e-4),
+                    None, torch.ones(1), compile_mode="default", compile_backend="eager")
+x = torch.rand(2, 3, 8, 8)
+loss, _ = training.steps.map(x, x, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+loss.backward()
+print(type(training.model).__name__, float(loss.detach()) >= 0)
+dist.destroy_process_group()
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(repo), MASTER_ADDR="127.0.0.1",
+                                   MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1"))
+    assert done.returncode == 0 and done.stdout.split() == ["DistributedDataParallel", "True"], done.stderr
+    assert "Profiler record function" not in done.stderr, done.stderr
+
+
+def test_only_dynamos_note_on_a_profiler_range_is_left_out(monkeypatch):
+    """The filter drops that one message of dynamo's logger and lets its other warnings through."""
+    import logging
+
+    from utils.compiled import quiet_ddp_record_function_note
+    log = logging.getLogger("torch._dynamo.variables.ctx_manager")
+    monkeypatch.setattr(log, "filters", [])
+    quiet_ddp_record_function_note()
+    quiet_ddp_record_function_note()
+    assert len(log.filters) == 1
+
+    def passes(msg: str) -> bool:
+        return bool(log.filter(log.makeRecord(log.name, logging.WARNING, __file__, 1, msg, ("x",), None)))
+    assert not passes("Profiler record function %s will be ignored")
+    assert passes("Profiler function %s will be ignored") and passes("Graph break: %s")

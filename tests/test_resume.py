@@ -16,6 +16,7 @@ from _train_data import make_train_tree, make_val_tree, train_flags
 import tester_bary
 from net.presets import build_model
 from utils.checkpoints import CheckpointError, list_checkpoints, read_checkpoint, read_latest
+from utils.compiled import compile_cache_dir
 from utils.errors import UserError
 from utils.streams import PIPE_CLOSED_STATUS
 from utils.train import engine, start
@@ -245,6 +246,42 @@ def test_a_nan_on_the_fast_path_keeps_the_last_checkpoint(data, tmp_path):
     assert ck["global_step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
 
 
+def test_a_stop_while_the_first_iteration_compiles_ends_it_at_once_and_later_ones_after_their_iteration(
+        data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C or SIGTERM while --compile compiled the first iteration (14 minutes of a tiny run on this busy CPU)
+    was silent and waited for the compile to end: a scheduler's grace period ran out first. With nothing trained
+    yet, the stop now ends the run at once; once compiled, it stops after the iteration, with a checkpoint."""
+    real_step, calls = engine.train_step, []
+
+    def signalled_at(n):
+        def step(*a, **k):
+            calls.append(1)
+            if len(calls) == n:
+                os.kill(os.getpid(), signal.SIGTERM)  # lands while the step runs, as when it comes mid-compile
+            return real_step(*a, **k)
+        return step
+
+    flags = train_flags(data, tmp_path) + ["--iters-per-epoch", "3", "--nEpochs", "1", *FAST]
+    monkeypatch.setattr(engine, "train_step", signalled_at(1))
+    assert engine.run_cli(get_args_parser().parse_args(flags)) == 128 + signal.SIGTERM
+    out, err = capsys.readouterr()
+    assert "=> stopped while the first iteration compiled, before it trained anything: no checkpoint was written" \
+        in out and err.strip().splitlines()[-1] == "error: stopped by SIGTERM", err
+    assert len(calls) == 1 and list_checkpoints(tmp_path / "ckpt") == []
+
+    calls.clear()
+    monkeypatch.setattr(engine, "train_step", signalled_at(2))  # compiled already: the polite stop
+    assert engine.run_cli(get_args_parser().parse_args(flags)) == 0
+    assert "stopped by SIGTERM at epoch 1, iteration 2" in capsys.readouterr().out
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["iter_e001_i000002.pth"]
+
+    calls.clear()
+    monkeypatch.setattr(engine, "train_step", signalled_at(1))  # a resumed run compiles again
+    assert engine.run_cli(get_args_parser().parse_args(flags + ["--resume", "auto"])) == 128 + signal.SIGTERM
+    assert "anything: the checkpoints are as they were; continue with --resume auto" in capsys.readouterr().out
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["iter_e001_i000002.pth"]
+
+
 def test_the_compile_time_is_said_by_compiled_runs_alone_and_the_cache_by_inductor_alone(data, tmp_path, capsys):
     """An eager run has nothing compiled: no "first compiled iteration" line (it would time an ordinary
     iteration as if it compiled); a compiled run on a backend that caches nothing (eager, aot_eager) says
@@ -252,8 +289,15 @@ def test_the_compile_time_is_said_by_compiled_runs_alone_and_the_cache_by_induct
     assert run(data, tmp_path / "eager", "--nEpochs", "1", iters=2) == 0
     assert "compiled iteration" not in capsys.readouterr().out
     assert run(data, tmp_path / "fast", "--nEpochs", "1", *FAST, iters=2) == 0
-    [line] = [x for x in capsys.readouterr().out.splitlines() if "first compiled iteration" in x]
+    out = capsys.readouterr().out.splitlines()
+    [line] = [x for x in out if "first compiled iteration" in x]
     assert re.fullmatch(r"=> the first compiled iteration took \d+\.\d s, compiling included", line), line
+    # the start-up line named inductor's cache folder, where the eager backend writes nothing
+    [start_line] = [x for x in out if x.startswith("=> --compile")]
+    assert start_line == ("=> --compile default: the first iteration traces the losses' graphs (--compile-backend "
+                          "eager builds no kernels and caches nothing); losses are checked once per iteration")
+    inductor = engine.compile_start_line("default", "inductor")
+    assert f"compiles the losses' graphs (minutes; cached under {compile_cache_dir()} for later runs" in inductor
 
 
 def test_nan_stops_and_keeps_the_last_checkpoint(data, tmp_path, capsys):

@@ -7,6 +7,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import pytest
 from _processes import REPO, as_in_a_terminal, kill_tree
@@ -128,6 +129,33 @@ def test_a_second_ctrl_c_aborts_but_repeated_sigterms_and_the_launchers_repeats_
         stop._handle(signal.SIGTERM, None)
         stop._handle(LAUNCHER_DIED, None)  # torchrun killed after it passed SIGTERM on: no abort
         assert (stop.requested, stop.signum) == (True, signal.SIGTERM)
+
+
+def test_inside_at_once_a_stop_raises_where_it_lands_and_a_closed_pipe_only_asks():
+    """The first compiled iteration (minutes of compiling, nothing trained) ends at once on a stop signal."""
+    from utils.errors import StopSignal
+    for signum, raised in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, StopSignal),
+                           (LAUNCHER_DIED, StopSignal)):
+        if signum is None:
+            continue
+        stop = StopRequest()
+        with pytest.warns(UserWarning, match="kept") as given:
+            with pytest.raises(raised) as stopped, stop.at_once():
+                warnings.warn("kept")
+                warnings.warn("Error detected in NativeLayerNormBackward0. Traceback of forward call ...")
+                stop._handle(signum, None)
+        assert [str(w.message) for w in given] == ["kept"]  # not the anomaly trace of the backward it cut short
+        assert stop.requested and getattr(stopped.value, "signum", signal.SIGINT) in (signum, signal.SIGTERM)
+        with pytest.raises(raised):  # asked before: it raises as it enters
+            with stop.at_once():
+                pass
+    stop = StopRequest()
+    with pytest.warns(UserWarning, match="Error detected in"):  # not stopped: every warning is given
+        with stop.at_once():
+            stop._pipe_broke()
+            warnings.warn("Error detected in AddmmBackward0")
+    stop._handle(signal.SIGTERM, None)  # outside: the flag only
+    assert stop.requested
 
 
 def test_what_stopped_a_run_is_named_from_every_ranks_signal():

@@ -16,13 +16,18 @@ from utils.eval.tasks import find_task_sets
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_a_run_of_several_sets_says_how_far_it_got_and_the_time_left(tmp_path, capsys):
+def two_sets(root, lowlight_side: tuple[int, int]) -> None:
+    """Two rows under ``root``: derain, two random 16x24 pairs, and lowlight, one pair of ``lowlight_side``."""
     rng = np.random.default_rng(0)
     for k in range(2):
-        write_image(tmp_path / "derain" / "input" / f"rain-{k}.png", rng.integers(0, 256, (16, 24, 3), np.uint8))
-        write_image(tmp_path / "derain" / "target" / f"norain-{k}.png", rng.integers(0, 256, (16, 24, 3), np.uint8))
-    write_image(tmp_path / "lowlight" / "low" / "a.png", rng.integers(0, 256, (32, 48, 3), np.uint8))
-    write_image(tmp_path / "lowlight" / "high" / "a.png", rng.integers(0, 256, (32, 48, 3), np.uint8))
+        write_image(root / "derain" / "input" / f"rain-{k}.png", rng.integers(0, 256, (16, 24, 3), np.uint8))
+        write_image(root / "derain" / "target" / f"norain-{k}.png", rng.integers(0, 256, (16, 24, 3), np.uint8))
+    for side in ("low", "high"):
+        write_image(root / "lowlight" / side / "a.png", rng.integers(0, 256, (*lowlight_side, 3), np.uint8))
+
+
+def test_a_run_of_several_sets_says_how_far_it_got_and_the_time_left(tmp_path, capsys):
+    two_sets(tmp_path, lowlight_side=(32, 48))
     torch.manual_seed(0)
     sets = find_task_sets(["derain", "lowlight"], tmp_path)
     evaluate_sets(build_model("BaryNet", "tiny"), sets, device="cpu", progress=True)
@@ -30,3 +35,28 @@ def test_a_run_of_several_sets_says_how_far_it_got_and_the_time_left(tmp_path, c
     assert "[1/2] derain" in said.err and "[2/2] lowlight" in said.err  # which row of how many
     line = re.search(r"=> 1 of 2 rows done in \S+; about (\S+) left for 1 image in 1 row", said.out)
     assert line, said.out
+
+
+def test_a_compiled_run_says_how_long_its_first_image_took_compiling_included(tmp_path, capsys):
+    """tester_bary.py --compile default said the first image of each size compiles (minutes), and never how long it
+    took, where the trainer says it of its first compiled iteration. The forward is traced by the eager backend
+    here (no kernels built), as utils/compiled.py's tests do."""
+    from utils.eval.evaluation import restore_files
+    from utils.eval.inference import prepare_for_inference
+    from utils.eval.protocol import Protocol
+    two_sets(tmp_path, lowlight_side=(16, 24))
+    sets = find_task_sets(["derain", "lowlight"], tmp_path)
+    said = r"=> the first image \(16x24\) took \d+\.\d s, compiling the network's forward included"
+    torch.manual_seed(0)
+    model = prepare_for_inference(build_model("BaryNet", "tiny"), "default", backend="eager")
+    evaluate_sets(model, sets, Protocol(compile="default"), device="cpu", progress=False)
+    assert len(re.findall(said, capsys.readouterr().out)) == 1  # after the first image of the run, once
+
+    inputs = sorted((tmp_path / "derain" / "input").iterdir())
+    restore_files(model, inputs, tmp_path / "again", Protocol(compile="default"), device="cpu", progress=False)
+    assert "=> the first image" not in capsys.readouterr().out  # compiled already: nothing to time
+    fresh = prepare_for_inference(build_model("BaryNet", "tiny"), "default", backend="eager")
+    restore_files(fresh, inputs, tmp_path / "restored", Protocol(compile="default"), device="cpu", progress=False)
+    assert len(re.findall(said, capsys.readouterr().out)) == 1
+    restore_files(build_model("BaryNet", "tiny"), inputs, tmp_path / "eager", device="cpu", progress=False)
+    assert "=> the first image" not in capsys.readouterr().out  # nothing compiled

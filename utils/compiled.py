@@ -89,6 +89,30 @@ def _import_cpp_extension_quietly() -> None:
         log.setLevel(level)
 
 
+_DDP_RECORD_FUNCTION_NOTE = "Profiler record function %s will be ignored"  # dynamo's words (its ctx_manager)
+
+
+class _WithoutDDPRecordFunctionNote(logging.Filter):
+    """Drops dynamo's one note that it leaves a ``record_function`` out of a compiled graph."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != _DDP_RECORD_FUNCTION_NOTE
+
+
+def quiet_ddp_record_function_note() -> None:
+    """Leave out dynamo's "Profiler record function <class 'torch.autograd.profiler.record_function'> will be
+    ignored", logged once per process (so once per rank under torchrun) when a compiled function calls a
+    ``DistributedDataParallel`` model. Its source is torch's own ``DistributedDataParallel.forward``, which opens
+    ``record_function("DistributedDataParallel.forward")``: dynamo traces through it and leaves the profiler range
+    out of the graph, which changes nothing the run computes (only a profiler's trace lacks that one label). The
+    source is not ours to change, and capturing the range instead (dynamo's ``capture_profiler_record_function``)
+    is a process-wide setting that puts profiler operations into the compiled graphs; so this exact message is
+    filtered, on the logger that writes it, and nothing else of dynamo's. Idempotent."""
+    log = logging.getLogger("torch._dynamo.variables.ctx_manager")
+    if not any(isinstance(f, _WithoutDDPRecordFunctionNote) for f in log.filters):
+        log.addFilter(_WithoutDDPRecordFunctionNote())
+
+
 def frozen_weights(mode: str, backend: str = "inductor"):
     """Context for the calls of an inference-only compiled forward: inductor's freezing (weights as constants,
     pre-packed for oneDNN on the CPU) while it compiles; a no-op for ``off`` and the tracing backends.

@@ -35,7 +35,7 @@ from utils.data.image_io import ImageReadError, image_size, quantise, read_image
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
 from utils.errors import UserError, counted, failure_message, interrupted_line, listing, one_or_many
-from utils.eval.inference import prepare_for_inference
+from utils.eval.inference import compiles_first, prepare_for_inference
 from utils.eval.metrics import FID, LPIPS, image_metrics, smallest_scorable_side
 from utils.eval.outputs import figure_names, output_names
 from utils.eval.paper import paper_averages
@@ -213,6 +213,12 @@ class TileBar:
             self.bar = None
 
 
+def first_compiled_image(seconds: float, shape: tuple[int, ...]) -> str:
+    """What ``--compile`` says after the run's first image (``shape`` ``(H, W, 3)``), whose forward compiled:
+    ``=> the first image (321x481) took 93.4 s, compiling the network's forward included``."""
+    return f"=> the first image ({shape[0]}x{shape[1]}) took {seconds:.1f} s, compiling the network's forward included"
+
+
 def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device: torch.device,
                  save_dir: Path | None = None, savetar_dir: Path | None = None, lpips_metric: LPIPS | None = None,
                  fid_metric: FID | None = None, figs_dir: Path | None = None, fig_images: int = 3,
@@ -259,6 +265,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
     def evaluate_item(item: EvalItem, out_name: str) -> None:
         """Restore, score and save one image (or note it as bad); its row is added once all is written."""
         tiles, warned = TileBar(progress), []
+        compiling = compiles_first(model, protocol.compile)
         try:
             deg, tar = _load_item(item, protocol, warned)
             _check_size(deg, item, protocol)
@@ -314,6 +321,8 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
             if isinstance(exc, (UserError, OSError)):
                 raise _write_stopped(exc, str(item.degraded or item.target), eval_set.name, row_so_far()) from exc
             raise
+        if compiling:  # said once the image is recorded: a stdout that closed meanwhile loses nothing
+            tqdm.write(first_compiled_image(seconds, deg.shape))
 
     def keep_item(item: EvalItem, out_name: str, kept: KeptImage) -> None:
         """An image the earlier run scored: its entry and notes kept, its target saved and its figure row drawn as
@@ -511,6 +520,7 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
         """Restore and save one image (or note it as unreadable); its entry is added once the file is written."""
         said: list[str] = []
         tiles, warned = TileBar(progress, also=tile_progress), []
+        compiling = compiles_first(model, protocol.compile)
         try:
             img = read_image(path, exif=True, decoder_warnings=warned)
             out, seconds = restore_array(model, img, protocol, device, name=str(path),
@@ -537,6 +547,8 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
             if isinstance(exc, (UserError, OSError)):
                 raise _write_stopped(exc, str(path), "input", {"restored": done}) from exc
             raise
+        if compiling:  # said once the image is recorded: a stdout that closed meanwhile loses nothing
+            tqdm.write(first_compiled_image(seconds, img.shape))
 
     current = inputs[0] if inputs else None  # the image at work (the progress bar writes too)
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -45,9 +46,29 @@ def prepare_for_inference(model: nn.Module, compile_mode: str = "off", backend: 
         model._fast_inference_ready = True
     if compile_mode != "off":
         forwards = model.__dict__.setdefault("_compiled_forwards", {})
-        if compile_mode not in forwards:  # (forward, its backend: frozen_weights needs it at each call)
-            forwards[compile_mode] = (compile_fn(model.forward, compile_mode, backend, dynamic=None), backend)
+        if compile_mode not in forwards:
+            forwards[compile_mode] = CompiledForward(compile_fn(model.forward, compile_mode, backend, dynamic=None),
+                                                     backend)
     return model
+
+
+@dataclass
+class CompiledForward:
+    """A model's ``torch.compile``'d forward for one mode (:func:`prepare_for_inference`); ``backend``:
+    :func:`utils.compiled.frozen_weights` needs it at each call; ``ran``: whether a call has ended (the first
+    compiles)."""
+    forward: Callable
+    backend: str
+    ran: bool = False
+
+
+def compiles_first(model: nn.Module, compile_mode: str) -> bool:
+    """Whether :func:`restore` with ``compile_mode`` would compile ``model``'s forward now: its first call with a
+    compiled mode (later ones compile again only for a new input size)."""
+    if compile_mode == "off":
+        return False
+    compiled = model.__dict__.get("_compiled_forwards", {}).get(compile_mode)
+    return compiled is None or not compiled.ran
 
 
 def check_precision(device: torch.device | str, precision: str) -> None:
@@ -100,7 +121,8 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
     """
     check_input_size(x, multiple=1, channels=getattr(model, "config", {}).get("inp_channels", 3))
     prepare_for_inference(model, compile_mode)
-    forward, backend = model._compiled_forwards[compile_mode] if compile_mode != "off" else (model, "inductor")
+    compiled = model._compiled_forwards[compile_mode] if compile_mode != "off" else None
+    forward, backend = (compiled.forward, compiled.backend) if compiled is not None else (model, "inductor")
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     was_training = model.training
@@ -115,6 +137,8 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
             begin_iteration(compile_mode)
             with frozen_weights(compile_mode, backend):  # a no-op for "off"
                 out = _output_image(forward(inp))
+            if compiled is not None:
+                compiled.ran = True
     finally:
         model.train(was_training)
     out = out[..., :h, :w].float().contiguous()

@@ -62,8 +62,11 @@ from utils.train.distributed import (
     weights_digest,
 )
 from utils.train.iteration import NonFiniteLossError, Training, any_rank, train_step
+from utils.train.loss_figure import draw_loss_figure
+from utils.train.loss_history import LossLogReader
 from utils.train.losses import Objective
 from utils.train.optim import build_optimizer, lr_at, set_lr
+from utils.train.progress import Rate, plain_line_due, progress, progress_line
 from utils.train.run_checks import (
     check_checkpoint_room,
     check_memory,
@@ -73,17 +76,7 @@ from utils.train.run_checks import (
     saves_planned,
 )
 from utils.train.run_folder import checkpoints_held, earlier_run_files
-from utils.train.run_log import (
-    LOSS_LABELS,
-    Console,
-    JsonlLog,
-    Rate,
-    draw_loss_figure,
-    plain_line_due,
-    progress,
-    progress_line,
-    record_lost,
-)
+from utils.train.run_log import LOSS_LABELS, Console, JsonlLog, record_lost
 from utils.train.signals import StopRequest, signal_names, stop_loader_workers
 from utils.train.start import (
     agree_seed,
@@ -129,27 +122,39 @@ def train_one_epoch(training: Training, loader: DataLoader, state: LoopState, it
         # zip asks range first: no batch is loaded beyond the epoch's (possibly capped) length
         for _, batch in zip(range(iters_in_epoch - state.iteration), bar):
             where = f"epoch {state.epoch}, iteration {state.iteration + 1} (global step {state.global_step + 1})"
-            losses = train_step(training, batch, where, inject_nan=nan_at > 0 and state.global_step + 1 == nan_at)
+            compiling = training.compile_mode != "off" and not training.steps.compiled
+            try:  # minutes of compiling with nothing trained yet: a stop ends it at once, not after it
+                with stop.at_once() if compiling else contextlib.nullcontext():
+                    losses = train_step(training, batch, where,
+                                        inject_nan=nan_at > 0 and state.global_step + 1 == nan_at)
+            except KeyboardInterrupt:
+                if compiling:
+                    console("=> stopped while the first iteration compiled, before it trained anything: "
+                            + ("the checkpoints are as they were; continue with --resume auto" if state.global_step
+                               else "no checkpoint was written"))
+                raise
             state.iteration += 1
             state.global_step += 1
             state.loss_count += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             toc = time.perf_counter()
-            rate.update(toc - tic)
-            if training.compile_mode != "off" and not training.steps.compiled:
+            if compiling:  # its minutes of compiling are no iteration's pace: kept out of the rate and the ETA
                 training.steps.compiled = True
                 cached = (" (a later run with the same settings loads the graphs from the cache)"
                           if training.compile_backend == "inductor" else "")
                 console(f"=> the first compiled iteration took {toc - tic:.1f} s, compiling included{cached}")
+            else:
+                rate.update(toc - tic)
             if log_every > 0 and (state.iteration % log_every == 0 or state.iteration == 1):
                 log.write({"kind": "iter", "epoch": state.epoch, "iteration": state.iteration,
                            "global_step": state.global_step, "lr": lr, **losses, "sec": toc - tic})
                 shown = {label: f"{losses[k]:.4g}" for k, label in LOSS_LABELS
                          if k in ("l1", "transport", "potentials", "congruence") and k in losses}
                 bar.set_postfix(shown | {"lr": f"{lr:.2e}"}, refresh=False)
-                if bar.disable and plain_line_due(None if shown_at is None else toc - shown_at, state.iteration,
-                                                  iters_in_epoch):  # no terminal: a plain line now and then
+                if bar.disable and not (compiling and state.iteration < iters_in_epoch) and plain_line_due(
+                        None if shown_at is None else toc - shown_at, state.iteration, iters_in_epoch):
+                    # no terminal: a plain line now and then (after a compile, at the next logged iteration)
                     console(progress_line(state.epoch, state.iteration, iters_in_epoch, losses, lr, rate))
                     shown_at = toc
             tic = toc
@@ -274,9 +279,10 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
         log = RecordLogs(log, board)  # the log's records go to TensorBoard too
         save = Saver(training, output_dir, run_meta(args, model, dataset, info), iters, args.keep, console, board)
         stop = StopRequest().install()
+        figure_log = LossLogReader(output_dir / LOG_NAME)  # reads the whole log once, then each epoch's lines
         try:
             if unlogged:
-                log_the_resumed_epoch(training, resumed, args, output_dir, val_pairs, log, console)
+                log_the_resumed_epoch(training, resumed, args, output_dir, val_pairs, log, console, figure_log)
                 board.preview(model, state.global_step, info.device, args.precision)  # lost with the record
             for epoch in range(state.epoch, args.nEpochs + 1):
                 if state.epoch != epoch:
@@ -302,7 +308,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                 end_of_epoch(training, log, console, epoch, state, iters, lr, means, val, time.perf_counter() - tic)
                 board.preview(model, state.global_step, info.device, args.precision)
                 if info.is_main:
-                    draw_loss_figure(output_dir / LOG_NAME, loss_figure(args), console)
+                    draw_loss_figure(output_dir / LOG_NAME, loss_figure(args), console, figure_log)
                 if stopped or any_rank(stop.requested, info):  # a signal during validation or saving
                     console(f"=> stopped by {stop_cause(stop, info)} after epoch {epoch}")
                     return stopped_status(stop, args)
@@ -335,14 +341,24 @@ def build_training(args: argparse.Namespace, model: nn.Module, pots: Potentials 
                 f"{args.objective} does not apply)")
     if ablate:
         console(f"=> ablation: the map loss leaves out {', '.join(sorted(ablate))}")
-    mode = getattr(args, "compile", "off")
+    mode, backend = getattr(args, "compile", "off"), getattr(args, "compile_backend", "inductor")
     if mode != "off":
-        console(f"=> --compile {mode}: the first iteration compiles the losses' graphs (minutes; cached under "
-                f"{compile_cache_dir()} for later runs, which TORCHINDUCTOR_CACHE_DIR moves: on a cluster, to shared "
-                f"storage, so a job resumed on another node finds it); losses are checked once per iteration")
+        console(compile_start_line(mode, backend))
     return Training(ddp_model, model, pots, optimizer, pot_optimizer, lambdas, l1_weight=args.Sigma,
                     precision=args.precision, info=info, channels_last=True, ablate=ablate, objective=objective,
-                    compile_mode=mode, compile_backend=getattr(args, "compile_backend", "inductor"))
+                    compile_mode=mode, compile_backend=backend)
+
+
+def compile_start_line(mode: str, backend: str) -> str:
+    """What a ``--compile`` run says at its start: inductor's first iteration builds kernels, cached on disk for
+    later runs; the tracing backends (``--compile-backend eager``/``aot_eager``) build and cache nothing."""
+    if backend == "inductor":
+        first = (f"compiles the losses' graphs (minutes; cached under {compile_cache_dir()} for later runs, which "
+                 f"TORCHINDUCTOR_CACHE_DIR moves: on a cluster, to shared storage, so a job resumed on another node "
+                 f"finds it)")
+    else:
+        first = f"traces the losses' graphs (--compile-backend {backend} builds no kernels and caches nothing)"
+    return f"=> --compile {mode}: the first iteration {first}; losses are checked once per iteration"
 
 
 class CheckpointNotSaved(UserError):
@@ -450,12 +466,14 @@ def epoch_unlogged(resumed: dict, ckpt_path: Path, info: DistInfo) -> bool:
 
 
 def log_the_resumed_epoch(training: Training, resumed: dict, args: argparse.Namespace, output_dir: Path,
-                          val_pairs: list[tuple[Path, Path]], log: JsonlLog | RecordLogs, console: Console) -> None:
+                          val_pairs: list[tuple[Path, Path]], log: JsonlLog | RecordLogs, console: Console,
+                          figure_log: LossLogReader | None = None) -> None:
     """The record of the epoch whose end-of-epoch checkpoint was resumed, when the log lacks it
     (:func:`epoch_unlogged`, also when no epoch is left to train): a run stopped
     between that checkpoint and its record (validation, which comes in between, lasts minutes at the paper's
     scale) lost it for good. It is written now from the losses the checkpoint keeps, after the epoch's
-    validation (``iterations``: those its means cover; ``sec``: null)."""
+    validation (``iterations``: those its means cover; ``sec``: null). ``figure_log``: the run's reader of its log
+    for the loss figure (:func:`~utils.train.loss_figure.draw_loss_figure`)."""
     info, epoch = training.info, int(resumed["epoch"])
     sums, count = epoch_losses_from(resumed)
     console(f"=> the log has no record of epoch {epoch} (the run stopped between its checkpoint and its record): "
@@ -464,7 +482,7 @@ def log_the_resumed_epoch(training: Training, resumed: dict, args: argparse.Name
     end_of_epoch(training, log, console, epoch, LoopState(epoch + 1, 0, int(resumed["global_step"])), count,
                  lr_at(args.lr, epoch, args.step), {k: v / max(count, 1) for k, v in sums.items()}, val, None)
     if info.is_main:
-        draw_loss_figure(output_dir / LOG_NAME, loss_figure(args), console)
+        draw_loss_figure(output_dir / LOG_NAME, loss_figure(args), console, figure_log)
 
 
 def end_of_epoch(training: Training, log: JsonlLog | RecordLogs, console: Console, epoch: int, state: LoopState,

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from net import Potentials
-from utils.compiled import begin_iteration, compile_fn
+from utils.compiled import begin_iteration, compile_fn, quiet_ddp_record_function_note
 from utils.errors import UserError
 from utils.eval.inference import autocast_context
 from utils.train.distributed import DistInfo, all_reduce_sum, average_gradients
@@ -81,6 +81,8 @@ class IterationLosses:
     def __init__(self, training: Training):
         self.training = training
         mode, backend = training.compile_mode, training.compile_backend
+        if mode != "off" and isinstance(training.model, nn.parallel.DistributedDataParallel):
+            quiet_ddp_record_function_note()  # dynamo's note on DDP.forward's profiler range, once per rank
         self.map = compile_fn(self._map, mode, backend)
         self.bary = compile_fn(self._bary, mode, backend)
         self.potentials = compile_fn(self._potentials, mode, backend)
