@@ -560,3 +560,24 @@ def test_the_references_own_backbone_names_point_at_the_nearest_network_here(nam
     [line] = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and line.startswith(f"error: argument --backbone: {name} is the reference's name for ")
     assert "pass --backbone PromptIR for the PromptIR baseline" in line
+
+
+def test_a_trainer_on_a_cpu_that_other_processes_keep_busy_says_so_at_its_start(tmp_path, monkeypatch, capsys):
+    """Training on a CPU whose cores other processes keep busy ran several times slower without a word (torch's
+    threads wait on each other at every operation); the study said so, the trainers did not."""
+    from _train_data import make_train_tree, train_flags
+
+    from utils.train import engine, start
+    cores = os.cpu_count() or 1
+    args = train_options.get_args_parser().parse_args(
+        train_flags(make_train_tree(tmp_path / "data"), tmp_path / "run") + ["--dry-run"])
+    monkeypatch.setattr(start.torch, "get_num_threads", lambda: 2)
+    for load, said in ((cores + 0.5, True), (cores - 0.5, False)):
+        monkeypatch.setattr(start, "load_average", lambda: load)
+        assert engine.run_cli(args) == 0
+        notes = [line for line in capsys.readouterr().out.splitlines() if "busy" in line]
+        assert notes == ([f"=> note: this machine's {cores} cores are busy (load average {load:.1f}) and torch runs 2 "
+                          f"threads, which then wait on each other: OMP_NUM_THREADS=1 (set before the command) can be "
+                          f"several times faster here"] if said else []), notes
+    monkeypatch.setattr(start.torch, "get_num_threads", lambda: 1)  # one thread waits on no other
+    assert engine.run_cli(args) == 0 and "busy" not in capsys.readouterr().out

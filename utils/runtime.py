@@ -115,6 +115,26 @@ def kernel_setup_changes(saved: object, device: torch.device) -> list[str]:
     return [f"{names[k]} {saved[k]} there, {now[k]} now" for k in keys if k in saved and saved[k] != now[k]]
 
 
+def busy_cores(threads: int, load: float, cores: int) -> str | None:
+    """Why this process may run many times slower than it should: torch runs ``threads`` threads on ``cores`` cores
+    that other processes keep busy (``load``: the 1-minute load average, read before the work starts), else None.
+    There each of torch's threads waits for the others at every operation: evaluating one tiny Restormer run at demo
+    scale 0.25 took 23 to 30 s with 2 threads and 2 to 3 s with 1, back to back on this project's 2-core CPU at a
+    load average of 6 to 9. The caller adds its own way to fewer threads."""
+    if threads <= 1 or load < cores:
+        return None
+    return (f"this machine's {cores} cores are busy (load average {load:.1f}) and torch runs {threads} threads, "
+            f"which then wait on each other")
+
+
+def load_average() -> float:
+    """The 1-minute load average; 0.0 where the system keeps none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -146,6 +166,15 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity (``taskset``, a container's cpuset) where the system says
+    it, else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
 
 
 def machine_info(device: torch.device | str | None = None) -> dict[str, object]:

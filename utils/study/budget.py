@@ -6,6 +6,7 @@ import argparse
 from typing import Collection
 
 from utils.errors import counted
+from utils.runtime import busy_cores
 from utils.study.arms import ARMS, MATCHED_DIM
 
 FULL = dict(iters=400, epochs=4, seeds=[0, 1, 2])
@@ -47,14 +48,9 @@ def estimated_seconds(args: argparse.Namespace) -> dict[str, float]:
 
 
 def busy_cores_note(threads: int, load: float, cores: int) -> str | None:
-    """A note when torch runs ``threads`` threads on ``cores`` cores that other processes keep busy (``load``: the
-    1-minute load average, before the study starts), else None. There each of torch's threads waits for the others at
-    every operation: evaluating one tiny Restormer run at demo scale 0.25 took 23 to 30 s with 2 threads and 2 to 3 s
-    with 1, back to back on this project's 2-core CPU at a load average of 6 to 9."""
-    if threads <= 1 or load < cores:
-        return None
-    return (f"note: this machine's {cores} cores are busy (load average {load:.1f}) and torch runs {threads} threads, "
-            f"which then wait on each other: --torch-threads 1 can be several times faster here")
+    """The study's note when other processes keep the cores busy (:func:`utils.runtime.busy_cores`), else None."""
+    busy = busy_cores(threads, load, cores)
+    return f"note: {busy}: --torch-threads 1 can be several times faster here" if busy else None
 
 
 def minutes(seconds: float) -> str:

@@ -109,7 +109,7 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help="folder of the authors' id lists (noisy/denoise.txt, rainy/rainTrain.txt, "
                           "hazy/hazy_outside.txt; shipped in data_dir/). Listed ids missing on disk are left out "
                           "with a warning (the reference does so silently for the noise list); a family without a "
-                          "list file is scanned; '' scans every folder")
+                          "list file is scanned (a warning names a missing list); '' scans every folder")
     ref.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
                      help=argparse.SUPPRESS)  # torch.distributed.launch passes it; LOCAL_RANK is used instead
 
@@ -206,7 +206,8 @@ def get_args_parser(add_help: bool = True, threads_default: int = 16,
                      help=argparse.SUPPRESS)  # tests: make the map loss NaN at this global iteration
     new.add_argument("--ablate", nargs="+", default=[], choices=list(ABLATABLE), metavar="TERM",
                      help="ablation studies only (bench/study.py): leave these terms out of the map loss; "
-                          "'potentials' also skips the potentials and congruence updates (transport cost only)")
+                          "'potentials' also skips the potentials and congruence updates (the barycenter term is then "
+                          "the transport cost alone, without -f_k(b); L1 and the other terms stay)")
     return one_spelling(p)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 from dataclasses import replace
 from datetime import datetime
@@ -47,7 +48,15 @@ from utils.errors import UserError, counted, human_bytes, listing
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.outputs import check_writable_folder
 from utils.output_lock import OutputFolderBusy, OutputLock
-from utils.runtime import gpus_on_cpu_note, kernel_setup, kernel_setup_changes, provenance, to_channels_last
+from utils.runtime import (
+    busy_cores,
+    gpus_on_cpu_note,
+    kernel_setup,
+    kernel_setup_changes,
+    load_average,
+    provenance,
+    to_channels_last,
+)
 from utils.train.distributed import (
     DistInfo,
     broadcast_int,
@@ -57,6 +66,7 @@ from utils.train.distributed import (
 )
 from utils.train.losses import Objective
 from utils.train.options import ConfigError, resolve_data_file_dir, resolve_objective, run_dir
+from utils.train.progress import progress
 from utils.train.resuming import load_start
 from utils.train.run_checks import (
     check_args,
@@ -66,14 +76,7 @@ from utils.train.run_checks import (
     unused_data_dirs,
 )
 from utils.train.run_folder import resume_outputs, start_fresh_outputs
-from utils.train.run_log import (
-    Console,
-    JsonlLog,
-    discarded_log,
-    mend_log,
-    progress,
-    rewind_log,
-)
+from utils.train.run_log import Console, JsonlLog, discarded_log, mend_log, rewind_log
 from utils.train.signals import ignore_stop_signals
 from utils.train.tensorboard_log import require_tensorboard
 
@@ -126,6 +129,9 @@ def check_run(args: argparse.Namespace, info: DistInfo) -> tuple[int, Objective,
     slow = slow_precision_note(info.device, args.precision)
     if slow:
         Console(info.is_main).warn(slow)
+    busy = busy_cores_note(info)
+    if busy:
+        Console(info.is_main)(busy)
     if getattr(args, "tensorboard", False):  # every rank: all stop alike
         require_tensorboard()
     try:
@@ -261,6 +267,17 @@ def same_data_on_every_rank(dataset: MixedDegradationDataset | None, failure: Us
         return
     exc.met_by_every_rank = True  # every rank raises it alike: rank 0's line says it
     raise exc
+
+
+def busy_cores_note(info: DistInfo) -> str | None:
+    """The start's note when the CPU that trains is kept busy by other processes (:func:`utils.runtime.busy_cores`):
+    torch's threads then wait on each other and training can run several times slower, without a word. None on a
+    GPU or an idle CPU."""
+    if info.device.type != "cpu":
+        return None
+    busy = busy_cores(torch.get_num_threads(), load_average(), os.cpu_count() or 1)
+    return (f"=> note: {busy}: OMP_NUM_THREADS=1 (set before the command) can be several times faster here"
+            if busy else None)
 
 
 def _ranks(ranks: list[int]) -> str:
