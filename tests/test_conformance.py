@@ -4,6 +4,7 @@ import torch
 from _conformance import golden, golden_weights, key_spec
 
 from net import BaryNet, Potentials
+from utils.data.degradations import ALL_IN_ONE_3D, DE_IDS, barycenter_weights, domain_of, epoch_counts
 from utils.train.losses import congruence_loss, map_loss, potentials_loss
 
 
@@ -52,18 +53,22 @@ def test_forward_float64_reproduces_golden_outputs(gold, golden_net_f64):
 def _loss_inputs(gold):
     case = gold["loss_case"]
     de_ids = torch.tensor(case["de_ids"])
-    # σ15, σ25 -> domain 0 (one family); derain -> 1; dehaze -> 2 (conformance README)
-    family = {0: 0, 1: 0, 2: 0, 3: 1, 4: 2}
-    domains = torch.tensor([family[int(d)] for d in de_ids])
+    # the project's own numbering of the 3D setting: σ15, σ25 -> domain 0 (one family); derain -> 1; dehaze -> 2
+    domain = {DE_IDS[name]: k for name, k in domain_of(ALL_IN_ONE_3D).items()}
+    domains = torch.tensor([domain[int(d)] for d in de_ids])
     lambdas = torch.as_tensor(case["lambdas"], dtype=torch.float64)
     return case, de_ids, domains, lambdas
 
 
-def test_lambdas_are_inverse_domain_counts(gold):
-    case, *_ = _loss_inputs(gold)
-    inv = 1.0 / torch.as_tensor(case["domain_counts"], dtype=torch.float64)
-    torch.testing.assert_close(inv / inv.sum(), torch.as_tensor(case["lambdas"], dtype=torch.float64),
-                               rtol=1e-12, atol=0)
+def test_domains_and_lambdas_are_the_references(gold):
+    """The golden case's domains (conformance README: σ15, σ25 -> 0, derain -> 1, dehaze -> 2), its domain counts
+    (every listed id of data_dir/ after the paper's repetition) and its λ, from the project's own functions."""
+    case, de_ids, domains, _ = _loss_inputs(gold)
+    assert de_ids.tolist() == [0, 3, 1, 3] and domains.tolist() == [0, 1, 0, 1]
+    listed = {"denoise": 5144, "derain": 200, "dehaze": 72135}  # the lines of data_dir/'s three id lists
+    assert epoch_counts(ALL_IN_ONE_3D, listed)[1] == case["domain_counts"]
+    torch.testing.assert_close(torch.tensor(barycenter_weights(case["domain_counts"]), dtype=torch.float64),
+                               torch.as_tensor(case["lambdas"], dtype=torch.float64), rtol=1e-12, atol=0)
 
 
 def test_losses_reproduce_every_golden_term(gold, golden_potentials):

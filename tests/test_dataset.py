@@ -459,6 +459,28 @@ def test_empty_data_file_dir_scans_the_folders(tmp_path):
     assert any("dehaze: 4 images found by scanning" in m for m in logged)
 
 
+def test_a_list_folder_without_one_familys_list_warns_that_family_is_scanned(tmp_path):
+    """--data-file-dir with the noise and rain lists but not the haze list trained dehaze on every hazy image a scan
+    finds (a full OTS download: about 314 k, not the list's 72,135; another lambda and epoch), said only in an
+    information line among the data notes; the reference reads the three lists and stops without one."""
+    tree = make_train_tree(tmp_path, n=2, id_lists=True)
+    hazy_list = tree["data_file_dir"] / "hazy" / "hazy_outside.txt"
+    hazy_list.unlink()
+    warnings = []
+    found = du.collect_samples(["denoise_15", "derain", "dehaze"], dirs_of(tree), tree["data_file_dir"],
+                               log=lambda m: None, warn=warnings.append)
+    assert len(found["dehaze"]) == 4  # the scan: both A values, where the list named 2
+    assert len(warnings) == 1
+    assert f"--data-file-dir {tree['data_file_dir']} has no hazy/hazy_outside.txt" in warnings[0]
+    assert f"dehaze trains on the 4 images a scan of {tree['dehaze']} finds" in warnings[0]
+    assert "--data-file-dir ''" in warnings[0]
+    warnings.clear()  # the lists all there, or no list folder at all (a scan asked for): no warning
+    du.collect_samples(["denoise_15", "derain"], dirs_of(tree), tree["data_file_dir"], log=lambda m: None,
+                       warn=warnings.append)
+    du.collect_samples(["dehaze"], dirs_of(tree), "", log=lambda m: None, warn=warnings.append)
+    assert warnings == []
+
+
 def test_deblur_is_driven_by_sharp(tmp_path):
     tree = make_train_tree(tmp_path, n=2, five_d=True)
     img = smooth_image(np.random.default_rng(5), 64)

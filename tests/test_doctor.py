@@ -258,6 +258,24 @@ def test_listed_ids_absent_are_warnings_unless_strict(tmp_path, capsys):
     assert "listed id absent (error, 5):" in capsys.readouterr().out
 
 
+def test_a_list_missing_from_the_list_folder_is_a_warning_naming_it(tmp_path):
+    """--check-data with a --data-file-dir that lacks hazy/hazy_outside.txt compared the scan's count with the
+    authors' 72,135 and advised completing the download; the trainer scans that family instead of the list."""
+    tree = make_train_tree(tmp_path, n=2, id_lists=True)
+    (tree["data_file_dir"] / "hazy" / "hazy_outside.txt").unlink()
+    dirs = {k: str(v) for k, v in tree.items() if k != "data_file_dir"}
+    report = doctor.check_training_data(["derain", "dehaze"], dirs, tree["data_file_dir"], 32)
+    rain, haze = report.sets
+    assert not [p for p in rain.problems if p.kind == "no id list"]
+    lines = [p.line() for p in haze.problems if p.kind == "no id list"]
+    assert lines == [f"{tree['data_file_dir']} has no hazy/hazy_outside.txt: the trainer takes every image a scan of "
+                     f"{tree['dehaze']} finds (4), not the authors' list. Fix: put the list there (data_dir/ ships "
+                     f"the authors'), or pass --data-file-dir '' to scan on purpose"]
+    assert haze.status == "warn" and report.exit_status == 0
+    scanned = doctor.check_training_data(["dehaze"], dirs, None, 32)  # no list folder: a scan asked for
+    assert not [p for p in scanned.sets[0].problems if p.kind == "no id list"]
+
+
 # --------------------------------------------------------------------------- counts, files, the table
 
 def test_counts_are_compared_with_the_expected_numbers(tmp_path):

@@ -440,8 +440,14 @@ def check_training_data(de_types: Sequence[str], dirs: Mapping[str, str | os.Pat
                         used_by=tuple(d for d in de_types if du.family(d) == fam))
         report.sets.append(row)
         id_list = dfd / du.ID_LISTS[fam] if dfd is not None and fam in du.ID_LISTS else None
-        id_list = id_list if id_list is not None and id_list.is_file() else None
+        unlisted = id_list if id_list is not None and not id_list.is_file() else None
+        id_list = id_list if unlisted is None else None
         files, listed = _training_files(row, fam, Path(dirs[fam]), id_list, strict_ids)
+        if unlisted is not None and files is not None:  # lists asked for, this one absent: the trainer scans
+            row.add("no id list", unlisted, f"{dfd} has no {du.ID_LISTS[fam]}: the trainer takes every image a scan "
+                    f"of {dirs[fam]} finds ({len(files):,}), not the authors' list",
+                    "put the list there (data_dir/ ships the authors'), or pass --data-file-dir '' to scan on purpose",
+                    WARNING)
         if listed is not None and (row.expected is None or listed != row.expected.count):
             row.expected = Expected(listed, note=f"the ids listed in {id_list}")  # the user's own list
         if files is None:

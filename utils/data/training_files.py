@@ -10,7 +10,8 @@ Where the files come from (:func:`collect_samples`)
     (:func:`split_listed_ids` is the pure "which ids exist" step). ``strict_ids=True`` makes
     them a :class:`DatasetError` instead. A list none of whose ids exist means a wrong folder
     and is always an error. Without a list file (or with ``data_file_dir`` empty) the folder
-    is scanned: ``Denoise/`` for clean images, ``Derain/rainy/``, ``Dehaze/synthetic/**``.
+    is scanned (a list missing from a ``data_file_dir`` given gets a warning: the scan trains other images):
+    ``Denoise/`` for clean images, ``Derain/rainy/``, ``Dehaze/synthetic/**``.
     Deblurring is driven by ``Deblur/sharp/``, as the reference does: every sharp image needs
     ``Deblur/blur/`` of the same name. Low light and ``single`` scan their degraded folder.
 
@@ -273,6 +274,7 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
     missing: list[tuple[str, Path, str]] = []  # (family, looked-for file, what needed it)
     dropped: list[_Dropped] = []
     notes: list[str] = []
+    unlisted: list[str] = []  # families scanned because their list is missing from a --data-file-dir given
     for fam in domain_families(de_types):
         flag = LAYOUT[fam][0]
         root = Path(dirs[fam])
@@ -285,6 +287,9 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
             dropped += [gone] if gone else []
         else:
             files = _scanned_files(fam, root, notes, id_list)
+            if id_list is not None:  # lists asked for, this one absent: the scan trains other images than the list's
+                unlisted.append(f"--data-file-dir {dfd} has no {ID_LISTS[fam]}: {fam} trains on the {len(files):,} "
+                                f"images a scan of {root} finds, not the authors' list")
         pairs = []
         for f in files:
             pair, miss = pair_of(fam, f, root)
@@ -300,6 +305,11 @@ def collect_samples(de_types: Sequence[str], dirs: dict[str, str | os.PathLike],
                            + listing(d.describe() for d in dropped)
                            + ". Put the files there, point --data-file-dir at lists that match your data, "
                              "or drop --strict-ids to train without them.")
+    if unlisted:
+        warned(log, warn)("; ".join(unlisted) + " (the barycenter weights lambda, the degradation mix and the epoch "
+                          "length follow the scan; the reference reads the list of each family it trains). Put the "
+                          "list there (data_dir/ ships the authors'), or pass --data-file-dir '' to scan every folder "
+                          "on purpose.")
     if dropped:
         warned(log, warn)("training without listed ids that are not on disk (the reference leaves out missing "
                           "noise-list ids too, and stops at a missing rain or haze id): "
