@@ -613,6 +613,104 @@ def test_a_cancelled_request_ends_at_the_next_layer_and_frees_the_app(session, p
     assert restore_for_page(session, photo, "fp32", "auto").status.startswith("**Restored**")
 
 
+def test_a_cancel_inside_the_cpus_attention_stops_it_at_the_next_operation(session, photo, tmp_path):
+    """On the CPU the channels-last attention runs its convolutions, Gram product and softmax as functions, with no
+    layer to look at the cancel event between them: a cancel set inside it waited for the attention to finish (on a
+    large untiled image, seconds) and stopped at its project_out. It now stops the work at the next operation: no
+    operation runs after the cancel, and the transformer block it came in never finishes."""
+    from torch.overrides import TorchFunctionMode
+
+    from net.blocks import Attention, TransformerBlock
+    session = dataclasses.replace(session, work_dir=tmp_path / "work")
+    blocks, attentions, projections = [], [], []
+    handles = [m.register_forward_hook(lambda *args: blocks.append("done"))
+               for m in session.model.modules() if isinstance(m, TransformerBlock)]
+    for attention in (m for m in session.model.modules() if isinstance(m, Attention)):
+        handles.append(attention.register_forward_pre_hook(lambda *args: attentions.append("started")))
+        handles.append(attention.project_out.register_forward_pre_hook(lambda *args: projections.append("started")))
+
+    class CancelAtFirstProduct(TorchFunctionMode):  # below the app's checks: sees only the operations they let run
+        after_cancel: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", str(func))
+            if cancelled.is_set():
+                self.after_cancel.append(name)
+            elif name in ("__matmul__", "matmul"):  # the attention's Gram product q^T k: inside the attention
+                cancelled.set()
+                at.update(blocks=len(blocks), attentions=len(attentions), projections=len(projections))
+            return func(*args, **(kwargs or {}))
+
+    at = {}
+    with session.cancellable("tab-1") as cancelled:
+        try:
+            with CancelAtFirstProduct() as watched:
+                status = restore_for_page(session, photo, "fp32", "off", cancelled=cancelled).status
+        finally:
+            for handle in handles:
+                handle.remove()
+    assert status.startswith("**Cannot restore** `cat.png`: its request was cancelled"), status
+    assert at == {"blocks": 0, "attentions": 1, "projections": 0}, f"not in the first block's attention: {at}"
+    assert watched.after_cancel == [], f"operations ran after the cancel: {watched.after_cancel}"
+    assert blocks == [] and projections == [], "the attention (and its block) went on after the cancel"
+    assert not session.busy.locked() and list(session.work_dir.iterdir()) == []
+
+
+def test_the_stop_checks_run_at_each_operation_on_the_cpu_and_at_each_layer_on_a_gpu():
+    """On a GPU the restoring thread queues operations ahead of the device, so it looks at each layer only (a look
+    at each operation would cost a small image's launch-bound forward Python time and stop nothing sooner)."""
+    from utils.app.stop_checks import checked_while, where_it_stops
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 3, 1))
+    x = torch.zeros(1, 3, 8, 8)
+    looked = {}
+    for device in ("cpu", "cuda"):  # the CPU model stands for the GPU's: only the choice of check points is tested
+        calls = []
+        with checked_while(model, torch.device(device), lambda: calls.append(1)):
+            model(x)
+            calls.append("layers done")
+            (x * 2).sum()  # two operations outside any layer
+        looked[device] = calls
+    assert looked["cuda"] == [1, 1, 1, "layers done"], "the Sequential and its two layers, once each"
+    assert looked["cpu"] == [1, 1, "layers done", 1, 1], "each operation: two convolutions, a product, a sum"
+    assert where_it_stops(torch.device("cpu")) == "at its next PyTorch operation"
+    assert where_it_stops(torch.device("cuda")) == "at the network's next layer"
+
+
+def test_the_status_times_the_restoration_apart_from_its_wait_for_the_one_before(session, photo, tmp_path,
+                                                                                 monkeypatch):
+    """A request that waited for the one before it (a cancelled restoration still ending) counted the wait in its
+    "s in all", which read as the time this restoration took: its own time excludes the wait now, and the wait is
+    said apart. A clock stands still but for the 100 s the wait takes (no timing of the machine's own)."""
+    import threading
+    import types
+
+    clock = [0.0]
+
+    class TakenAfterAWait:  # the request before it holds the lock for 100 s
+        def __init__(self):
+            self.lock = threading.Lock()
+
+        def __enter__(self):
+            clock[0] += 100.0
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+
+        def locked(self):
+            return self.lock.locked()
+    monkeypatch.setattr(app_restore, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
+                                                                   time_ns=app_restore.time.time_ns))
+    session = dataclasses.replace(session, work_dir=tmp_path / "work")
+    session.busy = TakenAfterAWait()
+    status = restore_for_page(session, photo, "fp32", "auto").status
+    assert status.startswith("**Restored** `cat.png`") and " s (the network; 0.00 s with reading, writing and the " \
+        "maps, after waiting 100.00 s for the request before it to end) on cpu" in status, status
+    session.busy = threading.Lock()  # taken at once: no wait to speak of
+    status = restore_for_page(session, photo, "fp32", "auto").status
+    assert " s (the network; 0.00 s with reading, writing and the maps) on cpu" in status, status
+
+
 # --------------------------------------------------------------------------- a real server, through gradio_client
 
 @pytest.fixture(scope="module")
@@ -649,7 +747,7 @@ def _deadline_wait(condition, what: str, timeout: float = 120.0):
 
 
 def _cancelled_line(name: str) -> str:
-    return f"=> cancelled: {name} was stopped at the network's next layer; the next request runs now"
+    return f"=> cancelled: {name} was stopped at its next PyTorch operation; the next request runs now"
 
 
 @pytest.mark.slow

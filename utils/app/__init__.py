@@ -2,6 +2,8 @@
 
 - :mod:`utils.app.restore`: pure functions, no web framework: one upload restored exactly as
   ``tester_bary.py --input`` restores it, and the maps the page shows (residual, WB and residual embeddings);
+- :mod:`utils.app.stop_checks`: where a restoration at work looks whether to stop (Stop, a closed tab, Ctrl-C):
+  before each PyTorch operation on the CPU, each layer on a GPU;
 - :mod:`utils.app.page`: the Gradio page built on them (its elements' ids in :mod:`utils.app.elements`);
 - :mod:`utils.app.main`: the command line (``--model``, ``--port``, ...), which loads the model and serves the
   page on 127.0.0.1 only, with Gradio's analytics and version checks off;

@@ -145,6 +145,7 @@ def main(args) -> int:
     with tempfile.TemporaryDirectory(prefix="baryir-app-") as scratch, gradio_files_in(Path(scratch) / "gradio"):
         from utils.app.page import build_page  # imports Gradio, after its analytics are off
         from utils.app.restore import Session, example_images
+        from utils.app.stop_checks import where_it_stops
         examples = example_images(examples_root) if examples_root is not None else []
         if args.examples and not examples:
             raise UsageError(f"--examples {args.examples}: no degraded images in the benchmark layout there "
@@ -172,7 +173,7 @@ def main(args) -> int:
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM while the server was starting (it may answer already)
                 pass
             if session.busy.locked():
-                print("=> stopping the restoration at work (it ends at the network's next layer)", flush=True)
+                print(f"=> stopping the restoration at work (it ends {where_it_stops(device)})", flush=True)
             session.stop()  # waits for it; a request's files go with the scratch folder
             page.close(verbose=False)
     print(f"=> stopped: http://{HOST}:{args.port} no longer serves the page", flush=True)

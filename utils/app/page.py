@@ -6,8 +6,11 @@ also carries any failure (an unreadable file, a bad tiling choice), so errors sh
 traceback. That call runs in a thread of its own under an ``async`` handler, which is how a cancel reaches it: Stop,
 gradio_client's ``job.cancel()`` or the app closing cancel the handler (``asyncio.CancelledError``); a closed or
 reloaded tab, or an API client's process that died (its heartbeat connection to Gradio closes), calls the page's
-``unload``; either sets the request's cancel event, and the restoration ends at the network's next layer
-(:meth:`utils.app.restore.Session.computing`), saying so on the server's terminal.
+``unload``; either sets the request's cancel event, and the restoration ends at its next PyTorch operation on the
+CPU, at the network's next layer on a GPU (:meth:`utils.app.restore.Session.computing`), saying so on the server's
+terminal. Gradio learns that a client left only when one of its connections closes: a client that drops off with
+them open (a laptop asleep behind an ``ssh -L`` tunnel, whose end goes on accepting the heartbeats; a frozen
+process) is not seen to go, and its restoration runs to its end.
 Gradio must be importable (``requirements-app.txt``); :mod:`utils.app.main` imports this module only after it
 has turned off Gradio's analytics.
 """
@@ -31,6 +34,7 @@ from utils.app.restore import (
     precisions_for,
     restore_for_page,
 )
+from utils.app.stop_checks import where_it_stops
 from utils.data.image_files import IMAGE_EXTENSIONS
 
 TITLE = "BaryIR: restore an image"
@@ -112,7 +116,7 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
         result = restore_for_page(session, upload, precision, tile, tile_progress=tiles_shown_by(progress),
                                   cancelled=cancelled)
         if cancelled.is_set() and result.after is None and upload is not None:  # where the user sees it stopped
-            print(f"=> cancelled: {Path(upload).name} was stopped at the network's next layer; the next "
+            print(f"=> cancelled: {Path(upload).name} was stopped {where_it_stops(session.device)}; the next "
                   f"request runs now", flush=True)
         return result
 
@@ -162,7 +166,8 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
         maps = gr.Markdown(elem_id=IDS["maps"])
         restoring = button.click(on_restore, inputs=[upload, precision, tiling],
                                  outputs=[status, comparison, download, residual, wb, wb_residual, maps])
-        # the restoration ends at the network's next layer; the outputs say so (Gradio marked each "Error")
+        # the restoration ends at its next operation (CPU) or layer (GPU); the outputs say so (Gradio marked each
+        # "Error")
         stop.click(None, cancels=[restoring]).then(
             stopped, outputs=[status, comparison, download, residual, wb, wb_residual, maps], queue=False,
             api_visibility="private", show_progress="hidden")

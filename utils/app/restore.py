@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from net.presets import WB_BACKBONES
 from utils.analysis.embeddings import difference_map, latents
+from utils.app.stop_checks import checked_while
 from utils.data.image_files import IMAGE_EXTENSIONS, is_image
 from utils.data.image_headers import NOT_KEPT_WHY
 from utils.data.image_io import quantise, read_image, to_float, write_image
@@ -287,9 +288,10 @@ class Session:
 
     ``busy`` is held while a request computes, so one restoration runs at a time whatever the web layer does.
     A request whose client went away (a closed tab, the page's Stop, a cancelled API call) is told through its
-    ``cancelled`` event (:meth:`computing`, :meth:`cancellable`, :meth:`cancel`) and ends at the network's next
-    layer, freeing ``busy`` and its memory for the next request: it used to run to its end, the next request
-    waiting for it. ``stopping``: set by :meth:`stop` (Ctrl-C, SIGTERM), which ends any request at work."""
+    ``cancelled`` event (:meth:`computing`, :meth:`cancellable`, :meth:`cancel`) and ends at its next PyTorch
+    operation on the CPU, at the network's next layer on a GPU, freeing ``busy`` and its memory for the next
+    request: it used to run to its end, the next request waiting for it. ``stopping``: set by :meth:`stop`
+    (Ctrl-C, SIGTERM), which ends any request at work."""
     model: nn.Module
     info: dict               # load_model's info: "model" (the file), "backbone", "model_config", ...
     device: torch.device
@@ -302,23 +304,21 @@ class Session:
 
     @contextlib.contextmanager
     def computing(self, cancelled: threading.Event | None = None) -> Iterator[None]:
-        """Hold ``busy`` for one request's work; once :meth:`stop` is asked (:class:`AppStopping`) or ``cancelled``
-        is set (:class:`RequestCancelled`), the work ends at the next layer of the network it enters, and a request
-        that comes later, or was cancelled while it waited for ``busy``, starts none."""
-        def check(module: nn.Module, args) -> None:
+        """Hold ``busy`` for one request's work, done in this thread; once :meth:`stop` is asked
+        (:class:`AppStopping`) or ``cancelled`` is set (:class:`RequestCancelled`), the work ends at its next
+        PyTorch operation on the CPU, at the network's next layer on a GPU
+        (:func:`utils.app.stop_checks.checked_while`), and a request that comes later, or was cancelled while it
+        waited for ``busy``, starts none."""
+        def check() -> None:
             if self.stopping.is_set():
                 raise AppStopping("the app was stopped while restoring it; start it again to restore the image")
             if cancelled is not None and cancelled.is_set():
                 raise RequestCancelled("its request was cancelled (the page closed, Stop pressed, or the API "
                                        "client's cancel), so it was stopped; restore it again to have it")
         with self.busy:
-            check(self.model, ())
-            handles = [m.register_forward_pre_hook(check) for m in self.model.modules()]
-            try:
+            check()
+            with checked_while(self.model, self.device, check):
                 yield
-            finally:
-                for handle in handles:
-                    handle.remove()
 
     @contextlib.contextmanager
     def cancellable(self, client: str) -> Iterator[threading.Event]:
@@ -345,9 +345,9 @@ class Session:
         return len(events)
 
     def stop(self) -> None:
-        """End the restoration at work at its network's next layer and wait until it has: the app then exits with
-        no thread inside PyTorch (a Ctrl-C during a restoration ended the app with "terminate called without an
-        active exception" and SIGABRT, status 134, once Python tore down under the running thread)."""
+        """End the restoration at work where :meth:`computing` looks next and wait until it has: the app then
+        exits with no thread inside PyTorch (a Ctrl-C during a restoration ended the app with "terminate called
+        without an active exception" and SIGABRT, status 134, once Python tore down under the running thread)."""
         self.stopping.set()
         with self.busy:
             pass
@@ -362,6 +362,7 @@ class RequestCancelled(UserError):
 
 
 KEEP_REQUESTS = 8
+WAIT_SHOWN_S = 0.1  # a request that waited this long for the one before it says so (apart from its own time)
 
 
 @dataclass(frozen=True)
@@ -403,6 +404,14 @@ def _tiling_text(protocol: Protocol, note: str | None) -> str:
     return "tiling off" if protocol.tile == 0 else f"{protocol.tile}x{protocol.tile} tiles"
 
 
+def _times_text(request: float, waited: float) -> str:
+    """What the status says besides the network's time: the request's own (reading, restoring, writing, the maps),
+    and the wait for the request before it, when there was one (a cancelled restoration still ending). The wait
+    was counted in the request's time ("s in all"), which read as the time this restoration took."""
+    wait = f", after waiting {waited:.2f} s for the request before it to end" if waited >= WAIT_SHOWN_S else ""
+    return f"the network; {request:.2f} s with reading, writing and the maps{wait}"
+
+
 def _maps_text(residual: np.ndarray, residual_scaled: bool, residual_limit: float, maps: EmbeddingMaps | None,
                scales: tuple[tuple[float, float], tuple[float, float]] | None, backbone: str) -> str:
     shown = f", shown at {residual.shape[1]}x{residual.shape[0]}" if residual_scaled else ""
@@ -435,9 +444,10 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
     :class:`PageResult` with only ``status`` saying why; a bug still raises. ``None`` for ``precision`` or
     ``tile`` is the page's default (:func:`page_protocol`). ``tile_progress(done, total)`` is
     told each tile when the image is restored in tiles (the page's progress bar). Once ``cancelled`` is set, the
-    work ends at the network's next layer (:meth:`Session.computing`), its status saying so.
+    work ends at its next PyTorch operation on the CPU, at the network's next layer on a GPU
+    (:meth:`Session.computing`), its status saying so.
     """
-    start = time.perf_counter()
+    arrived = time.perf_counter()
     if upload is None:
         return PageResult(status="**Nothing to restore**: drop an image (or pick an example) first.")
     upload = Path(upload)
@@ -452,14 +462,17 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
     try:
         with session.computing(cancelled):  # one restoration at a time (Session): the next waits here
-            return _restore_for_page(session, upload, protocol, protocol.precision, name, start, tile_progress)
+            waited = time.perf_counter() - arrived
+            return _restore_for_page(session, upload, protocol, protocol.precision, name, waited, tile_progress)
     except (AppStopping, RequestCancelled) as exc:  # before its work began
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
 
 
 def _restore_for_page(session: Session, upload: Path, protocol: Protocol, precision: str, name: str,
-                      start: float, tile_progress: TileProgress | None) -> PageResult:
-    """:func:`restore_for_page`'s work once the choices are checked, with ``session.busy`` held."""
+                      waited: float, tile_progress: TileProgress | None) -> PageResult:
+    """:func:`restore_for_page`'s work once the choices are checked, with ``session.busy`` held (after ``waited``
+    seconds for it)."""
+    start = time.perf_counter()
     folder = None
     try:
         folder = request_folder(session.work_dir)
@@ -482,8 +495,8 @@ def _restore_for_page(session: Session, upload: Path, protocol: Protocol, precis
     scales = (display_range(maps.wb), display_range(maps.residual)) if maps is not None else None
     h, w = restored.before.shape[:2]
     bits = 16 if restored.before.dtype == np.uint16 else 8
-    status = (f"**Restored** `{name}` ({w}x{h}, {bits}-bit) in {restored.seconds:.2f} s (the network; "
-              f"{time.perf_counter() - start:.2f} s in all) on {session.device}: {precision}, "
+    status = (f"**Restored** `{name}` ({w}x{h}, {bits}-bit) in {restored.seconds:.2f} s "
+              f"({_times_text(time.perf_counter() - start, waited)}) on {session.device}: {precision}, "
               f"{_named(_tiling_text(protocol, restored.note), upload, name)}; download it as `{restored.output.name}`"
               f"{_caveats(restored)}")
     return PageResult(status=status, before=before, after=restored.output,
