@@ -247,3 +247,148 @@ def test_a_photo_past_the_first_ten_by_name_is_drawn_when_named(tmp_path, run_di
     assert numbers["photo"] == "p12"
     assert [p["name"] for p in numbers["photos"]] == [f"p{i:02d}" for i in range(1, 10)] + ["p12"]
     assert "using the first 9 by name" in capsys.readouterr().out
+
+
+def test_a_folder_at_an_output_name_is_one_error_line_before_the_network_runs(tmp_path, run_dir, photos, capsys):
+    """A folder named embedding_projection.png in --figs-dir was met at that figure's write, after every photo's
+    views had been through the network (minutes for the paper's network), with "is a folder where a file was
+    expected" and no fix, and the takeaway figure already written beside the earlier run's numbers."""
+    figs = tmp_path / "figs"
+    (figs / "embedding_projection.png").mkdir(parents=True)
+    (figs / "embedding_projection.png" / "mine.txt").write_text("kept")
+    status, err = error_line(capsys, ["--model", str(run_dir), "--photos", str(photos), "--figs-dir", str(figs),
+                                      "--max-side", "64", "--device", "cpu"])
+    assert status == 2
+    assert err == (f"error: {figs / 'embedding_projection.png'}: a folder is where python -m utils.analysis writes "
+                   f"its file embedding_projection.png — move or rename that folder, or choose another --figs-dir\n")
+    assert sorted(p.name for p in figs.iterdir()) == ["embedding_projection.png"]
+    assert (figs / "embedding_projection.png" / "mine.txt").read_text() == "kept"
+
+
+def test_the_figures_name_the_photo_the_checkpoint_and_the_photos(tmp_path, run_dir, photos, monkeypatch):
+    """The takeaway maps were titled "How far each embedding moves from noise 15": no word of which photo, and
+    neither figure said which checkpoint or which photos it was drawn from (two runs' figures looked alike)."""
+    from utils.analysis import figures, report
+    titles = {}
+
+    def keeping(name, draw):
+        def drawn(*args, **kwargs):
+            fig = draw(*args, **kwargs)
+            titles[name] = fig._suptitle.get_text()
+            return fig
+        return drawn
+
+    monkeypatch.setattr(report, "takeaway_maps_figure", keeping("takeaway", figures.takeaway_maps_figure))
+    monkeypatch.setattr(report, "embedding_projection_figure",
+                        keeping("projection", figures.embedding_projection_figure))
+    own_photos.main(own_photos.get_args_parser().parse_args([
+        "--model", str(run_dir), "--photos", str(photos), "--photo", "cat", "--figs-dir", str(tmp_path / "figs"),
+        "--max-side", "64", "--device", "cpu"]))
+    said = "".join(f"BaryNet checkpoint {run_dir / 'epoch_001.pth'}, on the photos in {photos}".split())
+    takeaway, projection = (" ".join(titles[k].split()) for k in ("takeaway", "projection"))
+    assert takeaway.startswith("How far the embeddings of cat's views move from its noise 15 view: mean WB ")
+    assert projection.startswith("PCA of pooled embeddings of 21 views (3 photos x 7 degradations)")
+    for title in titles.values():  # folded to the figure's width, a path at its slashes and hyphens too
+        assert "".join(title.split()).endswith(said)
+
+
+def test_a_second_analysis_in_one_figs_dir_is_refused_naming_the_first(tmp_path, run_dir, photos, capsys):
+    """Two analyses at once in one --figs-dir (two checkpoints in two terminals, the default folder) both ran and
+    said they wrote the figures; the folder held one's takeaway maps beside the other's projection and numbers."""
+    import os
+
+    from utils.output_lock import OutputLock
+    figs = tmp_path / "figs"
+    with OutputLock(figs, flag="--figs-dir", role="analysis"):  # the first analysis, still running
+        status, err = error_line(capsys, ["--model", str(run_dir), "--photos", str(photos), "--figs-dir", str(figs),
+                                          "--max-side", "64", "--device", "cpu"])
+        assert status == 1
+        assert err.startswith(f"error: --figs-dir {figs} is in use by another analysis (PID {os.getpid()} on ")
+        assert "wait for it to finish or choose another --figs-dir" in err
+        assert sorted(p.name for p in figs.iterdir()) == [".lock"]  # the first's: nothing of the second's
+    args = own_photos.get_args_parser().parse_args(["--model", str(run_dir), "--photos", str(photos), "--figs-dir",
+                                                    str(figs), "--max-side", "64", "--device", "cpu"])
+    own_photos.main(args)  # once the first has ended
+    assert sorted(p.name for p in figs.iterdir()) == sorted([".analysis-outputs.json", *own_photos.FIGURES,
+                                                             own_photos.NUMBERS])  # and no .lock left
+
+
+def _files(folder):
+    """``{relative path: bytes}`` of every file below ``folder``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_stop_while_the_network_runs_or_the_figures_are_drawn_changes_nothing_in_figs_dir(
+        tmp_path, run_dir, photos, monkeypatch, capsys):
+    """Ctrl-C while the photos went through the network (minutes for the paper's network) had already moved a
+    user's file at a figure's name aside and left an empty record in a new --figs-dir; a stop while the projection
+    was drawn left the new takeaway figure beside the earlier run's projection and numbers."""
+    from utils.analysis import report
+    argv = ["--photos", str(photos), "--max-side", "64", "--device", "cpu", "--model", str(run_dir)]
+    calls = []
+
+    def stop_at_the_second_photo(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return photo_latents(*args)
+
+    photo_latents = report.photo_latents
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "takeaway_maps.png").write_bytes(b"my own figure")
+    with monkeypatch.context() as patched:
+        patched.setattr(report, "photo_latents", stop_at_the_second_photo)
+        for figs in (mine, tmp_path / "new"):
+            calls.clear()
+            before = _files(figs) if figs.exists() else None
+            assert own_photos.cli([*argv, "--figs-dir", str(figs)]) == 130
+            assert capsys.readouterr().err.endswith("error: interrupted\n")
+            assert (_files(figs) if figs.exists() else None) == before, figs
+    earlier = tmp_path / "earlier"
+    own_photos.main(own_photos.get_args_parser().parse_args([*argv, "--figs-dir", str(earlier), "--photo", "cat"]))
+    before = _files(earlier)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "embedding_projection_figure", interrupted)  # the takeaway figure drawn already
+    assert own_photos.cli([*argv, "--figs-dir", str(earlier)]) == 130
+    assert _files(earlier) == before
+
+
+@pytest.mark.parametrize("flag", ["--photos", "--figs-dir"])
+def test_an_empty_folder_flag_is_refused_not_read_as_the_current_folder(flag, capsys):
+    """--photos "$UNSET" drew the images of the current folder ("=> 2 photos from  (...)"), and --figs-dir "" wrote
+    the figures, the record and the lock into it; the tester refuses its empty folder flags."""
+    with pytest.raises(SystemExit) as exc:
+        own_photos.get_args_parser().parse_args([flag, " "])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: argument {flag}: an empty path: name a file or folder") and err.count("\n") == 1
+
+
+def test_photo_given_as_a_path_into_photos_names_that_photo(tmp_path, run_dir, photos, monkeypatch):
+    """--photo my_photos/cat.png (as a shell completes it) said "--photo my_photos/cat.png: none of the photos is
+    called that; pass one of camera, cat, coffee"."""
+    monkeypatch.chdir(photos.parent)
+    numbers = own_photos.main(own_photos.get_args_parser().parse_args([
+        "--model", str(run_dir), "--photos", f"./{photos.name}", "--photo", f"{photos.name}/cat.png",
+        "--figs-dir", str(tmp_path / "figs"), "--max-side", "64", "--device", "cpu"]))
+    assert numbers["photo"] == "cat"
+    files = own_photos.photo_files(photos)
+    elsewhere = tmp_path / "cat.png"  # a file of that name outside --photos is not that photo
+    elsewhere.write_bytes((photos / "cat.png").read_bytes())
+    assert own_photos.photo_by_path(str(elsewhere), files) == str(elsewhere)
+    assert own_photos.photo_by_path("cat", files) == "cat"
+
+
+def test_a_backbone_without_the_wb_split_is_refused_before_the_checkpoint_is_read(tmp_path, photos, capsys):
+    """--backbone PromptIR (the loader's advice for a plain PromptIR state dict) was refused only once the checkpoint
+    had been read and the network built; a missing checkpoint was said first, and fixing it led to the refusal."""
+    status, err = error_line(capsys, ["--model", str(tmp_path / "missing.pth"), "--backbone", "PromptIR",
+                                      "--photos", str(photos), "--figs-dir", str(tmp_path / "figs"), "--device", "cpu"])
+    assert status == 2
+    assert err == ("error: --backbone PromptIR: a PromptIR has no WB / residual split of its latent to draw — pass a "
+                   "BaryNet or BaryPromptIR checkpoint\n")
+    assert not (tmp_path / "figs").exists()

@@ -9,7 +9,10 @@ from utils.demo import run as demo
 
 
 @pytest.mark.slow
-def test_demo_pipeline_end_to_end(tmp_path):
+def test_demo_pipeline_end_to_end(tmp_path, monkeypatch):
+    told = []  # what the embedding figures say they show (their source line)
+    real_report = demo.embedding_report
+    monkeypatch.setattr(demo, "embedding_report", lambda *a, **k: told.append(k.get("source")) or real_report(*a, **k))
     args = demo.get_args_parser().parse_args([
         "--quick", "--root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "ckpt"),
         "--results", str(tmp_path / "results"), "--figs-dir", str(tmp_path / "figs"), "--device", "cpu"])
@@ -30,6 +33,8 @@ def test_demo_pipeline_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "results" / "demo_summary.json").read_text())
     assert math.isfinite(saved["embeddings"]["mean_cosine_wb_residual"])
     assert (tmp_path / "results" / "results.json").is_file()
+    # the embedding figures name the checkpoint they came from and the photos, as utils.analysis's do
+    assert told == [f"BaryNet checkpoint {summary['checkpoint']}, on the demo's test photos"]
 
     # a second run reuses the finished training (resume auto) and the built data, and still draws the loss
     # curves (the trainer, with nothing to do, draws none)

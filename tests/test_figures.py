@@ -167,7 +167,7 @@ def test_importing_the_figures_leaves_the_callers_backend_alone():
     import sys
     code = ("import json, tempfile, numpy as np, matplotlib; matplotlib.use('pdf'); "
             "import utils.analysis.figures; from utils.eval.report import save_comparison_figure; "
-            "from utils.train.run_log import plot_loss_curves; "
+            "from utils.train.loss_figure import plot_loss_curves; "
             "d = tempfile.mkdtemp(); img = np.zeros((8, 8, 3)); "
             "save_comparison_figure([('a', img, img, img, 30.0, 0.9, 20.0, 0.5)], d + '/c.png', 't'); "
             "open(d + '/log.jsonl', 'w').write(json.dumps({'kind': 'iter', 'global_step': 1, 'l1': 0.5}) + '\\n'); "
@@ -175,3 +175,22 @@ def test_importing_the_figures_leaves_the_callers_backend_alone():
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
     assert done.stdout.strip() == "pdf", done.stderr
+
+
+def test_takeaway_maps_name_the_photo_and_where_the_data_came_from_without_overlap():
+    rng = np.random.default_rng(0)
+    names = ["noise 15", "haze", "rain"]
+    maps = [np.full((24, 36), 0.1), np.full((24, 36), 0.2)]
+    source = "BaryNet checkpoint " + "/a/long/folder" * 12 + "/epoch_006.pth, on the photos in my_photos"
+    fig = takeaway_maps_figure([rng.random((24, 36, 3)) for _ in names], names, maps, maps, photo="cat",
+                               source=source)
+    try:
+        title = fig._suptitle.get_text()
+        said = " ".join(title.split())
+        assert said.startswith("How far the embeddings of cat's views move from its noise 15 view: mean WB 0.150")
+        assert "".join(title.split()).endswith("".join(source.split()))  # on lines of its own, wrapped
+        fig.canvas.draw()
+        assert fig._suptitle.get_window_extent().width <= fig.bbox.width
+        _assert_no_overlap(fig)
+    finally:
+        plt.close(fig)

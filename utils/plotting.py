@@ -3,7 +3,8 @@
 :func:`new_figure` gives a matplotlib figure on its own Agg canvas (no pyplot: importing or calling this
 never switches the caller's backend, a notebook's inline one, say, and nothing is left open);
 :func:`wrapped_to_width` folds a title or caption into lines no wider than the figure;
-:func:`save_figure` writes it as a PNG through :func:`utils.files.replace_file` (a temporary, then a rename:
+:func:`figure_png` renders it as a PNG in memory; :func:`save_figure` writes it as a PNG through
+:func:`utils.files.replace_file` (a temporary, then a rename:
 an interrupted save leaves no half figure, and a link at the path is replaced, not written through).
 """
 from __future__ import annotations
@@ -32,10 +33,17 @@ def wrapped_to_width(fig: Figure, text: str, fontsize: float) -> str:
     return textwrap.fill(text, width=max(1, int(120 / fontsize * fig.get_figwidth())))
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, **savefig_kwargs) -> Path:
-    """Write ``fig`` to ``path`` as a PNG, whole (its folder made if missing); returns the path."""
+def figure_png(fig: Figure, **savefig_kwargs) -> bytes:
+    """``fig`` rendered as a PNG, in memory (a script with several figures renders them all before it writes
+    one, so that a stop leaves no new figure beside an earlier run's others)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **savefig_kwargs)
+    return buf.getvalue()
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, whole (its folder made if missing); returns the path."""
+    data = figure_png(fig, **savefig_kwargs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return replace_file(path, buf.getvalue())
+    return replace_file(path, data)

@@ -24,11 +24,18 @@ from utils.analysis.embeddings import (
     pca_2d,
 )
 from utils.errors import counted
-from utils.plotting import new_figure, save_figure, wrapped_to_width
+from utils.plotting import figure_png, new_figure, save_figure, wrapped_to_width
+
+SAVED_AS = {"dpi": 110, "bbox_inches": "tight"}  # how these figures are written (and rendered: png_of)
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    return save_figure(fig, path, dpi=110, bbox_inches="tight")
+    return save_figure(fig, path, **SAVED_AS)
+
+
+def png_of(fig) -> bytes:
+    """``fig`` rendered as :func:`_save` writes it, in memory."""
+    return figure_png(fig, **SAVED_AS)
 
 
 def _caption(fig, text: str) -> None:
@@ -44,9 +51,17 @@ def _panel_axes(ax) -> None:
         spine.set_visible(False)
 
 
+def _titled(fig, title: str, source: str | None) -> None:
+    """``title`` as the figure's, with ``source`` (which network and which data) on lines of their own under it,
+    each wrapped to the figure's width (the title's 12 points: a long checkpoint path ran past both sides)."""
+    lines = [title] if source is None else [title, source]
+    fig.suptitle("\n".join(wrapped_to_width(fig, line, 12) for line in lines), fontsize=12)
+
+
 def takeaway_maps_figure(images: Sequence[np.ndarray], names: Sequence[str], wb_maps: Sequence[np.ndarray],
                          res_maps: Sequence[np.ndarray],
-                         scale_label: str = "L2 distance of embeddings / their mean norm"):
+                         scale_label: str = "L2 distance of embeddings / their mean norm",
+                         photo: str | None = None, source: str | None = None):
     """The paper's takeaway figure: how far each embedding moves between degradations of one photo.
 
     ``images``: ``n`` views ``(H, W, 3)`` in [0, 1], the first the reference; ``wb_maps[i]`` and
@@ -54,7 +69,8 @@ def takeaway_maps_figure(images: Sequence[np.ndarray], names: Sequence[str], wb_
     reference's (so ``n - 1`` of each). Row 1 shows the views; rows 2 and 3 the WB and residual map
     of each view under it, laid over the reference photo on one colour scale shared by both rows
     (clipped at the 99th percentile of all map values). The title and caption give the measured
-    means. Returns the matplotlib figure (``1 + 2 (n - 1)`` image axes and a colour bar).
+    means, and name ``photo`` (the photo the views are of) and ``source`` (a line saying which network and data)
+    when given. Returns the matplotlib figure (``1 + 2 (n - 1)`` image axes and a colour bar).
     """
     n = len(images)
     if n < 2 or len(names) != n or len(wb_maps) != n - 1 or len(res_maps) != n - 1:
@@ -85,8 +101,10 @@ def takeaway_maps_figure(images: Sequence[np.ndarray], names: Sequence[str], wb_
     wb_mean = float(np.mean([np.mean(m) for m in wb_maps]))
     res_mean = float(np.mean([np.mean(m) for m in res_maps]))
     ratio = f"{res_mean / wb_mean:.1f}x" if wb_mean > 0 else "undefined"
-    fig.suptitle(f"How far each embedding moves from {names[0]}: mean WB {wb_mean:.3f}, "
-                 f"mean residual {res_mean:.3f} (residual / WB {ratio})")
+    whose = f"the embeddings of {photo}'s views move from its {names[0]} view" if photo else \
+        f"each embedding moves from {names[0]}"
+    _titled(fig, f"How far {whose}: mean WB {wb_mean:.3f}, mean residual {res_mean:.3f} (residual / WB {ratio})",
+            source)
     _caption(fig, f"Maps: per-position distance between the embedding of the view above and that of {names[0]}, "
              f"laid over {names[0]}; one colour scale for both rows, clipped at the 99th percentile "
              f"({vmax:.3f}) of all map values. Means over the {n - 1} views.")
@@ -95,9 +113,10 @@ def takeaway_maps_figure(images: Sequence[np.ndarray], names: Sequence[str], wb_
 
 def takeaway_maps(images: Sequence[np.ndarray], names: Sequence[str], wb_maps: Sequence[np.ndarray],
                   res_maps: Sequence[np.ndarray], path: str | os.PathLike,
-                  scale_label: str = "L2 distance of embeddings / their mean norm") -> Path:
+                  scale_label: str = "L2 distance of embeddings / their mean norm",
+                  photo: str | None = None, source: str | None = None) -> Path:
     """:func:`takeaway_maps_figure` written to ``path`` (PNG); returns the path."""
-    return _save(takeaway_maps_figure(images, names, wb_maps, res_maps, scale_label), path)
+    return _save(takeaway_maps_figure(images, names, wb_maps, res_maps, scale_label, photo, source), path)
 
 
 def _rms_radius(points: np.ndarray) -> float:
@@ -110,7 +129,8 @@ def _percent(x: float) -> str:
     return f"{100 * x:.0f} %"
 
 
-def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], photos: Sequence[str] | None = None):
+def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], photos: Sequence[str] | None = None,
+                                source: str | None = None):
     """2-D PCA of pooled WB and residual embeddings, coloured by degradation, titled with what separates them.
 
     ``wb_feats``, ``res_feats``: ``(N, D)`` arrays or tensors (one row per degraded view);
@@ -119,7 +139,8 @@ def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], phot
     accuracy of the degradation (and the photo) in the full ``D``-dimensional space, beside its
     chance level (:func:`~utils.analysis.embeddings.nearest_neighbour_chance`). Each panel's PCA
     coordinates are divided by their RMS radius so both panels share one axis range (the caption
-    gives the radii). Returns the matplotlib figure (two panel axes).
+    gives the radii). ``source``: a line under the title saying which network and data (optional). Returns the
+    matplotlib figure (two panel axes).
     """
     labels = [str(x) for x in labels]
     kinds = list(dict.fromkeys(labels))
@@ -164,7 +185,7 @@ def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], phot
     axes[1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     what = counted(len(labels), "view") + (f" ({counted(len(photo_kinds), 'photo')} x "
                                            f"{counted(len(kinds), 'degradation')})" if photo_kinds else "")
-    fig.suptitle(f"PCA of pooled embeddings of {what}, coloured by degradation")
+    _titled(fig, f"PCA of pooled embeddings of {what}, coloured by degradation", source)
     dim = int(np.asarray(wb_feats).shape[1])
     _caption(fig, f"1-NN: each view labelled as its nearest other view in the full {dim}-D pooled space "
              f"(leave one out); chance: the score of a random neighbour. Coordinates: each panel's PCA "
@@ -174,9 +195,9 @@ def embedding_projection_figure(wb_feats, res_feats, labels: Sequence[str], phot
 
 
 def embedding_projection(wb_feats, res_feats, labels: Sequence[str], path: str | os.PathLike,
-                         photos: Sequence[str] | None = None) -> Path:
+                         photos: Sequence[str] | None = None, source: str | None = None) -> Path:
     """:func:`embedding_projection_figure` written to ``path`` (PNG); returns the path."""
-    return _save(embedding_projection_figure(wb_feats, res_feats, labels, photos), path)
+    return _save(embedding_projection_figure(wb_feats, res_feats, labels, photos, source), path)
 
 
 def pipeline_diagram(path: str | os.PathLike) -> Path:

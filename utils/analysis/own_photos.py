@@ -5,9 +5,10 @@
 Each clean photo gets the views the demo's figures show (:func:`utils.demo.data.embedding_views`: the tester's
 seeded noise at 15, 25 and 50, and the demo's synthetic haze, rain, JPEG quality 10 and low light); the network's
 WB and residual latents of every view give the takeaway maps of one photo and the PCA projection of all, drawn and
-measured by :func:`utils.analysis.report.embedding_report`, as the demo draws them. Without ``--photos``: the demo's
-five test photos, made in memory from the installed wheels as the demo builds them (the same views, the same
-numbers as the demo's for the same checkpoint).
+measured by :mod:`utils.analysis.report` as the demo draws them, every figure rendered before any file is written
+(a stop leaves ``--figs-dir`` as it was). Without ``--photos``: the demo's five test photos, made in memory from
+the installed wheels as the demo builds them (the same views, the same numbers as the demo's for the same
+checkpoint).
 
 A photo's long side is capped at ``--max-side`` (default 288, the demo's test images', so that its photos are
 unchanged) by area resizing, then cropped to multiples of 8: the network runs on 7 views of each photo, about a
@@ -15,7 +16,8 @@ minute a photo for the paper's network on 2 busy CPU cores (15 s at 144), a seco
 photos are drawn (the projection tells 10 apart by marker shape: the first by name, and ``--photo`` wherever it
 comes), and at least 2 (its 1-NN scores compare
 photos). Outputs: ``takeaway_maps.png``, ``embedding_projection.png`` and ``embeddings.json`` in ``--figs-dir``; a
-file of the user's at one of those names is moved aside (:mod:`utils.owned_outputs`), never replaced. Every failure
+file of the user's at one of those names is moved aside (:mod:`utils.owned_outputs`), never replaced; the folder is
+held (:mod:`utils.output_lock`), a second analysis into it refused while the first runs. Every failure
 the user fixes is one ``error:`` line.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from net.presets import WB_BACKBONES
-from utils.analysis.report import embedding_report
+from utils.analysis.report import measured_views, rendered_report
 from utils.checkpoints import load_model, model_or_default
 from utils.cli import add_network_size_flags, at_least, network_size_overrides, one_spelling
 from utils.data.image_files import IMAGE_EXTENSIONS, list_images, nested_images_hint
@@ -37,11 +39,12 @@ from utils.demo.data import TEST_LONG_MAX, TEST_SHORT, embedding_views, make_tes
 from utils.demo.degrade import depth_proxy
 from utils.demo.photos import TEST_PHOTOS, resize
 from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, counted, listing, run_main
-from utils.eval.options import add_checkpoint_flags
+from utils.eval.options import add_checkpoint_flags, non_empty_path
 from utils.eval.outputs import check_writable_folder
 from utils.eval.protocol import SIZE_MULTIPLE, crop_to_multiple, to_8bit
-from utils.files import json_text, write_text
-from utils.owned_outputs import keep_aside_foreign_outputs, recording_outputs
+from utils.files import json_text, replace_file, write_text
+from utils.output_lock import OutputLock
+from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, recording_outputs
 from utils.runtime import DEVICE_HELP, DEVICES, pick_device, tune_cpu_allocator
 
 DEFAULT_FIGS_DIR = "results/analysis"  # under results/, which git ignores
@@ -79,14 +82,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_checkpoint_flags(p)  # --model, --backbone, --preset: as the tester takes them
     add_network_size_flags(p, " (for checkpoints that do not carry their configuration)")
-    p.add_argument("--photos", default=None,
+    p.add_argument("--photos", type=non_empty_path, default=None,
                    help="folder of clean photos, at least two (its images, not its subfolders; the first 10 by "
                         "name, --photo among them); default: "
                         "the demo's test photos (chelsea, camera, coffee, grace_hopper, coins), made from the "
                         "installed wheels as the demo makes them")
     p.add_argument("--photo", default=None,
-                   help="the photo of the takeaway maps, by name (with or without its extension); default the first")
-    p.add_argument("--figs-dir", default=DEFAULT_FIGS_DIR,
+                   help="the photo of the takeaway maps, by name (with or without its extension) or by its path; "
+                        "default the first")
+    p.add_argument("--figs-dir", type=non_empty_path, default=DEFAULT_FIGS_DIR,
                    help="where the two figures and embeddings.json go (a file of yours at their names is moved "
                         "aside)")
     p.add_argument("--max-side", type=at_least(LEAST_MAX_SIDE), default=MAX_SIDE,
@@ -194,6 +198,14 @@ def photo_views(photo: Photo, number: int, seed: int) -> dict[str, np.ndarray]:
     return embedding_views(photo.image, photo.depth, photo.file, number, seed, min(photo.image.shape[:2]) / TEST_SHORT)
 
 
+def photo_by_path(asked: str | None, files: list[Path]) -> str | None:
+    """``--photo`` as given, or the file name of the photo of ``files`` it is a path to (``--photo my_photos/cat.jpg``,
+    as a shell completes it, for ``cat.jpg`` in ``--photos my_photos``)."""
+    if asked is None or Path(asked).name == asked or not Path(asked).is_file():
+        return asked
+    return next((f.name for f in files if f.resolve() == Path(asked).resolve()), asked)
+
+
 def chosen_photo(names: list[str], files: list[str], asked: str | None) -> str | None:
     """The label ``--photo`` names (a label or a file name), None without it; a :class:`UsageError` listing the
     photos when it names none, or the photos it matches when it is the stem of several (``a`` of a.png and a.jpg)."""
@@ -231,13 +243,22 @@ def main(args) -> dict:
     """The figures and numbers ``args`` ask for; returns what was written to ``embeddings.json``."""
     t0 = time.time()
     device = pick_device(args.device)  # a --device this machine lacks fails before anything is read
+    if args.backbone is not None and args.backbone not in WB_BACKBONES:  # refused once its checkpoint was loaded
+        raise UsageError(f"--backbone {args.backbone}: a {args.backbone} has no WB / residual split of its latent to "
+                         f"draw — pass a {' or '.join(sorted(WB_BACKBONES))} checkpoint")
     figs_dir = Path(args.figs_dir)
     files = photo_files(Path(args.photos)) if args.photos is not None else None
     if files is not None and figs_dir.resolve() == Path(args.photos).resolve():  # (its subfolders are not read)
         raise UsageError(f"--figs-dir {figs_dir} is the --photos folder: the figures would be read as photos the "
                          f"next time — choose another --figs-dir (a subfolder of it will do)")
     check_writable_folder(figs_dir, "--figs-dir", create=False)
+    planned = [figs_dir / n for n in (*FIGURES, NUMBERS)]
+    # a folder at one of those names was met at its write, after the network had run on every view
+    for path in folders_in_the_way(planned)[:1]:
+        raise UsageError(f"{path}: a folder is where {WHO} writes its file {path.name} — move or rename that "
+                         f"folder, or choose another --figs-dir")
     if files is not None:
+        args.photo = photo_by_path(args.photo, files)
         if len(files) > MAX_PHOTOS:
             names = labels_of(files)
             chosen = chosen_photo(names, [f.name for f in files], args.photo)  # looked for among all of them
@@ -255,8 +276,19 @@ def main(args) -> dict:
         names = labels_of(files)
         chosen = chosen_photo(names, [f.name for f in files], args.photo)
     else:
-        chosen = chosen_photo(list(TEST_PHOTOS), [f"{n}.png" for n in TEST_PHOTOS], args.photo)
+        names, chosen = None, chosen_photo(list(TEST_PHOTOS), [f"{n}.png" for n in TEST_PHOTOS], args.photo)
+    # one analysis at a time in --figs-dir: two at once (two checkpoints in two terminals, the default --figs-dir)
+    # both said they wrote the figures, and the folder held one's takeaway maps beside the other's projection
+    with OutputLock(figs_dir, flag="--figs-dir", role="analysis", fix="choose another --figs-dir"):
+        return analyse(args, device, planned, files, names, chosen, t0)
 
+
+def analyse(args, device, planned: list[Path], files: list[Path] | None, names: list[str] | None,
+            chosen: str | None, t0: float) -> dict:
+    """:func:`main`'s work once its flags are checked and ``--figs-dir`` is held: the model, the photos
+    (``files`` labelled ``names``, or the demo's), their views, the figures and numbers at ``planned``; returns
+    the numbers. ``t0``: when the command started."""
+    figs_dir = Path(args.figs_dir)
     model, info = load_model(model_path(args.model), args.backbone, args.preset, **network_size_overrides(args))
     if info["backbone"] not in WB_BACKBONES:
         raise UsageError(f"--model {info['model']} is a {info['backbone']}, which has no WB / residual split of its "
@@ -277,17 +309,23 @@ def main(args) -> dict:
     print(f"=> {counted(len(photos), 'photo')} from {source}" + (f" ({len(resized)} resized to {args.max_side} "
           f"pixels on the long side)" if resized else "") + f"; {len(kinds)} views of each: {', '.join(kinds)}")
 
-    planned = [figs_dir / n for n in (*FIGURES, NUMBERS)]
+    # the network and the drawing first, the writing after: a stop while they run (minutes for the paper's
+    # network) left a user's files moved aside and an empty record in a new --figs-dir, a stop between two
+    # figures' writes a new takeaway figure beside the earlier run's projection and numbers
+    measured = measured_views(model, views, device, takeaway_photo=chosen, progress=True)
+    said = f"{info['backbone']} checkpoint {info['model']}, on {source if files is None else f'the photos in {source}'}"
+    pngs, emb = rendered_report(measured, source=said)
+    numbers = {"model": info["model"], "backbone": info["backbone"], "photos_from": source, "seed": args.seed,
+               "max_side": args.max_side,
+               "photos": [{"name": p.name, "file": p.file, "read_size": list(p.read_size),
+                           "size": list(p.image.shape[:2])} for p in photos],
+               "views": kinds, "takeaway": str(planned[0]), "projection": str(planned[1]), **emb}
     record = figs_dir / OUTPUTS_RECORD
     keep_aside_foreign_outputs(planned, record, [(figs_dir, "figures")], WHO)
     with recording_outputs(planned, record):  # a stopped run's files stay the analysis's own
         figs_dir.mkdir(parents=True, exist_ok=True)
-        emb = embedding_report(model, views, planned[0], planned[1], device, takeaway_photo=chosen, progress=True)
-        numbers = {"model": info["model"], "backbone": info["backbone"], "photos_from": source, "seed": args.seed,
-                   "max_side": args.max_side,
-                   "photos": [{"name": p.name, "file": p.file, "read_size": list(p.read_size),
-                               "size": list(p.image.shape[:2])} for p in photos],
-                   "views": kinds, **emb}
+        for path, png in zip(planned, pngs):
+            replace_file(path, png)
         write_text(planned[2], json_text(numbers))
     for line in summary_lines(emb):
         print(line)

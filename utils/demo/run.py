@@ -47,8 +47,9 @@ from utils.eval.tasks import find_task_sets
 from utils.files import json_text, write_text
 from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, recording_outputs
 from utils.runtime import DEVICE_HELP, DEVICES, pick_device, tune_cpu_allocator
+from utils.train.loss_figure import draw_loss_figure
 from utils.train.run_folder import FIG_NAME
-from utils.train.run_log import Console, draw_loss_figure
+from utils.train.run_log import Console
 
 IN_DISTRIBUTION = ALL_IN_ONE_3D  # the training degradations
 OUT_OF_DISTRIBUTION = ("denoise_75", "jpeg", "lowlight")
@@ -150,8 +151,10 @@ def views_of_one_photo(root: Path, manifest: dict, photo: str) -> dict[str, np.n
     return views
 
 
-def embedding_figures(model: nn.Module, root: Path, manifest: dict, figs_dir: Path, device) -> dict:
-    """Takeaway maps for the first test photo, and a PCA of pooled embeddings of every test photo.
+def embedding_figures(model: nn.Module, root: Path, manifest: dict, figs_dir: Path, device,
+                      checkpoint: Path | None = None) -> dict:
+    """Takeaway maps for the first test photo, and a PCA of pooled embeddings of every test photo; both figures
+    name ``checkpoint`` (the model's file) and the photos, as ``python -m utils.analysis`` names its own.
 
     Returns the figures' paths and what they measured (:func:`utils.analysis.report.embedding_report`): the mean
     relative WB / residual distance from the first view (the takeaway maps), and the leave-one-out 1-NN accuracy
@@ -159,7 +162,9 @@ def embedding_figures(model: nn.Module, root: Path, manifest: dict, figs_dir: Pa
     """
     views = {photo: views_of_one_photo(root, manifest, photo) for photo in manifest["sources"]["test"]}
     takeaway, projection = EMBEDDING_FIGURES
-    return embedding_report(model, views, figs_dir / takeaway, figs_dir / projection, device)
+    said = (f"{type(model).__name__} checkpoint {checkpoint}, " if checkpoint is not None else "") \
+        + "on the demo's test photos"
+    return embedding_report(model, views, figs_dir / takeaway, figs_dir / projection, device, source=said)
 
 
 def demo_table(restored: dict, degraded: dict) -> str:
@@ -271,7 +276,7 @@ def main(args) -> dict:
         degraded = evaluate_tasks(InputAsOutput(), tasks, root / "test", protocol, device, progress=False)
         write_results(restored, results_dir)
         print("[4/4] embedding figures")
-        emb = embedding_figures(model, root, manifest, figs_dir, device)
+        emb = embedding_figures(model, root, manifest, figs_dir, device, ckpt)
         table = demo_table(restored, degraded)
         summary = {"table": table, "embeddings": emb, "checkpoint": str(ckpt), "seconds": time.time() - t0,
                    "train_seconds": t_train - t_data, "restored": restored["tasks"], "degraded": degraded["tasks"]}
