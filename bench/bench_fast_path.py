@@ -55,6 +55,17 @@ OUTPUTS_RECORD = Path("results") / "bench" / ".bench_fast_path-outputs.json"
 PARTS = ("map",) + tuple(k for k, _ in LOSS_LABELS)
 
 
+def add_trainer_run_flags(parser: argparse.ArgumentParser) -> None:
+    """``--batch``, ``--patch``, ``--lr``: what :func:`trainer_flags` passes to every trainer run, in ``parser``
+    (this benchmark's and bench/gpu_guarantees.py's); a value the trainer would refuse is refused here, before the
+    demo data is built."""
+    parser.add_argument("--batch", type=at_least(1), default=3, help="every run's --batchSize")
+    parser.add_argument("--patch", type=image_side(16), default=64,
+                        help="every run's --patch_size (a multiple of 8, at least 16)")
+    parser.add_argument("--lr", type=number_above(0, " (0 would train nothing to compare)"), default=1e-3,
+                        help="every run's learning rate")
+
+
 def trainer_flags(root: Path, out: Path, a: argparse.Namespace, seed: int = 0) -> list[str]:
     train = root / "Train"
     return ["--preset", a.preset, "--de_type", "denoise_15", "denoise_25", "denoise_50", "derain", "dehaze",
@@ -96,7 +107,7 @@ def first_iteration_gap(eager: dict, fast: dict) -> tuple[float, str]:
 
 def departure(run: list[dict], eager: list[dict], key: str) -> float:
     """Mean |EMA(run) - EMA(eager)| over the run, relative to the mean |EMA(eager)|, for one logged part."""
-    from utils.train.run_log import smoothed
+    from utils.train.loss_history import smoothed
     a, b = smoothed([r[key] for r in run]), smoothed([r[key] for r in eager])
     n = min(len(a), len(b))
     return sum(abs(x - y) for x, y in zip(a[:n], b[:n])) / max(sum(abs(y) for y in b[:n]), 1e-12)
@@ -107,7 +118,7 @@ def draw(curves: dict[str, list[dict]], labels: dict[str, str], fig_path: Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from utils.train.run_log import smoothed
+    from utils.train.loss_history import smoothed
     parts = [(k, label) for k, label in LOSS_LABELS if k in curves["eager"][0]]
     cols = 4
     rows = -(-len(parts) // cols)
@@ -137,11 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="every run's --precision")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="BaryNet's size preset")
     p.add_argument("--iters", type=at_least(1), default=300, help="training iterations per run (one epoch)")
-    p.add_argument("--batch", type=at_least(1), default=3, help="every run's --batchSize")
-    p.add_argument("--patch", type=image_side(16), default=64,
-                   help="every run's --patch_size (a multiple of 8, at least 16)")
-    p.add_argument("--lr", type=number_above(0, " (0 would train nothing to compare)"), default=1e-3,
-                   help="every run's learning rate")
+    add_trainer_run_flags(p)
     p.add_argument("--skip", type=at_least(0), default=10,
                    help="iterations left out of the median time (fewer than --iters)")
     p.add_argument("--control-threads", dest="control_threads", type=at_least(0), default=1,

@@ -43,6 +43,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from net.presets import PRESETS, build_model, build_potentials
     from utils.cli import OneSpellingHelpFormatter, at_least, image_side
     from utils.compiled import COMPILE_MODES
+    from utils.data.degradations import DE_IDS, FAMILIES
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.inference import PRECISIONS, autocast_context
     from utils.memory import resident_bytes
@@ -52,6 +53,8 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.train.optim import build_optimizer
 
 TAU = 0.07
+# Domain k's degradation id in the fixed batch: the first of the k-th family's (denoise_15 0, derain 3, ..., single 7).
+FAMILY_DE_IDS = tuple(min(i for de, i in DE_IDS.items() if de.startswith(family)) for family in FAMILIES)
 
 
 def _train_only(trained: torch.nn.Module, frozen: torch.nn.Module) -> None:
@@ -134,6 +137,26 @@ def straightforward_step(model, pots, opt_m, opt_p, x, y, de_ids, domains, lambd
 
 # --------------------------------------------------------------------------- one variant (subprocess)
 
+def domain_count(text: str) -> int:
+    """``--K``: 1 to one domain per degradation family (:data:`FAMILY_DE_IDS`); 7 failed in :func:`build_case` with
+    an IndexError traceback."""
+    k = at_least(1)(text)
+    if k > len(FAMILY_DE_IDS):
+        raise argparse.ArgumentTypeError(f"must be at most {len(FAMILY_DE_IDS)}, one domain per degradation family "
+                                         f"({', '.join(FAMILIES)}), got {k}")
+    return k
+
+
+def add_iteration_shape_flags(parser: argparse.ArgumentParser) -> None:
+    """``--preset``, ``--batch``, ``--patch``, ``--K``: the fixed case :func:`build_case` builds, in ``parser`` (this
+    benchmark's and bench/profile_train.py's)."""
+    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="BaryNet's size preset")
+    parser.add_argument("--batch", type=at_least(1), default=3, help="images per batch")
+    parser.add_argument("--patch", type=image_side(16), default=128, help="patch side (a multiple of 8, at least 16)")
+    parser.add_argument("--K", type=domain_count, default=3,
+                        help=f"domains, one potential each (at most {len(FAMILIES)}: {', '.join(FAMILIES)})")
+
+
 def build_case(preset: str, batch: int, patch: int, k: int, device: torch.device):
     """The benchmark's fixed case: BaryNet ``preset`` and ``k`` potentials from seed 0, RMSprop at 1e-4, and
     one batch ``x, y`` of shape ``(batch, 3, patch, patch)`` (one sample per domain in turn), on ``device``.
@@ -147,7 +170,7 @@ def build_case(preset: str, batch: int, patch: int, k: int, device: torch.device
     y = torch.rand(batch, 3, patch, patch, generator=g)
     x = (y + 0.1 * torch.randn(batch, 3, patch, patch, generator=g)).clamp(0, 1)
     domains = torch.arange(batch) % k
-    de_ids = torch.tensor([[0, 3, 4, 5, 6, 7][int(d)] for d in domains])
+    de_ids = torch.tensor([FAMILY_DE_IDS[int(d)] for d in domains])
     lambdas = torch.full((k,), 1.0 / k)
     model.to(device)
     pots.to(device)
@@ -278,10 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the iterations run")
     p.add_argument("--precision", default="fp32", type=precision_list,
                    help="comma-separated engine precisions, e.g. fp32,bf16")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="BaryNet's size preset")
-    p.add_argument("--batch", type=at_least(1), default=3, help="images per batch")
-    p.add_argument("--patch", type=image_side(16), default=128, help="patch side (a multiple of 8, at least 16)")
-    p.add_argument("--K", type=at_least(1), default=3, help="domains, one potential each")
+    add_iteration_shape_flags(p)
     p.add_argument("--iters", type=at_least(1), default=3, help="timed iterations per variant (their median)")
     p.add_argument("--warmup", type=at_least(0), default=1, help="untimed iterations before them")
     p.add_argument("--tiny-iters", dest="tiny_iters", type=at_least(0), default=10,

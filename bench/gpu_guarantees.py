@@ -41,10 +41,10 @@ from utils.errors import stopped_while_starting  # noqa: E402
 
 with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
     import torch  # noqa: E402
-    from bench_fast_path import trainer_flags  # noqa: E402
+    from bench_fast_path import add_trainer_run_flags, trainer_flags  # noqa: E402
 
     from utils.checkpoints import list_checkpoints, read_checkpoint, read_latest  # noqa: E402
-    from utils.cli import OneSpellingHelpFormatter, at_least, image_side, number_above  # noqa: E402
+    from utils.cli import OneSpellingHelpFormatter, at_least  # noqa: E402
     from utils.compiled import BACKENDS, COMPILE_MODES  # noqa: E402
     from utils.demo.data import build_demo_data  # noqa: E402
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main  # noqa: E402
@@ -283,11 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="every run's --precision")
     p.add_argument("--preset", default="tiny", choices=["tiny"], help="the tiny preset: the checks are of wiring")
     p.add_argument("--iters", type=at_least(4), default=12, help="iterations per epoch (2 epochs)")
-    p.add_argument("--batch", type=at_least(1), default=3, help="every run's --batchSize")
-    p.add_argument("--patch", type=image_side(16), default=64,
-                   help="every run's --patch_size (a multiple of 8, at least 16)")
-    p.add_argument("--lr", type=number_above(0, " (0 would train nothing to compare)"), default=1e-3,
-                   help="every run's learning rate")
+    add_trainer_run_flags(p)
     p.add_argument("--run-timeout", dest="run_timeout", type=at_least(1), default=300,
                    help="seconds one trainer process may take (compiling included)")
     p.add_argument("--data", default="/tmp/baryir_demo_data", help="demo data folder (built when missing or stale)")

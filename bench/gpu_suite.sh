@@ -15,9 +15,11 @@
 #   train-fp32   the eager engine and --compile reduce-overhead, fp32 (TF32 convolutions)           ~300 s
 #   curves       the fast path's loss curves against eager ones, 150 tiny iterations (figure)   eager ~40 s
 #   guarantees   resume, the NaN stop and SIGTERM, eager and compiled, tiny preset                  not yet run
-# All seven take about 25 minutes, more than one device call allows (10 minutes): on a lent GPU run them as two or
-# three calls of steps whose caps add up to less than the call's limit (each step prints its cap). The exit
-# status is 1 when a step failed or ran past its cap; the other steps still run.
+# All seven take about 25 minutes, more than one device call allows (10 minutes): on a lent GPU run them as calls
+# of steps whose caps add up to at most the call's timeout_s less 40 s (the header, the cache's unpacking and
+# packing); their caps add up to 1,820 s, four such calls, which BENCHMARKS.md's "What the next lent GPU runs"
+# lists. Each step prints its cap. The exit status is 1 when a step failed or ran past its cap; the other steps
+# still run.
 #
 # Compiling is most of that time, and a device machine starts with empty caches. So the suite keeps inductor's
 # cache (TORCHINDUCTOR_CACHE_DIR, default /tmp/baryir_gpu_suite_inductor) across machines: at the end it packs the
@@ -27,10 +29,11 @@
 # other graph misses the cache and compiles as before. CACHE_OUT= (empty) packs nothing.
 #
 # Prints Markdown tables for BENCHMARKS.md, each row as soon as it is measured. A step that fails or runs past
-# its cap is killed with everything it started (SIGKILL to its process group: no trainer lingers into the next
-# step), prints its exit status, and the suite goes on; inside a step, one variant failing keeps the others'
-# rows. No internet, no pretrained weights needed; the project's own code runs from this checkout (PYTHONPATH),
-# not an install. The log (and the curves' figure) go to $OUT or results/gpu_suite.
+# its cap is killed with everything it started (SIGKILL to its process group, and to every process that carries
+# the step's environment, in a session of its own too: no trainer lingers into the next step), prints its exit
+# status, and the suite goes on; inside a step, one variant failing keeps the others' rows. No internet, no
+# pretrained weights needed; the project's own code runs from this checkout (PYTHONPATH), not an install. The
+# log (and the curves' figure) go to $OUT or results/gpu_suite.
 set -uo pipefail
 case " $* " in  # the comment above, as every bench script's --help prints its own; nothing runs
     *" -h "*|*" --help "*) sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
@@ -70,12 +73,33 @@ step() {  # step SECONDS TITLE COMMAND...: run one row with a wall-clock cap
     echo "### $title"
     echo "\`$*\` (cap ${cap} s)"
     echo
-    local t0=$SECONDS
-    timeout -s KILL "$cap" "$@"
+    local t0=$SECONDS token="$$.$RANDOM.$SECONDS"
+    BARYIR_SUITE_STEP=$token timeout -s KILL "$cap" "$@"
     local rc=$?
+    end_step_processes "$token"
     [ $rc -eq 0 ] || echo "(exit status $rc; 137 = killed at its ${cap} s cap)"
     echo "(${title}: $((SECONDS - t0)) s)"
     return $rc
+}
+
+end_step_processes() {  # end_step_processes TOKEN: SIGKILL each process whose environment has BARYIR_SUITE_STEP=TOKEN
+    # The bench scripts start their variants, trainer runs and paths in sessions of their own (utils.processes.
+    # run_in_session), out of the process group that timeout kills: killed at the cap, a script left them running
+    # (a compiled variant compiling into the next step; past the device call, as setsid's processes outlive it).
+    # They inherit the step's environment wherever they are, so they are found by it.
+    local pass entry pid found killed=0
+    for pass in 1 2 3; do  # again: one killed may have started another meanwhile
+        found=0
+        for entry in /proc/[0-9]*/environ; do
+            pid=${entry#/proc/}
+            pid=${pid%/environ}
+            [ "$pid" != "$$" ] && grep -qzxF "BARYIR_SUITE_STEP=$1" "$entry" 2>/dev/null || continue
+            kill -KILL "$pid" 2>/dev/null && found=$((found + 1))
+        done
+        killed=$((killed + found))
+        [ $found -gt 0 ] || break
+    done
+    [ $killed -eq 0 ] || echo "(killed $killed process(es) the step had started and left running)"
 }
 
 xz_stream() {  # xz_stream -z|-d: stdin to stdout through xz, or Python's lzma where the machine has no xz
@@ -92,7 +116,17 @@ else:
 
 unpack_cache() {  # an earlier run's compile cache, from the parts in CACHE_IN, into TORCHINDUCTOR_CACHE_DIR
     local parts=("$CACHE_IN"/compile_cache.tar.xz.part-*)
-    [ -e "${parts[0]}" ] || { echo "(compile cache: none in $CACHE_IN/; every graph compiles)"; return 0; }
+    if [ ! -e "${parts[0]}" ]; then  # a warm machine's second call still has the first call's cache
+        local held
+        held=$(find "$TORCHINDUCTOR_CACHE_DIR" -type f -not -path "*/locks/*" 2>/dev/null | wc -l)
+        if [ "$held" -gt 0 ]; then
+            echo "(compile cache: none in $CACHE_IN/, but $TORCHINDUCTOR_CACHE_DIR already holds $held files from an" \
+                 "earlier run on this machine; graphs it holds load instead of compiling)"
+        else
+            echo "(compile cache: none in $CACHE_IN/; every graph compiles)"
+        fi
+        return 0
+    fi
     mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
     local whole  # unpacked beside the cache first: a part cut short must leave no half-written entry in it
     whole=$(mktemp -d "$TORCHINDUCTOR_CACHE_DIR.unpack.XXXXXX") || return 0

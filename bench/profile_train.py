@@ -16,36 +16,41 @@ cudnn/allocator settings). The script prints
 - the ``--rows`` most expensive ops by self time (device time on a GPU), as ``torch.profiler`` reports them.
 
 ``--compile MODE`` profiles the trainers' fast path instead (the first, compiling, iteration timed apart).
-``--trace FILE`` also writes the Chrome trace (open in https://ui.perfetto.dev).
+``--trace FILE`` also writes the Chrome trace (open in https://ui.perfetto.dev). Kineto's own lines as the profiler
+starts and stops (its probes and stages, and on a machine without a CUDA driver "gpuGetDeviceCount failed") are left
+out of stderr, its other lines kept (:func:`kineto_noise`); with ``KINETO_LOG_LEVEL`` set, all of them.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import re
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from utils.errors import stopped_while_starting
 
 with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a traceback
     import torch
     from bench_inference import _matmul_gflops
-    from bench_train import _sync, build_case
+    from bench_train import _sync, add_iteration_shape_flags, build_case
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    from net.presets import PRESETS
-    from utils.cli import OneSpellingHelpFormatter, at_least, image_side, number_above
+    from utils.cli import OneSpellingHelpFormatter, at_least, number_above
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, add_debug_flag, run_main
     from utils.eval.outputs import check_writable_folder
     from utils.files import check_output_file, keep_aside, replace_file
     from utils.runtime import machine_info, machine_line, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
+    from utils.streams import descriptor_2
     from utils.train.distributed import DistInfo
     from utils.train.iteration import Training, train_step
 
@@ -56,6 +61,35 @@ PEAK_TFLOPS = {
     "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
 }
 HOST_SYNCS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
+# What kineto (torch.profiler's C++ side) writes on stderr as the profiler starts and stops that says nothing to the
+# user: its trace probes and stages ("USDT:<time> <pid>:<tid> SyncActivityProfilerHandler.cpp:39] profiler_start",
+# "STAGE:... Completed Stage: Warm Up"), and, on the CPU, its look for a GPU to describe in the trace, which fails
+# where no CUDA driver is installed ("ERROR:... DeviceProperties.cpp:56] gpuGetDeviceCount failed with code 35").
+_KINETO_HEAD = r"[0-9-]+ [0-9:.]+ \d+:\d+ [\w.]+:\d+\] "
+KINETO_NOTES = re.compile(rf"(USDT|STAGE):{_KINETO_HEAD}")
+KINETO_NO_GPU = re.compile(rf"ERROR:{_KINETO_HEAD}gpuGetDeviceCount failed with code \d+")
+
+
+def kineto_noise(line: str, device: torch.device) -> bool:
+    """``line`` (one line of stderr, without its end) is kineto's noise (:data:`KINETO_NOTES`; :data:`KINETO_NO_GPU`
+    when the profile runs on the CPU, where no GPU is profiled); any other line of kineto's is not."""
+    return bool(KINETO_NOTES.match(line) or device.type == "cpu" and KINETO_NO_GPU.fullmatch(line))
+
+
+@contextmanager
+def kineto_noise_dropped(device: torch.device) -> Iterator[None]:
+    """Around the profiler's start or stop (no training in between): file descriptor 2, where kineto writes, goes
+    to a scratch file, and afterwards every line that arrived there is written on to stderr, in order, except
+    kineto's noise (:func:`kineto_noise`; :data:`utils.streams.descriptor_2`). Without a temporary folder or a
+    stderr, or with ``KINETO_LOG_LEVEL`` set (kineto's lines asked for), the block runs as it is."""
+    if os.environ.get("KINETO_LOG_LEVEL"):
+        yield
+        return
+
+    def without_noise(text: str) -> str:
+        return "".join(line for line in text.splitlines(keepends=True) if not kineto_noise(line.rstrip("\r\n"), device))
+    with descriptor_2(without_noise):
+        yield
 
 
 def conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
@@ -93,10 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"],
                    help="where the iterations run (default: cuda when a GPU is visible)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="the trainers' --precision")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="BaryNet's size preset")
-    p.add_argument("--batch", type=at_least(1), default=3, help="images per batch")
-    p.add_argument("--patch", type=image_side(16), default=128, help="patch side (a multiple of 8, at least 16)")
-    p.add_argument("--K", type=at_least(1), default=3, help="domains, one potential each")
+    add_iteration_shape_flags(p)
     p.add_argument("--warmup", type=at_least(0), default=3, help="untimed iterations before the timed ones")
     p.add_argument("--iters", type=at_least(1), default=5, help="timed, then profiled, iterations")
     p.add_argument("--rows", type=at_least(1), default=20, help="ops listed in the table of the most expensive")
@@ -164,10 +195,16 @@ def profile_run(a: argparse.Namespace) -> int:
     seconds = statistics.median(times)
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    prof = profile(activities=activities)
+    with kineto_noise_dropped(device):
+        prof.start()
+    try:
         for _ in range(a.iters):
             train_step(training, batch)
         _sync(device)
+    finally:
+        with kineto_noise_dropped(device):
+            prof.stop()
     if a.trace:
         trace = Path(a.trace)
         if trace.exists():  # a file of the user's, or an earlier profile: kept, not replaced

@@ -13,8 +13,8 @@ What it does (``STUDY.md`` explains the setup and how to read the tables):
 
 1. arms, all with the ``tiny`` preset, the same data, iterations, batch, patch and seeds: BaryIR
    (BaryNet); the ``Restormer`` baseline with the L1 loss only; BaryIR without the orthogonality
-   term, without the contrastive term, and without the potentials (transport cost only) (trainer
-   ``--ablate``); a capacity-matched Restormer (L1 only; ``--dim 26``: within 10% of BaryNet's
+   term, without the contrastive term, and without the potentials (trainer ``--ablate``: the barycenter
+   term is then its transport cost alone); a capacity-matched Restormer (L1 only; ``--dim 26``: within 10% of BaryNet's
    parameters); PromptIR (L1 only); BaryPromptIR (BaryIR on PromptIR's decoder, the full objective)
    (:mod:`utils.study.arms`);
 2. each run is evaluated in distribution (sigma 15/25/50, rain, haze) and out of distribution
@@ -45,6 +45,7 @@ import math
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -71,11 +72,13 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.runtime import (
         DEVICE_HELP,
         DEVICES,
+        load_average,
         machine_info,
         machine_line,
         pick_device,
         provenance,
         stop_signals_as_interrupt,
+        usable_cores,
     )
     from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
     from utils.study.budget import FULL, QUICK, busy_cores_note, estimated_seconds, minutes, plan
@@ -189,6 +192,11 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or continue) the study; returns everything written to ``<out>/study.json``."""
     args = resolve_settings(args)
+    cores = usable_cores()
+    if args.torch_threads > cores:  # not refused (torch allows it), but said: the whole study would run slower
+        print(f"warning: --torch-threads {args.torch_threads} is more than the {cores} cores this process may use: "
+              f"torch's threads will wait on each other at every operation, often several times slower; "
+              f"--torch-threads {cores} or fewer (0: torch's default) is faster", file=sys.stderr, flush=True)
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     t0 = time.time()
@@ -206,7 +214,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # one study at a time in --out: a second one (the same command in another terminal) evaluated a run the first had
     # just trained again, beside it, and both wrote the same tables, figures and record; a trainer of one meeting the
     # other's run lock ended that study with "training failed"
-    with OutputLock(out, flag="--out", role="study", fix="choose another --out"):
+    # and in --figs-dir: two studies of two --out writing one --figs-dir replaced (or moved aside) each other's figures
+    with ExitStack() as held:
+        held.enter_context(OutputLock(out, flag="--out", role="study", fix="choose another --out"))
+        if figs_dir.resolve() != out.resolve():  # --figs-dir = --out: held already
+            held.enter_context(OutputLock(figs_dir, flag="--figs-dir", role="study", fix="choose another --figs-dir"))
         return run_study(args, out, figs_dir, root, device, t0)
 
 
@@ -225,7 +237,7 @@ def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, d
                 if (out / "runs" / a / f"seed{s}" / "eval.json").is_file()]  # read from their caches: not estimated
     print(plan(args, repeats, finished), flush=True)
     to_run = device.type == "cpu" and len(finished) < len(args.seeds) * len(args.arms)
-    note = busy_cores_note(torch.get_num_threads(), os.getloadavg()[0], os.cpu_count() or 1) if to_run else None
+    note = busy_cores_note(torch.get_num_threads(), load_average(), os.cpu_count() or 1) if to_run else None
     if note:
         print(note, file=sys.stderr, flush=True)
     views = probe_views(root, manifest)

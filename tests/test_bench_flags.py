@@ -3,6 +3,7 @@ import argparse
 import subprocess
 
 import pytest
+import torch
 from _bench_scripts import BENCH, load_bench_script
 
 
@@ -125,3 +126,46 @@ def test_the_inference_bench_refuses_cpu_paths_on_the_gpu(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --paths chooses the CPU paths; --device cuda measures its own rows (plain, restore() fp32 "
                    "and bf16, and bf16 compiled with each --compile MODE): drop --paths"]
+
+
+@pytest.mark.parametrize("script", ["bench_train", "profile_train"])
+@pytest.mark.parametrize("flags, line", [
+    (["--patch", "20"], "error: argument --patch: must be a multiple of 8, got 20"),
+    (["--batch", "0"], "error: argument --batch: must be >= 1, got 0"),
+    (["--K", "0"], "error: argument --K: must be >= 1, got 0"),
+    (["--K", "7"], "error: argument --K: must be at most 6, one domain per degradation family (denoise, derain, "
+                   "dehaze, deblur, lowlight, single), got 7"),
+    (["--preset", "huge"], "error: argument --preset: invalid choice: 'huge'")])
+def test_the_iteration_benches_refuse_a_case_they_cannot_build_before_any_work(script, flags, line, monkeypatch,
+                                                                               capsys):
+    """bench_train.py and profile_train.py build one case (bench_train.build_case) from one group of flags
+    (bench_train.add_iteration_shape_flags): both refuse its bad values alike, in one line."""
+    bench = load_bench_script(script, monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        bench.build_parser().parse_args(flags)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(line), err
+
+
+@pytest.mark.parametrize("scripts, flags", [
+    (("bench_train", "profile_train"), ("--preset", "--batch", "--patch", "--K")),
+    (("bench_fast_path", "gpu_guarantees"), ("--batch", "--patch", "--lr"))])
+def test_a_flag_two_bench_scripts_share_reads_alike_in_both(scripts, flags, monkeypatch):
+    """The shared groups have one home each (bench_train.add_iteration_shape_flags,
+    bench_fast_path.add_trainer_run_flags): the same default, check and help in both scripts."""
+    def described(script):
+        actions = {a.option_strings[0]: a for a in load_bench_script(script, monkeypatch).build_parser()._actions
+                   if a.option_strings}
+        return {f: (actions[f].default, actions[f].choices, actions[f].help) for f in flags}
+    first, second = (described(s) for s in scripts)
+    assert first == second
+
+
+def test_the_iteration_case_builds_one_domain_per_family(monkeypatch):
+    """--K 7 --batch 7 ended in an IndexError traceback in build_case (six degradation ids for seven domains); every
+    --K it accepts builds, each domain with its own family's degradation id."""
+    bench = load_bench_script("bench_train", monkeypatch)
+    *_, de_ids, domains, lambdas = bench.build_case("tiny", 6, 16, 6, torch.device("cpu"))
+    assert domains.tolist() == [0, 1, 2, 3, 4, 5] and de_ids.tolist() == [0, 3, 4, 5, 6, 7]
+    assert lambdas.shape == (6,)

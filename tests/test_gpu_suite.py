@@ -123,6 +123,33 @@ def test_a_step_past_its_cap_is_killed_with_everything_it_started(tmp_path):
     assert not left, f"processes left running: {left}"
 
 
+def test_a_step_past_its_cap_also_kills_what_it_started_in_a_session_of_its_own(tmp_path):
+    """The bench scripts start each variant, trainer run or path in a session of its own (utils.processes.
+    run_in_session), out of the step's process group: a step killed at its cap left that process running, a
+    compiled variant compiling on every core and the GPU into the next step, and, started with setsid, past the
+    device call's end into the next call. Every process below the step is killed, whatever its session."""
+    text = SUITE.read_text()
+    script = tmp_path / "step.sh"
+    marker = f"suite-session-{os.getpid()}-{time.monotonic_ns()}"
+    child = f"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)  # {marker}"
+    grandchild = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    parent = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}], "
+              f"start_new_session=True); time.sleep(60)")
+    script.write_text(text[text.index("step() {"):text.index("run_step() {")] +
+                      f'step 2 "a row" python3 -c {shlex.quote(parent)} {marker}\n')
+    tic = time.monotonic()
+    with open(tmp_path / "log", "w") as log:  # a file: a process left running holds a pipe open until it ends
+        subprocess.run(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT, timeout=30)
+    said = (tmp_path / "log").read_text()
+    assert "(exit status 137; 137 = killed at its 2 s cap)" in said and time.monotonic() - tic < 10, said
+    deadline = time.monotonic() + 10
+    while (left := _running_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:  # the test's own leftovers, before it fails
+        os.kill(pid, 9)
+    assert not left, f"processes left running: {left}"
+
+
 def _running_with(marker: str) -> list[int]:
     """Pids of live processes whose command line holds ``marker`` (read from /proc: no pgrep needed)."""
     found = []
@@ -368,3 +395,83 @@ def test_the_help_prints_the_suites_description_and_runs_nothing(flag, tmp_path)
     assert done.stdout.startswith("Every GPU row of BENCHMARKS.md, step by step")
     assert "train-bf16   the straightforward loop" in done.stdout and "set -uo" not in done.stdout
     assert list(tmp_path.iterdir()) == []  # no log, no step
+
+
+def test_a_warm_machines_cache_is_said_when_no_parts_were_carried(tmp_path):
+    """The plan's second call runs on the machine still warm from the first, whose inductor cache is still in
+    TORCHINDUCTOR_CACHE_DIR: the log said "none in .gpu_cache/; every graph compiles" there, and a compiled row's
+    short first iteration then read as if the cache had failed. It names the files already held instead."""
+    cache = tmp_path / "cache"
+    (cache / "fxgraph" / "ab").mkdir(parents=True)
+    (cache / "fxgraph" / "ab" / "entry").write_bytes(b"graph")
+    (cache / "locks").mkdir()
+    (cache / "locks" / "held.lock").write_text("")
+    env = {**os.environ, "PY": "echo", "COMMIT": "abc1234", "CACHE_IN": str(tmp_path / "none"), "CACHE_OUT": ""}
+    for cache_dir, said in ((cache, f"but {cache} already holds 1 files from an earlier run on this machine"),
+                            (tmp_path / "empty", "every graph compiles")):
+        out = tmp_path / f"out_{cache_dir.name}"
+        done = subprocess.run(["bash", str(SUITE), "loader"], capture_output=True, text=True, timeout=60,
+                              env={**env, "OUT": str(out), "TORCHINDUCTOR_CACHE_DIR": str(cache_dir)})
+        assert done.returncode == 0, done.stdout + done.stderr
+        log = (out / "suite.md").read_text()
+        assert said in log and log.index(said) < log.index("### data loader"), log
+    assert "every graph compiles" not in (tmp_path / "out_cache" / "suite.md").read_text()
+
+
+CALL_LIMIT = 600  # seconds: the device tool's timeout_s at most
+CALL_OVERHEAD = 40  # seconds a call needs beside its steps' caps: the header, the cache's unpacking and packing
+
+
+def plan_calls() -> list[tuple[list[str], int, int | None]]:
+    """BENCHMARKS.md's "What the next lent GPU runs": each call as ``(steps, timeout_s, the caps it states)``,
+    the steps being those named in backticks since the call before (a call's text ends at its `timeout_s: N`)."""
+    text = (REPO / "BENCHMARKS.md").read_text()
+    plan = text[text.index("**What the next lent GPU runs.**"):text.index("## Memory per pixel")]
+    all_steps = re.search(r'^ALL_STEPS="([^"]+)"', SUITE.read_text(), re.M).group(1).split()
+    calls, start = [], 0
+    for match in re.finditer(r"`timeout_s: (\d+)`", plan):
+        segment = plan[start:match.start()] + plan[match.end():match.end() + 40]  # "(cap 240 s)" follows it
+        named = [w.strip('"') for span in re.findall(r"`([^`]+)`", plan[start:match.start()]) for w in span.split()]
+        stated = re.findall(r"caps?\s+(?:[\d\s+]+=\s+)?(\d+) s", segment)
+        calls.append(([w for w in named if w in all_steps], int(match.group(1)), int(stated[-1]) if stated else None))
+        start = match.end()
+    return calls
+
+
+def test_the_plan_for_the_next_gpu_names_each_call_with_a_timeout_its_steps_fit():
+    """The plan named a second call's step in prose (`curves`, cap 240 s) with no command and no timeout_s, and
+    the session after's two steps together (caps 450 + 480 s) as one, past a call's 600 s: each call it names
+    now has its steps and a timeout_s that holds their caps, the header and the cache, within 600 s."""
+    caps = {name: cap for name, (cap, _, _) in suite_steps().items()}
+    pack_cap = int(re.search(r"CACHE_PACK_CAP=\$\{CACHE_PACK_CAP:-(\d+)\}", SUITE.read_text()).group(1))
+    assert pack_cap + 10 <= CALL_OVERHEAD
+    calls = plan_calls()
+    assert [steps for steps, _, _ in calls] == [["train-fp32", "restore"], ["curves"], ["guarantees"], ["train-bf16"]]
+    for steps, timeout, stated in calls:
+        total = sum(caps[s] for s in steps)
+        assert stated == total, (steps, stated, total)  # the caps the plan says are the suite's
+        assert total + CALL_OVERHEAD <= timeout <= CALL_LIMIT, (steps, timeout)
+    text = (REPO / "BENCHMARKS.md").read_text()
+    plan = text[text.index("**What the next lent GPU runs.**"):text.index("## Memory per pixel")]
+    for command in re.findall(r'command: "([^"]+)"', plan):
+        env, bash, script, *steps = shlex.split(command)
+        assert (env, bash, script) == ("COMMIT=<hash>", "bash", "bench/gpu_suite.sh") and steps, command
+    # the parts of one pack only: an older part beside them is concatenated into the archive, which then fails
+    copies = [c for c in re.findall(r"`([^`]+)`", plan) if "compile_cache.tar.xz.part-" in c and "cp " in c]
+    assert copies and all(c.startswith("rm -rf .gpu_cache && ") for c in copies), copies
+
+
+def test_the_largest_carried_cache_and_the_repository_fit_a_device_calls_working_tree():
+    """A call carries at most 64 MiB of working tree: the repository's tracked files and `.gpu_cache`'s parts (at
+    most CACHE_MAX_PARTS of CACHE_PART_BYTES). Past it the call is refused, and the cache a session brought back
+    cannot be used; the repository growing is what would do it."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: the tracked files cannot be listed")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    tracked = sum((REPO / name).stat().st_size for name in listed.decode().split("\0")
+                  if name and (REPO / name).is_file() and not (REPO / name).is_symlink())
+    text = SUITE.read_text()
+    part = int(re.search(r"CACHE_PART_BYTES=\$\{CACHE_PART_BYTES:-(\d+)\}", text).group(1))
+    parts = int(re.search(r"CACHE_MAX_PARTS=\$\{CACHE_MAX_PARTS:-(\d+)\}", text).group(1))
+    assert part <= 16 * 2**20  # one file a call brings back
+    assert tracked + parts * part <= 64 * 2**20, f"tracked files {tracked:,} B + cache {parts * part:,} B"

@@ -790,3 +790,53 @@ def test_sigterm_as_a_trainer_starts_stops_the_study_in_one_line_naming_it(tmp_p
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: study stopped by SIGTERM; the finished runs and the last checkpoint are kept in {tmp_path / 'out'}"
         f"/runs. Run the same command again to continue."), done.stderr
+
+
+def test_torch_threads_above_the_cores_is_said_in_one_warning(tmp_path, monkeypatch, capsys):
+    """--torch-threads 8 on a 2-core machine oversubscribed its cores without a word (every operation's threads wait
+    on each other: the study several times slower). It runs as asked, after one warning line naming the cores."""
+    fake_study(monkeypatch, tmp_path)
+    monkeypatch.setattr(study, "usable_cores", lambda: 2, raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert study.cli(fake_argv(tmp_path, "--torch-threads", "3")) == 0
+        warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+        assert warned == ["warning: --torch-threads 3 is more than the 2 cores this process may use: torch's threads "
+                          "will wait on each other at every operation, often several times slower; --torch-threads 2 "
+                          "or fewer (0: torch's default) is faster"]
+        assert torch.get_num_threads() == 3
+        for threads in ("2", "0"):
+            assert study.cli(fake_argv(tmp_path, "--torch-threads", threads)) == 0
+            assert "warning:" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_usable_cores_are_the_processes_affinity(monkeypatch):
+    """taskset -c 0 on a 2-core machine: one core to use, whatever os.cpu_count says."""
+    from utils import runtime
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    assert runtime.usable_cores() == 1
+    monkeypatch.delattr(runtime.os, "sched_getaffinity", raising=False)  # macOS
+    assert runtime.usable_cores() == 2
+
+
+def test_a_second_study_writing_the_same_figs_dir_is_refused_while_the_first_runs(tmp_path, monkeypatch, capsys):
+    """Two studies of two --out but one --figs-dir ran together, each replacing (or moving aside) the other's
+    figures: --out was held, --figs-dir not. It is held too now; --figs-dir equal to --out is held once."""
+    from utils.output_lock import OutputLock
+    fake_study(monkeypatch, tmp_path, fail_runs=True)
+    monkeypatch.setattr(study, "build_demo_data", lambda *a, **kw: pytest.fail("the data was built"))
+    figs = tmp_path / "shared-figs"
+    with OutputLock(figs, flag="--out", role="study"):  # the first study (whose --out this is), still running
+        assert study.cli(fake_argv(tmp_path, "--figs-dir", str(figs))) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: --figs-dir {figs} is in use by another study (PID {os.getpid()} on "
+                   f"{socket.gethostname()}); wait for it to finish or choose another --figs-dir\n"), err
+    assert not (tmp_path / "out").exists() and not figs.exists()  # nothing written, nothing left behind
+    fake_study(monkeypatch, tmp_path)
+    assert study.cli(fake_argv(tmp_path, "--figs-dir", str(figs))) == 0
+    assert (figs / "psnr_by_arm.png").is_file() and not (figs / ".lock").exists()
+    assert study.cli(fake_argv(tmp_path, "--out", str(tmp_path / "both"), "--figs-dir", str(tmp_path / "both"))) == 0
+    assert (tmp_path / "both" / "psnr_by_arm.png").is_file() and not (tmp_path / "both" / ".lock").exists()

@@ -5,8 +5,8 @@ OpenCV leaves both libraries' default message handlers in place, so they print l
 file, beside the one ``error:`` line the project prints about it; in a data loader worker those lines
 land in the middle of the trainer's output.
 
-:func:`decoder_messages` sends file descriptor 2 to a scratch file for the length of one decode and
-sorts what arrived there (:func:`sort_text`):
+:func:`decoder_messages` sends file descriptor 2 to a scratch file for the length of one decode
+(:data:`utils.streams.descriptor_2`) and sorts what arrived there (:func:`sort_text`):
 
 - **libpng errors**, and libjpeg's "Premature end of JPEG file" (a file cut short, which Pillow, the
   reference's reader, refuses too): the file is refused, with these words as the detail of the
@@ -28,14 +28,13 @@ its real stderr, the turn free and a scratch file of its own.
 """
 from __future__ import annotations
 
-import os
 import re
 import sys
-import tempfile
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
+
+from utils.streams import descriptor_2
 
 _LIBPNG_ERROR = "libpng error: "
 _LIBPNG_WARNING = "libpng warning: "
@@ -71,103 +70,31 @@ def sort_text(text: str, said: DecoderSaid) -> str:
     return "".join(other)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write ``data`` to ``fd`` whole; a stderr nobody reads any more (a closed pipe) is not an error here."""
-    try:
-        while data:
-            data = data[os.write(fd, data):]
-    except OSError:
-        pass
-
-
-class _Capture:
-    """File descriptor 2 sent to a scratch file of this process while a decode runs (see the module)."""
+class _DecoderMessages:
+    """The decoders' lines taken out of stderr around a decode (:data:`utils.streams.descriptor_2`, see the module),
+    and each file's warning said once per process."""
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.owner: int | None = None  # the process the scratch file belongs to
-        self.scratch: int | None = None
-        self.saved: int | None = None  # the real stderr, while a decode captures
         self.warned: set[str] = set()  # files whose libjpeg warning was said, in this process
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._forked)
-
-    def _forked(self) -> None:
-        """In a child forked while another thread decoded: the real stderr back on descriptor 2, the parent's
-        scratch file (and its offset) left to the parent, and the turn free."""
-        if self.saved is not None:
-            os.dup2(self.saved, 2)
-            os.close(self.saved)
-        if self.scratch is not None:
-            os.close(self.scratch)
-        self.lock = threading.Lock()
-        self.owner = self.scratch = self.saved = None
-
-    def _scratch(self) -> int:
-        if self.owner != os.getpid():
-            fd, name = tempfile.mkstemp(prefix="decoder-messages-")
-            os.unlink(name)
-            self.owner, self.scratch = os.getpid(), fd
-        return self.scratch
 
     def warn_once(self, path: str, text: str) -> None:
-        """Print ``text`` (a warning about ``path``) on stderr the first time only, in this process; under the
-        lock, so that no decode running in another thread captures it as its own decoder's words."""
-        with self.lock:
+        """Print ``text`` (a warning about ``path``) on stderr the first time only, in this process; in the
+        captures' turn, so that no decode running in another thread captures it as its own decoder's words."""
+        with descriptor_2.lock:
             if path in self.warned:
                 return
             if len(self.warned) < 100_000:
                 self.warned.add(path)
             print(text, file=sys.stderr, flush=True)
 
-    def _start(self) -> int | None:
-        """Descriptor 2 to the emptied scratch file; returns the real stderr's copy (None: not captured, as
-        when there is no stderr to take over or no temporary folder)."""
-        try:
-            scratch = self._scratch()
-            os.ftruncate(scratch, 0)
-            os.lseek(scratch, 0, os.SEEK_SET)
-            saved = os.dup(2)
-        except OSError:
-            return None
-        try:
-            os.dup2(scratch, 2)
-        except OSError:
-            os.close(saved)
-            return None
-        return saved
-
-    def _finish(self, saved: int, said: DecoderSaid) -> None:
-        """The real stderr back on descriptor 2; what arrived meanwhile sorted into ``said`` or passed on."""
-        os.dup2(saved, 2)
-        os.close(saved)
-        scratch = self.scratch
-        written = os.lseek(scratch, 0, os.SEEK_CUR)
-        if not written:
-            return
-        os.lseek(scratch, 0, os.SEEK_SET)
-        chunks, left = [], written
-        while left > 0 and (chunk := os.read(scratch, left)):
-            chunks.append(chunk)
-            left -= len(chunk)
-        other = sort_text(b"".join(chunks).decode("utf-8", "surrogateescape"), said)
-        if other:
-            _write_all(2, other.encode("utf-8", "surrogateescape"))
-
     @contextmanager
     def __call__(self) -> Iterator[DecoderSaid]:
         said = DecoderSaid()
-        with self.lock:
-            self.saved = self._start()
-            try:
-                yield said
-            finally:
-                saved, self.saved = self.saved, None
-                if saved is not None:
-                    self._finish(saved, said)
+        with descriptor_2(lambda text: sort_text(text, said)):
+            yield said
 
 
-decoder_messages = _Capture()
+decoder_messages = _DecoderMessages()
 """``with decoder_messages() as said:`` around a decode; afterwards ``said`` (:class:`DecoderSaid`) holds what
 the decoders said (empty lists for a sound file); ``decoder_messages.warn_once(path, text)`` says a file's
 warning."""
