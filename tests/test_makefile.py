@@ -4,6 +4,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 # A Python of the given version: `-c` is the Makefile's version check, `-m venv` makes .venv/bin/python a link to
-# this script (as a venv links to its interpreter, installed long before); every call is logged to calls.log,
-# and -m utils.demo or a bench script take a second.
+# this script (as a venv links to its interpreter, installed long before), after FAKE_VENV_SECONDS; every call is
+# logged to calls.log, and -m utils.demo or a bench script take a second.
 FAKE_PYTHON = """#!/bin/sh
 echo "start $*" >> calls.log
 case "$1" in
@@ -22,8 +23,8 @@ case "$1" in
   --version) echo "Python {version}" ;;
 esac
 case "$*" in
-  "-m venv --clear .venv") rm -rf .venv && mkdir -p .venv/bin && touch .venv/pyvenv.cfg
-                           ln -s "$0" .venv/bin/python ;;
+  "-m venv --clear .venv") sleep "${FAKE_VENV_SECONDS:-0}"; rm -rf .venv && mkdir -p .venv/bin
+                           touch .venv/pyvenv.cfg && ln -s "$0" .venv/bin/python ;;
   "-m utils.demo"*|"bench/bench_inference.py"*) sleep 1 ;;
 esac
 echo "end $*" >> calls.log
@@ -46,10 +47,14 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def make_env(**extra: str) -> dict[str, str]:
+    """The environment without an outer make's flags (the suite may run under one), with ``extra``."""
+    return {**{k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}, **extra}
+
+
 def make(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     return subprocess.run(["make", "--no-print-directory", *args], cwd=folder, capture_output=True, text=True,
-                          env=env, timeout=60)
+                          env=make_env(), timeout=60)
 
 
 def calls(folder: Path) -> list[str]:
@@ -137,3 +142,60 @@ def test_make_alone_lists_the_commands_and_installs_nothing(tmp_path):
     for goal in ("demo", "test", "test-quick", "app", "bench", "clean-demo"):
         assert any(line.startswith(f"make {goal} ") for line in listed), goal
     assert not (folder / ".venv").exists() and not (folder / "calls.log").exists()
+
+
+def test_make_f_from_another_folder_runs_in_the_projects_folder(tmp_path):
+    """`make -f /path/to/Makefile demo` from another folder made a stray .venv there and stopped at "No rule to make
+    target 'requirements.txt'". It runs in the Makefile's folder now, as make -C does."""
+    folder, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    project(folder)
+    python = fake_python(tmp_path / "python3")
+    for makefile in (str(folder / "Makefile"), "../project/Makefile"):
+        done = make(elsewhere, "-f", makefile, "demo", f"PYTHON={python}", "ARGS=--quick")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert calls(folder)[-2:] == ["start -m utils.demo --quick", "end -m utils.demo --quick"]
+    assert calls(folder).count("start -m venv --clear .venv") == 1
+    assert sorted(p.name for p in elsewhere.iterdir()) == []  # no .venv, nothing else
+    listed = make(elsewhere, "-f", str(folder / "Makefile")).stdout.splitlines()  # no goal: the list
+    assert any(line.startswith("make demo ") for line in listed), listed
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="flock (util-linux) is not installed")
+def test_two_makes_started_together_set_the_venv_up_once(tmp_path):
+    """`make test` and `make demo` started together on a fresh clone both made .venv (one's --clear deleting what the
+    other was installing) and both ran pip into it. The second waits for the first's set-up, saying so, then finds
+    it done."""
+    folder = project(tmp_path)
+    env = make_env(FAKE_VENV_SECONDS="2")
+    python = fake_python(tmp_path / "python3")
+    command = ["make", "--no-print-directory", f"PYTHON={python}"]
+    first = subprocess.Popen([*command, "demo"], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "start -m venv --clear .venv" not in ((folder / "calls.log").read_text()
+                                                    if (folder / "calls.log").exists() else ""):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second = subprocess.run([*command, "test-quick"], cwd=folder, env=env, capture_output=True, text=True,
+                                timeout=60)
+    finally:
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, (out, err, second.stdout, second.stderr)
+    assert "waiting for another make to finish setting up .venv ..." in second.stdout.splitlines()
+    log = calls(folder)
+    assert log.count("start -m venv --clear .venv") == 1
+    assert log.count("start -m pip install -q --disable-pip-version-check -r requirements.txt") == 1
+    set_up = log.index("end -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .")
+    assert set_up < log.index('start -m pytest -q -n 2 -m not slow tests')
+
+
+def test_without_flock_the_set_up_runs_as_before(tmp_path):
+    """No flock (macOS has none): the set-up runs unlocked, the goal after it."""
+    folder = project(tmp_path)
+    done = make(folder, "demo", f"PYTHON={fake_python(tmp_path / 'python3')}", "FLOCK=")
+    assert done.returncode == 0, done.stdout + done.stderr
+    started = [c for c in calls(folder) if c.startswith("start")]
+    assert started[-1] == "start -m utils.demo" and "start -m venv --clear .venv" in started
