@@ -581,3 +581,18 @@ def test_a_trainer_on_a_cpu_that_other_processes_keep_busy_says_so_at_its_start(
                           f"several times faster here"] if said else []), notes
     monkeypatch.setattr(start.torch, "get_num_threads", lambda: 1)  # one thread waits on no other
     assert engine.run_cli(args) == 0 and "busy" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("parser", ["tester", "app", "analysis"])
+def test_an_empty_model_flag_is_refused_not_read_as_no_model_given(parser, capsys):
+    """--model "$CKPT" with CKPT unset evaluated the default checkpoint (the authors', else the newest under
+    checkpoint/) with one "no --model given" line: another network's numbers under the user's label."""
+    from utils.analysis import own_photos
+    from utils.app import main as app_main
+    build = {"tester": tester_bary.get_args_parser, "app": app_main.get_args_parser,
+             "analysis": own_photos.get_args_parser}[parser]
+    with pytest.raises(SystemExit) as exc:
+        build().parse_args(["--model", ""])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --model: an empty path") and err.count("\n") == 1

@@ -26,7 +26,7 @@ def add_checkpoint_flags(group):
     """``--model``, ``--backbone`` and ``--preset``: which checkpoint to run, and how to build a network for one
     that does not say (the tester's flags, which the web app and ``python -m utils.analysis`` take too). Returns
     ``group``."""
-    group.add_argument("--model", default=None,
+    group.add_argument("--model", type=non_empty_path, default=None,  # --model "$UNSET": not the default's run
                        help=f"checkpoint: the project's, a plain state dict, or a reference BaryIR checkpoint "
                             f"({{'BaryIR': module}}); also a run's output folder or its 'latest' pointer (the "
                             f"newest checkpoint). Default: {REFERENCE_MODEL} (the reference's) if it exists, "
