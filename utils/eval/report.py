@@ -188,7 +188,8 @@ def results_texts(results: Mapping[str, Any]) -> dict[str, str]:
         for im in r["images"]:
             md.append(f"| {table_cell(im['name'])} | {_fmt(im.get('input_psnr'), 2)} | "
                       f"{_fmt(im.get('input_ssim'), 4)} | {im['psnr']:.2f} | {im['ssim']:.4f} |"
-                      + (f" {im['lpips']:.4f} |" if has_lpips else "") + f" {im['seconds']:.3f} |")
+                      + (f" {im['lpips']:.4f} |" if has_lpips else "")
+                      + f" {im['seconds']:.3f}{' (compiling included)' if im.get('compiling') else ''} |")
         md.append("")
     return {"json": json_text(results), "csv": fh.getvalue(), "md": "\n".join(md)}
 
