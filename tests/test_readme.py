@@ -250,3 +250,20 @@ def test_the_parameter_counts_in_the_readme_and_method_tables_are_the_models():
     for backbone, paper, paper_tensors, tiny, tiny_tensors in method_rows:
         assert (as_int(paper), int(paper_tensors)) == built[backbone, "paper"], backbone
         assert (as_int(tiny), int(tiny_tensors)) == built[backbone, "tiny"], backbone
+
+
+def test_the_published_numbers_and_set_sizes_in_the_readme_are_the_testers():
+    """The README's table of published BaryIR results and its list of the paper's set sizes are what
+    --compare-paper compares with and what marks a column "not comparable" (utils/eval/paper.py)."""
+    from utils.eval import paper
+    readme = README.read_text()
+    header = re.search(r"^\| setting \|(.*)\|$", readme, flags=re.M).group(1)
+    columns = [c.strip() for c in header.split("|")]
+    shown = {}
+    for setting, cells in re.findall(r"^\| (3D|5D) \|(.*)\|$", readme, flags=re.M):
+        values = [c.strip() for c in cells.split("|")]
+        shown[setting.lower()] = {col: tuple(map(float, v.split("/"))) for col, v in zip(columns, values) if v}
+    assert shown == paper.PUBLISHED
+    sizes = re.search(r"\(SOTS outdoor (\d+), Rain100L (\d+), BSD68 (\d+),\s+GoPro (\d+), LOL (\d+)\)", readme)
+    assert sizes is not None
+    assert dict(zip(("SOTS", "Rain100L", "BSD68", "GoPro", "LOL"), map(int, sizes.groups()))) == paper.SET_SIZES
