@@ -102,6 +102,15 @@ def test_every_link_within_a_document_leads_to_one_of_its_headings(doc):
     assert [a for a in links if a not in headings] == [], doc
 
 
+@pytest.mark.parametrize("doc", ["README.md", "docs/METHOD.md", "STUDY.md", "BENCHMARKS.md"])
+def test_every_file_a_document_links_to_or_shows_exists(doc):
+    """A figure regenerated under another name, or a document moved, leaves a broken image or link on GitHub."""
+    path = README.parent / doc
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8"))
+    local = [t for t in targets if "://" not in t and not t.startswith("mailto:")]
+    assert [t for t in local if not (path.parent / t).exists()] == [], doc
+
+
 def test_trainer_accepts_snake_case_spellings_of_the_reference_flags():
     parse = train_options.get_args_parser().parse_args
     reference = parse(["--batchSize", "6", "--nEpochs", "3"])
