@@ -596,3 +596,22 @@ def test_an_empty_model_flag_is_refused_not_read_as_no_model_given(parser, capsy
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: argument --model: an empty path") and err.count("\n") == 1
+
+
+def test_a_dry_run_says_the_memory_checks_out_only_when_its_estimate_fits(tmp_path, monkeypatch, capsys):
+    """--dry-run --no-memory-check said "the data, the networks and the memory check out" right under the warning
+    that the estimate did not fit: the run it promised would go out of memory."""
+    from _train_data import make_train_tree, train_flags
+
+    from utils.train import engine, run_checks
+    flags = train_flags(make_train_tree(tmp_path / "data"), tmp_path / "run") + ["--dry-run"]
+    for free, no_check, said in ((64 * 2**30, [], "the data, the networks and the memory check out;"),
+                                 (2**20, ["--no-memory-check"], "the data and the networks check out (but not the "
+                                                                "memory estimate: see the warning above);"),
+                                 (None, [], "the data and the networks check out (the free memory is not known "
+                                            "here: not checked);")):
+        monkeypatch.setattr(run_checks, "available_bytes", lambda device: free)
+        monkeypatch.setattr(run_checks, "resident_bytes", lambda: 0)  # this test process's size: none of the need
+        assert engine.run_cli(train_options.get_args_parser().parse_args(flags + no_check)) == 0
+        [line] = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("=> dry run:")]
+        assert line.startswith("=> dry run: " + said), line

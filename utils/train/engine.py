@@ -223,7 +223,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
     (:func:`stopped_status`)."""
     console = Console(info.is_main)
     k, objective, ablate = check_run(args, info)
-    check_memory(args, k, info, console)
+    memory_fits = check_memory(args, k, info, console)
     dry = getattr(args, "dry_run", False)
     if dry:  # the real run would be refused: so is the dry one
         OutputLock(args.output_dir).check_free()
@@ -267,8 +267,11 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                      f"({counted(len(checkpoints), 'checkpoint')}) to run.before-<time>/ (--resume auto would continue "
                      f"that run instead)"
                      if earlier else "")
-            console(f"=> dry run: the data, the networks{', the checkpoint' if ckpt_path else ''} and the memory "
-                    f"check out; it would {' and '.join(filter(None, (record, train)))} into {args.output_dir}"
+            checked = ["the data", "the networks"] + (["the checkpoint"] if ckpt_path else []) + (
+                ["the memory"] if memory_fits else [])
+            memory = {False: " (but not the memory estimate: see the warning above)",
+                      None: " (the free memory is not known here: not checked)"}.get(memory_fits, "")
+            console(f"=> dry run: {', '.join(checked[:-1])} and {checked[-1]} check out{memory}; it would {' and '.join(filter(None, (record, train)))} into {args.output_dir}"
                     f"{aside}. Nothing was written; drop --dry-run to train")
             return 0
         output_dir = Path(args.output_dir)

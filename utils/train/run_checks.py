@@ -197,14 +197,15 @@ def largest_batch_that_fits(batch: int, fixed: float, per_sample: float, free: f
     return b if b >= 1 else None
 
 
-def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
+def check_memory(args, k: int, info: DistInfo, console: Console) -> bool | None:
     """Refuse, before anything is built, a run whose estimated peak exceeds the memory its processes
     share (the GPU's, or this machine's for CPU ranks), with the estimate and what to change; print the
-    estimate either way. Rank 0 decides for all ranks. ``--no-memory-check`` only warns."""
+    estimate either way. Rank 0 decides for all ranks. ``--no-memory-check`` only warns. Returns whether the
+    estimate fits (False: it did not, and was only warned of), None where the free memory is not known."""
     need = memory_need(args, k, info)
     free = available_bytes(info.device)
     if free is None:
-        return
+        return None
     # The processes exist already: their present size is in use, not still to come.
     extra = need.total - (0 if info.device.type == "cuda" else need.processes_here * resident_bytes())
     where = "the GPU" if info.device.type == "cuda" else "this machine"
@@ -214,7 +215,7 @@ def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
             f"on {where}")
     fits = broadcast_int(int(extra <= free), info)
     if fits:
-        return
+        return True
     # activations are the only part that grows with the batch, in each of the processes here
     per_sample = need.parts["activations"] / args.batchSize * need.processes_here
     fixed = (need.per_process - need.parts["activations"]) * need.processes_here - (need.total - extra)
@@ -229,7 +230,7 @@ def check_memory(args, k: int, info: DistInfo, console: Console) -> None:
                f"{', '.join(a for a in advice if a)}; --no-memory-check starts anyway")
     if args.no_memory_check:
         console.warn(message)
-        return
+        return False
     raise ConfigError(message)
 
 
