@@ -271,8 +271,9 @@ def train(args: argparse.Namespace, info: DistInfo) -> int:
                 ["the memory"] if memory_fits else [])
             memory = {False: " (but not the memory estimate: see the warning above)",
                       None: " (the free memory is not known here: not checked)"}.get(memory_fits, "")
-            console(f"=> dry run: {', '.join(checked[:-1])} and {checked[-1]} check out{memory}; it would {' and '.join(filter(None, (record, train)))} into {args.output_dir}"
-                    f"{aside}. Nothing was written; drop --dry-run to train")
+            console(f"=> dry run: {', '.join(checked[:-1])} and {checked[-1]} check out{memory}; it would "
+                    f"{' and '.join(filter(None, (record, train)))} into {args.output_dir}{aside}. Nothing was "
+                    f"written; drop --dry-run to train")
             return 0
         output_dir = Path(args.output_dir)
         log = open_log(output_dir, resumed, ckpt_path, state, info, console)
