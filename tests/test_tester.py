@@ -1017,6 +1017,41 @@ def test_a_bar_in_an_image_or_row_name_stays_in_its_cell_of_results_md(tmp_path)
     assert split(md[summary + 2])[0] == "my\\|set (partial)"
 
 
+def _gfm_cells(line):
+    """A table row's cells as GitHub's Markdown splits them: a backslash escapes the character after it (so ``\\\\|``
+    is a backslash, then the bar that ends the cell), and a row ends at the end of its line."""
+    cells_, cell, chars = [], "", iter(line.strip().removeprefix("|").removesuffix("|"))
+    for ch in chars:
+        if ch == "\\":
+            cell += next(chars, "")
+        elif ch == "|":
+            cells_, cell = cells_ + [cell.strip()], ""
+        else:
+            cell += ch
+    return cells_ + [cell.strip()]
+
+
+@pytest.mark.parametrize("name,shown", [("x\\|y.png", "x\\|y.png"), ("a\nb.png", "a\\nb.png"),
+                                        ("c\rd\te.png", "c\\rd\\te.png")])
+def test_a_backslash_or_line_break_in_an_image_or_row_name_stays_in_its_cell_of_results_md(tmp_path, name, shown):
+    """A file named ``x\\|y.png`` became ``x\\\\|y.png`` in results.md: an escaped backslash, then a bar that ended the
+    cell, so "y.png" sat under Degraded PSNR and every number one heading to the right; a name with a line break (legal
+    on Linux) cut its row in two. Backslashes are escaped too, and a line break is shown as ``\\n``."""
+    results = _stopped_results()
+    row = results["tasks"].pop("myset")
+    row["images"][0]["name"] = name
+    results["tasks"][name] = row
+    write_results(results, tmp_path)
+    md = (tmp_path / "results.md").read_text().splitlines()
+    head = md.index("| Image | Degraded PSNR | Degraded SSIM | PSNR | SSIM | s |")
+    assert dict(zip(_gfm_cells(md[head]), _gfm_cells(md[head + 2]))) == {
+        "Image": shown, "Degraded PSNR": "20.25", "Degraded SSIM": "0.7000", "PSNR": "30.50", "SSIM": "0.9000",
+        "s": "0.500"} and len(_gfm_cells(md[head + 2])) == 6
+    summary = md.index(next(line for line in md if line.startswith("| Task |")))
+    assert _gfm_cells(md[summary + 2])[:3] == [shown + " (partial)", "2", "21.00"]
+    assert len(_gfm_cells(md[summary + 2])) == len(_gfm_cells(md[summary]))
+
+
 def test_results_record_the_command_commit_and_versions_to_run_them_again(bench, checkpoint, tmp_path, monkeypatch):
     """results.json and results.md named the model and the protocol, but neither the command (--data-root,
     --tasks), the commit nor torch's version and threads: a table could not be traced back to the code."""

@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import sys
+import unicodedata
 from typing import Any, Callable, Iterable
 
 from utils.streams import PIPE_CLOSED_STATUS, OutputClosed, OutputGuard, leave_the_hung_up_terminal
@@ -184,8 +185,16 @@ def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "; ", lead: str
 
 def table_cell(name: str) -> str:
     """A file or row name as one Markdown table cell: a ``|`` in it (a legal file name character) is escaped, or
-    it would end the cell and shift every value after it under the next heading."""
-    return name.replace("|", "\\|")
+    it would end the cell and shift every value after it under the next heading; so is a backslash (``x\\|y.png``
+    gave ``x\\\\|y.png``, an escaped backslash and then a bar ending the cell); a line break or other control character
+    (legal in a Linux name), which cut the row in two, is shown as its escape (``\\n``, ``\\x1b``)."""
+    text = name.replace("\\", "\\\\").replace("|", "\\|")
+    return "".join("\\" + ch.encode("unicode_escape").decode("ascii") if _breaks_line(ch) else ch for ch in text)
+
+
+def _breaks_line(ch: str) -> bool:
+    """Whether ``ch`` is a control character, or one that :meth:`str.splitlines` ends a line at."""
+    return unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029"
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
