@@ -51,6 +51,7 @@ from utils.eval import protocol as protocol_module
 from utils.eval import tasks as tasks_module
 from utils.eval.evaluation import average_row, evaluate_set, evaluate_sets
 from utils.eval.metrics import image_metrics
+from utils.eval.paper import comparison_lines
 from utils.eval.protocol import Protocol, RestoreOutOfMemory
 from utils.eval.report import summary_table, write_results
 from utils.eval.tasks import find_task_sets, paired_set
@@ -341,10 +342,30 @@ def test_compare_paper_that_no_row_can_fill_is_warned_before_the_run(bench, chec
     rain = bench / "derain" / "Rain100L"
     run(*args, "--degset", rain / "input", "--tarset", rain / "target", "--save", tmp_path / "a")
     err = capsys.readouterr().err
-    assert "warning: --compare-paper 3d: no row of this run (rows: input) fills a column of the paper's table" in err
+    assert "warning: --compare-paper 3d: no row of this run (rows: input) fills a column of the paper's 3D table" in err
     assert "evaluate with --data-root DIR --tasks ..." in err
     run(*args, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "b")
     assert "--compare-paper" not in capsys.readouterr().err
+
+
+def test_compare_paper_with_rows_only_the_other_setting_has_says_so(checkpoint, tmp_path, capsys):
+    """--tasks denoise_15 --compare-paper 5d (BSD68 σ15 is a 3D column) printed no warning, then a 5D table of five
+    'not evaluated' columns, with the row it had scored nowhere in it; with rows of both settings (derain deblur
+    --compare-paper 3d) GoPro's row was dropped from the table without a word. Both now say which rows only the
+    other setting's table has, with its flag, at the start and under the table."""
+    write_image(tmp_path / "data" / "denoise" / "bsd68" / "cat.png", clean_images()["cat"])
+    args = ["--model", checkpoint, "--no-images", "--dry-run", "--data-root", tmp_path / "data"]
+    run(*args, "--tasks", "denoise_15", "--compare-paper", "5d", "--save", tmp_path / "a")
+    err = capsys.readouterr().err
+    assert "warning: --compare-paper 5d: no row of this run (rows: denoise_15/bsd68) fills a column of the paper's " \
+        "5D table" in err
+    assert "denoise_15/bsd68 (BSD68 σ15) has a number only in the 3D table: --compare-paper 3d" in err
+    run(*args, "--tasks", "denoise_15", "--compare-paper", "3d", "--save", tmp_path / "b")
+    assert "--compare-paper" not in capsys.readouterr().err
+    row = {"count": 100, "psnr": 30.0, "ssim": 0.9}
+    lines = comparison_lines({"derain": row, "deblur/GoPro": {**row, "count": 1111}}, "3d")
+    assert "Left out, having a number only in the 5D table (--compare-paper 5d): deblur/GoPro (GoPro)." in lines
+    assert not any("Left out" in line for line in comparison_lines({"derain": row}, "3d"))
 
 
 def test_compare_paper_prints_the_published_columns(bench, checkpoint, tmp_path, capsys):

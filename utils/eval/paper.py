@@ -24,7 +24,7 @@ so a tiled restoration is another function), or a run scored by other rules than
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from utils.errors import table_cell
 
@@ -62,6 +62,17 @@ def paper_column(row: str) -> str | None:
             return None
         return column if not subset or any(k in name for k in keys) else None
     return None
+
+
+def other_setting_rows(rows: Iterable[str], setting: str) -> dict[str, str]:
+    """``{row: column}`` for the ``rows`` that fill a paper column the ``setting`` table has no number for (BSD68 σ15
+    in 5D, GoPro and LOL in 3D): the other setting's table has it (:func:`settings_with`)."""
+    return {row: column for row in rows if (column := paper_column(row)) and column not in SETTINGS[setting]}
+
+
+def settings_with(columns: Iterable[str]) -> list[str]:
+    """The settings whose tables have all of ``columns``."""
+    return [s for s, have in SETTINGS.items() if all(c in have for c in columns)]
 
 
 # The paper's scoring (docs/METHOD.md §4): each protocol field, its value there, and how another reads.
@@ -151,7 +162,8 @@ def comparison_lines(tasks: Mapping[str, Mapping[str, Any]], setting: str,
                      protocol: Mapping[str, Any] | None = None, note: str | None = None) -> list[str]:
     """A markdown table: each of ``setting``'s columns, this run's PSNR/SSIM, the published BaryIR
     numbers and the difference (missing columns say so), then the averages over the columns present
-    in both; rows not scored as the paper's (:func:`caveat`, under the run's ``protocol``) say why.
+    in both; rows not scored as the paper's (:func:`caveat`, under the run's ``protocol``) say why, and rows filling a
+    column only another setting's table has (:func:`other_setting_rows`) are named under it with that setting.
     ``note`` (:func:`setting_note`: a checkpoint trained on other families) is said above the table."""
     columns = paper_columns(tasks)
     published = PUBLISHED[setting]
@@ -181,6 +193,11 @@ def comparison_lines(tasks: Mapping[str, Mapping[str, Any]], setting: str,
         label = "Average" if n == len(SETTINGS[setting]) else f"Average of {present}"
         lines.append(f"| {label} | | {o[0]:.2f}/{o[1]:.3f} | {t[0]:.2f}/{t[1]:.3f} | {o[0] - t[0]:+.2f} | "
                      f"{o[1] - t[1]:+.3f} |")
+    if elsewhere := other_setting_rows([row for row, r in tasks.items() if r.get("count")], setting):
+        others = " or ".join(s.upper() for s in settings_with(elsewhere.values())) or "other"
+        flags = " or ".join(f"--compare-paper {s}" for s in settings_with(elsewhere.values()))
+        lines += ["", f"Left out, having a number only in the {others} table{f' ({flags})' if flags else ''}: "
+                      f"{', '.join(f'{table_cell(row)} ({column})' for row, column in elsewhere.items())}."]
     if flagged:
         lines += ["", f"Not scored as the paper's: {', '.join(flagged)} (see the Row column); their differences, "
                       f"and the average over them, do not compare like with like."]

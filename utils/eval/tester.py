@@ -32,7 +32,7 @@ from utils.eval.evaluation import (
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.options import get_args_parser
 from utils.eval.output_folders import check_outputs, keep_earlier_outputs, output_locks, remove_tester_temporaries
-from utils.eval.paper import paper_column, setting_note
+from utils.eval.paper import other_setting_rows, paper_column, setting_note, settings_with
 from utils.eval.protocol import Protocol, protocol_from_args
 from utils.eval.report import format_report, write_results
 from utils.eval.resuming import (
@@ -171,16 +171,30 @@ def unused_noise_seed(args, sets: list[EvalSet]) -> str | None:
 
 
 def unmatched_comparison(args, sets: list[EvalSet]) -> str | None:
-    """A warning for ``--compare-paper`` when none of ``sets`` fills a column of the paper's table (a
-    ``--degset``/``--tarset`` row is named after its folder, ``input``, which is no paper set); None otherwise."""
-    if not args.compare_paper or any(paper_column(s.name) for s in sets):
+    """A warning for ``--compare-paper`` when none of ``sets`` fills a column of the setting's table (a
+    ``--degset``/``--tarset`` row is named after its folder, ``input``, which is no paper set; ``denoise_15/bsd68``
+    fills a 3D column, which the 5D table has not), or when some fill a column only the other setting's table has
+    (left out of the comparison); None otherwise."""
+    setting = args.compare_paper
+    if not setting:
         return None
-    how = ("a --degset/--tarset row is named after the degraded folder and cannot be matched: evaluate with "
-           "--data-root DIR --tasks ... (e.g. --tasks derain for derain/Rain100L)") if args.degset else \
-        "evaluate the paper's tasks (--tasks derain dehaze denoise_25 ...)"
-    rows = ", ".join(s.name for s in sets) or "none"
-    return (f"--compare-paper {args.compare_paper}: no row of this run (rows: {rows}) fills a column of the paper's "
-            f"table, so every column will read 'not evaluated'; {how}")
+    names = [s.name for s in sets]
+    elsewhere = other_setting_rows(names, setting)
+    fills = [n for n in names if paper_column(n) and n not in elsewhere]
+    if fills and not elsewhere:
+        return None
+    tables = {column: settings_with([column]) for column in elsewhere.values()}
+    said = "; ".join(f"{row} ({column}) has a number only in the {'/'.join(s.upper() for s in tables[column])} table: "
+                     f"{' or '.join(f'--compare-paper {s}' for s in tables[column])}"
+                     for row, column in elsewhere.items())
+    if fills:
+        return f"--compare-paper {setting}: left out of its table, named under it: {said}"
+    how = said or (("a --degset/--tarset row is named after the degraded folder and cannot be matched: evaluate with "
+                    "--data-root DIR --tasks ... (e.g. --tasks derain for derain/Rain100L)") if args.degset else
+                   "evaluate the paper's tasks (--tasks derain dehaze denoise_25 ...)")
+    rows = ", ".join(names) or "none"
+    return (f"--compare-paper {setting}: no row of this run (rows: {rows}) fills a column of the paper's "
+            f"{setting.upper()} table, so every column will read 'not evaluated'; {how}")
 
 
 def _find_sets(args, tasks_defaulted: bool) -> list[EvalSet]:
