@@ -436,6 +436,22 @@ def test_flags_that_do_nothing_without_their_partner_are_refused(bench, checkpoi
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("how", ["same", "slash", "link"])
+def test_degset_and_tarset_naming_one_folder_is_refused(bench, checkpoint, tmp_path, capsys, how):
+    """--degset and --tarset naming one folder (a slip when typing the second) scored every image against itself:
+    a table of 100 dB and SSIM 1 with a note under it, results written. It is one error line, before anything."""
+    deg = bench / "derain" / "Rain100L" / "input"
+    tar = {"same": deg, "slash": f"{deg}/", "link": tmp_path / "link"}[how]
+    if how == "link":
+        os.symlink(deg, tar)
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--degset", str(deg), "--tarset",
+                                                     str(tar), "--save", str(tmp_path / "out"), "--no-progress"])
+    assert tester_bary.run_main(tester_bary.main, args) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --degset {deg} and --tarset {tar} are the same folder") and "against itself" in line
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("flags, said", [(["--figs"], "--figs draws"), (["--savetar", "t"], "--savetar saves"),
                                          (["--no-images"], "--no-images leaves"), (["--max-images", "1"],
                                                                                   "--max-images cuts"),
