@@ -200,3 +200,22 @@ def test_resume_keeps_its_own_saved_targets_in_place(bench, checkpoint, tmp_path
     [aside] = (tmp_path / "t").glob("results.before-*")
     assert [p.name for p in aside.rglob("*.png")] == ["rain-2.png"]
     assert (tar / "rain-2.png").read_bytes() != b"my own file" and os.stat(tar / "rain-1.png").st_ino == inode
+
+
+def test_a_kept_restoration_that_cannot_be_read_stops_the_run_with_its_scores_so_far(bench, checkpoint, tmp_path):
+    """--resume --figs reads a kept image's restoration again for its figure: one damaged since (a disk fault, an
+    edit) ended the run with the image reader's error, and the images this run had scored before it, in the rows
+    done, were in no results.json. The run now stops as at a bad image: results so far written, and the error
+    names the kept restoration and how to have it restored again."""
+    flags = ["--model", checkpoint, "--data-root", bench, "--tasks", "denoise_25", "derain", "--save", tmp_path / "o"]
+    run(*flags, "--max-images", "1")
+    kept = tmp_path / "o" / "derain" / "Rain100L" / "rain-1.png"
+    kept.write_bytes(kept.read_bytes()[:60])
+    with pytest.raises(UserError, match=f"the restoration {kept} that --resume keeps cannot be read.*delete it") as e:
+        run(*flags, "--resume", "--figs", "--figs-dir", tmp_path / "f")
+    assert "--skip-bad-files" not in str(e.value)  # it leaves out unreadable inputs, not a kept restoration
+    record = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert record["tasks"]["denoise_25/bsd68"]["count"] == 2 and record["partial"]["row"] == "derain/Rain100L"
+    kept.unlink()
+    results = run(*flags, "--resume", "--figs", "--figs-dir", tmp_path / "f")
+    assert [r["count"] for r in results["tasks"].values()] == [2, 4] and "partial" not in results

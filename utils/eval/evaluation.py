@@ -123,6 +123,17 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _read_kept(path: Path) -> np.ndarray:
+    """The restoration at ``path`` that ``--resume`` keeps, read again for its figure; a :class:`UserError` that names
+    it as such, with the fix (its image is restored again once it is gone), when it cannot be read (not an
+    :class:`ImageReadError`: ``--skip-bad-files`` leaves out inputs, not a kept output)."""
+    try:
+        return read_image(path, exif=False)
+    except ImageReadError as exc:
+        raise UserError(f"the restoration {path} that --resume keeps cannot be read ({exc}): delete it, and "
+                             f"--resume restores its image again") from exc
+
+
 def _write_stopped(exc: BaseException, file: str, set_name: str, row: dict[str, Any] | None) -> EvaluationStopped:
     """An output that could not be written (a full disk, a file too large, a folder made read-only meanwhile)
     stops the run as a bad image does: the results so far are written and shown, not lost with a traceback."""
@@ -338,16 +349,22 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         """An image the earlier run scored: its entry and notes kept, its target saved and its figure row drawn as
         for the others (read again: the restoration from its file)."""
         image = kept.image
-        if (savetar_dir is not None and not (savetar_dir / out_name).is_file()) or \
-                (figs_dir is not None and len(fig_rows) < fig_images and save_dir is not None):
-            deg, tar = _load_item(item, protocol)
-            if savetar_dir is not None:
-                write_image(savetar_dir / out_name, to_8bit(tar))
-                image = {**image, "target_sha256": file_digest(savetar_dir / out_name)}
-            if figs_dir is not None and len(fig_rows) < fig_images and save_dir is not None:
-                out8 = to_8bit(read_image(save_dir / out_name, exif=False))
-                fig_rows.append((item.name, to_8bit(deg), out8, to_8bit(tar), image["psnr"], image["ssim"],
-                                 image["input_psnr"], image["input_ssim"]))
+        try:
+            if (savetar_dir is not None and not (savetar_dir / out_name).is_file()) or \
+                    (figs_dir is not None and len(fig_rows) < fig_images and save_dir is not None):
+                deg, tar = _load_item(item, protocol)
+                if savetar_dir is not None:
+                    write_image(savetar_dir / out_name, to_8bit(tar))
+                    image = {**image, "target_sha256": file_digest(savetar_dir / out_name)}
+                if figs_dir is not None and len(fig_rows) < fig_images and save_dir is not None:
+                    out8 = to_8bit(_read_kept(save_dir / out_name))
+                    fig_rows.append((item.name, to_8bit(deg), out8, to_8bit(tar), image["psnr"], image["ssim"],
+                                     image["input_psnr"], image["input_ssim"]))
+        except UserError as exc:  # as at an image evaluated now: the scores so far are written, not lost
+            raise EvaluationStopped(str(exc), str(item.degraded or item.target), eval_set.name, row_so_far(),
+                                    exc.exit_status) from exc
+        except OSError as exc:
+            raise _write_stopped(exc, str(item.degraded or item.target), eval_set.name, row_so_far()) from exc
         images.append(image)
         notes.extend(kept.notes)
 
