@@ -735,6 +735,33 @@ def test_two_testers_may_not_write_one_save_folder(checkpoint, tmp_path):
     assert run("--model", checkpoint, "--degset", deg, "--tarset", tar, "--save", tmp_path / "o")["tasks"]["deg"]
 
 
+@pytest.mark.parametrize("flag", ["--save", "--savetar"])
+def test_a_tester_may_not_write_a_row_folder_another_one_writes_as_its_save(bench, checkpoint, tmp_path, monkeypatch,
+                                                                          flag):
+    """A benchmark run into --save o writes row derain/Rain100L's restorations into o/derain/Rain100L; a second run
+    started meanwhile with --save o/derain/Rain100L (that set alone, another checkpoint) wrote its restorations
+    under the same names there, and o/results.json described the other model's images (and the other way round).
+    Each run now holds the row folders it writes as it holds --save (--savetar: its own), whichever starts first."""
+    from utils.eval import tester as tester_module
+    from utils.output_lock import OutputFolderBusy, OutputLock
+    tasks = ["--model", checkpoint, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o"]
+    tasks += {"--save": [], "--savetar": ["--savetar", tmp_path / "t"]}[flag]
+    row = tmp_path / ("o" if flag == "--save" else "t") / "derain" / "Rain100L"
+    with OutputLock(row, flag, "tester"):  # the one-set run, into the row folder, started first
+        with pytest.raises(OutputFolderBusy, match=rf"{flag} .*/derain/Rain100L is in use by another tester"):
+            run(*tasks)
+    assert not (tmp_path / "o" / "results.json").exists()
+    real = tester_module.evaluate_sets
+
+    def checking(*args, **kwargs):  # the benchmark run started first: the one-set run would be refused
+        with pytest.raises(OutputFolderBusy, match="in use by another tester"):
+            OutputLock(row, flag, "tester").check_free()
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tester_module, "evaluate_sets", checking)
+    assert run(*tasks)["tasks"]["derain/Rain100L"]["count"]
+    assert not list(tmp_path.rglob(".lock"))
+
+
 @pytest.mark.parametrize("flag", ["--savetar", "--figs-dir"])
 def test_two_testers_may_not_write_one_savetar_or_figs_folder(checkpoint, tmp_path, flag):
     """Only --save was held: two testers given one --savetar (or one --figs-dir, whose default every run shares)

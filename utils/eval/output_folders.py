@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from utils.errors import counted
 from utils.eval.outputs import (
@@ -182,19 +183,23 @@ def _recorded_earlier(save: Path) -> list[Path]:
     return [p for p in recorded if _there(p) and folders[p.parent] is not None and inside(folders[p.parent], real_save)]
 
 
-def output_locks(args, save: Path) -> list[OutputLock]:
+def output_locks(args, save: Path, sets: Sequence[EvalSet] = ()) -> list[OutputLock]:
     """The locks of the folders this run writes into: ``--save``, ``--savetar`` and, with ``--figs``,
-    ``--figs-dir``. A folder named by two flags (``--figs-dir`` equal to ``--save``) gets one lock, under the
-    first flag: a second lock on it from this process would refuse the first. They are taken in the order of
-    the folders' resolved paths, the same in every run, and a folder before the folders inside it (so that
-    a run refused at a later lock removes the folders it made, inner ones first)."""
-    folders = {"--save": save}
+    ``--figs-dir``, and the row folders of ``sets`` it writes in ``--save`` and ``--savetar`` (``--tasks``:
+    ``<save>/derain/Rain100L``), which another tester may write as its own ``--save`` (that set alone, into the
+    row folder) and replace this run's restorations under their names. A folder named by two flags (``--figs-dir``
+    equal to ``--save``) gets one lock, under the first flag: a second lock on it from this process would refuse
+    the first. They are taken in the order of the folders' resolved paths, the same in every run, and a folder
+    before the folders inside it (so that a run refused at a later lock removes the folders it made, inner ones
+    first)."""
+    rows = [s.name for s in sets] if not args.degset else []
+    folders = [("--save", save), *(("--save", save / r) for r in rows if not args.no_images)]
     if args.savetar:
-        folders["--savetar"] = Path(args.savetar)
+        folders += [("--savetar", Path(args.savetar)), *(("--savetar", Path(args.savetar) / r) for r in rows)]
     if args.figs:
-        folders["--figs-dir"] = Path(args.figs_dir)
+        folders.append(("--figs-dir", Path(args.figs_dir)))
     locks: dict[Path, OutputLock] = {}
-    for flag, folder in folders.items():
+    for flag, folder in folders:
         locks.setdefault(_real(folder) or folder.absolute(),
                          OutputLock(folder, flag, "tester", fix=f"choose another {flag}"))
     return [locks[real] for real in sorted(locks)]

@@ -317,7 +317,7 @@ def main(args) -> dict:
             print(f"=> --compile {protocol.compile}: the first image of each size compiles the network's forward "
                   f"(minutes; cached under {compile_cache_dir()} for later runs)")
         made = _provenance(info["model"])  # the checkpoint hashed once, as it was loaded (--resume compares it)
-        locks = output_locks(args, save)
+        locks = output_locks(args, save, sets)
         earlier = _earlier_images(args, sets, save, protocol, device, info, made, say=args.dry_run) \
             if args.resume else {}
         if args.dry_run:
