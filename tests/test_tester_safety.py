@@ -251,6 +251,40 @@ def test_save_and_savetar_may_not_share_a_folder(bench, checkpoint, tmp_path):
     assert np.array_equal(target, read_image(tar / "cat.png")[:40, :56])
 
 
+@pytest.mark.parametrize("where", ["figure", "between rows"])
+def test_ctrl_c_while_a_figure_is_drawn_or_between_rows_keeps_the_results_so_far(bench, checkpoint, tmp_path,
+                                                                                   monkeypatch, where):
+    """Ctrl-C (or SIGTERM: a job's time limit) while --figs drew a row's figure, or while the line after a row said
+    how many were done, came outside the handling of a stop at an image: the run ended with "interrupted" and no
+    results.json, every row it had scored lost. The results so far are now written, marked partial there."""
+    from utils.eval import evaluation
+    calls, real = [], evaluation.save_comparison_figure
+
+    def figure(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the second row's figure, its images all scored
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    def line(self, done):
+        raise KeyboardInterrupt
+
+    if where == "figure":
+        monkeypatch.setattr(evaluation, "save_comparison_figure", figure)
+    else:
+        monkeypatch.setattr(evaluation.OverallClock, "line", line)
+    args = tester_bary.get_args_parser().parse_args(["--model", str(checkpoint), "--data-root", str(bench), "--tasks",
+                                                     "derain", "dehaze", "--no-images", "--save", str(tmp_path / "o"),
+                                                     "--figs", "--figs-dir", str(tmp_path / "f")])
+    assert tester_bary.run_main(tester_bary.main, args) == 130
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    rain = len(list_images(bench / "derain" / "Rain100L" / "input"))
+    assert saved["tasks"]["derain/Rain100L"]["count"] == rain and "partial" not in saved["tasks"]["derain/Rain100L"]
+    assert saved["partial"]["row"] == "dehaze" and saved["tasks"]["dehaze"]["partial"]
+    haze = len(list_images(bench / "dehaze" / "input"))
+    assert saved["tasks"]["dehaze"]["count"] == (haze if where == "figure" else 0)
+
+
 def test_ctrl_c_keeps_the_results_so_far(bench, checkpoint, tmp_path, monkeypatch, capsys):
     """Failure 8: Ctrl-C used to end the run with no results written (an earlier run's results.json stayed
     beside the new images); now the images finished so far are written as partial results, exit status 130.

@@ -394,6 +394,9 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
             result["figure_sha256"] = file_digest(Path(result["figure"]))  # --resume: still the tester's own
         except (UserError, OSError) as exc:  # the row's scores are kept though its figure is not
             raise _write_stopped(exc, str(figure), eval_set.name, result) from exc
+        except (KeyboardInterrupt, OutputClosed) as exc:  # Ctrl-C while drawing: so are they
+            message, status = why_stopped(exc)
+            raise EvaluationStopped(message, str(figure), eval_set.name, result, status) from exc
     return result
 
 
@@ -474,15 +477,20 @@ def evaluate_sets(model: nn.Module, sets: Sequence[EvalSet], protocol: Protocol 
     clock = OverallClock(sets, earlier) if progress and len(sets) > 1 else None
     for k, s in enumerate(sets):
         try:
+            try:
+                if clock and k:  # how far the rows before got: a stop while it is said is a stop at this row
+                    tqdm.write(clock.line(k))
+            except (KeyboardInterrupt, OutputClosed) as exc:
+                message, status = why_stopped(exc)
+                raise EvaluationStopped(message, s.name, s.name, None, status) from exc
             results["tasks"][s.name] = evaluate_set(
                 model, s, protocol, device, where(save_dir, s.name), where(savetar_dir, s.name), lpips_metric,
                 fid_metric, Path(figs_dir) if figs_dir is not None else None, fig_images, progress, skip_bad_files,
                 output_prefix=f"{s.name}/" if subfolders else "", figure_name=figures[k], done=earlier.get(s.name),
                 bar_label=f"[{k + 1}/{len(sets)}] {s.name}" if clock else "")
-            if clock and k + 1 < len(sets):
-                tqdm.write(clock.line(k + 1))
         except EvaluationStopped as stop:
-            results["tasks"][s.name] = {**(stop.row or _summary([], protocol.lpips)), "partial": True}
+            results["tasks"][s.name] = {**(stop.row or {**_summary([], protocol.lpips), "images": []}),
+                                        "partial": True}
             results["average"] = average_row(results["tasks"])
             results["partial"] = {"row": s.name, "file": stop.file, "error": str(stop),
                                   "rows_not_evaluated": [t.name for t in sets[k + 1:]]}
