@@ -219,3 +219,27 @@ def test_a_kept_restoration_that_cannot_be_read_stops_the_run_with_its_scores_so
     kept.unlink()
     results = run(*flags, "--resume", "--figs", "--figs-dir", tmp_path / "f")
     assert [r["count"] for r in results["tasks"].values()] == [2, 4] and "partial" not in results
+
+
+@pytest.mark.parametrize("spelt", ["relative", "link"])
+def test_resume_takes_the_same_checkpoint_spelt_otherwise(bench, checkpoint, tmp_path, monkeypatch, spelt):
+    """A stopped run's command typed again with the checkpoint spelt otherwise (relative where it was absolute, from
+    another folder, or through a link) was refused: "scored otherwise ... (model: '/abs/tiny.pth' there, 'tiny.pth'
+    now)", though the file, its digest recorded, is the same. The digest decides; other weights are still refused."""
+    flags = ["--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o"]
+    run("--model", checkpoint, *flags, "--max-images", "2")
+    if spelt == "relative":
+        monkeypatch.chdir(checkpoint.parent)
+        model = checkpoint.name
+    else:
+        model = tmp_path / "link.pth"
+        os.symlink(checkpoint, model)
+    names = _count_restorations(monkeypatch)
+    results = run("--model", model, *flags, "--resume")
+    assert len(names) == 2 and results["resumed"] == {"images_kept": 2}
+    other = tmp_path / "other.pth"  # another file with other weights: refused, as before
+    torch.manual_seed(1)
+    torch.save({"model": build_model("BaryNet", "tiny").state_dict(), "model_config": model_config("tiny"),
+                "backbone": "BaryNet", "epoch": 1}, other)
+    with pytest.raises(UsageError, match="scored otherwise than this one would"):
+        run("--model", other, *flags, "--resume")

@@ -55,10 +55,14 @@ def read_earlier_results(save: Path) -> dict[str, Any]:
     return record
 
 
-def check_same_run(earlier: Mapping[str, Any], now: Mapping[str, Any], path: Path) -> None:
+def check_same_run(earlier: Mapping[str, Any], now: Mapping[str, Any], path: Path, same_weights: bool = False
+                   ) -> None:
     """:class:`UsageError` naming each setting of the run description ``now`` (protocol, device, model: what
-    :func:`utils.eval.evaluation.run_description` gives) that the earlier record's ``protocol`` has otherwise."""
-    keys = [k for k in dict.fromkeys([*now, *earlier]) if k not in _MAY_DIFFER]
+    :func:`utils.eval.evaluation.run_description` gives) that the earlier record's ``protocol`` has otherwise.
+    ``same_weights``: the checkpoint's digest is the one the record holds (:func:`recorded_digest`), so the path it
+    was given by (``model``: relative, from another folder, through a link) may differ."""
+    may_differ = (*_MAY_DIFFER, "model") if same_weights else _MAY_DIFFER
+    keys = [k for k in dict.fromkeys([*now, *earlier]) if k not in may_differ]
     differ = [f"{k}: {earlier.get(k)!r} there, {now.get(k)!r} now" for k in keys if earlier.get(k) != now.get(k)]
     if differ:
         raise UsageError(f"--resume: the run recorded in {path} scored otherwise than this one would "
@@ -67,12 +71,17 @@ def check_same_run(earlier: Mapping[str, Any], now: Mapping[str, Any], path: Pat
                          f"afresh (its files are then moved aside)")
 
 
+def recorded_digest(earlier: Mapping[str, Any]) -> str | None:
+    """The checkpoint digest the earlier record holds (``provenance.model_sha256``), None in older records."""
+    made = earlier.get("provenance")
+    return made.get("model_sha256") if isinstance(made, dict) else None
+
+
 def check_same_weights(earlier: Mapping[str, Any], model_digest: str, model: str, path: Path) -> None:
     """:class:`UsageError` when the earlier record's checkpoint digest (``provenance.model_sha256``; older records
     have none) is not ``model_digest``: the same file name held other weights then (a fresh training run in its
     folder writes its checkpoints under the same names), and the two halves would not make one table."""
-    then = (earlier.get("provenance") or {}).get("model_sha256") if isinstance(earlier.get("provenance"), dict) \
-        else None
+    then = recorded_digest(earlier)
     if then and then != model_digest:
         raise UsageError(f"--resume: the run recorded in {path} scored {model} when it held other weights (its "
                          f"SHA-256 then differs from the file's now: written again since, e.g. by training in its "

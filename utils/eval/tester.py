@@ -46,6 +46,7 @@ from utils.eval.resuming import (
     own_results_files,
     own_targets,
     read_earlier_results,
+    recorded_digest,
 )
 from utils.eval.tasks import (
     EvalSet,
@@ -358,7 +359,8 @@ def _earlier_images(args, sets: list[EvalSet], save: Path, protocol: Protocol, d
     scored as this run does (``made``: this run's :func:`_provenance`, its checkpoint's digest); said on one line
     (``say``)."""
     record = read_earlier_results(save)
-    check_same_run(record["protocol"], run_description(protocol, device, info), save / "results.json")
+    check_same_run(record["protocol"], run_description(protocol, device, info), save / "results.json",
+                   same_weights=recorded_digest(record) == made["model_sha256"])
     check_same_weights(record, made["model_sha256"], info["model"], save / "results.json")
     earlier = earlier_images(record, sets, save, subfolders=not args.degset, saves_images=not args.no_images)
     kept, total = sum(len(row) for row in earlier.values()), sum(len(s.items) for s in sets)
