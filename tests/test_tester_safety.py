@@ -1084,10 +1084,11 @@ def test_a_jpeg_decoded_over_damage_is_scored_as_pillow_reads_it_and_the_results
     assert restored["restored"][0]["decoder_warnings"] == [said]
 
 
-@pytest.mark.parametrize("task", ["denoise_-5", "denoise_2.5", "denoise"])
+@pytest.mark.parametrize("task", ["denoise_-5", "denoise_2.5", "denoise", "denoise_025"])
 def test_a_mistyped_noise_level_is_named_before_anything_is_looked_for(task, tmp_path, monkeypatch):
     """--tasks denoise_-5 was taken for a benchmark folder of that name, and said so only once a checkpoint had
-    been found and loaded (without one, the error was the missing checkpoint)."""
+    been found and loaded (without one, the error was the missing checkpoint). --tasks denoise_25 denoise_025 scored
+    BSD68 σ25 twice, under two rows, both in the Average and both filling the paper's σ25 column."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError) as err:
         tester_bary.main(tester_bary.get_args_parser().parse_args(["--tasks", "derain", task]))

@@ -66,6 +66,9 @@ EXAMPLE_SETS = {"denoise": "bsd68", "derain": "Rain100L"}
 def task_layout(task: str) -> PairedLayout | DenoiseLayout:
     """How to find the images of ``task`` under a benchmark root."""
     m = _DENOISE.match(task)
+    if m and m.group(1) != str(int(m.group(1))):  # denoise_025 beside denoise_25 would score one set twice
+        raise ValueError(f"--tasks: {task!r} is not a denoising task as written: denoise_<sigma> takes sigma without "
+                         f"leading zeros, e.g. denoise_{int(m.group(1))} (its rows are named so)")
     if m:
         return DenoiseLayout(int(m.group(1)))
     if task in PAIRED_TASKS:
