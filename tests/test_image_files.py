@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.data.image_files import DanglingLinkError, list_images, visible_subfolders
+from utils.data.image_files import UnreadableEntryError, list_images, visible_subfolders
 from utils.data.image_io import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def test_a_link_to_an_image_that_is_gone_is_an_error_not_an_image_left_out(tmp_p
     lost its images."""
     _png(tmp_path / "a.png")
     (tmp_path / "b.png").symlink_to(tmp_path / "gone" / "b.png")
-    with pytest.raises(DanglingLinkError, match=r"b\.png is a symbolic link to .*gone/b\.png, which does not exist"):
+    with pytest.raises(UnreadableEntryError, match=r"b\.png is a symbolic link to .*gone/b\.png, which does not exist"):
         list_images(tmp_path)
     (tmp_path / "b.png").unlink()
     (tmp_path / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not an image: nothing is left out
@@ -38,10 +38,10 @@ def test_a_linked_folder_that_is_gone_stops_a_recursive_listing_and_a_listing_of
     data, bigdisk = tmp_path / "synthetic", tmp_path / "bigdisk"
     _png(data / "part1" / "x.png")
     (data / "part2").symlink_to(bigdisk / "part2", target_is_directory=True)
-    with pytest.raises(DanglingLinkError, match="part2 is a symbolic link"):
+    with pytest.raises(UnreadableEntryError, match="part2 is a symbolic link"):
         list_images(data, recursive=True)
     assert list_images(data) == []  # read without subfolders, a link that was a folder is no image
-    with pytest.raises(DanglingLinkError, match="mount or restore it, or remove the link"):
+    with pytest.raises(UnreadableEntryError, match="mount or restore it, or remove the link"):
         visible_subfolders(data)
     _png(bigdisk / "part2" / "y.png")  # the disk is back
     assert visible_subfolders(data) == [data / "part1", data / "part2"]
@@ -67,4 +67,19 @@ def test_a_caller_that_names_dangling_links_itself_may_list_without_them(tmp_pat
     """The tester's --input restores the rest of a photo folder and says in a note what it left out."""
     _png(tmp_path / "a.png")
     (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
-    assert list_images(tmp_path, dangling_ok=True) == [tmp_path / "a.png"]
+    assert list_images(tmp_path, unreadable_ok=True) == [tmp_path / "a.png"]
+
+
+def test_an_image_name_that_is_a_named_pipe_is_an_error_not_an_image_left_out(tmp_path):
+    """A FIFO called fifo.png in a benchmark folder was left out: the mean covered 5 of 6 images and --check-data
+    said ok."""
+    _png(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "fifo.png")
+    with pytest.raises(UnreadableEntryError, match=r"fifo\.png is not a regular file \(a named pipe"):
+        list_images(tmp_path)
+    with pytest.raises(UnreadableEntryError, match=r"fifo\.png is not a regular file"):
+        list_images(tmp_path, recursive=True)
+    assert list_images(tmp_path, unreadable_ok=True) == [tmp_path / "a.png"]
+    (tmp_path / "x.png").mkdir()  # a folder of that name is no image either, and nothing to read: it is a folder
+    os.unlink(tmp_path / "fifo.png")
+    assert list_images(tmp_path) == [tmp_path / "a.png"]

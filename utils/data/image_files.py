@@ -1,6 +1,7 @@
 """Finding the images in a folder: which files count as images, listing them, and the hint for a set unpacked
-one folder too deep. A symbolic link whose target is gone (a disk not mounted, a folder moved) is an error
-here, not a file or folder left out without a word (:class:`DanglingLinkError`)."""
+one folder too deep. A symbolic link whose target is gone (a disk not mounted, a folder moved), or an image name
+that is no file (a named pipe), is an error here, not a file or folder left out without a word
+(:class:`UnreadableEntryError`)."""
 from __future__ import annotations
 
 import os
@@ -16,43 +17,50 @@ def is_image(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-class DanglingLinkError(UserError):
-    """A symbolic link among the images or sets read whose target does not exist."""
+class UnreadableEntryError(UserError):
+    """An entry among the images or sets read that can be neither: a symbolic link whose target does not exist, or
+    an image name that is no regular file or folder (a named pipe, a socket, a device)."""
 
 
-def list_images(folder: str | os.PathLike, recursive: bool = False, dangling_ok: bool = False) -> list[Path]:
+def list_images(folder: str | os.PathLike, recursive: bool = False, unreadable_ok: bool = False) -> list[Path]:
     """Image files in ``folder`` sorted by name (hidden files skipped). ``recursive`` also goes into subfolders,
     symbolic links to folders included (a data set split over disks, ``part2 -> /bigdisk/OTS/part2``), each real
     folder once. A link to an image that is gone, or in ``recursive`` any link that is gone (it may have been a
-    folder), raises :class:`DanglingLinkError`: its images were left out silently, and a benchmark's mean or a
-    training set quietly shrank. ``dangling_ok``: such links are left out instead, for a caller that names them
-    itself (the tester's ``--input``, whose photos are restored, not scored, says what it leaves out)."""
+    folder), and an image name that is a named pipe, socket or device, raise :class:`UnreadableEntryError`: they
+    were left out silently, and a benchmark's mean or a training set quietly shrank. ``unreadable_ok``: they are
+    left out instead, for a caller that names them itself (the tester's ``--input``, whose photos are restored, not
+    scored, says what it leaves out)."""
     folder = Path(folder)
     entries = [p for p in (_walk_files(folder) if recursive else folder.iterdir()) if not p.name.startswith(".")]
-    if not dangling_ok:
-        refuse_dangling_links(p for p in entries if recursive or is_image(p))
+    if not unreadable_ok:
+        refuse_unreadable_entries(p for p in entries if recursive or is_image(p))
     return sorted(p for p in entries if p.is_file() and is_image(p))
 
 
 def visible_subfolders(folder: str | os.PathLike) -> list[Path]:
     """The subfolders of ``folder`` sorted by name, hidden ones skipped (``.ipynb_checkpoints``, ``.cache``: not
     sets); ``[]`` when ``folder`` is not a folder. A link whose target is gone (a set linked from another disk)
-    raises :class:`DanglingLinkError` rather than the set being left out."""
+    raises :class:`UnreadableEntryError` rather than the set being left out."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     entries = [d for d in folder.iterdir() if not d.name.startswith(".")]
-    refuse_dangling_links(d for d in entries if not is_image(d))
+    refuse_unreadable_entries(d for d in entries if not is_image(d))
     return sorted(d for d in entries if d.is_dir())
 
 
-def refuse_dangling_links(paths: Iterable[Path]) -> None:
-    """Raise :class:`DanglingLinkError` for the first of ``paths`` that is a symbolic link to nothing."""
+def refuse_unreadable_entries(paths: Iterable[Path]) -> None:
+    """Raise :class:`UnreadableEntryError` for the first of ``paths`` that is a symbolic link to nothing, or that
+    has an image's name and is neither a regular file nor a folder."""
     for p in paths:
         if p.is_symlink() and not p.exists():
-            raise DanglingLinkError(
+            raise UnreadableEntryError(
                 f"{p} is a symbolic link to {os.readlink(p)}, which does not exist (a disk not mounted, a folder "
                 f"moved or deleted), so what it points to would be left out: mount or restore it, or remove the link")
+        if is_image(p) and p.exists() and not p.is_file() and not p.is_dir():
+            raise UnreadableEntryError(
+                f"{p} is not a regular file (a named pipe, a socket or a device), so no image can be read from it "
+                f"and it would be left out: put the image file there, or remove it")
 
 
 def nested_images_hint(folder: str | os.PathLike, what: str = "images", shown: int = 3) -> str:

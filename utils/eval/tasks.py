@@ -298,7 +298,7 @@ def _input_files(path: Path) -> list[Path]:
                                  f"({' '.join(IMAGE_EXTENSIONS)}): convert it, e.g. to PNG")
         return [path]
     if path.is_dir():
-        files = list_images(path, dangling_ok=True)  # a link to nothing is named in a note (ignored_inputs)
+        files = list_images(path, unreadable_ok=True)  # a link to nothing, a pipe: named in a note (ignored_inputs)
         if not files:
             raise ImageReadError(f"--input {path}: the folder holds no images{_why_no_images(path)}")
         return files
