@@ -66,3 +66,31 @@ def test_a_compiled_run_says_how_long_its_first_image_took_compiling_included(tm
     assert len(re.findall(said, capsys.readouterr().out)) == 1
     restore_files(build_model("BaryNet", "tiny"), inputs, tmp_path / "eager", device="cpu", progress=False)
     assert "=> the first image" not in capsys.readouterr().out  # nothing compiled
+
+
+def test_ctrl_c_while_a_rows_fid_is_computed_keeps_its_scores(tmp_path, monkeypatch):
+    """A Ctrl-C during the FID of a row (a square root of a 2048x2048 matrix, seconds) escaped evaluate_set as a bare
+    KeyboardInterrupt: the tester wrote no results.json and every row scored so far was lost."""
+    from utils.eval import evaluation
+    from utils.eval.evaluation import EvaluationStopped
+
+    class Features:  # the FID's Inception features stand-in (its weights are not on this machine)
+        def features(self, images):
+            return np.random.default_rng(len(images)).random((len(images), 4))
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    two_sets(tmp_path, lowlight_side=(16, 24))
+    torch.manual_seed(0)
+    monkeypatch.setattr(evaluation.FID, "distance", staticmethod(interrupted))
+    try:
+        with pytest.raises(EvaluationStopped) as stop:
+            evaluate_sets(build_model("BaryNet", "tiny"), find_task_sets(["derain", "lowlight"], tmp_path),
+                          device="cpu", progress=False, metrics=(None, Features()))
+    except KeyboardInterrupt:  # escaped: pytest would take it for the user's and end the whole suite
+        pytest.fail("the Ctrl-C during the FID escaped evaluate_sets: no results of the run were kept")
+    results = stop.value.results
+    row = results["tasks"]["derain"]
+    assert row["partial"] and row["count"] == 2 and row["fid"] is None and len(row["images"]) == 2
+    assert results["partial"]["row"] == "derain" and results["partial"]["rows_not_evaluated"] == ["lowlight"]

@@ -265,10 +265,11 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
     bad = list(eval_set.bad_files)  # unreadable already when paired (skip_bad_files)
     names = output_names([item.name for item in eval_set.items])
 
-    def row_so_far() -> dict[str, Any]:
+    def row_so_far(fid: bool = True) -> dict[str, Any]:
+        """The row of the images scored so far; ``fid`` False leaves its FID out (None)."""
         result = _summary(images, lpips_metric is not None)
         if fid_metric is not None:
-            enough = len(feats_out) > 1
+            enough = fid and len(feats_out) > 1
             result["fid"] = FID.distance(np.concatenate(feats_out), np.concatenate(feats_tar)) if enough else None
         result["skipped"] = len(eval_set.skipped) + len(bad)
         skipped_files = list(eval_set.skipped) + [f"{b['name']} (unreadable: {b['error']})" for b in bad]
@@ -385,7 +386,11 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         message, status = why_stopped(exc)
         where = str(current.degraded or current.target) if current is not None else eval_set.name
         raise EvaluationStopped(message, where, eval_set.name, row_so_far(), status) from exc
-    result = row_so_far()
+    try:
+        result = row_so_far()
+    except (KeyboardInterrupt, OutputClosed) as exc:  # Ctrl-C while FID is computed: the row's scores are kept
+        message, status = why_stopped(exc)
+        raise EvaluationStopped(message, eval_set.name, eval_set.name, row_so_far(fid=False), status) from exc
     if figs_dir is not None and fig_rows:
         figure = figs_dir / (figure_name or figure_names([eval_set.name])[0])
         try:
