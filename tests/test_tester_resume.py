@@ -104,6 +104,34 @@ def test_resume_restores_again_an_image_whose_restoration_is_gone(bench, checkpo
     assert results["tasks"]["derain/Rain100L"]["count"] == 4
 
 
+def test_resume_scores_again_an_image_whose_input_was_replaced(bench, checkpoint, tmp_path, monkeypatch, capsys):
+    """The earlier run's images were kept by name: a target (or degraded image) replaced since under the same name
+    kept its old scores, and the table mixed numbers of two data sets. The record's input digests tell."""
+    data = tmp_path / "data"
+    for sub in ("input", "target"):
+        os.makedirs(data / "derain" / "Rain100L" / sub)
+        for f in (bench / "derain" / "Rain100L" / sub).iterdir():
+            (data / "derain" / "Rain100L" / sub / f.name).write_bytes(f.read_bytes())
+    flags = ["--model", checkpoint, "--data-root", data, "--tasks", "derain", "--save", tmp_path / "o"]
+    run(*flags, "--max-images", "3")
+    record = json.loads((tmp_path / "o" / "results.json").read_text())
+    for im in record["tasks"]["derain/Rain100L"]["images"][2:]:  # as an older tester wrote it: trusted by name
+        im.pop("degraded_file_sha256", None), im.pop("target_file_sha256", None)
+    (tmp_path / "o" / "results.json").write_text(json.dumps(record))
+    target = data / "derain" / "Rain100L" / "target" / "norain-2.png"
+    write_image(target, np.full((24, 32, 3), 128, np.uint8))  # replaced: same name, other content
+    write_image(data / "derain" / "Rain100L" / "target" / "norain-3.png", np.zeros((24, 32, 3), np.uint8))
+    capsys.readouterr()
+    names = _count_restorations(monkeypatch)
+    resumed = run(*flags, "--resume")
+    assert [os.path.basename(n) for n in names] == ["rain-2.png", "rain-4.png"]  # rain-3: an older record's
+    assert "note: --resume: 1 image scored by that run is scored again: its degraded or target file holds other " \
+           "content now (replaced since under the same name): derain/Rain100L/rain-2.png" in capsys.readouterr().out
+    fresh = run(*flags[:-2], "--save", tmp_path / "fresh", "--max-images", "2")
+    assert _scores(fresh)["derain/Rain100L"][1][1:3] == _scores(resumed)["derain/Rain100L"][1][1:3]
+    assert resumed["resumed"] == {"images_kept": 2}
+
+
 def test_resume_refuses_a_run_scored_otherwise(bench, checkpoint, tmp_path):
     flags = ["--model", checkpoint, "--data-root", bench, "--tasks", "derain", "--save", tmp_path / "o"]
     with pytest.raises(UsageError, match="--resume: no results.json in"):

@@ -41,7 +41,7 @@ from utils.eval.outputs import figure_names, output_names
 from utils.eval.paper import paper_averages
 from utils.eval.protocol import SIZE_MULTIPLE, Protocol, crop_to_multiple, restore_array, to_8bit
 from utils.eval.report import save_comparison_figure
-from utils.eval.resuming import EarlierImages, KeptImage
+from utils.eval.resuming import EarlierImages, KeptImage, input_digests
 from utils.eval.tasks import EvalItem, EvalSet, find_task_sets
 from utils.owned_outputs import file_digest
 from utils.streams import PIPE_CLOSED_STATUS, OutputClosed
@@ -287,6 +287,10 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         tiles, warned = TileBar(progress), []
         compiling = compiles_first(model, protocol.compile)
         try:
+            try:  # before reading: a file replaced meanwhile leaves a digest --resume finds changed, never stale
+                digests = input_digests(item)
+            except OSError:  # said by the reading, naming the file
+                digests = {}
             deg, tar = _load_item(item, protocol, warned)
             _check_size(deg, item, protocol)
             out, seconds = restore_array(model, deg, protocol, device, name=str(item.degraded or item.target),
@@ -306,6 +310,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
         except ValueError as exc:
             raise ValueError(f"{eval_set.name}: {item.name}: {exc}") from exc
         row: dict[str, Any] = {"name": item.name, "psnr": p, "ssim": s, "input_psnr": p_in, "input_ssim": s_in}
+        row.update(digests)  # --resume: still the files scored
         if lpips_metric is not None:
             row["lpips"] = lpips_metric(out8, tar8)
         row["seconds"] = seconds

@@ -2,7 +2,9 @@
 command left in ``--save`` (stopped by Ctrl-C, SIGTERM, a bad image or a full disk; or complete).
 
 The images that run scored are kept with their scores, as long as their restorations are still where its record
-says (or it saved none and this run saves none either, ``--no-images``); every other image is evaluated. The
+says (or it saved none and this run saves none either, ``--no-images``) and their degraded and target files are
+still those it read (the SHA-256 of each, :func:`input_digests`, in its record; older records hold none and are
+trusted by name); every other image is evaluated. The
 earlier run must have scored as this one does: the same protocol, device, model and model configuration
 (:func:`check_same_run`), else the two halves would not make one table.
 """
@@ -16,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from utils.errors import UsageError
 from utils.eval.outputs import output_names
 from utils.eval.report import results_texts
-from utils.eval.tasks import EvalSet
+from utils.eval.tasks import EvalItem, EvalSet
 from utils.owned_outputs import file_digest
 
 # What may differ between a stopped run and its continuation: the cut to --max-images (a run of the first 100
@@ -34,6 +36,29 @@ class KeptImage:
 
 # Done images, by row then by image name.
 EarlierImages = Mapping[str, Mapping[str, KeptImage]]
+
+# The keys of an image's record that hold the SHA-256 of the files it was scored on (``target_sha256`` is another
+# file: the 8-bit target saved into --savetar).
+INPUT_DIGESTS = ("degraded_file_sha256", "target_file_sha256")
+
+
+def input_digests(item: EvalItem) -> dict[str, str]:
+    """The SHA-256 of the files ``item`` is scored on (its degraded image, none when synthesised, and its target),
+    under the keys of :data:`INPUT_DIGESTS`: recorded with its scores, so that ``--resume`` scores it again once a
+    file of the same name holds other content. :class:`OSError` when one cannot be read."""
+    files = zip(INPUT_DIGESTS, (item.degraded, item.target))
+    return {key: file_digest(path) for key, path in files if path is not None}
+
+
+def _inputs_changed(image: Mapping[str, Any], item: EvalItem) -> bool:
+    """Whether a file ``image`` (an earlier record's entry) was scored on holds other content now (or cannot be
+    read); False for a record without digests (written before they were recorded)."""
+    files = [(key, path) for key, path in zip(INPUT_DIGESTS, (item.degraded, item.target))
+             if path is not None and isinstance(image.get(key), str)]
+    try:
+        return any(file_digest(path) != image[key] for key, path in files)
+    except OSError:
+        return True
 
 
 def read_earlier_results(save: Path) -> dict[str, Any]:
@@ -90,11 +115,14 @@ def check_same_weights(earlier: Mapping[str, Any], model_digest: str, model: str
 
 
 def earlier_images(record: Mapping[str, Any], sets: Sequence[EvalSet], save: Path, subfolders: bool,
-                   saves_images: bool) -> EarlierImages:
+                   saves_images: bool) -> tuple[EarlierImages, list[str]]:
     """The images of ``sets`` that the earlier run (its parsed ``record``) scored and this one keeps: recorded
     under the row and name this run gives them, with their restoration still at the recorded place when this
-    run saves images (``saves_images``); a record without restorations when it does not."""
+    run saves images (``saves_images``); a record without restorations when it does not; and with the same
+    degraded and target files as it scored (where the record holds their digests). Also the images left out for
+    the last reason, as ``"ROW/NAME"``: their inputs were replaced since, and they are scored again."""
     kept: dict[str, dict[str, KeptImage]] = {}
+    changed: list[str] = []
     for s in sets:
         row = record["tasks"].get(s.name)
         images = row.get("images") if isinstance(row, dict) else None
@@ -108,9 +136,12 @@ def earlier_images(record: Mapping[str, Any], sets: Sequence[EvalSet], save: Pat
             output = image.get("output")
             if saves_images and (output != prefix + out_name or not (save / output).is_file()):
                 continue  # its restoration is not there: restored again
+            if _inputs_changed(image, item):
+                changed.append(f"{s.name}/{item.name}")
+                continue  # scored on files replaced since: its scores are not this data's
             named = f"note: {item.degraded or item.target} ("  # how restore_array's notes begin
             kept.setdefault(s.name, {})[item.name] = KeptImage(image, [n for n in notes if n.startswith(named)])
-    return kept
+    return kept, changed
 
 
 def _scored(image: Mapping[str, Any]) -> bool:

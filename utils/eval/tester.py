@@ -362,8 +362,13 @@ def _earlier_images(args, sets: list[EvalSet], save: Path, protocol: Protocol, d
     check_same_run(record["protocol"], run_description(protocol, device, info), save / "results.json",
                    same_weights=recorded_digest(record) == made["model_sha256"])
     check_same_weights(record, made["model_sha256"], info["model"], save / "results.json")
-    earlier = earlier_images(record, sets, save, subfolders=not args.degset, saves_images=not args.no_images)
+    earlier, changed = earlier_images(record, sets, save, subfolders=not args.degset, saves_images=not args.no_images)
     kept, total = sum(len(row) for row in earlier.values()), sum(len(s.items) for s in sets)
+    if say and changed:
+        n = len(changed)
+        print(f"note: --resume: {counted(n, 'image')} scored by that run {one_or_many(n, 'is', 'are')} scored again: "
+              f"{one_or_many(n, 'its', 'their')} degraded or target file holds other content now (replaced since "
+              f"under the same name):{listing(changed)}")
     if say:
         print(f"=> --resume: {kept:,} of the {counted(total, 'image')} were scored by the run recorded in "
               f"{save / 'results.json'} and are kept; {total - kept:,} to evaluate")
