@@ -445,6 +445,21 @@ def test_a_validation_folder_without_its_partner_is_refused(data, tmp_path, caps
     assert "dry run" in capsys.readouterr().out
 
 
+def test_one_folder_as_degset_and_tarset_is_refused_before_anything_is_built(data, tmp_path, capsys):
+    """--degset and --tarset naming one folder (the same path, x and x/, or a link to it) were accepted: each
+    validation image was scored against itself, and every epoch logged 100 dB. The tester refuses it alike."""
+    deg, _ = make_val_tree(tmp_path)
+    (tmp_path / "link").symlink_to(deg, target_is_directory=True)
+    flags = train_flags(data, tmp_path) + ["--dry-run"]
+    for tar in (str(deg), f"{deg}/", str(tmp_path / "link")):
+        assert engine.run_cli(get_args_parser().parse_args(flags + ["--degset", str(deg), "--tarset", tar])) == 2
+        out, err = capsys.readouterr()
+        assert err.strip() == (f"error: --degset {deg} and --tarset {tar} are the same folder: every image would be "
+                               f"scored against itself (PSNR 100 dB, SSIM 1): pass the degraded images' folder as "
+                               f"--degset and their targets' as --tarset")
+        assert "=>" not in out, out  # nothing scanned, paired or built first
+
+
 def test_default_validation_off_names_the_folder_that_is_missing(tmp_path, monkeypatch, capsys):
     """With Rain100L's input folder in place and its target folder missing (or named otherwise), the trainer said
     both default folders "do not exist"; and --degset DIR alone was refused as "--tarset None"."""
@@ -586,9 +601,10 @@ def test_a_figure_folder_the_data_is_read_from_is_refused(tmp_path, where, capsy
         flags += ["--output-dir", str(data["dehaze"] / "synthetic" / "runs" / "a")]
         said = "--output-dir .*: it is inside .*synthetic, which --dehaze-dir reads images from with its subfolders,"
     else:
-        (tmp_path / "val").mkdir()
-        flags += ["--degset", str(tmp_path / "val"), "--tarset", str(tmp_path / "val"), "--figs-dir",
-                  str(tmp_path / "val")]
+        for sub in ("in", "gt"):
+            (tmp_path / "val" / sub).mkdir(parents=True)
+        flags += ["--degset", str(tmp_path / "val" / "in"), "--tarset", str(tmp_path / "val" / "gt"), "--figs-dir",
+                  str(tmp_path / "val" / "in")]
         said = "--figs-dir .*: it is where --degset reads images from"
     assert engine.run_cli(get_args_parser().parse_args(flags)) == 2
     err = capsys.readouterr().err

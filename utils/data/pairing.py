@@ -14,6 +14,7 @@ from typing import Iterable
 
 from utils.data.image_files import list_images, nested_images_hint
 from utils.errors import UserError, counted, listing, one_or_many
+from utils.eval.metrics import MAX_PSNR
 
 _RAIN = re.compile(r"^(?:no)?rain-(.+)$", re.IGNORECASE)
 _HAZE = re.compile(r"^(.+?)_[0-9.]+_[0-9.]+$")
@@ -38,6 +39,24 @@ def name_key(stem: str) -> str:
 
 # The flags of the tester and the trainers that name a set of degraded images and their targets.
 DEGSET_FLAGS = ("--degset", "--tarset")
+
+
+def same_folder(a: str, b: str) -> bool:
+    """Whether the paths ``a`` and ``b`` name one folder (also through a link, or spelt otherwise: ``x`` and ``x/``)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one is missing: said later, naming it
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def one_folder_twice(degset: str | None, tarset: str | None) -> str | None:
+    """The error line for ``--degset`` and ``--tarset`` (tester and trainers) naming one folder (:func:`same_folder`),
+    whose every image would be scored against itself; None when they are two folders, or one is not given."""
+    if not (degset and tarset and same_folder(degset, tarset)):
+        return None
+    return (f"--degset {degset} and --tarset {tarset} are the same folder: every image would be scored against itself "
+            f"(PSNR {MAX_PSNR:g} dB, SSIM 1): pass the degraded images' folder as --degset and their targets' as "
+            f"--tarset")
 
 
 def partners_of(pairs: Iterable[tuple[Path, Path]]) -> dict[Path, list[Path]]:

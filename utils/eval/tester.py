@@ -19,7 +19,7 @@ from utils.compiled import CompileError, check_compile, compile_cache_dir
 from utils.data.doctor import tester_check
 from utils.data.image_files import IMAGE_EXTENSIONS
 from utils.data.image_io import ImageReadError, pixel_limit
-from utils.data.pairing import DEGSET_FLAGS, PairingError
+from utils.data.pairing import DEGSET_FLAGS, PairingError, one_folder_twice
 from utils.errors import UsageError, UserError, counted, listing, one_or_many
 from utils.eval.evaluation import (
     EvaluationStopped,
@@ -30,7 +30,6 @@ from utils.eval.evaluation import (
     run_description,
 )
 from utils.eval.inference import check_precision, slow_precision_note
-from utils.eval.metrics import MAX_PSNR
 from utils.eval.options import get_args_parser
 from utils.eval.output_folders import check_outputs, keep_earlier_outputs, output_locks, remove_tester_temporaries
 from utils.eval.paper import other_setting_rows, paper_column, setting_note, settings_with
@@ -98,14 +97,6 @@ def apply_defaults(args) -> bool:
     return False
 
 
-def _same_folder(a: str, b: str) -> bool:
-    """Whether the paths ``a`` and ``b`` name one folder (also through a link, or spelt otherwise: ``x`` and ``x/``)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one is missing: said later, naming it
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
 def _check_flags(args) -> None:
     """Flags that cannot work together: :class:`UsageError` (exit status 2) before anything runs."""
     modes = [m for m, on in (("--tasks", args.tasks), ("--degset/--tarset", args.degset or args.tarset),
@@ -141,10 +132,9 @@ def _check_flags(args) -> None:
     if root:
         _fail(f"{root[0]}: it holds the --tasks sets, and {'--input' if args.input else '--degset/--tarset'} reads "
               f"no task: drop --data-root, or pass --tasks")
-    if args.degset and args.tarset and _same_folder(args.degset, args.tarset):
-        _fail(f"--degset {args.degset} and --tarset {args.tarset} are the same folder: every image would be scored "
-              f"against itself (PSNR {MAX_PSNR:g} dB, SSIM 1): pass the degraded images' folder as --degset and their "
-              f"targets' as --tarset")
+    one_folder = one_folder_twice(args.degset, args.tarset)
+    if one_folder:
+        _fail(one_folder)
     figures = [] if args.figs else _flags_given(args, ("figs_dir", "fig_images"), defaults)
     if figures:
         _fail(f"{' '.join(figures)}: {'it chooses' if len(figures) == 1 else 'they choose'} the figures --figs draws, "

@@ -13,6 +13,7 @@ import torch
 from net.presets import WB_BACKBONES, build_model, build_potentials
 from utils.cli import network_size_overrides
 from utils.data.degradations import DE_IDS, LAYOUT, dir_dest, family
+from utils.data.pairing import one_folder_twice
 from utils.data.training_files import scanned_folder
 from utils.dataset_utils import DatasetError, check_de_types, num_sources, parse_repeats
 from utils.errors import UserError, counted, human_bytes
@@ -62,6 +63,9 @@ def check_args(args) -> int:
                           f"not train ({' '.join(de_types)})")
     if args.threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+    one_folder = one_folder_twice(args.degset, args.tarset)  # every validation image scored against itself
+    if one_folder:
+        raise ConfigError(one_folder)
     try:
         resolve_data_file_dir(args.data_file_dir)  # a mistyped folder stops here, before the output folder is made
     except DatasetError as exc:
