@@ -5,8 +5,9 @@ that is no file (a named pipe), is an error here, not a file or folder left out 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from utils.errors import UserError
 
@@ -31,10 +32,17 @@ def list_images(folder: str | os.PathLike, recursive: bool = False, unreadable_o
     left out instead, for a caller that names them itself (the tester's ``--input``, whose photos are restored, not
     scored, says what it leaves out)."""
     folder = Path(folder)
-    entries = [p for p in (_walk_files(folder) if recursive else folder.iterdir()) if not p.name.startswith(".")]
-    if not unreadable_ok:
-        refuse_unreadable_entries(p for p in entries if recursive or is_image(p))
-    return sorted(p for p in entries if p.is_file() and is_image(p))
+    found = []
+    for p in (_walk_files(folder) if recursive else folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        kind = entry_kind(p)
+        if kind == "file" and is_image(p):
+            found.append(p)
+        elif not unreadable_ok and ((kind == "dangling" and (recursive or is_image(p)))
+                                    or (kind == "special" and is_image(p))):
+            raise UnreadableEntryError(unreadable_message(p, kind))
+    return sorted(found)
 
 
 def visible_subfolders(folder: str | os.PathLike) -> list[Path]:
@@ -44,23 +52,38 @@ def visible_subfolders(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    entries = [d for d in folder.iterdir() if not d.name.startswith(".")]
-    refuse_unreadable_entries(d for d in entries if not is_image(d))
-    return sorted(d for d in entries if d.is_dir())
+    found = []
+    for d in folder.iterdir():
+        if d.name.startswith("."):
+            continue
+        kind = entry_kind(d)
+        if kind == "dir":
+            found.append(d)
+        elif kind == "dangling" and not is_image(d):
+            raise UnreadableEntryError(unreadable_message(d, kind))
+    return sorted(found)
 
 
-def refuse_unreadable_entries(paths: Iterable[Path]) -> None:
-    """Raise :class:`UnreadableEntryError` for the first of ``paths`` that is a symbolic link to nothing, or that
-    has an image's name and is neither a regular file nor a folder."""
-    for p in paths:
-        if p.is_symlink() and not p.exists():
-            raise UnreadableEntryError(
-                f"{p} is a symbolic link to {os.readlink(p)}, which does not exist (a disk not mounted, a folder "
-                f"moved or deleted), so what it points to would be left out: mount or restore it, or remove the link")
-        if is_image(p) and p.exists() and not p.is_file() and not p.is_dir():
-            raise UnreadableEntryError(
-                f"{p} is not a regular file (a named pipe, a socket or a device), so no image can be read from it "
-                f"and it would be left out: put the image file there, or remove it")
+def entry_kind(path: Path) -> str:
+    """What a folder's entry ``path`` is, from one ``stat`` (a listing of 72,000 training images makes one call
+    each): ``"file"`` (a regular file, also through a link), ``"dir"``, ``"dangling"`` (a symbolic link to
+    nothing, or in a loop), ``"special"`` (a named pipe, a socket, a device) or ``"gone"`` (removed since it was
+    listed)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "dangling" if path.is_symlink() else "gone"
+    return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "special"
+
+
+def unreadable_message(path: Path, kind: str) -> str:
+    """The error for an entry :func:`entry_kind` calls ``"dangling"`` or ``"special"``, with the fix."""
+    if kind == "dangling":
+        return (f"{path} is a symbolic link to {os.readlink(path)}, which does not exist (a disk not mounted, a "
+                f"folder moved or deleted), so what it points to would be left out: mount or restore it, or remove "
+                f"the link")
+    return (f"{path} is not a regular file (a named pipe, a socket or a device), so no image can be read from it and "
+            f"it would be left out: put the image file there, or remove it")
 
 
 def nested_images_hint(folder: str | os.PathLike, what: str = "images", shown: int = 3) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from utils.data.degradations import LAYOUT
-from utils.data.image_files import IMAGE_EXTENSIONS, is_image, list_images, visible_subfolders
+from utils.data.image_files import IMAGE_EXTENSIONS, entry_kind, is_image, list_images, visible_subfolders
 from utils.data.image_headers import is_greyscale, turned_pair_note
 from utils.data.image_io import ImageReadError, image_size
 from utils.data.pairing import PairingError, match_pairs
@@ -335,9 +335,10 @@ def ignored_inputs(paths: str | Path | Sequence[str | Path]) -> tuple[list[Path]
             for p in sorted(path.iterdir()):
                 if p.name.startswith("."):
                     continue
-                if p.is_dir():
+                kind = entry_kind(p)
+                if kind == "dir":
                     folders.append(p)
-                elif not p.is_file():
+                elif kind != "file":
                     not_files.append(p)
                 elif not is_image(p):
                     not_images.append(p)
