@@ -39,8 +39,8 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.runtime import machine_info, machine_line, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
 
 PATHS = ("plain", "fast_fp32", "fast_bf16", "fast_fp32_default_alloc")
-# Opt-in (--paths): the fast fp32 path through torch.compile (default mode; the first forward compiles).
-EXTRA_PATHS = ("fast_fp32_compiled",)
+# Opt-in (--paths): the fast paths through torch.compile (default mode; the first forward compiles).
+EXTRA_PATHS = ("fast_fp32_compiled", "fast_bf16_compiled")
 
 
 def _forward_fn(path: str, preset: str, size: int):
@@ -55,13 +55,13 @@ def _forward_fn(path: str, preset: str, size: int):
             with torch.no_grad():
                 return model(x).restored
         return forward
-    precision = "bf16" if path == "fast_bf16" else "fp32"
+    precision = "bf16" if path.startswith("fast_bf16") else "fp32"
     mode = "default" if path.endswith("_compiled") else "off"
     return lambda: restore(model, x, precision, compile_mode=mode)
 
 
 def _child(path: str, preset: str, size: int, repeats: int) -> dict:
-    if path in ("fast_fp32", "fast_bf16", "fast_fp32_compiled"):
+    if path.startswith("fast_") and path != "fast_fp32_default_alloc":
         tune_cpu_allocator()
     forward = _forward_fn(path, preset, size)
     base = resident_bytes() / 2**20
@@ -202,8 +202,8 @@ def bench(args: argparse.Namespace) -> None:
         gpu_rows(args.preset, args.size, max(args.repeats, 10), tuple(args.compile))
         return
     if args.compile:  # the CPU rows have no compiled path of that flag's: it was ignored without a word
-        raise UsageError("--compile applies to --device cuda (the GPU rows); on the CPU add fast_fp32_compiled to "
-                         "--paths")
+        raise UsageError("--compile applies to --device cuda (the GPU rows); on the CPU add fast_fp32_compiled or "
+                         "fast_bf16_compiled to --paths")
     if args.child:
         print(json.dumps(_child(args.child, args.preset, args.size, args.repeats)))
         return

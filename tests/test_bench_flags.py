@@ -169,3 +169,16 @@ def test_the_iteration_case_builds_one_domain_per_family(monkeypatch):
     *_, de_ids, domains, lambdas = bench.build_case("tiny", 6, 16, 6, torch.device("cpu"))
     assert domains.tolist() == [0, 1, 2, 3, 4, 5] and de_ids.tolist() == [0, 3, 4, 5, 6, 7]
     assert lambdas.shape == (6,)
+
+
+@pytest.mark.parametrize("path, precision, mode", [("fast_fp32", "fp32", "off"), ("fast_bf16", "bf16", "off"),
+                                                   ("fast_fp32_compiled", "fp32", "default"),
+                                                   ("fast_bf16_compiled", "bf16", "default")])
+def test_each_inference_path_runs_restore_with_its_precision_and_compile_mode(path, precision, mode, monkeypatch):
+    """The opt-in fast_bf16_compiled path (issue 15's bf16 target through --compile) must time restore() in bf16,
+    compiled: a path name that fell through to fp32 or eager would put another path's time in its row."""
+    bench = load_bench_script("bench_inference", monkeypatch)
+    calls = []
+    monkeypatch.setattr(bench, "restore", lambda model, x, prec, compile_mode: calls.append((prec, compile_mode)))
+    bench._forward_fn(path, "tiny", 8)()
+    assert calls == [(precision, mode)]
