@@ -35,7 +35,7 @@ from utils.data.image_io import ImageReadError, image_size, quantise, read_image
 from utils.data.noise import noisy_version
 from utils.data.pairing import PairingError
 from utils.errors import UserError, counted, failure_message, interrupted_line, listing, one_or_many
-from utils.eval.inference import compiles_first, prepare_for_inference
+from utils.eval.inference import compile_count, prepare_for_inference
 from utils.eval.metrics import FID, LPIPS, image_metrics, smallest_scorable_side
 from utils.eval.outputs import figure_names, output_names
 from utils.eval.paper import paper_averages
@@ -201,8 +201,9 @@ def _summary(images: list[dict], has_lpips: bool) -> dict[str, Any]:
 
 def seconds_per_image(images: list[dict]) -> float:
     """The mean of the images' ``seconds``, leaving out an image whose time includes compiling the forward
-    (``"compiling": true``, ``--compile``'s first: minutes against a fraction of a second, which made a 68-image
-    row's s/img several times the real pace), unless no other image was timed."""
+    (``"compiling": true``, ``--compile``'s first and any that compiled again, e.g. for a new size: minutes against
+    a fraction of a second, which made a 68-image row's s/img several times the real pace), unless no other image
+    was timed."""
     timed = [r["seconds"] for r in images if not r.get("compiling")]
     return float(np.mean(timed or [r["seconds"] for r in images]))
 
@@ -232,10 +233,16 @@ class TileBar:
             self.bar = None
 
 
-def first_compiled_image(seconds: float, shape: tuple[int, ...]) -> str:
-    """What ``--compile`` says after the run's first image (``shape`` ``(H, W, 3)``), whose forward compiled:
-    ``=> the first image (321x481) took 93.4 s, compiling the network's forward included``."""
-    return f"=> the first image ({shape[0]}x{shape[1]}) took {seconds:.1f} s, compiling the network's forward included"
+def compiled_image_line(seconds: float, shape: tuple[int, ...], name: str, first: bool) -> str:
+    """What ``--compile`` says after an image (``shape`` ``(H, W, 3)``) whose forward compiled, once per image
+    however many of its tiles compiled: the run's first,
+    ``=> the first image (321x481) took 93.4 s, compiling the network's forward included``; a later one that
+    compiled again (``first`` False: a new size), ``=> 12.png (480x320) took 41.2 s, compiling the network's
+    forward again included``."""
+    if first:
+        return (f"=> the first image ({shape[0]}x{shape[1]}) took {seconds:.1f} s, compiling the network's forward "
+                f"included")
+    return f"=> {name} ({shape[0]}x{shape[1]}) took {seconds:.1f} s, compiling the network's forward again included"
 
 
 def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device: torch.device,
@@ -285,7 +292,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
     def evaluate_item(item: EvalItem, out_name: str) -> None:
         """Restore, score and save one image (or note it as bad); its row is added once all is written."""
         tiles, warned = TileBar(progress), []
-        compiling = compiles_first(model, protocol.compile)
+        compiles = compile_count(model, protocol.compile)
         try:
             try:  # before reading: a file replaced meanwhile leaves a digest --resume finds changed, never stale
                 digests = input_digests(item)
@@ -303,6 +310,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
                                     exc.exit_status) from exc
         finally:
             tiles.close()
+        compiling = compile_count(model, protocol.compile) > compiles  # the first image, or one of a new size
         out8, tar8, deg8 = quantise(out, 8), to_8bit(tar), to_8bit(deg)
         try:
             p, s = image_metrics(out8, tar8, protocol.metric_space, protocol.ssim, protocol.crop_border)
@@ -349,7 +357,7 @@ def evaluate_set(model: nn.Module, eval_set: EvalSet, protocol: Protocol, device
                 raise _write_stopped(exc, str(item.degraded or item.target), eval_set.name, row_so_far()) from exc
             raise
         if compiling:  # said once the image is recorded: a stdout that closed meanwhile loses nothing
-            tqdm.write(first_compiled_image(seconds, deg.shape))
+            tqdm.write(compiled_image_line(seconds, deg.shape, item.name, first=compiles == 0))
 
     def keep_item(item: EvalItem, out_name: str, kept: KeptImage) -> None:
         """An image the earlier run scored: its entry and notes kept, its target saved and its figure row drawn as
@@ -550,7 +558,8 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
     named by :func:`utils.eval.outputs.output_names`. Unlike benchmark images, these are user photos:
     their EXIF orientation tag is applied, so the restoration is saved upright (a PNG has no tag to
     rotate it later). Returns ``{"name", "input", "output", "seconds"}`` per image (``input``: the path as given,
-    which tells apart two inputs of one name from two folders); an unreadable image gets
+    which tells apart two inputs of one name from two folders; ``"compiling": true`` when its ``seconds`` include
+    compiling the forward); an unreadable image gets
     ``{"name", "input", "skipped": why}`` with ``skip_bad_files``, else raises :class:`EvaluationStopped`
     whose ``row`` is ``{"restored": [the entries so far]}``. ``tile_progress(done, total)``: told each tile of
     an image restored in tiles (:class:`TileBar`'s ``also``).
@@ -565,7 +574,7 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
         """Restore and save one image (or note it as unreadable); its entry is added once the file is written."""
         said: list[str] = []
         tiles, warned = TileBar(progress, also=tile_progress), []
-        compiling = compiles_first(model, protocol.compile)
+        compiles = compile_count(model, protocol.compile)
         try:
             img = read_image(path, exif=True, decoder_warnings=warned)
             out, seconds = restore_array(model, img, protocol, device, name=str(path),
@@ -577,10 +586,12 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
             raise EvaluationStopped(str(exc), str(path), "input", {"restored": done}, exc.exit_status) from exc
         finally:
             tiles.close()
+        compiling = compile_count(model, protocol.compile) > compiles  # the first image, or one of a new size
         lost = lost_on_restoring(path)
         dest = Path(save_dir) / out_name
         entry = {"name": path.name, "input": str(path), "output": str(dest), "seconds": seconds,
-                 **({"note": said[0]} if said else {}), **({"not_kept": lost} if lost else {}),
+                 **({"compiling": True} if compiling else {}), **({"note": said[0]} if said else {}),
+                 **({"not_kept": lost} if lost else {}),
                  **({"decoder_warnings": warned} if warned else {})}
         before = file_identity(dest)
         try:
@@ -593,7 +604,7 @@ def restore_files(model: nn.Module, inputs: Sequence[Path], save_dir: str | Path
                 raise _write_stopped(exc, str(path), "input", {"restored": done}) from exc
             raise
         if compiling:  # said once the image is recorded: a stdout that closed meanwhile loses nothing
-            tqdm.write(first_compiled_image(seconds, img.shape))
+            tqdm.write(compiled_image_line(seconds, img.shape, path.name, first=compiles == 0))
 
     current = inputs[0] if inputs else None  # the image at work (the progress bar writes too)
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -55,20 +56,47 @@ def prepare_for_inference(model: nn.Module, compile_mode: str = "off", backend: 
 @dataclass
 class CompiledForward:
     """A model's ``torch.compile``'d forward for one mode (:func:`prepare_for_inference`); ``backend``:
-    :func:`utils.compiled.frozen_weights` needs it at each call; ``ran``: whether a call has ended (the first
-    compiles)."""
+    :func:`utils.compiled.frozen_weights` needs it at each call; ``compiles``: how many of its calls compiled
+    (:func:`compile_count`)."""
     forward: Callable
     backend: str
-    ran: bool = False
+    compiles: int = 0
 
 
-def compiles_first(model: nn.Module, compile_mode: str) -> bool:
-    """Whether :func:`restore` with ``compile_mode`` would compile ``model``'s forward now: its first call with a
-    compiled mode (later ones compile again only for a new input size)."""
+def compile_count(model: nn.Module, compile_mode: str) -> int:
+    """How many :func:`restore` calls with ``compile_mode`` have compiled ``model``'s forward so far (0 for
+    ``"off"`` and before the first call). Read before and after an image, it tells whether that image's forward
+    compiled: the first call does, and so does a later one that dynamo recompiles for (a new input size, a tiled
+    image's other batch of tiles), which takes seconds to minutes against a fraction of a second."""
     if compile_mode == "off":
-        return False
+        return 0
     compiled = model.__dict__.get("_compiled_forwards", {}).get(compile_mode)
-    return compiled is None or not compiled.ran
+    return compiled.compiles if compiled is not None else 0
+
+
+@contextlib.contextmanager
+def _counting_compiles(compiled: CompiledForward):
+    """Count the call run inside in ``compiled.compiles`` when dynamo started compiling a frame in this thread
+    meanwhile: told by dynamo's compile-start callback (``torch._dynamo.callback_handler``, trigger ``DYNAMO``), not
+    guessed from the input's shape, so a recompile for any reason counts and a size compiled before does not."""
+    import torch._dynamo
+    from torch._dynamo.callback import CallbackTrigger
+
+    thread, started = threading.get_ident(), []
+
+    def on_start(args) -> None:
+        if args.callback_trigger == CallbackTrigger.DYNAMO and threading.get_ident() == thread:
+            started.append(args.compile_id)
+
+    handler = torch._dynamo.callback_handler
+    handler.register_start_callback(on_start)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # a torch._dynamo.reset() meanwhile has cleared it already
+            handler.remove_start_callback(on_start)
+        if started:
+            compiled.compiles += 1
 
 
 def check_precision(device: torch.device | str, precision: str) -> None:
@@ -135,10 +163,9 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
                 inp = F.pad(inp, (0, pw, 0, ph), mode=mode)
             inp = inp.contiguous(memory_format=torch.channels_last)
             begin_iteration(compile_mode)
-            with frozen_weights(compile_mode, backend):  # a no-op for "off"
+            counting = _counting_compiles(compiled) if compiled is not None else contextlib.nullcontext()
+            with frozen_weights(compile_mode, backend), counting:  # both no-ops for "off"
                 out = _output_image(forward(inp))
-            if compiled is not None:
-                compiled.ran = True
     finally:
         model.train(was_training)
     out = out[..., :h, :w].float().contiguous()
