@@ -6,6 +6,7 @@ run's outputs set aside: ``test_tester_keep_aside.py``.
 """
 import csv
 import hashlib
+import html
 import json
 import os
 import re
@@ -1071,6 +1072,35 @@ def test_a_backslash_or_line_break_in_an_image_or_row_name_stays_in_its_cell_of_
     summary = md.index(next(line for line in md if line.startswith("| Task |")))
     assert _gfm_cells(md[summary + 2])[:3] == [shown + " (partial)", "2", "21.00"]
     assert len(_gfm_cells(md[summary + 2])) == len(_gfm_cells(md[summary]))
+
+
+@pytest.mark.parametrize("name,shown", [("*x*_.png", "\\*x\\*\\_.png"), ("[a](b).png", "\\[a\\](b).png"),
+                                        ("`c`.png", "\\`c\\`.png"), ("<b>d</b>.png", "\\<b>d\\</b>.png"),
+                                        ("~~e~~ &amp; $f$.png", "\\~\\~e\\~\\~ \\&amp; \\$f\\$.png"),
+                                        ("rain_1 & 2.png", "rain_1 & 2.png")])
+def test_markdown_syntax_in_an_image_or_row_name_is_shown_as_written_in_results_md(tmp_path, name, shown):
+    """A file named ``*x*_.png`` read "x" in italics in results.md, ``[a](b).png`` a link to "b", ``<b>d</b>.png`` a
+    bold "d": the cells stayed whole, but a Markdown viewer showed another name than the file's. Markdown's inline
+    syntax is backslash-escaped (an ``_`` between letters or digits starts nothing and is left as it is)."""
+    results = _stopped_results()
+    row = results["tasks"].pop("myset")
+    row["images"][0]["name"] = row["best_psnr"]["name"] = name
+    results["tasks"][name] = row
+    write_results(results, tmp_path)
+    md = (tmp_path / "results.md").read_text().splitlines()
+    head = md.index("| Image | Degraded PSNR | Degraded SSIM | PSNR | SSIM | s |")
+    summary = md.index(next(line for line in md if line.startswith("| Task |")))
+    assert md[head + 2].startswith(f"| {shown} | 20.25 |") and md[summary + 2].startswith(f"| {shown} (partial) | 2 |")
+    assert f"## {shown}" in md and any(line.startswith(f"Best PSNR 30.50 ({shown}), worst") for line in md)
+    assert _gfm_cells(md[head + 2])[0] == name  # the name itself once the escapes are read
+    try:
+        from markdown_it import MarkdownIt  # installed with rich (the app's requirements), not by requirements.txt
+    except ImportError:
+        return
+    render = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render
+    for lines, tag in ((md[head:head + 3], "td"), (md[summary:summary + 3], "td"), ([f"## {shown}"], "h2")):
+        text = re.search(rf"<{tag}>(.*?)</{tag}>", render("\n".join(lines) + "\n")).group(1)
+        assert html.unescape(text).removesuffix(" (partial)") == name, text  # no <em>, <a>, <code>, <b> or <s>
 
 
 def test_results_record_the_command_commit_and_versions_to_run_them_again(bench, checkpoint, tmp_path, monkeypatch):

@@ -186,10 +186,29 @@ def listing(items: Iterable, limit: int = LIST_LIMIT, sep: str = "; ", lead: str
 def table_cell(name: str) -> str:
     """A file or row name as one Markdown table cell: a ``|`` in it (a legal file name character) is escaped, or
     it would end the cell and shift every value after it under the next heading; so is a backslash (``x\\|y.png``
-    gave ``x\\\\|y.png``, an escaped backslash and then a bar ending the cell); a line break or other control character
-    (legal in a Linux name), which cut the row in two, is shown as its escape (``\\n``, ``\\x1b``)."""
-    text = name.replace("\\", "\\\\").replace("|", "\\|")
+    gave ``x\\\\|y.png``, an escaped backslash and then a bar ending the cell), and Markdown's inline syntax
+    (:func:`markdown_literal`); a line break or other control character (legal in a Linux name), which cut the row
+    in two, is shown as its escape (``\\n``, ``\\x1b``)."""
+    text = markdown_literal(name).replace("|", "\\|")
     return "".join("\\" + ch.encode("unicode_escape").decode("ascii") if _breaks_line(ch) else ch for ch in text)
+
+
+_MARKDOWN_INLINE = frozenset("\\*`[]<~$")  # escapes, emphasis, code, links, HTML, strikethrough, GitHub's math
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+
+
+def markdown_literal(text: str) -> str:
+    """``text`` as a Markdown viewer shows it as written: a name ``*x*_.png`` read *x* in italics, ``[a](b).png`` a
+    link, ``<b>`` bold. Backslash-escaped (CommonMark escapes any ASCII punctuation): a backslash, ``* ` [ ] < ~ $``,
+    an ``&`` that starts an entity (``&amp;``), and an ``_`` other than between letters or digits (``rain_1.png``,
+    ``denoise_25``: no emphasis starts there, and they stay as they are)."""
+    out = []
+    for i, ch in enumerate(text):
+        inert_underscore = ch == "_" and 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
+        if ch in _MARKDOWN_INLINE or (ch == "_" and not inert_underscore) or (ch == "&" and _ENTITY.match(text, i)):
+            out.append("\\")
+        out.append(ch)
+    return "".join(out)
 
 
 def _breaks_line(ch: str) -> bool:

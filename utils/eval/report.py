@@ -171,12 +171,13 @@ def results_texts(results: Mapping[str, Any]) -> dict[str, str]:
           "## Summary", "", summary_table(results), ""]
     for task, r in results.get("tasks", {}).items():
         has_lpips = "lpips" in r
-        md += [f"## {task}", ""]
+        md += [f"## {table_cell(task)}", ""]  # names as written: no emphasis, link or HTML made of them
         if r.get("count"):
-            md += [f"Best PSNR {r['best_psnr']['psnr']:.2f} ({r['best_psnr']['name']}), worst "
-                   f"{r['worst_psnr']['psnr']:.2f} ({r['worst_psnr']['name']}); best SSIM "
-                   f"{r['best_ssim']['ssim']:.4f} ({r['best_ssim']['name']}), worst {r['worst_ssim']['ssim']:.4f} "
-                   f"({r['worst_ssim']['name']}).", ""]
+            shown = {k: table_cell(r[k]["name"]) for k in ("best_psnr", "worst_psnr", "best_ssim", "worst_ssim")}
+            md += [f"Best PSNR {r['best_psnr']['psnr']:.2f} ({shown['best_psnr']}), worst "
+                   f"{r['worst_psnr']['psnr']:.2f} ({shown['worst_psnr']}); best SSIM "
+                   f"{r['best_ssim']['ssim']:.4f} ({shown['best_ssim']}), worst {r['worst_ssim']['ssim']:.4f} "
+                   f"({shown['worst_ssim']}).", ""]
         if r.get("skipped_files"):
             md += [f"Skipped ({len(r['skipped_files'])}): " + "; ".join(r["skipped_files"]), ""]
         warned = [w for im in r["images"] for w in im.get("decoder_warnings", ())]
