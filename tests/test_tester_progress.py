@@ -131,6 +131,22 @@ def test_an_image_that_compiles_again_is_marked_and_kept_out_of_the_pace_whichev
     assert "=> " not in capsys.readouterr().out  # every size compiled already
 
 
+def test_a_torch_without_dynamos_compile_callback_counts_the_first_call_only(monkeypatch):
+    """The compile-start callback is private to torch (``torch._dynamo.callback``): on a build without it, a compiled
+    restore() must still run, and count its first call as compiling, as the tester did before it had the callback."""
+    import torch._dynamo.callback
+
+    from utils.eval.inference import compile_count, prepare_for_inference, restore
+    monkeypatch.delattr(torch._dynamo.callback, "CallbackTrigger")
+    torch._dynamo.reset()
+    model = prepare_for_inference(OneConv(), "default", backend="eager")
+    counts = []
+    for side in (16, 32, 16):
+        restore(model, torch.rand(1, 3, side, side), compile_mode="default")
+        counts.append(compile_count(model, "default"))
+    assert counts == [1, 1, 1]
+
+
 def test_ctrl_c_while_a_rows_fid_is_computed_keeps_its_scores(tmp_path, monkeypatch):
     """A Ctrl-C during the FID of a row (a square root of a 2048x2048 matrix, seconds) escaped evaluate_set as a bare
     KeyboardInterrupt: the tester wrote no results.json and every row scored so far was lost."""
