@@ -62,7 +62,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import torch
 
     from utils.cli import OneSpellingHelpFormatter, at_least
-    from utils.demo.data import DemoDataError, build_demo_data, check_build_args
+    from utils.demo.data import DemoDataError, build_demo_data, check_build_args, requested_params
     from utils.errors import OneLineArgumentParser, add_debug_flag, counted, interrupted_line, run_main
     from utils.eval.evaluation import InputAsOutput
     from utils.eval.outputs import check_writable_folder
@@ -186,6 +186,14 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         check_build_args(0, args.scale, args.max_photos)
     except DemoDataError as exc:
         raise StudySettingError(str(exc)) from None
+    # the trainer refused such patches in every run ("training failed"), after --out had recorded the setting
+    side = requested_params(0, args.scale, args.max_photos)["train_side"]
+    if args.patch_size > side:
+        larger = next((k / 100 for k in range(math.ceil(args.scale * 100), 401)
+                       if requested_params(0, k / 100, None)["train_side"] >= args.patch_size), None)
+        raise StudySettingError(f"--patch-size {args.patch_size} is larger than the demo data's training images at "
+                                f"--scale {args.scale:g} ({side}x{side}) — pass --patch-size {side} or less"
+                                + (f", or --scale {larger:g} or more" if larger else ""))
     return args
 
 

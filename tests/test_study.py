@@ -567,10 +567,14 @@ def test_damaged_caches_are_one_error_line_naming_the_file(tmp_path, monkeypatch
 @pytest.mark.parametrize("flags, said", [(["--scale", "0"], "--scale must lie in [0.05, 4], got 0.0"),
                                          (["--scale", "-1"], "--scale must lie in [0.05, 4], got -1.0"),
                                          (["--max-photos", "0"], "--max-photos must be an integer >= 1"),
-                                         (["--seeds", "-1"], "--seeds must be in 0..2**63-1")])
+                                         (["--seeds", "-1"], "--seeds must be in 0..2**63-1"),
+                                         (["--scale", "0.25", "--patch-size", "128"],
+                                          "--patch-size 128 is larger than the demo data's training images at "
+                                          "--scale 0.25 (96x96)")])
 def test_every_flag_error_exits_2(flags, said, tmp_path, monkeypatch, capsys):
     """--scale 0, --scale -1 and --max-photos 0 exited 1 (the data builder said them), other flag errors 2; --seeds -1
-    failed every run, each with "training failed", after --out had recorded the setting."""
+    and a --patch-size larger than the data's training crops failed every run, each with "training failed", after
+    --out had recorded the setting, which then refused the corrected command as "another setting"."""
     monkeypatch.chdir(tmp_path)  # before, the runs started: nothing of theirs may reach the checkout
     assert study.cli(fake_argv(tmp_path, *flags)) == 2
     err = capsys.readouterr().err
