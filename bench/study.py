@@ -64,7 +64,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.cli import OneSpellingHelpFormatter, at_least
     from utils.demo.data import DemoDataError, build_demo_data, check_build_args, requested_params
     from utils.errors import OneLineArgumentParser, add_debug_flag, counted, interrupted_line, run_main
-    from utils.eval.evaluation import InputAsOutput
+    from utils.eval.evaluation import EvaluationStopped, InputAsOutput
     from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
     from utils.output_lock import OutputLock
@@ -230,6 +230,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return run_study(args, out, figs_dir, root, device, t0)
 
 
+def study_stopped(exc: KeyboardInterrupt, out: Path) -> StudyInterrupted:
+    """The error for Ctrl-C, SIGTERM or SIGHUP (``exc``) during the runs into ``out``: which stopped it, what is
+    kept and how to continue, with the shell's status for it."""
+    how, status = interrupted_line(exc)
+    stopped = StudyInterrupted(f"study {how}; the finished runs and the last checkpoint are kept in {out}/runs. "
+                               f"Run the same command again to continue.")
+    stopped.exit_status = status
+    return stopped
+
+
 def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, device: torch.device,
               t0: float) -> dict[str, Any]:
     """:func:`main`'s steps once its flags are checked and ``out`` is held: the data, the runs on ``device``, the
@@ -268,16 +278,16 @@ def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, d
             print(("cached" if seconds == 0 else f"{seconds:.0f} s") + f"; PSNR ID {group_mean(e, ID_TASKS, 0):.2f}, "
                   f"OOD {group_mean(e, OOD_TASKS, 0):.2f} dB" + (f"; about {minutes(left)} left" if left else ""),
                   flush=True)
-    except StudyError:
-        print(flush=True)  # off the line the run's progress was on: the error: line starts its own
-        raise
+    except (StudyError, EvaluationStopped) as exc:
+        # Ctrl-C while a run was evaluated came as the tester's EvaluationStopped: "error: interrupted", no more
+        if not isinstance(exc, EvaluationStopped) or not isinstance(exc.__cause__, KeyboardInterrupt):
+            print(flush=True)  # off the line the run's progress was on: the error: line starts its own
+            raise
+        print(file=sys.stderr)
+        raise study_stopped(exc.__cause__, out) from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (StopSignal): said as which
         print(file=sys.stderr)  # off the line the run's progress was on
-        how, status = interrupted_line(exc)
-        stopped = StudyInterrupted(f"study {how}; the finished runs and the last checkpoint are kept in {out}/runs. "
-                                   f"Run the same command again to continue.")
-        stopped.exit_status = status
-        raise stopped from None
+        raise study_stopped(exc, out) from None
     degraded_path = out / "degraded_input.json"
     if not degraded_path.is_file():
         write_text(degraded_path, json.dumps(evaluate_model(InputAsOutput(), root, device), indent=1) + "\n")

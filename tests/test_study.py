@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 import study
 
 from net.presets import WB_BACKBONES, build_model
+from utils.errors import StopSignal
 from utils.study.arms import (
     ARMS,
     CAPACITY_TOLERANCE,
@@ -409,6 +410,30 @@ def test_ctrl_c_during_the_runs_is_one_error_line_with_the_interrupted_status(tm
     assert study.cli(["--out", str(tmp_path / "out"), "--root", str(tmp_path / "demo"), "--device", "cpu",
                       "--iters", "2", "--epochs", "1", "--arms", "baryir", "--seeds", "0", "--no-progress"]) == 143
     assert capsys.readouterr().err.strip().startswith("error: study stopped by SIGTERM; the finished runs")
+
+
+@pytest.mark.parametrize("stop, status, said", [(KeyboardInterrupt, 130, "study interrupted"),
+                                                (lambda: StopSignal(15), 143, "study stopped by SIGTERM")])
+def test_ctrl_c_while_a_run_is_evaluated_is_the_studys_stop_line(stop, status, said, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM) while a trained run was evaluated reached the study as the tester's EvaluationStopped: it
+    printed "error: interrupted" at the end of the run's progress line, without saying that the runs are kept and
+    how to continue."""
+    from utils.eval.evaluation import EvaluationStopped
+    monkeypatch.setattr(study, "build_demo_data", lambda *a, **kw: {"files": {}, "content_hash": "x"})
+    monkeypatch.setattr(study, "balanced_repeats", lambda manifest, n: {"denoise_15": 1})
+    monkeypatch.setattr(study, "probe_views", lambda root, manifest: [])
+
+    def evaluated(*a, **kw):  # as utils.eval.evaluation.evaluate_set stops at an image
+        try:
+            raise stop()
+        except KeyboardInterrupt as exc:
+            raise EvaluationStopped("interrupted", "demo/test/a.png", "denoise_15", None, status) from exc
+
+    monkeypatch.setattr(study, "run_one", evaluated)
+    assert study.cli(fake_argv(tmp_path, "--arms", "baryir")) == status
+    err = capsys.readouterr().err  # off the line the run's progress was on
+    assert err.startswith(f"\nerror: {said}; the finished runs"), err
+    assert "Run the same command again to continue" in err and err.strip().count("\n") == 0, err
 
 
 def test_a_training_stopped_by_a_closed_console_is_not_called_a_failure(tmp_path, monkeypatch):
