@@ -209,6 +209,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.torch_threads)
     t0 = time.time()
     out, figs_dir, root = Path(args.out), Path(args.figs_dir), Path(args.root)
+    for flag, folder in (("--out", out), ("--figs-dir", figs_dir)):
+        # the runs' loss curves and the figures went among the demo's images: every later study (or make demo) on
+        # that --root was refused for images its manifest does not list
+        where = folder.resolve()
+        if where == root.resolve() or root.resolve() in where.parents:
+            raise StudySettingError(f"{flag} {folder} is {'the' if where == root.resolve() else 'inside the'} --root "
+                                    f"{root} (the demo data's folder), where its images would be read as the "
+                                    f"demo's — choose an {flag} outside it")
     for flag, folder in (("--out", out), ("--figs-dir", figs_dir)):  # a file in the way was met by the first write
         check_writable_folder(folder, flag, create=False)  # there: --figs-dir's after every run (86 min in the study)
     # a folder at a name the study writes was met after every run, the earlier outputs already moved aside

@@ -548,6 +548,20 @@ def test_a_folder_flag_with_a_file_in_the_way_fails_before_any_run(tmp_path, mon
     assert (tmp_path / "a_file").read_text() == "mine" and not (tmp_path / "out").exists()
 
 
+def test_an_out_or_figs_dir_in_the_demo_data_folder_fails_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """--out data/demo (or a folder in it) was taken: the runs' loss curves and the figures went among the demo's
+    images, and every later study, or make demo, on that --root was refused for images its manifest does not list;
+    --out w2/out with a new --root w2 was refused as "files that are not the demo's", blaming --root."""
+    fake_study(monkeypatch, tmp_path, fail_runs=True)
+    root = tmp_path / "demo"
+    for flag, folder in (("--out", root), ("--out", root / "out"), ("--figs-dir", root / "test" / "figs")):
+        assert study.cli([*fake_argv(tmp_path), flag, str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag} {folder} is ") and f"--root {root}" in err, err
+        assert f"choose an {flag} outside it" in err and err.count("\n") == 1, err
+    assert not root.exists() and not (tmp_path / "out").exists()
+
+
 def test_damaged_caches_are_one_error_line_naming_the_file(tmp_path, monkeypatch, capsys):
     """A truncated embeddings.npz (BadZipFile), a truncated eval.json (JSONDecodeError) and a study_config.json
     holding `{` were tracebacks; each is one error: line naming the file and what to delete."""
