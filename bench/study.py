@@ -63,7 +63,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
 
     from utils.cli import OneSpellingHelpFormatter, at_least
     from utils.demo.data import DemoDataError, build_demo_data, check_build_args, requested_params
-    from utils.errors import OneLineArgumentParser, add_debug_flag, counted, interrupted_line, run_main
+    from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, counted, interrupted_line, run_main
     from utils.eval.evaluation import EvaluationStopped, InputAsOutput
     from utils.eval.outputs import check_writable_folder
     from utils.files import write_text
@@ -82,7 +82,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     )
     from utils.study.arms import ARMS, ID_TASKS, METHOD, OOD_TASKS, arm_model_config, parameter_counts
     from utils.study.budget import FULL, QUICK, busy_cores_note, estimated_seconds, minutes, plan
-    from utils.study.errors import StudyError, StudyInterrupted, StudySettingError
+    from utils.study.errors import StudyInterrupted, StudySettingError
     from utils.study.probe import probe_summary, probe_views
     from utils.study.report import figure_names, figures, planned_figure_names, tables
     from utils.study.runs import (
@@ -286,7 +286,7 @@ def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, d
             print(("cached" if seconds == 0 else f"{seconds:.0f} s") + f"; PSNR ID {group_mean(e, ID_TASKS, 0):.2f}, "
                   f"OOD {group_mean(e, OOD_TASKS, 0):.2f} dB" + (f"; about {minutes(left)} left" if left else ""),
                   flush=True)
-    except (StudyError, EvaluationStopped) as exc:
+    except UserError as exc:  # the study's, the tester's (EvaluationStopped), a damaged checkpoint's, ...
         # Ctrl-C while a run was evaluated came as the tester's EvaluationStopped: "error: interrupted", no more
         if not isinstance(exc, EvaluationStopped) or not isinstance(exc.__cause__, KeyboardInterrupt):
             print(flush=True)  # off the line the run's progress was on: the error: line starts its own

@@ -436,6 +436,23 @@ def test_ctrl_c_while_a_run_is_evaluated_is_the_studys_stop_line(stop, status, s
     assert "Run the same command again to continue" in err and err.strip().count("\n") == 0, err
 
 
+def test_a_damaged_checkpoint_of_a_run_is_an_error_line_of_its_own(tmp_path, monkeypatch, capsys):
+    """A run's checkpoint cut short (a full disk) stopped the study with its error after the run's progress,
+    "[1/1] baryir seed 0: error: cannot read checkpoint ...", not on a line of its own."""
+    from utils.errors import UserError
+    monkeypatch.setattr(study, "build_demo_data", lambda *a, **kw: {"files": {}, "content_hash": "x"})
+    monkeypatch.setattr(study, "balanced_repeats", lambda manifest, n: {"denoise_15": 1})
+    monkeypatch.setattr(study, "probe_views", lambda root, manifest: [])
+
+    def damaged(*a, **kw):  # as utils.checkpoints.read_checkpoint says it
+        raise UserError("cannot read checkpoint out/runs/baryir/seed0/train/epoch_001.pth: the file is damaged")
+
+    monkeypatch.setattr(study, "run_one", damaged)
+    assert study.cli(fake_argv(tmp_path, "--arms", "baryir")) == 1
+    out, err = capsys.readouterr()
+    assert out.endswith("[1/1] baryir seed 0: \n") and err.startswith("error: cannot read checkpoint"), (out, err)
+
+
 def test_a_training_stopped_by_a_closed_console_is_not_called_a_failure(tmp_path, monkeypatch):
     """``bench/study.py --progress 2>&1 | head``: the trainer stops with a checkpoint when its progress meets the
     closed pipe and returns the closed pipe's status; the study called that "training failed (exit code 141)".
