@@ -453,6 +453,23 @@ def test_a_damaged_checkpoint_of_a_run_is_an_error_line_of_its_own(tmp_path, mon
     assert out.endswith("[1/1] baryir seed 0: \n") and err.startswith("error: cannot read checkpoint"), (out, err)
 
 
+def test_a_damaged_checkpoint_of_a_run_says_deleting_it_continues_the_run(tmp_path):
+    """A run's last checkpoint cut short (a full disk, a crash while saving) said "copy or download it again, or use
+    another checkpoint", neither of which a study can do; deleting it lets the same command continue the run from
+    the checkpoint before it (the trainer's --resume auto), and the error now says so."""
+    from utils.study import runs
+    train = tmp_path / "runs" / "baryir" / "seed0" / "train"
+    train.mkdir(parents=True)
+    (train / "epoch_001.pth").write_bytes(b"PK\x03\x04 cut short")
+    (train / "latest").write_text(json.dumps({"checkpoint": "epoch_001.pth"}))
+    with pytest.raises(StudyError) as caught:
+        runs.finished_checkpoint(train, 1)
+    said = str(caught.value)
+    assert said.startswith(f"cannot read checkpoint {train / 'epoch_001.pth'}") and "\n" not in said, said
+    assert f"delete {train / 'epoch_001.pth'} and run the same command again" in said, said
+    assert (train / "epoch_001.pth").read_bytes() == b"PK\x03\x04 cut short"
+
+
 def test_a_training_stopped_by_a_closed_console_is_not_called_a_failure(tmp_path, monkeypatch):
     """``bench/study.py --progress 2>&1 | head``: the trainer stops with a checkpoint when its progress meets the
     closed pipe and returns the closed pipe's status; the study called that "training failed (exit code 141)".

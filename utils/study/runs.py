@@ -72,11 +72,15 @@ def trainer_argv(args: argparse.Namespace, arm: Arm, seed: int, root: Path, trai
 
 def finished_checkpoint(train_dir: Path, epochs: int) -> Path | None:
     """The run's final checkpoint, or None while it is missing or unfinished."""
-    from utils.checkpoints import read_checkpoint, read_latest
+    from utils.checkpoints import CheckpointError, read_checkpoint, read_latest
     latest = read_latest(train_dir) if train_dir.is_dir() else None
     if latest is None:
         return None
-    obj = read_checkpoint(latest)
+    try:
+        obj = read_checkpoint(latest)
+    except CheckpointError as exc:  # "copy or download it again": not what a study's user can do
+        raise StudyError(f"{exc} — here: delete {latest} and run the same command again, which continues that run "
+                         f"from its checkpoint before (or trains it again); the other runs are kept") from None
     return latest if int(obj.get("epoch", 0)) >= epochs and int(obj.get("iteration", 0)) == 0 else None
 
 
