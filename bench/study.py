@@ -286,6 +286,10 @@ def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, d
             print(("cached" if seconds == 0 else f"{seconds:.0f} s") + f"; PSNR ID {group_mean(e, ID_TASKS, 0):.2f}, "
                   f"OOD {group_mean(e, OOD_TASKS, 0):.2f} dB" + (f"; about {minutes(left)} left" if left else ""),
                   flush=True)
+        # the tables' "degraded" rows, scored as a run is: Ctrl-C here said only "error: interrupted"
+        degraded_path = out / "degraded_input.json"
+        if not degraded_path.is_file():
+            write_text(degraded_path, json.dumps(evaluate_model(InputAsOutput(), root, device), indent=1) + "\n")
     except UserError as exc:  # the study's, the tester's (EvaluationStopped), a damaged checkpoint's, ...
         # Ctrl-C while a run was evaluated came as the tester's EvaluationStopped: "error: interrupted", no more
         if not isinstance(exc, EvaluationStopped) or not isinstance(exc.__cause__, KeyboardInterrupt):
@@ -296,9 +300,6 @@ def run_study(args: argparse.Namespace, out: Path, figs_dir: Path, root: Path, d
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (StopSignal): said as which
         print(file=sys.stderr)  # off the line the run's progress was on
         raise study_stopped(exc, out) from None
-    degraded_path = out / "degraded_input.json"
-    if not degraded_path.is_file():
-        write_text(degraded_path, json.dumps(evaluate_model(InputAsOutput(), root, device), indent=1) + "\n")
     degraded = read_json(degraded_path, "delete it to have the degraded inputs evaluated again (seconds)")
 
     summary = summarise(evals, args.arms, args.seeds)

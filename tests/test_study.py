@@ -436,6 +436,25 @@ def test_ctrl_c_while_a_run_is_evaluated_is_the_studys_stop_line(stop, status, s
     assert "Run the same command again to continue" in err and err.strip().count("\n") == 0, err
 
 
+def test_ctrl_c_while_the_degraded_inputs_are_evaluated_is_the_studys_stop_line(tmp_path, monkeypatch, capsys):
+    """Every run finished, Ctrl-C while the degraded inputs were scored (the tables' "degraded" rows) printed only
+    "error: interrupted"; it is the study's stop line, and the rerun reads every run from its cache."""
+    from utils.eval.evaluation import EvaluationStopped
+    fake_study(monkeypatch, tmp_path)
+
+    def evaluated(*a, **kw):  # as utils.eval.evaluation.evaluate_set stops at an image
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise EvaluationStopped("interrupted", "demo/test/a.png", "denoise_15", None, 130) from exc
+
+    monkeypatch.setattr(study, "evaluate_model", evaluated)
+    assert study.cli(fake_argv(tmp_path)) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: study interrupted; the finished runs") and "\n" not in err, err
+    assert not (tmp_path / "out" / "degraded_input.json").exists()
+
+
 def test_a_damaged_checkpoint_of_a_run_is_an_error_line_of_its_own(tmp_path, monkeypatch, capsys):
     """A run's checkpoint cut short (a full disk) stopped the study with its error after the run's progress,
     "[1/1] baryir seed 0: error: cannot read checkpoint ...", not on a line of its own."""
