@@ -135,6 +135,18 @@ def test_a_restormer_checkpoint_is_one_error_line(tmp_path, photos, capsys):
     assert not (tmp_path / "figs").exists()
 
 
+def test_a_plain_state_dict_of_a_restormer_is_refused_for_what_it_is(tmp_path, photos, capsys):
+    """A Restormer's weights without their configuration were refused with the loader's advice, "pass --backbone
+    Restormer --preset tiny", which the analysis then refused in its turn: a Restormer has no WB split."""
+    torch.save(build_model("Restormer", "tiny").state_dict(), tmp_path / "restormer.pth")
+    status, err = error_line(capsys, ["--model", str(tmp_path / "restormer.pth"), "--photos", str(photos),
+                                      "--figs-dir", str(tmp_path / "figs"), "--preset", "tiny", "--device", "cpu"])
+    assert status == 2 and err.startswith(f"error: --model {tmp_path / 'restormer.pth'} holds the weights of a "
+                                          f"Restormer"), err
+    assert "BaryNet or BaryPromptIR" in err and "--backbone Restormer" not in err, err
+    assert not (tmp_path / "figs").exists()
+
+
 def test_bad_photos_are_one_error_line_naming_the_folder_or_file(tmp_path, run_dir, capsys):
     common = ["--model", str(run_dir), "--figs-dir", str(tmp_path / "figs"), "--device", "cpu"]
     status, err = error_line(capsys, [*common, "--photos", str(tmp_path / "missing")])

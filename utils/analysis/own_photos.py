@@ -31,7 +31,16 @@ import numpy as np
 
 from net.presets import WB_BACKBONES
 from utils.analysis.report import measured_views, rendered_report
-from utils.checkpoints import load_model, model_or_default
+from utils.checkpoints import (
+    CheckpointError,
+    load_model,
+    model_or_default,
+    model_state_from,
+    normalise_state_dict,
+    read_checkpoint,
+    resolve_checkpoint,
+)
+from utils.checkpoints.identify import identify
 from utils.cli import add_network_size_flags, at_least, network_size_overrides, one_spelling
 from utils.data.image_files import IMAGE_EXTENSIONS, list_images, nested_images_hint
 from utils.data.image_io import read_image
@@ -228,6 +237,18 @@ def model_path(model: str | None) -> str:
     return model_or_default(model, "train a BaryNet or BaryPromptIR one (make demo trains one)")
 
 
+def weights_backbone(path: str) -> str | None:
+    """The backbone whose weights the checkpoint ``path`` (a file, a run's folder or its ``latest``) holds when they
+    are exactly one of the project's networks (:func:`utils.checkpoints.identify.identify`), else None (unreadable
+    too)."""
+    try:
+        obj = read_checkpoint(resolve_checkpoint(path)[0])
+        found = identify(normalise_state_dict(model_state_from(obj, str(path))))
+    except UserError:
+        return None
+    return found[0] if found is not None else None
+
+
 def summary_lines(emb: dict) -> list[str]:
     """What the figures measured, as printed."""
     return [f"takeaway maps of {emb['photo']}: mean relative distance from its {emb['reference']} view "
@@ -289,7 +310,15 @@ def analyse(args, device, planned: list[Path], files: list[Path] | None, names: 
     (``files`` labelled ``names``, or the demo's), their views, the figures and numbers at ``planned``; returns
     the numbers. ``t0``: when the command started."""
     figs_dir = Path(args.figs_dir)
-    model, info = load_model(model_path(args.model), args.backbone, args.preset, **network_size_overrides(args))
+    path = model_path(args.model)
+    try:
+        model, info = load_model(path, args.backbone, args.preset, **network_size_overrides(args))
+    except CheckpointError:
+        other = weights_backbone(path)  # the loader's fix, "pass --backbone Restormer", would be refused next
+        if other is None or other in WB_BACKBONES:
+            raise
+        raise UsageError(f"--model {path} holds the weights of a {other}, which has no WB / residual split of its "
+                         f"latent to draw — pass a {' or '.join(sorted(WB_BACKBONES))} checkpoint") from None
     if info["backbone"] not in WB_BACKBONES:
         raise UsageError(f"--model {info['model']} is a {info['backbone']}, which has no WB / residual split of its "
                          f"latent to draw — pass a {' or '.join(sorted(WB_BACKBONES))} checkpoint")
