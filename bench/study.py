@@ -132,7 +132,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"(default {FULL['epochs']}, {QUICK['epochs']} with --quick)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=4, help="training batch of every run")
     p.add_argument("--patch-size", dest="patch_size", type=int, default=64,
-                   help="training patch side of every run, a multiple of 8, at least 16")
+                   help="training patch side of every run, a multiple of 8, at least 16 and at most the demo data's "
+                        "training crops (384 at --scale 1)")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="base lr (the trainer halves it), the demo's: the paper's 2e-4 is too slow for a short budget")
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
