@@ -237,6 +237,11 @@ def test_summary_tables_and_figures_over_several_seeds(tmp_path):
     assert md.count("±") > 50 and "larger than the seed-to-seed noise" in md
     assert "| BaryIR (2.57 M) |" in md and "Restormer (L1 only) (1.01 M)" in md
     assert f"dim {MATCHED_DIM}, capacity-matched (L1 only) (2.62 M)" in md
+    assert "Held-out photos: 3 test photos, leave one out; probe training data: 4 training crops plus the other " \
+           "test photos. Classes" in md
+    # --max-photos 1: "1 test photos ... plus the other test photos", of which there were none
+    one = tables(summary, probe, degraded, arms, seeds, {"test_photos": 1, "train_crops": 1}, params)
+    assert "Held-out photos: 1 test photo, leave one out; probe training data: 1 training crop. Classes" in one
     import matplotlib
     backend = matplotlib.get_backend()
     matplotlib.use("pdf")  # the caller's (a notebook's inline one, say): the figures switched it to Agg

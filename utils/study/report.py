@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from utils.errors import counted
 from utils.plotting import new_figure, save_figure
 from utils.study.arms import (
     ARMS,
@@ -140,8 +141,9 @@ def tables(summary: dict, probe: dict, degraded: dict, arms: Sequence[str], seed
         md.append("")
     if probe:
         md += [f"### Linear probe of degradation type (accuracy %, {spread(seeds)})", "",
-               f"Held-out photos: {n_probe['test_photos']} test photos, leave one out; probe training data: "
-               f"{n_probe['train_crops']} training crops plus the other test photos. Classes: ID = "
+               f"Held-out photos: {counted(n_probe['test_photos'], 'test photo')}, leave one out; probe training "
+               f"data: {counted(n_probe['train_crops'], 'training crop')}"
+               f"{' plus the other test photos' if n_probe['test_photos'] > 1 else ''}. Classes: ID = "
                f"{', '.join(ID_VIEWS)} (chance {100 / len(ID_VIEWS):.0f}%); all = ID + {', '.join(OOD_VIEWS)} "
                f"(chance {100 / len(PROBE_SETS['all']):.1f}%). cos: mean cosine of the flattened WB and residual "
                f"latents of the held-out views.", "",
