@@ -15,9 +15,14 @@ patch are fixed; an epoch's shorter last batch compiles once more). The losses o
 iteration are read back to the host once, after its three updates (``utils.train.iteration.LossChecks``),
 instead of before each update.
 
-Inference compiles the network's forward (``utils.eval.inference.prepare_for_inference``); every new
-input size compiles again (then dynamo switches to shapes it treats as dynamic), so it pays off for
-many inputs of one size: tiles, or a folder of same-sized images.
+Inference compiles the network's forward (``utils.eval.inference.prepare_for_inference``): the first
+size compiles static shapes, the second compiles again with sizes dynamo treats as dynamic, and that
+graph then serves further sizes, so it pays off for many inputs: tiles, or a folder of images. One
+exception, on the CPU in fp32 at batch 1: ATen picks oneDNN or its own convolution by the input's element
+count (more than 20,480, ``ConvParams::use_mkldnn``), and each such test is a guard of the dynamic graph,
+so a size on the other side of one compiles once more. For the paper network every padded image larger
+than about 83x83 lies on one side of all of them (benchmark images compile twice in all); small images,
+and the tiny preset's up to about 143x143, cross them (a compile per threshold crossed, at most).
 
 Compiling takes minutes the first time; torch keeps the result in its on-disk caches (FX graph
 and AOTAutograd caches, under :func:`compile_cache_dir`), so a second run with the same

@@ -153,8 +153,9 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 on GPU only).
         pad: reflect-pad H and W up to multiples of ``multiple`` and crop the result back,
             so inputs of any size work; without it such inputs are an error.
-        compile_mode: run the forward ``torch.compile``'d with this mode (:mod:`utils.compiled`; the first
-            call of each input size compiles); ``"off"``: eager.
+        compile_mode: run the forward ``torch.compile``'d with this mode (:mod:`utils.compiled`: the first call
+            compiles, the second size once more for dynamic shapes, small CPU images at times again);
+            ``"off"``: eager.
     """
     check_input_size(x, multiple=1, channels=getattr(model, "config", {}).get("inp_channels", 3))
     prepare_for_inference(model, compile_mode)
