@@ -65,7 +65,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.demo.data import DemoDataError, build_demo_data, check_build_args, requested_params
     from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, counted, interrupted_line, run_main
     from utils.eval.evaluation import EvaluationStopped, InputAsOutput
-    from utils.eval.outputs import check_writable_folder
+    from utils.eval.outputs import check_writable_folder, inside
     from utils.files import write_text
     from utils.output_lock import OutputLock
     from utils.owned_outputs import folders_in_the_way, keep_aside_foreign_outputs, recording_outputs
@@ -213,9 +213,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for flag, folder in (("--out", out), ("--figs-dir", figs_dir)):
         # the runs' loss curves and the figures went among the demo's images: every later study (or make demo) on
         # that --root was refused for images its manifest does not list
-        where = folder.resolve()
-        if where == root.resolve() or root.resolve() in where.parents:
-            raise StudySettingError(f"{flag} {folder} is {'the' if where == root.resolve() else 'inside the'} --root "
+        where, data = folder.resolve(), root.resolve()
+        if inside(where, data):
+            raise StudySettingError(f"{flag} {folder} is {'the' if where == data else 'inside the'} --root "
                                     f"{root} (the demo data's folder), where its images would be read as the "
                                     f"demo's — choose an {flag} outside it")
     for flag, folder in (("--out", out), ("--figs-dir", figs_dir)):  # a file in the way was met by the first write

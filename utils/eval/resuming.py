@@ -42,19 +42,23 @@ EarlierImages = Mapping[str, Mapping[str, KeptImage]]
 INPUT_DIGESTS = ("degraded_file_sha256", "target_file_sha256")
 
 
+def _input_files(item: EvalItem) -> list[tuple[str, Path]]:
+    """``(key of INPUT_DIGESTS, path)`` of each file ``item`` is scored on: its degraded image (none when
+    synthesised) and its target."""
+    return [(key, path) for key, path in zip(INPUT_DIGESTS, (item.degraded, item.target)) if path is not None]
+
+
 def input_digests(item: EvalItem) -> dict[str, str]:
-    """The SHA-256 of the files ``item`` is scored on (its degraded image, none when synthesised, and its target),
-    under the keys of :data:`INPUT_DIGESTS`: recorded with its scores, so that ``--resume`` scores it again once a
-    file of the same name holds other content. :class:`OSError` when one cannot be read."""
-    files = zip(INPUT_DIGESTS, (item.degraded, item.target))
-    return {key: file_digest(path) for key, path in files if path is not None}
+    """The SHA-256 of the files ``item`` is scored on (:func:`_input_files`), under the keys of
+    :data:`INPUT_DIGESTS`: recorded with its scores, so that ``--resume`` scores it again once a file of the same
+    name holds other content. :class:`OSError` when one cannot be read."""
+    return {key: file_digest(path) for key, path in _input_files(item)}
 
 
 def _inputs_changed(image: Mapping[str, Any], item: EvalItem) -> bool:
     """Whether a file ``image`` (an earlier record's entry) was scored on holds other content now (or cannot be
     read); False for a record without digests (written before they were recorded)."""
-    files = [(key, path) for key, path in zip(INPUT_DIGESTS, (item.degraded, item.target))
-             if path is not None and isinstance(image.get(key), str)]
+    files = [(key, path) for key, path in _input_files(item) if isinstance(image.get(key), str)]
     try:
         return any(file_digest(path) != image[key] for key, path in files)
     except OSError:
