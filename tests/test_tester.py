@@ -1103,6 +1103,42 @@ def test_markdown_syntax_in_an_image_or_row_name_is_shown_as_written_in_results_
         assert html.unescape(text).removesuffix(" (partial)") == name, text  # no <em>, <a>, <code>, <b> or <s>
 
 
+@pytest.mark.parametrize("name,shown", [("*x*_.png", "\\*x\\*\\_.png"), ("[a](b).png", "\\[a\\](b).png"),
+                                        ("<b>d</b>.png", "\\<b>d\\</b>.png")])
+def test_names_in_results_md_lines_of_text_are_shown_as_written_and_plain_on_the_console(tmp_path, name, shown):
+    """The cells of results.md escaped a file named ``*x*_.png``, but its "Skipped (N)", "Decoded over damaged data",
+    "Skipped unreadable image", "Identical to the target", "Tiled" and "PARTIAL RESULTS" lines did not: there it read
+    "x" in italics, a link or bold text. Every name in them is escaped now; the console, plain text, prints it as
+    written."""
+    results = _stopped_results()
+    row = results["tasks"]["myset"]
+    row["images"][0].update(psnr=100.0, decoder_warnings=[f"degraded {name}: the JPEG decoder says 'x'"])
+    row["images"][0]["name"] = name
+    row.update(skipped_files=[f"{name} (no target)"], bad_files=[{"name": name, "error": f"cannot read {name}"}],
+               notes=[f"note: {name} restored in tiles"])
+    results["partial"].update(file=name, rows_not_evaluated=[name])
+    write_results(results, tmp_path)
+    md = (tmp_path / "results.md").read_text().splitlines()
+    said = {f"Skipped (1): {shown} (no target)", f"Skipped unreadable image (myset): {shown}: cannot read {shown}",
+            f"Decoded over damaged data (1; scored as decoded, as the reference reads them): degraded {shown}: the "
+            f"JPEG decoder says 'x'", f"Tiled (myset): {shown} restored in tiles",
+            f"PARTIAL RESULTS: stopped in myset at {shown}: interrupted", f"Not evaluated: {shown}"}
+    assert said <= set(md) and any(line.startswith(f"Identical to the target (myset, restored): 1 image ({shown})")
+                                   for line in md)
+    printed = summary_table(results).splitlines()  # the console's notes: the names as written
+    assert {f"Skipped unreadable image (myset): {name}: cannot read {name}", f"Tiled (myset): {name} restored in "
+            f"tiles", f"PARTIAL RESULTS: stopped in myset at {name}: interrupted", f"Not evaluated: {name}"} <= \
+        set(printed) and any(line.startswith(f"Identical to the target (myset, restored): 1 image ({name})")
+                             for line in printed)
+    try:
+        from markdown_it import MarkdownIt  # installed with rich (the app's requirements), not by requirements.txt
+    except ImportError:
+        return
+    for line in said:
+        text = re.search(r"<p>(.*?)</p>", MarkdownIt("commonmark").render(line + "\n")).group(1)
+        assert name in html.unescape(text), text  # no <em>, <a> or <b>
+
+
 def test_results_record_the_command_commit_and_versions_to_run_them_again(bench, checkpoint, tmp_path, monkeypatch):
     """results.json and results.md named the model and the protocol, but neither the command (--data-root,
     --tasks), the commit nor torch's version and threads: a table could not be traced back to the code."""

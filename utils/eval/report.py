@@ -7,7 +7,7 @@ import io
 import math
 import textwrap
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from utils.errors import counted, table_cell
 from utils.eval.metrics import MAX_PSNR
@@ -20,8 +20,11 @@ def _fmt(v: Any, digits: int) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def summary_table(results: Mapping[str, Any]) -> str:
-    """The per-row table (markdown) with the average, plus the paper's one-line PSNR/SSIM layout."""
+def summary_table(results: Mapping[str, Any], markdown: bool = False) -> str:
+    """The per-row table (markdown) with the average, plus the paper's one-line PSNR/SSIM layout and the notes under
+    it. ``markdown``: for ``results.md``, where a name in a line of text is escaped as in a cell (:func:`table_cell`:
+    ``*x*_.png`` is shown as written, not as emphasis); the console's lines, plain text, keep names as written."""
+    shown: Callable[[str], str] = table_cell if markdown else str
     tasks = results.get("tasks", {})
     has_lpips = any("lpips" in r for r in tasks.values())
     has_fid = any("fid" in r for r in tasks.values())  # one value per set, not per image
@@ -43,7 +46,7 @@ def summary_table(results: Mapping[str, Any]) -> str:
                  _fmt(avg["ssim"], 4)]
         cells += [_fmt(avg.get("lpips"), 4)] if has_lpips else []
         lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
-        paper = "  ".join(f"{n} {r['psnr']:.2f}/{r['ssim']:.3f}" for n, r in tasks.items() if r.get("count"))
+        paper = "  ".join(f"{shown(n)} {r['psnr']:.2f}/{r['ssim']:.3f}" for n, r in tasks.items() if r.get("count"))
         lines += ["", f"PSNR/SSIM: {paper}  Average {avg['psnr']:.2f}/{avg['ssim']:.3f}",
                   f"Average: the mean over the {counted(avg['rows'], 'row')} above with scored images (each set counts "
                   f"once). Degraded: the input as given to the network, scored against the target like the "
@@ -56,7 +59,7 @@ def summary_table(results: Mapping[str, Any]) -> str:
     if results.get("compare_paper"):
         lines += [""] + comparison_lines(tasks, results["compare_paper"], results.get("protocol"),
                                          results.get("compare_paper_note"))
-    return "\n".join(lines + _notes(results))
+    return "\n".join(lines + _notes(results, shown))
 
 
 def _extreme(row: Mapping[str, Any], key: str) -> float | None:
@@ -65,26 +68,29 @@ def _extreme(row: Mapping[str, Any], key: str) -> float | None:
     return entry[key.split("_")[1]] if entry else None
 
 
-def _notes(results: Mapping[str, Any]) -> list[str]:
+def _notes(results: Mapping[str, Any], shown: Callable[[str], str] = str) -> list[str]:
     """Lines under the table: tiled images, images identical to their target (PSNR capped at :data:`MAX_PSNR`),
-    images left out as unreadable, and where a stopped run stopped."""
+    images left out as unreadable, and where a stopped run stopped. ``shown`` writes each name, file and message
+    (:func:`table_cell` for ``results.md``)."""
     lines = []
     for name, r in results.get("tasks", {}).items():
-        lines += [f"Tiled ({name}): {n.removeprefix('note: ')}" for n in r.get("notes", [])]
+        row = shown(name)
+        lines += [f"Tiled ({row}): {shown(n.removeprefix('note: '))}" for n in r.get("notes", [])]
         for key, what in (("psnr", "restored"), ("input_psnr", "degraded")):
-            same = [i["name"] for i in r.get("images", []) if isinstance(i.get(key), (int, float))
+            same = [shown(i["name"]) for i in r.get("images", []) if isinstance(i.get(key), (int, float))
                     and i[key] >= MAX_PSNR]
             if same:
-                lines.append(f"Identical to the target ({name}, {what}): {counted(len(same), 'image')} "
+                lines.append(f"Identical to the target ({row}, {what}): {counted(len(same), 'image')} "
                              f"({', '.join(same[:3])}{', ...' if len(same) > 3 else ''}) score {MAX_PSNR:g} dB, the "
                              f"cap for an infinite PSNR, which the row's mean PSNR includes")
         for b in r.get("bad_files", []):
-            lines.append(f"Skipped unreadable image ({name}): {b['name']}: {b['error']}")
+            lines.append(f"Skipped unreadable image ({row}): {shown(b['name'])}: {shown(b['error'])}")
     stop = results.get("partial")
     if stop:
-        lines.append(f"PARTIAL RESULTS: stopped in {stop['row']} at {stop['file']}: {stop['error']}")
+        lines.append(f"PARTIAL RESULTS: stopped in {shown(stop['row'])} at {shown(stop['file'])}: "
+                     f"{shown(stop['error'])}")
         if stop.get("rows_not_evaluated"):
-            lines.append(f"Not evaluated: {', '.join(stop['rows_not_evaluated'])}")
+            lines.append(f"Not evaluated: {', '.join(shown(n) for n in stop['rows_not_evaluated'])}")
     return [""] + lines if lines else []
 
 
@@ -168,7 +174,7 @@ def results_texts(results: Mapping[str, Any]) -> dict[str, str]:
     made = results.get("provenance") or {}
     md = [title, "", "## Protocol", "", *protocol_lines(results["protocol"]), "",
           *(["## Run", "", *(f"- {k}: {v}" for k, v in made.items()), ""] if made else []),
-          "## Summary", "", summary_table(results), ""]
+          "## Summary", "", summary_table(results, markdown=True), ""]
     for task, r in results.get("tasks", {}).items():
         has_lpips = "lpips" in r
         md += [f"## {table_cell(task)}", ""]  # names as written: no emphasis, link or HTML made of them
@@ -179,11 +185,11 @@ def results_texts(results: Mapping[str, Any]) -> dict[str, str]:
                    f"{r['best_ssim']['ssim']:.4f} ({shown['best_ssim']}), worst {r['worst_ssim']['ssim']:.4f} "
                    f"({shown['worst_ssim']}).", ""]
         if r.get("skipped_files"):
-            md += [f"Skipped ({len(r['skipped_files'])}): " + "; ".join(r["skipped_files"]), ""]
+            md += [f"Skipped ({len(r['skipped_files'])}): " + "; ".join(map(table_cell, r["skipped_files"])), ""]
         warned = [w for im in r["images"] for w in im.get("decoder_warnings", ())]
         if warned:  # scored as decoded over damage, as the reference's Pillow reads them
             md += [f"Decoded over damaged data ({len(warned)}; scored as decoded, as the reference reads them): "
-                   + "; ".join(warned), ""]
+                   + "; ".join(map(table_cell, warned)), ""]
         md += ["| Image | Degraded PSNR | Degraded SSIM | PSNR | SSIM |" + (" LPIPS |" if has_lpips else "") + " s |",
                "|---|---|---|---|---|" + ("---|" if has_lpips else "") + "---|"]
         for im in r["images"]:
