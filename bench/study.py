@@ -62,7 +62,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import torch
 
     from utils.cli import OneSpellingHelpFormatter, at_least
-    from utils.demo.data import DemoDataError, build_demo_data, check_build_args, requested_params
+    from utils.demo.data import DemoDataError, build_demo_data, check_build_args, requested_params, train_crop_count
     from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, counted, interrupted_line, run_main
     from utils.eval.evaluation import EvaluationStopped, InputAsOutput
     from utils.eval.outputs import check_writable_folder, inside
@@ -130,7 +130,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None,
                    help=f"the iterations are split into this many epochs; the last one runs at lr/10 "
                         f"(default {FULL['epochs']}, {QUICK['epochs']} with --quick)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=4, help="training batch of every run")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=4,
+                   help="training batch of every run, at most the demo data's distinct training samples (96: 12 "
+                        "crops, each with 3 noise levels, 2 rainy and 3 hazy versions; fewer with --max-photos)")
     p.add_argument("--patch-size", dest="patch_size", type=int, default=64,
                    help="training patch side of every run, a multiple of 8, at least 16 and at most the demo data's "
                         "training crops (384 at --scale 1)")
@@ -195,7 +197,29 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
         raise StudySettingError(f"--patch-size {args.patch_size} is larger than the demo data's training images at "
                                 f"--scale {args.scale:g} ({side}x{side}) — pass --patch-size {side} or less"
                                 + (f", or --scale {larger:g} or more" if larger else ""))
+    check_batch_size(args)
     return args
+
+
+def check_batch_size(args: argparse.Namespace) -> None:
+    """Refuse a ``--batch-size`` larger than the demo data's distinct training samples (each training crop with a
+    degradation: the three noise levels of ``ID_TASKS``, its rainy and its hazy versions). The runs'
+    ``--repeat`` factors (:func:`balanced_repeats`) fill any batch, so such a batch drew a sample twice or more;
+    --batch-size 100000 was taken and recorded in --out, and every run then failed on memory (2.3 TiB at patch 32)."""
+    params = requested_params(0, args.scale, args.max_photos)
+    noise_levels = sum(t.startswith("denoise") for t in ID_TASKS)
+    per_crop = noise_levels + params["rain_variants_train"] + params["haze_variants_train"]
+    if args.batch_size <= per_crop * len(params["train_photos"]):  # every photo gives one crop at least
+        return
+    crops = train_crop_count(params)  # the photos' sizes: read only for a batch that large
+    samples = per_crop * crops
+    if args.batch_size > samples:
+        more = ", or leave out --max-photos (more photos)" if args.max_photos else ""
+        raise StudySettingError(f"--batch-size {args.batch_size} is more than the demo data's {samples} distinct "
+                                f"training samples ({counted(crops, 'crop')}, each with {noise_levels} noise levels, "
+                                f"{params['rain_variants_train']} rainy and {params['haze_variants_train']} hazy "
+                                f"versions), so a batch would hold one of them twice or more — pass --batch-size "
+                                f"{samples} or less{more}")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -667,16 +667,33 @@ def test_damaged_caches_are_one_error_line_naming_the_file(tmp_path, monkeypatch
                                          (["--seeds", "-1"], "--seeds must be in 0..2**63-1"),
                                          (["--scale", "0.25", "--patch-size", "128"],
                                           "--patch-size 128 is larger than the demo data's training images at "
-                                          "--scale 0.25 (96x96)")])
+                                          "--scale 0.25 (96x96)"),
+                                         (["--batch-size", "100000"], "--batch-size 100000 is more than the demo "
+                                          "data's 96 distinct training samples (12 crops, each with 3 noise levels, "
+                                          "2 rainy and 3 hazy versions), so a batch would hold one of them twice or "
+                                          "more — pass --batch-size 96 or less"),
+                                         (["--scale", "0.25", "--max-photos", "1", "--batch-size", "17"],
+                                          "--batch-size 17 is more than the demo data's 16 distinct training samples "
+                                          "(2 crops, each with 3 noise levels, 2 rainy and 3 hazy versions), so a "
+                                          "batch would hold one of them twice or more — pass --batch-size 16 or less, "
+                                          "or leave out --max-photos (more photos)")])
 def test_every_flag_error_exits_2(flags, said, tmp_path, monkeypatch, capsys):
-    """--scale 0, --scale -1 and --max-photos 0 exited 1 (the data builder said them), other flag errors 2; --seeds -1
-    and a --patch-size larger than the data's training crops failed every run, each with "training failed", after
-    --out had recorded the setting, which then refused the corrected command as "another setting"."""
+    """--scale 0, --scale -1 and --max-photos 0 exited 1 (the data builder said them), other flag errors 2; --seeds -1,
+    a --patch-size larger than the data's training crops and a --batch-size larger than its distinct samples (100000:
+    2.3 TiB, refused by each run's memory check) failed every run, each with "training failed", after --out had
+    recorded the setting, which then refused the corrected command as "another setting"."""
     monkeypatch.chdir(tmp_path)  # before, the runs started: nothing of theirs may reach the checkout
     assert study.cli(fake_argv(tmp_path, *flags)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {said}") and err.count("\n") == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()
+
+
+def test_a_batch_of_every_distinct_training_sample_is_taken(tmp_path):
+    """The bound on --batch-size is the demo data's distinct samples, which a batch of that size may hold."""
+    for flags in (["--scale", "0.25", "--max-photos", "1", "--batch-size", "16"], ["--batch-size", "96"]):
+        args = study.resolve_settings(study.get_args_parser().parse_args(fake_argv(tmp_path, *flags)))
+        assert args.batch_size == int(flags[-1])
 
 
 def _psnr_figure(monkeypatch, seeds, figs_dir):

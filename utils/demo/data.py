@@ -265,6 +265,14 @@ def make_train_crops(name: str, side: int) -> list[tuple[np.ndarray, np.ndarray]
     return out
 
 
+def train_crop_count(params: dict) -> int:
+    """How many training crops a build of ``params`` (:func:`requested_params`) cuts (:func:`make_train_crops`), from
+    the photos' sizes alone: nothing is resized or written. Each crop is one clean image, with
+    ``params["rain_variants_train"]`` rainy and ``params["haze_variants_train"]`` hazy versions."""
+    return sum(len(plan_train_windows(*load_photo(name)[0].shape[:2], params["train_side"])[1])
+               for name in params["train_photos"])
+
+
 def make_test_image(name: str, short: int, long_max: int) -> tuple[np.ndarray, np.ndarray]:
     """Test image of photo ``name``: (rgb uint8 (h, w, 3), depth01 float32 (h, w))."""
     img, disp = load_photo(name)
