@@ -14,7 +14,7 @@ from typing import Iterable
 
 from utils.data.image_files import list_images, nested_images_hint
 from utils.errors import UserError, counted, listing, one_or_many
-from utils.eval.metrics import MAX_PSNR
+from utils.scores import MAX_PSNR
 
 _RAIN = re.compile(r"^(?:no)?rain-(.+)$", re.IGNORECASE)
 _HAZE = re.compile(r"^(.+?)_[0-9.]+_[0-9.]+$")

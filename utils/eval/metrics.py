@@ -36,8 +36,8 @@ import torch
 from skimage.metrics import structural_similarity
 
 from utils.errors import UserError
+from utils.scores import MAX_PSNR  # reported for identical images instead of infinity
 
-MAX_PSNR = 100.0  # reported for identical images instead of infinity
 METRIC_SPACES = ("rgb", "y")
 SSIM_KINDS = ("skimage", "gaussian")
 # The smallest side each SSIM's window needs (skimage's default 7x7 window, the 11x11 Gaussian one), and the
