@@ -369,6 +369,28 @@ def test_compare_paper_with_rows_only_the_other_setting_has_says_so(checkpoint, 
     assert not any("Left out" in line for line in comparison_lines({"derain": row}, "3d"))
 
 
+def test_compare_paper_names_no_table_for_a_noise_level_no_table_has(checkpoint, tmp_path, capsys):
+    """--tasks denoise_75 (the study's unseen noise) --compare-paper 3d warned "denoise_75/bsd68 (BSD68 σ75) has a
+    number only in the  table: " (no table has one), and results.md said it, and a BSD68 σ15 row beside it in 5D,
+    had "a number only in the other table", without --compare-paper 3d. A σ75 row is now no paper set's, as any
+    other set's row: not named under the table, and alone it gets the warning that no row fills a column."""
+    write_image(tmp_path / "data" / "denoise" / "bsd68" / "cat.png", clean_images()["cat"])
+    args = ["--model", checkpoint, "--no-images", "--dry-run", "--data-root", tmp_path / "data"]
+    run(*args, "--tasks", "denoise_75", "--compare-paper", "3d", "--save", tmp_path / "a")
+    err = capsys.readouterr().err
+    assert "warning: --compare-paper 3d: no row of this run (rows: denoise_75/bsd68) fills a column of the paper's " \
+        "3D table" in err and "only in the" not in err
+    run(*args, "--tasks", "denoise_75", "denoise_15", "--compare-paper", "5d", "--save", tmp_path / "b")
+    err = capsys.readouterr().err
+    assert "; denoise_15/bsd68 (BSD68 σ15) has a number only in the 3D table: --compare-paper 3d" in err
+    assert "σ75" not in err
+    row = {"count": 68, "psnr": 25.0, "ssim": 0.7}
+    assert not any("Left out" in line for line in comparison_lines({"denoise_75/bsd68": row}, "3d"))
+    lines = comparison_lines({"denoise_75/bsd68": row, "denoise_15/bsd68": row}, "5d")
+    assert lines[-1] == "Left out, having a number only in the 3D table (--compare-paper 3d): denoise_15/bsd68 " \
+        "(BSD68 σ15)."
+
+
 def test_compare_paper_prints_the_published_columns(bench, checkpoint, tmp_path, capsys):
     res = run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", "dehaze", "--no-images",
               "--save", tmp_path / "res", "--compare-paper", "3d")

@@ -66,8 +66,10 @@ def paper_column(row: str) -> str | None:
 
 def other_setting_rows(rows: Iterable[str], setting: str) -> dict[str, str]:
     """``{row: column}`` for the ``rows`` that fill a paper column the ``setting`` table has no number for (BSD68 σ15
-    in 5D, GoPro and LOL in 3D): the other setting's table has it (:func:`settings_with`)."""
-    return {row: column for row in rows if (column := paper_column(row)) and column not in SETTINGS[setting]}
+    in 5D, GoPro and LOL in 3D) and another setting's table has (:func:`settings_with`); a column no table has (BSD68
+    σ75, the study's unseen noise) is no paper set's, as a row of any other set."""
+    return {row: column for row in rows
+            if (column := paper_column(row)) and column not in SETTINGS[setting] and settings_with([column])}
 
 
 def settings_with(columns: Iterable[str]) -> list[str]:

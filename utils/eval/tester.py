@@ -32,7 +32,7 @@ from utils.eval.evaluation import (
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.options import get_args_parser
 from utils.eval.output_folders import check_outputs, keep_earlier_outputs, output_locks, remove_tester_temporaries
-from utils.eval.paper import other_setting_rows, paper_column, setting_note, settings_with
+from utils.eval.paper import SETTINGS, other_setting_rows, paper_column, setting_note, settings_with
 from utils.eval.protocol import Protocol, protocol_from_args
 from utils.eval.report import format_report, write_results
 from utils.eval.resuming import (
@@ -184,7 +184,7 @@ def unmatched_comparison(args, sets: list[EvalSet]) -> str | None:
         return None
     names = [s.name for s in sets]
     elsewhere = other_setting_rows(names, setting)
-    fills = [n for n in names if paper_column(n) and n not in elsewhere]
+    fills = [n for n in names if paper_column(n) in SETTINGS[setting]]
     if fills and not elsewhere:
         return None
     tables = {column: settings_with([column]) for column in elsewhere.values()}
