@@ -77,6 +77,15 @@ def settings_with(columns: Iterable[str]) -> list[str]:
     return [s for s, have in SETTINGS.items() if all(c in have for c in columns)]
 
 
+def only_in_table(columns: Iterable[str]) -> tuple[str, str]:
+    """Where the paper has a number for ``columns``, which the compared table has not (:func:`other_setting_rows`),
+    as the tester's warning and the comparison under the table say it: ``("only in the 3D table", "--compare-paper
+    3d")``, the tables having them all (:func:`settings_with`) and the flags that compare with those."""
+    settings = settings_with(columns)
+    return (f"only in the {' or '.join(s.upper() for s in settings) or 'other'} table",
+            " or ".join(f"--compare-paper {s}" for s in settings))
+
+
 # The paper's scoring (docs/METHOD.md §4): each protocol field, its value there, and how another reads.
 _PAPER_RULES = (("protocol", "reference", "--protocol {}"), ("metric_space", "rgb", "{}-channel PSNR/SSIM"),
                 ("ssim", "skimage", "{} SSIM"), ("crop_border", 0, "--crop-border {}"),
@@ -196,9 +205,8 @@ def comparison_lines(tasks: Mapping[str, Mapping[str, Any]], setting: str,
         lines.append(f"| {label} | | {o[0]:.2f}/{o[1]:.3f} | {t[0]:.2f}/{t[1]:.3f} | {o[0] - t[0]:+.2f} | "
                      f"{o[1] - t[1]:+.3f} |")
     if elsewhere := other_setting_rows([row for row, r in tasks.items() if r.get("count")], setting):
-        others = " or ".join(s.upper() for s in settings_with(elsewhere.values())) or "other"
-        flags = " or ".join(f"--compare-paper {s}" for s in settings_with(elsewhere.values()))
-        lines += ["", f"Left out, having a number only in the {others} table{f' ({flags})' if flags else ''}: "
+        where, flags = only_in_table(elsewhere.values())
+        lines += ["", f"Left out, having a number {where}{f' ({flags})' if flags else ''}: "
                       f"{', '.join(f'{table_cell(row)} ({column})' for row, column in elsewhere.items())}."]
     if flagged:
         lines += ["", f"Not scored as the paper's: {', '.join(flagged)} (see the Row column); their differences, "

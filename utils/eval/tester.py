@@ -32,7 +32,7 @@ from utils.eval.evaluation import (
 from utils.eval.inference import check_precision, slow_precision_note
 from utils.eval.options import get_args_parser
 from utils.eval.output_folders import check_outputs, keep_earlier_outputs, output_locks, remove_tester_temporaries
-from utils.eval.paper import SETTINGS, other_setting_rows, paper_column, setting_note, settings_with
+from utils.eval.paper import SETTINGS, only_in_table, other_setting_rows, paper_column, setting_note
 from utils.eval.protocol import Protocol, protocol_from_args
 from utils.eval.report import format_report, write_results
 from utils.eval.resuming import (
@@ -187,10 +187,8 @@ def unmatched_comparison(args, sets: list[EvalSet]) -> str | None:
     fills = [n for n in names if paper_column(n) in SETTINGS[setting]]
     if fills and not elsewhere:
         return None
-    tables = {column: settings_with([column]) for column in elsewhere.values()}
-    said = "; ".join(f"{row} ({column}) has a number only in the {'/'.join(s.upper() for s in tables[column])} table: "
-                     f"{' or '.join(f'--compare-paper {s}' for s in tables[column])}"
-                     for row, column in elsewhere.items())
+    said = "; ".join(f"{row} ({column}) has a number {where}: {flags}"
+                     for row, column in elsewhere.items() for where, flags in [only_in_table([column])])
     if fills:
         return f"--compare-paper {setting}: left out of its table, named under it: {said}"
     how = said or (("a --degset/--tarset row is named after the degraded folder and cannot be matched: evaluate with "
