@@ -1176,6 +1176,26 @@ def test_results_record_the_command_commit_and_versions_to_run_them_again(bench,
     assert f"- commit: {made['commit']}" in (tmp_path / "a" / "results.md").read_text()
 
 
+def test_the_checkpoint_path_and_command_in_results_md_are_shown_as_written(tmp_path):
+    """results.md's protocol and run lists put the checkpoint's path and the command in as they were: a checkpoint
+    ``runs/*x*_.pth`` read "x" in italics, ``--degset '[a](b)'`` a link, a quoted line break started a new line."""
+    results = _stopped_results()
+    results["protocol"]["model"] = "runs/*x*_.pth"
+    results["provenance"] = {"command": "python tester_bary.py --degset '[a](b)' --tarset 'c\nd'", "commit": "abc1234"}
+    write_results(results, tmp_path)
+    md = (tmp_path / "results.md").read_text().splitlines()
+    assert "- model: runs/\\*x\\*\\_.pth" in md and "- commit: abc1234" in md
+    # the line break shown as its escape, as in a cell
+    assert "- command: python tester_bary.py --degset '\\[a\\](b)' --tarset 'c\\\\nd'" in md
+    try:
+        from markdown_it import MarkdownIt  # installed with rich (the app's requirements), not by requirements.txt
+    except ImportError:
+        return
+    shown = MarkdownIt("commonmark").render("\n".join(md[md.index("## Protocol"):md.index("## Summary")]))
+    assert "<em>" not in shown and "<a " not in shown and "runs/*x*_.pth" in shown
+    assert "--degset '[a](b)' --tarset 'c\\nd'</li>" in html.unescape(shown)
+
+
 def test_results_record_the_checkpoints_digest(bench, checkpoint, tmp_path):
     """results.json named the checkpoint by its path only; a fresh run in the checkpoint's folder later writes other
     weights under that very name (the earlier ones moved to run.before-*/), and nothing told the two apart."""

@@ -95,11 +95,19 @@ def _notes(results: Mapping[str, Any], shown: Callable[[str], str] = str) -> lis
 
 
 def protocol_lines(protocol: Mapping[str, Any]) -> list[str]:
+    """``results.md``'s list of the protocol's fields, the checkpoint's path among them, escaped as written
+    (:func:`markdown_item`)."""
     keys = ("protocol", "protocol_rule", "metric_space", "metric_space_rule", "ssim", "ssim_rule", "crop_border",
             "bit_depth", "precision", "tile", "tile_overlap", "tile_batch", "lpips", "fid", "noise", "device",
             "model", "backbone", "config_from", "model_config", "average")
-    return [f"- {k}: {protocol[k]}" for k in keys if k in protocol] + \
-        [f"- {k}: {v}" for k, v in protocol.items() if k not in keys and k != "lpips_input"]
+    return [markdown_item(k, protocol[k]) for k in keys if k in protocol] + \
+        [markdown_item(k, v) for k, v in protocol.items() if k not in keys and k != "lpips_input"]
+
+
+def markdown_item(key: str, value: Any) -> str:
+    """``- key: value``, one item of a Markdown list, with ``value`` (a path, the command as typed) shown as written:
+    escaped as a cell is (:func:`table_cell`), so ``--degset '[a](b)'`` is no link and a line break no new line."""
+    return f"- {key}: {table_cell(str(value))}"
 
 
 def protocol_summary(protocol: Mapping[str, Any]) -> str:
@@ -173,7 +181,7 @@ def results_texts(results: Mapping[str, Any]) -> dict[str, str]:
     title = "# Evaluation results" + (" (PARTIAL: the run stopped, see the end of the summary)" if stop else "")
     made = results.get("provenance") or {}
     md = [title, "", "## Protocol", "", *protocol_lines(results["protocol"]), "",
-          *(["## Run", "", *(f"- {k}: {v}" for k, v in made.items()), ""] if made else []),
+          *(["## Run", "", *(markdown_item(k, v) for k, v in made.items()), ""] if made else []),
           "## Summary", "", summary_table(results, markdown=True), ""]
     for task, r in results.get("tasks", {}).items():
         has_lpips = "lpips" in r
