@@ -18,6 +18,16 @@ SUITE = REPO / "bench" / "gpu_suite.sh"
 CALL_BUDGET = 570  # seconds: one device call runs at most 600 s; the header and start-up need the rest
 
 
+def suite_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    """The environment of a suite run in a test, with ``env`` on top: this process's, except that inductor's cache
+    and the carried parts are the test's own. Once a test in this pytest process has compiled, inductor has put its
+    default cache folder (``/tmp/torchinductor_<user>``) into ``os.environ``; the suite then packed that whole cache
+    with xz at its end, up to its 30 s cap, twice in one test (50 s in a full run against 0.6 s alone). A
+    checkout's ``.gpu_cache/`` holds a GPU session's real parts, which a test must not unpack either."""
+    return {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor_cache"),
+            "CACHE_IN": str(tmp_path / "no_carried_parts"), **env}
+
+
 def bench_module(name: str):
     sys.path.insert(0, str(REPO / "bench"))  # the scripts import one another by name
     try:
@@ -80,26 +90,28 @@ def test_every_step_parses_with_its_scripts_parser_and_fits_one_device_call():
 
 def test_only_the_named_steps_run_and_a_misspelt_one_runs_nothing(tmp_path):
     """Every step takes about 20 minutes, two device calls: a session runs the steps it still needs by name."""
-    env = {**os.environ, "OUT": str(tmp_path), "PY": "echo", "COMMIT": "abc1234"}
+    out = tmp_path / "out"
+    env = suite_env(tmp_path, OUT=str(out), PY="echo", COMMIT="abc1234")
     done = subprocess.run(["bash", str(SUITE), "loader", "profile"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    log = (tmp_path / "suite.md").read_text()
+    log = (out / "suite.md").read_text()
+    assert "(compile cache: none in " in log and "every graph compiles" in log  # this test's empty cache alone
     assert "commit abc1234: loader profile" in log
     assert log.index("bench/bench_loader.py --batches 200") < log.index("bench/profile_train.py")
     assert "bench_train.py" not in log and "bench_inference.py" not in log and "bench_fast_path" not in log
-    (tmp_path / "suite.md").unlink()
+    (out / "suite.md").unlink()
     # a step that fails: the others still run, and the suite's exit status says so (a device call whose every
     # step failed looked like a success)
     done = subprocess.run(["bash", str(SUITE), "loader", "profile"], env={**env, "PY": "false"},
                           capture_output=True, text=True, timeout=60)
-    log = (tmp_path / "suite.md").read_text()
+    log = (out / "suite.md").read_text()
     assert done.returncode == 1 and log.count("(exit status 1;") == 2, log
     assert log.rstrip().endswith("; failed: loader profile)"), log
-    (tmp_path / "suite.md").unlink()
+    (out / "suite.md").unlink()
     done = subprocess.run(["bash", str(SUITE), "loader", "train-bf17"], env=env, capture_output=True, text=True,
                           timeout=60)
-    assert done.returncode == 2 and not (tmp_path / "suite.md").exists()
+    assert done.returncode == 2 and not (out / "suite.md").exists()
     assert done.stderr == ("error: unknown step 'train-bf17'; choose from: train-bf16 restore profile loader "
                            "train-fp32 curves guarantees (none: all of them)\n")
 
@@ -329,7 +341,7 @@ def test_an_earlier_suite_log_is_kept_not_replaced(tmp_path):
     out.mkdir()
     (out / "suite.md").write_text("the earlier run\n")
     (out / "fast_path_losses_gpu.png").write_bytes(b"the earlier figure")
-    subprocess.run(["bash", str(script)], env={**os.environ, "OUT": str(out)}, capture_output=True, timeout=30,
+    subprocess.run(["bash", str(script)], env=suite_env(tmp_path, OUT=str(out)), capture_output=True, timeout=30,
                    check=True)
     kept = list(out.glob("suite.md.before-*"))
     assert len(kept) == 1 and (kept[0] / "suite.md").read_text() == "the earlier run\n"
@@ -350,9 +362,10 @@ def test_the_compile_cache_travels_to_the_next_machine_in_parts_a_device_call_br
 
     def suite(out: Path, cache_dir: Path, **env: str) -> str:
         done = subprocess.run(["bash", str(SUITE), "loader"], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "OUT": str(out), "PY": "echo", "COMMIT": "abc1234",
-                                   "TORCHINDUCTOR_CACHE_DIR": str(cache_dir), "CACHE_IN": str(tmp_path / "none"),
-                                   "CACHE_PART_BYTES": "20000", **env})
+                              env=suite_env(tmp_path, **{"OUT": str(out), "PY": "echo", "COMMIT": "abc1234",
+                                                         "TORCHINDUCTOR_CACHE_DIR": str(cache_dir),
+                                                         "CACHE_IN": str(tmp_path / "none"),
+                                                         "CACHE_PART_BYTES": "20000", **env}))
         assert done.returncode == 0, done.stdout + done.stderr
         return (out / "suite.md").read_text()
 
@@ -388,7 +401,7 @@ def test_the_compile_cache_travels_to_the_next_machine_in_parts_a_device_call_br
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_the_help_prints_the_suites_description_and_runs_nothing(flag, tmp_path):
     """`bash bench/gpu_suite.sh --help` said "error: unknown step '--help'"; every bench script has a --help."""
-    env = {**os.environ, "OUT": str(tmp_path), "PY": "false"}
+    env = suite_env(tmp_path / "unused", OUT=str(tmp_path), PY="false")
     done = subprocess.run(["bash", str(SUITE), "loader", flag], env=env, capture_output=True, text=True, timeout=60,
                           cwd=tmp_path)
     assert done.returncode == 0 and done.stderr == "", done.stderr
@@ -406,7 +419,7 @@ def test_a_warm_machines_cache_is_said_when_no_parts_were_carried(tmp_path):
     (cache / "fxgraph" / "ab" / "entry").write_bytes(b"graph")
     (cache / "locks").mkdir()
     (cache / "locks" / "held.lock").write_text("")
-    env = {**os.environ, "PY": "echo", "COMMIT": "abc1234", "CACHE_IN": str(tmp_path / "none"), "CACHE_OUT": ""}
+    env = suite_env(tmp_path, PY="echo", COMMIT="abc1234", CACHE_IN=str(tmp_path / "none"), CACHE_OUT="")
     for cache_dir, said in ((cache, f"but {cache} already holds 1 files from an earlier run on this machine"),
                             (tmp_path / "empty", "every graph compiles")):
         out = tmp_path / f"out_{cache_dir.name}"
