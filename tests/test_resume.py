@@ -202,8 +202,12 @@ def test_an_output_pipe_whose_reader_went_stops_the_run_with_a_checkpoint(data, 
     """``trainer_bary.py ... | tee run.txt`` and Ctrl-C: tee ends at once, the trainer finishes its iteration, and
     its next line to the pipe raised BrokenPipeError: a traceback, and no checkpoint of the iterations done."""
     out = tmp_path / "piped"
-    cmd = [sys.executable, str(REPO / "trainer_bary.py"), *train_flags(data, out), "--nEpochs", "1",
-           "--iters-per-epoch", "400"]
+    # Without a terminal the trainer prints a progress line at most every 30 s (plain_line_due), so its next
+    # line to the pipe came half a minute after tee went: the run prints one at every logged iteration here.
+    every_iteration = ("import runpy, sys, utils.train.progress as p; p.plain_line_due.__defaults__ = (0.0,); "
+                       "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    cmd = [sys.executable, "-c", every_iteration, str(REPO / "trainer_bary.py"), *train_flags(data, out),
+           "--nEpochs", "1", "--iters-per-epoch", "400"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     errors = tmp_path / "stderr.txt"
     with errors.open("w") as stderr:
