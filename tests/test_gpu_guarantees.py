@@ -98,19 +98,50 @@ def test_a_resume_that_trained_from_the_start_fails(guarantees):
     epochs): the check passed it. It must have said that it resumed."""
     straight = {**checkpoint(1.0), "epoch": 2, "global_step": 8}
     fresh = ResumeRuns("=> moved the earlier run aside; training from the start\n", straight)
-    ok, detail = guarantees.check_resume(fresh, "resume-eager", False, straight, 0.0)
+    ok, detail = guarantees.check_resume(fresh, "resume-eager", False, straight, lambda: 0.0)
     assert not ok and "did not say '=> resumed'" in detail
     resumed = ResumeRuns("=> resumed ckpt/epoch_001.pth: 1 epoch done, continuing at epoch 2\n", straight)
-    assert guarantees.check_resume(resumed, "resume-eager", False, straight, 0.0) == (
+    assert guarantees.check_resume(resumed, "resume-eager", False, straight, lambda: 0.0) == (
         True, "ended at epoch 2, global step 8; equal to the straight run bit for bit")
     drifted = ResumeRuns(resumed.said, {**checkpoint(1.5), "epoch": 2, "global_step": 8})
-    assert not guarantees.check_resume(drifted, "resume-eager", False, straight, 0.0)[0]  # deterministic: exact
-    assert guarantees.check_resume(drifted, "resume-eager", False, straight, 0.1)[0]  # within 10x two runs' gap
+    assert not guarantees.check_resume(drifted, "resume-eager", False, straight, lambda: 0.0)[0]  # exact
+    assert guarantees.check_resume(drifted, "resume-eager", False, straight, lambda: 0.1)[0]  # within 10x the gap
+
+
+class ControlRuns:
+    """A Runs whose straight runs end at ``states[name]``; counts the runs started."""
+
+    def __init__(self, states: dict[str, dict], returncode: int = 0):
+        self.states, self.returncode, self.started = states, returncode, []
+
+    def run(self, name, fast=False, *extra):
+        self.started.append(name)
+        return subprocess.CompletedProcess([], self.returncode, "", "error: out of memory\n")
+
+    def final(self, name):
+        return self.states[name]
+
+
+def test_the_control_run_starts_only_when_a_state_differs_and_once(guarantees):
+    """Every run is a trainer process, minutes of a lent GPU: the second straight run (the control) was run
+    before the checks even where each eager state then equalled the straight one bit for bit."""
+    straight = checkpoint(1.0)
+    runs = ControlRuns({"straight_again": checkpoint(1.125)})
+    control = guarantees.Control(runs, straight)
+    assert guarantees.judged(0.0, control, "here") == (True, "here; equal to the straight run bit for bit")
+    assert runs.started == []
+    ok, detail = guarantees.judged(1.0, control, "here")
+    assert ok and detail == "here; max abs difference to the straight run 1, two straight runs differ by 0.125"
+    assert not guarantees.judged(2.0, control, "here")[0]  # more than 10x the control's 0.125
+    assert runs.started == ["straight_again"]  # once
+    failing = guarantees.Control(ControlRuns({}, returncode=1), straight)
+    with pytest.raises(guarantees.ControlFailed, match="exit 1: error: out of memory"):
+        guarantees.judged(1.0, failing, "here")
 
 
 @pytest.mark.slow
 def test_the_checks_pass_on_the_real_trainer(guarantees, tmp_path, monkeypatch, capsys):
-    """The NaN stop eager, SIGTERM eager (judged against two straight --deterministic runs) and on the fast path's
+    """The NaN stop eager, SIGTERM eager (judged against a straight --deterministic run) and on the fast path's
     wiring (traced without kernels), end to end."""
     from utils.demo import data as demo
 
@@ -120,8 +151,10 @@ def test_the_checks_pass_on_the_real_trainer(guarantees, tmp_path, monkeypatch, 
     status = guarantees.main(["--device", "cpu", "--mode", "default", "--compile-backend", "eager", "--patch", "16",
                               "--iters", "8", "--checks", "nan-eager", "sigterm-eager", "sigterm-fast",
                               "--data", str(tmp_path / "demo"), "--run-timeout", "120"])
-    out = capsys.readouterr().out
+    said = capsys.readouterr()
+    out = said.out
     assert status == 0, out
+    assert "-- straight\n" in said.err and "straight_again" not in said.err  # equal bit for bit: no control run
     assert "| nan-eager | ok | exit 1; newest checkpoint iter_e001_i000002.pth, finite: True;" in out
     assert "| sigterm-fast | ok | stopped by SIGTERM at epoch 1, iteration " in out
     assert "| sigterm-eager | ok | stopped by SIGTERM at epoch 1, iteration " in out
