@@ -62,6 +62,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     import torch
 
     from utils.cli import OneSpellingHelpFormatter, at_least
+    from utils.data.degradations import family
     from utils.demo.data import DemoDataError, build_demo_data, check_build_args, requested_params, train_crop_count
     from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, counted, interrupted_line, run_main
     from utils.eval.evaluation import EvaluationStopped, InputAsOutput
@@ -190,24 +191,25 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     except DemoDataError as exc:
         raise StudySettingError(str(exc)) from None
     # the trainer refused such patches in every run ("training failed"), after --out had recorded the setting
-    side = requested_params(0, args.scale, args.max_photos)["train_side"]
+    params = requested_params(0, args.scale, args.max_photos)
+    side = params["train_side"]
     if args.patch_size > side:
         larger = next((k / 100 for k in range(math.ceil(args.scale * 100), 401)
                        if requested_params(0, k / 100, None)["train_side"] >= args.patch_size), None)
         raise StudySettingError(f"--patch-size {args.patch_size} is larger than the demo data's training images at "
                                 f"--scale {args.scale:g} ({side}x{side}) — pass --patch-size {side} or less"
                                 + (f", or --scale {larger:g} or more" if larger else ""))
-    check_batch_size(args)
+    check_batch_size(args, params)
     return args
 
 
-def check_batch_size(args: argparse.Namespace) -> None:
-    """Refuse a ``--batch-size`` larger than the demo data's distinct training samples (each training crop with a
-    degradation: the three noise levels of ``ID_TASKS``, its rainy and its hazy versions). The runs'
-    ``--repeat`` factors (:func:`balanced_repeats`) fill any batch, so such a batch drew a sample twice or more;
-    --batch-size 100000 was taken and recorded in --out, and every run then failed on memory (2.3 TiB at patch 32)."""
-    params = requested_params(0, args.scale, args.max_photos)
-    noise_levels = sum(t.startswith("denoise") for t in ID_TASKS)
+def check_batch_size(args: argparse.Namespace, params: dict) -> None:
+    """Refuse a ``--batch-size`` larger than the distinct training samples of the demo data ``params``
+    (:func:`requested_params`) builds: each training crop with a degradation, the three noise levels of ``ID_TASKS``,
+    its rainy and its hazy versions. The runs' ``--repeat`` factors (:func:`balanced_repeats`) fill any batch, so
+    such a batch drew a sample twice or more; --batch-size 100000 was taken and recorded in --out, and every run then
+    failed on memory (2.3 TiB at patch 32)."""
+    noise_levels = sum(family(t) == "denoise" for t in ID_TASKS)
     per_crop = noise_levels + params["rain_variants_train"] + params["haze_variants_train"]
     if args.batch_size <= per_crop * len(params["train_photos"]):  # every photo gives one crop at least
         return
