@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -201,29 +202,59 @@ def largest_batch_that_fits(batch: int, fixed: float, per_sample: float, free: f
     return b if b >= 1 else None
 
 
+@dataclass(frozen=True)
+class MemoryFit:
+    """A run's estimated need (:func:`memory_need`) at ``batch`` against the ``free`` bytes where it computes;
+    ``extra``: the part of the need still to come (on the CPU the processes exist already: their present size is
+    in use, not still to come)."""
+    need: TrainingNeed
+    batch: int
+    free: int
+    extra: int
+
+    @property
+    def fits(self) -> bool:
+        return self.extra <= self.free
+
+    def smaller_batch(self) -> int | None:
+        """The largest batch below ``batch`` that fits (:func:`largest_batch_that_fits`); None if not even 1 does.
+        Activations are the only part that grows with the batch, in each of the processes here."""
+        need = self.need
+        per_sample = need.parts["activations"] / self.batch * need.processes_here
+        fixed = (need.per_process - need.parts["activations"]) * need.processes_here - (need.total - self.extra)
+        return largest_batch_that_fits(self.batch, fixed, per_sample, self.free)
+
+
+def memory_fit(args, k: int, info: DistInfo, batch: int | None = None) -> MemoryFit | None:
+    """The run's :func:`memory_need` (at ``batch``, else its ``--batch-size``) against the memory free where it
+    computes (the GPU's, or this machine's for CPU ranks); None where the free memory is not known."""
+    batch = batch or args.batchSize
+    need = memory_need(args, k, info, batch)
+    free = available_bytes(info.device)
+    if free is None:
+        return None
+    extra = need.total - (0 if info.device.type == "cuda" else need.processes_here * resident_bytes())
+    return MemoryFit(need, batch, free, extra)
+
+
 def check_memory(args, k: int, info: DistInfo, console: Console) -> bool | None:
     """Refuse, before anything is built, a run whose estimated peak exceeds the memory its processes
     share (the GPU's, or this machine's for CPU ranks), with the estimate and what to change; print the
     estimate either way. Rank 0 decides for all ranks. ``--no-memory-check`` only warns. Returns whether the
     estimate fits (False: it did not, and was only warned of), None where the free memory is not known."""
-    need = memory_need(args, k, info)
-    free = available_bytes(info.device)
-    if free is None:
+    fit = memory_fit(args, k, info)
+    if fit is None:
         return None
-    # The processes exist already: their present size is in use, not still to come.
-    extra = need.total - (0 if info.device.type == "cuda" else need.processes_here * resident_bytes())
+    need, free = fit.need, fit.free
     where = "the GPU" if info.device.type == "cuda" else "this machine"
     many = f" x {need.processes_here} processes on this machine" if need.processes_here > 1 else ""
     parts = ", ".join(f"{name} {human_bytes(v)}" for name, v in need.parts.items() if v)
     console(f"=> memory: about {human_bytes(need.per_process)} per process ({parts}){many}; {human_bytes(free)} free "
             f"on {where}")
-    fits = broadcast_int(int(extra <= free), info)
+    fits = broadcast_int(int(fit.fits), info)
     if fits:
         return True
-    # activations are the only part that grows with the batch, in each of the processes here
-    per_sample = need.parts["activations"] / args.batchSize * need.processes_here
-    fixed = (need.per_process - need.parts["activations"]) * need.processes_here - (need.total - extra)
-    smaller = largest_batch_that_fits(args.batchSize, fixed, per_sample, free)
+    smaller = fit.smaller_batch()
     advice = [f"--batch-size {smaller}" if smaller else None, "--preset tiny" if args.preset != "tiny" else None,
               "a smaller --patch-size", "fewer processes (--nproc_per_node)" if need.processes_here > 1 else None,
               "--precision bf16" if args.precision == "fp32" else None]
