@@ -64,7 +64,15 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.cli import OneSpellingHelpFormatter, at_least
     from utils.data.degradations import family
     from utils.demo.data import DemoDataError, build_demo_data, check_build_args, requested_params, train_crop_count
-    from utils.errors import OneLineArgumentParser, UserError, add_debug_flag, counted, interrupted_line, run_main
+    from utils.errors import (
+        OneLineArgumentParser,
+        UserError,
+        add_debug_flag,
+        counted,
+        human_bytes,
+        interrupted_line,
+        run_main,
+    )
     from utils.eval.evaluation import EvaluationStopped, InputAsOutput
     from utils.eval.outputs import check_writable_folder, inside
     from utils.files import write_text
@@ -90,6 +98,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
         balanced_repeats,
         check_out_dir,
         evaluate_model,
+        memory_fits,
         read_eval,
         read_json,
         run_one,
@@ -224,6 +233,40 @@ def check_batch_size(args: argparse.Namespace, params: dict) -> None:
                                 f"{samples} or less{more}")
 
 
+def check_memory(args: argparse.Namespace, root: Path, device: torch.device) -> None:
+    """Refuse a ``--batch-size`` and ``--patch-size`` with which the study's largest run does not fit the memory free
+    on ``device``, by the trainer's own estimate and check (:func:`memory_fits`): every run was refused by it, each
+    with "training failed", after --out had recorded the setting (--batch-size 96 --patch-size 384: 424 GiB). Names
+    the largest batch at this patch, and the largest patch at this batch, that every run fits."""
+    fits = memory_fits(args, root, device)
+    if fits is None or all(f.fits for f in fits.values()):
+        return
+    largest = max(fits, key=lambda a: fits[a].need.total)
+    need, free = fits[largest].need, fits[largest].free
+    batches = [f.smaller_batch() for f in fits.values() if not f.fits]  # a run that fits does at a smaller batch
+    batch = None if None in batches else min(batches)
+
+    def every_run_fits(patch: int, batch: int) -> bool:
+        runs = memory_fits(argparse.Namespace(**{**vars(args), "patch_size": patch, "batch_size": batch}), root,
+                           device)
+        return runs is None or all(f.fits for f in runs.values())
+    low, high = 1, args.patch_size // 8  # patches 8 * n; 16 the least (resolve_settings)
+    while high - low > 1:  # the largest n < high that fits: the need grows with the patch
+        mid = (low + high) // 2
+        low, high = (mid, high) if every_run_fits(8 * mid, args.batch_size) else (low, mid)
+    patch = 8 * low if low >= 2 else None  # low moved only to a patch that fits
+    fixes = [f"--batch-size {batch} or less" if batch else None,
+             f"--patch-size {patch} or less" if patch else None]
+    fix = ", or ".join(f for f in fixes if f) or (
+        "both a smaller --batch-size and a smaller --patch-size" if every_run_fits(16, 1) else
+        "free memory there: not even --batch-size 1 --patch-size 16 fits")
+    where = "the GPU" if device.type == "cuda" else "this machine"
+    raise StudySettingError(f"--batch-size {args.batch_size} --patch-size {args.patch_size}: the study's largest run "
+                            f"({largest}) needs about {human_bytes(need.total)} by the trainer's estimate, but "
+                            f"{human_bytes(free)} are free on {where}, so the trainer would refuse every run — pass "
+                            f"{fix}")
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or continue) the study; returns everything written to ``<out>/study.json``."""
     args = resolve_settings(args)
@@ -254,6 +297,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                 f"that folder, or choose another {flag}")
     # --device cuda without a GPU was refused after the data was built and --out had recorded the setting
     device = pick_device(args.device)
+    check_memory(args, root, device)  # the trainer's own check, of the runs' own arguments: refused before --out
     # one study at a time in --out: a second one (the same command in another terminal) evaluated a run the first had
     # just trained again, beside it, and both wrote the same tables, figures and record; a trainer of one meeting the
     # other's run lock ended that study with "training failed"

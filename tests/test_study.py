@@ -696,6 +696,46 @@ def test_a_batch_of_every_distinct_training_sample_is_taken(tmp_path):
         assert args.batch_size == int(flags[-1])
 
 
+def test_a_batch_and_patch_beyond_the_memory_are_refused_before_out_is_written(tmp_path, monkeypatch, capsys):
+    """--batch-size 96 --patch-size 384 is within the demo data's bounds but needs about 424 GiB by the trainer's
+    estimate: every run failed on the trainer's memory check ("training failed"), after --out had recorded the setting.
+    It is refused first, naming the largest run's need (the capacity-matched Restormer's, the widest network) and a
+    batch and a patch that every run fits, by the trainer's own estimate of each run's own arguments."""
+    from utils.dataset_utils import num_sources
+    from utils.errors import human_bytes
+    from utils.train import run_checks
+    from utils.train.distributed import DistInfo
+    from utils.train.options import get_args_parser as trainer_parser
+    free = 8 * 2**30
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_checks, "available_bytes", lambda device: free)
+    monkeypatch.setattr(run_checks, "resident_bytes", lambda: 0)  # this process's size moves between two reads
+
+    def built(*a, **kw):
+        raise AssertionError("the demo data was built: the setting was taken")
+    monkeypatch.setattr(study, "build_demo_data", built)
+    assert study.cli(fake_argv(tmp_path, "--arms", *ARMS, "--batch-size", "96", "--patch-size", "384")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+    def need(arm, batch, patch):  # the trainer's estimate of the run the study starts for arm
+        args = study.get_args_parser().parse_args(fake_argv(tmp_path, "--batch-size", str(batch), "--patch-size",
+                                                            str(patch)))
+        targs = trainer_parser().parse_args(trainer_argv(args, ARMS[arm], 0, tmp_path / "demo", tmp_path / "t",
+                                                         dict.fromkeys(ID_TASKS, 1)))
+        return run_checks.memory_need(targs, num_sources(targs.de_type), DistInfo()).total
+    largest = max(ARMS, key=lambda a: need(a, 96, 384))
+    assert largest == "restormer_matched"
+    assert err.startswith(f"error: --batch-size 96 --patch-size 384: the study's largest run ({largest}) needs about "
+                          f"{human_bytes(need(largest, 96, 384))} by the trainer's estimate, but 8.0 GiB are free on "
+                          f"this machine, so the trainer would refuse every run — pass --batch-size ")
+    batch = int(err.split("--batch-size ")[2].split()[0])
+    patch = int(err.split("--patch-size ")[2].split()[0])
+    assert all(need(a, batch, 384) <= free for a in ARMS) and need(largest, batch + 1, 384) > free
+    assert all(need(a, 96, patch) <= free for a in ARMS) and need(largest, 96, patch + 8) > free
+    assert patch % 8 == 0 and patch >= 16
+
+
 def _psnr_figure(monkeypatch, seeds, figs_dir):
     """The PSNR figure :func:`figures` draws for two arms over ``seeds`` (fake results), as a matplotlib Figure."""
     from utils.study import report

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from utils.checkpoints import load_model
+from utils.data.degradations import num_sources
 from utils.errors import STOPPED_STATUSES, StopSignal
 from utils.eval.evaluation import evaluate_tasks
 from utils.eval.protocol import Protocol
@@ -26,8 +27,10 @@ from utils.streams import PIPE_CLOSED_STATUS, OutputClosed
 from utils.study.arms import ARMS, ID_TASKS, OOD_TASKS, Arm, arm_model_config, override_flags
 from utils.study.errors import StudyError
 from utils.study.probe import ProbeView, embed
+from utils.train.distributed import DistInfo
 from utils.train.engine import run_cli
 from utils.train.options import get_args_parser as trainer_parser
+from utils.train.run_checks import MemoryFit, memory_fit
 
 # --------------------------------------------------------------------------- data and training
 
@@ -68,6 +71,23 @@ def trainer_argv(args: argparse.Namespace, arm: Arm, seed: int, root: Path, trai
             "--device", args.device, "--threads", "0", "--output-dir", str(train_dir),
             "--figs-dir", str(train_dir), "--save-every", "50", "--keep", "2", "--log-every", "10",
             "--resume", "auto", "--degset", ""]
+
+
+def memory_fits(args: argparse.Namespace, root: Path, device: torch.device) -> dict[str, MemoryFit] | None:
+    """Per arm of ``args.arms``, its run's memory on ``device`` by the trainer's own estimate and check
+    (:func:`~utils.train.run_checks.memory_fit`), from the trainer's arguments that run gets (:func:`trainer_argv`,
+    parsed by the trainer's parser); None where the free memory is not known. Every seed's run needs the same."""
+    seed, fits = args.seeds[0], {}
+    for name in args.arms:
+        train_dir = Path(args.out) / "runs" / name / f"seed{seed}" / "train"
+        # --repeat sizes an epoch, not a batch: the factors of the built data (balanced_repeats) change no memory
+        targs = trainer_parser().parse_args(trainer_argv(args, ARMS[name], seed, root, train_dir,
+                                                         dict.fromkeys(ID_TASKS, 1)))
+        fit = memory_fit(targs, num_sources(targs.de_type), DistInfo(device=device))
+        if fit is None:
+            return None
+        fits[name] = fit
+    return fits
 
 
 def finished_checkpoint(train_dir: Path, epochs: int) -> Path | None:
