@@ -140,12 +140,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None,
                    help=f"the iterations are split into this many epochs; the last one runs at lr/10 "
                         f"(default {FULL['epochs']}, {QUICK['epochs']} with --quick)")
+    # the 96 and 12 below are check_batch_size's at --scale 1 (a test compares them): counting the crops decodes the
+    # photos, half a second at every start for a help text
     p.add_argument("--batch-size", dest="batch_size", type=int, default=4,
                    help="training batch of every run, at most the demo data's distinct training samples (96: 12 "
-                        "crops, each with 3 noise levels, 2 rainy and 3 hazy versions; fewer with --max-photos)")
+                        "crops, each with 3 noise levels, 2 rainy and 3 hazy versions; fewer with --max-photos); "
+                        "a batch and patch too large for the memory are refused, naming ones that fit")
     p.add_argument("--patch-size", dest="patch_size", type=int, default=64,
-                   help="training patch side of every run, a multiple of 8, at least 16 and at most the demo data's "
-                        "training crops (384 at --scale 1)")
+                   help=f"training patch side of every run, a multiple of 8, at least 16 and at most the demo data's "
+                        f"training crops ({requested_params(0, 1.0, None)['train_side']} at --scale 1)")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="base lr (the trainer halves it), the demo's: the paper's 2e-4 is too slow for a short budget")
     p.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)

@@ -736,6 +736,21 @@ def test_a_batch_and_patch_beyond_the_memory_are_refused_before_out_is_written(t
     assert patch % 8 == 0 and patch >= 16
 
 
+def test_the_batch_and_patch_help_says_the_bounds_the_checks_apply(tmp_path):
+    """--batch-size's help writes the demo data's distinct samples at --scale 1 by hand (counting the crops decodes
+    the photos): they are check_batch_size's own words and numbers."""
+    import re
+    actions = {a.dest: a.help for a in study.get_args_parser()._actions}
+    args = study.resolve_settings(study.get_args_parser().parse_args(fake_argv(tmp_path)))
+    args.batch_size = 10**6
+    with pytest.raises(StudyError) as err:
+        study.check_batch_size(args, study.requested_params(0, 1.0, None))
+    samples, crops = re.search(r"data's (\d+) distinct training samples \((.*?)\)", str(err.value)).groups()
+    assert f"({samples}: {crops}; fewer with --max-photos)" in " ".join(actions["batch_size"].split())
+    side = study.requested_params(0, 1.0, None)["train_side"]
+    assert f"({side} at --scale 1)" in actions["patch_size"]
+
+
 def _psnr_figure(monkeypatch, seeds, figs_dir):
     """The PSNR figure :func:`figures` draws for two arms over ``seeds`` (fake results), as a matplotlib Figure."""
     from utils.study import report
