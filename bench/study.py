@@ -237,11 +237,14 @@ def check_batch_size(args: argparse.Namespace, params: dict) -> None:
 
 
 def check_memory(args: argparse.Namespace, root: Path, device: torch.device) -> None:
-    """Refuse a ``--batch-size`` and ``--patch-size`` with which the study's largest run does not fit the memory free
-    on ``device``, by the trainer's own estimate and check (:func:`memory_fits`): every run was refused by it, each
-    with "training failed", after --out had recorded the setting (--batch-size 96 --patch-size 384: 424 GiB). Names
-    the largest batch at this patch, and the largest patch at this batch, that every run fits."""
-    fits = memory_fits(args, root, device)
+    """Refuse a ``--batch-size`` and ``--patch-size`` with which the study's largest run still to train does not fit
+    the memory free on ``device``, by the trainer's own estimate and check (:func:`memory_fits`): every run was
+    refused by it, each with "training failed", after --out had recorded the setting (--batch-size 96 --patch-size
+    384: 424 GiB). Names the largest batch at this patch, and the largest patch at this batch, that those runs fit.
+    An arm whose runs are all evaluated trains no more: its caches are read on any machine."""
+    runs_dir = Path(args.out) / "runs"
+    arms = [a for a in args.arms if any(not (runs_dir / a / f"seed{s}" / "eval.json").is_file() for s in args.seeds)]
+    fits = memory_fits(args, arms, root, device) if arms else None
     if fits is None or all(f.fits for f in fits.values()):
         return
     largest = max(fits, key=lambda a: fits[a].need.total)
@@ -249,25 +252,24 @@ def check_memory(args: argparse.Namespace, root: Path, device: torch.device) -> 
     batches = [f.smaller_batch() for f in fits.values() if not f.fits]  # a run that fits does at a smaller batch
     batch = None if None in batches else min(batches)
 
-    def every_run_fits(patch: int, batch: int) -> bool:
-        runs = memory_fits(argparse.Namespace(**{**vars(args), "patch_size": patch, "batch_size": batch}), root,
-                           device)
-        return runs is None or all(f.fits for f in runs.values())
+    def all_fit(patch: int, batch: int) -> bool:
+        at = memory_fits(argparse.Namespace(**{**vars(args), "patch_size": patch, "batch_size": batch}), arms, root,
+                         device)
+        return at is None or all(f.fits for f in at.values())
     low, high = 1, args.patch_size // 8  # patches 8 * n; 16 the least (resolve_settings)
     while high - low > 1:  # the largest n < high that fits: the need grows with the patch
         mid = (low + high) // 2
-        low, high = (mid, high) if every_run_fits(8 * mid, args.batch_size) else (low, mid)
+        low, high = (mid, high) if all_fit(8 * mid, args.batch_size) else (low, mid)
     patch = 8 * low if low >= 2 else None  # low moved only to a patch that fits
-    fixes = [f"--batch-size {batch} or less" if batch else None,
-             f"--patch-size {patch} or less" if patch else None]
+    fixes = [f"--batch-size {batch} or less" if batch else None, f"--patch-size {patch} or less" if patch else None]
     fix = ", or ".join(f for f in fixes if f) or (
-        "both a smaller --batch-size and a smaller --patch-size" if every_run_fits(16, 1) else
+        "both a smaller --batch-size and a smaller --patch-size" if all_fit(16, 1) else
         "free memory there: not even --batch-size 1 --patch-size 16 fits")
     where = "the GPU" if device.type == "cuda" else "this machine"
-    raise StudySettingError(f"--batch-size {args.batch_size} --patch-size {args.patch_size}: the study's largest run "
-                            f"({largest}) needs about {human_bytes(need.total)} by the trainer's estimate, but "
-                            f"{human_bytes(free)} are free on {where}, so the trainer would refuse every run — pass "
-                            f"{fix}")
+    raise StudySettingError(f"--batch-size {args.batch_size} --patch-size {args.patch_size}: the largest of the "
+                            f"study's runs to train ({largest}) needs about {human_bytes(need.total)} by the "
+                            f"trainer's estimate, but {human_bytes(free)} are free on {where}, so the trainer would "
+                            f"refuse it — pass {fix}")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -726,14 +726,38 @@ def test_a_batch_and_patch_beyond_the_memory_are_refused_before_out_is_written(t
         return run_checks.memory_need(targs, num_sources(targs.de_type), DistInfo()).total
     largest = max(ARMS, key=lambda a: need(a, 96, 384))
     assert largest == "restormer_matched"
-    assert err.startswith(f"error: --batch-size 96 --patch-size 384: the study's largest run ({largest}) needs about "
-                          f"{human_bytes(need(largest, 96, 384))} by the trainer's estimate, but 8.0 GiB are free on "
-                          f"this machine, so the trainer would refuse every run — pass --batch-size ")
+    assert err.startswith(f"error: --batch-size 96 --patch-size 384: the largest of the study's runs to train "
+                          f"({largest}) needs about {human_bytes(need(largest, 96, 384))} by the trainer's estimate, "
+                          f"but 8.0 GiB are free on this machine, so the trainer would refuse it — pass --batch-size ")
     batch = int(err.split("--batch-size ")[2].split()[0])
     patch = int(err.split("--patch-size ")[2].split()[0])
     assert all(need(a, batch, 384) <= free for a in ARMS) and need(largest, batch + 1, 384) > free
     assert all(need(a, 96, patch) <= free for a in ARMS) and need(largest, 96, patch + 8) > free
     assert patch % 8 == 0 and patch >= 16
+
+
+def test_an_arm_whose_runs_are_all_evaluated_is_not_held_to_the_memory(tmp_path, monkeypatch):
+    """Its runs train no more (their caches are read): a study whose runs a larger machine trained was refused on a
+    smaller one, for memory those runs no longer need; an arm with a run still to train is held to it."""
+    from utils.train import run_checks
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_checks, "available_bytes", lambda device: 8 * 2**30)
+    monkeypatch.setattr(run_checks, "resident_bytes", lambda: 0)
+
+    class Built(Exception):
+        pass
+
+    def built(*a, **kw):
+        raise Built
+    monkeypatch.setattr(study, "build_demo_data", built)
+    for arm in ("baryir", "restormer"):
+        (tmp_path / "out" / "runs" / arm / "seed0").mkdir(parents=True)
+        (tmp_path / "out" / "runs" / arm / "seed0" / "eval.json").write_text("{}")
+    big = ["--batch-size", "96", "--patch-size", "384"]
+    with pytest.raises(Built):  # past the check, on to the data
+        study.main(study.get_args_parser().parse_args(fake_argv(tmp_path, *big)))
+    with pytest.raises(StudyError, match=r"the largest of the study's runs to train \(baryir\)"):
+        study.main(study.get_args_parser().parse_args(fake_argv(tmp_path, *big, "--seeds", "0", "1")))
 
 
 def test_the_batch_and_patch_help_says_the_bounds_the_checks_apply(tmp_path):

@@ -73,12 +73,13 @@ def trainer_argv(args: argparse.Namespace, arm: Arm, seed: int, root: Path, trai
             "--resume", "auto", "--degset", ""]
 
 
-def memory_fits(args: argparse.Namespace, root: Path, device: torch.device) -> dict[str, MemoryFit] | None:
-    """Per arm of ``args.arms``, its run's memory on ``device`` by the trainer's own estimate and check
+def memory_fits(args: argparse.Namespace, arms: list[str], root: Path,
+                device: torch.device) -> dict[str, MemoryFit] | None:
+    """Per arm of ``arms``, its run's memory on ``device`` by the trainer's own estimate and check
     (:func:`~utils.train.run_checks.memory_fit`), from the trainer's arguments that run gets (:func:`trainer_argv`,
     parsed by the trainer's parser); None where the free memory is not known. Every seed's run needs the same."""
     seed, fits = args.seeds[0], {}
-    for name in args.arms:
+    for name in arms:
         train_dir = Path(args.out) / "runs" / name / f"seed{seed}" / "train"
         # --repeat sizes an epoch, not a batch: the factors of the built data (balanced_repeats) change no memory
         targs = trainer_parser().parse_args(trainer_argv(args, ARMS[name], seed, root, train_dir,
