@@ -4,7 +4,7 @@ import torch
 from net import Potentials
 from net.presets import build_model
 
-P = 32
+P = 16
 LAMBDAS = torch.tensor([0.318, 0.341, 0.341], dtype=torch.float64)
 
 

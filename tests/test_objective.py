@@ -15,7 +15,7 @@ import pytest
 import torch
 from _conformance import golden, golden_weights
 from _processes import free_port
-from objective_case import LAMBDAS, batch_for_rank, nets
+from objective_case import LAMBDAS, P, batch_for_rank, nets
 
 from net import Potentials
 from utils.train.iteration import Training, drop_absent_gradients, train_step
@@ -151,7 +151,7 @@ def test_potentials_update_leaves_absent_potentials_bit_identical(optimizer):
     opt = build_optimizer(optimizer, pots.parameters(), 1e-3)
     domains = torch.tensor([0, 1, 0, 1])
     for _ in range(2):  # a second step: the absent f_k would now have state to decay or move
-        bary = torch.randn(4, pots.channels, 4, 4, dtype=torch.float64)
+        bary = torch.randn(4, pots.channels, P // 8, P // 8, dtype=torch.float64)
         before = copy.deepcopy(pots.state_dict())
         opt.zero_grad(set_to_none=True)
         potentials_loss(bary, domains, torch.full((5,), 0.2, dtype=torch.float64), pots).backward()
