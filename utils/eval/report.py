@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from utils.errors import counted, table_cell
-from utils.eval.metrics import MAX_PSNR
 from utils.eval.paper import comparison_lines, paper_averages
 from utils.files import json_text, write_text
+from utils.scores import MAX_PSNR
 
 # --------------------------------------------------------------------------- tables and files
 
