@@ -49,7 +49,13 @@ class LayerNorm(nn.Module):
         else:
             var = y.var(dim=-1, keepdim=True, unbiased=False)
             y = y * torch.rsqrt(var + _EPS) * weight
-        return y.permute(0, 3, 1, 2)
+        y = y.permute(0, 3, 1, 2)  # F.layer_norm's output is channels_last in memory, whatever x was
+        if x.dtype == torch.float64 and x.device.type == "cpu" and x.is_contiguous():
+            # oneDNN has no float64 kernels: torch's fallback convolution, which then runs every depthwise
+            # convolution channel by channel, took about 3x as long on channels_last tensors (a float64 forward of
+            # the paper network on 4x3x64x64: 28 s, 10 s with its activations kept NCHW), so they stay NCHW
+            y = y.contiguous()
+        return y
 
 
 class _NormParams(nn.Module):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from net import BaryNet, Potentials
+from net.blocks import TransformerBlock
 from net.presets import build_model, model_config
 from utils.train.losses import contrastive, orthogonality, transport_cost
 
@@ -153,3 +154,31 @@ def test_channels_last_split_forms_compute_the_same_blocks(bias):
             grads.append([inp.grad] + [p.grad.clone() for p in block.parameters()])
         for a, b in zip(*grads):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layernorm_type", ["WithBias", "BiasFree"])
+def test_a_float64_forward_on_the_cpu_keeps_nchw_activations(layernorm_type):
+    """oneDNN has no float64 kernels, and torch's fallback convolution ran about 3x slower on channels_last
+    tensors (the float64 conformance forward: 28 -> 10 s): a float64 NCHW input keeps its layout through the
+    LayerNorm, same values; float32 still comes out channels_last, where the blocks take their split forms."""
+    from net.blocks import LayerNorm, _layernorm_reference
+    torch.manual_seed(0)
+    norm = LayerNorm(24, layernorm_type)
+    torch.nn.init.normal_(norm.body.weight)
+    x = torch.randn(2, 24, 8, 6)
+    for dtype in (torch.float64, torch.float32):
+        norm, x = norm.to(dtype), x.to(dtype)
+        with torch.no_grad():
+            y = norm(x)
+            torch.testing.assert_close(y, _layernorm_reference(x, norm.body.weight, norm.body.bias))
+        assert y.is_contiguous() == (dtype == torch.float64 or layernorm_type == "BiasFree"), dtype
+        if layernorm_type == "WithBias" and dtype == torch.float32:
+            assert y.is_contiguous(memory_format=torch.channels_last)
+    model = build_model("BaryNet", "tiny", LayerNorm_type=layernorm_type).double().eval()
+    seen = []
+    for block in model.modules():
+        if isinstance(block, TransformerBlock):
+            block.ffn.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        model(torch.rand(1, 3, 16, 16, dtype=torch.float64))
+    assert seen and all(seen)
