@@ -1,4 +1,5 @@
 """The loss figure: a panel per part by global step, few points for a long run, the run it belongs to."""
+import io
 import os
 from pathlib import Path
 
@@ -21,6 +22,42 @@ def test_loss_figure_has_a_panel_per_part_and_is_drawn(tmp_path):
                    + json.dumps({"kind": "epoch", "epoch": 1, "global_step": 30, "val_psnr": 27.5}) + "\n")
     assert plot_loss_curves(log, tmp_path / "fig.png").stat().st_size > 10_000
     assert smoothed([2.0, 2.0, 2.0]) == [2.0, 2.0, 2.0]  # bias-corrected: a constant stays constant
+
+
+def test_a_tight_laid_out_figure_is_drawn_once_per_save_into_the_same_png(tmp_path, monkeypatch):
+    """``tight_layout`` leaves a placeholder layout engine, for which ``savefig`` laid every panel out once more
+    without drawing before it drew: the loss figure, redrawn at each epoch end, paid for two layouts."""
+    import json
+
+    from matplotlib.figure import Figure
+
+    from utils.plotting import figure_png
+    from utils.train.loss_figure import plot_loss_curves
+    draws = []
+    real_draw = Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda fig, renderer: draws.append(fig) or real_draw(fig, renderer))
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"kind": "iter", "global_step": s, **LOSSES}) + "\n" for s in range(1, 9)))
+    plot_loss_curves(log, tmp_path / "fig.png")
+    assert len(draws) == 1
+
+    def panels():
+        from utils.plotting import new_figure
+        fig = new_figure(figsize=(6, 3))
+        for ax, scale in zip(fig.subplots(1, 2), ("linear", "log")):
+            ax.plot([1, 2, 3], [0.3, 0.2, 0.15])
+            ax.set_yscale(scale)
+            ax.set_title(f"a {scale} panel")
+        fig.tight_layout()
+        return fig
+
+    once = figure_png(panels(), dpi=50)
+    assert len(draws) == 2
+    twice = panels()
+    with io.BytesIO() as buf:  # matplotlib's own savefig, placeholder engine and all
+        twice.savefig(buf, format="png", dpi=50)
+        assert buf.getvalue() == once
+    assert len(draws) == 4
 
 
 def test_the_loss_figure_draws_each_part_by_global_step_and_the_psnr_by_epoch(tmp_path, monkeypatch):
