@@ -43,10 +43,11 @@ with stopped_while_starting():
     from utils.checkpoints import default_model  # noqa: F401
     from utils.eval.options import REFERENCE_MODEL, get_args_parser  # noqa: F401  (as callers use them)
     from utils.eval.tester import RunStopped, main  # noqa: F401
-    from utils.runtime import stop_signals_as_interrupt, tune_cpu_allocator
+    from utils.runtime import lean_shutdown, stop_signals_as_interrupt, tune_cpu_allocator
 
 if __name__ == "__main__":
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it in again
     stop_signals_as_interrupt()  # kill / timeout / a closed terminal: the results so far are written, as on Ctrl-C
-    cli_args = get_args_parser().parse_args()
-    sys.exit(run_main(main, cli_args, debug=cli_args.debug))
+    with lean_shutdown():  # the process ends about a second sooner
+        cli_args = get_args_parser().parse_args()
+        sys.exit(run_main(main, cli_args, debug=cli_args.debug))

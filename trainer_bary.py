@@ -15,7 +15,7 @@ from utils.train.signals import stop_with_the_launcher
 stop_with_the_launcher()  # before torch loads: a rank whose torchrun dies stops as SIGTERM stops it
 
 with stopped_while_starting():
-    from utils.runtime import stop_signals_as_interrupt
+    from utils.runtime import lean_shutdown, stop_signals_as_interrupt
     from utils.train.engine import run_cli
     from utils.train.options import get_args_parser
 
@@ -26,4 +26,5 @@ def main(args):
 
 if __name__ == "__main__":
     stop_signals_as_interrupt()  # kill / timeout before training starts: one line; training installs its own stop
-    sys.exit(main(get_args_parser().parse_args()))
+    with lean_shutdown():  # the process ends about a second sooner
+        sys.exit(main(get_args_parser().parse_args()))

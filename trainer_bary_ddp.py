@@ -23,7 +23,7 @@ from utils.train.signals import stop_with_the_launcher
 stop_with_the_launcher()  # before torch loads: a rank whose torchrun dies stops as SIGTERM stops it
 
 with stopped_while_starting():
-    from utils.runtime import stop_signals_as_interrupt
+    from utils.runtime import lean_shutdown, stop_signals_as_interrupt
     from utils.train.engine import run_cli
     from utils.train.options import get_args_parser
 
@@ -34,5 +34,6 @@ def main(args):
 
 if __name__ == "__main__":
     stop_signals_as_interrupt()  # kill / timeout before training starts: one line; training installs its own stop
-    # the reference's DDP trainer defaults to 4 loader workers per process
-    sys.exit(main(get_args_parser(threads_default=4, objective="ddp").parse_args()))
+    with lean_shutdown():  # each rank ends about a second sooner
+        # the reference's DDP trainer defaults to 4 loader workers per process
+        sys.exit(main(get_args_parser(threads_default=4, objective="ddp").parse_args()))

@@ -6,7 +6,8 @@ from utils.errors import stopped_while_starting
 
 with stopped_while_starting():
     from utils.analysis.own_photos import cli
-    from utils.runtime import stop_signals_as_interrupt
+    from utils.runtime import lean_shutdown, stop_signals_as_interrupt
 
 stop_signals_as_interrupt()  # kill / timeout / a closed terminal stop it as Ctrl-C does: one line naming it
-sys.exit(cli())
+with lean_shutdown():
+    sys.exit(cli())

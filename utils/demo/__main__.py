@@ -5,7 +5,8 @@ from utils.errors import stopped_while_starting
 
 with stopped_while_starting():
     from utils.demo.run import cli
-    from utils.runtime import stop_signals_as_interrupt
+    from utils.runtime import lean_shutdown, stop_signals_as_interrupt
 
 stop_signals_as_interrupt()  # kill / timeout / a closed terminal stop it as Ctrl-C does (the training is saved)
-sys.exit(cli())
+with lean_shutdown():
+    sys.exit(cli())
