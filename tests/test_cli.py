@@ -623,8 +623,9 @@ ENTRY_POINTS = [("path", "trainer_bary.py"), ("path", "trainer_bary_ddp.py"), ("
 
 def test_every_entry_point_freezes_what_is_alive_before_the_interpreter_shuts_down():
     """Python's shutdown ran full garbage collections over every object torch's modules hold: about a second
-    after the run had ended, in every trainer, rank and tester process. Each entry point collects what is garbage
-    then and freezes the rest, on every way out (here --help), before the atexit handlers run."""
+    after the run had ended, in every trainer, rank and tester process. Each of these entry points (the ones tests,
+    torchrun and make demo start by the dozen) collects what is garbage then and freezes the rest, on every way out
+    (here --help), before the atexit handlers run."""
     probe = textwrap.dedent("""
         import gc, runpy, sys
         for kind, name in ENTRY_POINTS:
