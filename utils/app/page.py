@@ -39,6 +39,7 @@ from utils.data.image_files import IMAGE_EXTENSIONS
 
 TITLE = "BaryIR: restore an image"
 STOPPED = "**Stopped**: the restoration was stopped (Stop). Press **Restore** to start it again."
+STOP_WAIT_S = 5.0  # the longest Stop waits for the restoration it cancelled to say it stopped
 
 
 def model_line(session: Session) -> str:
@@ -120,12 +121,20 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
                   f"request runs now", flush=True)
         return result
 
-    def stopped(request: gr.Request) -> tuple:  # after Stop: what the page shows then
-        with stops_lock:
-            if client_of(request) not in stopped_clients:  # nothing was at work: the last result stays shown
+    async def stopped(request: gr.Request) -> tuple:  # after Stop: what the page shows then
+        client = client_of(request)
+        waited = 0.0
+        while True:
+            with stops_lock:
+                if client in stopped_clients:
+                    stopped_clients.discard(client)
+                    return _outputs(PageResult(status=STOPPED))  # (and Gradio's "Error" on each output goes)
+            # the cancelled restoration says it was stopped when its handler next runs, which on a busy machine came
+            # after this one (the page kept Gradio's "Error"): while it is under way, it is given the time to
+            if not session.under_way(client) or waited >= STOP_WAIT_S:  # nothing was at work: the last result stays
                 return tuple(gr.skip() for _ in range(OUTPUTS))
-            stopped_clients.discard(client_of(request))
-        return _outputs(PageResult(status=STOPPED))  # (and Gradio's "Error" on each output goes)
+            await asyncio.sleep(0.02)
+            waited += 0.02
 
     def on_leave(request: gr.Request) -> None:  # the tab or the API client went: its restoration is for no one
         session.cancel(client_of(request))

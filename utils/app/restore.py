@@ -336,6 +336,11 @@ class Session:
                 if not events:
                     self._requests.pop(client, None)
 
+    def under_way(self, client: str) -> bool:
+        """Whether a request of ``client`` is under way (inside :meth:`cancellable`)."""
+        with self._requests_lock:
+            return bool(self._requests.get(client))
+
     def cancel(self, client: str) -> int:
         """Cancel every request of ``client`` under way (its page was closed); how many there were."""
         with self._requests_lock:
