@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -123,18 +124,17 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
 
     async def stopped(request: gr.Request) -> tuple:  # after Stop: what the page shows then
         client = client_of(request)
-        waited = 0.0
+        deadline = time.monotonic() + STOP_WAIT_S
         while True:
             with stops_lock:
                 if client in stopped_clients:
                     stopped_clients.discard(client)
                     return _outputs(PageResult(status=STOPPED))  # (and Gradio's "Error" on each output goes)
             # the cancelled restoration says it was stopped when its handler next runs, which on a busy machine came
-            # after this one (the page kept Gradio's "Error"): while it is under way, it is given the time to
-            if not session.under_way(client) or waited >= STOP_WAIT_S:  # nothing was at work: the last result stays
-                return tuple(gr.skip() for _ in range(OUTPUTS))
+            # after this one (the page kept Gradio's "Error"): while it is under way, it is given time to say so
+            if not session.under_way(client) or time.monotonic() >= deadline:  # nothing was at work: the last
+                return tuple(gr.skip() for _ in range(OUTPUTS))  # result stays shown
             await asyncio.sleep(0.02)
-            waited += 0.02
 
     def on_leave(request: gr.Request) -> None:  # the tab or the API client went: its restoration is for no one
         session.cancel(client_of(request))
