@@ -15,7 +15,7 @@ from pathlib import Path
 
 from utils.checkpoints import REFERENCE_MODEL_NAME, load_model, model_or_default
 from utils.cli import network_size_overrides
-from utils.compiled import CompileError, check_compile, compile_cache_dir
+from utils.compiled import CompileError, check_compile, inference_compile_note
 from utils.data.doctor import tester_check
 from utils.data.image_files import IMAGE_EXTENSIONS
 from utils.data.image_io import ImageReadError, pixel_limit
@@ -304,7 +304,7 @@ def main(args) -> dict:
             print(f"=> {info.pop('note')}")
         if protocol.compile != "off":
             print(f"=> --compile {protocol.compile}: the first image of each size compiles the network's forward "
-                  f"(minutes; cached under {compile_cache_dir()} for later runs)")
+                  f"({inference_compile_note(device)})")
         made = _provenance(info["model"])  # the checkpoint hashed once, as it was loaded (--resume compares it)
         locks = output_locks(args, save, sets)
         earlier = _earlier_images(args, sets, save, protocol, device, info, made, say=args.dry_run) \
