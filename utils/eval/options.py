@@ -130,8 +130,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--tile-batch", type=at_least(1), default=4, help="tiles per forward pass")
     run.add_argument("--compile", default="off", choices=COMPILE_MODES,
                      help="torch.compile the network's forward with this mode (reduce-overhead: CUDA graphs, GPU "
-                          "only). Each new input size compiles again (minutes the first time, cached for later "
-                          "runs): worth it for tiles or many same-sized images; see BENCHMARKS.md")
+                          "only). The first input size compiles, the second once more for sizes then taken as dynamic "
+                          "(minutes; cached for later runs on a GPU, compiled again in every run on the CPU): worth "
+                          "it for tiles or many images; see BENCHMARKS.md")
     add_debug_flag(run)
 
     out = parser.add_argument_group("outputs")
