@@ -7,8 +7,11 @@
   ``make test-quick`` (``pytest -m "not slow"``) skips them while editing.
 - Under pytest-xdist each worker, and each process a test starts, computes with its share of the cores
   (:func:`pytest_configure`).
+- Temporary files, the suite's and those of every process it starts, go under pytest's own temporary folder
+  (:func:`temporary_files_under_pytests_folder`).
 """
 import os
+import tempfile
 
 import pytest
 import torch
@@ -25,6 +28,36 @@ def pytest_configure(config):
         share = max(1, cores // workers)
         torch.set_num_threads(share)
         os.environ.setdefault("OMP_NUM_THREADS", str(share))
+
+
+def inductor_default_cache_dir() -> str:
+    """Where inductor keeps its cache when ``TORCHINDUCTOR_CACHE_DIR`` is unset (``/tmp/torchinductor_<user>``)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        return default_cache_dir()
+    except (ImportError, AttributeError):  # a torch that keeps it elsewhere: its own choice, unchanged below
+        return ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_files_under_pytests_folder(tmp_path_factory):
+    """Point ``TMPDIR`` (and :mod:`tempfile`) at a folder of pytest's, which pytest prunes after a few runs.
+    Each ``make test`` left about 33 folders in the system's /tmp: torchrun's log folders (one per launch),
+    gradio_client's empty download folders, Chromium's profile. Inductor's cache stays where torch keeps it
+    without the suite, so compiled kernels are shared between runs as before."""
+    kept = {name: os.environ.get(name) for name in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR")}
+    if kept["TORCHINDUCTOR_CACHE_DIR"] is None and (inductor := inductor_default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor
+    scratch = tmp_path_factory.mktemp("tmpdir")
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = str(scratch)
+    yield scratch
+    tempfile.tempdir = None
+    for name, value in kept.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="module")
