@@ -153,7 +153,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="continue the run whose results.json is in --save (stopped, or run with a smaller "
                           "--max-images): the images it scored whose restorations are still there keep their "
                           "scores, the others are evaluated; refused if it scored with another protocol, device or "
-                          "model. Its results.* are moved to results.before-<time>/ as always")
+                          "model. Its results.*, figures and saved targets, as it wrote them, are replaced in place; "
+                          "any edited since goes to results.before-<time>/")
     out.add_argument("--no-images", action="store_true", help="do not write restored images")
     out.add_argument("--figs", action="store_true", help="write a degraded | restored | target figure per row")
     out.add_argument("--figs-dir", type=non_empty_path, default="results/figs",
