@@ -144,7 +144,8 @@ def inference_compile_note(device: torch.device) -> str:
     on the AVX-512 BF16 EPYC, 2 threads: the tiny preset's 64x64 forward compiled in 65.5 s, and in 44.7 s in a
     second run with the same cache (its C++ kernels reused). Turning prepacking off
     (``TORCHINDUCTOR_CPP_WEIGHT_PREPACK=0``) made the graph cacheable (17.8 s the second time) but the paper
-    network's 256x256 forward ran at 7.16 s against 3.66 s prepacked, slower than eager: not worth it.
+    network's 256x256 forward ran at 7.16 s against 3.66 s prepacked, slower than eager: not worth it. On a GPU
+    the weights are not prepacked and the FX graph cache takes a frozen graph (torch's code; not yet timed here).
     """
     if device.type == "cpu":
         return (f"minutes, again in every run: on the CPU inductor does not cache a forward whose weights it froze "
