@@ -7,11 +7,15 @@
   ``make test-quick`` (``pytest -m "not slow"``) skips them while editing.
 - Under pytest-xdist each worker, and each process a test starts, computes with its share of the cores
   (:func:`pytest_configure`).
-- Temporary files, the suite's and those of every process it starts, go under pytest's own temporary folder
-  (:func:`temporary_files_under_pytests_folder`).
+- Temporary files, the suite's and those of every process it starts, go into one folder per pytest process,
+  removed at its end (:func:`suite_temporary_folder`).
 """
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,25 +43,37 @@ def inductor_default_cache_dir() -> str:
         return ""
 
 
-@pytest.fixture(scope="session", autouse=True)
-def temporary_files_under_pytests_folder(tmp_path_factory):
-    """Point ``TMPDIR`` (and :mod:`tempfile`) at a folder of pytest's, which pytest prunes after a few runs.
-    Each ``make test`` left about 33 folders in the system's /tmp: torchrun's log folders (one per launch),
-    gradio_client's empty download folders, Chromium's profile. Inductor's cache stays where torch keeps it
-    without the suite, so compiled kernels are shared between runs as before."""
+@contextlib.contextmanager
+def temporary_folder_of_the_suite() -> Iterator[Path]:
+    """``TMPDIR`` (and :mod:`tempfile`) pointed at a new folder of the system's temporary folder, removed at the end,
+    with the environment as it was. Inductor's cache is kept where torch keeps it without the suite."""
     kept = {name: os.environ.get(name) for name in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR")}
+    kept_tempdir = tempfile.tempdir
     if kept["TORCHINDUCTOR_CACHE_DIR"] is None and (inductor := inductor_default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor
-    scratch = tmp_path_factory.mktemp("tmpdir")
+    scratch = Path(tempfile.mkdtemp(prefix="baryir-tests-"))
     os.environ["TMPDIR"] = str(scratch)
     tempfile.tempdir = str(scratch)
-    yield scratch
-    tempfile.tempdir = None
-    for name, value in kept.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    try:
+        yield scratch
+    finally:
+        tempfile.tempdir = kept_tempdir
+        for name, value in kept.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_temporary_folder():
+    """One temporary folder per pytest process (:func:`temporary_folder_of_the_suite`). Each ``make test`` left about
+    33 folders in the system's /tmp: torchrun's log folders (one per launch), gradio_client's empty download
+    folders, Chromium's profile. It is made in the system's temporary folder, not in pytest's deeper ``tmp_path``
+    tree: Chromium makes its singleton socket under ``TMPDIR``, and a Unix socket's path has at most 107 bytes."""
+    with temporary_folder_of_the_suite() as scratch:
+        yield scratch
 
 
 @pytest.fixture(scope="module")
