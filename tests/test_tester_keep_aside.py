@@ -194,7 +194,7 @@ def test_a_recorded_row_folder_that_links_out_of_save_is_not_emptied(bench, chec
 
 def test_an_earlier_record_with_savetar_keeps_aside_in_save_alone(bench, checkpoint, tmp_path):
     """The restorations an earlier record names lie in --save: kept aside there, not again under --savetar (whose
-    folder they are not in: a traceback) or --figs-dir."""
+    folder they are not in: a traceback) or --figs-dir; the targets and figure it records there go aside there."""
     save, targets, figs = tmp_path / "t", tmp_path / "tt", tmp_path / "figs"
     outputs = ["--save", save, "--savetar", targets, "--figs", "--figs-dir", figs, "--max-images", "1"]
     run("--model", checkpoint, "--data-root", bench, "--tasks", "dehaze", "jpeg", *outputs)
@@ -202,10 +202,10 @@ def test_an_earlier_record_with_savetar_keeps_aside_in_save_alone(bench, checkpo
     [kept] = save.glob("results.before-*")
     assert "dehaze/astro_0.8_0.1.png" in _tree(kept) and not (save / "dehaze").exists()
     [kept_targets] = targets.glob("results.before-*")
-    assert _tree(kept_targets) == ["jpeg/astro.png"]  # the target of this run's name; the dehaze one stays
-    assert _tree(targets) == ["dehaze/astro_0.8_0.1.png", "jpeg/astro.png"]
+    assert _tree(kept_targets) == ["dehaze/astro_0.8_0.1.png", "jpeg/astro.png"]
+    assert _tree(targets) == ["jpeg/astro.png"]
     [kept_figs] = figs.glob("results.before-*")
-    assert _tree(kept_figs) == ["jpeg.png"]
+    assert _tree(kept_figs) == ["dehaze.png", "jpeg.png"]
 
 
 def test_an_earlier_run_whose_files_cannot_all_be_moved_aside_stays_whole(bench, checkpoint, tmp_path, monkeypatch):
@@ -471,3 +471,55 @@ def test_an_earlier_two_level_rows_restorations_go_aside_with_its_parent_folder(
     assert _tree(save) == ["jpeg/astro.png", "results.csv", "results.json", "results.md"]
 
 
+
+
+def test_an_earlier_runs_targets_and_figures_this_run_does_not_write_go_aside_with_its_results(bench, checkpoint,
+                                                                                              tmp_path, capsys):
+    """A run of derain and dehaze with --savetar and --figs, then one of derain alone into the same folders: the
+    dehaze restorations went aside with the earlier results.json, but its dehaze targets and figure stayed beside
+    the new run's files, where they looked like this run's. Now those the earlier record names in this run's
+    folders, still as it wrote them, go aside with it; a target edited since stays, and so do targets in a
+    --savetar this run does not write."""
+    save, targets, figs = tmp_path / "s", tmp_path / "t", tmp_path / "f"
+    outputs = ["--save", save, "--savetar", targets, "--figs", "--figs-dir", figs, "--max-images", "2"]
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", "dehaze", *outputs)
+    assert _tree(targets) == ["dehaze/astro_0.8_0.1.png", "dehaze/cat_0.8_0.1.png", "derain/Rain100L/rain-1.png",
+                              "derain/Rain100L/rain-2.png"]
+    (targets / "dehaze" / "cat_0.8_0.1.png").write_bytes(b"the user's own since")
+    drawn = (figs / "dehaze.png").read_bytes()
+    capsys.readouterr()
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", *outputs)
+    [kept_targets], [kept_figs] = targets.glob("results.before-*"), figs.glob("results.before-*")
+    assert _tree(kept_targets) == ["dehaze/astro_0.8_0.1.png", "derain/Rain100L/rain-1.png",
+                                   "derain/Rain100L/rain-2.png"]
+    assert _tree(targets) == ["dehaze/cat_0.8_0.1.png", "derain/Rain100L/rain-1.png", "derain/Rain100L/rain-2.png"]
+    assert _tree(kept_figs) == ["dehaze.png", "derain_Rain100L.png"]
+    assert (kept_figs / "dehaze.png").read_bytes() == drawn
+    assert _tree(figs) == ["derain_Rain100L.png"]
+    said = capsys.readouterr().out
+    assert (f"=> 2 file(s) of the names this run writes were already in {targets}, and 1 more that the earlier "
+            f"results.json in {save} records (this run does not write them): moved to {kept_targets}/") in said
+    assert f"and 1 more that the earlier results.json in {save} records" in said and f"{kept_figs}/" in said
+    # another --savetar: the earlier targets are in no folder this run writes, and stay
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", "dehaze", *outputs)
+    other = ["--save", save, "--savetar", tmp_path / "t2", "--max-images", "2"]
+    run("--model", checkpoint, "--data-root", bench, "--tasks", "derain", *other)
+    assert "dehaze/astro_0.8_0.1.png" in _tree(targets) and len(list(targets.glob("results.before-*"))) == 2
+
+
+def test_an_overwrite_runs_earlier_targets_go_aside_with_the_record_that_names_them(bench, checkpoint, tmp_path,
+                                                                                    capsys):
+    """--overwrite (--save in a task folder read): as the earlier restorations this run does not write, the earlier
+    targets it does not write take the earlier results.json aside with them, each into its own folder's
+    results.before-*, and it is said."""
+    root, targets = tmp_path / "b", tmp_path / "t"
+    shutil.copytree(bench, root)
+    outputs = ["--save", root / "jpeg" / "out", "--savetar", targets, "--max-images", "1", "--overwrite"]
+    run("--model", checkpoint, "--data-root", root, "--tasks", "jpeg", "dehaze", *outputs)
+    capsys.readouterr()
+    run("--model", checkpoint, "--data-root", root, "--tasks", "jpeg", *outputs)
+    [kept], [kept_targets] = (root / "jpeg" / "out").glob("results.before-*"), targets.glob("results.before-*")
+    assert _tree(kept) == ["results.json"] and _tree(kept_targets) == ["dehaze/astro_0.8_0.1.png"]
+    assert _tree(targets) == ["jpeg/astro.png"]
+    assert (f"=> with them, 1 file in {targets} that the earlier results.json records (this run does not write "
+            f"them): moved to {kept_targets}/") in capsys.readouterr().out

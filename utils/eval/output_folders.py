@@ -17,12 +17,15 @@ from utils.eval.outputs import (
     figure_names,
     inside,
     output_names,
+    recorded_figures,
     recorded_outputs,
+    recorded_targets,
     tester_writes,
 )
 from utils.eval.tasks import EvalSet, input_paths, task_layout
-from utils.files import keep_aside, keep_aside_together, remove_stale_temporaries
+from utils.files import keep_aside_together, remove_stale_temporaries
 from utils.output_lock import OutputLock
+from utils.owned_outputs import file_digest
 
 
 def _input_folders(args, sets: list[EvalSet]) -> tuple[list[Path], list[Path]]:
@@ -117,8 +120,10 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
     their places, and say so in one line per folder. With them go the restorations the earlier
     ``results.json`` in ``--save`` records (:func:`utils.eval.outputs.recorded_outputs`) that this run does not
     write (other tasks, images past a --max-images, any with --no-images): the new results.json would not
-    describe them, and they stay with the record that does. Files this run reads stay. Returns the folder the
-    ``--save`` files went to (None: nothing was there).
+    describe them, and they stay with the record that does; and so do the targets and figures it records writing
+    into this run's ``--savetar`` and ``--figs-dir`` that this run does not write, when they are still as that run
+    wrote them (:func:`_recorded_beside`; a file edited since is the user's, and stays). Files this run reads
+    stay. Returns the folder the ``--save`` files went to (None: nothing was there).
     ``--overwrite`` (outputs among the inputs) replaces what this run writes, as it says; but an earlier
     results.json whose run left other files (its restorations this run does not write, or, under ``--input``,
     which writes results.json alone, its results.csv/.md) goes aside with them, so that no record is left
@@ -130,32 +135,84 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
     planned = _planned_outputs(args, sets, inputs, save)
     trees = {_real(t) for t in _input_folders(args, sets)[0]} - {None}
     whole = {_real(f) for f in [*(p for p in input_paths(args.input) if p.is_dir()), *(f.parent for f in data)]}
-    earlier = [p for p in _recorded_earlier(save) if p not in planned[save] and _real(p) not in read
-               and not _in_input_folder(p, trees, whole - {None})]
+    written = {p for paths in planned.values() for p in paths}
+
+    def not_this_runs(p: Path) -> bool:  # a recorded file this run neither writes nor reads nor keeps (--resume)
+        return p not in written and p not in keep and _real(p) not in read and not _in_input_folder(p, trees,
+                                                                                                     whole - {None})
+    earlier = [p for p in _recorded_earlier(save) if not_this_runs(p)]
+    recorded = {save: earlier}  # by the folder they lie in: with the targets and figures of this run's folders
+    for base, paths in _recorded_beside(args, save).items():
+        recorded[base] = list(dict.fromkeys([*recorded.get(base, []), *filter(not_this_runs, paths)]))
     tables = _tables_beside_results_json(save) if args.input else []
     check_inputs_not_overwritten(args, sets, inputs, save)
     if args.overwrite:
-        if not tables and not earlier:
+        if not tables and not any(recorded.values()):
             return None
         record = [save / "results.json", *tables]
-        kept = keep_aside(record + earlier, save / "results")
-        more = f" and {counted(len(earlier), 'file')} it records that this run does not write" if earlier else ""
+        others = {base: paths for base, paths in recorded.items() if base != save and paths}
+        kept, *kept_others = keep_aside_together([(record + recorded[save], save / "results"),
+                                                  *((paths, base / "results") for base, paths in others.items())])
+        more = f" and {counted(len(recorded[save]), 'file')} it records that this run does not write" \
+            if recorded[save] else ""
         why = " (this run writes results.json alone)" if tables else ""
         print(f"=> an earlier run's {', '.join(p.name for p in record)}{more} were in {save}: moved to {kept}/{why}")
+        for (base, paths), kept_there in zip(others.items(), kept_others):
+            print(f"=> with them, {counted(len(paths), 'file')} in {base} that the earlier results.json records "
+                  f"(this run does not write them): moved to {kept_there}/")
         return kept
     found = {base: [p for p in dict.fromkeys(paths) if _there(p) and p not in keep] for base, paths in planned.items()}
     found[save] += [p for p in tables if p not in found[save]]
-    moving = {base: (there, earlier if base == save else []) for base, there in found.items()}
+    moving = {base: (found.get(base, []), recorded.get(base, [])) for base in dict.fromkeys([*found, *recorded])}
     moving = {base: lists for base, lists in moving.items() if lists[0] or lists[1]}
     # all folders or none: a --figs-dir that cannot be moved aside leaves --save's files where they were too
     kept = dict(zip(moving, keep_aside_together([(there + more, base / "results")
                                                  for base, (there, more) in moving.items()])))
     for base, (there, more) in moving.items():
-        also = f", and {len(more)} more that the earlier results.json there records (this run does not " \
+        where = "there" if base == save else f"in {save}"
+        also = f", and {len(more)} more that the earlier results.json {where} records (this run does not " \
                f"write them)" if more else ""
         print(f"=> {len(there)} file(s) of the names this run writes were already in {base}{also}: moved to "
               f"{kept[base]}/")
     return kept.get(save)
+
+
+def _recorded_beside(args, save: Path) -> dict[Path, list[Path]]:
+    """The targets and figures the earlier ``results.json`` in ``save`` records writing into the ``--savetar`` and
+    ``--figs-dir`` this run writes (the record's ``"savetar"`` is that folder; a figure's recorded path lies in it),
+    by this run's folder, that are there still as that run wrote them (the SHA-256 it recorded of each; not a link)
+    and as themselves (in no folder a link leads to out of that folder). None in a --savetar the record does not
+    name (another one, or a record written before it named one): they are not known to be that run's."""
+    try:
+        record = json.loads((save / "results.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    wanted: dict[Path, dict[Path, str]] = {}
+    savetar = record.get("savetar")
+    if args.savetar and isinstance(savetar, str) and Path(savetar).is_absolute() \
+            and _real(Path(savetar)) == _real(Path(args.savetar)):
+        wanted[Path(args.savetar)] = recorded_targets(record, Path(args.savetar))
+    if args.figs:
+        figs = Path(args.figs_dir)
+        wanted[figs] = {figs / drawn.name: digest for drawn, digest in recorded_figures(record).items()
+                        if _real(drawn.parent) == _real(figs)}
+    found: dict[Path, list[Path]] = {}
+    for base, files in wanted.items():
+        real_base = _real(base)
+        folders = {p.parent: _real(p.parent) for p in files}  # each folder resolved once
+        found[base] = [p for p, digest in files.items() if real_base is not None and folders[p.parent] is not None
+                       and inside(folders[p.parent], real_base) and _as_written(p, digest)]
+    return found
+
+
+def _as_written(path: Path, digest: str) -> bool:
+    """``path`` is a file (not a link) whose SHA-256 is ``digest``: as the run that recorded it wrote it."""
+    try:
+        return not path.is_symlink() and path.is_file() and file_digest(path) == digest
+    except OSError:
+        return False
 
 
 def _in_input_folder(path: Path, trees: set[Path], flat: set[Path]) -> bool:

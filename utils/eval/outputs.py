@@ -15,8 +15,9 @@
   a finished temporary file renamed over the old one, so a link in their place is replaced, not
   followed.
 
-Files of an earlier run in the same folder under the names a run writes, and the restorations its
-``results.json`` records (:func:`recorded_outputs`) that this run does not write, are moved aside first, by the
+Files of an earlier run in the same folder under the names a run writes, and the restorations, targets and figures
+its ``results.json`` records (:func:`recorded_outputs`, :func:`recorded_targets`, :func:`recorded_figures`) that
+this run does not write, are moved aside first, by the
 tester (``results.before-<time>/``, :func:`utils.eval.output_folders.keep_earlier_outputs`); anything else in the
 folder is left alone. Temporaries a killed tester left there are removed (:func:`tester_writes`).
 """
@@ -113,6 +114,14 @@ def recorded_outputs(results: Any, save: Path) -> list[Path]:
         name = Path(output).name if isinstance(output, str) else ""
         if _restoration_name(name):
             found.append(save / name)
+    found += [path for path, _ in _task_outputs(results, save)]
+    return list(dict.fromkeys(found))
+
+
+def _task_outputs(results: dict, folder: Path) -> list[tuple[Path, dict]]:
+    """Each benchmark image of ``results`` (a parsed ``results.json``) with its ``"output"`` under ``folder``:
+    ``(folder/<row>/<name>.png or folder/<name>.png, the image's entry)``, as :func:`recorded_outputs` takes them."""
+    found = []
     tasks = results.get("tasks")
     for row, summary in tasks.items() if isinstance(tasks, dict) else []:
         images = summary.get("images") if isinstance(summary, dict) else None
@@ -122,10 +131,35 @@ def recorded_outputs(results: Any, save: Path) -> list[Path]:
             output = image.get("output") if isinstance(image, dict) else None
             parts = output.split("/") if isinstance(output, str) else []
             if row_ok and parts[:-1] == folders and _restoration_name(parts[-1]):
-                found.append(save.joinpath(*folders, parts[-1]))
+                found.append((folder.joinpath(*folders, parts[-1]), image))
             elif len(parts) == 1 and _restoration_name(parts[0]):
-                found.append(save / parts[0])
-    return list(dict.fromkeys(found))
+                found.append((folder / parts[0], image))
+    return found
+
+
+def recorded_targets(results: Any, savetar: Path) -> dict[Path, str]:
+    """The targets the run that wrote ``results`` (its parsed ``results.json``) saved into its ``--savetar``, here
+    ``savetar`` (the record's ``"savetar"``: the caller checks that it is this folder), each with the SHA-256 it had
+    when written (its image's ``"target_sha256"``): at the place of the image's restoration (``"output"``) under
+    ``savetar``, by the same rules as :func:`recorded_outputs`. An image without both is not named."""
+    if not isinstance(results, dict):
+        return {}
+    return {path: image["target_sha256"] for path, image in _task_outputs(results, savetar)
+            if isinstance(image.get("target_sha256"), str)}
+
+
+def recorded_figures(results: Any) -> dict[Path, str]:
+    """The figures the run that wrote ``results`` (its parsed ``results.json``) drew, each row's ``"figure"`` (its
+    path as given then) with the SHA-256 it had when drawn (``"figure_sha256"``); only names the tester gives a
+    figure (``.png``, not hidden)."""
+    tasks = results.get("tasks") if isinstance(results, dict) else None
+    found = {}
+    for summary in tasks.values() if isinstance(tasks, dict) else []:
+        drawn, digest = (summary.get("figure"), summary.get("figure_sha256")) if isinstance(summary, dict) \
+            else (None, None)
+        if isinstance(drawn, str) and isinstance(digest, str) and _restoration_name(Path(drawn).name):
+            found[Path(drawn)] = digest
+    return found
 
 
 def check_writable_folder(folder: str | os.PathLike, flag: str, create: bool = True, fix: str = "") -> Path:

@@ -407,8 +407,10 @@ def _record_flags(results: dict, args, made: dict) -> None:
     """What the results must say beside the protocol: the paper table asked for (and a note when the checkpoint
     was trained on another setting's families, :func:`~utils.eval.paper.setting_note`), a cut to --max-images
     (each set's first N images: its numbers are not the whole set's), and how to run them again (the command, the
-    commit, the versions: ``made``, :func:`_provenance`)."""
+    commit, the versions: ``made``, :func:`_provenance`), and the ``--savetar`` folder its targets went to."""
     results["provenance"] = made
+    if args.savetar:  # where its targets are: a later run into the same --savetar moves those it does not write aside
+        results["savetar"] = str(Path(args.savetar).absolute())
     if args.compare_paper:
         results["compare_paper"] = args.compare_paper
         note = setting_note(results["protocol"].get("domains"), args.compare_paper)
