@@ -143,7 +143,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                           "run's) are first moved to <save>/results.before-<time>/ (with --overwrite: replaced; "
                           "never an image the run reads)")
     out.add_argument("--savetar", default=None,
-                     help="also save the targets as scored (cropped, 8-bit) here")
+                     help="also save the targets as scored (cropped, 8-bit) here; an earlier run's targets there, of "
+                          "this run's names or recorded by the earlier results.json in --save, go to "
+                          "<savetar>/results.before-<time>/ first")
     out.add_argument("--overwrite", action="store_true",
                      help="allow --save/--savetar to be a folder the images are read from, or to be inside a "
                           "--tasks task folder (the files there with the output names are replaced, not kept "
