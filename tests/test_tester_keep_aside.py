@@ -471,8 +471,6 @@ def test_an_earlier_two_level_rows_restorations_go_aside_with_its_parent_folder(
     assert _tree(save) == ["jpeg/astro.png", "results.csv", "results.json", "results.md"]
 
 
-
-
 def test_an_earlier_runs_targets_and_figures_this_run_does_not_write_go_aside_with_its_results(bench, checkpoint,
                                                                                               tmp_path, capsys):
     """A run of derain and dehaze with --savetar and --figs, then one of derain alone into the same folders: the

@@ -32,6 +32,15 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def as_written(path: Path, digest: str) -> bool:
+    """Whether ``path`` is a file (not a symbolic link) whose SHA-256 is ``digest``: as the run that recorded that
+    digest wrote it. False when it cannot be read."""
+    try:
+        return not path.is_symlink() and path.is_file() and file_digest(path) == digest
+    except OSError:
+        return False
+
+
 def _record_key(path: Path, record: Path) -> str:
     """How the record at ``record`` names ``path``: relative to the record's folder (``../figs/a.png`` for a file
     beside it), so that the pair can be moved or copied together."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from utils.errors import counted
 from utils.eval.outputs import (
@@ -25,7 +25,7 @@ from utils.eval.outputs import (
 from utils.eval.tasks import EvalSet, input_paths, task_layout
 from utils.files import keep_aside_together, remove_stale_temporaries
 from utils.output_lock import OutputLock
-from utils.owned_outputs import file_digest
+from utils.owned_outputs import as_written
 
 
 def _input_folders(args, sets: list[EvalSet]) -> tuple[list[Path], list[Path]]:
@@ -101,7 +101,7 @@ def check_inputs_not_overwritten(args, sets: list[EvalSet], inputs: list[Path], 
     :class:`OutputFolderError` naming both, and whether it is an earlier run's restoration now read as an input."""
     data = [f for s in sets for item in s.items for f in (item.degraded, item.target) if f is not None]
     read = {_real(f): f for f in [*inputs, *data]}
-    restored_before = {_real(p) for p in _recorded_earlier(save)} - {None}
+    restored_before = {_real(p) for p in _recorded_earlier(save, _earlier_record(save))} - {None}
     for base, paths in _planned_outputs(args, sets, inputs, save).items():
         for p in paths:
             if _real(p) is not None and _real(p) in read:
@@ -140,9 +140,10 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
     def not_this_runs(p: Path) -> bool:  # a recorded file this run neither writes nor reads nor keeps (--resume)
         return p not in written and p not in keep and _real(p) not in read and not _in_input_folder(p, trees,
                                                                                                      whole - {None})
-    earlier = [p for p in _recorded_earlier(save) if not_this_runs(p)]
+    record = _earlier_record(save)
+    earlier = [p for p in _recorded_earlier(save, record) if not_this_runs(p)]
     recorded = {save: earlier}  # by the folder they lie in: with the targets and figures of this run's folders
-    for base, paths in _recorded_beside(args, save).items():
+    for base, paths in _recorded_beside(args, record).items():
         recorded[base] = list(dict.fromkeys([*recorded.get(base, []), *filter(not_this_runs, paths)]))
     tables = _tables_beside_results_json(save) if args.input else []
     check_inputs_not_overwritten(args, sets, inputs, save)
@@ -177,16 +178,13 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
     return kept.get(save)
 
 
-def _recorded_beside(args, save: Path) -> dict[Path, list[Path]]:
-    """The targets and figures the earlier ``results.json`` in ``save`` records writing into the ``--savetar`` and
-    ``--figs-dir`` this run writes (the record's ``"savetar"`` is that folder; a figure's recorded path lies in it),
+def _recorded_beside(args, record: Any) -> dict[Path, list[Path]]:
+    """The targets and figures the earlier ``results.json`` (parsed: ``record``) records writing into the
+    ``--savetar`` and ``--figs-dir`` this run writes (the record's ``"savetar"`` is that folder; a figure's recorded
+    path lies in it),
     by this run's folder, that are there still as that run wrote them (the SHA-256 it recorded of each; not a link)
     and as themselves (in no folder a link leads to out of that folder). None in a --savetar the record does not
     name (another one, or a record written before it named one): they are not known to be that run's."""
-    try:
-        record = json.loads((save / "results.json").read_bytes())
-    except (OSError, ValueError):
-        return {}
     if not isinstance(record, dict):
         return {}
     wanted: dict[Path, dict[Path, str]] = {}
@@ -203,16 +201,8 @@ def _recorded_beside(args, save: Path) -> dict[Path, list[Path]]:
         real_base = _real(base)
         folders = {p.parent: _real(p.parent) for p in files}  # each folder resolved once
         found[base] = [p for p, digest in files.items() if real_base is not None and folders[p.parent] is not None
-                       and inside(folders[p.parent], real_base) and _as_written(p, digest)]
+                       and inside(folders[p.parent], real_base) and as_written(p, digest)]
     return found
-
-
-def _as_written(path: Path, digest: str) -> bool:
-    """``path`` is a file (not a link) whose SHA-256 is ``digest``: as the run that recorded it wrote it."""
-    try:
-        return not path.is_symlink() and path.is_file() and file_digest(path) == digest
-    except OSError:
-        return False
 
 
 def _in_input_folder(path: Path, trees: set[Path], flat: set[Path]) -> bool:
@@ -224,14 +214,18 @@ def _in_input_folder(path: Path, trees: set[Path], flat: set[Path]) -> bool:
     return folder is None or folder in flat or any(inside(folder, t) for t in trees)
 
 
-def _recorded_earlier(save: Path) -> list[Path]:
-    """The files the earlier ``results.json`` in ``save`` records writing there that are there still (as
-    themselves: in no folder a link leads to out of ``save``); none when there is no such record, or it cannot
-    be read as one."""
+def _earlier_record(save: Path) -> Any:
+    """The earlier ``results.json`` in ``save``, parsed; None when there is none or it is not JSON."""
     try:
-        record = json.loads((save / "results.json").read_bytes())
+        return json.loads((save / "results.json").read_bytes())
     except (OSError, ValueError):
-        return []
+        return None
+
+
+def _recorded_earlier(save: Path, record: Any) -> list[Path]:
+    """The files the earlier ``results.json`` in ``save`` (parsed: ``record``, from :func:`_earlier_record`) records
+    writing there that are there still (as themselves: in no folder a link leads to out of ``save``); none when
+    there is no such record, or it cannot be read as one."""
     real_save = _real(save)
     if real_save is None:
         return []

@@ -19,7 +19,7 @@ from utils.errors import UsageError
 from utils.eval.outputs import output_names
 from utils.eval.report import results_texts
 from utils.eval.tasks import EvalItem, EvalSet
-from utils.owned_outputs import file_digest
+from utils.owned_outputs import as_written, file_digest
 
 # What may differ between a stopped run and its continuation: the cut to --max-images (a run of the first 100
 # images continues to the whole set), which says nothing about how an image is scored.
@@ -163,12 +163,8 @@ def own_targets(kept: EarlierImages, savetar: Path) -> set[Path]:
             output, digest = k.image.get("output"), k.image.get("target_sha256")
             if not isinstance(output, str) or not isinstance(digest, str):
                 continue
-            path = savetar / output
-            try:
-                if not path.is_symlink() and path.is_file() and file_digest(path) == digest:
-                    own.add(path)
-            except OSError:
-                continue
+            if as_written(savetar / output, digest):
+                own.add(savetar / output)
     return own
 
 
@@ -217,9 +213,9 @@ def own_figures(record: Mapping[str, Any], figs_dir: Path) -> set[Path]:
             continue
         path = figs_dir / Path(drawn).name
         try:
-            if Path(drawn).resolve() == path.resolve() and not path.is_symlink() and path.is_file() \
-                    and file_digest(path) == digest:
-                own.add(path)
+            same_place = Path(drawn).resolve() == path.resolve()
         except OSError:
             continue
+        if same_place and as_written(path, digest):
+            own.add(path)
     return own
