@@ -36,7 +36,8 @@ def test_fast_fp32_matches_plain_eager(paper_net):
 def test_bf16_is_close_to_fp32_on_a_natural_image(paper_net):
     # a 64x64 natural crop (the face): CPUs without native bf16 (AVX2-only machines) emulate it about
     # 30x slower than fp32, and 256x256 took 170 s on such a machine. The agreement falls with the size on
-    # these random weights (40.6 dB at 256x256, 37.0 at 512x512: BENCHMARKS.md), so this checks the wiring
+    # these random weights (40.6 dB at 256x256, 37.0 at 512x512; 55.7 dB at 512x512 once trained 25 iterations:
+    # BENCHMARKS.md), so this checks the wiring
     img = data.astronaut()[::2, ::2][32:96, 112:176].astype(np.float32) / 255.0
     x = torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
     fp32 = restore(paper_net, x, "fp32").clamp(0, 1).numpy()
