@@ -101,16 +101,13 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
     apart), peak memory, and each output's PSNR against fp32 on a natural image."""
     import math
 
-    import numpy as np
-    from skimage import data as skdata
+    from bf16_agreement import astronaut  # the image bench/bf16_agreement.py measures the agreement on
 
     device = torch.device(device)  # cuda (tests run the same code on the CPU, with torch.cuda's calls stubbed)
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     model = build_model("BaryNet", preset).eval().to(device)
-    photo = np.asarray(skdata.astronaut(), dtype=np.float32) / 255  # 512x512 RGB
-    x = torch.from_numpy(photo).permute(2, 0, 1)[None]
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).to(device)
+    x = astronaut(size).to(device)
 
     def plain():
         with torch.no_grad():
