@@ -64,3 +64,15 @@ def test_a_missing_checkpoint_is_one_error_line_before_any_forward(tmp_path, mon
     assert len(said.err.strip().splitlines()) == 1
     assert bench.main(["--random"]) == 2
     assert capsys.readouterr().err.startswith("error: nothing to measure: --random alone names no preset")
+
+
+def test_a_cpu_without_bf16_arithmetic_is_said_to_be_slow_once(monkeypatch, capsys):
+    """On an AVX2-only CPU every bf16 forward is emulated (about 30x an fp32 one there): said before the wait."""
+    bench = _bench(monkeypatch)
+    monkeypatch.setattr(bench, "agreement", lambda *a: {"input": 20.0, "bf16": 50.0, "bf16_max": 0.01})
+    for slow in (True, False):
+        monkeypatch.setattr(bench, "slow_precision_note", lambda device, precision: "slow" if slow else None)
+        assert bench.main(["--size", "16", "--random", "tiny"]) == 0
+        said = capsys.readouterr()
+        assert said.err.count("note: this CPU has no bf16 arithmetic") == (1 if slow else 0), said.err
+        assert "| random weights, tiny preset (seed 0) | 20.0 | 50.0 | 0.0100 |" in said.out
