@@ -64,7 +64,7 @@ def check_outputs(args, sets: list[EvalSet], inputs: list[Path]) -> None:
     trees, flat = _input_folders(args, sets)
     check_outputs_outside_inputs(outputs, trees, overwrite=args.overwrite, file_folders=flat)
     check_outputs_apart(images)
-    check_inputs_not_overwritten(args, sets, inputs, Path(args.save))
+    check_inputs_not_overwritten(args, sets, inputs, Path(args.save), _earlier_record(Path(args.save)))
     for flag, (base, _) in outputs.items():
         check_writable_folder(base, flag, create=False)
 
@@ -96,12 +96,13 @@ def _flag_of(args, base: Path) -> str:
         else "--figs-dir"
 
 
-def check_inputs_not_overwritten(args, sets: list[EvalSet], inputs: list[Path], save: Path) -> None:
+def check_inputs_not_overwritten(args, sets: list[EvalSet], inputs: list[Path], save: Path, record: Any) -> None:
     """No file this run writes is an image it reads (by its real path: a link to one counts), ``--overwrite`` or not:
-    :class:`OutputFolderError` naming both, and whether it is an earlier run's restoration now read as an input."""
+    :class:`OutputFolderError` naming both, and whether it is an earlier run's restoration now read as an input.
+    ``record``: the earlier ``results.json`` in ``save``, parsed (:func:`_earlier_record`)."""
     data = [f for s in sets for item in s.items for f in (item.degraded, item.target) if f is not None]
     read = {_real(f): f for f in [*inputs, *data]}
-    restored_before = {_real(p) for p in _recorded_earlier(save, _earlier_record(save))} - {None}
+    restored_before = {_real(p) for p in _recorded_earlier(save, record)} - {None}
     for base, paths in _planned_outputs(args, sets, inputs, save).items():
         for p in paths:
             if _real(p) is not None and _real(p) in read:
@@ -146,7 +147,7 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
     for base, paths in _recorded_beside(args, record).items():
         recorded[base] = list(dict.fromkeys([*recorded.get(base, []), *filter(not_this_runs, paths)]))
     tables = _tables_beside_results_json(save) if args.input else []
-    check_inputs_not_overwritten(args, sets, inputs, save)
+    check_inputs_not_overwritten(args, sets, inputs, save, record)
     if args.overwrite:
         if not tables and not any(recorded.values()):
             return None
@@ -181,10 +182,10 @@ def keep_earlier_outputs(args, sets: list[EvalSet], inputs: list[Path], save: Pa
 def _recorded_beside(args, record: Any) -> dict[Path, list[Path]]:
     """The targets and figures the earlier ``results.json`` (parsed: ``record``) records writing into the
     ``--savetar`` and ``--figs-dir`` this run writes (the record's ``"savetar"`` is that folder; a figure's recorded
-    path lies in it),
-    by this run's folder, that are there still as that run wrote them (the SHA-256 it recorded of each; not a link)
-    and as themselves (in no folder a link leads to out of that folder). None in a --savetar the record does not
-    name (another one, or a record written before it named one): they are not known to be that run's."""
+    path lies in it), by this run's folder, that are there still as that run wrote them (the SHA-256 it recorded of
+    each; not a link) and as themselves (in no folder a link leads to out of that folder). None in a --savetar the
+    record does not name (another one, or a record written before it named one): they are not known to be that
+    run's."""
     if not isinstance(record, dict):
         return {}
     wanted: dict[Path, dict[Path, str]] = {}
