@@ -33,7 +33,7 @@ with stopped_while_starting():  # Ctrl-C while torch loads: one line, not a trac
     from utils.cli import DocstringHelpFormatter, at_least, image_side
     from utils.compiled import COMPILE_MODES
     from utils.errors import OneLineArgumentParser, UsageError, UserError, add_debug_flag, child_failure, run_main
-    from utils.eval.inference import restore
+    from utils.eval.inference import prepare_for_inference, restore
     from utils.memory import resident_bytes
     from utils.processes import run_in_session
     from utils.runtime import machine_info, machine_line, pick_device, stop_signals_as_interrupt, tune_cpu_allocator
@@ -95,10 +95,14 @@ def _matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...] = (), device: str = "cuda") -> None:
-    """The CUDA paths in one process: plain fp32, ``restore()`` fp32 and bf16, and bf16 compiled with each of
-    ``compile_modes`` (best of ``repeats`` after 3 warm-ups, synchronised; the first call, compiling included,
-    apart), peak memory, and each output's PSNR against fp32 on a natural image."""
+def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...] = (), device: str = "cuda",
+             cudagraphs: bool = False) -> None:
+    """The CUDA paths in one process: plain fp32, ``restore()`` fp32 and bf16, with ``cudagraphs`` bf16 through
+    torch.compile's cudagraphs backend (the forward traced once, its own kernels replayed as CUDA graphs: no inductor
+    code), and bf16 compiled with each of ``compile_modes`` (best of ``repeats`` after 3 warm-ups, synchronised; the
+    first call, compiling or tracing included, apart), peak memory, and each output's PSNR against fp32 on a natural
+    image."""
+    import copy
     import math
 
     from bf16_agreement import astronaut  # the image bench/bf16_agreement.py measures the agreement on
@@ -115,6 +119,10 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
 
     paths = {"plain_fp32": plain, "restore_fp32": lambda: restore(model, x, "fp32"),
              "restore_bf16": lambda: restore(model, x, "bf16")}
+    if cudagraphs:  # before the compiled rows, which may take a step's cap compiling; a copy of its own, as
+        # prepare_for_inference keeps one compiled forward per mode on a network
+        graphed = prepare_for_inference(copy.deepcopy(model), "default", backend="cudagraphs")
+        paths["restore_bf16_cudagraphs"] = lambda: restore(graphed, x, "bf16", compile_mode="default")
     for mode in compile_modes:
         paths[f"restore_bf16_compiled_{mode}"] = lambda mode=mode: restore(model, x, "bf16", compile_mode=mode)
     print(f"BaryNet ({preset}) forward on {torch.cuda.get_device_name()}, 1x3x{size}x{size}; best of {repeats} "
@@ -179,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU paths to compare; the speed-ups are against the first (plain by default)")
     parser.add_argument("--compile", nargs="*", default=[], metavar="MODE", choices=COMPILE_MODES[1:],
                         help="cuda: also restore() bf16 torch.compile'd with each MODE (e.g. reduce-overhead)")
+    parser.add_argument("--cudagraphs", action="store_true",
+                        help="cuda: also restore() bf16 through torch.compile's cudagraphs backend: the forward "
+                             "traced once and its own kernels replayed as CUDA graphs (no inductor code: a trace of "
+                             "seconds, not a compile of minutes)")
     add_debug_flag(parser)
     parser.add_argument("--child", choices=PATHS + EXTRA_PATHS, help=argparse.SUPPRESS)
     return parser
@@ -193,14 +205,16 @@ def main(argv: list[str] | None = None) -> int:
 def bench(args: argparse.Namespace) -> None:
     if args.device == "cuda" and args.paths != list(PATHS):  # the GPU rows are fixed: it was ignored without a word
         raise UsageError("--paths chooses the CPU paths; --device cuda measures its own rows (plain, restore() fp32 "
-                         "and bf16, and bf16 compiled with each --compile MODE): drop --paths")
+                         "and bf16, bf16 with --cudagraphs, and bf16 compiled with each --compile MODE): drop --paths")
     if args.device == "cuda":
         pick_device("cuda")  # no GPU visible: one error: line naming --device, not CUDA's own failure
-        gpu_rows(args.preset, args.size, max(args.repeats, 10), tuple(args.compile))
+        gpu_rows(args.preset, args.size, max(args.repeats, 10), tuple(args.compile), cudagraphs=args.cudagraphs)
         return
     if args.compile:  # the CPU rows have no compiled path of that flag's: it was ignored without a word
         raise UsageError("--compile applies to --device cuda (the GPU rows); on the CPU add fast_fp32_compiled or "
                          "fast_bf16_compiled to --paths")
+    if args.cudagraphs:
+        raise UsageError("--cudagraphs applies to --device cuda (the GPU rows): CUDA graphs need a GPU")
     if args.child:
         print(json.dumps(_child(args.child, args.preset, args.size, args.repeats)))
         return

@@ -124,6 +124,23 @@ def test_compiled_inference_freezes_the_weights_only_while_inductor_runs_it():
             assert not inductor_config.freezing
 
 
+def test_the_outputs_of_cuda_graph_replays_are_marked_and_copied_for_both_kinds_of_graphs(monkeypatch):
+    """restore() copies the output of a forward that replays CUDA graphs (the next replay overwrites it) and marks
+    each forward a new step for the graph trees: under reduce-overhead, and now under the cudagraphs backend in any
+    mode, which had neither."""
+    from utils.compiled import begin_iteration, replays_cuda_graphs
+    cases = [("off", "inductor", False), ("off", "cudagraphs", False), ("default", "inductor", False),
+             ("default", "eager", False), ("max-autotune", "inductor", False), ("reduce-overhead", "inductor", True),
+             ("reduce-overhead", "eager", True), ("default", "cudagraphs", True)]
+    assert [replays_cuda_graphs(mode, backend) for mode, backend, _ in cases] == [want for _, _, want in cases]
+    marked = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marked.append(True))
+    for mode, backend, want in cases:
+        marked.clear()
+        begin_iteration(mode, backend)
+        assert marked == ([True] if want else []), (mode, backend)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the note is logged only where no CUDA runtime is found")
 def test_a_cpu_compile_prints_no_note_about_cuda(tmp_path):
     """--compile on the CPU printed torch's 'W... No CUDA runtime is found, using CUDA_HOME=...' among the tester's

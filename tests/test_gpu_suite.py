@@ -79,6 +79,9 @@ def test_every_step_parses_with_its_scripts_parser_and_fits_one_device_call():
         eager = len(args.variants.split(",")) - 1  # each eager variant took 25-50 s on the H200 (process, cuDNN)
         assert steps[name][0] - args.variant_timeout >= 45 * eager, name
         assert args.tiny_iters == 0  # the tiny preset's row would compile nothing new and cost a process
+    restore = bench_module("bench_inference").build_parser().parse_args(steps["restore"][2])
+    # target 3's candidates: CUDA graphs of the eager kernels (a trace), before inductor's (a compile)
+    assert restore.cudagraphs and restore.compile == ["reduce-overhead"] and restore.size == 512
     fast = bench_module("bench_fast_path").build_parser().parse_args(steps["curves"][2])
     assert fast.control_threads == 0 and not fast.seed_control  # thread count does not reorder GPU sums
     checks = bench_module("gpu_guarantees").build_parser().parse_args(steps["guarantees"][2])
@@ -237,6 +240,43 @@ def test_a_failed_inference_path_keeps_the_other_rows(monkeypatch, capsys):
     assert out.index("| plain_fp32 |") < out.index("| restore_fp32 |") < out.index("| restore_bf16 |")
 
 
+def test_the_cudagraphs_row_traces_a_copy_of_the_network_and_restores_what_eager_bf16_does(monkeypatch, capsys):
+    """The GPU rows' --cudagraphs path (torch.compile's cudagraphs backend: the forward's own kernels replayed as
+    CUDA graphs), run here on the CPU, where that backend traces the forward and runs it eagerly: its row comes
+    before the compiled ones, its forward is traced once, on a copy (the network the other rows time stays
+    uncompiled), and its output is eager bf16's to the bit."""
+    import torch
+    bench = bench_module("bench_inference")
+    for name, stub in (("synchronize", lambda *a: None), ("reset_peak_memory_stats", lambda *a: None),
+                       ("max_memory_allocated", lambda *a: 2**20), ("get_device_name", lambda *a: "stub GPU")):
+        monkeypatch.setattr(torch.cuda, name, stub)
+    calls, real = [], bench.restore
+
+    def restore(model, x, precision="fp32", compile_mode="off", **kw):
+        calls.append((id(model), precision, compile_mode, model.__dict__.get("_compiled_forwards", {}).copy()))
+        if compile_mode not in ("off", "default"):
+            raise RuntimeError("Triton compilation failed")
+        return real(model, x, precision, compile_mode=compile_mode, **kw)
+
+    monkeypatch.setattr(bench, "restore", restore)
+    bench.gpu_rows("tiny", 32, 1, ("reduce-overhead",), device="cpu", cudagraphs=True)
+    out = capsys.readouterr().out
+    rows = [line.split(" | ")[0].lstrip("| ") for line in out.splitlines() if line.startswith("| restore")]
+    assert rows == ["restore_fp32", "restore_bf16", "restore_bf16_cudagraphs", "restore_bf16_compiled_reduce-overhead"]
+    assert re.search(r"^\| restore_bf16_cudagraphs \| [\d.]+ \| [\d.]+x \| [\d.]+ \| 1 \| [\d.]+ \|$", out, re.M), out
+    graphed = [c for c in calls if c[2] == "default"]
+    eager = {c[0] for c in calls if c[2] == "off"}
+    assert len(graphed) == 3 + 1 and len({c[0] for c in graphed}) == 1 and not eager & {graphed[0][0]}
+    assert {c[3]["default"].backend for c in graphed} == {"cudagraphs"}
+    torch.manual_seed(0)
+    model = bench.build_model("BaryNet", "tiny").eval()
+    x = torch.rand(1, 3, 32, 32)
+    graphed_model = bench.prepare_for_inference(bench.build_model("BaryNet", "tiny").eval(), "default",
+                                                backend="cudagraphs")
+    graphed_model.load_state_dict(model.state_dict())
+    assert torch.equal(real(graphed_model, x, "bf16", compile_mode="default"), real(model, x, "bf16"))
+
+
 def test_a_bench_failure_a_bad_flag_or_ctrl_c_is_one_error_line(monkeypatch, capsys):
     """The benchmark scripts ended a failure the user can fix (--device cuda without a GPU), a bad flag and Ctrl-C
     with a traceback or argparse's usage block; they end as the other scripts do (utils.errors.run_main): one
@@ -328,6 +368,9 @@ def test_the_inference_table_names_its_reference_and_compile_on_the_cpu_is_refus
     assert "| speed-up vs fast_fp32 |" in out and "vs plain" not in out
     assert bench.main(["--compile", "reduce-overhead"]) == 2
     assert capsys.readouterr().err.startswith("error: --compile applies to --device cuda")
+    assert bench.main(["--cudagraphs"]) == 2
+    assert capsys.readouterr().err == ("error: --cudagraphs applies to --device cuda (the GPU rows): CUDA graphs need "
+                                       "a GPU\n")
 
 
 def test_an_earlier_suite_log_is_kept_not_replaced(tmp_path):

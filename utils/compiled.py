@@ -44,6 +44,10 @@ from utils.errors import UserError
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 BACKENDS = ("inductor", "aot_eager", "eager")  # eager/aot_eager: tracing only (tests, debugging)
+# Not among them yet: torch's "cudagraphs" backend, which replays the traced forward's own ATen kernels (no inductor
+# code, no fusion) as CUDA graphs, removing the launches for the cost of a trace instead of a compile. restore() takes
+# it (prepare_for_inference's backend), for a GPU row of bench/bench_inference.py (--cudagraphs) to measure first; on
+# the CPU it traces and runs the forward eagerly.
 
 
 class CompileError(UserError, ValueError):
@@ -153,9 +157,15 @@ def inference_compile_note(device: torch.device) -> str:
     return f"minutes; cached under {compile_cache_dir()} for later runs"
 
 
-def begin_iteration(mode: str) -> None:
+def replays_cuda_graphs(mode: str, backend: str = "inductor") -> bool:
+    """Whether a function compiled with ``mode`` and ``backend`` replays CUDA graphs on a GPU (CUDA-graph trees,
+    whose outputs the next replay overwrites): ``reduce-overhead``, or the ``cudagraphs`` backend in any mode."""
+    return mode != "off" and (mode == "reduce-overhead" or backend == "cudagraphs")
+
+
+def begin_iteration(mode: str, backend: str = "inductor") -> None:
     """Tell the CUDA-graph trees a new iteration (or forward) starts: the last one's outputs may be reused."""
-    if mode == "reduce-overhead":
+    if replays_cuda_graphs(mode, backend):
         torch.compiler.cudagraph_mark_step_begin()
 
 

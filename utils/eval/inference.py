@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.blocks import check_input_size, set_layernorm_impl
-from utils.compiled import begin_iteration, compile_fn, frozen_weights
+from utils.compiled import begin_iteration, compile_fn, frozen_weights, replays_cuda_graphs
 from utils.runtime import to_channels_last
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -39,7 +39,8 @@ def prepare_for_inference(model: nn.Module, compile_mode: str = "off", backend: 
     :func:`restore` for the call only, so a model that is training stays in training mode.
     ``compile_mode`` (:data:`utils.compiled.COMPILE_MODES`) also keeps a ``torch.compile``'d forward for
     :func:`restore` calls with that mode (built once per mode, with frozen weights: for trained models,
-    as the tester and the app run them; ``backend`` eager/aot_eager for tests).
+    as the tester and the app run them; ``backend``: eager/aot_eager for tests, ``"cudagraphs"`` for the GPU
+    benchmark's row of CUDA graphs without inductor, see :data:`utils.compiled.BACKENDS`).
     """
     if not getattr(model, "_fast_inference_ready", False):
         set_layernorm_impl(model, "fused")
@@ -172,7 +173,7 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
                 mode = "reflect" if ph < h and pw < w else "replicate"
                 inp = F.pad(inp, (0, pw, 0, ph), mode=mode)
             inp = inp.contiguous(memory_format=torch.channels_last)
-            begin_iteration(compile_mode)
+            begin_iteration(compile_mode, backend)
             counting = _counting_compiles(compiled) if compiled is not None else contextlib.nullcontext()
             with frozen_weights(compile_mode, backend), counting:  # both no-ops for "off"
                 out = _output_image(forward(inp))
@@ -180,7 +181,7 @@ def restore(model: nn.Module, x: torch.Tensor, precision: str = "fp32", pad: boo
         model.train(was_training)
     out = out[..., :h, :w].float().contiguous()
     # a CUDA graph's output is overwritten by its next replay: hand back memory of our own
-    return out.clone() if compile_mode == "reduce-overhead" else out
+    return out.clone() if replays_cuda_graphs(compile_mode, backend) else out
 
 
 # --------------------------------------------------------------------------- tiled inference
