@@ -268,6 +268,7 @@ def test_the_cudagraphs_row_traces_a_copy_of_the_network_and_restores_what_eager
     eager = {c[0] for c in calls if c[2] == "off"}
     assert len(graphed) == 3 + 1 and len({c[0] for c in graphed}) == 1 and not eager & {graphed[0][0]}
     assert {c[3]["default"].backend for c in graphed} == {"cudagraphs"}
+    assert graphed[-1][3]["default"].compiles == 1  # traced at the first call only: the timed calls replay
     torch.manual_seed(0)
     model = bench.build_model("BaryNet", "tiny").eval()
     x = torch.rand(1, 3, 32, 32)
