@@ -97,11 +97,11 @@ def _matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float
 
 def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...] = (), device: str = "cuda",
              cudagraphs: bool = False) -> None:
-    """The CUDA paths in one process: plain fp32, ``restore()`` fp32 and bf16, with ``cudagraphs`` bf16 through
-    torch.compile's cudagraphs backend (the forward traced once, its own kernels replayed as CUDA graphs: no inductor
-    code), and bf16 compiled with each of ``compile_modes`` (best of ``repeats`` after 3 warm-ups, synchronised; the
-    first call, compiling or tracing included, apart), peak memory, and each output's PSNR against fp32 on a natural
-    image."""
+    """The CUDA paths in one process: plain fp32, ``restore()`` fp32 and bf16, bf16 compiled with each of
+    ``compile_modes``, and with ``cudagraphs`` bf16 through torch.compile's cudagraphs backend (the forward traced
+    once, its own kernels replayed as CUDA graphs: no inductor code); best of ``repeats`` after 3 warm-ups,
+    synchronised, the first call (compiling or tracing included) apart; peak memory, and each output's PSNR against
+    fp32 on a natural image."""
     import copy
     import math
 
@@ -119,12 +119,12 @@ def gpu_rows(preset: str, size: int, repeats: int, compile_modes: tuple[str, ...
 
     paths = {"plain_fp32": plain, "restore_fp32": lambda: restore(model, x, "fp32"),
              "restore_bf16": lambda: restore(model, x, "bf16")}
-    if cudagraphs:  # before the compiled rows, which may take a step's cap compiling; a copy of its own, as
+    for mode in compile_modes:
+        paths[f"restore_bf16_compiled_{mode}"] = lambda mode=mode: restore(model, x, "bf16", compile_mode=mode)
+    if cudagraphs:  # last: its trace must not take the time the compiled rows were given; on a copy of its own, as
         # prepare_for_inference keeps one compiled forward per mode on a network
         graphed = prepare_for_inference(copy.deepcopy(model), "default", backend="cudagraphs")
         paths["restore_bf16_cudagraphs"] = lambda: restore(graphed, x, "bf16", compile_mode="default")
-    for mode in compile_modes:
-        paths[f"restore_bf16_compiled_{mode}"] = lambda mode=mode: restore(model, x, "bf16", compile_mode=mode)
     print(f"BaryNet ({preset}) forward on {torch.cuda.get_device_name()}, 1x3x{size}x{size}; best of {repeats} "
           f"after 3 warm-ups; {machine_line(machine_info(device))}\n")
     print("| path | ms / forward | speed-up vs plain | first call (s) | peak GPU memory (MiB) | "
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 def bench(args: argparse.Namespace) -> None:
     if args.device == "cuda" and args.paths != list(PATHS):  # the GPU rows are fixed: it was ignored without a word
         raise UsageError("--paths chooses the CPU paths; --device cuda measures its own rows (plain, restore() fp32 "
-                         "and bf16, bf16 with --cudagraphs, and bf16 compiled with each --compile MODE): drop --paths")
+                         "and bf16, bf16 compiled with each --compile MODE, and bf16 with --cudagraphs): drop --paths")
     if args.device == "cuda":
         pick_device("cuda")  # no GPU visible: one error: line naming --device, not CUDA's own failure
         gpu_rows(args.preset, args.size, max(args.repeats, 10), tuple(args.compile), cudagraphs=args.cudagraphs)

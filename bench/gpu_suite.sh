@@ -9,7 +9,7 @@
 # (torch 2.11, 16 CPU cores) on 2026-11-30; most of it is torch.compile building a graph cold, about 260 s for
 # the paper network's training iteration, and cuDNN trying its algorithms in the first iteration (25-40 s):
 #   train-bf16   the straightforward loop (fp32), the eager engine and --compile reduce-overhead, bf16   ~350 s
-#   restore      restore() on 1x3x512x512: plain fp32, fp32, bf16, bf16 CUDA graphs, bf16 compiled  eager ~25 s
+#   restore      restore() on 1x3x512x512: plain fp32, fp32, bf16, bf16 compiled, bf16 CUDA graphs  eager ~25 s
 #   profile      the eager iteration's profile: FLOPs, TFLOP/s against the data-sheet peak, kernels  ~40 s
 #   loader       what the data loader delivers alone with the default workers, 3D layout            ~10 s
 #   train-fp32   the eager engine and --compile reduce-overhead, fp32 (TF32 convolutions)           ~300 s
@@ -173,8 +173,8 @@ run_step() {  # run_step NAME: one of ALL_STEPS
             $PY bench/bench_train.py --device cuda --precision bf16 --iters 5 --warmup 2 --tiny-iters 0 \
             --variants straightforward,engine,compiled --compile-mode reduce-overhead --variant-timeout 330 ;;
     restore)
-        step 200 "restore() 1x3x512x512, eager, CUDA graphs of the eager kernels, and compiled" \
-            $PY bench/bench_inference.py --device cuda --size 512 --repeats 10 --cudagraphs --compile reduce-overhead ;;
+        step 200 "restore() 1x3x512x512, eager, compiled, and CUDA graphs of the eager kernels" \
+            $PY bench/bench_inference.py --device cuda --size 512 --repeats 10 --compile reduce-overhead --cudagraphs ;;
     profile)
         step 60 "profile, bf16 autocast, eager engine" \
             $PY bench/profile_train.py --device cuda --precision bf16 --iters 2 ;;

@@ -125,7 +125,7 @@ def test_the_inference_bench_refuses_cpu_paths_on_the_gpu(monkeypatch, capsys):
     assert bench.main(["--device", "cuda", "--paths", "fast_bf16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --paths chooses the CPU paths; --device cuda measures its own rows (plain, restore() fp32 "
-                   "and bf16, bf16 with --cudagraphs, and bf16 compiled with each --compile MODE): drop --paths"]
+                   "and bf16, bf16 compiled with each --compile MODE, and bf16 with --cudagraphs): drop --paths"]
 
 
 @pytest.mark.parametrize("script", ["bench_train", "profile_train"])

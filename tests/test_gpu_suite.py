@@ -80,7 +80,7 @@ def test_every_step_parses_with_its_scripts_parser_and_fits_one_device_call():
         assert steps[name][0] - args.variant_timeout >= 45 * eager, name
         assert args.tiny_iters == 0  # the tiny preset's row would compile nothing new and cost a process
     restore = bench_module("bench_inference").build_parser().parse_args(steps["restore"][2])
-    # target 3's candidates: CUDA graphs of the eager kernels (a trace), before inductor's (a compile)
+    # target 3's candidates: inductor's compiled forward, then CUDA graphs of the eager kernels (a trace)
     assert restore.cudagraphs and restore.compile == ["reduce-overhead"] and restore.size == 512
     fast = bench_module("bench_fast_path").build_parser().parse_args(steps["curves"][2])
     assert fast.control_threads == 0 and not fast.seed_control  # thread count does not reorder GPU sums
@@ -243,8 +243,8 @@ def test_a_failed_inference_path_keeps_the_other_rows(monkeypatch, capsys):
 def test_the_cudagraphs_row_traces_a_copy_of_the_network_and_restores_what_eager_bf16_does(monkeypatch, capsys):
     """The GPU rows' --cudagraphs path (torch.compile's cudagraphs backend: the forward's own kernels replayed as
     CUDA graphs), run here on the CPU, where that backend traces the forward and runs it eagerly: its row comes
-    before the compiled ones, its forward is traced once, on a copy (the network the other rows time stays
-    uncompiled), and its output is eager bf16's to the bit."""
+    after the compiled ones (its trace takes none of the time they were given), its forward is traced once, on a
+    copy (the network the other rows time stays uncompiled), and its output is eager bf16's to the bit."""
     import torch
     bench = bench_module("bench_inference")
     for name, stub in (("synchronize", lambda *a: None), ("reset_peak_memory_stats", lambda *a: None),
@@ -262,7 +262,7 @@ def test_the_cudagraphs_row_traces_a_copy_of_the_network_and_restores_what_eager
     bench.gpu_rows("tiny", 32, 1, ("reduce-overhead",), device="cpu", cudagraphs=True)
     out = capsys.readouterr().out
     rows = [line.split(" | ")[0].lstrip("| ") for line in out.splitlines() if line.startswith("| restore")]
-    assert rows == ["restore_fp32", "restore_bf16", "restore_bf16_cudagraphs", "restore_bf16_compiled_reduce-overhead"]
+    assert rows == ["restore_fp32", "restore_bf16", "restore_bf16_compiled_reduce-overhead", "restore_bf16_cudagraphs"]
     assert re.search(r"^\| restore_bf16_cudagraphs \| [\d.]+ \| [\d.]+x \| [\d.]+ \| 1 \| [\d.]+ \|$", out, re.M), out
     graphed = [c for c in calls if c[2] == "default"]
     eager = {c[0] for c in calls if c[2] == "off"}
