@@ -47,9 +47,14 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+# what an outer make puts in its recipes' environment: its flags, and the variables given on its command line (`make
+# test ARGS="-k x"` exports ARGS, which the Makefile under test then read as its own)
+OUTER_MAKE = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS", "PYTHON", "WORKERS", "ASKED")
+
+
 def make_env(**extra: str) -> dict[str, str]:
-    """The environment without an outer make's flags (the suite may run under one), with ``extra``."""
-    return {**{k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}, **extra}
+    """The environment without an outer make's flags and variables (the suite may run under one), with ``extra``."""
+    return {**{k: v for k, v in os.environ.items() if k not in OUTER_MAKE}, **extra}
 
 
 def make(folder: Path, *args: str) -> subprocess.CompletedProcess:
@@ -122,6 +127,24 @@ def test_make_j_runs_one_recipe_at_a_time(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert calls(folder) == ["start -m utils.demo", "end -m utils.demo",
                              "start bench/bench_inference.py", "end bench/bench_inference.py"]
+
+
+def test_the_makes_under_test_ignore_the_variables_of_the_make_that_runs_the_suite(tmp_path, monkeypatch):
+    """`make test ARGS=--durations=0` failed four of these tests: the outer make exports the variables on its command
+    line, and the Makefile under test passed that ARGS on to its own goals (`-m utils.demo --durations=0`)."""
+    for name, value in (("ARGS", "--durations=0"), ("WORKERS", "7"), ("PYTHON", "/nonexistent/python"),
+                        ("MAKEOVERRIDES", "ARGS=--durations=0")):
+        monkeypatch.setenv(name, value)
+    folder = project(tmp_path)
+    (folder / ".venv" / "bin").mkdir(parents=True)
+    fake_python(folder / ".venv" / "bin" / "python")
+    (folder / ".venv" / "pyvenv.cfg").touch()
+    (folder / ".venv" / ".requirements-installed").touch()
+    for goal in ("demo", "test-quick"):
+        done = make(folder, goal)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert [c for c in calls(folder) if c.startswith("start")] == [
+        "start -m utils.demo", "start -m pytest -q -n 2 -m not slow tests"]
 
 
 @pytest.mark.parametrize("target, tail", [("test", "-n 3 tests"), ("test-quick", '-m "not slow" tests')])
