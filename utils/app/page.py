@@ -3,14 +3,15 @@
 Every element a test or a script reads has an ``elem_id`` (:data:`utils.app.elements.IDS`). The page computes
 nothing itself: one button press is one :func:`utils.app.restore.restore_for_page` call, whose ``status`` line
 also carries any failure (an unreadable file, a bad tiling choice), so errors show in the page, never as a server
-traceback. That call runs in a thread of its own under an ``async`` handler, which is how a cancel reaches it: Stop,
-gradio_client's ``job.cancel()`` or the app closing cancel the handler (``asyncio.CancelledError``); a closed or
-reloaded tab, or an API client's process that died (its heartbeat connection to Gradio closes), calls the page's
-``unload``; either sets the request's cancel event, and the restoration ends at its next PyTorch operation on the
-CPU, at the network's next layer on a GPU (:meth:`utils.app.restore.Session.computing`), saying so on the server's
-terminal. Gradio learns that a client left only when one of its connections closes: a client that drops off with
-them open (a laptop asleep behind an ``ssh -L`` tunnel, whose end goes on accepting the heartbeats; a frozen
-process) is not seen to go, and its restoration runs to its end.
+traceback. That call runs in a thread of its own under an ``async`` handler, which is how a cancel reaches it: Stop
+sets the cancel events of its client's requests (which then answer "Stopped" themselves); gradio_client's
+``job.cancel()`` or the app closing cancel the handler (``asyncio.CancelledError``); a closed or reloaded tab, or an
+API client's process that died (its heartbeat connection to Gradio closes), calls the page's ``unload``; each sets
+the request's cancel event, and the restoration ends at its next PyTorch operation on the CPU, at the network's next
+layer on a GPU (:meth:`utils.app.restore.Session.computing`), saying so on the server's terminal. Gradio learns that
+a client left only when one of its connections closes: a client that drops off with them open (a laptop asleep
+behind an ``ssh -L`` tunnel, whose end goes on accepting the heartbeats; a frozen process) is not seen to go, and
+its restoration runs to its end.
 Gradio must be importable (``requirements-app.txt``); :mod:`utils.app.main` imports this module only after it
 has turned off Gradio's analytics.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -40,7 +40,6 @@ from utils.data.image_files import IMAGE_EXTENSIONS
 
 TITLE = "BaryIR: restore an image"
 STOPPED = "**Stopped**: the restoration was stopped (Stop). Press **Restore** to start it again."
-STOP_WAIT_S = 5.0  # the longest Stop waits for the restoration it cancelled to say it stopped
 
 
 def model_line(session: Session) -> str:
@@ -51,9 +50,6 @@ def model_line(session: Session) -> str:
     return (f"Model: `{info['model']}` ({info['backbone']}{width}; configuration from "
             f"{info.get('config_from', 'the checkpoint')}) on {session.device}. The restoration is the tester's "
             f"(`tester_bary.py --input FILE --precision P --tile T` writes the same PNG).")
-
-
-OUTPUTS = 7  # the page's outputs: status, comparison, download, residual, wb, wb_residual, maps
 
 
 def _outputs(result: PageResult) -> tuple:
@@ -96,19 +92,17 @@ def client_of(request: gr.Request | None) -> str:
 def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
     """The page for ``session``'s model; ``examples``: ``[(image, label)]`` offered under the upload."""
     maps_shown = has_embeddings(session.info["backbone"])
-    stopped_clients: set[str] = set()  # the clients whose restoration Stop cancelled, until the page says so
-    stops_lock = threading.Lock()
 
     async def on_restore(upload: str | None, precision: str, tile: str, request: gr.Request,
                          progress=gr.Progress()) -> tuple:  # noqa: B008
         with session.cancellable(client_of(request)) as cancelled:
             try:  # in a thread of its own, so that a cancel reaches this coroutine at once
                 result = await asyncio.to_thread(restore_in_thread, upload, precision, tile, progress, cancelled)
-            except asyncio.CancelledError:  # Stop, the API client's cancel, the app closing: the work ends too
+            except asyncio.CancelledError:  # gradio_client's cancel, the app closing: the work ends too
                 cancelled.set()
-                with stops_lock:
-                    stopped_clients.add(client_of(request))
                 raise
+        if cancelled.is_set() and result.after is None and upload is not None:  # Stop (or the tab closed)
+            return _outputs(PageResult(status=STOPPED))
         if result.after is None and upload is not None:
             gr.Warning(result.status.replace("**", "").replace("`", ""), title="Cannot restore")
         return _outputs(result)
@@ -122,19 +116,12 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
                   f"request runs now", flush=True)
         return result
 
-    async def stopped(request: gr.Request) -> tuple:  # after Stop: what the page shows then
-        client = client_of(request)
-        deadline = time.monotonic() + STOP_WAIT_S
-        while True:
-            with stops_lock:
-                if client in stopped_clients:
-                    stopped_clients.discard(client)
-                    return _outputs(PageResult(status=STOPPED))  # (and Gradio's "Error" on each output goes)
-            # the cancelled restoration says it was stopped when its handler next runs, which on a busy machine came
-            # after this one (the page kept Gradio's "Error"): while it is under way, it is given time to say so
-            if not session.under_way(client) or time.monotonic() >= deadline:  # nothing was at work: the last
-                return tuple(gr.skip() for _ in range(OUTPUTS))  # result stays shown
-            await asyncio.sleep(0.02)
+    def on_stop(request: gr.Request) -> None:
+        """Stop: the client's restorations under way, or waiting for the one at work, end (at their next operation)
+        and answer "Stopped" themselves; with none, nothing changes. (Gradio's own ``cancels=`` ended the handler
+        instead and marked every output "Error", which the page's later "Stopped" cleared only when it reached the
+        browser after Gradio's cancel: on a busy machine it came first, and "Error" stayed.)"""
+        session.cancel(client_of(request))
 
     def on_leave(request: gr.Request) -> None:  # the tab or the API client went: its restoration is for no one
         session.cancel(client_of(request))
@@ -173,12 +160,9 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
             wb_residual = gr.Image(label="Residual embedding (norm over channels)", format="png",
                                    interactive=False, visible=maps_shown, elem_id=IDS["wb_residual"])
         maps = gr.Markdown(elem_id=IDS["maps"])
-        restoring = button.click(on_restore, inputs=[upload, precision, tiling],
-                                 outputs=[status, comparison, download, residual, wb, wb_residual, maps])
-        # the restoration ends at its next operation (CPU) or layer (GPU); the outputs say so (Gradio marked each
-        # "Error")
-        stop.click(None, cancels=[restoring]).then(
-            stopped, outputs=[status, comparison, download, residual, wb, wb_residual, maps], queue=False,
-            api_visibility="private", show_progress="hidden")
+        # every request enters at once and waits in Session.computing for the one at work, where Stop reaches it
+        button.click(on_restore, inputs=[upload, precision, tiling], concurrency_limit=None,
+                     outputs=[status, comparison, download, residual, wb, wb_residual, maps])
+        stop.click(on_stop, queue=False, api_visibility="private", show_progress="hidden")
         page.unload(on_leave)
     return page

@@ -307,18 +307,22 @@ class Session:
         """Hold ``busy`` for one request's work, done in this thread; once :meth:`stop` is asked
         (:class:`AppStopping`) or ``cancelled`` is set (:class:`RequestCancelled`), the work ends at its next
         PyTorch operation on the CPU, at the network's next layer on a GPU
-        (:func:`utils.app.stop_checks.checked_while`), and a request that comes later, or was cancelled while it
-        waited for ``busy``, starts none."""
+        (:func:`utils.app.stop_checks.checked_while`), and a request that comes later, or is cancelled while it
+        waits for ``busy``, starts none (and stops waiting)."""
         def check() -> None:
             if self.stopping.is_set():
                 raise AppStopping("the app was stopped while restoring it; start it again to restore the image")
             if cancelled is not None and cancelled.is_set():
                 raise RequestCancelled("its request was cancelled (the page closed, Stop pressed, or the API "
                                        "client's cancel), so it was stopped; restore it again to have it")
-        with self.busy:
+        while not self.busy.acquire(timeout=0.05):  # waiting for the request at work: a cancel ends the wait
+            check()
+        try:
             check()
             with checked_while(self.model, self.device, check):
                 yield
+        finally:
+            self.busy.release()
 
     @contextlib.contextmanager
     def cancellable(self, client: str) -> Iterator[threading.Event]:
@@ -335,11 +339,6 @@ class Session:
                 events.discard(cancelled)
                 if not events:
                     self._requests.pop(client, None)
-
-    def under_way(self, client: str) -> bool:
-        """Whether a request of ``client`` is under way (inside :meth:`cancellable`)."""
-        with self._requests_lock:
-            return bool(self._requests.get(client))
 
     def cancel(self, client: str) -> int:
         """Cancel every request of ``client`` under way (its page was closed); how many there were."""
