@@ -680,7 +680,8 @@ def test_the_status_times_the_restoration_apart_from_its_wait_for_the_one_before
                                                                                  monkeypatch):
     """A request that waited for the one before it (a cancelled restoration still ending) counted the wait in its
     "s in all", which read as the time this restoration took: its own time excludes the wait now, and the wait is
-    said apart. A clock stands still but for the 100 s the wait takes (no timing of the machine's own)."""
+    said apart, and the request says once that it waits. A clock stands still but for the 100 s the wait takes (no
+    timing of the machine's own)."""
     import threading
     import types
 
@@ -690,7 +691,9 @@ def test_the_status_times_the_restoration_apart_from_its_wait_for_the_one_before
         def __init__(self):
             self.lock = threading.Lock()
 
-        def acquire(self, timeout: float = -1) -> bool:
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            if not blocking:  # held by the request before
+                return False
             clock[0] += 100.0
             return self.lock.acquire(timeout=timeout)
 
@@ -703,11 +706,14 @@ def test_the_status_times_the_restoration_apart_from_its_wait_for_the_one_before
                                                                    time_ns=app_restore.time.time_ns))
     session = dataclasses.replace(session, work_dir=tmp_path / "work")
     session.busy = TakenAfterAWait()
-    status = restore_for_page(session, photo, "fp32", "auto").status
+    told = []
+    status = restore_for_page(session, photo, "fp32", "auto", waiting=lambda: told.append(clock[0])).status
     assert status.startswith("**Restored** `cat.png`") and " s (the network; 0.00 s with reading, writing and the " \
         "maps, after waiting 100.00 s for the request before it to end) on cpu" in status, status
+    assert told == [0.0], "not told once, before the wait"
     session.busy = threading.Lock()  # taken at once: no wait to speak of
-    status = restore_for_page(session, photo, "fp32", "auto").status
+    status = restore_for_page(session, photo, "fp32", "auto", waiting=lambda: told.append(clock[0])).status
+    assert told == [0.0], "told of a wait there was not"
     assert " s (the network; 0.00 s with reading, writing and the maps) on cpu" in status, status
 
 

@@ -40,6 +40,7 @@ from utils.data.image_files import IMAGE_EXTENSIONS
 
 TITLE = "BaryIR: restore an image"
 STOPPED = "**Stopped**: the restoration was stopped (Stop). Press **Restore** to start it again."
+WAITING = "waiting for the restoration at work to end"  # the progress line of a request that waits
 
 
 def model_line(session: Session) -> str:
@@ -110,7 +111,7 @@ def build_page(session: Session, examples: list[tuple[Path, str]]) -> gr.Blocks:
     def restore_in_thread(upload: str | None, precision: str, tile: str, progress: gr.Progress,
                           cancelled: threading.Event) -> PageResult:
         result = restore_for_page(session, upload, precision, tile, tile_progress=tiles_shown_by(progress),
-                                  cancelled=cancelled)
+                                  cancelled=cancelled, waiting=lambda: progress(None, desc=WAITING))
         if cancelled.is_set() and result.after is None and upload is not None:  # where the user sees it stopped
             print(f"=> cancelled: {Path(upload).name} was stopped {where_it_stops(session.device)}; the next "
                   f"request runs now", flush=True)

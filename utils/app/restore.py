@@ -303,20 +303,25 @@ class Session:
     _requests_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @contextlib.contextmanager
-    def computing(self, cancelled: threading.Event | None = None) -> Iterator[None]:
+    def computing(self, cancelled: threading.Event | None = None,
+                  waiting: Callable[[], None] | None = None) -> Iterator[None]:
         """Hold ``busy`` for one request's work, done in this thread; once :meth:`stop` is asked
         (:class:`AppStopping`) or ``cancelled`` is set (:class:`RequestCancelled`), the work ends at its next
         PyTorch operation on the CPU, at the network's next layer on a GPU
         (:func:`utils.app.stop_checks.checked_while`), and a request that comes later, or is cancelled while it
-        waits for ``busy``, starts none (and stops waiting)."""
+        waits for ``busy``, starts none (and stops waiting). ``waiting()`` is called once if the request has to
+        wait for the one at work."""
         def check() -> None:
             if self.stopping.is_set():
                 raise AppStopping("the app was stopped while restoring it; start it again to restore the image")
             if cancelled is not None and cancelled.is_set():
                 raise RequestCancelled("its request was cancelled (the page closed, Stop pressed, or the API "
                                        "client's cancel), so it was stopped; restore it again to have it")
-        while not self.busy.acquire(timeout=0.05):  # waiting for the request at work: a cancel ends the wait
-            check()
+        if not self.busy.acquire(blocking=False):
+            if waiting is not None:
+                waiting()
+            while not self.busy.acquire(timeout=0.05):  # waiting for the request at work: a cancel ends the wait
+                check()
         try:
             check()
             with checked_while(self.model, self.device, check):
@@ -440,7 +445,8 @@ def _maps_text(residual: np.ndarray, residual_scaled: bool, residual_limit: floa
 
 def restore_for_page(session: Session, upload: str | os.PathLike | None, precision: str | None, tile: str | None,
                      name: str | None = None, tile_progress: TileProgress | None = None,
-                     cancelled: threading.Event | None = None) -> PageResult:
+                     cancelled: threading.Event | None = None, waiting: Callable[[], None] | None = None
+                     ) -> PageResult:
     """One press of the page's Restore button: the upload restored (:func:`restore_upload`) with the chosen
     precision and tiling, its residual map and, for WB backbones, its embedding maps.
 
@@ -449,7 +455,8 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
     ``tile`` is the page's default (:func:`page_protocol`). ``tile_progress(done, total)`` is
     told each tile when the image is restored in tiles (the page's progress bar). Once ``cancelled`` is set, the
     work ends at its next PyTorch operation on the CPU, at the network's next layer on a GPU
-    (:meth:`Session.computing`), its status saying so.
+    (:meth:`Session.computing`), its status saying so. ``waiting()`` is called once if the request has to wait for
+    the one at work (the page says so).
     """
     arrived = time.perf_counter()
     if upload is None:
@@ -465,7 +472,7 @@ def restore_for_page(session: Session, upload: str | os.PathLike | None, precisi
     except ValueError as exc:  # a page choice that cannot work
         return PageResult(status=f"**Cannot restore** `{name}`: {exc}")
     try:
-        with session.computing(cancelled):  # one restoration at a time (Session): the next waits here
+        with session.computing(cancelled, waiting):  # one restoration at a time (Session): the next waits here
             waited = time.perf_counter() - arrived
             return _restore_for_page(session, upload, protocol, protocol.precision, name, waited, tile_progress)
     except (AppStopping, RequestCancelled) as exc:  # before its work began
