@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from utils.errors import UsageError
-from utils.eval.outputs import output_names
+from utils.eval.outputs import output_names, recorded_figures
 from utils.eval.report import results_texts
 from utils.eval.tasks import EvalItem, EvalSet
 from utils.owned_outputs import as_written, file_digest
@@ -204,16 +204,14 @@ def own_results_files(record: Mapping[str, Any], sets: Sequence[EvalSet], save: 
 
 def own_figures(record: Mapping[str, Any], figs_dir: Path) -> set[Path]:
     """The figures in ``figs_dir`` that the earlier run drew (its parsed ``record`` names each row's ``figure`` and
-    its ``figure_sha256``) and nobody has changed since: ``--resume`` draws them again in place instead of moving
-    them aside. Each resumed run with ``--figs`` otherwise left a ``results.before-*`` folder of its own figures."""
+    its ``figure_sha256``: :func:`~utils.eval.outputs.recorded_figures`) and nobody has changed since: ``--resume``
+    draws them again in place instead of moving them aside. Each resumed run with ``--figs`` otherwise left a
+    ``results.before-*`` folder of its own figures."""
     own = set()
-    for r in (record.get("tasks") or {}).values():
-        drawn, digest = (r.get("figure"), r.get("figure_sha256")) if isinstance(r, dict) else (None, None)
-        if not isinstance(drawn, str) or not isinstance(digest, str):
-            continue
-        path = figs_dir / Path(drawn).name
+    for drawn, digest in recorded_figures(record).items():
+        path = figs_dir / drawn.name
         try:
-            same_place = Path(drawn).resolve() == path.resolve()
+            same_place = drawn.resolve() == path.resolve()
         except OSError:
             continue
         if same_place and as_written(path, digest):
