@@ -911,6 +911,8 @@ def test_stop_ends_the_restorations_of_its_page_which_answer_stopped_without_gra
     fns = [f for f in app_page.build_page(session, []).fns.values() if f.fn is not None]
     assert not any(f.cancels for f in fns), "a Gradio cancel marks the outputs Error"
     handlers = {f.fn.__name__: f.fn for f in fns}
+    [restoring] = [f for f in fns if f.fn.__name__ == "on_restore"]
+    assert restoring.concurrency_limit is None, "a request Gradio queues is out of Stop's reach: it must wait inside"
     on_restore, on_stop = handlers["on_restore"], handlers["on_stop"]
     tab, other_tab = types.SimpleNamespace(session_hash="tab-1"), types.SimpleNamespace(session_hash="tab-2")
     stopped = (app_page.STOPPED, None, None, None, None, None, "")
